@@ -1,0 +1,478 @@
+"""Build CA and S/MIME subscriber certificates.
+
+Profiles follow S/MIME BR 7.1.2.1 (root), 7.1.2.2 (subordinate CA) and 7.1.2.3
+(sponsor-validated subscriber, strict or multipurpose generation) on top of RFC 5280.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    CertificatePoliciesOID,
+    ExtendedKeyUsageOID,
+    NameOID,
+)
+
+from .errors import PolicyError, X509Error
+from .keys import PrivateKey, PublicKey, describe_public_key, public_key_problem, signature_hash_for
+from .policy import CertificatePolicy, check_extra_ekus
+from .smime_capabilities import smime_capabilities_extension
+
+SERIAL_BITS = 159  # RFC 5280 4.1.2.2: at most 20 octets; S/MIME BR 7.1: below 2**159.
+MAX_CA_VALIDITY_DAYS = 30 * 366
+
+# RFC 5280 Appendix A upper bounds.
+UB_COMMON_NAME = 64
+UB_ORGANIZATION_NAME = 64
+UB_NAME = 32768
+UB_EMAIL_ADDRESS = 255
+
+_COUNTRY = re.compile(r"[A-Z]{2}")
+# S/MIME BR 7.1.4.2.2 (d): scheme, country, optional "+subdivision", then "-reference".
+_ORGANIZATION_IDENTIFIER = re.compile(
+    r"(?P<scheme>[A-Z]{3})(?P<country>[A-Z]{2})(?:\+[A-Z0-9]{1,3})?(?:-(?P<reference>.+))?"
+)
+_SCHEMES_WITHOUT_REFERENCE = frozenset({"GOV", "INT"})
+_GLOBAL_SCHEMES = frozenset({"LEI", "INT"})
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
+_DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_METADATA_ONLY = re.compile(r"[\s.\-]*")  # S/MIME BR 7.1.4.2: no '.', '-', ' ' placeholders.
+
+
+def random_serial() -> int:
+    """A positive 159-bit serial: 158 CSPRNG bits under a fixed top bit.
+
+    The fixed bit keeps every serial exactly 20 DER octets (RFC 5280 4.1.2.2) and well
+    above the 64 random bits S/MIME BR 7.1 asks for.
+    """
+    return (int.from_bytes(secrets.token_bytes(20), "big") >> 2) | (1 << (SERIAL_BITS - 1))
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who a subscriber certificate names; always taken from the account, never a CSR.
+
+    Sponsor-validated profile (S/MIME BR 7.1.4.2.5): organizationName and
+    organizationIdentifier are required, plus givenName and/or surname.
+    """
+
+    common_name: str
+    given_name: str = ""
+    surname: str = ""
+    organization_name: str = ""
+    country_name: str = ""
+    email_addresses: tuple[str, ...] = ()
+    include_email_in_subject: bool = False
+    organization_identifier: str = ""
+
+    def normalised_emails(self) -> tuple[str, ...]:
+        """Addresses checked and de-duplicated, domains lower-cased, order kept."""
+        seen: dict[str, None] = {}
+        for address in self.email_addresses:
+            seen.setdefault(normalise_email(address), None)
+        return tuple(seen)
+
+    def to_name(self) -> x509.Name:
+        """The subject DN, checked against S/MIME BR 7.1.4.2.2 and 7.1.4.2.5."""
+        emails = self.normalised_emails()
+        if not emails:
+            raise PolicyError("An S/MIME certificate needs at least one e-mail address.")
+        if not _has_value(self.organization_name):
+            raise PolicyError(
+                "Sponsor-validated certificates must name the organisation (S/MIME BR 7.1.4.2.5)."
+            )
+        if not _has_value(self.organization_identifier):
+            raise PolicyError(
+                "Sponsor-validated certificates need the organisation identifier, e.g. "
+                '"LEIXG-<LEI>" or "NTRGB-<company number>" (S/MIME BR 7.1.4.2.2 (d)).'
+            )
+        if not (_has_value(self.given_name) or _has_value(self.surname)):
+            raise PolicyError(
+                "Sponsor-validated certificates need a given name or a surname "
+                "(S/MIME BR 7.1.4.2.5, note 2)."
+            )
+        country = _check_country(self.country_name) if self.country_name else ""
+        _check_organization_identifier(self.organization_identifier, country)
+
+        attributes: list[x509.NameAttribute[str]] = []
+        if country:
+            attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, country))
+        attributes += [
+            _attribute(NameOID.ORGANIZATION_NAME, self.organization_name, UB_ORGANIZATION_NAME),
+            _attribute(NameOID.ORGANIZATION_IDENTIFIER, self.organization_identifier, UB_NAME),
+        ]
+        if _has_value(self.given_name):
+            attributes.append(_attribute(NameOID.GIVEN_NAME, self.given_name, UB_NAME))
+        if _has_value(self.surname):
+            attributes.append(_attribute(NameOID.SURNAME, self.surname, UB_NAME))
+        attributes.append(_attribute(NameOID.COMMON_NAME, self.common_name, UB_COMMON_NAME))
+        if self.include_email_in_subject:
+            # S/MIME BR 7.1.4.2.2 (h): a single mailbox, which also appears in the SAN.
+            attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, emails[0]))
+        return x509.Name(attributes)
+
+
+def normalise_email(address: str) -> str:
+    """Check an ASCII mailbox address (rfc822Name, RFC 5280 4.2.1.6) and lower-case its domain."""
+    address = address.strip()
+    if not address.isascii():
+        raise PolicyError(
+            f"{address!r} is not an ASCII e-mail address; internationalised mailboxes "
+            "are not supported."
+        )
+    local, at, domain = address.rpartition("@")
+    labels = domain.split(".")
+    if (
+        not at
+        or not _EMAIL_LOCAL.fullmatch(local)
+        or local.startswith(".")
+        or local.endswith(".")
+        or ".." in local
+        or len(labels) < 2
+        or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels)
+        or len(address) > UB_EMAIL_ADDRESS
+    ):
+        raise PolicyError(f"{address!r} is not a valid e-mail address.")
+    return f"{local}@{domain.lower()}"
+
+
+def build_root_ca(
+    *,
+    key: PrivateKey,
+    common_name: str,
+    organization_name: str = "",
+    country_name: str = "",
+    validity_days: int = 3650,
+    not_before: datetime | None = None,
+    path_length: int | None = None,
+    sign_ocsp: bool = False,
+) -> x509.Certificate:
+    """A self-signed root (S/MIME BR 7.1.2.1): no EKU, no policies, no pathLen by default.
+
+    ``sign_ocsp`` sets digitalSignature, which the BR requires only if the CA key itself
+    signs OCSP responses.
+    """
+    _check_ca_key(key.public_key())
+    name = _ca_name(common_name, organization_name, country_name)
+    start, end = _validity(not_before, _ca_validity_days(validity_days), issuer=None)
+    public_key = key.public_key()
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_ca_key_usage(sign_ocsp), critical=True)
+        .add_extension(ski, critical=False)
+        # RFC 5280 4.2.1.1 lets a self-signed CA omit the AKI; we keep it so every
+        # certificate in the chain is matched the same way.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+    )
+    return builder.sign(key, signature_hash_for(key))
+
+
+def build_issuing_ca(
+    *,
+    public_key: PublicKey,
+    issuer_certificate: x509.Certificate,
+    issuer_key: PrivateKey,
+    common_name: str,
+    organization_name: str = "",
+    country_name: str = "",
+    validity_days: int = 1825,
+    crl_url: str,
+    ca_issuers_url: str,
+    path_length: int = 0,
+    not_before: datetime | None = None,
+    extra_ekus: frozenset[x509.ObjectIdentifier] = frozenset(),
+    policy_oids: Sequence[x509.ObjectIdentifier] = (CertificatePoliciesOID.ANY_POLICY,),
+    sign_ocsp: bool = False,
+) -> x509.Certificate:
+    """A subordinate CA that issues S/MIME certificates (S/MIME BR 7.1.2.2).
+
+    ``crl_url`` and ``ca_issuers_url`` are the issuer's (the root's) CRL and certificate.
+    anyPolicy is the default, which S/MIME BR 7.1.6.3 allows for an affiliated sub-CA.
+    ``extra_ekus`` must cover any EKU beyond emailProtection the CA's templates issue.
+    """
+    _check_ca_key(public_key)
+    _check_issuer(issuer_certificate, issuer_key, new_ca_path_length=path_length)
+    extras = frozenset(extra_ekus) - {ExtendedKeyUsageOID.EMAIL_PROTECTION}
+    check_extra_ekus(extras)
+    if not policy_oids:
+        raise PolicyError("A subordinate CA certificate needs at least one policy OID.")
+    name = _ca_name(common_name, organization_name, country_name)
+    start, end = _validity(not_before, _ca_validity_days(validity_days), issuer_certificate)
+    ekus = [ExtendedKeyUsageOID.EMAIL_PROTECTION, *sorted(extras, key=lambda o: o.dotted_string)]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_certificate.subject)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_ca_key_usage(sign_ocsp), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+        .add_extension(_policies(policy_oids), critical=False)
+        .add_extension(_crl_distribution_points(crl_url), critical=False)
+        .add_extension(_authority_information_access(ca_issuers_url), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_authority_key_identifier(issuer_certificate), critical=False)
+    )
+    return builder.sign(issuer_key, signature_hash_for(issuer_key))
+
+
+def build_end_entity(
+    *,
+    public_key: PublicKey,
+    subject: Subject,
+    issuer_certificate: x509.Certificate,
+    issuer_key: PrivateKey,
+    policy: CertificatePolicy,
+    crl_url: str,
+    ca_issuers_url: str,
+    not_before: datetime | None = None,
+    serial: int | None = None,
+) -> x509.Certificate:
+    """A sponsor-validated S/MIME subscriber certificate (S/MIME BR 7.1.2.3).
+
+    ``crl_url`` and ``ca_issuers_url`` are the issuing CA's own CRL and certificate.
+    Validity is the policy's, cut short at the issuer's notAfter (RFC 5280 6.1.3).
+    """
+    problem = public_key_problem(public_key)
+    if problem is not None:
+        raise PolicyError(problem)
+    if not policy.allows_key(public_key):
+        allowed = ", ".join(sorted(a.label for a in policy.allowed_key_algorithms))
+        raise PolicyError(
+            f"This template allows {allowed} keys; the key is {describe_public_key(public_key)}."
+        )
+    name = subject.to_name()
+    emails = subject.normalised_emails()
+    _check_issuer(issuer_certificate, issuer_key, new_ca_path_length=None)
+    if serial is None:
+        serial = random_serial()
+    elif not 0 < serial < 2**SERIAL_BITS:
+        raise PolicyError("A serial number must be positive and below 2**159 (RFC 5280 4.1.2.2).")
+    start, end = _validity(not_before, policy.validity_days, issuer_certificate)
+
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_certificate.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        # S/MIME BR 7.1.2.3 (d) allows it; critical as RFC 5280 4.2.1.9 permits, so no
+        # relying party can mistake the certificate for a CA.
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(policy.key_usage_for(public_key), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(policy.extended_key_usages)), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(email) for email in emails]),
+            critical=False,
+        )
+        .add_extension(_policies(policy.policy_oids), critical=False)
+        .add_extension(_crl_distribution_points(crl_url), critical=False)
+        .add_extension(_authority_information_access(ca_issuers_url), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_authority_key_identifier(issuer_certificate), critical=False)
+    )
+    if policy.allows_encryption:
+        # RFC 4262: tells senders which content ciphers the holder can decrypt; it says
+        # nothing useful about a signing-only key, so those certificates go without it.
+        builder = builder.add_extension(smime_capabilities_extension(), critical=False)
+    return builder.sign(issuer_key, signature_hash_for(issuer_key))
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _has_value(value: str) -> bool:
+    return not _METADATA_ONLY.fullmatch(value)
+
+
+def _attribute(oid: x509.ObjectIdentifier, value: str, upper_bound: int) -> x509.NameAttribute[str]:
+    value = value.strip()
+    label = _ATTRIBUTE_LABELS.get(oid, oid.dotted_string)
+    if not _has_value(value):
+        raise PolicyError(f"The {label} is empty.")
+    if len(value) > upper_bound:
+        raise PolicyError(f"The {label} is longer than {upper_bound} characters (RFC 5280).")
+    return x509.NameAttribute(oid, value)
+
+
+_ATTRIBUTE_LABELS = {
+    NameOID.COMMON_NAME: "common name",
+    NameOID.ORGANIZATION_NAME: "organisation name",
+    NameOID.ORGANIZATION_IDENTIFIER: "organisation identifier",
+    NameOID.GIVEN_NAME: "given name",
+    NameOID.SURNAME: "surname",
+}
+
+
+def _check_country(country_name: str) -> str:
+    country = country_name.strip().upper()
+    if not _COUNTRY.fullmatch(country):
+        raise PolicyError(f"{country_name!r} is not a two-letter ISO 3166-1 country code.")
+    return country
+
+
+def _check_organization_identifier(value: str, country: str) -> None:
+    match = _ORGANIZATION_IDENTIFIER.fullmatch(value.strip())
+    if match is None:
+        raise PolicyError(
+            f"{value!r} is not an organisation identifier like NTRGB-12345678 "
+            "(S/MIME BR 7.1.4.2.2 (d))."
+        )
+    scheme, id_country = match["scheme"], match["country"]
+    if match["reference"] is None and scheme not in _SCHEMES_WITHOUT_REFERENCE:
+        raise PolicyError(f"The organisation identifier {value!r} lacks its registration number.")
+    if country and scheme not in _GLOBAL_SCHEMES and id_country != country:
+        raise PolicyError(
+            f"The organisation identifier {value!r} names country {id_country} but the "
+            f"certificate names {country} (S/MIME BR 7.1.4.2.2 (d), note 1)."
+        )
+
+
+def _ca_name(common_name: str, organization_name: str, country_name: str) -> x509.Name:
+    """CA subject DN; S/MIME BR 7.1.4.3.1 wants CN, O and C, and O/C are kept if given."""
+    attributes: list[x509.NameAttribute[str]] = []
+    if country_name:
+        attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, _check_country(country_name)))
+    if organization_name:
+        attributes.append(
+            _attribute(NameOID.ORGANIZATION_NAME, organization_name, UB_ORGANIZATION_NAME)
+        )
+    attributes.append(_attribute(NameOID.COMMON_NAME, common_name, UB_COMMON_NAME))
+    return x509.Name(attributes)
+
+
+def _ca_validity_days(days: int) -> int:
+    if not 1 <= days <= MAX_CA_VALIDITY_DAYS:
+        raise PolicyError(f"A CA validity must be between 1 and {MAX_CA_VALIDITY_DAYS} days.")
+    return days
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC; naive values are taken as UTC, as cryptography does."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _validity(
+    not_before: datetime | None, days: int, issuer: x509.Certificate | None
+) -> tuple[datetime, datetime]:
+    """notBefore and notAfter, both inclusive (RFC 5280 4.1.2.5): ``days`` * 86400 s in all."""
+    start = _utc(not_before if not_before is not None else datetime.now(UTC)).replace(microsecond=0)
+    end = start + timedelta(days=days) - timedelta(seconds=1)
+    if issuer is not None:
+        if start < issuer.not_valid_before_utc:
+            raise PolicyError("The certificate would start before its issuing CA certificate.")
+        if start >= issuer.not_valid_after_utc:
+            raise PolicyError("The issuing CA certificate has expired.")
+        end = min(end, issuer.not_valid_after_utc)
+    return start, end
+
+
+def _check_ca_key(public_key: object) -> None:
+    problem = public_key_problem(public_key)
+    if problem is not None:
+        raise PolicyError(problem)
+
+
+def _check_issuer(
+    certificate: x509.Certificate, key: PrivateKey, *, new_ca_path_length: int | None
+) -> None:
+    """The issuer must be a CA allowed to sign certificates, and ``key`` must be its key.
+
+    ``new_ca_path_length`` is set when the new certificate is itself a CA (RFC 5280 4.2.1.9).
+    """
+    if key.public_key() != certificate.public_key():
+        raise X509Error("The CA private key does not belong to the CA certificate.")
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        key_usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound as exc:
+        raise PolicyError("The issuer certificate is not a CA certificate.") from exc
+    if not constraints.ca or not key_usage.key_cert_sign:
+        raise PolicyError("The issuer certificate is not allowed to sign certificates.")
+    if new_ca_path_length is not None and constraints.path_length is not None:
+        if constraints.path_length == 0:
+            raise PolicyError("The issuer's path length constraint forbids another CA below it.")
+        if new_ca_path_length >= constraints.path_length:
+            raise PolicyError(
+                f"The new CA's path length must be below its issuer's ({constraints.path_length})."
+            )
+
+
+def _ca_key_usage(sign_ocsp: bool) -> x509.KeyUsage:
+    """keyCertSign, cRLSign; digitalSignature only for OCSP (S/MIME BR 7.1.2.1 b, 7.1.2.2 e)."""
+    return x509.KeyUsage(
+        digital_signature=sign_ocsp,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _policies(oids: Sequence[x509.ObjectIdentifier]) -> x509.CertificatePolicies:
+    # No qualifiers: S/MIME BR 7.1.2.3 (a) permits but does not require a CPS pointer.
+    return x509.CertificatePolicies([x509.PolicyInformation(oid, None) for oid in oids])
+
+
+def _http_url(url: str, what: str) -> str:
+    """Strict and multipurpose profiles allow only http URIs (S/MIME BR 7.1.2.3 (b), (c))."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or not url.isascii():
+        raise PolicyError(f"The {what} must be a plain http:// URL; got {url!r}.")
+    return url
+
+
+def _crl_distribution_points(crl_url: str) -> x509.CRLDistributionPoints:
+    uri = x509.UniformResourceIdentifier(_http_url(crl_url, "CRL distribution point"))
+    return x509.CRLDistributionPoints(
+        [x509.DistributionPoint(full_name=[uri], relative_name=None, reasons=None, crl_issuer=None)]
+    )
+
+
+def _authority_information_access(ca_issuers_url: str) -> x509.AuthorityInformationAccess:
+    uri = x509.UniformResourceIdentifier(_http_url(ca_issuers_url, "CA issuers URL"))
+    return x509.AuthorityInformationAccess(
+        [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, uri)]
+    )
+
+
+def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """keyIdentifier only, copied from the issuer's SKI (S/MIME BR 7.1.2.2 (h), 7.1.2.3 (g))."""
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        issuer_key = issuer.public_key()
+        if not isinstance(issuer_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise PolicyError("The issuer certificate's key type is not supported.") from None
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key)
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

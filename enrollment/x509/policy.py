@@ -1,0 +1,198 @@
+"""What a certificate template allows: purpose, generation, key types, validity and EKUs.
+
+Key usage and extended key usage follow S/MIME BR 7.1.2.3 (e) and (f); the policy
+identifiers are the sponsor-validated ones reserved in S/MIME BR 7.1.6.1.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import CertificatePoliciesOID, ExtendedKeyUsageOID
+
+from .errors import PolicyError
+from .keys import KeyAlgorithm, key_algorithm_of
+
+SPONSOR_VALIDATED_LEGACY = x509.ObjectIdentifier("2.23.140.1.5.3.1")
+SPONSOR_VALIDATED_MULTIPURPOSE = x509.ObjectIdentifier("2.23.140.1.5.3.2")
+SPONSOR_VALIDATED_STRICT = x509.ObjectIdentifier("2.23.140.1.5.3.3")
+
+# The CA/B Forum S/MIME arc; a CA's own policy OID must not hide in it (S/MIME BR 7.1.6.1).
+SMIME_BR_POLICY_ARC = "2.23.140.1.5."
+
+MAX_VALIDITY_DAYS = 825  # S/MIME BR 6.3.2, strict and multipurpose generations.
+
+ALL_KEY_ALGORITHMS: frozenset[KeyAlgorithm] = frozenset(KeyAlgorithm)
+
+# S/MIME BR 7.1.2.3 (f) forbids these in every generation; OCSPSigning has no place in a
+# subscriber certificate either (RFC 6960 4.2.2.2 delegates it to responders only).
+FORBIDDEN_EKUS: frozenset[x509.ObjectIdentifier] = frozenset(
+    {
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CODE_SIGNING,
+        ExtendedKeyUsageOID.TIME_STAMPING,
+        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+        ExtendedKeyUsageOID.OCSP_SIGNING,
+    }
+)
+
+
+class Purpose(enum.StrEnum):
+    """What the key is for; decides key usage (S/MIME BR 7.1.2.3 (e))."""
+
+    SIGNING = "signing"
+    ENCRYPTION = "encryption"
+    DUAL_USE = "dual_use"
+
+    @property
+    def signs(self) -> bool:
+        return self is not Purpose.ENCRYPTION
+
+    @property
+    def encrypts(self) -> bool:
+        return self is not Purpose.SIGNING
+
+
+class Generation(enum.StrEnum):
+    """S/MIME BR profile generation; legacy is no longer issuable (S/MIME BR 7.1.6.1)."""
+
+    STRICT = "strict"
+    MULTIPURPOSE = "multipurpose"
+
+
+RESERVED_POLICY_OIDS: dict[Generation, x509.ObjectIdentifier] = {
+    Generation.STRICT: SPONSOR_VALIDATED_STRICT,
+    Generation.MULTIPURPOSE: SPONSOR_VALIDATED_MULTIPURPOSE,
+}
+
+
+def check_extra_ekus(ekus: frozenset[x509.ObjectIdentifier]) -> None:
+    """Reject EKUs the S/MIME BR forbids next to emailProtection (7.1.2.2 (g), 7.1.2.3 (f))."""
+    forbidden = sorted(eku.dotted_string for eku in ekus & FORBIDDEN_EKUS)
+    if forbidden:
+        names = ", ".join(eku_name(x509.ObjectIdentifier(oid)) for oid in forbidden)
+        raise PolicyError(f"S/MIME certificates may not carry the extended key usage {names}.")
+
+
+_EKU_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+    ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+    ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
+    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+    ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage",
+}
+
+
+def eku_name(oid: x509.ObjectIdentifier) -> str:
+    """The RFC 5280 name of a well-known EKU, else its dotted OID."""
+    return _EKU_NAMES.get(oid, oid.dotted_string)
+
+
+@dataclass(frozen=True)
+class CertificatePolicy:
+    """The profile a template issues under; invalid combinations fail at construction."""
+
+    purpose: Purpose
+    generation: Generation = Generation.STRICT
+    validity_days: int = 365
+    allowed_key_algorithms: frozenset[KeyAlgorithm] = ALL_KEY_ALGORITHMS
+    organization_policy_oid: str | None = None
+    extra_ekus: frozenset[x509.ObjectIdentifier] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.purpose, Purpose):
+            raise PolicyError(f"Unknown certificate purpose {self.purpose!r}.")
+        if not isinstance(self.generation, Generation):
+            raise PolicyError(f"Unknown S/MIME generation {self.generation!r}.")
+        if isinstance(self.validity_days, bool) or not isinstance(self.validity_days, int):
+            raise PolicyError("The validity must be a whole number of days.")
+        if not 1 <= self.validity_days <= MAX_VALIDITY_DAYS:
+            raise PolicyError(
+                f"The validity must be between 1 and {MAX_VALIDITY_DAYS} days "
+                f"(S/MIME BR 6.3.2); got {self.validity_days}."
+            )
+        if not self.allowed_key_algorithms:
+            raise PolicyError("A template must allow at least one key algorithm.")
+        if not all(isinstance(a, KeyAlgorithm) for a in self.allowed_key_algorithms):
+            raise PolicyError("Allowed key algorithms must be KeyAlgorithm values.")
+        if self.organization_policy_oid is not None:
+            self._check_organization_policy_oid(self.organization_policy_oid)
+        extras = frozenset(self.extra_ekus) - {ExtendedKeyUsageOID.EMAIL_PROTECTION}
+        check_extra_ekus(extras)
+        if extras and self.generation is Generation.STRICT:
+            raise PolicyError(
+                "Strict S/MIME certificates carry only the emailProtection extended key usage "
+                "(S/MIME BR 7.1.2.3 (f)); use the multipurpose generation for more."
+            )
+        object.__setattr__(self, "extra_ekus", extras)
+
+    @staticmethod
+    def _check_organization_policy_oid(dotted: str) -> None:
+        try:
+            oid = x509.ObjectIdentifier(dotted)
+        except ValueError as exc:
+            raise PolicyError(f"{dotted!r} is not a valid policy OID.") from exc
+        if oid == CertificatePoliciesOID.ANY_POLICY or (dotted + ".").startswith(
+            SMIME_BR_POLICY_ARC
+        ):
+            raise PolicyError(
+                f"{dotted} cannot be the organisation's own policy OID: it is reserved."
+            )
+
+    @property
+    def policy_oid(self) -> x509.ObjectIdentifier:
+        """The one reserved sponsor-validated OID for this generation (S/MIME BR 7.1.6.4)."""
+        return RESERVED_POLICY_OIDS[self.generation]
+
+    @property
+    def policy_oids(self) -> tuple[x509.ObjectIdentifier, ...]:
+        """The reserved OID first, then the organisation's own OID if it has one."""
+        if self.organization_policy_oid is None:
+            return (self.policy_oid,)
+        return (self.policy_oid, x509.ObjectIdentifier(self.organization_policy_oid))
+
+    @property
+    def allows_encryption(self) -> bool:
+        return self.purpose.encrypts
+
+    @property
+    def allows_signing(self) -> bool:
+        return self.purpose.signs
+
+    @property
+    def extended_key_usages(self) -> tuple[x509.ObjectIdentifier, ...]:
+        """emailProtection first, then the extras in a stable order."""
+        extras = sorted(self.extra_ekus, key=lambda oid: oid.dotted_string)
+        return (ExtendedKeyUsageOID.EMAIL_PROTECTION, *extras)
+
+    def allows_key(self, public_key: object) -> bool:
+        return key_algorithm_of(public_key) in self.allowed_key_algorithms
+
+    def key_usage_for(self, public_key: object) -> x509.KeyUsage:
+        """Key usage bits per S/MIME BR 7.1.2.3 (e): the SHALL bits, none of the MAYs.
+
+        RSA encrypts by key transport (keyEncipherment), EC by key agreement (keyAgreement);
+        nonRepudiation, dataEncipherment and encipherOnly/decipherOnly stay clear.
+        """
+        if isinstance(public_key, rsa.RSAPublicKey):
+            key_encipherment, key_agreement = self.purpose.encrypts, False
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            key_encipherment, key_agreement = False, self.purpose.encrypts
+        else:
+            raise PolicyError("Only RSA and EC keys can be certified.")
+        return x509.KeyUsage(
+            digital_signature=self.purpose.signs,
+            content_commitment=False,
+            key_encipherment=key_encipherment,
+            data_encipherment=False,
+            key_agreement=key_agreement,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        )
