@@ -1,0 +1,120 @@
+"""Admin pages: read-mostly. Issuance, revocation and CRLs go through services."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from enrollment import services
+from enrollment.exceptions import EnrollmentError
+from enrollment.models import (
+    ArchivedKey,
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CertificateTemplate,
+    KeyRecoveryAgent,
+    RevocationList,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows are made by services; the admin only shows them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(CertificateAuthority)
+class CertificateAuthorityAdmin(ReadOnlyAdmin):
+    list_display = ["name", "slug", "parent", "is_online", "not_after"]
+    exclude = ["der"]
+    actions = ["publish_crl"]
+
+    @admin.action(description="Publish a new CRL now")
+    def publish_crl(self, request: HttpRequest, queryset: QuerySet[CertificateAuthority]) -> None:
+        for ca in queryset:
+            try:
+                crl = services.crl_publish(ca=ca, actor=request.user)
+            except EnrollmentError as exc:
+                self.message_user(request, f"{ca}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{ca}: published CRL #{crl.number}.")
+
+
+@admin.register(CertificateTemplate)
+class CertificateTemplateAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "purpose",
+        "generation",
+        "validity_days",
+        "archive_key",
+        "requires_approval",
+        "is_active",
+    ]
+    list_filter = ["purpose", "archive_key", "requires_approval", "is_active"]
+    prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["allowed_groups"]
+
+
+@admin.register(Certificate)
+class CertificateAdmin(ReadOnlyAdmin):
+    list_display = ["common_name", "email", "template", "status", "not_after", "serial"]
+    list_filter = ["status", "template", "ca"]
+    search_fields = ["common_name", "email", "serial", "fingerprint_sha256"]
+    exclude = ["der"]
+    actions = ["revoke_superseded"]
+
+    @admin.action(description="Revoke (superseded)")
+    def revoke_superseded(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> None:
+        for certificate in queryset:
+            try:
+                services.certificate_revoke(
+                    certificate=certificate, reason="superseded", actor=request.user
+                )
+            except EnrollmentError as exc:
+                self.message_user(request, f"{certificate}: {exc.message}", messages.ERROR)
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(RevocationList)
+class RevocationListAdmin(ReadOnlyAdmin):
+    list_display = ["ca", "number", "this_update", "next_update", "entries"]
+    list_filter = ["ca"]
+    exclude = ["der"]
+
+
+@admin.register(KeyRecoveryAgent)
+class KeyRecoveryAgentAdmin(ReadOnlyAdmin):
+    list_display = ["name", "user", "is_active", "not_after", "fingerprint_sha256"]
+    exclude = ["der"]
+
+
+@admin.register(ArchivedKey)
+class ArchivedKeyAdmin(ReadOnlyAdmin):
+    list_display = ["certificate", "created_at"]
+    exclude = ["envelope"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "actor_name",
+        "action",
+        "object_repr",
+        "outcome",
+        "source_address",
+    ]
+    list_filter = ["action", "outcome"]
+    search_fields = ["actor_name", "object_repr", "action"]

@@ -1,0 +1,32 @@
+"""The one domain exception family; views and the API translate it once at the edge."""
+
+
+class EnrollmentError(Exception):
+    """An error whose .message is safe to show to the person who caused it."""
+
+    default_message = "The request could not be completed."
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        self.message = message or self.default_message
+        self.field = field
+        super().__init__(self.message)
+
+
+class PolicyViolation(EnrollmentError):
+    default_message = "The request is not allowed by the certificate template."
+
+
+class NotPermitted(EnrollmentError):
+    default_message = "You are not allowed to do that."
+
+
+class InvalidState(EnrollmentError):
+    default_message = "That is not possible in the object's current state."
+
+
+class KeyStoreError(EnrollmentError):
+    default_message = "The CA key is not available on this server."
+
+
+class ConfigurationError(EnrollmentError):
+    default_message = "The PKI is not set up completely."

@@ -1,0 +1,282 @@
+"""The one narrow door to CA private keys.
+
+Only this module loads a CA key. Callers ask it to issue or sign and get certificates and
+CRLs back, never key objects or key bytes. Keys are not cached between calls: a decrypted
+CA key lives only for the duration of one signing operation (DESIGN.md: never cached in
+the clear). The "file" backend keeps each online CA key as an encrypted PKCS#8 PEM in
+PKIPORTAL_KEY_DIR; a PKCS#11 backend can implement the same KeyBackend protocol later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from cryptography import x509
+
+from django.conf import settings
+
+from enrollment.exceptions import KeyStoreError
+from enrollment.x509 import builder, crl, keys
+from enrollment.x509.errors import X509Error
+from enrollment.x509.policy import CertificatePolicy
+
+if TYPE_CHECKING:
+    from enrollment.models import CertificateAuthority
+
+
+@dataclass(frozen=True)
+class OfflineKey:
+    """An offline CA key file handed in by the operator for one operation (the root)."""
+
+    path: Path
+    passphrase: bytes
+
+    def __repr__(self) -> str:  # never show the passphrase in tracebacks or logs
+        return f"OfflineKey(path={str(self.path)!r})"
+
+
+class KeyBackend(Protocol):
+    name: str
+
+    def store(self, *, label: str, key: keys.PrivateKey) -> str: ...
+
+    def load(self, reference: str) -> keys.PrivateKey: ...
+
+    def discard(self, reference: str) -> None: ...
+
+
+class FileKeyBackend:
+    """Encrypted PKCS#8 files in PKIPORTAL_KEY_DIR, passphrase from the environment."""
+
+    name = "file"
+
+    def _passphrase(self) -> bytes:
+        passphrase = settings.PKIPORTAL_CA_KEY_PASSPHRASE
+        embedded = Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE)
+        if not passphrase and embedded.exists():
+            passphrase = embedded.read_text().strip()
+        if not passphrase:
+            raise KeyStoreError(
+                "No CA key passphrase is configured: set PKIPORTAL_CA_KEY_PASSPHRASE "
+                "or PKIPORTAL_CA_KEY_PASSPHRASE_FILE."
+            )
+        return passphrase.encode()
+
+    def _path(self, reference: str) -> Path:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*\.key\.pem", reference):
+            raise KeyStoreError(f"Invalid key reference {reference!r}.")
+        return Path(settings.PKIPORTAL_KEY_DIR) / reference
+
+    def store(self, *, label: str, key: keys.PrivateKey) -> str:
+        reference = f"{label}.key.pem"
+        path = self._path(reference)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data = keys.encrypt_private_key_pem(key, self._passphrase())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise KeyStoreError(
+                f"A key file {path} already exists; refusing to overwrite."
+            ) from exc
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return reference
+
+    def discard(self, reference: str) -> None:
+        """Remove a key that never got a CA row (a failed create_pki)."""
+        self._path(reference).unlink(missing_ok=True)
+
+    def load(self, reference: str) -> keys.PrivateKey:
+        path = self._path(reference)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyStoreError(f"The CA key file {path} cannot be read.") from exc
+        try:
+            return keys.load_private_key_pem(data, self._passphrase())
+        except X509Error as exc:
+            raise KeyStoreError(f"The CA key {path} cannot be opened: {exc.message}") from exc
+
+
+_BACKENDS: dict[str, type[FileKeyBackend]] = {"file": FileKeyBackend}
+
+
+def _backend(name: str | None = None) -> KeyBackend:
+    name = name or settings.PKIPORTAL_KEY_BACKEND
+    try:
+        return _BACKENDS[name]()
+    except KeyError:
+        raise KeyStoreError(f"Unknown key backend {name!r}.") from None
+
+
+def discard_key(backend: str, reference: str) -> None:
+    """Forget a freshly stored key whose CA row was rolled back."""
+    _backend(backend).discard(reference)
+
+
+def _ca_key(ca: CertificateAuthority) -> keys.PrivateKey:
+    if not ca.is_online or not ca.key_reference:
+        raise KeyStoreError(f"{ca.name} is offline: its key is not on this server.")
+    return _backend(ca.key_backend).load(ca.key_reference)
+
+
+def _offline_key(offline: OfflineKey) -> keys.PrivateKey:
+    try:
+        data = Path(offline.path).read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(f"The key file {offline.path} cannot be read.") from exc
+    try:
+        return keys.load_private_key_pem(data, offline.passphrase)
+    except X509Error as exc:
+        raise KeyStoreError(f"The key file {offline.path} cannot be opened: {exc.message}") from exc
+
+
+def _check_pair(certificate: x509.Certificate, key: keys.PrivateKey) -> None:
+    if certificate.public_key() != key.public_key():
+        raise KeyStoreError("The key does not belong to this CA's certificate.")
+
+
+# --- creating keys --------------------------------------------------------------------
+
+
+def create_root(
+    *,
+    algorithm: keys.KeyAlgorithm,
+    key_path: Path,
+    passphrase: bytes,
+    common_name: str,
+    organization_name: str,
+    country_name: str,
+    validity_days: int,
+) -> x509.Certificate:
+    """Generate the root key, write it encrypted to the operator's path, return the cert.
+
+    The root key is never registered with a backend: the portal runs without it.
+    """
+    key = keys.generate_private_key(algorithm)
+    certificate = builder.build_root_ca(
+        key=key,
+        common_name=common_name,
+        organization_name=organization_name,
+        country_name=country_name,
+        validity_days=validity_days,
+    )
+    key_path = Path(key_path)
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise KeyStoreError(f"{key_path} already exists; refusing to overwrite a key.") from exc
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(keys.encrypt_private_key_pem(key, passphrase))
+    return certificate
+
+
+def create_issuing(
+    *,
+    label: str,
+    algorithm: keys.KeyAlgorithm,
+    root: CertificateAuthority,
+    root_key: OfflineKey,
+    common_name: str,
+    organization_name: str,
+    country_name: str,
+    validity_days: int,
+) -> tuple[x509.Certificate, str, str]:
+    """Generate an online CA key in the backend and have the offline root certify it.
+
+    Returns the certificate, the backend name and the key reference.
+    """
+    issuer_key = _offline_key(root_key)
+    _check_pair(root.certificate, issuer_key)
+    backend = _backend()
+    key = keys.generate_private_key(algorithm)
+    certificate = builder.build_issuing_ca(
+        public_key=key.public_key(),
+        issuer_certificate=root.certificate,
+        issuer_key=issuer_key,
+        common_name=common_name,
+        organization_name=organization_name,
+        country_name=country_name,
+        validity_days=validity_days,
+        crl_url=root.crl_url,
+        ca_issuers_url=root.ca_issuers_url,
+    )
+    reference = backend.store(label=label, key=key)
+    return certificate, backend.name, reference
+
+
+# --- signing --------------------------------------------------------------------------
+
+
+def issue_end_entity(
+    ca: CertificateAuthority,
+    *,
+    public_key: keys.PublicKey,
+    subject: builder.Subject,
+    policy: CertificatePolicy,
+) -> x509.Certificate:
+    """Have an online CA issue an S/MIME certificate."""
+    issuer_key = _ca_key(ca)
+    return builder.build_end_entity(
+        public_key=public_key,
+        subject=subject,
+        issuer_certificate=ca.certificate,
+        issuer_key=issuer_key,
+        policy=policy,
+        crl_url=ca.crl_url,
+        ca_issuers_url=ca.ca_issuers_url,
+    )
+
+
+def sign_crl(
+    ca: CertificateAuthority,
+    *,
+    entries: Iterable[crl.RevokedEntry],
+    crl_number: int,
+    this_update: datetime,
+    next_update: datetime,
+    offline_key: OfflineKey | None = None,
+) -> x509.CertificateRevocationList:
+    """Sign a CRL with the CA's online key, or with an offline key file handed in."""
+    if offline_key is not None:
+        issuer_key = _offline_key(offline_key)
+        _check_pair(ca.certificate, issuer_key)
+    else:
+        issuer_key = _ca_key(ca)
+    return crl.build_crl(
+        issuer_certificate=ca.certificate,
+        issuer_key=issuer_key,
+        entries=entries,
+        crl_number=crl_number,
+        this_update=this_update,
+        next_update=next_update,
+        # A root's CRL lists CA certificates: every entry needs a reason (S/MIME BR 7.2.2).
+        revokes_ca_certificates=ca.is_root,
+    )
+
+
+def ensure_embedded_passphrase() -> bool:
+    """Write a random CA key passphrase for the embedded default if none is configured."""
+    if settings.PKIPORTAL_CA_KEY_PASSPHRASE:
+        return False
+    path = Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE)
+    if path.exists():
+        return False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32))
+    return True
+
+
+def check_ca_key(ca: CertificateAuthority) -> None:
+    """Raise KeyStoreError unless the online CA's key loads and matches its certificate."""
+    _check_pair(ca.certificate, _ca_key(ca))

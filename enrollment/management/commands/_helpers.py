@@ -1,0 +1,48 @@
+"""Shared bits of the thin management commands."""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+from pathlib import Path
+
+from django.core.management.base import CommandError
+
+from enrollment.models import CertificateAuthority
+
+
+def read_passphrase(path: str | None, *, prompt: str) -> bytes:
+    """A passphrase from a file, or typed at the terminal; never from the command line."""
+    if path:
+        try:
+            return Path(path).read_text().strip().encode()
+        except OSError as exc:
+            raise CommandError(f"Cannot read passphrase file {path}: {exc.strerror}") from exc
+    try:
+        return getpass.getpass(prompt).encode()
+    except (EOFError, OSError) as exc:
+        raise CommandError("No passphrase: give --passphrase-file or run interactively.") from exc
+
+
+def new_passphrase_file(path: str) -> bytes:
+    """Create a random passphrase in a new 0600 file and return it."""
+    target = Path(path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    with target.open("x") as fh:
+        fh.write(value)
+    target.chmod(0o600)
+    return value.encode()
+
+
+def get_ca(slug: str | None, *, root: bool = False) -> CertificateAuthority:
+    if slug:
+        try:
+            return CertificateAuthority.objects.get(slug=slug)
+        except CertificateAuthority.DoesNotExist:
+            raise CommandError(f"No CA with slug {slug!r}.") from None
+    queryset = CertificateAuthority.objects.filter(parent__isnull=root)
+    if queryset.count() != 1:
+        kind = "root" if root else "issuing"
+        raise CommandError(f"Say which {kind} CA with --ca (there is not exactly one).")
+    return queryset.get()

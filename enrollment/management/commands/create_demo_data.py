@@ -1,0 +1,157 @@
+"""Demo data for a person trying pkiportal: a PKI, accounts, a key recovery agent.
+
+Idempotent: a second run keeps what exists and prints the logins again. For the embedded
+default only: the demo root key and its passphrase sit under var/offline/, which a real
+installation must never do (README.md, "Keeping the root offline").
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from enrollment import services
+from enrollment.exceptions import EnrollmentError
+from enrollment.models import (
+    Certificate,
+    CertificateAuthority,
+    CertificateTemplate,
+    KeyRecoveryAgent,
+)
+from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.pkcs12 import Pkcs12Format
+
+# (user name, password, first name, last name, groups, staff, superuser)
+DEMO_ACCOUNTS = [
+    ("alice", "alice-demo-2026", "Alice", "Andersson", [], False, False),
+    ("bob", "bob-demo-2026", "Bob", "Brown", [], False, False),
+    ("olivia", "olivia-demo-2026", "Olivia", "Officer", ["RA officers"], False, False),
+    ("karl", "karl-demo-2026", "Karl", "Keeper", ["Key recovery agents"], False, False),
+    ("admin", "admin-demo-2026", "Ada", "Admin", [], True, True),
+]
+
+
+class Command(BaseCommand):
+    help = "Create a demo PKI, demo accounts and a key recovery agent (idempotent)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--domain", default="example.com", help="E-mail domain of demo users.")
+        parser.add_argument(
+            "--key-algorithm",
+            choices=[a.value for a in KeyAlgorithm],
+            default="rsa-3072",
+            help="Key type of the demo CAs.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        demo_dir = Path(settings.VAR_DIR)
+        offline = demo_dir / "offline"
+        root_key, root_pass = offline / "root-key.pem", offline / "root-passphrase"
+        if not CertificateAuthority.objects.exists():
+            call_command(
+                "create_pki",
+                root_key_out=str(root_key),
+                root_passphrase_file=str(root_pass),
+                root_key_algorithm=options["key_algorithm"],
+                issuing_key_algorithm=options["key_algorithm"],
+                embedded_passphrase=True,
+                stdout=self.stdout,
+            )
+        root = CertificateAuthority.objects.roots().first()
+        if root is not None and not root.revocation_lists.exists() and root_key.exists():
+            call_command(
+                "sign_root_crl",
+                key_file=str(root_key),
+                passphrase_file=str(root_pass),
+                stdout=self.stdout,
+            )
+        users = self._accounts(options["domain"])
+        kra_password = self._key_recovery_agent(users["karl"], demo_dir / "demo")
+        self._certificates(users)
+        self._print_summary(kra_password, demo_dir / "demo" / "kra.p12")
+
+    @transaction.atomic
+    def _accounts(self, domain: str) -> dict[str, Any]:
+        users: dict[str, Any] = {}
+        User = get_user_model()
+        for username, password, first, last, groups, staff, superuser in DEMO_ACCOUNTS:
+            user, created = User.objects.get_or_create(
+                username=username,
+                defaults={
+                    "first_name": first,
+                    "last_name": last,
+                    "email": f"{username}@{domain}",
+                    "is_staff": staff,
+                    "is_superuser": superuser,
+                },
+            )
+            if created:
+                user.set_password(password)
+                user.save()
+            for name in groups:
+                user.groups.add(Group.objects.get_or_create(name=name)[0])
+            users[username] = user
+        return users
+
+    def _key_recovery_agent(self, agent_user: Any, out_dir: Path) -> str | None:
+        """Issue the agent an RSA dual-use certificate; its PKCS#12 goes to var/demo/."""
+        if KeyRecoveryAgent.objects.filter(is_active=True).exists():
+            return None
+        template = CertificateTemplate.objects.get(slug="smime-dual-use")
+        password = secrets.token_urlsafe(12)
+        try:
+            certificate, bundle = services.certificate_issue_with_server_key(
+                template=template,
+                owner=agent_user,
+                key_algorithm=KeyAlgorithm.RSA_3072,
+                pkcs12_password=password,
+                pkcs12_format=Pkcs12Format.MODERN,
+            )
+            services.kra_register(
+                certificate=certificate.certificate, name="Demo key recovery agent", user=agent_user
+            )
+        except EnrollmentError as exc:
+            raise CommandError(exc.message) from exc
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "kra.p12"
+        path.write_bytes(bundle)
+        path.chmod(0o600)
+        return password
+
+    def _certificates(self, users: dict[str, Any]) -> None:
+        """Alice gets a signing and an encryption certificate so the portal has content."""
+        alice = users["alice"]
+        if Certificate.objects.filter(owner=alice).exists():
+            return
+        for slug in ("smime-signing", "smime-encryption"):
+            services.certificate_issue_with_server_key(
+                template=CertificateTemplate.objects.get(slug=slug),
+                owner=alice,
+                key_algorithm=KeyAlgorithm.EC_P256,
+                pkcs12_password=secrets.token_urlsafe(12),  # demo only: nobody needs this key
+            )
+
+    def _print_summary(self, kra_password: str | None, kra_path: Path) -> None:
+        out = self.stdout
+        out.write("")
+        out.write(self.style.SUCCESS("Demo accounts (user / password):"))
+        for username, password, _first, _last, groups, _staff, superuser in DEMO_ACCOUNTS:
+            role = "admin" if superuser else (", ".join(groups) or "employee")
+            out.write(f"  {username:<8} {password:<18} {role}")
+        if kra_password:
+            out.write(self.style.SUCCESS(f"Key recovery agent PKCS#12: {kra_path}"))
+            out.write(f"  password: {kra_password}  (shown once; keep it with the file)")
+        else:
+            out.write(f"Key recovery agent PKCS#12: {kra_path} (password shown when it was made)")
+        ca = CertificateAuthority.objects.online().first()
+        if ca is not None:
+            base = settings.PKIPORTAL_BASE_URL
+            out.write(f"Issuing CA CRL: {base}/pki/{ca.slug}.crl")

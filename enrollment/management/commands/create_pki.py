@@ -1,0 +1,97 @@
+"""Create the CA hierarchy: an offline root whose key goes to a file you choose, and an
+online issuing CA whose key goes to the key store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from enrollment import keystore, services
+from enrollment.exceptions import EnrollmentError
+from enrollment.management.commands._helpers import new_passphrase_file, read_passphrase
+from enrollment.models import CertificateAuthority
+from enrollment.x509.keys import KeyAlgorithm
+
+ALGORITHMS = [algorithm.value for algorithm in KeyAlgorithm]
+
+
+class Command(BaseCommand):
+    help = "Create the offline root CA and the online issuing CA (refuses if a CA exists)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        org = settings.PKIPORTAL_ORGANIZATION_NAME
+        parser.add_argument("--root-name", default=f"{org} Root CA")
+        parser.add_argument("--root-slug", default="root")
+        parser.add_argument("--root-key-algorithm", choices=ALGORITHMS, default="rsa-4096")
+        parser.add_argument("--root-validity-days", type=int, default=7300)
+        parser.add_argument("--issuing-name", default=f"{org} S/MIME Issuing CA")
+        parser.add_argument("--issuing-slug", default="issuing")
+        parser.add_argument("--issuing-key-algorithm", choices=ALGORITHMS, default="rsa-3072")
+        parser.add_argument("--issuing-validity-days", type=int, default=1825)
+        parser.add_argument("--organization", default=org)
+        parser.add_argument("--country", default=settings.PKIPORTAL_COUNTRY_NAME)
+        parser.add_argument(
+            "--base-url",
+            default=settings.PKIPORTAL_BASE_URL,
+            help="Public http:// URL embedded as CDP and AIA in every certificate.",
+        )
+        parser.add_argument(
+            "--root-key-out",
+            required=True,
+            help="Where to write the root key (encrypted PKCS#8). Move it offline afterwards.",
+        )
+        parser.add_argument(
+            "--root-passphrase-file",
+            help="Passphrase for the root key; created with a random value if missing. "
+            "Without it you are asked at the terminal.",
+        )
+        parser.add_argument(
+            "--embedded-passphrase",
+            action="store_true",
+            help="Embedded default: if no CA key passphrase is configured, create one under "
+            "the key directory.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if CertificateAuthority.objects.exists():
+            raise CommandError("A CA hierarchy already exists; refusing to create another.")
+        if options["embedded_passphrase"] and keystore.ensure_embedded_passphrase():
+            self.stdout.write("Created a CA key passphrase for the embedded default.")
+        path = options["root_passphrase_file"]
+        if path and not Path(path).exists():
+            passphrase = new_passphrase_file(path)
+            self.stdout.write(f"Wrote a new root key passphrase to {path}.")
+        else:
+            passphrase = read_passphrase(path, prompt="Root key passphrase: ")
+        if len(passphrase) < 12:
+            raise CommandError("The root key passphrase must be at least 12 characters.")
+        try:
+            root, issuing = services.pki_create(
+                root=services.CaSpec(
+                    name=options["root_name"],
+                    slug=options["root_slug"],
+                    algorithm=KeyAlgorithm(options["root_key_algorithm"]),
+                    validity_days=options["root_validity_days"],
+                ),
+                issuing=services.CaSpec(
+                    name=options["issuing_name"],
+                    slug=options["issuing_slug"],
+                    algorithm=KeyAlgorithm(options["issuing_key_algorithm"]),
+                    validity_days=options["issuing_validity_days"],
+                ),
+                base_url=options["base_url"],
+                root_key_path=Path(options["root_key_out"]),
+                root_passphrase=passphrase,
+                organization_name=options["organization"],
+                country_name=options["country"],
+            )
+        except EnrollmentError as exc:
+            raise CommandError(exc.message) from exc
+        self.stdout.write(self.style.SUCCESS(f"Created {root.name} (offline) and {issuing.name}."))
+        self.stdout.write(
+            f"Root key: {options['root_key_out']} — move it to offline storage. "
+            f"Sign the root's CRL with `manage.py sign_root_crl --key-file ...`."
+        )

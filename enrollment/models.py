@@ -1,0 +1,343 @@
+"""The CA side's data: authorities, templates, certificates, CRLs, archived keys, audit.
+
+DER is stored as issued and parsed lazily into cryptography objects; the columns that are
+queried (serial, fingerprint, notAfter, e-mail) are denormalised and indexed. Private keys
+never appear here: CA keys live behind keystore.py, archived keys only as CMS
+EnvelopedData to the key recovery agents.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from cryptography import x509
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from enrollment.querysets import (
+    CertificateAuthorityQuerySet,
+    CertificateQuerySet,
+    RevocationListQuerySet,
+)
+from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.policy import CertificatePolicy, Generation, Purpose
+
+
+class DerCertificateMixin(models.Model):
+    """A stored certificate: DER as issued plus the indexed facts we query by."""
+
+    der = models.BinaryField()
+    serial = models.CharField(max_length=42, help_text="Lowercase hex, no leading zeros.")
+    fingerprint_sha256 = models.CharField(max_length=64, unique=True)
+    subject = models.TextField(help_text="RFC 4514 string.")
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField(db_index=True)
+
+    class Meta:
+        abstract = True
+
+    @cached_property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(bytes(self.der))
+
+
+class CertificateAuthority(DerCertificateMixin):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(unique=True, help_text="Used in /pki/<slug>.crt and .crl URLs.")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    is_online = models.BooleanField(
+        default=True, help_text="Offline CAs (the root) have no key on this server."
+    )
+    key_backend = models.CharField(max_length=20, default="file", blank=True)
+    key_reference = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Where the key backend finds the key (a file name); never the key itself.",
+    )
+    crl_url = models.URLField(help_text="This CA's CRL URL, embedded in what it issues.")
+    ca_issuers_url = models.URLField(help_text="This CA's certificate URL (AIA caIssuers).")
+    crl_validity_days = models.PositiveSmallIntegerField(default=7)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = CertificateAuthorityQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "certificate authority"
+        verbose_name_plural = "certificate authorities"
+        ordering = ["parent_id", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(is_online=False) | ~Q(key_reference=""),
+                name="online_ca_has_key_reference",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent_id is None
+
+    def chain(self) -> list[CertificateAuthority]:
+        """This CA and its ancestors, up to and including the root."""
+        chain: list[CertificateAuthority] = [self]
+        while chain[-1].parent is not None:
+            chain.append(chain[-1].parent)
+        return chain
+
+    def latest_crl(self) -> RevocationList | None:
+        return self.revocation_lists.newest_first().first()
+
+
+class CertificateTemplate(models.Model):
+    class Purpose(models.TextChoices):
+        SIGNING = Purpose.SIGNING.value, "Signing"
+        ENCRYPTION = Purpose.ENCRYPTION.value, "Encryption"
+        DUAL_USE = Purpose.DUAL_USE.value, "Signing and encryption"
+
+    class Generation(models.TextChoices):
+        STRICT = Generation.STRICT.value, "Strict"
+        MULTIPURPOSE = Generation.MULTIPURPOSE.value, "Multipurpose"
+
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(unique=True)
+    description = models.TextField(blank=True)
+    purpose = models.CharField(max_length=20, choices=Purpose.choices)
+    generation = models.CharField(
+        max_length=20, choices=Generation.choices, default=Generation.STRICT
+    )
+    validity_days = models.PositiveSmallIntegerField(
+        default=365, help_text="At most 825 days (S/MIME BR 6.3.2)."
+    )
+    allowed_key_algorithms = models.JSONField(
+        default=list, help_text="KeyAlgorithm values; empty means all we support."
+    )
+    allow_csr = models.BooleanField(default=True, help_text="The requester may bring a CSR.")
+    allow_server_key = models.BooleanField(
+        default=True, help_text="The portal may generate the key and hand out a PKCS#12."
+    )
+    archive_key = models.BooleanField(
+        default=False, help_text="Archive the private key to the key recovery agents."
+    )
+    requires_approval = models.BooleanField(default=False)
+    organization_policy_oid = models.CharField(max_length=100, blank=True)
+    issuing_ca = models.ForeignKey(
+        CertificateAuthority,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        help_text="Empty: the online issuing CA.",
+    )
+    allowed_groups = models.ManyToManyField(
+        Group, blank=True, help_text="Empty: every signed-in employee may enrol."
+    )
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            # Signing-only keys are never archived (DESIGN.md; S/MIME BR 6.1.1.3).
+            models.CheckConstraint(
+                condition=~Q(purpose="signing", archive_key=True),
+                name="signing_template_never_archives",
+            ),
+            models.CheckConstraint(
+                condition=Q(validity_days__gte=1, validity_days__lte=825),
+                name="template_validity_at_most_825_days",
+            ),
+            # An archived key must be one the portal generated: a CSR's key never reaches us.
+            models.CheckConstraint(
+                condition=~Q(archive_key=True, allow_csr=True),
+                name="archiving_template_takes_no_csr",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def key_algorithms(self) -> frozenset[KeyAlgorithm]:
+        if not self.allowed_key_algorithms:
+            return frozenset(KeyAlgorithm)
+        return frozenset(KeyAlgorithm(value) for value in self.allowed_key_algorithms)
+
+    def policy(self) -> CertificatePolicy:
+        return CertificatePolicy(
+            purpose=Purpose(self.purpose),
+            generation=Generation(self.generation),
+            validity_days=self.validity_days,
+            allowed_key_algorithms=self.key_algorithms,
+            organization_policy_oid=self.organization_policy_oid or None,
+        )
+
+
+class Certificate(DerCertificateMixin):
+    class Status(models.TextChoices):
+        VALID = "valid", "Valid"
+        REVOKED = "revoked", "Revoked"
+
+    class RevocationReasonChoice(models.TextChoices):
+        """RFC 5280 5.3.1 reasons a person may pick; certificateHold is never offered."""
+
+        KEY_COMPROMISE = "keyCompromise", "Key compromise"
+        CA_COMPROMISE = "cACompromise", "CA compromise"
+        AFFILIATION_CHANGED = "affiliationChanged", "Affiliation changed"
+        SUPERSEDED = "superseded", "Superseded"
+        CESSATION_OF_OPERATION = "cessationOfOperation", "Cessation of operation"
+        PRIVILEGE_WITHDRAWN = "privilegeWithdrawn", "Privilege withdrawn"
+
+    ca = models.ForeignKey(
+        CertificateAuthority, on_delete=models.PROTECT, related_name="certificates"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="certificates",
+    )
+    template = models.ForeignKey(
+        CertificateTemplate, null=True, blank=True, on_delete=models.PROTECT
+    )
+    purpose = models.CharField(max_length=20, choices=CertificateTemplate.Purpose.choices)
+    common_name = models.CharField(max_length=200, db_index=True)
+    email = models.EmailField(
+        db_index=True, blank=True, help_text="First rfc822Name, lowercased, for lookups."
+    )
+    emails = models.JSONField(default=list, help_text="Every rfc822Name in subjectAltName.")
+    fingerprint_sha1 = models.CharField(max_length=40, help_text="Outlook shows SHA-1.")
+    key_algorithm = models.CharField(max_length=30, help_text='For people: "RSA 3072".')
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.VALID)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revocation_reason = models.CharField(
+        max_length=30,
+        blank=True,
+        choices=RevocationReasonChoice.choices,
+        help_text="Empty: no reason code (RFC 5280 'unspecified' is never encoded).",
+    )
+    invalidity_date = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = CertificateQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-not_before"]
+        constraints = [
+            models.UniqueConstraint(fields=["ca", "serial"], name="unique_serial_per_ca"),
+            models.CheckConstraint(
+                condition=Q(status="valid", revoked_at__isnull=True)
+                | Q(status="revoked", revoked_at__isnull=False),
+                name="revoked_certificate_has_revocation_time",
+            ),
+        ]
+        indexes = [models.Index(fields=["ca", "status"], name="cert_ca_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.common_name} ({self.serial[:12]}…)"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.not_after <= timezone.now()
+
+    @property
+    def state(self) -> str:
+        """valid, revoked or expired: what a person should be told."""
+        if self.status == self.Status.REVOKED:
+            return "revoked"
+        return "expired" if self.is_expired else "valid"
+
+
+class RevocationList(models.Model):
+    ca = models.ForeignKey(
+        CertificateAuthority, on_delete=models.PROTECT, related_name="revocation_lists"
+    )
+    number = models.PositiveBigIntegerField()
+    this_update = models.DateTimeField()
+    next_update = models.DateTimeField()
+    entries = models.PositiveIntegerField(default=0)
+    der = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = RevocationListQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["ca", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["ca", "number"], name="unique_crl_number_per_ca"),
+            models.CheckConstraint(
+                condition=Q(next_update__gt=models.F("this_update")),
+                name="crl_next_update_after_this_update",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ca} CRL #{self.number}"
+
+    @cached_property
+    def crl(self) -> x509.CertificateRevocationList:
+        return x509.load_der_x509_crl(bytes(self.der))
+
+
+class KeyRecoveryAgent(DerCertificateMixin):
+    """A key recovery agent's certificate; its private key never lives on this server."""
+
+    name = models.CharField(max_length=200)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ArchivedKey(models.Model):
+    """A private key as CMS EnvelopedData to the agents: the server cannot open it alone."""
+
+    certificate = models.OneToOneField(
+        Certificate, on_delete=models.PROTECT, related_name="archived_key"
+    )
+    envelope = models.BinaryField(help_text="DER CMS EnvelopedData of the PKCS#8 key.")
+    recipients = models.ManyToManyField(KeyRecoveryAgent, related_name="archived_keys")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Archived key of {self.certificate}"
+
+
+class AuditEvent(models.Model):
+    """Append-only record of every privileged action."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILURE = "failure", "Failure"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    actor_name = models.CharField(max_length=200, help_text="Kept if the account goes.")
+    action = models.CharField(max_length=60, db_index=True)
+    object_type = models.CharField(max_length=60, blank=True)
+    object_id = models.CharField(max_length=100, blank=True)
+    object_repr = models.CharField(max_length=300, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.SUCCESS)
+    source_address = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action}"

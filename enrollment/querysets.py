@@ -1,0 +1,41 @@
+"""Query vocabulary for certificates, CAs and CRLs: filters live here, not in views."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import models
+from django.utils import timezone
+
+
+class CertificateAuthorityQuerySet(models.QuerySet):
+    def online(self) -> CertificateAuthorityQuerySet:
+        return self.filter(is_online=True)
+
+    def roots(self) -> CertificateAuthorityQuerySet:
+        return self.filter(parent__isnull=True)
+
+
+class CertificateQuerySet(models.QuerySet):
+    def valid(self, now: datetime | None = None) -> CertificateQuerySet:
+        """Not revoked and inside their validity period."""
+        now = now or timezone.now()
+        return self.filter(status="valid", not_before__lte=now, not_after__gt=now)
+
+    def revoked(self) -> CertificateQuerySet:
+        return self.filter(status="revoked")
+
+    def expired(self, now: datetime | None = None) -> CertificateQuerySet:
+        return self.filter(not_after__lte=now or timezone.now())
+
+    def expiring(self, within: timedelta, now: datetime | None = None) -> CertificateQuerySet:
+        now = now or timezone.now()
+        return self.valid(now).filter(not_after__lte=now + within)
+
+    def owned_by(self, user: models.Model) -> CertificateQuerySet:
+        return self.filter(owner=user)
+
+
+class RevocationListQuerySet(models.QuerySet):
+    def newest_first(self) -> RevocationListQuerySet:
+        return self.order_by("-number")

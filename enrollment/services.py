@@ -1,0 +1,516 @@
+"""Every state change of the CA side: atomic, keyword-only, audited in the same transaction.
+
+Views, the API, the admin, management commands and tasks call these functions; none of
+them writes CA models directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.utils import timezone
+
+from enrollment import keystore
+from enrollment.audit import audit_record
+from enrollment.exceptions import ConfigurationError, InvalidState, PolicyViolation
+from enrollment.models import (
+    ArchivedKey,
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CertificateTemplate,
+    KeyRecoveryAgent,
+    RevocationList,
+)
+from enrollment.x509 import builder, cms, keys, pkcs7, pkcs12
+from enrollment.x509.crl import RevocationReason, RevokedEntry
+from enrollment.x509.errors import X509Error
+
+Actor = AbstractBaseUser | AnonymousUser | None
+# RevocationList.number is a PositiveBigIntegerField: signed 64-bit in every database.
+MAX_STORED_CRL_NUMBER = 2**63 - 1
+
+
+def _der_facts(certificate: x509.Certificate) -> dict[str, object]:
+    """The indexed columns every stored certificate carries."""
+    return {
+        "der": certificate.public_bytes(Encoding.DER),
+        "serial": format(certificate.serial_number, "x"),
+        "fingerprint_sha256": pkcs7.fingerprint(certificate, "sha256"),
+        "subject": certificate.subject.rfc4514_string(),
+        "not_before": certificate.not_valid_before_utc,
+        "not_after": certificate.not_valid_after_utc,
+    }
+
+
+# --- the CA hierarchy -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaSpec:
+    """What create_pki asks for one CA."""
+
+    name: str
+    slug: str
+    algorithm: keys.KeyAlgorithm
+    validity_days: int
+
+
+def pki_create(
+    *,
+    root: CaSpec,
+    issuing: CaSpec,
+    base_url: str,
+    root_key_path: Path,
+    root_passphrase: bytes,
+    organization_name: str,
+    country_name: str = "",
+    actor: Actor = None,
+) -> tuple[CertificateAuthority, CertificateAuthority]:
+    """Create the offline root and the online issuing CA; refuse if a hierarchy exists."""
+    if CertificateAuthority.objects.exists():
+        raise InvalidState("A CA hierarchy already exists; refusing to create another.")
+    if root.slug == issuing.slug:
+        raise PolicyViolation("The root and the issuing CA need different slugs.")
+    base_url = base_url.rstrip("/")
+    if not base_url.startswith("http://"):
+        raise PolicyViolation("The base URL must be plain http:// (RFC 5280 CDP and AIA).")
+
+    def urls(slug: str) -> dict[str, str]:
+        return {
+            "crl_url": f"{base_url}/pki/{slug}.crl",
+            "ca_issuers_url": f"{base_url}/pki/{slug}.crt",
+        }
+
+    root_certificate = keystore.create_root(
+        algorithm=root.algorithm,
+        key_path=root_key_path,
+        passphrase=root_passphrase,
+        common_name=root.name,
+        organization_name=organization_name,
+        country_name=country_name,
+        validity_days=root.validity_days,
+    )
+    stored: tuple[str, str] | None = None
+    try:
+        with transaction.atomic():
+            root_ca = CertificateAuthority.objects.create(
+                name=root.name,
+                slug=root.slug,
+                is_online=False,
+                key_backend="",
+                crl_validity_days=settings.PKIPORTAL_ROOT_CRL_VALIDITY_DAYS,
+                **urls(root.slug),
+                **_der_facts(root_certificate),
+            )
+            issuing_certificate, backend, reference = keystore.create_issuing(
+                label=issuing.slug,
+                algorithm=issuing.algorithm,
+                root=root_ca,
+                root_key=keystore.OfflineKey(Path(root_key_path), root_passphrase),
+                common_name=issuing.name,
+                organization_name=organization_name,
+                country_name=country_name,
+                validity_days=issuing.validity_days,
+            )
+            stored = (backend, reference)
+            issuing_ca = CertificateAuthority.objects.create(
+                name=issuing.name,
+                slug=issuing.slug,
+                parent=root_ca,
+                is_online=True,
+                key_backend=backend,
+                key_reference=reference,
+                crl_validity_days=settings.PKIPORTAL_CRL_VALIDITY_DAYS,
+                **urls(issuing.slug),
+                **_der_facts(issuing_certificate),
+            )
+            for ca in (root_ca, issuing_ca):
+                audit_record(action="ca.create", actor=actor, target=ca)
+    except BaseException:
+        # Nothing half-made may block a second attempt: both new key files go too.
+        Path(root_key_path).unlink(missing_ok=True)
+        if stored is not None:
+            keystore.discard_key(*stored)
+        raise
+    crl_publish(ca=issuing_ca, actor=actor)
+    return root_ca, issuing_ca
+
+
+def default_issuing_ca() -> CertificateAuthority:
+    ca = CertificateAuthority.objects.online().filter(parent__isnull=False).first()
+    if ca is None:
+        raise ConfigurationError("No online issuing CA exists: run `manage.py create_pki`.")
+    return ca
+
+
+# --- key recovery agents --------------------------------------------------------------
+
+
+def kra_register(
+    *,
+    certificate: x509.Certificate,
+    name: str,
+    user: AbstractBaseUser | None = None,
+    actor: Actor = None,
+) -> KeyRecoveryAgent:
+    """Register an agent certificate that archived keys will be encrypted to."""
+    public_key = certificate.public_key()
+    if not isinstance(public_key, keys.rsa.RSAPublicKey):
+        raise PolicyViolation("A key recovery agent needs an RSA certificate (CMS key transport).")
+    now = timezone.now()
+    if certificate.not_valid_after_utc <= now:
+        raise PolicyViolation("The key recovery agent certificate has expired.")
+    if certificate.not_valid_before_utc > now:
+        raise PolicyViolation("The key recovery agent certificate is not valid yet.")
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.key_encipherment:
+        raise PolicyViolation("The key recovery agent certificate does not allow keyEncipherment.")
+    facts = _der_facts(certificate)
+    if KeyRecoveryAgent.objects.filter(fingerprint_sha256=facts["fingerprint_sha256"]).exists():
+        raise InvalidState("This key recovery agent certificate is already registered.")
+    with transaction.atomic():
+        agent = KeyRecoveryAgent.objects.create(name=name, user=user, **facts)
+        audit_record(action="kra.register", actor=actor, target=agent)
+    return agent
+
+
+def _active_agents() -> list[KeyRecoveryAgent]:
+    now = timezone.now()
+    return list(
+        KeyRecoveryAgent.objects.filter(is_active=True, not_before__lte=now, not_after__gt=now)
+    )
+
+
+# --- issuance -------------------------------------------------------------------------
+
+
+def subject_for(owner: AbstractBaseUser) -> builder.Subject:
+    """The certificate subject comes from the account, never from a CSR or a form."""
+    email = (getattr(owner, "email", "") or "").strip().lower()
+    if not email:
+        raise PolicyViolation(
+            "Your account has no e-mail address; ask an administrator to add one."
+        )
+    given = getattr(owner, "first_name", "") or ""
+    surname = getattr(owner, "last_name", "") or ""
+    common_name = " ".join(part for part in (given, surname) if part) or owner.get_username()
+    return builder.Subject(
+        common_name=common_name,
+        given_name=given,
+        surname=surname,
+        organization_name=settings.PKIPORTAL_ORGANIZATION_NAME,
+        country_name=settings.PKIPORTAL_COUNTRY_NAME,
+        organization_identifier=settings.PKIPORTAL_ORGANIZATION_IDENTIFIER,
+        email_addresses=(email,),
+    )
+
+
+def _issue(
+    *,
+    template: CertificateTemplate,
+    owner: AbstractBaseUser,
+    public_key: keys.PublicKey,
+    actor: Actor,
+    source_address: str | None,
+    private_key: keys.PrivateKey | None = None,
+) -> Certificate:
+    if not template.is_active:
+        raise PolicyViolation(f"The template {template.name!r} is not active.")
+    ca = template.issuing_ca or default_issuing_ca()
+    subject = subject_for(owner)
+    if template.archive_key:
+        if private_key is None:
+            raise PolicyViolation(
+                f"{template.name} archives keys, so the portal must generate the key; "
+                "a CSR cannot be used."
+            )
+        agents = _active_agents()
+        if not agents:
+            raise ConfigurationError(
+                f"No valid key recovery agent is configured, so {template.name} cannot issue: "
+                "an encryption key must be archived before the certificate exists."
+            )
+    try:
+        issued = keystore.issue_end_entity(
+            ca, public_key=public_key, subject=subject, policy=template.policy()
+        )
+    except X509Error as exc:
+        raise PolicyViolation(exc.message) from exc
+    emails = [e.lower() for e in subject.email_addresses]
+    with transaction.atomic():
+        certificate = Certificate.objects.create(
+            ca=ca,
+            owner=owner,
+            template=template,
+            purpose=template.purpose,
+            common_name=subject.common_name,
+            email=emails[0],
+            emails=emails,
+            fingerprint_sha1=pkcs7.fingerprint(issued, "sha1"),
+            key_algorithm=keys.describe_public_key(public_key),
+            **_der_facts(issued),
+        )
+        if template.archive_key:
+            assert private_key is not None
+            _key_archive(
+                certificate=certificate, private_key=private_key, agents=agents, actor=actor
+            )
+        audit_record(
+            action="certificate.issue",
+            actor=actor,
+            target=certificate,
+            source_address=source_address,
+            detail={"template": template.slug, "serial": certificate.serial},
+        )
+    return certificate
+
+
+def certificate_issue(
+    *,
+    template: CertificateTemplate,
+    owner: AbstractBaseUser,
+    public_key: keys.PublicKey,
+    actor: Actor = None,
+    source_address: str | None = None,
+) -> Certificate:
+    """Issue for a key the requester holds (from a checked CSR)."""
+    if not template.allow_csr:
+        raise PolicyViolation(
+            f"{template.name} does not accept a CSR; the portal generates the key."
+        )
+    return _issue(
+        template=template,
+        owner=owner,
+        public_key=public_key,
+        actor=actor,
+        source_address=source_address,
+    )
+
+
+def certificate_issue_with_server_key(
+    *,
+    template: CertificateTemplate,
+    owner: AbstractBaseUser,
+    key_algorithm: keys.KeyAlgorithm,
+    pkcs12_password: str,
+    pkcs12_format: pkcs12.Pkcs12Format = pkcs12.Pkcs12Format.MODERN,
+    actor: Actor = None,
+    source_address: str | None = None,
+) -> tuple[Certificate, bytes]:
+    """Generate the key here; it leaves once, inside the password-protected PKCS#12."""
+    if not template.allow_server_key:
+        raise PolicyViolation(f"{template.name} requires your own key (a CSR).")
+    if key_algorithm not in template.key_algorithms:
+        raise PolicyViolation(f"{template.name} does not allow {key_algorithm.label} keys.")
+    if not pkcs12_password:
+        raise PolicyViolation("A PKCS#12 password is required.", field="pkcs12_password")
+    private_key = keys.generate_private_key(key_algorithm)
+    certificate = _issue(
+        template=template,
+        owner=owner,
+        public_key=private_key.public_key(),
+        actor=actor,
+        source_address=source_address,
+        private_key=private_key,
+    )
+    chain = [ca.certificate for ca in certificate.ca.chain()]
+    bundle = pkcs12.export_pkcs12(
+        key=private_key,
+        certificate=certificate.certificate,
+        chain=chain,
+        password=pkcs12_password,
+        friendly_name=f"{certificate.common_name} ({template.name})",
+        fmt=pkcs12_format,
+    )
+    return certificate, bundle
+
+
+def _key_archive(
+    *,
+    certificate: Certificate,
+    private_key: keys.PrivateKey,
+    agents: list[KeyRecoveryAgent],
+    actor: Actor,
+) -> ArchivedKey:
+    envelope = cms.archive_private_key(private_key, [agent.certificate for agent in agents])
+    archived = ArchivedKey.objects.create(certificate=certificate, envelope=envelope)
+    archived.recipients.set(agents)
+    audit_record(
+        action="key.archive",
+        actor=actor,
+        target=archived,
+        detail={"agents": [agent.fingerprint_sha256 for agent in agents]},
+    )
+    return archived
+
+
+# --- revocation and CRLs --------------------------------------------------------------
+
+
+def certificate_revoke(
+    *,
+    certificate: Certificate,
+    reason: str | None,
+    actor: Actor = None,
+    invalidity_date: datetime | None = None,
+    source_address: str | None = None,
+) -> Certificate:
+    """Commit the revocation, then queue the CRL: fast whatever the CRL's size."""
+    if reason in ("", "unspecified"):
+        reason = None
+    if reason is not None and reason not in Certificate.RevocationReasonChoice.values:
+        raise PolicyViolation(f"{reason!r} is not a revocation reason we accept.", field="reason")
+    now = timezone.now()
+    if invalidity_date is not None and invalidity_date > now:
+        raise PolicyViolation(
+            "The invalidity date cannot be in the future.", field="invalidity_date"
+        )
+    with transaction.atomic():
+        locked = Certificate.objects.select_for_update().get(pk=certificate.pk)
+        if locked.status == Certificate.Status.REVOKED:
+            raise InvalidState("This certificate is already revoked.")
+        locked.status = Certificate.Status.REVOKED
+        locked.revoked_at = now
+        locked.revocation_reason = reason or ""
+        locked.invalidity_date = invalidity_date
+        locked.save(update_fields=["status", "revoked_at", "revocation_reason", "invalidity_date"])
+        audit_record(
+            action="certificate.revoke",
+            actor=actor,
+            target=locked,
+            source_address=source_address,
+            detail={"reason": reason or "", "serial": locked.serial},
+        )
+        from enrollment.tasks import crl_publish_on_commit
+
+        crl_publish_on_commit(locked.ca_id)
+    return locked
+
+
+def _crl_entries(ca: CertificateAuthority, previous: RevocationList | None) -> list[RevokedEntry]:
+    """Revoked certificates, kept until one CRL after they expire (RFC 5280 3.3)."""
+    revoked = Certificate.objects.filter(ca=ca).revoked()
+    if previous is not None:
+        revoked = revoked.filter(not_after__gte=previous.this_update)
+    rows = revoked.values_list("serial", "revoked_at", "revocation_reason", "invalidity_date")
+    return [
+        RevokedEntry(
+            serial_number=int(serial, 16),
+            revocation_date=revoked_at,
+            reason=RevocationReason(reason) if reason else None,
+            invalidity_date=invalidity,
+        )
+        for serial, revoked_at, reason, invalidity in rows.iterator(chunk_size=10_000)
+    ]
+
+
+def crl_publish(
+    *,
+    ca: CertificateAuthority,
+    actor: Actor = None,
+    offline_key: keystore.OfflineKey | None = None,
+    validity: timedelta | None = None,
+) -> RevocationList:
+    """Sign and store the CA's next CRL; numbers strictly increase per CA.
+
+    The CA row is locked for the whole build, so concurrent publishers queue behind each
+    other and the later one always sees every revocation committed before it.
+    """
+    with transaction.atomic():
+        locked = CertificateAuthority.objects.select_for_update().get(pk=ca.pk)
+        previous = locked.latest_crl()
+        number = (previous.number + 1) if previous else 1
+        this_update = timezone.now().replace(microsecond=0)
+        next_update = this_update + (validity or timedelta(days=locked.crl_validity_days))
+        entries = _crl_entries(locked, previous)
+        try:
+            signed = keystore.sign_crl(
+                locked,
+                entries=entries,
+                crl_number=number,
+                this_update=this_update,
+                next_update=next_update,
+                offline_key=offline_key,
+            )
+        except X509Error as exc:
+            raise PolicyViolation(exc.message) from exc
+        revocation_list = RevocationList.objects.create(
+            ca=locked,
+            number=number,
+            this_update=this_update,
+            next_update=next_update,
+            entries=len(entries),
+            der=signed.public_bytes(Encoding.DER),
+        )
+        audit_record(
+            action="crl.publish",
+            actor=actor,
+            target=revocation_list,
+            detail={"number": number, "entries": len(entries)},
+            outcome=AuditEvent.Outcome.SUCCESS,
+        )
+    return revocation_list
+
+
+def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> RevocationList:
+    """Store a CRL signed elsewhere (the offline root's, signed on an air-gapped machine)."""
+    try:
+        imported = x509.load_der_x509_crl(der)
+    except ValueError:
+        try:
+            imported = x509.load_pem_x509_crl(der)
+        except ValueError as exc:
+            raise PolicyViolation("The file is not a DER or PEM CRL.") from exc
+    if imported.issuer != ca.certificate.subject:
+        raise PolicyViolation(f"The CRL was not issued by {ca.name}.")
+    if not imported.is_signature_valid(ca.certificate.public_key()):
+        raise PolicyViolation(f"The CRL's signature does not verify with {ca.name}'s key.")
+    try:
+        number = imported.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound as exc:
+        raise PolicyViolation("The CRL has no CRL number (RFC 5280 5.2.3).") from exc
+    if imported.next_update_utc is None:
+        raise PolicyViolation("The CRL has no nextUpdate.")
+    if imported.next_update_utc <= imported.last_update_utc:
+        raise PolicyViolation("The CRL's nextUpdate is not later than its thisUpdate.")
+    if imported.next_update_utc <= timezone.now():
+        raise PolicyViolation(
+            f"The CRL expired at {imported.next_update_utc:%Y-%m-%d %H:%M} UTC; "
+            "publishing it would serve a stale list."
+        )
+    if number > MAX_STORED_CRL_NUMBER:
+        raise PolicyViolation(
+            f"CRL number {number} is larger than the portal can store "
+            f"(at most {MAX_STORED_CRL_NUMBER})."
+        )
+    with transaction.atomic():
+        locked = CertificateAuthority.objects.select_for_update().get(pk=ca.pk)
+        previous = locked.latest_crl()
+        if previous is not None and number <= previous.number:
+            raise InvalidState(
+                f"CRL number {number} is not newer than the published number {previous.number}."
+            )
+        revocation_list = RevocationList.objects.create(
+            ca=locked,
+            number=number,
+            this_update=imported.last_update_utc,
+            next_update=imported.next_update_utc,
+            entries=len(imported),
+            der=imported.public_bytes(Encoding.DER),
+        )
+        audit_record(
+            action="crl.import", actor=actor, target=revocation_list, detail={"number": number}
+        )
+    return revocation_list

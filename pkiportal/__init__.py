@@ -1,0 +1,5 @@
+"""pkiportal: a self-service S/MIME PKI portal."""
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,16 @@
+"""Root URLconf: web pages, the public repository, the API and its schema, the admin."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from enrollment import views as enrollment_views
+
+urlpatterns = [
+    path("", enrollment_views.home, name="home"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("pki/", include("directory.urls")),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+]
