@@ -1,0 +1,139 @@
+"""Role fixtures, clients and a per-test CA hierarchy on the test database.
+
+The pure X.509 fixtures (a session-built throwaway PKI, the openssl helper) live in
+tests/pki.py and are loaded here for every test.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from enrollment import services
+from enrollment.models import CertificateAuthority, CertificateTemplate, KeyRecoveryAgent
+from enrollment.x509 import pkcs12
+from enrollment.x509.keys import KeyAlgorithm, PrivateKey
+from tests.factories import UserFactory
+
+pytest_plugins = ["tests.pki"]
+
+ROOT_PASSPHRASE = b"root passphrase for tests"
+
+
+@dataclass
+class Hierarchy:
+    root: CertificateAuthority
+    issuing: CertificateAuthority
+    root_key_path: Path
+    root_passphrase: bytes
+
+
+@pytest.fixture(autouse=True)
+def _isolated_pki_settings(settings, tmp_path):
+    """Every test gets its own key directory, passphrase and a public-looking base URL."""
+    settings.PKIPORTAL_KEY_DIR = tmp_path / "keys"
+    settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE = tmp_path / "keys" / "passphrase"
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "online CA passphrase for tests"
+    settings.PKIPORTAL_BASE_URL = "http://pki.example.com"
+    settings.PKIPORTAL_ORGANIZATION_NAME = "Example Org"
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+
+@pytest.fixture
+def hierarchy(db, tmp_path) -> Hierarchy:
+    """An offline root and an online issuing CA (EC keys: fast) with a first CRL."""
+    key_path = tmp_path / "offline" / "root-key.pem"
+    root, issuing = services.pki_create(
+        root=services.CaSpec("Test Root CA", "root", KeyAlgorithm.EC_P384, 3650),
+        issuing=services.CaSpec("Test Issuing CA", "issuing", KeyAlgorithm.EC_P256, 1825),
+        base_url="http://pki.example.com",
+        root_key_path=key_path,
+        root_passphrase=ROOT_PASSPHRASE,
+        organization_name="Example Org",
+    )
+    return Hierarchy(root, issuing, key_path, ROOT_PASSPHRASE)
+
+
+@pytest.fixture
+def template(db):
+    """Look up a seeded template by slug."""
+    return lambda slug: CertificateTemplate.objects.get(slug=slug)
+
+
+@pytest.fixture
+def employee(db):
+    return UserFactory(username="alice", first_name="Alice", last_name="Andersson")
+
+
+@pytest.fixture
+def colleague(db):
+    return UserFactory(username="bob", first_name="Bob", last_name="Brown")
+
+
+@pytest.fixture
+def officer(db):
+    user = UserFactory(username="olivia", first_name="Olivia", last_name="Officer")
+    user.groups.add(Group.objects.get_or_create(name="RA officers")[0])
+    return user
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="root-admin", is_staff=True, is_superuser=True)
+
+
+@dataclass
+class Agent:
+    agent: KeyRecoveryAgent
+    key: PrivateKey
+    pkcs12: bytes
+    password: str
+
+
+@pytest.fixture
+def kra(hierarchy, template) -> Agent:
+    """A registered key recovery agent (RSA: CMS key transport) with its key in hand."""
+    holder = UserFactory(username="karl", first_name="Karl", last_name="Keeper")
+    password = secrets.token_urlsafe(12)
+    certificate, bundle = services.certificate_issue_with_server_key(
+        template=template("smime-dual-use"),
+        owner=holder,
+        key_algorithm=KeyAlgorithm.RSA_2048,
+        pkcs12_password=password,
+    )
+    agent = services.kra_register(certificate=certificate.certificate, name="Test KRA", user=holder)
+    key, _cert, _chain = pkcs12.load_pkcs12(bundle, password)
+    return Agent(agent, key, bundle, password)
+
+
+def client_for(user) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def anonymous_client() -> Client:
+    return Client()
+
+
+@pytest.fixture
+def employee_client(employee) -> Client:
+    return client_for(employee)
+
+
+@pytest.fixture
+def officer_client(officer) -> Client:
+    return client_for(officer)
+
+
+@pytest.fixture
+def admin_client_(admin_user) -> Client:
+    return client_for(admin_user)

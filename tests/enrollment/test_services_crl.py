@@ -1,0 +1,256 @@
+"""CRL services: numbers only go up, revocations reach the next CRL, expired entries leave."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.utils import timezone
+
+from enrollment import keystore, services
+from enrollment.exceptions import InvalidState, PolicyViolation
+from enrollment.models import AuditEvent, Certificate, RevocationList
+from enrollment.x509 import keys
+from enrollment.x509.crl import build_crl
+from tests.enrollment.tools import crl_text_entries, issue, openssl_serial, row_counts
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def signing_certificate(hierarchy, template, employee, ec_p256_key):
+    return lambda: issue(employee, template("smime-signing"), ec_p256_key)
+
+
+def in_crl(revocation_list: RevocationList, certificate: Certificate) -> bool:
+    serial = int(certificate.serial, 16)
+    return revocation_list.crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def test_crl_numbers_strictly_increase(hierarchy):
+    published = [services.crl_publish(ca=hierarchy.issuing) for _ in range(3)]
+
+    assert [crl.number for crl in published] == [2, 3, 4]
+    assert hierarchy.issuing.latest_crl() == published[-1]
+    for crl in published:
+        extension = crl.crl.extensions.get_extension_for_class(x509.CRLNumber).value
+        assert extension.crl_number == crl.number
+        assert crl.crl.is_signature_valid(hierarchy.issuing.certificate.public_key())
+    events = AuditEvent.objects.filter(action="crl.publish")
+    assert sorted(event.detail["number"] for event in events) == [1, 2, 3, 4]
+
+
+def test_a_revoked_serial_is_in_the_next_crl_with_its_reason(signing_certificate, openssl):
+    certificate = signing_certificate()
+    services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+
+    published = services.crl_publish(ca=certificate.ca)
+
+    _text, entries = crl_text_entries(openssl, bytes(published.der))
+    entry = entries[openssl_serial(int(certificate.serial, 16))]
+    assert "X509v3 CRL Reason Code" in entry
+    assert "Key Compromise" in entry
+    assert published.entries == 1
+
+
+@pytest.mark.parametrize("reason", [None, "", "unspecified"])
+def test_no_reason_means_no_reason_code_never_unspecified(reason, signing_certificate, openssl):
+    certificate = signing_certificate()
+    services.certificate_revoke(certificate=certificate, reason=reason)
+
+    published = services.crl_publish(ca=certificate.ca)
+
+    text, entries = crl_text_entries(openssl, bytes(published.der))
+    assert openssl_serial(int(certificate.serial, 16)) in entries
+    assert "Reason Code" not in text
+    assert "Unspecified" not in text
+    entry = published.crl.get_revoked_certificate_by_serial_number(int(certificate.serial, 16))
+    assert len(entry.extensions) == 0
+
+
+def test_a_committed_revocation_publishes_a_crl_listing_it(
+    signing_certificate, django_capture_on_commit_callbacks
+):
+    certificate = signing_certificate()
+    before = certificate.ca.latest_crl()
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        services.certificate_revoke(certificate=certificate, reason="superseded")
+
+    assert len(callbacks) == 1
+    after = certificate.ca.latest_crl()
+    assert after.number == before.number + 1
+    assert in_crl(after, certificate)
+    assert not in_crl(before, certificate)
+
+
+def test_a_refused_second_revocation_queues_no_crl(
+    signing_certificate, django_capture_on_commit_callbacks
+):
+    certificate = signing_certificate()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.certificate_revoke(certificate=certificate, reason=None)
+
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(InvalidState, match="already revoked"),
+    ):
+        services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+
+    assert callbacks == []
+    assert certificate.ca.latest_crl().number == 2
+
+
+def test_every_published_crl_keeps_a_revocation(signing_certificate):
+    certificate = signing_certificate()
+    services.certificate_revoke(certificate=certificate, reason="affiliationChanged")
+
+    published = [services.crl_publish(ca=certificate.ca) for _ in range(3)]
+
+    assert all(in_crl(crl, certificate) for crl in published)
+
+
+def test_an_expired_revoked_certificate_leaves_after_one_more_crl(
+    signing_certificate, time_machine
+):
+    expiring = signing_certificate()
+    services.certificate_revoke(certificate=expiring, reason="keyCompromise")
+    assert in_crl(services.crl_publish(ca=expiring.ca), expiring)
+
+    # Past its notAfter: still listed once more, since the previous CRL was made before it
+    # expired (RFC 5280 3.3), then gone.
+    time_machine.move_to(expiring.not_after + timedelta(days=1), tick=False)
+    still_valid = signing_certificate()
+    services.certificate_revoke(certificate=still_valid, reason="superseded")
+    one_more = services.crl_publish(ca=expiring.ca)
+    afterwards = services.crl_publish(ca=expiring.ca)
+
+    assert in_crl(one_more, expiring)
+    assert one_more.this_update > expiring.not_after
+    assert not in_crl(afterwards, expiring)
+    assert in_crl(afterwards, still_valid)
+    assert afterwards.entries == 1
+
+
+# --- the offline root's CRL -----------------------------------------------------------
+
+
+def root_offline_key(hierarchy) -> keystore.OfflineKey:
+    return keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase)
+
+
+def signed_root_crl(hierarchy, number: int) -> bytes:
+    root_key = keys.load_private_key_pem(
+        hierarchy.root_key_path.read_bytes(), hierarchy.root_passphrase
+    )
+    now = timezone.now()
+    return build_crl(
+        issuer_certificate=hierarchy.root.certificate,
+        issuer_key=root_key,
+        entries=[],
+        crl_number=number,
+        this_update=now,
+        next_update=now + timedelta(days=30),
+    ).public_bytes(Encoding.DER)
+
+
+def test_the_root_crl_is_signed_with_the_offline_key_handed_in(hierarchy):
+    published = services.crl_publish(ca=hierarchy.root, offline_key=root_offline_key(hierarchy))
+
+    assert published.number == 1
+    assert published.crl.is_signature_valid(hierarchy.root.certificate.public_key())
+    assert published.next_update - published.this_update == timedelta(days=365)
+
+
+def test_the_root_crl_cannot_be_signed_without_its_key(hierarchy):
+    with pytest.raises(keystore.KeyStoreError, match="offline"):
+        services.crl_publish(ca=hierarchy.root)
+
+    assert not hierarchy.root.revocation_lists.exists()
+
+
+@pytest.mark.parametrize("number", [1, 2])
+def test_crl_import_rejects_a_number_not_newer_than_the_published_one(number, hierarchy):
+    for _ in range(2):
+        services.crl_publish(ca=hierarchy.root, offline_key=root_offline_key(hierarchy))
+    before = row_counts()
+
+    with pytest.raises(InvalidState, match=f"CRL number {number} is not newer than"):
+        services.crl_import(ca=hierarchy.root, der=signed_root_crl(hierarchy, number))
+
+    assert row_counts() == before
+    assert hierarchy.root.latest_crl().number == 2
+
+
+def test_crl_import_takes_a_newer_number_and_later_crls_continue_from_it(hierarchy):
+    services.crl_publish(ca=hierarchy.root, offline_key=root_offline_key(hierarchy))
+
+    imported = services.crl_import(ca=hierarchy.root, der=signed_root_crl(hierarchy, 7))
+    next_one = services.crl_publish(ca=hierarchy.root, offline_key=root_offline_key(hierarchy))
+
+    assert imported.number == 7
+    assert next_one.number == 8
+    assert hierarchy.root.latest_crl() == next_one
+
+
+def root_crl_with(hierarchy, *, number: int, validity: timedelta) -> bytes:
+    """A CRL signed with the root key whose fields our own builder would refuse."""
+    root_key = keys.load_private_key_pem(
+        hierarchy.root_key_path.read_bytes(), hierarchy.root_passphrase
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    return (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(hierarchy.root.certificate.subject)
+        .last_update(now)
+        .next_update(now + validity)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .sign(root_key, hashes.SHA384())
+        .public_bytes(Encoding.DER)
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "validity", "message"),
+    [
+        (3, timedelta(0), "nextUpdate is not later than its thisUpdate"),
+        (2**64, timedelta(days=30), "larger than the portal can store"),
+    ],
+    ids=["nextUpdate equal to thisUpdate", "CRL number beyond 64 bits"],
+)
+def test_crl_import_refuses_a_crl_the_database_cannot_hold_with_a_clear_error(
+    number, validity, message, hierarchy
+):
+    before = row_counts()
+
+    with pytest.raises(PolicyViolation, match=message):
+        services.crl_import(
+            ca=hierarchy.root, der=root_crl_with(hierarchy, number=number, validity=validity)
+        )
+
+    assert row_counts() == before
+
+
+def test_crl_import_rejects_the_issuing_cas_crl_for_the_root(hierarchy):
+    issuing_crl = bytes(hierarchy.issuing.latest_crl().der)
+
+    with pytest.raises(PolicyViolation, match="not issued by Test Root CA"):
+        services.crl_import(ca=hierarchy.root, der=issuing_crl)
+
+    assert not hierarchy.root.revocation_lists.exists()
+
+
+def test_crl_import_refuses_a_crl_already_past_its_next_update(hierarchy, time_machine):
+    stale = root_crl_with(hierarchy, number=3, validity=timedelta(days=1))
+    time_machine.move_to(timezone.now() + timedelta(days=2))
+    before = row_counts()
+
+    with pytest.raises(PolicyViolation, match="expired .* stale list"):
+        services.crl_import(ca=hierarchy.root, der=stale)
+
+    assert row_counts() == before

@@ -1,0 +1,100 @@
+"""Small helpers for the enrollment tests: CSRs from real tools, row counts, CRL text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+from enrollment import services
+from enrollment.models import (
+    ArchivedKey,
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CertificateTemplate,
+    KeyRecoveryAgent,
+    RevocationList,
+)
+from enrollment.x509.keys import PrivateKey
+from tests.pki import OpenSSL
+
+# What a requester might try to smuggle into a certificate: the CSR asks for it, the
+# account decides.
+CLAIMED_NAME = "Mallory Impostor"
+CLAIMED_EMAIL = "mallory@evil.example"
+EC_P256 = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
+def openssl_csr(openssl: OpenSSL, name: str, *key_args: str, der: bool = False) -> Path:
+    """A CSR made by `openssl req` that claims another person's name and e-mail."""
+    out = openssl.path(f"{name}.csr")
+    openssl.run(
+        "req",
+        "-new",
+        *key_args,
+        *(("-nodes", "-keyout", openssl.path(f"{name}-key.pem")) if "-newkey" in key_args else ()),
+        "-subj",
+        f"/CN={CLAIMED_NAME}/emailAddress={CLAIMED_EMAIL}",
+        "-addext",
+        f"subjectAltName=email:{CLAIMED_EMAIL}",
+        "-outform",
+        "DER" if der else "PEM",
+        "-out",
+        out,
+    )
+    return out
+
+
+def cryptography_csr(key: PrivateKey) -> x509.CertificateSigningRequest:
+    """The same claims, built with cryptography (as a browser-side library would)."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, CLAIMED_NAME),
+                    x509.NameAttribute(NameOID.EMAIL_ADDRESS, CLAIMED_EMAIL),
+                ]
+            )
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(CLAIMED_EMAIL)]), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def row_counts() -> dict[str, int]:
+    """How many rows each CA-side table holds: "nothing is stored" compares two of these."""
+    models = (
+        Certificate,
+        AuditEvent,
+        ArchivedKey,
+        RevocationList,
+        KeyRecoveryAgent,
+        CertificateAuthority,
+    )
+    return {model.__name__: model.objects.count() for model in models}
+
+
+def issue(owner, template: CertificateTemplate, key: PrivateKey) -> Certificate:
+    """Issue for a key the requester holds, as the CSR path does."""
+    return services.certificate_issue(template=template, owner=owner, public_key=key.public_key())
+
+
+def openssl_serial(serial: int) -> str:
+    """A serial as `openssl crl -text` prints it: upper-case hex, whole octets."""
+    digits = format(serial, "X")
+    return digits.zfill(len(digits) + len(digits) % 2)
+
+
+def crl_text_entries(openssl: OpenSSL, der: bytes) -> tuple[str, dict[str, str]]:
+    """`openssl crl -inform DER -text`: the whole text and each entry's block by serial."""
+    text = openssl.run("crl", "-inform", "DER", "-noout", "-text", input=der).stdout.decode()
+    entries = {}
+    for block in re.split(r"\n\s*Serial Number: ", text)[1:]:
+        serial, _, rest = block.partition("\n")
+        entries[serial.strip()] = rest.split("Signature Algorithm")[0]
+    return text, entries
