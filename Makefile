@@ -1,0 +1,42 @@
+# The two commands of README.md: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint setup clean
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## setup: install, migrate, create the demo PKI and accounts (embedded default)
+setup: $(VENV)/.runtime
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py create_demo_data
+
+## run: set up, then serve the portal at http://$(HOST):$(PORT)
+run: setup
+	@echo "pkiportal: http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
+	exec $(PY) manage.py runserver --noreload $(HOST):$(PORT)
+
+## lint: formatting, lint rules and migrations in sync
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(PY) manage.py makemigrations --check --dry-run --verbosity 0
+
+## test: install dev tools, lint, run the whole suite
+test: lint
+	$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/ $(VENV)
