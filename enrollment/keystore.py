@@ -42,6 +42,17 @@ class OfflineKey:
         return f"OfflineKey(path={str(self.path)!r})"
 
 
+def _write_new_secret_file(path: Path, data: bytes) -> None:
+    """Create a 0600 file in a 0700 folder; never overwrite (a lost key is unrecoverable)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise KeyStoreError(f"{path} already exists; refusing to overwrite a key.") from exc
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 class KeyBackend(Protocol):
     name: str
 
@@ -77,16 +88,7 @@ class FileKeyBackend:
     def store(self, *, label: str, key: keys.PrivateKey) -> str:
         reference = f"{label}.key.pem"
         path = self._path(reference)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = keys.encrypt_private_key_pem(key, self._passphrase())
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError as exc:
-            raise KeyStoreError(
-                f"A key file {path} already exists; refusing to overwrite."
-            ) from exc
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        _write_new_secret_file(path, keys.encrypt_private_key_pem(key, self._passphrase()))
         return reference
 
     def discard(self, reference: str) -> None:
@@ -168,14 +170,7 @@ def create_root(
         country_name=country_name,
         validity_days=validity_days,
     )
-    key_path = Path(key_path)
-    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise KeyStoreError(f"{key_path} already exists; refusing to overwrite a key.") from exc
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(keys.encrypt_private_key_pem(key, passphrase))
+    _write_new_secret_file(Path(key_path), keys.encrypt_private_key_pem(key, passphrase))
     return certificate
 
 
@@ -270,10 +265,7 @@ def ensure_embedded_passphrase() -> bool:
     path = Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE)
     if path.exists():
         return False
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(32))
+    _write_new_secret_file(path, secrets.token_urlsafe(32).encode())
     return True
 
 
