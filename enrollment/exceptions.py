@@ -30,3 +30,7 @@ class KeyStoreError(EnrollmentError):
 
 class ConfigurationError(EnrollmentError):
     default_message = "The PKI is not set up completely."
+
+
+class RateLimited(EnrollmentError):
+    default_message = "Too many requests; try again later."

@@ -9,6 +9,7 @@ PKIPORTAL_KEY_DIR; a PKCS#11 backend can implement the same KeyBackend protocol 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -63,6 +64,12 @@ class KeyBackend(Protocol):
     def discard(self, reference: str) -> None: ...
 
 
+# Decrypted online CA keys of this process, keyed by file, its mtime and the passphrase's
+# hash: a replaced key file or a new passphrase is read afresh. Memory of the signing
+# process only, like an HSM session; never Django's cache, never disk.
+_PROCESS_KEYS: dict[tuple[str, int, str], keys.PrivateKey] = {}
+
+
 class FileKeyBackend:
     """Encrypted PKCS#8 files in PKIPORTAL_KEY_DIR, passphrase from the environment."""
 
@@ -97,14 +104,22 @@ class FileKeyBackend:
 
     def load(self, reference: str) -> keys.PrivateKey:
         path = self._path(reference)
+        passphrase = self._passphrase()
         try:
+            stamp = path.stat().st_mtime_ns
+            cache_key = (str(path.resolve()), stamp, hashlib.sha256(passphrase).hexdigest())
+            if settings.PKIPORTAL_CA_KEY_PROCESS_CACHE and cache_key in _PROCESS_KEYS:
+                return _PROCESS_KEYS[cache_key]
             data = path.read_bytes()
         except OSError as exc:
             raise KeyStoreError(f"The CA key file {path} cannot be read.") from exc
         try:
-            return keys.load_private_key_pem(data, self._passphrase())
+            key = keys.load_private_key_pem(data, passphrase)
         except X509Error as exc:
             raise KeyStoreError(f"The CA key {path} cannot be opened: {exc.message}") from exc
+        if settings.PKIPORTAL_CA_KEY_PROCESS_CACHE:
+            _PROCESS_KEYS[cache_key] = key
+        return key
 
 
 _BACKENDS: dict[str, type[FileKeyBackend]] = {"file": FileKeyBackend}

@@ -6,6 +6,7 @@ them writes CA models directly.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,18 +21,27 @@ from django.utils import timezone
 
 from enrollment import keystore
 from enrollment.audit import audit_record
-from enrollment.exceptions import ConfigurationError, InvalidState, PolicyViolation
+from enrollment.exceptions import (
+    ConfigurationError,
+    EnrollmentError,
+    InvalidState,
+    NotPermitted,
+    PolicyViolation,
+    RateLimited,
+)
 from enrollment.models import (
     ArchivedKey,
     AuditEvent,
     Certificate,
     CertificateAuthority,
+    CertificateRequest,
     CertificateTemplate,
     KeyRecoveryAgent,
     RevocationList,
 )
 from enrollment.x509 import builder, cms, keys, pkcs7, pkcs12
 from enrollment.x509.crl import RevocationReason, RevokedEntry
+from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
 
 Actor = AbstractBaseUser | AnonymousUser | None
@@ -203,9 +213,10 @@ def subject_for(owner: AbstractBaseUser) -> builder.Subject:
         raise PolicyViolation(
             "Your account has no e-mail address; ask an administrator to add one."
         )
-    given = getattr(owner, "first_name", "") or ""
-    surname = getattr(owner, "last_name", "") or ""
-    common_name = " ".join(part for part in (given, surname) if part) or owner.get_username()
+    given = (getattr(owner, "first_name", "") or "").strip()
+    surname = (getattr(owner, "last_name", "") or "").strip()
+    display = (getattr(owner, "display_name", "") or "").strip()
+    common_name = display or " ".join(p for p in (given, surname) if p) or owner.get_username()
     return builder.Subject(
         common_name=common_name,
         given_name=given,
@@ -225,6 +236,7 @@ def _issue(
     actor: Actor,
     source_address: str | None,
     private_key: keys.PrivateKey | None = None,
+    supersedes: Certificate | None = None,
 ) -> Certificate:
     if not template.is_active:
         raise PolicyViolation(f"The template {template.name!r} is not active.")
@@ -274,6 +286,15 @@ def _issue(
             source_address=source_address,
             detail={"template": template.slug, "serial": certificate.serial},
         )
+        if supersedes is not None:
+            # Renewal: the old certificate is superseded in the same transaction (RFC 5280 5.3.1).
+            _revoke(
+                certificate=supersedes,
+                reason="superseded",
+                actor=actor,
+                source_address=source_address,
+                invalidity_date=None,
+            )
     return certificate
 
 
@@ -284,6 +305,7 @@ def certificate_issue(
     public_key: keys.PublicKey,
     actor: Actor = None,
     source_address: str | None = None,
+    supersedes: Certificate | None = None,
 ) -> Certificate:
     """Issue for a key the requester holds (from a checked CSR)."""
     if not template.allow_csr:
@@ -296,6 +318,7 @@ def certificate_issue(
         public_key=public_key,
         actor=actor,
         source_address=source_address,
+        supersedes=supersedes,
     )
 
 
@@ -308,6 +331,7 @@ def certificate_issue_with_server_key(
     pkcs12_format: pkcs12.Pkcs12Format = pkcs12.Pkcs12Format.MODERN,
     actor: Actor = None,
     source_address: str | None = None,
+    supersedes: Certificate | None = None,
 ) -> tuple[Certificate, bytes]:
     """Generate the key here; it leaves once, inside the password-protected PKCS#12."""
     if not template.allow_server_key:
@@ -324,6 +348,7 @@ def certificate_issue_with_server_key(
         actor=actor,
         source_address=source_address,
         private_key=private_key,
+        supersedes=supersedes,
     )
     chain = [ca.certificate for ca in certificate.ca.chain()]
     bundle = pkcs12.export_pkcs12(
@@ -368,6 +393,25 @@ def certificate_revoke(
     source_address: str | None = None,
 ) -> Certificate:
     """Commit the revocation, then queue the CRL: fast whatever the CRL's size."""
+    with transaction.atomic():
+        return _revoke(
+            certificate=certificate,
+            reason=reason,
+            actor=actor,
+            invalidity_date=invalidity_date,
+            source_address=source_address,
+        )
+
+
+def _revoke(
+    *,
+    certificate: Certificate,
+    reason: str | None,
+    actor: Actor,
+    invalidity_date: datetime | None,
+    source_address: str | None,
+) -> Certificate:
+    """Revoke inside the caller's transaction; the CRL is queued for after its commit."""
     if reason in ("", "unspecified"):
         reason = None
     if reason is not None and reason not in Certificate.RevocationReasonChoice.values:
@@ -377,25 +421,24 @@ def certificate_revoke(
         raise PolicyViolation(
             "The invalidity date cannot be in the future.", field="invalidity_date"
         )
-    with transaction.atomic():
-        locked = Certificate.objects.select_for_update().get(pk=certificate.pk)
-        if locked.status == Certificate.Status.REVOKED:
-            raise InvalidState("This certificate is already revoked.")
-        locked.status = Certificate.Status.REVOKED
-        locked.revoked_at = now
-        locked.revocation_reason = reason or ""
-        locked.invalidity_date = invalidity_date
-        locked.save(update_fields=["status", "revoked_at", "revocation_reason", "invalidity_date"])
-        audit_record(
-            action="certificate.revoke",
-            actor=actor,
-            target=locked,
-            source_address=source_address,
-            detail={"reason": reason or "", "serial": locked.serial},
-        )
-        from enrollment.tasks import crl_publish_on_commit
+    locked = Certificate.objects.select_for_update().get(pk=certificate.pk)
+    if locked.status == Certificate.Status.REVOKED:
+        raise InvalidState("This certificate is already revoked.")
+    locked.status = Certificate.Status.REVOKED
+    locked.revoked_at = now
+    locked.revocation_reason = reason or ""
+    locked.invalidity_date = invalidity_date
+    locked.save(update_fields=["status", "revoked_at", "revocation_reason", "invalidity_date"])
+    audit_record(
+        action="certificate.revoke",
+        actor=actor,
+        target=locked,
+        source_address=source_address,
+        detail={"reason": reason or "", "serial": locked.serial},
+    )
+    from enrollment.tasks import crl_publish_on_commit
 
-        crl_publish_on_commit(locked.ca_id)
+    crl_publish_on_commit(locked.ca_id)
     return locked
 
 
@@ -514,3 +557,242 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
             action="crl.import", actor=actor, target=revocation_list, detail={"number": number}
         )
     return revocation_list
+
+
+# --- certificate requests (self-service enrolment) -------------------------------------
+
+
+def _check_limits(*, requester: AbstractBaseUser, template: CertificateTemplate,
+                  renewal_of: Certificate | None) -> None:  # fmt: skip
+    """Per-person caps that keep a script or a stolen session from flooding the CA."""
+    since = timezone.now() - timedelta(hours=1)
+    recent = CertificateRequest.objects.filter(requester=requester, created_at__gte=since)
+    if recent.count() >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
+        raise RateLimited(
+            f"You have made {settings.PKIPORTAL_ENROLL_RATE_PER_HOUR} requests in the last hour; "
+            "please try again later."
+        )
+    valid = Certificate.objects.valid().filter(owner=requester, template=template)
+    if renewal_of is not None:
+        valid = valid.exclude(pk=renewal_of.pk)
+    open_requests = CertificateRequest.objects.filter(
+        requester=requester,
+        template=template,
+        state__in=[CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED],
+    )
+    cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
+    if valid.count() + open_requests.count() >= cap:
+        raise PolicyViolation(
+            f"You already have {cap} valid certificates or open requests for {template.name}; "
+            "renew or revoke one instead.",
+            field="template",
+        )
+
+
+def request_submit(
+    *,
+    requester: AbstractBaseUser,
+    template: CertificateTemplate,
+    csr: bytes | str | None = None,
+    key_algorithm: keys.KeyAlgorithm | None = None,
+    renewal_of: Certificate | None = None,
+    source_address: str | None = None,
+) -> CertificateRequest:
+    """Record a request; fulfil a CSR at once when the template needs no approval.
+
+    A portal-key request without approval comes back APPROVED: the caller then collects
+    it with request_collect() in the same HTTP request, so the key is generated only
+    when it can leave at once inside the PKCS#12.
+    """
+    from enrollment.permissions import may_use_template
+
+    if not may_use_template(requester, template):
+        raise NotPermitted(f"You may not use the template {template.name}.", field="template")
+    if (csr is None) == (key_algorithm is None):
+        raise PolicyViolation("Give either a CSR or a key algorithm, not both.", field="csr")
+    if renewal_of is not None:
+        if renewal_of.owner_id != requester.pk:
+            raise NotPermitted("You can only renew your own certificates.")
+        if renewal_of.template_id != template.pk:
+            raise PolicyViolation("A renewal uses the same template.", field="template")
+        if renewal_of.status != Certificate.Status.VALID:
+            raise InvalidState("A revoked certificate cannot be renewed; request a new one.")
+    subject_for(requester)  # fail early when the account cannot be named in a certificate
+    parsed = None
+    if csr is not None:
+        if not template.allow_csr:
+            raise PolicyViolation(
+                f"{template.name} does not accept a CSR: the portal generates and archives "
+                "the key.",
+                field="csr",
+            )
+        try:
+            parsed = parse_csr(csr, allowed_key_algorithms=template.key_algorithms)
+        except X509Error as exc:
+            raise PolicyViolation(exc.message, field="csr") from exc
+    else:
+        assert key_algorithm is not None
+        if not template.allow_server_key:
+            raise PolicyViolation(
+                f"{template.name} needs your own key: upload a CSR.", field="key_algorithm"
+            )
+        if key_algorithm not in template.key_algorithms:
+            raise PolicyViolation(
+                f"{template.name} does not allow {key_algorithm.label} keys.",
+                field="key_algorithm",
+            )
+    if template.archive_key and not _active_agents():
+        raise ConfigurationError(
+            f"No valid key recovery agent is configured, so {template.name} cannot issue "
+            "right now: encryption keys must be archived. Please tell your administrator."
+        )
+    _check_limits(requester=requester, template=template, renewal_of=renewal_of)
+
+    with transaction.atomic():
+        request = CertificateRequest.objects.create(
+            requester=requester,
+            template=template,
+            key_source=(
+                CertificateRequest.KeySource.CSR if parsed else CertificateRequest.KeySource.SERVER
+            ),
+            csr=parsed.csr.public_bytes(Encoding.DER) if parsed else None,
+            key_algorithm=key_algorithm.value if key_algorithm else "",
+            requested_subject=parsed.requested_subject if parsed else "",
+            requested_emails=list(parsed.requested_emails) if parsed else [],
+            renewal_of=renewal_of,
+            source_address=source_address,
+        )
+        audit_record(
+            action="request.submit",
+            actor=requester,
+            target=request,
+            source_address=source_address,
+            detail={"template": template.slug, "key_source": request.key_source,
+                    "renewal_of": renewal_of.serial if renewal_of else None},
+        )  # fmt: skip
+        if not template.requires_approval:
+            request.state = CertificateRequest.State.APPROVED
+            request.decision_reason = "No approval required."
+            request.save(update_fields=["state", "decision_reason", "updated_at"])
+    if request.key_source == CertificateRequest.KeySource.CSR and not template.requires_approval:
+        _fulfil_csr(request, actor=requester)
+    return request
+
+
+def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
+    """Issue for an approved CSR request; a failure stays visible on the request."""
+    parsed = parse_csr(bytes(request.csr))
+    try:
+        with transaction.atomic():
+            certificate = certificate_issue(
+                template=request.template,
+                owner=request.requester,
+                public_key=parsed.public_key,
+                actor=actor,
+                source_address=request.source_address,
+                supersedes=request.renewal_of,
+            )
+            request.certificate = certificate
+            request.state = CertificateRequest.State.ISSUED
+            request.save(update_fields=["certificate", "state", "updated_at"])
+    except EnrollmentError as exc:
+        CertificateRequest.objects.filter(pk=request.pk).update(
+            state=CertificateRequest.State.FAILED,
+            error_code=type(exc).__name__,
+            error=exc.message[:500],
+        )
+        request.refresh_from_db()
+        raise
+
+
+def request_collect(
+    *,
+    request: CertificateRequest,
+    actor: AbstractBaseUser,
+    pkcs12_password: str,
+    pkcs12_format: pkcs12.Pkcs12Format = pkcs12.Pkcs12Format.MODERN,
+    source_address: str | None = None,
+) -> tuple[Certificate, bytes]:
+    """Generate the key of an approved portal-key request and hand out its PKCS#12, once."""
+    if actor.pk != request.requester_id:
+        raise NotPermitted("Only the requester can download this certificate.")
+    with transaction.atomic():
+        locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
+        if not locked.awaits_download:
+            raise InvalidState(
+                "This request has nothing to download (it was already downloaded, or it is "
+                f"{locked.get_state_display().lower()})."
+            )
+        certificate, bundle = certificate_issue_with_server_key(
+            template=locked.template,
+            owner=locked.requester,
+            key_algorithm=keys.KeyAlgorithm(locked.key_algorithm),
+            pkcs12_password=pkcs12_password,
+            pkcs12_format=pkcs12_format,
+            actor=actor,
+            source_address=source_address,
+            supersedes=locked.renewal_of,
+        )
+        locked.certificate = certificate
+        locked.state = CertificateRequest.State.ISSUED
+        locked.save(update_fields=["certificate", "state", "updated_at"])
+        audit_record(
+            action="pkcs12.download",
+            actor=actor,
+            target=certificate,
+            source_address=source_address,
+            detail={"format": pkcs12.Pkcs12Format(pkcs12_format).value, "request": locked.pk},
+        )
+    request.refresh_from_db()
+    return certificate, bundle
+
+
+def _decide(
+    request: CertificateRequest, *, officer: AbstractBaseUser, approve: bool, reason: str
+) -> CertificateRequest:
+    from enrollment.permissions import is_ra_officer
+
+    if not is_ra_officer(officer):
+        raise NotPermitted("Only RA officers decide on requests.")
+    if officer.pk == request.requester_id:
+        raise NotPermitted("You cannot decide on your own request.")
+    with transaction.atomic():
+        locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
+        if locked.state != CertificateRequest.State.PENDING:
+            raise InvalidState(f"This request is already {locked.get_state_display().lower()}.")
+        locked.state = (
+            CertificateRequest.State.APPROVED if approve else CertificateRequest.State.REJECTED
+        )
+        locked.decided_by = officer
+        locked.decided_at = timezone.now()
+        locked.decision_reason = reason
+        locked.save(update_fields=["state", "decided_by", "decided_at", "decision_reason",
+                                   "updated_at"])  # fmt: skip
+        audit_record(
+            action="request.approve" if approve else "request.reject",
+            actor=officer,
+            target=locked,
+            detail={"reason": reason},
+        )
+        from enrollment.notifications import request_decided
+
+        request_decided(locked)
+    if approve and locked.key_source == CertificateRequest.KeySource.CSR:
+        # A failure is recorded on the request, where requester and officer both see it.
+        with contextlib.suppress(EnrollmentError):
+            _fulfil_csr(locked, actor=officer)
+    return locked
+
+
+def request_approve(
+    *, request: CertificateRequest, officer: AbstractBaseUser, reason: str = ""
+) -> CertificateRequest:
+    return _decide(request, officer=officer, approve=True, reason=reason.strip())
+
+
+def request_reject(
+    *, request: CertificateRequest, officer: AbstractBaseUser, reason: str
+) -> CertificateRequest:
+    if not reason.strip():
+        raise PolicyViolation("Say why the request is rejected.", field="reason")
+    return _decide(request, officer=officer, approve=False, reason=reason.strip())

@@ -7,6 +7,7 @@ README.md. Secrets can come from `<NAME>_FILE` instead of `<NAME>`.
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -53,7 +54,11 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "knox",
+    "django_filters",
     "drf_spectacular",
+    "axes",
+    "accounts",
     "enrollment",
     "directory",
 ]
@@ -67,6 +72,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into a clear 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "pkiportal.urls"
@@ -106,6 +113,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    # django-axes first: it refuses a locked-out user before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    *env.list("AUTHENTICATION_BACKENDS", default=["django.contrib.auth.backends.ModelBackend"]),
+]
+# Brute-force protection: lock a user name + address pair after this many failures.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
@@ -160,12 +179,18 @@ CELERY_TIMEZONE = TIME_ZONE
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # knox stores only a hash of each API token, never the token itself.
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "pkiportal.api.exception_handler",
 }
+REST_KNOX = {"TOKEN_TTL": timedelta(days=env.int("API_TOKEN_TTL_DAYS", default=90))}
 SPECTACULAR_SETTINGS = {
     "TITLE": "pkiportal API",
     "DESCRIPTION": "Self-service S/MIME PKI: enrolment, certificates, directory.",
@@ -194,6 +219,16 @@ PKIPORTAL_CA_KEY_PASSPHRASE = _secret("PKIPORTAL_CA_KEY_PASSPHRASE", default="")
 # writes a random one here and the keystore reads it at signing time. Production sets the
 # variable (or _FILE) instead, so the passphrase never sits beside the keys.
 PKIPORTAL_EMBEDDED_PASSPHRASE_FILE = PKIPORTAL_KEY_DIR / "passphrase"
+# Roles are Django groups, so a directory's group sync (LDAP/OIDC claims) can grant them.
+PKIPORTAL_RA_OFFICER_GROUP = env.str("PKIPORTAL_RA_OFFICER_GROUP", default="RA officers")
+PKIPORTAL_KRA_GROUP = env.str("PKIPORTAL_KRA_GROUP", default="Key recovery agents")
+# Limits that protect the CA from a runaway script or a stolen session.
+PKIPORTAL_MAX_VALID_PER_TEMPLATE = env.int("PKIPORTAL_MAX_VALID_PER_TEMPLATE", default=3)
+PKIPORTAL_ENROLL_RATE_PER_HOUR = env.int("PKIPORTAL_ENROLL_RATE_PER_HOUR", default=20)
+PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH = env.int("PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH", default=12)
+# Keep each online CA key decrypted in the signing process's memory after first use:
+# decrypting per signature costs ~75 ms (RSA key validation). Never in a shared cache.
+PKIPORTAL_CA_KEY_PROCESS_CACHE = env.bool("PKIPORTAL_CA_KEY_PROCESS_CACHE", default=True)
 PKIPORTAL_CRL_VALIDITY_DAYS = env.int("PKIPORTAL_CRL_VALIDITY_DAYS", default=7)
 PKIPORTAL_ROOT_CRL_VALIDITY_DAYS = env.int("PKIPORTAL_ROOT_CRL_VALIDITY_DAYS", default=365)
 
@@ -204,5 +239,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

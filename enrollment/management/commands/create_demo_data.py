@@ -37,6 +37,13 @@ DEMO_ACCOUNTS = [
     ("karl", "karl-demo-2026", "Karl", "Keeper", ["Key recovery agents"], False, False),
     ("admin", "admin-demo-2026", "Ada", "Admin", [], True, True),
 ]
+ORGANIZATIONAL_UNITS = {
+    "alice": "Finance",
+    "bob": "Engineering",
+    "olivia": "Security",
+    "karl": "Security",
+    "admin": "IT",
+}
 
 
 class Command(BaseCommand):
@@ -89,6 +96,7 @@ class Command(BaseCommand):
                     "first_name": first,
                     "last_name": last,
                     "email": f"{username}@{domain}",
+                    "organizational_unit": ORGANIZATIONAL_UNITS[username],
                     "is_staff": staff,
                     "is_superuser": superuser,
                 },

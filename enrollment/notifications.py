@@ -1,0 +1,47 @@
+"""E-mail to people about their requests, sent after the transaction commits.
+
+Mail goes through Django's configured backend (console by default). A mail server being
+down never undoes a decision: failures are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from enrollment.models import CertificateRequest
+
+logger = logging.getLogger(__name__)
+
+
+def _send(subject: str, template: str, context: dict[str, object], to: str) -> None:
+    if not to:
+        return
+    body = render_to_string(template, {**context, "base_url": settings.PKIPORTAL_BASE_URL})
+
+    def send() -> None:
+        try:
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [to])
+        except Exception:
+            logger.exception("Could not send %r to the requester", subject)
+
+    transaction.on_commit(send, robust=True)
+
+
+def request_decided(request: CertificateRequest) -> None:
+    approved = request.state == CertificateRequest.State.APPROVED
+    _send(
+        f"Your certificate request was {'approved' if approved else 'rejected'}",
+        "enrollment/email/request_decided.txt",
+        {
+            "request": request,
+            "approved": approved,
+            "url": reverse("enrollment:request-detail", args=[request.pk]),
+        },
+        request.requester.email,
+    )

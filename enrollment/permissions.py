@@ -1,0 +1,56 @@
+"""Roles as predicates (employee, RA officer, key recovery agent) and DRF permissions.
+
+Roles are Django groups (names in settings), so a directory or SSO group sync grants them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from enrollment.models import CertificateTemplate
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def _in_group(user: Any, name: str) -> bool:
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and user.is_active
+        and (user.is_superuser or user.groups.filter(name=name).exists())
+    )
+
+
+def is_ra_officer(user: Any) -> bool:
+    return _in_group(user, settings.PKIPORTAL_RA_OFFICER_GROUP)
+
+
+def is_key_recovery_agent(user: Any) -> bool:
+    return _in_group(user, settings.PKIPORTAL_KRA_GROUP)
+
+
+def may_use_template(user: Any, template: CertificateTemplate) -> bool:
+    """Active templates, open to everyone or to the groups the admin chose."""
+    if not (user is not None and user.is_authenticated and user.is_active and template.is_active):
+        return False
+    groups = list(template.allowed_groups.all())
+    return not groups or user.groups.filter(pk__in=[g.pk for g in groups]).exists()
+
+
+def templates_for(user: Any) -> list[CertificateTemplate]:
+    templates = CertificateTemplate.objects.filter(is_active=True).prefetch_related(
+        "allowed_groups"
+    )
+    return [template for template in templates if may_use_template(user, template)]
+
+
+class IsRaOfficer(BasePermission):
+    message = "Only RA officers may do that."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_ra_officer(request.user)
