@@ -10,4 +10,11 @@ class PortalUserAdmin(UserAdmin):
         *UserAdmin.fieldsets,
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
     )
-    list_display = ("username", "email", "first_name", "last_name", "organizational_unit", "is_staff")
+    list_display = (
+        "username",
+        "email",
+        "first_name",
+        "last_name",
+        "organizational_unit",
+        "is_staff",
+    )

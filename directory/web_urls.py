@@ -1,0 +1,5 @@
+"""Web pages of the directory: /directory/."""
+
+app_name = "directory"
+
+urlpatterns: list = []
