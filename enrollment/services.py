@@ -615,8 +615,10 @@ def request_submit(
             raise NotPermitted("You can only renew your own certificates.")
         if renewal_of.template_id != template.pk:
             raise PolicyViolation("A renewal uses the same template.", field="template")
-        if renewal_of.status != Certificate.Status.VALID:
-            raise InvalidState("A revoked certificate cannot be renewed; request a new one.")
+        if not Certificate.objects.valid().filter(pk=renewal_of.pk).exists():
+            raise InvalidState(
+                "Only a valid certificate can be renewed; request a new one instead."
+            )
     subject_for(requester)  # fail early when the account cannot be named in a certificate
     parsed = None
     if csr is not None:
