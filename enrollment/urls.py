@@ -2,9 +2,24 @@
 
 from django.urls import path
 
+from enrollment import views
+
 app_name = "enrollment"
 
-urlpatterns: list = [
-    # Placeholder until the enrolment pages land (issue 3); notifications link here.
-    path("enroll/requests/<int:pk>/", lambda request, pk: None, name="request-detail"),
+urlpatterns = [
+    path("enroll/", views.enroll_index, name="enroll-index"),
+    # Notifications link here: keep the name and the path.
+    path("enroll/requests/<int:pk>/", views.request_detail, name="request-detail"),
+    path("enroll/<slug:slug>/", views.enroll, name="enroll"),
+    path("certificates/", views.certificate_list, name="certificate-list"),
+    path("certificates/<int:pk>/", views.certificate_detail, name="certificate-detail"),
+    path(
+        "certificates/<int:pk>/download/<slug:kind>/",
+        views.certificate_download,
+        name="certificate-download",
+    ),
+    path("certificates/<int:pk>/renew/", views.certificate_renew, name="certificate-renew"),
+    path("certificates/<int:pk>/revoke/", views.certificate_revoke, name="certificate-revoke"),
+    path("ra/requests/", views.ra_requests, name="ra-requests"),
+    path("ra/requests/<int:pk>/decide/", views.ra_decide, name="ra-decide"),
 ]

@@ -1,14 +1,184 @@
-"""Web pages of the CA side."""
+"""Web pages of the CA side: /enroll/, /enroll/requests/, /certificates/, /ra/requests/.
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_safe
+Views decide who may look; forms check the shape of input; services decide everything
+else. A service's EnrollmentError is shown on the form with a 4xx and changes nothing.
+The PKCS#12 password passes through here once: it is kept out of error reports by
+@sensitive_post_parameters and never written to messages, logs or the audit trail.
+"""
 
-from enrollment.models import Certificate, CertificateAuthority
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.text import slugify
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
+
+from enrollment import services
+from enrollment.exceptions import EnrollmentError, NotPermitted, RateLimited
+from enrollment.forms import CsrForm, DecisionForm, Pkcs12PasswordForm, RevokeForm, ServerKeyForm
+from enrollment.models import (
+    Certificate,
+    CertificateAuthority,
+    CertificateRequest,
+    CertificateTemplate,
+)
+from enrollment.permissions import is_ra_officer, may_use_template, templates_for
+from enrollment.x509 import pkcs7
+
+PASSWORD_FIELDS = ("pkcs12_password", "pkcs12_password_confirm")
+OPEN_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
+# The page's script sends a random token and waits for it in a cookie to know the
+# download has arrived; only letters and digits are echoed back.
+DOWNLOAD_TOKEN = re.compile(r"[A-Za-z0-9]{8,64}")
+# Short names for subject attributes RFC 4514 leaves as dotted numbers.
+SUBJECT_LABELS = {
+    NameOID.GIVEN_NAME: "GN",
+    NameOID.SURNAME: "SN",
+    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
+    NameOID.EMAIL_ADDRESS: "E",
+}
+DOWNLOADS: dict[str, tuple[str, str]] = {
+    # kind: (file suffix, content type)
+    "cer": (".cer", "application/pkix-cert"),
+    "pem": (".pem", "application/x-pem-file"),
+    "p7b": ("-chain.p7b", "application/pkcs7-mime"),
+    "chain": ("-chain.pem", "application/x-pem-file"),
+}
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _address(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _status_for(exc: EnrollmentError) -> int:
+    if isinstance(exc, RateLimited):
+        return 429
+    if isinstance(exc, NotPermitted):
+        return 403
+    return 400
+
+
+def _show_error(form: Any, exc: EnrollmentError) -> int:
+    """Put a service's message on the form (on its field when the form has one)."""
+    field = exc.field if exc.field in form.fields else None
+    form.add_error(field, exc.message)
+    return _status_for(exc)
+
+
+def _officer_required(request: HttpRequest) -> None:
+    if not is_ra_officer(request.user):
+        raise PermissionDenied("Only RA officers may see this page.")
+
+
+def _visible_certificate(user: Any, pk: int) -> Certificate:
+    """The owner and RA officers see a certificate's page; to anyone else it does not exist."""
+    certificate = get_object_or_404(
+        Certificate.objects.select_related("ca", "template", "owner"), pk=pk
+    )
+    if certificate.owner_id != user.pk and not is_ra_officer(user):
+        raise Http404("No such certificate.")
+    return certificate
+
+
+def _own_certificate(user: Any, pk: int) -> Certificate:
+    """Renewing and revoking here is for the owner; an officer who can see it gets a 403."""
+    certificate = _visible_certificate(user, pk)
+    if certificate.owner_id != user.pk:
+        raise PermissionDenied("Only the owner renews or revokes a certificate here.")
+    return certificate
+
+
+def _renewal(user: Any, pk: object) -> Certificate | None:
+    """The certificate a form says it renews; someone else's is a 404, like its page."""
+    if pk in (None, ""):
+        return None
+    try:
+        number = int(str(pk))
+    except ValueError:
+        raise Http404("No such certificate.") from None
+    return get_object_or_404(Certificate, pk=number, owner=user)
+
+
+def _file_stem(certificate: Certificate) -> str:
+    name = slugify(certificate.common_name) or "certificate"
+    return f"{name}-{certificate.serial[:12]}"
+
+
+def _attachment(body: bytes, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _pkcs12_response(request: HttpRequest, certificate: Certificate, bundle: bytes) -> HttpResponse:
+    """The one-time download: never cached anywhere, named after the person and template."""
+    template_slug = certificate.template.slug if certificate.template else "certificate"
+    response = _attachment(
+        bundle,
+        "application/x-pkcs12",
+        f"{slugify(certificate.common_name) or 'certificate'}-{template_slug}.p12",
+    )
+    response["Cache-Control"] = "no-store"
+    token = request.POST.get("download_token", "")
+    if DOWNLOAD_TOKEN.fullmatch(token):
+        response.set_cookie(
+            "pkiportal_download",
+            token,
+            max_age=120,
+            samesite="Strict",
+            secure=request.is_secure(),
+        )
+    return response
+
+
+def _csr_differences(certificate: Certificate) -> list[str]:
+    """What a CSR asked for that the certificate does not say: names come from the account."""
+    cert_request = getattr(certificate, "request", None)
+    if cert_request is None or cert_request.key_source != CertificateRequest.KeySource.CSR:
+        return []
+    notes: list[str] = []
+    if cert_request.csr:
+        try:
+            csr = x509.load_der_x509_csr(bytes(cert_request.csr))
+            names = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        except ValueError:
+            names = []
+        if names and names != [certificate.common_name]:
+            notes.append(
+                f"Your request asked for the name “{', '.join(names)}”; the certificate "
+                f"carries your account's name, “{certificate.common_name}”."
+            )
+    asked = [e.lower() for e in cert_request.requested_emails]
+    if asked and sorted(set(asked)) != sorted(certificate.emails):
+        notes.append(
+            f"Your request asked for {', '.join(cert_request.requested_emails)}; the "
+            f"certificate carries your account's address, {', '.join(certificate.emails)}."
+        )
+    return notes
+
+
+# --- home -----------------------------------------------------------------------------
 
 
 @require_safe
 def home(request: HttpRequest) -> HttpResponse:
+    """The start page: what the portal is for, my certificates and what waits for me."""
     context: dict[str, object] = {
         "authorities": CertificateAuthority.objects.select_related("parent"),
     }
@@ -16,4 +186,357 @@ def home(request: HttpRequest) -> HttpResponse:
         context["my_certificates"] = Certificate.objects.owned_by(request.user).select_related(
             "template", "ca"
         )[:20]
+        context["open_requests"] = CertificateRequest.objects.filter(
+            requester=request.user, state__in=OPEN_STATES
+        ).select_related("template")
+        if is_ra_officer(request.user):
+            context["pending_count"] = CertificateRequest.objects.filter(
+                state=CertificateRequest.State.PENDING
+            ).count()
     return render(request, "enrollment/home.html", context)
+
+
+# --- enrolment ------------------------------------------------------------------------
+
+
+@login_required
+@require_safe
+def enroll_index(request: HttpRequest) -> HttpResponse:
+    """The templates this person may use, each explained in plain words."""
+    return render(
+        request, "enrollment/enroll_index.html", {"templates": templates_for(request.user)}
+    )
+
+
+@sensitive_post_parameters(*PASSWORD_FIELDS)
+@login_required
+@require_http_methods(["GET", "POST"])
+def enroll(request: HttpRequest, slug: str) -> HttpResponse:
+    """One template's page: a portal-generated key (PKCS#12 download) or your own CSR."""
+    template = get_object_or_404(CertificateTemplate, slug=slug, is_active=True)
+    if not may_use_template(request.user, template):
+        raise Http404("No such template.")
+    source = request.POST if request.method == "POST" else request.GET
+    renewal = _renewal(request.user, source.get("renewal_of") or source.get("renew"))
+    initial = {"renewal_of": renewal.pk if renewal else None}
+    ask_password = not template.requires_approval
+    key_form = ServerKeyForm(
+        user=request.user, template=template, ask_password=ask_password, initial=initial
+    )
+    csr_form = CsrForm(initial=initial)
+    method = request.POST.get("method")
+    status = 200
+    if request.method == "POST":
+        if method == "server" and template.allow_server_key:
+            key_form = ServerKeyForm(
+                request.POST, user=request.user, template=template, ask_password=ask_password
+            )
+            if not key_form.is_valid():
+                status = 400
+            else:
+                try:
+                    return _enroll_with_server_key(request, template, key_form, renewal)
+                except EnrollmentError as exc:
+                    status = _show_error(key_form, exc)
+        elif method == "csr" and template.allow_csr:
+            csr_form = CsrForm(request.POST, request.FILES)
+            if not csr_form.is_valid():
+                status = 400
+            else:
+                try:
+                    return _enroll_with_csr(request, template, csr_form, renewal)
+                except EnrollmentError as exc:
+                    status = _show_error(csr_form, exc)
+        else:
+            messages.error(request, "Choose how to get your key: generated here or from a CSR.")
+            status = 400
+    context = {
+        "template": template,
+        "key_form": key_form,
+        "csr_form": csr_form,
+        "method": method,
+        "renewal": renewal,
+    }
+    return render(request, "enrollment/enroll.html", context, status=status)
+
+
+def _enroll_with_server_key(
+    request: HttpRequest,
+    template: CertificateTemplate,
+    form: ServerKeyForm,
+    renewal: Certificate | None,
+) -> HttpResponse:
+    # One transaction: if the key cannot be handed out, not even the request remains.
+    with transaction.atomic():
+        cert_request = services.request_submit(
+            requester=request.user,
+            template=template,
+            key_algorithm=form.chosen_algorithm,
+            renewal_of=renewal,
+            source_address=_address(request),
+        )
+        if cert_request.awaits_download:
+            certificate, bundle = services.request_collect(
+                request=cert_request,
+                actor=request.user,
+                pkcs12_password=form.cleaned_data["pkcs12_password"],
+                pkcs12_format=form.chosen_format,
+                source_address=_address(request),
+            )
+            return _pkcs12_response(request, certificate, bundle)
+    messages.success(
+        request,
+        f"Your request for {template.name} was sent to the RA officers. You will get an "
+        "e-mail when it is decided; then come back here to choose a password and download.",
+    )
+    return redirect("enrollment:request-detail", pk=cert_request.pk)
+
+
+def _enroll_with_csr(
+    request: HttpRequest,
+    template: CertificateTemplate,
+    form: CsrForm,
+    renewal: Certificate | None,
+) -> HttpResponse:
+    with transaction.atomic():
+        cert_request = services.request_submit(
+            requester=request.user,
+            template=template,
+            csr=form.cleaned_data["csr_data"],
+            renewal_of=renewal,
+            source_address=_address(request),
+        )
+    if cert_request.certificate_id is not None:
+        messages.success(request, "Your certificate is ready.")
+        return redirect("enrollment:certificate-detail", pk=cert_request.certificate_id)
+    messages.success(
+        request,
+        f"Your request for {template.name} was sent to the RA officers. You will get an "
+        "e-mail when it is decided.",
+    )
+    return redirect("enrollment:request-detail", pk=cert_request.pk)
+
+
+@sensitive_post_parameters(*PASSWORD_FIELDS)
+@login_required
+@require_http_methods(["GET", "POST"])
+def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A request's state; an approved portal-key request is downloaded from here, once."""
+    cert_request = get_object_or_404(
+        CertificateRequest.objects.select_related(
+            "template", "requester", "decided_by", "certificate", "renewal_of"
+        ),
+        pk=pk,
+    )
+    is_requester = cert_request.requester_id == request.user.pk
+    if not is_requester and not is_ra_officer(request.user):
+        raise Http404("No such request.")
+    form = None
+    if is_requester and cert_request.awaits_download:
+        form = Pkcs12PasswordForm(user=request.user)
+    status = 200
+    if request.method == "POST":
+        if not is_requester:
+            raise PermissionDenied("Only the requester downloads the certificate.")
+        form = Pkcs12PasswordForm(request.POST, user=request.user)
+        if not form.is_valid():
+            status = 400
+        else:
+            try:
+                certificate, bundle = services.request_collect(
+                    request=cert_request,
+                    actor=request.user,
+                    pkcs12_password=form.cleaned_data["pkcs12_password"],
+                    pkcs12_format=form.chosen_format,
+                    source_address=_address(request),
+                )
+            except EnrollmentError as exc:
+                status = _show_error(form, exc)
+                cert_request.refresh_from_db()
+                if not cert_request.awaits_download:
+                    messages.error(request, exc.message)
+                    form = None
+            else:
+                return _pkcs12_response(request, certificate, bundle)
+    context = {"cert_request": cert_request, "form": form, "is_requester": is_requester}
+    return render(request, "enrollment/request_detail.html", context, status=status)
+
+
+# --- RA officers ----------------------------------------------------------------------
+
+
+def _ra_page(
+    request: HttpRequest,
+    *,
+    failed: CertificateRequest | None = None,
+    form: DecisionForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    pending = list(
+        CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING)
+        .select_related("requester", "template", "renewal_of")
+        .order_by("created_at", "id")
+    )
+    # A request decided meanwhile has left the list: its error goes to the top of the page.
+    page_errors: list[str] = []
+    if failed is not None and form is not None and all(r.pk != failed.pk for r in pending):
+        page_errors = [f"Request #{failed.pk}: {e}" for e in form.errors.get("__all__", [])]
+    decided = (
+        CertificateRequest.objects.filter(decided_by__isnull=False)
+        .select_related("requester", "template", "decided_by")
+        .order_by("-decided_at", "-id")[:10]
+    )
+    context = {
+        "pending": pending,
+        "decided": decided,
+        "failed_id": failed.pk if failed else None,
+        "failed_form": form,
+        "page_errors": page_errors,
+    }
+    return render(request, "enrollment/ra_requests.html", context, status=status)
+
+
+@login_required
+@require_safe
+def ra_requests(request: HttpRequest) -> HttpResponse:
+    """Requests that wait for an RA officer, oldest first, with what they asked for."""
+    _officer_required(request)
+    return _ra_page(request)
+
+
+@login_required
+@require_POST
+def ra_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    """Approve or reject one request; the service refuses an officer's own request."""
+    _officer_required(request)
+    cert_request = get_object_or_404(CertificateRequest, pk=pk)
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        return _ra_page(request, failed=cert_request, form=form, status=400)
+    reason = form.cleaned_data["reason"]
+    try:
+        if form.approves:
+            decided = services.request_approve(
+                request=cert_request, officer=request.user, reason=reason
+            )
+        else:
+            decided = services.request_reject(
+                request=cert_request, officer=request.user, reason=reason
+            )
+    except EnrollmentError as exc:
+        status = _show_error(form, exc)
+        return _ra_page(request, failed=cert_request, form=form, status=status)
+    verb = "approved" if form.approves else "rejected"
+    messages.success(
+        request, f"Request #{decided.pk} by {decided.requester.get_full_name()} {verb}."
+    )
+    if decided.state == CertificateRequest.State.FAILED:
+        messages.error(request, f"Request #{decided.pk} could not be issued: {decided.error}")
+    return redirect("enrollment:ra-requests")
+
+
+# --- my certificates ------------------------------------------------------------------
+
+
+@login_required
+@require_safe
+def certificate_list(request: HttpRequest) -> HttpResponse:
+    """My certificates with their fingerprints, and my requests that are not issued."""
+    certificates = Certificate.objects.owned_by(request.user).select_related("template", "ca")
+    requests = (
+        CertificateRequest.objects.filter(requester=request.user)
+        .filter(~Q(state=CertificateRequest.State.ISSUED))
+        .select_related("template")[:20]
+    )
+    return render(
+        request,
+        "enrollment/certificate_list.html",
+        {"certificates": certificates, "requests": requests},
+    )
+
+
+def _certificate_page(
+    request: HttpRequest,
+    certificate: Certificate,
+    *,
+    revoke_form: RevokeForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    is_owner = certificate.owner_id == request.user.pk
+    usable = bool(certificate.template and may_use_template(request.user, certificate.template))
+    context = {
+        "certificate": certificate,
+        "subject": certificate.certificate.subject.rfc4514_string(SUBJECT_LABELS),
+        "chain": certificate.ca.chain(),
+        "is_owner": is_owner,
+        "can_renew": is_owner and certificate.state == "valid" and usable,
+        "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
+        "revoke_form": revoke_form or RevokeForm(),
+        "csr_notes": _csr_differences(certificate) if is_owner else [],
+        "archived": hasattr(certificate, "archived_key"),
+        "renewed_by": certificate.renewals.select_related("certificate").first(),
+    }
+    return render(request, "enrollment/certificate_detail.html", context, status=status)
+
+
+@login_required
+@require_safe
+def certificate_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One certificate in human terms, with downloads, renewal and revocation for its owner."""
+    return _certificate_page(request, _visible_certificate(request.user, pk))
+
+
+@login_required
+@require_safe
+def certificate_download(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+    """Public material only: the certificate and its chain. Private keys are never here."""
+    if kind not in DOWNLOADS:
+        raise Http404("No such download.")
+    certificate = _visible_certificate(request.user, pk)
+    suffix, content_type = DOWNLOADS[kind]
+    cert = certificate.certificate
+    chain = [cert, *(ca.certificate for ca in certificate.ca.chain())]
+    body = {
+        "cer": lambda: pkcs7.certificate_der(cert),
+        "pem": lambda: pkcs7.certificate_pem(cert),
+        "p7b": lambda: pkcs7.certificates_to_p7b(chain),
+        "chain": lambda: pkcs7.certificates_pem(chain),
+    }[kind]()
+    return _attachment(body, content_type, _file_stem(certificate) + suffix)
+
+
+@login_required
+@require_POST
+def certificate_renew(request: HttpRequest, pk: int) -> HttpResponse:
+    """Renewing means a new key: the enrolment form, marked as renewing this certificate."""
+    certificate = _own_certificate(request.user, pk)
+    if certificate.template is None:
+        messages.error(request, "This certificate was not issued from a template; enrol anew.")
+        return redirect("enrollment:certificate-detail", pk=certificate.pk)
+    url = reverse("enrollment:enroll", args=[certificate.template.slug])
+    return redirect(f"{url}?renew={certificate.pk}")
+
+
+@login_required
+@require_POST
+def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    """Revoke my own certificate for one of the reasons a subscriber may give."""
+    certificate = _own_certificate(request.user, pk)
+    form = RevokeForm(request.POST)
+    if not form.is_valid():
+        return _certificate_page(request, certificate, revoke_form=form, status=400)
+    try:
+        services.certificate_revoke(
+            certificate=certificate,
+            reason=form.cleaned_data["reason"],
+            actor=request.user,
+            source_address=_address(request),
+        )
+    except EnrollmentError as exc:
+        status = _show_error(form, exc)
+        return _certificate_page(request, certificate, revoke_form=form, status=status)
+    messages.success(
+        request,
+        "The certificate is revoked. Mail clients learn it from the next revocation list.",
+    )
+    return redirect("enrollment:certificate-detail", pk=certificate.pk)

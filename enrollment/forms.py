@@ -1,0 +1,241 @@
+"""Web forms of the CA side: they check the shape of what a person typed; services decide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth import password_validation
+from django.contrib.auth.models import AbstractBaseUser
+
+from enrollment.models import Certificate, CertificateTemplate
+from enrollment.x509.csr import MAX_CSR_BYTES
+from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.pkcs12 import Pkcs12Format
+
+# Offered in this order; RSA first because every mail client can encrypt to it.
+ALGORITHM_ORDER = [
+    KeyAlgorithm.RSA_3072,
+    KeyAlgorithm.RSA_2048,
+    KeyAlgorithm.RSA_4096,
+    KeyAlgorithm.EC_P256,
+    KeyAlgorithm.EC_P384,
+]
+ALGORITHM_HELP = {
+    KeyAlgorithm.RSA_2048: "works everywhere; the minimum the S/MIME rules allow",
+    KeyAlgorithm.RSA_3072: "recommended; works with every mail client",
+    KeyAlgorithm.RSA_4096: "strongest RSA; generating it takes a few seconds",
+    KeyAlgorithm.EC_P256: "small and fast; older Outlook versions cannot encrypt to it",
+    KeyAlgorithm.EC_P384: "small and fast; older Outlook versions cannot encrypt to it",
+}
+FORMAT_CHOICES = [
+    (
+        Pkcs12Format.MODERN.value,
+        "Modern (AES-256): Windows 10 and 11, Outlook 2019 and later, macOS, iOS, "
+        "Android, Thunderbird",
+    ),
+    (
+        Pkcs12Format.COMPATIBLE.value,
+        "Compatible (3DES): older Windows and Outlook versions that reject the modern file; "
+        "weaker protection, so keep the file safe and delete it after importing",
+    ),
+]
+# What a person may give as the reason for revoking their own certificate (RFC 5280 5.3.1).
+OWN_REVOCATION_REASONS = [
+    (choice.value, choice.label)
+    for choice in (
+        Certificate.RevocationReasonChoice.KEY_COMPROMISE,
+        Certificate.RevocationReasonChoice.AFFILIATION_CHANGED,
+        Certificate.RevocationReasonChoice.SUPERSEDED,
+        Certificate.RevocationReasonChoice.CESSATION_OF_OPERATION,
+    )
+]
+REVOCATION_HELP = {
+    "keyCompromise": "someone else may have my private key (a lost laptop, a leaked file)",
+    "affiliationChanged": "my name, e-mail address or role changed",
+    "superseded": "I have a new certificate that replaces this one",
+    "cessationOfOperation": "I no longer need it",
+}
+
+
+class PortalForm(forms.Form):
+    """Labels without Django's trailing colon: the pages style labels as headings."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+
+class Pkcs12PasswordForm(PortalForm):
+    """The password that protects a PKCS#12 file; it is used once and never stored."""
+
+    pkcs12_password = forms.CharField(
+        label="Password for the .p12 file",
+        strip=False,
+        error_messages={"required": "Choose a password for the .p12 file."},
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    pkcs12_password_confirm = forms.CharField(
+        label="The same password again",
+        strip=False,
+        error_messages={"required": "Type the password a second time."},
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    pkcs12_format = forms.ChoiceField(
+        label="File format",
+        choices=FORMAT_CHOICES,
+        initial=Pkcs12Format.MODERN.value,
+        widget=forms.RadioSelect,
+    )
+
+    def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["pkcs12_password"].help_text = (
+            f"At least {settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH} characters, not your "
+            "sign-in password. You need it once, when you import the file into your mail "
+            "client; the portal does not keep it and cannot tell it to you again."
+        )
+
+    def clean_pkcs12_password(self) -> str:
+        password = self.cleaned_data["pkcs12_password"]
+        minimum = settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH
+        problems: list[str] = []
+        if len(password) < minimum:
+            problems.append(f"Use at least {minimum} characters.")
+        try:
+            password_validation.validate_password(password, self.user)
+        except forms.ValidationError as exc:
+            problems.extend(exc.messages)
+        if problems:
+            # Django's own length rule may repeat ours; say each thing once.
+            raise forms.ValidationError(list(dict.fromkeys(problems)))
+        return password
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        password = cleaned.get("pkcs12_password")
+        confirmation = cleaned.get("pkcs12_password_confirm")
+        if password and confirmation is not None and password != confirmation:
+            self.add_error("pkcs12_password_confirm", "The two passwords differ.")
+        return cleaned
+
+    @property
+    def chosen_format(self) -> Pkcs12Format:
+        return Pkcs12Format(self.cleaned_data["pkcs12_format"])
+
+
+class ServerKeyForm(Pkcs12PasswordForm):
+    """Enrol with a key the portal generates, for the algorithms the template allows."""
+
+    key_algorithm = forms.ChoiceField(
+        label="Key type",
+        widget=forms.RadioSelect,
+        error_messages={"invalid_choice": "This template does not allow that key type."},
+    )
+    renewal_of = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+    field_order = ["key_algorithm", "pkcs12_password", "pkcs12_password_confirm"]
+
+    def __init__(
+        self,
+        *args: Any,
+        template: CertificateTemplate,
+        ask_password: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not ask_password:
+            # Approval first: the key is generated, and the password asked, at download.
+            for name in ("pkcs12_password", "pkcs12_password_confirm", "pkcs12_format"):
+                del self.fields[name]
+        allowed = [a for a in ALGORITHM_ORDER if a in template.key_algorithms]
+        field = self.fields["key_algorithm"]
+        field.choices = [(a.value, f"{a.label} ({ALGORITHM_HELP[a]})") for a in allowed]
+        if allowed:
+            field.initial = allowed[0].value
+
+    @property
+    def chosen_algorithm(self) -> KeyAlgorithm:
+        return KeyAlgorithm(self.cleaned_data["key_algorithm"])
+
+
+class CsrForm(PortalForm):
+    """Enrol with your own key: a PKCS#10 request pasted as PEM or uploaded as PEM/DER."""
+
+    csr = forms.CharField(
+        label="Paste the request (PEM)",
+        required=False,
+        max_length=MAX_CSR_BYTES,
+        widget=forms.Textarea(
+            attrs={
+                "rows": 8,
+                "spellcheck": "false",
+                "placeholder": "-----BEGIN CERTIFICATE REQUEST-----\n…",
+            }
+        ),
+    )
+    csr_file = forms.FileField(
+        label="…or upload the file (.csr, .req, .pem or .der)",
+        required=False,
+        widget=forms.ClearableFileInput(attrs={"accept": ".csr,.req,.pem,.der,.p10"}),
+    )
+    renewal_of = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+    def clean_csr_file(self) -> bytes | None:
+        upload = self.cleaned_data.get("csr_file")
+        if not upload:
+            return None
+        if upload.size > MAX_CSR_BYTES:
+            raise forms.ValidationError(
+                f"The file is larger than {MAX_CSR_BYTES // 1024} KiB; that is not a "
+                "certificate request."
+            )
+        return upload.read(MAX_CSR_BYTES + 1)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        pasted = (cleaned.get("csr") or "").strip()
+        uploaded = cleaned.get("csr_file")
+        if self.errors:
+            return cleaned
+        if pasted and uploaded:
+            raise forms.ValidationError("Paste the request or upload it, not both.")
+        if not pasted and not uploaded:
+            raise forms.ValidationError("Paste a certificate request or choose its file.")
+        cleaned["csr_data"] = uploaded or pasted.encode("utf-8")
+        return cleaned
+
+
+class DecisionForm(PortalForm):
+    """An RA officer's approval or rejection; a rejection must say why."""
+
+    decision = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
+    reason = forms.CharField(
+        label="Reason",
+        required=False,
+        max_length=1000,
+        widget=forms.TextInput(attrs={"placeholder": "Required when rejecting"}),
+    )
+
+    @property
+    def approves(self) -> bool:
+        return self.cleaned_data["decision"] == "approve"
+
+
+class RevokeForm(PortalForm):
+    """Revoke your own certificate, for one of the reasons a subscriber may give."""
+
+    reason = forms.ChoiceField(
+        label="Why?",
+        choices=[
+            (value, f"{label}: {REVOCATION_HELP[value]}") for value, label in OWN_REVOCATION_REASONS
+        ],
+        widget=forms.RadioSelect,
+        error_messages={"required": "Say why you revoke it."},
+    )
+    confirm = forms.BooleanField(
+        label="I understand that a revoked certificate cannot be used again.",
+        error_messages={"required": "Tick the box to confirm."},
+    )

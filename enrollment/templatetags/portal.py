@@ -1,0 +1,42 @@
+"""Small template filters for the portal's pages."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django import template
+
+from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.pkcs7 import format_fingerprint
+
+register = template.Library()
+
+
+@register.filter
+def fingerprint(value: str) -> str:
+    """AB:CD:… the way openssl, Windows and Outlook show a fingerprint."""
+    return format_fingerprint(value or "")
+
+
+@register.filter
+def duration(value: timedelta | None) -> str:
+    """A cool-off period in words: "1 hour", "30 minutes", "1 hour 30 minutes"."""
+    if not isinstance(value, timedelta):
+        return ""
+    minutes = max(round(value.total_seconds() / 60), 1)
+    hours, minutes = divmod(minutes, 60)
+    parts = []
+    if hours:
+        parts.append(f"{hours} hour{'s' if hours != 1 else ''}")
+    if minutes:
+        parts.append(f"{minutes} minute{'s' if minutes != 1 else ''}")
+    return " ".join(parts)
+
+
+@register.filter
+def key_label(value: str) -> str:
+    """ "rsa-3072" as people read it: "RSA 3072"; unknown values pass through."""
+    try:
+        return KeyAlgorithm(value).label
+    except ValueError:
+        return value

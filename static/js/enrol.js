@@ -1,0 +1,28 @@
+// Progress for forms that generate a key and answer with a .p12 download.
+// The page stays put while the file arrives, so the server echoes a random token in a
+// cookie and we watch for it to say "done". Without JavaScript the form still works.
+"use strict";
+document.querySelectorAll("form[data-long-operation]").forEach(function (form) {
+  form.addEventListener("submit", function () {
+    var button = form.querySelector("button[type=submit]");
+    var progress = form.querySelector("[data-progress]");
+    var done = form.querySelector("[data-done]");
+    var field = form.querySelector("input[name=download_token]");
+    var bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    var token = Array.from(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+    if (field) { field.value = token; }
+    // Disable after the browser has collected the form data, so the submission goes out.
+    setTimeout(function () { if (button) { button.disabled = true; } }, 0);
+    if (progress) { progress.hidden = false; }
+    if (done) { done.hidden = true; }
+    var timer = setInterval(function () {
+      if (document.cookie.split("; ").indexOf("pkiportal_download=" + token) === -1) { return; }
+      clearInterval(timer);
+      document.cookie = "pkiportal_download=; Max-Age=0; path=/; SameSite=Strict";
+      form.querySelectorAll("input[type=password]").forEach(function (input) { input.value = ""; });
+      if (progress) { progress.hidden = true; }
+      if (done) { done.hidden = false; }
+    }, 300);
+  });
+});

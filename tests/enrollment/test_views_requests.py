@@ -1,0 +1,317 @@
+"""Approval: requests wait for an RA officer at /ra/requests/; the requester downloads after."""
+
+from __future__ import annotations
+
+import pytest
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.core import mail
+
+from enrollment.models import AuditEvent, Certificate, CertificateRequest
+from enrollment.x509 import pkcs12
+from tests.conftest import client_for
+from tests.enrollment.tools import CLAIMED_EMAIL, cryptography_csr
+from tests.enrollment.web import PASSWORD, enrol_with_csr
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+COLLECT = {
+    "pkcs12_password": PASSWORD,
+    "pkcs12_password_confirm": PASSWORD,
+    "pkcs12_format": "modern",
+}
+
+
+@pytest.fixture
+def needs_approval(template):
+    dual_use = template("smime-dual-use")
+    dual_use.requires_approval = True
+    dual_use.save()
+    return dual_use
+
+
+@pytest.fixture
+def pending(needs_approval, employee, employee_client, hierarchy) -> CertificateRequest:
+    """Alice asked for a portal-generated dual-use key; an officer must approve it."""
+    response = employee_client.post(
+        "/enroll/smime-dual-use/", {"method": "server", "key_algorithm": "ec-p256"}
+    )
+    request = CertificateRequest.objects.get(requester=employee)
+    assert response.status_code == 302
+    assert response["Location"] == f"/enroll/requests/{request.pk}/"
+    return request
+
+
+def decide(client, request, decision: str, reason: str = ""):
+    return client.post(
+        f"/ra/requests/{request.pk}/decide/", {"decision": decision, "reason": reason}
+    )
+
+
+# --- the request page ------------------------------------------------------------------
+
+
+def test_an_approval_template_asks_no_password_up_front(needs_approval, employee_client, hierarchy):
+    form = employee_client.get("/enroll/smime-dual-use/").context["key_form"]
+
+    assert "pkcs12_password" not in form.fields
+    assert not Certificate.objects.exists()
+
+
+def test_the_requester_sees_the_pending_request(pending, employee_client):
+    response = employee_client.get(f"/enroll/requests/{pending.pk}/")
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "Waiting for approval" in page
+    assert response.context["form"] is None
+    assert not Certificate.objects.exists()
+
+
+def test_it_checks_ownership_of_the_request_page(pending, colleague):
+    response = client_for(colleague).get(f"/enroll/requests/{pending.pk}/")
+
+    assert response.status_code == 404
+
+
+def test_officers_see_the_request_read_only(pending, officer_client):
+    response = officer_client.get(f"/enroll/requests/{pending.pk}/")
+
+    assert response.status_code == 200
+    assert response.context["form"] is None
+    assert "only Alice Andersson can download" in response.content.decode()
+
+
+def test_anonymous_visitors_are_sent_to_sign_in(pending, anonymous_client):
+    response = anonymous_client.get(f"/enroll/requests/{pending.pk}/")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_an_unknown_request_is_a_404(employee_client, hierarchy):
+    assert employee_client.get("/enroll/requests/999999/").status_code == 404
+
+
+# --- the officers' list ----------------------------------------------------------------
+
+
+def test_officers_see_pending_requests_with_what_they_asked_for(
+    needs_approval, employee, employee_client, officer_client, hierarchy, ec_p256_key
+):
+    enrol_with_csr(
+        employee_client,
+        "smime-dual-use",
+        csr=cryptography_csr(ec_p256_key).public_bytes(Encoding.PEM),
+    )
+
+    response = officer_client.get("/ra/requests/")
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "Alice Andersson" in page
+    assert "S/MIME Dual-use" in page
+    assert CLAIMED_EMAIL in page  # what the CSR asked for …
+    assert "Gets: Alice Andersson, alice@example.com" in page  # … next to what it will get
+
+
+def test_employees_may_not_see_the_ra_page(employee_client, hierarchy):
+    assert employee_client.get("/ra/requests/").status_code == 403
+
+
+def test_anonymous_visitors_are_sent_to_sign_in_from_the_ra_page(anonymous_client, hierarchy):
+    response = anonymous_client.get("/ra/requests/")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_the_navigation_shows_ra_requests_to_officers_only(
+    officer_client, employee_client, hierarchy
+):
+    assert "/ra/requests/" in officer_client.get("/").content.decode()
+    assert "/ra/requests/" not in employee_client.get("/").content.decode()
+
+
+# --- deciding -------------------------------------------------------------------------
+
+
+def test_the_whole_approval_flow(
+    pending, officer, officer_client, employee_client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = decide(officer_client, pending, "approve", "Finance needs encrypted mail")
+
+    assert response.status_code == 302
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.APPROVED
+    assert pending.decided_by == officer
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == ["alice@example.com"]
+    assert "approved" in mail.outbox[0].subject
+    assert f"/enroll/requests/{pending.pk}/" in mail.outbox[0].body
+
+    page = employee_client.get(f"/enroll/requests/{pending.pk}/")
+    assert page.context["form"] is not None
+    assert "Finance needs encrypted mail" in page.content.decode()
+
+    download = employee_client.post(f"/enroll/requests/{pending.pk}/", COLLECT)
+
+    assert download.status_code == 200
+    assert download["Content-Type"] == "application/x-pkcs12"
+    _key, certificate, _chain = pkcs12.load_pkcs12(download.content, PASSWORD)
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.ISSUED
+    assert pending.certificate.certificate == certificate
+    assert AuditEvent.objects.filter(action="request.approve").exists()
+    assert AuditEvent.objects.filter(action="pkcs12.download").exists()
+
+
+def test_a_weak_password_at_collection_changes_nothing(pending, officer_client, employee_client):
+    decide(officer_client, pending, "approve")
+
+    response = employee_client.post(
+        f"/enroll/requests/{pending.pk}/",
+        {"pkcs12_password": "short", "pkcs12_password_confirm": "short"},
+    )
+
+    assert response.status_code == 400
+    pending.refresh_from_db()
+    assert pending.awaits_download
+    assert not Certificate.objects.exists()
+
+
+def test_an_officer_cannot_download_someone_elses_approved_request(
+    pending, officer_client, officer
+):
+    decide(officer_client, pending, "approve")
+    other_officer = UserFactory(username="oscar")
+    other_officer.groups.add(*officer.groups.all())
+
+    for client in (officer_client, client_for(other_officer)):
+        response = client.post(f"/enroll/requests/{pending.pk}/", COLLECT)
+
+        assert response.status_code == 403
+    assert not Certificate.objects.exists()
+
+
+def test_a_colleague_cannot_download_an_approved_request(pending, officer_client, colleague):
+    decide(officer_client, pending, "approve")
+
+    response = client_for(colleague).post(f"/enroll/requests/{pending.pk}/", COLLECT)
+
+    assert response.status_code == 404
+    assert not Certificate.objects.exists()
+
+
+def test_a_rejection_needs_a_reason(pending, officer_client):
+    response = decide(officer_client, pending, "reject", "   ")
+
+    assert response.status_code == 400
+    assert "Say why the request is rejected." in response.content.decode()
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_a_rejection_with_a_reason_is_mailed_and_shown(
+    pending, officer_client, employee_client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        decide(officer_client, pending, "reject", "Use the signing template instead")
+
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.REJECTED
+    assert "rejected" in mail.outbox[0].subject
+    assert "Use the signing template instead" in mail.outbox[0].body
+    page = employee_client.get(f"/enroll/requests/{pending.pk}/").content.decode()
+    assert "Use the signing template instead" in page
+    assert employee_client.post(f"/enroll/requests/{pending.pk}/", COLLECT).status_code == 400
+    assert not Certificate.objects.exists()
+
+
+def test_an_officer_cannot_approve_their_own_request(
+    needs_approval, officer, officer_client, hierarchy
+):
+    officer_client.post("/enroll/smime-dual-use/", {"method": "server", "key_algorithm": "ec-p256"})
+    own = CertificateRequest.objects.get(requester=officer)
+
+    listing = officer_client.get("/ra/requests/").content.decode()
+    response = decide(officer_client, own, "approve")
+
+    assert "Your own request: another officer decides." in listing
+    assert response.status_code == 403
+    assert "You cannot decide on your own request." in response.content.decode()
+    own.refresh_from_db()
+    assert own.state == CertificateRequest.State.PENDING
+
+
+def test_employees_may_not_decide(pending, employee_client, colleague):
+    for client in (employee_client, client_for(colleague)):
+        assert decide(client, pending, "approve").status_code == 403
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_anonymous_visitors_may_not_decide(pending, anonymous_client):
+    response = decide(anonymous_client, pending, "approve")
+
+    assert response.status_code == 302
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_deciding_twice_says_it_is_already_decided(pending, officer_client):
+    decide(officer_client, pending, "approve")
+
+    response = decide(officer_client, pending, "reject", "changed my mind")
+
+    assert response.status_code == 400
+    assert f"Request #{pending.pk}: This request is already approved" in (response.content.decode())
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.APPROVED
+
+
+def test_deciding_takes_a_post(pending, officer_client):
+    assert officer_client.get(f"/ra/requests/{pending.pk}/decide/").status_code == 405
+
+
+def test_an_approved_csr_request_is_issued_at_once(
+    needs_approval, employee, employee_client, officer_client, hierarchy, ec_p256_key
+):
+    enrol_with_csr(
+        employee_client,
+        "smime-dual-use",
+        csr=cryptography_csr(ec_p256_key).public_bytes(Encoding.PEM),
+    )
+    request = CertificateRequest.objects.get(requester=employee)
+    assert request.state == CertificateRequest.State.PENDING
+
+    decide(officer_client, request, "approve")
+
+    request.refresh_from_db()
+    assert request.state == CertificateRequest.State.ISSUED
+    assert request.certificate.owner == employee
+
+
+def test_deciding_is_csrf_protected(pending, officer):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(officer)
+
+    assert decide(client, pending, "approve").status_code == 403
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_collecting_is_csrf_protected(pending, officer_client, employee):
+    from django.test import Client
+
+    decide(officer_client, pending, "approve")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(employee)
+
+    assert client.post(f"/enroll/requests/{pending.pk}/", COLLECT).status_code == 403
+    assert not Certificate.objects.exists()
