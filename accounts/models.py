@@ -6,8 +6,17 @@ backend can map its attributes straight onto these fields.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+
+from accounts.search import directory_search_text
+
+# The fields directory_search is derived from.
+DIRECTORY_SOURCE_FIELDS = frozenset(
+    {"username", "first_name", "last_name", "display_name", "email", "organizational_unit"}
+)
 
 
 class User(AbstractUser):
@@ -15,9 +24,36 @@ class User(AbstractUser):
         max_length=200, blank=True, help_text="How the person is shown; default: given + surname."
     )
     organizational_unit = models.CharField(max_length=200, blank=True)
+    directory_search = models.TextField(
+        blank=True,
+        default="",
+        editable=False,
+        help_text="Folded name, e-mail and unit the directory matches and sorts by (derived).",
+    )
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
+        indexes = [
+            # Sorted directory pages and keyset pagination; PostgreSQL also has a pg_trgm
+            # GIN index on the same column for substring search (migration 0002).
+            models.Index(fields=["directory_search", "id"], name="user_directory_sort_idx"),
+        ]
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A derived column, not an invariant: kept here so every writer (admin, SSO/LDAP
+        # sync, commands) keeps it current. Bulk writers must set it themselves.
+        self.directory_search = directory_search_text(
+            username=self.get_username() or "",
+            first_name=self.first_name,
+            last_name=self.last_name,
+            display_name=self.display_name,
+            email=self.email,
+            organizational_unit=self.organizational_unit,
+        )
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and DIRECTORY_SOURCE_FIELDS.intersection(update_fields):
+            kwargs["update_fields"] = {*update_fields, "directory_search"}
+        super().save(*args, **kwargs)
 
     def get_full_name(self) -> str:
         return self.display_name or super().get_full_name() or self.get_username()

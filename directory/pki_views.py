@@ -10,12 +10,15 @@ from datetime import datetime
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
+from django.utils.cache import get_conditional_response
 from django.utils.http import http_date, quote_etag
 from django.views.decorators.http import condition, require_safe
 
+from enrollment import binary, services
 from enrollment.models import CertificateAuthority, RevocationList
 from enrollment.x509 import pkcs7
 
@@ -24,13 +27,6 @@ CA_CERT_MAX_AGE = 24 * 3600
 
 def _ca(slug: str) -> CertificateAuthority:
     return get_object_or_404(CertificateAuthority, slug=slug)
-
-
-def _crl(slug: str) -> RevocationList:
-    crl = RevocationList.objects.filter(ca__slug=slug).newest_first().first()
-    if crl is None:
-        raise Http404("No CRL has been published for this CA yet.")
-    return crl
 
 
 def _binary(
@@ -76,27 +72,68 @@ def ca_chain(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-def _crl_etag(request: HttpRequest, slug: str) -> str:
-    crl = _crl(slug)
-    return quote_etag(f"{crl.ca_id}-{crl.number}")
+def _fresh_crl(ca: CertificateAuthority) -> RevocationList | None:
+    """The newest CRL (DER deferred), never one past its nextUpdate if the CA can sign.
+
+    An expired CRL makes every signature from this CA unverifiable (django-ca issue 167):
+    an online CA signs a new one right here; the lock in crl_publish_if_due makes a crowd
+    of requests publish once.
+    """
+    crl = ca.latest_crl()
+    if ca.is_online and (crl is None or crl.next_update <= timezone.now()):
+        try:
+            services.crl_publish_if_due(ca=ca, pending_for=None)
+        except Exception as exc:
+            services.crl_failure_record(ca=ca, error=exc)
+        crl = ca.latest_crl()
+    return crl
+
+
+def _crl_unavailable(ca: CertificateAuthority, crl: RevocationList) -> HttpResponse:
+    """503 with a body a person and a monitoring probe both understand."""
+    reason = (
+        "its key is offline: sign a new one with `manage.py sign_root_crl`"
+        if not ca.is_online
+        else f"signing a new one failed ({ca.crl_error or 'see the server log'})"
+    )
+    body = (
+        f"The CRL of {ca.name} expired at {crl.next_update:%Y-%m-%d %H:%M:%S} UTC and this "
+        f"server cannot replace it: {reason}. An expired CRL is not served, because relying "
+        "parties would reject it anyway.\n"
+    )
+    response = HttpResponse(body, status=503, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = "300"
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @require_safe
-@condition(
-    etag_func=_crl_etag,
-    last_modified_func=lambda request, slug: _crl(slug).this_update,
-)
 def ca_crl(request: HttpRequest, slug: str) -> HttpResponse:
-    crl = _crl(slug)
+    ca = _ca(slug)
+    crl = _fresh_crl(ca)
+    if crl is None:
+        raise Http404("No CRL has been published for this CA yet.")
+    if crl.next_update <= timezone.now():
+        return _crl_unavailable(ca, crl)
+    not_modified = get_conditional_response(
+        request,
+        etag=quote_etag(f"{crl.ca_id}-{crl.number}"),
+        last_modified=int(crl.this_update.timestamp()),
+    )
     # A cache may keep the CRL for at most an hour and never past nextUpdate.
     remaining = int((crl.next_update - timezone.now()).total_seconds())
-    response = _binary(
-        bytes(crl.der),
-        "application/pkix-crl",
-        f"{slug}.crl",
-        max_age=min(remaining, 3600),
-        last_modified=crl.this_update,
-    )
+    if not_modified is not None:
+        response = not_modified
+        response["Cache-Control"] = f"public, max-age={min(remaining, 3600)}"
+    else:
+        response = _binary(
+            binary.read(RevocationList, crl.pk, "der"),
+            "application/pkix-crl",
+            f"{slug}.crl",
+            max_age=min(remaining, 3600),
+            last_modified=crl.this_update,
+        )
+    response["ETag"] = quote_etag(f"{crl.ca_id}-{crl.number}")
     response["Expires"] = http_date(crl.next_update.timestamp())
     return response
 
@@ -113,7 +150,19 @@ def ca_certificate_pem(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_safe
 def repository(request: HttpRequest) -> HttpResponse:
+    """The human page: what to download, what to compare, how to trust it per platform."""
     authorities = list(CertificateAuthority.objects.select_related("parent"))
+    now = timezone.now()
     for ca in authorities:
         ca.current_crl = ca.latest_crl()
-    return render(request, "directory/repository.html", {"authorities": authorities})
+        ca.crl_overdue = ca.current_crl is not None and ca.current_crl.next_update <= now
+        # SHA-1 is what Windows ("Thumbprint"), Outlook and gpgsm's trustlist.txt show.
+        ca.fingerprint_sha1 = pkcs7.fingerprint(ca.certificate, "sha1")
+        ca.fingerprint_sha1_colons = pkcs7.format_fingerprint(ca.fingerprint_sha1)
+    context = {
+        "authorities": authorities,
+        "roots": [ca for ca in authorities if ca.is_root],
+        "intermediates": [ca for ca in authorities if not ca.is_root],
+        "base_url": settings.PKIPORTAL_BASE_URL,
+    }
+    return render(request, "directory/repository.html", context)

@@ -1,0 +1,136 @@
+"""Shapes of the lookup API: one input serializer (shape only), read-only outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from directory.selectors import MAX_PAGE_SIZE, MAX_QUERY_LENGTH, search_terms
+from enrollment.models import Certificate, CertificateTemplate
+from enrollment.x509 import pkcs7
+
+MAX_CURSOR = 2**63 - 1
+
+
+class LookupIn(serializers.Serializer):
+    q = serializers.CharField(
+        required=False,
+        max_length=MAX_QUERY_LENGTH,
+        help_text="Search people by name, e-mail or unit: case- and accent-insensitive; "
+        "terms of three or more characters match anywhere, shorter ones a word's start.",
+    )
+    email = serializers.EmailField(
+        required=False,
+        max_length=254,
+        help_text="Exact address, any case: the certificates to encrypt to it.",
+    )
+    include_inactive = serializers.BooleanField(
+        default=False, help_text="With q: also expired and revoked certificates."
+    )
+    after = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_CURSOR,
+        help_text="With q: continue after this person (from `next`).",
+    )
+    limit = serializers.IntegerField(
+        default=20, min_value=1, max_value=MAX_PAGE_SIZE, help_text="With q: people per page."
+    )
+
+    def validate_q(self, value: str) -> str:
+        if not search_terms(value):
+            raise serializers.ValidationError("Type at least two letters or digits.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("q" in attrs) == ("email" in attrs):
+            raise serializers.ValidationError(
+                {"detail": "Give either q (search) or email (exact lookup)."}
+            )
+        return attrs
+
+
+class OwnerOut(serializers.Serializer):
+    name = serializers.CharField(source="get_full_name")
+    email = serializers.EmailField()
+    organizational_unit = serializers.CharField()
+
+
+class DirectoryCertificateOut(serializers.Serializer):
+    """A published certificate with its chain: everything a sender needs to encrypt.
+
+    The fields document the shape (OpenAPI); to_representation builds it directly, since
+    DRF's per-field machinery costs more than the lookup itself (~40 results per page).
+    """
+
+    fingerprint_sha256 = serializers.CharField()
+    fingerprint_sha1 = serializers.CharField()
+    serial = serializers.CharField(help_text="Lower-case hex.")
+    subject = serializers.CharField(help_text="RFC 4514.")
+    common_name = serializers.CharField()
+    email = serializers.EmailField()
+    emails = serializers.ListField(child=serializers.EmailField())
+    purpose = serializers.ChoiceField(choices=CertificateTemplate.Purpose.choices)
+    template = serializers.CharField(allow_null=True, help_text="The template's slug.")
+    key_algorithm = serializers.CharField()
+    not_before = serializers.DateTimeField()
+    not_after = serializers.DateTimeField()
+    state = serializers.ChoiceField(
+        choices=["valid", "expired", "revoked"], help_text="What to tell a person."
+    )
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    revocation_reason = serializers.CharField(help_text="RFC 5280 reason; empty: none given.")
+    owner = OwnerOut(allow_null=True)
+    pem = serializers.CharField(help_text="The certificate, PEM.")
+    chain_pem = serializers.ListField(
+        child=serializers.CharField(), help_text="Its issuing CA up to the root, PEM."
+    )
+    url = serializers.URLField(help_text="Its page in the web directory.")
+
+    def to_representation(self, instance: Certificate) -> dict[str, Any]:
+        owner = instance.owner
+        request = self.context.get("request")
+        url = reverse("directory:certificate", args=[instance.fingerprint_sha256])
+        return {
+            "fingerprint_sha256": instance.fingerprint_sha256,
+            "fingerprint_sha1": instance.fingerprint_sha1,
+            "serial": instance.serial,
+            "subject": instance.subject,
+            "common_name": instance.common_name,
+            "email": instance.email,
+            "emails": instance.emails,
+            "purpose": instance.purpose,
+            "template": instance.template.slug if instance.template else None,
+            "key_algorithm": instance.key_algorithm,
+            "not_before": _datetime(instance.not_before),
+            "not_after": _datetime(instance.not_after),
+            "state": instance.state,
+            "revoked_at": _datetime(instance.revoked_at) if instance.revoked_at else None,
+            "revocation_reason": instance.revocation_reason,
+            "owner": None
+            if owner is None
+            else {
+                "name": owner.get_full_name(),
+                "email": owner.email,
+                "organizational_unit": owner.organizational_unit,
+            },
+            "pem": pkcs7.certificate_pem(instance.certificate).decode("ascii"),
+            "chain_pem": self.context["chains"][instance.ca_id],
+            "url": request.build_absolute_uri(url) if request is not None else url,
+        }
+
+
+_DATETIME = serializers.DateTimeField()
+
+
+def _datetime(value: Any) -> str:
+    return _DATETIME.to_representation(value)
+
+
+class LookupOut(serializers.Serializer):
+    next = serializers.URLField(
+        allow_null=True, help_text="The next page of a search; null on the last one."
+    )
+    results = DirectoryCertificateOut(many=True)

@@ -1,0 +1,76 @@
+"""The lookup API a mail gateway or client plug-in calls: GET /api/v1/directory/."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from directory import selectors
+from directory.api.serializers import DirectoryCertificateOut, LookupIn, LookupOut
+from directory.permissions import DirectoryReadable
+
+PARAMETERS = [
+    OpenApiParameter("q", OpenApiTypes.STR, description=LookupIn().fields["q"].help_text),
+    OpenApiParameter("email", OpenApiTypes.EMAIL, description=LookupIn().fields["email"].help_text),
+    OpenApiParameter(
+        "include_inactive",
+        OpenApiTypes.BOOL,
+        description=LookupIn().fields["include_inactive"].help_text,
+    ),
+    OpenApiParameter("after", OpenApiTypes.INT, description=LookupIn().fields["after"].help_text),
+    OpenApiParameter("limit", OpenApiTypes.INT, description=LookupIn().fields["limit"].help_text),
+]
+
+
+class DirectoryLookupView(APIView):
+    permission_classes = [DirectoryReadable]
+
+    @extend_schema(
+        operation_id="directory_lookup",
+        summary="Find certificates by e-mail address or search people",
+        description=(
+            "`?email=` gives the certificates to encrypt to that address: valid, not "
+            "revoked, encryption-capable (encryption or dual-use), newest first, each with "
+            "its PEM and chain. `?q=` searches people by name, e-mail or unit and gives "
+            "their valid certificates (all purposes; `include_inactive` adds expired and "
+            "revoked ones), a page of people at a time, following `next`. Open to "
+            "anonymous callers only when PKIPORTAL_DIRECTORY_PUBLIC is true."
+        ),
+        parameters=PARAMETERS,
+        responses={
+            200: LookupOut,
+            400: OpenApiResponse(OpenApiTypes.OBJECT, description="Bad query: `{field: [..]}`."),
+            401: OpenApiResponse(OpenApiTypes.OBJECT, description="Not signed in."),
+            403: OpenApiResponse(OpenApiTypes.OBJECT, description="Not signed in."),
+        },
+        tags=["directory"],
+    )
+    def get(self, request: Request) -> Response:
+        params = LookupIn(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        next_url = None
+        if "email" in data:
+            certificates = selectors.certificates_for_email(email=data["email"])
+        else:
+            try:
+                page = selectors.certificate_search(
+                    query=data["q"],
+                    include_inactive=data["include_inactive"],
+                    after=data.get("after"),
+                    limit=data["limit"],
+                )
+            except selectors.PageGone as exc:
+                raise ValidationError({"after": [str(exc)]}) from exc
+            certificates = page.certificates
+            if page.next_after is not None:
+                query = request.query_params.copy()
+                query["after"] = str(page.next_after)
+                next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        context = {"request": request, "chains": selectors.ca_chain_pems()}
+        results = DirectoryCertificateOut(certificates, many=True, context=context).data
+        return Response({"next": next_url, "results": results})

@@ -1,0 +1,254 @@
+"""Reads of the directory: people, their published certificates and the CA chains.
+
+No CA logic and no writes. Search matches the folded `User.directory_search` column with
+LIKE, which PostgreSQL answers from a pg_trgm GIN index (substring) or the sort index
+(common prefixes, in order), and SQLite by scanning its small table. Nothing is cached:
+a revocation leaves the default results with its commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, prefetch_related_objects
+from django.utils import timezone
+
+from accounts.search import fold
+from enrollment.models import Certificate, CertificateAuthority
+from enrollment.querysets import CertificateQuerySet
+from enrollment.x509 import pkcs7
+
+MAX_QUERY_LENGTH = 200
+MAX_TERMS = 6
+# Shorter terms match the start of a word only: pg_trgm can index " jo" but not "%jo%".
+SUBSTRING_MIN_LENGTH = 3
+MAX_PAGE_SIZE = 100
+MAX_EMAIL_RESULTS = 100
+# How many matches a search samples to choose its plan on PostgreSQL (see _first_people).
+SAMPLE = 2000
+_PERSON = ("username", "first_name", "last_name", "display_name", "email", "organizational_unit")
+
+
+class PageGone(LookupError):
+    """The person a `next` link continues after no longer exists: search again."""
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of people (each with `.directory_certificates`), sorted by name."""
+
+    people: list[Any]
+    next_after: int | None
+
+    @property
+    def certificates(self) -> list[Certificate]:
+        return [cert for person in self.people for cert in person.directory_certificates]
+
+
+def search_terms(query: str) -> list[str]:
+    """The folded words of a query; empty unless one has at least two characters."""
+    terms = list(dict.fromkeys(fold(query).split()))[:MAX_TERMS]
+    return terms if any(len(term) >= 2 for term in terms) else []
+
+
+def _published(now: datetime, include_inactive: bool) -> CertificateQuerySet:
+    certificates = Certificate.objects.all()
+    return certificates if include_inactive else certificates.valid(now)
+
+
+def certificate_search(
+    *,
+    query: str,
+    include_inactive: bool = False,
+    after: int | None = None,
+    limit: int = 20,
+    now: datetime | None = None,
+) -> SearchPage:
+    """People whose name, e-mail or unit match every term, with their certificates.
+
+    Only people with a currently valid certificate, unless `include_inactive`; then also
+    their expired and revoked ones. Keyset pagination (`after` = the last person's id),
+    so a page costs the same however deep it is and nothing counts the whole result.
+    """
+    terms = search_terms(query)
+    if not terms:
+        return SearchPage([], None)
+    now = now or timezone.now()
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    people = get_user_model().objects.all()
+    for term in terms:
+        pattern = term if len(term) >= SUBSTRING_MIN_LENGTH else f" {term}"
+        people = people.filter(directory_search__contains=pattern)
+    if after is not None:
+        key = (
+            get_user_model()
+            .objects.filter(pk=after)
+            .values_list("directory_search", flat=True)
+            .first()
+        )
+        if key is None:
+            raise PageGone("That page no longer exists; search again.")
+        # The >= bound lets the index range-scan; the OR settles ties on the same name.
+        people = people.filter(
+            Q(directory_search__gt=key) | Q(directory_search=key, pk__gt=after),
+            directory_search__gte=key,
+        )
+    published = Exists(_published(now, include_inactive).filter(owner=OuterRef("pk")))
+    page = _first_people(people, published, limit + 1)
+    prefetch_related_objects(
+        page,
+        Prefetch(
+            "certificates",
+            queryset=_published(now, include_inactive)
+            .select_related("template")
+            .order_by("-not_before", "-pk"),
+            to_attr="directory_certificates",
+        ),
+    )
+    # The extra row only says "there is more".
+    if len(page) > limit:
+        return SearchPage(page[:limit], page[limit - 1].pk)
+    return SearchPage(page, None)
+
+
+def _first_people(matching: QuerySet, published: Exists, count: int) -> list[Any]:
+    """The first `count` matching people (by name) who have a published certificate.
+
+    PostgreSQL's planner picks between the trigram index (cheap when few match, but it
+    reads every match before sorting) and the sorted index (cheap when matches are common
+    and spread out, but a near-full scan when they cluster, as "zoe" does among names
+    sorted by first name). Neither is safe alone at a million rows, so a capped, unordered
+    sample of the matches decides, and bounds, the work:
+
+    - at most SAMPLE matches: all of them are in hand, by id;
+    - more: the sample's k-th smallest key is at or past the k-th match overall, so the
+      matches up to that key hold the whole page: a bounded set, read by bitmap scans.
+
+    Either way the page is exactly the first `count` people by (directory_search, id).
+    """
+    if connection.vendor != "postgresql":  # the embedded default: a small table to scan
+        return list(_ordered(matching.filter(published))[:count])
+    sample = sorted(matching.order_by().values_list("directory_search", "pk")[: SAMPLE + 1])
+    if len(sample) <= SAMPLE:
+        return _page(matching.filter(pk__in=[pk for _key, pk in sample]), published, count)
+    k = count + 5  # a margin for matches without a published certificate
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Bitmap scans only: a plain or index-only scan of the sort index would assume the
+        # matches spread evenly and read every row before a late cluster of them.
+        for setting in _BITMAP_ONLY:
+            cursor.execute(f"SET LOCAL {setting} = {_BITMAP_ONLY[setting]}")
+        try:
+            while k < len(sample):
+                # Python and PostgreSQL may collate differently: a full page proves it.
+                bounded = matching.filter(directory_search__lte=sample[k - 1][0])
+                page = _page(bounded, published, count)
+                if len(page) == count:
+                    return page
+                k *= 4
+        finally:
+            for setting in _BITMAP_ONLY:
+                cursor.execute(f"RESET {setting}")
+    return list(_ordered(matching.filter(published))[:count])
+
+
+# Planner settings for the bounded search (SET LOCAL: they end with the transaction).
+_BITMAP_ONLY = {
+    "enable_indexscan": "off",
+    "enable_indexonlyscan": "off",
+    # A few thousand rows: parallel workers cost more to start than they save.
+    "max_parallel_workers_per_gather": "0",
+}
+
+
+def _ordered(people: QuerySet) -> QuerySet:
+    return people.order_by("directory_search", "pk").only(*_PERSON)
+
+
+def _page(pool: QuerySet, published: Exists, count: int) -> list[Any]:
+    """The first `count` people of a bounded pool with a published certificate.
+
+    The pool is sorted first and checked for certificates after, a few candidates at a
+    time: checking every match before sorting costs an index probe per match.
+    """
+    wanted = count * 2
+    while True:
+        candidates = list(
+            pool.order_by("directory_search", "pk").values_list("pk", flat=True)[:wanted]
+        )
+        page = list(_ordered(pool.filter(pk__in=candidates).filter(published))[:count])
+        if len(page) == count or len(candidates) < wanted:
+            return page
+        wanted *= 4
+
+
+def normalise_email(address: str) -> str:
+    """Stored certificate addresses are lower-cased at issuance; compare the same way."""
+    return address.strip().lower()
+
+
+def certificates_for_email(
+    *, email: str, now: datetime | None = None, limit: int = MAX_EMAIL_RESULTS
+) -> list[Certificate]:
+    """What a sender encrypts to: valid, not revoked, encryption-capable, newest first."""
+    return list(
+        Certificate.objects.valid(now)
+        .encryption_capable()
+        .filter(email=normalise_email(email))
+        .select_related("owner", "template")
+        .order_by("-not_before", "-pk")[:limit]
+    )
+
+
+def normalise_fingerprint(value: str) -> str:
+    """SHA-256 fingerprints arrive as 64 hex digits, any case, with or without colons."""
+    return value.replace(":", "").lower()
+
+
+def certificate_by_fingerprint(fingerprint: str) -> Certificate | None:
+    """Any stored certificate, whatever its status: its page says whether it is usable."""
+    return (
+        Certificate.objects.select_related("owner", "template", "ca")
+        .filter(fingerprint_sha256=normalise_fingerprint(fingerprint))
+        .first()
+    )
+
+
+def ca_chains() -> dict[int, list[CertificateAuthority]]:
+    """Each CA's chain (itself up to the root), from one query over the few CAs there are."""
+    authorities = {
+        ca.pk: ca
+        for ca in CertificateAuthority.objects.only(
+            "name", "slug", "parent", "der", "fingerprint_sha256", "created_at"
+        )
+    }
+    chains: dict[int, list[CertificateAuthority]] = {}
+    for ca in authorities.values():
+        chain, seen = [ca], {ca.pk}
+        while chain[-1].parent_id is not None and chain[-1].parent_id not in seen:
+            parent = authorities[chain[-1].parent_id]
+            chain.append(parent)
+            seen.add(parent.pk)
+        chains[ca.pk] = chain
+    return chains
+
+
+# A CA certificate's PEM never changes for a given fingerprint, so each process keeps it.
+_PEM_BY_FINGERPRINT: dict[str, str] = {}
+
+
+def ca_chain_pems() -> dict[int, list[str]]:
+    """Each CA's chain (itself up to the root) as PEM strings, by CA id."""
+    if len(_PEM_BY_FINGERPRINT) > 256:  # bounded: CAs are few, but never grow forever
+        _PEM_BY_FINGERPRINT.clear()
+    pems: dict[int, list[str]] = {}
+    for pk, chain in ca_chains().items():
+        for ca in chain:
+            if ca.fingerprint_sha256 not in _PEM_BY_FINGERPRINT:
+                pem = pkcs7.certificate_pem(ca.certificate).decode("ascii")
+                _PEM_BY_FINGERPRINT[ca.fingerprint_sha256] = pem
+        pems[pk] = [_PEM_BY_FINGERPRINT[ca.fingerprint_sha256] for ca in chain]
+    return pems

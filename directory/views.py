@@ -1,0 +1,128 @@
+"""Directory pages: /directory/ search, /directory/<fingerprint>/ and its downloads.
+
+Downloads are public certificate material only (DER, PEM, a .p7b with the chain, a vCard);
+there is no path here to any private key.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils.text import slugify
+from django.views.decorators.http import require_safe
+
+from directory import selectors
+from directory.facts import certificate_facts
+from directory.forms import SearchForm
+from directory.permissions import directory_readable
+from directory.vcard import certificate_vcard
+from enrollment.models import Certificate
+from enrollment.x509 import pkcs7
+
+PAGE_SIZE = 20
+
+DOWNLOADS = {
+    "cer": "application/pkix-cert",
+    "pem": "application/x-pem-file",
+    "p7b": "application/pkcs7-mime",
+    "vcf": "text/vcard; charset=utf-8",
+}
+
+
+@require_safe
+@directory_readable
+def search(request: HttpRequest) -> HttpResponse:
+    """The search page; with ?partial=1 only the results, for search-as-you-type."""
+    form = SearchForm(request.GET)
+    page, status, query = None, 200, ""
+    if form.is_valid():
+        query = form.cleaned_data["q"]
+        try:
+            page = selectors.certificate_search(
+                query=query,
+                include_inactive=form.cleaned_data["include_inactive"],
+                after=form.cleaned_data["after"],
+                limit=PAGE_SIZE,
+            )
+        except selectors.PageGone as exc:
+            form.add_error(None, str(exc))
+            status = 400
+    else:
+        status = 400
+    params = request.GET.copy()
+    params.pop("partial", None)
+    after = params.pop("after", None)
+    first_url = f"?{params.urlencode()}" if after else ""
+    next_url = ""
+    if page is not None and page.next_after is not None:
+        params["after"] = str(page.next_after)
+        next_url = f"?{params.urlencode()}"
+    context = {
+        "form": form,
+        "page": page,
+        "query": query,
+        "too_short": bool(query) and not selectors.search_terms(query),
+        "first_url": first_url,
+        "next_url": next_url,
+    }
+    partial = request.GET.get("partial") == "1"
+    template = "directory/_results.html" if partial else "directory/search.html"
+    return render(request, template, context, status=status)
+
+
+def _certificate(fingerprint: str) -> Certificate:
+    certificate = selectors.certificate_by_fingerprint(fingerprint)
+    if certificate is None:
+        raise Http404("No certificate has that fingerprint.")
+    return certificate
+
+
+@require_safe
+@directory_readable
+def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
+    certificate = _certificate(fingerprint)
+    return render(
+        request,
+        "directory/certificate.html",
+        {
+            "cert": certificate,
+            "facts": certificate_facts(certificate.certificate),
+            "chain": certificate.ca.chain(),
+            "downloads": list(DOWNLOADS),
+        },
+    )
+
+
+def _vcard(certificate: Certificate) -> str:
+    owner = certificate.owner
+    return certificate_vcard(
+        full_name=owner.get_full_name() if owner else certificate.common_name,
+        given_name=owner.first_name if owner else "",
+        family_name=owner.last_name if owner else "",
+        emails=certificate.emails or [certificate.email],
+        organization=settings.PKIPORTAL_ORGANIZATION_NAME,
+        unit=owner.organizational_unit if owner else "",
+        certificate_der=bytes(certificate.der),
+    )
+
+
+@require_safe
+@directory_readable
+def certificate_download(request: HttpRequest, fingerprint: str, fmt: str) -> HttpResponse:
+    certificate = _certificate(fingerprint)
+    leaf = certificate.certificate
+    if fmt == "cer":
+        body: bytes | str = pkcs7.certificate_der(leaf)
+    elif fmt == "pem":
+        body = pkcs7.certificate_pem(leaf)
+    elif fmt == "p7b":
+        body = pkcs7.certificates_to_p7b([leaf, *(ca.certificate for ca in certificate.ca.chain())])
+    else:
+        body = _vcard(certificate)
+    name = slugify(certificate.common_name) or "certificate"
+    response = HttpResponse(body, content_type=DOWNLOADS[fmt])
+    response["Content-Disposition"] = (
+        f'attachment; filename="{name}-{certificate.fingerprint_sha256[:8]}.{fmt}"'
+    )
+    return response

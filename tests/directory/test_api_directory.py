@@ -1,0 +1,268 @@
+"""GET /api/v1/directory/: what a mail gateway gets for an address, search, who may ask."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import yaml
+
+from cryptography import x509
+
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from enrollment import services
+from tests.conftest import client_for
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/directory/"
+
+
+@pytest.fixture
+def jose(person):
+    return person("José", "García", "Finance", email="jose.garcia@example.com")
+
+
+@pytest.fixture
+def certs(jose, issue, encryption_template):
+    """One of each purpose for José, issued in this order."""
+    return {
+        "signing": issue(jose, "smime-signing"),
+        "dual_use": issue(jose, "smime-dual-use"),
+        "encryption": issue(jose, "test-encryption"),
+    }
+
+
+def fingerprints(response) -> list[str]:
+    assert response.status_code == 200, response.content
+    return [item["fingerprint_sha256"] for item in response.json()["results"]]
+
+
+# --- ?email= : what to encrypt to -----------------------------------------------------
+
+
+def test_an_address_gives_its_encryption_capable_certificates_newest_first(employee_client, certs):
+    response = employee_client.get(URL, {"email": "jose.garcia@example.com"})
+
+    assert fingerprints(response) == [
+        certs["encryption"].fingerprint_sha256,
+        certs["dual_use"].fingerprint_sha256,
+    ]
+    assert response.json()["next"] is None
+
+
+def test_a_signing_only_certificate_is_never_offered_for_encryption(employee_client, jose, issue):
+    issue(jose, "smime-signing")
+
+    assert fingerprints(employee_client.get(URL, {"email": "jose.garcia@example.com"})) == []
+
+
+def test_the_address_matches_in_any_case(employee_client, certs):
+    response = employee_client.get(URL, {"email": "  Jose.GARCIA@Example.COM "})
+
+    assert len(fingerprints(response)) == 2
+
+
+def test_a_revoked_certificate_disappears_at_once(employee_client, certs):
+    services.certificate_revoke(certificate=certs["encryption"], reason="keyCompromise")
+
+    response = employee_client.get(URL, {"email": "jose.garcia@example.com"})
+
+    assert fingerprints(response) == [certs["dual_use"].fingerprint_sha256]
+
+
+def test_an_expired_certificate_is_not_offered(employee, certs, time_machine):
+    time_machine.move_to(certs["dual_use"].not_after + timedelta(seconds=1))
+    client = client_for(employee)  # signed in after the jump: sessions expire too
+
+    assert fingerprints(client.get(URL, {"email": "jose.garcia@example.com"})) == []
+
+
+def test_each_result_carries_its_pem_and_chain(employee_client, certs, hierarchy):
+    (first, _second) = employee_client.get(URL, {"email": "jose.garcia@example.com"}).json()[
+        "results"
+    ]
+
+    leaf = x509.load_pem_x509_certificate(first["pem"].encode())
+    chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in first["chain_pem"]]
+    assert leaf == certs["encryption"].certificate
+    assert chain == [hierarchy.issuing.certificate, hierarchy.root.certificate]
+    leaf.verify_directly_issued_by(chain[0])
+    chain[0].verify_directly_issued_by(chain[1])
+    assert first["purpose"] == "encryption"
+    assert first["state"] == "valid"
+    assert first["owner"] == {
+        "name": "José García",
+        "email": "jose.garcia@example.com",
+        "organizational_unit": "Finance",
+    }
+    assert first["url"].endswith(f"/directory/{certs['encryption'].fingerprint_sha256}/")
+    assert "PRIVATE KEY" not in str(first)
+
+
+def test_an_unknown_address_gives_an_empty_list(employee_client, certs):
+    assert fingerprints(employee_client.get(URL, {"email": "nobody@example.com"})) == []
+
+
+# --- ?q= : search ---------------------------------------------------------------------
+
+
+def test_a_search_gives_the_valid_certificates_of_matching_people(employee_client, certs):
+    response = employee_client.get(URL, {"q": "garcia"})
+
+    assert set(fingerprints(response)) == {c.fingerprint_sha256 for c in certs.values()}
+
+
+def test_a_search_can_include_revoked_and_expired_certificates(employee_client, certs):
+    services.certificate_revoke(certificate=certs["signing"], reason="superseded")
+
+    default = fingerprints(employee_client.get(URL, {"q": "garcia"}))
+    everything = employee_client.get(URL, {"q": "garcia", "include_inactive": "true"}).json()
+
+    assert certs["signing"].fingerprint_sha256 not in default
+    states = {item["fingerprint_sha256"]: item["state"] for item in everything["results"]}
+    assert states[certs["signing"].fingerprint_sha256] == "revoked"
+
+
+def test_a_search_pages_by_people_following_next(employee_client, person, issue):
+    for n in range(5):
+        issue(person("Pat", f"Page{n}", username=f"pat{n}"))
+
+    names, url, params = [], URL, {"q": "pat", "limit": 2}
+    for _ in range(5):
+        body = employee_client.get(url, params).json()
+        names += [item["owner"]["name"] for item in body["results"]]
+        if body["next"] is None:
+            break
+        url, params = body["next"], None
+
+    assert names == [f"Pat Page{n}" for n in range(5)]
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": "jose", "email": "jose.garcia@example.com"},
+        {"q": ""},
+        {"q": "j"},
+        {"q": "a" * 201},
+        {"q": "jo\x00se"},
+        {"email": "not an address"},
+        {"email": "jose\x00@example.com"},
+        {"email": "a" * 250 + "@example.com"},
+        {"q": "jose", "limit": "0"},
+        {"q": "jose", "limit": "101"},
+        {"q": "jose", "after": "x"},
+        {"q": "jose", "after": "99999999999999999999"},
+        {"q": "jose", "after": "123456"},
+    ],
+)
+def test_bad_queries_are_a_clean_400(employee_client, certs, params):
+    response = employee_client.get(URL, params)
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["' OR 1=1 --", "%%", "__", "(a+)+$", "\\", "garcia%", "😀😀", "\u202e\u202e"],
+)
+def test_hostile_searches_give_an_empty_result_or_a_400(employee_client, certs, query):
+    response = employee_client.get(URL, {"q": query})
+
+    if response.status_code != 400:  # "\\" and invisible characters leave no term to search
+        assert fingerprints(response) == []
+
+
+@pytest.mark.parametrize(
+    "raw", ["q=%FF%FE", "email=jose%FF@example.com", "q=jo\xff\xfese", "email=%ED%A0%80"]
+)
+def test_invalid_utf8_is_never_a_500(employee_client, certs, raw):
+    response = employee_client.generic("GET", URL, QUERY_STRING=raw)
+
+    assert response.status_code in (200, 400)
+
+
+# --- who may ask ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["employee", "colleague", "officer"])
+def test_signed_in_people_may_look_up(role, request, certs):
+    client = client_for(request.getfixturevalue(role))
+
+    assert len(fingerprints(client.get(URL, {"email": "jose.garcia@example.com"}))) == 2
+
+
+def test_anonymous_callers_are_refused_by_default(anonymous_client, certs):
+    response = anonymous_client.get(URL, {"email": "jose.garcia@example.com"})
+
+    assert response.status_code == 401
+    assert "jose" not in response.content.decode().lower()
+
+
+def test_the_public_setting_opens_the_lookup_to_anonymous_callers(
+    anonymous_client, certs, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+
+    assert len(fingerprints(anonymous_client.get(URL, {"email": "jose.garcia@example.com"}))) == 2
+
+
+def test_an_api_token_may_look_up(employee, certs):
+    from knox.models import AuthToken
+
+    _instance, token = AuthToken.objects.create(employee)
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+
+    assert len(fingerprints(client.get(URL, {"email": "jose.garcia@example.com"}))) == 2
+
+
+def test_the_lookup_is_read_only(employee_client, certs):
+    assert employee_client.post(URL, {"email": "jose.garcia@example.com"}).status_code == 405
+
+
+# --- documentation --------------------------------------------------------------------
+
+
+def test_the_lookup_is_in_the_openapi_schema(employee_client):
+    schema = yaml.safe_load(employee_client.get("/api/v1/schema/").content)
+
+    operation = schema["paths"]["/api/v1/directory/"]["get"]
+    assert operation["operationId"] == "directory_lookup"
+    assert {p["name"] for p in operation["parameters"]} >= {"q", "email", "include_inactive"}
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/LookupOut"}
+    certificate = schema["components"]["schemas"]["DirectoryCertificateOut"]["properties"]
+    assert {"pem", "chain_pem", "purpose", "state", "fingerprint_sha256"} <= set(certificate)
+
+
+def test_timezone_is_utc_in_results(employee_client, certs):
+    (item, *_rest) = employee_client.get(URL, {"email": "jose.garcia@example.com"}).json()[
+        "results"
+    ]
+    assert item["not_after"].endswith("Z")
+    assert timezone.now().tzinfo is not None
+
+
+def test_a_page_costs_the_same_few_queries_however_many_results(employee_client, person, issue):
+    def queries_for(query: str, expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert len(fingerprints(employee_client.get(URL, {"q": query}))) == expected
+        return len(captured)
+
+    issue(person("Quinn", "Solo", username="quinn"))
+    for n in range(6):
+        user = person("Pat", f"Page{n}", username=f"pat{n}")
+        issue(user)
+        issue(user, "smime-signing")
+
+    assert queries_for("pat", 12) == queries_for("quinn", 1) <= 8

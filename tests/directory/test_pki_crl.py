@@ -1,0 +1,100 @@
+"""/pki/<ca>.crl never serves a CRL past its nextUpdate (the failure of django-ca issue 167).
+
+An online CA signs a fresh one during the request; an offline root, or an online CA that
+cannot sign, answers 503 with a body saying why, which monitoring sees.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cryptography import x509
+
+from django.utils import timezone
+
+from enrollment import keystore, services
+from enrollment.models import AuditEvent, CertificateAuthority
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_expired_crl_of_an_online_ca_is_replaced_during_the_request(
+    anonymous_client, hierarchy, time_machine
+):
+    stale = hierarchy.issuing.latest_crl()
+    time_machine.move_to(stale.next_update + timedelta(seconds=1))
+
+    response = anonymous_client.get("/pki/issuing.crl")
+
+    assert response.status_code == 200
+    served = x509.load_der_x509_crl(response.content)
+    assert served.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
+    assert served.next_update_utc > timezone.now()
+    assert response["ETag"] == f'"{hierarchy.issuing.pk}-2"'
+
+
+def test_a_crowd_of_requests_for_an_expired_crl_publishes_once(
+    anonymous_client, hierarchy, time_machine
+):
+    stale = hierarchy.issuing.latest_crl()
+    time_machine.move_to(stale.next_update + timedelta(minutes=1))
+
+    for _ in range(3):
+        assert anonymous_client.get("/pki/issuing.crl").status_code == 200
+
+    assert hierarchy.issuing.revocation_lists.count() == 2
+
+
+def test_an_expired_root_crl_answers_503_naming_the_command(
+    anonymous_client, hierarchy, time_machine
+):
+    crl = services.crl_publish(
+        ca=hierarchy.root,
+        offline_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+    )
+    time_machine.move_to(crl.next_update + timedelta(days=1))
+
+    response = anonymous_client.get("/pki/root.crl")
+
+    assert response.status_code == 503
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response["Cache-Control"] == "no-store"
+    assert response["Retry-After"] == "300"
+    body = response.content.decode()
+    assert "The CRL of Test Root CA expired at" in body
+    assert "sign_root_crl" in body
+
+
+def test_an_online_ca_that_cannot_sign_answers_503_and_records_why(
+    anonymous_client, hierarchy, time_machine, settings
+):
+    stale = hierarchy.issuing.latest_crl()
+    time_machine.move_to(stale.next_update + timedelta(minutes=1))
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"
+    keystore._PROCESS_KEYS.clear()
+
+    response = anonymous_client.get("/pki/issuing.crl")
+
+    assert response.status_code == 503
+    assert "signing a new one failed" in response.content.decode()
+    assert CertificateAuthority.objects.get(slug="issuing").crl_error_code == "KeyStoreError"
+    assert AuditEvent.objects.filter(action="crl.publish", outcome="failure").exists()
+
+
+def test_a_current_crl_is_served_without_signing_anything(anonymous_client, hierarchy):
+    response = anonymous_client.get("/pki/issuing.crl")
+
+    assert response.status_code == 200
+    assert hierarchy.issuing.revocation_lists.count() == 1
+
+
+def test_a_head_request_and_a_matching_etag_get_no_body(anonymous_client, hierarchy):
+    head = anonymous_client.head("/pki/issuing.crl")
+    again = anonymous_client.get("/pki/issuing.crl", HTTP_IF_NONE_MATCH=head["ETag"])
+
+    assert head.status_code == 200
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again["Expires"] == head["Expires"]

@@ -1,0 +1,211 @@
+"""/directory/ pages: who may read them, the plain (no-JS) search, pages, hostile input."""
+
+from __future__ import annotations
+
+import pytest
+
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from enrollment import services
+from tests.conftest import client_for
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def jose(person, issue):
+    user = person("José", "García", "Finance", email="jose.garcia@example.com")
+    issue(user, "smime-signing")
+    issue(user, "smime-dual-use")
+    return user
+
+
+def page_of(response) -> str:
+    assert response["Content-Type"].startswith("text/html")
+    return response.content.decode()
+
+
+# --- who may read it ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["employee", "colleague", "officer"])
+def test_signed_in_people_may_search(role, request, jose):
+    client = client_for(request.getfixturevalue(role))
+
+    response = client.get("/directory/", {"q": "jose"})
+
+    assert response.status_code == 200
+    assert "José García" in page_of(response)
+
+
+@pytest.mark.parametrize(
+    "path", ["/directory/?q=jose", "/directory/{fp}/", "/directory/{fp}.cer", "/directory/{fp}.vcf"]
+)
+def test_anonymous_readers_are_sent_to_sign_in(anonymous_client, jose, path):
+    fp = jose.certificates.first().fingerprint_sha256
+
+    response = anonymous_client.get(path.format(fp=fp))
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/?next=/directory/")
+
+
+def test_the_public_setting_opens_the_directory_to_anonymous_readers(
+    anonymous_client, jose, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+    fp = jose.certificates.first().fingerprint_sha256
+
+    assert "José García" in page_of(anonymous_client.get("/directory/", {"q": "garcia"}))
+    assert anonymous_client.get(f"/directory/{fp}/").status_code == 200
+    assert anonymous_client.get(f"/directory/{fp}.cer").status_code == 200
+
+
+def test_a_deactivated_account_may_not_read_it(person, jose):
+    former = person("Fred", "Former", is_active=False)
+    client = Client()
+    client.force_login(former)
+
+    assert client.get("/directory/", {"q": "jose"}).status_code == 302
+
+
+def test_the_directory_is_read_only(employee_client, jose):
+    assert employee_client.post("/directory/", {"q": "jose"}).status_code == 405
+
+
+# --- the plain form and its results ---------------------------------------------------
+
+
+def test_the_plain_get_form_works_without_javascript(employee_client, jose):
+    page = page_of(employee_client.get("/directory/", {"q": "GARCIA"}))
+
+    assert '<form method="get" action="/directory/"' in page
+    assert 'name="q"' in page
+    assert 'value="GARCIA"' in page
+    assert "jose.garcia@example.com" in page
+    assert "Finance" in page
+    assert "Signing and encryption" in page
+    assert "<strong>Signing</strong>" in page
+    assert "S/MIME Dual-use" in page
+    for certificate in jose.certificates.all():
+        assert certificate.fingerprint_sha256 in page
+        assert f"/directory/{certificate.fingerprint_sha256}/" in page
+
+
+def test_search_as_you_type_fetches_only_the_results_fragment(employee_client, jose):
+    page = page_of(employee_client.get("/directory/", {"q": "jos", "partial": "1"}))
+
+    assert "José García" in page
+    assert "<html" not in page
+    assert "<form" not in page
+
+
+def test_the_page_loads_the_enhancement_script(employee_client):
+    page = page_of(employee_client.get("/directory/"))
+
+    assert "data-live-search=" in page
+    assert "/static/js/directory.js" in page
+    assert employee_client.get("/static/js/directory.js").status_code == 200
+
+
+def test_revoked_certificates_are_hidden_then_shown_clearly_marked(employee_client, jose):
+    certificate = jose.certificates.get(template__slug="smime-signing")
+    services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+
+    default = page_of(employee_client.get("/directory/", {"q": "jose"}))
+    everything = page_of(
+        employee_client.get("/directory/", {"q": "jose", "include_inactive": "on"})
+    )
+
+    assert certificate.fingerprint_sha256 not in default
+    assert certificate.fingerprint_sha256 in everything
+    assert "badge status-revoked" in everything
+    assert "key compromise" in everything
+
+
+def test_nobody_found_says_so(employee_client, jose):
+    page = page_of(employee_client.get("/directory/", {"q": "nobody-here"}))
+
+    assert "No one matches" in page
+
+
+def test_results_come_in_pages_with_a_next_link(employee_client, person, issue):
+    for n in range(23):
+        issue(person("Pat", f"Page{n:02d}", username=f"pat{n:02d}"))
+
+    first = page_of(employee_client.get("/directory/", {"q": "pat"}))
+    assert first.count('class="card person"') == 20
+    next_link = first.split('rel="next"')[0].rsplit('href="', 1)[1].split('"')[0]
+    second = page_of(employee_client.get("/directory/" + next_link.replace("&amp;", "&")))
+
+    assert second.count('class="card person"') == 3
+    assert "Pat Page22" in second
+    assert "Pat Page00" not in second
+    assert "First page" in second
+    assert 'rel="next"' not in second
+
+
+# --- hostile input --------------------------------------------------------------------
+
+HOSTILE = [
+    "' OR '1'='1",
+    "%' UNION SELECT password FROM accounts_user --",
+    "(a+)+$",
+    ".*[",
+    "\\",
+    "__%%__",
+    "😀 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "\u202e\u200b",
+]
+
+
+@pytest.mark.parametrize("query", HOSTILE)
+def test_hostile_queries_give_an_empty_result(employee_client, jose, query):
+    response = employee_client.get("/directory/", {"q": query})
+
+    assert response.status_code == 200
+    assert "José García" not in page_of(response)
+
+
+@pytest.mark.parametrize(
+    "query_string",
+    [
+        "q=" + "a" * 201,
+        "q=jo%00se",
+        "q=jose&after=abc",
+        "q=jose&after=-1",
+        "q=jose&after=99999999999999999999999",
+        "q=jose&after=999999",
+    ],
+)
+def test_bad_query_strings_are_a_clean_400(employee_client, jose, query_string):
+    response = employee_client.get(f"/directory/?{query_string}")
+
+    assert response.status_code == 400
+    assert 'class="notice bad"' in page_of(response)
+
+
+# A WSGI server hands raw request bytes over as latin-1 text (PEP 3333): "\xff" is byte 0xFF.
+@pytest.mark.parametrize("raw", ["q=%FF%FE", "q=jos%C3", "q=jo\xff\xfese", "q=%ED%A0%80"])
+def test_invalid_utf8_is_never_a_500(employee_client, jose, raw):
+    response = employee_client.generic("GET", "/directory/", QUERY_STRING=raw)
+
+    assert response.status_code in (200, 400)
+
+
+def test_a_results_page_costs_a_fixed_number_of_queries(employee_client, person, issue):
+    """However many people a page shows, the queries are the same (no per-person query)."""
+
+    def queries_for(query: str, expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            page = page_of(employee_client.get("/directory/", {"q": query}))
+        assert page.count('class="card person"') == expected
+        return len(captured)
+
+    issue(person("Quinn", "Solo", username="quinn"))
+    for n in range(6):
+        issue(person("Pat", f"Page{n}", username=f"pat{n}"))
+
+    assert queries_for("pat", 6) == queries_for("quinn", 1)
