@@ -1,0 +1,190 @@
+"""Forms of the RA pages and the admin's agent registration: shape only; services decide."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from cryptography import x509
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from enrollment.forms import FORMAT_CHOICES, PortalForm
+from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
+from enrollment.recovery import MAX_AGENT_PKCS12_BYTES
+from enrollment.x509.pkcs12 import Pkcs12Format
+
+# Officers revoke for any RFC 5280 reason a subscriber certificate can have.
+OFFICER_REVOCATION_REASONS = [
+    (choice.value, choice.label)
+    for choice in Certificate.RevocationReasonChoice
+    if choice != Certificate.RevocationReasonChoice.CA_COMPROMISE
+]
+MAX_CERTIFICATE_BYTES = 64 * 1024
+
+
+class CertificateSearchForm(PortalForm):
+    q = forms.CharField(
+        label="Find a certificate",
+        required=False,
+        max_length=200,
+        widget=forms.TextInput(
+            attrs={
+                "type": "search",
+                "placeholder": "Name, e-mail, user name, serial or fingerprint",
+            }
+        ),
+    )
+
+
+class OfficerRevokeForm(PortalForm):
+    reason = forms.ChoiceField(label="Reason", choices=OFFICER_REVOCATION_REASONS)
+    confirm = forms.BooleanField(label="Revoke: this cannot be undone", required=True)
+
+
+class RecoveryOpenForm(PortalForm):
+    certificate = forms.IntegerField(widget=forms.HiddenInput)
+    reason = forms.CharField(
+        label="Why must the key be recovered?",
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Shown to the approving officers and the key owner, and kept in the audit trail.",
+    )
+    deliver_to = forms.ChoiceField(
+        label="Who downloads the recovered key?",
+        choices=[
+            (KeyRecoveryRequest.Recipient.OWNER, "The key owner, signed in as themselves"),
+            (KeyRecoveryRequest.Recipient.REQUESTER, "Me, the requesting officer"),
+        ],
+        initial=KeyRecoveryRequest.Recipient.OWNER,
+        widget=forms.RadioSelect,
+    )
+    pkcs12_format = forms.ChoiceField(
+        label="File format",
+        choices=FORMAT_CHOICES,
+        initial=Pkcs12Format.MODERN.value,
+        widget=forms.RadioSelect,
+    )
+
+
+class RecoveryRejectForm(PortalForm):
+    reason = forms.CharField(label="Reason", max_length=1000)
+
+
+class RecoveryPerformForm(PortalForm):
+    """The agent's own PKCS#12 and its password: used in memory for this request only."""
+
+    agent_pkcs12 = forms.FileField(
+        label="Your key recovery agent PKCS#12 (.p12 or .pfx)",
+        widget=forms.ClearableFileInput(attrs={"accept": ".p12,.pfx"}),
+    )
+    agent_password = forms.CharField(
+        label="Its password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
+    )
+
+    def clean_agent_pkcs12(self) -> bytes:
+        upload = self.cleaned_data["agent_pkcs12"]
+        if upload.size > MAX_AGENT_PKCS12_BYTES:
+            raise forms.ValidationError(
+                "The file is far larger than a key recovery agent's PKCS#12."
+            )
+        return upload.read(MAX_AGENT_PKCS12_BYTES + 1)
+
+
+class AuditFilterForm(PortalForm):
+    """Filters of /ra/audit/; every field is optional and narrows the list."""
+
+    actor = forms.CharField(label="Actor", required=False, max_length=200)
+    action = forms.CharField(
+        label="Action",
+        required=False,
+        max_length=60,
+        widget=forms.TextInput(attrs={"list": "audit-actions"}),
+        help_text='"recovery" matches every recovery.* action.',
+    )
+    object = forms.CharField(
+        label="Object", required=False, max_length=300, help_text="Name, id or type."
+    )
+    outcome = forms.ChoiceField(
+        label="Outcome",
+        required=False,
+        choices=[("", "Any"), *AuditEvent.Outcome.choices],
+    )
+    since = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", "The end date is before the start date.")
+        return cleaned
+
+    def filter(self, events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
+        data = self.cleaned_data
+        if data.get("actor"):
+            events = events.filter(actor_name__icontains=data["actor"].strip())
+        if data.get("action"):
+            action = data["action"].strip()
+            prefix = action.rstrip(".") + "."
+            events = events.filter(Q(action=action) | Q(action__startswith=prefix))
+        if data.get("object"):
+            text = data["object"].strip()
+            events = events.filter(
+                Q(object_repr__icontains=text) | Q(object_id=text) | Q(object_type__iexact=text)
+            )
+        if data.get("outcome"):
+            events = events.filter(outcome=data["outcome"])
+        if data.get("since"):
+            events = events.filter(created_at__gte=_start_of(data["since"]))
+        if data.get("until"):
+            events = events.filter(created_at__lt=_start_of(data["until"]) + timedelta(days=1))
+        return events
+
+
+def _start_of(day: Any) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+class KeyRecoveryAgentRegisterForm(forms.Form):
+    """The admin's agent registration: a certificate only, never a private key."""
+
+    name = forms.CharField(max_length=200, help_text='E.g. "Security team KRA 2027".')
+    certificate = forms.FileField(
+        help_text="The agent's certificate, PEM or DER (.pem, .crt, .cer). RSA, with "
+        "keyEncipherment. The agent keeps the private key: never upload it."
+    )
+    user = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
+        required=False,
+        help_text="The agent's account: only they can then use this certificate to recover.",
+    )
+
+    def clean_certificate(self) -> x509.Certificate:
+        upload = self.cleaned_data["certificate"]
+        if upload.size > MAX_CERTIFICATE_BYTES:
+            raise forms.ValidationError("The file is too large to be a certificate.")
+        data = upload.read(MAX_CERTIFICATE_BYTES + 1)
+        if b"PRIVATE KEY" in data:
+            raise forms.ValidationError(
+                "The file holds a private key. Upload the certificate only; the agent's key "
+                "must never reach the server."
+            )
+        try:
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                return x509.load_pem_x509_certificate(data)
+            return x509.load_der_x509_certificate(data)
+        except ValueError:
+            raise forms.ValidationError(
+                "The file is not a PEM or DER certificate (a .p12/.pfx holds the private key: "
+                "export the certificate alone)."
+            ) from None

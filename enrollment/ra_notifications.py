@@ -1,0 +1,183 @@
+"""Mail of the RA side: recovery steps to the key owner, expiry notices, warnings to admins.
+
+Sent after the transaction commits, one message per address (recipients do not see each
+other). A mail server being down never undoes a step: failures are logged. No mail ever
+carries a password or key: the recovered key's password travels out of band.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Q
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from enrollment.models import Certificate, KeyRecoveryAgent
+
+if TYPE_CHECKING:
+    from enrollment.models import KeyRecoveryRequest
+
+logger = logging.getLogger(__name__)
+
+
+def _send(subject: str, template: str, context: dict[str, Any], to: Iterable[str]) -> None:
+    addresses = sorted({address for address in to if address})
+    if not addresses:
+        return
+    body = render_to_string(template, {**context, "base_url": settings.PKIPORTAL_BASE_URL})
+
+    def send() -> None:
+        for address in addresses:
+            try:
+                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [address])
+            except Exception:
+                logger.exception("Could not send %r to %s", subject, address)
+
+    transaction.on_commit(send, robust=True)
+
+
+def _name(user: Any) -> str:
+    if user is None:
+        return "the system"
+    return user.get_full_name() or user.get_username()
+
+
+def officer_addresses() -> list[str]:
+    users = get_user_model().objects.filter(is_active=True).exclude(email="")
+    return list(
+        users.filter(Q(groups__name=settings.PKIPORTAL_RA_OFFICER_GROUP) | Q(is_superuser=True))
+        .distinct()
+        .values_list("email", flat=True)
+    )
+
+
+def agent_addresses() -> list[str]:
+    users = get_user_model().objects.filter(is_active=True).exclude(email="")
+    return list(
+        users.filter(groups__name=settings.PKIPORTAL_KRA_GROUP)
+        .distinct()
+        .values_list("email", flat=True)
+    )
+
+
+def admin_addresses() -> list[str]:
+    """Superusers (they register agents in /admin/) and settings.ADMINS."""
+    users = get_user_model().objects.filter(is_active=True, is_superuser=True).exclude(email="")
+    # ADMINS holds (name, address) pairs; Django 6 also accepts plain addresses.
+    admins = [a if isinstance(a, str) else a[1] for a in settings.ADMINS]
+    return [*users.values_list("email", flat=True), *admins]
+
+
+# --- key recovery ---------------------------------------------------------------------
+
+STEP_SUBJECTS = {
+    "opened": "A recovery of your archived encryption key was requested",
+    "approval": "The recovery of your encryption key was approved by an officer",
+    "approved": "The recovery of your encryption key is approved",
+    "rejected": "The recovery of your encryption key was rejected",
+    "ready": "Your encryption key was recovered",
+    "downloaded": "Your recovered encryption key was downloaded",
+    "expired": "Your recovered encryption key was not downloaded in time",
+}
+
+
+def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None) -> None:
+    """Tell the key owner about every step; the one who downloads also learns it is ready."""
+    from enrollment.recovery import approvals_required, recipient_name
+
+    certificate = recovery.certificate
+    owner = certificate.owner
+    url = reverse("ra:recovery-detail", args=[recovery.pk])
+    context = {
+        "recovery": recovery,
+        "certificate": certificate,
+        "step": step,
+        "actor": _name(actor),
+        "requester": _name(recovery.requested_by),
+        "approvals": recovery.approvals.count(),
+        "required": approvals_required(),
+        "recipient": recipient_name(recovery),
+        "owner_downloads": recovery.recipient_id == certificate.owner_id,
+        "url": url,
+    }
+    if owner is not None:
+        _send(
+            STEP_SUBJECTS[step],
+            "enrollment/email/recovery_step.txt",
+            {**context, "person": owner},
+            [owner.email],
+        )
+    if step == "ready" and recovery.recipient_id != certificate.owner_id:
+        officer = recovery.requested_by
+        _send(
+            f"Key recovery #{recovery.pk} is ready for you to download",
+            "enrollment/email/recovery_ready.txt",
+            {**context, "person": officer},
+            [officer.email],
+        )
+
+
+def recovery_awaits_agent(recovery: KeyRecoveryRequest) -> None:
+    """The key recovery agents learn that an approved recovery waits for one of them."""
+    _send(
+        f"Key recovery #{recovery.pk} is approved and waits for a key recovery agent",
+        "enrollment/email/recovery_awaits_agent.txt",
+        {
+            "recovery": recovery,
+            "url": reverse("ra:recovery-perform", args=[recovery.pk]),
+        },
+        agent_addresses(),
+    )
+
+
+# --- expiry ---------------------------------------------------------------------------
+
+
+def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
+    owner = certificate.owner
+    if owner is None:
+        return
+    _send(
+        f"Your certificate expires in {days_left} day{'s' if days_left != 1 else ''}",
+        "enrollment/email/certificate_expiring.txt",
+        {
+            "certificate": certificate,
+            "owner": owner,
+            "days_left": days_left,
+            "url": reverse("enrollment:certificate-detail", args=[certificate.pk]),
+        },
+        [owner.email],
+    )
+
+
+def expiry_summary(notified: Mapping[int, Sequence[Certificate]], *, now: datetime) -> None:
+    """One mail per run to the officers: who was told their certificate expires."""
+    total = sum(len(certificates) for certificates in notified.values())
+    _send(
+        f"Expiry notices: {total} certificate{'s expire' if total != 1 else ' expires'} soon",
+        "enrollment/email/expiry_summary.txt",
+        {"notified": sorted(notified.items()), "total": total, "now": now},
+        officer_addresses(),
+    )
+
+
+def agent_expiring(agent: KeyRecoveryAgent, *, valid_agents: int) -> None:
+    """The last valid agent certificate is about to expire: archival would stop."""
+    _send(
+        "The last key recovery agent certificate expires soon",
+        "enrollment/email/agent_expiring.txt",
+        {
+            "agent": agent,
+            "valid_agents": valid_agents,
+            "url": reverse("admin:enrollment_keyrecoveryagent_add"),
+        },
+        admin_addresses(),
+    )

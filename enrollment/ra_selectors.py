@@ -1,0 +1,172 @@
+"""Reads for the RA console: certificate search, CRL, service and recovery-agent status.
+
+Read-only; the verdicts on CRLs come from enrollment.health (the same as /health/), so
+the console and monitoring never disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Length
+from django.utils import timezone
+
+from enrollment import health
+from enrollment.models import (
+    ArchivedKey,
+    Certificate,
+    CertificateRequest,
+    KeyRecoveryAgent,
+    KeyRecoveryRequest,
+    RevocationList,
+)
+
+HEX = re.compile(r"[0-9a-f]+")
+
+
+def certificate_search(query: str, *, archived_only: bool = False) -> QuerySet[Certificate]:
+    """Any certificate by name, e-mail, user name, serial or fingerprint (colons allowed)."""
+    text = query.strip()
+    if not text:
+        return Certificate.objects.none()
+    condition = (
+        Q(common_name__icontains=text) | Q(email__icontains=text) | Q(owner__username__iexact=text)
+    )
+    digits = re.sub(r"[\s:]", "", text).lower()
+    if HEX.fullmatch(digits):
+        serial = digits.lstrip("0") or "0"
+        condition |= Q(serial=serial) | Q(fingerprint_sha256=digits) | Q(fingerprint_sha1=digits)
+        if len(serial) >= 6:  # a serial read off a screen is often cut short
+            condition |= Q(serial__startswith=serial)
+    found = (
+        Certificate.objects.filter(condition)
+        .select_related("owner", "template", "ca")
+        .annotate(has_archive=Exists(ArchivedKey.objects.filter(certificate=OuterRef("pk"))))
+        .order_by("-not_before", "-id")
+    )
+    return found.filter(has_archive=True) if archived_only else found
+
+
+def pending_enrolment_count() -> int:
+    return CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).count()
+
+
+def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
+    return (
+        KeyRecoveryRequest.objects.filter(
+            state__in=[
+                KeyRecoveryRequest.State.PENDING,
+                KeyRecoveryRequest.State.APPROVED,
+                KeyRecoveryRequest.State.READY,
+            ]
+        )
+        .select_related("certificate__owner", "requested_by")
+        .annotate(approval_count=Count("approvals"))
+        .defer("bundle")
+        .order_by("created_at", "id")
+    )
+
+
+# --- CRLs -----------------------------------------------------------------------------
+
+
+@dataclass
+class CrlRow:
+    """One CA's current CRL as the console shows it."""
+
+    status: health.CrlStatus
+    size: int | None
+    age: timedelta | None
+
+
+def crl_overview(now: datetime | None = None) -> list[CrlRow]:
+    now = now or timezone.now()
+    rows = []
+    for status in health.crl_status(now):
+        size = None
+        if status.number is not None:
+            size = (
+                RevocationList.objects.filter(ca__slug=status.slug, number=status.number)
+                .annotate(size=Length("der"))
+                .values_list("size", flat=True)
+                .first()
+            )
+        age = now - status.this_update if status.this_update is not None else None
+        rows.append(CrlRow(status, size, age))
+    return rows
+
+
+def service_health() -> dict[str, dict[str, Any]]:
+    """Broker and worker as /health/ sees them (issue 5); empty if that is not installed."""
+    try:
+        from pkiportal.health import checks
+    except ImportError:  # pragma: no cover - /health/ ships with the portal
+        return {}
+    results = checks()
+    return {name: results[name] for name in ("broker", "worker") if name in results}
+
+
+# --- key recovery agents --------------------------------------------------------------
+
+
+@dataclass
+class AgentRow:
+    agent: KeyRecoveryAgent
+    state: str  # valid, expiring, expired, not yet valid, inactive
+    days_left: int
+    archives: int
+
+
+@dataclass
+class AgentOverview:
+    rows: list[AgentRow] = field(default_factory=list)
+    valid: int = 0
+    last_valid: KeyRecoveryAgent | None = None
+    level: str = health.OK
+    message: str = ""
+
+
+def agent_overview(now: datetime | None = None) -> AgentOverview:
+    """Every agent certificate, and whether archival can continue (and for how long)."""
+    now = now or timezone.now()
+    warning = timedelta(days=settings.PKIPORTAL_KRA_EXPIRY_WARNING_DAYS)
+    overview = AgentOverview()
+    agents = KeyRecoveryAgent.objects.select_related("user").annotate(
+        archive_count=Count("archived_keys")
+    )
+    for agent in agents.order_by("-not_after", "name"):
+        usable = agent.is_active and agent.not_before <= now < agent.not_after
+        if not agent.is_active:
+            state = "inactive"
+        elif agent.not_after <= now:
+            state = "expired"
+        elif agent.not_before > now:
+            state = "not yet valid"
+        else:
+            state = "expiring" if agent.not_after - now <= warning else "valid"
+        if usable:
+            overview.valid += 1
+            if overview.last_valid is None or agent.not_after > overview.last_valid.not_after:
+                overview.last_valid = agent
+        days_left = max((agent.not_after - now).days, 0)
+        overview.rows.append(AgentRow(agent, state, days_left, agent.archive_count))
+    last = overview.last_valid
+    if last is None:
+        overview.level = health.FAIL
+        overview.message = (
+            "No valid key recovery agent certificate. Templates that archive keys (S/MIME "
+            "Encryption) cannot issue until an administrator registers one."
+        )
+    elif last.not_after - now <= warning:
+        overview.level = health.WARN
+        overview.message = (
+            f"The last valid key recovery agent certificate, {last.name}, expires on "
+            f"{last.not_after:%Y-%m-%d} (in {max((last.not_after - now).days, 0)} days). "
+            "Register a new one before then, or archiving templates stop issuing."
+        )
+    return overview

@@ -1,0 +1,24 @@
+"""RA pages under /ra/ (app "ra"). /ra/requests/ belongs to enrollment.urls (enrolment)."""
+
+from django.urls import path
+
+from enrollment import ra_views
+
+app_name = "ra"
+
+urlpatterns = [
+    path("", ra_views.console, name="console"),
+    path("certificates/", ra_views.certificate_search, name="certificates"),
+    path("certificates/<int:pk>/revoke/", ra_views.certificate_revoke, name="certificate-revoke"),
+    path("recovery/", ra_views.recovery_list, name="recovery-list"),
+    path("recovery/new/", ra_views.recovery_new, name="recovery-new"),
+    # Notifications link here: keep the names and the paths.
+    path("recovery/<int:pk>/", ra_views.recovery_detail, name="recovery-detail"),
+    path("recovery/<int:pk>/approve/", ra_views.recovery_approve, name="recovery-approve"),
+    path("recovery/<int:pk>/reject/", ra_views.recovery_reject, name="recovery-reject"),
+    path("recovery/<int:pk>/perform/", ra_views.recovery_perform, name="recovery-perform"),
+    path("recovery/<int:pk>/download/", ra_views.recovery_download, name="recovery-download"),
+    path("audit/", ra_views.audit_list, name="audit"),
+    path("audit/export.<str:fmt>", ra_views.audit_export, name="audit-export"),
+    path("agents/", ra_views.agents, name="agents"),
+]

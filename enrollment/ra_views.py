@@ -1,0 +1,569 @@
+"""The RA side's pages: /ra/ console, key recovery, certificate search and revocation,
+the audit trail and its exports, recovery-agent status.
+
+Officers see everything here; key recovery agents see the recovery pages; the person a
+recovery names sees that one recovery and downloads it. Anyone else gets a 403 on the
+lists and a 404 on a recovery, so its existence is not revealed. Services decide the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.files.uploadhandler import MemoryFileUploadHandler
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
+
+from enrollment import ra_selectors, ra_services, recovery, services
+from enrollment.exceptions import EnrollmentError, NotPermitted, RateLimited
+from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
+from enrollment.permissions import is_key_recovery_agent, is_ra_officer
+from enrollment.ra_forms import (
+    AuditFilterForm,
+    CertificateSearchForm,
+    OfficerRevokeForm,
+    RecoveryOpenForm,
+    RecoveryPerformForm,
+    RecoveryRejectForm,
+)
+
+AUDIT_PAGE_SIZE = 50
+AUDIT_COLUMNS = [
+    "id",
+    "created_at",
+    "actor_id",
+    "actor_name",
+    "action",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "outcome",
+    "source_address",
+    "detail",
+    "previous_hash",
+    "hash",
+]
+# A spreadsheet runs a cell that starts with these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _address(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _status_for(exc: EnrollmentError) -> int:
+    if isinstance(exc, RateLimited):
+        return 429
+    if isinstance(exc, NotPermitted):
+        return 403
+    return 400
+
+
+def _show_error(form: Any, exc: EnrollmentError) -> int:
+    field = exc.field if exc.field in form.fields else None
+    form.add_error(field, exc.message)
+    return _status_for(exc)
+
+
+def _officer_required(request: HttpRequest) -> None:
+    if not is_ra_officer(request.user):
+        raise PermissionDenied("Only RA officers may see this page.")
+
+
+def _recovery_staff_required(request: HttpRequest) -> None:
+    if not (is_ra_officer(request.user) or is_key_recovery_agent(request.user)):
+        raise PermissionDenied("Only RA officers and key recovery agents may see this page.")
+
+
+def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
+    """Officers and agents see every recovery; the person it names sees theirs; others 404."""
+    found = get_object_or_404(
+        KeyRecoveryRequest.objects.select_related(
+            "certificate__owner", "certificate__template", "certificate__ca", "requested_by"
+        ).defer("bundle"),
+        pk=pk,
+    )
+    user = request.user
+    if is_ra_officer(user) or is_key_recovery_agent(user) or found.recipient_id == user.pk:
+        return found
+    raise Http404("No such key recovery.")
+
+
+# --- console --------------------------------------------------------------------------
+
+
+@login_required
+@require_safe
+def console(request: HttpRequest) -> HttpResponse:
+    """Everything an officer checks in the morning, on one page."""
+    _officer_required(request)
+    context = {
+        "pending_count": ra_selectors.pending_enrolment_count(),
+        "recoveries": ra_selectors.open_recoveries(),
+        "approvals_required": recovery.approvals_required(),
+        "search_form": CertificateSearchForm(),
+        "crls": ra_selectors.crl_overview(),
+        "services": ra_selectors.service_health(),
+        "agents": ra_selectors.agent_overview(),
+    }
+    return render(request, "enrollment/ra/console.html", context)
+
+
+# --- certificates ---------------------------------------------------------------------
+
+
+def _certificates_page(
+    request: HttpRequest,
+    *,
+    failed: Certificate | None = None,
+    revoke_form: OfficerRevokeForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    form = CertificateSearchForm(request.GET or None)
+    results: list[Certificate] = []
+    if form.is_bound and form.is_valid():
+        results = list(ra_selectors.certificate_search(form.cleaned_data["q"])[:50])
+    if failed is not None and all(c.pk != failed.pk for c in results):
+        results.insert(0, failed)
+    context = {
+        "form": form,
+        "results": results,
+        "searched": form.is_bound,
+        "failed_id": failed.pk if failed else None,
+        "revoke_form": revoke_form,
+        "reasons": OfficerRevokeForm.base_fields["reason"].choices,
+    }
+    return render(request, "enrollment/ra/certificates.html", context, status=status)
+
+
+@login_required
+@require_safe
+def certificate_search(request: HttpRequest) -> HttpResponse:
+    """Find any certificate by name, e-mail, serial or fingerprint, and revoke it."""
+    _officer_required(request)
+    return _certificates_page(request)
+
+
+@login_required
+@require_POST
+def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    _officer_required(request)
+    certificate = get_object_or_404(Certificate.objects.select_related("owner", "template"), pk=pk)
+    form = OfficerRevokeForm(request.POST)
+    if not form.is_valid():
+        return _certificates_page(request, failed=certificate, revoke_form=form, status=400)
+    try:
+        services.certificate_revoke(
+            certificate=certificate,
+            reason=form.cleaned_data["reason"],
+            actor=request.user,
+            source_address=_address(request),
+        )
+    except EnrollmentError as exc:
+        status = _show_error(form, exc)
+        return _certificates_page(request, failed=certificate, revoke_form=form, status=status)
+    messages.success(
+        request,
+        f"Revoked {certificate.common_name}'s certificate (serial {certificate.serial}). The "
+        "holder was told by e-mail; the next CRL lists it.",
+    )
+    query = request.POST.get("q", "")
+    return redirect(f"{reverse('ra:certificates')}?{urlencode({'q': query})}")
+
+
+# --- key recovery ---------------------------------------------------------------------
+
+
+@login_required
+@require_safe
+def recovery_list(request: HttpRequest) -> HttpResponse:
+    _recovery_staff_required(request)
+    recent = (
+        KeyRecoveryRequest.objects.exclude(pk__in=ra_selectors.open_recoveries().values("pk"))
+        .select_related("certificate__owner", "requested_by", "performed_by")
+        .defer("bundle")[:20]
+    )
+    context = {
+        "open": ra_selectors.open_recoveries(),
+        "recent": recent,
+        "approvals_required": recovery.approvals_required(),
+        "is_officer": is_ra_officer(request.user),
+        "is_agent": is_key_recovery_agent(request.user),
+    }
+    return render(request, "enrollment/ra/recovery_list.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def recovery_new(request: HttpRequest) -> HttpResponse:
+    """Pick a certificate whose key is archived, say why and for whom: open a recovery."""
+    _officer_required(request)
+    search = CertificateSearchForm(request.GET if "q" in request.GET else None)
+    results: list[Certificate] = []
+    if search.is_bound and search.is_valid():
+        results = list(
+            ra_selectors.certificate_search(search.cleaned_data["q"], archived_only=True)[:50]
+        )
+    certificate = None
+    status = 200
+    if request.method == "POST":
+        form = RecoveryOpenForm(request.POST)
+        if form.is_valid():
+            certificate = get_object_or_404(Certificate, pk=form.cleaned_data["certificate"])
+            try:
+                opened = recovery.recovery_open(
+                    certificate=certificate,
+                    officer=request.user,
+                    reason=form.cleaned_data["reason"],
+                    deliver_to=form.cleaned_data["deliver_to"],
+                    pkcs12_format=form.cleaned_data["pkcs12_format"],
+                    source_address=_address(request),
+                )
+            except EnrollmentError as exc:
+                status = _show_error(form, exc)
+            else:
+                messages.success(
+                    request,
+                    f"Recovery #{opened.pk} is open. It needs the approval of "
+                    f"{recovery.approvals_required()} other officer(s).",
+                )
+                return redirect("ra:recovery-detail", pk=opened.pk)
+        else:
+            status = 400
+            pk = form.data.get("certificate")
+            if pk and str(pk).isdigit():
+                certificate = Certificate.objects.filter(pk=int(pk)).first()
+    else:
+        pk = request.GET.get("certificate", "")
+        if pk.isdigit():
+            certificate = get_object_or_404(
+                Certificate.objects.select_related("owner", "template"), pk=int(pk)
+            )
+        form = RecoveryOpenForm(initial={"certificate": certificate.pk if certificate else None})
+    context = {
+        "search": search,
+        "results": results,
+        "certificate": certificate,
+        "archived": certificate is not None and hasattr(certificate, "archived_key"),
+        "form": form,
+        "approvals_required": recovery.approvals_required(),
+    }
+    return render(request, "enrollment/ra/recovery_new.html", context, status=status)
+
+
+def _recovery_page(
+    request: HttpRequest,
+    found: KeyRecoveryRequest,
+    *,
+    reject_form: RecoveryRejectForm | None = None,
+    errors: list[str] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    user = request.user
+    officer = is_ra_officer(user)
+    approvals = list(found.approvals.select_related("officer"))
+    archived = getattr(found.certificate, "archived_key", None)
+    context = {
+        "recovery": found,
+        "approvals": approvals,
+        "approvals_required": recovery.approvals_required(),
+        "agents": list(archived.recipients.all()) if archived else [],
+        "recipient": recovery.recipient_name(found),
+        "is_recipient": found.recipient_id == user.pk,
+        "can_approve": officer
+        and found.state == KeyRecoveryRequest.State.PENDING
+        and user.pk not in (found.requested_by_id, found.certificate.owner_id)
+        and all(a.officer_id != user.pk for a in approvals),
+        "can_reject": officer
+        and found.state in (KeyRecoveryRequest.State.PENDING, KeyRecoveryRequest.State.APPROVED),
+        "can_perform": is_key_recovery_agent(user)
+        and found.state == KeyRecoveryRequest.State.APPROVED
+        and found.recipient_id != user.pk,
+        "download_open": found.state == KeyRecoveryRequest.State.READY
+        and found.download_expires_at is not None
+        and found.download_expires_at > timezone.now(),
+        "reject_form": reject_form or RecoveryRejectForm(),
+        "errors": errors or [],
+    }
+    return render(request, "enrollment/ra/recovery_detail.html", context, status=status)
+
+
+@login_required
+@require_safe
+def recovery_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return _recovery_page(request, _visible_recovery(request, pk))
+
+
+@login_required
+@require_POST
+def recovery_approve(request: HttpRequest, pk: int) -> HttpResponse:
+    found = _visible_recovery(request, pk)
+    _officer_required(request)
+    try:
+        approved = recovery.recovery_approve(
+            recovery=found, officer=request.user, source_address=_address(request)
+        )
+    except EnrollmentError as exc:
+        return _recovery_page(request, found, errors=[exc.message], status=_status_for(exc))
+    if approved.state == KeyRecoveryRequest.State.APPROVED:
+        messages.success(request, "Approved. The recovery now waits for a key recovery agent.")
+    else:
+        messages.success(request, "Approved. It still needs another officer's approval.")
+    return redirect("ra:recovery-detail", pk=found.pk)
+
+
+@login_required
+@require_POST
+def recovery_reject(request: HttpRequest, pk: int) -> HttpResponse:
+    found = _visible_recovery(request, pk)
+    _officer_required(request)
+    form = RecoveryRejectForm(request.POST)
+    if not form.is_valid():
+        return _recovery_page(request, found, reject_form=form, status=400)
+    try:
+        recovery.recovery_reject(
+            recovery=found,
+            officer=request.user,
+            reason=form.cleaned_data["reason"],
+            source_address=_address(request),
+        )
+    except EnrollmentError as exc:
+        status = _show_error(form, exc)
+        return _recovery_page(request, found, reject_form=form, status=status)
+    messages.success(request, f"Recovery #{found.pk} is rejected; nothing was recovered.")
+    return redirect("ra:recovery-detail", pk=found.pk)
+
+
+class AgentFileInMemory(MemoryFileUploadHandler):
+    """The agent's PKCS#12 stays in memory whatever its size: never a temporary file.
+
+    Past the size limit the bytes are counted but dropped, so the form can refuse it.
+    """
+
+    def handle_raw_input(self, *args: Any, **kwargs: Any) -> None:
+        self.activated = True
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        self.received = 0
+        super().new_file(*args, **kwargs)
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self.received += len(raw_data)
+        if self.received <= recovery.MAX_AGENT_PKCS12_BYTES + 1:
+            self.file.write(raw_data)
+
+
+@csrf_exempt  # only to install the upload handler first: the view below checks the token
+def recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
+    """A key recovery agent decrypts the archive with their own PKCS#12."""
+    request.upload_handlers = [AgentFileInMemory(request)]
+    return _recovery_perform(request, pk)
+
+
+@sensitive_post_parameters("agent_password")
+@csrf_protect
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def _recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
+    found = _visible_recovery(request, pk)
+    if not is_key_recovery_agent(request.user):
+        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+    archived = getattr(found.certificate, "archived_key", None)
+    context: dict[str, Any] = {
+        "recovery": found,
+        "recipient": recovery.recipient_name(found),
+        "agents": list(archived.recipients.all()) if archived else [],
+    }
+    status = 200
+    if request.method == "POST":
+        form = RecoveryPerformForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                performed, password = recovery.recovery_perform(
+                    recovery=found,
+                    agent_user=request.user,
+                    agent_pkcs12=form.cleaned_data["agent_pkcs12"],
+                    agent_password=form.cleaned_data["agent_password"],
+                    source_address=_address(request),
+                )
+            except EnrollmentError as exc:
+                status = _show_error(form, exc)
+            else:
+                # Shown in this response only: never in a message, the session or a log.
+                return render(
+                    request,
+                    "enrollment/ra/recovery_performed.html",
+                    {**context, "recovery": performed, "one_time_password": password},
+                )
+        else:
+            status = 400
+    else:
+        form = RecoveryPerformForm()
+    return render(
+        request, "enrollment/ra/recovery_perform.html", {**context, "form": form}, status=status
+    )
+
+
+@never_cache
+@login_required
+@require_POST
+def recovery_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """The named person's one download of the recovered PKCS#12."""
+    found = _visible_recovery(request, pk)
+    try:
+        performed, bundle = recovery.recovery_download(
+            recovery=found, user=request.user, source_address=_address(request)
+        )
+    except EnrollmentError as exc:
+        found.refresh_from_db()
+        return _recovery_page(request, found, errors=[exc.message], status=_status_for(exc))
+    certificate = performed.certificate
+    name = slugify(certificate.common_name) or "certificate"
+    response = HttpResponse(bundle, content_type="application/x-pkcs12")
+    response["Content-Disposition"] = (
+        f'attachment; filename="{name}-{certificate.serial[:12]}-recovered.p12"'
+    )
+    return response
+
+
+# --- audit trail ----------------------------------------------------------------------
+
+
+def _filtered_events(request: HttpRequest) -> tuple[AuditFilterForm, Any]:
+    form = AuditFilterForm(request.GET)
+    events = AuditEvent.objects.all()
+    return form, (form.filter(events) if form.is_valid() else events.none())
+
+
+@login_required
+@require_safe
+def audit_list(request: HttpRequest) -> HttpResponse:
+    """Newest first, fifty at a time, continued by id (no count over the whole trail)."""
+    _officer_required(request)
+    form, events = _filtered_events(request)
+    before = request.GET.get("before", "")
+    if before.isdigit():
+        events = events.filter(pk__lt=int(before))
+    page = list(events.order_by("-id")[: AUDIT_PAGE_SIZE + 1])
+    more = len(page) > AUDIT_PAGE_SIZE
+    page = page[:AUDIT_PAGE_SIZE]
+    query = request.GET.copy()
+    query.pop("before", None)
+    older = None
+    if more:
+        query["before"] = str(page[-1].pk)
+        older = query.urlencode()
+        query.pop("before")
+    context = {
+        "form": form,
+        "events": page,
+        "older": older,
+        "newest": before.isdigit(),
+        "filters": query.urlencode(),
+        "actions": AuditEvent.objects.order_by().values_list("action", flat=True).distinct(),
+    }
+    return render(request, "enrollment/ra/audit.html", context)
+
+
+def _audit_row(event: AuditEvent) -> list[Any]:
+    return [
+        event.pk,
+        event.created_at.isoformat(),
+        event.actor_id,
+        event.actor_name,
+        event.action,
+        event.object_type,
+        event.object_id,
+        event.object_repr,
+        event.outcome,
+        event.source_address,
+        event.detail,
+        event.previous_hash,
+        event.hash,
+    ]
+
+
+class _Echo:
+    """csv.writer writes to this and gets each line back, to stream it."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        value = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _csv_lines(events: Any) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(AUDIT_COLUMNS)
+    for event in events.iterator(chunk_size=2000):
+        yield writer.writerow([_csv_cell(v) for v in _audit_row(event)])
+
+
+def _json_lines(events: Any) -> Iterator[str]:
+    for event in events.iterator(chunk_size=2000):
+        row = dict(zip(AUDIT_COLUMNS, _audit_row(event), strict=True))
+        yield json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+EXPORTS: dict[str, tuple[Callable[[Any], Iterator[str]], str, str]] = {
+    "csv": (_csv_lines, "text/csv; charset=utf-8", "csv"),
+    "jsonl": (_json_lines, "application/jsonl; charset=utf-8", "jsonl"),
+}
+
+
+@login_required
+@require_safe
+def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
+    """The filtered trail, oldest first, streamed with its hash columns."""
+    _officer_required(request)
+    if fmt not in EXPORTS:
+        raise Http404("No such export format.")
+    form, events = _filtered_events(request)
+    if not form.is_valid():
+        raise Http404("Fix the filters first.")
+    lines, content_type, suffix = EXPORTS[fmt]
+    ra_services.audit_export_record(
+        actor=request.user,
+        fmt=fmt,
+        filters={name: value for name, value in form.cleaned_data.items() if value},
+        source_address=_address(request),
+    )
+    response = StreamingHttpResponse(lines(events.order_by("id")), content_type=content_type)
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{suffix}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --- recovery agents ------------------------------------------------------------------
+
+
+@login_required
+@require_safe
+def agents(request: HttpRequest) -> HttpResponse:
+    _officer_required(request)
+    return render(request, "enrollment/ra/agents.html", {"agents": ra_selectors.agent_overview()})

@@ -1,0 +1,508 @@
+"""Key recovery under dual control: open, approve, perform, download; atomic and audited.
+
+An RA officer opens a request; PKIPORTAL_RECOVERY_APPROVALS *other* officers approve it; a
+key recovery agent performs it with their own PKCS#12, which is used in memory only; the
+person the request names downloads the result once, within a short window.
+
+Where the recovered key waits (README.md, "Key recovery"): between perform and download it
+exists only as a PKCS#12 encrypted under a one-time password of ~119 random bits that the
+server generates, shows once to the agent and never stores. The agent hands the password
+to the named person out of band; the file reaches that person only through their own
+signed-in, one-time download. The row's copy is wiped on download or when the window closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from enrollment import ra_notifications as notify
+from enrollment.audit import audit_record
+from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, PolicyViolation
+from enrollment.models import (
+    ArchivedKey,
+    AuditEvent,
+    Certificate,
+    KeyRecoveryAgent,
+    KeyRecoveryApproval,
+    KeyRecoveryRequest,
+)
+from enrollment.permissions import is_key_recovery_agent, is_ra_officer
+from enrollment.x509 import cms, keys, pkcs7, pkcs12
+from enrollment.x509.errors import X509Error
+
+logger = logging.getLogger(__name__)
+
+State = KeyRecoveryRequest.State
+OPEN_STATES = (State.PENDING, State.APPROVED, State.READY)
+# Read aloud or copied from a screen without mistakes: no 0/O, 1/I/L. 24 characters from
+# 31 are ~119 bits, beyond brute force even through the PKCS#12 key derivation.
+OTP_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+OTP_GROUPS, OTP_GROUP_LENGTH = 6, 4
+# An agent's PKCS#12 is a few KiB; anything much larger is not one.
+MAX_AGENT_PKCS12_BYTES = 64 * 1024
+
+
+def one_time_password() -> str:
+    """A random password in groups of four: XXXX-XXXX-XXXX-XXXX-XXXX-XXXX."""
+    length = OTP_GROUPS * OTP_GROUP_LENGTH
+    characters = "".join(secrets.choice(OTP_ALPHABET) for _ in range(length))
+    return "-".join(
+        characters[start : start + OTP_GROUP_LENGTH] for start in range(0, length, OTP_GROUP_LENGTH)
+    )
+
+
+def approvals_required() -> int:
+    return settings.PKIPORTAL_RECOVERY_APPROVALS
+
+
+def recipient_name(recovery: KeyRecoveryRequest) -> str:
+    """Who may download, in words."""
+    if recovery.deliver_to == KeyRecoveryRequest.Recipient.OWNER:
+        owner = recovery.certificate.owner
+        return f"{owner.get_full_name() or owner.get_username()} (the key owner)" if owner else "—"
+    officer = recovery.requested_by
+    return f"{officer.get_full_name() or officer.get_username()} (the requesting officer)"
+
+
+@contextmanager
+def _refusals_audited(
+    action: str, *, actor: Any, target: models.Model, source_address: str | None
+) -> Iterator[None]:
+    """A refused step changes nothing, but the attempt stays on the audit trail."""
+    try:
+        yield
+    except EnrollmentError as exc:
+        audit_record(
+            action=action,
+            actor=actor,
+            target=target,
+            outcome=AuditEvent.Outcome.FAILURE,
+            source_address=source_address,
+            detail={"error": exc.message},
+        )
+        raise
+
+
+def _lock(recovery: KeyRecoveryRequest) -> KeyRecoveryRequest:
+    """The row, locked for this transaction (only it: not the certificate or the users)."""
+    return (
+        KeyRecoveryRequest.objects.select_for_update(of=("self",))
+        .select_related("certificate", "requested_by")
+        .get(pk=recovery.pk)
+    )
+
+
+def _refresh(recovery: KeyRecoveryRequest, locked: KeyRecoveryRequest) -> KeyRecoveryRequest:
+    """The caller's object reflects the committed step too; the locked copy is returned."""
+    recovery.refresh_from_db()
+    return locked
+
+
+# --- open, approve, reject ------------------------------------------------------------
+
+
+def recovery_open(
+    *,
+    certificate: Certificate,
+    officer: AbstractBaseUser,
+    reason: str,
+    deliver_to: str = KeyRecoveryRequest.Recipient.OWNER,
+    pkcs12_format: str = pkcs12.Pkcs12Format.MODERN,
+    source_address: str | None = None,
+) -> KeyRecoveryRequest:
+    """An officer asks for an archived key back; nothing is decrypted yet."""
+    with _refusals_audited(
+        "recovery.open", actor=officer, target=certificate, source_address=source_address
+    ):
+        if not is_ra_officer(officer):
+            raise NotPermitted("Only RA officers open key recoveries.")
+        reason = reason.strip()
+        if not reason:
+            raise PolicyViolation("Say why the key must be recovered.", field="reason")
+        if not ArchivedKey.objects.filter(certificate=certificate).exists():
+            raise PolicyViolation(
+                "This certificate's key was not archived, so it cannot be recovered.",
+                field="certificate",
+            )
+        try:
+            recipient = KeyRecoveryRequest.Recipient(deliver_to)
+            fmt = pkcs12.Pkcs12Format(pkcs12_format)
+        except ValueError as exc:
+            raise PolicyViolation(f"Unknown choice: {exc}") from None
+        owner = certificate.owner
+        if recipient == KeyRecoveryRequest.Recipient.OWNER and (
+            owner is None or not owner.is_active
+        ):
+            raise PolicyViolation(
+                "The key owner has no active account to download it; deliver it to yourself.",
+                field="deliver_to",
+            )
+        try:
+            with transaction.atomic():
+                # One open recovery per key (also a partial unique constraint).
+                Certificate.objects.select_for_update().filter(pk=certificate.pk).first()
+                open_one = KeyRecoveryRequest.objects.filter(
+                    certificate=certificate, state__in=OPEN_STATES
+                ).first()
+                if open_one is not None:
+                    raise InvalidState(
+                        f"Recovery #{open_one.pk} of this key is already open "
+                        f"({open_one.get_state_display().lower()})."
+                    )
+                recovery = KeyRecoveryRequest.objects.create(
+                    certificate=certificate,
+                    requested_by=officer,
+                    reason=reason,
+                    deliver_to=recipient,
+                    pkcs12_format=fmt.value,
+                )
+                audit_record(
+                    action="recovery.open",
+                    actor=officer,
+                    target=recovery,
+                    source_address=source_address,
+                    detail={
+                        "certificate": certificate.serial,
+                        "reason": reason,
+                        "deliver_to": recipient.value,
+                        "format": fmt.value,
+                        "approvals_required": approvals_required(),
+                    },
+                )
+                notify.recovery_step(recovery, "opened")
+        except IntegrityError:
+            raise InvalidState("A recovery of this key is already open.") from None
+    return recovery
+
+
+def recovery_approve(
+    *,
+    recovery: KeyRecoveryRequest,
+    officer: AbstractBaseUser,
+    source_address: str | None = None,
+) -> KeyRecoveryRequest:
+    """One more officer agrees; the requester and the key owner never count."""
+    with _refusals_audited(
+        "recovery.approve", actor=officer, target=recovery, source_address=source_address
+    ):
+        if not is_ra_officer(officer):
+            raise NotPermitted("Only RA officers approve key recoveries.")
+        if officer.pk == recovery.requested_by_id:
+            raise NotPermitted("You opened this recovery; another officer must approve it.")
+        if officer.pk == recovery.certificate.owner_id:
+            raise NotPermitted("You cannot approve the recovery of your own key.")
+        with transaction.atomic():
+            locked = _lock(recovery)
+            if locked.state != State.PENDING:
+                raise InvalidState(
+                    f"This recovery is no longer waiting for approval: it is "
+                    f"{locked.get_state_display().lower()}."
+                )
+            if locked.approvals.filter(officer=officer).exists():
+                raise InvalidState("You have already approved this recovery.")
+            KeyRecoveryApproval.objects.create(request=locked, officer=officer)
+            count, required = locked.approvals.count(), approvals_required()
+            audit_record(
+                action="recovery.approve",
+                actor=officer,
+                target=locked,
+                source_address=source_address,
+                detail={"approvals": count, "required": required},
+            )
+            if count >= required:
+                locked.state = State.APPROVED
+                locked.save(update_fields=["state", "updated_at"])
+                notify.recovery_step(locked, "approved", actor=officer)
+                notify.recovery_awaits_agent(locked)
+            else:
+                notify.recovery_step(locked, "approval", actor=officer)
+    return _refresh(recovery, locked)
+
+
+def recovery_reject(
+    *,
+    recovery: KeyRecoveryRequest,
+    officer: AbstractBaseUser,
+    reason: str,
+    source_address: str | None = None,
+) -> KeyRecoveryRequest:
+    """Any officer, the requester included (a withdrawal), stops it before it is performed."""
+    with _refusals_audited(
+        "recovery.reject", actor=officer, target=recovery, source_address=source_address
+    ):
+        if not is_ra_officer(officer):
+            raise NotPermitted("Only RA officers reject key recoveries.")
+        reason = reason.strip()
+        if not reason:
+            raise PolicyViolation("Say why the recovery is rejected.", field="reason")
+        with transaction.atomic():
+            locked = _lock(recovery)
+            if locked.state not in (State.PENDING, State.APPROVED):
+                raise InvalidState(
+                    f"This recovery can no longer be rejected: it is "
+                    f"{locked.get_state_display().lower()}."
+                )
+            locked.state = State.REJECTED
+            locked.decided_by = officer
+            locked.decision_reason = reason
+            locked.save(update_fields=["state", "decided_by", "decision_reason", "updated_at"])
+            audit_record(
+                action="recovery.reject",
+                actor=officer,
+                target=locked,
+                source_address=source_address,
+                detail={"reason": reason},
+            )
+            notify.recovery_step(locked, "rejected", actor=officer)
+    return _refresh(recovery, locked)
+
+
+# --- perform --------------------------------------------------------------------------
+
+
+def _open_agent_pkcs12(
+    data: bytes, password: str, *, agent_user: AbstractBaseUser
+) -> tuple[KeyRecoveryAgent, Any, keys.PrivateKey]:
+    """The registered agent, its certificate and key from the agent's own PKCS#12."""
+    if len(data) > MAX_AGENT_PKCS12_BYTES:
+        raise PolicyViolation(
+            "The file is far larger than a key recovery agent's PKCS#12.", field="agent_pkcs12"
+        )
+    try:
+        key, certificate, _chain = pkcs12.load_pkcs12(data, password)
+    except X509Error:
+        raise PolicyViolation(
+            "The agent PKCS#12 could not be opened: the password is wrong or the file is "
+            "damaged. Nothing was changed.",
+            field="agent_password",
+        ) from None
+    agent = KeyRecoveryAgent.objects.filter(
+        fingerprint_sha256=pkcs7.fingerprint(certificate, "sha256")
+    ).first()
+    if agent is None:
+        raise PolicyViolation(
+            f"This PKCS#12 holds the certificate of {certificate.subject.rfc4514_string()}, "
+            "which is not a registered key recovery agent. Nothing was changed.",
+            field="agent_pkcs12",
+        )
+    if agent.user_id is not None and agent.user_id != agent_user.pk:
+        raise NotPermitted(
+            f"The agent certificate {agent.name} belongs to another account; each agent uses "
+            "their own. Nothing was changed.",
+            field="agent_pkcs12",
+        )
+    return agent, certificate, key
+
+
+def recovery_perform(
+    *,
+    recovery: KeyRecoveryRequest,
+    agent_user: AbstractBaseUser,
+    agent_pkcs12: bytes,
+    agent_password: str,
+    source_address: str | None = None,
+) -> tuple[KeyRecoveryRequest, str]:
+    """Decrypt the archive with the agent's key and re-wrap it under a one-time password.
+
+    The agent's PKCS#12 and password are used here, in memory, and kept nowhere. The
+    one-time password is returned to be shown once; it exists nowhere else.
+    """
+    with _refusals_audited(
+        "recovery.perform", actor=agent_user, target=recovery, source_address=source_address
+    ):
+        if not is_key_recovery_agent(agent_user):
+            raise NotPermitted("Only key recovery agents carry out recoveries.")
+        current = KeyRecoveryRequest.objects.select_related("certificate__ca").get(pk=recovery.pk)
+        _check_performable(current)
+        if agent_user.pk == current.recipient_id:
+            raise NotPermitted(
+                "You are the one who receives this key, so another key recovery agent must "
+                "recover it: nobody holds both the file and its password alone."
+            )
+        agent, agent_certificate, agent_key = _open_agent_pkcs12(
+            agent_pkcs12, agent_password, agent_user=agent_user
+        )
+        certificate = current.certificate
+        archived = ArchivedKey.objects.get(certificate=certificate)
+        recipients = list(archived.recipients.all())
+        if agent not in recipients:
+            names = ", ".join(a.name for a in recipients) or "no registered agent"
+            raise PolicyViolation(
+                f"This key was not archived to {agent.name}; it can be recovered with the "
+                f"PKCS#12 of: {names}. Nothing was changed.",
+                field="agent_pkcs12",
+            )
+        try:
+            key = cms.recover_private_key(
+                bytes(archived.envelope),
+                recipient_certificate=agent_certificate,
+                recipient_key=agent_key,
+            )
+        except X509Error as exc:
+            raise PolicyViolation(exc.message, field="agent_pkcs12") from None
+        if key.public_key() != certificate.certificate.public_key():
+            raise InvalidState(
+                "The archive holds a key that does not belong to this certificate; nothing was "
+                "recovered. Report this to the PKI administrators."
+            )
+        password = one_time_password()
+        bundle = pkcs12.export_pkcs12(
+            key=key,
+            certificate=certificate.certificate,
+            chain=[ca.certificate for ca in certificate.ca.chain()],
+            password=password,
+            friendly_name=f"{certificate.common_name} (recovered)",
+            fmt=pkcs12.Pkcs12Format(current.pkcs12_format),
+        )
+        # Python cannot wipe memory; dropping the references is what we can do.
+        del key, agent_key
+        with transaction.atomic():
+            locked = _lock(recovery)
+            _check_performable(locked)
+            now = timezone.now()
+            locked.state = State.READY
+            locked.agent = agent
+            locked.performed_by = agent_user
+            locked.performed_at = now
+            locked.bundle = bundle
+            locked.download_expires_at = now + timedelta(
+                minutes=settings.PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES
+            )
+            locked.save(
+                update_fields=["state", "agent", "performed_by", "performed_at", "bundle",
+                               "download_expires_at", "updated_at"]
+            )  # fmt: skip
+            audit_record(
+                action="recovery.perform",
+                actor=agent_user,
+                target=locked,
+                source_address=source_address,
+                detail={
+                    "agent": agent.name,
+                    "agent_fingerprint": agent.fingerprint_sha256,
+                    "format": locked.pkcs12_format,
+                    "download_until": locked.download_expires_at,
+                },
+            )
+            notify.recovery_step(locked, "ready", actor=agent_user)
+    return _refresh(recovery, locked), password
+
+
+def _check_performable(recovery: KeyRecoveryRequest) -> None:
+    if recovery.state == State.APPROVED:
+        return
+    if recovery.state == State.PENDING:
+        missing = approvals_required() - recovery.approvals.count()
+        raise InvalidState(
+            f"This recovery is not approved yet: it needs {max(missing, 1)} more approval"
+            f"{'s' if missing > 1 else ''} by an RA officer other than the requester."
+        )
+    raise InvalidState(
+        f"This recovery cannot be carried out: it is {recovery.get_state_display().lower()}."
+    )
+
+
+# --- download and expiry --------------------------------------------------------------
+
+
+def recovery_download(
+    *,
+    recovery: KeyRecoveryRequest,
+    user: AbstractBaseUser,
+    source_address: str | None = None,
+) -> tuple[KeyRecoveryRequest, bytes]:
+    """Hand the named person the encrypted PKCS#12, once; the stored copy is wiped."""
+    expired = False
+    with _refusals_audited(
+        "recovery.download", actor=user, target=recovery, source_address=source_address
+    ):
+        if user.pk != recovery.recipient_id:
+            raise NotPermitted(f"Only {recipient_name(recovery)} may download this key.")
+        with transaction.atomic():
+            locked = _lock(recovery)
+            now = timezone.now()
+            if locked.state == State.READY and _window_closed(locked, now):
+                _expire(locked)
+                expired = True
+            elif locked.state != State.READY:
+                raise InvalidState(_no_download_because(locked))
+            else:
+                bundle = bytes(locked.bundle)
+                locked.bundle = None
+                locked.state = State.DOWNLOADED
+                locked.downloaded_at = now
+                locked.save(update_fields=["bundle", "state", "downloaded_at", "updated_at"])
+                audit_record(
+                    action="recovery.download",
+                    actor=user,
+                    target=locked,
+                    source_address=source_address,
+                    detail={"format": locked.pkcs12_format},
+                )
+                notify.recovery_step(locked, "downloaded", actor=user)
+        if expired:
+            # Outside the block above: the wipe is committed before the refusal is raised.
+            raise InvalidState(_no_download_because(locked))
+    return _refresh(recovery, locked), bundle
+
+
+def _window_closed(recovery: KeyRecoveryRequest, now: datetime) -> bool:
+    # A ready row always has an end (a database constraint); a missing one counts as closed.
+    return recovery.download_expires_at is None or recovery.download_expires_at <= now
+
+
+def _no_download_because(recovery: KeyRecoveryRequest) -> str:
+    when = recovery.downloaded_at or recovery.download_expires_at
+    if recovery.state == State.DOWNLOADED:
+        return (
+            f"The recovered key was already downloaded ({when:%Y-%m-%d %H:%M} UTC); it can be "
+            "downloaded only once. Open a new recovery if it is needed again."
+        )
+    if recovery.state == State.EXPIRED:
+        return (
+            f"The download window closed at {when:%Y-%m-%d %H:%M} UTC and the recovered copy "
+            "was deleted. Open a new recovery if the key is still needed."
+        )
+    if recovery.state == State.REJECTED:
+        return "This recovery was rejected; there is nothing to download."
+    return "The key has not been recovered yet; there is nothing to download."
+
+
+def _expire(locked: KeyRecoveryRequest) -> None:
+    locked.bundle = None
+    locked.state = State.EXPIRED
+    locked.save(update_fields=["bundle", "state", "updated_at"])
+    audit_record(
+        action="recovery.expire",
+        target=locked,
+        detail={"download_until": locked.download_expires_at},
+    )
+    notify.recovery_step(locked, "expired")
+
+
+def recovery_expire_due(*, now: datetime | None = None) -> int:
+    """Wipe recovered keys whose download window closed (beat, every few minutes)."""
+    now = now or timezone.now()
+    due = KeyRecoveryRequest.objects.filter(state=State.READY, download_expires_at__lte=now)
+    wiped = 0
+    for pk in list(due.values_list("pk", flat=True)):
+        with transaction.atomic():
+            locked = (
+                KeyRecoveryRequest.objects.select_for_update(of=("self",))
+                .select_related("certificate", "requested_by")
+                .get(pk=pk)
+            )
+            if locked.state == State.READY and _window_closed(locked, now):
+                _expire(locked)
+                wiped += 1
+    return wiped

@@ -1,0 +1,718 @@
+"""The RA pages: who may and who may not, the console, find-and-revoke, the audit trail."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.core.files.uploadedfile import InMemoryUploadedFile, SimpleUploadedFile
+from django.test import Client
+
+from enrollment import recovery
+from enrollment.audit import audit_record
+from enrollment.models import AuditEvent, Certificate, KeyRecoveryAgent, KeyRecoveryRequest
+from enrollment.ra_views import AUDIT_COLUMNS
+from enrollment.x509.keys import KeyAlgorithm
+from tests.conftest import client_for
+from tests.enrollment.ra_fixtures import REASON, agent_upload, snapshot
+from tests.factories import UserFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
+
+
+@pytest.fixture
+def kra(quick_kra):
+    return quick_kra
+
+
+ROLES = ["officer", "second_officer", "agent", "owner", "colleague", "anonymous"]
+
+
+@pytest.fixture
+def people(officer, second_officer, agent_user, employee, colleague) -> dict[str, Client]:
+    """Olivia (officer, opened the recovery), Oscar (officer), Karl (agent), Alice (owner)."""
+    users = {
+        "officer": officer,
+        "second_officer": second_officer,
+        "agent": agent_user,
+        "owner": employee,
+        "colleague": colleague,
+        "anonymous": None,
+    }
+    return {role: client_for(user) for role, user in users.items()}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One page or action and the status each role gets."""
+
+    name: str
+    method: str
+    path: str
+    state: str  # the recovery the case needs: pending, approved, ready or "" for none
+    expected: dict[str, int]
+    data: str = ""  # "open", "reject", "agent", "revoke" or ""
+
+
+def allowed(*roles: str, ok: int = 200, denied: int = 403, hidden: tuple[str, ...] = ()):
+    """Roles given get ``ok``; signed-in others ``denied`` (or 404 if hidden); anonymous 302."""
+    statuses = {}
+    for role in ROLES:
+        if role == "anonymous":
+            statuses[role] = 302
+        elif role in roles:
+            statuses[role] = ok
+        elif role in hidden:
+            statuses[role] = 404
+        else:
+            statuses[role] = denied
+    return statuses
+
+
+OFFICERS = ("officer", "second_officer")
+CASES = [
+    Case("console", "get", "/ra/", "", allowed(*OFFICERS)),
+    Case("recovery list", "get", "/ra/recovery/", "", allowed(*OFFICERS, "agent")),
+    Case("recovery form", "get", "/ra/recovery/new/", "", allowed(*OFFICERS)),
+    Case("open a recovery", "post", "/ra/recovery/new/", "", allowed(*OFFICERS, ok=302), "open"),
+    Case(
+        "recovery page",
+        "get",
+        "/ra/recovery/{pk}/",
+        "pending",
+        allowed(*OFFICERS, "agent", "owner", hidden=("colleague",)),
+    ),
+    Case(
+        "approve",
+        "post",
+        "/ra/recovery/{pk}/approve/",
+        "pending",
+        # Olivia opened it; Alice owns the key (and is not an officer anyway).
+        allowed("second_officer", ok=302, hidden=("colleague",)),
+    ),
+    Case(
+        "reject",
+        "post",
+        "/ra/recovery/{pk}/reject/",
+        "pending",
+        allowed(*OFFICERS, ok=302, hidden=("colleague",)),
+        "reject",
+    ),
+    Case(
+        "perform form",
+        "get",
+        "/ra/recovery/{pk}/perform/",
+        "approved",
+        allowed("agent", hidden=("colleague",)),
+    ),
+    Case(
+        "perform",
+        "post",
+        "/ra/recovery/{pk}/perform/",
+        "approved",
+        allowed("agent", hidden=("colleague",)),
+        "agent",
+    ),
+    Case(
+        "download",
+        "post",
+        "/ra/recovery/{pk}/download/",
+        "ready",
+        allowed("owner", hidden=("colleague",)),
+    ),
+    Case("find certificates", "get", "/ra/certificates/?q=alice", "", allowed(*OFFICERS)),
+    Case(
+        "revoke",
+        "post",
+        "/ra/certificates/{cert}/revoke/",
+        "",
+        allowed(*OFFICERS, ok=302),
+        "revoke",
+    ),
+    Case("audit trail", "get", "/ra/audit/", "", allowed(*OFFICERS)),
+    Case("audit CSV", "get", "/ra/audit/export.csv", "", allowed(*OFFICERS)),
+    Case("audit JSON lines", "get", "/ra/audit/export.jsonl", "", allowed(*OFFICERS)),
+    Case("recovery agents", "get", "/ra/agents/", "", allowed(*OFFICERS)),
+]
+
+
+@pytest.fixture
+def setup_for(request, archived, officer, second_officer, kra, agent_user):
+    """The recovery in the state a case needs."""
+
+    def make(state: str) -> KeyRecoveryRequest | None:
+        if not state:
+            return None
+        found = recovery.recovery_open(
+            certificate=archived.certificate, officer=officer, reason=REASON
+        )
+        if state in ("approved", "ready"):
+            recovery.recovery_approve(recovery=found, officer=second_officer)
+        if state == "ready":
+            recovery.recovery_perform(
+                recovery=found, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+                agent_password=kra.password,
+            )  # fmt: skip
+        return found
+
+    return make
+
+
+def form_data(kind: str, archived, kra) -> dict[str, object]:
+    if kind == "open":
+        return {
+            "certificate": archived.certificate.pk,
+            "reason": REASON,
+            "deliver_to": "owner",
+            "pkcs12_format": "modern",
+        }
+    if kind == "reject":
+        return {"reason": "Not justified."}
+    if kind == "agent":
+        return agent_upload(kra.pkcs12, kra.password)
+    if kind == "revoke":
+        return {"reason": "keyCompromise", "confirm": "on"}
+    return {}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_who_may_and_who_may_not(case, role, people, setup_for, archived, kra):
+    found = setup_for(case.state)
+    path = case.path.format(pk=found.pk if found else 0, cert=archived.certificate.pk)
+    client = people[role]
+
+    if case.method == "get":
+        response = client.get(path)
+    else:
+        response = client.post(path, form_data(case.data, archived, kra))
+
+    assert response.status_code == case.expected[role], response.content[:500]
+    if role == "anonymous":
+        assert response["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.parametrize("role", ["colleague", "owner", "agent"])
+def test_who_may_not_changes_nothing(role, people, setup_for, archived, kra):
+    """A refused approval, rejection or perform leaves the recovery as it was."""
+    found = setup_for("approved" if role == "owner" else "pending")
+    before = snapshot(found)
+    client = people[role]
+
+    client.post(f"/ra/recovery/{found.pk}/approve/")
+    client.post(f"/ra/recovery/{found.pk}/reject/", {"reason": "no"})
+    if role != "agent":
+        client.post(f"/ra/recovery/{found.pk}/perform/", agent_upload(kra.pkcs12, kra.password))
+
+    assert snapshot(found) == before
+
+
+def test_the_navigation_shows_the_ra_pages_to_whom_they_are_for(people):
+    assert 'href="/ra/"' in people["officer"].get("/").content.decode()
+    agent_home = people["agent"].get("/").content.decode()
+    assert 'href="/ra/recovery/"' in agent_home
+    assert 'href="/ra/"' not in agent_home
+    assert "/ra/" not in people["colleague"].get("/").content.decode()
+
+
+# --- the console ----------------------------------------------------------------------
+
+
+def test_the_console_shows_requests_crls_services_and_agents(people, opened, hierarchy):
+    page = people["officer"].get("/ra/")
+    text = page.content.decode()
+
+    assert page.context["pending_count"] == 0
+    assert [r.pk for r in page.context["recoveries"]] == [opened.pk]
+    crls = {row.status.slug: row for row in page.context["crls"]}
+    issuing = crls["issuing"]
+    assert issuing.status.number is not None
+    assert issuing.size == len(bytes(hierarchy.issuing.revocation_lists.first().der))
+    assert issuing.age is not None
+    assert page.context["services"]["broker"]["mode"] == "inline"
+    assert page.context["agents"].valid == 1
+    assert "Revocation lists" in text
+    assert f"/ra/recovery/{opened.pk}/" in text
+    assert "Key archival has stopped" not in text
+
+
+def test_the_console_says_loudly_when_no_agent_is_valid(officer_client, hierarchy):
+    text = officer_client.get("/ra/").content.decode()
+
+    assert "Key archival has stopped" in text
+    assert "cannot issue" in text
+
+
+def test_the_console_warns_a_month_before_the_last_agent_expires(officer, kra):
+    soon = kra.agent.not_after - timedelta(days=20)
+
+    with time_machine.travel(soon, tick=False):
+        text = client_for(officer).get("/ra/").content.decode()
+
+    assert "Key recovery agent certificate expiring" in text
+    assert "Test KRA" in text
+
+
+def test_the_console_warns_when_a_crl_nears_its_next_update(people, hierarchy):
+    crl = hierarchy.issuing.revocation_lists.first()
+
+    with time_machine.travel(crl.next_update - timedelta(hours=1), tick=False):
+        page = people["officer"].get("/ra/")
+
+    issuing = next(row for row in page.context["crls"] if row.status.slug == "issuing")
+    assert issuing.status.status == "fail"
+    assert "are the worker and beat running?" in page.content.decode()
+
+
+def test_the_console_counts_pending_enrolment_requests(people, template, employee, hierarchy):
+    from enrollment import services
+
+    dual_use = template("smime-dual-use")
+    dual_use.requires_approval = True
+    dual_use.save()
+    services.request_submit(
+        requester=employee, template=dual_use, key_algorithm=KeyAlgorithm.EC_P256
+    )
+
+    page = people["officer"].get("/ra/")
+
+    assert page.context["pending_count"] == 1
+    assert 'href="/ra/requests/"' in page.content.decode()
+
+
+# --- find and revoke ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["Alice", "ALICE@example", "alice", "serial", "SERIAL:", "sha1"])
+def test_officers_find_any_certificate(query, people, archived):
+    certificate = archived.certificate
+    if query.startswith("serial"):
+        query = certificate.serial.upper()
+    elif query.startswith("SERIAL"):
+        query = ":".join(
+            certificate.serial[i : i + 2] for i in range(0, len(certificate.serial), 2)
+        )
+    elif query == "sha1":
+        query = certificate.fingerprint_sha1
+
+    results = people["officer"].get("/ra/certificates/", {"q": query}).context["results"]
+
+    assert certificate in results
+
+
+def test_an_officer_revokes_with_a_reason(people, archived, officer):
+    response = people["officer"].post(
+        f"/ra/certificates/{archived.certificate.pk}/revoke/",
+        {"reason": "privilegeWithdrawn", "confirm": "on", "q": "alice"},
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == "/ra/certificates/?q=alice"
+    revoked = Certificate.objects.get(pk=archived.certificate.pk)
+    assert (revoked.status, revoked.revocation_reason) == ("revoked", "privilegeWithdrawn")
+    event = AuditEvent.objects.get(action="certificate.revoke")
+    assert event.actor == officer
+
+
+def test_a_revocation_without_confirmation_changes_nothing(people, archived):
+    response = people["officer"].post(
+        f"/ra/certificates/{archived.certificate.pk}/revoke/", {"reason": "keyCompromise"}
+    )
+
+    assert response.status_code == 400
+    assert Certificate.objects.get(pk=archived.certificate.pk).status == "valid"
+
+
+def test_revoking_twice_says_why_it_cannot(people, archived):
+    data = {"reason": "keyCompromise", "confirm": "on"}
+    people["officer"].post(f"/ra/certificates/{archived.certificate.pk}/revoke/", data)
+
+    response = people["officer"].post(f"/ra/certificates/{archived.certificate.pk}/revoke/", data)
+
+    assert response.status_code == 400
+    assert "already revoked" in response.content.decode()
+
+
+# --- the recovery pages ---------------------------------------------------------------
+
+
+def test_the_recovery_form_lists_only_archived_keys(people, archived, template, employee):
+    from enrollment import services
+
+    services.certificate_issue_with_server_key(
+        template=template("smime-signing"),
+        owner=employee,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        pkcs12_password="Signing-Key-Lantern-90",
+    )
+
+    results = people["officer"].get("/ra/recovery/new/", {"q": "alice"}).context["results"]
+
+    assert results == [archived.certificate]
+
+
+def test_the_requester_sees_no_approve_button_and_a_refusal_if_they_try(people, opened):
+    page = people["officer"].get(f"/ra/recovery/{opened.pk}/")
+    assert not page.context["can_approve"]
+
+    response = people["officer"].post(f"/ra/recovery/{opened.pk}/approve/")
+
+    assert response.status_code == 403
+    assert "another officer must approve" in response.content.decode()
+
+
+def test_a_wrong_agent_password_in_the_browser_shows_the_error_and_changes_nothing(
+    people, approved, kra
+):
+    before = snapshot(approved)
+
+    response = people["agent"].post(
+        f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, "not the password")
+    )
+
+    assert response.status_code == 400
+    assert "password is wrong" in response.content.decode()
+    assert "one_time_password" not in response.context
+    assert snapshot(approved) == before
+
+
+def test_an_unapproved_recovery_cannot_be_carried_out_in_the_browser(people, opened, kra):
+    response = people["agent"].post(
+        f"/ra/recovery/{opened.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+    )
+
+    assert response.status_code == 400
+    assert "not approved yet" in response.content.decode()
+
+
+def test_the_agent_password_is_kept_out_of_error_reports(people, approved, kra):
+    response = people["agent"].post(
+        f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+    )
+
+    assert response.wsgi_request.sensitive_post_parameters == ("agent_password",)
+
+
+def test_the_agent_pkcs12_never_touches_the_disk(people, approved, kra, settings):
+    """Even past FILE_UPLOAD_MAX_MEMORY_SIZE it stays an in-memory upload."""
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 100
+
+    response = people["agent"].post(
+        f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+    )
+
+    upload = response.wsgi_request.FILES["agent_pkcs12"]
+    assert isinstance(upload, InMemoryUploadedFile)
+    assert response.status_code == 200
+
+
+def test_a_huge_upload_is_refused_without_being_kept(people, approved):
+    big = SimpleUploadedFile("big.p12", b"\0" * (recovery.MAX_AGENT_PKCS12_BYTES + 10))
+
+    response = people["agent"].post(
+        f"/ra/recovery/{approved.pk}/perform/", {"agent_pkcs12": big, "agent_password": "x"}
+    )
+
+    assert response.status_code == 400
+    assert "far larger" in response.content.decode()
+
+
+def test_the_perform_form_checks_the_csrf_token(agent_user, approved, kra):
+    """The view is csrf_exempt only to install its upload handler; the token still counts."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(agent_user)
+
+    response = client.post(
+        f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+    )
+
+    assert response.status_code == 403
+    assert snapshot(approved)["state"] == KeyRecoveryRequest.State.APPROVED
+
+
+def test_the_one_time_password_is_not_kept_in_the_session(people, approved, kra):
+    from django.contrib.sessions.models import Session
+
+    response = people["agent"].post(
+        f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+    )
+    password = response.context["one_time_password"]
+
+    for session in Session.objects.all():
+        assert password not in str(session.get_decoded())
+    assert password not in str([str(m) for m in response.context["messages"]])
+
+
+def test_a_second_download_in_the_browser_fails(people, performed):
+    first = people["owner"].post(f"/ra/recovery/{performed.recovery.pk}/download/")
+    assert first.status_code == 200
+
+    second = people["owner"].post(f"/ra/recovery/{performed.recovery.pk}/download/")
+
+    assert second.status_code == 400
+    assert "already downloaded" in second.content.decode()
+
+
+def test_the_owner_sees_the_download_button_only_while_it_is_open(people, performed):
+    page = people["owner"].get(f"/ra/recovery/{performed.recovery.pk}/")
+    assert page.context["download_open"]
+    assert "Download the .p12 file" in page.content.decode()
+
+    later = performed.recovery.download_expires_at + timedelta(minutes=1)
+    with time_machine.travel(later, tick=False):
+        page = people["owner"].get(f"/ra/recovery/{performed.recovery.pk}/")
+    assert not page.context["download_open"]
+
+
+def test_the_recovery_list_shows_open_and_closed_recoveries(people, performed, archived):
+    page = people["agent"].get("/ra/recovery/")
+
+    assert [r.pk for r in page.context["open"]] == [performed.recovery.pk]
+    assert list(page.context["recent"]) == []
+
+
+# --- the audit trail ------------------------------------------------------------------
+
+
+TRAIL = ["recovery.open", "recovery.perform", "kra.register"]
+
+
+@pytest.fixture
+def trail(hierarchy, officer):
+    """Three events on three days in March, one a failure by someone named like a formula."""
+    days = [datetime(2026, 3, d, 12, 0, tzinfo=UTC) for d in (1, 2, 3)]
+    formula = UserFactory(username="=SUM(A1)")
+    with time_machine.travel(days[0], tick=False):
+        audit_record(action="recovery.open", actor=officer, detail={"reason": "lost laptop"})
+    with time_machine.travel(days[1], tick=False):
+        audit_record(
+            action="recovery.perform",
+            actor=formula,
+            outcome=AuditEvent.Outcome.FAILURE,
+            detail={"error": "wrong password"},
+        )
+    with time_machine.travel(days[2], tick=False):
+        audit_record(action="kra.register", actor=officer, detail={"name": "Team KRA"})
+    return days
+
+
+def export(client: Client, fmt: str, **filters: str) -> str:
+    response = client.get(f"/ra/audit/export.{fmt}", filters)
+    assert response.status_code == 200
+    assert response.streaming
+    assert response["Cache-Control"] == "no-store"
+    return b"".join(response.streaming_content).decode()
+
+
+def test_the_csv_export_parses_and_carries_the_hashes(people, trail):
+    rows = list(csv.DictReader(io.StringIO(export(people["officer"], "csv"))))
+
+    assert list(rows[0]) == AUDIT_COLUMNS
+    stored = {e.pk: e for e in AuditEvent.objects.all()}
+    assert len(rows) == len(stored)
+    for row in rows:
+        event = stored[int(row["id"])]
+        assert (row["hash"], row["previous_hash"]) == (event.hash, event.previous_hash)
+    assert [int(r["id"]) for r in rows] == sorted(stored)  # oldest first: the chain's order
+    assert rows[-1]["action"] == "audit.export"
+    assert json.loads(rows[-1]["detail"]) == {"format": "csv", "filters": {}}
+
+
+def test_the_csv_export_defuses_spreadsheet_formulas_and_json_lines_keep_them(people, trail):
+    (row,) = csv.DictReader(io.StringIO(export(people["officer"], "csv", outcome="failure")))
+    (line,) = export(people["officer"], "jsonl", outcome="failure").splitlines()
+
+    assert row["actor_name"] == "'=SUM(A1)"
+    assert json.loads(line)["actor_name"] == "=SUM(A1)"
+
+
+def test_the_json_lines_export_parses(people, trail):
+    rows = [json.loads(line) for line in export(people["officer"], "jsonl").splitlines()]
+
+    assert set(rows[0]) == set(AUDIT_COLUMNS)
+    perform = next(r for r in rows if r["action"] == "recovery.perform")
+    assert perform["detail"] == {"error": "wrong password"}
+    assert perform["outcome"] == "failure"
+    assert len(perform["hash"]) == 64
+    assert [r["previous_hash"] for r in rows[1:]] == [r["hash"] for r in rows[:-1]]
+
+
+@pytest.mark.parametrize(
+    ("filters", "actions"),
+    [
+        ({"actor": "OLIV"}, ["recovery.open", "kra.register"]),
+        ({"action": "recovery"}, ["recovery.open", "recovery.perform"]),
+        ({"action": "recovery.open"}, ["recovery.open"]),
+        ({"outcome": "failure"}, ["recovery.perform"]),
+        ({"object": "nothing-like-this"}, []),
+        ({"since": "2026-03-02", "until": "2026-03-02"}, ["recovery.perform"]),
+        ({"since": "2026-03-02", "until": "2026-03-31"}, ["recovery.perform", "kra.register"]),
+        ({"until": "2026-03-01"}, ["recovery.open"]),
+    ],
+)
+def test_the_filters_narrow_the_list_and_the_exports(people, trail, filters, actions):
+    listed = [e.action for e in people["officer"].get("/ra/audit/", filters).context["events"]]
+    lines = export(people["officer"], "jsonl", **filters).splitlines()
+    exported = [json.loads(line)["action"] for line in lines]
+
+    assert listed == list(reversed(actions))  # newest first
+    assert [a for a in exported if a != "audit.export"] == actions  # oldest first
+
+
+def test_the_object_filter_finds_by_name_or_id(people, opened):
+    by_id = people["officer"].get(
+        "/ra/audit/", {"object": str(opened.pk), "action": "recovery.open"}
+    )
+
+    assert [e.object_id for e in by_id.context["events"]] == [str(opened.pk)]
+
+
+def test_an_export_is_itself_audited(people, trail, officer):
+    export(people["officer"], "csv", actor="olivia")
+
+    event = AuditEvent.objects.filter(action="audit.export").get()
+    assert event.actor == officer
+    assert event.detail == {"format": "csv", "filters": {"actor": "olivia"}}
+
+
+def test_bad_filters_say_what_is_wrong(people, trail):
+    page = people["officer"].get("/ra/audit/", {"since": "2026-03-03", "until": "2026-03-01"})
+
+    assert "The end date is before the start date." in page.content.decode()
+    assert page.context["events"] == []
+
+
+def test_the_audit_list_pages_by_id(people, trail, settings):
+    from enrollment import ra_views
+
+    original = ra_views.AUDIT_PAGE_SIZE
+    ra_views.AUDIT_PAGE_SIZE = 2
+    try:
+        first = people["officer"].get("/ra/audit/")
+        older = first.context["older"]
+        second = people["officer"].get(f"/ra/audit/?{older}")
+    finally:
+        ra_views.AUDIT_PAGE_SIZE = original
+
+    ids = [e.pk for e in first.context["events"]] + [e.pk for e in second.context["events"]]
+    assert ids == sorted(ids, reverse=True)
+    assert len(set(ids)) == 4
+
+
+def test_an_unknown_export_format_is_404(people):
+    assert people["officer"].get("/ra/audit/export.xml").status_code == 404
+
+
+# --- agents and the admin's registration ----------------------------------------------
+
+
+def test_the_agents_page_lists_each_agent_certificate(people, kra, archived):
+    page = people["officer"].get("/ra/agents/")
+
+    (row,) = page.context["agents"].rows
+    assert (row.agent, row.state, row.archives) == (kra.agent, "valid", 1)
+
+
+def test_an_admin_registers_an_agent_certificate_by_upload(admin_client_, template, hierarchy):
+    from enrollment import services
+
+    holder = UserFactory(username="kate")
+    certificate, _bundle = services.certificate_issue_with_server_key(
+        template=template("smime-dual-use"),
+        owner=holder,
+        key_algorithm=KeyAlgorithm.RSA_2048,
+        pkcs12_password="Kate-Agent-Lantern-77",
+    )
+    pem = certificate.certificate.public_bytes(Encoding.PEM)
+
+    assert admin_client_.get("/admin/enrollment/keyrecoveryagent/add/").status_code == 200
+    response = admin_client_.post(
+        "/admin/enrollment/keyrecoveryagent/add/",
+        {
+            "name": "Kate's KRA",
+            "certificate": SimpleUploadedFile("kate.pem", pem),
+            "user": holder.pk,
+        },
+    )
+
+    assert response.status_code == 302
+    agent = KeyRecoveryAgent.objects.get(name="Kate's KRA")
+    assert agent.user == holder
+    assert AuditEvent.objects.filter(action="kra.register").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n", "holds a private key"),
+        (b"not a certificate", "not a PEM or DER certificate"),
+        ("ec", "RSA certificate"),
+    ],
+)
+def test_the_admin_refuses_what_is_not_an_agent_certificate(
+    admin_client_, hierarchy, template, employee, content, message
+):
+    if content == "ec":
+        from enrollment import services
+
+        certificate, _ = services.certificate_issue_with_server_key(
+            template=template("smime-dual-use"),
+            owner=employee,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            pkcs12_password="An-EC-Key-Lantern-42",
+        )
+        content = certificate.certificate.public_bytes(Encoding.DER)
+
+    response = admin_client_.post(
+        "/admin/enrollment/keyrecoveryagent/add/",
+        {"name": "Wrong", "certificate": SimpleUploadedFile("x.cer", content)},
+    )
+
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not KeyRecoveryAgent.objects.filter(name="Wrong").exists()
+
+
+def test_staff_without_the_add_permission_cannot_register_an_agent(hierarchy):
+    staff = UserFactory(username="sam", is_staff=True)
+
+    response = client_for(staff).get("/admin/enrollment/keyrecoveryagent/add/")
+
+    assert response.status_code == 403
+
+
+def test_the_admin_lists_recoveries_without_the_recovered_bundle(admin_client_, performed):
+    listing = admin_client_.get("/admin/enrollment/keyrecoveryrequest/")
+    page = admin_client_.get(
+        f"/admin/enrollment/keyrecoveryrequest/{performed.recovery.pk}/change/"
+    )
+
+    assert listing.status_code == page.status_code == 200
+    assert "bundle" not in page.context["adminform"].form.fields
+
+
+def test_the_console_shows_a_dead_broker_and_worker(officer_client, hierarchy, monkeypatch):
+    import pkiportal.health
+
+    monkeypatch.setattr(
+        pkiportal.health,
+        "checks",
+        lambda: {
+            "broker": {"status": "fail", "error": "ConnectionRefusedError: [Errno 111]"},
+            "worker": {"status": "fail", "error": "The broker is unreachable."},
+        },
+    )
+
+    text = officer_client.get("/ra/").content.decode()
+
+    assert "ConnectionRefusedError" in text
+    assert "The broker is unreachable." in text
+    assert text.count(">Down<") == 2
