@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from enrollment import services
 from enrollment.exceptions import EnrollmentError
@@ -15,6 +15,7 @@ from enrollment.models import (
     CertificateAuthority,
     CertificateTemplate,
     KeyRecoveryAgent,
+    KeyRecoveryRequest,
     RevocationList,
 )
 
@@ -99,6 +100,17 @@ class KeyRecoveryAgentAdmin(ReadOnlyAdmin):
     list_display = ["name", "user", "is_active", "not_after", "fingerprint_sha256"]
     exclude = ["der"]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # "Add" is the registration form: a certificate upload through services.kra_register.
+        return request.user.has_perm("enrollment.add_keyrecoveryagent")
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        from enrollment.ra_admin import kra_register_view
+
+        return kra_register_view(self, request, extra_context)
+
 
 @admin.register(ArchivedKey)
 class ArchivedKeyAdmin(ReadOnlyAdmin):
@@ -118,3 +130,12 @@ class AuditEventAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["action", "outcome"]
     search_fields = ["actor_name", "object_repr", "action"]
+
+
+@admin.register(KeyRecoveryRequest)
+class KeyRecoveryRequestAdmin(ReadOnlyAdmin):
+    """Recoveries happen at /ra/recovery/ under dual control; the admin only shows them."""
+
+    list_display = ["pk", "certificate", "requested_by", "state", "performed_by", "created_at"]
+    list_filter = ["state"]
+    exclude = ["bundle"]  # encrypted, but nobody needs to see it here

@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from cryptography import x509
 from django.conf import settings
 
 from enrollment.exceptions import KeyStoreError
-from enrollment.x509 import builder, crl, keys
+from enrollment.x509 import builder, crl_fast, keys
 from enrollment.x509.errors import X509Error
 from enrollment.x509.policy import CertificatePolicy
 
@@ -246,30 +245,32 @@ def issue_end_entity(
     )
 
 
-def sign_crl(
+def sign_crl_der(
     ca: CertificateAuthority,
     *,
-    entries: Iterable[crl.RevokedEntry],
+    revoked: bytes,
     crl_number: int,
     this_update: datetime,
     next_update: datetime,
     offline_key: OfflineKey | None = None,
-) -> x509.CertificateRevocationList:
-    """Sign a CRL with the CA's online key, or with an offline key file handed in."""
+) -> bytes:
+    """Sign a CRL assembled from stored entry DER (crl_fast); returns the CRL in DER.
+
+    Takes the entries, not a TBS to sign: the TBSCertList is built here from the CA's own
+    certificate, so this door cannot be used to have the CA sign anything but a CRL.
+    """
     if offline_key is not None:
         issuer_key = _offline_key(offline_key)
         _check_pair(ca.certificate, issuer_key)
     else:
         issuer_key = _ca_key(ca)
-    return crl.build_crl(
+    return crl_fast.sign_crl(
         issuer_certificate=ca.certificate,
         issuer_key=issuer_key,
-        entries=entries,
+        revoked=revoked,
         crl_number=crl_number,
         this_update=this_update,
         next_update=next_update,
-        # A root's CRL lists CA certificates: every entry needs a reason (S/MIME BR 7.2.2).
-        revokes_ca_certificates=ca.is_root,
     )
 
 

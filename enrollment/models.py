@@ -9,11 +9,13 @@ EnvelopedData to the key recovery agents.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
 from cryptography import x509
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -63,6 +65,10 @@ class CertificateAuthority(DerCertificateMixin):
     crl_url = models.URLField(help_text="This CA's CRL URL, embedded in what it issues.")
     ca_issuers_url = models.URLField(help_text="This CA's certificate URL (AIA caIssuers).")
     crl_validity_days = models.PositiveSmallIntegerField(default=7)
+    # The last CRL publication that failed, shown by /health/ and cleared by the next success.
+    crl_failed_at = models.DateTimeField(null=True, blank=True)
+    crl_error_code = models.CharField(max_length=50, blank=True)
+    crl_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = CertificateAuthorityQuerySet.as_manager()
@@ -75,6 +81,12 @@ class CertificateAuthority(DerCertificateMixin):
             models.CheckConstraint(
                 condition=Q(is_online=False) | ~Q(key_reference=""),
                 name="online_ca_has_key_reference",
+            ),
+            # S/MIME BR 4.9.7: nextUpdate at most 10 days (subscriber CRLs), 12 months (CAs).
+            models.CheckConstraint(
+                condition=Q(crl_validity_days__gte=1)
+                & (Q(crl_validity_days__lte=10) | Q(is_online=False, crl_validity_days__lte=365)),
+                name="crl_validity_within_smime_br",
             ),
         ]
 
@@ -93,7 +105,8 @@ class CertificateAuthority(DerCertificateMixin):
         return chain
 
     def latest_crl(self) -> RevocationList | None:
-        return self.revocation_lists.newest_first().first()
+        # The DER (~50 MB at a million entries) is read only by those who serve it.
+        return self.revocation_lists.newest_first().defer("der").first()
 
 
 class CertificateTemplate(models.Model):
@@ -237,7 +250,11 @@ class Certificate(DerCertificateMixin):
                 name="revoked_certificate_has_revocation_time",
             ),
         ]
-        indexes = [models.Index(fields=["ca", "status"], name="cert_ca_status_idx")]
+        indexes = [
+            models.Index(fields=["ca", "status"], name="cert_ca_status_idx"),
+            # Revocation and the API look certificates up by serial alone.
+            models.Index(fields=["serial"], name="cert_serial_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.common_name} ({self.serial[:12]}…)"
@@ -330,6 +347,41 @@ class CertificateRequest(models.Model):
         return self.state == self.State.APPROVED and self.key_source == self.KeySource.SERVER
 
 
+class CrlEntry(models.Model):
+    """A revoked certificate's CRL entry, DER-encoded once when the revocation commits.
+
+    Publishing concatenates these bytes instead of building a million objects (see
+    enrollment/x509/crl_fast.py). A narrow table of its own, so a CRL reads ~50 bytes per
+    entry rather than whole certificate rows. ``first_crl_number`` stays empty until a CRL
+    lists the entry: that is what marks a CA's CRL as out of date.
+    """
+
+    certificate = models.OneToOneField(
+        Certificate, primary_key=True, on_delete=models.PROTECT, related_name="crl_entry"
+    )
+    ca = models.ForeignKey(CertificateAuthority, on_delete=models.PROTECT, related_name="+")
+    not_after = models.DateTimeField(help_text="The certificate's; expired entries drop.")
+    der = models.BinaryField(help_text="The revokedCertificates element (RFC 5280 5.1.2.6).")
+    first_crl_number = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The first CRL listing it; empty: not published yet."
+    )
+
+    class Meta:
+        verbose_name = "CRL entry"
+        verbose_name_plural = "CRL entries"
+        indexes = [
+            models.Index(fields=["ca", "not_after"], name="crl_entry_ca_not_after_idx"),
+            models.Index(
+                fields=["ca"],
+                condition=Q(first_crl_number__isnull=True),
+                name="crl_entry_unpublished_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"CRL entry of {self.certificate_id}"
+
+
 class RevocationList(models.Model):
     ca = models.ForeignKey(
         CertificateAuthority, on_delete=models.PROTECT, related_name="revocation_lists"
@@ -392,6 +444,16 @@ class ArchivedKey(models.Model):
         return f"Archived key of {self.certificate}"
 
 
+class AppendOnlyQuerySet(models.QuerySet):
+    """Bulk updates and deletes are refused: the audit trail only grows."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise PermissionDenied("Audit events are append-only.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise PermissionDenied("Audit events are append-only.")
+
+
 class AuditEvent(models.Model):
     """Append-only record of every privileged action."""
 
@@ -411,9 +473,177 @@ class AuditEvent(models.Model):
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.SUCCESS)
     source_address = models.GenericIPAddressField(null=True, blank=True)
     detail = models.JSONField(default=dict, blank=True)
+    previous_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 over this event and previous_hash."
+    )
+
+    objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise PermissionDenied("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise PermissionDenied("Audit events are append-only.")
+
+
+class AuditChainHead(models.Model):
+    """The newest link of the audit hash chain; its row lock serialises appends."""
+
+    last_hash = models.CharField(max_length=64, blank=True)
+    last_event_id = models.BigIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"audit chain head at event {self.last_event_id}"
+
+
+# --- key recovery under dual control, expiry notices (issue 6) --------------------------
+
+
+class KeyRecoveryRequest(models.Model):
+    """An officer's request to recover one archived key, from opening to download.
+
+    Between a recovery agent performing it and the named person downloading it, ``bundle``
+    holds the recovered key as a PKCS#12 under a one-time password that is never stored;
+    the bundle is wiped on download or when the download window closes.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting for approval"
+        APPROVED = "approved", "Approved: waiting for a key recovery agent"
+        READY = "ready", "Recovered: waiting for download"
+        DOWNLOADED = "downloaded", "Downloaded"
+        EXPIRED = "expired", "Expired before download"
+        REJECTED = "rejected", "Rejected"
+
+    class Recipient(models.TextChoices):
+        OWNER = "owner", "The key owner"
+        REQUESTER = "requester", "The requesting officer"
+
+    certificate = models.ForeignKey(
+        Certificate, on_delete=models.PROTECT, related_name="recovery_requests"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.TextField()
+    deliver_to = models.CharField(max_length=10, choices=Recipient.choices)
+    pkcs12_format = models.CharField(
+        max_length=12,
+        choices=[("modern", "Modern (AES-256)"), ("compatible", "Compatible (3DES)")],
+        default="modern",
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decision_reason = models.TextField(blank=True)
+    agent = models.ForeignKey(
+        KeyRecoveryAgent, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    performed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    performed_at = models.DateTimeField(null=True, blank=True)
+    bundle = models.BinaryField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="PKCS#12 under a one-time password that is never stored; wiped on download.",
+    )
+    download_expires_at = models.DateTimeField(null=True, blank=True)
+    downloaded_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # The recovered key waits only while a download is possible.
+            models.CheckConstraint(
+                condition=Q(state="ready", bundle__isnull=False, download_expires_at__isnull=False)
+                | (~Q(state="ready") & Q(bundle__isnull=True)),
+                name="recovery_bundle_only_while_ready",
+            ),
+            models.UniqueConstraint(
+                fields=["certificate"],
+                condition=Q(state__in=["pending", "approved", "ready"]),
+                name="one_open_recovery_per_certificate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Key recovery #{self.pk} for {self.certificate}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in (self.State.PENDING, self.State.APPROVED, self.State.READY)
+
+    @property
+    def recipient_id(self) -> int | None:
+        """The one account that may download the recovered key."""
+        if self.deliver_to == self.Recipient.OWNER:
+            return self.certificate.owner_id
+        return self.requested_by_id
+
+
+class KeyRecoveryApproval(models.Model):
+    """One officer's approval of a recovery; the requester's own never exists."""
+
+    request = models.ForeignKey(
+        KeyRecoveryRequest, on_delete=models.PROTECT, related_name="approvals"
+    )
+    officer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "officer"], name="one_approval_per_officer")
+        ]
+
+    def __str__(self) -> str:
+        return f"Approval of recovery #{self.request_id} by {self.officer_id}"
+
+
+class ExpiryNotice(models.Model):
+    """An expiry mail sent for one certificate at one threshold: never twice (unique)."""
+
+    certificate = models.ForeignKey(
+        Certificate, on_delete=models.CASCADE, related_name="expiry_notices"
+    )
+    threshold_days = models.PositiveSmallIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-sent_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["certificate", "threshold_days"], name="one_expiry_notice_per_threshold"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.threshold_days}-day notice for {self.certificate_id}"
+
+
+class AgentExpiryWarning(models.Model):
+    """The admins were warned that the last valid recovery agent certificate expires soon."""
+
+    agent = models.OneToOneField(
+        KeyRecoveryAgent, on_delete=models.CASCADE, related_name="expiry_warning"
+    )
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Expiry warning for {self.agent}"

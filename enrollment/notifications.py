@@ -14,7 +14,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from enrollment.models import CertificateRequest
+from enrollment.models import Certificate, CertificateRequest
 
 logger = logging.getLogger(__name__)
 
@@ -44,4 +44,22 @@ def request_decided(request: CertificateRequest) -> None:
             "url": reverse("enrollment:request-detail", args=[request.pk]),
         },
         request.requester.email,
+    )
+
+
+def certificate_revoked(certificate: Certificate, *, actor: object = None) -> None:
+    """Tell the holder: they learn of a revocation they did not make, or confirm their own."""
+    owner = certificate.owner
+    if owner is None:
+        return
+    _send(
+        "Your certificate was revoked",
+        "enrollment/email/certificate_revoked.txt",
+        {
+            "certificate": certificate,
+            "owner": owner,
+            "by_holder": getattr(actor, "pk", None) == owner.pk,
+            "url": reverse("enrollment:certificate-detail", args=[certificate.pk]),
+        },
+        owner.email,
     )

@@ -25,6 +25,10 @@ class CertificateQuerySet(models.QuerySet):
     def revoked(self) -> CertificateQuerySet:
         return self.filter(status="revoked")
 
+    def encryption_capable(self) -> CertificateQuerySet:
+        """Certificates a sender may encrypt to: encryption-only or dual-use keys."""
+        return self.filter(purpose__in=["encryption", "dual_use"])
+
     def expired(self, now: datetime | None = None) -> CertificateQuerySet:
         return self.filter(not_after__lte=now or timezone.now())
 

@@ -2,42 +2,144 @@
 
 With no CELERY_BROKER_URL, Celery runs tasks eagerly, so queueing on commit runs them
 inline right after the transaction: the embedded default needs no Redis.
+
+Every task is idempotent and acknowledged late: a worker killed mid-task gives the message
+back to the broker (reject_on_worker_lost) and a second run does no harm. A message lost
+with the broker itself is caught by the watchdog, which beat runs every few minutes.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
+from celery.signals import worker_ready
 
-from django.db import OperationalError, transaction
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
 
-from enrollment import services
-from enrollment.models import CertificateAuthority
+from enrollment import health, services
+from enrollment.models import CertificateAuthority, RevocationList
 
 logger = logging.getLogger(__name__)
 
+# Database hiccups are worth retrying; a missing key or a policy error is not: it is
+# recorded on the CA (health check, audit) and the watchdog tries again later.
+RETRY = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 8,
+}
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=8,
-)
-def crl_publish_task(ca_id: int) -> int:
-    """Regenerate one CA's CRL; idempotent: a later run covers everything an earlier one did."""
+
+@shared_task(**RETRY)
+def crl_publish_task(ca_id: int, force: bool = False) -> int | None:
+    """Bring one CA's CRL up to date; the CRL number, or None if it already was.
+
+    Without ``force`` it publishes only if a revocation is on no CRL yet (or the CRL is
+    missing or expired): the tasks of a burst of revocations give one CRL, not one each.
+    """
     ca = CertificateAuthority.objects.get(pk=ca_id)
-    return services.crl_publish(ca=ca).number
+    crl: RevocationList | None
+    try:
+        if force:
+            services.crl_entries_repair(ca=ca)
+            crl = services.crl_publish(ca=ca)
+        else:
+            crl = services.crl_publish_if_due(ca=ca)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        services.crl_failure_record(ca=ca, error=exc)
+        raise
+    return crl.number if crl is not None else None
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def crl_publish_scheduled_task() -> list[int]:
+    """Beat, daily by default: a fresh CRL for every online CA (S/MIME BR 4.9.7)."""
+    ca_ids = list(CertificateAuthority.objects.online().values_list("pk", flat=True))
+    for ca_id in ca_ids:
+        crl_publish_task.delay(ca_id, force=True)
+    return ca_ids
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def crl_watchdog_task() -> dict[str, str]:
+    """Beat, every few minutes: replace CRLs that missed their refresh; report failures.
+
+    An online CA's CRL is regenerated here when it is in its overlap window (the scheduled
+    refresh did not happen) or when a revocation has waited longer than one watchdog
+    period (its queued task was lost with the broker or a worker).
+    """
+    overlap = timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS)
+    pending_for = timedelta(minutes=settings.PKIPORTAL_CRL_WATCHDOG_MINUTES)
+    results: dict[str, str] = {}
+    for ca in CertificateAuthority.objects.online():
+        try:
+            crl = services.crl_publish_if_due(ca=ca, overlap=overlap, pending_for=pending_for)
+        except Exception as exc:
+            services.crl_failure_record(ca=ca, error=exc)
+            results[ca.slug] = f"failed: {type(exc).__name__}"
+            continue
+        results[ca.slug] = f"published #{crl.number}" if crl is not None else "current"
+        if crl is not None:
+            logger.warning("The watchdog published %s's CRL #%d.", ca, crl.number)
+    for warning in health.root_crl_warnings():
+        logger.warning(warning)
+    return results
+
+
+@worker_ready.connect
+def _catch_up_when_a_worker_starts(**kwargs: object) -> None:
+    """A (re)started worker first publishes what is waiting: a crashed worker or a broker
+    that came back empty lost those messages, and the watchdog would take minutes."""
+    try:
+        for ca_id in CertificateAuthority.objects.online().values_list("pk", flat=True):
+            crl_publish_task.delay(ca_id)
+    except Exception:
+        logger.exception("Could not queue the start-up CRL check; the watchdog will run it.")
 
 
 def _send_crl_publish(ca_id: int) -> None:
     try:
-        crl_publish_task.delay(ca_id)
+        # The delay lets a burst of revocations share one CRL.
+        crl_publish_task.apply_async(
+            (ca_id,), countdown=settings.PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS
+        )
     except Exception:
-        # The revocation is committed; the scheduled run brings the CRL up to date.
+        # The revocation is committed; the watchdog brings the CRL up to date.
         logger.exception("Could not queue the CRL for CA %s; the next scheduled run will.", ca_id)
 
 
 def crl_publish_on_commit(ca_id: int) -> None:
     """Queue a CRL regeneration once the current transaction commits."""
     transaction.on_commit(lambda: _send_crl_publish(ca_id), robust=True)
+
+
+# --- issue 6: expiry notices and recovered-key cleanup ---------------------------------
+# Imported here rather than at the top: these modules send mail and audit, and a task
+# module imported by the worker at start-up should not pull them in for CRL work.
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def expiry_notices_task() -> dict[str, int]:
+    """Beat, daily: owners hear 30, 7 and 1 days before expiry (once each); admins hear
+    once when the last recovery agent certificate nears its end."""
+    from enrollment import expiry
+
+    sent = expiry.expiry_notices_send()
+    expiry.agent_expiry_check()
+    return {f"{days}d": count for days, count in sent.items()}
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def recovery_cleanup_task() -> int:
+    """Beat, every few minutes: wipe recovered keys whose download window has closed."""
+    from enrollment import recovery
+
+    return recovery.recovery_expire_due()

@@ -519,6 +519,8 @@ def test_sign_root_crl_publishes_the_roots_crl(hierarchy, passphrase_file):
     assert published.crl.is_signature_valid(hierarchy.root.certificate.public_key())
     assert published.next_update - published.this_update == timedelta(days=365)
     assert "CRL #1" in output
+    warn_from = published.next_update - timedelta(days=30)
+    assert f"/health/ warns from {warn_from:%Y-%m-%d}" in output
 
 
 @pytest.mark.parametrize(

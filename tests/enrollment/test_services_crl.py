@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from django.core import mail
 from django.utils import timezone
 
 from enrollment import keystore, services
@@ -82,7 +83,8 @@ def test_a_committed_revocation_publishes_a_crl_listing_it(
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         services.certificate_revoke(certificate=certificate, reason="superseded")
 
-    assert len(callbacks) == 1
+    assert len(callbacks) == 2  # the CRL and the holder's e-mail
+    assert mail.outbox[0].to == [certificate.owner.email]
     after = certificate.ca.latest_crl()
     assert after.number == before.number + 1
     assert in_crl(after, certificate)

@@ -42,8 +42,10 @@ class Command(BaseCommand):
             )
         except EnrollmentError as exc:
             raise CommandError(exc.message) from exc
+        warn_from = crl.next_update - timedelta(days=settings.PKIPORTAL_ROOT_CRL_WARNING_DAYS)
         self.stdout.write(
             self.style.SUCCESS(
-                f"{ca.name}: CRL #{crl.number}, next update {crl.next_update:%Y-%m-%d}."
+                f"{ca.name}: CRL #{crl.number}, next update {crl.next_update:%Y-%m-%d}. "
+                f"/health/ warns from {warn_from:%Y-%m-%d}: sign the next one before then."
             )
         )

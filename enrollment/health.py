@@ -1,0 +1,142 @@
+"""Is every CA's CRL fresh? Read-only checks for /health/, the watchdog and the RA console.
+
+A stale or unreachable CRL is the classic reason S/MIME signatures show errors, so each
+CA's CRL gets a verdict: "ok", "warn" (the offline root's CRL expires within
+PKIPORTAL_ROOT_CRL_WARNING_DAYS: bring the key out) or "fail" (no CRL, expired, missed its
+refresh, a failed publication, or revocations waiting for a CRL far too long).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Min
+from django.utils import timezone
+
+from enrollment.models import CertificateAuthority, CrlEntry, RevocationList
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+_RANK = {OK: 0, WARN: 1, FAIL: 2}
+
+
+def worst(*statuses: str) -> str:
+    """The most serious of several verdicts ("ok" < "warn" < "fail")."""
+    return max(statuses, key=_RANK.__getitem__, default=OK)
+
+
+@dataclass
+class CrlStatus:
+    """One CA's CRL as monitoring sees it."""
+
+    slug: str
+    name: str
+    online: bool
+    number: int | None = None
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+    entries: int | None = None
+    unpublished_revocations: int = 0
+    oldest_unpublished: datetime | None = None
+    failed_at: datetime | None = None
+    error: str = ""
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return FAIL if self.problems else WARN if self.warnings else OK
+
+    def as_dict(self) -> dict[str, Any]:
+        def when(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment is not None else None
+
+        return {
+            "status": self.status,
+            "online": self.online,
+            "number": self.number,
+            "this_update": when(self.this_update),
+            "next_update": when(self.next_update),
+            "entries": self.entries,
+            "unpublished_revocations": self.unpublished_revocations,
+            "oldest_unpublished": when(self.oldest_unpublished),
+            "last_failure": when(self.failed_at),
+            "last_error": self.error,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+def crl_status(now: datetime | None = None) -> list[CrlStatus]:
+    """The verdict on every CA's newest CRL, root first."""
+    now = now or timezone.now()
+    overlap = timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS)
+    warning = timedelta(days=settings.PKIPORTAL_ROOT_CRL_WARNING_DAYS)
+    # A revocation normally reaches a CRL within seconds; after two watchdog periods the
+    # task and the watchdog have both missed it.
+    patience = timedelta(minutes=2 * settings.PKIPORTAL_CRL_WATCHDOG_MINUTES)
+    waiting = {
+        row["ca"]: row
+        for row in CrlEntry.objects.filter(first_crl_number__isnull=True)
+        .values("ca")
+        .annotate(count=Count("pk"), oldest=Min("certificate__revoked_at"))
+    }
+    statuses = []
+    for ca in CertificateAuthority.objects.order_by("parent_id", "name"):
+        crl = (
+            RevocationList.objects.filter(ca=ca)
+            .newest_first()
+            .only("number", "this_update", "next_update", "entries")
+            .first()
+        )
+        status = CrlStatus(ca.slug, ca.name, ca.is_online, failed_at=ca.crl_failed_at)
+        if ca.crl_failed_at is not None:
+            status.error = ca.crl_error
+            status.problems.append(
+                f"Publishing failed at {ca.crl_failed_at:%Y-%m-%d %H:%M} UTC: {ca.crl_error}"
+            )
+        pending = waiting.get(ca.pk)
+        if pending is not None:
+            status.unpublished_revocations = pending["count"]
+            status.oldest_unpublished = pending["oldest"]
+            if pending["oldest"] is not None and now - pending["oldest"] > patience:
+                status.problems.append(
+                    f"{pending['count']} revocation(s) have waited for a CRL since "
+                    f"{pending['oldest']:%Y-%m-%d %H:%M} UTC: are the worker and beat running?"
+                )
+        if crl is None:
+            status.problems.append("No CRL has been published.")
+            statuses.append(status)
+            continue
+        status.number, status.entries = crl.number, crl.entries
+        status.this_update, status.next_update = crl.this_update, crl.next_update
+        if crl.next_update <= now:
+            status.problems.append(f"The CRL expired at {crl.next_update:%Y-%m-%d %H:%M} UTC.")
+        elif ca.is_online and crl.next_update - now <= overlap:
+            status.problems.append(
+                f"The CRL is older than its refresh interval and ends at "
+                f"{crl.next_update:%Y-%m-%d %H:%M} UTC: are the worker and beat running?"
+            )
+        elif not ca.is_online and crl.next_update - now <= warning:
+            status.warnings.append(_root_warning(ca, crl.next_update))
+        statuses.append(status)
+    return statuses
+
+
+def _root_warning(ca: CertificateAuthority, next_update: datetime) -> str:
+    return (
+        f"{ca.name}'s CRL expires on {next_update:%Y-%m-%d %H:%M} UTC: bring the offline key "
+        f"out and run `manage.py sign_root_crl --ca {ca.slug} --key-file ...` before then."
+    )
+
+
+def root_crl_warnings(now: datetime | None = None) -> list[str]:
+    """What the RA console shows about offline CAs: CRLs that expire within a month or have."""
+    return [
+        message
+        for status in crl_status(now)
+        if not status.online
+        for message in (*status.problems, *status.warnings)
+    ]

@@ -1,0 +1,111 @@
+"""/health/: database, broker, worker and CRL freshness as JSON, 503 when something is wrong.
+
+Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
+staff and RA officers also get each check's details, which name CAs, errors and hosts.
+"Warn" (the offline root's CRL expires within a month) still answers 200.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+
+from enrollment import health
+from enrollment.permissions import is_ra_officer
+
+# A probe must answer quickly even when the broker host is gone.
+BROKER_TIMEOUT_SECONDS = 2.0
+WORKER_TIMEOUT_SECONDS = 1.0
+
+
+def _database() -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return {"status": health.FAIL, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"status": health.OK, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _broker_connection() -> Any:
+    from kombu import Connection
+
+    return Connection(
+        settings.CELERY_BROKER_URL,
+        connect_timeout=BROKER_TIMEOUT_SECONDS,
+        transport_options={"socket_connect_timeout": BROKER_TIMEOUT_SECONDS},
+    )
+
+
+def _broker() -> dict[str, Any]:
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return {"status": health.OK, "mode": "inline"}
+    started = time.perf_counter()
+    try:
+        with _broker_connection() as broker:
+            broker.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_SECONDS)
+    except Exception as exc:
+        return {"status": health.FAIL, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"status": health.OK, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _worker() -> dict[str, Any]:
+    """`celery inspect ping`, answered by the first worker or given up after a second."""
+    from pkiportal.celery import app
+
+    try:
+        with _broker_connection() as broker:
+            replies = app.control.ping(timeout=WORKER_TIMEOUT_SECONDS, limit=1, connection=broker)
+    except Exception as exc:
+        return {"status": health.FAIL, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    if not replies:
+        return {"status": health.FAIL, "error": "No Celery worker answered a ping."}
+    return {"status": health.OK, "answered": sorted(name for reply in replies for name in reply)}
+
+
+def checks() -> dict[str, Any]:
+    """Every check's details; the overall verdict is the worst of them."""
+    results: dict[str, Any] = {"database": _database()}
+    results["broker"] = _broker()
+    if results["broker"].get("mode") == "inline":
+        results["worker"] = {"status": health.OK, "mode": "inline"}
+    elif results["broker"]["status"] == health.OK:
+        results["worker"] = _worker()
+    else:
+        results["worker"] = {"status": health.FAIL, "error": "The broker is unreachable."}
+    if results["database"]["status"] == health.OK:
+        crls = health.crl_status()
+        results["crl"] = {
+            "status": health.worst(*(status.status for status in crls)),
+            "authorities": {status.slug: status.as_dict() for status in crls},
+        }
+    else:
+        results["crl"] = {"status": health.FAIL, "error": "The database is unreachable."}
+    return results
+
+
+def _may_see_details(request: HttpRequest) -> bool:
+    try:
+        user = request.user
+        return bool(user.is_authenticated and (user.is_staff or is_ra_officer(user)))
+    except Exception:  # the session lives in the database, which may be what is down
+        return False
+
+
+@never_cache
+@require_safe
+def health_view(request: HttpRequest) -> JsonResponse:
+    results = checks()
+    overall = health.worst(*(check["status"] for check in results.values()))
+    body: dict[str, Any] = {"status": overall}
+    if _may_see_details(request):
+        body["checks"] = results
+    return JsonResponse(body, status=503 if overall == health.FAIL else 200)

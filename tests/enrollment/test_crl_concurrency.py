@@ -1,0 +1,137 @@
+"""Publishers and revokers at once on PostgreSQL: numbers only go up, nothing is lost.
+
+Each thread has its own database connection, so the row locks are real. SQLite
+serialises every writer anyway, so these run on PostgreSQL only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cryptography import x509
+
+from django.db import connection, transaction
+
+from enrollment import services, tasks
+from enrollment.models import AuditEvent, CrlEntry, RevocationList
+from tests.enrollment.tools import issue
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
+    ),
+]
+
+REASONS = [None, "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]
+
+
+def run_threads(*targets) -> list[BaseException]:
+    """Start every target at the same moment; each closes its own connection."""
+    barrier = threading.Barrier(len(targets))
+    errors: list[BaseException] = []
+
+    def wrapped(target) -> None:
+        try:
+            barrier.wait(timeout=30)
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=wrapped, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return errors
+
+
+def test_concurrent_revokers_and_publishers_never_share_a_number_or_lose_a_revocation(
+    hierarchy, template, employee, ec_p256_key
+):
+    ca = hierarchy.issuing
+    certificates = [issue(employee, template("smime-signing"), ec_p256_key) for _ in range(24)]
+
+    def revoker(chunk):
+        def revoke() -> None:
+            # Tasks run inline here, so every revocation also publishes right after commit.
+            for index, certificate in enumerate(chunk):
+                services.certificate_revoke(
+                    certificate=certificate, reason=REASONS[index % len(REASONS)]
+                )
+
+        return revoke
+
+    def publisher(forced: bool):
+        def publish() -> None:
+            for _ in range(5):
+                if forced:
+                    services.crl_publish(ca=ca)
+                else:
+                    services.crl_publish_if_due(ca=ca)
+
+        return publish
+
+    errors = run_threads(
+        *(revoker(certificates[start::3]) for start in range(3)),
+        publisher(True),
+        publisher(True),
+        publisher(False),
+    )
+
+    assert errors == []
+    # Every publication, in the order it committed: numbers strictly increase, none shared.
+    numbers = [
+        event.detail["number"]
+        for event in AuditEvent.objects.filter(
+            action="crl.publish", outcome="success", object_type="enrollment.RevocationList"
+        ).order_by("pk")
+    ]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert len(numbers) > services.CRL_HISTORY  # enough contention to mean something
+    published = list(RevocationList.objects.filter(ca=ca).order_by("number"))
+    assert [crl.number for crl in published] == numbers[-services.CRL_HISTORY :]
+    assert all(
+        a.this_update <= b.this_update for a, b in zip(published, published[1:], strict=False)
+    )
+    newest = x509.load_der_x509_crl(bytes(published[-1].der))
+    assert {entry.serial_number for entry in newest} == {
+        int(certificate.serial, 16) for certificate in certificates
+    }
+    assert not CrlEntry.objects.filter(first_crl_number__isnull=True).exists()
+    number = newest.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number == numbers[-1] == hierarchy.issuing.latest_crl().number
+
+
+def test_a_revocation_does_not_wait_for_a_crl_being_built(
+    hierarchy, template, employee, ec_p256_key, monkeypatch
+):
+    """The publisher's lock (FOR NO KEY UPDATE) lets the revocation insert its CRL entry."""
+    monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)  # as with a broker
+    certificate = issue(employee, template("smime-signing"), ec_p256_key)
+    locked, release = threading.Event(), threading.Event()
+
+    def build_a_huge_crl() -> None:
+        with transaction.atomic():
+            services._lock_ca(hierarchy.issuing)
+            locked.set()
+            release.wait(timeout=20)
+
+    holder = threading.Thread(target=lambda: run_threads(build_a_huge_crl))
+    holder.start()
+    assert locked.wait(timeout=10)
+    started = time.monotonic()
+    try:
+        services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+    assert elapsed < 1.0
+    assert CrlEntry.objects.filter(certificate=certificate).exists()

@@ -1,0 +1,363 @@
+"""Issue 5: revocations reach the CRL once, fast, and never get lost.
+
+Entries are encoded when the revocation commits; a burst of queued tasks publishes one CRL;
+the watchdog catches stale CRLs and lost messages and records what it could not fix.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cryptography import x509
+
+from django.apps import apps
+from django.core import mail
+from django.utils import timezone
+
+from enrollment import keystore, services, tasks
+from enrollment.exceptions import NotPermitted, PolicyViolation
+from enrollment.models import (
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CrlEntry,
+    RevocationList,
+)
+from enrollment.x509 import crl_fast
+from enrollment.x509.crl import RevocationReason, RevokedEntry, build_crl
+from tests.enrollment.tools import issue
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def make_certificate(hierarchy, template, employee, ec_p256_key):
+    return lambda owner=employee: issue(owner, template("smime-signing"), ec_p256_key)
+
+
+def listed(crl: RevocationList, certificate: Certificate) -> x509.RevokedCertificate | None:
+    parsed = x509.load_der_x509_crl(bytes(RevocationList.objects.get(pk=crl.pk).der))
+    return parsed.get_revoked_certificate_by_serial_number(int(certificate.serial, 16))
+
+
+def revoke_queued(
+    certificate: Certificate, django_capture_on_commit_callbacks, reason=None, **options
+):
+    """Revoke as with a broker: the CRL task is queued on commit, not run."""
+    with django_capture_on_commit_callbacks(execute=False):
+        return services.certificate_revoke(certificate=certificate, reason=reason, **options)
+
+
+# --- the entry, encoded once -----------------------------------------------------------
+
+
+def test_a_revocation_stores_its_crl_entry_unpublished(
+    make_certificate, django_capture_on_commit_callbacks
+):
+    certificate = make_certificate()
+    compromised = timezone.now() - timedelta(days=2)
+
+    revoked = revoke_queued(
+        certificate,
+        django_capture_on_commit_callbacks,
+        reason="keyCompromise",
+        invalidity_date=compromised,
+    )
+
+    entry = CrlEntry.objects.get(certificate=certificate)
+    assert entry.first_crl_number is None
+    assert entry.not_after == certificate.not_after
+    assert bytes(entry.der) == crl_fast.encode_entry(
+        RevokedEntry(
+            int(certificate.serial, 16),
+            revoked.revoked_at,
+            RevocationReason.KEY_COMPROMISE,
+            compromised,
+        )
+    )
+
+
+def test_the_published_crl_is_the_one_cryptography_would_build_from_the_rows(
+    make_certificate, django_capture_on_commit_callbacks
+):
+    reasons = [None, "keyCompromise", "affiliationChanged", "superseded", "privilegeWithdrawn"]
+    for reason in reasons:
+        revoke_queued(make_certificate(), django_capture_on_commit_callbacks, reason=reason)
+    ca = CertificateAuthority.objects.get(slug="issuing")
+
+    published = services.crl_publish(ca=ca)
+
+    rows = Certificate.objects.filter(ca=ca).revoked().order_by("pk")
+    reference = build_crl(
+        issuer_certificate=ca.certificate,
+        issuer_key=keystore._ca_key(ca),
+        entries=[
+            RevokedEntry(
+                int(row.serial, 16),
+                row.revoked_at,
+                RevocationReason(row.revocation_reason) if row.revocation_reason else None,
+            )
+            for row in rows
+        ],
+        crl_number=published.number,
+        this_update=published.this_update,
+        next_update=published.next_update,
+    )
+    assert published.crl.tbs_certlist_bytes == reference.tbs_certlist_bytes
+    assert published.crl.is_signature_valid(ca.certificate.public_key())
+    assert published.entries == len(reasons)
+    assert set(CrlEntry.objects.values_list("first_crl_number", flat=True)) == {published.number}
+
+
+# --- coalescing -------------------------------------------------------------------------
+
+
+def test_a_burst_of_queued_tasks_publishes_one_crl_listing_every_revocation(
+    make_certificate, django_capture_on_commit_callbacks
+):
+    certificates = [make_certificate() for _ in range(30)]
+    ca = certificates[0].ca
+    before = ca.latest_crl().number
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        for certificate in certificates:
+            services.certificate_revoke(certificate=certificate, reason="superseded")
+
+    # Each revocation queued its task; the worker runs them one after the other.
+    numbers = [tasks.crl_publish_task(ca.pk) for _ in certificates]
+
+    assert len(queued) == 2 * len(certificates)  # a CRL task and an e-mail each
+    assert numbers == [before + 1] + [None] * (len(certificates) - 1)
+    newest = ca.latest_crl()
+    assert newest.entries == len(certificates)
+    assert all(listed(newest, certificate) for certificate in certificates)
+
+
+def test_a_revocation_committed_after_a_crl_gets_the_next_one(
+    make_certificate, django_capture_on_commit_callbacks
+):
+    first, second = make_certificate(), make_certificate()
+    revoke_queued(first, django_capture_on_commit_callbacks)
+    assert tasks.crl_publish_task(first.ca_id) is not None
+
+    revoke_queued(second, django_capture_on_commit_callbacks)
+    newest = RevocationList.objects.get(number=tasks.crl_publish_task(first.ca_id), ca=first.ca)
+
+    assert listed(newest, first) is not None
+    assert listed(newest, second) is not None
+
+
+def test_the_task_is_queued_with_the_coalescing_delay(
+    make_certificate, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    settings.PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS = 3
+    sent = []
+    monkeypatch.setattr(
+        tasks.crl_publish_task, "apply_async", lambda args, **options: sent.append((args, options))
+    )
+    certificate = make_certificate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.certificate_revoke(certificate=certificate, reason=None)
+
+    assert sent == [((certificate.ca_id,), {"countdown": 3})]
+
+
+def test_with_the_broker_down_the_revocation_commits_and_the_watchdog_catches_up(
+    make_certificate, django_capture_on_commit_callbacks, monkeypatch, time_machine, caplog
+):
+    def broker_down(*args, **kwargs):
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(tasks.crl_publish_task, "apply_async", broker_down)
+    certificate = make_certificate()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+    certificate.refresh_from_db()
+    assert certificate.status == "revoked"
+    assert "next scheduled run" in caplog.text
+
+    assert tasks.crl_watchdog_task() == {"issuing": "current"}  # too recent to call it lost
+    time_machine.move_to(timezone.now() + timedelta(minutes=6))
+    result = tasks.crl_watchdog_task()
+
+    assert result["issuing"].startswith("published #")
+    assert listed(certificate.ca.latest_crl(), certificate) is not None
+
+
+# --- due or not -------------------------------------------------------------------------
+
+
+def test_nothing_is_published_while_the_crl_is_current(hierarchy):
+    assert services.crl_publish_if_due(ca=hierarchy.issuing) is None
+    assert hierarchy.issuing.latest_crl().number == 1
+
+
+def test_a_crl_in_its_overlap_window_is_replaced(hierarchy, time_machine):
+    crl = hierarchy.issuing.latest_crl()
+    overlap = timedelta(hours=72)
+    time_machine.move_to(crl.next_update - overlap - timedelta(minutes=1))
+    assert services.crl_publish_if_due(ca=hierarchy.issuing, overlap=overlap) is None
+
+    time_machine.move_to(crl.next_update - overlap + timedelta(minutes=1))
+    fresh = services.crl_publish_if_due(ca=hierarchy.issuing, overlap=overlap)
+
+    assert fresh.number == crl.number + 1
+
+
+def test_a_ca_without_a_crl_gets_one(hierarchy):
+    RevocationList.objects.filter(ca=hierarchy.issuing).delete()
+
+    assert services.crl_publish_if_due(ca=hierarchy.issuing).number == 1
+
+
+def test_the_clock_never_runs_a_crl_backwards(hierarchy, time_machine):
+    crl = hierarchy.issuing.latest_crl()
+    time_machine.move_to(crl.this_update - timedelta(minutes=5))
+
+    published = services.crl_publish(ca=hierarchy.issuing)
+
+    assert published.this_update == crl.this_update
+    assert published.number == crl.number + 1
+
+
+# --- the schedule and the watchdog -----------------------------------------------------
+
+
+def test_the_scheduled_run_publishes_every_online_ca(hierarchy):
+    assert tasks.crl_publish_scheduled_task() == [hierarchy.issuing.pk]
+
+    assert hierarchy.issuing.latest_crl().number == 2
+    assert not hierarchy.root.revocation_lists.exists()  # offline: signed with sign_root_crl
+
+
+def test_the_scheduled_run_encodes_entries_revoked_behind_the_services_back(make_certificate):
+    certificate = make_certificate()
+    Certificate.objects.filter(pk=certificate.pk).update(
+        status="revoked", revoked_at=timezone.now(), revocation_reason="superseded"
+    )
+
+    tasks.crl_publish_scheduled_task()
+
+    assert CrlEntry.objects.filter(certificate=certificate).exists()
+    assert listed(certificate.ca.latest_crl(), certificate) is not None
+
+
+def test_the_watchdog_replaces_a_crl_that_missed_its_refresh(hierarchy, settings, time_machine):
+    crl = hierarchy.issuing.latest_crl()
+    time_machine.move_to(crl.next_update - timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS))
+
+    assert tasks.crl_watchdog_task() == {"issuing": f"published #{crl.number + 1}"}
+
+
+def test_a_failure_is_logged_audited_and_visible_until_the_next_success(
+    hierarchy, settings, time_machine, caplog
+):
+    crl = hierarchy.issuing.latest_crl()
+    time_machine.move_to(crl.next_update - timedelta(hours=1))
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"
+    keystore._PROCESS_KEYS.clear()
+
+    assert tasks.crl_watchdog_task() == {"issuing": "failed: KeyStoreError"}
+
+    ca = CertificateAuthority.objects.get(pk=hierarchy.issuing.pk)
+    assert ca.crl_failed_at is not None
+    assert ca.crl_error_code == "KeyStoreError"
+    assert "cannot be opened" in ca.crl_error
+    assert "Publishing the CRL of Test Issuing CA failed" in caplog.text
+    event = AuditEvent.objects.get(action="crl.publish", outcome="failure")
+    assert event.detail["error_code"] == "KeyStoreError"
+
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "online CA passphrase for tests"
+    assert tasks.crl_watchdog_task()["issuing"].startswith("published")
+    ca.refresh_from_db()
+    assert (ca.crl_failed_at, ca.crl_error_code, ca.crl_error) == (None, "", "")
+
+
+def test_a_failing_event_task_records_the_failure_and_raises(
+    make_certificate, settings, django_capture_on_commit_callbacks
+):
+    certificate = make_certificate()
+    revoke_queued(certificate, django_capture_on_commit_callbacks)
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"
+    keystore._PROCESS_KEYS.clear()
+
+    with pytest.raises(keystore.KeyStoreError):
+        tasks.crl_publish_task(certificate.ca_id)
+
+    assert CertificateAuthority.objects.get(pk=certificate.ca_id).crl_failed_at is not None
+    assert CrlEntry.objects.get(certificate=certificate).first_crl_number is None
+
+
+# --- who may revoke, and what they are told ---------------------------------------------
+
+
+def test_a_colleague_cannot_revoke_someone_elses_certificate(make_certificate, colleague):
+    certificate = make_certificate()
+
+    with pytest.raises(NotPermitted, match="your own"):
+        services.certificate_revoke(certificate=certificate, reason=None, actor=colleague)
+
+    assert Certificate.objects.get(pk=certificate.pk).status == "valid"
+    assert not CrlEntry.objects.exists()
+
+
+def test_an_officer_revokes_any_certificate_and_the_holder_is_told(
+    make_certificate, officer, employee, django_capture_on_commit_callbacks
+):
+    certificate = make_certificate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.certificate_revoke(certificate=certificate, reason="keyCompromise", actor=officer)
+
+    assert [message.to for message in mail.outbox] == [[employee.email]]
+    assert "by an RA officer" in mail.outbox[0].body
+    assert "Key compromise" in mail.outbox[0].body
+    assert certificate.serial in mail.outbox[0].body
+
+
+def test_the_holder_revoking_gets_a_confirmation(
+    make_certificate, employee, django_capture_on_commit_callbacks
+):
+    certificate = make_certificate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.certificate_revoke(certificate=certificate, reason=None, actor=employee)
+
+    assert len(mail.outbox) == 1
+    assert "RA officer" not in mail.outbox[0].body.split("If you did not")[0]
+
+
+def test_an_entry_on_the_roots_crl_needs_a_reason(make_certificate, hierarchy):
+    certificate = make_certificate()
+    Certificate.objects.filter(pk=certificate.pk).update(ca=hierarchy.root)
+
+    with pytest.raises(PolicyViolation, match="needs a reason code"):
+        services.certificate_revoke(certificate=certificate, reason=None)
+
+    assert Certificate.objects.get(pk=certificate.pk).status == "valid"
+
+
+# --- the migration's backfill ------------------------------------------------------------
+
+
+def test_the_migration_encodes_entries_for_certificates_revoked_before_it(
+    make_certificate, django_capture_on_commit_callbacks
+):
+    import importlib
+
+    migration = importlib.import_module("enrollment.migrations.0004_crl_publishing")
+    published, waiting = make_certificate(), make_certificate()
+    revoke_queued(published, django_capture_on_commit_callbacks, reason="superseded")
+    crl = services.crl_publish(ca=published.ca)
+    revoke_queued(waiting, django_capture_on_commit_callbacks, reason=None)
+    expected = {entry.pk: bytes(entry.der) for entry in CrlEntry.objects.all()}
+    CrlEntry.objects.all().delete()
+
+    migration.encode_existing_entries(apps, None)
+
+    entries = {entry.pk: entry for entry in CrlEntry.objects.all()}
+    assert {pk: bytes(entry.der) for pk, entry in entries.items()} == expected
+    assert entries[published.pk].first_crl_number == crl.number
+    assert entries[waiting.pk].first_crl_number is None

@@ -1,0 +1,198 @@
+"""/health/: a verdict for everyone, details for staff and RA officers, 503 when wrong."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+
+from django.db import OperationalError
+from django.utils import timezone
+
+from enrollment import health, keystore, services
+from enrollment.models import CertificateAuthority, CrlEntry
+from tests.conftest import client_for
+from tests.enrollment.tools import issue
+
+pytestmark = pytest.mark.django_db
+
+REDIS_URL = os.environ.get("PKIPORTAL_TEST_REDIS_URL", "")
+
+
+@pytest.fixture
+def signed_root(hierarchy):
+    """The root's CRL, as `sign_root_crl` makes it after create_pki."""
+    return services.crl_publish(
+        ca=hierarchy.root,
+        offline_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+    )
+
+
+@pytest.fixture
+def staff(db):
+    from tests.factories import UserFactory
+
+    return UserFactory(username="sam", is_staff=True)
+
+
+def details(user):
+    response = client_for(user).get("/health/")
+    return response.status_code, response.json()
+
+
+def test_all_well_answers_200_and_anonymous_callers_see_only_the_verdict(
+    anonymous_client, signed_root
+):
+    response = anonymous_client.get("/health/")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.mark.parametrize("who", ["employee", "colleague"])
+def test_people_without_a_role_see_only_the_verdict(request, who, signed_root):
+    status, body = details(request.getfixturevalue(who))
+
+    assert (status, body) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("who", ["officer", "staff", "admin_user"])
+def test_officers_and_staff_see_every_check(request, who, signed_root):
+    status, body = details(request.getfixturevalue(who))
+
+    assert status == 200
+    checks = body["checks"]
+    assert checks["database"]["status"] == "ok"
+    assert checks["broker"] == {"status": "ok", "mode": "inline"}
+    assert checks["worker"] == {"status": "ok", "mode": "inline"}
+    issuing = checks["crl"]["authorities"]["issuing"]
+    assert issuing["status"] == "ok"
+    assert issuing["number"] == 1
+    assert issuing["unpublished_revocations"] == 0
+    assert checks["crl"]["authorities"]["root"]["online"] is False
+
+
+def test_a_root_without_a_crl_is_a_failure(hierarchy, officer):
+    status, body = details(officer)
+
+    assert status == 503
+    assert body["status"] == "fail"
+    assert body["checks"]["crl"]["authorities"]["root"]["problems"] == [
+        "No CRL has been published."
+    ]
+
+
+def test_the_root_crl_warns_a_month_before_it_expires(signed_root, officer, time_machine):
+    time_machine.move_to(signed_root.next_update - timedelta(days=29))
+    services.crl_publish(ca=CertificateAuthority.objects.get(slug="issuing"))
+
+    status, body = details(officer)
+
+    assert status == 200
+    assert body["status"] == "warn"
+    root = body["checks"]["crl"]["authorities"]["root"]
+    assert "sign_root_crl --ca root" in root["warnings"][0]
+    assert health.root_crl_warnings() == root["warnings"]
+
+
+def test_an_expired_crl_is_a_failure(signed_root, officer, time_machine):
+    time_machine.move_to(signed_root.next_update + timedelta(minutes=1))
+    services.crl_publish(ca=CertificateAuthority.objects.get(slug="issuing"))
+
+    status, body = details(officer)
+
+    assert status == 503
+    assert "expired" in body["checks"]["crl"]["authorities"]["root"]["problems"][0]
+    assert health.root_crl_warnings()[0].startswith("The CRL expired")
+
+
+def test_a_crl_that_missed_its_refresh_is_a_failure(signed_root, officer, settings, time_machine):
+    issuing = CertificateAuthority.objects.get(slug="issuing").latest_crl()
+    time_machine.move_to(
+        issuing.next_update - timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS)
+    )
+
+    status, body = details(officer)
+
+    assert status == 503
+    assert (
+        "older than its refresh interval"
+        in (body["checks"]["crl"]["authorities"]["issuing"]["problems"][0])
+    )
+
+
+def test_a_failed_publication_is_a_failure_until_the_next_success(signed_root, officer):
+    ca = CertificateAuthority.objects.get(slug="issuing")
+    services.crl_failure_record(ca=ca, error=keystore.KeyStoreError("The CA key is gone."))
+
+    status, body = details(officer)
+    assert status == 503
+    issuing = body["checks"]["crl"]["authorities"]["issuing"]
+    assert issuing["last_error"] == "The CA key is gone."
+
+    services.crl_publish(ca=ca)
+    assert details(officer)[0] == 200
+
+
+def test_revocations_waiting_too_long_for_a_crl_are_a_failure(
+    signed_root, officer, employee, template, ec_p256_key, time_machine, monkeypatch
+):
+    from enrollment import tasks
+
+    monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)  # the message is lost
+    certificate = issue(employee, template("smime-signing"), ec_p256_key)
+    services.certificate_revoke(certificate=certificate, reason=None)
+    assert details(officer)[0] == 200  # seconds old: the queued task is still coming
+
+    time_machine.move_to(timezone.now() + timedelta(minutes=11))
+    status, body = details(officer)
+
+    assert status == 503
+    issuing = body["checks"]["crl"]["authorities"]["issuing"]
+    assert issuing["unpublished_revocations"] == 1
+    assert "waited for a CRL" in issuing["problems"][0]
+    assert CrlEntry.objects.get().first_crl_number is None
+
+
+def test_an_unreachable_broker_is_a_failure(signed_root, officer, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+
+    status, body = details(officer)
+
+    assert status == 503
+    assert body["checks"]["broker"]["status"] == "fail"
+    assert body["checks"]["worker"] == {"status": "fail", "error": "The broker is unreachable."}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not REDIS_URL, reason="PKIPORTAL_TEST_REDIS_URL is not set")
+def test_a_broker_without_a_worker_is_a_failure(signed_root, officer, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.CELERY_BROKER_URL = REDIS_URL.rsplit("/", 1)[0] + "/14"  # no worker listens on 14
+
+    status, body = details(officer)
+
+    assert status == 503
+    assert body["checks"]["broker"]["status"] == "ok"
+    assert body["checks"]["worker"] == {
+        "status": "fail",
+        "error": "No Celery worker answered a ping.",
+    }
+
+
+def test_an_unreachable_database_is_a_failure(anonymous_client, monkeypatch):
+    from pkiportal import health as health_view
+
+    class Broken:
+        def cursor(self):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(health_view, "connection", Broken())
+
+    response = anonymous_client.get("/health/")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "fail"}
