@@ -6,7 +6,7 @@ a CRL past its nextUpdate.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -80,11 +80,14 @@ def _fresh_crl(ca: CertificateAuthority) -> RevocationList | None:
     of requests publish once.
     """
     crl = ca.latest_crl()
-    if ca.is_online and (crl is None or crl.next_update <= timezone.now()):
+    now = timezone.now()
+    if ca.is_online and (crl is None or crl.next_update <= now):
         try:
             services.crl_publish_if_due(ca=ca, pending_for=None)
         except Exception as exc:
-            services.crl_failure_record(ca=ca, error=exc)
+            # Recorded once a minute at most: a crowd of clients must not flood the audit trail.
+            if ca.crl_failed_at is None or now - ca.crl_failed_at > timedelta(minutes=1):
+                services.crl_failure_record(ca=ca, error=exc)
         crl = ca.latest_crl()
     return crl
 

@@ -10,6 +10,8 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
+from celery.schedules import crontab
+
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
@@ -174,7 +176,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# A dead broker must not hold a revocation request for long: fail fast, the watchdog catches up.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_connect_timeout": 2}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
 CELERY_TIMEZONE = TIME_ZONE
 
 REST_FRAMEWORK = {
@@ -196,6 +200,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Self-service S/MIME PKI: enrolment, certificates, directory.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # One name per choice set, whichever API (enrolment, directory) shows it.
+    "ENUM_NAME_OVERRIDES": {
+        "RevocationReasonEnum": "enrollment.models.Certificate.RevocationReasonChoice",
+        "RequestStateEnum": "enrollment.models.CertificateRequest.State",
+        "CertificateStateEnum": ["valid", "revoked", "expired"],
+    },
 }
 
 # --- PKI -----------------------------------------------------------------------------
@@ -229,8 +239,159 @@ PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH = env.int("PKIPORTAL_PKCS12_PASSWORD_MIN_LE
 # Keep each online CA key decrypted in the signing process's memory after first use:
 # decrypting per signature costs ~75 ms (RSA key validation). Never in a shared cache.
 PKIPORTAL_CA_KEY_PROCESS_CACHE = env.bool("PKIPORTAL_CA_KEY_PROCESS_CACHE", default=True)
+# CRLs. S/MIME BR 4.9.7: a subscriber CRL is reissued at least every 7 days with nextUpdate
+# at most 10 days after thisUpdate; a CRL of CA certificates (the root's) at most 12 months.
 PKIPORTAL_CRL_VALIDITY_DAYS = env.int("PKIPORTAL_CRL_VALIDITY_DAYS", default=7)
+PKIPORTAL_CRL_REFRESH_HOURS = env.int("PKIPORTAL_CRL_REFRESH_HOURS", default=24)
+if not 1 <= PKIPORTAL_CRL_VALIDITY_DAYS <= 10:
+    raise ImproperlyConfigured(
+        "PKIPORTAL_CRL_VALIDITY_DAYS must be 1 to 10 (S/MIME BR 4.9.7: nextUpdate at most "
+        "10 days after thisUpdate)."
+    )
+if not 1 <= PKIPORTAL_CRL_REFRESH_HOURS <= min(7 * 24, PKIPORTAL_CRL_VALIDITY_DAYS * 24 - 1):
+    raise ImproperlyConfigured(
+        "PKIPORTAL_CRL_REFRESH_HOURS must be 1 to 168 (S/MIME BR 4.9.7: reissued at least "
+        "every 7 days) and shorter than PKIPORTAL_CRL_VALIDITY_DAYS."
+    )
+# The last part of a CRL's life in which a newer one should long be out: the watchdog
+# replaces (and reports) any CRL that enters it. Default: half the slack between the two.
+_CRL_SLACK_HOURS = PKIPORTAL_CRL_VALIDITY_DAYS * 24 - PKIPORTAL_CRL_REFRESH_HOURS
+PKIPORTAL_CRL_OVERLAP_HOURS = env.int(
+    "PKIPORTAL_CRL_OVERLAP_HOURS", default=max(1, _CRL_SLACK_HOURS // 2)
+)
+if not 1 <= PKIPORTAL_CRL_OVERLAP_HOURS <= _CRL_SLACK_HOURS:
+    raise ImproperlyConfigured(
+        f"PKIPORTAL_CRL_OVERLAP_HOURS must be 1 to {_CRL_SLACK_HOURS} (the CRL validity "
+        "minus the refresh interval), or the watchdog would race the scheduled refresh."
+    )
+# Revocations within this many seconds share one CRL (a burst gives a few, not hundreds).
+PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS = env.float("PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS", default=2.0)
+if not 0 <= PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS <= 60:
+    raise ImproperlyConfigured("PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS must be 0 to 60.")
+# How often the watchdog looks for stale CRLs and revocations whose queued CRL got lost.
+PKIPORTAL_CRL_WATCHDOG_MINUTES = env.int("PKIPORTAL_CRL_WATCHDOG_MINUTES", default=5)
+if not 1 <= PKIPORTAL_CRL_WATCHDOG_MINUTES <= 60:
+    raise ImproperlyConfigured("PKIPORTAL_CRL_WATCHDOG_MINUTES must be 1 to 60.")
 PKIPORTAL_ROOT_CRL_VALIDITY_DAYS = env.int("PKIPORTAL_ROOT_CRL_VALIDITY_DAYS", default=365)
+if not 1 <= PKIPORTAL_ROOT_CRL_VALIDITY_DAYS <= 365:
+    raise ImproperlyConfigured(
+        "PKIPORTAL_ROOT_CRL_VALIDITY_DAYS must be 1 to 365 (S/MIME BR 4.9.7: 12 months)."
+    )
+# /health/ and the RA console warn this long before the offline root's CRL expires.
+PKIPORTAL_ROOT_CRL_WARNING_DAYS = env.int("PKIPORTAL_ROOT_CRL_WARNING_DAYS", default=30)
+# `celery -A pkiportal beat`: every online CA's CRL on schedule, and the watchdog. Runs that
+# could not start in time expire rather than pile up behind a dead worker.
+CELERY_BEAT_SCHEDULE = {
+    "crl-refresh": {
+        "task": "enrollment.tasks.crl_publish_scheduled_task",
+        "schedule": timedelta(hours=PKIPORTAL_CRL_REFRESH_HOURS),
+        "options": {"expires": PKIPORTAL_CRL_REFRESH_HOURS * 3600},
+    },
+    "crl-watchdog": {
+        "task": "enrollment.tasks.crl_watchdog_task",
+        "schedule": timedelta(minutes=PKIPORTAL_CRL_WATCHDOG_MINUTES),
+        "options": {"expires": PKIPORTAL_CRL_WATCHDOG_MINUTES * 60},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Key recovery (README.md, "Key recovery"): how many officers besides the requester approve,
+# and how long the recovered PKCS#12 waits, encrypted, for its one download.
+PKIPORTAL_RECOVERY_APPROVALS = env.int("PKIPORTAL_RECOVERY_APPROVALS", default=1)
+if PKIPORTAL_RECOVERY_APPROVALS < 1:
+    raise ImproperlyConfigured(
+        "PKIPORTAL_RECOVERY_APPROVALS must be at least 1: recovery is under dual control."
+    )
+PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES = env.int("PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES", default=60)
+if not 5 <= PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES <= 7 * 24 * 60:
+    raise ImproperlyConfigured("PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES must be 5 to 10080 (a week).")
+# Owners are mailed this many days before a certificate expires, once per threshold.
+PKIPORTAL_EXPIRY_NOTICE_DAYS = sorted(
+    {int(days) for days in env.list("PKIPORTAL_EXPIRY_NOTICE_DAYS", default=["30", "7", "1"])},
+    reverse=True,
+)
+if not PKIPORTAL_EXPIRY_NOTICE_DAYS or not all(1 <= d <= 365 for d in PKIPORTAL_EXPIRY_NOTICE_DAYS):
+    raise ImproperlyConfigured("PKIPORTAL_EXPIRY_NOTICE_DAYS must be days from 1 to 365.")
+# Admins (and the RA console) are warned this long before the last agent certificate expires.
+PKIPORTAL_KRA_EXPIRY_WARNING_DAYS = env.int("PKIPORTAL_KRA_EXPIRY_WARNING_DAYS", default=30)
+CELERY_BEAT_SCHEDULE |= {
+    # Daily, in the morning of TIME_ZONE: mail is read, not buried overnight.
+    "expiry-notices": {
+        "task": "enrollment.tasks.expiry_notices_task",
+        "schedule": crontab(minute=0, hour=env.int("PKIPORTAL_EXPIRY_NOTICE_HOUR", default=7)),
+        "options": {"expires": 12 * 3600},
+    },
+    "recovery-cleanup": {
+        "task": "enrollment.tasks.recovery_cleanup_task",
+        "schedule": timedelta(minutes=10),
+        "options": {"expires": 600},
+    },
+}
+# The directory (/directory/ and /api/v1/directory/) is for signed-in people; true opens it
+# to anonymous readers, e.g. partner organisations exchanging encrypted mail.
+PKIPORTAL_DIRECTORY_PUBLIC = env.bool("PKIPORTAL_DIRECTORY_PUBLIC", default=False)
+
+# --- company directory (LDAP) and single sign-on (OIDC) -------------------------------
+# Optional; neither package is a dependency. Install django-auth-ldap or mozilla-django-oidc,
+# add its backend to AUTHENTICATION_BACKENDS and set these (README.md, "Company directory and
+# single sign-on"). Names and addresses land on the account: certificates are issued from it.
+# Only the role groups are mirrored by default; other groups stay managed in the admin.
+SSO_MIRRORED_GROUPS = env.list(
+    "SSO_MIRRORED_GROUPS", default=[PKIPORTAL_RA_OFFICER_GROUP, PKIPORTAL_KRA_GROUP]
+)
+if env.str("AUTH_LDAP_SERVER_URI", default=""):
+    import ldap
+    from django_auth_ldap.config import (
+        GroupOfNamesType,
+        LDAPSearch,
+        NestedActiveDirectoryGroupType,
+    )
+
+    AUTH_LDAP_SERVER_URI = env.str("AUTH_LDAP_SERVER_URI")
+    AUTH_LDAP_START_TLS = env.bool("AUTH_LDAP_START_TLS", default=False)
+    AUTH_LDAP_BIND_DN = env.str("AUTH_LDAP_BIND_DN", default="")
+    AUTH_LDAP_BIND_PASSWORD = _secret("AUTH_LDAP_BIND_PASSWORD", default="") or ""
+    AUTH_LDAP_USER_SEARCH = LDAPSearch(
+        env.str("AUTH_LDAP_USER_SEARCH_BASE"),
+        ldap.SCOPE_SUBTREE,
+        env.str("AUTH_LDAP_USER_FILTER", default="(uid=%(user)s)"),
+    )
+    AUTH_LDAP_USER_ATTR_MAP = env.dict(
+        "AUTH_LDAP_USER_ATTR_MAP",
+        default={
+            "first_name": "givenName",
+            "last_name": "sn",
+            "email": "mail",
+            "display_name": "displayName",
+            "organizational_unit": "ou",
+        },
+    )
+    AUTH_LDAP_ALWAYS_UPDATE_USER = True  # a renamed person gets the new name next sign-in
+    if env.str("AUTH_LDAP_GROUP_SEARCH_BASE", default=""):
+        _active_directory = env.str("AUTH_LDAP_GROUP_TYPE", default="") == "active_directory"
+        AUTH_LDAP_GROUP_SEARCH = LDAPSearch(
+            env.str("AUTH_LDAP_GROUP_SEARCH_BASE"),
+            ldap.SCOPE_SUBTREE,
+            "(objectClass=group)" if _active_directory else "(objectClass=groupOfNames)",
+        )
+        AUTH_LDAP_GROUP_TYPE = (
+            NestedActiveDirectoryGroupType() if _active_directory else GroupOfNamesType()
+        )
+        AUTH_LDAP_MIRROR_GROUPS = SSO_MIRRORED_GROUPS
+if env.str("OIDC_RP_CLIENT_ID", default=""):
+    INSTALLED_APPS.append("mozilla_django_oidc")
+    OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID")
+    OIDC_RP_CLIENT_SECRET = _secret("OIDC_RP_CLIENT_SECRET", default="") or ""
+    OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT")
+    OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT")
+    OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT")
+    OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="") or None
+    OIDC_RP_SIGN_ALGO = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+    OIDC_RP_SCOPES = env.str("OIDC_RP_SCOPES", default="openid email profile")
+    # Claims accounts.oidc.PortalOIDCBackend maps beyond the standard given_name,
+    # family_name, name and email.
+    OIDC_CLAIM_USERNAME = env.str("OIDC_CLAIM_USERNAME", default="preferred_username")
+    OIDC_CLAIM_ORGANIZATIONAL_UNIT = env.str("OIDC_CLAIM_ORGANIZATIONAL_UNIT", default="department")
+    OIDC_CLAIM_GROUPS = env.str("OIDC_CLAIM_GROUPS", default="groups")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -1,14 +1,17 @@
 """Root URLconf: web pages, the public repository, the API and its schema, the admin."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from enrollment import views as enrollment_views
+from pkiportal.health import health_view
 
 urlpatterns = [
     path("", enrollment_views.home, name="home"),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("ra/", include("enrollment.ra_urls")),
     path("", include("enrollment.urls")),
     path("directory/", include("directory.web_urls")),
     path("pki/", include("directory.urls")),
@@ -17,4 +20,9 @@ urlpatterns = [
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
+    path("health/", health_view, name="health"),
 ]
+
+if "mozilla_django_oidc" in settings.INSTALLED_APPS:
+    # Single sign-on, when configured (README.md, "Company directory and single sign-on").
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

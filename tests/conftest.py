@@ -21,7 +21,8 @@ from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm, PrivateKey
 from tests.factories import UserFactory
 
-pytest_plugins = ["tests.pki"]
+# tests.enrollment.ra_fixtures: recovery, RA console and expiry fixtures (issue 6).
+pytest_plugins = ["tests.pki", "tests.enrollment.ra_fixtures"]
 
 ROOT_PASSPHRASE = b"root passphrase for tests"
 
@@ -43,6 +44,8 @@ def _isolated_pki_settings(settings, tmp_path):
     settings.PKIPORTAL_BASE_URL = "http://pki.example.com"
     settings.PKIPORTAL_ORGANIZATION_NAME = "Example Org"
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    # Role fixtures create several accounts per test; PBKDF2's 1M rounds cost ~0.3 s each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
