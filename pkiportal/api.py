@@ -2,21 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from enrollment.exceptions import EnrollmentError, NotPermitted
+from enrollment.exceptions import (
+    ConfigurationError,
+    EnrollmentError,
+    InvalidState,
+    KeyStoreError,
+    NotPermitted,
+    RateLimited,
+)
 from enrollment.x509.errors import X509Error
+
+logger = logging.getLogger(__name__)
+
+# Most specific first; any other EnrollmentError is the client's bad input (400).
+_STATUS_FOR_ERROR: tuple[tuple[Any, int], ...] = (
+    (NotPermitted, status.HTTP_403_FORBIDDEN),
+    (InvalidState, status.HTTP_409_CONFLICT),
+    (RateLimited, status.HTTP_429_TOO_MANY_REQUESTS),
+    # The operator's to fix (no KRA, no CA key), not the client's: retry later.
+    ((ConfigurationError, KeyStoreError), status.HTTP_503_SERVICE_UNAVAILABLE),
+)
+# RateLimited counts requests over a rolling hour: an hour is always long enough.
+DEFAULT_RETRY_AFTER_SECONDS = 3600
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Translate domain errors once, here; everything else is DRF's own 4xx handling."""
     if isinstance(exc, EnrollmentError):
-        code = status.HTTP_403_FORBIDDEN if isinstance(exc, NotPermitted) else 400
+        code = next(
+            (code for kinds, code in _STATUS_FOR_ERROR if isinstance(exc, kinds)),
+            status.HTTP_400_BAD_REQUEST,
+        )
         body = {exc.field: [exc.message]} if exc.field else {"detail": exc.message}
-        return Response(body, status=code)
+        if isinstance(exc, KeyStoreError):
+            # Its message names key files and backends: for the operator's log, not clients.
+            logger.error("CA key store: %s", exc.message)
+            body = {"detail": "The CA cannot sign right now; please tell your administrator."}
+        response = Response(body, status=code)
+        if isinstance(exc, RateLimited):
+            retry_after = getattr(exc, "retry_after", None) or DEFAULT_RETRY_AFTER_SECONDS
+            response["Retry-After"] = str(int(retry_after))
+        return response
+    if isinstance(exc, RequestDataTooBig):
+        # DRF reads JSON through request.body, which enforces DATA_UPLOAD_MAX_MEMORY_SIZE.
+        return Response(
+            {"detail": "The request body is larger than this server accepts."},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     if isinstance(exc, X509Error):
         return Response({"detail": exc.message}, status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)

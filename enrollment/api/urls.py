@@ -1,5 +1,20 @@
-"""API of the CA side under /api/v1/: enrolments and certificates."""
+"""API of the CA side under /api/v1/: enrolments, certificates, RA decisions, API tokens."""
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from enrollment.api import views
 
 app_name = "enrollment-api"
 
-urlpatterns: list = []
+router = SimpleRouter()
+router.register("enrollments", views.EnrollmentViewSet, basename="enrollment")
+router.register("certificates", views.CertificateViewSet, basename="certificate")
+router.register("requests", views.RequestViewSet, basename="request")
+
+urlpatterns = [
+    path("auth/token/", views.TokenCreateView.as_view(), name="auth-token"),
+    path("auth/logout/", views.TokenLogoutView.as_view(), name="auth-logout"),
+    path("auth/logoutall/", views.TokenLogoutAllView.as_view(), name="auth-logoutall"),
+    *router.urls,
+]

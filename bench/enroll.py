@@ -1,0 +1,553 @@
+"""Enrolment throughput through the HTTP API, against the bare library in one process.
+
+    .venv/bin/python bench/enroll.py [--workers 2] [--clients 4] [--csr-requests 400]
+        [--key-requests 120] [--rsa-key-requests 30] [--rounds 3] [--profile]
+
+Creates a throwaway PostgreSQL database (``bench_enroll`` on 127.0.0.1, as the
+``postgres`` user), migrates it, creates a P-256 issuing CA under a P-384 root, users and
+knox API tokens, starts gunicorn on 127.0.0.1, and times:
+
+- the CSR path (POST /api/v1/enrollments/ with a pre-generated CSR), RSA-2048 and P-256
+  keys, ``--clients`` concurrent clients (gunicorn's sync workers close each connection);
+- the portal-key path (the server generates the key and returns a PKCS#12), RSA-2048 and
+  P-256;
+- the same CSR work with enrollment.x509 alone in this process: parse and verify the CSR,
+  build and sign the certificate (plus the builder alone, for reference).
+
+It prints certificates per second for each (best of ``--rounds``), the server CPU per
+certificate (gunicorn workers and their PostgreSQL backends, from /proc) and the ratio of
+the HTTP CSR path to the bare library. ``--profile`` then runs CSR enrolments in-process
+through Django's WSGI handler under cProfile and prints where the time goes, the SQL
+statements of one enrolment and how many times a CA key was loaded. Everything is
+bounded; gunicorn and the database are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+from enrollment.x509 import builder, csr, keys  # noqa: E402
+from enrollment.x509.policy import CertificatePolicy, Purpose  # noqa: E402
+
+HOST = "127.0.0.1"
+DATABASE = "bench_enroll"
+PG = ["-h", HOST, "-U", "postgres"]
+ENROL = "/api/v1/enrollments/"
+CSR_TEMPLATE = "smime-signing"
+KEY_TEMPLATE = "smime-dual-use"
+PKCS12_PASSWORD = "benchmark pkcs12 passphrase"
+HTTP_TIMEOUT = 60.0
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class Result:
+    name: str
+    count: int
+    seconds: float
+    failures: int = 0
+    app_cpu: float = 0.0  # seconds of CPU in the gunicorn workers
+    db_cpu: float = 0.0  # seconds of CPU in their PostgreSQL backends
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        failed = f", {self.failures} FAILED" if self.failures else ""
+        figures = f"{self.rate:8.1f} certs/s  ({self.count} in {self.seconds:.2f} s{failed})"
+        if self.count and (self.app_cpu or self.db_cpu):
+            per = 1000 / self.count
+            figures += (
+                f"  CPU/cert: app {self.app_cpu * per:.1f} ms + PostgreSQL "
+                f"{self.db_cpu * per:.1f} ms"
+            )
+        return f"{self.name:<52} {figures}"
+
+
+# --- set-up and tear-down of the server side -------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_environment(var_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PKIPORTAL_", "CELERY_"))}
+    env.update(
+        {
+            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{DATABASE}?conn_max_age=600",
+            "DJANGO_SETTINGS_MODULE": "pkiportal.settings",
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": f"{HOST},localhost,testserver",
+            "LOG_LEVEL": "WARNING",
+            "PKIPORTAL_VAR_DIR": str(var_dir),
+            "PKIPORTAL_KEY_DIR": str(var_dir / "keys"),
+            "PKIPORTAL_CA_KEY_PASSPHRASE": secrets.token_urlsafe(24),
+            "PKIPORTAL_BASE_URL": "http://127.0.0.1:8000",
+            # The limits protect a real CA from a runaway script: a benchmark is one.
+            "PKIPORTAL_ENROLL_RATE_PER_HOUR": "1000000000",
+            "PKIPORTAL_MAX_VALID_PER_TEMPLATE": "1000000000",
+        }
+    )
+    return env
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    return run([sys.executable, "manage.py", *args], env)
+
+
+def create_database(env: dict[str, str], var_dir: Path, users: int) -> list[str]:
+    """A fresh database with the hierarchy, `users` accounts and one API token each."""
+    run(["dropdb", *PG, "--if-exists", "--force", DATABASE])
+    run(["createdb", *PG, DATABASE])
+    manage(env, "migrate", "--noinput")
+    (var_dir / "offline").mkdir(parents=True)
+    manage(
+        env,
+        "create_pki",
+        "--root-key-algorithm", "ec-p384",
+        "--issuing-key-algorithm", "ec-p256",
+        "--root-key-out", str(var_dir / "offline" / "root-key.pem"),
+        "--root-passphrase-file", str(var_dir / "offline" / "root-passphrase"),
+    )  # fmt: skip
+    out = run([sys.executable, __file__, "--_setup-users", str(users)], env)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def setup_users(count: int) -> None:
+    """(Runs inside the Django environment.) Print a JSON list of API tokens."""
+    import django
+
+    django.setup()
+    from knox.models import AuthToken
+
+    from accounts.models import User
+
+    tokens = []
+    for i in range(count):
+        user = User.objects.create_user(
+            username=f"bench{i}",
+            email=f"bench{i}@example.com",
+            first_name="Bench",
+            last_name=f"Client{i}",
+            password=None,
+        )
+        tokens.append(AuthToken.objects.create(user=user)[1])
+    print(json.dumps(tokens))
+
+
+def start_gunicorn(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "pkiportal.wsgi",
+            "--bind", f"{HOST}:{port}",
+            "--workers", str(workers),
+            "--log-level", "warning",
+            "--timeout", "120",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"gunicorn exited early:\n{log.read_text()}")
+        try:
+            connection = http.client.HTTPConnection(HOST, port, timeout=2)
+            connection.request("GET", "/pki/issuing.crt")
+            if connection.getresponse().status == 200:
+                return process
+        except OSError:
+            pass
+        time.sleep(0.2)
+    stop(process)
+    raise SystemExit("gunicorn did not answer within a minute")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the gunicorn we started (its own process group: master and workers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+# --- the load -------------------------------------------------------------------------
+
+
+def make_csrs(algorithm: keys.KeyAlgorithm, count: int, distinct_keys: int) -> list[str]:
+    """PEM CSRs made before timing; RSA keys are reused (generation is not what we time)."""
+    pool = [keys.generate_private_key(algorithm) for _ in range(min(count, distinct_keys))]
+    made = []
+    for i in range(count):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Bench request {i}")])
+        request = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(name)
+            .sign(pool[i % len(pool)], hashes.SHA256())
+        )
+        made.append(request.public_bytes(Encoding.PEM).decode("ascii"))
+    return made
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of processes from /proc (Linux): load-independent cost."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def server_pids(gunicorn: subprocess.Popen) -> tuple[list[int], list[int]]:
+    """The gunicorn workers, and the PostgreSQL backends serving the benchmark database."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == gunicorn.pid:
+            workers.append(int(stat.parent.name))
+    query = f"SELECT pid FROM pg_stat_activity WHERE datname = '{DATABASE}'"
+    backends = [int(pid) for pid in run(["psql", *PG, "-d", "postgres", "-Atc", query]).split()]
+    return workers, backends
+
+
+def post_all(
+    port: int,
+    tokens: list[str],
+    bodies: list[bytes],
+    name: str,
+    gunicorn: subprocess.Popen | None = None,
+) -> Result:
+    """POST every body, split over one client thread per token."""
+    failures: list[str] = []
+    lock = threading.Lock()
+    start_line = threading.Barrier(len(tokens) + 1)
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection(HOST, port, timeout=HTTP_TIMEOUT)
+        headers = {"Authorization": f"Token {tokens[index]}", "Content-Type": "application/json"}
+        start_line.wait()
+        for body in bodies[index :: len(tokens)]:
+            connection.request("POST", ENROL, body=body, headers=headers)
+            response = connection.getresponse()
+            content = response.read()
+            if response.status != 201:
+                with lock:
+                    failures.append(f"{response.status}: {content[:300]!r}")
+
+    workers, backends = server_pids(gunicorn) if gunicorn is not None else ([], [])
+    app_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
+    with concurrent.futures.ThreadPoolExecutor(len(tokens)) as pool:
+        futures = [pool.submit(client, i) for i in range(len(tokens))]
+        start_line.wait()
+        started = time.perf_counter()
+        for future in futures:
+            future.result()
+        elapsed = time.perf_counter() - started
+    if failures:
+        print(f"  {name}: {len(failures)} failed, e.g. {failures[0]}", file=sys.stderr)
+    return Result(
+        name,
+        len(bodies) - len(failures),
+        elapsed,
+        len(failures),
+        app_cpu=cpu_seconds(workers) - app_before,
+        db_cpu=cpu_seconds(backends) - db_before,
+    )
+
+
+def best_of(rounds: int, measure: Callable[[], Result]) -> Result:
+    """The fastest of a few rounds: other load on the machine only ever slows a round."""
+    return max((measure() for _ in range(rounds)), key=lambda result: result.rate)
+
+
+def csr_bodies(csrs: list[str]) -> list[bytes]:
+    return [json.dumps({"template": CSR_TEMPLATE, "csr": pem}).encode() for pem in csrs]
+
+
+def key_bodies(algorithm: keys.KeyAlgorithm, count: int) -> list[bytes]:
+    body = {
+        "template": KEY_TEMPLATE,
+        "key_algorithm": algorithm.value,
+        "pkcs12_password": PKCS12_PASSWORD,
+        "pkcs12_format": "modern",
+    }
+    return [json.dumps(body).encode()] * count
+
+
+# --- the bare library -----------------------------------------------------------------
+
+
+def bare_library(csrs: list[str]) -> tuple[Result, Result]:
+    """The CSR path's cryptography in one process: parse+verify, build+sign."""
+    root_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P384)
+    root = builder.build_root_ca(
+        key=root_key, common_name="Bench Root", organization_name="Bench Org", country_name=""
+    )
+    issuing_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256)
+    issuing = builder.build_issuing_ca(
+        public_key=issuing_key.public_key(),
+        issuer_certificate=root,
+        issuer_key=root_key,
+        common_name="Bench Issuing",
+        organization_name="Bench Org",
+        country_name="",
+        crl_url="http://127.0.0.1:8000/pki/root.crl",
+        ca_issuers_url="http://127.0.0.1:8000/pki/root.crt",
+    )
+    subject = builder.Subject(
+        common_name="Bench Client",
+        given_name="Bench",
+        surname="Client",
+        organization_name="Bench Org",
+        organization_identifier="NTRUS-0000000",
+        email_addresses=("bench@example.com",),
+    )
+    policy = CertificatePolicy(purpose=Purpose.SIGNING)
+
+    def sign(public_key: keys.PublicKey) -> None:
+        builder.build_end_entity(
+            public_key=public_key,
+            subject=subject,
+            issuer_certificate=issuing,
+            issuer_key=issuing_key,
+            policy=policy,
+            crl_url="http://127.0.0.1:8000/pki/issuing.crl",
+            ca_issuers_url="http://127.0.0.1:8000/pki/issuing.crt",
+        )
+
+    started = time.perf_counter()
+    for pem in csrs:
+        sign(csr.parse_csr(pem, allowed_key_algorithms=frozenset(keys.KeyAlgorithm)).public_key)
+    with_csr = Result("bare library: CSR parse+verify, build+sign", len(csrs), 0.0)
+    with_csr.seconds = time.perf_counter() - started
+    public_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256).public_key()
+    started = time.perf_counter()
+    for _ in csrs:
+        sign(public_key)
+    builder_only = Result("bare library: build+sign only", len(csrs), 0.0)
+    builder_only.seconds = time.perf_counter() - started
+    return with_csr, builder_only
+
+
+# --- the in-process profile -----------------------------------------------------------
+
+
+def profile(count: int) -> None:
+    """(Runs inside the Django environment.) cProfile CSR enrolments through Django."""
+    import cProfile
+    import pstats
+
+    import django
+
+    django.setup()
+    from knox.models import AuthToken
+
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.models import User
+    from enrollment.x509 import keys as key_module
+
+    user = User.objects.create_user(
+        username="profiled", email="profiled@example.com", first_name="Pro", last_name="Filed"
+    )
+    token = AuthToken.objects.create(user=user)[1]
+    client = Client(headers={"Authorization": f"Token {token}"})
+    bodies = csr_bodies(make_csrs(keys.KeyAlgorithm.EC_P256, count + 5, count + 5))
+
+    loads = 0
+    original = key_module.load_private_key_pem
+
+    def counting_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal loads
+        loads += 1
+        return original(*args, **kwargs)
+
+    key_module.load_private_key_pem = counting_load
+    for body in bodies[:5]:  # warm up: imports, URL resolver, the CA key's first load
+        assert client.post(ENROL, body, content_type="application/json").status_code == 201
+    warm_loads, loads = loads, 0
+    with CaptureQueriesContext(connection) as queries:
+        client.post(ENROL, bodies[5], content_type="application/json")
+    captured = list(queries.captured_queries)
+    by_kind: dict[str, int] = {}
+    for query in captured:
+        kind = query["sql"].split(None, 1)[0].upper()
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for body in bodies[6:]:
+        client.post(ENROL, body, content_type="application/json")
+    profiler.disable()
+    elapsed = time.perf_counter() - started
+    print(f"\nIn-process profile: {count - 1} CSR enrolments (P-256), one process, no HTTP")
+    print(f"  {(count - 1) / elapsed:.1f} certs/s under cProfile")
+    print(f"  CA key loads: {warm_loads} during warm-up, {loads} during the profiled run")
+    print(f"  SQL per enrolment: {len(captured)} {by_kind}")
+    timed = sorted(captured, key=lambda q: -float(q["time"]))
+    print(f"  SQL time in that enrolment: {sum(float(q['time']) for q in timed) * 1000:.1f} ms")
+    for query in timed[:8]:
+        print(f"    {float(query['time']) * 1000:6.2f} ms  {query['sql'][:110]}")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("cumulative").print_stats(r"(enrollment|pkiportal|knox)/.*\.py", 18)
+    stats.sort_stats("tottime").print_stats(12)
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
+    parser.add_argument("--csr-requests", type=int, default=400, help="per key type")
+    parser.add_argument("--key-requests", type=int, default=120, help="portal-key P-256")
+    parser.add_argument("--rsa-key-requests", type=int, default=30, help="portal-key RSA-2048")
+    parser.add_argument("--rounds", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--profile", action="store_true", help="also profile in-process")
+    parser.add_argument("--_setup-users", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_profile", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._setup_users is not None:
+        setup_users(args._setup_users)
+        return
+    if args._profile is not None:
+        profile(args._profile)
+        return
+    for tool in ("createdb", "dropdb"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} (PostgreSQL client) is needed")
+
+    print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (before)")
+    print("Generating CSRs (not timed)...", flush=True)
+    p256_csrs = make_csrs(keys.KeyAlgorithm.EC_P256, args.csr_requests, args.csr_requests)
+    rsa_csrs = make_csrs(keys.KeyAlgorithm.RSA_2048, args.csr_requests, 16)
+
+    var_dir = Path(tempfile.mkdtemp(prefix="bench-enroll-"))
+    env = server_environment(var_dir)
+    gunicorn = None
+    results: list[Result] = []
+    try:
+        print("Creating the database, the CA hierarchy and users...", flush=True)
+        tokens = create_database(env, var_dir, args.clients)
+        port = free_port()
+        gunicorn = start_gunicorn(env, port, args.workers, var_dir / "gunicorn.log")
+        warm = make_csrs(keys.KeyAlgorithm.EC_P256, 4 * args.workers, 4 * args.workers)
+        post_all(port, tokens, csr_bodies(warm), "warm-up")  # every worker loads its CA key
+        print(
+            f"Timing through gunicorn ({args.workers} workers, {args.clients} clients)...",
+            flush=True,
+        )
+        runs = [
+            ("HTTP CSR path, P-256 keys", csr_bodies(p256_csrs)),
+            ("HTTP CSR path, RSA-2048 keys", csr_bodies(rsa_csrs)),
+            (
+                "HTTP portal key + PKCS#12, P-256",
+                key_bodies(keys.KeyAlgorithm.EC_P256, args.key_requests),
+            ),
+            (
+                "HTTP portal key + PKCS#12, RSA-2048",
+                key_bodies(keys.KeyAlgorithm.RSA_2048, args.rsa_key_requests),
+            ),
+        ]
+        for name, bodies in runs:
+            results.append(
+                best_of(
+                    args.rounds,
+                    lambda name=name, bodies=bodies: post_all(port, tokens, bodies, name, gunicorn),
+                )
+            )
+        http_p256 = results[0]
+        stop(gunicorn)
+        gunicorn = None
+        print("Timing the bare library in this process...", flush=True)
+        bare_csr, bare_builder = max(
+            (bare_library(p256_csrs) for _ in range(args.rounds)), key=lambda r: r[0].rate
+        )
+        bare_rsa, _ = max(
+            (bare_library(rsa_csrs) for _ in range(args.rounds)), key=lambda r: r[0].rate
+        )
+        bare_rsa.name = "bare library: RSA-2048 CSR parse+verify, build+sign"
+        results += [bare_csr, bare_rsa, bare_builder]
+        print()
+        for result in results:
+            print(result.line())
+        print(
+            f"\nHTTP CSR path (P-256) / bare library (P-256 CSR parse+verify+build+sign): "
+            f"{http_p256.rate / bare_csr.rate:.1%}"
+        )
+        server_cpu = (http_p256.app_cpu + http_p256.db_cpu) / max(http_p256.count, 1)
+        if server_cpu:
+            ceiling = (os.cpu_count() or 1) / server_cpu
+            print(
+                f"CPU-bound ceiling of the HTTP CSR path on {os.cpu_count()} idle cores "
+                f"(server CPU per certificate {server_cpu * 1000:.1f} ms): "
+                f"{ceiling:.0f} certs/s = {ceiling / bare_csr.rate:.1%} of the bare library"
+            )
+        print(f"load average: {os.getloadavg()[0]:.2f} (after)")
+        if args.profile:
+            print(run([sys.executable, __file__, "--_profile", "200"], env))
+    finally:
+        if gunicorn is not None:
+            stop(gunicorn)
+        run(["dropdb", *PG, "--if-exists", "--force", DATABASE])
+        shutil.rmtree(var_dir, ignore_errors=True)
+    if any(result.failures for result in results):
+        raise SystemExit("some requests failed; see above")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""Shapes of the enrolment API: input serializers check form only, services decide.
+
+Inputs and outputs are separate classes. Inputs never echo what they were given (a
+PKCS#12 password, a 60 KiB string); outputs are read-only views of models.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from django.conf import settings
+from django.contrib.auth import password_validation
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
+from enrollment.x509 import pkcs7
+from enrollment.x509.csr import MAX_CSR_BYTES
+from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.pkcs12 import Pkcs12Format
+
+# Reasons the holder of a certificate may give (RFC 5280 5.3.1); officers may give any.
+HOLDER_REVOCATION_REASONS = frozenset(
+    {
+        Certificate.RevocationReasonChoice.KEY_COMPROMISE,
+        Certificate.RevocationReasonChoice.AFFILIATION_CHANGED,
+        Certificate.RevocationReasonChoice.SUPERSEDED,
+        Certificate.RevocationReasonChoice.CESSATION_OF_OPERATION,
+    }
+)
+MAX_PASSWORD_LENGTH = 1024
+MAX_REASON_LENGTH = 1000
+_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
+
+
+def absolute(request: Any, name: str, **kwargs: Any) -> str:
+    """An absolute API URL, so clients can follow it as given."""
+    url = reverse(f"enrollment-api:{name}", kwargs=kwargs)
+    return request.build_absolute_uri(url) if request is not None else url
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class TemplateSlugField(serializers.RelatedField):
+    """A template by slug. The slug is checked for shape before any query, never echoed long."""
+
+    default_error_messages = {
+        "invalid": "Give the template's slug, e.g. smime-signing.",
+        "does_not_exist": "There is no certificate template {slug!r}.",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("queryset", CertificateTemplate.objects.all())
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> CertificateTemplate:
+        if not isinstance(data, str) or not _SLUG.fullmatch(data):
+            self.fail("invalid")
+        try:
+            return self.get_queryset().get(slug=data)
+        except CertificateTemplate.DoesNotExist:
+            self.fail("does_not_exist", slug=data)
+        raise AssertionError("unreachable")  # fail() always raises
+
+    def to_representation(self, value: CertificateTemplate) -> str:
+        return value.slug
+
+
+class CsrIn(serializers.Serializer):
+    """Your own key: a PKCS#10 request. Subject and addresses always come from your account."""
+
+    csr = serializers.CharField(
+        max_length=MAX_CSR_BYTES,
+        help_text="PEM (-----BEGIN CERTIFICATE REQUEST-----) or the base64 of the DER.",
+        error_messages={
+            "max_length": f"A certificate request is at most {MAX_CSR_BYTES // 1024} KiB.",
+            "blank": "Paste the certificate request.",
+        },
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        extra = [name for name in ("key_algorithm", "pkcs12_password") if name in self.initial_data]
+        if extra:
+            raise serializers.ValidationError(
+                {extra[0]: ["Give either a CSR or a key algorithm and password, not both."]}
+            )
+        return attrs
+
+
+class Pkcs12In(serializers.Serializer):
+    """How the PKCS#12 that carries a portal-generated key is protected."""
+
+    pkcs12_password = serializers.CharField(
+        write_only=True,
+        trim_whitespace=False,
+        max_length=MAX_PASSWORD_LENGTH,
+        style={"input_type": "password"},
+        help_text=(
+            "Protects the PKCS#12 file. Checked for strength; never stored, logged or returned."
+        ),
+    )
+    pkcs12_format = serializers.ChoiceField(
+        choices=[(f.value, f.value) for f in Pkcs12Format],
+        default=Pkcs12Format.MODERN.value,
+        help_text=(
+            "modern: PBES2 with AES-256 (current clients); compatible: 3DES with SHA-1, "
+            "for old Windows and Outlook versions."
+        ),
+    )
+
+    def validate_pkcs12_password(self, password: str) -> str:
+        check_pkcs12_password(password, self.context["request"].user)
+        return password
+
+
+class ServerKeyIn(Pkcs12In):
+    """A key the portal generates; it leaves once, in a PKCS#12 under your password."""
+
+    key_algorithm = serializers.ChoiceField(choices=[(a.value, a.label) for a in KeyAlgorithm])
+    pkcs12_password = serializers.CharField(
+        required=False,
+        write_only=True,
+        trim_whitespace=False,
+        max_length=MAX_PASSWORD_LENGTH,
+        style={"input_type": "password"},
+        help_text=(
+            "Protects the PKCS#12 file; checked for strength, never stored, logged or "
+            "returned. Required unless the template needs approval: then give it when you "
+            "collect."
+        ),
+    )
+
+
+class CsrEnrollmentIn(CsrIn):
+    template = TemplateSlugField(help_text="The template's slug, e.g. smime-signing.")
+
+
+class ServerKeyEnrollmentIn(ServerKeyIn):
+    template = TemplateSlugField(help_text="The template's slug, e.g. smime-encryption.")
+
+
+class CollectIn(Pkcs12In):
+    """Download an approved portal-key request: the key is generated now."""
+
+
+def check_pkcs12_password(password: str, user: Any) -> None:
+    """Our minimum length plus Django's validators; messages never contain the password."""
+    minimum = settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH
+    problems: list[str] = []
+    if len(password) < minimum:
+        problems.append(f"Use at least {minimum} characters.")
+    try:
+        password_validation.validate_password(password, user)
+    except DjangoValidationError as exc:
+        # Django's own length rule would repeat ours with a smaller number.
+        problems.extend(
+            message
+            for error in exc.error_list
+            if not (problems and error.code == "password_too_short")
+            for message in error.messages
+        )
+    if problems:
+        raise serializers.ValidationError(problems)
+
+
+def is_csr_body(data: Any) -> bool:
+    """Which of the two enrolment shapes the client meant: a CSR if it sent one."""
+    return isinstance(data, dict) and "csr" in data
+
+
+class RevokeIn(serializers.Serializer):
+    reason = serializers.ChoiceField(
+        choices=Certificate.RevocationReasonChoice.choices,
+        help_text=(
+            "Holders: keyCompromise, affiliationChanged, superseded, cessationOfOperation. "
+            "RA officers: any of these values."
+        ),
+    )
+    invalidity_date = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="When the key is known or suspected to have been compromised (optional).",
+    )
+
+    def validate_reason(self, reason: str) -> str:
+        if not self.context.get("officer") and reason not in HOLDER_REVOCATION_REASONS:
+            allowed = ", ".join(sorted(HOLDER_REVOCATION_REASONS))
+            raise serializers.ValidationError(
+                f"As the certificate's holder you may give {allowed}; {reason} is for RA officers."
+            )
+        return reason
+
+
+class ApproveIn(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=MAX_REASON_LENGTH, default=""
+    )
+
+
+class RejectIn(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        help_text="Why the request is rejected; the requester is told.",
+        error_messages={"blank": "Say why the request is rejected."},
+    )
+
+
+# --- outputs --------------------------------------------------------------------------
+
+
+class CertificateOut(serializers.ModelSerializer):
+    """A certificate's facts; the same for its holder and for officers."""
+
+    url = serializers.SerializerMethodField()
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    issuer = serializers.SlugRelatedField(source="ca", slug_field="slug", read_only=True)
+    template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    status = serializers.ChoiceField(
+        source="state",
+        choices=["valid", "revoked", "expired"],
+        read_only=True,
+        help_text="valid, revoked or expired.",
+    )
+
+    class Meta:
+        model = Certificate
+        fields = [
+            "serial",
+            "url",
+            "status",
+            "owner",
+            "common_name",
+            "email",
+            "emails",
+            "subject",
+            "issuer",
+            "template",
+            "purpose",
+            "key_algorithm",
+            "not_before",
+            "not_after",
+            "fingerprint_sha256",
+            "fingerprint_sha1",
+            "revoked_at",
+            "revocation_reason",
+            "invalidity_date",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, certificate: Certificate) -> str:
+        return absolute(
+            self.context.get("request"), "certificate-detail", serial=certificate.serial
+        )
+
+
+class CertificateDetailOut(CertificateOut):
+    """Adds the certificate and its chain as PEM, for clients that install them."""
+
+    certificate = serializers.SerializerMethodField(help_text="The certificate, PEM.")
+    chain = serializers.SerializerMethodField(
+        help_text="The CA certificates, PEM, issuer first and the root last."
+    )
+
+    class Meta(CertificateOut.Meta):
+        fields = [*CertificateOut.Meta.fields, "certificate", "chain"]
+        read_only_fields = fields
+
+    def get_certificate(self, certificate: Certificate) -> str:
+        return pkcs7.certificate_pem(certificate.certificate).decode("ascii")
+
+    def get_chain(self, certificate: Certificate) -> list[str]:
+        return chain_pem(certificate)
+
+
+# CA chains as PEM, per issuing CA and its certificate's fingerprint: every enrolment answer
+# carries one, and a CA's certificates never change under the same fingerprint. A handful
+# of entries at most (one per CA), public data only.
+_CHAIN_PEM: dict[tuple[int, str], tuple[str, ...]] = {}
+
+
+def chain_pem(certificate: Certificate) -> list[str]:
+    """The issuing CA's chain up to the root, PEM; read and encoded once per process."""
+    ca = certificate.ca
+    key = (ca.pk, ca.fingerprint_sha256)
+    if key not in _CHAIN_PEM:
+        _CHAIN_PEM[key] = tuple(
+            pkcs7.certificate_pem(link.certificate).decode("ascii") for link in ca.chain()
+        )
+    return list(_CHAIN_PEM[key])
+
+
+class EnrollmentOut(serializers.ModelSerializer):
+    """A request and where it stands; `collect_url` appears once a PKCS#12 awaits download."""
+
+    url = serializers.SerializerMethodField()
+    requester = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    requester_name = serializers.CharField(source="requester.get_full_name", read_only=True)
+    template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    renewal_of = serializers.SlugRelatedField(slug_field="serial", read_only=True)
+    serial = serializers.CharField(source="certificate.serial", read_only=True, allow_null=True)
+    certificate_url = serializers.SerializerMethodField()
+    collect_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CertificateRequest
+        fields = [
+            "id",
+            "url",
+            "state",
+            "requester",
+            "requester_name",
+            "template",
+            "key_source",
+            "key_algorithm",
+            "requested_subject",
+            "requested_emails",
+            "renewal_of",
+            "serial",
+            "certificate_url",
+            "collect_url",
+            "decision_reason",
+            "decided_at",
+            "error",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, request: CertificateRequest) -> str:
+        return absolute(self.context.get("request"), "enrollment-detail", pk=request.pk)
+
+    def get_certificate_url(self, request: CertificateRequest) -> str | None:
+        if request.certificate is None:
+            return None
+        return absolute(
+            self.context.get("request"), "certificate-detail", serial=request.certificate.serial
+        )
+
+    def get_collect_url(self, request: CertificateRequest) -> str | None:
+        if not request.awaits_download:
+            return None
+        return absolute(self.context.get("request"), "enrollment-collect", pk=request.pk)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What an enrolment that issued at once hands back."""
+
+    request: CertificateRequest
+    certificate: Certificate
+    pkcs12: bytes | None = None
+    pkcs12_format: Pkcs12Format | None = None
+
+
+class IssuedOut(serializers.Serializer):
+    """201: the certificate with its chain, and the PKCS#12 when the portal made the key."""
+
+    id = serializers.IntegerField(source="request.pk", help_text="The enrolment's id.")
+    url = serializers.SerializerMethodField(help_text="The enrolment's status URL.")
+    state = serializers.CharField(source="request.state")
+    serial = serializers.CharField(source="certificate.serial", help_text="Lowercase hex.")
+    fingerprint = serializers.CharField(
+        source="certificate.fingerprint_sha256", help_text="SHA-256 of the DER, hex."
+    )
+    subject = serializers.CharField(source="certificate.subject")
+    emails = serializers.ListField(child=serializers.EmailField(), source="certificate.emails")
+    not_before = serializers.DateTimeField(source="certificate.not_before")
+    not_after = serializers.DateTimeField(source="certificate.not_after")
+    certificate = serializers.SerializerMethodField(help_text="The certificate, PEM.")
+    chain = serializers.SerializerMethodField(
+        help_text="The CA certificates, PEM, issuer first and the root last."
+    )
+    certificate_url = serializers.SerializerMethodField()
+    notice = serializers.SerializerMethodField(
+        help_text="Set when the CSR asked for a name or address the certificate does not carry."
+    )
+    pkcs12 = serializers.SerializerMethodField(
+        help_text="The PKCS#12 (key, certificate, chain), base64; null for a CSR enrolment."
+    )
+    pkcs12_format = serializers.CharField(allow_null=True)
+
+    def get_url(self, issued: Issued) -> str:
+        return absolute(self.context.get("request"), "enrollment-detail", pk=issued.request.pk)
+
+    def get_certificate(self, issued: Issued) -> str:
+        return pkcs7.certificate_pem(issued.certificate.certificate).decode("ascii")
+
+    def get_chain(self, issued: Issued) -> list[str]:
+        return chain_pem(issued.certificate)
+
+    def get_certificate_url(self, issued: Issued) -> str:
+        return absolute(
+            self.context.get("request"), "certificate-detail", serial=issued.certificate.serial
+        )
+
+    def get_notice(self, issued: Issued) -> str:
+        return substitution_notice(issued.request, issued.certificate)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_pkcs12(self, issued: Issued) -> str | None:
+        return base64.b64encode(issued.pkcs12).decode("ascii") if issued.pkcs12 else None
+
+
+def substitution_notice(request: CertificateRequest, certificate: Certificate) -> str:
+    """Say so when a CSR asked for names the account does not have (they were not used)."""
+    asked_emails = {address.lower() for address in request.requested_emails}
+    asked_names: set[str] = set()
+    if request.requested_subject:
+        try:
+            name = x509.Name.from_rfc4514_string(request.requested_subject)
+        except ValueError:
+            name = None
+        if name is not None:
+            asked_names = {str(a.value) for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    if asked_emails <= set(certificate.emails) and asked_names <= {certificate.common_name}:
+        return ""
+    return (
+        f"The request asked for {request.requested_subject or 'no name'}"
+        f"{' <' + ', '.join(sorted(asked_emails)) + '>' if asked_emails else ''}; the "
+        f"certificate names you as in your account: {certificate.common_name} "
+        f"<{', '.join(certificate.emails)}>."
+    )
+
+
+class TokenOut(serializers.Serializer):
+    """A new API token: shown once, stored only as a hash."""
+
+    token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
+    expiry = serializers.DateTimeField(allow_null=True)

@@ -1,0 +1,488 @@
+"""Enrolment API views: parse with input serializers, call services, answer with outputs.
+
+Domain errors are not caught here: pkiportal.api.exception_handler turns them into 4xx
+JSON once for every endpoint. Objects a person may not see are 404, not 403.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django_filters
+from knox import views as knox_views
+from knox.auth import TokenAuthentication
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import Http404
+from django.views.decorators.debug import sensitive_variables
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from enrollment import services
+from enrollment.api import serializers as s
+from enrollment.api.authentication import AxesBasicAuthentication
+from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
+from enrollment.permissions import IsRaOfficer, is_ra_officer
+from enrollment.querysets import CertificateQuerySet
+from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.pkcs12 import Pkcs12Format
+
+# --- documentation shared by several operations ---------------------------------------
+
+ERRORS: dict[int, OpenApiResponse] = {
+    400: OpenApiResponse(
+        OpenApiTypes.OBJECT,
+        description="Bad input: `{field: [messages]}`, or `{detail: message}` when no "
+        "single field is to blame. Nothing was changed.",
+    ),
+    401: OpenApiResponse(OpenApiTypes.OBJECT, description="Not signed in."),
+    403: OpenApiResponse(OpenApiTypes.OBJECT, description="Signed in but not allowed."),
+}
+NOT_FOUND = {404: OpenApiResponse(OpenApiTypes.OBJECT, description="No such object for you.")}
+CONFLICT = {
+    409: OpenApiResponse(OpenApiTypes.OBJECT, description="Not possible in its current state.")
+}
+ENROLMENT_LIMITS = {
+    413: OpenApiResponse(OpenApiTypes.OBJECT, description="The request body is too large."),
+    429: OpenApiResponse(
+        OpenApiTypes.OBJECT, description="Too many requests; see the Retry-After header."
+    ),
+    503: OpenApiResponse(
+        OpenApiTypes.OBJECT,
+        description="The PKI cannot issue right now (e.g. no key recovery agent for an "
+        "archiving template).",
+    ),
+}
+ISSUED = OpenApiResponse(
+    s.IssuedOut,
+    description="Issued. With a portal-generated key, `pkcs12` holds the key once.",
+)
+PENDING = OpenApiResponse(
+    s.EnrollmentOut,
+    description="Waiting for an RA officer. `Location` and `url` give the request's status; "
+    "a portal-key request is then collected at `collect_url`.",
+)
+
+
+def _enrolment_body(name: str, csr: type, server_key: type) -> PolymorphicProxySerializer:
+    return PolymorphicProxySerializer(
+        component_name=name, serializers=[csr, server_key], resource_type_field_name=None
+    )
+
+
+CSR_EXAMPLE = OpenApiExample(
+    "From a CSR",
+    value={"template": "smime-signing", "csr": "-----BEGIN CERTIFICATE REQUEST-----\n..."},
+    request_only=True,
+)
+SERVER_KEY_EXAMPLE = OpenApiExample(
+    "Portal-generated key",
+    value={
+        "template": "smime-dual-use",
+        "key_algorithm": "rsa-3072",
+        "pkcs12_password": "a long passphrase of yours",
+        "pkcs12_format": "modern",
+    },
+    request_only=True,
+)
+
+
+def _source_address(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+# --- enrolments -----------------------------------------------------------------------
+
+
+def _answer(
+    request: Request,
+    submitted: CertificateRequest,
+    *,
+    pkcs12: bytes | None = None,
+    pkcs12_format: Pkcs12Format | None = None,
+) -> Response:
+    """201 with the certificate if it was issued now, else 202 pointing at the request."""
+    context = {"request": request}
+    if submitted.state == CertificateRequest.State.ISSUED and submitted.certificate is not None:
+        issued = s.Issued(submitted, submitted.certificate, pkcs12, pkcs12_format)
+        return Response(s.IssuedOut(issued, context=context).data, status=status.HTTP_201_CREATED)
+    body = s.EnrollmentOut(submitted, context=context).data
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+@sensitive_variables("data", "serializer", "validated")
+def _enrol(
+    request: Request,
+    *,
+    template: CertificateTemplate | None,
+    data: Any,
+    renewal_of: Certificate | None = None,
+) -> Response:
+    """Validate one of the two enrolment shapes and submit it; shared by enrol and renew."""
+    csr_shape = s.is_csr_body(data)
+    if template is None:
+        shape: type[serializers.Serializer] = (
+            s.CsrEnrollmentIn if csr_shape else s.ServerKeyEnrollmentIn
+        )
+    else:
+        shape = s.CsrIn if csr_shape else s.ServerKeyIn
+    serializer = shape(data=data, context={"request": request})
+    serializer.is_valid(raise_exception=True)
+    validated = serializer.validated_data
+    template = template or validated["template"]
+    if not csr_shape and not template.requires_approval and not validated.get("pkcs12_password"):
+        # Checked before anything is stored: the key would be made now and needs it.
+        raise serializers.ValidationError(
+            {"pkcs12_password": ["This template issues at once: give the PKCS#12 password."]}
+        )
+    common = {
+        "requester": request.user,
+        "template": template,
+        "renewal_of": renewal_of,
+        "source_address": _source_address(request),
+    }
+    # One transaction each: an enrolment answered with an error leaves nothing behind (a
+    # request approved later that then fails stays visible as failed instead).
+    if csr_shape:
+        with transaction.atomic():
+            submitted = services.request_submit(csr=validated["csr"], **common)
+        return _answer(request, submitted)
+    pkcs12_format = Pkcs12Format(validated["pkcs12_format"])
+    with transaction.atomic():
+        submitted = services.request_submit(
+            key_algorithm=KeyAlgorithm(validated["key_algorithm"]), **common
+        )
+        if not submitted.awaits_download:
+            return _answer(request, submitted)
+        _certificate, bundle = services.request_collect(
+            request=submitted,
+            actor=request.user,
+            pkcs12_password=validated["pkcs12_password"],
+            pkcs12_format=pkcs12_format,
+            source_address=_source_address(request),
+        )
+    return _answer(request, submitted, pkcs12=bundle, pkcs12_format=pkcs12_format)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="My enrolments",
+        description="Requests you made, newest first.",
+        responses={200: s.EnrollmentOut(many=True), **ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="One enrolment",
+        description="Yours, or anyone's for RA officers.",
+        responses={200: s.EnrollmentOut, **ERRORS, **NOT_FOUND},
+    ),
+)
+class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Enrol for a certificate from a CSR or with a portal-generated key."""
+
+    serializer_class = s.EnrollmentOut
+
+    def get_queryset(self) -> QuerySet[CertificateRequest]:
+        requests = CertificateRequest.objects.select_related(
+            "template", "requester", "certificate", "renewal_of"
+        )
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
+            return requests.none()
+        if self.action == "list" or not is_ra_officer(self.request.user):
+            return requests.filter(requester=self.request.user)
+        return requests
+
+    @extend_schema(
+        summary="Enrol",
+        description=(
+            "Give `template` and either `csr`, or `key_algorithm` with `pkcs12_password`. "
+            "The certificate's subject and addresses come from your account, whatever the "
+            "CSR asks for. 201 when issued at once; 202 when an RA officer must approve."
+        ),
+        request=_enrolment_body("EnrollmentRequest", s.CsrEnrollmentIn, s.ServerKeyEnrollmentIn),
+        responses={201: ISSUED, 202: PENDING, **ERRORS, **ENROLMENT_LIMITS},
+        examples=[CSR_EXAMPLE, SERVER_KEY_EXAMPLE],
+    )
+    def create(self, request: Request) -> Response:
+        return _enrol(request, template=None, data=request.data)
+
+    @extend_schema(
+        summary="Download an approved portal-key enrolment",
+        description="Generates the key and returns it once inside the PKCS#12.",
+        request=s.CollectIn,
+        responses={201: ISSUED, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    @sensitive_variables("serializer")
+    def collect(self, request: Request, pk: str | None = None) -> Response:
+        submitted = self.get_object()
+        serializer = s.CollectIn(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        pkcs12_format = Pkcs12Format(serializer.validated_data["pkcs12_format"])
+        _certificate, bundle = services.request_collect(
+            request=submitted,
+            actor=request.user,
+            pkcs12_password=serializer.validated_data["pkcs12_password"],
+            pkcs12_format=pkcs12_format,
+            source_address=_source_address(request),
+        )
+        return _answer(request, submitted, pkcs12=bundle, pkcs12_format=pkcs12_format)
+
+
+# --- certificates ---------------------------------------------------------------------
+
+
+def normalise_serial(serial: str) -> str:
+    """The stored form: lowercase hex without colons or leading zeros."""
+    return serial.replace(":", "").lower().lstrip("0") or "0"
+
+
+class CertificateFilter(django_filters.FilterSet):
+    owner = django_filters.CharFilter(
+        field_name="owner__username", help_text="The holder's user name."
+    )
+    email = django_filters.CharFilter(field_name="email", lookup_expr="iexact")
+    status = django_filters.ChoiceFilter(
+        choices=[("valid", "valid"), ("revoked", "revoked"), ("expired", "expired")],
+        method="filter_status",
+    )
+    template = django_filters.CharFilter(field_name="template__slug")
+    serial = django_filters.CharFilter(method="filter_serial", help_text="Hex; colons allowed.")
+
+    class Meta:
+        model = Certificate
+        fields = ["owner", "email", "status", "template", "serial"]
+
+    def filter_status(
+        self, queryset: CertificateQuerySet, name: str, value: str
+    ) -> CertificateQuerySet:
+        """valid, revoked or expired, as CertificateOut.status reports them."""
+        if value == "revoked":
+            return queryset.revoked()
+        if value == "expired":
+            return queryset.filter(status=Certificate.Status.VALID).expired()
+        return queryset.valid()
+
+    def filter_serial(
+        self, queryset: CertificateQuerySet, name: str, value: str
+    ) -> CertificateQuerySet:
+        return queryset.filter(serial=normalise_serial(value))
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Certificates",
+        description="Your certificates; RA officers see everyone's and filter them.",
+        responses={200: s.CertificateOut(many=True), **ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="One certificate, with its chain",
+        description="By hex serial. Yours, or anyone's for RA officers.",
+        responses={200: s.CertificateDetailOut, **ERRORS, **NOT_FOUND},
+    ),
+)
+class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """List, fetch, revoke and renew certificates."""
+
+    lookup_field = "serial"
+    lookup_value_regex = r"[0-9A-Fa-f:]{1,128}"
+    filterset_class = CertificateFilter
+
+    def get_serializer_class(self) -> type[serializers.Serializer]:
+        return s.CertificateDetailOut if self.action == "retrieve" else s.CertificateOut
+
+    def get_queryset(self) -> QuerySet[Certificate]:
+        certificates = Certificate.objects.select_related("owner", "template", "ca")
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
+            return certificates.none()
+        if is_ra_officer(self.request.user):
+            return certificates
+        return certificates.owned_by(self.request.user)
+
+    def get_object(self) -> Certificate:
+        serial = normalise_serial(self.kwargs["serial"])
+        # Serials are unique per CA; should two CAs ever share one, the newest wins.
+        certificate = self.get_queryset().filter(serial=serial).first()
+        if certificate is None:
+            raise Http404("No such certificate.")
+        self.check_object_permissions(self.request, certificate)
+        return certificate
+
+    @extend_schema(
+        summary="Revoke",
+        description=(
+            "Holders revoke their own certificates with keyCompromise, affiliationChanged, "
+            "superseded or cessationOfOperation; RA officers revoke any with any reason. "
+            "The CRL is regenerated after the change is committed."
+        ),
+        request=s.RevokeIn,
+        responses={200: s.CertificateOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, serial: str | None = None) -> Response:
+        certificate = self.get_object()  # only holders and officers see it
+        officer = is_ra_officer(request.user)
+        serializer = s.RevokeIn(data=request.data, context={"officer": officer})
+        serializer.is_valid(raise_exception=True)
+        revoked = services.certificate_revoke(
+            certificate=certificate,
+            reason=serializer.validated_data["reason"],
+            invalidity_date=serializer.validated_data.get("invalidity_date"),
+            actor=request.user,
+            source_address=_source_address(request),
+        )
+        return Response(s.CertificateOut(revoked, context={"request": request}).data)
+
+    @extend_schema(
+        summary="Renew",
+        description=(
+            "A new certificate from the same template, with a new key: give `csr`, or "
+            "`key_algorithm` with `pkcs12_password`. The old certificate is revoked as "
+            "superseded when the new one is issued."
+        ),
+        request=_enrolment_body("RenewalRequest", s.CsrIn, s.ServerKeyIn),
+        responses={201: ISSUED, 202: PENDING, **ERRORS, **NOT_FOUND, **CONFLICT,
+                   **ENROLMENT_LIMITS},
+    )  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def renew(self, request: Request, serial: str | None = None) -> Response:
+        certificate = self.get_object()
+        if certificate.template is None:
+            return Response(
+                {"detail": "This certificate was not issued from a template; enrol anew."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return _enrol(
+            request, template=certificate.template, data=request.data, renewal_of=certificate
+        )
+
+
+# --- RA officers ----------------------------------------------------------------------
+
+
+class RequestViewSet(viewsets.GenericViewSet):
+    """Pending requests and the RA officer's decision on them."""
+
+    permission_classes = [IsAuthenticated, IsRaOfficer]
+    serializer_class = s.EnrollmentOut
+
+    def get_queryset(self) -> QuerySet[CertificateRequest]:
+        requests = CertificateRequest.objects.select_related(
+            "template", "requester", "certificate", "renewal_of"
+        )
+        if self.action == "pending":
+            return requests.filter(state=CertificateRequest.State.PENDING).order_by(
+                "created_at", "id"
+            )
+        return requests
+
+    @extend_schema(
+        summary="Pending requests (RA officers)",
+        description="Oldest first.",
+        responses={200: s.EnrollmentOut(many=True), **ERRORS},
+    )
+    @action(detail=False, methods=["get"])
+    def pending(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        serializer = self.get_serializer(page, many=True)
+        return self.get_paginated_response(serializer.data)
+
+    @extend_schema(
+        summary="Approve (RA officers)",
+        description=(
+            "A CSR request is issued at once (`state` becomes issued, or failed with "
+            "`error`); a portal-key request waits for its requester to collect it."
+        ),
+        request=s.ApproveIn,
+        responses={200: s.EnrollmentOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str | None = None) -> Response:
+        pending = self.get_object()
+        serializer = s.ApproveIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        decided = services.request_approve(
+            request=pending, officer=request.user, reason=serializer.validated_data["reason"]
+        )
+        return Response(self.get_serializer(decided).data)
+
+    @extend_schema(
+        summary="Reject (RA officers)",
+        request=s.RejectIn,
+        responses={200: s.EnrollmentOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str | None = None) -> Response:
+        pending = self.get_object()
+        serializer = s.RejectIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        decided = services.request_reject(
+            request=pending, officer=request.user, reason=serializer.validated_data["reason"]
+        )
+        return Response(self.get_serializer(decided).data)
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+
+class TokenCreateView(knox_views.LoginView):
+    """Mint an API token from a browser session or HTTP basic credentials.
+
+    Not from another token: a stolen token must not be able to outlive its expiry.
+    """
+
+    authentication_classes = [AxesBasicAuthentication, SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="Create an API token",
+        description=(
+            "Sign in with HTTP basic (your portal user name and password) or a session. "
+            "The token is shown once; the server keeps only its hash. Use it as "
+            "`Authorization: Token <token>`."
+        ),
+        request=None,
+        responses={200: s.TokenOut, 401: ERRORS[401], 429: ENROLMENT_LIMITS[429]},
+    )
+    def post(self, request: Request, format: Any = None) -> Response:
+        return super().post(request, format=format)
+
+
+class TokenLogoutView(knox_views.LogoutView):
+    """Revoke the token this request was made with."""
+
+    authentication_classes = [TokenAuthentication]
+
+    @extend_schema(
+        summary="Revoke this API token",
+        request=None,
+        responses={204: OpenApiResponse(description="Revoked."), 401: ERRORS[401]},
+    )
+    def post(self, request: Request, format: Any = None) -> Response:
+        return super().post(request, format=format)
+
+
+class TokenLogoutAllView(knox_views.LogoutAllView):
+    """Revoke every API token of the token's owner (a leaked script, a lost laptop)."""
+
+    authentication_classes = [TokenAuthentication]
+
+    @extend_schema(
+        summary="Revoke all my API tokens",
+        request=None,
+        responses={204: OpenApiResponse(description="Revoked."), 401: ERRORS[401]},
+    )
+    def post(self, request: Request, format: Any = None) -> Response:
+        return super().post(request, format=format)

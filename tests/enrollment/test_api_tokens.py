@@ -1,0 +1,128 @@
+"""/api/v1/auth/: knox tokens from basic auth or a session, guarded by django-axes."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+
+import pytest
+from axes.models import AccessAttempt
+from knox.models import AuthToken
+
+from django.utils import timezone
+
+from tests.enrollment.api_tools import (
+    CERTIFICATES,
+    LOGOUT,
+    LOGOUT_ALL,
+    TOKEN,
+    session_client,
+    token_client,
+)
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+SIGN_IN_PASSWORD = "correct horse battery staple"  # tests/factories.py
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"HTTP_AUTHORIZATION": f"Basic {credentials}"}
+
+
+def test_basic_auth_mints_a_token_that_authenticates_later_calls(employee):
+    response = token_client(None).post(TOKEN, **basic("alice", SIGN_IN_PASSWORD))
+
+    assert response.status_code == 200
+    token = response.json()["token"]
+    assert response.json()["expiry"]
+    later = token_client(None)
+    later.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert later.get(CERTIFICATES).status_code == 200
+
+
+def test_only_a_hash_of_the_token_is_stored(employee):
+    token = token_client(None).post(TOKEN, **basic("alice", SIGN_IN_PASSWORD)).json()["token"]
+
+    stored = AuthToken.objects.get(user=employee)
+    assert token not in stored.digest
+    assert len(stored.token_key) < len(token)  # only a lookup prefix
+
+
+def test_a_wrong_password_is_401_and_counted_by_axes(employee):
+    response = token_client(None).post(TOKEN, **basic("alice", "wrong"))
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Basic")
+    assert AccessAttempt.objects.get(username="alice").failures_since_start == 1
+    assert AuthToken.objects.count() == 0
+
+
+def test_axes_locks_basic_auth_out_after_too_many_failures(employee, settings):
+    client = token_client(None)
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert client.post(TOKEN, **basic("alice", "wrong")).status_code == 401
+
+    locking = client.post(TOKEN, **basic("alice", "wrong"))
+    with_right_password = client.post(TOKEN, **basic("alice", SIGN_IN_PASSWORD))
+
+    assert locking.status_code == 429
+    assert with_right_password.status_code == 429
+    assert "Too many failed sign-ins" in with_right_password.json()["detail"]
+    assert AuthToken.objects.count() == 0
+
+
+def test_a_session_mints_a_token_with_a_csrf_token(employee):
+    client = session_client(employee, enforce_csrf=True)
+
+    refused = client.post(TOKEN)
+    client.get("/")  # sets the CSRF cookie
+    allowed = client.post(TOKEN, HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+
+    assert refused.status_code == 403
+    assert allowed.status_code == 200
+
+
+def test_anonymous_gets_no_token():
+    assert token_client(None).post(TOKEN).status_code == 401
+
+
+def test_a_token_cannot_mint_another_token(employee):
+    assert token_client(employee).post(TOKEN).status_code == 401
+
+
+def test_an_inactive_account_gets_no_token():
+    UserFactory(username="gone", is_active=False)
+
+    assert token_client(None).post(TOKEN, **basic("gone", SIGN_IN_PASSWORD)).status_code == 401
+
+
+def test_an_expired_token_is_refused(employee):
+    client = token_client(employee)
+    AuthToken.objects.filter(user=employee).update(expiry=timezone.now() - timedelta(seconds=1))
+
+    assert client.get(CERTIFICATES).status_code == 401
+
+
+def test_logout_revokes_the_token_it_is_called_with(employee):
+    client = token_client(employee)
+    other = token_client(employee)
+
+    assert client.post(LOGOUT).status_code == 204
+    assert client.get(CERTIFICATES).status_code == 401
+    assert other.get(CERTIFICATES).status_code == 200
+
+
+def test_logout_all_revokes_every_token_of_mine_and_none_of_my_colleagues(employee, colleague):
+    client, other, theirs = token_client(employee), token_client(employee), token_client(colleague)
+
+    assert client.post(LOGOUT_ALL).status_code == 204
+    assert other.get(CERTIFICATES).status_code == 401
+    assert theirs.get(CERTIFICATES).status_code == 200
+
+
+@pytest.mark.parametrize("path", [LOGOUT, LOGOUT_ALL])
+def test_logout_needs_a_token(employee, path):
+    assert session_client(employee).post(path).status_code == 401
+    assert token_client(None).post(path).status_code == 401
