@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth import password_validation
 from django.contrib.auth.models import AbstractBaseUser
 
-from enrollment.models import Certificate, CertificateTemplate
+from enrollment.models import HOLDER_REVOCATION_REASONS, CertificateTemplate
 from enrollment.x509.csr import MAX_CSR_BYTES
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
@@ -42,15 +42,7 @@ FORMAT_CHOICES = [
     ),
 ]
 # What a person may give as the reason for revoking their own certificate (RFC 5280 5.3.1).
-OWN_REVOCATION_REASONS = [
-    (choice.value, choice.label)
-    for choice in (
-        Certificate.RevocationReasonChoice.KEY_COMPROMISE,
-        Certificate.RevocationReasonChoice.AFFILIATION_CHANGED,
-        Certificate.RevocationReasonChoice.SUPERSEDED,
-        Certificate.RevocationReasonChoice.CESSATION_OF_OPERATION,
-    )
-]
+OWN_REVOCATION_REASONS = [(choice.value, choice.label) for choice in HOLDER_REVOCATION_REASONS]
 REVOCATION_HELP = {
     "keyCompromise": "someone else may have my private key (a lost laptop, a leaked file)",
     "affiliationChanged": "my name, e-mail address or role changed",

@@ -382,6 +382,16 @@ class CrlEntry(models.Model):
         return f"CRL entry of {self.certificate_id}"
 
 
+# What holders may give when revoking their own certificate (RFC 5280 5.3.1, S/MIME BR
+# 4.9.1.1); RA officers may give any RevocationReasonChoice. Web form and API share it.
+HOLDER_REVOCATION_REASONS = (
+    Certificate.RevocationReasonChoice.KEY_COMPROMISE,
+    Certificate.RevocationReasonChoice.AFFILIATION_CHANGED,
+    Certificate.RevocationReasonChoice.SUPERSEDED,
+    Certificate.RevocationReasonChoice.CESSATION_OF_OPERATION,
+)
+
+
 class RevocationList(models.Model):
     ca = models.ForeignKey(
         CertificateAuthority, on_delete=models.PROTECT, related_name="revocation_lists"

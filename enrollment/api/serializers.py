@@ -22,21 +22,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
+from enrollment.models import (
+    HOLDER_REVOCATION_REASONS,
+    Certificate,
+    CertificateRequest,
+    CertificateTemplate,
+)
 from enrollment.x509 import pkcs7
 from enrollment.x509.csr import MAX_CSR_BYTES
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
 
-# Reasons the holder of a certificate may give (RFC 5280 5.3.1); officers may give any.
-HOLDER_REVOCATION_REASONS = frozenset(
-    {
-        Certificate.RevocationReasonChoice.KEY_COMPROMISE,
-        Certificate.RevocationReasonChoice.AFFILIATION_CHANGED,
-        Certificate.RevocationReasonChoice.SUPERSEDED,
-        Certificate.RevocationReasonChoice.CESSATION_OF_OPERATION,
-    }
-)
 MAX_PASSWORD_LENGTH = 1024
 MAX_REASON_LENGTH = 1000
 _SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
