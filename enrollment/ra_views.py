@@ -29,7 +29,8 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from enrollment import ra_selectors, ra_services, recovery, services
-from enrollment.exceptions import EnrollmentError, NotPermitted, RateLimited
+from enrollment.edge import client_address, officer_required, show_error, status_for
+from enrollment.exceptions import EnrollmentError
 from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 from enrollment.ra_forms import (
@@ -64,29 +65,6 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # --- helpers --------------------------------------------------------------------------
 
 
-def _address(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
-def _status_for(exc: EnrollmentError) -> int:
-    if isinstance(exc, RateLimited):
-        return 429
-    if isinstance(exc, NotPermitted):
-        return 403
-    return 400
-
-
-def _show_error(form: Any, exc: EnrollmentError) -> int:
-    field = exc.field if exc.field in form.fields else None
-    form.add_error(field, exc.message)
-    return _status_for(exc)
-
-
-def _officer_required(request: HttpRequest) -> None:
-    if not is_ra_officer(request.user):
-        raise PermissionDenied("Only RA officers may see this page.")
-
-
 def _recovery_staff_required(request: HttpRequest) -> None:
     if not (is_ra_officer(request.user) or is_key_recovery_agent(request.user)):
         raise PermissionDenied("Only RA officers and key recovery agents may see this page.")
@@ -113,7 +91,7 @@ def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
 @require_safe
 def console(request: HttpRequest) -> HttpResponse:
     """Everything an officer checks in the morning, on one page."""
-    _officer_required(request)
+    officer_required(request)
     context = {
         "pending_count": ra_selectors.pending_enrolment_count(),
         "recoveries": ra_selectors.open_recoveries(),
@@ -157,14 +135,14 @@ def _certificates_page(
 @require_safe
 def certificate_search(request: HttpRequest) -> HttpResponse:
     """Find any certificate by name, e-mail, serial or fingerprint, and revoke it."""
-    _officer_required(request)
+    officer_required(request)
     return _certificates_page(request)
 
 
 @login_required
 @require_POST
 def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    _officer_required(request)
+    officer_required(request)
     certificate = get_object_or_404(Certificate.objects.select_related("owner", "template"), pk=pk)
     form = OfficerRevokeForm(request.POST)
     if not form.is_valid():
@@ -174,10 +152,10 @@ def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
             certificate=certificate,
             reason=form.cleaned_data["reason"],
             actor=request.user,
-            source_address=_address(request),
+            source_address=client_address(request),
         )
     except EnrollmentError as exc:
-        status = _show_error(form, exc)
+        status = show_error(form, exc)
         return _certificates_page(request, failed=certificate, revoke_form=form, status=status)
     messages.success(
         request,
@@ -214,7 +192,7 @@ def recovery_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def recovery_new(request: HttpRequest) -> HttpResponse:
     """Pick a certificate whose key is archived, say why and for whom: open a recovery."""
-    _officer_required(request)
+    officer_required(request)
     search = CertificateSearchForm(request.GET if "q" in request.GET else None)
     results: list[Certificate] = []
     if search.is_bound and search.is_valid():
@@ -234,10 +212,10 @@ def recovery_new(request: HttpRequest) -> HttpResponse:
                     reason=form.cleaned_data["reason"],
                     deliver_to=form.cleaned_data["deliver_to"],
                     pkcs12_format=form.cleaned_data["pkcs12_format"],
-                    source_address=_address(request),
+                    source_address=client_address(request),
                 )
             except EnrollmentError as exc:
-                status = _show_error(form, exc)
+                status = show_error(form, exc)
             else:
                 messages.success(
                     request,
@@ -315,13 +293,13 @@ def recovery_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def recovery_approve(request: HttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
-    _officer_required(request)
+    officer_required(request)
     try:
         approved = recovery.recovery_approve(
-            recovery=found, officer=request.user, source_address=_address(request)
+            recovery=found, officer=request.user, source_address=client_address(request)
         )
     except EnrollmentError as exc:
-        return _recovery_page(request, found, errors=[exc.message], status=_status_for(exc))
+        return _recovery_page(request, found, errors=[exc.message], status=status_for(exc))
     if approved.state == KeyRecoveryRequest.State.APPROVED:
         messages.success(request, "Approved. The recovery now waits for a key recovery agent.")
     else:
@@ -333,7 +311,7 @@ def recovery_approve(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def recovery_reject(request: HttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
-    _officer_required(request)
+    officer_required(request)
     form = RecoveryRejectForm(request.POST)
     if not form.is_valid():
         return _recovery_page(request, found, reject_form=form, status=400)
@@ -342,10 +320,10 @@ def recovery_reject(request: HttpRequest, pk: int) -> HttpResponse:
             recovery=found,
             officer=request.user,
             reason=form.cleaned_data["reason"],
-            source_address=_address(request),
+            source_address=client_address(request),
         )
     except EnrollmentError as exc:
-        status = _show_error(form, exc)
+        status = show_error(form, exc)
         return _recovery_page(request, found, reject_form=form, status=status)
     messages.success(request, f"Recovery #{found.pk} is rejected; nothing was recovered.")
     return redirect("ra:recovery-detail", pk=found.pk)
@@ -402,10 +380,10 @@ def _recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
                     agent_user=request.user,
                     agent_pkcs12=form.cleaned_data["agent_pkcs12"],
                     agent_password=form.cleaned_data["agent_password"],
-                    source_address=_address(request),
+                    source_address=client_address(request),
                 )
             except EnrollmentError as exc:
-                status = _show_error(form, exc)
+                status = show_error(form, exc)
             else:
                 # Shown in this response only: never in a message, the session or a log.
                 return render(
@@ -430,11 +408,11 @@ def recovery_download(request: HttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
     try:
         performed, bundle = recovery.recovery_download(
-            recovery=found, user=request.user, source_address=_address(request)
+            recovery=found, user=request.user, source_address=client_address(request)
         )
     except EnrollmentError as exc:
         found.refresh_from_db()
-        return _recovery_page(request, found, errors=[exc.message], status=_status_for(exc))
+        return _recovery_page(request, found, errors=[exc.message], status=status_for(exc))
     certificate = performed.certificate
     name = slugify(certificate.common_name) or "certificate"
     response = HttpResponse(bundle, content_type="application/x-pkcs12")
@@ -457,7 +435,7 @@ def _filtered_events(request: HttpRequest) -> tuple[AuditFilterForm, Any]:
 @require_safe
 def audit_list(request: HttpRequest) -> HttpResponse:
     """Newest first, fifty at a time, continued by id (no count over the whole trail)."""
-    _officer_required(request)
+    officer_required(request)
     form, events = _filtered_events(request)
     before = request.GET.get("before", "")
     if before.isdigit():
@@ -539,7 +517,7 @@ EXPORTS: dict[str, tuple[Callable[[Any], Iterator[str]], str, str]] = {
 @require_safe
 def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
     """The filtered trail, oldest first, streamed with its hash columns."""
-    _officer_required(request)
+    officer_required(request)
     if fmt not in EXPORTS:
         raise Http404("No such export format.")
     form, events = _filtered_events(request)
@@ -550,7 +528,7 @@ def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
         actor=request.user,
         fmt=fmt,
         filters={name: value for name, value in form.cleaned_data.items() if value},
-        source_address=_address(request),
+        source_address=client_address(request),
     )
     response = StreamingHttpResponse(lines(events.order_by("id")), content_type=content_type)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
@@ -565,5 +543,5 @@ def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
 @login_required
 @require_safe
 def agents(request: HttpRequest) -> HttpResponse:
-    _officer_required(request)
+    officer_required(request)
     return render(request, "enrollment/ra/agents.html", {"agents": ra_selectors.agent_overview()})

@@ -27,7 +27,8 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from enrollment import services
-from enrollment.exceptions import EnrollmentError, NotPermitted, RateLimited
+from enrollment.edge import client_address, officer_required, show_error
+from enrollment.exceptions import EnrollmentError
 from enrollment.forms import CsrForm, DecisionForm, Pkcs12PasswordForm, RevokeForm, ServerKeyForm
 from enrollment.models import (
     Certificate,
@@ -60,30 +61,6 @@ DOWNLOADS: dict[str, tuple[str, str]] = {
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _address(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
-def _status_for(exc: EnrollmentError) -> int:
-    if isinstance(exc, RateLimited):
-        return 429
-    if isinstance(exc, NotPermitted):
-        return 403
-    return 400
-
-
-def _show_error(form: Any, exc: EnrollmentError) -> int:
-    """Put a service's message on the form (on its field when the form has one)."""
-    field = exc.field if exc.field in form.fields else None
-    form.add_error(field, exc.message)
-    return _status_for(exc)
-
-
-def _officer_required(request: HttpRequest) -> None:
-    if not is_ra_officer(request.user):
-        raise PermissionDenied("Only RA officers may see this page.")
 
 
 def _visible_certificate(user: Any, pk: int) -> Certificate:
@@ -237,7 +214,7 @@ def enroll(request: HttpRequest, slug: str) -> HttpResponse:
                 try:
                     return _enroll_with_server_key(request, template, key_form, renewal)
                 except EnrollmentError as exc:
-                    status = _show_error(key_form, exc)
+                    status = show_error(key_form, exc)
         elif method == "csr" and template.allow_csr:
             csr_form = CsrForm(request.POST, request.FILES)
             if not csr_form.is_valid():
@@ -246,7 +223,7 @@ def enroll(request: HttpRequest, slug: str) -> HttpResponse:
                 try:
                     return _enroll_with_csr(request, template, csr_form, renewal)
                 except EnrollmentError as exc:
-                    status = _show_error(csr_form, exc)
+                    status = show_error(csr_form, exc)
         else:
             messages.error(request, "Choose how to get your key: generated here or from a CSR.")
             status = 400
@@ -273,7 +250,7 @@ def _enroll_with_server_key(
             template=template,
             key_algorithm=form.chosen_algorithm,
             renewal_of=renewal,
-            source_address=_address(request),
+            source_address=client_address(request),
         )
         if cert_request.awaits_download:
             certificate, bundle = services.request_collect(
@@ -281,7 +258,7 @@ def _enroll_with_server_key(
                 actor=request.user,
                 pkcs12_password=form.cleaned_data["pkcs12_password"],
                 pkcs12_format=form.chosen_format,
-                source_address=_address(request),
+                source_address=client_address(request),
             )
             return _pkcs12_response(request, certificate, bundle)
     messages.success(
@@ -304,7 +281,7 @@ def _enroll_with_csr(
             template=template,
             csr=form.cleaned_data["csr_data"],
             renewal_of=renewal,
-            source_address=_address(request),
+            source_address=client_address(request),
         )
     if cert_request.certificate_id is not None:
         messages.success(request, "Your certificate is ready.")
@@ -348,10 +325,10 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
                     actor=request.user,
                     pkcs12_password=form.cleaned_data["pkcs12_password"],
                     pkcs12_format=form.chosen_format,
-                    source_address=_address(request),
+                    source_address=client_address(request),
                 )
             except EnrollmentError as exc:
-                status = _show_error(form, exc)
+                status = show_error(form, exc)
                 cert_request.refresh_from_db()
                 if not cert_request.awaits_download:
                     messages.error(request, exc.message)
@@ -400,7 +377,7 @@ def _ra_page(
 @require_safe
 def ra_requests(request: HttpRequest) -> HttpResponse:
     """Requests that wait for an RA officer, oldest first, with what they asked for."""
-    _officer_required(request)
+    officer_required(request)
     return _ra_page(request)
 
 
@@ -408,7 +385,7 @@ def ra_requests(request: HttpRequest) -> HttpResponse:
 @require_POST
 def ra_decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Approve or reject one request; the service refuses an officer's own request."""
-    _officer_required(request)
+    officer_required(request)
     cert_request = get_object_or_404(CertificateRequest, pk=pk)
     form = DecisionForm(request.POST)
     if not form.is_valid():
@@ -424,7 +401,7 @@ def ra_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 request=cert_request, officer=request.user, reason=reason
             )
     except EnrollmentError as exc:
-        status = _show_error(form, exc)
+        status = show_error(form, exc)
         return _ra_page(request, failed=cert_request, form=form, status=status)
     verb = "approved" if form.approves else "rejected"
     messages.success(
@@ -530,10 +507,10 @@ def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
             certificate=certificate,
             reason=form.cleaned_data["reason"],
             actor=request.user,
-            source_address=_address(request),
+            source_address=client_address(request),
         )
     except EnrollmentError as exc:
-        status = _show_error(form, exc)
+        status = show_error(form, exc)
         return _certificate_page(request, certificate, revoke_form=form, status=status)
     messages.success(
         request,

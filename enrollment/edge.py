@@ -1,0 +1,36 @@
+"""The web edge: domain errors become form errors and status codes, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
+
+from enrollment.exceptions import EnrollmentError, NotPermitted, RateLimited
+from enrollment.permissions import is_ra_officer
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The address recorded in audit events (set REMOTE_ADDR correctly behind a proxy)."""
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def status_for(exc: EnrollmentError) -> int:
+    if isinstance(exc, RateLimited):
+        return 429
+    if isinstance(exc, NotPermitted):
+        return 403
+    return 400
+
+
+def show_error(form: Any, exc: EnrollmentError) -> int:
+    """Put a service's message on the form (on its field when the form has one)."""
+    field = exc.field if exc.field in form.fields else None
+    form.add_error(field, exc.message)
+    return status_for(exc)
+
+
+def officer_required(request: HttpRequest) -> None:
+    if not is_ra_officer(request.user):
+        raise PermissionDenied("Only RA officers may see this page.")
