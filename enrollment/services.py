@@ -1012,3 +1012,17 @@ def request_reject(
     if not reason.strip():
         raise PolicyViolation("Say why the request is rejected.", field="reason")
     return _decide(request, officer=officer, approve=False, reason=reason.strip())
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+
+def api_token_record(
+    *, user: AbstractBaseUser, event: str, source_address: str | None = None
+) -> None:
+    """Audit minting or revoking API tokens (knox stores them; we record who and when)."""
+    if event not in ("create", "revoke", "revoke_all"):
+        raise ValueError(f"unknown token event {event!r}")
+    audit_record(
+        action=f"api_token.{event}", actor=user, target=user, source_address=source_address
+    )

@@ -437,6 +437,13 @@ class RequestViewSet(viewsets.GenericViewSet):
 # --- API tokens -----------------------------------------------------------------------
 
 
+def _record_token(request: Request, response: Response, event: str) -> None:
+    if response.status_code < 300 and request.user.is_authenticated:
+        services.api_token_record(
+            user=request.user, event=event, source_address=request.META.get("REMOTE_ADDR")
+        )
+
+
 class TokenCreateView(knox_views.LoginView):
     """Mint an API token from a browser session or HTTP basic credentials.
 
@@ -457,7 +464,9 @@ class TokenCreateView(knox_views.LoginView):
         responses={200: s.TokenOut, 401: ERRORS[401], 429: ENROLMENT_LIMITS[429]},
     )
     def post(self, request: Request, format: Any = None) -> Response:
-        return super().post(request, format=format)
+        response = super().post(request, format=format)
+        _record_token(request, response, "create")
+        return response
 
 
 class TokenLogoutView(knox_views.LogoutView):
@@ -471,7 +480,9 @@ class TokenLogoutView(knox_views.LogoutView):
         responses={204: OpenApiResponse(description="Revoked."), 401: ERRORS[401]},
     )
     def post(self, request: Request, format: Any = None) -> Response:
-        return super().post(request, format=format)
+        response = super().post(request, format=format)
+        _record_token(request, response, "revoke")
+        return response
 
 
 class TokenLogoutAllView(knox_views.LogoutAllView):
@@ -485,4 +496,10 @@ class TokenLogoutAllView(knox_views.LogoutAllView):
         responses={204: OpenApiResponse(description="Revoked."), 401: ERRORS[401]},
     )
     def post(self, request: Request, format: Any = None) -> Response:
-        return super().post(request, format=format)
+        user = request.user  # knox logs the session out; keep who it was
+        response = super().post(request, format=format)
+        if response.status_code < 300:
+            services.api_token_record(
+                user=user, event="revoke_all", source_address=request.META.get("REMOTE_ADDR")
+            )
+        return response

@@ -126,3 +126,25 @@ def test_logout_all_revokes_every_token_of_mine_and_none_of_my_colleagues(employ
 def test_logout_needs_a_token(employee, path):
     assert session_client(employee).post(path).status_code == 401
     assert token_client(None).post(path).status_code == 401
+
+
+def test_minting_and_revoking_tokens_leave_audit_events(employee):
+    from enrollment.models import AuditEvent
+
+    client = token_client(None)
+    token = client.post(TOKEN, **basic("alice", SIGN_IN_PASSWORD)).json()["token"]
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert client.post(LOGOUT).status_code == 204
+    assert token_client(employee).post(LOGOUT_ALL).status_code == 204
+
+    events = list(
+        AuditEvent.objects.filter(action__startswith="api_token.")
+        .order_by("id")
+        .values_list("action", "actor_name")
+    )
+    assert events == [
+        ("api_token.create", "alice"),
+        ("api_token.revoke", "alice"),
+        ("api_token.revoke_all", "alice"),
+    ]
+    assert not AuditEvent.objects.filter(detail__icontains=token[:16]).exists()
