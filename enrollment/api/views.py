@@ -34,6 +34,7 @@ from rest_framework.response import Response
 from enrollment import services
 from enrollment.api import serializers as s
 from enrollment.api.authentication import AxesBasicAuthentication
+from enrollment.edge import client_address
 from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
 from enrollment.permissions import IsRaOfficer, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
@@ -100,10 +101,6 @@ SERVER_KEY_EXAMPLE = OpenApiExample(
 )
 
 
-def _source_address(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
 # --- enrolments -----------------------------------------------------------------------
 
 
@@ -152,7 +149,7 @@ def _enrol(
         "requester": request.user,
         "template": template,
         "renewal_of": renewal_of,
-        "source_address": _source_address(request),
+        "source_address": client_address(request),
     }
     # One transaction each: an enrolment answered with an error leaves nothing behind (a
     # request approved later that then fails stays visible as failed instead).
@@ -172,7 +169,7 @@ def _enrol(
             actor=request.user,
             pkcs12_password=validated["pkcs12_password"],
             pkcs12_format=pkcs12_format,
-            source_address=_source_address(request),
+            source_address=client_address(request),
         )
     return _answer(request, submitted, pkcs12=bundle, pkcs12_format=pkcs12_format)
 
@@ -236,7 +233,7 @@ class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             actor=request.user,
             pkcs12_password=serializer.validated_data["pkcs12_password"],
             pkcs12_format=pkcs12_format,
-            source_address=_source_address(request),
+            source_address=client_address(request),
         )
         return _answer(request, submitted, pkcs12=bundle, pkcs12_format=pkcs12_format)
 
@@ -341,7 +338,7 @@ class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             reason=serializer.validated_data["reason"],
             invalidity_date=serializer.validated_data.get("invalidity_date"),
             actor=request.user,
-            source_address=_source_address(request),
+            source_address=client_address(request),
         )
         return Response(s.CertificateOut(revoked, context={"request": request}).data)
 
@@ -440,7 +437,7 @@ class RequestViewSet(viewsets.GenericViewSet):
 def _record_token(request: Request, response: Response, event: str) -> None:
     if response.status_code < 300 and request.user.is_authenticated:
         services.api_token_record(
-            user=request.user, event=event, source_address=request.META.get("REMOTE_ADDR")
+            user=request.user, event=event, source_address=client_address(request)
         )
 
 
@@ -496,10 +493,6 @@ class TokenLogoutAllView(knox_views.LogoutAllView):
         responses={204: OpenApiResponse(description="Revoked."), 401: ERRORS[401]},
     )
     def post(self, request: Request, format: Any = None) -> Response:
-        user = request.user  # knox logs the session out; keep who it was
         response = super().post(request, format=format)
-        if response.status_code < 300:
-            services.api_token_record(
-                user=user, event="revoke_all", source_address=request.META.get("REMOTE_ADDR")
-            )
+        _record_token(request, response, "revoke_all")
         return response
