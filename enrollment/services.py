@@ -1026,3 +1026,11 @@ def api_token_record(
     audit_record(
         action=f"api_token.{event}", actor=user, target=user, source_address=source_address
     )
+
+
+def api_tokens_purge() -> int:
+    """Delete expired API tokens; how many. Only the daily task does it, not every request."""
+    from knox.models import AuthToken
+
+    deleted, _ = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()
+    return deleted

@@ -143,3 +143,9 @@ def recovery_cleanup_task() -> int:
     from enrollment import recovery
 
     return recovery.recovery_expire_due()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def api_tokens_purge_task() -> int:
+    """Beat, daily: delete expired API tokens (token authentication only refuses them)."""
+    return services.api_tokens_purge()

@@ -184,7 +184,7 @@ CELERY_TIMEZONE = TIME_ZONE
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # knox stores only a hash of each API token, never the token itself.
-        "knox.auth.TokenAuthentication",
+        "enrollment.api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -324,6 +324,11 @@ CELERY_BEAT_SCHEDULE |= {
         "task": "enrollment.tasks.recovery_cleanup_task",
         "schedule": timedelta(minutes=10),
         "options": {"expires": 600},
+    },
+    "api-tokens-purge": {
+        "task": "enrollment.tasks.api_tokens_purge_task",
+        "schedule": timedelta(days=1),
+        "options": {"expires": 12 * 3600},
     },
 }
 # The directory (/directory/ and /api/v1/directory/) is for signed-in people; true opens it

@@ -10,7 +10,6 @@ from typing import Any
 
 import django_filters
 from knox import views as knox_views
-from knox.auth import TokenAuthentication
 
 from django.db import transaction
 from django.db.models import QuerySet
@@ -33,7 +32,7 @@ from rest_framework.response import Response
 
 from enrollment import services
 from enrollment.api import serializers as s
-from enrollment.api.authentication import AxesBasicAuthentication
+from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
 from enrollment.edge import client_address
 from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
 from enrollment.permissions import IsRaOfficer, is_ra_officer

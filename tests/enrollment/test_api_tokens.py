@@ -9,8 +9,12 @@ import pytest
 from axes.models import AccessAttempt
 from knox.models import AuthToken
 
+from django.conf import settings as django_settings
 from django.utils import timezone
+from rest_framework.test import APIClient, APIRequestFactory
 
+from enrollment.api.authentication import TokenAuthentication
+from enrollment.tasks import api_tokens_purge_task
 from tests.enrollment.api_tools import (
     CERTIFICATES,
     LOGOUT,
@@ -148,3 +152,51 @@ def test_minting_and_revoking_tokens_leave_audit_events(employee):
         ("api_token.revoke_all", "alice"),
     ]
     assert not AuditEvent.objects.filter(detail__icontains=token[:16]).exists()
+
+
+def _with_token(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client
+
+
+def test_an_expired_token_is_refused_and_deleted_when_presented(employee):
+    _, expired = AuthToken.objects.create(user=employee, expiry=timedelta(seconds=-1))
+
+    assert _with_token(expired).get(CERTIFICATES).status_code == 401
+    assert not AuthToken.objects.filter(user=employee).exists()
+
+
+def test_a_token_check_reads_only_the_presented_token(employee, django_assert_num_queries):
+    """Other tokens are purged daily, not on every call (knox reads them all each time)."""
+    _, valid = AuthToken.objects.create(user=employee)
+    AuthToken.objects.create(user=employee, expiry=timedelta(seconds=-1))
+    request = APIRequestFactory().get(CERTIFICATES, HTTP_AUTHORIZATION=f"Token {valid}")
+
+    with django_assert_num_queries(1):
+        user, token = TokenAuthentication().authenticate(request)
+
+    assert user == employee
+    assert token.user_id == employee.pk
+    assert AuthToken.objects.filter(user=employee).count() == 2  # the expired one is left
+
+
+def test_a_forged_token_with_a_real_prefix_is_refused(employee):
+    _, valid = AuthToken.objects.create(user=employee)
+    forged = valid[:-4] + ("0000" if not valid.endswith("0000") else "1111")
+
+    assert _with_token(forged).get(CERTIFICATES).status_code == 401
+    assert _with_token(valid).get(CERTIFICATES).status_code == 200
+
+
+def test_the_daily_purge_deletes_expired_tokens_only(employee, colleague):
+    AuthToken.objects.create(user=employee, expiry=timedelta(seconds=-1))
+    AuthToken.objects.create(user=colleague, expiry=timedelta(seconds=-60))
+    AuthToken.objects.create(user=colleague)
+    AuthToken.objects.create(user=colleague, expiry=None)  # knox: a token that never expires
+
+    assert api_tokens_purge_task.delay().get() == 2
+    assert AuthToken.objects.filter(user=colleague).count() == 2
+    assert not AuthToken.objects.filter(user=employee).exists()
+    schedule = django_settings.CELERY_BEAT_SCHEDULE
+    assert schedule["api-tokens-purge"]["task"] == api_tokens_purge_task.name
