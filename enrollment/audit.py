@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
@@ -50,30 +52,88 @@ def audit_record(
     source_address: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Write one event; `actor=None` means the system (a command, a scheduled task)."""
+    """Write one event; `actor=None` means the system (a command, a scheduled task).
+
+    Inside ``deferred()`` the event is chained when that block ends (its ``pk`` is set
+    then), unless it is recorded inside a savepoint opened in the block: such an event may
+    be rolled back on its own, so it is written at once, with the savepoint's work.
+    """
     user = actor if actor is not None and actor.is_authenticated else None
     # Round-trip the detail through JSON so the hash sees what the database will return.
     detail = json.loads(json.dumps(detail or {}, default=str))
-    with transaction.atomic():
-        head, _ = AuditChainHead.objects.select_for_update().get_or_create(pk=1)
-        event = AuditEvent(
-            created_at=timezone.now(),
-            actor=user,
-            actor_name=user.get_username() if user is not None else "system",
-            action=action,
-            object_type=target._meta.label if target is not None else "",
-            object_id=str(target.pk) if target is not None else "",
-            object_repr=str(target)[:300] if target is not None else "",
-            outcome=outcome,
-            source_address=source_address,
-            detail=detail,
-            previous_hash=head.last_hash,
-        )
-        event.hash = event_digest(event)
-        event.save(force_insert=True)
-        head.last_hash, head.last_event_id = event.hash, event.pk
-        head.save(update_fields=["last_hash", "last_event_id"])
+    event = AuditEvent(
+        created_at=timezone.now(),
+        actor=user,
+        actor_name=user.get_username() if user is not None else "system",
+        action=action,
+        object_type=target._meta.label if target is not None else "",
+        object_id=str(target.pk) if target is not None else "",
+        object_repr=str(target)[:300] if target is not None else "",
+        outcome=outcome,
+        source_address=source_address,
+        detail=detail,
+    )
+    batch: _Batch | None = getattr(_state, "batch", None)
+    if batch is not None and batch.savepoints == tuple(transaction.get_connection().savepoint_ids):
+        batch.events.append(event)
+    else:
+        _append([event])
     return event
+
+
+@dataclass
+class _Batch:
+    savepoints: tuple[str, ...]
+    events: list[AuditEvent] = field(default_factory=list)
+
+
+_state = threading.local()
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """An atomic block whose audit events are chained in one append as it ends.
+
+    One lock of the chain head, one insert and one head update for all the block's
+    events, instead of each: and the head, which every audited transaction must lock, is
+    held from the end of the block to the commit, not through the block's own work. The
+    block uses no savepoint of its own: when it fails the enclosing transaction is rolled
+    back with it, so a buffered event never outlives, or is outlived by, its change.
+    """
+    if getattr(_state, "batch", None) is not None:  # nested: the outer block appends
+        yield
+        return
+    with transaction.atomic(savepoint=False):
+        batch = _Batch(savepoints=tuple(transaction.get_connection().savepoint_ids))
+        _state.batch = batch
+        try:
+            yield
+        finally:
+            _state.batch = None
+        _append(batch.events)
+
+
+def _append(events: list[AuditEvent]) -> None:
+    """Link events to the chain in order, under the head's row lock, in one insert."""
+    if not events:
+        return
+    with transaction.atomic(savepoint=False):
+        head, _ = AuditChainHead.objects.select_for_update().get_or_create(pk=1)
+        previous = head.last_hash
+        for event in events:
+            event.previous_hash = previous
+            event.hash = previous = event_digest(event)
+        if (
+            len(events) > 1
+            and transaction.get_connection().features.can_return_rows_from_bulk_insert
+        ):
+            AuditEvent.objects.bulk_create(events)
+        else:
+            for event in events:
+                event.save(force_insert=True)
+        AuditChainHead.objects.filter(pk=head.pk).update(
+            last_hash=previous, last_event_id=events[-1].pk
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from enrollment import binary, keystore
+from enrollment import audit, binary, keystore
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
     ConfigurationError,
@@ -268,7 +268,7 @@ def _issue(
     except X509Error as exc:
         raise PolicyViolation(exc.message) from exc
     emails = [e.lower() for e in subject.email_addresses]
-    with transaction.atomic():
+    with audit.deferred():
         certificate = Certificate.objects.create(
             ca=ca,
             owner=owner,
@@ -855,9 +855,10 @@ def request_submit(
         )
     _check_limits(requester=requester, template=template, renewal_of=renewal_of)
 
-    # Without approval the request is approved as it is recorded: one write, not two.
+    # Without approval the request is approved as it is recorded: one write, not two. A
+    # CSR is then fulfilled in the same transaction: if issuing fails, nothing remains.
     approved = not template.requires_approval
-    with transaction.atomic():
+    with audit.deferred():
         request = CertificateRequest.objects.create(
             requester=requester,
             template=template,
@@ -883,21 +884,23 @@ def request_submit(
             detail={"template": template.slug, "key_source": request.key_source,
                     "renewal_of": renewal_of.serial if renewal_of else None},
         )  # fmt: skip
-    if request.key_source == CertificateRequest.KeySource.CSR and not template.requires_approval:
-        _fulfil_csr(request, actor=requester, public_key=parsed.public_key if parsed else None)
+        if parsed is not None and approved:
+            request.certificate = certificate_issue(
+                template=template,
+                owner=requester,
+                public_key=parsed.public_key,
+                actor=requester,
+                source_address=source_address,
+                supersedes=renewal_of,
+            )
+            request.state = CertificateRequest.State.ISSUED
+            request.save(update_fields=["certificate", "state", "updated_at"])
     return request
 
 
-def _fulfil_csr(
-    request: CertificateRequest, *, actor: Actor, public_key: keys.PublicKey | None = None
-) -> None:
-    """Issue for an approved CSR request; a failure stays visible on the request.
-
-    `public_key` is the key of a CSR checked in this same call, so it is not parsed and
-    verified a second time; requests approved later are read back from the stored DER.
-    """
-    if public_key is None:
-        public_key = parse_csr(bytes(request.csr)).public_key
+def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
+    """Issue for a CSR request approved later; a failure stays visible on the request."""
+    public_key = parse_csr(bytes(request.csr)).public_key
     try:
         with transaction.atomic():
             certificate = certificate_issue(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from io import StringIO
 
 import pytest
@@ -9,9 +10,9 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, transaction
 
-from enrollment import services
+from enrollment import audit, services
 from enrollment.audit import audit_chain_breaks, audit_record
 from enrollment.models import AuditEvent
 from enrollment.x509.keys import KeyAlgorithm
@@ -95,3 +96,89 @@ def test_details_hash_the_same_after_a_database_round_trip(db):
 
     assert list(audit_chain_breaks()) == []
     assert AuditEvent.objects.get(pk=event.pk).hash == event.hash
+
+
+# --- deferred appends: one lock of the chain head per block ---------------------------
+
+
+def _chained_in_order(events: list[AuditEvent]) -> bool:
+    stored = list(AuditEvent.objects.filter(pk__in=[e.pk for e in events]).order_by("id"))
+    return [e.action for e in stored] == [e.action for e in events] and all(
+        after.previous_hash == before.hash
+        for before, after in zip(stored, stored[1:], strict=False)
+    )
+
+
+def test_a_deferred_block_chains_its_events_in_order_when_it_ends(db):
+    audit_record(action="test.before")
+    with audit.deferred():
+        first = audit_record(action="test.first")
+        second = audit_record(action="test.second")
+        assert first.pk is None
+        assert second.pk is None
+        assert not AuditEvent.objects.filter(action__startswith="test.f").exists()
+
+    assert first.pk is not None
+    assert second.pk > first.pk
+    assert _chained_in_order([first, second])
+    assert list(audit_chain_breaks()) == []
+
+
+def test_a_deferred_block_takes_the_chain_head_once(db, django_assert_num_queries):
+    audit_record(action="test.before")  # the head row exists
+    # Lock the head, insert the events, move the head.
+    with django_assert_num_queries(3), audit.deferred():
+        for n in range(4):
+            audit_record(action=f"test.{n}")
+
+
+def test_a_failing_deferred_block_leaves_neither_its_change_nor_its_events(db, employee):
+    def change_then_fail() -> None:
+        with transaction.atomic(), audit.deferred():
+            employee.first_name = "Changed"
+            employee.save()
+            audit_record(action="test.changed", target=employee)
+            raise RuntimeError("late failure")
+
+    with pytest.raises(RuntimeError):
+        change_then_fail()
+
+    employee.refresh_from_db()
+    assert employee.first_name != "Changed"
+    assert not AuditEvent.objects.filter(action="test.changed").exists()
+    assert list(audit_chain_breaks()) == []
+
+
+def test_an_event_in_a_savepoint_rolled_back_inside_a_deferred_block_goes_with_it(db):
+    with audit.deferred():
+        kept = audit_record(action="test.kept")
+        with contextlib.suppress(RuntimeError), transaction.atomic():
+            audit_record(action="test.undone")  # inside a savepoint: written at once
+            raise RuntimeError("undo this part only")
+        also_kept = audit_record(action="test.also_kept")
+
+    actions = list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
+    assert "test.undone" not in actions
+    assert {"test.kept", "test.also_kept"} <= set(actions)
+    assert kept.pk is not None
+    assert also_kept.pk is not None
+    assert list(audit_chain_breaks()) == []
+
+
+def test_an_event_in_a_savepoint_that_commits_is_kept_with_the_others(db):
+    with audit.deferred():
+        audit_record(action="test.outer")
+        with transaction.atomic():
+            audit_record(action="test.inner")
+
+    assert set(AuditEvent.objects.values_list("action", flat=True)) >= {"test.outer", "test.inner"}
+    assert list(audit_chain_breaks()) == []
+
+
+def test_nested_deferred_blocks_append_once_at_the_outer_end(db):
+    with audit.deferred():
+        outer = audit_record(action="test.outer")
+        with audit.deferred():
+            inner = audit_record(action="test.inner")
+        assert inner.pk is None  # the outer block appends
+    assert _chained_in_order([outer, inner])
