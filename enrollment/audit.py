@@ -21,6 +21,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models, transaction
 from django.utils import timezone
 
+from enrollment import hotsql
 from enrollment.models import AuditChainHead, AuditEvent
 
 
@@ -118,22 +119,12 @@ def _append(events: list[AuditEvent]) -> None:
     if not events:
         return
     with transaction.atomic(savepoint=False):
-        head, _ = AuditChainHead.objects.select_for_update().get_or_create(pk=1)
-        previous = head.last_hash
+        previous = hotsql.audit_head_lock()
         for event in events:
             event.previous_hash = previous
             event.hash = previous = event_digest(event)
-        if (
-            len(events) > 1
-            and transaction.get_connection().features.can_return_rows_from_bulk_insert
-        ):
-            AuditEvent.objects.bulk_create(events)
-        else:
-            for event in events:
-                event.save(force_insert=True)
-        AuditChainHead.objects.filter(pk=head.pk).update(
-            last_hash=previous, last_event_id=events[-1].pk
-        )
+        hotsql.insert(*events)
+        hotsql.audit_head_move(previous, events[-1].pk)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
-from django.db.models import Count, Q
 from django.utils import timezone
 
-from enrollment import audit, binary, keystore
+from enrollment import audit, binary, hotsql, keystore
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
     ConfigurationError,
@@ -163,7 +162,7 @@ def pki_create(
 
 
 def default_issuing_ca() -> CertificateAuthority:
-    ca = CertificateAuthority.objects.online().filter(parent__isnull=False).first()
+    ca = hotsql.default_issuing_ca()  # .online().filter(parent__isnull=False).first()
     if ca is None:
         raise ConfigurationError("No online issuing CA exists: run `manage.py create_pki`.")
     return ca
@@ -269,7 +268,7 @@ def _issue(
         raise PolicyViolation(exc.message) from exc
     emails = [e.lower() for e in subject.email_addresses]
     with audit.deferred():
-        certificate = Certificate.objects.create(
+        certificate = Certificate(
             ca=ca,
             owner=owner,
             template=template,
@@ -281,6 +280,8 @@ def _issue(
             key_algorithm=keys.describe_public_key(public_key),
             **_der_facts(issued),
         )
+        certificate.__dict__["certificate"] = issued  # the cached_property, not re-parsed
+        hotsql.insert(certificate)
         if template.archive_key:
             assert private_key is not None
             _key_archive(
@@ -765,28 +766,21 @@ def _printable(text: str) -> str:
 def _check_limits(*, requester: AbstractBaseUser, template: CertificateTemplate,
                   renewal_of: Certificate | None) -> None:  # fmt: skip
     """Per-person caps that keep a script or a stolen session from flooding the CA."""
-    since = timezone.now() - timedelta(hours=1)
-    # Both counts over the requester's own requests in one query: this runs on every request.
-    mine = CertificateRequest.objects.filter(requester=requester).aggregate(
-        recent=Count("pk", filter=Q(created_at__gte=since)),
-        open=Count(
-            "pk",
-            filter=Q(
-                template=template,
-                state__in=[CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED],
-            ),
-        ),
+    now = timezone.now()
+    counts = hotsql.enrolment_counts(
+        requester_id=requester.pk,
+        template_id=template.pk,
+        since=now - timedelta(hours=1),
+        now=now,
+        excluding_certificate_id=renewal_of.pk if renewal_of is not None else None,
     )
-    if mine["recent"] >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
+    if counts.recent_requests >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
         raise RateLimited(
             f"You have made {settings.PKIPORTAL_ENROLL_RATE_PER_HOUR} requests in the last hour; "
             "please try again later."
         )
-    valid = Certificate.objects.valid().filter(owner=requester, template=template)
-    if renewal_of is not None:
-        valid = valid.exclude(pk=renewal_of.pk)
     cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
-    if valid.count() + mine["open"] >= cap:
+    if counts.valid_certificates + counts.open_requests >= cap:
         raise PolicyViolation(
             f"You already have {cap} valid certificates or open requests for {template.name}; "
             "renew or revoke one instead.",
@@ -859,7 +853,7 @@ def request_submit(
     # CSR is then fulfilled in the same transaction: if issuing fails, nothing remains.
     approved = not template.requires_approval
     with audit.deferred():
-        request = CertificateRequest.objects.create(
+        request = CertificateRequest(
             requester=requester,
             template=template,
             state=(
@@ -876,6 +870,7 @@ def request_submit(
             renewal_of=renewal_of,
             source_address=source_address,
         )
+        hotsql.insert(request)
         audit_record(
             action="request.submit",
             actor=requester,
@@ -894,7 +889,7 @@ def request_submit(
                 supersedes=renewal_of,
             )
             request.state = CertificateRequest.State.ISSUED
-            request.save(update_fields=["certificate", "state", "updated_at"])
+            hotsql.update(request, "certificate", "state", "updated_at")
     return request
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import binascii
+from hmac import compare_digest
 from typing import Any
 
 from knox import auth as knox_auth
+from knox.crypto import hash_token
 from knox.models import AuthToken
+from knox.settings import CONSTANTS, knox_settings
 from knox.signals import token_expired
 
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import status
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.exceptions import APIException, AuthenticationFailed
+
+from enrollment import hotsql
 
 
 class TokenAuthentication(knox_auth.TokenAuthentication):
@@ -24,6 +31,23 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
     presented token's own expiry is checked (an expired one is refused and deleted, as knox
     does); expired tokens are purged by the daily ``api_tokens_purge_task`` instead.
     """
+
+    def authenticate_credentials(self, token: bytes) -> tuple[Any, AuthToken]:
+        """knox's own check, with the token and its user read in one precompiled query."""
+        refused = AuthenticationFailed(_("Invalid token."))
+        presented = token.decode("utf-8")
+        for auth_token in hotsql.tokens_with_user(presented[: CONSTANTS.TOKEN_KEY_LENGTH]):
+            if self._cleanup_token(auth_token):
+                continue
+            try:
+                digest = hash_token(presented)
+            except (TypeError, binascii.Error):
+                raise refused from None
+            if compare_digest(digest, auth_token.digest):
+                if knox_settings.AUTO_REFRESH and auth_token.expiry:
+                    self.renew_token(auth_token)
+                return self.validate_user(auth_token)
+        raise refused
 
     def _cleanup_token(self, auth_token: AuthToken) -> bool:
         if auth_token.expiry is None or auth_token.expiry >= timezone.now():

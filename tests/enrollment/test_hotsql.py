@@ -1,0 +1,227 @@
+"""The enrolment path's hand-written statements agree with the ORM they stand in for.
+
+Run on SQLite by default and on PostgreSQL in CI (DATABASE_URL), so both dialects of each
+statement are checked against what the ORM itself reads and writes.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from knox.models import AuthToken
+
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from enrollment import hotsql, services
+from enrollment.models import (
+    AuditChainHead,
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CertificateRequest,
+    CertificateTemplate,
+)
+from enrollment.permissions import may_use_template
+from tests.enrollment.tools import issue
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def field_values(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
+
+
+def orm_counts(requester, template, *, excluding=None) -> tuple[int, int, int]:
+    since = timezone.now() - timedelta(hours=1)
+    mine = CertificateRequest.objects.filter(requester=requester)
+    valid = Certificate.objects.valid().filter(owner=requester, template=template)
+    if excluding is not None:
+        valid = valid.exclude(pk=excluding.pk)
+    return (
+        mine.filter(created_at__gte=since).count(),
+        mine.filter(template=template, state__in=["pending", "approved"]).count(),
+        valid.count(),
+    )
+
+
+def hot_counts(requester, template, *, excluding=None) -> tuple[int, int, int]:
+    now = timezone.now()
+    counts = hotsql.enrolment_counts(
+        requester_id=requester.pk,
+        template_id=template.pk,
+        since=now - timedelta(hours=1),
+        now=now,
+        excluding_certificate_id=excluding.pk if excluding is not None else None,
+    )
+    return counts.recent_requests, counts.open_requests, counts.valid_certificates
+
+
+def test_the_limit_counts_match_the_orm(hierarchy, template, employee, colleague, ec_p256_key):
+    signing, dual_use = template("smime-signing"), template("smime-dual-use")
+    now = timezone.now()
+    kept = issue(employee, signing, ec_p256_key)
+    revoked = issue(employee, signing, ec_p256_key)
+    services.certificate_revoke(certificate=revoked, reason="superseded", actor=employee)
+    expired = issue(employee, signing, ec_p256_key)
+    Certificate.objects.filter(pk=expired.pk).update(not_after=now - timedelta(seconds=1))
+    future = issue(employee, signing, ec_p256_key)
+    Certificate.objects.filter(pk=future.pk).update(not_before=now + timedelta(hours=1))
+    issue(employee, dual_use, ec_p256_key)
+    issue(colleague, signing, ec_p256_key)
+    for state, age in [("pending", 0), ("approved", 0), ("rejected", 0), ("pending", 2)]:
+        made = CertificateRequest.objects.create(
+            requester=employee,
+            template=signing,
+            state=state,
+            key_algorithm="ec-p256",
+            key_source="server",
+        )
+        CertificateRequest.objects.filter(pk=made.pk).update(created_at=now - timedelta(hours=age))
+    CertificateRequest.objects.create(
+        requester=employee,
+        template=dual_use,
+        state="pending",
+        key_algorithm="ec-p256",
+        key_source="server",
+    )
+
+    assert hot_counts(employee, signing) == orm_counts(employee, signing) == (4, 3, 1)
+    assert hot_counts(employee, signing, excluding=kept) == orm_counts(
+        employee, signing, excluding=kept
+    )
+    assert hot_counts(employee, dual_use) == orm_counts(employee, dual_use)
+    assert hot_counts(colleague, signing) == orm_counts(colleague, signing) == (0, 0, 1)
+
+
+def test_the_default_issuing_ca_is_the_orms_first_online_subordinate(hierarchy):
+    orm = CertificateAuthority.objects.online().filter(parent__isnull=False).first()
+    hot = hotsql.default_issuing_ca()
+
+    assert field_values(hot) == field_values(orm)
+    assert hot.certificate == hierarchy.issuing.certificate
+    assert hot.crl_failed_at is None
+
+    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(
+        is_online=False, key_reference="gone"
+    )
+    assert hotsql.default_issuing_ca() is None
+    assert CertificateAuthority.objects.online().filter(parent__isnull=False).first() is None
+
+
+def test_a_ca_read_by_hand_converts_its_values_as_the_orm_does(hierarchy):
+    failed = timezone.now().replace(microsecond=123456)
+    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(crl_failed_at=failed)
+
+    hot = hotsql.default_issuing_ca()
+
+    assert hot.crl_failed_at == failed  # aware, in UTC, on SQLite too
+    assert hot.is_online is True
+    assert field_values(hot) == field_values(CertificateAuthority.objects.get(pk=hot.pk))
+
+
+def test_a_template_by_slug_is_the_orms_template(db):
+    for slug in CertificateTemplate.objects.values_list("slug", flat=True):
+        assert field_values(hotsql.template_by_slug(slug)) == field_values(
+            CertificateTemplate.objects.get(slug=slug)
+        )
+    assert hotsql.template_by_slug("no-such-template") is None
+
+
+def test_who_may_use_a_template_matches_its_groups(template, employee, colleague):
+    signing = template("smime-signing")
+    assert hotsql.template_open_to(signing.pk, employee.pk)  # no groups: everyone
+
+    finance, legal = Group.objects.create(name="Finance"), Group.objects.create(name="Legal")
+    signing.allowed_groups.set([finance, legal])
+    employee.groups.add(legal)
+    colleague.groups.add(Group.objects.create(name="Sales"))
+
+    assert hotsql.template_open_to(signing.pk, employee.pk)
+    assert not hotsql.template_open_to(signing.pk, colleague.pk)
+    prefetched = CertificateTemplate.objects.prefetch_related("allowed_groups").get(pk=signing.pk)
+    for user in (employee, colleague):
+        assert may_use_template(user, signing) == may_use_template(user, prefetched)
+
+
+def test_tokens_with_their_user_match_select_related(employee, colleague):
+    token, _ = AuthToken.objects.create(user=employee)
+    AuthToken.objects.create(user=colleague)
+
+    [hot] = hotsql.tokens_with_user(token.token_key)
+    orm = AuthToken.objects.select_related("user").get(token_key=token.token_key)
+
+    assert field_values(hot) == field_values(orm)
+    assert field_values(hot.user) == field_values(orm.user)
+    assert hotsql.tokens_with_user("0" * len(token.token_key)) == []
+
+
+def test_insert_writes_what_the_orm_reads_back(employee, template):
+    made = [
+        CertificateRequest(
+            requester=employee,
+            template=template("smime-signing"),
+            state="approved",
+            key_source="csr",
+            csr=b"\x30\x03\x02\x01\x00",
+            requested_emails=["a@example.com", "é@example.com"],
+            requested_subject="CN=Somebody",
+            source_address="2001:db8::1",
+        )
+        for _ in range(2)
+    ]
+
+    hotsql.insert(*made)
+
+    assert made[0].pk is not None
+    assert made[1].pk > made[0].pk
+    for instance in made:
+        stored = CertificateRequest.objects.get(pk=instance.pk)
+        assert field_values(stored) == field_values(instance) | {"csr": stored.csr}
+        assert bytes(stored.csr) == b"\x30\x03\x02\x01\x00"
+        assert stored.created_at is not None
+        assert not instance._state.adding
+
+
+def test_update_writes_only_the_named_fields_and_moves_auto_now(employee, template):
+    request = CertificateRequest.objects.create(
+        requester=employee,
+        template=template("smime-signing"),
+        key_algorithm="ec-p256",
+        key_source="server",
+    )
+    before = request.updated_at
+    request.state = "rejected"
+    request.decision_reason = "not written"
+
+    hotsql.update(request, "state", "updated_at")
+
+    stored = CertificateRequest.objects.get(pk=request.pk)
+    assert stored.state == "rejected"
+    assert stored.decision_reason == ""
+    assert stored.updated_at == request.updated_at > before
+
+
+def test_the_chain_head_is_created_by_the_first_event(db):
+    assert not AuditChainHead.objects.exists()
+
+    assert hotsql.audit_head_lock() == ""
+    hotsql.audit_head_move("ab" * 32, 7)
+
+    head = AuditChainHead.objects.get(pk=1)
+    assert (head.last_hash, head.last_event_id) == ("ab" * 32, 7)
+    assert hotsql.audit_head_lock() == "ab" * 32
+    assert AuditChainHead.objects.count() == 1
+    assert not AuditEvent.objects.exists()
+
+
+def test_an_account_with_many_groups_is_counted_once(template):
+    user = UserFactory()
+    signing = template("smime-signing")
+    groups = [Group.objects.create(name=f"g{n}") for n in range(5)]
+    signing.allowed_groups.set(groups)
+    user.groups.set(groups)
+
+    assert hotsql.template_open_to(signing.pk, user.pk) is True
