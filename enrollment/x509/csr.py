@@ -82,6 +82,14 @@ def parse_csr(
         raise CsrError(problem)
     if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise CsrError("The request's public key uses an unsupported algorithm.")
+    # The signature BIT STRING ends the DER; its first content octet counts unused bits.
+    # cryptography reads past a non-zero count when those bits are zero, so a request
+    # re-encoded with one would otherwise be taken: a signature is whole octets (DER).
+    if der[len(der) - len(csr.signature) - 1] != 0:
+        raise CsrError(
+            "The request's signature is not DER-encoded (its bit string claims unused "
+            "bits); create a new request."
+        )
     try:
         signature_ok = csr.is_signature_valid
     except _PARSE_ERRORS as exc:

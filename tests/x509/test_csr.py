@@ -279,6 +279,23 @@ def test_arbitrary_bytes_raise_only_csr_errors(data: bytes) -> None:
     assert caught.value.message
 
 
+def test_a_signature_bit_string_claiming_unused_bits_is_refused(key_pool: KeyPool) -> None:
+    """Found by the flip test below: cryptography accepts 1-7 unused bits that are zero."""
+    key = key_pool.get(KeyAlgorithm.EC_P256)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    # ECDSA signs afresh each time: take a signature whose last bit is clear, so that the
+    # claim of one unused bit is one cryptography itself would accept.
+    csr = next(c for c in (make_csr(key) for _ in range(64)) if not c.signature[-1] & 1)
+    data = bytearray(der(csr))
+    unused_bits_octet = len(data) - len(csr.signature) - 1
+    assert data[unused_bits_octet] == 0
+    data[unused_bits_octet] = 1
+    assert x509.load_der_x509_csr(bytes(data)).is_signature_valid  # the library's view
+
+    with pytest.raises(CsrError, match="not DER-encoded"):
+        parse_csr(bytes(data))
+
+
 @settings(max_examples=200, deadline=None)
 @given(position=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255))
 def test_corrupted_requests_raise_only_csr_errors(
