@@ -56,8 +56,9 @@ def audit_record(
     """Write one event; `actor=None` means the system (a command, a scheduled task).
 
     Inside ``deferred()`` the event is chained when that block ends (its ``pk`` is set
-    then), unless it is recorded inside a savepoint opened in the block: such an event may
-    be rolled back on its own, so it is written at once, with the savepoint's work.
+    then, and the target is named then, so it may be saved later in the block), unless it
+    is recorded inside a savepoint opened in the block: such an event may be rolled back on
+    its own, so it is written at once, with the savepoint's work.
     """
     user = actor if actor is not None and actor.is_authenticated else None
     # Round-trip the detail through JSON so the hash sees what the database will return.
@@ -67,25 +68,32 @@ def audit_record(
         actor=user,
         actor_name=user.get_username() if user is not None else "system",
         action=action,
-        object_type=target._meta.label if target is not None else "",
-        object_id=str(target.pk) if target is not None else "",
-        object_repr=str(target)[:300] if target is not None else "",
         outcome=outcome,
         source_address=source_address,
         detail=detail,
     )
     batch: _Batch | None = getattr(_state, "batch", None)
     if batch is not None and batch.savepoints == tuple(transaction.get_connection().savepoint_ids):
-        batch.events.append(event)
+        batch.events.append((event, target))
     else:
-        _append([event])
+        _append([_name_target(event, target)])
+    return event
+
+
+def _name_target(event: AuditEvent, target: models.Model | None) -> AuditEvent:
+    if target is not None:
+        if target.pk is None:
+            raise ValueError(f"audit event {event.action}: its target was never saved")
+        event.object_type = target._meta.label
+        event.object_id = str(target.pk)
+        event.object_repr = str(target)[:300]
     return event
 
 
 @dataclass
 class _Batch:
     savepoints: tuple[str, ...]
-    events: list[AuditEvent] = field(default_factory=list)
+    events: list[tuple[AuditEvent, models.Model | None]] = field(default_factory=list)
 
 
 _state = threading.local()
@@ -111,7 +119,7 @@ def deferred() -> Iterator[None]:
             yield
         finally:
             _state.batch = None
-        _append(batch.events)
+        _append([_name_target(event, target) for event, target in batch.events])
 
 
 def _append(events: list[AuditEvent]) -> None:

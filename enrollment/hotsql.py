@@ -50,6 +50,7 @@ class EnrolmentCounts:
     recent_requests: int  # by the requester since `since`, any template
     open_requests: int  # pending or approved for this template
     valid_certificates: int  # Certificate.objects.valid() of this owner and template
+    open_to_requester: bool  # template_open_to(): no allowed groups, or one of theirs
 
 
 @cache
@@ -67,7 +68,8 @@ def _counts_sql() -> str:
         f"AND {r['template']} = %s AND {r['state']} IN (%s, %s)), "
         f"(SELECT COUNT(*) FROM {_table(certificate)} WHERE {c['owner']} = %s "
         f"AND {c['template']} = %s AND {c['status']} = %s AND {c['not_before']} <= %s "
-        f"AND {c['not_after']} > %s AND {c['id']} <> %s)"
+        f"AND {c['not_after']} > %s AND {c['id']} <> %s), "
+        f"({_permits_sql().removeprefix('SELECT ')})"
     )
 
 
@@ -79,7 +81,7 @@ def enrolment_counts(
     now: datetime,
     excluding_certificate_id: int | None = None,
 ) -> EnrolmentCounts:
-    """The three counts the per-person limits need, in one statement."""
+    """The three counts the per-person limits need, and template_open_to(): one statement."""
     params = [
         requester_id,
         _when(since),
@@ -93,11 +95,14 @@ def enrolment_counts(
         _when(now),
         _when(now),
         excluding_certificate_id or 0,  # ids start at 1
+        template_id,
+        template_id,
+        requester_id,
     ]
     with connection.cursor() as cursor:
         cursor.execute(_counts_sql(), params)
-        recent, open_, valid = cursor.fetchone()
-    return EnrolmentCounts(int(recent), int(open_), int(valid))
+        recent, open_, valid, permitted = cursor.fetchone()
+    return EnrolmentCounts(int(recent), int(open_), int(valid), bool(permitted))
 
 
 # --- the issuing CA -------------------------------------------------------------------
@@ -181,7 +186,7 @@ def audit_head_move(last_hash: str, last_event_id: int, pk: int = 1) -> None:
         cursor.execute(update, [last_hash, last_event_id, pk])
 
 
-# --- inserts and updates --------------------------------------------------------------
+# --- inserts --------------------------------------------------------------------------
 
 
 def _fields(model: type[models.Model]) -> list[Any]:
@@ -224,26 +229,6 @@ def insert(*instances: models.Model) -> None:
         instance.pk = key
         instance._state.adding = False
         instance._state.db = connection.alias
-
-
-@cache
-def _update_sql(model: type[models.Model], names: tuple[str, ...]) -> str:
-    assignments = ", ".join(f"{_column(model, name)} = %s" for name in names)
-    pk = connection.ops.quote_name(model._meta.pk.column)
-    return f"UPDATE {_table(model)} SET {assignments} WHERE {pk} = %s"
-
-
-def update(instance: models.Model, *names: str) -> None:
-    """``save(update_fields=names)`` for a stored instance, without compiling a query."""
-    meta = instance._meta
-    values = [
-        meta.get_field(name).get_db_prep_save(
-            meta.get_field(name).pre_save(instance, False), connection
-        )
-        for name in names
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(_update_sql(type(instance), names), [*values, instance.pk])
 
 
 # --- the template, and who may use it -------------------------------------------------

@@ -35,10 +35,18 @@ def is_key_recovery_agent(user: Any) -> bool:
     return _in_group(user, settings.PKIPORTAL_KRA_GROUP)
 
 
-def may_use_template(user: Any, template: CertificateTemplate) -> bool:
-    """Active templates, open to everyone or to the groups the admin chose."""
+def may_use_template(
+    user: Any, template: CertificateTemplate, *, open_to_user: bool | None = None
+) -> bool:
+    """Active templates, open to everyone or to the groups the admin chose.
+
+    `open_to_user` is the group check when the caller has already read it
+    (hotsql.enrolment_counts asks it with the limits, in one statement).
+    """
     if not (user is not None and user.is_authenticated and user.is_active and template.is_active):
         return False
+    if open_to_user is not None:
+        return open_to_user
     prefetched = getattr(template, "_prefetched_objects_cache", {}).get("allowed_groups")
     if prefetched is None:  # one statement, as every enrolment asks this
         return hotsql.template_open_to(template.pk, user.pk)

@@ -763,17 +763,21 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _check_limits(*, requester: AbstractBaseUser, template: CertificateTemplate,
-                  renewal_of: Certificate | None) -> None:  # fmt: skip
-    """Per-person caps that keep a script or a stolen session from flooding the CA."""
+def _enrolment_counts(
+    *, requester: AbstractBaseUser, template: CertificateTemplate, renewal_of: Certificate | None
+) -> hotsql.EnrolmentCounts:
     now = timezone.now()
-    counts = hotsql.enrolment_counts(
+    return hotsql.enrolment_counts(
         requester_id=requester.pk,
         template_id=template.pk,
         since=now - timedelta(hours=1),
         now=now,
         excluding_certificate_id=renewal_of.pk if renewal_of is not None else None,
     )
+
+
+def _check_limits(counts: hotsql.EnrolmentCounts, template: CertificateTemplate) -> None:
+    """Per-person caps that keep a script or a stolen session from flooding the CA."""
     if counts.recent_requests >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
         raise RateLimited(
             f"You have made {settings.PKIPORTAL_ENROLL_RATE_PER_HOUR} requests in the last hour; "
@@ -805,7 +809,9 @@ def request_submit(
     """
     from enrollment.permissions import may_use_template
 
-    if not may_use_template(requester, template):
+    # Who may use the template and the per-person limits are read together, up front.
+    counts = _enrolment_counts(requester=requester, template=template, renewal_of=renewal_of)
+    if not may_use_template(requester, template, open_to_user=counts.open_to_requester):
         raise NotPermitted(f"You may not use the template {template.name}.", field="template")
     if (csr is None) == (key_algorithm is None):
         raise PolicyViolation("Give either a CSR or a key algorithm, not both.", field="csr")
@@ -847,7 +853,7 @@ def request_submit(
             f"No valid key recovery agent is configured, so {template.name} cannot issue "
             "right now: encryption keys must be archived. Please tell your administrator."
         )
-    _check_limits(requester=requester, template=template, renewal_of=renewal_of)
+    _check_limits(counts, template)
 
     # Without approval the request is approved as it is recorded: one write, not two. A
     # CSR is then fulfilled in the same transaction: if issuing fails, nothing remains.
@@ -870,8 +876,7 @@ def request_submit(
             renewal_of=renewal_of,
             source_address=source_address,
         )
-        hotsql.insert(request)
-        audit_record(
+        audit_record(  # named when the block ends, by then stored
             action="request.submit",
             actor=requester,
             target=request,
@@ -880,6 +885,7 @@ def request_submit(
                     "renewal_of": renewal_of.serial if renewal_of else None},
         )  # fmt: skip
         if parsed is not None and approved:
+            # Issued first, so the request is stored once, already issued.
             request.certificate = certificate_issue(
                 template=template,
                 owner=requester,
@@ -889,7 +895,7 @@ def request_submit(
                 supersedes=renewal_of,
             )
             request.state = CertificateRequest.State.ISSUED
-            hotsql.update(request, "certificate", "state", "updated_at")
+        hotsql.insert(request)
     return request
 
 

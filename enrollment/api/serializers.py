@@ -408,6 +408,36 @@ class IssuedOut(serializers.Serializer):
         return base64.b64encode(issued.pkcs12).decode("ascii") if issued.pkcs12 else None
 
 
+_WHEN = serializers.DateTimeField()
+
+
+def issued_body(issued: Issued, request: Any) -> dict[str, Any]:
+    """``IssuedOut(issued).data``, built directly for the answer of every enrolment.
+
+    A DRF serializer deep-copies its fields for each instance: for this one that was a
+    tenth of the CPU of issuing a certificate. IssuedOut still documents the shape, and a
+    test keeps the two equal.
+    """
+    certificate = issued.certificate
+    return {
+        "id": issued.request.pk,
+        "url": absolute(request, "enrollment-detail", pk=issued.request.pk),
+        "state": str(issued.request.state),
+        "serial": certificate.serial,
+        "fingerprint": certificate.fingerprint_sha256,
+        "subject": certificate.subject,
+        "emails": [str(email) for email in certificate.emails],
+        "not_before": _WHEN.to_representation(certificate.not_before),
+        "not_after": _WHEN.to_representation(certificate.not_after),
+        "certificate": pkcs7.certificate_pem(certificate.certificate).decode("ascii"),
+        "chain": chain_pem(certificate),
+        "certificate_url": absolute(request, "certificate-detail", serial=certificate.serial),
+        "notice": substitution_notice(issued.request, certificate),
+        "pkcs12": base64.b64encode(issued.pkcs12).decode("ascii") if issued.pkcs12 else None,
+        "pkcs12_format": str(issued.pkcs12_format) if issued.pkcs12_format else None,
+    }
+
+
 def substitution_notice(request: CertificateRequest, certificate: Certificate) -> str:
     """Say so when a CSR asked for names the account does not have (they were not used)."""
     asked_emails = {address.lower() for address in request.requested_emails}

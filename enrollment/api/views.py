@@ -114,7 +114,7 @@ def _answer(
     context = {"request": request}
     if submitted.state == CertificateRequest.State.ISSUED and submitted.certificate is not None:
         issued = s.Issued(submitted, submitted.certificate, pkcs12, pkcs12_format)
-        return Response(s.IssuedOut(issued, context=context).data, status=status.HTTP_201_CREATED)
+        return Response(s.issued_body(issued, request), status=status.HTTP_201_CREATED)
     body = s.EnrollmentOut(submitted, context=context).data
     return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 

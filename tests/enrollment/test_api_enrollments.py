@@ -574,3 +574,60 @@ def test_an_issuance_failure_after_the_csr_was_accepted_leaves_nothing_behind(
         "detail": "The CA cannot sign right now; please tell your administrator."
     }  # the key file's path is for the operator's log
     assert stored_counts() == (0, 0)
+
+
+# --- the answer -----------------------------------------------------------------------
+
+
+def test_the_answer_built_by_hand_is_what_issuedout_documents(hierarchy, employee, openssl):
+    """_answer skips DRF's per-answer field copies; IssuedOut stays the documented shape."""
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from enrollment import services
+    from enrollment.api import serializers as s
+    from enrollment.models import CertificateTemplate
+
+    http = Request(APIRequestFactory().post(ENROLLMENTS))
+    with_notice = services.request_submit(
+        requester=employee,
+        template=CertificateTemplate.objects.get(slug="smime-signing"),
+        csr=openssl_csr(openssl, "mallory", *EC_P256).read_bytes(),
+    )
+    bundle_request = services.request_submit(
+        requester=employee,
+        template=CertificateTemplate.objects.get(slug="smime-dual-use"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+    )
+    certificate, bundle = services.request_collect(
+        request=bundle_request, actor=employee, pkcs12_password=PASSWORD
+    )
+    answers = [
+        s.Issued(with_notice, with_notice.certificate),
+        s.Issued(bundle_request, certificate, bundle, pkcs12.Pkcs12Format.MODERN),
+    ]
+
+    for issued in answers:
+        documented = dict(s.IssuedOut(issued, context={"request": http}).data)
+        assert s.issued_body(issued, http) == documented
+    assert answers[0].certificate.emails == ["alice@example.com"]
+    assert "mallory" in s.issued_body(answers[0], http)["notice"]
+    assert s.issued_body(answers[1], http)["pkcs12"]
+
+
+def test_a_csr_enrolment_costs_eleven_statements(
+    hierarchy, employee, ec_p256_key, django_assert_num_queries
+):
+    """The throughput of the API rests on this (docs/benchmarks.md): keep it from creeping.
+
+    Token with its user; template; savepoint; permission and limits; issuing CA;
+    certificate; request; chain head lock, audit events, head move; release.
+    """
+    client = token_client(employee)
+    body = csr_body(ec_p256_key)
+    client.post(ENROLLMENTS, body, format="json")  # warm: the chain head exists
+
+    with django_assert_num_queries(11):
+        response = client.post(ENROLLMENTS, body, format="json")
+
+    assert response.status_code == 201

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 
 from enrollment import audit, services
 from enrollment.audit import audit_chain_breaks, audit_record
-from enrollment.models import AuditEvent
+from enrollment.models import AuditEvent, CertificateRequest
 from enrollment.x509.keys import KeyAlgorithm
 
 pytestmark = pytest.mark.django_db
@@ -182,3 +182,27 @@ def test_nested_deferred_blocks_append_once_at_the_outer_end(db):
             inner = audit_record(action="test.inner")
         assert inner.pk is None  # the outer block appends
     assert _chained_in_order([outer, inner])
+
+
+def test_a_deferred_event_names_a_target_saved_later_in_the_block(employee, template):
+    request = CertificateRequest(
+        requester=employee,
+        template=template("smime-signing"),
+        key_source="server",
+        key_algorithm="ec-p256",
+    )
+    with audit.deferred():
+        event = audit_record(action="test.submit", target=request)
+        request.save()
+
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.object_id == str(request.pk)
+    assert stored.object_repr == str(request)
+    assert list(audit_chain_breaks()) == []
+
+
+def test_an_event_for_a_target_never_saved_fails_the_block(employee, template):
+    request = CertificateRequest(requester=employee, template=template("smime-signing"))
+
+    with pytest.raises(ValueError, match="never saved"), audit.deferred():
+        audit_record(action="test.submit", target=request)
