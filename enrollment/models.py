@@ -47,6 +47,13 @@ class DerCertificateMixin(models.Model):
         return x509.load_der_x509_certificate(bytes(self.der))
 
 
+# Parsed CA certificates per process, by CA and fingerprint (the DER cannot change under
+# it): every issuance reads its issuer's key identifier, constraints and public key, and
+# parsing them afresh from a new object cost more than signing. Public data, one entry
+# per CA.
+_CA_CERTIFICATES: dict[tuple[int, str], x509.Certificate] = {}
+
+
 class CertificateAuthority(DerCertificateMixin):
     name = models.CharField(max_length=200)
     slug = models.SlugField(unique=True, help_text="Used in /pki/<slug>.crt and .crl URLs.")
@@ -92,6 +99,16 @@ class CertificateAuthority(DerCertificateMixin):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def certificate(self) -> x509.Certificate:  # type: ignore[override]
+        if self.pk is None:
+            return x509.load_der_x509_certificate(bytes(self.der))
+        key = (self.pk, self.fingerprint_sha256)
+        parsed = _CA_CERTIFICATES.get(key)
+        if parsed is None:
+            parsed = _CA_CERTIFICATES[key] = x509.load_der_x509_certificate(bytes(self.der))
+        return parsed
 
     @property
     def is_root(self) -> bool:

@@ -212,3 +212,16 @@ def test_an_account_with_many_groups_is_counted_once(template):
     user.groups.set(groups)
 
     assert hotsql.template_open_to(signing.pk, user.pk) is True
+
+
+def test_a_ca_certificate_is_parsed_once_per_process_and_per_fingerprint(hierarchy):
+    first = CertificateAuthority.objects.get(pk=hierarchy.issuing.pk).certificate
+    again = hotsql.default_issuing_ca().certificate
+
+    assert again is first  # the issuer's extensions and key are parsed once
+    assert first == hierarchy.issuing.certificate
+    assert hierarchy.root.certificate is not first
+    renamed = CertificateAuthority.objects.get(pk=hierarchy.issuing.pk)
+    renamed.fingerprint_sha256 = "0" * 64  # another certificate under the same row
+    renamed.der = hierarchy.root.der
+    assert renamed.certificate == hierarchy.root.certificate
