@@ -20,9 +20,10 @@ the limits stay on, as in production. It starts gunicorn on 127.0.0.1 and times:
 It prints certificates per second for each (best of ``--rounds``), the server CPU per
 certificate (gunicorn workers and their PostgreSQL backends, from /proc) and the ratio of
 the HTTP CSR path to the bare library. ``--profile`` then runs CSR enrolments in-process
-through Django's WSGI handler under cProfile and prints where the time goes, the SQL
-statements of one enrolment and how many times a CA key was loaded. Everything is
-bounded; gunicorn and the database are removed at the end.
+through Django's handler and prints the CPU of each main step (timed around the calls,
+no profiler), the SQL statements of one enrolment, how many times a CA key was loaded,
+and cProfile's hottest functions by CPU time. Everything is bounded; gunicorn and the
+database are removed at the end.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -421,7 +423,7 @@ def bare_library(csrs: list[str]) -> tuple[Result, Result]:
 
 
 def profile(count: int) -> None:
-    """(Runs inside the Django environment.) cProfile CSR enrolments through Django."""
+    """(Runs inside the Django environment.) Where one CSR enrolment's CPU goes."""
     import cProfile
     import pstats
 
@@ -474,24 +476,82 @@ def profile(count: int) -> None:
     for query in captured:
         kind = query["sql"].split(None, 1)[0].upper()
         by_kind[kind] = by_kind.get(kind, 0) + 1
-    profiler = cProfile.Profile()
-    started = time.perf_counter()
+    steps = _time_steps()
+    started, cpu = time.perf_counter(), time.process_time()
+    for index in range(6, 6 + count // 2):
+        enrol(index)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    timed_count = count // 2
+    print(f"\nIn-process: {timed_count} CSR enrolments (P-256), one process, no HTTP")
+    print(f"  {timed_count / elapsed:.1f} certs/s, {cpu / timed_count * 1000:.2f} ms CPU each")
+    print(f"  CA key loads: {warm_loads} during warm-up, {loads} during the timed run")
+    print(f"  SQL per enrolment: {len(captured)} {by_kind}")
+    print("  CPU per enrolment by step (nested steps are inside their callers):")
+    for name, seconds, calls in steps.report():
+        print(f"    {seconds / timed_count * 1000:6.3f} ms  {name} ({calls // timed_count}x)")
+    profiler = cProfile.Profile(time.process_time)  # CPU only: waits on PostgreSQL are not cost
     profiler.enable()
-    for index in range(6, len(bodies)):
+    for index in range(6 + count // 2, len(bodies)):
         enrol(index)
     profiler.disable()
-    elapsed = time.perf_counter() - started
-    print(f"\nIn-process profile: {count - 1} CSR enrolments (P-256), one process, no HTTP")
-    print(f"  {(count - 1) / elapsed:.1f} certs/s under cProfile")
-    print(f"  CA key loads: {warm_loads} during warm-up, {loads} during the profiled run")
-    print(f"  SQL per enrolment: {len(captured)} {by_kind}")
-    timed = sorted(captured, key=lambda q: -float(q["time"]))
-    print(f"  SQL time in that enrolment: {sum(float(q['time']) for q in timed) * 1000:.1f} ms")
-    for query in timed[:8]:
-        print(f"    {float(query['time']) * 1000:6.2f} ms  {query['sql'][:110]}")
     stats = pstats.Stats(profiler)
-    stats.sort_stats("cumulative").print_stats(r"(enrollment|pkiportal|knox)/.*\.py", 18)
-    stats.sort_stats("tottime").print_stats(12)
+    stats.sort_stats("tottime").print_stats(15)
+
+
+def _time_steps() -> Any:
+    """Wrap the enrolment's main steps with CPU-time counters (process_time, no profiler)."""
+    import collections
+    import functools
+
+    from django.core.handlers.base import BaseHandler
+
+    from enrollment import audit, hotsql, services
+    from enrollment import keystore as keystore_module
+    from enrollment.api import authentication, serializers
+    from enrollment.api import views as api_views
+    from enrollment.x509 import builder as builder_module
+
+    totals: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+
+    def wrap(owner: Any, attribute: str, name: str) -> None:
+        original = getattr(owner, attribute)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                totals[name] += time.process_time() - started
+                calls[name] += 1
+
+        setattr(owner, attribute, timed)
+
+    steps = [
+        (BaseHandler, "get_response", "Django: the whole request, middleware included"),
+        (authentication.TokenAuthentication, "authenticate", "  token authentication"),
+        (api_views, "_enrol", "  the enrolment view"),
+        (serializers.CsrEnrollmentIn, "is_valid", "    input serializer (template lookup)"),
+        (services, "request_submit", "    services.request_submit"),
+        (services, "parse_csr", "      parse + verify the CSR"),
+        (services, "_enrolment_counts", "      permission + limits (1 statement)"),
+        (services, "_issue", "      _issue"),
+        (services, "default_issuing_ca", "        default issuing CA (1 statement)"),
+        (keystore_module, "issue_end_entity", "        sign (keystore)"),
+        (builder_module, "build_end_entity", "          build + sign"),
+        (audit, "_append", "      audit append (lock, insert, head)"),
+        (hotsql, "insert", "      inserts: request, certificate, events"),
+        (serializers, "issued_body", "    the 201 answer"),
+    ]
+    for owner, attribute, name in steps:
+        wrap(owner, attribute, name)
+
+    class Steps:
+        def report(self) -> list[tuple[str, float, int]]:
+            return [(name, totals[name], calls[name]) for _owner, _attribute, name in steps]
+
+    return Steps()
 
 
 # --- main -----------------------------------------------------------------------------
@@ -598,7 +658,7 @@ def main() -> None:
             )
         print(f"load average: {os.getloadavg()[0]:.2f} (after)")
         if args.profile:
-            print(run([sys.executable, __file__, "--_profile", "200"], env))
+            print(run([sys.executable, __file__, "--_profile", "600"], env))
     finally:
         if gunicorn is not None:
             stop(gunicorn)
