@@ -107,15 +107,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "init_command", "PRAGMA journal_mode=WAL;"
     )
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
+    "DATABASE_PREPARED_STATEMENTS", default=True
+):
     # Server-side binding lets psycopg prepare a statement run a few times on a connection,
-    # so PostgreSQL stops parsing and planning the same ORM queries on every request (a
-    # third of its CPU per enrolment). Turn off behind PgBouncer in transaction mode
-    # before 1.21, which cannot keep prepared statements across transactions.
-    if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
-        DATABASES["default"].setdefault("OPTIONS", {}).update(
-            {"server_side_binding": True, "prepare_threshold": 5}
-        )
+    # so PostgreSQL stops parsing and planning the same queries on every request (a third
+    # of its CPU per enrolment). Turn off behind PgBouncer in transaction mode before
+    # 1.21, which cannot keep prepared statements across transactions.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"server_side_binding": True, "prepare_threshold": 5}
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
