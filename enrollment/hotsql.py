@@ -69,7 +69,7 @@ def _counts_sql() -> str:
         f"(SELECT COUNT(*) FROM {_table(certificate)} WHERE {c['owner']} = %s "
         f"AND {c['template']} = %s AND {c['status']} = %s AND {c['not_before']} <= %s "
         f"AND {c['not_after']} > %s AND {c['id']} <> %s), "
-        f"({_permits_sql().removeprefix('SELECT ')})"
+        f"({_permits_expression()})"
     )
 
 
@@ -252,7 +252,9 @@ def template_by_slug(slug: str) -> CertificateTemplate | None:
 
 
 @cache
-def _permits_sql() -> str:
+def _permits_expression() -> str:
+    """True when the template has no allowed groups or the user is in one; parameters:
+    template id, template id, user id."""
     allowed = CertificateTemplate.allowed_groups.through
     memberships = get_user_model().groups.through
     a_table, m_table = _table(allowed), _table(memberships)
@@ -260,7 +262,7 @@ def _permits_sql() -> str:
     a_group, m_group = _column(allowed, "group"), _column(memberships, "group")
     m_user = _column(memberships, "user")
     return (
-        f"SELECT NOT EXISTS (SELECT 1 FROM {a_table} WHERE {a_template} = %s) "
+        f"NOT EXISTS (SELECT 1 FROM {a_table} WHERE {a_template} = %s) "
         f"OR EXISTS (SELECT 1 FROM {a_table} INNER JOIN {m_table} "
         f"ON {a_table}.{a_group} = {m_table}.{m_group} "
         f"WHERE {a_table}.{a_template} = %s AND {m_table}.{m_user} = %s)"
@@ -270,7 +272,7 @@ def _permits_sql() -> str:
 def template_open_to(template_id: int, user_id: int) -> bool:
     """The template has no allowed groups, or the user is in one of them."""
     with connection.cursor() as cursor:
-        cursor.execute(_permits_sql(), [template_id, template_id, user_id])
+        cursor.execute(f"SELECT {_permits_expression()}", [template_id, template_id, user_id])
         return bool(cursor.fetchone()[0])
 
 
