@@ -33,8 +33,16 @@ def _table(model: type[models.Model]) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+def _quoted(field: Any) -> str:
+    """A concrete field's column, quoted for this database."""
+    column = field.column
+    if not isinstance(column, str):
+        raise TypeError(f"{field!r} has no column")
+    return connection.ops.quote_name(column)
+
+
 def _column(model: type[models.Model], name: str) -> str:
-    return connection.ops.quote_name(model._meta.get_field(name).column)
+    return _quoted(model._meta.get_field(name))
 
 
 def _when(moment: datetime) -> Any:
@@ -111,7 +119,7 @@ def enrolment_counts(
 @cache
 def _default_ca_sql() -> str:
     ca = CertificateAuthority
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in ca._meta.concrete_fields)
+    columns = ", ".join(_quoted(f) for f in ca._meta.concrete_fields)
     return (
         f"SELECT {columns} FROM {_table(ca)} WHERE {_column(ca, 'is_online')} = %s "
         f"AND {_column(ca, 'parent')} IS NOT NULL "
@@ -200,9 +208,9 @@ def _fields(model: type[models.Model]) -> list[Any]:
 
 @cache
 def _insert_sql(model: type[models.Model], rows: int) -> str:
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in _fields(model))
+    columns = ", ".join(_quoted(field) for field in _fields(model))
     row = "(" + ", ".join(["%s"] * len(_fields(model))) + ")"
-    pk = connection.ops.quote_name(model._meta.pk.column)
+    pk = _quoted(model._meta.pk)
     return (
         f"INSERT INTO {_table(model)} ({columns}) VALUES {', '.join([row] * rows)} RETURNING {pk}"
     )
@@ -236,10 +244,7 @@ def insert(*instances: models.Model) -> None:
 
 @cache
 def _select_all_sql(model: type[models.Model], where: str) -> str:
-    columns = ", ".join(
-        f"{_table(model)}.{connection.ops.quote_name(f.column)}"
-        for f in model._meta.concrete_fields
-    )
+    columns = ", ".join(f"{_table(model)}.{_quoted(f)}" for f in model._meta.concrete_fields)
     return f"SELECT {columns} FROM {_table(model)} WHERE {_column(model, where)} = %s"
 
 
@@ -282,14 +287,14 @@ def template_open_to(template_id: int, user_id: int) -> bool:
 @cache
 def _tokens_sql() -> str:
     user_model = get_user_model()
-    token_columns = [f"{_table(AuthToken)}.{connection.ops.quote_name(f.column)}"
+    token_columns = [f"{_table(AuthToken)}.{_quoted(f)}"
                      for f in AuthToken._meta.concrete_fields]  # fmt: skip
-    user_columns = [f"{_table(user_model)}.{connection.ops.quote_name(f.column)}"
+    user_columns = [f"{_table(user_model)}.{_quoted(f)}"
                     for f in user_model._meta.concrete_fields]  # fmt: skip
     return (
         f"SELECT {', '.join(token_columns + user_columns)} FROM {_table(AuthToken)} "
         f"INNER JOIN {_table(user_model)} ON {_table(AuthToken)}.{_column(AuthToken, 'user')} "
-        f"= {_table(user_model)}.{connection.ops.quote_name(user_model._meta.pk.column)} "
+        f"= {_table(user_model)}.{_quoted(user_model._meta.pk)} "
         f"WHERE {_table(AuthToken)}.{_column(AuthToken, 'token_key')} = %s"
     )
 
