@@ -45,6 +45,12 @@ def _column(model: type[models.Model], name: str) -> str:
     return _quoted(model._meta.get_field(name))
 
 
+@cache
+def _all_columns(model: type[models.Model]) -> str:
+    """Every concrete column, qualified by the table, in field order (what _instance reads)."""
+    return ", ".join(f"{_table(model)}.{_quoted(f)}" for f in model._meta.concrete_fields)
+
+
 def _when(moment: datetime) -> Any:
     """A datetime as the ORM would pass it (SQLite stores text in UTC)."""
     return connection.ops.adapt_datetimefield_value(moment)
@@ -119,34 +125,35 @@ def enrolment_counts(
 @cache
 def _default_ca_sql() -> str:
     ca = CertificateAuthority
-    columns = ", ".join(_quoted(f) for f in ca._meta.concrete_fields)
     return (
-        f"SELECT {columns} FROM {_table(ca)} WHERE {_column(ca, 'is_online')} = %s "
+        f"SELECT {_all_columns(ca)} FROM {_table(ca)} WHERE {_column(ca, 'is_online')} = %s "
         f"AND {_column(ca, 'parent')} IS NOT NULL "
         f"ORDER BY {_column(ca, 'parent')}, {_column(ca, 'name')}, {_column(ca, 'id')} LIMIT 1"
     )
 
 
 @cache
-def _converters(model: type[models.Model]) -> list[tuple[Any, list[Any]]]:
-    """Per column, the converters the ORM applies to what the driver returns."""
+def _reader(model: type[models.Model]) -> tuple[list[str], list[tuple[Any, list[Any]]]]:
+    """The attribute names, and per column the converters the ORM applies to what the
+    driver returns."""
     table = model._meta.db_table
-    columns = []
+    names, columns = [], []
     for field in model._meta.concrete_fields:
         column = field.get_col(table)
         converters = connection.ops.get_db_converters(column)
+        names.append(field.attname)
         columns.append((column, converters + column.get_db_converters(connection)))
-    return columns
+    return names, columns
 
 
 def _instance(model: type[models.Model], row: tuple[Any, ...]) -> Any:
-    """A model instance from a row of all its concrete columns, as a queryset builds it."""
+    """A model instance from a row of _all_columns(model), as a queryset builds it."""
+    names, columns = _reader(model)
     values = []
-    for value, (column, converters) in zip(row, _converters(model), strict=True):
+    for value, (column, converters) in zip(row, columns, strict=True):
         for converter in converters:
             value = converter(value, column, connection)
         values.append(value)
-    names = [field.attname for field in model._meta.concrete_fields]
     return model.from_db(connection.alias, names, values)
 
 
@@ -244,8 +251,7 @@ def insert(*instances: models.Model) -> None:
 
 @cache
 def _select_all_sql(model: type[models.Model], where: str) -> str:
-    columns = ", ".join(f"{_table(model)}.{_quoted(f)}" for f in model._meta.concrete_fields)
-    return f"SELECT {columns} FROM {_table(model)} WHERE {_column(model, where)} = %s"
+    return f"SELECT {_all_columns(model)} FROM {_table(model)} WHERE {_column(model, where)} = %s"
 
 
 def template_by_slug(slug: str) -> CertificateTemplate | None:
@@ -287,12 +293,8 @@ def template_open_to(template_id: int, user_id: int) -> bool:
 @cache
 def _tokens_sql() -> str:
     user_model = get_user_model()
-    token_columns = [f"{_table(AuthToken)}.{_quoted(f)}"
-                     for f in AuthToken._meta.concrete_fields]  # fmt: skip
-    user_columns = [f"{_table(user_model)}.{_quoted(f)}"
-                    for f in user_model._meta.concrete_fields]  # fmt: skip
     return (
-        f"SELECT {', '.join(token_columns + user_columns)} FROM {_table(AuthToken)} "
+        f"SELECT {_all_columns(AuthToken)}, {_all_columns(user_model)} FROM {_table(AuthToken)} "
         f"INNER JOIN {_table(user_model)} ON {_table(AuthToken)}.{_column(AuthToken, 'user')} "
         f"= {_table(user_model)}.{_quoted(user_model._meta.pk)} "
         f"WHERE {_table(AuthToken)}.{_column(AuthToken, 'token_key')} = %s"
