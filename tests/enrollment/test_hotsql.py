@@ -6,6 +6,8 @@ statement are checked against what the ORM itself reads and writes.
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from knox.models import AuthToken
 
 from django.contrib.auth.models import Group
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 from django.utils.translation import gettext_lazy
 
@@ -262,6 +264,72 @@ def test_a_value_of_another_type_goes_through_the_field(employee, template):
     assert type(values["requested_subject"]) is str
     assert values["state"] == "approved"
     assert values["requester_id"] == employee.pk
+
+
+def generic_plan_indexes(sql: str, params: list) -> set[str]:
+    """The indexes PostgreSQL's generic plan of a statement reads (what a prepared
+    statement runs after its first five executions)."""
+    numbered = iter(range(1, len(params) + 1))
+    prepared = re.sub(r"%s", lambda _match: f"${next(numbered)}", sql)
+    literals = ", ".join(
+        "NULL" if value is None else "'" + str(value).replace("'", "''") + "'" for value in params
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE limit_counts AS {prepared}")
+        try:
+            cursor.execute(f"EXPLAIN (FORMAT JSON) EXECUTE limit_counts({literals})")
+            plan = cursor.fetchone()[0]
+        finally:
+            cursor.execute("DEALLOCATE limit_counts")
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    found, nodes = set(), [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if "Index Name" in node:
+            found.add(node["Index Name"])
+        assert node["Node Type"] != "Seq Scan" or node["Relation Name"].endswith("groups"), node
+        nodes.extend(node.get("Plans", []))
+    return found
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the plan is PostgreSQL's")
+def test_the_limit_counts_read_only_the_persons_rows(hierarchy, template, employee, colleague):
+    """Without fresh statistics PostgreSQL once ANDed the owner's index with the template's,
+    whose scan grows with every certificate of the template: 4 ms per enrolment at 5,000."""
+    signing = template("smime-signing")
+    now = timezone.now()
+    Certificate.objects.bulk_create(
+        Certificate(
+            ca=hierarchy.issuing,
+            owner=colleague,
+            template=signing,
+            purpose="signing",
+            common_name="Colleague",
+            email="colleague@example.com",
+            emails=["colleague@example.com"],
+            fingerprint_sha1="0" * 40,
+            key_algorithm="EC P-256",
+            der=b"\x30\x00",
+            serial=f"{i:040x}",
+            fingerprint_sha256=f"{i:064x}",
+            subject="CN=Colleague",
+            not_before=now - timedelta(days=1),
+            not_after=now + timedelta(days=365),
+        )
+        for i in range(1, 2001)
+    )
+    counts = hotsql._counts_sql()
+    params = [employee.pk, now, employee.pk, signing.pk, "pending", "approved", employee.pk]
+    params += [signing.pk, "valid", now, now, 0, signing.pk, signing.pk, employee.pk]
+
+    indexes = generic_plan_indexes(counts, params)
+
+    assert "cert_owner_template_idx" in indexes
+    assert "request_requester_template_idx" in indexes
+    template_only = ("enrollment_certificate_template_id", "enrollment_certificaterequest_template")
+    assert not [name for name in indexes if name.startswith(template_only)], indexes
 
 
 def test_the_chain_head_is_created_by_the_first_event(db):
