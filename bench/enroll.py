@@ -1,6 +1,6 @@
 """Enrolment throughput through the HTTP API, against the bare library in one process.
 
-    .venv/bin/python bench/enroll.py [--workers 2] [--clients 4] [--csr-requests 400]
+    .venv/bin/python bench/enroll.py [--workers 2] [--clients 4] [--csr-requests 1500]
         [--key-requests 120] [--rsa-key-requests 30] [--rounds 3] [--profile]
 
 Creates a throwaway PostgreSQL database (``bench_enroll`` on 127.0.0.1, as the
@@ -561,7 +561,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
-    parser.add_argument("--csr-requests", type=int, default=400, help="per key type")
+    parser.add_argument(
+        "--csr-requests",
+        type=int,
+        default=1500,
+        help="per key type and round: rounds of ~4 s, long enough to see costs that grow",
+    )
     parser.add_argument("--key-requests", type=int, default=120, help="portal-key P-256")
     parser.add_argument("--rsa-key-requests", type=int, default=30, help="portal-key RSA-2048")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many runs")
