@@ -98,7 +98,22 @@ class RevocationListAdmin(ReadOnlyAdmin):
 @admin.register(KeyRecoveryAgent)
 class KeyRecoveryAgentAdmin(ReadOnlyAdmin):
     list_display = ["name", "user", "is_active", "not_after", "fingerprint_sha256"]
+    list_filter = ["is_active"]
     exclude = ["der"]
+    actions = ["deactivate"]
+
+    def has_deactivate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("enrollment.change_keyrecoveryagent")
+
+    @admin.action(
+        description="Deactivate selected key recovery agents…", permissions=["deactivate"]
+    )
+    def deactivate(
+        self, request: HttpRequest, queryset: QuerySet[KeyRecoveryAgent]
+    ) -> HttpResponse | None:
+        from enrollment.ra_admin import kra_deactivate_action
+
+        return kra_deactivate_action(self, request, queryset)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # "Add" is the registration form: a certificate upload through services.kra_register.

@@ -1,7 +1,8 @@
-"""The admin's "register a key recovery agent" page: a certificate upload through kra_register.
+"""The admin's key recovery agent pages: register (a certificate upload) and deactivate.
 
-Kept out of admin.py so the admin stays read-mostly in one obvious place; this is its one
-form that creates a row, and it goes through the service like the register_kra command.
+Kept out of admin.py so the admin stays read-mostly in one obvious place; these are its
+forms that change agents, and they go through the services like the register_kra and
+deactivate_kra commands.
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
 from enrollment import services
 from enrollment.exceptions import EnrollmentError
-from enrollment.ra_forms import KeyRecoveryAgentRegisterForm
+from enrollment.models import KeyRecoveryAgent
+from enrollment.ra_forms import KeyRecoveryAgentDeactivateForm, KeyRecoveryAgentRegisterForm
+from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
 
 
 def kra_register_view(
@@ -58,4 +63,58 @@ def kra_register_view(
     }
     return TemplateResponse(
         request, "admin/enrollment/keyrecoveryagent/register.html", context, status=status
+    )
+
+
+def kra_deactivate_action(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[KeyRecoveryAgent]
+) -> HttpResponse | None:
+    """The "deactivate" action: a confirmation page that asks why, then kra_deactivate.
+
+    The page says, before anything changes, how many archived keys only each agent can
+    open (its private key must be kept for them) and whether any agent is left to archive
+    to: without one, templates that archive keys stop issuing.
+    """
+    agents = list(queryset.filter(is_active=True).order_by("name"))
+    if not agents:
+        model_admin.message_user(request, "None of the selected agents is active.", messages.INFO)
+        return None
+    form = KeyRecoveryAgentDeactivateForm(request.POST if "confirm" in request.POST else None)
+    if form.is_bound and form.is_valid():
+        for agent in agents:
+            try:
+                services.kra_deactivate(
+                    agent=agent, reason=form.cleaned_data["reason"], actor=request.user
+                )
+            except EnrollmentError as exc:
+                model_admin.message_user(request, f"{agent.name}: {exc.message}", messages.ERROR)
+            else:
+                model_admin.message_user(
+                    request,
+                    f"Deactivated {agent.name}: keys archived from now on are not encrypted to it.",
+                    messages.SUCCESS,
+                )
+        if not usable_agents().exists():
+            model_admin.message_user(
+                request,
+                "No usable key recovery agent is left: templates that archive keys cannot issue "
+                "until one is registered.",
+                messages.WARNING,
+            )
+        return None
+    remaining = usable_agents().exclude(pk__in=[agent.pk for agent in agents]).count()
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Deactivate key recovery agents",
+        "opts": model_admin.model._meta,
+        "form": form,
+        "rows": [(agent, archives_only_agent_opens(agent)) for agent in agents],
+        "remaining": remaining,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(
+        request,
+        "admin/enrollment/keyrecoveryagent/deactivate.html",
+        context,
+        status=400 if form.is_bound else 200,
     )

@@ -188,3 +188,13 @@ class KeyRecoveryAgentRegisterForm(forms.Form):
                 "The file is not a PEM or DER certificate (a .p12/.pfx holds the private key: "
                 "export the certificate alone)."
             ) from None
+
+
+class KeyRecoveryAgentDeactivateForm(forms.Form):
+    """Why agents are deactivated: kept in the audit trail."""
+
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text='E.g. "Holder left the security team" or "Token lost: key may be compromised".',
+    )

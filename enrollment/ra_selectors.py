@@ -170,3 +170,22 @@ def agent_overview(now: datetime | None = None) -> AgentOverview:
             "Register a new one before then, or archiving templates stop issuing."
         )
     return overview
+
+
+def archives_only_agent_opens(agent: KeyRecoveryAgent) -> int:
+    """Archived keys encrypted to this agent and to no other: recovering them needs its key.
+
+    The recipients are counted before the filter on this agent, so the count sees every
+    recipient of each archive, not only the joined one.
+    """
+    return (
+        ArchivedKey.objects.annotate(recipient_count=Count("recipients"))
+        .filter(recipient_count=1, recipients=agent)
+        .count()
+    )
+
+
+def usable_agents(now: datetime | None = None) -> QuerySet[KeyRecoveryAgent]:
+    """Agents new archives are encrypted to: active and within their validity."""
+    now = now or timezone.now()
+    return KeyRecoveryAgent.objects.filter(is_active=True, not_before__lte=now, not_after__gt=now)

@@ -41,6 +41,7 @@ from enrollment.models import (
     KeyRecoveryAgent,
     RevocationList,
 )
+from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
 from enrollment.x509 import builder, cms, crl_fast, keys, pkcs7, pkcs12
 from enrollment.x509.crl import RevocationReason, RevokedEntry
 from enrollment.x509.csr import parse_csr
@@ -202,11 +203,40 @@ def kra_register(
     return agent
 
 
+def kra_deactivate(
+    *, agent: KeyRecoveryAgent, reason: str, actor: Actor = None
+) -> KeyRecoveryAgent:
+    """Stop encrypting new archives to an agent: its holder left, or its key is in doubt.
+
+    Keys archived before stay encrypted to it too. The server never holds a private key,
+    so it cannot re-encrypt them: the audit event records how many only this agent can
+    open, and so how long its private key must still be kept. Permanent: an agent is
+    trusted again only through a new certificate, registered anew.
+    """
+    reason = " ".join(reason.split())
+    if not reason:
+        raise PolicyViolation("Say why the agent is deactivated.", field="reason")
+    with transaction.atomic():
+        locked = KeyRecoveryAgent.objects.select_for_update().get(pk=agent.pk)
+        if not locked.is_active:
+            raise InvalidState(f"{locked.name} is already inactive.")
+        locked.is_active = False
+        locked.save(update_fields=["is_active"])
+        audit_record(
+            action="kra.deactivate",
+            actor=actor,
+            target=locked,
+            detail={
+                "reason": reason[:500],
+                "archives_only_it_opens": archives_only_agent_opens(locked),
+                "usable_agents_left": usable_agents().count(),
+            },
+        )
+    return locked
+
+
 def _active_agents() -> list[KeyRecoveryAgent]:
-    now = timezone.now()
-    return list(
-        KeyRecoveryAgent.objects.filter(is_active=True, not_before__lte=now, not_after__gt=now)
-    )
+    return list(usable_agents())
 
 
 # --- issuance -------------------------------------------------------------------------
