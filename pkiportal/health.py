@@ -1,12 +1,16 @@
 """/health/: database, broker, worker and CRL freshness as JSON, 503 when something is wrong.
 
 Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
-staff and RA officers also get each check's details, which name CAs, errors and hosts.
-"Warn" (the offline root's CRL expires within a month) still answers 200.
+staff and RA officers also get each check's details, which name CAs, errors and hosts, and
+so does a monitoring system presenting PKIPORTAL_HEALTH_TOKEN as a bearer token. The token
+is checked before the session, which lives in the database: details still come when the
+database is what is down. "Warn" (the offline root's CRL expires within a month) still
+answers 200.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -92,7 +96,17 @@ def checks() -> dict[str, Any]:
     return results
 
 
+def _presents_monitoring_token(request: HttpRequest) -> bool:
+    expected = settings.PKIPORTAL_HEALTH_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if not expected or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(errors="replace"), expected.encode())
+
+
 def _may_see_details(request: HttpRequest) -> bool:
+    if _presents_monitoring_token(request):
+        return True
     try:
         user = request.user
         return bool(user.is_authenticated and (user.is_staff or is_ra_officer(user)))

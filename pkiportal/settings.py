@@ -289,6 +289,16 @@ if not 1 <= PKIPORTAL_ROOT_CRL_VALIDITY_DAYS <= 365:
     )
 # /health/ and the RA console warn this long before the offline root's CRL expires.
 PKIPORTAL_ROOT_CRL_WARNING_DAYS = env.int("PKIPORTAL_ROOT_CRL_WARNING_DAYS", default=30)
+# A monitoring system that cannot sign in sends `Authorization: Bearer <token>` to /health/
+# for every check's details; empty: only staff and RA officers see them.
+PKIPORTAL_HEALTH_TOKEN = _secret("PKIPORTAL_HEALTH_TOKEN", default="") or ""
+if PKIPORTAL_HEALTH_TOKEN and (
+    len(PKIPORTAL_HEALTH_TOKEN) < 32 or not PKIPORTAL_HEALTH_TOKEN.isascii()
+):
+    raise ImproperlyConfigured(
+        "PKIPORTAL_HEALTH_TOKEN must be at least 32 ASCII characters, e.g. from "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+    )
 # `celery -A pkiportal beat`: every online CA's CRL on schedule, and the watchdog. Runs that
 # could not start in time expire rather than pile up behind a dead worker.
 CELERY_BEAT_SCHEDULE = {

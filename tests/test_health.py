@@ -196,3 +196,83 @@ def test_an_unreachable_database_is_a_failure(anonymous_client, monkeypatch):
 
     assert response.status_code == 503
     assert response.json() == {"status": "fail"}
+
+
+# --- the monitoring token -------------------------------------------------------------
+
+MONITORING_TOKEN = "m0nitor-" + "x" * 40
+
+
+@pytest.fixture
+def monitoring_token(settings):
+    settings.PKIPORTAL_HEALTH_TOKEN = MONITORING_TOKEN
+    return MONITORING_TOKEN
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer"])
+def test_a_monitoring_system_with_the_token_sees_every_check(
+    anonymous_client, signed_root, monitoring_token, scheme
+):
+    response = anonymous_client.get(
+        "/health/", headers={"Authorization": f"{scheme} {monitoring_token}"}
+    )
+
+    assert response.status_code == 200
+    assert response.json()["checks"]["crl"]["authorities"]["issuing"]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Bearer {MONITORING_TOKEN[:-1]}",
+        f"Bearer {MONITORING_TOKEN}x",
+        f"Token {MONITORING_TOKEN}",
+        f"Basic {MONITORING_TOKEN}",
+        "Bearer ",
+        "Bearer",
+        f"Bearer {MONITORING_TOKEN[:-1]}é",
+    ],
+)
+def test_a_wrong_token_sees_only_the_verdict(
+    anonymous_client, signed_root, monitoring_token, header
+):
+    response = anonymous_client.get("/health/", headers={"Authorization": header})
+
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_without_a_configured_token_no_bearer_sees_details(anonymous_client, signed_root, settings):
+    settings.PKIPORTAL_HEALTH_TOKEN = ""
+
+    for header in ("Bearer ", "Bearer", f"Bearer {MONITORING_TOKEN}"):
+        response = anonymous_client.get("/health/", headers={"Authorization": header})
+        assert response.json() == {"status": "ok"}
+
+
+def test_the_token_shows_details_when_the_database_is_down(
+    anonymous_client, monitoring_token, monkeypatch
+):
+    from pkiportal import health as health_view
+
+    class Broken:
+        def cursor(self):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(health_view, "connection", Broken())
+
+    response = anonymous_client.get(
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
+    )
+
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"] == {"status": "fail", "error": "OperationalError: connection refused"}
+    assert checks["crl"] == {"status": "fail", "error": "The database is unreachable."}
+
+
+def test_the_token_never_appears_in_the_answer(anonymous_client, signed_root, monitoring_token):
+    response = anonymous_client.get(
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
+    )
+
+    assert monitoring_token not in response.content.decode()
