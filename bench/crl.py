@@ -26,10 +26,7 @@ import argparse
 import http.client
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,10 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+from _harness import HOST, PG, ROOT, free_port, portal_environment, run, start_gunicorn, stop
+
 DATABASE = "bench_crl"
-PG = ["-h", HOST, "-p", "5432", "-U", "postgres"]
 REASONS = ["", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation",
            "privilegeWithdrawn"]  # fmt: skip
 
@@ -49,38 +45,8 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def environment(var_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PKIPORTAL_", "CELERY_"))}
-    env.update(
-        {
-            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{DATABASE}?conn_max_age=600",
-            "DJANGO_SETTINGS_MODULE": "pkiportal.settings",
-            "PYTHONPATH": str(ROOT),
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "DEBUG": "false",
-            "LOG_LEVEL": "WARNING",
-            "PKIPORTAL_VAR_DIR": str(var_dir),
-            "PKIPORTAL_KEY_DIR": str(var_dir / "keys"),
-            "PKIPORTAL_CA_KEY_PASSPHRASE": "bench passphrase, never a real one",
-            "PKIPORTAL_BASE_URL": "http://127.0.0.1:8000",
-        }
-    )
-    return env
-
-
-def run(args: list[str], env: dict[str, str] | None = None, timeout: int = 1800) -> str:
-    result = subprocess.run(
-        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
+    return portal_environment(DATABASE, var_dir)
 
 
 def inside(env: dict[str, str], *args: str) -> dict:
@@ -189,7 +155,7 @@ def populate(total: int) -> dict:
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "
-            f"FROM {table} t, generate_series(%s, %s) g WHERE t.id = %s "
+            f"FROM {table} t, generate_series(%s::bigint, %s::bigint) g WHERE t.id = %s "
             "RETURNING id, serial, revoked_at, revocation_reason, not_after",
             [have + 1, total, template_id],
         )
@@ -349,23 +315,13 @@ class Services:
              "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
             var_dir / "worker.log",
         )  # fmt: skip
-        self._start(
-            [sys.executable, "-m", "gunicorn", "pkiportal.wsgi", "--bind", f"{HOST}:{self.port}",
-             "--workers", "2", "--log-level", "warning", "--no-control-socket"],
-            var_dir / "web.log",
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                connection = http.client.HTTPConnection(HOST, self.port, timeout=2)
-                connection.request("GET", "/pki/issuing.crt")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            self.stop()
-            raise SystemExit("gunicorn did not answer within a minute")
+        try:
+            self.processes.append(
+                start_gunicorn(self.env, self.port, workers=2, log=var_dir / "web.log")
+            )
+        except BaseException:
+            self.stop()  # redis and the worker are already running
+            raise
         time.sleep(3)  # the worker's start-up
 
     def _start(self, args: list[str], log_path: Path) -> None:
@@ -382,13 +338,7 @@ class Services:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=10)
+            stop(process)
 
 
 WARM_UP = 10  # first requests of a fresh gunicorn load code and templates: not counted

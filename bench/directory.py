@@ -19,10 +19,7 @@ import json
 import os
 import random
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parent.parent
+from _harness import ROOT, free_port, portal_environment, run, start_gunicorn, stop
+
 PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
 
 FIRST_NAMES = (  # noqa: SIM905 - a list literal of 100 names reads worse
@@ -64,15 +62,8 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
-    if check and result.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
 def pg_tool(tool: str, *args: str) -> str:
-    return run(tool, "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], *args, check=False)
+    return run([tool, "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], *args], check=False)
 
 
 # --- the database ---------------------------------------------------------------------
@@ -80,24 +71,9 @@ def pg_tool(tool: str, *args: str) -> str:
 
 def prepare_django(database: str, var_dir: Path) -> dict[str, str]:
     """Point this process (and the gunicorn it starts) at the bench database."""
-    env = {
-        **os.environ,
-        # Persistent connections, as production runs it: a new PostgreSQL backend per
-        # request would cost more than the lookup itself.
-        "DATABASE_URL": (
-            f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{database}?conn_max_age=600"
-        ),
-        "PKIPORTAL_VAR_DIR": str(var_dir),
-        "PKIPORTAL_KEY_DIR": str(var_dir / "keys"),
-        "PKIPORTAL_CA_KEY_PASSPHRASE": secrets.token_urlsafe(24),
-        # The bench measures the lookup, not knox: the directory is opened to anonymous
-        # callers, as for partner organisations.
-        "PKIPORTAL_DIRECTORY_PUBLIC": "true",
-        "DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "pkiportal.settings",
-        "PYTHONPATH": str(ROOT),
-    }
+    # The bench measures the lookup, not knox: the directory is opened to anonymous
+    # callers, as for partner organisations.
+    env = portal_environment(database, var_dir, PKIPORTAL_DIRECTORY_PUBLIC="true")
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
     return env
@@ -357,51 +333,6 @@ def explain(samples: dict) -> list[str]:
 # --- the server and the measurements --------------------------------------------------
 
 
-def start_gunicorn(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            str(ROOT / ".venv/bin/gunicorn"),
-            "pkiportal.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
-    for _ in range(100):
-        if server.poll() is not None:
-            sys.exit(f"gunicorn exited ({server.returncode}); is port {port} free?")
-        try:
-            status, _body = get(port, "/api/v1/directory/?email=nobody@example.com")
-            if status == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(0.2)
-    stop(server)
-    sys.exit("gunicorn did not answer within 20 s")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=5)
-
-
 def get(port: int, path: str) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -483,7 +414,7 @@ def main() -> None:
                 sys.exit(f"createdb {options.database} failed")
             log(f"created database {options.database}")
         log("migrating")
-        run(str(ROOT / ".venv/bin/python"), str(ROOT / "manage.py"), "migrate", "-v0", env=env)
+        run([sys.executable, "manage.py", "migrate", "-v0"], env)
         try:
             if options.reuse:
                 samples = reload_samples(options.database)
@@ -501,7 +432,12 @@ def main() -> None:
 
             django.setup()  # a no-op when sample_certificates() already set it up
             log("\n".join(explain(samples)))
-            server = start_gunicorn(env, port, options.workers)
+            server = start_gunicorn(
+                env,
+                port,
+                workers=options.workers,
+                probe="/api/v1/directory/?email=nobody@example.com",
+            )
             try:
                 log(f"gunicorn: {options.workers} workers on 127.0.0.1:{port}")
                 log(f"{'scenario':<24}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"

@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import http.client
 import json
 import os
-import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from _harness import HOST, PG, ROOT, free_port, portal_environment, run, start_gunicorn, stop
+
 sys.path.insert(0, str(ROOT))
 
 from cryptography import x509  # noqa: E402
@@ -57,16 +55,13 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from enrollment.x509 import builder, csr, keys  # noqa: E402
 from enrollment.x509.policy import CertificatePolicy, Purpose  # noqa: E402
 
-HOST = "127.0.0.1"
 DATABASE = "bench_enroll"
-PG = ["-h", HOST, "-U", "postgres"]
 ENROL = "/api/v1/enrollments/"
 CSR_TEMPLATE = "smime-signing"
 KEY_TEMPLATE = "smime-dual-use"
 PKCS12_PASSWORD = "benchmark pkcs12 passphrase"
 PER_PERSON = 3  # PKIPORTAL_MAX_VALID_PER_TEMPLATE's default, which the server keeps
 HTTP_TIMEOUT = 60.0
-START_TIMEOUT = 60.0
 
 
 @dataclass
@@ -96,40 +91,6 @@ class Result:
 
 
 # --- set-up and tear-down of the server side -------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def server_environment(var_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PKIPORTAL_", "CELERY_"))}
-    env.update(
-        {
-            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{DATABASE}?conn_max_age=600",
-            "DJANGO_SETTINGS_MODULE": "pkiportal.settings",
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": f"{HOST},localhost,testserver",
-            "LOG_LEVEL": "WARNING",
-            "PKIPORTAL_VAR_DIR": str(var_dir),
-            "PKIPORTAL_KEY_DIR": str(var_dir / "keys"),
-            "PKIPORTAL_CA_KEY_PASSPHRASE": secrets.token_urlsafe(24),
-            "PKIPORTAL_BASE_URL": "http://127.0.0.1:8000",
-        }
-    )
-    return env
-
-
-def run(args: list[str], env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -174,48 +135,6 @@ def setup_users(count: int) -> None:
         )
         tokens.append(AuthToken.objects.create(user=user)[1])
     print(json.dumps(tokens))
-
-
-def start_gunicorn(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", "pkiportal.wsgi",
-            "--bind", f"{HOST}:{port}",
-            "--workers", str(workers),
-            "--log-level", "warning",
-            "--timeout", "120",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gunicorn exited early:\n{log.read_text()}")
-        try:
-            connection = http.client.HTTPConnection(HOST, port, timeout=2)
-            connection.request("GET", "/pki/issuing.crt")
-            if connection.getresponse().status == 200:
-                return process
-        except OSError:
-            pass
-        time.sleep(0.2)
-    stop(process)
-    raise SystemExit("gunicorn did not answer within a minute")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the gunicorn we started (its own process group: master and workers)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 # --- the load -------------------------------------------------------------------------
@@ -590,7 +509,7 @@ def main() -> None:
     rsa_csrs = make_csrs(keys.KeyAlgorithm.RSA_2048, args.csr_requests, 16)
 
     var_dir = Path(tempfile.mkdtemp(prefix="bench-enroll-"))
-    env = server_environment(var_dir)
+    env = portal_environment(DATABASE, var_dir)
     gunicorn = None
     results: list[Result] = []
     try:
@@ -616,7 +535,7 @@ def main() -> None:
         print(f"Creating the database, the CA hierarchy and {people} people...", flush=True)
         accounts = Accounts(create_database(env, var_dir, people), PER_PERSON)
         port = free_port()
-        gunicorn = start_gunicorn(env, port, args.workers, var_dir / "gunicorn.log")
+        gunicorn = start_gunicorn(env, port, workers=args.workers, log=var_dir / "gunicorn.log")
         warm_up = [http_request(port, accounts.take(CSR_TEMPLATE), body) for body in warm]
         post_all(port, warm_up, "warm-up", args.clients)  # every worker loads its CA key
         print(

@@ -1,0 +1,132 @@
+"""What the benchmarks share: loopback ports, subprocesses, and the gunicorn they start.
+
+Each benchmark owns its database and its measurements; this module only runs things and
+cleans up after them, so the three start and stop gunicorn the same way.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PG = ["-h", HOST, "-p", "5432", "-U", "postgres"]  # trust authentication, as on CI
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def run(
+    args: Sequence[str | Path],
+    env: dict[str, str] | None = None,
+    *,
+    timeout: int = 1800,
+    check: bool = True,
+) -> str:
+    """Run a command from the project root; with ``check``, a failure ends the benchmark
+    showing what the command printed."""
+    result = subprocess.run(
+        [str(arg) for arg in args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        command = " ".join(map(str, args))
+        raise SystemExit(f"{command} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def portal_environment(database: str, var_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a portal process on a throwaway PostgreSQL database.
+
+    The caller's PKIPORTAL_* and CELERY_* variables are dropped so a developer's own
+    settings cannot change what is measured; connections persist, as in production.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PKIPORTAL_", "CELERY_"))}
+    env.update(
+        {
+            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{database}?conn_max_age=600",
+            "DJANGO_SETTINGS_MODULE": "pkiportal.settings",
+            "PYTHONPATH": str(ROOT),
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": f"{HOST},localhost,testserver",
+            "LOG_LEVEL": "WARNING",
+            "PKIPORTAL_VAR_DIR": str(var_dir),
+            "PKIPORTAL_KEY_DIR": str(var_dir / "keys"),
+            "PKIPORTAL_CA_KEY_PASSPHRASE": secrets.token_urlsafe(24),
+            "PKIPORTAL_BASE_URL": "http://127.0.0.1:8000",
+            **extra,
+        }
+    )
+    return env
+
+
+def start_gunicorn(
+    env: dict[str, str],
+    port: int,
+    *,
+    workers: int = 2,
+    probe: str = "/pki/issuing.crt",
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """gunicorn (sync workers) on the loopback, in its own process group; returns once
+    ``probe`` answers 200."""
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "pkiportal.wsgi",
+            "--bind", f"{HOST}:{port}",
+            "--workers", str(workers),
+            "--log-level", "warning",
+            "--timeout", "120",
+            "--no-control-socket",  # gunicorn 27's default ~/.gunicorn/gunicorn.ctl is shared
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb") if log is not None else None,
+        stderr=subprocess.STDOUT if log is not None else None,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            shown = log.read_text(errors="replace") if log is not None else ""
+            raise SystemExit(f"gunicorn exited ({process.returncode}); port {port} taken?\n{shown}")
+        try:
+            connection = http.client.HTTPConnection(HOST, port, timeout=2)
+            connection.request("GET", probe)
+            if connection.getresponse().status == 200:
+                return process
+        except OSError:
+            pass
+        time.sleep(0.2)
+    stop(process)
+    raise SystemExit(f"gunicorn did not answer {probe} within {START_TIMEOUT:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own group (gunicorn's master and workers together)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
