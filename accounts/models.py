@@ -10,6 +10,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.db.models.functions import Upper
 
 from accounts.search import directory_search_text
 
@@ -37,6 +38,8 @@ class User(AbstractUser):
             # Sorted directory pages and keyset pagination; PostgreSQL also has a pg_trgm
             # GIN index on the same column for substring search (migration 0002).
             models.Index(fields=["directory_search", "id"], name="user_directory_sort_idx"),
+            # The RA console finds certificates by their holder's user name, in any case.
+            models.Index(Upper("username"), name="user_username_upper_idx"),
         ]
 
     def save(self, *args: Any, **kwargs: Any) -> None:

@@ -3,8 +3,10 @@
 Creates a dedicated database, migrates it, bulk-loads synthetic people and certificates
 with COPY (binary, psycopg 3), runs EXPLAIN ANALYZE on the lookup queries, starts
 gunicorn on 127.0.0.1 and measures the lookup API over HTTP: exact e-mail, name/e-mail
-substring and common prefix. Prints p50/p95/p99 and the load time, then stops gunicorn
-and drops the database (unless --keep). Loopback only; every loop is bounded.
+substring and common prefix. Then the RA console's certificate search, in-process: by
+surname, e-mail local part, user name, serial and SHA-1 thumbprint. Prints p50/p95/p99 and
+the load time, then stops gunicorn and drops the database (unless --keep). Loopback only;
+every loop is bounded.
 
     .venv/bin/python bench/directory.py                 # the full run (~10 minutes)
     .venv/bin/python bench/directory.py --people 20000  # a quick smoke run
@@ -390,6 +392,44 @@ def scenarios(samples: dict, requests: int, rng: random.Random) -> dict[str, lis
     }
 
 
+def ra_search(requests: int, rng: random.Random) -> list[str]:
+    """The RA console's certificate search, in this process (an officer's page would add a
+    session and a template): the first page of 50, as /ra/certificates/ asks for it."""
+    from accounts.models import User
+    from enrollment.models import Certificate
+    from enrollment.ra_selectors import certificate_search
+
+    picked = list(
+        Certificate.objects.order_by("?").values_list("serial", "fingerprint_sha1", "email")[
+            :requests
+        ]
+    )
+    names = list(User.objects.order_by("?").values_list("username", flat=True)[:requests])
+    cases = {
+        "RA: surname": [rng.choice(LAST_NAMES) for _ in range(requests)],
+        "RA: e-mail local part": [email.split("@")[0] for _s, _h, email in picked],
+        "RA: user name": names,
+        "RA: serial": [serial for serial, _h, _e in picked],
+        "RA: SHA-1 thumbprint": [sha1.upper() for _s, sha1, _e in picked],
+    }
+    lines = [f"{'RA console search':<24}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+             f"{'max ms':>9}{'results':>9}"]  # fmt: skip
+    for name, queries in cases.items():
+        for query in queries[:10]:  # warm-up: statements get prepared after five runs
+            list(certificate_search(query)[:50])
+        timings, results = [], []
+        for query in queries:
+            started = time.perf_counter()
+            results.append(len(list(certificate_search(query)[:50])))
+            timings.append((time.perf_counter() - started) * 1000)
+        q = statistics.quantiles(timings, n=100, method="inclusive")
+        lines.append(
+            f"{name:<24}{len(timings):>6}{q[49]:>9.1f}{q[94]:>9.1f}{q[98]:>9.1f}"
+            f"{max(timings):>9.1f}{statistics.fmean(results):>9.1f}"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=500_000)
@@ -451,6 +491,7 @@ def main() -> None:
                     )
             finally:
                 stop(server)
+            log("\n".join(ra_search(options.requests, rng)))
         finally:
             from django.db import connections
 

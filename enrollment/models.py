@@ -224,7 +224,10 @@ class Certificate(DerCertificateMixin):
         PRIVILEGE_WITHDRAWN = "privilegeWithdrawn", "Privilege withdrawn"
 
     ca = models.ForeignKey(
-        CertificateAuthority, on_delete=models.PROTECT, related_name="certificates"
+        CertificateAuthority,
+        on_delete=models.PROTECT,
+        related_name="certificates",
+        db_index=False,  # cert_ca_status_idx and unique_serial_per_ca lead with the CA
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -238,10 +241,9 @@ class Certificate(DerCertificateMixin):
         CertificateTemplate, null=True, blank=True, on_delete=models.PROTECT
     )
     purpose = models.CharField(max_length=20, choices=CertificateTemplate.Purpose.choices)
-    common_name = models.CharField(max_length=200, db_index=True)
-    email = models.EmailField(
-        db_index=True, blank=True, help_text="First rfc822Name, lowercased, for lookups."
-    )
+    # Searched as substrings by the RA console: pg_trgm indexes on PostgreSQL (migration 0007).
+    common_name = models.CharField(max_length=200)
+    email = models.EmailField(blank=True, help_text="First rfc822Name, lowercased, for lookups.")
     emails = models.JSONField(default=list, help_text="Every rfc822Name in subjectAltName.")
     fingerprint_sha1 = models.CharField(max_length=40, help_text="Outlook shows SHA-1.")
     key_algorithm = models.CharField(max_length=30, help_text='For people: "RSA 3072".')
@@ -274,8 +276,15 @@ class Certificate(DerCertificateMixin):
             # With the owner's own index alone, PostgreSQL without fresh statistics ANDed it
             # with the template's, which grows with every certificate of that template.
             models.Index(fields=["owner", "template"], name="cert_owner_template_idx"),
-            # Revocation and the API look certificates up by serial alone.
-            models.Index(fields=["serial"], name="cert_serial_idx"),
+            # Revocation and the API look certificates up by serial alone, and the RA console
+            # by its first digits too (pattern operators: equality and prefix LIKE).
+            models.Index(
+                fields=["serial"], name="cert_serial_idx", opclasses=["varchar_pattern_ops"]
+            ),
+            # The directory's exact-address lookup (addresses are stored lower-case).
+            models.Index(fields=["email"], name="cert_email_idx"),
+            # Outlook shows SHA-1 thumbprints; officers paste them into the RA console.
+            models.Index(fields=["fingerprint_sha1"], name="cert_fingerprint_sha1_idx"),
         ]
 
     def __str__(self) -> str:

@@ -31,6 +31,8 @@ class CertificateSearchForm(PortalForm):
         label="Find a certificate",
         required=False,
         max_length=200,
+        help_text="Names and addresses match from three characters; user names, serials and "
+        "fingerprints match exactly (a serial also by its first six or more digits).",
         widget=forms.TextInput(
             attrs={
                 "type": "search",
