@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -20,6 +21,7 @@ from django.utils import timezone
 from enrollment import health
 from enrollment.models import (
     ArchivedKey,
+    AuditEvent,
     Certificate,
     CertificateRequest,
     KeyRecoveryAgent,
@@ -204,3 +206,20 @@ def usable_agents(now: datetime | None = None) -> QuerySet[KeyRecoveryAgent]:
     """Agents new archives are encrypted to: active and within their validity."""
     now = now or timezone.now()
     return KeyRecoveryAgent.objects.filter(is_active=True, not_before__lte=now, not_after__gt=now)
+
+
+AUDIT_ACTIONS_SECONDS = 300
+
+
+def audit_actions() -> list[str]:
+    """The action names in the trail, offered as suggestions by the audit filter.
+
+    A DISTINCT over the whole trail costs ~0.1 s at two million events, on every page:
+    it is worked out at most every five minutes per process. A new kind of action is
+    suggested that much later; filtering by it works at once.
+    """
+    return cache.get_or_set(  # type: ignore[no-any-return]
+        "pkiportal:audit-actions",
+        lambda: sorted(AuditEvent.objects.order_by().values_list("action", flat=True).distinct()),
+        AUDIT_ACTIONS_SECONDS,
+    )

@@ -456,7 +456,7 @@ def audit_list(request: HttpRequest) -> HttpResponse:
         "older": older,
         "newest": before.isdigit(),
         "filters": query.urlencode(),
-        "actions": AuditEvent.objects.order_by().values_list("action", flat=True).distinct(),
+        "actions": ra_selectors.audit_actions(),
     }
     return render(request, "enrollment/ra/audit.html", context)
 

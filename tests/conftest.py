@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from django.contrib.auth.models import Group
+from django.core.cache import cache
 from django.test import Client
 
 from enrollment import services
@@ -46,6 +47,7 @@ def _isolated_pki_settings(settings, tmp_path):
     settings.CELERY_TASK_ALWAYS_EAGER = True
     # Role fixtures create several accounts per test; PBKDF2's 1M rounds cost ~0.3 s each.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    cache.clear()  # what one test's pages remembered is not another's
 
 
 @pytest.fixture
