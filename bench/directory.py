@@ -3,8 +3,9 @@
 Creates a dedicated database, migrates it, bulk-loads synthetic people and certificates
 with COPY (binary, psycopg 3), runs EXPLAIN ANALYZE on the lookup queries, starts
 gunicorn on 127.0.0.1 and measures the lookup API over HTTP: exact e-mail, name/e-mail
-substring and common prefix. Then the RA console's certificate search, in-process: by
-surname, e-mail local part, user name, serial and SHA-1 thumbprint. Prints p50/p95/p99 and
+substring and common prefix. Then what officers page through, in-process: the RA
+console's certificate search (by surname, e-mail local part, user name, serial, SHA-1
+thumbprint, and a broad term) and the API's certificate list. Prints p50/p95/p99 and
 the load time, then stops gunicorn and drops the database (unless --keep). Loopback only;
 every loop is bounded.
 
@@ -25,8 +26,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from _harness import ROOT, free_port, portal_environment, run, start_gunicorn, stop
@@ -393,8 +396,9 @@ def scenarios(samples: dict, requests: int, rng: random.Random) -> dict[str, lis
 
 
 def ra_search(requests: int, rng: random.Random) -> list[str]:
-    """The RA console's certificate search, in this process (an officer's page would add a
-    session and a template): the first page of 50, as /ra/certificates/ asks for it."""
+    """What officers page through, in this process: the RA console's certificate search
+    (the first 50, as /ra/certificates/ asks for them, without the page's template) and the
+    API's certificate list through Django's test client."""
     from accounts.models import User
     from enrollment.models import Certificate
     from enrollment.ra_selectors import certificate_search
@@ -412,22 +416,49 @@ def ra_search(requests: int, rng: random.Random) -> list[str]:
         "RA: serial": [serial for serial, _h, _e in picked],
         "RA: SHA-1 thumbprint": [sha1.upper() for _s, sha1, _e in picked],
     }
-    lines = [f"{'RA console search':<24}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+    cases["RA: broad ('example')"] = ["example"] * requests
+    lines = [f"{'officer pages':<24}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
              f"{'max ms':>9}{'results':>9}"]  # fmt: skip
-    for name, queries in cases.items():
-        for query in queries[:10]:  # warm-up: statements get prepared after five runs
-            list(certificate_search(query)[:50])
+
+    def timed(name: str, calls: list[Callable[[], int]]) -> None:
+        for call in calls[:10]:  # warm-up: statements get prepared after five runs
+            call()
         timings, results = [], []
-        for query in queries:
+        for call in calls:
             started = time.perf_counter()
-            results.append(len(list(certificate_search(query)[:50])))
+            results.append(call())
             timings.append((time.perf_counter() - started) * 1000)
         q = statistics.quantiles(timings, n=100, method="inclusive")
         lines.append(
             f"{name:<24}{len(timings):>6}{q[49]:>9.1f}{q[94]:>9.1f}{q[98]:>9.1f}"
             f"{max(timings):>9.1f}{statistics.fmean(results):>9.1f}"
         )
+
+    for name, queries in cases.items():
+        timed(name, [lambda q=q: len(list(certificate_search(q)[:50])) for q in queries])
+    client = _officer_client()
+    for name, path in [
+        ("API list: first page", "/api/v1/certificates/"),
+        ("API list: offset 5000", "/api/v1/certificates/?offset=5000"),
+        ("API list: by template", "/api/v1/certificates/?template=smime-signing"),
+    ]:
+        timed(name, [lambda p=path: len(client.get(p).json()["results"])] * requests)
     return lines
+
+
+def _officer_client() -> Any:
+    """Django's test client, signed in as an RA officer of the bench database."""
+    from django.conf import settings
+    from django.contrib.auth.models import Group
+    from django.test import Client
+
+    from accounts.models import User
+
+    officer, _ = User.objects.get_or_create(username="bench-officer", email="o@example.com")
+    officer.groups.add(Group.objects.get_or_create(name=settings.PKIPORTAL_RA_OFFICER_GROUP)[0])
+    client = Client()
+    client.force_login(officer)
+    return client
 
 
 def main() -> None:
