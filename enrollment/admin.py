@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
-from enrollment import services
+from enrollment import ra_selectors, services
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
     ArchivedKey,
@@ -70,9 +70,24 @@ class CertificateTemplateAdmin(admin.ModelAdmin):
 class CertificateAdmin(ReadOnlyAdmin):
     list_display = ["common_name", "email", "template", "status", "not_after", "serial"]
     list_filter = ["status", "template", "ca"]
-    search_fields = ["common_name", "email", "serial", "fingerprint_sha256"]
+    # The RA console's search (ra_selectors.search_matches), so both find the same
+    # certificates from indexes: plain icontains over these fields read every certificate.
+    search_fields = ["common_name", "email", "serial", "fingerprint_sha256", "fingerprint_sha1"]
+    search_help_text = (
+        "Name or e-mail (three characters or more), user name, serial (or its first six "
+        "digits) or fingerprint."
+    )
+    show_full_result_count = False  # no count of the whole table beside every search
     exclude = ["der"]
     actions = ["revoke_superseded"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Certificate], search_term: str
+    ) -> tuple[QuerySet[Certificate], bool]:
+        if not search_term.strip():
+            return queryset, False
+        matches = ra_selectors.search_matches(search_term).values("pk")
+        return queryset.filter(pk__in=matches), False
 
     @admin.action(description="Revoke (superseded)")
     def revoke_superseded(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> None:

@@ -80,6 +80,20 @@ def test_few_and_many_matches_come_newest_first_alike(al, hierarchy, template, m
     assert [c.pk for c in found("example")[:2]] == [al.pk, expected[0].pk]
 
 
+@pytest.mark.parametrize("query", ["lindq", "AL", "serial", "sha1"])
+def test_the_admin_finds_certificates_as_the_console_does(
+    admin_client_, al, employee, template, ec_p256_key, query
+):
+    other = issue(employee, template("smime-signing"), ec_p256_key)
+    query = {"serial": al.serial[:8], "sha1": al.fingerprint_sha1}.get(query, query)
+
+    page = admin_client_.get("/admin/enrollment/certificate/", {"q": query})
+
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list) == [al]
+    assert other not in page.context["cl"].result_list
+
+
 # --- on PostgreSQL, every alternative comes from an index -----------------------------
 
 
