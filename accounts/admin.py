@@ -1,7 +1,17 @@
+from __future__ import annotations
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
 
 from accounts.models import User
+from accounts.search import fold
+
+# pg_trgm finds substrings of three characters or more; a shorter word matches where a
+# word of the search text starts (" jo"), which the trigram index still serves.
+SUBSTRING_MIN_LENGTH = 3
+MAX_TERMS = 6
 
 
 @admin.register(User)
@@ -18,3 +28,20 @@ class PortalUserAdmin(UserAdmin):
         "organizational_unit",
         "is_staff",
     )
+
+    search_help_text = "Name, user name, e-mail or unit; accents and case do not matter."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[User], search_term: str
+    ) -> tuple[QuerySet[User], bool]:
+        """The user name exactly (any case), or every word in the directory's folded search
+        text (names, e-mail and unit), both indexed on PostgreSQL: Django's icontains over
+        four columns read all 500,000 accounts of the directory benchmark (0.3 s)."""
+        text = search_term.strip()
+        if not text:
+            return queryset, False
+        words = Q()
+        for term in list(dict.fromkeys(fold(text).split()))[:MAX_TERMS]:
+            pattern = term if len(term) >= SUBSTRING_MIN_LENGTH else f" {term}"
+            words &= Q(directory_search__contains=pattern)
+        return queryset.filter(words | Q(username__iexact=text)), False
