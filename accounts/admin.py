@@ -6,12 +6,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from accounts.models import User
-from accounts.search import fold
-
-# pg_trgm finds substrings of three characters or more; a shorter word matches where a
-# word of the search text starts (" jo"), which the trigram index still serves.
-SUBSTRING_MIN_LENGTH = 3
-MAX_TERMS = 6
+from accounts.search import query_words, word_pattern
 
 
 @admin.register(User)
@@ -41,7 +36,6 @@ class PortalUserAdmin(UserAdmin):
         if not text:
             return queryset, False
         words = Q()
-        for term in list(dict.fromkeys(fold(text).split()))[:MAX_TERMS]:
-            pattern = term if len(term) >= SUBSTRING_MIN_LENGTH else f" {term}"
-            words &= Q(directory_search__contains=pattern)
+        for word in query_words(text):  # the directory's own matching
+            words &= Q(directory_search__contains=word_pattern(word))
         return queryset.filter(words | Q(username__iexact=text)), False

@@ -14,6 +14,10 @@ _LETTERS = str.maketrans(
 )
 # Bounded so a row always fits a btree index entry (2,704 bytes, UTF-8 up to 4 bytes a char).
 MAX_SEARCH_TEXT = 500
+# A query's words beyond these are ignored.
+MAX_TERMS = 6
+# Shorter words match the start of a word only: pg_trgm can index " jo" but not "%jo%".
+SUBSTRING_MIN_LENGTH = 3
 
 
 def fold(text: str) -> str:
@@ -44,3 +48,13 @@ def directory_search_text(
     names = [name for name in (first_name, last_name) if name and name not in shown]
     parts = (shown, *names, email, organizational_unit)
     return (" " + fold(" ".join(p for p in parts if p)))[:MAX_SEARCH_TEXT]
+
+
+def query_words(query: str) -> list[str]:
+    """A query's distinct folded words, at most MAX_TERMS of them."""
+    return list(dict.fromkeys(fold(query).split()))[:MAX_TERMS]
+
+
+def word_pattern(word: str) -> str:
+    """What a directory_search text contains when a query word matches it."""
+    return word if len(word) >= SUBSTRING_MIN_LENGTH else f" {word}"

@@ -17,15 +17,12 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
-from accounts.search import fold
+from accounts.search import query_words, word_pattern
 from enrollment.models import Certificate, CertificateAuthority
 from enrollment.querysets import CertificateQuerySet
 from enrollment.x509 import pkcs7
 
 MAX_QUERY_LENGTH = 200
-MAX_TERMS = 6
-# Shorter terms match the start of a word only: pg_trgm can index " jo" but not "%jo%".
-SUBSTRING_MIN_LENGTH = 3
 MAX_PAGE_SIZE = 100
 MAX_EMAIL_RESULTS = 100
 # How many matches a search samples to choose its plan on PostgreSQL (see _first_people).
@@ -51,7 +48,7 @@ class SearchPage:
 
 def search_terms(query: str) -> list[str]:
     """The folded words of a query; empty unless one has at least two characters."""
-    terms = list(dict.fromkeys(fold(query).split()))[:MAX_TERMS]
+    terms = query_words(query)
     return terms if any(len(term) >= 2 for term in terms) else []
 
 
@@ -81,8 +78,7 @@ def certificate_search(
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     people = get_user_model().objects.all()
     for term in terms:
-        pattern = term if len(term) >= SUBSTRING_MIN_LENGTH else f" {term}"
-        people = people.filter(directory_search__contains=pattern)
+        people = people.filter(directory_search__contains=word_pattern(term))
     if after is not None:
         key = (
             get_user_model()

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from enrollment import services
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import KeyRecoveryAgent
-from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
+from enrollment.ra_selectors import HEX, archives_only_agent_opens, usable_agents
 
 
 class Command(BaseCommand):
@@ -48,7 +48,7 @@ class Command(BaseCommand):
 
 def _find(given: str) -> KeyRecoveryAgent:
     fingerprint = given.replace(":", "").lower()
-    if len(fingerprint) == 64 and all(c in "0123456789abcdef" for c in fingerprint):
+    if len(fingerprint) == 64 and HEX.fullmatch(fingerprint):
         agent = KeyRecoveryAgent.objects.filter(fingerprint_sha256=fingerprint).first()
         if agent is not None:
             return agent
