@@ -81,9 +81,10 @@ def kra_deactivate_action(
         return None
     form = KeyRecoveryAgentDeactivateForm(request.POST if "confirm" in request.POST else None)
     if form.is_bound and form.is_valid():
+        outcome = None
         for agent in agents:
             try:
-                services.kra_deactivate(
+                outcome = services.kra_deactivate(
                     agent=agent, reason=form.cleaned_data["reason"], actor=request.user
                 )
             except EnrollmentError as exc:
@@ -94,13 +95,8 @@ def kra_deactivate_action(
                     f"Deactivated {agent.name}: keys archived from now on are not encrypted to it.",
                     messages.SUCCESS,
                 )
-        if not usable_agents().exists():
-            model_admin.message_user(
-                request,
-                "No usable key recovery agent is left: templates that archive keys cannot issue "
-                "until one is registered.",
-                messages.WARNING,
-            )
+        if outcome is not None and not outcome.usable_agents_left:
+            model_admin.message_user(request, services.NO_USABLE_AGENT_LEFT, messages.WARNING)
         return None
     remaining = usable_agents().exclude(pk__in=[agent.pk for agent in agents]).count()
     context = {

@@ -203,9 +203,22 @@ def kra_register(
     return agent
 
 
-def kra_deactivate(
-    *, agent: KeyRecoveryAgent, reason: str, actor: Actor = None
-) -> KeyRecoveryAgent:
+NO_USABLE_AGENT_LEFT = (
+    "No usable key recovery agent is left: templates that archive keys cannot issue until "
+    "one is registered (register_kra, or Register in the admin)."
+)
+
+
+@dataclass(frozen=True)
+class KraDeactivation:
+    """What a deactivation leaves behind, as counted for its audit event."""
+
+    agent: KeyRecoveryAgent
+    archives_only_it_opens: int  # its private key must be kept while these may be needed
+    usable_agents_left: int  # 0: templates that archive keys stop issuing
+
+
+def kra_deactivate(*, agent: KeyRecoveryAgent, reason: str, actor: Actor = None) -> KraDeactivation:
     """Stop encrypting new archives to an agent: its holder left, or its key is in doubt.
 
     Keys archived before stay encrypted to it too. The server never holds a private key,
@@ -222,17 +235,22 @@ def kra_deactivate(
             raise InvalidState(f"{locked.name} is already inactive.")
         locked.is_active = False
         locked.save(update_fields=["is_active"])
+        outcome = KraDeactivation(
+            agent=locked,
+            archives_only_it_opens=archives_only_agent_opens(locked),
+            usable_agents_left=usable_agents().count(),
+        )
         audit_record(
             action="kra.deactivate",
             actor=actor,
             target=locked,
             detail={
                 "reason": reason[:500],
-                "archives_only_it_opens": archives_only_agent_opens(locked),
-                "usable_agents_left": usable_agents().count(),
+                "archives_only_it_opens": outcome.archives_only_it_opens,
+                "usable_agents_left": outcome.usable_agents_left,
             },
         )
-    return locked
+    return outcome
 
 
 def _active_agents() -> list[KeyRecoveryAgent]:

@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 
+from django.contrib.messages import get_messages
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -79,9 +80,11 @@ def test_a_deactivated_agent_is_left_out_of_new_archives(
 def test_deactivation_is_audited_with_the_reason_and_what_only_it_opens(kra, template, employee):
     archive_for(employee, template)
 
-    agent = services.kra_deactivate(agent=kra.agent, reason=f"  {REASON}\n", actor=employee)
+    outcome = services.kra_deactivate(agent=kra.agent, reason=f"  {REASON}\n", actor=employee)
 
+    agent = outcome.agent
     assert not agent.is_active
+    assert (outcome.archives_only_it_opens, outcome.usable_agents_left) == (1, 0)
     assert not KeyRecoveryAgent.objects.get(pk=kra.agent.pk).is_active
     event = AuditEvent.objects.get(action="kra.deactivate")
     assert event.object_id == str(kra.agent.pk)
@@ -171,6 +174,17 @@ def test_the_admin_deactivates_with_a_reason(admin_client_, admin_user, kra, sec
     assert event.actor == admin_user
     assert event.detail["reason"] == REASON
     assert event.detail["usable_agents_left"] == 1
+    shown = [str(m) for m in get_messages(response.wsgi_request)]
+    assert shown == ["Deactivated Test KRA: keys archived from now on are not encrypted to it."]
+
+
+def test_the_admin_warns_when_no_usable_agent_is_left(admin_client_, kra, second_agent):
+    response = action(admin_client_, [kra.agent, second_agent], confirm="yes", reason=REASON)
+
+    assert response.status_code == 302
+    shown = [str(m) for m in get_messages(response.wsgi_request)]
+    assert services.NO_USABLE_AGENT_LEFT in shown
+    assert len([m for m in shown if m.startswith("Deactivated ")]) == 2
 
 
 def test_the_admin_must_say_why(admin_client_, kra):

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from enrollment import services
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import KeyRecoveryAgent
-from enrollment.ra_selectors import HEX, archives_only_agent_opens, usable_agents
+from enrollment.ra_selectors import HEX
 
 
 class Command(BaseCommand):
@@ -27,23 +27,17 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         agent = _find(options["agent"])
         try:
-            services.kra_deactivate(agent=agent, reason=options["reason"])
+            outcome = services.kra_deactivate(agent=agent, reason=options["reason"])
         except EnrollmentError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Deactivated key recovery agent {agent.name}."))
-        only = archives_only_agent_opens(agent)
-        if only:
+        if outcome.archives_only_it_opens:
             self.stdout.write(
-                f"{only} archived key(s) can be recovered only with this agent's private key: "
-                "keep it, offline, for as long as they may be needed."
+                f"{outcome.archives_only_it_opens} archived key(s) can be recovered only with "
+                "this agent's private key: keep it, offline, for as long as they may be needed."
             )
-        if not usable_agents().exists():
-            self.stdout.write(
-                self.style.WARNING(
-                    "No usable key recovery agent is left: templates that archive keys cannot "
-                    "issue until one is registered (register_kra)."
-                )
-            )
+        if not outcome.usable_agents_left:
+            self.stdout.write(self.style.WARNING(services.NO_USABLE_AGENT_LEFT))
 
 
 def _find(given: str) -> KeyRecoveryAgent:
