@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/enroll.py [--workers 2] [--clients 4] [--csr-requests 1500]
         [--key-requests 120] [--rsa-key-requests 30] [--rounds 3] [--profile]
+        [--population 500000]
 
 Creates a throwaway PostgreSQL database (``bench_enroll`` on 127.0.0.1, as the
 ``postgres`` user), migrates it, creates a P-256 issuing CA under a P-384 root, and as
 many accounts (each with a knox API token) as the shipped per-person limits need: nobody
 gets more than ``PKIPORTAL_MAX_VALID_PER_TEMPLATE`` (3) certificates of a template, so
-the limits stay on, as in production. It starts gunicorn on 127.0.0.1 and times:
+the limits stay on, as in production. ``--population`` first loads synthetic people with
+two certificates each (as bench/directory.py does), to time enrolment against tables of
+production size. It starts gunicorn on 127.0.0.1 and times:
 
 - the CSR path (POST /api/v1/enrollments/ with a pre-generated CSR), RSA-2048 and P-256
   keys, ``--clients`` concurrent clients (gunicorn's sync workers close each connection;
@@ -135,6 +138,48 @@ def setup_users(count: int) -> None:
         )
         tokens.append(AuthToken.objects.create(user=user)[1])
     print(json.dumps(tokens))
+
+
+def populate(people: int) -> None:
+    """(Runs inside the Django environment.) Fill the tables as a large organisation's are.
+
+    ``people`` synthetic holders with two certificates each, COPYed in bulk exactly as
+    bench/directory.py loads them (its rows reuse the DER of two real certificates from
+    the bench CA), so enrolment is timed against production-sized tables and indexes.
+    """
+    import django
+
+    django.setup()
+    import importlib.util
+
+    from django.contrib.auth import get_user_model
+
+    from enrollment import services
+    from enrollment.models import CertificateTemplate
+
+    holder = get_user_model().objects.create(
+        username="bench-sample", first_name="Sample", last_name="Holder", email="s@example.com"
+    )
+    public_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256).public_key()
+    templates = {t.purpose: t for t in CertificateTemplate.objects.all()}
+    ders = {}
+    ca_id = 0
+    for purpose in ("signing", "dual_use"):
+        certificate = services.certificate_issue(
+            template=templates[purpose], owner=holder, public_key=public_key
+        )
+        ders[purpose], ca_id = bytes(certificate.der), certificate.ca_id
+    facts = {"ca_id": ca_id, "templates": {p: t.pk for p, t in templates.items()}, **ders}
+    # By path: the portal's own `directory` app shadows bench/directory.py on sys.path.
+    spec = importlib.util.spec_from_file_location(
+        "bench_directory", Path(__file__).parent / "directory.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    directory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(directory)
+    loaded = directory.load(DATABASE, people, 2, facts)
+    print(json.dumps({key: loaded[key] for key in ("certificates", "seconds_total")}))
 
 
 # --- the load -------------------------------------------------------------------------
@@ -490,14 +535,25 @@ def main() -> None:
     parser.add_argument("--rsa-key-requests", type=int, default=30, help="portal-key RSA-2048")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many runs")
     parser.add_argument("--profile", action="store_true", help="also profile in-process")
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=0,
+        help="first load this many synthetic people with two certificates each "
+        "(500000: a million certificates, as in bench/directory.py)",
+    )
     parser.add_argument("--_setup-users", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_profile", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_populate", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._setup_users is not None:
         setup_users(args._setup_users)
         return
     if args._profile is not None:
         profile(args._profile)
+        return
+    if args._populate is not None:
+        populate(args._populate)
         return
     for tool in ("createdb", "dropdb"):
         if shutil.which(tool) is None:
@@ -534,6 +590,17 @@ def main() -> None:
         people = -(-max(per_template.values()) // PER_PERSON)
         print(f"Creating the database, the CA hierarchy and {people} people...", flush=True)
         accounts = Accounts(create_database(env, var_dir, people), PER_PERSON)
+        if args.population:
+            print(
+                f"Loading {args.population} synthetic people (2 certificates each)...", flush=True
+            )
+            out = run([sys.executable, __file__, "--_populate", str(args.population)], env)
+            loaded = json.loads(out.strip().splitlines()[-1])
+            print(
+                f"  {loaded['certificates']:,} certificates already in the table "
+                f"(loaded in {loaded['seconds_total']:.0f} s)",
+                flush=True,
+            )
         port = free_port()
         gunicorn = start_gunicorn(env, port, workers=args.workers, log=var_dir / "gunicorn.log")
         warm_up = [http_request(port, accounts.take(CSR_TEMPLATE), body) for body in warm]
