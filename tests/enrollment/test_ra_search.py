@@ -164,8 +164,23 @@ def test_every_alternative_of_the_search_has_an_index(al, hierarchy, template, e
         scans = [n for n in nodes if n.get("Relation Name") == "enrollment_certificate"]
         assert [n["Node Type"] for n in scans] == ["Bitmap Heap Scan"], (query, scans)
         used = {n["Index Name"] for n in nodes if "Index Name" in n}
-        for index in indexes:  # the SHA-256 lookup may use its unique or its pattern index
+        for index in indexes:
             assert any(index in name for name in used), (query, index, used)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's LIKE twin indexes")
+def test_the_sha256_fingerprint_has_one_unique_index_and_no_pattern_twin():
+    """unique=True built a varchar_pattern_ops twin that nothing reads (migration 0009)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE tablename = 'enrollment_certificate' AND indexdef LIKE '%%fingerprint_sha256%%'"
+        )
+        indexes = dict(cursor.fetchall())
+
+    assert list(indexes) == ["cert_fingerprint_sha256_uniq"], indexes
+    assert indexes["cert_fingerprint_sha256_uniq"].startswith("CREATE UNIQUE INDEX")
+    assert "pattern_ops" not in indexes["cert_fingerprint_sha256_uniq"]
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the plans are PostgreSQL's")

@@ -163,6 +163,19 @@ def test_a_signing_template_never_archives(kra, template, employee):
     assert not AuditEvent.objects.filter(action="key.archive").exists()
 
 
+def test_the_database_refuses_a_second_certificate_with_the_same_fingerprint(
+    hierarchy, template, employee, ec_p256_key
+):
+    first = issue(employee, template("smime-signing"), ec_p256_key)
+    twin = Certificate.objects.get(pk=first.pk)
+    twin.pk, twin.serial = None, "1"
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        twin.save(force_insert=True)
+
+    assert Certificate.objects.filter(fingerprint_sha256=first.fingerprint_sha256).count() == 1
+
+
 def test_the_database_refuses_a_signing_template_that_archives(db):
     with pytest.raises(IntegrityError), transaction.atomic():
         CertificateTemplate.objects.create(
