@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from rest_framework import status
+from rest_framework import renderers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -60,3 +60,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, X509Error):
         return Response({"detail": exc.message}, status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)
+
+
+class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
+    """DRF's browsable API without pygments' CSS in an inline <style> element.
+
+    That CSS styles only DRF's retired documentation pages, and the Content-Security-Policy
+    refuses inline <style>; the API's own answers are highlighted by prettify's CSS file.
+    """
+
+    def get_context(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context(*args, **kwargs)
+        context["code_style"] = None
+        return context

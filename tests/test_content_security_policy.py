@@ -1,0 +1,100 @@
+"""The Content-Security-Policy header: strict everywhere, one narrow exception.
+
+tests/browser/test_content_security_policy.py shows in Chromium that every page works
+under it; these tests pin the header itself on each kind of response.
+"""
+
+from __future__ import annotations
+
+import re
+import runpy
+
+import pytest
+
+from django.conf import settings
+
+from tests.conftest import client_for
+from tests.enrollment.api_tools import CERTIFICATES, session_client, token_client
+
+pytestmark = pytest.mark.django_db
+
+SETTINGS_FILE = str(settings.BASE_DIR / "pkiportal" / "settings.py")
+
+
+def directives(response) -> dict[str, str]:
+    header = response["Content-Security-Policy"]
+    parts = (part.strip().split(None, 1) for part in header.split(";") if part.strip())
+    return {name: value for name, value in parts}
+
+
+def assert_strict(policy: dict[str, str]) -> None:
+    assert policy["default-src"] == "'self'"
+    assert policy["script-src"] == "'self'"
+    assert policy["style-src"] == "'self'"
+    assert policy["object-src"] == "'none'"
+    assert policy["base-uri"] == "'none'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["form-action"] == "'self'"
+
+
+def test_pages_forbid_inline_script_and_style(anonymous_client, employee):
+    for response in (
+        anonymous_client.get("/accounts/login/"),
+        client_for(employee).get("/enroll/"),
+        client_for(employee).get("/certificates/"),
+    ):
+        assert response.status_code == 200
+        policy = directives(response)
+        assert_strict(policy)
+        assert "style-src-attr" not in policy
+        assert "unsafe" not in response["Content-Security-Policy"]
+
+
+def test_api_answers_carry_the_strict_policy_too(employee):
+    response = token_client(employee).get(CERTIFICATES)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert_strict(directives(response))
+    assert "unsafe" not in response["Content-Security-Policy"]
+
+
+def test_only_the_browsable_api_may_use_inline_style_attributes(employee):
+    response = session_client(employee).get(CERTIFICATES, HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    policy = directives(response)
+    assert policy["style-src-attr"] == "'unsafe-inline'"
+    assert policy["script-src"] == "'self'"  # scripts stay as strict
+    assert policy["style-src"] == "'self'"
+
+
+def test_the_api_docs_load_swagger_ui_from_here_without_inline_script(employee):
+    client = client_for(employee)
+
+    page = client.get("/api/v1/docs/")
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page.content.decode(), re.S)
+
+    assert page.status_code == 200
+    assert scripts
+    assert all('src="' in attributes and not body.strip() for attributes, body in scripts)
+    sources = [re.search(r'src="([^"]+)"', attributes)[1] for attributes, _body in scripts]
+    assert all(src.startswith("/") for src in sources), sources  # nothing from a CDN
+    start_up = client.get(sources[-1])
+    assert start_up.status_code == 200
+    assert start_up["Content-Type"].startswith("application/javascript")
+    assert b"SwaggerUIBundle" in start_up.content
+
+
+def test_violation_reports_go_where_the_operator_says(monkeypatch, tmp_path):
+    monkeypatch.setenv("PKIPORTAL_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("CSP_REPORT_URI", "https://reports.example.com/csp")
+
+    configured = runpy.run_path(SETTINGS_FILE)["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]
+
+    assert configured["report-uri"] == ["https://reports.example.com/csp"]
+    monkeypatch.delenv("CSP_REPORT_URI")
+    assert (
+        "report-uri" not in runpy.run_path(SETTINGS_FILE)["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]
+    )
