@@ -35,12 +35,13 @@ def run(
     *,
     timeout: int = 1800,
     check: bool = True,
+    cwd: Path = ROOT,
 ) -> str:
-    """Run a command from the project root; with ``check``, a failure ends the benchmark
-    showing what the command printed."""
+    """Run a command from the project root (or ``cwd``); with ``check``, a failure ends
+    the benchmark showing what the command printed."""
     result = subprocess.run(
         [str(arg) for arg in args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -86,9 +87,10 @@ def start_gunicorn(
     workers: int = 2,
     probe: str = "/pki/issuing.crt",
     log: Path | None = None,
+    cwd: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
-    """gunicorn (sync workers) on the loopback, in its own process group; returns once
-    ``probe`` answers 200."""
+    """gunicorn (sync workers) on the loopback, in its own process group, serving the
+    portal in ``cwd``; returns once ``probe`` answers 200."""
     process = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn", "pkiportal.wsgi",
@@ -98,7 +100,7 @@ def start_gunicorn(
             "--timeout", "120",
             "--no-control-socket",  # gunicorn 27's default ~/.gunicorn/gunicorn.ctl is shared
         ],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=log.open("wb") if log is not None else None,
         stderr=subprocess.STDOUT if log is not None else None,

@@ -213,7 +213,9 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def server_pids(gunicorn: subprocess.Popen) -> tuple[list[int], list[int]]:
+def server_pids(
+    gunicorn: subprocess.Popen, database: str = DATABASE
+) -> tuple[list[int], list[int]]:
     """The gunicorn workers, and the PostgreSQL backends serving the benchmark database."""
     workers = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -223,7 +225,7 @@ def server_pids(gunicorn: subprocess.Popen) -> tuple[list[int], list[int]]:
             continue
         if int(fields[1]) == gunicorn.pid:
             workers.append(int(stat.parent.name))
-    query = f"SELECT pid FROM pg_stat_activity WHERE datname = '{DATABASE}'"
+    query = f"SELECT pid FROM pg_stat_activity WHERE datname = '{database}'"
     backends = [int(pid) for pid in run(["psql", *PG, "-d", "postgres", "-Atc", query]).split()]
     return workers, backends
 
@@ -277,6 +279,7 @@ def post_all(
     name: str,
     clients: int,
     gunicorn: subprocess.Popen | None = None,
+    database: str = DATABASE,
 ) -> Result:
     """Send every prepared request, split over `clients` threads started together."""
     failures: list[str] = []
@@ -291,7 +294,7 @@ def post_all(
                 with lock:
                     failures.append(f"{status}: {content[:300]!r}")
 
-    workers, backends = server_pids(gunicorn) if gunicorn is not None else ([], [])
+    workers, backends = server_pids(gunicorn, database) if gunicorn is not None else ([], [])
     app_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
     client_before = time.process_time()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
