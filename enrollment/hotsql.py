@@ -70,8 +70,27 @@ def _when(db: BaseDatabaseWrapper, moment: datetime) -> Any:
 class EnrolmentCounts:
     recent_requests: int  # by the requester since `since`, any template
     open_requests: int  # pending or approved for this template
-    valid_certificates: int  # Certificate.objects.valid() of this owner and template
+    valid_certificates: int  # Certificate.objects.held() of this owner and template
     open_to_requester: bool  # template_open_to(): no allowed groups, or one of theirs
+
+
+@cache
+def _lock_sql() -> str | None:
+    """Lock the requester's row until the transaction ends, where the database locks rows.
+
+    FOR NO KEY UPDATE serialises enrolments of one person without blocking rows that
+    merely refer to that person (audit events, tokens). It must be its own statement: in
+    READ COMMITTED a statement reads with the snapshot it started with, so counts read in
+    the same statement as a lock that had to wait would still miss the rows committed by
+    the transaction it waited for. SQLite's IMMEDIATE transactions (settings) serialise
+    every writer already.
+    """
+    db = _db()
+    if not db.features.has_select_for_update:
+        return None
+    user = get_user_model()
+    mode = "NO KEY UPDATE" if db.features.has_select_for_no_key_update else "UPDATE"
+    return f"SELECT 1 FROM {_table(user)} WHERE {_quoted(user._meta.pk)} = %s FOR {mode}"
 
 
 @cache
@@ -80,7 +99,7 @@ def _counts_sql() -> str:
     r = {name: _column(request, name) for name in ("requester", "template", "created_at", "state")}
     c = {
         name: _column(certificate, name)
-        for name in ("id", "owner", "template", "status", "not_before", "not_after")
+        for name in ("id", "owner", "template", "status", "not_after")
     }
     return (
         f"SELECT (SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
@@ -88,7 +107,7 @@ def _counts_sql() -> str:
         f"(SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
         f"AND {r['template']} = %s AND {r['state']} IN (%s, %s)), "
         f"(SELECT COUNT(*) FROM {_table(certificate)} WHERE {c['owner']} = %s "
-        f"AND {c['template']} = %s AND {c['status']} = %s AND {c['not_before']} <= %s "
+        f"AND {c['template']} = %s AND {c['status']} = %s "
         f"AND {c['not_after']} > %s AND {c['id']} <> %s), "
         f"({_permits_expression()})"
     )
@@ -102,7 +121,9 @@ def enrolment_counts(
     now: datetime,
     excluding_certificate_id: int | None = None,
 ) -> EnrolmentCounts:
-    """The three counts the per-person limits need, and template_open_to(): one statement."""
+    """The three counts the per-person limits need, and template_open_to(): one statement,
+    after one that locks the requester's row until the transaction ends (_lock_sql), so
+    concurrent enrolments of one person count one after the other."""
     db = _db()
     params = [
         requester_id,
@@ -115,13 +136,15 @@ def enrolment_counts(
         template_id,
         Certificate.Status.VALID,
         _when(db, now),
-        _when(db, now),
         excluding_certificate_id or 0,  # ids start at 1
         template_id,
         template_id,
         requester_id,
     ]
+    lock = _lock_sql()
     with db.cursor() as cursor:
+        if lock is not None:
+            cursor.execute(lock, [requester_id])
         cursor.execute(_counts_sql(), params)
         recent, open_, valid, permitted = cursor.fetchone()
     return EnrolmentCounts(int(recent), int(open_), int(valid), bool(permitted))

@@ -22,6 +22,12 @@ class CertificateQuerySet(models.QuerySet):
         now = now or timezone.now()
         return self.filter(status="valid", not_before__lte=now, not_after__gt=now)
 
+    def held(self, now: datetime | None = None) -> CertificateQuerySet:
+        """Not revoked and not expired, valid yet or not: what a person holds against the
+        per-template cap. A certificate dated a moment ahead (another server's clock, or
+        one issued while the counting enrolment waited for its turn) still counts."""
+        return self.filter(status="valid", not_after__gt=now or timezone.now())
+
     def revoked(self) -> CertificateQuerySet:
         return self.filter(status="revoked")
 

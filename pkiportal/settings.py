@@ -108,9 +108,12 @@ DATABASES = {
 DATABASES["default"].setdefault("ATOMIC_REQUESTS", False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the inline tasks and web requests of the embedded default read while writing.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "init_command", "PRAGMA journal_mode=WAL;"
-    )
+    # IMMEDIATE takes the write lock when a transaction starts, so writers queue (up to the
+    # timeout) instead of failing with "database is locked" when a read turns into a write,
+    # and the per-person limits are counted by one enrolment at a time.
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options.setdefault("init_command", "PRAGMA journal_mode=WAL;")
+    options.setdefault("transaction_mode", "IMMEDIATE")
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
     "DATABASE_PREPARED_STATEMENTS", default=True
 ):

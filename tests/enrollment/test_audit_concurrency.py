@@ -1,4 +1,4 @@
-"""Enrolments at once on PostgreSQL: the audit chain stays one unbroken line.
+"""Enrolments at once on PostgreSQL: one unbroken audit chain, and caps that hold.
 
 Each thread has its own database connection, so the chain head's row lock is real; the
 deferred appends of concurrent enrolments must never link to the same predecessor.
@@ -14,6 +14,7 @@ from django.db import connection, transaction
 
 from enrollment import services
 from enrollment.audit import audit_chain_breaks
+from enrollment.exceptions import PolicyViolation
 from enrollment.models import AuditEvent, Certificate, CertificateRequest
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.test_crl_concurrency import run_threads
@@ -59,3 +60,41 @@ def test_concurrent_enrolments_keep_one_unbroken_audit_chain(hierarchy, template
         following = events[events.index(submit) + 1]
         assert following.action == "certificate.issue"
         assert following.actor_id == submit.actor_id
+
+
+@pytest.mark.parametrize("path", ["csr", "csr, no transaction of the caller's", "portal key"])
+def test_parallel_requests_of_one_person_cannot_pass_the_caps(
+    hierarchy, template, settings, fast_pkcs12, path
+):
+    """Twelve requests at once from one script: before, each counted the others' rows as
+    not yet there and all twelve were issued, past a cap of three."""
+    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 3
+    signing = template("smime-signing")
+    csr = cryptography_csr(KeyPool().get(KeyAlgorithm.EC_P256)).public_bytes(Encoding.PEM)
+    person = UserFactory()
+    refused: list[str] = []
+
+    def enrol() -> None:
+        try:
+            if path.startswith("csr, no"):
+                services.request_submit(requester=person, template=signing, csr=csr)
+                return
+            with transaction.atomic():
+                if path == "csr":
+                    services.request_submit(requester=person, template=signing, csr=csr)
+                else:
+                    submitted = services.request_submit(
+                        requester=person, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+                    )
+                    services.request_collect(
+                        request=submitted, actor=person, pkcs12_password="orange kettle sails"
+                    )
+        except PolicyViolation as exc:
+            refused.append(exc.message)
+
+    errors = run_threads(*([enrol] * 12))
+
+    assert errors == []
+    assert Certificate.objects.filter(owner=person, template=signing).count() == 3
+    assert len(refused) == 9
+    assert all("already have 3 valid certificates" in message for message in refused)
