@@ -450,6 +450,10 @@ if env.str("OIDC_RP_CLIENT_ID", default=""):
     OIDC_CLAIM_USERNAME = env.str("OIDC_CLAIM_USERNAME", default="preferred_username")
     OIDC_CLAIM_ORGANIZATIONAL_UNIT = env.str("OIDC_CLAIM_ORGANIZATIONAL_UNIT", default="department")
     OIDC_CLAIM_GROUPS = env.str("OIDC_CLAIM_GROUPS", default="groups")
+    # A sign-in whose email_verified claim is not true is refused: the address goes into
+    # certificates. true accepts one without the claim, for a provider that never sends it
+    # and hands out only addresses it has checked; an explicit false is refused anyway.
+    OIDC_TRUST_PROVIDER_EMAIL = env.bool("OIDC_TRUST_PROVIDER_EMAIL", default=False)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
