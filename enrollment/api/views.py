@@ -110,11 +110,17 @@ def _answer(
     pkcs12: bytes | None = None,
     pkcs12_format: Pkcs12Format | None = None,
 ) -> Response:
-    """201 with the certificate if it was issued now, else 202 pointing at the request."""
+    """201 with the certificate if it was issued now, else 202 pointing at the request.
+
+    An answer carrying a PKCS#12 is the key's one way out: no cache may keep it (as the
+    web page's download)."""
     context = {"request": request}
     if submitted.state == CertificateRequest.State.ISSUED and submitted.certificate is not None:
         issued = s.Issued(submitted, submitted.certificate, pkcs12, pkcs12_format)
-        return Response(s.issued_body(issued, request), status=status.HTTP_201_CREATED)
+        headers = {"Cache-Control": "no-store"} if pkcs12 is not None else None
+        return Response(
+            s.issued_body(issued, request), status=status.HTTP_201_CREATED, headers=headers
+        )
     body = s.EnrollmentOut(submitted, context=context).data
     return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 

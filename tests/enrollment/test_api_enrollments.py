@@ -142,6 +142,7 @@ def test_a_portal_key_enrolment_returns_a_modern_pkcs12_openssl_opens_without_le
     response = token_client(employee).post(ENROLLMENTS, server_key_body(), format="json")
 
     assert response.status_code == 201, response.json()
+    assert response["Cache-Control"] == "no-store"  # the key's one way out: never cached
     body = response.json()
     assert body["pkcs12_format"] == "modern"
     bundle = openssl.write("me.p12", base64.b64decode(body["pkcs12"]))
