@@ -214,10 +214,11 @@ class Certificate(DerCertificateMixin):
         REVOKED = "revoked", "Revoked"
 
     class RevocationReasonChoice(models.TextChoices):
-        """RFC 5280 5.3.1 reasons a person may pick; certificateHold is never offered."""
+        """RFC 5280 5.3.1 reasons a subscriber certificate may carry. certificateHold is
+        never offered; cACompromise names a CA's key, not a subscriber's (a CA's own
+        revocation is on its issuer's CRL), and CRL linters refuse it on these entries."""
 
         KEY_COMPROMISE = "keyCompromise", "Key compromise"
-        CA_COMPROMISE = "cACompromise", "CA compromise"
         AFFILIATION_CHANGED = "affiliationChanged", "Affiliation changed"
         SUPERSEDED = "superseded", "Superseded"
         CESSATION_OF_OPERATION = "cessationOfOperation", "Cessation of operation"

@@ -18,11 +18,7 @@ from enrollment.recovery import MAX_AGENT_PKCS12_BYTES
 from enrollment.x509.pkcs12 import Pkcs12Format
 
 # Officers revoke for any RFC 5280 reason a subscriber certificate can have.
-OFFICER_REVOCATION_REASONS = [
-    (choice.value, choice.label)
-    for choice in Certificate.RevocationReasonChoice
-    if choice != Certificate.RevocationReasonChoice.CA_COMPROMISE
-]
+OFFICER_REVOCATION_REASONS = Certificate.RevocationReasonChoice.choices
 MAX_CERTIFICATE_BYTES = 64 * 1024
 
 

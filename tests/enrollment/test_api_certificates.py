@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from enrollment import services
+from enrollment.exceptions import PolicyViolation
 from enrollment.models import AuditEvent, Certificate, RevocationList
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm
@@ -27,7 +28,7 @@ from tests.enrollment.tools import issue
 pytestmark = pytest.mark.django_db
 
 HOLDER_REASONS = ["keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]
-OFFICER_ONLY_REASONS = ["cACompromise", "privilegeWithdrawn"]
+OFFICER_ONLY_REASONS = ["privilegeWithdrawn"]
 
 
 @pytest.fixture
@@ -199,6 +200,20 @@ def test_an_officer_revokes_anyones_certificate_with_any_reason(clients, theirs,
     assert theirs.revocation_reason == reason
 
 
+def test_not_even_an_officer_revokes_a_subscriber_certificate_for_ca_compromise(clients, theirs):
+    """cACompromise names a CA's key; CRL linters refuse it on a subscriber's entry."""
+    response = clients["officer"].post(
+        f"{certificate_url(theirs.serial)}revoke/", {"reason": "cACompromise"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "reason" in response.json()
+    theirs.refresh_from_db()
+    assert theirs.status == Certificate.Status.VALID
+    with pytest.raises(PolicyViolation, match="not a revocation reason"):
+        services.certificate_revoke(certificate=theirs, reason="cACompromise")
+
+
 @pytest.mark.parametrize(("who", "status"), [("colleague", 404), ("anonymous", 401)])
 def test_who_may_not_revoke(clients, mine, who, status):
     response = clients[who].post(
@@ -212,7 +227,13 @@ def test_who_may_not_revoke(clients, mine, who, status):
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"reason": ""}, {"reason": "unspecified"}, {"reason": "certificateHold"}, {"reason": 7}],
+    [
+        {},
+        {"reason": ""},
+        {"reason": "unspecified"},
+        {"reason": "certificateHold"},
+        {"reason": 7},
+    ],
 )
 def test_a_revocation_needs_a_known_reason(clients, mine, body):
     response = clients["employee"].post(
