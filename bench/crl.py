@@ -144,6 +144,7 @@ def populate(total: int) -> dict:
         "serial": "'4' || substr(md5(g::text || 'bench'), 1, 27) || lpad(to_hex(g), 12, '0')",
         "fingerprint_sha256": "encode(sha256(('fp' || g)::bytea), 'hex')",
         "fingerprint_sha1": "md5('f1' || g) || substr(md5('f2' || g), 1, 8)",
+        "spki_sha256": "encode(sha256(('key' || g)::bytea), 'hex')",  # each its own key
         "status": "'revoked'",
         "revoked_at": "now() - make_interval(secs => g)",
         "revocation_reason": f"(ARRAY{REASONS!r}::text[])[1 + g %% {len(REASONS)}]",

@@ -196,7 +196,7 @@ def load(database: str, people: int, per_person: int, facts: dict) -> dict[str, 
         cert_columns = (
             "id, der, serial, fingerprint_sha256, subject, not_before, not_after, ca_id, "
             "owner_id, template_id, purpose, common_name, email, emails, fingerprint_sha1, "
-            "key_algorithm, status, revoked_at, revocation_reason, created_at"
+            "key_algorithm, spki_sha256, status, revoked_at, revocation_reason, created_at"
         )
         with cur.copy(
             f"COPY enrollment_certificate ({cert_columns}) FROM STDIN (FORMAT BINARY)"
@@ -217,6 +217,7 @@ def load(database: str, people: int, per_person: int, facts: dict) -> dict[str, 
                     "text",
                     "text",
                     "jsonb",
+                    "text",
                     "text",
                     "text",
                     "text",
@@ -258,6 +259,7 @@ def load(database: str, people: int, per_person: int, facts: dict) -> dict[str, 
                             json.dumps([email]),
                             digest[:40],
                             "EC P-256",
+                            hashlib.sha256(b"key" + n.to_bytes(8, "big")).hexdigest(),
                             status,
                             revoked_at,
                             reason,

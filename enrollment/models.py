@@ -252,6 +252,10 @@ class Certificate(DerCertificateMixin):
     emails = models.JSONField(default=list, help_text="Every rfc822Name in subjectAltName.")
     fingerprint_sha1 = models.CharField(max_length=40, help_text="Outlook shows SHA-1.")
     key_algorithm = models.CharField(max_length=30, help_text='For people: "RSA 3072".')
+    # The key's identity (keys.spki_sha256): a key revoked for keyCompromise is never
+    # certified again, and its other certificates are revoked with it (S/MIME BR 6.1.1.3,
+    # 4.9.1.1). No index of its own: issuance asks the small cert_compromised_key_idx.
+    spki_sha256 = models.CharField(max_length=64, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.VALID)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revocation_reason = models.CharField(
@@ -296,6 +300,12 @@ class Certificate(DerCertificateMixin):
             # Newest first, the default order: an officer's page of the API list or a broad
             # RA search reads its fifty rows instead of sorting every certificate.
             models.Index(fields=["-not_before", "-id"], name="cert_newest_idx"),
+            # Keys revoked for keyCompromise, asked before every issuance: only those rows.
+            models.Index(
+                fields=["spki_sha256"],
+                name="cert_compromised_key_idx",
+                condition=Q(revocation_reason="keyCompromise"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -298,6 +298,14 @@ def _issue(
 ) -> Certificate:
     if not template.is_active:
         raise PolicyViolation(f"The template {template.name!r} is not active.")
+    spki_sha256 = keys.spki_sha256(public_key)
+    if hotsql.key_compromised(spki_sha256):
+        # S/MIME BR 6.1.1.3 (4): a key known to be compromised is never certified again.
+        raise PolicyViolation(
+            "This key was reported compromised: a certificate for it was revoked for "
+            "keyCompromise. Make a new key and request again.",
+            field="csr",
+        )
     ca = template.issuing_ca or default_issuing_ca()
     subject = subject_for(owner)
     if template.archive_key:
@@ -330,6 +338,7 @@ def _issue(
             emails=emails,
             fingerprint_sha1=pkcs7.fingerprint(issued, "sha1"),
             key_algorithm=keys.describe_public_key(public_key),
+            spki_sha256=spki_sha256,
             **_der_facts(issued),
         )
         certificate.__dict__["certificate"] = issued  # the cached_property, not re-parsed
@@ -429,6 +438,16 @@ def _key_archive(
     agents: list[KeyRecoveryAgent],
     actor: Actor,
 ) -> ArchivedKey:
+    # The agents were read before signing; one may have been deactivated since. Those still
+    # usable are share-locked until the commit, so a deactivation waits for this archive
+    # (and counts it), and no archive goes to an agent deactivated meanwhile.
+    still_usable = set(hotsql.usable_agents_locked([agent.pk for agent in agents]))
+    agents = [agent for agent in agents if agent.pk in still_usable]
+    if not agents:
+        raise ConfigurationError(
+            "The key recovery agents were deactivated while this certificate was being "
+            "issued, so it was not issued: an encryption key must be archived first."
+        )
     envelope = cms.archive_private_key(private_key, [agent.certificate for agent in agents])
     archived = ArchivedKey.objects.create(certificate=certificate, envelope=envelope)
     archived.recipients.set(agents)
@@ -474,13 +493,50 @@ def certificate_revoke(
             invalidity_date=invalidity_date,
             source_address=source_address,
         )
+        same_key = _revoke_same_key(
+            revoked, actor=actor, invalidity_date=invalidity_date, source_address=source_address
+        )
         # The caller's object (with what it already loaded: owner, CA) now shows the state.
         for field in ("status", "revoked_at", "revocation_reason", "invalidity_date"):
             setattr(certificate, field, getattr(revoked, field))
         from enrollment.notifications import certificate_revoked
 
-        certificate_revoked(certificate, actor=actor)
+        for told in (certificate, *same_key):
+            certificate_revoked(told, actor=actor)
     return certificate
+
+
+def _revoke_same_key(
+    revoked: Certificate,
+    *,
+    actor: Actor,
+    invalidity_date: datetime | None,
+    source_address: str | None,
+) -> list[Certificate]:
+    """A compromised key's other valid certificates are revoked with it (S/MIME BR 4.9.1.1).
+
+    Rare, so no index of its own: at a million certificates the lookup reads the table.
+    """
+    compromised = Certificate.RevocationReasonChoice.KEY_COMPROMISE
+    if revoked.revocation_reason != compromised or not revoked.spki_sha256:
+        return []
+    others = (
+        Certificate.objects.filter(spki_sha256=revoked.spki_sha256, status=Certificate.Status.VALID)
+        .exclude(pk=revoked.pk)
+        .select_related("owner")
+        .order_by("pk")
+    )
+    return [
+        _revoke(
+            certificate=other,
+            reason=compromised,
+            actor=actor,
+            invalidity_date=invalidity_date,
+            source_address=source_address,
+            same_key_as=revoked,
+        )
+        for other in others
+    ]
 
 
 def _revoke(
@@ -490,6 +546,7 @@ def _revoke(
     actor: Actor,
     invalidity_date: datetime | None,
     source_address: str | None,
+    same_key_as: Certificate | None = None,
 ) -> Certificate:
     """Revoke inside the caller's transaction; the CRL is queued for after its commit."""
     if reason in ("", "unspecified"):
@@ -515,7 +572,11 @@ def _revoke(
         actor=actor,
         target=locked,
         source_address=source_address,
-        detail={"reason": reason or "", "serial": locked.serial},
+        detail={
+            "reason": reason or "",
+            "serial": locked.serial,
+            **({"same_key_as": same_key_as.serial} if same_key_as is not None else {}),
+        },
     )
     from enrollment.tasks import crl_publish_on_commit
 

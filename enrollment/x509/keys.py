@@ -149,6 +149,19 @@ def public_key_problem(public_key: object) -> str | None:
     return f"{describe_public_key(public_key)} keys are not supported; use RSA or EC (P-256/P-384)."
 
 
+def spki_sha256(public_key: PublicKey) -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo in DER, as lowercase hex: the key's
+    identity whatever certificate or CSR carries it. Re-encoded from the key, so a
+    compressed and an uncompressed EC point (or any other spelling) give the same value."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(
+        public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return digest.finalize().hex()
+
+
 def signature_hash_for(key: PrivateKey | PublicKey) -> SignatureHash:
     """The hash a CA key signs with, matched to its strength (S/MIME BR 7.1.3.2)."""
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):

@@ -13,6 +13,7 @@ import pytest
 from accounts.search import fold
 from enrollment import services
 from enrollment.models import Certificate, CertificateTemplate
+from enrollment.x509.keys import KeyAlgorithm, generate_private_key
 from tests.factories import UserFactory
 
 
@@ -31,10 +32,13 @@ def encryption_template(db) -> CertificateTemplate:
 
 
 @pytest.fixture
-def issue(hierarchy, template, ec_p256_key, encryption_template) -> Callable[..., Certificate]:
+def issue(hierarchy, template, encryption_template) -> Callable[..., Certificate]:
+    # Each certificate its own key, as in life: revoking one for keyCompromise revokes
+    # every certificate of its key.
     def issue(owner, slug: str = "smime-dual-use") -> Certificate:
+        key = generate_private_key(KeyAlgorithm.EC_P256)
         return services.certificate_issue(
-            template=template(slug), owner=owner, public_key=ec_p256_key.public_key()
+            template=template(slug), owner=owner, public_key=key.public_key()
         )
 
     return issue

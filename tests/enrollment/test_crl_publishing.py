@@ -27,14 +27,15 @@ from enrollment.models import (
 )
 from enrollment.x509 import crl_fast
 from enrollment.x509.crl import RevocationReason, RevokedEntry, build_crl
-from tests.enrollment.tools import issue
+from tests.enrollment.tools import issue, new_key
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def make_certificate(hierarchy, template, employee, ec_p256_key):
-    return lambda owner=employee: issue(owner, template("smime-signing"), ec_p256_key)
+def make_certificate(hierarchy, template, employee):
+    # Each certificate its own key: one revoked for keyCompromise takes its key's others.
+    return lambda owner=employee: issue(owner, template("smime-signing"), new_key())
 
 
 def listed(crl: RevocationList, certificate: Certificate) -> x509.RevokedCertificate | None:

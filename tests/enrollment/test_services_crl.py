@@ -18,14 +18,15 @@ from enrollment.exceptions import InvalidState, PolicyViolation
 from enrollment.models import AuditEvent, Certificate, RevocationList
 from enrollment.x509 import keys
 from enrollment.x509.crl import build_crl
-from tests.enrollment.tools import crl_text_entries, issue, openssl_serial, row_counts
+from tests.enrollment.tools import crl_text_entries, issue, new_key, openssl_serial, row_counts
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def signing_certificate(hierarchy, template, employee, ec_p256_key):
-    return lambda: issue(employee, template("smime-signing"), ec_p256_key)
+def signing_certificate(hierarchy, template, employee):
+    # Each certificate its own key: one revoked for keyCompromise takes its key's others.
+    return lambda: issue(employee, template("smime-signing"), new_key())
 
 
 def in_crl(revocation_list: RevocationList, certificate: Certificate) -> bool:

@@ -19,7 +19,7 @@ from enrollment.models import (
     KeyRecoveryAgent,
     RevocationList,
 )
-from enrollment.x509.keys import PrivateKey
+from enrollment.x509.keys import KeyAlgorithm, PrivateKey, generate_private_key
 from tests.pki import OpenSSL
 
 # What a requester might try to smuggle into a certificate: the CSR asks for it, the
@@ -77,6 +77,12 @@ def row_counts() -> dict[str, int]:
         CertificateAuthority,
     )
     return {model.__name__: model.objects.count() for model in models}
+
+
+def new_key() -> PrivateKey:
+    """A P-256 key of its own (~0.1 ms): for certificates one test may revoke for
+    keyCompromise, which revokes every other certificate of the same key."""
+    return generate_private_key(KeyAlgorithm.EC_P256)
 
 
 def issue(owner, template: CertificateTemplate, key: PrivateKey) -> Certificate:

@@ -1,0 +1,125 @@
+"""A key revoked for keyCompromise: never certified again, its other certificates revoked.
+
+S/MIME BR 6.1.1.3 (4): the CA rejects a request whose key it knows to be compromised;
+4.9.1.1: every certificate of a compromised key is revoked. Keys are recognised by the
+SHA-256 of their SubjectPublicKeyInfo (keys.spki_sha256), checked here against openssl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+
+import pytest
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from django.apps import apps
+
+from enrollment import services
+from enrollment.exceptions import PolicyViolation
+from enrollment.models import AuditEvent, Certificate, CertificateRequest
+from enrollment.x509 import keys
+from enrollment.x509.keys import KeyAlgorithm, generate_private_key
+from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
+from tests.enrollment.tools import issue
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def own_key():
+    """A key of this test's own: the session's shared keys must not be compromised."""
+    return generate_private_key(KeyAlgorithm.EC_P256)
+
+
+def test_the_key_identity_is_the_sha256_of_the_spki_openssl_prints(
+    hierarchy, template, employee, own_key, openssl
+):
+    certificate = issue(employee, template("smime-signing"), own_key)
+    pem = openssl.write_pem("cert.pem", certificate.certificate)
+
+    public_pem = openssl.run("x509", "-in", pem, "-noout", "-pubkey").stdout
+    spki = openssl.run("pkey", "-pubin", "-outform", "DER", input=public_pem).stdout
+
+    assert certificate.spki_sha256 == hashlib.sha256(spki).hexdigest()
+
+
+def test_a_compressed_ec_point_is_the_same_key():
+    public_key = generate_private_key(KeyAlgorithm.EC_P256).public_key()
+    compressed = public_key.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
+    again = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), compressed)
+
+    assert keys.spki_sha256(again) == keys.spki_sha256(public_key)
+
+
+def test_a_compromised_key_is_never_certified_again(hierarchy, template, employee, own_key):
+    first = issue(employee, template("smime-signing"), own_key)
+    services.certificate_revoke(certificate=first, reason="keyCompromise", actor=employee)
+    requests, certificates = CertificateRequest.objects.count(), Certificate.objects.count()
+
+    response = token_client(employee).post(ENROLLMENTS, csr_body(own_key), format="json")
+
+    assert response.status_code == 400
+    assert "compromised" in response.json()["csr"][0]
+    assert (CertificateRequest.objects.count(), Certificate.objects.count()) == (
+        requests,
+        certificates,
+    )
+    with pytest.raises(PolicyViolation, match="compromised"):
+        issue(employee, template("smime-dual-use"), own_key)  # any template, any path
+
+
+def test_a_key_revoked_for_another_reason_may_be_certified_again(
+    hierarchy, template, employee, own_key
+):
+    first = issue(employee, template("smime-signing"), own_key)
+    services.certificate_revoke(certificate=first, reason="superseded", actor=employee)
+
+    again = issue(employee, template("smime-signing"), own_key)
+
+    assert again.status == Certificate.Status.VALID
+
+
+def test_the_other_certificates_of_a_compromised_key_are_revoked_with_it(
+    hierarchy,
+    template,
+    employee,
+    colleague,
+    own_key,
+    ec_p256_key,
+    mailoutbox,
+    django_capture_on_commit_callbacks,
+):
+    reported = issue(employee, template("smime-signing"), own_key)
+    same_key = issue(employee, template("smime-dual-use"), own_key)
+    other_key = issue(employee, template("smime-signing"), ec_p256_key)
+    theirs = issue(colleague, template("smime-signing"), ec_p256_key)
+
+    with django_capture_on_commit_callbacks(execute=True):  # mail goes after the commit
+        services.certificate_revoke(certificate=reported, reason="keyCompromise", actor=employee)
+
+    states = {
+        c.pk: (c.status, c.revocation_reason)
+        for c in Certificate.objects.filter(pk__in=[reported.pk, same_key.pk, other_key.pk])
+    }
+    assert states[reported.pk] == states[same_key.pk] == ("revoked", "keyCompromise")
+    assert states[other_key.pk] == ("valid", "")
+    assert Certificate.objects.get(pk=theirs.pk).status == "valid"
+    event = AuditEvent.objects.get(action="certificate.revoke", object_id=str(same_key.pk))
+    assert event.detail["same_key_as"] == reported.serial
+    assert event.actor == employee
+    assert [m.subject for m in mailoutbox] == ["Your certificate was revoked"] * 2
+    assert {m.to[0] for m in mailoutbox} == {employee.email}
+
+
+def test_existing_certificates_get_their_key_identity(hierarchy, template, employee, own_key):
+    certificate = issue(employee, template("smime-signing"), own_key)
+    Certificate.objects.filter(pk=certificate.pk).update(spki_sha256="")
+    migration = importlib.import_module("enrollment.migrations.0011_certificate_key_identity")
+
+    migration.key_identities(apps, None)
+
+    stored = Certificate.objects.get(pk=certificate.pk).spki_sha256
+    assert stored == keys.spki_sha256(own_key.public_key())
