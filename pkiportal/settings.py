@@ -16,6 +16,10 @@ from csp.constants import NONE, SELF
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+# Pure Python over cryptography (no Django): the subject rules the CA applies at issuance.
+from enrollment.x509.builder import check_country, check_organization_identifier
+from enrollment.x509.errors import PolicyError
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -264,6 +268,21 @@ PKIPORTAL_COUNTRY_NAME = env.str("PKIPORTAL_COUNTRY_NAME", default="")
 PKIPORTAL_ORGANIZATION_IDENTIFIER = env.str(
     "PKIPORTAL_ORGANIZATION_IDENTIFIER", default="NTRUS-0000000"
 )
+# Refused at start-up rather than at every issuance: each certificate carries both.
+try:
+    if PKIPORTAL_COUNTRY_NAME:
+        PKIPORTAL_COUNTRY_NAME = check_country(PKIPORTAL_COUNTRY_NAME)
+except PolicyError as exc:
+    raise ImproperlyConfigured(f"PKIPORTAL_COUNTRY_NAME: {exc.message}") from exc
+try:
+    check_organization_identifier(PKIPORTAL_ORGANIZATION_IDENTIFIER, PKIPORTAL_COUNTRY_NAME)
+except PolicyError as exc:
+    with_country = (
+        f" (PKIPORTAL_COUNTRY_NAME is {PKIPORTAL_COUNTRY_NAME})" if PKIPORTAL_COUNTRY_NAME else ""
+    )
+    raise ImproperlyConfigured(
+        f"PKIPORTAL_ORGANIZATION_IDENTIFIER: {exc.message}{with_country}"
+    ) from exc
 # Online CA keys: encrypted PKCS#8 files in this directory, never in the database.
 PKIPORTAL_KEY_BACKEND = env.str("PKIPORTAL_KEY_BACKEND", default="file")
 PKIPORTAL_KEY_DIR = Path(env.str("PKIPORTAL_KEY_DIR", default=str(VAR_DIR / "keys")))

@@ -23,6 +23,7 @@ from enrollment.x509.keys import KeyAlgorithm, PrivateKey, generate_private_key
 from enrollment.x509.policy import CertificatePolicy, Generation, Purpose
 
 __all__ = [
+    "ACCEPTED_ORGANIZATION_IDENTIFIERS",
     "ALICE",
     "BASE_URL",
     "CA",
@@ -57,6 +58,17 @@ LOOPBACK_BASE_URL = "http://127.0.0.1:8000"
 ORGANIZATION = "Example Org"
 COUNTRY = "GB"
 ORGANIZATION_IDENTIFIER = "NTRGB-12345678"
+# S/MIME BR 7.1.4.2.2 (d) and Appendix A: NTR, VAT, PSD, LEI, plus GOV and INT (note 2).
+ACCEPTED_ORGANIZATION_IDENTIFIERS = [
+    "NTRGB-12345678",
+    "NTRUS+CA-C1234567",  # a state register: a "+" subdivision, NTR and GOV only
+    "VATGB-123456789",
+    "PSDGB-FCA-123456",
+    "LEIXG-5493001KJTIIGC8Y1R12",
+    "GOVGB",
+    "GOVGB+ENG",
+    "INTXG",
+]
 
 
 def subject_for(

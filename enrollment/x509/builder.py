@@ -39,10 +39,16 @@ UB_EMAIL_ADDRESS = 255
 _COUNTRY = re.compile(r"[A-Z]{2}")
 # S/MIME BR 7.1.4.2.2 (d): scheme, country, optional "+subdivision", then "-reference".
 _ORGANIZATION_IDENTIFIER = re.compile(
-    r"(?P<scheme>[A-Z]{3})(?P<country>[A-Z]{2})(?:\+[A-Z0-9]{1,3})?(?:-(?P<reference>.+))?"
+    r"(?P<scheme>[A-Z]{3})(?P<country>[A-Z]{2})(?:\+(?P<subdivision>[A-Z0-9]{1,3}))?"
+    r"(?:-(?P<reference>.+))?"
 )
-_SCHEMES_WITHOUT_REFERENCE = frozenset({"GOV", "INT"})
-_GLOBAL_SCHEMES = frozenset({"LEI", "INT"})
+# Appendix A's registration schemes, plus GOV and INT of 7.1.4.2.2 (d) note 2.
+_SCHEMES = frozenset({"NTR", "VAT", "PSD", "LEI", "GOV", "INT"})
+_SCHEMES_WITHOUT_REFERENCE = frozenset({"GOV", "INT"})  # the reference is absent, never empty
+_SCHEMES_WITH_SUBDIVISION = frozenset({"NTR", "GOV"})  # "+" state or province: these only
+_GLOBAL_SCHEMES = frozenset({"LEI", "INT"})  # always country "XG"
+_GLOBAL_COUNTRY = "XG"
+_LEI = re.compile(r"[A-Z0-9]{18}[0-9]{2}")  # ISO 17442
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
 _DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _METADATA_ONLY = re.compile(r"[\s.\-]*")  # S/MIME BR 7.1.4.2: no '.', '-', ' ' placeholders.
@@ -328,11 +334,26 @@ _ATTRIBUTE_LABELS = {
 }
 
 
+def check_country(country_name: str) -> str:
+    """The two-letter country code, upper-cased; PolicyError if it is not one."""
+    return _check_country(country_name)
+
+
 def _check_country(country_name: str) -> str:
     country = country_name.strip().upper()
     if not _COUNTRY.fullmatch(country):
         raise PolicyError(f"{country_name!r} is not a two-letter ISO 3166-1 country code.")
     return country
+
+
+def check_organization_identifier(value: str, country_name: str = "") -> None:
+    """Raise PolicyError unless ``value`` is an S/MIME BR 7.1.4.2.2 (d) organizationIdentifier.
+
+    Schemes NTR, VAT, PSD and LEI (Appendix A) carry a registration reference; GOV and INT
+    (note 2) carry none. LEI and INT use country XG; the others a country that must match
+    ``country_name`` when one is given. Only NTR and GOV may add a "+" subdivision.
+    """
+    _check_organization_identifier(value, _check_country(country_name) if country_name else "")
 
 
 def _check_organization_identifier(value: str, country: str) -> None:
@@ -342,14 +363,52 @@ def _check_organization_identifier(value: str, country: str) -> None:
             f"{value!r} is not an organisation identifier like NTRGB-12345678 "
             "(S/MIME BR 7.1.4.2.2 (d))."
         )
-    scheme, id_country = match["scheme"], match["country"]
-    if match["reference"] is None and scheme not in _SCHEMES_WITHOUT_REFERENCE:
+    scheme, id_country, reference = match["scheme"], match["country"], match["reference"]
+    if scheme not in _SCHEMES:
+        raise PolicyError(
+            f"The organisation identifier {value!r} uses registration scheme {scheme}; "
+            f"the S/MIME BR allow {', '.join(sorted(_SCHEMES))} (7.1.4.2.2 (d), Appendix A)."
+        )
+    if scheme in _GLOBAL_SCHEMES and id_country != _GLOBAL_COUNTRY:
+        raise PolicyError(
+            f"The organisation identifier {value!r} must use country {_GLOBAL_COUNTRY} "
+            f"with scheme {scheme}, e.g. {scheme}{_GLOBAL_COUNTRY}-... (S/MIME BR 7.1.4.2.2 (d))."
+        )
+    if scheme not in _GLOBAL_SCHEMES and id_country == _GLOBAL_COUNTRY:
+        raise PolicyError(
+            f"The organisation identifier {value!r} needs the ISO 3166-1 country of the "
+            f"registration scheme; {_GLOBAL_COUNTRY} is only for LEI and INT."
+        )
+    if match["subdivision"] is not None and scheme not in _SCHEMES_WITH_SUBDIVISION:
+        raise PolicyError(
+            f"The organisation identifier {value!r} names a state or province, which only "
+            "the NTR and GOV schemes may (S/MIME BR 7.1.4.2.2 (d))."
+        )
+    if scheme in _SCHEMES_WITHOUT_REFERENCE:
+        if reference is not None:
+            raise PolicyError(
+                f"The organisation identifier {value!r} carries a reference after '-'; "
+                f"scheme {scheme} has none (S/MIME BR 7.1.4.2.2 (d), note 2)."
+            )
+    elif reference is None:
         raise PolicyError(f"The organisation identifier {value!r} lacks its registration number.")
+    elif scheme == "LEI" and not _valid_lei(reference):
+        raise PolicyError(
+            f"{reference!r} in the organisation identifier is not a valid LEI "
+            "(ISO 17442: 20 characters with a check digit pair)."
+        )
     if country and scheme not in _GLOBAL_SCHEMES and id_country != country:
         raise PolicyError(
             f"The organisation identifier {value!r} names country {id_country} but the "
             f"certificate names {country} (S/MIME BR 7.1.4.2.2 (d), note 1)."
         )
+
+
+def _valid_lei(reference: str) -> bool:
+    """ISO 17442: 18 characters and two check digits, ISO 7064 MOD 97-10 over the whole."""
+    if not _LEI.fullmatch(reference):
+        return False
+    return int("".join(str(int(character, 36)) for character in reference)) % 97 == 1
 
 
 def _ca_name(common_name: str, organization_name: str, country_name: str) -> x509.Name:

@@ -17,8 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from enrollment.x509 import builder
 from enrollment.x509.builder import random_serial
 from enrollment.x509.crl import RevocationReason, RevokedEntry, build_crl
+from enrollment.x509.errors import PolicyError
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.policy import Generation, Purpose
 from tests.interop.pkilint_runner import (
@@ -29,7 +31,14 @@ from tests.interop.pkilint_runner import (
     minor,
     serious,
 )
-from tests.pki import ALICE, CA, Hierarchy, MakeEndEntity, OpenSSL
+from tests.pki import (
+    ACCEPTED_ORGANIZATION_IDENTIFIERS,
+    ALICE,
+    CA,
+    Hierarchy,
+    MakeEndEntity,
+    OpenSSL,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -77,6 +86,56 @@ def test_an_email_address_in_the_subject_passes(
     )
     assert serious(findings) == []
     assert minor(findings) <= ACCEPTED_MINOR_FINDINGS
+
+
+@pytest.mark.parametrize("identifier", ACCEPTED_ORGANIZATION_IDENTIFIERS)
+def test_every_organisation_identifier_the_builder_accepts_passes(
+    openssl: OpenSSL, make_end_entity: MakeEndEntity, identifier: str
+) -> None:
+    """S/MIME BR 7.1.4.2.2 (d): each scheme, country and subdivision form we let through."""
+    country = identifier[3:5] if identifier[3:5] != "XG" else "GB"
+    subject = dataclasses.replace(ALICE, organization_identifier=identifier, country_name=country)
+    findings = lint_smime(
+        openssl.write_pem("leaf.pem", make_end_entity(subject=subject).certificate)
+    )
+    assert serious(findings) == []
+    assert minor(findings) <= ACCEPTED_MINOR_FINDINGS
+
+
+@pytest.mark.parametrize(
+    ("identifier", "code"),
+    [
+        ("ABCGB-12345678", "cabf.invalid_organization_identifier_registration_scheme"),
+        ("LEIGB-5493001KJTIIGC8Y1R12", "cabf.invalid_organization_identifier_country"),
+        ("INTGB", "cabf.invalid_organization_identifier_country"),
+        ("NTRXG-12345678", "cabf.invalid_organization_identifier_country"),
+        (
+            "VATGB+ENG-123456789",
+            "cabf.invalid_subject_organization_identifier_state_province_for_scheme",
+        ),
+        (
+            "GOVGB-12345",
+            "cabf.smime.prohibited_organization_identifier_reference_present_for_scheme",
+        ),
+        ("LEIXG-5493001KJTIIGC8Y1R13", "iso.lei.invalid_lei_checksum"),
+    ],
+)
+def test_pkilint_flags_each_organisation_identifier_the_builder_refuses(
+    openssl: OpenSSL,
+    make_end_entity: MakeEndEntity,
+    monkeypatch: pytest.MonkeyPatch,
+    identifier: str,
+    code: str,
+) -> None:
+    """The refusals are not ours alone: with the check bypassed, pkilint finds an error."""
+    subject = dataclasses.replace(ALICE, organization_identifier=identifier)
+    with pytest.raises(PolicyError):
+        make_end_entity(subject=subject)
+    monkeypatch.setattr(builder, "_check_organization_identifier", lambda value, country: None)
+    findings = lint_smime(
+        openssl.write_pem("leaf.pem", make_end_entity(subject=subject).certificate)
+    )
+    assert code in {f.code for f in findings if f.severity in {"ERROR", "FATAL"}}, findings
 
 
 def test_a_certificate_from_the_rsa_issuing_ca_passes(

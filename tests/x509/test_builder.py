@@ -25,6 +25,7 @@ from enrollment.x509.builder import (
     build_end_entity,
     build_issuing_ca,
     build_root_ca,
+    check_organization_identifier,
     normalise_email,
     random_serial,
 )
@@ -33,6 +34,7 @@ from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.policy import CertificatePolicy, Generation, Purpose
 from enrollment.x509.smime_capabilities import SMIME_CAPABILITIES_OID, smime_capabilities_der
 from tests.pki import (
+    ACCEPTED_ORGANIZATION_IDENTIFIERS,
     ALICE,
     CA,
     ORGANIZATION_IDENTIFIER,
@@ -558,6 +560,58 @@ def test_a_global_lei_identifier_fits_any_country(make_end_entity: MakeEndEntity
     assert name.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)[0].value == (
         "LEIXG-5493001KJTIIGC8Y1R12"
     )
+
+
+@pytest.mark.parametrize("identifier", ACCEPTED_ORGANIZATION_IDENTIFIERS)
+def test_it_accepts_the_registration_schemes_of_the_smime_br(identifier: str) -> None:
+    check_organization_identifier(identifier)
+
+
+@pytest.mark.parametrize(
+    ("identifier", "message"),
+    [
+        ("ABCGB-12345678", "registration scheme ABC; the S/MIME BR allow GOV, INT, LEI"),
+        ("EVXGB-12345678", "registration scheme EVX"),
+        ("LEIGB-5493001KJTIIGC8Y1R12", "must use country XG with scheme LEI"),
+        ("INTGB", "must use country XG with scheme INT"),
+        ("NTRXG-12345678", "XG is only for LEI and INT"),
+        ("GOVXG", "XG is only for LEI and INT"),
+        ("VATGB+ENG-123456789", "only the NTR and GOV schemes"),
+        ("PSDGB+ENG-123456", "only the NTR and GOV schemes"),
+        ("LEIXG+ENG-5493001KJTIIGC8Y1R12", "only the NTR and GOV schemes"),
+        ("INTXG+ENG", "only the NTR and GOV schemes"),
+        ("GOVGB-12345", "scheme GOV has none"),
+        ("INTXG-12345", "scheme INT has none"),
+        ("VATGB", "lacks its registration number"),
+        ("LEIXG-5493001KJTIIGC8Y1R13", "not a valid LEI"),
+        ("LEIXG-12345", "not a valid LEI"),
+        ("ntrgb-12345678", "not an organisation identifier"),
+    ],
+)
+def test_it_refuses_other_organisation_identifiers(identifier: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        check_organization_identifier(identifier)
+
+
+@pytest.mark.parametrize(
+    ("identifier", "country"),
+    [("NTRGB-12345678", "GB"), ("LEIXG-5493001KJTIIGC8Y1R12", "DE"), ("INTXG", "CH")],
+)
+def test_the_identifier_country_matches_the_subject_unless_global(
+    identifier: str, country: str
+) -> None:
+    check_organization_identifier(identifier, country)
+    if identifier.startswith("NTR"):
+        with pytest.raises(PolicyError, match="names country GB but the certificate names DE"):
+            check_organization_identifier(identifier, "DE")
+
+
+@pytest.mark.parametrize("identifier", ["ABCGB-1", "VATGB+ENG-1", "LEIGB-5493001KJTIIGC8Y1R12"])
+def test_the_builder_refuses_a_subject_with_a_disallowed_identifier(
+    make_end_entity: MakeEndEntity, identifier: str
+) -> None:
+    with pytest.raises(PolicyError, match="organisation identifier"):
+        make_end_entity(subject=dataclasses.replace(ALICE, organization_identifier=identifier))
 
 
 def test_a_surname_alone_is_enough(make_end_entity: MakeEndEntity) -> None:
