@@ -96,6 +96,7 @@ def setup(var_dir: Path, valid: int) -> dict:
         root_key_path=var_dir / "offline" / "root-key.pem",
         root_passphrase=b"bench root passphrase",
         organization_name="Bench Org",
+        country_name="GB",
     )
     officer = User.objects.create_user(
         username="officer", email="officer@example.com", first_name="Olivia", last_name="Officer"

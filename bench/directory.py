@@ -103,6 +103,7 @@ def sample_certificates() -> dict[str, object]:
         root_key_path=var_dir / "offline" / "root-key.pem",
         root_passphrase=secrets.token_bytes(16),
         organization_name="Example Org",
+        country_name="GB",
     )
     holder = get_user_model().objects.create(
         username="bench-sample", first_name="Sample", last_name="Holder", email="s@example.com"

@@ -113,6 +113,7 @@ def create_database(env: dict[str, str], var_dir: Path, users: int) -> list[str]
         "--issuing-key-algorithm", "ec-p256",
         "--root-key-out", str(var_dir / "offline" / "root-key.pem"),
         "--root-passphrase-file", str(var_dir / "offline" / "root-passphrase"),
+        "--country", "GB",
     )  # fmt: skip
     out = run([sys.executable, __file__, "--_setup-users", str(users)], env)
     return json.loads(out.strip().splitlines()[-1])
@@ -338,7 +339,7 @@ def bare_library(csrs: list[str]) -> tuple[Result, Result]:
     """The CSR path's cryptography in one process: parse+verify, build+sign."""
     root_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P384)
     root = builder.build_root_ca(
-        key=root_key, common_name="Bench Root", organization_name="Bench Org", country_name=""
+        key=root_key, common_name="Bench Root", organization_name="Bench Org", country_name="GB"
     )
     issuing_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256)
     issuing = builder.build_issuing_ca(
@@ -347,7 +348,7 @@ def bare_library(csrs: list[str]) -> tuple[Result, Result]:
         issuer_key=root_key,
         common_name="Bench Issuing",
         organization_name="Bench Org",
-        country_name="",
+        country_name="GB",
         crl_url="http://127.0.0.1:8000/pki/root.crl",
         ca_issuers_url="http://127.0.0.1:8000/pki/root.crt",
     )

@@ -89,6 +89,7 @@ class Side:
             "--issuing-key-algorithm", "ec-p256",
             "--root-key-out", str(var_dir / "offline" / "root-key.pem"),
             "--root-passphrase-file", str(var_dir / "offline" / "root-passphrase"),
+            "--country", "GB",
         )  # fmt: skip
         out = self.manage("shell", "-c", SETUP_USERS.format(count=people))
         self.accounts = Accounts(json.loads(out.strip().splitlines()[-1]), PER_PERSON)

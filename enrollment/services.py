@@ -93,12 +93,20 @@ def pki_create(
     root_key_path: Path,
     root_passphrase: bytes,
     organization_name: str,
-    country_name: str = "",
+    country_name: str,
     actor: Actor = None,
 ) -> tuple[CertificateAuthority, CertificateAuthority]:
-    """Create the offline root and the online issuing CA; refuse if a hierarchy exists."""
+    """Create the offline root and the online issuing CA; refuse if a hierarchy exists.
+
+    Both CA certificates name ``organization_name`` and ``country_name``, which S/MIME BR
+    7.1.4.3.1 requires: refused before any key is made when either is missing.
+    """
     if CertificateAuthority.objects.exists():
         raise InvalidState("A CA hierarchy already exists; refusing to create another.")
+    try:
+        builder.check_ca_subject(organization_name, country_name)
+    except X509Error as exc:
+        raise PolicyViolation(exc.message) from exc
     if root.slug == issuing.slug:
         raise PolicyViolation("The root and the issuing CA need different slugs.")
     base_url = base_url.rstrip("/")

@@ -61,6 +61,7 @@ def hierarchy(db, tmp_path) -> Hierarchy:
         root_key_path=key_path,
         root_passphrase=ROOT_PASSPHRASE,
         organization_name="Example Org",
+        country_name="GB",
     )
     return Hierarchy(root, issuing, key_path, ROOT_PASSPHRASE)
 

@@ -155,8 +155,8 @@ def build_root_ca(
     *,
     key: PrivateKey,
     common_name: str,
-    organization_name: str = "",
-    country_name: str = "",
+    organization_name: str,
+    country_name: str,
     validity_days: int = 3650,
     not_before: datetime | None = None,
     path_length: int | None = None,
@@ -198,8 +198,8 @@ def build_issuing_ca(
     issuer_certificate: x509.Certificate,
     issuer_key: PrivateKey,
     common_name: str,
-    organization_name: str = "",
-    country_name: str = "",
+    organization_name: str,
+    country_name: str,
     validity_days: int = 1825,
     crl_url: str,
     ca_issuers_url: str,
@@ -411,17 +411,28 @@ def _valid_lei(reference: str) -> bool:
     return int("".join(str(int(character, 36)) for character in reference)) % 97 == 1
 
 
-def _ca_name(common_name: str, organization_name: str, country_name: str) -> x509.Name:
-    """CA subject DN; S/MIME BR 7.1.4.3.1 wants CN, O and C, and O/C are kept if given."""
-    attributes: list[x509.NameAttribute[str]] = []
-    if country_name:
-        attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, _check_country(country_name)))
-    if organization_name:
-        attributes.append(
-            _attribute(NameOID.ORGANIZATION_NAME, organization_name, UB_ORGANIZATION_NAME)
+def check_ca_subject(organization_name: str, country_name: str) -> None:
+    """S/MIME BR 7.1.4.3.1: root and subordinate CA certificates name O and C."""
+    if not country_name.strip():
+        raise PolicyError(
+            "A CA certificate must name its country, a two-letter ISO 3166-1 code "
+            "(S/MIME BR 7.1.4.3.1)."
         )
-    attributes.append(_attribute(NameOID.COMMON_NAME, common_name, UB_COMMON_NAME))
-    return x509.Name(attributes)
+    _check_country(country_name)
+    if not _has_value(organization_name):
+        raise PolicyError("A CA certificate must name its organisation (S/MIME BR 7.1.4.3.1).")
+
+
+def _ca_name(common_name: str, organization_name: str, country_name: str) -> x509.Name:
+    """CA subject DN: C, O and CN, all three required (S/MIME BR 7.1.4.3.1)."""
+    check_ca_subject(organization_name, country_name)
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, _check_country(country_name)),
+            _attribute(NameOID.ORGANIZATION_NAME, organization_name, UB_ORGANIZATION_NAME),
+            _attribute(NameOID.COMMON_NAME, common_name, UB_COMMON_NAME),
+        ]
+    )
 
 
 def _ca_validity_days(days: int) -> int:

@@ -95,13 +95,14 @@ def agent_certificate(module_openssl, rsa_key_file) -> Path:
 # --- create_pki -----------------------------------------------------------------------
 
 
-def create_pki(tmp_path: Path, key_name: str = "root-key.pem") -> str:
+def create_pki(tmp_path: Path, key_name: str = "root-key.pem", **options: str) -> str:
     return run(
         "create_pki",
         root_key_out=str(tmp_path / "offline" / key_name),
         root_passphrase_file=str(tmp_path / "offline" / "root-passphrase"),
         root_key_algorithm="ec-p384",
         issuing_key_algorithm="ec-p256",
+        **({"country": "GB"} | options),
     )
 
 
@@ -126,6 +127,63 @@ def test_create_pki_creates_an_offline_root_and_an_online_issuing_ca(tmp_path, s
     root_key = keys.load_private_key_pem(root_key_pem, passphrase)
     assert root_key.public_key() == root.certificate.public_key()
     assert "offline" in output
+
+
+def test_both_cas_name_the_organisation_and_the_country(tmp_path):
+    create_pki(tmp_path, country="de", organization="Beispiel GmbH")
+
+    for ca in CertificateAuthority.objects.all():
+        subject = ca.certificate.subject
+        assert subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "DE"
+        assert subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == (
+            "Beispiel GmbH"
+        )
+
+
+def test_create_pki_takes_the_country_from_the_setting(tmp_path, settings):
+    settings.PKIPORTAL_COUNTRY_NAME = "FR"
+
+    run(
+        "create_pki",
+        root_key_out=str(tmp_path / "offline" / "root-key.pem"),
+        root_passphrase_file=str(tmp_path / "offline" / "root-passphrase"),
+        root_key_algorithm="ec-p384",
+        issuing_key_algorithm="ec-p256",
+    )
+
+    root = CertificateAuthority.objects.get(slug="root")
+    assert root.certificate.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "FR"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, r"must name its country.* \(S/MIME BR 7.1.4.3.1\). Give --country XX or set "
+             "PKIPORTAL_COUNTRY_NAME"),
+        ({"country": "GBR"}, "not a two-letter .* Fix --country 'GBR'"),
+        ({"country": "GB", "organization": ""},
+         r"must name its organisation \(S/MIME BR 7.1.4.3.1\).*--organization or set "
+         "PKIPORTAL_ORGANIZATION_NAME"),
+    ],
+)  # fmt: skip
+def test_create_pki_refuses_cas_without_country_or_organisation(
+    tmp_path, settings, options, message
+):
+    """S/MIME BR 7.1.4.3.1; PKIPORTAL_COUNTRY_NAME is empty unless set."""
+    assert settings.PKIPORTAL_COUNTRY_NAME == ""
+
+    with pytest.raises(CommandError, match=message):
+        call_command(
+            "create_pki",
+            root_key_out=str(tmp_path / "offline" / "root-key.pem"),
+            root_passphrase_file=str(tmp_path / "offline" / "root-passphrase"),
+            embedded_passphrase=True,
+            **options,
+        )
+
+    assert not CertificateAuthority.objects.exists()
+    assert not (tmp_path / "offline").exists()  # no key, no passphrase file
+    assert not Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE).exists()
 
 
 def test_create_pki_refuses_to_overwrite_an_existing_hierarchy(tmp_path, settings):
@@ -675,3 +733,19 @@ def test_create_demo_data_is_idempotent_and_prints_the_logins(settings, tmp_path
     assert isinstance(key.public_key(), keys.rsa.RSAPublicKey)
     assert CertificateAuthority.objects.get(slug="root").latest_crl() is not None
     assert Certificate.objects.filter(owner__username="alice").count() == 2
+    # S/MIME BR 7.1.4.3.1: the demo CAs name a country, the demo value when none is set.
+    for ca in CertificateAuthority.objects.all():
+        assert ca.certificate.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == (
+            "US"
+        )
+
+
+def test_create_demo_data_uses_the_configured_country(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    settings.PKIPORTAL_COUNTRY_NAME = "NL"
+    settings.PKIPORTAL_ORGANIZATION_IDENTIFIER = "NTRNL-12345678"
+
+    run("create_demo_data", key_algorithm="ec-p256")
+
+    root = CertificateAuthority.objects.get(slug="root")
+    assert root.certificate.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "NL"

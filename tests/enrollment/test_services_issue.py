@@ -12,7 +12,13 @@ from django.db import IntegrityError, transaction
 
 from enrollment import services
 from enrollment.exceptions import ConfigurationError, PolicyViolation
-from enrollment.models import ArchivedKey, AuditEvent, Certificate, CertificateTemplate
+from enrollment.models import (
+    ArchivedKey,
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CertificateTemplate,
+)
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
@@ -283,3 +289,29 @@ def test_every_issuance_writes_an_audit_event(hierarchy, template, employee, ec_
         assert event.source_address == address
         assert event.detail == {"template": row.template.slug, "serial": row.serial}
     assert issuance_events().count() == 2
+
+
+@pytest.mark.parametrize(
+    ("organization_name", "country_name", "message"),
+    [("Example Org", "", "must name its country"), ("", "GB", "must name its organisation")],
+)
+def test_pki_create_refuses_cas_without_organisation_or_country_before_making_keys(
+    tmp_path, settings, organization_name, country_name, message
+):
+    """S/MIME BR 7.1.4.3.1: root and subordinate CA certificates name O and C."""
+    key_path = tmp_path / "offline" / "root-key.pem"
+
+    with pytest.raises(PolicyViolation, match=message):
+        services.pki_create(
+            root=services.CaSpec("Root", "root", KeyAlgorithm.EC_P384, 3650),
+            issuing=services.CaSpec("Issuing", "issuing", KeyAlgorithm.EC_P256, 1825),
+            base_url="http://pki.example.com",
+            root_key_path=key_path,
+            root_passphrase=b"root passphrase for tests",
+            organization_name=organization_name,
+            country_name=country_name,
+        )
+
+    assert not key_path.exists()
+    assert not list(tmp_path.glob("keys/*"))
+    assert not CertificateAuthority.objects.exists()

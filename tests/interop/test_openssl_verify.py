@@ -17,7 +17,7 @@ from enrollment.x509.builder import build_issuing_ca
 from enrollment.x509.crl import RevocationReason, RevokedEntry, build_crl
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.policy import Generation, Purpose
-from tests.pki import CA, KeyPool, MakeEndEntity, OpenSSL
+from tests.pki import CA, COUNTRY, ORGANIZATION, KeyPool, MakeEndEntity, OpenSSL
 
 pytestmark = pytest.mark.interop
 
@@ -115,6 +115,8 @@ def test_client_auth_needs_the_issuing_ca_to_allow_it_too(
             issuer_certificate=root_ca.certificate,
             issuer_key=root_ca.key,
             common_name="pkiportal Test Multipurpose CA",
+            organization_name=ORGANIZATION,
+            country_name=COUNTRY,
             crl_url=root_ca.crl_url,
             ca_issuers_url=root_ca.certificate_url,
             extra_ekus=client_auth,

@@ -156,6 +156,7 @@ def test_with_a_loopback_base_url_only_the_internal_name_finding_appears(
         root_key_path=tmp_path / "loop-root.pem",
         root_passphrase=ROOT_PASSPHRASE,
         organization_name="Example Org",
+        country_name="GB",
     )
     for slug in sorted(SIGNS):  # the encryption template would need an agent first
         certificate = issue(template, employee, slug, KeyAlgorithm.EC_P256)

@@ -37,6 +37,8 @@ from tests.pki import (
     ACCEPTED_ORGANIZATION_IDENTIFIERS,
     ALICE,
     CA,
+    COUNTRY,
+    ORGANIZATION,
     ORGANIZATION_IDENTIFIER,
     CertifiedKey,
     KeyPool,
@@ -125,7 +127,13 @@ def test_the_root_may_only_sign_certificates_and_crls(root_ca: CA) -> None:
 def test_a_root_that_signs_ocsp_gets_digital_signature(
     ec_p256_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    root = build_root_ca(key=ec_p256_key, common_name="OCSP Root", sign_ocsp=True)
+    root = build_root_ca(
+        key=ec_p256_key,
+        common_name="OCSP Root",
+        organization_name=ORGANIZATION,
+        country_name=COUNTRY,
+        sign_ocsp=True,
+    )
     assert asserted_bits(ext(root, x509.KeyUsage).value) == {
         "digital_signature",
         "key_cert_sign",
@@ -159,14 +167,50 @@ def test_a_p384_root_signs_with_sha384(root_ca: CA) -> None:
 def test_it_rejects_a_root_key_weaker_than_rsa_2048() -> None:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     with pytest.raises(PolicyError, match="at least 2048 bits"):
-        build_root_ca(key=weak, common_name="Weak Root")
+        build_root_ca(
+            key=weak, common_name="Weak Root", organization_name=ORGANIZATION, country_name=COUNTRY
+        )
 
 
 def test_it_rejects_a_country_that_is_not_two_letters(
     ec_p256_key: ec.EllipticCurvePrivateKey,
 ) -> None:
     with pytest.raises(PolicyError, match="ISO 3166-1"):
-        build_root_ca(key=ec_p256_key, common_name="Root", country_name="GBR")
+        build_root_ca(
+            key=ec_p256_key, common_name="Root", organization_name=ORGANIZATION, country_name="GBR"
+        )
+
+
+@pytest.mark.parametrize(
+    ("organization_name", "country_name", "message"),
+    [
+        (ORGANIZATION, "", "must name its country, a two-letter ISO 3166-1 code"),
+        (ORGANIZATION, "  ", "must name its country, a two-letter ISO 3166-1 code"),
+        ("", COUNTRY, "must name its organisation"),
+        (" - ", COUNTRY, "must name its organisation"),
+    ],
+)
+def test_a_ca_without_organisation_or_country_is_refused(
+    ec_p256_key: ec.EllipticCurvePrivateKey,
+    root_ca: CA,
+    organization_name: str,
+    country_name: str,
+    message: str,
+) -> None:
+    """S/MIME BR 7.1.4.3.1: root and subordinate CA certificates carry O and C."""
+    names = {"organization_name": organization_name, "country_name": country_name}
+    with pytest.raises(PolicyError, match=rf"{message} \(S/MIME BR 7\.1\.4\.3\.1\)"):
+        build_root_ca(key=ec_p256_key, common_name="Root", **names)
+    with pytest.raises(PolicyError, match=message):
+        build_issuing_ca(
+            public_key=ec_p256_key.public_key(),
+            issuer_certificate=root_ca.certificate,
+            issuer_key=root_ca.key,
+            common_name="Issuing",
+            crl_url=root_ca.crl_url,
+            ca_issuers_url=root_ca.certificate_url,
+            **names,
+        )
 
 
 # --- issuing CA -----------------------------------------------------------------------
@@ -221,6 +265,8 @@ def test_an_issuing_ca_can_carry_client_auth_for_multipurpose_templates(
         issuer_certificate=root_ca.certificate,
         issuer_key=root_ca.key,
         common_name="Multipurpose Issuing CA",
+        organization_name=ORGANIZATION,
+        country_name=COUNTRY,
         crl_url=root_ca.crl_url,
         ca_issuers_url=root_ca.certificate_url,
         extra_ekus=frozenset({CLIENT_AUTH}),
@@ -236,6 +282,8 @@ def test_it_rejects_server_auth_on_an_smime_issuing_ca(root_ca: CA, key_pool: Ke
             issuer_certificate=root_ca.certificate,
             issuer_key=root_ca.key,
             common_name="Bad Issuing CA",
+            organization_name=ORGANIZATION,
+            country_name=COUNTRY,
             crl_url=root_ca.crl_url,
             ca_issuers_url=root_ca.certificate_url,
             extra_ekus=frozenset({ExtendedKeyUsageOID.SERVER_AUTH}),
@@ -248,6 +296,8 @@ def test_an_issuing_ca_never_outlives_its_root(root_ca: CA, key_pool: KeyPool) -
         issuer_certificate=root_ca.certificate,
         issuer_key=root_ca.key,
         common_name="Long Issuing CA",
+        organization_name=ORGANIZATION,
+        country_name=COUNTRY,
         crl_url=root_ca.crl_url,
         ca_issuers_url=root_ca.certificate_url,
         validity_days=20 * 365,
@@ -264,6 +314,8 @@ def test_no_ca_can_be_issued_below_an_issuing_ca_with_path_length_0(
             issuer_certificate=issuing_ca.certificate,
             issuer_key=issuing_ca.key,
             common_name="Too Deep",
+            organization_name=ORGANIZATION,
+            country_name=COUNTRY,
             crl_url=issuing_ca.crl_url,
             ca_issuers_url=issuing_ca.certificate_url,
         )
@@ -271,13 +323,21 @@ def test_no_ca_can_be_issued_below_an_issuing_ca_with_path_length_0(
 
 def test_a_sub_ca_path_length_must_stay_below_its_issuers(key_pool: KeyPool) -> None:
     root_key = key_pool.get(KeyAlgorithm.EC_P256, slot=4)
-    root = build_root_ca(key=root_key, common_name="Constrained Root", path_length=1)
+    root = build_root_ca(
+        key=root_key,
+        common_name="Constrained Root",
+        organization_name=ORGANIZATION,
+        country_name=COUNTRY,
+        path_length=1,
+    )
     with pytest.raises(PolicyError, match=r"below its issuer's \(1\)"):
         build_issuing_ca(
             public_key=key_pool.get(KeyAlgorithm.EC_P256, slot=1).public_key(),
             issuer_certificate=root,
             issuer_key=root_key,
             common_name="Equal Path Length",
+            organization_name=ORGANIZATION,
+            country_name=COUNTRY,
             crl_url="http://pki.example.com/pki/root.crl",
             ca_issuers_url="http://pki.example.com/pki/root.crt",
             path_length=1,
@@ -293,6 +353,8 @@ def test_it_refuses_an_issuer_key_that_does_not_match_the_issuer_certificate(
             issuer_certificate=root_ca.certificate,
             issuer_key=issuing_ca.key,
             common_name="Mismatched",
+            organization_name=ORGANIZATION,
+            country_name=COUNTRY,
             crl_url=root_ca.crl_url,
             ca_issuers_url=root_ca.certificate_url,
         )
@@ -676,6 +738,8 @@ def test_validity_is_cut_at_the_issuers_not_after(
         issuer_certificate=root_ca.certificate,
         issuer_key=root_ca.key,
         common_name="Short-lived Issuing CA",
+        organization_name=ORGANIZATION,
+        country_name=COUNTRY,
         crl_url=root_ca.crl_url,
         ca_issuers_url=root_ca.certificate_url,
         validity_days=10,

@@ -29,6 +29,11 @@ from enrollment.models import (
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
 
+# The demo CAs' countryName when PKIPORTAL_COUNTRY_NAME is empty: S/MIME BR 7.1.4.3.1
+# wants one in every CA certificate, and create_pki refuses without it. A demo value that
+# matches the placeholder organisation identifier (NTRUS-0000000), not a real default.
+DEMO_COUNTRY_NAME = "US"
+
 # (user name, password, first name, last name, groups, staff, superuser)
 DEMO_ACCOUNTS = [
     ("alice", "alice-demo-2026", "Alice", "Andersson", [], False, False),
@@ -70,6 +75,7 @@ class Command(BaseCommand):
                 root_key_algorithm=options["key_algorithm"],
                 issuing_key_algorithm=options["key_algorithm"],
                 embedded_passphrase=True,
+                country=settings.PKIPORTAL_COUNTRY_NAME or DEMO_COUNTRY_NAME,
                 stdout=self.stdout,
             )
         root = CertificateAuthority.objects.roots().first()

@@ -13,6 +13,8 @@ from enrollment import keystore, services
 from enrollment.exceptions import EnrollmentError
 from enrollment.management.commands._helpers import new_passphrase_file, read_passphrase
 from enrollment.models import CertificateAuthority
+from enrollment.x509.builder import check_ca_subject
+from enrollment.x509.errors import PolicyError
 from enrollment.x509.keys import KeyAlgorithm
 
 ALGORITHMS = [algorithm.value for algorithm in KeyAlgorithm]
@@ -31,8 +33,17 @@ class Command(BaseCommand):
         parser.add_argument("--issuing-slug", default="issuing")
         parser.add_argument("--issuing-key-algorithm", choices=ALGORITHMS, default="rsa-3072")
         parser.add_argument("--issuing-validity-days", type=int, default=1825)
-        parser.add_argument("--organization", default=org)
-        parser.add_argument("--country", default=settings.PKIPORTAL_COUNTRY_NAME)
+        parser.add_argument(
+            "--organization",
+            default=org,
+            help="organizationName of both CAs (default: PKIPORTAL_ORGANIZATION_NAME).",
+        )
+        parser.add_argument(
+            "--country",
+            default=settings.PKIPORTAL_COUNTRY_NAME,
+            help="Two-letter countryName of both CAs, required by S/MIME BR 7.1.4.3.1 "
+            "(default: PKIPORTAL_COUNTRY_NAME).",
+        )
         parser.add_argument(
             "--base-url",
             default=settings.PKIPORTAL_BASE_URL,
@@ -58,6 +69,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if CertificateAuthority.objects.exists():
             raise CommandError("A CA hierarchy already exists; refusing to create another.")
+        _check_ca_subject(options["organization"], options["country"])
         if options["embedded_passphrase"] and keystore.ensure_embedded_passphrase():
             self.stdout.write("Created a CA key passphrase for the embedded default.")
         path = options["root_passphrase_file"]
@@ -95,3 +107,17 @@ class Command(BaseCommand):
             f"Root key: {options['root_key_out']} — move it to offline storage. "
             f"Sign the root's CRL with `manage.py sign_root_crl --key-file ...`."
         )
+
+
+def _check_ca_subject(organization: str, country: str) -> None:
+    """Refuse before any file is written: which flag or setting to fix, and why."""
+    try:
+        check_ca_subject(organization, country)
+    except PolicyError as exc:
+        if not country.strip():
+            hint = "Give --country XX or set PKIPORTAL_COUNTRY_NAME."
+        elif "country" in exc.message:
+            hint = f"Fix --country {country!r} (default: PKIPORTAL_COUNTRY_NAME)."
+        else:
+            hint = "Give --organization or set PKIPORTAL_ORGANIZATION_NAME."
+        raise CommandError(f"{exc.message} {hint}") from exc
