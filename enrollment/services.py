@@ -46,7 +46,12 @@ from enrollment.models import (
 )
 from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
 from enrollment.x509 import builder, cms, crl_fast, keys, pkcs7, pkcs12
-from enrollment.x509.crl import RevocationReason, RevokedEntry
+from enrollment.x509.crl import (
+    MAX_CA_CRL_VALIDITY,
+    MAX_SUBSCRIBER_CRL_VALIDITY,
+    RevocationReason,
+    RevokedEntry,
+)
 from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
 
@@ -754,7 +759,9 @@ def _crl_publish_locked(
     this_update = timezone.now().replace(microsecond=0)
     if previous is not None and previous.this_update > this_update:
         this_update = previous.this_update  # a host with a slow clock never goes backwards
-    next_update = this_update + (validity or timedelta(days=locked.crl_validity_days))
+    validity = validity or timedelta(days=locked.crl_validity_days)
+    _check_crl_validity(locked, validity)
+    next_update = this_update + validity
     # Read the unpublished entries before the CRL's own read: all of them are in it.
     unpublished = list(
         CrlEntry.objects.filter(ca=locked, first_crl_number__isnull=True).values_list(
@@ -824,8 +831,42 @@ def crl_failure_record(*, ca: CertificateAuthority, error: BaseException) -> Non
         )
 
 
+def _crl_validity_limit(ca: CertificateAuthority) -> timedelta:
+    """S/MIME BR 4.9.7: 12 months for the root (CA certificates only), else 10 days."""
+    return MAX_CA_CRL_VALIDITY if ca.parent_id is None else MAX_SUBSCRIBER_CRL_VALIDITY
+
+
+def _check_crl_validity(ca: CertificateAuthority, validity: timedelta) -> None:
+    limit = _crl_validity_limit(ca)
+    if validity > limit:
+        kind = "a root CA's CRL" if ca.parent_id is None else "a subscriber-issuing CA's CRL"
+        raise PolicyViolation(
+            f"{ca.name}: nextUpdate is {_days(validity)} after thisUpdate; for {kind} it may "
+            f"be at most {_days(limit)} (S/MIME BR 4.9.7)."
+        )
+
+
+def _days(span: timedelta) -> str:
+    return f"{span.days} days" if span == timedelta(days=span.days) else str(span)
+
+
+def _ca_key_identifier(ca: CertificateAuthority) -> bytes:
+    certificate = ca.certificate
+    try:
+        return certificate.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
+
+
 def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> RevocationList:
-    """Store a CRL signed elsewhere (the offline root's, signed on an air-gapped machine)."""
+    """Store a CRL signed elsewhere (the offline root's, signed on an air-gapped machine).
+
+    Refused unless it is ``ca``'s by name, key identifier and signature, numbered above the
+    published one, current, within the S/MIME BR 4.9.7 interval for ``ca`` and free of
+    certificateHold (never used here: S/MIME BR 7.2.2).
+    """
     try:
         imported = x509.load_der_x509_crl(der)
     except ValueError:
@@ -838,6 +879,15 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
     if not imported.is_signature_valid(ca.certificate.public_key()):
         raise PolicyViolation(f"The CRL's signature does not verify with {ca.name}'s key.")
     try:
+        aki = imported.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound as exc:
+        raise PolicyViolation("The CRL has no authorityKeyIdentifier (RFC 5280 5.2.1).") from exc
+    if aki.key_identifier != _ca_key_identifier(ca):
+        raise PolicyViolation(
+            f"The CRL's authorityKeyIdentifier does not name {ca.name}'s key "
+            "(RFC 5280 5.2.1: the key identifier of the CA's certificate)."
+        )
+    try:
         number = imported.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     except x509.ExtensionNotFound as exc:
         raise PolicyViolation("The CRL has no CRL number (RFC 5280 5.2.3).") from exc
@@ -845,6 +895,17 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
         raise PolicyViolation("The CRL has no nextUpdate.")
     if imported.next_update_utc <= imported.last_update_utc:
         raise PolicyViolation("The CRL's nextUpdate is not later than its thisUpdate.")
+    _check_crl_validity(ca, imported.next_update_utc - imported.last_update_utc)
+    for entry in imported:
+        try:
+            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except x509.ExtensionNotFound:
+            continue
+        if reason is x509.ReasonFlags.certificate_hold:
+            raise PolicyViolation(
+                f"The CRL puts serial {entry.serial_number:x} on hold (certificateHold); "
+                "certificates here are revoked, never suspended (S/MIME BR 7.2.2)."
+            )
     if imported.next_update_utc <= timezone.now():
         raise PolicyViolation(
             f"The CRL expired at {imported.next_update_utc:%Y-%m-%d %H:%M} UTC; "

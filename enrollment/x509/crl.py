@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
@@ -14,6 +14,10 @@ from .keys import PrivateKey, signature_hash_for
 from .policy import Generation
 
 MAX_CRL_NUMBER = 2**159  # RFC 5280 5.2.3: CRLNumber is at most 20 octets.
+# S/MIME BR 4.9.7: nextUpdate - thisUpdate at most 10 days for a CA that issues subscriber
+# certificates, at most 12 months for a CRL of CA certificates only (the root's).
+MAX_SUBSCRIBER_CRL_VALIDITY = timedelta(days=10)
+MAX_CA_CRL_VALIDITY = timedelta(days=365)
 _MAX_SERIAL = 2**159
 _EARLIEST = datetime(1950, 1, 1)
 

@@ -612,10 +612,43 @@ def test_sign_root_crl_refuses(kind, message, hierarchy, passphrase_file, tmp_pa
     assert row_counts() == before
 
 
+def test_sign_root_crl_refuses_the_online_issuing_ca(hierarchy, passphrase_file):
+    """--ca must name a root: the issuing CA's CRLs may last 10 days, not 12 months."""
+    before = row_counts()
+
+    with pytest.raises(CommandError, match=r"Test Issuing CA \('issuing'\) is not a root CA"):
+        run(
+            "sign_root_crl",
+            ca="issuing",
+            key_file=str(hierarchy.root_key_path),
+            passphrase_file=str(passphrase_file),
+        )
+
+    assert row_counts() == before
+    assert hierarchy.issuing.latest_crl().number == 1
+
+
+def test_sign_root_crl_takes_the_root_by_its_slug(hierarchy, passphrase_file):
+    run(
+        "sign_root_crl",
+        ca="root",
+        key_file=str(hierarchy.root_key_path),
+        passphrase_file=str(passphrase_file),
+        validity_days=30,
+    )
+
+    assert hierarchy.root.latest_crl().number == 1
+
+
 # --- import_crl -----------------------------------------------------------------------
 
 
-def root_crl(hierarchy, number: int, encoding: Encoding = Encoding.DER) -> bytes:
+def root_crl(
+    hierarchy,
+    number: int,
+    encoding: Encoding = Encoding.DER,
+    validity: timedelta = timedelta(days=365),
+) -> bytes:
     """A root CRL signed "on the air-gapped machine" with the root key file."""
     root_key = keys.load_private_key_pem(
         hierarchy.root_key_path.read_bytes(), hierarchy.root_passphrase
@@ -627,7 +660,7 @@ def root_crl(hierarchy, number: int, encoding: Encoding = Encoding.DER) -> bytes
         entries=[],
         crl_number=number,
         this_update=now,
-        next_update=now + timedelta(days=365),
+        next_update=now + validity,
     ).public_bytes(encoding)
 
 
@@ -679,6 +712,25 @@ def test_import_crl_rejects_a_crl_in_the_roots_name_signed_by_another_key(
         run("import_crl", str(path))
 
     assert not RevocationList.objects.filter(ca=hierarchy.root).exists()
+
+
+def test_import_crl_refuses_the_online_issuing_ca(hierarchy, openssl):
+    path = openssl.write("root.crl", root_crl(hierarchy, 5))
+
+    with pytest.raises(CommandError, match="is not a root CA"):
+        run("import_crl", str(path), ca="issuing")
+
+    assert hierarchy.issuing.latest_crl().number == 1
+    assert not hierarchy.root.revocation_lists.exists()
+
+
+def test_import_crl_refuses_a_root_crl_longer_than_twelve_months(hierarchy, openssl):
+    path = openssl.write("root.crl", root_crl(hierarchy, 5, validity=timedelta(days=400)))
+
+    with pytest.raises(CommandError, match=r"400 days after thisUpdate.*at most 365 days"):
+        run("import_crl", str(path), ca="root")
+
+    assert not hierarchy.root.revocation_lists.exists()
 
 
 def test_import_crl_says_when_the_file_is_not_a_crl(hierarchy, openssl):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -201,21 +202,54 @@ def test_crl_import_takes_a_newer_number_and_later_crls_continue_from_it(hierarc
     assert hierarchy.root.latest_crl() == next_one
 
 
-def root_crl_with(hierarchy, *, number: int, validity: timedelta) -> bytes:
-    """A CRL signed with the root key whose fields our own builder would refuse."""
-    root_key = keys.load_private_key_pem(
-        hierarchy.root_key_path.read_bytes(), hierarchy.root_passphrase
-    )
+def crafted_crl(
+    ca,
+    key,
+    *,
+    number: int,
+    validity: timedelta,
+    aki: x509.AuthorityKeyIdentifier | None | bool = True,
+    revoked: Iterable[x509.RevokedCertificate] = (),
+) -> bytes:
+    """A CRL in ``ca``'s name signed with ``key``, with fields our own builder would refuse.
+
+    ``aki``: True for the CA's key identifier, None for none, or the extension to use.
+    """
     now = datetime.now(UTC).replace(microsecond=0)
-    return (
+    builder = (
         x509.CertificateRevocationListBuilder()
-        .issuer_name(hierarchy.root.certificate.subject)
+        .issuer_name(ca.certificate.subject)
         .last_update(now)
         .next_update(now + validity)
         .add_extension(x509.CRLNumber(number), critical=False)
-        .sign(root_key, hashes.SHA384())
-        .public_bytes(Encoding.DER)
     )
+    if aki is True:
+        ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+    if aki is not None:
+        builder = builder.add_extension(aki, critical=False)
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(key, hashes.SHA384()).public_bytes(Encoding.DER)
+
+
+def root_key(hierarchy):
+    return keys.load_private_key_pem(
+        hierarchy.root_key_path.read_bytes(), hierarchy.root_passphrase
+    )
+
+
+def root_crl_with(hierarchy, *, number: int, validity: timedelta, **options) -> bytes:
+    """A CRL signed with the root key whose fields our own builder would refuse."""
+    return crafted_crl(
+        hierarchy.root, root_key(hierarchy), number=number, validity=validity, **options
+    )
+
+
+def issuing_crl_with(hierarchy, *, number: int, validity: timedelta, **options) -> bytes:
+    """The same with the online issuing CA's key (as a stolen or misused key could sign)."""
+    key = keystore._ca_key(hierarchy.issuing)
+    return crafted_crl(hierarchy.issuing, key, number=number, validity=validity, **options)
 
 
 @pytest.mark.parametrize(
@@ -255,5 +289,117 @@ def test_crl_import_refuses_a_crl_already_past_its_next_update(hierarchy, time_m
 
     with pytest.raises(PolicyViolation, match="expired .* stale list"):
         services.crl_import(ca=hierarchy.root, der=stale)
+
+    assert row_counts() == before
+
+
+# --- S/MIME BR 4.9.7 intervals, key identifier and certificateHold on import -----------
+
+
+@pytest.mark.parametrize(
+    ("which", "validity"),
+    [("root", timedelta(days=365)), ("issuing", timedelta(days=10))],
+    ids=["root: 12 months", "issuing: 10 days"],
+)
+def test_crl_import_takes_a_crl_at_the_longest_interval_the_br_allow(which, validity, hierarchy):
+    ca = getattr(hierarchy, which)
+    make = root_crl_with if which == "root" else issuing_crl_with
+
+    imported = services.crl_import(ca=ca, der=make(hierarchy, number=40, validity=validity))
+
+    assert imported.number == 40
+    assert imported.next_update - imported.this_update == validity
+    assert ca.latest_crl() == imported
+
+
+@pytest.mark.parametrize(
+    ("which", "validity", "message"),
+    [
+        ("root", timedelta(days=365, seconds=1), "a root CA's CRL it may be at most 365 days"),
+        ("root", timedelta(days=730), "730 days after thisUpdate"),
+        (
+            "issuing",
+            timedelta(days=10, seconds=1),
+            "10 days, 0:00:01 after thisUpdate; for a "
+            "subscriber-issuing CA's CRL it may be at most 10 days",
+        ),
+        ("issuing", timedelta(days=365), "365 days after thisUpdate"),
+    ],
+    ids=["root: 12 months + 1 s", "root: 2 years", "issuing: 10 days + 1 s", "issuing: 1 year"],
+)
+def test_crl_import_refuses_a_crl_longer_than_the_br_allow_for_that_ca(
+    which, validity, message, hierarchy
+):
+    ca = getattr(hierarchy, which)
+    make = root_crl_with if which == "root" else issuing_crl_with
+    before = row_counts()
+
+    with pytest.raises(PolicyViolation, match=rf"{message}.*\(S/MIME BR 4\.9\.7\)"):
+        services.crl_import(ca=ca, der=make(hierarchy, number=40, validity=validity))
+
+    assert row_counts() == before
+
+
+def test_crl_import_refuses_a_crl_without_an_authority_key_identifier(hierarchy):
+    der = root_crl_with(hierarchy, number=40, validity=timedelta(days=30), aki=None)
+
+    with pytest.raises(PolicyViolation, match=r"no authorityKeyIdentifier \(RFC 5280 5.2.1\)"):
+        services.crl_import(ca=hierarchy.root, der=der)
+
+    assert not hierarchy.root.revocation_lists.exists()
+
+
+def test_crl_import_refuses_a_crl_whose_key_identifier_names_another_key(hierarchy, ec_p384_key):
+    """Name and signature are the root's, the key identifier is not: relying parties
+    matching CRLs by key identifier would never find it."""
+    other = x509.AuthorityKeyIdentifier.from_issuer_public_key(ec_p384_key.public_key())
+    der = root_crl_with(hierarchy, number=40, validity=timedelta(days=30), aki=other)
+
+    with pytest.raises(PolicyViolation, match="authorityKeyIdentifier does not name Test Root"):
+        services.crl_import(ca=hierarchy.root, der=der)
+
+    assert not hierarchy.root.revocation_lists.exists()
+
+
+def test_crl_import_refuses_a_crl_with_a_certificate_on_hold(hierarchy):
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def entry(serial: int, reason: x509.ReasonFlags) -> x509.RevokedCertificate:
+        return (
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now)
+            .add_extension(x509.CRLReason(reason), critical=False)
+            .build()
+        )
+
+    der = root_crl_with(
+        hierarchy,
+        number=40,
+        validity=timedelta(days=30),
+        revoked=[
+            entry(0x1234, x509.ReasonFlags.key_compromise),
+            entry(0xABCDEF, x509.ReasonFlags.certificate_hold),
+        ],
+    )
+    before = row_counts()
+
+    with pytest.raises(PolicyViolation, match=r"serial abcdef on hold \(certificateHold\)"):
+        services.crl_import(ca=hierarchy.root, der=der)
+
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(
+    ("which", "validity"),
+    [("root", timedelta(days=366)), ("issuing", timedelta(days=11))],
+)
+def test_crl_publish_refuses_an_interval_longer_than_the_br_allow(which, validity, hierarchy):
+    ca = getattr(hierarchy, which)
+    offline_key = root_offline_key(hierarchy) if which == "root" else None
+    before = row_counts()
+
+    with pytest.raises(PolicyViolation, match=r"\(S/MIME BR 4\.9\.7\)"):
+        services.crl_publish(ca=ca, offline_key=offline_key, validity=validity)
 
     assert row_counts() == before

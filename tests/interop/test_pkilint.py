@@ -19,7 +19,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from enrollment.x509 import builder
 from enrollment.x509.builder import random_serial
-from enrollment.x509.crl import RevocationReason, RevokedEntry, build_crl
+from enrollment.x509.crl import (
+    MAX_CA_CRL_VALIDITY,
+    MAX_SUBSCRIBER_CRL_VALIDITY,
+    RevocationReason,
+    RevokedEntry,
+    build_crl,
+)
 from enrollment.x509.errors import PolicyError
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.policy import Generation, Purpose
@@ -295,3 +301,33 @@ def test_the_root_crl_passes_as_an_authority_revocation_list(
     findings = lint_crl_file(openssl.write_crl("root.crl", crl), kind="ARL", profile=profile)
     assert serious(findings) == []
     assert minor(findings) <= ACCEPTED_MINOR_FINDINGS
+
+
+@pytest.mark.parametrize(
+    ("which", "kind", "limit", "code"),
+    [
+        ("issuing", "CRL", MAX_SUBSCRIBER_CRL_VALIDITY, "cabf.crl_invalid_validity_period"),
+        ("root", "ARL", MAX_CA_CRL_VALIDITY, "cabf.arl_invalid_validity_period"),
+    ],
+)
+def test_the_crl_intervals_the_portal_enforces_are_pkilints(
+    openssl: OpenSSL, pki: Hierarchy, which: str, kind: str, limit: timedelta, code: str
+) -> None:
+    """S/MIME BR 4.9.7: crl_import and crl_publish refuse what pkilint's BR profile flags."""
+    ca = getattr(pki, which)
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def lint(validity: timedelta) -> set[str]:
+        crl = build_crl(
+            issuer_certificate=ca.certificate,
+            issuer_key=ca.key,
+            entries=[],
+            crl_number=5,
+            this_update=now,
+            next_update=now + validity,
+        )
+        findings = lint_crl_file(openssl.write_crl(f"{which}.crl", crl), kind=kind, profile="BR")
+        return {f.code for f in findings if f.severity in {"ERROR", "FATAL"}}
+
+    assert lint(limit) == set()
+    assert lint(limit + timedelta(seconds=1)) == {code}

@@ -36,11 +36,21 @@ def new_passphrase_file(path: str) -> bytes:
 
 
 def get_ca(slug: str | None, *, root: bool = False) -> CertificateAuthority:
+    """The CA named by ``slug``, or the only one of its kind; ``root`` insists on a root.
+
+    A root-only command (sign_root_crl, import_crl) must never act on an online issuing
+    CA: its CRLs have other limits (S/MIME BR 4.9.7) and its key is not offline.
+    """
     if slug:
         try:
-            return CertificateAuthority.objects.get(slug=slug)
+            ca = CertificateAuthority.objects.get(slug=slug)
         except CertificateAuthority.DoesNotExist:
             raise CommandError(f"No CA with slug {slug!r}.") from None
+        if root and ca.parent_id is not None:
+            raise CommandError(
+                f"{ca.name} ({slug!r}) is not a root CA; this command is for the offline root."
+            )
+        return ca
     queryset = CertificateAuthority.objects.filter(parent__isnull=root)
     if queryset.count() != 1:
         kind = "root" if root else "issuing"

@@ -13,11 +13,11 @@ from enrollment.management.commands._helpers import get_ca
 
 
 class Command(BaseCommand):
-    help = "Import a CRL (DER or PEM) for a CA after checking its signature and number."
+    help = "Import a root CA's CRL (DER or PEM) after checking its issuer, signature and number."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("crl", help="CRL file.")
-        parser.add_argument("--ca", help="CA slug (default: the only root).")
+        parser.add_argument("--ca", help="Root CA slug (default: the only root).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         ca = get_ca(options["ca"], root=True)

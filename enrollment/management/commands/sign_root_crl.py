@@ -12,9 +12,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from enrollment import keystore, services
 from enrollment.exceptions import EnrollmentError
 from enrollment.management.commands._helpers import get_ca, read_passphrase
+from enrollment.x509.crl import MAX_CA_CRL_VALIDITY
 
 # S/MIME BR 4.9.7: a CRL for CA certificates may be valid for at most twelve months.
-MAX_ROOT_CRL_DAYS = 365
+MAX_ROOT_CRL_DAYS = MAX_CA_CRL_VALIDITY.days
 
 
 class Command(BaseCommand):
