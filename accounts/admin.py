@@ -1,16 +1,50 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.forms import ModelForm
+from django.http import HttpRequest, HttpResponse
 
 from accounts.models import User
 from accounts.search import query_words, word_pattern
+from enrollment.change_audit import account_privileges, account_privileges_record, changes_from
+from enrollment.edge import client_address
+
+
+class RoleChangesAudited(admin.ModelAdmin):
+    """Role group changes made on these pages are audited as the signed-in admin's.
+
+    enrollment.change_audit records every role group membership change; around the pages
+    that add, change and delete (and the list's bulk actions) it is told who made it.
+    """
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        with changes_from("admin", request.user, client_address(request)):
+            return super().changeform_view(request, *args, **kwargs)
+
+    def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        with changes_from("admin", request.user, client_address(request)):
+            return super().delete_view(request, *args, **kwargs)
+
+    def changelist_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        with changes_from("admin", request.user, client_address(request)):
+            return super().changelist_view(request, *args, **kwargs)
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class PortalGroupAdmin(RoleChangesAudited, GroupAdmin):
+    pass
 
 
 @admin.register(User)
-class PortalUserAdmin(UserAdmin):
+class PortalUserAdmin(RoleChangesAudited, UserAdmin):
     fieldsets = (
         *UserAdmin.fieldsets,
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
@@ -39,3 +73,12 @@ class PortalUserAdmin(UserAdmin):
         for word in query_words(text):  # the directory's own matching
             words &= Q(directory_search__contains=word_pattern(word))
         return queryset.filter(words | Q(username__iexact=text)), False
+
+    def save_model(self, request: HttpRequest, obj: User, form: ModelForm, change: bool) -> None:
+        """is_staff and is_superuser (a superuser holds every role) are audited when changed."""
+        stored = User.objects.filter(pk=obj.pk).first() if change else None
+        before = account_privileges(stored or User())
+        super().save_model(request, obj, form, change)
+        account_privileges_record(
+            user=obj, before=before, actor=request.user, source_address=client_address(request)
+        )

@@ -13,6 +13,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, Group
 
+from enrollment.change_audit import changes_from
+
 
 def _text(claims: Mapping[str, Any], name: str) -> str:
     value = claims.get(name) if name else None
@@ -36,15 +38,17 @@ def mirror_groups(user: AbstractUser, names: Iterable[str]) -> None:
     """Make the user's mirrored groups (settings.SSO_MIRRORED_GROUPS) exactly ``names``.
 
     Only mirrored groups are touched, so a role given by the directory is also taken away
-    by it, while groups an administrator manages by hand stay as they are.
+    by it, while groups an administrator manages by hand stay as they are. Role changes
+    are audited (enrollment.change_audit) as the system's, from "sso".
     """
     mirrored = set(settings.SSO_MIRRORED_GROUPS)
     wanted = {name for name in names if name in mirrored}
     current = set(user.groups.filter(name__in=mirrored).values_list("name", flat=True))
-    for name in wanted - current:
-        user.groups.add(Group.objects.get_or_create(name=name)[0])
-    if current - wanted:
-        user.groups.remove(*Group.objects.filter(name__in=current - wanted))
+    with changes_from("sso"):
+        for name in wanted - current:
+            user.groups.add(Group.objects.get_or_create(name=name)[0])
+        if current - wanted:
+            user.groups.remove(*Group.objects.filter(name__in=current - wanted))
 
 
 def update_account_from_claims(user: AbstractUser, claims: Mapping[str, Any]) -> AbstractUser:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
+from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 
 from enrollment import ra_selectors, services
+from enrollment.change_audit import template_record, template_state
+from enrollment.edge import client_address
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
     ArchivedKey,
@@ -71,6 +77,55 @@ class CertificateTemplateAdmin(admin.ModelAdmin):
     list_filter = ["purpose", "archive_key", "requires_approval", "is_active"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["allowed_groups"]
+
+    # Templates are edited here, not through services, so their audit events are written
+    # here: in the admin's transaction, with each changed field's old and new value (turning
+    # archive_key off stops key escrow; allowed_groups decides who may enrol).
+
+    def save_model(
+        self, request: HttpRequest, obj: CertificateTemplate, form: ModelForm, change: bool
+    ) -> None:
+        # What the database says before the save: the form has already changed obj.
+        stored = self.model.objects.filter(pk=obj.pk).first() if change else None
+        before = template_state(stored) if stored is not None else None
+        form._audit_before = before  # type: ignore[attr-defined]  # read in save_related
+        super().save_model(request, obj, form, change)
+
+    def save_related(
+        self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool
+    ) -> None:
+        super().save_related(request, form, formsets, change)  # allowed_groups is saved here
+        template: CertificateTemplate = form.instance
+        template_record(
+            action="template.change" if change else "template.create",
+            template=template,
+            before=getattr(form, "_audit_before", None),
+            after=template_state(template),
+            actor=request.user,
+            source_address=client_address(request),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: CertificateTemplate) -> None:
+        self._record_delete(request, obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[CertificateTemplate]
+    ) -> None:
+        with transaction.atomic():  # the bulk action, unlike the delete page, has none
+            for template in queryset:
+                self._record_delete(request, template)
+            super().delete_queryset(request, queryset)
+
+    def _record_delete(self, request: HttpRequest, template: CertificateTemplate) -> None:
+        template_record(
+            action="template.delete",
+            template=template,
+            before=template_state(template),
+            after=None,
+            actor=request.user,
+            source_address=client_address(request),
+        )
 
 
 @admin.register(Certificate)

@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class EnrollmentConfig(AppConfig):
     name = "enrollment"
     verbose_name = "Enrollment (certificate authority)"
+
+    def ready(self) -> None:
+        from enrollment import change_audit
+
+        change_audit.connect()  # role group memberships are audited wherever they change

@@ -1,0 +1,241 @@
+"""Audit events for privileged changes made outside the services.
+
+Certificate templates are edited in the admin, and roles are Django groups that the admin,
+single sign-on and any code can change: neither goes through services.py, so their events
+are written here, in the transaction of the change.
+
+Role memberships are caught by an ``m2m_changed`` receiver on ``User.groups`` (connected in
+EnrollmentConfig.ready), so ``user.groups.add``, ``group.user_set.add``, ``set``, ``remove``
+and ``clear`` are all seen; renaming or deleting a role group is seen too. Who made the
+change is said by ``changes_from``, around the admin's views and the SSO group mirroring;
+without it the change is the system's ("other"). Writes that send no signal (raw SQL,
+``QuerySet.update``, ``bulk_create`` on the through table) are not seen.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from django.db import models
+from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
+
+from enrollment.audit import audit_record, deferred
+from enrollment.models import CertificateTemplate
+
+Actor = AbstractBaseUser | AnonymousUser | None
+
+
+@dataclass(frozen=True)
+class ChangeSource:
+    source: str = "other"  # "admin", "sso" or "other"
+    actor: Actor = None  # None: the system
+    address: str | None = None
+
+
+_state = threading.local()
+
+
+@contextmanager
+def changes_from(
+    source: str, actor: Actor = None, address: str | None = None
+) -> Iterator[ChangeSource]:
+    """Role changes made in this block are recorded as made by ``actor`` through ``source``."""
+    previous = getattr(_state, "source", None)
+    _state.source = ChangeSource(source, actor, address)
+    try:
+        yield _state.source
+    finally:
+        _state.source = previous
+
+
+def current_source() -> ChangeSource:
+    return getattr(_state, "source", None) or ChangeSource()
+
+
+def role_groups() -> frozenset[str]:
+    return frozenset({settings.PKIPORTAL_RA_OFFICER_GROUP, settings.PKIPORTAL_KRA_GROUP})
+
+
+# --- certificate templates (the admin) -------------------------------------------------
+
+DESCRIPTION_CHARS = 200
+
+
+def template_state(template: CertificateTemplate) -> dict[str, Any]:
+    """What a template says, as plain values: the issuing CA by slug, groups by name."""
+    state: dict[str, Any] = {}
+    for field in CertificateTemplate._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        if field.is_relation:
+            related = getattr(template, field.name)
+            state[field.name] = related.slug if related is not None else None
+        else:
+            state[field.name] = field.value_from_object(template)
+    state["description"] = state["description"][:DESCRIPTION_CHARS]
+    state["allowed_groups"] = (
+        sorted(template.allowed_groups.values_list("name", flat=True)) if template.pk else []
+    )
+    return state
+
+
+def template_record(
+    *,
+    action: str,
+    template: CertificateTemplate,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    actor: Actor,
+    source_address: str | None,
+) -> None:
+    """template.create / template.change / template.delete with the fields that changed.
+
+    ``changes`` maps each field to ``[old, new]`` (None for the side that does not exist);
+    a change that changes nothing writes nothing.
+    """
+    old, new = before or {}, after or {}
+    changes = {
+        name: [old.get(name), new.get(name)]
+        for name in sorted({*old, *new})
+        if name not in old or name not in new or old[name] != new[name]
+    }
+    if not changes:
+        return
+    audit_record(
+        action=action,
+        actor=actor,
+        target=template,
+        source_address=source_address,
+        detail={"slug": template.slug, "changes": changes},
+    )
+
+
+# --- account privileges (the admin) -----------------------------------------------------
+
+PRIVILEGE_FIELDS = ("is_staff", "is_superuser")
+
+
+def account_privileges(user: AbstractBaseUser) -> dict[str, bool]:
+    return {name: bool(getattr(user, name)) for name in PRIVILEGE_FIELDS}
+
+
+def account_privileges_record(
+    *,
+    user: AbstractBaseUser,
+    before: dict[str, bool],
+    actor: Actor,
+    source_address: str | None,
+    source: str = "admin",
+) -> None:
+    """account.change when is_staff or is_superuser changed; nothing otherwise."""
+    after = account_privileges(user)
+    changes = {
+        name: [before[name], after[name]]
+        for name in PRIVILEGE_FIELDS
+        if before[name] != after[name]
+    }
+    if changes:
+        audit_record(
+            action="account.change",
+            actor=actor,
+            target=user,
+            source_address=source_address,
+            detail={"changes": changes, "source": source},
+        )
+
+
+# --- role group memberships (everywhere) ------------------------------------------------
+
+
+def _record_roles(action: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
+    source = current_source()
+    with deferred():  # one append for a whole group's members
+        for user, group in pairs:
+            audit_record(
+                action=action,
+                actor=source.actor,
+                target=user,
+                source_address=source.address,
+                detail={"group": group, "source": source.source},
+            )
+
+
+def _memberships(
+    *, user: models.Model | None = None, group: Group | None = None, pks: Iterable[int] | None
+) -> list[tuple[models.Model, str]]:
+    """(user, role group name) pairs that exist now, for one user or one group."""
+    through = get_user_model().groups.through
+    rows = through.objects.filter(group__name__in=role_groups())
+    if user is not None:
+        rows = rows.filter(user=user)
+    if group is not None:
+        rows = rows.filter(group=group)
+    if pks is not None:
+        rows = rows.filter(**{"group__in" if user is not None else "user__in": list(pks)})
+    found = rows.select_related("group", *(["user"] if user is None else []))
+    found = found.order_by("user_id", "group__name")
+    return [(user if user is not None else row.user, row.group.name) for row in found]
+
+
+def _groups_changed(
+    sender: Any,
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    pk_set: set[int] | None,
+    **kwargs: Any,
+) -> None:
+    """role.grant after an add; role.revoke before a remove or clear (what is removed)."""
+    if reverse and instance.name not in role_groups():  # type: ignore[attr-defined]
+        return
+    side = {"group": instance} if reverse else {"user": instance}
+    if action == "post_add" and pk_set:
+        _record_roles("role.grant", _memberships(**side, pks=pk_set))
+    elif action == "pre_remove" and pk_set:
+        _record_roles("role.revoke", _memberships(**side, pks=pk_set))
+    elif action == "pre_clear":
+        _record_roles("role.revoke", _memberships(**side, pks=None))
+
+
+def _group_renaming(sender: Any, instance: Group, raw: bool = False, **kwargs: Any) -> None:
+    instance._role_audit_old_name = None  # type: ignore[attr-defined]
+    if raw or instance.pk is None:
+        return
+    old = Group.objects.filter(pk=instance.pk).values_list("name", flat=True).first()
+    if old is not None and old != instance.name and role_groups() & {old, instance.name}:
+        instance._role_audit_old_name = old  # type: ignore[attr-defined]
+
+
+def _group_renamed(sender: Any, instance: Group, **kwargs: Any) -> None:
+    """A role group's members lose the role when it is renamed, and gain one by a rename."""
+    old = getattr(instance, "_role_audit_old_name", None)
+    if old is None:
+        return
+    instance._role_audit_old_name = None  # type: ignore[attr-defined]
+    members = list(instance.user_set.order_by("pk"))
+    if old in role_groups():
+        _record_roles("role.revoke", ((user, old) for user in members))
+    if instance.name in role_groups():
+        _record_roles("role.grant", ((user, instance.name) for user in members))
+
+
+def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
+    """Deleting a role group removes its members without an m2m signal."""
+    if instance.name in role_groups():
+        _record_roles("role.revoke", _memberships(group=instance, pks=None))
+
+
+def connect() -> None:
+    """Called once from EnrollmentConfig.ready."""
+    through = get_user_model().groups.through
+    m2m_changed.connect(_groups_changed, sender=through, dispatch_uid="role_audit_m2m")
+    pre_save.connect(_group_renaming, sender=Group, dispatch_uid="role_audit_rename_pre")
+    post_save.connect(_group_renamed, sender=Group, dispatch_uid="role_audit_rename_post")
+    pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="role_audit_delete")

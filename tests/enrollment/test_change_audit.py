@@ -1,0 +1,397 @@
+"""Privileged changes made outside the services leave audit events (enrollment.change_audit).
+
+Templates edited in the admin; role group memberships however they change (the admin,
+single sign-on, code); is_staff and is_superuser in the admin. Each path writes exactly
+the expected event, with its actor, and the chain still verifies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.forms import CheckboxInput, ModelMultipleChoiceField, MultiWidget
+
+from accounts.sso import mirror_groups
+from enrollment.audit import audit_chain_breaks
+from enrollment.models import AuditEvent, CertificateTemplate
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+OFFICERS = "RA officers"
+AGENTS = "Key recovery agents"
+ADDRESS = "192.0.2.7"
+
+
+@pytest.fixture
+def officers(db) -> Group:
+    return Group.objects.get_or_create(name=OFFICERS)[0]
+
+
+@pytest.fixture
+def agents(db) -> Group:
+    return Group.objects.get_or_create(name=AGENTS)[0]
+
+
+@pytest.fixture
+def finance(db) -> Group:
+    return Group.objects.create(name="Finance")
+
+
+@pytest.fixture
+def mark(db):
+    """The events written after this point, oldest first."""
+    start = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+    def since() -> list[AuditEvent]:
+        return list(AuditEvent.objects.filter(id__gt=start).order_by("id"))
+
+    return since
+
+
+@pytest.fixture(autouse=True)
+def _chain_verifies(db):
+    yield
+    assert list(audit_chain_breaks()) == []
+
+
+def summary(events: list[AuditEvent]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    return [(e.action, e.actor_name, e.object_repr, e.detail) for e in events]
+
+
+@pytest.fixture(autouse=True)
+def _templates_name_their_algorithms(db):
+    # The admin form requires a non-empty list (the field is not blank=True), while the
+    # seeded templates hold [] ("all"): give them one, so an unchanged form saves.
+    CertificateTemplate.objects.update(allowed_key_algorithms=["ec-p256"])
+
+
+def form_data(response) -> dict[str, Any]:
+    """The POST an admin page's form would send unchanged."""
+    form = response.context["adminform"].form
+    data: dict[str, Any] = {}
+    for name, field in form.fields.items():
+        if field.disabled:
+            continue
+        value = form[name].value()
+        if isinstance(field.widget, CheckboxInput):
+            if value:
+                data[name] = "on"
+        elif isinstance(field.widget, MultiWidget):
+            for i, part in enumerate(field.widget.decompress(value)):
+                data[f"{name}_{i}"] = "" if part is None else str(part)
+        elif isinstance(field, ModelMultipleChoiceField):
+            data[name] = [str(getattr(v, "pk", v)) for v in value or []]
+        else:
+            data[name] = "" if value is None else value
+    return data
+
+
+def admin_post(client, url: str, **changes: Any):
+    data = form_data(client.get(url))
+    for name, value in changes.items():
+        if value is False:
+            data.pop(name, None)
+        else:
+            data[name] = "on" if value is True else value
+    response = client.post(url, data, REMOTE_ADDR=ADDRESS)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    return response
+
+
+# --- certificate templates in the admin -----------------------------------------------
+
+
+def test_switching_key_archival_off_is_audited_with_old_and_new(admin_client_, admin_user, mark):
+    template = CertificateTemplate.objects.get(slug="smime-encryption")
+    assert template.archive_key
+
+    admin_post(
+        admin_client_,
+        f"/admin/enrollment/certificatetemplate/{template.pk}/change/",
+        archive_key=False,
+        validity_days="200",
+    )
+
+    (event,) = mark()
+    assert event.action == "template.change"
+    assert event.actor == admin_user
+    assert event.source_address == ADDRESS
+    assert (event.object_type, event.object_id) == (
+        "enrollment.CertificateTemplate",
+        str(template.pk),
+    )
+    assert event.detail == {
+        "slug": "smime-encryption",
+        "changes": {"archive_key": [True, False], "validity_days": [template.validity_days, 200]},
+    }
+
+
+def test_changing_who_may_enrol_is_audited_by_group_name(admin_client_, finance, mark):
+    template = CertificateTemplate.objects.get(slug="smime-signing")
+
+    admin_post(
+        admin_client_,
+        f"/admin/enrollment/certificatetemplate/{template.pk}/change/",
+        allowed_groups=[str(finance.pk)],
+    )
+
+    (event,) = mark()
+    assert event.detail["changes"] == {"allowed_groups": [[], ["Finance"]]}
+
+
+def test_saving_a_template_unchanged_writes_nothing(admin_client_, mark):
+    template = CertificateTemplate.objects.get(slug="smime-dual-use")
+
+    admin_post(admin_client_, f"/admin/enrollment/certificatetemplate/{template.pk}/change/")
+
+    assert mark() == []
+
+
+def test_creating_a_template_is_audited_with_every_setting(admin_client_, admin_user, mark):
+    data = form_data(admin_client_.get("/admin/enrollment/certificatetemplate/add/"))
+    data.update(name="Escrowed mail", slug="escrowed-mail", purpose="encryption")
+    data.update(archive_key="on", validity_days="365", allowed_key_algorithms='["rsa-3072"]')
+    data.pop("allow_csr", None)
+
+    response = admin_client_.post("/admin/enrollment/certificatetemplate/add/", data)
+
+    assert response.status_code == 302
+    (event,) = mark()
+    assert (event.action, event.actor, event.object_repr) == (
+        "template.create",
+        admin_user,
+        "Escrowed mail",
+    )
+    changes = event.detail["changes"]
+    assert changes["archive_key"] == [None, True]
+    assert changes["allow_csr"] == [None, False]
+    assert changes["slug"] == [None, "escrowed-mail"]
+    assert changes["allowed_groups"] == [None, []]
+    assert changes["allowed_key_algorithms"] == [None, ["rsa-3072"]]
+
+
+def test_deleting_a_template_is_audited_with_what_it_said(admin_client_, admin_user, mark):
+    template = CertificateTemplate.objects.create(
+        name="Old", slug="old", purpose="signing", validity_days=30
+    )
+
+    response = admin_client_.post(
+        f"/admin/enrollment/certificatetemplate/{template.pk}/delete/", {"post": "yes"}
+    )
+
+    assert response.status_code == 302
+    assert not CertificateTemplate.objects.filter(pk=template.pk).exists()
+    (event,) = mark()
+    assert (event.action, event.actor, event.object_id) == (
+        "template.delete",
+        admin_user,
+        str(template.pk),
+    )
+    assert event.detail["changes"]["validity_days"] == [30, None]
+
+
+def test_the_bulk_delete_action_audits_each_template(admin_client_, mark):
+    made = [
+        CertificateTemplate.objects.create(name=n, slug=n, purpose="signing") for n in ("a", "b")
+    ]
+
+    response = admin_client_.post(
+        "/admin/enrollment/certificatetemplate/",
+        {"action": "delete_selected", "_selected_action": [t.pk for t in made], "post": "yes"},
+    )
+
+    assert response.status_code == 302
+    assert [(e.action, e.object_repr) for e in mark()] == [
+        ("template.delete", "a"),
+        ("template.delete", "b"),
+    ]
+
+
+# --- role group memberships -----------------------------------------------------------
+
+
+def role(action: str, username: str, group: str, source: str = "other", actor: str = "system"):
+    return (action, actor, username, {"group": group, "source": source})
+
+
+def test_adding_and_removing_a_role_in_code_is_the_systems(officers, mark):
+    user = UserFactory(username="ursula")
+
+    user.groups.add(officers)
+    user.groups.remove(officers)
+
+    events = mark()
+    assert summary(events) == [
+        role("role.grant", "ursula", OFFICERS),
+        role("role.revoke", "ursula", OFFICERS),
+    ]
+    assert events[0].actor is None
+    assert (events[0].object_type, events[0].object_id) == ("accounts.User", str(user.pk))
+
+
+def test_the_reverse_side_and_clear_are_audited_per_member(officers, agents, mark):
+    ann, ben = UserFactory(username="ann"), UserFactory(username="ben")
+
+    officers.user_set.add(ann, ben)
+    agents.user_set.add(ann)
+    officers.user_set.clear()
+    ann.groups.clear()
+
+    assert summary(mark()) == [
+        role("role.grant", "ann", OFFICERS),
+        role("role.grant", "ben", OFFICERS),
+        role("role.grant", "ann", AGENTS),
+        role("role.revoke", "ann", OFFICERS),
+        role("role.revoke", "ben", OFFICERS),
+        role("role.revoke", "ann", AGENTS),
+    ]
+
+
+def test_only_real_changes_are_recorded(officers, agents, mark):
+    user = UserFactory(username="ursula")
+    user.groups.add(officers)
+    first = mark()
+
+    user.groups.add(officers)  # already a member
+    user.groups.remove(agents)  # never was one
+    user.groups.set([officers, agents])
+
+    assert summary(mark()[len(first) :]) == [role("role.grant", "ursula", AGENTS)]
+
+
+def test_a_group_that_is_not_a_role_writes_nothing(finance, mark):
+    user = UserFactory(username="ursula")
+
+    user.groups.add(finance)
+    finance.user_set.add(UserFactory(username="vic"))
+    user.groups.remove(finance)
+    finance.user_set.clear()
+    finance.name = "Treasury"
+    finance.save()
+    finance.delete()
+
+    assert mark() == []
+
+
+def test_a_rolled_back_grant_leaves_no_event(officers, mark):
+    user = UserFactory(username="ursula")
+
+    def grant_then_fail() -> None:
+        with transaction.atomic():
+            user.groups.add(officers)
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        grant_then_fail()
+
+    assert mark() == []
+    assert not user.groups.exists()
+
+
+def test_renaming_a_group_into_or_out_of_a_role_is_audited(finance, officers, mark):
+    UserFactory(username="ann").groups.add(finance)
+    officers.delete()  # no members: nothing to record
+
+    finance.name = OFFICERS
+    finance.save()
+    finance.name = "Finance"
+    finance.save()
+
+    assert summary(mark()) == [
+        role("role.grant", "ann", OFFICERS),
+        role("role.revoke", "ann", OFFICERS),
+    ]
+
+
+def test_single_sign_on_mirroring_is_audited_as_sso(db, mark):
+    user = UserFactory(username="dora")
+
+    mirror_groups(user, [OFFICERS, "Everyone"])
+    mirror_groups(user, [AGENTS])
+
+    assert summary(mark()) == [
+        role("role.grant", "dora", OFFICERS, source="sso"),
+        role("role.grant", "dora", AGENTS, source="sso"),
+        role("role.revoke", "dora", OFFICERS, source="sso"),
+    ]
+
+
+# --- accounts and groups in the admin -------------------------------------------------
+
+
+def test_the_admin_granting_a_role_and_superuser_is_audited_as_theirs(
+    admin_client_, admin_user, officers, finance, mark
+):
+    user = UserFactory(username="ursula")
+
+    admin_post(
+        admin_client_,
+        f"/admin/accounts/user/{user.pk}/change/",
+        groups=[str(officers.pk), str(finance.pk)],
+        is_superuser=True,
+    )
+
+    events = mark()
+    assert summary(events) == [
+        (
+            "account.change",
+            "root-admin",
+            "ursula",
+            {
+                "changes": {"is_superuser": [False, True]},
+                "source": "admin",
+            },
+        ),
+        role("role.grant", "ursula", OFFICERS, source="admin", actor="root-admin"),
+    ]
+    assert {e.actor for e in events} == {admin_user}
+    assert {e.source_address for e in events} == {ADDRESS}
+
+
+def test_the_admin_revoking_a_role_and_staff_is_audited(admin_client_, officers, mark):
+    user = UserFactory(username="ursula", is_staff=True)
+    user.groups.add(officers)
+    first = mark()
+
+    admin_post(admin_client_, f"/admin/accounts/user/{user.pk}/change/", groups=[], is_staff=False)
+
+    assert summary(mark()[len(first) :]) == [
+        (
+            "account.change",
+            "root-admin",
+            "ursula",
+            {
+                "changes": {"is_staff": [True, False]},
+                "source": "admin",
+            },
+        ),
+        role("role.revoke", "ursula", OFFICERS, source="admin", actor="root-admin"),
+    ]
+
+
+def test_the_admin_changing_other_fields_writes_nothing(admin_client_, officers, mark):
+    user = UserFactory(username="ursula")
+    user.groups.add(officers)
+    first = mark()
+
+    admin_post(admin_client_, f"/admin/accounts/user/{user.pk}/change/", last_name="Renamed")
+
+    assert mark()[len(first) :] == []
+
+
+def test_deleting_a_role_group_in_the_admin_revokes_each_member(admin_client_, officers, mark):
+    officers.user_set.add(UserFactory(username="ann"), UserFactory(username="ben"))
+    first = mark()
+
+    response = admin_client_.post(f"/admin/auth/group/{officers.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert summary(mark()[len(first) :]) == [
+        role("role.revoke", "ann", OFFICERS, source="admin", actor="root-admin"),
+        role("role.revoke", "ben", OFFICERS, source="admin", actor="root-admin"),
+    ]
