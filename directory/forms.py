@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
-from directory.selectors import MAX_QUERY_LENGTH
-
-MAX_CURSOR = 2**63 - 1
+from directory.selectors import MAX_CURSOR_LENGTH, MAX_QUERY_LENGTH
 
 
 class SearchForm(forms.Form):
@@ -26,6 +24,6 @@ class SearchForm(forms.Form):
     include_inactive = forms.BooleanField(
         required=False, label="Also show expired and revoked certificates"
     )
-    after = forms.IntegerField(
-        required=False, min_value=1, max_value=MAX_CURSOR, widget=forms.HiddenInput
+    after = forms.CharField(  # the signed cursor of a `next` link; selectors checks it
+        required=False, max_length=MAX_CURSOR_LENGTH, widget=forms.HiddenInput
     )

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
@@ -27,11 +28,23 @@ MAX_PAGE_SIZE = 100
 MAX_EMAIL_RESULTS = 100
 # How many matches a search samples to choose its plan on PostgreSQL (see _first_people).
 SAMPLE = 2000
-_PERSON = ("username", "first_name", "last_name", "display_name", "email", "organizational_unit")
+_PERSON = (
+    "username",
+    "first_name",
+    "last_name",
+    "display_name",
+    "email",
+    "organizational_unit",
+    "directory_search",  # the last person's sort key goes into the next page's cursor
+)
+# The `after` cursor: the last listed person's sort key and id, signed and compressed: at
+# most ~3,100 characters, for 500 folded characters that JSON escapes (\uXXXX).
+CURSOR_SALT = "directory.search.after"
+MAX_CURSOR_LENGTH = 5000
 
 
 class PageGone(LookupError):
-    """The person a `next` link continues after no longer exists: search again."""
+    """A `next` link that this portal did not make (or made under another SECRET_KEY)."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +52,28 @@ class SearchPage:
     """One page of people (each with `.directory_certificates`), sorted by name."""
 
     people: list[Any]
-    next_after: int | None
+    next_after: str | None  # the cursor of the next page
 
     @property
     def certificates(self) -> list[Certificate]:
         return [cert for person in self.people for cert in person.directory_certificates]
+
+
+def _cursor(person: Any) -> str:
+    return signing.dumps([person.directory_search, person.pk], salt=CURSOR_SALT, compress=True)
+
+
+def _position(cursor: str) -> tuple[str, int]:
+    """The (sort key, id) a cursor continues after; PageGone for anything else.
+
+    The cursor is signed and names its position itself, so it is never looked up: an id
+    cannot be tried, and nothing tells an account outside the directory from no account.
+    """
+    try:
+        key, pk = signing.loads(cursor, salt=CURSOR_SALT)
+    except (signing.BadSignature, ValueError, TypeError) as exc:
+        raise PageGone("That page link is not valid; search again.") from exc
+    return str(key), int(pk)
 
 
 def search_terms(query: str) -> list[str]:
@@ -61,15 +91,16 @@ def certificate_search(
     *,
     query: str,
     include_inactive: bool = False,
-    after: int | None = None,
+    after: str | None = None,
     limit: int = 20,
     now: datetime | None = None,
 ) -> SearchPage:
     """People whose name, e-mail or unit match every term, with their certificates.
 
     Only people with a currently valid certificate, unless `include_inactive`; then also
-    their expired and revoked ones. Keyset pagination (`after` = the last person's id),
-    so a page costs the same however deep it is and nothing counts the whole result.
+    their expired and revoked ones. Keyset pagination (`after` = the previous page's
+    `next_after`, a signed cursor), so a page costs the same however deep it is and nothing
+    counts the whole result.
     """
     terms = search_terms(query)
     if not terms:
@@ -80,17 +111,10 @@ def certificate_search(
     for term in terms:
         people = people.filter(directory_search__contains=word_pattern(term))
     if after is not None:
-        key = (
-            get_user_model()
-            .objects.filter(pk=after)
-            .values_list("directory_search", flat=True)
-            .first()
-        )
-        if key is None:
-            raise PageGone("That page no longer exists; search again.")
+        key, pk = _position(after)
         # The >= bound lets the index range-scan; the OR settles ties on the same name.
         people = people.filter(
-            Q(directory_search__gt=key) | Q(directory_search=key, pk__gt=after),
+            Q(directory_search__gt=key) | Q(directory_search=key, pk__gt=pk),
             directory_search__gte=key,
         )
     published = Exists(_published(now, include_inactive).filter(owner=OuterRef("pk")))
@@ -107,7 +131,7 @@ def certificate_search(
     )
     # The extra row only says "there is more".
     if len(page) > limit:
-        return SearchPage(page[:limit], page[limit - 1].pk)
+        return SearchPage(page[:limit], _cursor(page[limit - 1]))
     return SearchPage(page, None)
 
 

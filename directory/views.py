@@ -42,7 +42,7 @@ def search(request: HttpRequest) -> HttpResponse:
             page = selectors.certificate_search(
                 query=query,
                 include_inactive=form.cleaned_data["include_inactive"],
-                after=form.cleaned_data["after"],
+                after=form.cleaned_data["after"] or None,
                 limit=PAGE_SIZE,
             )
         except selectors.PageGone as exc:
@@ -56,7 +56,7 @@ def search(request: HttpRequest) -> HttpResponse:
     first_url = f"?{params.urlencode()}" if after else ""
     next_url = ""
     if page is not None and page.next_after is not None:
-        params["after"] = str(page.next_after)
+        params["after"] = page.next_after
         next_url = f"?{params.urlencode()}"
     context = {
         "form": form,

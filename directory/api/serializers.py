@@ -7,11 +7,9 @@ from typing import Any
 from django.urls import reverse
 from rest_framework import serializers
 
-from directory.selectors import MAX_PAGE_SIZE, MAX_QUERY_LENGTH, search_terms
+from directory.selectors import MAX_CURSOR_LENGTH, MAX_PAGE_SIZE, MAX_QUERY_LENGTH, search_terms
 from enrollment.models import Certificate, CertificateTemplate
 from enrollment.x509 import pkcs7
-
-MAX_CURSOR = 2**63 - 1
 
 
 class LookupIn(serializers.Serializer):
@@ -29,11 +27,10 @@ class LookupIn(serializers.Serializer):
     include_inactive = serializers.BooleanField(
         default=False, help_text="With q: also expired and revoked certificates."
     )
-    after = serializers.IntegerField(
+    after = serializers.CharField(
         required=False,
-        min_value=1,
-        max_value=MAX_CURSOR,
-        help_text="With q: continue after this person (from `next`).",
+        max_length=MAX_CURSOR_LENGTH,
+        help_text="With q: the next page, as `next` gives it (an opaque, signed cursor).",
     )
     limit = serializers.IntegerField(
         default=20, min_value=1, max_value=MAX_PAGE_SIZE, help_text="With q: people per page."

@@ -21,7 +21,7 @@ PARAMETERS = [
         OpenApiTypes.BOOL,
         description=LookupIn().fields["include_inactive"].help_text,
     ),
-    OpenApiParameter("after", OpenApiTypes.INT, description=LookupIn().fields["after"].help_text),
+    OpenApiParameter("after", OpenApiTypes.STR, description=LookupIn().fields["after"].help_text),
     OpenApiParameter("limit", OpenApiTypes.INT, description=LookupIn().fields["limit"].help_text),
 ]
 
@@ -69,7 +69,7 @@ class DirectoryLookupView(APIView):
             certificates = page.certificates
             if page.next_after is not None:
                 query = request.query_params.copy()
-                query["after"] = str(page.next_after)
+                query["after"] = page.next_after
                 next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
         context = {"request": request, "chains": selectors.ca_chain_pems()}
         results = DirectoryCertificateOut(certificates, many=True, context=context).data
