@@ -246,6 +246,17 @@ def recovery_new(request: HttpRequest) -> HttpResponse:
     return render(request, "enrollment/ra/recovery_new.html", context, status=status)
 
 
+def _took_part(found: KeyRecoveryRequest, user: Any, approvals: list[Any]) -> str | None:
+    """Why this user may not carry it out: the agent is a third person (as the service checks)."""
+    if found.recipient_id == user.pk:
+        return "you receive the key"
+    if found.requested_by_id == user.pk:
+        return "you opened it"
+    if any(a.officer_id == user.pk for a in approvals):
+        return "you approved it"
+    return None
+
+
 def _recovery_page(
     request: HttpRequest,
     found: KeyRecoveryRequest,
@@ -258,6 +269,7 @@ def _recovery_page(
     officer = is_ra_officer(user)
     approvals = list(found.approvals.select_related("officer"))
     archived = getattr(found.certificate, "archived_key", None)
+    took_part = _took_part(found, user, approvals)
     context = {
         "recovery": found,
         "approvals": approvals,
@@ -273,7 +285,8 @@ def _recovery_page(
         and found.state in (KeyRecoveryRequest.State.PENDING, KeyRecoveryRequest.State.APPROVED),
         "can_perform": is_key_recovery_agent(user)
         and found.state == KeyRecoveryRequest.State.APPROVED
-        and found.recipient_id != user.pk,
+        and took_part is None,
+        "took_part": took_part,
         "download_open": found.state == KeyRecoveryRequest.State.READY
         and found.download_expires_at is not None
         and found.download_expires_at > timezone.now(),

@@ -1,8 +1,11 @@
 """Key recovery under dual control: open, approve, perform, download; atomic and audited.
 
 An RA officer opens a request; PKIPORTAL_RECOVERY_APPROVALS *other* officers approve it; a
-key recovery agent performs it with their own PKCS#12, which is used in memory only; the
-person the request names downloads the result once, within a short window.
+key recovery agent who did neither performs it with their own PKCS#12, which is used in
+memory only; the person the request names downloads the result once, within a short window.
+So at least three different people act, whoever receives the key (README.md, "Key
+recovery"): the recipient is the key owner, who may not approve or perform, or the
+officer who opened it.
 
 Where the recovered key waits (README.md, "Key recovery"): between perform and download it
 exists only as a PKCS#12 encrypted under a one-time password of ~119 random bits that the
@@ -324,11 +327,7 @@ def recovery_perform(
             raise NotPermitted("Only key recovery agents carry out recoveries.")
         current = KeyRecoveryRequest.objects.select_related("certificate__ca").get(pk=recovery.pk)
         _check_performable(current)
-        if agent_user.pk == current.recipient_id:
-            raise NotPermitted(
-                "You are the one who receives this key, so another key recovery agent must "
-                "recover it: nobody holds both the file and its password alone."
-            )
+        _check_agent_independent(current, agent_user)
         agent, agent_certificate, agent_key = _open_agent_pkcs12(
             agent_pkcs12, agent_password, agent_user=agent_user
         )
@@ -369,6 +368,7 @@ def recovery_perform(
         with transaction.atomic():
             locked = _lock(recovery)
             _check_performable(locked)
+            _check_agent_independent(locked, agent_user)
             now = timezone.now()
             locked.state = State.READY
             locked.agent = agent
@@ -396,6 +396,25 @@ def recovery_perform(
             )
             notify.recovery_step(locked, "ready", actor=agent_user)
     return _refresh(recovery, locked), password
+
+
+def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: AbstractBaseUser) -> None:
+    """The agent is a third person: not the recipient, not the opener, not an approver."""
+    if agent_user.pk == recovery.recipient_id:
+        raise NotPermitted(
+            "You are the one who receives this key, so another key recovery agent must "
+            "recover it: nobody holds both the file and its password alone."
+        )
+    if agent_user.pk == recovery.requested_by_id:
+        raise NotPermitted(
+            "You opened this recovery, so another key recovery agent must carry it out: "
+            "opening, approving and recovering a key take different people."
+        )
+    if recovery.approvals.filter(officer_id=agent_user.pk).exists():
+        raise NotPermitted(
+            "You approved this recovery, so another key recovery agent must carry it out: "
+            "opening, approving and recovering a key take different people."
+        )
 
 
 def _check_performable(recovery: KeyRecoveryRequest) -> None:

@@ -372,6 +372,42 @@ def test_the_requester_sees_no_approve_button_and_a_refusal_if_they_try(people, 
     assert "another officer must approve" in response.content.decode()
 
 
+def test_an_officer_who_approved_is_not_offered_the_perform_step_and_is_refused(
+    people, opened, officer, agent_user, kra
+):
+    agent_user.groups.add(*officer.groups.all())
+    recovery.recovery_approve(recovery=opened, officer=agent_user)
+    before = snapshot(opened)
+
+    page = people["agent"].get(f"/ra/recovery/{opened.pk}/")
+    assert not page.context["can_perform"]
+    assert "Carry it out" not in page.content.decode()
+    assert "other than you (you approved it)" in page.content.decode()
+
+    response = people["agent"].post(
+        f"/ra/recovery/{opened.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+    )
+
+    assert response.status_code == 403
+    assert "You approved this recovery" in response.content.decode()
+    assert snapshot(opened) == before
+
+
+def test_the_officer_who_opened_it_is_not_offered_the_perform_step(
+    people, archived, officer, second_officer, agent_user
+):
+    officer.groups.add(*agent_user.groups.all())
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason=REASON
+    )
+    recovery.recovery_approve(recovery=opened, officer=second_officer)
+
+    page = people["officer"].get(f"/ra/recovery/{opened.pk}/")
+    assert not page.context["can_perform"]
+    assert "other than you (you opened it)" in page.content.decode()
+    assert people["agent"].get(f"/ra/recovery/{opened.pk}/").context["can_perform"]
+
+
 def test_a_wrong_agent_password_in_the_browser_shows_the_error_and_changes_nothing(
     people, approved, kra
 ):

@@ -206,6 +206,99 @@ def test_the_agent_cannot_recover_a_key_they_will_receive(
         )  # fmt: skip
 
 
+def test_an_officer_who_approved_cannot_carry_it_out(archived, officer, kra, agent_user):
+    """Karl, agent and officer, approves Olivia's request for herself: two people, refused."""
+    agent_user.groups.add(*officer.groups.all())
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason=REASON, deliver_to="requester"
+    )
+    recovery.recovery_approve(recovery=opened, officer=agent_user)
+    before = snapshot(opened)
+
+    with pytest.raises(NotPermitted, match="You approved this recovery"):
+        recovery.recovery_perform(
+            recovery=opened, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+            agent_password=kra.password,
+        )  # fmt: skip
+
+    assert snapshot(opened) == before
+    refused = AuditEvent.objects.get(action="recovery.perform")
+    assert refused.outcome == AuditEvent.Outcome.FAILURE
+    assert "You approved" in refused.detail["error"]
+
+
+def test_the_officer_who_opened_it_cannot_carry_it_out(archived, kra, agent_user, second_officer):
+    """Karl, agent and officer, opens a recovery for Alice and Oscar approves: still refused."""
+    agent_user.groups.add(*second_officer.groups.all())
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=agent_user, reason=REASON
+    )
+    recovery.recovery_approve(recovery=opened, officer=second_officer)
+    before = snapshot(opened)
+
+    with pytest.raises(NotPermitted, match="You opened this recovery"):
+        recovery.recovery_perform(
+            recovery=opened, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+            agent_password=kra.password,
+        )  # fmt: skip
+
+    assert snapshot(opened) == before
+
+
+def test_the_agent_is_checked_again_under_the_row_lock(approved, kra, agent_user, monkeypatch):
+    """An approval by the agent that lands while the archive is being decrypted still counts."""
+    open_agent_pkcs12 = recovery._open_agent_pkcs12
+
+    def approval_lands_meanwhile(*args, **kwargs):
+        KeyRecoveryApproval.objects.create(request=approved, officer=agent_user)
+        return open_agent_pkcs12(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "_open_agent_pkcs12", approval_lands_meanwhile)
+
+    with pytest.raises(NotPermitted, match="You approved this recovery"):
+        recovery.recovery_perform(
+            recovery=approved, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+            agent_password=kra.password,
+        )  # fmt: skip
+
+    approved.refresh_from_db()
+    assert (approved.state, approved.bundle) == (State.APPROVED, None)
+
+
+@pytest.mark.parametrize("approvals", [1, 2])
+@pytest.mark.parametrize("deliver_to", ["owner", "requester"])
+def test_it_takes_approvals_plus_two_people_whoever_receives_the_key(
+    deliver_to, approvals, archived, officer, kra, agent_user, employee, settings
+):
+    """README: the opener, the approvers and an agent who is none of them, all different."""
+    settings.PKIPORTAL_RECOVERY_APPROVALS = approvals
+    officers, agents = officer.groups.get(), agent_user.groups.get()
+    approvers = [UserFactory(username=f"approver{n}") for n in range(approvals)]
+    for person in (officer, *approvers):
+        person.groups.add(agents)  # every officer involved is an agent too
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason=REASON, deliver_to=deliver_to
+    )
+    for approver in approvers:
+        approver.groups.add(officers)
+        recovery.recovery_approve(recovery=opened, officer=approver)
+
+    for involved in (officer, *approvers):
+        with pytest.raises(NotPermitted, match="another key recovery agent"):
+            recovery.recovery_perform(
+                recovery=opened, agent_user=involved, agent_pkcs12=kra.pkcs12,
+                agent_password=kra.password,
+            )  # fmt: skip
+    done, _password = recovery.recovery_perform(
+        recovery=opened, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+        agent_password=kra.password,
+    )  # fmt: skip
+
+    people = {done.requested_by_id, *(a.pk for a in approvers), done.performed_by_id}
+    assert len(people) == approvals + 2
+    assert done.recipient_id in (officer.pk, employee.pk)
+
+
 # --- a wrong agent credential changes nothing -----------------------------------------
 
 
