@@ -79,6 +79,8 @@ def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
         pk=pk,
     )
     user = request.user
+    # A requesting officer who lost the role still sees it: the download is refused there,
+    # with a reason, on the audit trail.
     if is_ra_officer(user) or is_key_recovery_agent(user) or found.recipient_id == user.pk:
         return found
     raise Http404("No such key recovery.")
@@ -276,7 +278,9 @@ def _recovery_page(
         "approvals_required": recovery.approvals_required(),
         "agents": list(archived.recipients.all()) if archived else [],
         "recipient": recovery.recipient_name(found),
-        "is_recipient": found.recipient_id == user.pk,
+        "is_recipient": recovery.may_download(found, user),
+        "no_longer_recipient": found.recipient_id == user.pk
+        and not recovery.may_download(found, user),
         "can_approve": officer
         and found.state == KeyRecoveryRequest.State.PENDING
         and user.pk not in (found.requested_by_id, found.certificate.owner_id)

@@ -68,6 +68,21 @@ def approvals_required() -> int:
     return settings.PKIPORTAL_RECOVERY_APPROVALS
 
 
+def may_download(recovery: KeyRecoveryRequest, user: AbstractBaseUser) -> bool:
+    """The named person; the requesting officer only while they still are an RA officer."""
+    if user.pk != recovery.recipient_id:
+        return False
+    return recovery.deliver_to == KeyRecoveryRequest.Recipient.OWNER or is_ra_officer(user)
+
+
+def _delivered_to_former_officer(recovery: KeyRecoveryRequest) -> bool:
+    # Roles are withdrawn (directory sync, leaving the team); a key delivered to someone
+    # as an officer goes only to a current one.
+    return recovery.deliver_to == KeyRecoveryRequest.Recipient.REQUESTER and not is_ra_officer(
+        recovery.requested_by
+    )
+
+
 def recipient_name(recovery: KeyRecoveryRequest) -> str:
     """Who may download, in words."""
     if recovery.deliver_to == KeyRecoveryRequest.Recipient.OWNER:
@@ -328,6 +343,7 @@ def recovery_perform(
         current = KeyRecoveryRequest.objects.select_related("certificate__ca").get(pk=recovery.pk)
         _check_performable(current)
         _check_agent_independent(current, agent_user)
+        _check_recipient_still_officer(current)
         agent, agent_certificate, agent_key = _open_agent_pkcs12(
             agent_pkcs12, agent_password, agent_user=agent_user
         )
@@ -369,6 +385,7 @@ def recovery_perform(
             locked = _lock(recovery)
             _check_performable(locked)
             _check_agent_independent(locked, agent_user)
+            _check_recipient_still_officer(locked)
             now = timezone.now()
             locked.state = State.READY
             locked.agent = agent
@@ -417,6 +434,16 @@ def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: AbstractB
         )
 
 
+def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
+    if _delivered_to_former_officer(recovery):
+        officer = recovery.requested_by
+        raise InvalidState(
+            f"{officer.get_full_name() or officer.get_username()} opened this recovery to "
+            "receive the key as an RA officer and no longer is one, so it cannot be carried "
+            "out. Reject it; an officer can open a new one. Nothing was changed."
+        )
+
+
 def _check_performable(recovery: KeyRecoveryRequest) -> None:
     if recovery.state == State.APPROVED:
         return
@@ -449,6 +476,11 @@ def recovery_download(
             raise NotPermitted(f"Only {recipient_name(recovery)} may download this key.")
         with transaction.atomic():
             locked = _lock(recovery)
+            if _delivered_to_former_officer(locked):
+                raise NotPermitted(
+                    "This key was recovered for you as an RA officer, and you no longer are "
+                    "one, so you may not download it. Nothing was downloaded."
+                )
             now = timezone.now()
             if locked.state == State.READY and _window_closed(locked, now):
                 _expire(locked)

@@ -500,6 +500,34 @@ def test_a_second_download_in_the_browser_fails(people, performed):
     assert "already downloaded" in second.content.decode()
 
 
+def test_a_former_officer_gets_no_download_and_a_reason(
+    people, archived, officer, second_officer, agent_user, kra
+):
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason=REASON, deliver_to="requester"
+    )
+    recovery.recovery_approve(recovery=opened, officer=second_officer)
+    recovery.recovery_perform(
+        recovery=opened, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+        agent_password=kra.password,
+    )  # fmt: skip
+    officer.groups.clear()
+
+    page = people["officer"].get(f"/ra/recovery/{opened.pk}/")
+    assert not page.context["is_recipient"]
+    assert "Download the .p12 file" not in page.content.decode()
+    assert "you no longer are one" in page.content.decode()
+
+    response = people["officer"].post(f"/ra/recovery/{opened.pk}/download/")
+
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("text/html")
+    assert "no longer are one" in response.content.decode()
+    assert snapshot(opened)["state"] == KeyRecoveryRequest.State.READY
+    refused = AuditEvent.objects.get(action="recovery.download")
+    assert refused.outcome == AuditEvent.Outcome.FAILURE
+
+
 def test_the_owner_sees_the_download_button_only_while_it_is_open(people, performed):
     page = people["owner"].get(f"/ra/recovery/{performed.recovery.pk}/")
     assert page.context["download_open"]

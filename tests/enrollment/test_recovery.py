@@ -453,6 +453,83 @@ def test_the_requesting_officer_downloads_when_named(
     assert bundle
 
 
+@pytest.fixture
+def for_the_officer(archived, officer, second_officer) -> KeyRecoveryRequest:
+    """Olivia asked for Alice's key for herself; Oscar approved."""
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason=REASON, deliver_to="requester"
+    )
+    return recovery.recovery_approve(recovery=opened, officer=second_officer)
+
+
+def test_a_former_officer_cannot_download_a_key_recovered_for_them(
+    for_the_officer, officer, kra, agent_user
+):
+    recovery.recovery_perform(
+        recovery=for_the_officer, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+        agent_password=kra.password,
+    )  # fmt: skip
+    officer.groups.clear()  # the role is withdrawn (directory sync)
+    before = snapshot(for_the_officer)
+
+    with pytest.raises(NotPermitted, match="no longer are one"):
+        recovery.recovery_download(recovery=for_the_officer, user=officer)
+
+    assert snapshot(for_the_officer) == before
+    assert before["state"] == State.READY
+    refused = AuditEvent.objects.get(action="recovery.download")
+    assert (refused.actor, refused.outcome) == (officer, AuditEvent.Outcome.FAILURE)
+    assert "no longer are one" in refused.detail["error"]
+
+
+def test_a_recovery_for_a_former_officer_cannot_be_carried_out(
+    for_the_officer, officer, kra, agent_user
+):
+    officer.groups.clear()
+    before = snapshot(for_the_officer)
+
+    with pytest.raises(InvalidState, match="no longer is one"):
+        recovery.recovery_perform(
+            recovery=for_the_officer, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+            agent_password=kra.password,
+        )  # fmt: skip
+
+    assert snapshot(for_the_officer) == before
+    refused = AuditEvent.objects.get(action="recovery.perform")
+    assert (refused.actor, refused.outcome) == (agent_user, AuditEvent.Outcome.FAILURE)
+
+
+def test_the_officer_is_checked_again_under_the_row_lock(
+    for_the_officer, officer, kra, agent_user, monkeypatch
+):
+    """The role withdrawn while the archive is being decrypted still counts."""
+    open_agent_pkcs12 = recovery._open_agent_pkcs12
+
+    def role_withdrawn_meanwhile(*args, **kwargs):
+        officer.groups.clear()
+        return open_agent_pkcs12(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "_open_agent_pkcs12", role_withdrawn_meanwhile)
+
+    with pytest.raises(InvalidState, match="no longer is one"):
+        recovery.recovery_perform(
+            recovery=for_the_officer, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+            agent_password=kra.password,
+        )  # fmt: skip
+
+    for_the_officer.refresh_from_db()
+    assert (for_the_officer.state, for_the_officer.bundle) == (State.APPROVED, None)
+
+
+def test_the_key_owner_downloads_without_being_an_officer(performed, employee):
+    """The officer rule is for keys delivered to an officer; Alice is just the owner."""
+    assert not employee.groups.exists()
+
+    _found, bundle = recovery.recovery_download(recovery=performed.recovery, user=employee)
+
+    assert bundle
+
+
 # --- opening, rejecting ---------------------------------------------------------------
 
 
