@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from cryptography import x509
 
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 from enrollment.exceptions import KeyStoreError
 from enrollment.x509 import builder, crl_fast, keys
@@ -74,6 +75,7 @@ class FileKeyBackend:
 
     name = "file"
 
+    @sensitive_variables("passphrase")
     def _passphrase(self) -> bytes:
         passphrase = settings.PKIPORTAL_CA_KEY_PASSPHRASE
         embedded = Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE)
@@ -91,6 +93,9 @@ class FileKeyBackend:
             raise KeyStoreError(f"Invalid key reference {reference!r}.")
         return Path(settings.PKIPORTAL_KEY_DIR) / reference
 
+    # The passphrase stays out of error reports, here and in the frames below (keys holds it
+    # under names of its own, and Django applies the nearest decorated caller's list).
+    @sensitive_variables()
     def store(self, *, label: str, key: keys.PrivateKey) -> str:
         reference = f"{label}.key.pem"
         path = self._path(reference)
@@ -101,6 +106,7 @@ class FileKeyBackend:
         """Remove a key that never got a CA row (a failed create_pki)."""
         self._path(reference).unlink(missing_ok=True)
 
+    @sensitive_variables()  # as store
     def load(self, reference: str) -> keys.PrivateKey:
         path = self._path(reference)
         passphrase = self._passphrase()
@@ -143,6 +149,7 @@ def _ca_key(ca: CertificateAuthority) -> keys.PrivateKey:
     return _backend(ca.key_backend).load(ca.key_reference)
 
 
+@sensitive_variables()  # as FileKeyBackend.store
 def _offline_key(offline: OfflineKey) -> keys.PrivateKey:
     try:
         data = Path(offline.path).read_bytes()
@@ -162,6 +169,7 @@ def _check_pair(certificate: x509.Certificate, key: keys.PrivateKey) -> None:
 # --- creating keys --------------------------------------------------------------------
 
 
+@sensitive_variables()  # as FileKeyBackend.store
 def create_root(
     *,
     algorithm: keys.KeyAlgorithm,

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from enrollment import ra_selectors, ra_services, recovery, services
@@ -372,6 +372,9 @@ def recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
     return _recovery_perform(request, pk)
 
 
+# Out of error reports: the POST data, and every local here and below (form cleaning
+# holds the password, the rendered context the one-time password, under names not ours).
+@sensitive_variables()
 @sensitive_post_parameters("agent_password")
 @csrf_protect
 @never_cache

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from enrollment import ra_notifications as notify
 from enrollment.audit import audit_record
@@ -288,6 +289,11 @@ def recovery_reject(
 # --- perform --------------------------------------------------------------------------
 
 
+# Secrets stay out of error reports (README.md, "Key recovery"): every local here and in
+# the frames below, because Django applies the nearest decorated caller's list to callee
+# frames, and the x509 code holds the password, the key and the one-time password under
+# names of its own.
+@sensitive_variables()
 def _open_agent_pkcs12(
     data: bytes, password: str, *, agent_user: AbstractBaseUser
 ) -> tuple[KeyRecoveryAgent, Any, keys.PrivateKey]:
@@ -322,6 +328,7 @@ def _open_agent_pkcs12(
     return agent, certificate, key
 
 
+@sensitive_variables()  # as _open_agent_pkcs12
 def recovery_perform(
     *,
     recovery: KeyRecoveryRequest,

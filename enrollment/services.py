@@ -22,6 +22,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from enrollment import audit, binary, hotsql, keystore
 from enrollment.audit import audit_record
@@ -299,6 +300,7 @@ def subject_for(owner: AbstractBaseUser) -> builder.Subject:
     )
 
 
+@sensitive_variables("private_key")
 def _issue(
     *,
     template: CertificateTemplate,
@@ -404,6 +406,9 @@ def certificate_issue(
     )
 
 
+# The password and the new key stay out of error reports, here and in the frames below
+# (Django applies the nearest decorated caller's list to them; pkcs12's names are its own).
+@sensitive_variables()
 def certificate_issue_with_server_key(
     *,
     template: CertificateTemplate,
@@ -444,6 +449,7 @@ def certificate_issue_with_server_key(
     return certificate, bundle
 
 
+@sensitive_variables()  # as certificate_issue_with_server_key: cms holds the key
 def _key_archive(
     *,
     certificate: Certificate,
@@ -1128,6 +1134,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
         raise
 
 
+@sensitive_variables("pkcs12_password", "bundle")
 def request_collect(
     *,
     request: CertificateRequest,

@@ -3,7 +3,9 @@
 Views decide who may look; forms check the shape of input; services decide everything
 else. A service's EnrollmentError is shown on the form with a 4xx and changes nothing.
 The PKCS#12 password passes through here once: it is kept out of error reports by
-@sensitive_post_parameters and never written to messages, logs or the audit trail.
+@sensitive_post_parameters (the POST data) and @sensitive_variables (every local of the
+view and of the frames below it: form cleaning, services and pkcs12 hold it under names
+of their own), and never written to messages, logs or the audit trail.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
-from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from enrollment import services
@@ -185,6 +187,7 @@ def enroll_index(request: HttpRequest) -> HttpResponse:
     )
 
 
+@sensitive_variables()
 @sensitive_post_parameters(*PASSWORD_FIELDS)
 @login_required
 @require_http_methods(["GET", "POST"])
@@ -294,6 +297,7 @@ def _enroll_with_csr(
     return redirect("enrollment:request-detail", pk=cert_request.pk)
 
 
+@sensitive_variables()
 @sensitive_post_parameters(*PASSWORD_FIELDS)
 @login_required
 @require_http_methods(["GET", "POST"])

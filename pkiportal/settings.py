@@ -168,6 +168,9 @@ STORAGES = {
 # Serve from the source folders too, so a checkout works before collectstatic (tests, a try).
 WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
 
+# Variables and POST fields marked sensitive stay out of the DEBUG page too (pkiportal/errors.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "pkiportal.errors.SecretsHiddenReporterFilter"
+
 # Security headers; the TLS-only ones are switched on by the operator behind HTTPS.
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"

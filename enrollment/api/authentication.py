@@ -14,6 +14,7 @@ from knox.signals import token_expired
 
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import status
@@ -78,6 +79,7 @@ class AxesBasicAuthentication(BasicAuthentication):
     lock-out on that Request, where AxesMiddleware cannot see it, so we answer here.
     """
 
+    @sensitive_variables()  # the sign-in password, here and in DRF's frames below
     def authenticate_credentials(
         self, userid: str, password: str, request: Any = None
     ) -> tuple[Any, None]:

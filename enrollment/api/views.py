@@ -125,7 +125,9 @@ def _answer(
     return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
 
-@sensitive_variables("data", "serializer", "validated")
+# Every local here and below: the serializers and pkcs12 hold the password under names of
+# their own, and Django applies the nearest decorated caller's list to callee frames.
+@sensitive_variables()
 def _enrol(
     request: Request,
     *,
@@ -227,7 +229,7 @@ class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         responses={201: ISSUED, **ERRORS, **NOT_FOUND, **CONFLICT},
     )
     @action(detail=True, methods=["post"])
-    @sensitive_variables("serializer")
+    @sensitive_variables()  # as _enrol
     def collect(self, request: Request, pk: str | None = None) -> Response:
         submitted = self.get_object()
         serializer = s.CollectIn(data=request.data, context={"request": request})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 
 import pytest
 
@@ -32,7 +33,7 @@ from tests.enrollment.api_tools import (
     stored_counts,
     token_client,
 )
-from tests.enrollment.tools import CLAIMED_EMAIL, CLAIMED_NAME, EC_P256, openssl_csr
+from tests.enrollment.tools import CLAIMED_EMAIL, CLAIMED_NAME, EC_P256, error_report, openssl_csr
 
 pytestmark = pytest.mark.django_db
 
@@ -177,6 +178,22 @@ def test_the_pkcs12_password_is_never_echoed_stored_or_logged(hierarchy, employe
     for event in AuditEvent.objects.all():
         assert PASSWORD not in str(event.detail)
     assert PASSWORD not in str(list(CertificateRequest.objects.values()))
+
+
+def test_a_server_error_report_hides_the_pkcs12_password(hierarchy, employee, monkeypatch):
+    def wrapping_fails(*args, **kwargs):
+        raise RuntimeError("out of memory while wrapping the key")
+
+    monkeypatch.setattr(pkcs12.pkcs12, "serialize_key_and_certificates", wrapping_fails)
+    password = f"Hidden-{secrets.token_urlsafe()}"  # not a literal: those show as source lines
+
+    with error_report(RuntimeError) as report:
+        token_client(employee).post(
+            ENROLLMENTS, {**server_key_body(), "pkcs12_password": password}, format="json"
+        )
+
+    assert "_enrol" in report.text
+    assert password not in report.text
 
 
 @pytest.mark.parametrize(

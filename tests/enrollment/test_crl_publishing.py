@@ -27,7 +27,7 @@ from enrollment.models import (
 )
 from enrollment.x509 import crl_fast
 from enrollment.x509.crl import RevocationReason, RevokedEntry, build_crl
-from tests.enrollment.tools import issue, new_key
+from tests.enrollment.tools import error_report, issue, new_key
 
 pytestmark = pytest.mark.django_db
 
@@ -274,6 +274,22 @@ def test_a_failure_is_logged_audited_and_visible_until_the_next_success(
     assert tasks.crl_watchdog_task()["issuing"].startswith("published")
     ca.refresh_from_db()
     assert (ca.crl_failed_at, ca.crl_error_code, ca.crl_error) == (None, "", "")
+
+
+def test_an_error_while_opening_the_ca_key_keeps_the_passphrase_out_of_the_report(
+    hierarchy, settings, monkeypatch
+):
+    def opening_fails(*args, **kwargs):
+        raise RuntimeError("the key file went away")
+
+    keystore._PROCESS_KEYS.clear()
+    monkeypatch.setattr(keystore.keys, "load_private_key_pem", opening_fails)
+
+    with error_report(RuntimeError) as report:
+        services.crl_publish(ca=hierarchy.issuing)
+
+    assert "load" in report.text
+    assert settings.PKIPORTAL_CA_KEY_PASSPHRASE not in report.text
 
 
 def test_a_failing_event_task_records_the_failure_and_raises(

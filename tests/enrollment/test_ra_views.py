@@ -15,17 +15,18 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.core.cache import cache
 from django.core.files.uploadedfile import InMemoryUploadedFile, SimpleUploadedFile
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from enrollment import recovery
+from enrollment import ra_views, recovery
 from enrollment.audit import audit_record
 from enrollment.models import AuditEvent, Certificate, KeyRecoveryAgent, KeyRecoveryRequest
 from enrollment.ra_views import AUDIT_COLUMNS
 from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.enrollment.ra_fixtures import REASON, agent_upload, snapshot
+from tests.enrollment.tools import error_report
 from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
@@ -438,6 +439,29 @@ def test_the_agent_password_is_kept_out_of_error_reports(people, approved, kra):
     )
 
     assert response.wsgi_request.sensitive_post_parameters == ("agent_password",)
+
+
+@pytest.mark.parametrize("where", ["recovering", "showing the one-time password"])
+def test_a_server_error_report_shows_neither_password(where, people, approved, kra, monkeypatch):
+    one_time = recovery.one_time_password()  # not a literal: those show as source lines
+    monkeypatch.setattr(recovery, "one_time_password", lambda: one_time)
+
+    def fail(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    if where == "recovering":
+        monkeypatch.setattr(recovery, "_lock", fail)
+    else:
+        monkeypatch.setattr(ra_views, "render", fail)  # its context holds the password
+
+    with error_report(OperationalError) as report:
+        people["agent"].post(
+            f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+        )
+
+    assert "_recovery_perform" in report.text
+    assert kra.password not in report.text
+    assert one_time not in report.text
 
 
 def test_the_agent_pkcs12_never_touches_the_disk(people, approved, kra, settings):

@@ -9,6 +9,7 @@ import pytest
 import time_machine
 
 from django.core import mail
+from django.db import OperationalError
 from django.utils import timezone
 
 from enrollment import recovery, services
@@ -25,6 +26,7 @@ from tests.enrollment.ra_fixtures import (
     snapshot,
 )
 from tests.enrollment.test_no_private_keys import key_needles, scan
+from tests.enrollment.tools import error_report
 from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
@@ -377,6 +379,41 @@ def test_an_agent_certificate_is_used_only_by_its_holder(approved, kra, second_o
         )  # fmt: skip
 
     assert snapshot(approved) == before
+
+
+# --- secrets stay out of error reports ------------------------------------------------
+
+
+def _raise(*args, **kwargs):
+    raise OperationalError("server closed the connection unexpectedly")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize("where", ["opening the agent file", "the final step"])
+def test_an_error_while_recovering_keeps_the_passwords_out_of_the_report(
+    where, debug, approved, kra, agent_user, monkeypatch, settings
+):
+    """Every frame from recovery_perform down, the x509 code's included, is masked.
+
+    (Secrets made at run time: a literal would show in the report's source lines.)"""
+    settings.DEBUG = debug
+    one_time = recovery.one_time_password()
+    monkeypatch.setattr(recovery, "one_time_password", lambda: one_time)
+    if where == "the final step":
+        monkeypatch.setattr(recovery, "_lock", _raise)  # the key and the OTP are in memory
+    else:
+        monkeypatch.setattr(pkcs12.pkcs12, "load_key_and_certificates", _raise)
+
+    with error_report(OperationalError) as report:
+        recovery.recovery_perform(
+            recovery=approved, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+            agent_password=kra.password,
+        )  # fmt: skip
+
+    assert "recovery_perform" in report.text
+    assert "agent_password" in report.text  # the frame is there, its value is not
+    assert kra.password not in report.text
+    assert one_time not in report.text
 
 
 # --- the one download -----------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
 from cryptography import x509
@@ -22,7 +24,7 @@ from enrollment.models import (
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
-from tests.enrollment.tools import issue, row_counts
+from tests.enrollment.tools import error_report, issue, row_counts
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -252,6 +254,27 @@ def test_a_wrong_password_does_not_open_the_pkcs12(hierarchy, template, employee
 
 
 # --- serials and audit ----------------------------------------------------------------
+
+
+def test_an_error_while_wrapping_the_key_keeps_the_password_out_of_the_report(
+    hierarchy, template, employee, monkeypatch
+):
+    """The password and the new key are masked from the service down to the x509 code."""
+    password = secrets.token_urlsafe()  # not a literal: those show as source lines
+    monkeypatch.setattr(pkcs12.pkcs12, "serialize_key_and_certificates", _wrapping_fails)
+
+    with error_report(RuntimeError) as report:
+        services.certificate_issue_with_server_key(
+            template=template("smime-signing"), owner=employee,
+            key_algorithm=KeyAlgorithm.EC_P256, pkcs12_password=password,
+        )  # fmt: skip
+
+    assert "certificate_issue_with_server_key" in report.text
+    assert password not in report.text
+
+
+def _wrapping_fails(*args, **kwargs):
+    raise RuntimeError("out of memory while wrapping the key")
 
 
 def test_serials_are_unique_positive_and_at_most_20_octets(

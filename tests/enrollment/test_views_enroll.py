@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 
 import pytest
 
@@ -26,6 +27,7 @@ from tests.enrollment.tools import (
     CLAIMED_NAME,
     EC_P256,
     cryptography_csr,
+    error_report,
     openssl_csr,
     row_counts,
 )
@@ -374,6 +376,24 @@ def test_an_error_report_would_hide_the_password(employee_client, hierarchy):
 
     assert "pkcs12_password" in report
     assert "Hidden-From-Reports-77" not in report
+
+
+def test_a_server_error_report_hides_the_password_in_every_frame(
+    employee_client, hierarchy, monkeypatch
+):
+    """Form cleaning, the services and pkcs12 hold it as locals; none of them is shown."""
+    password = f"Hidden-{secrets.token_urlsafe()}"  # not a literal: those show as source lines
+    monkeypatch.setattr(pkcs12.pkcs12, "serialize_key_and_certificates", _wrapping_fails)
+
+    with error_report(RuntimeError) as report:
+        enrol_with_portal_key(employee_client, password=password)
+
+    assert "request_collect" in report.text
+    assert password not in report.text
+
+
+def _wrapping_fails(*args, **kwargs):
+    raise RuntimeError("out of memory while wrapping the key")
 
 
 # --- from a CSR -----------------------------------------------------------------------

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+
+from django.core.signals import got_request_exception
+from django.views.debug import ExceptionReporter
 
 from enrollment import services
 from enrollment.models import (
@@ -88,6 +97,41 @@ def new_key() -> PrivateKey:
 def issue(owner, template: CertificateTemplate, key: PrivateKey) -> Certificate:
     """Issue for a key the requester holds, as the CSR path does."""
     return services.certificate_issue(template=template, owner=owner, public_key=key.public_key())
+
+
+@dataclass
+class ErrorReport:
+    text: str = ""
+
+
+TESTS = str(Path(__file__).resolve().parent.parent)
+
+
+@contextmanager
+def error_report(expected: type[BaseException]) -> Iterator[ErrorReport]:
+    """The exception raised inside, as Django's DEBUG page and the mail to ADMINS show it
+    (HTML and text). From a view: the request and traceback Django's handler reports; else
+    the traceback from the first frame outside the tests (the test's own locals would hold
+    the secrets)."""
+    report, reported = ErrorReport(), []
+
+    def keep(sender: object, request: object = None, **kwargs: object) -> None:
+        reported.append((request, sys.exc_info()))
+
+    got_request_exception.connect(keep)
+    try:
+        with pytest.raises(expected) as raised:
+            yield report
+    finally:
+        got_request_exception.disconnect(keep)
+    if reported:
+        request, (exc_type, exc_value, tb) = reported[-1]
+    else:
+        request, exc_type, exc_value, tb = None, raised.type, raised.value, raised.tb
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(TESTS):
+            tb = tb.tb_next
+    reporter = ExceptionReporter(request, exc_type, exc_value, tb)
+    report.text = reporter.get_traceback_html() + reporter.get_traceback_text()
 
 
 def openssl_serial(serial: int) -> str:
