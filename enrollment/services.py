@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -655,13 +656,17 @@ def _crl_entry_bytes(
     """Every stored entry of the CA, concatenated: (count, bytes).
 
     Entries stay until one CRL after their certificate expires (RFC 5280 3.3): a
-    certificate that expired before the previous CRL was made is dropped.
+    certificate that expired before the previous CRL was made is dropped, unless no CRL
+    has listed it yet (revoked after it expired). A revocation, once committed, is on
+    every CRL published after it until then: at least on the next one.
     """
     if connection.vendor == "postgresql":
         return _crl_entry_bytes_postgresql(ca, previous)
     entries = CrlEntry.objects.filter(ca=ca)
     if previous is not None:
-        entries = entries.filter(not_after__gte=previous.this_update)
+        entries = entries.filter(
+            Q(not_after__gte=previous.this_update) | Q(first_crl_number__isnull=True)
+        )
     chunks = [bytes(der) for der in entries.values_list("der", flat=True).iterator(10_000)]
     return len(chunks), b"".join(chunks)
 
@@ -672,15 +677,24 @@ def _crl_entry_bytes_postgresql(
     """PostgreSQL concatenates the entries itself and sends one binary value.
 
     One value instead of a row per entry, in binary instead of hex: ~0.3 s for a million
-    entries, in this transaction, under the CA lock (enrollment/binary.py).
+    entries, in this transaction, under the CA lock (enrollment/binary.py). The entries
+    not yet on any CRL that already expired are a second, disjoint range read through the
+    partial index of unpublished entries (a few rows), not an OR that spoils the plan.
     """
     table = connection.ops.quote_name(CrlEntry._meta.db_table)
-    sql = f"SELECT count(*), string_agg(der, ''::bytea) FROM {table} WHERE ca_id = %s"
-    params: list[object] = [ca.pk]
-    if previous is not None:
-        sql += " AND not_after >= %s"
-        params.append(previous.this_update)
-    count, data = binary.fetch_one(sql, params)
+    if previous is None:
+        sql = f"SELECT der FROM {table} WHERE ca_id = %s"
+        params: list[object] = [ca.pk]
+    else:
+        sql = (
+            f"SELECT der FROM {table} WHERE ca_id = %s AND not_after >= %s "
+            f"UNION ALL SELECT der FROM {table} "
+            "WHERE ca_id = %s AND first_crl_number IS NULL AND not_after < %s"
+        )
+        params = [ca.pk, previous.this_update, ca.pk, previous.this_update]
+    count, data = binary.fetch_one(
+        f"SELECT count(*), string_agg(der, ''::bytea) FROM ({sql}) AS listed", params
+    )
     return count, bytes(data or b"")
 
 
@@ -768,7 +782,8 @@ def _crl_publish_locked(
     validity = validity or timedelta(days=locked.crl_validity_days)
     _check_crl_validity(locked, validity)
     next_update = this_update + validity
-    # Read the unpublished entries before the CRL's own read: all of them are in it.
+    # Read the unpublished entries before the CRL's own read: all of them are in it (even
+    # those that expired before the previous CRL), so each is marked on a CRL listing it.
     unpublished = list(
         CrlEntry.objects.filter(ca=locked, first_crl_number__isnull=True).values_list(
             "pk", flat=True

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from enrollment import keystore, services
 from enrollment.exceptions import InvalidState, PolicyViolation
-from enrollment.models import AuditEvent, Certificate, RevocationList
+from enrollment.models import AuditEvent, Certificate, CrlEntry, RevocationList
 from enrollment.x509 import keys
 from enrollment.x509.crl import build_crl
 from tests.enrollment.tools import crl_text_entries, issue, new_key, openssl_serial, row_counts
@@ -139,6 +139,46 @@ def test_an_expired_revoked_certificate_leaves_after_one_more_crl(
     assert not in_crl(afterwards, expiring)
     assert in_crl(afterwards, still_valid)
     assert afterwards.entries == 1
+
+
+def test_a_certificate_revoked_after_it_expired_is_on_the_next_crl_then_leaves(
+    signing_certificate, time_machine, openssl
+):
+    """A committed revocation reaches a CRL even when the certificate had already expired."""
+    expired = signing_certificate()
+    time_machine.move_to(expired.not_after + timedelta(days=1), tick=False)
+    routine = services.crl_publish(ca=expired.ca)  # made after notAfter: the old filter's cut
+    services.certificate_revoke(certificate=expired, reason="keyCompromise")
+
+    listing = services.crl_publish(ca=expired.ca)
+    later = services.crl_publish(ca=expired.ca)
+
+    serial = openssl_serial(int(expired.serial, 16))
+    _text, entries = crl_text_entries(openssl, bytes(listing.der))
+    assert "Key Compromise" in entries[serial]
+    assert listing.entries == 1
+    assert routine.this_update > expired.not_after
+    assert CrlEntry.objects.get(certificate=expired).first_crl_number == listing.number
+    _text, entries = crl_text_entries(openssl, bytes(later.der))
+    assert serial not in entries
+    assert later.entries == 0
+
+
+def test_an_entry_is_marked_published_only_by_a_crl_that_lists_it(
+    signing_certificate, time_machine, django_capture_on_commit_callbacks
+):
+    """The watchdog's "waiting for a CRL" clears only when the entry is really out."""
+    expired = signing_certificate()
+    time_machine.move_to(expired.not_after + timedelta(days=1), tick=False)
+    services.crl_publish(ca=expired.ca)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.certificate_revoke(certificate=expired, reason="superseded")
+
+    marked = CrlEntry.objects.get(certificate=expired).first_crl_number
+    listing = RevocationList.objects.get(ca=expired.ca, number=marked)
+    assert in_crl(listing, expired)
+    assert services.crl_publish_if_due(ca=expired.ca) is None
 
 
 # --- the offline root's CRL -----------------------------------------------------------
