@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from django.apps import apps
+from django.db import connection
 
 from enrollment import services
 from enrollment.exceptions import PolicyViolation
@@ -119,7 +121,7 @@ def test_existing_certificates_get_their_key_identity(hierarchy, template, emplo
     Certificate.objects.filter(pk=certificate.pk).update(spki_sha256="")
     migration = importlib.import_module("enrollment.migrations.0011_certificate_key_identity")
 
-    migration.key_identities(apps, None)
+    migration.key_identities(apps, SimpleNamespace(connection=connection))
 
     stored = Certificate.objects.get(pk=certificate.pk).spki_sha256
     assert stored == keys.spki_sha256(own_key.public_key())
