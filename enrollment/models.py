@@ -15,7 +15,7 @@ from cryptography import x509
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -27,6 +27,18 @@ from enrollment.querysets import (
 )
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.policy import CertificatePolicy, Generation, Purpose
+
+
+def validate_key_algorithms(value: object) -> None:
+    """A template's algorithms are read on every enrolment: refuse what would fail there."""
+    known = {algorithm.value for algorithm in KeyAlgorithm}
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError('Give a list of key algorithm names, e.g. ["ec-p256"].')
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValidationError(
+            f"Unknown key algorithm {', '.join(unknown)}; known: {', '.join(sorted(known))}."
+        )
 
 
 class DerCertificateMixin(models.Model):
@@ -147,7 +159,13 @@ class CertificateTemplate(models.Model):
         default=365, help_text="At most 825 days (S/MIME BR 6.3.2)."
     )
     allowed_key_algorithms = models.JSONField(
-        default=list, help_text="KeyAlgorithm values; empty means all we support."
+        default=list,
+        blank=True,  # the seeded templates leave it empty, and the admin must save them
+        validators=[validate_key_algorithms],
+        help_text=(
+            'A list of key algorithms, e.g. ["ec-p256", "rsa-3072"]; empty means all we '
+            f"support ({', '.join(a.value for a in KeyAlgorithm)})."
+        ),
     )
     allow_csr = models.BooleanField(default=True, help_text="The requester may bring a CSR.")
     allow_server_key = models.BooleanField(

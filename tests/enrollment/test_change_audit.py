@@ -63,13 +63,6 @@ def summary(events: list[AuditEvent]) -> list[tuple[str, str, str, dict[str, Any
     return [(e.action, e.actor_name, e.object_repr, e.detail) for e in events]
 
 
-@pytest.fixture(autouse=True)
-def _templates_name_their_algorithms(db):
-    # The admin form requires a non-empty list (the field is not blank=True), while the
-    # seeded templates hold [] ("all"): give them one, so an unchanged form saves.
-    CertificateTemplate.objects.update(allowed_key_algorithms=["ec-p256"])
-
-
 def form_data(response) -> dict[str, Any]:
     """The POST an admin page's form would send unchanged."""
     form = response.context["adminform"].form
@@ -149,6 +142,22 @@ def test_saving_a_template_unchanged_writes_nothing(admin_client_, mark):
 
     admin_post(admin_client_, f"/admin/enrollment/certificatetemplate/{template.pk}/change/")
 
+    assert mark() == []
+
+
+def test_an_unknown_key_algorithm_is_refused_before_anything_changes(admin_client_, mark):
+    """Read on every enrolment: a typo here would have failed every request for it."""
+    template = CertificateTemplate.objects.get(slug="smime-signing")
+    url = f"/admin/enrollment/certificatetemplate/{template.pk}/change/"
+    data = form_data(admin_client_.get(url))
+    data["allowed_key_algorithms"] = '["ec-p256", "rsa-1024"]'
+
+    response = admin_client_.post(url, data)
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["allowed_key_algorithms"]
+    assert "Unknown key algorithm rsa-1024" in errors[0]
+    assert CertificateTemplate.objects.get(pk=template.pk).allowed_key_algorithms == []
     assert mark() == []
 
 
