@@ -6,6 +6,6 @@ class EnrollmentConfig(AppConfig):
     verbose_name = "Enrollment (certificate authority)"
 
     def ready(self) -> None:
-        from enrollment import change_audit
+        from enrollment import change_audit, checks  # noqa: F401 - checks register themselves
 
         change_audit.connect()  # role group memberships are audited wherever they change

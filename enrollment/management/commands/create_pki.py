@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from enrollment import keystore, services
+from enrollment.checks import internal_host_problem
 from enrollment.exceptions import EnrollmentError
 from enrollment.management.commands._helpers import new_passphrase_file, read_passphrase
 from enrollment.models import CertificateAuthority
@@ -103,6 +104,15 @@ class Command(BaseCommand):
         except EnrollmentError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Created {root.name} (offline) and {issuing.name}."))
+        problem = internal_host_problem(options["base_url"])
+        if problem is not None:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"The CRL and CA URLs in these certificates use {options['base_url']}, "
+                    f"which mail clients elsewhere cannot reach ({problem}): fine for a "
+                    "trial, not for production (see `manage.py check --deploy`)."
+                )
+            )
         self.stdout.write(
             f"Root key: {options['root_key_out']} — move it to offline storage. "
             f"Sign the root's CRL with `manage.py sign_root_crl --key-file ...`."

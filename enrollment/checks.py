@@ -1,0 +1,56 @@
+"""Deployment checks (`manage.py check --deploy`) for what certificates carry for life.
+
+The CRL distribution point and caIssuers URL are built from PKIPORTAL_BASE_URL and written
+into every certificate the CAs issue. Mail clients of other organisations must reach them,
+so a loopback, private-address or single-label host - the embedded default is
+http://127.0.0.1:8000 - is fine for trying the portal and wrong for production (S/MIME BR
+7.1.2.3 (b), (c); pkilint reports cabf.internal_domain_name).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Tags, Warning, register
+
+# Suffixes that never resolve on the public internet (RFC 2606, 6761, 6762, 8375; and
+# names commonly used for intranets).
+INTERNAL_SUFFIXES = (
+    ".localhost", ".local", ".internal", ".intranet", ".lan", ".home", ".home.arpa",
+    ".corp", ".private", ".test", ".invalid", ".example",
+)  # fmt: skip
+
+
+def internal_host_problem(url: str) -> str | None:
+    """Why other organisations' mail clients could not reach this URL's host, or None."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if not host:
+        return "it has no host"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if "." not in host or host == "localhost":
+            return f"{host!r} is a single-label name"
+        if host.endswith(INTERNAL_SUFFIXES):
+            return f"{host!r} is an internal name"
+        return None
+    return f"{host} is an IP address" + (" (not a public one)" if not address.is_global else "")
+
+
+@register(Tags.security, deploy=True)
+def base_url_is_public(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    problem = internal_host_problem(settings.PKIPORTAL_BASE_URL)
+    if problem is None:
+        return []
+    return [
+        Warning(
+            f"PKIPORTAL_BASE_URL ({settings.PKIPORTAL_BASE_URL}) cannot be reached from other "
+            f"organisations: {problem}.",
+            hint="Certificates carry their CRL and CA URLs for life: set it to a public "
+            "http:// name before create_pki (e.g. http://pki.example.com).",
+            id="pkiportal.W001",
+        )
+    ]
