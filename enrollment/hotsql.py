@@ -28,6 +28,7 @@ from enrollment.models import (
     CertificateAuthority,
     CertificateRequest,
     CertificateTemplate,
+    KeyIdentity,
     KeyRecoveryAgent,
 )
 
@@ -152,26 +153,29 @@ def enrolment_counts(
     return EnrolmentCounts(int(recent), int(open_), int(valid), bool(permitted))
 
 
-# --- compromised keys -----------------------------------------------------------------
+# --- keys certified, and compromised --------------------------------------------------
 
 
 @cache
-def _compromised_sql() -> str:
-    c = {name: _column(Certificate, name) for name in ("spki_sha256", "revocation_reason")}
+def _claim_sql() -> str:
+    table, key = _table(KeyIdentity), _column(KeyIdentity, "spki_sha256")
+    compromised = _column(KeyIdentity, "compromised")
     return (
-        f"SELECT 1 FROM {_table(Certificate)} WHERE {c['spki_sha256']} = %s "
-        f"AND {c['revocation_reason']} = %s LIMIT 1"
+        f"INSERT INTO {table} ({key}, {compromised}) VALUES (%s, %s) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {key} = EXCLUDED.{key} RETURNING {compromised}"
     )
 
 
-def key_compromised(spki_sha256: str) -> bool:
-    """A certificate of this key was revoked for keyCompromise (cert_compromised_key_idx)."""
+def claim_key(spki_sha256: str) -> bool:
+    """Record the key as certified here and say whether it was reported compromised.
+
+    An upsert: it locks the key's row until the transaction ends and returns the latest
+    committed flag, even one committed while it waited. A keyCompromise revocation sets
+    the flag under the same lock (services._revoke_same_key), so one waits for the other.
+    """
     with _db().cursor() as cursor:
-        cursor.execute(
-            _compromised_sql(),
-            [spki_sha256, Certificate.RevocationReasonChoice.KEY_COMPROMISE.value],
-        )
-        return cursor.fetchone() is not None
+        cursor.execute(_claim_sql(), [spki_sha256, False])
+        return bool(cursor.fetchone()[0])
 
 
 # --- key recovery agents ----------------------------------------------------------------

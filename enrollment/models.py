@@ -226,6 +226,23 @@ class CertificateTemplate(models.Model):
         )
 
 
+class KeyIdentity(models.Model):
+    """Every key the CAs have certified, and whether it was reported compromised.
+
+    The row is where issuance and a keyCompromise revocation meet: issuance claims it
+    (hotsql.claim_key, an upsert that locks it and reads the latest committed flag) and a
+    compromise sets the flag under the same lock before it looks for the key's other
+    certificates. One waits for the other, so no certificate of a compromised key is
+    issued while the compromise commits, nor left valid after it.
+    """
+
+    spki_sha256 = models.CharField(max_length=64, primary_key=True)
+    compromised = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.spki_sha256[:16]}…{' (compromised)' if self.compromised else ''}"
+
+
 class Certificate(DerCertificateMixin):
     class Status(models.TextChoices):
         VALID = "valid", "Valid"
@@ -272,7 +289,8 @@ class Certificate(DerCertificateMixin):
     key_algorithm = models.CharField(max_length=30, help_text='For people: "RSA 3072".')
     # The key's identity (keys.spki_sha256): a key revoked for keyCompromise is never
     # certified again, and its other certificates are revoked with it (S/MIME BR 6.1.1.3,
-    # 4.9.1.1). No index of its own: issuance asks the small cert_compromised_key_idx.
+    # 4.9.1.1). No index of its own: issuance asks KeyIdentity, and the rare compromise
+    # reads the table for the key's other certificates.
     spki_sha256 = models.CharField(max_length=64, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.VALID)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -318,12 +336,6 @@ class Certificate(DerCertificateMixin):
             # Newest first, the default order: an officer's page of the API list or a broad
             # RA search reads its fifty rows instead of sorting every certificate.
             models.Index(fields=["-not_before", "-id"], name="cert_newest_idx"),
-            # Keys revoked for keyCompromise, asked before every issuance: only those rows.
-            models.Index(
-                fields=["spki_sha256"],
-                name="cert_compromised_key_idx",
-                condition=Q(revocation_reason="keyCompromise"),
-            ),
         ]
 
     def __str__(self) -> str:

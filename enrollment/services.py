@@ -43,6 +43,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     CrlEntry,
+    KeyIdentity,
     KeyRecoveryAgent,
     RevocationList,
 )
@@ -61,6 +62,24 @@ logger = logging.getLogger(__name__)
 
 Actor = AbstractBaseUser | AnonymousUser | None
 T = TypeVar("T")
+
+
+def _in_a_transaction(function: Callable[..., T]) -> Callable[..., T]:
+    """Run in the caller's transaction, or in one of its own when there is none: a row
+    lock taken inside must last until the writes after it are committed. No savepoint
+    when nested (two statements more per enrolment), and a refusal raised inside leaves
+    the caller's transaction as usable as before."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        if not transaction.get_autocommit():
+            return function(*args, **kwargs)
+        with transaction.atomic():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 # RevocationList.number is a PositiveBigIntegerField: signed 64-bit in every database.
 MAX_STORED_CRL_NUMBER = 2**63 - 1
 # CRLs kept per CA, newest first; a million-entry CRL is ~50 MB.
@@ -302,6 +321,7 @@ def subject_for(owner: AbstractBaseUser) -> builder.Subject:
 
 
 @sensitive_variables("private_key")
+@_in_a_transaction  # the key's row, claimed below, stays locked until the certificate is in
 def _issue(
     *,
     template: CertificateTemplate,
@@ -315,7 +335,7 @@ def _issue(
     if not template.is_active:
         raise PolicyViolation(f"The template {template.name!r} is not active.")
     spki_sha256 = keys.spki_sha256(public_key)
-    if hotsql.key_compromised(spki_sha256):
+    if hotsql.claim_key(spki_sha256):
         # S/MIME BR 6.1.1.3 (4): a key known to be compromised is never certified again.
         raise PolicyViolation(
             "This key was reported compromised: a certificate for it was revoked for "
@@ -506,6 +526,14 @@ def certificate_revoke(
     ):
         raise NotPermitted("You can only revoke your own certificates.")
     with transaction.atomic():
+        if reason == Certificate.RevocationReasonChoice.KEY_COMPROMISE and certificate.spki_sha256:
+            # The key's row first, before any other lock (the audit chain's head included),
+            # as issuance takes it: an issuance that claimed the key commits before this
+            # goes on, and its certificate is revoked below; one that comes later finds the
+            # key compromised.
+            KeyIdentity.objects.update_or_create(
+                spki_sha256=certificate.spki_sha256, defaults={"compromised": True}
+            )
         revoked = _revoke(
             certificate=certificate,
             reason=reason,
@@ -993,22 +1021,6 @@ def _check_limits(counts: hotsql.EnrolmentCounts, template: CertificateTemplate)
             "renew or revoke one instead.",
             field="template",
         )
-
-
-def _in_a_transaction(function: Callable[..., T]) -> Callable[..., T]:
-    """Run in the caller's transaction, or in one of its own when there is none: a row
-    lock taken inside must last until the writes after it are committed. No savepoint
-    when nested (two statements more per enrolment), and a refusal raised inside leaves
-    the caller's transaction as usable as before."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        if not transaction.get_autocommit():
-            return function(*args, **kwargs)
-        with transaction.atomic():
-            return function(*args, **kwargs)
-
-    return wrapper
 
 
 @_in_a_transaction

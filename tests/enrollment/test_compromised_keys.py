@@ -21,7 +21,7 @@ from django.db import connection
 
 from enrollment import services
 from enrollment.exceptions import PolicyViolation
-from enrollment.models import AuditEvent, Certificate, CertificateRequest
+from enrollment.models import AuditEvent, Certificate, CertificateRequest, KeyIdentity
 from enrollment.x509 import keys
 from enrollment.x509.keys import KeyAlgorithm, generate_private_key
 from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
@@ -125,3 +125,30 @@ def test_existing_certificates_get_their_key_identity(hierarchy, template, emplo
 
     stored = Certificate.objects.get(pk=certificate.pk).spki_sha256
     assert stored == keys.spki_sha256(own_key.public_key())
+
+
+def test_every_certified_key_has_its_row_and_a_compromise_marks_it(
+    hierarchy, template, employee, own_key
+):
+    spki = keys.spki_sha256(own_key.public_key())
+    first = issue(employee, template("smime-signing"), own_key)
+    issue(employee, template("smime-dual-use"), own_key)  # the same key, claimed again
+
+    assert list(KeyIdentity.objects.values_list("spki_sha256", "compromised")) == [(spki, False)]
+    services.certificate_revoke(certificate=first, reason="keyCompromise", actor=employee)
+    assert KeyIdentity.objects.get(pk=spki).compromised
+
+
+def test_existing_keys_get_their_rows(hierarchy, template, employee, own_key, ec_p256_key):
+    compromised = issue(employee, template("smime-signing"), own_key)
+    services.certificate_revoke(certificate=compromised, reason="keyCompromise", actor=employee)
+    issue(employee, template("smime-signing"), ec_p256_key)
+    KeyIdentity.objects.all().delete()
+    migration = importlib.import_module("enrollment.migrations.0013_key_identities")
+
+    migration.keys_from_certificates(apps, SimpleNamespace(connection=connection))
+
+    assert dict(KeyIdentity.objects.values_list("spki_sha256", "compromised")) == {
+        keys.spki_sha256(own_key.public_key()): True,
+        keys.spki_sha256(ec_p256_key.public_key()): False,
+    }

@@ -1,0 +1,103 @@
+"""An issuance and a keyCompromise revocation of the same key at once, on PostgreSQL.
+
+Both meet at the key's KeyIdentity row: whichever comes second waits for the first to
+commit. A certificate of the key is then either refused or revoked with the others;
+none stays valid.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from django.db import connection, transaction
+
+from enrollment import hotsql, services
+from enrollment.exceptions import PolicyViolation
+from enrollment.models import Certificate
+from tests.enrollment.tools import issue, new_key
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
+    ),
+]
+
+
+def in_thread(work, outcome: dict) -> threading.Thread:
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_an_issuance_waiting_on_a_compromise_is_refused(hierarchy, template, employee):
+    key = new_key()
+    reported = issue(employee, template("smime-signing"), key)
+    marked, release = threading.Event(), threading.Event()
+
+    def revoke() -> None:
+        with transaction.atomic():
+            services.certificate_revoke(certificate=reported, reason="keyCompromise")
+            marked.set()
+            release.wait(timeout=30)  # the compromise is marked, not yet committed
+
+    revoking, issuing = {}, {}
+    first = in_thread(revoke, revoking)
+    assert marked.wait(timeout=30)
+    second = in_thread(lambda: issue(employee, template("smime-dual-use"), key), issuing)
+    second.join(timeout=0.5)
+    assert second.is_alive()  # waits on the key's row
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+
+    assert "error" not in revoking
+    assert isinstance(issuing.get("error"), PolicyViolation)
+    assert "compromised" in issuing["error"].message
+    assert list(Certificate.objects.values_list("status", flat=True)) == ["revoked"]
+
+
+def test_a_compromise_waiting_on_an_issuance_revokes_its_certificate(
+    hierarchy, template, employee, monkeypatch
+):
+    key = new_key()
+    reported = issue(employee, template("smime-signing"), key)
+    claimed, release = threading.Event(), threading.Event()
+    claim = hotsql.claim_key
+
+    def claim_then_hold(spki: str) -> bool:
+        compromised = claim(spki)
+        if threading.current_thread().name == "issuer":
+            claimed.set()
+            release.wait(timeout=30)  # the key's row is locked, the certificate not yet in
+        return compromised
+
+    monkeypatch.setattr(hotsql, "claim_key", claim_then_hold)
+    issuing, revoking = {}, {}
+    first = in_thread(lambda: issue(employee, template("smime-dual-use"), key), issuing)
+    first.name = "issuer"
+    assert claimed.wait(timeout=30)
+    second = in_thread(
+        lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
+        revoking,
+    )
+    second.join(timeout=0.5)
+    assert second.is_alive()  # waits on the key's row
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+
+    assert "error" not in issuing
+    assert "error" not in revoking
+    latecomer = Certificate.objects.get(pk=issuing["value"].pk)
+    assert (latecomer.status, latecomer.revocation_reason) == ("revoked", "keyCompromise")
