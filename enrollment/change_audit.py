@@ -2,7 +2,8 @@
 
 Certificate templates are edited in the admin, and roles are Django groups that the admin,
 single sign-on and any code can change: neither goes through services.py, so their events
-are written here, in the transaction of the change.
+are written here, in the transaction of the change. Deleting a role group or an account
+that holds a role ends memberships without an m2m signal; both are caught too.
 
 Role memberships are caught by an ``m2m_changed`` receiver on ``User.groups`` (connected in
 EnrollmentConfig.ready), so ``user.groups.add``, ``group.user_set.add``, ``set``, ``remove``
@@ -232,9 +233,15 @@ def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
         _record_roles("role.revoke", _memberships(group=instance, pks=None))
 
 
+def _user_deleting(sender: Any, instance: models.Model, **kwargs: Any) -> None:
+    """Deleting an account removes its memberships without an m2m signal either."""
+    _record_roles("role.revoke", _memberships(user=instance, pks=None))
+
+
 def connect() -> None:
     """Called once from EnrollmentConfig.ready."""
     through = get_user_model().groups.through
+    pre_delete.connect(_user_deleting, sender=get_user_model(), dispatch_uid="role_audit_user")
     m2m_changed.connect(_groups_changed, sender=through, dispatch_uid="role_audit_m2m")
     pre_save.connect(_group_renaming, sender=Group, dispatch_uid="role_audit_rename_pre")
     post_save.connect(_group_renamed, sender=Group, dispatch_uid="role_audit_rename_post")

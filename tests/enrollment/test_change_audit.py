@@ -404,3 +404,22 @@ def test_deleting_a_role_group_in_the_admin_revokes_each_member(admin_client_, o
         role("role.revoke", "ann", OFFICERS, source="admin", actor="root-admin"),
         role("role.revoke", "ben", OFFICERS, source="admin", actor="root-admin"),
     ]
+
+
+def test_deleting_an_account_that_holds_roles_revokes_them(
+    admin_client_, officers, agents, finance, mark
+):
+    user = UserFactory(username="vera")
+    user.groups.add(officers, agents, finance)
+    plain = UserFactory(username="walt")
+    plain.groups.add(finance)
+    first = mark()
+
+    response = admin_client_.post(f"/admin/accounts/user/{user.pk}/delete/", {"post": "yes"})
+    plain.delete()  # holds no role: nothing to record
+
+    assert response.status_code == 302
+    assert summary(mark()[len(first) :]) == [
+        role("role.revoke", "vera", AGENTS, source="admin", actor="root-admin"),
+        role("role.revoke", "vera", OFFICERS, source="admin", actor="root-admin"),
+    ]
