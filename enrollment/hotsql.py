@@ -20,7 +20,6 @@ from knox.models import AuthToken
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.utils import timezone
 
 from enrollment.models import (
     AuditChainHead,
@@ -29,7 +28,6 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyIdentity,
-    KeyRecoveryAgent,
 )
 
 
@@ -176,30 +174,6 @@ def claim_key(spki_sha256: str) -> bool:
     with _db().cursor() as cursor:
         cursor.execute(_claim_sql(), [spki_sha256, False])
         return bool(cursor.fetchone()[0])
-
-
-# --- key recovery agents ----------------------------------------------------------------
-
-
-def usable_agents_locked(agent_ids: list[int]) -> list[int]:
-    """Which of these agents are still usable (ra_selectors.usable_agents), share-locked
-    until the transaction ends where the database locks rows: concurrent archives go on
-    together, while a deactivation (a row lock for update) waits for them to commit."""
-    if not agent_ids:
-        return []
-    db = _db()
-    agent = KeyRecoveryAgent
-    c = {name: _column(agent, name) for name in ("id", "is_active", "not_before", "not_after")}
-    lock = " FOR SHARE" if db.features.has_select_for_update else ""
-    now = _when(db, timezone.now())
-    sql = (
-        f"SELECT {c['id']} FROM {_table(agent)} WHERE {c['id']} IN "
-        f"({', '.join(['%s'] * len(agent_ids))}) AND {c['is_active']} = %s "
-        f"AND {c['not_before']} <= %s AND {c['not_after']} > %s{lock}"
-    )
-    with db.cursor() as cursor:
-        cursor.execute(sql, [*agent_ids, True, now, now])
-        return [int(row[0]) for row in cursor.fetchall()]
 
 
 # --- the issuing CA -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -226,6 +227,21 @@ def usable_agents(now: datetime | None = None) -> QuerySet[KeyRecoveryAgent]:
     """Agents new archives are encrypted to: active and within their validity."""
     now = now or timezone.now()
     return KeyRecoveryAgent.objects.filter(is_active=True, not_before__lte=now, not_after__gt=now)
+
+
+def usable_agents_locked(agent_ids: list[int]) -> list[int]:
+    """Which of these agents are still usable, share-locked until the transaction ends
+    where the database locks rows: concurrent archives go on together, while a
+    deactivation (a row lock for update) waits for them to commit. The ORM has no FOR
+    SHARE, so the lock is added to usable_agents()'s own SQL."""
+    if not agent_ids:
+        return []
+    query = usable_agents().filter(pk__in=agent_ids).values_list("pk", flat=True)
+    sql, params = query.query.sql_with_params()
+    lock = " FOR SHARE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(sql + lock, params)
+        return [int(row[0]) for row in cursor.fetchall()]
 
 
 AUDIT_ACTIONS_SECONDS = 300

@@ -47,7 +47,11 @@ from enrollment.models import (
     KeyRecoveryAgent,
     RevocationList,
 )
-from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
+from enrollment.ra_selectors import (
+    archives_only_agent_opens,
+    usable_agents,
+    usable_agents_locked,
+)
 from enrollment.x509 import builder, cms, crl_fast, keys, pkcs7, pkcs12
 from enrollment.x509.crl import (
     MAX_CA_CRL_VALIDITY,
@@ -481,7 +485,7 @@ def _key_archive(
     # The agents were read before signing; one may have been deactivated since. Those still
     # usable are share-locked until the commit, so a deactivation waits for this archive
     # (and counts it), and no archive goes to an agent deactivated meanwhile.
-    still_usable = set(hotsql.usable_agents_locked([agent.pk for agent in agents]))
+    still_usable = set(usable_agents_locked([agent.pk for agent in agents]))
     agents = [agent for agent in agents if agent.pk in still_usable]
     if not agents:
         raise ConfigurationError(
