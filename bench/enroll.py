@@ -96,15 +96,40 @@ class Result:
 # --- set-up and tear-down of the server side -------------------------------------------
 
 
-def manage(env: dict[str, str], *args: str) -> str:
-    return run([sys.executable, "manage.py", *args], env)
+def manage(env: dict[str, str], *args: str, tree: Path = ROOT) -> str:
+    """manage.py of the portal in ``tree`` (bench/enroll_compare.py runs another commit's)."""
+    return run([sys.executable, "manage.py", *args], env, cwd=tree)
 
 
-def create_database(env: dict[str, str], var_dir: Path, users: int) -> list[str]:
-    """A fresh database with the hierarchy, `users` accounts and one API token each."""
-    run(["dropdb", *PG, "--if-exists", "--force", DATABASE])
-    run(["createdb", *PG, DATABASE])
-    manage(env, "migrate", "--noinput")
+# Run by the portal's own `manage.py shell`, so accounts are made by the code under test.
+SETUP_USERS = """
+import json
+from knox.models import AuthToken
+from django.contrib.auth import get_user_model
+tokens = []
+for i in range({count}):
+    user = get_user_model().objects.create_user(
+        username=f"bench{{i}}", email=f"bench{{i}}@example.com", first_name="Bench",
+        last_name=f"Client{{i}}", password=None,
+    )
+    tokens.append(AuthToken.objects.create(user=user)[1])
+print(json.dumps(tokens))
+"""
+
+
+def create_database(
+    env: dict[str, str],
+    var_dir: Path,
+    users: int,
+    *,
+    database: str = DATABASE,
+    tree: Path = ROOT,
+) -> list[str]:
+    """A fresh database with the hierarchy, `users` accounts and one API token each,
+    made by the portal in ``tree``: its migrations, create_pki and models."""
+    run(["dropdb", *PG, "--if-exists", "--force", database])
+    run(["createdb", *PG, database])
+    manage(env, "migrate", "--noinput", tree=tree)
     (var_dir / "offline").mkdir(parents=True)
     manage(
         env,
@@ -114,31 +139,10 @@ def create_database(env: dict[str, str], var_dir: Path, users: int) -> list[str]
         "--root-key-out", str(var_dir / "offline" / "root-key.pem"),
         "--root-passphrase-file", str(var_dir / "offline" / "root-passphrase"),
         "--country", "GB",
+        tree=tree,
     )  # fmt: skip
-    out = run([sys.executable, __file__, "--_setup-users", str(users)], env)
+    out = manage(env, "shell", "-c", SETUP_USERS.format(count=users), tree=tree)
     return json.loads(out.strip().splitlines()[-1])
-
-
-def setup_users(count: int) -> None:
-    """(Runs inside the Django environment.) Print a JSON list of API tokens."""
-    import django
-
-    django.setup()
-    from knox.models import AuthToken
-
-    from accounts.models import User
-
-    tokens = []
-    for i in range(count):
-        user = User.objects.create_user(
-            username=f"bench{i}",
-            email=f"bench{i}@example.com",
-            first_name="Bench",
-            last_name=f"Client{i}",
-            password=None,
-        )
-        tokens.append(AuthToken.objects.create(user=user)[1])
-    print(json.dumps(tokens))
 
 
 def populate(people: int) -> None:
@@ -546,13 +550,9 @@ def main() -> None:
         help="first load this many synthetic people with two certificates each "
         "(500000: a million certificates, as in bench/directory.py)",
     )
-    parser.add_argument("--_setup-users", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_profile", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_populate", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._setup_users is not None:
-        setup_users(args._setup_users)
-        return
     if args._profile is not None:
         profile(args._profile)
         return

@@ -23,11 +23,9 @@ are removed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,26 +36,13 @@ from enroll import (
     PER_PERSON,
     Accounts,
     Result,
+    create_database,
     csr_bodies,
     http_request,
     keys,
     make_csrs,
     post_all,
 )
-
-SETUP_USERS = """
-import json
-from knox.models import AuthToken
-from django.contrib.auth import get_user_model
-tokens = []
-for i in range({count}):
-    user = get_user_model().objects.create_user(
-        username=f"bench{{i}}", email=f"bench{{i}}@example.com", first_name="Bench",
-        last_name=f"Client{{i}}", password=None,
-    )
-    tokens.append(AuthToken.objects.create(user=user)[1])
-print(json.dumps(tokens))
-"""
 
 
 @dataclass
@@ -73,26 +58,11 @@ class Side:
     workers: int = 2
     log: Path | None = None
 
-    def manage(self, *args: str) -> str:
-        return run([sys.executable, "manage.py", *args], self.env, cwd=self.tree)
-
     def set_up(self, var_dir: Path, people: int, workers: int) -> None:
         """Database, hierarchy and accounts, made by this side's own code."""
         self.env = portal_environment(self.database, var_dir, PYTHONPATH=str(self.tree))
-        run(["dropdb", *PG, "--if-exists", "--force", self.database])
-        run(["createdb", *PG, self.database])
-        self.manage("migrate", "--noinput")
-        (var_dir / "offline").mkdir(parents=True)
-        self.manage(
-            "create_pki",
-            "--root-key-algorithm", "ec-p384",
-            "--issuing-key-algorithm", "ec-p256",
-            "--root-key-out", str(var_dir / "offline" / "root-key.pem"),
-            "--root-passphrase-file", str(var_dir / "offline" / "root-passphrase"),
-            "--country", "GB",
-        )  # fmt: skip
-        out = self.manage("shell", "-c", SETUP_USERS.format(count=people))
-        self.accounts = Accounts(json.loads(out.strip().splitlines()[-1]), PER_PERSON)
+        tokens = create_database(self.env, var_dir, people, database=self.database, tree=self.tree)
+        self.accounts = Accounts(tokens, PER_PERSON)
         self.workers, self.log = workers, var_dir / "gunicorn.log"
 
     def restart(self, warm_up: list[bytes], clients: int) -> None:
