@@ -6,12 +6,15 @@ tests/pki.py and are loaded here for every test.
 
 from __future__ import annotations
 
+import os
+import runpy
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from django.conf import settings as django_settings
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.test import Client
@@ -143,3 +146,24 @@ def officer_client(officer) -> Client:
 @pytest.fixture
 def admin_client_(admin_user) -> Client:
     return client_for(admin_user)
+
+
+SETTINGS_FILE = str(django_settings.BASE_DIR / "pkiportal" / "settings.py")
+
+
+@pytest.fixture
+def load_settings(monkeypatch, tmp_path):
+    """Run pkiportal/settings.py afresh (runpy), Django's own settings untouched: no
+    PKIPORTAL_ variable of the runner's leaks in, and ``load(NAME=value, ...)`` sets the
+    environment variables a test is about first."""
+    for name in list(os.environ):
+        if name.startswith("PKIPORTAL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PKIPORTAL_VAR_DIR", str(tmp_path))
+
+    def load(**variables: str) -> dict[str, object]:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        return runpy.run_path(SETTINGS_FILE)
+
+    return load

@@ -7,18 +7,13 @@ under it; these tests pin the header itself on each kind of response.
 from __future__ import annotations
 
 import re
-import runpy
 
 import pytest
-
-from django.conf import settings
 
 from tests.conftest import client_for
 from tests.enrollment.api_tools import CERTIFICATES, session_client, token_client
 
 pytestmark = pytest.mark.django_db
-
-SETTINGS_FILE = str(settings.BASE_DIR / "pkiportal" / "settings.py")
 
 
 def directives(response) -> dict[str, str]:
@@ -87,14 +82,11 @@ def test_the_api_docs_load_swagger_ui_from_here_without_inline_script(employee):
     assert b"SwaggerUIBundle" in start_up.content
 
 
-def test_violation_reports_go_where_the_operator_says(monkeypatch, tmp_path):
-    monkeypatch.setenv("PKIPORTAL_VAR_DIR", str(tmp_path))
-    monkeypatch.setenv("CSP_REPORT_URI", "https://reports.example.com/csp")
+def test_violation_reports_go_where_the_operator_says(load_settings, monkeypatch):
+    loaded = load_settings(CSP_REPORT_URI="https://reports.example.com/csp")
 
-    configured = runpy.run_path(SETTINGS_FILE)["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]
+    configured = loaded["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]
 
     assert configured["report-uri"] == ["https://reports.example.com/csp"]
     monkeypatch.delenv("CSP_REPORT_URI")
-    assert (
-        "report-uri" not in runpy.run_path(SETTINGS_FILE)["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]
-    )
+    assert "report-uri" not in load_settings()["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]

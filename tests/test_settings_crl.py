@@ -1,35 +1,14 @@
 """The CRL settings refuse what the S/MIME BR (4.9.7) forbid, loudly, at start-up.
 
-The settings module is executed afresh (runpy) under a patched environment; Django's
-own settings object is not touched.
+The settings module is executed afresh under a patched environment (conftest's
+load_settings); Django's own settings object is not touched.
 """
 
 from __future__ import annotations
 
-import os
-import runpy
-
 import pytest
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-
-SETTINGS_FILE = str(settings.BASE_DIR / "pkiportal" / "settings.py")
-
-
-@pytest.fixture
-def load_settings(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.startswith(("PKIPORTAL_CRL_", "PKIPORTAL_ROOT_CRL_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PKIPORTAL_VAR_DIR", str(tmp_path))
-
-    def load(**variables: str) -> dict[str, object]:
-        for name, value in variables.items():
-            monkeypatch.setenv(name, value)
-        return runpy.run_path(SETTINGS_FILE)
-
-    return load
 
 
 def test_the_defaults_are_7_days_refreshed_daily_with_a_72_hour_overlap(load_settings):
