@@ -17,6 +17,7 @@ from enrollment import keystore, services
 from enrollment.exceptions import ConfigurationError
 from enrollment.models import ArchivedKey, AuditEvent, Certificate, KeyRecoveryAgent
 from enrollment.x509.keys import KeyAlgorithm
+from tests.enrollment.test_crl_concurrency import run_threads
 from tests.enrollment.test_kra_deactivate import second_agent  # noqa: F401 - a fixture
 
 pytestmark = [
@@ -27,31 +28,13 @@ pytestmark = [
 ]
 
 
-def in_another_connection(work) -> None:
-    """Run work() in a thread of its own (its own connection, its own transaction)."""
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    assert failures == []
-
-
 def deactivate_while_signing(monkeypatch, agent: KeyRecoveryAgent) -> None:
     signing = keystore.issue_end_entity
 
     def sign_then_deactivate(*args, **kwargs):
         issued = signing(*args, **kwargs)
-        in_another_connection(lambda: services.kra_deactivate(agent=agent, reason="Left."))
+        # In a thread of its own: its own connection, its own transaction, committed.
+        assert run_threads(lambda: services.kra_deactivate(agent=agent, reason="Left.")) == []
         return issued
 
     monkeypatch.setattr(keystore, "issue_end_entity", sign_then_deactivate)

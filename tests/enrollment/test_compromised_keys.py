@@ -23,9 +23,8 @@ from enrollment import services
 from enrollment.exceptions import PolicyViolation
 from enrollment.models import AuditEvent, Certificate, CertificateRequest, KeyIdentity
 from enrollment.x509 import keys
-from enrollment.x509.keys import KeyAlgorithm, generate_private_key
 from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
-from tests.enrollment.tools import issue
+from tests.enrollment.tools import issue, new_key
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def own_key():
     """A key of this test's own: the session's shared keys must not be compromised."""
-    return generate_private_key(KeyAlgorithm.EC_P256)
+    return new_key()
 
 
 def test_the_key_identity_is_the_sha256_of_the_spki_openssl_prints(
@@ -49,7 +48,7 @@ def test_the_key_identity_is_the_sha256_of_the_spki_openssl_prints(
 
 
 def test_a_compressed_ec_point_is_the_same_key():
-    public_key = generate_private_key(KeyAlgorithm.EC_P256).public_key()
+    public_key = new_key().public_key()
     compressed = public_key.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
     again = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), compressed)
 
