@@ -913,12 +913,56 @@ def _ca_key_identifier(ca: CertificateAuthority) -> bytes:
         return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
 
 
+# S/MIME BR 7.2.2 (the CRLReasons table): the reasonCodes a CRL entry may carry. A root's
+# CRL lists CA certificates, whose entries must carry one, and may say cACompromise.
+_SUBSCRIBER_CRL_REASONS = frozenset(
+    {
+        x509.ReasonFlags.key_compromise,
+        x509.ReasonFlags.affiliation_changed,
+        x509.ReasonFlags.superseded,
+        x509.ReasonFlags.cessation_of_operation,
+        x509.ReasonFlags.privilege_withdrawn,
+    }
+)
+_CA_CRL_REASONS = _SUBSCRIBER_CRL_REASONS | {x509.ReasonFlags.ca_compromise}
+
+
+def _check_imported_reasons(
+    ca: CertificateAuthority, imported: x509.CertificateRevocationList
+) -> None:
+    """Refuse a CRL whose entries our own builder could not have written for ``ca``."""
+    lists_ca_certificates = ca.parent_id is None
+    allowed = _CA_CRL_REASONS if lists_ca_certificates else _SUBSCRIBER_CRL_REASONS
+    for entry in imported:
+        serial = f"{entry.serial_number:x}"
+        try:
+            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except x509.ExtensionNotFound:
+            if lists_ca_certificates:
+                raise PolicyViolation(
+                    f"The CRL's entry for serial {serial} has no reasonCode; an entry for a CA "
+                    "certificate must say why it was revoked (S/MIME BR 7.2.2)."
+                ) from None
+            continue
+        if reason is x509.ReasonFlags.certificate_hold:
+            raise PolicyViolation(
+                f"The CRL puts serial {serial} on hold (certificateHold); "
+                "certificates here are revoked, never suspended (S/MIME BR 7.2.2)."
+            )
+        if reason not in allowed:
+            names = ", ".join(sorted(flag.value for flag in allowed))
+            raise PolicyViolation(
+                f"The CRL gives serial {serial} the reason {reason.value}, which {ca.name}'s "
+                f"CRL may not carry (S/MIME BR 7.2.2 allows {names})."
+            )
+
+
 def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> RevocationList:
     """Store a CRL signed elsewhere (the offline root's, signed on an air-gapped machine).
 
     Refused unless it is ``ca``'s by name, key identifier and signature, numbered above the
-    published one, current, within the S/MIME BR 4.9.7 interval for ``ca`` and free of
-    certificateHold (never used here: S/MIME BR 7.2.2).
+    published one, current, within the S/MIME BR 4.9.7 interval for ``ca``, and with only
+    the reason codes S/MIME BR 7.2.2 allows (a root's entries must all carry one).
     """
     try:
         imported = x509.load_der_x509_crl(der)
@@ -949,16 +993,7 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
     if imported.next_update_utc <= imported.last_update_utc:
         raise PolicyViolation("The CRL's nextUpdate is not later than its thisUpdate.")
     _check_crl_validity(ca, imported.next_update_utc - imported.last_update_utc)
-    for entry in imported:
-        try:
-            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-        except x509.ExtensionNotFound:
-            continue
-        if reason is x509.ReasonFlags.certificate_hold:
-            raise PolicyViolation(
-                f"The CRL puts serial {entry.serial_number:x} on hold (certificateHold); "
-                "certificates here are revoked, never suspended (S/MIME BR 7.2.2)."
-            )
+    _check_imported_reasons(ca, imported)
     if imported.next_update_utc <= timezone.now():
         raise PolicyViolation(
             f"The CRL expired at {imported.next_update_utc:%Y-%m-%d %H:%M} UTC; "

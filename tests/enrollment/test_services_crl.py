@@ -401,18 +401,20 @@ def test_crl_import_refuses_a_crl_whose_key_identifier_names_another_key(hierarc
     assert not hierarchy.root.revocation_lists.exists()
 
 
+def revoked_entry(serial: int, reason: x509.ReasonFlags | None) -> x509.RevokedCertificate:
+    """A CRL entry with that reasonCode, or none."""
+    builder = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(serial)
+        .revocation_date(datetime.now(UTC).replace(microsecond=0))
+    )
+    if reason is not None:
+        builder = builder.add_extension(x509.CRLReason(reason), critical=False)
+    return builder.build()
+
+
 def test_crl_import_refuses_a_crl_with_a_certificate_on_hold(hierarchy):
-    now = datetime.now(UTC).replace(microsecond=0)
-
-    def entry(serial: int, reason: x509.ReasonFlags) -> x509.RevokedCertificate:
-        return (
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(now)
-            .add_extension(x509.CRLReason(reason), critical=False)
-            .build()
-        )
-
+    entry = revoked_entry
     der = root_crl_with(
         hierarchy,
         number=40,
@@ -428,6 +430,88 @@ def test_crl_import_refuses_a_crl_with_a_certificate_on_hold(hierarchy):
         services.crl_import(ca=hierarchy.root, der=der)
 
     assert row_counts() == before
+
+
+CA_REASONS = [
+    x509.ReasonFlags.key_compromise,
+    x509.ReasonFlags.ca_compromise,
+    x509.ReasonFlags.affiliation_changed,
+    x509.ReasonFlags.superseded,
+    x509.ReasonFlags.cessation_of_operation,
+    x509.ReasonFlags.privilege_withdrawn,
+]
+
+
+def test_crl_import_takes_a_root_crl_with_every_reason_the_br_allow_for_ca_certificates(
+    hierarchy,
+):
+    revoked = [revoked_entry(0x100 + i, reason) for i, reason in enumerate(CA_REASONS)]
+    der = root_crl_with(hierarchy, number=40, validity=timedelta(days=30), revoked=revoked)
+
+    imported = services.crl_import(ca=hierarchy.root, der=der)
+
+    assert imported.entries == len(CA_REASONS)
+    assert hierarchy.root.latest_crl() == imported
+
+
+def test_crl_import_refuses_a_root_crl_entry_without_a_reason_code(hierarchy):
+    """S/MIME BR 7.2.2: an entry for a CA certificate must say why it was revoked."""
+    der = root_crl_with(
+        hierarchy,
+        number=40,
+        validity=timedelta(days=30),
+        revoked=[
+            revoked_entry(0x1234, x509.ReasonFlags.superseded),
+            revoked_entry(0xBEEF, None),
+        ],
+    )
+    before = row_counts()
+
+    with pytest.raises(PolicyViolation, match=r"entry for serial beef has no reasonCode"):
+        services.crl_import(ca=hierarchy.root, der=der)
+
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        x509.ReasonFlags.unspecified,
+        x509.ReasonFlags.remove_from_crl,
+        x509.ReasonFlags.aa_compromise,
+    ],
+)
+def test_crl_import_refuses_a_reason_code_the_br_do_not_allow(reason, hierarchy):
+    der = root_crl_with(
+        hierarchy,
+        number=40,
+        validity=timedelta(days=30),
+        revoked=[revoked_entry(0xC0FFEE, reason)],
+    )
+    before = row_counts()
+
+    with pytest.raises(PolicyViolation, match=rf"serial c0ffee the reason {reason.value}, which"):
+        services.crl_import(ca=hierarchy.root, der=der)
+
+    assert row_counts() == before
+
+
+def test_crl_import_of_a_subscriber_crl_accepts_no_reason_but_refuses_ca_compromise(hierarchy):
+    """A subscriber CRL may leave the reason out (unspecified); cACompromise names a CA."""
+    without_reason = issuing_crl_with(
+        hierarchy, number=40, validity=timedelta(days=5), revoked=[revoked_entry(0x77, None)]
+    )
+    ca_compromise = issuing_crl_with(
+        hierarchy,
+        number=41,
+        validity=timedelta(days=5),
+        revoked=[revoked_entry(0x78, x509.ReasonFlags.ca_compromise)],
+    )
+
+    assert services.crl_import(ca=hierarchy.issuing, der=without_reason).entries == 1
+    with pytest.raises(PolicyViolation, match=r"serial 78 the reason cACompromise, which"):
+        services.crl_import(ca=hierarchy.issuing, der=ca_compromise)
+    assert hierarchy.issuing.latest_crl().number == 40
 
 
 @pytest.mark.parametrize(
