@@ -7,7 +7,10 @@ that holds a role ends memberships without an m2m signal; both are caught too.
 
 Role memberships are caught by an ``m2m_changed`` receiver on ``User.groups`` (connected in
 EnrollmentConfig.ready), so ``user.groups.add``, ``group.user_set.add``, ``set``, ``remove``
-and ``clear`` are all seen; renaming or deleting a role group is seen too. Who made the
+and ``clear`` are all seen; renaming or deleting a role group is seen too. A group that
+holds Django permissions (in the admin, what a staff member may change) confers them on its
+members, so its memberships are recorded as roles too; and every permission given to or
+taken from an account or a group is recorded, on either side of either relation. Who made the
 change is said by ``changes_from``, around the admin's views and the SSO group mirroring;
 without it the change is the system's ("other"). Writes that send no signal (raw SQL,
 ``QuerySet.update``, ``bulk_create`` on the through table) are not seen.
@@ -25,6 +28,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.db import models
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 
 from enrollment.audit import audit_record, deferred
@@ -173,7 +177,8 @@ def _memberships(
 ) -> list[tuple[models.Model, str]]:
     """(user, role group name) pairs that exist now, for one user or one group."""
     through = get_user_model().groups.through
-    rows = through.objects.filter(group__name__in=role_groups())
+    holds_permissions = Exists(Group.permissions.through.objects.filter(group=OuterRef("group")))
+    rows = through.objects.filter(Q(group__name__in=role_groups()) | Q(holds_permissions))
     if user is not None:
         rows = rows.filter(user=user)
     if group is not None:
@@ -194,7 +199,11 @@ def _groups_changed(
     **kwargs: Any,
 ) -> None:
     """role.grant after an add; role.revoke before a remove or clear (what is removed)."""
-    if reverse and instance.name not in role_groups():  # type: ignore[attr-defined]
+    if (
+        reverse
+        and instance.name not in role_groups()  # type: ignore[attr-defined]
+        and not instance.permissions.exists()  # type: ignore[attr-defined]
+    ):
         return
     side = {"group": instance} if reverse else {"user": instance}
     if action == "post_add" and pk_set:
@@ -228,14 +237,75 @@ def _group_renamed(sender: Any, instance: Group, **kwargs: Any) -> None:
 
 
 def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
-    """Deleting a role group removes its members without an m2m signal."""
-    if instance.name in role_groups():
-        _record_roles("role.revoke", _memberships(group=instance, pks=None))
+    """Deleting a role group, or one holding permissions, removes its members without an
+    m2m signal."""
+    _record_roles("role.revoke", _memberships(group=instance, pks=None))
 
 
 def _user_deleting(sender: Any, instance: models.Model, **kwargs: Any) -> None:
-    """Deleting an account removes its memberships without an m2m signal either."""
+    """Deleting an account removes its memberships and permissions without an m2m signal
+    either."""
     _record_roles("role.revoke", _memberships(user=instance, pks=None))
+    through = get_user_model().user_permissions.through
+    _record_permissions("permission.revoke", _held(through, "user", {"user": instance}))
+
+
+# --- permissions of accounts and groups (everywhere) ------------------------------------
+
+
+def _held(
+    through: type[models.Model], holder: str, where: dict[str, Any]
+) -> list[tuple[models.Model, str]]:
+    """(account or group, "app_label.codename") pairs that exist now."""
+    rows = (
+        through.objects.filter(**where)
+        .select_related(holder, "permission__content_type")
+        .order_by(f"{holder}_id", "permission__content_type__app_label", "permission__codename")
+    )
+    return [
+        (
+            getattr(row, holder),
+            f"{row.permission.content_type.app_label}.{row.permission.codename}",  # type: ignore[attr-defined]
+        )
+        for row in rows
+    ]
+
+
+def _record_permissions(action: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
+    source = current_source()
+    with deferred():
+        for holder, permission in pairs:
+            audit_record(
+                action=action,
+                actor=source.actor,
+                target=holder,
+                source_address=source.address,
+                detail={"permission": permission, "source": source.source},
+            )
+
+
+def _permissions_changed(
+    sender: type[models.Model],
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    pk_set: set[int] | None,
+    **kwargs: Any,
+) -> None:
+    """permission.grant after an add; permission.revoke before a remove or clear."""
+    holder = "user" if sender is get_user_model().user_permissions.through else "group"
+    if reverse:  # permission.user_set / permission.group_set
+        where: dict[str, Any] = {"permission": instance}
+        if pk_set is not None:
+            where[f"{holder}__in"] = list(pk_set)
+    else:
+        where = {holder: instance}
+        if pk_set is not None:
+            where["permission__in"] = list(pk_set)
+    if action == "post_add" and pk_set:
+        _record_permissions("permission.grant", _held(sender, holder, where))
+    elif (action == "pre_remove" and pk_set) or action == "pre_clear":
+        _record_permissions("permission.revoke", _held(sender, holder, where))
 
 
 def connect() -> None:
@@ -246,3 +316,8 @@ def connect() -> None:
     pre_save.connect(_group_renaming, sender=Group, dispatch_uid="role_audit_rename_pre")
     post_save.connect(_group_renamed, sender=Group, dispatch_uid="role_audit_rename_post")
     pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="role_audit_delete")
+    for through, uid in (
+        (get_user_model().user_permissions.through, "permission_audit_user"),
+        (Group.permissions.through, "permission_audit_group"),
+    ):
+        m2m_changed.connect(_permissions_changed, sender=through, dispatch_uid=uid)

@@ -423,3 +423,115 @@ def test_deleting_an_account_that_holds_roles_revokes_them(
         role("role.revoke", "vera", AGENTS, source="admin", actor="root-admin"),
         role("role.revoke", "vera", OFFICERS, source="admin", actor="root-admin"),
     ]
+
+
+# --- permissions, and groups that hold them ---------------------------------------------
+
+
+def perm(action: str, holder: str, permission: str, source: str = "other", actor: str = "system"):
+    return (action, actor, holder, {"permission": permission, "source": source})
+
+
+def permission(codename: str):
+    from django.contrib.auth.models import Permission
+
+    return Permission.objects.get(codename=codename)
+
+
+def test_permissions_given_and_taken_in_code_are_audited_on_both_sides(finance, mark):
+    user = UserFactory(username="ursula")
+    change_template, view_ca = (
+        permission("change_certificatetemplate"),
+        permission("view_certificateauthority"),
+    )
+
+    user.user_permissions.add(change_template)
+    finance.permissions.add(change_template, view_ca)
+    view_ca.user_set.add(user)
+    change_template.group_set.remove(finance)
+    user.user_permissions.clear()
+    finance.permissions.remove(change_template)  # no longer held: nothing to record
+
+    assert summary(mark()) == [
+        perm("permission.grant", "ursula", "enrollment.change_certificatetemplate"),
+        perm("permission.grant", "Finance", "enrollment.change_certificatetemplate"),
+        perm("permission.grant", "Finance", "enrollment.view_certificateauthority"),
+        perm("permission.grant", "ursula", "enrollment.view_certificateauthority"),
+        perm("permission.revoke", "Finance", "enrollment.change_certificatetemplate"),
+        perm("permission.revoke", "ursula", "enrollment.change_certificatetemplate"),
+        perm("permission.revoke", "ursula", "enrollment.view_certificateauthority"),
+    ]
+
+
+def test_joining_and_leaving_a_group_that_holds_permissions_is_audited_as_a_role(finance, mark):
+    """Such a group confers its permissions on its members: a role in all but name."""
+    finance.permissions.add(permission("change_certificatetemplate"))
+    ann, ben = UserFactory(username="ann"), UserFactory(username="ben")
+    first = mark()
+
+    ann.groups.add(finance)
+    finance.user_set.add(ben)
+    ann.groups.remove(finance)
+    finance.delete()
+
+    assert summary(mark()[len(first) :]) == [
+        role("role.grant", "ann", "Finance"),
+        role("role.grant", "ben", "Finance"),
+        role("role.revoke", "ann", "Finance"),
+        role("role.revoke", "ben", "Finance"),
+    ]
+
+
+def test_the_admin_giving_a_group_a_permission_is_audited_as_theirs(
+    admin_client_, admin_user, finance, mark
+):
+    change_template = permission("change_certificatetemplate")
+
+    admin_post(
+        admin_client_,
+        f"/admin/auth/group/{finance.pk}/change/",
+        permissions=[str(change_template.pk)],
+    )
+    events = mark()
+    admin_post(admin_client_, f"/admin/auth/group/{finance.pk}/change/", permissions=[])
+
+    assert summary(events) == [
+        perm(
+            "permission.grant",
+            "Finance",
+            "enrollment.change_certificatetemplate",
+            source="admin",
+            actor="root-admin",
+        )
+    ]
+    assert summary(mark()[len(events) :]) == [
+        perm(
+            "permission.revoke",
+            "Finance",
+            "enrollment.change_certificatetemplate",
+            source="admin",
+            actor="root-admin",
+        )
+    ]
+    assert {e.actor for e in mark()} == {admin_user}
+    assert {e.source_address for e in mark()} == {ADDRESS}
+    assert {(e.object_type, e.object_id) for e in mark()} == {("auth.Group", str(finance.pk))}
+
+
+def test_deleting_an_account_records_the_permissions_it_held(admin_client_, mark):
+    user = UserFactory(username="vera")
+    user.user_permissions.add(permission("change_certificatetemplate"))
+    first = mark()
+
+    response = admin_client_.post(f"/admin/accounts/user/{user.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert summary(mark()[len(first) :]) == [
+        perm(
+            "permission.revoke",
+            "vera",
+            "enrollment.change_certificatetemplate",
+            source="admin",
+            actor="root-admin",
+        )
+    ]
