@@ -6,12 +6,11 @@ from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
-from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 
 from accounts.models import User
 from accounts.search import query_words, word_pattern
-from enrollment.change_audit import account_privileges, account_privileges_record, changes_from
+from enrollment.change_audit import changes_from
 from enrollment.edge import client_address
 
 
@@ -73,12 +72,3 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
         for word in query_words(text):  # the directory's own matching
             words &= Q(directory_search__contains=word_pattern(word))
         return queryset.filter(words | Q(username__iexact=text)), False
-
-    def save_model(self, request: HttpRequest, obj: User, form: ModelForm, change: bool) -> None:
-        """is_staff and is_superuser (a superuser holds every role) are audited when changed."""
-        stored = User.objects.filter(pk=obj.pk).first() if change else None
-        before = account_privileges(stored or User())
-        super().save_model(request, obj, form, change)
-        account_privileges_record(
-            user=obj, before=before, actor=request.user, source_address=client_address(request)
-        )

@@ -2,7 +2,8 @@
 
 Certificate templates are edited in the admin, and roles are Django groups that the admin,
 single sign-on and any code can change: neither goes through services.py, so their events
-are written here, in the transaction of the change. Deleting a role group or an account
+are written here, in the transaction of the change. So are is_staff and is_superuser,
+however they change (the admin, ``createsuperuser``, a shell). Deleting a role group or an account
 that holds a role ends memberships without an m2m signal; both are caught too.
 
 Role memberships are caught by an ``m2m_changed`` receiver on ``User.groups`` (connected in
@@ -122,37 +123,56 @@ def template_record(
     )
 
 
-# --- account privileges (the admin) -----------------------------------------------------
+# --- account privileges (everywhere) ----------------------------------------------------
 
 PRIVILEGE_FIELDS = ("is_staff", "is_superuser")
 
 
-def account_privileges(user: AbstractBaseUser) -> dict[str, bool]:
+def _privileges(user: models.Model) -> dict[str, bool]:
     return {name: bool(getattr(user, name)) for name in PRIVILEGE_FIELDS}
 
 
-def account_privileges_record(
-    *,
-    user: AbstractBaseUser,
-    before: dict[str, bool],
-    actor: Actor,
-    source_address: str | None,
-    source: str = "admin",
+def _account_saving(
+    sender: Any,
+    instance: models.Model,
+    raw: bool = False,
+    update_fields: Iterable[str] | None = None,
+    **kwargs: Any,
 ) -> None:
-    """account.change when is_staff or is_superuser changed; nothing otherwise."""
-    after = account_privileges(user)
+    """Remember the stored is_staff and is_superuser, unless this save cannot change them
+    (a sign-in saves last_login alone)."""
+    instance._privilege_audit_before = None  # type: ignore[attr-defined]
+    if raw or (update_fields is not None and not set(update_fields) & set(PRIVILEGE_FIELDS)):
+        return
+    stored = (
+        sender.objects.filter(pk=instance.pk).values(*PRIVILEGE_FIELDS).first()
+        if instance.pk is not None
+        else None
+    )
+    before = stored or dict.fromkeys(PRIVILEGE_FIELDS, False)
+    instance._privilege_audit_before = {name: bool(before[name]) for name in PRIVILEGE_FIELDS}  # type: ignore[attr-defined]
+
+
+def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
+    """account.change when is_staff or is_superuser changed, a new account's included."""
+    before = getattr(instance, "_privilege_audit_before", None)
+    if before is None:
+        return
+    instance._privilege_audit_before = None  # type: ignore[attr-defined]
+    after = _privileges(instance)
     changes = {
         name: [before[name], after[name]]
         for name in PRIVILEGE_FIELDS
         if before[name] != after[name]
     }
     if changes:
+        source = current_source()
         audit_record(
             action="account.change",
-            actor=actor,
-            target=user,
-            source_address=source_address,
-            detail={"changes": changes, "source": source},
+            actor=source.actor,
+            target=instance,
+            source_address=source.address,
+            detail={"changes": changes, "source": source.source},
         )
 
 
@@ -311,7 +331,10 @@ def _permissions_changed(
 def connect() -> None:
     """Called once from EnrollmentConfig.ready."""
     through = get_user_model().groups.through
-    pre_delete.connect(_user_deleting, sender=get_user_model(), dispatch_uid="role_audit_user")
+    user_model = get_user_model()
+    pre_delete.connect(_user_deleting, sender=user_model, dispatch_uid="role_audit_user")
+    pre_save.connect(_account_saving, sender=user_model, dispatch_uid="privilege_audit_pre")
+    post_save.connect(_account_saved, sender=user_model, dispatch_uid="privilege_audit_post")
     m2m_changed.connect(_groups_changed, sender=through, dispatch_uid="role_audit_m2m")
     pre_save.connect(_group_renaming, sender=Group, dispatch_uid="role_audit_rename_pre")
     post_save.connect(_group_renamed, sender=Group, dispatch_uid="role_audit_rename_post")

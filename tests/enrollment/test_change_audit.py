@@ -1,8 +1,8 @@
 """Privileged changes made outside the services leave audit events (enrollment.change_audit).
 
-Templates edited in the admin; role group memberships however they change (the admin,
-single sign-on, code); is_staff and is_superuser in the admin. Each path writes exactly
-the expected event, with its actor, and the chain still verifies.
+Templates edited in the admin; role group memberships, permissions, is_staff and
+is_superuser however they change (the admin, single sign-on, commands, code). Each path
+writes exactly the expected event, with its actor, and the chain still verifies.
 """
 
 from __future__ import annotations
@@ -534,4 +534,42 @@ def test_deleting_an_account_records_the_permissions_it_held(admin_client_, mark
             source="admin",
             actor="root-admin",
         )
+    ]
+
+
+# --- is_staff and is_superuser outside the admin ----------------------------------------
+
+
+def privileges(username: str, changes: dict[str, list[bool]], source: str = "other"):
+    return ("account.change", "system", username, {"changes": changes, "source": source})
+
+
+def test_createsuperuser_is_audited(mark):
+    from django.core.management import call_command
+
+    call_command("createsuperuser", username="root2", email="root2@example.com", interactive=False)
+
+    assert summary(mark()) == [
+        privileges("root2", {"is_staff": [False, True], "is_superuser": [False, True]})
+    ]
+
+
+def test_privileges_changed_in_code_are_audited_and_other_saves_are_not(mark):
+    from django.contrib.auth.models import update_last_login
+
+    user = UserFactory(username="ursula")
+    user.is_staff = True
+    user.save()
+    user.last_name = "Renamed"
+    user.save()
+    update_last_login(None, user)  # a sign-in: saves last_login alone
+    user.is_superuser = True
+    user.save(update_fields=["last_name"])  # not saved, so not changed
+    user.is_superuser = False
+    user.is_staff = False
+    user.save(update_fields=["is_staff"])
+
+    assert summary(mark()) == [
+        privileges("ursula", {"is_staff": [False, True]}),
+        privileges("ursula", {"is_staff": [True, False]}),
     ]
