@@ -131,8 +131,7 @@ def _append(events: list[AuditEvent]) -> None:
         for event in events:
             event.previous_hash = previous
             event.hash = previous = event_digest(event)
-        hotsql.insert(*events)
-        hotsql.audit_head_move(previous, events[-1].pk)
+        hotsql.audit_append(events, previous)
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,11 @@ def pki_create(
 
 
 def default_issuing_ca() -> CertificateAuthority:
-    ca = hotsql.default_issuing_ca()  # .online().filter(parent__isnull=False).first()
+    # .online().filter(parent__isnull=False).first()
+    return _online_issuing_ca(hotsql.default_issuing_ca())
+
+
+def _online_issuing_ca(ca: CertificateAuthority | None) -> CertificateAuthority:
     if ca is None:
         raise ConfigurationError("No online issuing CA exists: run `manage.py create_pki`.")
     return ca
@@ -339,14 +343,16 @@ def _issue(
     if not template.is_active:
         raise PolicyViolation(f"The template {template.name!r} is not active.")
     spki_sha256 = keys.spki_sha256(public_key)
-    if hotsql.claim_key(spki_sha256):
+    by_default = template.issuing_ca_id is None
+    compromised, found = hotsql.claim_key(spki_sha256, default_ca=by_default)
+    if compromised:
         # S/MIME BR 6.1.1.3 (4): a key known to be compromised is never certified again.
         raise PolicyViolation(
             "This key was reported compromised: a certificate for it was revoked for "
             "keyCompromise. Make a new key and request again.",
             field="csr",
         )
-    ca = template.issuing_ca or default_issuing_ca()
+    ca = _online_issuing_ca(found) if by_default else template.issuing_ca
     subject = subject_for(owner)
     if template.archive_key:
         if private_key is None:

@@ -126,8 +126,8 @@ def test_a_deferred_block_chains_its_events_in_order_when_it_ends(db):
 
 def test_a_deferred_block_takes_the_chain_head_once(db, django_assert_num_queries):
     audit_record(action="test.before")  # the head row exists
-    # Lock the head, insert the events, move the head.
-    with django_assert_num_queries(3), audit.deferred():
+    # Lock the head; insert the events and move the head (one statement on PostgreSQL).
+    with django_assert_num_queries(2 if connection.vendor == "postgresql" else 3), audit.deferred():
         for n in range(4):
             audit_record(action=f"test.{n}")
 

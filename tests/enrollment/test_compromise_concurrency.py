@@ -75,12 +75,12 @@ def test_a_compromise_waiting_on_an_issuance_revokes_its_certificate(
     claimed, release = threading.Event(), threading.Event()
     claim = hotsql.claim_key
 
-    def claim_then_hold(spki: str) -> bool:
-        compromised = claim(spki)
+    def claim_then_hold(spki: str, **options: bool):
+        claimed_key = claim(spki, **options)
         if threading.current_thread().name == "issuer":
             claimed.set()
             release.wait(timeout=30)  # the key's row is locked, the certificate not yet in
-        return compromised
+        return claimed_key
 
     monkeypatch.setattr(hotsql, "claim_key", claim_then_hold)
     issuing, revoking = {}, {}

@@ -118,6 +118,23 @@ def test_the_default_issuing_ca_is_the_orms_first_online_subordinate(hierarchy):
     assert CertificateAuthority.objects.online().filter(parent__isnull=False).first() is None
 
 
+def test_the_key_claim_reads_the_same_default_ca_and_refuses_nothing_itself(hierarchy):
+    """claim_key(default_ca=True): one statement on PostgreSQL, the CA as default_issuing_ca."""
+    from enrollment.models import KeyIdentity
+
+    compromised, ca = hotsql.claim_key("aa" * 32, default_ca=True)
+
+    assert compromised is False
+    assert field_values(ca) == field_values(hotsql.default_issuing_ca())
+    assert KeyIdentity.objects.filter(spki_sha256="aa" * 32, compromised=False).exists()
+
+    KeyIdentity.objects.filter(spki_sha256="aa" * 32).update(compromised=True)
+    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(is_online=False)
+    assert hotsql.claim_key("aa" * 32, default_ca=True) == (True, None)
+    assert hotsql.claim_key("bb" * 32) == (False, None)
+    assert KeyIdentity.objects.count() == 2
+
+
 def test_a_ca_read_by_hand_converts_its_values_as_the_orm_does(hierarchy):
     failed = timezone.now().replace(microsecond=123456)
     CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(crl_failed_at=failed)
@@ -344,6 +361,22 @@ def test_the_chain_head_is_created_by_the_first_event(db):
     assert hotsql.audit_head_lock() == "ab" * 32
     assert AuditChainHead.objects.count() == 1
     assert not AuditEvent.objects.exists()
+
+
+def test_appending_events_sets_their_keys_in_order_and_moves_the_head(db):
+    """audit_append: one statement on PostgreSQL (insert, then the head's update)."""
+    hotsql.audit_head_lock()
+    events = [
+        AuditEvent(action=f"test.{n}", actor_name="system", hash=f"{n:064x}") for n in range(3)
+    ]
+
+    hotsql.audit_append(events, "ef" * 32)
+
+    stored = list(AuditEvent.objects.order_by("id").values_list("id", "action"))
+    assert stored == [(event.pk, event.action) for event in events]
+    assert all(not event._state.adding for event in events)
+    head = AuditChainHead.objects.get(pk=1)
+    assert (head.last_hash, head.last_event_id) == ("ef" * 32, events[-1].pk)
 
 
 def test_an_account_with_many_groups_is_counted_once(template):
