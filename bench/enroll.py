@@ -507,13 +507,13 @@ def _time_steps() -> Any:
         (serializers.CsrEnrollmentIn, "is_valid", "    input serializer (template lookup)"),
         (services, "request_submit", "    services.request_submit"),
         (services, "parse_csr", "      parse + verify the CSR"),
-        (services, "_enrolment_counts", "      permission + limits (1 statement)"),
+        (services, "_enrolment_counts", "      lock + permission and limits (2 statements)"),
         (services, "_issue", "      _issue"),
-        (services, "default_issuing_ca", "        default issuing CA (1 statement)"),
+        (hotsql, "claim_key", "        key claim + issuing CA (1 statement on PostgreSQL)"),
         (keystore_module, "issue_end_entity", "        sign (keystore)"),
         (builder_module, "build_end_entity", "          build + sign"),
-        (audit, "_append", "      audit append (lock, insert, head)"),
-        (hotsql, "insert", "      inserts: request, certificate, events"),
+        (audit, "_append", "      audit append (lock; insert + head move)"),
+        (hotsql, "insert", "      inserts: request, certificate"),
         (serializers, "issued_body", "    the 201 answer"),
     ]
     for owner, attribute, name in steps:
