@@ -72,11 +72,11 @@ class _cursor:
         db.wrap_database_errors.__enter__()
         return cursor
 
-    def __exit__(self, *exc: Any) -> bool | None:
+    def __exit__(self, *exc: Any) -> None:
         if self.django is not None:
             self.django.close()
-            return None
-        return self.db.wrap_database_errors.__exit__(*exc)
+        else:
+            self.db.wrap_database_errors.__exit__(*exc)  # raises the django.db error
 
 
 def _table(model: type[models.Model]) -> str:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from knox.models import AuthToken
 
 from django.contrib.auth.models import Group
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy
 
@@ -377,6 +378,25 @@ def test_appending_events_sets_their_keys_in_order_and_moves_the_head(db):
     assert all(not event._state.adding for event in events)
     head = AuditChainHead.objects.get(pk=1)
     assert (head.last_hash, head.last_event_id) == ("ef" * 32, events[-1].pk)
+
+
+def test_statements_fail_as_through_djangos_cursor(db):
+    """The kept psycopg cursor (PostgreSQL, queries not logged) raises django.db errors and
+    refuses to run in a transaction that must roll back, as Django's cursor does."""
+    from enrollment.models import KeyIdentity
+
+    assert not connection.queries_logged  # so PostgreSQL takes the kept cursor
+    hotsql.insert(KeyIdentity(spki_sha256="aa" * 32))
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        hotsql.insert(KeyIdentity(spki_sha256="aa" * 32))
+
+    with transaction.atomic():
+        with pytest.raises(IntegrityError), transaction.atomic(savepoint=False):
+            hotsql.insert(KeyIdentity(spki_sha256="aa" * 32))
+        with pytest.raises(TransactionManagementError):
+            hotsql.claim_key("bb" * 32)
+    assert hotsql.claim_key("aa" * 32) == (False, None)  # the next transaction is served
 
 
 def test_an_account_with_many_groups_is_counted_once(template):
