@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
@@ -10,7 +11,11 @@ from pkiportal.health import health_view
 
 urlpatterns = [
     path("", enrollment_views.home, name="home"),
-    path("accounts/", include("django.contrib.auth.urls")),
+    # Sign-in and sign-out only: passwords are the directory's or the service desk's to
+    # reset. Django's password reset would let whoever reads an account's mailbox take it
+    # over, unaudited, and its password change checks the old password outside django-axes.
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("ra/", include("enrollment.ra_urls")),
     path("", include("enrollment.urls")),
     path("directory/", include("directory.web_urls")),

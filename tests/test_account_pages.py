@@ -1,0 +1,55 @@
+"""Only sign-in and sign-out are mounted under /accounts/: no password reset or change.
+
+A password reset by e-mail would hand an account (a superuser's too) to whoever reads its
+mailbox, with no audit event; Django's password change checks the old password outside
+django-axes, so a stolen session could guess it without limit.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from django.urls import NoReverseMatch, reverse
+
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD_PAGES = [
+    "/accounts/password_reset/",
+    "/accounts/password_reset/done/",
+    "/accounts/reset/MQ/set-password/",
+    "/accounts/reset/done/",
+    "/accounts/password_change/",
+    "/accounts/password_change/done/",
+]
+
+
+@pytest.mark.parametrize("url", PASSWORD_PAGES)
+def test_password_pages_do_not_exist_signed_in_or_not(client, url):
+    assert client.get(url).status_code == 404
+    assert client.post(url, {"email": "alice@example.com"}).status_code in (403, 404)
+
+    client.force_login(UserFactory())
+    assert client.get(url).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["password_reset", "password_change", "password_reset_done"])
+def test_no_password_url_can_be_linked(name):
+    with pytest.raises(NoReverseMatch):
+        reverse(name)
+
+
+def test_sign_in_and_out_still_work(client):
+    user = UserFactory(username="alice")
+    user.set_password("a long enough passphrase")
+    user.save()
+
+    assert client.get(reverse("login")).status_code == 200
+    signed_in = client.post(
+        reverse("login"), {"username": "alice", "password": "a long enough passphrase"}
+    )
+    assert signed_in.status_code == 302
+    assert client.get(reverse("home")).context["user"] == user
+    assert client.post(reverse("logout")).status_code in (200, 302)
+    assert not client.get(reverse("home")).context["user"].is_authenticated
