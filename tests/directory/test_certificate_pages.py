@@ -147,3 +147,22 @@ def test_no_download_carries_a_private_key(employee_client, cert, fmt):
 
     assert b"PRIVATE KEY" not in body
     assert b"ENCRYPTED" not in body
+
+
+def test_times_are_labelled_with_the_zone_they_are_shown_in(employee_client, cert, settings):
+    """Pages show times in TIME_ZONE and say which zone: a page once labelled New York
+    times "UTC", five hours off for the revocation time relying parties judge by."""
+    from zoneinfo import ZoneInfo
+
+    services.certificate_revoke(certificate=cert, reason="keyCompromise")
+    cert.refresh_from_db()
+    settings.TIME_ZONE = "America/New_York"
+    new_york = ZoneInfo("America/New_York")
+
+    page = employee_client.get(f"/directory/{cert.fingerprint_sha256}/").content.decode()
+
+    revoked = cert.revoked_at.astimezone(new_york)
+    assert f"{revoked:%Y-%m-%d %H:%M} {revoked.tzname()}" in page
+    not_before = cert.not_before.astimezone(new_york)
+    assert f"{not_before:%Y-%m-%d %H:%M} {not_before.tzname()}" in page
+    assert " UTC" not in page
