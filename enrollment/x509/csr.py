@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
@@ -91,9 +92,17 @@ def parse_csr(
             "bits); create a new request."
         )
     try:
+        digest = csr.signature_hash_algorithm
         signature_ok = csr.is_signature_valid
     except _PARSE_ERRORS as exc:
         raise CsrError("The request is signed with an unsupported signature algorithm.") from exc
+    if isinstance(digest, hashes.SHA1 | hashes.MD5):
+        # cryptography never verifies these, which would otherwise read as a bad signature.
+        raise CsrError(
+            f"The request is signed with {digest.name.upper()}, which is no longer "
+            "accepted; create it again with SHA-256 (openssl req -sha256, certreq with "
+            "HashAlgorithm = sha256)."
+        )
     if not signature_ok:
         raise CsrError(
             "The request's signature does not verify, so it does not prove possession of the "

@@ -316,3 +316,19 @@ def test_arbitrary_text_raises_only_csr_errors(text: str) -> None:
         parse_csr(
             "-----BEGIN CERTIFICATE REQUEST-----\n" + text + "\n-----END CERTIFICATE REQUEST-----"
         )
+
+
+@pytest.mark.parametrize("digest", ["sha1", "md5"])
+def test_a_request_signed_with_a_broken_hash_says_so(openssl, digest: str) -> None:
+    """openssl req -sha1 makes a request whose signature is fine but SHA-1: say that, not
+    that the signature does not verify (cryptography declines to verify SHA-1 at all)."""
+    out = openssl.path(f"{digest}.csr")
+    made = openssl.run(
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", openssl.path("k.pem"),
+        f"-{digest}", "-subj", "/CN=Old Tool", "-out", out, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"this openssl refuses to sign with {digest}")
+
+    with pytest.raises(CsrError, match=rf"signed with {digest.upper()}, which is no longer"):
+        parse_csr(out.read_bytes())
