@@ -328,6 +328,18 @@ def subject_for(owner: AbstractBaseUser) -> builder.Subject:
     )
 
 
+COMPROMISED_KEY = (
+    "This key was reported compromised: a certificate for it was revoked for keyCompromise. "
+    "Make a new key and request again."
+)
+
+
+def _key_compromised(public_key: keys.PublicKey) -> bool:
+    return KeyIdentity.objects.filter(
+        spki_sha256=keys.spki_sha256(public_key), compromised=True
+    ).exists()
+
+
 @sensitive_variables("private_key")
 @_in_a_transaction  # the key's row, claimed below, stays locked until the certificate is in
 def _issue(
@@ -347,11 +359,7 @@ def _issue(
     compromised, found = hotsql.claim_key(spki_sha256, default_ca=by_default)
     if compromised:
         # S/MIME BR 6.1.1.3 (4): a key known to be compromised is never certified again.
-        raise PolicyViolation(
-            "This key was reported compromised: a certificate for it was revoked for "
-            "keyCompromise. Make a new key and request again.",
-            field="csr",
-        )
+        raise PolicyViolation(COMPROMISED_KEY, field="csr")
     ca = _online_issuing_ca(found) if by_default else template.issuing_ca
     subject = subject_for(owner)
     if template.archive_key:
@@ -1139,6 +1147,10 @@ def request_submit(
     # Without approval the request is approved as it is recorded: one write, not two. A
     # CSR is then fulfilled in the same transaction: if issuing fails, nothing remains.
     approved = not template.requires_approval
+    if parsed is not None and not approved and _key_compromised(parsed.public_key):
+        # Issued at once, the key's claim refuses it (_issue); waiting for approval, it
+        # would only reach an officer's queue to fail there.
+        raise PolicyViolation(COMPROMISED_KEY, field="csr")
     with audit.deferred():
         request = CertificateRequest(
             requester=requester,

@@ -72,6 +72,27 @@ def test_a_compromised_key_is_never_certified_again(hierarchy, template, employe
         issue(employee, template("smime-dual-use"), own_key)  # any template, any path
 
 
+def test_a_compromised_key_is_refused_before_it_waits_for_approval(
+    hierarchy, template, employee, own_key
+):
+    """A request that needs approval is refused at once too, not queued for an officer
+    whose approval could only fail."""
+    first = issue(employee, template("smime-signing"), own_key)
+    services.certificate_revoke(certificate=first, reason="keyCompromise", actor=employee)
+    needs_approval = template("smime-signing")
+    needs_approval.requires_approval = True
+    needs_approval.save()
+    requests = CertificateRequest.objects.count()
+
+    response = token_client(employee).post(ENROLLMENTS, csr_body(own_key), format="json")
+
+    assert response.status_code == 400
+    assert "compromised" in response.json()["csr"][0]
+    assert CertificateRequest.objects.count() == requests
+    fresh = token_client(employee).post(ENROLLMENTS, csr_body(new_key()), format="json")
+    assert fresh.status_code == 202  # an uncompromised key still waits for approval
+
+
 def test_a_key_revoked_for_another_reason_may_be_certified_again(
     hierarchy, template, employee, own_key
 ):
