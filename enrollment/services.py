@@ -624,6 +624,13 @@ def _revoke(
         raise PolicyViolation(
             "The invalidity date cannot be in the future.", field="invalidity_date"
         )
+    if invalidity_date is not None and invalidity_date < certificate.not_before:
+        # Published on the CRL for every relying party (RFC 5280 5.3.2): year 1 is a typo.
+        raise PolicyViolation(
+            "The invalidity date cannot be before the certificate became valid "
+            f"({certificate.not_before:%Y-%m-%d %H:%M} UTC).",
+            field="invalidity_date",
+        )
     locked = Certificate.objects.select_for_update().get(pk=certificate.pk)
     if locked.status == Certificate.Status.REVOKED:
         raise InvalidState("This certificate is already revoked.")

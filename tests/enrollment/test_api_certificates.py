@@ -244,15 +244,37 @@ def test_a_revocation_needs_a_known_reason(clients, mine, body):
     assert "reason" in response.json()
 
 
-def test_a_future_invalidity_date_is_400_naming_it(clients, mine):
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [("2999-01-01T00:00:00Z", "in the future"), ("0001-01-01T00:00:00Z", "became valid")],
+)
+def test_an_invalidity_date_outside_the_certificates_life_is_400_naming_it(
+    clients, mine, when, message
+):
     response = clients["employee"].post(
         f"{certificate_url(mine.serial)}revoke/",
-        {"reason": "keyCompromise", "invalidity_date": "2999-01-01T00:00:00Z"},
+        {"reason": "keyCompromise", "invalidity_date": when},
         format="json",
     )
 
     assert response.status_code == 400
-    assert "invalidity_date" in response.json()
+    assert message in response.json()["invalidity_date"][0]
+    mine.refresh_from_db()
+    assert mine.status == Certificate.Status.VALID
+
+
+def test_an_invalidity_date_within_the_certificates_life_is_kept(clients, mine):
+    when = mine.not_before
+
+    response = clients["employee"].post(
+        f"{certificate_url(mine.serial)}revoke/",
+        {"reason": "keyCompromise", "invalidity_date": when.isoformat()},
+        format="json",
+    )
+
+    assert response.status_code == 200
+    mine.refresh_from_db()
+    assert mine.invalidity_date == when
 
 
 def test_revoking_twice_is_409(clients, mine):
