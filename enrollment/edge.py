@@ -10,10 +10,9 @@ from django.http import HttpRequest
 from enrollment.exceptions import EnrollmentError, NotPermitted, RateLimited
 from enrollment.permissions import is_ra_officer
 
-
-def client_address(request: HttpRequest) -> str | None:
-    """The address recorded in audit events (set REMOTE_ADDR correctly behind a proxy)."""
-    return request.META.get("REMOTE_ADDR") or None
+# The address recorded in audit events: the same one django-axes locks out, so both name
+# the real client behind a trusted proxy (PKIPORTAL_TRUSTED_PROXIES).
+from pkiportal.clients import client_address as client_address
 
 
 def status_for(exc: EnrollmentError) -> int:

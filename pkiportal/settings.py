@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 # Pure Python over cryptography (no Django): the subject rules the CA applies at issuance.
 from enrollment.x509.builder import check_country, check_organization_identifier
 from enrollment.x509.errors import PolicyError
+from pkiportal.clients import trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -148,6 +149,8 @@ AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The real client behind a trusted proxy: pkiportal/clients.py, shared with the audit trail.
+AXES_CLIENT_IP_CALLABLE = "pkiportal.clients.client_address"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
@@ -199,6 +202,12 @@ if env.str("CSP_REPORT_URI", default=""):
     CONTENT_SECURITY_POLICY["DIRECTIVES"]["report-uri"] = [env.str("CSP_REPORT_URI")]
 if env.bool("USE_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Reverse proxies (addresses or networks) whose X-Forwarded-For names the client, for
+# lock-outs and audit events. Empty: trust nobody, REMOTE_ADDR is the client.
+try:
+    PKIPORTAL_TRUSTED_PROXIES = trusted_proxies(env.list("PKIPORTAL_TRUSTED_PROXIES", default=[]))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"PKIPORTAL_TRUSTED_PROXIES: {exc}") from exc
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
 
 # Mail: console by default; EMAIL_URL=smtp+tls://user:pass@host:587 in production.
