@@ -1,4 +1,4 @@
-"""Who is on the other end of a request: the client address behind trusted proxies.
+"""Who is on the other end of a request: the address and the user name we key it by.
 
 django-axes (lock-outs) and the audit trail both call these, so a lock-out, an audit event
 and anything else keyed by address agree on who the client was. settings.py imports
@@ -7,9 +7,10 @@ and anything else keyed by address agree on who the client was. settings.py impo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -72,3 +73,20 @@ def client_address(request: HttpRequest) -> str | None:
             break
     # All trusted (a request from a proxy host itself): the left-most hop, as nginx does.
     return str(hop)
+
+
+def axes_username(request: HttpRequest, credentials: Mapping[str, Any] | None) -> str | None:
+    """The user name django-axes counts failures under: NFKC, stripped and case-folded.
+
+    Directories (django-auth-ldap) match user names ignoring case and surrounding blanks,
+    so "Alice", "ALICE" and " alice" reach one account and must share one failure limit.
+    Local accounts that differ only in case now share a counter too: stricter, accepted.
+    """
+    field: str = getattr(settings, "AXES_USERNAME_FORM_FIELD", "username")  # axes' default
+    if credentials:
+        username = credentials.get(field)
+    else:
+        username = getattr(request, "data", request.POST).get(field)
+    if not isinstance(username, str):
+        return None
+    return unicodedata.normalize("NFKC", username).strip().casefold()

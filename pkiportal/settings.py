@@ -149,8 +149,10 @@ AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-# The real client behind a trusted proxy: pkiportal/clients.py, shared with the audit trail.
+# The real client behind a trusted proxy, and "Alice"/" alice" counted as "alice" (a
+# directory matches them all): pkiportal/clients.py, shared with the audit trail.
 AXES_CLIENT_IP_CALLABLE = "pkiportal.clients.client_address"
+AXES_USERNAME_CALLABLE = "pkiportal.clients.axes_username"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"

@@ -1,5 +1,5 @@
-"""Who is on the other end: the client address behind trusted proxies (README.md,
-"Production").
+"""Who is on the other end: the client address behind trusted proxies, and the user name
+django-axes counts failed sign-ins under (README.md, "Production" and "Configuration").
 
 Behind a TLS proxy every request's REMOTE_ADDR is the proxy's; PKIPORTAL_TRUSTED_PROXIES
 says whose X-Forwarded-For to believe, so lock-outs and audit events name the real client.
@@ -137,3 +137,43 @@ def test_it_takes_the_right_most_untrusted_forwarded_for_entry(
 )
 def test_malformed_forwarded_for_entries_are_never_believed(behind_proxy, forwarded_for, expected):
     assert address_of(PROXY, forwarded_for) == expected
+
+
+# --- the user name axes counts under --------------------------------------------------
+
+
+def test_case_and_whitespace_variants_share_one_lockout_on_the_sign_in_page(employee, settings):
+    for username in ["Alice", " alice ", "ALICE", "alice", "aLiCe"][: settings.AXES_FAILURE_LIMIT]:
+        sign_in(username, "guess", REMOTE_ADDR="192.0.2.10")
+
+    assert sign_in("alice", RIGHT, REMOTE_ADDR="192.0.2.10").status_code == 429
+    assert sign_in("Alice", RIGHT, REMOTE_ADDR="192.0.2.10").status_code == 429
+    assert list(AccessAttempt.objects.values_list("username", flat=True)) == ["alice"]
+
+
+def test_case_and_whitespace_variants_share_one_lockout_on_the_api_token_endpoint(
+    employee, settings
+):
+    client = Client()
+    variants = ["Alice", " alice ", "ALICE", "alice\t", "  aLiCe"][: settings.AXES_FAILURE_LIMIT]
+    codes = [
+        client.post(
+            "/api/v1/auth/token/", HTTP_AUTHORIZATION=basic(u, "guess"), REMOTE_ADDR="192.0.2.10"
+        ).status_code
+        for u in variants
+    ]
+
+    right = client.post(
+        "/api/v1/auth/token/", HTTP_AUTHORIZATION=basic("alice", RIGHT), REMOTE_ADDR="192.0.2.10"
+    )
+    assert codes[-1] == 429
+    assert right.status_code == 429
+    assert list(AccessAttempt.objects.values_list("username", flat=True)) == ["alice"]
+
+
+def test_a_successful_sign_in_clears_the_failures_of_every_variant(employee, settings):
+    for username in ["Alice", " ALICE"]:
+        sign_in(username, "guess", REMOTE_ADDR="192.0.2.10")
+
+    assert sign_in("alice", RIGHT, REMOTE_ADDR="192.0.2.10").status_code == 302
+    assert not AccessAttempt.objects.exists()

@@ -24,8 +24,11 @@ def test_addresses_and_networks_of_both_families_are_read(load_settings):
     )
 
 
-def test_django_axes_asks_the_portal_for_the_client_address(load_settings):
-    assert load_settings()["AXES_CLIENT_IP_CALLABLE"] == "pkiportal.clients.client_address"
+def test_django_axes_asks_the_portal_for_the_client_address_and_user_name(load_settings):
+    loaded = load_settings()
+
+    assert loaded["AXES_CLIENT_IP_CALLABLE"] == "pkiportal.clients.client_address"
+    assert loaded["AXES_USERNAME_CALLABLE"] == "pkiportal.clients.axes_username"
 
 
 @pytest.mark.parametrize(
