@@ -183,8 +183,18 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
+# Officers approve, revoke and recover keys in a session: a working day, not Django's two
+# weeks, and none left behind in a closed browser on a shared machine.
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = env.bool("SESSION_EXPIRE_AT_BROWSER_CLOSE", default=True)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Never the repository: certificates carry http:// CRL and CA URLs for life, and many CRL
+# fetchers do not follow a redirect (fetching a CRL over TLS may need that CRL itself).
+# Nor /health/, which load balancers ask over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^pki/", r"^health/$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 # Content-Security-Policy (django-csp): our pages load scripts, styles and images from
 # this origin only and use no inline script or style, so none is allowed (pkiportal/csp.py
 # has the one exception). Set CSP_REPORT_URI to collect violations from browsers.
