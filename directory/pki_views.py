@@ -93,11 +93,15 @@ def _fresh_crl(ca: CertificateAuthority) -> RevocationList | None:
 
 
 def _crl_unavailable(ca: CertificateAuthority, crl: RevocationList) -> HttpResponse:
-    """503 with a body a person and a monitoring probe both understand."""
+    """503 with a body a person and a monitoring probe both understand.
+
+    Anonymous: never ca.crl_error, which names the key file and why it failed; operators
+    read that in the log, on /health/ (with details) and on the RA console.
+    """
     reason = (
         "its key is offline: sign a new one with `manage.py sign_root_crl`"
         if not ca.is_online
-        else f"signing a new one failed ({ca.crl_error or 'see the server log'})"
+        else "signing a new one failed (operators: see the RA console or the server log)"
     )
     body = (
         f"The CRL of {ca.name} expired at {crl.next_update:%Y-%m-%d %H:%M:%S} UTC and this "

@@ -99,3 +99,23 @@ def test_a_head_request_and_a_matching_etag_get_no_body(anonymous_client, hierar
     assert again.status_code == 304
     assert again.content == b""
     assert again["Expires"] == head["Expires"]
+
+
+def test_the_503_of_a_ca_that_cannot_sign_names_no_key_file_nor_reason(
+    anonymous_client, hierarchy, time_machine, settings
+):
+    """The detail (the key's path, the passphrase failing) is for operators, not anyone."""
+    time_machine.move_to(hierarchy.issuing.latest_crl().next_update + timedelta(minutes=1))
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"
+    keystore._PROCESS_KEYS.clear()
+
+    first = anonymous_client.get("/pki/issuing.crl").content.decode()
+    again = anonymous_client.get("/pki/issuing.crl").content.decode()
+
+    recorded = CertificateAuthority.objects.get(slug="issuing").crl_error
+    assert "key.pem" in recorded
+    for body in (first, again):
+        assert "signing a new one failed" in body
+        assert "key.pem" not in body
+        assert str(settings.PKIPORTAL_KEY_DIR) not in body
+        assert "passphrase" not in body
