@@ -253,6 +253,39 @@ def issue_end_entity(
     )
 
 
+class CrlSign(Protocol):
+    def __call__(
+        self, *, revoked: bytes, crl_number: int, this_update: datetime, next_update: datetime
+    ) -> bytes: ...
+
+
+def crl_signer(ca: CertificateAuthority, *, offline_key: OfflineKey | None = None) -> CrlSign:
+    """Open the CA key now; the returned function signs one CRL with it (see sign_crl_der).
+
+    A publisher opens the key before it reads every revoked entry (0.4 s, ~220 MB at a
+    million), so a key that cannot be opened costs nothing else. The key stays in here.
+    """
+    if offline_key is not None:
+        issuer_key = _offline_key(offline_key)
+        _check_pair(ca.certificate, issuer_key)
+    else:
+        issuer_key = _ca_key(ca)
+
+    def sign(
+        *, revoked: bytes, crl_number: int, this_update: datetime, next_update: datetime
+    ) -> bytes:
+        return crl_fast.sign_crl(
+            issuer_certificate=ca.certificate,
+            issuer_key=issuer_key,
+            revoked=revoked,
+            crl_number=crl_number,
+            this_update=this_update,
+            next_update=next_update,
+        )
+
+    return sign
+
+
 def sign_crl_der(
     ca: CertificateAuthority,
     *,
@@ -267,18 +300,8 @@ def sign_crl_der(
     Takes the entries, not a TBS to sign: the TBSCertList is built here from the CA's own
     certificate, so this door cannot be used to have the CA sign anything but a CRL.
     """
-    if offline_key is not None:
-        issuer_key = _offline_key(offline_key)
-        _check_pair(ca.certificate, issuer_key)
-    else:
-        issuer_key = _ca_key(ca)
-    return crl_fast.sign_crl(
-        issuer_certificate=ca.certificate,
-        issuer_key=issuer_key,
-        revoked=revoked,
-        crl_number=crl_number,
-        this_update=this_update,
-        next_update=next_update,
+    return crl_signer(ca, offline_key=offline_key)(
+        revoked=revoked, crl_number=crl_number, this_update=this_update, next_update=next_update
     )
 
 

@@ -835,6 +835,8 @@ def _crl_publish_locked(
     validity = validity or timedelta(days=locked.crl_validity_days)
     _check_crl_validity(locked, validity)
     next_update = this_update + validity
+    # Before the entries: a key that cannot be opened fails without reading them all.
+    sign = keystore.crl_signer(locked, offline_key=offline_key)
     # Read the unpublished entries before the CRL's own read: all of them are in it (even
     # those that expired before the previous CRL), so each is marked on a CRL listing it.
     unpublished = list(
@@ -844,13 +846,8 @@ def _crl_publish_locked(
     )
     count, revoked = _crl_entry_bytes(locked, previous)
     try:
-        der = keystore.sign_crl_der(
-            locked,
-            revoked=revoked,
-            crl_number=number,
-            this_update=this_update,
-            next_update=next_update,
-            offline_key=offline_key,
+        der = sign(
+            revoked=revoked, crl_number=number, this_update=this_update, next_update=next_update
         )
     except X509Error as exc:
         raise PolicyViolation(exc.message) from exc

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from enrollment import keystore, services
 from enrollment.models import AuditEvent, CertificateAuthority
+from enrollment.x509 import keys
 
 pytestmark = pytest.mark.django_db
 
@@ -119,3 +120,33 @@ def test_the_503_of_a_ca_that_cannot_sign_names_no_key_file_nor_reason(
         assert "key.pem" not in body
         assert str(settings.PKIPORTAL_KEY_DIR) not in body
         assert "passphrase" not in body
+
+
+@pytest.fixture
+def counted(monkeypatch) -> dict[str, int]:
+    """How often the revoked entries are read and a CA key is decrypted."""
+    calls = {"entries": 0, "decrypts": 0}
+    read_entries, decrypt = services._crl_entry_bytes, keys.load_private_key_pem
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(services, "_crl_entry_bytes", counting("entries", read_entries))
+    monkeypatch.setattr(keys, "load_private_key_pem", counting("decrypts", decrypt))
+    return calls
+
+
+def test_a_key_that_cannot_be_opened_fails_before_the_entries_are_read(
+    anonymous_client, hierarchy, time_machine, settings, counted
+):
+    time_machine.move_to(hierarchy.issuing.latest_crl().next_update + timedelta(minutes=1))
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"
+    keystore._PROCESS_KEYS.clear()
+
+    assert anonymous_client.get("/pki/issuing.crl").status_code == 503
+
+    assert counted == {"entries": 0, "decrypts": 1}
