@@ -19,10 +19,13 @@ from django.utils.http import http_date, quote_etag
 from django.views.decorators.http import condition, require_safe
 
 from enrollment import binary, services
+from enrollment.exceptions import Busy
 from enrollment.models import CertificateAuthority, RevocationList
 from enrollment.x509 import pkcs7
 
 CA_CERT_MAX_AGE = 24 * 3600
+# After a failed signature, requests answer 503 this long without trying again.
+CRL_RETRY_PAUSE = timedelta(minutes=1)
 
 
 def _ca(slug: str) -> CertificateAuthority:
@@ -72,44 +75,49 @@ def ca_chain(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-def _fresh_crl(ca: CertificateAuthority) -> RevocationList | None:
-    """The newest CRL (DER deferred), never one past its nextUpdate if the CA can sign.
+def _fresh_crl(ca: CertificateAuthority) -> tuple[RevocationList | None, bool]:
+    """The newest CRL (DER deferred), and whether another process is signing a new one.
 
     An expired CRL makes every signature from this CA unverifiable (django-ca issue 167):
-    an online CA signs a new one right here; the lock in crl_publish_if_due makes a crowd
-    of requests publish once.
+    an online CA signs a new one right here. A request never queues for it: within a
+    minute of a failure nobody tries again, and while another publisher holds the CA lock
+    (one request of a crowd, the worker) the others answer at once rather than wait.
     """
     crl = ca.latest_crl()
     now = timezone.now()
-    if ca.is_online and (crl is None or crl.next_update <= now):
-        try:
-            services.crl_publish_if_due(ca=ca, pending_for=None)
-        except Exception as exc:
-            # Recorded once a minute at most: a crowd of clients must not flood the audit trail.
-            if ca.crl_failed_at is None or now - ca.crl_failed_at > timedelta(minutes=1):
-                services.crl_failure_record(ca=ca, error=exc)
-        crl = ca.latest_crl()
-    return crl
+    if not ca.is_online or (crl is not None and crl.next_update > now):
+        return crl, False
+    if ca.crl_failed_at is not None and now - ca.crl_failed_at < CRL_RETRY_PAUSE:
+        return crl, False
+    try:
+        services.crl_publish_if_due(ca=ca, pending_for=None, wait=False)
+    except Busy:
+        return ca.latest_crl(), True
+    except Exception as exc:
+        # Once a minute at most, as the pause above: the audit trail is not flooded.
+        services.crl_failure_record(ca=ca, error=exc)
+    return ca.latest_crl(), False
 
 
-def _crl_unavailable(ca: CertificateAuthority, crl: RevocationList) -> HttpResponse:
+def _crl_unavailable(ca: CertificateAuthority, crl: RevocationList, *, busy: bool) -> HttpResponse:
     """503 with a body a person and a monitoring probe both understand.
 
     Anonymous: never ca.crl_error, which names the key file and why it failed; operators
     read that in the log, on /health/ (with details) and on the RA console.
     """
-    reason = (
-        "its key is offline: sign a new one with `manage.py sign_root_crl`"
-        if not ca.is_online
-        else "signing a new one failed (operators: see the RA console or the server log)"
-    )
+    if not ca.is_online:
+        reason = "its key is offline: sign a new one with `manage.py sign_root_crl`"
+    elif busy:
+        reason = "a new one is being signed right now; try again in a few seconds"
+    else:
+        reason = "signing a new one failed (operators: see the RA console or the server log)"
     body = (
         f"The CRL of {ca.name} expired at {crl.next_update:%Y-%m-%d %H:%M:%S} UTC and this "
         f"server cannot replace it: {reason}. An expired CRL is not served, because relying "
         "parties would reject it anyway.\n"
     )
     response = HttpResponse(body, status=503, content_type="text/plain; charset=utf-8")
-    response["Retry-After"] = "300"
+    response["Retry-After"] = "5" if busy else "300"
     response["Cache-Control"] = "no-store"
     return response
 
@@ -117,11 +125,11 @@ def _crl_unavailable(ca: CertificateAuthority, crl: RevocationList) -> HttpRespo
 @require_safe
 def ca_crl(request: HttpRequest, slug: str) -> HttpResponse:
     ca = _ca(slug)
-    crl = _fresh_crl(ca)
+    crl, busy = _fresh_crl(ca)
     if crl is None:
         raise Http404("No CRL has been published for this CA yet.")
     if crl.next_update <= timezone.now():
-        return _crl_unavailable(ca, crl)
+        return _crl_unavailable(ca, crl, busy=busy)
     not_modified = get_conditional_response(
         request,
         etag=quote_etag(f"{crl.ca_id}-{crl.number}"),

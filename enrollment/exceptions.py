@@ -34,3 +34,7 @@ class ConfigurationError(EnrollmentError):
 
 class RateLimited(EnrollmentError):
     default_message = "Too many requests; try again later."
+
+
+class Busy(EnrollmentError):
+    default_message = "Another process is doing this right now; try again shortly."

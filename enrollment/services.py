@@ -28,6 +28,7 @@ from django.views.decorators.debug import sensitive_variables
 from enrollment import audit, binary, hotsql, keystore
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
+    Busy,
     ConfigurationError,
     EnrollmentError,
     InvalidState,
@@ -751,14 +752,23 @@ def _crl_entry_bytes_postgresql(
     return count, bytes(data or b"")
 
 
-def _lock_ca(ca: CertificateAuthority) -> CertificateAuthority:
-    """Lock the CA row for one publisher at a time.
+def _lock_ca(ca: CertificateAuthority, *, wait: bool = True) -> CertificateAuthority:
+    """Lock the CA row for one publisher at a time; Busy if ``wait`` is off and it is held.
 
     FOR NO KEY UPDATE, not FOR UPDATE: inserting a row that references the CA (a new
     certificate, a CRL entry) takes FOR KEY SHARE, which FOR UPDATE would block for the
     whole CRL build. Publishers still exclude each other.
     """
-    return CertificateAuthority.objects.select_for_update(no_key=True).get(pk=ca.pk)
+    if wait:
+        return CertificateAuthority.objects.select_for_update(no_key=True).get(pk=ca.pk)
+    locked = (
+        CertificateAuthority.objects.select_for_update(no_key=True, skip_locked=True)
+        .filter(pk=ca.pk)
+        .first()
+    )
+    if locked is None:
+        raise Busy(f"Another process is publishing the CRL of {ca.name}.")
+    return locked
 
 
 def _latest_crl_facts(ca: CertificateAuthority) -> RevocationList | None:
@@ -796,16 +806,18 @@ def crl_publish_if_due(
     overlap: timedelta = timedelta(0),
     pending_for: timedelta | None = timedelta(0),
     actor: Actor = None,
+    wait: bool = True,
 ) -> RevocationList | None:
     """Publish only if needed; None if the current CRL is still good.
 
     Needed: no CRL yet; the CRL ends within ``overlap`` (or has ended); or a revocation
     committed at least ``pending_for`` ago is on no CRL (None: do not look). The check runs
     under the CA lock, so of a burst of queued tasks the first publishes once for every
-    revocation committed so far and the rest find nothing to do.
+    revocation committed so far and the rest find nothing to do. ``wait=False`` (a web
+    request) raises Busy instead of queueing behind a publisher that holds the lock.
     """
     with transaction.atomic():
-        locked = _lock_ca(ca)
+        locked = _lock_ca(ca, wait=wait)
         previous = _latest_crl_facts(locked)
         now = timezone.now()
         due = previous is None or previous.next_update - now <= overlap

@@ -150,3 +150,29 @@ def test_a_key_that_cannot_be_opened_fails_before_the_entries_are_read(
     assert anonymous_client.get("/pki/issuing.crl").status_code == 503
 
     assert counted == {"entries": 0, "decrypts": 1}
+
+
+def test_after_a_failure_requests_answer_503_without_trying_again_for_a_minute(
+    anonymous_client, hierarchy, time_machine, settings, counted
+):
+    """A crowd of fetchers during an outage neither decrypts nor takes the CA lock."""
+    expired = hierarchy.issuing.latest_crl().next_update
+    time_machine.move_to(expired + timedelta(minutes=1))
+    passphrase = settings.PKIPORTAL_CA_KEY_PASSPHRASE
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"
+    keystore._PROCESS_KEYS.clear()
+
+    statuses = [anonymous_client.get("/pki/issuing.crl").status_code for _ in range(10)]
+
+    assert statuses == [503] * 10
+    assert counted["decrypts"] == 1
+
+    time_machine.move_to(expired + timedelta(minutes=2, seconds=1))
+    assert anonymous_client.get("/pki/issuing.crl").status_code == 503
+    assert counted["decrypts"] == 2  # a minute later, one request tries again
+
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = passphrase  # the operator fixes the key
+    time_machine.move_to(expired + timedelta(minutes=3, seconds=2))
+    response = anonymous_client.get("/pki/issuing.crl")
+    assert response.status_code == 200
+    assert x509.load_der_x509_crl(response.content).next_update_utc > timezone.now()
