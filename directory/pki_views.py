@@ -6,6 +6,7 @@ a CRL past its nextUpdate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -16,7 +17,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.utils.cache import get_conditional_response
 from django.utils.http import http_date, quote_etag
-from django.views.decorators.http import condition, require_safe
+from django.views.decorators.http import require_safe
 
 from enrollment import binary, services
 from enrollment.exceptions import Busy
@@ -32,46 +33,63 @@ def _ca(slug: str) -> CertificateAuthority:
     return get_object_or_404(CertificateAuthority, slug=slug)
 
 
-def _binary(
-    body: bytes, content_type: str, filename: str, *, max_age: int, last_modified: datetime
+def _repository_answer(
+    request: HttpRequest,
+    *,
+    body: Callable[[], bytes],
+    content_type: str,
+    filename: str,
+    etag: str,
+    last_modified: datetime,
+    max_age: int,
+    expires: datetime | None = None,
 ) -> HttpResponse:
-    response = HttpResponse(body, content_type=content_type)
-    response["Content-Disposition"] = f'inline; filename="{filename}"'
-    response["Cache-Control"] = f"public, max-age={max(max_age, 0)}"
+    """200, or 304 to a matching validator, both with the same caching headers.
+
+    RFC 9110 15.4.5: a 304 carries the Cache-Control, ETag and Expires the 200 would, else
+    a cache refreshes the stored answer with none (Django's @condition sends a bare one).
+    """
+    response = get_conditional_response(
+        request, etag=etag, last_modified=int(last_modified.timestamp())
+    )
+    if response is None:
+        response = HttpResponse(body(), content_type=content_type)
+        response["Content-Disposition"] = f'inline; filename="{filename}"'
+    elif response.status_code != 304:
+        return response  # 412 to If-Match or If-Unmodified-Since: nothing to cache
+    response["ETag"] = etag
     response["Last-Modified"] = http_date(last_modified.timestamp())
+    response["Cache-Control"] = f"public, max-age={max(max_age, 0)}"
+    if expires is not None:
+        response["Expires"] = http_date(expires.timestamp())
     return response
 
 
 @require_safe
-@condition(
-    etag_func=lambda request, slug: quote_etag(_ca(slug).fingerprint_sha256),
-    last_modified_func=lambda request, slug: _ca(slug).created_at,
-)
 def ca_certificate(request: HttpRequest, slug: str) -> HttpResponse:
     ca = _ca(slug)
-    return _binary(
-        bytes(ca.der),
-        "application/pkix-cert",
-        f"{slug}.crt",
-        max_age=CA_CERT_MAX_AGE,
+    return _repository_answer(
+        request,
+        body=lambda: bytes(ca.der),
+        content_type="application/pkix-cert",
+        filename=f"{slug}.crt",
+        etag=quote_etag(ca.fingerprint_sha256),
         last_modified=ca.created_at,
+        max_age=CA_CERT_MAX_AGE,
     )
 
 
 @require_safe
-@condition(
-    etag_func=lambda request, slug: quote_etag(f"{_ca(slug).fingerprint_sha256}-chain"),
-    last_modified_func=lambda request, slug: _ca(slug).created_at,
-)
 def ca_chain(request: HttpRequest, slug: str) -> HttpResponse:
     ca = _ca(slug)
-    body = pkcs7.certificates_to_p7b([member.certificate for member in ca.chain()])
-    return _binary(
-        body,
-        "application/pkcs7-mime",
-        f"{slug}-chain.p7b",
-        max_age=CA_CERT_MAX_AGE,
+    return _repository_answer(
+        request,
+        body=lambda: pkcs7.certificates_to_p7b([member.certificate for member in ca.chain()]),
+        content_type="application/pkcs7-mime",
+        filename=f"{slug}-chain.p7b",
+        etag=quote_etag(f"{ca.fingerprint_sha256}-chain"),
         last_modified=ca.created_at,
+        max_age=CA_CERT_MAX_AGE,
     )
 
 
@@ -128,29 +146,21 @@ def ca_crl(request: HttpRequest, slug: str) -> HttpResponse:
     crl, busy = _fresh_crl(ca)
     if crl is None:
         raise Http404("No CRL has been published for this CA yet.")
-    if crl.next_update <= timezone.now():
+    now = timezone.now()
+    if crl.next_update <= now:
         return _crl_unavailable(ca, crl, busy=busy)
-    not_modified = get_conditional_response(
-        request,
-        etag=quote_etag(f"{crl.ca_id}-{crl.number}"),
-        last_modified=int(crl.this_update.timestamp()),
-    )
     # A cache may keep the CRL for at most an hour and never past nextUpdate.
-    remaining = int((crl.next_update - timezone.now()).total_seconds())
-    if not_modified is not None:
-        response = not_modified
-        response["Cache-Control"] = f"public, max-age={min(remaining, 3600)}"
-    else:
-        response = _binary(
-            binary.read(RevocationList, crl.pk, "der"),
-            "application/pkix-crl",
-            f"{slug}.crl",
-            max_age=min(remaining, 3600),
-            last_modified=crl.this_update,
-        )
-    response["ETag"] = quote_etag(f"{crl.ca_id}-{crl.number}")
-    response["Expires"] = http_date(crl.next_update.timestamp())
-    return response
+    remaining = int((crl.next_update - now).total_seconds())
+    return _repository_answer(
+        request,
+        body=lambda: binary.read(RevocationList, crl.pk, "der"),
+        content_type="application/pkix-crl",
+        filename=f"{slug}.crl",
+        etag=quote_etag(f"{crl.ca_id}-{crl.number}"),
+        last_modified=crl.this_update,
+        max_age=min(remaining, 3600),
+        expires=crl.next_update,
+    )
 
 
 @require_safe

@@ -131,3 +131,19 @@ def test_a_crl_past_next_update_is_never_served(anonymous_client, hierarchy, tim
     served = x509.load_der_x509_crl(response.content)
     assert served.next_update_utc > timezone.now()
     assert response["Cache-Control"] == "public, max-age=3600"
+
+
+@pytest.mark.parametrize("path", ["/pki/issuing.crt", "/pki/issuing-chain.p7b", "/pki/issuing.crl"])
+@pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
+def test_a_304_carries_the_caching_headers_of_the_200(anonymous_client, hierarchy, path, validator):
+    """RFC 9110 15.4.5: else a cache refreshing its copy would lose Cache-Control."""
+    full = anonymous_client.get(path)
+    header = {"ETag": "HTTP_IF_NONE_MATCH", "Last-Modified": "HTTP_IF_MODIFIED_SINCE"}[validator]
+
+    again = anonymous_client.get(path, **{header: full[validator]})
+
+    assert again.status_code == 304
+    assert again.content == b""
+    for name in ("Cache-Control", "ETag", "Expires"):
+        assert again.get(name) == full.get(name), name
+    assert full["Cache-Control"].startswith("public, max-age=")
