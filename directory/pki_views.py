@@ -43,14 +43,18 @@ def _repository_answer(
     last_modified: datetime,
     max_age: int,
     expires: datetime | None = None,
+    if_modified_since: bool = True,
 ) -> HttpResponse:
     """200, or 304 to a matching validator, both with the same caching headers.
 
     RFC 9110 15.4.5: a 304 carries the Cache-Control, ETag and Expires the 200 would, else
     a cache refreshes the stored answer with none (Django's @condition sends a bare one).
+    ``if_modified_since=False`` leaves that header unanswered: only ETags give a 304.
     """
     response = get_conditional_response(
-        request, etag=etag, last_modified=int(last_modified.timestamp())
+        request,
+        etag=etag,
+        last_modified=int(last_modified.timestamp()) if if_modified_since else None,
     )
     if response is None:
         response = HttpResponse(body(), content_type=content_type)
@@ -140,6 +144,25 @@ def _crl_unavailable(ca: CertificateAuthority, crl: RevocationList, *, busy: boo
     return response
 
 
+def _last_modified_is_ambiguous(crl: RevocationList) -> bool:
+    """Whether an earlier CRL of this CA has a thisUpdate in the same second or later.
+
+    Last-Modified has 1-second resolution: two CRLs signed within one second (publish
+    delay 0, or a slow clock's thisUpdate clamped to the previous one) share it, and a
+    client revalidating with If-Modified-Since would keep the older one. thisUpdate is
+    never moved ahead instead: relying parties reject a CRL from their future.
+    """
+    return (
+        RevocationList.objects.filter(
+            ca_id=crl.ca_id,
+            number__lt=crl.number,
+            this_update__gte=crl.this_update.replace(microsecond=0),
+        )
+        .order_by()
+        .exists()
+    )
+
+
 @require_safe
 def ca_crl(request: HttpRequest, slug: str) -> HttpResponse:
     ca = _ca(slug)
@@ -149,6 +172,8 @@ def ca_crl(request: HttpRequest, slug: str) -> HttpResponse:
     now = timezone.now()
     if crl.next_update <= now:
         return _crl_unavailable(ca, crl, busy=busy)
+    # Only a request revalidating by date alone pays for the query (If-None-Match wins).
+    by_date = "If-Modified-Since" in request.headers and "If-None-Match" not in request.headers
     # A cache may keep the CRL for at most an hour and never past nextUpdate.
     remaining = int((crl.next_update - now).total_seconds())
     return _repository_answer(
@@ -160,6 +185,7 @@ def ca_crl(request: HttpRequest, slug: str) -> HttpResponse:
         last_modified=crl.this_update,
         max_age=min(remaining, 3600),
         expires=crl.next_update,
+        if_modified_since=not (by_date and _last_modified_is_ambiguous(crl)),
     )
 
 

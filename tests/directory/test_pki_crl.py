@@ -176,3 +176,59 @@ def test_after_a_failure_requests_answer_503_without_trying_again_for_a_minute(
     response = anonymous_client.get("/pki/issuing.crl")
     assert response.status_code == 200
     assert x509.load_der_x509_crl(response.content).next_update_utc > timezone.now()
+
+
+def test_if_modified_since_never_hides_a_crl_signed_in_the_same_second(
+    anonymous_client, hierarchy, person, issue, time_machine
+):
+    """Last-Modified has 1-second resolution; CRL 2 shares CRL 1's, so only ETags give 304."""
+    certificate = issue(person("Jose", "Garcia"))
+    first = hierarchy.issuing.latest_crl()
+    time_machine.move_to(first.this_update + timedelta(milliseconds=300), tick=False)
+    held = anonymous_client.get("/pki/issuing.crl")
+    services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+    services.crl_publish_if_due(ca=hierarchy.issuing)
+    assert hierarchy.issuing.latest_crl().this_update == first.this_update
+
+    by_date = anonymous_client.get("/pki/issuing.crl", HTTP_IF_MODIFIED_SINCE=held["Last-Modified"])
+
+    assert by_date.status_code == 200
+    assert int(certificate.serial, 16) in {
+        entry.serial_number for entry in x509.load_der_x509_crl(by_date.content)
+    }
+    by_etag = anonymous_client.get("/pki/issuing.crl", HTTP_IF_NONE_MATCH=by_date["ETag"])
+    assert by_etag.status_code == 304
+
+
+def test_if_modified_since_never_hides_a_crl_whose_this_update_a_slow_clock_clamped(
+    anonymous_client, hierarchy, time_machine
+):
+    """A host behind the last publisher's clock reuses its thisUpdate (never goes back)."""
+    first = hierarchy.issuing.latest_crl()
+    time_machine.move_to(first.this_update + timedelta(seconds=30), tick=False)
+    ahead = services.crl_publish(ca=hierarchy.issuing)
+    held = anonymous_client.get("/pki/issuing.crl")
+    time_machine.move_to(first.this_update + timedelta(seconds=10), tick=False)
+    behind = services.crl_publish(ca=hierarchy.issuing)
+    assert behind.this_update == ahead.this_update
+
+    response = anonymous_client.get(
+        "/pki/issuing.crl", HTTP_IF_MODIFIED_SINCE=held["Last-Modified"]
+    )
+
+    assert response.status_code == 200
+    assert response["ETag"] == f'"{hierarchy.issuing.pk}-{behind.number}"'
+
+
+def test_if_modified_since_gets_304_when_no_earlier_crl_shares_the_second(
+    anonymous_client, hierarchy, time_machine
+):
+    first = hierarchy.issuing.latest_crl()
+    time_machine.move_to(first.this_update + timedelta(seconds=5), tick=False)
+    services.crl_publish(ca=hierarchy.issuing)
+    held = anonymous_client.get("/pki/issuing.crl")
+
+    again = anonymous_client.get("/pki/issuing.crl", HTTP_IF_MODIFIED_SINCE=held["Last-Modified"])
+
+    assert again.status_code == 304
+    assert again["Cache-Control"] == held["Cache-Control"]
