@@ -606,6 +606,10 @@ def _revoke_same_key(
     ]
 
 
+# S/MIME BR 6.3.2: a subscriber certificate is valid for at most 825 days.
+EARLIEST_INVALIDITY = timedelta(days=825)
+
+
 def _revoke(
     *,
     certificate: Certificate,
@@ -625,11 +629,16 @@ def _revoke(
         raise PolicyViolation(
             "The invalidity date cannot be in the future.", field="invalidity_date"
         )
-    if invalidity_date is not None and invalidity_date < certificate.not_before:
-        # Published on the CRL for every relying party (RFC 5280 5.3.2): year 1 is a typo.
+    if (
+        invalidity_date is not None
+        and invalidity_date < certificate.not_before - EARLIEST_INVALIDITY
+    ):
+        # Published on every CRL (RFC 5280 5.3.2). A key may have leaked before this
+        # certificate (a CSR's key is older), but a date more than a certificate's longest
+        # life before it says no more than "from its start": year 1 is a typo.
         raise PolicyViolation(
-            "The invalidity date cannot be before the certificate became valid "
-            f"({certificate.not_before:%Y-%m-%d %H:%M} UTC).",
+            f"The invalidity date cannot be more than {EARLIEST_INVALIDITY.days} days before "
+            f"the certificate became valid ({certificate.not_before:%Y-%m-%d %H:%M} UTC).",
             field="invalidity_date",
         )
     locked = Certificate.objects.select_for_update().get(pk=certificate.pk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 
@@ -246,7 +247,7 @@ def test_a_revocation_needs_a_known_reason(clients, mine, body):
 
 @pytest.mark.parametrize(
     ("when", "message"),
-    [("2999-01-01T00:00:00Z", "in the future"), ("0001-01-01T00:00:00Z", "became valid")],
+    [("2999-01-01T00:00:00Z", "in the future"), ("0001-01-01T00:00:00Z", "825 days before")],
 )
 def test_an_invalidity_date_outside_the_certificates_life_is_400_naming_it(
     clients, mine, when, message
@@ -263,8 +264,12 @@ def test_an_invalidity_date_outside_the_certificates_life_is_400_naming_it(
     assert mine.status == Certificate.Status.VALID
 
 
-def test_an_invalidity_date_within_the_certificates_life_is_kept(clients, mine):
-    when = mine.not_before
+@pytest.mark.parametrize("days_before", [0, 2, 825])
+def test_an_invalidity_date_up_to_a_lifetime_before_the_certificate_is_kept(
+    clients, mine, days_before
+):
+    """A key may have leaked before its certificate was issued (a CSR's key is older)."""
+    when = mine.not_before - timedelta(days=days_before)
 
     response = clients["employee"].post(
         f"{certificate_url(mine.serial)}revoke/",
