@@ -254,7 +254,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "pkiportal.api.BrowsableAPIRenderer",  # without its inline <style> (CSP)
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "pkiportal.pagination.LimitOffsetPagination",  # bounded
     "PAGE_SIZE": 50,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

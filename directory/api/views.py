@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from directory import selectors
 from directory.api.serializers import DirectoryCertificateOut, LookupIn, LookupOut
 from directory.permissions import DirectoryReadable
+from directory.selectors import MAX_PAGE_SIZE
 
 PARAMETERS = [
     OpenApiParameter("q", OpenApiTypes.STR, description=LookupIn().fields["q"].help_text),
@@ -22,7 +23,11 @@ PARAMETERS = [
         description=LookupIn().fields["include_inactive"].help_text,
     ),
     OpenApiParameter("after", OpenApiTypes.STR, description=LookupIn().fields["after"].help_text),
-    OpenApiParameter("limit", OpenApiTypes.INT, description=LookupIn().fields["limit"].help_text),
+    OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+        description=LookupIn().fields["limit"].help_text,
+    ),
 ]
 
 

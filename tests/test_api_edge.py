@@ -1,0 +1,108 @@
+"""The API's edge (pkiportal/pagination.py, api.py): bounded pages, JSON errors under /api/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enrollment.models import CertificateRequest
+from tests.enrollment.api_tools import CERTIFICATES, ENROLLMENTS, PENDING, token_client
+
+pytestmark = pytest.mark.django_db
+
+LISTS = [ENROLLMENTS, CERTIFICATES, PENDING]
+BEYOND_BIGINT = str(2**63)
+
+
+@pytest.fixture
+def officer_client(officer):
+    return token_client(officer)
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize(
+    "limit", [BEYOND_BIGINT, "101", "0", "-1", "1.5", "ten", "", " 5", "+5", "١٢", "9" * 5000]
+)
+def test_a_limit_that_is_not_a_whole_number_from_1_to_100_is_400_naming_it(
+    officer_client, path, limit
+):
+    response = officer_client.get(path, {"limit": limit})
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert "100" in response.json()["limit"][0]
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize("offset", [BEYOND_BIGINT, "-1", "1e3", "", "9" * 5000])
+def test_an_offset_that_is_not_a_whole_number_in_range_is_400_naming_it(
+    officer_client, path, offset
+):
+    response = officer_client.get(path, {"offset": offset})
+
+    assert response.status_code == 400
+    assert response.json()["offset"]
+
+
+@pytest.mark.parametrize("path", LISTS)
+def test_the_largest_offset_is_an_empty_page_and_one_more_is_400(officer_client, path):
+    largest = officer_client.get(path, {"offset": str(2**63 - 1), "limit": "100"})
+    beyond = officer_client.get(path, {"offset": BEYOND_BIGINT, "limit": "100"})
+
+    assert largest.status_code == 200
+    assert largest.json()["results"] == []
+    assert beyond.status_code == 400
+
+
+def test_a_page_holds_at_most_100_and_links_to_the_next(officer_client, employee, template):
+    CertificateRequest.objects.bulk_create(
+        CertificateRequest(
+            requester=employee,
+            template=template("smime-dual-use"),
+            key_source="server",
+            key_algorithm="ec-p256",
+        )
+        for _ in range(102)
+    )
+
+    first = officer_client.get(PENDING, {"limit": "100"}).json()
+    rest = officer_client.get(first["next"]).json()
+
+    assert first["count"] == 102
+    assert len(first["results"]) == 100
+    assert len(rest["results"]) == 2
+    assert len(officer_client.get(PENDING).json()["results"]) == 50  # the default
+    assert officer_client.get(PENDING, {"limit": "101"}).status_code == 400
+
+
+def test_the_schema_documents_the_bounds(client):
+    schema = client.get("/api/v1/schema/", {"format": "json"}).json()
+
+    for path in LISTS:
+        parameters = {p["name"]: p for p in schema["paths"][path]["get"]["parameters"]}
+        assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
+        assert parameters["offset"]["schema"]["minimum"] == 0
+        assert parameters["offset"]["schema"]["maximum"] == 2**63 - 1
+
+
+def test_the_directory_documents_its_own_page_bounds(client):
+    schema = client.get("/api/v1/schema/", {"format": "json"}).json()
+
+    parameters = {p["name"]: p for p in schema["paths"]["/api/v1/directory/"]["get"]["parameters"]}
+    assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
+
+
+def test_manage_py_check_imports_the_pagination_class_before_drfs_views():
+    """A fresh process, as pre-commit runs it: DRF's check is the first to import it."""
+    check = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert check.returncode == 0, check.stderr[-2000:]
