@@ -12,6 +12,7 @@ from knox.models import AuthToken
 from knox.settings import CONSTANTS, knox_settings
 from knox.signals import token_expired
 
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
@@ -36,7 +37,12 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
     def authenticate_credentials(self, token: bytes) -> tuple[Any, AuthToken]:
         """knox's own check, with the token and its user read in one precompiled query."""
         refused = AuthenticationFailed(_("Invalid token."))
-        presented = token.decode("utf-8")
+        # knox tokens are printable ASCII (hex behind an optional prefix). Anything else is
+        # no token, and must not reach decode() (not UTF-8) or the query (PostgreSQL
+        # refuses NUL): the header is the client's to get wrong, so it is a 401.
+        if not token.isascii() or not token.decode("ascii").isprintable():
+            raise refused
+        presented = token.decode("ascii")
         for auth_token in hotsql.tokens_with_user(presented[: CONSTANTS.TOKEN_KEY_LENGTH]):
             if self._cleanup_token(auth_token):
                 continue
@@ -83,12 +89,23 @@ class AxesBasicAuthentication(BasicAuthentication):
     def authenticate_credentials(
         self, userid: str, password: str, request: Any = None
     ) -> tuple[Any, None]:
+        if "\x00" in userid or len(userid) > _username_max_length():
+            # No account has such a name, and axes could not record the failure (PostgreSQL
+            # refuses NUL; AccessAttempt.username is 255 characters): refuse it here.
+            raise AuthenticationFailed(_("Invalid username/password."))
         try:
             return super().authenticate_credentials(userid, password, request)
         except AuthenticationFailed:
             if getattr(request, "axes_locked_out", False):
                 raise SignInLockedOut() from None
             raise
+
+
+def _username_max_length() -> int:
+    """The longest name both the account model and axes' AccessAttempt (255) can hold."""
+    user_model = get_user_model()
+    max_length = getattr(user_model._meta.get_field(user_model.USERNAME_FIELD), "max_length", None)
+    return min(max_length or 255, 255)
 
 
 class AxesBasicScheme(OpenApiAuthenticationExtension):

@@ -189,6 +189,36 @@ def test_a_forged_token_with_a_real_prefix_is_refused(employee):
     assert _with_token(valid).get(CERTIFICATES).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        "\xff\xfe",  # not UTF-8 once the header's Latin-1 is encoded back to bytes
+        "abc\x00def",  # PostgreSQL refuses NUL in a query parameter
+        "\x00" * 64,
+    ],
+)
+def test_a_token_that_is_not_printable_ascii_is_401_as_any_bad_token(employee, token):
+    response = _with_token(token).get(CERTIFICATES)
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid token."}
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "alice\x00",  # PostgreSQL refuses NUL in a query parameter and in axes' record
+        "a" * 10_000,  # longer than axes' AccessAttempt.username (255)
+    ],
+)
+def test_a_basic_auth_user_name_no_account_can_have_is_401(employee, username):
+    response = token_client(None).post(TOKEN, **basic(username, SIGN_IN_PASSWORD))
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid username/password."}
+    assert AuthToken.objects.count() == 0
+
+
 def test_the_daily_purge_deletes_expired_tokens_only(employee, colleague):
     AuthToken.objects.create(user=employee, expiry=timedelta(seconds=-1))
     AuthToken.objects.create(user=colleague, expiry=timedelta(seconds=-60))
