@@ -219,14 +219,23 @@ class CertificateOut(serializers.ModelSerializer):
     """A certificate's facts; the same for its holder and for officers."""
 
     url = serializers.SerializerMethodField()
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # The model allows a certificate without owner or template (issued from the shell).
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     issuer = serializers.SlugRelatedField(source="ca", slug_field="slug", read_only=True)
-    template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    template = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     status = serializers.ChoiceField(
         source="state",
         choices=["valid", "revoked", "expired"],
         read_only=True,
         help_text="valid, revoked or expired.",
+    )
+    # Declared: DRF drops allow_blank from read_only_fields, so the schema said an enum
+    # without "", which is what a certificate not revoked (or without a reason) answers.
+    revocation_reason = serializers.ChoiceField(
+        choices=Certificate.RevocationReasonChoice.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text="RFC 5280 reason; empty when not revoked or revoked without one.",
     )
 
     class Meta:
@@ -303,7 +312,12 @@ class EnrollmentOut(serializers.ModelSerializer):
     requester = serializers.SlugRelatedField(slug_field="username", read_only=True)
     requester_name = serializers.CharField(source="requester.get_full_name", read_only=True)
     template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    renewal_of = serializers.SlugRelatedField(slug_field="serial", read_only=True)
+    renewal_of = serializers.SlugRelatedField(
+        slug_field="serial",
+        read_only=True,
+        allow_null=True,
+        help_text="The serial (hex) of the certificate this renews; null for a first enrolment.",
+    )
     serial = serializers.CharField(source="certificate.serial", read_only=True, allow_null=True)
     certificate_url = serializers.SerializerMethodField()
     collect_url = serializers.SerializerMethodField()

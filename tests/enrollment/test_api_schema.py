@@ -1,15 +1,32 @@
-"""The OpenAPI schema: complete, valid, warning-free, and served with its docs page."""
+"""The OpenAPI schema: complete, valid, warning-free, served, and true of real answers."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
 from django.core.management import call_command
 
-from tests.enrollment.api_tools import session_client
+from enrollment.models import Certificate
+from enrollment.x509.keys import KeyAlgorithm
+from tests.enrollment.api_tools import (
+    CERTIFICATES,
+    ENROLLMENTS,
+    PENDING,
+    certificate_url,
+    csr_body,
+    csr_pem,
+    enrollment_url,
+    request_url,
+    server_key_body,
+    session_client,
+    token_client,
+)
+from tests.enrollment.tools import issue
 
 EXPECTED_OPERATIONS = {
     ("/api/v1/auth/token/", "post"),
@@ -87,3 +104,79 @@ def test_the_browsable_api_renders_for_a_browser_session(officer, path):
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
+
+
+# --- answers against the schema -------------------------------------------------------
+
+
+def _json_schema(node: Any) -> Any:
+    """OpenAPI 3.0's `nullable: true` as JSON Schema's null type, everywhere in the tree.
+
+    Objects also refuse properties the schema does not list: a field left undocumented is
+    as much a mismatch as a wrong type."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _json_schema(value) for key, value in node.items()}
+    if "properties" in converted and converted.get("type") == "object":
+        converted.setdefault("additionalProperties", False)  # no undocumented fields either
+    if converted.pop("nullable", False):
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+def assert_answer_matches(schema: dict, path: str, method: str, response: Any) -> None:
+    """The answer's JSON is valid against what the schema documents for its status code."""
+    documented = schema["paths"][path][method]["responses"][str(response.status_code)]
+    body = documented["content"]["application/json"]["schema"]
+    document = {"components": _json_schema(schema["components"]), "allOf": [_json_schema(body)]}
+    jsonschema.Draft202012Validator(document).validate(response.json())
+
+
+def test_answers_of_every_endpoint_match_the_schema(
+    schema, hierarchy, template, employee, officer, colleague, key_pool
+):
+    """Valid and revoked certificates, a renewal and a first enrolment, a pending request,
+    and a certificate without template or owner (the model allows both)."""
+    me, them, ra = token_client(employee), token_client(colleague), token_client(officer)
+    key = [key_pool.get(KeyAlgorithm.EC_P256, slot=slot) for slot in range(4)]
+
+    def check(path: str, method: str, response: Any, status: int = 200) -> None:
+        assert response.status_code == status, response.content
+        assert_answer_matches(schema, path, method, response)
+
+    enrolled = me.post(ENROLLMENTS, csr_body(key[0]), format="json")
+    check("/api/v1/enrollments/", "post", enrolled, 201)
+    renewed = me.post(
+        f"{certificate_url(enrolled.json()['serial'])}renew/",
+        {"csr": csr_pem(key[1])},
+        format="json",
+    )
+    check("/api/v1/certificates/{serial}/renew/", "post", renewed, 201)
+    issue(employee, template("smime-dual-use"), key[2])  # for the directory's e-mail lookup
+    orphan = issue(colleague, template("smime-signing"), key[3])
+    Certificate.objects.filter(pk=orphan.pk).update(template=None, owner=None)
+    signing = template("smime-signing")
+    signing.requires_approval = True
+    signing.save()
+    pending = them.post(ENROLLMENTS, server_key_body("smime-signing"), format="json")
+    check("/api/v1/enrollments/", "post", pending, 202)
+
+    check("/api/v1/enrollments/", "get", me.get(ENROLLMENTS))
+    for answer in (enrolled, renewed):
+        check("/api/v1/enrollments/{id}/", "get", me.get(enrollment_url(answer.json()["id"])))
+    check("/api/v1/enrollments/{id}/", "get", ra.get(enrollment_url(pending.json()["id"])))
+    for client in (me, ra):
+        check("/api/v1/certificates/", "get", client.get(CERTIFICATES))
+    for serial in (enrolled.json()["serial"], renewed.json()["serial"], orphan.serial):
+        check("/api/v1/certificates/{serial}/", "get", ra.get(certificate_url(serial)))
+    check("/api/v1/requests/pending/", "get", ra.get(PENDING))
+    check("/api/v1/directory/", "get", me.get("/api/v1/directory/", {"q": "alice"}))
+    check("/api/v1/directory/", "get", me.get("/api/v1/directory/", {"email": employee.email}))
+    approved = ra.post(request_url(pending.json()["id"], "approve"), {}, format="json")
+    check("/api/v1/requests/{id}/approve/", "post", approved)
+    revoked = ra.post(
+        f"{certificate_url(orphan.serial)}revoke/", {"reason": "superseded"}, format="json"
+    )
+    check("/api/v1/certificates/{serial}/revoke/", "post", revoked)
