@@ -6,7 +6,9 @@ import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from rest_framework import renderers, status
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, renderers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -73,3 +75,43 @@ class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
         context = super().get_context(*args, **kwargs)
         context["code_style"] = None
         return context
+
+
+# --- Django's error views (pkiportal/urls.py), for errors no DRF view answers ---------
+# A URL the resolver cannot match (/api/v1/enrollments/1.5/), an exception outside DRF or
+# a bad Host header: under /api/ these answer JSON in DRF's shape, as README promises.
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
+
+
+def _api_error(detail: Any, code: int) -> JsonResponse:
+    return JsonResponse({"detail": str(detail)}, status=code)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _api_error("Bad request.", status.HTTP_400_BAD_REQUEST)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        detail = exceptions.PermissionDenied.default_detail
+        return _api_error(detail, status.HTTP_403_FORBIDDEN)
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _api_error(exceptions.NotFound.default_detail, status.HTTP_404_NOT_FOUND)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Never the exception's text: it may name hosts, paths or credentials."""
+    if _is_api(request):
+        detail = exceptions.APIException.default_detail
+        return _api_error(detail, status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return defaults.server_error(request)

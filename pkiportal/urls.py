@@ -31,6 +31,12 @@ urlpatterns = [
     path("health/", health_view, name="health"),
 ]
 
+# JSON under /api/, the portal's pages elsewhere (pkiportal/api.py says why).
+handler400 = "pkiportal.api.bad_request"
+handler403 = "pkiportal.api.permission_denied"
+handler404 = "pkiportal.api.page_not_found"
+handler500 = "pkiportal.api.server_error"
+
 if "mozilla_django_oidc" in settings.INSTALLED_APPS:
     # Single sign-on, when configured (README.md, "Company directory and single sign-on").
     urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

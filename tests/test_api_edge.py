@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.test import Client
+from django.urls import clear_url_caches, path
+
 from enrollment.models import CertificateRequest
+from pkiportal import urls as portal_urls
 from tests.enrollment.api_tools import CERTIFICATES, ENROLLMENTS, PENDING, token_client
 
 pytestmark = pytest.mark.django_db
@@ -81,8 +87,8 @@ def test_a_page_holds_at_most_100_and_links_to_the_next(officer_client, employee
 def test_the_schema_documents_the_bounds(client):
     schema = client.get("/api/v1/schema/", {"format": "json"}).json()
 
-    for path in LISTS:
-        parameters = {p["name"]: p for p in schema["paths"][path]["get"]["parameters"]}
+    for listing in LISTS:
+        parameters = {p["name"]: p for p in schema["paths"][listing]["get"]["parameters"]}
         assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
         assert parameters["offset"]["schema"]["minimum"] == 0
         assert parameters["offset"]["schema"]["maximum"] == 2**63 - 1
@@ -106,3 +112,83 @@ def test_manage_py_check_imports_the_pagination_class_before_drfs_views():
     )
 
     assert check.returncode == 0, check.stderr[-2000:]
+
+
+# --- errors outside DRF's views -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{CERTIFICATES}xyz/",  # not a serial: the resolver fails before DRF runs
+        f"{ENROLLMENTS}1.5/",
+        "/api/v1/no-such-endpoint/",
+        "/api/",
+    ],
+)
+def test_a_404_under_api_is_json_and_elsewhere_the_portals_page(officer_client, path):
+    api = officer_client.get(path)
+    page = officer_client.get("/no-such-page/")
+
+    assert api.status_code == 404
+    assert api["Content-Type"] == "application/json"
+    assert api.json() == {"detail": "Not found."}
+    assert page.status_code == 404
+    assert page["Content-Type"].startswith("text/html")
+    assert b"There is nothing here" in page.content
+
+
+SECRET = "connection string postgres://portal:hunter2@db/pki"
+
+
+def fails(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError(SECRET)
+
+
+def forbids(request: HttpRequest) -> HttpResponse:
+    raise PermissionDenied(SECRET)
+
+
+@pytest.fixture
+def failing_urls(monkeypatch):
+    """Views that fail, added to the portal's own URLconf: its handlers are under test."""
+    failing = [
+        path("api/v1/fails/", fails),
+        path("fails/", fails),
+        path("api/v1/forbids/", forbids),
+    ]
+    monkeypatch.setattr(portal_urls, "urlpatterns", [*failing, *portal_urls.urlpatterns])
+    clear_url_caches()
+    yield
+    monkeypatch.undo()
+    clear_url_caches()
+
+
+def test_a_500_under_api_is_json_without_details_and_elsewhere_html(failing_urls):
+    client = Client(raise_request_exception=False)
+
+    api = client.get("/api/v1/fails/")
+    page = client.get("/fails/")
+
+    assert api.status_code == 500
+    assert api["Content-Type"] == "application/json"
+    assert api.json() == {"detail": "A server error occurred."}
+    assert page.status_code == 500
+    assert page["Content-Type"].startswith("text/html")
+    for response in (api, page):
+        assert b"hunter2" not in response.content
+        assert b"RuntimeError" not in response.content
+
+
+def test_a_403_or_400_raised_outside_drf_under_api_is_json(failing_urls, settings):
+    settings.ALLOWED_HOSTS = ["testserver"]
+    client = Client()
+
+    forbidden = client.get("/api/v1/forbids/")
+    bad_host = client.get(CERTIFICATES, HTTP_HOST="evil.example")
+
+    assert forbidden.status_code == 403
+    assert forbidden.json() == {"detail": "You do not have permission to perform this action."}
+    assert b"hunter2" not in forbidden.content
+    assert bad_host.status_code == 400
+    assert bad_host.json() == {"detail": "Bad request."}
