@@ -97,17 +97,18 @@ def certificate_search(
 ) -> SearchPage:
     """People whose name, e-mail or unit match every term, with their certificates.
 
-    Only people with a currently valid certificate, unless `include_inactive`; then also
-    their expired and revoked ones. Keyset pagination (`after` = the previous page's
-    `next_after`, a signed cursor), so a page costs the same however deep it is and nothing
-    counts the whole result.
+    Only active accounts with a currently valid certificate, unless `include_inactive`;
+    then also their expired and revoked ones (never deactivated accounts). Keyset
+    pagination (`after` = the previous page's `next_after`, a signed cursor), so a page
+    costs the same however deep it is and nothing counts the whole result.
     """
     terms = search_terms(query)
     if not terms:
         return SearchPage([], None)
     now = now or timezone.now()
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    people = get_user_model().objects.all()
+    # A deactivated account is someone who has left: not a colleague to encrypt to.
+    people = get_user_model().objects.filter(is_active=True)
     for term in terms:
         people = people.filter(directory_search__contains=word_pattern(term))
     if after is not None:
@@ -213,11 +214,12 @@ def normalise_email(address: str) -> str:
 def certificates_for_email(
     *, email: str, now: datetime | None = None, limit: int = MAX_EMAIL_RESULTS
 ) -> list[Certificate]:
-    """What a sender encrypts to: valid, not revoked, encryption-capable, newest first."""
+    """What a sender encrypts to: valid, not revoked, encryption-capable, newest first,
+    and held by an active account (not someone who has left)."""
     return list(
         Certificate.objects.valid(now)
         .encryption_capable()
-        .filter(email=normalise_email(email))
+        .filter(email=normalise_email(email), owner__is_active=True)
         .select_related("owner", "template")
         .order_by("-not_before", "-pk")[:limit]
     )

@@ -75,6 +75,24 @@ def test_a_revoked_certificate_disappears_at_once(employee_client, certs):
     assert fingerprints(response) == [certs["dual_use"].fingerprint_sha256]
 
 
+def test_someone_who_has_left_is_neither_offered_nor_found(employee_client, jose, certs):
+    """A deactivated account: its valid certificates are no one to encrypt to any more."""
+    jose.is_active = False
+    jose.save()
+
+    assert fingerprints(employee_client.get(URL, {"email": "jose.garcia@example.com"})) == []
+    for include_inactive in ("false", "true"):
+        found = employee_client.get(URL, {"q": "García", "include_inactive": include_inactive})
+        assert fingerprints(found) == []
+
+    page = employee_client.get(f"/directory/{certs['dual_use'].fingerprint_sha256}/")
+    assert "no longer active" in page.content.decode()  # the page itself stays, for signatures
+
+    jose.is_active = True
+    jose.save()
+    assert len(fingerprints(employee_client.get(URL, {"email": "jose.garcia@example.com"}))) == 2
+
+
 def test_an_expired_certificate_is_not_offered(employee, certs, time_machine):
     time_machine.move_to(certs["dual_use"].not_after + timedelta(seconds=1))
     client = client_for(employee)  # signed in after the jump: sessions expire too

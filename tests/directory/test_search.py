@@ -182,3 +182,11 @@ def test_pages_are_the_same_whatever_plan_the_match_sample_picks(
             break
 
     assert seen == [f"Sam Sample{n}" for n in range(9) if n % 3 != 1]
+
+
+def test_a_deactivated_account_is_not_found(staff):
+    staff["jose"].is_active = False
+    staff["jose"].save()
+
+    assert search("jos") == ["Josefine Berg"]
+    assert search("jos", include_inactive=True) == ["Josefine Berg"]
