@@ -1,0 +1,267 @@
+"""GnuPG's gpgsm signs, verifies, encrypts and checks CRLs with what the portal issues.
+
+A throwaway GNUPGHOME per test, set up as the repository page tells users: import the CA
+certificates, trust the root in trustlist.txt. dirmngr fetches the CRLs from the URLs in
+the certificates through a local HTTP proxy that answers with what /pki/ serves, so the
+CRL check is real and offline. The CAs are RSA, the portal's default (create_pki).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cryptography.hazmat.primitives import hashes, serialization
+
+from django.test import Client
+
+from enrollment import keystore, services
+from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.pkcs12 import Pkcs12Format
+from tests.conftest import ROOT_PASSPHRASE
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.django_db,
+    pytest.mark.skipif(shutil.which("gpgsm") is None, reason="gpgsm (package gpgsm) absent"),
+]
+
+PASSWORD = "a long pkcs12 password"
+MESSAGE = b"Content-Type: text/plain\r\n\r\nThe quarterly numbers are attached.\r\n"
+
+
+def served(path: str) -> bytes:
+    response = Client().get(path)
+    assert response.status_code == 200, path
+    return response.content
+
+
+class CrlProxy(ThreadingHTTPServer):
+    """An HTTP proxy for dirmngr that answers ``GET http://host/pki/<name>.crl`` from a dict."""
+
+    def __init__(self, crls: dict[str, bytes]) -> None:
+        self.crls = crls
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), _CrlHandler)
+
+
+class _CrlHandler(BaseHTTPRequestHandler):
+    server: CrlProxy
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.requests.append(self.path)
+        body = self.server.crls.get(self.path.rsplit("/", 1)[-1])
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/pkix-crl")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+class Gpgsm:
+    """gpgsm in a throwaway GNUPGHOME (short path: agent sockets live there)."""
+
+    def __init__(self, home: Path, proxy: CrlProxy) -> None:
+        self.home = home
+        self.proxy = proxy
+        (home / "gpg-agent.conf").write_text("allow-loopback-pinentry\n")
+        host, port = proxy.server_address[:2]
+        (home / "dirmngr.conf").write_text(f"http-proxy http://{host}:{port}\n")
+
+    def run(
+        self, *args: str | Path, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """``gpgsm --batch *args``; with ``check`` a failure raises showing gpgsm's stderr."""
+        result = subprocess.run(
+            ["gpgsm", "--homedir", str(self.home), "--batch", "--pinentry-mode", "loopback",
+             *map(str, args)],
+            input=input, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"gpgsm {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                + result.stderr.decode(errors="replace")
+            )
+        return result
+
+    def import_pkcs12(self, bundle: Path, password: str) -> subprocess.CompletedProcess[bytes]:
+        """gpgsm reads the passphrase from a file descriptor, not from ``--passphrase``."""
+        return self.run(
+            "--passphrase-fd", "0", "--import", bundle, input=password.encode(), check=False
+        )
+
+    def kill(self) -> None:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.home), "--kill", "all"], check=False, timeout=30
+        )
+
+
+@pytest.fixture
+def rsa_hierarchy(db, tmp_path):
+    """The default shape of create_pki: RSA root and issuing CA (2048 bits: fast)."""
+    return services.pki_create(
+        root=services.CaSpec("Test Root CA", "root", KeyAlgorithm.RSA_2048, 3650),
+        issuing=services.CaSpec("Test Issuing CA", "issuing", KeyAlgorithm.RSA_2048, 1825),
+        base_url="http://pki.example.com",
+        root_key_path=tmp_path / "offline" / "root-key.pem",
+        root_passphrase=ROOT_PASSPHRASE,
+        organization_name="Example Org",
+        country_name="GB",
+    )
+
+
+@pytest.fixture
+def crls() -> dict[str, bytes]:
+    """What the proxy serves; a test fills it from /pki/ once its revocations are in."""
+    return {}
+
+
+@pytest.fixture
+def gpgsm(crls: dict[str, bytes]) -> Iterator[Gpgsm]:
+    proxy = CrlProxy(crls)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    home = Path(tempfile.mkdtemp(prefix="gpgsm-"))
+    tool = Gpgsm(home, proxy)
+    try:
+        yield tool
+    finally:
+        tool.kill()
+        proxy.shutdown()
+        proxy.server_close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def trust_the_portal(gpgsm: Gpgsm, openssl, root_slug: str = "root") -> None:
+    """The repository page's gpgsm steps: import the CAs, trust the root's SHA-1 with S."""
+    root = openssl.write("root.der", served(f"/pki/{root_slug}.crt"))
+    issuing = openssl.write("issuing.der", served("/pki/issuing.crt"))
+    gpgsm.run("--import", root, issuing)
+    openssl.run("x509", "-inform", "DER", "-in", "root.der", "-out", "root.pem")
+    fingerprint = openssl.run("x509", "-in", "root.pem", "-noout", "-fingerprint", "-sha1")
+    colons = fingerprint.stdout.decode().strip().split("=", 1)[1]
+    (gpgsm.home / "trustlist.txt").write_text(f"{colons} S\n")
+
+
+def publish(crls: dict[str, bytes], root, key_path: Path) -> None:
+    """Sign the root's CRL with the offline key, then serve both CRLs as /pki/ does."""
+    services.crl_publish(
+        ca=root,
+        offline_key=keystore.OfflineKey(key_path, ROOT_PASSPHRASE),
+        validity=timedelta(days=365),
+    )
+    for slug in ("root", "issuing"):
+        crls[f"{slug}.crl"] = served(f"/pki/{slug}.crl")
+
+
+def issue(template, owner, slug: str = "smime-dual-use", fmt=Pkcs12Format.COMPATIBLE,
+          algorithm=KeyAlgorithm.RSA_2048):  # fmt: skip
+    return services.certificate_issue_with_server_key(
+        template=template(slug), owner=owner, key_algorithm=algorithm,
+        pkcs12_password=PASSWORD, pkcs12_format=fmt,
+    )  # fmt: skip
+
+
+def pem(certificate) -> bytes:
+    return certificate.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def sha1(certificate) -> str:
+    return certificate.certificate.fingerprint(hashes.SHA1()).hex().upper()
+
+
+def test_gpgsm_signs_and_encrypts_with_a_portal_pkcs12_and_openssl_agrees(
+    rsa_hierarchy, template, employee, colleague, gpgsm, crls, openssl, tmp_path
+):
+    alice, bundle = issue(template, employee)
+    bob, bob_bundle = issue(template, colleague)
+    publish(crls, rsa_hierarchy[0], tmp_path / "offline" / "root-key.pem")
+    trust_the_portal(gpgsm, openssl)
+    imported = gpgsm.import_pkcs12(openssl.write("alice.p12", bundle), PASSWORD)
+    assert b"secret keys imported: 1" in imported.stderr, imported.stderr.decode()
+    message = openssl.write("message.txt", MESSAGE)
+
+    # gpgsm signs (checking Alice's chain and CRLs first); openssl verifies against the root.
+    gpgsm.run(
+        "--passphrase-fd",
+        "0",
+        "--local-user",
+        sha1(alice),
+        "--output",
+        openssl.path("signed.p7m"),
+        "--sign",
+        message,
+        input=f"{PASSWORD}\n".encode(),
+    )
+    verified = openssl.run(
+        "cms", "-verify", "-inform", "DER", "-in", "signed.p7m", "-CAfile", "root.pem",
+        "-purpose", "smimesign", "-out", "verified.txt",
+    )  # fmt: skip
+    assert b"Verification successful" in verified.stderr
+    assert openssl.path("verified.txt").read_bytes() == MESSAGE
+    assert "http://pki.example.com:80/pki/issuing.crl" in gpgsm.proxy.requests
+
+    # openssl signs as Bob; gpgsm verifies, Bob's chain and CRL included.
+    openssl.run("pkcs12", "-in", openssl.write("bob.p12", bob_bundle), "-passin",
+                f"pass:{PASSWORD}", "-nodes", "-nocerts", "-out", "bob.key")  # fmt: skip
+    openssl.write("bob.pem", pem(bob))
+    openssl.run("cms", "-sign", "-in", message, "-signer", "bob.pem", "-inkey", "bob.key",
+                "-outform", "DER", "-out", "bob-signed.p7m", "-nodetach")  # fmt: skip
+    checked = gpgsm.run("--verify", openssl.path("bob-signed.p7m"))
+    assert b"Good signature" in checked.stderr, checked.stderr.decode()
+
+    # gpgsm encrypts to Bob's portal certificate; openssl decrypts with Bob's key.
+    gpgsm.run("--import", openssl.path("bob.pem"))
+    gpgsm.run(
+        "--recipient", sha1(bob), "--output", openssl.path("sealed.p7m"), "--encrypt", message
+    )
+    openssl.run("cms", "-decrypt", "-inform", "DER", "-in", "sealed.p7m", "-recip", "bob.pem",
+                "-inkey", "bob.key", "-out", "opened.txt")  # fmt: skip
+    assert openssl.path("opened.txt").read_bytes() == MESSAGE
+
+    # And the reverse: openssl encrypts to Alice, gpgsm decrypts with the imported key.
+    openssl.write("alice.pem", pem(alice))
+    openssl.run("cms", "-encrypt", "-aes256", "-in", message, "-outform", "DER",
+                "-out", "to-alice.p7m", "alice.pem")  # fmt: skip
+    opened = gpgsm.run(
+        "--passphrase-fd",
+        "0",
+        "--decrypt",
+        openssl.path("to-alice.p7m"),
+        input=f"{PASSWORD}\n".encode(),
+    )
+    assert opened.stdout == MESSAGE
+
+
+def test_gpgsm_refuses_a_signature_by_a_revoked_certificate(
+    rsa_hierarchy, template, employee, gpgsm, crls, openssl, tmp_path
+):
+    revoked, bundle = issue(template, employee, "smime-signing")
+    services.certificate_revoke(certificate=revoked, reason="keyCompromise")
+    services.crl_publish(ca=rsa_hierarchy[1])  # what the on-commit task does
+    publish(crls, rsa_hierarchy[0], tmp_path / "offline" / "root-key.pem")
+    trust_the_portal(gpgsm, openssl)
+    openssl.run("pkcs12", "-in", openssl.write("p.p12", bundle), "-passin",
+                f"pass:{PASSWORD}", "-nodes", "-nocerts", "-out", "key.pem")  # fmt: skip
+    openssl.write("leaf.pem", pem(revoked))
+    openssl.run("cms", "-sign", "-in", openssl.write("m.txt", MESSAGE), "-signer", "leaf.pem",
+                "-inkey", "key.pem", "-outform", "DER", "-out", "s.p7m", "-nodetach")  # fmt: skip
+
+    result = gpgsm.run("--verify", openssl.path("s.p7m"), check=False)
+
+    assert result.returncode != 0
+    assert b"certificate has been revoked" in result.stderr, result.stderr.decode()
