@@ -8,6 +8,7 @@ CRL check is real and offline. The CAs are RSA, the portal's default (create_pki
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -311,3 +312,53 @@ def test_gpgsm_checks_the_crl_of_an_ec_issuing_ca(
     checked = gpgsm.run("--verify", openssl.path("s.p7m"))
 
     assert b"Good signature" in checked.stderr, checked.stderr.decode()
+
+
+def repository_page_steps(page: str) -> list[list[str]]:
+    """The manual CRL steps the repository page gives for gpgsm, as argument lists."""
+    import html
+    import re
+    import shlex
+
+    blocks = re.findall(r"<pre>(.*?)</pre>", page, re.S)
+    steps = next(block for block in blocks if "loadcrl" in block)
+    return [shlex.split(line) for line in html.unescape(steps).splitlines() if line.strip()]
+
+
+def test_the_repository_pages_manual_crl_steps_work_in_gpgsm(
+    rsa_hierarchy, template, employee, gpgsm, crls, openssl, tmp_path
+):
+    """Where dirmngr cannot fetch a CRL (here the proxy serves none), the page's steps load
+    them by hand. GnuPG 2.2 refuses a bare `loadcrl` of a CRL with an authorityKeyIdentifier
+    (every CRL here) unless dirmngr already holds the issuer, and reads the file from its
+    own working directory: the steps cache the issuer and give the full path."""
+    signer, bundle = issue(template, employee, "smime-signing")
+    publish({}, rsa_hierarchy[0], tmp_path / "offline" / "root-key.pem")  # proxy: nothing
+    trust_the_portal(gpgsm, openssl)
+    for slug in ("root", "issuing"):
+        openssl.write(f"{slug}.crt", served(f"/pki/{slug}.crt"))
+        openssl.write(f"{slug}.crl", served(f"/pki/{slug}.crl"))
+    openssl.run("pkcs12", "-in", openssl.write("p.p12", bundle), "-passin",
+                f"pass:{PASSWORD}", "-nodes", "-nocerts", "-out", "key.pem")  # fmt: skip
+    openssl.write("leaf.pem", pem(signer))
+    openssl.run("cms", "-sign", "-in", openssl.write("m.txt", MESSAGE), "-signer", "leaf.pem",
+                "-inkey", "key.pem", "-outform", "DER", "-out", "s.p7m", "-nodetach")  # fmt: skip
+    assert gpgsm.run("--verify", openssl.path("s.p7m"), check=False).returncode != 0  # no CRL
+
+    page = Client().get("/pki/").content.decode()
+    steps = repository_page_steps(page)
+    assert [step[0] for step in steps] == ["openssl", "dirmngr-client", "gpgsm"] * 2
+    environment = {**os.environ, "GNUPGHOME": str(gpgsm.home), "PWD": str(openssl.path("."))}
+    for step in steps:
+        step = [part.replace("$PWD", str(openssl.path("."))) for part in step]
+        if step[0] == "gpgsm":
+            step[1:1] = ["--homedir", str(gpgsm.home)]
+        done = subprocess.run(
+            step, cwd=openssl.path("."), env=environment, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, (step, done.stderr.decode(errors="replace"))
+        assert b"Unknown IPC inquire" not in done.stderr
+
+    checked = gpgsm.run("--verify", openssl.path("s.p7m"))
+    assert b"Good signature" in checked.stderr, checked.stderr.decode()
+    assert gpgsm.proxy.requests  # dirmngr did try the URLs first
