@@ -203,6 +203,13 @@ def ca_certificate_pem(request: HttpRequest, slug: str) -> HttpResponse:
 def repository(request: HttpRequest) -> HttpResponse:
     """The human page: what to download, what to compare, how to trust it per platform."""
     authorities = list(CertificateAuthority.objects.select_related("parent"))
+    # Root first, each CA after its issuer: gpgsm's manual CRL steps must load in that order.
+    parents = {ca.pk: ca.parent_id for ca in authorities}
+
+    def depth(pk: int | None) -> int:
+        return 0 if parents.get(pk) is None else 1 + depth(parents[pk])
+
+    authorities.sort(key=lambda ca: (depth(ca.pk), ca.name, ca.pk))
     now = timezone.now()
     for ca in authorities:
         ca.current_crl = ca.latest_crl()
