@@ -34,13 +34,22 @@ def _send(subject: str, template: str, context: dict[str, object], to: str) -> N
 
 
 def request_decided(request: CertificateRequest) -> None:
-    approved = request.state == CertificateRequest.State.APPROVED
+    """The decision, and for a CSR approved now its outcome: issued, or failed and why."""
+    state = CertificateRequest.State
+    failed = request.state == state.FAILED
+    approved = request.state in (state.APPROVED, state.ISSUED, state.FAILED)
+    subject = (
+        "Your certificate request was approved but could not be issued"
+        if failed
+        else f"Your certificate request was {'approved' if approved else 'rejected'}"
+    )
     _send(
-        f"Your certificate request was {'approved' if approved else 'rejected'}",
+        subject,
         "enrollment/email/request_decided.txt",
         {
             "request": request,
             "approved": approved,
+            "failed": failed,
             "url": reverse("enrollment:request-detail", args=[request.pk]),
         },
         request.requester.email,

@@ -1138,6 +1138,11 @@ def request_submit(
             raise InvalidState(
                 "Only a valid certificate can be renewed; request a new one instead."
             )
+        if CertificateRequest.objects.filter(
+            renewal_of=renewal_of, state__in=OPEN_REQUEST_STATES
+        ).exists():
+            # Each would supersede the same certificate: only one can ever be issued.
+            raise InvalidState("This certificate already has a renewal waiting.")
     subject_for(requester)  # fail early when the account cannot be named in a certificate
     parsed = None
     if csr is not None:
@@ -1151,6 +1156,12 @@ def request_submit(
             parsed = parse_csr(csr, allowed_key_algorithms=template.key_algorithms)
         except X509Error as exc:
             raise PolicyViolation(exc.message, field="csr") from exc
+        if renewal_of is not None and keys.spki_sha256(parsed.public_key) == renewal_of.spki_sha256:
+            raise PolicyViolation(
+                "A renewal needs a new key: this request carries the key of the certificate "
+                "it renews. Make a new key and request again.",
+                field="csr",
+            )
     else:
         assert key_algorithm is not None
         if not template.allow_server_key:
@@ -1217,6 +1228,50 @@ def request_submit(
     return request
 
 
+OPEN_REQUEST_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
+
+
+def _request_fail(request: CertificateRequest, exc: EnrollmentError, *, actor: Actor) -> None:
+    """Mark an approved request failed for good, audited: it no longer counts against the
+    requester's cap, and requester and officer both see why."""
+    with transaction.atomic():
+        CertificateRequest.objects.filter(pk=request.pk).update(
+            state=CertificateRequest.State.FAILED,
+            error_code=type(exc).__name__,
+            error=exc.message[:500],
+            updated_at=timezone.now(),
+        )
+        request.refresh_from_db()
+        audit_record(
+            action="request.fail",
+            actor=actor,
+            target=request,
+            outcome=AuditEvent.Outcome.FAILURE,
+            detail={"error_code": type(exc).__name__, "error": exc.message[:500]},
+        )
+
+
+def _requester_may_still(request: CertificateRequest) -> None:
+    """Raise unless the requester may still have what was asked for: an approval or a
+    download comes later than the request, after an account, a group or a template may
+    have changed."""
+    from enrollment.permissions import may_use_template
+
+    requester, template = request.requester, request.template
+    if not requester.is_active:
+        raise NotPermitted(f"{requester.get_full_name()}'s account is no longer active.")
+    if not may_use_template(requester, template):
+        raise NotPermitted(
+            f"{requester.get_full_name()} may no longer use the template {template.name}."
+        )
+    renewed = request.renewal_of
+    if renewed is not None and not Certificate.objects.valid().filter(pk=renewed.pk).exists():
+        raise InvalidState(
+            f"The certificate this request renews ({renewed.serial}) is no longer valid; "
+            "request a new one instead."
+        )
+
+
 def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
     """Issue for a CSR request approved later; a failure stays visible on the request."""
     public_key = parse_csr(bytes(request.csr)).public_key
@@ -1234,12 +1289,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
             request.state = CertificateRequest.State.ISSUED
             request.save(update_fields=["certificate", "state", "updated_at"])
     except EnrollmentError as exc:
-        CertificateRequest.objects.filter(pk=request.pk).update(
-            state=CertificateRequest.State.FAILED,
-            error_code=type(exc).__name__,
-            error=exc.message[:500],
-        )
-        request.refresh_from_db()
+        _request_fail(request, exc, actor=actor)
         raise
 
 
@@ -1262,6 +1312,21 @@ def request_collect(
                 "This request has nothing to download (it was already downloaded, or it is "
                 f"{locked.get_state_display().lower()})."
             )
+        try:
+            _requester_may_still(locked)
+            _server_key_still_allowed(locked)
+        except EnrollmentError as exc:
+            permanent = exc
+        else:
+            permanent = None
+    if permanent is not None:
+        # It can never be collected: fail it, so it stops holding one of the person's slots.
+        _request_fail(request, permanent, actor=actor)
+        raise permanent
+    with transaction.atomic():
+        locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
+        if not locked.awaits_download:
+            raise InvalidState("This request has nothing to download any more.")
         certificate, bundle = certificate_issue_with_server_key(
             template=locked.template,
             owner=locked.requester,
@@ -1286,6 +1351,17 @@ def request_collect(
     return certificate, bundle
 
 
+def _server_key_still_allowed(request: CertificateRequest) -> None:
+    template = request.template
+    if not template.allow_server_key:
+        raise PolicyViolation(f"{template.name} no longer issues keys made by the portal.")
+    if keys.KeyAlgorithm(request.key_algorithm) not in template.key_algorithms:
+        raise PolicyViolation(
+            f"{template.name} no longer allows {keys.KeyAlgorithm(request.key_algorithm).label} "
+            "keys."
+        )
+
+
 def _decide(
     request: CertificateRequest, *, officer: AbstractBaseUser, approve: bool, reason: str
 ) -> CertificateRequest:
@@ -1299,6 +1375,11 @@ def _decide(
         locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
         if locked.state != CertificateRequest.State.PENDING:
             raise InvalidState(f"This request is already {locked.get_state_display().lower()}.")
+        if approve:
+            try:
+                _requester_may_still(locked)
+            except EnrollmentError as exc:
+                raise type(exc)(f"{exc.message} Reject the request instead.") from exc
         locked.state = (
             CertificateRequest.State.APPROVED if approve else CertificateRequest.State.REJECTED
         )
@@ -1315,11 +1396,15 @@ def _decide(
         )
         from enrollment.notifications import request_decided
 
-        request_decided(locked)
-    if approve and locked.key_source == CertificateRequest.KeySource.CSR:
-        # A failure is recorded on the request, where requester and officer both see it.
+        issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
+        if not issue_now:
+            request_decided(locked)
+    if issue_now:
+        # A failure is recorded on the request, where requester and officer both see it;
+        # the requester's mail tells the outcome, not only the approval.
         with contextlib.suppress(EnrollmentError):
             _fulfil_csr(locked, actor=officer)
+        request_decided(locked)
     return locked
 
 
