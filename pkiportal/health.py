@@ -45,7 +45,10 @@ def _broker_connection() -> Any:
     return Connection(
         settings.CELERY_BROKER_URL,
         connect_timeout=BROKER_TIMEOUT_SECONDS,
-        transport_options={"socket_connect_timeout": BROKER_TIMEOUT_SECONDS},
+        transport_options={
+            "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+            "socket_timeout": BROKER_TIMEOUT_SECONDS,  # one that accepts and never answers
+        },
     )
 
 
