@@ -67,7 +67,7 @@ class KeyBackend(Protocol):
 # Decrypted online CA keys of this process, keyed by file, its mtime and the passphrase's
 # hash: a replaced key file or a new passphrase is read afresh. Memory of the signing
 # process only, like an HSM session; never Django's cache, never disk.
-_PROCESS_KEYS: dict[tuple[str, int, str], keys.PrivateKey] = {}
+_PROCESS_KEYS: dict[tuple[str, tuple[int, ...], str], keys.PrivateKey] = {}
 
 
 class FileKeyBackend:
@@ -111,7 +111,17 @@ class FileKeyBackend:
         path = self._path(reference)
         passphrase = self._passphrase()
         try:
-            stamp = path.stat().st_mtime_ns
+            found = path.stat()
+            # The file's identity, not only its mtime: a key written again within the
+            # clock's granularity (a few ms) keeps its mtime, and must not be taken for
+            # the one cached before it.
+            stamp = (
+                found.st_dev,
+                found.st_ino,
+                found.st_size,
+                found.st_mtime_ns,
+                found.st_ctime_ns,
+            )
             cache_key = (str(path.resolve()), stamp, hashlib.sha256(passphrase).hexdigest())
             if settings.PKIPORTAL_CA_KEY_PROCESS_CACHE and cache_key in _PROCESS_KEYS:
                 return _PROCESS_KEYS[cache_key]
