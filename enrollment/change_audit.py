@@ -179,17 +179,23 @@ def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
 # --- role group memberships (everywhere) ------------------------------------------------
 
 
-def _record_roles(action: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
+def _record(action: str, what: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
+    """One event per (account or group, role or permission), told who made the change by
+    changes_from; one append for them all."""
     source = current_source()
-    with deferred():  # one append for a whole group's members
-        for user, group in pairs:
+    with deferred():
+        for target, name in pairs:
             audit_record(
                 action=action,
                 actor=source.actor,
-                target=user,
+                target=target,
                 source_address=source.address,
-                detail={"group": group, "source": source.source},
+                detail={what: name, "source": source.source},
             )
+
+
+def _record_roles(action: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
+    _record(action, "group", pairs)
 
 
 def _memberships(
@@ -292,16 +298,7 @@ def _held(
 
 
 def _record_permissions(action: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
-    source = current_source()
-    with deferred():
-        for holder, permission in pairs:
-            audit_record(
-                action=action,
-                actor=source.actor,
-                target=holder,
-                source_address=source.address,
-                detail={"permission": permission, "source": source.source},
-            )
+    _record(action, "permission", pairs)
 
 
 def _permissions_changed(
