@@ -446,6 +446,19 @@ def certificate_issue(
     )
 
 
+def _check_server_key(
+    template: CertificateTemplate, key_algorithm: keys.KeyAlgorithm, *, field: str | None = None
+) -> None:
+    """The template issues keys made by the portal, of this algorithm: asked when the
+    request is made, again when the key is made (the template may have changed between)."""
+    if not template.allow_server_key:
+        raise PolicyViolation(f"{template.name} needs your own key: upload a CSR.", field=field)
+    if key_algorithm not in template.key_algorithms:
+        raise PolicyViolation(
+            f"{template.name} does not allow {key_algorithm.label} keys.", field=field
+        )
+
+
 # The password and the new key stay out of error reports, here and in the frames below
 # (Django applies the nearest decorated caller's list to them; pkcs12's names are its own).
 @sensitive_variables()
@@ -461,10 +474,7 @@ def certificate_issue_with_server_key(
     supersedes: Certificate | None = None,
 ) -> tuple[Certificate, bytes]:
     """Generate the key here; it leaves once, inside the password-protected PKCS#12."""
-    if not template.allow_server_key:
-        raise PolicyViolation(f"{template.name} requires your own key (a CSR).")
-    if key_algorithm not in template.key_algorithms:
-        raise PolicyViolation(f"{template.name} does not allow {key_algorithm.label} keys.")
+    _check_server_key(template, key_algorithm)
     if not pkcs12_password:
         raise PolicyViolation("A PKCS#12 password is required.", field="pkcs12_password")
     private_key = keys.generate_private_key(key_algorithm)
@@ -1164,15 +1174,7 @@ def request_submit(
             )
     else:
         assert key_algorithm is not None
-        if not template.allow_server_key:
-            raise PolicyViolation(
-                f"{template.name} needs your own key: upload a CSR.", field="key_algorithm"
-            )
-        if key_algorithm not in template.key_algorithms:
-            raise PolicyViolation(
-                f"{template.name} does not allow {key_algorithm.label} keys.",
-                field="key_algorithm",
-            )
+        _check_server_key(template, key_algorithm, field="key_algorithm")
     if template.archive_key and not _active_agents():
         raise ConfigurationError(
             f"No valid key recovery agent is configured, so {template.name} cannot issue "
@@ -1313,53 +1315,40 @@ def request_collect(
                 f"{locked.get_state_display().lower()})."
             )
         try:
+            # Approved earlier: the person, the template or the renewed certificate may
+            # have changed since, for good.
             _requester_may_still(locked)
-            _server_key_still_allowed(locked)
+            _check_server_key(locked.template, keys.KeyAlgorithm(locked.key_algorithm))
         except EnrollmentError as exc:
-            permanent = exc
+            permanent: EnrollmentError | None = exc
         else:
             permanent = None
+            certificate, bundle = certificate_issue_with_server_key(
+                template=locked.template,
+                owner=locked.requester,
+                key_algorithm=keys.KeyAlgorithm(locked.key_algorithm),
+                pkcs12_password=pkcs12_password,
+                pkcs12_format=pkcs12_format,
+                actor=actor,
+                source_address=source_address,
+                supersedes=locked.renewal_of,
+            )
+            locked.certificate = certificate
+            locked.state = CertificateRequest.State.ISSUED
+            locked.save(update_fields=["certificate", "state", "updated_at"])
+            audit_record(
+                action="pkcs12.download",
+                actor=actor,
+                target=certificate,
+                source_address=source_address,
+                detail={"format": pkcs12.Pkcs12Format(pkcs12_format).value, "request": locked.pk},
+            )
     if permanent is not None:
         # It can never be collected: fail it, so it stops holding one of the person's slots.
         _request_fail(request, permanent, actor=actor)
         raise permanent
-    with transaction.atomic():
-        locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
-        if not locked.awaits_download:
-            raise InvalidState("This request has nothing to download any more.")
-        certificate, bundle = certificate_issue_with_server_key(
-            template=locked.template,
-            owner=locked.requester,
-            key_algorithm=keys.KeyAlgorithm(locked.key_algorithm),
-            pkcs12_password=pkcs12_password,
-            pkcs12_format=pkcs12_format,
-            actor=actor,
-            source_address=source_address,
-            supersedes=locked.renewal_of,
-        )
-        locked.certificate = certificate
-        locked.state = CertificateRequest.State.ISSUED
-        locked.save(update_fields=["certificate", "state", "updated_at"])
-        audit_record(
-            action="pkcs12.download",
-            actor=actor,
-            target=certificate,
-            source_address=source_address,
-            detail={"format": pkcs12.Pkcs12Format(pkcs12_format).value, "request": locked.pk},
-        )
     request.refresh_from_db()
     return certificate, bundle
-
-
-def _server_key_still_allowed(request: CertificateRequest) -> None:
-    template = request.template
-    if not template.allow_server_key:
-        raise PolicyViolation(f"{template.name} no longer issues keys made by the portal.")
-    if keys.KeyAlgorithm(request.key_algorithm) not in template.key_algorithms:
-        raise PolicyViolation(
-            f"{template.name} no longer allows {keys.KeyAlgorithm(request.key_algorithm).label} "
-            "keys."
-        )
 
 
 def _decide(
