@@ -76,6 +76,19 @@ def template(db):
 
 
 @pytest.fixture
+def approval(template):
+    """Make a seeded template, by slug, need an RA officer's approval; returns it."""
+
+    def require(slug: str) -> CertificateTemplate:
+        chosen = template(slug)
+        chosen.requires_approval = True
+        chosen.save()
+        return chosen
+
+    return require
+
+
+@pytest.fixture
 def employee(db):
     return UserFactory(username="alice", first_name="Alice", last_name="Andersson")
 

@@ -38,19 +38,6 @@ from tests.enrollment.tools import CLAIMED_EMAIL, CLAIMED_NAME, EC_P256, error_r
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def approval(template):
-    """Make a template need an RA officer's approval."""
-
-    def require(slug: str):
-        chosen = template(slug)
-        chosen.requires_approval = True
-        chosen.save()
-        return chosen
-
-    return require
-
-
 def load_pem(text: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(text.encode("ascii"))
 

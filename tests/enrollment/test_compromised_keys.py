@@ -73,15 +73,13 @@ def test_a_compromised_key_is_never_certified_again(hierarchy, template, employe
 
 
 def test_a_compromised_key_is_refused_before_it_waits_for_approval(
-    hierarchy, template, employee, own_key
+    hierarchy, template, approval, employee, own_key
 ):
     """A request that needs approval is refused at once too, not queued for an officer
     whose approval could only fail."""
     first = issue(employee, template("smime-signing"), own_key)
     services.certificate_revoke(certificate=first, reason="keyCompromise", actor=employee)
-    needs_approval = template("smime-signing")
-    needs_approval.requires_approval = True
-    needs_approval.save()
+    approval("smime-signing")
     requests = CertificateRequest.objects.count()
 
     response = token_client(employee).post(ENROLLMENTS, csr_body(own_key), format="json")

@@ -28,17 +28,6 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "a long pkcs12 password xyz"
 
 
-@pytest.fixture
-def needs_approval(template):
-    def make(slug: str):
-        chosen = template(slug)
-        chosen.requires_approval = True
-        chosen.save()
-        return chosen
-
-    return make
-
-
 def csr(key) -> bytes:
     return cryptography_csr(key).public_bytes(Encoding.PEM)
 
@@ -54,11 +43,11 @@ def issued_now(template, employee):
 
 
 def test_a_renewal_whose_certificate_was_revoked_meanwhile_fails_and_frees_the_cap(
-    hierarchy, template, needs_approval, employee, officer, settings
+    hierarchy, template, approval, employee, officer, settings
 ):
     settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
     old = issued_now(template("smime-signing"), employee)
-    needs_approval("smime-signing")
+    approval("smime-signing")
     me = token_client(employee)
     renewal = me.post(
         f"{CERTIFICATES}{old.serial}/renew/", {"key_algorithm": "ec-p256"}, format="json"
@@ -84,11 +73,9 @@ def test_a_renewal_whose_certificate_was_revoked_meanwhile_fails_and_frees_the_c
     assert fresh.status_code == 202  # the failed request no longer holds the only slot
 
 
-def test_a_certificate_has_one_renewal_waiting_at_most(
-    hierarchy, template, needs_approval, employee
-):
+def test_a_certificate_has_one_renewal_waiting_at_most(hierarchy, template, approval, employee):
     old = issued_now(template("smime-signing"), employee)
-    chosen = needs_approval("smime-signing")
+    chosen = approval("smime-signing")
     services.request_submit(
         requester=employee, template=chosen, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
     )
@@ -117,9 +104,9 @@ def test_a_renewal_needs_a_new_key(hierarchy, template, employee):
 
 @pytest.mark.parametrize("change", ["deactivated", "left_the_group", "template_off"])
 def test_an_officer_cannot_approve_what_the_requester_may_no_longer_have(
-    hierarchy, template, needs_approval, employee, officer, change
+    hierarchy, template, approval, employee, officer, change
 ):
-    chosen = needs_approval("smime-signing")
+    chosen = approval("smime-signing")
     finance = Group.objects.create(name="Finance")
     employee.groups.add(finance)
     chosen.allowed_groups.add(finance)
@@ -144,9 +131,9 @@ def test_an_officer_cannot_approve_what_the_requester_may_no_longer_have(
 
 
 def test_a_download_after_leaving_the_templates_group_fails_for_good(
-    hierarchy, template, needs_approval, employee, officer
+    hierarchy, template, approval, employee, officer
 ):
-    chosen = needs_approval("smime-dual-use")
+    chosen = approval("smime-dual-use")
     finance = Group.objects.create(name="Finance")
     employee.groups.add(finance)
     chosen.allowed_groups.add(finance)
@@ -167,12 +154,12 @@ def test_a_download_after_leaving_the_templates_group_fails_for_good(
 
 
 def test_the_requester_is_told_when_an_approved_csr_could_not_be_issued(
-    hierarchy, template, needs_approval, employee, colleague, officer,
+    hierarchy, template, approval, employee, colleague, officer,
     django_capture_on_commit_callbacks,
 ):  # fmt: skip
     key = new_key()
     pending = services.request_submit(
-        requester=employee, template=needs_approval("smime-signing"), csr=csr(key)
+        requester=employee, template=approval("smime-signing"), csr=csr(key)
     )
     reported = services.request_submit(
         requester=colleague, template=template("smime-dual-use"), csr=csr(key)

@@ -32,11 +32,8 @@ def csr_pem(key) -> bytes:
 
 
 @pytest.fixture
-def needs_approval(template):
-    signing = template("smime-signing")
-    signing.requires_approval = True
-    signing.save()
-    return signing
+def needs_approval(approval):
+    return approval("smime-signing")
 
 
 def test_a_csr_request_without_approval_is_issued_at_once(

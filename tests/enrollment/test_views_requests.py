@@ -25,11 +25,8 @@ COLLECT = {
 
 
 @pytest.fixture
-def needs_approval(template):
-    dual_use = template("smime-dual-use")
-    dual_use.requires_approval = True
-    dual_use.save()
-    return dual_use
+def needs_approval(approval):
+    return approval("smime-dual-use")
 
 
 @pytest.fixture
