@@ -324,20 +324,36 @@ class OpenSSL:
         self, *args: str | Path, input: bytes | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
         """``openssl *args``; with ``check`` a failure raises showing openssl's stderr."""
-        result = subprocess.run(
-            ["openssl", *map(str, args)],
-            cwd=self.directory,
-            input=input,
-            capture_output=True,
-            timeout=60,
-            check=False,
+        return run_tool(["openssl", *args], cwd=self.directory, input=input, check=check)
+
+
+def run_tool(
+    argv: list[str | Path],
+    *,
+    cwd: Path,
+    input: bytes | None = None,
+    check: bool = True,
+    text: bool = False,
+) -> subprocess.CompletedProcess[Any]:
+    """A command-line tool (openssl, NSS's, gpgsm), bounded in time; with ``check`` a
+    failure raises showing what it printed."""
+    result = subprocess.run(
+        [str(part) for part in argv],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=text,
+        timeout=60,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        printed = [
+            out if text else out.decode(errors="replace") for out in (result.stdout, result.stderr)
+        ]
+        raise AssertionError(
+            f"{' '.join(map(str, argv))} failed ({result.returncode}):\n" + "".join(printed)
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"openssl {' '.join(map(str, args))} failed ({result.returncode}):\n"
-                + result.stderr.decode(errors="replace")
-            )
-        return result
+    return result
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from enrollment import keystore, services
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
 from tests.conftest import ROOT_PASSPHRASE
+from tests.pki import run_tool
 
 pytestmark = [
     pytest.mark.interop,
@@ -87,17 +88,10 @@ class Gpgsm:
         self, *args: str | Path, input: bytes | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
         """``gpgsm --batch *args``; with ``check`` a failure raises showing gpgsm's stderr."""
-        result = subprocess.run(
-            ["gpgsm", "--homedir", str(self.home), "--batch", "--pinentry-mode", "loopback",
-             *map(str, args)],
-            input=input, capture_output=True, timeout=60, check=False,
+        return run_tool(
+            ["gpgsm", "--homedir", self.home, "--batch", "--pinentry-mode", "loopback", *args],
+            cwd=self.home, input=input, check=check,
         )  # fmt: skip
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"gpgsm {' '.join(map(str, args))} failed ({result.returncode}):\n"
-                + result.stderr.decode(errors="replace")
-            )
-        return result
 
     def import_pkcs12(self, bundle: Path, password: str) -> subprocess.CompletedProcess[bytes]:
         """gpgsm reads the passphrase from a file descriptor, not from ``--passphrase``."""

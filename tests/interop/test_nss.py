@@ -19,6 +19,7 @@ from django.test import Client
 from enrollment import services
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
+from tests.pki import run_tool
 
 pytestmark = [
     pytest.mark.interop,
@@ -54,19 +55,9 @@ class Nss:
         self, tool: str, *args: str | Path, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """``tool -d DB *args``; with ``check`` a failure raises showing the tool's output."""
-        result = subprocess.run(
-            [tool, "-d", self.database, *map(str, args)],
-            cwd=self.directory,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        return run_tool(
+            [tool, "-d", self.database, *args], cwd=self.directory, check=check, text=True
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{tool} {' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}"
-            )
-        return result
 
     def add(self, nickname: str, der: bytes, trust: str = ",,") -> None:
         self.run(
