@@ -122,7 +122,7 @@ class FileKeyBackend:
                 found.st_mtime_ns,
                 found.st_ctime_ns,
             )
-            cache_key = (str(path.resolve()), stamp, hashlib.sha256(passphrase).hexdigest())
+            cache_key = (str(path), stamp, hashlib.sha256(passphrase).hexdigest())
             if settings.PKIPORTAL_CA_KEY_PROCESS_CACHE and cache_key in _PROCESS_KEYS:
                 return _PROCESS_KEYS[cache_key]
             data = path.read_bytes()
