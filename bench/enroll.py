@@ -17,6 +17,8 @@ production size. It starts gunicorn on 127.0.0.1 and times:
   the clients write prepared requests to plain sockets, since they share the cores);
 - the portal-key path (the server generates the key and returns a PKCS#12), RSA-2048 and
   P-256;
+- the stack's floor: the same POST, authenticated, refused by its input check (no CSR),
+  so what gunicorn, Django, DRF and the token lookup cost before any enrolment work;
 - the same CSR work with enrollment.x509 alone in this process: parse and verify the CSR,
   build and sign the certificate (plus the builder alone, for reference).
 
@@ -65,6 +67,7 @@ KEY_TEMPLATE = "smime-dual-use"
 PKCS12_PASSWORD = "benchmark pkcs12 passphrase"
 PER_PERSON = 3  # PKIPORTAL_MAX_VALID_PER_TEMPLATE's default, which the server keeps
 HTTP_TIMEOUT = 60.0
+FLOOR = "HTTP floor: the same POST refused (400, no CSR)"
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Result:
     app_cpu: float = 0.0  # seconds of CPU in the gunicorn workers
     db_cpu: float = 0.0  # seconds of CPU in their PostgreSQL backends
     client_cpu: float = 0.0  # seconds of CPU in this process's client threads
+    unit: str = "certs/s"
 
     @property
     def rate(self) -> float:
@@ -83,11 +87,11 @@ class Result:
 
     def line(self) -> str:
         failed = f", {self.failures} FAILED" if self.failures else ""
-        figures = f"{self.rate:8.1f} certs/s  ({self.count} in {self.seconds:.2f} s{failed})"
+        figures = f"{self.rate:8.1f} {self.unit}  ({self.count} in {self.seconds:.2f} s{failed})"
         if self.count and (self.app_cpu or self.db_cpu):
-            per = 1000 / self.count
+            per, each = 1000 / self.count, "cert" if self.unit == "certs/s" else "req"
             figures += (
-                f"  CPU/cert: app {self.app_cpu * per:.2f} + PostgreSQL "
+                f"  CPU/{each}: app {self.app_cpu * per:.2f} + PostgreSQL "
                 f"{self.db_cpu * per:.2f} + clients {self.client_cpu * per:.2f} ms"
             )
         return f"{self.name:<52} {figures}"
@@ -285,6 +289,7 @@ def post_all(
     clients: int,
     gunicorn: subprocess.Popen | None = None,
     database: str = DATABASE,
+    expected: int = 201,
 ) -> Result:
     """Send every prepared request, split over `clients` threads started together."""
     failures: list[str] = []
@@ -295,7 +300,7 @@ def post_all(
         start_line.wait()
         for request in requests[index::clients]:
             status, content = exchange(port, request)
-            if status != 201:
+            if status != expected:
                 with lock:
                     failures.append(f"{status}: {content[:300]!r}")
 
@@ -625,6 +630,22 @@ def main() -> None:
                 )
             )
         http_p256 = results[0]
+        # The stack's floor: the same endpoint, authenticated, refused by its input check
+        # (no CSR) before any enrolment work. What gunicorn, Django, DRF and the token cost.
+        refused = json.dumps({"template": CSR_TEMPLATE}).encode()
+        floor_requests = [
+            http_request(port, accounts.tokens[i % len(accounts.tokens)], refused)
+            for i in range(args.csr_requests)
+        ]
+        floor = max(
+            (
+                post_all(port, floor_requests, FLOOR, args.clients, gunicorn, expected=400)
+                for _ in range(args.rounds)
+            ),
+            key=lambda result: result.rate,
+        )
+        floor.unit = "reqs/s"
+        results.append(floor)
         stop(gunicorn)
         gunicorn = None
         print("Timing the bare library in this process...", flush=True)
@@ -650,6 +671,15 @@ def main() -> None:
                 f"CPU-bound ceiling of the HTTP CSR path on {os.cpu_count()} idle cores "
                 f"(server CPU per certificate {server_cpu * 1000:.1f} ms): "
                 f"{ceiling:.0f} certs/s = {ceiling / bare_csr.rate:.1%} of the bare library"
+            )
+        floor_cpu = (floor.app_cpu + floor.db_cpu) / max(floor.count, 1)
+        if server_cpu and floor_cpu:
+            aim = 0.15 * bare_csr.rate
+            print(
+                f"The stack's floor (an authenticated 400 on the same endpoint): "
+                f"{floor_cpu * 1000:.2f} ms of server CPU, {floor_cpu / server_cpu:.0%} of an "
+                f"enrolment's. 15% of the bare library is {aim:.0f} certs/s: "
+                f"{(os.cpu_count() or 1) / aim * 1000:.2f} ms per certificate on idle cores."
             )
         print(f"load average: {os.getloadavg()[0]:.2f} (after)")
         if args.profile:
