@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
-from enrollment.exceptions import EnrollmentError, NotPermitted, RateLimited
+from enrollment.exceptions import (
+    ConfigurationError,
+    EnrollmentError,
+    KeyStoreError,
+    NotPermitted,
+    RateLimited,
+    public_message,
+)
 from enrollment.permissions import is_ra_officer
 
 # The address recorded in audit events: the same one django-axes locks out, so both name
 # the real client behind a trusted proxy (PKIPORTAL_TRUSTED_PROXIES).
 from pkiportal.clients import client_address as client_address
+
+logger = logging.getLogger(__name__)
 
 
 def status_for(exc: EnrollmentError) -> int:
@@ -20,13 +30,17 @@ def status_for(exc: EnrollmentError) -> int:
         return 429
     if isinstance(exc, NotPermitted):
         return 403
+    if isinstance(exc, ConfigurationError | KeyStoreError):
+        return 503  # the operator's to fix (no KRA, no CA key), as the API answers
     return 400
 
 
 def show_error(form: Any, exc: EnrollmentError) -> int:
     """Put a service's message on the form (on its field when the form has one)."""
+    if isinstance(exc, KeyStoreError):
+        logger.error("CA key store: %s", exc.message)
     field = exc.field if exc.field in form.fields else None
-    form.add_error(field, exc.message)
+    form.add_error(field, public_message(exc))
     return status_for(exc)
 
 

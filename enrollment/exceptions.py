@@ -38,3 +38,12 @@ class RateLimited(EnrollmentError):
 
 class Busy(EnrollmentError):
     default_message = "Another process is doing this right now; try again shortly."
+
+
+CA_CANNOT_SIGN = "The CA cannot sign right now; please tell your administrator."
+
+
+def public_message(exc: EnrollmentError) -> str:
+    """What may be shown to whoever caused it: a key store's own message names key files
+    and backends, which are for the operator's log."""
+    return CA_CANNOT_SIGN if isinstance(exc, KeyStoreError) else exc.message

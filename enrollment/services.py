@@ -6,7 +6,6 @@ them writes CA models directly.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -32,9 +31,11 @@ from enrollment.exceptions import (
     ConfigurationError,
     EnrollmentError,
     InvalidState,
+    KeyStoreError,
     NotPermitted,
     PolicyViolation,
     RateLimited,
+    public_message,
 )
 from enrollment.models import (
     ArchivedKey,
@@ -1274,11 +1275,24 @@ def _requester_may_still(request: CertificateRequest) -> None:
         )
 
 
+# Failures of the CA side, not of the request: the operator can fix them (the CA key, the
+# hierarchy, a lock held elsewhere), so an approval they stop is not recorded at all.
+TRANSIENT_ERRORS = (KeyStoreError, ConfigurationError, Busy)
+
+
 def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
-    """Issue for a CSR request approved later; a failure stays visible on the request."""
-    public_key = parse_csr(bytes(request.csr)).public_key
+    """Issue for a CSR request approved in the caller's transaction.
+
+    A transient failure propagates and takes the approval with it, so the request stays
+    pending for the officer to approve again. Any other failure is for good: it is
+    recorded on the request (failed), where requester and officer both see it.
+    """
     try:
         with transaction.atomic():
+            try:
+                public_key = parse_csr(bytes(request.csr)).public_key
+            except X509Error as exc:
+                raise PolicyViolation(exc.message, field="csr") from exc
             certificate = certificate_issue(
                 template=request.template,
                 owner=request.requester,
@@ -1290,9 +1304,10 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
             request.certificate = certificate
             request.state = CertificateRequest.State.ISSUED
             request.save(update_fields=["certificate", "state", "updated_at"])
+    except TRANSIENT_ERRORS:
+        raise
     except EnrollmentError as exc:
         _request_fail(request, exc, actor=actor)
-        raise
 
 
 @sensitive_variables("pkcs12_password", "bundle")
@@ -1383,17 +1398,36 @@ def _decide(
             target=locked,
             detail={"reason": reason},
         )
-        from enrollment.notifications import request_decided
+        if approve and locked.key_source == CertificateRequest.KeySource.CSR:
+            # Issued in the approval's transaction; the requester's mail (sent when it
+            # commits) tells the outcome, not only the approval.
+            try:
+                _fulfil_csr(locked, actor=officer)
+            except TRANSIENT_ERRORS as exc:
+                stopped = exc
+                transaction.set_rollback(True)
+            else:
+                stopped = None
+        else:
+            stopped = None
+        if stopped is None:
+            from enrollment.notifications import request_decided
 
-        issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
-        if not issue_now:
             request_decided(locked)
-    if issue_now:
-        # A failure is recorded on the request, where requester and officer both see it;
-        # the requester's mail tells the outcome, not only the approval.
-        with contextlib.suppress(EnrollmentError):
-            _fulfil_csr(locked, actor=officer)
-        request_decided(locked)
+    if stopped is not None:
+        audit_record(
+            action="request.approve",
+            actor=officer,
+            target=request,
+            outcome=AuditEvent.Outcome.FAILURE,
+            detail={"error_code": type(stopped).__name__, "reason": reason},
+        )
+        if isinstance(stopped, KeyStoreError):
+            logger.error("CA key store: %s", stopped.message)  # names key files: not shown
+        raise ConfigurationError(
+            f"{public_message(stopped)} Nothing was approved or issued: the request stays "
+            "pending, so approve it again once this is fixed."
+        ) from stopped
     return locked
 
 

@@ -30,7 +30,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from enrollment import services
 from enrollment.edge import client_address, officer_required, show_error
-from enrollment.exceptions import EnrollmentError
+from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.forms import CsrForm, DecisionForm, Pkcs12PasswordForm, RevokeForm, ServerKeyForm
 from enrollment.models import (
     Certificate,
@@ -335,7 +335,7 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
                 status = show_error(form, exc)
                 cert_request.refresh_from_db()
                 if not cert_request.awaits_download:
-                    messages.error(request, exc.message)
+                    messages.error(request, public_message(exc))
                     form = None
             else:
                 return _pkcs12_response(request, certificate, bundle)

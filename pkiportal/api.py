@@ -19,6 +19,7 @@ from enrollment.exceptions import (
     KeyStoreError,
     NotPermitted,
     RateLimited,
+    public_message,
 )
 from enrollment.x509.errors import X509Error
 
@@ -47,7 +48,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if isinstance(exc, KeyStoreError):
             # Its message names key files and backends: for the operator's log, not clients.
             logger.error("CA key store: %s", exc.message)
-            body = {"detail": "The CA cannot sign right now; please tell your administrator."}
+            body = {"detail": public_message(exc)}
         response = Response(body, status=code)
         if isinstance(exc, RateLimited):
             retry_after = getattr(exc, "retry_after", None) or DEFAULT_RETRY_AFTER_SECONDS

@@ -406,11 +406,22 @@ class RequestViewSet(viewsets.GenericViewSet):
     @extend_schema(
         summary="Approve (RA officers)",
         description=(
-            "A CSR request is issued at once (`state` becomes issued, or failed with "
-            "`error`); a portal-key request waits for its requester to collect it."
+            "A CSR request is issued at once (`state` becomes issued, or failed for good "
+            "with `error`); a portal-key request waits for its requester to collect it. "
+            "When the CA cannot sign right now (its key unreadable, no online issuing CA), "
+            "nothing is approved: 503, and the request stays pending for another try."
         ),
         request=s.ApproveIn,
-        responses={200: s.EnrollmentOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+        responses={
+            200: s.EnrollmentOut,
+            **ERRORS,
+            **NOT_FOUND,
+            **CONFLICT,
+            503: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="The CA cannot sign right now; the request stays pending.",
+            ),
+        },
     )
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str | None = None) -> Response:

@@ -17,7 +17,7 @@ from django.contrib.auth.models import Group
 from django.core import mail
 
 from enrollment import services
-from enrollment.exceptions import InvalidState, NotPermitted, PolicyViolation
+from enrollment.exceptions import ConfigurationError, InvalidState, NotPermitted, PolicyViolation
 from enrollment.models import AuditEvent, CertificateRequest
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.api_tools import CERTIFICATES, ENROLLMENTS, request_url, token_client
@@ -177,3 +177,110 @@ def test_the_requester_is_told_when_an_approved_csr_could_not_be_issued(
     assert "is ready" not in message.body
     failed = AuditEvent.objects.get(action="request.fail", object_id=str(pending.pk))
     assert failed.outcome == AuditEvent.Outcome.FAILURE
+
+
+# --- a CA that cannot sign right now ----------------------------------------------------
+
+
+@pytest.fixture
+def unreadable_ca_key(hierarchy, settings):
+    """The issuing CA's key file gone (a failed mount, say); put back by restore()."""
+    path = settings.PKIPORTAL_KEY_DIR / hierarchy.issuing.key_reference
+    kept = path.read_bytes()
+    path.unlink()
+
+    class Key:
+        location = str(path)
+
+        @staticmethod
+        def restore() -> None:
+            path.write_bytes(kept)
+
+    yield Key
+    if not path.exists():
+        Key.restore()
+
+
+def test_an_approval_the_ca_cannot_sign_leaves_the_request_pending_for_another_try(
+    approval, employee, officer, unreadable_ca_key, django_capture_on_commit_callbacks
+):
+    pending = services.request_submit(
+        requester=employee, template=approval("smime-signing"), csr=csr(new_key())
+    )
+    mail.outbox.clear()
+
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(ConfigurationError, match="stays pending") as refused,
+    ):
+        services.request_approve(request=pending, officer=officer, reason="known person")
+
+    assert "cannot sign right now" in refused.value.message
+    assert unreadable_ca_key.location not in refused.value.message
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+    assert pending.decided_by is None
+    assert pending.certificate is None
+    assert not employee.certificates.exists()
+    assert mail.outbox == []  # nothing was decided: the requester hears nothing yet
+    (attempt,) = AuditEvent.objects.filter(action="request.approve", object_id=str(pending.pk))
+    assert attempt.outcome == AuditEvent.Outcome.FAILURE
+    assert attempt.detail == {"error_code": "KeyStoreError", "reason": "known person"}
+
+    unreadable_ca_key.restore()
+    decided = services.request_approve(request=pending, officer=officer)
+    assert decided.state == CertificateRequest.State.ISSUED
+    assert employee.certificates.count() == 1
+
+
+def test_the_officer_sees_why_in_the_console_without_the_key_files_path(
+    approval, employee, officer, unreadable_ca_key
+):
+    from tests.conftest import client_for
+
+    pending = services.request_submit(
+        requester=employee, template=approval("smime-signing"), csr=csr(new_key())
+    )
+
+    response = client_for(officer).post(
+        f"/ra/requests/{pending.pk}/decide/", {"decision": "approve", "reason": ""}
+    )
+
+    assert response.status_code == 503
+    page = response.content.decode()
+    assert "The CA cannot sign right now" in page
+    assert "stays pending" in page
+    assert unreadable_ca_key.location not in page
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_the_api_answers_503_and_the_request_stays_pending(
+    approval, employee, officer, unreadable_ca_key
+):
+    pending = services.request_submit(
+        requester=employee, template=approval("smime-signing"), csr=csr(new_key())
+    )
+
+    response = token_client(officer).post(request_url(pending.pk, "approve"), {}, format="json")
+
+    assert response.status_code == 503
+    assert "stays pending" in response.json()["detail"]
+    assert unreadable_ca_key.location not in response.content.decode()
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_web_enrolment_the_ca_cannot_sign_is_a_503_without_the_key_files_path(
+    employee, unreadable_ca_key
+):
+    from tests.conftest import client_for
+    from tests.enrollment.web import enrol_with_csr
+
+    response = enrol_with_csr(client_for(employee), csr=csr(new_key()))
+
+    assert response.status_code == 503
+    page = response.content.decode()
+    assert "The CA cannot sign right now; please tell your administrator." in page
+    assert unreadable_ca_key.location not in page
+    assert not employee.certificates.exists()
