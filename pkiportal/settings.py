@@ -74,6 +74,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "pkiportal.middleware.header_nul_to_space",
     "django.middleware.security.SecurityMiddleware",
     "pkiportal.csp.PortalCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

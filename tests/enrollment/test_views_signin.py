@@ -91,3 +91,28 @@ def test_signing_out_takes_a_post(alice):
 
     assert response.status_code == 302
     assert client.get("/certificates/").status_code == 302
+
+
+@pytest.mark.parametrize("header", ["HTTP_USER_AGENT", "HTTP_ACCEPT"])
+def test_a_nul_in_a_header_is_a_space_so_a_failed_sign_in_is_still_counted(
+    anonymous_client, alice, header
+):
+    """django-axes stores these headers, and PostgreSQL refuses NUL in text (was a 500)."""
+    from axes.models import AccessAttempt
+
+    response = anonymous_client.post(
+        "/accounts/login/", {"username": "alice", "password": "guess"}, **{header: "a\x00b"}
+    )
+
+    assert response.status_code == 200
+    attempt = AccessAttempt.objects.get(username="alice")
+    stored = attempt.user_agent if header == "HTTP_USER_AGENT" else attempt.http_accept
+    assert stored == "a b"
+
+
+def test_a_nul_in_a_header_does_not_stop_a_sign_in(anonymous_client, alice):
+    response = anonymous_client.post(
+        "/accounts/login/", {"username": "alice", "password": RIGHT}, HTTP_USER_AGENT="x\x00"
+    )
+
+    assert response.status_code == 302
