@@ -45,9 +45,16 @@ class PortalGroupAdmin(RoleChangesAudited, GroupAdmin):
 @admin.register(User)
 class PortalUserAdmin(RoleChangesAudited, UserAdmin):
     fieldsets = (
-        *UserAdmin.fieldsets,
+        *(
+            # When it was switched off: its certificates are revoked a grace period later.
+            (name, {"fields": (*options["fields"], "deactivated_at")})
+            if name == "Important dates"
+            else (name, options)
+            for name, options in UserAdmin.fieldsets
+        ),
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
     )
+    readonly_fields = ("deactivated_at",)
     list_display = (
         "username",
         "email",

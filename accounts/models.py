@@ -10,7 +10,9 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Upper
+from django.utils import timezone
 
 from accounts.search import directory_search_text
 
@@ -31,6 +33,12 @@ class User(AbstractUser):
         editable=False,
         help_text="Folded name, e-mail and unit the directory matches and sorts by (derived).",
     )
+    deactivated_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the account last became inactive; empty while it is active (derived).",
+    )
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -40,6 +48,14 @@ class User(AbstractUser):
             models.Index(fields=["directory_search", "id"], name="user_directory_sort_idx"),
             # The RA console finds certificates by their holder's user name, in any case.
             models.Index(Upper("username"), name="user_username_upper_idx"),
+            # Leavers whose certificates are due for revocation (enrollment.leavers): the
+            # few inactive accounts, not every account, so the hourly run and the RA page
+            # stay cheap in a large directory.
+            models.Index(
+                fields=["deactivated_at"],
+                condition=Q(is_active=False),
+                name="user_deactivated_idx",
+            ),
         ]
 
     def save(self, *args: Any, **kwargs: Any) -> None:
@@ -55,7 +71,18 @@ class User(AbstractUser):
         )
         update_fields = kwargs.get("update_fields")
         if update_fields is not None and DIRECTORY_SOURCE_FIELDS.intersection(update_fields):
-            kwargs["update_fields"] = {*update_fields, "directory_search"}
+            update_fields = kwargs["update_fields"] = {*update_fields, "directory_search"}
+        # Derived too, for the same reason: the grace period before a leaver's certificates
+        # are revoked (enrollment.leavers) starts when the account stops being active, by
+        # whichever path (the admin, an LDAP/OIDC sync, code). Only a save that writes
+        # is_active can change it; a sign-in saving last_login alone leaves it be.
+        if update_fields is None or "is_active" in update_fields:
+            if self.is_active:
+                self.deactivated_at = None
+            elif self.deactivated_at is None:
+                self.deactivated_at = timezone.now()
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "deactivated_at"}
         super().save(*args, **kwargs)
 
     def get_full_name(self) -> str:
