@@ -746,3 +746,30 @@ class AgentExpiryWarning(models.Model):
 
     def __str__(self) -> str:
         return f"Expiry warning for {self.agent}"
+
+
+class LeaverRevocationRun(models.Model):
+    """The latest run that revoked leavers' certificates (one row, enrollment.leavers).
+
+    Kept so /health/ and the RA console can say, cheaply, that the cap held accounts back
+    or that some could not be revoked, until a later run or the command sets it right.
+    """
+
+    class Source(models.TextChoices):
+        SCHEDULE = "schedule", "Scheduled (beat)"
+        COMMAND = "command", "manage.py revoke_deactivated --confirm"
+
+    ran_at = models.DateTimeField()
+    source = models.CharField(max_length=10, choices=Source.choices)
+    due = models.PositiveIntegerField(help_text="Accounts due for revocation when it ran.")
+    cap = models.PositiveIntegerField(help_text="PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN then.")
+    held_back = models.PositiveIntegerField(
+        default=0, help_text="Accounts it did not touch because more were due than the cap."
+    )
+    revoked_accounts = models.PositiveIntegerField(default=0)
+    revoked_certificates = models.PositiveIntegerField(default=0)
+    failed_accounts = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+
+    def __str__(self) -> str:
+        return f"Leavers' revocation run at {self.ran_at:%Y-%m-%d %H:%M}"

@@ -149,3 +149,12 @@ def recovery_cleanup_task() -> int:
 def api_tokens_purge_task() -> int:
     """Beat, daily: delete expired API tokens (token authentication only refuses them)."""
     return services.api_tokens_purge()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def leavers_revoke_task() -> dict[str, int]:
+    """Beat, hourly: revoke the certificates of accounts deactivated longer ago than the
+    grace period (affiliationChanged), unless more are due than the cap allows."""
+    from enrollment import leavers
+
+    return leavers.leavers_revoke().as_dict()

@@ -1,4 +1,5 @@
-"""/health/: database, broker, worker and CRL freshness as JSON, 503 when something is wrong.
+"""/health/: database, broker, worker, CRL freshness and the revocation of leavers'
+certificates as JSON, 503 when something is wrong.
 
 Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
 staff and RA officers also get each check's details, which name CAs, errors and hosts, and
@@ -20,7 +21,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from enrollment import health
+from enrollment import health, leavers
 from enrollment.permissions import is_ra_officer
 
 # A probe must answer quickly even when the broker host is gone.
@@ -96,6 +97,9 @@ def checks() -> dict[str, Any]:
         }
     else:
         results["crl"] = {"status": health.FAIL, "error": "The database is unreachable."}
+    if results["database"]["status"] == health.OK:
+        # "warn" while the cap holds leavers' revocations back: an operator must look.
+        results["leavers"] = leavers.leaver_check()
     return results
 
 

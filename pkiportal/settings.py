@@ -442,6 +442,38 @@ CELERY_BEAT_SCHEDULE |= {
         "options": {"expires": 12 * 3600},
     },
 }
+# People who have left (README.md, "When someone leaves"): beat revokes the valid
+# certificates (affiliationChanged) of accounts deactivated at least this many hours ago.
+# S/MIME BR 4.9.1.1 gives 5 days once the mailbox is no longer theirs; the grace period
+# spares an account switched off by mistake. Empty or "off": nothing is revoked on its own.
+_REVOKE_AFTER = env.str("PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS", default="72").strip()
+PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS: int | None = None
+if _REVOKE_AFTER.lower() not in ("", "off"):
+    if not (
+        _REVOKE_AFTER.isascii() and _REVOKE_AFTER.isdigit() and 0 <= int(_REVOKE_AFTER) <= 5 * 24
+    ):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS must be 0 to 120 hours (S/MIME BR "
+            f'4.9.1.1: within 5 days), or "off"; it is {_REVOKE_AFTER!r}.'
+        )
+    PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = int(_REVOKE_AFTER)
+# A run that finds more accounts due than this revokes none of them and says so (/health/,
+# the RA console): a directory-sync glitch that deactivates hundreds must not mass-revoke.
+_REVOKE_CAP = env.str("PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN", default="50").strip()
+if not (_REVOKE_CAP.isascii() and _REVOKE_CAP.isdigit() and int(_REVOKE_CAP) >= 1):
+    raise ImproperlyConfigured(
+        "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN must be a whole number of accounts, at "
+        f"least 1; it is {_REVOKE_CAP!r}."
+    )
+PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN = int(_REVOKE_CAP)
+CELERY_BEAT_SCHEDULE |= {
+    # Hourly: a leaver's certificates go within an hour of their grace period's end.
+    "leavers-revoke": {
+        "task": "enrollment.tasks.leavers_revoke_task",
+        "schedule": timedelta(hours=1),
+        "options": {"expires": 3600},
+    },
+}
 # The directory (/directory/ and /api/v1/directory/) is for signed-in people; true opens it
 # to anonymous readers, e.g. partner organisations exchanging encrypted mail.
 PKIPORTAL_DIRECTORY_PUBLIC = env.bool("PKIPORTAL_DIRECTORY_PUBLIC", default=False)

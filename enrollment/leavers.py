@@ -1,0 +1,306 @@
+"""Certificates of people who have left: revoked a grace period after their account was
+deactivated, unless too many fall due at once.
+
+S/MIME BR 4.9.1.1 asks the CA to revoke within 5 days once the mailbox is no longer the
+subscriber's. Someone who leaves has their account deactivated (the admin, a directory or
+single sign-on sync, code), and the account records when (accounts.User.deactivated_at).
+Beat runs leavers_revoke() hourly: every certificate still held (not revoked, not expired)
+by an account deactivated at least PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS ago is revoked
+for affiliationChanged through services.certificate_revoke, so the CRL, the audit event
+(actor "system") and the holder's mail are those of any revocation. An account reactivated
+within the grace period loses nothing.
+
+A directory-sync glitch can deactivate hundreds of accounts at once. A run that finds more
+accounts due than PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN revokes none of them: it logs an
+error, audits how many it held back, and records it on LeaverRevocationRun, where /health/
+and the RA console see it. `manage.py revoke_deactivated --confirm` revokes them once
+someone has checked the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
+from django.utils import timezone
+
+from enrollment import health, services
+from enrollment.audit import audit_record
+from enrollment.exceptions import InvalidState
+from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
+
+logger = logging.getLogger(__name__)
+
+AFFILIATION_CHANGED = Certificate.RevocationReasonChoice.AFFILIATION_CHANGED
+Source = LeaverRevocationRun.Source
+# The RA page lists at most this many; the command lists every one.
+PAGE_LIMIT = 500
+
+
+def revocation_delay() -> timedelta | None:
+    """The grace period, or None when automatic revocation is off."""
+    hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
+    return None if hours is None else timedelta(hours=hours)
+
+
+@dataclass(frozen=True)
+class Leaver:
+    """A deactivated account that still holds certificates, as people are shown it."""
+
+    user: Any
+    deactivated_at: datetime | None
+    due_at: datetime | None  # None: automatic revocation is off, or the time is not known
+    certificates: int
+
+    @property
+    def name(self) -> str:
+        return str(self.user.get_full_name())
+
+    @property
+    def username(self) -> str:
+        return str(self.user.get_username())
+
+    def is_due(self, now: datetime) -> bool:
+        return self.due_at is not None and self.due_at <= now
+
+
+def _holding(now: datetime) -> QuerySet[Any]:
+    """Inactive accounts with a certificate that is neither revoked nor expired, counted.
+
+    Driven by the inactive accounts (a partial index) rather than by the certificates: in
+    a large directory leavers are few next to certificates.
+    """
+    held = Certificate.objects.held(now).filter(owner=OuterRef("pk"))
+    counted = held.order_by().values("owner").annotate(n=Count("pk")).values("n")
+    return (
+        get_user_model()
+        .objects.filter(is_active=False)
+        .filter(Exists(held))
+        .annotate(certificate_count=Subquery(counted))
+    )
+
+
+def _due(now: datetime, delay: timedelta) -> QuerySet[Any]:
+    return _holding(now).filter(deactivated_at__lte=now - delay)
+
+
+def _leaver(user: Any, delay: timedelta | None) -> Leaver:
+    deactivated = user.deactivated_at
+    due = deactivated + delay if deactivated is not None and delay is not None else None
+    return Leaver(user, deactivated, due, user.certificate_count)
+
+
+def leavers_holding_certificates(
+    *, now: datetime | None = None, limit: int | None = PAGE_LIMIT
+) -> list[Leaver]:
+    """Every deactivated account still holding certificates, longest gone first."""
+    now = now or timezone.now()
+    delay = revocation_delay()
+    found = _holding(now).order_by(F("deactivated_at").asc(nulls_first=True), "pk")
+    if limit is not None:
+        found = found[:limit]
+    return [_leaver(user, delay) for user in found]
+
+
+def leavers_due(*, now: datetime | None = None) -> list[Leaver]:
+    """The accounts whose grace period is over and who still hold certificates."""
+    now = now or timezone.now()
+    delay = revocation_delay()
+    if delay is None:
+        return []
+    found = _due(now, delay).order_by("deactivated_at", "pk")
+    return [_leaver(user, delay) for user in found]
+
+
+@dataclass
+class Outcome:
+    """What one run did."""
+
+    due: int = 0
+    cap: int = 0
+    held_back: int = 0
+    revoked_accounts: int = 0
+    revoked_certificates: int = 0
+    failed_accounts: int = 0
+    error: str = ""
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "due": self.due,
+            "held_back": self.held_back,
+            "revoked_accounts": self.revoked_accounts,
+            "revoked_certificates": self.revoked_certificates,
+            "failed_accounts": self.failed_accounts,
+        }
+
+
+def _start_missing_clocks(now: datetime) -> int:
+    """Inactive accounts that never recorded when (switched off by QuerySet.update() or
+    SQL, which skip User.save()) start their grace period now rather than never."""
+    return (
+        get_user_model()
+        .objects.filter(is_active=False, deactivated_at__isnull=True)
+        .update(deactivated_at=now)
+    )
+
+
+def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> Outcome:
+    """Revoke (affiliationChanged) the certificates of every account whose grace period is
+    over; none at all when more accounts are due than the cap, unless ``confirmed`` (the
+    command, after someone checked the directory). Each account in its own transaction.
+    """
+    delay = revocation_delay()
+    if delay is None:
+        return Outcome()
+    now = now or timezone.now()
+    _start_missing_clocks(now)
+    cap = settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN
+    due = list(_due(now, delay).order_by("deactivated_at", "pk").values_list("pk", flat=True))
+    outcome = Outcome(due=len(due), cap=cap)
+    source = Source.COMMAND if confirmed else Source.SCHEDULE
+    if len(due) > cap and not confirmed:
+        outcome.held_back = len(due)
+        _hold_back(outcome, delay)
+    else:
+        for user_pk in due:
+            try:
+                revoked = _revoke_account(user_pk, cutoff=now - delay, now=now, source=source)
+            except Exception as exc:
+                logger.exception(
+                    "Could not revoke the certificates of deactivated account %s", user_pk
+                )
+                outcome.failed_accounts += 1
+                outcome.error = f"{type(exc).__name__}: {exc}"[:500]
+                continue
+            if revoked:
+                outcome.revoked_accounts += 1
+                outcome.revoked_certificates += revoked
+    _record(outcome, now=now, source=source)
+    return outcome
+
+
+def _hold_back(outcome: Outcome, delay: timedelta) -> None:
+    logger.error(
+        "%d deactivated accounts are due for certificate revocation, more than "
+        "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN (%d): none were revoked. Check the "
+        "directory, then run `manage.py revoke_deactivated --confirm`.",
+        outcome.held_back,
+        outcome.cap,
+    )
+    audit_record(
+        action="leaver.held_back",
+        outcome=AuditEvent.Outcome.FAILURE,
+        detail={
+            "held_back": outcome.held_back,
+            "cap": outcome.cap,
+            "after_hours": int(delay.total_seconds() // 3600),
+        },
+    )
+
+
+def _revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: str) -> int:
+    """Revoke one leaver's held certificates in one transaction; how many.
+
+    The account's row is locked and read again first, so an account reactivated since the
+    run looked (or while it waits for the lock) keeps its certificates.
+    """
+    with transaction.atomic():
+        user = (
+            get_user_model()
+            .objects.select_for_update()
+            .filter(pk=user_pk, is_active=False, deactivated_at__lte=cutoff)
+            .first()
+        )
+        if user is None:
+            return 0
+        revoked = []
+        held = Certificate.objects.held(now).filter(owner=user).select_related("owner")
+        for certificate in held.order_by("pk"):
+            try:
+                services.certificate_revoke(certificate=certificate, reason=AFFILIATION_CHANGED)
+            except InvalidState:
+                continue  # an officer or the holder revoked it a moment ago
+            revoked.append(certificate.serial)
+        if revoked:
+            audit_record(
+                action="leaver.revoke",
+                target=user,
+                detail={
+                    "deactivated_at": user.deactivated_at,
+                    "serials": revoked,
+                    "source": source,
+                },
+            )
+        return len(revoked)
+
+
+def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
+    LeaverRevocationRun.objects.update_or_create(
+        pk=1,
+        defaults={
+            "ran_at": now,
+            "source": source,
+            "due": outcome.due,
+            "cap": outcome.cap,
+            "held_back": outcome.held_back,
+            "revoked_accounts": outcome.revoked_accounts,
+            "revoked_certificates": outcome.revoked_certificates,
+            "failed_accounts": outcome.failed_accounts,
+            "error": outcome.error,
+        },
+    )
+
+
+# --- what /health/ and the RA console say ---------------------------------------------
+
+
+def held_back_message(due: int, cap: int) -> str:
+    return (
+        f"{due} deactivated accounts are due for certificate revocation, more than "
+        f"PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN ({cap}), so none were revoked. Check the "
+        "directory (a sync may have switched them off by mistake) and reactivate those who "
+        "have not left; then run `manage.py revoke_deactivated --confirm`."
+    )
+
+
+def leaver_check(now: datetime | None = None) -> dict[str, Any]:
+    """The verdict on the leavers' revocation: "warn" while the cap holds accounts back or
+    the last run could not revoke some; "ok" otherwise, or when it is off.
+
+    Reads the last run's row; only while that says accounts were held back does it count
+    them again, so reactivating them or the command's run clears the warning at once.
+    """
+    delay = revocation_delay()
+    if delay is None:
+        return {"status": health.OK, "mode": "off"}
+    now = now or timezone.now()
+    cap = settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN
+    run = LeaverRevocationRun.objects.filter(pk=1).first()
+    result: dict[str, Any] = {
+        "status": health.OK,
+        "after_hours": settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS,
+        "max_per_run": cap,
+        "last_run": run.ran_at.isoformat() if run is not None else None,
+        "problems": [],
+    }
+    if run is None:
+        return result
+    if run.held_back:
+        due = _due(now, delay).count()
+        if due > cap:
+            result["held_back"] = due
+            result["problems"].append(held_back_message(due, cap))
+    if run.failed_accounts:
+        result["problems"].append(
+            f"The last run could not revoke the certificates of {run.failed_accounts} "
+            f"deactivated account(s): {run.error}. It tries again every hour."
+        )
+    if result["problems"]:
+        result["status"] = health.WARN
+    return result
