@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 import time_machine
@@ -20,6 +21,8 @@ from cryptography import x509
 
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -437,4 +440,78 @@ def test_an_account_reactivated_while_the_run_waits_for_it_keeps_its_certificate
     assert "error" not in outcome
     assert outcome["value"].due == 1
     assert outcome["value"].revoked_accounts == 0
+    assert statuses(certificate) == ["valid"]
+
+
+# --- manage.py revoke_deactivated --------------------------------------------------------
+
+
+def command(*args: str, at) -> str:
+    out = StringIO()
+    with time_machine.travel(at, tick=False):
+        call_command("revoke_deactivated", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_the_command_lists_who_is_due_and_revokes_nothing(three_leavers, make_certificate):
+    gone, people, certificates = three_leavers
+    later = UserFactory(username="in-grace")
+    make_certificate(later)
+    deactivate(later, gone + timedelta(hours=1))
+
+    output = command(at=gone + GRACE)
+
+    assert "72 hours after an account is deactivated, for at most 2 accounts a run" in output
+    assert "3 deactivated account(s) due:" in output
+    for person in people:
+        assert f"  {person.username}  Test {person.last_name}  deactivated " in output
+    assert f"due {gone + GRACE:%Y-%m-%d %H:%M} UTC  1 certificate(s)" in output
+    assert "in-grace" not in output
+    assert "more than the cap (2): the hourly run revokes none" in output
+    assert "--confirm" in output
+    assert statuses(*certificates) == ["valid"] * 3
+    assert AuditEvent.objects.filter(action__startswith="leaver.").count() == 0
+
+
+def test_the_command_says_when_nobody_is_due(employee, make_certificate):
+    make_certificate(employee)
+    gone = timezone.now()
+    deactivate(employee, gone)
+
+    assert "No deactivated account is due." in command(at=gone + GRACE - timedelta(hours=1))
+
+
+def test_the_command_with_confirm_revokes_them_whatever_the_cap_audited_as_the_system(
+    three_leavers, run, django_capture_on_commit_callbacks
+):
+    gone, _people, certificates = three_leavers
+    run(gone + GRACE)  # the hourly run held them back
+
+    with django_capture_on_commit_callbacks(execute=True):
+        output = command("--confirm", at=gone + GRACE + timedelta(minutes=30))
+
+    assert "Revoked 3 certificate(s) of 3 account(s) (affiliationChanged)." in output
+    assert statuses(*certificates) == ["revoked"] * 3
+    revocations = events("certificate.revoke")
+    assert {(e.actor_name, e.detail["reason"]) for e in revocations} == {
+        ("system", "affiliationChanged")
+    }
+    assert [(e.actor_name, e.detail["source"]) for e in events("leaver.revoke")] == [
+        ("system", "command")
+    ] * 3
+    assert len(mail.outbox) == 3
+    with time_machine.travel(gone + GRACE + timedelta(minutes=31), tick=False):
+        assert leavers.leaver_check()["status"] == "ok"
+
+
+def test_the_command_refuses_to_confirm_while_automatic_revocation_is_off(
+    employee, make_certificate, settings
+):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = None
+    certificate = make_certificate(employee)
+    deactivate(employee)
+
+    assert "Automatic revocation is off" in command(at=timezone.now())
+    with pytest.raises(CommandError, match="Automatic revocation is off"):
+        command("--confirm", at=timezone.now())
     assert statuses(certificate) == ["valid"]
