@@ -108,6 +108,11 @@ def leavers_holding_certificates(
     return [_leaver(user, delay) for user in found]
 
 
+def leavers_holding_count(*, now: datetime | None = None) -> int:
+    """How many deactivated accounts still hold certificates (the RA console's tile)."""
+    return _holding(now or timezone.now()).count()
+
+
 def leavers_due(*, now: datetime | None = None) -> list[Leaver]:
     """The accounts whose grace period is over and who still hold certificates."""
     now = now or timezone.now()

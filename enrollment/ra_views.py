@@ -1,5 +1,5 @@
 """The RA side's pages: /ra/ console, key recovery, certificate search and revocation,
-the audit trail and its exports, recovery-agent status.
+the audit trail and its exports, recovery-agent status, people who have left.
 
 Officers see everything here; key recovery agents see the recovery pages; the person a
 recovery names sees that one recovery and downloads it. Anyone else gets a 403 on the
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -28,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from enrollment import ra_selectors, ra_services, recovery, services
+from enrollment import leavers, ra_selectors, ra_services, recovery, services
 from enrollment.edge import client_address, officer_required, show_error, status_for
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
@@ -102,6 +103,8 @@ def console(request: HttpRequest) -> HttpResponse:
         "crls": ra_selectors.crl_overview(),
         "services": ra_selectors.service_health(),
         "agents": ra_selectors.agent_overview(),
+        "leaver_count": leavers.leavers_holding_count(),
+        "leaver_check": leavers.leaver_check(),
     }
     return render(request, "enrollment/ra/console.html", context)
 
@@ -129,8 +132,15 @@ def _certificates_page(
         "failed_id": failed.pk if failed else None,
         "revoke_form": revoke_form,
         "reasons": OfficerRevokeForm.base_fields["reason"].choices,
+        "preset_reason": _preset_reason(request.GET.get("reason", "")),
     }
     return render(request, "enrollment/ra/certificates.html", context, status=status)
+
+
+def _preset_reason(given: str) -> str:
+    """A reason the page offers chosen in advance (the leavers' page links with
+    affiliationChanged); the officer still confirms each revocation."""
+    return given if given in Certificate.RevocationReasonChoice.values else ""
 
 
 @login_required
@@ -164,8 +174,33 @@ def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         f"Revoked {certificate.common_name}'s certificate (serial {certificate.serial}). The "
         "holder was told by e-mail; the next CRL lists it.",
     )
-    query = request.POST.get("q", "")
-    return redirect(f"{reverse('ra:certificates')}?{urlencode({'q': query})}")
+    query = {"q": request.POST.get("q", "")}
+    if preset := _preset_reason(request.POST.get("preset_reason", "")):
+        query["reason"] = preset  # the holder's other certificates, with the same preset
+    return redirect(f"{reverse('ra:certificates')}?{urlencode(query)}")
+
+
+# --- people who have left -------------------------------------------------------------
+
+
+@login_required
+@require_safe
+def leaver_list(request: HttpRequest) -> HttpResponse:
+    """Deactivated accounts still holding certificates, and when those are revoked."""
+    officer_required(request)
+    now = timezone.now()
+    found = leavers.leavers_holding_certificates(now=now, limit=leavers.PAGE_LIMIT + 1)
+    context = {
+        "leavers": found[: leavers.PAGE_LIMIT],
+        "more": len(found) > leavers.PAGE_LIMIT,
+        "limit": leavers.PAGE_LIMIT,
+        "now": now,
+        "after_hours": settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS,
+        "cap": settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN,
+        "leaver_check": leavers.leaver_check(now),
+        "reason": Certificate.RevocationReasonChoice.AFFILIATION_CHANGED.value,
+    }
+    return render(request, "enrollment/ra/leavers.html", context)
 
 
 # --- key recovery ---------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""/ra/leavers/: deactivated accounts still holding certificates, for RA officers only;
+the console's tile and warning; revoking from there with the reason chosen in advance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from enrollment import leavers
+from enrollment.models import Certificate
+from tests.conftest import client_for
+from tests.enrollment.tools import issue, new_key
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+GRACE = timedelta(hours=72)
+
+
+@pytest.fixture(autouse=True)
+def _grace_and_cap(settings):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN = 2
+
+
+@pytest.fixture
+def leaver(hierarchy, template):
+    """Dora left an hour ago; she still holds two certificates."""
+    dora = UserFactory(username="dora", first_name="Dora", last_name="Departed")
+    for slug in ("smime-signing", "smime-dual-use"):
+        issue(dora, template(slug), new_key())
+    dora.is_active = False
+    with time_machine.travel(timezone.now() - timedelta(hours=1), tick=False):
+        dora.save()
+    dora.refresh_from_db()
+    return dora
+
+
+@pytest.fixture
+def agent(db):
+    user = UserFactory(username="karl")
+    user.groups.add(Group.objects.get_or_create(name="Key recovery agents")[0])
+    return user
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [
+        ("officer", 200),
+        ("admin_user", 200),  # superusers count as officers
+        ("employee", 403),
+        ("colleague", 403),
+        ("agent", 403),
+        ("leaver", 302),  # an inactive account is not signed in at all
+        (None, 302),
+    ],
+)
+def test_only_ra_officers_see_who_has_left(request, leaver, who, status):
+    user = request.getfixturevalue(who) if who else None
+
+    response = client_for(user).get("/ra/leavers/")
+
+    assert response.status_code == status
+    if status == 302:
+        assert response["Location"].startswith("/accounts/login/")
+    if status == 403:
+        assert b"dora" not in response.content
+
+
+@pytest.mark.parametrize("who", ["officer", "employee", None])
+def test_the_page_takes_no_post(request, leaver, who):
+    user = request.getfixturevalue(who) if who else None
+
+    response = client_for(user).post("/ra/leavers/")
+
+    assert response.status_code in (302, 403, 405)
+    assert leaver.certificates.filter(status="valid").count() == 2
+
+
+def test_it_lists_name_user_name_when_deactivated_and_due_and_how_many(
+    officer_client, leaver, employee
+):
+    page = officer_client.get("/ra/leavers/").content.decode()
+
+    row = page.split('id="leaver-')[1]
+    assert "Dora Departed" in row
+    assert "<td>dora</td>" in row
+    assert f"{leaver.deactivated_at:%Y-%m-%d %H:%M} UTC" in row
+    assert f"{leaver.deactivated_at + GRACE:%Y-%m-%d %H:%M} UTC" in row
+    assert "<td>2</td>" in row
+    assert 'href="/ra/certificates/?q=dora&amp;reason=affiliationChanged"' in row
+    assert "alice" not in page  # still here
+
+
+def test_accounts_without_valid_certificates_are_not_listed(officer_client, leaver):
+    for certificate in leaver.certificates.all():
+        Certificate.objects.filter(pk=certificate.pk).update(
+            status="revoked", revoked_at=timezone.now(), revocation_reason="affiliationChanged"
+        )
+
+    page = officer_client.get("/ra/leavers/").content.decode()
+
+    assert "dora" not in page
+    assert "No deactivated account holds a valid certificate." in page
+
+
+def test_with_automatic_revocation_off_the_page_says_so(officer_client, leaver, settings):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = None
+
+    page = officer_client.get("/ra/leavers/").content.decode()
+
+    assert "automatic revocation is off" in page
+    assert "Dora Departed" in page
+
+
+def test_the_link_opens_the_officer_revocation_page_with_the_reason_chosen(officer_client, leaver):
+    page = officer_client.get(
+        "/ra/certificates/", {"q": "dora", "reason": "affiliationChanged"}
+    ).content.decode()
+
+    assert page.count('<option value="affiliationChanged" selected>') == 2
+    assert page.count('name="preset_reason" value="affiliationChanged"') == 2
+
+
+def test_an_unknown_preset_reason_is_ignored(officer_client, leaver):
+    page = officer_client.get(
+        "/ra/certificates/", {"q": "dora", "reason": "certificateHold"}
+    ).content.decode()
+
+    assert " selected>" not in page
+    assert "preset_reason" not in page
+
+
+def test_revoking_from_there_keeps_the_reason_for_the_holders_next_certificate(
+    officer_client, leaver, officer
+):
+    certificate = leaver.certificates.order_by("pk").first()
+
+    response = officer_client.post(
+        f"/ra/certificates/{certificate.pk}/revoke/",
+        {
+            "reason": "affiliationChanged",
+            "confirm": "on",
+            "q": "dora",
+            "preset_reason": "affiliationChanged",
+        },
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == "/ra/certificates/?q=dora&reason=affiliationChanged"
+    certificate.refresh_from_db()
+    assert (certificate.status, certificate.revocation_reason) == ("revoked", "affiliationChanged")
+    page = officer_client.get("/ra/leavers/").content.decode()
+    assert "<td>1</td>" in page
+
+
+def test_the_console_counts_them(officer_client, leaver):
+    page = officer_client.get("/ra/").content.decode()
+
+    assert 'href="/ra/leavers/"' in page
+    assert "deactivated account still holding certificates" in page
+
+
+@pytest.fixture
+def held_back(hierarchy, template):
+    """Three accounts deactivated at once and due, with a cap of two: the run held back."""
+    gone = timezone.now() - GRACE
+    for n in range(3):
+        person = UserFactory(username=f"leaver{n}")
+        issue(person, template("smime-signing"), new_key())
+        person.is_active = False
+        with time_machine.travel(gone, tick=False):
+            person.save()
+    return leavers.leavers_revoke()
+
+
+@pytest.mark.parametrize("path", ["/ra/", "/ra/leavers/"])
+def test_the_console_warns_while_the_cap_holds_revocations_back(officer_client, held_back, path):
+    assert held_back.held_back == 3
+
+    page = officer_client.get(path).content.decode()
+
+    assert "Leavers' certificates not revoked." in page
+    assert "3 deactivated accounts are due for certificate revocation" in page
+    assert "revoke_deactivated --confirm" in page
+    assert "overdue" in page or path == "/ra/"
+
+
+def test_no_warning_when_nothing_is_held_back(officer_client, leaver):
+    page = officer_client.get("/ra/").content.decode()
+
+    assert "certificates not revoked" not in page
