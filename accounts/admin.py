@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
@@ -55,6 +56,23 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
     )
     readonly_fields = ("deactivated_at",)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        """Whoever unticks "Active" learns what follows for the person's certificates."""
+        form = super().get_form(request, obj, **kwargs)
+        if "is_active" in form.base_fields:
+            hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
+            form.base_fields["is_active"].help_text = (
+                "Unselect this instead of deleting accounts: the person leaves the directory"
+                + (
+                    f", and their valid certificates are revoked {hours} hours later unless "
+                    "the account is reactivated before then."
+                    if hours is not None
+                    else "."
+                )
+            )
+        return form
+
     list_display = (
         "username",
         "email",

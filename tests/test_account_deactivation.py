@@ -137,3 +137,11 @@ def test_the_migration_starts_existing_inactive_accounts_clock_at_the_upgrade():
 
     times = dict(get_user_model().objects.values_list("username", "deactivated_at"))
     assert times == {"left-long-ago": MONDAY, "still-here": None}
+
+
+def test_the_admin_says_what_deactivating_does_to_certificates(admin_client_, employee, settings):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 48
+
+    page = admin_client_.get(f"/admin/accounts/user/{employee.pk}/change/").content.decode()
+
+    assert "their valid certificates are revoked 48 hours later" in page
