@@ -83,6 +83,8 @@ def _holding(now: datetime) -> QuerySet[Any]:
         .objects.filter(is_active=False)
         .filter(Exists(held))
         .annotate(certificate_count=Subquery(counted))
+        # What a list shows (Leaver): not the password hash and the rest of the account.
+        .only("username", "first_name", "last_name", "display_name", "deactivated_at")
     )
 
 
