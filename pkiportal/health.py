@@ -5,8 +5,8 @@ Anyone (a load balancer, a monitoring probe) gets the overall verdict and the st
 staff and RA officers also get each check's details, which name CAs, errors and hosts, and
 so does a monitoring system presenting PKIPORTAL_HEALTH_TOKEN as a bearer token. The token
 is checked before the session, which lives in the database: details still come when the
-database is what is down. "Warn" (the offline root's CRL expires within a month) still
-answers 200.
+database is what is down. "Warn" (the offline root's CRL expires within a month, or the
+cap held leavers' certificate revocations back) still answers 200.
 """
 
 from __future__ import annotations

@@ -91,6 +91,15 @@ def events(action: str) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action=action).order_by("id"))
 
 
+def test_the_beat_schedule_names_a_task_the_worker_knows(settings):
+    from pkiportal.celery import app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["leavers-revoke"]
+
+    assert entry["task"] in app.tasks
+    assert entry["schedule"] == timedelta(hours=1)
+
+
 # --- the grace period -------------------------------------------------------------------
 
 
