@@ -2,8 +2,8 @@
 
 Certificate templates are edited in the admin, and roles are Django groups that the admin,
 single sign-on and any code can change: neither goes through services.py, so their events
-are written here, in the transaction of the change. So are is_staff and is_superuser,
-however they change (the admin, ``createsuperuser``, a shell). Deleting a role group or an account
+are written here, in the transaction of the change. So are is_staff, is_superuser and
+is_active, however they change (the admin, ``createsuperuser``, a sync, a shell). Deleting a role group or an account
 that holds a role ends memberships without an m2m signal; both are caught too.
 
 Role memberships are caught by an ``m2m_changed`` receiver on ``User.groups`` (connected in
@@ -123,9 +123,13 @@ def template_record(
     )
 
 
-# --- account privileges (everywhere) ----------------------------------------------------
+# --- account privileges and activation (everywhere) ------------------------------------
 
-PRIVILEGE_FIELDS = ("is_staff", "is_superuser")
+# What a new account has unless told otherwise: creating one that differs is a change.
+# is_active too: switching an account off starts its certificates' revocation
+# (enrollment.leavers), and switching it back on stops it.
+PRIVILEGE_DEFAULTS = {"is_staff": False, "is_superuser": False, "is_active": True}
+PRIVILEGE_FIELDS = tuple(PRIVILEGE_DEFAULTS)
 
 
 def _privileges(user: models.Model) -> dict[str, bool]:
@@ -139,8 +143,8 @@ def _account_saving(
     update_fields: Iterable[str] | None = None,
     **kwargs: Any,
 ) -> None:
-    """Remember the stored is_staff and is_superuser, unless this save cannot change them
-    (a sign-in saves last_login alone)."""
+    """Remember the stored is_staff, is_superuser and is_active, unless this save cannot
+    change them (a sign-in saves last_login alone)."""
     instance._privilege_audit_before = None  # type: ignore[attr-defined]
     if raw or (update_fields is not None and not set(update_fields) & set(PRIVILEGE_FIELDS)):
         return
@@ -149,12 +153,13 @@ def _account_saving(
         if instance.pk is not None
         else None
     )
-    before = stored or dict.fromkeys(PRIVILEGE_FIELDS, False)
+    before = stored or PRIVILEGE_DEFAULTS
     instance._privilege_audit_before = {name: bool(before[name]) for name in PRIVILEGE_FIELDS}  # type: ignore[attr-defined]
 
 
 def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
-    """account.change when is_staff or is_superuser changed, a new account's included."""
+    """account.change when is_staff, is_superuser or is_active changed, a new account's
+    included."""
     before = getattr(instance, "_privilege_audit_before", None)
     if before is None:
         return

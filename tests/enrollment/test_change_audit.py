@@ -573,3 +573,29 @@ def test_privileges_changed_in_code_are_audited_and_other_saves_are_not(mark):
         privileges("ursula", {"is_staff": [False, True]}),
         privileges("ursula", {"is_staff": [True, False]}),
     ]
+
+
+# --- is_active: switching an account off starts its certificates' revocation -----------
+
+
+def test_switching_an_account_off_and_on_is_audited_however_it_is_done(admin_client_, mark):
+    user = UserFactory(username="ursula")
+    UserFactory(username="victor")  # a new active account: nothing to record
+    first = mark()
+
+    admin_post(admin_client_, f"/admin/accounts/user/{user.pk}/change/", groups=[], is_active=False)
+    user.refresh_from_db()
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    UserFactory(username="wanda", is_active=False)  # created switched off
+
+    assert summary(mark()[len(first) :]) == [
+        (
+            "account.change",
+            "root-admin",
+            "ursula",
+            {"changes": {"is_active": [True, False]}, "source": "admin"},
+        ),
+        privileges("ursula", {"is_active": [False, True]}),
+        privileges("wanda", {"is_active": [True, False]}),
+    ]
