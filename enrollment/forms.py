@@ -6,10 +6,10 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth import password_validation
 from django.contrib.auth.models import AbstractBaseUser
 
 from enrollment.models import HOLDER_REVOCATION_REASONS, CertificateTemplate
+from enrollment.pkcs12_password import pkcs12_password_problems
 from enrollment.x509.csr import MAX_CSR_BYTES
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
@@ -92,17 +92,9 @@ class Pkcs12PasswordForm(PortalForm):
 
     def clean_pkcs12_password(self) -> str:
         password = self.cleaned_data["pkcs12_password"]
-        minimum = settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH
-        problems: list[str] = []
-        if len(password) < minimum:
-            problems.append(f"Use at least {minimum} characters.")
-        try:
-            password_validation.validate_password(password, self.user)
-        except forms.ValidationError as exc:
-            problems.extend(exc.messages)
+        problems = pkcs12_password_problems(password, self.user)
         if problems:
-            # Django's own length rule may repeat ours; say each thing once.
-            raise forms.ValidationError(list(dict.fromkeys(problems)))
+            raise forms.ValidationError(problems)
         return password
 
     def clean(self) -> dict[str, Any]:

@@ -14,9 +14,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from django.conf import settings
-from django.contrib.auth import password_validation
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -29,6 +26,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
 )
+from enrollment.pkcs12_password import pkcs12_password_problems
 from enrollment.x509 import pkcs7
 from enrollment.x509.csr import MAX_CSR_BYTES
 from enrollment.x509.keys import KeyAlgorithm
@@ -151,21 +149,8 @@ class CollectIn(Pkcs12In):
 
 
 def check_pkcs12_password(password: str, user: Any) -> None:
-    """Our minimum length plus Django's validators; messages never contain the password."""
-    minimum = settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH
-    problems: list[str] = []
-    if len(password) < minimum:
-        problems.append(f"Use at least {minimum} characters.")
-    try:
-        password_validation.validate_password(password, user)
-    except DjangoValidationError as exc:
-        # Django's own length rule would repeat ours with a smaller number.
-        problems.extend(
-            message
-            for error in exc.error_list
-            if not (problems and error.code == "password_too_short")
-            for message in error.messages
-        )
+    """The web form's rule (enrollment.pkcs12_password), as a serializer error."""
+    problems = pkcs12_password_problems(password, user)
     if problems:
         raise serializers.ValidationError(problems)
 

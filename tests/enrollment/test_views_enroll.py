@@ -257,6 +257,15 @@ def test_a_weak_password_is_refused_and_nothing_is_made(employee_client, hierarc
     assert counts() == before
 
 
+def test_a_short_password_is_told_one_minimum_not_two(employee_client, hierarchy):
+    """Django's own 8-character rule must not contradict the portal's 12 beside it."""
+    response = enrol_with_portal_key(employee_client, password="Xq7-vPz")
+
+    assert response.status_code == 400
+    errors = response.context["key_form"].errors["pkcs12_password"]
+    assert errors == ["Use at least 12 characters."]
+
+
 def test_a_password_like_the_user_name_is_refused(employee_client, hierarchy):
     response = enrol_with_portal_key(employee_client, password="AliceAndersson")
 
