@@ -125,6 +125,15 @@ def test_anonymous_visitors_are_sent_to_sign_in_from_the_ra_page(anonymous_clien
     assert response["Location"].startswith("/accounts/login/")
 
 
+def test_the_requests_page_carries_the_ra_pages_navigation(officer_client):
+    """Like every other RA page: the way back to the console, recoveries and the audit."""
+    page = officer_client.get("/ra/requests/").content.decode()
+
+    assert 'aria-label="RA pages"' in page
+    assert 'href="/ra/requests/" aria-current="page"' in page
+    assert 'href="/ra/audit/"' in page
+
+
 def test_the_navigation_shows_ra_requests_to_officers_only(
     officer_client, employee_client, hierarchy
 ):
