@@ -20,6 +20,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -491,6 +492,10 @@ def _filtered_events(request: HttpRequest) -> tuple[AuditFilterForm, Any]:
 def audit_list(request: HttpRequest) -> HttpResponse:
     """Newest first, fifty at a time, continued by id (no count over the whole trail)."""
     officer_required(request)
+    return _audit_page(request)
+
+
+def _audit_page(request: HttpRequest, status: int = 200) -> HttpResponse:
     form, events = _filtered_events(request)
     before = request.GET.get("before", "")
     if before.isdigit():
@@ -513,7 +518,7 @@ def audit_list(request: HttpRequest) -> HttpResponse:
         "filters": query.urlencode(),
         "actions": ra_selectors.audit_actions(),
     }
-    return render(request, "enrollment/ra/audit.html", context)
+    return render(request, "enrollment/ra/audit.html", context, status=status)
 
 
 def _audit_row(event: AuditEvent) -> list[Any]:
@@ -570,14 +575,15 @@ EXPORTS: dict[str, tuple[Callable[[Any], Iterator[str]], str, str]] = {
 
 @login_required
 @require_safe
-def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
+def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     """The filtered trail, oldest first, streamed with its hash columns."""
     officer_required(request)
     if fmt not in EXPORTS:
         raise Http404("No such export format.")
     form, events = _filtered_events(request)
     if not form.is_valid():
-        raise Http404("Fix the filters first.")
+        # The trail page, with each bad filter's error beside it: nothing is exported.
+        return _audit_page(request, status=400)
     lines, content_type, suffix = EXPORTS[fmt]
     ra_services.audit_export_record(
         actor=request.user,

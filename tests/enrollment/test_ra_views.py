@@ -716,6 +716,19 @@ def test_an_unknown_export_format_is_404(people):
     assert people["officer"].get("/ra/audit/export.xml").status_code == 404
 
 
+def test_an_export_with_a_bad_filter_shows_the_error_and_exports_nothing(people, trail):
+    """Not a 404 "nothing here": the trail page again, the error beside the bad filter."""
+    before = AuditEvent.objects.count()
+
+    response = people["officer"].get("/ra/audit/export.csv", {"since": "2026-13-01"})
+
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
+    assert "since" in response.context["form"].errors
+    assert "Correct the filters above" in response.content.decode()
+    assert AuditEvent.objects.count() == before  # no audit.export: nothing left
+
+
 # --- agents and the admin's registration ----------------------------------------------
 
 
