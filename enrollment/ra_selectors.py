@@ -110,6 +110,19 @@ def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
     )
 
 
+def open_recoveries_for_recipient(user: Any) -> QuerySet[KeyRecoveryRequest]:
+    """Open recoveries whose key this person is to download: theirs, or as the officer."""
+    Recipient = KeyRecoveryRequest.Recipient
+    return (
+        open_recoveries()
+        .filter(
+            Q(deliver_to=Recipient.OWNER, certificate__owner=user)
+            | Q(deliver_to=Recipient.REQUESTER, requested_by=user)
+        )
+        .select_related("certificate__template")
+    )
+
+
 # --- CRLs -----------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from django.utils.text import slugify
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from enrollment import services
+from enrollment import ra_selectors, services
 from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.forms import CsrForm, DecisionForm, Pkcs12PasswordForm, RevokeForm, ServerKeyForm
@@ -168,6 +168,8 @@ def home(request: HttpRequest) -> HttpResponse:
         context["open_requests"] = CertificateRequest.objects.filter(
             requester=request.user, state__in=OPEN_STATES
         ).select_related("template")
+        # A recovered key waits a short while for its one download: say so where people look.
+        context["my_recoveries"] = ra_selectors.open_recoveries_for_recipient(request.user)
         if is_ra_officer(request.user):
             context["pending_count"] = CertificateRequest.objects.filter(
                 state=CertificateRequest.State.PENDING

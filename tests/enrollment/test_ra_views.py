@@ -563,6 +563,43 @@ def test_the_owner_sees_the_download_button_only_while_it_is_open(people, perfor
     assert not page.context["download_open"]
 
 
+def test_the_owner_finds_a_recovery_of_their_key_on_the_start_page(people, opened):
+    """The e-mail is not the only way back to a download that closes within the hour."""
+    link = f'href="/ra/recovery/{opened.pk}/"'
+
+    waiting = people["owner"].get("/").content.decode()
+    assert link in waiting
+    assert "waiting for approval" in waiting
+    assert link not in people["colleague"].get("/").content.decode()
+    # Olivia opened it for Alice: not hers to download, so not on her start page.
+    assert link not in people["officer"].get("/").content.decode()
+
+
+def test_the_start_page_says_when_a_recovered_key_is_ready(people, performed):
+    page = people["owner"].get("/").content.decode()
+
+    assert f'href="/ra/recovery/{performed.recovery.pk}/">Download it now' in page
+    assert "one-time password" in page
+
+
+def test_the_requesting_officer_finds_a_key_recovered_for_them_on_the_start_page(
+    people, archived, officer
+):
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason=REASON, deliver_to="requester"
+    )
+
+    assert f'href="/ra/recovery/{opened.pk}/"' in people["officer"].get("/").content.decode()
+    assert f'href="/ra/recovery/{opened.pk}/"' not in people["owner"].get("/").content.decode()
+
+
+def test_the_owner_is_told_what_happens_next_while_the_recovery_waits(people, opened):
+    page = people["owner"].get(f"/ra/recovery/{opened.pk}/").content.decode()
+
+    assert "This key will be recovered for you" in page
+    assert "one-time password in person or by phone" in page
+
+
 def test_the_recovery_list_shows_open_and_closed_recoveries(people, performed, archived):
     page = people["agent"].get("/ra/recovery/")
 
