@@ -135,6 +135,33 @@ def test_officers_may_view_any_certificate_but_not_act_on_it(officer_client, min
     assert officer_client.get(f"/certificates/{mine.pk}/download/cer/").status_code == 200
 
 
+def test_officers_are_led_to_where_they_act_and_not_told_it_is_their_key(officer_client, mine):
+    page = officer_client.get(f"/certificates/{mine.pk}/").content.decode()
+
+    assert f'href="/ra/certificates/?q={mine.serial}"' in page
+    assert "Your key is only in" not in page
+
+
+def test_the_owner_sees_no_officer_actions(employee_client, mine):
+    page = employee_client.get(f"/certificates/{mine.pk}/").content.decode()
+
+    assert "RA officer actions" not in page
+    assert "Your key is only in" in page
+
+
+def test_an_archived_key_says_whom_to_ask_and_offers_officers_its_recovery(
+    employee, employee_client, officer_client, template, kra
+):
+    archived = issue_to(employee, template, "smime-encryption")
+
+    assert (
+        "ask an RA officer to recover it"
+        in employee_client.get(f"/certificates/{archived.pk}/").content.decode()
+    )
+    officer_page = officer_client.get(f"/certificates/{archived.pk}/").content.decode()
+    assert f'href="/ra/recovery/new/?certificate={archived.pk}"' in officer_page
+
+
 def test_anonymous_visitors_are_sent_to_sign_in(anonymous_client, mine):
     for path in (f"/certificates/{mine.pk}/", f"/certificates/{mine.pk}/download/cer/"):
         response = anonymous_client.get(path)
