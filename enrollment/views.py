@@ -40,19 +40,13 @@ from enrollment.models import (
 )
 from enrollment.permissions import is_ra_officer, may_use_template, templates_for
 from enrollment.x509 import pkcs7
+from enrollment.x509.names import readable_name
 
 PASSWORD_FIELDS = ("pkcs12_password", "pkcs12_password_confirm")
 OPEN_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
 # The page's script sends a random token and waits for it in a cookie to know the
 # download has arrived; only letters and digits are echoed back.
 DOWNLOAD_TOKEN = re.compile(r"[A-Za-z0-9]{8,64}")
-# Short names for subject attributes RFC 4514 leaves as dotted numbers.
-SUBJECT_LABELS = {
-    NameOID.GIVEN_NAME: "GN",
-    NameOID.SURNAME: "SN",
-    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
-    NameOID.EMAIL_ADDRESS: "E",
-}
 DOWNLOADS: dict[str, tuple[str, str]] = {
     # kind: (file suffix, content type)
     "cer": (".cer", "application/pkix-cert"),
@@ -449,7 +443,7 @@ def _certificate_page(
     usable = bool(certificate.template and may_use_template(request.user, certificate.template))
     context = {
         "certificate": certificate,
-        "subject": certificate.certificate.subject.rfc4514_string(SUBJECT_LABELS),
+        "subject": readable_name(certificate.certificate.subject),
         "chain": certificate.ca.chain(),
         "is_owner": is_owner,
         "can_renew": is_owner and certificate.state == "valid" and usable,

@@ -7,6 +7,7 @@ from datetime import timedelta
 from django import template
 
 from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.names import readable_rfc4514
 from enrollment.x509.pkcs7 import format_fingerprint
 
 register = template.Library()
@@ -40,3 +41,9 @@ def key_label(value: str) -> str:
         return KeyAlgorithm(value).label
     except ValueError:
         return value
+
+
+@register.filter
+def readable_dn(value: str) -> str:
+    """A stored subject with short names (SN=, GN=) instead of dotted OIDs (2.5.4.4=)."""
+    return readable_rfc4514(value or "")

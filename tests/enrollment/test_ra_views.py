@@ -776,6 +776,15 @@ def test_the_agents_page_lists_each_agent_certificate(people, kra, archived):
     assert (row.agent, row.state, row.archives) == (kra.agent, "valid", 1)
 
 
+def test_the_agents_page_names_subject_attributes_as_openssl_does(people, kra):
+    """SN=Keeper, not 2.5.4.4=Keeper: officers compare these with openssl's output."""
+    page = people["officer"].get("/ra/agents/").content.decode()
+
+    assert "SN=Keeper" in page
+    assert "GN=Karl" in page
+    assert "2.5.4." not in page
+
+
 def test_an_admin_registers_an_agent_certificate_by_upload(admin_client_, template, hierarchy):
     from enrollment import services
 
