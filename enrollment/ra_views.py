@@ -22,6 +22,7 @@ from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
@@ -255,10 +256,11 @@ def recovery_new(request: HttpRequest) -> HttpResponse:
             except EnrollmentError as exc:
                 status = show_error(form, exc)
             else:
+                needed = recovery.approvals_required()
                 messages.success(
                     request,
-                    f"Recovery #{opened.pk} is open. It needs the approval of "
-                    f"{recovery.approvals_required()} other officer(s).",
+                    f"Recovery #{opened.pk} is open. It needs the approval of {needed} other "
+                    f"officer{pluralize(needed)}, then a key recovery agent carries it out.",
                 )
                 return redirect("ra:recovery-detail", pk=opened.pk)
         else:

@@ -363,6 +363,23 @@ def test_the_recovery_form_lists_only_archived_keys(people, archived, template, 
     assert results == [archived.certificate]
 
 
+@pytest.mark.parametrize(
+    ("approvals", "words"), [(1, "1 other officer,"), (2, "2 other officers,")]
+)
+def test_opening_a_recovery_says_how_many_approvals_it_needs(
+    approvals, words, people, archived, kra, settings
+):
+    settings.PKIPORTAL_RECOVERY_APPROVALS = approvals
+
+    response = people["officer"].post(
+        "/ra/recovery/new/", form_data("open", archived, kra), follow=True
+    )
+
+    (message,) = [str(m) for m in response.context["messages"]]
+    assert f"the approval of {words} then a key recovery agent" in message
+    assert "(s)" not in message
+
+
 def test_the_requester_sees_no_approve_button_and_a_refusal_if_they_try(people, opened):
     page = people["officer"].get(f"/ra/recovery/{opened.pk}/")
     assert not page.context["can_approve"]
