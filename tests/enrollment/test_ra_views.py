@@ -617,6 +617,13 @@ def test_the_owner_is_told_what_happens_next_while_the_recovery_waits(people, op
     assert "one-time password in person or by phone" in page
 
 
+def test_an_agent_is_told_what_a_pending_recovery_waits_for(people, opened):
+    page = people["agent"].get(f"/ra/recovery/{opened.pk}/").content.decode()
+
+    assert "Waiting for 1 RA officer approval." in page
+    assert "Carry it out" not in page
+
+
 def test_the_recovery_list_shows_open_and_closed_recoveries(people, performed, archived):
     page = people["agent"].get("/ra/recovery/")
 
