@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -335,6 +336,17 @@ def test_a_revocation_without_confirmation_changes_nothing(people, archived):
     assert Certificate.objects.get(pk=archived.certificate.pk).status == "valid"
 
 
+def test_a_revocation_without_a_reason_ties_the_error_to_the_reason_list(people, archived):
+    pk = archived.certificate.pk
+
+    page = people["officer"].post(f"/ra/certificates/{pk}/revoke/", {"confirm": "on"})
+
+    assert page.status_code == 400
+    (field,) = re.findall(rf'<select id="reason-{pk}"[^>]*>', page.content.decode())
+    assert f'aria-describedby="revoke-errors-{pk}"' in field
+    assert 'aria-invalid="true"' in field
+
+
 def test_revoking_twice_says_why_it_cannot(people, archived):
     data = {"reason": "keyCompromise", "confirm": "on"}
     people["officer"].post(f"/ra/certificates/{archived.certificate.pk}/revoke/", data)
@@ -615,6 +627,16 @@ def test_the_owner_is_told_what_happens_next_while_the_recovery_waits(people, op
 
     assert "This key will be recovered for you" in page
     assert "one-time password in person or by phone" in page
+
+
+def test_a_rejection_without_a_reason_is_tied_to_its_field(people, opened):
+    response = people["officer"].post(f"/ra/recovery/{opened.pk}/reject/", {"reason": ""})
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    (field,) = [line for line in page.splitlines() if 'id="id_reason"' in line]
+    assert 'aria-describedby="reject-errors"' in field
+    assert 'aria-invalid="true"' in field
 
 
 def test_an_agent_is_told_what_a_pending_recovery_waits_for(people, opened):

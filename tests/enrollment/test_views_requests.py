@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -219,6 +221,15 @@ def test_a_rejection_needs_a_reason(pending, officer_client):
     assert "Say why the request is rejected." in response.content.decode()
     pending.refresh_from_db()
     assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_the_missing_reason_is_tied_to_its_field_for_screen_readers(pending, officer_client):
+    page = decide(officer_client, pending, "reject", "").content.decode()
+
+    (field,) = re.findall(rf'<input id="reason-{pending.pk}"[^>]*>', page)
+    assert f'aria-describedby="decide-errors-{pending.pk}"' in field
+    assert 'aria-invalid="true"' in field
+    assert f'<div id="decide-errors-{pending.pk}"><p class="error" role="alert">Say why' in page
 
 
 def test_a_rejection_with_a_reason_is_mailed_and_shown(
