@@ -347,6 +347,15 @@ def test_a_revocation_without_a_reason_ties_the_error_to_the_reason_list(people,
     assert 'aria-invalid="true"' in field
 
 
+def test_a_refused_revocation_keeps_the_reason_chosen(people, archived):
+    pk = archived.certificate.pk
+
+    page = people["officer"].post(f"/ra/certificates/{pk}/revoke/", {"reason": "superseded"})
+
+    assert page.status_code == 400  # not confirmed
+    assert '<option value="superseded" selected>' in page.content.decode()
+
+
 def test_revoking_twice_says_why_it_cannot(people, archived):
     data = {"reason": "keyCompromise", "confirm": "on"}
     people["officer"].post(f"/ra/certificates/{archived.certificate.pk}/revoke/", data)
