@@ -3,8 +3,9 @@
 Certificate templates are edited in the admin, and roles are Django groups that the admin,
 single sign-on and any code can change: neither goes through services.py, so their events
 are written here, in the transaction of the change. So are is_staff, is_superuser and
-is_active, however they change (the admin, ``createsuperuser``, a sync, a shell). Deleting a role group or an account
-that holds a role ends memberships without an m2m signal; both are caught too.
+is_active, however they change (the admin, ``createsuperuser``, a sync, a shell).
+Deleting a role group or an account that holds a role ends memberships without an m2m
+signal; both are caught too.
 
 Role memberships are caught by an ``m2m_changed`` receiver on ``User.groups`` (connected in
 EnrollmentConfig.ready), so ``user.groups.add``, ``group.user_set.add``, ``set``, ``remove``
