@@ -26,6 +26,11 @@ from enrollment.models import (
 )
 from enrollment.permissions import is_ra_officer
 
+# The portal's own name where Django would say "Django administration".
+admin.site.site_header = "pkiportal administration"
+admin.site.site_title = "pkiportal admin"
+admin.site.index_title = "Certificate authority, accounts and templates"
+
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows are made by services; the admin only shows them."""

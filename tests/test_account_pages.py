@@ -22,6 +22,9 @@ PASSWORD_PAGES = [
     "/accounts/reset/done/",
     "/accounts/password_change/",
     "/accounts/password_change/done/",
+    # The admin's copy checks the old password outside django-axes just the same.
+    "/admin/password_change/",
+    "/admin/password_change/done/",
 ]
 
 
@@ -32,6 +35,21 @@ def test_password_pages_do_not_exist_signed_in_or_not(client, url):
 
     client.force_login(UserFactory())
     assert client.get(url).status_code == 404
+
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    assert client.get(url).status_code == 404
+    assert client.post(url, {"old_password": "guess"}).status_code in (403, 404)
+
+
+def test_the_admin_offers_no_password_change_and_names_the_portal(client):
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+
+    page = client.get("/admin/").content.decode()
+
+    assert "password_change" not in page
+    assert "Change password" not in page
+    assert "pkiportal administration" in page
+    assert "Log out" in page
 
 
 @pytest.mark.parametrize("name", ["password_reset", "password_change", "password_reset_done"])
