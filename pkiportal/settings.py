@@ -156,7 +156,8 @@ AXES_CLIENT_IP_CALLABLE = "pkiportal.clients.client_address"
 AXES_USERNAME_CALLABLE = "pkiportal.clients.axes_username"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
-LOGOUT_REDIRECT_URL = "home"
+# None: LogoutView shows registration/logged_out.html, so people see that it worked.
+LOGOUT_REDIRECT_URL = None
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")

@@ -71,3 +71,13 @@ def test_sign_in_and_out_still_work(client):
     assert client.get(reverse("home")).context["user"] == user
     assert client.post(reverse("logout")).status_code in (200, 302)
     assert not client.get(reverse("home")).context["user"].is_authenticated
+
+
+def test_signing_out_says_so(client):
+    client.force_login(UserFactory(username="alice"))
+
+    response = client.post(reverse("logout"))
+
+    assert response.status_code == 200
+    assert "You have signed out" in response.content.decode()
+    assert not client.get(reverse("home")).context["user"].is_authenticated

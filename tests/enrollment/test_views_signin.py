@@ -87,9 +87,10 @@ def test_signing_out_takes_a_post(alice):
     client = Client()
     client.force_login(alice)
 
+    assert client.get("/accounts/logout/").status_code == 405  # a link cannot sign you out
     response = client.post("/accounts/logout/")
 
-    assert response.status_code == 302
+    assert response.status_code == 200  # "You have signed out"
     assert client.get("/certificates/").status_code == 302
 
 
