@@ -219,6 +219,17 @@ class RevokeForm(PortalForm):
         widget=forms.RadioSelect,
         error_messages={"required": "Say why you revoke it."},
     )
+    invalidity_date = forms.DateTimeField(
+        label="Since when may the key have been in other hands? (optional)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text=(
+            "If you know, the revocation list says so (RFC 5280's invalidity date), and "
+            "whoever checks a signature you made after it can tell. Your time zone is the "
+            "portal's."
+        ),
+        error_messages={"invalid": "Give a date and time, e.g. 2026-11-02 09:30."},
+    )
     confirm = forms.BooleanField(
         label="I understand that a revoked certificate cannot be used again.",
         error_messages={"required": "Tick the box to confirm."},

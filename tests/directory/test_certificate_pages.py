@@ -56,6 +56,19 @@ def test_a_revoked_certificate_says_so_with_its_reason(employee_client, cert):
     assert "Revoked" in page
     assert "key compromise" in page
     assert "Do not rely on this certificate" in page
+    assert "signatures made after that date" in page
+
+
+def test_a_key_exposed_earlier_than_the_revocation_dates_the_warning_from_then(
+    employee_client, cert
+):
+    since = cert.not_before.replace(microsecond=0)
+    services.certificate_revoke(certificate=cert, reason="keyCompromise", invalidity_date=since)
+
+    page = employee_client.get(f"/directory/{cert.fingerprint_sha256}/").content.decode()
+
+    assert f"signatures made after {since:%Y-%m-%d %H:%M} UTC" in page
+    assert "in other hands" in page
 
 
 def test_fingerprints_are_found_in_any_case(employee_client, cert):

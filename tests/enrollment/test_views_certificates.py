@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.test import Client
+from django.utils import timezone
 
 from enrollment import services
 from enrollment.models import AuditEvent, Certificate, CertificateRequest
@@ -42,8 +44,10 @@ def theirs(colleague, template, hierarchy) -> Certificate:
     return issue_to(colleague, template)
 
 
-def revoke(client, certificate, reason: str = "keyCompromise", confirm: bool = True):
-    data = {"reason": reason}
+def revoke(
+    client, certificate, reason: str = "keyCompromise", confirm: bool = True, since: str = ""
+):
+    data = {"reason": reason, "invalidity_date": since}
     if confirm:
         data["confirm"] = "on"
     return client.post(f"/certificates/{certificate.pk}/revoke/", data)
@@ -319,6 +323,46 @@ def test_i_can_revoke_my_own_certificate(employee_client, mine, django_capture_o
     crl = mine.ca.latest_crl().crl
     assert crl.get_revoked_certificate_by_serial_number(int(mine.serial, 16)) is not None
     assert "is revoked" in employee_client.get(response["Location"]).content.decode()
+
+
+def test_i_can_say_since_when_my_key_may_be_exposed_and_the_crl_says_so(
+    employee_client, mine, settings, openssl, django_capture_on_commit_callbacks
+):
+    settings.TIME_ZONE = "Europe/Berlin"  # the form's times are the portal's zone
+    page = employee_client.get(f"/certificates/{mine.pk}/").content.decode()
+    assert 'type="datetime-local"' in page
+    since = timezone.localtime(mine.not_before, ZoneInfo("Europe/Berlin")) - timedelta(hours=2)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = revoke(employee_client, mine, since=since.strftime("%Y-%m-%dT%H:%M"))
+
+    assert response.status_code == 302
+    mine.refresh_from_db()
+    assert mine.invalidity_date == since.replace(second=0, microsecond=0)
+    der = openssl.write("issuing.crl", mine.ca.latest_crl().der)
+    text = openssl.run("crl", "-inform", "DER", "-in", der, "-noout", "-text").stdout.decode()
+    utc = mine.invalidity_date.astimezone(UTC)
+    assert "Invalidity Date" in text
+    assert utc.strftime("%b %e %H:%M:00 %Y GMT") in text
+
+
+@pytest.mark.parametrize(
+    ("since", "message"),
+    [
+        ("next week", "Give a date and time"),
+        ("2999-01-01T00:00", "cannot be in the future"),
+        ("1990-01-01T00:00", "days before"),
+    ],
+)
+def test_an_impossible_invalidity_date_is_refused_beside_the_field(
+    employee_client, mine, since, message
+):
+    response = revoke(employee_client, mine, since=since)
+
+    assert response.status_code == 400
+    assert message in str(response.context["revoke_form"].errors["invalidity_date"])
+    mine.refresh_from_db()
+    assert mine.status == Certificate.Status.VALID
 
 
 @pytest.mark.parametrize(
