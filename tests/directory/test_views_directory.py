@@ -209,3 +209,14 @@ def test_a_results_page_costs_a_fixed_number_of_queries(employee_client, person,
         issue(person("Pat", f"Page{n}", username=f"pat{n}"))
 
     assert queries_for("pat", 6) == queries_for("quinn", 1)
+
+
+def test_results_show_fingerprints_as_every_other_page_does(employee_client, jose):
+    from enrollment.models import Certificate
+    from enrollment.x509.pkcs7 import format_fingerprint
+
+    page = page_of(employee_client.get("/directory/", {"q": "jose"}))
+
+    for cert in Certificate.objects.filter(owner=jose):
+        assert format_fingerprint(cert.fingerprint_sha256) in page  # AB:CD:…, as openssl shows
+        assert f"/directory/{cert.fingerprint_sha256}/" in page  # links keep the plain form
