@@ -20,6 +20,7 @@ urlpatterns = [
     ),
     path("certificates/<int:pk>/renew/", views.certificate_renew, name="certificate-renew"),
     path("certificates/<int:pk>/revoke/", views.certificate_revoke, name="certificate-revoke"),
+    path("help/mail-clients/", views.help_mail_clients, name="help-mail-clients"),
     path("ra/requests/", views.ra_requests, name="ra-requests"),
     path("ra/requests/<int:pk>/decide/", views.ra_decide, name="ra-decide"),
 ]
