@@ -366,6 +366,7 @@ class CertificateRequest(models.Model):
         REJECTED = "rejected", "Rejected"
         ISSUED = "issued", "Issued"
         FAILED = "failed", "Failed"
+        WITHDRAWN = "withdrawn", "Withdrawn"
 
     class KeySource(models.TextChoices):
         CSR = "csr", "Your own key (CSR)"
@@ -434,6 +435,12 @@ class CertificateRequest(models.Model):
     @property
     def awaits_download(self) -> bool:
         return self.state == self.State.APPROVED and self.key_source == self.KeySource.SERVER
+
+    @property
+    def may_be_withdrawn(self) -> bool:
+        """Nothing issued yet and nothing to wait for but an officer or the requester's
+        download: the requester may still take it back (request_withdraw)."""
+        return self.state == self.State.PENDING or self.awaits_download
 
 
 class CrlEntry(models.Model):

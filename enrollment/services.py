@@ -1445,6 +1445,45 @@ def request_reject(
     return _decide(request, officer=officer, approve=False, reason=reason.strip())
 
 
+def request_withdraw(
+    *, request: CertificateRequest, actor: AbstractBaseUser, source_address: str | None = None
+) -> CertificateRequest:
+    """The requester takes back a request nothing has been issued for yet.
+
+    A person who chose the wrong template, or no longer needs the certificate, should not
+    leave it in the officers' queue nor hold one of their slots under the per-template
+    cap. Only a pending request, or an approved portal-key request not yet downloaded,
+    may be withdrawn. The request's row lock is the one approval, rejection and download
+    take, so whichever comes second sees the first one's outcome: never both.
+    """
+    if actor.pk != request.requester_id:
+        raise NotPermitted(
+            "Only the requester can withdraw a request; an RA officer rejects it instead."
+        )
+    with transaction.atomic():
+        locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
+        if not locked.may_be_withdrawn:
+            state = locked.get_state_display().lower()
+            if locked.state == CertificateRequest.State.ISSUED:
+                raise InvalidState(
+                    "This request is already issued: there is nothing to withdraw. Revoke "
+                    "the certificate if you no longer need it."
+                )
+            raise InvalidState(f"This request is already {state}: there is nothing to withdraw.")
+        was = locked.state
+        locked.state = CertificateRequest.State.WITHDRAWN
+        locked.save(update_fields=["state", "updated_at"])
+        audit_record(
+            action="request.withdraw",
+            actor=actor,
+            target=locked,
+            source_address=source_address,
+            detail={"template": locked.template.slug, "state": was},
+        )
+    request.refresh_from_db()
+    return locked
+
+
 # --- API tokens -----------------------------------------------------------------------
 
 

@@ -265,3 +265,178 @@ def test_the_csr_subject_is_recorded_but_the_certificate_names_the_account(
         x509.SubjectAlternativeName
     ).value
     assert san.get_values_for_type(x509.RFC822Name) == [employee.email]
+
+
+# --- withdrawing ----------------------------------------------------------------------
+
+
+def test_the_requester_withdraws_a_pending_request_audited_with_the_address(
+    hierarchy, needs_approval, employee
+):
+    request = services.request_submit(
+        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+
+    withdrawn = services.request_withdraw(
+        request=request, actor=employee, source_address="192.0.2.7"
+    )
+
+    assert withdrawn.state == CertificateRequest.State.WITHDRAWN
+    assert request.state == CertificateRequest.State.WITHDRAWN  # the caller's copy too
+    event = AuditEvent.objects.get(action="request.withdraw")
+    assert (event.actor, event.object_id, event.source_address) == (
+        employee,
+        str(request.pk),
+        "192.0.2.7",
+    )
+    assert event.detail == {"template": "smime-signing", "state": "pending"}
+    assert not Certificate.objects.exists()
+
+
+def test_an_approved_portal_key_request_is_withdrawn_before_its_download(
+    hierarchy, needs_approval, employee, officer
+):
+    approved = services.request_approve(
+        request=services.request_submit(
+            requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        ),
+        officer=officer,
+    )
+    assert approved.awaits_download
+
+    services.request_withdraw(request=approved, actor=employee)
+
+    with pytest.raises(InvalidState, match="nothing to download"):
+        services.request_collect(request=approved, actor=employee, pkcs12_password=PASSWORD)
+    assert not Certificate.objects.exists()
+    assert AuditEvent.objects.get(action="request.withdraw").detail["state"] == "approved"
+
+
+@pytest.mark.parametrize("who", ["colleague", "officer"])
+def test_only_the_requester_withdraws(hierarchy, needs_approval, employee, colleague, officer, who):
+    request = services.request_submit(
+        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+    actor = {"colleague": colleague, "officer": officer}[who]
+
+    with pytest.raises(NotPermitted, match="an RA officer rejects it instead"):
+        services.request_withdraw(request=request, actor=actor)
+
+    request.refresh_from_db()
+    assert request.state == CertificateRequest.State.PENDING
+    assert not AuditEvent.objects.filter(action="request.withdraw").exists()
+
+
+def test_an_officer_withdraws_their_own_request(hierarchy, needs_approval, officer):
+    own = services.request_submit(
+        requester=officer, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+
+    assert services.request_withdraw(request=own, actor=officer).state == "withdrawn"
+
+
+def test_an_issued_request_cannot_be_withdrawn_only_its_certificate_revoked(
+    hierarchy, template, employee, ec_p256_key
+):
+    issued = services.request_submit(
+        requester=employee, template=template("smime-signing"), csr=csr_pem(ec_p256_key)
+    )
+
+    with pytest.raises(InvalidState, match="already issued: there is nothing to withdraw. Revoke"):
+        services.request_withdraw(request=issued, actor=employee)
+
+    issued.refresh_from_db()
+    assert issued.state == CertificateRequest.State.ISSUED
+    assert not AuditEvent.objects.filter(action="request.withdraw").exists()
+
+
+@pytest.mark.parametrize("end", ["rejected", "withdrawn", "failed"])
+def test_a_request_that_is_no_longer_open_cannot_be_withdrawn(
+    hierarchy, needs_approval, employee, officer, end
+):
+    request = services.request_submit(
+        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+    if end == "rejected":
+        services.request_reject(request=request, officer=officer, reason="no")
+    elif end == "withdrawn":
+        services.request_withdraw(request=request, actor=employee)
+    else:
+        services.request_approve(request=request, officer=officer)
+        employee.is_active = False
+        employee.save()
+        with pytest.raises(NotPermitted):
+            services.request_collect(request=request, actor=employee, pkcs12_password=PASSWORD)
+    events = AuditEvent.objects.filter(action="request.withdraw").count()
+
+    with pytest.raises(InvalidState, match=f"already {end}: there is nothing to withdraw"):
+        services.request_withdraw(request=request, actor=employee)
+
+    request.refresh_from_db()
+    assert request.state == end
+    assert AuditEvent.objects.filter(action="request.withdraw").count() == events
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_an_officer_deciding_after_the_withdrawal_is_told_it_is_already_withdrawn(
+    hierarchy, needs_approval, employee, officer, verb
+):
+    request = services.request_submit(
+        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+    services.request_withdraw(request=request, actor=employee)
+    decide = services.request_approve if verb == "approve" else services.request_reject
+
+    with pytest.raises(InvalidState, match="This request is already withdrawn."):
+        decide(request=request, officer=officer, reason="x")
+
+    request.refresh_from_db()
+    assert (request.state, request.decided_by) == (CertificateRequest.State.WITHDRAWN, None)
+
+
+def test_a_withdrawn_request_no_longer_counts_against_the_cap(
+    hierarchy, needs_approval, employee, settings
+):
+    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
+    first = services.request_submit(
+        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+    with pytest.raises(PolicyViolation, match="already have 1"):
+        services.request_submit(
+            requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        )
+
+    services.request_withdraw(request=first, actor=employee)
+
+    again = services.request_submit(
+        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+    assert again.state == CertificateRequest.State.PENDING
+
+
+def test_a_withdrawn_renewal_supersedes_nothing_and_another_may_follow(
+    hierarchy, template, approval, employee, officer
+):
+    signing = template("smime-signing")
+    first = services.request_submit(
+        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+    )
+    old, _ = services.request_collect(request=first, actor=employee, pkcs12_password=PASSWORD)
+    signing = approval("smime-signing")
+    renewal = services.request_approve(
+        request=services.request_submit(
+            requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
+        ),
+        officer=officer,
+    )
+
+    services.request_withdraw(request=renewal, actor=employee)
+
+    old.refresh_from_db()
+    assert old.status == Certificate.Status.VALID
+    assert list(Certificate.objects.filter(owner=employee)) == [old]
+    # No longer "a renewal waiting": the same certificate may be renewed again.
+    again = services.request_submit(
+        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
+    )
+    assert again.state == CertificateRequest.State.PENDING
