@@ -1,0 +1,148 @@
+"""A withdrawal at the same moment as an approval, a rejection or a download, on PostgreSQL.
+
+All four take the request's row lock: whichever comes second waits for the first to
+commit, then sees its outcome and is refused. Never both: no certificate for a withdrawn
+request, no withdrawal of one already issued or rejected.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.db import connection, transaction
+
+from enrollment import services
+from enrollment.exceptions import InvalidState
+from enrollment.models import AuditEvent, Certificate, CertificateRequest
+from enrollment.x509.keys import KeyAlgorithm
+from tests.enrollment.test_compromise_concurrency import in_thread
+from tests.enrollment.tools import cryptography_csr, new_key
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
+    ),
+]
+
+PASSWORD = "a long pkcs12 password xyz"
+
+
+def holding(work: Callable[[], object], done: threading.Event, release: threading.Event):
+    """Do the work in a transaction left open (its locks held) until released."""
+
+    def run() -> object:
+        with transaction.atomic():
+            result = work()
+            done.set()
+            release.wait(timeout=30)
+        return result
+
+    return run
+
+
+def race(first: Callable[[], object], second: Callable[[], object]) -> tuple[dict, dict]:
+    """Run `first` up to its commit, start `second`, show it waits, then let both end."""
+    done, release = threading.Event(), threading.Event()
+    first_outcome: dict = {}
+    second_outcome: dict = {}
+    one = in_thread(holding(first, done, release), first_outcome)
+    assert done.wait(timeout=30), first_outcome
+    two = in_thread(second, second_outcome)
+    two.join(timeout=0.5)
+    waited = two.is_alive()  # on the request's row
+    release.set()
+    one.join(timeout=30)
+    two.join(timeout=30)
+    assert "error" not in first_outcome, first_outcome
+    assert waited
+    return first_outcome, second_outcome
+
+
+@pytest.fixture
+def csr_request(hierarchy, approval, employee) -> CertificateRequest:
+    """Pending: approving it issues at once."""
+    csr = cryptography_csr(new_key()).public_bytes(Encoding.PEM)
+    return services.request_submit(requester=employee, template=approval("smime-signing"), csr=csr)
+
+
+@pytest.fixture
+def key_request(hierarchy, approval, employee) -> CertificateRequest:
+    """Pending, for a key the portal generates when the requester downloads it."""
+    return services.request_submit(
+        requester=employee, template=approval("smime-signing"), key_algorithm=KeyAlgorithm.EC_P256
+    )
+
+
+def withdraw(request: CertificateRequest, employee) -> Callable[[], object]:
+    return lambda: services.request_withdraw(request=request, actor=employee)
+
+
+def decide(request: CertificateRequest, officer, verb: str) -> Callable[[], object]:
+    if verb == "approve":
+        return lambda: services.request_approve(request=request, officer=officer)
+    return lambda: services.request_reject(request=request, officer=officer, reason="No.")
+
+
+def collect(request: CertificateRequest, employee) -> Callable[[], object]:
+    return lambda: services.request_collect(
+        request=request, actor=employee, pkcs12_password=PASSWORD
+    )
+
+
+def state_of(request: CertificateRequest) -> str:
+    return CertificateRequest.objects.get(pk=request.pk).state
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_a_decision_waiting_on_a_withdrawal_is_refused(csr_request, employee, officer, verb):
+    _withdrawn, deciding = race(withdraw(csr_request, employee), decide(csr_request, officer, verb))
+
+    assert isinstance(deciding.get("error"), InvalidState)
+    assert "already withdrawn" in deciding["error"].message
+    assert state_of(csr_request) == CertificateRequest.State.WITHDRAWN
+    assert not Certificate.objects.exists()
+    assert not AuditEvent.objects.filter(action=f"request.{verb}").exists()
+
+
+@pytest.mark.parametrize(("verb", "end"), [("approve", "issued"), ("reject", "rejected")])
+def test_a_withdrawal_waiting_on_a_decision_is_refused(csr_request, employee, officer, verb, end):
+    _decided, withdrawing = race(
+        decide(csr_request, officer, verb), withdraw(csr_request, employee)
+    )
+
+    assert isinstance(withdrawing.get("error"), InvalidState)
+    assert f"already {end}" in withdrawing["error"].message
+    assert state_of(csr_request) == end
+    assert Certificate.objects.count() == (1 if end == "issued" else 0)
+    assert not AuditEvent.objects.filter(action="request.withdraw").exists()
+
+
+def test_a_download_waiting_on_a_withdrawal_is_refused(key_request, employee, officer):
+    services.request_approve(request=key_request, officer=officer)
+
+    _withdrawn, collecting = race(withdraw(key_request, employee), collect(key_request, employee))
+
+    assert isinstance(collecting.get("error"), InvalidState)
+    assert "nothing to download" in collecting["error"].message
+    assert state_of(key_request) == CertificateRequest.State.WITHDRAWN
+    assert not Certificate.objects.exists()
+    assert not AuditEvent.objects.filter(action="pkcs12.download").exists()
+
+
+def test_a_withdrawal_waiting_on_a_download_is_refused(key_request, employee, officer):
+    services.request_approve(request=key_request, officer=officer)
+
+    collected, withdrawing = race(collect(key_request, employee), withdraw(key_request, employee))
+
+    assert isinstance(withdrawing.get("error"), InvalidState)
+    assert "already issued" in withdrawing["error"].message
+    assert state_of(key_request) == CertificateRequest.State.ISSUED
+    certificate, _bundle = collected["value"]
+    assert list(Certificate.objects.all()) == [certificate]
+    assert not AuditEvent.objects.filter(action="request.withdraw").exists()
