@@ -234,3 +234,19 @@ class RevokeForm(PortalForm):
         label="I understand that a revoked certificate cannot be used again.",
         error_messages={"required": "Tick the box to confirm."},
     )
+
+
+class WithdrawForm(PortalForm):
+    """Take back one's own request; the tick is there because it cannot be undone."""
+
+    def __init__(self, *args: Any, request_pk: int | None = None, **kwargs: Any) -> None:
+        # Ids that name the request: a list of requests holds one form per row.
+        if request_pk is not None:
+            kwargs.setdefault("auto_id", f"withdraw-{request_pk}-%s")
+        super().__init__(*args, **kwargs)
+
+    confirm = forms.BooleanField(
+        label="I understand that a withdrawn request cannot be reopened: I would have to "
+        "request again.",
+        error_messages={"required": "Tick the box to confirm."},
+    )

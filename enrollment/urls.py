@@ -10,6 +10,7 @@ urlpatterns = [
     path("enroll/", views.enroll_index, name="enroll-index"),
     # Notifications link here: keep the name and the path.
     path("enroll/requests/<int:pk>/", views.request_detail, name="request-detail"),
+    path("enroll/requests/<int:pk>/withdraw/", views.request_withdraw, name="request-withdraw"),
     path("enroll/<slug:slug>/", views.enroll, name="enroll"),
     path("certificates/", views.certificate_list, name="certificate-list"),
     path("certificates/<int:pk>/", views.certificate_detail, name="certificate-detail"),

@@ -31,7 +31,14 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from enrollment import ra_selectors, services
 from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError, public_message
-from enrollment.forms import CsrForm, DecisionForm, Pkcs12PasswordForm, RevokeForm, ServerKeyForm
+from enrollment.forms import (
+    CsrForm,
+    DecisionForm,
+    Pkcs12PasswordForm,
+    RevokeForm,
+    ServerKeyForm,
+    WithdrawForm,
+)
 from enrollment.models import (
     Certificate,
     CertificateAuthority,
@@ -303,27 +310,51 @@ def _enroll_with_csr(
     return redirect("enrollment:request-detail", pk=cert_request.pk)
 
 
-@sensitive_variables()
-@sensitive_post_parameters(*PASSWORD_FIELDS)
-@login_required
-@require_http_methods(["GET", "POST"])
-def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """A request's state; an approved portal-key request is downloaded from here, once."""
+def _visible_request(user: Any, pk: int) -> CertificateRequest:
+    """The requester and RA officers see a request's page; to anyone else it does not exist."""
     cert_request = get_object_or_404(
         CertificateRequest.objects.select_related(
             "template", "requester", "decided_by", "certificate", "renewal_of"
         ),
         pk=pk,
     )
-    is_requester = cert_request.requester_id == request.user.pk
-    if not is_requester and not is_ra_officer(request.user):
+    if cert_request.requester_id != user.pk and not is_ra_officer(user):
         raise Http404("No such request.")
-    form = None
-    if is_requester and cert_request.awaits_download:
+    return cert_request
+
+
+def _request_page(
+    request: HttpRequest,
+    cert_request: CertificateRequest,
+    *,
+    form: Pkcs12PasswordForm | None = None,
+    withdraw_form: WithdrawForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    is_requester = cert_request.requester_id == request.user.pk
+    if form is None and is_requester and cert_request.awaits_download:
         form = Pkcs12PasswordForm(user=request.user)
+    context = {
+        "cert_request": cert_request,
+        "form": form,
+        "is_requester": is_requester,
+        "can_withdraw": is_requester and cert_request.may_be_withdrawn,
+        "withdraw_form": withdraw_form or WithdrawForm(request_pk=cert_request.pk),
+    }
+    return render(request, "enrollment/request_detail.html", context, status=status)
+
+
+@sensitive_variables()
+@sensitive_post_parameters(*PASSWORD_FIELDS)
+@login_required
+@require_http_methods(["GET", "POST"])
+def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A request's state; an approved portal-key request is downloaded from here, once."""
+    cert_request = _visible_request(request.user, pk)
+    form = None
     status = 200
     if request.method == "POST":
-        if not is_requester:
+        if cert_request.requester_id != request.user.pk:
             raise PermissionDenied("Only the requester downloads the certificate.")
         form = Pkcs12PasswordForm(request.POST, user=request.user)
         if not form.is_valid():
@@ -345,8 +376,33 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
                     form = None
             else:
                 return _pkcs12_response(request, certificate, bundle)
-    context = {"cert_request": cert_request, "form": form, "is_requester": is_requester}
-    return render(request, "enrollment/request_detail.html", context, status=status)
+    return _request_page(request, cert_request, form=form, status=status)
+
+
+@login_required
+@require_POST
+def request_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    """The requester takes back a request that waits for an officer or for their download."""
+    cert_request = _visible_request(request.user, pk)
+    if cert_request.requester_id != request.user.pk:
+        raise PermissionDenied("Only the requester withdraws a request; an RA officer rejects it.")
+    form = WithdrawForm(request.POST, request_pk=cert_request.pk)
+    if not form.is_valid():
+        return _request_page(request, cert_request, withdraw_form=form, status=400)
+    try:
+        services.request_withdraw(
+            request=cert_request, actor=request.user, source_address=client_address(request)
+        )
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        cert_request.refresh_from_db()
+        return _request_page(request, cert_request, withdraw_form=form, status=status)
+    messages.success(
+        request,
+        f"You withdrew request #{cert_request.pk} for {cert_request.template.name}. Nothing "
+        "will be issued for it, and it no longer counts against your limit for this template.",
+    )
+    return redirect("enrollment:request-detail", pk=cert_request.pk)
 
 
 # --- RA officers ----------------------------------------------------------------------

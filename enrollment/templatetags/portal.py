@@ -1,4 +1,4 @@
-"""Small template filters for the portal's pages."""
+"""Small template filters and tags for the portal's pages."""
 
 from __future__ import annotations
 
@@ -6,11 +6,19 @@ from datetime import timedelta
 
 from django import template
 
+from enrollment.forms import WithdrawForm
+from enrollment.models import CertificateRequest
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.names import readable_rfc4514
 from enrollment.x509.pkcs7 import format_fingerprint
 
 register = template.Library()
+
+
+@register.simple_tag
+def withdraw_form(cert_request: CertificateRequest) -> WithdrawForm:
+    """A blank withdrawal form for one request of a list (its ids name the request)."""
+    return WithdrawForm(request_pk=cert_request.pk)
 
 
 @register.filter

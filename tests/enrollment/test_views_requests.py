@@ -332,3 +332,187 @@ def test_collecting_is_csrf_protected(pending, officer_client, employee):
 
     assert client.post(f"/enroll/requests/{pending.pk}/", COLLECT).status_code == 403
     assert not Certificate.objects.exists()
+
+
+# --- withdrawing ----------------------------------------------------------------------
+
+WITHDRAW = {"confirm": "on"}
+
+
+def withdraw(client, request, data=WITHDRAW):
+    return client.post(f"/enroll/requests/{request.pk}/withdraw/", data)
+
+
+def withdraw_action(request) -> str:
+    return f'action="/enroll/requests/{request.pk}/withdraw/"'
+
+
+def withdraw_form_in(page: str, request) -> str:
+    """The page's withdrawal form for one request, or "" when it offers none."""
+    found = re.search(rf"<form method=\"post\" {withdraw_action(request)}.*?</form>", page, re.S)
+    return found.group(0) if found else ""
+
+
+def test_the_requester_withdraws_a_pending_request_from_its_page(
+    pending, employee, employee_client, officer_client
+):
+    page = employee_client.get(f"/enroll/requests/{pending.pk}/").content.decode()
+    assert withdraw_action(pending) in page
+    assert "Withdraw this request" in page
+    assert "cannot be reopened" in page  # the tick's label
+
+    response = withdraw(employee_client, pending)
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/enroll/requests/{pending.pk}/"
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.WITHDRAWN
+    event = AuditEvent.objects.get(action="request.withdraw")
+    assert (event.actor, event.source_address) == (employee, "127.0.0.1")
+    after = employee_client.get(response["Location"]).content.decode()
+    assert f"You withdrew request #{pending.pk} for S/MIME Dual-use." in after
+    assert "Withdrawn" in after
+    assert withdraw_action(pending) not in after
+    queue = officer_client.get("/ra/requests/")
+    assert queue.context["pending"] == []
+    assert "No request is waiting." in queue.content.decode()
+    assert officer_client.get("/").context["pending_count"] == 0
+
+
+def test_withdrawing_needs_the_tick(pending, employee_client):
+    response = withdraw(employee_client, pending, {})
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Tick the box to confirm." in page
+    assert '<details class="card" id="withdraw" open>' in page
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+    assert not AuditEvent.objects.filter(action="request.withdraw").exists()
+
+
+def test_an_approved_request_is_withdrawn_before_its_download(
+    pending, officer_client, employee_client
+):
+    decide(officer_client, pending, "approve")
+    refused = withdraw(employee_client, pending, {})
+    assert refused.context["form"] is not None  # the download stays on offer beside the error
+
+    response = withdraw(employee_client, pending)
+
+    assert response.status_code == 302
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.WITHDRAWN
+    page = employee_client.get(f"/enroll/requests/{pending.pk}/")
+    assert page.context["form"] is None
+    assert employee_client.post(f"/enroll/requests/{pending.pk}/", COLLECT).status_code == 400
+    assert not Certificate.objects.exists()
+
+
+def test_a_request_no_longer_open_is_not_withdrawn_and_the_page_says_why(
+    pending, officer_client, employee_client
+):
+    page = employee_client.get(f"/enroll/requests/{pending.pk}/")  # the form is on offer …
+    assert page.context["can_withdraw"]
+    decide(officer_client, pending, "reject", "Use the signing template")  # … then this
+
+    response = withdraw(employee_client, pending)
+
+    assert response.status_code == 400
+    assert "This request is already rejected: there is nothing to withdraw." in (
+        response.content.decode()
+    )
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.REJECTED
+
+
+def test_an_officer_sees_the_request_was_withdrawn_and_cannot_decide_it(
+    pending, employee_client, officer_client
+):
+    withdraw(employee_client, pending)
+
+    page = officer_client.get(f"/enroll/requests/{pending.pk}/").content.decode()
+    response = decide(officer_client, pending, "approve")
+
+    assert "Alice Andersson withdrew this request on" in page
+    assert "there is nothing to decide" in page
+    assert withdraw_action(pending) not in page
+    assert response.status_code == 400
+    assert f"Request #{pending.pk}: This request is already withdrawn." in (
+        response.content.decode()
+    )
+    pending.refresh_from_db()
+    assert (pending.state, pending.decided_by) == (CertificateRequest.State.WITHDRAWN, None)
+
+
+def test_an_officer_may_not_withdraw_someone_elses_request_and_is_not_offered_to(
+    pending, officer, officer_client
+):
+    other_officer = UserFactory(username="oscar")
+    other_officer.groups.add(*officer.groups.all())
+    page = officer_client.get(f"/enroll/requests/{pending.pk}/").content.decode()
+
+    for client in (officer_client, client_for(other_officer)):
+        assert withdraw(client, pending).status_code == 403
+
+    assert withdraw_action(pending) not in page
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_a_colleague_may_not_withdraw_a_request(pending, colleague):
+    assert withdraw(client_for(colleague), pending).status_code == 404
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_anonymous_visitors_may_not_withdraw_a_request(pending, anonymous_client):
+    response = withdraw(anonymous_client, pending)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_withdrawing_takes_a_post(pending, employee_client):
+    assert employee_client.get(f"/enroll/requests/{pending.pk}/withdraw/").status_code == 405
+
+
+def test_withdrawing_is_csrf_protected(pending, employee):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(employee)
+
+    assert withdraw(client, pending).status_code == 403
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.PENDING
+
+
+def test_withdrawing_an_unknown_request_is_a_404(employee_client, hierarchy):
+    assert employee_client.post("/enroll/requests/999999/withdraw/", WITHDRAW).status_code == 404
+
+
+def test_my_certificates_and_the_home_page_offer_to_withdraw_open_requests_only(
+    pending, employee, employee_client, officer_client
+):
+    rejected = CertificateRequest.objects.create(
+        requester=employee, template=pending.template, key_source="server",
+        key_algorithm="ec-p256", state=CertificateRequest.State.REJECTED,
+    )  # fmt: skip
+
+    for path in ("/certificates/", "/"):
+        page = employee_client.get(path).content.decode()
+        form = withdraw_form_in(page, pending)
+        assert 'name="csrfmiddlewaretoken"' in form, path
+        assert f'id="withdraw-{pending.pk}-confirm"' in form  # a list: ids per request
+        assert "Withdraw this request</button>" in form
+        assert not withdraw_form_in(page, rejected), path
+
+    response = withdraw(employee_client, pending)
+    assert response.status_code == 302
+    listing = employee_client.get("/certificates/").content.decode()
+    assert withdraw_action(pending) not in listing
+    assert '<span class="badge state-withdrawn">Withdrawn</span>' in listing
+    assert withdraw_action(pending) not in employee_client.get("/").content.decode()
