@@ -194,7 +194,7 @@ def _enrol(
     ),
 )
 class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Enrol for a certificate from a CSR or with a portal-generated key."""
+    """Enrol for a certificate from a CSR or with a portal-generated key; collect or withdraw."""
 
     serializer_class = s.EnrollmentOut
 
@@ -243,6 +243,27 @@ class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             source_address=client_address(request),
         )
         return _answer(request, submitted, pkcs12=bundle, pkcs12_format=pkcs12_format)
+
+    @extend_schema(
+        summary="Withdraw my enrolment",
+        description=(
+            "Take back your own request while it waits for an RA officer (`pending`) or for "
+            "your download (`approved`, portal-generated key): nothing is issued for it, it "
+            "leaves the officers' queue and no longer counts against your per-template "
+            "limit. No body. 409 once it is no longer open (issued, rejected, failed or "
+            "withdrawn); RA officers reject other people's requests instead (403)."
+        ),
+        request=None,
+        responses={200: s.EnrollmentOut, 401: ERRORS[401], 403: ERRORS[403], **NOT_FOUND,
+                   **CONFLICT},
+    )  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def withdraw(self, request: Request, pk: str | None = None) -> Response:
+        submitted = self.get_object()  # the requester's own; officers see every request
+        withdrawn = services.request_withdraw(
+            request=submitted, actor=request.user, source_address=client_address(request)
+        )
+        return Response(self.get_serializer(withdrawn).data)
 
 
 # --- certificates ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from tests.conftest import client_for
 from tests.enrollment.api_tools import (
     ENROLLMENTS,
     PASSWORD,
+    PENDING,
     csr_base64_der,
     csr_body,
     csr_pem,
@@ -640,3 +641,134 @@ def test_a_csr_enrolment_costs_eleven_statements_on_postgresql_and_twelve_on_sql
         response = client.post(ENROLLMENTS, body, format="json")
 
     assert response.status_code == 201
+
+
+# --- withdrawing ----------------------------------------------------------------------
+
+
+def withdraw_url(pk: int) -> str:
+    return f"{enrollment_url(pk)}withdraw/"
+
+
+@pytest.fixture
+def waiting(hierarchy, approval, employee) -> int:
+    """Alice's portal-key request for a template that needs approval: its id."""
+    approval("smime-dual-use")
+    body = server_key_body()
+    del body["pkcs12_password"]
+    response = token_client(employee).post(ENROLLMENTS, body, format="json")
+    assert response.status_code == 202
+    return response.json()["id"]
+
+
+def test_the_requester_withdraws_a_pending_enrolment_and_it_leaves_the_queue(
+    waiting, employee, officer
+):
+    response = token_client(employee).post(withdraw_url(waiting))
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["id"], body["state"], body["collect_url"]) == (waiting, "withdrawn", None)
+    assert CertificateRequest.objects.get(pk=waiting).state == "withdrawn"
+    event = AuditEvent.objects.get(action="request.withdraw")
+    assert (event.actor, event.object_id, event.source_address) == (
+        employee,
+        str(waiting),
+        "127.0.0.1",
+    )
+    assert token_client(officer).get(PENDING).json()["results"] == []
+    seen = token_client(officer).get(enrollment_url(waiting)).json()
+    assert seen["state"] == "withdrawn"
+
+
+def test_an_approved_enrolment_is_withdrawn_before_its_download(waiting, employee, officer):
+    token_client(officer).post(request_url(waiting, "approve"), {}, format="json")
+    me = token_client(employee)
+
+    response = me.post(withdraw_url(waiting))
+
+    assert response.status_code == 200
+    assert response.json()["state"] == "withdrawn"
+    collect = me.post(
+        f"{enrollment_url(waiting)}collect/", {"pkcs12_password": PASSWORD}, format="json"
+    )
+    assert collect.status_code == 409
+    assert Certificate.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("end", "said"),
+    [
+        ("withdrawn", "already withdrawn"),
+        ("rejected", "already rejected"),
+        ("issued", "already issued: there is nothing to withdraw. Revoke"),
+    ],
+)
+def test_an_enrolment_no_longer_open_is_409(waiting, employee, officer, end, said):
+    me, ra = token_client(employee), token_client(officer)
+    if end == "withdrawn":
+        me.post(withdraw_url(waiting))
+    elif end == "rejected":
+        ra.post(request_url(waiting, "reject"), {"reason": "no"}, format="json")
+    else:
+        ra.post(request_url(waiting, "approve"), {}, format="json")
+        me.post(f"{enrollment_url(waiting)}collect/", {"pkcs12_password": PASSWORD}, format="json")
+    events = AuditEvent.objects.filter(action="request.withdraw").count()
+
+    response = me.post(withdraw_url(waiting))
+
+    assert response.status_code == 409
+    assert said in response.json()["detail"]
+    assert CertificateRequest.objects.get(pk=waiting).state == end
+    assert AuditEvent.objects.filter(action="request.withdraw").count() == events
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_an_officer_deciding_a_withdrawn_enrolment_is_told_409(waiting, employee, officer, verb):
+    token_client(employee).post(withdraw_url(waiting))
+
+    response = token_client(officer).post(
+        request_url(waiting, verb), {"reason": "x"}, format="json"
+    )
+
+    assert response.status_code == 409
+    assert response.json()["detail"] == "This request is already withdrawn."
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [("colleague", 404), ("officer", 403), ("anonymous", 401)],
+)
+def test_only_the_requester_may_withdraw(waiting, colleague, officer, who, status):
+    user = {"colleague": colleague, "officer": officer, "anonymous": None}
+
+    response = token_client(user[who]).post(withdraw_url(waiting))
+
+    assert response.status_code == status
+    if who == "officer":
+        assert "an RA officer rejects it instead" in response.json()["detail"]
+    assert CertificateRequest.objects.get(pk=waiting).state == "pending"
+    assert not AuditEvent.objects.filter(action="request.withdraw").exists()
+
+
+def test_withdrawing_an_unknown_enrolment_is_404(hierarchy, employee):
+    assert token_client(employee).post(withdraw_url(999_999)).status_code == 404
+
+
+def test_withdrawing_takes_a_post(waiting, employee):
+    assert token_client(employee).get(withdraw_url(waiting)).status_code == 405
+
+
+def test_a_session_withdrawal_needs_the_csrf_token(waiting, employee):
+    client = client_for(employee)
+    client.handler.enforce_csrf_checks = True
+    client.get("/")  # the home page sets the CSRF cookie
+
+    refused = client.post(withdraw_url(waiting))
+    assert refused.status_code == 403
+    assert "CSRF" in refused.json()["detail"]
+    assert CertificateRequest.objects.get(pk=waiting).state == "pending"
+
+    token = client.cookies["csrftoken"].value
+    accepted = client.post(withdraw_url(waiting), headers={"X-CSRFToken": token})
+    assert accepted.status_code == 200
