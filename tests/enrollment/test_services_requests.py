@@ -312,6 +312,25 @@ def test_an_approved_portal_key_request_is_withdrawn_before_its_download(
     assert AuditEvent.objects.get(action="request.withdraw").detail["state"] == "approved"
 
 
+def test_a_withdrawal_whose_audit_event_cannot_be_written_changes_nothing(
+    hierarchy, needs_approval, employee, monkeypatch
+):
+    request = services.request_submit(
+        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+    )
+
+    def audit_down(**kwargs):
+        raise RuntimeError("audit trail unavailable")
+
+    monkeypatch.setattr(services, "audit_record", audit_down)
+
+    with pytest.raises(RuntimeError):
+        services.request_withdraw(request=request, actor=employee)
+
+    request.refresh_from_db()
+    assert request.state == CertificateRequest.State.PENDING
+
+
 @pytest.mark.parametrize("who", ["colleague", "officer"])
 def test_only_the_requester_withdraws(hierarchy, needs_approval, employee, colleague, officer, who):
     request = services.request_submit(
