@@ -1,9 +1,13 @@
-"""Is every CA's CRL fresh? Read-only checks for /health/, the watchdog and the RA console.
+"""Is every CA's CRL fresh, and is beat alive? Read-only checks for /health/, the watchdog
+and the RA console.
 
 A stale or unreachable CRL is the classic reason S/MIME signatures show errors, so each
 CA's CRL gets a verdict: "ok", "warn" (the offline root's CRL expires within
 PKIPORTAL_ROOT_CRL_WARNING_DAYS: bring the key out) or "fail" (no CRL, expired, missed its
 refresh, a failed publication, or revocations waiting for a CRL far too long).
+
+A CRL shows a dead beat only days later, when it nears its overlap window; expiry notices
+stop silently. So beat gets its own verdict, from the last run of the CRL watchdog.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ from django.conf import settings
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from enrollment.models import CertificateAuthority, CrlEntry, RevocationList
+from enrollment.models import CertificateAuthority, CrlEntry, RevocationList, ScheduledRun
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
+
+# The beat entry whose runs prove beat alive: the most frequent one (settings.py).
+WATCHDOG_RUN = "crl-watchdog"
+# Watchdog periods without a run before beat counts as stopped: one late or expired run
+# (a busy worker lets it expire) is not an outage.
+BEAT_PATIENCE_PERIODS = 3
 
 
 def worst(*statuses: str) -> str:
@@ -140,3 +150,37 @@ def root_crl_warnings(now: datetime | None = None) -> list[str]:
         if not status.online
         for message in (*status.problems, *status.warnings)
     ]
+
+
+def beat_status(now: datetime | None = None) -> dict[str, Any]:
+    """Beat's verdict from the watchdog's last run; for a portal with a broker only.
+
+    "fail" once the last run is older than BEAT_PATIENCE_PERIODS watchdog periods.
+    "warn" when it never ran: beat first runs the watchdog one period after it starts, and
+    a fresh install or one just given a broker must not take every web process out of a
+    load balancer meanwhile. A beat that never starts still shows, as a warning here and
+    as a failure once the CRLs age.
+    """
+    now = now or timezone.now()
+    period = settings.PKIPORTAL_CRL_WATCHDOG_MINUTES
+    run = ScheduledRun.objects.filter(name=WATCHDOG_RUN).first()
+    result: dict[str, Any] = {
+        "status": OK,
+        "last_run": run.last_run_at.isoformat() if run is not None else None,
+        "every_minutes": period,
+    }
+    if run is None:
+        result["status"] = WARN
+        result["warning"] = (
+            f"Beat has never run the CRL watchdog (due every {period} minutes): is "
+            "`celery -A pkiportal beat` running?"
+        )
+    elif now - run.last_run_at > timedelta(minutes=BEAT_PATIENCE_PERIODS * period):
+        minutes = int((now - run.last_run_at).total_seconds() // 60)
+        result["status"] = FAIL
+        result["error"] = (
+            f"The CRL watchdog last ran at {run.last_run_at:%Y-%m-%d %H:%M} UTC, {minutes} "
+            f"minutes ago; beat runs it every {period} minutes: are `celery -A pkiportal "
+            "beat` and a worker running? Scheduled CRLs and expiry notices wait meanwhile."
+        )
+    return result

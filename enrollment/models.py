@@ -780,3 +780,21 @@ class LeaverRevocationRun(models.Model):
 
     def __str__(self) -> str:
         return f"Leavers' revocation run at {self.ran_at:%Y-%m-%d %H:%M}"
+
+
+# --- background work ------------------------------------------------------------------
+
+
+class ScheduledRun(models.Model):
+    """When a periodic task last finished a run: /health/ tells a stopped beat by it.
+
+    In the database rather than the cache (per process by default) or a file (per host):
+    every web process reads the same row, and it survives a Redis restart, which must not
+    look like a dead beat. One upsert every few minutes costs nothing.
+    """
+
+    name = models.CharField(max_length=100, primary_key=True)
+    last_run_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} last ran at {self.last_run_at:%Y-%m-%d %H:%M}"

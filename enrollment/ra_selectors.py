@@ -153,13 +153,19 @@ def crl_overview(now: datetime | None = None) -> list[CrlRow]:
 
 
 def service_health() -> dict[str, dict[str, Any]]:
-    """Broker and worker as /health/ sees them (issue 5); empty if that is not installed."""
+    """Broker, worker and beat as /health/ sees them; empty if that is not installed."""
     try:
         from pkiportal.health import checks
     except ImportError:  # pragma: no cover - /health/ ships with the portal
         return {}
     results = checks()
-    return {name: results[name] for name in ("broker", "worker") if name in results}
+    services = {
+        name: dict(results[name]) for name in ("broker", "worker", "scheduler") if name in results
+    }
+    beat = services.get("scheduler", {})
+    if beat.get("last_run"):  # ISO text for /health/'s JSON; the page shows local time
+        beat["last_run"] = datetime.fromisoformat(beat["last_run"])
+    return services
 
 
 # --- key recovery agents --------------------------------------------------------------

@@ -48,6 +48,7 @@ from enrollment.models import (
     KeyIdentity,
     KeyRecoveryAgent,
     RevocationList,
+    ScheduledRun,
 )
 from enrollment.ra_selectors import (
     archives_only_agent_opens,
@@ -1504,3 +1505,19 @@ def api_tokens_purge() -> int:
 
     deleted, _ = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()
     return deleted
+
+
+# --- background work ------------------------------------------------------------------
+
+
+def scheduled_run_record(*, name: str) -> None:
+    """Note that a periodic task finished a run, so /health/ can tell when beat stops.
+
+    One upsert, not audited: it happens every few minutes and changes nothing anyone did.
+    """
+    ScheduledRun.objects.bulk_create(
+        [ScheduledRun(name=name, last_run_at=timezone.now())],
+        update_conflicts=True,
+        unique_fields=["name"],
+        update_fields=["last_run_at"],
+    )

@@ -74,7 +74,8 @@ def crl_watchdog_task() -> dict[str, str]:
 
     An online CA's CRL is regenerated here when it is in its overlap window (the scheduled
     refresh did not happen) or when a revocation has waited longer than one watchdog
-    period (its queued task was lost with the broker or a worker).
+    period (its queued task was lost with the broker or a worker). Each run is recorded:
+    it is beat's heartbeat.
     """
     overlap = timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS)
     pending_for = timedelta(minutes=settings.PKIPORTAL_CRL_WATCHDOG_MINUTES)
@@ -91,6 +92,9 @@ def crl_watchdog_task() -> dict[str, str]:
             logger.warning("The watchdog published %s's CRL #%d.", ca, crl.number)
     for warning in health.root_crl_warnings():
         logger.warning(warning)
+    # Last, so a run that died half-way does not count: /health/ reads this to tell that
+    # beat (and a worker) still run, long before a CRL nears its overlap window.
+    services.scheduled_run_record(name=health.WATCHDOG_RUN)
     return results
 
 

@@ -1,4 +1,4 @@
-"""/health/: database, broker, worker, CRL freshness and the revocation of leavers'
+"""/health/: database, broker, worker, beat, CRL freshness and the revocation of leavers'
 certificates as JSON, 503 when something is wrong.
 
 Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
@@ -89,6 +89,16 @@ def checks() -> dict[str, Any]:
         results["worker"] = _worker()
     else:
         results["worker"] = {"status": health.FAIL, "error": "The broker is unreachable."}
+    if results["broker"].get("mode") == "inline":
+        results["scheduler"] = {
+            "status": health.OK,
+            "mode": "not used",
+            "detail": "No broker is configured: tasks run inline and there is no beat.",
+        }
+    elif results["database"]["status"] == health.OK:
+        results["scheduler"] = health.beat_status()
+    else:
+        results["scheduler"] = {"status": health.FAIL, "error": "The database is unreachable."}
     if results["database"]["status"] == health.OK:
         crls = health.crl_status()
         results["crl"] = {

@@ -10,8 +10,8 @@ import pytest
 from django.db import OperationalError
 from django.utils import timezone
 
-from enrollment import health, keystore, services
-from enrollment.models import CertificateAuthority, CrlEntry
+from enrollment import health, keystore, services, tasks
+from enrollment.models import CertificateAuthority, CrlEntry, ScheduledRun
 from tests.conftest import client_for
 from tests.enrollment.tools import issue
 
@@ -67,6 +67,7 @@ def test_officers_and_staff_see_every_check(request, who, signed_root):
     assert checks["database"]["status"] == "ok"
     assert checks["broker"] == {"status": "ok", "mode": "inline"}
     assert checks["worker"] == {"status": "ok", "mode": "inline"}
+    assert checks["scheduler"]["status"] == "ok"
     issuing = checks["crl"]["authorities"]["issuing"]
     assert issuing["status"] == "ok"
     assert issuing["number"] == 1
@@ -196,6 +197,110 @@ def test_an_unreachable_database_is_a_failure(anonymous_client, monkeypatch):
 
     assert response.status_code == 503
     assert response.json() == {"status": "fail"}
+
+
+# --- beat -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker_configured(settings):
+    """A portal with a broker (nothing listens: only the beat check matters here)."""
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+
+
+def test_without_a_broker_beat_is_not_used_and_never_a_failure(signed_root, officer, time_machine):
+    time_machine.move_to(timezone.now() + timedelta(hours=2))  # no watchdog run, ever
+
+    status, body = details(officer)
+
+    assert (status, body["status"]) == (200, "ok")
+    assert body["checks"]["scheduler"] == {
+        "status": "ok",
+        "mode": "not used",
+        "detail": "No broker is configured: tasks run inline and there is no beat.",
+    }
+
+
+def test_each_watchdog_run_is_recorded_as_beats_heartbeat(hierarchy, time_machine):
+    time_machine.move_to(timezone.now(), tick=False)
+
+    tasks.crl_watchdog_task()
+
+    assert ScheduledRun.objects.get(name="crl-watchdog").last_run_at == timezone.now()
+    time_machine.shift(timedelta(minutes=5))
+    tasks.crl_watchdog_task()
+    assert ScheduledRun.objects.get().last_run_at == timezone.now()
+
+
+def test_beat_is_failing_three_watchdog_periods_after_the_last_run(
+    hierarchy, settings, time_machine
+):
+    settings.PKIPORTAL_CRL_WATCHDOG_MINUTES = 5
+    time_machine.move_to("2026-03-06 17:00:00+00:00", tick=False)
+    tasks.crl_watchdog_task()
+
+    time_machine.shift(timedelta(minutes=15))
+    assert health.beat_status() == {
+        "status": "ok",
+        "last_run": "2026-03-06T17:00:00+00:00",
+        "every_minutes": 5,
+    }
+
+    time_machine.shift(timedelta(minutes=1))
+    status = health.beat_status()
+    assert status["status"] == "fail"
+    assert status["last_run"] == "2026-03-06T17:00:00+00:00"
+    assert "last ran at 2026-03-06 17:00 UTC, 16 minutes ago" in status["error"]
+    assert "celery -A pkiportal beat" in status["error"]
+
+
+def test_a_beat_that_never_ran_is_a_warning_not_a_failure(hierarchy, settings):
+    """A fresh beat first runs the watchdog one period after it starts (Celery's interval
+    schedule); failing meanwhile would take every web process out of a load balancer."""
+    assert health.beat_status() == {
+        "status": "warn",
+        "last_run": None,
+        "every_minutes": settings.PKIPORTAL_CRL_WATCHDOG_MINUTES,
+        "warning": "Beat has never run the CRL watchdog (due every 5 minutes): is "
+        "`celery -A pkiportal beat` running?",
+    }
+
+
+def test_with_a_broker_health_fails_on_a_stopped_beat_and_names_its_last_run(
+    signed_root, officer, broker_configured, time_machine
+):
+    tasks.crl_watchdog_task()
+    time_machine.move_to(timezone.now() + timedelta(hours=1))
+
+    status, body = details(officer)
+
+    assert status == 503
+    scheduler = body["checks"]["scheduler"]
+    assert scheduler["status"] == "fail"
+    assert scheduler["last_run"] == ScheduledRun.objects.get().last_run_at.isoformat()
+    assert "60 minutes ago" in scheduler["error"]
+
+
+def test_with_a_broker_beat_is_not_checked_without_the_database(
+    officer, broker_configured, monkeypatch, monitoring_token, anonymous_client
+):
+    from pkiportal import health as health_view
+
+    class Broken:
+        def cursor(self):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(health_view, "connection", Broken())
+
+    response = anonymous_client.get(
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
+    )
+
+    assert response.json()["checks"]["scheduler"] == {
+        "status": "fail",
+        "error": "The database is unreachable.",
+    }
 
 
 # --- the monitoring token -------------------------------------------------------------

@@ -277,6 +277,37 @@ def test_the_console_warns_when_a_crl_nears_its_next_update(officer, hierarchy):
     assert "are the worker and beat running?" in page.content.decode()
 
 
+def test_the_console_says_beat_is_not_used_without_a_broker(officer, hierarchy):
+    page = client_for(officer).get("/ra/")
+
+    assert page.context["services"]["scheduler"]["mode"] == "not used"
+    text = page.content.decode()
+    assert "Celery beat" in text
+    assert "Not used" in text
+    assert "no broker configured, so no beat" in text
+
+
+def test_the_console_shows_a_stopped_beat_with_the_time_of_its_last_run(
+    officer, hierarchy, settings
+):
+    from enrollment import tasks
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens: beat is the point
+    settings.TIME_ZONE = "Europe/Berlin"
+    with time_machine.travel(datetime(2026, 3, 6, 17, 0, tzinfo=UTC), tick=False):
+        tasks.crl_watchdog_task()
+
+    with time_machine.travel(datetime(2026, 3, 6, 17, 40, tzinfo=UTC), tick=False):
+        page = client_for(officer).get("/ra/")
+
+    beat = page.context["services"]["scheduler"]
+    assert beat["status"] == "fail"
+    text = page.content.decode()
+    assert "last ran the CRL watchdog at 2026-03-06 18:00 CET (40 minutes ago" in text
+    assert "40 minutes ago; beat runs it every 5 minutes" in text
+
+
 def test_the_console_counts_pending_enrolment_requests(people, template, employee, hierarchy):
     from enrollment import services
 
