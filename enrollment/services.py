@@ -1521,3 +1521,15 @@ def scheduled_run_record(*, name: str) -> None:
         unique_fields=["name"],
         update_fields=["last_run_at"],
     )
+
+
+def task_drop_record(*, name: str, task_id: str, deliveries: int) -> None:
+    """Audit a task message dropped because its runs kept killing their worker.
+
+    Its arguments stay out: the task ids are enough to find it in the worker log.
+    """
+    audit_record(
+        action="task.drop",
+        outcome=AuditEvent.Outcome.FAILURE,
+        detail={"task": name, "task_id": task_id, "redeliveries": deliveries},
+    )

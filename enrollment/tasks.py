@@ -4,8 +4,10 @@ With no CELERY_BROKER_URL, Celery runs tasks eagerly, so queueing on commit runs
 inline right after the transaction: the embedded default needs no Redis.
 
 Every task is idempotent and acknowledged late: a worker killed mid-task gives the message
-back to the broker (reject_on_worker_lost) and a second run does no harm. A message lost
-with the broker itself is caught by the watchdog, which beat runs every few minutes.
+back to the broker (reject_on_worker_lost) and a second run does no harm. A message whose
+runs keep killing their worker is dropped after a few redeliveries (pkiportal/celery.py).
+A message lost with the broker itself, or dropped, is caught by the watchdog, which beat
+runs every few minutes.
 """
 
 from __future__ import annotations

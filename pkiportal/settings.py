@@ -239,6 +239,10 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# A task whose worker dies mid-run is given back, never lost; pkiportal.celery.PortalTask
+# drops a message that keeps killing its worker. Not Celery's task_retry_on_worker_lost: it
+# bounds only a pool process's death, not a whole worker's (the message then comes back
+# after the visibility timeout), and it spends the tasks' retry budget.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
