@@ -25,7 +25,7 @@ from enrollment.models import CertificateAuthority, CrlEntry, RevocationList, Sc
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
 
-# The beat entry whose runs prove beat alive: the most frequent one (settings.py).
+# The beat entry whose runs prove beat alive: it runs every few minutes (settings.py).
 WATCHDOG_RUN = "crl-watchdog"
 # Watchdog periods without a run before beat counts as stopped: one late or expired run
 # (a busy worker lets it expire) is not an outage.
