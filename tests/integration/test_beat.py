@@ -34,6 +34,9 @@ from tests.integration.test_crl_publishing import (
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.xdist_group("beat"),
+    pytest.mark.skipif(
+        not os.environ.get("PKIPORTAL_TEST_REDIS_URL"), reason="PKIPORTAL_TEST_REDIS_URL is not set"
+    ),
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
 ]
 
