@@ -45,7 +45,7 @@ pytestmark = [
     pytest.mark.skipif(
         not os.environ.get("PKIPORTAL_TEST_REDIS_URL"), reason="PKIPORTAL_TEST_REDIS_URL is not set"
     ),
-    pytest.mark.django_db(transaction=True),
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
 ]
 
 DYING = "tests.integration.dying_tasks"
