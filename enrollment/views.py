@@ -161,9 +161,7 @@ def help_mail_clients(request: HttpRequest) -> HttpResponse:
     """How to import the .p12 and turn S/MIME on: where Windows' web enrollment installs
     the certificate for you, a .p12 needs these steps. Public: it holds nothing private."""
     archived = CertificateTemplate.objects.filter(is_active=True, archive_key=True).exists()
-    return render(
-        request, "enrollment/help/mail_clients.html", {"archived_templates": archived}
-    )
+    return render(request, "enrollment/help/mail_clients.html", {"archived_templates": archived})
 
 
 @require_safe
