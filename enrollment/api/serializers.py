@@ -291,7 +291,8 @@ def chain_pem(certificate: Certificate) -> list[str]:
 
 
 class EnrollmentOut(serializers.ModelSerializer):
-    """A request and where it stands; `collect_url` appears once a PKCS#12 awaits download."""
+    """A request and where it stands; `collect_url` appears once a PKCS#12 awaits download,
+    `withdraw_url` (to the requester) while they may still take the request back."""
 
     url = serializers.SerializerMethodField()
     requester = serializers.SlugRelatedField(slug_field="username", read_only=True)
@@ -306,6 +307,7 @@ class EnrollmentOut(serializers.ModelSerializer):
     serial = serializers.CharField(source="certificate.serial", read_only=True, allow_null=True)
     certificate_url = serializers.SerializerMethodField()
     collect_url = serializers.SerializerMethodField()
+    withdraw_url = serializers.SerializerMethodField()
 
     class Meta:
         model = CertificateRequest
@@ -324,6 +326,7 @@ class EnrollmentOut(serializers.ModelSerializer):
             "serial",
             "certificate_url",
             "collect_url",
+            "withdraw_url",
             "decision_reason",
             "decided_at",
             "error",
@@ -346,6 +349,14 @@ class EnrollmentOut(serializers.ModelSerializer):
         if not request.awaits_download:
             return None
         return absolute(self.context.get("request"), "enrollment-collect", pk=request.pk)
+
+    def get_withdraw_url(self, request: CertificateRequest) -> str | None:
+        """Only for the requester: an officer who lists pending requests rejects them."""
+        http = self.context.get("request")
+        viewer = getattr(getattr(http, "user", None), "pk", None)
+        if not request.may_be_withdrawn or viewer != request.requester_id:
+            return None
+        return absolute(http, "enrollment-withdraw", pk=request.pk)
 
 
 @dataclass(frozen=True)

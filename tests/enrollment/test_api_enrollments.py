@@ -661,6 +661,17 @@ def waiting(hierarchy, approval, employee) -> int:
     return response.json()["id"]
 
 
+def test_the_requester_is_handed_the_withdraw_url_while_it_can_be_used(waiting, employee, officer):
+    mine = token_client(employee).get(enrollment_url(waiting)).json()
+    assert mine["withdraw_url"] == f"http://testserver{withdraw_url(waiting)}"
+    # The officer decides instead: no URL they could only get a 403 from.
+    assert token_client(officer).get(enrollment_url(waiting)).json()["withdraw_url"] is None
+
+    token_client(employee).post(mine["withdraw_url"])
+
+    assert token_client(employee).get(enrollment_url(waiting)).json()["withdraw_url"] is None
+
+
 def test_the_requester_withdraws_a_pending_enrolment_and_it_leaves_the_queue(
     waiting, employee, officer
 ):
