@@ -208,6 +208,18 @@ class DecisionForm(PortalForm):
         return self.cleaned_data["decision"] == "approve"
 
 
+def invalidity_date_field(label: str, *, help_text: str = "") -> forms.DateTimeField:
+    """Since when a key may be compromised (RFC 5280 5.3.2), as a browser's date and time
+    picker in the portal's time zone; the service checks it is possible."""
+    return forms.DateTimeField(
+        label=label,
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text=help_text,
+        error_messages={"invalid": "Give a date and time, e.g. 2026-11-02 09:30."},
+    )
+
+
 class RevokeForm(PortalForm):
     """Revoke your own certificate, for one of the reasons a subscriber may give."""
 
@@ -219,16 +231,13 @@ class RevokeForm(PortalForm):
         widget=forms.RadioSelect,
         error_messages={"required": "Say why you revoke it."},
     )
-    invalidity_date = forms.DateTimeField(
-        label="Since when may the key have been in other hands? (optional)",
-        required=False,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    invalidity_date = invalidity_date_field(
+        "Since when may the key have been in other hands? (optional)",
         help_text=(
             "If you know, the revocation list says so (RFC 5280's invalidity date), and "
             "whoever checks a signature you made after it can tell. Your time zone is the "
             "portal's."
         ),
-        error_messages={"invalid": "Give a date and time, e.g. 2026-11-02 09:30."},
     )
     confirm = forms.BooleanField(
         label="I understand that a revoked certificate cannot be used again.",

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from enrollment.forms import FORMAT_CHOICES, PortalForm
+from enrollment.forms import FORMAT_CHOICES, PortalForm, invalidity_date_field
 from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
 from enrollment.recovery import MAX_AGENT_PKCS12_BYTES
 from enrollment.x509.pkcs12 import Pkcs12Format
@@ -40,6 +40,7 @@ class CertificateSearchForm(PortalForm):
 
 class OfficerRevokeForm(PortalForm):
     reason = forms.ChoiceField(label="Reason", choices=OFFICER_REVOCATION_REASONS)
+    invalidity_date = invalidity_date_field("Key exposed since")
     confirm = forms.BooleanField(label="Revoke: this cannot be undone", required=True)
 
 

@@ -166,6 +166,7 @@ def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
             certificate=certificate,
             reason=form.cleaned_data["reason"],
             actor=request.user,
+            invalidity_date=form.cleaned_data["invalidity_date"],
             source_address=client_address(request),
         )
     except EnrollmentError as exc:

@@ -19,6 +19,7 @@ from django.core.files.uploadedfile import InMemoryUploadedFile, SimpleUploadedF
 from django.db import OperationalError, connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from enrollment import ra_views, recovery
 from enrollment.audit import audit_record
@@ -356,6 +357,39 @@ def test_an_officer_revokes_with_a_reason(people, archived, officer):
     assert (revoked.status, revoked.revocation_reason) == ("revoked", "privilegeWithdrawn")
     event = AuditEvent.objects.get(action="certificate.revoke")
     assert event.actor == officer
+
+
+def test_an_officer_records_since_when_a_reported_key_was_exposed(people, archived):
+    certificate = archived.certificate
+    page = people["officer"].get("/ra/certificates/", {"q": "alice"}).content.decode()
+    assert f'id="since-{certificate.pk}"' in page
+    since = timezone.localtime(certificate.not_before).replace(second=0, microsecond=0)
+
+    response = people["officer"].post(
+        f"/ra/certificates/{certificate.pk}/revoke/",
+        {"reason": "keyCompromise", "confirm": "on", "q": "alice",
+         "invalidity_date": since.strftime("%Y-%m-%dT%H:%M")},
+    )  # fmt: skip
+
+    assert response.status_code == 302
+    certificate.refresh_from_db()
+    assert (certificate.revocation_reason, certificate.invalidity_date) == ("keyCompromise", since)
+
+
+def test_an_impossible_exposure_date_is_refused_and_kept_for_correction(people, archived):
+    certificate = archived.certificate
+
+    response = people["officer"].post(
+        f"/ra/certificates/{certificate.pk}/revoke/",
+        {"reason": "keyCompromise", "confirm": "on", "invalidity_date": "2999-01-01T00:00"},
+    )
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "cannot be in the future" in page
+    assert 'value="2999-01-01T00:00" aria-invalid="true"' in page
+    certificate.refresh_from_db()
+    assert certificate.status == Certificate.Status.VALID
 
 
 def test_a_revocation_without_confirmation_changes_nothing(people, archived):
