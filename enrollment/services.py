@@ -1367,6 +1367,21 @@ def request_collect(
     return certificate, bundle
 
 
+def _lock_key_of(request: CertificateRequest) -> None:
+    """Claim (and so lock) the row of the key a CSR request carries, before the approval
+    writes its audit event.
+
+    A keyCompromise revocation locks the key's row, then the audit chain head; issuing
+    here after the approval's event would take them the other way round, and PostgreSQL
+    would abort one of the two. A CSR that no longer parses fails later, for good.
+    """
+    try:
+        public_key = parse_csr(bytes(request.csr)).public_key
+    except X509Error:
+        return
+    hotsql.claim_key(keys.spki_sha256(public_key))
+
+
 def _decide(
     request: CertificateRequest, *, officer: AbstractBaseUser, approve: bool, reason: str
 ) -> CertificateRequest:
@@ -1385,6 +1400,9 @@ def _decide(
                 _requester_may_still(locked)
             except EnrollmentError as exc:
                 raise type(exc)(f"{exc.message} Reject the request instead.") from exc
+        issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
+        if issue_now:
+            _lock_key_of(locked)
         locked.state = (
             CertificateRequest.State.APPROVED if approve else CertificateRequest.State.REJECTED
         )
@@ -1399,7 +1417,7 @@ def _decide(
             target=locked,
             detail={"reason": reason},
         )
-        if approve and locked.key_source == CertificateRequest.KeySource.CSR:
+        if issue_now:
             # Issued in the approval's transaction; the requester's mail (sent when it
             # commits) tells the outcome, not only the approval.
             try:

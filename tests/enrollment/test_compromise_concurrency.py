@@ -101,3 +101,56 @@ def test_a_compromise_waiting_on_an_issuance_revokes_its_certificate(
     assert "error" not in revoking
     latecomer = Certificate.objects.get(pk=issuing["value"].pk)
     assert (latecomer.status, latecomer.revocation_reason) == ("revoked", "keyCompromise")
+
+
+def test_approving_a_csr_while_its_key_is_reported_compromised_does_not_deadlock(
+    hierarchy, template, approval, employee, officer, monkeypatch
+):
+    """The approval issues in its own transaction: it must take the key's row before the
+    audit chain head, as a keyCompromise revocation does, or PostgreSQL aborts one."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from enrollment.models import CertificateRequest
+    from tests.enrollment.tools import cryptography_csr
+
+    key = new_key()
+    reported = issue(employee, template("smime-dual-use"), key)
+    pending = services.request_submit(
+        requester=employee,
+        template=approval("smime-signing"),
+        csr=cryptography_csr(key).public_bytes(Encoding.PEM),
+    )
+    at_claim, go = threading.Event(), threading.Event()
+    claim = hotsql.claim_key
+
+    def claim_after_a_pause(spki: str, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "approver" and not go.is_set():
+            at_claim.set()  # the approver holds the request's row, and nothing else yet
+            go.wait(timeout=30)
+        return claim(spki, **kwargs)
+
+    monkeypatch.setattr(hotsql, "claim_key", claim_after_a_pause)
+
+    def approve() -> CertificateRequest:
+        threading.current_thread().name = "approver"
+        return services.request_approve(request=pending, officer=officer)
+
+    approving, revoking = {}, {}
+    approver = in_thread(approve, approving)
+    assert at_claim.wait(timeout=30)
+    revoker = in_thread(
+        lambda: services.certificate_revoke(
+            certificate=reported, reason="keyCompromise", actor=employee
+        ),
+        revoking,
+    )
+    revoker.join(timeout=1.0)
+    go.set()
+    approver.join(timeout=30)
+    revoker.join(timeout=30)
+
+    assert "error" not in approving, approving.get("error")
+    assert "error" not in revoking, revoking.get("error")
+    pending.refresh_from_db()
+    assert pending.state == CertificateRequest.State.FAILED  # its key is compromised
+    assert not Certificate.objects.valid().filter(spki_sha256=reported.spki_sha256).exists()
