@@ -6,6 +6,7 @@ backend can map its attributes straight onto these fields.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
@@ -79,11 +80,26 @@ class User(AbstractUser):
         if update_fields is None or "is_active" in update_fields:
             if self.is_active:
                 self.deactivated_at = None
-            elif self.deactivated_at is None:
-                self.deactivated_at = timezone.now()
+            else:
+                self.deactivated_at = self._stored_deactivation() or timezone.now()
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "deactivated_at"}
         super().save(*args, **kwargs)
+
+    def _stored_deactivation(self) -> datetime | None:
+        """When the stored account was switched off, if it is off: the clock of a save
+        that switches it off starts now, whatever this instance remembered. An account
+        switched back on by QuerySet.update(), or an instance read before a reactivation,
+        still carries the old time, which would cut the grace period short."""
+        if self.pk is None:
+            return None
+        stored = type(self)._base_manager.filter(pk=self.pk).values_list(
+            "is_active", "deactivated_at"
+        )
+        row = stored.first()
+        if row is None or row[0]:
+            return None
+        return row[1]
 
     def get_full_name(self) -> str:
         return self.display_name or super().get_full_name() or self.get_username()

@@ -149,11 +149,13 @@ class Outcome:
 
 def _start_missing_clocks(now: datetime) -> int:
     """Inactive accounts that never recorded when (switched off by QuerySet.update() or
-    SQL, which skip User.save()) start their grace period now rather than never."""
-    return (
-        get_user_model()
-        .objects.filter(is_active=False, deactivated_at__isnull=True)
-        .update(deactivated_at=now)
+    SQL, which skip User.save()) start their grace period now rather than never; active
+    accounts switched back on that way forget their old time, so switching them off again
+    starts a new grace period."""
+    accounts = get_user_model().objects
+    accounts.filter(is_active=True, deactivated_at__isnull=False).update(deactivated_at=None)
+    return accounts.filter(is_active=False, deactivated_at__isnull=True).update(
+        deactivated_at=now
     )
 
 

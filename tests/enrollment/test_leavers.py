@@ -524,3 +524,66 @@ def test_the_command_refuses_to_confirm_while_automatic_revocation_is_off(
     with pytest.raises(CommandError, match="Automatic revocation is off"):
         command("--confirm", at=timezone.now())
     assert statuses(certificate) == ["valid"]
+
+
+# --- an old deactivation time never shortens a new grace period -----------------------
+
+
+def test_switched_back_on_by_update_then_off_by_save_gets_a_full_grace_period(
+    employee, make_certificate, run
+):
+    """update() skips User.save(), so the account kept its old time while active again."""
+    held = make_certificate(employee)
+    first = timezone.now()
+    deactivate(employee, at=first)
+    get_user_model().objects.filter(pk=employee.pk).update(is_active=True)
+    later = first + timedelta(days=10)
+
+    deactivate(get_user_model().objects.get(pk=employee.pk), at=later)
+
+    employee.refresh_from_db()
+    assert employee.deactivated_at == later
+    run(later + timedelta(hours=1))
+    assert statuses(held) == ["valid"]
+    run(later + GRACE)
+    assert statuses(held) == ["revoked"]
+
+
+def test_a_stale_instance_saved_inactive_starts_the_clock_now(employee, make_certificate, run):
+    held = make_certificate(employee)
+    first = timezone.now()
+    stale = get_user_model().objects.get(pk=employee.pk)
+    deactivate(employee, at=first)
+    reactivate(get_user_model().objects.get(pk=employee.pk))
+    later = first + timedelta(days=10)
+    stale.deactivated_at = first  # what an instance read while the account was off holds
+
+    deactivate(stale, at=later)
+
+    employee.refresh_from_db()
+    assert employee.deactivated_at == later
+    run(later + timedelta(hours=1))
+    assert statuses(held) == ["valid"]
+
+
+def test_switched_on_and_off_again_by_update_gets_a_full_grace_period(
+    employee, make_certificate, run
+):
+    """The hourly run forgets the time of accounts switched back on behind its back, so a
+    later update() that switches them off again starts the clock at the next run."""
+    held = make_certificate(employee)
+    accounts = get_user_model().objects.filter(pk=employee.pk)
+    first = timezone.now()
+    deactivate(employee, at=first)
+    accounts.update(is_active=True)
+    run(first + timedelta(hours=1))  # hourly, while the account is on again
+    later = first + timedelta(days=10)
+    accounts.update(is_active=False)
+
+    run(later)
+    run(later + timedelta(hours=1))
+
+    assert statuses(held) == ["valid"]
+    assert accounts.get().deactivated_at == later
+    run(later + GRACE)
+    assert statuses(held) == ["revoked"]
