@@ -55,7 +55,7 @@ from enrollment.ra_selectors import (
     usable_agents,
     usable_agents_locked,
 )
-from enrollment.x509 import builder, cms, crl_fast, keys, pkcs7, pkcs12
+from enrollment.x509 import builder, cms, crl_fast, keys, names, pkcs7, pkcs12
 from enrollment.x509.crl import (
     MAX_CA_CRL_VALIDITY,
     MAX_SUBSCRIBER_CRL_VALIDITY,
@@ -1081,7 +1081,7 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
 
 def _printable(text: str) -> str:
     """What a CSR asked for, escaped: a signed CSR may carry NUL, which PostgreSQL refuses."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return names.printable(text)
 
 
 def _enrolment_counts(

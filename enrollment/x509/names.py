@@ -19,9 +19,18 @@ def readable_name(name: x509.Name) -> str:
     return name.rfc4514_string(READABLE_ATTRIBUTES)
 
 
+def printable(text: str) -> str:
+    """Characters that are not printable as escapes (\\x00, \\u202e): what a CSR asked
+    for is shown to officers, and a right-to-left override must not reorder it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def readable_rfc4514(text: str) -> str:
-    """A stored RFC 4514 string the same way; one that does not parse is shown as it is."""
+    """A stored RFC 4514 string the same way; one that does not parse is shown as it is.
+
+    Parsing decodes what storing escaped (an attribute given as #hex), so the result is
+    escaped again."""
     try:
-        return readable_name(x509.Name.from_rfc4514_string(text))
+        return printable(readable_name(x509.Name.from_rfc4514_string(text)))
     except ValueError:
-        return text
+        return printable(text)
