@@ -127,6 +127,22 @@ def test_the_link_opens_the_officer_revocation_page_with_the_reason_chosen(offic
     assert page.count('name="preset_reason" value="affiliationChanged"') == 2
 
 
+def test_the_reason_is_chosen_only_for_people_who_left(officer_client, leaver, template):
+    """The search also finds an active doraine: her certificate is listed, its reason not
+    chosen in advance."""
+    doraine = UserFactory(username="doraine", first_name="Doraine", last_name="Active")
+    staying = issue(doraine, template("smime-signing"), new_key())
+
+    page = officer_client.get(
+        "/ra/certificates/", {"q": "dora", "reason": "affiliationChanged"}
+    ).content.decode()
+
+    assert f'id="reason-{staying.pk}"' in page
+    row = page.split(f'id="reason-{staying.pk}"', 1)[1].split("</select>", 1)[0]
+    assert " selected" not in row
+    assert page.count('<option value="affiliationChanged" selected>') == 2  # Dora's two
+
+
 def test_an_unknown_preset_reason_is_ignored(officer_client, leaver):
     page = officer_client.get(
         "/ra/certificates/", {"q": "dora", "reason": "certificateHold"}
