@@ -65,8 +65,9 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
             form.base_fields["is_active"].help_text = (
                 "Unselect this instead of deleting accounts: the person leaves the directory"
                 + (
-                    f", and their valid certificates are revoked {hours} hours later unless "
-                    "the account is reactivated before then."
+                    f", and their valid certificates are revoked {hours} hours later (by the "
+                    "scheduled task, where beat runs) unless the account is reactivated "
+                    "before then."
                     if hours is not None
                     else "."
                 )

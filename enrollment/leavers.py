@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 AFFILIATION_CHANGED = Certificate.RevocationReasonChoice.AFFILIATION_CHANGED
 Source = LeaverRevocationRun.Source
+# A run finishes every hour; after this long without one, /health/ warns.
+STALE_AFTER = timedelta(hours=3)
 # The RA page lists at most this many; the command lists every one.
 PAGE_LIMIT = 500
 
@@ -154,9 +158,7 @@ def _start_missing_clocks(now: datetime) -> int:
     starts a new grace period."""
     accounts = get_user_model().objects
     accounts.filter(is_active=True, deactivated_at__isnull=False).update(deactivated_at=None)
-    return accounts.filter(is_active=False, deactivated_at__isnull=True).update(
-        deactivated_at=now
-    )
+    return accounts.filter(is_active=False, deactivated_at__isnull=True).update(deactivated_at=now)
 
 
 def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> Outcome:
@@ -180,6 +182,13 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
         for user_pk in due:
             try:
                 revoked = _revoke_account(user_pk, cutoff=now - delay, now=now, source=source)
+            except SoftTimeLimitExceeded:
+                # Each account commits on its own: stop here, say so, and let the next
+                # run go on, rather than be killed at the hard limit with nothing recorded.
+                outcome.error = "Stopped at the task's time limit; the next run goes on."
+                logger.error("Leavers' revocation stopped at the time limit after %d accounts",
+                             outcome.revoked_accounts)  # fmt: skip
+                break
             except Exception as exc:
                 logger.exception(
                     "Could not revoke the certificates of deactivated account %s", user_pk
@@ -279,8 +288,9 @@ def held_back_message(due: int, cap: int) -> str:
 
 
 def leaver_check(now: datetime | None = None) -> dict[str, Any]:
-    """The verdict on the leavers' revocation: "warn" while the cap holds accounts back or
-    the last run could not revoke some; "ok" otherwise, or when it is off.
+    """The verdict on the leavers' revocation: "warn" while the cap holds accounts back,
+    the last run could not revoke some, or runs stopped finishing; "ok" otherwise, or when
+    it is off (or never ran: the embedded default has no beat).
 
     Reads the last run's row; only while that says accounts were held back does it count
     them again, so reactivating them or the command's run clears the warning at once.
@@ -305,6 +315,11 @@ def leaver_check(now: datetime | None = None) -> dict[str, Any]:
         if due > cap:
             result["held_back"] = due
             result["problems"].append(held_back_message(due, cap))
+    if now - run.ran_at > STALE_AFTER:
+        result["problems"].append(
+            f"The hourly revocation of leavers' certificates last finished at "
+            f"{run.ran_at:%Y-%m-%d %H:%M} UTC: is it failing? See the worker's log."
+        )
     if run.failed_accounts:
         result["problems"].append(
             f"The last run could not revoke the certificates of {run.failed_accounts} "

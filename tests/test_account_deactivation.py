@@ -144,4 +144,4 @@ def test_the_admin_says_what_deactivating_does_to_certificates(admin_client_, em
 
     page = admin_client_.get(f"/admin/accounts/user/{employee.pk}/change/").content.decode()
 
-    assert "their valid certificates are revoked 48 hours later" in page
+    assert "their valid certificates are revoked 48 hours later (by the scheduled task" in page

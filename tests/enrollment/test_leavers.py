@@ -300,6 +300,44 @@ def test_one_account_failing_does_not_stop_the_others_and_is_reported(
     assert leavers.leaver_check()["status"] == "ok"
 
 
+def test_the_time_limit_stops_the_run_with_what_it_did_recorded(
+    make_certificate, employee, colleague, run, monkeypatch
+):
+    """Celery's soft limit is an Exception: counted as one more failing account, the run
+    would go on until the hard limit killed it with nothing recorded."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    first, second = make_certificate(employee), make_certificate(colleague)
+    gone = timezone.now()
+    deactivate(employee, gone)
+    deactivate(colleague, gone + timedelta(minutes=1))  # the run takes the older first
+    revoke = services.certificate_revoke
+
+    def limit_reached_at_the_second(*, certificate, **options):
+        if certificate.owner_id == colleague.pk:
+            raise SoftTimeLimitExceeded()
+        return revoke(certificate=certificate, **options)
+
+    monkeypatch.setattr(services, "certificate_revoke", limit_reached_at_the_second)
+
+    outcome = run(gone + GRACE + timedelta(minutes=1))
+
+    assert statuses(first, second) == ["revoked", "valid"]
+    assert (outcome["revoked_accounts"], outcome["failed_accounts"]) == (1, 0)
+    assert "time limit" in LeaverRevocationRun.objects.get().error
+
+
+def test_health_warns_when_the_hourly_run_stops_finishing(make_certificate, employee, run):
+    make_certificate(employee)
+    ran = timezone.now()
+    run(ran)
+
+    assert leavers.leaver_check(now=ran + timedelta(hours=2))["status"] == "ok"
+    stale = leavers.leaver_check(now=ran + timedelta(hours=4))
+    assert stale["status"] == "warn"
+    assert "last finished at" in stale["problems"][0]
+
+
 # --- the cap ---------------------------------------------------------------------------
 
 
