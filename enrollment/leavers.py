@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from enrollment import health, services
 from enrollment.audit import audit_record
-from enrollment.exceptions import InvalidState
+from enrollment.exceptions import EnrollmentError, InvalidState, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,9 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
                     "Could not revoke the certificates of deactivated account %s", user_pk
                 )
                 outcome.failed_accounts += 1
-                outcome.error = f"{type(exc).__name__}: {exc}"[:500]
+                # Shown to officers: a key store's own message names key files.
+                shown = public_message(exc) if isinstance(exc, EnrollmentError) else str(exc)
+                outcome.error = f"{type(exc).__name__}: {shown}"[:500]
                 continue
             if revoked:
                 outcome.revoked_accounts += 1

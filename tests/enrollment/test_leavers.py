@@ -625,3 +625,23 @@ def test_switched_on_and_off_again_by_update_gets_a_full_grace_period(
     assert accounts.get().deactivated_at == later
     run(later + GRACE)
     assert statuses(held) == ["revoked"]
+
+
+def test_a_key_store_failure_is_reported_without_the_key_files_path(
+    make_certificate, employee, run, monkeypatch
+):
+    from enrollment.exceptions import KeyStoreError
+
+    make_certificate(employee)
+    gone = timezone.now()
+    deactivate(employee, gone)
+
+    def key_store_down(**options):
+        raise KeyStoreError("The CA key file /srv/keys/issuing.pem cannot be read.")
+
+    monkeypatch.setattr(services, "certificate_revoke", key_store_down)
+    run(gone + GRACE)
+
+    problems = " ".join(leavers.leaver_check(now=gone + GRACE)["problems"])
+    assert "KeyStoreError: The CA cannot sign right now" in problems
+    assert "/srv/keys" not in problems
