@@ -93,8 +93,8 @@ class User(AbstractUser):
         still carries the old time, which would cut the grace period short."""
         if self.pk is None:
             return None
-        stored = type(self)._base_manager.filter(pk=self.pk).values_list(
-            "is_active", "deactivated_at"
+        stored = (
+            type(self)._base_manager.filter(pk=self.pk).values_list("is_active", "deactivated_at")
         )
         row = stored.first()
         if row is None or row[0]:
