@@ -32,10 +32,10 @@ def test_it_mentions_the_archived_copy_only_where_a_template_archives(
 ):
     from enrollment.models import CertificateTemplate
 
-    assert "key recovery agents" in anonymous_client.get(HELP).content.decode()
+    assert "key recovery agent can open" in anonymous_client.get(HELP).content.decode()
 
     CertificateTemplate.objects.update(archive_key=False)
-    assert "key recovery agents" not in anonymous_client.get(HELP).content.decode()
+    assert "key recovery agent can open" not in anonymous_client.get(HELP).content.decode()
 
 
 def test_the_enrolment_and_certificate_pages_link_it(
