@@ -27,40 +27,50 @@ logger = logging.getLogger(__name__)
 # A message redelivered more often than this is dropped when it comes back once more: it
 # has run MAX_REDELIVERIES + 1 times and its worker died each time.
 MAX_REDELIVERIES = 3
-# The count must outlive a few visibility timeouts (an hour each), then go by itself.
+# The marks must outlive a few visibility timeouts (an hour each), then go by themselves.
 REDELIVERY_COUNT_SECONDS = 7 * 24 * 3600
 
 
 class PortalTask(Task):
-    """Every task's base: counts redeliveries of a message and drops it past the limit.
+    """Every task's base: counts the runs of a message that its worker did not survive,
+    and drops the message past the limit.
 
-    Only a redelivered message is counted (the broker flags it), so a normal run costs
-    nothing. The count lives in the broker, by task id: it shares the message's fate.
+    The broker flags a message it gives back as redelivered, but it gives back on a warm
+    shutdown too the messages a worker had reserved and never started: only a delivery
+    after one that started counts, so restarts during deployments drop nothing. The
+    marks live in the broker, by task id: they share the message's fate.
     """
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Runs in the worker process before the task; Reject drops the message for good."""
-        if not (self.request.delivery_info or {}).get("redelivered"):
-            return
-        deliveries = redelivery_count(self.app, task_id)
-        if deliveries is not None and deliveries > MAX_REDELIVERIES:
-            _report_dropped(self.name, task_id, deliveries)
-            raise Reject(f"redelivered {deliveries} times", requeue=False)
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        deaths = record_start(self.app, task_id, redelivered=redelivered)
+        if deaths is not None and deaths > MAX_REDELIVERIES:
+            _report_dropped(self.name, task_id, deaths)
+            raise Reject(f"redelivered {deaths} times", requeue=False)
 
 
-def redelivery_count(app: Celery, task_id: str) -> int | None:
-    """Count one more redelivery of this task's message; None if the broker cannot count.
+def record_start(app: Celery, task_id: str, *, redelivered: bool) -> int | None:
+    """Mark this task as started; for a redelivered message whose earlier delivery had
+    started too (so its worker died running it), count one more such death and return
+    the count. None when nothing was counted, or the broker cannot count.
 
     Any failure to count lets the task run: losing work to a broker hiccup is worse.
     """
-    key = f"pkiportal:redelivered:{task_id}"
+    started, deaths = f"pkiportal:started:{task_id}", f"pkiportal:redelivered:{task_id}"
     try:
         with app.pool.acquire(block=True, timeout=5) as connection:
             if connection.transport.driver_type != "redis":
                 return None
             with connection.default_channel.conn_or_acquire() as client:
+                before = client.set(started, 1, ex=REDELIVERY_COUNT_SECONDS, get=True)
+                if not redelivered or before is None:
+                    return None
                 count, _ = (
-                    client.pipeline().incr(key).expire(key, REDELIVERY_COUNT_SECONDS).execute()
+                    client.pipeline()
+                    .incr(deaths)
+                    .expire(deaths, REDELIVERY_COUNT_SECONDS)
+                    .execute()
                 )
     except Exception:
         logger.warning("Could not count the redeliveries of task %s.", task_id, exc_info=True)
