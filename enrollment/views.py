@@ -44,8 +44,14 @@ from enrollment.models import (
     CertificateAuthority,
     CertificateRequest,
     CertificateTemplate,
+    KeyRecoveryRequest,
 )
-from enrollment.permissions import is_ra_officer, may_use_template, templates_for
+from enrollment.permissions import (
+    is_key_recovery_agent,
+    is_ra_officer,
+    may_use_template,
+    templates_for,
+)
 from enrollment.x509 import pkcs7
 from enrollment.x509.names import readable_name
 
@@ -182,6 +188,11 @@ def home(request: HttpRequest) -> HttpResponse:
         if is_ra_officer(request.user):
             context["pending_count"] = CertificateRequest.objects.filter(
                 state=CertificateRequest.State.PENDING
+            ).count()
+        if is_key_recovery_agent(request.user):
+            # Approved recoveries wait for an agent: agents rarely visit /ra/ otherwise.
+            context["recoveries_for_agents"] = KeyRecoveryRequest.objects.filter(
+                state=KeyRecoveryRequest.State.APPROVED
             ).count()
     return render(request, "enrollment/home.html", context)
 

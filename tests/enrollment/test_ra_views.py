@@ -678,6 +678,19 @@ def test_the_owner_finds_a_recovery_of_their_key_on_the_start_page(people, opene
     assert link not in people["officer"].get("/").content.decode()
 
 
+def test_an_agent_finds_approved_recoveries_waiting_on_the_start_page(people, opened, approved):
+    """Agents rarely visit /ra/: the start page says when a recovery waits for one."""
+    waiting = people["agent"].get("/").content.decode()
+
+    assert 'href="/ra/recovery/">1 key recovery waiting for an agent</a>' in waiting
+    for role in ("owner", "colleague", "officer"):
+        assert "waiting for an agent</a>" not in people[role].get("/").content.decode()
+
+
+def test_an_agent_is_not_called_for_a_recovery_still_waiting_for_approval(people, opened):
+    assert "waiting for an agent</a>" not in people["agent"].get("/").content.decode()
+
+
 def test_the_start_page_says_when_a_recovered_key_is_ready(people, performed):
     page = people["owner"].get("/").content.decode()
 
