@@ -1013,3 +1013,21 @@ def test_the_console_shows_a_dead_broker_and_worker(officer_client, hierarchy, m
     assert "ConnectionRefusedError" in text
     assert "The broker is unreachable." in text
     assert text.count(">Down<") == 2
+
+
+def test_the_audit_trail_links_requests_to_their_pages(people, employee, template, hierarchy):
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from enrollment import services
+    from tests.enrollment.tools import cryptography_csr, new_key
+
+    submitted = services.request_submit(
+        requester=employee,
+        template=template("smime-signing"),
+        csr=cryptography_csr(new_key()).public_bytes(Encoding.PEM),
+    )
+
+    page = people["officer"].get("/ra/audit/", {"action": "request"}).content.decode()
+
+    assert f'href="/enroll/requests/{submitted.pk}/"' in page
+    assert people["officer"].get(f"/enroll/requests/{submitted.pk}/").status_code == 200
