@@ -403,6 +403,9 @@ class CertificateRequest(models.Model):
     error_code = models.CharField(max_length=50, blank=True)
     error = models.CharField(max_length=500, blank=True)
     source_address = models.GenericIPAddressField(null=True, blank=True)
+    # The API client's Idempotency-Key: a retry with it gets this request's answer again
+    # instead of a second certificate. Empty for the web and for clients that send none.
+    idempotency_key = models.CharField(max_length=64, blank=True, default="", editable=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -422,6 +425,12 @@ class CertificateRequest(models.Model):
             models.CheckConstraint(
                 condition=~Q(state="issued") | Q(certificate__isnull=False),
                 name="issued_request_has_certificate",
+            ),
+            # One request per key and person: two retries racing each other meet here.
+            models.UniqueConstraint(
+                fields=["requester", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="request_idempotency_key_uniq",
             ),
         ]
 

@@ -1122,6 +1122,7 @@ def request_submit(
     key_algorithm: keys.KeyAlgorithm | None = None,
     renewal_of: Certificate | None = None,
     source_address: str | None = None,
+    idempotency_key: str = "",
 ) -> CertificateRequest:
     """Record a request; fulfil a CSR at once when the template needs no approval.
 
@@ -1208,6 +1209,7 @@ def request_submit(
             requested_emails=[_printable(e) for e in parsed.requested_emails] if parsed else [],
             renewal_of=renewal_of,
             source_address=source_address,
+            idempotency_key=idempotency_key,
         )
         audit_record(  # named when the block ends, by then stored
             action="request.submit",

@@ -6,18 +6,22 @@ JSON once for every endpoint. Objects a person may not see are 404, not 403.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import django_filters
 from knox import views as knox_views
 
-from django.db import transaction
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import Http404
 from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
+    OpenApiParameter,
     OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
@@ -37,6 +41,8 @@ from enrollment.edge import client_address
 from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
 from enrollment.permissions import IsRaOfficer, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
+from enrollment.x509.csr import parse_csr
+from enrollment.x509.errors import X509Error
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
 
@@ -64,6 +70,29 @@ ENROLMENT_LIMITS = {
         OpenApiTypes.OBJECT,
         description="The PKI cannot issue right now (e.g. no key recovery agent for an "
         "archiving template).",
+    ),
+}
+IDEMPOTENCY = [
+    OpenApiParameter(
+        "Idempotency-Key",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        required=False,
+        description=(
+            "Any 1 to 64 printable ASCII characters, e.g. a UUID, new for each request. A "
+            "retry with the same key and body gets the first answer again instead of a "
+            "second certificate (a PKCS#12, which is never kept, excepted: 409)."
+        ),
+    )
+]
+IDEMPOTENT_REPLAYS = {
+    409: OpenApiResponse(
+        OpenApiTypes.OBJECT,
+        description="Not possible in its current state; or, for an Idempotency-Key whose "
+        "portal-key request was issued, the request (its PKCS#12 was in the first answer).",
+    ),
+    422: OpenApiResponse(
+        OpenApiTypes.OBJECT, description="The Idempotency-Key was used for a different request."
     ),
 }
 ISSUED = OpenApiResponse(
@@ -135,7 +164,35 @@ def _enrol(
     data: Any,
     renewal_of: Certificate | None = None,
 ) -> Response:
-    """Validate one of the two enrolment shapes and submit it; shared by enrol and renew."""
+    """Validate one of the two enrolment shapes and submit it; shared by enrol and renew.
+
+    With an Idempotency-Key, a request this person already made with that key is answered
+    again instead of being made twice (a client retrying after a lost answer)."""
+    key = _idempotency_key(request)
+    if key:
+        earlier = _made_with(request, key)
+        if earlier is not None:
+            return _replay(request, earlier, data=data, renewal_of=renewal_of)
+        try:
+            return _enrol_once(request, template=template, data=data, renewal_of=renewal_of,
+                               idempotency_key=key)  # fmt: skip
+        except IntegrityError:
+            earlier = _made_with(request, key)  # a retry racing this one stored it first
+            if earlier is None:
+                raise
+            return _replay(request, earlier, data=data, renewal_of=renewal_of)
+    return _enrol_once(request, template=template, data=data, renewal_of=renewal_of)
+
+
+@sensitive_variables()
+def _enrol_once(
+    request: Request,
+    *,
+    template: CertificateTemplate | None,
+    data: Any,
+    renewal_of: Certificate | None = None,
+    idempotency_key: str = "",
+) -> Response:
     csr_shape = s.is_csr_body(data)
     if template is None:
         shape: type[serializers.Serializer] = (
@@ -157,6 +214,7 @@ def _enrol(
         "template": template,
         "renewal_of": renewal_of,
         "source_address": client_address(request),
+        "idempotency_key": idempotency_key,
     }
     # One transaction each: an enrolment answered with an error leaves nothing behind (a
     # request approved later that then fails stays visible as failed instead).
@@ -179,6 +237,76 @@ def _enrol(
             source_address=client_address(request),
         )
     return _answer(request, submitted, pkcs12=bundle, pkcs12_format=pkcs12_format)
+
+
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,64}")  # printable ASCII, no spaces (a UUID fits)
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return ""
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise serializers.ValidationError(
+            {"Idempotency-Key": ["Give 1 to 64 printable ASCII characters, e.g. a UUID."]}
+        )
+    return key
+
+
+def _made_with(request: Request, key: str) -> CertificateRequest | None:
+    return (
+        CertificateRequest.objects.select_related("certificate", "template", "renewal_of")
+        .filter(requester=request.user, idempotency_key=key)
+        .first()
+    )
+
+
+def _replay(
+    request: Request,
+    earlier: CertificateRequest,
+    *,
+    data: Any,
+    renewal_of: Certificate | None,
+) -> Response:
+    """The answer to a request made before with this key, if this body asks the same."""
+    if not _asks_the_same(earlier, data, renewal_of):
+        return Response(
+            {"detail": "This Idempotency-Key was used for a different request; use a new "
+                       "key for a new request."},
+            status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+        )  # fmt: skip
+    if (
+        earlier.key_source == CertificateRequest.KeySource.SERVER
+        and earlier.state == CertificateRequest.State.ISSUED
+    ):
+        # The key left once, inside the first answer's PKCS#12, and is kept nowhere.
+        body = s.EnrollmentOut(earlier, context={"request": request}).data
+        body["detail"] = (
+            "This request was issued, and its PKCS#12 was in the first answer: the portal "
+            "does not keep keys. If that answer was lost, revoke the certificate and enrol "
+            "again with a new Idempotency-Key."
+        )
+        return Response(body, status=status.HTTP_409_CONFLICT)
+    return _answer(request, earlier)
+
+
+def _asks_the_same(earlier: CertificateRequest, data: Any, renewal_of: Certificate | None) -> bool:
+    if not isinstance(data, dict) or (renewal_of and renewal_of.pk) != earlier.renewal_of_id:
+        return False
+    if renewal_of is None and data.get("template") != earlier.template.slug:
+        return False
+    if s.is_csr_body(data):
+        if earlier.key_source != CertificateRequest.KeySource.CSR:
+            return False
+        try:
+            asked = parse_csr(data.get("csr") or "").csr.public_bytes(Encoding.DER)
+        except (X509Error, TypeError, ValueError):
+            return False
+        return asked == bytes(earlier.csr or b"")
+    return (
+        earlier.key_source == CertificateRequest.KeySource.SERVER
+        and data.get("key_algorithm") == earlier.key_algorithm
+    )
 
 
 @extend_schema_view(
@@ -216,7 +344,8 @@ class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             "CSR asks for. 201 when issued at once; 202 when an RA officer must approve."
         ),
         request=_enrolment_body("EnrollmentRequest", s.CsrEnrollmentIn, s.ServerKeyEnrollmentIn),
-        responses={201: ISSUED, 202: PENDING, **ERRORS, **ENROLMENT_LIMITS},
+        parameters=IDEMPOTENCY,
+        responses={201: ISSUED, 202: PENDING, **ERRORS, **ENROLMENT_LIMITS, **IDEMPOTENT_REPLAYS},
         examples=[CSR_EXAMPLE, SERVER_KEY_EXAMPLE],
     )
     def create(self, request: Request) -> Response:
@@ -378,8 +507,9 @@ class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             "superseded when the new one is issued."
         ),
         request=_enrolment_body("RenewalRequest", s.CsrIn, s.ServerKeyIn),
+        parameters=IDEMPOTENCY,
         responses={201: ISSUED, 202: PENDING, **ERRORS, **NOT_FOUND, **CONFLICT,
-                   **ENROLMENT_LIMITS},
+                   **ENROLMENT_LIMITS, **IDEMPOTENT_REPLAYS},
     )  # fmt: skip
     @action(detail=True, methods=["post"])
     def renew(self, request: Request, serial: str | None = None) -> Response:
