@@ -11,13 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from django.db import connection
 from django.utils import timezone
 
 from enrollment import keystore, services
@@ -25,7 +23,8 @@ from enrollment.models import ScheduledRun
 from tests.conftest import client_for
 from tests.integration.test_crl_publishing import (
     BASE_DIR,
-    RedisServer,
+    ca_key_env,
+    process_env,
     start_worker,
     stop,
     wait_for,
@@ -42,28 +41,10 @@ pytestmark = [
 
 
 @pytest.fixture
-def broker(tmp_path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process, signal.SIGKILL)
-
-
-@pytest.fixture
 def service_env(hierarchy, settings, tmp_path, broker) -> dict[str, str]:
-    if connection.vendor != "postgresql":
-        pytest.skip("separate processes need a shared database server")
-    db = connection.settings_dict
-    return {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": broker.url,
-        "PKIPORTAL_KEY_DIR": str(settings.PKIPORTAL_KEY_DIR),
-        "PKIPORTAL_CA_KEY_PASSPHRASE": settings.PKIPORTAL_CA_KEY_PASSPHRASE,
-        "PKIPORTAL_VAR_DIR": str(tmp_path / "service-var"),
-        "PKIPORTAL_CRL_WATCHDOG_MINUTES": "1",
-    }
+    return process_env(
+        broker.url, tmp_path, **ca_key_env(settings), PKIPORTAL_CRL_WATCHDOG_MINUTES="1"
+    )
 
 
 def overdue_schedule(path: Path) -> None:

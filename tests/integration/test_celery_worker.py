@@ -19,11 +19,11 @@ import pytest
 
 from cryptography import x509
 
-from django.db import connection
 from django.test import Client
 
 from enrollment import services
 from enrollment.x509.keys import KeyAlgorithm
+from tests.integration.test_crl_publishing import ca_key_env, process_env
 
 REDIS_URL = os.environ.get("PKIPORTAL_TEST_REDIS_URL", "")
 
@@ -38,17 +38,7 @@ pytestmark = [
 @pytest.fixture
 def service_env(hierarchy, settings, tmp_path) -> dict[str, str]:
     """The environment a production process would get, pointed at the test database."""
-    if connection.vendor != "postgresql":
-        pytest.skip("separate processes need a shared database server")
-    db = connection.settings_dict
-    return {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": REDIS_URL,
-        "PKIPORTAL_KEY_DIR": str(settings.PKIPORTAL_KEY_DIR),
-        "PKIPORTAL_CA_KEY_PASSPHRASE": settings.PKIPORTAL_CA_KEY_PASSPHRASE,
-        "PKIPORTAL_VAR_DIR": str(tmp_path / "service-var"),
-    }
+    return process_env(REDIS_URL, tmp_path, **ca_key_env(settings))
 
 
 @pytest.fixture

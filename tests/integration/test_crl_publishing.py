@@ -107,15 +107,6 @@ class RedisServer:
 
 
 @pytest.fixture
-def broker(tmp_path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process, signal.SIGKILL)
-
-
-@pytest.fixture
 def publish_delay(request) -> str:
     """PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS: the default unless a test parametrizes it."""
     return getattr(request, "param", "2")
@@ -124,18 +115,35 @@ def publish_delay(request) -> str:
 @pytest.fixture
 def service_env(hierarchy, settings, tmp_path, broker, publish_delay) -> dict[str, str]:
     """What a production process gets, pointed at the test database and our broker."""
+    return process_env(
+        broker.url,
+        tmp_path,
+        **ca_key_env(settings),
+        PKIPORTAL_BASE_URL="http://pki.example.com",
+        PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS=publish_delay,
+    )
+
+
+def process_env(broker_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a worker or beat started by a test: the test's database (so
+    PostgreSQL only: SQLite's test database is not shared), its broker, its own var dir."""
     if connection.vendor != "postgresql":
         pytest.skip("separate processes need a shared database server")
     db = connection.settings_dict
     return {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": broker.url,
+        "CELERY_BROKER_URL": broker_url,
+        "PKIPORTAL_VAR_DIR": str(tmp_path / "service-var"),
+        **extra,
+    }
+
+
+def ca_key_env(settings) -> dict[str, str]:
+    """Where such a process finds the test hierarchy's CA keys."""
+    return {
         "PKIPORTAL_KEY_DIR": str(settings.PKIPORTAL_KEY_DIR),
         "PKIPORTAL_CA_KEY_PASSPHRASE": settings.PKIPORTAL_CA_KEY_PASSPHRASE,
-        "PKIPORTAL_VAR_DIR": str(tmp_path / "service-var"),
-        "PKIPORTAL_BASE_URL": "http://pki.example.com",
-        "PKIPORTAL_CRL_PUBLISH_DELAY_SECONDS": publish_delay,
     }
 
 

@@ -16,7 +16,6 @@ integration tests (the worker audits into the test database).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,13 +26,12 @@ import pytest
 import redis
 from celery import Celery
 
-from django.db import connection
-
 from enrollment.models import AuditEvent
 from pkiportal.celery import MAX_REDELIVERIES
 from tests.integration.test_crl_publishing import (
     BASE_DIR,
     RedisServer,
+    process_env,
     start_worker,
     stop,
     wait_for,
@@ -52,28 +50,8 @@ DYING = "tests.integration.dying_tasks"
 
 
 @pytest.fixture
-def broker(tmp_path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process, signal.SIGKILL)
-
-
-@pytest.fixture
 def service_env(db, tmp_path, broker) -> dict[str, str]:
-    if connection.vendor != "postgresql":
-        pytest.skip("separate processes need a shared database server")
-    db_settings = connection.settings_dict
-    return {
-        **os.environ,
-        "DATABASE_URL": (
-            f"postgres://{db_settings['USER']}@{db_settings['HOST']}:{db_settings['PORT']}/"
-            f"{db_settings['NAME']}"
-        ),
-        "CELERY_BROKER_URL": broker.url,
-        "PKIPORTAL_VAR_DIR": str(tmp_path / "service-var"),
-    }
+    return process_env(broker.url, tmp_path)
 
 
 @pytest.fixture
