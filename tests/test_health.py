@@ -184,7 +184,9 @@ def test_a_broker_without_a_worker_is_a_failure(signed_root, officer, settings):
     }
 
 
-def test_an_unreachable_database_is_a_failure(anonymous_client, monkeypatch):
+@pytest.fixture
+def database_down(monkeypatch):
+    """/health/'s own connection refuses every query, as an unreachable server would."""
     from pkiportal import health as health_view
 
     class Broken:
@@ -193,6 +195,8 @@ def test_an_unreachable_database_is_a_failure(anonymous_client, monkeypatch):
 
     monkeypatch.setattr(health_view, "connection", Broken())
 
+
+def test_an_unreachable_database_is_a_failure(anonymous_client, database_down):
     response = anonymous_client.get("/health/")
 
     assert response.status_code == 503
@@ -283,16 +287,8 @@ def test_with_a_broker_health_fails_on_a_stopped_beat_and_names_its_last_run(
 
 
 def test_with_a_broker_beat_is_not_checked_without_the_database(
-    officer, broker_configured, monkeypatch, monitoring_token, anonymous_client
+    officer, broker_configured, database_down, monitoring_token, anonymous_client
 ):
-    from pkiportal import health as health_view
-
-    class Broken:
-        def cursor(self):
-            raise OperationalError("connection refused")
-
-    monkeypatch.setattr(health_view, "connection", Broken())
-
     response = anonymous_client.get(
         "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
     )
@@ -355,16 +351,8 @@ def test_without_a_configured_token_no_bearer_sees_details(anonymous_client, sig
 
 
 def test_the_token_shows_details_when_the_database_is_down(
-    anonymous_client, monitoring_token, monkeypatch
+    anonymous_client, monitoring_token, database_down
 ):
-    from pkiportal import health as health_view
-
-    class Broken:
-        def cursor(self):
-            raise OperationalError("connection refused")
-
-    monkeypatch.setattr(health_view, "connection", Broken())
-
     response = anonymous_client.get(
         "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
     )
