@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import time_machine
 
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Group
@@ -180,3 +181,18 @@ def load_settings(monkeypatch, tmp_path):
         return runpy.run_path(SETTINGS_FILE)
 
     return load
+
+
+@pytest.fixture
+def task_at(django_capture_on_commit_callbacks):
+    """Run a scheduled task as beat would at a moment, with what it queues on commit
+    (CRLs, mail) carried out; returns the task's result."""
+
+    def run(task, moment):
+        with (
+            time_machine.travel(moment, tick=False),
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            return task.delay().get()
+
+    return run

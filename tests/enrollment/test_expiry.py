@@ -38,17 +38,9 @@ def expiring(hierarchy, template, employee):
 
 
 @pytest.fixture
-def run(django_capture_on_commit_callbacks):
+def run(task_at):
     """Run the daily task at a moment, with the mail it queues actually sent."""
-
-    def run_at(moment):
-        with (
-            time_machine.travel(moment, tick=False),
-            django_capture_on_commit_callbacks(execute=True),
-        ):
-            return expiry_notices_task.delay().get()
-
-    return run_at
+    return lambda moment: task_at(expiry_notices_task, moment)
 
 
 def owner_mails(user) -> list[str]:

@@ -70,17 +70,9 @@ def reactivate(user):
 
 
 @pytest.fixture
-def run(django_capture_on_commit_callbacks):
+def run(task_at):
     """The beat task at a moment, with what it queues on commit (CRL, mail) carried out."""
-
-    def run_at(moment):
-        with (
-            time_machine.travel(moment, tick=False),
-            django_capture_on_commit_callbacks(execute=True),
-        ):
-            return leavers_revoke_task.delay().get()
-
-    return run_at
+    return lambda moment: task_at(leavers_revoke_task, moment)
 
 
 def statuses(*certificates: Certificate) -> list[str]:
