@@ -1393,49 +1393,42 @@ def _decide(
         raise NotPermitted("Only RA officers decide on requests.")
     if officer.pk == request.requester_id:
         raise NotPermitted("You cannot decide on your own request.")
-    with transaction.atomic():
-        locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
-        if locked.state != CertificateRequest.State.PENDING:
-            raise InvalidState(f"This request is already {locked.get_state_display().lower()}.")
-        if approve:
-            try:
-                _requester_may_still(locked)
-            except EnrollmentError as exc:
-                raise type(exc)(f"{exc.message} Reject the request instead.") from exc
-        issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
-        if issue_now:
-            _lock_key_of(locked)
-        locked.state = (
-            CertificateRequest.State.APPROVED if approve else CertificateRequest.State.REJECTED
-        )
-        locked.decided_by = officer
-        locked.decided_at = timezone.now()
-        locked.decision_reason = reason
-        locked.save(update_fields=["state", "decided_by", "decided_at", "decision_reason",
-                                   "updated_at"])  # fmt: skip
-        audit_record(
-            action="request.approve" if approve else "request.reject",
-            actor=officer,
-            target=locked,
-            detail={"reason": reason},
-        )
-        if issue_now:
-            # Issued in the approval's transaction; the requester's mail (sent when it
-            # commits) tells the outcome, not only the approval.
-            try:
+    try:
+        with transaction.atomic():
+            locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
+            if locked.state != CertificateRequest.State.PENDING:
+                raise InvalidState(f"This request is already {locked.get_state_display().lower()}.")
+            if approve:
+                try:
+                    _requester_may_still(locked)
+                except EnrollmentError as exc:
+                    raise type(exc)(f"{exc.message} Reject the request instead.") from exc
+            issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
+            if issue_now:
+                _lock_key_of(locked)
+            locked.state = (
+                CertificateRequest.State.APPROVED if approve else CertificateRequest.State.REJECTED
+            )
+            locked.decided_by = officer
+            locked.decided_at = timezone.now()
+            locked.decision_reason = reason
+            locked.save(update_fields=["state", "decided_by", "decided_at", "decision_reason",
+                                       "updated_at"])  # fmt: skip
+            audit_record(
+                action="request.approve" if approve else "request.reject",
+                actor=officer,
+                target=locked,
+                detail={"reason": reason},
+            )
+            if issue_now:
+                # Issued in the approval's transaction (a transient failure leaves it with
+                # the approval); the requester's mail, sent when it commits, tells the
+                # outcome, not only the approval.
                 _fulfil_csr(locked, actor=officer)
-            except TRANSIENT_ERRORS as exc:
-                stopped = exc
-                transaction.set_rollback(True)
-            else:
-                stopped = None
-        else:
-            stopped = None
-        if stopped is None:
             from enrollment.notifications import request_decided
 
             request_decided(locked)
-    if stopped is not None:
+    except TRANSIENT_ERRORS as stopped:
         audit_record(
             action="request.approve",
             actor=officer,
