@@ -20,7 +20,7 @@ someone has checked the directory.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -261,19 +261,9 @@ def _revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: st
 
 
 def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
+    # Outcome's fields are the row's columns, name for name.
     LeaverRevocationRun.objects.update_or_create(
-        pk=1,
-        defaults={
-            "ran_at": now,
-            "source": source,
-            "due": outcome.due,
-            "cap": outcome.cap,
-            "held_back": outcome.held_back,
-            "revoked_accounts": outcome.revoked_accounts,
-            "revoked_certificates": outcome.revoked_certificates,
-            "failed_accounts": outcome.failed_accounts,
-            "error": outcome.error,
-        },
+        pk=1, defaults={"ran_at": now, "source": source, **asdict(outcome)}
     )
 
 
