@@ -13,7 +13,13 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from enrollment.forms import FORMAT_CHOICES, PortalForm, invalidity_date_field
-from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
+from enrollment.models import (
+    AuditEvent,
+    Certificate,
+    CertificateRequest,
+    CertificateTemplate,
+    KeyRecoveryRequest,
+)
 from enrollment.recovery import MAX_AGENT_PKCS12_BYTES
 from enrollment.x509.pkcs12 import Pkcs12Format
 
@@ -148,6 +154,72 @@ class AuditFilterForm(PortalForm):
         if data.get("until"):
             events = events.filter(created_at__lt=_start_of(data["until"]) + timedelta(days=1))
         return events
+
+
+class RequestFilterForm(PortalForm):
+    """Filters of /ra/requests/history/: every field is optional and narrows the list."""
+
+    person = forms.CharField(
+        label="Requester",
+        required=False,
+        max_length=200,
+        help_text="Part of a name, user name or e-mail address.",
+    )
+    state = forms.ChoiceField(
+        label="State", required=False, choices=[("", "Any"), *CertificateRequest.State.choices]
+    )
+    template = forms.ModelChoiceField(
+        label="Template",
+        required=False,
+        queryset=CertificateTemplate.objects.order_by("name"),
+        to_field_name="slug",
+        empty_label="Any",
+    )
+    decided_by = forms.CharField(
+        label="Decided by", required=False, max_length=200, help_text="Officer's name or user name."
+    )
+    since = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", "The end date is before the start date.")
+        return cleaned
+
+    def filter(self, found: QuerySet[CertificateRequest]) -> QuerySet[CertificateRequest]:
+        data = self.cleaned_data
+        if data.get("person"):
+            text = data["person"].strip()
+            found = found.filter(
+                Q(requester__username__icontains=text)
+                | Q(requester__display_name__icontains=text)
+                | Q(requester__first_name__icontains=text)
+                | Q(requester__last_name__icontains=text)
+                | Q(requester__email__icontains=text)
+            )
+        if data.get("state"):
+            found = found.filter(state=data["state"])
+        if data.get("template"):
+            found = found.filter(template=data["template"])
+        if data.get("decided_by"):
+            text = data["decided_by"].strip()
+            found = found.filter(
+                Q(decided_by__username__icontains=text)
+                | Q(decided_by__display_name__icontains=text)
+                | Q(decided_by__first_name__icontains=text)
+                | Q(decided_by__last_name__icontains=text)
+            )
+        if data.get("since"):
+            found = found.filter(created_at__gte=_start_of(data["since"]))
+        if data.get("until"):
+            found = found.filter(created_at__lt=_start_of(data["until"]) + timedelta(days=1))
+        return found
 
 
 def _start_of(day: Any) -> datetime:

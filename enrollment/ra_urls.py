@@ -11,6 +11,7 @@ urlpatterns = [
     path("certificates/", ra_views.certificate_search, name="certificates"),
     path("certificates/<int:pk>/revoke/", ra_views.certificate_revoke, name="certificate-revoke"),
     path("leavers/", ra_views.leaver_list, name="leavers"),
+    path("requests/history/", ra_views.request_history, name="request-history"),
     path("recovery/", ra_views.recovery_list, name="recovery-list"),
     path("recovery/new/", ra_views.recovery_new, name="recovery-new"),
     # Notifications link here: keep the names and the paths.

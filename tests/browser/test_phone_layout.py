@@ -48,6 +48,7 @@ def test_no_page_is_wider_than_a_phone(
         admin_user: [
             "/ra/",
             "/ra/requests/",
+            "/ra/requests/history/",
             f"/ra/certificates/?q={employee.last_name}",
             "/ra/audit/",
             "/ra/recovery/",

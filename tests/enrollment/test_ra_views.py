@@ -147,6 +147,7 @@ CASES = [
     Case("audit CSV", "get", "/ra/audit/export.csv", "", allowed(*OFFICERS)),
     Case("audit JSON lines", "get", "/ra/audit/export.jsonl", "", allowed(*OFFICERS)),
     Case("recovery agents", "get", "/ra/agents/", "", allowed(*OFFICERS)),
+    Case("request history", "get", "/ra/requests/history/", "", allowed(*OFFICERS)),
 ]
 
 
