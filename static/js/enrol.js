@@ -23,6 +23,15 @@ document.querySelectorAll("form[data-long-operation]").forEach(function (form) {
       form.querySelectorAll("input[type=password]").forEach(function (input) { input.value = ""; });
       if (progress) { progress.hidden = true; }
       if (done) { done.hidden = false; }
+      // What the page said before the download is stale now: an approved request is issued
+      // and can no longer be withdrawn.
+      document.querySelectorAll("[data-downloaded-state]").forEach(function (badge) {
+        badge.textContent = badge.getAttribute("data-downloaded-label");
+        badge.className = "badge state-" + badge.getAttribute("data-downloaded-state");
+      });
+      document.querySelectorAll("[data-hide-when-downloaded]").forEach(function (element) {
+        element.hidden = true;
+      });
     }, 300);
   });
 });

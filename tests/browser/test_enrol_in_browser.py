@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from enrollment.models import Certificate
+from enrollment import services
+from enrollment.models import Certificate, CertificateRequest
+from enrollment.x509.keys import KeyAlgorithm
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -91,3 +93,38 @@ def test_an_employee_signs_in_enrols_and_downloads_a_working_pkcs12(
     ).stdout
     assert b"Alice Andersson" in certificate
     assert Certificate.objects.filter(owner=employee).count() == 1
+
+
+def test_after_downloading_an_approved_request_the_page_no_longer_offers_it(
+    live_server, hierarchy, approval, employee, officer
+):
+    """The request page said "ready to download" and offered withdrawal until reloaded."""
+    request = services.request_submit(
+        requester=employee,
+        template=approval("smime-dual-use"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+    )
+    services.request_approve(request=request, officer=officer)
+
+    with chromium_page() as page:
+        page.goto(f"{live_server.url}/accounts/login/?next=/enroll/requests/{request.pk}/")
+        page.fill("#id_username", employee.username)
+        page.fill("#id_password", SIGN_IN_PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(f"{live_server.url}/enroll/requests/{request.pk}/")
+        assert page.inner_text(".badge") == "Approved: ready to download"
+        assert page.is_visible("#withdraw")
+
+        page.fill("#id_pkcs12_password", P12_PASSWORD)
+        page.fill("#id_pkcs12_password_confirm", P12_PASSWORD)
+        with page.expect_download():
+            page.click("button:has-text('Generate my key and download the .p12')")
+        page.wait_for_selector("[data-done]", state="visible")
+
+        badge = page.inner_text(".badge")
+        withdraw_visible = page.is_visible("#withdraw")
+
+    assert badge == "Issued"
+    assert not withdraw_visible
+    request.refresh_from_db()
+    assert request.state == CertificateRequest.State.ISSUED
