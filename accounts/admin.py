@@ -4,13 +4,16 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
+from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 
 from accounts.models import User
 from accounts.search import query_words, word_pattern
+from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from
 from enrollment.edge import client_address
 
@@ -98,3 +101,29 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
         for word in query_words(text):  # the directory's own matching
             words &= Q(directory_search__contains=word_pattern(word))
         return queryset.filter(words | Q(username__iexact=text)), False
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        """An administrator who sets someone's password can then sign in as them: audited
+        as account.password_set, in the transaction that stores it. Only this page is
+        audited, not every write of the hash: Django re-hashes on sign-in when its hasher
+        settings change, which would bury the events that matter."""
+        with transaction.atomic():
+            target = self.get_object(request, unquote(id))
+            response = super().user_change_password(request, id, form_url)
+            if target is not None and request.method == "POST":
+                stored = (
+                    User.objects.filter(pk=target.pk).values_list("password", flat=True).first()
+                )
+                if stored is not None and stored != target.password:
+                    target.password = stored
+                    audit_record(
+                        action="account.password_set",
+                        actor=request.user,
+                        target=target,
+                        source_address=client_address(request),
+                        # Never the hash; whether the account can still sign in with one.
+                        detail={"usable": target.has_usable_password(), "source": "admin"},
+                    )
+        return response
