@@ -527,11 +527,43 @@ class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 # --- RA officers ----------------------------------------------------------------------
 
 
-class RequestViewSet(viewsets.GenericViewSet):
-    """Pending requests and the RA officer's decision on them."""
+class RequestFilter(django_filters.FilterSet):
+    requester = django_filters.CharFilter(
+        field_name="requester__username", help_text="The requester's user name."
+    )
+    state = django_filters.ChoiceFilter(choices=CertificateRequest.State.choices)
+    template = django_filters.CharFilter(field_name="template__slug")
+    decided_by = django_filters.CharFilter(
+        field_name="decided_by__username", help_text="The deciding officer's user name."
+    )
+    created_after = django_filters.IsoDateTimeFilter(
+        field_name="created_at", lookup_expr="gte", help_text="ISO 8601, inclusive."
+    )
+    created_before = django_filters.IsoDateTimeFilter(
+        field_name="created_at", lookup_expr="lt", help_text="ISO 8601, exclusive."
+    )
+
+    class Meta:
+        model = CertificateRequest
+        fields = ["requester", "state", "template", "decided_by", "created_after", "created_before"]
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Every request (RA officers)",
+        description=(
+            "Newest first, in every state, those issued without approval too; filtered like "
+            "/ra/requests/history/. A requester sees their own under /api/v1/enrollments/."
+        ),
+        responses={200: s.EnrollmentOut(many=True), **ERRORS},
+    ),
+)
+class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Every request, the pending ones, and the RA officer's decision on them."""
 
     permission_classes = [IsAuthenticated, IsRaOfficer]
     serializer_class = s.EnrollmentOut
+    filterset_class = RequestFilter
 
     def get_queryset(self) -> QuerySet[CertificateRequest]:
         requests = CertificateRequest.objects.select_related(
@@ -541,7 +573,17 @@ class RequestViewSet(viewsets.GenericViewSet):
             return requests.filter(state=CertificateRequest.State.PENDING).order_by(
                 "created_at", "id"
             )
+        if self.action == "list":
+            return requests.order_by("-created_at", "-id")
         return requests
+
+    def filter_queryset(
+        self, queryset: QuerySet[CertificateRequest]
+    ) -> QuerySet[CertificateRequest]:
+        """The filters are the list's; the pending queue and the decisions take none."""
+        if self.action != "list":
+            return queryset
+        return super().filter_queryset(queryset)
 
     @extend_schema(
         summary="Pending requests (RA officers)",

@@ -161,3 +161,75 @@ def test_a_rejection_must_say_why(clients, pending, body):
     assert "reason" in response.json()
     pending.refresh_from_db()
     assert pending.state == CertificateRequest.State.PENDING
+
+
+# --- every request, filtered ------------------------------------------------------------
+
+REQUESTS = "/api/v1/requests/"
+
+
+@pytest.fixture
+def decided(clients, pending, template, colleague):
+    """Alice's request rejected by Olivia; Bob's signing certificate issued at once."""
+    clients["officer"].post(
+        f"{REQUESTS}{pending.pk}/reject/", {"reason": "not in the pilot"}, format="json"
+    )
+    signing = template("smime-signing")
+    signing.requires_approval = False
+    signing.save()
+    issued = token_client(colleague).post(
+        ENROLLMENTS, server_key_body("smime-signing"), format="json"
+    )
+    assert issued.status_code == 201
+    return {"rejected": pending.pk, "issued": issued.json()["id"]}
+
+
+@pytest.mark.parametrize(
+    ("who", "status"), [("officer", 200), ("employee", 403), ("colleague", 403), ("anonymous", 401)]
+)
+def test_only_officers_list_every_request(clients, decided, who, status):
+    response = clients[who].get(REQUESTS)
+
+    assert response.status_code == status
+    if status != 200:
+        assert "results" not in response.json()
+
+
+def test_every_request_comes_newest_first(clients, decided):
+    results = clients["officer"].get(REQUESTS).json()["results"]
+
+    assert [r["id"] for r in results] == [decided["issued"], decided["rejected"]]
+    assert results[1]["decision_reason"] == "not in the pilot"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("requester=alice", ["rejected"]),
+        ("state=issued", ["issued"]),
+        ("decided_by=olivia", ["rejected"]),
+        ("template=smime-dual-use", []),
+        ("created_after=2000-01-01T00:00:00Z", ["issued", "rejected"]),
+        ("created_before=2000-01-01T00:00:00Z", []),
+    ],
+)
+def test_officers_filter_every_request(clients, decided, query, expected):
+    results = clients["officer"].get(f"{REQUESTS}?{query}").json()["results"]
+
+    assert [r["id"] for r in results] == [decided[name] for name in expected]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"), [("state=lost", "state"), ("created_after=yesterday", "created_after")]
+)
+def test_a_bad_filter_is_a_400_naming_it(clients, decided, query, field):
+    response = clients["officer"].get(f"{REQUESTS}?{query}")
+
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def test_the_pending_queue_ignores_the_lists_filters(clients, pending):
+    response = clients["officer"].get(f"{PENDING}?state=issued")
+
+    assert [r["id"] for r in response.json()["results"]] == [pending.pk]
