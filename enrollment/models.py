@@ -807,3 +807,33 @@ class ScheduledRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} last ran at {self.last_run_at:%Y-%m-%d %H:%M}"
+
+
+# --- API tokens -------------------------------------------------------------------------
+
+
+class ApiToken(models.Model):
+    """What the portal keeps about a knox API token besides its hash.
+
+    knox's AuthToken holds the digest, the lookup prefix (``token_key``), the owner and the
+    expiry; it has no name and no notion of use. This row, one per token and deleted with
+    it, holds the name its owner gave it and when it was last used (to the hour, so the
+    token check on every call writes at most once an hour). Pages and audit events name a
+    token by this row's id and the token's prefix, never by the digest (knox's primary key).
+    """
+
+    auth_token = models.OneToOneField(
+        settings.KNOX_TOKEN_MODEL, on_delete=models.CASCADE, related_name="api_token"
+    )
+    label = models.CharField(
+        max_length=100, blank=True, help_text="Its owner's name for it; empty for old tokens."
+    )
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it last authenticated a call, to the hour."
+    )
+
+    class Meta:
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.label or 'unnamed token'} ({self.auth_token.token_key}…)"

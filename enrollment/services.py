@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import functools
 import logging
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from knox.models import AuthToken
+
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Q
+from django.db.models.signals import post_save
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -38,6 +43,7 @@ from enrollment.exceptions import (
     public_message,
 )
 from enrollment.models import (
+    ApiToken,
     ArchivedKey,
     AuditEvent,
     Certificate,
@@ -1500,24 +1506,178 @@ def request_withdraw(
 
 # --- API tokens -----------------------------------------------------------------------
 
+# The last use of a token is recorded at most this often (enrollment.api.authentication):
+# the check on every API call stays the one read of the token and its user.
+LAST_USE_RESOLUTION = timedelta(hours=1)
+API_TOKEN_LABEL_MAX_LENGTH = 100
+# Unicode categories a token's name may not hold: controls, format characters (bidi
+# overrides that reorder what the audit trail shows), surrogates, private use, unassigned,
+# and line and paragraph separators.
+_LABEL_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
-def api_token_record(
-    *, user: AbstractBaseUser, event: str, source_address: str | None = None
-) -> None:
-    """Audit minting or revoking API tokens (knox stores them; we record who and when)."""
-    if event not in ("create", "revoke", "revoke_all"):
-        raise ValueError(f"unknown token event {event!r}")
-    audit_record(
-        action=f"api_token.{event}", actor=user, target=user, source_address=source_address
+
+class TokenVia:
+    """Where a token was made or revoked, as audit events and e-mails name it."""
+
+    WEB = "web"  # /account/tokens/
+    API = "api"  # /api/v1/auth/
+    ADMIN = "admin"
+
+
+def api_token_label_problem(label: str) -> str | None:
+    """What is wrong with a token name, or None: a name is shown on pages, in e-mails and
+    in the audit trail, so it is plain, printable text."""
+    if len(label) > API_TOKEN_LABEL_MAX_LENGTH:
+        return f"Keep the name to {API_TOKEN_LABEL_MAX_LENGTH} characters or fewer."
+    if any(unicodedata.category(char) in _LABEL_REFUSED_CATEGORIES for char in label):
+        return "Use letters, digits, spaces and punctuation: no control or invisible characters."
+    return None
+
+
+def _live_tokens(owner: AbstractBaseUser) -> list[AuthToken]:
+    now = timezone.now()
+    return list(
+        AuthToken.objects.filter(user=owner)
+        .filter(Q(expiry__gt=now) | Q(expiry__isnull=True))
+        .select_related("api_token")
     )
+
+
+def _token_facts(token: AuthToken) -> dict[str, object]:
+    """How audit events and e-mails name a token: its prefix and name, never its digest."""
+    named = getattr(token, "api_token", None)
+    return {"prefix": token.token_key, "label": named.label if named is not None else ""}
+
+
+@sensitive_variables("clear")
+def api_token_create(
+    *,
+    owner: AbstractBaseUser,
+    label: str,
+    lifetime_days: int | None = None,
+    via: str,
+    source_address: str | None = None,
+) -> tuple[ApiToken, str]:
+    """Mint an API token for its owner; returns its row and the token, in clear, once.
+
+    Only knox's digest of the token is stored. ``lifetime_days`` defaults to, and may
+    never exceed, API_TOKEN_TTL_DAYS; an owner holds at most PKIPORTAL_MAX_API_TOKENS
+    live tokens, each under a name of its own (the API may leave it empty).
+    """
+    label = label.strip()
+    problem = api_token_label_problem(label)
+    if problem is not None:
+        raise PolicyViolation(problem, field="label")
+    if via == TokenVia.WEB and not label:
+        raise PolicyViolation("Name the token, e.g. after the script that uses it.", field="label")
+    longest = settings.API_TOKEN_TTL_DAYS
+    days = longest if lifetime_days is None else lifetime_days
+    if not 1 <= days <= longest:
+        raise PolicyViolation(
+            f"A token lives 1 to {longest} days (API_TOKEN_TTL_DAYS).", field="lifetime_days"
+        )
+    with transaction.atomic():
+        # One creation per person at a time, so two at once cannot both pass the cap.
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+        live = _live_tokens(owner)
+        cap = settings.PKIPORTAL_MAX_API_TOKENS
+        if len(live) >= cap:
+            raise PolicyViolation(
+                f"You already have {len(live)} API tokens, the most one person may hold "
+                f"({cap}); revoke one you no longer use first."
+            )
+        if label and label.casefold() in {
+            str(_token_facts(token)["label"]).casefold() for token in live
+        }:
+            raise PolicyViolation(
+                "You already have a token with that name; choose another.", field="label"
+            )
+        token, clear = AuthToken.objects.create(user=owner, expiry=timedelta(days=days))
+        named = token.api_token  # made with the token (_api_token_row)
+        named.label = label
+        named.save(update_fields=["label"])
+        audit_record(
+            action="api_token.create",
+            actor=owner,
+            target=owner,
+            source_address=source_address,
+            detail={**_token_facts(token), "expires": token.expiry, "via": via},
+        )
+    return named, clear
+
+
+def api_token_revoke(
+    *,
+    token: AuthToken,
+    actor: Actor,
+    via: str,
+    source_address: str | None = None,
+) -> bool:
+    """Revoke one token (delete it: knox has no other state); False if it was gone already."""
+    facts = _token_facts(token)
+    owner = token.user
+    with transaction.atomic():
+        deleted, _per_model = AuthToken.objects.filter(pk=token.pk).delete()
+        if not deleted:
+            return False
+        audit_record(
+            action="api_token.revoke",
+            actor=actor,
+            target=owner,
+            source_address=source_address,
+            detail={**facts, "via": via},
+        )
+    return True
+
+
+def api_tokens_revoke_all(
+    *, owner: AbstractBaseUser, actor: Actor, via: str, source_address: str | None = None
+) -> int:
+    """Revoke every token of the owner (a lost laptop, a leaked script); how many."""
+    with transaction.atomic():
+        tokens = list(
+            AuthToken.objects.filter(user=owner).select_related("api_token").order_by("created")
+        )
+        AuthToken.objects.filter(pk__in=[token.pk for token in tokens]).delete()
+        audit_record(
+            action="api_token.revoke_all",
+            actor=actor,
+            target=owner,
+            source_address=source_address,
+            detail={
+                "count": len(tokens),
+                "prefixes": [token.token_key for token in tokens],
+                "via": via,
+            },
+        )
+    return len(tokens)
+
+
+def api_token_use_record(*, auth_token: AuthToken, at: datetime) -> None:
+    """Note that a token authenticated a call. Not audited: the calls it makes are.
+
+    Each process calls this at most once an hour per token; the condition makes the
+    calls of other processes in the same hour change nothing.
+    """
+    ApiToken.objects.filter(auth_token_id=auth_token.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lte=at - LAST_USE_RESOLUTION)
+    ).update(last_used_at=at)
+
+
+def _api_token_row(sender: Any, instance: AuthToken, created: bool, **kwargs: Any) -> None:
+    """Every knox token gets its row, whoever made it (our services, tests, a shell)."""
+    if created and not kwargs.get("raw"):
+        ApiToken.objects.create(auth_token=instance)
+
+
+def api_token_rows_connect() -> None:
+    post_save.connect(_api_token_row, sender=AuthToken, dispatch_uid="api_token_row")
 
 
 def api_tokens_purge() -> int:
     """Delete expired API tokens; how many. Only the daily task does it, not every request."""
-    from knox.models import AuthToken
-
-    deleted, _ = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()
-    return deleted
+    _deleted, per_model = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()
+    return per_model.get(AuthToken._meta.label, 0)
 
 
 # --- background work ------------------------------------------------------------------

@@ -280,10 +280,25 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "pkiportal.api.exception_handler",
 }
-REST_KNOX = {"TOKEN_TTL": timedelta(days=env.int("API_TOKEN_TTL_DAYS", default=90))}
+API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=90)
+if API_TOKEN_TTL_DAYS < 1:
+    raise ImproperlyConfigured("API_TOKEN_TTL_DAYS must be at least 1.")
+# The longest a token lives; a person may choose a shorter life (/account/tokens/).
+REST_KNOX = {"TOKEN_TTL": timedelta(days=API_TOKEN_TTL_DAYS)}
+# knox's own default, named so enrollment.ApiToken can point at the (swappable) model.
+KNOX_TOKEN_MODEL = "knox.AuthToken"
+# Live API tokens one person may hold (web page and API alike).
+PKIPORTAL_MAX_API_TOKENS = env.int("PKIPORTAL_MAX_API_TOKENS", default=10)
+if PKIPORTAL_MAX_API_TOKENS < 1:
+    raise ImproperlyConfigured("PKIPORTAL_MAX_API_TOKENS must be at least 1.")
 SPECTACULAR_SETTINGS = {
     "TITLE": "pkiportal API",
-    "DESCRIPTION": "Self-service S/MIME PKI: enrolment, certificates, directory.",
+    "DESCRIPTION": (
+        "Self-service S/MIME PKI: enrolment, certificates, directory.\n\n"
+        "Scripts authenticate with an API token: `Authorization: Token <token>`. Create one "
+        "on the portal page [/account/tokens/](/account/tokens/) (it works with single "
+        "sign-on), or with `POST /api/v1/auth/token/` and your portal password."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI from drf-spectacular-sidecar's static files: the docs page works without

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+from datetime import datetime, timedelta
 from hmac import compare_digest
 from typing import Any
 
@@ -22,7 +23,8 @@ from rest_framework import status
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.exceptions import APIException, AuthenticationFailed
 
-from enrollment import hotsql
+from enrollment import hotsql, services
+from enrollment.services import LAST_USE_RESOLUTION
 
 
 class TokenAuthentication(knox_auth.TokenAuthentication):
@@ -52,7 +54,9 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
             if compare_digest(digest, auth_token.digest):
                 if knox_settings.AUTO_REFRESH and auth_token.expiry:
                     self.renew_token(auth_token)
-                return self.validate_user(auth_token)
+                user_and_token = self.validate_user(auth_token)
+                _note_use(auth_token)
+                return user_and_token
         raise _refused()
 
     def _cleanup_token(self, auth_token: AuthToken) -> bool:
@@ -62,6 +66,25 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
         auth_token.delete()
         token_expired.send(sender=type(self), username=username, source="auth_token")
         return True
+
+
+# When this process last recorded each token's use (by digest): the check on every call
+# writes at most once an hour per token and process, and never reads for it. Bounded: a
+# process that has seen more tokens than this starts over (a few repeated writes).
+_uses_recorded: dict[str, datetime] = {}
+_USES_REMEMBERED = 10_000
+
+
+def _note_use(auth_token: AuthToken) -> None:
+    """Record when the token was used, to the hour, without touching the token query."""
+    now = timezone.now()
+    last = _uses_recorded.get(auth_token.digest)
+    if last is not None and timedelta(0) <= now - last < LAST_USE_RESOLUTION:
+        return
+    if len(_uses_recorded) >= _USES_REMEMBERED:
+        _uses_recorded.clear()
+    _uses_recorded[auth_token.digest] = now
+    services.api_token_use_record(auth_token=auth_token, at=now)
 
 
 def _refused() -> AuthenticationFailed:

@@ -469,8 +469,31 @@ def substitution_notice(request: CertificateRequest, certificate: Certificate) -
     )
 
 
+class TokenIn(serializers.Serializer):
+    """What a new API token is called and how long it lives; both optional."""
+
+    label = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=100,
+        help_text="Your name for it, e.g. the script that uses it; unique among your tokens.",
+    )
+    lifetime_days = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=1,
+        help_text="Days until it expires: 1 to API_TOKEN_TTL_DAYS (90 by default), the default.",
+    )
+
+
 class TokenOut(serializers.Serializer):
     """A new API token: shown once, stored only as a hash."""
 
     token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
     expiry = serializers.DateTimeField(allow_null=True)
+    label = serializers.CharField()
+    prefix = serializers.CharField(
+        help_text="The token's first characters, as /account/tokens/ lists it."
+    )

@@ -10,10 +10,10 @@ import re
 from typing import Any
 
 import django_filters
-from knox import views as knox_views
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import Http404
@@ -33,6 +33,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from enrollment import services
 from enrollment.api import serializers as s
@@ -645,17 +646,11 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 # --- API tokens -----------------------------------------------------------------------
 
 
-def _record_token(request: Request, response: Response, event: str) -> None:
-    if response.status_code < 300 and request.user.is_authenticated:
-        services.api_token_record(
-            user=request.user, event=event, source_address=client_address(request)
-        )
-
-
-class TokenCreateView(knox_views.LoginView):
+class TokenCreateView(APIView):
     """Mint an API token from a browser session or HTTP basic credentials.
 
-    Not from another token: a stolen token must not be able to outlive its expiry.
+    Not from another token: a stolen token must not be able to outlive its expiry. The
+    web page /account/tokens/ does the same for people who sign in without a password.
     """
 
     authentication_classes = [AxesBasicAuthentication, SessionAuthentication]
@@ -664,23 +659,45 @@ class TokenCreateView(knox_views.LoginView):
     @extend_schema(
         summary="Create an API token",
         description=(
-            "Sign in with HTTP basic (your portal user name and password) or a session. "
-            "The token is shown once; the server keeps only its hash. Use it as "
-            "`Authorization: Token <token>`."
+            "Sign in with HTTP basic (your portal user name and password) or a session; "
+            "with single sign-on, create tokens on the portal page `/account/tokens/` "
+            "instead. The token is shown once; the server keeps only its hash. Use it as "
+            "`Authorization: Token <token>`. One person holds at most "
+            "PKIPORTAL_MAX_API_TOKENS (10) live tokens."
         ),
-        request=None,
-        responses={200: s.TokenOut, 401: ERRORS[401], 429: ENROLMENT_LIMITS[429]},
+        request=s.TokenIn,
+        responses={
+            200: s.TokenOut,
+            400: ERRORS[400],
+            401: ERRORS[401],
+            429: ENROLMENT_LIMITS[429],
+        },
     )
+    @sensitive_variables("clear")
     def post(self, request: Request, format: Any = None) -> Response:
-        response = super().post(request, format=format)
-        _record_token(request, response, "create")
+        serializer = s.TokenIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        named, clear = services.api_token_create(
+            owner=request.user,
+            label=serializer.validated_data["label"],
+            lifetime_days=serializer.validated_data["lifetime_days"],
+            via=services.TokenVia.API,
+            source_address=client_address(request),
+        )
+        # As knox does: Django records the sign-in, django-axes resets the failures.
+        user_logged_in.send(sender=type(request.user), request=request, user=request.user)
+        token = named.auth_token
+        body = {"token": clear, "expiry": token.expiry, "label": named.label}
+        response = Response(s.TokenOut({**body, "prefix": token.token_key}).data)
+        response["Cache-Control"] = "no-store"
         return response
 
 
-class TokenLogoutView(knox_views.LogoutView):
+class TokenLogoutView(APIView):
     """Revoke the token this request was made with."""
 
     authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
 
     @extend_schema(
         summary="Revoke this API token",
@@ -688,15 +705,21 @@ class TokenLogoutView(knox_views.LogoutView):
         responses={204: OpenApiResponse(description="Revoked."), 401: ERRORS[401]},
     )
     def post(self, request: Request, format: Any = None) -> Response:
-        response = super().post(request, format=format)
-        _record_token(request, response, "revoke")
-        return response
+        services.api_token_revoke(
+            token=request.auth,
+            actor=request.user,
+            via=services.TokenVia.API,
+            source_address=client_address(request),
+        )
+        user_logged_out.send(sender=type(request.user), request=request, user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TokenLogoutAllView(knox_views.LogoutAllView):
+class TokenLogoutAllView(APIView):
     """Revoke every API token of the token's owner (a leaked script, a lost laptop)."""
 
     authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
 
     @extend_schema(
         summary="Revoke all my API tokens",
@@ -704,6 +727,11 @@ class TokenLogoutAllView(knox_views.LogoutAllView):
         responses={204: OpenApiResponse(description="Revoked."), 401: ERRORS[401]},
     )
     def post(self, request: Request, format: Any = None) -> Response:
-        response = super().post(request, format=format)
-        _record_token(request, response, "revoke_all")
-        return response
+        services.api_tokens_revoke_all(
+            owner=request.user,
+            actor=request.user,
+            via=services.TokenVia.API,
+            source_address=client_address(request),
+        )
+        user_logged_out.send(sender=type(request.user), request=request, user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)

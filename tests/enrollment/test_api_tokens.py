@@ -6,6 +6,7 @@ import base64
 from datetime import timedelta
 
 import pytest
+import time_machine
 from axes.models import AccessAttempt
 from knox.models import AuthToken
 
@@ -172,6 +173,7 @@ def test_a_token_check_reads_only_the_presented_token(employee, django_assert_nu
     _, valid = AuthToken.objects.create(user=employee)
     AuthToken.objects.create(user=employee, expiry=timedelta(seconds=-1))
     request = APIRequestFactory().get(CERTIFICATES, HTTP_AUTHORIZATION=f"Token {valid}")
+    TokenAuthentication().authenticate(request)  # its first use this hour is written once
 
     with django_assert_num_queries(1):
         user, token = TokenAuthentication().authenticate(request)
@@ -237,3 +239,115 @@ def test_the_daily_purge_deletes_expired_tokens_only(employee, colleague):
     assert not AuthToken.objects.filter(user=employee).exists()
     schedule = django_settings.CELERY_BEAT_SCHEDULE
     assert schedule["api-tokens-purge"]["task"] == api_tokens_purge_task.name
+
+
+# --- names, lifetimes and the cap, as on /account/tokens/ ---------------------------------
+
+
+def _stored() -> tuple[int, int]:
+    from enrollment.models import AuditEvent
+
+    return AuthToken.objects.count(), AuditEvent.objects.count()
+
+
+def test_a_token_may_be_named_and_given_a_shorter_life(employee):
+    moment = timezone.now().replace(microsecond=0)
+    with time_machine.travel(moment, tick=False):
+        response = token_client(None).post(
+            TOKEN, {"label": "cron on db-01", "lifetime_days": 7}, format="json",
+            **basic("alice", SIGN_IN_PASSWORD),
+        )  # fmt: skip
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["label"] == "cron on db-01"
+    assert body["prefix"] == body["token"][:15]
+    stored = AuthToken.objects.get(user=employee)
+    assert stored.expiry == moment + timedelta(days=7)
+    assert stored.api_token.label == "cron on db-01"
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_without_a_body_it_is_unnamed_and_lives_api_token_ttl_days(employee, settings):
+    settings.API_TOKEN_TTL_DAYS = 12
+    moment = timezone.now().replace(microsecond=0)
+    with time_machine.travel(moment, tick=False):
+        response = token_client(None).post(TOKEN, **basic("alice", SIGN_IN_PASSWORD))
+
+    assert response.status_code == 200
+    assert response.json()["label"] == ""
+    assert AuthToken.objects.get(user=employee).expiry == moment + timedelta(days=12)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"lifetime_days": 91}, "lifetime_days"),  # API_TOKEN_TTL_DAYS is 90
+        ({"lifetime_days": 0}, "lifetime_days"),
+        ({"lifetime_days": "soon"}, "lifetime_days"),
+        ({"label": "x" * 101}, "label"),
+        ({"label": "line\nbreak"}, "label"),
+        ({"label": "nul\x00"}, "label"),
+        ({"label": ["a", "list"]}, "label"),
+    ],
+)
+def test_a_bad_name_or_lifetime_is_400_naming_it_and_stores_nothing(employee, body, field):
+    before = _stored()
+
+    response = session_client(employee).post(TOKEN, body, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    assert _stored() == before
+
+
+def test_the_api_keeps_to_the_same_cap_and_names_as_the_page(employee, settings):
+    settings.PKIPORTAL_MAX_API_TOKENS = 2
+    client = session_client(employee)
+    assert client.post(TOKEN, {"label": "one"}, format="json").status_code == 200
+    twin = client.post(TOKEN, {"label": "ONE"}, format="json")
+    assert client.post(TOKEN, {}, format="json").status_code == 200
+    before = _stored()
+
+    over = client.post(TOKEN, {"label": "three"}, format="json")
+
+    assert twin.status_code == 400
+    assert "already have a token with that name" in twin.json()["label"][0]
+    assert over.status_code == 400
+    assert "the most one person may hold (2)" in over.json()["detail"]
+    assert _stored() == before
+
+
+def test_api_and_web_audit_the_same_facts(employee):
+    from enrollment.models import AuditEvent
+
+    client = token_client(None)
+    minted = client.post(
+        TOKEN, {"label": "ci"}, format="json", **basic("alice", SIGN_IN_PASSWORD)
+    ).json()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {minted['token']}")
+    client.post(LOGOUT)
+    other = token_client(employee)
+    other.post(LOGOUT_ALL)
+
+    created, revoked, revoked_all = (
+        e.detail for e in AuditEvent.objects.filter(action__startswith="api_token.").order_by("id")
+    )
+    assert created["prefix"] == minted["prefix"]
+    assert (created["label"], created["via"]) == ("ci", "api")
+    assert revoked == {"prefix": minted["prefix"], "label": "ci", "via": "api"}
+    assert revoked_all["via"] == "api"
+    assert revoked_all["count"] == 1
+
+
+def test_an_existing_token_of_a_deactivated_account_stops_working_at_once(employee):
+    client = token_client(employee)
+    assert client.get(CERTIFICATES).status_code == 200
+
+    employee.is_active = False
+    employee.save()
+
+    assert client.get(CERTIFICATES).status_code == 401
+    employee.is_active = True
+    employee.save()
+    assert client.get(CERTIFICATES).status_code == 200  # reactivated: it was never deleted
