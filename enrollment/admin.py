@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from knox.models import AuthToken
+
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
@@ -15,6 +17,7 @@ from enrollment.change_audit import template_record, template_state
 from enrollment.edge import client_address
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
+    ApiToken,
     ArchivedKey,
     AuditEvent,
     Certificate,
@@ -240,3 +243,71 @@ class KeyRecoveryRequestAdmin(ReadOnlyAdmin):
     list_display = ["pk", "certificate", "requested_by", "state", "performed_by", "created_at"]
     list_filter = ["state"]
     exclude = ["bundle"]  # encrypted, but nobody needs to see it here
+
+
+# knox's own page lists tokens by their digest, lets anyone with the permission mint one
+# (shown in a message, which lives in the session or a cookie) and deletes unaudited.
+if admin.site.is_registered(AuthToken):
+    admin.site.unregister(AuthToken)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyAdmin):
+    """Everyone's API tokens by owner, name and prefix; revoking one (a leaver's, a leaked
+    one) goes through the service: audited, and its owner is e-mailed. None is made here:
+    people make their own at /account/tokens/."""
+
+    list_display = ["label_or_none", "owner", "prefix", "created", "expiry", "last_used_at"]
+    list_select_related = ["auth_token__user"]
+    search_fields = ["label", "=auth_token__user__username", "^auth_token__token_key"]
+    search_help_text = "Name, exact user name, or the token's first characters."
+    fields = readonly_fields = (
+        "label_or_none",
+        "owner",
+        "prefix",
+        "created",
+        "expiry",
+        "last_used_at",
+    )
+    ordering = ["-auth_token__created"]
+
+    @admin.display(description="name", ordering="label")
+    def label_or_none(self, obj: ApiToken) -> str:
+        return obj.label or "(no name)"
+
+    @admin.display(description="owner", ordering="auth_token__user__username")
+    def owner(self, obj: ApiToken) -> str:
+        return str(obj.auth_token.user.get_username())
+
+    @admin.display(description="starts with")
+    def prefix(self, obj: ApiToken) -> str:
+        return f"{obj.auth_token.token_key}…"
+
+    @admin.display(ordering="auth_token__created")
+    def created(self, obj: ApiToken) -> Any:
+        return obj.auth_token.created
+
+    @admin.display(ordering="auth_token__expiry")
+    def expiry(self, obj: ApiToken) -> Any:
+        return obj.auth_token.expiry
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("enrollment.view_apitoken") or self.has_delete_permission(
+            request, obj
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("enrollment.delete_apitoken")
+
+    def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
+        services.api_token_revoke(
+            token=obj.auth_token,
+            actor=request.user,
+            via=services.TokenVia.ADMIN,
+            source_address=client_address(request),
+        )
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        with transaction.atomic():
+            for named in queryset.select_related("auth_token__user"):
+                self.delete_model(request, named)

@@ -259,3 +259,66 @@ class WithdrawForm(PortalForm):
         "request again.",
         error_messages={"required": "Tick the box to confirm."},
     )
+
+
+# --- API tokens (/account/tokens/) ----------------------------------------------------
+
+# Lifetimes offered besides the longest allowed (API_TOKEN_TTL_DAYS), which is always one.
+TOKEN_LIFETIMES = (1, 7, 30, 90, 180, 365)
+TOKEN_DEFAULT_LIFETIME = 30
+
+
+def token_lifetime_choices() -> list[tuple[int, str]]:
+    """1 day up to API_TOKEN_TTL_DAYS, never beyond: read when the form is made, so a
+    changed setting needs no restart of this module."""
+    longest = settings.API_TOKEN_TTL_DAYS
+    days = sorted({*(d for d in TOKEN_LIFETIMES if d < longest), longest})
+    return [
+        (d, f"{d} day{'s' if d != 1 else ''}" + (" (the longest allowed)" if d == longest else ""))
+        for d in days
+    ]
+
+
+class ApiTokenForm(PortalForm):
+    """Name a new API token and choose how long it lives; the service decides the rest."""
+
+    label = forms.CharField(
+        label="Name",
+        max_length=100,
+        help_text="What uses it, so you know which one to revoke later: e.g. "
+        "“backup script on build-01”.",
+        error_messages={"required": "Name the token, e.g. after the script that uses it."},
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    lifetime_days = forms.TypedChoiceField(
+        label="Expires after",
+        coerce=int,
+        help_text="A shorter life limits what a leaked token can do; create a new one when it "
+        "expires.",
+        error_messages={
+            "required": "Choose how long the token lives.",
+            "invalid_choice": "Choose one of the lifetimes offered.",
+        },
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = token_lifetime_choices()
+        field = self.fields["lifetime_days"]
+        field.choices = choices  # type: ignore[attr-defined]
+        offered = [days for days, _label in choices]
+        field.initial = TOKEN_DEFAULT_LIFETIME if TOKEN_DEFAULT_LIFETIME in offered else offered[-1]
+
+
+class ConfirmForm(PortalForm):
+    """A tick before something that cannot be undone (revoking API tokens)."""
+
+    def __init__(self, *args: Any, id_prefix: str, what: str = "it", **kwargs: Any) -> None:
+        # Ids of their own: the tokens page holds one form per token and one for all.
+        kwargs.setdefault("auto_id", f"{id_prefix}-%s")
+        super().__init__(*args, **kwargs)
+        self.fields[
+            "confirm"
+        ].label = f"I understand that scripts using {what} stop working at once."
+
+    confirm = forms.BooleanField(error_messages={"required": "Tick the box to confirm."})

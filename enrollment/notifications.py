@@ -7,6 +7,7 @@ down never undoes a decision: failures are logged.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -14,7 +15,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from enrollment.models import Certificate, CertificateRequest
+from enrollment.models import ApiToken, Certificate, CertificateRequest
 
 logger = logging.getLogger(__name__)
 
@@ -70,5 +71,34 @@ def certificate_revoked(certificate: Certificate, *, actor: object = None) -> No
             "by_holder": getattr(actor, "pk", None) == owner.pk,
             "url": reverse("enrollment:certificate-detail", args=[certificate.pk]),
         },
+        owner.email,
+    )
+
+
+def api_token_created(api_token: ApiToken, *, via: str, source_address: str | None) -> None:
+    """A token outlives the session that made it: a stolen session or password that mints
+    one shows up in the owner's mailbox, with where to revoke it."""
+    token = api_token.auth_token
+    _send(
+        "A new API token was created for your account",
+        "enrollment/email/api_token_created.txt",
+        {
+            "api_token": api_token,
+            "auth_token": token,
+            "via": via,
+            "source_address": source_address,
+            "url": reverse("enrollment:token-list"),
+        },
+        token.user.email,
+    )
+
+
+def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> None:
+    """Someone else (an administrator) revoked one of the owner's tokens: scripts that use
+    it stop working, and its owner should know why."""
+    _send(
+        "One of your API tokens was revoked",
+        "enrollment/email/api_token_revoked.txt",
+        {"owner": owner, "facts": facts, "actor": actor, "url": reverse("enrollment:token-list")},
         owner.email,
     )

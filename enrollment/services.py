@@ -1603,6 +1603,9 @@ def api_token_create(
             source_address=source_address,
             detail={**_token_facts(token), "expires": token.expiry, "via": via},
         )
+        from enrollment.notifications import api_token_created
+
+        api_token_created(named, via=via, source_address=source_address)
     return named, clear
 
 
@@ -1613,7 +1616,10 @@ def api_token_revoke(
     via: str,
     source_address: str | None = None,
 ) -> bool:
-    """Revoke one token (delete it: knox has no other state); False if it was gone already."""
+    """Revoke one token (delete it: knox has no other state); False if it was gone already.
+
+    Its owner is e-mailed when someone else revoked it (an administrator, for a leaver).
+    """
     facts = _token_facts(token)
     owner = token.user
     with transaction.atomic():
@@ -1627,6 +1633,10 @@ def api_token_revoke(
             source_address=source_address,
             detail={**facts, "via": via},
         )
+        if getattr(actor, "pk", None) != owner.pk:
+            from enrollment.notifications import api_token_revoked
+
+            api_token_revoked(owner, facts=facts, actor=actor)
     return True
 
 

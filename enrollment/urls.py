@@ -1,8 +1,8 @@
-"""Web pages of the CA side: /enroll/, /certificates/, /ra/."""
+"""Web pages of the CA side: /enroll/, /certificates/, /ra/, and /account/tokens/."""
 
 from django.urls import path
 
-from enrollment import views
+from enrollment import token_views, views
 
 app_name = "enrollment"
 
@@ -22,6 +22,10 @@ urlpatterns = [
     path("certificates/<int:pk>/renew/", views.certificate_renew, name="certificate-renew"),
     path("certificates/<int:pk>/revoke/", views.certificate_revoke, name="certificate-revoke"),
     path("help/mail-clients/", views.help_mail_clients, name="help-mail-clients"),
+    path("account/tokens/", token_views.token_list, name="token-list"),
+    path("account/tokens/new/", token_views.token_create, name="token-create"),
+    path("account/tokens/<int:pk>/revoke/", token_views.token_revoke, name="token-revoke"),
+    path("account/tokens/revoke-all/", token_views.token_revoke_all, name="token-revoke-all"),
     path("ra/requests/", views.ra_requests, name="ra-requests"),
     path("ra/requests/<int:pk>/decide/", views.ra_decide, name="ra-decide"),
 ]

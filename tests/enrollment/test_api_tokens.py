@@ -340,6 +340,19 @@ def test_api_and_web_audit_the_same_facts(employee):
     assert revoked_all["count"] == 1
 
 
+def test_someone_without_a_portal_password_gets_a_token_from_the_page(employee):
+    """Single sign-on and directory accounts have no password HTTP basic could check."""
+    employee.set_unusable_password()
+    employee.save()
+    assert token_client(None).post(TOKEN, **basic("alice", "")).status_code == 401
+
+    client = session_client(employee)
+    page = client.post("/account/tokens/new/", {"label": "sso laptop", "lifetime_days": "30"})
+
+    assert page.status_code == 200
+    assert _with_token(page.context["token"]).get(CERTIFICATES).status_code == 200
+
+
 def test_an_existing_token_of_a_deactivated_account_stops_working_at_once(employee):
     client = token_client(employee)
     assert client.get(CERTIFICATES).status_code == 200

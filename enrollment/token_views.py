@@ -1,0 +1,158 @@
+"""/account/tokens/: a signed-in person's own API tokens: list, create, revoke.
+
+The way to an API token for people who sign in with single sign-on or a directory and
+so have no portal password for HTTP basic. A new token is in the one response to the
+POST that made it (``no-store``): never in a message, the session, a URL or a log, and
+the database holds only knox's digest. Every page is the owner's alone: another person's
+token is a 404, whoever asks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
+from django.views.decorators.http import require_POST, require_safe
+
+from enrollment import services
+from enrollment.edge import client_address, show_error
+from enrollment.exceptions import EnrollmentError
+from enrollment.forms import ApiTokenForm, ConfirmForm
+from enrollment.models import ApiToken
+
+WEB = services.TokenVia.WEB
+
+
+def _own_tokens(user: Any) -> QuerySet[ApiToken]:
+    return (
+        ApiToken.objects.filter(auth_token__user=user)
+        .select_related("auth_token")
+        .order_by("-auth_token__created", "-id")
+    )
+
+
+def _revoke_form(token: ApiToken, data: Any = None) -> ConfirmForm:
+    return ConfirmForm(data, id_prefix=f"revoke-{token.pk}")
+
+
+def _revoke_all_form(data: Any = None) -> ConfirmForm:
+    return ConfirmForm(data, id_prefix="revoke-all", what="them")
+
+
+def _page(
+    request: HttpRequest,
+    *,
+    form: ApiTokenForm | None = None,
+    failed: tuple[int, ConfirmForm] | None = None,
+    revoke_all_form: ConfirmForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    now = timezone.now()
+    rows = []
+    live = 0
+    for token in _own_tokens(request.user):
+        expiry = token.auth_token.expiry
+        expired = expiry is not None and expiry <= now
+        live += not expired
+        revoke = failed[1] if failed and failed[0] == token.pk else _revoke_form(token)
+        rows.append({"token": token, "expired": expired, "revoke_form": revoke})
+    cap = settings.PKIPORTAL_MAX_API_TOKENS
+    context = {
+        "rows": rows,
+        "form": form or ApiTokenForm(),
+        "revoke_all_form": revoke_all_form or _revoke_all_form(),
+        "cap": cap,
+        "at_cap": live >= cap,
+        "longest_days": settings.API_TOKEN_TTL_DAYS,
+    }
+    return render(request, "enrollment/tokens.html", context, status=status)
+
+
+@never_cache
+@login_required
+@require_safe
+def token_list(request: HttpRequest) -> HttpResponse:
+    """My API tokens by name and prefix, a form for a new one, and revocation."""
+    return _page(request)
+
+
+# The new token is a local here and in the template's context: out of error reports.
+@sensitive_variables()
+@never_cache
+@login_required
+@require_POST
+def token_create(request: HttpRequest) -> HttpResponse:
+    """Mint a token and show it once, in this response only."""
+    form = ApiTokenForm(request.POST)
+    if not form.is_valid():
+        return _page(request, form=form, status=400)
+    try:
+        named, clear = services.api_token_create(
+            owner=request.user,
+            label=form.cleaned_data["label"],
+            lifetime_days=form.cleaned_data["lifetime_days"],
+            via=WEB,
+            source_address=client_address(request),
+        )
+    except EnrollmentError as exc:
+        return _page(request, form=form, status=show_error(form, exc))
+    example = request.build_absolute_uri(reverse("enrollment-api:certificate-list"))
+    return render(
+        request,
+        "enrollment/token_created.html",
+        {"api_token": named, "token": clear, "example_url": example},
+    )
+
+
+@never_cache
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    """Revoke one of my tokens; anyone else's does not exist here."""
+    named = get_object_or_404(
+        ApiToken.objects.select_related("auth_token__user"), pk=pk, auth_token__user=request.user
+    )
+    form = _revoke_form(named, request.POST)
+    if not form.is_valid():
+        return _page(request, failed=(named.pk, form), status=400)
+    revoked = services.api_token_revoke(
+        token=named.auth_token,
+        actor=request.user,
+        via=WEB,
+        source_address=client_address(request),
+    )
+    name = f"“{named.label}”" if named.label else "The unnamed token"
+    if revoked:
+        messages.success(
+            request, f"{name} ({named.auth_token.token_key}…) is revoked: it no longer works."
+        )
+    else:
+        messages.info(request, f"{name} was already revoked.")
+    return redirect("enrollment:token-list")
+
+
+@never_cache
+@login_required
+@require_POST
+def token_revoke_all(request: HttpRequest) -> HttpResponse:
+    """Revoke every token I hold: a lost laptop, a leaked script, someone else's doing."""
+    form = _revoke_all_form(request.POST)
+    if not form.is_valid():
+        return _page(request, revoke_all_form=form, status=400)
+    count = services.api_tokens_revoke_all(
+        owner=request.user, actor=request.user, via=WEB, source_address=client_address(request)
+    )
+    messages.success(
+        request,
+        f"Revoked {count} token{'s' if count != 1 else ''}: none of your tokens works any more.",
+    )
+    return redirect("enrollment:token-list")

@@ -1,0 +1,17 @@
+// A "Copy" button for a value shown once (a new API token). Without JavaScript, or where
+// the clipboard is refused, the read-only field is still there to select and copy by hand.
+"use strict";
+document.querySelectorAll("button[data-copy]").forEach(function (button) {
+  var field = document.getElementById(button.getAttribute("data-copy"));
+  var copied = button.parentElement.querySelector("[data-copied]");
+  if (!field || !navigator.clipboard) { return; }
+  button.hidden = false;
+  button.addEventListener("click", function () {
+    field.select();
+    navigator.clipboard.writeText(field.value).then(function () {
+      if (copied) { copied.hidden = false; }
+    }, function () {
+      if (copied) { copied.textContent = "Select the token and copy it by hand."; copied.hidden = false; }
+    });
+  });
+});
