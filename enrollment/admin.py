@@ -240,7 +240,15 @@ class AuditEventAdmin(ReadOnlyAdmin):
 class KeyRecoveryRequestAdmin(ReadOnlyAdmin):
     """Recoveries happen at /ra/recovery/ under dual control; the admin only shows them."""
 
-    list_display = ["pk", "certificate", "requested_by", "state", "performed_by", "created_at"]
+    list_display = [
+        "pk",
+        "certificate",
+        "asked_by",
+        "requested_by",
+        "state",
+        "performed_by",
+        "created_at",
+    ]
     list_filter = ["state"]
     exclude = ["bundle"]  # encrypted, but nobody needs to see it here
 

@@ -34,6 +34,8 @@ class ConfigurationError(EnrollmentError):
 
 class RateLimited(EnrollmentError):
     default_message = "Too many requests; try again later."
+    # Seconds until a retry can succeed, when known (the API's Retry-After header).
+    retry_after: float | None = None
 
 
 class Busy(EnrollmentError):

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from enrollment.querysets import (
@@ -624,20 +624,24 @@ class AuditChainHead(models.Model):
 
 
 class KeyRecoveryRequest(models.Model):
-    """An officer's request to recover one archived key, from opening to download.
+    """A request to recover one archived key, from asking or opening to download.
 
+    An officer opens it, or the key's holder asks for it (``asked_by``) and an officer
+    accepts it, becoming its opener (``requested_by``): from then on both are alike.
     Between a recovery agent performing it and the named person downloading it, ``bundle``
     holds the recovered key as a PKCS#12 under a one-time password that is never stored;
     the bundle is wiped on download or when the download window closes.
     """
 
     class State(models.TextChoices):
+        REQUESTED = "requested", "Asked: waiting for an officer to accept it"
         PENDING = "pending", "Waiting for approval"
         APPROVED = "approved", "Approved: waiting for a key recovery agent"
         READY = "ready", "Recovered: waiting for download"
         DOWNLOADED = "downloaded", "Downloaded"
         EXPIRED = "expired", "Expired before download"
         REJECTED = "rejected", "Rejected"
+        WITHDRAWN = "withdrawn", "Withdrawn"
 
     class Recipient(models.TextChoices):
         OWNER = "owner", "The key owner"
@@ -646,8 +650,17 @@ class KeyRecoveryRequest(models.Model):
     certificate = models.ForeignKey(
         Certificate, on_delete=models.PROTECT, related_name="recovery_requests"
     )
+    # The officer who opened it, or accepted the holder's request: empty only until then.
     requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # The key's holder, when they asked for it themselves (README.md, "Key recovery").
+    asked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    acceptance_note = models.TextField(
+        blank=True, help_text="How the accepting officer confirmed the holder's request."
     )
     reason = models.TextField()
     deliver_to = models.CharField(max_length=10, choices=Recipient.choices)
@@ -690,8 +703,35 @@ class KeyRecoveryRequest(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["certificate"],
-                condition=Q(state__in=["pending", "approved", "ready"]),
+                condition=Q(state__in=["requested", "pending", "approved", "ready"]),
                 name="one_open_recovery_per_certificate",
+            ),
+            # Someone asked for it: an officer, or the holder.
+            models.CheckConstraint(
+                condition=Q(requested_by__isnull=False) | Q(asked_by__isnull=False),
+                name="recovery_opened_or_asked",
+            ),
+            # Past "requested", an officer has opened it (the holder's ask never does).
+            models.CheckConstraint(
+                condition=Q(requested_by__isnull=False)
+                | Q(state__in=["requested", "rejected", "withdrawn"]),
+                name="recovery_opened_before_approval",
+            ),
+            # Dual control: the holder who asks is never the officer who opens it...
+            models.CheckConstraint(
+                condition=Q(requested_by__isnull=True)
+                | Q(asked_by__isnull=True)
+                | ~Q(requested_by=F("asked_by")),
+                name="recovery_holder_is_not_opener",
+            ),
+            # ...and what the holder asks for goes to the holder.
+            models.CheckConstraint(
+                condition=Q(asked_by__isnull=True) | Q(deliver_to="owner"),
+                name="recovery_asked_goes_to_owner",
+            ),
+            models.CheckConstraint(
+                condition=~Q(state="withdrawn") | Q(asked_by__isnull=False),
+                name="recovery_withdrawn_only_if_asked",
             ),
         ]
 
@@ -700,7 +740,21 @@ class KeyRecoveryRequest(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return self.state in (self.State.PENDING, self.State.APPROVED, self.State.READY)
+        return self.state in (
+            self.State.REQUESTED,
+            self.State.PENDING,
+            self.State.APPROVED,
+            self.State.READY,
+        )
+
+    @property
+    def may_be_withdrawn(self) -> bool:
+        """The holder who asked may take it back while nothing has been recovered."""
+        return self.asked_by_id is not None and self.state in (
+            self.State.REQUESTED,
+            self.State.PENDING,
+            self.State.APPROVED,
+        )
 
     @property
     def recipient_id(self) -> int | None:

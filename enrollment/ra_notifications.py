@@ -1,4 +1,5 @@
-"""Mail of the RA side: recovery steps to the key owner, expiry notices, warnings to admins.
+"""Mail of the RA side: recovery steps to the key owner, what officers and agents must act
+on, expiry notices, warnings to admins.
 
 Sent after the transaction commits, one message per address (recipients do not see each
 other). A mail server being down never undoes a step: failures are logged. No mail ever
@@ -50,8 +51,10 @@ def _name(user: Any) -> str:
     return user.get_full_name() or user.get_username()
 
 
-def officer_addresses() -> list[str]:
+def officer_addresses(*, exclude: Iterable[int | None] = ()) -> list[str]:
+    """Active RA officers' addresses, but those of the accounts ``exclude`` names."""
     users = get_user_model().objects.filter(is_active=True).exclude(email="")
+    users = users.exclude(pk__in=[pk for pk in exclude if pk is not None])
     return list(
         users.filter(Q(groups__name=settings.PKIPORTAL_RA_OFFICER_GROUP) | Q(is_superuser=True))
         .distinct()
@@ -79,6 +82,8 @@ def admin_addresses() -> list[str]:
 # --- key recovery ---------------------------------------------------------------------
 
 STEP_SUBJECTS = {
+    "asked": "You asked for your archived encryption key back",
+    "accepted": "An RA officer accepted your request to recover your encryption key",
     "opened": "A recovery of your archived encryption key was requested",
     "approval": "The recovery of your encryption key was approved by an officer",
     "approved": "The recovery of your encryption key is approved",
@@ -123,6 +128,43 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
             {**context, "person": officer},
             [officer.email],
         )
+
+
+def recovery_asked(recovery: KeyRecoveryRequest) -> None:
+    """The officers learn that a key's holder asks for it back and waits for one of them."""
+    holder = recovery.asked_by
+    _send(
+        f"Key recovery #{recovery.pk}: a key holder asks for their encryption key back",
+        "enrollment/email/recovery_asked.txt",
+        {
+            "recovery": recovery,
+            "certificate": recovery.certificate,
+            "holder": _name(holder),
+            "url": reverse("ra:recovery-detail", args=[recovery.pk]),
+        },
+        officer_addresses(exclude=[recovery.asked_by_id]),
+    )
+
+
+def recovery_awaits_approval(recovery: KeyRecoveryRequest) -> None:
+    """The officers who may approve it (not its opener, not the key's owner) learn it waits."""
+    from enrollment.recovery import approvals_required
+
+    _send(
+        f"Key recovery #{recovery.pk} waits for your approval",
+        "enrollment/email/recovery_awaits_approval.txt",
+        {
+            "recovery": recovery,
+            "certificate": recovery.certificate,
+            "opener": _name(recovery.requested_by),
+            "asked": recovery.asked_by_id is not None,
+            "required": approvals_required(),
+            "url": reverse("ra:recovery-detail", args=[recovery.pk]),
+        },
+        officer_addresses(
+            exclude=[recovery.requested_by_id, recovery.certificate.owner_id, recovery.asked_by_id]
+        ),
+    )
 
 
 def recovery_awaits_agent(recovery: KeyRecoveryRequest) -> None:

@@ -95,18 +95,35 @@ def pending_enrolment_count() -> int:
 
 
 def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
+    """In progress, oldest first; a holder's request that waits for an officer included."""
     return (
         KeyRecoveryRequest.objects.filter(
             state__in=[
+                KeyRecoveryRequest.State.REQUESTED,
                 KeyRecoveryRequest.State.PENDING,
                 KeyRecoveryRequest.State.APPROVED,
                 KeyRecoveryRequest.State.READY,
             ]
         )
-        .select_related("certificate__owner", "requested_by")
+        .select_related("certificate__owner", "requested_by", "asked_by")
         .annotate(approval_count=Count("approvals"))
         .defer("bundle")
         .order_by("created_at", "id")
+    )
+
+
+def recoveries_of_holder(user: Any) -> QuerySet[KeyRecoveryRequest]:
+    """Recoveries of this person's keys that come to them, open or not, newest first.
+
+    The holder's own requests, and officers' recoveries delivered to the key owner; not
+    those an officer opened for themselves (the owner is mailed about those, no more)."""
+    return (
+        KeyRecoveryRequest.objects.filter(
+            deliver_to=KeyRecoveryRequest.Recipient.OWNER, certificate__owner=user
+        )
+        .select_related("certificate__template", "requested_by", "asked_by")
+        .defer("bundle")
+        .order_by("-created_at", "-id")
     )
 
 

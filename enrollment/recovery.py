@@ -1,11 +1,13 @@
-"""Key recovery under dual control: open, approve, perform, download; atomic and audited.
+"""Key recovery under dual control: ask, open, approve, perform, download; atomic and audited.
 
-An RA officer opens a request; PKIPORTAL_RECOVERY_APPROVALS *other* officers approve it; a
-key recovery agent who did neither performs it with their own PKCS#12, which is used in
-memory only; the person the request names downloads the result once, within a short window.
-So at least three different people act, whoever receives the key (README.md, "Key
-recovery"): the recipient is the key owner, who may not approve or perform, or the
-officer who opened it.
+An RA officer opens a request, or the key's holder asks for their own key back and an RA
+officer other than the holder accepts the request, which opens it in the same way: the
+holder's ask never stands in for an officer. Then PKIPORTAL_RECOVERY_APPROVALS *other*
+officers approve it; a key recovery agent who did neither performs it with their own
+PKCS#12, which is used in memory only; the person the request names downloads the result
+once, within a short window. So at least three different people act, whoever receives the
+key (README.md, "Key recovery"): the recipient is the key owner, who may not accept,
+approve or perform, or the officer who opened it.
 
 Where the recovered key waits (README.md, "Key recovery"): between perform and download it
 exists only as a PKCS#12 encrypted under a one-time password of ~119 random bits that the
@@ -17,7 +19,9 @@ signed-in, one-time download. The row's copy is wiped on download or when the wi
 from __future__ import annotations
 
 import logging
+import math
 import secrets
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -31,7 +35,13 @@ from django.views.decorators.debug import sensitive_variables
 
 from enrollment import ra_notifications as notify
 from enrollment.audit import audit_record
-from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, PolicyViolation
+from enrollment.exceptions import (
+    EnrollmentError,
+    InvalidState,
+    NotPermitted,
+    PolicyViolation,
+    RateLimited,
+)
 from enrollment.models import (
     ArchivedKey,
     AuditEvent,
@@ -47,7 +57,14 @@ from enrollment.x509.errors import X509Error
 logger = logging.getLogger(__name__)
 
 State = KeyRecoveryRequest.State
-OPEN_STATES = (State.PENDING, State.APPROVED, State.READY)
+OPEN_STATES = (State.REQUESTED, State.PENDING, State.APPROVED, State.READY)
+# Reasons and notes are read by officers and mailed; a page of text is plenty.
+MAX_TEXT_LENGTH = 1000
+# Tab and line breaks are text; other control characters, and the bidirectional overrides
+# that make text read differently from what it says, are not.
+ALLOWED_CONTROLS = frozenset("\t\n\r")
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+ASKS_WINDOW = timedelta(hours=24)
 # Read aloud or copied from a screen without mistakes: no 0/O, 1/I/L. 24 characters from
 # 31 are ~119 bits, beyond brute force even through the PKCS#12 key derivation.
 OTP_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -67,6 +84,47 @@ def one_time_password() -> str:
 
 def approvals_required() -> int:
     return settings.PKIPORTAL_RECOVERY_APPROVALS
+
+
+class RecoveryAlreadyOpen(InvalidState):
+    """A recovery of this key is open; ``recovery`` is it, so the edge can show it."""
+
+    def __init__(self, message: str, *, recovery: KeyRecoveryRequest) -> None:
+        super().__init__(message)
+        self.recovery = recovery
+
+
+def clean_text(value: Any, *, field: str, empty: str, what: str = "The reason") -> str:
+    """Free text an officer reads and a mail carries: stripped, bounded, plain.
+
+    Forms and serializers call it too, so text refused here is refused before any
+    service runs (and stores nothing)."""
+    if not isinstance(value, str):
+        raise PolicyViolation(f"{what} must be text.", field=field)
+    text = value.strip()
+    if not text:
+        raise PolicyViolation(empty, field=field)
+    if len(text) > MAX_TEXT_LENGTH:
+        raise PolicyViolation(
+            f"{what} is {len(text)} characters long; keep it to {MAX_TEXT_LENGTH}.", field=field
+        )
+    for character in text:
+        if character in BIDI_CONTROLS or (
+            unicodedata.category(character) in ("Cc", "Cs") and character not in ALLOWED_CONTROLS
+        ):
+            raise PolicyViolation(
+                f"{what} contains the control character U+{ord(character):04X}; type plain text.",
+                field=field,
+            )
+    return text
+
+
+def _open_one(certificate: Certificate) -> KeyRecoveryRequest | None:
+    return (
+        KeyRecoveryRequest.objects.filter(certificate=certificate, state__in=OPEN_STATES)
+        .defer("bundle")
+        .first()
+    )
 
 
 def may_download(recovery: KeyRecoveryRequest, user: AbstractBaseUser) -> bool:
@@ -90,6 +148,8 @@ def recipient_name(recovery: KeyRecoveryRequest) -> str:
         owner = recovery.certificate.owner
         return f"{owner.get_full_name() or owner.get_username()} (the key owner)" if owner else "—"
     officer = recovery.requested_by
+    if officer is None:  # only a holder's request has none yet, and it goes to the owner
+        return "—"
     return f"{officer.get_full_name() or officer.get_username()} (the requesting officer)"
 
 
@@ -170,13 +230,18 @@ def recovery_open(
             with transaction.atomic():
                 # One open recovery per key (also a partial unique constraint).
                 Certificate.objects.select_for_update().filter(pk=certificate.pk).first()
-                open_one = KeyRecoveryRequest.objects.filter(
-                    certificate=certificate, state__in=OPEN_STATES
-                ).first()
+                open_one = _open_one(certificate)
+                if open_one is not None and open_one.state == State.REQUESTED:
+                    raise RecoveryAlreadyOpen(
+                        f"Recovery #{open_one.pk} of this key is already open: its holder "
+                        "asked for it. Accept that one instead.",
+                        recovery=open_one,
+                    )
                 if open_one is not None:
-                    raise InvalidState(
+                    raise RecoveryAlreadyOpen(
                         f"Recovery #{open_one.pk} of this key is already open "
-                        f"({open_one.get_state_display().lower()})."
+                        f"({open_one.get_state_display().lower()}).",
+                        recovery=open_one,
                     )
                 recovery = KeyRecoveryRequest.objects.create(
                     certificate=certificate,
@@ -199,9 +264,214 @@ def recovery_open(
                     },
                 )
                 notify.recovery_step(recovery, "opened")
+                notify.recovery_awaits_approval(recovery)
         except IntegrityError:
             raise InvalidState("A recovery of this key is already open.") from None
     return recovery
+
+
+def recovery_ask(
+    *,
+    certificate: Certificate,
+    holder: AbstractBaseUser,
+    reason: str,
+    pkcs12_format: str = pkcs12.Pkcs12Format.MODERN,
+    source_address: str | None = None,
+) -> KeyRecoveryRequest:
+    """The holder asks for their own archived key back; an officer must accept it first.
+
+    The request opens nothing: it waits, as "requested", for an RA officer other than the
+    holder to accept it (recovery_accept), who becomes its opener. The key goes to the
+    holder. Per person, PKIPORTAL_RECOVERY_ASKS_PER_DAY asks in 24 hours (each mails the
+    officers); concurrent asks by one person may pass that count together, never the
+    one-open-recovery-per-key rule.
+    """
+    with _refusals_audited(
+        "recovery.ask", actor=holder, target=certificate, source_address=source_address
+    ):
+        if not (holder.is_authenticated and holder.is_active):
+            raise NotPermitted("A deactivated account cannot ask for a key recovery.")
+        if certificate.owner_id != holder.pk:
+            raise NotPermitted(
+                "Only the certificate's holder asks for its key back; RA officers open a "
+                "recovery on the RA pages instead."
+            )
+        reason = clean_text(reason, field="reason", empty="Say why you need the key back.")
+        try:
+            fmt = pkcs12.Pkcs12Format(pkcs12_format)
+        except ValueError:
+            raise PolicyViolation(
+                f"Unknown file format {str(pkcs12_format)[:40]!r}: choose modern or compatible.",
+                field="pkcs12_format",
+            ) from None
+        if not ArchivedKey.objects.filter(certificate=certificate).exists():
+            raise PolicyViolation(
+                "This certificate's key was not archived (a signing key never is), so it "
+                "cannot be recovered.",
+                field="certificate",
+            )
+        try:
+            with transaction.atomic():
+                # The key's row serialises asks and opens (one open recovery per key).
+                Certificate.objects.select_for_update().filter(pk=certificate.pk).first()
+                open_one = _open_one(certificate)
+                if open_one is not None:
+                    raise RecoveryAlreadyOpen(
+                        f"Recovery #{open_one.pk} of this key is already in progress "
+                        f"({open_one.get_state_display().lower()}); there can be one at a time.",
+                        recovery=open_one,
+                    )
+                _check_ask_rate(holder)
+                recovery = KeyRecoveryRequest.objects.create(
+                    certificate=certificate,
+                    asked_by=holder,
+                    reason=reason,
+                    deliver_to=KeyRecoveryRequest.Recipient.OWNER,
+                    pkcs12_format=fmt.value,
+                    state=State.REQUESTED,
+                )
+                audit_record(
+                    action="recovery.ask",
+                    actor=holder,
+                    target=recovery,
+                    source_address=source_address,
+                    detail={
+                        "certificate": certificate.serial,
+                        "reason": reason,
+                        "format": fmt.value,
+                    },
+                )
+                notify.recovery_step(recovery, "asked", actor=holder)
+                notify.recovery_asked(recovery)
+        except IntegrityError:
+            raise InvalidState("A recovery of this key is already in progress.") from None
+    return recovery
+
+
+def _check_ask_rate(holder: AbstractBaseUser) -> None:
+    limit = settings.PKIPORTAL_RECOVERY_ASKS_PER_DAY
+    since = timezone.now() - ASKS_WINDOW
+    recent = list(
+        KeyRecoveryRequest.objects.filter(asked_by=holder, created_at__gt=since)
+        .order_by("created_at")
+        .values_list("created_at", flat=True)[:limit]
+    )
+    if len(recent) >= limit:
+        exc = RateLimited(
+            f"You have asked for {limit} key recoveries in the last 24 hours; please try "
+            "again later, or ask an RA officer directly."
+        )
+        exc.retry_after = max(
+            math.ceil((recent[0] + ASKS_WINDOW - timezone.now()).total_seconds()), 1
+        )
+        raise exc
+
+
+def recovery_accept(
+    *,
+    recovery: KeyRecoveryRequest,
+    officer: AbstractBaseUser,
+    note: str,
+    source_address: str | None = None,
+) -> KeyRecoveryRequest:
+    """An officer other than the holder takes on the holder's request and so opens it.
+
+    From here on it is a recovery like one the officer opened for the key owner: it needs
+    PKIPORTAL_RECOVERY_APPROVALS officers other than this one, and an agent who is none of
+    them. ``note`` says how the officer confirmed the request is the holder's.
+    """
+    with _refusals_audited(
+        "recovery.accept", actor=officer, target=recovery, source_address=source_address
+    ):
+        if not is_ra_officer(officer):
+            raise NotPermitted("Only RA officers accept key recovery requests.")
+        note = clean_text(
+            note,
+            field="note",
+            empty="Say how you confirmed that the key's holder made this request.",
+            what="The note",
+        )
+        with transaction.atomic():
+            locked = _lock(recovery)
+            if officer.pk in (locked.asked_by_id, locked.certificate.owner_id):
+                raise NotPermitted(
+                    "This is the recovery of your own key; another RA officer must accept it."
+                )
+            if locked.state != State.REQUESTED:
+                raise InvalidState(
+                    f"This recovery is no longer waiting to be accepted: it is "
+                    f"{locked.get_state_display().lower()}."
+                )
+            owner = locked.certificate.owner
+            if owner is None or not owner.is_active:
+                raise PolicyViolation(
+                    "The key's holder no longer has an active account to download it. Reject "
+                    "this request; if the key is still needed, open a recovery delivered to "
+                    "yourself."
+                )
+            locked.state = State.PENDING
+            locked.requested_by = officer
+            locked.accepted_at = timezone.now()
+            locked.acceptance_note = note
+            locked.save(
+                update_fields=["state", "requested_by", "accepted_at", "acceptance_note",
+                               "updated_at"]
+            )  # fmt: skip
+            audit_record(
+                action="recovery.accept",
+                actor=officer,
+                target=locked,
+                source_address=source_address,
+                detail={
+                    "certificate": locked.certificate.serial,
+                    "note": note,
+                    "approvals_required": approvals_required(),
+                },
+            )
+            notify.recovery_step(locked, "accepted", actor=officer)
+            notify.recovery_awaits_approval(locked)
+    return _refresh(recovery, locked)
+
+
+def recovery_withdraw(
+    *,
+    recovery: KeyRecoveryRequest,
+    holder: AbstractBaseUser,
+    source_address: str | None = None,
+) -> KeyRecoveryRequest:
+    """The holder who asked takes it back while nothing has been recovered yet.
+
+    Under the row lock that approval and perform take: a recovery withdrawn meanwhile is
+    never carried out, and one carried out first can no longer be withdrawn."""
+    with (
+        _refusals_audited(
+            "recovery.withdraw", actor=holder, target=recovery, source_address=source_address
+        ),
+        transaction.atomic(),
+    ):
+        locked = _lock(recovery)
+        if locked.asked_by_id is None or locked.asked_by_id != holder.pk:
+            raise NotPermitted(
+                "Only the holder who asked for this recovery withdraws it; an RA officer "
+                "rejects it instead."
+            )
+        if not locked.may_be_withdrawn:
+            raise InvalidState(
+                f"This recovery can no longer be withdrawn: it is "
+                f"{locked.get_state_display().lower()}."
+            )
+        was = locked.state
+        locked.state = State.WITHDRAWN
+        locked.decided_by = holder
+        locked.save(update_fields=["state", "decided_by", "updated_at"])
+        audit_record(
+            action="recovery.withdraw",
+            actor=holder,
+            target=locked,
+            source_address=source_address,
+            detail={"state": was},
+        )
+    return _refresh(recovery, locked)
 
 
 def recovery_approve(
@@ -216,12 +486,18 @@ def recovery_approve(
     ):
         if not is_ra_officer(officer):
             raise NotPermitted("Only RA officers approve key recoveries.")
-        if officer.pk == recovery.requested_by_id:
-            raise NotPermitted("You opened this recovery; another officer must approve it.")
-        if officer.pk == recovery.certificate.owner_id:
-            raise NotPermitted("You cannot approve the recovery of your own key.")
         with transaction.atomic():
+            # Who opened it is read under the lock: accepting a holder's request sets it.
             locked = _lock(recovery)
+            if officer.pk == locked.requested_by_id:
+                raise NotPermitted("You opened this recovery; another officer must approve it.")
+            if officer.pk in (locked.certificate.owner_id, locked.asked_by_id):
+                raise NotPermitted("You cannot approve the recovery of your own key.")
+            if locked.state == State.REQUESTED:
+                raise InvalidState(
+                    "The key's holder asked for this recovery: an RA officer must accept it "
+                    "before it can be approved."
+                )
             if locked.state != State.PENDING:
                 raise InvalidState(
                     f"This recovery is no longer waiting for approval: it is "
@@ -266,7 +542,7 @@ def recovery_reject(
             raise PolicyViolation("Say why the recovery is rejected.", field="reason")
         with transaction.atomic():
             locked = _lock(recovery)
-            if locked.state not in (State.PENDING, State.APPROVED):
+            if locked.state not in (State.REQUESTED, State.PENDING, State.APPROVED):
                 raise InvalidState(
                     f"This recovery can no longer be rejected: it is "
                     f"{locked.get_state_display().lower()}."
@@ -454,6 +730,10 @@ def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
 def _check_performable(recovery: KeyRecoveryRequest) -> None:
     if recovery.state == State.APPROVED:
         return
+    if recovery.state == State.REQUESTED:
+        raise InvalidState(
+            "The key's holder asked for this recovery and no RA officer has accepted it yet."
+        )
     if recovery.state == State.PENDING:
         missing = approvals_required() - recovery.approvals.count()
         raise InvalidState(
@@ -533,6 +813,8 @@ def _no_download_because(recovery: KeyRecoveryRequest) -> str:
         )
     if recovery.state == State.REJECTED:
         return "This recovery was rejected; there is nothing to download."
+    if recovery.state == State.WITHDRAWN:
+        return "This recovery was withdrawn; there is nothing to download."
     return "The key has not been recovered yet; there is nothing to download."
 
 

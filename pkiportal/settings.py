@@ -435,6 +435,14 @@ if PKIPORTAL_RECOVERY_APPROVALS < 1:
 PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES = env.int("PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES", default=60)
 if not 5 <= PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES <= 7 * 24 * 60:
     raise ImproperlyConfigured("PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES must be 5 to 10080 (a week).")
+# Recoveries a key holder may ask for in 24 hours: each one mails every RA officer.
+_RECOVERY_ASKS = env.str("PKIPORTAL_RECOVERY_ASKS_PER_DAY", default="10").strip()
+if not (_RECOVERY_ASKS.isascii() and _RECOVERY_ASKS.isdigit() and 1 <= int(_RECOVERY_ASKS) <= 1000):
+    raise ImproperlyConfigured(
+        f"PKIPORTAL_RECOVERY_ASKS_PER_DAY must be a whole number from 1 to 1000; it is "
+        f"{_RECOVERY_ASKS!r}."
+    )
+PKIPORTAL_RECOVERY_ASKS_PER_DAY = int(_RECOVERY_ASKS)
 # Owners are mailed this many days before a certificate expires, once per threshold.
 PKIPORTAL_EXPIRY_NOTICE_DAYS = sorted(
     {int(days) for days in env.list("PKIPORTAL_EXPIRY_NOTICE_DAYS", default=["30", "7", "1"])},

@@ -24,6 +24,8 @@ from tests.factories import UserFactory
 
 OWNER_PKCS12_PASSWORD = "Owner-Original-Lantern-27"
 REASON = "Alice's laptop was stolen; she needs last year's encrypted mail."
+HOLDER_REASON = "My laptop was stolen; I need to read last year's encrypted mail."
+ACCEPT_NOTE = "Called Alice back on her directory number; she confirmed it."
 
 
 @dataclass
@@ -96,6 +98,20 @@ def opened(archived: Archived, officer) -> KeyRecoveryRequest:
 
 
 @pytest.fixture
+def asked(archived: Archived, employee) -> KeyRecoveryRequest:
+    """Alice asked for her own key back; no officer has accepted it yet."""
+    return recovery.recovery_ask(
+        certificate=archived.certificate, holder=employee, reason=HOLDER_REASON
+    )
+
+
+@pytest.fixture
+def accepted(asked: KeyRecoveryRequest, officer) -> KeyRecoveryRequest:
+    """Olivia confirmed Alice's request and accepted it: it is open, waiting for approval."""
+    return recovery.recovery_accept(recovery=asked, officer=officer, note=ACCEPT_NOTE)
+
+
+@pytest.fixture
 def approved(opened: KeyRecoveryRequest, second_officer) -> KeyRecoveryRequest:
     return recovery.recovery_approve(recovery=opened, officer=second_officer)
 
@@ -130,6 +146,9 @@ def snapshot(found: KeyRecoveryRequest) -> dict[str, object]:
     found.refresh_from_db()
     return {
         "state": found.state,
+        "requested_by": found.requested_by_id,
+        "decided_by": found.decided_by_id,
+        "acceptance_note": found.acceptance_note,
         "bundle": found.bundle,
         "agent": found.agent_id,
         "performed_by": found.performed_by_id,
