@@ -8,8 +8,10 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
+from enrollment.exceptions import EnrollmentError
 from enrollment.models import HOLDER_REVOCATION_REASONS, CertificateTemplate
 from enrollment.pkcs12_password import pkcs12_password_problems
+from enrollment.recovery import MAX_TEXT_LENGTH, clean_text
 from enrollment.x509.csr import MAX_CSR_BYTES
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
@@ -322,3 +324,52 @@ class ConfirmForm(PortalForm):
         ].label = f"I understand that scripts using {what} stop working at once."
 
     confirm = forms.BooleanField(error_messages={"required": "Tick the box to confirm."})
+
+
+def _plain_text(value: str, *, field: str, empty: str, what: str) -> str:
+    """The services' text rule (enrollment.recovery.clean_text), as a form error."""
+    try:
+        return clean_text(value, field=field, empty=empty, what=what)
+    except EnrollmentError as exc:
+        raise forms.ValidationError(exc.message) from None
+
+
+class RecoveryAskForm(PortalForm):
+    """The holder asks for their archived key back: why, and the file format they need."""
+
+    reason = forms.CharField(
+        label="Why do you need the key back?",
+        max_length=MAX_TEXT_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        error_messages={"required": "Say why you need the key back."},
+        help_text="For example: “My laptop was stolen and I need to read mail encrypted to "
+        "this certificate.” RA officers read it, and it is kept in the audit trail.",
+    )
+    pkcs12_format = forms.ChoiceField(
+        label="File format of the recovered key",
+        choices=FORMAT_CHOICES,
+        initial=Pkcs12Format.MODERN.value,
+        widget=forms.RadioSelect,
+    )
+
+    def clean_reason(self) -> str:
+        return _plain_text(
+            self.cleaned_data["reason"],
+            field="reason",
+            empty="Say why you need the key back.",
+            what="The reason",
+        )
+
+
+class RecoveryWithdrawForm(PortalForm):
+    """The holder takes back their recovery request; ticked, as a new one must be asked."""
+
+    def __init__(self, *args: Any, recovery_pk: int | None = None, **kwargs: Any) -> None:
+        if recovery_pk is not None:
+            kwargs.setdefault("auto_id", f"withdraw-recovery-{recovery_pk}-%s")
+        super().__init__(*args, **kwargs)
+
+    confirm = forms.BooleanField(
+        label="I no longer need this key recovered. (To get it later, I would ask again.)",
+        error_messages={"required": "Tick the box to confirm."},
+    )

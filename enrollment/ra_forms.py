@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from enrollment.exceptions import EnrollmentError
 from enrollment.forms import FORMAT_CHOICES, PortalForm, invalidity_date_field
 from enrollment.models import (
     AuditEvent,
@@ -20,7 +21,7 @@ from enrollment.models import (
     CertificateTemplate,
     KeyRecoveryRequest,
 )
-from enrollment.recovery import MAX_AGENT_PKCS12_BYTES
+from enrollment.recovery import MAX_AGENT_PKCS12_BYTES, MAX_TEXT_LENGTH, clean_text
 from enrollment.x509.pkcs12 import Pkcs12Format
 
 # Officers revoke for any RFC 5280 reason a subscriber certificate can have.
@@ -77,6 +78,30 @@ class RecoveryOpenForm(PortalForm):
 
 class RecoveryRejectForm(PortalForm):
     reason = forms.CharField(label="Reason", max_length=1000)
+
+
+class RecoveryAcceptForm(PortalForm):
+    """An officer takes on a holder's request, saying how they confirmed it is theirs."""
+
+    note = forms.CharField(
+        label="How did you confirm that the key's holder made this request?",
+        max_length=MAX_TEXT_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Say how you confirmed that the key's holder asked."},
+        help_text="For example: “Called her back on the directory number; she lost her "
+        "laptop on 3 March.” Shown to the approving officers and kept in the audit trail.",
+    )
+
+    def clean_note(self) -> str:
+        try:
+            return clean_text(
+                self.cleaned_data["note"],
+                field="note",
+                empty="Say how you confirmed that the key's holder asked.",
+                what="The note",
+            )
+        except EnrollmentError as exc:
+            raise forms.ValidationError(exc.message) from None
 
 
 class RecoveryPerformForm(PortalForm):

@@ -16,8 +16,10 @@ urlpatterns = [
     path("recovery/new/", ra_views.recovery_new, name="recovery-new"),
     # Notifications link here: keep the names and the paths.
     path("recovery/<int:pk>/", ra_views.recovery_detail, name="recovery-detail"),
+    path("recovery/<int:pk>/accept/", ra_views.recovery_accept, name="recovery-accept"),
     path("recovery/<int:pk>/approve/", ra_views.recovery_approve, name="recovery-approve"),
     path("recovery/<int:pk>/reject/", ra_views.recovery_reject, name="recovery-reject"),
+    path("recovery/<int:pk>/withdraw/", ra_views.recovery_withdraw, name="recovery-withdraw"),
     path("recovery/<int:pk>/perform/", ra_views.recovery_perform, name="recovery-perform"),
     path("recovery/<int:pk>/download/", ra_views.recovery_download, name="recovery-download"),
     path("audit/", ra_views.audit_list, name="audit"),

@@ -2,8 +2,9 @@
 the audit trail and its exports, recovery-agent status, people who have left.
 
 Officers see everything here; key recovery agents see the recovery pages; the person a
-recovery names sees that one recovery and downloads it. Anyone else gets a 403 on the
-lists and a 404 on a recovery, so its existence is not revealed. Services decide the rest.
+recovery names sees that one recovery and downloads it (and, if they asked for it as the
+key's holder, may withdraw it). Anyone else gets a 403 on the lists and a 404 on a
+recovery, so its existence is not revealed. Services decide the rest.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from enrollment import leavers, ra_selectors, ra_services, recovery, services
 from enrollment.edge import client_address, officer_required, show_error, status_for
 from enrollment.exceptions import EnrollmentError
+from enrollment.forms import RecoveryWithdrawForm
 from enrollment.models import AuditEvent, Certificate, CertificateRequest, KeyRecoveryRequest
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 from enrollment.ra_forms import (
     AuditFilterForm,
     CertificateSearchForm,
     OfficerRevokeForm,
+    RecoveryAcceptForm,
     RecoveryOpenForm,
     RecoveryPerformForm,
     RecoveryRejectForm,
@@ -79,7 +82,12 @@ def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
     """Officers and agents see every recovery; the person it names sees theirs; others 404."""
     found = get_object_or_404(
         KeyRecoveryRequest.objects.select_related(
-            "certificate__owner", "certificate__template", "certificate__ca", "requested_by"
+            "certificate__owner",
+            "certificate__template",
+            "certificate__ca",
+            "requested_by",
+            "asked_by",
+            "decided_by",
         ).defer("bundle"),
         pk=pk,
     )
@@ -99,9 +107,11 @@ def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
 def console(request: HttpRequest) -> HttpResponse:
     """Everything an officer checks in the morning, on one page."""
     officer_required(request)
+    recoveries = list(ra_selectors.open_recoveries())
     context = {
         "pending_count": ra_selectors.pending_enrolment_count(),
-        "recoveries": ra_selectors.open_recoveries(),
+        "recoveries": recoveries,
+        "recovery_asks": sum(r.state == KeyRecoveryRequest.State.REQUESTED for r in recoveries),
         "approvals_required": recovery.approvals_required(),
         "search_form": CertificateSearchForm(),
         "crls": ra_selectors.crl_overview(),
@@ -252,7 +262,7 @@ def recovery_list(request: HttpRequest) -> HttpResponse:
     _recovery_staff_required(request)
     recent = (
         KeyRecoveryRequest.objects.exclude(pk__in=ra_selectors.open_recoveries().values("pk"))
-        .select_related("certificate__owner", "requested_by", "performed_by")
+        .select_related("certificate__owner", "requested_by", "asked_by", "performed_by")
         .defer("bundle")[:20]
     )
     context = {
@@ -340,6 +350,8 @@ def _recovery_page(
     found: KeyRecoveryRequest,
     *,
     reject_form: RecoveryRejectForm | None = None,
+    accept_form: RecoveryAcceptForm | None = None,
+    withdraw_form: RecoveryWithdrawForm | None = None,
     errors: list[str] | None = None,
     status: int = 200,
 ) -> HttpResponse:
@@ -348,6 +360,7 @@ def _recovery_page(
     approvals = list(found.approvals.select_related("officer"))
     archived = getattr(found.certificate, "archived_key", None)
     took_part = _took_part(found, user, approvals)
+    State = KeyRecoveryRequest.State
     context = {
         "recovery": found,
         "approvals": approvals,
@@ -361,8 +374,15 @@ def _recovery_page(
         and found.state == KeyRecoveryRequest.State.PENDING
         and user.pk not in (found.requested_by_id, found.certificate.owner_id)
         and all(a.officer_id != user.pk for a in approvals),
-        "can_reject": officer
-        and found.state in (KeyRecoveryRequest.State.PENDING, KeyRecoveryRequest.State.APPROVED),
+        "can_reject": officer and found.state in (State.REQUESTED, State.PENDING, State.APPROVED),
+        # The holder's request: an officer other than the holder accepts, and so opens, it.
+        "can_accept": officer
+        and found.state == State.REQUESTED
+        and user.pk not in (found.asked_by_id, found.certificate.owner_id),
+        "accept_form": accept_form or RecoveryAcceptForm(),
+        "asked_by_me": found.asked_by_id is not None and found.asked_by_id == user.pk,
+        "can_withdraw": found.asked_by_id == user.pk and found.may_be_withdrawn,
+        "withdraw_form": withdraw_form or RecoveryWithdrawForm(recovery_pk=found.pk),
         "can_perform": is_key_recovery_agent(user)
         and found.state == KeyRecoveryRequest.State.APPROVED
         and took_part is None,
@@ -371,8 +391,18 @@ def _recovery_page(
         and found.download_expires_at is not None
         and found.download_expires_at > timezone.now(),
         "reject_form": reject_form or RecoveryRejectForm(),
-        "errors": errors or [],
     }
+    # A step refused because the recovery moved on hides its form: say why at the top.
+    hidden = [
+        form
+        for form, shown in (
+            (reject_form, context["can_reject"]),
+            (accept_form, context["can_accept"]),
+            (withdraw_form, context["can_withdraw"]),
+        )
+        if form is not None and not shown
+    ]
+    context["errors"] = [*(errors or []), *(e for f in hidden for e in f.non_field_errors())]
     return render(request, "enrollment/ra/recovery_detail.html", context, status=status)
 
 
@@ -402,6 +432,61 @@ def recovery_approve(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def recovery_accept(request: HttpRequest, pk: int) -> HttpResponse:
+    """An officer takes on a key holder's request: it is then open like one they opened."""
+    found = _visible_recovery(request, pk)
+    officer_required(request)
+    form = RecoveryAcceptForm(request.POST)
+    if not form.is_valid():
+        return _recovery_page(request, found, accept_form=form, status=400)
+    try:
+        recovery.recovery_accept(
+            recovery=found,
+            officer=request.user,
+            note=form.cleaned_data["note"],
+            source_address=client_address(request),
+        )
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        found.refresh_from_db()
+        return _recovery_page(request, found, accept_form=form, status=status)
+    needed = recovery.approvals_required()
+    messages.success(
+        request,
+        f"You accepted recovery #{found.pk}: it is open. It needs the approval of {needed} "
+        f"other officer{pluralize(needed)}, then a key recovery agent carries it out.",
+    )
+    return redirect("ra:recovery-detail", pk=found.pk)
+
+
+@login_required
+@require_POST
+def recovery_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    """The holder who asked takes their request back while nothing is recovered yet."""
+    found = _visible_recovery(request, pk)
+    if found.asked_by_id != request.user.pk:
+        raise PermissionDenied(
+            "Only the holder who asked for a recovery withdraws it; an RA officer rejects it."
+        )
+    form = RecoveryWithdrawForm(request.POST, recovery_pk=found.pk)
+    if not form.is_valid():
+        return _recovery_page(request, found, withdraw_form=form, status=400)
+    try:
+        recovery.recovery_withdraw(
+            recovery=found, holder=request.user, source_address=client_address(request)
+        )
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        found.refresh_from_db()
+        return _recovery_page(request, found, withdraw_form=form, status=status)
+    messages.success(
+        request, f"You withdrew recovery #{found.pk}. Nothing will be recovered for it."
+    )
+    return redirect("ra:recovery-detail", pk=found.pk)
+
+
+@login_required
+@require_POST
 def recovery_reject(request: HttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
     officer_required(request)
@@ -417,6 +502,7 @@ def recovery_reject(request: HttpRequest, pk: int) -> HttpResponse:
         )
     except EnrollmentError as exc:
         status = show_error(form, exc)
+        found.refresh_from_db()
         return _recovery_page(request, found, reject_form=form, status=status)
     messages.success(request, f"Recovery #{found.pk} is rejected; nothing was recovered.")
     return redirect("ra:recovery-detail", pk=found.pk)

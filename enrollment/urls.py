@@ -21,6 +21,7 @@ urlpatterns = [
     ),
     path("certificates/<int:pk>/renew/", views.certificate_renew, name="certificate-renew"),
     path("certificates/<int:pk>/revoke/", views.certificate_revoke, name="certificate-revoke"),
+    path("certificates/<int:pk>/recover/", views.certificate_recover, name="certificate-recover"),
     path("help/mail-clients/", views.help_mail_clients, name="help-mail-clients"),
     path("account/tokens/", token_views.token_list, name="token-list"),
     path("account/tokens/new/", token_views.token_create, name="token-create"),

@@ -1,5 +1,8 @@
 """Web pages of the CA side: /enroll/, /enroll/requests/, /certificates/, /ra/requests/.
 
+A holder asks for their archived key back from /certificates/; the recovery's own pages
+are the RA side's (enrollment.ra_views).
+
 Views decide who may look; forms check the shape of input; services decide everything
 else. A service's EnrollmentError is shown on the form with a 4xx and changes nothing.
 The PKCS#12 password passes through here once: it is kept out of error reports by
@@ -20,7 +23,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -28,18 +31,21 @@ from django.utils.text import slugify
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from enrollment import ra_selectors, services
+from enrollment import ra_selectors, recovery, services
 from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.forms import (
     CsrForm,
     DecisionForm,
     Pkcs12PasswordForm,
+    RecoveryAskForm,
+    RecoveryWithdrawForm,
     RevokeForm,
     ServerKeyForm,
     WithdrawForm,
 )
 from enrollment.models import (
+    ArchivedKey,
     Certificate,
     CertificateAuthority,
     CertificateRequest,
@@ -82,11 +88,14 @@ def _visible_certificate(user: Any, pk: int) -> Certificate:
     return certificate
 
 
-def _own_certificate(user: Any, pk: int) -> Certificate:
-    """Renewing and revoking here is for the owner; an officer who can see it gets a 403."""
+def _own_certificate(
+    user: Any, pk: int, why: str = "Only the owner renews or revokes a certificate here."
+) -> Certificate:
+    """Renewing, revoking and asking for the key back here are for the owner; an officer
+    who can see it gets a 403."""
     certificate = _visible_certificate(user, pk)
     if certificate.owner_id != user.pk:
-        raise PermissionDenied("Only the owner renews or revokes a certificate here.")
+        raise PermissionDenied(why)
     return certificate
 
 
@@ -189,6 +198,12 @@ def home(request: HttpRequest) -> HttpResponse:
             context["pending_count"] = CertificateRequest.objects.filter(
                 state=CertificateRequest.State.PENDING
             ).count()
+            # Key holders' own recovery requests wait for an officer to accept them.
+            context["recovery_asks"] = (
+                KeyRecoveryRequest.objects.filter(state=KeyRecoveryRequest.State.REQUESTED)
+                .exclude(asked_by=request.user)
+                .count()
+            )
         if is_key_recovery_agent(request.user):
             # Approved recoveries wait for an agent: agents rarely visit /ra/ otherwise.
             context["recoveries_for_agents"] = KeyRecoveryRequest.objects.filter(
@@ -490,21 +505,38 @@ def ra_decide(request: HttpRequest, pk: int) -> HttpResponse:
 # --- my certificates ------------------------------------------------------------------
 
 
+def _open_recoveries_of(certificates: Any) -> dict[int, KeyRecoveryRequest]:
+    """The recovery in progress of each of these certificates' keys, if any (one at most)."""
+    found = KeyRecoveryRequest.objects.filter(
+        certificate__in=certificates, state__in=recovery.OPEN_STATES
+    ).defer("bundle")
+    return {r.certificate_id: r for r in found}
+
+
 @login_required
 @require_safe
 def certificate_list(request: HttpRequest) -> HttpResponse:
-    """My certificates with their fingerprints, and my requests that are not issued."""
-    certificates = Certificate.objects.owned_by(request.user).select_related("template", "ca")
+    """My certificates with their fingerprints, my requests that are not issued, and the
+    recoveries of my archived keys."""
+    certificates = list(
+        Certificate.objects.owned_by(request.user)
+        .select_related("template", "ca")
+        .annotate(has_archive=Exists(ArchivedKey.objects.filter(certificate=OuterRef("pk"))))
+    )
+    in_progress = _open_recoveries_of([c for c in certificates if c.has_archive])
+    for certificate in certificates:
+        certificate.open_recovery = in_progress.get(certificate.pk)
     requests = (
         CertificateRequest.objects.filter(requester=request.user)
         .filter(~Q(state=CertificateRequest.State.ISSUED))
         .select_related("template")[:20]
     )
-    return render(
-        request,
-        "enrollment/certificate_list.html",
-        {"certificates": certificates, "requests": requests},
-    )
+    context = {
+        "certificates": certificates,
+        "requests": requests,
+        "recoveries": ra_selectors.recoveries_of_holder(request.user)[:20],
+    }
+    return render(request, "enrollment/certificate_list.html", context)
 
 
 def _certificate_page(
@@ -512,10 +544,13 @@ def _certificate_page(
     certificate: Certificate,
     *,
     revoke_form: RevokeForm | None = None,
+    recover_form: RecoveryAskForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
     is_owner = certificate.owner_id == request.user.pk
     usable = bool(certificate.template and may_use_template(request.user, certificate.template))
+    archived = hasattr(certificate, "archived_key")
+    open_recovery = _open_recoveries_of([certificate]).get(certificate.pk) if archived else None
     context = {
         "certificate": certificate,
         "subject": readable_name(certificate.certificate.subject),
@@ -525,8 +560,27 @@ def _certificate_page(
         "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
         "revoke_form": revoke_form or RevokeForm(),
         "csr_notes": _csr_differences(certificate) if is_owner else [],
-        "archived": hasattr(certificate, "archived_key"),
+        "archived": archived,
         "renewed_by": certificate.renewals.select_related("certificate").first(),
+        # Key recovery: the holder asks here (README.md, "Key recovery").
+        "open_recovery": open_recovery,
+        "open_recovery_visible": open_recovery is not None
+        and (
+            open_recovery.recipient_id == request.user.pk
+            or is_ra_officer(request.user)
+            or is_key_recovery_agent(request.user)
+        ),
+        "can_ask_recovery": is_owner and archived and open_recovery is None,
+        "approvals_required": recovery.approvals_required(),
+        "recover_form": recover_form or RecoveryAskForm(),
+        "recoveries": ra_selectors.recoveries_of_holder(request.user).filter(
+            certificate=certificate
+        )[:10]
+        if is_owner and archived
+        else [],
+        "withdraw_recovery_form": RecoveryWithdrawForm(
+            recovery_pk=open_recovery.pk if open_recovery else None
+        ),
     }
     return render(request, "enrollment/certificate_detail.html", context, status=status)
 
@@ -593,3 +647,36 @@ def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         "The certificate is revoked. Mail clients learn it from the next revocation list.",
     )
     return redirect("enrollment:certificate-detail", pk=certificate.pk)
+
+
+@login_required
+@require_POST
+def certificate_recover(request: HttpRequest, pk: int) -> HttpResponse:
+    """The holder asks for their archived key back; an RA officer must accept it first."""
+    certificate = _own_certificate(
+        request.user,
+        pk,
+        "Only the holder asks for their key back here; RA officers open a recovery on the "
+        "RA pages.",
+    )
+    form = RecoveryAskForm(request.POST)
+    if not form.is_valid():
+        return _certificate_page(request, certificate, recover_form=form, status=400)
+    try:
+        asked = recovery.recovery_ask(
+            certificate=certificate,
+            holder=request.user,
+            reason=form.cleaned_data["reason"],
+            pkcs12_format=form.cleaned_data["pkcs12_format"],
+            source_address=client_address(request),
+        )
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        return _certificate_page(request, certificate, recover_form=form, status=status)
+    messages.success(
+        request,
+        f"You asked for this key back (recovery #{asked.pk}). An RA officer will contact you "
+        "to confirm it is you; you get an e-mail at each step, and only you can download "
+        "the key.",
+    )
+    return redirect("ra:recovery-detail", pk=asked.pk)

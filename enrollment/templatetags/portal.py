@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from django import template
 
-from enrollment.forms import WithdrawForm
-from enrollment.models import CertificateRequest
+from enrollment.forms import RecoveryWithdrawForm, WithdrawForm
+from enrollment.models import CertificateRequest, KeyRecoveryRequest
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.names import readable_rfc4514
 from enrollment.x509.pkcs7 import format_fingerprint
@@ -19,6 +19,12 @@ register = template.Library()
 def withdraw_form(cert_request: CertificateRequest) -> WithdrawForm:
     """A blank withdrawal form for one request of a list (its ids name the request)."""
     return WithdrawForm(request_pk=cert_request.pk)
+
+
+@register.simple_tag
+def recovery_withdraw_form(recovery: KeyRecoveryRequest) -> RecoveryWithdrawForm:
+    """A blank form to withdraw one key recovery request of a list (ids name it)."""
+    return RecoveryWithdrawForm(recovery_pk=recovery.pk)
 
 
 @register.filter

@@ -49,8 +49,9 @@ def visit(page: Page, url: str, ready: str) -> None:
 
 
 def test_every_page_runs_without_a_policy_violation(
-    live_server, hierarchy, template, kra, employee, officer, admin_user, ec_p256_key
-):
+    live_server, hierarchy, template, kra, employee, officer, admin_user, ec_p256_key,
+    archived, asked,
+):  # fmt: skip
     certificate = issue(employee, template("smime-signing"), ec_p256_key)
     fingerprint = certificate.fingerprint_sha256
     pages = {
@@ -64,6 +65,8 @@ def test_every_page_runs_without_a_policy_violation(
             ("/enroll/smime-signing/", "#id_pkcs12_password"),
             ("/certificates/", "main"),
             (f"/certificates/{certificate.pk}/", "main"),
+            (f"/certificates/{archived.certificate.pk}/", "#recover"),
+            (f"/ra/recovery/{asked.pk}/", "#withdraw"),
             (f"/directory/{fingerprint}/", "main"),
             ("/api/v1/certificates/", ".response-info"),  # DRF's browsable API
             ("/api/v1/docs/", ".opblock"),  # Swagger UI, drawn by its script
@@ -74,6 +77,7 @@ def test_every_page_runs_without_a_policy_violation(
             (f"/ra/certificates/?q={employee.last_name}", "main"),
             ("/ra/audit/", "main"),
             ("/ra/recovery/", "main"),
+            (f"/ra/recovery/{asked.pk}/?as=officer", "#accept"),
             ("/ra/agents/", "main"),
         ],
         admin_user: [

@@ -29,8 +29,9 @@ OVERFLOW = "() => document.documentElement.scrollWidth - window.innerWidth"
 
 
 def test_no_page_is_wider_than_a_phone(
-    live_server, hierarchy, template, kra, employee, officer, admin_user, ec_p256_key
-):
+    live_server, hierarchy, template, kra, employee, officer, admin_user, ec_p256_key,
+    archived, asked,
+):  # fmt: skip
     signing = issue(employee, template("smime-signing"), ec_p256_key)
     issue(employee, template("smime-dual-use"), ec_p256_key)
     pages = {
@@ -41,6 +42,8 @@ def test_no_page_is_wider_than_a_phone(
             "/enroll/smime-signing/",
             "/certificates/",
             f"/certificates/{signing.pk}/",
+            f"/certificates/{archived.certificate.pk}/",  # its key recovery, asked for
+            f"/ra/recovery/{asked.pk}/",
             f"/directory/?q={employee.last_name}",
             f"/directory/{signing.fingerprint_sha256}/",
             "/account/tokens/",
@@ -53,6 +56,7 @@ def test_no_page_is_wider_than_a_phone(
             f"/ra/certificates/?q={employee.last_name}",
             "/ra/audit/",
             "/ra/recovery/",
+            f"/ra/recovery/{asked.pk}/",  # a holder's request, with its accept form
             "/ra/agents/",
         ],
     }
@@ -70,7 +74,7 @@ def test_no_page_is_wider_than_a_phone(
                 assert response is not None
                 assert response.status == 200, path
                 page.wait_for_load_state("networkidle")
-                wide[path] = page.evaluate(OVERFLOW)
+                wide[f"{user or 'anonymous'} {path}"] = page.evaluate(OVERFLOW)
 
     too_wide = {path: pixels for path, pixels in wide.items() if pixels > 0}
     assert not too_wide, f"wider than a {PHONE['width']} px phone by: {too_wide}"

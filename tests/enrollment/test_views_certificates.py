@@ -153,15 +153,14 @@ def test_the_owner_sees_no_officer_actions(employee_client, mine):
     assert "Your key is only in" in page
 
 
-def test_an_archived_key_says_whom_to_ask_and_offers_officers_its_recovery(
+def test_an_archived_key_offers_its_holder_to_ask_for_it_and_officers_its_recovery(
     employee, employee_client, officer_client, template, kra
 ):
     archived = issue_to(employee, template, "smime-encryption")
 
-    assert (
-        "ask an RA officer to recover it"
-        in employee_client.get(f"/certificates/{archived.pk}/").content.decode()
-    )
+    owner_page = employee_client.get(f"/certificates/{archived.pk}/").content.decode()
+    assert 'href="#recover">ask for it back</a>' in owner_page
+    assert f'action="/certificates/{archived.pk}/recover/"' in owner_page
     officer_page = officer_client.get(f"/certificates/{archived.pk}/").content.decode()
     assert f'href="/ra/recovery/new/?certificate={archived.pk}"' in officer_page
 
