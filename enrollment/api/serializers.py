@@ -19,12 +19,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from enrollment import hotsql
+from enrollment import hotsql, recovery
+from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
     HOLDER_REVOCATION_REASONS,
     Certificate,
     CertificateRequest,
     CertificateTemplate,
+    KeyRecoveryRequest,
 )
 from enrollment.pkcs12_password import pkcs12_password_problems
 from enrollment.x509 import pkcs7
@@ -195,6 +197,29 @@ class RejectIn(serializers.Serializer):
         help_text="Why the request is rejected; the requester is told.",
         error_messages={"blank": "Say why the request is rejected."},
     )
+
+
+class RecoverIn(serializers.Serializer):
+    """The holder asks for their archived key back."""
+
+    reason = serializers.CharField(
+        max_length=recovery.MAX_TEXT_LENGTH,
+        help_text="Why you need the key back; RA officers read it. Plain text.",
+        error_messages={"blank": "Say why you need the key back."},
+    )
+    pkcs12_format = serializers.ChoiceField(
+        choices=[(f.value, f.value) for f in Pkcs12Format],
+        default=Pkcs12Format.MODERN.value,
+        help_text="The recovered key's file: modern (AES-256) or compatible (3DES).",
+    )
+
+    def validate_reason(self, reason: str) -> str:
+        try:
+            return recovery.clean_text(
+                reason, field="reason", empty="Say why you need the key back."
+            )
+        except EnrollmentError as exc:
+            raise serializers.ValidationError(exc.message) from None
 
 
 # --- outputs --------------------------------------------------------------------------
@@ -496,4 +521,97 @@ class TokenOut(serializers.Serializer):
     label = serializers.CharField()
     prefix = serializers.CharField(
         help_text="The token's first characters, as /account/tokens/ lists it."
+    )
+
+
+class RecoveryOut(serializers.ModelSerializer):
+    """A key recovery as the key's holder follows it. The recovered key is downloaded once
+    on its web page (`page_url`), signed in, with the one-time password the key recovery
+    agent gives in person: never through the API."""
+
+    url = serializers.SerializerMethodField()
+    serial = serializers.CharField(source="certificate.serial", read_only=True)
+    certificate_url = serializers.SerializerMethodField()
+    asked_by_holder = serializers.SerializerMethodField(
+        help_text="true when the key's holder asked for it; false when an RA officer opened it."
+    )
+    pkcs12_format = serializers.ChoiceField(
+        choices=[(f.value, f.value) for f in Pkcs12Format], read_only=True
+    )
+    approvals = serializers.SerializerMethodField(help_text="Officers who have approved it.")
+    approvals_required = serializers.SerializerMethodField()
+    download_until = serializers.SerializerMethodField(
+        help_text="While `ready`: the end of the one download's window."
+    )
+    page_url = serializers.SerializerMethodField(
+        help_text="Its web page, where the holder downloads the recovered key once."
+    )
+    withdraw_url = serializers.SerializerMethodField(
+        help_text="For the holder who asked, while nothing is recovered yet."
+    )
+
+    class Meta:
+        model = KeyRecoveryRequest
+        fields = [
+            "id",
+            "url",
+            "state",
+            "serial",
+            "certificate_url",
+            "asked_by_holder",
+            "reason",
+            "pkcs12_format",
+            "approvals",
+            "approvals_required",
+            "decision_reason",
+            "download_until",
+            "page_url",
+            "withdraw_url",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, found: KeyRecoveryRequest) -> str:
+        return absolute(self.context.get("request"), "recovery-detail", pk=found.pk)
+
+    def get_certificate_url(self, found: KeyRecoveryRequest) -> str:
+        return absolute(
+            self.context.get("request"), "certificate-detail", serial=found.certificate.serial
+        )
+
+    def get_asked_by_holder(self, found: KeyRecoveryRequest) -> bool:
+        return found.asked_by_id is not None
+
+    def get_approvals(self, found: KeyRecoveryRequest) -> int:
+        return found.approvals.count()
+
+    def get_approvals_required(self, found: KeyRecoveryRequest) -> int:
+        return recovery.approvals_required()
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_download_until(self, found: KeyRecoveryRequest) -> Any:
+        if found.state != KeyRecoveryRequest.State.READY or found.download_expires_at is None:
+            return None
+        return serializers.DateTimeField().to_representation(found.download_expires_at)
+
+    def get_page_url(self, found: KeyRecoveryRequest) -> str:
+        url = reverse("ra:recovery-detail", args=[found.pk])
+        http = self.context.get("request")
+        return http.build_absolute_uri(url) if http is not None else url
+
+    def get_withdraw_url(self, found: KeyRecoveryRequest) -> str | None:
+        http = self.context.get("request")
+        viewer = getattr(getattr(http, "user", None), "pk", None)
+        if not found.may_be_withdrawn or viewer != found.asked_by_id:
+            return None
+        return absolute(http, "recovery-withdraw", pk=found.pk)
+
+
+class RecoveryConflictOut(serializers.Serializer):
+    """A recovery of this key is already in progress: there is one at a time."""
+
+    detail = serializers.CharField()
+    recovery = serializers.URLField(
+        allow_null=True, help_text="The one in progress, when it comes to you; else null."
     )

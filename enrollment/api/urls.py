@@ -1,4 +1,5 @@
-"""API of the CA side under /api/v1/: enrolments, certificates, RA decisions, API tokens."""
+"""API of the CA side under /api/v1/: enrolments, certificates, key recoveries, RA decisions,
+API tokens."""
 
 from django.urls import path
 from rest_framework.routers import SimpleRouter
@@ -11,6 +12,7 @@ router = SimpleRouter()
 router.register("enrollments", views.EnrollmentViewSet, basename="enrollment")
 router.register("certificates", views.CertificateViewSet, basename="certificate")
 router.register("requests", views.RequestViewSet, basename="request")
+router.register("recoveries", views.RecoveryViewSet, basename="recovery")
 
 urlpatterns = [
     path("auth/token/", views.TokenCreateView.as_view(), name="auth-token"),

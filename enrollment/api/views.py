@@ -35,12 +35,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from enrollment import services
+from enrollment import ra_selectors, recovery, services
 from enrollment.api import serializers as s
 from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
 from enrollment.edge import client_address
-from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
-from enrollment.permissions import IsRaOfficer, is_ra_officer
+from enrollment.exceptions import NotPermitted
+from enrollment.models import (
+    Certificate,
+    CertificateRequest,
+    CertificateTemplate,
+    KeyRecoveryRequest,
+)
+from enrollment.permissions import IsRaOfficer, is_key_recovery_agent, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
 from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
@@ -449,7 +455,7 @@ class CertificateFilter(django_filters.FilterSet):
     ),
 )
 class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """List, fetch, revoke and renew certificates."""
+    """List, fetch, revoke and renew certificates; ask for an archived key back."""
 
     lookup_field = "serial"
     lookup_value_regex = r"[0-9A-Fa-f:]{1,128}"
@@ -523,6 +529,116 @@ class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         return _enrol(
             request, template=certificate.template, data=request.data, renewal_of=certificate
         )
+
+    @extend_schema(
+        summary="Ask for my archived key back",
+        description=(
+            "For the certificate's holder, whatever its status (an expired or revoked "
+            "encryption certificate is what old mail needs). Creates a key recovery in state "
+            "`requested`: an RA officer other than you confirms it with you and accepts it, "
+            "other officers approve it, and a key recovery agent recovers it; you then "
+            "download the key once on its `page_url`, signed in, with the one-time password "
+            "the agent gives you in person. 400 when the key was not archived (signing keys "
+            "never are); 409 while a recovery of this key is in progress (`recovery` is its "
+            "URL when it is yours to see); 429 past PKIPORTAL_RECOVERY_ASKS_PER_DAY; 403 for "
+            "RA officers on someone else's certificate (they open recoveries on the RA pages)."
+        ),
+        request=s.RecoverIn,
+        responses={
+            201: s.RecoveryOut,
+            **ERRORS,
+            **NOT_FOUND,
+            409: OpenApiResponse(
+                s.RecoveryConflictOut, description="A recovery of this key is in progress."
+            ),
+            429: ENROLMENT_LIMITS[429],
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def recover(self, request: Request, serial: str | None = None) -> Response:
+        certificate = self.get_object()  # holders see their own; officers everyone's
+        if certificate.owner_id != request.user.pk:
+            raise NotPermitted(
+                "Only the certificate's holder asks for its key back; RA officers open a "
+                "recovery on the RA pages."
+            )
+        serializer = s.RecoverIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            asked = recovery.recovery_ask(
+                certificate=certificate,
+                holder=request.user,
+                reason=serializer.validated_data["reason"],
+                pkcs12_format=serializer.validated_data["pkcs12_format"],
+                source_address=client_address(request),
+            )
+        except recovery.RecoveryAlreadyOpen as exc:
+            existing = exc.recovery
+            visible = existing.recipient_id == request.user.pk
+            body = {
+                "detail": exc.message,
+                "recovery": s.absolute(request, "recovery-detail", pk=existing.pk)
+                if visible
+                else None,
+            }
+            return Response(body, status=status.HTTP_409_CONFLICT)
+        body = s.RecoveryOut(asked, context={"request": request}).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+
+# --- key recoveries -------------------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Recoveries of my keys",
+        description=(
+            "Recoveries of your archived keys that come to you, asked by you or opened for "
+            "you by an RA officer, newest first."
+        ),
+        responses={200: s.RecoveryOut(many=True), **ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="One key recovery",
+        description="One that comes to you; RA officers and key recovery agents see any.",
+        responses={200: s.RecoveryOut, **ERRORS, **NOT_FOUND},
+    ),
+)
+class RecoveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Follow, and withdraw, the recovery of one's own archived key.
+
+    Accepting, approving and carrying out a recovery stay on the RA web pages, and the
+    recovered key is downloaded only there: a script holding an API token never gets it."""
+
+    serializer_class = s.RecoveryOut
+
+    def get_queryset(self) -> QuerySet[KeyRecoveryRequest]:
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
+            return KeyRecoveryRequest.objects.none()
+        user = self.request.user
+        if self.action == "list" or not (is_ra_officer(user) or is_key_recovery_agent(user)):
+            return ra_selectors.recoveries_of_holder(user).select_related("certificate")
+        return KeyRecoveryRequest.objects.select_related("certificate").defer("bundle")
+
+    @extend_schema(
+        summary="Withdraw my recovery request",
+        description=(
+            "For the holder who asked, while nothing is recovered yet (`requested`, "
+            "`pending` or `approved`): it leaves the officers' queue. No body. 409 once it is "
+            "recovered, downloaded, expired, rejected or withdrawn; 403 for anyone else who "
+            "may see it (an RA officer rejects it instead)."
+        ),
+        request=None,
+        responses={200: s.RecoveryOut, 401: ERRORS[401], 403: ERRORS[403], **NOT_FOUND,
+                   **CONFLICT},
+    )  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def withdraw(self, request: Request, pk: str | None = None) -> Response:
+        found = self.get_object()
+        withdrawn = recovery.recovery_withdraw(
+            recovery=found, holder=request.user, source_address=client_address(request)
+        )
+        return Response(self.get_serializer(withdrawn).data)
 
 
 # --- RA officers ----------------------------------------------------------------------

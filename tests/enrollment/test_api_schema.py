@@ -11,7 +11,8 @@ import yaml
 
 from django.core.management import call_command
 
-from enrollment.models import Certificate
+from enrollment import recovery
+from enrollment.models import Certificate, KeyRecoveryRequest
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.api_tools import (
     CERTIFICATES,
@@ -44,9 +45,16 @@ EXPECTED_OPERATIONS = {
     ("/api/v1/requests/pending/", "get"),
     ("/api/v1/requests/{id}/approve/", "post"),
     ("/api/v1/requests/{id}/reject/", "post"),
+    ("/api/v1/certificates/{serial}/recover/", "post"),
+    ("/api/v1/recoveries/", "get"),
+    ("/api/v1/recoveries/{id}/", "get"),
+    ("/api/v1/recoveries/{id}/withdraw/", "post"),
 }
 # Writes that take no body: the schema says so rather than documenting an empty object.
-WITHOUT_BODY = {("/api/v1/enrollments/{id}/withdraw/", "post")}
+WITHOUT_BODY = {
+    ("/api/v1/enrollments/{id}/withdraw/", "post"),
+    ("/api/v1/recoveries/{id}/withdraw/", "post"),
+}
 
 
 @pytest.fixture
@@ -190,3 +198,48 @@ def test_answers_of_every_endpoint_match_the_schema(
         f"{certificate_url(orphan.serial)}revoke/", {"reason": "superseded"}, format="json"
     )
     check("/api/v1/certificates/{serial}/revoke/", "post", revoked)
+
+
+@pytest.fixture
+def kra(quick_kra):
+    return quick_kra
+
+
+def test_answers_of_the_key_recovery_endpoints_match_the_schema(
+    schema, archived, employee, officer, second_officer, kra, agent_user, fast_pkcs12
+):
+    """Asked, in progress, ready and withdrawn, and the 409 of a second ask."""
+    me = token_client(employee)
+    url = f"{certificate_url(archived.certificate.serial)}recover/"
+
+    def check(path: str, method: str, response: Any, status: int = 200) -> None:
+        assert response.status_code == status, response.content
+        assert_answer_matches(schema, path, method, response)
+
+    asked = me.post(url, {"reason": "Lost laptop."}, format="json")
+    check("/api/v1/certificates/{serial}/recover/", "post", asked, 201)
+    check(
+        "/api/v1/certificates/{serial}/recover/",
+        "post",
+        me.post(url, {"reason": "Again."}, format="json"),
+        409,
+    )
+    check("/api/v1/recoveries/", "get", me.get("/api/v1/recoveries/"))
+    found = KeyRecoveryRequest.objects.get(pk=asked.json()["id"])
+    recovery.recovery_accept(recovery=found, officer=officer, note="Called her back.")
+    recovery.recovery_approve(recovery=found, officer=second_officer)
+    recovery.recovery_perform(
+        recovery=found, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+        agent_password=kra.password,
+    )  # fmt: skip
+    ready = me.get(asked.json()["url"])
+    check("/api/v1/recoveries/{id}/", "get", ready)
+    assert ready.json()["download_until"] is not None
+    check(
+        "/api/v1/recoveries/{id}/withdraw/", "post", me.post(f"{asked.json()['url']}withdraw/"), 409
+    )
+    recovery.recovery_expire_due(now=found.download_expires_at)
+    again = me.post(url, {"reason": "Still lost."}, format="json")
+    withdrawn = me.post(f"{again.json()['url']}withdraw/")
+    check("/api/v1/recoveries/{id}/withdraw/", "post", withdrawn)
+    assert withdrawn.json()["state"] == "withdrawn"
