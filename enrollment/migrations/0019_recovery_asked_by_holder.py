@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("enrollment", "0017_request_idempotency_key"),
+        ("enrollment", "0018_api_token"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
