@@ -21,7 +21,7 @@ from django.views.decorators.http import require_safe
 
 from enrollment import binary, services
 from enrollment.exceptions import Busy
-from enrollment.models import CertificateAuthority, RevocationList
+from enrollment.models import CertificateAuthority, CertificateTemplate, RevocationList
 from enrollment.x509 import pkcs7
 
 CA_CERT_MAX_AGE = 24 * 3600
@@ -211,7 +211,13 @@ def repository(request: HttpRequest) -> HttpResponse:
 
     authorities.sort(key=lambda ca: (depth(ca.pk), ca.name, ca.pk))
     now = timezone.now()
+    # Which issuing CAs sign new certificates, and which only publish CRLs for the ones
+    # they signed before a successor took over: relying parties need both.
+    active = CertificateTemplate.objects.filter(is_active=True)
+    named = set(active.filter(issuing_ca__isnull=False).values_list("issuing_ca", flat=True))
+    follow_default = active.filter(issuing_ca__isnull=True).exists()
     for ca in authorities:
+        ca.issues_now = ca.pk in named or (ca.is_default and follow_default)
         ca.current_crl = ca.latest_crl()
         ca.crl_overdue = ca.current_crl is not None and ca.current_crl.next_update <= now
         # SHA-1 is what Windows ("Thumbprint"), Outlook and gpgsm's trustlist.txt show.

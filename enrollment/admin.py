@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from enrollment import ra_selectors, services
 from enrollment.change_audit import template_record, template_state
 from enrollment.edge import client_address
-from enrollment.exceptions import EnrollmentError
+from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.models import (
     ApiToken,
     ArchivedKey,
@@ -50,9 +50,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(CertificateAuthority)
 class CertificateAuthorityAdmin(ReadOnlyAdmin):
-    list_display = ["name", "slug", "parent", "is_online", "not_after"]
+    list_display = ["name", "slug", "parent", "is_online", "is_default", "not_after"]
     exclude = ["der"]
-    actions = ["publish_crl"]
+    actions = ["publish_crl", "switch_templates"]
 
     # Publishing is harmless and audited, but it is an act, not a look: staff who may only
     # view CAs are not offered it (Django offers an action without permissions to them).
@@ -70,6 +70,38 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin):
         # The model's change permission: the admin itself never edits a CA row.
         return request.user.has_perm("enrollment.change_certificateauthority")
 
+    # What `manage.py switch_issuing_ca SLUG` does: the default CA's templates move to it.
+    @admin.action(
+        description="Issue from this CA: move the default CA's templates to it",
+        permissions=["switch_templates"],
+    )
+    def switch_templates(
+        self, request: HttpRequest, queryset: QuerySet[CertificateAuthority]
+    ) -> None:
+        chosen = list(queryset[:2])
+        if len(chosen) != 1:
+            self.message_user(request, "Choose exactly one issuing CA.", messages.ERROR)
+            return
+        try:
+            switch = services.issuing_ca_switch(
+                to=chosen[0], actor=request.user, source_address=client_address(request)
+            )
+        except EnrollmentError as exc:
+            self.message_user(request, f"{chosen[0]}: {public_message(exc)}", messages.ERROR)
+            return
+        moved = ", ".join(switch.templates) or "no template yet"
+        self.message_user(
+            request,
+            f"{switch.current} issues from now on for: {moved}. Certificates already issued "
+            "keep their CA, which goes on publishing its CRL.",
+        )
+
+    def has_switch_templates_permission(self, request: HttpRequest) -> bool:
+        # It changes templates and which CA is the default: both permissions.
+        return request.user.has_perm(
+            "enrollment.change_certificateauthority"
+        ) and request.user.has_perm("enrollment.change_certificatetemplate")
+
 
 @admin.register(CertificateTemplate)
 class CertificateTemplateAdmin(admin.ModelAdmin):
@@ -77,14 +109,20 @@ class CertificateTemplateAdmin(admin.ModelAdmin):
         "name",
         "purpose",
         "generation",
+        "issues_from",
         "validity_days",
         "archive_key",
         "requires_approval",
         "is_active",
     ]
     list_filter = ["purpose", "archive_key", "requires_approval", "is_active"]
+    list_select_related = ["issuing_ca"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["allowed_groups"]
+
+    @admin.display(description="Issuing CA", ordering="issuing_ca__name")
+    def issues_from(self, template: CertificateTemplate) -> str:
+        return template.issuing_ca.name if template.issuing_ca is not None else "the default"
 
     # Templates are edited here, not through services, so their audit events are written
     # here: in the admin's transaction, with each changed field's old and new value (turning

@@ -246,12 +246,9 @@ def _claim_with_default_ca_sql() -> str:
 
 @cache
 def _default_ca_sql() -> str:
+    """The CA marked default; one_default_issuing_ca makes it the only one (an index scan)."""
     ca = CertificateAuthority
-    return (
-        f"SELECT {_all_columns(ca)} FROM {_table(ca)} WHERE {_column(ca, 'is_online')} = %s "
-        f"AND {_column(ca, 'parent')} IS NOT NULL "
-        f"ORDER BY {_column(ca, 'parent')}, {_column(ca, 'name')}, {_column(ca, 'id')} LIMIT 1"
-    )
+    return f"SELECT {_all_columns(ca)} FROM {_table(ca)} WHERE {_column(ca, 'is_default')} = %s"
 
 
 @cache
@@ -280,7 +277,8 @@ def _instance(db: BaseDatabaseWrapper, model: type[models.Model], row: tuple[Any
 
 
 def default_issuing_ca() -> CertificateAuthority | None:
-    """The first online subordinate CA in the model's ordering, as ``.first()`` gives."""
+    """``CertificateAuthority.objects.filter(is_default=True).first()``: the CA of templates
+    that name none."""
     db = _db()
     with _cursor(db) as cursor:
         cursor.execute(_default_ca_sql(), [True])

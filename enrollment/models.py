@@ -84,6 +84,13 @@ class CertificateAuthority(DerCertificateMixin):
     crl_url = models.URLField(help_text="This CA's CRL URL, embedded in what it issues.")
     ca_issuers_url = models.URLField(help_text="This CA's certificate URL (AIA caIssuers).")
     crl_validity_days = models.PositiveSmallIntegerField(default=7)
+    # Templates that name no CA issue from this one. A flag rather than "the first online
+    # issuing CA": a second issuing CA must never take over by the way it sorts, only by
+    # services.issuing_ca_switch (switch_issuing_ca, create_issuing_ca --make-default).
+    is_default = models.BooleanField(
+        default=False,
+        help_text="Templates that name no CA issue from this one (manage.py switch_issuing_ca).",
+    )
     # The last CRL publication that failed, shown by /health/ and cleared by the next success.
     crl_failed_at = models.DateTimeField(null=True, blank=True)
     crl_error_code = models.CharField(max_length=50, blank=True)
@@ -106,6 +113,13 @@ class CertificateAuthority(DerCertificateMixin):
                 condition=Q(crl_validity_days__gte=1)
                 & (Q(crl_validity_days__lte=10) | Q(is_online=False, crl_validity_days__lte=365)),
                 name="crl_validity_within_smime_br",
+            ),
+            models.UniqueConstraint(
+                fields=["is_default"], condition=Q(is_default=True), name="one_default_issuing_ca"
+            ),
+            models.CheckConstraint(
+                condition=Q(is_default=False) | Q(is_online=True, parent__isnull=False),
+                name="default_ca_is_an_online_issuing_ca",
             ),
         ]
 
@@ -181,7 +195,11 @@ class CertificateTemplate(models.Model):
         null=True,
         blank=True,
         on_delete=models.PROTECT,
-        help_text="Empty: the online issuing CA.",
+        limit_choices_to={"is_online": True, "parent__isnull": False},
+        help_text=(
+            "Empty: the default issuing CA, which manage.py switch_issuing_ca moves to a "
+            "successor. Name one only to keep this template on it."
+        ),
     )
     allowed_groups = models.ManyToManyField(
         Group, blank=True, help_text="Empty: every signed-in employee may enrol."

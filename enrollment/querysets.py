@@ -15,6 +15,10 @@ class CertificateAuthorityQuerySet(models.QuerySet):
     def roots(self) -> CertificateAuthorityQuerySet:
         return self.filter(parent__isnull=True)
 
+    def issuing(self) -> CertificateAuthorityQuerySet:
+        """Online CAs under a root: those that can sign certificates here."""
+        return self.filter(is_online=True, parent__isnull=False)
+
 
 class CertificateQuerySet(models.QuerySet):
     def valid(self, now: datetime | None = None) -> CertificateQuerySet:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from enrollment import audit, binary, hotsql, keystore
 from enrollment.audit import audit_record
+from enrollment.change_audit import template_record
 from enrollment.exceptions import (
     Busy,
     ConfigurationError,
@@ -148,16 +150,7 @@ def pki_create(
         raise PolicyViolation(exc.message) from exc
     if root.slug == issuing.slug:
         raise PolicyViolation("The root and the issuing CA need different slugs.")
-    base_url = base_url.rstrip("/")
-    if not base_url.startswith("http://"):
-        raise PolicyViolation("The base URL must be plain http:// (RFC 5280 CDP and AIA).")
-
-    def urls(slug: str) -> dict[str, str]:
-        return {
-            "crl_url": f"{base_url}/pki/{slug}.crl",
-            "ca_issuers_url": f"{base_url}/pki/{slug}.crt",
-        }
-
+    base_url = _check_base_url(base_url)
     root_certificate = keystore.create_root(
         algorithm=root.algorithm,
         key_path=root_key_path,
@@ -176,7 +169,7 @@ def pki_create(
                 is_online=False,
                 key_backend="",
                 crl_validity_days=settings.PKIPORTAL_ROOT_CRL_VALIDITY_DAYS,
-                **urls(root.slug),
+                **_repository_urls(base_url, root.slug),
                 **_der_facts(root_certificate),
             )
             issuing_certificate, backend, reference = keystore.create_issuing(
@@ -198,7 +191,8 @@ def pki_create(
                 key_backend=backend,
                 key_reference=reference,
                 crl_validity_days=settings.PKIPORTAL_CRL_VALIDITY_DAYS,
-                **urls(issuing.slug),
+                is_default=True,
+                **_repository_urls(base_url, issuing.slug),
                 **_der_facts(issuing_certificate),
             )
             for ca in (root_ca, issuing_ca):
@@ -214,14 +208,218 @@ def pki_create(
 
 
 def default_issuing_ca() -> CertificateAuthority:
-    # .online().filter(parent__isnull=False).first()
+    """The CA of templates that name none (CertificateAuthority.is_default)."""
     return _online_issuing_ca(hotsql.default_issuing_ca())
 
 
 def _online_issuing_ca(ca: CertificateAuthority | None) -> CertificateAuthority:
     if ca is None:
-        raise ConfigurationError("No online issuing CA exists: run `manage.py create_pki`.")
+        raise ConfigurationError(
+            "No default issuing CA exists: run `manage.py create_pki`, or make one the "
+            "default with `manage.py switch_issuing_ca`."
+        )
     return ca
+
+
+def _check_base_url(base_url: str) -> str:
+    base_url = base_url.rstrip("/")
+    if not base_url.startswith("http://"):
+        raise PolicyViolation("The base URL must be plain http:// (RFC 5280 CDP and AIA).")
+    return base_url
+
+
+def _repository_urls(base_url: str, slug: str) -> dict[str, str]:
+    """Where /pki/ publishes a CA's CRL and certificate: embedded in all it issues."""
+    return {
+        "crl_url": f"{base_url}/pki/{slug}.crl",
+        "ca_issuers_url": f"{base_url}/pki/{slug}.crt",
+    }
+
+
+# A CA's slug names its /pki/ files and its key file in the key store (keystore.py).
+_CA_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?")
+
+
+@sensitive_variables()  # the root key's passphrase, here and below
+def issuing_ca_create(
+    *,
+    spec: CaSpec,
+    root: CertificateAuthority,
+    root_key: keystore.OfflineKey,
+    base_url: str,
+    organization_name: str,
+    country_name: str,
+    actor: Actor = None,
+) -> CertificateAuthority:
+    """A new online issuing CA certified by the offline root, for an issuing CA's end.
+
+    The root key is read from the operator's file for this call only, never stored. No
+    template moves to the new CA (issuing_ca_switch does that, when clients are ready),
+    and nothing is left behind when it fails: no key file, no row, no event.
+    """
+    if not root.is_root or root.is_online:
+        raise PolicyViolation(f"{root.name} is not the offline root CA.")
+    if not _CA_SLUG.fullmatch(spec.slug):
+        raise PolicyViolation(
+            f"The slug {spec.slug!r} must be 1 to 50 lower-case letters, digits and hyphens "
+            "(it names /pki/<slug>.crt, .crl and the key file).",
+            field="slug",
+        )
+    if CertificateAuthority.objects.filter(slug=spec.slug).exists():
+        raise InvalidState(
+            f"A CA with the slug {spec.slug!r} exists already: choose another.", field="slug"
+        )
+    if not spec.name.strip():
+        raise PolicyViolation("The new CA needs a name.", field="name")
+    # Relying parties (dirmngr's CRL cache, for one) tell CAs apart by their name.
+    if CertificateAuthority.objects.filter(name=spec.name).exists():
+        raise InvalidState(
+            f"A CA named {spec.name!r} exists already: give the new one a name of its own.",
+            field="name",
+        )
+    try:
+        builder.check_ca_subject(organization_name, country_name)
+    except X509Error as exc:
+        raise PolicyViolation(exc.message) from exc
+    base_url = _check_base_url(base_url)
+    stored: tuple[str, str] | None = None
+    try:
+        with transaction.atomic():
+            certificate, backend, reference = keystore.create_issuing(
+                label=spec.slug,
+                algorithm=spec.algorithm,
+                root=root,
+                root_key=root_key,
+                common_name=spec.name,
+                organization_name=organization_name,
+                country_name=country_name,
+                validity_days=spec.validity_days,
+            )
+            stored = (backend, reference)
+            ca = CertificateAuthority.objects.create(
+                name=spec.name,
+                slug=spec.slug,
+                parent=root,
+                is_online=True,
+                key_backend=backend,
+                key_reference=reference,
+                crl_validity_days=settings.PKIPORTAL_CRL_VALIDITY_DAYS,
+                **_repository_urls(base_url, spec.slug),
+                **_der_facts(certificate),
+            )
+            audit_record(
+                action="ca.create",
+                actor=actor,
+                target=ca,
+                detail={
+                    "slug": ca.slug,
+                    "parent": root.slug,
+                    "key_algorithm": spec.algorithm.value,
+                    "not_before": ca.not_before,
+                    "not_after": ca.not_after,
+                    "fingerprint_sha256": ca.fingerprint_sha256,
+                },
+            )
+    except X509Error as exc:  # the builder's refusal: the root has expired, bad validity
+        if stored is not None:
+            keystore.discard_key(*stored)
+        raise PolicyViolation(exc.message) from exc
+    except BaseException:
+        if stored is not None:
+            keystore.discard_key(*stored)
+        raise
+    crl_publish(ca=ca, actor=actor)
+    return ca
+
+
+@dataclass(frozen=True)
+class IssuingCaSwitch:
+    """What issuing_ca_switch moved, as its audit event records it."""
+
+    previous: CertificateAuthority | None
+    current: CertificateAuthority
+    made_default: bool
+    templates: list[str]  # slugs of every template that now issues from ``current``
+
+
+def issuing_ca_switch(
+    *,
+    to: CertificateAuthority,
+    from_ca: CertificateAuthority | None = None,
+    actor: Actor = None,
+    source_address: str | None = None,
+) -> IssuingCaSwitch:
+    """Every template that issues from ``from_ca`` (default: the default CA) issues from
+    ``to`` from now on: those that name it are changed, and ``to`` becomes the default
+    if ``from_ca`` was it. Certificates already issued stay with their CA.
+
+    Refused unless ``to`` can sign now: an online issuing CA inside its validity whose
+    key loads, so a switch never stops enrolment.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        locked = CertificateAuthority.objects.select_for_update().get(pk=to.pk)
+        default = CertificateAuthority.objects.select_for_update().filter(is_default=True).first()
+        previous = default if from_ca is None else _locked_ca(from_ca)
+        if previous is not None and previous.pk == locked.pk:
+            raise InvalidState(f"Templates already issue from {locked.name}.")
+        if not locked.is_online or locked.parent_id is None:
+            raise PolicyViolation(f"{locked.name} is not an online issuing CA.")
+        if locked.not_after <= now:
+            raise PolicyViolation(f"{locked.name} expired on {locked.not_after:%Y-%m-%d}.")
+        if locked.not_before > now:
+            raise PolicyViolation(
+                f"{locked.name} is valid only from {locked.not_before:%Y-%m-%d %H:%M} UTC."
+            )
+        keystore.check_ca_key(locked)
+        made_default = previous is None or previous.is_default
+        moved = []
+        if previous is not None:
+            moved = list(
+                CertificateTemplate.objects.select_for_update()
+                .filter(issuing_ca=previous)
+                .order_by("slug")
+            )
+        following: list[str] = []
+        if made_default:
+            # The old flag first: one_default_issuing_ca allows one at every statement.
+            CertificateAuthority.objects.filter(is_default=True).update(is_default=False)
+            CertificateAuthority.objects.filter(pk=locked.pk).update(is_default=True)
+            locked.is_default = True
+            following = list(
+                CertificateTemplate.objects.filter(issuing_ca__isnull=True).values_list(
+                    "slug", flat=True
+                )
+            )
+        for template in moved:
+            template.issuing_ca = locked
+            template.save(update_fields=["issuing_ca"])
+            template_record(
+                action="template.change",
+                template=template,
+                before={"issuing_ca": previous.slug if previous is not None else None},
+                after={"issuing_ca": locked.slug},
+                actor=actor,
+                source_address=source_address,
+            )
+        templates = sorted({*following, *(template.slug for template in moved)})
+        audit_record(
+            action="ca.switch",
+            actor=actor,
+            target=locked,
+            source_address=source_address,
+            detail={
+                "from": previous.slug if previous is not None else None,
+                "to": locked.slug,
+                "default": made_default,
+                "templates": templates,
+            },
+        )
+    return IssuingCaSwitch(previous, locked, made_default, templates)
+
+
+def _locked_ca(ca: CertificateAuthority) -> CertificateAuthority:
+    return CertificateAuthority.objects.select_for_update().get(pk=ca.pk)
 
 
 # --- key recovery agents --------------------------------------------------------------

@@ -104,19 +104,38 @@ def test_the_limit_counts_match_the_orm(hierarchy, template, employee, colleague
     assert hot_counts(colleague, signing) == orm_counts(colleague, signing) == (0, 0, 1)
 
 
-def test_the_default_issuing_ca_is_the_orms_first_online_subordinate(hierarchy):
-    orm = CertificateAuthority.objects.online().filter(parent__isnull=False).first()
+def test_the_default_issuing_ca_is_the_one_marked_default(hierarchy):
+    orm = CertificateAuthority.objects.filter(is_default=True).first()
     hot = hotsql.default_issuing_ca()
 
     assert field_values(hot) == field_values(orm)
     assert hot.certificate == hierarchy.issuing.certificate
     assert hot.crl_failed_at is None
 
-    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(
-        is_online=False, key_reference="gone"
-    )
+    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(is_default=False)
     assert hotsql.default_issuing_ca() is None
-    assert CertificateAuthority.objects.online().filter(parent__isnull=False).first() is None
+    assert CertificateAuthority.objects.filter(is_default=True).first() is None
+
+
+def test_a_second_issuing_ca_never_becomes_the_default_by_its_name(hierarchy, settings):
+    """Before the flag, the first online issuing CA by name was the default: a successor
+    named "A..." would have taken every template over the moment it was created."""
+    CertificateAuthority.objects.create(
+        name="A Successor CA",
+        slug="a-successor",
+        parent=hierarchy.root,
+        key_reference="a-successor.key.pem",
+        crl_url="http://pki.example.com/pki/a-successor.crl",
+        ca_issuers_url="http://pki.example.com/pki/a-successor.crt",
+        der=b"0",
+        fingerprint_sha256="ab" * 32,
+        subject="CN=A Successor CA",
+        not_before=hierarchy.issuing.not_before,
+        not_after=hierarchy.issuing.not_after,
+    )
+
+    assert hotsql.default_issuing_ca().pk == hierarchy.issuing.pk
+    assert hotsql.claim_key("cc" * 32, default_ca=True)[1].pk == hierarchy.issuing.pk
 
 
 def test_the_key_claim_reads_the_same_default_ca_and_refuses_nothing_itself(hierarchy):
@@ -130,7 +149,7 @@ def test_the_key_claim_reads_the_same_default_ca_and_refuses_nothing_itself(hier
     assert KeyIdentity.objects.filter(spki_sha256="aa" * 32, compromised=False).exists()
 
     KeyIdentity.objects.filter(spki_sha256="aa" * 32).update(compromised=True)
-    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(is_online=False)
+    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(is_default=False)
     assert hotsql.claim_key("aa" * 32, default_ca=True) == (True, None)
     assert hotsql.claim_key("bb" * 32) == (False, None)
     assert KeyIdentity.objects.count() == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 from django.core.management.base import CommandError
 
 from enrollment.models import CertificateAuthority
+from enrollment.services import IssuingCaSwitch
 
 
 def read_passphrase(path: str | None, *, prompt: str) -> bytes:
@@ -56,3 +57,11 @@ def get_ca(slug: str | None, *, root: bool = False) -> CertificateAuthority:
         kind = "root" if root else "issuing"
         raise CommandError(f"Say which {kind} CA with --ca (there is not exactly one).")
     return queryset.get()
+
+
+def switched(switch: IssuingCaSwitch) -> str:
+    """One line saying what an issuing CA switch moved (create_issuing_ca, switch_issuing_ca)."""
+    moved = ", ".join(switch.templates) or "no template yet"
+    default = " It is the default issuing CA now." if switch.made_default else ""
+    source = f" from {switch.previous.name}" if switch.previous is not None else ""
+    return f"Templates moved{source} to {switch.current.name}: {moved}.{default}"

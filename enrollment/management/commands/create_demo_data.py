@@ -165,7 +165,7 @@ class Command(BaseCommand):
             out.write(f"  password: {kra_password}  (shown once; keep it with the file)")
         else:
             out.write(f"Key recovery agent PKCS#12: {kra_path} (password shown when it was made)")
-        ca = CertificateAuthority.objects.online().first()
+        ca = CertificateAuthority.objects.filter(is_default=True).first()
         if ca is not None:
             base = settings.PKIPORTAL_BASE_URL
             out.write(f"Issuing CA CRL: {base}/pki/{ca.slug}.crl")
