@@ -1,5 +1,5 @@
-"""Is every CA's CRL fresh, and is beat alive? Read-only checks for /health/, the watchdog
-and the RA console.
+"""Is every CA's CRL fresh, is beat alive, and is an issuing CA near its end? Read-only
+checks for /health/, the watchdog and the RA console.
 
 A stale or unreachable CRL is the classic reason S/MIME signatures show errors, so each
 CA's CRL gets a verdict: "ok", "warn" (the offline root's CRL expires within
@@ -8,6 +8,9 @@ refresh, a failed publication, or revocations waiting for a CRL far too long).
 
 A CRL shows a dead beat only days later, when it nears its overlap window; expiry notices
 stop silently. So beat gets its own verdict, from the last run of the CRL watchdog.
+
+An issuing CA cuts every certificate at its own end: the templates that use it get a
+verdict long before that end, and a failure once they cannot issue (issuing_ca_status).
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from django.conf import settings
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from enrollment.models import CertificateAuthority, CrlEntry, RevocationList, ScheduledRun
+from enrollment import ca_lifetime
+from enrollment.models import (
+    CertificateAuthority,
+    CertificateTemplate,
+    CrlEntry,
+    RevocationList,
+    ScheduledRun,
+)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
@@ -184,3 +194,148 @@ def beat_status(now: datetime | None = None) -> dict[str, Any]:
             "beat` and a worker running? Scheduled CRLs and expiry notices wait meanwhile."
         )
     return result
+
+
+# --- issuing CAs' ends ----------------------------------------------------------------
+
+
+@dataclass
+class IssuingCaStatus:
+    """One issuing CA's end, as it affects the templates that issue from it."""
+
+    slug: str
+    name: str
+    online: bool
+    is_default: bool
+    not_after: datetime
+    days_left: int
+    templates: list[str] = field(default_factory=list)  # active templates issuing from it
+    longest_validity_days: int | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return FAIL if self.problems else WARN if self.warnings else OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "online": self.online,
+            "default": self.is_default,
+            "not_after": self.not_after.isoformat(),
+            "days_left": self.days_left,
+            "templates": self.templates,
+            "longest_validity_days": self.longest_validity_days,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class IssuingCaCheck:
+    authorities: list[IssuingCaStatus] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # templates without a CA to issue from
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        own = FAIL if self.problems else WARN if self.warnings else OK
+        return worst(own, *(ca.status for ca in self.authorities))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "authorities": {ca.slug: ca.as_dict() for ca in self.authorities},
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
+    """Every issuing CA, and whether its end cuts short or stops what templates issue.
+
+    "warn" when a CA that active templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS
+    or before a certificate of its longest template issued today would (it is cut short
+    already); "fail" when it expired, cuts certificates below PKIPORTAL_MIN_CERTIFICATE_DAYS
+    (they are refused), or templates have no CA they can issue from. A CA no active
+    template uses any more is retired from issuing: its end is no news.
+    """
+    now = now or timezone.now()
+    lead = timedelta(days=settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS)
+    check = IssuingCaCheck()
+    authorities = list(CertificateAuthority.objects.order_by("parent_id", "name", "pk"))
+    by_pk = {ca.pk: ca for ca in authorities}
+    default = next((ca for ca in authorities if ca.is_default), None)
+    users: dict[int, list[CertificateTemplate]] = {}
+    for template in CertificateTemplate.objects.filter(is_active=True).order_by("slug"):
+        ca = by_pk.get(template.issuing_ca_id) if template.issuing_ca_id else default
+        if ca is None:
+            continue
+        users.setdefault(ca.pk, []).append(template)
+        if ca.is_root or not ca.is_online:
+            check.problems.append(
+                f"{template.name} names {ca.name}, which cannot sign certificates here: "
+                "choose an online issuing CA for it in the admin."
+            )
+    following_default = [
+        t.slug for t in CertificateTemplate.objects.filter(is_active=True, issuing_ca__isnull=True)
+    ]
+    if default is None and following_default:
+        if authorities:
+            check.problems.append(
+                f"No issuing CA is the default, so {', '.join(following_default)} cannot "
+                "issue: make one the default with `manage.py switch_issuing_ca`."
+            )
+        else:
+            check.warnings.append("No CA exists yet: run `manage.py create_pki`.")
+    for ca in authorities:
+        if ca.is_root:
+            continue
+        templates = users.get(ca.pk, [])
+        left = ca.not_after - now
+        status = IssuingCaStatus(
+            ca.slug,
+            ca.name,
+            ca.is_online,
+            ca.is_default,
+            ca.not_after,
+            max(left.days, 0),
+            [t.slug for t in templates],
+        )
+        check.authorities.append(status)
+        if not templates or not ca.is_online:
+            continue
+        longest = max(templates, key=lambda t: t.validity_days)
+        status.longest_validity_days = longest.validity_days
+        refused = [t for t in templates if ca_lifetime.issuance_problem(ca, t, now) is not None]
+        names = ", ".join(t.name for t in refused)
+        ends = f"{ca.name} ends on {ca.not_after:%Y-%m-%d %H:%M} UTC"
+        if ca.not_after <= now:
+            status.problems.append(
+                f"{ca.name} expired on {ca.not_after:%Y-%m-%d %H:%M} UTC: {names} cannot "
+                f"issue. {ca_lifetime.SWITCH_HINT}"
+            )
+        elif ca.not_before > now:
+            status.problems.append(
+                f"{ca.name} is valid only from {ca.not_before:%Y-%m-%d %H:%M} UTC: {names} "
+                "cannot issue until then (is this server's clock right?)."
+            )
+        elif refused:
+            status.problems.append(
+                f"{ends}, in {left.days} days: {names} no longer issue, as their certificates "
+                f"would last fewer than {settings.PKIPORTAL_MIN_CERTIFICATE_DAYS} days. "
+                f"{ca_lifetime.SWITCH_HINT}"
+            )
+        elif left < timedelta(days=longest.validity_days):
+            status.warnings.append(
+                f"{ends}, in {left.days} days: certificates from {longest.name} "
+                f"({longest.validity_days} days) issued now are cut short to end then. "
+                f"{ca_lifetime.SWITCH_HINT}"
+            )
+        elif left <= lead:
+            status.warnings.append(
+                f"{ends}, in {left.days} days (PKIPORTAL_CA_EXPIRY_WARNING_DAYS is "
+                f"{settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS}). {ca_lifetime.SWITCH_HINT}"
+            )
+    return check

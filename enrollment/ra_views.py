@@ -32,7 +32,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from enrollment import leavers, ra_selectors, ra_services, recovery, services
+from enrollment import health, leavers, ra_selectors, ra_services, recovery, services
 from enrollment.edge import client_address, officer_required, show_error, status_for
 from enrollment.exceptions import EnrollmentError
 from enrollment.forms import RecoveryWithdrawForm
@@ -119,6 +119,7 @@ def console(request: HttpRequest) -> HttpResponse:
         "agents": ra_selectors.agent_overview(),
         "leaver_count": leavers.leavers_holding_count(),
         "leaver_check": leavers.leaver_check(),
+        "issuing": health.issuing_ca_status(),
     }
     return render(request, "enrollment/ra/console.html", context)
 

@@ -30,7 +30,7 @@ from django.db.models.signals import post_save
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from enrollment import audit, binary, hotsql, keystore
+from enrollment import audit, binary, ca_lifetime, hotsql, keystore
 from enrollment.audit import audit_record
 from enrollment.change_audit import template_record
 from enrollment.exceptions import (
@@ -568,6 +568,11 @@ def _issue(
         # S/MIME BR 6.1.1.3 (4): a key known to be compromised is never certified again.
         raise PolicyViolation(COMPROMISED_KEY, field="csr")
     ca = _online_issuing_ca(found) if by_default else template.issuing_ca
+    # Near the CA's end a certificate is cut to end with it; one cut absurdly short, or
+    # from an expired CA, is the operator's to fix (a successor CA), not the requester's.
+    refused = ca_lifetime.issuance_problem(ca, template)
+    if refused is not None:
+        raise ConfigurationError(refused)
     subject = subject_for(owner)
     if template.archive_key:
         if private_key is None:

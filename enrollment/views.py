@@ -31,7 +31,7 @@ from django.utils.text import slugify
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from enrollment import ra_selectors, recovery, services
+from enrollment import ca_lifetime, ra_selectors, recovery, services
 from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.forms import (
@@ -140,6 +140,14 @@ def _pkcs12_response(request: HttpRequest, certificate: Certificate, bundle: byt
             secure=request.is_secure(),
         )
     return response
+
+
+def _say_if_cut_short(request: HttpRequest, certificate: Certificate) -> None:
+    """The .p12 download leaves the page as it was: the next page says what the issuing
+    CA's end did to this certificate (its own page says it for good)."""
+    short = ca_lifetime.cut_short(certificate)
+    if short is not None:
+        messages.warning(request, f"Your new certificate: {short.message}")
 
 
 def _csr_differences(certificate: Certificate) -> list[str]:
@@ -273,6 +281,8 @@ def enroll(request: HttpRequest, slug: str) -> HttpResponse:
         "csr_form": csr_form,
         "method": method,
         "renewal": renewal,
+        # Near the issuing CA's end: what a certificate issued now would get, said up front.
+        "outlook": ca_lifetime.template_outlook(template),
     }
     return render(request, "enrollment/enroll.html", context, status=status)
 
@@ -300,6 +310,7 @@ def _enroll_with_server_key(
                 pkcs12_format=form.chosen_format,
                 source_address=client_address(request),
             )
+            _say_if_cut_short(request, certificate)
             return _pkcs12_response(request, certificate, bundle)
     messages.success(
         request,
@@ -399,6 +410,7 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
                     messages.error(request, public_message(exc))
                     form = None
             else:
+                _say_if_cut_short(request, certificate)
                 return _pkcs12_response(request, certificate, bundle)
     return _request_page(request, cert_request, form=form, status=status)
 
@@ -560,6 +572,7 @@ def _certificate_page(
         "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
         "revoke_form": revoke_form or RevokeForm(),
         "csr_notes": _csr_differences(certificate) if is_owner else [],
+        "cut_short": ca_lifetime.cut_short(certificate),
         "archived": archived,
         "renewed_by": certificate.renewals.select_related("certificate").first(),
         # Key recovery: the holder asks here (README.md, "Key recovery").

@@ -1,12 +1,14 @@
-"""/health/: database, broker, worker, beat, CRL freshness and the revocation of leavers'
-certificates as JSON, 503 when something is wrong.
+"""/health/: database, broker, worker, beat, CRL freshness, the issuing CAs' ends and the
+revocation of leavers' certificates as JSON, 503 when something is wrong.
 
 Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
 staff and RA officers also get each check's details, which name CAs, errors and hosts, and
 so does a monitoring system presenting PKIPORTAL_HEALTH_TOKEN as a bearer token. The token
 is checked before the session, which lives in the database: details still come when the
-database is what is down. "Warn" (the offline root's CRL expires within a month, or the
-cap held leavers' certificate revocations back) still answers 200.
+database is what is down. "Warn" (the offline root's CRL expires within a month, an
+issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or already
+cuts certificates short, or the cap held leavers' certificate revocations back) still
+answers 200.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def checks() -> dict[str, Any]:
     else:
         results["crl"] = {"status": health.FAIL, "error": "The database is unreachable."}
     if results["database"]["status"] == health.OK:
+        # "warn" long before an issuing CA's end, "fail" once templates cannot issue.
+        results["issuing_ca"] = health.issuing_ca_status().as_dict()
         # "warn" while the cap holds leavers' revocations back: an operator must look.
         results["leavers"] = leavers.leaver_check()
     return results

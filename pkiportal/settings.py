@@ -400,6 +400,19 @@ if not 1 <= PKIPORTAL_ROOT_CRL_VALIDITY_DAYS <= 365:
     )
 # /health/ and the RA console warn this long before the offline root's CRL expires.
 PKIPORTAL_ROOT_CRL_WARNING_DAYS = env.int("PKIPORTAL_ROOT_CRL_WARNING_DAYS", default=30)
+# An issuing CA's end (README: Replacing the issuing CA). /health/ and the RA console warn
+# this long before an issuing CA that templates use expires, and whenever its end already
+# cuts certificates short of their template's validity.
+PKIPORTAL_CA_EXPIRY_WARNING_DAYS = env.int("PKIPORTAL_CA_EXPIRY_WARNING_DAYS", default=180)
+if not 1 <= PKIPORTAL_CA_EXPIRY_WARNING_DAYS <= 3650:
+    raise ImproperlyConfigured("PKIPORTAL_CA_EXPIRY_WARNING_DAYS must be 1 to 3650.")
+# A certificate its CA's end would cut to fewer days than this is refused, not issued (a
+# template that asks for fewer days is not affected); 0 issues until the CA's last second.
+PKIPORTAL_MIN_CERTIFICATE_DAYS = env.int("PKIPORTAL_MIN_CERTIFICATE_DAYS", default=30)
+if not 0 <= PKIPORTAL_MIN_CERTIFICATE_DAYS <= 825:
+    raise ImproperlyConfigured(
+        "PKIPORTAL_MIN_CERTIFICATE_DAYS must be 0 to 825 (the longest S/MIME validity)."
+    )
 # A monitoring system that cannot sign in sends `Authorization: Bearer <token>` to /health/
 # for every check's details; empty: only staff and RA officers see them.
 PKIPORTAL_HEALTH_TOKEN = _secret("PKIPORTAL_HEALTH_TOKEN", default="") or ""

@@ -19,7 +19,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from enrollment import hotsql, recovery
+from enrollment import ca_lifetime, hotsql, recovery
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
     HOLDER_REVOCATION_REASONS,
@@ -414,7 +414,8 @@ class IssuedOut(serializers.Serializer):
     )
     certificate_url = serializers.SerializerMethodField()
     notice = serializers.SerializerMethodField(
-        help_text="Set when the CSR asked for a name or address the certificate does not carry."
+        help_text="Set when the CSR asked for a name or address the certificate does not "
+        "carry, or when the issuing CA's end made the certificate shorter than its template."
     )
     pkcs12 = serializers.SerializerMethodField(
         help_text="The PKCS#12 (key, certificate, chain), base64; null for a CSR enrolment."
@@ -436,7 +437,7 @@ class IssuedOut(serializers.Serializer):
         )
 
     def get_notice(self, issued: Issued) -> str:
-        return substitution_notice(issued.request, issued.certificate)
+        return enrolment_notice(issued.request, issued.certificate)
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_pkcs12(self, issued: Issued) -> str | None:
@@ -467,10 +468,18 @@ def issued_body(issued: Issued, request: Any) -> dict[str, Any]:
         "certificate": pkcs7.certificate_pem(certificate.certificate).decode("ascii"),
         "chain": chain_pem(certificate),
         "certificate_url": absolute(request, "certificate-detail", serial=certificate.serial),
-        "notice": substitution_notice(issued.request, certificate),
+        "notice": enrolment_notice(issued.request, certificate),
         "pkcs12": base64.b64encode(issued.pkcs12).decode("ascii") if issued.pkcs12 else None,
         "pkcs12_format": str(issued.pkcs12_format) if issued.pkcs12_format else None,
     }
+
+
+def enrolment_notice(request: CertificateRequest, certificate: Certificate) -> str:
+    """What the requester should know about what they got: names not taken from the CSR,
+    and a validity cut short by the issuing CA's end. Empty when nothing."""
+    short = ca_lifetime.cut_short(certificate)
+    notes = (substitution_notice(request, certificate), short.message if short else "")
+    return " ".join(note for note in notes if note)
 
 
 def substitution_notice(request: CertificateRequest, certificate: Certificate) -> str:
