@@ -265,16 +265,17 @@ def issuing_ca_create(
             "(it names /pki/<slug>.crt, .crl and the key file).",
             field="slug",
         )
+    name = spec.name.strip()
+    _check_ca_text("name", name, builder.UB_COMMON_NAME)
+    _check_ca_text("organisation", organization_name.strip(), builder.UB_ORGANIZATION_NAME)
     if CertificateAuthority.objects.filter(slug=spec.slug).exists():
         raise InvalidState(
             f"A CA with the slug {spec.slug!r} exists already: choose another.", field="slug"
         )
-    if not spec.name.strip():
-        raise PolicyViolation("The new CA needs a name.", field="name")
     # Relying parties (dirmngr's CRL cache, for one) tell CAs apart by their name.
-    if CertificateAuthority.objects.filter(name=spec.name).exists():
+    if CertificateAuthority.objects.filter(name=name).exists():
         raise InvalidState(
-            f"A CA named {spec.name!r} exists already: give the new one a name of its own.",
+            f"A CA named {name!r} exists already: give the new one a name of its own.",
             field="name",
         )
     try:
@@ -290,14 +291,14 @@ def issuing_ca_create(
                 algorithm=spec.algorithm,
                 root=root,
                 root_key=root_key,
-                common_name=spec.name,
+                common_name=name,
                 organization_name=organization_name,
                 country_name=country_name,
                 validity_days=spec.validity_days,
             )
             stored = (backend, reference)
             ca = CertificateAuthority.objects.create(
-                name=spec.name,
+                name=name,
                 slug=spec.slug,
                 parent=root,
                 is_online=True,
@@ -330,6 +331,16 @@ def issuing_ca_create(
         raise
     crl_publish(ca=ca, actor=actor)
     return ca
+
+
+def _check_ca_text(label: str, value: str, limit: int) -> None:
+    """A CA's name or organisation: printable (no NUL for the database, no control
+    characters in a certificate) and within RFC 5280's upper bound."""
+    if not value or len(value) > limit or not value.isprintable():
+        raise PolicyViolation(
+            f"The CA's {label} must be 1 to {limit} printable characters (RFC 5280).",
+            field="name" if label == "name" else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -26,6 +29,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from enrollment import keystore, services
+from enrollment.exceptions import InvalidState, PolicyViolation
 from enrollment.models import (
     AuditEvent,
     Certificate,
@@ -215,6 +219,11 @@ def test_with_make_default_the_templates_move_at_once(hierarchy, passphrase_file
         ("bad slug", "lower-case letters, digits and hyphens"),
         ("not a root", "is not a root CA"),
         ("http base URL only", "must be plain http://"),
+        ("no validity", "A CA validity must be between 1 and"),
+        ("a name too long for a certificate", "name must be 1 to 64 printable characters"),
+        ("a name with a NUL", "name must be 1 to 64 printable characters"),
+        ("an organisation with a line break", "organisation must be 1 to 64 printable"),
+        ("no country", "country"),
     ],
 )
 def test_it_refuses_and_writes_nothing(
@@ -237,8 +246,18 @@ def test_it_refuses_and_writes_nothing(
         options["slug"] = "Issuing/../x"
     elif case == "not a root":
         options["root"] = "issuing"
-    else:
+    elif case == "http base URL only":
         options["base_url"] = "https://pki.example.com"
+    elif case == "no validity":
+        options["validity_days"] = 0
+    elif case == "a name too long for a certificate":
+        options["name"] = "N" * 65
+    elif case == "a name with a NUL":
+        options["name"] = "Issuing\x00CA"
+    elif case == "an organisation with a line break":
+        options["organization"] = "Example\nOrg"
+    else:
+        options["country"] = "Great Britain"
     before, files = row_counts(), key_files(settings)
 
     with pytest.raises(CommandError, match=re.escape(message)):
@@ -701,3 +720,32 @@ def test_the_upgrade_makes_the_ca_enrolment_used_the_explicit_default():
 
     defaults = CertificateAuthority.objects.filter(is_default=True)
     assert list(defaults.values_list("name", flat=True)) == ["Alpha Issuing CA"]
+
+
+@given(slug=st.text(max_size=60), name=st.text(max_size=80))
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_bad_slug_or_name_is_refused_before_the_root_key_is_read(hierarchy, slug, name):
+    """Whatever an operator types that cannot be a slug or a CA's name: a refusal naming
+    it, never a crash, and before the root key file is read (this one does not exist)."""
+    bad_name = not name.strip() or len(name.strip()) > 64 or not name.strip().isprintable()
+    assume(not _ok_slug(slug) or bad_name)
+    before = row_counts()
+
+    with pytest.raises((PolicyViolation, InvalidState)) as refused:
+        services.issuing_ca_create(
+            spec=services.CaSpec(name, slug, KeyAlgorithm.EC_P256, 365),
+            root=hierarchy.root,
+            root_key=keystore.OfflineKey(Path("/nonexistent/root-key.pem"), ROOT_PASSPHRASE),
+            base_url="http://pki.example.com",
+            organization_name="Example Org",
+            country_name="GB",
+        )
+
+    assert refused.value.field in ("slug", "name")
+    assert row_counts() == before
+
+
+def _ok_slug(slug: str) -> bool:
+    return re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?", slug) is not None
