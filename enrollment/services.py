@@ -364,8 +364,9 @@ def issuing_ca_switch(
     ``to`` from now on: those that name it are changed, and ``to`` becomes the default
     if ``from_ca`` was it. Certificates already issued stay with their CA.
 
-    Refused unless ``to`` can sign now: an online issuing CA inside its validity whose
-    key loads, so a switch never stops enrolment.
+    Refused unless ``to`` can sign now for every active template that moves: an online
+    issuing CA inside its validity, not too near its end, whose key loads. So a switch
+    never stops enrolment.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -391,17 +392,18 @@ def issuing_ca_switch(
                 .filter(issuing_ca=previous)
                 .order_by("slug")
             )
-        following: list[str] = []
+        following: list[CertificateTemplate] = []
+        if made_default:
+            following = list(CertificateTemplate.objects.filter(issuing_ca__isnull=True))
+        for template in (*moved, *following):
+            # A CA too near its own end would refuse what the old one still issues.
+            if template.is_active and (refusal := ca_lifetime.issuance_problem(locked, template)):
+                raise PolicyViolation(refusal)
         if made_default:
             # The old flag first: one_default_issuing_ca allows one at every statement.
             CertificateAuthority.objects.filter(is_default=True).update(is_default=False)
             CertificateAuthority.objects.filter(pk=locked.pk).update(is_default=True)
             locked.is_default = True
-            following = list(
-                CertificateTemplate.objects.filter(issuing_ca__isnull=True).values_list(
-                    "slug", flat=True
-                )
-            )
         for template in moved:
             template.issuing_ca = locked
             template.save(update_fields=["issuing_ca"])
@@ -413,7 +415,7 @@ def issuing_ca_switch(
                 actor=actor,
                 source_address=source_address,
             )
-        templates = sorted({*following, *(template.slug for template in moved)})
+        templates = sorted({template.slug for template in (*following, *moved)})
         audit_record(
             action="ca.switch",
             actor=actor,

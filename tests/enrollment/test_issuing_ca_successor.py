@@ -372,6 +372,7 @@ def test_switching_from_a_ca_that_is_not_the_default_moves_only_its_templates(
         ("the same CA", "Templates already issue from Test Issuing CA"),
         ("no such CA", "No CA with slug 'nowhere'"),
         ("an expired CA", "expired on"),
+        ("a CA too near its end", "would last 10 days instead of 365 days"),
         ("a CA whose key is gone", "cannot be read"),
     ],
 )
@@ -383,6 +384,8 @@ def test_switching_refuses_a_ca_that_cannot_issue_and_changes_nothing(
     )
     if case == "an expired CA":
         time_machine.move_to(successor.not_after)
+    elif case == "a CA too near its end":
+        time_machine.move_to(successor.not_after - timedelta(days=10), tick=False)
     elif case == "a CA whose key is gone":
         (Path(settings.PKIPORTAL_KEY_DIR) / successor.key_reference).unlink()
     before = row_counts()
