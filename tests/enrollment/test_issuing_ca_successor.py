@@ -689,7 +689,7 @@ def test_a_template_can_name_only_an_online_issuing_ca(successor, hierarchy, adm
 # --- the upgrade ----------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_the_upgrade_makes_the_ca_enrolment_used_the_explicit_default():
     executor = MigrationExecutor(connection)
     executor.migrate([("enrollment", "0017_request_idempotency_key")])
