@@ -692,8 +692,8 @@ def test_a_template_can_name_only_an_online_issuing_ca(successor, hierarchy, adm
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_the_upgrade_makes_the_ca_enrolment_used_the_explicit_default():
     executor = MigrationExecutor(connection)
-    executor.migrate([("enrollment", "0017_request_idempotency_key")])
-    old = executor.loader.project_state(("enrollment", "0017_request_idempotency_key")).apps
+    executor.migrate([("enrollment", "0019_recovery_asked_by_holder")])
+    old = executor.loader.project_state(("enrollment", "0019_recovery_asked_by_holder")).apps
     Authority = old.get_model("enrollment", "CertificateAuthority")
     now = timezone.now()
 

@@ -19,7 +19,7 @@ def mark_the_default(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("enrollment", "0017_request_idempotency_key"),
+        ("enrollment", "0019_recovery_asked_by_holder"),
     ]
 
     operations = [
