@@ -121,7 +121,7 @@ def test_the_admin_cannot_edit_the_moment_itself(admin_user, employee):
     assert stored(employee) == MONDAY
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_the_migration_starts_existing_inactive_accounts_clock_at_the_upgrade():
     """Not in the past: an upgrade must not revoke at once what nobody has looked at."""
     executor = MigrationExecutor(connection)
