@@ -115,6 +115,10 @@ class CA(NamedTuple):
     def certificate_url(self) -> str:
         return f"{self.base_url}/pki/{self.slug}.crt"
 
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.base_url}/pki/ocsp/"
+
 
 class Hierarchy(NamedTuple):
     root: CA
@@ -174,6 +178,7 @@ def _build_hierarchy(base_url: str, root_key: PrivateKey, issuing_key: PrivateKe
         crl_url=root.crl_url,
         ca_issuers_url=root.certificate_url,
         not_before=start,
+        sign_ocsp=True,  # as create_pki makes it: the issuing CA signs OCSP responses
     )
     return Hierarchy(root, CA(issuing_certificate, issuing_key, "test-issuing", base_url))
 
@@ -229,6 +234,7 @@ def rsa_issuing_ca(root_ca: CA, key_pool: KeyPool) -> CA:
         crl_url=root_ca.crl_url,
         ca_issuers_url=root_ca.certificate_url,
         not_before=root_ca.certificate.not_valid_before_utc,
+        sign_ocsp=True,
     )
     return CA(certificate, key, "test-rsa-issuing", root_ca.base_url)
 

@@ -253,12 +253,14 @@ def build_end_entity(
     policy: CertificatePolicy,
     crl_url: str,
     ca_issuers_url: str,
+    ocsp_url: str | None = None,
     not_before: datetime | None = None,
     serial: int | None = None,
 ) -> x509.Certificate:
     """A sponsor-validated S/MIME subscriber certificate (S/MIME BR 7.1.2.3).
 
-    ``crl_url`` and ``ca_issuers_url`` are the issuing CA's own CRL and certificate.
+    ``crl_url`` and ``ca_issuers_url`` are the issuing CA's own CRL and certificate;
+    ``ocsp_url``, when given, its OCSP responder (AIA id-ad-ocsp, S/MIME BR 7.1.2.3 c).
     Validity is the policy's, cut short at the issuer's notAfter (RFC 5280 6.1.3).
     """
     problem = public_key_problem(public_key)
@@ -297,7 +299,7 @@ def build_end_entity(
         )
         .add_extension(_policies(policy.policy_oids), critical=False)
         .add_extension(_crl_distribution_points(crl_url), critical=False)
-        .add_extension(_authority_information_access(ca_issuers_url), critical=False)
+        .add_extension(_authority_information_access(ca_issuers_url, ocsp_url), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_authority_key_identifier(issuer_certificate), critical=False)
     )
@@ -529,11 +531,22 @@ def _crl_distribution_points(crl_url: str) -> x509.CRLDistributionPoints:
     )
 
 
-def _authority_information_access(ca_issuers_url: str) -> x509.AuthorityInformationAccess:
-    uri = x509.UniformResourceIdentifier(_http_url(ca_issuers_url, "CA issuers URL"))
-    return x509.AuthorityInformationAccess(
-        [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, uri)]
-    )
+def _authority_information_access(
+    ca_issuers_url: str, ocsp_url: str | None = None
+) -> x509.AuthorityInformationAccess:
+    """caIssuers, and the OCSP responder first when there is one (RFC 5280 4.2.2.1).
+
+    Both plain http (S/MIME BR 7.1.2.3 c): a status check must not need a TLS connection
+    whose own checks could need it.
+    """
+    issuers = x509.UniformResourceIdentifier(_http_url(ca_issuers_url, "CA issuers URL"))
+    descriptions = [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, issuers)]
+    if ocsp_url:
+        responder = x509.UniformResourceIdentifier(_http_url(ocsp_url, "OCSP responder URL"))
+        descriptions.insert(
+            0, x509.AccessDescription(AuthorityInformationAccessOID.OCSP, responder)
+        )
+    return x509.AuthorityInformationAccess(descriptions)
 
 
 def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:

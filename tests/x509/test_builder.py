@@ -224,6 +224,30 @@ def test_the_issuing_ca_is_chained_to_the_root_with_path_length_0(
     constraints = ext(certificate, x509.BasicConstraints)
     assert constraints.critical
     assert (constraints.value.ca, constraints.value.path_length) == (True, 0)
+
+
+def test_an_issuing_ca_that_signs_ocsp_gets_digital_signature(issuing_ca: CA) -> None:
+    """S/MIME BR 7.1.2.2 (e): the bit is set when the CA key signs OCSP responses, as the
+    portal's issuing CAs do (tests/pki.py builds them as create_pki does)."""
+    key_usage = ext(issuing_ca.certificate, x509.KeyUsage)
+    assert key_usage.critical
+    assert asserted_bits(key_usage.value) == {"digital_signature", "key_cert_sign", "crl_sign"}
+
+
+def test_an_issuing_ca_that_signs_no_ocsp_may_only_sign_certificates_and_crls(
+    root_ca: CA, ec_p256_key: ec.EllipticCurvePrivateKey
+) -> None:
+    certificate = build_issuing_ca(
+        public_key=ec_p256_key.public_key(),
+        issuer_certificate=root_ca.certificate,
+        issuer_key=root_ca.key,
+        common_name="No OCSP Issuing CA",
+        organization_name=ORGANIZATION,
+        country_name=COUNTRY,
+        crl_url=root_ca.crl_url,
+        ca_issuers_url=root_ca.certificate_url,
+        not_before=root_ca.certificate.not_valid_before_utc,
+    )
     assert asserted_bits(ext(certificate, x509.KeyUsage).value) == {"key_cert_sign", "crl_sign"}
 
 
@@ -442,9 +466,37 @@ def test_a_subscriber_points_at_its_issuers_crl_and_certificate_over_http(
     cdp = ext(certificate, x509.CRLDistributionPoints)
     assert not cdp.critical
     assert [n.value for n in cdp.value[0].full_name or []] == [issuing_ca.crl_url]
-    aia = ext(certificate, x509.AuthorityInformationAccess).value
-    assert [d.access_location.value for d in aia] == [issuing_ca.certificate_url]
+    aia = ext(certificate, x509.AuthorityInformationAccess)
+    assert not aia.critical
+    assert [(d.access_method, d.access_location.value) for d in aia.value] == [
+        (AuthorityInformationAccessOID.CA_ISSUERS, issuing_ca.certificate_url)
+    ]
     assert issuing_ca.crl_url.startswith("http://")
+
+
+def test_a_subscriber_names_the_ocsp_responder_first_when_there_is_one(
+    issuing_ca: CA, key_pool: KeyPool
+) -> None:
+    """S/MIME BR 7.1.2.3 (c): id-ad-ocsp over plain http, beside caIssuers."""
+    policy = CertificatePolicy(purpose=Purpose.SIGNING)
+    public_key = key_pool.get(KeyAlgorithm.EC_P256).public_key()
+    certificate = issue(issuing_ca, public_key, policy, ocsp_url=issuing_ca.ocsp_url)
+    aia = ext(certificate, x509.AuthorityInformationAccess)
+    assert not aia.critical
+    assert [(d.access_method, d.access_location.value) for d in aia.value] == [
+        (AuthorityInformationAccessOID.OCSP, issuing_ca.ocsp_url),
+        (AuthorityInformationAccessOID.CA_ISSUERS, issuing_ca.certificate_url),
+    ]
+
+
+@pytest.mark.parametrize("url", ["https://pki.example.com/pki/ocsp/", "ldap://x/ocsp", "ocsp"])
+def test_it_rejects_ocsp_urls_that_are_not_plain_http(
+    issuing_ca: CA, key_pool: KeyPool, url: str
+) -> None:
+    policy = CertificatePolicy(purpose=Purpose.SIGNING)
+    public_key = key_pool.get(KeyAlgorithm.EC_P256).public_key()
+    with pytest.raises(PolicyError, match="OCSP responder URL must be a plain http://"):
+        issue(issuing_ca, public_key, policy, ocsp_url=url)
 
 
 @pytest.mark.parametrize(
