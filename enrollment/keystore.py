@@ -1,10 +1,11 @@
 """The one narrow door to CA private keys.
 
-Only this module loads a CA key. Callers ask it to issue or sign and get certificates and
-CRLs back, never key objects or key bytes. Keys are not cached between calls: a decrypted
-CA key lives only for the duration of one signing operation (DESIGN.md: never cached in
-the clear). The "file" backend keeps each online CA key as an encrypted PKCS#8 PEM in
-PKIPORTAL_KEY_DIR; a PKCS#11 backend can implement the same KeyBackend protocol later.
+Only this module loads a CA key. Callers ask it to issue or sign and get certificates,
+CRLs and OCSP responses back, never key objects or key bytes. Keys are not cached between
+calls: a decrypted CA key lives only for the duration of one signing operation (DESIGN.md:
+never cached in the clear). The "file" backend keeps each online CA key as an encrypted
+PKCS#8 PEM in PKIPORTAL_KEY_DIR; a PKCS#11 backend can implement the same KeyBackend
+protocol later.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from enrollment.exceptions import KeyStoreError
-from enrollment.x509 import builder, crl_fast, keys
+from enrollment.x509 import builder, crl_fast, keys, ocsp
 from enrollment.x509.errors import X509Error
 from enrollment.x509.policy import CertificatePolicy
 
@@ -235,6 +236,8 @@ def create_issuing(
         validity_days=validity_days,
         crl_url=root.crl_url,
         ca_issuers_url=root.ca_issuers_url,
+        # The portal's OCSP responder signs with this key (S/MIME BR 7.1.2.2 e).
+        sign_ocsp=True,
     )
     reference = backend.store(label=label, key=key)
     return certificate, backend.name, reference
@@ -260,6 +263,32 @@ def issue_end_entity(
         policy=policy,
         crl_url=ca.crl_url,
         ca_issuers_url=ca.ca_issuers_url,
+        ocsp_url=ca.ocsp_url or None,
+    )
+
+
+def sign_ocsp_response(
+    ca: CertificateAuthority,
+    *,
+    cert_id: ocsp.CertId,
+    status: ocsp.CertificateStatus,
+    this_update: datetime,
+    next_update: datetime,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Have an online CA sign its own OCSP response about one of its serials; DER.
+
+    Takes the answer, not bytes to sign: the response is built here from the CA's own
+    certificate, so this door signs nothing but an OCSP response.
+    """
+    return ocsp.build_response(
+        issuer_certificate=ca.certificate,
+        issuer_key=_ca_key(ca),
+        cert_id=cert_id,
+        status=status,
+        this_update=this_update,
+        next_update=next_update,
+        nonce=nonce,
     )
 
 

@@ -83,6 +83,10 @@ class CertificateAuthority(DerCertificateMixin):
     )
     crl_url = models.URLField(help_text="This CA's CRL URL, embedded in what it issues.")
     ca_issuers_url = models.URLField(help_text="This CA's certificate URL (AIA caIssuers).")
+    ocsp_url = models.URLField(
+        blank=True,
+        help_text="OCSP responder URL embedded (AIA id-ad-ocsp) in what it issues; empty: none.",
+    )
     crl_validity_days = models.PositiveSmallIntegerField(default=7)
     # Templates that name no CA issue from this one. A flag rather than "the first online
     # issuing CA": a second issuing CA must never take over by the way it sorts, only by

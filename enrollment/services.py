@@ -192,6 +192,9 @@ def pki_create(
                 key_reference=reference,
                 crl_validity_days=settings.PKIPORTAL_CRL_VALIDITY_DAYS,
                 is_default=True,
+                # One responder for every online CA; the root's key is offline, so the
+                # root has none and the issuing CA's certificate names none.
+                ocsp_url=_ocsp_url(base_url),
                 **_repository_urls(base_url, issuing.slug),
                 **_der_facts(issuing_certificate),
             )
@@ -234,6 +237,11 @@ def _repository_urls(base_url: str, slug: str) -> dict[str, str]:
         "crl_url": f"{base_url}/pki/{slug}.crl",
         "ca_issuers_url": f"{base_url}/pki/{slug}.crt",
     }
+
+
+def _ocsp_url(base_url: str) -> str:
+    """The one responder that answers for every online CA (directory/ocsp_views.py)."""
+    return f"{base_url}/pki/ocsp/"
 
 
 # A CA's slug names its /pki/ files and its key file in the key store (keystore.py).
@@ -305,6 +313,7 @@ def issuing_ca_create(
                 key_backend=backend,
                 key_reference=reference,
                 crl_validity_days=settings.PKIPORTAL_CRL_VALIDITY_DAYS,
+                ocsp_url=_ocsp_url(base_url),
                 **_repository_urls(base_url, spec.slug),
                 **_der_facts(certificate),
             )

@@ -413,6 +413,21 @@ if not 0 <= PKIPORTAL_MIN_CERTIFICATE_DAYS <= 825:
     raise ImproperlyConfigured(
         "PKIPORTAL_MIN_CERTIFICATE_DAYS must be 0 to 825 (the longest S/MIME validity)."
     )
+# OCSP (README "OCSP"). A client may keep a "good" answer until its nextUpdate, so this is
+# how long one can go on trusting a certificate revoked since; S/MIME BR 4.9.10: 8 h to 10 d.
+PKIPORTAL_OCSP_VALIDITY_HOURS = env.int("PKIPORTAL_OCSP_VALIDITY_HOURS", default=24)
+if not 8 <= PKIPORTAL_OCSP_VALIDITY_HOURS <= 240:
+    raise ImproperlyConfigured(
+        "PKIPORTAL_OCSP_VALIDITY_HOURS must be 8 to 240 (S/MIME BR 4.9.10: an OCSP response "
+        "is valid for at least eight hours and at most ten days)."
+    )
+# How long a shared HTTP cache (a proxy, a CDN) may keep a GET answer: a revocation reaches
+# the clients behind it at most this late. 0: every request comes to the portal.
+PKIPORTAL_OCSP_MAX_AGE_SECONDS = env.int("PKIPORTAL_OCSP_MAX_AGE_SECONDS", default=300)
+if not 0 <= PKIPORTAL_OCSP_MAX_AGE_SECONDS <= 3600:
+    raise ImproperlyConfigured(
+        "PKIPORTAL_OCSP_MAX_AGE_SECONDS must be 0 to 3600 (an hour, as for CRLs)."
+    )
 # A monitoring system that cannot sign in sends `Authorization: Bearer <token>` to /health/
 # for every check's details; empty: only staff and RA officers see them.
 PKIPORTAL_HEALTH_TOKEN = _secret("PKIPORTAL_HEALTH_TOKEN", default="") or ""

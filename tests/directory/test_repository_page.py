@@ -47,3 +47,23 @@ def test_an_overdue_crl_is_flagged(anonymous_client, hierarchy, time_machine):
     time_machine.move_to(hierarchy.issuing.latest_crl().next_update + timedelta(minutes=1))
 
     assert "overdue" in anonymous_client.get("/pki/").content.decode()
+
+
+def test_it_names_the_ocsp_responder_and_how_to_ask_it(anonymous_client, hierarchy):
+    page = anonymous_client.get("/pki/").content.decode()
+
+    assert "<code>http://pki.example.com/pki/ocsp/</code> answers" in page
+    assert (
+        "openssl ocsp -issuer issuing.pem -cert colleague.pem "
+        "-url http://pki.example.com/pki/ocsp/ -CAfile root.pem"
+    ) in page
+
+
+def test_a_ca_without_a_responder_shows_none(anonymous_client, hierarchy):
+    hierarchy.issuing.ocsp_url = ""
+    hierarchy.issuing.save(update_fields=["ocsp_url"])
+
+    page = anonymous_client.get("/pki/").content.decode()
+
+    assert "/pki/ocsp/" not in page
+    assert "Asking the OCSP responder" not in page
