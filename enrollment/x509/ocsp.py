@@ -83,9 +83,9 @@ def parse_request(der: bytes) -> OcspQuery:
     """Read a DER OCSPRequest; OcspRequestError (malformedRequest) if it cannot be answered.
 
     Refused: anything that is not one DER OCSPRequest, more than one certificate in it, a
-    nonce outside 1..128 octets (RFC 9654 2.1), and a critical extension other than the
-    nonce (RFC 6960 4.4: unrecognised extensions are ignored unless critical). A request
-    signature is neither required nor checked: the answer is public either way.
+    negative serial, a nonce outside 1..128 octets (RFC 9654 2.1), and a critical extension
+    other than the nonce (RFC 6960 4.4: unrecognised extensions are ignored unless critical).
+    A request signature is neither required nor checked: the answer is public either way.
     """
     try:
         request = ocsp.load_der_ocsp_request(der)
@@ -110,6 +110,9 @@ def parse_request(der: bytes) -> OcspQuery:
                 f"The request carries a critical extension {extension.oid.dotted_string} "
                 "this responder does not understand."
             )
+    if request.serial_number < 0:
+        # RFC 5280 4.1.2.2: serials are positive. Nor can a response echo a negative one.
+        raise _malformed("The request's serial number is negative.")
     try:
         algorithm = request.hash_algorithm.name
     except UnsupportedAlgorithm:

@@ -300,6 +300,20 @@ def test_a_request_for_two_certificates_is_malformed(anonymous_client, hierarchy
     assert answer.response_status is ResponseStatus.MALFORMED_REQUEST
 
 
+def test_a_negative_serial_is_a_malformed_request_not_a_server_error(anonymous_client, certificate):
+    """What the fuzz test below first found: cryptography cannot echo a negative serial."""
+    der = ask(certificate)
+    serial = certificate.certificate.serial_number.to_bytes(20, "big")
+    integer = b"\x02\x14" + serial
+    assert der.count(integer) == 1
+    negative = der.replace(integer, b"\x02\x14" + bytes([serial[0] | 0x80]) + serial[1:])
+
+    for send in (post, get):
+        response = send(anonymous_client, negative)
+        assert response.status_code == 200
+        assert parsed(response).response_status is ResponseStatus.MALFORMED_REQUEST
+
+
 # --- nonces --------------------------------------------------------------------------------
 
 

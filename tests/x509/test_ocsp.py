@@ -151,6 +151,43 @@ def test_a_request_for_two_certificates_is_malformed(
     assert refused.value.status is MALFORMED
 
 
+def test_a_negative_serial_is_malformed() -> None:
+    """Found by the responder's fuzz test: no response can echo it (RFC 5280 4.1.2.2).
+
+    cryptography builds no such request, so the serial's first octet is set by hand.
+    """
+    positive = int.from_bytes(b"\x41" * 20, "big")
+    der = (
+        x509_ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(b"\x01" * 20, b"\x02" * 20, positive, hashes.SHA1())
+        .build()
+        .public_bytes(Encoding.DER)
+    )
+    integer = b"\x02\x14" + b"\x41" * 20
+    assert der.count(integer) == 1
+    negative = der.replace(integer, b"\x02\x14\xc1" + b"\x41" * 19)
+    with pytest.raises(ocsp.OcspRequestError, match="negative") as refused:
+        ocsp.parse_request(negative)
+    assert refused.value.status is MALFORMED
+
+
+def test_serial_zero_is_read_and_answered(issuing_ca: CA) -> None:
+    """Never issued here (serials are 159 random bits), but a valid question: unknown."""
+    ids = {entry[0]: entry for entry in ocsp.issuer_cert_ids(issuing_ca.certificate)}
+    _, name_hash, key_hash = ids["sha1"]
+    der = (
+        x509_ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(name_hash, key_hash, 0, hashes.SHA1())
+        .build()
+        .public_bytes(Encoding.DER)
+    )
+    query = ocsp.parse_request(der)
+    response = x509_ocsp.load_der_ocsp_response(
+        respond(issuing_ca, query, ocsp.CertificateStatus(ocsp.Status.UNKNOWN))
+    )
+    assert response.serial_number == 0
+
+
 @pytest.mark.parametrize(
     "der", [b"", b"\x30\x00", b"GET / HTTP/1.1\r\n", b"\x30\x82\xff\xff" + b"\x00" * 8]
 )
