@@ -286,6 +286,73 @@ def default_issuing_ca() -> CertificateAuthority | None:
     return _instance(db, CertificateAuthority, row) if row is not None else None
 
 
+# --- the OCSP responder -----------------------------------------------------------------
+
+
+@cache
+def _authorities_sql() -> str:
+    ca = CertificateAuthority
+    return f"SELECT {_all_columns(ca)} FROM {_table(ca)} ORDER BY {_column(ca, 'id')}"
+
+
+def authorities() -> list[CertificateAuthority]:
+    """Every CA, DER included, as ``CertificateAuthority.objects.order_by("pk")`` gives.
+
+    A handful of rows, read on every OCSP request: the request names its CA by hashes.
+    """
+    db = _db()
+    with _cursor(db) as cursor:
+        cursor.execute(_authorities_sql())
+        rows = cursor.fetchall()
+    return [_instance(db, CertificateAuthority, row) for row in rows]
+
+
+_STATUS_FIELDS = ("status", "revoked_at", "revocation_reason")
+
+
+@cache
+def _status_sql() -> str:
+    cert = Certificate
+    columns = ", ".join(_column(cert, name) for name in _STATUS_FIELDS)
+    return (
+        f"SELECT {columns} FROM {_table(cert)} "
+        f"WHERE {_column(cert, 'ca')} = %s AND {_column(cert, 'serial')} = %s"
+    )
+
+
+@cache
+def _status_converters() -> list[tuple[Any, list[Any]]]:
+    table = Certificate._meta.db_table
+    converters = []
+    for name in _STATUS_FIELDS:
+        column = Certificate._meta.get_field(name).get_col(table)
+        converters.append(
+            (column, _db().ops.get_db_converters(column) + column.get_db_converters(_db()))
+        )
+    return converters
+
+
+def certificate_status(ca_id: int, serial: str) -> tuple[str, datetime | None, str] | None:
+    """(status, revoked_at, revocation_reason) of a CA's certificate by serial, or None.
+
+    The unique (ca, serial) index answers it: Certificate.objects.filter(ca=..., serial=...)
+    .values_list(*_STATUS_FIELDS).
+    """
+    db = _db()
+    with _cursor(db) as cursor:
+        cursor.execute(_status_sql(), [ca_id, serial])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = []
+    for value, (column, converters) in zip(row, _status_converters(), strict=True):
+        for converter in converters:
+            value = converter(value, column, db)
+        values.append(value)
+    status, revoked_at, reason = values
+    return status, revoked_at, reason
+
+
 # --- the audit chain head -------------------------------------------------------------
 
 

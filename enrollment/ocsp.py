@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from enrollment import keystore
+from enrollment import hotsql, keystore
 from enrollment.exceptions import KeyStoreError
 from enrollment.models import Certificate, CertificateAuthority
 from enrollment.x509 import ocsp
@@ -183,10 +183,7 @@ def _issuer(cert_id: ocsp.CertId) -> CertificateAuthority | None:
     """
     if not cert_id.algorithm:
         return None
-    authorities: list[CertificateAuthority] = list(
-        CertificateAuthority.objects.defer("der").order_by("pk")
-    )
-    for ca in authorities:
+    for ca in hotsql.authorities():
         ids = _CERT_IDS.get(ca.fingerprint_sha256)
         if ids is None:
             ids = _CERT_IDS[ca.fingerprint_sha256] = ocsp.issuer_cert_ids(ca.certificate)
@@ -218,12 +215,7 @@ def _status(ca: CertificateAuthority, serial_number: int) -> ocsp.CertificateSta
     the BR ask only that such a serial is never "good" (4.9.10). Each is logged, as the BR
     ask CAs to watch for them: 159 random bits are not guessed by chance.
     """
-    row = (
-        Certificate.objects.filter(ca=ca, serial=format(serial_number, "x"))
-        .order_by()
-        .values_list("status", "revoked_at", "revocation_reason")
-        .first()
-    )
+    row = hotsql.certificate_status(ca.pk, format(serial_number, "x"))
     if row is None:
         logger.warning(
             "OCSP: %s was asked about serial %s, which it never issued",

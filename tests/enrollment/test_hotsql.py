@@ -439,3 +439,33 @@ def test_a_ca_certificate_is_parsed_once_per_process_and_per_fingerprint(hierarc
     renamed.fingerprint_sha256 = "0" * 64  # another certificate under the same row
     renamed.der = hierarchy.root.der
     assert renamed.certificate == hierarchy.root.certificate
+
+
+def test_the_responders_authorities_are_the_orms_in_id_order(hierarchy):
+    hot = hotsql.authorities()
+    orm = list(CertificateAuthority.objects.order_by("pk"))
+
+    assert [field_values(ca) for ca in hot] == [field_values(ca) for ca in orm]
+    assert [ca.certificate for ca in hot] == [
+        hierarchy.root.certificate,
+        hierarchy.issuing.certificate,
+    ]
+
+
+def test_a_certificate_status_read_by_hand_is_the_orms(hierarchy, template, employee, ec_p256_key):
+    """Valid, revoked (the time aware, in UTC, on SQLite too) and missing serials."""
+    fields = ("status", "revoked_at", "revocation_reason")
+    valid = issue(employee, template("smime-signing"), ec_p256_key)
+    revoked = issue(employee, template("smime-signing"), ec_p256_key)
+    services.certificate_revoke(certificate=revoked, reason="superseded")
+
+    for certificate in (valid, revoked):
+        orm = Certificate.objects.filter(ca=hierarchy.issuing, serial=certificate.serial)
+        assert hotsql.certificate_status(hierarchy.issuing.pk, certificate.serial) == (
+            orm.values_list(*fields).get()
+        )
+    status, revoked_at, reason = hotsql.certificate_status(hierarchy.issuing.pk, revoked.serial)
+    assert (status, reason) == ("revoked", "superseded")
+    assert revoked_at.utcoffset() == timedelta(0)
+    assert hotsql.certificate_status(hierarchy.issuing.pk, "abc123") is None
+    assert hotsql.certificate_status(hierarchy.root.pk, valid.serial) is None  # another CA's
