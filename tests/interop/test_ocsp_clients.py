@@ -1,20 +1,26 @@
-"""The OCSP responder as OpenSSL's client sees it, over HTTP against the live server.
+"""The OCSP responder as OpenSSL's and NSS's clients see it, over HTTP on the live server.
 
 `openssl ocsp` sends its request (POST, with a nonce it then checks), verifies the
 response's signature against the root it is given and prints the status; a GET made
-with the standard library is read back with `openssl ocsp -respin`.
+with the standard library is read back with `openssl ocsp -respin`. NSS (Thunderbird's
+library) asks the responder its certificate names, as a mail client does.
 """
 
 from __future__ import annotations
 
 import base64
+import shutil
 import urllib.request
 from urllib.parse import quote
 
 import pytest
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from enrollment import ocsp, services
+from enrollment.models import CertificateAuthority
 from enrollment.x509.keys import KeyAlgorithm, generate_private_key
+from tests.pki import run_tool
 
 pytestmark = [
     pytest.mark.interop,
@@ -156,3 +162,64 @@ def test_the_responder_url_in_the_certificate_is_the_one_that_answers(live_serve
     printed = ask(openssl, uri.replace("http://pki.example.com", live_server.url))
 
     assert "leaf.pem: good" in printed
+
+
+# --- NSS, Thunderbird's library --------------------------------------------------------------
+
+
+@pytest.fixture
+def nss(live_server, hierarchy, template, employee, tmp_path):
+    """An NSS database trusting the root for e-mail, and ``issue()``: a certificate whose
+    AIA names this live server's responder, added to the database."""
+    if shutil.which("ocspclnt") is None:
+        pytest.skip("NSS tools (libnss3-tools) absent")
+    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(
+        ocsp_url=f"{live_server.url}/pki/ocsp/"
+    )
+    database = f"sql:{tmp_path / 'db'}"
+    (tmp_path / "db").mkdir()
+
+    def tool(*args: str) -> str:
+        result = run_tool(list(args), cwd=tmp_path, text=True)
+        return result.stdout + result.stderr
+
+    def add(nickname: str, der: bytes, trust: str = ",,") -> None:
+        (tmp_path / f"{nickname}.der").write_bytes(der)
+        tool("certutil", "-A", "-d", database, "-n", nickname, "-t", trust, "-i", f"{nickname}.der")
+
+    tool("certutil", "-N", "-d", database, "--empty-password")
+    add("root", bytes(hierarchy.root.der), "C,C,C")
+    add("issuing", bytes(hierarchy.issuing.der))
+
+    def issue(nickname: str):
+        certificate = services.certificate_issue(
+            template=template("smime-signing"),
+            owner=employee,
+            public_key=generate_private_key(KeyAlgorithm.EC_P256).public_key(),
+        )
+        add(nickname, certificate.certificate.public_bytes(Encoding.DER))
+        return certificate
+
+    def status(nickname: str) -> str:
+        """ocspclnt -S: ask the responder the certificate names, check the answer."""
+        return tool("ocspclnt", "-d", database, "-S", nickname)
+
+    return issue, status
+
+
+def test_nss_asks_the_responder_the_certificate_names_and_finds_it_good(nss):
+    issue, status = nss
+    issue("alice")
+
+    assert 'Check of certificate "alice" succeeded.' in status("alice")
+
+
+def test_nss_finds_a_revoked_certificate_revoked(nss):
+    issue, status = nss
+    certificate = issue("alice")
+    services.certificate_revoke(certificate=certificate, reason="keyCompromise", actor=None)
+
+    printed = status("alice")
+
+    assert 'Check of certificate "alice" failed.' in printed
+    assert "Peer's Certificate has been revoked." in printed
