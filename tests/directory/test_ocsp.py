@@ -571,6 +571,23 @@ def test_a_database_that_does_not_answer_means_try_later(anonymous_client, certi
     assert parsed(response).response_status is ResponseStatus.TRY_LATER
 
 
+def test_a_bug_still_gives_the_client_an_ocsp_answer(
+    anonymous_client, certificate, monkeypatch, caplog
+):
+    """internalError, HTTP 500 for monitoring, the traceback in the log."""
+
+    def broken(query, now):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ocsp, "_answer", broken)
+    with caplog.at_level(logging.ERROR):
+        response = post(anonymous_client, ask(certificate))
+
+    assert response.status_code == 500
+    assert parsed(response).response_status is ResponseStatus.INTERNAL_ERROR
+    assert "answering a request failed" in caplog.text
+
+
 # --- the responder's URL in what the CA issues -----------------------------------------------
 
 
