@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("enrollment", "0017_request_idempotency_key"),
+        ("enrollment", "0020_default_issuing_ca"),
     ]
 
     operations = [
