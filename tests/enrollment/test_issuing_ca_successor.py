@@ -18,8 +18,12 @@ from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp as x509_ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
@@ -434,6 +438,37 @@ def test_after_the_switch_enrolment_issues_from_the_successor_and_openssl_verifi
     text = openssl.run("x509", "-in", "leaf.pem", "-noout", "-text").stdout.decode()
     assert "URI:http://pki.example.com/pki/issuing-g2.crl" in text
     assert "CA Issuers - URI:http://pki.example.com/pki/issuing-g2.crt" in text
+
+
+def test_the_successor_names_the_responder_and_answers_ocsp_for_what_it_issues(
+    switched, template, employee, anonymous_client
+):
+    """A successor is how an issuing CA made before OCSP gets a responder (README, OCSP):
+    its key usage allows signing answers, and what it issues names /pki/ocsp/."""
+    leaf = issue(employee, template("smime-signing"), new_key())
+    assert leaf.ca == switched
+    aia = leaf.certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    responders = [
+        d.access_location.value
+        for d in aia.value
+        if d.access_method == AuthorityInformationAccessOID.OCSP
+    ]
+    assert responders == ["http://pki.example.com/pki/ocsp/"]
+    asked = (
+        x509_ocsp.OCSPRequestBuilder()
+        .add_certificate(leaf.certificate, switched.certificate, hashes.SHA1())
+        .build()
+        .public_bytes(Encoding.DER)
+    )
+
+    response = anonymous_client.post("/pki/ocsp/", asked, content_type="application/ocsp-request")
+
+    answer = x509_ocsp.load_der_ocsp_response(response.content)
+    assert answer.response_status == x509_ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+    switched.certificate.public_key().verify(
+        answer.signature, answer.tbs_response_bytes, ec.ECDSA(answer.signature_hash_algorithm)
+    )
 
 
 def test_renewing_a_certificate_of_the_old_ca_gets_one_from_the_successor(
