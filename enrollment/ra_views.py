@@ -337,6 +337,8 @@ def recovery_new(request: HttpRequest) -> HttpResponse:
 
 def _took_part(found: KeyRecoveryRequest, user: Any, approvals: list[Any]) -> str | None:
     """Why this user may not carry it out: the agent is a third person (as the service checks)."""
+    if found.certificate.owner_id == user.pk:
+        return "it is your own key"
     if found.recipient_id == user.pk:
         return "you receive the key"
     if found.requested_by_id == user.pk:

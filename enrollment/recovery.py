@@ -699,7 +699,14 @@ def recovery_perform(
 
 
 def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: AbstractBaseUser) -> None:
-    """The agent is a third person: not the recipient, not the opener, not an approver."""
+    """The agent is a third person: not the key's owner, not the recipient, not the opener,
+    not an approver. The owner matters where the key goes to the officer who opened the
+    recovery: a key under legal hold must not be recovered by the person it is held from."""
+    if agent_user.pk == recovery.certificate.owner_id:
+        raise NotPermitted(
+            "This is your own key, so another key recovery agent must recover it: nobody "
+            "carries out the recovery of their own key."
+        )
     if agent_user.pk == recovery.recipient_id:
         raise NotPermitted(
             "You are the one who receives this key, so another key recovery agent must "

@@ -229,6 +229,43 @@ def test_an_officer_who_approved_cannot_carry_it_out(archived, officer, kra, age
     assert "You approved" in refused.detail["error"]
 
 
+def test_the_keys_owner_cannot_carry_out_its_recovery_for_an_officer(
+    kra, agent_user, template, officer, second_officer, people_client_for_agent
+):
+    """Karl, an agent, holds an archived key; Olivia opens its recovery for herself (a legal
+    hold) and Oscar approves. Karl is neither recipient, opener nor approver, yet it is his
+    own key: refused, and the page does not offer it to him."""
+    certificate, _bundle = services.certificate_issue_with_server_key(
+        template=template("smime-encryption"),
+        owner=agent_user,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        pkcs12_password="karl's own pkcs12 password",
+    )
+    opened = recovery.recovery_open(
+        certificate=certificate, officer=officer, reason=REASON, deliver_to="requester"
+    )
+    recovery.recovery_approve(recovery=opened, officer=second_officer)
+    before = snapshot(opened)
+
+    page = people_client_for_agent.get(f"/ra/recovery/{opened.pk}/")
+    with pytest.raises(NotPermitted, match="your own key"):
+        recovery.recovery_perform(
+            recovery=opened, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+            agent_password=kra.password,
+        )  # fmt: skip
+
+    assert not page.context["can_perform"]
+    assert "it is your own key" in page.content.decode()
+    assert snapshot(opened) == before
+    refused = AuditEvent.objects.get(action="recovery.perform")
+    assert refused.outcome == AuditEvent.Outcome.FAILURE
+
+
+@pytest.fixture
+def people_client_for_agent(agent_user):
+    return client_for(agent_user)
+
+
 def test_the_officer_who_opened_it_cannot_carry_it_out(archived, kra, agent_user, second_officer):
     """Karl, agent and officer, opens a recovery for Alice and Oscar approves: still refused."""
     agent_user.groups.add(*second_officer.groups.all())
