@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -126,8 +126,38 @@ class RecoveryPerformForm(PortalForm):
         return upload.read(MAX_AGENT_PKCS12_BYTES + 1)
 
 
-class AuditFilterForm(PortalForm):
+# Dates a filter takes: wide enough for any record, narrow enough that a day more or a zone
+# offset never leaves what datetime can hold (an OverflowError, a 500, at 9999-12-31).
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+
+
+class DateRangeForm(PortalForm):
+    """A "From"/"To" pair of days, both optional, each inclusive."""
+
+    since = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        for name in ("since", "until"):
+            day = cleaned.get(name)
+            if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+                self.add_error(name, f"Give a day from {FIRST_DAY} to {LAST_DAY}.")
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", "The end date is before the start date.")
+        return cleaned
+
+
+class AuditFilterForm(DateRangeForm):
     """Filters of /ra/audit/; every field is optional and narrows the list."""
+
+    field_order = ["actor", "action", "object", "outcome", "since", "until"]
 
     actor = forms.CharField(label="Actor", required=False, max_length=200)
     action = forms.CharField(
@@ -145,19 +175,6 @@ class AuditFilterForm(PortalForm):
         required=False,
         choices=[("", "Any"), *AuditEvent.Outcome.choices],
     )
-    since = forms.DateField(
-        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
-    )
-    until = forms.DateField(
-        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
-    )
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        since, until = cleaned.get("since"), cleaned.get("until")
-        if since and until and since > until:
-            self.add_error("until", "The end date is before the start date.")
-        return cleaned
 
     def filter(self, events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
         data = self.cleaned_data
@@ -181,8 +198,10 @@ class AuditFilterForm(PortalForm):
         return events
 
 
-class RequestFilterForm(PortalForm):
+class RequestFilterForm(DateRangeForm):
     """Filters of /ra/requests/history/: every field is optional and narrows the list."""
+
+    field_order = ["person", "state", "template", "decided_by", "since", "until"]
 
     person = forms.CharField(
         label="Requester",
@@ -203,19 +222,6 @@ class RequestFilterForm(PortalForm):
     decided_by = forms.CharField(
         label="Decided by", required=False, max_length=200, help_text="Officer's name or user name."
     )
-    since = forms.DateField(
-        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
-    )
-    until = forms.DateField(
-        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
-    )
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        since, until = cleaned.get("since"), cleaned.get("until")
-        if since and until and since > until:
-            self.add_error("until", "The end date is before the start date.")
-        return cleaned
 
     def filter(self, found: QuerySet[CertificateRequest]) -> QuerySet[CertificateRequest]:
         data = self.cleaned_data

@@ -73,6 +73,14 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # --- helpers --------------------------------------------------------------------------
 
 
+def _row_id(text: str) -> int | None:
+    """A page's "continue before this row" id, or None: ASCII digits that fit a bigint
+    ("²".isdigit() is true, and int() of a 5,000-digit string raises)."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
+
+
 def _recovery_staff_required(request: HttpRequest) -> None:
     if not (is_ra_officer(request.user) or is_key_recovery_agent(request.user)):
         raise PermissionDenied("Only RA officers and key recovery agents may see this page.")
@@ -211,9 +219,9 @@ def request_history(request: HttpRequest) -> HttpResponse:
         "requester", "template", "decided_by", "certificate"
     )
     found = form.filter(found) if form.is_valid() else found.none()
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        found = found.filter(pk__lt=int(before))
+    before = _row_id(request.GET.get("before", ""))
+    if before is not None:
+        found = found.filter(pk__lt=before)
     page = list(found.order_by("-id")[: REQUEST_PAGE_SIZE + 1])
     more = len(page) > REQUEST_PAGE_SIZE
     page = page[:REQUEST_PAGE_SIZE]
@@ -228,7 +236,7 @@ def request_history(request: HttpRequest) -> HttpResponse:
         "form": form,
         "requests": page,
         "older": older,
-        "newest": before.isdigit(),
+        "newest": before is not None,
         "filters": filters,
     }
     return render(request, "enrollment/ra/request_history.html", context)
@@ -314,14 +322,14 @@ def recovery_new(request: HttpRequest) -> HttpResponse:
                 return redirect("ra:recovery-detail", pk=opened.pk)
         else:
             status = 400
-            pk = form.data.get("certificate")
-            if pk and str(pk).isdigit():
-                certificate = Certificate.objects.filter(pk=int(pk)).first()
+            pk = _row_id(str(form.data.get("certificate") or ""))
+            if pk is not None:
+                certificate = Certificate.objects.filter(pk=pk).first()
     else:
-        pk = request.GET.get("certificate", "")
-        if pk.isdigit():
+        pk = _row_id(request.GET.get("certificate", ""))
+        if pk is not None:
             certificate = get_object_or_404(
-                Certificate.objects.select_related("owner", "template"), pk=int(pk)
+                Certificate.objects.select_related("owner", "template"), pk=pk
             )
         form = RecoveryOpenForm(initial={"certificate": certificate.pk if certificate else None})
     context = {
@@ -626,9 +634,9 @@ def audit_list(request: HttpRequest) -> HttpResponse:
 
 def _audit_page(request: HttpRequest, status: int = 200) -> HttpResponse:
     form, events = _filtered_events(request)
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        events = events.filter(pk__lt=int(before))
+    before = _row_id(request.GET.get("before", ""))
+    if before is not None:
+        events = events.filter(pk__lt=before)
     page = list(events.order_by("-id")[: AUDIT_PAGE_SIZE + 1])
     more = len(page) > AUDIT_PAGE_SIZE
     page = page[:AUDIT_PAGE_SIZE]
@@ -643,7 +651,7 @@ def _audit_page(request: HttpRequest, status: int = 200) -> HttpResponse:
         "form": form,
         "events": page,
         "older": older,
-        "newest": before.isdigit(),
+        "newest": before is not None,
         "filters": query.urlencode(),
         "actions": ra_selectors.audit_actions(),
     }

@@ -199,3 +199,29 @@ def test_hostile_query_strings_never_break_the_page(officer, history, params):
     response = client_for(officer).get(HISTORY, params)
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "before=²",  # str.isdigit() says yes, int() says no
+        "before=" + "9" * 5000,  # past int()'s digit limit
+        "before=99999999999999999999",  # past a bigint
+        "until=9999-12-31",  # a day more leaves datetime
+        "since=0001-01-01",
+    ],
+)
+@pytest.mark.parametrize("page", [HISTORY, "/ra/audit/", "/ra/audit/export.csv"])
+def test_edge_values_in_the_query_string_never_break_a_page(officer, history, page, query):
+    response = client_for(officer).get(f"{page}?{query}")
+
+    assert response.status_code in (200, 400)
+    if "before=" in query and page != "/ra/audit/export.csv":
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 5000])
+def test_the_recovery_form_takes_no_odd_certificate_number(officer, hierarchy, value):
+    assert client_for(officer).get(f"/ra/recovery/new/?certificate={value}").status_code == 200
+    response = client_for(officer).post("/ra/recovery/new/", {"certificate": value})
+    assert response.status_code == 400
