@@ -144,3 +144,17 @@ def health_view(request: HttpRequest) -> JsonResponse:
     if _may_see_details(request):
         body["checks"] = results
     return JsonResponse(body, status=503 if overall == health.FAIL else 200)
+
+
+@never_cache
+@require_safe
+def live_view(request: HttpRequest) -> JsonResponse:
+    """For a load balancer: can this node serve its pages, CRLs and OCSP answers? Only the
+    database decides. /health/ also fails for what a node cannot fix by being taken out
+    (a stale CRL, a stopped beat, an issuing CA near its end), and a load balancer that
+    drops every node for those takes /pki/ down with them, when it is needed most."""
+    database = _database()
+    body: dict[str, Any] = {"status": database["status"]}
+    if _may_see_details(request):
+        body["checks"] = {"database": database}
+    return JsonResponse(body, status=503 if database["status"] == health.FAIL else 200)

@@ -193,7 +193,7 @@ SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 # Never the repository: certificates carry http:// CRL and CA URLs for life, and many CRL
 # fetchers do not follow a redirect (fetching a CRL over TLS may need that CRL itself).
 # Nor /health/, which load balancers ask over plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^pki/", r"^health/$"]
+SECURE_REDIRECT_EXEMPT = [r"^pki/", r"^health/(live/)?$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)

@@ -8,7 +8,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from enrollment import views as enrollment_views
-from pkiportal.health import health_view
+from pkiportal.health import health_view, live_view
 
 
 def page_not_found_view(request: HttpRequest) -> HttpResponse:
@@ -38,6 +38,7 @@ urlpatterns = [
     path("admin/password_change/done/", page_not_found_view),
     path("admin/", admin.site.urls),
     path("health/", health_view, name="health"),
+    path("health/live/", live_view, name="health-live"),
 ]
 
 # JSON under /api/, the portal's pages elsewhere (pkiportal/api.py says why).

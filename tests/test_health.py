@@ -369,3 +369,41 @@ def test_the_token_never_appears_in_the_answer(anonymous_client, signed_root, mo
     )
 
     assert monitoring_token not in response.content.decode()
+
+
+# --- /health/live/: for load balancers -------------------------------------------------
+
+
+def test_the_load_balancers_check_stays_up_when_only_a_crl_has_expired(
+    signed_root, officer, anonymous_client, time_machine
+):
+    """/health/ fails, but no node can fix an expired root CRL by being taken out, and
+    taking them all out would stop /pki/ serving the CRLs and CA certificates too."""
+    time_machine.move_to(signed_root.next_update + timedelta(minutes=1))
+
+    assert anonymous_client.get("/health/").status_code == 503
+    response = anonymous_client.get("/health/live/")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response["Cache-Control"].startswith("max-age=0")
+
+
+def test_the_load_balancers_check_fails_without_the_database(anonymous_client, database_down):
+    response = anonymous_client.get("/health/live/")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "fail"}
+
+
+@pytest.mark.parametrize(("who", "details"), [("officer", True), ("employee", False)])
+def test_only_staff_and_officers_see_the_live_checks_details(request, signed_root, who, details):
+    body = client_for(request.getfixturevalue(who)).get("/health/live/").json()
+
+    assert ("checks" in body) == details
+    if details:
+        assert body["checks"]["database"]["status"] == "ok"
+
+
+def test_the_live_check_takes_no_post(anonymous_client, hierarchy):
+    assert anonymous_client.post("/health/live/").status_code == 405

@@ -33,6 +33,7 @@ def test_the_https_redirect_spares_health_but_not_the_pages(settings):
     client = Client()
 
     assert client.get("/health/").status_code in (200, 503)
+    assert client.get("/health/live/").status_code in (200, 503)
     for page in ("/", "/accounts/login/", "/directory/", "/api/v1/certificates/"):
         redirected = client.get(page)
         assert (redirected.status_code, redirected["Location"]) == (
@@ -40,6 +41,7 @@ def test_the_https_redirect_spares_health_but_not_the_pages(settings):
             f"https://testserver{page}",
         )
     assert client.get("/pki-not-the-repository/").status_code == 301
+    assert client.get("/health/live/extra").status_code == 301
 
 
 def test_hsts_and_session_lifetime_come_from_the_environment(load_settings):
