@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.x509 import ocsp as x509_ocsp
 
@@ -133,7 +134,10 @@ def _answer(query: ocsp.OcspQuery, now: datetime) -> OcspAnswer:
     status = _status(ca, query.cert_id.serial_number)
     span = validity()
     key = (ca.pk, ca.fingerprint_sha256, query.cert_id, status, span)
-    if query.nonce is None:
+    # An "unknown" is not kept: anyone can ask about endless made-up serials, and keeping
+    # their answers would push out the "good" ones that real clients ask for again.
+    keep = query.nonce is None and status.status is not ocsp.Status.UNKNOWN
+    if keep:
         kept = _kept(key, now)
         if kept is not None:
             return kept
@@ -154,14 +158,14 @@ def _answer(query: ocsp.OcspQuery, now: datetime) -> OcspAnswer:
         fresh_until=this_update + reuse_limit(span),
         nonce=query.nonce is not None,
     )
-    logger.info(
+    logger.debug(
         "OCSP: %s signed %s for serial %s (%s CertID)",
         ca.slug,
         signed.outcome,
         _serial(query.cert_id.serial_number),
         query.cert_id.algorithm,
     )
-    if query.nonce is None:
+    if keep:
         _keep(key, signed)
     return signed
 
@@ -206,6 +210,28 @@ def _issuer(cert_id: ocsp.CertId) -> CertificateAuthority | None:
 
 # --- what the database says -------------------------------------------------------------
 
+# Serials never issued are logged as a warning at most once a minute per process, with how
+# many were asked about meanwhile: a flood of made-up serials must not flood the log too.
+UNKNOWN_LOG_INTERVAL = timedelta(minutes=1)
+_unknown_log: dict[str, Any] = {"at": None, "unlogged": 0}
+_UNKNOWN_LOG_LOCK = threading.Lock()
+
+
+def _log_unknown(ca: CertificateAuthority, serial_number: int) -> None:
+    now = timezone.now()
+    with _UNKNOWN_LOG_LOCK:
+        last = _unknown_log["at"]
+        if last is not None and timedelta(0) <= now - last < UNKNOWN_LOG_INTERVAL:
+            _unknown_log["unlogged"] += 1
+            return
+        unlogged, _unknown_log["unlogged"], _unknown_log["at"] = _unknown_log["unlogged"], 0, now
+    logger.warning(
+        "OCSP: %s was asked about serial %s, which it never issued%s",
+        ca.slug,
+        _serial(serial_number),
+        f" (and about {unlogged} more unknown serials in the last minute)" if unlogged else "",
+    )
+
 
 def _status(ca: CertificateAuthority, serial_number: int) -> ocsp.CertificateStatus:
     """good, revoked (time and reason as on the CRL) or unknown for a serial never issued.
@@ -217,11 +243,7 @@ def _status(ca: CertificateAuthority, serial_number: int) -> ocsp.CertificateSta
     """
     row = hotsql.certificate_status(ca.pk, format(serial_number, "x"))
     if row is None:
-        logger.warning(
-            "OCSP: %s was asked about serial %s, which it never issued",
-            ca.slug,
-            _serial(serial_number),
-        )
+        _log_unknown(ca, serial_number)
         return ocsp.CertificateStatus(ocsp.Status.UNKNOWN)
     status, revoked_at, reason = row
     if status != Certificate.Status.REVOKED:
@@ -269,3 +291,5 @@ def forget_signed_responses() -> None:
     """Drop what this process kept (tests, and the benchmark's cold runs)."""
     with _KEPT_LOCK:
         _KEPT.clear()
+    with _UNKNOWN_LOG_LOCK:
+        _unknown_log.update(at=None, unlogged=0)

@@ -210,6 +210,41 @@ def test_a_serial_the_ca_never_issued_is_unknown_and_logged(
     assert format(2**158 + 99, "x")[:48] in caplog.text
 
 
+def unknown_serial_request(hierarchy, serial: int) -> bytes:
+    ids = {item[0]: item for item in issuer_cert_ids(hierarchy.issuing.certificate)}
+    _, name_hash, key_hash = ids["sha1"]
+    return (
+        x509_ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(name_hash, key_hash, serial, hashes.SHA1())
+        .build()
+        .public_bytes(Encoding.DER)
+    )
+
+
+def test_a_flood_of_unknown_serials_is_logged_once_a_minute_and_never_kept(
+    anonymous_client, certificate, hierarchy, caplog, time_machine
+):
+    """Anyone may ask about made-up serials: neither the log nor the kept answers fill up."""
+    time_machine.move_to(timezone.now(), tick=False)
+    with caplog.at_level(logging.WARNING, logger="enrollment.ocsp"):
+        for serial in range(1000, 1005):
+            assert (
+                parsed(
+                    post(anonymous_client, unknown_serial_request(hierarchy, serial))
+                ).certificate_status
+                is Status.UNKNOWN
+            )
+        assert caplog.text.count("never issued") == 1
+        time_machine.shift(ocsp.UNKNOWN_LOG_INTERVAL)
+        post(anonymous_client, unknown_serial_request(hierarchy, 2000))
+
+    assert caplog.text.count("never issued") == 2
+    assert "and about 4 more unknown serials" in caplog.text
+    assert len(ocsp._KEPT) == 0
+    post(anonymous_client, ask(certificate))
+    assert len(ocsp._KEPT) == 1  # a "good" is kept, as before
+
+
 # --- what the responder does not answer ---------------------------------------------------
 
 
