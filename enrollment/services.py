@@ -1888,15 +1888,15 @@ def api_tokens_revoke_all(
     return len(tokens)
 
 
-def api_token_use_record(*, auth_token: AuthToken, at: datetime) -> None:
-    """Note that a token authenticated a call. Not audited: the calls it makes are.
-
-    Each process calls this at most once an hour per token; the condition makes the
-    calls of other processes in the same hour change nothing.
-    """
-    ApiToken.objects.filter(auth_token_id=auth_token.pk).filter(
-        Q(last_used_at__isnull=True) | Q(last_used_at__lte=at - LAST_USE_RESOLUTION)
-    ).update(last_used_at=at)
+def api_token_uses_record(*, digests: set[str], at: datetime) -> int:
+    """Note that these tokens authenticated calls; how many rows changed. Not audited: the
+    calls they make are. The condition leaves alone a token another process recorded
+    within the hour, so processes that saw the same token change its row once."""
+    return (
+        ApiToken.objects.filter(auth_token_id__in=digests)
+        .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=at - LAST_USE_RESOLUTION))
+        .update(last_used_at=at)
+    )
 
 
 def _api_token_row(sender: Any, instance: AuthToken, created: bool, **kwargs: Any) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import binascii
+import logging
+import threading
+from contextlib import nullcontext, suppress
 from datetime import datetime, timedelta
 from hmac import compare_digest
 from typing import Any
@@ -14,6 +18,7 @@ from knox.settings import CONSTANTS, knox_settings
 from knox.signals import token_expired
 
 from django.contrib.auth import get_user_model
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
@@ -25,6 +30,8 @@ from rest_framework.exceptions import APIException, AuthenticationFailed
 
 from enrollment import hotsql, services
 from enrollment.services import LAST_USE_RESOLUTION
+
+logger = logging.getLogger(__name__)
 
 
 class TokenAuthentication(knox_auth.TokenAuthentication):
@@ -68,23 +75,74 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
         return True
 
 
-# When this process last recorded each token's use (by digest): the check on every call
-# writes at most once an hour per token and process, and never reads for it. Bounded: a
-# process that has seen more tokens than this starts over (a few repeated writes).
-_uses_recorded: dict[str, datetime] = {}
+# When this process last noted each token's use (by digest): the check on every call
+# records a use at most once an hour per token and process, and never reads for it.
+# Bounded: a process that has seen more tokens than this starts over (a few more writes).
+_uses_noted: dict[str, datetime] = {}
 _USES_REMEMBERED = 10_000
+# Uses noted and not yet written. They are written together, one statement, by the first
+# call a minute or more after the last write (so at once when calls are rare), or when the
+# process exits: a busy API, where every call may bring a token not seen this hour, pays
+# one statement a minute instead of one per call (0.8 ms of a 12 ms enrolment, measured
+# with bench/enroll_compare.py).
+_uses_pending: set[str] = set()
+_written_at: datetime | None = None
+WRITE_EVERY = timedelta(minutes=1)
+_lock = threading.Lock()  # gthread workers share the module
 
 
 def _note_use(auth_token: AuthToken) -> None:
-    """Record when the token was used, to the hour, without touching the token query."""
+    """Note when the token was used, to the hour, without touching the token query."""
     now = timezone.now()
-    last = _uses_recorded.get(auth_token.digest)
-    if last is not None and timedelta(0) <= now - last < LAST_USE_RESOLUTION:
+    with _lock:
+        last = _uses_noted.get(auth_token.digest)
+        if last is None or not timedelta(0) <= now - last < LAST_USE_RESOLUTION:
+            if len(_uses_noted) >= _USES_REMEMBERED:
+                _uses_noted.clear()
+            _uses_noted[auth_token.digest] = now
+            _uses_pending.add(auth_token.digest)
+        due = bool(_uses_pending) and (
+            _written_at is None or not timedelta(0) <= now - _written_at < WRITE_EVERY
+        )
+    if due:
+        write_token_uses()
+
+
+def write_token_uses(*, log: bool = True) -> None:
+    """Write the uses noted so far. A failure is logged and never fails the call that
+    happened to trigger it: the uses are noted again on the tokens' next calls."""
+    global _written_at
+    now = timezone.now()
+    with _lock:
+        _written_at = now
+        digests = set(_uses_pending)
+        _uses_pending.clear()
+    if not digests:
         return
-    if len(_uses_recorded) >= _USES_REMEMBERED:
-        _uses_recorded.clear()
-    _uses_recorded[auth_token.digest] = now
-    services.api_token_use_record(auth_token=auth_token, at=now)
+    try:
+        # Inside a request's own transaction (ATOMIC_REQUESTS) a savepoint keeps a failure
+        # from breaking it; on its own the statement commits by itself.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            services.api_token_uses_record(digests=digests, at=now)
+    except DatabaseError:
+        if log:
+            logger.warning(
+                "Could not record the last use of %d API tokens", len(digests), exc_info=True
+            )
+        with _lock:
+            for digest in digests:
+                _uses_noted.pop(digest, None)
+
+
+def _write_at_exit() -> None:
+    """What the process noted in its last minute; the database may be gone by then."""
+    if _uses_pending:
+        # Logging may be shut down already, and nothing may stop a process from exiting.
+        with suppress(Exception):
+            write_token_uses(log=False)
+
+
+atexit.register(_write_at_exit)
 
 
 def _refused() -> AuthenticationFailed:

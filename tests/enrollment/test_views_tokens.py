@@ -19,13 +19,14 @@ from knox.models import AuthToken
 from django.contrib.messages.storage.cookie import CookieStorage
 from django.contrib.sessions.models import Session
 from django.core import mail
-from django.db import connection
+from django.db import OperationalError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest
 from django.test import Client
 from rest_framework.test import APIClient, APIRequestFactory
 
 from enrollment import services
+from enrollment.api import authentication
 from enrollment.api.authentication import TokenAuthentication
 from enrollment.models import ApiToken, AuditEvent
 from tests.conftest import client_for
@@ -510,7 +511,8 @@ def test_the_last_use_is_written_at_most_once_an_hour(employee_client, django_as
         TokenAuthentication().authenticate(request)
 
     with time_machine.travel(NOON, tick=False):
-        with django_assert_num_queries(2):  # the token with its row, and the one write
+        # The token, and the one write (in a savepoint here: tests run in a transaction).
+        with django_assert_num_queries(4):
             check()
         with django_assert_num_queries(1):  # read only, for the rest of the hour
             check()
@@ -525,6 +527,77 @@ def test_the_last_use_is_written_at_most_once_an_hour(employee_client, django_as
     named.refresh_from_db()
     assert named.last_used_at == NOON + timedelta(hours=1)
     assert "2026-11-02 13:00" in employee_client.get(TOKENS).content.decode()
+
+
+@pytest.fixture
+def fresh_use_notes(monkeypatch):
+    """This process has noted and written no token use yet."""
+    monkeypatch.setattr(authentication, "_uses_noted", {})
+    monkeypatch.setattr(authentication, "_uses_pending", set())
+    monkeypatch.setattr(authentication, "_written_at", None)
+
+
+def authenticate(token: str) -> None:
+    request = APIRequestFactory().get(CERTIFICATES, HTTP_AUTHORIZATION=f"Token {token}")
+    assert TokenAuthentication().authenticate(request) is not None
+
+
+def test_a_busy_api_writes_the_uses_of_many_tokens_once_a_minute(
+    employee, fresh_use_notes, django_assert_num_queries
+):
+    """Each call may bring a token not seen this hour (a script per person enrolling): one
+    write a minute for them all, not one per call on the enrolment path."""
+    client = client_for(employee)
+    with time_machine.travel(NOON - timedelta(hours=2), tick=False):
+        tokens = [made(client, f"script {n}") for n in range(4)]
+
+    with time_machine.travel(NOON, tick=False) as clock:
+        # The first call after a quiet minute is written at once (read, savepoint, write).
+        with django_assert_num_queries(4):
+            authenticate(tokens[0][1])
+        for _named, token in tokens[1:]:
+            clock.shift(timedelta(seconds=10))
+            with django_assert_num_queries(1):  # noted only
+                authenticate(token)
+        clock.shift(timedelta(seconds=30))
+        with django_assert_num_queries(4):  # a minute on: one statement for the three
+            authenticate(tokens[1][1])
+
+    used = {named.pk: ApiToken.objects.get(pk=named.pk).last_used_at for named, _ in tokens}
+    assert used[tokens[0][0].pk] == NOON
+    assert {used[named.pk] for named, _ in tokens[1:]} == {NOON + timedelta(seconds=60)}
+
+
+def test_uses_not_yet_written_are_written_when_the_process_exits(employee, fresh_use_notes):
+    client = client_for(employee)
+    first, second = made(client, "one"), made(client, "two")
+    authenticate(first[1])
+    authenticate(second[1])
+    assert ApiToken.objects.get(pk=second[0].pk).last_used_at is None
+
+    authentication._write_at_exit()
+
+    assert ApiToken.objects.get(pk=second[0].pk).last_used_at is not None
+
+
+def test_a_failed_write_of_the_last_use_never_fails_the_call(
+    employee, fresh_use_notes, monkeypatch, caplog
+):
+    named, token = made(client_for(employee))
+
+    def broken(**kwargs):
+        raise OperationalError("lock timeout")
+
+    monkeypatch.setattr(services, "api_token_uses_record", broken)
+    with caplog.at_level(logging.WARNING, logger="enrollment.api.authentication"):
+        assert api_with(token).get(CERTIFICATES).status_code == 200
+
+    assert "Could not record the last use of 1 API tokens" in caplog.text
+    assert token not in caplog.text
+    monkeypatch.undo()
+    monkeypatch.setattr(authentication, "_written_at", None)
+    assert api_with(token).get(CERTIFICATES).status_code == 200  # noted again, and written
+    assert ApiToken.objects.get(pk=named.pk).last_used_at is not None
 
 
 # --- the admin --------------------------------------------------------------------------
