@@ -10,6 +10,8 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.models import User
 from accounts.search import query_words, word_pattern
@@ -102,6 +104,7 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
             words &= Q(directory_search__contains=word_pattern(word))
         return queryset.filter(words | Q(username__iexact=text)), False
 
+    @method_decorator(sensitive_post_parameters())
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
     ) -> HttpResponse:

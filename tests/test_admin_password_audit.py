@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
@@ -10,6 +11,7 @@ from django.contrib.auth.hashers import make_password
 
 from enrollment.models import AuditEvent
 from tests.conftest import client_for
+from tests.enrollment.tools import error_report
 
 pytestmark = pytest.mark.django_db
 
@@ -116,3 +118,28 @@ def test_an_unknown_account_is_a_404_not_an_error(admin_client_, account):
 
     assert response.status_code == 404
     assert events() == []
+
+
+def test_a_server_error_on_the_password_page_hides_the_new_password(
+    admin_client_, employee, monkeypatch
+):
+    """An error before Django's own view runs (here, finding the account) is reported with
+    the request: its POST must not show the password on the debug page or in mail."""
+    from accounts.admin import PortalUserAdmin
+
+    password = f"Hidden-{secrets.token_urlsafe()}"  # not a literal: those show as source lines
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(PortalUserAdmin, "get_object", broken)
+    admin_client_.raise_request_exception = True
+
+    with error_report(RuntimeError) as report:
+        admin_client_.post(
+            password_page(employee),
+            {"password1": password, "password2": password, "usable_password": "true"},
+        )
+
+    assert "user_change_password" in report.text
+    assert password not in report.text
