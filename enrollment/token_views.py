@@ -10,6 +10,7 @@ token is a 404, whoever asks.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -23,7 +24,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_POST, require_safe
 
-from enrollment import services
+from enrollment import recent_sign_in, services
 from enrollment.edge import client_address, show_error
 from enrollment.exceptions import EnrollmentError
 from enrollment.forms import ApiTokenForm, ConfirmForm
@@ -73,6 +74,8 @@ def _page(
         "cap": cap,
         "at_cap": live >= cap,
         "longest_days": settings.API_TOKEN_TTL_DAYS,
+        "sign_in_again": not recent_sign_in.signed_in_recently(request),
+        "sign_in_minutes": settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES,
     }
     return render(request, "enrollment/tokens.html", context, status=status)
 
@@ -92,6 +95,15 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def token_create(request: HttpRequest) -> HttpResponse:
     """Mint a token and show it once, in this response only."""
+    if not recent_sign_in.signed_in_recently(request):
+        # A token outlives this session: a stolen session cookie must not be enough.
+        messages.info(
+            request,
+            "To create an API token, sign in again: it must be within "
+            f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in.",
+        )
+        query = urlencode({"next": reverse("enrollment:token-list")})
+        return redirect(f"{reverse('login')}?{query}")
     form = ApiTokenForm(request.POST)
     if not form.is_valid():
         return _page(request, form=form, status=400)

@@ -291,6 +291,11 @@ KNOX_TOKEN_MODEL = "knox.AuthToken"
 PKIPORTAL_MAX_API_TOKENS = env.int("PKIPORTAL_MAX_API_TOKENS", default=10)
 if PKIPORTAL_MAX_API_TOKENS < 1:
     raise ImproperlyConfigured("PKIPORTAL_MAX_API_TOKENS must be at least 1.")
+# Minting an API token from a browser session needs a sign-in this recent: a token outlives
+# the session, so a stolen session cookie must not be enough (enrollment/recent_sign_in.py).
+PKIPORTAL_TOKEN_SIGN_IN_MINUTES = env.int("PKIPORTAL_TOKEN_SIGN_IN_MINUTES", default=15)
+if not 1 <= PKIPORTAL_TOKEN_SIGN_IN_MINUTES <= 1440:
+    raise ImproperlyConfigured("PKIPORTAL_TOKEN_SIGN_IN_MINUTES must be 1 to 1440 (a day).")
 SPECTACULAR_SETTINGS = {
     "TITLE": "pkiportal API",
     "DESCRIPTION": (

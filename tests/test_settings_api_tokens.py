@@ -20,6 +20,7 @@ def test_the_defaults_are_90_days_and_10_tokens(load_settings):
     assert loaded["API_TOKEN_TTL_DAYS"] == 90
     assert loaded["REST_KNOX"]["TOKEN_TTL"] == timedelta(days=90)
     assert loaded["PKIPORTAL_MAX_API_TOKENS"] == 10
+    assert loaded["PKIPORTAL_TOKEN_SIGN_IN_MINUTES"] == 15
 
 
 def test_both_are_read_from_the_environment(load_settings):
@@ -36,6 +37,8 @@ def test_both_are_read_from_the_environment(load_settings):
         ("API_TOKEN_TTL_DAYS", "-5"),
         ("PKIPORTAL_MAX_API_TOKENS", "0"),
         ("PKIPORTAL_MAX_API_TOKENS", "-1"),
+        ("PKIPORTAL_TOKEN_SIGN_IN_MINUTES", "0"),
+        ("PKIPORTAL_TOKEN_SIGN_IN_MINUTES", "1441"),
     ],
 )
 def test_less_than_one_stops_the_portal(load_settings, name, value):

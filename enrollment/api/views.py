@@ -13,6 +13,7 @@ import django_filters
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
@@ -30,12 +31,13 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from enrollment import ra_selectors, recovery, services
+from enrollment import ra_selectors, recent_sign_in, recovery, services
 from enrollment.api import serializers as s
 from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
 from enrollment.edge import client_address
@@ -791,6 +793,15 @@ class TokenCreateView(APIView):
     )
     @sensitive_variables("clear")
     def post(self, request: Request, format: Any = None) -> Response:
+        if isinstance(
+            request.successful_authenticator, SessionAuthentication
+        ) and not recent_sign_in.signed_in_recently(request._request):
+            # A token outlives the session: a stolen session cookie must not be enough.
+            raise PermissionDenied(
+                "Sign in again to create a token from a browser session: it must be within "
+                f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in. "
+                "HTTP basic needs no second sign-in."
+            )
         serializer = s.TokenIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         named, clear = services.api_token_create(

@@ -364,3 +364,26 @@ def test_an_existing_token_of_a_deactivated_account_stops_working_at_once(employ
     employee.is_active = True
     employee.save()
     assert client.get(CERTIFICATES).status_code == 200  # reactivated: it was never deleted
+
+
+# --- a browser session mints a token only soon after signing in -------------------------
+
+
+def test_a_session_signed_in_long_ago_mints_no_token_but_basic_auth_still_does(employee):
+    """A token outlives the session: a stolen session cookie must not be enough."""
+    client = session_client(employee)
+    with time_machine.travel(timezone.now() + timedelta(minutes=16), tick=False):
+        refused = client.post(TOKEN)
+        by_password = token_client(None).post(TOKEN, **basic("alice", SIGN_IN_PASSWORD))
+
+    assert refused.status_code == 403
+    assert "Sign in again" in refused.json()["detail"]
+    assert by_password.status_code == 200
+    assert AuthToken.objects.count() == 1
+
+
+def test_a_session_within_the_window_mints_a_token(employee, settings):
+    settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES = 30
+    client = session_client(employee)
+    with time_machine.travel(timezone.now() + timedelta(minutes=29), tick=False):
+        assert client.post(TOKEN).status_code == 200

@@ -23,6 +23,7 @@ from django.db import OperationalError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest
 from django.test import Client
+from django.utils import timezone
 from rest_framework.test import APIClient, APIRequestFactory
 
 from enrollment import services
@@ -35,6 +36,7 @@ from tests.enrollment.api_tools import CERTIFICATES
 pytestmark = pytest.mark.django_db
 
 TOKENS = "/account/tokens/"
+SIGN_IN_PASSWORD = "correct horse battery staple"  # tests/factories.py
 CREATE = "/account/tokens/new/"
 REVOKE_ALL = "/account/tokens/revoke-all/"
 NOON = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
@@ -598,6 +600,54 @@ def test_a_failed_write_of_the_last_use_never_fails_the_call(
     monkeypatch.setattr(authentication, "_written_at", None)
     assert api_with(token).get(CERTIFICATES).status_code == 200  # noted again, and written
     assert ApiToken.objects.get(pk=named.pk).last_used_at is not None
+
+
+# --- a recent sign-in --------------------------------------------------------------------
+
+
+def test_a_token_needs_a_sign_in_within_the_last_minutes(employee, settings):
+    """A stolen session cookie must not mint a token that outlives it: the page sends the
+    person to sign in again, and after that the token is made."""
+    client = Client()
+    assert (
+        client.post(
+            "/accounts/login/", {"username": "alice", "password": SIGN_IN_PASSWORD}
+        ).status_code
+        == 302
+    )
+    later = timezone.now() + timedelta(minutes=settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)
+
+    with time_machine.travel(later, tick=False):
+        page = client.get(TOKENS).content.decode()
+        refused = create(client)
+        assert "sign in again first" in page
+        assert refused.status_code == 302
+        assert refused["Location"] == "/accounts/login/?next=%2Faccount%2Ftokens%2F"
+        assert not AuthToken.objects.exists()
+        assert not token_events()
+
+        signed_in = client.post(
+            refused["Location"], {"username": "alice", "password": SIGN_IN_PASSWORD}
+        )
+        assert signed_in["Location"] == TOKENS
+        assert "sign in again first" not in client.get(TOKENS).content.decode()
+        named, _token = made(client)
+
+    assert named.auth_token.user == employee
+
+
+def test_single_sign_on_counts_as_signing_in(employee, rf):
+    """Any path through django.contrib.auth.login notes the moment, OIDC's included."""
+    from django.contrib.auth import login
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from enrollment import recent_sign_in
+
+    request = rf.get("/oidc/callback/")
+    request.session = SessionStore()
+    login(request, employee, backend="django.contrib.auth.backends.ModelBackend")
+
+    assert recent_sign_in.signed_in_recently(request)
 
 
 # --- the admin --------------------------------------------------------------------------
