@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser
 from django.db import models, transaction
 from django.utils import timezone
 
+from accounts.models import User
 from enrollment import hotsql
 from enrollment.models import AuditChainHead, AuditEvent
 
@@ -47,7 +48,7 @@ def event_digest(event: AuditEvent) -> str:
 def audit_record(
     *,
     action: str,
-    actor: AbstractBaseUser | AnonymousUser | None = None,
+    actor: User | AnonymousUser | None = None,
     target: models.Model | None = None,
     outcome: str = AuditEvent.Outcome.SUCCESS,
     source_address: str | None = None,
@@ -60,7 +61,7 @@ def audit_record(
     is recorded inside a savepoint opened in the block: such an event may be rolled back on
     its own, so it is written at once, with the savepoint's work.
     """
-    user = actor if actor is not None and actor.is_authenticated else None
+    user = actor if isinstance(actor, User) and actor.is_authenticated else None
     # Round-trip the detail through JSON so the hash sees what the database will return.
     detail = json.loads(json.dumps(detail or {}, default=str))
     event = AuditEvent(

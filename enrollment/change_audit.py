@@ -28,15 +28,16 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from django.contrib.auth.models import AnonymousUser, Group
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 
+from accounts.models import User
 from enrollment.audit import audit_record, deferred
 from enrollment.models import CertificateTemplate
 
-Actor = AbstractBaseUser | AnonymousUser | None
+Actor = User | AnonymousUser | None
 
 
 @dataclass(frozen=True)

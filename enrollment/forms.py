@@ -6,8 +6,8 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 
+from accounts.models import User
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import HOLDER_REVOCATION_REASONS, CertificateTemplate
 from enrollment.pkcs12_password import pkcs12_password_problems
@@ -83,7 +83,7 @@ class Pkcs12PasswordForm(PortalForm):
         widget=forms.RadioSelect,
     )
 
-    def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
         self.fields["pkcs12_password"].help_text = (

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
-
+from accounts.models import User
 from enrollment.audit import audit_record
 
 
 def audit_export_record(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     fmt: str,
     filters: dict[str, Any],
     source_address: str | None = None,

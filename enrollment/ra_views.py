@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -32,6 +32,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
+from accounts.requests import AuthenticatedHttpRequest
 from enrollment import health, leavers, ra_selectors, ra_services, recovery, services
 from enrollment.edge import client_address, officer_required, show_error, status_for
 from enrollment.exceptions import EnrollmentError
@@ -112,7 +113,7 @@ def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
 
 @login_required
 @require_safe
-def console(request: HttpRequest) -> HttpResponse:
+def console(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Everything an officer checks in the morning, on one page."""
     officer_required(request)
     recoveries = list(ra_selectors.open_recoveries())
@@ -168,7 +169,7 @@ def _preset_reason(given: str) -> str:
 
 @login_required
 @require_safe
-def certificate_search(request: HttpRequest) -> HttpResponse:
+def certificate_search(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Find any certificate by name, e-mail, serial or fingerprint, and revoke it."""
     officer_required(request)
     return _certificates_page(request)
@@ -176,7 +177,7 @@ def certificate_search(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     officer_required(request)
     certificate = get_object_or_404(Certificate.objects.select_related("owner", "template"), pk=pk)
     form = OfficerRevokeForm(request.POST)
@@ -209,7 +210,7 @@ def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_safe
-def request_history(request: HttpRequest) -> HttpResponse:
+def request_history(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Every enrolment request, newest first, filtered; the queue page shows only the last
     few decisions, and an officer asked "who approved Bob's certificate in March?" needs
     the rest. Continued by id, like the audit trail, so no count runs over the table."""
@@ -244,7 +245,7 @@ def request_history(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_safe
-def leaver_list(request: HttpRequest) -> HttpResponse:
+def leaver_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Deactivated accounts still holding certificates, and when those are revoked."""
     officer_required(request)
     now = timezone.now()
@@ -267,7 +268,7 @@ def leaver_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_safe
-def recovery_list(request: HttpRequest) -> HttpResponse:
+def recovery_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     _recovery_staff_required(request)
     recent = (
         KeyRecoveryRequest.objects.exclude(pk__in=ra_selectors.open_recoveries().values("pk"))
@@ -286,7 +287,7 @@ def recovery_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def recovery_new(request: HttpRequest) -> HttpResponse:
+def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Pick a certificate whose key is archived, say why and for whom: open a recovery."""
     officer_required(request)
     search = CertificateSearchForm(request.GET if "q" in request.GET else None)
@@ -357,7 +358,7 @@ def _took_part(found: KeyRecoveryRequest, user: Any, approvals: list[Any]) -> st
 
 
 def _recovery_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     found: KeyRecoveryRequest,
     *,
     reject_form: RecoveryRejectForm | None = None,
@@ -419,13 +420,13 @@ def _recovery_page(
 
 @login_required
 @require_safe
-def recovery_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def recovery_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _recovery_page(request, _visible_recovery(request, pk))
 
 
 @login_required
 @require_POST
-def recovery_approve(request: HttpRequest, pk: int) -> HttpResponse:
+def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
     officer_required(request)
     try:
@@ -443,7 +444,7 @@ def recovery_approve(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def recovery_accept(request: HttpRequest, pk: int) -> HttpResponse:
+def recovery_accept(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """An officer takes on a key holder's request: it is then open like one they opened."""
     found = _visible_recovery(request, pk)
     officer_required(request)
@@ -472,7 +473,7 @@ def recovery_accept(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def recovery_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The holder who asked takes their request back while nothing is recovered yet."""
     found = _visible_recovery(request, pk)
     if found.asked_by_id != request.user.pk:
@@ -498,7 +499,7 @@ def recovery_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def recovery_reject(request: HttpRequest, pk: int) -> HttpResponse:
+def recovery_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
     officer_required(request)
     form = RecoveryRejectForm(request.POST)
@@ -542,7 +543,8 @@ class AgentFileInMemory(MemoryFileUploadHandler):
 def recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
     """A key recovery agent decrypts the archive with their own PKCS#12."""
     request.upload_handlers = [AgentFileInMemory(request)]
-    return _recovery_perform(request, pk)
+    # login_required on _recovery_perform turns anonymous callers away before its body runs.
+    return _recovery_perform(cast(AuthenticatedHttpRequest, request), pk)
 
 
 # Out of error reports: the POST data, and every local here and below (form cleaning
@@ -553,7 +555,7 @@ def recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def _recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
+def _recovery_perform(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
     if not is_key_recovery_agent(request.user):
         raise PermissionDenied("Only key recovery agents carry out recoveries.")
@@ -596,7 +598,7 @@ def _recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def recovery_download(request: HttpRequest, pk: int) -> HttpResponse:
+def recovery_download(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The named person's one download of the recovered PKCS#12."""
     found = _visible_recovery(request, pk)
     try:
@@ -626,7 +628,7 @@ def _filtered_events(request: HttpRequest) -> tuple[AuditFilterForm, Any]:
 
 @login_required
 @require_safe
-def audit_list(request: HttpRequest) -> HttpResponse:
+def audit_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Newest first, fifty at a time, continued by id (no count over the whole trail)."""
     officer_required(request)
     return _audit_page(request)
@@ -712,7 +714,7 @@ EXPORTS: dict[str, tuple[Callable[[Any], Iterator[str]], str, str]] = {
 
 @login_required
 @require_safe
-def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
+def audit_export(request: AuthenticatedHttpRequest, fmt: str) -> HttpResponseBase:
     """The filtered trail, oldest first, streamed with its hash columns."""
     officer_required(request)
     if fmt not in EXPORTS:
@@ -740,6 +742,6 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
 
 @login_required
 @require_safe
-def agents(request: HttpRequest) -> HttpResponse:
+def agents(request: AuthenticatedHttpRequest) -> HttpResponse:
     officer_required(request)
     return render(request, "enrollment/ra/agents.html", {"agents": ra_selectors.agent_overview()})

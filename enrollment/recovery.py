@@ -28,11 +28,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from accounts.models import User
 from enrollment import ra_notifications as notify
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
@@ -127,7 +127,7 @@ def _open_one(certificate: Certificate) -> KeyRecoveryRequest | None:
     )
 
 
-def may_download(recovery: KeyRecoveryRequest, user: AbstractBaseUser) -> bool:
+def may_download(recovery: KeyRecoveryRequest, user: User) -> bool:
     """The named person; the requesting officer only while they still are an RA officer."""
     if user.pk != recovery.recipient_id:
         return False
@@ -193,7 +193,7 @@ def _refresh(recovery: KeyRecoveryRequest, locked: KeyRecoveryRequest) -> KeyRec
 def recovery_open(
     *,
     certificate: Certificate,
-    officer: AbstractBaseUser,
+    officer: User,
     reason: str,
     deliver_to: str = KeyRecoveryRequest.Recipient.OWNER,
     pkcs12_format: str = pkcs12.Pkcs12Format.MODERN,
@@ -273,7 +273,7 @@ def recovery_open(
 def recovery_ask(
     *,
     certificate: Certificate,
-    holder: AbstractBaseUser,
+    holder: User,
     reason: str,
     pkcs12_format: str = pkcs12.Pkcs12Format.MODERN,
     source_address: str | None = None,
@@ -348,7 +348,7 @@ def recovery_ask(
     return recovery
 
 
-def _check_ask_rate(holder: AbstractBaseUser) -> None:
+def _check_ask_rate(holder: User) -> None:
     limit = settings.PKIPORTAL_RECOVERY_ASKS_PER_DAY
     since = timezone.now() - ASKS_WINDOW
     recent = list(
@@ -370,7 +370,7 @@ def _check_ask_rate(holder: AbstractBaseUser) -> None:
 def recovery_accept(
     *,
     recovery: KeyRecoveryRequest,
-    officer: AbstractBaseUser,
+    officer: User,
     note: str,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
@@ -436,7 +436,7 @@ def recovery_accept(
 def recovery_withdraw(
     *,
     recovery: KeyRecoveryRequest,
-    holder: AbstractBaseUser,
+    holder: User,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
     """The holder who asked takes it back while nothing has been recovered yet.
@@ -477,7 +477,7 @@ def recovery_withdraw(
 def recovery_approve(
     *,
     recovery: KeyRecoveryRequest,
-    officer: AbstractBaseUser,
+    officer: User,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
     """One more officer agrees; the requester and the key owner never count."""
@@ -527,7 +527,7 @@ def recovery_approve(
 def recovery_reject(
     *,
     recovery: KeyRecoveryRequest,
-    officer: AbstractBaseUser,
+    officer: User,
     reason: str,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
@@ -571,7 +571,7 @@ def recovery_reject(
 # names of its own.
 @sensitive_variables()
 def _open_agent_pkcs12(
-    data: bytes, password: str, *, agent_user: AbstractBaseUser
+    data: bytes, password: str, *, agent_user: User
 ) -> tuple[KeyRecoveryAgent, Any, keys.PrivateKey]:
     """The registered agent, its certificate and key from the agent's own PKCS#12."""
     if len(data) > MAX_AGENT_PKCS12_BYTES:
@@ -608,7 +608,7 @@ def _open_agent_pkcs12(
 def recovery_perform(
     *,
     recovery: KeyRecoveryRequest,
-    agent_user: AbstractBaseUser,
+    agent_user: User,
     agent_pkcs12: bytes,
     agent_password: str,
     source_address: str | None = None,
@@ -698,7 +698,7 @@ def recovery_perform(
     return _refresh(recovery, locked), password
 
 
-def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: AbstractBaseUser) -> None:
+def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: User) -> None:
     """The agent is a third person: not the key's owner, not the recipient, not the opener,
     not an approver. The owner matters where the key goes to the officer who opened the
     recovery: a key under legal hold must not be recovered by the person it is held from."""
@@ -758,7 +758,7 @@ def _check_performable(recovery: KeyRecoveryRequest) -> None:
 def recovery_download(
     *,
     recovery: KeyRecoveryRequest,
-    user: AbstractBaseUser,
+    user: User,
     source_address: str | None = None,
 ) -> tuple[KeyRecoveryRequest, bytes]:
     """Hand the named person the encrypted PKCS#12, once; the stored copy is wiped."""

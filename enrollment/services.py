@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.signals import post_save
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from accounts.models import User
 from enrollment import audit, binary, ca_lifetime, hotsql, keystore
 from enrollment.audit import audit_record
 from enrollment.change_audit import template_record
@@ -75,7 +76,7 @@ from enrollment.x509.errors import X509Error
 
 logger = logging.getLogger(__name__)
 
-Actor = AbstractBaseUser | AnonymousUser | None
+Actor = User | AnonymousUser | None
 T = TypeVar("T")
 
 
@@ -451,7 +452,7 @@ def kra_register(
     *,
     certificate: x509.Certificate,
     name: str,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     actor: Actor = None,
 ) -> KeyRecoveryAgent:
     """Register an agent certificate that archived keys will be encrypted to."""
@@ -535,7 +536,7 @@ def _active_agents() -> list[KeyRecoveryAgent]:
 # --- issuance -------------------------------------------------------------------------
 
 
-def subject_for(owner: AbstractBaseUser) -> builder.Subject:
+def subject_for(owner: User) -> builder.Subject:
     """The certificate subject comes from the account, never from a CSR or a form."""
     email = (getattr(owner, "email", "") or "").strip().lower()
     if not email:
@@ -574,7 +575,7 @@ def _key_compromised(public_key: keys.PublicKey) -> bool:
 def _issue(
     *,
     template: CertificateTemplate,
-    owner: AbstractBaseUser,
+    owner: User,
     public_key: keys.PublicKey,
     actor: Actor,
     source_address: str | None,
@@ -658,7 +659,7 @@ def _issue(
 def certificate_issue(
     *,
     template: CertificateTemplate,
-    owner: AbstractBaseUser,
+    owner: User,
     public_key: keys.PublicKey,
     actor: Actor = None,
     source_address: str | None = None,
@@ -698,7 +699,7 @@ def _check_server_key(
 def certificate_issue_with_server_key(
     *,
     template: CertificateTemplate,
-    owner: AbstractBaseUser,
+    owner: User,
     key_algorithm: keys.KeyAlgorithm,
     pkcs12_password: str,
     pkcs12_format: pkcs12.Pkcs12Format = pkcs12.Pkcs12Format.MODERN,
@@ -1316,7 +1317,7 @@ def _printable(text: str) -> str:
 
 
 def _enrolment_counts(
-    *, requester: AbstractBaseUser, template: CertificateTemplate, renewal_of: Certificate | None
+    *, requester: User, template: CertificateTemplate, renewal_of: Certificate | None
 ) -> hotsql.EnrolmentCounts:
     now = timezone.now()
     return hotsql.enrolment_counts(
@@ -1347,7 +1348,7 @@ def _check_limits(counts: hotsql.EnrolmentCounts, template: CertificateTemplate)
 @_in_a_transaction
 def request_submit(
     *,
-    requester: AbstractBaseUser,
+    requester: User,
     template: CertificateTemplate,
     csr: bytes | str | None = None,
     key_algorithm: keys.KeyAlgorithm | None = None,
@@ -1548,7 +1549,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
 def request_collect(
     *,
     request: CertificateRequest,
-    actor: AbstractBaseUser,
+    actor: User,
     pkcs12_password: str,
     pkcs12_format: pkcs12.Pkcs12Format = pkcs12.Pkcs12Format.MODERN,
     source_address: str | None = None,
@@ -1616,7 +1617,7 @@ def _lock_key_of(request: CertificateRequest) -> None:
 
 
 def _decide(
-    request: CertificateRequest, *, officer: AbstractBaseUser, approve: bool, reason: str
+    request: CertificateRequest, *, officer: User, approve: bool, reason: str
 ) -> CertificateRequest:
     from enrollment.permissions import is_ra_officer
 
@@ -1677,13 +1678,13 @@ def _decide(
 
 
 def request_approve(
-    *, request: CertificateRequest, officer: AbstractBaseUser, reason: str = ""
+    *, request: CertificateRequest, officer: User, reason: str = ""
 ) -> CertificateRequest:
     return _decide(request, officer=officer, approve=True, reason=reason.strip())
 
 
 def request_reject(
-    *, request: CertificateRequest, officer: AbstractBaseUser, reason: str
+    *, request: CertificateRequest, officer: User, reason: str
 ) -> CertificateRequest:
     if not reason.strip():
         raise PolicyViolation("Say why the request is rejected.", field="reason")
@@ -1691,7 +1692,7 @@ def request_reject(
 
 
 def request_withdraw(
-    *, request: CertificateRequest, actor: AbstractBaseUser, source_address: str | None = None
+    *, request: CertificateRequest, actor: User, source_address: str | None = None
 ) -> CertificateRequest:
     """The requester takes back a request nothing has been issued for yet.
 
@@ -1759,7 +1760,7 @@ def api_token_label_problem(label: str) -> str | None:
     return None
 
 
-def _live_tokens(owner: AbstractBaseUser) -> list[AuthToken]:
+def _live_tokens(owner: User) -> list[AuthToken]:
     now = timezone.now()
     return list(
         AuthToken.objects.filter(user=owner)
@@ -1777,7 +1778,7 @@ def _token_facts(token: AuthToken) -> dict[str, object]:
 @sensitive_variables("clear")
 def api_token_create(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     label: str,
     lifetime_days: int | None = None,
     via: str,
@@ -1866,7 +1867,7 @@ def api_token_revoke(
 
 
 def api_tokens_revoke_all(
-    *, owner: AbstractBaseUser, actor: Actor, via: str, source_address: str | None = None
+    *, owner: User, actor: Actor, via: str, source_address: str | None = None
 ) -> int:
     """Revoke every token of the owner (a lost laptop, a leaked script); how many."""
     with transaction.atomic():

@@ -24,6 +24,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_POST, require_safe
 
+from accounts.requests import AuthenticatedHttpRequest
 from enrollment import recent_sign_in, services
 from enrollment.edge import client_address, show_error
 from enrollment.exceptions import EnrollmentError
@@ -83,7 +84,7 @@ def _page(
 @never_cache
 @login_required
 @require_safe
-def token_list(request: HttpRequest) -> HttpResponse:
+def token_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """My API tokens by name and prefix, a form for a new one, and revocation."""
     return _page(request)
 
@@ -93,7 +94,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def token_create(request: HttpRequest) -> HttpResponse:
+def token_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Mint a token and show it once, in this response only."""
     if not recent_sign_in.signed_in_recently(request):
         # A token outlives this session: a stolen session cookie must not be enough.
@@ -128,7 +129,7 @@ def token_create(request: HttpRequest) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def token_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Revoke one of my tokens; anyone else's does not exist here."""
     named = get_object_or_404(
         ApiToken.objects.select_related("auth_token__user"), pk=pk, auth_token__user=request.user
@@ -155,7 +156,7 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def token_revoke_all(request: HttpRequest) -> HttpResponse:
+def token_revoke_all(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Revoke every token I hold: a lost laptop, a leaked script, someone else's doing."""
     form = _revoke_all_form(request.POST)
     if not form.is_valid():

@@ -31,6 +31,7 @@ from django.utils.text import slugify
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
+from accounts.requests import AuthenticatedHttpRequest
 from enrollment import ca_lifetime, ra_selectors, recovery, services
 from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError, public_message
@@ -225,7 +226,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_safe
-def enroll_index(request: HttpRequest) -> HttpResponse:
+def enroll_index(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The templates this person may use, each explained in plain words."""
     return render(
         request, "enrollment/enroll_index.html", {"templates": templates_for(request.user)}
@@ -236,7 +237,7 @@ def enroll_index(request: HttpRequest) -> HttpResponse:
 @sensitive_post_parameters(*PASSWORD_FIELDS)
 @login_required
 @require_http_methods(["GET", "POST"])
-def enroll(request: HttpRequest, slug: str) -> HttpResponse:
+def enroll(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """One template's page: a portal-generated key (PKCS#12 download) or your own CSR."""
     template = get_object_or_404(CertificateTemplate, slug=slug, is_active=True)
     if not may_use_template(request.user, template):
@@ -288,7 +289,7 @@ def enroll(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _enroll_with_server_key(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     template: CertificateTemplate,
     form: ServerKeyForm,
     renewal: Certificate | None,
@@ -321,7 +322,7 @@ def _enroll_with_server_key(
 
 
 def _enroll_with_csr(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     template: CertificateTemplate,
     form: CsrForm,
     renewal: Certificate | None,
@@ -359,7 +360,7 @@ def _visible_request(user: Any, pk: int) -> CertificateRequest:
 
 
 def _request_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     cert_request: CertificateRequest,
     *,
     form: Pkcs12PasswordForm | None = None,
@@ -383,7 +384,7 @@ def _request_page(
 @sensitive_post_parameters(*PASSWORD_FIELDS)
 @login_required
 @require_http_methods(["GET", "POST"])
-def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def request_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """A request's state; an approved portal-key request is downloaded from here, once."""
     cert_request = _visible_request(request.user, pk)
     form = None
@@ -417,7 +418,7 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def request_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+def request_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The requester takes back a request that waits for an officer or for their download."""
     cert_request = _visible_request(request.user, pk)
     if cert_request.requester_id != request.user.pk:
@@ -477,7 +478,7 @@ def _ra_page(
 
 @login_required
 @require_safe
-def ra_requests(request: HttpRequest) -> HttpResponse:
+def ra_requests(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Requests that wait for an RA officer, oldest first, with what they asked for."""
     officer_required(request)
     return _ra_page(request)
@@ -485,7 +486,7 @@ def ra_requests(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def ra_decide(request: HttpRequest, pk: int) -> HttpResponse:
+def ra_decide(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Approve or reject one request; the service refuses an officer's own request."""
     officer_required(request)
     cert_request = get_object_or_404(CertificateRequest, pk=pk)
@@ -527,7 +528,7 @@ def _open_recoveries_of(certificates: Any) -> dict[int, KeyRecoveryRequest]:
 
 @login_required
 @require_safe
-def certificate_list(request: HttpRequest) -> HttpResponse:
+def certificate_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """My certificates with their fingerprints, my requests that are not issued, and the
     recoveries of my archived keys."""
     certificates = list(
@@ -600,14 +601,14 @@ def _certificate_page(
 
 @login_required
 @require_safe
-def certificate_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def certificate_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """One certificate in human terms, with downloads, renewal and revocation for its owner."""
     return _certificate_page(request, _visible_certificate(request.user, pk))
 
 
 @login_required
 @require_safe
-def certificate_download(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+def certificate_download(request: AuthenticatedHttpRequest, pk: int, kind: str) -> HttpResponse:
     """Public material only: the certificate and its chain. Private keys are never here."""
     if kind not in DOWNLOADS:
         raise Http404("No such download.")
@@ -626,7 +627,7 @@ def certificate_download(request: HttpRequest, pk: int, kind: str) -> HttpRespon
 
 @login_required
 @require_POST
-def certificate_renew(request: HttpRequest, pk: int) -> HttpResponse:
+def certificate_renew(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Renewing means a new key: the enrolment form, marked as renewing this certificate."""
     certificate = _own_certificate(request.user, pk)
     if certificate.template is None:
@@ -638,7 +639,7 @@ def certificate_renew(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Revoke my own certificate for one of the reasons a subscriber may give."""
     certificate = _own_certificate(request.user, pk)
     form = RevokeForm(request.POST)
@@ -664,7 +665,7 @@ def certificate_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def certificate_recover(request: HttpRequest, pk: int) -> HttpResponse:
+def certificate_recover(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The holder asks for their archived key back; an RA officer must accept it first."""
     certificate = _own_certificate(
         request.user,

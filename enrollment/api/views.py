@@ -37,6 +37,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.requests import signed_in_user
 from enrollment import ra_selectors, recent_sign_in, recovery, services
 from enrollment.api import serializers as s
 from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
@@ -240,7 +241,7 @@ def _enrol_once(
             return _answer(request, submitted)
         _certificate, bundle = services.request_collect(
             request=submitted,
-            actor=request.user,
+            actor=signed_in_user(request),
             pkcs12_password=validated["pkcs12_password"],
             pkcs12_format=pkcs12_format,
             source_address=client_address(request),
@@ -265,7 +266,7 @@ def _idempotency_key(request: Request) -> str:
 def _made_with(request: Request, key: str) -> CertificateRequest | None:
     return (
         CertificateRequest.objects.select_related("certificate", "template", "renewal_of")
-        .filter(requester=request.user, idempotency_key=key)
+        .filter(requester=signed_in_user(request), idempotency_key=key)
         .first()
     )
 
@@ -342,7 +343,7 @@ class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
             return requests.none()
         if self.action == "list" or not is_ra_officer(self.request.user):
-            return requests.filter(requester=self.request.user)
+            return requests.filter(requester=signed_in_user(self.request))
         return requests
 
     @extend_schema(
@@ -375,7 +376,7 @@ class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         pkcs12_format = Pkcs12Format(serializer.validated_data["pkcs12_format"])
         _certificate, bundle = services.request_collect(
             request=submitted,
-            actor=request.user,
+            actor=signed_in_user(request),
             pkcs12_password=serializer.validated_data["pkcs12_password"],
             pkcs12_format=pkcs12_format,
             source_address=client_address(request),
@@ -399,7 +400,7 @@ class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def withdraw(self, request: Request, pk: str | None = None) -> Response:
         submitted = self.get_object()  # the requester's own; officers see every request
         withdrawn = services.request_withdraw(
-            request=submitted, actor=request.user, source_address=client_address(request)
+            request=submitted, actor=signed_in_user(request), source_address=client_address(request)
         )
         return Response(self.get_serializer(withdrawn).data)
 
@@ -472,7 +473,7 @@ class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             return certificates.none()
         if is_ra_officer(self.request.user):
             return certificates
-        return certificates.owned_by(self.request.user)
+        return certificates.owned_by(signed_in_user(self.request))
 
     def get_object(self) -> Certificate:
         serial = normalise_serial(self.kwargs["serial"])
@@ -569,7 +570,7 @@ class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         try:
             asked = recovery.recovery_ask(
                 certificate=certificate,
-                holder=request.user,
+                holder=signed_in_user(request),
                 reason=serializer.validated_data["reason"],
                 pkcs12_format=serializer.validated_data["pkcs12_format"],
                 source_address=client_address(request),
@@ -638,7 +639,7 @@ class RecoveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def withdraw(self, request: Request, pk: str | None = None) -> Response:
         found = self.get_object()
         withdrawn = recovery.recovery_withdraw(
-            recovery=found, holder=request.user, source_address=client_address(request)
+            recovery=found, holder=signed_in_user(request), source_address=client_address(request)
         )
         return Response(self.get_serializer(withdrawn).data)
 
@@ -741,7 +742,9 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         serializer = s.ApproveIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         decided = services.request_approve(
-            request=pending, officer=request.user, reason=serializer.validated_data["reason"]
+            request=pending,
+            officer=signed_in_user(request),
+            reason=serializer.validated_data["reason"],
         )
         return Response(self.get_serializer(decided).data)
 
@@ -756,7 +759,9 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         serializer = s.RejectIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         decided = services.request_reject(
-            request=pending, officer=request.user, reason=serializer.validated_data["reason"]
+            request=pending,
+            officer=signed_in_user(request),
+            reason=serializer.validated_data["reason"],
         )
         return Response(self.get_serializer(decided).data)
 
@@ -805,7 +810,7 @@ class TokenCreateView(APIView):
         serializer = s.TokenIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         named, clear = services.api_token_create(
-            owner=request.user,
+            owner=signed_in_user(request),
             label=serializer.validated_data["label"],
             lifetime_days=serializer.validated_data["lifetime_days"],
             via=services.TokenVia.API,
@@ -855,7 +860,7 @@ class TokenLogoutAllView(APIView):
     )
     def post(self, request: Request, format: Any = None) -> Response:
         services.api_tokens_revoke_all(
-            owner=request.user,
+            owner=signed_in_user(request),
             actor=request.user,
             via=services.TokenVia.API,
             source_address=client_address(request),
