@@ -206,8 +206,9 @@ def repository(request: HttpRequest) -> HttpResponse:
     # Root first, each CA after its issuer: gpgsm's manual CRL steps must load in that order.
     parents = {ca.pk: ca.parent_id for ca in authorities}
 
-    def depth(pk: int | None) -> int:
-        return 0 if parents.get(pk) is None else 1 + depth(parents[pk])
+    def depth(pk: int) -> int:
+        parent = parents.get(pk)
+        return 0 if parent is None else 1 + depth(parent)
 
     authorities.sort(key=lambda ca: (depth(ca.pk), ca.name, ca.pk))
     now = timezone.now()

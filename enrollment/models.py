@@ -103,6 +103,13 @@ class CertificateAuthority(DerCertificateMixin):
 
     objects = CertificateAuthorityQuerySet.as_manager()
 
+    # Not stored: set by directory.pki_views.repository on the instances its page shows.
+    issues_now: bool
+    current_crl: RevocationList | None
+    crl_overdue: bool
+    fingerprint_sha1: str
+    fingerprint_sha1_colons: str
+
     class Meta:
         verbose_name = "certificate authority"
         verbose_name_plural = "certificate authorities"
@@ -131,7 +138,7 @@ class CertificateAuthority(DerCertificateMixin):
         return self.name
 
     @property
-    def certificate(self) -> x509.Certificate:  # type: ignore[override]
+    def certificate(self) -> x509.Certificate:
         if self.pk is None:
             return x509.load_der_x509_certificate(bytes(self.der))
         key = (self.pk, self.fingerprint_sha256)
@@ -326,6 +333,9 @@ class Certificate(DerCertificateMixin):
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = CertificateQuerySet.as_manager()
+
+    # Not stored: set by enrollment.views.certificate_list on the instances it lists.
+    open_recovery: KeyRecoveryRequest | None
 
     class Meta:
         ordering = ["-not_before"]
@@ -581,7 +591,7 @@ class ArchivedKey(models.Model):
         return f"Archived key of {self.certificate}"
 
 
-class AppendOnlyQuerySet(models.QuerySet):
+class AppendOnlyQuerySet(models.QuerySet["AuditEvent"]):
     """Bulk updates and deletes are refused: the audit trail only grows."""
 
     def update(self, **kwargs: Any) -> int:

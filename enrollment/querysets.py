@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.db import models
 from django.utils import timezone
 
+if TYPE_CHECKING:
+    from accounts.models import User
 
-class CertificateAuthorityQuerySet(models.QuerySet):
+    # Named in quotes as the querysets' model types: enrollment.models imports this module.
+    from enrollment.models import (  # noqa: F401
+        Certificate,
+        CertificateAuthority,
+        RevocationList,
+    )
+
+
+class CertificateAuthorityQuerySet(models.QuerySet["CertificateAuthority"]):
     def online(self) -> CertificateAuthorityQuerySet:
         return self.filter(is_online=True)
 
@@ -20,7 +31,7 @@ class CertificateAuthorityQuerySet(models.QuerySet):
         return self.filter(is_online=True, parent__isnull=False)
 
 
-class CertificateQuerySet(models.QuerySet):
+class CertificateQuerySet(models.QuerySet["Certificate"]):
     def valid(self, now: datetime | None = None) -> CertificateQuerySet:
         """Not revoked and inside their validity period."""
         now = now or timezone.now()
@@ -46,10 +57,10 @@ class CertificateQuerySet(models.QuerySet):
         now = now or timezone.now()
         return self.valid(now).filter(not_after__lte=now + within)
 
-    def owned_by(self, user: models.Model) -> CertificateQuerySet:
+    def owned_by(self, user: User) -> CertificateQuerySet:
         return self.filter(owner=user)
 
 
-class RevocationListQuerySet(models.QuerySet):
+class RevocationListQuerySet(models.QuerySet["RevocationList"]):
     def newest_first(self) -> RevocationListQuerySet:
         return self.order_by("-number")

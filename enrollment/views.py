@@ -536,7 +536,9 @@ def certificate_list(request: AuthenticatedHttpRequest) -> HttpResponse:
         .select_related("template", "ca")
         .annotate(has_archive=Exists(ArchivedKey.objects.filter(certificate=OuterRef("pk"))))
     )
-    in_progress = _open_recoveries_of([c for c in certificates if c.has_archive])
+    # django-stubs drops .annotate() fields after a custom QuerySet method (owned_by).
+    with_archive = [c for c in certificates if c.has_archive]  # type: ignore[attr-defined]
+    in_progress = _open_recoveries_of(with_archive)
     for certificate in certificates:
         certificate.open_recovery = in_progress.get(certificate.pk)
     requests = (
