@@ -7,12 +7,13 @@ from typing import Any
 from django.urls import reverse
 from rest_framework import serializers
 
+from accounts.models import User
 from directory.selectors import MAX_CURSOR_LENGTH, MAX_PAGE_SIZE, MAX_QUERY_LENGTH, search_terms
 from enrollment.models import Certificate, CertificateTemplate
 from enrollment.x509 import pkcs7
 
 
-class LookupIn(serializers.Serializer):
+class LookupIn(serializers.Serializer[None]):
     q = serializers.CharField(
         required=False,
         max_length=MAX_QUERY_LENGTH,
@@ -49,13 +50,13 @@ class LookupIn(serializers.Serializer):
         return attrs
 
 
-class OwnerOut(serializers.Serializer):
+class OwnerOut(serializers.Serializer[User]):
     name = serializers.CharField(source="get_full_name")
     email = serializers.EmailField()
     organizational_unit = serializers.CharField()
 
 
-class DirectoryCertificateOut(serializers.Serializer):
+class DirectoryCertificateOut(serializers.Serializer[Certificate]):
     """A published certificate with its chain: everything a sender needs to encrypt.
 
     The fields document the shape (OpenAPI); to_representation builds it directly, since
@@ -126,7 +127,7 @@ def _datetime(value: Any) -> str:
     return _DATETIME.to_representation(value)
 
 
-class LookupOut(serializers.Serializer):
+class LookupOut(serializers.Serializer[dict[str, Any]]):
     next = serializers.URLField(
         allow_null=True, help_text="The next page of a search; null on the last one."
     )

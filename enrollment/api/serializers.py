@@ -18,12 +18,15 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.relations import PKOnlyObject
 
+from accounts.models import User
 from enrollment import ca_lifetime, hotsql, recovery
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
     HOLDER_REVOCATION_REASONS,
     Certificate,
+    CertificateAuthority,
     CertificateRequest,
     CertificateTemplate,
     KeyRecoveryRequest,
@@ -49,7 +52,7 @@ def absolute(request: Any, name: str, **kwargs: Any) -> str:
 
 
 @extend_schema_field(OpenApiTypes.STR)
-class TemplateSlugField(serializers.RelatedField):
+class TemplateSlugField(serializers.RelatedField[CertificateTemplate, CertificateTemplate, str]):
     """A template by slug. The slug is checked for shape before any query, never echoed long."""
 
     default_error_messages = {
@@ -69,11 +72,13 @@ class TemplateSlugField(serializers.RelatedField):
             self.fail("does_not_exist", slug=data)
         return template
 
-    def to_representation(self, value: CertificateTemplate) -> str:
+    def to_representation(self, value: CertificateTemplate | PKOnlyObject) -> str:
+        # DRF passes a PKOnlyObject only where use_pk_only_optimization() is true: not here.
+        assert isinstance(value, CertificateTemplate)
         return value.slug
 
 
-class CsrIn(serializers.Serializer):
+class CsrIn(serializers.Serializer[None]):
     """Your own key: a PKCS#10 request. Subject and addresses always come from your account."""
 
     csr = serializers.CharField(
@@ -94,7 +99,7 @@ class CsrIn(serializers.Serializer):
         return attrs
 
 
-class Pkcs12In(serializers.Serializer):
+class Pkcs12In(serializers.Serializer[None]):
     """How the PKCS#12 that carries a portal-generated key is protected."""
 
     pkcs12_password = serializers.CharField(
@@ -162,7 +167,7 @@ def is_csr_body(data: Any) -> bool:
     return isinstance(data, dict) and "csr" in data
 
 
-class RevokeIn(serializers.Serializer):
+class RevokeIn(serializers.Serializer[None]):
     reason = serializers.ChoiceField(
         choices=Certificate.RevocationReasonChoice.choices,
         help_text=(
@@ -185,13 +190,13 @@ class RevokeIn(serializers.Serializer):
         return reason
 
 
-class ApproveIn(serializers.Serializer):
+class ApproveIn(serializers.Serializer[None]):
     reason = serializers.CharField(
         required=False, allow_blank=True, max_length=MAX_REASON_LENGTH, default=""
     )
 
 
-class RejectIn(serializers.Serializer):
+class RejectIn(serializers.Serializer[None]):
     reason = serializers.CharField(
         max_length=MAX_REASON_LENGTH,
         help_text="Why the request is rejected; the requester is told.",
@@ -199,7 +204,7 @@ class RejectIn(serializers.Serializer):
     )
 
 
-class RecoverIn(serializers.Serializer):
+class RecoverIn(serializers.Serializer[None]):
     """The holder asks for their archived key back."""
 
     reason = serializers.CharField(
@@ -225,14 +230,20 @@ class RecoverIn(serializers.Serializer):
 # --- outputs --------------------------------------------------------------------------
 
 
-class CertificateOut(serializers.ModelSerializer):
+class CertificateOut(serializers.ModelSerializer[Certificate]):
     """A certificate's facts; the same for its holder and for officers."""
 
     url = serializers.SerializerMethodField()
     # The model allows a certificate without owner or template (issued from the shell).
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
-    issuer = serializers.SlugRelatedField(source="ca", slug_field="slug", read_only=True)
-    template = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    owner: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+    issuer: serializers.SlugRelatedField[CertificateAuthority] = serializers.SlugRelatedField(
+        source="ca", slug_field="slug", read_only=True
+    )
+    template: serializers.SlugRelatedField[CertificateTemplate] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True
+    )
     status = serializers.ChoiceField(
         source="state",
         choices=["valid", "revoked", "expired"],
@@ -315,15 +326,19 @@ def chain_pem(certificate: Certificate) -> list[str]:
     return list(_CHAIN_PEM[key])
 
 
-class EnrollmentOut(serializers.ModelSerializer):
+class EnrollmentOut(serializers.ModelSerializer[CertificateRequest]):
     """A request and where it stands; `collect_url` appears once a PKCS#12 awaits download,
     `withdraw_url` (to the requester) while they may still take the request back."""
 
     url = serializers.SerializerMethodField()
-    requester = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    requester: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     requester_name = serializers.CharField(source="requester.get_full_name", read_only=True)
-    template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    renewal_of = serializers.SlugRelatedField(
+    template: serializers.SlugRelatedField[CertificateTemplate] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    renewal_of: serializers.SlugRelatedField[Certificate] = serializers.SlugRelatedField(
         slug_field="serial",
         read_only=True,
         allow_null=True,
@@ -394,7 +409,7 @@ class Issued:
     pkcs12_format: Pkcs12Format | None = None
 
 
-class IssuedOut(serializers.Serializer):
+class IssuedOut(serializers.Serializer[Issued]):
     """201: the certificate with its chain, and the PKCS#12 when the portal made the key."""
 
     id = serializers.IntegerField(source="request.pk", help_text="The enrolment's id.")
@@ -503,10 +518,10 @@ def substitution_notice(request: CertificateRequest, certificate: Certificate) -
     )
 
 
-class TokenIn(serializers.Serializer):
+class TokenIn(serializers.Serializer[None]):
     """What a new API token is called and how long it lives; both optional."""
 
-    label = serializers.CharField(
+    label = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.label
         required=False,
         allow_blank=True,
         default="",
@@ -522,18 +537,18 @@ class TokenIn(serializers.Serializer):
     )
 
 
-class TokenOut(serializers.Serializer):
+class TokenOut(serializers.Serializer[dict[str, Any]]):
     """A new API token: shown once, stored only as a hash."""
 
     token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
     expiry = serializers.DateTimeField(allow_null=True)
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.label
     prefix = serializers.CharField(
         help_text="The token's first characters, as /account/tokens/ lists it."
     )
 
 
-class RecoveryOut(serializers.ModelSerializer):
+class RecoveryOut(serializers.ModelSerializer[KeyRecoveryRequest]):
     """A key recovery as the key's holder follows it. The recovered key is downloaded once
     on its web page (`page_url`), signed in, with the one-time password the key recovery
     agent gives in person: never through the API."""
@@ -617,7 +632,7 @@ class RecoveryOut(serializers.ModelSerializer):
         return absolute(http, "recovery-withdraw", pk=found.pk)
 
 
-class RecoveryConflictOut(serializers.Serializer):
+class RecoveryConflictOut(serializers.Serializer[dict[str, Any]]):
     """A recovery of this key is already in progress: there is one at a time."""
 
     detail = serializers.CharField()
