@@ -14,19 +14,25 @@ from directory.api.serializers import DirectoryCertificateOut, LookupIn, LookupO
 from directory.permissions import DirectoryReadable
 from directory.selectors import MAX_PAGE_SIZE
 
+
+def _help(field: str) -> str:
+    """An input field's help text, which doubles as its OpenAPI description."""
+    return str(LookupIn().fields[field].help_text or "")
+
+
 PARAMETERS = [
-    OpenApiParameter("q", OpenApiTypes.STR, description=LookupIn().fields["q"].help_text),
-    OpenApiParameter("email", OpenApiTypes.EMAIL, description=LookupIn().fields["email"].help_text),
+    OpenApiParameter("q", OpenApiTypes.STR, description=_help("q")),
+    OpenApiParameter("email", OpenApiTypes.EMAIL, description=_help("email")),
     OpenApiParameter(
         "include_inactive",
         OpenApiTypes.BOOL,
-        description=LookupIn().fields["include_inactive"].help_text,
+        description=_help("include_inactive"),
     ),
-    OpenApiParameter("after", OpenApiTypes.STR, description=LookupIn().fields["after"].help_text),
+    OpenApiParameter("after", OpenApiTypes.STR, description=_help("after")),
     OpenApiParameter(
         "limit",
         {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
-        description=LookupIn().fields["limit"].help_text,
+        description=_help("limit"),
     ),
 ]
 
@@ -77,5 +83,7 @@ class DirectoryLookupView(APIView):
                 query["after"] = page.next_after
                 next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
         context = {"request": request, "chains": selectors.ca_chain_pems()}
-        results = DirectoryCertificateOut(certificates, many=True, context=context).data
+        # The stubs type a serializer's instance as one object, not many=True's list.
+        out = DirectoryCertificateOut(certificates, many=True, context=context)  # type: ignore[arg-type]
+        results = out.data
         return Response({"next": next_url, "results": results})

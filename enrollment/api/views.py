@@ -7,7 +7,7 @@ JSON once for every endpoint. Objects a person may not see are 404, not 403.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import django_filters
 
@@ -115,6 +115,8 @@ PENDING = OpenApiResponse(
     "a portal-key request is then collected at `collect_url`.",
 )
 
+Row = TypeVar("Row")  # what a queryset yields: filter_queryset keeps it
+
 
 def _enrolment_body(name: str, csr: type, server_key: type) -> PolymorphicProxySerializer:
     return PolymorphicProxySerializer(
@@ -205,7 +207,7 @@ def _enrol_once(
 ) -> Response:
     csr_shape = s.is_csr_body(data)
     if template is None:
-        shape: type[serializers.Serializer] = (
+        shape: type[serializers.Serializer[None]] = (
             s.CsrEnrollmentIn if csr_shape else s.ServerKeyEnrollmentIn
         )
     else:
@@ -331,7 +333,11 @@ def _asks_the_same(earlier: CertificateRequest, data: Any, renewal_of: Certifica
         responses={200: s.EnrollmentOut, **ERRORS, **NOT_FOUND},
     ),
 )
-class EnrollmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class EnrollmentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet[CertificateRequest],
+):
     """Enrol for a certificate from a CSR or with a portal-generated key; collect or withdraw."""
 
     serializer_class = s.EnrollmentOut
@@ -457,14 +463,16 @@ class CertificateFilter(django_filters.FilterSet):
         responses={200: s.CertificateDetailOut, **ERRORS, **NOT_FOUND},
     ),
 )
-class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class CertificateViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Certificate]
+):
     """List, fetch, revoke and renew certificates; ask for an archived key back."""
 
     lookup_field = "serial"
     lookup_value_regex = r"[0-9A-Fa-f:]{1,128}"
     filterset_class = CertificateFilter
 
-    def get_serializer_class(self) -> type[serializers.Serializer]:
+    def get_serializer_class(self) -> type[serializers.Serializer[Certificate]]:
         return s.CertificateDetailOut if self.action == "retrieve" else s.CertificateOut
 
     def get_queryset(self) -> QuerySet[Certificate]:
@@ -607,7 +615,11 @@ class CertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         responses={200: s.RecoveryOut, **ERRORS, **NOT_FOUND},
     ),
 )
-class RecoveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class RecoveryViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet[KeyRecoveryRequest],
+):
     """Follow, and withdraw, the recovery of one's own archived key.
 
     Accepting, approving and carrying out a recovery stay on the RA web pages, and the
@@ -678,7 +690,7 @@ class RequestFilter(django_filters.FilterSet):
         responses={200: s.EnrollmentOut(many=True), **ERRORS},
     ),
 )
-class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateRequest]):
     """Every request, the pending ones, and the RA officer's decision on them."""
 
     permission_classes = [IsAuthenticated, IsRaOfficer]
@@ -698,8 +710,8 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return requests
 
     def filter_queryset(
-        self, queryset: QuerySet[CertificateRequest]
-    ) -> QuerySet[CertificateRequest]:
+        self, queryset: QuerySet[CertificateRequest, Row]
+    ) -> QuerySet[CertificateRequest, Row]:
         """The filters are the list's; the pending queue and the decisions take none."""
         if self.action != "list":
             return queryset
