@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
+from accounts.models import User
 from accounts.search import query_words, word_pattern
 from enrollment.models import Certificate, CertificateAuthority
 from enrollment.querysets import CertificateQuerySet
@@ -136,7 +137,7 @@ def certificate_search(
     return SearchPage(page, None)
 
 
-def _first_people(matching: QuerySet, published: Exists, count: int) -> list[Any]:
+def _first_people(matching: QuerySet[User], published: Exists, count: int) -> list[Any]:
     """The first `count` matching people (by name) who have a published certificate.
 
     PostgreSQL's planner picks between the trigram index (cheap when few match, but it
@@ -185,11 +186,11 @@ _BITMAP_ONLY = {
 }
 
 
-def _ordered(people: QuerySet) -> QuerySet:
+def _ordered(people: QuerySet[User]) -> QuerySet[User]:
     return people.order_by("directory_search", "pk").only(*_PERSON)
 
 
-def _page(pool: QuerySet, published: Exists, count: int) -> list[Any]:
+def _page(pool: QuerySet[User], published: Exists, count: int) -> list[Any]:
     """The first `count` people of a bounded pool with a published certificate.
 
     The pool is sorted first and checked for certificates after, a few candidates at a
