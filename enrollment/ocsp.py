@@ -158,7 +158,9 @@ def _answer(query: ocsp.OcspQuery, now: datetime) -> OcspAnswer:
         fresh_until=this_update + reuse_limit(span),
         nonce=query.nonce is not None,
     )
-    logger.debug(
+    # S/MIME BR 5.4.1 (aligned with the TLS BRs by SMC07) asks CAs to record the signing of
+    # OCSP responses: INFO, and README says to keep these logs. Kept answers sign nothing.
+    logger.info(
         "OCSP: %s signed %s for serial %s (%s CertID)",
         ca.slug,
         signed.outcome,

@@ -210,6 +210,20 @@ def test_a_serial_the_ca_never_issued_is_unknown_and_logged(
     assert format(2**158 + 99, "x")[:48] in caplog.text
 
 
+def test_each_signature_is_logged_as_the_br_ask_and_a_kept_answer_signs_nothing(
+    anonymous_client, certificate, caplog
+):
+    """S/MIME BR 5.4.1 asks CAs to record the signing of OCSP responses."""
+    with caplog.at_level(logging.INFO, logger="enrollment.ocsp"):
+        post(anonymous_client, ask(certificate))
+        post(anonymous_client, ask(certificate))  # the kept answer
+
+    signed = [r for r in caplog.records if "signed" in r.getMessage()]
+    assert len(signed) == 1
+    assert signed[0].levelno == logging.INFO
+    assert certificate.serial[:16] in signed[0].getMessage().replace(":", "").lower()
+
+
 def unknown_serial_request(hierarchy, serial: int) -> bytes:
     ids = {item[0]: item for item in issuer_cert_ids(hierarchy.issuing.certificate)}
     _, name_hash, key_hash = ids["sha1"]
