@@ -18,11 +18,15 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 SIGNED_IN_AT = "pkiportal_signed_in_at"
+CLOCK_SKEW = timedelta(minutes=2)
 
 
-def _note_sign_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    """Only a sign-in that made this session: not HTTP basic on an API call, which also
-    sends the signal and must not start a session."""
+def _note_sign_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """Only a sign-in that made this session, through django.contrib.auth.login (password
+    or single sign-on). Not the API's token endpoint, which sends the signal with DRF's
+    request after minting: from a session, that would stretch one sign-in for ever."""
+    if not isinstance(request, HttpRequest):
+        return
     session = getattr(request, "session", None)
     if session is None or str(session.get(SESSION_KEY)) != str(user.pk):
         return
@@ -44,5 +48,9 @@ def signed_in_at(request: HttpRequest) -> datetime | None:
 def signed_in_recently(request: HttpRequest) -> bool:
     """Whether this session's sign-in is recent enough to mint a token."""
     at = signed_in_at(request)
+    if at is None:
+        return False
     window = timedelta(minutes=settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)
-    return at is not None and timezone.now() - at < window
+    # A sign-in "in the future" is a clock stepped back or skewed between web nodes: a
+    # little is tolerated, more would stretch the window by the skew.
+    return -CLOCK_SKEW <= timezone.now() - at < window

@@ -828,8 +828,10 @@ class TokenCreateView(APIView):
             via=services.TokenVia.API,
             source_address=client_address(request),
         )
-        # As knox does: Django records the sign-in, django-axes resets the failures.
-        user_logged_in.send(sender=type(request.user), request=request, user=request.user)
+        if not isinstance(request.successful_authenticator, SessionAuthentication):
+            # As knox does for a password: Django records the sign-in, django-axes resets
+            # the failures. A session signed in already; this is no new sign-in.
+            user_logged_in.send(sender=type(request.user), request=request, user=request.user)
         token = named.auth_token
         body = {"token": clear, "expiry": token.expiry, "label": named.label}
         response = Response(s.TokenOut({**body, "prefix": token.token_key}).data)

@@ -387,3 +387,30 @@ def test_a_session_within_the_window_mints_a_token(employee, settings):
     client = session_client(employee)
     with time_machine.travel(timezone.now() + timedelta(minutes=29), tick=False):
         assert client.post(TOKEN).status_code == 200
+
+
+def test_minting_from_a_session_does_not_stretch_its_sign_in(employee):
+    """Found by review: the endpoint's own user_logged_in marked the session freshly signed
+    in, so one sign-in could mint a token every 14 minutes for ever."""
+    client = session_client(employee)
+    start = timezone.now()
+    with time_machine.travel(start + timedelta(minutes=14), tick=False):
+        assert client.post(TOKEN).status_code == 200
+    with time_machine.travel(start + timedelta(minutes=28), tick=False):
+        assert client.post(TOKEN).status_code == 403
+
+
+def test_a_sign_in_time_from_the_future_is_not_recent(employee, rf):
+    """A clock stepped back (or skewed web nodes) must not stretch the window by the skew."""
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from enrollment import recent_sign_in
+
+    request = rf.get("/account/tokens/")
+    request.session = SessionStore()
+    request.session[recent_sign_in.SIGNED_IN_AT] = (timezone.now() + timedelta(days=3)).isoformat()
+    assert not recent_sign_in.signed_in_recently(request)
+    request.session[recent_sign_in.SIGNED_IN_AT] = (
+        timezone.now() + timedelta(minutes=1)
+    ).isoformat()
+    assert recent_sign_in.signed_in_recently(request)
