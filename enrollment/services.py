@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
-from django.db import connection, transaction
-from django.db.models import Q
+from django.db import connection, models, transaction
+from django.db.models import Case, Q, Value, When
 from django.db.models.signals import post_save
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -1889,14 +1889,27 @@ def api_tokens_revoke_all(
     return len(tokens)
 
 
-def api_token_uses_record(*, digests: set[str], at: datetime) -> int:
-    """Note that these tokens authenticated calls; how many rows changed. Not audited: the
-    calls they make are. The condition leaves alone a token another process recorded
-    within the hour, so processes that saw the same token change its row once."""
+def api_token_uses_record(*, uses: dict[str, datetime]) -> int:
+    """Note when these tokens (by digest) authenticated calls; how many rows changed. Not
+    audited: the calls they make are. A row another process recorded within the hour
+    before a use is left alone, so processes that saw the same token change it once."""
+    if not uses:
+        return 0
+    noted = Case(
+        *(When(auth_token_id=digest, then=Value(at)) for digest, at in uses.items()),
+        output_field=models.DateTimeField(),
+    )
+    an_hour_before = Case(
+        *(
+            When(auth_token_id=digest, then=Value(at - LAST_USE_RESOLUTION))
+            for digest, at in uses.items()
+        ),
+        output_field=models.DateTimeField(),
+    )
     return (
-        ApiToken.objects.filter(auth_token_id__in=digests)
-        .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=at - LAST_USE_RESOLUTION))
-        .update(last_used_at=at)
+        ApiToken.objects.filter(auth_token_id__in=list(uses))
+        .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=an_hour_before))
+        .update(last_used_at=noted)
     )
 
 

@@ -6,7 +6,7 @@ import atexit
 import binascii
 import logging
 import threading
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from datetime import datetime, timedelta
 from hmac import compare_digest
 from typing import Any
@@ -18,7 +18,7 @@ from knox.settings import CONSTANTS, knox_settings
 from knox.signals import token_expired
 
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
@@ -80,12 +80,13 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
 # Bounded: a process that has seen more tokens than this starts over (a few more writes).
 _uses_noted: dict[str, datetime] = {}
 _USES_REMEMBERED = 10_000
-# Uses noted and not yet written. They are written together, one statement, by the first
-# call a minute or more after the last write (so at once when calls are rare), or when the
-# process exits: a busy API, where every call may bring a token not seen this hour, pays
-# one statement a minute instead of one per call (0.8 ms of a 12 ms enrolment, measured
-# with bench/enroll_compare.py).
-_uses_pending: set[str] = set()
+# Uses noted and not yet written, with when each was noted. They are written together, one
+# statement, by the first call a minute or more after the last write (so at once when calls
+# are rare), or when the process exits: a busy API, where every call may bring a token not
+# seen this hour, pays one statement a minute instead of one per call (0.8 ms of a 12 ms
+# enrolment, measured with bench/enroll_compare.py). Never inside a request's transaction
+# (ATOMIC_REQUESTS): its rollback would take the whole batch with it.
+_uses_pending: dict[str, datetime] = {}
 _written_at: datetime | None = None
 WRITE_EVERY = timedelta(minutes=1)
 _lock = threading.Lock()  # gthread workers share the module
@@ -100,38 +101,41 @@ def _note_use(auth_token: AuthToken) -> None:
             if len(_uses_noted) >= _USES_REMEMBERED:
                 _uses_noted.clear()
             _uses_noted[auth_token.digest] = now
-            _uses_pending.add(auth_token.digest)
+            _uses_pending.setdefault(auth_token.digest, now)
         due = bool(_uses_pending) and (
             _written_at is None or not timedelta(0) <= now - _written_at < WRITE_EVERY
         )
-    if due:
+    if due and not _inside_a_transaction():
         write_token_uses()
 
 
+def _inside_a_transaction() -> bool:
+    """Whether this call runs in a transaction of its own (ATOMIC_REQUESTS, a service).
+    Django's test cases wrap each test in blocks marked _from_testcase; like Django's own
+    check of durable blocks, those do not count."""
+    return any(not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
+
+
 def write_token_uses(*, log: bool = True) -> None:
-    """Write the uses noted so far. A failure is logged and never fails the call that
-    happened to trigger it: the uses are noted again on the tokens' next calls."""
+    """Write the uses noted so far, each with the moment it was noted. A failure is logged
+    and never fails the call that happened to trigger it: the uses wait for the next write."""
     global _written_at
-    now = timezone.now()
     with _lock:
-        _written_at = now
-        digests = set(_uses_pending)
+        _written_at = timezone.now()
+        uses = dict(_uses_pending)
         _uses_pending.clear()
-    if not digests:
+    if not uses:
         return
     try:
-        # Inside a request's own transaction (ATOMIC_REQUESTS) a savepoint keeps a failure
-        # from breaking it; on its own the statement commits by itself.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext():
-            services.api_token_uses_record(digests=digests, at=now)
+        services.api_token_uses_record(uses=uses)
     except DatabaseError:
         if log:
             logger.warning(
-                "Could not record the last use of %d API tokens", len(digests), exc_info=True
+                "Could not record the last use of %d API tokens", len(uses), exc_info=True
             )
         with _lock:
-            for digest in digests:
-                _uses_noted.pop(digest, None)
+            for digest, at in uses.items():
+                _uses_pending[digest] = min(at, _uses_pending.get(digest, at))
 
 
 def _write_at_exit() -> None:
