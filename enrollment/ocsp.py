@@ -231,7 +231,9 @@ def _log_unknown(ca: CertificateAuthority, serial_number: int) -> None:
         "OCSP: %s was asked about serial %s, which it never issued%s",
         ca.slug,
         _serial(serial_number),
-        f" (and about {unlogged} more unknown serials in the last minute)" if unlogged else "",
+        f" (and about {unlogged} more unknown serials since the last such warning)"
+        if unlogged
+        else "",
     )
 
 
