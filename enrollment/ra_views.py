@@ -442,33 +442,50 @@ def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
     return redirect("ra:recovery-detail", pk=found.pk)
 
 
+def _recovery_step(
+    request: AuthenticatedHttpRequest,
+    found: KeyRecoveryRequest,
+    form: Any,
+    slot: str,
+    step: Callable[[dict[str, Any]], object],
+    done: str,
+) -> HttpResponse:
+    """One step of a recovery from a form on its page: the page again with the form's
+    errors (400, or the refusal's status, the recovery re-read as it now stands), or back
+    to the page with ``done`` said. ``slot`` names the form in _recovery_page."""
+    if not form.is_valid():
+        return _recovery_page(request, found, status=400, **{slot: form})
+    try:
+        step(form.cleaned_data)
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        found.refresh_from_db()
+        return _recovery_page(request, found, status=status, **{slot: form})
+    messages.success(request, done)
+    return redirect("ra:recovery-detail", pk=found.pk)
+
+
 @login_required
 @require_POST
 def recovery_accept(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """An officer takes on a key holder's request: it is then open like one they opened."""
     found = _visible_recovery(request, pk)
     officer_required(request)
-    form = RecoveryAcceptForm(request.POST)
-    if not form.is_valid():
-        return _recovery_page(request, found, accept_form=form, status=400)
-    try:
-        recovery.recovery_accept(
+    needed = recovery.approvals_required()
+    return _recovery_step(
+        request,
+        found,
+        RecoveryAcceptForm(request.POST),
+        "accept_form",
+        lambda data: recovery.recovery_accept(
             recovery=found,
             officer=request.user,
-            note=form.cleaned_data["note"],
+            note=data["note"],
             source_address=client_address(request),
-        )
-    except EnrollmentError as exc:
-        status = show_error(form, exc)
-        found.refresh_from_db()
-        return _recovery_page(request, found, accept_form=form, status=status)
-    needed = recovery.approvals_required()
-    messages.success(
-        request,
+        ),
         f"You accepted recovery #{found.pk}: it is open. It needs the approval of {needed} "
         f"other officer{pluralize(needed)}, then a key recovery agent carries it out.",
     )
-    return redirect("ra:recovery-detail", pk=found.pk)
 
 
 @login_required
@@ -480,21 +497,16 @@ def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
         raise PermissionDenied(
             "Only the holder who asked for a recovery withdraws it; an RA officer rejects it."
         )
-    form = RecoveryWithdrawForm(request.POST, recovery_pk=found.pk)
-    if not form.is_valid():
-        return _recovery_page(request, found, withdraw_form=form, status=400)
-    try:
-        recovery.recovery_withdraw(
+    return _recovery_step(
+        request,
+        found,
+        RecoveryWithdrawForm(request.POST, recovery_pk=found.pk),
+        "withdraw_form",
+        lambda data: recovery.recovery_withdraw(
             recovery=found, holder=request.user, source_address=client_address(request)
-        )
-    except EnrollmentError as exc:
-        status = show_error(form, exc)
-        found.refresh_from_db()
-        return _recovery_page(request, found, withdraw_form=form, status=status)
-    messages.success(
-        request, f"You withdrew recovery #{found.pk}. Nothing will be recovered for it."
+        ),
+        f"You withdrew recovery #{found.pk}. Nothing will be recovered for it.",
     )
-    return redirect("ra:recovery-detail", pk=found.pk)
 
 
 @login_required
@@ -502,22 +514,19 @@ def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
 def recovery_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk)
     officer_required(request)
-    form = RecoveryRejectForm(request.POST)
-    if not form.is_valid():
-        return _recovery_page(request, found, reject_form=form, status=400)
-    try:
-        recovery.recovery_reject(
+    return _recovery_step(
+        request,
+        found,
+        RecoveryRejectForm(request.POST),
+        "reject_form",
+        lambda data: recovery.recovery_reject(
             recovery=found,
             officer=request.user,
-            reason=form.cleaned_data["reason"],
+            reason=data["reason"],
             source_address=client_address(request),
-        )
-    except EnrollmentError as exc:
-        status = show_error(form, exc)
-        found.refresh_from_db()
-        return _recovery_page(request, found, reject_form=form, status=status)
-    messages.success(request, f"Recovery #{found.pk} is rejected; nothing was recovered.")
-    return redirect("ra:recovery-detail", pk=found.pk)
+        ),
+        f"Recovery #{found.pk} is rejected; nothing was recovered.",
+    )
 
 
 class AgentFileInMemory(MemoryFileUploadHandler):
