@@ -7,7 +7,6 @@ integration tests; its own redis-server, so nothing collides with them.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,19 +24,13 @@ from tests.integration.test_crl_publishing import (
     BASE_DIR,
     ca_key_env,
     process_env,
+    process_marks,
     start_worker,
     stop,
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.xdist_group("beat"),
-    pytest.mark.skipif(
-        not os.environ.get("PKIPORTAL_TEST_REDIS_URL"), reason="PKIPORTAL_TEST_REDIS_URL is not set"
-    ),
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-]
+pytestmark = process_marks("beat")
 
 
 @pytest.fixture

@@ -23,16 +23,11 @@ from django.test import Client
 
 from enrollment import services
 from enrollment.x509.keys import KeyAlgorithm
-from tests.integration.test_crl_publishing import ca_key_env, process_env
+from tests.integration.test_crl_publishing import ca_key_env, process_env, process_marks
 
 REDIS_URL = os.environ.get("PKIPORTAL_TEST_REDIS_URL", "")
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.xdist_group("celery-worker"),
-    pytest.mark.skipif(not REDIS_URL, reason="PKIPORTAL_TEST_REDIS_URL is not set"),
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-]
+pytestmark = process_marks("celery-worker")
 
 
 @pytest.fixture

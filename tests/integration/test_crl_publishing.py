@@ -33,14 +33,23 @@ from enrollment.models import Certificate, CertificateAuthority
 from tests.enrollment.tools import issue, openssl_serial
 from tests.interop.test_openssl_verify import verify
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.xdist_group("crl-publishing"),
-    pytest.mark.skipif(
-        not os.environ.get("PKIPORTAL_TEST_REDIS_URL"), reason="PKIPORTAL_TEST_REDIS_URL is not set"
-    ),
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-]
+
+def process_marks(group: str) -> list[pytest.MarkDecorator]:
+    """The marks of a module whose tests start processes of their own (workers, beat,
+    gunicorn): one xdist group each, Redis required, and committed rows those processes
+    can read, restored afterwards for the tests that run after them."""
+    return [
+        pytest.mark.integration,
+        pytest.mark.xdist_group(group),
+        pytest.mark.skipif(
+            not os.environ.get("PKIPORTAL_TEST_REDIS_URL"),
+            reason="PKIPORTAL_TEST_REDIS_URL is not set",
+        ),
+        pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    ]
+
+
+pytestmark = process_marks("crl-publishing")
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,6 @@ integration tests (the worker audits into the test database).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -32,19 +31,13 @@ from tests.integration.test_crl_publishing import (
     BASE_DIR,
     RedisServer,
     process_env,
+    process_marks,
     start_worker,
     stop,
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.xdist_group("poison-messages"),
-    pytest.mark.skipif(
-        not os.environ.get("PKIPORTAL_TEST_REDIS_URL"), reason="PKIPORTAL_TEST_REDIS_URL is not set"
-    ),
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-]
+pytestmark = process_marks("poison-messages")
 
 DYING = "tests.integration.dying_tasks"
 
