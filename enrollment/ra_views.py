@@ -20,6 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import MemoryFileUploadHandler
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
@@ -72,6 +73,28 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 # --- helpers --------------------------------------------------------------------------
+
+
+def _newest_first(
+    request: HttpRequest, rows: QuerySet[Any], size: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """A page of ``rows``, newest (highest id) first, continued by ``?before=<id>`` rather
+    than an offset, so no count runs over a large table. With the page, the template's
+    links: ``older`` (the query for the next page, or None), ``newest`` (whether this is a
+    later page) and ``filters`` (the query without ``before``)."""
+    before = _row_id(request.GET.get("before", ""))
+    if before is not None:
+        rows = rows.filter(pk__lt=before)
+    page = list(rows.order_by("-id")[: size + 1])
+    query = request.GET.copy()
+    query.pop("before", None)
+    filters = query.urlencode()
+    older = None
+    if len(page) > size:
+        page = page[:size]
+        query["before"] = str(page[-1].pk)
+        older = query.urlencode()
+    return page, {"older": older, "newest": before is not None, "filters": filters}
 
 
 def _row_id(text: str) -> int | None:
@@ -220,26 +243,8 @@ def request_history(request: AuthenticatedHttpRequest) -> HttpResponse:
         "requester", "template", "decided_by", "certificate"
     )
     found = form.filter(found) if form.is_valid() else found.none()
-    before = _row_id(request.GET.get("before", ""))
-    if before is not None:
-        found = found.filter(pk__lt=before)
-    page = list(found.order_by("-id")[: REQUEST_PAGE_SIZE + 1])
-    more = len(page) > REQUEST_PAGE_SIZE
-    page = page[:REQUEST_PAGE_SIZE]
-    query = request.GET.copy()
-    query.pop("before", None)
-    filters = query.urlencode()
-    older = None
-    if more:
-        query["before"] = str(page[-1].pk)
-        older = query.urlencode()
-    context = {
-        "form": form,
-        "requests": page,
-        "older": older,
-        "newest": before is not None,
-        "filters": filters,
-    }
+    page, context = _newest_first(request, found, REQUEST_PAGE_SIZE)
+    context |= {"form": form, "requests": page}
     return render(request, "enrollment/ra/request_history.html", context)
 
 
@@ -645,27 +650,8 @@ def audit_list(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 def _audit_page(request: HttpRequest, status: int = 200) -> HttpResponse:
     form, events = _filtered_events(request)
-    before = _row_id(request.GET.get("before", ""))
-    if before is not None:
-        events = events.filter(pk__lt=before)
-    page = list(events.order_by("-id")[: AUDIT_PAGE_SIZE + 1])
-    more = len(page) > AUDIT_PAGE_SIZE
-    page = page[:AUDIT_PAGE_SIZE]
-    query = request.GET.copy()
-    query.pop("before", None)
-    older = None
-    if more:
-        query["before"] = str(page[-1].pk)
-        older = query.urlencode()
-        query.pop("before")
-    context = {
-        "form": form,
-        "events": page,
-        "older": older,
-        "newest": before is not None,
-        "filters": query.urlencode(),
-        "actions": ra_selectors.audit_actions(),
-    }
+    page, context = _newest_first(request, events, AUDIT_PAGE_SIZE)
+    context |= {"form": form, "events": page, "actions": ra_selectors.audit_actions()}
     return render(request, "enrollment/ra/audit.html", context, status=status)
 
 

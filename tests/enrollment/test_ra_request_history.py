@@ -225,3 +225,27 @@ def test_the_recovery_form_takes_no_odd_certificate_number(officer, hierarchy, v
     assert client_for(officer).get(f"/ra/recovery/new/?certificate={value}").status_code == 200
     response = client_for(officer).post("/ra/recovery/new/", {"certificate": value})
     assert response.status_code == 400
+
+
+def test_the_audit_trail_continues_page_by_page_with_its_filters(officer, monkeypatch):
+    """The audit trail pages the same way (one helper serves both lists)."""
+    from enrollment.audit import audit_record
+    from enrollment.models import AuditEvent
+
+    monkeypatch.setattr(ra_views, "AUDIT_PAGE_SIZE", 2)
+    made = [audit_record(action="test.page", detail={"n": n}).pk for n in range(5)]
+    audit_record(action="other.action")  # filtered out on every page
+    client = client_for(officer)
+
+    seen: list[int] = []
+    url = "/ra/audit/?action=test.page"
+    while url:
+        response = client.get(url)
+        seen += [event.pk for event in response.context["events"]]
+        older = response.context["older"]
+        if older:
+            assert "action=test.page" in older
+        url = f"/ra/audit/?{older}" if older else ""
+
+    assert seen == sorted(made, reverse=True)
+    assert AuditEvent.objects.filter(action="test.page").count() == 5
