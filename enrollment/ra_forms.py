@@ -153,6 +153,15 @@ class DateRangeForm(PortalForm):
             self.add_error("until", "The end date is before the start date.")
         return cleaned
 
+    def within(self, rows: QuerySet[Any]) -> QuerySet[Any]:
+        """``rows`` created from the first day's start to the last day's end."""
+        data = self.cleaned_data
+        if data.get("since"):
+            rows = rows.filter(created_at__gte=_start_of(data["since"]))
+        if data.get("until"):
+            rows = rows.filter(created_at__lt=_start_of(data["until"]) + timedelta(days=1))
+        return rows
+
 
 class AuditFilterForm(DateRangeForm):
     """Filters of /ra/audit/; every field is optional and narrows the list."""
@@ -191,11 +200,7 @@ class AuditFilterForm(DateRangeForm):
             )
         if data.get("outcome"):
             events = events.filter(outcome=data["outcome"])
-        if data.get("since"):
-            events = events.filter(created_at__gte=_start_of(data["since"]))
-        if data.get("until"):
-            events = events.filter(created_at__lt=_start_of(data["until"]) + timedelta(days=1))
-        return events
+        return self.within(events)
 
 
 class RequestFilterForm(DateRangeForm):
@@ -226,31 +231,25 @@ class RequestFilterForm(DateRangeForm):
     def filter(self, found: QuerySet[CertificateRequest]) -> QuerySet[CertificateRequest]:
         data = self.cleaned_data
         if data.get("person"):
-            text = data["person"].strip()
-            found = found.filter(
-                Q(requester__username__icontains=text)
-                | Q(requester__display_name__icontains=text)
-                | Q(requester__first_name__icontains=text)
-                | Q(requester__last_name__icontains=text)
-                | Q(requester__email__icontains=text)
-            )
+            found = found.filter(_named("requester", data["person"], "email"))
         if data.get("state"):
             found = found.filter(state=data["state"])
         if data.get("template"):
             found = found.filter(template=data["template"])
         if data.get("decided_by"):
-            text = data["decided_by"].strip()
-            found = found.filter(
-                Q(decided_by__username__icontains=text)
-                | Q(decided_by__display_name__icontains=text)
-                | Q(decided_by__first_name__icontains=text)
-                | Q(decided_by__last_name__icontains=text)
-            )
-        if data.get("since"):
-            found = found.filter(created_at__gte=_start_of(data["since"]))
-        if data.get("until"):
-            found = found.filter(created_at__lt=_start_of(data["until"]) + timedelta(days=1))
-        return found
+            found = found.filter(_named("decided_by", data["decided_by"]))
+        return self.within(found)
+
+
+def _named(account: str, text: str, *more: str) -> Q:
+    """The account at ``account`` has ``text`` in its user name or any of its names (or in
+    the ``more`` fields too)."""
+    text = text.strip()
+    fields = ("username", "display_name", "first_name", "last_name", *more)
+    match = Q()
+    for name in fields:
+        match |= Q(**{f"{account}__{name}__icontains": text})
+    return match
 
 
 def _start_of(day: Any) -> datetime:
