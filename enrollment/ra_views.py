@@ -349,19 +349,6 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "enrollment/ra/recovery_new.html", context, status=status)
 
 
-def _took_part(found: KeyRecoveryRequest, user: Any, approvals: list[Any]) -> str | None:
-    """Why this user may not carry it out: the agent is a third person (as the service checks)."""
-    if found.certificate.owner_id == user.pk:
-        return "it is your own key"
-    if found.recipient_id == user.pk:
-        return "you receive the key"
-    if found.requested_by_id == user.pk:
-        return "you opened it"
-    if any(a.officer_id == user.pk for a in approvals):
-        return "you approved it"
-    return None
-
-
 def _recovery_page(
     request: AuthenticatedHttpRequest,
     found: KeyRecoveryRequest,
@@ -376,7 +363,8 @@ def _recovery_page(
     officer = is_ra_officer(user)
     approvals = list(found.approvals.select_related("officer"))
     archived = getattr(found.certificate, "archived_key", None)
-    took_part = _took_part(found, user, approvals)
+    conflict = recovery.agent_conflict(found, user.pk, (a.officer_id for a in approvals))
+    took_part = conflict.value if conflict is not None else None
     State = KeyRecoveryRequest.State
     context = {
         "recovery": found,

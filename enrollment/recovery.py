@@ -18,11 +18,12 @@ signed-in, one-time download. The row's copy is wiped on download or when the wi
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import secrets
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -698,30 +699,54 @@ def recovery_perform(
     return _refresh(recovery, locked), password
 
 
-def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: User) -> None:
+class AgentConflict(enum.Enum):
+    """Why a key recovery agent may not carry out this recovery: each value is the short
+    reason the recovery page gives; the refusal says more (_AGENT_REFUSALS)."""
+
+    OWNER = "it is your own key"
+    RECIPIENT = "you receive the key"
+    OPENER = "you opened it"
+    APPROVER = "you approved it"
+
+
+_AGENT_REFUSALS = {
+    AgentConflict.OWNER: "This is your own key, so another key recovery agent must recover "
+    "it: nobody carries out the recovery of their own key.",
+    AgentConflict.RECIPIENT: "You are the one who receives this key, so another key recovery "
+    "agent must recover it: nobody holds both the file and its password alone.",
+    AgentConflict.OPENER: "You opened this recovery, so another key recovery agent must carry "
+    "it out: opening, approving and recovering a key take different people.",
+    AgentConflict.APPROVER: "You approved this recovery, so another key recovery agent must "
+    "carry it out: opening, approving and recovering a key take different people.",
+}
+
+
+def agent_conflict(
+    recovery: KeyRecoveryRequest, user_pk: int, approver_pks: Iterable[int] | None = None
+) -> AgentConflict | None:
     """The agent is a third person: not the key's owner, not the recipient, not the opener,
     not an approver. The owner matters where the key goes to the officer who opened the
-    recovery: a key under legal hold must not be recovered by the person it is held from."""
-    if agent_user.pk == recovery.certificate.owner_id:
-        raise NotPermitted(
-            "This is your own key, so another key recovery agent must recover it: nobody "
-            "carries out the recovery of their own key."
-        )
-    if agent_user.pk == recovery.recipient_id:
-        raise NotPermitted(
-            "You are the one who receives this key, so another key recovery agent must "
-            "recover it: nobody holds both the file and its password alone."
-        )
-    if agent_user.pk == recovery.requested_by_id:
-        raise NotPermitted(
-            "You opened this recovery, so another key recovery agent must carry it out: "
-            "opening, approving and recovering a key take different people."
-        )
-    if recovery.approvals.filter(officer_id=agent_user.pk).exists():
-        raise NotPermitted(
-            "You approved this recovery, so another key recovery agent must carry it out: "
-            "opening, approving and recovering a key take different people."
-        )
+    recovery: a key under legal hold must not be recovered by the person it is held from.
+    The one rule for the service and for what the recovery page offers; ``approver_pks``
+    when the caller has the approvals already."""
+    if user_pk == recovery.certificate.owner_id:
+        return AgentConflict.OWNER
+    if user_pk == recovery.recipient_id:
+        return AgentConflict.RECIPIENT
+    if user_pk == recovery.requested_by_id:
+        return AgentConflict.OPENER
+    approved = (
+        user_pk in set(approver_pks)
+        if approver_pks is not None
+        else recovery.approvals.filter(officer_id=user_pk).exists()
+    )
+    return AgentConflict.APPROVER if approved else None
+
+
+def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: User) -> None:
+    conflict = agent_conflict(recovery, agent_user.pk)
+    if conflict is not None:
+        raise NotPermitted(_AGENT_REFUSALS[conflict])
 
 
 def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
