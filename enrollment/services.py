@@ -1923,10 +1923,30 @@ def api_token_rows_connect() -> None:
     post_save.connect(_api_token_row, sender=AuthToken, dispatch_uid="api_token_row")
 
 
-def api_tokens_purge() -> int:
-    """Delete expired API tokens; how many. Only the daily task does it, not every request."""
-    _deleted, per_model = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()
-    return per_model.get(AuthToken._meta.label, 0)
+def api_tokens_purge(*, now: datetime | None = None) -> int:
+    """Delete expired API tokens, and those of leavers; how many. Only the daily task does
+    it, not every request.
+
+    The token check refuses an inactive account's token at once. It is deleted only once
+    the account has been off for the leavers' grace period (enrollment.leavers), like its
+    certificates: a directory-sync glitch undone within it breaks no script, while a leaver
+    re-hired months later does not find an old script's token working again. With the
+    leavers' revocation switched off, tokens of inactive accounts stay refused, not deleted.
+    """
+    now = now or timezone.now()
+    _deleted, per_model = AuthToken.objects.filter(expiry__lt=now).delete()
+    purged = per_model.get(AuthToken._meta.label, 0)
+    hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
+    if hours is None:
+        return purged
+    leavers = User.objects.filter(
+        is_active=False,
+        deactivated_at__lte=now - timedelta(hours=hours),
+        auth_token_set__isnull=False,
+    )
+    for owner in leavers.distinct():
+        purged += api_tokens_revoke_all(owner=owner, actor=None, via="account_deactivated")
+    return purged
 
 
 # --- background work ------------------------------------------------------------------

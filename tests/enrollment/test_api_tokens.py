@@ -15,6 +15,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient, APIRequestFactory
 
 from enrollment.api.authentication import TokenAuthentication
+from enrollment.models import AuditEvent
 from enrollment.tasks import api_tokens_purge_task
 from tests.enrollment.api_tools import (
     CERTIFICATES,
@@ -239,6 +240,55 @@ def test_the_daily_purge_deletes_expired_tokens_only(employee, colleague):
     assert not AuthToken.objects.filter(user=employee).exists()
     schedule = django_settings.CELERY_BEAT_SCHEDULE
     assert schedule["api-tokens-purge"]["task"] == api_tokens_purge_task.name
+
+
+def test_the_daily_purge_revokes_a_leavers_tokens_after_the_grace_period(
+    employee, colleague, settings
+):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
+    AuthToken.objects.create(user=employee)
+    AuthToken.objects.create(user=employee)
+    AuthToken.objects.create(user=colleague)
+    employee.is_active = False
+    employee.save()
+    off_at = employee.deactivated_at
+
+    assert api_tokens_purge_task.delay().get() == 0  # refused meanwhile, not deleted
+    assert AuthToken.objects.filter(user=employee).count() == 2
+    with time_machine.travel(off_at + timedelta(hours=72, minutes=1), tick=False):
+        assert api_tokens_purge_task.delay().get() == 2
+
+    assert not AuthToken.objects.filter(user=employee).exists()
+    assert AuthToken.objects.filter(user=colleague).count() == 1
+    event = AuditEvent.objects.get(action="api_token.revoke_all")
+    assert event.object_id == str(employee.pk)
+    assert event.detail["count"] == 2
+    assert event.detail["via"] == "account_deactivated"
+
+
+def test_the_purge_keeps_tokens_of_accounts_back_on_or_with_leavers_revocation_off(
+    employee, colleague, settings
+):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
+    AuthToken.objects.create(user=employee)
+    AuthToken.objects.create(user=colleague)
+    employee.is_active = False
+    employee.save()
+    employee.is_active = True  # a sync glitch undone within the grace period
+    employee.save()
+    colleague.is_active = False
+    colleague.save()
+    later = timezone.now() + timedelta(days=30)
+
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = None
+    with time_machine.travel(later, tick=False):
+        assert api_tokens_purge_task.delay().get() == 0
+    assert AuthToken.objects.filter(user=colleague).count() == 1
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
+    with time_machine.travel(later, tick=False):
+        assert api_tokens_purge_task.delay().get() == 1
+    assert AuthToken.objects.filter(user=employee).count() == 1
+    assert not AuthToken.objects.filter(user=colleague).exists()
 
 
 # --- names, lifetimes and the cap, as on /account/tokens/ ---------------------------------
