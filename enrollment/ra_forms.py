@@ -74,6 +74,11 @@ class RecoveryOpenForm(PortalForm):
         initial=Pkcs12Format.MODERN.value,
         widget=forms.RadioSelect,
     )
+    close_holder_ask = forms.BooleanField(
+        label="Close the holder's own request for this key and open mine instead",
+        required=False,
+        help_text="The holder is told their request was closed by an RA officer.",
+    )
 
 
 class RecoveryRejectForm(PortalForm):

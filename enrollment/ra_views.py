@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 from urllib.parse import urlencode
 
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -314,6 +315,7 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
                     reason=form.cleaned_data["reason"],
                     deliver_to=form.cleaned_data["deliver_to"],
                     pkcs12_format=form.cleaned_data["pkcs12_format"],
+                    close_holder_ask=form.cleaned_data["close_holder_ask"],
                     source_address=client_address(request),
                 )
             except EnrollmentError as exc:
@@ -338,11 +340,21 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
                 Certificate.objects.select_related("owner", "template"), pk=pk
             )
         form = RecoveryOpenForm(initial={"certificate": certificate.pk if certificate else None})
+    holder_ask = (
+        KeyRecoveryRequest.objects.filter(
+            certificate=certificate, state=KeyRecoveryRequest.State.REQUESTED
+        ).first()
+        if certificate is not None
+        else None
+    )
+    if holder_ask is None:
+        form.fields["close_holder_ask"].widget = forms.HiddenInput()
     context = {
         "search": search,
         "results": results,
         "certificate": certificate,
         "archived": certificate is not None and hasattr(certificate, "archived_key"),
+        "holder_ask": holder_ask,
         "form": form,
         "approvals_required": recovery.approvals_required(),
     }

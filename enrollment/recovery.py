@@ -198,9 +198,17 @@ def recovery_open(
     reason: str,
     deliver_to: str = KeyRecoveryRequest.Recipient.OWNER,
     pkcs12_format: str = pkcs12.Pkcs12Format.MODERN,
+    close_holder_ask: bool = False,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
-    """An officer asks for an archived key back; nothing is decrypted yet."""
+    """An officer asks for an archived key back; nothing is decrypted yet.
+
+    A holder's own ask that waits for an officer blocks it (one open recovery per key),
+    unless close_holder_ask: then the ask is rejected in the same transaction, so a
+    recovery delivered to the officer (a legal hold) does not hinge on first rejecting an
+    ask that the holder could renew in between. The holder is told either way, as of
+    every step of a recovery of their key.
+    """
     with _refusals_audited(
         "recovery.open", actor=officer, target=certificate, source_address=source_address
     ):
@@ -232,17 +240,25 @@ def recovery_open(
                 # One open recovery per key (also a partial unique constraint).
                 Certificate.objects.select_for_update().filter(pk=certificate.pk).first()
                 open_one = _open_one(certificate)
+                closed_ask = None
                 if open_one is not None and open_one.state == State.REQUESTED:
-                    raise RecoveryAlreadyOpen(
-                        f"Recovery #{open_one.pk} of this key is already open: its holder "
-                        "asked for it. Accept that one instead.",
-                        recovery=open_one,
-                    )
+                    if not close_holder_ask:
+                        raise RecoveryAlreadyOpen(
+                            f"Recovery #{open_one.pk} of this key is already open: its "
+                            "holder asked for it. Accept that one instead, or close it and "
+                            "open yours.",
+                            recovery=open_one,
+                        )
+                    closed_ask, open_one = open_one, None
                 if open_one is not None:
                     raise RecoveryAlreadyOpen(
                         f"Recovery #{open_one.pk} of this key is already open "
                         f"({open_one.get_state_display().lower()}).",
                         recovery=open_one,
+                    )
+                if closed_ask is not None:
+                    closed_ask = _close_for_officer(
+                        closed_ask, officer=officer, source_address=source_address
                     )
                 recovery = KeyRecoveryRequest.objects.create(
                     certificate=certificate,
@@ -251,24 +267,60 @@ def recovery_open(
                     deliver_to=recipient,
                     pkcs12_format=fmt.value,
                 )
+                detail: dict[str, Any] = {
+                    "certificate": certificate.serial,
+                    "reason": reason,
+                    "deliver_to": recipient.value,
+                    "format": fmt.value,
+                    "approvals_required": approvals_required(),
+                }
+                if closed_ask is not None:
+                    detail["closed_ask"] = closed_ask.pk
                 audit_record(
                     action="recovery.open",
                     actor=officer,
                     target=recovery,
                     source_address=source_address,
-                    detail={
-                        "certificate": certificate.serial,
-                        "reason": reason,
-                        "deliver_to": recipient.value,
-                        "format": fmt.value,
-                        "approvals_required": approvals_required(),
-                    },
+                    detail=detail,
                 )
                 notify.recovery_step(recovery, "opened")
                 notify.recovery_awaits_approval(recovery)
         except IntegrityError:
             raise InvalidState("A recovery of this key is already open.") from None
     return recovery
+
+
+CLOSED_FOR_OFFICER = (
+    "Closed by an RA officer, who opened a recovery of this key instead. You are told "
+    "about each of its steps; ask the RA if you need the key yourself."
+)
+
+
+def _close_for_officer(
+    ask: KeyRecoveryRequest, *, officer: User, source_address: str | None
+) -> KeyRecoveryRequest:
+    """Reject a holder's waiting ask because an officer opens their own recovery; the
+    caller holds the certificate's lock."""
+    locked = _lock(ask)
+    if locked.state != State.REQUESTED:  # accepted or withdrawn a moment ago
+        raise RecoveryAlreadyOpen(
+            f"Recovery #{locked.pk} of this key changed meanwhile: it is "
+            f"{locked.get_state_display().lower()}.",
+            recovery=locked,
+        )
+    locked.state = State.REJECTED
+    locked.decided_by = officer
+    locked.decision_reason = CLOSED_FOR_OFFICER
+    locked.save(update_fields=["state", "decided_by", "decision_reason", "updated_at"])
+    audit_record(
+        action="recovery.reject",
+        actor=officer,
+        target=locked,
+        source_address=source_address,
+        detail={"reason": CLOSED_FOR_OFFICER, "closed_for": "officer_recovery"},
+    )
+    notify.recovery_step(locked, "rejected", actor=officer)
+    return locked
 
 
 def recovery_ask(

@@ -467,6 +467,40 @@ def test_opening_a_recovery_says_how_many_approvals_it_needs(
     assert "(s)" not in message
 
 
+def test_the_open_form_offers_to_close_a_holders_ask_only_when_there_is_one(
+    people, archived, kra, employee
+):
+    path = f"/ra/recovery/new/?certificate={archived.certificate.pk}"
+    plain = people["officer"].get(path).content.decode()
+    assert 'type="checkbox" name="close_holder_ask"' not in plain
+    asked = recovery.recovery_ask(certificate=archived.certificate, holder=employee, reason="x")
+
+    page = people["officer"].get(path).content.decode()
+
+    assert 'type="checkbox" name="close_holder_ask"' in page
+    assert f'href="/ra/recovery/{asked.pk}/"' in page
+
+
+def test_an_officer_closes_the_holders_ask_from_the_open_form(people, archived, kra, employee):
+    asked = recovery.recovery_ask(certificate=archived.certificate, holder=employee, reason="x")
+    data = {**form_data("open", archived, kra), "deliver_to": "requester"}
+
+    refused = people["officer"].post("/ra/recovery/new/", data)
+    assert refused.status_code == 400
+    assert "close it and open yours" in refused.content.decode()
+    asked.refresh_from_db()
+    assert asked.state == KeyRecoveryRequest.State.REQUESTED
+
+    response = people["officer"].post("/ra/recovery/new/", {**data, "close_holder_ask": "on"})
+
+    opened = KeyRecoveryRequest.objects.exclude(pk=asked.pk).get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/ra/recovery/{opened.pk}/"
+    asked.refresh_from_db()
+    assert asked.state == KeyRecoveryRequest.State.REJECTED
+    assert opened.deliver_to == KeyRecoveryRequest.Recipient.REQUESTER
+
+
 def test_the_requester_sees_no_approve_button_and_a_refusal_if_they_try(people, opened):
     page = people["officer"].get(f"/ra/recovery/{opened.pk}/")
     assert not page.context["can_approve"]

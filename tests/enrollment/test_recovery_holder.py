@@ -21,6 +21,7 @@ from django.utils import timezone
 from enrollment import recovery, services
 from enrollment.exceptions import InvalidState, NotPermitted, PolicyViolation, RateLimited
 from enrollment.models import AuditEvent, KeyRecoveryRequest
+from enrollment.ra_notifications import STEP_SUBJECTS
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.ra_fixtures import ACCEPT_NOTE, HOLDER_REASON, REASON, snapshot
@@ -193,6 +194,52 @@ def test_an_officer_cannot_open_a_second_recovery_beside_the_holders_ask(
         recovery.recovery_open(
             certificate=archived.certificate, officer=second_officer, reason=REASON
         )
+
+
+def test_an_officer_may_close_the_holders_ask_to_open_a_recovery_of_their_own(
+    asked, archived, employee, second_officer, django_capture_on_commit_callbacks
+):
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        opened = recovery.recovery_open(
+            certificate=archived.certificate,
+            officer=second_officer,
+            reason=REASON,
+            deliver_to=KeyRecoveryRequest.Recipient.REQUESTER,  # a legal hold
+            close_holder_ask=True,
+        )
+
+    asked.refresh_from_db()
+    assert (asked.state, asked.decided_by) == (State.REJECTED, second_officer)
+    assert asked.decision_reason == recovery.CLOSED_FOR_OFFICER
+    assert (opened.state, opened.requested_by, opened.recipient_id) == (
+        State.PENDING,
+        second_officer,
+        second_officer.pk,
+    )
+    closed = AuditEvent.objects.get(action="recovery.reject")
+    assert closed.object_id == str(asked.pk)
+    assert closed.detail["closed_for"] == "officer_recovery"
+    assert AuditEvent.objects.get(action="recovery.open").detail["closed_ask"] == asked.pk
+    to_holder = {m.subject: m.body for m in mail.outbox if m.to == [employee.email]}
+    closed_mail = to_holder[STEP_SUBJECTS["rejected"]]  # their ask closed, and why
+    assert f"#{asked.pk}" in closed_mail
+    assert "opened a recovery of this key instead" in closed_mail
+    assert f"#{opened.pk}" in to_holder[STEP_SUBJECTS["opened"]]  # and the new one opened
+
+
+def test_closing_the_holders_ask_closes_nothing_else(opened, archived, second_officer):
+    """Only a holder's waiting ask gives way; an officer's recovery in progress does not."""
+    with pytest.raises(recovery.RecoveryAlreadyOpen, match="already open"):
+        recovery.recovery_open(
+            certificate=archived.certificate,
+            officer=second_officer,
+            reason=REASON,
+            close_holder_ask=True,
+        )
+    opened.refresh_from_db()
+    assert opened.state == State.PENDING
+    assert KeyRecoveryRequest.objects.count() == 1
 
 
 def test_the_holder_cannot_ask_while_an_officer_recovers_the_key(opened, archived, employee):
