@@ -7,10 +7,11 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from axes.models import AccessAttempt
+from axes.models import AccessAttempt, AccessLog
 from knox.models import AuthToken
 
 from django.conf import settings as django_settings
+from django.contrib.sessions.models import Session
 from django.utils import timezone
 from rest_framework.test import APIClient, APIRequestFactory
 
@@ -46,6 +47,18 @@ def test_basic_auth_mints_a_token_that_authenticates_later_calls(employee):
     later = token_client(None)
     later.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert later.get(CERTIFICATES).status_code == 200
+
+
+def test_a_token_minted_by_basic_auth_leaves_no_session_behind(employee):
+    response = token_client(None).post(TOKEN, **basic("alice", SIGN_IN_PASSWORD))
+
+    assert response.status_code == 200
+    assert "sessionid" not in response.cookies
+    assert not Session.objects.exists()
+    login = AccessLog.objects.get()  # django-axes still records the sign-in
+    assert login.username == "alice"
+    employee.refresh_from_db()
+    assert employee.last_login is not None  # and so does Django
 
 
 def test_only_a_hash_of_the_token_is_stored(employee):
