@@ -5,9 +5,9 @@ with COPY (binary, psycopg 3), runs EXPLAIN ANALYZE on the lookup queries, start
 gunicorn on 127.0.0.1 and measures the lookup API over HTTP: exact e-mail, name/e-mail
 substring and common prefix. Then what officers page through, in-process: the RA
 console's certificate search (by surname, e-mail local part, user name, serial, SHA-1
-thumbprint, and a broad term) and the API's certificate list. Prints p50/p95/p99 and
-the load time, then stops gunicorn and drops the database (unless --keep). Loopback only;
-every loop is bounded.
+thumbprint, and a broad term), the API's certificate list and a /metrics scrape. Prints
+p50/p95/p99 and the load time, then stops gunicorn and drops the database (unless --keep).
+Loopback only; every loop is bounded.
 
     .venv/bin/python bench/directory.py                 # the full run (~10 minutes)
     .venv/bin/python bench/directory.py --people 20000  # a quick smoke run
@@ -446,6 +446,9 @@ def ra_search(requests: int, rng: random.Random) -> list[str]:
         ("API list: by template", "/api/v1/certificates/?template=smime-signing"),
     ]:
         timed(name, [lambda p=path: len(client.get(p).json()["results"])] * requests)
+    # A Prometheus scrape of /metrics: /health/'s checks plus the counts, among them the
+    # valid certificates per template over the whole table. Fewer: one is one scrape.
+    timed("/metrics scrape", [lambda: len(client.get("/metrics").content)] * min(requests, 50))
     return lines
 
 

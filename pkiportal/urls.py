@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from enrollment import views as enrollment_views
 from pkiportal.health import health_view, live_view
+from pkiportal.metrics import metrics_view
 
 
 def page_not_found_view(request: HttpRequest) -> HttpResponse:
@@ -39,6 +40,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health_view, name="health"),
     path("health/live/", live_view, name="health-live"),
+    path("metrics", metrics_view, name="metrics"),  # Prometheus' default path
 ]
 
 # JSON under /api/, the portal's pages elsewhere (pkiportal/api.py says why).
