@@ -862,8 +862,11 @@ def _revoke(
     invalidity_date: datetime | None,
     source_address: str | None,
     same_key_as: Certificate | None = None,
+    revoked_at: datetime | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> Certificate:
-    """Revoke inside the caller's transaction; the CRL is queued for after its commit."""
+    """Revoke inside the caller's transaction; the CRL is queued for after its commit.
+    ``revoked_at`` is for a revocation already published before (enrollment.restore)."""
     if reason in ("", "unspecified"):
         reason = None
     if reason is not None and reason not in Certificate.RevocationReasonChoice.values:
@@ -889,7 +892,7 @@ def _revoke(
     if locked.status == Certificate.Status.REVOKED:
         raise InvalidState("This certificate is already revoked.")
     locked.status = Certificate.Status.REVOKED
-    locked.revoked_at = now
+    locked.revoked_at = revoked_at or now
     locked.revocation_reason = reason or ""
     locked.invalidity_date = invalidity_date
     locked.save(update_fields=["status", "revoked_at", "revocation_reason", "invalidity_date"])
@@ -903,6 +906,7 @@ def _revoke(
             "reason": reason or "",
             "serial": locked.serial,
             **({"same_key_as": same_key_as.serial} if same_key_as is not None else {}),
+            **(detail or {}),
         },
     )
     from enrollment.tasks import crl_publish_on_commit
@@ -1247,6 +1251,37 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
     published one, current, within the S/MIME BR 4.9.7 interval for ``ca``, and with only
     the reason codes S/MIME BR 7.2.2 allows (a root's entries must all carry one).
     """
+    imported, number = crl_verified(ca=ca, der=der)
+    if imported.next_update_utc is None:
+        raise PolicyViolation("The CRL has no nextUpdate.")
+    if imported.next_update_utc <= imported.last_update_utc:
+        raise PolicyViolation("The CRL's nextUpdate is not later than its thisUpdate.")
+    _check_crl_validity(ca, imported.next_update_utc - imported.last_update_utc)
+    _check_imported_reasons(ca, imported)
+    if imported.next_update_utc <= timezone.now():
+        raise PolicyViolation(
+            f"The CRL expired at {imported.next_update_utc:%Y-%m-%d %H:%M} UTC; "
+            "publishing it would serve a stale list."
+        )
+    with transaction.atomic():
+        locked = _lock_ca(ca)
+        previous = _latest_crl_facts(locked)
+        if previous is not None and number <= previous.number:
+            raise InvalidState(
+                f"CRL number {number} is not newer than the published number {previous.number}."
+            )
+        revocation_list = _crl_store(locked, imported, number)
+        audit_record(
+            action="crl.import", actor=actor, target=revocation_list, detail={"number": number}
+        )
+    return revocation_list
+
+
+def crl_verified(
+    *, ca: CertificateAuthority, der: bytes
+) -> tuple[x509.CertificateRevocationList, int]:
+    """A CRL (DER or PEM) that ``ca`` signed, and its number: by name, key identifier and
+    signature. Whether it is current or newer than ours is the caller's question."""
     try:
         imported = x509.load_der_x509_crl(der)
     except ValueError:
@@ -1271,41 +1306,28 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
         number = imported.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     except x509.ExtensionNotFound as exc:
         raise PolicyViolation("The CRL has no CRL number (RFC 5280 5.2.3).") from exc
-    if imported.next_update_utc is None:
-        raise PolicyViolation("The CRL has no nextUpdate.")
-    if imported.next_update_utc <= imported.last_update_utc:
-        raise PolicyViolation("The CRL's nextUpdate is not later than its thisUpdate.")
-    _check_crl_validity(ca, imported.next_update_utc - imported.last_update_utc)
-    _check_imported_reasons(ca, imported)
-    if imported.next_update_utc <= timezone.now():
-        raise PolicyViolation(
-            f"The CRL expired at {imported.next_update_utc:%Y-%m-%d %H:%M} UTC; "
-            "publishing it would serve a stale list."
-        )
     if number > MAX_STORED_CRL_NUMBER:
         raise PolicyViolation(
             f"CRL number {number} is larger than the portal can store "
             f"(at most {MAX_STORED_CRL_NUMBER})."
         )
-    with transaction.atomic():
-        locked = _lock_ca(ca)
-        previous = _latest_crl_facts(locked)
-        if previous is not None and number <= previous.number:
-            raise InvalidState(
-                f"CRL number {number} is not newer than the published number {previous.number}."
-            )
-        revocation_list = RevocationList.objects.create(
-            ca=locked,
-            number=number,
-            this_update=imported.last_update_utc,
-            next_update=imported.next_update_utc,
-            entries=len(imported),
-            der=imported.public_bytes(Encoding.DER),
-        )
-        audit_record(
-            action="crl.import", actor=actor, target=revocation_list, detail={"number": number}
-        )
-    return revocation_list
+    return imported, number
+
+
+def _crl_store(
+    locked: CertificateAuthority, crl: x509.CertificateRevocationList, number: int
+) -> RevocationList:
+    """Keep a CRL signed elsewhere (or before a restore) as the CA's newest."""
+    next_update = crl.next_update_utc
+    assert next_update is not None  # checked by the callers
+    return RevocationList.objects.create(
+        ca=locked,
+        number=number,
+        this_update=crl.last_update_utc,
+        next_update=next_update,
+        entries=len(crl),
+        der=crl.public_bytes(Encoding.DER),
+    )
 
 
 # --- certificate requests (self-service enrolment) -------------------------------------

@@ -1,0 +1,191 @@
+"""After a restore from an older backup: the published CRL's revocations come back and the
+CRL numbers carry on above it (enrollment.restore, `manage.py resume_after_restore`)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.core.management import CommandError, call_command
+
+from enrollment import keystore, restore, services
+from enrollment.exceptions import InvalidState, PolicyViolation
+from enrollment.models import (
+    AuditEvent,
+    Certificate,
+    CrlEntry,
+    KeyIdentity,
+    RevocationList,
+)
+from enrollment.x509.keys import KeyAlgorithm, generate_private_key
+from tests.enrollment.tools import issue, openssl_serial
+
+pytestmark = pytest.mark.django_db
+
+REASON = Certificate.RevocationReasonChoice
+
+
+def _forget_since(ca, number: int, *certificates: Certificate) -> None:
+    """What a restore of a backup taken at CRL #number does: later CRLs are gone and the
+    certificates revoked since are valid again; ``Certificate.delete`` for ones issued since."""
+    RevocationList.objects.filter(ca=ca, number__gt=number).delete()
+    for certificate in certificates:
+        CrlEntry.objects.filter(certificate=certificate).delete()
+        Certificate.objects.filter(pk=certificate.pk).update(
+            status=Certificate.Status.VALID, revoked_at=None, revocation_reason="",
+            invalidity_date=None,
+        )  # fmt: skip
+    KeyIdentity.objects.update(compromised=False)
+
+
+@pytest.fixture
+def before_the_failure(hierarchy, template, employee, colleague):
+    """Three certificates at the backup (CRL #1); two revoked and one more issued and
+    revoked after it, all on CRL #2, the last one published before the failure."""
+    signing = template("smime-signing")
+    kept, compromised, left = (
+        issue(owner, signing, generate_private_key(KeyAlgorithm.EC_P256))
+        for owner in (employee, colleague, employee)
+    )
+    backup_crl = hierarchy.issuing.latest_crl()
+    compromised_at = services.certificate_revoke(
+        certificate=compromised,
+        reason=REASON.KEY_COMPROMISE,
+        invalidity_date=compromised.not_before,
+    )
+    services.certificate_revoke(certificate=left, reason=REASON.AFFILIATION_CHANGED)
+    after_backup = issue(colleague, signing, generate_private_key(KeyAlgorithm.EC_P256))
+    services.certificate_revoke(certificate=after_backup, reason=REASON.SUPERSEDED)
+    published = services.crl_publish(ca=hierarchy.issuing)
+    revoked = {
+        c.serial: (c.revoked_at, c.revocation_reason, c.invalidity_date)
+        for c in Certificate.objects.filter(status=Certificate.Status.REVOKED)
+    }
+    _forget_since(hierarchy.issuing, backup_crl.number, compromised, left, after_backup)
+    CrlEntry.objects.filter(certificate=after_backup).delete()
+    Certificate.objects.filter(pk=after_backup.pk).delete()
+    return {
+        "crl": bytes(published.der),
+        "number": published.number,
+        "backup_number": backup_crl.number,
+        "kept": kept,
+        "compromised": compromised_at,
+        "left": left,
+        "unknown": after_backup.serial,
+        "revoked": revoked,
+    }
+
+
+def test_the_published_revocations_come_back_with_their_times_and_reasons(
+    hierarchy, before_the_failure
+):
+    facts = before_the_failure
+    assert Certificate.objects.filter(status=Certificate.Status.REVOKED).count() == 0
+
+    done = restore.resume_after_restore(ca=hierarchy.issuing, der=facts["crl"])
+
+    assert sorted(done.revoked_again) == sorted([facts["compromised"].serial, facts["left"].serial])
+    assert done.unknown == [facts["unknown"]]
+    for serial in done.revoked_again:
+        again = Certificate.objects.get(serial=serial)
+        assert again.status == Certificate.Status.REVOKED
+        original_at, reason, invalidity = facts["revoked"][serial]
+        # A CRL keeps times to the second.
+        assert again.revoked_at == original_at.replace(microsecond=0)
+        assert again.revocation_reason == reason
+        assert again.invalidity_date == (
+            invalidity.replace(microsecond=0) if invalidity is not None else None
+        )
+    facts["kept"].refresh_from_db()
+    assert facts["kept"].status == Certificate.Status.VALID
+    assert KeyIdentity.objects.get(spki_sha256=facts["compromised"].spki_sha256).compromised
+
+
+def test_the_next_crl_is_numbered_above_the_published_one_and_lists_the_revocations(
+    hierarchy, before_the_failure, openssl
+):
+    facts = before_the_failure
+
+    done = restore.resume_after_restore(ca=hierarchy.issuing, der=facts["crl"])
+
+    assert done.published.number == facts["number"] + 1
+    assert hierarchy.issuing.latest_crl().pk == done.published.pk
+    openssl.write_pem("issuing.pem", hierarchy.issuing.certificate)
+    openssl.write("new.crl", bytes(done.published.der))
+    shown = openssl.run(
+        "crl", "-inform", "DER", "-in", "new.crl", "-CAfile", "issuing.pem", "-noout", "-text"
+    )
+    text = shown.stdout.decode()
+    assert "verify OK" in shown.stderr.decode() + text
+    assert re.search(rf"X509v3 CRL Number:\s*\n\s*{facts['number'] + 1}\b", text)
+    for serial in done.revoked_again:
+        assert f"Serial Number: {openssl_serial(int(serial, 16))}" in text
+    assert "Key Compromise" in text
+    assert "Affiliation Changed" in text
+
+
+def test_the_resumption_and_each_revocation_again_are_audited(hierarchy, before_the_failure):
+    facts = before_the_failure
+
+    done = restore.resume_after_restore(ca=hierarchy.issuing, der=facts["crl"])
+
+    event = AuditEvent.objects.get(action="crl.resume")
+    assert event.detail["imported_number"] == facts["number"]
+    assert event.detail["database_number"] == facts["backup_number"]
+    assert event.detail["published_number"] == done.published.number
+    assert event.detail["unknown_serials"] == [facts["unknown"]]
+    again = AuditEvent.objects.filter(action="certificate.revoke", detail__restored_from_crl=2)
+    assert again.count() == 2
+
+
+def test_a_crl_no_newer_than_the_database_changes_nothing(hierarchy, before_the_failure):
+    restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
+    count = RevocationList.objects.count()
+
+    with pytest.raises(InvalidState, match="not behind it"):
+        restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
+
+    assert RevocationList.objects.count() == count
+
+
+def test_another_cas_crl_or_garbage_is_refused_and_nothing_changes(hierarchy, before_the_failure):
+    root_crl = services.crl_publish(
+        ca=hierarchy.root,
+        offline_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+    )
+    count = RevocationList.objects.count()
+
+    with pytest.raises(PolicyViolation, match="not issued by"):
+        restore.resume_after_restore(ca=hierarchy.issuing, der=bytes(root_crl.der))
+    for garbage in (b"", b"\x30\x03\x02\x01\x00", before_the_failure["crl"][:-7]):
+        with pytest.raises(PolicyViolation):
+            restore.resume_after_restore(ca=hierarchy.issuing, der=garbage)
+    with pytest.raises(PolicyViolation, match="offline"):
+        restore.resume_after_restore(ca=hierarchy.root, der=bytes(root_crl.der))
+
+    assert RevocationList.objects.count() == count
+    assert not Certificate.objects.filter(status=Certificate.Status.REVOKED).exists()
+
+
+def test_the_command_says_what_it_did_and_warns_of_unknown_serials(
+    hierarchy, before_the_failure, tmp_path
+):
+    crl_file = tmp_path / "issuing.crl"
+    pem = x509.load_der_x509_crl(before_the_failure["crl"]).public_bytes(Encoding.PEM)
+    crl_file.write_bytes(pem)  # PEM, as `openssl crl` writes it
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command("resume_after_restore", str(crl_file), "--ca", "issuing", stdout=out, stderr=err)
+
+    assert f"CRL #{before_the_failure['number']} kept; revoked again: 2" in out.getvalue()
+    assert f"published CRL #{before_the_failure['number'] + 1}" in out.getvalue()
+    assert before_the_failure["unknown"] in err.getvalue()
+    with pytest.raises(CommandError, match="not behind it"):
+        call_command("resume_after_restore", str(crl_file), "--ca", "issuing", stdout=out)
+    with pytest.raises(CommandError, match="Cannot read"):
+        call_command("resume_after_restore", str(tmp_path / "missing.crl"), "--ca", "issuing")
