@@ -864,9 +864,11 @@ def _revoke(
     same_key_as: Certificate | None = None,
     revoked_at: datetime | None = None,
     detail: dict[str, Any] | None = None,
+    queue_crl: bool = True,
 ) -> Certificate:
     """Revoke inside the caller's transaction; the CRL is queued for after its commit.
-    ``revoked_at`` is for a revocation already published before (enrollment.restore)."""
+    ``revoked_at`` and ``queue_crl`` are for a revocation published before a restore, put
+    back by a caller that publishes the CRL itself (enrollment.restore)."""
     if reason in ("", "unspecified"):
         reason = None
     if reason is not None and reason not in Certificate.RevocationReasonChoice.values:
@@ -909,9 +911,10 @@ def _revoke(
             **(detail or {}),
         },
     )
-    from enrollment.tasks import crl_publish_on_commit
+    if queue_crl:
+        from enrollment.tasks import crl_publish_on_commit
 
-    crl_publish_on_commit(locked.ca_id)
+        crl_publish_on_commit(locked.ca_id)
     return locked
 
 
@@ -1096,8 +1099,12 @@ def _crl_publish_locked(
     actor: Actor,
     offline_key: keystore.OfflineKey | None = None,
     validity: timedelta | None = None,
+    number: int | None = None,
 ) -> RevocationList:
-    number = (previous.number + 1) if previous else 1
+    """``number`` skips ahead of the next one (enrollment.restore); never back."""
+    following = (previous.number + 1) if previous else 1
+    if number is None or number < following:
+        number = following
     this_update = timezone.now().replace(microsecond=0)
     if previous is not None and previous.this_update > this_update:
         this_update = previous.this_update  # a host with a slow clock never goes backwards

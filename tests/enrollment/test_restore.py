@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from django.core.management import CommandError, call_command
 
 from enrollment import keystore, restore, services
-from enrollment.exceptions import InvalidState, PolicyViolation
+from enrollment.exceptions import PolicyViolation
 from enrollment.models import (
     AuditEvent,
     Certificate,
@@ -48,11 +48,12 @@ def before_the_failure(hierarchy, template, employee, colleague):
     """Three certificates at the backup (CRL #1); two revoked and one more issued and
     revoked after it, all on CRL #2, the last one published before the failure."""
     signing = template("smime-signing")
-    kept, compromised, left = (
+    kept, compromised, left, early = (
         issue(owner, signing, generate_private_key(KeyAlgorithm.EC_P256))
-        for owner in (employee, colleague, employee)
+        for owner in (employee, colleague, employee, colleague)
     )
-    backup_crl = hierarchy.issuing.latest_crl()
+    services.certificate_revoke(certificate=early, reason=REASON.SUPERSEDED)
+    backup_crl = services.crl_publish(ca=hierarchy.issuing)  # the backup holds #2
     compromised_at = services.certificate_revoke(
         certificate=compromised,
         reason=REASON.KEY_COMPROMISE,
@@ -74,6 +75,7 @@ def before_the_failure(hierarchy, template, employee, colleague):
         "number": published.number,
         "backup_number": backup_crl.number,
         "kept": kept,
+        "early": early,
         "compromised": compromised_at,
         "left": left,
         "unknown": after_backup.serial,
@@ -85,12 +87,13 @@ def test_the_published_revocations_come_back_with_their_times_and_reasons(
     hierarchy, before_the_failure
 ):
     facts = before_the_failure
-    assert Certificate.objects.filter(status=Certificate.Status.REVOKED).count() == 0
+    assert Certificate.objects.filter(status=Certificate.Status.REVOKED).count() == 1  # early
 
     done = restore.resume_after_restore(ca=hierarchy.issuing, der=facts["crl"])
 
     assert sorted(done.revoked_again) == sorted([facts["compromised"].serial, facts["left"].serial])
     assert done.unknown == [facts["unknown"]]
+    assert (done.already_revoked, done.corrected) == (1, [])  # revoked before the backup
     for serial in done.revoked_again:
         again = Certificate.objects.get(serial=serial)
         assert again.status == Certificate.Status.REVOKED
@@ -113,7 +116,7 @@ def test_the_next_crl_is_numbered_above_the_published_one_and_lists_the_revocati
 
     done = restore.resume_after_restore(ca=hierarchy.issuing, der=facts["crl"])
 
-    assert done.published.number == facts["number"] + 1
+    assert done.published.number == facts["number"] + restore.NUMBER_MARGIN
     assert hierarchy.issuing.latest_crl().pk == done.published.pk
     openssl.write_pem("issuing.pem", hierarchy.issuing.certificate)
     openssl.write("new.crl", bytes(done.published.der))
@@ -122,8 +125,8 @@ def test_the_next_crl_is_numbered_above_the_published_one_and_lists_the_revocati
     )
     text = shown.stdout.decode()
     assert "verify OK" in shown.stderr.decode() + text
-    assert re.search(rf"X509v3 CRL Number:\s*\n\s*{facts['number'] + 1}\b", text)
-    for serial in done.revoked_again:
+    assert re.search(rf"X509v3 CRL Number:\s*\n\s*{done.published.number}\b", text)
+    for serial in [*done.revoked_again, facts["early"].serial]:
         assert f"Serial Number: {openssl_serial(int(serial, 16))}" in text
     assert "Key Compromise" in text
     assert "Affiliation Changed" in text
@@ -139,18 +142,73 @@ def test_the_resumption_and_each_revocation_again_are_audited(hierarchy, before_
     assert event.detail["database_number"] == facts["backup_number"]
     assert event.detail["published_number"] == done.published.number
     assert event.detail["unknown_serials"] == [facts["unknown"]]
-    again = AuditEvent.objects.filter(action="certificate.revoke", detail__restored_from_crl=2)
+    again = AuditEvent.objects.filter(
+        action="certificate.revoke", detail__restored_from_crl=facts["number"]
+    )
     assert again.count() == 2
 
 
-def test_a_crl_no_newer_than_the_database_changes_nothing(hierarchy, before_the_failure):
-    restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
-    count = RevocationList.objects.count()
+def test_a_portal_that_published_again_before_the_resume_still_gets_everything_back(
+    hierarchy, before_the_failure
+):
+    """The restored portal ran first: it reused the lost numbers, and someone revoked a
+    listed certificate again, later and for a weaker reason."""
+    facts = before_the_failure
+    services.crl_publish(ca=hierarchy.issuing)
+    services.crl_publish(ca=hierarchy.issuing)  # now at the supplied CRL's number
+    later = services.certificate_revoke(certificate=facts["compromised"], reason=REASON.SUPERSEDED)
+    database_number = hierarchy.issuing.latest_crl().number
+    assert database_number > facts["number"]
 
-    with pytest.raises(InvalidState, match="not behind it"):
+    done = restore.resume_after_restore(ca=hierarchy.issuing, der=facts["crl"])
+
+    assert done.revoked_again == [facts["left"].serial]
+    assert done.corrected == [facts["compromised"].serial]
+    again = Certificate.objects.get(pk=later.pk)
+    original_at, reason, invalidity = facts["revoked"][again.serial]
+    assert again.revocation_reason == REASON.KEY_COMPROMISE
+    assert again.revoked_at == original_at.replace(microsecond=0) < later.revoked_at
+    assert again.invalidity_date == invalidity.replace(microsecond=0)
+    assert KeyIdentity.objects.get(spki_sha256=again.spki_sha256).compromised
+    assert done.published.number == database_number + restore.NUMBER_MARGIN
+    listed = x509.load_der_x509_crl(bytes(done.published.der))
+    entry = listed.get_revoked_certificate_by_serial_number(int(again.serial, 16))
+    assert entry is not None
+    assert entry.revocation_date_utc == again.revoked_at
+    assert AuditEvent.objects.filter(action="certificate.revocation_restored").count() == 1
+
+
+def test_resuming_twice_changes_nothing_more_but_the_number(hierarchy, before_the_failure):
+    first = restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
+
+    second = restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
+
+    assert (second.revoked_again, second.corrected) == ([], [])
+    assert second.already_revoked == 3
+    assert second.published.number == first.published.number + restore.NUMBER_MARGIN
+
+
+def test_serials_are_looked_up_in_chunks(hierarchy, before_the_failure, monkeypatch):
+    """PostgreSQL takes at most 65,535 parameters per statement: a large CRL must not
+    meet that limit."""
+    monkeypatch.setattr(restore, "SERIALS_PER_QUERY", 1)
+
+    done = restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
+
+    assert len(done.revoked_again) == 2
+    assert done.already_revoked == 1
+
+
+def test_the_resume_queues_no_crl_task_of_its_own(
+    hierarchy, before_the_failure, django_capture_on_commit_callbacks
+):
+    """Its CRL is published in its transaction: a task per revocation would wait on an
+    unreachable broker after the commit, once for each."""
+    with django_capture_on_commit_callbacks() as callbacks:
         restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
 
-    assert RevocationList.objects.count() == count
+    names = [getattr(callback, "__qualname__", "") for callback in callbacks]
+    assert not any("crl" in name.lower() for name in names), names
 
 
 def test_another_cas_crl_or_garbage_is_refused_and_nothing_changes(hierarchy, before_the_failure):
@@ -169,7 +227,7 @@ def test_another_cas_crl_or_garbage_is_refused_and_nothing_changes(hierarchy, be
         restore.resume_after_restore(ca=hierarchy.root, der=bytes(root_crl.der))
 
     assert RevocationList.objects.count() == count
-    assert not Certificate.objects.filter(status=Certificate.Status.REVOKED).exists()
+    assert Certificate.objects.filter(status=Certificate.Status.REVOKED).count() == 1  # early
 
 
 def test_the_command_says_what_it_did_and_warns_of_unknown_serials(
@@ -182,10 +240,12 @@ def test_the_command_says_what_it_did_and_warns_of_unknown_serials(
 
     call_command("resume_after_restore", str(crl_file), "--ca", "issuing", stdout=out, stderr=err)
 
-    assert f"CRL #{before_the_failure['number']} kept; revoked again: 2" in out.getvalue()
-    assert f"published CRL #{before_the_failure['number'] + 1}" in out.getvalue()
+    number = before_the_failure["number"]
+    assert f"CRL #{number} read (this database's newest: #{number - 1})" in out.getvalue()
+    assert "revoked again: 2; already revoked here: 1" in out.getvalue()
+    assert f"published CRL #{number + restore.NUMBER_MARGIN}" in out.getvalue()
     assert before_the_failure["unknown"] in err.getvalue()
-    with pytest.raises(CommandError, match="not behind it"):
-        call_command("resume_after_restore", str(crl_file), "--ca", "issuing", stdout=out)
+    with pytest.raises(CommandError, match="offline"):
+        call_command("resume_after_restore", str(crl_file), "--ca", "root", stdout=out)
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("resume_after_restore", str(tmp_path / "missing.crl"), "--ca", "issuing")

@@ -34,12 +34,17 @@ class Command(BaseCommand):
             done = resume_after_restore(ca=ca, der=data)
         except EnrollmentError as exc:
             raise CommandError(exc.message) from exc
+        here = "none" if done.database_number is None else f"#{done.database_number}"
         self.stdout.write(
-            f"{ca.name}: CRL #{done.imported_number} kept; revoked again: "
-            f"{len(done.revoked_again)}; already revoked here: {done.already_revoked}."
+            f"{ca.name}: CRL #{done.imported_number} read (this database's newest: {here}); "
+            f"revoked again: {len(done.revoked_again)}; already revoked here: "
+            f"{done.already_revoked}, of which given the published facts back: "
+            f"{len(done.corrected)}."
         )
         for serial in done.revoked_again:
             self.stdout.write(f"  revoked again: {serial}")
+        for serial in done.corrected:
+            self.stdout.write(f"  published facts back: {serial}")
         if done.unknown:
             self.stderr.write(
                 self.style.WARNING(
