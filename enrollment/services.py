@@ -1968,13 +1968,17 @@ def api_tokens_purge(*, now: datetime | None = None) -> int:
     hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
     if hours is None:
         return purged
-    leavers = User.objects.filter(
-        is_active=False,
-        deactivated_at__lte=now - timedelta(hours=hours),
-        auth_token_set__isnull=False,
-    )
-    for owner in leavers.distinct():
-        purged += api_tokens_revoke_all(owner=owner, actor=None, via="account_deactivated")
+    leaver = Q(is_active=False, deactivated_at__lte=now - timedelta(hours=hours))
+    for owner_id in (
+        User.objects.filter(leaver, auth_token_set__isnull=False)
+        .values_list("pk", flat=True)
+        .distinct()
+    ):
+        with transaction.atomic():
+            # Again under the account's lock: a sync may have switched it back on since.
+            owner = User.objects.select_for_update().filter(leaver, pk=owner_id).first()
+            if owner is not None:
+                purged += api_tokens_revoke_all(owner=owner, actor=None, via="account_deactivated")
     return purged
 
 

@@ -842,9 +842,11 @@ class TokenCreateView(APIView):
 
 
 class _WithoutSession:
-    """The request as a sign-in by HTTP basic shows it to user_logged_in's receivers: with
-    no session. django-axes creates one to hash its key into the access log when the request
-    has a session, so each token a script minted left an empty session row and a cookie."""
+    """The request as a token's sign-in or sign-out shows it to the signals' receivers:
+    with no session. django-axes creates one to hash its key into the access log when the
+    request has a session, so each token a script minted or revoked left an empty session
+    row and a cookie. (Its sign-out then closes the log entries of token sign-ins, whose
+    session hash is empty, rather than a browser session's.)"""
 
     def __init__(self, request: Request) -> None:
         self._request = request
@@ -873,7 +875,9 @@ class TokenLogoutView(APIView):
             via=services.TokenVia.API,
             source_address=client_address(request),
         )
-        user_logged_out.send(sender=type(request.user), request=request, user=request.user)
+        user_logged_out.send(
+            sender=type(request.user), request=_WithoutSession(request), user=request.user
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -895,5 +899,7 @@ class TokenLogoutAllView(APIView):
             via=services.TokenVia.API,
             source_address=client_address(request),
         )
-        user_logged_out.send(sender=type(request.user), request=request, user=request.user)
+        user_logged_out.send(
+            sender=type(request.user), request=_WithoutSession(request), user=request.user
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

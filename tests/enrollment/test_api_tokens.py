@@ -61,6 +61,17 @@ def test_a_token_minted_by_basic_auth_leaves_no_session_behind(employee):
     assert employee.last_login is not None  # and so does Django
 
 
+@pytest.mark.parametrize("path", [LOGOUT, LOGOUT_ALL])
+def test_revoking_a_token_by_api_leaves_no_session_behind(employee, path):
+    client = token_client(employee)
+
+    response = client.post(path)
+
+    assert response.status_code == 204
+    assert "sessionid" not in response.cookies
+    assert not Session.objects.exists()
+
+
 def test_only_a_hash_of_the_token_is_stored(employee):
     token = token_client(None).post(TOKEN, **basic("alice", SIGN_IN_PASSWORD)).json()["token"]
 
