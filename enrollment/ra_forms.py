@@ -74,11 +74,9 @@ class RecoveryOpenForm(PortalForm):
         initial=Pkcs12Format.MODERN.value,
         widget=forms.RadioSelect,
     )
-    close_holder_ask = forms.BooleanField(
-        label="Close the holder's own request for this key and open mine instead",
-        required=False,
-        help_text="The holder is told their request was closed by an RA officer.",
-    )
+    # The id of the holder's request the officer saw and ticked to close: a request that
+    # replaced it since (withdrawn and asked again) is not closed unseen.
+    close_holder_ask = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
 
 
 class RecoveryRejectForm(PortalForm):

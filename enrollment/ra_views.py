@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 from urllib.parse import urlencode
 
-from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -347,8 +346,6 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
         if certificate is not None
         else None
     )
-    if holder_ask is None:
-        form.fields["close_holder_ask"].widget = forms.HiddenInput()
     context = {
         "search": search,
         "results": results,

@@ -198,13 +198,14 @@ def recovery_open(
     reason: str,
     deliver_to: str = KeyRecoveryRequest.Recipient.OWNER,
     pkcs12_format: str = pkcs12.Pkcs12Format.MODERN,
-    close_holder_ask: bool = False,
+    close_holder_ask: int | None = None,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
     """An officer asks for an archived key back; nothing is decrypted yet.
 
     A holder's own ask that waits for an officer blocks it (one open recovery per key),
-    unless close_holder_ask: then the ask is rejected in the same transaction, so a
+    unless close_holder_ask is that ask's id (the one the officer saw): then it is rejected
+    in the same transaction, so a
     recovery delivered to the officer (a legal hold) does not hinge on first rejecting an
     ask that the holder could renew in between. The holder is told either way, as of
     every step of a recovery of their key.
@@ -242,7 +243,7 @@ def recovery_open(
                 open_one = _open_one(certificate)
                 closed_ask = None
                 if open_one is not None and open_one.state == State.REQUESTED:
-                    if not close_holder_ask:
+                    if close_holder_ask != open_one.pk:
                         raise RecoveryAlreadyOpen(
                             f"Recovery #{open_one.pk} of this key is already open: its "
                             "holder asked for it. Accept that one instead, or close it and "

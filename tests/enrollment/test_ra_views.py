@@ -477,7 +477,7 @@ def test_the_open_form_offers_to_close_a_holders_ask_only_when_there_is_one(
 
     page = people["officer"].get(path).content.decode()
 
-    assert 'type="checkbox" name="close_holder_ask"' in page
+    assert f'type="checkbox" name="close_holder_ask" value="{asked.pk}"' in page
     assert f'href="/ra/recovery/{asked.pk}/"' in page
 
 
@@ -491,7 +491,9 @@ def test_an_officer_closes_the_holders_ask_from_the_open_form(people, archived, 
     asked.refresh_from_db()
     assert asked.state == KeyRecoveryRequest.State.REQUESTED
 
-    response = people["officer"].post("/ra/recovery/new/", {**data, "close_holder_ask": "on"})
+    response = people["officer"].post(
+        "/ra/recovery/new/", {**data, "close_holder_ask": str(asked.pk)}
+    )
 
     opened = KeyRecoveryRequest.objects.exclude(pk=asked.pk).get()
     assert response.status_code == 302
@@ -499,6 +501,16 @@ def test_an_officer_closes_the_holders_ask_from_the_open_form(people, archived, 
     asked.refresh_from_db()
     assert asked.state == KeyRecoveryRequest.State.REJECTED
     assert opened.deliver_to == KeyRecoveryRequest.Recipient.REQUESTER
+
+
+@pytest.mark.parametrize("value", ["on", "²", "9" * 30, "-1", "0", "1\x00"])
+def test_a_close_request_that_is_no_request_id_is_refused(people, archived, kra, value):
+    data = {**form_data("open", archived, kra), "close_holder_ask": value}
+
+    response = people["officer"].post("/ra/recovery/new/", data)
+
+    assert response.status_code == 400
+    assert not KeyRecoveryRequest.objects.exists()
 
 
 def test_the_requester_sees_no_approve_button_and_a_refusal_if_they_try(people, opened):

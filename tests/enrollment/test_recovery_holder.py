@@ -206,7 +206,7 @@ def test_an_officer_may_close_the_holders_ask_to_open_a_recovery_of_their_own(
             officer=second_officer,
             reason=REASON,
             deliver_to=KeyRecoveryRequest.Recipient.REQUESTER,  # a legal hold
-            close_holder_ask=True,
+            close_holder_ask=asked.pk,
         )
 
     asked.refresh_from_db()
@@ -235,11 +235,27 @@ def test_closing_the_holders_ask_closes_nothing_else(opened, archived, second_of
             certificate=archived.certificate,
             officer=second_officer,
             reason=REASON,
-            close_holder_ask=True,
+            close_holder_ask=opened.pk,
         )
     opened.refresh_from_db()
     assert opened.state == State.PENDING
     assert KeyRecoveryRequest.objects.count() == 1
+
+
+def test_only_the_ask_the_officer_saw_is_closed(asked, archived, employee, second_officer):
+    """Withdrawn and asked again between the form and the click: the new ask stays."""
+    recovery.recovery_withdraw(recovery=asked, holder=employee)
+    again = recovery.recovery_ask(certificate=archived.certificate, holder=employee, reason="x")
+
+    with pytest.raises(recovery.RecoveryAlreadyOpen, match=f"#{again.pk}"):
+        recovery.recovery_open(
+            certificate=archived.certificate,
+            officer=second_officer,
+            reason=REASON,
+            close_holder_ask=asked.pk,
+        )
+    again.refresh_from_db()
+    assert again.state == State.REQUESTED
 
 
 def test_the_holder_cannot_ask_while_an_officer_recovers_the_key(opened, archived, employee):
