@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from django.db import OperationalError
 from django.utils import timezone
 
 from enrollment import keystore, recovery, services
@@ -127,6 +128,26 @@ def test_promtool_accepts_the_exposition(scrape, signed_root, template, employee
 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout + checked.stderr == ""  # no lint warnings either
+
+
+def test_with_the_database_down_every_check_reads_as_failed(scrape, signed_root, monkeypatch):
+    from pkiportal import health as health_view
+
+    class Broken:
+        def cursor(self):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(health_view, "connection", Broken())
+
+    found = samples(scrape())
+
+    checks = {dict(labels)["check"]: value for (name, labels), value in found.items()
+              if name == "pkiportal_check_status"}  # fmt: skip
+    assert checks["database"] == 2
+    assert checks["issuing_ca"] == 2
+    assert checks["leavers"] == 2
+    assert checks["crl"] == 2
+    assert not any(name.startswith("pkiportal_crl_number") for name, _labels in found)
 
 
 # --- who may scrape ----------------------------------------------------------------------
