@@ -53,20 +53,21 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
     fieldsets = (
         *(
             # When it was switched off: its certificates are revoked a grace period later.
-            (name, {"fields": (*options["fields"], "deactivated_at")})
+            # When the address last changed: certificates naming the old one are revoked too.
+            (name, {"fields": (*options["fields"], "deactivated_at", "email_changed_at")})
             if name == "Important dates"
             else (name, options)
             for name, options in UserAdmin.fieldsets
         ),
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
     )
-    readonly_fields = ("deactivated_at",)
+    readonly_fields = ("deactivated_at", "email_changed_at")
 
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         """Whoever unticks "Active" learns what follows for the person's certificates."""
         form = super().get_form(request, obj, **kwargs)
+        hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
         if "is_active" in form.base_fields:
-            hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
             form.base_fields["is_active"].help_text = (
                 "Unselect this instead of deleting accounts: the person leaves the directory"
                 + (
@@ -76,6 +77,12 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
                     if hours is not None
                     else "."
                 )
+            )
+        if "email" in form.base_fields and hours is not None:
+            form.base_fields["email"].help_text = (
+                "The address certificates are issued for. Change it and the person's valid "
+                f"certificates for the old address are revoked {hours} hours later; they are "
+                "told by e-mail and can renew for the new one."
             )
         return form
 

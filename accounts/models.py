@@ -40,6 +40,12 @@ class User(AbstractUser):
         editable=False,
         help_text="When the account last became inactive; empty while it is active (derived).",
     )
+    email_changed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the e-mail address last changed, case aside; empty if never (derived).",
+    )
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -74,32 +80,53 @@ class User(AbstractUser):
         if update_fields is not None and DIRECTORY_SOURCE_FIELDS.intersection(update_fields):
             update_fields = kwargs["update_fields"] = {*update_fields, "directory_search"}
         # Derived too, for the same reason: the grace period before a leaver's certificates
-        # are revoked (enrollment.leavers) starts when the account stops being active, by
-        # whichever path (the admin, an LDAP/OIDC sync, code). Only a save that writes
-        # is_active can change it; a sign-in saving last_login alone leaves it be.
-        if update_fields is None or "is_active" in update_fields:
+        # are revoked (enrollment.leavers) starts when the account stops being active, and
+        # that of certificates naming an old address (enrollment.outdated) when the address
+        # changes, by whichever path (the admin, an LDAP/OIDC sync, code). Only a save that
+        # writes is_active (email) can change them; a sign-in saving last_login alone leaves
+        # them be.
+        writes_active = update_fields is None or "is_active" in update_fields
+        writes_email = update_fields is None or "email" in update_fields
+        stored = self._stored_row() if writes_active or writes_email else None
+        derived = set()
+        if writes_active:
             if self.is_active:
                 self.deactivated_at = None
             else:
-                self.deactivated_at = self._stored_deactivation() or timezone.now()
-            if update_fields is not None:
-                kwargs["update_fields"] = {*update_fields, "deactivated_at"}
+                self.deactivated_at = _stored_deactivation(stored) or timezone.now()
+            derived.add("deactivated_at")
+        if writes_email and stored is not None and _address_changed(stored[2], self.email):
+            self.email_changed_at = timezone.now()
+            derived.add("email_changed_at")
+        if update_fields is not None and derived:
+            kwargs["update_fields"] = {*kwargs["update_fields"], *derived}
         super().save(*args, **kwargs)
 
-    def _stored_deactivation(self) -> datetime | None:
-        """When the stored account was switched off, if it is off: the clock of a save
-        that switches it off starts now, whatever this instance remembered. An account
-        switched back on by QuerySet.update(), or an instance read before a reactivation,
-        still carries the old time, which would cut the grace period short."""
+    def _stored_row(self) -> tuple[bool, datetime | None, str] | None:
+        """The stored is_active, deactivated_at and email (one read), or None for a new
+        account. Compared with the stored row, not with what this instance remembered: an
+        instance read before a change made elsewhere (QuerySet.update(), another process)
+        would otherwise cut a grace period short or miss an address change."""
         if self.pk is None:
             return None
-        stored = (
-            type(self)._base_manager.filter(pk=self.pk).values_list("is_active", "deactivated_at")
-        )
-        row = stored.first()
-        if row is None or row[0]:
-            return None
-        return row[1]
+        stored = type(self)._base_manager.filter(pk=self.pk)
+        return stored.values_list("is_active", "deactivated_at", "email").first()
 
     def get_full_name(self) -> str:
         return self.display_name or super().get_full_name() or self.get_username()
+
+
+def _stored_deactivation(stored: tuple[bool, datetime | None, str] | None) -> datetime | None:
+    """When the stored account was switched off, if it is off: the clock of a save that
+    switches it off starts now, whatever this instance remembered. An account switched back
+    on by QuerySet.update(), or an instance read before a reactivation, still carries the
+    old time, which would cut the grace period short."""
+    if stored is None or stored[0]:
+        return None
+    return stored[1]
+
+
+def _address_changed(old: str | None, new: str | None) -> bool:
+    """Bob@example.com and bob@example.com are one mailbox: certificates carry addresses
+    lower-cased, so a change of case alone outdates none of them."""
+    return (old or "").strip().lower() != (new or "").strip().lower()

@@ -55,7 +55,9 @@ def update_account_from_claims(user: AbstractUser, claims: Mapping[str, Any]) ->
     """Write the claims onto the account and mirror the role groups from the groups claim."""
     for field, value in account_fields_from_claims(claims).items():
         setattr(user, field, value)
-    user.save()
+    # A changed address (or privilege) is audited as the provider's, like its role groups.
+    with changes_from("sso"):
+        user.save()
     groups = claims.get(getattr(settings, "OIDC_CLAIM_GROUPS", "groups"))
     if isinstance(groups, list):
         mirror_groups(user, (g for g in groups if isinstance(g, str)))

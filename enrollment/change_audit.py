@@ -2,8 +2,9 @@
 
 Certificate templates are edited in the admin, and roles are Django groups that the admin,
 single sign-on and any code can change: neither goes through services.py, so their events
-are written here, in the transaction of the change. So are is_staff, is_superuser and
-is_active, however they change (the admin, ``createsuperuser``, a sync, a shell).
+are written here, in the transaction of the change. So are is_staff, is_superuser,
+is_active and the e-mail address, however they change (the admin, ``createsuperuser``, a
+sync, a shell).
 Deleting a role group or an account that holds a role ends memberships without an m2m
 signal; both are caught too.
 
@@ -134,8 +135,17 @@ PRIVILEGE_DEFAULTS = {"is_staff": False, "is_superuser": False, "is_active": Tru
 PRIVILEGE_FIELDS = tuple(PRIVILEGE_DEFAULTS)
 
 
-def _privileges(user: models.Model) -> dict[str, bool]:
-    return {name: bool(getattr(user, name)) for name in PRIVILEGE_FIELDS}
+# The address too: certificates are issued for it, and changing it starts the revocation
+# of those for the old one (enrollment.outdated). Audited with its old and new value when
+# an existing account's stored address changes at all (case included: the record says what
+# was written); a new account's address is not a change.
+AUDITED_FIELDS = (*PRIVILEGE_FIELDS, "email")
+
+
+def _privileges(user: models.Model) -> dict[str, Any]:
+    return {name: bool(getattr(user, name)) for name in PRIVILEGE_FIELDS} | {
+        "email": getattr(user, "email", "")
+    }
 
 
 def _account_saving(
@@ -145,23 +155,32 @@ def _account_saving(
     update_fields: Iterable[str] | None = None,
     **kwargs: Any,
 ) -> None:
-    """Remember the stored is_staff, is_superuser and is_active, unless this save cannot
-    change them (a sign-in saves last_login alone)."""
+    """Remember the stored is_staff, is_superuser, is_active and email, unless this save
+    cannot change them (a sign-in saves last_login alone)."""
     instance._privilege_audit_before = None  # type: ignore[attr-defined]
-    if raw or (update_fields is not None and not set(update_fields) & set(PRIVILEGE_FIELDS)):
+    if raw or (update_fields is not None and not set(update_fields) & set(AUDITED_FIELDS)):
         return
     stored = (
-        sender.objects.filter(pk=instance.pk).values(*PRIVILEGE_FIELDS).first()
+        sender.objects.filter(pk=instance.pk).values(*AUDITED_FIELDS).first()
         if instance.pk is not None
         else None
     )
-    before = stored or PRIVILEGE_DEFAULTS
-    instance._privilege_audit_before = {name: bool(before[name]) for name in PRIVILEGE_FIELDS}  # type: ignore[attr-defined]
+    if stored is None:
+        before = {**PRIVILEGE_DEFAULTS, "email": getattr(instance, "email", "")}
+    else:
+        before = {name: bool(stored[name]) for name in PRIVILEGE_FIELDS} | {
+            "email": stored["email"]
+        }
+    written = set(AUDITED_FIELDS) if update_fields is None else set(update_fields)
+    # Only what this save writes: a value set on the instance but not saved is no change.
+    instance._privilege_audit_before = {  # type: ignore[attr-defined]
+        name: value for name, value in before.items() if name in written
+    }
 
 
 def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
-    """account.change when is_staff, is_superuser or is_active changed, a new account's
-    included."""
+    """account.change when is_staff, is_superuser, is_active or email changed, a new
+    account's privileges included."""
     before = getattr(instance, "_privilege_audit_before", None)
     if before is None:
         return
@@ -169,8 +188,8 @@ def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
     after = _privileges(instance)
     changes = {
         name: [before[name], after[name]]
-        for name in PRIVILEGE_FIELDS
-        if before[name] != after[name]
+        for name in AUDITED_FIELDS
+        if name in before and before[name] != after[name]
     }
     if changes:
         source = current_source()
