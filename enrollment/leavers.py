@@ -15,6 +15,10 @@ accounts due than PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN revokes none of them:
 error, audits how many it held back, and records it on LeaverRevocationRun, where /health/
 and the RA console see it. `manage.py revoke_deactivated --confirm` revokes them once
 someone has checked the directory.
+
+The same run revokes, after the same grace period, the certificates that name an address
+their holder no longer has (enrollment.outdated), and their holders count against the same
+cap: a sync that rewrites thousands of addresses is held back like a mass deactivation.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from enrollment import health, services
+from enrollment import health, outdated, services
 from enrollment.audit import audit_record
 from enrollment.exceptions import EnrollmentError, InvalidState, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
@@ -94,6 +98,24 @@ def _holding(now: datetime) -> QuerySet[Any]:
 
 def _due(now: datetime, delay: timedelta) -> QuerySet[Any]:
     return _holding(now).filter(deactivated_at__lte=now - delay)
+
+
+@dataclass(frozen=True)
+class Due:
+    """The accounts one run would revoke for: leavers, and holders of certificates naming
+    an old address; an account may be both and counts once against the cap."""
+
+    leavers: list[int]
+    outdated: list[int]
+
+    @property
+    def accounts(self) -> list[int]:
+        return list(dict.fromkeys([*self.leavers, *self.outdated]))
+
+
+def _due_accounts(now: datetime, delay: timedelta) -> Due:
+    leaving = _due(now, delay).order_by("deactivated_at", "pk").values_list("pk", flat=True)
+    return Due(list(leaving), outdated.accounts_due(now=now, delay=delay))
 
 
 def _leaver(user: Any, delay: timedelta | None) -> Leaver:
@@ -163,25 +185,36 @@ def _start_missing_clocks(now: datetime) -> int:
 
 def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> Outcome:
     """Revoke (affiliationChanged) the certificates of every account whose grace period is
-    over; none at all when more accounts are due than the cap, unless ``confirmed`` (the
-    command, after someone checked the directory). Each account in its own transaction.
+    over, and those naming an address their holder no longer has; none at all when more
+    accounts are due than the cap, unless ``confirmed`` (the command, after someone checked
+    the directory). Each account in its own transaction.
     """
     delay = revocation_delay()
+    now = now or timezone.now()
+    # Holders hear of an outdated certificate even while automatic revocation is off.
+    outdated.outdated_sync(now=now, delay=delay)
     if delay is None:
         return Outcome()
-    now = now or timezone.now()
     _start_missing_clocks(now)
     cap = settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN
-    due = list(_due(now, delay).order_by("deactivated_at", "pk").values_list("pk", flat=True))
-    outcome = Outcome(due=len(due), cap=cap)
+    due = _due_accounts(now, delay)
+    accounts = due.accounts
+    outcome = Outcome(due=len(accounts), cap=cap)
     source = Source.COMMAND if confirmed else Source.SCHEDULE
-    if len(due) > cap and not confirmed:
-        outcome.held_back = len(due)
-        _hold_back(outcome, delay)
+    if len(accounts) > cap and not confirmed:
+        outcome.held_back = len(accounts)
+        _hold_back(outcome, delay, due)
     else:
-        for user_pk in due:
+        leaving, changed = set(due.leavers), set(due.outdated)
+        for user_pk in accounts:
             try:
-                revoked = _revoke_account(user_pk, cutoff=now - delay, now=now, source=source)
+                revoked = 0
+                if user_pk in leaving:
+                    revoked += _revoke_account(user_pk, cutoff=now - delay, now=now, source=source)
+                if user_pk in changed:
+                    revoked += outdated.revoke_account(
+                        user_pk, cutoff=now - delay, now=now, source=source
+                    )
             except SoftTimeLimitExceeded:
                 # Each account commits on its own: stop here, say so, and let the next
                 # run go on, rather than be killed at the hard limit with nothing recorded.
@@ -190,9 +223,7 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
                              outcome.revoked_accounts)  # fmt: skip
                 break
             except Exception as exc:
-                logger.exception(
-                    "Could not revoke the certificates of deactivated account %s", user_pk
-                )
+                logger.exception("Could not revoke the certificates of account %s", user_pk)
                 outcome.failed_accounts += 1
                 # Shown to officers: a key store's own message names key files.
                 shown = public_message(exc) if isinstance(exc, EnrollmentError) else str(exc)
@@ -205,14 +236,8 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
     return outcome
 
 
-def _hold_back(outcome: Outcome, delay: timedelta) -> None:
-    logger.error(
-        "%d deactivated accounts are due for certificate revocation, more than "
-        "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN (%d): none were revoked. Check the "
-        "directory, then run `manage.py revoke_deactivated --confirm`.",
-        outcome.held_back,
-        outcome.cap,
-    )
+def _hold_back(outcome: Outcome, delay: timedelta, due: Due) -> None:
+    logger.error("%s", held_back_message(due, outcome.cap))
     audit_record(
         action="leaver.held_back",
         outcome=AuditEvent.Outcome.FAILURE,
@@ -220,6 +245,8 @@ def _hold_back(outcome: Outcome, delay: timedelta) -> None:
             "held_back": outcome.held_back,
             "cap": outcome.cap,
             "after_hours": int(delay.total_seconds() // 3600),
+            "deactivated": len(due.leavers),
+            "address_changed": len(due.outdated),
         },
     )
 
@@ -270,12 +297,26 @@ def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
 # --- what /health/ and the RA console say ---------------------------------------------
 
 
-def held_back_message(due: int, cap: int) -> str:
+def held_back_message(due: Due, cap: int) -> str:
+    changed = set(due.outdated) - set(due.leavers)
+    if not changed:
+        who = f"{len(due.leavers)} deactivated accounts are"
+        mistake = (
+            "a sync may have switched them off by mistake) and reactivate those who have not left"
+        )
+    else:
+        who = (
+            f"{len(due.accounts)} accounts ({len(due.leavers)} deactivated, {len(changed)} "
+            "whose e-mail address changed) are"
+        )
+        mistake = (
+            "a sync may have switched accounts off or rewritten their addresses by mistake) "
+            "and put back what should not have changed"
+        )
     return (
-        f"{due} deactivated accounts are due for certificate revocation, more than "
+        f"{who} due for certificate revocation, more than "
         f"PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN ({cap}), so none were revoked. Check the "
-        "directory (a sync may have switched them off by mistake) and reactivate those who "
-        "have not left; then run `manage.py revoke_deactivated --confirm`."
+        f"directory ({mistake}; then run `manage.py revoke_deactivated --confirm`."
     )
 
 
@@ -303,9 +344,9 @@ def leaver_check(now: datetime | None = None) -> dict[str, Any]:
     if run is None:
         return result
     if run.held_back:
-        due = _due(now, delay).count()
-        if due > cap:
-            result["held_back"] = due
+        due = _due_accounts(now, delay)
+        if len(due.accounts) > cap:
+            result["held_back"] = len(due.accounts)
             result["problems"].append(held_back_message(due, cap))
     if now - run.ran_at > STALE_AFTER:
         result["problems"].append(
@@ -315,7 +356,8 @@ def leaver_check(now: datetime | None = None) -> dict[str, Any]:
     if run.failed_accounts:
         result["problems"].append(
             f"The last run could not revoke the certificates of {run.failed_accounts} "
-            f"deactivated account(s): {run.error}. It tries again every hour."
+            f"account(s) (deactivated, or whose address changed): {run.error}. It tries "
+            "again every hour."
         )
     if result["problems"]:
         result["status"] = health.WARN

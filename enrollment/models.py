@@ -8,6 +8,7 @@ EnvelopedData to the key recovery agents.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -336,6 +337,7 @@ class Certificate(DerCertificateMixin):
 
     # Not stored: set by enrollment.views.certificate_list on the instances it lists.
     open_recovery: KeyRecoveryRequest | None
+    outdated_due: datetime | None
 
     class Meta:
         ordering = ["-not_before"]
@@ -383,6 +385,16 @@ class Certificate(DerCertificateMixin):
         if self.status == self.Status.REVOKED:
             return "revoked"
         return "expired" if self.is_expired else "valid"
+
+    @property
+    def names_old_address(self) -> bool:
+        """Held, and its address is no longer its holder's (case aside): it is revoked a
+        grace period after the change (enrollment.outdated). Reads the owner, no query
+        once it is loaded."""
+        owner = self.owner
+        if owner is None or self.status != self.Status.VALID or self.is_expired:
+            return False
+        return self.email != (owner.email or "").strip().lower()
 
 
 class CertificateRequest(models.Model):
@@ -875,6 +887,28 @@ class LeaverRevocationRun(models.Model):
 
     def __str__(self) -> str:
         return f"Leavers' revocation run at {self.ran_at:%Y-%m-%d %H:%M}"
+
+
+class OutdatedCertificate(models.Model):
+    """A held certificate whose address is no longer its holder's, as the hourly run found
+    it (enrollment.outdated): when its grace period started and whether the holder was told.
+
+    Found by comparing certificates with accounts rather than recorded by User.save, so an
+    address rewritten by QuerySet.update() or SQL is found too. The row goes when the
+    certificate is revoked, expires or names its holder's address again.
+    """
+
+    certificate = models.OneToOneField(
+        Certificate, on_delete=models.CASCADE, primary_key=True, related_name="outdated"
+    )
+    since = models.DateTimeField(help_text="When its grace period started.")
+    address = models.CharField(
+        max_length=254, blank=True, help_text="The holder's address when it was found."
+    )
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Certificate {self.certificate_id} outdated since {self.since:%Y-%m-%d %H:%M}"
 
 
 # --- background work ------------------------------------------------------------------

@@ -7,6 +7,7 @@ down never undoes a decision: failures are logged.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -70,6 +71,29 @@ def certificate_revoked(certificate: Certificate, *, actor: object = None) -> No
             "owner": owner,
             "by_holder": getattr(actor, "pk", None) == owner.pk,
             "url": reverse("enrollment:certificate-detail", args=[certificate.pk]),
+        },
+        owner.email,
+    )
+
+
+def certificates_outdated(owner: Any, found: list[tuple[Certificate, datetime | None]]) -> None:
+    """Certificates naming an address the holder no longer has: which, when each is revoked
+    (None: not automatically) and where to renew it for the new address. To the new one."""
+    _send(
+        "Your certificate names your old e-mail address"
+        if len(found) == 1
+        else "Your certificates name your old e-mail address",
+        "enrollment/email/certificates_outdated.txt",
+        {
+            "owner": owner,
+            "certificates": [
+                {
+                    "certificate": certificate,
+                    "due_at": due,
+                    "url": reverse("enrollment:certificate-detail", args=[certificate.pk]),
+                }
+                for certificate, due in found
+            ],
         },
         owner.email,
     )

@@ -34,7 +34,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.requests import AuthenticatedHttpRequest
-from enrollment import health, leavers, ra_selectors, ra_services, recovery, services
+from enrollment import health, leavers, outdated, ra_selectors, ra_services, recovery, services
 from enrollment.edge import client_address, officer_required, show_error, status_for
 from enrollment.exceptions import EnrollmentError
 from enrollment.forms import RecoveryWithdrawForm
@@ -150,6 +150,7 @@ def console(request: AuthenticatedHttpRequest) -> HttpResponse:
         "services": ra_selectors.service_health(),
         "agents": ra_selectors.agent_overview(),
         "leaver_count": leavers.leavers_holding_count(),
+        "outdated_count": outdated.outdated_count(now=timezone.now()),
         "leaver_check": leavers.leaver_check(),
         "issuing": health.issuing_ca_status(),
     }
@@ -251,13 +252,19 @@ def request_history(request: AuthenticatedHttpRequest) -> HttpResponse:
 @login_required
 @require_safe
 def leaver_list(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """Deactivated accounts still holding certificates, and when those are revoked."""
+    """Deactivated accounts still holding certificates, certificates naming an address
+    their holder no longer has, and when those are revoked."""
     officer_required(request)
     now = timezone.now()
     found = leavers.leavers_holding_certificates(now=now, limit=leavers.PAGE_LIMIT + 1)
+    changed = outdated.outdated_certificates(
+        delay=leavers.revocation_delay(), now=now, limit=leavers.PAGE_LIMIT + 1
+    )
     context = {
         "leavers": found[: leavers.PAGE_LIMIT],
         "more": len(found) > leavers.PAGE_LIMIT,
+        "outdated": changed[: leavers.PAGE_LIMIT],
+        "more_outdated": len(changed) > leavers.PAGE_LIMIT,
         "limit": leavers.PAGE_LIMIT,
         "now": now,
         "after_hours": settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS,

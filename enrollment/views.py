@@ -32,7 +32,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.requests import AuthenticatedHttpRequest
-from enrollment import ca_lifetime, ra_selectors, recovery, services
+from enrollment import ca_lifetime, leavers, outdated, ra_selectors, recovery, services
 from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.forms import (
@@ -533,14 +533,18 @@ def certificate_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     recoveries of my archived keys."""
     certificates = list(
         Certificate.objects.owned_by(request.user)
-        .select_related("template", "ca")
+        # outdated: when one naming an old address is revoked, in the same statement.
+        .select_related("template", "ca", "outdated")
         .annotate(has_archive=Exists(ArchivedKey.objects.filter(certificate=OuterRef("pk"))))
     )
     # django-stubs drops .annotate() fields after a custom QuerySet method (owned_by).
     with_archive = [c for c in certificates if c.has_archive]  # type: ignore[attr-defined]
     in_progress = _open_recoveries_of(with_archive)
+    delay = leavers.revocation_delay()
     for certificate in certificates:
         certificate.open_recovery = in_progress.get(certificate.pk)
+        certificate.owner = request.user  # names_old_address reads it; no query per row
+        certificate.outdated_due = outdated.certificate_due(certificate, delay)
     requests = (
         CertificateRequest.objects.filter(requester=request.user)
         .filter(~Q(state=CertificateRequest.State.ISSUED))
@@ -572,6 +576,9 @@ def _certificate_page(
         "chain": certificate.ca.chain(),
         "is_owner": is_owner,
         "can_renew": is_owner and certificate.state == "valid" and usable,
+        "outdated_due": outdated.certificate_due(certificate, leavers.revocation_delay())
+        if certificate.names_old_address
+        else None,
         "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
         "revoke_form": revoke_form or RevokeForm(),
         "csr_notes": _csr_differences(certificate) if is_owner else [],

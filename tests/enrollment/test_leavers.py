@@ -356,7 +356,13 @@ def test_more_accounts_due_than_the_cap_revokes_none_and_says_so(three_leavers, 
     assert events("certificate.revoke") == []
     (held,) = events("leaver.held_back")
     assert (held.actor_name, held.outcome) == ("system", "failure")
-    assert held.detail == {"held_back": 3, "cap": 2, "after_hours": 72}
+    assert held.detail == {
+        "held_back": 3,
+        "cap": 2,
+        "after_hours": 72,
+        "deactivated": 3,
+        "address_changed": 0,
+    }
     assert "3 deactivated accounts are due" in caplog.text
     assert "revoke_deactivated --confirm" in caplog.text
     row = LeaverRevocationRun.objects.get()

@@ -1,4 +1,5 @@
-"""List the deactivated accounts whose certificates are due for revocation; with --confirm,
+"""List the deactivated accounts whose certificates are due for revocation, and the
+certificates due because they name an address their holder no longer has; with --confirm,
 revoke them now, whatever the cap (after someone has checked the directory)."""
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from enrollment import leavers
+from enrollment import leavers, outdated
 
 
 class Command(BaseCommand):
     help = (
         "List deactivated accounts whose grace period is over and who still hold "
-        "certificates. --confirm revokes them (affiliationChanged) regardless of "
-        "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN."
+        "certificates, and certificates whose address is no longer their holder's and "
+        "whose grace period is over. --confirm revokes them (affiliationChanged) "
+        "regardless of PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -39,6 +41,12 @@ class Command(BaseCommand):
             return
         now = timezone.now()
         due = leavers.leavers_due(now=now)
+        changed = [
+            o
+            for o in outdated.outdated_certificates(delay=delay, now=now, limit=None)
+            if o.due_at is not None and o.due_at <= now
+        ]
+        accounts = len({*(d.user.pk for d in due), *(o.holder.pk for o in changed)})
         cap = settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN
         hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
         self.stdout.write(
@@ -47,20 +55,34 @@ class Command(BaseCommand):
         )
         if not due:
             self.stdout.write("No deactivated account is due.")
-            return
-        self.stdout.write(f"{len(due)} deactivated account(s) due:")
+        else:
+            self.stdout.write(f"{len(due)} deactivated account(s) due:")
         for leaver in due:
             self.stdout.write(
                 f"  {leaver.username}  {leaver.name}  deactivated {_when(leaver.deactivated_at)}"
                 f"  due {_when(leaver.due_at)}  {leaver.certificates} certificate(s)"
             )
+        if changed:
+            self.stdout.write(
+                f"{len(changed)} certificate(s) due because their holder's address changed:"
+            )
+        for item in changed:
+            holder = item.holder
+            self.stdout.write(
+                f"  {holder.get_username()}  {holder.get_full_name()}  "
+                f"{item.certificate.email} -> {holder.email or '(none)'}  serial "
+                f"{item.certificate.serial}  outdated {_when(item.since)}  due {_when(item.due_at)}"
+            )
+        if not accounts:
+            return
         if not options["confirm"]:
-            if len(due) > cap:
+            if accounts > cap:
                 self.stdout.write(
                     self.style.WARNING(
                         f"That is more than the cap ({cap}): the hourly run revokes none of "
                         "them. Check the directory and reactivate anyone switched off by "
-                        "mistake before confirming."
+                        "mistake (or whose address a sync rewrote by mistake) before "
+                        "confirming."
                     )
                 )
             self.stdout.write("Run again with --confirm to revoke their certificates now.")
