@@ -392,7 +392,9 @@ class Certificate(DerCertificateMixin):
         grace period after the change (enrollment.outdated). Reads the owner, no query
         once it is loaded."""
         owner = self.owner
-        if owner is None or self.status != self.Status.VALID or self.is_expired:
+        if owner is None or not self.email or self.status != self.Status.VALID:
+            return False
+        if self.is_expired:
             return False
         return self.email != (owner.email or "").strip().lower()
 

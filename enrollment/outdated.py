@@ -49,8 +49,11 @@ def current_address(user: Any) -> str:
 
 
 def _names_other_address(prefix: str = "") -> Q:
-    """The certificate's address is not its holder's (certificates store it lower-case)."""
-    return ~Q(**{f"{prefix}email": Lower(Trim(f"{prefix}owner__email"))})
+    """The certificate names an address, and not its holder's (certificates store it
+    lower-case). One naming none (imported, say) has no mailbox to lose."""
+    return ~Q(**{f"{prefix}email": ""}) & ~Q(
+        **{f"{prefix}email": Lower(Trim(f"{prefix}owner__email"))}
+    )
 
 
 def outdated_held(now: datetime) -> QuerySet[Certificate]:

@@ -134,6 +134,18 @@ def test_certificates_for_the_current_address_are_left_alone(
     assert statuses(old, current, bobs) == ["revoked", "valid", "valid"]
 
 
+def test_a_certificate_naming_no_address_is_never_outdated(make_certificate, employee, run):
+    certificate = make_certificate(employee)
+    Certificate.objects.filter(pk=certificate.pk).update(email="", emails=[])
+    changed = timezone.now()
+    change_address(employee, at=changed)
+
+    run(changed + GRACE)
+
+    assert statuses(certificate) == ["valid"]
+    assert outdated_mails() == []
+
+
 # --- revocation after the grace period -------------------------------------------------------
 
 
