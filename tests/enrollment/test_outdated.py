@@ -359,6 +359,26 @@ def test_renewing_issues_for_the_new_address_and_supersedes_the_old_certificate(
     assert outdated.outdated_count(now=timezone.now()) == 0
 
 
+def test_a_failure_looking_for_them_does_not_stop_the_leavers_revocation(
+    make_certificate, colleague, run, monkeypatch
+):
+    held = make_certificate(colleague)
+    gone = timezone.now()
+    colleague.is_active = False
+    with time_machine.travel(gone, tick=False):
+        colleague.save()
+
+    def broken(**kwargs):
+        raise RuntimeError("the database hiccupped")
+
+    monkeypatch.setattr(outdated, "outdated_sync", broken)
+
+    outcome = run(gone + GRACE)
+
+    assert outcome["revoked_certificates"] == 1
+    assert statuses(held) == ["revoked"]
+
+
 # --- the cap counts both kinds ---------------------------------------------------------------
 
 
