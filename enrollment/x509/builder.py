@@ -24,6 +24,7 @@ from cryptography.x509.oid import (
 
 from .errors import PolicyError, X509Error
 from .keys import PrivateKey, PublicKey, describe_public_key, public_key_problem, signature_hash_for
+from .mail_domains import name_constraints
 from .policy import CertificatePolicy, check_extra_ekus
 from .smime_capabilities import smime_capabilities_extension
 
@@ -208,12 +209,16 @@ def build_issuing_ca(
     extra_ekus: frozenset[x509.ObjectIdentifier] = frozenset(),
     policy_oids: Sequence[x509.ObjectIdentifier] = (CertificatePoliciesOID.ANY_POLICY,),
     sign_ocsp: bool = False,
+    mail_domains: Sequence[str] = (),
 ) -> x509.Certificate:
     """A subordinate CA that issues S/MIME certificates (S/MIME BR 7.1.2.2).
 
     ``crl_url`` and ``ca_issuers_url`` are the issuer's (the root's) CRL and certificate.
     anyPolicy is the default, which S/MIME BR 7.1.6.3 allows for an affiliated sub-CA.
     ``extra_ekus`` must cover any EKU beyond emailProtection the CA's templates issue.
+    ``mail_domains`` (``example.com``, ``.example.com``), when given, become a critical
+    nameConstraints extension: relying parties then refuse any certificate from this CA
+    for a mailbox elsewhere (RFC 5280 4.2.1.10, S/MIME BR 7.1.5).
     """
     _check_ca_key(public_key)
     _check_issuer(issuer_certificate, issuer_key, new_ca_path_length=path_length)
@@ -241,6 +246,9 @@ def build_issuing_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_authority_key_identifier(issuer_certificate), critical=False)
     )
+    if mail_domains:
+        # RFC 5280 4.2.1.10: conforming CAs MUST mark it critical.
+        builder = builder.add_extension(name_constraints(mail_domains), critical=True)
     return builder.sign(issuer_key, signature_hash_for(issuer_key))
 
 
