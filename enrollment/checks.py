@@ -5,6 +5,9 @@ into every certificate the CAs issue. Mail clients of other organisations must r
 so a loopback, private-address or single-label host - the embedded default is
 http://127.0.0.1:8000 - is fine for trying the portal and wrong for production (S/MIME BR
 7.1.2.3 (b), (c); pkilint reports cabf.internal_domain_name).
+
+An empty PKIPORTAL_MAIL_DOMAINS lets the CA certify any address an account has: fine for a
+trial, not for an Enterprise RA (S/MIME BR 3.2.2.1).
 """
 
 from __future__ import annotations
@@ -52,5 +55,23 @@ def base_url_is_public(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             hint="Certificates carry their CRL and CA URLs for life: set it to a public "
             "http:// name before create_pki (e.g. http://pki.example.com).",
             id="pkiportal.W001",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def mail_domains_are_set(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Unrestricted issuance is for trying the portal: S/MIME BR 3.2.2.1 expects an
+    Enterprise RA to certify only mailboxes in domains the organisation controls."""
+    if settings.PKIPORTAL_MAIL_DOMAINS:
+        return []
+    return [
+        Warning(
+            "PKIPORTAL_MAIL_DOMAINS is empty: the CA issues certificates for whatever "
+            "e-mail address an account has, in any domain.",
+            hint="Set it to the mail domains your organisation controls (example.com, "
+            ".example.com for its subdomains) before create_pki, so enrolment refuses other "
+            "addresses and the issuing CA is name-constrained to them.",
+            id="pkiportal.W002",
         )
     ]

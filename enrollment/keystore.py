@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -217,8 +218,10 @@ def create_issuing(
     organization_name: str,
     country_name: str,
     validity_days: int,
+    mail_domains: Sequence[str] = (),
 ) -> tuple[x509.Certificate, str, str]:
-    """Generate an online CA key in the backend and have the offline root certify it.
+    """Generate an online CA key in the backend and have the offline root certify it,
+    name-constrained to ``mail_domains`` when given.
 
     Returns the certificate, the backend name and the key reference.
     """
@@ -238,6 +241,7 @@ def create_issuing(
         ca_issuers_url=root.ca_issuers_url,
         # The portal's OCSP responder signs with this key (S/MIME BR 7.1.2.2 e).
         sign_ocsp=True,
+        mail_domains=mail_domains,
     )
     reference = backend.store(label=label, key=key)
     return certificate, backend.name, reference

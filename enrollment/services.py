@@ -10,7 +10,7 @@ import functools
 import logging
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -73,6 +73,7 @@ from enrollment.x509.crl import (
 )
 from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
+from enrollment.x509.mail_domains import address_permitted, parse_mail_domains
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +137,14 @@ def pki_create(
     root_passphrase: bytes,
     organization_name: str,
     country_name: str,
+    mail_domains: Sequence[str] = (),
     actor: Actor = None,
 ) -> tuple[CertificateAuthority, CertificateAuthority]:
     """Create the offline root and the online issuing CA; refuse if a hierarchy exists.
 
     Both CA certificates name ``organization_name`` and ``country_name``, which S/MIME BR
-    7.1.4.3.1 requires: refused before any key is made when either is missing.
+    7.1.4.3.1 requires: refused before any key is made when either is missing. The
+    issuing CA is name-constrained to ``mail_domains`` when given; the root never is.
     """
     if CertificateAuthority.objects.exists():
         raise InvalidState("A CA hierarchy already exists; refusing to create another.")
@@ -149,6 +152,7 @@ def pki_create(
         builder.check_ca_subject(organization_name, country_name)
     except X509Error as exc:
         raise PolicyViolation(exc.message) from exc
+    domains = _constraint_domains(mail_domains)
     if root.slug == issuing.slug:
         raise PolicyViolation("The root and the issuing CA need different slugs.")
     base_url = _check_base_url(base_url)
@@ -182,6 +186,7 @@ def pki_create(
                 organization_name=organization_name,
                 country_name=country_name,
                 validity_days=issuing.validity_days,
+                mail_domains=domains,
             )
             stored = (backend, reference)
             issuing_ca = CertificateAuthority.objects.create(
@@ -199,8 +204,13 @@ def pki_create(
                 **_repository_urls(base_url, issuing.slug),
                 **_der_facts(issuing_certificate),
             )
-            for ca in (root_ca, issuing_ca):
-                audit_record(action="ca.create", actor=actor, target=ca)
+            audit_record(action="ca.create", actor=actor, target=root_ca)
+            audit_record(
+                action="ca.create",
+                actor=actor,
+                target=issuing_ca,
+                detail={"name_constraints": list(domains)},
+            )
     except BaseException:
         # Nothing half-made may block a second attempt: both new key files go too.
         Path(root_key_path).unlink(missing_ok=True)
@@ -209,6 +219,15 @@ def pki_create(
         raise
     crl_publish(ca=issuing_ca, actor=actor)
     return root_ca, issuing_ca
+
+
+def _constraint_domains(mail_domains: Sequence[str]) -> tuple[str, ...]:
+    """The mail domains a new issuing CA is constrained to, canonical; refused, before any
+    key is made, when one is not a domain RFC 5280 4.2.1.10 can constrain to."""
+    try:
+        return parse_mail_domains(mail_domains)
+    except X509Error as exc:
+        raise PolicyViolation(exc.message, field="mail_domains") from exc
 
 
 def default_issuing_ca() -> CertificateAuthority:
@@ -258,9 +277,11 @@ def issuing_ca_create(
     base_url: str,
     organization_name: str,
     country_name: str,
+    mail_domains: Sequence[str] = (),
     actor: Actor = None,
 ) -> CertificateAuthority:
-    """A new online issuing CA certified by the offline root, for an issuing CA's end.
+    """A new online issuing CA certified by the offline root, for an issuing CA's end
+    (or to name-constrain issuance to ``mail_domains``, which an existing CA cannot gain).
 
     The root key is read from the operator's file for this call only, never stored. No
     template moves to the new CA (issuing_ca_switch does that, when clients are ready),
@@ -292,6 +313,7 @@ def issuing_ca_create(
     except X509Error as exc:
         raise PolicyViolation(exc.message) from exc
     base_url = _check_base_url(base_url)
+    domains = _constraint_domains(mail_domains)
     stored: tuple[str, str] | None = None
     try:
         with transaction.atomic():
@@ -304,6 +326,7 @@ def issuing_ca_create(
                 organization_name=organization_name,
                 country_name=country_name,
                 validity_days=spec.validity_days,
+                mail_domains=domains,
             )
             stored = (backend, reference)
             ca = CertificateAuthority.objects.create(
@@ -329,6 +352,7 @@ def issuing_ca_create(
                     "not_before": ca.not_before,
                     "not_after": ca.not_after,
                     "fingerprint_sha256": ca.fingerprint_sha256,
+                    "name_constraints": list(domains),
                 },
             )
     except X509Error as exc:  # the builder's refusal: the root has expired, bad validity
@@ -536,13 +560,50 @@ def _active_agents() -> list[KeyRecoveryAgent]:
 # --- issuance -------------------------------------------------------------------------
 
 
+NO_ADDRESS = "Your account has no e-mail address; ask an administrator to add one."
+
+
+def _account_email(owner: User) -> str:
+    return (getattr(owner, "email", "") or "").strip().lower()
+
+
+def address_outside_domains(email: str) -> str | None:
+    """Why the CA may not certify this address (outside PKIPORTAL_MAIL_DOMAINS), or None.
+
+    S/MIME BR 3.2.2.1: an Enterprise RA issues only for mailboxes in domains the
+    organisation controls. The address is the account's; only an administrator (or the
+    directory it is synced from) can change it, so the message says so.
+    """
+    domains = settings.PKIPORTAL_MAIL_DOMAINS
+    if address_permitted(email, domains):
+        return None
+    listed = ", ".join(domains)
+    return (
+        f"The e-mail address {names.printable(email)} is outside the organisation's mail "
+        f"domains ({listed}), so no certificate can be issued for it. An administrator must "
+        "correct the account's address."
+    )
+
+
+def account_address_problem(owner: User) -> str | None:
+    """What stops any certificate being issued for this account's address, or None: for
+    the enrolment pages to say up front what subject_for would refuse."""
+    email = _account_email(owner)
+    return NO_ADDRESS if not email else address_outside_domains(email)
+
+
 def subject_for(owner: User) -> builder.Subject:
-    """The certificate subject comes from the account, never from a CSR or a form."""
-    email = (getattr(owner, "email", "") or "").strip().lower()
+    """The certificate subject comes from the account, never from a CSR or a form.
+
+    Every issuance and every request goes through here, so the address rules (an
+    address, within the organisation's mail domains) are checked once, in this place.
+    """
+    email = _account_email(owner)
     if not email:
-        raise PolicyViolation(
-            "Your account has no e-mail address; ask an administrator to add one."
-        )
+        raise PolicyViolation(NO_ADDRESS)
+    outside = address_outside_domains(email)
+    if outside is not None:
+        raise PolicyViolation(outside, field="email")
     given = (getattr(owner, "first_name", "") or "").strip()
     surname = (getattr(owner, "last_name", "") or "").strip()
     display = (getattr(owner, "display_name", "") or "").strip()
@@ -584,6 +645,7 @@ def _issue(
 ) -> Certificate:
     if not template.is_active:
         raise PolicyViolation(f"The template {template.name!r} is not active.")
+    subject = subject_for(owner)  # before any row is touched: the account may be refused
     spki_sha256 = keys.spki_sha256(public_key)
     by_default = template.issuing_ca_id is None
     compromised, found = hotsql.claim_key(spki_sha256, default_ca=by_default)
@@ -596,7 +658,6 @@ def _issue(
     refused = ca_lifetime.issuance_problem(ca, template)
     if refused is not None:
         raise ConfigurationError(refused)
-    subject = subject_for(owner)
     if template.archive_key:
         if private_key is None:
             raise PolicyViolation(
@@ -1664,6 +1725,15 @@ def _decide(
                     _requester_may_still(locked)
                 except EnrollmentError as exc:
                     raise type(exc)(f"{exc.message} Reject the request instead.") from exc
+                # The address may have changed since the request (a directory sync): an
+                # administrator can fix it, so the request waits rather than failing.
+                outside = address_outside_domains(_account_email(locked.requester))
+                if outside is not None:
+                    raise PolicyViolation(
+                        f"{outside} Nothing was approved: the request stays pending, so "
+                        "approve it once the address is corrected, or reject it.",
+                        field="email",
+                    )
             issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
             if issue_now:
                 _lock_key_of(locked)

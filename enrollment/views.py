@@ -228,9 +228,12 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_safe
 def enroll_index(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The templates this person may use, each explained in plain words."""
-    return render(
-        request, "enrollment/enroll_index.html", {"templates": templates_for(request.user)}
-    )
+    context = {
+        "templates": templates_for(request.user),
+        # Said before anyone picks a template: an address the CA refuses stops them all.
+        "address_problem": services.account_address_problem(request.user),
+    }
+    return render(request, "enrollment/enroll_index.html", context)
 
 
 @sensitive_variables()
@@ -284,6 +287,7 @@ def enroll(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         "renewal": renewal,
         # Near the issuing CA's end: what a certificate issued now would get, said up front.
         "outlook": ca_lifetime.template_outlook(template),
+        "address_problem": services.account_address_problem(request.user),
     }
     return render(request, "enrollment/enroll.html", context, status=status)
 

@@ -1,5 +1,6 @@
-"""/health/: database, broker, worker, beat, CRL freshness, the issuing CAs' ends and the
-revocation of leavers' certificates as JSON, 503 when something is wrong.
+"""/health/: database, broker, worker, beat, CRL freshness, the issuing CAs' ends, the
+revocation of leavers' certificates and the mail domains issued for, as JSON, 503 when
+something is wrong.
 
 Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
 staff and RA officers also get each check's details, which name CAs, errors and hosts, and
@@ -117,7 +118,23 @@ def checks() -> dict[str, Any]:
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
         for name in ("issuing_ca", "leavers"):
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}
+    results["mail_domains"] = _mail_domains()
     return results
+
+
+def _mail_domains() -> dict[str, Any]:
+    """Which addresses the CA issues for. Never a warning of its own: an unrestricted
+    portal is a configuration choice (check --deploy warns), not something to page about."""
+    domains = list(settings.PKIPORTAL_MAIL_DOMAINS)
+    if domains:
+        return {"status": health.OK, "restricted": True, "domains": domains}
+    return {
+        "status": health.OK,
+        "restricted": False,
+        "domains": [],
+        "detail": "PKIPORTAL_MAIL_DOMAINS is empty: certificates are issued for an account's "
+        "address in any domain.",
+    }
 
 
 def _presents_monitoring_token(request: HttpRequest) -> bool:

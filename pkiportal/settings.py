@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 # Pure Python over cryptography (no Django): the subject rules the CA applies at issuance.
 from enrollment.x509.builder import check_country, check_organization_identifier
 from enrollment.x509.errors import PolicyError
+from enrollment.x509.mail_domains import parse_mail_domains
 from pkiportal.clients import trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -347,6 +348,14 @@ except PolicyError as exc:
     raise ImproperlyConfigured(
         f"PKIPORTAL_ORGANIZATION_IDENTIFIER: {exc.message}{with_country}"
     ) from exc
+# The mail domains the organisation controls (S/MIME BR 3.2.2.1): certificates are issued
+# only for account addresses within them, and new issuing CAs are name-constrained to them.
+# "example.com" is that host, ".example.com" any host below it (RFC 5280 4.2.1.10).
+# Empty: any address (check --deploy warns).
+try:
+    PKIPORTAL_MAIL_DOMAINS = parse_mail_domains(env.list("PKIPORTAL_MAIL_DOMAINS", default=[]))
+except PolicyError as exc:
+    raise ImproperlyConfigured(f"PKIPORTAL_MAIL_DOMAINS: {exc.message}") from exc
 # Online CA keys: encrypted PKCS#8 files in this directory, never in the database.
 PKIPORTAL_KEY_BACKEND = env.str("PKIPORTAL_KEY_BACKEND", default="file")
 PKIPORTAL_KEY_DIR = Path(env.str("PKIPORTAL_KEY_DIR", default=str(VAR_DIR / "keys")))
