@@ -17,6 +17,10 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The demo accounts are user@example.com: the demo issues for that domain only, and its
+# issuing CA is name-constrained to it. `PKIPORTAL_MAIL_DOMAINS= make run` lifts both.
+setup run: export PKIPORTAL_MAIL_DOMAINS ?= example.com
+
 ## setup: install, migrate, create the demo PKI and accounts (embedded default)
 setup: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput

@@ -5,11 +5,15 @@ from __future__ import annotations
 import getpass
 import secrets
 from pathlib import Path
+from typing import Any
 
-from django.core.management.base import CommandError
+from django.conf import settings
+from django.core.management.base import CommandError, CommandParser
 
 from enrollment.models import CertificateAuthority
 from enrollment.services import IssuingCaSwitch
+from enrollment.x509.errors import PolicyError
+from enrollment.x509.mail_domains import parse_mail_domains
 
 
 def read_passphrase(path: str | None, *, prompt: str) -> bytes:
@@ -65,3 +69,52 @@ def switched(switch: IssuingCaSwitch) -> str:
     default = " It is the default issuing CA now." if switch.made_default else ""
     source = f" from {switch.previous.name}" if switch.previous is not None else ""
     return f"Templates moved{source} to {switch.current.name}: {moved}.{default}"
+
+
+def add_name_constraint_arguments(parser: CommandParser) -> None:
+    """--mail-domains / --no-name-constraints, shared by create_pki and create_issuing_ca."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--mail-domains",
+        help="Comma-separated mail domains the issuing CA is name-constrained to "
+        "(example.com: that host; .example.com: its subdomains). Default: "
+        "PKIPORTAL_MAIL_DOMAINS; no constraint when that is empty.",
+    )
+    group.add_argument(
+        "--no-name-constraints",
+        action="store_true",
+        help="Leave the issuing CA unconstrained even when PKIPORTAL_MAIL_DOMAINS is set.",
+    )
+
+
+def constraint_domains(options: dict[str, Any]) -> tuple[str, ...]:
+    """The domains the options ask the new issuing CA to be constrained to, canonical."""
+    if options["no_name_constraints"]:
+        return ()
+    given = options["mail_domains"]
+    if given is None:
+        return tuple(settings.PKIPORTAL_MAIL_DOMAINS)
+    try:
+        domains = parse_mail_domains(given.split(","))
+    except PolicyError as exc:
+        raise CommandError(f"--mail-domains: {exc.message}") from exc
+    if not domains:
+        raise CommandError("--mail-domains names no domain; use --no-name-constraints instead.")
+    return domains
+
+
+def describe_constraints(domains: tuple[str, ...]) -> str:
+    """One line saying what a new issuing CA is constrained to, and how that compares with
+    what the portal refuses at enrolment (PKIPORTAL_MAIL_DOMAINS)."""
+    configured = tuple(settings.PKIPORTAL_MAIL_DOMAINS)
+    if not domains:
+        line = "The issuing CA is not name-constrained: it can certify any mail domain."
+    else:
+        line = f"The issuing CA is name-constrained to {', '.join(domains)}."
+    if domains != configured:
+        line += (
+            " PKIPORTAL_MAIL_DOMAINS is "
+            + (", ".join(configured) if configured else "empty")
+            + ": enrolment refuses by it, relying parties by the CA's constraint."
+        )
+    return line

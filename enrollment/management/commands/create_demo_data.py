@@ -27,6 +27,7 @@ from enrollment.models import (
     KeyRecoveryAgent,
 )
 from enrollment.x509.keys import KeyAlgorithm
+from enrollment.x509.mail_domains import address_permitted
 from enrollment.x509.pkcs12 import Pkcs12Format
 
 # The demo CAs' countryName when PKIPORTAL_COUNTRY_NAME is empty: S/MIME BR 7.1.4.3.1
@@ -64,6 +65,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        domains = settings.PKIPORTAL_MAIL_DOMAINS
+        if not address_permitted(f"demo@{options['domain']}", domains):
+            # Refused before anything is made: every demo certificate would be refused.
+            raise CommandError(
+                f"The demo accounts' domain {options['domain']} is outside "
+                f"PKIPORTAL_MAIL_DOMAINS ({', '.join(domains)}): give --domain within it."
+            )
         demo_dir = Path(settings.VAR_DIR)
         offline = demo_dir / "offline"
         root_key, root_pass = offline / "root-key.pem", offline / "root-passphrase"

@@ -17,7 +17,14 @@ from django.utils import timezone
 from enrollment import keystore, services
 from enrollment.checks import internal_host_problem
 from enrollment.exceptions import EnrollmentError
-from enrollment.management.commands._helpers import get_ca, read_passphrase, switched
+from enrollment.management.commands._helpers import (
+    add_name_constraint_arguments,
+    constraint_domains,
+    describe_constraints,
+    get_ca,
+    read_passphrase,
+    switched,
+)
 from enrollment.models import CertificateAuthority, CertificateTemplate
 from enrollment.x509.keys import KeyAlgorithm
 
@@ -69,12 +76,14 @@ class Command(BaseCommand):
             help="Also move the templates of the current default issuing CA to the new one "
             "at once (otherwise run switch_issuing_ca when clients are ready).",
         )
+        add_name_constraint_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         root = _root(options["root"])
         organization = options["organization"] or _attribute(root, NameOID.ORGANIZATION_NAME)
         country = options["country"] or _attribute(root, NameOID.COUNTRY_NAME)
         name = options["name"] or f"{organization} S/MIME Issuing CA {timezone.now().year}"
+        domains = constraint_domains(options)
         key_file = Path(options["root_key_file"])
         if not key_file.is_file():
             raise CommandError(f"The root key file {key_file} does not exist.")
@@ -94,6 +103,7 @@ class Command(BaseCommand):
                 base_url=options["base_url"],
                 organization_name=organization,
                 country_name=country,
+                mail_domains=domains,
             )
         except EnrollmentError as exc:
             raise CommandError(exc.message) from exc
@@ -104,6 +114,7 @@ class Command(BaseCommand):
                 f"/pki/{ca.slug}.crl, /pki/{ca.slug}-chain.p7b."
             )
         )
+        self.stdout.write(describe_constraints(domains))
         self._say_what_limits_it(ca, root, options["validity_days"], options["base_url"])
         if options["make_default"]:
             try:

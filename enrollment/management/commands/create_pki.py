@@ -12,7 +12,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from enrollment import keystore, services
 from enrollment.checks import internal_host_problem
 from enrollment.exceptions import EnrollmentError
-from enrollment.management.commands._helpers import new_passphrase_file, read_passphrase
+from enrollment.management.commands._helpers import (
+    add_name_constraint_arguments,
+    constraint_domains,
+    describe_constraints,
+    new_passphrase_file,
+    read_passphrase,
+)
 from enrollment.models import CertificateAuthority
 from enrollment.x509.builder import check_ca_subject
 from enrollment.x509.errors import PolicyError
@@ -66,11 +72,13 @@ class Command(BaseCommand):
             help="Embedded default: if no CA key passphrase is configured, create one under "
             "the key directory.",
         )
+        add_name_constraint_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if CertificateAuthority.objects.exists():
             raise CommandError("A CA hierarchy already exists; refusing to create another.")
         _check_ca_subject(options["organization"], options["country"])
+        domains = constraint_domains(options)
         if options["embedded_passphrase"] and keystore.ensure_embedded_passphrase():
             self.stdout.write("Created a CA key passphrase for the embedded default.")
         path = options["root_passphrase_file"]
@@ -100,10 +108,12 @@ class Command(BaseCommand):
                 root_passphrase=passphrase,
                 organization_name=options["organization"],
                 country_name=options["country"],
+                mail_domains=domains,
             )
         except EnrollmentError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Created {root.name} (offline) and {issuing.name}."))
+        self.stdout.write(describe_constraints(domains))
         problem = internal_host_problem(options["base_url"])
         if problem is not None:
             self.stdout.write(
