@@ -11,6 +11,9 @@ stop silently. So beat gets its own verdict, from the last run of the CRL watchd
 
 An issuing CA cuts every certificate at its own end: the templates that use it get a
 verdict long before that end, and a failure once they cannot issue (issuing_ca_status).
+
+An issuing CA name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS refuses the
+addresses outside its constraint: a warning (mail_domain_status).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from enrollment import ca_lifetime
@@ -31,6 +34,7 @@ from enrollment.models import (
     RevocationList,
     ScheduledRun,
 )
+from enrollment.x509.mail_domains import issuer_mail_domains, uncovered_domains
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
@@ -339,3 +343,42 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
                 f"{settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS}). {ca_lifetime.SWITCH_HINT}"
             )
     return check
+
+
+def mail_domain_status(*, with_cas: bool = True) -> dict[str, Any]:
+    """Which addresses the CA issues for (PKIPORTAL_MAIL_DOMAINS), and whether the issuing
+    CAs in use can certify them all.
+
+    "ok" whatever the setting says: issuing for any domain is a configuration choice
+    (`check --deploy` warns), not an outage. "warn" when a CA that templates issue from is
+    name-constrained more narrowly than the setting: addresses in the rest are refused.
+    """
+    domains = list(settings.PKIPORTAL_MAIL_DOMAINS)
+    result: dict[str, Any] = {"status": OK, "restricted": bool(domains), "domains": domains}
+    if not domains:
+        result["detail"] = (
+            "PKIPORTAL_MAIL_DOMAINS is empty: certificates are issued for an account's "
+            "address in any domain."
+        )
+    if not with_cas:
+        return result
+    named = CertificateTemplate.objects.filter(is_active=True, issuing_ca__isnull=False)
+    in_use = CertificateAuthority.objects.filter(
+        Q(is_default=True) | Q(pk__in=named.values("issuing_ca_id")), is_online=True
+    ).order_by("name")
+    warnings = []
+    for ca in in_use:
+        subtrees = issuer_mail_domains(ca.certificate)
+        if subtrees is None:
+            continue
+        missing = uncovered_domains(domains, subtrees) if domains else ["any other domain"]
+        if missing:
+            warnings.append(
+                f"{ca.name} is name-constrained to {', '.join(subtrees)}: addresses in "
+                f"{', '.join(missing)} are refused. Issue from a CA constrained to "
+                "PKIPORTAL_MAIL_DOMAINS (`create_issuing_ca`, then `switch_issuing_ca`)."
+            )
+    if warnings:
+        result["status"] = WARN
+        result["warnings"] = warnings
+    return result

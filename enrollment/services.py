@@ -73,7 +73,12 @@ from enrollment.x509.crl import (
 )
 from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
-from enrollment.x509.mail_domains import address_permitted, parse_mail_domains
+from enrollment.x509.mail_domains import (
+    address_permitted,
+    issuer_mail_domains,
+    issuer_permits,
+    parse_mail_domains,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -619,6 +624,20 @@ def subject_for(owner: User) -> builder.Subject:
     )
 
 
+def _check_ca_constraints(ca: CertificateAuthority, subject: builder.Subject) -> None:
+    """Refuse an address the CA's own name constraints exclude: relying parties would reject
+    the certificate. The operator's to fix (PKIPORTAL_MAIL_DOMAINS wider than the CA was
+    made for), so a ConfigurationError naming what to do, not the requester's error."""
+    for email in subject.email_addresses:
+        if not issuer_permits(ca.certificate, email):
+            permitted = ", ".join(issuer_mail_domains(ca.certificate) or ())
+            raise ConfigurationError(
+                f"{ca.name} is name-constrained to {permitted or 'other addresses'} and cannot "
+                f"certify {names.printable(email)}. An operator must issue from a CA whose "
+                "constraint covers PKIPORTAL_MAIL_DOMAINS (see README, Mail domains)."
+            )
+
+
 COMPROMISED_KEY = (
     "This key was reported compromised: a certificate for it was revoked for keyCompromise. "
     "Make a new key and request again."
@@ -658,6 +677,7 @@ def _issue(
     refused = ca_lifetime.issuance_problem(ca, template)
     if refused is not None:
         raise ConfigurationError(refused)
+    _check_ca_constraints(ca, subject)
     if template.archive_key:
         if private_key is None:
             raise PolicyViolation(

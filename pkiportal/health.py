@@ -8,8 +8,8 @@ so does a monitoring system presenting PKIPORTAL_HEALTH_TOKEN as a bearer token.
 is checked before the session, which lives in the database: details still come when the
 database is what is down. "Warn" (the offline root's CRL expires within a month, an
 issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or already
-cuts certificates short, or the cap held leavers' certificate revocations back) still
-answers 200.
+cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS,
+or the cap held leavers' certificate revocations back) still answers 200.
 """
 
 from __future__ import annotations
@@ -118,23 +118,11 @@ def checks() -> dict[str, Any]:
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
         for name in ("issuing_ca", "leavers"):
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}
-    results["mail_domains"] = _mail_domains()
+    # "warn" when an issuing CA in use is name-constrained more narrowly than the setting.
+    results["mail_domains"] = health.mail_domain_status(
+        with_cas=results["database"]["status"] == health.OK
+    )
     return results
-
-
-def _mail_domains() -> dict[str, Any]:
-    """Which addresses the CA issues for. Never a warning of its own: an unrestricted
-    portal is a configuration choice (check --deploy warns), not something to page about."""
-    domains = list(settings.PKIPORTAL_MAIL_DOMAINS)
-    if domains:
-        return {"status": health.OK, "restricted": True, "domains": domains}
-    return {
-        "status": health.OK,
-        "restricted": False,
-        "domains": [],
-        "detail": "PKIPORTAL_MAIL_DOMAINS is empty: certificates are issued for an account's "
-        "address in any domain.",
-    }
 
 
 def _presents_monitoring_token(request: HttpRequest) -> bool:

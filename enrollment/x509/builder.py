@@ -24,7 +24,7 @@ from cryptography.x509.oid import (
 
 from .errors import PolicyError, X509Error
 from .keys import PrivateKey, PublicKey, describe_public_key, public_key_problem, signature_hash_for
-from .mail_domains import name_constraints
+from .mail_domains import issuer_permits, name_constraints
 from .policy import CertificatePolicy, check_extra_ekus
 from .smime_capabilities import smime_capabilities_extension
 
@@ -282,6 +282,13 @@ def build_end_entity(
     name = subject.to_name()
     emails = subject.normalised_emails()
     _check_issuer(issuer_certificate, issuer_key, new_ca_path_length=None)
+    for email in emails:
+        # Never sign what every relying party would reject (RFC 5280 4.2.1.10).
+        if not issuer_permits(issuer_certificate, email):
+            raise PolicyError(
+                f"The issuing CA's name constraints do not permit {email}: it cannot "
+                "certify mailboxes outside its mail domains."
+            )
     if serial is None:
         serial = random_serial()
     elif not 0 < serial < 2**SERIAL_BITS:

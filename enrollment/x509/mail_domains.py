@@ -122,3 +122,61 @@ def name_constraints(domains: Sequence[str]) -> x509.NameConstraints:
         permitted_subtrees=[x509.RFC822Name(domain) for domain in canonical],
         excluded_subtrees=None,
     )
+
+
+def issuer_mail_domains(issuer: x509.Certificate) -> tuple[str, ...] | None:
+    """The rfc822Name subtrees an issuer's nameConstraints permit, lower-cased, or None
+    when it puts no such limit on what it issues."""
+    try:
+        constraints = issuer.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    permitted = [
+        name.value.lower()
+        for name in constraints.permitted_subtrees or ()
+        if isinstance(name, x509.RFC822Name)
+    ]
+    return tuple(permitted) if permitted else None
+
+
+def _within(address: str, subtree: str) -> bool:
+    """RFC 5280 4.2.1.10: a mailbox, a host, or (leading dot) every host below a domain."""
+    if "@" in subtree:
+        local, _, host = subtree.rpartition("@")
+        mine, _, my_host = address.rpartition("@")
+        return mine == local and my_host.lower() == host
+    return address_permitted(address, (subtree,))
+
+
+def issuer_permits(issuer: x509.Certificate, address: str) -> bool:
+    """Whether a relying party would accept ``address`` in a certificate from ``issuer``:
+    inside a permitted rfc822Name subtree, if there are any, and outside every excluded one.
+
+    Only the issuer's own constraint is looked at: the portal's roots carry none.
+    """
+    try:
+        constraints = issuer.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return True
+    permitted = [
+        n.value for n in constraints.permitted_subtrees or () if isinstance(n, x509.RFC822Name)
+    ]
+    excluded = [
+        n.value for n in constraints.excluded_subtrees or () if isinstance(n, x509.RFC822Name)
+    ]
+    if permitted and not any(_within(address, subtree.lower()) for subtree in permitted):
+        return False
+    return not any(_within(address, subtree.lower()) for subtree in excluded)
+
+
+def uncovered_domains(domains: Sequence[str], subtrees: Sequence[str]) -> list[str]:
+    """The configured ``domains`` that no rfc822Name subtree in ``subtrees`` wholly
+    permits: addresses there would be refused by relying parties (both canonical)."""
+
+    def covered(domain: str) -> bool:
+        return any(
+            domain == subtree or (subtree.startswith(".") and domain.endswith(subtree))
+            for subtree in subtrees
+        )
+
+    return [domain for domain in domains if not covered(domain)]

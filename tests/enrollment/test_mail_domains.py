@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
-from enrollment import services
+from enrollment import keystore, services
 from enrollment.checks import mail_domains_are_set
 from enrollment.exceptions import PolicyViolation
 from enrollment.models import AuditEvent, Certificate, CertificateAuthority, CertificateRequest
@@ -553,3 +553,80 @@ def test_server_keys_are_refused_by_the_service_too(restricted, hierarchy, templ
             key_algorithm=KeyAlgorithm.EC_P256,
             pkcs12_password="a long enough password",
         )
+
+
+# --- a CA constrained more narrowly than the setting ------------------------------------------
+
+
+@pytest.fixture
+def constrained_successor(hierarchy):
+    """A successor issuing CA constrained to example.com only; every template moves to it."""
+    ca = services.issuing_ca_create(
+        spec=services.CaSpec(
+            "Constrained Issuing CA", "issuing-constrained", KeyAlgorithm.EC_P256, 1825
+        ),
+        root=hierarchy.root,
+        root_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+        base_url="http://pki.example.com",
+        organization_name="Example Org",
+        country_name="GB",
+        mail_domains=("example.com",),
+    )
+    services.issuing_ca_switch(to=ca)
+    return ca
+
+
+def test_an_address_the_ca_constraint_excludes_is_refused_as_the_operators_problem(
+    settings, constrained_successor
+):
+    """The setting was widened after the CA was made: the portal would issue a certificate
+    that relying parties reject, so it refuses, 503, saying what the operator must do."""
+    settings.PKIPORTAL_MAIL_DOMAINS = ("example.com", "example.org")
+    dora = UserFactory(username="dora", email="dora@example.org")
+    before, requests = row_counts(), CertificateRequest.objects.count()
+
+    response = token_client(dora).post(ENROLLMENTS, csr_body(new_key()), format="json")
+
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert "Constrained Issuing CA is name-constrained to example.com" in detail
+    assert "cannot certify dora@example.org" in detail
+    assert nothing_stored_since(before, requests)
+
+
+def test_addresses_the_ca_constraint_permits_are_issued_from_it(
+    settings, constrained_successor, employee
+):
+    settings.PKIPORTAL_MAIL_DOMAINS = ("example.com",)
+
+    response = token_client(employee).post(ENROLLMENTS, csr_body(new_key()), format="json")
+
+    assert response.status_code == 201
+    assert Certificate.objects.get().ca == constrained_successor
+
+
+@pytest.mark.parametrize(
+    ("domains", "missing"),
+    [(("example.com", "example.org"), "example.org"), ((), "any other domain")],
+)
+def test_health_warns_of_a_ca_constrained_more_narrowly_than_the_setting(
+    settings, constrained_successor, officer, domains, missing
+):
+    settings.PKIPORTAL_MAIL_DOMAINS = domains
+
+    response = client_for(officer).get("/health/")
+
+    check = response.json()["checks"]["mail_domains"]
+    assert check["status"] == "warn"  # a warning, never a failure
+    (warning,) = check["warnings"]
+    assert f"Constrained Issuing CA is name-constrained to example.com: addresses in {missing}" in (
+        warning
+    )
+
+
+def test_health_is_quiet_when_the_ca_covers_the_setting(settings, constrained_successor, officer):
+    settings.PKIPORTAL_MAIL_DOMAINS = ("example.com",)
+
+    check = client_for(officer).get("/health/").json()["checks"]["mail_domains"]
+
+    assert check == {"status": "ok", "restricted": True, "domains": ["example.com"]}

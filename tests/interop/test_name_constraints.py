@@ -1,8 +1,9 @@
 """A name-constrained issuing CA (create_pki / create_issuing_ca with mail domains) as real
 tools see it: openssl verify enforces the constraint, pkilint finds nothing wrong.
 
-The out-of-domain leaf is built straight with the library, past the portal's own refusal,
-to show that the CA certificate itself stops it at every relying party.
+The out-of-domain leaf is signed past both of the portal's refusals (enrolment, and the
+builder, which will not sign under a constraint that excludes the address) with the same
+CA key, to show that the CA certificate itself makes relying parties reject it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 from cryptography import x509
 
 from enrollment.x509.builder import build_issuing_ca
+from enrollment.x509.errors import PolicyError
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.policy import Purpose
 from tests.interop.pkilint_runner import lint_chain, lint_pkix, lint_smime, minor, serious
@@ -24,8 +26,7 @@ pytestmark = pytest.mark.interop
 MAIL_DOMAINS = ("example.com", ".corp.example.com")
 
 
-@pytest.fixture(scope="session")
-def constrained_ca(root_ca: CA, key_pool: KeyPool) -> CA:
+def _issuing(root_ca: CA, key_pool: KeyPool, mail_domains: tuple[str, ...]) -> CA:
     key = key_pool.get(KeyAlgorithm.EC_P256, slot=400)
     certificate = build_issuing_ca(
         public_key=key.public_key(),
@@ -38,9 +39,23 @@ def constrained_ca(root_ca: CA, key_pool: KeyPool) -> CA:
         ca_issuers_url=root_ca.certificate_url,
         not_before=root_ca.certificate.not_valid_before_utc,
         sign_ocsp=True,
-        mail_domains=MAIL_DOMAINS,
+        mail_domains=mail_domains,
     )
     return CA(certificate, key, "test-constrained", root_ca.base_url)
+
+
+@pytest.fixture(scope="session")
+def constrained_ca(root_ca: CA, key_pool: KeyPool) -> CA:
+    return _issuing(root_ca, key_pool, MAIL_DOMAINS)
+
+
+@pytest.fixture(scope="session")
+def unconstrained_twin(root_ca: CA, key_pool: KeyPool) -> CA:
+    """The same name and key without the constraint. The builder refuses to sign, under
+    the constrained certificate, what its constraint excludes; signing under this twin
+    gives the leaf a misbehaving CA would make, which chains to the constrained CA alike
+    (same issuer name, same key identifier)."""
+    return _issuing(root_ca, key_pool, ())
 
 
 def leaf_for(make_end_entity: MakeEndEntity, issuer: CA, address: str) -> x509.Certificate:
@@ -72,9 +87,14 @@ def test_openssl_accepts_a_leaf_within_the_permitted_domains(
     ],
 )
 def test_openssl_rejects_a_leaf_outside_them_as_a_subtree_violation(
-    openssl: OpenSSL, make_end_entity: MakeEndEntity, root_ca: CA, constrained_ca: CA, address
+    openssl: OpenSSL,
+    make_end_entity: MakeEndEntity,
+    root_ca: CA,
+    constrained_ca: CA,
+    unconstrained_twin: CA,
+    address,
 ) -> None:
-    openssl.write_pem("leaf.pem", leaf_for(make_end_entity, constrained_ca, address))
+    openssl.write_pem("leaf.pem", leaf_for(make_end_entity, unconstrained_twin, address))
 
     ok, output = verify(openssl, root_ca, constrained_ca, "leaf.pem", "-purpose", "smimesign")
 
@@ -82,15 +102,23 @@ def test_openssl_rejects_a_leaf_outside_them_as_a_subtree_violation(
     assert "permitted subtree violation" in output
 
 
-def test_the_same_out_of_domain_leaf_from_an_unconstrained_ca_verifies(
-    openssl: OpenSSL, make_end_entity: MakeEndEntity, root_ca: CA, issuing_ca: CA
+def test_the_same_leaf_verifies_through_the_unconstrained_twin(
+    openssl: OpenSSL, make_end_entity: MakeEndEntity, root_ca: CA, unconstrained_twin: CA
 ) -> None:
     """The refusal above is the constraint's doing, not something else about the leaf."""
-    openssl.write_pem("leaf.pem", leaf_for(make_end_entity, issuing_ca, "eve@evil.example.org"))
+    leaf = leaf_for(make_end_entity, unconstrained_twin, "eve@evil.example.org")
+    openssl.write_pem("leaf.pem", leaf)
 
-    ok, output = verify(openssl, root_ca, issuing_ca, "leaf.pem", "-purpose", "smimesign")
+    ok, output = verify(openssl, root_ca, unconstrained_twin, "leaf.pem", "-purpose", "smimesign")
 
     assert ok, output
+
+
+def test_the_builder_refuses_to_sign_outside_its_issuers_constraint(
+    make_end_entity: MakeEndEntity, constrained_ca: CA
+) -> None:
+    with pytest.raises(PolicyError, match="name constraints do not permit eve@evil.example.org"):
+        leaf_for(make_end_entity, constrained_ca, "eve@evil.example.org")
 
 
 def test_openssl_shows_the_critical_permitted_subtrees(

@@ -8,15 +8,19 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from enrollment.x509 import builder
 from enrollment.x509.errors import PolicyError
 from enrollment.x509.mail_domains import (
     address_domain,
     address_permitted,
+    issuer_mail_domains,
+    issuer_permits,
     name_constraints,
     parse_mail_domain,
     parse_mail_domains,
+    uncovered_domains,
 )
 from tests.pki import CA, COUNTRY, ORGANIZATION
 
@@ -169,3 +173,84 @@ def test_an_issuing_ca_without_domains_has_none(root_ca):
 def test_a_bad_domain_is_refused_by_the_builder(root_ca):
     with pytest.raises(PolicyError, match="is a mailbox"):
         _issuing(root_ca, mail_domains=("alice@example.com",))
+
+
+# --- what an issuer's constraint permits --------------------------------------------------
+
+
+def _with_constraints(root_ca: CA, constraints: x509.NameConstraints) -> x509.Certificate:
+    """Any certificate carrying the extension will do: only the extension is read."""
+    builder_ = (
+        x509.CertificateBuilder()
+        .subject_name(root_ca.certificate.subject)
+        .issuer_name(root_ca.certificate.subject)
+        .public_key(root_ca.key.public_key())
+        .serial_number(1)
+        .not_valid_before(root_ca.certificate.not_valid_before_utc)
+        .not_valid_after(root_ca.certificate.not_valid_after_utc)
+        .add_extension(constraints, critical=True)
+    )
+    return builder_.sign(root_ca.key, hashes.SHA384())
+
+
+@pytest.mark.parametrize(
+    ("address", "permitted"),
+    [
+        ("alice@example.com", True),
+        ("root@mail.example.org", True),  # a single permitted mailbox
+        ("Root@mail.example.org", False),  # ... whose local part is compared exactly
+        ("bob@x.corp.example.com", True),
+        ("bob@bad.corp.example.com", False),  # excluded below a permitted subtree
+        ("eve@elsewhere.example", False),
+    ],
+)
+def test_an_issuers_permitted_and_excluded_subtrees_decide(root_ca, address, permitted):
+    issuer = _with_constraints(
+        root_ca,
+        x509.NameConstraints(
+            permitted_subtrees=[
+                x509.RFC822Name("example.com"),
+                x509.RFC822Name(".corp.example.com"),
+                x509.RFC822Name("root@mail.example.org"),
+            ],
+            excluded_subtrees=[x509.RFC822Name("bad.corp.example.com")],
+        ),
+    )
+
+    assert issuer_permits(issuer, address) is permitted
+    assert issuer_mail_domains(issuer) == (
+        "example.com",
+        ".corp.example.com",
+        "root@mail.example.org",
+    )
+
+
+def test_an_issuer_without_constraints_permits_everything(root_ca):
+    assert issuer_permits(root_ca.certificate, "anyone@anywhere.example")
+    assert issuer_mail_domains(root_ca.certificate) is None
+
+
+def test_constraints_on_other_name_types_leave_mailboxes_alone(root_ca):
+    issuer = _with_constraints(
+        root_ca,
+        x509.NameConstraints(
+            permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
+        ),
+    )
+
+    assert issuer_permits(issuer, "anyone@anywhere.example")
+    assert issuer_mail_domains(issuer) is None
+
+
+@pytest.mark.parametrize(
+    ("domains", "subtrees", "uncovered"),
+    [
+        (("example.com",), ("example.com",), []),
+        (("example.com", ".example.com"), ("example.com",), [".example.com"]),
+        ((".a.example.com", "b.example.com"), (".example.com",), []),
+        (("example.com",), (".example.com",), ["example.com"]),
+        (("example.org",), ("example.com",), ["example.org"]),
+    ],
+)
+def test_uncovered_domains_are_those_no_subtree_wholly_permits(domains, subtrees, uncovered):
+    assert uncovered_domains(domains, subtrees) == uncovered
