@@ -461,6 +461,11 @@ def _ra_page(
         .select_related("requester", "template", "renewal_of")
         .order_by("created_at", "id")
     )
+    for pending_request in pending:
+        # Said before an officer approves: an address outside the mail domains is refused.
+        email = (pending_request.requester.email or "").strip().lower()
+        outside = services.address_outside_domains(email) if email else None
+        setattr(pending_request, "address_outside", outside)  # noqa: B010 (for the template)
     # A request decided meanwhile has left the list: its error goes to the top of the page.
     page_errors: list[str] = []
     if failed is not None and form is not None and all(r.pk != failed.pk for r in pending):

@@ -630,3 +630,23 @@ def test_health_is_quiet_when_the_ca_covers_the_setting(settings, constrained_su
     check = client_for(officer).get("/health/").json()["checks"]["mail_domains"]
 
     assert check == {"status": "ok", "restricted": True, "domains": ["example.com"]}
+
+
+def test_the_ra_queue_marks_a_request_whose_address_left_the_domains(pending_csr, officer):
+    response = client_for(officer).get(reverse("enrollment:ra-requests"))
+
+    page = response.content.decode()
+    assert f'id="address-outside-{pending_csr.pk}"' in page
+    assert_names_the_address(page)
+
+
+def test_the_ra_queue_marks_nothing_for_addresses_within(
+    restricted, hierarchy, approval, employee, officer
+):
+    approval("smime-signing")
+    token_client(employee).post(ENROLLMENTS, csr_body(new_key()), format="json")
+
+    page = client_for(officer).get(reverse("enrollment:ra-requests")).content.decode()
+
+    assert "address-outside-" not in page
+    assert "Alice Andersson" in page
