@@ -913,6 +913,28 @@ class OutdatedCertificate(models.Model):
         return f"Certificate {self.certificate_id} outdated since {self.since:%Y-%m-%d %H:%M}"
 
 
+class LdapPublication(models.Model):
+    """How publication to the LDAP directory last went (one row, enrollment.ldap_publish).
+
+    Read by /health/ and the RA console: the last error and its time, and the people who
+    hold certificates to publish but have no entry the search finds.
+    """
+
+    succeeded_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+    reconciled_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the last full reconciliation finished."
+    )
+    not_found = models.JSONField(
+        default=list, blank=True, help_text="User names without a directory entry (some)."
+    )
+    not_found_count = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return "LDAP publication"
+
+
 # --- background work ------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
-from enrollment import audit, binary, ca_lifetime, hotsql, keystore
+from enrollment import audit, binary, ca_lifetime, hotsql, keystore, ldap_publish
 from enrollment.audit import audit_record
 from enrollment.change_audit import template_record
 from enrollment.exceptions import (
@@ -725,6 +725,9 @@ def _issue(
             source_address=source_address,
             detail={"template": template.slug, "serial": certificate.serial},
         )
+        # The directory (when configured) learns of it from a task queued after the commit:
+        # a settings read and an on_commit registration here, no SQL, no network.
+        ldap_publish.publish_on_commit(owner.pk)
         if supersedes is not None:
             # Renewal: the old certificate is superseded in the same transaction (RFC 5280 5.3.1).
             _revoke(
@@ -996,6 +999,7 @@ def _revoke(
         from enrollment.tasks import crl_publish_on_commit
 
         crl_publish_on_commit(locked.ca_id)
+    ldap_publish.publish_on_commit(locked.owner_id)
     return locked
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -21,7 +22,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
-from enrollment import health, services
+from enrollment import health, ldap_publish, services
 from enrollment.models import CertificateAuthority, RevocationList
 
 logger = logging.getLogger(__name__)
@@ -164,3 +165,29 @@ def leavers_revoke_task() -> dict[str, int]:
     from enrollment import leavers
 
     return leavers.leavers_revoke().as_dict()
+
+
+# --- publishing certificates to the organisation's LDAP directory ---------------------
+# A directory that is down or refuses the bind is retried ten times, 15 s apart at first
+# and doubling to 15 min (with jitter); after that the hourly reconciliation takes over.
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(ldap_publish.DirectoryError, OperationalError, InterfaceError),
+    retry_backoff=15,
+    retry_backoff_max=900,
+    max_retries=10,
+)
+def ldap_publish_task(user_id: int) -> dict[str, Any] | None:
+    """After an issuance or a revocation commits: make the holder's entry right."""
+    result = ldap_publish.person_publish(user_id=user_id)
+    return None if result is None else {"added": result.added, "removed": result.removed}
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def ldap_reconcile_task() -> dict[str, Any]:
+    """Beat, hourly: make every entry match the database (missed events, a directory
+    that was down, entries edited by hand, expiry)."""
+    if not ldap_publish.enabled():
+        return {"mode": "off"}
+    return ldap_publish.reconcile().as_dict()

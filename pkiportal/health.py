@@ -9,7 +9,8 @@ is checked before the session, which lives in the database: details still come w
 database is what is down. "Warn" (the offline root's CRL expires within a month, an
 issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or already
 cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS,
-or the cap held leavers' certificate revocations back) still answers 200.
+the cap held leavers' certificate revocations back, or publishing certificates to the
+LDAP directory fails) still answers 200.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from enrollment import health, leavers
+from enrollment import health, ldap_publish, leavers
 from enrollment.permissions import is_ra_officer
 
 # A probe must answer quickly even when the broker host is gone.
@@ -115,8 +116,10 @@ def checks() -> dict[str, Any]:
         results["issuing_ca"] = health.issuing_ca_status().as_dict()
         # "warn" while the cap holds leavers' revocations back: an operator must look.
         results["leavers"] = leavers.leaver_check()
+        # "warn" while publishing to the LDAP directory fails or finds people no entry.
+        results["ldap_publish"] = ldap_publish.ldap_check()
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
-        for name in ("issuing_ca", "leavers"):
+        for name in ("issuing_ca", "leavers", "ldap_publish"):
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}
     # "warn" when an issuing CA in use is name-constrained more narrowly than the setting.
     results["mail_domains"] = health.mail_domain_status(

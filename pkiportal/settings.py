@@ -595,6 +595,92 @@ if env.str("AUTH_LDAP_SERVER_URI", default=""):
             NestedActiveDirectoryGroupType() if _active_directory else GroupOfNamesType()
         )
         AUTH_LDAP_MIRROR_GROUPS = SSO_MIRRORED_GROUPS
+
+# --- publishing certificates to the organisation's LDAP directory ----------------------
+# Optional (README.md, "Publishing to Active Directory / LDAP"): what Windows Certificate
+# Services does for Outlook's GAL. Off unless the URI is set; needs the ldap3 package.
+PKIPORTAL_LDAP_PUBLISH_URI = env.str("PKIPORTAL_LDAP_PUBLISH_URI", default="").strip()
+PKIPORTAL_LDAP_PUBLISH_START_TLS = env.bool("PKIPORTAL_LDAP_PUBLISH_START_TLS", default=False)
+# CA certificates (PEM) that verify the directory's TLS certificate; empty: the system's.
+PKIPORTAL_LDAP_PUBLISH_CA_FILE = env.str("PKIPORTAL_LDAP_PUBLISH_CA_FILE", default="")
+PKIPORTAL_LDAP_PUBLISH_BIND_DN = env.str("PKIPORTAL_LDAP_PUBLISH_BIND_DN", default="")
+PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD = _secret("PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD", default="")
+PKIPORTAL_LDAP_PUBLISH_SEARCH_BASE = env.str("PKIPORTAL_LDAP_PUBLISH_SEARCH_BASE", default="")
+# %(user)s is the account's user name, %(email)s its address, both escaped (RFC 4515).
+PKIPORTAL_LDAP_PUBLISH_FILTER = env.str("PKIPORTAL_LDAP_PUBLISH_FILTER", default="(uid=%(user)s)")
+PKIPORTAL_LDAP_PUBLISH_ATTRIBUTES = env.list(
+    "PKIPORTAL_LDAP_PUBLISH_ATTRIBUTES", default=["userCertificate;binary"]
+)
+# "encryption": the certificates of encryption and dual-use templates, what a sender needs
+# (Outlook skips the others when it encrypts); "all" adds signing-only ones.
+PKIPORTAL_LDAP_PUBLISH_CERTIFICATES = env.str(
+    "PKIPORTAL_LDAP_PUBLISH_CERTIFICATES", default="encryption"
+)
+PKIPORTAL_LDAP_PUBLISH_TIMEOUT = env.int("PKIPORTAL_LDAP_PUBLISH_TIMEOUT", default=10)
+PKIPORTAL_LDAP_RECONCILE_MINUTES = env.int("PKIPORTAL_LDAP_RECONCILE_MINUTES", default=60)
+if PKIPORTAL_LDAP_PUBLISH_URI:
+    import importlib.util
+
+    _LDAP_ATTRIBUTES = {
+        "usercertificate",
+        "usercertificate;binary",
+        "usersmimecertificate",
+        "usersmimecertificate;binary",
+    }
+    if importlib.util.find_spec("ldap3") is None:
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_PUBLISH_URI is set but the ldap3 package is not installed: "
+            "`pip install ldap3`."
+        )
+    if not PKIPORTAL_LDAP_PUBLISH_URI.lower().startswith(("ldap://", "ldaps://")):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_PUBLISH_URI must start with ldap:// or ldaps://."
+        )
+    if PKIPORTAL_LDAP_PUBLISH_START_TLS and PKIPORTAL_LDAP_PUBLISH_URI.lower().startswith("ldaps"):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_PUBLISH_START_TLS upgrades an ldap:// connection; ldaps:// is "
+            "TLS already."
+        )
+    if not PKIPORTAL_LDAP_PUBLISH_SEARCH_BASE:
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_PUBLISH_SEARCH_BASE is required with PKIPORTAL_LDAP_PUBLISH_URI."
+        )
+    try:
+        _probe = PKIPORTAL_LDAP_PUBLISH_FILTER % {"user": "u", "email": "e"}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_PUBLISH_FILTER may use %(user)s and %(email)s only "
+            f"(write a literal % as %%): {exc!r}"
+        ) from exc
+    if _probe == PKIPORTAL_LDAP_PUBLISH_FILTER or not _probe.startswith("("):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_PUBLISH_FILTER must be a parenthesised LDAP filter naming "
+            "%(user)s or %(email)s, e.g. (sAMAccountName=%(user)s)."
+        )
+    if not PKIPORTAL_LDAP_PUBLISH_ATTRIBUTES or not all(
+        name.lower() in _LDAP_ATTRIBUTES for name in PKIPORTAL_LDAP_PUBLISH_ATTRIBUTES
+    ):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_PUBLISH_ATTRIBUTES takes userCertificate;binary (OpenLDAP), "
+            "userCertificate (Active Directory) and/or userSMIMECertificate[;binary]."
+        )
+    if PKIPORTAL_LDAP_PUBLISH_CERTIFICATES not in ("encryption", "all"):
+        raise ImproperlyConfigured(
+            'PKIPORTAL_LDAP_PUBLISH_CERTIFICATES must be "encryption" or "all".'
+        )
+    if not 1 <= PKIPORTAL_LDAP_PUBLISH_TIMEOUT <= 120:
+        raise ImproperlyConfigured("PKIPORTAL_LDAP_PUBLISH_TIMEOUT must be 1 to 120 seconds.")
+    if not 5 <= PKIPORTAL_LDAP_RECONCILE_MINUTES <= 1440:
+        raise ImproperlyConfigured("PKIPORTAL_LDAP_RECONCILE_MINUTES must be 5 to 1440.")
+    CELERY_BEAT_SCHEDULE |= {
+        # Makes the directory match the database: catches missed events, a directory that
+        # was down, entries edited by hand, expiries and a newly enabled setting.
+        "ldap-reconcile": {
+            "task": "enrollment.tasks.ldap_reconcile_task",
+            "schedule": timedelta(minutes=PKIPORTAL_LDAP_RECONCILE_MINUTES),
+            "options": {"expires": PKIPORTAL_LDAP_RECONCILE_MINUTES * 60},
+        },
+    }
 if env.str("OIDC_RP_CLIENT_ID", default=""):
     INSTALLED_APPS.append("mozilla_django_oidc")
     OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID")

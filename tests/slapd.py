@@ -1,0 +1,191 @@
+"""A throwaway OpenLDAP server (Debian's slapd) for the tests that publish to a directory.
+
+One per test session, started on first use: a minimal slapd.conf (core, cosine and
+inetOrgPerson schemas; mdb in a temporary directory) on a free localhost port. Entries are
+written and read with the ldap-utils commands, never with the portal's own LDAP code, so
+the tests see what any other LDAP client would. CI installs both packages (.ci/run); a
+machine without them fails the tests that need them, saying what to install.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SUFFIX = "dc=example,dc=com"
+PEOPLE = f"ou=People,{SUFFIX}"
+ROOT_DN = f"cn=admin,{SUFFIX}"
+ROOT_PASSWORD = "root-secret-for-tests"
+SERVICE_DN = f"cn=pkiportal,{SUFFIX}"
+SERVICE_PASSWORD = "service-secret-for-tests"
+SLAPD = "/usr/sbin/slapd"
+INSTALL = "apt-get install -y slapd ldap-utils"
+
+CONFIG = """\
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile {directory}/slapd.pid
+argsfile {directory}/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+database mdb
+maxsize 33554432
+suffix "{suffix}"
+rootdn "{root_dn}"
+rootpw {root_password}
+directory {directory}/data
+# The portal's service account may write the certificate attributes and nothing else,
+# as the README asks of an Active Directory account.
+access to attrs=userCertificate,userSMIMECertificate
+    by dn.exact="{service_dn}" write
+    by * read
+access to attrs=userPassword
+    by self write
+    by anonymous auth
+    by * none
+access to * by * read
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Slapd:
+    """slapd on 127.0.0.1, with helpers that speak to it through ldap-utils as its root."""
+
+    def __init__(self, directory: Path) -> None:
+        for tool in (SLAPD, "ldapadd", "ldapsearch", "ldapmodify", "ldapdelete"):
+            if shutil.which(tool) is None:
+                pytest.fail(f"{tool} is missing: install Debian's slapd and ldap-utils ({INSTALL})")
+        self.directory = directory
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        (self.directory / "data").mkdir(exist_ok=True)
+        conf = self.directory / "slapd.conf"
+        conf.write_text(
+            CONFIG.format(
+                directory=self.directory,
+                suffix=SUFFIX,
+                root_dn=ROOT_DN,
+                root_password=ROOT_PASSWORD,
+                service_dn=SERVICE_DN,
+            )
+        )
+        # -d 0: stay in the foreground (so the fixture owns the process), log nothing.
+        self.process = subprocess.Popen(
+            [SLAPD, "-f", str(conf), "-h", f"{self.uri}/", "-d", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.directory / "slapd.log").open("wb"),
+        )
+        deadline = time.monotonic() + 20
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "slapd.log").read_text(errors="replace")
+                self.stop()
+                pytest.fail(f"slapd did not start:\n{log}")
+            time.sleep(0.05)
+        self.add(
+            f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\n"
+            "o: Example Org\n\n"
+            f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: People\n\n"
+            f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\n"
+            f"objectClass: simpleSecurityObject\ncn: pkiportal\n"
+            f"userPassword: {SERVICE_PASSWORD}\n"
+        )
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    # --- ldap-utils as the directory's administrator ---------------------------------
+
+    def _run(self, tool: str, *args: str, ldif: str | None = None) -> str:
+        completed = subprocess.run(
+            [tool, "-x", "-H", self.uri, "-D", ROOT_DN, "-w", ROOT_PASSWORD, *args],
+            input=ldif.encode() if ldif is not None else None,
+            capture_output=True,
+            timeout=30,
+        )
+        if completed.returncode != 0:
+            raise AssertionError(
+                f"{tool} {' '.join(args)} failed ({completed.returncode}): "
+                f"{completed.stderr.decode(errors='replace')}"
+            )
+        return completed.stdout.decode(errors="replace")
+
+    def add(self, ldif: str) -> None:
+        self._run("ldapadd", ldif=ldif)
+
+    def modify(self, ldif: str) -> None:
+        self._run("ldapmodify", ldif=ldif)
+
+    def reset_people(self) -> None:
+        """Remove every person, keeping ou=People."""
+        found = self._run("ldapsearch", "-LLL", "-b", PEOPLE, "-s", "one", "1.1")
+        for line in found.splitlines():
+            if line.startswith("dn: "):
+                self._run("ldapdelete", line[4:])
+
+    def add_person(self, uid: str, mail: str, *, certificates: tuple[bytes, ...] = ()) -> str:
+        dn = f"uid={uid},{PEOPLE}"
+        values = "".join(
+            f"userCertificate;binary:: {base64.b64encode(der).decode()}\n" for der in certificates
+        )
+        self.add(
+            f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
+            f"mail: {mail}\n{values}"
+        )
+        return dn
+
+    def values(self, dn: str, attribute: str = "userCertificate;binary") -> list[bytes]:
+        """What `ldapsearch` reads from an entry's attribute: the DER values."""
+        output = self._run("ldapsearch", "-LLL", "-o", "ldif-wrap=no", "-b", dn, "-s", "base",
+                           "(objectClass=*)", attribute)  # fmt: skip
+        return [
+            base64.b64decode(line.split(":: ", 1)[1])
+            for line in output.splitlines()
+            if line.lower().startswith(attribute.split(";")[0].lower()) and ":: " in line
+        ]
+
+
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[Slapd]:
+    """The session's slapd, started on first use and stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="pkiportal-slapd-") as directory:
+        server = Slapd(Path(directory))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
