@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from cryptography.hazmat.primitives.serialization import pkcs7 as crypto_pkcs7
 
 from django.conf import settings
@@ -265,12 +267,13 @@ def connect() -> Iterator[Directory]:
             connection.start_tls()
         connection.bind()
     except LDAPException as exc:
-        connection.unbind()
+        with suppress(LDAPException, OSError):  # a failed TLS handshake leaves no socket
+            connection.unbind()
         raise DirectoryError(f"{uri}: could not connect and bind: {_describe(exc)}") from exc
     try:
         yield Directory(connection)
     finally:
-        with suppress(LDAPException):
+        with suppress(LDAPException, OSError):
             connection.unbind()
 
 
@@ -423,6 +426,12 @@ def reconcile(now: datetime | None = None) -> ReconcileResult:
     except DirectoryError as exc:
         logger.error("Reconciling the directory failed: %s", exc)
         _record(error=str(exc))
+        raise
+    except SoftTimeLimitExceeded:
+        # The next run starts over; raise CELERY_TASK_SOFT_TIME_LIMIT for a large directory.
+        message = f"reconciliation stopped at the task time limit, after {result.people} people"
+        logger.error("%s.", message)
+        _record(error=message)
         raise
     error = ""
     if result.failed:

@@ -34,7 +34,16 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.requests import AuthenticatedHttpRequest
-from enrollment import health, leavers, outdated, ra_selectors, ra_services, recovery, services
+from enrollment import (
+    health,
+    ldap_publish,
+    leavers,
+    outdated,
+    ra_selectors,
+    ra_services,
+    recovery,
+    services,
+)
 from enrollment.edge import client_address, officer_required, show_error, status_for
 from enrollment.exceptions import EnrollmentError
 from enrollment.forms import RecoveryWithdrawForm
@@ -153,6 +162,7 @@ def console(request: AuthenticatedHttpRequest) -> HttpResponse:
         "outdated_count": outdated.outdated_count(now=timezone.now()),
         "leaver_check": leavers.leaver_check(),
         "issuing": health.issuing_ca_status(),
+        "ldap_check": ldap_publish.ldap_check(),
     }
     return render(request, "enrollment/ra/console.html", context)
 

@@ -34,6 +34,9 @@ CONFIG = """\
 include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
+TLSCACertificateFile {directory}/ca.pem
+TLSCertificateFile {directory}/server.pem
+TLSCertificateKeyFile {directory}/server.key
 pidfile {directory}/slapd.pid
 argsfile {directory}/slapd.args
 modulepath /usr/lib/ldap
@@ -72,14 +75,43 @@ class Slapd:
                 pytest.fail(f"{tool} is missing: install Debian's slapd and ldap-utils ({INSTALL})")
         self.directory = directory
         self.port = _free_port()
+        self.tls_port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def uri(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
 
+    @property
+    def ldaps_uri(self) -> str:
+        return f"ldaps://localhost:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that issued slapd's TLS certificate (for localhost and 127.0.0.1)."""
+        return self.directory / "ca.pem"
+
+    def _make_tls_certificates(self) -> None:
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=self.directory, check=True,
+                           capture_output=True, timeout=30)  # fmt: skip
+
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=slapd test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+        openssl("req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr",
+                "-subj", "/CN=localhost")  # fmt: skip
+        (self.directory / "server.ext").write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        )
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", "server.ext",
+                "-out", "server.pem")  # fmt: skip
+
     def start(self) -> None:
         (self.directory / "data").mkdir(exist_ok=True)
+        self._make_tls_certificates()
         conf = self.directory / "slapd.conf"
         conf.write_text(
             CONFIG.format(
@@ -92,7 +124,15 @@ class Slapd:
         )
         # -d 0: stay in the foreground (so the fixture owns the process), log nothing.
         self.process = subprocess.Popen(
-            [SLAPD, "-f", str(conf), "-h", f"{self.uri}/", "-d", "0"],
+            [
+                SLAPD,
+                "-f",
+                str(conf),
+                "-h",
+                f"{self.uri}/ ldaps://127.0.0.1:{self.tls_port}/",
+                "-d",
+                "0",
+            ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=(self.directory / "slapd.log").open("wb"),
         )
@@ -114,10 +154,12 @@ class Slapd:
 
     def answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
+            for port in (self.port, self.tls_port):
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    pass
         except OSError:
             return False
+        return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

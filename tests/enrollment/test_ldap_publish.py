@@ -9,10 +9,14 @@ from __future__ import annotations
 import base64
 import logging
 import subprocess
+import unicodedata
 from datetime import timedelta
 
 import pytest
 import time_machine
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -332,3 +336,59 @@ def test_reconcile_visits_only_holders_of_recent_certificates(directory, db):
     assert ldap_reconcile_task.delay().get()["people"] == 0
     assert Certificate.objects.count() == 0
     assert LdapPublication.objects.get().reconciled_at <= timezone.now()
+
+
+@pytest.mark.parametrize("how", ["starttls", "ldaps"])
+def test_tls_connections_verify_the_directory_certificate(
+    alice_dn, directory, dual_use, settings, how
+):
+    if how == "starttls":
+        settings.PKIPORTAL_LDAP_PUBLISH_URI = f"ldap://localhost:{directory.port}"
+        settings.PKIPORTAL_LDAP_PUBLISH_START_TLS = True
+    else:
+        settings.PKIPORTAL_LDAP_PUBLISH_URI = directory.ldaps_uri
+    # A CA the system does not trust: refused, nothing written.
+    with pytest.raises(ldap_publish.DirectoryError, match="could not connect"):
+        ldap_publish.person_publish(user_id=dual_use.owner_id)
+    assert directory.values(alice_dn) == []
+
+    settings.PKIPORTAL_LDAP_PUBLISH_CA_FILE = str(directory.ca_file)
+    ldap_publish.person_publish(user_id=dual_use.owner_id)
+
+    assert directory.values(alice_dn) == [bytes(dual_use.der)]
+
+
+def test_the_ra_console_warns_officers_only(alice_dn, dual_use, settings, officer_client,
+                                            employee_client):  # fmt: skip
+    settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD = "wrong-password-1234"
+    with pytest.raises(ldap_publish.DirectoryError):
+        ldap_publish.person_publish(user_id=dual_use.owner_id)
+
+    page = officer_client.get("/ra/").content.decode()
+
+    assert "Certificates are not reaching the company directory." in page
+    assert "invalidCredentials" in page
+    assert "wrong-password-1234" not in page
+    assert employee_client.get("/ra/").status_code == 403
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.text(min_size=1, max_size=40).filter(lambda n: n.strip() and "\x00" not in n))
+def test_any_user_name_finds_only_its_own_entry(directory, name):
+    """Whatever a user name holds (filter syntax, NUL-free Unicode), the search matches
+    that name or nothing: never someone else's entry, never an error but "not found"."""
+    directory.reset_people()
+    bob = directory.add_person("bob", "bob@example.com")
+    user = UserFactory.build(username=name)
+
+    with ldap_publish.connect() as connection:
+        try:
+            entry = connection.find(user)
+        except ldap_publish.PersonNotFound:
+            entry = None
+
+    # LDAP compares uids ignoring case and surrounding spaces (RFC 4518 preparation).
+    folded = unicodedata.normalize("NFKC", name).strip().casefold()
+    assert entry is None or (entry.dn == bob and folded == "bob")
