@@ -75,3 +75,19 @@ def mail_domains_are_set(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             id="pkiportal.W002",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def ldap_publish_is_encrypted(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Publishing to LDAP binds with the service account's password: never in clear."""
+    uri = settings.PKIPORTAL_LDAP_PUBLISH_URI
+    if not uri.lower().startswith("ldap://") or settings.PKIPORTAL_LDAP_PUBLISH_START_TLS:
+        return []
+    return [
+        Warning(
+            f"PKIPORTAL_LDAP_PUBLISH_URI ({uri}) is plain LDAP without StartTLS: the service "
+            "account's password and what it writes cross the network unencrypted.",
+            hint="Use ldaps:// or set PKIPORTAL_LDAP_PUBLISH_START_TLS=true.",
+            id="pkiportal.W003",
+        )
+    ]

@@ -389,6 +389,7 @@ def _people(now: datetime) -> Any:
     expired, or expired within EXPIRED_LOOKBACK (cert_owner_template_idx, not_after)."""
     owners = (
         Certificate.objects.filter(not_after__gt=now - EXPIRED_LOOKBACK)
+        .order_by()  # not the model's -not_before: it would join the DISTINCT
         .values("owner_id")
         .distinct()
     )

@@ -8,7 +8,7 @@ import pytest
 
 from django.core.management import call_command
 
-from enrollment.checks import base_url_is_public, internal_host_problem
+from enrollment.checks import base_url_is_public, internal_host_problem, ldap_publish_is_encrypted
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,21 @@ def test_create_pki_warns_but_creates(tmp_path, settings):
 
     assert "Created" in out.getvalue()
     assert "10.0.0.5 is an IP address (not a public one)" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("uri", "start_tls", "warned"),
+    [
+        ("ldap://dc1.example.com", False, True),
+        ("ldap://dc1.example.com", True, False),
+        ("ldaps://dc1.example.com", False, False),
+        ("", False, False),  # publication off
+    ],
+)
+def test_plain_ldap_publication_is_named(uri, start_tls, warned, settings):
+    settings.PKIPORTAL_LDAP_PUBLISH_URI = uri
+    settings.PKIPORTAL_LDAP_PUBLISH_START_TLS = start_tls
+
+    warnings = ldap_publish_is_encrypted()
+
+    assert [w.id for w in warnings] == (["pkiportal.W003"] if warned else [])
