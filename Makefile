@@ -18,7 +18,8 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
 	touch $@
 
 # The demo accounts are user@example.com: the demo issues for that domain only, and its
-# issuing CA is name-constrained to it. `PKIPORTAL_MAIL_DOMAINS= make run` lifts both.
+# issuing CA is name-constrained to it. `PKIPORTAL_MAIL_DOMAINS= make run` lifts both on
+# a fresh var/ (`make clean` first: an existing demo CA keeps its constraint).
 setup run: export PKIPORTAL_MAIL_DOMAINS ?= example.com
 
 ## setup: install, migrate, create the demo PKI and accounts (embedded default)

@@ -351,7 +351,8 @@ def mail_domain_status(*, with_cas: bool = True) -> dict[str, Any]:
 
     "ok" whatever the setting says: issuing for any domain is a configuration choice
     (`check --deploy` warns), not an outage. "warn" when a CA that templates issue from is
-    name-constrained more narrowly than the setting: addresses in the rest are refused.
+    name-constrained more narrowly than the setting (or at all, with the setting empty):
+    addresses in the rest are refused. "fail" without the database, like every check.
     """
     domains = list(settings.PKIPORTAL_MAIL_DOMAINS)
     result: dict[str, Any] = {"status": OK, "restricted": bool(domains), "domains": domains}
@@ -360,7 +361,8 @@ def mail_domain_status(*, with_cas: bool = True) -> dict[str, Any]:
             "PKIPORTAL_MAIL_DOMAINS is empty: certificates are issued for an account's "
             "address in any domain."
         )
-    if not with_cas:
+    if not with_cas:  # the database is down: what the CAs allow is unknown, not fine
+        result.update(status=FAIL, error="The database is unreachable.")
         return result
     named = CertificateTemplate.objects.filter(is_active=True, issuing_ca__isnull=False)
     in_use = CertificateAuthority.objects.filter(

@@ -1751,13 +1751,21 @@ def _decide(
                     raise type(exc)(f"{exc.message} Reject the request instead.") from exc
                 # The address may have changed since the request (a directory sync): an
                 # administrator can fix it, so the request waits rather than failing.
-                outside = address_outside_domains(_account_email(locked.requester))
-                if outside is not None:
+                problem = account_address_problem(locked.requester)
+                if problem is not None:
                     raise PolicyViolation(
-                        f"{outside} Nothing was approved: the request stays pending, so "
+                        f"{problem} Nothing was approved: the request stays pending, so "
                         "approve it once the address is corrected, or reject it.",
                         field="email",
                     )
+                # And the CA it would come from must be able to certify it (a CA
+                # name-constrained more narrowly than the setting), or the approved
+                # request would only meet a 503 at every download.
+                ca = locked.template.issuing_ca or (
+                    CertificateAuthority.objects.filter(is_default=True, is_online=True).first()
+                )
+                if ca is not None:
+                    _check_ca_constraints(ca, subject_for(locked.requester))
             issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
             if issue_now:
                 _lock_key_of(locked)

@@ -147,6 +147,7 @@ def test_with_the_database_down_every_check_reads_as_failed(scrape, signed_root,
     assert checks["issuing_ca"] == 2
     assert checks["leavers"] == 2
     assert checks["crl"] == 2
+    assert checks["mail_domains"] == 2
     assert not any(name.startswith("pkiportal_crl_number") for name, _labels in found)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+import idna
+
 from cryptography import x509
 
 from .errors import PolicyError
@@ -27,15 +29,17 @@ def _a_label(domain: str) -> str | None:
     """The domain lower-cased, internationalised labels as A-labels (punycode), or None.
 
     Certificates carry only A-labels (RFC 5280 7.5, RFC 9598 for the local part), so a
-    Unicode domain is compared in that form. Python's codec implements IDNA 2003, which
-    converts every name a mail system hands out; a name it cannot convert never matches.
+    Unicode domain is compared in that form: IDNA 2008 with UTS #46 mapping and no
+    transitional processing, as registries and browsers do. Python's own "idna" codec is
+    IDNA 2003, which turns straße.de into strasse.de, another domain. A name IDNA 2008
+    refuses (a snowman, a stray joiner, a bogus xn-- label) never matches.
     """
     domain = domain.lower()
-    if domain.isascii():
+    if domain.isascii() and "xn--" not in domain:
         return domain
     try:
-        return domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         return None
 
 

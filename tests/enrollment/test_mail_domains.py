@@ -545,6 +545,25 @@ def test_demo_data_refuses_a_domain_the_setting_excludes(restricted):
     assert not CertificateAuthority.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("domains", "demo_domain"),
+    [
+        ((), "example.com"),
+        (("example.com", ".corp.example.com"), "example.com"),
+        (("corp.example",), "corp.example"),
+        ((".corp.example", "corp.example"), "demo.corp.example"),
+        ((".example.com",), "demo.example.com"),  # subdomains only: not example.com itself
+    ],
+)
+def test_demo_accounts_take_a_domain_the_setting_allows(domains, demo_domain):
+    """`PKIPORTAL_MAIL_DOMAINS=corp.example make run` must not stop at the demo data."""
+    from enrollment.management.commands.create_demo_data import _default_domain
+    from enrollment.x509.mail_domains import address_permitted
+
+    assert _default_domain(domains) == demo_domain
+    assert not domains or address_permitted(f"alice@{demo_domain}", domains)
+
+
 def test_server_keys_are_refused_by_the_service_too(restricted, hierarchy, template, outsider):
     with pytest.raises(PolicyViolation, match="outside the organisation's mail domains"):
         services.certificate_issue_with_server_key(
@@ -603,6 +622,29 @@ def test_addresses_the_ca_constraint_permits_are_issued_from_it(
 
     assert response.status_code == 201
     assert Certificate.objects.get().ca == constrained_successor
+
+
+def test_approval_is_refused_when_the_ca_cannot_certify_the_address(
+    settings, constrained_successor, approval, officer
+):
+    """Refused at approval, not at each download after it: the request stays pending."""
+    settings.PKIPORTAL_MAIL_DOMAINS = ("example.com", "example.org")
+    approval("smime-dual-use")
+    dora = UserFactory(username="dora", email="dora@example.org")
+    response = token_client(dora).post(
+        ENROLLMENTS, server_key_body("smime-dual-use"), format="json"
+    )
+    assert response.status_code == 202
+    request = CertificateRequest.objects.get(pk=response.json()["id"])
+
+    answer = token_client(officer).post(
+        request_url(request.pk, "approve"), {"reason": "Known"}, format="json"
+    )
+
+    assert answer.status_code == 503
+    assert "cannot certify dora@example.org" in answer.json()["detail"]
+    request.refresh_from_db()
+    assert request.state == CertificateRequest.State.PENDING
 
 
 @pytest.mark.parametrize(

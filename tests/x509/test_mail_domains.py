@@ -4,7 +4,7 @@ nameConstraints extension an issuing CA carries."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cryptography import x509
@@ -38,6 +38,31 @@ def test_entries_are_lower_cased_as_a_labels_deduplicated_in_order():
         "example.com",
         ".xn--bcher-kva.example",
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "a_label"),
+    [
+        ("straße.de", "xn--strae-oqa.de"),  # IDNA 2003 would give strasse.de, another domain
+        ("faß.de", "xn--fa-hia.de"),
+        ("βόλος.gr", "xn--nxasmm1c.gr"),  # final sigma kept
+        (".Bücher.Example", ".xn--bcher-kva.example"),
+    ],
+)
+def test_internationalised_domains_take_idna_2008_a_labels(entry, a_label):
+    assert parse_mail_domain(entry) == a_label
+    assert address_permitted(f"info@{a_label.lstrip('.')}", (a_label.lstrip("."),))
+
+
+@pytest.mark.parametrize("entry", ["☃.example", "a\u200db.example", "xn--abc.de", "xn--.de"])
+def test_names_idna_2008_refuses_are_no_domain(entry):
+    with pytest.raises(PolicyError, match="not a domain name"):
+        parse_mail_domain(entry)
+
+
+def test_an_idna_2003_spelling_is_not_the_domain_it_was_mistaken_for():
+    assert not address_permitted("u@strasse.de", parse_mail_domains(["straße.de"]))
+    assert address_permitted("u@xn--strae-oqa.de", parse_mail_domains(["straße.de"]))
 
 
 @pytest.mark.parametrize(
@@ -94,6 +119,7 @@ def test_no_domains_means_no_constraint():
     assert address_permitted("anyone@anywhere.example", ())
 
 
+@settings(deadline=None)  # shared CI cores: no per-example deadline
 @given(local=LOCAL, labels=st.lists(LABEL, min_size=0, max_size=3), upper=st.booleans())
 def test_any_mailbox_at_a_permitted_host_or_below_a_permitted_subtree_matches(local, labels, upper):
     below = ".".join([*labels, "x", "corp.example.com"])
@@ -102,6 +128,7 @@ def test_any_mailbox_at_a_permitted_host_or_below_a_permitted_subtree_matches(lo
         assert address_permitted(address, DOMAINS)
 
 
+@settings(deadline=None)  # shared CI cores: no per-example deadline
 @given(local=LOCAL, labels=st.lists(LABEL, min_size=1, max_size=3))
 def test_hosts_below_an_exact_host_and_lookalike_suffixes_never_match(local, labels):
     prefix = ".".join(labels)
@@ -112,6 +139,7 @@ def test_hosts_below_an_exact_host_and_lookalike_suffixes_never_match(local, lab
         assert not address_permitted(f"{local}@{domain}", DOMAINS)
 
 
+@settings(deadline=None)  # shared CI cores: no per-example deadline
 @given(text=st.text(max_size=60))
 def test_no_text_raises_and_only_a_real_domain_can_match(text):
     """Whatever an account's address holds, matching answers yes or no."""

@@ -52,11 +52,25 @@ ORGANIZATIONAL_UNITS = {
 }
 
 
+def _default_domain(domains: tuple[str, ...]) -> str:
+    """example.com unless the mail domains leave it out: then the first of them (a host
+    below it for a ".corp.example" entry), so `PKIPORTAL_MAIL_DOMAINS=corp.example make run`
+    works without knowing about --domain."""
+    if not domains or address_permitted("demo@example.com", domains):
+        return "example.com"
+    first = domains[0]
+    return f"demo{first}" if first.startswith(".") else first
+
+
 class Command(BaseCommand):
     help = "Create a demo PKI, demo accounts and a key recovery agent (idempotent)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--domain", default="example.com", help="E-mail domain of demo users.")
+        parser.add_argument(
+            "--domain",
+            help="E-mail domain of demo users (default: example.com, or the first of "
+            "PKIPORTAL_MAIL_DOMAINS when that does not cover it).",
+        )
         parser.add_argument(
             "--key-algorithm",
             choices=[a.value for a in KeyAlgorithm],
@@ -66,6 +80,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         domains = settings.PKIPORTAL_MAIL_DOMAINS
+        options["domain"] = options["domain"] or _default_domain(domains)
         if not address_permitted(f"demo@{options['domain']}", domains):
             # Refused before anything is made: every demo certificate would be refused.
             raise CommandError(
