@@ -981,3 +981,97 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label or 'unnamed token'} ({self.auth_token.token_key}…)"
+
+
+# --- roll-outs: many people invited to collect a certificate ---------------------------
+
+
+class Rollout(models.Model):
+    """An RA officer's invitation of many people to collect a certificate of one template.
+
+    Each invited person gets an ordinary CertificateRequest, approved by the officer as it
+    is made (RolloutInvitation links the two): collecting, declining and the limits are
+    those of any approved portal-key request. ``skipped`` keeps why the people the officer
+    named were not invited (at most SKIPPED_KEPT of them; ``skipped_count`` counts all).
+    """
+
+    SKIPPED_KEPT = 1000
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+
+    name = models.CharField(max_length=200, blank=True)
+    template = models.ForeignKey(
+        CertificateTemplate, on_delete=models.PROTECT, related_name="rollouts"
+    )
+    key_algorithm = models.CharField(max_length=20)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    expires_at = models.DateTimeField(help_text="Invitations not collected by then expire.")
+    group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    group_name = models.CharField(max_length=150, blank=True, help_text="Kept if the group goes.")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ended_at = models.DateTimeField(null=True, blank=True)
+    last_reminded_at = models.DateTimeField(null=True, blank=True)
+    invited = models.PositiveIntegerField(default=0)
+    skipped = models.JSONField(default=list, blank=True)
+    skipped_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "expires_at"], name="rollout_state_expiry_idx")]
+
+    def __str__(self) -> str:
+        return f"Roll-out #{self.pk} of {self.template}" + (f" ({self.name})" if self.name else "")
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == self.State.OPEN
+
+
+class RolloutInvitation(models.Model):
+    """One person's place in a roll-out: their approved request, and how it ended.
+
+    What the person sees and does is their request's; ``ended`` says why an uncollected
+    request was withdrawn other than by its requester (who declines by withdrawing it).
+    """
+
+    class Ended(models.TextChoices):
+        NO = "", "Not ended"
+        CANCELLED = "cancelled", "Cancelled by an officer"
+        EXPIRED = "expired", "Expired"
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.PROTECT, related_name="invitations")
+    request = models.OneToOneField(
+        CertificateRequest, on_delete=models.PROTECT, related_name="invitation"
+    )
+    mailed_at = models.DateTimeField(null=True, blank=True)
+    reminded_at = models.DateTimeField(null=True, blank=True)
+    ended = models.CharField(max_length=10, choices=Ended.choices, default="", blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Invitation #{self.pk} of roll-out #{self.rollout_id}"
+
+    @property
+    def status(self) -> str:
+        """invited, collected, declined, cancelled, expired or failed."""
+        state = self.request.state
+        if state == CertificateRequest.State.ISSUED:
+            return "collected"
+        if state == CertificateRequest.State.APPROVED:
+            return "invited"
+        if state == CertificateRequest.State.WITHDRAWN:
+            return self.ended or "declined"
+        return str(state)

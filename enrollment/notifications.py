@@ -126,3 +126,49 @@ def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> No
         {"owner": owner, "facts": facts, "actor": actor, "url": reverse("enrollment:token-list")},
         owner.email,
     )
+
+
+def rollout_invitations_send(invitations: list[Any], *, reminder: bool) -> list[Any]:
+    """Mail each invited person the link to their request, over one connection (called by
+    a task, outside any transaction); the invitations whose mail went out. One address
+    the server refuses does not stop the others."""
+    from django.core.mail import EmailMessage, get_connection
+
+    sent: list[Any] = []
+    if not invitations:
+        return sent
+    connection = get_connection()
+    try:
+        connection.open()
+        for invitation in invitations:
+            request = invitation.request
+            to = (request.requester.email or "").strip()
+            if not to:
+                continue
+            body = render_to_string(
+                "enrollment/email/rollout_invitation.txt",
+                {
+                    "invitation": invitation,
+                    "request": request,
+                    "rollout": invitation.rollout,
+                    "reminder": reminder,
+                    "url": reverse("enrollment:request-detail", args=[request.pk]),
+                    "base_url": settings.PKIPORTAL_BASE_URL,
+                },
+            )
+            subject = (
+                f"{'Reminder: c' if reminder else 'C'}ollect your "
+                f"{invitation.rollout.template.name} certificate"
+            )
+            message = EmailMessage(
+                subject, body, settings.DEFAULT_FROM_EMAIL, [to], connection=connection
+            )
+            try:
+                message.send()
+            except Exception:
+                logger.exception("Could not send the roll-out invitation #%s", invitation.pk)
+            else:
+                sent.append(invitation)
+    finally:
+        connection.close()
+    return sent

@@ -9,6 +9,7 @@ from cryptography import x509
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -302,3 +303,44 @@ class KeyRecoveryAgentDeactivateForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
         help_text='E.g. "Holder left the security team" or "Token lost: key may be compromised".',
     )
+
+
+class RolloutForm(PortalForm):
+    """A roll-out: the template, and the people as a group and/or a pasted list."""
+
+    template = forms.ModelChoiceField(
+        label="Template",
+        queryset=CertificateTemplate.objects.filter(is_active=True, allow_server_key=True),
+        empty_label=None,
+        help_text="People collect a key the portal generates for them, in a .p12 file.",
+    )
+    group = forms.ModelChoiceField(
+        label="Group",
+        queryset=Group.objects.order_by("name"),
+        required=False,
+        empty_label="(no group)",
+        help_text="Everyone in this group, as your directory or the admin keeps it.",
+    )
+    people = forms.CharField(
+        label="People",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+        help_text="User names or e-mail addresses, one a line (or separated by commas).",
+    )
+    name = forms.CharField(
+        label="Name",
+        required=False,
+        max_length=200,
+        help_text="For you and the mail, e.g. “Finance, spring 2027”.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if (
+            not self.errors
+            and cleaned.get("group") is None
+            and not cleaned.get("people", "").strip()
+        ):
+            raise forms.ValidationError("Choose a group or list the people to invite.")
+        return cleaned

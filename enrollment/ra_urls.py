@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from enrollment import ra_views
+from enrollment import ra_views, rollout_views
 
 app_name = "ra"
 
@@ -25,4 +25,9 @@ urlpatterns = [
     path("audit/", ra_views.audit_list, name="audit"),
     path("audit/export.<str:fmt>", ra_views.audit_export, name="audit-export"),
     path("agents/", ra_views.agents, name="agents"),
+    path("rollouts/", rollout_views.rollout_list, name="rollouts"),
+    path("rollouts/new/", rollout_views.rollout_new, name="rollout-new"),
+    path("rollouts/<int:pk>/", rollout_views.rollout_detail, name="rollout-detail"),
+    path("rollouts/<int:pk>/remind/", rollout_views.rollout_remind, name="rollout-remind"),
+    path("rollouts/<int:pk>/cancel/", rollout_views.rollout_cancel, name="rollout-cancel"),
 ]

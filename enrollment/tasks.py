@@ -191,3 +191,25 @@ def ldap_reconcile_task() -> dict[str, Any]:
     if not ldap_publish.enabled():
         return {"mode": "off"}
     return ldap_publish.reconcile().as_dict()
+
+
+# --- roll-outs --------------------------------------------------------------------------
+
+
+@shared_task(**RETRY)
+def rollout_mail_task(invitation_ids: list[int], kind: str) -> int:
+    """Mail one chunk of a roll-out's invitations (``invite``) or reminders (``remind``).
+
+    Queued on commit by enrollment.rollouts; an invitation already mailed is not mailed
+    again when the message comes back after a worker died."""
+    from enrollment import rollouts
+
+    return rollouts.rollout_mail_send(invitation_ids=invitation_ids, kind=kind)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def rollouts_expire_task() -> int:
+    """Beat, hourly: withdraw the invitations nobody collected before their roll-out's end."""
+    from enrollment import rollouts
+
+    return rollouts.rollouts_expire_due()

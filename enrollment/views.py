@@ -200,7 +200,7 @@ def home(request: HttpRequest) -> HttpResponse:
         )[:20]
         context["open_requests"] = CertificateRequest.objects.filter(
             requester=request.user, state__in=OPEN_STATES
-        ).select_related("template")
+        ).select_related("template", "decided_by", "invitation__rollout")
         # A recovered key waits a short while for its one download: say so where people look.
         context["my_recoveries"] = ra_selectors.open_recoveries_for_recipient(request.user)
         if is_ra_officer(request.user):
@@ -557,7 +557,7 @@ def certificate_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     requests = (
         CertificateRequest.objects.filter(requester=request.user)
         .filter(~Q(state=CertificateRequest.State.ISSUED))
-        .select_related("template")[:20]
+        .select_related("template", "invitation")[:20]
     )
     context = {
         "certificates": certificates,

@@ -536,6 +536,33 @@ if not (_REVOKE_CAP.isascii() and _REVOKE_CAP.isdigit() and int(_REVOKE_CAP) >= 
         f"least 1; it is {_REVOKE_CAP!r}."
     )
 PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN = int(_REVOKE_CAP)
+
+
+# Roll-outs (README.md, "Rolling out to many people"): how long an invitation waits to be
+# collected, how often an officer may remind the people who have not, and how many people
+# one roll-out may invite.
+def _whole_number(name: str, default: int, low: int, high: int, unit: str) -> int:
+    raw = env.str(name, default=str(default)).strip()
+    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
+        raise ImproperlyConfigured(f"{name} must be {low} to {high} {unit}; it is {raw!r}.")
+    return int(raw)
+
+
+PKIPORTAL_ROLLOUT_EXPIRY_DAYS = _whole_number("PKIPORTAL_ROLLOUT_EXPIRY_DAYS", 30, 1, 365, "days")
+PKIPORTAL_ROLLOUT_REMIND_HOURS = _whole_number(
+    "PKIPORTAL_ROLLOUT_REMIND_HOURS", 24, 1, 24 * 30, "hours"
+)
+PKIPORTAL_ROLLOUT_MAX_PEOPLE = _whole_number(
+    "PKIPORTAL_ROLLOUT_MAX_PEOPLE", 10000, 1, 100000, "people"
+)
+CELERY_BEAT_SCHEDULE |= {
+    # Hourly: an invitation not collected in time is withdrawn within the hour after.
+    "rollouts-expire": {
+        "task": "enrollment.tasks.rollouts_expire_task",
+        "schedule": timedelta(hours=1),
+        "options": {"expires": 3600},
+    },
+}
 CELERY_BEAT_SCHEDULE |= {
     # Hourly: a leaver's certificates go within an hour of their grace period's end.
     "leavers-revoke": {

@@ -1,0 +1,155 @@
+"""RA pages of roll-outs (/ra/rollouts/): create one (preview, then confirm), follow it,
+remind the people who have not collected, cancel it.
+
+Officers only: anyone else gets a 403, as on the other RA lists. The invited person's side
+is their request's page (enrollment.views.request_detail), unchanged.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
+
+from accounts.requests import AuthenticatedHttpRequest
+from enrollment import rollouts
+from enrollment.edge import client_address, officer_required, show_error
+from enrollment.exceptions import EnrollmentError, public_message
+from enrollment.models import Rollout, RolloutInvitation
+from enrollment.ra_forms import RolloutForm
+from enrollment.rollouts import Reason
+
+PEOPLE_PAGE_SIZE = 200
+
+
+@login_required
+@require_safe
+def rollout_list(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Every roll-out, newest first, with how many were invited."""
+    officer_required(request)
+    page = Paginator(Rollout.objects.select_related("template", "created_by"), 50).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "enrollment/ra/rollout_list.html", {"page": page})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def rollout_new(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The form; "Preview" shows who would be invited and who not, "Invite" creates it.
+
+    The preview is advice: confirming resolves the people again, in the transaction that
+    invites them, so what changed in between (a certificate collected meanwhile) counts.
+    """
+    officer_required(request)
+    form = RolloutForm(request.POST if request.method == "POST" else None)
+    preview = None
+    status = 200
+    if request.method == "POST":
+        if not form.is_valid():
+            status = 400
+        else:
+            data = form.cleaned_data
+            try:
+                if "confirm" in request.POST:
+                    created = rollouts.rollout_create(
+                        officer=request.user,
+                        template=data["template"],
+                        group=data["group"],
+                        people=data["people"],
+                        name=data["name"],
+                        source_address=client_address(request),
+                    )
+                    messages.success(
+                        request,
+                        f"{created.invited} people were invited; their mail is on its way.",
+                    )
+                    return redirect("ra:rollout-detail", pk=created.pk)
+                rollouts.check_template(
+                    data["template"], rollouts.default_key_algorithm(data["template"])
+                )
+                preview = rollouts.rollout_resolve(
+                    officer=request.user,
+                    template=data["template"],
+                    group=data["group"],
+                    people=data["people"],
+                )
+            except EnrollmentError as exc:
+                status = show_error(form, exc)
+    return render(
+        request,
+        "enrollment/ra/rollout_new.html",
+        {"form": form, "preview": preview, "labels": Reason.LABELS},
+        status=status,
+    )
+
+
+def _detail(
+    request: AuthenticatedHttpRequest, rollout: Rollout, *, status: int = 200
+) -> HttpResponse:
+    invitations = (
+        RolloutInvitation.objects.filter(rollout=rollout)
+        .select_related("request__requester")
+        .order_by("pk")
+    )
+    page = Paginator(invitations, PEOPLE_PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "rollout": rollout,
+        "counts": rollouts.rollout_counts(rollout),
+        "page": page,
+        "skipped": [
+            (item.get("entry", ""), Reason.LABELS.get(item.get("reason", ""), ""))
+            for item in rollout.skipped
+        ],
+    }
+    return render(request, "enrollment/ra/rollout_detail.html", context, status=status)
+
+
+@login_required
+@require_safe
+def rollout_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Its people and their state, with counts."""
+    officer_required(request)
+    rollout = get_object_or_404(Rollout.objects.select_related("template", "created_by"), pk=pk)
+    return _detail(request, rollout)
+
+
+def _act(request: AuthenticatedHttpRequest, pk: int, action: str) -> HttpResponse:
+    officer_required(request)
+    rollout = get_object_or_404(Rollout.objects.select_related("template", "created_by"), pk=pk)
+    try:
+        if action == "remind":
+            count = rollouts.rollout_remind(
+                rollout=rollout, officer=request.user, source_address=client_address(request)
+            )
+            messages.success(request, f"{count} people who have not collected were reminded.")
+        else:
+            count = rollouts.rollout_cancel(
+                rollout=rollout, officer=request.user, source_address=client_address(request)
+            )
+            messages.success(
+                request, f"The roll-out is cancelled; {count} uncollected invitations withdrawn."
+            )
+    except EnrollmentError as exc:
+        from enrollment.edge import status_for
+
+        messages.error(request, public_message(exc))
+        return _detail(request, rollout, status=status_for(exc))
+    return redirect("ra:rollout-detail", pk=rollout.pk)
+
+
+@login_required
+@require_POST
+def rollout_remind(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Mail the people who have not collected yet (at most once a period)."""
+    return _act(request, pk, "remind")
+
+
+@login_required
+@require_POST
+def rollout_cancel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Withdraw every uncollected invitation; collected certificates stay valid."""
+    return _act(request, pk, "cancel")

@@ -1,0 +1,623 @@
+"""Roll-outs: an RA officer invites many people at once to collect a certificate.
+
+Each invited person gets an ordinary CertificateRequest, already approved by the officer
+(audited as ``request.approve``, as an approval in the queue is) for a portal-generated
+key: they collect it on the request's page like any approved request (request_collect),
+or decline by withdrawing it (request_withdraw). No new issuance path.
+
+Built for thousands of people per roll-out: the people are resolved with a few bulk
+queries, the rows written with bulk inserts in one transaction, the audit events chained
+in batches, and the mail sent by Celery tasks queued after the commit.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import Count
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from accounts.models import User
+from enrollment import audit
+from enrollment.audit import audit_record
+from enrollment.exceptions import (
+    ConfigurationError,
+    InvalidState,
+    NotPermitted,
+    PolicyViolation,
+    RateLimited,
+)
+from enrollment.models import (
+    Certificate,
+    CertificateRequest,
+    CertificateTemplate,
+    Rollout,
+    RolloutInvitation,
+)
+from enrollment.x509 import keys
+from enrollment.x509.names import printable
+
+# Rows per IN list and per bulk insert: below SQLite's 999 bound parameters, and audit
+# events chained per batch stay well below PostgreSQL's 65,535 (11 columns each).
+CHUNK = 900
+AUDIT_BATCH = 1000
+# Entries of a pasted list are separated by line breaks, commas, semicolons or blanks
+# (user names and addresses hold none of them).
+SEPARATORS = re.compile(r"[\s,;]+")
+MAX_ENTRY_LENGTH = 254  # the longest e-mail address (RFC 5321 path limit)
+
+
+class Reason:
+    """Why a person named by the officer is not invited (codes kept on the roll-out)."""
+
+    INVALID = "invalid"
+    UNKNOWN = "unknown"
+    AMBIGUOUS = "ambiguous"
+    DUPLICATE = "duplicate"
+    INACTIVE = "inactive"
+    YOURSELF = "yourself"
+    NO_EMAIL = "no_email"
+    NOT_PERMITTED = "not_permitted"
+    HOLDS_VALID = "holds_valid"
+    OPEN_REQUEST = "open_request"
+    AT_LIMIT = "at_limit"
+
+    LABELS = {
+        INVALID: "not a user name or e-mail address",
+        UNKNOWN: "no such account",
+        AMBIGUOUS: "more than one account has this address: name the user instead",
+        DUPLICATE: "named more than once",
+        INACTIVE: "the account is deactivated",
+        YOURSELF: "you cannot approve a request of your own",
+        NO_EMAIL: "the account has no e-mail address",
+        NOT_PERMITTED: "may not use this template",
+        HOLDS_VALID: "already holds a valid certificate of this template",
+        OPEN_REQUEST: "already has an open request for this template",
+        AT_LIMIT: "at the limit of certificates and requests for this template",
+    }
+
+
+@dataclass(frozen=True)
+class Skip:
+    entry: str  # as named (escaped), or the user name for a group member
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return Reason.LABELS[self.reason]
+
+
+@dataclass
+class Resolution:
+    """Who a roll-out would invite, and who not and why: the preview, and what it stores."""
+
+    eligible: list[User] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(skip.reason for skip in self.skipped))
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def parse_people(text: str) -> list[str]:
+    """The entries of a pasted list, in order; empty ones dropped."""
+    entries = [entry for entry in SEPARATORS.split(text or "") if entry]
+    limit = settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE
+    if len(entries) > limit:
+        raise PolicyViolation(
+            f"The list names {len(entries)} people; a roll-out invites at most {limit} "
+            "(PKIPORTAL_ROLLOUT_MAX_PEOPLE). Split it into several roll-outs.",
+            field="people",
+        )
+    return entries
+
+
+def _is_plain(entry: str) -> bool:
+    """A user name or address is printable and has no control or format character."""
+    return len(entry) <= MAX_ENTRY_LENGTH and all(
+        character.isprintable() and unicodedata.category(character)[0] not in "CZ"
+        for character in entry
+    )
+
+
+def _accounts_by(column: str, values: list[str]) -> dict[str, list[User]]:
+    """Accounts whose user name or address is one of ``values`` (lower case), ignoring case."""
+    found: dict[str, list[User]] = {}
+    for chunk in _chunks(values):
+        for user in User.objects.annotate(key=Lower(column)).filter(key__in=chunk).order_by("pk"):
+            found.setdefault(user.key, []).append(user)  # type: ignore[attr-defined]
+    return found
+
+
+def _named(entries: list[str], resolution: Resolution) -> list[tuple[str, User]]:
+    """Map pasted entries to accounts; what maps to none (or two) goes to ``skipped``."""
+    plain = [(entry, entry.lower()) for entry in entries if _is_plain(entry)]
+    addresses = _accounts_by("email", sorted({key for _e, key in plain if "@" in key}))
+    names = _accounts_by("username", sorted({key for _e, key in plain if "@" not in key}))
+    named: list[tuple[str, User]] = []
+    for entry in entries:
+        if not _is_plain(entry):
+            resolution.skipped.append(Skip(printable(entry[:MAX_ENTRY_LENGTH]), Reason.INVALID))
+            continue
+        key = entry.lower()
+        matches = (addresses if "@" in key else names).get(key, [])
+        if "@" not in key and len(matches) > 1:
+            exact = [user for user in matches if user.get_username() == entry]
+            matches = exact or matches
+        if not matches:
+            resolution.skipped.append(Skip(entry, Reason.UNKNOWN))
+        elif len(matches) > 1:
+            resolution.skipped.append(Skip(entry, Reason.AMBIGUOUS))
+        else:
+            named.append((entry, matches[0]))
+    return named
+
+
+def _lock_people(user_ids: list[int]) -> None:
+    """Lock the people's rows as request_submit locks its requester's (FOR NO KEY UPDATE,
+    in id order): an enrolment of one of them waits, so the limits read here stay true."""
+    for chunk in _chunks(sorted(user_ids)):
+        list(
+            User.objects.filter(pk__in=chunk)
+            .order_by("pk")
+            .select_for_update(no_key=True)
+            .values_list("pk", flat=True)
+        )
+
+
+def rollout_resolve(
+    *,
+    officer: User,
+    template: CertificateTemplate,
+    group: Group | None = None,
+    people: str = "",
+    lock: bool = False,
+) -> Resolution:
+    """Who the officer's group and list name, and which of them may be invited.
+
+    Refused (nothing invited) only when the list is too long; every other problem is one
+    person's and is reported for that person. ``lock`` locks the candidates' rows first
+    (rollout_create, in its transaction).
+    """
+    resolution = Resolution()
+    candidates: list[tuple[str, User]] = []
+    if group is not None:
+        candidates += [(u.get_username(), u) for u in group.user_set.order_by("pk")]
+    candidates += _named(parse_people(people), resolution)
+    if len({user.pk for _e, user in candidates}) > settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE:
+        raise PolicyViolation(
+            f"A roll-out invites at most {settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE} people "
+            "(PKIPORTAL_ROLLOUT_MAX_PEOPLE); split it into several.",
+            field="people",
+        )
+    seen: set[int] = set()
+    unique: list[tuple[str, User]] = []
+    for entry, user in candidates:
+        if user.pk in seen:
+            resolution.skipped.append(Skip(entry, Reason.DUPLICATE))
+        else:
+            seen.add(user.pk)
+            unique.append((entry, user))
+    ids = [user.pk for _e, user in unique]
+    if lock:
+        _lock_people(ids)
+    allowed_groups = list(template.allowed_groups.values_list("pk", flat=True))
+    permitted: set[int] | None = None
+    holders: set[int] = set()
+    open_requests: dict[int, int] = {}
+    now = timezone.now()
+    if allowed_groups:
+        permitted = set()
+    for chunk in _chunks(ids):
+        if permitted is not None:
+            permitted.update(
+                User.objects.filter(pk__in=chunk, groups__in=allowed_groups).values_list(
+                    "pk", flat=True
+                )
+            )
+        holders.update(
+            Certificate.objects.valid(now)
+            .filter(template=template, owner_id__in=chunk)
+            .values_list("owner_id", flat=True)
+        )
+        open_requests.update(
+            CertificateRequest.objects.filter(
+                template=template,
+                requester_id__in=chunk,
+                state__in=(CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED),
+            )
+            .values("requester_id")
+            .annotate(n=Count("pk"))
+            .values_list("requester_id", "n")
+        )
+    cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
+    for entry, user in unique:
+        reason = None
+        if not user.is_active:
+            reason = Reason.INACTIVE
+        elif user.pk == officer.pk:
+            reason = Reason.YOURSELF
+        elif not (user.email or "").strip():
+            reason = Reason.NO_EMAIL
+        elif permitted is not None and user.pk not in permitted:
+            reason = Reason.NOT_PERMITTED
+        elif user.pk in holders:
+            reason = Reason.HOLDS_VALID
+        elif open_requests.get(user.pk, 0):
+            reason = Reason.OPEN_REQUEST
+        elif open_requests.get(user.pk, 0) + 1 > cap:  # PKIPORTAL_MAX_VALID_PER_TEMPLATE
+            reason = Reason.AT_LIMIT
+        if reason is None:
+            resolution.eligible.append(user)
+        else:
+            resolution.skipped.append(Skip(entry, reason))
+    return resolution
+
+
+def default_key_algorithm(template: CertificateTemplate) -> keys.KeyAlgorithm:
+    """The key type the enrolment page offers first for this template."""
+    from enrollment.forms import ALGORITHM_ORDER
+
+    return next(a for a in ALGORITHM_ORDER if a in template.key_algorithms)
+
+
+def check_template(template: CertificateTemplate, key_algorithm: keys.KeyAlgorithm) -> None:
+    """A roll-out hands out portal-generated keys: the template must issue them, now."""
+    from enrollment.services import _active_agents, _check_server_key
+
+    if not template.is_active:
+        raise PolicyViolation(f"{template.name} is switched off.", field="template")
+    if not template.allow_server_key:
+        raise PolicyViolation(
+            f"{template.name} takes only CSRs; a roll-out hands out keys the portal "
+            "generates. Invite people to /enroll/ instead.",
+            field="template",
+        )
+    _check_server_key(template, key_algorithm, field="key_algorithm")
+    if template.archive_key and not _active_agents():
+        raise ConfigurationError(
+            f"No valid key recovery agent is configured, so {template.name} cannot issue "
+            "right now: encryption keys must be archived."
+        )
+
+
+def _officer(officer: User) -> None:
+    from enrollment.permissions import is_ra_officer
+
+    if not is_ra_officer(officer):
+        raise NotPermitted("Only RA officers run roll-outs.")
+
+
+def _audit_each(
+    action: str,
+    requests: Iterable[CertificateRequest],
+    *,
+    actor: User | None,
+    source_address: str | None,
+    detail: dict[str, object],
+) -> None:
+    """One event per request, chained a batch at a time: one head lock and one insert per
+    AUDIT_BATCH events instead of per event."""
+    batch: list[CertificateRequest] = []
+
+    def flush() -> None:
+        with audit.deferred():
+            for request in batch:
+                audit_record(
+                    action=action,
+                    actor=actor,
+                    target=request,
+                    source_address=source_address,
+                    detail=detail,
+                )
+        batch.clear()
+
+    for request in requests:
+        batch.append(request)
+        if len(batch) >= AUDIT_BATCH:
+            flush()
+    if batch:
+        flush()
+
+
+def _mail_on_commit(invitation_ids: list[int], kind: str) -> None:
+    """Queue the invitations' mail once the transaction commits, a task per chunk: a
+    worker sends a few hundred per task, never thousands inside the officer's request."""
+    from enrollment.tasks import rollout_mail_task
+
+    def queue() -> None:
+        for chunk in _chunks(invitation_ids, 200):
+            rollout_mail_task.delay(list(chunk), kind)
+
+    transaction.on_commit(queue, robust=True)
+
+
+def rollout_create(
+    *,
+    officer: User,
+    template: CertificateTemplate,
+    group: Group | None = None,
+    people: str = "",
+    name: str = "",
+    key_algorithm: keys.KeyAlgorithm | None = None,
+    source_address: str | None = None,
+) -> Rollout:
+    """Invite everyone eligible the group and the list name: one approved request each.
+
+    In one transaction: the roll-out, the requests and invitations (bulk inserts), one
+    ``rollout.create`` event with the counts and one ``request.approve`` per request. The
+    mail goes after the commit. A roll-out that would invite nobody is refused.
+    """
+    _officer(officer)
+    if group is None and not (people or "").strip():
+        raise PolicyViolation("Choose a group or list the people to invite.", field="people")
+    name = (name or "").strip()
+    if len(name) > 200 or not all(c.isprintable() for c in name):
+        raise PolicyViolation("Give the roll-out a short plain name.", field="name")
+    algorithm = key_algorithm or default_key_algorithm(template)
+    check_template(template, algorithm)
+    now = timezone.now()
+    with transaction.atomic():
+        resolution = rollout_resolve(
+            officer=officer, template=template, group=group, people=people, lock=True
+        )
+        if not resolution.eligible:
+            raise PolicyViolation(
+                "Nobody here can be invited: " + _summary(resolution.counts()) + ".",
+                field="people",
+            )
+        rollout = Rollout.objects.create(
+            name=name,
+            template=template,
+            key_algorithm=algorithm.value,
+            created_by=officer,
+            created_at=now,
+            expires_at=now + timedelta(days=settings.PKIPORTAL_ROLLOUT_EXPIRY_DAYS),
+            group=group,
+            group_name=group.name if group is not None else "",
+            invited=len(resolution.eligible),
+            skipped=[
+                {"entry": s.entry, "reason": s.reason}
+                for s in resolution.skipped[: Rollout.SKIPPED_KEPT]
+            ],
+            skipped_count=len(resolution.skipped),
+        )
+        reason = f"Roll-out #{rollout.pk}" + (f": {name}" if name else "")
+        requests = CertificateRequest.objects.bulk_create(
+            [
+                CertificateRequest(
+                    requester=person,
+                    template=template,
+                    state=CertificateRequest.State.APPROVED,
+                    key_source=CertificateRequest.KeySource.SERVER,
+                    key_algorithm=algorithm.value,
+                    decided_by=officer,
+                    decided_at=now,
+                    decision_reason=reason,
+                    source_address=source_address,
+                    created_at=now,
+                )
+                for person in resolution.eligible
+            ],
+            batch_size=CHUNK // 20,  # ~20 columns a row
+        )
+        invitations = RolloutInvitation.objects.bulk_create(
+            [RolloutInvitation(rollout=rollout, request=request) for request in requests],
+            batch_size=CHUNK // 5,
+        )
+        audit_record(
+            action="rollout.create",
+            actor=officer,
+            target=rollout,
+            source_address=source_address,
+            detail={
+                "template": template.slug,
+                "key_algorithm": algorithm.value,
+                "group": rollout.group_name or None,
+                "invited": rollout.invited,
+                "skipped": resolution.counts(),
+                "expires_at": rollout.expires_at.isoformat(),
+            },
+        )
+        _audit_each(
+            "request.approve",
+            requests,
+            actor=officer,
+            source_address=source_address,
+            detail={"reason": reason, "rollout": rollout.pk, "template": template.slug},
+        )
+        _mail_on_commit([i.pk for i in invitations], "invite")
+    return rollout
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return "; ".join(f"{n} {Reason.LABELS[reason]}" for reason, n in counts.items()) or "no one"
+
+
+def _locked_open(rollout: Rollout) -> Rollout:
+    locked = Rollout.objects.select_for_update().get(pk=rollout.pk)
+    if not locked.is_open:
+        raise InvalidState(f"This roll-out is already {locked.get_state_display().lower()}.")
+    return locked
+
+
+def _uncollected_locked(rollout: Rollout) -> list[CertificateRequest]:
+    """The roll-out's requests still waiting for their download, locked as request_collect
+    and request_withdraw lock them: whichever comes second sees the first's outcome (a
+    request collected meanwhile no longer matches, and is left alone)."""
+    return list(
+        CertificateRequest.objects.select_for_update(of=("self",))
+        .filter(invitation__rollout=rollout, state=CertificateRequest.State.APPROVED)
+        .order_by("pk")
+    )
+
+
+def _end_uncollected(
+    rollout: Rollout, *, ended: str, actor: User | None, source_address: str | None
+) -> int:
+    requests = _uncollected_locked(rollout)
+    ids = [r.pk for r in requests]
+    now = timezone.now()
+    for chunk in _chunks(ids):
+        CertificateRequest.objects.filter(pk__in=chunk).update(
+            state=CertificateRequest.State.WITHDRAWN, updated_at=now
+        )
+        RolloutInvitation.objects.filter(request_id__in=chunk).update(ended=ended)
+    _audit_each(
+        "request.withdraw" if ended == RolloutInvitation.Ended.CANCELLED else "request.expire",
+        requests,
+        actor=actor,
+        source_address=source_address,
+        detail={"rollout": rollout.pk, "template": rollout.template.slug, "state": "approved",
+                "why": ended},
+    )  # fmt: skip
+    return len(ids)
+
+
+def rollout_cancel(*, rollout: Rollout, officer: User, source_address: str | None = None) -> int:
+    """Withdraw every invitation not collected yet; the number withdrawn. Certificates
+    already collected stay valid (revoke them one by one if they must go)."""
+    _officer(officer)
+    with transaction.atomic():
+        locked = _locked_open(rollout)
+        withdrawn = _end_uncollected(
+            locked,
+            ended=RolloutInvitation.Ended.CANCELLED,
+            actor=officer,
+            source_address=source_address,
+        )
+        locked.state = Rollout.State.CANCELLED
+        locked.ended_by = officer
+        locked.ended_at = timezone.now()
+        locked.save(update_fields=["state", "ended_by", "ended_at"])
+        audit_record(
+            action="rollout.cancel",
+            actor=officer,
+            target=locked,
+            source_address=source_address,
+            detail={"withdrawn": withdrawn, "template": locked.template.slug},
+        )
+    rollout.refresh_from_db()
+    return withdrawn
+
+
+def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | None = None) -> int:
+    """Mail again everyone who has not collected yet; the number reminded.
+
+    At most once per PKIPORTAL_ROLLOUT_REMIND_HOURS per roll-out: a reminder goes to
+    thousands of mailboxes, and a double click must not send it twice."""
+    _officer(officer)
+    with transaction.atomic():
+        locked = _locked_open(rollout)
+        now = timezone.now()
+        every = timedelta(hours=settings.PKIPORTAL_ROLLOUT_REMIND_HOURS)
+        if locked.last_reminded_at is not None and locked.last_reminded_at + every > now:
+            error = RateLimited(
+                f"This roll-out's people were reminded at {locked.last_reminded_at:%Y-%m-%d %H:%M} "
+                f"UTC; remind them again after {settings.PKIPORTAL_ROLLOUT_REMIND_HOURS} hours."
+            )
+            error.retry_after = (locked.last_reminded_at + every - now).total_seconds()
+            raise error
+        ids = list(
+            RolloutInvitation.objects.filter(
+                rollout=locked, request__state=CertificateRequest.State.APPROVED
+            ).values_list("pk", flat=True)
+        )
+        if not ids:
+            raise InvalidState("Everyone invited has collected, declined or been withdrawn.")
+        for chunk in _chunks(ids):
+            RolloutInvitation.objects.filter(pk__in=chunk).update(reminded_at=now)
+        locked.last_reminded_at = now
+        locked.save(update_fields=["last_reminded_at"])
+        audit_record(
+            action="rollout.remind",
+            actor=officer,
+            target=locked,
+            source_address=source_address,
+            detail={"reminded": len(ids)},
+        )
+        _mail_on_commit(ids, "remind")
+    rollout.refresh_from_db()
+    return len(ids)
+
+
+def rollouts_expire_due(*, now: datetime | None = None) -> int:
+    """Beat, hourly: withdraw the invitations of roll-outs past their expiry; how many.
+
+    Each roll-out in its own transaction, audited as the system: ``rollout.expire`` with
+    the count, ``request.expire`` per request."""
+    now = now or timezone.now()
+    expired = 0
+    due = Rollout.objects.filter(state=Rollout.State.OPEN, expires_at__lte=now)
+    for rollout_id in due.values_list("pk", flat=True):
+        with transaction.atomic():
+            locked = Rollout.objects.select_for_update().get(pk=rollout_id)
+            if not locked.is_open:
+                continue
+            count = _end_uncollected(
+                locked, ended=RolloutInvitation.Ended.EXPIRED, actor=None, source_address=None
+            )
+            locked.state = Rollout.State.EXPIRED
+            locked.ended_at = now
+            locked.save(update_fields=["state", "ended_at"])
+            audit_record(action="rollout.expire", target=locked, detail={"withdrawn": count})
+            expired += count
+    return expired
+
+
+def rollout_counts(rollout: Rollout) -> dict[str, int]:
+    """How many of its people are invited, collected, declined, cancelled, expired, failed."""
+    counts = dict.fromkeys(
+        ("invited", "collected", "declined", "cancelled", "expired", "failed"), 0
+    )
+    rows = (
+        RolloutInvitation.objects.filter(rollout=rollout)
+        .values_list("request__state", "ended")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for state, ended, n in rows:
+        if state == CertificateRequest.State.ISSUED:
+            counts["collected"] += n
+        elif state == CertificateRequest.State.APPROVED:
+            counts["invited"] += n
+        elif state == CertificateRequest.State.WITHDRAWN:
+            counts[ended or "declined"] += n
+        else:
+            counts["failed"] += n
+    return counts
+
+
+def rollout_mail_send(*, invitation_ids: list[int], kind: str) -> int:
+    """Mail these invitations (``invite``: those not mailed yet; ``remind``: those still
+    waiting), over one connection; the number sent. Failures are logged, not raised:
+    the invitation stands and its page is in the officer's hands."""
+    from enrollment.notifications import rollout_invitations_send
+
+    invitations = list(
+        RolloutInvitation.objects.filter(
+            pk__in=invitation_ids, request__state=CertificateRequest.State.APPROVED
+        ).select_related("rollout__template", "rollout__created_by", "request__requester")
+    )
+    if kind == "invite":
+        invitations = [i for i in invitations if i.mailed_at is None]
+    sent = rollout_invitations_send(invitations, reminder=kind == "remind")
+    if kind == "invite" and sent:
+        RolloutInvitation.objects.filter(pk__in=[i.pk for i in sent]).update(
+            mailed_at=timezone.now()
+        )
+    return len(sent)
