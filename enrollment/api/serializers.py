@@ -639,3 +639,105 @@ class RecoveryConflictOut(serializers.Serializer[dict[str, Any]]):
     recovery = serializers.URLField(
         allow_null=True, help_text="The one in progress, when it comes to you; else null."
     )
+
+
+# --- roll-outs --------------------------------------------------------------------------
+
+
+class RolloutIn(serializers.Serializer[Any]):
+    """A roll-out to create: the template, and a group and/or people by name or address."""
+
+    template = serializers.SlugField(max_length=50, help_text="The template's slug.")
+    group = serializers.CharField(
+        max_length=150,
+        required=False,
+        allow_blank=True,
+        help_text="A group's name: all its members.",
+    )
+    people = serializers.ListField(
+        child=serializers.CharField(max_length=1000, allow_blank=True, trim_whitespace=True),
+        required=False,
+        default=list,
+        help_text="User names or e-mail addresses. Those that name nobody, or someone who "
+        "cannot be invited, are reported in `skipped`, not refused.",
+    )
+    key_algorithm = serializers.ChoiceField(
+        choices=[(a.value, a.label) for a in KeyAlgorithm],  # the enrolment's enum
+        required=False,
+        help_text="The key the portal generates; default: the first the template allows "
+        "(RSA 3072 where allowed).",
+    )
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+    def validate_people(self, value: list[str]) -> list[str]:
+        from django.conf import settings
+
+        if len(value) > settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE:
+            raise serializers.ValidationError(
+                f"At most {settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE} people per roll-out."
+            )
+        return value
+
+
+class RolloutOut(serializers.ModelSerializer[Any]):
+    """A roll-out: its counts (`invited` is how many were invited; `counts` where they
+    stand now), who was not invited and why, and each invited person's request."""
+
+    url = serializers.SerializerMethodField()
+    template: serializers.SlugRelatedField[CertificateTemplate] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    created_by = serializers.CharField(source="created_by.get_username", read_only=True)
+    group = serializers.CharField(source="group_name", read_only=True)
+    counts = serializers.SerializerMethodField()
+    people = serializers.SerializerMethodField()
+
+    class Meta:
+        from enrollment.models import Rollout
+
+        model = Rollout
+        fields = [
+            "id",
+            "url",
+            "name",
+            "template",
+            "key_algorithm",
+            "state",
+            "created_by",
+            "created_at",
+            "expires_at",
+            "group",
+            "invited",
+            "counts",
+            "skipped_count",
+            "skipped",
+            "people",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, rollout: Any) -> str:
+        return reverse("enrollment-api:rollout-detail", args=[rollout.pk])
+
+    @extend_schema_field(
+        {"type": "object", "additionalProperties": {"type": "integer"},
+         "example": {"invited": 3, "collected": 1, "declined": 0, "cancelled": 0,
+                     "expired": 0, "failed": 0}}
+    )  # fmt: skip
+    def get_counts(self, rollout: Any) -> dict[str, int]:
+        from enrollment.rollouts import rollout_counts
+
+        return rollout_counts(rollout)
+
+    @extend_schema_field(
+        {"type": "array", "items": {"type": "object", "properties": {
+            "username": {"type": "string"}, "request": {"type": "integer"},
+            "status": {"type": "string"}}}}
+    )  # fmt: skip
+    def get_people(self, rollout: Any) -> list[dict[str, object]]:
+        invitations = rollout.invitations.select_related("request__requester").order_by("pk")
+        return [
+            {"username": i.request.requester.get_username(), "request": i.request_id,
+             "status": i.status}
+            for i in invitations
+        ]  # fmt: skip

@@ -13,6 +13,7 @@ router.register("enrollments", views.EnrollmentViewSet, basename="enrollment")
 router.register("certificates", views.CertificateViewSet, basename="certificate")
 router.register("requests", views.RequestViewSet, basename="request")
 router.register("recoveries", views.RecoveryViewSet, basename="recovery")
+router.register("rollouts", views.RolloutViewSet, basename="rollout")
 
 urlpatterns = [
     path("auth/token/", views.TokenCreateView.as_view(), name="auth-token"),

@@ -48,6 +48,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyRecoveryRequest,
+    Rollout,
 )
 from enrollment.permissions import IsRaOfficer, is_key_recovery_agent, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
@@ -903,3 +904,71 @@ class TokenLogoutAllView(APIView):
             sender=type(request.user), request=_WithoutSession(request), user=request.user
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- roll-outs ------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Roll-outs (RA officers)",
+        description="Newest first.",
+        responses={200: s.RolloutOut(many=True), **ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="One roll-out (RA officers)",
+        description="Its counts and every invited person's request with where it stands.",
+        responses={200: s.RolloutOut, **ERRORS, **NOT_FOUND},
+    ),
+)
+class RolloutViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Rollout]
+):
+    """Invite many people to collect a certificate (README.md, "Rolling out to many people")."""
+
+    permission_classes = [IsAuthenticated, IsRaOfficer]
+    serializer_class = s.RolloutOut
+
+    def get_queryset(self) -> QuerySet[Rollout]:
+        return Rollout.objects.select_related("template", "created_by")
+
+    @extend_schema(
+        summary="Create a roll-out (RA officers)",
+        description=(
+            "Everyone eligible in `group` and `people` gets a request for the template, "
+            "approved by you, and an e-mail with its link; they collect a portal-generated "
+            "key as a PKCS#12 there. Who was not invited, and why, is in `skipped`. 400 when "
+            "nobody can be invited or the template issues no portal keys; 503 when an "
+            "archiving template has no valid key recovery agent. Nothing is stored then."
+        ),
+        request=s.RolloutIn,
+        responses={201: s.RolloutOut, **ERRORS, 503: ENROLMENT_LIMITS[503]},
+    )
+    def create(self, request: Request) -> Response:
+        from django.contrib.auth.models import Group
+
+        from enrollment import rollouts
+
+        serializer = s.RolloutIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        template = CertificateTemplate.objects.filter(slug=data["template"]).first()
+        if template is None:
+            raise serializers.ValidationError({"template": ["No such template."]})
+        group = None
+        if data.get("group"):
+            group = Group.objects.filter(name=data["group"]).first()
+            if group is None:
+                raise serializers.ValidationError({"group": ["No such group."]})
+        created = rollouts.rollout_create(
+            officer=signed_in_user(request),
+            template=template,
+            group=group,
+            people="\n".join(data["people"]),
+            name=data["name"],
+            key_algorithm=KeyAlgorithm(data["key_algorithm"])
+            if data.get("key_algorithm")
+            else None,
+            source_address=client_address(request),
+        )
+        return Response(self.get_serializer(created).data, status=status.HTTP_201_CREATED)
