@@ -51,6 +51,9 @@ from enrollment.x509.names import printable
 # events chained per batch stay well below PostgreSQL's 65,535 (11 columns each).
 CHUNK = 900
 AUDIT_BATCH = 1000
+# Rows per bulk insert: Django lowers it where the backend binds fewer parameters (SQLite);
+# on PostgreSQL a request row has ~20 columns, so 1,000 stay below 65,535 parameters.
+INSERT_BATCH = 1000
 # Entries of a pasted list are separated by line breaks, commas, semicolons or blanks
 # (user names and addresses hold none of them).
 SEPARATORS = re.compile(r"[\s,;]+")
@@ -139,7 +142,7 @@ def _accounts_by(column: str, values: list[str]) -> dict[str, list[User]]:
     found: dict[str, list[User]] = {}
     for chunk in _chunks(values):
         for user in User.objects.annotate(key=Lower(column)).filter(key__in=chunk).order_by("pk"):
-            found.setdefault(user.key, []).append(user)  # type: ignore[attr-defined]
+            found.setdefault(user.key, []).append(user)
     return found
 
 
@@ -413,11 +416,11 @@ def rollout_create(
                 )
                 for person in resolution.eligible
             ],
-            batch_size=CHUNK // 20,  # ~20 columns a row
+            batch_size=INSERT_BATCH,
         )
         invitations = RolloutInvitation.objects.bulk_create(
             [RolloutInvitation(rollout=rollout, request=request) for request in requests],
-            batch_size=CHUNK // 5,
+            batch_size=INSERT_BATCH,
         )
         audit_record(
             action="rollout.create",
@@ -526,9 +529,10 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
         now = timezone.now()
         every = timedelta(hours=settings.PKIPORTAL_ROLLOUT_REMIND_HOURS)
         if locked.last_reminded_at is not None and locked.last_reminded_at + every > now:
+            when = timezone.localtime(locked.last_reminded_at)
             error = RateLimited(
-                f"This roll-out's people were reminded at {locked.last_reminded_at:%Y-%m-%d %H:%M} "
-                f"UTC; remind them again after {settings.PKIPORTAL_ROLLOUT_REMIND_HOURS} hours."
+                f"This roll-out's people were reminded at {when:%Y-%m-%d %H:%M %Z}; remind "
+                f"them again {settings.PKIPORTAL_ROLLOUT_REMIND_HOURS} hours after that."
             )
             error.retry_after = (locked.last_reminded_at + every - now).total_seconds()
             raise error
