@@ -411,7 +411,9 @@ def rollout_create(
                     decided_by=officer,
                     decided_at=now,
                     decision_reason=reason,
-                    source_address=source_address,
+                    # The person made no request: the officer's address is on the audit
+                    # events, and a download records the person's own.
+                    source_address=None,
                     created_at=now,
                 )
                 for person in resolution.eligible

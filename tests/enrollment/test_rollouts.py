@@ -313,6 +313,8 @@ def test_officer_invites_person_collects_and_openssl_opens_it(
     assert {r.state for r in requests} == {"approved"}
     assert {r.decided_by_id for r in requests} == {officer.pk}
     assert all(r.awaits_download for r in requests)
+    assert {r.source_address for r in requests} == {None}  # the officer's is on the events
+    assert {e.source_address for e in AuditEvent.objects.filter(actor=officer)} == {"127.0.0.1"}
     assert len(mail.outbox) == 3
     first = people[0]
     message = next(m for m in mail.outbox if m.to == [first.email])
