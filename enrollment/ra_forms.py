@@ -14,7 +14,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from enrollment.exceptions import EnrollmentError
-from enrollment.forms import FORMAT_CHOICES, PortalForm, invalidity_date_field
+from enrollment.forms import ALGORITHM_ORDER, FORMAT_CHOICES, PortalForm, invalidity_date_field
 from enrollment.models import (
     AuditEvent,
     Certificate,
@@ -333,6 +333,13 @@ class RolloutForm(PortalForm):
         required=False,
         max_length=200,
         help_text="For you and the mail, e.g. “Finance, spring 2027”.",
+    )
+    key_algorithm = forms.ChoiceField(
+        label="Key type",
+        required=False,
+        choices=[("", "The template's first (RSA 3072 where it allows it)")]
+        + [(a.value, a.label) for a in ALGORITHM_ORDER],
+        help_text="Older Outlook versions cannot encrypt to EC keys.",
     )
 
     def clean(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.models import Rollout, RolloutInvitation
 from enrollment.ra_forms import RolloutForm
 from enrollment.rollouts import Reason
+from enrollment.x509.keys import KeyAlgorithm
 
 PEOPLE_PAGE_SIZE = 200
 
@@ -53,6 +54,11 @@ def rollout_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             status = 400
         else:
             data = form.cleaned_data
+            algorithm = (
+                KeyAlgorithm(data["key_algorithm"])
+                if data["key_algorithm"]
+                else rollouts.default_key_algorithm(data["template"])
+            )
             try:
                 if "confirm" in request.POST:
                     created = rollouts.rollout_create(
@@ -61,6 +67,7 @@ def rollout_new(request: AuthenticatedHttpRequest) -> HttpResponse:
                         group=data["group"],
                         people=data["people"],
                         name=data["name"],
+                        key_algorithm=algorithm,
                         source_address=client_address(request),
                     )
                     messages.success(
@@ -68,9 +75,7 @@ def rollout_new(request: AuthenticatedHttpRequest) -> HttpResponse:
                         f"{created.invited} people were invited; their mail is on its way.",
                     )
                     return redirect("ra:rollout-detail", pk=created.pk)
-                rollouts.check_template(
-                    data["template"], rollouts.default_key_algorithm(data["template"])
-                )
+                rollouts.check_template(data["template"], algorithm)
                 preview = rollouts.rollout_resolve(
                     officer=request.user,
                     template=data["template"],

@@ -217,6 +217,23 @@ def test_the_per_person_cap_is_respected(signing, officer, employee, settings):
     assert CertificateRequest.objects.count() == 0
 
 
+def test_the_officer_may_choose_a_key_type_the_template_allows(signing, officer, employee):
+    client = client_for(officer)
+    refused = client.post(
+        "/ra/rollouts/new/",
+        {"template": signing.pk, "people": "alice", "key_algorithm": "rsa-3072", "confirm": "1"},
+    )
+    assert refused.status_code == 400
+    assert "does not allow" in refused.content.decode()
+    assert Rollout.objects.count() == 0
+    client.post(
+        "/ra/rollouts/new/",
+        {"template": signing.pk, "people": "alice", "key_algorithm": "ec-p256", "confirm": "1"},
+    )
+    assert Rollout.objects.get().key_algorithm == "ec-p256"
+    assert CertificateRequest.objects.get(requester=employee).key_algorithm == "ec-p256"
+
+
 def test_a_template_that_takes_only_csrs_is_refused(signing, officer, employee):
     signing.allow_server_key = False
     signing.save()
