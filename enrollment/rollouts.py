@@ -45,6 +45,7 @@ from enrollment.models import (
     RolloutInvitation,
 )
 from enrollment.x509 import keys
+from enrollment.x509.mail_domains import address_permitted
 from enrollment.x509.names import printable
 
 # Rows per IN list and per bulk insert: below SQLite's 999 bound parameters, and audit
@@ -70,6 +71,7 @@ class Reason:
     INACTIVE = "inactive"
     YOURSELF = "yourself"
     NO_EMAIL = "no_email"
+    OUTSIDE_DOMAINS = "outside_domains"
     NOT_PERMITTED = "not_permitted"
     HOLDS_VALID = "holds_valid"
     OPEN_REQUEST = "open_request"
@@ -83,6 +85,7 @@ class Reason:
         INACTIVE: "the account is deactivated",
         YOURSELF: "you cannot approve a request of your own",
         NO_EMAIL: "the account has no e-mail address",
+        OUTSIDE_DOMAINS: "the account's address is outside PKIPORTAL_MAIL_DOMAINS",
         NOT_PERMITTED: "may not use this template",
         HOLDS_VALID: "already holds a valid certificate of this template",
         OPEN_REQUEST: "already has an open request for this template",
@@ -256,6 +259,8 @@ def rollout_resolve(
             reason = Reason.YOURSELF
         elif not (user.email or "").strip():
             reason = Reason.NO_EMAIL
+        elif not address_permitted(user.email.strip(), settings.PKIPORTAL_MAIL_DOMAINS):
+            reason = Reason.OUTSIDE_DOMAINS  # collecting would be refused (subject_for)
         elif permitted is not None and user.pk not in permitted:
             reason = Reason.NOT_PERMITTED
         elif user.pk in holders:

@@ -147,6 +147,21 @@ def test_the_console_links_to_the_rollouts(officer):
 # --- preview and skip rules ----------------------------------------------------------
 
 
+def test_people_outside_the_mail_domains_are_not_invited(signing, officer, settings):
+    """Their collection would be refused: inviting them would only strand a request."""
+    settings.PKIPORTAL_MAIL_DOMAINS = ("example.com",)
+    UserFactory(username="inside", email="inside@example.com")
+    UserFactory(username="outside", email="outside@example.net")
+
+    response = client_for(officer).post(
+        "/ra/rollouts/new/", {"template": signing.pk, "people": "inside\noutside", "preview": "1"}
+    )
+
+    preview = response.context["preview"]
+    assert [u.username for u in preview.eligible] == ["inside"]
+    assert {skip.entry: skip.reason for skip in preview.skipped} == {"outside": "outside_domains"}
+
+
 def test_the_preview_reports_every_problem_and_stores_nothing(
     signing, officer, employee, colleague, staff
 ):
