@@ -309,19 +309,39 @@ def _close_for_officer(
             f"{locked.get_state_display().lower()}.",
             recovery=locked,
         )
+    _reject_locked(
+        locked,
+        officer=officer,
+        reason=CLOSED_FOR_OFFICER,
+        source_address=source_address,
+        closed_for="officer_recovery",
+    )
+    return locked
+
+
+def _reject_locked(
+    locked: KeyRecoveryRequest,
+    *,
+    officer: User,
+    reason: str,
+    source_address: str | None,
+    closed_for: str | None = None,
+) -> None:
+    """Reject a recovery whose row the caller holds locked: state, audit and the owner's
+    mail together."""
     locked.state = State.REJECTED
     locked.decided_by = officer
-    locked.decision_reason = CLOSED_FOR_OFFICER
+    locked.decision_reason = reason
     locked.save(update_fields=["state", "decided_by", "decision_reason", "updated_at"])
+    detail = {"reason": reason, **({"closed_for": closed_for} if closed_for else {})}
     audit_record(
         action="recovery.reject",
         actor=officer,
         target=locked,
         source_address=source_address,
-        detail={"reason": CLOSED_FOR_OFFICER, "closed_for": "officer_recovery"},
+        detail=detail,
     )
     notify.recovery_step(locked, "rejected", actor=officer)
-    return locked
 
 
 def recovery_ask(
@@ -601,18 +621,7 @@ def recovery_reject(
                     f"This recovery can no longer be rejected: it is "
                     f"{locked.get_state_display().lower()}."
                 )
-            locked.state = State.REJECTED
-            locked.decided_by = officer
-            locked.decision_reason = reason
-            locked.save(update_fields=["state", "decided_by", "decision_reason", "updated_at"])
-            audit_record(
-                action="recovery.reject",
-                actor=officer,
-                target=locked,
-                source_address=source_address,
-                detail={"reason": reason},
-            )
-            notify.recovery_step(locked, "rejected", actor=officer)
+            _reject_locked(locked, officer=officer, reason=reason, source_address=source_address)
     return _refresh(recovery, locked)
 
 
