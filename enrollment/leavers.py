@@ -192,20 +192,23 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
     delay = revocation_delay()
     now = now or timezone.now()
     # Holders hear of an outdated certificate even while automatic revocation is off.
+    looking_failed = ""
     try:
         outdated.outdated_sync(now=now, delay=delay)
     except SoftTimeLimitExceeded:
         raise
-    except Exception:
-        # Leavers' revocations, and those found by earlier runs, must not wait for it.
+    except Exception as exc:
+        # Leavers' revocations, and those found by earlier runs, must not wait for it; but
+        # the run records it, so /health/ and the RA console say so.
         logger.exception("Could not look for certificates naming an old address")
+        looking_failed = f"Looking for certificates naming an old address failed: {exc}."[:500]
     if delay is None:
         return Outcome()
     _start_missing_clocks(now)
     cap = settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN
     due = _due_accounts(now, delay)
     accounts = due.accounts
-    outcome = Outcome(due=len(accounts), cap=cap)
+    outcome = Outcome(due=len(accounts), cap=cap, error=looking_failed)
     source = Source.COMMAND if confirmed else Source.SCHEDULE
     if len(accounts) > cap and not confirmed:
         outcome.held_back = len(accounts)
@@ -365,6 +368,8 @@ def leaver_check(now: datetime | None = None) -> dict[str, Any]:
             f"account(s) (deactivated, or whose address changed): {run.error}. It tries "
             "again every hour."
         )
+    elif run.error:  # stopped at its time limit, or could not look for old addresses
+        result["problems"].append(f"The last run: {run.error} It tries again every hour.")
     if result["problems"]:
         result["status"] = health.WARN
     return result

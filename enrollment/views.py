@@ -588,6 +588,7 @@ def _certificate_page(
         "outdated_due": outdated.certificate_due(certificate, leavers.revocation_delay())
         if certificate.names_old_address
         else None,
+        "automatic_revocation": leavers.revocation_delay() is not None,
         "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
         "revoke_form": revoke_form or RevokeForm(),
         "csr_notes": _csr_differences(certificate) if is_owner else [],

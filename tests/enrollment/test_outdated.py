@@ -524,3 +524,55 @@ def test_an_address_changed_back_while_the_run_waits_for_the_account_keeps_the_c
     assert "error" not in result
     assert result["value"].revoked_certificates == 0
     assert statuses(certificate) == ["valid"]
+
+
+# --- when looking for them fails -----------------------------------------------------------
+
+
+def test_a_holder_that_cannot_be_recorded_is_reported_and_the_others_are(
+    make_certificate, employee, colleague, run, monkeypatch
+):
+    """Failures here used to be logged only: the run said nothing and /health/ stayed ok."""
+    mine, theirs = make_certificate(employee), make_certificate(colleague)
+    change_address(employee)
+    change_address(colleague, "colin.new@example.com")
+    record = outdated._record_and_tell
+
+    def fails_for_alice(owner_pk, certificates, **options):
+        if owner_pk == employee.pk:
+            raise RuntimeError("mail server on fire")
+        return record(owner_pk, certificates, **options)
+
+    monkeypatch.setattr(outdated, "_record_and_tell", fails_for_alice)
+
+    moment = timezone.now() + timedelta(minutes=5)
+    run(moment)
+
+    assert not OutdatedCertificate.objects.filter(pk=mine.pk).exists()
+    assert OutdatedCertificate.objects.filter(pk=theirs.pk).exists()
+    check = leavers.leaver_check(now=moment)
+    assert check["status"] == "warn"
+    assert "mail server on fire" in " ".join(check["problems"])
+
+
+def test_the_time_limit_is_not_swallowed_while_looking(
+    make_certificate, employee, colleague, monkeypatch
+):
+    """Celery's soft limit is an Exception: caught per holder, the run went on to the hard
+    limit, which kills the worker with nothing recorded and nothing revoked."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    make_certificate(employee), make_certificate(colleague)
+    change_address(employee)
+    change_address(colleague, "colin.new@example.com")
+    seen = []
+
+    def limit_reached(owner_pk, certificates, **options):
+        seen.append(owner_pk)
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(outdated, "_record_and_tell", limit_reached)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        outdated.outdated_sync(now=timezone.now(), delay=GRACE)
+    assert len(seen) == 1  # stopped at the first, not carried on
