@@ -39,13 +39,14 @@ from enrollment.exceptions import (
 )
 from enrollment.models import (
     Certificate,
+    CertificateAuthority,
     CertificateRequest,
     CertificateTemplate,
     Rollout,
     RolloutInvitation,
 )
 from enrollment.x509 import keys
-from enrollment.x509.mail_domains import address_permitted
+from enrollment.x509.mail_domains import address_permitted, issuer_permits
 from enrollment.x509.names import printable
 
 # Rows per IN list and per bulk insert: below SQLite's 999 bound parameters, and audit
@@ -85,7 +86,7 @@ class Reason:
         INACTIVE: "the account is deactivated",
         YOURSELF: "you cannot approve a request of your own",
         NO_EMAIL: "the account has no e-mail address",
-        OUTSIDE_DOMAINS: "the account's address is outside PKIPORTAL_MAIL_DOMAINS",
+        OUTSIDE_DOMAINS: "the account's address is outside the mail domains the CA issues for",
         NOT_PERMITTED: "may not use this template",
         HOLDS_VALID: "already holds a valid certificate of this template",
         OPEN_REQUEST: "already has an open request for this template",
@@ -119,9 +120,13 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def parse_people(text: str) -> list[str]:
-    """The entries of a pasted list, in order; empty ones dropped."""
-    entries = [entry for entry in SEPARATORS.split(text or "") if entry]
+def parse_people(text: str | Sequence[str]) -> list[str]:
+    """The entries of a pasted list, in order; empty ones dropped. A list (the API's) is
+    taken entry by entry: "alice bob" there is one name that matches no one, not two."""
+    if isinstance(text, str):
+        entries = [entry for entry in SEPARATORS.split(text or "") if entry]
+    else:
+        entries = [entry.strip() for entry in text if entry.strip()]
     limit = settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE
     if len(entries) > limit:
         raise PolicyViolation(
@@ -153,15 +158,21 @@ def _named(entries: list[str], resolution: Resolution) -> list[tuple[str, User]]
     """Map pasted entries to accounts; what maps to none (or two) goes to ``skipped``."""
     plain = [(entry, entry.lower()) for entry in entries if _is_plain(entry)]
     addresses = _accounts_by("email", sorted({key for _e, key in plain if "@" in key}))
-    names = _accounts_by("username", sorted({key for _e, key in plain if "@" not in key}))
+    # Every entry is looked up as a user name too: where sign-in names look like addresses
+    # (LDAP, single sign-on), "carol@example.com" may be Carol's name and someone else's
+    # address, and must then be refused as ambiguous, not given to whoever has the address.
+    names = _accounts_by("username", sorted({key for _e, key in plain}))
     named: list[tuple[str, User]] = []
     for entry in entries:
         if not _is_plain(entry):
             resolution.skipped.append(Skip(printable(entry[:MAX_ENTRY_LENGTH]), Reason.INVALID))
             continue
         key = entry.lower()
-        matches = (addresses if "@" in key else names).get(key, [])
-        if "@" not in key and len(matches) > 1:
+        matches = names.get(key, [])
+        if "@" in key:
+            by_name = {user.pk for user in matches}
+            matches = matches + [u for u in addresses.get(key, []) if u.pk not in by_name]
+        elif len(matches) > 1:
             exact = [user for user in matches if user.get_username() == entry]
             matches = exact or matches
         if not matches:
@@ -190,7 +201,7 @@ def rollout_resolve(
     officer: User,
     template: CertificateTemplate,
     group: Group | None = None,
-    people: str = "",
+    people: str | Sequence[str] = "",
     lock: bool = False,
 ) -> Resolution:
     """Who the officer's group and list name, and which of them may be invited.
@@ -251,6 +262,7 @@ def rollout_resolve(
             .values_list("requester_id", "n")
         )
     cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
+    ca = issuing_ca(template)
     for entry, user in unique:
         reason = None
         if not user.is_active:
@@ -259,8 +271,12 @@ def rollout_resolve(
             reason = Reason.YOURSELF
         elif not (user.email or "").strip():
             reason = Reason.NO_EMAIL
-        elif not address_permitted(user.email.strip(), settings.PKIPORTAL_MAIL_DOMAINS):
-            reason = Reason.OUTSIDE_DOMAINS  # collecting would be refused (subject_for)
+        elif not address_permitted(user.email.strip(), settings.PKIPORTAL_MAIL_DOMAINS) or (
+            ca is not None and not issuer_permits(ca.certificate, user.email.strip())
+        ):
+            # Collecting would be refused: by subject_for, or (503) by the CA's own name
+            # constraints, narrower than the setting.
+            reason = Reason.OUTSIDE_DOMAINS
         elif permitted is not None and user.pk not in permitted:
             reason = Reason.NOT_PERMITTED
         elif user.pk in holders:
@@ -301,6 +317,15 @@ def check_template(template: CertificateTemplate, key_algorithm: keys.KeyAlgorit
             f"No valid key recovery agent is configured, so {template.name} cannot issue "
             "right now: encryption keys must be archived."
         )
+    if issuing_ca(template) is None:
+        raise ConfigurationError(f"No online issuing CA issues for {template.name}.")
+
+
+def issuing_ca(template: CertificateTemplate) -> CertificateAuthority | None:
+    """The CA the invitations would be issued from when collected, as _issue picks it."""
+    if template.issuing_ca_id is not None:
+        return template.issuing_ca
+    return CertificateAuthority.objects.filter(is_default=True, is_online=True).first()
 
 
 def _officer(officer: User) -> None:
@@ -359,7 +384,7 @@ def rollout_create(
     officer: User,
     template: CertificateTemplate,
     group: Group | None = None,
-    people: str = "",
+    people: str | Sequence[str] = "",
     name: str = "",
     key_algorithm: keys.KeyAlgorithm | None = None,
     source_address: str | None = None,
@@ -371,7 +396,7 @@ def rollout_create(
     mail goes after the commit. A roll-out that would invite nobody is refused.
     """
     _officer(officer)
-    if group is None and not (people or "").strip():
+    if group is None and not parse_people(people):
         raise PolicyViolation("Choose a group or list the people to invite.", field="people")
     name = (name or "").strip()
     if len(name) > 200 or not all(c.isprintable() for c in name):
@@ -621,7 +646,9 @@ def rollout_mail_send(*, invitation_ids: list[int], kind: str) -> int:
 
     invitations = list(
         RolloutInvitation.objects.filter(
-            pk__in=invitation_ids, request__state=CertificateRequest.State.APPROVED
+            pk__in=invitation_ids,
+            request__state=CertificateRequest.State.APPROVED,
+            request__requester__is_active=True,  # a leaver is not asked to collect
         ).select_related("rollout__template", "rollout__created_by", "request__requester")
     )
     if kind == "invite":

@@ -316,6 +316,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RevocationReasonEnum": "enrollment.models.Certificate.RevocationReasonChoice",
         "RequestStateEnum": "enrollment.models.CertificateRequest.State",
+        "RolloutStateEnum": "enrollment.models.Rollout.State",
         "CertificateStateEnum": ["valid", "revoked", "expired"],
     },
 }
@@ -553,7 +554,7 @@ PKIPORTAL_ROLLOUT_REMIND_HOURS = _whole_number(
     "PKIPORTAL_ROLLOUT_REMIND_HOURS", 24, 1, 24 * 30, "hours"
 )
 PKIPORTAL_ROLLOUT_MAX_PEOPLE = _whole_number(
-    "PKIPORTAL_ROLLOUT_MAX_PEOPLE", 10000, 1, 100000, "people"
+    "PKIPORTAL_ROLLOUT_MAX_PEOPLE", 2000, 1, 10000, "people"
 )
 CELERY_BEAT_SCHEDULE |= {
     # Hourly: an invitation not collected in time is withdrawn within the hour after.

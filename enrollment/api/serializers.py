@@ -741,3 +741,12 @@ class RolloutOut(serializers.ModelSerializer[Any]):
              "status": i.status}
             for i in invitations
         ]  # fmt: skip
+
+
+class RolloutSummaryOut(RolloutOut):
+    """A roll-out in a list: its counts, not its people (a list of roll-outs of thousands
+    each would be hundreds of thousands of rows); `url` gives them."""
+
+    class Meta(RolloutOut.Meta):
+        fields = [f for f in RolloutOut.Meta.fields if f not in ("people", "skipped")]
+        read_only_fields = fields

@@ -912,8 +912,8 @@ class TokenLogoutAllView(APIView):
 @extend_schema_view(
     list=extend_schema(
         summary="Roll-outs (RA officers)",
-        description="Newest first.",
-        responses={200: s.RolloutOut(many=True), **ERRORS},
+        description="Newest first; counts only: each one's `url` lists its people.",
+        responses={200: s.RolloutSummaryOut(many=True), **ERRORS},
     ),
     retrieve=extend_schema(
         summary="One roll-out (RA officers)",
@@ -931,6 +931,9 @@ class RolloutViewSet(
 
     def get_queryset(self) -> QuerySet[Rollout]:
         return Rollout.objects.select_related("template", "created_by")
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer[Any]]:
+        return s.RolloutSummaryOut if self.action == "list" else s.RolloutOut
 
     @extend_schema(
         summary="Create a roll-out (RA officers)",
@@ -964,7 +967,7 @@ class RolloutViewSet(
             officer=signed_in_user(request),
             template=template,
             group=group,
-            people="\n".join(data["people"]),
+            people=data["people"],  # entry by entry: an API item is one name or address
             name=data["name"],
             key_algorithm=KeyAlgorithm(data["key_algorithm"])
             if data.get("key_algorithm")

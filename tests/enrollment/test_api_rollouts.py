@@ -138,3 +138,30 @@ def test_a_list_over_the_limit_is_refused(signing, officer, employee, settings):
     response = token_client(officer).post(ROLLOUTS, body(*["alice"] * 4), format="json")
     assert response.status_code == 400
     assert Rollout.objects.count() == 0
+
+
+# --- from the review ---------------------------------------------------------------------
+
+
+def test_an_api_item_is_one_entry_even_with_a_blank_in_it(officer, signing):
+    UserFactory(username="ann")
+    UserFactory(username="ben")
+    client = token_client(officer)
+
+    response = client.post(ROLLOUTS, body("ann ben"), format="json")
+
+    assert response.status_code == 400  # nobody to invite: "ann ben" names no one
+    assert not CertificateRequest.objects.exists()
+
+
+def test_the_list_gives_counts_not_people(officer, signing):
+    UserFactory(username="ann")
+    client = token_client(officer)
+    created = client.post(ROLLOUTS, body("ann"), format="json")
+    assert created.status_code == 201
+
+    listed = client.get(ROLLOUTS).json()["results"][0]
+
+    assert "people" not in listed
+    assert listed["invited"] == 1
+    assert [p["username"] for p in client.get(listed["url"]).json()["people"]] == ["ann"]

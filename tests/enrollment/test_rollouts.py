@@ -531,3 +531,61 @@ def test_no_password_reaches_the_database_or_the_audit(signing, officer, employe
 
     assert PASSWORD not in audit_text()
     assert PASSWORD not in str(list(Rollout.objects.values()))
+
+
+def test_a_name_that_is_one_accounts_user_name_and_anothers_address_is_ambiguous(signing, officer):
+    """Where sign-in names look like addresses, "carol@example.com" must not invite whoever
+    happens to have that address."""
+    UserFactory(username="carol@example.com", email="carol.c@example.com")
+    UserFactory(username="mallory", email="carol@example.com")
+
+    response = client_for(officer).post(
+        "/ra/rollouts/new/",
+        {"template": signing.pk, "people": "carol@example.com", "preview": "1"},
+    )
+
+    preview = response.context["preview"]
+    assert preview.eligible == []
+    assert [(skip.entry, skip.reason) for skip in preview.skipped] == [
+        ("carol@example.com", "ambiguous")
+    ]
+
+
+def test_people_a_narrower_ca_cannot_certify_are_not_invited(signing, officer, settings, hierarchy):
+    """The setting allows example.org, but the CA was constrained to example.com."""
+    from enrollment import keystore
+
+    constrained = services.issuing_ca_create(
+        spec=services.CaSpec("Narrow CA", "narrow", KeyAlgorithm.EC_P256, 1825),
+        root=hierarchy.root,
+        root_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+        base_url="http://pki.example.com",
+        organization_name="Example Org",
+        country_name="GB",
+        mail_domains=("example.com",),
+    )
+    services.issuing_ca_switch(to=constrained)
+    settings.PKIPORTAL_MAIL_DOMAINS = ("example.com", "example.org")
+    UserFactory(username="dora", email="dora@example.org")
+    UserFactory(username="eve", email="eve@example.com")
+
+    response = client_for(officer).post(
+        "/ra/rollouts/new/", {"template": signing.pk, "people": "dora eve", "preview": "1"}
+    )
+
+    preview = response.context["preview"]
+    assert [u.username for u in preview.eligible] == ["eve"]
+    assert {s.entry: s.reason for s in preview.skipped} == {"dora": "outside_domains"}
+
+
+def test_a_leaver_is_not_mailed_an_invitation(signing, officer, django_capture_on_commit_callbacks):
+    ann = UserFactory(username="ann", email="ann@example.com")
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        rollouts.rollout_create(officer=officer, template=signing, people="ann")
+    ann.is_active = False
+    ann.save()
+    mail.outbox.clear()
+    for callback in queued:
+        callback()
+
+    assert not [m for m in mail.outbox if m.to == ["ann@example.com"]]
