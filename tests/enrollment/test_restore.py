@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import timedelta
 
 import pytest
+import time_machine
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from enrollment import keystore, restore, services
 from enrollment.exceptions import PolicyViolation
@@ -156,7 +159,10 @@ def test_a_portal_that_published_again_before_the_resume_still_gets_everything_b
     facts = before_the_failure
     services.crl_publish(ca=hierarchy.issuing)
     services.crl_publish(ca=hierarchy.issuing)  # now at the supplied CRL's number
-    later = services.certificate_revoke(certificate=facts["compromised"], reason=REASON.SUPERSEDED)
+    with time_machine.travel(timezone.now() + timedelta(hours=1), tick=False):
+        later = services.certificate_revoke(
+            certificate=facts["compromised"], reason=REASON.SUPERSEDED
+        )
     database_number = hierarchy.issuing.latest_crl().number
     assert database_number > facts["number"]
 
