@@ -122,6 +122,17 @@ class Slapd:
                 service_dn=SERVICE_DN,
             )
         )
+        self._launch(conf)
+        self.add(
+            f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\n"
+            "o: Example Org\n\n"
+            f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: People\n\n"
+            f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\n"
+            f"objectClass: simpleSecurityObject\ncn: pkiportal\n"
+            f"userPassword: {SERVICE_PASSWORD}\n"
+        )
+
+    def _launch(self, conf: Path) -> None:
         # -d 0: stay in the foreground (so the fixture owns the process), log nothing.
         self.process = subprocess.Popen(
             [
@@ -134,7 +145,7 @@ class Slapd:
                 "0",
             ],  # fmt: skip
             stdout=subprocess.DEVNULL,
-            stderr=(self.directory / "slapd.log").open("wb"),
+            stderr=(self.directory / "slapd.log").open("ab"),
         )
         deadline = time.monotonic() + 20
         while not self.answers():
@@ -143,14 +154,15 @@ class Slapd:
                 self.stop()
                 pytest.fail(f"slapd did not start:\n{log}")
             time.sleep(0.05)
-        self.add(
-            f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\n"
-            "o: Example Org\n\n"
-            f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: People\n\n"
-            f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\n"
-            f"objectClass: simpleSecurityObject\ncn: pkiportal\n"
-            f"userPassword: {SERVICE_PASSWORD}\n"
-        )
+
+    def restart(self) -> None:
+        """Stop and start slapd on the same ports and data: every open connection drops,
+        as when a domain controller restarts."""
+        self.stop()
+        deadline = time.monotonic() + 10
+        while self.answers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._launch(self.directory / "slapd.conf")
 
     def answers(self) -> bool:
         try:
@@ -194,9 +206,12 @@ class Slapd:
 
     def reset_people(self) -> None:
         """Remove every person, keeping ou=People."""
-        found = self._run("ldapsearch", "-LLL", "-b", PEOPLE, "-s", "one", "1.1")
+        found = self._run("ldapsearch", "-LLL", "-o", "ldif-wrap=no", "-b", PEOPLE, "-s", "one",
+                          "1.1")  # fmt: skip
         for line in found.splitlines():
-            if line.startswith("dn: "):
+            if line.startswith("dn:: "):  # not plain ASCII: base64 (RFC 2849)
+                self._run("ldapdelete", base64.b64decode(line[5:]).decode())
+            elif line.startswith("dn: "):
                 self._run("ldapdelete", line[4:])
 
     def add_person(self, uid: str, mail: str, *, certificates: tuple[bytes, ...] = ()) -> str:
@@ -204,9 +219,13 @@ class Slapd:
         values = "".join(
             f"userCertificate;binary:: {base64.b64encode(der).decode()}\n" for der in certificates
         )
+
+        def b64(text: str) -> str:  # any UTF-8 name, as RFC 2849 asks for non-ASCII
+            return base64.b64encode(text.encode()).decode()
+
         self.add(
-            f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
-            f"mail: {mail}\n{values}"
+            f"dn:: {b64(dn)}\nobjectClass: inetOrgPerson\nuid:: {b64(uid)}\ncn:: {b64(uid)}\n"
+            f"sn:: {b64(uid)}\nmail: {mail}\n{values}"
         )
         return dn
 
