@@ -916,23 +916,65 @@ class OutdatedCertificate(models.Model):
 class LdapPublication(models.Model):
     """How publication to the LDAP directory last went (one row, enrollment.ldap_publish).
 
-    Read by /health/ and the RA console: the last error and its time, and the people who
-    hold certificates to publish but have no entry the search finds.
+    Read by /health/ and the RA console: the last error and its time, when the last
+    reconciliation run finished, and where the slow full sweep stands.
     """
 
     succeeded_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
     reconciled_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the last full reconciliation finished."
+        null=True, blank=True, help_text="When the last reconciliation run finished."
     )
-    not_found = models.JSONField(
-        default=list, blank=True, help_text="User names without a directory entry (some)."
+    enabled_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the portal first saw publication turned on."
     )
-    not_found_count = models.PositiveIntegerField(default=0)
+    running_until = models.DateTimeField(
+        null=True, blank=True, help_text="A reconciliation run holds this lease until then."
+    )
+    sweep_after = models.BigIntegerField(
+        default=0, help_text="The full sweep resumes after this account id."
+    )
+    swept_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the full sweep last reached the end."
+    )
+    settings_digest = models.CharField(
+        max_length=64, blank=True, help_text="What was published where (settings), hashed."
+    )
 
     def __str__(self) -> str:
         return "LDAP publication"
+
+
+class LdapPublishedCertificate(models.Model):
+    """A certificate the portal last wrote to (or found in) its holder's entry.
+
+    Reconciliation diffs this against what should be published, in SQL, and visits only
+    the people whose sets differ: its hourly work follows what changed, not headcount.
+    """
+
+    certificate = models.OneToOneField(
+        "Certificate", on_delete=models.CASCADE, primary_key=True, related_name="ldap_published"
+    )
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    published_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"certificate {self.certificate_id} published for user {self.owner_id}"
+
+
+class LdapMissingEntry(models.Model):
+    """Someone with certificates to publish whose entry the search does not find (one
+    row per person, so /health/ counts people, not attempts)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    since = models.DateTimeField()
+    reason = models.CharField(max_length=300, blank=True)
+
+    def __str__(self) -> str:
+        return f"no directory entry for user {self.user_id}"
 
 
 # --- background work ------------------------------------------------------------------

@@ -168,8 +168,9 @@ def leavers_revoke_task() -> dict[str, int]:
 
 
 # --- publishing certificates to the organisation's LDAP directory ---------------------
-# A directory that is down or refuses the bind is retried ten times, 15 s apart at first
-# and doubling to 15 min (with jitter); after that the hourly reconciliation takes over.
+# A directory that is down or refuses the bind is retried ten times, with Celery's full
+# jitter: each wait a random time up to 15 s, doubling to at most 15 min; after that the
+# hourly reconciliation takes over.
 @shared_task(
     acks_late=True,
     reject_on_worker_lost=True,
@@ -179,18 +180,36 @@ def leavers_revoke_task() -> dict[str, int]:
     max_retries=10,
 )
 def ldap_publish_task(user_id: int) -> dict[str, Any] | None:
-    """After an issuance or a revocation commits: make the holder's entry right."""
+    """After an issuance or a revocation commits: make the holder's entry right. Nothing
+    if publication has been turned off since the task was queued."""
+    if not ldap_publish.enabled():
+        return None
     result = ldap_publish.person_publish(user_id=user_id)
     return None if result is None else {"added": result.added, "removed": result.removed}
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True)
+# Its own limits, longer than the default 300 s and under the broker's one-hour visibility
+# timeout; the run itself stops taking people after ldap_publish.RUN_SECONDS.
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=ldap_publish.RUN_SOFT_TIME_LIMIT,
+    time_limit=ldap_publish.RUN_TIME_LIMIT,
+)
 def ldap_reconcile_task() -> dict[str, Any]:
-    """Beat, hourly: make every entry match the database (missed events, a directory
-    that was down, entries edited by hand, expiry)."""
+    """Beat, hourly: the people the database diff finds (missed events, a directory that
+    was down, expiry, leavers), then a bounded slice of the full sweep (entries edited by
+    hand). One run at a time: a second one returns at once."""
     if not ldap_publish.enabled():
         return {"mode": "off"}
-    return ldap_publish.reconcile().as_dict()
+    try:
+        result = ldap_publish.reconcile(
+            sweep=settings.PKIPORTAL_LDAP_SWEEP_BATCH, seconds=ldap_publish.RUN_SECONDS
+        )
+    except ldap_publish.RunInProgress:
+        logger.info("A directory reconciliation is still running; this one is skipped.")
+        return {"skipped": "another run is in progress"}
+    return result.as_dict()
 
 
 # --- roll-outs --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import subprocess
+import threading
 import unicodedata
 from datetime import timedelta
 
@@ -155,8 +156,9 @@ def test_reconcile_puts_hand_edited_entries_right(
 
     result = ldap_reconcile_task.delay().get()
 
-    assert result == {"people": 2, "changed": 2, "added": 2, "removed": 1, "not_found": 0,
-                      "failed": 0, "error": ""}  # fmt: skip
+    assert result == {"people": 2, "differing": 2, "swept": 2, "sweep_finished": True,
+                      "changed": 2, "added": 2, "removed": 1, "not_found": 0, "failed": 0,
+                      "error": ""}  # fmt: skip
     assert sorted(directory.values(alice)) == sorted([bytes(kept.der), foreign_der])
     assert directory.values(bob) == [bytes(bobs.der)]
     # A second run finds nothing to do and audits nothing.
@@ -275,16 +277,45 @@ def test_it_can_find_people_by_address(directory, employee, dual_use, settings):
     assert directory.values(dn) == [bytes(dual_use.der)]
 
 
-def test_user_smime_certificate_holds_a_pkcs7_that_openssl_reads(
-    alice_dn, directory, dual_use, settings, openssl
-):
+def smime(settings) -> None:
     settings.PKIPORTAL_LDAP_PUBLISH_ATTRIBUTES = [
         "userCertificate;binary",
         "userSMIMECertificate",  # slapd refuses ;binary on it (RFC 4522: certificates only)
     ]
-    # What Outlook's "Publish to GAL" might have left: a PKCS#7 of ours, but not one the
-    # portal wrote (no chain); never removed.
-    outlooks = pkcs7.certificates_to_p7b([dual_use.certificate])
+
+
+def print_certs(openssl, blob: bytes) -> list[str]:
+    """The subjects openssl reads from a DER PKCS#7, in the order it holds them."""
+    printed = subprocess.run(
+        ["openssl", "pkcs7", "-inform", "DER", "-in", str(openssl.write("p.p7b", blob)),
+         "-print_certs", "-noout"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return [line for line in printed.splitlines() if line.startswith("subject=")]
+
+
+def signed_blob(openssl, foreign_der: bytes, ours: Certificate) -> bytes:
+    """What Outlook's "Publish to GAL" writes: a signed PKCS#7 (here signed by another
+    CA's certificate) that carries one of ours among others."""
+    openssl.write("ours.pem", pkcs7.certificate_pem(ours.certificate))
+    openssl.run("x509", "-inform", "DER", "-in", openssl.path("foreign.der"),
+                "-out", openssl.path("foreign.pem"))  # fmt: skip
+    openssl.write("empty.txt", b"")
+    openssl.run("smime", "-sign", "-nodetach", "-binary", "-in", openssl.path("empty.txt"),
+                "-signer", openssl.path("foreign.pem"), "-inkey", openssl.path("foreign.key"),
+                "-certfile", openssl.path("ours.pem"), "-outform", "DER",
+                "-out", openssl.path("outlook.p7s"))  # fmt: skip
+    return openssl.path("outlook.p7s").read_bytes()
+
+
+def test_user_smime_certificate_holds_the_leaf_alone_and_foreign_blobs_stay(
+    alice_dn, directory, dual_use, settings, openssl, foreign_der
+):
+    """Outlook takes the first valid certificate of a blob it did not write: ours holds
+    the person's certificate only. A signed blob that merely contains ours is not ours."""
+    smime(settings)
+    outlooks = signed_blob(openssl, foreign_der, dual_use)
+    assert len(print_certs(openssl, outlooks)) == 2
     directory.modify(
         f"dn: {alice_dn}\nchangetype: modify\nadd: userSMIMECertificate\n"
         f"userSMIMECertificate:: {base64.b64encode(outlooks).decode()}\n"
@@ -295,12 +326,12 @@ def test_user_smime_certificate_holds_a_pkcs7_that_openssl_reads(
     blobs = directory.values(alice_dn, "userSMIMECertificate")
     assert len(blobs) == 2
     ours = next(blob for blob in blobs if blob != outlooks)
-    printed = subprocess.run(
-        ["openssl", "pkcs7", "-inform", "DER", "-in", str(openssl.write("p.p7b", ours)),
-         "-print_certs", "-noout"],
-        check=True, capture_output=True, text=True,
+    assert len(print_certs(openssl, ours)) == 1  # the leaf alone: no CA to pick first
+    extracted = subprocess.run(
+        ["openssl", "pkcs7", "-inform", "DER", "-in", str(openssl.write("ours.p7b", ours)),
+         "-print_certs"], check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    assert printed.count("subject=") == 3  # the certificate, the issuing CA, the root
+    assert pkcs7.certificate_pem(dual_use.certificate).decode().strip() in extracted
     assert directory.values(alice_dn) == [bytes(dual_use.der)]
 
     services.certificate_revoke(certificate=dual_use, reason="superseded")
@@ -310,9 +341,38 @@ def test_user_smime_certificate_holds_a_pkcs7_that_openssl_reads(
     assert directory.values(alice_dn) == []
 
 
+def test_user_smime_certificate_blobs_of_ours_are_known_by_content_not_bytes(
+    alice_dn, directory, dual_use, settings, openssl
+):
+    """The first release wrote the certificate with its chain: still ours, replaced by the
+    leaf alone, and withdrawn on revocation, although its bytes are not what we write."""
+    smime(settings)
+    chain = [dual_use.certificate, *(ca.certificate for ca in dual_use.ca.chain())]
+    old = pkcs7.certificates_to_p7b(chain)
+    assert len(print_certs(openssl, old)) == 3
+    directory.modify(
+        f"dn: {alice_dn}\nchangetype: modify\nadd: userSMIMECertificate\n"
+        f"userSMIMECertificate:: {base64.b64encode(old).decode()}\n"
+    )
+
+    ldap_publish_task.delay(dual_use.owner_id).get()
+
+    (blob,) = directory.values(alice_dn, "userSMIMECertificate")
+    assert len(print_certs(openssl, blob)) == 1
+
+    directory.modify(  # as if re-encoded by another tool: the same certificate, new bytes
+        f"dn: {alice_dn}\nchangetype: modify\nreplace: userSMIMECertificate\n"
+        f"userSMIMECertificate:: {base64.b64encode(old).decode()}\n"
+    )
+    services.certificate_revoke(certificate=dual_use, reason="superseded")
+    ldap_publish_task.delay(dual_use.owner_id).get()
+
+    assert directory.values(alice_dn, "userSMIMECertificate") == []
+
+
 def test_the_command_reconciles_and_says_what_it_did(alice_dn, directory, dual_use, capsys):
     call_command("ldap_publish")
-    assert "1 people checked, 1 entries changed (1 certificates added" in capsys.readouterr().out
+    assert "1 entries changed (1 certificates added" in capsys.readouterr().out
     assert directory.values(alice_dn) == [bytes(dual_use.der)]
 
     call_command("ldap_publish", "--user", "alice")
@@ -375,9 +435,15 @@ def test_the_ra_console_warns_officers_only(alice_dn, dual_use, settings, office
 @hypothesis_settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(name=st.text(min_size=1, max_size=40).filter(lambda n: n.strip() and "\x00" not in n))
+@given(
+    name=st.one_of(
+        st.text(min_size=1, max_size=40),
+        st.text(min_size=0, max_size=10).map(lambda n: f"bob\x00{n}"),  # NUL, escaped \00
+        st.sampled_from(["bob\x00", "\x00", "b*", "bob)(uid=*", "bo\\62"]),
+    ).filter(lambda n: n.strip())
+)
 def test_any_user_name_finds_only_its_own_entry(directory, name):
-    """Whatever a user name holds (filter syntax, NUL-free Unicode), the search matches
+    """Whatever a user name holds (filter syntax, NUL, any Unicode), the search matches
     that name or nothing: never someone else's entry, never an error but "not found"."""
     directory.reset_people()
     bob = directory.add_person("bob", "bob@example.com")
@@ -392,3 +458,318 @@ def test_any_user_name_finds_only_its_own_entry(directory, name):
     # LDAP compares uids ignoring case and surrounding spaces (RFC 4518 preparation).
     folded = unicodedata.normalize("NFKC", name).strip().casefold()
     assert entry is None or (entry.dn == bob and folded == "bob")
+
+
+# --- reconciliation: what changed, the sweep, races ----------------------------------
+
+
+class _OnLog(logging.Handler):
+    """Runs `action` once, when person_sync logs its first change: a point in the middle
+    of a reconciliation run, reached without patching anything."""
+
+    def __init__(self, action) -> None:
+        super().__init__(logging.INFO)
+        self.action = action
+        self.fired = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired and record.getMessage().startswith("Directory entry uid=alice"):
+            self.fired = True
+            self.action()
+
+
+@pytest.fixture
+def on_first_change():
+    logger = logging.getLogger("enrollment.ldap_publish")
+    installed = []
+
+    def install(action) -> _OnLog:
+        handler = _OnLog(action)
+        logger.addHandler(handler)
+        installed.append(handler)
+        return handler
+
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield install
+    logger.setLevel(level)
+    for handler in installed:
+        logger.removeHandler(handler)
+
+
+def test_reconcile_keeps_a_certificate_issued_while_it_runs(
+    directory, employee, colleague, hierarchy, template, on_first_change
+):
+    """The wanted set is read per person at the moment of the visit: a certificate issued
+    (and published by its task) after the run began stays published."""
+    alice = directory.add_person("alice", employee.email)
+    bob = directory.add_person("bob", colleague.email)
+    issue(employee, template("smime-dual-use"), new_key())
+    earlier = issue(colleague, template("smime-dual-use"), new_key())
+    later: list[Certificate] = []
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+
+        def an_hour_later_bob_renews() -> None:
+            traveller.shift(timedelta(hours=1))
+            later.append(issue(colleague, template("smime-dual-use"), new_key()))
+            ldap_publish.person_publish(user_id=colleague.pk)  # what the worker does
+
+        hook = on_first_change(an_hour_later_bob_renews)
+        ldap_reconcile_task.delay().get()
+
+    assert hook.fired
+    assert directory.values(alice)
+    assert sorted(directory.values(bob)) == sorted([bytes(earlier.der), bytes(later[0].der)])
+
+
+def test_the_diff_visits_only_people_whose_certificates_changed(
+    directory, employee, colleague, hierarchy, template, settings
+):
+    settings.PKIPORTAL_LDAP_SWEEP_BATCH = 0  # the diff alone
+    alice = directory.add_person("alice", employee.email)
+    directory.add_person("bob", colleague.email)
+    alices = issue(employee, template("smime-dual-use"), new_key())
+    issue(colleague, template("smime-dual-use"), new_key())
+    assert ldap_reconcile_task.delay().get()["people"] == 2
+
+    assert ldap_reconcile_task.delay().get()["people"] == 0  # nothing changed: no search
+
+    services.certificate_revoke(certificate=alices, reason="superseded")  # no task: inline
+    result = ldap_reconcile_task.delay().get()
+    assert (result["people"], result["differing"], result["removed"]) == (1, 1, 1)
+    assert directory.values(alice) == []
+
+    # Expiry, however long ago, is a difference too.
+    bobs = Certificate.objects.get(owner=colleague)
+    with time_machine.travel(bobs.not_after + timedelta(days=90), tick=False):
+        assert ldap_reconcile_task.delay().get()["removed"] == 1
+
+
+def test_the_sweep_restores_hand_edits_a_slice_per_run_from_where_it_stopped(
+    directory, employee, colleague, hierarchy, template, settings
+):
+    """After publication, the diff has nothing to do; a value deleted by hand comes back
+    when the sweep's cursor reaches its person, one bounded batch per run."""
+    carol = UserFactory(username="carol", email="carol@example.com")
+    people = [employee, colleague, carol]
+    dns = [directory.add_person(u.get_username(), u.email) for u in people]
+    certificates = [issue(u, template("smime-dual-use"), new_key()) for u in people]
+    ldap_reconcile_task.delay().get()
+    for dn in dns:
+        directory.modify(f"dn: {dn}\nchangetype: modify\ndelete: userCertificate;binary\n")
+    settings.PKIPORTAL_LDAP_SWEEP_BATCH = 2
+    LdapPublication.objects.update(sweep_after=0)
+
+    first = ldap_reconcile_task.delay().get()
+    assert (first["differing"], first["swept"], first["sweep_finished"]) == (0, 2, False)
+    assert [bool(directory.values(dn)) for dn in dns] == [True, True, False]
+    assert LdapPublication.objects.get().sweep_after == max(employee.pk, colleague.pk)
+
+    second = ldap_reconcile_task.delay().get()
+    assert (second["swept"], second["sweep_finished"]) == (1, True)
+    assert [directory.values(dn) for dn in dns] == [[bytes(c.der)] for c in certificates]
+    state = LdapPublication.objects.get()
+    assert (state.sweep_after, state.swept_at is not None) == (0, True)
+
+
+def test_only_one_reconciliation_runs_at_a_time(directory, employee, dual_use):
+    directory.add_person("alice", employee.email)
+    LdapPublication.objects.update_or_create(
+        pk=1, defaults={"running_until": timezone.now() + timedelta(minutes=10)}
+    )
+
+    assert ldap_reconcile_task.delay().get() == {"skipped": "another run is in progress"}
+    with pytest.raises(CommandError, match="another reconciliation run"):
+        call_command("ldap_publish")
+
+    # A lease left by a killed run lapses.
+    with time_machine.travel(timezone.now() + timedelta(minutes=11), tick=False):
+        assert ldap_reconcile_task.delay().get()["added"] == 1
+    assert LdapPublication.objects.get().running_until is None
+
+
+def test_the_reconcile_task_has_its_own_time_limit_under_the_visibility_timeout(settings):
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    assert ldap_reconcile_task.soft_time_limit > ldap_publish.RUN_SECONDS
+    assert ldap_reconcile_task.soft_time_limit < ldap_reconcile_task.time_limit < visibility
+    assert ldap_publish.RUN_LEASE.total_seconds() < visibility
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_person_is_published_by_one_task_at_a_time(directory, employee, hierarchy, template):
+    """While one task (or the reconciliation) holds a person between its database read
+    and its directory write, another waits, then reads the database after it: a
+    revocation's task can no longer be undone by a slower one."""
+    from django.db import connection, connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the per-person lock is PostgreSQL's advisory lock")
+    dn = directory.add_person("alice", employee.email)
+    certificate = issue(employee, template("smime-dual-use"), new_key())
+    locked, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                ldap_publish._lock_person(employee.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    def publisher() -> None:
+        try:
+            ldap_publish.person_publish(user_id=employee.pk)
+            done.set()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=publisher)]
+    threads[0].start()
+    assert locked.wait(10)
+    threads[1].start()
+    assert not done.wait(1)  # waiting for the holder
+    assert directory.values(dn) == []
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert done.is_set()
+    assert directory.values(dn) == [bytes(certificate.der)]
+
+
+def test_a_dropped_connection_is_reopened_once_and_the_run_goes_on(
+    directory, employee, colleague, hierarchy, template, on_first_change
+):
+    alice = directory.add_person("alice", employee.email)
+    bob = directory.add_person("bob", colleague.email)
+    issue(employee, template("smime-dual-use"), new_key())
+    bobs = issue(colleague, template("smime-dual-use"), new_key())
+    hook = on_first_change(directory.restart)  # a DC restart mid-run drops the connection
+
+    result = ldap_reconcile_task.delay().get()
+
+    assert hook.fired
+    assert (result["failed"], result["changed"]) == (0, 2)
+    assert directory.values(alice)
+    assert directory.values(bob) == [bytes(bobs.der)]
+
+
+def test_people_without_an_entry_are_counted_once_each(directory, hierarchy, template,
+                                                       officer_client):  # fmt: skip
+    people = [
+        UserFactory(username=f"nobody{n:02}") for n in range(ldap_publish.NOT_FOUND_SHOWN + 1)
+    ]
+    for person in people:
+        issue(person, template("smime-dual-use"), new_key())
+    for _ in range(2):
+        for person in people:
+            ldap_publish.person_publish(user_id=person.pk)
+    check = officer_client.get("/health/").json()["checks"]["ldap_publish"]
+    assert check["not_found"] == len(people)
+
+    assert ldap_reconcile_task.delay().get()["not_found"] == len(people)
+    assert officer_client.get("/health/").json()["checks"]["ldap_publish"]["not_found"] == len(
+        people
+    )
+
+
+# --- health -----------------------------------------------------------------------------
+
+
+def test_health_warns_when_no_reconciliation_finishes_whatever_the_tasks_do(
+    alice_dn, dual_use, settings, officer_client
+):
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a worker and beat are expected
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        ldap_publish.person_publish(user_id=dual_use.owner_id)  # publication turned on
+        assert officer_client.get("/health/").json()["checks"]["ldap_publish"]["status"] == "ok"
+    # Hours later every per-person task still succeeds, but no reconciliation finished.
+    with time_machine.travel(start + timedelta(hours=3, minutes=1), tick=False):
+        ldap_publish.person_publish(user_id=dual_use.owner_id)
+        check = officer_client.get("/health/").json()["checks"]["ldap_publish"]
+    assert check["status"] == "warn"
+    assert "has not been reconciled since publication was turned on" in check["problems"][0]
+
+    with time_machine.travel(start + timedelta(hours=3, minutes=2), tick=False):
+        ldap_reconcile_task.apply().get()
+    with time_machine.travel(start + timedelta(hours=6, minutes=3), tick=False):
+        ldap_publish.person_publish(user_id=dual_use.owner_id)
+        check = officer_client.get("/health/").json()["checks"]["ldap_publish"]
+    assert check["status"] == "warn"
+    assert "was last reconciled at" in check["problems"][0]
+
+
+def test_health_without_a_broker_says_publication_needs_the_cron_job(
+    alice_dn, dual_use, officer_client
+):
+    check = officer_client.get("/health/").json()["checks"]["ldap_publish"]
+    assert check["mode"] == "cron"
+    assert "manage.py ldap_publish" in check["note"]
+    assert check["status"] == "ok"
+
+    with time_machine.travel(timezone.now() + timedelta(hours=4), tick=False):
+        check = officer_client.get("/health/").json()["checks"]["ldap_publish"]
+    assert check["status"] == "warn"
+    assert "run `manage.py ldap_publish` from cron" in check["problems"][0]
+
+
+# --- queueing ---------------------------------------------------------------------------
+
+
+def _ldap_callbacks(callbacks) -> list[set[int]]:
+    return [c.owners for c in callbacks if getattr(c, "__module__", "") == ldap_publish.__name__
+            ] + [set() for c in callbacks if getattr(c, "__qualname__", "").startswith(
+                "publish_on_commit")]  # fmt: skip
+
+
+def test_a_renewal_queues_one_task(directory, employee, dual_use, template, settings,
+                                   django_capture_on_commit_callbacks):  # fmt: skip
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.certificate_issue(
+            template=template("smime-dual-use"),
+            owner=employee,
+            public_key=new_key().public_key(),
+            supersedes=dual_use,
+        )
+    assert _ldap_callbacks(callbacks) == [{employee.pk}]
+
+
+def test_a_compromised_keys_revocations_queue_one_task(
+    directory, employee, hierarchy, template, settings, django_capture_on_commit_callbacks
+):
+    key = new_key()
+    first = issue(employee, template("smime-dual-use"), key)
+    issue(employee, template("smime-signing"), key)
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.certificate_revoke(certificate=first, reason="keyCompromise")
+    assert Certificate.objects.filter(owner=employee, status="revoked").count() == 2
+    assert _ldap_callbacks(callbacks) == [{employee.pk}]
+
+
+def test_the_task_does_nothing_once_publication_is_off(alice_dn, directory, dual_use, settings):
+    settings.PKIPORTAL_LDAP_PUBLISH_URI = ""
+    assert ldap_publish_task.delay(dual_use.owner_id).get() is None
+    assert LdapPublication.objects.count() == 0
+    assert directory.values(alice_dn) == []
+
+
+def test_error_messages_never_carry_the_password(settings):
+    """ldap3 does not echo the password; should a server or a later ldap3 do it, the
+    portal's description of the error still leaves it out."""
+    from ldap3.core.exceptions import LDAPBindError
+
+    settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD = "s3cret-pa55"
+    described = ldap_publish._describe(LDAPBindError("bind as cn=x with s3cret-pa55 refused"))
+    assert "s3cret-pa55" not in described
+    assert described == "LDAPBindError: bind as cn=x with ******** refused"
+
+
+def test_reset_people_removes_entries_with_non_ascii_names(directory):
+    dn = directory.add_person("José Ñúñez", "jose@example.com")
+    assert directory.values(dn) == []
+    directory.reset_people()
+    with pytest.raises(AssertionError, match="No such object"):
+        directory.values(dn)
