@@ -206,9 +206,13 @@ def test_a_directory_that_was_down_is_caught_up_and_health_warns_meanwhile(
     assert officer_client.get("/health/").json()["checks"]["ldap_publish"]["status"] == "ok"
 
 
-def test_a_refused_bind_is_reported_without_the_password(
+def test_a_refused_bind_is_reported_and_recorded(
     alice_dn, directory, dual_use, settings, caplog, anonymous_client
 ):
+    """ldap3 never puts the password in its messages, so the password checks here guard
+    only against the portal itself logging or recording it (its settings, the connection);
+    the redaction of a message that does carry it is test_error_messages_never_carry_the_
+    password's."""
     settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD = "wrong-password-1234"
     caplog.set_level(logging.INFO)
 
