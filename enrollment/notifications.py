@@ -7,6 +7,7 @@ down never undoes a decision: failures are logged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -128,10 +129,13 @@ def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> No
     )
 
 
-def rollout_invitations_send(invitations: list[Any], *, reminder: bool) -> list[Any]:
+def rollout_invitations_send(
+    invitations: list[Any], *, reminder: bool, on_sent: Callable[[Any], None] | None = None
+) -> list[Any]:
     """Mail each invited person the link to their request, over one connection (called by
     a task, outside any transaction); the invitations whose mail went out. One address
-    the server refuses does not stop the others."""
+    the server refuses does not stop the others. ``on_sent`` runs after each one that
+    went, so a worker dying half-way through does not mail the rest of the chunk twice."""
     from django.core.mail import EmailMessage, get_connection
 
     sent: list[Any] = []
@@ -169,6 +173,8 @@ def rollout_invitations_send(invitations: list[Any], *, reminder: bool) -> list[
                 logger.exception("Could not send the roll-out invitation #%s", invitation.pk)
             else:
                 sent.append(invitation)
+                if on_sent is not None:
+                    on_sent(invitation)
     finally:
         connection.close()
     return sent

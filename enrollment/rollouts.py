@@ -559,6 +559,10 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
     with transaction.atomic():
         locked = _locked_open(rollout)
         now = timezone.now()
+        if locked.expires_at <= now:  # the hourly expiry has not swept it yet
+            raise InvalidState(
+                "This roll-out's invitations have run out; they are withdrawn within the hour."
+            )
         every = timedelta(hours=settings.PKIPORTAL_ROLLOUT_REMIND_HOURS)
         if locked.last_reminded_at is not None and locked.last_reminded_at + every > now:
             when = timezone.localtime(locked.last_reminded_at)
@@ -653,9 +657,11 @@ def rollout_mail_send(*, invitation_ids: list[int], kind: str) -> int:
     )
     if kind == "invite":
         invitations = [i for i in invitations if i.mailed_at is None]
-    sent = rollout_invitations_send(invitations, reminder=kind == "remind")
-    if kind == "invite" and sent:
-        RolloutInvitation.objects.filter(pk__in=[i.pk for i in sent]).update(
-            mailed_at=timezone.now()
-        )
+
+    def mark_mailed(invitation: RolloutInvitation) -> None:
+        RolloutInvitation.objects.filter(pk=invitation.pk).update(mailed_at=timezone.now())
+
+    sent = rollout_invitations_send(
+        invitations, reminder=kind == "remind", on_sent=mark_mailed if kind == "invite" else None
+    )
     return len(sent)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+import time_machine
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -589,3 +590,48 @@ def test_a_leaver_is_not_mailed_an_invitation(signing, officer, django_capture_o
         callback()
 
     assert not [m for m in mail.outbox if m.to == ["ann@example.com"]]
+
+
+def test_a_worker_that_dies_mid_chunk_does_not_mail_anyone_twice(
+    signing, officer, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Marked one by one as they go: the redelivered task mails only those left."""
+    from django.core.mail import EmailMessage
+
+    for name in ("ann", "ben", "cat"):
+        UserFactory(username=name, email=f"{name}@example.com")
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        rollout = rollouts.rollout_create(officer=officer, template=signing, people="ann ben cat")
+    ids = list(rollout.invitations.order_by("pk").values_list("pk", flat=True))
+    real_send = EmailMessage.send
+    sent_before_death = []
+
+    def dies_at_the_second(message, *args, **kwargs):
+        if len(sent_before_death) == 1:
+            raise KeyboardInterrupt  # the worker killed: not an Exception the loop catches
+        sent_before_death.append(message.to)
+        return real_send(message, *args, **kwargs)
+
+    monkeypatch.setattr(EmailMessage, "send", dies_at_the_second)
+    mail.outbox.clear()
+    with pytest.raises(KeyboardInterrupt):
+        rollouts.rollout_mail_send(invitation_ids=ids, kind="invite")
+    monkeypatch.setattr(EmailMessage, "send", real_send)
+
+    rollouts.rollout_mail_send(invitation_ids=ids, kind="invite")  # redelivered
+
+    recipients = sorted(address for m in mail.outbox for address in m.to)
+    assert recipients == ["ann@example.com", "ben@example.com", "cat@example.com"]
+    assert len(queued) >= 1  # the original chunk was queued, not sent inline here
+
+
+def test_a_roll_out_past_its_end_is_not_reminded_before_the_sweep(signing, officer):
+    UserFactory(username="ann", email="ann@example.com")
+    rollout = rollouts.rollout_create(officer=officer, template=signing, people="ann")
+    mail.outbox.clear()
+
+    later = time_machine.travel(rollout.expires_at + timedelta(minutes=5), tick=False)
+    with later, pytest.raises(InvalidState, match="run out"):
+        rollouts.rollout_remind(rollout=rollout, officer=officer)
+
+    assert not mail.outbox
