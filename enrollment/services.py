@@ -728,8 +728,11 @@ def _issue(
         # The directory (when configured) learns of it from a task queued after the commit:
         # a settings read and an on_commit registration here, no SQL, no network.
         ldap_publish.publish_on_commit(owner.pk)
-        if supersedes is not None:
-            # Renewal: the old certificate is superseded in the same transaction (RFC 5280 5.3.1).
+        if supersedes is not None and (
+            Certificate.objects.filter(pk=supersedes.pk, status=Certificate.Status.VALID).exists()
+        ):
+            # Renewal: the old certificate is superseded in the same transaction (RFC 5280
+            # 5.3.1), unless it was revoked already (for an address its holder has left).
             _revoke(
                 certificate=supersedes,
                 reason="superseded",
@@ -1618,10 +1621,29 @@ def _requester_may_still(request: CertificateRequest) -> None:
         )
     renewed = request.renewal_of
     if renewed is not None and not Certificate.objects.valid().filter(pk=renewed.pk).exists():
+        if _revoked_for_an_old_address(renewed, requester):
+            return  # the holder was told to renew it: the renewal goes on (enrollment.outdated)
         raise InvalidState(
             f"The certificate this request renews ({renewed.serial}) is no longer valid; "
             "request a new one instead."
         )
+
+
+def _revoked_for_an_old_address(renewed: Certificate, requester: User) -> bool:
+    """Revoked (affiliationChanged) while naming an address its holder no longer has: what
+    the hourly run does to outdated certificates, whose holders it mailed to renew them. A
+    renewal asked for meanwhile, still waiting for approval or download, must not die
+    with it."""
+    stored = Certificate.objects.filter(pk=renewed.pk).values_list(
+        "status", "revocation_reason", "email"
+    )
+    row = stored.first()
+    return row is not None and (
+        row[0] == Certificate.Status.REVOKED
+        and row[1] == Certificate.RevocationReasonChoice.AFFILIATION_CHANGED
+        and bool(row[2])
+        and row[2] != (requester.email or "").strip().lower()
+    )
 
 
 # Failures of the CA side, not of the request: the operator can fix them (the CA key, the

@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from enrollment import leavers, outdated, services
+from enrollment.exceptions import InvalidState
 from enrollment.models import (
     AuditEvent,
     Certificate,
@@ -357,6 +358,44 @@ def test_renewing_issues_for_the_new_address_and_supersedes_the_old_certificate(
     old.refresh_from_db()
     assert (old.status, old.revocation_reason) == ("revoked", "superseded")
     assert outdated.outdated_count(now=timezone.now()) == 0
+
+
+def test_a_renewal_waiting_for_approval_survives_the_old_certificates_revocation(
+    make_certificate, employee, officer, template, approval, run
+):
+    """The holder did as the mail said; the officer approved after the grace period."""
+    approval("smime-signing")
+    old = make_certificate(employee)
+    change_address(employee)
+    request = services.request_submit(
+        requester=employee, template=template("smime-signing"), csr=csr(new_key()), renewal_of=old
+    )
+    assert request.state == CertificateRequest.State.PENDING
+    run(timezone.now() + GRACE + timedelta(minutes=5))
+    old.refresh_from_db()
+    assert (old.status, old.revocation_reason) == ("revoked", "affiliationChanged")
+
+    services.request_approve(request=request, officer=officer, reason="Known")
+
+    request.refresh_from_db()
+    assert request.state == CertificateRequest.State.ISSUED
+    assert request.certificate.emails == [NEW]
+    old.refresh_from_db()
+    assert old.revocation_reason == "affiliationChanged"  # not superseded over it
+
+
+def test_a_renewal_of_a_certificate_revoked_for_other_reasons_still_stops(
+    make_certificate, employee, officer, template, approval
+):
+    approval("smime-signing")
+    old = make_certificate(employee)
+    request = services.request_submit(
+        requester=employee, template=template("smime-signing"), csr=csr(new_key()), renewal_of=old
+    )
+    services.certificate_revoke(certificate=old, reason="keyCompromise")
+
+    with pytest.raises(InvalidState, match="no longer valid"):
+        services.request_approve(request=request, officer=officer, reason="Known")
 
 
 def test_a_failure_looking_for_them_does_not_stop_the_leavers_revocation(
