@@ -118,10 +118,7 @@ def template_outlook(template: CertificateTemplate, now: datetime | None = None)
     """For the enrolment page: the CA the template issues from, and whether its end cuts
     or refuses a certificate issued now; None when there is no such CA."""
     now = now or timezone.now()
-    if template.issuing_ca_id is not None:
-        ca = template.issuing_ca
-    else:
-        ca = CertificateAuthority.objects.filter(is_default=True).first()
+    ca = template.issuing_from()
     if ca is None:
         return None
     refused = issuance_problem(ca, template, now)

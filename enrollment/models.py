@@ -240,6 +240,14 @@ class CertificateTemplate(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def issuing_from(self) -> CertificateAuthority | None:
+        """The CA its certificates come from: its own, or the default issuing CA (online
+        by constraint); None when there is neither. Issuance finds the default in its own
+        statement (hotsql.claim_key); pages, approval and roll-outs ask here."""
+        if self.issuing_ca_id is not None:
+            return self.issuing_ca
+        return CertificateAuthority.objects.filter(is_default=True).first()
+
     @property
     def key_algorithms(self) -> frozenset[KeyAlgorithm]:
         if not self.allowed_key_algorithms:

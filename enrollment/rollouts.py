@@ -39,7 +39,6 @@ from enrollment.exceptions import (
 )
 from enrollment.models import (
     Certificate,
-    CertificateAuthority,
     CertificateRequest,
     CertificateTemplate,
     Rollout,
@@ -262,7 +261,7 @@ def rollout_resolve(
             .values_list("requester_id", "n")
         )
     cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
-    ca = issuing_ca(template)
+    ca = template.issuing_from()
     for entry, user in unique:
         reason = None
         if not user.is_active:
@@ -317,15 +316,8 @@ def check_template(template: CertificateTemplate, key_algorithm: keys.KeyAlgorit
             f"No valid key recovery agent is configured, so {template.name} cannot issue "
             "right now: encryption keys must be archived."
         )
-    if issuing_ca(template) is None:
+    if template.issuing_from() is None:
         raise ConfigurationError(f"No online issuing CA issues for {template.name}.")
-
-
-def issuing_ca(template: CertificateTemplate) -> CertificateAuthority | None:
-    """The CA the invitations would be issued from when collected, as _issue picks it."""
-    if template.issuing_ca_id is not None:
-        return template.issuing_ca
-    return CertificateAuthority.objects.filter(is_default=True, is_online=True).first()
 
 
 def _officer(officer: User) -> None:

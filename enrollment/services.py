@@ -1783,9 +1783,7 @@ def _decide(
                 # And the CA it would come from must be able to certify it (a CA
                 # name-constrained more narrowly than the setting), or the approved
                 # request would only meet a 503 at every download.
-                ca = locked.template.issuing_ca or (
-                    CertificateAuthority.objects.filter(is_default=True, is_online=True).first()
-                )
+                ca = locked.template.issuing_from()
                 if ca is not None:
                     _check_ca_constraints(ca, subject_for(locked.requester))
             issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
