@@ -36,14 +36,13 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from enrollment import health, outdated, services
+from enrollment import health, outdated
 from enrollment.audit import audit_record
-from enrollment.exceptions import EnrollmentError, InvalidState, public_message
+from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
 
 logger = logging.getLogger(__name__)
 
-AFFILIATION_CHANGED = Certificate.RevocationReasonChoice.AFFILIATION_CHANGED
 Source = LeaverRevocationRun.Source
 # A run finishes every hour; after this long without one, /health/ warns.
 STALE_AFTER = timedelta(hours=3)
@@ -275,21 +274,15 @@ def _revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: st
         )
         if user is None:
             return 0
-        revoked = []
         held = Certificate.objects.held(now).filter(owner=user).select_related("owner")
-        for certificate in held.order_by("pk"):
-            try:
-                services.certificate_revoke(certificate=certificate, reason=AFFILIATION_CHANGED)
-            except InvalidState:
-                continue  # an officer or the holder revoked it a moment ago
-            revoked.append(certificate.serial)
+        revoked = outdated.revoke_each(held.order_by("pk"))
         if revoked:
             audit_record(
                 action="leaver.revoke",
                 target=user,
                 detail={
                     "deactivated_at": user.deactivated_at,
-                    "serials": revoked,
+                    "serials": [certificate.serial for certificate in revoked],
                     "source": source,
                 },
             )

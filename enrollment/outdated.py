@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -216,27 +217,34 @@ def revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: str
             .select_related("owner")
             .order_by("pk")
         )
-        revoked, addresses = [], []
-        for certificate in held:
-            try:
-                services.certificate_revoke(certificate=certificate, reason=AFFILIATION_CHANGED)
-            except InvalidState:
-                continue  # an officer or the holder revoked it a moment ago
-            revoked.append(certificate.serial)
-            addresses.append(certificate.email)
+        revoked = revoke_each(held)
         if revoked:
             audit_record(
                 action="outdated.revoke",
                 target=user,
                 detail={
                     "address": address,
-                    "old_addresses": sorted(set(addresses)),
+                    "old_addresses": sorted({certificate.email for certificate in revoked}),
                     "email_changed_at": user.email_changed_at,
-                    "serials": revoked,
+                    "serials": [certificate.serial for certificate in revoked],
                     "source": source,
                 },
             )
         return len(revoked)
+
+
+def revoke_each(certificates: Iterable[Certificate]) -> list[Certificate]:
+    """Revoke each for affiliationChanged through the ordinary revocation (CRL, audit as
+    the system, the holder's mail); the ones it revoked. One an officer or the holder
+    revoked a moment ago is left out. Shared with the leavers' run."""
+    revoked = []
+    for certificate in certificates:
+        try:
+            services.certificate_revoke(certificate=certificate, reason=AFFILIATION_CHANGED)
+        except InvalidState:
+            continue
+        revoked.append(certificate)
+    return revoked
 
 
 # --- what people are shown ----------------------------------------------------------------
