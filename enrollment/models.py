@@ -1105,6 +1105,10 @@ class RolloutInvitation(models.Model):
         CertificateRequest, on_delete=models.PROTECT, related_name="invitation"
     )
     mailed_at = models.DateTimeField(null=True, blank=True)
+    # Sends the mail server refused, and its last answer: the hourly retry stops at
+    # rollouts.MAIL_ATTEMPTS, and the roll-out's page shows who was never told.
+    mail_attempts = models.PositiveSmallIntegerField(default=0)
+    mail_error = models.CharField(max_length=300, default="", blank=True)
     reminded_at = models.DateTimeField(null=True, blank=True)
     ended = models.CharField(max_length=10, choices=Ended.choices, default="", blank=True)
 

@@ -130,12 +130,17 @@ def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> No
 
 
 def rollout_invitations_send(
-    invitations: list[Any], *, reminder: bool, on_sent: Callable[[Any], None] | None = None
+    invitations: list[Any],
+    *,
+    reminder: bool,
+    on_sent: Callable[[Any], None] | None = None,
+    on_failed: Callable[[Any, Exception], None] | None = None,
 ) -> list[Any]:
     """Mail each invited person the link to their request, over one connection (called by
     a task, outside any transaction); the invitations whose mail went out. One address
     the server refuses does not stop the others. ``on_sent`` runs after each one that
-    went, so a worker dying half-way through does not mail the rest of the chunk twice."""
+    went, so a worker dying half-way through does not mail the rest of the chunk twice;
+    ``on_failed`` after each the server refused. A server that cannot be reached raises."""
     from django.core.mail import EmailMessage, get_connection
 
     sent: list[Any] = []
@@ -169,8 +174,10 @@ def rollout_invitations_send(
             )
             try:
                 message.send()
-            except Exception:
+            except Exception as exc:
                 logger.exception("Could not send the roll-out invitation #%s", invitation.pk)
+                if on_failed is not None:
+                    on_failed(invitation, exc)
             else:
                 sent.append(invitation)
                 if on_sent is not None:

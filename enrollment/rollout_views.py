@@ -104,6 +104,8 @@ def _detail(
     context = {
         "rollout": rollout,
         "counts": rollouts.rollout_counts(rollout),
+        "unmailed": rollouts.unmailed_count(rollout),
+        "mail_attempts": rollouts.MAIL_ATTEMPTS,
         "page": page,
         "skipped": [
             (item.get("entry", ""), Reason.LABELS.get(item.get("reason", ""), ""))

@@ -12,6 +12,7 @@ in batches, and the mail sent by Celery tasks queued after the commit.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections import Counter
@@ -23,7 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, F
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -48,6 +49,8 @@ from enrollment.x509 import keys
 from enrollment.x509.mail_domains import address_permitted, issuer_permits
 from enrollment.x509.names import printable
 
+logger = logging.getLogger(__name__)
+
 # Rows per IN list and per bulk insert: below SQLite's 999 bound parameters, and audit
 # events chained per batch stay well below PostgreSQL's 65,535 (11 columns each).
 CHUNK = 900
@@ -55,6 +58,11 @@ AUDIT_BATCH = 1000
 # Rows per bulk insert: Django lowers it where the backend binds fewer parameters (SQLite);
 # on PostgreSQL a request row has ~20 columns, so 1,000 stay below 65,535 parameters.
 INSERT_BATCH = 1000
+# Invitations per mail task; sends an address may be refused before the hourly retry
+# gives up on it; how long a queued invitation is left to its task before it is retried.
+MAIL_CHUNK = 200
+MAIL_ATTEMPTS = 5
+MAIL_RETRY_AFTER = timedelta(minutes=30)
 # Entries of a pasted list are separated by line breaks, commas, semicolons or blanks
 # (user names and addresses hold none of them).
 SEPARATORS = re.compile(r"[\s,;]+")
@@ -365,7 +373,7 @@ def _mail_on_commit(invitation_ids: list[int], kind: str) -> None:
     from enrollment.tasks import rollout_mail_task
 
     def queue() -> None:
-        for chunk in _chunks(invitation_ids, 200):
+        for chunk in _chunks(invitation_ids, MAIL_CHUNK):
             rollout_mail_task.delay(list(chunk), kind)
 
     transaction.on_commit(queue, robust=True)
@@ -636,8 +644,10 @@ def rollout_counts(rollout: Rollout) -> dict[str, int]:
 
 def rollout_mail_send(*, invitation_ids: list[int], kind: str) -> int:
     """Mail these invitations (``invite``: those not mailed yet; ``remind``: those still
-    waiting), over one connection; the number sent. Failures are logged, not raised:
-    the invitation stands and its page is in the officer's hands."""
+    waiting), over one connection; the number sent. An address the server refuses is
+    counted on its invitation (``mail_attempts``, ``mail_error``) for the hourly retry and
+    the roll-out's page; a server that cannot be reached fails the task, and the hourly
+    retry sends the chunk again."""
     from enrollment.notifications import rollout_invitations_send
 
     invitations = list(
@@ -651,9 +661,58 @@ def rollout_mail_send(*, invitation_ids: list[int], kind: str) -> int:
         invitations = [i for i in invitations if i.mailed_at is None]
 
     def mark_mailed(invitation: RolloutInvitation) -> None:
-        RolloutInvitation.objects.filter(pk=invitation.pk).update(mailed_at=timezone.now())
+        RolloutInvitation.objects.filter(pk=invitation.pk).update(
+            mailed_at=timezone.now(), mail_error=""
+        )
 
+    def mark_refused(invitation: RolloutInvitation, exc: Exception) -> None:
+        # The server's answer names the address and the reason; never a credential.
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        RolloutInvitation.objects.filter(pk=invitation.pk).update(
+            mail_attempts=F("mail_attempts") + 1, mail_error=error
+        )
+
+    invite = kind == "invite"
     sent = rollout_invitations_send(
-        invitations, reminder=kind == "remind", on_sent=mark_mailed if kind == "invite" else None
+        invitations,
+        reminder=not invite,
+        on_sent=mark_mailed if invite else None,
+        on_failed=mark_refused if invite else None,
     )
     return len(sent)
+
+
+def unmailed_count(rollout: Rollout) -> int:
+    """Invited people still waiting whose invitation never reached the mail server."""
+    return RolloutInvitation.objects.filter(
+        rollout=rollout, mailed_at__isnull=True, request__state=CertificateRequest.State.APPROVED
+    ).count()
+
+
+def rollout_mail_retry(*, now: datetime | None = None) -> int:
+    """Queue again the invitations of open roll-outs whose mail never went: the server
+    was down (the task failed), its message was lost, or it refused the address fewer
+    than MAIL_ATTEMPTS times. Those queued in the last MAIL_RETRY_AFTER are left to the
+    queue. How many were queued."""
+    from enrollment.tasks import rollout_mail_task
+
+    now = now or timezone.now()
+    ids = list(
+        RolloutInvitation.objects.filter(
+            mailed_at__isnull=True,
+            mail_attempts__lt=MAIL_ATTEMPTS,
+            rollout__state=Rollout.State.OPEN,
+            rollout__expires_at__gt=now,
+            rollout__created_at__lte=now - MAIL_RETRY_AFTER,
+            request__state=CertificateRequest.State.APPROVED,
+            request__requester__is_active=True,
+        )
+        .exclude(request__requester__email="")
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for chunk in _chunks(ids, MAIL_CHUNK):
+        rollout_mail_task.delay(list(chunk), "invite")
+    if ids:
+        logger.info("Queued %d roll-out invitation(s) whose mail never went out", len(ids))
+    return len(ids)

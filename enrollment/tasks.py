@@ -227,6 +227,15 @@ def rollout_mail_task(invitation_ids: list[int], kind: str) -> int:
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
+def rollouts_mail_retry_task() -> int:
+    """Beat, hourly: queue again the invitations whose mail never went out (a mail server
+    that was down, a lost message, an address refused fewer than five times)."""
+    from enrollment import rollouts
+
+    return rollouts.rollout_mail_retry()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
 def rollouts_expire_task() -> int:
     """Beat, hourly: withdraw the invitations nobody collected before their roll-out's end."""
     from enrollment import rollouts

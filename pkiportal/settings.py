@@ -563,6 +563,12 @@ CELERY_BEAT_SCHEDULE |= {
         "schedule": timedelta(hours=1),
         "options": {"expires": 3600},
     },
+    # Hourly: invitations whose mail never went out are sent again.
+    "rollouts-mail-retry": {
+        "task": "enrollment.tasks.rollouts_mail_retry_task",
+        "schedule": timedelta(hours=1),
+        "options": {"expires": 3600},
+    },
 }
 CELERY_BEAT_SCHEDULE |= {
     # Hourly: a leaver's certificates go within an hour of their grace period's end.

@@ -732,13 +732,19 @@ class RolloutOut(serializers.ModelSerializer[Any]):
     @extend_schema_field(
         {"type": "array", "items": {"type": "object", "properties": {
             "username": {"type": "string"}, "request": {"type": "integer"},
-            "status": {"type": "string"}}}}
+            "status": {"type": "string"},
+            "mailed_at": {"type": "string", "format": "date-time", "nullable": True,
+                          "description": "When the invitation's mail went out; null: not yet."},
+            "mail_error": {"type": "string",
+                           "description": "The mail server's last refusal, if any."}}}}
     )  # fmt: skip
     def get_people(self, rollout: Any) -> list[dict[str, object]]:
         invitations = rollout.invitations.select_related("request__requester").order_by("pk")
         return [
             {"username": i.request.requester.get_username(), "request": i.request_id,
-             "status": i.status}
+             "status": i.status,
+             "mailed_at": i.mailed_at.isoformat() if i.mailed_at else None,
+             "mail_error": i.mail_error}
             for i in invitations
         ]  # fmt: skip
 
