@@ -16,6 +16,7 @@ from enrollment.x509 import pkcs7
 class LookupIn(serializers.Serializer[None]):
     q = serializers.CharField(
         required=False,
+        min_length=1,
         max_length=MAX_QUERY_LENGTH,
         help_text="Search people by name, e-mail or unit: case- and accent-insensitive; "
         "terms of three or more characters match anywhere, shorter ones a word's start.",

@@ -82,6 +82,7 @@ class CsrIn(serializers.Serializer[None]):
     """Your own key: a PKCS#10 request. Subject and addresses always come from your account."""
 
     csr = serializers.CharField(
+        min_length=1,  # blank is refused: the schema says so (minLength) for generated clients
         max_length=MAX_CSR_BYTES,
         help_text="PEM (-----BEGIN CERTIFICATE REQUEST-----) or the base64 of the DER.",
         error_messages={
@@ -105,6 +106,7 @@ class Pkcs12In(serializers.Serializer[None]):
     pkcs12_password = serializers.CharField(
         write_only=True,
         trim_whitespace=False,
+        min_length=1,
         max_length=MAX_PASSWORD_LENGTH,
         style={"input_type": "password"},
         help_text=(
@@ -133,6 +135,7 @@ class ServerKeyIn(Pkcs12In):
         required=False,
         write_only=True,
         trim_whitespace=False,
+        min_length=1,
         max_length=MAX_PASSWORD_LENGTH,
         style={"input_type": "password"},
         help_text=(
@@ -198,6 +201,7 @@ class ApproveIn(serializers.Serializer[None]):
 
 class RejectIn(serializers.Serializer[None]):
     reason = serializers.CharField(
+        min_length=1,
         max_length=MAX_REASON_LENGTH,
         help_text="Why the request is rejected; the requester is told.",
         error_messages={"blank": "Say why the request is rejected."},
@@ -208,6 +212,7 @@ class RecoverIn(serializers.Serializer[None]):
     """The holder asks for their archived key back."""
 
     reason = serializers.CharField(
+        min_length=1,
         max_length=recovery.MAX_TEXT_LENGTH,
         help_text="Why you need the key back; RA officers read it. Plain text.",
         error_messages={"blank": "Say why you need the key back."},
@@ -647,7 +652,7 @@ class RecoveryConflictOut(serializers.Serializer[dict[str, Any]]):
 class RolloutIn(serializers.Serializer[Any]):
     """A roll-out to create: the template, and a group and/or people by name or address."""
 
-    template = serializers.SlugField(max_length=50, help_text="The template's slug.")
+    template = serializers.SlugField(min_length=1, max_length=50, help_text="The template's slug.")
     group = serializers.CharField(
         max_length=150,
         required=False,

@@ -721,6 +721,7 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
     @extend_schema(
         summary="Pending requests (RA officers)",
         description="Oldest first.",
+        filters=False,  # the queue takes none (filter_queryset): the schema must not offer them
         responses={200: s.EnrollmentOut(many=True), **ERRORS},
     )
     @action(detail=False, methods=["get"])
