@@ -4,8 +4,9 @@ Only this module loads a CA key. Callers ask it to issue or sign and get certifi
 CRLs and OCSP responses back, never key objects or key bytes. Keys are not cached between
 calls: a decrypted CA key lives only for the duration of one signing operation (DESIGN.md:
 never cached in the clear). The "file" backend keeps each online CA key as an encrypted
-PKCS#8 PEM in PKIPORTAL_KEY_DIR; a PKCS#11 backend can implement the same KeyBackend
-protocol later.
+PKCS#8 PEM in PKIPORTAL_KEY_DIR; the "pkcs11" backend (keystore_pkcs11.py) keeps it in an
+HSM, where it is generated and signs, and which it never leaves. The offline root is always
+a file the operator hands in for one operation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from cryptography import x509
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from enrollment import keystore_pkcs11
 from enrollment.exceptions import KeyStoreError
+from enrollment.keystore_pkcs11 import KeyFacts, TokenKeySelector, selector_for
+
+__all__ = ["KeyFacts", "TokenKeySelector", "selector_for"]  # and the functions below
 from enrollment.x509 import builder, crl_fast, keys, ocsp
 from enrollment.x509.errors import X509Error
 from enrollment.x509.policy import CertificatePolicy
@@ -57,9 +62,9 @@ def _write_new_secret_file(path: Path, data: bytes) -> None:
 
 
 class KeyBackend(Protocol):
-    name: str
+    """What every backend does; how a new key gets in differs (file: store, HSM: generate)."""
 
-    def store(self, *, label: str, key: keys.PrivateKey) -> str: ...
+    name: str
 
     def load(self, reference: str) -> keys.PrivateKey: ...
 
@@ -139,10 +144,13 @@ class FileKeyBackend:
         return key
 
 
-_BACKENDS: dict[str, type[FileKeyBackend]] = {"file": FileKeyBackend}
+_BACKENDS: dict[str, type[FileKeyBackend] | type[keystore_pkcs11.Pkcs11KeyBackend]] = {
+    "file": FileKeyBackend,
+    keystore_pkcs11.NAME: keystore_pkcs11.Pkcs11KeyBackend,
+}
 
 
-def _backend(name: str | None = None) -> KeyBackend:
+def _backend(name: str | None = None) -> FileKeyBackend | keystore_pkcs11.Pkcs11KeyBackend:
     name = name or settings.PKIPORTAL_KEY_BACKEND
     try:
         return _BACKENDS[name]()
@@ -176,6 +184,9 @@ def _offline_key(offline: OfflineKey) -> keys.PrivateKey:
 def _check_pair(certificate: x509.Certificate, key: keys.PrivateKey) -> None:
     if certificate.public_key() != key.public_key():
         raise KeyStoreError("The key does not belong to this CA's certificate.")
+    if isinstance(key, keystore_pkcs11.TokenEcKey | keystore_pkcs11.TokenRsaKey):
+        # The public half came from an object beside the key: prove the key itself.
+        keystore_pkcs11.check_pair(key, certificate.public_key())
 
 
 # --- creating keys --------------------------------------------------------------------
@@ -219,30 +230,52 @@ def create_issuing(
     country_name: str,
     validity_days: int,
     mail_domains: Sequence[str] = (),
+    existing_key: TokenKeySelector | None = None,
 ) -> tuple[x509.Certificate, str, str]:
-    """Generate an online CA key in the backend and have the offline root certify it,
-    name-constrained to ``mail_domains`` when given.
+    """Generate an online CA key in the backend (or take ``existing_key``, one the operator
+    made in the HSM) and have the offline root certify it, name-constrained to
+    ``mail_domains`` when given.
 
     Returns the certificate, the backend name and the key reference.
     """
     issuer_key = _offline_key(root_key)
     _check_pair(root.certificate, issuer_key)
     backend = _backend()
+
+    def certify(public_key: keys.PublicKey) -> x509.Certificate:
+        return builder.build_issuing_ca(
+            public_key=public_key,
+            issuer_certificate=root.certificate,
+            issuer_key=issuer_key,
+            common_name=common_name,
+            organization_name=organization_name,
+            country_name=country_name,
+            validity_days=validity_days,
+            crl_url=root.crl_url,
+            ca_issuers_url=root.ca_issuers_url,
+            # The portal's OCSP responder signs with this key (S/MIME BR 7.1.2.2 e).
+            sign_ocsp=True,
+            mail_domains=mail_domains,
+        )
+
+    if isinstance(backend, keystore_pkcs11.Pkcs11KeyBackend):
+        if existing_key is not None:
+            reference, token_key = backend.adopt(existing_key)
+        else:
+            reference, token_key = backend.generate(label=label, algorithm=algorithm)
+        try:
+            certificate = certify(token_key.public_key())
+            keystore_pkcs11.check_pair(token_key, certificate.public_key())
+        except BaseException:
+            backend.discard(reference)  # only a key generated just now
+            raise
+        return certificate, backend.name, reference
+    if existing_key is not None:
+        raise KeyStoreError(
+            "An existing HSM key can be used only with PKIPORTAL_KEY_BACKEND=pkcs11."
+        )
     key = keys.generate_private_key(algorithm)
-    certificate = builder.build_issuing_ca(
-        public_key=key.public_key(),
-        issuer_certificate=root.certificate,
-        issuer_key=issuer_key,
-        common_name=common_name,
-        organization_name=organization_name,
-        country_name=country_name,
-        validity_days=validity_days,
-        crl_url=root.crl_url,
-        ca_issuers_url=root.ca_issuers_url,
-        # The portal's OCSP responder signs with this key (S/MIME BR 7.1.2.2 e).
-        sign_ocsp=True,
-        mail_domains=mail_domains,
-    )
+    certificate = certify(key.public_key())
     reference = backend.store(label=label, key=key)
     return certificate, backend.name, reference
 
@@ -360,5 +393,13 @@ def ensure_embedded_passphrase() -> bool:
 
 
 def check_ca_key(ca: CertificateAuthority) -> None:
-    """Raise KeyStoreError unless the online CA's key loads and matches its certificate."""
+    """Raise KeyStoreError unless the online CA's key loads and matches its certificate
+    (an HSM key: the token is reachable, logged in, and signs a challenge with it)."""
     _check_pair(ca.certificate, _ca_key(ca))
+
+
+def ca_key_facts(ca: CertificateAuthority) -> KeyFacts | None:
+    """What the HSM says of an online CA's key (label, id, extractable), None for files."""
+    if ca.key_backend != keystore_pkcs11.NAME or not ca.key_reference:
+        return None
+    return keystore_pkcs11.Pkcs11KeyBackend().facts(ca.key_reference)

@@ -125,12 +125,14 @@ def _der_facts(certificate: x509.Certificate) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class CaSpec:
-    """What create_pki asks for one CA."""
+    """What create_pki asks for one CA; ``existing_key``: a key the operator made in the
+    HSM (PKIPORTAL_KEY_BACKEND=pkcs11), whose type then wins over ``algorithm``."""
 
     name: str
     slug: str
     algorithm: keys.KeyAlgorithm
     validity_days: int
+    existing_key: keystore.TokenKeySelector | None = None
 
 
 def pki_create(
@@ -192,6 +194,7 @@ def pki_create(
                 country_name=country_name,
                 validity_days=issuing.validity_days,
                 mail_domains=domains,
+                existing_key=issuing.existing_key,
             )
             stored = (backend, reference)
             issuing_ca = CertificateAuthority.objects.create(
@@ -332,6 +335,7 @@ def issuing_ca_create(
                 country_name=country_name,
                 validity_days=spec.validity_days,
                 mail_domains=domains,
+                existing_key=spec.existing_key,
             )
             stored = (backend, reference)
             ca = CertificateAuthority.objects.create(
@@ -353,7 +357,9 @@ def issuing_ca_create(
                 detail={
                     "slug": ca.slug,
                     "parent": root.slug,
-                    "key_algorithm": spec.algorithm.value,
+                    "key_algorithm": _key_algorithm(certificate),
+                    "key_backend": backend,
+                    "key_reference": reference,
                     "not_before": ca.not_before,
                     "not_after": ca.not_after,
                     "fingerprint_sha256": ca.fingerprint_sha256,
@@ -370,6 +376,16 @@ def issuing_ca_create(
         raise
     crl_publish(ca=ca, actor=actor)
     return ca
+
+
+def _key_algorithm(certificate: x509.Certificate) -> str:
+    """The CA key's type as certified: an HSM key the operator made decides its own."""
+    algorithm = keys.key_algorithm_of(certificate.public_key())
+    return (
+        algorithm.value
+        if algorithm is not None
+        else keys.describe_public_key(certificate.public_key())
+    )
 
 
 def _check_ca_text(label: str, value: str, limit: int) -> None:

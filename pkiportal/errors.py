@@ -7,11 +7,17 @@ agent passwords hides them on the DEBUG page too. Settings are cleansed either w
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.views.debug import SafeExceptionReporterFilter
 
 
 class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
+    # Django's list, and PIN: the HSM user PIN (PKIPORTAL_PKCS11_PIN).
+    hidden_settings = re.compile(
+        "API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|PIN", flags=re.IGNORECASE
+    )
+
     def is_active(self, request: Any) -> bool:
         return True

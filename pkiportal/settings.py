@@ -358,7 +358,32 @@ try:
 except PolicyError as exc:
     raise ImproperlyConfigured(f"PKIPORTAL_MAIL_DOMAINS: {exc.message}") from exc
 # Online CA keys: encrypted PKCS#8 files in this directory, never in the database.
+# "pkcs11": new online CA keys are generated in (or taken from) an HSM token instead. The
+# setting picks the backend of new CAs; each CA row records its own (README: "Keeping the
+# issuing CA key in an HSM").
 PKIPORTAL_KEY_BACKEND = env.str("PKIPORTAL_KEY_BACKEND", default="file")
+if PKIPORTAL_KEY_BACKEND not in ("file", "pkcs11"):
+    raise ImproperlyConfigured(
+        f"PKIPORTAL_KEY_BACKEND must be file or pkcs11, not {PKIPORTAL_KEY_BACKEND!r}."
+    )
+# The HSM vendor's PKCS#11 library, the token (by label, or serial where labels repeat) and
+# the user PIN: best from a file (PKIPORTAL_PKCS11_PIN_FILE), never in the database.
+PKIPORTAL_PKCS11_MODULE = env.str("PKIPORTAL_PKCS11_MODULE", default="")
+PKIPORTAL_PKCS11_TOKEN_LABEL = env.str("PKIPORTAL_PKCS11_TOKEN_LABEL", default="")
+PKIPORTAL_PKCS11_TOKEN_SERIAL = env.str("PKIPORTAL_PKCS11_TOKEN_SERIAL", default="")
+PKIPORTAL_PKCS11_PIN = _secret("PKIPORTAL_PKCS11_PIN", default="") or ""
+PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT = bool(
+    PKIPORTAL_PKCS11_PIN and not env.str("PKIPORTAL_PKCS11_PIN_FILE", default="")
+)
+if PKIPORTAL_KEY_BACKEND == "pkcs11" and not (
+    PKIPORTAL_PKCS11_MODULE
+    and (PKIPORTAL_PKCS11_TOKEN_LABEL or PKIPORTAL_PKCS11_TOKEN_SERIAL)
+    and PKIPORTAL_PKCS11_PIN
+):
+    raise ImproperlyConfigured(
+        "PKIPORTAL_KEY_BACKEND=pkcs11 needs PKIPORTAL_PKCS11_MODULE, "
+        "PKIPORTAL_PKCS11_TOKEN_LABEL (or _SERIAL) and PKIPORTAL_PKCS11_PIN_FILE."
+    )
 PKIPORTAL_KEY_DIR = Path(env.str("PKIPORTAL_KEY_DIR", default=str(VAR_DIR / "keys")))
 PKIPORTAL_CA_KEY_PASSPHRASE = _secret("PKIPORTAL_CA_KEY_PASSPHRASE", default="") or ""
 # Embedded default only: with no passphrase configured, `create_pki --embedded-passphrase`

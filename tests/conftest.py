@@ -27,7 +27,7 @@ from enrollment.x509.keys import KeyAlgorithm, PrivateKey
 from tests.factories import UserFactory
 
 # tests.enrollment.ra_fixtures: recovery, RA console and expiry fixtures (issue 6).
-pytest_plugins = ["tests.pki", "tests.enrollment.ra_fixtures", "tests.slapd"]
+pytest_plugins = ["tests.pki", "tests.enrollment.ra_fixtures", "tests.slapd", "tests.softhsm"]
 
 ROOT_PASSPHRASE = b"root passphrase for tests"
 

@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
+from enrollment import keystore
+from enrollment.exceptions import KeyStoreError
 from enrollment.models import CertificateAuthority
 from enrollment.services import IssuingCaSwitch
 from enrollment.x509.errors import PolicyError
@@ -116,5 +118,51 @@ def describe_constraints(domains: tuple[str, ...]) -> str:
             " PKIPORTAL_MAIL_DOMAINS is "
             + (", ".join(configured) if configured else "empty")
             + ": enrolment refuses by it, relying parties by the CA's constraint."
+        )
+    return line
+
+
+def add_hsm_key_arguments(parser: CommandParser) -> None:
+    """--hsm-key-label / --hsm-key-id: the issuing CA uses a key already in the HSM."""
+    parser.add_argument(
+        "--hsm-key-label",
+        default="",
+        help="With PKIPORTAL_KEY_BACKEND=pkcs11: use the key with this CKA_LABEL that you "
+        "made in the token (e.g. pkcs11-tool --keypairgen) instead of generating one.",
+    )
+    parser.add_argument(
+        "--hsm-key-id",
+        default="",
+        help="The same key's CKA_ID in hex (as pkcs11-tool --id shows it); with or "
+        "without --hsm-key-label.",
+    )
+
+
+def hsm_key(options: dict[str, Any]) -> keystore.TokenKeySelector | None:
+    """The existing HSM key the options name, or None to generate a new one."""
+    if not options["hsm_key_label"] and not options["hsm_key_id"]:
+        return None
+    if settings.PKIPORTAL_KEY_BACKEND != "pkcs11":
+        raise CommandError("--hsm-key-label/--hsm-key-id need PKIPORTAL_KEY_BACKEND=pkcs11.")
+    try:
+        return keystore.selector_for(label=options["hsm_key_label"], key_id=options["hsm_key_id"])
+    except KeyStoreError as exc:
+        raise CommandError(exc.message) from exc
+
+
+def describe_key(ca: CertificateAuthority) -> str:
+    """Where the new CA's key is: its file, or what the HSM says of it."""
+    if ca.key_backend != "pkcs11":
+        return f"Its key is the encrypted file {ca.key_reference} in PKIPORTAL_KEY_DIR."
+    try:
+        facts = keystore.ca_key_facts(ca)
+    except KeyStoreError as exc:
+        return f"Its key is in the HSM ({ca.key_reference}); reading its attributes: {exc.message}"
+    assert facts is not None
+    line = f"Its key is in the HSM: {facts.summary()} ({ca.key_reference})."
+    if facts.extractable:
+        line += (
+            " WARNING: the token lets this key be exported (CKA_EXTRACTABLE); prefer a key "
+            "generated in the token by the portal, or your HSM's own backup scheme."
         )
     return line

@@ -18,10 +18,13 @@ from enrollment import keystore, services
 from enrollment.checks import internal_host_problem
 from enrollment.exceptions import EnrollmentError
 from enrollment.management.commands._helpers import (
+    add_hsm_key_arguments,
     add_name_constraint_arguments,
     constraint_domains,
     describe_constraints,
+    describe_key,
     get_ca,
+    hsm_key,
     read_passphrase,
     switched,
 )
@@ -77,6 +80,7 @@ class Command(BaseCommand):
             "at once (otherwise run switch_issuing_ca when clients are ready).",
         )
         add_name_constraint_arguments(parser)
+        add_hsm_key_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         root = _root(options["root"])
@@ -84,6 +88,7 @@ class Command(BaseCommand):
         country = options["country"] or _attribute(root, NameOID.COUNTRY_NAME)
         name = options["name"] or f"{organization} S/MIME Issuing CA {timezone.now().year}"
         domains = constraint_domains(options)
+        existing_key = hsm_key(options)
         key_file = Path(options["root_key_file"])
         if not key_file.is_file():
             raise CommandError(f"The root key file {key_file} does not exist.")
@@ -97,6 +102,7 @@ class Command(BaseCommand):
                     slug=options["slug"],
                     algorithm=KeyAlgorithm(options["key_algorithm"]),
                     validity_days=options["validity_days"],
+                    existing_key=existing_key,
                 ),
                 root=root,
                 root_key=keystore.OfflineKey(key_file, passphrase),
@@ -115,6 +121,7 @@ class Command(BaseCommand):
             )
         )
         self.stdout.write(describe_constraints(domains))
+        self.stdout.write(describe_key(ca))
         self._say_what_limits_it(ca, root, options["validity_days"], options["base_url"])
         if options["make_default"]:
             try:

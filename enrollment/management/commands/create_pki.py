@@ -13,9 +13,12 @@ from enrollment import keystore, services
 from enrollment.checks import internal_host_problem
 from enrollment.exceptions import EnrollmentError
 from enrollment.management.commands._helpers import (
+    add_hsm_key_arguments,
     add_name_constraint_arguments,
     constraint_domains,
     describe_constraints,
+    describe_key,
+    hsm_key,
     new_passphrase_file,
     read_passphrase,
 )
@@ -73,12 +76,14 @@ class Command(BaseCommand):
             "the key directory.",
         )
         add_name_constraint_arguments(parser)
+        add_hsm_key_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if CertificateAuthority.objects.exists():
             raise CommandError("A CA hierarchy already exists; refusing to create another.")
         _check_ca_subject(options["organization"], options["country"])
         domains = constraint_domains(options)
+        existing_key = hsm_key(options)
         if options["embedded_passphrase"] and keystore.ensure_embedded_passphrase():
             self.stdout.write("Created a CA key passphrase for the embedded default.")
         path = options["root_passphrase_file"]
@@ -102,6 +107,7 @@ class Command(BaseCommand):
                     slug=options["issuing_slug"],
                     algorithm=KeyAlgorithm(options["issuing_key_algorithm"]),
                     validity_days=options["issuing_validity_days"],
+                    existing_key=existing_key,
                 ),
                 base_url=options["base_url"],
                 root_key_path=Path(options["root_key_out"]),
@@ -114,6 +120,7 @@ class Command(BaseCommand):
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Created {root.name} (offline) and {issuing.name}."))
         self.stdout.write(describe_constraints(domains))
+        self.stdout.write(describe_key(issuing))
         problem = internal_host_problem(options["base_url"])
         if problem is not None:
             self.stdout.write(

@@ -1,0 +1,727 @@
+"""The PKCS#11 backend of the key store: online CA keys that never leave an HSM.
+
+Part of keystore.py's narrow door, and imported by it alone. A key is generated in the
+token (sensitive, never extractable, signing only) or chosen among keys the operator made
+there; the CA row's key_reference names it by an RFC 7512 URI (``pkcs11:object=...;id=...``)
+within the token that the settings name.
+
+cryptography's builders dispatch on its private-key interfaces and call the key's own
+``sign()``: ``TokenEcKey`` and ``TokenRsaKey`` implement those interfaces, hash on the host
+and have the token sign the digest (CKM_ECDSA, CKM_RSA_PKCS over a DigestInfo), so
+certificates, OCSP responses and CRLs (crl_fast's prehashed path) are built exactly as with
+a file key. Raw mechanisms are the ones every HSM offers, and they let a CRL of a million
+entries be hashed outside the library lock.
+
+Each process opens the library and one logged-in session lazily, keyed by its PID: a
+forked gunicorn worker or Celery child initialises the library afresh (PKCS#11 2.40 6.7.7)
+and never touches the handles it inherited. One lock per process serialises every call
+into the library, which is initialised without OS locking. A session or login the token
+dropped is opened again once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote, unquote
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from enrollment.exceptions import KeyStoreError
+from enrollment.x509 import keys
+
+NAME = "pkcs11"
+LABEL_PREFIX = "pkiportal-"
+
+_T = TypeVar("_T")
+
+# RFC 8017 9.2 note 1: the DER DigestInfo prefix of each hash a CA signs with.
+_DIGEST_INFO = {
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+# CKA_EC_PARAMS as a namedCurve OID (X9.62), for the curves S/MIME BR 6.1.5 allows.
+_CURVES: dict[bytes, type[ec.EllipticCurve]] = {
+    bytes.fromhex("06082a8648ce3d030107"): ec.SECP256R1,
+    bytes.fromhex("06052b81040022"): ec.SECP384R1,
+    bytes.fromhex("06052b81040023"): ec.SECP521R1,
+}
+
+
+def _library() -> Any:
+    """python-pkcs11, imported only when a CA key lives in a token."""
+    try:
+        import pkcs11
+    except ImportError as exc:
+        raise KeyStoreError(
+            "This CA's key is in an HSM (PKCS#11) but python-pkcs11 is not installed: "
+            "pip install -r requirements.txt."
+        ) from exc
+    return pkcs11
+
+
+# --- which key ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenKeySelector:
+    """A key in the configured token, by CKA_LABEL and/or CKA_ID (at least one)."""
+
+    label: str = ""
+    id: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.label and not self.id:
+            raise KeyStoreError("Name the key in the HSM by its label, its id or both.")
+
+    def uri(self) -> str:
+        """RFC 7512: the key within the token; the token itself comes from the settings."""
+        parts = []
+        if self.label:
+            parts.append("object=" + quote(self.label, safe=""))
+        if self.id:
+            parts.append("id=" + "".join(f"%{octet:02x}" for octet in self.id))
+        return "pkcs11:" + ";".join([*parts, "type=private"])
+
+    @classmethod
+    def from_uri(cls, reference: str) -> TokenKeySelector:
+        if not reference.startswith("pkcs11:"):
+            raise KeyStoreError(f"Invalid PKCS#11 key reference {reference!r}.")
+        fields: dict[str, str] = {}
+        for part in reference[len("pkcs11:") :].split(";"):
+            name, _, value = part.partition("=")
+            fields[name] = value
+        return cls(
+            label=unquote(fields.get("object", "")),
+            id=unquote(fields.get("id", ""), encoding="latin-1").encode("latin-1"),
+        )
+
+    def describe(self) -> str:
+        named = []
+        if self.label:
+            named.append(f"label {self.label!r}")
+        if self.id:
+            named.append(f"id {self.id.hex()}")
+        return " and ".join(named)
+
+
+def selector_for(*, label: str = "", key_id: str = "") -> TokenKeySelector:
+    """The selector an operator gives on the command line (id in hex, as pkcs11-tool)."""
+    try:
+        raw_id = bytes.fromhex(key_id) if key_id else b""
+    except ValueError:
+        raise KeyStoreError(f"The key id {key_id!r} is not hexadecimal.") from None
+    return TokenKeySelector(label=label.strip(), id=raw_id)
+
+
+# --- the process's library and session -------------------------------------------------
+
+
+@dataclass
+class _Process:
+    pid: int
+    settings: tuple[str, str, str]
+    lib: Any
+    session: Any
+    keys: dict[str, Any]  # reference -> the private key object in this session
+    wrapped: dict[str, keys.PrivateKey]  # reference -> what cryptography signs with
+
+
+_LOCK = threading.RLock()
+_STATE: _Process | None = None
+# This process's library object per module path: initialised once per process.
+_LIBRARIES: dict[tuple[int, str], Any] = {}
+# A parent's library object and session, inherited by a forked child: kept referenced so
+# the child never finalises the library or closes a session through them.
+_INHERITED: list[_Process] = []
+
+
+def _configured() -> tuple[str, str, str]:
+    module = settings.PKIPORTAL_PKCS11_MODULE
+    label = settings.PKIPORTAL_PKCS11_TOKEN_LABEL
+    serial = settings.PKIPORTAL_PKCS11_TOKEN_SERIAL
+    if not module:
+        raise KeyStoreError(
+            "No PKCS#11 module is configured: set PKIPORTAL_PKCS11_MODULE to the HSM "
+            "vendor's library (e.g. /usr/lib/softhsm/libsofthsm2.so)."
+        )
+    if not label and not serial:
+        raise KeyStoreError(
+            "Name the HSM token: set PKIPORTAL_PKCS11_TOKEN_LABEL or PKIPORTAL_PKCS11_TOKEN_SERIAL."
+        )
+    return module, label, serial
+
+
+def _token_name(label: str, serial: str) -> str:
+    return f"label {label!r}" if label else f"serial {serial!r}"
+
+
+@sensitive_variables("pin")
+def _pin() -> str:
+    pin = settings.PKIPORTAL_PKCS11_PIN
+    if not pin:
+        raise KeyStoreError(
+            "No HSM user PIN is configured: set PKIPORTAL_PKCS11_PIN_FILE "
+            "(or PKIPORTAL_PKCS11_PIN)."
+        )
+    return pin
+
+
+def _load_library(module: str, inherited: _Process | None) -> Any:
+    """The module, initialised in this process (C_Initialize), once per process."""
+    pkcs11 = _library()
+    from pkcs11 import _pkcs11  # pkcs11.lib() keeps one object per path, across forks too
+
+    loaded = _LIBRARIES.get((os.getpid(), module))
+    if loaded is not None:
+        return loaded
+    try:
+        loaded = _pkcs11.lib(module)
+    except pkcs11.PKCS11Error as exc:
+        # CKR_CRYPTOKI_ALREADY_INITIALIZED, which python-pkcs11 reports by message only.
+        if "already initialized" not in str(exc) or inherited is None:
+            raise KeyStoreError(
+                f"The PKCS#11 module {module} cannot be loaded: {_say(exc)}"
+            ) from None
+        # The module does not reset on fork: its state, copied with the process, is ours.
+        loaded = inherited.lib
+    _LIBRARIES[(os.getpid(), module)] = loaded
+    return loaded
+
+
+@sensitive_variables("pin")
+def _open(config: tuple[str, str, str], inherited: _Process | None) -> _Process:
+    pkcs11 = _library()
+    module, label, serial = config
+    if not os.path.isfile(module):
+        raise KeyStoreError(f"The PKCS#11 module {module} does not exist.")
+    lib = _load_library(module, inherited)
+    where = _token_name(label, serial)
+    try:
+        token = lib.get_token(
+            **({"token_label": label} if label else {}),
+            **({"token_serial": serial.encode()} if serial else {}),
+        )
+    except pkcs11.NoSuchToken:
+        raise KeyStoreError(f"No HSM token with {where} is present.") from None
+    except pkcs11.MultipleTokensReturned:
+        raise KeyStoreError(
+            f"More than one HSM token has {where}: set PKIPORTAL_PKCS11_TOKEN_SERIAL."
+        ) from None
+    except pkcs11.PKCS11Error as exc:
+        raise KeyStoreError(f"The HSM token with {where} cannot be reached: {_say(exc)}") from None
+    pin = _pin()
+    try:
+        try:
+            session = token.open(rw=True, user_pin=pin)
+        except pkcs11.UserAlreadyLoggedIn:
+            # Login is per process, not per session: a session of ours is still logged in.
+            session = token.open(rw=True)
+    except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
+        raise KeyStoreError(
+            f"The HSM token with {where} refused the user PIN (wrong PIN): check "
+            "PKIPORTAL_PKCS11_PIN_FILE. Repeated failures lock the token."
+        ) from None
+    except pkcs11.PinLocked:
+        raise KeyStoreError(f"The user PIN of the HSM token with {where} is locked.") from None
+    except pkcs11.PKCS11Error as exc:
+        raise KeyStoreError(f"Cannot log in to the HSM token with {where}: {_say(exc)}") from None
+    return _Process(os.getpid(), config, lib, session, {}, {})
+
+
+def _state() -> _Process:
+    """This process's logged-in session, opened on first use (after any fork)."""
+    global _STATE
+    config = _configured()
+    state = _STATE
+    if state is not None and state.pid == os.getpid() and state.settings == config:
+        return state
+    inherited = None
+    if state is not None:
+        if state.pid != os.getpid():
+            _INHERITED.append(state)
+            inherited = state
+        else:  # the settings changed (tests, a reconfigured shell)
+            _close(state)
+        _STATE = None
+    _STATE = _open(config, inherited)
+    return _STATE
+
+
+def _close(state: _Process) -> None:
+    with contextlib.suppress(Exception):  # the session may be what is gone
+        state.session.close()
+
+
+def _session_lost(exc: Exception) -> bool:
+    pkcs11 = _library()
+    return isinstance(
+        exc,
+        pkcs11.SessionClosed
+        | pkcs11.SessionHandleInvalid
+        | pkcs11.UserNotLoggedIn
+        | pkcs11.ObjectHandleInvalid
+        | pkcs11.KeyHandleInvalid
+        | pkcs11.DeviceRemoved
+        | pkcs11.TokenNotPresent,
+    )
+
+
+def _with_session(operation: Callable[[_Process], _T]) -> _T:
+    """Run ``operation`` on this process's session; once more on a fresh one if lost."""
+    global _STATE
+    pkcs11 = _library()
+    with _LOCK:
+        state = _state()
+        try:
+            return operation(state)
+        except pkcs11.PKCS11Error as exc:
+            if not _session_lost(exc):
+                raise
+            _close(state)
+            _STATE = None
+        state = _state()
+        return operation(state)
+
+
+def _say(exc: BaseException) -> str:
+    """A PKCS#11 error by its CKR name; python-pkcs11's messages are often empty."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}" + (f" ({text})" if text else "")
+
+
+def forget_process_state() -> None:
+    """Log out and close this process's session (tests; a token being re-initialised)."""
+    global _STATE
+    with _LOCK:
+        if _STATE is not None and _STATE.pid == os.getpid():
+            _close(_STATE)
+        _STATE = None
+
+
+# --- finding keys ---------------------------------------------------------------------
+
+
+def _find(state: _Process, selector: TokenKeySelector) -> Any:
+    pkcs11 = _library()
+    attrs: dict[Any, Any] = {pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}
+    if selector.label:
+        attrs[pkcs11.Attribute.LABEL] = selector.label
+    if selector.id:
+        attrs[pkcs11.Attribute.ID] = selector.id
+    found = list(state.session.get_objects(attrs))
+    if not found:
+        raise KeyStoreError(
+            f"The HSM token has no private key with {selector.describe()} (was it deleted, "
+            "or is PKIPORTAL_PKCS11_TOKEN_LABEL the wrong token?)."
+        )
+    if len(found) > 1:
+        raise KeyStoreError(
+            f"The HSM token has {len(found)} private keys with {selector.describe()}: "
+            "name the key by its id as well."
+        )
+    return found[0]
+
+
+def _public_key(state: _Process, private: Any) -> keys.PublicKey:
+    """The key's public half from the token: RSA from the private object, EC from the
+    public key object with the same id (or label), as pkcs11-tool and we create them."""
+    pkcs11 = _library()
+    attribute = pkcs11.Attribute
+    key_type = private[attribute.KEY_TYPE]
+    if key_type == pkcs11.KeyType.RSA:
+        modulus = int.from_bytes(private[attribute.MODULUS], "big")
+        exponent = int.from_bytes(private[attribute.PUBLIC_EXPONENT], "big")
+        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    if key_type != pkcs11.KeyType.EC:
+        raise KeyStoreError("The key in the HSM is neither RSA nor EC.")
+    match: dict[Any, Any] = {attribute.CLASS: pkcs11.ObjectClass.PUBLIC_KEY}
+    key_id = _attribute(private, attribute.ID)
+    label = _attribute(private, attribute.LABEL)
+    if key_id:
+        match[attribute.ID] = key_id
+    elif label:
+        match[attribute.LABEL] = label
+    publics = list(state.session.get_objects(match))
+    if len(publics) != 1:
+        raise KeyStoreError(
+            "The HSM token holds no single public key object beside this EC private key "
+            "(same id): import the public key into the token, e.g. with pkcs11-tool "
+            "--write-object ... --type pubkey."
+        )
+    params = bytes(publics[0][attribute.EC_PARAMS])
+    curve_type = _CURVES.get(params)
+    if curve_type is None:
+        raise KeyStoreError("The EC key in the HSM is not on P-256, P-384 or P-521.")
+    curve = curve_type()
+    point = bytes(publics[0][attribute.EC_POINT])
+    raw_length = 1 + 2 * ((curve.key_size + 7) // 8)
+    if len(point) != raw_length:  # PKCS#11 wraps the point in a DER OCTET STRING
+        point = point[-raw_length:]
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    except ValueError:
+        raise KeyStoreError("The EC public key in the HSM cannot be read.") from None
+
+
+def _attribute(obj: Any, name: Any) -> Any:
+    try:
+        return obj[name]
+    except Exception:  # noqa: BLE001 - absent, or refused by the token
+        return None
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    """What the token says of a CA key: shown by the commands, recorded in the audit."""
+
+    reference: str
+    label: str
+    id: str
+    sensitive: bool
+    extractable: bool
+    generated_in_token: bool
+
+    def summary(self) -> str:
+        origin = "generated in the token" if self.generated_in_token else "imported"
+        extract = "extractable" if self.extractable else "never extractable"
+        return f"label {self.label!r}, id {self.id or '-'}: {origin}, {extract}"
+
+
+def _facts(reference: str, private: Any) -> KeyFacts:
+    pkcs11 = _library()
+    attribute = pkcs11.Attribute
+    key_id = _attribute(private, attribute.ID) or b""
+    return KeyFacts(
+        reference=reference,
+        label=_attribute(private, attribute.LABEL) or "",
+        id=bytes(key_id).hex(),
+        sensitive=bool(_attribute(private, attribute.SENSITIVE)),
+        extractable=bool(_attribute(private, attribute.EXTRACTABLE)),
+        # CKA_LOCAL with CKA_NEVER_EXTRACTABLE: made inside the token, never out of it.
+        generated_in_token=bool(_attribute(private, attribute.LOCAL))
+        and bool(_attribute(private, attribute.NEVER_EXTRACTABLE)),
+    )
+
+
+def _signing_key(state: _Process, reference: str) -> Any:
+    private = state.keys.get(reference)
+    if private is None:
+        private = _find(state, TokenKeySelector.from_uri(reference))
+        state.keys[reference] = private
+    return private
+
+
+# --- keys as cryptography sees them -------------------------------------------------------
+
+
+# Prehashed keeps its hash private: the digest's size names it among the hashes we sign with.
+_PREHASHED = {32: hashes.SHA256(), 48: hashes.SHA384(), 64: hashes.SHA512()}
+
+
+def _digest(data: bytes, algorithm: Any) -> tuple[bytes, hashes.HashAlgorithm]:
+    if isinstance(algorithm, utils.Prehashed):
+        if len(data) != algorithm.digest_size or len(data) not in _PREHASHED:
+            raise KeyStoreError("The digest to sign has the wrong size.")
+        return data, _PREHASHED[len(data)]
+    hasher = hashes.Hash(algorithm)
+    hasher.update(data)
+    return hasher.finalize(), algorithm
+
+
+def _token_sign(reference: str, payload: bytes, mechanism: str) -> bytes:
+    pkcs11 = _library()
+
+    def sign(state: _Process) -> bytes:
+        return bytes(
+            _signing_key(state, reference).sign(payload, mechanism=pkcs11.Mechanism[mechanism])
+        )
+
+    try:
+        return _with_session(sign)
+    except pkcs11.PKCS11Error as exc:
+        raise KeyStoreError(f"The HSM refused to sign: {_say(exc)}") from None
+
+
+def _no_export() -> NoReturn:
+    raise KeyStoreError("This CA key lives in an HSM: it cannot be exported or used so.")
+
+
+class TokenEcKey(ec.EllipticCurvePrivateKey):
+    """An EC CA key in the token: ECDSA over a digest taken on the host."""
+
+    def __init__(self, reference: str, public_key: ec.EllipticCurvePublicKey) -> None:
+        self._reference = reference
+        self._public_key = public_key
+
+    def sign(
+        self, data: utils.Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
+    ) -> bytes:
+        if not isinstance(signature_algorithm, ec.ECDSA):
+            raise KeyStoreError("An EC key in the HSM signs ECDSA only.")
+        digest, _ = _digest(bytes(data), signature_algorithm.algorithm)
+        raw = _token_sign(self._reference, digest, "ECDSA")
+        half = len(raw) // 2  # PKCS#11 gives r || s; X.509 wants Ecdsa-Sig-Value
+        return utils.encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public_key
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._public_key.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._public_key.key_size
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
+        _no_export()
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        _no_export()
+
+    def private_bytes(self, *args: Any, **kwargs: Any) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> TokenEcKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TokenEcKey:
+        return self
+
+    def __repr__(self) -> str:
+        return f"TokenEcKey({self._reference!r})"
+
+
+class TokenRsaKey(rsa.RSAPrivateKey):
+    """An RSA CA key in the token: PKCS#1 v1.5 over a DigestInfo made on the host."""
+
+    def __init__(self, reference: str, public_key: rsa.RSAPublicKey) -> None:
+        self._reference = reference
+        self._public_key = public_key
+
+    def sign(
+        self,
+        data: utils.Buffer,
+        padding_: padding.AsymmetricPadding,
+        algorithm: Any,
+    ) -> bytes:
+        if not isinstance(padding_, padding.PKCS1v15):
+            raise KeyStoreError("An RSA CA key in the HSM signs PKCS#1 v1.5 only.")
+        digest, chosen = _digest(bytes(data), algorithm)
+        prefix = _DIGEST_INFO.get(chosen.name)
+        if prefix is None:
+            raise KeyStoreError(f"An RSA CA key does not sign with {chosen.name}.")
+        return _token_sign(self._reference, prefix + digest, "RSA_PKCS")
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._public_key
+
+    @property
+    def key_size(self) -> int:
+        return self._public_key.key_size
+
+    def decrypt(self, ciphertext: bytes, padding: padding.AsymmetricPadding) -> bytes:
+        _no_export()
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        _no_export()
+
+    def private_bytes(self, *args: Any, **kwargs: Any) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> TokenRsaKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TokenRsaKey:
+        return self
+
+    def __repr__(self) -> str:
+        return f"TokenRsaKey({self._reference!r})"
+
+
+def _wrap(reference: str, public_key: keys.PublicKey) -> keys.PrivateKey:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return TokenEcKey(reference, public_key)
+    return TokenRsaKey(reference, public_key)
+
+
+# --- the backend -------------------------------------------------------------------------
+
+
+# Keys this process generated for a CA row not yet committed: only these are ever
+# destroyed (a failed create_pki); a key the operator made is never touched.
+_GENERATED: set[str] = set()
+
+
+class Pkcs11KeyBackend:
+    """Online CA keys in the token that PKIPORTAL_PKCS11_* name."""
+
+    name = NAME
+
+    def load(self, reference: str) -> keys.PrivateKey:
+        def load(state: _Process) -> keys.PrivateKey:
+            wrapped = state.wrapped.get(reference)
+            if wrapped is None:
+                wrapped = _wrap(reference, _public_key(state, _signing_key(state, reference)))
+                state.wrapped[reference] = wrapped
+            return wrapped
+
+        return self._call(load)
+
+    def generate(self, *, label: str, algorithm: keys.KeyAlgorithm) -> tuple[str, keys.PrivateKey]:
+        """A new key pair in the token: private, sensitive, never extractable, sign only."""
+        pkcs11 = _library()
+        attribute = pkcs11.Attribute
+        token_label = LABEL_PREFIX + label
+        key_id = secrets.token_bytes(16)
+        reference = TokenKeySelector(label=token_label, id=key_id).uri()
+
+        def generate(state: _Process) -> keys.PrivateKey:
+            taken = list(
+                state.session.get_objects(
+                    {attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY, attribute.LABEL: token_label}
+                )
+            )
+            if taken:
+                raise KeyStoreError(
+                    f"The HSM token already holds a key labelled {token_label!r}: use it "
+                    "with --hsm-key-label, or give the new CA another slug."
+                )
+            private_template = {
+                attribute.TOKEN: True,
+                attribute.PRIVATE: True,
+                attribute.SENSITIVE: True,
+                attribute.EXTRACTABLE: False,
+                attribute.SIGN: True,
+                attribute.DECRYPT: False,
+                attribute.UNWRAP: False,
+                attribute.DERIVE: False,
+                attribute.LABEL: token_label,
+                attribute.ID: key_id,
+            }
+            public_template = {
+                attribute.TOKEN: True,
+                attribute.PRIVATE: False,
+                attribute.VERIFY: True,
+                attribute.ENCRYPT: False,
+                attribute.WRAP: False,
+                attribute.LABEL: token_label,
+                attribute.ID: key_id,
+            }
+            session = state.session
+            options = {
+                "id": key_id,
+                "label": token_label,
+                "store": True,
+                "capabilities": pkcs11.MechanismFlag.SIGN | pkcs11.MechanismFlag.VERIFY,
+                "public_template": public_template,
+                "private_template": private_template,
+            }
+            size = algorithm.rsa_key_size
+            if size is not None:
+                public_template[attribute.PUBLIC_EXPONENT] = keys.RSA_PUBLIC_EXPONENT.to_bytes(
+                    3, "big"
+                )
+                session.generate_keypair(pkcs11.KeyType.RSA, size, **options)
+            else:
+                curve = algorithm.curve
+                assert curve is not None
+                oid = next(der for der, kind in _CURVES.items() if isinstance(curve, kind))
+                parameters = session.create_domain_parameters(
+                    pkcs11.KeyType.EC, {attribute.EC_PARAMS: oid}, local=True
+                )
+                parameters.generate_keypair(**options)
+            _GENERATED.add(reference)
+            return _wrap(reference, _public_key(state, _signing_key(state, reference)))
+
+        return reference, self._call(generate, doing="generate a key in")
+
+    def adopt(self, selector: TokenKeySelector) -> tuple[str, keys.PrivateKey]:
+        """An existing key the operator made in the token: it must sign and stay secret."""
+        pkcs11 = _library()
+        attribute = pkcs11.Attribute
+
+        def adopt(state: _Process) -> tuple[str, keys.PrivateKey]:
+            private = _find(state, selector)
+            if not _attribute(private, attribute.SIGN):
+                raise KeyStoreError(
+                    f"The HSM key with {selector.describe()} may not sign (CKA_SIGN)."
+                )
+            if not _attribute(private, attribute.SENSITIVE):
+                raise KeyStoreError(
+                    f"The HSM key with {selector.describe()} is not sensitive (CKA_SENSITIVE "
+                    "false): its value can be read out of the token. Make a new one."
+                )
+            label = _attribute(private, attribute.LABEL) or ""
+            key_id = bytes(_attribute(private, attribute.ID) or b"")
+            reference = TokenKeySelector(label=label, id=key_id).uri()
+            return reference, _wrap(reference, _public_key(state, private))
+
+        return self._call(adopt)
+
+    def facts(self, reference: str) -> KeyFacts:
+        return self._call(lambda state: _facts(reference, _signing_key(state, reference)))
+
+    def discard(self, reference: str) -> None:
+        """Destroy a key this process generated for a CA that was never created."""
+        if reference not in _GENERATED:
+            return
+        pkcs11 = _library()
+        selector = TokenKeySelector.from_uri(reference)
+
+        def destroy(state: _Process) -> None:
+            for cls in (pkcs11.ObjectClass.PRIVATE_KEY, pkcs11.ObjectClass.PUBLIC_KEY):
+                attrs = {pkcs11.Attribute.CLASS: cls, pkcs11.Attribute.ID: selector.id}
+                for obj in list(state.session.get_objects(attrs)):
+                    obj.destroy()
+            state.keys.pop(reference, None)
+            state.wrapped.pop(reference, None)
+
+        self._call(destroy, doing="remove a key from")
+        _GENERATED.discard(reference)
+
+    def _call(self, operation: Callable[[_Process], _T], doing: str = "use") -> _T:
+        pkcs11 = _library()
+        try:
+            return _with_session(operation)
+        except pkcs11.PKCS11Error as exc:
+            raise KeyStoreError(f"Cannot {doing} the HSM token: {_say(exc)}") from None
+
+
+def check_pair(key: keys.PrivateKey, public_key: keys.PublicKey) -> None:
+    """Sign a challenge in the token and verify it with the certificate's public key:
+    proves the token's key is the certificate's, whatever public object sits beside it."""
+    challenge = secrets.token_bytes(32)
+    try:
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            algorithm = ec.ECDSA(keys.signature_hash_for(key))
+            assert isinstance(public_key, ec.EllipticCurvePublicKey)
+            public_key.verify(key.sign(challenge, algorithm), challenge, algorithm)
+        else:
+            assert isinstance(public_key, rsa.RSAPublicKey)
+            digest = keys.signature_hash_for(key)
+            public_key.verify(
+                key.sign(challenge, padding.PKCS1v15(), digest),
+                challenge,
+                padding.PKCS1v15(),
+                digest,
+            )
+    except (InvalidSignature, AssertionError):
+        raise KeyStoreError(
+            "The key in the HSM does not belong to this CA's certificate."
+        ) from None

@@ -1,0 +1,493 @@
+"""The issuing CA's key in an HSM (PKCS#11), against a real SoftHSM2 token.
+
+Keys are made by the portal's commands or by OpenSC's pkcs11-tool; what the token signs
+is checked with the openssl CLI against the root, never by reading our output back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from enrollment import keystore, keystore_pkcs11, services
+from enrollment.exceptions import KeyStoreError
+from enrollment.models import AuditEvent, CertificateAuthority, CertificateTemplate
+from enrollment.x509 import builder, crl_fast
+from enrollment.x509.keys import KeyAlgorithm
+from tests.conftest import ROOT_PASSPHRASE, client_for
+from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
+from tests.enrollment.tools import issue, new_key
+from tests.pki import subject_for
+
+pytestmark = pytest.mark.django_db
+
+
+def run(command: str, /, **options: object) -> str:
+    out = StringIO()
+    call_command(command, stdout=out, stderr=StringIO(), **options)
+    return out.getvalue()
+
+
+@pytest.fixture
+def hsm_hierarchy(hsm, hierarchy):
+    """create_pki's hierarchy with PKIPORTAL_KEY_BACKEND=pkcs11: the issuing key in the token."""
+    return hierarchy
+
+
+@pytest.fixture
+def passphrase_file(tmp_path):
+    path = tmp_path / "root-passphrase"
+    path.write_bytes(ROOT_PASSPHRASE)
+    return path
+
+
+def pem(openssl, name, *certificates):
+    return str(openssl.write_pem(name, *certificates))
+
+
+def spki(key) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+# --- creating the key -----------------------------------------------------------------
+
+
+def test_create_pki_generates_the_issuing_key_in_the_token_never_extractable(
+    hsm, db, tmp_path, settings, passphrase_file, openssl
+):
+    output = run(
+        "create_pki",
+        root_key_out=str(tmp_path / "root.pem"),
+        root_passphrase_file=str(passphrase_file),
+        root_key_algorithm="ec-p384",
+        issuing_key_algorithm="ec-p256",
+        country="GB",
+        no_name_constraints=True,
+    )
+
+    issuing = CertificateAuthority.objects.get(slug="issuing")
+    assert issuing.key_backend == "pkcs11"
+    assert issuing.key_reference.startswith("pkcs11:object=pkiportal-issuing;id=%")
+    assert not (settings.PKIPORTAL_KEY_DIR / "issuing.key.pem").exists()
+    assert "generated in the token, never extractable" in output
+    # OpenSC's view of the token: sensitive, made there, signing only, no way out.
+    listed = hsm.tool("--list-objects", "--type", "privkey")
+    assert "label:      pkiportal-issuing" in listed
+    assert "Access:     sensitive, always sensitive, never extractable, local" in listed
+    usage = listed.split("Usage:", 1)[1].splitlines()[0].strip()
+    assert usage == "sign"
+    facts = keystore.ca_key_facts(issuing)
+    assert (facts.sensitive, facts.extractable, facts.generated_in_token) == (True, False, True)
+    # The token will not hand the value out, whoever asks.
+    refused = hsm.tool("--read-object", "--type", "privkey", "--label", "pkiportal-issuing",
+                       check=False)  # fmt: skip
+    assert "BEGIN" not in refused
+    with pytest.raises(KeyStoreError, match="HSM"):
+        keystore._ca_key(issuing).private_bytes()
+    # The same public key in the token and in the certificate the root signed.
+    key_id = keystore_pkcs11.TokenKeySelector.from_uri(issuing.key_reference).id.hex()
+    assert _token_public_der(hsm, key_id, openssl) == spki(issuing.certificate.public_key())
+    root = CertificateAuthority.objects.get(slug="root")
+    verified = openssl.run(
+        "verify", "-CAfile", pem(openssl, "root.pem", root.certificate),
+        pem(openssl, "issuing.pem", issuing.certificate),
+    )  # fmt: skip
+    assert b"issuing.pem: OK" in verified.stdout
+    # Its first CRL was signed in the token, and openssl checks it against the CA.
+    openssl.write("first.crl", issuing.latest_crl().der)
+    checked = openssl.run(
+        "crl", "-inform", "DER", "-in", "first.crl", "-CAfile", "issuing.pem", "-noout"
+    )
+    assert b"verify OK" in checked.stdout + checked.stderr
+
+
+def test_create_issuing_ca_uses_a_key_the_operator_made_with_pkcs11_tool(
+    hierarchy, hsm, passphrase_file, openssl
+):
+    hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "operator-ca-key",
+             "--id", "a1b2c3", "--usage-sign")  # fmt: skip
+
+    output = run(
+        "create_issuing_ca",
+        root_key_file=str(hierarchy.root_key_path),
+        root_passphrase_file=str(passphrase_file),
+        slug="issuing-hsm",
+        name="Test Issuing CA HSM",
+        hsm_key_label="operator-ca-key",
+    )
+
+    ca = CertificateAuthority.objects.get(slug="issuing-hsm")
+    assert ca.key_backend == "pkcs11"
+    assert ca.key_reference == "pkcs11:object=operator-ca-key;id=%a1%b2%c3;type=private"
+    assert "label 'operator-ca-key', id a1b2c3" in output
+    keystore.check_ca_key(ca)
+    openssl.write("token.der", _token_public_der(hsm, "a1b2c3", openssl))
+    token_key = openssl.run("pkey", "-pubin", "-inform", "DER", "-in", "token.der").stdout
+    certified = openssl.run(
+        "x509", "-in", pem(openssl, "ca.pem", ca.certificate), "-noout", "-pubkey"
+    ).stdout
+    assert token_key == certified
+    event = AuditEvent.objects.get(action="ca.create", object_id=str(ca.pk))
+    assert event.detail["key_backend"] == "pkcs11"
+    assert event.detail["key_reference"] == ca.key_reference
+    assert event.detail["key_algorithm"] == "ec-p256"
+    # The CA's key stays where the operator put it when the CA goes on to sign.
+    verified = openssl.run(
+        "verify", "-CAfile", pem(openssl, "root.pem", hierarchy.root.certificate), "ca.pem"
+    )
+    assert b"ca.pem: OK" in verified.stdout
+
+
+def _token_public_der(hsm, key_id: str, openssl) -> bytes:
+    path = openssl.path(f"{key_id}.pub.der")
+    hsm.tool("--read-object", "--type", "pubkey", "--id", key_id, "--output-file", str(path))
+    return path.read_bytes()
+
+
+def test_an_existing_key_can_be_chosen_by_id_alone(hierarchy, hsm, passphrase_file):
+    hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "by-id",
+             "--id", "0d0e", "--usage-sign")  # fmt: skip
+
+    run(
+        "create_issuing_ca",
+        root_key_file=str(hierarchy.root_key_path),
+        root_passphrase_file=str(passphrase_file),
+        slug="issuing-by-id",
+        name="Test Issuing CA By Id",
+        hsm_key_id="0d0e",
+    )
+
+    ca = CertificateAuthority.objects.get(slug="issuing-by-id")
+    assert ca.key_reference == "pkcs11:object=by-id;id=%0d%0e;type=private"
+
+
+def test_an_existing_key_that_is_missing_creates_nothing(hierarchy, hsm, passphrase_file):
+    before = CertificateAuthority.objects.count()
+
+    with pytest.raises(CommandError, match="no private key with label 'no-such-key'"):
+        run(
+            "create_issuing_ca",
+            root_key_file=str(hierarchy.root_key_path),
+            root_passphrase_file=str(passphrase_file),
+            slug="issuing-none",
+            hsm_key_label="no-such-key",
+        )
+
+    assert CertificateAuthority.objects.count() == before
+
+
+def test_an_existing_key_is_refused_with_the_file_backend(hierarchy, passphrase_file):
+    with pytest.raises(CommandError, match="need PKIPORTAL_KEY_BACKEND=pkcs11"):
+        run(
+            "create_issuing_ca",
+            root_key_file=str(hierarchy.root_key_path),
+            root_passphrase_file=str(passphrase_file),
+            slug="issuing-x",
+            hsm_key_label="anything",
+        )
+
+
+def test_a_failed_creation_destroys_the_key_it_generated_and_no_other(
+    hsm_hierarchy, hsm, passphrase_file
+):
+    """The key is generated before the root certifies it: a validity the builder refuses
+    fails after it exists."""
+    with pytest.raises(CommandError, match="validity"):
+        run(
+            "create_issuing_ca",
+            root_key_file=str(hsm_hierarchy.root_key_path),
+            root_passphrase_file=str(passphrase_file),
+            slug="issuing-fails",
+            validity_days=999999,
+        )
+
+    assert "pkiportal-issuing-fails" not in hsm.tool("--list-objects")
+    assert "pkiportal-issuing" in hsm.tool("--list-objects")  # the hierarchy's own key
+
+
+def test_a_second_key_with_the_same_label_is_refused(hsm_hierarchy, hsm):
+    hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "pkiportal-issuing-2",
+             "--id", "0202", "--usage-sign")  # fmt: skip
+
+    with pytest.raises(KeyStoreError, match="already holds a key labelled 'pkiportal-issuing-2'"):
+        services.issuing_ca_create(
+            spec=services.CaSpec("Test Issuing CA 2", "issuing-2", KeyAlgorithm.EC_P256, 365),
+            root=hsm_hierarchy.root,
+            root_key=keystore.OfflineKey(hsm_hierarchy.root_key_path, ROOT_PASSPHRASE),
+            base_url="http://pki.example.com",
+            organization_name="Example Org",
+            country_name="GB",
+        )
+
+    assert "0202" in hsm.tool("--list-objects", "--type", "privkey")  # the operator's stays
+
+
+# --- signing --------------------------------------------------------------------------
+
+
+def test_an_enrolment_through_the_api_is_signed_in_the_token(hsm_hierarchy, employee, openssl):
+    response = token_client(employee).post(ENROLLMENTS, csr_body(new_key()), format="json")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    openssl.write("leaf.pem", body["certificate"].encode())
+    openssl.write("chain.pem", "".join(body["chain"]).encode())
+    verified = openssl.run(
+        "verify", "-CAfile", pem(openssl, "root.pem", hsm_hierarchy.root.certificate),
+        "-untrusted", "chain.pem", "-purpose", "smimesign", "leaf.pem",
+    )  # fmt: skip
+    assert b"leaf.pem: OK" in verified.stdout
+    leaf = x509.load_pem_x509_certificate(body["certificate"].encode())
+    assert leaf.signature_algorithm_oid == x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256
+    leaf.verify_directly_issued_by(hsm_hierarchy.issuing.certificate)
+
+
+def test_a_crl_with_a_revocation_is_signed_in_the_token(hsm_hierarchy, employee, template, openssl):
+    certificate = issue(employee, template("smime-signing"), new_key())
+    services.certificate_revoke(certificate=certificate, actor=employee, reason="superseded")
+    services.crl_publish(ca=hsm_hierarchy.issuing)
+
+    crl = hsm_hierarchy.issuing.latest_crl()
+    openssl.write("issuing.crl", crl.der)
+    pem(openssl, "issuing.pem", hsm_hierarchy.issuing.certificate)
+    checked = openssl.run(
+        "crl", "-inform", "DER", "-in", "issuing.crl", "-CAfile", "issuing.pem", "-noout", "-text"
+    )
+    printed = (checked.stdout + checked.stderr).decode()
+    assert "verify OK" in printed
+    assert x509.load_der_x509_crl(crl.der).get_revoked_certificate_by_serial_number(
+        certificate.certificate.serial_number
+    )
+    assert f"Serial Number: {certificate.certificate.serial_number:X}" in printed
+
+
+def test_an_ocsp_response_is_signed_in_the_token(hsm_hierarchy, employee, template, openssl):
+    leaf = issue(employee, template("smime-signing"), new_key())
+    pem(openssl, "root.pem", hsm_hierarchy.root.certificate)
+    pem(openssl, "issuing.pem", hsm_hierarchy.issuing.certificate)
+    pem(openssl, "leaf.pem", leaf.certificate)
+    openssl.run("ocsp", "-issuer", "issuing.pem", "-cert", "leaf.pem", "-reqout", "req.der")
+
+    response = client_for(None).post(
+        "/pki/ocsp/",
+        data=openssl.path("req.der").read_bytes(),
+        content_type="application/ocsp-request",
+    )
+
+    assert response.status_code == 200
+    openssl.write("resp.der", response.content)
+    result = openssl.run(
+        "ocsp", "-respin", "resp.der", "-issuer", "issuing.pem", "-cert", "leaf.pem",
+        "-CAfile", "root.pem", "-no_nonce", "-resp_text",
+    )  # fmt: skip
+    printed = (result.stdout + result.stderr).decode()
+    assert "Response verify OK" in printed
+    assert "leaf.pem: good" in printed
+
+
+def test_the_token_signs_what_the_builder_would_with_a_file_key(hsm_hierarchy):
+    """No TBS surgery: cryptography's builder calls the token key's sign() with the TBS it
+    built, so the certificate is the builder's own. Same serial, time and issuer: every
+    field but the signature's value is what a file key would get, AKI from the issuer."""
+    issuing = hsm_hierarchy.issuing
+    token_key = keystore._ca_key(issuing)
+    assert isinstance(token_key, ec.EllipticCurvePrivateKey)
+    subject_key = new_key()
+    policy = CertificateTemplate.objects.get(slug="smime-signing").policy()
+    moment = issuing.certificate.not_valid_before_utc + timedelta(minutes=1)
+    made = builder.build_end_entity(
+        public_key=subject_key.public_key(),
+        subject=subject_for(),
+        issuer_certificate=issuing.certificate,
+        issuer_key=token_key,
+        policy=policy,
+        crl_url=issuing.crl_url,
+        ca_issuers_url=issuing.ca_issuers_url,
+        not_before=moment,
+        serial=4242,
+    )
+
+    made.verify_directly_issued_by(issuing.certificate)
+    aki = made.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ski = issuing.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert aki.key_identifier == ski.digest
+
+
+def test_an_rsa_key_generated_in_the_token_signs_pkcs1_v15(hsm, hierarchy, openssl):
+    ca = services.issuing_ca_create(
+        spec=services.CaSpec("Test RSA Issuing CA", "issuing-rsa", KeyAlgorithm.RSA_2048, 365),
+        root=hierarchy.root,
+        root_key=keystore.OfflineKey(hierarchy.root_key_path, ROOT_PASSPHRASE),
+        base_url="http://pki.example.com",
+        organization_name="Example Org",
+        country_name="GB",
+    )
+
+    assert isinstance(ca.certificate.public_key(), rsa.RSAPublicKey)
+    keystore.check_ca_key(ca)
+    openssl.write("rsa.crl", ca.latest_crl().der)
+    checked = openssl.run(
+        "crl", "-inform", "DER", "-in", "rsa.crl", "-noout",
+        "-CAfile", pem(openssl, "rsa-ca.pem", ca.certificate),
+    )  # fmt: skip
+    assert b"verify OK" in checked.stdout + checked.stderr
+    assert "Usage:      sign" in hsm.tool("--list-objects", "--type", "privkey", "--label",
+                                          "pkiportal-issuing-rsa")  # fmt: skip
+
+
+def test_threads_of_one_process_sign_at_once(hsm_hierarchy):
+    issuing = hsm_hierarchy.issuing
+    now = timezone.now()
+
+    def sign(number: int) -> bytes:
+        return keystore.sign_crl_der(
+            issuing, revoked=b"", crl_number=1000 + number, this_update=now,
+            next_update=now + timedelta(days=1),
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        signed = list(pool.map(sign, range(32)))
+
+    for der in signed:
+        crl = x509.load_der_x509_crl(der)
+        assert crl.is_signature_valid(issuing.certificate.public_key())
+
+
+def test_a_forked_child_initialises_the_library_and_signs(hsm_hierarchy, tmp_path):
+    """A gunicorn worker or Celery child: the parent has signed, so the library and a
+    session are open in it; the child must not use them (SoftHSM is set to reset on fork)."""
+    issuing = hsm_hierarchy.issuing
+    keystore.check_ca_key(issuing)  # the parent's session is open
+    now = timezone.now()
+    out = tmp_path / "child.crl"
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            out.write_bytes(
+                keystore.sign_crl_der(
+                    issuing,
+                    revoked=b"",
+                    crl_number=77,
+                    this_update=now,
+                    next_update=now + timedelta(days=1),
+                )  # fmt: skip
+            )
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    crl = x509.load_der_x509_crl(out.read_bytes())
+    assert crl.is_signature_valid(issuing.certificate.public_key())
+    keystore.check_ca_key(issuing)  # and the parent's session still works
+
+
+def test_a_session_the_token_closed_is_opened_again(hsm_hierarchy):
+    issuing = hsm_hierarchy.issuing
+    keystore.check_ca_key(issuing)
+    keystore_pkcs11._STATE.session.close()  # logged out and closed under us
+
+    keystore.check_ca_key(issuing)
+
+    assert keystore_pkcs11._STATE.pid == os.getpid()
+
+
+def test_the_crl_fast_path_hashes_on_the_host_and_signs_the_digest(hsm_hierarchy):
+    issuing = hsm_hierarchy.issuing
+    key = keystore._ca_key(issuing)
+    algorithm = crl_fast.signature_algorithm_for(key)
+    pieces = [b"a" * 1000, b"b" * 1000]
+
+    signature = crl_fast.sign_pieces(key, algorithm, pieces)
+
+    issuing.certificate.public_key().verify(signature, b"".join(pieces), ec.ECDSA(algorithm.hash))
+
+
+# --- what goes wrong, said clearly and without the PIN -----------------------------------
+
+
+def test_a_wrong_pin_is_named_and_never_shown(hsm_hierarchy, settings):
+    keystore_pkcs11.forget_process_state()
+    settings.PKIPORTAL_PKCS11_PIN = "9999-wrong-pin-9999"
+
+    with pytest.raises(KeyStoreError) as raised:
+        keystore.check_ca_key(hsm_hierarchy.issuing)
+
+    assert "wrong PIN" in raised.value.message
+    assert "9999-wrong-pin-9999" not in str(raised.value)
+    assert "9999-wrong-pin-9999" not in repr(raised.value.__context__)
+
+
+def test_a_missing_token_is_named(hsm_hierarchy, settings):
+    keystore_pkcs11.forget_process_state()
+    settings.PKIPORTAL_PKCS11_TOKEN_LABEL = "no-such-token"
+
+    with pytest.raises(KeyStoreError, match="No HSM token with label 'no-such-token'"):
+        keystore.check_ca_key(hsm_hierarchy.issuing)
+
+
+def test_a_key_deleted_from_the_token_is_named(hsm_hierarchy, hsm):
+    keystore_pkcs11.forget_process_state()
+    key_id = keystore_pkcs11.TokenKeySelector.from_uri(hsm_hierarchy.issuing.key_reference).id
+    hsm.tool("--delete-object", "--type", "privkey", "--id", key_id.hex())
+
+    with pytest.raises(KeyStoreError, match="no private key with label 'pkiportal-issuing'"):
+        keystore.check_ca_key(hsm_hierarchy.issuing)
+
+
+def test_a_token_key_of_another_ca_is_refused_as_not_matching(hsm_hierarchy, hsm):
+    hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "stranger",
+             "--id", "5a5a", "--usage-sign")  # fmt: skip
+    issuing = hsm_hierarchy.issuing
+    issuing.key_reference = "pkcs11:object=stranger;id=%5a%5a;type=private"
+
+    with pytest.raises(KeyStoreError, match="does not belong to this CA's certificate"):
+        keystore.check_ca_key(issuing)
+
+
+def test_the_public_object_is_not_trusted_to_prove_the_pair(hsm_hierarchy, monkeypatch):
+    """check_ca_key has the token sign a challenge: a token whose private key is not the
+    one beside the public object (here: signatures by a stranger's key) cannot pass."""
+    issuing = hsm_hierarchy.issuing
+    stranger = new_key()
+
+    def stranger_signs(reference: str, digest: bytes, mechanism: str) -> bytes:
+        der = stranger.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        r, s = utils.decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    monkeypatch.setattr(keystore_pkcs11, "_token_sign", stranger_signs)
+
+    with pytest.raises(KeyStoreError, match="does not belong to this CA's certificate"):
+        keystore.check_ca_key(issuing)
+
+
+def test_without_python_pkcs11_the_error_says_what_to_install(hsm_hierarchy, monkeypatch):
+    keystore_pkcs11.forget_process_state()
+    monkeypatch.setitem(sys.modules, "pkcs11", None)
+
+    with pytest.raises(KeyStoreError, match="python-pkcs11 is not installed"):
+        keystore.check_ca_key(hsm_hierarchy.issuing)
+
+
+def test_the_file_backend_never_imports_python_pkcs11(hierarchy, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pkcs11", None)
+
+    keystore.check_ca_key(hierarchy.issuing)
