@@ -91,3 +91,36 @@ def ldap_publish_is_encrypted(app_configs: Any = None, **kwargs: Any) -> list[Ch
             id="pkiportal.W003",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def hsm_pin_is_in_a_file(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """An environment variable is inherited by every child process (the tools the portal
+    runs among them) and readable in /proc/<pid>/environ; a 0400 file is not."""
+    if not settings.PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT:
+        return []
+    return [
+        Warning(
+            "The HSM user PIN comes from the PKIPORTAL_PKCS11_PIN environment variable.",
+            hint="Put it in a file only the portal's user can read and set "
+            "PKIPORTAL_PKCS11_PIN_FILE to its path (systemd credentials, Docker secrets).",
+            id="pkiportal.W004",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def hsm_is_not_softhsm(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """SoftHSM keeps its keys in files on this server: a PKCS#11 interface, not an HSM."""
+    module = settings.PKIPORTAL_PKCS11_MODULE
+    if settings.PKIPORTAL_KEY_BACKEND != "pkcs11" or "softhsm" not in module.lower():
+        return []
+    return [
+        Warning(
+            f"PKIPORTAL_PKCS11_MODULE is SoftHSM ({module}): the CA key is in files on this "
+            "server's disk, protected by the PIN, not by hardware.",
+            hint="Fine for trying the PKCS#11 backend; use your HSM vendor's module for "
+            "production CA keys.",
+            id="pkiportal.W005",
+        )
+    ]

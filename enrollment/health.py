@@ -14,6 +14,10 @@ verdict long before that end, and a failure once they cannot issue (issuing_ca_s
 
 An issuing CA name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS refuses the
 addresses outside its constraint: a warning (mail_domain_status).
+
+An online CA whose key this server cannot sign with (a missing or unreadable key file, an
+HSM token that is unreachable, refuses the PIN, lost the key or holds another) can issue
+nothing and publish no CRL: a failure (ca_key_status).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from django.conf import settings
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from enrollment import ca_lifetime
+from enrollment import ca_lifetime, keystore
+from enrollment.exceptions import KeyStoreError
 from enrollment.models import (
     CertificateAuthority,
     CertificateTemplate,
@@ -384,3 +389,18 @@ def mail_domain_status(*, with_cas: bool = True) -> dict[str, Any]:
         result["status"] = WARN
         result["warnings"] = warnings
     return result
+
+
+def ca_key_status() -> dict[str, Any]:
+    """Can this server sign with every online issuing CA's key? An HSM key signs a
+    challenge the certificate's public key verifies (keystore.check_ca_key)."""
+    authorities: dict[str, dict[str, Any]] = {}
+    for ca in CertificateAuthority.objects.issuing().order_by("slug"):
+        entry: dict[str, Any] = {"status": OK, "backend": ca.key_backend}
+        try:
+            keystore.check_ca_key(ca)
+        except KeyStoreError as exc:
+            entry.update(status=FAIL, error=exc.message)
+        authorities[ca.slug] = entry
+    statuses = (entry["status"] for entry in authorities.values())
+    return {"status": worst(*statuses), "authorities": authorities}

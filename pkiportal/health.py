@@ -1,5 +1,5 @@
-"""/health/: database, broker, worker, beat, CRL freshness, the issuing CAs' ends, the
-revocation of leavers' certificates and the mail domains issued for, as JSON, 503 when
+"""/health/: database, broker, worker, beat, CRL freshness, the issuing CAs' ends and
+keys, the revocation of leavers' certificates and the mail domains issued for, as JSON, 503 when
 something is wrong.
 
 Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
@@ -114,12 +114,14 @@ def checks() -> dict[str, Any]:
     if results["database"]["status"] == health.OK:
         # "warn" long before an issuing CA's end, "fail" once templates cannot issue.
         results["issuing_ca"] = health.issuing_ca_status().as_dict()
+        # "fail" when an online CA's key cannot sign here: its file, or its HSM token.
+        results["ca_keys"] = health.ca_key_status()
         # "warn" while the cap holds leavers' revocations back: an operator must look.
         results["leavers"] = leavers.leaver_check()
         # "warn" while publishing to the LDAP directory fails or finds people no entry.
         results["ldap_publish"] = ldap_publish.ldap_check()
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
-        for name in ("issuing_ca", "leavers", "ldap_publish"):
+        for name in ("issuing_ca", "ca_keys", "leavers", "ldap_publish"):
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}
     # "warn" when an issuing CA in use is name-constrained more narrowly than the setting.
     results["mail_domains"] = health.mail_domain_status(

@@ -1,4 +1,5 @@
-"""`manage.py check --deploy` warns of a base URL that other organisations cannot reach."""
+"""`manage.py check --deploy` warns of a base URL that other organisations cannot reach,
+plain LDAP, and an HSM PIN in the environment or SoftHSM in production."""
 
 from __future__ import annotations
 
@@ -6,9 +7,16 @@ from io import StringIO
 
 import pytest
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 
-from enrollment.checks import base_url_is_public, internal_host_problem, ldap_publish_is_encrypted
+from enrollment.checks import (
+    base_url_is_public,
+    hsm_is_not_softhsm,
+    hsm_pin_is_in_a_file,
+    internal_host_problem,
+    ldap_publish_is_encrypted,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,3 +93,69 @@ def test_plain_ldap_publication_is_named(uri, start_tls, warned, settings):
     warnings = ldap_publish_is_encrypted()
 
     assert [w.id for w in warnings] == (["pkiportal.W003"] if warned else [])
+
+
+# --- the HSM (PKCS#11) key store -------------------------------------------------------
+
+
+def test_an_hsm_pin_in_the_environment_is_named_and_a_pin_file_is_not(load_settings, tmp_path):
+    pin_file = tmp_path / "pin"
+    pin_file.write_text("1234-secret\n")
+    hsm = {
+        "PKIPORTAL_KEY_BACKEND": "pkcs11",
+        "PKIPORTAL_PKCS11_MODULE": "/usr/lib/vendor/libcryptoki.so",
+        "PKIPORTAL_PKCS11_TOKEN_LABEL": "ca",
+    }
+
+    inline = load_settings(**hsm, PKIPORTAL_PKCS11_PIN="1234-secret")
+    from_file = load_settings(**hsm, PKIPORTAL_PKCS11_PIN_FILE=str(pin_file))
+
+    assert inline["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is True
+    assert from_file["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is False
+    assert from_file["PKIPORTAL_PKCS11_PIN"] == "1234-secret"
+
+
+def test_the_pin_check_warns_only_for_a_pin_in_the_environment(settings):
+    settings.PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT = True
+    (warning,) = hsm_pin_is_in_a_file()
+    assert warning.id == "pkiportal.W004"
+    assert "PKIPORTAL_PKCS11_PIN_FILE" in warning.hint
+
+    settings.PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT = False
+    assert hsm_pin_is_in_a_file() == []
+
+
+def test_softhsm_as_the_production_hsm_is_named(settings):
+    settings.PKIPORTAL_KEY_BACKEND = "pkcs11"
+    settings.PKIPORTAL_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+    (warning,) = hsm_is_not_softhsm()
+    assert warning.id == "pkiportal.W005"
+
+    settings.PKIPORTAL_PKCS11_MODULE = "/opt/safenet/lunaclient/lib/libCryptoki2_64.so"
+    assert hsm_is_not_softhsm() == []
+    settings.PKIPORTAL_KEY_BACKEND = "file"
+    settings.PKIPORTAL_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+    assert hsm_is_not_softhsm() == []
+
+
+@pytest.mark.parametrize(
+    "missing", ["PKIPORTAL_PKCS11_MODULE", "PKIPORTAL_PKCS11_TOKEN_LABEL", "PKIPORTAL_PKCS11_PIN"]
+)
+def test_the_pkcs11_backend_refuses_to_start_half_configured(load_settings, missing):
+    hsm = {
+        "PKIPORTAL_KEY_BACKEND": "pkcs11",
+        "PKIPORTAL_PKCS11_MODULE": "/usr/lib/vendor/libcryptoki.so",
+        "PKIPORTAL_PKCS11_TOKEN_LABEL": "ca",
+        "PKIPORTAL_PKCS11_PIN": "1234-secret",
+    }
+    del hsm[missing]
+
+    with pytest.raises(ImproperlyConfigured, match="PKIPORTAL_KEY_BACKEND=pkcs11 needs") as raised:
+        load_settings(**hsm)
+
+    assert "1234-secret" not in str(raised.value)
+
+
+def test_an_unknown_key_backend_is_refused(load_settings):
+    with pytest.raises(ImproperlyConfigured, match="file or pkcs11"):
+        load_settings(PKIPORTAL_KEY_BACKEND="vault")

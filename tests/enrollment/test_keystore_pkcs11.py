@@ -491,3 +491,40 @@ def test_the_file_backend_never_imports_python_pkcs11(hierarchy, monkeypatch):
     monkeypatch.setitem(sys.modules, "pkcs11", None)
 
     keystore.check_ca_key(hierarchy.issuing)
+
+
+# --- /health/ -------------------------------------------------------------------------
+
+
+def test_health_signs_a_challenge_with_the_hsm_key(hsm_hierarchy, officer):
+    response = client_for(officer).get("/health/")
+
+    check = response.json()["checks"]["ca_keys"]
+    assert check == {
+        "status": "ok",
+        "authorities": {"issuing": {"status": "ok", "backend": "pkcs11"}},
+    }
+
+
+def test_health_fails_naming_the_lost_key_and_never_the_pin(hsm_hierarchy, hsm, officer):
+    keystore_pkcs11.forget_process_state()
+    key_id = keystore_pkcs11.TokenKeySelector.from_uri(hsm_hierarchy.issuing.key_reference).id
+    hsm.tool("--delete-object", "--type", "privkey", "--id", key_id.hex())
+
+    response = client_for(officer).get("/health/")
+
+    assert response.status_code == 503
+    entry = response.json()["checks"]["ca_keys"]["authorities"]["issuing"]
+    assert entry["status"] == "fail"
+    assert "no private key with label 'pkiportal-issuing'" in entry["error"]
+    assert hsm.pin not in response.content.decode()
+
+
+def test_health_fails_for_a_missing_key_file_too(hierarchy, settings, officer):
+    (settings.PKIPORTAL_KEY_DIR / hierarchy.issuing.key_reference).unlink()
+    keystore._PROCESS_KEYS.clear()
+
+    response = client_for(officer).get("/health/")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["ca_keys"]["status"] == "fail"
