@@ -112,7 +112,7 @@ def _when(db: BaseDatabaseWrapper, moment: datetime) -> Any:
 @dataclass(frozen=True)
 class EnrolmentCounts:
     recent_requests: int  # by the requester since `since`, any template
-    open_requests: int  # pending or approved for this template
+    open_requests: int  # pending or approved for this template, not for a shared mailbox
     valid_certificates: int  # Certificate.objects.held() of this owner and template
     open_to_requester: bool  # template_open_to(): no allowed groups, or one of theirs
 
@@ -139,7 +139,10 @@ def _lock_sql() -> str | None:
 @cache
 def _counts_sql() -> str:
     request, certificate = CertificateRequest, Certificate
-    r = {name: _column(request, name) for name in ("requester", "template", "created_at", "state")}
+    r = {
+        name: _column(request, name)
+        for name in ("requester", "template", "created_at", "state", "mailbox")
+    }
     c = {
         name: _column(certificate, name)
         for name in ("id", "owner", "template", "status", "not_after")
@@ -148,7 +151,7 @@ def _counts_sql() -> str:
         f"SELECT (SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
         f"AND {r['created_at']} >= %s), "
         f"(SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
-        f"AND {r['template']} = %s AND {r['state']} IN (%s, %s)), "
+        f"AND {r['template']} = %s AND {r['state']} IN (%s, %s) AND {r['mailbox']} IS NULL), "
         f"(SELECT COUNT(*) FROM {_table(certificate)} WHERE {c['owner']} = %s "
         f"AND {c['template']} = %s AND {c['status']} = %s "
         f"AND {c['not_after']} > %s AND {c['id']} <> %s), "

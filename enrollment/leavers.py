@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from enrollment import health, outdated
+from enrollment import health, mailboxes, outdated
 from enrollment.audit import audit_record
 from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
@@ -240,8 +240,33 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
             if revoked:
                 outcome.revoked_accounts += 1
                 outcome.revoked_certificates += revoked
+    _revoke_mailboxes(outcome, now=now, delay=delay, source=source)
     _record(outcome, now=now, source=source)
     return outcome
+
+
+def _revoke_mailboxes(outcome: Outcome, *, now: datetime, delay: timedelta, source: str) -> None:
+    """Deactivated shared mailboxes past the same grace period: their certificates are
+    revoked as a leaver's are. Not under the cap, which guards against a directory sync
+    switching people off by mistake: only an officer deactivates a mailbox, one at a time,
+    audited. Counted in the run's totals as accounts are."""
+    for mailbox_pk in mailboxes.mailboxes_due(now=now, delay=delay):
+        try:
+            revoked = mailboxes.mailbox_revoke(
+                mailbox_pk, cutoff=now - delay, now=now, source=source
+            )
+        except SoftTimeLimitExceeded:
+            outcome.error = "Stopped at the task's time limit; the next run goes on."
+            return
+        except Exception as exc:
+            logger.exception("Could not revoke the certificates of shared mailbox %s", mailbox_pk)
+            outcome.failed_accounts += 1
+            shown = public_message(exc) if isinstance(exc, EnrollmentError) else str(exc)
+            outcome.error = f"{type(exc).__name__}: {shown}"[:500]
+            continue
+        if revoked:
+            outcome.revoked_accounts += 1
+            outcome.revoked_certificates += revoked
 
 
 def _hold_back(outcome: Outcome, delay: timedelta, due: Due) -> None:

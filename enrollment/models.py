@@ -281,6 +281,54 @@ class KeyIdentity(models.Model):
         return f"{self.spki_sha256[:16]}…{' (compromised)' if self.compromised else ''}"
 
 
+class SharedMailbox(models.Model):
+    """A functional mailbox of the organisation (finance@, a Poststelle) that several
+    people, its delegates, read: certificates can be issued for it, with the organisation
+    as their subject (organization-validated, S/MIME BR 7.1.4.2.4), never for a person.
+
+    Its own row rather than an account that cannot sign in: nothing can sign in as it,
+    nothing that assumes an account is a person (leavers, address changes, roll-outs,
+    LDAP publication per person) reaches it, and its certificates have no owner but this.
+    The address never changes (a renamed mailbox is a new one): what certificates certify
+    stays what the row says.
+    """
+
+    email = models.EmailField(
+        max_length=64,
+        unique=True,
+        help_text="Lower-case; it is the certificates' common name (RFC 5280: at most 64).",
+    )
+    display_name = models.CharField(
+        max_length=200, help_text="Shown in the portal and the directory, not in certificates."
+    )
+    delegates = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="delegated_mailboxes"
+    )
+    is_active = models.BooleanField(default=True)
+    deactivated_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was switched off: its grace period starts."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["email"]
+        verbose_name = "shared mailbox"
+        verbose_name_plural = "shared mailboxes"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(is_active=True, deactivated_at__isnull=True)
+                | Q(is_active=False, deactivated_at__isnull=False),
+                name="mailbox_deactivated_at_when_inactive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} <{self.email}>"
+
+
 class Certificate(DerCertificateMixin):
     class Status(models.TextChoices):
         VALID = "valid", "Valid"
@@ -314,6 +362,14 @@ class Certificate(DerCertificateMixin):
         on_delete=models.PROTECT,
         related_name="certificates",
         db_index=False,  # cert_owner_template_idx leads with the owner
+    )
+    # A shared mailbox's certificate has no owner: its holders are the mailbox's delegates.
+    mailbox = models.ForeignKey(
+        SharedMailbox,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="certificates",
     )
     template = models.ForeignKey(
         CertificateTemplate, null=True, blank=True, on_delete=models.PROTECT
@@ -358,6 +414,10 @@ class Certificate(DerCertificateMixin):
                 condition=Q(status="valid", revoked_at__isnull=True)
                 | Q(status="revoked", revoked_at__isnull=False),
                 name="revoked_certificate_has_revocation_time",
+            ),
+            models.CheckConstraint(
+                condition=Q(owner__isnull=True) | Q(mailbox__isnull=True),
+                name="certificate_owner_or_mailbox",
             ),
         ]
         indexes = [
@@ -433,6 +493,14 @@ class CertificateRequest(models.Model):
         db_index=False,  # request_requester_template_idx leads with the requester
     )
     template = models.ForeignKey(CertificateTemplate, on_delete=models.PROTECT)
+    # A delegate's request for a shared mailbox: the certificate names the mailbox.
+    mailbox = models.ForeignKey(
+        SharedMailbox,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="requests",
+    )
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     key_source = models.CharField(max_length=10, choices=KeySource.choices)
     csr = models.BinaryField(null=True, blank=True, help_text="DER; public data only.")
@@ -479,6 +547,11 @@ class CertificateRequest(models.Model):
             models.CheckConstraint(
                 condition=~Q(state="issued") | Q(certificate__isnull=False),
                 name="issued_request_has_certificate",
+            ),
+            # A mailbox's key is made by the portal and archived (services.request_submit).
+            models.CheckConstraint(
+                condition=Q(mailbox__isnull=True) | Q(key_source="server"),
+                name="mailbox_request_has_server_key",
             ),
             # One request per key and person: two retries racing each other meet here.
             models.UniqueConstraint(
@@ -812,8 +885,11 @@ class KeyRecoveryRequest(models.Model):
 
     @property
     def recipient_id(self) -> int | None:
-        """The one account that may download the recovered key."""
+        """The one account that may download the recovered key. A shared mailbox's key
+        has no owner: it goes to the delegate who asked for it (recovery_ask)."""
         if self.deliver_to == self.Recipient.OWNER:
+            if self.certificate.mailbox_id is not None:
+                return self.asked_by_id
             return self.certificate.owner_id
         return self.requested_by_id
 

@@ -233,14 +233,16 @@ def revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: str
         return len(revoked)
 
 
-def revoke_each(certificates: Iterable[Certificate]) -> list[Certificate]:
-    """Revoke each for affiliationChanged through the ordinary revocation (CRL, audit as
-    the system, the holder's mail); the ones it revoked. One an officer or the holder
-    revoked a moment ago is left out. Shared with the leavers' run."""
+def revoke_each(
+    certificates: Iterable[Certificate], *, reason: str = AFFILIATION_CHANGED
+) -> list[Certificate]:
+    """Revoke each (affiliationChanged unless told) through the ordinary revocation (CRL,
+    audit as the system, the holder's mail); the ones it revoked. One an officer or the
+    holder revoked a moment ago is left out. Shared with the leavers' and mailboxes' runs."""
     revoked = []
     for certificate in certificates:
         try:
-            services.certificate_revoke(certificate=certificate, reason=AFFILIATION_CHANGED)
+            services.certificate_revoke(certificate=certificate, reason=reason)
         except InvalidState:
             continue
         revoked.append(certificate)

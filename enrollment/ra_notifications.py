@@ -100,6 +100,10 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
 
     certificate = recovery.certificate
     owner = certificate.owner
+    holder_id = certificate.owner_id
+    if certificate.mailbox_id is not None and recovery.asked_by is not None:
+        # A shared mailbox's key: the delegate who asked for it stands in for an owner.
+        owner, holder_id = recovery.asked_by, recovery.asked_by_id
     url = reverse("ra:recovery-detail", args=[recovery.pk])
     context = {
         "recovery": recovery,
@@ -110,7 +114,7 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
         "approvals": recovery.approvals.count(),
         "required": approvals_required(),
         "recipient": recipient_name(recovery),
-        "owner_downloads": recovery.recipient_id == certificate.owner_id,
+        "owner_downloads": recovery.recipient_id == holder_id,
         "url": url,
     }
     if owner is not None:
@@ -120,7 +124,7 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
             {**context, "person": owner},
             [owner.email],
         )
-    if step == "ready" and recovery.recipient_id != certificate.owner_id:
+    if step == "ready" and recovery.recipient_id != holder_id and recovery.requested_by:
         officer = recovery.requested_by
         _send(
             f"Key recovery #{recovery.pk} is ready for you to download",

@@ -119,7 +119,10 @@ def recoveries_of_holder(user: Any) -> QuerySet[KeyRecoveryRequest]:
     those an officer opened for themselves (the owner is mailed about those, no more)."""
     return (
         KeyRecoveryRequest.objects.filter(
-            deliver_to=KeyRecoveryRequest.Recipient.OWNER, certificate__owner=user
+            Q(certificate__owner=user)
+            # A shared mailbox's key goes to the delegate who asked (recipient_id).
+            | Q(certificate__mailbox__isnull=False, asked_by=user),
+            deliver_to=KeyRecoveryRequest.Recipient.OWNER,
         )
         .select_related("certificate__template", "requested_by", "asked_by")
         .defer("bundle")
@@ -134,6 +137,7 @@ def open_recoveries_for_recipient(user: Any) -> QuerySet[KeyRecoveryRequest]:
         open_recoveries()
         .filter(
             Q(deliver_to=Recipient.OWNER, certificate__owner=user)
+            | Q(deliver_to=Recipient.OWNER, certificate__mailbox__isnull=False, asked_by=user)
             | Q(deliver_to=Recipient.REQUESTER, requested_by=user)
         )
         .select_related("certificate__template")

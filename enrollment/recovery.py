@@ -35,6 +35,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
 from enrollment import ra_notifications as notify
+from enrollment import services
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
     EnrollmentError,
@@ -50,6 +51,7 @@ from enrollment.models import (
     KeyRecoveryAgent,
     KeyRecoveryApproval,
     KeyRecoveryRequest,
+    SharedMailbox,
 )
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 from enrollment.x509 import cms, keys, pkcs7, pkcs12
@@ -146,6 +148,11 @@ def _delivered_to_former_officer(recovery: KeyRecoveryRequest) -> bool:
 def recipient_name(recovery: KeyRecoveryRequest) -> str:
     """Who may download, in words."""
     if recovery.deliver_to == KeyRecoveryRequest.Recipient.OWNER:
+        mailbox = recovery.certificate.mailbox
+        asker = recovery.asked_by
+        if mailbox is not None and asker is not None:
+            name = asker.get_full_name() or asker.get_username()
+            return f"{name} (a delegate of {mailbox.email})"
         owner = recovery.certificate.owner
         return f"{owner.get_full_name() or owner.get_username()} (the key owner)" if owner else "—"
     officer = recovery.requested_by
@@ -365,10 +372,10 @@ def recovery_ask(
     ):
         if not (holder.is_authenticated and holder.is_active):
             raise NotPermitted("A deactivated account cannot ask for a key recovery.")
-        if certificate.owner_id != holder.pk:
+        if not services.may_hold(holder, certificate):
             raise NotPermitted(
-                "Only the certificate's holder asks for its key back; RA officers open a "
-                "recovery on the RA pages instead."
+                "Only the certificate's holder (for a shared mailbox: one of its delegates) "
+                "asks for its key back; RA officers open a recovery on the RA pages instead."
             )
         reason = clean_text(reason, field="reason", empty="Say why you need the key back.")
         try:
@@ -467,7 +474,9 @@ def recovery_accept(
         )
         with transaction.atomic():
             locked = _lock(recovery)
-            if officer.pk in (locked.asked_by_id, locked.certificate.owner_id):
+            if officer.pk in (locked.asked_by_id, locked.certificate.owner_id) or (
+                _delegate_of_mailbox(locked, officer.pk)
+            ):
                 raise NotPermitted(
                     "This is the recovery of your own key; another RA officer must accept it."
                 )
@@ -477,7 +486,9 @@ def recovery_accept(
                     f"{locked.get_state_display().lower()}."
                 )
             owner = locked.certificate.owner
-            if owner is None or not owner.is_active:
+            if locked.certificate.mailbox_id is not None:
+                _check_delegate_recipient(locked)
+            elif owner is None or not owner.is_active:
                 raise PolicyViolation(
                     "The key's holder no longer has an active account to download it. Reject "
                     "this request; if the key is still needed, open a recovery delivered to "
@@ -565,7 +576,9 @@ def recovery_approve(
             locked = _lock(recovery)
             if officer.pk == locked.requested_by_id:
                 raise NotPermitted("You opened this recovery; another officer must approve it.")
-            if officer.pk in (locked.certificate.owner_id, locked.asked_by_id):
+            if officer.pk in (locked.certificate.owner_id, locked.asked_by_id) or (
+                _delegate_of_mailbox(locked, officer.pk)
+            ):
                 raise NotPermitted("You cannot approve the recovery of your own key.")
             if locked.state == State.REQUESTED:
                 raise InvalidState(
@@ -690,6 +703,7 @@ def recovery_perform(
         _check_performable(current)
         _check_agent_independent(current, agent_user)
         _check_recipient_still_officer(current)
+        _check_delegate_recipient(current)
         agent, agent_certificate, agent_key = _open_agent_pkcs12(
             agent_pkcs12, agent_password, agent_user=agent_user
         )
@@ -791,7 +805,7 @@ def agent_conflict(
     recovery: a key under legal hold must not be recovered by the person it is held from.
     The one rule for the service and for what the recovery page offers; ``approver_pks``
     when the caller has the approvals already."""
-    if user_pk == recovery.certificate.owner_id:
+    if user_pk == recovery.certificate.owner_id or _delegate_of_mailbox(recovery, user_pk):
         return AgentConflict.OWNER
     if user_pk == recovery.recipient_id:
         return AgentConflict.RECIPIENT
@@ -818,6 +832,31 @@ def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
             f"{officer.get_full_name() or officer.get_username()} opened this recovery to "
             "receive the key as an RA officer and no longer is one, so it cannot be carried "
             "out. Reject it; an officer can open a new one. Nothing was changed."
+        )
+
+
+def _delegate_of_mailbox(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
+    """A delegate of the shared mailbox whose key this is: one of its holders, so never an
+    accepting or approving officer, nor its agent (dual control, as for an owner)."""
+    mailbox_id = recovery.certificate.mailbox_id
+    return mailbox_id is not None and (
+        SharedMailbox.objects.filter(pk=mailbox_id, delegates__pk=user_pk).exists()
+    )
+
+
+def _check_delegate_recipient(recovery: KeyRecoveryRequest, *, downloading: bool = False) -> None:
+    """A shared mailbox's key goes to the delegate who asked for it, and only while they
+    still are a delegate of the active mailbox: removed meanwhile, nothing is released."""
+    certificate = recovery.certificate
+    if certificate.mailbox_id is None or recovery.deliver_to != KeyRecoveryRequest.Recipient.OWNER:
+        return
+    asker = recovery.asked_by
+    if asker is None or not services.is_delegate(asker, certificate.mailbox):
+        cls = NotPermitted if downloading else PolicyViolation
+        raise cls(
+            "The delegate who asked for this shared mailbox's key is no longer one of its "
+            "delegates (or the mailbox was deactivated), so the key is not released to "
+            "them. Reject this request; nothing was changed."
         )
 
 
@@ -862,6 +901,7 @@ def recovery_download(
                     "This key was recovered for you as an RA officer, and you no longer are "
                     "one, so you may not download it. Nothing was downloaded."
                 )
+            _check_delegate_recipient(locked, downloading=True)
             now = timezone.now()
             if locked.state == State.READY and _window_closed(locked, now):
                 _expire(locked)

@@ -1,7 +1,8 @@
 """Build CA and S/MIME subscriber certificates.
 
 Profiles follow S/MIME BR 7.1.2.1 (root), 7.1.2.2 (subordinate CA) and 7.1.2.3
-(sponsor-validated subscriber, strict or multipurpose generation) on top of RFC 5280.
+(sponsor-validated subscriber for people, organization-validated for shared mailboxes;
+strict or multipurpose generation) on top of RFC 5280.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cryptography.x509.oid import (
 from .errors import PolicyError, X509Error
 from .keys import PrivateKey, PublicKey, describe_public_key, public_key_problem, signature_hash_for
 from .mail_domains import issuer_permits, name_constraints
-from .policy import CertificatePolicy, check_extra_ekus
+from .policy import CertificatePolicy, CertificateType, check_extra_ekus
 from .smime_capabilities import smime_capabilities_extension
 
 SERIAL_BITS = 159  # RFC 5280 4.1.2.2: at most 20 octets; S/MIME BR 7.1: below 2**159.
@@ -69,7 +70,9 @@ class Subject:
     """Who a subscriber certificate names; always taken from the account, never a CSR.
 
     Sponsor-validated profile (S/MIME BR 7.1.4.2.5): organizationName and
-    organizationIdentifier are required, plus givenName and/or surname.
+    organizationIdentifier are required, plus givenName and/or surname. Organization-
+    validated (7.1.4.2.4, a shared mailbox): the same organisation attributes, no personal
+    name, and a commonName that is the mailbox address or the organisation (7.1.4.2.2 a).
     """
 
     common_name: str
@@ -80,6 +83,7 @@ class Subject:
     email_addresses: tuple[str, ...] = ()
     include_email_in_subject: bool = False
     organization_identifier: str = ""
+    certificate_type: CertificateType = CertificateType.SPONSOR_VALIDATED
 
     def normalised_emails(self) -> tuple[str, ...]:
         """Addresses checked and de-duplicated, domains lower-cased, order kept."""
@@ -89,20 +93,40 @@ class Subject:
         return tuple(seen)
 
     def to_name(self) -> x509.Name:
-        """The subject DN, checked against S/MIME BR 7.1.4.2.2 and 7.1.4.2.5."""
+        """The subject DN, checked against S/MIME BR 7.1.4.2.2 and 7.1.4.2.4 or 7.1.4.2.5."""
         emails = self.normalised_emails()
         if not emails:
             raise PolicyError("An S/MIME certificate needs at least one e-mail address.")
+        organization_validated = self.certificate_type is CertificateType.ORGANIZATION_VALIDATED
+        kind, section = (
+            ("Organization-validated", "7.1.4.2.4")
+            if organization_validated
+            else ("Sponsor-validated", "7.1.4.2.5")
+        )
         if not _has_value(self.organization_name):
             raise PolicyError(
-                "Sponsor-validated certificates must name the organisation (S/MIME BR 7.1.4.2.5)."
+                f"{kind} certificates must name the organisation (S/MIME BR {section})."
             )
         if not _has_value(self.organization_identifier):
             raise PolicyError(
-                "Sponsor-validated certificates need the organisation identifier, e.g. "
+                f"{kind} certificates need the organisation identifier, e.g. "
                 '"LEIXG-<LEI>" or "NTRGB-<company number>" (S/MIME BR 7.1.4.2.2 (d)).'
             )
-        if not (_has_value(self.given_name) or _has_value(self.surname)):
+        if organization_validated:
+            if self.given_name.strip() or self.surname.strip():
+                raise PolicyError(
+                    "Organization-validated certificates name no person: givenName and "
+                    "surname SHALL NOT be present (S/MIME BR 7.1.4.2.4)."
+                )
+            common = self.common_name.strip()
+            if common.lower() not in {e.lower() for e in emails} and common != (
+                self.organization_name.strip()
+            ):
+                raise PolicyError(
+                    "An organization-validated certificate's common name must be its mailbox "
+                    "address or the organisation's name (S/MIME BR 7.1.4.2.2 (a))."
+                )
+        elif not (_has_value(self.given_name) or _has_value(self.surname)):
             raise PolicyError(
                 "Sponsor-validated certificates need a given name or a surname "
                 "(S/MIME BR 7.1.4.2.5, note 2)."
@@ -265,7 +289,7 @@ def build_end_entity(
     not_before: datetime | None = None,
     serial: int | None = None,
 ) -> x509.Certificate:
-    """A sponsor-validated S/MIME subscriber certificate (S/MIME BR 7.1.2.3).
+    """A sponsor- or organization-validated S/MIME subscriber certificate (S/MIME BR 7.1.2.3).
 
     ``crl_url`` and ``ca_issuers_url`` are the issuing CA's own CRL and certificate;
     ``ocsp_url``, when given, its OCSP responder (AIA id-ad-ocsp, S/MIME BR 7.1.2.3 c).
@@ -278,6 +302,12 @@ def build_end_entity(
         allowed = ", ".join(sorted(a.label for a in policy.allowed_key_algorithms))
         raise PolicyError(
             f"This template allows {allowed} keys; the key is {describe_public_key(public_key)}."
+        )
+    if subject.certificate_type is not policy.certificate_type:
+        # The policy OID says which subject rules were applied: they must be the same.
+        raise PolicyError(
+            f"A {subject.certificate_type.value}-validated subject cannot be issued under "
+            f"the {policy.certificate_type.value}-validated policy (S/MIME BR 7.1.6.1)."
         )
     name = subject.to_name()
     emails = subject.normalised_emails()

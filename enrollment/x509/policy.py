@@ -1,7 +1,8 @@
 """What a certificate template allows: purpose, generation, key types, validity and EKUs.
 
 Key usage and extended key usage follow S/MIME BR 7.1.2.3 (e) and (f); the policy
-identifiers are the sponsor-validated ones reserved in S/MIME BR 7.1.6.1.
+identifiers are those S/MIME BR 7.1.6.1 reserves: sponsor-validated for people, and
+organization-validated for the organisation's shared mailboxes (see CertificateType).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .keys import KeyAlgorithm, key_algorithm_of
 SPONSOR_VALIDATED_LEGACY = x509.ObjectIdentifier("2.23.140.1.5.3.1")
 SPONSOR_VALIDATED_MULTIPURPOSE = x509.ObjectIdentifier("2.23.140.1.5.3.2")
 SPONSOR_VALIDATED_STRICT = x509.ObjectIdentifier("2.23.140.1.5.3.3")
+ORGANIZATION_VALIDATED_MULTIPURPOSE = x509.ObjectIdentifier("2.23.140.1.5.2.2")
+ORGANIZATION_VALIDATED_STRICT = x509.ObjectIdentifier("2.23.140.1.5.2.3")
 
 # The CA/B Forum S/MIME arc; a CA's own policy OID must not hide in it (S/MIME BR 7.1.6.1).
 SMIME_BR_POLICY_ARC = "2.23.140.1.5."
@@ -63,9 +66,31 @@ class Generation(enum.StrEnum):
     MULTIPURPOSE = "multipurpose"
 
 
-RESERVED_POLICY_OIDS: dict[Generation, x509.ObjectIdentifier] = {
-    Generation.STRICT: SPONSOR_VALIDATED_STRICT,
-    Generation.MULTIPURPOSE: SPONSOR_VALIDATED_MULTIPURPOSE,
+class CertificateType(enum.StrEnum):
+    """Whose identity the subject carries (S/MIME BR 1.2, 7.1.4.2.3 to 7.1.4.2.6).
+
+    A person of the organisation is sponsor-validated: their name plus the organisation.
+    A shared (functional) mailbox such as finance@ has no natural person behind it: the
+    organisation itself is the subject, so it is organization-validated (7.1.4.2.4:
+    organizationName and organizationIdentifier SHALL, givenName/surname/pseudonym SHALL
+    NOT, commonName only the organisation's name or the mailbox address, 7.1.4.2.2 a).
+    Mailbox-validated (7.1.4.2.3) would forbid naming the organisation at all, so a
+    partner could not tell whose finance@ it is; an Enterprise RA may validate both types
+    for its own domains (1.3.2.1), as it does sponsor-validated ones.
+    """
+
+    SPONSOR_VALIDATED = "sponsor"
+    ORGANIZATION_VALIDATED = "organization"
+
+
+RESERVED_POLICY_OIDS: dict[tuple[CertificateType, Generation], x509.ObjectIdentifier] = {
+    (CertificateType.SPONSOR_VALIDATED, Generation.STRICT): SPONSOR_VALIDATED_STRICT,
+    (CertificateType.SPONSOR_VALIDATED, Generation.MULTIPURPOSE): SPONSOR_VALIDATED_MULTIPURPOSE,
+    (CertificateType.ORGANIZATION_VALIDATED, Generation.STRICT): ORGANIZATION_VALIDATED_STRICT,
+    (
+        CertificateType.ORGANIZATION_VALIDATED,
+        Generation.MULTIPURPOSE,
+    ): ORGANIZATION_VALIDATED_MULTIPURPOSE,
 }
 
 
@@ -103,10 +128,13 @@ class CertificatePolicy:
     allowed_key_algorithms: frozenset[KeyAlgorithm] = ALL_KEY_ALGORITHMS
     organization_policy_oid: str | None = None
     extra_ekus: frozenset[x509.ObjectIdentifier] = field(default_factory=frozenset)
+    certificate_type: CertificateType = CertificateType.SPONSOR_VALIDATED
 
     def __post_init__(self) -> None:
         if not isinstance(self.purpose, Purpose):
             raise PolicyError(f"Unknown certificate purpose {self.purpose!r}.")
+        if not isinstance(self.certificate_type, CertificateType):
+            raise PolicyError(f"Unknown S/MIME certificate type {self.certificate_type!r}.")
         if not isinstance(self.generation, Generation):
             raise PolicyError(f"Unknown S/MIME generation {self.generation!r}.")
         if isinstance(self.validity_days, bool) or not isinstance(self.validity_days, int):
@@ -146,8 +174,8 @@ class CertificatePolicy:
 
     @property
     def policy_oid(self) -> x509.ObjectIdentifier:
-        """The one reserved sponsor-validated OID for this generation (S/MIME BR 7.1.6.4)."""
-        return RESERVED_POLICY_OIDS[self.generation]
+        """The one reserved OID for this type and generation (S/MIME BR 7.1.6.1, 7.1.6.4)."""
+        return RESERVED_POLICY_OIDS[(self.certificate_type, self.generation)]
 
     @property
     def policy_oids(self) -> tuple[x509.ObjectIdentifier, ...]:

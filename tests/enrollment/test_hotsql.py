@@ -49,7 +49,10 @@ def orm_counts(requester, template, *, excluding=None) -> tuple[int, int, int]:
         valid = valid.exclude(pk=excluding.pk)
     return (
         mine.filter(created_at__gte=since).count(),
-        mine.filter(template=template, state__in=["pending", "approved"]).count(),
+        # A delegate's requests for a shared mailbox count against the mailbox's cap.
+        mine.filter(
+            template=template, state__in=["pending", "approved"], mailbox__isnull=True
+        ).count(),
         valid.count(),
     )
 
