@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.search import query_words, word_pattern
-from enrollment.models import Certificate, CertificateAuthority
+from enrollment.models import Certificate, CertificateAuthority, SharedMailbox
 from enrollment.querysets import CertificateQuerySet
 from enrollment.x509 import pkcs7
 
@@ -212,18 +212,56 @@ def normalise_email(address: str) -> str:
     return address.strip().lower()
 
 
+# A certificate partners may encrypt to: held by an active account (not someone who has
+# left), or naming an active shared mailbox (not one that was closed).
+HELD_BY_ACTIVE = Q(owner__is_active=True) | Q(owner__isnull=True, mailbox__is_active=True)
+
+
 def certificates_for_email(
     *, email: str, now: datetime | None = None, limit: int = MAX_EMAIL_RESULTS
 ) -> list[Certificate]:
     """What a sender encrypts to: valid, not revoked, encryption-capable, newest first,
-    and held by an active account (not someone who has left)."""
+    held by an active account or an active shared mailbox."""
     return list(
         Certificate.objects.valid(now)
         .encryption_capable()
-        .filter(email=normalise_email(email), owner__is_active=True)
-        .select_related("owner", "template")
+        .filter(HELD_BY_ACTIVE, email=normalise_email(email))
+        .select_related("owner", "template", "mailbox")
         .order_by("-not_before", "-pk")[:limit]
     )
+
+
+MAX_MAILBOX_RESULTS = 20
+
+
+def mailbox_search(
+    *, query: str, include_inactive: bool = False, now: datetime | None = None
+) -> list[SharedMailbox]:
+    """Active shared mailboxes whose address or display name contains every term, each
+    with `.directory_certificates` (valid ones, or all with `include_inactive`); those
+    without any are left out. Mailboxes are few: a plain scan, the first page only."""
+    terms = search_terms(query)
+    if not terms:
+        return []
+    now = now or timezone.now()
+    found = SharedMailbox.objects.filter(is_active=True)
+    for term in terms:
+        found = found.filter(Q(email__icontains=term) | Q(display_name__icontains=term))
+    published = _published(now, include_inactive).filter(mailbox=OuterRef("pk"))
+    page = list(
+        found.filter(Exists(published)).order_by("display_name", "pk")[:MAX_MAILBOX_RESULTS]
+    )
+    prefetch_related_objects(
+        page,
+        Prefetch(
+            "certificates",
+            queryset=_published(now, include_inactive)
+            .select_related("template")
+            .order_by("-not_before", "-pk"),
+            to_attr="directory_certificates",
+        ),
+    )
+    return page
 
 
 def normalise_fingerprint(value: str) -> str:
@@ -234,7 +272,7 @@ def normalise_fingerprint(value: str) -> str:
 def certificate_by_fingerprint(fingerprint: str) -> Certificate | None:
     """Any stored certificate, whatever its status: its page says whether it is usable."""
     return (
-        Certificate.objects.select_related("owner", "template", "ca")
+        Certificate.objects.select_related("owner", "template", "ca", "mailbox")
         .filter(fingerprint_sha256=normalise_fingerprint(fingerprint))
         .first()
     )

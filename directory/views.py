@@ -36,8 +36,16 @@ def search(request: HttpRequest) -> HttpResponse:
     """The search page; with ?partial=1 only the results, for search-as-you-type."""
     form = SearchForm(request.GET)
     page, status, query = None, 200, ""
+    shared: list[object] = []
     if form.is_valid():
         query = form.cleaned_data["q"]
+        if not form.cleaned_data["after"]:
+            # Shared mailboxes (finance@) head the first page; people follow, by pages.
+            shared = list(
+                selectors.mailbox_search(
+                    query=query, include_inactive=form.cleaned_data["include_inactive"]
+                )
+            )
         try:
             page = selectors.certificate_search(
                 query=query,
@@ -61,6 +69,7 @@ def search(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "page": page,
+        "mailboxes": shared,
         "query": query,
         "too_short": bool(query) and not selectors.search_terms(query),
         "first_url": first_url,
@@ -97,7 +106,9 @@ def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
 def _vcard(certificate: Certificate) -> str:
     owner = certificate.owner
     return certificate_vcard(
-        full_name=owner.get_full_name() if owner else certificate.common_name,
+        full_name=owner.get_full_name()
+        if owner
+        else (certificate.mailbox.display_name if certificate.mailbox else certificate.common_name),
         given_name=owner.first_name if owner else "",
         family_name=owner.last_name if owner else "",
         emails=certificate.emails or [certificate.email],

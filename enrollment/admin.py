@@ -26,6 +26,7 @@ from enrollment.models import (
     KeyRecoveryAgent,
     KeyRecoveryRequest,
     RevocationList,
+    SharedMailbox,
 )
 from enrollment.permissions import is_ra_officer
 
@@ -213,6 +214,45 @@ class CertificateAdmin(ReadOnlyAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(SharedMailbox)
+class SharedMailboxAdmin(ReadOnlyAdmin):
+    """Read here; created and edited on /ra/mailboxes/ (one form that names delegates and
+    audits each change). Deactivating and reactivating are actions, through the service."""
+
+    list_display = ["email", "display_name", "is_active", "deactivated_at", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["email", "display_name"]
+    actions = ["deactivate", "reactivate"]
+
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        return is_ra_officer(request.user)
+
+    def _set_active(
+        self, request: HttpRequest, queryset: QuerySet[SharedMailbox], active: bool
+    ) -> None:
+        from enrollment import mailboxes
+
+        for mailbox in queryset:
+            try:
+                mailboxes.mailbox_set_active(
+                    mailbox=mailbox,
+                    active=active,
+                    actor=request.user,
+                    source_address=client_address(request),
+                )
+            except EnrollmentError as exc:
+                self.message_user(request, f"{mailbox.email}: {exc.message}", messages.ERROR)
+
+    @admin.action(description="Deactivate (certificates revoked after the grace period)",
+                  permissions=["manage"])  # fmt: skip
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[SharedMailbox]) -> None:
+        self._set_active(request, queryset, False)
+
+    @admin.action(description="Reactivate", permissions=["manage"])
+    def reactivate(self, request: HttpRequest, queryset: QuerySet[SharedMailbox]) -> None:
+        self._set_active(request, queryset, True)
 
 
 @admin.register(RevocationList)

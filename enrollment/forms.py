@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django import forms
@@ -121,17 +122,36 @@ class ServerKeyForm(Pkcs12PasswordForm):
         error_messages={"invalid_choice": "This template does not allow that key type."},
     )
     renewal_of = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    mailbox = forms.ChoiceField(
+        label="For",
+        required=False,
+        widget=forms.RadioSelect,
+        error_messages={"invalid_choice": "You are not a delegate of that shared mailbox."},
+    )
 
-    field_order = ["key_algorithm", "pkcs12_password", "pkcs12_password_confirm"]
+    field_order = ["mailbox", "key_algorithm", "pkcs12_password", "pkcs12_password_confirm"]
 
     def __init__(
         self,
         *args: Any,
         template: CertificateTemplate,
         ask_password: bool = True,
+        mailboxes: Sequence[Any] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if mailboxes:
+            # A delegate enrols for a shared mailbox here: its subject is the mailbox's.
+            user = getattr(self, "user", None)
+            mine = f"Myself ({getattr(user, 'email', '') or 'my account'})"
+            self.fields["mailbox"].choices = [
+                ("", mine),
+                *((str(m.pk), f"{m.display_name} <{m.email}> (shared mailbox)") for m in mailboxes),
+            ]
+            self._mailboxes = {str(m.pk): m for m in mailboxes}
+        else:
+            del self.fields["mailbox"]
+            self._mailboxes = {}
         if not ask_password:
             # Approval first: the key is generated, and the password asked, at download.
             for name in ("pkcs12_password", "pkcs12_password_confirm", "pkcs12_format"):
@@ -145,6 +165,11 @@ class ServerKeyForm(Pkcs12PasswordForm):
     @property
     def chosen_algorithm(self) -> KeyAlgorithm:
         return KeyAlgorithm(self.cleaned_data["key_algorithm"])
+
+    @property
+    def chosen_mailbox(self) -> Any:
+        """The shared mailbox chosen, or None for the person themselves."""
+        return self._mailboxes.get(self.cleaned_data.get("mailbox") or "")
 
 
 class CsrForm(PortalForm):

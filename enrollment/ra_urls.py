@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from enrollment import ra_views, rollout_views
+from enrollment import mailbox_views, ra_views, rollout_views
 
 app_name = "ra"
 
@@ -11,6 +11,9 @@ urlpatterns = [
     path("certificates/", ra_views.certificate_search, name="certificates"),
     path("certificates/<int:pk>/revoke/", ra_views.certificate_revoke, name="certificate-revoke"),
     path("leavers/", ra_views.leaver_list, name="leavers"),
+    path("mailboxes/", mailbox_views.mailbox_list, name="mailboxes"),
+    path("mailboxes/<int:pk>/", mailbox_views.mailbox_detail, name="mailbox-detail"),
+    path("mailboxes/<int:pk>/active/", mailbox_views.mailbox_active, name="mailbox-active"),
     path("requests/history/", ra_views.request_history, name="request-history"),
     path("recovery/", ra_views.recovery_list, name="recovery-list"),
     path("recovery/new/", ra_views.recovery_new, name="recovery-new"),

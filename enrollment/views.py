@@ -32,9 +32,9 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.requests import AuthenticatedHttpRequest
-from enrollment import ca_lifetime, leavers, outdated, ra_selectors, recovery, services
+from enrollment import ca_lifetime, leavers, mailboxes, outdated, ra_selectors, recovery, services
 from enrollment.edge import client_address, officer_required, show_error
-from enrollment.exceptions import EnrollmentError, public_message
+from enrollment.exceptions import EnrollmentError, PolicyViolation, public_message
 from enrollment.forms import (
     CsrForm,
     DecisionForm,
@@ -80,11 +80,12 @@ DOWNLOADS: dict[str, tuple[str, str]] = {
 
 
 def _visible_certificate(user: Any, pk: int) -> Certificate:
-    """The owner and RA officers see a certificate's page; to anyone else it does not exist."""
+    """Its holders (the owner, or a shared mailbox's delegates) and RA officers see a
+    certificate's page; to anyone else it does not exist."""
     certificate = get_object_or_404(
-        Certificate.objects.select_related("ca", "template", "owner"), pk=pk
+        Certificate.objects.select_related("ca", "template", "owner", "mailbox"), pk=pk
     )
-    if certificate.owner_id != user.pk and not is_ra_officer(user):
+    if not services.may_hold(user, certificate) and not is_ra_officer(user):
         raise Http404("No such certificate.")
     return certificate
 
@@ -95,20 +96,24 @@ def _own_certificate(
     """Renewing, revoking and asking for the key back here are for the owner; an officer
     who can see it gets a 403."""
     certificate = _visible_certificate(user, pk)
-    if certificate.owner_id != user.pk:
+    if not services.may_hold(user, certificate):
         raise PermissionDenied(why)
     return certificate
 
 
 def _renewal(user: Any, pk: object) -> Certificate | None:
-    """The certificate a form says it renews; someone else's is a 404, like its page."""
+    """The certificate a form says it renews (the person's own, or a shared mailbox's they
+    are a delegate of); someone else's is a 404, like its page."""
     if pk in (None, ""):
         return None
     try:
         number = int(str(pk))
     except ValueError:
         raise Http404("No such certificate.") from None
-    return get_object_or_404(Certificate, pk=number, owner=user)
+    certificate = get_object_or_404(Certificate.objects.select_related("mailbox"), pk=number)
+    if not services.may_hold(user, certificate):
+        raise Http404("No such certificate.")
+    return certificate
 
 
 def _file_stem(certificate: Certificate) -> str:
@@ -247,10 +252,23 @@ def enroll(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         raise Http404("No such template.")
     source = request.POST if request.method == "POST" else request.GET
     renewal = _renewal(request.user, source.get("renewal_of") or source.get("renew"))
-    initial = {"renewal_of": renewal.pk if renewal else None}
+    initial = {
+        "renewal_of": renewal.pk if renewal else None,
+        "mailbox": str(renewal.mailbox_id) if renewal and renewal.mailbox_id else "",
+    }
     ask_password = not template.requires_approval
+    # Only an archiving template with portal keys issues for a shared mailbox.
+    for_mailboxes = (
+        list(mailboxes.mailboxes_of(request.user))
+        if template.archive_key and template.allow_server_key
+        else []
+    )
     key_form = ServerKeyForm(
-        user=request.user, template=template, ask_password=ask_password, initial=initial
+        user=request.user,
+        template=template,
+        ask_password=ask_password,
+        initial=initial,
+        mailboxes=for_mailboxes,
     )
     csr_form = CsrForm(initial=initial)
     method = request.POST.get("method")
@@ -258,7 +276,11 @@ def enroll(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         if method == "server" and template.allow_server_key:
             key_form = ServerKeyForm(
-                request.POST, user=request.user, template=template, ask_password=ask_password
+                request.POST,
+                user=request.user,
+                template=template,
+                ask_password=ask_password,
+                mailboxes=for_mailboxes,
             )
             if not key_form.is_valid():
                 status = 400
@@ -288,6 +310,7 @@ def enroll(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         # Near the issuing CA's end: what a certificate issued now would get, said up front.
         "outlook": ca_lifetime.template_outlook(template),
         "address_problem": services.account_address_problem(request.user),
+        "mailboxes": for_mailboxes,
     }
     return render(request, "enrollment/enroll.html", context, status=status)
 
@@ -298,6 +321,8 @@ def _enroll_with_server_key(
     form: ServerKeyForm,
     renewal: Certificate | None,
 ) -> HttpResponse:
+    # A renewal stays with what it renews: a shared mailbox's, or the person's own.
+    mailbox = renewal.mailbox if renewal is not None else form.chosen_mailbox
     # One transaction: if the key cannot be handed out, not even the request remains.
     with transaction.atomic():
         cert_request = services.request_submit(
@@ -306,6 +331,7 @@ def _enroll_with_server_key(
             key_algorithm=form.chosen_algorithm,
             renewal_of=renewal,
             source_address=client_address(request),
+            mailbox=mailbox,
         )
         if cert_request.awaits_download:
             certificate, bundle = services.request_collect(
@@ -331,6 +357,8 @@ def _enroll_with_csr(
     form: CsrForm,
     renewal: Certificate | None,
 ) -> HttpResponse:
+    if renewal is not None and renewal.mailbox_id is not None:
+        raise PolicyViolation(services.MAILBOX_NEEDS_SERVER_KEY, field="csr")
     with transaction.atomic():
         cert_request = services.request_submit(
             requester=request.user,
@@ -563,6 +591,9 @@ def certificate_list(request: AuthenticatedHttpRequest) -> HttpResponse:
         "certificates": certificates,
         "requests": requests,
         "recoveries": ra_selectors.recoveries_of_holder(request.user)[:20],
+        # Shared mailboxes this person reads: their certificates, with the same pages.
+        "mailbox_certificates": list(mailboxes.mailbox_certificates_for(request.user)[:100]),
+        "mailboxes": list(mailboxes.mailboxes_of(request.user)),
     }
     return render(request, "enrollment/certificate_list.html", context)
 
@@ -575,7 +606,8 @@ def _certificate_page(
     recover_form: RecoveryAskForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    is_owner = certificate.owner_id == request.user.pk
+    # The holder: the owner, or a delegate of the shared mailbox it names.
+    is_owner = services.may_hold(request.user, certificate)
     usable = bool(certificate.template and may_use_template(request.user, certificate.template))
     archived = hasattr(certificate, "archived_key")
     open_recovery = _open_recoveries_of([certificate]).get(certificate.pk) if archived else None

@@ -57,6 +57,11 @@ class OwnerOut(serializers.Serializer[User]):
     organizational_unit = serializers.CharField()
 
 
+class SharedMailboxOut(serializers.Serializer[Any]):
+    email = serializers.EmailField()
+    display_name = serializers.CharField()
+
+
 class DirectoryCertificateOut(serializers.Serializer[Certificate]):
     """A published certificate with its chain: everything a sender needs to encrypt.
 
@@ -82,6 +87,9 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
     revoked_at = serializers.DateTimeField(allow_null=True)
     revocation_reason = serializers.CharField(help_text="RFC 5280 reason; empty: none given.")
     owner = OwnerOut(allow_null=True)
+    shared_mailbox = SharedMailboxOut(
+        allow_null=True, help_text="Set for a shared mailbox's certificate (its owner is null)."
+    )
     pem = serializers.CharField(help_text="The certificate, PEM.")
     chain_pem = serializers.ListField(
         child=serializers.CharField(), help_text="Its issuing CA up to the root, PEM."
@@ -115,6 +123,9 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
                 "email": owner.email,
                 "organizational_unit": owner.organizational_unit,
             },
+            "shared_mailbox": None
+            if instance.mailbox_id is None
+            else {"email": instance.mailbox.email, "display_name": instance.mailbox.display_name},
             "pem": pkcs7.certificate_pem(instance.certificate).decode("ascii"),
             "chain_pem": self.context["chains"][instance.ca_id],
             "url": request.build_absolute_uri(url) if request is not None else url,

@@ -30,6 +30,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyRecoveryRequest,
+    SharedMailbox,
 )
 from enrollment.pkcs12_password import pkcs12_password_problems
 from enrollment.x509 import pkcs7
@@ -146,12 +147,41 @@ class ServerKeyIn(Pkcs12In):
     )
 
 
+@extend_schema_field({"type": "string", "format": "email"})
+class MailboxAddressField(serializers.Field):  # type: ignore[type-arg]
+    """A shared mailbox by its address (case aside); whether you may use it is the
+    service's question (403 for a non-delegate)."""
+
+    default_error_messages = {
+        "invalid": "Give the shared mailbox's e-mail address.",
+        "does_not_exist": "There is no active shared mailbox with that address.",
+    }
+
+    def to_internal_value(self, data: Any) -> SharedMailbox:
+        if not isinstance(data, str) or not 3 <= len(data) <= 254 or not data.isprintable():
+            self.fail("invalid")
+        found = SharedMailbox.objects.filter(email=data.strip().lower(), is_active=True).first()
+        if found is None:
+            self.fail("does_not_exist")
+        return found
+
+    def to_representation(self, value: SharedMailbox) -> str:
+        return value.email
+
+
 class CsrEnrollmentIn(CsrIn):
     template = TemplateSlugField(help_text="The template's slug, e.g. smime-signing.")
 
 
 class ServerKeyEnrollmentIn(ServerKeyIn):
     template = TemplateSlugField(help_text="The template's slug, e.g. smime-encryption.")
+    mailbox = MailboxAddressField(
+        required=False,
+        help_text=(
+            "Enrol for this shared mailbox (its address), of which you are a delegate: the "
+            "certificate names the mailbox, not you. Archiving templates only; no CSR."
+        ),
+    )
 
 
 class CollectIn(Pkcs12In):
@@ -761,3 +791,36 @@ class RolloutSummaryOut(RolloutOut):
     class Meta(RolloutOut.Meta):
         fields = [f for f in RolloutOut.Meta.fields if f not in ("people", "skipped")]
         read_only_fields = fields
+
+
+# --- shared mailboxes -------------------------------------------------------------------
+
+
+class MailboxOut(serializers.ModelSerializer[SharedMailbox]):
+    delegates = serializers.SerializerMethodField(help_text="Delegates' user names.")
+
+    class Meta:
+        model = SharedMailbox
+        fields = ["id", "email", "display_name", "is_active", "deactivated_at", "delegates"]
+
+    def get_delegates(self, mailbox: SharedMailbox) -> list[str]:
+        return sorted(d.get_username() for d in mailbox.delegates.all())
+
+
+class MailboxIn(serializers.Serializer[None]):
+    """Shape only: enrollment.mailboxes checks the address, the name and the delegates."""
+
+    email = serializers.CharField(max_length=254, help_text="Never changed afterwards.")
+    display_name = serializers.CharField(max_length=400)
+    delegates = serializers.ListField(
+        child=serializers.CharField(max_length=150),
+        max_length=200,
+        required=False,
+        default=list,
+        help_text="User names of active accounts.",
+    )
+
+
+class MailboxChangeIn(serializers.Serializer[None]):
+    display_name = serializers.CharField(max_length=400)
+    delegates = serializers.ListField(child=serializers.CharField(max_length=150), max_length=200)

@@ -14,6 +14,7 @@ router.register("certificates", views.CertificateViewSet, basename="certificate"
 router.register("requests", views.RequestViewSet, basename="request")
 router.register("recoveries", views.RecoveryViewSet, basename="recovery")
 router.register("rollouts", views.RolloutViewSet, basename="rollout")
+router.register("mailboxes", views.MailboxViewSet, basename="mailbox")
 
 urlpatterns = [
     path("auth/token/", views.TokenCreateView.as_view(), name="auth-token"),

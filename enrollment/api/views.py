@@ -14,9 +14,10 @@ import django_filters
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
@@ -38,7 +39,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.requests import signed_in_user
-from enrollment import ra_selectors, recent_sign_in, recovery, services
+from enrollment import mailboxes, ra_selectors, recent_sign_in, recovery, services
 from enrollment.api import serializers as s
 from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
 from enrollment.edge import client_address
@@ -49,6 +50,7 @@ from enrollment.models import (
     CertificateTemplate,
     KeyRecoveryRequest,
     Rollout,
+    SharedMailbox,
 )
 from enrollment.permissions import IsRaOfficer, is_key_recovery_agent, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
@@ -217,6 +219,11 @@ def _enrol_once(
     serializer.is_valid(raise_exception=True)
     validated = serializer.validated_data
     template = template or validated["template"]
+    mailbox = validated.get("mailbox")
+    if renewal_of is not None and renewal_of.mailbox_id is not None:
+        mailbox = renewal_of.mailbox  # a renewal stays with the mailbox it renews
+    if csr_shape and (mailbox is not None or (isinstance(data, dict) and data.get("mailbox"))):
+        raise serializers.ValidationError({"csr": [services.MAILBOX_NEEDS_SERVER_KEY]})
     if not csr_shape and not template.requires_approval and not validated.get("pkcs12_password"):
         # Checked before anything is stored: the key would be made now and needs it.
         raise serializers.ValidationError(
@@ -238,7 +245,7 @@ def _enrol_once(
     pkcs12_format = Pkcs12Format(validated["pkcs12_format"])
     with transaction.atomic():
         submitted = services.request_submit(
-            key_algorithm=KeyAlgorithm(validated["key_algorithm"]), **common
+            key_algorithm=KeyAlgorithm(validated["key_algorithm"]), mailbox=mailbox, **common
         )
         if not submitted.awaits_download:
             return _answer(request, submitted)
@@ -307,6 +314,10 @@ def _asks_the_same(earlier: CertificateRequest, data: Any, renewal_of: Certifica
     if not isinstance(data, dict) or (renewal_of and renewal_of.pk) != earlier.renewal_of_id:
         return False
     if renewal_of is None and data.get("template") != earlier.template.slug:
+        return False
+    if renewal_of is None and str(data.get("mailbox") or "").strip().lower() != (
+        earlier.mailbox.email if earlier.mailbox_id is not None else ""
+    ):
         return False
     if s.is_csr_body(data):
         if earlier.key_source != CertificateRequest.KeySource.CSR:
@@ -477,12 +488,14 @@ class CertificateViewSet(
         return s.CertificateDetailOut if self.action == "retrieve" else s.CertificateOut
 
     def get_queryset(self) -> QuerySet[Certificate]:
-        certificates = Certificate.objects.select_related("owner", "template", "ca")
+        certificates = Certificate.objects.select_related("owner", "template", "ca", "mailbox")
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
             return certificates.none()
         if is_ra_officer(self.request.user):
             return certificates
-        return certificates.owned_by(signed_in_user(self.request))
+        user = signed_in_user(self.request)
+        # Mine, and those of the shared mailboxes I am a delegate of.
+        return certificates.filter(Q(owner=user) | Q(mailbox__in=mailboxes.mailboxes_of(user)))
 
     def get_object(self) -> Certificate:
         serial = normalise_serial(self.kwargs["serial"])
@@ -569,7 +582,7 @@ class CertificateViewSet(
     @action(detail=True, methods=["post"])
     def recover(self, request: Request, serial: str | None = None) -> Response:
         certificate = self.get_object()  # holders see their own; officers everyone's
-        if certificate.owner_id != request.user.pk:
+        if not services.may_hold(request.user, certificate):
             raise NotPermitted(
                 "Only the certificate's holder asks for its key back; RA officers open a "
                 "recovery on the RA pages."
@@ -596,6 +609,128 @@ class CertificateViewSet(
             return Response(body, status=status.HTTP_409_CONFLICT)
         body = s.RecoveryOut(asked, context={"request": request}).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+
+# --- shared mailboxes -----------------------------------------------------------------
+
+
+def _delegates(names: list[str]) -> list[Any]:
+    """Active accounts by user name, case aside; any other name is a 400 naming it."""
+    people, unknown = [], []
+    for name in dict.fromkeys(names):
+        found = get_user_model().objects.filter(username__iexact=name, is_active=True).first()
+        if found is None:
+            unknown.append(name[:60])
+        else:
+            people.append(found)
+    if unknown:
+        raise serializers.ValidationError(
+            {"delegates": [f"No active account with the user name: {', '.join(unknown)}."]}
+        )
+    return people
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Shared mailboxes",
+        description=(
+            "The active shared mailboxes you are a delegate of (enrol for one with "
+            "`mailbox` in POST /api/v1/enrollments/); RA officers see every mailbox."
+        ),
+        responses={200: s.MailboxOut(many=True), **ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="One shared mailbox",
+        responses={200: s.MailboxOut, **ERRORS, **NOT_FOUND},
+    ),
+)
+class MailboxViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[SharedMailbox]
+):
+    """Shared mailboxes: delegates list theirs; RA officers create, change and deactivate."""
+
+    serializer_class = s.MailboxOut
+
+    def get_queryset(self) -> QuerySet[SharedMailbox]:
+        if getattr(self, "swagger_fake_view", False):
+            return SharedMailbox.objects.none()
+        if is_ra_officer(self.request.user):
+            found = SharedMailbox.objects.all()
+        else:
+            found = mailboxes.mailboxes_of(signed_in_user(self.request))
+        return found.prefetch_related("delegates").order_by("email")
+
+    def _officer(self) -> None:
+        if not is_ra_officer(self.request.user):
+            raise PermissionDenied("Only RA officers manage shared mailboxes.")
+
+    @extend_schema(
+        summary="Create a shared mailbox (RA officers)",
+        request=s.MailboxIn,
+        responses={201: s.MailboxOut, **ERRORS},
+    )
+    def create(self, request: Request) -> Response:
+        self._officer()
+        serializer = s.MailboxIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        created = mailboxes.mailbox_create(
+            email=data["email"],
+            display_name=data["display_name"],
+            delegates=_delegates(data["delegates"]),
+            actor=request.user,
+            source_address=client_address(request),
+        )
+        return Response(s.MailboxOut(created).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Change a shared mailbox's display name and delegates (RA officers)",
+        request=s.MailboxChangeIn,
+        responses={200: s.MailboxOut, **ERRORS, **NOT_FOUND},
+    )
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        self._officer()
+        mailbox = self.get_object()
+        serializer = s.MailboxChangeIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        changed = mailboxes.mailbox_update(
+            mailbox=mailbox,
+            display_name=data["display_name"],
+            delegates=_delegates(data["delegates"]),
+            actor=request.user,
+            source_address=client_address(request),
+        )
+        return Response(s.MailboxOut(changed).data)
+
+    def _set_active(self, request: Request, active: bool) -> Response:
+        self._officer()
+        changed = mailboxes.mailbox_set_active(
+            mailbox=self.get_object(),
+            active=active,
+            actor=request.user,
+            source_address=client_address(request),
+        )
+        return Response(s.MailboxOut(changed).data)
+
+    @extend_schema(
+        summary="Deactivate a shared mailbox (RA officers)",
+        description="Its certificates are revoked after the leavers' grace period.",
+        request=None,
+        responses={200: s.MailboxOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def deactivate(self, request: Request, pk: str | None = None) -> Response:
+        return self._set_active(request, False)
+
+    @extend_schema(
+        summary="Reactivate a shared mailbox (RA officers)",
+        request=None,
+        responses={200: s.MailboxOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def reactivate(self, request: Request, pk: str | None = None) -> Response:
+        return self._set_active(request, True)
 
 
 # --- key recoveries -------------------------------------------------------------------
