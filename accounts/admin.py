@@ -3,16 +3,24 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
+from django.utils.formats import date_format
+from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
+from accounts import mfa
 from accounts.models import User
 from accounts.search import query_words, word_pattern
 from enrollment.audit import audit_record
@@ -60,8 +68,67 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
             for name, options in UserAdmin.fieldsets
         ),
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
+        ("Second factor", {"fields": ("second_factor",)}),
     )
-    readonly_fields = ("deactivated_at", "email_changed_at")
+    readonly_fields = ("deactivated_at", "email_changed_at", "second_factor")
+
+    @admin.display(description="Second factor")
+    def second_factor(self, obj: User) -> str:
+        """Whether the person has an authenticator app, and the way to reset a lost one."""
+        if obj.pk is None:
+            return "-"
+        device = mfa.confirmed_totp(obj)
+        if device is None:
+            return "None set up."
+        reset = reverse("admin:accounts_user_mfa_reset", args=[obj.pk])
+        return format_html(
+            'Authenticator app, set up {}. <a href="{}">Reset it…</a>',
+            date_format(timezone.localtime(device.created_at), "Y-m-d H:i T")
+            if device.created_at
+            else "earlier",
+            reset,
+        )
+
+    def get_urls(self) -> list[Any]:
+        extra = [
+            path(
+                "<path:object_id>/two-factor/reset/",
+                self.admin_site.admin_view(self.mfa_reset_view),
+                name="accounts_user_mfa_reset",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def mfa_reset_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A person lost their phone and their backup codes: remove their second factor so
+        they set up a new one at their next sign-in. Confirmed on a page, audited."""
+        target = self.get_object(request, unquote(object_id))
+        if target is None:
+            raise Http404
+        if not mfa.may_reset(request.user, target):
+            raise PermissionDenied
+        change_url = reverse("admin:accounts_user_change", args=[target.pk])
+        if request.method == "POST":
+            removed = mfa.second_factor_reset(
+                actor=request.user, target=target, source_address=client_address(request)
+            )
+            self.message_user(
+                request,
+                f"The second factor of {target.get_username()} is reset: they set up a new one "
+                "at their next sign-in."
+                if removed
+                else f"{target.get_username()} had no second factor to reset.",
+                messages.SUCCESS,
+            )
+            return redirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reset second factor",
+            "target": target,
+            "opts": self.opts,
+            "change_url": change_url,
+        }
+        return TemplateResponse(request, "admin/accounts/mfa_reset.html", context)
 
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         """Whoever unticks "Active" learns what follows for the person's certificates."""

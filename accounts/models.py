@@ -6,8 +6,12 @@ backend can map its attributes straight onto these fields.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
+
+from django_otp.models import Device, ThrottlingMixin, TimestampMixin
+from django_otp.oath import TOTP
 
 from django.contrib.auth.models import AbstractUser
 from django.db import models
@@ -130,3 +134,94 @@ def _address_changed(old: str | None, new: str | None) -> bool:
     """Bob@example.com and bob@example.com are one mailbox: certificates carry addresses
     lower-cased, so a change of case alone outdates none of them."""
     return (old or "").strip().lower() != (new or "").strip().lower()
+
+
+class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
+    """An authenticator app (RFC 6238 TOTP) whose seed is stored sealed, never in clear.
+
+    django-otp's own TOTPDevice keeps the seed as clear hex, which hands every database
+    reader (a backup, a replica, a support dump) everyone's second factor. Here the seed is
+    a Fernet token under a key the database does not hold (accounts.mfa.seal); the maths,
+    throttling and replay protection (last_t) are django-otp's.
+    """
+
+    STEP = 30  # seconds; what every authenticator app assumes
+    DIGITS = 6
+    TOLERANCE = 1  # one step either side: a phone's clock a little off still works
+
+    sealed_key = models.BinaryField(editable=False, help_text="The seed, sealed (Fernet).")
+    drift = models.SmallIntegerField(default=0, editable=False)
+    last_t = models.BigIntegerField(
+        default=-1,
+        editable=False,
+        help_text="Time step of the last accepted code: no code at or before it is accepted.",
+    )
+
+    class Meta(Device.Meta):
+        verbose_name = "authenticator app"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user"], condition=Q(confirmed=True), name="totp_one_confirmed_per_user"
+            ),
+        ]
+
+    def verify_token(self, token: Any) -> bool:
+        from accounts import mfa
+
+        allowed, _ = self.verify_is_allowed()
+        if not allowed:
+            return False
+        text = str(token).strip().replace(" ", "")
+        verified = False
+        if len(text) == self.DIGITS and text.isascii() and text.isdigit():
+            totp = TOTP(mfa.unseal(bytes(self.sealed_key)), self.STEP, 0, self.DIGITS, self.drift)
+            totp.time = time.time()
+            # min_t: a code already used (or an older one) is refused: no replay.
+            verified = totp.verify(int(text), self.TOLERANCE, self.last_t + 1)
+            if verified:
+                self.last_t = totp.t()
+                self.drift = totp.drift
+                self.throttle_reset(commit=False)
+                self.set_last_used_timestamp(commit=False)
+                self.save()
+        if not verified:
+            self.throttle_increment(commit=True)
+        return verified
+
+    def get_throttle_factor(self) -> int:
+        return 1  # 1, 2, 4, 8 ... seconds after successive wrong codes
+
+
+class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
+    """One-time backup codes for a lost phone, stored only as salted SHA-256 digests.
+
+    A code carries 80 random bits, so a fast salted hash is enough: no database reader
+    can search that space, and checking ten of them costs microseconds, not seconds.
+    """
+
+    digests = models.JSONField(default=list, editable=False, help_text="salt$sha256 of each code.")
+
+    class Meta(Device.Meta):
+        verbose_name = "backup codes"
+        constraints = [
+            models.UniqueConstraint(fields=["user"], name="backup_codes_one_set_per_user"),
+        ]
+
+    def verify_token(self, token: Any) -> bool:
+        from accounts import mfa
+
+        allowed, _ = self.verify_is_allowed()
+        if not allowed:
+            return False
+        match = mfa.backup_code_match(str(token), self.digests)
+        if match is None:
+            self.throttle_increment(commit=True)
+            return False
+        self.digests = [digest for digest in self.digests if digest != match]  # once only
+        self.throttle_reset(commit=False)
+        self.set_last_used_timestamp(commit=False)
+        self.save()
+        return True
+
+    def get_throttle_factor(self) -> int:
+        return 1

@@ -14,6 +14,7 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from django.conf import settings
 from django.core.exceptions import SuspiciousOperation
 
+from accounts.mfa import SSO_AMR
 from accounts.sso import account_fields_from_claims, update_account_from_claims
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,17 @@ class PortalOIDCBackend(OIDCAuthenticationBackend):
             return True
         logger.warning("OIDC sign-in refused: email_verified is %r", verified)
         return False
+
+    def get_or_create_user(self, access_token: Any, id_token: Any, payload: Any) -> Any:
+        """Keep the ID token's amr claim (RFC 8176) in the session until login(): it says
+        whether the provider checked a second factor (accounts.mfa.note_sign_in)."""
+        session = getattr(getattr(self, "request", None), "session", None)
+        if session is not None:
+            amr = payload.get("amr") if isinstance(payload, dict) else None
+            session[SSO_AMR] = (
+                [m for m in amr if isinstance(m, str)][:20] if isinstance(amr, list) else None
+            )
+        return super().get_or_create_user(access_token, id_token, payload)
 
     def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
         username = self._username(claims)

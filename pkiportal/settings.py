@@ -51,6 +51,9 @@ def _embedded_secret_key() -> str:
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = _secret("SECRET_KEY") or _embedded_secret_key()
+# Earlier keys, still accepted while signed values (sessions) and second-factor seeds sealed
+# under a key derived from them are replaced (README.md, "Second factor").
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -69,6 +72,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI served from here, not from a CDN
     "csp",
     "axes",
+    "django_otp",
     "accounts",
     "enrollment",
     "directory",
@@ -83,6 +87,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): whether this session confirmed a second factor.
+    "django_otp.middleware.OTPMiddleware",
+    # Until it has, a session that needs one reaches only the second-factor pages.
+    "accounts.middleware.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into a clear 429 page.
@@ -268,7 +276,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # knox stores only a hash of each API token, never the token itself.
         "enrollment.api.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        # A browser session, once it has confirmed its second factor where one is needed.
+        "accounts.api.VerifiedSessionAuthentication",
     ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_RENDERER_CLASSES": [
@@ -393,6 +402,40 @@ PKIPORTAL_EMBEDDED_PASSPHRASE_FILE = PKIPORTAL_KEY_DIR / "passphrase"
 # Roles are Django groups, so a directory's group sync (LDAP/OIDC claims) can grant them.
 PKIPORTAL_RA_OFFICER_GROUP = env.str("PKIPORTAL_RA_OFFICER_GROUP", default="RA officers")
 PKIPORTAL_KRA_GROUP = env.str("PKIPORTAL_KRA_GROUP", default="Key recovery agents")
+
+# --- second factor (README.md, "Second factor") -----------------------------------------
+# Who must confirm a TOTP code (or a backup code) after the password: "officers" (RA
+# officers, key recovery agents, staff and superusers), "everyone" or "nobody". Anyone may
+# set one up; whoever has one is asked for it at every sign-in.
+PKIPORTAL_MFA_REQUIRED_FOR = env.str("PKIPORTAL_MFA_REQUIRED_FOR", default="officers").strip()
+if PKIPORTAL_MFA_REQUIRED_FOR not in ("officers", "everyone", "nobody"):
+    raise ImproperlyConfigured(
+        'PKIPORTAL_MFA_REQUIRED_FOR must be "officers", "everyone" or "nobody"; it is '
+        f"{PKIPORTAL_MFA_REQUIRED_FOR!r}."
+    )
+# Keys that seal TOTP seeds in the database (comma-separated: the first seals, all open).
+# Empty: a key derived from SECRET_KEY (and SECRET_KEY_FALLBACKS), so a database reader
+# alone never holds a usable seed; check --deploy warns (pkiportal.W004).
+PKIPORTAL_MFA_KEYS = [
+    key.strip()
+    for key in (_secret("PKIPORTAL_MFA_KEY", default="") or "").split(",")
+    if key.strip()
+]
+if any(len(key) < 32 for key in PKIPORTAL_MFA_KEYS):
+    raise ImproperlyConfigured(
+        "PKIPORTAL_MFA_KEY: each key must be at least 32 characters (openssl rand -base64 32)."
+    )
+# Single sign-on sign-ins that count as having confirmed a second factor: "amr" (when the
+# ID token's amr claim names one, RFC 8176), "always" (the provider enforces it for all)
+# or "never" (the portal asks for its own as well).
+PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON = env.str(
+    "PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON", default="amr"
+).strip()
+if PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON not in ("amr", "always", "never"):
+    raise ImproperlyConfigured(
+        'PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON must be "amr", "always" or "never"; it is '
+        f"{PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON!r}."
+    )
 # Limits that protect the CA from a runaway script or a stolen session.
 PKIPORTAL_MAX_VALID_PER_TEMPLATE = env.int("PKIPORTAL_MAX_VALID_PER_TEMPLATE", default=3)
 PKIPORTAL_ENROLL_RATE_PER_HOUR = env.int("PKIPORTAL_ENROLL_RATE_PER_HOUR", default=20)

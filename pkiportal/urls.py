@@ -7,6 +7,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from accounts.views import PortalLoginView
 from enrollment import views as enrollment_views
 from pkiportal.health import health_view, live_view
 from pkiportal.metrics import metrics_view
@@ -21,8 +22,10 @@ urlpatterns = [
     # Sign-in and sign-out only: passwords are the directory's or the service desk's to
     # reset. Django's password reset would let whoever reads an account's mailbox take it
     # over, unaudited, and its password change checks the old password outside django-axes.
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    # Then the second step (accounts.views.verify) for whoever needs one.
+    path("accounts/login/", PortalLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/", include("accounts.urls")),
     path("ra/", include("enrollment.ra_urls")),
     path("", include("enrollment.urls")),
     path("directory/", include("directory.web_urls")),

@@ -25,6 +25,7 @@ from enrollment.models import CertificateAuthority, CertificateTemplate, KeyReco
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm, PrivateKey
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 # tests.enrollment.ra_fixtures: recovery, RA console and expiry fixtures (issue 6).
 pytest_plugins = ["tests.pki", "tests.enrollment.ra_fixtures", "tests.slapd", "tests.softhsm"]
@@ -136,9 +137,10 @@ def kra(hierarchy, template) -> Agent:
 
 
 def client_for(user) -> Client:
+    """A browser signed in as ``user``, second factor confirmed where they need one."""
     client = Client()
     if user is not None:
-        client.force_login(user)
+        verified_login(client, user)
     return client
 
 

@@ -12,6 +12,7 @@ import pytest
 from django.urls import NoReverseMatch, reverse
 
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -33,16 +34,16 @@ def test_password_pages_do_not_exist_signed_in_or_not(client, url):
     assert client.get(url).status_code == 404
     assert client.post(url, {"email": "alice@example.com"}).status_code in (403, 404)
 
-    client.force_login(UserFactory())
+    verified_login(client, UserFactory())
     assert client.get(url).status_code == 404
 
-    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    verified_login(client, UserFactory(is_staff=True, is_superuser=True))
     assert client.get(url).status_code == 404
     assert client.post(url, {"old_password": "guess"}).status_code in (403, 404)
 
 
 def test_the_admin_offers_no_password_change_and_names_the_portal(client):
-    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    verified_login(client, UserFactory(is_staff=True, is_superuser=True))
 
     page = client.get("/admin/").content.decode()
 
@@ -74,7 +75,7 @@ def test_sign_in_and_out_still_work(client):
 
 
 def test_signing_out_says_so(client):
-    client.force_login(UserFactory(username="alice"))
+    verified_login(client, UserFactory(username="alice"))
 
     response = client.post(reverse("logout"))
 

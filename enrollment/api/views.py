@@ -19,6 +19,8 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -38,6 +40,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts import mfa
+from accounts.api import VerifiedSessionAuthentication
 from accounts.requests import signed_in_user
 from enrollment import mailboxes, ra_selectors, recent_sign_in, recovery, services
 from enrollment.api import serializers as s
@@ -917,6 +921,9 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
 
 # --- API tokens -----------------------------------------------------------------------
 
+# With HTTP basic, the code of a second factor (accounts.mfa), as GitHub's X-GitHub-OTP.
+SECOND_FACTOR_HEADER = "X-OTP-Code"
+
 
 class TokenCreateView(APIView):
     """Mint an API token from a browser session or HTTP basic credentials.
@@ -925,7 +932,7 @@ class TokenCreateView(APIView):
     web page /account/tokens/ does the same for people who sign in without a password.
     """
 
-    authentication_classes = [AxesBasicAuthentication, SessionAuthentication]
+    authentication_classes = [AxesBasicAuthentication, VerifiedSessionAuthentication]
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
@@ -935,8 +942,20 @@ class TokenCreateView(APIView):
             "with single sign-on, create tokens on the portal page `/account/tokens/` "
             "instead. The token is shown once; the server keeps only its hash. Use it as "
             "`Authorization: Token <token>`. One person holds at most "
-            "PKIPORTAL_MAX_API_TOKENS (10) live tokens."
+            "PKIPORTAL_MAX_API_TOKENS (10) live tokens. Whoever has a second factor (RA "
+            "officers, key recovery agents and administrators must) sends a current code "
+            f"from it, or a backup code, in the `{SECOND_FACTOR_HEADER}` header with HTTP "
+            "basic; a session must have confirmed it at sign-in."
         ),
+        parameters=[
+            OpenApiParameter(
+                SECOND_FACTOR_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="With HTTP basic: a code from your authenticator app, or a "
+                "backup code, if you have a second factor.",
+            )
+        ],
         request=s.TokenIn,
         responses={
             200: s.TokenOut,
@@ -956,6 +975,10 @@ class TokenCreateView(APIView):
                 f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in. "
                 "HTTP basic needs no second sign-in."
             )
+        if not isinstance(request.successful_authenticator, SessionAuthentication):
+            refused = _second_factor_for_basic(request)
+            if refused is not None:
+                return refused
         serializer = s.TokenIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         named, clear = services.api_token_create(
@@ -976,6 +999,58 @@ class TokenCreateView(APIView):
         response = Response(s.TokenOut({**body, "prefix": token.token_key}).data)
         response["Cache-Control"] = "no-store"
         return response
+
+
+def _second_factor_for_basic(request: Request) -> Response | None:
+    """A password alone mints no token for whoever has, or must have, a second factor: a
+    token outlives everything, so it takes what a sign-in in the browser takes. None: go on.
+    Wrong codes are throttled per device, not counted as failed sign-ins by django-axes
+    (the password was right)."""
+    user = signed_in_user(request)
+    state = mfa.state_for(user)
+    if not state.asked:
+        return None
+    if not state.enrolled:
+        return Response(
+            {
+                "detail": "Your role needs a second factor: set one up on the portal "
+                f"({reverse('accounts:mfa-setup')}) before minting a token.",
+                "missing": "second_factor",
+            },
+            status=status.HTTP_403_FORBIDDEN,
+        )
+    code = request.headers.get(SECOND_FACTOR_HEADER, "").strip()
+    unauthorised = {"WWW-Authenticate": 'Basic realm="api"', SECOND_FACTOR_HEADER: "required"}
+    if not code:
+        return Response(
+            {
+                "detail": f"Send a code from your authenticator app (or a backup code) in the "
+                f"{SECOND_FACTOR_HEADER} header.",
+                "missing": "second_factor",
+            },
+            status=status.HTTP_401_UNAUTHORIZED,
+            headers=unauthorised,
+        )
+    check, _device = mfa.check_code(
+        user=user, code=code[:40], source_address=client_address(request), via="api"
+    )
+    if check.ok:
+        return None
+    if check.throttled_until is not None:
+        wait = max(1, int((check.throttled_until - timezone.now()).total_seconds()) + 1)
+        return Response(
+            {"detail": f"Too many wrong codes: try again in {wait} seconds."},
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(wait)},
+        )
+    return Response(
+        {
+            "detail": f"The code in {SECOND_FACTOR_HEADER} is not right, or was used already.",
+            "missing": "second_factor",
+        },
+        status=status.HTTP_401_UNAUTHORIZED,
+        headers=unauthorised,
+    )
 
 
 class _WithoutSession:

@@ -17,6 +17,7 @@ from django.test import Client
 
 from tests.browser.test_enrol_in_browser import CHROMIUM, chromium_page
 from tests.enrollment.tools import issue
+from tests.second_factor import verified_login
 
 pytestmark = [
     pytest.mark.browser,
@@ -35,7 +36,7 @@ def session_cookie(user) -> str:
     """A session made by Django's test client, to hand to the browser: made before the
     browser starts, since Django refuses queries while Playwright's loop runs."""
     client = Client()
-    client.force_login(user)
+    verified_login(client, user)
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 

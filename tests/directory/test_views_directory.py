@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from enrollment import services
 from tests.conftest import client_for
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -66,7 +67,7 @@ def test_the_public_setting_opens_the_directory_to_anonymous_readers(
 def test_a_deactivated_account_may_not_read_it(person, jose):
     former = person("Fred", "Former", is_active=False)
     client = Client()
-    client.force_login(former)
+    verified_login(client, former)
 
     assert client.get("/directory/", {"q": "jose"}).status_code == 302
 

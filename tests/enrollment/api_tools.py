@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from enrollment.models import Certificate, CertificateRequest
 from enrollment.x509.keys import PrivateKey
 from tests.enrollment.tools import cryptography_csr
+from tests.second_factor import verified_login
 
 API = "/api/v1"
 ENROLLMENTS = f"{API}/enrollments/"
@@ -38,7 +39,7 @@ def session_client(user: Any, *, enforce_csrf: bool = False) -> APIClient:
     """A client authenticated as a browser would be: a session cookie."""
     client = APIClient(enforce_csrf_checks=enforce_csrf)
     if user is not None:
-        client.force_login(user)
+        verified_login(client, user)
     return client
 
 

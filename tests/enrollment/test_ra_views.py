@@ -30,6 +30,7 @@ from tests.conftest import client_for
 from tests.enrollment.ra_fixtures import REASON, agent_upload, snapshot
 from tests.enrollment.tools import error_report
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
 
@@ -641,7 +642,7 @@ def test_a_huge_upload_is_refused_without_being_kept(people, approved):
 def test_the_perform_form_checks_the_csrf_token(agent_user, approved, kra):
     """The view is csrf_exempt only to install its upload handler; the token still counts."""
     client = Client(enforce_csrf_checks=True)
-    client.force_login(agent_user)
+    verified_login(client, agent_user)
 
     response = client.post(
         f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, kra.password)

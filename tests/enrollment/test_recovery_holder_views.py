@@ -20,6 +20,7 @@ from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
 from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.enrollment.ra_fixtures import ACCEPT_NOTE, HOLDER_REASON, agent_upload, snapshot
+from tests.second_factor import verified_login
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
 State = KeyRecoveryRequest.State
@@ -158,7 +159,7 @@ def test_asking_is_a_post(people, archived):
 
 def test_asking_needs_the_csrf_token(employee, archived):
     client = Client(enforce_csrf_checks=True)
-    client.force_login(employee)
+    verified_login(client, employee)
 
     response = client.post(f"/certificates/{archived.certificate.pk}/recover/", ask_form())
 
@@ -400,6 +401,7 @@ def test_an_officer_who_asked_for_their_own_key_is_not_offered_to_accept_it(
     people, archived, employee, officer
 ):
     employee.groups.add(officer.groups.get())
+    verified_login(people["holder"], employee)  # an officer now: with a second factor
     found = recovery.recovery_ask(
         certificate=archived.certificate, holder=employee, reason=HOLDER_REASON
     )
@@ -427,6 +429,7 @@ def test_the_holder_may_not_approve_their_own_request_even_as_an_officer(
     people, accepted, employee, officer
 ):
     employee.groups.add(officer.groups.get())
+    verified_login(people["holder"], employee)  # an officer now: with a second factor
     before = snapshot(accepted)
 
     page = people["holder"].get(f"/ra/recovery/{accepted.pk}/").content.decode()

@@ -35,6 +35,7 @@ from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.enrollment.web import PASSWORD
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
 
@@ -129,7 +130,7 @@ def test_only_officers_may_use_the_rollout_pages(
 def test_the_forms_need_the_csrf_token(signing, officer, staff):
     existing = create(officer, signing, people="fin0")
     client = Client(enforce_csrf_checks=True)
-    client.force_login(officer)
+    verified_login(client, officer)
     for path, data in [
         ("/ra/rollouts/new/", {"template": signing.pk, "people": "fin1", "confirm": "1"}),
         (f"/ra/rollouts/{existing.pk}/remind/", {}),

@@ -18,6 +18,7 @@ from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs7 import format_fingerprint
 from tests.conftest import client_for
 from tests.enrollment.web import PASSWORD, enrol_with_portal_key
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -416,7 +417,7 @@ def test_anonymous_visitors_cannot_revoke(anonymous_client, mine):
 
 def test_revoking_is_csrf_protected(employee, mine):
     client = Client(enforce_csrf_checks=True)
-    client.force_login(employee)
+    verified_login(client, employee)
 
     assert revoke(client, mine).status_code == 403
     mine.refresh_from_db()

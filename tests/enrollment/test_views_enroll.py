@@ -40,6 +40,7 @@ from tests.enrollment.web import (
     upload_csr,
 )
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -542,7 +543,7 @@ def test_an_empty_csr_form_says_what_is_missing(employee_client, hierarchy):
 
 def test_the_csr_form_is_csrf_protected(employee, hierarchy, ec_p256_key):
     client = Client(enforce_csrf_checks=True)
-    client.force_login(employee)
+    verified_login(client, employee)
 
     response = enrol_with_csr(client, csr=cryptography_csr(ec_p256_key).public_bytes(Encoding.PEM))
 

@@ -16,6 +16,7 @@ from tests.conftest import client_for
 from tests.enrollment.tools import CLAIMED_EMAIL, cryptography_csr
 from tests.enrollment.web import PASSWORD, enrol_with_csr
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -316,7 +317,7 @@ def test_deciding_is_csrf_protected(pending, officer):
     from django.test import Client
 
     client = Client(enforce_csrf_checks=True)
-    client.force_login(officer)
+    verified_login(client, officer)
 
     assert decide(client, pending, "approve").status_code == 403
     pending.refresh_from_db()
@@ -328,7 +329,7 @@ def test_collecting_is_csrf_protected(pending, officer_client, employee):
 
     decide(officer_client, pending, "approve")
     client = Client(enforce_csrf_checks=True)
-    client.force_login(employee)
+    verified_login(client, employee)
 
     assert client.post(f"/enroll/requests/{pending.pk}/", COLLECT).status_code == 403
     assert not Certificate.objects.exists()
@@ -483,7 +484,7 @@ def test_withdrawing_is_csrf_protected(pending, employee):
     from django.test import Client
 
     client = Client(enforce_csrf_checks=True)
-    client.force_login(employee)
+    verified_login(client, employee)
 
     assert withdraw(client, pending).status_code == 403
     pending.refresh_from_db()

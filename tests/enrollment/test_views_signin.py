@@ -7,6 +7,7 @@ import pytest
 from django.test import Client
 
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -85,7 +86,7 @@ def test_a_successful_sign_in_forgets_earlier_failures(anonymous_client, alice, 
 
 def test_signing_out_takes_a_post(alice):
     client = Client()
-    client.force_login(alice)
+    verified_login(client, alice)
 
     assert client.get("/accounts/logout/").status_code == 405  # a link cannot sign you out
     response = client.post("/accounts/logout/")

@@ -33,6 +33,7 @@ from enrollment.api.authentication import TokenAuthentication
 from enrollment.models import ApiToken, AuditEvent
 from tests.conftest import client_for
 from tests.enrollment.api_tools import CERTIFICATES
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -152,7 +153,7 @@ def test_revoke_all_takes_only_mine(employee, colleague):
 def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(employee, path):
     named, token = made(client_for(employee))
     client = Client(enforce_csrf_checks=True)
-    client.force_login(employee)
+    verified_login(client, employee)
     before = stored()
 
     url = revoke_url(named) if path == "revoke" else path

@@ -1,0 +1,53 @@
+"""The API's browser-session authentication, refused until the session has confirmed the
+second factor its holder needs (accounts.mfa)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.authentication import SessionScheme
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+
+from accounts import mfa
+
+
+class SecondFactorRequired(PermissionDenied):
+    default_code = "second_factor_required"
+
+
+class VerifiedSessionAuthentication(SessionAuthentication):
+    """DRF's session authentication (with its CSRF check), plus the second factor.
+
+    A token call never gets here with a session's user: token authentication comes first.
+    """
+
+    def authenticate(self, request: Request) -> tuple[Any, None] | None:
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        django_request = request._request
+        if mfa.session_needs_second_step(django_request):
+            enrolled = mfa.state_for(result[0]).enrolled
+            raise SecondFactorRequired(
+                {
+                    "detail": (
+                        "This session has not confirmed a second factor: "
+                        + ("enter a code at " if enrolled else "set one up at ")
+                        + reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup")
+                        + " first."
+                    ),
+                    "missing": "second_factor",
+                    "url": reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup"),
+                }
+            )
+        return result
+
+
+class VerifiedSessionScheme(SessionScheme):
+    """The same OpenAPI security scheme (a session cookie) as DRF's session class."""
+
+    target_class = VerifiedSessionAuthentication
+    priority = 0

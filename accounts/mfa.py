@@ -1,0 +1,496 @@
+"""Second factor: who must use one, sealed TOTP seeds, backup codes, and the session.
+
+The framework is django-otp (its Device base with throttling, OTPMiddleware and
+``is_verified()``, its RFC 6238 maths); the devices are ours (accounts.models) so that no
+seed or backup code sits in the database in a form a reader could use: seeds are sealed
+with Fernet under a key the database does not hold, backup codes are salted digests.
+
+A session counts as verified once it confirmed a code (django_otp.login puts the device in
+it) or, per PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON, when the identity provider says it checked
+a second factor. README.md, "Second factor", is the operator's side of this.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from hmac import compare_digest
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import django_otp
+import segno
+from django_otp import DEVICE_ID_SESSION_KEY
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.http import HttpRequest
+from django.utils import timezone
+
+from accounts.models import BackupCodeDevice, TotpDevice, User
+from enrollment import recent_sign_in
+from enrollment.audit import audit_record
+from enrollment.exceptions import NotPermitted
+
+SEED_BYTES = 20  # RFC 4226 recommends 160 bits, as django-otp's default
+BACKUP_CODES = 10
+BACKUP_CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read off paper
+BACKUP_CODE_LENGTH = 16  # 16 of 31 symbols: 79 bits
+# Session keys: set by a single sign-on the provider says used a second factor; the amr
+# claim of the ID token between the callback's authenticate() and login().
+SSO_VERIFIED = "pkiportal_mfa_sso"
+SSO_AMR = "pkiportal_oidc_amr"
+# RFC 8176 methods that are, or include, a factor beyond the password.
+SECOND_FACTOR_AMR = frozenset({"mfa", "otp", "hwk", "sc", "swk", "fpt", "face", "iris"})
+_KDF_INFO = b"pkiportal second-factor seeds v1"
+
+
+class SecondFactorError(NotPermitted):
+    """A second-factor action refused; its message is safe to show."""
+
+
+# --- sealing seeds ---------------------------------------------------------------------
+
+
+def _fernet_key(secret: str) -> bytes:
+    """A Fernet key from any long secret (HKDF-SHA256), so operators give plain strings
+    and keys derived from SECRET_KEY never equal a key Django signs with."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(
+        secret.encode()
+    )
+    return base64.urlsafe_b64encode(derived)
+
+
+@lru_cache(maxsize=4)
+def _sealer(secrets_: tuple[str, ...]) -> MultiFernet:
+    return MultiFernet([Fernet(_fernet_key(secret)) for secret in secrets_])
+
+
+def _current_sealer() -> MultiFernet:
+    """PKIPORTAL_MFA_KEY's keys when set (the first seals), else SECRET_KEY's and then
+    SECRET_KEY_FALLBACKS': a rotated SECRET_KEY still opens seeds sealed under the old."""
+    configured = tuple(settings.PKIPORTAL_MFA_KEYS)
+    if not configured:
+        configured = (settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS)
+    return _sealer(configured)
+
+
+def seal(seed: bytes) -> bytes:
+    return _current_sealer().encrypt(seed)
+
+
+def unseal(sealed: bytes) -> bytes:
+    try:
+        return _current_sealer().decrypt(sealed)
+    except InvalidToken:
+        # The key was changed without keeping the old one: the person needs a reset.
+        raise SecondFactorError(
+            "This authenticator app can no longer be checked (the server's key changed); "
+            "an administrator must reset your second factor."
+        ) from None
+
+
+def reseal_all() -> tuple[int, int]:
+    """Seal every seed under the current first key (after a key rotation); returns how many
+    were resealed and how many could not be opened with any key."""
+    done = failed = 0
+    sealer = _current_sealer()
+    for device in TotpDevice.objects.only("pk", "sealed_key").iterator():
+        try:
+            resealed = sealer.rotate(bytes(device.sealed_key))
+        except InvalidToken:
+            failed += 1
+            continue
+        TotpDevice.objects.filter(pk=device.pk).update(sealed_key=resealed)
+        done += 1
+    return done, failed
+
+
+# --- backup codes ----------------------------------------------------------------------
+
+
+def _normalise_code(code: str) -> str:
+    return "".join(ch for ch in code.lower() if ch.isalnum())
+
+
+def _digest(salt: str, code: str) -> str:
+    return hashlib.sha256(f"{salt}${code}".encode()).hexdigest()
+
+
+def backup_code_digest(code: str) -> str:
+    salt = secrets.token_hex(16)
+    return f"{salt}${_digest(salt, _normalise_code(code))}"
+
+
+def backup_code_match(code: str, digests: Sequence[str]) -> str | None:
+    """The stored digest the code matches, or None; compares with every one, in constant
+    time each."""
+    normal = _normalise_code(code)
+    found = None
+    for stored in digests:
+        salt, _, digest = stored.partition("$")
+        if compare_digest(_digest(salt, normal), digest) and found is None:
+            found = stored
+    return found
+
+
+def new_backup_codes() -> list[str]:
+    def one() -> str:
+        raw = "".join(secrets.choice(BACKUP_CODE_ALPHABET) for _ in range(BACKUP_CODE_LENGTH))
+        return "-".join(raw[i : i + 4] for i in range(0, BACKUP_CODE_LENGTH, 4))
+
+    return [one() for _ in range(BACKUP_CODES)]
+
+
+# --- who must, and what this session has done -----------------------------------------
+
+
+@dataclass(frozen=True)
+class State:
+    required: bool  # the policy asks this person for a second factor
+    enrolled: bool  # they have a confirmed authenticator app
+
+    @property
+    def asked(self) -> bool:
+        """Whether a sign-in of theirs needs the second step."""
+        return self.required or self.enrolled
+
+
+def state_for(user: Any) -> State:
+    """Policy and enrolment in one query, remembered on the user object for the request."""
+    cached = getattr(user, "_pkiportal_mfa_state", None)
+    if cached is not None:
+        return cached
+    if user is None or not user.is_authenticated:
+        return State(required=False, enrolled=False)
+    policy = settings.PKIPORTAL_MFA_REQUIRED_FOR
+    roles = [settings.PKIPORTAL_RA_OFFICER_GROUP, settings.PKIPORTAL_KRA_GROUP]
+    row = (
+        User.objects.filter(pk=user.pk)
+        .annotate(
+            has_role=Exists(Group.objects.filter(user=OuterRef("pk"), name__in=roles)),
+            enrolled=Exists(TotpDevice.objects.filter(user=OuterRef("pk"), confirmed=True)),
+        )
+        .values_list("is_staff", "is_superuser", "has_role", "enrolled")
+        .first()
+    )
+    if row is None:
+        return State(required=False, enrolled=False)
+    is_staff, is_superuser, has_role, enrolled = row
+    if policy == "everyone":
+        required = True
+    elif policy == "officers":
+        required = bool(is_staff or is_superuser or has_role)
+    else:
+        required = False
+    state = State(required=required, enrolled=bool(enrolled))
+    user._pkiportal_mfa_state = state
+    return state
+
+
+def forget_state(user: Any) -> None:
+    if hasattr(user, "_pkiportal_mfa_state"):
+        del user._pkiportal_mfa_state
+
+
+def session_verified(request: HttpRequest) -> bool:
+    """Whether this session confirmed a second factor (here, or at its identity provider)."""
+    user = request.user
+    if getattr(request, "session", None) is not None and request.session.get(SSO_VERIFIED):
+        return True
+    is_verified = getattr(user, "is_verified", None)
+    return bool(is_verified is not None and is_verified())
+
+
+def session_needs_second_step(request: HttpRequest) -> bool:
+    """Signed in, asked for a second factor, and not yet confirmed in this session."""
+    user = request.user
+    if not user.is_authenticated or session_verified(request):
+        return False
+    return state_for(user).asked
+
+
+def note_sign_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """At every sign-in (password, directory or single sign-on) the second step starts
+    anew: a second factor confirmed earlier in this browser does not carry over to a new
+    password sign-in (the "sudo" re-sign-in for API tokens included). A single sign-on the
+    provider says used a second factor counts, per PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON."""
+    if not isinstance(request, HttpRequest) or getattr(request, "session", None) is None:
+        return
+    session = request.session
+    session.pop(DEVICE_ID_SESSION_KEY, None)
+    session.pop(SSO_VERIFIED, None)
+    amr = session.pop(SSO_AMR, None)
+    if _single_sign_on(session.get(BACKEND_SESSION_KEY, "")) and _trusted(amr):
+        session[SSO_VERIFIED] = True
+    if hasattr(request, "user") and getattr(request.user, "pk", None) == user.pk:
+        # OTPMiddleware's lazily loaded device of the earlier sign-in, if it was loaded.
+        request.user.otp_device = None
+
+
+def _single_sign_on(backend_path: str) -> bool:
+    if not backend_path:
+        return False
+    try:
+        from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+
+        from django.utils.module_loading import import_string
+    except ImportError:
+        return False
+    try:
+        backend = import_string(backend_path)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, OIDCAuthenticationBackend)
+
+
+def _trusted(amr: Any) -> bool:
+    trust = settings.PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON
+    if trust == "always":
+        return True
+    if trust == "never":
+        return False
+    return isinstance(amr, list) and any(
+        isinstance(method, str) and method in SECOND_FACTOR_AMR for method in amr
+    )
+
+
+def mark_verified(request: HttpRequest, device: Any) -> None:
+    """The session confirmed a code: a new session key (the privilege changed), and the
+    moment counts as the sign-in for actions that ask for a recent one (API tokens)."""
+    django_otp.login(request, device)
+    request.session.cycle_key()
+    request.session[recent_sign_in.SIGNED_IN_AT] = timezone.now().isoformat()
+
+
+# --- devices ----------------------------------------------------------------------------
+
+
+def confirmed_totp(user: Any) -> TotpDevice | None:
+    return TotpDevice.objects.filter(user=user, confirmed=True).first()
+
+
+def backup_codes(user: Any) -> BackupCodeDevice | None:
+    return BackupCodeDevice.objects.filter(user=user).first()
+
+
+def pending_totp(user: User) -> TotpDevice:
+    """The authenticator app being set up: the same seed until it is confirmed, so a
+    reloaded page shows the QR code already scanned."""
+    pending = TotpDevice.objects.filter(user=user, confirmed=False).order_by("-pk").first()
+    if pending is None:
+        pending = TotpDevice.objects.create(
+            user=user,
+            name="Authenticator app",
+            confirmed=False,
+            sealed_key=seal(secrets.token_bytes(SEED_BYTES)),
+        )
+    return pending
+
+
+def base32_secret(device: TotpDevice) -> str:
+    """The seed for typing into an app, in groups of four (apps ignore the spaces)."""
+    text = base64.b32encode(unseal(bytes(device.sealed_key))).decode("ascii").rstrip("=")
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def otpauth_url(device: TotpDevice) -> str:
+    """The Key URI Format authenticator apps read from a QR code."""
+    issuer = f"{settings.PKIPORTAL_ORGANIZATION_NAME} PKI".replace(":", "")
+    label = f"{issuer}:{device.user.get_username()}"
+    params = {
+        "secret": base64.b32encode(unseal(bytes(device.sealed_key))).decode().rstrip("="),
+        "issuer": issuer,
+        "algorithm": "SHA1",
+        "digits": TotpDevice.DIGITS,
+        "period": TotpDevice.STEP,
+    }
+    return f"otpauth://totp/{quote(label)}?{urlencode(params, quote_via=quote)}"
+
+
+def qr_svg(url: str) -> str:
+    """The QR code as inline SVG: no image request, no script, fine under our CSP."""
+    return segno.make(url, error="m").svg_inline(
+        scale=5, border=4, dark="#000", light="#fff", title="QR code for your authenticator app"
+    )
+
+
+def totp_confirm(
+    *, user: User, device: TotpDevice, code: str, source_address: str | None
+) -> list[str] | None:
+    """Confirm a new authenticator app with its first code; it replaces any earlier one,
+    and fresh backup codes replace the old (returned, to be shown once). None: wrong code."""
+    with transaction.atomic():
+        locked = TotpDevice.objects.select_for_update().filter(pk=device.pk, user=user).first()
+        if locked is None or locked.confirmed:
+            raise SecondFactorError("This set-up has expired; start again.")
+        if not locked.verify_token(code):
+            return None
+        replaced = TotpDevice.objects.filter(user=user).exclude(pk=locked.pk).delete()[0] > 0
+        locked.confirmed = True
+        locked.save(update_fields=["confirmed"])
+        codes = _replace_backup_codes(user)
+        audit_record(
+            action="mfa.device_add",
+            actor=user,
+            target=user,
+            source_address=source_address,
+            detail={"kind": "totp", "replaced": replaced, "backup_codes": len(codes)},
+        )
+    forget_state(user)
+    device.refresh_from_db()
+    return codes
+
+
+def _replace_backup_codes(user: User) -> list[str]:
+    codes = new_backup_codes()
+    BackupCodeDevice.objects.update_or_create(
+        user=user,
+        defaults={
+            "name": "Backup codes",
+            "digests": [backup_code_digest(code) for code in codes],
+            "throttling_failure_count": 0,
+            "throttling_failure_timestamp": None,
+        },
+    )
+    return codes
+
+
+def backup_codes_regenerate(*, user: User, source_address: str | None) -> list[str]:
+    with transaction.atomic():
+        if confirmed_totp(user) is None:
+            raise SecondFactorError("Set up an authenticator app first.")
+        codes = _replace_backup_codes(user)
+        audit_record(
+            action="mfa.backup_codes_regenerate",
+            actor=user,
+            target=user,
+            source_address=source_address,
+            detail={"backup_codes": len(codes)},
+        )
+    return codes
+
+
+def _remove_devices(user: User) -> int:
+    removed = TotpDevice.objects.filter(user=user).delete()[0]
+    BackupCodeDevice.objects.filter(user=user).delete()
+    forget_state(user)
+    return removed
+
+
+def second_factor_remove(*, user: User, source_address: str | None) -> None:
+    """A person removes their own second factor: only where the policy does not ask it."""
+    with transaction.atomic():
+        if state_for(user).required:
+            raise SecondFactorError(
+                "Your role needs a second factor: you can replace your authenticator app, "
+                "not remove it."
+            )
+        if not _remove_devices(user):
+            raise SecondFactorError("You have no second factor to remove.")
+        audit_record(
+            action="mfa.device_remove",
+            actor=user,
+            target=user,
+            source_address=source_address,
+            detail={"kind": "totp", "via": "self"},
+        )
+
+
+def may_reset(actor: Any, target: Any) -> bool:
+    """Whoever may change the account in the admin may reset its second factor (they could
+    set its password as well), never their own, and only a superuser a superuser's."""
+    return bool(
+        actor.is_authenticated
+        and actor.is_active
+        and actor.is_staff
+        and actor.has_perm("accounts.change_user")
+        and actor.pk != target.pk
+        and (actor.is_superuser or not target.is_superuser)
+    )
+
+
+def second_factor_reset(*, actor: User, target: User, source_address: str | None) -> bool:
+    """An administrator removes someone's lost second factor; they set up a new one at
+    their next sign-in. Audited; returns whether there was anything to remove."""
+    if not may_reset(actor, target):
+        raise SecondFactorError("You may not reset this account's second factor.")
+    with transaction.atomic():
+        removed = _remove_devices(target)
+        audit_record(
+            action="mfa.reset",
+            actor=actor,
+            target=target,
+            source_address=source_address,
+            detail={"removed": bool(removed), "via": "admin"},
+        )
+    return bool(removed)
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    throttled_until: Any = None  # a datetime when refused for too many wrong codes
+    kind: str = ""  # "totp" or "backup_code"
+    backup_codes_left: int | None = None
+
+
+def check_code(*, user: User, code: str, source_address: str | None, via: str) -> tuple[Check, Any]:
+    """Check a code from the person's authenticator app or one of their backup codes.
+
+    Each device throttles wrong codes (django-otp: 1, 2, 4 ... seconds); a wrong code is
+    audited (mfa.verify, failure) as it comes, a refusal while throttled is not (it costs
+    the guesser nothing and would only flood the trail). Returns the check and the device.
+    """
+    text = code.strip()
+    digits = text.replace(" ", "")
+    kind = "totp" if digits.isascii() and digits.isdigit() else "backup_code"
+    device: Any = confirmed_totp(user) if kind == "totp" else backup_codes(user)
+    if device is None:
+        check = Check(ok=False, kind=kind)
+    else:
+        allowed, info = device.verify_is_allowed()
+        if not allowed:
+            return Check(
+                ok=False, kind=kind, throttled_until=(info or {}).get("locked_until")
+            ), None
+        verified = django_otp.verify_token(
+            user, device.persistent_id, digits if kind == "totp" else text
+        )
+        if verified is not None:
+            left = None
+            if kind == "backup_code":
+                left = len(verified.digests)
+                audit_record(
+                    action="mfa.backup_code_use",
+                    actor=user,
+                    target=user,
+                    source_address=source_address,
+                    detail={"left": left, "via": via},
+                )
+            return Check(ok=True, kind=kind, backup_codes_left=left), verified
+        check = Check(ok=False, kind=kind)
+    failures = 0
+    if device is not None:
+        device.refresh_from_db(fields=["throttling_failure_count"])
+        failures = device.throttling_failure_count
+    audit_record(
+        action="mfa.verify",
+        actor=user,
+        target=user,
+        outcome="failure",
+        source_address=source_address,
+        detail={"kind": kind, "failures": failures, "via": via},
+    )
+    return check, None
