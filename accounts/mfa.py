@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -436,6 +437,13 @@ def second_factor_reset(*, actor: User, target: User, source_address: str | None
             detail={"removed": bool(removed), "via": "admin"},
         )
     return bool(removed)
+
+
+def seconds_until(moment: Any) -> int:
+    """Whole seconds (at least 1) a throttled person waits, for messages and Retry-After."""
+    if moment is None:
+        return 1
+    return max(1, math.ceil((moment - timezone.now()).total_seconds()))
 
 
 @dataclass(frozen=True)

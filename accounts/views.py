@@ -17,7 +17,6 @@ from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
@@ -64,7 +63,7 @@ def _verified_only(request: HttpRequest) -> HttpResponse | None:
 
 
 def _wait_message(until: Any) -> str:
-    seconds = max(1, int((until - timezone.now()).total_seconds()) + 1) if until else 1
+    seconds = mfa.seconds_until(until)
     return (
         f"Too many wrong codes: wait {seconds} second{'s' if seconds != 1 else ''} and try again."
     )
@@ -143,7 +142,11 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     device = mfa.pending_totp(request.user)
     form = CodeForm(request.POST or None)
     status = 200
-    if request.method == "POST" and form.is_valid():
+    allowed, info = device.verify_is_allowed()
+    if request.method == "POST" and form.is_valid() and not allowed:
+        status = 429
+        form.add_error("code", _wait_message((info or {}).get("locked_until")))
+    elif request.method == "POST" and form.is_valid():
         codes = mfa.totp_confirm(
             user=request.user,
             device=device,
@@ -159,14 +162,10 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
             )
             response["Cache-Control"] = "no-store"
             return response
-        device.refresh_from_db()
-        allowed, info = device.verify_is_allowed()
-        status = 400 if allowed else 429
+        status = 400
         form.add_error(
             "code",
-            "That code is not right: check the app shows this account, and the phone's clock."
-            if allowed
-            else _wait_message((info or {}).get("locked_until")),
+            "That code is not right: check the app shows this account, and the phone's clock.",
         )
     url = mfa.otpauth_url(device)
     context = {

@@ -20,7 +20,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -1037,7 +1036,7 @@ def _second_factor_for_basic(request: Request) -> Response | None:
     if check.ok:
         return None
     if check.throttled_until is not None:
-        wait = max(1, int((check.throttled_until - timezone.now()).total_seconds()) + 1)
+        wait = mfa.seconds_until(check.throttled_until)
         return Response(
             {"detail": f"Too many wrong codes: try again in {wait} seconds."},
             status=status.HTTP_429_TOO_MANY_REQUESTS,

@@ -1,0 +1,601 @@
+"""Second factor: who must, the sign-in's second step, set-up, backup codes, the API, the
+admin's reset, and that no seed or backup code is in the database in a usable form."""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import timedelta
+
+import pytest
+import time_machine
+from knox.models import AuthToken
+
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from accounts import mfa
+from accounts.models import BackupCodeDevice, TotpDevice
+from enrollment.models import AuditEvent
+from tests.enrollment.api_tools import CERTIFICATES, TOKEN, session_client, token_client
+from tests.factories import UserFactory
+from tests.second_factor import authenticator, code, seed_of, verified_login
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "correct horse battery staple"  # tests/factories.py
+PAGES = {
+    "overview": "/account/",
+    "verify": "/account/two-factor/verify/",
+    "setup": "/account/two-factor/setup/",
+}
+POSTS = ["/account/two-factor/backup-codes/", "/account/two-factor/remove/"]
+
+
+def signed_in_only(user) -> Client:
+    """A password sign-in that has not done its second step (yet)."""
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def sign_in(client: Client, username: str, next_url: str = "/ra/requests/"):
+    return client.post(
+        f"/accounts/login/?next={next_url}",
+        {"username": username, "password": PASSWORD, "next": next_url},
+    )
+
+
+def events(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action).order_by("id"))
+
+
+def backup_codes_on(page: str) -> list[str]:
+    return re.findall(r"<code>([a-z2-9]{4}(?:-[a-z2-9]{4}){3})</code>", page)
+
+
+@pytest.fixture
+def kra_user(db):
+    user = UserFactory(username="karl")
+    user.groups.add(Group.objects.get_or_create(name="Key recovery agents")[0])
+    return user
+
+
+# --- who must -------------------------------------------------------------------------
+
+
+def test_officers_agents_staff_and_superusers_must_and_employees_need_not(
+    employee, officer, kra_user, admin_user
+):
+    staff = UserFactory(username="stan", is_staff=True)
+
+    assert [mfa.state_for(u).required for u in (officer, kra_user, admin_user, staff)] == [True] * 4
+    assert not mfa.state_for(employee).asked
+
+
+@pytest.mark.parametrize(
+    ("policy", "employee_must", "officer_must"),
+    [("everyone", True, True), ("nobody", False, False), ("officers", False, True)],
+)
+def test_the_policy_setting_says_who_must(
+    employee, officer, settings, policy, employee_must, officer_must
+):
+    settings.PKIPORTAL_MFA_REQUIRED_FOR = policy
+
+    assert mfa.state_for(employee).required is employee_must
+    assert mfa.state_for(officer).required is officer_must
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PKIPORTAL_MFA_REQUIRED_FOR", "admins"),
+        ("PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON", "yes"),
+        ("PKIPORTAL_MFA_KEY", "too short"),
+    ],
+)
+def test_bad_settings_stop_the_portal(load_settings, name, value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match=name):
+        load_settings(**{name: value})
+
+
+def test_the_settings_defaults(load_settings):
+    loaded = load_settings()
+
+    assert loaded["PKIPORTAL_MFA_REQUIRED_FOR"] == "officers"
+    assert loaded["PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON"] == "amr"
+    assert loaded["PKIPORTAL_MFA_KEYS"] == []
+    assert load_settings(PKIPORTAL_MFA_KEY="a" * 32 + ", " + "b" * 40)["PKIPORTAL_MFA_KEYS"] == [
+        "a" * 32,
+        "b" * 40,
+    ]
+
+
+# --- who may reach which page -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [*PAGES.values()])
+def test_anonymous_people_are_sent_to_sign_in(anonymous_client, path):
+    response = anonymous_client.get(path)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_anonymous_posts_are_sent_to_sign_in_and_change_nothing(anonymous_client, path):
+    response = anonymous_client.post(path, {"confirm": "on"})
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+    assert not AuditEvent.objects.filter(action__startswith="mfa.").exists()
+
+
+def test_an_employee_without_one_goes_anywhere_and_may_set_one_up(employee_client):
+    assert employee_client.get("/certificates/").status_code == 200
+    assert employee_client.get(PAGES["overview"]).status_code == 200
+    assert employee_client.get(PAGES["setup"]).status_code == 200
+    # Nothing to verify with: the second step sends them to set-up.
+    assert employee_client.get(PAGES["verify"])["Location"].startswith(PAGES["setup"])
+
+
+@pytest.mark.parametrize("path", ["/", "/ra/requests/", "/certificates/", "/admin/", "/account/"])
+def test_an_officer_without_a_second_factor_is_sent_to_set_one_up(officer, path):
+    response = signed_in_only(officer).get(path)
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{PAGES['setup']}?next={path.replace('/', '%2F')}"
+
+
+@pytest.mark.parametrize("path", ["/", "/ra/requests/", "/admin/", PAGES["setup"], "/account/"])
+def test_an_officer_with_one_must_enter_a_code_first(officer, path):
+    authenticator(officer)
+
+    response = signed_in_only(officer).get(path)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"{PAGES['verify']}?next=")
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_an_unverified_officer_changes_nothing(officer, path):
+    device, _seed = authenticator(officer)
+
+    response = signed_in_only(officer).post(path, {"confirm": "on"})
+
+    assert response.status_code == 302
+    assert response["Location"] == PAGES["verify"]
+    assert TotpDevice.objects.get() == device
+    assert not AuditEvent.objects.filter(action__startswith="mfa.").exists()
+
+
+def test_an_unverified_session_still_signs_out_and_reaches_the_public_repository(
+    officer, hierarchy
+):
+    client = signed_in_only(officer)
+
+    assert client.get("/pki/issuing.crt").status_code == 200
+    assert client.get("/static/css/portal.css").status_code == 200
+    assert client.post("/accounts/logout/").status_code == 200
+    assert client.get("/certificates/")["Location"].startswith("/accounts/login/")
+
+
+def test_a_verified_officer_reaches_the_ra_console_and_their_account(officer_client):
+    assert officer_client.get("/ra/requests/").status_code == 200
+    page = officer_client.get(PAGES["overview"])
+    assert page.status_code == 200
+    assert "cannot be removed" in page.content.decode()
+
+
+def test_a_verified_officer_may_not_remove_it_but_an_employee_may(officer_client, employee):
+    refused = officer_client.post(POSTS[1], {"confirm": "on"}, follow=True)
+    assert "not remove it" in refused.content.decode()
+    assert TotpDevice.objects.count() == 1
+
+    authenticator(employee)
+    client = verified_login(Client(), employee)
+    assert client.post(POSTS[1], {"confirm": "on"}).status_code == 302
+    assert not TotpDevice.objects.filter(user=employee).exists()
+    assert events("mfa.device_remove")[0].object_id == str(employee.pk)
+
+
+def test_removing_needs_the_box_ticked(employee):
+    authenticator(employee)
+    client = verified_login(Client(), employee)
+
+    client.post(POSTS[1], {})
+
+    assert TotpDevice.objects.filter(user=employee).exists()
+
+
+def test_the_forms_need_the_csrf_token(officer):
+    authenticator(officer)
+    client = verified_login(Client(enforce_csrf_checks=True), officer)
+
+    assert client.post(POSTS[0]).status_code == 403
+    assert client.post(PAGES["verify"], {"code": "123456"}).status_code in (302, 403)
+    assert not events("mfa.backup_codes_regenerate")
+
+
+# --- the whole flow through the views ------------------------------------------------------
+
+
+def test_an_officer_signs_in_sets_up_an_app_and_reaches_the_ra_console(officer):
+    client = Client()
+
+    signed_in = sign_in(client, "olivia")
+    assert signed_in["Location"] == f"{PAGES['setup']}?next=%2Fra%2Frequests%2F"
+
+    page = client.get(signed_in["Location"])
+    assert page.status_code == 200
+    assert "no-store" in page["Cache-Control"]  # it carries the seed
+    text = page.content.decode()
+    assert "<svg" in text
+    assert "<script" not in text.split("<main", 1)[1]
+    pending = TotpDevice.objects.get(user=officer, confirmed=False)
+    seed = seed_of(pending)
+    assert mfa.base32_secret(pending) in text
+    # A reload shows the same seed: the phone that scanned it still matches.
+    assert mfa.base32_secret(pending) in client.get(PAGES["setup"]).content.decode()
+
+    wrong = client.post(PAGES["setup"], {"code": "000000" if code(seed) != "000000" else "111111"})
+    assert wrong.status_code == 400
+    with time_machine.travel(timezone.now() + timedelta(seconds=3)):
+        done = client.post(PAGES["setup"], {"code": code(seed), "next": "/ra/requests/"})
+
+    assert done.status_code == 200
+    assert "no-store" in done["Cache-Control"]
+    codes = backup_codes_on(done.content.decode())
+    assert len(codes) == 10
+    assert len(set(codes)) == 10
+    assert 'href="/ra/requests/"' in done.content.decode()
+    assert client.get("/ra/requests/").status_code == 200
+    added = events("mfa.device_add")
+    assert [(e.actor_id, e.object_id, e.detail["replaced"]) for e in added] == [
+        (officer.pk, str(officer.pk), False)
+    ]
+    # Nothing of the codes in the trail.
+    assert not any(c in str(e.detail) for e in AuditEvent.objects.all() for c in codes)
+
+
+def test_the_second_step_keeps_where_the_person_was_going(officer):
+    _device, seed = authenticator(officer)
+    client = Client()
+
+    signed_in = sign_in(client, "olivia", "/ra/requests/")
+    assert signed_in["Location"] == f"{PAGES['verify']}?next=%2Fra%2Frequests%2F"
+    assert client.get("/ra/requests/").status_code == 302  # not yet
+
+    verified = client.post(PAGES["verify"], {"code": code(seed), "next": "/ra/requests/"})
+
+    assert verified["Location"] == "/ra/requests/"
+    assert client.get("/ra/requests/").status_code == 200
+
+
+def test_the_second_step_never_sends_people_off_site(officer):
+    _device, seed = authenticator(officer)
+    client = signed_in_only(officer)
+
+    verified = client.post(PAGES["verify"], {"code": code(seed), "next": "https://evil.example/"})
+
+    assert verified["Location"] == "/"
+
+
+def test_a_code_works_once_and_a_wrong_code_is_throttled_and_audited(officer):
+    _device, seed = authenticator(officer)
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        first = signed_in_only(officer)
+        right = code(seed)
+        assert first.post(PAGES["verify"], {"code": right})["Location"] == "/"
+
+        # The same code again, in another sign-in: replay refused.
+        second = signed_in_only(officer)
+        replay = second.post(PAGES["verify"], {"code": right})
+        assert replay.status_code == 400
+        # Now throttled: even a right code waits a second.
+        throttled = second.post(PAGES["verify"], {"code": code(seed, at=now.timestamp() + 30)})
+        assert throttled.status_code == 429
+        assert "wait" in throttled.content.decode()
+    with time_machine.travel(now + timedelta(seconds=31), tick=False):
+        later = second.post(PAGES["verify"], {"code": code(seed, at=now.timestamp() + 31)})
+        assert later.status_code == 302
+
+    failures = events("mfa.verify")
+    assert [(e.outcome, e.detail["kind"], e.detail["failures"]) for e in failures] == [
+        ("failure", "totp", 1)
+    ]  # the throttled refusal is not an event of its own
+
+
+def test_a_backup_code_signs_in_once(officer):
+    client = verified_login(Client(), officer)
+    codes = backup_codes_on(client.post(POSTS[0]).content.decode())
+    assert len(codes) == 10
+
+    used = signed_in_only(officer).post(PAGES["verify"], {"code": codes[3].upper()})
+    assert used["Location"] == "/"
+    with time_machine.travel(timezone.now() + timedelta(seconds=5)):
+        again = signed_in_only(officer).post(PAGES["verify"], {"code": codes[3]})
+
+    assert again.status_code == 400
+    assert len(BackupCodeDevice.objects.get(user=officer).digests) == 9
+    assert events("mfa.backup_code_use")[0].detail["left"] == 9
+    assert events("mfa.backup_codes_regenerate")[0].actor_id == officer.pk
+
+
+def test_new_backup_codes_replace_the_old(officer):
+    client = verified_login(Client(), officer)
+    old = backup_codes_on(client.post(POSTS[0]).content.decode())
+    new = backup_codes_on(client.post(POSTS[0]).content.decode())
+
+    assert not set(old) & set(new)
+    assert signed_in_only(officer).post(PAGES["verify"], {"code": old[0]}).status_code == 400
+
+
+def test_replacing_the_app_takes_a_verified_session_and_drops_the_old_one(officer):
+    _old, old_seed = authenticator(officer)
+    client = verified_login(Client(), officer)
+
+    assert client.get(PAGES["setup"]).status_code == 200
+    pending = TotpDevice.objects.get(confirmed=False)
+    done = client.post(PAGES["setup"], {"code": code(seed_of(pending))})
+
+    assert done.status_code == 200
+    assert list(TotpDevice.objects.values_list("pk", flat=True)) == [pending.pk]
+    assert events("mfa.device_add")[0].detail["replaced"] is True
+    with time_machine.travel(timezone.now() + timedelta(seconds=60)):
+        refused = signed_in_only(officer).post(PAGES["verify"], {"code": code(old_seed)})
+    assert refused.status_code == 400
+
+
+def test_a_new_password_sign_in_asks_for_the_code_again(officer):
+    """The second factor of an earlier sign-in in this browser does not carry over."""
+    client = verified_login(Client(), officer)
+    assert client.get("/ra/requests/").status_code == 200
+
+    sign_in(client, "olivia")
+
+    assert client.get("/ra/requests/")["Location"].startswith(PAGES["verify"])
+
+
+def test_an_employee_who_set_one_up_is_asked_at_every_sign_in(employee):
+    _device, seed = authenticator(employee)
+    client = Client()
+
+    signed_in = sign_in(client, "alice", "/certificates/")
+
+    assert signed_in["Location"] == f"{PAGES['verify']}?next=%2Fcertificates%2F"
+    assert client.get("/certificates/").status_code == 302
+    assert client.post(PAGES["verify"], {"code": code(seed)})["Location"] == "/"
+
+
+def test_axes_still_counts_wrong_passwords_before_any_second_step(officer, settings):
+    authenticator(officer)
+    client = Client()
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        client.post("/accounts/login/", {"username": "olivia", "password": "guess"})
+
+    assert sign_in(client, "olivia").status_code == 429
+
+
+# --- nothing usable in the database ----------------------------------------------------------
+
+
+def test_the_seed_and_backup_codes_are_not_in_the_database_in_clear(officer):
+    device, seed = authenticator(officer)
+    client = verified_login(Client(), officer)
+    codes = backup_codes_on(client.post(POSTS[0]).content.decode())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sealed_key FROM accounts_totpdevice WHERE id = %s", [device.pk])
+        (raw,) = cursor.fetchone()
+        cursor.execute("SELECT digests::text FROM accounts_backupcodedevice")
+        (digests,) = cursor.fetchone()
+    stored = bytes(raw)
+
+    for form in (seed, seed.hex().encode(), base64.b32encode(seed), base64.b64encode(seed)):
+        assert form not in stored
+    assert stored.startswith(b"gAAAAA")  # a Fernet token
+    assert mfa.unseal(stored) == seed
+    for one in codes:
+        assert one not in digests
+        assert one.replace("-", "") not in digests
+
+
+def test_a_rotated_secret_key_still_opens_seeds_and_reseal_moves_them(officer, settings):
+    device, seed = authenticator(officer)
+    old = settings.SECRET_KEY
+    settings.SECRET_KEY = "a brand new secret key " * 3
+    settings.SECRET_KEY_FALLBACKS = [old]
+
+    assert mfa.unseal(bytes(TotpDevice.objects.get().sealed_key)) == seed
+    assert mfa.reseal_all() == (1, 0)
+
+    settings.SECRET_KEY_FALLBACKS = []
+    assert mfa.unseal(bytes(TotpDevice.objects.get().sealed_key)) == seed
+
+
+def test_a_lost_key_makes_the_code_unverifiable_not_a_crash(officer, settings):
+    authenticator(officer)
+    settings.PKIPORTAL_MFA_KEYS = ["another key of at least thirty-two characters"]
+
+    with pytest.raises(mfa.SecondFactorError, match="reset"):
+        mfa.unseal(bytes(TotpDevice.objects.get().sealed_key))
+    assert mfa.reseal_all() == (0, 1)
+
+
+# --- the API ------------------------------------------------------------------------------
+
+
+def basic(username: str, **headers: str) -> dict[str, str]:
+    credentials = base64.b64encode(f"{username}:{PASSWORD}".encode()).decode()
+    return {"HTTP_AUTHORIZATION": f"Basic {credentials}", **headers}
+
+
+def test_basic_auth_mints_for_an_officer_only_with_a_code(officer):
+    _device, seed = authenticator(officer)
+    api = token_client(None)
+
+    missing = api.post(TOKEN, **basic("olivia"))
+    assert missing.status_code == 401
+    assert missing.json()["missing"] == "second_factor"
+    assert "X-OTP-Code" in missing.json()["detail"]
+    assert missing["X-OTP-Code"] == "required"
+
+    wrong = api.post(TOKEN, **basic("olivia", HTTP_X_OTP_CODE="12345x"))
+    assert wrong.status_code == 401
+    assert not AuthToken.objects.exists()
+
+    with time_machine.travel(timezone.now() + timedelta(seconds=3)):
+        minted = api.post(TOKEN, **basic("olivia", HTTP_X_OTP_CODE=code(seed)))
+    assert minted.status_code == 200
+    assert AuthToken.objects.get().user == officer
+    assert [e.detail["via"] for e in events("mfa.verify")] == ["api"]
+
+
+def test_basic_auth_is_throttled_per_device(officer):
+    _device, seed = authenticator(officer)
+    api = token_client(None)
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        api.post(
+            TOKEN,
+            **basic("olivia", HTTP_X_OTP_CODE="000000" if code(seed) != "000000" else "111111"),
+        )
+        throttled = api.post(TOKEN, **basic("olivia", HTTP_X_OTP_CODE=code(seed)))
+
+    assert throttled.status_code == 429
+    assert throttled["Retry-After"] == "1"
+    assert not AuthToken.objects.exists()
+
+
+def test_an_officer_without_a_second_factor_mints_nothing(officer):
+    refused = token_client(None).post(TOKEN, **basic("olivia"))
+
+    assert refused.status_code == 403
+    assert refused.json()["missing"] == "second_factor"
+
+
+def test_an_employee_mints_with_the_password_alone(employee):
+    assert token_client(None).post(TOKEN, **basic("alice")).status_code == 200
+
+
+def test_an_unverified_session_is_refused_with_json_naming_the_second_factor(officer):
+    authenticator(officer)
+    client = session_client(None)
+    client.force_login(officer)
+
+    for response in (client.get(CERTIFICATES), client.post(TOKEN)):
+        assert response.status_code == 403
+        body = response.json()
+        assert body["missing"] == "second_factor"
+        assert body["url"] == PAGES["verify"]
+    assert not AuthToken.objects.exists()
+
+
+def test_a_verified_session_mints_and_a_token_works_whatever_the_session(officer):
+    client = session_client(officer)
+
+    assert client.get(CERTIFICATES).status_code == 200
+    assert client.post(TOKEN).status_code == 200
+    assert token_client(officer).get(CERTIFICATES).status_code == 200
+
+
+def test_the_verified_moment_counts_as_the_recent_sign_in(officer, settings):
+    """A token from a session asks for a recent sign-in: with a second factor, that is the
+    moment the code was confirmed, not the password's."""
+    _device, seed = authenticator(officer)
+    client = Client()
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        sign_in(client, "olivia")
+    later = start + timedelta(minutes=settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES - 1)
+    with time_machine.travel(later, tick=False):
+        client.post(PAGES["verify"], {"code": code(seed, at=later.timestamp())})
+    with time_machine.travel(later + timedelta(minutes=5), tick=False):
+        page = client.post("/account/tokens/new/", {"label": "ci", "lifetime_days": 7})
+
+    assert page.status_code == 200
+    assert AuthToken.objects.filter(user=officer).count() == 1
+
+
+# --- the administrator's reset ---------------------------------------------------------------
+
+
+def reset_url(user) -> str:
+    return f"/admin/accounts/user/{user.pk}/two-factor/reset/"
+
+
+def test_an_administrator_resets_someone_elses_second_factor(admin_client_, admin_user, officer):
+    authenticator(officer)
+    verified_login(Client(), officer)  # backup codes too
+    mfa._replace_backup_codes(officer)
+
+    change = admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+    assert reset_url(officer) in change
+    assert "Yes, reset it" in admin_client_.get(reset_url(officer)).content.decode()
+    done = admin_client_.post(reset_url(officer))
+
+    assert done.status_code == 302
+    assert not TotpDevice.objects.filter(user=officer).exists()
+    assert not BackupCodeDevice.objects.filter(user=officer).exists()
+    (event,) = events("mfa.reset")
+    assert (event.actor_id, event.object_id, event.detail) == (
+        admin_user.pk,
+        str(officer.pk),
+        {"removed": True, "via": "admin"},
+    )
+    # Next sign-in: set up a new one.
+    assert signed_in_only(officer).get("/")["Location"].startswith(PAGES["setup"])
+
+
+def test_nobody_resets_their_own(admin_client_, admin_user):
+    assert admin_client_.post(reset_url(admin_user)).status_code == 403
+    assert TotpDevice.objects.filter(user=admin_user).exists()
+    assert not events("mfa.reset")
+
+
+def test_staff_without_the_permission_or_below_a_superuser_may_not(admin_user, officer):
+    from django.contrib.auth.models import Permission
+
+    authenticator(officer)
+    staff = UserFactory(username="stan", is_staff=True)
+    client = verified_login(Client(), staff)
+    assert client.post(reset_url(officer)).status_code == 403
+
+    staff.user_permissions.add(Permission.objects.get(codename="change_user"))
+    authenticator(admin_user)
+    assert client.post(reset_url(admin_user)).status_code == 403
+    assert client.post(reset_url(officer)).status_code == 302
+    assert TotpDevice.objects.filter(user=admin_user).exists()
+    assert not TotpDevice.objects.filter(user=officer).exists()
+
+
+@pytest.mark.parametrize("who", ["anonymous", "employee", "officer"])
+def test_non_staff_never_reach_the_reset(who, employee, officer, admin_user):
+    authenticator(admin_user)
+    client = {
+        "anonymous": Client(),
+        "employee": verified_login(Client(), employee),
+        "officer": verified_login(Client(), officer),
+    }[who]
+
+    response = client.post(reset_url(admin_user))
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+    assert TotpDevice.objects.filter(user=admin_user).exists()
+
+
+def test_an_unverified_administrator_cannot_use_the_admin(admin_user, officer):
+    authenticator(officer)
+    authenticator(admin_user)
+
+    response = signed_in_only(admin_user).post(reset_url(officer))
+
+    assert response.status_code == 302
+    assert response["Location"] == PAGES["verify"]
+    assert TotpDevice.objects.filter(user=officer).exists()
