@@ -124,3 +124,21 @@ def hsm_is_not_softhsm(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             id="pkiportal.W005",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def second_factor_key_is_its_own(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Seeds sealed under a key derived from SECRET_KEY are lost with it: a SECRET_KEY
+    rotated without SECRET_KEY_FALLBACKS would lock every officer out of the portal."""
+    if settings.PKIPORTAL_MFA_KEYS:
+        return []
+    return [
+        Warning(
+            "PKIPORTAL_MFA_KEY is not set: second-factor seeds are sealed under a key derived "
+            "from SECRET_KEY.",
+            hint="Set PKIPORTAL_MFA_KEY (or _FILE) to a secret of its own and run "
+            "`manage.py mfa_reseal`; or, when you rotate SECRET_KEY, keep the old one in "
+            "SECRET_KEY_FALLBACKS until mfa_reseal has run.",
+            id="pkiportal.W006",
+        )
+    ]

@@ -599,3 +599,30 @@ def test_an_unverified_administrator_cannot_use_the_admin(admin_user, officer):
     assert response.status_code == 302
     assert response["Location"] == PAGES["verify"]
     assert TotpDevice.objects.filter(user=officer).exists()
+
+
+def test_the_deploy_check_warns_while_seeds_hang_on_secret_key(settings):
+    from enrollment.checks import second_factor_key_is_its_own
+
+    settings.PKIPORTAL_MFA_KEYS = []
+    assert [w.id for w in second_factor_key_is_its_own()] == ["pkiportal.W006"]
+    settings.PKIPORTAL_MFA_KEYS = ["k" * 32]
+    assert second_factor_key_is_its_own() == []
+
+
+def test_mfa_reseal_moves_seeds_to_a_new_key_and_names_the_unopenable(officer, settings):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    _device, seed = authenticator(officer)
+    settings.PKIPORTAL_MFA_KEYS = ["new key " * 5, settings.SECRET_KEY]
+    out = StringIO()
+    call_command("mfa_reseal", stdout=out)
+    assert "Resealed 1" in out.getvalue()
+
+    settings.PKIPORTAL_MFA_KEYS = ["new key " * 5]
+    assert mfa.unseal(bytes(TotpDevice.objects.get().sealed_key)) == seed
+    settings.PKIPORTAL_MFA_KEYS = ["yet another key " * 3]
+    with pytest.raises(CommandError, match="could not be opened"):
+        call_command("mfa_reseal", stdout=out)

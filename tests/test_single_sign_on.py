@@ -194,6 +194,38 @@ def test_the_callback_signs_the_browser_in_to_the_named_account(browser_sign_in,
     assert dora.last_name == "Martin"
 
 
+@pytest.mark.parametrize(
+    ("trust", "amr", "verified"),
+    [
+        ("amr", ["pwd", "mfa"], True),
+        ("amr", ["hwk"], True),
+        ("amr", ["pwd"], False),
+        ("amr", None, False),
+        ("amr", "mfa", False),  # not a list, as RFC 8176 has it
+        ("always", None, True),
+        ("never", ["pwd", "otp"], False),
+    ],
+)
+def test_a_single_sign_on_counts_as_the_second_factor_when_the_provider_says_so(
+    browser_sign_in, client, monkeypatch, settings, trust, amr, verified
+):
+    """An officer signing in through the provider: its ID token's amr claim says whether it
+    checked a second factor (PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON)."""
+    settings.PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON = trust
+    token = {"nonce": "n0nce"} | ({} if amr is None else {"amr": amr})
+    monkeypatch.setattr(PortalOIDCBackend, "verify_token", lambda self, t, **kwargs: token)
+
+    assert browser_sign_in(CLAIMS).status_code == 302
+    response = client.get("/ra/requests/")
+
+    assert "pkiportal_oidc_amr" not in client.session  # kept only until login()
+    if verified:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 302
+        assert response["Location"].startswith("/account/two-factor/setup/")
+
+
 def test_the_callback_refuses_another_accounts_address(browser_sign_in, client, admin_user):
     before = snapshot(admin_user)
 

@@ -792,6 +792,34 @@ def test_create_demo_data_is_idempotent_and_prints_the_logins(settings, tmp_path
         )
 
 
+def test_the_demo_officers_get_an_authenticator_whose_printed_key_signs_them_in(settings, tmp_path):
+    """olivia, karl and admin must confirm a code: the demo prints each one's key, every
+    run, and a code made from it completes their sign-in."""
+    import base64
+
+    from django.test import Client
+
+    from accounts.models import TotpDevice
+    from tests.second_factor import code
+
+    settings.VAR_DIR = tmp_path
+    first = run("create_demo_data", key_algorithm="ec-p256")
+    second = run("create_demo_data", key_algorithm="ec-p256")
+
+    keys = dict(re.findall(r"^  (\w+) +key ([A-Z2-7]+)$", first, re.MULTILINE))
+    assert set(keys) == {"olivia", "karl", "admin"}
+    assert dict(re.findall(r"^  (\w+) +key ([A-Z2-7]+)$", second, re.MULTILINE)) == keys
+    assert TotpDevice.objects.filter(confirmed=True).count() == 3
+    client = Client()
+    signed_in = client.post(
+        "/accounts/login/", {"username": "olivia", "password": "olivia-demo-2026"}
+    )
+    assert signed_in["Location"].startswith("/account/two-factor/verify/")
+    seed = base64.b32decode(keys["olivia"])
+    assert client.post("/account/two-factor/verify/", {"code": code(seed)}).status_code == 302
+    assert client.get("/ra/requests/").status_code == 200
+
+
 def test_create_demo_data_uses_the_configured_country(settings, tmp_path):
     settings.VAR_DIR = tmp_path
     settings.PKIPORTAL_COUNTRY_NAME = "NL"

@@ -18,6 +18,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from accounts import mfa
+from accounts.models import TotpDevice
 from enrollment import services
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
@@ -113,6 +115,7 @@ class Command(BaseCommand):
         kra_password = self._key_recovery_agent(users["karl"], demo_dir / "demo")
         self._certificates(users)
         self._print_summary(kra_password, demo_dir / "demo" / "kra.p12")
+        self._print_second_factors(users)
 
     @transaction.atomic
     def _accounts(self, domain: str) -> dict[str, Any]:
@@ -175,6 +178,30 @@ class Command(BaseCommand):
                 key_algorithm=KeyAlgorithm.EC_P256,
                 pkcs12_password=secrets.token_urlsafe(12),  # demo only: nobody needs this key
             )
+
+    def _print_second_factors(self, users: dict[str, Any]) -> None:
+        """The demo officers must confirm a code after their password (PKIPORTAL_MFA_REQUIRED_FOR):
+        each gets an authenticator once, and its key is printed at every run, like the
+        passwords, so a person trying the portal adds it to a phone app (or oathtool)."""
+        asked = [user for user in users.values() if mfa.state_for(user).required]
+        if not asked:
+            return
+        out = self.stdout
+        out.write(
+            self.style.SUCCESS("Second factor of the demo officers (add to an authenticator app):")
+        )
+        for user in asked:
+            device = mfa.confirmed_totp(user)
+            if device is None:
+                device = TotpDevice.objects.create(
+                    user=user,
+                    name="Demo authenticator",
+                    sealed_key=mfa.seal(secrets.token_bytes(mfa.SEED_BYTES)),
+                )
+            key = mfa.base32_secret(device).replace(" ", "")
+            out.write(f"  {user.get_username():<8} key {key}")
+            out.write(f"           {mfa.otpauth_url(device)}")
+        out.write("  A code now, without a phone: oathtool --totp -b KEY")
 
     def _print_summary(self, kra_password: str | None, kra_path: Path) -> None:
         out = self.stdout
