@@ -1,0 +1,49 @@
+"""An RA officer's first sign-in in a real browser: password, then an authenticator app
+set up from the page (the key read off it, the code computed as a phone would), the backup
+codes shown once, and on to the RA console. Under the portal's Content-Security-Policy:
+the QR code is inline SVG, no script, no inline style."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tests.browser.test_content_security_policy import violations
+from tests.browser.test_enrol_in_browser import CHROMIUM, SIGN_IN_PASSWORD, chromium_page
+from tests.second_factor import code
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium"
+    ),
+]
+
+
+def test_an_officer_sets_up_an_authenticator_app_and_reaches_the_ra_console(live_server, officer):
+    with chromium_page() as page:
+        console = []
+        page.on("console", lambda message: console.append(message))
+        page.goto(f"{live_server.url}/accounts/login/?next=/ra/requests/")
+        page.fill("#id_username", officer.username)
+        page.fill("#id_password", SIGN_IN_PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(f"{live_server.url}/account/two-factor/setup/?next=%2Fra%2Frequests%2F")
+        qr = page.locator("figure.qr svg").bounding_box()
+        key = page.inner_text("#totp-secret").replace(" ", "")
+        # What the phone shows for that key now.
+        page.fill("#id_code", code(base64.b32decode(key)))
+        page.click("button:has-text('Confirm')")
+        page.wait_for_selector("ol.backup-codes")
+        backup_codes = page.locator("ol.backup-codes li").count()
+        page.click("text=I have kept them: continue")
+        page.wait_for_url(f"{live_server.url}/ra/requests/")
+        heading = page.inner_text("h1")
+
+    assert qr is not None
+    assert qr["width"] >= 150  # large enough to scan
+    assert backup_codes == 10
+    assert heading
+    assert not violations(console)
