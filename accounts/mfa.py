@@ -463,7 +463,8 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
     """
     text = code.strip()
     digits = text.replace(" ", "")
-    kind = "totp" if digits.isascii() and digits.isdigit() else "backup_code"
+    six_digits = len(digits) == TotpDevice.DIGITS and digits.isascii() and digits.isdigit()
+    kind = "totp" if six_digits else "backup_code"
     device: Any = confirmed_totp(user) if kind == "totp" else backup_codes(user)
     if device is None:
         check = Check(ok=False, kind=kind)
