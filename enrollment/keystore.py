@@ -166,7 +166,16 @@ def discard_key(backend: str, reference: str) -> None:
 def _ca_key(ca: CertificateAuthority) -> keys.PrivateKey:
     if not ca.is_online or not ca.key_reference:
         raise KeyStoreError(f"{ca.name} is offline: its key is not on this server.")
-    return _backend(ca.key_backend).load(ca.key_reference)
+    key = _backend(ca.key_backend).load(ca.key_reference)
+    if _is_token_key(key) and key.public_key() != ca.certificate.public_key():
+        # A token key verifies each signature with its public key (keystore_pkcs11): that
+        # must be the certificate's, or a certificate's signature could fail relying parties.
+        raise keystore_pkcs11.TokenSignatureInvalid()
+    return key
+
+
+def _is_token_key(key: keys.PrivateKey) -> bool:
+    return isinstance(key, keystore_pkcs11.TokenEcKey | keystore_pkcs11.TokenRsaKey)
 
 
 @sensitive_variables()  # as FileKeyBackend.store
@@ -184,7 +193,7 @@ def _offline_key(offline: OfflineKey) -> keys.PrivateKey:
 def _check_pair(certificate: x509.Certificate, key: keys.PrivateKey) -> None:
     if certificate.public_key() != key.public_key():
         raise KeyStoreError("The key does not belong to this CA's certificate.")
-    if isinstance(key, keystore_pkcs11.TokenEcKey | keystore_pkcs11.TokenRsaKey):
+    if _is_token_key(key):
         # The public half came from an object beside the key: prove the key itself.
         keystore_pkcs11.check_pair(key, certificate.public_key())
 
@@ -264,8 +273,10 @@ def create_issuing(
         else:
             reference, token_key = backend.generate(label=label, algorithm=algorithm)
         try:
+            # The token signs a challenge its public key verifies before the root certifies
+            # that public key: the root never vouches for a key the token does not hold.
+            keystore_pkcs11.check_pair(token_key, token_key.public_key())
             certificate = certify(token_key.public_key())
-            keystore_pkcs11.check_pair(token_key, certificate.public_key())
         except BaseException:
             backend.discard(reference)  # only a key generated just now
             raise

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -96,16 +96,25 @@ class TokenKeySelector:
 
     @classmethod
     def from_uri(cls, reference: str) -> TokenKeySelector:
-        if not reference.startswith("pkcs11:"):
-            raise KeyStoreError(f"Invalid PKCS#11 key reference {reference!r}.")
-        fields: dict[str, str] = {}
-        for part in reference[len("pkcs11:") :].split(";"):
-            name, _, value = part.partition("=")
-            fields[name] = value
-        return cls(
-            label=unquote(fields.get("object", "")),
-            id=unquote(fields.get("id", ""), encoding="latin-1").encode("latin-1"),
-        )
+        """The selector a CA row's key_reference names; anything malformed is a
+        KeyStoreError (an odd reference must fail /health/'s check, never crash it)."""
+        invalid = KeyStoreError(f"Invalid PKCS#11 key reference {reference!r}.")
+        # RFC 7512 URIs are ASCII: a label's other characters come percent-encoded.
+        if not reference.startswith("pkcs11:") or not reference.isascii():
+            raise invalid
+        try:
+            fields: dict[str, str] = {}
+            for part in reference[len("pkcs11:") :].split(";"):
+                name, _, value = part.partition("=")
+                fields[name] = value
+            return cls(
+                label=unquote(fields.get("object", ""), errors="strict"),
+                id=unquote_to_bytes(fields.get("id", "")),
+            )
+        except KeyStoreError:
+            raise
+        except Exception:  # noqa: BLE001 - a bad escape, bad UTF-8: all the same to us
+            raise invalid from None
 
     def describe(self) -> str:
         named = []
@@ -426,18 +435,43 @@ def _signing_key(state: _Process, reference: str) -> Any:
 # --- keys as cryptography sees them -------------------------------------------------------
 
 
-# Prehashed keeps its hash private: the digest's size names it among the hashes we sign with.
-_PREHASHED = {32: hashes.SHA256(), 48: hashes.SHA384(), 64: hashes.SHA512()}
+# The hashes a CA signs with (S/MIME BR 7.1.3.2), by exact type: never SHA-1, and
+# nothing the DigestInfo table above does not name.
+_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
 
-def _digest(data: bytes, algorithm: Any) -> tuple[bytes, hashes.HashAlgorithm]:
+def _allowed_hash(algorithm: object) -> hashes.HashAlgorithm:
+    if type(algorithm) not in _HASHES:
+        name = getattr(algorithm, "name", type(algorithm).__name__)
+        raise KeyStoreError(
+            f"A CA key in the HSM signs with SHA-256, SHA-384 or SHA-512 only, not {name}."
+        )
+    assert isinstance(algorithm, hashes.HashAlgorithm)
+    return algorithm
+
+
+def _digest(data: bytes, algorithm: object) -> tuple[bytes, hashes.HashAlgorithm]:
     if isinstance(algorithm, utils.Prehashed):
-        if len(data) != algorithm.digest_size or len(data) not in _PREHASHED:
+        # Prehashed keeps its hash private (no public accessor): read it, or refuse. A
+        # digest's length does not name its hash (SHA3-256 is as long as SHA-256).
+        chosen = _allowed_hash(getattr(algorithm, "_algorithm", None))
+        if len(data) != chosen.digest_size:
             raise KeyStoreError("The digest to sign has the wrong size.")
-        return data, _PREHASHED[len(data)]
-    hasher = hashes.Hash(algorithm)
+        return data, chosen
+    chosen = _allowed_hash(algorithm)
+    hasher = hashes.Hash(chosen)
     hasher.update(data)
-    return hasher.finalize(), algorithm
+    return hasher.finalize(), chosen
+
+
+class TokenSignatureInvalid(KeyStoreError):
+    """The token's signature does not verify with the key's public key: another key sits
+    under the reference, or the HSM is faulty. Nothing it signed may leave."""
+
+    default_message = (
+        "The key in the HSM does not belong to this CA's certificate: its signature does "
+        "not verify with the CA's public key (another key, or a faulty HSM)."
+    )
 
 
 def _token_sign(reference: str, payload: bytes, mechanism: str) -> bytes:
@@ -470,12 +504,18 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
     ) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise KeyStoreError("An EC key in the HSM signs ECDSA only.")
-        digest, _ = _digest(bytes(data), signature_algorithm.algorithm)
+        digest, chosen = _digest(bytes(data), signature_algorithm.algorithm)
         raw = _token_sign(self._reference, digest, "ECDSA")
         half = len(raw) // 2  # PKCS#11 gives r || s; X.509 wants Ecdsa-Sig-Value
-        return utils.encode_dss_signature(
+        signature = utils.encode_dss_signature(
             int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         )
+        # Checked before anything carries it: ~0.1 ms against a token's round trip.
+        try:
+            self._public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(chosen)))
+        except InvalidSignature:
+            raise TokenSignatureInvalid() from None
+        return signature
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public_key
@@ -523,10 +563,12 @@ class TokenRsaKey(rsa.RSAPrivateKey):
         if not isinstance(padding_, padding.PKCS1v15):
             raise KeyStoreError("An RSA CA key in the HSM signs PKCS#1 v1.5 only.")
         digest, chosen = _digest(bytes(data), algorithm)
-        prefix = _DIGEST_INFO.get(chosen.name)
-        if prefix is None:
-            raise KeyStoreError(f"An RSA CA key does not sign with {chosen.name}.")
-        return _token_sign(self._reference, prefix + digest, "RSA_PKCS")
+        signature = _token_sign(self._reference, _DIGEST_INFO[chosen.name] + digest, "RSA_PKCS")
+        try:  # as TokenEcKey.sign: no signature leaves unchecked
+            self._public_key.verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(chosen))
+        except InvalidSignature:
+            raise TokenSignatureInvalid() from None
+        return signature
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public_key
@@ -722,6 +764,4 @@ def check_pair(key: keys.PrivateKey, public_key: keys.PublicKey) -> None:
                 digest,
             )
     except (InvalidSignature, AssertionError):
-        raise KeyStoreError(
-            "The key in the HSM does not belong to this CA's certificate."
-        ) from None
+        raise TokenSignatureInvalid() from None

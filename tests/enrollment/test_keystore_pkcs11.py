@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from enrollment import keystore, keystore_pkcs11, services
 from enrollment.exceptions import KeyStoreError
-from enrollment.models import AuditEvent, CertificateAuthority, CertificateTemplate
+from enrollment.models import AuditEvent, Certificate, CertificateAuthority, CertificateTemplate
 from enrollment.x509 import builder, crl_fast
 from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import ROOT_PASSPHRASE, client_for
@@ -477,6 +477,102 @@ def test_the_public_object_is_not_trusted_to_prove_the_pair(hsm_hierarchy, monke
 
     with pytest.raises(KeyStoreError, match="does not belong to this CA's certificate"):
         keystore.check_ca_key(issuing)
+
+
+def _stranger_signs(monkeypatch) -> None:
+    """The token answers with signatures by another key (a swapped key, a faulty HSM)."""
+    stranger = new_key()
+
+    def stranger_signs(reference: str, digest: bytes, mechanism: str) -> bytes:
+        der = stranger.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        r, s = utils.decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    monkeypatch.setattr(keystore_pkcs11, "_token_sign", stranger_signs)
+
+
+def test_a_token_signature_that_does_not_verify_never_reaches_a_certificate(
+    hsm_hierarchy, employee, monkeypatch
+):
+    keystore.check_ca_key(hsm_hierarchy.issuing)
+    _stranger_signs(monkeypatch)
+    before = Certificate.objects.count()
+
+    response = token_client(employee).post(ENROLLMENTS, csr_body(new_key()), format="json")
+
+    assert response.status_code == 503, response.content
+    assert Certificate.objects.count() == before
+
+
+def test_the_token_proves_it_holds_the_key_before_the_root_certifies_it(
+    hsm, hierarchy, monkeypatch
+):
+    certified = []
+    real_build = builder.build_issuing_ca
+
+    def build_issuing_ca(**kwargs):
+        certified.append(kwargs["public_key"])
+        return real_build(**kwargs)
+
+    monkeypatch.setattr(builder, "build_issuing_ca", build_issuing_ca)
+    _stranger_signs(monkeypatch)
+
+    with pytest.raises(KeyStoreError, match="does not belong to this CA's certificate"):
+        services.issuing_ca_create(
+            spec=services.CaSpec("Test Issuing CA X", "issuing-x", KeyAlgorithm.EC_P256, 365),
+            root=hierarchy.root,
+            root_key=keystore.OfflineKey(hierarchy.root_key_path, ROOT_PASSPHRASE),
+            base_url="http://pki.example.com",
+            organization_name="Example Org",
+            country_name="GB",
+        )
+
+    assert certified == []  # the root signed nothing for it
+    assert "pkiportal-issuing-x" not in hsm.tool("--list-objects")  # and the key is gone
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "pkcs11:object=x;id=\u20ac",  # not ASCII: RFC 7512 percent-encodes
+        "pkcs11:object=%ff%fe;type=private",  # a label that is not UTF-8
+        "pkcs11:type=private",  # names no key
+        "issuing.key.pem",
+    ],
+)
+def test_a_malformed_key_reference_fails_health_and_never_crashes_it(
+    hsm_hierarchy, officer, reference
+):
+    issuing = hsm_hierarchy.issuing
+    issuing.key_reference = reference
+    issuing.save(update_fields=["key_reference"])
+
+    response = client_for(officer).get("/health/")
+
+    assert response.status_code == 503
+    entry = response.json()["checks"]["ca_keys"]["authorities"]["issuing"]
+    assert entry["status"] == "fail"
+    assert "Invalid PKCS#11 key reference" in entry["error"] or "Name the key" in entry["error"]
+
+
+def test_a_key_reference_survives_any_label_and_id():
+    for label in ["a;b=c", "100%", "é€", "x?pin-value=1", " sp ", ""]:
+        for key_id in [b"", b"\x00\xff;%", bytes(range(256))]:
+            if label or key_id:
+                selector = keystore_pkcs11.TokenKeySelector(label=label, id=key_id)
+                assert keystore_pkcs11.TokenKeySelector.from_uri(selector.uri()) == selector
+
+
+def test_an_ec_token_key_refuses_weak_and_unknown_hashes(hsm_hierarchy):
+    key = keystore._ca_key(hsm_hierarchy.issuing)
+    sha3 = hashes.Hash(hashes.SHA3_256())
+    sha3.update(b"data")
+
+    with pytest.raises(KeyStoreError, match="SHA-256, SHA-384 or SHA-512 only, not sha1"):
+        key.sign(b"data", ec.ECDSA(hashes.SHA1()))
+    # As long as a SHA-256 digest: it must not be signed as one.
+    with pytest.raises(KeyStoreError, match="not sha3-256"):
+        key.sign(sha3.finalize(), ec.ECDSA(utils.Prehashed(hashes.SHA3_256())))
 
 
 def test_without_python_pkcs11_the_error_says_what_to_install(hsm_hierarchy, monkeypatch):
