@@ -240,10 +240,11 @@ def create_issuing(
     validity_days: int,
     mail_domains: Sequence[str] = (),
     existing_key: TokenKeySelector | None = None,
+    allow_extractable_key: bool = False,
 ) -> tuple[x509.Certificate, str, str]:
     """Generate an online CA key in the backend (or take ``existing_key``, one the operator
-    made in the HSM) and have the offline root certify it, name-constrained to
-    ``mail_domains`` when given.
+    made in the HSM; one that can leave it only with ``allow_extractable_key``) and have
+    the offline root certify it, name-constrained to ``mail_domains`` when given.
 
     Returns the certificate, the backend name and the key reference.
     """
@@ -269,7 +270,9 @@ def create_issuing(
 
     if isinstance(backend, keystore_pkcs11.Pkcs11KeyBackend):
         if existing_key is not None:
-            reference, token_key = backend.adopt(existing_key)
+            reference, token_key = backend.adopt(
+                existing_key, allow_extractable=allow_extractable_key
+            )
         else:
             reference, token_key = backend.generate(label=label, algorithm=algorithm)
         try:
@@ -410,7 +413,8 @@ def check_ca_key(ca: CertificateAuthority) -> None:
 
 
 def ca_key_facts(ca: CertificateAuthority) -> KeyFacts | None:
-    """What the HSM says of an online CA's key (label, id, extractable), None for files."""
+    """What the HSM says of an online CA's key (private, sensitive, extractable, made in
+    the token), None for files."""
     if ca.key_backend != keystore_pkcs11.NAME or not ca.key_reference:
         return None
     return keystore_pkcs11.Pkcs11KeyBackend().facts(ca.key_reference)

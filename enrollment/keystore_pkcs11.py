@@ -391,21 +391,92 @@ def _attribute(obj: Any, name: Any) -> Any:
         return None
 
 
+YES, NO, UNKNOWN = "yes", "no", "unknown"
+
+
+def _flag(obj: Any, name: Any) -> str:
+    """A boolean attribute as the token states it; "unknown" when it will not say, which
+    is never taken for the safe answer."""
+    value = _attribute(obj, name)
+    if value is None:
+        return UNKNOWN
+    return YES if value else NO
+
+
 @dataclass(frozen=True)
 class KeyFacts:
-    """What the token says of a CA key: shown by the commands, recorded in the audit."""
+    """What the token says of a CA key: shown by the commands, recorded in the ca.create
+    audit event. Each flag is "yes", "no" or "unknown" (the token would not say)."""
 
     reference: str
     label: str
     id: str
-    sensitive: bool
-    extractable: bool
-    generated_in_token: bool
+    private: str  # CKA_PRIVATE: the token uses it only after login
+    sensitive: str  # CKA_SENSITIVE: its value cannot be read out
+    always_sensitive: str  # CKA_ALWAYS_SENSITIVE: and never could be
+    extractable: str  # CKA_EXTRACTABLE: it can be wrapped out
+    never_extractable: str  # CKA_NEVER_EXTRACTABLE: and never could be
+    local: str  # CKA_LOCAL: generated in the token, not imported
+
+    def refusals(self) -> list[str]:
+        """Why the portal never signs with this key."""
+        reasons = []
+        if self.private != YES:
+            reasons.append(
+                f"it is not private (CKA_PRIVATE {self.private}): it signs for anyone who "
+                "reaches the token, without the user PIN"
+            )
+        if self.sensitive != YES:
+            reasons.append(
+                f"it is not sensitive (CKA_SENSITIVE {self.sensitive}): its value can be read "
+                "out of the token"
+            )
+        return reasons
+
+    def export_risks(self) -> list[str]:
+        """Why the key may exist outside the token: refused unless the operator allows it."""
+        risks = []
+        if self.extractable != NO:
+            risks.append(f"it can be wrapped out of the token (CKA_EXTRACTABLE {self.extractable})")
+        if self.never_extractable != YES:
+            risks.append(
+                "it may have been wrapped out before (CKA_NEVER_EXTRACTABLE "
+                f"{self.never_extractable})"
+            )
+        if self.always_sensitive != YES:
+            risks.append(
+                f"its value may have been read before it was made sensitive "
+                f"(CKA_ALWAYS_SENSITIVE {self.always_sensitive})"
+            )
+        return risks
 
     def summary(self) -> str:
-        origin = "generated in the token" if self.generated_in_token else "imported"
-        extract = "extractable" if self.extractable else "never extractable"
-        return f"label {self.label!r}, id {self.id or '-'}: {origin}, {extract}"
+        origin = {YES: "generated in the token", NO: "imported"}.get(self.local, "origin unknown")
+        if self.extractable == NO and self.never_extractable == YES:
+            extract = "never extractable"
+        elif self.extractable == YES:
+            extract = "EXTRACTABLE"
+        elif self.extractable == NO:
+            extract = "not extractable now (but may have been before)"
+        else:
+            extract = "extractability unknown"
+        login = {YES: "signs after login only", NO: "signs WITHOUT login"}.get(
+            self.private, "login unknown"
+        )
+        return f"label {self.label!r}, id {self.id or '-'}: {origin}, {extract}, {login}"
+
+    def as_dict(self) -> dict[str, str]:
+        """For the audit event's detail."""
+        return {
+            "label": self.label,
+            "id": self.id,
+            "private": self.private,
+            "sensitive": self.sensitive,
+            "always_sensitive": self.always_sensitive,
+            "extractable": self.extractable,
+            "never_extractable": self.never_extractable,
+            "local": self.local,
+        }
 
 
 def _facts(reference: str, private: Any) -> KeyFacts:
@@ -416,11 +487,12 @@ def _facts(reference: str, private: Any) -> KeyFacts:
         reference=reference,
         label=_attribute(private, attribute.LABEL) or "",
         id=bytes(key_id).hex(),
-        sensitive=bool(_attribute(private, attribute.SENSITIVE)),
-        extractable=bool(_attribute(private, attribute.EXTRACTABLE)),
-        # CKA_LOCAL with CKA_NEVER_EXTRACTABLE: made inside the token, never out of it.
-        generated_in_token=bool(_attribute(private, attribute.LOCAL))
-        and bool(_attribute(private, attribute.NEVER_EXTRACTABLE)),
+        private=_flag(private, attribute.PRIVATE),
+        sensitive=_flag(private, attribute.SENSITIVE),
+        always_sensitive=_flag(private, attribute.ALWAYS_SENSITIVE),
+        extractable=_flag(private, attribute.EXTRACTABLE),
+        never_extractable=_flag(private, attribute.NEVER_EXTRACTABLE),
+        local=_flag(private, attribute.LOCAL),
     )
 
 
@@ -693,25 +765,34 @@ class Pkcs11KeyBackend:
 
         return reference, self._call(generate, doing="generate a key in")
 
-    def adopt(self, selector: TokenKeySelector) -> tuple[str, keys.PrivateKey]:
-        """An existing key the operator made in the token: it must sign and stay secret."""
+    def adopt(
+        self, selector: TokenKeySelector, *, allow_extractable: bool = False
+    ) -> tuple[str, keys.PrivateKey]:
+        """An existing key the operator made in the token: it must sign, be private and
+        sensitive, and (unless ``allow_extractable``) never have been able to leave."""
         pkcs11 = _library()
         attribute = pkcs11.Attribute
 
         def adopt(state: _Process) -> tuple[str, keys.PrivateKey]:
             private = _find(state, selector)
-            if not _attribute(private, attribute.SIGN):
-                raise KeyStoreError(
-                    f"The HSM key with {selector.describe()} may not sign (CKA_SIGN)."
-                )
-            if not _attribute(private, attribute.SENSITIVE):
-                raise KeyStoreError(
-                    f"The HSM key with {selector.describe()} is not sensitive (CKA_SENSITIVE "
-                    "false): its value can be read out of the token. Make a new one."
-                )
+            named = f"The HSM key with {selector.describe()}"
+            if _flag(private, attribute.SIGN) != YES:
+                raise KeyStoreError(f"{named} may not sign (CKA_SIGN).")
             label = _attribute(private, attribute.LABEL) or ""
             key_id = bytes(_attribute(private, attribute.ID) or b"")
             reference = TokenKeySelector(label=label, id=key_id).uri()
+            facts = _facts(reference, private)
+            refusals = facts.refusals()
+            if refusals:
+                raise KeyStoreError(f"{named} is refused: {'; '.join(refusals)}. Make a new one.")
+            risks = facts.export_risks()
+            if risks and not allow_extractable:
+                raise KeyStoreError(
+                    f"{named} is refused: {'; '.join(risks)}. Let the portal generate the key, "
+                    "or make one with CKA_EXTRACTABLE false and CKA_SENSITIVE true from the "
+                    "start; --allow-extractable-key accepts it if your HSM's backup works by "
+                    "wrapping keys out."
+                )
             return reference, _wrap(reference, _public_key(state, private))
 
         return self._call(adopt)

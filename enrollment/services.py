@@ -129,13 +129,29 @@ def _der_facts(certificate: x509.Certificate) -> dict[str, object]:
 @dataclass(frozen=True)
 class CaSpec:
     """What create_pki asks for one CA; ``existing_key``: a key the operator made in the
-    HSM (PKIPORTAL_KEY_BACKEND=pkcs11), whose type then wins over ``algorithm``."""
+    HSM (PKIPORTAL_KEY_BACKEND=pkcs11), whose type then wins over ``algorithm``, and which
+    is refused if it can leave the token unless ``allow_extractable_key``."""
 
     name: str
     slug: str
     algorithm: keys.KeyAlgorithm
     validity_days: int
     existing_key: keystore.TokenKeySelector | None = None
+    allow_extractable_key: bool = False
+
+
+def _key_detail(ca: CertificateAuthority, spec: CaSpec) -> dict[str, object]:
+    """Where a new CA's key is, for its ca.create event: an HSM key with what the token
+    says of it (keystore.KeyFacts), and whether the operator let an extractable one in."""
+    facts = keystore.ca_key_facts(ca)
+    detail: dict[str, object] = {
+        "key_backend": ca.key_backend,
+        "key_reference": ca.key_reference,
+        "key_facts": facts.as_dict() if facts is not None else None,
+    }
+    if spec.allow_extractable_key:
+        detail["allow_extractable_key"] = True
+    return detail
 
 
 def pki_create(
@@ -198,6 +214,7 @@ def pki_create(
                 validity_days=issuing.validity_days,
                 mail_domains=domains,
                 existing_key=issuing.existing_key,
+                allow_extractable_key=issuing.allow_extractable_key,
             )
             stored = (backend, reference)
             issuing_ca = CertificateAuthority.objects.create(
@@ -220,7 +237,7 @@ def pki_create(
                 action="ca.create",
                 actor=actor,
                 target=issuing_ca,
-                detail={"name_constraints": list(domains)},
+                detail={"name_constraints": list(domains), **_key_detail(issuing_ca, issuing)},
             )
     except BaseException:
         # Nothing half-made may block a second attempt: both new key files go too.
@@ -339,6 +356,7 @@ def issuing_ca_create(
                 validity_days=spec.validity_days,
                 mail_domains=domains,
                 existing_key=spec.existing_key,
+                allow_extractable_key=spec.allow_extractable_key,
             )
             stored = (backend, reference)
             ca = CertificateAuthority.objects.create(
@@ -361,8 +379,7 @@ def issuing_ca_create(
                     "slug": ca.slug,
                     "parent": root.slug,
                     "key_algorithm": _key_algorithm(certificate),
-                    "key_backend": backend,
-                    "key_reference": reference,
+                    **_key_detail(ca, spec),
                     "not_before": ca.not_before,
                     "not_after": ca.not_after,
                     "fingerprint_sha256": ca.fingerprint_sha256,

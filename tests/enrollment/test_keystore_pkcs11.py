@@ -91,7 +91,14 @@ def test_create_pki_generates_the_issuing_key_in_the_token_never_extractable(
     usage = listed.split("Usage:", 1)[1].splitlines()[0].strip()
     assert usage == "sign"
     facts = keystore.ca_key_facts(issuing)
-    assert (facts.sensitive, facts.extractable, facts.generated_in_token) == (True, False, True)
+    assert facts.as_dict() == {
+        "label": "pkiportal-issuing", "id": facts.id, "private": "yes", "sensitive": "yes",
+        "always_sensitive": "yes", "extractable": "no", "never_extractable": "yes",
+        "local": "yes",
+    }  # fmt: skip
+    event = AuditEvent.objects.get(action="ca.create", object_id=str(issuing.pk))
+    assert event.detail["key_facts"] == facts.as_dict()
+    assert event.detail["key_reference"] == issuing.key_reference
     # The token will not hand the value out, whoever asks.
     refused = hsm.tool("--read-object", "--type", "privkey", "--label", "pkiportal-issuing",
                        check=False)  # fmt: skip
@@ -156,6 +163,121 @@ def _token_public_der(hsm, key_id: str, openssl) -> bytes:
     path = openssl.path(f"{key_id}.pub.der")
     hsm.tool("--read-object", "--type", "pubkey", "--id", key_id, "--output-file", str(path))
     return path.read_bytes()
+
+
+def _adopt(hierarchy, passphrase_file, slug: str, **options: object) -> str:
+    return run(
+        "create_issuing_ca",
+        root_key_file=str(hierarchy.root_key_path),
+        root_passphrase_file=str(passphrase_file),
+        slug=slug,
+        name=f"Test Issuing CA {slug}",
+        **options,
+    )
+
+
+def test_an_extractable_key_the_operator_made_is_refused(hierarchy, hsm, passphrase_file):
+    hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "wrappable",
+             "--id", "e1e1", "--usage-sign", "--extractable")  # fmt: skip
+    assert "extractable" in hsm.tool("--list-objects", "--type", "privkey", "--id", "e1e1")
+
+    with pytest.raises(
+        CommandError, match=r"can be wrapped out of the token \(CKA_EXTRACTABLE yes\)"
+    ):
+        _adopt(hierarchy, passphrase_file, "issuing-wrap", hsm_key_label="wrappable")
+
+    assert not CertificateAuthority.objects.filter(slug="issuing-wrap").exists()
+    assert "e1e1" in hsm.tool("--list-objects", "--type", "privkey")  # the operator's stays
+
+
+def test_an_extractable_key_is_taken_only_when_allowed_and_then_loudly(
+    hierarchy, hsm, passphrase_file
+):
+    hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "wrappable",
+             "--id", "e2e2", "--usage-sign", "--extractable")  # fmt: skip
+
+    output = _adopt(
+        hierarchy, passphrase_file, "issuing-wrap", hsm_key_id="e2e2", allow_extractable_key=True
+    )
+
+    ca = CertificateAuthority.objects.get(slug="issuing-wrap")
+    # CKA_LOCAL alone says where it was made: in the token, and extractable all the same.
+    assert "label 'wrappable', id e2e2: generated in the token, EXTRACTABLE" in output
+    assert "WARNING: this CA key may exist outside the HSM" in output
+    event = AuditEvent.objects.get(action="ca.create", object_id=str(ca.pk))
+    assert event.detail["allow_extractable_key"] is True
+    assert event.detail["key_facts"]["extractable"] == "yes"
+    assert event.detail["key_facts"]["never_extractable"] == "no"
+    assert event.detail["key_facts"]["local"] == "yes"
+    keystore.check_ca_key(ca)
+
+
+def test_allowing_an_extractable_key_needs_a_key_to_allow(hierarchy, hsm, passphrase_file):
+    with pytest.raises(CommandError, match="--allow-extractable-key is for a key you name"):
+        _adopt(hierarchy, passphrase_file, "issuing-gen", allow_extractable_key=True)
+
+
+def _token_keypair(label: str, key_id: bytes, **private: object) -> None:
+    """A P-256 key pair made through the PKCS#11 API with attributes pkcs11-tool does not
+    offer (as an HSM's own tools can)."""
+    import pkcs11
+
+    attribute = pkcs11.Attribute
+    session = keystore_pkcs11._state().session
+    parameters = session.create_domain_parameters(
+        pkcs11.KeyType.EC, {attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")},
+        local=True,
+    )  # fmt: skip
+    template = {attribute.TOKEN: True, attribute.SIGN: True, attribute.SENSITIVE: True,
+                attribute.PRIVATE: True, attribute.EXTRACTABLE: False}  # fmt: skip
+    template.update({getattr(attribute, name): value for name, value in private.items()})
+    parameters.generate_keypair(
+        id=key_id, label=label, store=True,
+        capabilities=pkcs11.MechanismFlag.SIGN | pkcs11.MechanismFlag.VERIFY,
+        private_template=template, public_template={attribute.TOKEN: True},
+    )  # fmt: skip
+
+
+def test_a_key_that_signs_without_login_is_refused_even_when_extractable_is_allowed(
+    hierarchy, hsm, passphrase_file
+):
+    _token_keypair("public-ca", b"\x77\x77", PRIVATE=False)
+    # Any process that reaches the token has it sign, without the user PIN.
+    assert "public-ca" in hsm.tool("--list-objects", "--type", "privkey", login=False)
+
+    with pytest.raises(CommandError, match=r"it is not private \(CKA_PRIVATE no\)"):
+        _adopt(
+            hierarchy, passphrase_file, "issuing-public", hsm_key_label="public-ca",
+            allow_extractable_key=True,
+        )  # fmt: skip
+
+    assert not CertificateAuthority.objects.filter(slug="issuing-public").exists()
+
+
+def test_a_key_the_token_will_not_say_is_unextractable_counts_as_extractable(
+    hierarchy, hsm, passphrase_file, monkeypatch
+):
+    """A token that refuses to read CKA_EXTRACTABLE: "unknown", never "never extractable"."""
+    import pkcs11
+
+    hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "mute",
+             "--id", "3333", "--usage-sign")  # fmt: skip
+    real = keystore_pkcs11._attribute
+
+    def refusing(obj, name):
+        return None if name == pkcs11.Attribute.EXTRACTABLE else real(obj, name)
+
+    monkeypatch.setattr(keystore_pkcs11, "_attribute", refusing)
+
+    with pytest.raises(CommandError, match=r"CKA_EXTRACTABLE unknown"):
+        _adopt(hierarchy, passphrase_file, "issuing-mute", hsm_key_label="mute")
+    output = _adopt(
+        hierarchy, passphrase_file, "issuing-mute", hsm_key_label="mute",
+        allow_extractable_key=True,
+    )  # fmt: skip
+
+    assert "extractability unknown" in output
+    assert "never extractable" not in output
 
 
 def test_an_existing_key_can_be_chosen_by_id_alone(hierarchy, hsm, passphrase_file):

@@ -136,11 +136,23 @@ def add_hsm_key_arguments(parser: CommandParser) -> None:
         help="The same key's CKA_ID in hex (as pkcs11-tool --id shows it); with or "
         "without --hsm-key-label.",
     )
+    parser.add_argument(
+        "--allow-extractable-key",
+        action="store_true",
+        help="Accept an HSM key that can leave the token, or may have (CKA_EXTRACTABLE "
+        "true or unknown, CKA_ALWAYS_SENSITIVE or CKA_NEVER_EXTRACTABLE not true): only if "
+        "your HSM's backup works by wrapping keys out. Refused otherwise.",
+    )
 
 
 def hsm_key(options: dict[str, Any]) -> keystore.TokenKeySelector | None:
     """The existing HSM key the options name, or None to generate a new one."""
     if not options["hsm_key_label"] and not options["hsm_key_id"]:
+        if options["allow_extractable_key"]:
+            raise CommandError(
+                "--allow-extractable-key is for a key you name with --hsm-key-label or "
+                "--hsm-key-id; a key the portal generates never leaves the token."
+            )
         return None
     if settings.PKIPORTAL_KEY_BACKEND != "pkcs11":
         raise CommandError("--hsm-key-label/--hsm-key-id need PKIPORTAL_KEY_BACKEND=pkcs11.")
@@ -150,19 +162,26 @@ def hsm_key(options: dict[str, Any]) -> keystore.TokenKeySelector | None:
         raise CommandError(exc.message) from exc
 
 
-def describe_key(ca: CertificateAuthority) -> str:
-    """Where the new CA's key is: its file, or what the HSM says of it."""
+def describe_key(ca: CertificateAuthority) -> tuple[str, str]:
+    """Where the new CA's key is, its file or what the HSM says of it; and a warning
+    (or "") for an HSM key that can leave the token (--allow-extractable-key)."""
     if ca.key_backend != "pkcs11":
-        return f"Its key is the encrypted file {ca.key_reference} in PKIPORTAL_KEY_DIR."
+        return f"Its key is the encrypted file {ca.key_reference} in PKIPORTAL_KEY_DIR.", ""
     try:
         facts = keystore.ca_key_facts(ca)
     except KeyStoreError as exc:
-        return f"Its key is in the HSM ({ca.key_reference}); reading its attributes: {exc.message}"
+        return (
+            f"Its key is in the HSM ({ca.key_reference}); reading its attributes: {exc.message}",
+            "",
+        )
     assert facts is not None
     line = f"Its key is in the HSM: {facts.summary()} ({ca.key_reference})."
-    if facts.extractable:
-        line += (
-            " WARNING: the token lets this key be exported (CKA_EXTRACTABLE); prefer a key "
-            "generated in the token by the portal, or your HSM's own backup scheme."
-        )
-    return line
+    risks = facts.export_risks()
+    if not risks:
+        return line, ""
+    return line, (
+        f"WARNING: this CA key may exist outside the HSM: {'; '.join(risks)}. It was "
+        "accepted because of --allow-extractable-key: whoever has the user PIN may be able "
+        "to wrap it out, and anyone holding a copy can issue certificates in this CA's "
+        "name. Revoke and replace this CA if you cannot vouch for every copy."
+    )

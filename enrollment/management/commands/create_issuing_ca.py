@@ -103,6 +103,7 @@ class Command(BaseCommand):
                     algorithm=KeyAlgorithm(options["key_algorithm"]),
                     validity_days=options["validity_days"],
                     existing_key=existing_key,
+                    allow_extractable_key=options["allow_extractable_key"],
                 ),
                 root=root,
                 root_key=keystore.OfflineKey(key_file, passphrase),
@@ -121,7 +122,10 @@ class Command(BaseCommand):
             )
         )
         self.stdout.write(describe_constraints(domains))
-        self.stdout.write(describe_key(ca))
+        where, warning = describe_key(ca)
+        self.stdout.write(where)
+        if warning:
+            self.stdout.write(self.style.WARNING(warning))
         self._say_what_limits_it(ca, root, options["validity_days"], options["base_url"])
         if options["make_default"]:
             try:

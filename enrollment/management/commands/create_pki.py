@@ -108,6 +108,7 @@ class Command(BaseCommand):
                     algorithm=KeyAlgorithm(options["issuing_key_algorithm"]),
                     validity_days=options["issuing_validity_days"],
                     existing_key=existing_key,
+                    allow_extractable_key=options["allow_extractable_key"],
                 ),
                 base_url=options["base_url"],
                 root_key_path=Path(options["root_key_out"]),
@@ -120,7 +121,10 @@ class Command(BaseCommand):
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Created {root.name} (offline) and {issuing.name}."))
         self.stdout.write(describe_constraints(domains))
-        self.stdout.write(describe_key(issuing))
+        where, warning = describe_key(issuing)
+        self.stdout.write(where)
+        if warning:
+            self.stdout.write(self.style.WARNING(warning))
         problem = internal_host_problem(options["base_url"])
         if problem is not None:
             self.stdout.write(
