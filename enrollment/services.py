@@ -239,11 +239,13 @@ def pki_create(
                 target=issuing_ca,
                 detail={"name_constraints": list(domains), **_key_detail(issuing_ca, issuing)},
             )
-    except BaseException:
+    except BaseException as exc:
         # Nothing half-made may block a second attempt: both new key files go too.
         Path(root_key_path).unlink(missing_ok=True)
         if stored is not None:
             keystore.discard_key(*stored)
+        if isinstance(exc, X509Error):  # the builder's refusal: an operator's weak HSM key
+            raise PolicyViolation(exc.message) from exc
         raise
     crl_publish(ca=issuing_ca, actor=actor)
     return root_ca, issuing_ca

@@ -280,6 +280,25 @@ def test_a_key_the_token_will_not_say_is_unextractable_counts_as_extractable(
     assert "never extractable" not in output
 
 
+def test_create_pki_refuses_a_weak_operator_key_cleanly(hsm, db, tmp_path, passphrase_file):
+    hsm.tool("--keypairgen", "--key-type", "rsa:1024", "--label", "weak", "--id", "0bad",
+             "--usage-sign")  # fmt: skip
+
+    with pytest.raises(CommandError, match="RSA"):
+        run(
+            "create_pki",
+            root_key_out=str(tmp_path / "root.pem"),
+            root_passphrase_file=str(passphrase_file),
+            country="GB",
+            no_name_constraints=True,
+            hsm_key_label="weak",
+        )
+
+    assert not CertificateAuthority.objects.exists()
+    assert not (tmp_path / "root.pem").exists()
+    assert "0bad" in hsm.tool("--list-objects", "--type", "privkey")  # the operator's stays
+
+
 def test_an_existing_key_can_be_chosen_by_id_alone(hierarchy, hsm, passphrase_file):
     hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "by-id",
              "--id", "0d0e", "--usage-sign")  # fmt: skip
