@@ -344,17 +344,48 @@ def _find(state: _Process, selector: TokenKeySelector) -> Any:
 
 
 def _public_key(state: _Process, private: Any) -> keys.PublicKey:
-    """The key's public half from the token: RSA from the private object, EC from the
-    public key object with the same id (or label), as pkcs11-tool and we create them."""
+    """The key's public half from the token: RSA from the private object where the token
+    keeps the modulus and exponent there (not every token does), else, and always for EC,
+    from the public key object with the same id (or label), as pkcs11-tool and we make it."""
     pkcs11 = _library()
     attribute = pkcs11.Attribute
     key_type = private[attribute.KEY_TYPE]
     if key_type == pkcs11.KeyType.RSA:
-        modulus = int.from_bytes(private[attribute.MODULUS], "big")
-        exponent = int.from_bytes(private[attribute.PUBLIC_EXPONENT], "big")
-        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        modulus = _attribute(private, attribute.MODULUS)
+        exponent = _attribute(private, attribute.PUBLIC_EXPONENT)
+        if not modulus or not exponent:
+            public = _public_object(state, private, "RSA")
+            modulus = _attribute(public, attribute.MODULUS)
+            exponent = _attribute(public, attribute.PUBLIC_EXPONENT)
+        try:
+            return rsa.RSAPublicNumbers(
+                int.from_bytes(bytes(exponent or b""), "big"),
+                int.from_bytes(bytes(modulus or b""), "big"),
+            ).public_key()
+        except ValueError:
+            raise KeyStoreError("The RSA public key in the HSM cannot be read.") from None
     if key_type != pkcs11.KeyType.EC:
         raise KeyStoreError("The key in the HSM is neither RSA nor EC.")
+    public = _public_object(state, private, "EC")
+    params = bytes(public[attribute.EC_PARAMS])
+    curve_type = _CURVES.get(params)
+    if curve_type is None:
+        raise KeyStoreError("The EC key in the HSM is not on P-256, P-384 or P-521.")
+    curve = curve_type()
+    point = bytes(public[attribute.EC_POINT])
+    raw_length = 1 + 2 * ((curve.key_size + 7) // 8)
+    if len(point) != raw_length:  # PKCS#11 wraps the point in a DER OCTET STRING
+        point = point[-raw_length:]
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    except ValueError:
+        raise KeyStoreError("The EC public key in the HSM cannot be read.") from None
+
+
+def _public_object(state: _Process, private: Any, kind: str) -> Any:
+    """The public key object beside a private key: same CKA_ID, or same label without one."""
+    pkcs11 = _library()
+    attribute = pkcs11.Attribute
     match: dict[Any, Any] = {attribute.CLASS: pkcs11.ObjectClass.PUBLIC_KEY}
     key_id = _attribute(private, attribute.ID)
     label = _attribute(private, attribute.LABEL)
@@ -365,23 +396,11 @@ def _public_key(state: _Process, private: Any) -> keys.PublicKey:
     publics = list(state.session.get_objects(match))
     if len(publics) != 1:
         raise KeyStoreError(
-            "The HSM token holds no single public key object beside this EC private key "
+            f"The HSM token holds no single public key object beside this {kind} private key "
             "(same id): import the public key into the token, e.g. with pkcs11-tool "
             "--write-object ... --type pubkey."
         )
-    params = bytes(publics[0][attribute.EC_PARAMS])
-    curve_type = _CURVES.get(params)
-    if curve_type is None:
-        raise KeyStoreError("The EC key in the HSM is not on P-256, P-384 or P-521.")
-    curve = curve_type()
-    point = bytes(publics[0][attribute.EC_POINT])
-    raw_length = 1 + 2 * ((curve.key_size + 7) // 8)
-    if len(point) != raw_length:  # PKCS#11 wraps the point in a DER OCTET STRING
-        point = point[-raw_length:]
-    try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
-    except ValueError:
-        raise KeyStoreError("The EC public key in the HSM cannot be read.") from None
+    return publics[0]
 
 
 def _attribute(obj: Any, name: Any) -> Any:

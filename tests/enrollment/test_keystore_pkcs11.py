@@ -490,6 +490,38 @@ def test_an_rsa_key_generated_in_the_token_signs_pkcs1_v15(hsm, hierarchy, opens
                                           "pkiportal-issuing-rsa")  # fmt: skip
 
 
+def test_an_rsa_key_whose_token_keeps_the_exponent_on_the_public_object_only(
+    hierarchy, hsm, passphrase_file, openssl, monkeypatch
+):
+    """Some tokens keep no CKA_PUBLIC_EXPONENT on the private key object (SoftHSM does,
+    and needs it to sign: it is hidden here): the public key object beside it has it."""
+    import pkcs11
+
+    hsm.tool("--keypairgen", "--key-type", "rsa:2048", "--label", "no-exponent",
+             "--id", "e0", "--usage-sign")  # fmt: skip
+    from pkcs11 import _pkcs11
+
+    read = _pkcs11.Object.__getitem__
+
+    def without_exponent(obj, name):  # what such a token answers to C_GetAttributeValue
+        if name == pkcs11.Attribute.PUBLIC_EXPONENT and isinstance(obj, pkcs11.PrivateKey):
+            raise pkcs11.AttributeTypeInvalid()
+        return read(obj, name)
+
+    monkeypatch.setattr(_pkcs11.Object, "__getitem__", without_exponent)
+
+    _adopt(hierarchy, passphrase_file, "issuing-no-e", hsm_key_id="e0")
+
+    ca = CertificateAuthority.objects.get(slug="issuing-no-e")
+    assert ca.certificate.public_key().public_numbers().e == 65537
+    openssl.write("no-e.crl", ca.latest_crl().der)
+    checked = openssl.run(
+        "crl", "-inform", "DER", "-in", "no-e.crl", "-noout",
+        "-CAfile", pem(openssl, "no-e-ca.pem", ca.certificate),
+    )  # fmt: skip
+    assert b"verify OK" in checked.stdout + checked.stderr
+
+
 def test_threads_of_one_process_sign_at_once(hsm_hierarchy):
     issuing = hsm_hierarchy.issuing
     now = timezone.now()
