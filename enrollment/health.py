@@ -16,12 +16,15 @@ An issuing CA name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS refuses
 addresses outside its constraint: a warning (mail_domain_status).
 
 An online CA whose key this server cannot sign with (a missing or unreadable key file, an
-HSM token that is unreachable, refuses the PIN, lost the key or holds another) can issue
-nothing and publish no CRL: a failure (ca_key_status).
+HSM token that is unreachable, busy, refuses the PIN, lost the key or holds another) can
+issue nothing and publish no CRL: a failure (ca_key_status), checked at most once a minute
+per process for anonymous probes.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -391,16 +394,69 @@ def mail_domain_status(*, with_cas: bool = True) -> dict[str, Any]:
     return result
 
 
-def ca_key_status() -> dict[str, Any]:
+# /health/ answers anyone, and an HSM key's check has the token sign: a probe must not
+# drive the HSM. Each process checks a CA's key at most once per period for callers who
+# only get the verdict; callers allowed details get a fresh check (keystore.check_ca_key).
+CA_KEY_CHECK_SECONDS = 60.0
+_CA_KEY_CHECKS: dict[tuple[object, ...], tuple[float, dict[str, Any]]] = {}
+_CA_KEY_REFRESH = threading.Lock()
+
+
+def forget_ca_key_checks() -> None:
+    """Drop this process's remembered checks (tests; a token just repaired)."""
+    _CA_KEY_CHECKS.clear()
+
+
+def _check_ca_key(ca: CertificateAuthority) -> dict[str, Any]:
+    entry: dict[str, Any] = {"status": OK, "backend": ca.key_backend}
+    try:
+        keystore.check_ca_key(ca, patience=keystore.HEALTH_WAIT_SECONDS)
+    except KeyStoreError as exc:
+        entry.update(status=FAIL, error=exc.message)
+    except Exception as exc:  # noqa: BLE001 - a check fails; it never takes /health/ down
+        entry.update(status=FAIL, error=f"The key cannot be checked: {type(exc).__name__}.")
+    return entry
+
+
+def _remembered_check(ca: CertificateAuthority, *, fresh: bool) -> dict[str, Any]:
+    """The check of ``ca``'s key made within CA_KEY_CHECK_SECONDS, or a new one. While
+    another thread checks, a caller takes the remembered answer rather than wait."""
+    key = (ca.pk, ca.key_backend, ca.key_reference, ca.fingerprint_sha256)
+
+    def remembered() -> dict[str, Any] | None:
+        found = _CA_KEY_CHECKS.get(key)
+        if found is None or fresh or time.monotonic() - found[0] >= CA_KEY_CHECK_SECONDS:
+            return None
+        return found[1]
+
+    entry = remembered()
+    if entry is not None:
+        return dict(entry)
+    stale = _CA_KEY_CHECKS.get(key)
+    if stale is not None and not fresh:
+        got = _CA_KEY_REFRESH.acquire(blocking=False)
+    else:
+        got = _CA_KEY_REFRESH.acquire(timeout=keystore.HEALTH_WAIT_SECONDS)
+    if not got:
+        if stale is not None:
+            return dict(stale[1])
+        return {"status": FAIL, "backend": ca.key_backend, "error": "The key is being checked."}
+    try:
+        entry = remembered()  # another thread may have checked it meanwhile
+        if entry is None:
+            entry = _check_ca_key(ca)
+            _CA_KEY_CHECKS[key] = (time.monotonic(), entry)
+        return dict(entry)
+    finally:
+        _CA_KEY_REFRESH.release()
+
+
+def ca_key_status(*, fresh: bool = False) -> dict[str, Any]:
     """Can this server sign with every online issuing CA's key? An HSM key signs a
-    challenge the certificate's public key verifies (keystore.check_ca_key)."""
+    challenge the certificate's public key verifies (keystore.check_ca_key): at most once
+    per CA_KEY_CHECK_SECONDS in this process, unless ``fresh``."""
     authorities: dict[str, dict[str, Any]] = {}
     for ca in CertificateAuthority.objects.issuing().order_by("slug"):
-        entry: dict[str, Any] = {"status": OK, "backend": ca.key_backend}
-        try:
-            keystore.check_ca_key(ca)
-        except KeyStoreError as exc:
-            entry.update(status=FAIL, error=exc.message)
-        authorities[ca.slug] = entry
+        authorities[ca.slug] = _remembered_check(ca, fresh=fresh)
     statuses = (entry["status"] for entry in authorities.values())
     return {"status": worst(*statuses), "authorities": authorities}

@@ -406,10 +406,16 @@ def ensure_embedded_passphrase() -> bool:
     return True
 
 
-def check_ca_key(ca: CertificateAuthority) -> None:
+# How long /health/'s check waits while another thread is in the HSM.
+HEALTH_WAIT_SECONDS = keystore_pkcs11.HEALTH_WAIT_SECONDS
+
+
+def check_ca_key(ca: CertificateAuthority, *, patience: float | None = None) -> None:
     """Raise KeyStoreError unless the online CA's key loads and matches its certificate
-    (an HSM key: the token is reachable, logged in, and signs a challenge with it)."""
-    _check_pair(ca.certificate, _ca_key(ca))
+    (an HSM key: the token is reachable, logged in, and signs a challenge with it).
+    ``patience``: seconds to wait for an HSM busy with another call (default: signing's)."""
+    with keystore_pkcs11.waiting_at_most(patience or keystore_pkcs11.SIGN_WAIT_SECONDS):
+        _check_pair(ca.certificate, _ca_key(ca))
 
 
 def ca_key_facts(ca: CertificateAuthority) -> KeyFacts | None:

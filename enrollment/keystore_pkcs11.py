@@ -14,9 +14,13 @@ entries be hashed outside the library lock.
 
 Each process opens the library and one logged-in session lazily, keyed by its PID: a
 forked gunicorn worker or Celery child initialises the library afresh (PKCS#11 2.40 6.7.7)
-and never touches the handles it inherited. One lock per process serialises every call
-into the library, which is initialised without OS locking. A session or login the token
-dropped is opened again once.
+and never touches the handles it inherited; a module that does not reset on fork answers
+"already initialised", and the child carries on with the library state it inherited. One
+lock per process serialises every call into the library, which is initialised without OS
+locking; a fork makes the child a new one (the thread holding the parent's is not in the
+child). PKCS#11 calls have no timeout: a caller waits for the lock a bounded time and
+reports a busy HSM instead of hanging (the vendor client's own timeouts bound the call
+itself). A session or login the token dropped is opened again once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import contextlib
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, unquote, unquote_to_bytes
@@ -151,9 +156,59 @@ _LOCK = threading.RLock()
 _STATE: _Process | None = None
 # This process's library object per module path: initialised once per process.
 _LIBRARIES: dict[tuple[int, str], Any] = {}
-# A parent's library object and session, inherited by a forked child: kept referenced so
-# the child never finalises the library or closes a session through them.
+# A parent's library objects and session, inherited by a forked child: kept referenced so
+# the child never finalises the library (python-pkcs11 does on garbage collection) or
+# closes a session through them; and reused when the module did not reset on fork.
 _INHERITED: list[_Process] = []
+_INHERITED_LIBRARIES: dict[str, Any] = {}
+
+# How long a call waits for the lock while another thread is in the library. A signature
+# takes milliseconds; a wait this long means the HSM (or the network to it) hangs.
+SIGN_WAIT_SECONDS = 15.0
+# /health/ must answer a monitoring probe within its own timeout.
+HEALTH_WAIT_SECONDS = 3.0
+_WAIT: ContextVar[float | None] = ContextVar("pkcs11_wait", default=None)
+
+
+@contextlib.contextmanager
+def waiting_at_most(seconds: float) -> Iterator[None]:
+    """Calls into the token within this block wait at most ``seconds`` for the lock."""
+    token = _WAIT.set(seconds)
+    try:
+        yield
+    finally:
+        _WAIT.reset(token)
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    lock, wait = _LOCK, _WAIT.get() or SIGN_WAIT_SECONDS
+    if not lock.acquire(timeout=wait):
+        raise KeyStoreError(
+            f"The HSM is busy: another call into it has not returned for {wait:g} s. Is the "
+            "HSM, or the network to it, down? (Its PKCS#11 client's own timeouts end a hung "
+            "call.)"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """A new lock (a thread that held the parent's does not exist here, and would hold it
+    for ever), and none of the parent's state: the child opens its own session."""
+    global _LOCK, _STATE
+    _LOCK = threading.RLock()
+    if _STATE is not None:
+        _INHERITED.append(_STATE)
+        _STATE = None
+    for (_pid, module), lib in _LIBRARIES.items():
+        _INHERITED_LIBRARIES[module] = lib
+    _LIBRARIES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _configured() -> tuple[str, str, str]:
@@ -199,12 +254,15 @@ def _load_library(module: str, inherited: _Process | None) -> Any:
         loaded = _pkcs11.lib(module)
     except pkcs11.PKCS11Error as exc:
         # CKR_CRYPTOKI_ALREADY_INITIALIZED, which python-pkcs11 reports by message only.
-        if "already initialized" not in str(exc) or inherited is None:
+        # The module does not reset on fork: its state, copied with the process, is ours,
+        # through the library object the parent initialised it with (even if the parent
+        # had closed its session before forking).
+        parent = _INHERITED_LIBRARIES.get(module) or (inherited.lib if inherited else None)
+        if "already initialized" not in str(exc) or parent is None:
             raise KeyStoreError(
                 f"The PKCS#11 module {module} cannot be loaded: {_say(exc)}"
             ) from None
-        # The module does not reset on fork: its state, copied with the process, is ours.
-        loaded = inherited.lib
+        loaded = parent
     _LIBRARIES[(os.getpid(), module)] = loaded
     return loaded
 
@@ -291,7 +349,7 @@ def _with_session(operation: Callable[[_Process], _T]) -> _T:
     """Run ``operation`` on this process's session; once more on a fresh one if lost."""
     global _STATE
     pkcs11 = _library()
-    with _LOCK:
+    with _locked():
         state = _state()
         try:
             return operation(state)
@@ -313,7 +371,7 @@ def _say(exc: BaseException) -> str:
 def forget_process_state() -> None:
     """Log out and close this process's session (tests; a token being re-initialised)."""
     global _STATE
-    with _LOCK:
+    with _locked():
         if _STATE is not None and _STATE.pid == os.getpid():
             _close(_STATE)
         _STATE = None

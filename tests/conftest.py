@@ -20,7 +20,7 @@ from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.test import Client
 
-from enrollment import services
+from enrollment import health, services
 from enrollment.models import CertificateAuthority, CertificateTemplate, KeyRecoveryAgent
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm, PrivateKey
@@ -53,6 +53,7 @@ def _isolated_pki_settings(settings, tmp_path):
     # Role fixtures create several accounts per test; PBKDF2's 1M rounds cost ~0.3 s each.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     cache.clear()  # what one test's pages remembered is not another's
+    health.forget_ca_key_checks()  # nor /health/'s CA key checks
 
 
 @pytest.fixture

@@ -7,10 +7,14 @@ is checked with the openssl CLI against the root, never by reading our output ba
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +27,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from enrollment import keystore, keystore_pkcs11, services
+from enrollment import health, keystore, keystore_pkcs11, services
 from enrollment.exceptions import KeyStoreError
 from enrollment.models import AuditEvent, Certificate, CertificateAuthority, CertificateTemplate
 from enrollment.x509 import builder, crl_fast
@@ -572,6 +576,28 @@ def test_a_forked_child_initialises_the_library_and_signs(hsm_hierarchy, tmp_pat
     keystore.check_ca_key(issuing)  # and the parent's session still works
 
 
+@pytest.mark.parametrize("reset_on_fork", ["true", "false"])
+def test_forked_children_sign_whatever_the_module_does_on_fork(softhsm, tmp_path, reset_on_fork):
+    """In a fresh Python with a token of its own (SoftHSM reads library.reset_on_fork once
+    per process): a child forked after its parent signed, after it closed its session
+    (the library initialised, nothing inherited to reuse: a module that does not reset
+    says "already initialised"), and while another thread of the parent is in the token
+    (its lock is held by a thread the child does not have)."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "softhsm_fork.py"), str(tmp_path),
+         reset_on_fork],
+        capture_output=True, text=True, timeout=120,
+        env={key: value for key, value in os.environ.items() if key != "SOFTHSM2_CONF"},
+    )  # fmt: skip
+
+    assert done.stdout.splitlines()[-3:] == [
+        "after_signing ok",
+        "after_forgetting ok",
+        "while_a_thread_is_in_the_token ok",
+    ], done.stdout + done.stderr
+    assert done.returncode == 0
+
+
 def test_a_session_the_token_closed_is_opened_again(hsm_hierarchy):
     issuing = hsm_hierarchy.issuing
     keystore.check_ca_key(issuing)
@@ -787,6 +813,79 @@ def test_health_fails_naming_the_lost_key_and_never_the_pin(hsm_hierarchy, hsm, 
     assert entry["status"] == "fail"
     assert "no private key with label 'pkiportal-issuing'" in entry["error"]
     assert hsm.pin not in response.content.decode()
+
+
+def _count_token_signatures(monkeypatch) -> list[str]:
+    signed: list[str] = []
+    real = keystore_pkcs11._token_sign
+
+    def counting(reference: str, payload: bytes, mechanism: str) -> bytes:
+        signed.append(reference)
+        return real(reference, payload, mechanism)
+
+    monkeypatch.setattr(keystore_pkcs11, "_token_sign", counting)
+    return signed
+
+
+def test_anonymous_health_probes_make_the_token_sign_at_most_once_a_minute(
+    hsm_hierarchy, officer, monkeypatch
+):
+    signed = _count_token_signatures(monkeypatch)
+    anonymous = client_for(None)
+
+    for _ in range(5):
+        response = anonymous.get("/health/")
+        assert "checks" not in response.json()  # the verdict only
+
+    assert len(signed) == 1
+    # Callers allowed details check afresh; the minute over, anonymous probes once more.
+    assert client_for(officer).get("/health/").json()["checks"]["ca_keys"]["status"] == "ok"
+    assert len(signed) == 2
+    monkeypatch.setattr(health, "CA_KEY_CHECK_SECONDS", 0.0)
+    anonymous.get("/health/")
+    assert len(signed) == 3
+
+
+def test_a_stuck_hsm_fails_health_and_enrolment_quickly(
+    hsm_hierarchy, officer, employee, monkeypatch
+):
+    """PKCS#11 calls have no timeout: a thread inside a hung C_Sign holds the lock, and
+    every other caller gives up after a bounded wait instead of hanging with it."""
+    keystore.check_ca_key(hsm_hierarchy.issuing)  # the session is open; the key is known
+    monkeypatch.setattr(keystore, "HEALTH_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(keystore_pkcs11, "SIGN_WAIT_SECONDS", 0.5)
+    held, release = threading.Event(), threading.Event()
+
+    def hung_call():
+        with keystore_pkcs11._LOCK:
+            held.set()
+            release.wait(10)
+
+    stuck = threading.Thread(target=hung_call)
+    stuck.start()
+    timer = threading.Timer(6, release.set)  # without a bounded wait, the test ends anyway
+    timer.start()
+    try:
+        held.wait()
+        started = time.monotonic()
+        response = client_for(officer).get("/health/")
+        health_took = time.monotonic() - started
+        started = time.monotonic()
+        enrolled = token_client(employee).post(ENROLLMENTS, csr_body(new_key()), format="json")
+        enrol_took = time.monotonic() - started
+    finally:
+        release.set()
+        stuck.join()
+        timer.cancel()
+
+    assert response.status_code == 503
+    entry = response.json()["checks"]["ca_keys"]["authorities"]["issuing"]
+    assert entry["status"] == "fail"
+    assert "The HSM is busy" in entry["error"]
+    assert health_took < 3
+    assert enrolled.status_code == 503, enrolled.content
+    assert enrol_took < 3
+    keystore.check_ca_key(hsm_hierarchy.issuing)  # and it signs again once the call returns
 
 
 def test_health_fails_for_a_missing_key_file_too(hierarchy, settings, officer):
