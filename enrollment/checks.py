@@ -101,9 +101,12 @@ def hsm_pin_is_in_a_file(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         return []
     return [
         Warning(
-            "The HSM user PIN comes from the PKIPORTAL_PKCS11_PIN environment variable.",
-            hint="Put it in a file only the portal's user can read and set "
-            "PKIPORTAL_PKCS11_PIN_FILE to its path (systemd credentials, Docker secrets).",
+            "The HSM user PIN is in the PKIPORTAL_PKCS11_PIN environment variable, which "
+            "every process the portal starts inherits (even where PKIPORTAL_PKCS11_PIN_FILE "
+            "is set as well, and wins).",
+            hint="Put it in a file only the portal's user can read, set "
+            "PKIPORTAL_PKCS11_PIN_FILE to its path (systemd credentials, Docker secrets) and "
+            "unset PKIPORTAL_PKCS11_PIN.",
             id="pkiportal.W004",
         )
     ]

@@ -109,10 +109,15 @@ def test_an_hsm_pin_in_the_environment_is_named_and_a_pin_file_is_not(load_setti
 
     inline = load_settings(**hsm, PKIPORTAL_PKCS11_PIN="1234-secret")
     from_file = load_settings(**hsm, PKIPORTAL_PKCS11_PIN_FILE=str(pin_file))
+    # The file wins, and the variable is in every child's environment all the same.
+    both = load_settings(
+        **hsm, PKIPORTAL_PKCS11_PIN="1234-secret", PKIPORTAL_PKCS11_PIN_FILE=str(pin_file)
+    )
 
     assert inline["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is True
     assert from_file["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is False
     assert from_file["PKIPORTAL_PKCS11_PIN"] == "1234-secret"
+    assert both["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is True
 
 
 def test_the_pin_check_warns_only_for_a_pin_in_the_environment(settings):
