@@ -98,7 +98,9 @@ def test_plain_ldap_publication_is_named(uri, start_tls, warned, settings):
 # --- the HSM (PKCS#11) key store -------------------------------------------------------
 
 
-def test_an_hsm_pin_in_the_environment_is_named_and_a_pin_file_is_not(load_settings, tmp_path):
+def test_an_hsm_pin_in_the_environment_is_named_and_a_pin_file_is_not(
+    load_settings, tmp_path, monkeypatch
+):
     pin_file = tmp_path / "pin"
     pin_file.write_text("1234-secret\n")
     hsm = {
@@ -107,17 +109,16 @@ def test_an_hsm_pin_in_the_environment_is_named_and_a_pin_file_is_not(load_setti
         "PKIPORTAL_PKCS11_TOKEN_LABEL": "ca",
     }
 
-    inline = load_settings(**hsm, PKIPORTAL_PKCS11_PIN="1234-secret")
     from_file = load_settings(**hsm, PKIPORTAL_PKCS11_PIN_FILE=str(pin_file))
     # The file wins, and the variable is in every child's environment all the same.
-    both = load_settings(
-        **hsm, PKIPORTAL_PKCS11_PIN="1234-secret", PKIPORTAL_PKCS11_PIN_FILE=str(pin_file)
-    )
+    both = load_settings(PKIPORTAL_PKCS11_PIN="1234-secret")
+    monkeypatch.delenv("PKIPORTAL_PKCS11_PIN_FILE")
+    inline = load_settings()
 
-    assert inline["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is True
     assert from_file["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is False
     assert from_file["PKIPORTAL_PKCS11_PIN"] == "1234-secret"
     assert both["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is True
+    assert inline["PKIPORTAL_PKCS11_PIN_IN_ENVIRONMENT"] is True
 
 
 def test_the_pin_check_warns_only_for_a_pin_in_the_environment(settings):
