@@ -20,7 +20,7 @@ import pytest
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from django.core.management import call_command
@@ -526,54 +526,45 @@ def test_an_rsa_key_whose_token_keeps_the_exponent_on_the_public_object_only(
     assert b"verify OK" in checked.stdout + checked.stderr
 
 
-def test_threads_of_one_process_sign_at_once(hsm_hierarchy):
+def test_threads_of_one_process_sign_at_once_and_enter_the_library_one_by_one(
+    hsm_hierarchy, monkeypatch
+):
+    """The library is initialised without OS locking: the process lock must let one thread
+    in at a time (python-pkcs11's own per-operation lock alone would let several in)."""
+    import pkcs11
+
     issuing = hsm_hierarchy.issuing
+    keystore.check_ca_key(issuing)
+    inside, most, guard = 0, 0, threading.Lock()
+    real_sign = pkcs11.types.SignMixin.sign
+
+    def sign(self, data, **kwargs):
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        try:
+            time.sleep(0.002)  # in the library: another thread gets its chance to enter
+            return real_sign(self, data, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(pkcs11.types.SignMixin, "sign", sign)
     now = timezone.now()
 
-    def sign(number: int) -> bytes:
+    def crl(number: int) -> bytes:
         return keystore.sign_crl_der(
             issuing, revoked=b"", crl_number=1000 + number, this_update=now,
             next_update=now + timedelta(days=1),
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        signed = list(pool.map(sign, range(32)))
+        signed = list(pool.map(crl, range(32)))
 
+    assert most == 1
     for der in signed:
-        crl = x509.load_der_x509_crl(der)
-        assert crl.is_signature_valid(issuing.certificate.public_key())
-
-
-def test_a_forked_child_initialises_the_library_and_signs(hsm_hierarchy, tmp_path):
-    """A gunicorn worker or Celery child: the parent has signed, so the library and a
-    session are open in it; the child must not use them (SoftHSM is set to reset on fork)."""
-    issuing = hsm_hierarchy.issuing
-    keystore.check_ca_key(issuing)  # the parent's session is open
-    now = timezone.now()
-    out = tmp_path / "child.crl"
-
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through its exit code
-        code = 1
-        try:
-            out.write_bytes(
-                keystore.sign_crl_der(
-                    issuing,
-                    revoked=b"",
-                    crl_number=77,
-                    this_update=now,
-                    next_update=now + timedelta(days=1),
-                )  # fmt: skip
-            )
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-
-    assert os.waitstatus_to_exitcode(status) == 0
-    crl = x509.load_der_x509_crl(out.read_bytes())
-    assert crl.is_signature_valid(issuing.certificate.public_key())
-    keystore.check_ca_key(issuing)  # and the parent's session still works
+        assert x509.load_der_x509_crl(der).is_signature_valid(issuing.certificate.public_key())
 
 
 @pytest.mark.parametrize("reset_on_fork", ["true", "false"])
@@ -606,6 +597,73 @@ def test_a_session_the_token_closed_is_opened_again(hsm_hierarchy):
     keystore.check_ca_key(issuing)
 
     assert keystore_pkcs11._STATE.pid == os.getpid()
+
+
+def test_a_p384_key_in_the_token_signs_certificates_and_crls_with_sha384(
+    hsm, hierarchy, employee, openssl
+):
+    ca = services.issuing_ca_create(
+        spec=services.CaSpec("Test P-384 Issuing CA", "issuing-384", KeyAlgorithm.EC_P384, 365),
+        root=hierarchy.root,
+        root_key=keystore.OfflineKey(hierarchy.root_key_path, ROOT_PASSPHRASE),
+        base_url="http://pki.example.com",
+        organization_name="Example Org",
+        country_name="GB",
+    )
+    policy = CertificateTemplate.objects.get(slug="smime-signing").policy()
+    leaf = keystore.issue_end_entity(
+        ca, public_key=new_key().public_key(), subject=subject_for(), policy=policy
+    )
+
+    assert leaf.signature_algorithm_oid == x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384
+    pem(openssl, "root.pem", hierarchy.root.certificate)
+    pem(openssl, "ca384.pem", ca.certificate)
+    pem(openssl, "leaf384.pem", leaf)
+    verified = openssl.run(
+        "verify", "-CAfile", "root.pem", "-untrusted", "ca384.pem", "leaf384.pem"
+    )
+    assert b"leaf384.pem: OK" in verified.stdout
+    crl = x509.load_der_x509_crl(ca.latest_crl().der)
+    assert crl.signature_algorithm_oid == x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384
+    openssl.write("ca384.crl", ca.latest_crl().der)
+    checked = openssl.run(
+        "crl", "-inform", "DER", "-in", "ca384.crl", "-CAfile", "ca384.pem", "-noout"
+    )
+    assert b"verify OK" in checked.stdout + checked.stderr
+
+
+def test_an_rsa_token_key_signs_each_digest_info_and_refuses_the_rest(hsm, openssl):
+    """SHA-256/384/512 (OCSP and CRLs may ask for any), whole or prehashed, each checked
+    by openssl against the public key the token itself hands out (pkcs11-tool)."""
+    _, key = keystore_pkcs11.Pkcs11KeyBackend().generate(
+        label="rsa-digests", algorithm=KeyAlgorithm.RSA_2048
+    )
+    key_id = hsm.tool("--list-objects", "--type", "pubkey").split("ID:", 1)[1].split()[0]
+    openssl.write("rsa.der", _token_public_der(hsm, key_id, openssl))
+    openssl.run("pkey", "-pubin", "-inform", "DER", "-in", "rsa.der", "-out", "rsa.pem")
+    openssl.write("data", b"data")
+
+    for algorithm in (hashes.SHA256(), hashes.SHA384(), hashes.SHA512()):
+        digest = hashes.Hash(algorithm)
+        digest.update(b"data")
+        for signature in (
+            key.sign(b"data", padding.PKCS1v15(), algorithm),
+            key.sign(digest.finalize(), padding.PKCS1v15(), utils.Prehashed(algorithm)),
+        ):
+            openssl.write("data.sig", signature)
+            verified = openssl.run(
+                "dgst", f"-{algorithm.name}", "-verify", "rsa.pem", "-signature", "data.sig",
+                "data",
+            )  # fmt: skip
+            assert b"Verified OK" in verified.stdout
+
+    with pytest.raises(KeyStoreError, match="not sha1"):
+        key.sign(b"data", padding.PKCS1v15(), hashes.SHA1())
+    sha3 = hashes.Hash(hashes.SHA3_256())
+    sha3.update(b"data")
+    # As long as SHA-256: it was signed under SHA-256's DigestInfo.
+    with pytest.raises(KeyStoreError, match="not sha3-256"):
+        key.sign(sha3.finalize(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA3_256()))
 
 
 def test_the_crl_fast_path_hashes_on_the_host_and_signs_the_digest(hsm_hierarchy):
