@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,13 @@ def main() -> None:
     parser.add_argument("--rsa-count", type=int, default=300, help="RSA certificates per side")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-hsm-"))
+    try:
+        _run(work, options)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the token, its keys and var/
+
+
+def _run(work: Path, options: argparse.Namespace) -> None:
     _token(work)
     os.environ.update(
         DJANGO_SETTINGS_MODULE="pkiportal.settings",
