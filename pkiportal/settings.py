@@ -10,6 +10,7 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
+import django_stubs_ext
 from celery.schedules import crontab
 from csp.constants import NONE, SELF
 
@@ -21,6 +22,10 @@ from enrollment.x509.builder import check_country, check_organization_identifier
 from enrollment.x509.errors import PolicyError
 from enrollment.x509.mail_domains import parse_mail_domains
 from pkiportal.clients import trusted_proxies
+
+# Django's generic classes take the type parameters django-stubs gives them at run time
+# too (admin.ModelAdmin[User], forms.ModelForm[Template]); it changes nothing else.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
