@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -8,8 +8,9 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import Q, QuerySet
+from django.forms import ModelForm
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -27,8 +28,10 @@ from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from
 from enrollment.edge import client_address
 
+_ModelT = TypeVar("_ModelT", bound=models.Model)
 
-class RoleChangesAudited(admin.ModelAdmin):
+
+class RoleChangesAudited(admin.ModelAdmin[_ModelT]):
     """Role group changes made on these pages are audited as the signed-in admin's.
 
     enrollment.change_audit records every role group membership change; around the pages
@@ -52,20 +55,23 @@ admin.site.unregister(Group)
 
 
 @admin.register(Group)
-class PortalGroupAdmin(RoleChangesAudited, GroupAdmin):
+class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
     pass
 
 
 @admin.register(User)
-class PortalUserAdmin(RoleChangesAudited, UserAdmin):
+class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
     fieldsets = (
         *(
             # When it was switched off: its certificates are revoked a grace period later.
             # When the address last changed: certificates naming the old one are revoked too.
-            (name, {"fields": (*options["fields"], "deactivated_at", "email_changed_at")})
-            if name == "Important dates"
-            else (name, options)
-            for name, options in UserAdmin.fieldsets
+            (
+                name,
+                {"fields": (*options["fields"], "deactivated_at", "email_changed_at")}
+                if name == "Important dates"
+                else options,
+            )
+            for name, options in UserAdmin.fieldsets or ()
         ),
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
         ("Second factor", {"fields": ("second_factor",)}),
@@ -105,12 +111,13 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
         target = self.get_object(request, unquote(object_id))
         if target is None:
             raise Http404
-        if not mfa.may_reset(request.user, target):
+        actor = request.user
+        if not isinstance(actor, User) or not mfa.may_reset(actor, target):
             raise PermissionDenied
         change_url = reverse("admin:accounts_user_change", args=[target.pk])
         if request.method == "POST":
             removed = mfa.second_factor_reset(
-                actor=request.user, target=target, source_address=client_address(request)
+                actor=actor, target=target, source_address=client_address(request)
             )
             self.message_user(
                 request,
@@ -130,9 +137,11 @@ class PortalUserAdmin(RoleChangesAudited, UserAdmin):
         }
         return TemplateResponse(request, "admin/accounts/mfa_reset.html", context)
 
-    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: User | None = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm[User]]:
         """Whoever unticks "Active" learns what follows for the person's certificates."""
-        form = super().get_form(request, obj, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
         hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
         if "is_active" in form.base_fields:
             form.base_fields["is_active"].help_text = (

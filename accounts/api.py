@@ -49,5 +49,6 @@ class VerifiedSessionAuthentication(SessionAuthentication):
 class VerifiedSessionScheme(SessionScheme):
     """The same OpenAPI security scheme (a session cookie) as DRF's session class."""
 
-    target_class = VerifiedSessionAuthentication
+    # drf-spectacular declares str | type; SessionScheme's string narrows it for mypy.
+    target_class = VerifiedSessionAuthentication  # type: ignore[assignment]
     priority = 0

@@ -18,6 +18,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from hmac import compare_digest
 from typing import Any
@@ -171,7 +172,7 @@ class State:
 def state_for(user: Any) -> State:
     """Policy and enrolment in one query, remembered on the user object for the request."""
     cached = getattr(user, "_pkiportal_mfa_state", None)
-    if cached is not None:
+    if isinstance(cached, State):
         return cached
     if user is None or not user.is_authenticated:
         return State(required=False, enrolled=False)
@@ -237,7 +238,7 @@ def note_sign_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
         session[SSO_VERIFIED] = True
     if hasattr(request, "user") and getattr(request.user, "pk", None) == user.pk:
         # OTPMiddleware's lazily loaded device of the earlier sign-in, if it was loaded.
-        request.user.otp_device = None
+        request.user.otp_device = None  # type: ignore[union-attr]  # django-otp's, untyped
 
 
 def _single_sign_on(backend_path: str) -> bool:
@@ -439,7 +440,7 @@ def second_factor_reset(*, actor: User, target: User, source_address: str | None
     return bool(removed)
 
 
-def seconds_until(moment: Any) -> int:
+def seconds_until(moment: datetime | None) -> int:
     """Whole seconds (at least 1) a throttled person waits, for messages and Retry-After."""
     if moment is None:
         return 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from django_otp.models import Device, ThrottlingMixin, TimestampMixin
 from django_otp.oath import TOTP
@@ -149,6 +149,10 @@ class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
     DIGITS = 6
     TOLERANCE = 1  # one step either side: a phone's clock a little off still works
 
+    # Only an annotation (Django's is still django-otp's DeviceManager): that class is not
+    # generic, so mypy would read every query of ours as Any.
+    objects: ClassVar[models.Manager[TotpDevice]]  # type: ignore[assignment]
+
     sealed_key = models.BinaryField(editable=False, help_text="The seed, sealed (Fernet).")
     drift = models.SmallIntegerField(default=0, editable=False)
     last_t = models.BigIntegerField(
@@ -198,6 +202,8 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
     A code carries 80 random bits, so a fast salted hash is enough: no database reader
     can search that space, and checking ten of them costs microseconds, not seconds.
     """
+
+    objects: ClassVar[models.Manager[BackupCodeDevice]]  # type: ignore[assignment]  # as TotpDevice's
 
     digests = models.JSONField(default=list, editable=False, help_text="salt$sha256 of each code.")
 

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 USERNAME_MAX_LENGTH = 150  # AbstractUser.username
 
 
-class PortalOIDCBackend(OIDCAuthenticationBackend):
+class PortalOIDCBackend(OIDCAuthenticationBackend):  # type: ignore[misc]  # untyped package
     """Accounts named as the provider names them; their attributes refreshed at each sign-in.
 
     A sign-in is matched to an account by the user name claim (settings.OIDC_CLAIM_USERNAME),
