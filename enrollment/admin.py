@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from knox.models import AuthToken
 
 from django.contrib import admin, messages
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -36,7 +36,10 @@ admin.site.site_title = "pkiportal admin"
 admin.site.index_title = "Certificate authority, accounts and templates"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+_ModelT = TypeVar("_ModelT", bound=models.Model)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[_ModelT]):
     """Rows are made by services; the admin only shows them."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -50,7 +53,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(CertificateAuthority)
-class CertificateAuthorityAdmin(ReadOnlyAdmin):
+class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
     list_display = ["name", "slug", "parent", "is_online", "is_default", "not_after"]
     exclude = ["der"]
     actions = ["publish_crl", "switch_templates"]
@@ -105,7 +108,7 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin):
 
 
 @admin.register(CertificateTemplate)
-class CertificateTemplateAdmin(admin.ModelAdmin):
+class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
     list_display = [
         "name",
         "purpose",
@@ -130,7 +133,11 @@ class CertificateTemplateAdmin(admin.ModelAdmin):
     # archive_key off stops key escrow; allowed_groups decides who may enrol).
 
     def save_model(
-        self, request: HttpRequest, obj: CertificateTemplate, form: ModelForm, change: bool
+        self,
+        request: HttpRequest,
+        obj: CertificateTemplate,
+        form: ModelForm[CertificateTemplate],
+        change: bool,
     ) -> None:
         # What the database says before the save: the form has already changed obj.
         stored = self.model.objects.filter(pk=obj.pk).first() if change else None
@@ -139,7 +146,11 @@ class CertificateTemplateAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def save_related(
-        self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool
+        self,
+        request: HttpRequest,
+        form: ModelForm[CertificateTemplate],
+        formsets: Any,
+        change: bool,
     ) -> None:
         super().save_related(request, form, formsets, change)  # allowed_groups is saved here
         template: CertificateTemplate = form.instance
@@ -176,7 +187,7 @@ class CertificateTemplateAdmin(admin.ModelAdmin):
 
 
 @admin.register(Certificate)
-class CertificateAdmin(ReadOnlyAdmin):
+class CertificateAdmin(ReadOnlyAdmin[Certificate]):
     list_display = ["common_name", "email", "template", "status", "not_after", "serial"]
     list_filter = ["status", "template", "ca"]
     # The RA console's search (ra_selectors.search_matches), so both find the same
@@ -217,7 +228,7 @@ class CertificateAdmin(ReadOnlyAdmin):
 
 
 @admin.register(SharedMailbox)
-class SharedMailboxAdmin(ReadOnlyAdmin):
+class SharedMailboxAdmin(ReadOnlyAdmin[SharedMailbox]):
     """Read here; created and edited on /ra/mailboxes/ (one form that names delegates and
     audits each change). Deactivating and reactivating are actions, through the service."""
 
@@ -256,14 +267,14 @@ class SharedMailboxAdmin(ReadOnlyAdmin):
 
 
 @admin.register(RevocationList)
-class RevocationListAdmin(ReadOnlyAdmin):
+class RevocationListAdmin(ReadOnlyAdmin[RevocationList]):
     list_display = ["ca", "number", "this_update", "next_update", "entries"]
     list_filter = ["ca"]
     exclude = ["der"]
 
 
 @admin.register(KeyRecoveryAgent)
-class KeyRecoveryAgentAdmin(ReadOnlyAdmin):
+class KeyRecoveryAgentAdmin(ReadOnlyAdmin[KeyRecoveryAgent]):
     list_display = ["name", "user", "is_active", "not_after", "fingerprint_sha256"]
     list_filter = ["is_active"]
     exclude = ["der"]
@@ -287,7 +298,7 @@ class KeyRecoveryAgentAdmin(ReadOnlyAdmin):
         return request.user.has_perm("enrollment.add_keyrecoveryagent")
 
     def add_view(
-        self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         from enrollment.ra_admin import kra_register_view
 
@@ -295,13 +306,13 @@ class KeyRecoveryAgentAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ArchivedKey)
-class ArchivedKeyAdmin(ReadOnlyAdmin):
+class ArchivedKeyAdmin(ReadOnlyAdmin[ArchivedKey]):
     list_display = ["certificate", "created_at"]
     exclude = ["envelope"]
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
+class AuditEventAdmin(ReadOnlyAdmin[AuditEvent]):
     list_display = [
         "created_at",
         "actor_name",
@@ -315,7 +326,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(KeyRecoveryRequest)
-class KeyRecoveryRequestAdmin(ReadOnlyAdmin):
+class KeyRecoveryRequestAdmin(ReadOnlyAdmin[KeyRecoveryRequest]):
     """Recoveries happen at /ra/recovery/ under dual control; the admin only shows them."""
 
     list_display = [
@@ -338,7 +349,7 @@ if admin.site.is_registered(AuthToken):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(ReadOnlyAdmin):
+class ApiTokenAdmin(ReadOnlyAdmin[ApiToken]):
     """Everyone's API tokens by owner, name and prefix; revoking one (a leaver's, a leaked
     one) goes through the service: audited, and its owner is e-mailed. None is made here:
     people make their own at /account/tokens/."""

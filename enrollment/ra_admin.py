@@ -25,7 +25,9 @@ from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
 
 
 def kra_register_view(
-    model_admin: admin.ModelAdmin, request: HttpRequest, extra_context: dict[str, Any] | None
+    model_admin: admin.ModelAdmin[KeyRecoveryAgent],
+    request: HttpRequest,
+    extra_context: dict[str, Any] | None,
 ) -> HttpResponse:
     """GET the upload form; POST registers the certificate or shows why it cannot be."""
     # Overriding add_view bypasses the admin's own check: repeat it.
@@ -67,7 +69,9 @@ def kra_register_view(
 
 
 def kra_deactivate_action(
-    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[KeyRecoveryAgent]
+    model_admin: admin.ModelAdmin[KeyRecoveryAgent],
+    request: HttpRequest,
+    queryset: QuerySet[KeyRecoveryAgent],
 ) -> HttpResponse | None:
     """The "deactivate" action: a confirmation page that asks why, then kra_deactivate.
 
