@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -27,9 +27,19 @@ from enrollment.models import CertificateAuthority, RevocationList
 
 logger = logging.getLogger(__name__)
 
+
 # Database hiccups are worth retrying; a missing key or a policy error is not: it is
 # recorded on the CA (health check, audit) and the watchdog tries again later.
-RETRY = {
+class _RetryOptions(TypedDict):
+    acks_late: bool
+    reject_on_worker_lost: bool
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: bool
+    retry_backoff_max: int
+    max_retries: int
+
+
+RETRY: _RetryOptions = {
     "acks_late": True,
     "reject_on_worker_lost": True,
     "autoretry_for": (OperationalError, InterfaceError),

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, Task
 from celery.exceptions import Reject
+from kombu.connection import ConnectionPool
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pkiportal.settings")
 
@@ -31,7 +32,7 @@ MAX_REDELIVERIES = 3
 REDELIVERY_COUNT_SECONDS = 7 * 24 * 3600
 
 
-class PortalTask(Task):
+class PortalTask(Task[Any, Any]):
     """Every task's base: counts the runs of a message that its worker did not survive,
     and drops the message past the limit.
 
@@ -59,7 +60,9 @@ def record_start(app: Celery, task_id: str, *, redelivered: bool) -> int | None:
     """
     started, deaths = f"pkiportal:started:{task_id}", f"pkiportal:redelivered:{task_id}"
     try:
-        with app.pool.acquire(block=True, timeout=5) as connection:
+        # celery-types says ProducerPool; Celery.pool is a pools.connections[...] entry.
+        pool = cast(ConnectionPool, app.pool)
+        with pool.acquire(block=True, timeout=5) as connection:
             if connection.transport.driver_type != "redis":
                 return None
             with connection.default_channel.conn_or_acquire() as client:
