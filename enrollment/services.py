@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from knox.models import AuthToken
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.conf import settings
@@ -524,7 +525,7 @@ def kra_register(
 ) -> KeyRecoveryAgent:
     """Register an agent certificate that archived keys will be encrypted to."""
     public_key = certificate.public_key()
-    if not isinstance(public_key, keys.rsa.RSAPublicKey):
+    if not isinstance(public_key, rsa.RSAPublicKey):
         raise PolicyViolation("A key recovery agent needs an RSA certificate (CMS key transport).")
     now = timezone.now()
     if certificate.not_valid_after_utc <= now:
@@ -778,7 +779,8 @@ def _issue(
     if compromised:
         # S/MIME BR 6.1.1.3 (4): a key known to be compromised is never certified again.
         raise PolicyViolation(COMPROMISED_KEY, field="csr")
-    ca = _online_issuing_ca(found) if by_default else template.issuing_ca
+    # No query for issuing_ca when issuing_ca_id is None: it is None exactly then.
+    ca = _online_issuing_ca(found) if template.issuing_ca is None else template.issuing_ca
     # Near the CA's end a certificate is cut to end with it; one cut absurdly short, or
     # from an expired CA, is the operator's to fix (a successor CA), not the requester's.
     refused = ca_lifetime.issuance_problem(ca, template)
@@ -1137,6 +1139,8 @@ def _crl_entry_create(certificate: Certificate) -> CrlEntry:
     7.2.2); certificateHold is never among the reasons we accept.
     """
     reason = certificate.revocation_reason or None
+    # revoked_certificate_has_revocation_time: the database says so.
+    assert certificate.revoked_at is not None
     is_root = (
         reason is None  # only matters then
         and CertificateAuthority.objects.filter(pk=certificate.ca_id, parent__isnull=True).exists()
@@ -1510,7 +1514,8 @@ def crl_verified(
             raise PolicyViolation("The file is not a DER or PEM CRL.") from exc
     if imported.issuer != ca.certificate.subject:
         raise PolicyViolation(f"The CRL was not issued by {ca.name}.")
-    if not imported.is_signature_valid(ca.certificate.public_key()):
+    issuer_key = ca.certificate.public_key()  # RSA or EC: the only keys a CA here has
+    if not isinstance(issuer_key, keys.PublicKey) or not imported.is_signature_valid(issuer_key):
         raise PolicyViolation(f"The CRL's signature does not verify with {ca.name}'s key.")
     try:
         aki = imported.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
@@ -1808,7 +1813,8 @@ def _requester_may_still(request: CertificateRequest) -> None:
         raise NotPermitted(
             f"{requester.get_full_name()} may no longer use the template {template.name}."
         )
-    if request.mailbox_id is not None and not is_delegate(requester, request.mailbox):
+    # request.mailbox makes no query when mailbox_id is None.
+    if request.mailbox is not None and not is_delegate(requester, request.mailbox):
         raise NotPermitted(
             f"{requester.get_full_name()} is no longer a delegate of the active shared "
             f"mailbox {request.mailbox.email}."
@@ -1852,6 +1858,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
     pending for the officer to approve again. Any other failure is for good: it is
     recorded on the request (failed), where requester and officer both see it.
     """
+    assert request.csr is not None  # request_has_csr_or_key_algorithm: a CSR request has one
     try:
         with transaction.atomic():
             try:
@@ -1944,6 +1951,7 @@ def _lock_key_of(request: CertificateRequest) -> None:
     here after the approval's event would take them the other way round, and PostgreSQL
     would abort one of the two. A CSR that no longer parses fails later, for good.
     """
+    assert request.csr is not None  # request_has_csr_or_key_algorithm: a CSR request has one
     try:
         public_key = parse_csr(bytes(request.csr)).public_key
     except X509Error:
@@ -1960,7 +1968,8 @@ def _decide(
         raise NotPermitted("Only RA officers decide on requests.")
     if officer.pk == request.requester_id:
         raise NotPermitted("You cannot decide on your own request.")
-    if request.mailbox_id is not None and request.mailbox.delegates.filter(pk=officer.pk).exists():
+    # request.mailbox makes no query when mailbox_id is None.
+    if request.mailbox is not None and request.mailbox.delegates.filter(pk=officer.pk).exists():
         # A delegate reads the mailbox and can get its key: not the one who checks.
         raise NotPermitted("You are a delegate of this shared mailbox: another officer decides.")
     try:
@@ -2298,7 +2307,7 @@ def api_tokens_purge(*, now: datetime | None = None) -> int:
     """
     now = now or timezone.now()
     _deleted, per_model = AuthToken.objects.filter(expiry__lt=now).delete()
-    purged = per_model.get(AuthToken._meta.label, 0)
+    purged: int = per_model.get(AuthToken._meta.label, 0)  # knox is untyped
     hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
     if hours is None:
         return purged
