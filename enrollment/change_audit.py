@@ -225,7 +225,7 @@ def _record_roles(action: str, pairs: Iterable[tuple[models.Model, str]]) -> Non
 
 
 def _memberships(
-    *, user: models.Model | None = None, group: Group | None = None, pks: Iterable[int] | None
+    *, user: User | None = None, group: Group | None = None, pks: Iterable[int] | None
 ) -> list[tuple[models.Model, str]]:
     """(user, role group name) pairs that exist now, for one user or one group."""
     through = get_user_model().groups.through
@@ -251,19 +251,22 @@ def _groups_changed(
     **kwargs: Any,
 ) -> None:
     """role.grant after an add; role.revoke before a remove or clear (what is removed)."""
-    if (
-        reverse
-        and instance.name not in role_groups()  # type: ignore[attr-defined]
-        and not instance.permissions.exists()  # type: ignore[attr-defined]
-    ):
-        return
-    side = {"group": instance} if reverse else {"user": instance}
+    user: User | None = None
+    group: Group | None = None
+    if reverse:  # group.user_set changed: Django passes the group
+        assert isinstance(instance, Group)
+        if instance.name not in role_groups() and not instance.permissions.exists():
+            return
+        group = instance
+    else:  # user.groups changed: the account
+        assert isinstance(instance, User)
+        user = instance
     if action == "post_add" and pk_set:
-        _record_roles("role.grant", _memberships(**side, pks=pk_set))
+        _record_roles("role.grant", _memberships(user=user, group=group, pks=pk_set))
     elif action == "pre_remove" and pk_set:
-        _record_roles("role.revoke", _memberships(**side, pks=pk_set))
+        _record_roles("role.revoke", _memberships(user=user, group=group, pks=pk_set))
     elif action == "pre_clear":
-        _record_roles("role.revoke", _memberships(**side, pks=None))
+        _record_roles("role.revoke", _memberships(user=user, group=group, pks=None))
 
 
 def _group_renaming(sender: Any, instance: Group, raw: bool = False, **kwargs: Any) -> None:
@@ -294,7 +297,7 @@ def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
     _record_roles("role.revoke", _memberships(group=instance, pks=None))
 
 
-def _user_deleting(sender: Any, instance: models.Model, **kwargs: Any) -> None:
+def _user_deleting(sender: Any, instance: User, **kwargs: Any) -> None:
     """Deleting an account removes its memberships and permissions without an m2m signal
     either."""
     _record_roles("role.revoke", _memberships(user=instance, pks=None))
@@ -310,7 +313,8 @@ def _held(
 ) -> list[tuple[models.Model, str]]:
     """(account or group, "app_label.codename") pairs that exist now."""
     rows = (
-        through.objects.filter(**where)
+        # User.user_permissions' or Group.permissions' through model: no common type.
+        through._default_manager.filter(**where)
         .select_related(holder, "permission__content_type")
         .order_by(f"{holder}_id", "permission__content_type__app_label", "permission__codename")
     )
@@ -362,8 +366,8 @@ def connect() -> None:
     pre_save.connect(_group_renaming, sender=Group, dispatch_uid="role_audit_rename_pre")
     post_save.connect(_group_renamed, sender=Group, dispatch_uid="role_audit_rename_post")
     pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="role_audit_delete")
-    for through, uid in (
+    for permissions_through, uid in (
         (get_user_model().user_permissions.through, "permission_audit_user"),
         (Group.permissions.through, "permission_audit_group"),
     ):
-        m2m_changed.connect(_permissions_changed, sender=through, dispatch_uid=uid)
+        m2m_changed.connect(_permissions_changed, sender=permissions_through, dispatch_uid=uid)
