@@ -27,16 +27,21 @@ def fetch_one(sql: str, params: Sequence[object]) -> tuple[Any, ...]:
     return tuple(row)
 
 
+def _quoted_column(field: object) -> str:
+    """A concrete field's column, quoted (get_field may also return a relation's far end)."""
+    if not isinstance(field, models.Field) or field.column is None:
+        raise TypeError(f"{field!r} has no column")
+    return connection.ops.quote_name(field.column)
+
+
 def read(model: type[models.Model], pk: object, field: str) -> bytes:
     """The value of one BinaryField."""
     if connection.vendor != "postgresql":
         return bytes(model._default_manager.values_list(field, flat=True).get(pk=pk))
     meta = model._meta
-    table, column = meta.db_table, meta.get_field(field).column
-    quote = connection.ops.quote_name
-    (value,) = fetch_one(
-        f"SELECT {quote(column)} FROM {quote(table)} WHERE {quote(meta.pk.column)} = %s", [pk]
-    )
+    table = connection.ops.quote_name(meta.db_table)
+    column, pk_column = _quoted_column(meta.get_field(field)), _quoted_column(meta.pk)
+    (value,) = fetch_one(f"SELECT {column} FROM {table} WHERE {pk_column} = %s", [pk])
     return bytes(value)
 
 
@@ -50,8 +55,8 @@ def write(model: type[models.Model], pk: object, field: str, value: bytes) -> No
     meta = model._meta
     quote = connection.ops.quote_name
     sql = (
-        f"UPDATE {quote(meta.db_table)} SET {quote(meta.get_field(field).column)} = %b "
-        f"WHERE {quote(meta.pk.column)} = %s"
+        f"UPDATE {quote(meta.db_table)} SET {_quoted_column(meta.get_field(field))} = %b "
+        f"WHERE {_quoted_column(meta.pk)} = %s"
     )
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:

@@ -328,7 +328,10 @@ def _status_converters() -> list[tuple[Any, list[Any]]]:
     table = Certificate._meta.db_table
     converters = []
     for name in _STATUS_FIELDS:
-        column = Certificate._meta.get_field(name).get_col(table)
+        field = Certificate._meta.get_field(name)
+        if not isinstance(field, models.Field):
+            raise TypeError(f"Certificate.{name} is not a concrete field")
+        column = field.get_col(table)
         converters.append(
             (column, _db().ops.get_db_converters(column) + column.get_db_converters(_db()))
         )
