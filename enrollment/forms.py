@@ -94,7 +94,7 @@ class Pkcs12PasswordForm(PortalForm):
         )
 
     def clean_pkcs12_password(self) -> str:
-        password = self.cleaned_data["pkcs12_password"]
+        password: str = self.cleaned_data["pkcs12_password"]
         problems = pkcs12_password_problems(password, self.user)
         if problems:
             raise forms.ValidationError(problems)
@@ -144,7 +144,9 @@ class ServerKeyForm(Pkcs12PasswordForm):
             # A delegate enrols for a shared mailbox here: its subject is the mailbox's.
             user = getattr(self, "user", None)
             mine = f"Myself ({getattr(user, 'email', '') or 'my account'})"
-            self.fields["mailbox"].choices = [
+            mailbox_field = self.fields["mailbox"]
+            assert isinstance(mailbox_field, forms.ChoiceField)  # as declared above
+            mailbox_field.choices = [
                 ("", mine),
                 *((str(m.pk), f"{m.display_name} <{m.email}> (shared mailbox)") for m in mailboxes),
             ]
@@ -158,6 +160,7 @@ class ServerKeyForm(Pkcs12PasswordForm):
                 del self.fields[name]
         allowed = [a for a in ALGORITHM_ORDER if a in template.key_algorithms]
         field = self.fields["key_algorithm"]
+        assert isinstance(field, forms.ChoiceField)  # as declared above
         field.choices = [(a.value, f"{a.label} ({ALGORITHM_HELP[a]})") for a in allowed]
         if allowed:
             field.initial = allowed[0].value
@@ -203,7 +206,8 @@ class CsrForm(PortalForm):
                 f"The file is larger than {MAX_CSR_BYTES // 1024} KiB; that is not a "
                 "certificate request."
             )
-        return upload.read(MAX_CSR_BYTES + 1)
+        data: bytes = upload.read(MAX_CSR_BYTES + 1)
+        return data
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -232,7 +236,7 @@ class DecisionForm(PortalForm):
 
     @property
     def approves(self) -> bool:
-        return self.cleaned_data["decision"] == "approve"
+        return bool(self.cleaned_data["decision"] == "approve")
 
 
 def invalidity_date_field(label: str, *, help_text: str = "") -> forms.DateTimeField:
@@ -332,7 +336,8 @@ class ApiTokenForm(PortalForm):
         super().__init__(*args, **kwargs)
         choices = token_lifetime_choices()
         field = self.fields["lifetime_days"]
-        field.choices = choices  # type: ignore[attr-defined]
+        assert isinstance(field, forms.TypedChoiceField)  # as declared above
+        field.choices = choices
         offered = [days for days, _label in choices]
         field.initial = TOKEN_DEFAULT_LIFETIME if TOKEN_DEFAULT_LIFETIME in offered else offered[-1]
 

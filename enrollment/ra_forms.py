@@ -127,7 +127,8 @@ class RecoveryPerformForm(PortalForm):
             raise forms.ValidationError(
                 "The file is far larger than a key recovery agent's PKCS#12."
             )
-        return upload.read(MAX_AGENT_PKCS12_BYTES + 1)
+        data: bytes = upload.read(MAX_AGENT_PKCS12_BYTES + 1)
+        return data
 
 
 # Dates a filter takes: wide enough for any record, narrow enough that a day more or a zone

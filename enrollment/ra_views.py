@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 from urllib.parse import urlencode
 
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -183,13 +184,15 @@ def _certificates_page(
         results = list(ra_selectors.certificate_search(form.cleaned_data["q"])[:50])
     if failed is not None and all(c.pk != failed.pk for c in results):
         results.insert(0, failed)
+    reason_field = OfficerRevokeForm.base_fields["reason"]
+    assert isinstance(reason_field, forms.ChoiceField)  # as ra_forms declares it
     context = {
         "form": form,
         "results": results,
         "searched": form.is_bound,
         "failed_id": failed.pk if failed else None,
         "revoke_form": revoke_form,
-        "reasons": OfficerRevokeForm.base_fields["reason"].choices,
+        "reasons": reason_field.choices,
         "preset_reason": _preset_reason(request.GET.get("reason", "")),
     }
     return render(request, "enrollment/ra/certificates.html", context, status=status)
