@@ -146,7 +146,9 @@ def publish_on_commit(owner_id: int | None) -> None:
     if db_connection.in_atomic_block:
         # The transaction's own callback, if it is still registered (a rolled-back
         # savepoint drops it, and with it the owners it collected: right, they rolled back).
-        for _sids, callback, _robust in db_connection.run_on_commit:
+        # (savepoint ids, callback, robust); django-stubs still lists no robust.
+        for entry in db_connection.run_on_commit:
+            callback = entry[1]
             if isinstance(callback, _Send):
                 callback.owners.add(owner_id)
                 return

@@ -24,6 +24,7 @@ from django.urls import reverse
 from enrollment.models import Certificate, KeyRecoveryAgent
 
 if TYPE_CHECKING:
+    from accounts.models import User
     from enrollment.models import KeyRecoveryRequest
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def _send(subject: str, template: str, context: dict[str, Any], to: Iterable[str
     transaction.on_commit(send, robust=True)
 
 
-def _name(user: Any) -> str:
+def _name(user: User | None) -> str:
     if user is None:
         return "the system"
     return user.get_full_name() or user.get_username()

@@ -180,7 +180,7 @@ def service_health() -> dict[str, dict[str, Any]]:
     except ImportError:  # pragma: no cover - /health/ ships with the portal
         return {}
     results = checks()
-    services = {
+    services: dict[str, dict[str, Any]] = {
         name: dict(results[name]) for name in ("broker", "worker", "scheduler") if name in results
     }
     beat = services.get("scheduler", {})
@@ -294,8 +294,9 @@ def audit_actions() -> list[str]:
     it is worked out at most every five minutes per process. A new kind of action is
     suggested that much later; filtering by it works at once.
     """
-    return cache.get_or_set(  # type: ignore[no-any-return]
+    actions = cache.get_or_set(
         "pkiportal:audit-actions",
         lambda: sorted(AuditEvent.objects.order_by().values_list("action", flat=True).distinct()),
         AUDIT_ACTIONS_SECONDS,
     )
+    return actions if isinstance(actions, list) else []  # the cache's values are Any

@@ -86,7 +86,8 @@ def one_time_password() -> str:
 
 
 def approvals_required() -> int:
-    return settings.PKIPORTAL_RECOVERY_APPROVALS
+    approvals: int = settings.PKIPORTAL_RECOVERY_APPROVALS  # env.int in settings.py
+    return approvals
 
 
 class RecoveryAlreadyOpen(InvalidState):
@@ -827,9 +828,10 @@ def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: User) -> 
 
 def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
     if _delivered_to_former_officer(recovery):
-        officer = recovery.requested_by
+        officer = recovery.requested_by  # set: a recovery for the requester was opened
+        name = (officer.get_full_name() or officer.get_username()) if officer else "An officer"
         raise InvalidState(
-            f"{officer.get_full_name() or officer.get_username()} opened this recovery to "
+            f"{name} opened this recovery to "
             "receive the key as an RA officer and no longer is one, so it cannot be carried "
             "out. Reject it; an officer can open a new one. Nothing was changed."
         )
@@ -909,6 +911,7 @@ def recovery_download(
             elif locked.state != State.READY:
                 raise InvalidState(_no_download_because(locked))
             else:
+                assert locked.bundle is not None  # recovery_bundle_only_while_ready
                 bundle = bytes(locked.bundle)
                 locked.bundle = None
                 locked.state = State.DOWNLOADED

@@ -30,7 +30,8 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     max_limit = 100
     max_offset = 2**63 - 1
 
-    def get_limit(self, request: Request) -> int:
+    def get_limit(self, request: Request) -> int | None:
+        """None (no PAGE_SIZE and no ?limit=) leaves the list unpaginated, as in DRF."""
         limit = self._whole_number(request, self.limit_query_param, 1, self.max_limit)
         return self.default_limit if limit is None else limit
 

@@ -41,7 +41,8 @@ def _secret(name: str, default: str | None = None) -> str | None:
             return Path(path).read_text().strip()
         except OSError as exc:
             raise ImproperlyConfigured(f"{name}_FILE={path!r} cannot be read: {exc}") from exc
-    return env.str(name, default=default)
+    value: str | None = env.str(name, default=default)  # django-environ is untyped
+    return value
 
 
 def _embedded_secret_key() -> str:

@@ -124,7 +124,7 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
                 "organizational_unit": owner.organizational_unit,
             },
             "shared_mailbox": None
-            if instance.mailbox_id is None
+            if instance.mailbox is None  # no query when mailbox_id is None
             else {"email": instance.mailbox.email, "display_name": instance.mailbox.display_name},
             "pem": pkcs7.certificate_pem(instance.certificate).decode("ascii"),
             "chain_pem": self.context["chains"][instance.ca_id],

@@ -319,7 +319,7 @@ def _asks_the_same(earlier: CertificateRequest, data: Any, renewal_of: Certifica
     if renewal_of is None and data.get("template") != earlier.template.slug:
         return False
     if renewal_of is None and str(data.get("mailbox") or "").strip().lower() != (
-        earlier.mailbox.email if earlier.mailbox_id is not None else ""
+        earlier.mailbox.email if earlier.mailbox is not None else ""
     ):
         return False
     if s.is_csr_body(data):
