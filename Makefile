@@ -33,11 +33,11 @@ run: setup
 	@echo "pkiportal: http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
 	exec $(PY) manage.py runserver --noreload $(HOST):$(PORT)
 
-## lint: formatting, lint rules, strict types of the X.509 core, migrations in sync
+## lint: formatting, lint rules, strict types (pyproject.toml's [tool.mypy]), migrations in sync
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy enrollment/x509
+	$(VENV)/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run --verbosity 0
 
 ## test: install dev tools, lint, run the whole suite
