@@ -38,12 +38,14 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.utils import Buffer
 
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from enrollment.exceptions import KeyStoreError
 from enrollment.x509 import keys
+from enrollment.x509.keys import PrivateKey
 
 NAME = "pkcs11"
 LABEL_PREFIX = "pkiportal-"
@@ -149,7 +151,7 @@ class _Process:
     lib: Any
     session: Any
     keys: dict[str, Any]  # reference -> the private key object in this session
-    wrapped: dict[str, keys.PrivateKey]  # reference -> what cryptography signs with
+    wrapped: dict[str, PrivateKey]  # reference -> what cryptography signs with
 
 
 _LOCK = threading.RLock()
@@ -648,9 +650,7 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
         self._reference = reference
         self._public_key = public_key
 
-    def sign(
-        self, data: utils.Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
-    ) -> bytes:
+    def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise KeyStoreError("An EC key in the HSM signs ECDSA only.")
         digest, chosen = _digest(bytes(data), signature_algorithm.algorithm)
@@ -705,7 +705,7 @@ class TokenRsaKey(rsa.RSAPrivateKey):
 
     def sign(
         self,
-        data: utils.Buffer,
+        data: Buffer,
         padding_: padding.AsymmetricPadding,
         algorithm: Any,
     ) -> bytes:
@@ -903,17 +903,20 @@ class Pkcs11KeyBackend:
             raise KeyStoreError(f"Cannot {doing} the HSM token: {_say(exc)}") from None
 
 
-def check_pair(key: keys.PrivateKey, public_key: keys.PublicKey) -> None:
+def check_pair(key: keys.PrivateKey, public_key: object) -> None:
     """Sign a challenge in the token and verify it with the certificate's public key:
-    proves the token's key is the certificate's, whatever public object sits beside it."""
+    proves the token's key is the certificate's, whatever public object sits beside it.
+    ``public_key`` is whatever the certificate holds: a key of another type fails."""
     challenge = secrets.token_bytes(32)
     try:
         if isinstance(key, ec.EllipticCurvePrivateKey):
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+                raise TokenSignatureInvalid()
             algorithm = ec.ECDSA(keys.signature_hash_for(key))
-            assert isinstance(public_key, ec.EllipticCurvePublicKey)
             public_key.verify(key.sign(challenge, algorithm), challenge, algorithm)
         else:
-            assert isinstance(public_key, rsa.RSAPublicKey)
+            if not isinstance(public_key, rsa.RSAPublicKey):
+                raise TokenSignatureInvalid()
             digest = keys.signature_hash_for(key)
             public_key.verify(
                 key.sign(challenge, padding.PKCS1v15(), digest),
@@ -921,5 +924,5 @@ def check_pair(key: keys.PrivateKey, public_key: keys.PublicKey) -> None:
                 padding.PKCS1v15(),
                 digest,
             )
-    except (InvalidSignature, AssertionError):
+    except InvalidSignature:
         raise TokenSignatureInvalid() from None
