@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from enrollment.forms import PortalForm
@@ -24,7 +26,36 @@ class CodeForm(PortalForm):
     )
 
 
-class RemoveForm(PortalForm):
+def _current_code_field() -> forms.CharField:
+    return forms.CharField(
+        label="A code from your current app, or an unused backup code",
+        max_length=40,
+        strip=True,
+        error_messages={"required": "Enter a code of your current second factor."},
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "autocapitalize": "none", "spellcheck": "false"}
+        ),
+    )
+
+
+class SetupForm(CodeForm):
+    """The new app's first code; replacing an app also takes a code of the existing one."""
+
+    current_code = _current_code_field()
+
+    def __init__(self, *args: Any, replacing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not replacing:
+            del self.fields["current_code"]
+
+
+class CurrentCodeForm(PortalForm):
+    """Changing a second factor takes a code of it: a stolen session has none."""
+
+    current_code = _current_code_field()
+
+
+class RemoveForm(CurrentCodeForm):
     confirm = forms.BooleanField(
         label="I understand that signing in then takes my password only.",
         error_messages={"required": "Tick the box to confirm."},

@@ -268,12 +268,15 @@ def _trusted(amr: Any) -> bool:
     )
 
 
-def mark_verified(request: HttpRequest, device: Any) -> None:
-    """The session confirmed a code: a new session key (the privilege changed), and the
-    moment counts as the sign-in for actions that ask for a recent one (API tokens)."""
+def mark_verified(request: HttpRequest, device: Any, *, sign_in: bool = False) -> None:
+    """The session confirmed a code: a new session key (the privilege changed). Only the
+    sign-in's second step (``sign_in``) counts as the sign-in for actions that ask for a
+    recent one (API tokens, managing the second factor): a set-up must not, or a stolen
+    session could set up an app of its own and so make itself "recently signed in"."""
     django_otp.login(request, device)
     request.session.cycle_key()
-    request.session[recent_sign_in.SIGNED_IN_AT] = timezone.now().isoformat()
+    if sign_in:
+        request.session[recent_sign_in.SIGNED_IN_AT] = timezone.now().isoformat()
 
 
 # --- devices ----------------------------------------------------------------------------
@@ -328,17 +331,46 @@ def qr_svg(url: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    codes: list[str] | None = None  # the new backup codes, once confirmed
+    wrong: str = ""  # "code" (the new app's) or "current_code" (the existing device's)
+    throttled_until: Any = None
+    problem: str = ""  # why the current code could not be checked at all
+
+
 def totp_confirm(
-    *, user: User, device: TotpDevice, code: str, source_address: str | None
-) -> list[str] | None:
+    *,
+    user: User,
+    device: TotpDevice,
+    code: str,
+    current_code: str | None = None,
+    source_address: str | None,
+) -> Confirmation:
     """Confirm a new authenticator app with its first code; it replaces any earlier one,
-    and fresh backup codes replace the old (returned, to be shown once). None: wrong code."""
+    and fresh backup codes replace the old (returned, to be shown once).
+
+    Replacing an app takes a current code (or a backup code) of the existing device as
+    well: a stolen session must not swap the officer's phone for the thief's. The new
+    code is checked first, so a wrong one does not use up a backup code.
+    """
     with transaction.atomic():
         locked = TotpDevice.objects.select_for_update().filter(pk=device.pk, user=user).first()
         if locked is None or locked.confirmed:
             raise SecondFactorError("This set-up has expired; start again.")
         if not locked.verify_token(code):
-            return None
+            return Confirmation(wrong="code")
+        existing = TotpDevice.objects.filter(user=user, confirmed=True).exclude(pk=locked.pk)
+        if existing.exists():
+            check, _device = check_code(
+                user=user, code=current_code or "", source_address=source_address, via="replace"
+            )
+            if not check.ok:
+                return Confirmation(
+                    wrong="current_code",
+                    throttled_until=check.throttled_until,
+                    problem=check.problem,
+                )
         replaced = TotpDevice.objects.filter(user=user).exclude(pk=locked.pk).delete()[0] > 0
         locked.confirmed = True
         locked.save(update_fields=["confirmed"])
@@ -350,9 +382,48 @@ def totp_confirm(
             source_address=source_address,
             detail={"kind": "totp", "replaced": replaced, "backup_codes": len(codes)},
         )
+        _tell(user, "replaced" if replaced else "added", source_address)
     forget_state(user)
     device.refresh_from_db()
-    return codes
+    return Confirmation(codes=codes)
+
+
+def _tell(user: User, change: str, source_address: str | None) -> None:
+    """Mail the person: a second factor changed behind their back is how they learn of it."""
+    from enrollment.notifications import second_factor_changed
+
+    second_factor_changed(user, change=change, source_address=source_address)
+
+
+class CodeRefused(SecondFactorError):
+    """The current code asked for before changing a second factor was not right."""
+
+    def __init__(self, message: str, *, throttled_until: Any = None) -> None:
+        super().__init__(message)
+        self.throttled_until = throttled_until
+
+
+def _require_current_code(
+    *, user: User, current_code: str, source_address: str | None, via: str
+) -> None:
+    """Changing a second factor takes a code of it, as signing in does: a session stolen
+    after its sign-in has none. Wrong codes are throttled and audited as at sign-in."""
+    check, _device = check_code(
+        user=user, code=current_code, source_address=source_address, via=via
+    )
+    if check.ok:
+        return
+    if check.throttled_until is not None:
+        seconds = seconds_until(check.throttled_until)
+        raise CodeRefused(
+            f"Too many wrong codes: wait {seconds} second{'s' if seconds != 1 else ''} and "
+            "try again.",
+            throttled_until=check.throttled_until,
+        )
+    raise CodeRefused(
+        check.problem
+        or "That is not a current code of your authenticator app, nor an unused backup code."
+    )
 
 
 def _replace_backup_codes(user: User) -> list[str]:
@@ -369,10 +440,16 @@ def _replace_backup_codes(user: User) -> list[str]:
     return codes
 
 
-def backup_codes_regenerate(*, user: User, source_address: str | None) -> list[str]:
+def backup_codes_regenerate(
+    *, user: User, current_code: str, source_address: str | None
+) -> list[str]:
+    """New backup codes for old, given a current code (or a backup code)."""
+    if confirmed_totp(user) is None:
+        raise SecondFactorError("Set up an authenticator app first.")
+    _require_current_code(
+        user=user, current_code=current_code, source_address=source_address, via="backup_codes"
+    )
     with transaction.atomic():
-        if confirmed_totp(user) is None:
-            raise SecondFactorError("Set up an authenticator app first.")
         codes = _replace_backup_codes(user)
         audit_record(
             action="mfa.backup_codes_regenerate",
@@ -381,6 +458,7 @@ def backup_codes_regenerate(*, user: User, source_address: str | None) -> list[s
             source_address=source_address,
             detail={"backup_codes": len(codes)},
         )
+        _tell(user, "backup_codes", source_address)
     return codes
 
 
@@ -391,14 +469,20 @@ def _remove_devices(user: User) -> int:
     return removed
 
 
-def second_factor_remove(*, user: User, source_address: str | None) -> None:
-    """A person removes their own second factor: only where the policy does not ask it."""
+def second_factor_remove(*, user: User, current_code: str, source_address: str | None) -> None:
+    """A person removes their own second factor, given a current code of it: only where
+    the policy does not ask it."""
+    if state_for(user).required:
+        raise SecondFactorError(
+            "Your role needs a second factor: you can replace your authenticator app, "
+            "not remove it."
+        )
+    if confirmed_totp(user) is None:
+        raise SecondFactorError("You have no second factor to remove.")
+    _require_current_code(
+        user=user, current_code=current_code, source_address=source_address, via="remove"
+    )
     with transaction.atomic():
-        if state_for(user).required:
-            raise SecondFactorError(
-                "Your role needs a second factor: you can replace your authenticator app, "
-                "not remove it."
-            )
         if not _remove_devices(user):
             raise SecondFactorError("You have no second factor to remove.")
         audit_record(
@@ -408,6 +492,7 @@ def second_factor_remove(*, user: User, source_address: str | None) -> None:
             source_address=source_address,
             detail={"kind": "totp", "via": "self"},
         )
+        _tell(user, "removed", source_address)
 
 
 def may_reset(actor: Any, target: Any) -> bool:
@@ -437,6 +522,8 @@ def second_factor_reset(*, actor: User, target: User, source_address: str | None
             source_address=source_address,
             detail={"removed": bool(removed), "via": "admin"},
         )
+        if removed:
+            _tell(target, "reset", source_address)
     return bool(removed)
 
 
@@ -453,6 +540,7 @@ class Check:
     throttled_until: Any = None  # a datetime when refused for too many wrong codes
     kind: str = ""  # "totp" or "backup_code"
     backup_codes_left: int | None = None
+    problem: str = ""  # the device cannot be checked at all (its seed's key is lost)
 
 
 def check_code(*, user: User, code: str, source_address: str | None, via: str) -> tuple[Check, Any]:

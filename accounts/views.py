@@ -23,8 +23,9 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import mfa
-from accounts.forms import CodeForm, RemoveForm
+from accounts.forms import CodeForm, CurrentCodeForm, RemoveForm, SetupForm
 from accounts.requests import AuthenticatedHttpRequest
+from enrollment import recent_sign_in
 from enrollment.edge import client_address
 
 
@@ -62,6 +63,19 @@ def _verified_only(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+def _recent_sign_in_only(request: HttpRequest, doing: str, back_to: str) -> HttpResponse | None:
+    """Changing the second factor takes a recent sign-in, as minting an API token does: a
+    session cookie stolen hours after its sign-in must not replace or remove it."""
+    if recent_sign_in.signed_in_recently(request):
+        return None
+    messages.info(
+        request,
+        f"To {doing}, sign in again: it must be within "
+        f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in.",
+    )
+    return redirect(f"{reverse('login')}?{urlencode({'next': back_to})}")
+
+
 def _wait_message(until: Any) -> str:
     seconds = mfa.seconds_until(until)
     return (
@@ -82,7 +96,10 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "state": state,
         "device": device,
         "codes_left": len(codes.digests) if codes is not None else 0,
-        "remove_form": RemoveForm(),
+        "remove_form": RemoveForm(auto_id="remove-%s"),
+        "codes_form": CurrentCodeForm(auto_id="codes-%s"),
+        "sign_in_again": not recent_sign_in.signed_in_recently(request),
+        "sign_in_minutes": settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES,
         "single_sign_on_verified": bool(request.session.get(mfa.SSO_VERIFIED)),
     }
     return render(request, "accounts/overview.html", context)
@@ -109,7 +126,7 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
             via="web",
         )
         if check.ok:
-            mfa.mark_verified(request, device)
+            mfa.mark_verified(request, device, sign_in=True)
             if check.backup_codes_left is not None:
                 messages.warning(
                     request,
@@ -130,29 +147,44 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 
 @sensitive_variables("codes")
-@sensitive_post_parameters("code")
+@sensitive_post_parameters("code", "current_code")
 @never_cache
 @login_required
 @require_http_methods(["GET", "HEAD", "POST"])
 def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Set up (or replace) an authenticator app: scan, confirm with a code, keep the
-    backup codes shown once."""
+    backup codes shown once. Both take a recent sign-in; replacing also a code of the
+    app being replaced (or a backup code)."""
     if (refused := _verified_only(request)) is not None:
         return refused
+    state = mfa.state_for(request.user)
+    replacing = state.enrolled
+    back_to = f"{reverse('accounts:mfa-setup')}?{urlencode({'next': _next(request)})}"
+    doing = "replace your authenticator app" if replacing else "set up an authenticator app"
+    if (refused := _recent_sign_in_only(request, doing, back_to)) is not None:
+        return refused
     device = mfa.pending_totp(request.user)
-    form = CodeForm(request.POST or None)
+    form = SetupForm(request.POST or None, replacing=replacing)
     status = 200
     allowed, info = device.verify_is_allowed()
-    if request.method == "POST" and form.is_valid() and not allowed:
+    if request.method == "POST" and not form.is_valid():
+        status = 400
+    elif request.method == "POST" and not allowed:
         status = 429
         form.add_error("code", _wait_message((info or {}).get("locked_until")))
-    elif request.method == "POST" and form.is_valid():
-        codes = mfa.totp_confirm(
-            user=request.user,
-            device=device,
-            code=form.cleaned_data["code"],
-            source_address=client_address(request),
-        )
+    elif request.method == "POST":
+        try:
+            done = mfa.totp_confirm(
+                user=request.user,
+                device=device,
+                code=form.cleaned_data["code"],
+                current_code=form.cleaned_data.get("current_code"),
+                source_address=client_address(request),
+            )
+        except mfa.SecondFactorError as exc:
+            messages.error(request, exc.message)
+            return redirect(back_to)
+        codes = done.codes
         if codes is not None:
             mfa.mark_verified(request, device)
             response = render(
@@ -162,11 +194,22 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
             )
             response["Cache-Control"] = "no-store"
             return response
-        status = 400
-        form.add_error(
-            "code",
-            "That code is not right: check the app shows this account, and the phone's clock.",
-        )
+        if done.wrong == "current_code":
+            status = 429 if done.throttled_until else 400
+            form.add_error(
+                "current_code",
+                _wait_message(done.throttled_until)
+                if done.throttled_until
+                else done.problem
+                or "That is not a current code of your present app, nor an unused backup "
+                "code. Wait for the new app's next code and try again.",
+            )
+        else:
+            status = 400
+            form.add_error(
+                "code",
+                "That code is not right: check the app shows this account, and the phone's clock.",
+            )
     url = mfa.otpauth_url(device)
     context = {
         "form": form,
@@ -174,51 +217,83 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         "secret": mfa.base32_secret(device),
         "otpauth_url": url,
         "next": _next(request),
-        "state": mfa.state_for(request.user),
-        "replacing": mfa.state_for(request.user).enrolled,
+        "state": state,
+        "replacing": replacing,
     }
     response = render(request, "accounts/setup.html", context, status=status)
     response["Cache-Control"] = "no-store"  # the page carries the seed
     return response
 
 
+def _code_refused(request: HttpRequest, exc: mfa.SecondFactorError) -> HttpResponse:
+    messages.error(request, exc.message)
+    response = redirect("accounts:mfa-overview")
+    if isinstance(exc, mfa.CodeRefused) and exc.throttled_until is not None:
+        response["Retry-After"] = str(mfa.seconds_until(exc.throttled_until))
+    return response
+
+
 @sensitive_variables("codes")
+@sensitive_post_parameters("current_code")
 @never_cache
 @login_required
 @require_POST
 def backup_codes_regenerate(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """New backup codes, given a current code and a recent sign-in."""
     if (refused := _verified_only(request)) is not None:
         return refused
+    overview_url = reverse("accounts:mfa-overview")
+    if (
+        refused := _recent_sign_in_only(request, "make new backup codes", overview_url)
+    ) is not None:
+        return refused
+    form = CurrentCodeForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter a code of your current second factor.")
+        return redirect("accounts:mfa-overview")
     try:
         codes = mfa.backup_codes_regenerate(
-            user=request.user, source_address=client_address(request)
+            user=request.user,
+            current_code=form.cleaned_data["current_code"],
+            source_address=client_address(request),
         )
     except mfa.SecondFactorError as exc:
-        messages.error(request, exc.message)
-        return redirect("accounts:mfa-overview")
+        return _code_refused(request, exc)
     response = render(
         request,
         "accounts/backup_codes.html",
-        {"codes": codes, "next": reverse("accounts:mfa-overview"), "new_device": False},
+        {"codes": codes, "next": overview_url, "new_device": False},
     )
     response["Cache-Control"] = "no-store"
     return response
 
 
+@sensitive_post_parameters("current_code")
 @never_cache
 @login_required
 @require_POST
 def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Remove one's own second factor, given a current code and a recent sign-in."""
     if (refused := _verified_only(request)) is not None:
+        return refused
+    overview_url = reverse("accounts:mfa-overview")
+    doing = "remove your second factor"
+    if (refused := _recent_sign_in_only(request, doing, overview_url)) is not None:
         return refused
     form = RemoveForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Tick the box to confirm removing your second factor.")
+        messages.error(
+            request,
+            "Tick the box and enter a code of your second factor to confirm removing it.",
+        )
         return redirect("accounts:mfa-overview")
     try:
-        mfa.second_factor_remove(user=request.user, source_address=client_address(request))
+        mfa.second_factor_remove(
+            user=request.user,
+            current_code=form.cleaned_data["current_code"],
+            source_address=client_address(request),
+        )
     except mfa.SecondFactorError as exc:
-        messages.error(request, exc.message)
-        return redirect("accounts:mfa-overview")
+        return _code_refused(request, exc)
     messages.success(request, "Your second factor is removed: signing in takes your password only.")
     return redirect("accounts:mfa-overview")

@@ -129,6 +129,32 @@ def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> No
     )
 
 
+SECOND_FACTOR_SUBJECTS = {
+    "added": "An authenticator app was set up for your account",
+    "replaced": "Your authenticator app was replaced",
+    "removed": "Your second factor was removed",
+    "reset": "An administrator reset your second factor",
+    "backup_codes": "New backup codes were made for your account",
+    "locked": "Many wrong second-factor codes were entered for your account",
+}
+
+
+def second_factor_changed(user: Any, *, change: str, source_address: str | None) -> None:
+    """A second factor changed (or is under attack): a thief with the session or the
+    password who swaps it shows up in the owner's mailbox, with what to do."""
+    _send(
+        SECOND_FACTOR_SUBJECTS[change],
+        "enrollment/email/second_factor_changed.txt",
+        {
+            "user": user,
+            "change": change,
+            "source_address": source_address,
+            "url": reverse("accounts:mfa-overview"),
+        },
+        user.email,
+    )
+
+
 def rollout_invitations_send(
     invitations: list[Any],
     *,

@@ -56,6 +56,15 @@ def backup_codes_on(page: str) -> list[str]:
     return re.findall(r"<code>([a-z2-9]{4}(?:-[a-z2-9]{4}){3})</code>", page)
 
 
+def new_backup_codes(client: Client, current: str) -> list[str]:
+    """Make new backup codes on /account/, confirming with a current code."""
+    return backup_codes_on(client.post(POSTS[0], {"current_code": current}).content.decode())
+
+
+def a_wrong_code(seed: bytes) -> str:
+    return "000000" if code(seed) != "000000" else "111111"
+
+
 @pytest.fixture
 def kra_user(db):
     user = UserFactory(username="karl")
@@ -192,22 +201,22 @@ def test_a_verified_officer_reaches_the_ra_console_and_their_account(officer_cli
 
 
 def test_a_verified_officer_may_not_remove_it_but_an_employee_may(officer_client, employee):
-    refused = officer_client.post(POSTS[1], {"confirm": "on"}, follow=True)
+    refused = officer_client.post(POSTS[1], {"confirm": "on", "current_code": "1"}, follow=True)
     assert "not remove it" in refused.content.decode()
     assert TotpDevice.objects.count() == 1
 
-    authenticator(employee)
+    _device, seed = authenticator(employee)
     client = verified_login(Client(), employee)
-    assert client.post(POSTS[1], {"confirm": "on"}).status_code == 302
+    assert client.post(POSTS[1], {"confirm": "on", "current_code": code(seed)}).status_code == 302
     assert not TotpDevice.objects.filter(user=employee).exists()
     assert events("mfa.device_remove")[0].object_id == str(employee.pk)
 
 
 def test_removing_needs_the_box_ticked(employee):
-    authenticator(employee)
+    _device, seed = authenticator(employee)
     client = verified_login(Client(), employee)
 
-    client.post(POSTS[1], {})
+    client.post(POSTS[1], {"current_code": code(seed)})
 
     assert TotpDevice.objects.filter(user=employee).exists()
 
@@ -312,8 +321,9 @@ def test_a_code_works_once_and_a_wrong_code_is_throttled_and_audited(officer):
 
 
 def test_a_backup_code_signs_in_once(officer):
+    _device, seed = authenticator(officer)
     client = verified_login(Client(), officer)
-    codes = backup_codes_on(client.post(POSTS[0]).content.decode())
+    codes = new_backup_codes(client, code(seed))
     assert len(codes) == 10
 
     used = signed_in_only(officer).post(PAGES["verify"], {"code": codes[3].upper()})
@@ -328,28 +338,151 @@ def test_a_backup_code_signs_in_once(officer):
 
 
 def test_new_backup_codes_replace_the_old(officer):
+    _device, seed = authenticator(officer)
     client = verified_login(Client(), officer)
-    old = backup_codes_on(client.post(POSTS[0]).content.decode())
-    new = backup_codes_on(client.post(POSTS[0]).content.decode())
+    old = new_backup_codes(client, code(seed))
+    new = new_backup_codes(client, old[5])  # a backup code confirms it too
 
+    assert len(new) == 10
     assert not set(old) & set(new)
     assert signed_in_only(officer).post(PAGES["verify"], {"code": old[0]}).status_code == 400
 
 
-def test_replacing_the_app_takes_a_verified_session_and_drops_the_old_one(officer):
+def test_replacing_the_app_takes_a_code_of_the_old_one_and_drops_it(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
     _old, old_seed = authenticator(officer)
     client = verified_login(Client(), officer)
+    now = timezone.now()
 
-    assert client.get(PAGES["setup"]).status_code == 200
-    pending = TotpDevice.objects.get(confirmed=False)
-    done = client.post(PAGES["setup"], {"code": code(seed_of(pending))})
+    with time_machine.travel(now, tick=False):
+        page = client.get(PAGES["setup"])
+        assert page.status_code == 200
+        assert 'name="current_code"' in page.content.decode()
+        new_seed = seed_of(TotpDevice.objects.get(confirmed=False))
+        # The new app's code alone is not enough, nor a wrong code of the old one.
+        missing = client.post(PAGES["setup"], {"code": code(new_seed)})
+        assert missing.status_code == 400
+    later = now.timestamp() + 30
+    with time_machine.travel(later, tick=False):
+        wrong = client.post(
+            PAGES["setup"],
+            {"code": code(new_seed, at=later), "current_code": a_wrong_code(old_seed)},
+        )
+        assert wrong.status_code == 400
+        assert "not a current code" in wrong.content.decode()
+    assert TotpDevice.objects.filter(confirmed=True).get() == _old
+    assert events("mfa.verify")[-1].detail["via"] == "replace"
+    later = now.timestamp() + 90
+    with (
+        time_machine.travel(later, tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        done = client.post(
+            PAGES["setup"],
+            {"code": code(new_seed, at=later), "current_code": code(old_seed, at=later)},
+        )
 
     assert done.status_code == 200
-    assert list(TotpDevice.objects.values_list("pk", flat=True)) == [pending.pk]
+    pending = TotpDevice.objects.get()
+    assert pending.confirmed
+    assert seed_of(pending) == new_seed
     assert events("mfa.device_add")[0].detail["replaced"] is True
-    with time_machine.travel(timezone.now() + timedelta(seconds=60)):
+    assert [m.subject for m in mailoutbox] == ["Your authenticator app was replaced"]
+    assert mailoutbox[0].to == [officer.email]
+    with time_machine.travel(later + 60):
         refused = signed_in_only(officer).post(PAGES["verify"], {"code": code(old_seed)})
     assert refused.status_code == 400
+
+
+def test_a_stale_verified_session_neither_replaces_the_app_nor_mints_a_token(officer):
+    """A session cookie stolen hours after its sign-in: the set-up page sends it to sign
+    in again, before it shows a seed, and nothing it does counts as a recent sign-in."""
+    old_device, old_seed = authenticator(officer)
+    client = Client()
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        sign_in(client, "olivia")
+        assert client.post(PAGES["verify"], {"code": code(old_seed)}).status_code == 302
+    with time_machine.travel(start + timedelta(hours=6), tick=False):
+        page = client.get(PAGES["setup"])
+        posted = client.post(PAGES["setup"], {"code": "123456", "current_code": "123456"})
+        minted = client.post("/account/tokens/new/", {"label": "thief", "lifetime_days": 90})
+
+    for response in (page, posted, minted):
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/")
+    assert not TotpDevice.objects.filter(confirmed=False).exists()  # no seed shown
+    assert list(TotpDevice.objects.all()) == [old_device]
+    assert not AuthToken.objects.exists()
+
+
+def test_setting_up_an_app_does_not_count_as_a_recent_sign_in(employee, settings):
+    window = settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES
+    client = Client()
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        sign_in(client, "alice")
+    set_up_at = start + timedelta(minutes=window - 2)
+    with time_machine.travel(set_up_at, tick=False):
+        client.get(PAGES["setup"])
+        seed = seed_of(TotpDevice.objects.get(user=employee, confirmed=False))
+        done = client.post(PAGES["setup"], {"code": code(seed, at=set_up_at.timestamp())})
+        assert done.status_code == 200
+    with time_machine.travel(start + timedelta(minutes=window + 1), tick=False):
+        minted = client.post("/account/tokens/new/", {"label": "x", "lifetime_days": 7})
+
+    assert minted["Location"].startswith("/accounts/login/")
+    assert not AuthToken.objects.exists()
+    # A stale session of someone with none set up cannot start one either.
+    with time_machine.travel(start + timedelta(hours=2), tick=False):
+        stale = Client()
+        stale.force_login(UserFactory(username="newbie"))
+    with time_machine.travel(start + timedelta(hours=5), tick=False):
+        assert stale.get(PAGES["setup"])["Location"].startswith("/accounts/login/")
+    assert not TotpDevice.objects.filter(user__username="newbie").exists()
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_backup_codes_and_removal_take_a_current_code_and_a_recent_sign_in(
+    employee, path, mailoutbox, django_capture_on_commit_callbacks
+):
+    device, seed = authenticator(employee)
+    mfa._replace_backup_codes(employee)
+    digests = BackupCodeDevice.objects.get().digests
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        client = verified_login(Client(), employee)
+        no_code = client.post(path, {"confirm": "on"})
+        wrong = client.post(path, {"confirm": "on", "current_code": a_wrong_code(seed)})
+    with time_machine.travel(start + timedelta(hours=3), tick=False):
+        stale = client.post(path, {"confirm": "on", "current_code": code(seed)})
+    assert stale["Location"].startswith("/accounts/login/")
+    for refused in (no_code, wrong):
+        assert refused["Location"] == PAGES["overview"]
+    assert TotpDevice.objects.get() == device
+    assert BackupCodeDevice.objects.get().digests == digests
+    assert [e.detail["via"] for e in events("mfa.verify")] == [
+        "backup_codes" if path == POSTS[0] else "remove"
+    ]
+    assert not mailoutbox
+
+    with (
+        time_machine.travel(start + timedelta(seconds=5), tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        done = verified_login(Client(), employee).post(
+            path, {"confirm": "on", "current_code": code(seed)}
+        )
+
+    if path == POSTS[0]:
+        assert len(backup_codes_on(done.content.decode())) == 10
+        assert BackupCodeDevice.objects.get().digests != digests
+        assert [m.subject for m in mailoutbox] == ["New backup codes were made for your account"]
+    else:
+        assert done["Location"] == PAGES["overview"]
+        assert not TotpDevice.objects.exists()
+        assert [m.subject for m in mailoutbox] == ["Your second factor was removed"]
 
 
 def test_a_new_password_sign_in_asks_for_the_code_again(officer):
@@ -388,7 +521,7 @@ def test_axes_still_counts_wrong_passwords_before_any_second_step(officer, setti
 def test_the_seed_and_backup_codes_are_not_in_the_database_in_clear(officer):
     device, seed = authenticator(officer)
     client = verified_login(Client(), officer)
-    codes = backup_codes_on(client.post(POSTS[0]).content.decode())
+    codes = new_backup_codes(client, code(seed))
     with connection.cursor() as cursor:
         cursor.execute("SELECT sealed_key FROM accounts_totpdevice WHERE id = %s", [device.pk])
         (raw,) = cursor.fetchone()
