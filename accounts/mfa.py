@@ -80,12 +80,14 @@ def _sealer(secrets_: tuple[str, ...]) -> MultiFernet:
 
 
 def _current_sealer() -> MultiFernet:
-    """PKIPORTAL_MFA_KEY's keys when set (the first seals), else SECRET_KEY's and then
-    SECRET_KEY_FALLBACKS': a rotated SECRET_KEY still opens seeds sealed under the old."""
-    configured = tuple(settings.PKIPORTAL_MFA_KEYS)
-    if not configured:
-        configured = (settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS)
-    return _sealer(configured)
+    """PKIPORTAL_MFA_KEY's keys when set (the first seals), then SECRET_KEY's and
+    SECRET_KEY_FALLBACKS' (which seal only when no PKIPORTAL_MFA_KEY is set): a rotated
+    SECRET_KEY still opens seeds sealed under the old, and setting PKIPORTAL_MFA_KEY for
+    the first time (deploy check W006) still opens the seeds sealed before, for
+    mfa_reseal to move."""
+    from_secret_key = (settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS)
+    keys = dict.fromkeys((*settings.PKIPORTAL_MFA_KEYS, *from_secret_key))  # ordered, once
+    return _sealer(tuple(keys))
 
 
 def seal(seed: bytes) -> bytes:

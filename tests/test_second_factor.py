@@ -551,7 +551,34 @@ def test_a_rotated_secret_key_still_opens_seeds_and_reseal_moves_them(officer, s
     assert mfa.unseal(bytes(TotpDevice.objects.get().sealed_key)) == seed
 
 
+def test_following_the_deploy_checks_hint_keeps_everyone_s_second_factor(officer, settings):
+    """W006: set PKIPORTAL_MFA_KEY, run mfa_reseal. Seeds sealed under SECRET_KEY's key
+    still open, move to the new key, and then open without SECRET_KEY."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from enrollment.checks import second_factor_key_is_its_own
+
+    _device, seed = authenticator(officer)
+    (warning,) = second_factor_key_is_its_own()
+    assert "PKIPORTAL_MFA_KEY" in warning.hint
+    assert "mfa_reseal" in warning.hint
+    settings.PKIPORTAL_MFA_KEYS = ["an own key of at least thirty-two chars!!"]
+
+    out = StringIO()
+    call_command("mfa_reseal", stdout=out)
+    assert "Resealed 1 " in out.getvalue()
+    with time_machine.travel(timezone.now() + timedelta(seconds=1)):
+        assert (
+            signed_in_only(officer).post(PAGES["verify"], {"code": code(seed)})["Location"] == "/"
+        )
+    settings.SECRET_KEY = "a brand new secret key, the old one is gone " * 2
+    assert mfa.unseal(bytes(TotpDevice.objects.get().sealed_key)) == seed
+
+
 def test_a_lost_key_makes_the_code_unverifiable_not_a_crash(officer, settings):
+    settings.PKIPORTAL_MFA_KEYS = ["a key of at least thirty-two characters, lost"]
     authenticator(officer)
     settings.PKIPORTAL_MFA_KEYS = ["another key of at least thirty-two characters"]
 
@@ -749,12 +776,12 @@ def test_mfa_reseal_moves_seeds_to_a_new_key_and_names_the_unopenable(officer, s
     from django.core.management import CommandError, call_command
 
     _device, seed = authenticator(officer)
-    settings.PKIPORTAL_MFA_KEYS = ["new key " * 5, settings.SECRET_KEY]
+    settings.PKIPORTAL_MFA_KEYS = ["new key " * 5]
     out = StringIO()
     call_command("mfa_reseal", stdout=out)
     assert "Resealed 1" in out.getvalue()
 
-    settings.PKIPORTAL_MFA_KEYS = ["new key " * 5]
+    settings.SECRET_KEY = "another secret key, the old one is gone " * 2
     assert mfa.unseal(bytes(TotpDevice.objects.get().sealed_key)) == seed
     settings.PKIPORTAL_MFA_KEYS = ["yet another key " * 3]
     with pytest.raises(CommandError, match="could not be opened"):
