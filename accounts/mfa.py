@@ -18,7 +18,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from hmac import compare_digest
 from typing import Any
@@ -56,6 +56,9 @@ SSO_AMR = "pkiportal_oidc_amr"
 # RFC 8176 methods that are, or include, a factor beyond the password.
 SECOND_FACTOR_AMR = frozenset({"mfa", "otp", "hwk", "sc", "swk", "fpt", "face", "iris"})
 _KDF_INFO = b"pkiportal second-factor seeds v1"
+# The session's own authenticator app being set up (its pk), and for how long it is.
+PENDING_SESSION_KEY = "pkiportal_mfa_pending"
+PENDING_MINUTES = 15
 
 
 class SecondFactorError(NotPermitted):
@@ -292,18 +295,35 @@ def backup_codes(user: Any) -> BackupCodeDevice | None:
     return BackupCodeDevice.objects.filter(user=user).first()
 
 
-def pending_totp(user: User) -> TotpDevice:
-    """The authenticator app being set up: the same seed until it is confirmed, so a
-    reloaded page shows the QR code already scanned."""
-    pending = TotpDevice.objects.filter(user=user, confirmed=False).order_by("-pk").first()
+def pending_totp(request: HttpRequest) -> TotpDevice:
+    """The authenticator app this session is setting up: the same seed until it is
+    confirmed (a reloaded page shows the QR code already scanned), for PENDING_MINUTES.
+
+    Each session has its own: another session of the same person (whoever else knows the
+    password) never sees the seed this one will confirm. Set-ups left unfinished for longer
+    are deleted as new ones start.
+    """
+    user = request.user
+    fresh = _pending_fresh(TotpDevice.objects.filter(user=user, confirmed=False))
+    pending = fresh.filter(pk=request.session.get(PENDING_SESSION_KEY, -1)).first()
     if pending is None:
+        TotpDevice.objects.filter(confirmed=False, created_at__lt=_pending_cutoff()).delete()
         pending = TotpDevice.objects.create(
             user=user,
             name="Authenticator app",
             confirmed=False,
             sealed_key=seal(secrets.token_bytes(SEED_BYTES)),
         )
+        request.session[PENDING_SESSION_KEY] = pending.pk
     return pending
+
+
+def _pending_cutoff() -> Any:
+    return timezone.now() - timedelta(minutes=PENDING_MINUTES)
+
+
+def _pending_fresh(devices: Any) -> Any:
+    return devices.filter(created_at__gte=_pending_cutoff())
 
 
 def base32_secret(device: TotpDevice) -> str:
@@ -357,7 +377,11 @@ def totp_confirm(
     code is checked first, so a wrong one does not use up a backup code.
     """
     with transaction.atomic():
-        locked = TotpDevice.objects.select_for_update().filter(pk=device.pk, user=user).first()
+        locked = (
+            _pending_fresh(TotpDevice.objects.select_for_update())
+            .filter(pk=device.pk, user=user)
+            .first()
+        )
         if locked is None or locked.confirmed:
             raise SecondFactorError("This set-up has expired; start again.")
         if not locked.verify_token(code):

@@ -163,12 +163,20 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     doing = "replace your authenticator app" if replacing else "set up an authenticator app"
     if (refused := _recent_sign_in_only(request, doing, back_to)) is not None:
         return refused
-    device = mfa.pending_totp(request.user)
+    started = request.session.get(mfa.PENDING_SESSION_KEY)
+    device = mfa.pending_totp(request)
     form = SetupForm(request.POST or None, replacing=replacing)
     status = 200
     allowed, info = device.verify_is_allowed()
     if request.method == "POST" and not form.is_valid():
         status = 400
+    elif request.method == "POST" and started != device.pk:
+        status = 400
+        form.add_error(
+            "code",
+            f"This set-up expired ({mfa.PENDING_MINUTES} minutes): scan the new code below "
+            "(remove the old entry from your app) and enter the code it shows.",
+        )
     elif request.method == "POST" and not allowed:
         status = 429
         form.add_error("code", _wait_message((info or {}).get("locked_until")))
@@ -186,6 +194,7 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
             return redirect(back_to)
         codes = done.codes
         if codes is not None:
+            request.session.pop(mfa.PENDING_SESSION_KEY, None)
             mfa.mark_verified(request, device)
             response = render(
                 request,

@@ -271,6 +271,49 @@ def test_an_officer_signs_in_sets_up_an_app_and_reaches_the_ra_console(officer):
     assert not any(c in str(e.detail) for e in AuditEvent.objects.all() for c in codes)
 
 
+def secret_on(page) -> str:
+    return re.search(r'id="totp-secret">([^<]+)<', page.content.decode()).group(1)
+
+
+def test_each_session_sets_up_its_own_app(officer):
+    """Whoever else knows the password signs in too: they never see the seed the officer
+    is about to confirm, and cannot confirm it from their session."""
+    officer_session, other = Client(), Client()
+    sign_in(officer_session, "olivia")
+    sign_in(other, "olivia")
+
+    mine = officer_session.get(PAGES["setup"])
+    theirs = other.get(PAGES["setup"])
+
+    assert secret_on(mine) != secret_on(theirs)
+    assert secret_on(officer_session.get(PAGES["setup"])) == secret_on(mine)  # a reload
+    seed = base64.b32decode(secret_on(mine).replace(" ", ""))
+    assert other.post(PAGES["setup"], {"code": code(seed)}).status_code == 400
+    assert officer_session.post(PAGES["setup"], {"code": code(seed)}).status_code == 200
+    # Confirming drops the other session's unfinished set-up.
+    assert list(TotpDevice.objects.values_list("confirmed", flat=True)) == [True]
+
+
+def test_an_unfinished_set_up_expires_and_is_cleaned_up(officer, employee, settings):
+    settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES = 60  # the sign-in is still recent
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        client = Client()
+        sign_in(client, "olivia")
+        old = secret_on(client.get(PAGES["setup"]))
+        signed_in_only(employee).get(PAGES["setup"])  # someone else's, left unfinished
+    later = start + timedelta(minutes=mfa.PENDING_MINUTES + 1)
+    seed = base64.b32decode(old.replace(" ", ""))
+    with time_machine.travel(later, tick=False):
+        expired = client.post(PAGES["setup"], {"code": code(seed, at=later.timestamp())})
+        assert expired.status_code == 400
+        assert "This set-up expired" in expired.content.decode()
+        assert secret_on(expired) != old
+
+    assert TotpDevice.objects.filter(confirmed=True).count() == 0
+    assert list(TotpDevice.objects.values_list("user__username", flat=True)) == ["olivia"]
+
+
 def test_the_second_step_keeps_where_the_person_was_going(officer):
     _device, seed = authenticator(officer)
     client = Client()
