@@ -84,9 +84,12 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         if obj.pk is None:
             return "-"
         device = mfa.confirmed_totp(obj)
-        if device is None:
-            return "None set up."
         reset = reverse("admin:accounts_user_mfa_reset", args=[obj.pk])
+        if device is None:
+            # An unfinished set-up (or stray backup codes) is still something to reset.
+            if mfa.has_any_device(obj):
+                return format_html('An unfinished set-up. <a href="{}">Reset it…</a>', reset)
+            return "None set up."
         return format_html(
             'Authenticator app, set up {}. <a href="{}">Reset it…</a>',
             date_format(timezone.localtime(device.created_at), "Y-m-d H:i T")

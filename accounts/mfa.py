@@ -110,18 +110,31 @@ def unseal(sealed: bytes) -> bytes:
 
 def reseal_all() -> tuple[int, int]:
     """Seal every seed under the current first key (after a key rotation); returns how many
-    were resealed and how many could not be opened with any key."""
+    were resealed and how many could not be opened with any key. An unfinished set-up no
+    key opens is dropped, not counted: its person simply starts again."""
     done = failed = 0
     sealer = _current_sealer()
-    for device in TotpDevice.objects.only("pk", "sealed_key").iterator():
+    for device in TotpDevice.objects.only("pk", "sealed_key", "confirmed").iterator():
         try:
             resealed = sealer.rotate(bytes(device.sealed_key))
         except InvalidToken:
-            failed += 1
+            if device.confirmed:
+                failed += 1
+            else:
+                TotpDevice.objects.filter(pk=device.pk, confirmed=False).delete()
             continue
         TotpDevice.objects.filter(pk=device.pk).update(sealed_key=resealed)
         done += 1
     return done, failed
+
+
+def opens(device: TotpDevice) -> bool:
+    """Whether a configured key opens the device's seed."""
+    try:
+        unseal(bytes(device.sealed_key))
+    except SecondFactorError:
+        return False
+    return True
 
 
 # --- backup codes ----------------------------------------------------------------------
@@ -291,6 +304,14 @@ def confirmed_totp(user: Any) -> TotpDevice | None:
     return TotpDevice.objects.filter(user=user, confirmed=True).first()
 
 
+def has_any_device(user: Any) -> bool:
+    """An app, confirmed or not, or backup codes: what an administrator's reset removes."""
+    return (
+        TotpDevice.objects.filter(user=user).exists()
+        or BackupCodeDevice.objects.filter(user=user).exists()
+    )
+
+
 def backup_codes(user: Any) -> BackupCodeDevice | None:
     return BackupCodeDevice.objects.filter(user=user).first()
 
@@ -306,6 +327,9 @@ def pending_totp(request: HttpRequest) -> TotpDevice:
     user = request.user
     fresh = _pending_fresh(TotpDevice.objects.filter(user=user, confirmed=False))
     pending = fresh.filter(pk=request.session.get(PENDING_SESSION_KEY, -1)).first()
+    if pending is not None and not opens(pending):
+        pending.delete()  # sealed under a key since lost: a new seed, not a crash
+        pending = None
     if pending is None:
         TotpDevice.objects.filter(confirmed=False, created_at__lt=_pending_cutoff()).delete()
         pending = TotpDevice.objects.create(
@@ -589,9 +613,12 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
             return Check(
                 ok=False, kind=kind, throttled_until=(info or {}).get("locked_until")
             ), None
-        verified = django_otp.verify_token(
-            user, device.persistent_id, digits if kind == "totp" else text
-        )
+        try:
+            verified = django_otp.verify_token(
+                user, device.persistent_id, digits if kind == "totp" else text
+            )
+        except SecondFactorError as exc:  # the seed's key is lost: nothing to check against
+            return Check(ok=False, kind=kind, problem=exc.message), None
         if verified is not None:
             left = None
             if kind == "backup_code":

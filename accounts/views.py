@@ -135,12 +135,13 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
                 )
             return redirect(_next(request))
         status = 429 if check.throttled_until else 400
-        form.add_error(
-            "code",
-            _wait_message(check.throttled_until)
-            if check.throttled_until
-            else "That code is not right, or was used already.",
-        )
+        if check.problem:
+            message = f"{check.problem} A backup code still works."
+        elif check.throttled_until:
+            message = _wait_message(check.throttled_until)
+        else:
+            message = "That code is not right, or was used already."
+        form.add_error("code", message)
     return render(
         request, "accounts/verify.html", {"form": form, "next": _next(request)}, status=status
     )

@@ -620,14 +620,47 @@ def test_following_the_deploy_checks_hint_keeps_everyone_s_second_factor(officer
     assert mfa.unseal(bytes(TotpDevice.objects.get().sealed_key)) == seed
 
 
-def test_a_lost_key_makes_the_code_unverifiable_not_a_crash(officer, settings):
+def test_a_lost_key_makes_the_code_unverifiable_not_a_crash(
+    officer, employee, settings, admin_client_
+):
     settings.PKIPORTAL_MFA_KEYS = ["a key of at least thirty-two characters, lost"]
-    authenticator(officer)
+    _device, seed = authenticator(officer)
+    mfa._replace_backup_codes(officer)
+    client = Client(raise_request_exception=False)
+    sign_in(client, "olivia")
+    pending_elsewhere = Client(raise_request_exception=False)
+    sign_in(pending_elsewhere, "alice")  # mid set-up when the key is lost
+    assert pending_elsewhere.get(PAGES["setup"]).status_code == 200
     settings.PKIPORTAL_MFA_KEYS = ["another key of at least thirty-two characters"]
 
     with pytest.raises(mfa.SecondFactorError, match="reset"):
-        mfa.unseal(bytes(TotpDevice.objects.get().sealed_key))
-    assert mfa.reseal_all() == (0, 1)
+        mfa.unseal(bytes(TotpDevice.objects.get(user=officer).sealed_key))
+    page = client.post(PAGES["verify"], {"code": code(seed)})
+    assert page.status_code == 400
+    assert "an administrator must reset your second factor" in page.content.decode()
+    api = token_client(None).post(TOKEN, **basic("olivia", HTTP_X_OTP_CODE=code(seed)))
+    assert api.status_code == 403
+    assert api.json()["missing"] == "second_factor_reset"
+    # The set-up under the lost key makes way for a new one.
+    assert pending_elsewhere.get(PAGES["setup"]).status_code == 200
+    assert mfa.opens(TotpDevice.objects.get(user=employee))
+    # mfa_reseal names the confirmed app only.
+    assert mfa.reseal_all() == (2, 1)  # the administrator's and alice's open
+    change = admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+    assert reset_url(officer) in change
+
+
+def test_the_admin_offers_a_reset_for_an_unfinished_set_up(officer, admin_client_):
+    client = Client()
+    sign_in(client, "olivia")
+    client.get(PAGES["setup"])
+
+    change = admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+
+    assert "An unfinished set-up" in change
+    assert reset_url(officer) in change
+    assert admin_client_.post(reset_url(officer)).status_code == 302
+    assert not TotpDevice.objects.filter(user=officer).exists()
 
 
 # --- the API ------------------------------------------------------------------------------

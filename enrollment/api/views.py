@@ -1035,6 +1035,14 @@ def _second_factor_for_basic(request: Request) -> Response | None:
     )
     if check.ok:
         return None
+    if check.problem:
+        return Response(
+            {
+                "detail": f"{check.problem} A backup code in {SECOND_FACTOR_HEADER} still works.",
+                "missing": "second_factor_reset",
+            },
+            status=status.HTTP_403_FORBIDDEN,
+        )
     if check.throttled_until is not None:
         wait = mfa.seconds_until(check.throttled_until)
         return Response(
