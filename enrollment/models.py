@@ -1101,6 +1101,11 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(
         null=True, blank=True, help_text="When it last authenticated a call, to the hour."
     )
+    second_factor = models.BooleanField(
+        default=False,
+        help_text="Minted with a confirmed second factor. Tokens without it have no officer, "
+        "agent or administrator power while the policy asks their owner for one.",
+    )
 
     class Meta:
         verbose_name = "API token"

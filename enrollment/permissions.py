@@ -9,22 +9,59 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.urls import reverse
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from enrollment import hotsql
-from enrollment.models import CertificateTemplate
+from enrollment.models import ApiToken, CertificateTemplate
 
 User = AbstractBaseUser | AnonymousUser
 
 
 def _in_group(user: Any, name: str) -> bool:
-    return bool(
+    member = bool(
         user is not None
         and user.is_authenticated
         and user.is_active
         and (user.is_superuser or user.groups.filter(name=name).exists())
     )
+    if member:
+        refuse_token_without_second_factor(user)
+    return member
+
+
+def refuse_token_without_second_factor(user: Any) -> None:
+    """An API token minted without a second factor (before the roll-out of the second
+    factor, or before its owner got the role) carries no officer, agent or administrator
+    power while the policy asks its owner for a second factor: 403, mint a new one."""
+    token = getattr(user, "_pkiportal_api_token", None)
+    if token is None:
+        return
+    verified = getattr(user, "_pkiportal_token_second_factor", None)
+    if verified is None:
+        verified = bool(
+            ApiToken.objects.filter(auth_token=token)
+            .values_list("second_factor", flat=True)
+            .first()
+        )
+        user._pkiportal_token_second_factor = verified
+    if verified:
+        return
+    from accounts import mfa
+    from accounts.api import SecondFactorRequired
+
+    if mfa.state_for(user).required:
+        raise SecondFactorRequired(
+            {
+                "detail": "This API token was made without a second factor, which your role "
+                "needs: it cannot act as an RA officer, key recovery agent or administrator. "
+                "Mint a new token with your second factor (POST /api/v1/auth/token/ with the "
+                "X-OTP-Code header, or on /account/tokens/) and revoke this one.",
+                "missing": "second_factor_token",
+                "url": reverse("enrollment:token-list"),
+            }
+        )
 
 
 def is_ra_officer(user: Any) -> bool:

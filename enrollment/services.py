@@ -2155,12 +2155,14 @@ def api_token_create(
     lifetime_days: int | None = None,
     via: str,
     source_address: str | None = None,
+    second_factor: bool = False,
 ) -> tuple[ApiToken, str]:
     """Mint an API token for its owner; returns its row and the token, in clear, once.
 
     Only knox's digest of the token is stored. ``lifetime_days`` defaults to, and may
     never exceed, API_TOKEN_TTL_DAYS; an owner holds at most PKIPORTAL_MAX_API_TOKENS
     live tokens, each under a name of its own (the API may leave it empty).
+    ``second_factor``: the owner confirmed one to mint it (enrollment.permissions).
     """
     label = label.strip()
     problem = api_token_label_problem(label)
@@ -2193,13 +2195,19 @@ def api_token_create(
         token, clear = AuthToken.objects.create(user=owner, expiry=timedelta(days=days))
         named = token.api_token  # made with the token (_api_token_row)
         named.label = label
-        named.save(update_fields=["label"])
+        named.second_factor = second_factor
+        named.save(update_fields=["label", "second_factor"])
         audit_record(
             action="api_token.create",
             actor=owner,
             target=owner,
             source_address=source_address,
-            detail={**_token_facts(token), "expires": token.expiry, "via": via},
+            detail={
+                **_token_facts(token),
+                "expires": token.expiry,
+                "via": via,
+                "second_factor": second_factor,
+            },
         )
         from enrollment.notifications import api_token_created
 

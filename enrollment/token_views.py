@@ -24,6 +24,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_POST, require_safe
 
+from accounts import mfa
 from accounts.requests import AuthenticatedHttpRequest
 from enrollment import recent_sign_in, services
 from enrollment.edge import client_address, show_error
@@ -115,6 +116,7 @@ def token_create(request: AuthenticatedHttpRequest) -> HttpResponse:
             lifetime_days=form.cleaned_data["lifetime_days"],
             via=WEB,
             source_address=client_address(request),
+            second_factor=mfa.session_verified(request),
         )
     except EnrollmentError as exc:
         return _page(request, form=form, status=show_error(form, exc))

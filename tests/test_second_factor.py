@@ -15,11 +15,18 @@ from django.contrib.auth.models import Group
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from accounts import mfa
 from accounts.models import BackupCodeDevice, TotpDevice
-from enrollment.models import AuditEvent
-from tests.enrollment.api_tools import CERTIFICATES, TOKEN, session_client, token_client
+from enrollment.models import ApiToken, AuditEvent
+from tests.enrollment.api_tools import (
+    CERTIFICATES,
+    PENDING,
+    TOKEN,
+    session_client,
+    token_client,
+)
 from tests.factories import UserFactory
 from tests.second_factor import authenticator, code, seed_of, verified_login
 
@@ -738,6 +745,58 @@ def test_a_verified_session_mints_and_a_token_works_whatever_the_session(officer
     assert client.get(CERTIFICATES).status_code == 200
     assert client.post(TOKEN).status_code == 200
     assert token_client(officer).get(CERTIFICATES).status_code == 200
+
+
+def token_of(response) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {response.json()['token']}")
+    return client
+
+
+def test_a_token_minted_without_a_second_factor_has_no_officer_power(employee):
+    """Minted by an employee with the password alone; then they become an RA officer."""
+    minted = token_client(None).post(TOKEN, **basic("alice"))
+    assert minted.status_code == 200
+    assert not ApiToken.objects.get().second_factor
+    employee.groups.add(Group.objects.get_or_create(name="RA officers")[0])
+    old = token_of(minted)
+
+    refused = old.get(PENDING)
+
+    assert refused.status_code == 403
+    assert refused.json()["missing"] == "second_factor_token"
+    assert "Mint a new token" in refused.json()["detail"]
+    # The same token minted with the second factor may.
+    _device, seed = authenticator(employee)
+    again = token_client(None).post(TOKEN, **basic("alice", HTTP_X_OTP_CODE=code(seed)))
+    assert ApiToken.objects.get(auth_token__token_key=again.json()["prefix"]).second_factor
+    assert token_of(again).get(PENDING).status_code == 200
+
+
+def test_tokens_from_before_the_second_factor_count_as_minted_without_it(officer, employee):
+    """A token from before the migration (knox's row alone) and an employee's."""
+    old, clear = AuthToken.objects.create(user=officer)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {clear}")
+
+    assert ApiToken.objects.get(auth_token=old).second_factor is False
+    assert client.get(PENDING).status_code == 403
+    assert client.get(CERTIFICATES).status_code == 403  # an officer's view of the list
+    # An employee's password-only token does what employees do.
+    assert (
+        token_of(token_client(None).post(TOKEN, **basic("alice"))).get(CERTIFICATES).status_code
+        == 200
+    )
+
+
+def test_a_verified_session_mints_a_token_with_the_second_factor(officer, employee):
+    session_client(officer).post(TOKEN)
+    session_client(employee).post(TOKEN)
+
+    assert dict(ApiToken.objects.values_list("auth_token__user__username", "second_factor")) == {
+        "olivia": True,
+        "alice": False,
+    }
 
 
 def test_the_verified_moment_counts_as_the_recent_sign_in(officer, settings):

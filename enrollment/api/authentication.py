@@ -62,6 +62,9 @@ class TokenAuthentication(knox_auth.TokenAuthentication):  # type: ignore[misc] 
                 if knox_settings.AUTO_REFRESH and auth_token.expiry:
                     self.renew_token(auth_token)
                 user_and_token: tuple[Any, AuthToken] = self.validate_user(auth_token)
+                # The role checks (enrollment.permissions) ask whether it was minted with
+                # a second factor, only when the user holds a role: not on every call.
+                user_and_token[0]._pkiportal_api_token = auth_token
                 _note_use(auth_token)
                 return user_and_token
         raise _refused()

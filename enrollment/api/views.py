@@ -974,10 +974,13 @@ class TokenCreateView(APIView):
                 f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in. "
                 "HTTP basic needs no second sign-in."
             )
-        if not isinstance(request.successful_authenticator, SessionAuthentication):
+        if isinstance(request.successful_authenticator, SessionAuthentication):
+            second_factor = mfa.session_verified(request._request)
+        else:
             refused = _second_factor_for_basic(request)
             if refused is not None:
                 return refused
+            second_factor = mfa.state_for(signed_in_user(request)).asked  # a code was checked
         serializer = s.TokenIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         named, clear = services.api_token_create(
@@ -986,6 +989,7 @@ class TokenCreateView(APIView):
             lifetime_days=serializer.validated_data["lifetime_days"],
             via=services.TokenVia.API,
             source_address=client_address(request),
+            second_factor=second_factor,
         )
         if not isinstance(request.successful_authenticator, SessionAuthentication):
             # As knox does for a password: Django records the sign-in, django-axes resets

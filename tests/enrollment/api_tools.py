@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from rest_framework.test import APIClient
 
-from enrollment.models import Certificate, CertificateRequest
+from accounts import mfa
+from enrollment.models import ApiToken, Certificate, CertificateRequest
 from enrollment.x509.keys import PrivateKey
 from tests.enrollment.tools import cryptography_csr
 from tests.second_factor import verified_login
@@ -30,7 +31,11 @@ def token_client(user: Any) -> APIClient:
     """A client authenticated as a script would be: a knox token, no session, no CSRF."""
     client = APIClient()
     if user is not None:
-        _instance, token = AuthToken.objects.create(user=user)
+        instance, token = AuthToken.objects.create(user=user)
+        # As the portal mints one now: with a second factor whoever is asked for one.
+        mfa.forget_state(user)
+        ApiToken.objects.filter(auth_token=instance).update(second_factor=mfa.state_for(user).asked)
+        mfa.forget_state(user)
         client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     return client
 
