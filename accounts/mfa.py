@@ -40,7 +40,13 @@ from django.db.models import Exists, OuterRef
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.models import BackupCodeDevice, TotpDevice, User
+from accounts.models import (
+    LOCKOUT_FAILURES,
+    MAX_THROTTLE_SECONDS,
+    BackupCodeDevice,
+    TotpDevice,
+    User,
+)
 from enrollment import recent_sign_in
 from enrollment.audit import audit_record
 from enrollment.exceptions import NotPermitted
@@ -596,7 +602,8 @@ class Check:
 def check_code(*, user: User, code: str, source_address: str | None, via: str) -> tuple[Check, Any]:
     """Check a code from the person's authenticator app or one of their backup codes.
 
-    Each device throttles wrong codes (django-otp: 1, 2, 4 ... seconds); a wrong code is
+    Each device throttles wrong codes (django-otp: 1, 2, 4 ... seconds, at most
+    MAX_THROTTLE_SECONDS); a wrong code is
     audited (mfa.verify, failure) as it comes, a refusal while throttled is not (it costs
     the guesser nothing and would only flood the trail). Returns the check and the device.
     """
@@ -613,12 +620,23 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
             return Check(
                 ok=False, kind=kind, throttled_until=(info or {}).get("locked_until")
             ), None
-        try:
-            verified = django_otp.verify_token(
-                user, device.persistent_id, digits if kind == "totp" else text
-            )
-        except SecondFactorError as exc:  # the seed's key is lost: nothing to check against
-            return Check(ok=False, kind=kind, problem=exc.message), None
+        with transaction.atomic():
+            # As django_otp.verify_token, with the row locked; and the throttle asked again
+            # under the lock: of a burst of wrong codes read as allowed above, the first
+            # counts and the rest are refused as throttled (429, no audit event each).
+            locked = type(device).objects.select_for_update().filter(pk=device.pk).first()
+            if locked is None:
+                return Check(ok=False, kind=kind), None
+            allowed, info = locked.verify_is_allowed()
+            if not allowed:
+                return Check(
+                    ok=False, kind=kind, throttled_until=(info or {}).get("locked_until")
+                ), None
+            try:
+                ok = locked.verify_token(digits if kind == "totp" else text)
+            except SecondFactorError as exc:  # the seed's key is lost: nothing to check
+                return Check(ok=False, kind=kind, problem=exc.message), None
+        verified = locked if ok else None
         if verified is not None:
             left = None
             if kind == "backup_code":
@@ -644,4 +662,16 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
         source_address=source_address,
         detail={"kind": kind, "failures": failures, "via": via},
     )
+    if failures == LOCKOUT_FAILURES:
+        # Once per run of wrong codes (the count only grows until a right one): someone
+        # with the password is guessing. The person and the trail learn of it.
+        audit_record(
+            action="mfa.lockout",
+            actor=user,
+            target=user,
+            outcome="failure",
+            source_address=source_address,
+            detail={"kind": kind, "failures": failures, "wait_seconds": MAX_THROTTLE_SECONDS},
+        )
+        _tell(user, "locked", source_address)
     return check, None

@@ -7,7 +7,7 @@ backend can map its attributes straight onto these fields.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django_otp.models import Device, ThrottlingMixin, TimestampMixin
@@ -20,6 +20,25 @@ from django.db.models.functions import Upper
 from django.utils import timezone
 
 from accounts.search import directory_search_text
+
+# The longest a person waits after wrong codes (django-otp doubles the wait without end:
+# whoever has the password could lock an officer out for weeks). 2**10 s passes it at the
+# eleventh wrong code in a row, LOCKOUT_FAILURES, audited once (accounts.mfa.check_code).
+MAX_THROTTLE_SECONDS = 15 * 60
+LOCKOUT_FAILURES = 11
+
+
+def capped_throttle(device: Any, allowed: bool, info: Any) -> tuple[bool, Any]:
+    """django-otp's throttle answer with the wait capped at MAX_THROTTLE_SECONDS."""
+    if allowed or not info or info.get("locked_until") is None:
+        return allowed, info
+    cap = device.throttling_failure_timestamp + timedelta(seconds=MAX_THROTTLE_SECONDS)
+    if info["locked_until"] <= cap:
+        return allowed, info
+    if timezone.now() >= cap:
+        return True, None
+    return False, {**info, "locked_until": cap}
+
 
 # The fields directory_search is derived from.
 DIRECTORY_SOURCE_FIELDS = frozenset(
@@ -195,6 +214,9 @@ class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
     def get_throttle_factor(self) -> int:
         return 1  # 1, 2, 4, 8 ... seconds after successive wrong codes
 
+    def verify_is_allowed(self) -> tuple[bool, Any]:
+        return capped_throttle(self, *super().verify_is_allowed())
+
 
 class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
     """One-time backup codes for a lost phone, stored only as salted SHA-256 digests.
@@ -231,3 +253,6 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
 
     def get_throttle_factor(self) -> int:
         return 1
+
+    def verify_is_allowed(self) -> tuple[bool, Any]:
+        return capped_throttle(self, *super().verify_is_allowed())

@@ -370,6 +370,72 @@ def test_a_code_works_once_and_a_wrong_code_is_throttled_and_audited(officer):
     ]  # the throttled refusal is not an event of its own
 
 
+def test_the_wait_after_wrong_codes_is_capped_and_a_lockout_is_audited_once(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    from accounts.models import LOCKOUT_FAILURES, MAX_THROTTLE_SECONDS
+
+    device, seed = authenticator(officer)
+    now = timezone.now()
+    wrong = a_wrong_code(seed)
+    with django_capture_on_commit_callbacks(execute=True):
+        for n in range(1, LOCKOUT_FAILURES + 3):  # each try after the last wait ended
+            with time_machine.travel(now + timedelta(days=n), tick=False):
+                mfa.check_code(user=officer, code=wrong, source_address=None, via="web")
+    device.refresh_from_db()
+    assert device.throttling_failure_count == LOCKOUT_FAILURES + 2
+
+    with time_machine.travel(device.throttling_failure_timestamp, tick=False):
+        allowed, info = device.verify_is_allowed()
+    assert not allowed
+    assert info["locked_until"] - device.throttling_failure_timestamp == timedelta(
+        seconds=MAX_THROTTLE_SECONDS
+    )
+    later = device.throttling_failure_timestamp + timedelta(seconds=MAX_THROTTLE_SECONDS + 1)
+    with time_machine.travel(later, tick=False):
+        assert device.verify_is_allowed() == (True, None)
+    (lockout,) = events("mfa.lockout")
+    assert lockout.detail["failures"] == LOCKOUT_FAILURES
+    assert [m.subject for m in mailoutbox] == [
+        "Many wrong second-factor codes were entered for your account"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_wrong_codes_counts_once_and_the_rest_are_throttled(officer):
+    """Wrong codes sent at once all read the device unthrottled: under the row lock the
+    throttle is asked again, so one counts and the rest are refused as throttled, with no
+    audit event each."""
+    import threading
+
+    from django.db import connections
+
+    device, seed = authenticator(officer)
+    tries = 8
+    barrier = threading.Barrier(tries)
+    results = [None] * tries
+
+    def one(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = mfa.check_code(
+                user=officer, code=a_wrong_code(seed), source_address=None, via="t"
+            )[0]
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(tries)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 1
+    assert len(events("mfa.verify")) == 1
+    assert sum(r.throttled_until is not None for r in results) == tries - 1
+
+
 def test_a_backup_code_signs_in_once(officer):
     _device, seed = authenticator(officer)
     client = verified_login(Client(), officer)
