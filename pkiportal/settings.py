@@ -420,7 +420,7 @@ if PKIPORTAL_MFA_REQUIRED_FOR not in ("officers", "everyone", "nobody"):
     )
 # Keys that seal TOTP seeds in the database (comma-separated: the first seals, all open).
 # Empty: a key derived from SECRET_KEY (and SECRET_KEY_FALLBACKS), so a database reader
-# alone never holds a usable seed; check --deploy warns (pkiportal.W004).
+# alone never holds a usable seed; check --deploy warns (pkiportal.W006).
 PKIPORTAL_MFA_KEYS = [
     key.strip()
     for key in (_secret("PKIPORTAL_MFA_KEY", default="") or "").split(",")
