@@ -401,7 +401,7 @@ def test_the_wait_after_wrong_codes_is_capped_and_a_lockout_is_audited_once(
     ]
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_burst_of_wrong_codes_counts_once_and_the_rest_are_throttled(officer):
     """Wrong codes sent at once all read the device unthrottled: under the row lock the
     throttle is asked again, so one counts and the rest are refused as throttled, with no
