@@ -36,7 +36,7 @@ from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -331,6 +331,8 @@ def pending_totp(request: HttpRequest) -> TotpDevice:
     are deleted as new ones start.
     """
     user = request.user
+    if not isinstance(user, User):  # the set-up pages are for signed-in people only
+        raise SecondFactorError("Sign in to set up an authenticator app.")
     fresh = _pending_fresh(TotpDevice.objects.filter(user=user, confirmed=False))
     pending = fresh.filter(pk=request.session.get(PENDING_SESSION_KEY, -1)).first()
     if pending is not None and not opens(pending):
@@ -352,7 +354,7 @@ def _pending_cutoff() -> Any:
     return timezone.now() - timedelta(minutes=PENDING_MINUTES)
 
 
-def _pending_fresh(devices: Any) -> Any:
+def _pending_fresh(devices: QuerySet[TotpDevice]) -> QuerySet[TotpDevice]:
     return devices.filter(created_at__gte=_pending_cutoff())
 
 

@@ -215,7 +215,7 @@ class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
         return 1  # 1, 2, 4, 8 ... seconds after successive wrong codes
 
     def verify_is_allowed(self) -> tuple[bool, Any]:
-        return capped_throttle(self, *super().verify_is_allowed())
+        return capped_throttle(self, *super().verify_is_allowed())  # type: ignore[no-untyped-call]  # django-otp is unannotated
 
 
 class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
@@ -255,4 +255,4 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
         return 1
 
     def verify_is_allowed(self) -> tuple[bool, Any]:
-        return capped_throttle(self, *super().verify_is_allowed())
+        return capped_throttle(self, *super().verify_is_allowed())  # type: ignore[no-untyped-call]  # django-otp is unannotated
