@@ -370,6 +370,7 @@ class Certificate(DerCertificateMixin):
         blank=True,
         on_delete=models.PROTECT,
         related_name="certificates",
+        db_index=False,  # cert_mailbox_idx: partial, the few rows that have one
     )
     template = models.ForeignKey(
         CertificateTemplate, null=True, blank=True, on_delete=models.PROTECT
@@ -426,6 +427,10 @@ class Certificate(DerCertificateMixin):
             # With the owner's own index alone, PostgreSQL without fresh statistics ANDed it
             # with the template's, which grows with every certificate of that template.
             models.Index(fields=["owner", "template"], name="cert_owner_template_idx"),
+            # A shared mailbox's certificates (its pages, cap, revocation, the directory).
+            models.Index(
+                fields=["mailbox"], name="cert_mailbox_idx", condition=Q(mailbox__isnull=False)
+            ),
             # Revocation and the API look certificates up by serial alone, and the RA console
             # by its first digits too (pattern operators: equality and prefix LIKE).
             models.Index(
@@ -500,6 +505,7 @@ class CertificateRequest(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="requests",
+        db_index=False,  # request_mailbox_idx: partial, the few rows that have one
     )
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     key_source = models.CharField(max_length=10, choices=KeySource.choices)
@@ -537,6 +543,10 @@ class CertificateRequest(models.Model):
             models.Index(fields=["state", "created_at"], name="request_state_idx"),
             # A person's requests, and the open-request and rate limits of every enrolment.
             models.Index(fields=["requester", "template"], name="request_requester_template_idx"),
+            # A shared mailbox's open requests (its cap, withdrawal on deactivation).
+            models.Index(
+                fields=["mailbox"], name="request_mailbox_idx", condition=Q(mailbox__isnull=False)
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -969,6 +979,10 @@ class LeaverRevocationRun(models.Model):
     revoked_accounts = models.PositiveIntegerField(default=0)
     revoked_certificates = models.PositiveIntegerField(default=0)
     failed_accounts = models.PositiveIntegerField(default=0)
+    revoked_mailboxes = models.PositiveIntegerField(
+        default=0, help_text="Deactivated shared mailboxes whose certificates it revoked."
+    )
+    failed_mailboxes = models.PositiveIntegerField(default=0)
     error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
 
     def __str__(self) -> str:
