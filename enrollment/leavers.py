@@ -23,8 +23,9 @@ cap: a sync that rewrites thousands of addresses is held back like a mass deacti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -160,7 +161,10 @@ class Outcome:
     revoked_accounts: int = 0
     revoked_certificates: int = 0
     failed_accounts: int = 0
+    revoked_mailboxes: int = 0  # deactivated shared mailboxes, counted apart from accounts
+    failed_mailboxes: int = 0
     error: str = ""
+    stopped: bool = dataclasses.field(default=False, metadata={"stored": False})
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -169,6 +173,8 @@ class Outcome:
             "revoked_accounts": self.revoked_accounts,
             "revoked_certificates": self.revoked_certificates,
             "failed_accounts": self.failed_accounts,
+            "revoked_mailboxes": self.revoked_mailboxes,
+            "failed_mailboxes": self.failed_mailboxes,
         }
 
 
@@ -227,6 +233,7 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
                 # Each account commits on its own: stop here, say so, and let the next
                 # run go on, rather than be killed at the hard limit with nothing recorded.
                 outcome.error = "Stopped at the task's time limit; the next run goes on."
+                outcome.stopped = True
                 logger.error("Leavers' revocation stopped at the time limit after %d accounts",
                              outcome.revoked_accounts)  # fmt: skip
                 break
@@ -240,7 +247,9 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
             if revoked:
                 outcome.revoked_accounts += 1
                 outcome.revoked_certificates += revoked
-    _revoke_mailboxes(outcome, now=now, delay=delay, source=source)
+    if not outcome.stopped:
+        # Past the soft limit the hard one is near: the next run revokes the mailboxes.
+        _revoke_mailboxes(outcome, now=now, delay=delay, source=source)
     _record(outcome, now=now, source=source)
     return outcome
 
@@ -249,7 +258,7 @@ def _revoke_mailboxes(outcome: Outcome, *, now: datetime, delay: timedelta, sour
     """Deactivated shared mailboxes past the same grace period: their certificates are
     revoked as a leaver's are. Not under the cap, which guards against a directory sync
     switching people off by mistake: only an officer deactivates a mailbox, one at a time,
-    audited. Counted in the run's totals as accounts are."""
+    audited. Counted apart from accounts (revoked_mailboxes, failed_mailboxes)."""
     for mailbox_pk in mailboxes.mailboxes_due(now=now, delay=delay):
         try:
             revoked = mailboxes.mailbox_revoke(
@@ -257,15 +266,16 @@ def _revoke_mailboxes(outcome: Outcome, *, now: datetime, delay: timedelta, sour
             )
         except SoftTimeLimitExceeded:
             outcome.error = "Stopped at the task's time limit; the next run goes on."
+            outcome.stopped = True
             return
         except Exception as exc:
             logger.exception("Could not revoke the certificates of shared mailbox %s", mailbox_pk)
-            outcome.failed_accounts += 1
+            outcome.failed_mailboxes += 1
             shown = public_message(exc) if isinstance(exc, EnrollmentError) else str(exc)
             outcome.error = f"{type(exc).__name__}: {shown}"[:500]
             continue
         if revoked:
-            outcome.revoked_accounts += 1
+            outcome.revoked_mailboxes += 1
             outcome.revoked_certificates += revoked
 
 
@@ -317,7 +327,16 @@ def _revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: st
 def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
     # Outcome's fields are the row's columns, name for name.
     LeaverRevocationRun.objects.update_or_create(
-        pk=1, defaults={"ran_at": now, "source": source, **asdict(outcome)}
+        pk=1,
+        defaults={
+            "ran_at": now,
+            "source": source,
+            **{
+                field.name: getattr(outcome, field.name)
+                for field in dataclasses.fields(outcome)
+                if field.metadata.get("stored", True)
+            },
+        },
     )
 
 
@@ -380,11 +399,17 @@ def leaver_check(now: datetime | None = None) -> dict[str, Any]:
             f"The hourly revocation of leavers' certificates last finished at "
             f"{run.ran_at:%Y-%m-%d %H:%M} UTC: is it failing? See the worker's log."
         )
-    if run.failed_accounts:
+    if run.failed_accounts or run.failed_mailboxes:
+        whose = []
+        if run.failed_accounts:
+            whose.append(
+                f"{run.failed_accounts} account(s) (deactivated, or whose address changed)"
+            )
+        if run.failed_mailboxes:
+            whose.append(f"{run.failed_mailboxes} deactivated shared mailbox(es)")
         result["problems"].append(
-            f"The last run could not revoke the certificates of {run.failed_accounts} "
-            f"account(s) (deactivated, or whose address changed): {run.error}. It tries "
-            "again every hour."
+            f"The last run could not revoke the certificates of {' and '.join(whose)}: "
+            f"{run.error}. It tries again every hour."
         )
     elif run.error:  # stopped at its time limit, or could not look for old addresses
         result["problems"].append(f"The last run: {run.error} It tries again every hour.")

@@ -94,9 +94,15 @@ class Command(BaseCommand):
                 f"{outcome.revoked_accounts} account(s) (affiliationChanged)."
             )
         )
-        if outcome.failed_accounts:
+        if outcome.revoked_mailboxes:
+            self.stdout.write(
+                f"Of those, the certificates of {outcome.revoked_mailboxes} deactivated "
+                "shared mailbox(es) were revoked for cessationOfOperation."
+            )
+        if outcome.failed_accounts or outcome.failed_mailboxes:
             raise CommandError(
-                f"The certificates of {outcome.failed_accounts} account(s) could not be "
+                f"The certificates of {outcome.failed_accounts} account(s) and "
+                f"{outcome.failed_mailboxes} shared mailbox(es) could not be "
                 f"revoked: {outcome.error}"
             )
 
