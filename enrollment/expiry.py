@@ -1,4 +1,5 @@
-"""Expiry notices to owners (30, 7 and 1 days before) and the recovery-agent warning.
+"""Expiry notices to owners and to shared mailboxes' delegates (30, 7 and 1 days before)
+and the recovery-agent warning.
 
 Run daily by beat. "Once per threshold, never twice, across restarts" rests on the
 database: a notice row is inserted (unique per certificate and threshold) in the same
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from enrollment import ra_notifications as notify
@@ -42,8 +44,13 @@ def expiry_notices_send(*, now: datetime | None = None) -> dict[int, int]:
     horizon = now + timedelta(days=max(thresholds))
     candidates = (
         Certificate.objects.valid(now)
-        .filter(not_after__lte=horizon, owner__isnull=False, owner__is_active=True)
-        .select_related("owner", "template")
+        .filter(not_after__lte=horizon)
+        # A person's (still with us), or an active shared mailbox's: its delegates are told.
+        .filter(
+            Q(owner__isnull=False, owner__is_active=True)
+            | Q(owner__isnull=True, mailbox__is_active=True)
+        )
+        .select_related("owner", "template", "mailbox")
         .order_by("not_after", "pk")
     )
     notified: dict[int, list[Certificate]] = {days: [] for days in thresholds}

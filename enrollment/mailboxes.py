@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from enrollment import ra_notifications as notify
 from enrollment.audit import audit_record
 from enrollment.exceptions import InvalidState, NotPermitted, PolicyViolation
 from enrollment.models import Certificate, CertificateRequest, SharedMailbox
@@ -101,6 +102,23 @@ def _check_delegates(delegates: Iterable[Any]) -> list[Any]:
     return people
 
 
+SELF_DELEGATION = (
+    "You cannot make yourself a delegate of a shared mailbox: a delegate can get its key. "
+    "Another RA officer must add you."
+)
+
+
+def _check_not_self(actor: Any, added: Iterable[Any]) -> None:
+    """Separation of duties: an officer who could name themselves a delegate could collect
+    the mailbox's key alone (its encryption template may need no approval)."""
+    if actor is not None and getattr(actor, "pk", None) in {person.pk for person in added}:
+        raise NotPermitted(SELF_DELEGATION, field="delegates")
+
+
+def _username(person: Any) -> str:
+    return str(person.get_username())
+
+
 def _usernames(people: Iterable[Any]) -> list[str]:
     return sorted(person.get_username() for person in people)
 
@@ -120,6 +138,7 @@ def mailbox_create(
     address = clean_address(email)
     name = clean_display_name(display_name)
     people = _check_delegates(delegates)
+    _check_not_self(actor, people)
     if SharedMailbox.objects.filter(email__iexact=address).exists():
         raise InvalidState(f"A shared mailbox {address} exists already.", field="email")
     if get_user_model().objects.filter(email__iexact=address).exists():
@@ -162,6 +181,7 @@ def mailbox_update(
     people = _check_delegates(delegates)
     before = set(locked.delegates.all())
     after = set(people)
+    _check_not_self(actor, after - before)
     changes: dict[str, Any] = {}
     if name != locked.display_name:
         changes["display_name"] = {"old": locked.display_name, "new": name}
@@ -171,6 +191,12 @@ def mailbox_update(
         changes["delegates_added"] = _usernames(after - before)
         changes["delegates_removed"] = _usernames(before - after)
         locked.delegates.set(people)
+        notify.mailbox_delegates_changed(
+            locked,
+            added=sorted(after - before, key=_username),
+            removed=sorted(before - after, key=_username),
+            actor=actor,
+        )
     if changes:
         audit_record(
             action="mailbox.change",

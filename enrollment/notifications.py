@@ -60,7 +60,13 @@ def request_decided(request: CertificateRequest) -> None:
 
 
 def certificate_revoked(certificate: Certificate, *, actor: object = None) -> None:
-    """Tell the holder: they learn of a revocation they did not make, or confirm their own."""
+    """Tell the holder: they learn of a revocation they did not make, or confirm their own.
+    A shared mailbox's certificate: the mailbox and its delegates."""
+    if certificate.mailbox_id is not None:
+        from enrollment.ra_notifications import mailbox_certificate_revoked
+
+        mailbox_certificate_revoked(certificate, actor=actor)
+        return
     owner = certificate.owner
     if owner is None:
         return

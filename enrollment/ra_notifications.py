@@ -25,7 +25,7 @@ from enrollment.models import Certificate, KeyRecoveryAgent
 
 if TYPE_CHECKING:
     from accounts.models import User
-    from enrollment.models import KeyRecoveryRequest
+    from enrollment.models import KeyRecoveryRequest, SharedMailbox
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,88 @@ def admin_addresses() -> list[str]:
     return [*users.values_list("email", flat=True), *admins]
 
 
+# --- shared mailboxes -----------------------------------------------------------------
+
+
+def mailbox_addresses(mailbox: SharedMailbox, *, also: Iterable[Any] = ()) -> list[str]:
+    """The mailbox's own address and its active delegates' (and ``also``'s, e.g. those
+    just removed). The mailbox itself is told so that one delegate, or an officer who
+    made themselves one, cannot act on its key unseen: everyone who reads it reads that."""
+    people = [*mailbox.delegates.filter(is_active=True), *also]
+    return [mailbox.email, *(p.email for p in people if p.is_active and p.email)]
+
+
+MAILBOX_SUBJECTS = {
+    "delegates": "The delegates of the shared mailbox {email} changed",
+    "issued": "A certificate was issued for the shared mailbox {email}",
+    "revoked": "A certificate of the shared mailbox {email} was revoked",
+    "expiring": "A certificate of the shared mailbox {email} expires in {days_left} day{plural}",
+    "recovery": "Key recovery #{pk} of the shared mailbox {email}: {step}",
+}
+
+
+def mailbox_notice(
+    mailbox: SharedMailbox,
+    event: str,
+    *,
+    also: Iterable[Any] = (),
+    **context: Any,
+) -> None:
+    """Tell a shared mailbox (and its delegates) what happened to its delegates, its
+    certificates or its key: issuance, revocation, expiry, each recovery step."""
+    facts = {"email": mailbox.email, "plural": "", **context}
+    if "days_left" in context:
+        facts["plural"] = "s" if context["days_left"] != 1 else ""
+    if "recovery" in context:
+        facts["pk"] = context["recovery"].pk
+    _send(
+        MAILBOX_SUBJECTS[event].format(**facts),
+        "enrollment/email/mailbox_notice.txt",
+        {"mailbox": mailbox, "event": event, **context},
+        mailbox_addresses(mailbox, also=also),
+    )
+
+
+def mailbox_delegates_changed(
+    mailbox: SharedMailbox, *, added: list[Any], removed: list[Any], actor: Any
+) -> None:
+    """The old and the new delegates and the mailbox learn who now reads it (and may get
+    its key): a delegate added behind their backs shows up in their mail."""
+    mailbox_notice(
+        mailbox,
+        "delegates",
+        also=removed,
+        added=[_name(p) for p in added],
+        removed=[_name(p) for p in removed],
+        actor=_name(actor),
+        url=reverse("enrollment:certificate-list"),
+    )
+
+
+def mailbox_certificate_issued(certificate: Certificate, *, delegate: Any) -> None:
+    mailbox = certificate.mailbox
+    assert mailbox is not None
+    mailbox_notice(
+        mailbox,
+        "issued",
+        certificate=certificate,
+        actor=_name(delegate),
+        url=reverse("enrollment:certificate-detail", args=[certificate.pk]),
+    )
+
+
+def mailbox_certificate_revoked(certificate: Certificate, *, actor: Any) -> None:
+    mailbox = certificate.mailbox
+    assert mailbox is not None
+    mailbox_notice(
+        mailbox,
+        "revoked",
+        certificate=certificate,
+        actor=_name(actor) if actor is not None else "the portal (as the system)",
+        url=reverse("enrollment:certificate-detail", args=[certificate.pk]),
+    )
+
+
 # --- key recovery ---------------------------------------------------------------------
 
 STEP_SUBJECTS = {
@@ -124,6 +206,25 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
             "enrollment/email/recovery_step.txt",
             {**context, "person": owner},
             [owner.email],
+        )
+    if certificate.mailbox is not None:
+        # Every delegate (and the mailbox) hears of every step: one of them getting the
+        # key, or an officer getting it, must not pass unseen by the others.
+        notice_context = {
+            **context,
+            "step_subject": STEP_SUBJECTS[step].replace("your", "the mailbox's"),
+        }
+        _send(
+            MAILBOX_SUBJECTS["recovery"].format(
+                pk=recovery.pk, email=certificate.mailbox.email, step=step
+            ),
+            "enrollment/email/mailbox_notice.txt",
+            {**notice_context, "mailbox": certificate.mailbox, "event": "recovery"},
+            [
+                address
+                for address in mailbox_addresses(certificate.mailbox)
+                if owner is None or address != owner.email
+            ],
         )
     if step == "ready" and recovery.recipient_id != holder_id and recovery.requested_by:
         officer = recovery.requested_by
@@ -190,6 +291,15 @@ def recovery_awaits_agent(recovery: KeyRecoveryRequest) -> None:
 
 def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
     owner = certificate.owner
+    if certificate.mailbox is not None:
+        mailbox_notice(
+            certificate.mailbox,
+            "expiring",
+            certificate=certificate,
+            days_left=days_left,
+            url=reverse("enrollment:certificate-detail", args=[certificate.pk]),
+        )
+        return
     if owner is None:
         return
     _send(
