@@ -221,13 +221,17 @@ def certificates_for_email(
     *, email: str, now: datetime | None = None, limit: int = MAX_EMAIL_RESULTS
 ) -> list[Certificate]:
     """What a sender encrypts to: valid, not revoked, encryption-capable, newest first,
-    held by an active account or an active shared mailbox."""
+    held by an active account or an active shared mailbox. An active mailbox's address
+    gives its certificates only: a person who got that address later (and a certificate
+    for it) must not receive the mail meant for its delegates."""
+    address = normalise_email(email)
+    found = (
+        Certificate.objects.valid(now).encryption_capable().filter(HELD_BY_ACTIVE, email=address)
+    )
+    if SharedMailbox.objects.filter(email=address, is_active=True).exists():
+        found = found.filter(mailbox__isnull=False)
     return list(
-        Certificate.objects.valid(now)
-        .encryption_capable()
-        .filter(HELD_BY_ACTIVE, email=normalise_email(email))
-        .select_related("owner", "template", "mailbox")
-        .order_by("-not_before", "-pk")[:limit]
+        found.select_related("owner", "template", "mailbox").order_by("-not_before", "-pk")[:limit]
     )
 
 

@@ -837,6 +837,12 @@ def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
         )
 
 
+def holds_key(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
+    """The key's owner, or a delegate of the shared mailbox it is: someone who may not
+    accept, approve or carry out its recovery (what the recovery page offers follows)."""
+    return user_pk == recovery.certificate.owner_id or _delegate_of_mailbox(recovery, user_pk)
+
+
 def _delegate_of_mailbox(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
     """A delegate of the shared mailbox whose key this is: one of its holders, so never an
     accepting or approving officer, nor its agent (dual control, as for an owner)."""
@@ -897,6 +903,10 @@ def recovery_download(
         if user.pk != recovery.recipient_id:
             raise NotPermitted(f"Only {recipient_name(recovery)} may download this key.")
         with transaction.atomic():
+            # A shared mailbox's row first (as mailboxes.mailbox_update takes it, before the
+            # delegates change): removing this delegate either commits before the check
+            # below reads the delegates, or waits until the download has committed.
+            services.lock_mailbox(recovery.certificate.mailbox_id)
             locked = _lock(recovery)
             if _delivered_to_former_officer(locked):
                 raise NotPermitted(

@@ -263,6 +263,7 @@ def rollout_resolve(
                 template=template,
                 requester_id__in=chunk,
                 state__in=(CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED),
+                mailbox__isnull=True,  # a delegate's request for a shared mailbox is not theirs
             )
             .values("requester_id")
             .annotate(n=Count("pk"))

@@ -633,7 +633,23 @@ def account_address_problem(owner: User) -> str | None:
     """What stops any certificate being issued for this account's address, or None: for
     the enrolment pages to say up front what subject_for would refuse."""
     email = _account_email(owner)
-    return NO_ADDRESS if not email else address_outside_domains(email)
+    if not email:
+        return NO_ADDRESS
+    return address_outside_domains(email) or mailbox_address_taken(email)
+
+
+def mailbox_address_taken(email: str) -> str | None:
+    """Why a person may not be certified for this address, or None: an active shared
+    mailbox has it. The directory hands certificates out by address, so a person's
+    certificate for finance@ would take mail meant for every delegate (an account can get
+    the address after the mailbox was made: the admin, a directory sync, single sign-on)."""
+    if not SharedMailbox.objects.filter(email=email, is_active=True).exists():
+        return None
+    return (
+        f"{email} is the address of a shared mailbox, so no personal certificate is issued "
+        "for it; its delegates enrol for the mailbox instead. An administrator must correct "
+        "the account's address."
+    )
 
 
 def subject_for(owner: User) -> builder.Subject:
@@ -645,7 +661,7 @@ def subject_for(owner: User) -> builder.Subject:
     email = _account_email(owner)
     if not email:
         raise PolicyViolation(NO_ADDRESS)
-    outside = address_outside_domains(email)
+    outside = address_outside_domains(email) or mailbox_address_taken(email)
     if outside is not None:
         raise PolicyViolation(outside, field="email")
     given = (getattr(owner, "first_name", "") or "").strip()
@@ -707,11 +723,16 @@ MAILBOX_NEEDS_SERVER_KEY = (
 
 def _check_mailbox_template(template: CertificateTemplate) -> None:
     """A mailbox's key serves several people: only a template that archives the key it
-    generates may issue for one, so no mailbox certificate exists without its archive."""
-    if not (template.archive_key and template.allow_server_key) or template.purpose == "signing":
+    generates may issue for one, so no mailbox certificate exists without its archive.
+    Encryption only, even where a dual-use template archives: a signing key several people
+    hold signs for none of them in particular (and non-repudiation means nothing)."""
+    if (
+        not (template.archive_key and template.allow_server_key)
+        or template.purpose != CertificateTemplate.Purpose.ENCRYPTION
+    ):
         raise PolicyViolation(
-            f"{template.name} cannot issue for a shared mailbox: only a template that "
-            "generates and archives an encryption key can (its delegates share the key).",
+            f"{template.name} cannot issue for a shared mailbox: only an encryption template "
+            "that generates and archives the key can (its delegates share the key).",
             field="template",
         )
 
@@ -728,6 +749,13 @@ def may_hold(user: Any, certificate: Certificate) -> bool:
     return SharedMailbox.objects.filter(
         pk=certificate.mailbox_id, is_active=True, delegates=user
     ).exists()
+
+
+def lock_mailbox(mailbox_id: int | None) -> None:
+    """Lock a shared mailbox's row until the transaction ends (nothing for None): who its
+    delegates are, and whether it is active, cannot change meanwhile."""
+    if mailbox_id is not None:
+        list(SharedMailbox.objects.select_for_update().filter(pk=mailbox_id).values("pk"))
 
 
 def is_delegate(user: Any, mailbox: SharedMailbox | None) -> bool:
@@ -852,6 +880,12 @@ def _issue(
         # a settings read and an on_commit registration here, no SQL, no network. A
         # mailbox's certificates are not published to LDAP (README, Shared mailboxes).
         ldap_publish.publish_on_commit(certificate.owner_id)
+        if mailbox is not None:
+            # Mailed after the commit to the mailbox and every delegate: a key one of them
+            # holds now takes the mailbox's encrypted mail, and the others must know.
+            from enrollment.ra_notifications import mailbox_certificate_issued
+
+            mailbox_certificate_issued(certificate, delegate=owner)
         if supersedes is not None and (
             Certificate.objects.filter(pk=supersedes.pk, status=Certificate.Status.VALID).exists()
         ):
@@ -1833,13 +1867,16 @@ def _revoked_for_an_old_address(renewed: Certificate, requester: User) -> bool:
     """Revoked (affiliationChanged) while naming an address its holder no longer has: what
     the hourly run does to outdated certificates, whose holders it mailed to renew them. A
     renewal asked for meanwhile, still waiting for approval or download, must not die
-    with it."""
+    with it. Never a shared mailbox's: its address never changes (a renamed mailbox is a
+    new one), and it always differs from the delegate's own, so affiliationChanged there
+    is an officer's decision the renewal must not outlive."""
     stored = Certificate.objects.filter(pk=renewed.pk).values_list(
-        "status", "revocation_reason", "email"
+        "status", "revocation_reason", "email", "mailbox_id"
     )
     row = stored.first()
     return row is not None and (
-        row[0] == Certificate.Status.REVOKED
+        row[3] is None
+        and row[0] == Certificate.Status.REVOKED
         and row[1] == Certificate.RevocationReasonChoice.AFFILIATION_CHANGED
         and bool(row[2])
         and row[2] != (requester.email or "").strip().lower()
@@ -1895,6 +1932,10 @@ def request_collect(
     if actor.pk != request.requester_id:
         raise NotPermitted("Only the requester can download this certificate.")
     with transaction.atomic():
+        # A shared mailbox's row first, as mailbox_update and mailbox_set_active take it
+        # before they change delegates or deactivate (and then lock its requests): the
+        # delegation _requester_may_still reads then stays as it is until the key is out.
+        lock_mailbox(request.mailbox_id)
         locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
         if not locked.awaits_download:
             raise InvalidState(
