@@ -52,6 +52,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyRecoveryRequest,
+    SharedMailbox,
 )
 from enrollment.permissions import (
     is_key_recovery_agent,
@@ -382,7 +383,7 @@ def _visible_request(user: Any, pk: int) -> CertificateRequest:
     """The requester and RA officers see a request's page; to anyone else it does not exist."""
     cert_request = get_object_or_404(
         CertificateRequest.objects.select_related(
-            "template", "requester", "decided_by", "certificate", "renewal_of"
+            "template", "requester", "decided_by", "certificate", "renewal_of", "mailbox"
         ),
         pk=pk,
     )
@@ -402,8 +403,13 @@ def _request_page(
     is_requester = cert_request.requester_id == request.user.pk
     if form is None and is_requester and cert_request.awaits_download:
         form = Pkcs12PasswordForm(user=request.user)
+    named = cert_request.mailbox or cert_request.requester
     context = {
         "cert_request": cert_request,
+        # Said before an officer decides, for the address the certificate will name.
+        "address_outside": services.address_outside_domains((named.email or "").strip().lower())
+        if cert_request.state == CertificateRequest.State.PENDING and (named.email or "").strip()
+        else None,
         "form": form,
         "is_requester": is_requester,
         "can_withdraw": is_requester and cert_request.may_be_withdrawn,
@@ -486,14 +492,20 @@ def _ra_page(
 ) -> HttpResponse:
     pending = list(
         CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING)
-        .select_related("requester", "template", "renewal_of")
+        .select_related("requester", "template", "renewal_of", "mailbox")
         .order_by("created_at", "id")
     )
+    # An officer who reads a mailbox does not decide on its requests (services._decide).
+    reads = set(SharedMailbox.objects.filter(delegates=request.user).values_list("pk", flat=True))
     for pending_request in pending:
         # Said before an officer approves: an address outside the mail domains is refused.
-        email = (pending_request.requester.email or "").strip().lower()
+        # A mailbox's certificate names the mailbox, so it is the mailbox's address.
+        named = pending_request.mailbox or pending_request.requester
+        email = (named.email or "").strip().lower()
         outside = services.address_outside_domains(email) if email else None
         setattr(pending_request, "address_outside", outside)  # noqa: B010 (for the template)
+        reader = pending_request.mailbox_id in reads
+        setattr(pending_request, "officer_reads_mailbox", reader)  # noqa: B010
     # A request decided meanwhile has left the list: its error goes to the top of the page.
     page_errors: list[str] = []
     if failed is not None and form is not None and all(r.pk != failed.pk for r in pending):

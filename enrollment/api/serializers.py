@@ -379,6 +379,16 @@ class EnrollmentOut(serializers.ModelSerializer[CertificateRequest]):
         allow_null=True,
         help_text="The serial (hex) of the certificate this renews; null for a first enrolment.",
     )
+    mailbox: serializers.SlugRelatedField[SharedMailbox] = serializers.SlugRelatedField(
+        slug_field="email",
+        read_only=True,
+        allow_null=True,
+        help_text=(
+            "The shared mailbox's address when the request is a delegate's for a shared "
+            "mailbox: the certificate then names the mailbox (organization-validated), not "
+            "the requester. Null for a personal request."
+        ),
+    )
     serial = serializers.CharField(source="certificate.serial", read_only=True, allow_null=True)
     certificate_url = serializers.SerializerMethodField()
     collect_url = serializers.SerializerMethodField()
@@ -392,6 +402,7 @@ class EnrollmentOut(serializers.ModelSerializer[CertificateRequest]):
             "state",
             "requester",
             "requester_name",
+            "mailbox",
             "template",
             "key_source",
             "key_algorithm",
@@ -822,5 +833,12 @@ class MailboxIn(serializers.Serializer[None]):
 
 
 class MailboxChangeIn(serializers.Serializer[None]):
-    display_name = serializers.CharField(max_length=400)
-    delegates = serializers.ListField(child=serializers.CharField(max_length=150), max_length=200)
+    """A partial update: a field left out keeps its value."""
+
+    display_name = serializers.CharField(max_length=400, required=False)
+    delegates = serializers.ListField(
+        child=serializers.CharField(max_length=150),
+        max_length=200,
+        required=False,
+        help_text="User names of active accounts: the whole new list.",
+    )

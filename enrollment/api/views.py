@@ -278,7 +278,9 @@ def _idempotency_key(request: Request) -> str:
 
 def _made_with(request: Request, key: str) -> CertificateRequest | None:
     return (
-        CertificateRequest.objects.select_related("certificate", "template", "renewal_of")
+        CertificateRequest.objects.select_related(
+            "certificate", "template", "renewal_of", "mailbox"
+        )
         .filter(requester=signed_in_user(request), idempotency_key=key)
         .first()
     )
@@ -359,7 +361,7 @@ class EnrollmentViewSet(
 
     def get_queryset(self) -> QuerySet[CertificateRequest]:
         requests = CertificateRequest.objects.select_related(
-            "template", "requester", "certificate", "renewal_of"
+            "template", "requester", "certificate", "renewal_of", "mailbox"
         )
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
             return requests.none()
@@ -618,17 +620,19 @@ class CertificateViewSet(
 
 
 def _delegates(names: list[str]) -> list[Any]:
-    """Active accounts by user name, case aside; any other name is a 400 naming it."""
+    """Active accounts by user name, case aside; a name that matches none, or several
+    (user names differing in case only), is a 400 naming it: never a guess at who reads a
+    mailbox (the web form's rule, mailbox_views.DelegatesField)."""
     people, unknown = [], []
     for name in dict.fromkeys(names):
-        found = get_user_model().objects.filter(username__iexact=name, is_active=True).first()
-        if found is None:
+        found = list(get_user_model().objects.filter(username__iexact=name, is_active=True)[:2])
+        if len(found) != 1:
             unknown.append(name[:60])
         else:
-            people.append(found)
+            people.append(found[0])
     if unknown:
         raise serializers.ValidationError(
-            {"delegates": [f"No active account with the user name: {', '.join(unknown)}."]}
+            {"delegates": [f"No single active account has the user name: {', '.join(unknown)}."]}
         )
     return people
 
@@ -687,7 +691,11 @@ class MailboxViewSet(
         return Response(s.MailboxOut(created).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        summary="Change a shared mailbox's display name and delegates (RA officers)",
+        summary="Change a shared mailbox's display name or delegates (RA officers)",
+        description=(
+            "A partial update: what the body leaves out stays as it is. `delegates` replaces "
+            "the whole list; you cannot add yourself (another officer must)."
+        ),
         request=s.MailboxChangeIn,
         responses={200: s.MailboxOut, **ERRORS, **NOT_FOUND},
     )
@@ -699,8 +707,10 @@ class MailboxViewSet(
         data = serializer.validated_data
         changed = mailboxes.mailbox_update(
             mailbox=mailbox,
-            display_name=data["display_name"],
-            delegates=_delegates(data["delegates"]),
+            display_name=data.get("display_name", mailbox.display_name),
+            delegates=_delegates(data["delegates"])
+            if "delegates" in data
+            else mailbox.delegates.all(),
             actor=request.user,
             source_address=client_address(request),
         )
@@ -838,7 +848,7 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
 
     def get_queryset(self) -> QuerySet[CertificateRequest]:
         requests = CertificateRequest.objects.select_related(
-            "template", "requester", "certificate", "renewal_of"
+            "template", "requester", "certificate", "renewal_of", "mailbox"
         )
         if self.action == "pending":
             return requests.filter(state=CertificateRequest.State.PENDING).order_by(
