@@ -55,7 +55,7 @@ def certificate_search(query: str, *, archived_only: bool = False) -> QuerySet[C
     ids = list(matching.order_by().values_list("pk", flat=True)[: SEARCH_CANDIDATES + 1])
     found = matching if len(ids) > SEARCH_CANDIDATES else Certificate.objects.filter(pk__in=ids)
     return (
-        found.select_related("owner", "template", "ca")
+        found.select_related("owner", "template", "ca", "mailbox")
         .defer("der", "ca__der")  # a list never shows them; sorting them spilled to disk
         .annotate(has_archive=Exists(ArchivedKey.objects.filter(certificate=OuterRef("pk"))))
         .order_by("-not_before", "-id")

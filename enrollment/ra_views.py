@@ -216,7 +216,9 @@ def certificate_search(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_POST
 def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     officer_required(request)
-    certificate = get_object_or_404(Certificate.objects.select_related("owner", "template"), pk=pk)
+    certificate = get_object_or_404(
+        Certificate.objects.select_related("owner", "template", "mailbox"), pk=pk
+    )
     form = OfficerRevokeForm(request.POST)
     if not form.is_valid():
         return _certificates_page(request, failed=certificate, revoke_form=form, status=400)
@@ -231,10 +233,15 @@ def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     except EnrollmentError as exc:
         status = show_error(form, exc)
         return _certificates_page(request, failed=certificate, revoke_form=form, status=status)
+    told = (
+        "The holder was told by e-mail"
+        if certificate.mailbox is None
+        else f"The shared mailbox {certificate.mailbox.email} and its delegates were told by e-mail"
+    )
     messages.success(
         request,
-        f"Revoked {certificate.common_name}'s certificate (serial {certificate.serial}). The "
-        "holder was told by e-mail; the next CRL lists it.",
+        f"Revoked {certificate.common_name}'s certificate (serial {certificate.serial}). "
+        f"{told}; the next CRL lists it.",
     )
     query = {"q": request.POST.get("q", "")}
     if preset := _preset_reason(request.POST.get("preset_reason", "")):
@@ -358,7 +365,15 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             certificate = get_object_or_404(
                 Certificate.objects.select_related("owner", "template"), pk=pk
             )
-        form = RecoveryOpenForm(initial={"certificate": certificate.pk if certificate else None})
+        # A shared mailbox's key has no owner to deliver to: the officer is the one choice.
+        form = RecoveryOpenForm(
+            initial={
+                "certificate": certificate.pk if certificate else None,
+                "deliver_to": KeyRecoveryRequest.Recipient.REQUESTER
+                if certificate is not None and certificate.mailbox_id is not None
+                else KeyRecoveryRequest.Recipient.OWNER,
+            }
+        )
     holder_ask = (
         KeyRecoveryRequest.objects.filter(
             certificate=certificate, state=KeyRecoveryRequest.State.REQUESTED
@@ -394,6 +409,8 @@ def _recovery_page(
     archived = getattr(found.certificate, "archived_key", None)
     conflict = recovery.agent_conflict(found, user.pk, (a.officer_id for a in approvals))
     took_part = conflict.value if conflict is not None else None
+    # The key's owner, or for a shared mailbox any of its delegates: never one who decides.
+    holds_key = recovery.holds_key(found, user.pk)
     State = KeyRecoveryRequest.State
     context = {
         "recovery": found,
@@ -407,12 +424,14 @@ def _recovery_page(
         "can_approve": officer
         and found.state == KeyRecoveryRequest.State.PENDING
         and user.pk not in (found.requested_by_id, found.certificate.owner_id)
+        and not holds_key
         and all(a.officer_id != user.pk for a in approvals),
         "can_reject": officer and found.state in (State.REQUESTED, State.PENDING, State.APPROVED),
         # The holder's request: an officer other than the holder accepts, and so opens, it.
         "can_accept": officer
         and found.state == State.REQUESTED
-        and user.pk not in (found.asked_by_id, found.certificate.owner_id),
+        and user.pk not in (found.asked_by_id, found.certificate.owner_id)
+        and not holds_key,
         "accept_form": accept_form or RecoveryAcceptForm(),
         "asked_by_me": found.asked_by_id is not None and found.asked_by_id == user.pk,
         "can_withdraw": found.asked_by_id == user.pk and found.may_be_withdrawn,
