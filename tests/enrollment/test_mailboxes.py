@@ -358,14 +358,15 @@ def test_a_delegate_cannot_accept_approve_or_perform_the_recovery_of_the_mailbox
     for person in (employee, agent_user):
         person.groups.add(Group.objects.get_or_create(name="RA officers")[0])
     asked = recovery.recovery_ask(certificate=mailbox_key, holder=colleague, reason="Need it.")
-    with pytest.raises(NotPermitted):  # Alice reads finance@: an interested party
+    # Alice reads finance@: an interested party.
+    with pytest.raises(NotPermitted, match="recovery of your own key; another RA officer"):
         recovery.recovery_accept(recovery=asked, officer=employee, note=ACCEPT_NOTE)
     accepted = recovery.recovery_accept(recovery=asked, officer=officer, note=ACCEPT_NOTE)
-    with pytest.raises(NotPermitted):
+    with pytest.raises(NotPermitted, match="cannot approve the recovery of your own key"):
         recovery.recovery_approve(recovery=accepted, officer=employee)
     approved = recovery.recovery_approve(recovery=accepted, officer=second_officer)
     mailbox_key.mailbox.delegates.add(agent_user)
-    with pytest.raises(NotPermitted):
+    with pytest.raises(NotPermitted, match="This is your own key, so another key recovery agent"):
         recovery.recovery_perform(
             recovery=approved,
             agent_user=agent_user,
