@@ -29,6 +29,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyIdentity,
+    SharedMailbox,
 )
 
 
@@ -115,6 +116,8 @@ class EnrolmentCounts:
     open_requests: int  # pending or approved for this template, not for a shared mailbox
     valid_certificates: int  # Certificate.objects.held() of this owner and template
     open_to_requester: bool  # template_open_to(): no allowed groups, or one of theirs
+    # An active shared mailbox has the requester's address (services.mailbox_address_taken).
+    address_is_mailbox: bool = False
 
 
 @cache
@@ -155,7 +158,9 @@ def _counts_sql() -> str:
         f"(SELECT COUNT(*) FROM {_table(certificate)} WHERE {c['owner']} = %s "
         f"AND {c['template']} = %s AND {c['status']} = %s "
         f"AND {c['not_after']} > %s AND {c['id']} <> %s), "
-        f"({_permits_expression()})"
+        f"({_permits_expression()}), "
+        f"EXISTS (SELECT 1 FROM {_table(SharedMailbox)} WHERE {_column(SharedMailbox, 'email')} "
+        f"= %s AND {_column(SharedMailbox, 'is_active')} = %s)"
     )
 
 
@@ -166,6 +171,7 @@ def enrolment_counts(
     since: datetime,
     now: datetime,
     excluding_certificate_id: int | None = None,
+    address: str = "",
 ) -> EnrolmentCounts:
     """The three counts the per-person limits need, and template_open_to(): one statement,
     after one that locks the requester's row until the transaction ends (_lock_sql), so
@@ -186,14 +192,16 @@ def enrolment_counts(
         template_id,
         template_id,
         requester_id,
+        address,
+        True,
     ]
     lock = _lock_sql()
     with _cursor(db) as cursor:
         if lock is not None:
             cursor.execute(lock, [requester_id])
         cursor.execute(_counts_sql(), params)
-        recent, open_, valid, permitted = cursor.fetchone()
-    return EnrolmentCounts(int(recent), int(open_), int(valid), bool(permitted))
+        recent, open_, valid, permitted, mailbox = cursor.fetchone()
+    return EnrolmentCounts(int(recent), int(open_), int(valid), bool(permitted), bool(mailbox))
 
 
 # --- keys certified, and compromised --------------------------------------------------

@@ -652,16 +652,20 @@ def mailbox_address_taken(email: str) -> str | None:
     )
 
 
-def subject_for(owner: User) -> builder.Subject:
+def subject_for(owner: User, *, mailbox_checked: bool = False) -> builder.Subject:
     """The certificate subject comes from the account, never from a CSR or a form.
 
     Every issuance and every request goes through here, so the address rules (an
-    address, within the organisation's mail domains) are checked once, in this place.
+    address, within the organisation's mail domains, not a shared mailbox's) are checked
+    once, in this place. ``mailbox_checked``: the caller's transaction checked the last
+    already (request_submit's counts, _decide), so the enrolment costs no statement more.
     """
     email = _account_email(owner)
     if not email:
         raise PolicyViolation(NO_ADDRESS)
-    outside = address_outside_domains(email) or mailbox_address_taken(email)
+    outside = address_outside_domains(email) or (
+        None if mailbox_checked else mailbox_address_taken(email)
+    )
     if outside is not None:
         raise PolicyViolation(outside, field="email")
     given = (getattr(owner, "first_name", "") or "").strip()
@@ -789,6 +793,7 @@ def _issue(
     private_key: keys.PrivateKey | None = None,
     supersedes: Certificate | None = None,
     mailbox: SharedMailbox | None = None,
+    address_checked: bool = False,
 ) -> Certificate:
     """``owner`` is the holder, or for a shared ``mailbox`` the delegate it is issued to:
     the certificate then names the mailbox and has no owner (its delegates hold it)."""
@@ -800,7 +805,8 @@ def _issue(
             raise PolicyViolation(MAILBOX_NEEDS_SERVER_KEY, field="csr")
         subject = subject_for_mailbox(mailbox)
     else:
-        subject = subject_for(owner)  # before any row is touched: the account may be refused
+        # Before any row is touched: the account may be refused.
+        subject = subject_for(owner, mailbox_checked=address_checked)
     spki_sha256 = keys.spki_sha256(public_key)
     by_default = template.issuing_ca_id is None
     compromised, found = hotsql.claim_key(spki_sha256, default_ca=by_default)
@@ -909,8 +915,10 @@ def certificate_issue(
     actor: Actor = None,
     source_address: str | None = None,
     supersedes: Certificate | None = None,
+    address_checked: bool = False,
 ) -> Certificate:
-    """Issue for a key the requester holds (from a checked CSR)."""
+    """Issue for a key the requester holds (from a checked CSR). ``address_checked``:
+    the caller's transaction found no shared mailbox with the owner's address."""
     if not template.allow_csr:
         raise PolicyViolation(
             f"{template.name} does not accept a CSR; the portal generates the key."
@@ -922,6 +930,7 @@ def certificate_issue(
         actor=actor,
         source_address=source_address,
         supersedes=supersedes,
+        address_checked=address_checked,
     )
 
 
@@ -1606,6 +1615,7 @@ def _enrolment_counts(
         since=now - timedelta(hours=1),
         now=now,
         excluding_certificate_id=renewal_of.pk if renewal_of is not None else None,
+        address=_account_email(requester),
     )
 
 
@@ -1684,7 +1694,13 @@ def request_submit(
     if mailbox is not None:
         subject_for_mailbox(mailbox)
     else:
-        subject_for(requester)  # fail early when the account cannot be named in a certificate
+        # Fail early when the account cannot be named in a certificate; whether a shared
+        # mailbox has its address came with the counts.
+        if counts.address_is_mailbox:
+            raise PolicyViolation(
+                mailbox_address_taken(_account_email(requester)) or "", field="email"
+            )
+        subject_for(requester, mailbox_checked=True)
     parsed = None
     if csr is not None:
         if not template.allow_csr:
@@ -1761,6 +1777,7 @@ def request_submit(
                 actor=requester,
                 source_address=source_address,
                 supersedes=renewal_of,
+                address_checked=True,  # with the counts, above
             )
             request.state = CertificateRequest.State.ISSUED
         hotsql.insert(request)
@@ -1909,6 +1926,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
                 actor=actor,
                 source_address=request.source_address,
                 supersedes=request.renewal_of,
+                address_checked=True,  # by request_submit's counts or _decide, just now
             )
             request.certificate = certificate
             request.state = CertificateRequest.State.ISSUED
@@ -2044,7 +2062,7 @@ def _decide(
                 if ca is not None:
                     _check_ca_constraints(
                         ca,
-                        subject_for(locked.requester)
+                        subject_for(locked.requester, mailbox_checked=True)
                         if mailbox is None
                         else subject_for_mailbox(mailbox),
                     )

@@ -364,6 +364,7 @@ def test_the_limit_counts_read_only_the_persons_rows(hierarchy, template, employ
     counts = hotsql._counts_sql()
     params = [employee.pk, now, employee.pk, signing.pk, "pending", "approved", employee.pk]
     params += [signing.pk, "valid", now, 0, signing.pk, signing.pk, employee.pk]
+    params += [employee.email, True]  # an active shared mailbox with the address?
 
     indexes = generic_plan_indexes(counts, params)
 
