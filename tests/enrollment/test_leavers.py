@@ -124,6 +124,8 @@ def test_after_the_grace_period_every_held_certificate_is_revoked_as_affiliation
         "revoked_accounts": 1,
         "revoked_certificates": 2,
         "failed_accounts": 0,
+        "revoked_mailboxes": 0,
+        "failed_mailboxes": 0,
     }
     for certificate in (signing, encryption):
         revoked = Certificate.objects.get(pk=certificate.pk)

@@ -170,6 +170,8 @@ def test_after_the_grace_period_they_are_revoked_as_affiliation_changed(
         "revoked_accounts": 1,
         "revoked_certificates": 1,
         "failed_accounts": 0,
+        "revoked_mailboxes": 0,
+        "failed_mailboxes": 0,
     }
     revoked = Certificate.objects.get(pk=certificate.pk)
     assert (revoked.status, revoked.revocation_reason) == ("revoked", "affiliationChanged")
