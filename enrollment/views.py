@@ -484,7 +484,7 @@ def request_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
 
 
 def _ra_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     *,
     failed: CertificateRequest | None = None,
     form: DecisionForm | None = None,

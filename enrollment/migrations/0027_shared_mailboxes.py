@@ -1,5 +1,5 @@
 """Shared mailboxes: their table and their delegates (new, empty tables: no lock on any
-existing one). Migration 0028 gives certificates and requests their mailbox column.
+existing one). Migration 0029 gives certificates and requests their mailbox column.
 Reversing it while a shared mailbox exists is refused: their list would be lost."""
 
 import django.db.models.deletion

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("enrollment", "0028_shared_mailbox_columns"),
+        ("enrollment", "0029_shared_mailbox_columns"),
     ]
 
     operations = [

@@ -173,7 +173,7 @@ class Migration(migrations.Migration):
     atomic = False  # CREATE INDEX CONCURRENTLY; each step below commits on its own
 
     dependencies = [
-        ("enrollment", "0027_shared_mailboxes"),
+        ("enrollment", "0028_api_token_second_factor"),
     ]
 
     operations = [
