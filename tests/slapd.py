@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
+
 SUFFIX = "dc=example,dc=com"
 PEOPLE = f"ou=People,{SUFFIX}"
 ROOT_DN = f"cn=admin,{SUFFIX}"
@@ -60,12 +62,6 @@ access to * by * read
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Slapd:
     """slapd on 127.0.0.1, with helpers that speak to it through ldap-utils as its root."""
 
@@ -74,8 +70,8 @@ class Slapd:
             if shutil.which(tool) is None:
                 pytest.fail(f"{tool} is missing: install Debian's slapd and ldap-utils ({INSTALL})")
         self.directory = directory
-        self.port = _free_port()
-        self.tls_port = _free_port()
+        self.port = free_port()
+        self.tls_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -6,7 +6,6 @@ there at all; Django's SMTP backend talks to it as it would to the organisation'
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -22,6 +21,7 @@ from enrollment.models import CertificateRequest, Rollout, RolloutInvitation
 from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.factories import UserFactory
+from tests.net import free_port
 
 pytestmark = [pytest.mark.django_db]
 
@@ -48,16 +48,10 @@ class Relay:
         return "250 Message accepted for delivery"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def relay(settings) -> Iterator[Relay]:
     handler = Relay()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
@@ -159,7 +153,7 @@ def test_a_mail_server_that_is_down_fails_the_task_and_the_hourly_retry_sends_al
     settings, signing, officer, people, django_capture_on_commit_callbacks
 ):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", _free_port()  # nobody listens
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nobody listens
     settings.EMAIL_TIMEOUT = 5
     # The officer's roll-out stands (its mail is sent after the commit, and robustly);
     # the task that could not reach the server fails, and nobody is marked mailed.

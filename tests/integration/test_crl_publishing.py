@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from enrollment import services
 from enrollment.models import ApiToken, Certificate, CertificateAuthority
 from tests.enrollment.tools import issue, openssl_serial
 from tests.interop.test_openssl_verify import verify
+from tests.net import free_port
 
 
 def process_marks(group: str) -> list[pytest.MarkDecorator]:
@@ -52,12 +52,6 @@ def process_marks(group: str) -> list[pytest.MarkDecorator]:
 pytestmark = process_marks("crl-publishing")
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1) -> float:

@@ -24,6 +24,7 @@ from django.conf import settings as django_settings
 from enrollment import services
 from enrollment.models import Certificate
 from tests.enrollment.tools import issue, new_key
+from tests.net import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -99,9 +100,7 @@ def test_a_revocation_returns_when_the_mail_server_never_answers(
 def frozen_redis(tmp_path) -> Iterator[str]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)],
