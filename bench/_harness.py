@@ -1,7 +1,8 @@
-"""What the benchmarks share: loopback ports, subprocesses, and the gunicorn they start.
+"""What the benchmarks share: loopback ports, subprocesses, the gunicorn they start, and
+the CA hierarchy they create.
 
-Each benchmark owns its database and its measurements; this module only runs things and
-cleans up after them, so the three start and stop gunicorn the same way.
+Each benchmark owns its database and its measurements; this module runs things and cleans
+up after them, so they start and stop gunicorn, and set up their CAs, the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -132,3 +134,24 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def create_hierarchy(
+    var_dir: Path, issuing: str = "ec-p256", *, organization_name: str = "Bench Org"
+) -> tuple[Any, Any]:
+    """In a process Django is set up in: an EC P-384 root, its key written under
+    ``var_dir/offline``, and an online issuing CA with an ``issuing`` key (a KeyAlgorithm
+    value). Returns both CertificateAuthority rows."""
+    from enrollment import services
+    from enrollment.x509.keys import KeyAlgorithm
+
+    (var_dir / "offline").mkdir(parents=True, exist_ok=True)
+    return services.pki_create(
+        root=services.CaSpec("Bench Root CA", "root", KeyAlgorithm.EC_P384, 3650),
+        issuing=services.CaSpec("Bench Issuing CA", "issuing", KeyAlgorithm(issuing), 1825),
+        base_url="http://127.0.0.1:8000",
+        root_key_path=var_dir / "offline" / "root-key.pem",
+        root_passphrase=b"bench root passphrase",
+        organization_name=organization_name,
+        country_name="GB",
+    )

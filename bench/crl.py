@@ -34,7 +34,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import HOST, PG, ROOT, free_port, portal_environment, run, start_gunicorn, stop
+from _harness import (
+    HOST,
+    PG,
+    ROOT,
+    create_hierarchy,
+    free_port,
+    portal_environment,
+    run,
+    start_gunicorn,
+    stop,
+)
 
 DATABASE = "bench_crl"
 REASONS = ["", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation",
@@ -88,16 +98,7 @@ def setup(var_dir: Path, valid: int) -> dict:
     from enrollment.models import CertificateTemplate
     from enrollment.x509.keys import KeyAlgorithm
 
-    (var_dir / "offline").mkdir(parents=True, exist_ok=True)
-    services.pki_create(
-        root=services.CaSpec("Bench Root CA", "root", KeyAlgorithm.EC_P384, 3650),
-        issuing=services.CaSpec("Bench Issuing CA", "issuing", KeyAlgorithm.RSA_3072, 1825),
-        base_url="http://127.0.0.1:8000",
-        root_key_path=var_dir / "offline" / "root-key.pem",
-        root_passphrase=b"bench root passphrase",
-        organization_name="Bench Org",
-        country_name="GB",
-    )
+    create_hierarchy(var_dir, "rsa-3072")
     officer = User.objects.create_user(
         username="officer", email="officer@example.com", first_name="Olivia", last_name="Officer"
     )

@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from _harness import ROOT, free_port, portal_environment, run, start_gunicorn, stop
+from _harness import (
+    ROOT,
+    create_hierarchy,
+    free_port,
+    portal_environment,
+    run,
+    start_gunicorn,
+    stop,
+)
 
 PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
 
@@ -96,15 +103,7 @@ def sample_certificates() -> dict[str, object]:
     from enrollment.x509.keys import KeyAlgorithm, generate_private_key
 
     var_dir = Path(os.environ["PKIPORTAL_VAR_DIR"])
-    _root, issuing = services.pki_create(
-        root=services.CaSpec("Bench Root CA", "root", KeyAlgorithm.EC_P384, 3650),
-        issuing=services.CaSpec("Bench Issuing CA", "issuing", KeyAlgorithm.EC_P256, 1825),
-        base_url="http://127.0.0.1:8000",
-        root_key_path=var_dir / "offline" / "root-key.pem",
-        root_passphrase=secrets.token_bytes(16),
-        organization_name="Example Org",
-        country_name="GB",
-    )
+    _root, issuing = create_hierarchy(var_dir, "ec-p256", organization_name="Example Org")
     holder = get_user_model().objects.create(
         username="bench-sample", first_name="Sample", last_name="Holder", email="s@example.com"
     )

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import PG, ROOT, portal_environment, run
+from _harness import PG, ROOT, create_hierarchy, portal_environment, run
 
 DATABASE = "bench_ldap_sweep"
 
@@ -48,16 +48,7 @@ def inside(var_dir: Path, people: int, rounds: int) -> dict:
     from enrollment.x509.keys import KeyAlgorithm, generate_private_key
     from tests.slapd import PEOPLE, Slapd
 
-    (var_dir / "offline").mkdir(parents=True, exist_ok=True)
-    services.pki_create(
-        root=services.CaSpec("Bench Root CA", "root", KeyAlgorithm.EC_P384, 3650),
-        issuing=services.CaSpec("Bench Issuing CA", "issuing", KeyAlgorithm.EC_P256, 1825),
-        base_url="http://127.0.0.1:8000",
-        root_key_path=var_dir / "offline" / "root-key.pem",
-        root_passphrase=b"bench root passphrase",
-        organization_name="Bench Org",
-        country_name="GB",
-    )
+    create_hierarchy(var_dir, "ec-p256")
     template = CertificateTemplate.objects.get(slug="smime-dual-use")
     started = time.monotonic()
     users = User.objects.bulk_create(

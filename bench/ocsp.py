@@ -39,7 +39,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
-from _harness import HOST, PG, ROOT, free_port, portal_environment, run, start_gunicorn, stop
+from _harness import (
+    HOST,
+    PG,
+    ROOT,
+    create_hierarchy,
+    free_port,
+    portal_environment,
+    run,
+    start_gunicorn,
+    stop,
+)
 from enroll import Result, post_all
 
 sys.path.insert(0, str(ROOT))
@@ -73,16 +83,7 @@ def setup(var_dir: Path, algorithm: str, count: int) -> dict:
     from enrollment import services
     from enrollment.models import CertificateTemplate
 
-    (var_dir / "offline").mkdir(parents=True, exist_ok=True)
-    _root, issuing = services.pki_create(
-        root=services.CaSpec("Bench Root CA", "root", keys.KeyAlgorithm.EC_P384, 3650),
-        issuing=services.CaSpec("Bench Issuing CA", "issuing", keys.KeyAlgorithm(algorithm), 1825),
-        base_url="http://127.0.0.1:8000",
-        root_key_path=var_dir / "offline" / "root-key.pem",
-        root_passphrase=b"bench root passphrase",
-        organization_name="Bench Org",
-        country_name="GB",
-    )
+    _root, issuing = create_hierarchy(var_dir, algorithm)
     holder = User.objects.create_user(
         username="holder", email="holder@example.com", first_name="Hal", last_name="Holder"
     )

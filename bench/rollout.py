@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from _harness import PG, ROOT, portal_environment, run
+from _harness import PG, ROOT, create_hierarchy, portal_environment, run
 
 DATABASE = "bench_rollout"
 BROKER = "redis://127.0.0.1:6379/14"
@@ -47,21 +47,11 @@ def inside(var_dir: Path, people: int) -> dict:
     from django.db import connection, transaction
 
     from accounts.models import User
-    from enrollment import rollouts, services
+    from enrollment import rollouts
     from enrollment.audit import audit_record
     from enrollment.models import CertificateTemplate
-    from enrollment.x509.keys import KeyAlgorithm
 
-    (var_dir / "offline").mkdir(parents=True, exist_ok=True)
-    services.pki_create(
-        root=services.CaSpec("Bench Root CA", "root", KeyAlgorithm.EC_P384, 3650),
-        issuing=services.CaSpec("Bench Issuing CA", "issuing", KeyAlgorithm.EC_P256, 1825),
-        base_url="http://127.0.0.1:8000",
-        root_key_path=var_dir / "offline" / "root-key.pem",
-        root_passphrase=b"bench root passphrase",
-        organization_name="Bench Org",
-        country_name="GB",
-    )
+    create_hierarchy(var_dir, "ec-p256")
     template = CertificateTemplate.objects.get(slug="smime-dual-use")
     group = Group.objects.create(name="Everyone")
     template.allowed_groups.add(group)
