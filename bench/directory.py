@@ -458,12 +458,12 @@ def _officer_client() -> Any:
     from django.test import Client
 
     from accounts.models import User
+    from tests.second_factor import verified_login
 
     officer, _ = User.objects.get_or_create(username="bench-officer", email="o@example.com")
     officer.groups.add(Group.objects.get_or_create(name=settings.PKIPORTAL_RA_OFFICER_GROUP)[0])
-    client = Client()
-    client.force_login(officer)
-    return client
+    # Officers must confirm a second factor before the RA pages answer them.
+    return verified_login(Client(), officer)
 
 
 def main() -> None:
