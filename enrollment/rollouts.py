@@ -368,16 +368,18 @@ def _audit_each(
         flush()
 
 
-def _mail_on_commit(invitation_ids: list[int], kind: str) -> None:
-    """Queue the invitations' mail once the transaction commits, a task per chunk: a
-    worker sends a few hundred per task, never thousands inside the officer's request."""
+def _queue_mail(invitation_ids: list[int], kind: str) -> None:
+    """A task per chunk: a worker sends a few hundred per task, never thousands at once."""
     from enrollment.tasks import rollout_mail_task
 
-    def queue() -> None:
-        for chunk in _chunks(invitation_ids, MAIL_CHUNK):
-            rollout_mail_task.delay(list(chunk), kind)
+    for chunk in _chunks(invitation_ids, MAIL_CHUNK):
+        rollout_mail_task.delay(list(chunk), kind)
 
-    transaction.on_commit(queue, robust=True)
+
+def _mail_on_commit(invitation_ids: list[int], kind: str) -> None:
+    """Queue the invitations' mail once the transaction commits, never inside the
+    officer's request."""
+    transaction.on_commit(lambda: _queue_mail(invitation_ids, kind), robust=True)
 
 
 def rollout_create(
@@ -695,8 +697,6 @@ def rollout_mail_retry(*, now: datetime | None = None) -> int:
     was down (the task failed), its message was lost, or it refused the address fewer
     than MAIL_ATTEMPTS times. Those queued in the last MAIL_RETRY_AFTER are left to the
     queue. How many were queued."""
-    from enrollment.tasks import rollout_mail_task
-
     now = now or timezone.now()
     ids = list(
         RolloutInvitation.objects.filter(
@@ -712,8 +712,7 @@ def rollout_mail_retry(*, now: datetime | None = None) -> int:
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    for chunk in _chunks(ids, MAIL_CHUNK):
-        rollout_mail_task.delay(list(chunk), "invite")
+    _queue_mail(ids, "invite")
     if ids:
         logger.info("Queued %d roll-out invitation(s) whose mail never went out", len(ids))
     return len(ids)
