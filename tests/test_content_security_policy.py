@@ -90,3 +90,60 @@ def test_violation_reports_go_where_the_operator_says(load_settings, monkeypatch
     assert configured["report-uri"] == ["https://reports.example.com/csp"]
     monkeypatch.delenv("CSP_REPORT_URI")
     assert "report-uri" not in load_settings()["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]
+
+
+# The header texts are built once per settings and reused (pkiportal.csp): these pin that
+# the reuse never carries one response's policy over to another.
+
+
+def test_a_changed_policy_is_served_at_once(employee, settings):
+    client = token_client(employee)
+    assert directives(client.get(CERTIFICATES))["img-src"] == "'self' data:"
+
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'none'"]}}
+    settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = {
+        "DIRECTIVES": {"default-src": ["'self'"], "report-uri": ["/csp-report/"]}
+    }
+    response = client.get(CERTIFICATES)
+
+    assert response["Content-Security-Policy"] == "default-src 'none'"
+    assert response["Content-Security-Policy-Report-Only"] == (
+        "default-src 'self'; report-uri /csp-report/"
+    )
+
+
+def test_the_browsable_exception_does_not_leak_into_other_answers(employee):
+    browsable = session_client(employee).get(CERTIFICATES, HTTP_ACCEPT="text/html")
+    plain = token_client(employee).get(CERTIFICATES)
+    browsable_again = session_client(employee).get(CERTIFICATES, HTTP_ACCEPT="text/html")
+
+    assert directives(browsable)["style-src-attr"] == "'unsafe-inline'"
+    assert "style-src-attr" not in directives(plain)
+    assert directives(browsable_again)["style-src-attr"] == "'unsafe-inline'"
+
+
+def test_a_view_that_uses_a_nonce_gets_it_in_its_own_header(rf, settings):
+    from csp.constants import NONCE, SELF
+
+    from django.http import HttpResponse
+
+    from pkiportal.csp import PortalCSPMiddleware
+
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"script-src": [SELF, NONCE]}}
+
+    def view(request):
+        if request.path == "/nonce/":
+            return HttpResponse(f"<script nonce='{request.csp_nonce}'></script>")
+        return HttpResponse("no script")
+
+    middleware = PortalCSPMiddleware(view)
+    plain_before = middleware(rf.get("/"))
+    first, second = middleware(rf.get("/nonce/")), middleware(rf.get("/nonce/"))
+    plain_after = middleware(rf.get("/"))
+    nonces = [re.search(r"nonce='([^']+)'", r.content.decode())[1] for r in (first, second)]
+
+    assert nonces[0] != nonces[1]
+    for response, nonce in zip((first, second), nonces, strict=True):
+        assert directives(response)["script-src"] == f"'self' 'nonce-{nonce}'"
+    for response in (plain_before, plain_after):
+        assert directives(response)["script-src"] == "'self'"
