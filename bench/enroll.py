@@ -24,7 +24,9 @@ production size. It starts gunicorn on 127.0.0.1 and times:
 
 It prints certificates per second for each (best of ``--rounds``), the server CPU per
 certificate (gunicorn workers and their PostgreSQL backends, from /proc) and the ratio of
-the HTTP CSR path to the bare library. ``--profile`` then runs CSR enrolments in-process
+the HTTP CSR path to the bare library. The machine's speed drifts over a run, so the bare
+library also runs right after each HTTP round of the P-256 CSR path, and the ratio of
+each such pair is printed with their median. ``--profile`` then runs CSR enrolments in-process
 through Django's handler and prints the CPU of each main step (timed around the calls,
 no profiler), the SQL statements of one enrolment, how many times a CA key was loaded,
 and cProfile's hottest functions by CPU time. Everything is bounded; gunicorn and the
@@ -39,6 +41,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -618,17 +621,20 @@ def main() -> None:
             f"Timing through gunicorn ({args.workers} workers, {args.clients} clients)...",
             flush=True,
         )
+        # (HTTP, bare library) rates of the P-256 CSR path, round by round: the bare
+        # library runs seconds after each HTTP round, so both see the machine alike.
+        paired: list[tuple[float, float]] = []
         for name, template, bodies in plan:
             rounds = [
                 [http_request(port, accounts.take(template), body) for body in bodies]
                 for _ in range(args.rounds)
             ]
-            results.append(
-                max(
-                    (post_all(port, requests, name, args.clients, gunicorn) for requests in rounds),
-                    key=lambda result: result.rate,
-                )
-            )
+            measured = []
+            for requests in rounds:
+                measured.append(post_all(port, requests, name, args.clients, gunicorn))
+                if bodies is plan[0][2]:
+                    paired.append((measured[-1].rate, bare_library(p256_csrs)[0].rate))
+            results.append(max(measured, key=lambda result: result.rate))
         http_p256 = results[0]
         # The stack's floor: the same endpoint, authenticated, refused by its input check
         # (no CSR) before any enrolment work. What gunicorn, Django, DRF and the token cost.
@@ -664,6 +670,14 @@ def main() -> None:
             f"\nHTTP CSR path (P-256) / bare library (P-256 CSR parse+verify+build+sign): "
             f"{http_p256.rate / bare_csr.rate:.1%}"
         )
+        ratios = sorted(http / bare for http, bare in paired if bare)
+        if ratios:
+            print(
+                "Paired rounds (each HTTP round, then the bare library at once): "
+                + ", ".join(f"{http:.1f} / {bare:.1f} certs/s" for http, bare in paired)
+                + f"; ratios {', '.join(f'{r:.1%}' for r in ratios)}, median "
+                f"{statistics.median(ratios):.1%}"
+            )
         server_cpu = (http_p256.app_cpu + http_p256.db_cpu) / max(http_p256.count, 1)
         if server_cpu:
             ceiling = (os.cpu_count() or 1) / server_cpu
