@@ -1,5 +1,8 @@
 """Until a session has confirmed the second factor it needs, it reaches only the pages
 that confirm one (or set one up) and sign-out: the portal, /ra/ and the admin alike.
+Where single sign-on is configured, its pages stay open too: a person who typed a
+password may sign in through the provider instead, and that sign-in starts the second
+step anew (mfa.note_sign_in), counting as verified only if the provider says so.
 
 The API is guarded by accounts.api.VerifiedSessionAuthentication instead, which answers
 in JSON and leaves token calls alone; the public repository, health and static files are
@@ -19,6 +22,7 @@ from django.urls import reverse
 from accounts import mfa
 
 OPEN_PREFIXES = ("/pki/", "/health/", "/metrics", "/api/")
+SINGLE_SIGN_ON_PREFIX = "/oidc/"  # pkiportal.urls mounts mozilla-django-oidc here
 
 
 class SecondFactorMiddleware:
@@ -29,6 +33,11 @@ class SecondFactorMiddleware:
         path = request.path_info
         static = "/" + settings.STATIC_URL.lstrip("/")
         if path.startswith((*OPEN_PREFIXES, static)) or not mfa.session_needs_second_step(request):
+            return self.get_response(request)
+        if (
+            path.startswith(SINGLE_SIGN_ON_PREFIX)
+            and "mozilla_django_oidc" in settings.INSTALLED_APPS
+        ):
             return self.get_response(request)
         enrolled = mfa.state_for(request.user).enrolled
         step = reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup")

@@ -10,10 +10,14 @@ import logging
 from typing import Any
 
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView
 
 from django.conf import settings
+from django.contrib import auth
 from django.core.exceptions import SuspiciousOperation
+from django.http import HttpResponse
 
+from accounts import mfa
 from accounts.mfa import SSO_AMR
 from accounts.sso import account_fields_from_claims, update_account_from_claims
 
@@ -114,3 +118,20 @@ class PortalOIDCBackend(OIDCAuthenticationBackend):  # type: ignore[misc]  # unt
 
 def _username_claim() -> str:
     return getattr(settings, "OIDC_CLAIM_USERNAME", "preferred_username")
+
+
+class PortalOIDCCallbackView(OIDCAuthenticationCallbackView):  # type: ignore[misc]  # untyped
+    """A sign-in through the provider is a sign-in, also from a browser whose password
+    sign-in of the same person still waits for its code.
+
+    mozilla-django-oidc skips login() when the session already belongs to the person (it
+    takes that for a session refresh), so mfa.note_sign_in never saw the provider's amr
+    and such a session stayed confined whatever the provider had checked: the person had
+    to sign out first. A session that has confirmed its second factor keeps the library's
+    refresh behaviour (no new session key, no new CSRF token)."""
+
+    def login_success(self) -> HttpResponse:
+        if mfa.session_needs_second_step(self.request):
+            auth.login(self.request, self.user)
+        response: HttpResponse = super().login_success()
+        return response

@@ -793,6 +793,8 @@ if PKIPORTAL_LDAP_PUBLISH_URI:
             "options": {"expires": PKIPORTAL_LDAP_RECONCILE_MINUTES * 60},
         },
     }
+# Read only where mozilla-django-oidc's URLs are mounted (below, or the tests' own).
+OIDC_CALLBACK_CLASS = "accounts.oidc.PortalOIDCCallbackView"
 if env.str("OIDC_RP_CLIENT_ID", default=""):
     INSTALLED_APPS.append("mozilla_django_oidc")
     OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID")

@@ -226,6 +226,36 @@ def test_a_single_sign_on_counts_as_the_second_factor_when_the_provider_says_so(
         assert response["Location"].startswith("/account/two-factor/setup/")
 
 
+@pytest.mark.parametrize(("amr", "verified"), [(["pwd", "mfa"], True), (["pwd"], False)])
+def test_a_password_sign_in_waiting_for_its_code_may_switch_to_single_sign_on(
+    browser_sign_in, client, monkeypatch, settings, amr, verified
+):
+    """An officer typed the password, then chose the provider on the code page: the portal
+    lets the provider's pages through, and that sign-in starts the second step anew."""
+    from tests.second_factor import authenticator
+
+    settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, "mozilla_django_oidc"]  # the link
+
+    dora = UserFactory(username="dora", email="dora.dupont@example.com")
+    authenticator(dora)
+    client.force_login(dora)  # the password step, no code yet
+    assert client.get("/ra/requests/")["Location"].startswith("/account/two-factor/verify/")
+    assert (
+        b"Sign in with single sign-on instead" in client.get("/account/two-factor/verify/").content
+    )
+    token = {"nonce": "n0nce", "amr": amr}
+    monkeypatch.setattr(PortalOIDCBackend, "verify_token", lambda self, t, **kwargs: token)
+
+    assert browser_sign_in(CLAIMS).status_code == 302
+    response = client.get("/ra/requests/")
+
+    assert client.session["_auth_user_id"] == str(dora.pk)
+    if verified:
+        assert response.status_code == 200
+    else:
+        assert response["Location"].startswith("/account/two-factor/verify/")
+
+
 def test_the_callback_refuses_another_accounts_address(browser_sign_in, client, admin_user):
     before = snapshot(admin_user)
 
