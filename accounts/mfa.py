@@ -46,6 +46,7 @@ from accounts.models import (
     BackupCodeDevice,
     TotpDevice,
     User,
+    WebAuthnDevice,
 )
 from enrollment import recent_sign_in
 from enrollment.audit import audit_record
@@ -185,7 +186,9 @@ def new_backup_codes() -> list[str]:
 @dataclass(frozen=True)
 class State:
     required: bool  # the policy asks this person for a second factor
-    enrolled: bool  # they have a confirmed authenticator app
+    enrolled: bool  # they have a confirmed authenticator app or a security key
+    totp: bool = False  # a confirmed authenticator app
+    passkeys: bool = False  # one or more security keys (accounts.passkeys)
 
     @property
     def asked(self) -> bool:
@@ -206,21 +209,27 @@ def state_for(user: Any) -> State:
         User.objects.filter(pk=user.pk)
         .annotate(
             has_role=Exists(Group.objects.filter(user=OuterRef("pk"), name__in=roles)),
-            enrolled=Exists(TotpDevice.objects.filter(user=OuterRef("pk"), confirmed=True)),
+            totp=Exists(TotpDevice.objects.filter(user=OuterRef("pk"), confirmed=True)),
+            passkeys=Exists(WebAuthnDevice.objects.filter(user=OuterRef("pk"))),
         )
-        .values_list("is_staff", "is_superuser", "has_role", "enrolled")
+        .values_list("is_staff", "is_superuser", "has_role", "totp", "passkeys")
         .first()
     )
     if row is None:
         return State(required=False, enrolled=False)
-    is_staff, is_superuser, has_role, enrolled = row
+    is_staff, is_superuser, has_role, totp, passkeys = row
     if policy == "everyone":
         required = True
     elif policy == "officers":
         required = bool(is_staff or is_superuser or has_role)
     else:
         required = False
-    state = State(required=required, enrolled=bool(enrolled))
+    state = State(
+        required=required,
+        enrolled=bool(totp or passkeys),
+        totp=bool(totp),
+        passkeys=bool(passkeys),
+    )
     user._pkiportal_mfa_state = state
     return state
 
@@ -311,10 +320,12 @@ def confirmed_totp(user: Any) -> TotpDevice | None:
 
 
 def has_any_device(user: Any) -> bool:
-    """An app, confirmed or not, or backup codes: what an administrator's reset removes."""
+    """An app, confirmed or not, backup codes or a security key: what an administrator's
+    reset removes."""
     return (
         TotpDevice.objects.filter(user=user).exists()
         or BackupCodeDevice.objects.filter(user=user).exists()
+        or WebAuthnDevice.objects.filter(user=user).exists()
     )
 
 
@@ -522,6 +533,7 @@ def backup_codes_regenerate(
 
 def _remove_devices(user: User) -> int:
     removed = TotpDevice.objects.filter(user=user).delete()[0]
+    removed += WebAuthnDevice.objects.filter(user=user).delete()[0]
     BackupCodeDevice.objects.filter(user=user).delete()
     forget_state(user)
     return removed

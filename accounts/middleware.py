@@ -23,6 +23,7 @@ from accounts import mfa
 
 OPEN_PREFIXES = ("/pki/", "/health/", "/metrics", "/api/")
 SINGLE_SIGN_ON_PREFIX = "/oidc/"  # pkiportal.urls mounts mozilla-django-oidc here
+SECURITY_KEY_PREFIX = "/account/two-factor/security-keys/"
 
 
 class SecondFactorMiddleware:
@@ -41,7 +42,9 @@ class SecondFactorMiddleware:
             return self.get_response(request)
         enrolled = mfa.state_for(request.user).enrolled
         step = reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup")
-        if path in (step, reverse("logout")):
+        if path in (step, reverse("logout")) or path.startswith(SECURITY_KEY_PREFIX):
+            # The security-key ceremonies of the second step (or of a first set-up): each
+            # view checks what the session may do there.
             return self.get_response(request)
         query = ""
         if request.method in ("GET", "HEAD"):

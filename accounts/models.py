@@ -256,3 +256,33 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
 
     def verify_is_allowed(self) -> tuple[bool, Any]:
         return capped_throttle(self, *super().verify_is_allowed())  # type: ignore[no-untyped-call]  # django-otp is unannotated
+
+
+class WebAuthnDevice(TimestampMixin, Device):
+    """A security key or passkey (WebAuthn): a public key, never a secret, so nothing here
+    needs sealing. The person names it; a person may hold several (a spare key in a drawer).
+
+    ``sign_count`` is the authenticator's counter: an assertion whose counter does not grow
+    (when either is non-zero) comes from a copy of the key and is refused (accounts.passkeys).
+    """
+
+    MAX_PER_PERSON = 10
+
+    objects: ClassVar[models.Manager[WebAuthnDevice]]  # type: ignore[assignment]  # as TotpDevice's
+
+    credential_id = models.CharField(
+        max_length=1400,  # a credential id is at most 1023 bytes: 1364 in base64url
+        unique=True,
+        editable=False,
+        help_text="The credential id, base64url.",
+    )
+    public_key = models.BinaryField(editable=False, help_text="The COSE public key.")
+    sign_count = models.BigIntegerField(default=0, editable=False)
+    transports = models.JSONField(default=list, blank=True, editable=False)
+    aaguid = models.CharField(max_length=36, blank=True, default="", editable=False)
+
+    class Meta(Device.Meta):
+        verbose_name = "security key"
+
+    def verify_token(self, token: Any) -> bool:
+        return False  # no code to type: accounts.passkeys checks its signed assertions

@@ -12,4 +12,22 @@ urlpatterns = [
     path("two-factor/setup/", views.setup, name="mfa-setup"),
     path("two-factor/backup-codes/", views.backup_codes_regenerate, name="mfa-backup-codes"),
     path("two-factor/remove/", views.remove, name="mfa-remove"),
+    path("two-factor/security-keys/add/", views.passkey_setup, name="passkey-setup"),
+    path(
+        "two-factor/security-keys/register/options/",
+        views.passkey_register_options,
+        name="passkey-register-options",
+    ),
+    path("two-factor/security-keys/register/", views.passkey_register, name="passkey-register"),
+    path(
+        "two-factor/security-keys/authenticate/options/",
+        views.passkey_authenticate_options,
+        name="passkey-authenticate-options",
+    ),
+    path(
+        "two-factor/security-keys/authenticate/",
+        views.passkey_authenticate,
+        name="passkey-authenticate",
+    ),
+    path("two-factor/security-keys/<int:pk>/remove/", views.passkey_remove, name="passkey-remove"),
 ]

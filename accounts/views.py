@@ -7,6 +7,7 @@ are shown once, in the answer to the POST that made them (``no-store``), never s
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,7 +15,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -22,7 +23,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts import mfa
+from accounts import mfa, passkeys
 from accounts.forms import CodeForm, CurrentCodeForm, RemoveForm, SetupForm
 from accounts.requests import AuthenticatedHttpRequest
 from enrollment import recent_sign_in
@@ -101,6 +102,12 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "sign_in_again": not recent_sign_in.signed_in_recently(request),
         "sign_in_minutes": settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES,
         "single_sign_on_verified": bool(request.session.get(mfa.SSO_VERIFIED)),
+        "passkey_devices": passkeys.devices(request.user),
+        "passkey_confirmed": passkeys.has_confirmed(request.session),
+        # A code proves the current second factor, unless a key was confirmed just now.
+        "ask_code": (device is not None or codes is not None)
+        and not passkeys.has_confirmed(request.session),
+        "passkey_next": reverse("accounts:mfa-overview"),
     }
     return render(request, "accounts/overview.html", context)
 
@@ -142,9 +149,14 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         else:
             message = "That code is not right, or was used already."
         form.add_error("code", message)
-    return render(
-        request, "accounts/verify.html", {"form": form, "next": _next(request)}, status=status
-    )
+    state = mfa.state_for(request.user)
+    context = {
+        "form": form,
+        "next": _next(request),
+        "has_passkeys": state.passkeys,
+        "has_codes": state.totp or mfa.backup_codes(request.user) is not None,
+    }
+    return render(request, "accounts/verify.html", context, status=status)
 
 
 @sensitive_variables("codes")
@@ -159,11 +171,15 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     if (refused := _verified_only(request)) is not None:
         return refused
     state = mfa.state_for(request.user)
-    replacing = state.enrolled
+    replacing = state.totp
     back_to = f"{reverse('accounts:mfa-setup')}?{urlencode({'next': _next(request)})}"
     doing = "replace your authenticator app" if replacing else "set up an authenticator app"
     if (refused := _recent_sign_in_only(request, doing, back_to)) is not None:
         return refused
+    if state.passkeys and not state.totp and not passkeys.has_confirmed(request.session):
+        # No code to prove the present second factor with: a key confirmed just now.
+        messages.info(request, "Confirm with one of your security keys first, then set up the app.")
+        return redirect("accounts:mfa-overview")
     started = request.session.get(mfa.PENDING_SESSION_KEY)
     device = mfa.pending_totp(request)
     form = SetupForm(request.POST or None, replacing=replacing)
@@ -196,6 +212,7 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         codes = done.codes
         if codes is not None:
             request.session.pop(mfa.PENDING_SESSION_KEY, None)
+            passkeys.take_confirmed(request.session)  # used once
             mfa.mark_verified(request, device)
             response = render(
                 request,
@@ -229,6 +246,7 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         "next": _next(request),
         "state": state,
         "replacing": replacing,
+        "offer_passkey": not state.enrolled,
     }
     response = render(request, "accounts/setup.html", context, status=status)
     response["Cache-Control"] = "no-store"  # the page carries the seed
@@ -306,4 +324,202 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
     messages.success(request, "Your second factor is removed: signing in takes your password only.")
+    return redirect("accounts:mfa-overview")
+
+
+# --- security keys (WebAuthn): JSON for static/js/passkey.js ------------------------------
+
+
+def _json_error(message: str, status: int = 400, **extra: Any) -> JsonResponse:
+    response = JsonResponse({"detail": message, **extra}, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _local_next(request: HttpRequest, wanted: Any) -> str:
+    if isinstance(wanted, str) and url_has_allowed_host_and_scheme(
+        wanted, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return wanted
+    return reverse(settings.LOGIN_REDIRECT_URL)
+
+
+def _options_response(options: str) -> HttpResponse:
+    response = HttpResponse(options, content_type="application/json")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _key_change_refused(request: HttpRequest) -> JsonResponse | None:
+    """As for the authenticator app: a session that confirmed its second factor, signed in
+    recently (JSON answers for the script)."""
+    if mfa.state_for(request.user).enrolled and not mfa.session_verified(request):
+        return _json_error(
+            "Confirm your second factor first.", 403, url=reverse("accounts:mfa-verify")
+        )
+    if not recent_sign_in.signed_in_recently(request):
+        back = reverse("accounts:mfa-overview")
+        return _json_error(
+            "Sign in again: changing your second factor must be within "
+            f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in.",
+            403,
+            url=f"{reverse('login')}?{urlencode({'next': back})}",
+        )
+    return None
+
+
+def _prove_current_factor(request: AuthenticatedHttpRequest, current_code: Any, via: str) -> None:
+    """Whoever has a second factor proves it again to change it: a security key confirmed
+    just now in this session, or a current code (raises mfa.CodeRefused / PasskeyError)."""
+    if not mfa.state_for(request.user).enrolled or passkeys.take_confirmed(request.session):
+        return
+    code = current_code.strip()[:40] if isinstance(current_code, str) else ""
+    if not code:
+        raise passkeys.PasskeyError(
+            "Enter a code of your current second factor, or confirm with one of your "
+            "security keys first."
+        )
+    mfa._require_current_code(
+        user=request.user, current_code=code, source_address=client_address(request), via=via
+    )
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "HEAD"])
+def passkey_setup(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """A page to add a security key: a first second factor instead of an app (the app's
+    set-up page links here; it carries a seed, so it loads no script), or another key."""
+    if (refused := _verified_only(request)) is not None:
+        return refused
+    back_to = f"{reverse('accounts:passkey-setup')}?{urlencode({'next': _next(request)})}"
+    if (refused := _recent_sign_in_only(request, "add a security key", back_to)) is not None:
+        return refused
+    state = mfa.state_for(request.user)
+    context = {
+        "state": state,
+        "passkey_next": _next(request),
+        "ask_code": state.totp or mfa.backup_codes(request.user) is not None,
+    }
+    return render(request, "accounts/passkey_setup.html", context)
+
+
+@sensitive_post_parameters()
+@never_cache
+@login_required
+@require_POST
+def passkey_register_options(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Start adding a security key: its name, and proof of the current second factor."""
+    if (refused := _key_change_refused(request)) is not None:
+        return refused
+    body = _json_body(request)
+    if body is None:
+        return _json_error("Send a JSON object.")
+    try:
+        name = passkeys.clean_name(body.get("name"))
+        _prove_current_factor(request, body.get("current_code"), "security_key_add")
+        options = passkeys.registration_options(
+            session=request.session, user=request.user, name=name
+        )
+    except mfa.CodeRefused as exc:
+        status = 429 if exc.throttled_until is not None else 400
+        return _json_error(exc.message, status, field="current_code")
+    except mfa.SecondFactorError as exc:
+        return _json_error(exc.message)
+    return _options_response(options)
+
+
+@never_cache
+@login_required
+@require_POST
+def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Finish adding a security key with the browser's answer to the challenge."""
+    if (refused := _key_change_refused(request)) is not None:
+        return refused
+    body = _json_body(request)
+    if body is None:
+        return _json_error("Send a JSON object.")
+    try:
+        device = passkeys.register(
+            session=request.session,
+            user=request.user,
+            credential=body.get("credential"),
+            source_address=client_address(request),
+        )
+    except mfa.SecondFactorError as exc:
+        return _json_error(exc.message)
+    if not mfa.session_verified(request):
+        mfa.mark_verified(request, device)  # a first second factor, as an app's set-up
+    messages.success(request, f"The security key “{device.name}” is added.")
+    return JsonResponse({"redirect": _local_next(request, body.get("next"))})
+
+
+@never_cache
+@login_required
+@require_POST
+def passkey_authenticate_options(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """A challenge for one of the person's own security keys."""
+    try:
+        options = passkeys.authentication_options(session=request.session, user=request.user)
+    except mfa.SecondFactorError as exc:
+        return _json_error(exc.message)
+    return _options_response(options)
+
+
+@never_cache
+@login_required
+@require_POST
+def passkey_authenticate(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The second step of a sign-in with a security key; in a verified session, a fresh
+    confirmation that lets it change its second factor in the next few minutes."""
+    body = _json_body(request)
+    if body is None:
+        return _json_error("Send a JSON object.")
+    verified_before = mfa.session_verified(request)
+    try:
+        device = passkeys.authenticate(
+            session=request.session,
+            user=request.user,
+            credential=body.get("credential"),
+            source_address=client_address(request),
+            via="confirm" if verified_before else "web",
+        )
+    except mfa.SecondFactorError as exc:
+        return _json_error(exc.message)
+    if verified_before:
+        passkeys.note_confirmed(request.session)
+        return JsonResponse({"confirmed": True, "redirect": reverse("accounts:mfa-overview")})
+    mfa.mark_verified(request, device, sign_in=True)
+    return JsonResponse({"redirect": _local_next(request, body.get("next"))})
+
+
+@sensitive_post_parameters("current_code")
+@never_cache
+@login_required
+@require_POST
+def passkey_remove(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Remove one of one's security keys: a current code or a key confirmed just now, and a
+    recent sign-in."""
+    if (refused := _verified_only(request)) is not None:
+        return refused
+    overview_url = reverse("accounts:mfa-overview")
+    doing = "remove a security key"
+    if (refused := _recent_sign_in_only(request, doing, overview_url)) is not None:
+        return refused
+    try:
+        _prove_current_factor(request, request.POST.get("current_code"), "security_key_remove")
+        name = passkeys.remove(
+            user=request.user, device_id=pk, source_address=client_address(request)
+        )
+    except mfa.SecondFactorError as exc:
+        return _code_refused(request, exc)
+    messages.success(request, f"The security key “{name}” is removed.")
     return redirect("accounts:mfa-overview")

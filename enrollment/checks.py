@@ -145,3 +145,42 @@ def second_factor_key_is_its_own(app_configs: Any = None, **kwargs: Any) -> list
             id="pkiportal.W006",
         )
     ]
+
+
+def _within(host: str, rp_id: str) -> bool:
+    return host == rp_id or host.endswith("." + rp_id)
+
+
+@register(Tags.security, deploy=True)
+def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Browsers sign a security key's assertion only for an origin under the relying party
+    id: a mismatch means nobody can register or use one."""
+    rp_id = settings.PKIPORTAL_WEBAUTHN_RP_ID
+    base_host = (urlsplit(settings.PKIPORTAL_BASE_URL).hostname or "").lower()
+    problems = []
+    if base_host and not _within(base_host, rp_id) and base_host not in ("127.0.0.1", "::1"):
+        problems.append(f"the host of PKIPORTAL_BASE_URL ({base_host}) is not under it")
+    for origin in settings.PKIPORTAL_WEBAUTHN_ORIGINS:
+        parts = urlsplit(origin)
+        host = (parts.hostname or "").lower()
+        if not _within(host, rp_id):
+            problems.append(f"the origin {origin} is not under it")
+        elif parts.scheme != "https" and host != "localhost":
+            problems.append(f"the origin {origin} is not https (browsers refuse it)")
+    try:
+        ipaddress.ip_address(rp_id)
+        problems.append("it is an IP address, which browsers refuse")
+    except ValueError:
+        pass
+    if not problems:
+        return []
+    return [
+        Warning(
+            f"PKIPORTAL_WEBAUTHN_RP_ID ({rp_id}) does not fit the portal: "
+            + "; ".join(problems)
+            + ".",
+            hint="Set PKIPORTAL_WEBAUTHN_RP_ID to the portal's host name (or a parent domain "
+            "of it) and PKIPORTAL_WEBAUTHN_ORIGINS to the https:// origins people sign in at.",
+            id="pkiportal.W008",
+        )
+    ]

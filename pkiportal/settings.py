@@ -9,6 +9,7 @@ README.md. Secrets can come from `<NAME>_FILE` instead of `<NAME>`.
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import django_stubs_ext
 from celery.schedules import crontab
@@ -441,6 +442,34 @@ if PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON not in ("amr", "always", "never"):
         'PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON must be "amr", "always" or "never"; it is '
         f"{PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON!r}."
     )
+# Security keys and passkeys (WebAuthn) as a second factor: the relying party id is the
+# host of PKIPORTAL_BASE_URL ("localhost" for a loopback address: browsers refuse an IP
+# address), the origins where people sign in are https:// on that host (and the base URL
+# itself on a loopback host, for trying the portal). Set them where the portal is served
+# from another name; check --deploy warns when they do not fit together (pkiportal.W008).
+_BASE_HOST = (urlsplit(PKIPORTAL_BASE_URL).hostname or "localhost").lower()
+_BASE_PORT = urlsplit(PKIPORTAL_BASE_URL).port
+_LOOPBACK_BASE = _BASE_HOST in ("localhost", "127.0.0.1", "::1")
+PKIPORTAL_WEBAUTHN_RP_ID = env.str("PKIPORTAL_WEBAUTHN_RP_ID", default="").strip().lower() or (
+    "localhost" if _LOOPBACK_BASE else _BASE_HOST
+)
+PKIPORTAL_WEBAUTHN_ORIGINS = [
+    origin.strip().rstrip("/")
+    for origin in env.list("PKIPORTAL_WEBAUTHN_ORIGINS", default=[])
+    if origin.strip()
+] or (
+    [
+        f"https://{PKIPORTAL_WEBAUTHN_RP_ID}",
+        "http://localhost" + (f":{_BASE_PORT}" if _BASE_PORT else ""),
+    ]
+    if _LOOPBACK_BASE
+    else [f"https://{PKIPORTAL_WEBAUTHN_RP_ID}"]
+)
+for _origin in PKIPORTAL_WEBAUTHN_ORIGINS:
+    if not _origin.startswith(("https://", "http://")) or urlsplit(_origin).path:
+        raise ImproperlyConfigured(
+            f"PKIPORTAL_WEBAUTHN_ORIGINS: {_origin!r} is not an origin (https://host[:port])."
+        )
 # Limits that protect the CA from a runaway script or a stolen session.
 PKIPORTAL_MAX_VALID_PER_TEMPLATE = env.int("PKIPORTAL_MAX_VALID_PER_TEMPLATE", default=3)
 PKIPORTAL_ENROLL_RATE_PER_HOUR = env.int("PKIPORTAL_ENROLL_RATE_PER_HOUR", default=20)

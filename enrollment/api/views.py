@@ -954,7 +954,9 @@ class TokenCreateView(APIView):
             "PKIPORTAL_MAX_API_TOKENS (10) live tokens. Whoever has a second factor (RA "
             "officers, key recovery agents and administrators must) sends a current code "
             f"from it, or a backup code, in the `{SECOND_FACTOR_HEADER}` header with HTTP "
-            "basic; a session must have confirmed it at sign-in."
+            "basic; a session must have confirmed it at sign-in. Whoever has only security "
+            "keys (passkeys) mints tokens from a browser session that confirmed one: HTTP "
+            "basic answers 403 with `missing: second_factor_session`."
         ),
         parameters=[
             OpenApiParameter(
@@ -1029,6 +1031,18 @@ def _second_factor_for_basic(request: Request) -> Response | None:
                 "detail": "Your role needs a second factor: set one up on the portal "
                 f"({reverse('accounts:mfa-setup')}) before minting a token.",
                 "missing": "second_factor",
+            },
+            status=status.HTTP_403_FORBIDDEN,
+        )
+    if not state.totp and mfa.backup_codes(user) is None:
+        # Only security keys: a signature for this origin, which no header can carry.
+        return Response(
+            {
+                "detail": "Your second factor is a security key, which HTTP basic cannot "
+                "use: create the token from a browser session that confirmed it "
+                f"({reverse('enrollment:token-list')}, or POST here with that session).",
+                "missing": "second_factor_session",
+                "url": reverse("enrollment:token-list"),
             },
             status=status.HTTP_403_FORBIDDEN,
         )

@@ -1,0 +1,386 @@
+"""Security keys and passkeys (WebAuthn) as a second factor, beside the authenticator app.
+
+py_webauthn builds the options and checks what the browser returns (CBOR, COSE, the
+signature, the origin and the relying party id); this module keeps the challenges and the
+credentials. A challenge lives in the session that asked for it, for one purpose, is used
+once (taken out before it is checked) and expires after CHALLENGE_SECONDS. An assertion
+whose signature counter did not grow is a copy of the key: refused and audited.
+
+A passkey is phishing-resistant where a code is not: the browser signs only for the
+portal's own origin (PKIPORTAL_WEBAUTHN_ORIGINS) and relying party id.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from webauthn import (
+    generate_authentication_options,
+    generate_registration_options,
+    options_to_json,
+    verify_authentication_response,
+    verify_registration_response,
+)
+from webauthn.helpers import bytes_to_base64url, parse_authentication_credential_json
+from webauthn.helpers.structs import (
+    AuthenticatorSelectionCriteria,
+    AuthenticatorTransport,
+    PublicKeyCredentialDescriptor,
+    ResidentKeyRequirement,
+    UserVerificationRequirement,
+)
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
+
+from accounts import mfa
+from accounts.models import WebAuthnDevice
+from enrollment.audit import audit_record
+
+CHALLENGE_SESSION_KEY = "pkiportal_webauthn_challenge"
+CHALLENGE_SECONDS = 300
+TIMEOUT_MS = 120_000  # what the browser gives the person to touch the key
+# A session that, already verified, confirmed a security key again (to change its second
+# factor): when, as an ISO time; used once, within CONFIRMED_SECONDS.
+CONFIRMED_SESSION_KEY = "pkiportal_webauthn_confirmed"
+CONFIRMED_SECONDS = 300
+NAME_MAX = 64
+_TRANSPORTS = {transport.value for transport in AuthenticatorTransport}
+
+
+class PasskeyError(mfa.SecondFactorError):
+    """A security-key ceremony refused; the message is safe to show."""
+
+
+# --- the relying party ------------------------------------------------------------------
+
+
+def rp_id() -> str:
+    return str(settings.PKIPORTAL_WEBAUTHN_RP_ID)
+
+
+def origins() -> list[str]:
+    return list(settings.PKIPORTAL_WEBAUTHN_ORIGINS)
+
+
+def user_handle(user: Any) -> bytes:
+    """An opaque, stable handle for the person (WebAuthn user.id): no name, no e-mail."""
+    return salted_hmac("pkiportal.webauthn.user", str(user.pk)).digest()[:32]
+
+
+# --- challenges -------------------------------------------------------------------------
+
+
+def _store_challenge(session: SessionBase, purpose: str, challenge: bytes, **extra: Any) -> None:
+    session[CHALLENGE_SESSION_KEY] = {
+        "purpose": purpose,
+        "challenge": bytes_to_base64url(challenge),
+        "expires": (timezone.now() + timedelta(seconds=CHALLENGE_SECONDS)).isoformat(),
+        **extra,
+    }
+
+
+def _take_challenge(session: SessionBase, purpose: str) -> dict[str, Any]:
+    """The session's challenge for this purpose, removed whatever the outcome: one use."""
+    stored = session.pop(CHALLENGE_SESSION_KEY, None)
+    if not isinstance(stored, dict) or stored.get("purpose") != purpose:
+        raise PasskeyError("No security-key request is waiting: start again.")
+    try:
+        expires = datetime.fromisoformat(str(stored["expires"]))
+    except (KeyError, ValueError):
+        raise PasskeyError("No security-key request is waiting: start again.") from None
+    if timezone.now() >= expires:
+        raise PasskeyError("The security-key request expired: start again.")
+    return stored
+
+
+def _challenge_bytes(stored: dict[str, Any]) -> bytes:
+    from webauthn.helpers import base64url_to_bytes
+
+    return base64url_to_bytes(str(stored["challenge"]))
+
+
+# --- registration -----------------------------------------------------------------------
+
+
+def devices(user: Any) -> list[WebAuthnDevice]:
+    return list(WebAuthnDevice.objects.filter(user=user).order_by("created_at", "pk"))
+
+
+def clean_name(name: Any) -> str:
+    text = " ".join(name.split()) if isinstance(name, str) else ""
+    if not text:
+        raise PasskeyError("Give the security key a name (e.g. “Blue key”, “Laptop”).")
+    if len(text) > NAME_MAX:
+        raise PasskeyError(f"The name is too long (at most {NAME_MAX} characters).")
+    return text
+
+
+def registration_options(*, session: SessionBase, user: Any, name: str) -> str:
+    """The options for navigator.credentials.create(), as JSON; remembers the challenge."""
+    existing = devices(user)
+    if len(existing) >= WebAuthnDevice.MAX_PER_PERSON:
+        raise PasskeyError(
+            f"You have {WebAuthnDevice.MAX_PER_PERSON} security keys: remove one first."
+        )
+    options = generate_registration_options(
+        rp_id=rp_id(),
+        rp_name=f"{settings.PKIPORTAL_ORGANIZATION_NAME} PKI",
+        user_id=user_handle(user),
+        user_name=user.get_username(),
+        user_display_name=user.get_full_name() or user.get_username(),
+        timeout=TIMEOUT_MS,
+        authenticator_selection=AuthenticatorSelectionCriteria(
+            resident_key=ResidentKeyRequirement.PREFERRED,
+            user_verification=UserVerificationRequirement.PREFERRED,
+        ),
+        exclude_credentials=[_descriptor(device) for device in existing],
+    )
+    _store_challenge(session, "register", options.challenge, name=name, user=user.pk)
+    return options_to_json(options)
+
+
+def register(
+    *, session: SessionBase, user: Any, credential: Any, source_address: str | None
+) -> WebAuthnDevice:
+    """Check the browser's answer to the session's registration challenge and keep the
+    key; audited, and the person is mailed."""
+    stored = _take_challenge(session, "register")
+    if stored.get("user") != user.pk:
+        raise PasskeyError("No security-key request is waiting: start again.")
+    try:
+        verified = verify_registration_response(
+            credential=_as_json(credential),
+            expected_challenge=_challenge_bytes(stored),
+            expected_rp_id=rp_id(),
+            expected_origin=origins(),
+        )
+    except Exception as exc:  # py_webauthn raises many types on hostile input: all a 400
+        _refused(user, source_address, via="register", why=str(exc)[:200])
+        raise PasskeyError(
+            "The security key's answer could not be checked: try again, on this portal's "
+            "own address."
+        ) from None
+    transports = [
+        t for t in (_field(credential, "response", "transports") or []) if t in _TRANSPORTS
+    ]
+    try:
+        with transaction.atomic():
+            device = WebAuthnDevice.objects.create(
+                user=user,
+                name=clean_name(stored.get("name")),
+                confirmed=True,
+                credential_id=bytes_to_base64url(verified.credential_id),
+                public_key=verified.credential_public_key,
+                sign_count=verified.sign_count,
+                transports=transports,
+                aaguid=str(verified.aaguid)[:36],
+            )
+            audit_record(
+                action="mfa.device_add",
+                actor=user,
+                target=user,
+                source_address=source_address,
+                detail={"kind": "webauthn", "name": device.name, "aaguid": device.aaguid},
+            )
+            mfa._tell(user, "key_added", source_address)
+    except IntegrityError:
+        raise PasskeyError("This security key is registered already.") from None
+    mfa.forget_state(user)
+    return device
+
+
+def remove(*, user: Any, device_id: int, source_address: str | None) -> str:
+    """Remove one of the person's keys (the caller checked a current code or key); the
+    last second factor of someone whose role needs one stays. Returns its name."""
+    with transaction.atomic():
+        device = WebAuthnDevice.objects.select_for_update().filter(pk=device_id, user=user).first()
+        if device is None:
+            raise PasskeyError("That security key is not yours, or is gone already.")
+        others = WebAuthnDevice.objects.filter(user=user).exclude(pk=device.pk).exists()
+        if not others and mfa.confirmed_totp(user) is None and mfa.state_for(user).required:
+            raise PasskeyError(
+                "Your role needs a second factor and this key is your only one: add another "
+                "key or an authenticator app first."
+            )
+        name = device.name
+        device.delete()
+        audit_record(
+            action="mfa.device_remove",
+            actor=user,
+            target=user,
+            source_address=source_address,
+            detail={"kind": "webauthn", "name": name, "via": "self"},
+        )
+        mfa._tell(user, "key_removed", source_address)
+    mfa.forget_state(user)
+    return name
+
+
+# --- authentication ---------------------------------------------------------------------
+
+
+def authentication_options(*, session: SessionBase, user: Any) -> str:
+    """The options for navigator.credentials.get(), for the person's own keys only."""
+    existing = devices(user)
+    if not existing:
+        raise PasskeyError("You have no security key.")
+    options = generate_authentication_options(
+        rp_id=rp_id(),
+        timeout=TIMEOUT_MS,
+        allow_credentials=[_descriptor(device) for device in existing],
+        user_verification=UserVerificationRequirement.PREFERRED,
+    )
+    _store_challenge(session, "authenticate", options.challenge, user=user.pk)
+    return options_to_json(options)
+
+
+def authenticate(
+    *, session: SessionBase, user: Any, credential: Any, source_address: str | None, via: str
+) -> WebAuthnDevice:
+    """Check an assertion against the session's challenge and the person's key; counts a
+    use. A counter that did not grow is a cloned key: refused, audited (mfa.webauthn_clone)."""
+    stored = _take_challenge(session, "authenticate")
+    if stored.get("user") != user.pk:
+        raise PasskeyError("No security-key request is waiting: start again.")
+    try:
+        parsed = parse_authentication_credential_json(_as_json(credential))
+        raw_id = bytes_to_base64url(parsed.raw_id)
+    except Exception:  # malformed JSON or base64: a 400, not a 500
+        raw_id = ""
+    # Refusals are audited after the transaction, so that rolling it back keeps them.
+    refusal: tuple[str, dict[str, Any]] | None = None
+    with transaction.atomic():
+        device = (
+            WebAuthnDevice.objects.select_for_update()
+            .filter(user=user, credential_id=raw_id)
+            .first()
+            if raw_id
+            else None
+        )
+        if device is None:
+            refusal = ("unknown", {"why": "unknown credential"})
+        else:
+            try:
+                # The counter is checked below, under the lock, to tell a clone from a
+                # forgery: py_webauthn's own check would not say which.
+                verified = verify_authentication_response(
+                    credential=_as_json(credential),
+                    expected_challenge=_challenge_bytes(stored),
+                    expected_rp_id=rp_id(),
+                    expected_origin=origins(),
+                    credential_public_key=bytes(device.public_key),
+                    credential_current_sign_count=0,
+                )
+            except Exception as exc:  # as in register(): hostile input is a 400
+                refusal = ("invalid", {"why": str(exc)[:200]})
+            else:
+                new_count = verified.new_sign_count
+                if (new_count > 0 or device.sign_count > 0) and new_count <= device.sign_count:
+                    refusal = (
+                        "clone",
+                        {
+                            "name": device.name,
+                            "stored_count": device.sign_count,
+                            "sign_count": new_count,
+                        },
+                    )
+                else:
+                    device.sign_count = new_count
+                    device.last_used_at = timezone.now()
+                    device.save(update_fields=["sign_count", "last_used_at"])
+    if refusal is None and device is not None:
+        return device
+    kind, detail = refusal or ("unknown", {"why": "unknown credential"})
+    if kind == "clone":
+        audit_record(
+            action="mfa.webauthn_clone",
+            actor=user,
+            target=user,
+            outcome="failure",
+            source_address=source_address,
+            detail={**detail, "via": via},
+        )
+        mfa._tell(user, "key_cloned", source_address)
+        raise PasskeyError(
+            "This security key's counter went backwards, as a copied key's does: it was "
+            "refused. Use another key or a code, and tell your administrator."
+        )
+    _refused(user, source_address, via=via, why=str(detail["why"]))
+    if kind == "unknown":
+        raise PasskeyError("That security key is not registered to your account.")
+    raise PasskeyError(
+        "The security key's answer could not be checked: try again, on this portal's own address."
+    )
+
+
+# --- a fresh confirmation, for changing the second factor -------------------------------
+
+
+def note_confirmed(session: SessionBase) -> None:
+    session[CONFIRMED_SESSION_KEY] = timezone.now().isoformat()
+
+
+def take_confirmed(session: SessionBase) -> bool:
+    """Whether this session confirmed a security key in the last CONFIRMED_SECONDS; used once."""
+    stamp = session.pop(CONFIRMED_SESSION_KEY, None)
+    if not isinstance(stamp, str):
+        return False
+    try:
+        at = datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return timezone.now() - at < timedelta(seconds=CONFIRMED_SECONDS)
+
+
+def has_confirmed(session: SessionBase) -> bool:
+    stamp = session.get(CONFIRMED_SESSION_KEY)
+    if not isinstance(stamp, str):
+        return False
+    try:
+        return timezone.now() - datetime.fromisoformat(stamp) < timedelta(seconds=CONFIRMED_SECONDS)
+    except ValueError:
+        return False
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _descriptor(device: WebAuthnDevice) -> PublicKeyCredentialDescriptor:
+    from webauthn.helpers import base64url_to_bytes
+
+    transports = [AuthenticatorTransport(t) for t in device.transports if t in _TRANSPORTS]
+    return PublicKeyCredentialDescriptor(
+        id=base64url_to_bytes(device.credential_id), transports=transports or None
+    )
+
+
+def _as_json(credential: Any) -> str:
+    if not isinstance(credential, dict):
+        raise PasskeyError("The security key's answer is missing.")
+    return json.dumps(credential)
+
+
+def _field(credential: Any, *path: str) -> Any:
+    value = credential
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value if isinstance(value, list) else None
+
+
+def _refused(user: Any, source_address: str | None, *, via: str, why: str) -> None:
+    audit_record(
+        action="mfa.verify",
+        actor=user,
+        target=user,
+        outcome="failure",
+        source_address=source_address,
+        detail={"kind": "webauthn", "via": via, "reason": why},
+    )

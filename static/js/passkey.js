@@ -1,0 +1,162 @@
+// Security keys and passkeys (WebAuthn): the browser side of accounts/views.py's JSON
+// endpoints. The server's options carry binary fields as base64url; the browser wants
+// ArrayBuffers, and its answer goes back as base64url again. Forms marked data-passkey
+// stay hidden where the browser has no WebAuthn (the code forms beside them still work).
+"use strict";
+(function () {
+  if (!window.PublicKeyCredential || !navigator.credentials) { return; }
+
+  function toBuffer(text) {
+    var base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+    while (base64.length % 4) { base64 += "="; }
+    var binary = atob(base64);
+    var bytes = new Uint8Array(binary.length);
+    for (var i = 0; i < binary.length; i++) { bytes[i] = binary.charCodeAt(i); }
+    return bytes.buffer;
+  }
+
+  function toText(buffer) {
+    if (!buffer) { return null; }
+    var bytes = new Uint8Array(buffer);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i++) { binary += String.fromCharCode(bytes[i]); }
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function descriptors(list) {
+    return (list || []).map(function (item) {
+      var copy = Object.assign({}, item);
+      copy.id = toBuffer(item.id);
+      return copy;
+    });
+  }
+
+  function creationOptions(options) {
+    options.challenge = toBuffer(options.challenge);
+    options.user.id = toBuffer(options.user.id);
+    options.excludeCredentials = descriptors(options.excludeCredentials);
+    return options;
+  }
+
+  function requestOptions(options) {
+    options.challenge = toBuffer(options.challenge);
+    options.allowCredentials = descriptors(options.allowCredentials);
+    return options;
+  }
+
+  function common(credential) {
+    return {
+      id: credential.id,
+      rawId: toText(credential.rawId),
+      type: credential.type,
+      authenticatorAttachment: credential.authenticatorAttachment || null,
+      clientExtensionResults: credential.getClientExtensionResults ? credential.getClientExtensionResults() : {}
+    };
+  }
+
+  function registrationJSON(credential) {
+    var out = common(credential);
+    var response = credential.response;
+    out.response = {
+      clientDataJSON: toText(response.clientDataJSON),
+      attestationObject: toText(response.attestationObject),
+      transports: response.getTransports ? response.getTransports() : []
+    };
+    return out;
+  }
+
+  function assertionJSON(credential) {
+    var out = common(credential);
+    var response = credential.response;
+    out.response = {
+      clientDataJSON: toText(response.clientDataJSON),
+      authenticatorData: toText(response.authenticatorData),
+      signature: toText(response.signature),
+      userHandle: toText(response.userHandle)
+    };
+    return out;
+  }
+
+  function post(form, url, body) {
+    var token = form.querySelector("input[name=csrfmiddlewaretoken]");
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": token ? token.value : "" },
+      body: JSON.stringify(body)
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        if (!response.ok) {
+          var error = new Error(data.detail || "The portal refused (" + response.status + ").");
+          error.url = data.url;
+          throw error;
+        }
+        return data;
+      });
+    });
+  }
+
+  function say(form, text) {
+    var status = form.querySelector("[data-passkey-status]");
+    if (status) { status.textContent = text; status.hidden = !text; }
+  }
+
+  function field(form, name) {
+    var input = form.querySelector("[name=" + name + "]");
+    return input ? input.value : "";
+  }
+
+  function failed(form, error) {
+    if (error && error.name === "NotAllowedError") {
+      say(form, "The security key was not used (cancelled or timed out). Try again.");
+    } else if (error && error.name === "InvalidStateError") {
+      say(form, "This security key is registered already.");
+    } else {
+      say(form, (error && error.message) || "Something went wrong. Try again.");
+    }
+    if (error && error.url) {
+      var link = document.createElement("a");
+      link.href = error.url;
+      link.textContent = " Continue";
+      form.querySelector("[data-passkey-status]").appendChild(link);
+    }
+  }
+
+  function register(form) {
+    say(form, "Touch your security key, or confirm on your device…");
+    post(form, form.getAttribute("data-options-url"), {
+      name: field(form, "name"), current_code: field(form, "current_code")
+    }).then(function (options) {
+      return navigator.credentials.create({ publicKey: creationOptions(options) });
+    }).then(function (credential) {
+      return post(form, form.getAttribute("data-url"), {
+        credential: registrationJSON(credential), next: field(form, "next")
+      });
+    }).then(function (done) {
+      window.location.assign(done.redirect);
+    }).catch(function (error) { failed(form, error); });
+  }
+
+  function authenticate(form) {
+    say(form, "Touch your security key, or confirm on your device…");
+    post(form, form.getAttribute("data-options-url"), {}).then(function (options) {
+      return navigator.credentials.get({ publicKey: requestOptions(options) });
+    }).then(function (credential) {
+      return post(form, form.getAttribute("data-url"), {
+        credential: assertionJSON(credential), next: field(form, "next")
+      });
+    }).then(function (done) {
+      window.location.assign(done.redirect);
+    }).catch(function (error) { failed(form, error); });
+  }
+
+  document.querySelectorAll("form[data-passkey]").forEach(function (form) {
+    form.hidden = false;
+    var unsupported = form.parentElement.querySelector("[data-passkey-unsupported]");
+    if (unsupported) { unsupported.hidden = true; }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (form.getAttribute("data-passkey") === "register") { register(form); } else { authenticate(form); }
+    });
+  });
+}());

@@ -1,0 +1,547 @@
+"""Security keys (WebAuthn) as a second factor: who may add, use and remove one; the
+sign-in's second step with one; hostile answers (replays, other origins and relying
+parties, copies of a key, malformed JSON) refused with a 4xx and audited; the API for
+people with only a key; the deploy check."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from importlib import import_module
+from typing import Any
+
+import pytest
+import time_machine
+
+from django.conf import settings as django_settings
+from django.test import Client
+from django.utils import timezone
+
+from accounts import mfa, passkeys
+from accounts.models import WebAuthnDevice
+from enrollment.models import AuditEvent
+from tests.factories import UserFactory
+from tests.second_factor import authenticator, code, verified_login
+from tests.webauthn_authenticator import ORIGIN, RP_ID, SoftKey, b64url
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "correct horse battery staple"  # tests/factories.py
+REGISTER_OPTIONS = "/account/two-factor/security-keys/register/options/"
+REGISTER = "/account/two-factor/security-keys/register/"
+AUTH_OPTIONS = "/account/two-factor/security-keys/authenticate/options/"
+AUTHENTICATE = "/account/two-factor/security-keys/authenticate/"
+
+
+@pytest.fixture(autouse=True)
+def _relying_party(settings):
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = RP_ID
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [ORIGIN]
+
+
+def post_json(client: Client, url: str, body: Any) -> Any:
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return client.post(url, data=data, content_type="application/json")
+
+
+def events(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action).order_by("id"))
+
+
+def add_key(client: Client, key: SoftKey, *, current_code: str = "", name: str = "Blue key"):
+    """The page's script: options (name, proof), then the key's answer."""
+    options = post_json(client, REGISTER_OPTIONS, {"name": name, "current_code": current_code})
+    assert options.status_code == 200, options.content
+    return post_json(client, REGISTER, {"credential": key.create(options.json())})
+
+
+def key_for(user) -> SoftKey:
+    """A key registered for the person through the service (the views are tested apart)."""
+    key = SoftKey()
+    session = import_module(django_settings.SESSION_ENGINE).SessionStore()
+    options = passkeys.registration_options(session=session, user=user, name="Key")
+    passkeys.register(
+        session=session, user=user, credential=key.create(json.loads(options)), source_address=None
+    )
+    mfa.forget_state(user)
+    return key
+
+
+def password_only(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    mfa.forget_state(user)
+    return client
+
+
+def sign_in_with_key(client: Client, key: SoftKey, **kwargs: Any):
+    options = post_json(client, AUTH_OPTIONS, {})
+    assert options.status_code == 200, options.content
+    return post_json(
+        client,
+        AUTHENTICATE,
+        {"credential": key.get(options.json(), **kwargs), "next": "/ra/requests/"},
+    )
+
+
+# --- adding a key -------------------------------------------------------------------------
+
+
+def test_an_officer_adds_a_key_with_a_current_code_and_is_mailed(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    _device, seed = authenticator(officer)
+    client = verified_login(Client(), officer)
+    key = SoftKey()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        added = add_key(client, key, current_code=code(seed))
+
+    assert added.status_code == 200
+    assert added.json()["redirect"]
+    device = WebAuthnDevice.objects.get(user=officer)
+    assert device.name == "Blue key"
+    assert device.transports == ["usb"]  # the unknown transport dropped
+    assert device.credential_id == b64url(key.credential_id)
+    assert [e.detail["kind"] for e in events("mfa.device_add")] == ["webauthn"]
+    assert "security key was added" in mailoutbox[-1].subject
+
+
+def test_adding_a_key_takes_a_current_code_when_there_is_a_second_factor(officer):
+    _device, seed = authenticator(officer)
+    client = verified_login(Client(), officer)
+
+    missing = post_json(client, REGISTER_OPTIONS, {"name": "Key"})
+    wrong = post_json(client, REGISTER_OPTIONS, {"name": "Key", "current_code": "000000"})
+
+    assert missing.status_code == 400
+    assert wrong.status_code == 400
+    assert wrong.json()["field"] == "current_code"
+    assert not WebAuthnDevice.objects.exists()
+    assert events("mfa.verify")[-1].outcome == "failure"
+
+
+def test_adding_a_key_takes_a_recent_sign_in(officer):
+    _device, seed = authenticator(officer)
+    client = verified_login(Client(), officer)
+    later = timezone.now() + timedelta(hours=2)
+    with time_machine.travel(later, tick=False):
+        answer = post_json(client, REGISTER_OPTIONS, {"name": "Key", "current_code": code(seed)})
+    assert answer.status_code == 403
+    assert "/accounts/login/" in answer.json()["url"]
+
+
+def test_a_session_that_has_not_done_its_second_step_adds_no_key(officer):
+    authenticator(officer)
+    client = password_only(officer)
+    answer = post_json(client, REGISTER_OPTIONS, {"name": "Key", "current_code": "123456"})
+    assert answer.status_code == 403
+    assert not WebAuthnDevice.objects.exists()
+
+
+def test_anonymous_reaches_none_of_the_key_endpoints():
+    client = Client()
+    for url in (REGISTER_OPTIONS, REGISTER, AUTH_OPTIONS, AUTHENTICATE):
+        answer = post_json(client, url, {})
+        assert answer.status_code == 302
+        assert answer["Location"].startswith("/accounts/login/")
+
+
+def test_the_add_page_is_for_a_recent_verified_sign_in_only(officer):
+    url = "/account/two-factor/security-keys/add/"
+    assert Client().get(url)["Location"].startswith("/accounts/login/")
+    authenticator(officer)
+    assert password_only(officer).get(url)["Location"].startswith("/account/two-factor/verify/")
+    client = verified_login(Client(), officer)
+    assert b'name="current_code"' in client.get(url).content
+    later = timezone.now() + timedelta(hours=2)
+    with time_machine.travel(later, tick=False):
+        assert client.get(url)["Location"].startswith("/accounts/login/")
+
+
+def test_the_endpoints_take_only_post(employee):
+    client = verified_login(Client(), employee)
+    for url in (REGISTER_OPTIONS, REGISTER, AUTH_OPTIONS, AUTHENTICATE):
+        assert client.get(url).status_code == 405
+
+
+def test_csrf_is_checked(employee):
+    client = Client(enforce_csrf_checks=True)
+    verified_login(client, employee)
+    for url in (REGISTER_OPTIONS, REGISTER, AUTH_OPTIONS, AUTHENTICATE):
+        assert post_json(client, url, {"name": "Key"}).status_code == 403
+
+
+def test_an_employee_without_a_second_factor_adds_a_key_as_their_first(employee):
+    client = verified_login(Client(), employee)
+    added = add_key(client, SoftKey())
+    assert added.status_code == 200
+    mfa.forget_state(employee)
+    assert mfa.state_for(employee).enrolled
+    assert mfa.state_for(employee).passkeys
+
+
+def test_an_officer_sets_up_a_key_instead_of_an_app_at_the_first_sign_in(officer):
+    client = password_only(officer)
+    setup = client.get("/account/two-factor/setup/?next=/ra/requests/")
+    assert b"/account/two-factor/security-keys/add/?next=" in setup.content
+    page = client.get("/account/two-factor/security-keys/add/?next=/ra/requests/")
+    assert page.status_code == 200
+    assert b'data-passkey="register"' in page.content
+    assert b"js/passkey.js" in page.content
+
+    added = add_key(client, SoftKey())
+
+    assert added.status_code == 200
+    assert client.get("/ra/requests/").status_code == 200
+
+
+def test_a_key_registered_already_is_refused(employee):
+    client = verified_login(Client(), employee)
+    key = SoftKey()
+    assert add_key(client, key).status_code == 200
+    options = post_json(client, REGISTER_OPTIONS, {"name": "Again"})
+    # With only a key, a change needs a key confirmed just now.
+    assert options.status_code == 400
+    assert sign_in_confirm(client, key).status_code == 200
+    again = post_json(client, REGISTER_OPTIONS, {"name": "Again"})
+    assert again.status_code == 200
+    # The browser would refuse (excludeCredentials); a script sending it anyway gets a 400.
+    answer = post_json(client, REGISTER, {"credential": key.create(again.json())})
+    assert answer.status_code == 400
+    assert WebAuthnDevice.objects.filter(user=employee).count() == 1
+
+
+def sign_in_confirm(client: Client, key: SoftKey):
+    options = post_json(client, AUTH_OPTIONS, {})
+    return post_json(client, AUTHENTICATE, {"credential": key.get(options.json())})
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 65, None, 7])
+def test_a_key_needs_a_sensible_name(employee, name):
+    client = verified_login(Client(), employee)
+    assert post_json(client, REGISTER_OPTIONS, {"name": name}).status_code == 400
+
+
+def test_a_registration_from_another_origin_or_relying_party_is_refused(employee):
+    client = verified_login(Client(), employee)
+    for kwargs in ({"origin": "https://phish.example"}, {"rp_id": "phish.example"}):
+        options = post_json(client, REGISTER_OPTIONS, {"name": "Key"})
+        answer = post_json(
+            client, REGISTER, {"credential": SoftKey().create(options.json(), **kwargs)}
+        )
+        assert answer.status_code == 400
+    assert not WebAuthnDevice.objects.exists()
+    assert [e.detail["via"] for e in events("mfa.verify")] == ["register", "register"]
+
+
+def test_a_registration_answer_is_used_once(employee):
+    client = verified_login(Client(), employee)
+    key = SoftKey()
+    options = post_json(client, REGISTER_OPTIONS, {"name": "Key"})
+    credential = key.create(options.json())
+    assert post_json(client, REGISTER, {"credential": credential}).status_code == 200
+    assert post_json(client, REGISTER, {"credential": credential}).status_code == 400
+
+
+# --- signing in with a key ---------------------------------------------------------------
+
+
+def test_an_officer_with_only_a_key_signs_in_with_it(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+
+    redirected = client.get("/ra/requests/")
+    verify = client.get("/account/two-factor/verify/")
+    done = sign_in_with_key(client, key)
+
+    assert redirected.status_code == 302
+    assert redirected["Location"].startswith("/account/two-factor/verify/")
+    assert b"Use my security key" in verify.content
+    assert b'name="code"' not in verify.content  # no app, no backup codes
+    assert done.status_code == 200
+    assert done.json()["redirect"] == "/ra/requests/"
+    assert client.get("/ra/requests/").status_code == 200
+    device = WebAuthnDevice.objects.get(user=officer)
+    assert device.sign_count == 1
+    assert device.last_used_at is not None
+
+
+def test_a_person_with_app_and_key_is_offered_both(officer):
+    authenticator(officer)
+    key_for(officer)
+    client = password_only(officer)
+    page = client.get("/account/two-factor/verify/")
+    assert b"Use my security key" in page.content
+    assert b'name="code"' in page.content
+
+
+def test_a_replayed_assertion_is_refused(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+    options = post_json(client, AUTH_OPTIONS, {})
+    assertion = key.get(options.json())
+    assert post_json(client, AUTHENTICATE, {"credential": assertion}).status_code == 200
+
+    # Another session (a thief with the password) replays it on a new challenge.
+    thief = password_only(officer)
+    post_json(thief, AUTH_OPTIONS, {})
+    assert post_json(thief, AUTHENTICATE, {"credential": assertion}).status_code == 400
+    # And the first challenge is gone.
+    assert post_json(thief, AUTHENTICATE, {"credential": assertion}).status_code == 400
+    assert thief.get("/ra/requests/").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"origin": "https://phish.example"}, {"rp_id": "phish.example"}]
+)
+def test_an_assertion_for_another_origin_or_relying_party_is_refused(officer, kwargs):
+    key = key_for(officer)
+    client = password_only(officer)
+    answer = sign_in_with_key(client, key, **kwargs)
+    assert answer.status_code == 400
+    assert events("mfa.verify")[-1].detail["kind"] == "webauthn"
+    assert client.get("/ra/requests/").status_code == 302
+
+
+def test_a_copied_key_whose_counter_went_back_is_refused_and_audited(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    key = key_for(officer)
+    client = password_only(officer)
+    assert sign_in_with_key(client, key, count=5).status_code == 200
+
+    copy = password_only(officer)
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = sign_in_with_key(copy, key, count=5)
+
+    assert answer.status_code == 400
+    assert "counter" in answer.json()["detail"]
+    clone = events("mfa.webauthn_clone")
+    assert len(clone) == 1
+    assert clone[0].detail["stored_count"] == 5
+    assert "copy of your security key" in mailoutbox[-1].subject
+    assert WebAuthnDevice.objects.get(user=officer).sign_count == 5
+
+
+def test_an_expired_challenge_is_refused(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+    options = post_json(client, AUTH_OPTIONS, {})
+    later = timezone.now() + timedelta(seconds=passkeys.CHALLENGE_SECONDS + 1)
+    with time_machine.travel(later, tick=False):
+        answer = post_json(client, AUTHENTICATE, {"credential": key.get(options.json())})
+    assert answer.status_code == 400
+    assert "expired" in answer.json()["detail"]
+
+
+def test_a_registration_challenge_does_not_answer_a_sign_in(officer, employee):
+    key = key_for(officer)
+    client = password_only(officer)
+    # No authentication challenge was asked for: nothing to answer.
+    assert (
+        post_json(client, AUTHENTICATE, {"credential": key.get({"challenge": "AAAA"})}).status_code
+        == 400
+    )
+
+
+def test_someone_elses_key_does_not_sign_me_in(officer, colleague):
+    key_for(officer)
+    colleague_key = key_for(colleague)
+    client = password_only(officer)
+    options = post_json(client, AUTH_OPTIONS, {})
+    answer = post_json(client, AUTHENTICATE, {"credential": colleague_key.get(options.json())})
+    assert answer.status_code == 400
+    assert client.get("/ra/requests/").status_code == 302
+
+
+def test_a_person_without_keys_gets_no_challenge(employee):
+    client = verified_login(Client(), employee)
+    assert post_json(client, AUTH_OPTIONS, {}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'"text"',
+        {"credential": "text"},
+        {"credential": []},
+        {"credential": {}},
+        {"credential": {"id": "!!", "rawId": "!!", "type": "public-key", "response": {}}},
+        {
+            "credential": {
+                "id": "AAAA",
+                "rawId": "AAAA",
+                "type": "public-key",
+                "response": {
+                    "clientDataJSON": "%%%",
+                    "authenticatorData": "e30",
+                    "signature": "AAAA",
+                },
+            }
+        },
+    ],
+)
+def test_malformed_answers_are_a_400_never_a_500(officer, body):
+    key_for(officer)
+    client = password_only(officer)
+    post_json(client, AUTH_OPTIONS, {})
+    assert post_json(client, AUTHENTICATE, body).status_code == 400
+    verified = verified_login(Client(), UserFactory())
+    post_json(verified, REGISTER_OPTIONS, {"name": "Key"})
+    assert post_json(verified, REGISTER, body).status_code == 400
+
+
+def test_a_key_with_garbled_fields_is_a_400(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+    options = post_json(client, AUTH_OPTIONS, {})
+    assertion = key.get(options.json())
+    assertion["response"]["authenticatorData"] = "AAAA"
+    assert post_json(client, AUTHENTICATE, {"credential": assertion}).status_code == 400
+
+
+# --- a passkey counts as a second factor everywhere -----------------------------------------
+
+
+def test_a_sign_in_with_a_key_counts_as_recent_for_api_tokens(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+    assert sign_in_with_key(client, key).status_code == 200
+    answer = client.post(
+        "/api/v1/auth/token/", {"label": "laptop"}, content_type="application/json"
+    )
+    assert answer.status_code == 200, answer.content
+    from enrollment.models import ApiToken
+
+    assert ApiToken.objects.get(auth_token__user=officer).second_factor
+
+
+def test_http_basic_tells_a_person_with_only_a_key_to_use_the_browser(officer):
+    key_for(officer)
+    from base64 import b64encode
+
+    credentials = b64encode(f"{officer.username}:{PASSWORD}".encode()).decode()
+    answer = Client().post(
+        "/api/v1/auth/token/",
+        {"label": "script"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Basic {credentials}",
+        HTTP_X_OTP_CODE="123456",
+    )
+    assert answer.status_code == 403
+    assert answer.json()["missing"] == "second_factor_session"
+
+
+def test_the_api_refuses_a_session_with_a_key_that_has_not_used_it(officer):
+    key_for(officer)
+    client = password_only(officer)
+    assert client.get("/api/v1/certificates/").status_code == 403
+
+
+# --- removing keys --------------------------------------------------------------------------
+
+
+def test_an_officer_removes_a_key_with_a_code_and_is_mailed(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    _device, seed = authenticator(officer)
+    key_for(officer)
+    client = verified_login(Client(), officer)
+    device = WebAuthnDevice.objects.get(user=officer)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        removed = client.post(
+            f"/account/two-factor/security-keys/{device.pk}/remove/",
+            {"current_code": code(seed)},
+        )
+
+    assert removed.status_code == 302
+    assert not WebAuthnDevice.objects.exists()
+    assert events("mfa.device_remove")[-1].detail["kind"] == "webauthn"
+    assert "security key was removed" in mailoutbox[-1].subject
+
+
+def test_an_officers_only_key_stays(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+    assert sign_in_with_key(client, key).status_code == 200
+    assert sign_in_confirm(client, key).status_code == 200
+    device = WebAuthnDevice.objects.get(user=officer)
+    answer = client.post(f"/account/two-factor/security-keys/{device.pk}/remove/")
+    assert answer.status_code == 302
+    assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
+
+
+def test_an_employee_removes_their_key_after_confirming_with_it(employee):
+    key = key_for(employee)
+    client = password_only(employee)
+    assert sign_in_with_key(client, key).status_code == 200
+    device = WebAuthnDevice.objects.get(user=employee)
+    url = f"/account/two-factor/security-keys/{device.pk}/remove/"
+
+    unconfirmed = client.post(url)
+    assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
+    assert sign_in_confirm(client, key).status_code == 200
+    confirmed = client.post(url)
+
+    assert unconfirmed.status_code == 302
+    assert confirmed.status_code == 302
+    assert not WebAuthnDevice.objects.filter(pk=device.pk).exists()
+
+
+def test_nobody_removes_someone_elses_key(officer, colleague):
+    key_for(officer)
+    _device, seed = authenticator(colleague)
+    client = verified_login(Client(), colleague)
+    device = WebAuthnDevice.objects.get(user=officer)
+    client.post(
+        f"/account/two-factor/security-keys/{device.pk}/remove/", {"current_code": code(seed)}
+    )
+    assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
+
+
+def test_anonymous_and_unverified_sessions_remove_no_key(officer):
+    key_for(officer)
+    device = WebAuthnDevice.objects.get(user=officer)
+    url = f"/account/two-factor/security-keys/{device.pk}/remove/"
+    assert Client().post(url)["Location"].startswith("/accounts/login/")
+    assert password_only(officer).post(url)["Location"].startswith("/account/two-factor/verify/")
+    assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
+
+
+def test_an_administrators_reset_removes_keys(officer, admin_user):
+    key_for(officer)
+    assert mfa.second_factor_reset(actor=admin_user, target=officer, source_address=None)
+    assert not WebAuthnDevice.objects.exists()
+
+
+def test_the_overview_lists_keys_and_offers_to_add_one(officer):
+    authenticator(officer)
+    key_for(officer)
+    page = verified_login(Client(), officer).get("/account/")
+    assert b"Security keys and passkeys" in page.content
+    assert b"Key</strong>" in page.content
+    assert b"js/passkey.js" in page.content
+    assert b"<script>" not in page.content
+
+
+# --- settings and the deploy check ----------------------------------------------------------
+
+
+def test_the_deploy_check_warns_when_the_relying_party_does_not_fit(settings):
+    settings.PKIPORTAL_BASE_URL = "http://pki.example.com"
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = "other.example"
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://pki.example.com"]
+    from enrollment.checks import security_keys_fit_the_portal
+
+    warnings = security_keys_fit_the_portal()
+    assert [w.id for w in warnings] == ["pkiportal.W008"]
+
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = "example.com"
+    assert security_keys_fit_the_portal() == []
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["http://pki.example.com"]
+    assert [w.id for w in security_keys_fit_the_portal()] == ["pkiportal.W008"]
