@@ -1,0 +1,107 @@
+"""A security key in a real browser: Chromium's own WebAuthn (a CDP virtual authenticator,
+CTAP2, platform transport, user verification) against py_webauthn on the server.
+
+An RA officer signs in with password and app code, adds a passkey on /account/ (with a
+current code, as the rules for changing a second factor ask), signs out, and signs in
+again with password and the passkey alone, reaching the RA console. All of it under the
+portal's Content-Security-Policy: the script is a static file.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from accounts.models import WebAuthnDevice
+from enrollment.models import AuditEvent
+from tests.browser.test_content_security_policy import violations
+from tests.browser.test_enrol_in_browser import CHROMIUM, SIGN_IN_PASSWORD, chromium_page
+from tests.second_factor import authenticator, code
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium"
+    ),
+]
+
+
+def sign_in_with_password(page, url: str, username: str) -> None:
+    page.goto(f"{url}/accounts/login/?next=/ra/requests/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", SIGN_IN_PASSWORD)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(f"{url}/account/two-factor/verify/?next=%2Fra%2Frequests%2F")
+
+
+def test_an_officer_adds_a_passkey_and_signs_in_with_it(live_server, officer, settings):
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = "localhost"
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [live_server.url]
+    assert live_server.url.startswith("http://localhost:")  # a secure context for WebAuthn
+    _device, seed = authenticator(officer)
+    url = live_server.url
+
+    with chromium_page() as page:
+        console = []
+        page.on("console", lambda message: console.append(message))
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("WebAuthn.enable")
+        virtual = cdp.send(
+            "WebAuthn.addVirtualAuthenticator",
+            {
+                "options": {
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": True,
+                    "hasUserVerification": True,
+                    "isUserVerified": True,
+                    "automaticPresenceSimulation": True,
+                }
+            },
+        )
+
+        # First sign-in: password and a code from the app.
+        sign_in_with_password(page, url, officer.username)
+        page.fill("#id_code", code(seed))
+        page.click("button:has-text('Continue')")
+        page.wait_for_url(f"{url}/ra/requests/")
+
+        # Add a passkey, proving the present second factor with the app's next code.
+        page.goto(f"{url}/account/")
+        page.fill("#passkey-name", "Laptop passkey")
+        page.fill("#passkey-current-code", code(seed, at=time.time() + 30))
+        page.click("button:has-text('Add a security key')")
+        page.wait_for_selector("text=The security key “Laptop passkey” is added.")
+        listed = page.inner_text("#security-keys")
+        credentials = cdp.send(
+            "WebAuthn.getCredentials", {"authenticatorId": virtual["authenticatorId"]}
+        )["credentials"]
+
+        page.click("button:has-text('Sign out')")
+
+        # Second sign-in: password, then the passkey alone.
+        sign_in_with_password(page, url, officer.username)
+        page.click("#use-security-key")
+        page.wait_for_url(f"{url}/ra/requests/")
+        heading = page.inner_text("h1")
+        after = cdp.send(
+            "WebAuthn.getCredentials", {"authenticatorId": virtual["authenticatorId"]}
+        )["credentials"]
+
+    assert "Laptop passkey" in listed
+    assert len(credentials) == 1
+    assert credentials[0]["rpId"] == "localhost"
+    assert after[0]["signCount"] > credentials[0]["signCount"]
+    assert heading
+    device = WebAuthnDevice.objects.get(user=officer)
+    assert device.name == "Laptop passkey"
+    assert device.sign_count == after[0]["signCount"]
+    assert device.last_used_at is not None
+    actions = list(
+        AuditEvent.objects.filter(action__startswith="mfa.").values_list("action", "outcome")
+    )
+    assert ("mfa.device_add", "success") in actions
+    assert not any(outcome == "failure" for _action, outcome in actions)
+    assert not violations(console)
