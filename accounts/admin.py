@@ -22,7 +22,7 @@ from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts import mfa
-from accounts.models import User
+from accounts.models import User, WebAuthnDevice
 from accounts.search import query_words, word_pattern
 from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from
@@ -84,17 +84,27 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         if obj.pk is None:
             return "-"
         device = mfa.confirmed_totp(obj)
+        keys = WebAuthnDevice.objects.filter(user=obj).count()
         reset = reverse("admin:accounts_user_mfa_reset", args=[obj.pk])
+        also = f" and {keys} security key{'s' if keys != 1 else ''}" if keys else ""
+        if device is None and keys:
+            return format_html(
+                '{} security key{}. <a href="{}">Reset it…</a>',
+                keys,
+                "s" if keys != 1 else "",
+                reset,
+            )
         if device is None:
             # An unfinished set-up (or stray backup codes) is still something to reset.
             if mfa.has_any_device(obj):
                 return format_html('An unfinished set-up. <a href="{}">Reset it…</a>', reset)
             return "None set up."
         return format_html(
-            'Authenticator app, set up {}. <a href="{}">Reset it…</a>',
+            'Authenticator app, set up {}{}. <a href="{}">Reset it…</a>',
             date_format(timezone.localtime(device.created_at), "Y-m-d H:i T")
             if device.created_at
             else "earlier",
+            also,
             reset,
         )
 

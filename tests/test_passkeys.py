@@ -513,10 +513,17 @@ def test_anonymous_and_unverified_sessions_remove_no_key(officer):
     assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
 
 
-def test_an_administrators_reset_removes_keys(officer, admin_user):
+def test_an_administrator_sees_and_resets_someones_keys(officer, admin_user):
     key_for(officer)
-    assert mfa.second_factor_reset(actor=admin_user, target=officer, source_address=None)
+    admin = verified_login(Client(), admin_user)
+    change = admin.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+    assert "1 security key." in change
+
+    done = admin.post(f"/admin/accounts/user/{officer.pk}/two-factor/reset/")
+
+    assert done.status_code == 302
     assert not WebAuthnDevice.objects.exists()
+    assert events("mfa.reset")[-1].detail == {"removed": True, "via": "admin"}
 
 
 def test_the_overview_lists_keys_and_offers_to_add_one(officer):
