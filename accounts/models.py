@@ -258,12 +258,13 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
         return capped_throttle(self, *super().verify_is_allowed())  # type: ignore[no-untyped-call]  # django-otp is unannotated
 
 
-class WebAuthnDevice(TimestampMixin, Device):
+class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
     """A security key or passkey (WebAuthn): a public key, never a secret, so nothing here
     needs sealing. The person names it; a person may hold several (a spare key in a drawer).
 
     ``sign_count`` is the authenticator's counter: an assertion whose counter does not grow
     (when either is non-zero) comes from a copy of the key and is refused (accounts.passkeys).
+    Refused answers throttle all of the person's keys together, as wrong codes an app.
     """
 
     MAX_PER_PERSON = 10
@@ -286,3 +287,11 @@ class WebAuthnDevice(TimestampMixin, Device):
 
     def verify_token(self, token: Any) -> bool:
         return False  # no code to type: accounts.passkeys checks its signed assertions
+
+    def get_throttle_factor(self) -> int:
+        # A forged answer cannot guess its way in (it is a signature); the wait after
+        # refused answers keeps whoever has the password from flooding the audit trail.
+        return 1
+
+    def verify_is_allowed(self) -> tuple[bool, Any]:
+        return capped_throttle(self, *super().verify_is_allowed())  # type: ignore[no-untyped-call]  # django-otp is unannotated

@@ -57,6 +57,18 @@ class PasskeyError(mfa.SecondFactorError):
     """A security-key ceremony refused; the message is safe to show."""
 
 
+class Throttled(PasskeyError):
+    """Too many refused answers: no new challenge until ``until``."""
+
+    def __init__(self, until: Any) -> None:
+        seconds = mfa.seconds_until(until)
+        super().__init__(
+            f"Too many refused security-key answers: wait {seconds} second"
+            f"{'s' if seconds != 1 else ''} and try again."
+        )
+        self.throttled_until = until
+
+
 # --- the relying party ------------------------------------------------------------------
 
 
@@ -230,6 +242,10 @@ def authentication_options(*, session: SessionBase, user: Any) -> str:
     existing = devices(user)
     if not existing:
         raise PasskeyError("You have no security key.")
+    for device in existing:
+        allowed, info = device.verify_is_allowed()
+        if not allowed:
+            raise Throttled((info or {}).get("locked_until"))
     options = generate_authentication_options(
         rp_id=rp_id(),
         timeout=TIMEOUT_MS,
@@ -294,8 +310,12 @@ def authenticate(
                     device.sign_count = new_count
                     device.last_used_at = timezone.now()
                     device.save(update_fields=["sign_count", "last_used_at"])
+                    WebAuthnDevice.objects.filter(user=user).update(
+                        throttling_failure_count=0, throttling_failure_timestamp=None
+                    )
     if refusal is None and device is not None:
         return device
+    _throttle(user)
     kind, detail = refusal or ("unknown", {"why": "unknown credential"})
     if kind == "clone":
         audit_record(
@@ -373,6 +393,13 @@ def _field(credential: Any, *path: str) -> Any:
             return None
         value = value.get(key)
     return value if isinstance(value, list) else None
+
+
+def _throttle(user: Any) -> None:
+    """One more refused answer on each of the person's keys (the next challenge waits)."""
+    with transaction.atomic():
+        for device in WebAuthnDevice.objects.select_for_update().filter(user=user):
+            device.throttle_increment(commit=True)  # type: ignore[no-untyped-call]  # django-otp is unannotated
 
 
 def _refused(user: Any, source_address: str | None, *, via: str, why: str) -> None:

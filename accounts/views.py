@@ -469,6 +469,10 @@ def passkey_authenticate_options(request: AuthenticatedHttpRequest) -> HttpRespo
     """A challenge for one of the person's own security keys."""
     try:
         options = passkeys.authentication_options(session=request.session, user=request.user)
+    except passkeys.Throttled as exc:
+        response = _json_error(exc.message, 429)
+        response["Retry-After"] = str(mfa.seconds_until(exc.throttled_until))
+        return response
     except mfa.SecondFactorError as exc:
         return _json_error(exc.message)
     return _options_response(options)

@@ -335,14 +335,42 @@ def test_an_expired_challenge_is_refused(officer):
     assert "expired" in answer.json()["detail"]
 
 
-def test_a_registration_challenge_does_not_answer_a_sign_in(officer, employee):
+def test_a_challenge_answers_only_its_own_ceremony(officer):
+    authenticator(officer)
     key = key_for(officer)
+    client = verified_login(Client(), officer)
+    # No challenge asked for: nothing to answer.
+    nothing = post_json(client, AUTHENTICATE, {"credential": key.get({"challenge": "AAAA"})})
+    # A registration's challenge does not answer a sign-in's.
+    session = client.session
+    passkeys.registration_options(session=session, user=officer, name="K")
+    session.save()
+    challenge = session[passkeys.CHALLENGE_SESSION_KEY]["challenge"]
+    crossed = post_json(client, AUTHENTICATE, {"credential": key.get({"challenge": challenge})})
+
+    assert nothing.status_code == 400
+    assert crossed.status_code == 400
+    assert not passkeys.has_confirmed(client.session)
+
+
+def test_a_body_too_large_is_a_400(officer):
+    key_for(officer)
     client = password_only(officer)
-    # No authentication challenge was asked for: nothing to answer.
-    assert (
-        post_json(client, AUTHENTICATE, {"credential": key.get({"challenge": "AAAA"})}).status_code
-        == 400
-    )
+    post_json(client, AUTH_OPTIONS, {})
+    huge = json.dumps({"credential": {"id": "A" * 3_000_000}})
+    assert post_json(client, AUTHENTICATE, huge).status_code == 400
+
+
+def test_someone_with_only_a_key_confirms_it_before_setting_up_an_app(employee):
+    key = key_for(employee)
+    client = password_only(employee)
+    assert sign_in_with_key(client, key).status_code == 200
+
+    refused = client.get("/account/two-factor/setup/")
+    assert refused.status_code == 302
+    assert refused["Location"] == "/account/"
+    assert sign_in_confirm(client, key).status_code == 200
+    assert client.get("/account/two-factor/setup/").status_code == 200
 
 
 def test_someone_elses_key_does_not_sign_me_in(officer, colleague):
@@ -353,6 +381,21 @@ def test_someone_elses_key_does_not_sign_me_in(officer, colleague):
     answer = post_json(client, AUTHENTICATE, {"credential": colleague_key.get(options.json())})
     assert answer.status_code == 400
     assert client.get("/ra/requests/").status_code == 302
+
+
+def test_refused_answers_make_the_next_challenge_wait(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+    assert sign_in_with_key(client, key, origin="https://phish.example").status_code == 400
+
+    waiting = post_json(client, AUTH_OPTIONS, {})
+
+    assert waiting.status_code == 429
+    assert int(waiting["Retry-After"]) >= 1
+    later = timezone.now() + timedelta(seconds=2)
+    with time_machine.travel(later, tick=False):
+        assert sign_in_with_key(client, key).status_code == 200
+    assert WebAuthnDevice.objects.get(user=officer).throttling_failure_count == 0
 
 
 def test_a_person_without_keys_gets_no_challenge(employee):
