@@ -23,7 +23,11 @@ from webauthn import (
     verify_authentication_response,
     verify_registration_response,
 )
-from webauthn.helpers import bytes_to_base64url, parse_authentication_credential_json
+from webauthn.helpers import (
+    base64url_to_bytes,
+    bytes_to_base64url,
+    parse_authentication_credential_json,
+)
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
     AuthenticatorTransport,
@@ -112,8 +116,6 @@ def _take_challenge(session: SessionBase, purpose: str) -> dict[str, Any]:
 
 
 def _challenge_bytes(stored: dict[str, Any]) -> bytes:
-    from webauthn.helpers import base64url_to_bytes
-
     return base64url_to_bytes(str(stored["challenge"]))
 
 
@@ -372,8 +374,6 @@ def has_confirmed(session: SessionBase) -> bool:
 
 
 def _descriptor(device: WebAuthnDevice) -> PublicKeyCredentialDescriptor:
-    from webauthn.helpers import base64url_to_bytes
-
     transports = [AuthenticatorTransport(t) for t in device.transports if t in _TRANSPORTS]
     return PublicKeyCredentialDescriptor(
         id=base64url_to_bytes(device.credential_id), transports=transports or None
