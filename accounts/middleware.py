@@ -21,7 +21,7 @@ from django.urls import reverse
 
 from accounts import mfa
 
-OPEN_PREFIXES = ("/pki/", "/health/", "/metrics", "/api/")
+OPEN_PREFIXES = ("/pki/", "/health/", "/metrics", "/api/", "/.well-known/est/")
 SINGLE_SIGN_ON_PREFIX = "/oidc/"  # pkiportal.urls mounts mozilla-django-oidc here
 SECURITY_KEY_PREFIX = "/account/two-factor/security-keys/"
 

@@ -184,3 +184,20 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
             id="pkiportal.W008",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def est_is_behind_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """EST (RFC 7030 3.3) runs over TLS only: it takes portal passwords by HTTP basic and
+    API tokens, and answers with certificates a device will trust."""
+    if not settings.PKIPORTAL_EST_ENABLED or settings.SECURE_SSL_REDIRECT:
+        return []
+    return [
+        Warning(
+            "PKIPORTAL_EST_ENABLED is on while SECURE_SSL_REDIRECT is off: EST clients may "
+            "send passwords and API tokens to /.well-known/est/ over plain HTTP.",
+            hint="Serve the portal over HTTPS and set SECURE_SSL_REDIRECT=true (and point "
+            "EST clients at the https:// URL), or leave EST off.",
+            id="pkiportal.W007",
+        )
+    ]

@@ -794,6 +794,7 @@ def _issue(
     supersedes: Certificate | None = None,
     mailbox: SharedMailbox | None = None,
     address_checked: bool = False,
+    channel: str = "",
 ) -> Certificate:
     """``owner`` is the holder, or for a shared ``mailbox`` the delegate it is issued to:
     the certificate then names the mailbox and has no owner (its delegates hold it)."""
@@ -880,6 +881,7 @@ def _issue(
                     if mailbox is not None
                     else {}
                 ),
+                **({"channel": channel} if channel else {}),
             },
         )
         # The directory (when configured) learns of it from a task queued after the commit:
@@ -916,9 +918,12 @@ def certificate_issue(
     source_address: str | None = None,
     supersedes: Certificate | None = None,
     address_checked: bool = False,
+    channel: str = "",
 ) -> Certificate:
     """Issue for a key the requester holds (from a checked CSR). ``address_checked``:
-    the caller's transaction found no shared mailbox with the owner's address."""
+    the caller's transaction found no shared mailbox with the owner's address.
+    ``channel``: the protocol the request came by, when not the web or the REST API
+    (``est``), named in the audit event."""
     if not template.allow_csr:
         raise PolicyViolation(
             f"{template.name} does not accept a CSR; the portal generates the key."
@@ -931,6 +936,7 @@ def certificate_issue(
         source_address=source_address,
         supersedes=supersedes,
         address_checked=address_checked,
+        channel=channel,
     )
 
 
@@ -1646,8 +1652,13 @@ def request_submit(
     source_address: str | None = None,
     idempotency_key: str = "",
     mailbox: SharedMailbox | None = None,
+    channel: str = "",
 ) -> CertificateRequest:
     """Record a request; fulfil a CSR at once when the template needs no approval.
+
+    ``channel`` names the protocol it came by when that is neither the web nor the REST
+    API (``est``): its audit events say so, and so does the issuance after an approval
+    (``channel_of``).
 
     With ``mailbox``, a delegate asks for a certificate of that shared mailbox: a
     portal-generated key of an archiving template only, under the mailbox's own cap.
@@ -1766,7 +1777,8 @@ def request_submit(
             source_address=source_address,
             detail={"template": template.slug, "key_source": request.key_source,
                     "renewal_of": renewal_of.serial if renewal_of else None,
-                    **({"mailbox": mailbox.email} if mailbox is not None else {})},
+                    **({"mailbox": mailbox.email} if mailbox is not None else {}),
+                    **({"channel": channel} if channel else {})},
         )  # fmt: skip
         if parsed is not None and approved:
             # Issued first, so the request is stored once, already issued.
@@ -1778,6 +1790,7 @@ def request_submit(
                 source_address=source_address,
                 supersedes=renewal_of,
                 address_checked=True,  # with the counts, above
+                channel=channel,
             )
             request.state = CertificateRequest.State.ISSUED
         hotsql.insert(request)
@@ -1785,6 +1798,17 @@ def request_submit(
 
 
 OPEN_REQUEST_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
+
+# EST (enrollment/est.py) gives each request an idempotency key of its own, made from the
+# CSR: a client repeating the CSR after a 202 finds its request (RFC 7030 4.2.3), and the
+# issuance that follows an officer's approval is audited as EST's.
+EST_KEY_PREFIX = "est:"
+EST_CHANNEL = "est"
+
+
+def channel_of(request: CertificateRequest) -> str:
+    """The channel a stored request came by, as request_submit's ``channel``."""
+    return EST_CHANNEL if request.idempotency_key.startswith(EST_KEY_PREFIX) else ""
 
 
 NOT_A_DELEGATE = "You are not a delegate of this shared mailbox."
@@ -1927,6 +1951,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
                 source_address=request.source_address,
                 supersedes=request.renewal_of,
                 address_checked=True,  # by request_submit's counts or _decide, just now
+                channel=channel_of(request),
             )
             request.certificate = certificate
             request.state = CertificateRequest.State.ISSUED

@@ -545,6 +545,12 @@ if not 0 <= PKIPORTAL_OCSP_MAX_AGE_SECONDS <= 3600:
     raise ImproperlyConfigured(
         "PKIPORTAL_OCSP_MAX_AGE_SECONDS must be 0 to 3600 (an hour, as for CRLs)."
     )
+# EST, RFC 7030 (README "EST (RFC 7030)"): enrolment by devices, MDM tools and scripts under
+# /.well-known/est/. Off by default: it takes passwords by HTTP basic, which only belongs
+# behind HTTPS (check --deploy warns, pkiportal.W007). The default template is the one the
+# unlabelled /.well-known/est/ enrols from (a template's slug; empty: only labelled URLs).
+PKIPORTAL_EST_ENABLED = env.bool("PKIPORTAL_EST_ENABLED", default=False)
+PKIPORTAL_EST_DEFAULT_TEMPLATE = env.str("PKIPORTAL_EST_DEFAULT_TEMPLATE", default="").strip()
 # A monitoring system that cannot sign in sends `Authorization: Bearer <token>` to /health/
 # for every check's details; empty: only staff and RA officers see them.
 PKIPORTAL_HEALTH_TOKEN = _secret("PKIPORTAL_HEALTH_TOKEN", default="") or ""

@@ -30,6 +30,8 @@ urlpatterns = [
     path("", include("enrollment.urls")),
     path("directory/", include("directory.web_urls")),
     path("pki/", include("directory.urls")),
+    # EST, RFC 7030 (enrollment/est.py): 404 unless PKIPORTAL_EST_ENABLED.
+    path(".well-known/est/", include("enrollment.est_urls")),
     path("api/v1/", include("enrollment.api.urls")),
     path("api/v1/directory/", include("directory.api.urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -269,9 +269,15 @@ def _idempotency_key(request: Request) -> str:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return ""
-    if not IDEMPOTENCY_KEY.fullmatch(key):
+    if not IDEMPOTENCY_KEY.fullmatch(key) or key.startswith(services.EST_KEY_PREFIX):
+        # "est:" marks the keys the EST server makes (services.channel_of).
         raise serializers.ValidationError(
-            {"Idempotency-Key": ["Give 1 to 64 printable ASCII characters, e.g. a UUID."]}
+            {
+                "Idempotency-Key": [
+                    "Give 1 to 64 printable ASCII characters, e.g. a UUID (not starting "
+                    f"with {services.EST_KEY_PREFIX!r}, which EST requests use)."
+                ]
+            }
         )
     return key
 

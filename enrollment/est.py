@@ -1,0 +1,396 @@
+"""EST, RFC 7030: enrolment over the standard protocol, at /.well-known/est/.
+
+Devices, MDM tools and scripts enrol here as they would with EJBCA or a Windows NDES
+replacement: ``cacerts``, ``simpleenroll``, ``simplereenroll`` and ``csrattrs``, with the
+RFC's optional label (``/.well-known/est/<template-slug>/...``) choosing the template; the
+unlabelled URLs use PKIPORTAL_EST_DEFAULT_TEMPLATE. README "EST (RFC 7030)" is the
+contract; this module only translates: every request goes through
+services.request_submit (templates, limits, approval, audit, with the channel ``est``).
+
+Authentication is HTTP basic (the portal account's password, under django-axes; whoever
+has or must have a second factor sends a code in X-OTP-Code, as when minting an API
+token) or ``Authorization: Token <api token>``. Never a session, so no CSRF: DRF's views
+are CSRF-exempt, and only session authentication would check it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.conf import settings
+from django.contrib.auth.signals import user_logged_in
+from django.db import IntegrityError, transaction
+from django.http import HttpResponse
+from rest_framework import parsers, renderers
+from rest_framework.exceptions import APIException, NotFound, ParseError, UnsupportedMediaType
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import User
+from accounts.requests import signed_in_user
+from enrollment import services
+from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
+from enrollment.api.views import _second_factor_for_basic, _WithoutSession
+from enrollment.edge import client_address
+from enrollment.exceptions import NotPermitted, PolicyViolation
+from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
+from enrollment.permissions import may_use_template
+from enrollment.x509 import pkcs7
+from enrollment.x509.csr import ParsedCsr, parse_csr
+from enrollment.x509.keys import KeyAlgorithm, describe_public_key
+from pkiportal import api
+
+TEXT = "text/plain; charset=utf-8"
+CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
+# How long a client waiting for an RA officer is asked to wait before it asks again.
+RETRY_AFTER_SECONDS = 600
+PKCS10 = "application/pkcs10"
+
+
+class EstBasicAuthentication(AxesBasicAuthentication):
+    """The API's basic authentication (django-axes' lock-out as a 429), realm "est"."""
+
+    www_authenticate_realm = "est"
+
+
+class _Refused(APIException):
+    """An answer made before the view ran (the second factor of a basic sign-in)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+class _TextRenderer(renderers.BaseRenderer):
+    """Never used for a body (the views answer HttpResponses): DRF wants a renderer, and
+    negotiating one against an EST client's Accept header could only refuse it (406)."""
+
+    media_type = "text/plain"
+    format = "txt"
+    charset = "utf-8"
+
+    def render(
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        return str(data).encode()
+
+
+def _text(data: Any) -> str:
+    """DRF's or the domain's error body as one line of text."""
+    if isinstance(data, dict):
+        if set(data) <= {"detail", "missing", "url"} and "detail" in data:
+            return _text(data["detail"])
+        return "; ".join(f"{name}: {_text(value)}" for name, value in data.items())
+    if isinstance(data, list):
+        return " ".join(_text(item) for item in data)
+    return str(data)
+
+
+def text_response(message: str, status: int, **headers: str) -> HttpResponse:
+    response = HttpResponse(message.rstrip() + "\n", status=status, content_type=TEXT)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
+    """The API's translation of errors (domain errors, DRF's, a body too large), as text."""
+    answered = exc.response if isinstance(exc, _Refused) else api.exception_handler(exc, context)
+    if answered is None:
+        return None
+    response = text_response(_text(answered.data), answered.status_code)
+    for header in ("WWW-Authenticate", "Retry-After", "X-OTP-Code"):
+        if header in answered:
+            response[header] = answered[header]
+    return response
+
+
+class _OpaqueParser(parsers.BaseParser):
+    """Any body is no form: what django-axes sees of request.POST on a failed sign-in.
+    The views read the body themselves (csr_der)."""
+
+    media_type = "*/*"
+
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {}
+
+
+class _EstView(APIView):
+    authentication_classes = [EstBasicAuthentication, TokenAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [_OpaqueParser]
+    renderer_classes = [_TextRenderer]
+    schema = None  # not part of the REST API's OpenAPI document
+
+    def get_exception_handler(self) -> Any:
+        return _exception_handler
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return (_TextRenderer(), _TextRenderer.media_type)
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        if not settings.PKIPORTAL_EST_ENABLED:
+            raise NotFound("EST is not enabled on this portal.")
+        # Read now, within DATA_UPLOAD_MAX_MEMORY_SIZE (413 beyond): django-axes looks at
+        # the request's POST data when a sign-in fails, and the body must still be there.
+        request._request.body  # noqa: B018
+        super().initial(request, *args, **kwargs)
+        if isinstance(request.successful_authenticator, EstBasicAuthentication):
+            # A password alone is not enough for whoever has, or must have, a second
+            # factor: the same rule, header and throttle as minting an API token.
+            refused = _second_factor_for_basic(request)
+            if refused is not None:
+                raise _Refused(refused)
+            # As a token's minting does: Django records the sign-in, django-axes resets
+            # the failures.
+            user_logged_in.send(
+                sender=type(request.user), request=_WithoutSession(request), user=request.user
+            )
+
+
+def _template(label: str) -> CertificateTemplate:
+    slug = label or settings.PKIPORTAL_EST_DEFAULT_TEMPLATE
+    if not slug:
+        raise NotFound("No default EST template is configured: use /.well-known/est/<template>/...")
+    template = CertificateTemplate.objects.select_related("issuing_ca").filter(slug=slug).first()
+    if template is None or not template.is_active:
+        raise NotFound(f"No active template {slug!r}.")
+    return template
+
+
+def _usable(user: User, template: CertificateTemplate) -> None:
+    if not may_use_template(user, template):
+        raise NotPermitted(f"You may not use the template {template.name}.")
+
+
+class CaCertsView(_EstView):
+    """RFC 7030 4.1: the CA chain of the template's issuing CA, to the root. Public, as
+    /pki/ is: a client bootstraps its trust with it before it authenticates."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def get(self, request: Request, label: str = "") -> HttpResponse:
+        template = _template(label)
+        ca = template.issuing_ca or services.default_issuing_ca()
+        chain = [authority.certificate for authority in ca.chain()]
+        return _base64_response(pkcs7.certificates_to_p7b(chain), "application/pkcs7-mime")
+
+
+class CsrAttrsView(_EstView):
+    """RFC 7030 4.5: the key types the template accepts (204 when it accepts any)."""
+
+    def get(self, request: Request, label: str = "") -> HttpResponse:
+        template = _template(label)
+        _usable(signed_in_user(request), template)
+        der = csr_attributes(template.key_algorithms)
+        if der is None:
+            return HttpResponse(status=204)
+        return _base64_response(der, "application/csrattrs")
+
+
+class SimpleEnrollView(_EstView):
+    """RFC 7030 4.2.1."""
+
+    renew = False
+
+    def post(self, request: Request, label: str = "") -> HttpResponse:
+        return _enrol(request, _template(label), renew=self.renew)
+
+
+class SimpleReenrollView(SimpleEnrollView):
+    """RFC 7030 4.2.2: renews the caller's certificate that the CSR names (renewed())."""
+
+    renew = True
+
+
+def _base64_response(der: bytes, content_type: str, status: int = 200) -> HttpResponse:
+    response = HttpResponse(base64.encodebytes(der), status=status, content_type=content_type)
+    # RFC 7030 sends it; RFC 8951 tells clients to ignore it (base64 is always used).
+    response["Content-Transfer-Encoding"] = "base64"
+    return response
+
+
+def csr_der(body: bytes, content_type: str) -> bytes:
+    """The CSR's DER from an EST body: base64 (RFC 7030 4.2.1, RFC 8951), or - tolerated -
+    PEM or bare DER, which parse_csr reads as they are."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != PKCS10:
+        raise UnsupportedMediaType(
+            media or "(none)", detail=f"Send the CSR as {PKCS10} (base64 of its DER)."
+        )
+    if not body.strip():
+        raise ParseError("The body is empty: send the CSR, base64 of its DER.")
+    if body[:1] == b"\x30" or body.lstrip().startswith(b"-----BEGIN"):
+        return body
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError("The body is not base64: send the CSR, base64 of its DER.") from None
+
+
+def _enrol(request: Request, template: CertificateTemplate, *, renew: bool) -> HttpResponse:
+    user = signed_in_user(request)
+    raw = csr_der(request._request.body, request.content_type or "")
+    parsed = parse_csr(raw)  # its X509Error is the API's 400
+    der = parsed.csr.public_bytes(Encoding.DER)
+    key = request_key(template, der, renew=renew)
+    earlier = _made_with(user, key)
+    if earlier is not None:  # RFC 7030 4.2.3: the same request again, after a 202
+        return _answer(earlier)
+    renewal_of = renewed(user, template, parsed) if renew else None
+    try:
+        with transaction.atomic():
+            submitted = services.request_submit(
+                requester=user,
+                template=template,
+                csr=der,
+                renewal_of=renewal_of,
+                source_address=client_address(request),
+                idempotency_key=key,
+                channel=services.EST_CHANNEL,
+            )
+    except IntegrityError:
+        earlier = _made_with(user, key)  # the same CSR, sent twice at once, stored first
+        if earlier is None:
+            raise
+        return _answer(earlier)
+    return _answer(submitted)
+
+
+def request_key(template: CertificateTemplate, der: bytes, *, renew: bool) -> str:
+    """The request's idempotency key: the same CSR to the same template and operation."""
+    digest = hashlib.sha256(
+        template.slug.encode() + (b"\0reenroll\0" if renew else b"\0enroll\0") + der
+    ).hexdigest()
+    return services.EST_KEY_PREFIX + digest[: 64 - len(services.EST_KEY_PREFIX)]
+
+
+def _made_with(user: User, key: str) -> CertificateRequest | None:
+    return (
+        CertificateRequest.objects.select_related("certificate")
+        .filter(requester=user, idempotency_key=key)
+        .first()
+    )
+
+
+def _answer(submitted: CertificateRequest) -> HttpResponse:
+    state = CertificateRequest.State
+    if submitted.state == state.ISSUED and submitted.certificate is not None:
+        der = pkcs7.certificates_to_p7b([submitted.certificate.certificate])
+        return _base64_response(der, CERTS_ONLY)
+    if submitted.state in (state.PENDING, state.APPROVED):
+        return text_response(
+            "Waiting for an RA officer's approval: send the same request again later.",
+            202,
+            Retry_After=str(RETRY_AFTER_SECONDS),
+        )
+    if submitted.state == state.REJECTED:
+        reason = submitted.decision_reason or "no reason given"
+        return text_response(f"An RA officer rejected this request: {reason}", 403)
+    if submitted.state == state.WITHDRAWN:
+        return text_response("This request was withdrawn: send a new CSR.", 403)
+    return text_response(
+        f"This request failed: {submitted.error or 'see the portal'}. Send a new CSR.", 400
+    )
+
+
+def renewed(user: User, template: CertificateTemplate, parsed: ParsedCsr) -> Certificate:
+    """The certificate a simplereenroll renews (README "EST (RFC 7030)").
+
+    The caller's own valid certificate from this template (not a shared mailbox's) whose
+    subject is the CSR's subject (RFC 7030 4.2.2: a re-enrolment repeats it) and whose key
+    is of the CSR's key type; of several, the one that ends first. The new certificate's
+    subject still comes from the account, as every certificate's does.
+    """
+    held = list(
+        Certificate.objects.valid()
+        .filter(owner=user, mailbox__isnull=True, template=template)
+        .order_by("not_after", "pk")
+    )
+    if not held:
+        raise NotPermitted(
+            f"You hold no valid certificate from {template.name} to renew: use simpleenroll."
+        )
+    same_subject = [c for c in held if _subject(c) == parsed.csr.subject]
+    if not same_subject:
+        raise PolicyViolation(
+            "A re-enrolment repeats the subject of the certificate it renews; none of your "
+            f"valid {template.name} certificates has this CSR's subject "
+            f"({parsed.csr.subject.rfc4514_string() or 'empty'}).",
+            field="csr",
+        )
+    key_type = describe_public_key(parsed.public_key)
+    for certificate in same_subject:
+        if certificate.key_algorithm == key_type:
+            return certificate
+    raise PolicyViolation(
+        f"A re-enrolment keeps the key type: this CSR's key is {key_type}, the certificate "
+        f"it renews has {same_subject[0].key_algorithm}.",
+        field="csr",
+    )
+
+
+def _subject(certificate: Certificate) -> x509.Name:
+    return certificate.certificate.subject
+
+
+# --- csrattrs: CsrAttrs ::= SEQUENCE OF AttrOrOID (RFC 7030 4.5.2), in DER -------------
+
+RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+CURVE_OIDS = {KeyAlgorithm.EC_P256: "1.2.840.10045.3.1.7", KeyAlgorithm.EC_P384: "1.3.132.0.34"}
+
+
+def csr_attributes(algorithms: frozenset[KeyAlgorithm]) -> bytes | None:
+    """rsaEncryption when the template takes RSA; id-ecPublicKey with the curves it takes.
+    None when it takes every key type the portal knows: nothing to ask for."""
+    if algorithms >= frozenset(KeyAlgorithm):
+        return None
+    items: list[bytes] = []
+    if any(algorithm.is_rsa for algorithm in algorithms):
+        items.append(_oid(RSA_ENCRYPTION))
+    curves = [CURVE_OIDS[a] for a in sorted(algorithms) if a in CURVE_OIDS]
+    if curves:
+        items.append(_oid(EC_PUBLIC_KEY))
+        values = _tlv(0x31, b"".join(sorted(_oid(curve) for curve in curves)))  # DER SET OF
+        items.append(_tlv(0x30, _oid(EC_PUBLIC_KEY) + values))  # Attribute
+    return _tlv(0x30, b"".join(items))
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + content
+
+
+def _oid(dotted: str) -> bytes:
+    arcs = [int(arc) for arc in dotted.split(".")]
+    body = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _tlv(0x06, bytes(body))
