@@ -6,7 +6,7 @@ step anew (mfa.note_sign_in), counting as verified only if the provider says so.
 
 The API is guarded by accounts.api.VerifiedSessionAuthentication instead, which answers
 in JSON and leaves token calls alone; the public repository, health and static files are
-for anyone.
+for anyone. EST (enrollment/est.py) reads no session at all.
 """
 
 from __future__ import annotations

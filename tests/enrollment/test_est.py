@@ -486,3 +486,31 @@ def test_w007_warns_of_est_without_https(settings):
     settings.PKIPORTAL_EST_ENABLED = False
     assert est_is_behind_https() == []
     call_command("check")  # registered, loads
+
+
+def test_a_session_halfway_through_its_second_factor_is_not_sent_to_the_code_page(
+    hierarchy, officer
+):
+    """EST is a machine protocol: the second-factor redirect of the pages never applies."""
+    authenticator(officer)
+    halfway = Client()
+    halfway.force_login(officer)  # password given, code not yet
+
+    assert halfway.get("/").status_code == 302
+    assert halfway.get(f"{EST}/cacerts").status_code == 200
+    assert enrol(halfway).status_code == 401
+
+
+def test_a_label_that_is_no_template_is_404_for_every_operation(hierarchy, employee):
+    client = Client()
+
+    answers = [
+        client.get(f"{EST}/nope/cacerts"),
+        client.get(f"{EST}/nope/csrattrs", **basic("alice")),
+        enrol(client, label="nope", **basic("alice")),
+        post(client, "simplereenroll", b"MIIB", label="nope", **basic("alice")),
+    ]
+
+    assert [a.status_code for a in answers] == [404] * 4
+    assert client.get(f"{EST}/serverkeygen", **basic("alice")).status_code == 404
+    assert stored() == (0, 0)
