@@ -44,7 +44,7 @@ from enrollment.edge import client_address
 from enrollment.exceptions import NotPermitted, PolicyViolation
 from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
 from enrollment.permissions import may_use_template
-from enrollment.x509 import pkcs7
+from enrollment.x509 import names, pkcs7
 from enrollment.x509.csr import ParsedCsr, parse_csr
 from enrollment.x509.keys import KeyAlgorithm, describe_public_key
 from pkiportal import api
@@ -334,7 +334,7 @@ def renewed(user: User, template: CertificateTemplate, parsed: ParsedCsr) -> Cer
         raise PolicyViolation(
             "A re-enrolment repeats the subject of the certificate it renews; none of your "
             f"valid {template.name} certificates has this CSR's subject "
-            f"({parsed.csr.subject.rfc4514_string() or 'empty'}).",
+            f"({names.printable(parsed.requested_subject) or 'empty'}).",
             field="csr",
         )
     key_type = describe_public_key(parsed.public_key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.x509.oid import NameOID
 
 from django.contrib.auth.models import Group
 from django.core.management import call_command
@@ -470,6 +471,31 @@ def test_hostile_bodies_never_500_and_store_nothing(
     assert response["Content-Type"] == "text/plain; charset=utf-8"
     assert response.content.strip()
     assert stored() == before
+
+
+@FUZZ
+@given(common_name=st.text(min_size=1, max_size=64), renew=st.booleans())
+def test_validly_signed_csrs_with_hostile_subjects_never_500(
+    hierarchy, employee, ec_p256_key, settings, common_name, renew
+):
+    """Proof of possession passes, so the claimed subject reaches the re-enrolment's
+    comparison and its error message."""
+    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1000
+    settings.PKIPORTAL_ENROLL_RATE_PER_HOUR = 1000
+    if not Certificate.objects.exists():
+        issued(enrol(Client(), **basic("alice")))  # something to re-enrol
+    try:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        csr = subject_csr(name, ec_p256_key)
+    except ValueError:
+        assume(False)  # cryptography will not even encode it; neither would a client
+
+    response = post(Client(), "simplereenroll" if renew else "simpleenroll", body(csr),
+                    **basic("alice"))  # fmt: skip
+
+    assert response.status_code in (200, 400), response.content[:300]
+    if response.status_code == 400:
+        assert "subject" in response.content.decode()
 
 
 # --- deployment -----------------------------------------------------------------------------
