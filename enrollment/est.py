@@ -39,7 +39,7 @@ from accounts.models import User
 from accounts.requests import signed_in_user
 from enrollment import services
 from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
-from enrollment.api.views import _second_factor_for_basic, _WithoutSession
+from enrollment.api.views import _WithoutSession, second_factor_for_basic
 from enrollment.edge import client_address
 from enrollment.exceptions import NotPermitted, PolicyViolation
 from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
@@ -155,7 +155,7 @@ class _EstView(APIView):
         if isinstance(request.successful_authenticator, EstBasicAuthentication):
             # A password alone is not enough for whoever has, or must have, a second
             # factor: the same rule, header and throttle as minting an API token.
-            refused = _second_factor_for_basic(request)
+            refused = second_factor_for_basic(request, via="est")
             if refused is not None:
                 raise _Refused(refused)
             # As a token's minting does: Django records the sign-in, django-axes resets

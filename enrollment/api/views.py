@@ -995,7 +995,7 @@ class TokenCreateView(APIView):
         if isinstance(request.successful_authenticator, SessionAuthentication):
             second_factor = mfa.session_verified(request._request)
         else:
-            refused = _second_factor_for_basic(request)
+            refused = second_factor_for_basic(request)
             if refused is not None:
                 return refused
             second_factor = mfa.state_for(signed_in_user(request)).asked  # a code was checked
@@ -1022,11 +1022,12 @@ class TokenCreateView(APIView):
         return response
 
 
-def _second_factor_for_basic(request: Request) -> Response | None:
+def second_factor_for_basic(request: Request, *, via: str = "api") -> Response | None:
     """A password alone mints no token for whoever has, or must have, a second factor: a
     token outlives everything, so it takes what a sign-in in the browser takes. None: go on.
     Wrong codes are throttled per device, not counted as failed sign-ins by django-axes
-    (the password was right)."""
+    (the password was right). EST (enrollment/est.py) asks the same of its basic sign-ins,
+    ``via="est"`` in the mfa.verify events."""
     user = signed_in_user(request)
     state = mfa.state_for(user)
     if not state.asked:
@@ -1065,7 +1066,7 @@ def _second_factor_for_basic(request: Request) -> Response | None:
             headers=unauthorised,
         )
     check, _device = mfa.check_code(
-        user=user, code=code[:40], source_address=client_address(request), via="api"
+        user=user, code=code[:40], source_address=client_address(request), via=via
     )
     if check.ok:
         return None

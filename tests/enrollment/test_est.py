@@ -217,6 +217,8 @@ def test_an_officer_needs_a_code_with_a_password_and_enrols_only_for_herself(
 
     certificate = issued(enrol(Client(), **basic("olivia", HTTP_X_OTP_CODE=code(seed))))
     assert certificate.owner == officer
+    wrong_codes = AuditEvent.objects.filter(action="mfa.verify")
+    assert [(e.outcome, e.detail["via"]) for e in wrong_codes] == [("failure", "est")]
     assert certificate.common_name == "Olivia Officer"
 
 
