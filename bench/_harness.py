@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import secrets
 import signal
 import socket
@@ -18,11 +19,41 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-PG = ["-h", HOST, "-p", "5432", "-U", "postgres"]  # trust authentication, as on CI
 START_TIMEOUT = 60.0
+
+
+def _postgresql_server() -> dict[str, str]:
+    """The PostgreSQL server the benchmarks create their databases on: 127.0.0.1:5432 as
+    ``postgres`` (trust authentication, as on CI), or BENCH_PG_URL's
+    (``postgres://user[:password]@host:port``: tests/test_bench_smoke.py points it at the
+    test suite's server). The variable is not PKIPORTAL_*, so the portal and bench
+    processes a benchmark starts see it too."""
+    url = urlsplit(os.environ.get("BENCH_PG_URL", "") or f"postgres://postgres@{HOST}:5432")
+    if url.password:
+        os.environ["PGPASSWORD"] = url.password  # for psql, createdb, dropdb and psycopg
+    return {
+        "host": url.hostname or HOST,
+        "port": str(url.port or 5432),
+        "user": url.username or "postgres",
+        "password": url.password or "",
+    }
+
+
+PG_SERVER = _postgresql_server()
+PG = ["-h", PG_SERVER["host"], "-p", PG_SERVER["port"], "-U", PG_SERVER["user"]]
+
+
+def database_name(name: str) -> str:
+    """A benchmark's own database: ``name``, plus BENCH_DATABASE_SUFFIX when set, so that
+    runs side by side (the smoke tests under xdist, a developer's run) never share one."""
+    suffix = os.environ.get("BENCH_DATABASE_SUFFIX", "")
+    if not re.fullmatch(r"[a-z0-9_]*", suffix):
+        raise SystemExit(f"BENCH_DATABASE_SUFFIX={suffix!r}: lower-case letters, digits and _")
+    return name + suffix
 
 
 def free_port() -> int:
@@ -56,6 +87,14 @@ def run(
     return result.stdout
 
 
+def database_server_url() -> str:
+    """PG_SERVER as a URL without a database name."""
+    user = quote(PG_SERVER["user"], safe="")
+    if PG_SERVER["password"]:
+        user += ":" + quote(PG_SERVER["password"], safe="")
+    return f"postgres://{user}@{PG_SERVER['host']}:{PG_SERVER['port']}"
+
+
 def portal_environment(database: str, var_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a portal process on a throwaway PostgreSQL database.
 
@@ -65,7 +104,7 @@ def portal_environment(database: str, var_dir: Path, **extra: str) -> dict[str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PKIPORTAL_", "CELERY_"))}
     env.update(
         {
-            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{database}?conn_max_age=600",
+            "DATABASE_URL": f"{database_server_url()}/{database}?conn_max_age=600",
             "DJANGO_SETTINGS_MODULE": "pkiportal.settings",
             "PYTHONPATH": str(ROOT),
             "SECRET_KEY": secrets.token_urlsafe(40),

@@ -39,6 +39,7 @@ from _harness import (
     PG,
     ROOT,
     create_hierarchy,
+    database_name,
     free_port,
     portal_environment,
     run,
@@ -46,7 +47,7 @@ from _harness import (
     stop,
 )
 
-DATABASE = "bench_crl"
+DATABASE = database_name("bench_crl")
 REASONS = ["", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation",
            "privilegeWithdrawn"]  # fmt: skip
 

@@ -32,8 +32,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from _harness import (
+    PG_SERVER,
     ROOT,
     create_hierarchy,
+    database_name,
     free_port,
     portal_environment,
     run,
@@ -41,7 +43,7 @@ from _harness import (
     stop,
 )
 
-PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
+PG = PG_SERVER
 
 FIRST_NAMES = (  # noqa: SIM905 - a list literal of 100 names reads worse
     "Maria Marco Martin Marta Mario Anna Andreas Anders Andrea Johan Jonas José Josefine "
@@ -473,7 +475,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="per scenario")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
-    parser.add_argument("--database", default="bench_directory")
+    parser.add_argument("--database", default=database_name("bench_directory"))
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument(
         "--reuse", action="store_true", help="measure a database kept by an earlier --keep run"

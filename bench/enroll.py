@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _harness
 from _harness import HOST, PG, ROOT, free_port, portal_environment, run, start_gunicorn, stop
 
 sys.path.insert(0, str(ROOT))
@@ -63,7 +64,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from enrollment.x509 import builder, csr, keys  # noqa: E402
 from enrollment.x509.policy import CertificatePolicy, Purpose  # noqa: E402
 
-DATABASE = "bench_enroll"
+DATABASE = _harness.database_name("bench_enroll")
 ENROL = "/api/v1/enrollments/"
 CSR_TEMPLATE = "smime-signing"
 KEY_TEMPLATE = "smime-dual-use"

@@ -30,7 +30,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _harness import PG, ROOT, free_port, portal_environment, run, start_gunicorn, stop
+from _harness import (
+    PG,
+    ROOT,
+    database_name,
+    free_port,
+    portal_environment,
+    run,
+    start_gunicorn,
+    stop,
+)
 from enroll import (
     CSR_TEMPLATE,
     PER_PERSON,
@@ -118,8 +127,8 @@ def main() -> None:
     tree = scratch / "base"
     run(["git", "worktree", "add", "--detach", str(tree), commit])
     sides = [
-        Side(f"A {commit[:9]}", tree, "bench_compare_a"),
-        Side(f"B {head}{dirty}", ROOT, "bench_compare_b"),
+        Side(f"A {commit[:9]}", tree, database_name("bench_compare_a")),
+        Side(f"B {head}{dirty}", ROOT, database_name("bench_compare_b")),
     ]
     warm = 4 * args.workers
     generations = -(-args.rounds // args.restart_every)

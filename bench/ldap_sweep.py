@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import PG, ROOT, create_hierarchy, portal_environment, run
+from _harness import PG, ROOT, create_hierarchy, database_name, portal_environment, run
 
-DATABASE = "bench_ldap_sweep"
+DATABASE = database_name("bench_ldap_sweep")
 
 
 def _django() -> None:

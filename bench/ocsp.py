@@ -44,6 +44,7 @@ from _harness import (
     PG,
     ROOT,
     create_hierarchy,
+    database_name,
     free_port,
     portal_environment,
     run,
@@ -62,7 +63,7 @@ from cryptography.x509 import ocsp as x509_ocsp  # noqa: E402
 from enrollment.x509 import builder, keys  # noqa: E402
 from enrollment.x509 import ocsp as ocsp_library  # noqa: E402
 
-DATABASE = "bench_ocsp"
+DATABASE = database_name("bench_ocsp")
 OCSP = "/pki/ocsp/"
 ONE_DAY = timedelta(hours=24) - timedelta(seconds=1)
 

@@ -30,9 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-from _harness import PG, ROOT, create_hierarchy, portal_environment, run
+from _harness import PG, ROOT, create_hierarchy, database_name, portal_environment, run
 
-DATABASE = "bench_rollout"
+DATABASE = database_name("bench_rollout")
 BROKER = "redis://127.0.0.1:6379/14"
 
 
