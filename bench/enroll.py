@@ -552,6 +552,7 @@ def main() -> None:
     parser.add_argument("--rsa-key-requests", type=int, default=30, help="portal-key RSA-2048")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many runs")
     parser.add_argument("--profile", action="store_true", help="also profile in-process")
+    parser.add_argument("--profile-requests", type=int, default=600, help="CSRs it profiles")
     parser.add_argument(
         "--population",
         type=int,
@@ -698,7 +699,7 @@ def main() -> None:
             )
         print(f"load average: {os.getloadavg()[0]:.2f} (after)")
         if args.profile:
-            print(run([sys.executable, __file__, "--_profile", "600"], env))
+            print(run([sys.executable, __file__, "--_profile", str(args.profile_requests)], env))
     finally:
         if gunicorn is not None:
             stop(gunicorn)

@@ -112,6 +112,7 @@ def inside(var_dir: Path, people: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=2000)
+    parser.add_argument("--broker", default=BROKER, help="a Redis database, emptied at the end")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     parser.add_argument("--_inside", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,7 +127,7 @@ def main() -> None:
         DATABASE,
         var_dir,
         PKIPORTAL_ROLLOUT_MAX_PEOPLE=str(max(args.people, 1)),
-        CELERY_BROKER_URL=BROKER,
+        CELERY_BROKER_URL=args.broker,
     )
     run(["dropdb", *PG, "--if-exists", "--force", DATABASE])
     run(["createdb", *PG, DATABASE])
@@ -142,7 +143,7 @@ def main() -> None:
         if not args.keep:
             run(["dropdb", *PG, "--if-exists", "--force", DATABASE])
         shutil.rmtree(var_dir, ignore_errors=True)
-        run(["redis-cli", "-u", BROKER, "flushdb"], check=False)
+        run(["redis-cli", "-u", args.broker, "flushdb"], check=False)
 
 
 if __name__ == "__main__":
