@@ -175,7 +175,7 @@ def test_enroll_compare(bench, tmp_path):
         "--rounds", "2", "--block", "6", "--workers", "1", "--clients", "2",
     )  # fmt: skip
     sides = matches(
-        rf"^  (?P<side>[AB]) .+ app {NUMBER} \+ PostgreSQL {NUMBER} = (?P<ms>{NUMBER}) ms"
+        rf"^  (?P<side>[AB]) .+ app +{NUMBER} \+ PostgreSQL +{NUMBER} = +(?P<ms>{NUMBER}) ms"
         rf" +(?P<rate>{NUMBER}) certs/s$",
         out,
     )
