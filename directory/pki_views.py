@@ -202,7 +202,8 @@ def ca_certificate_pem(request: HttpRequest, slug: str) -> HttpResponse:
 @require_safe
 def repository(request: HttpRequest) -> HttpResponse:
     """The human page: what to download, what to compare, how to trust it per platform."""
-    authorities = list(CertificateAuthority.objects.select_related("parent"))
+    # Not the CAs whose certificates were imported: the old CA publishes their CRLs.
+    authorities = list(CertificateAuthority.objects.ours().select_related("parent"))
     # Root first, each CA after its issuer: gpgsm's manual CRL steps must load in that order.
     parents = {ca.pk: ca.parent_id for ca in authorities}
 

@@ -126,7 +126,7 @@ def certificate_search(
         Prefetch(
             "certificates",
             queryset=_published(now, include_inactive)
-            .select_related("template")
+            .select_related("template", "ca")
             .order_by("-not_before", "-pk"),
             to_attr="directory_certificates",
         ),
@@ -231,7 +231,7 @@ def certificates_for_email(
     if SharedMailbox.objects.filter(email=address, is_active=True).exists():
         found = found.filter(mailbox__isnull=False)
     return list(
-        found.select_related("owner", "template", "mailbox").order_by("-not_before", "-pk")[:limit]
+        found.select_related("owner", "template", "ca", "mailbox").order_by("-not_before", "-pk")[:limit]
     )
 
 
@@ -260,7 +260,7 @@ def mailbox_search(
         Prefetch(
             "certificates",
             queryset=_published(now, include_inactive)
-            .select_related("template")
+            .select_related("template", "ca")
             .order_by("-not_before", "-pk"),
             to_attr="directory_certificates",
         ),

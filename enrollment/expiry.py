@@ -50,7 +50,7 @@ def expiry_notices_send(*, now: datetime | None = None) -> dict[int, int]:
             Q(owner__isnull=False, owner__is_active=True)
             | Q(owner__isnull=True, mailbox__is_active=True)
         )
-        .select_related("owner", "template", "mailbox")
+        .select_related("owner", "template", "ca", "mailbox")
         .order_by("not_after", "pk")
     )
     notified: dict[int, list[Certificate]] = {days: [] for days in thresholds}

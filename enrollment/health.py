@@ -116,7 +116,8 @@ def crl_status(now: datetime | None = None) -> list[CrlStatus]:
         .annotate(count=Count("pk"), oldest=Min("certificate__revoked_at"))
     }
     statuses = []
-    for ca in CertificateAuthority.objects.order_by("parent_id", "name"):
+    # Imported CAs publish their CRLs elsewhere: the portal has none to publish for them.
+    for ca in CertificateAuthority.objects.ours().order_by("parent_id", "name"):
         crl = (
             RevocationList.objects.filter(ca=ca)
             .newest_first()
@@ -276,7 +277,7 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
     now = now or timezone.now()
     lead = timedelta(days=settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS)
     check = IssuingCaCheck()
-    authorities = list(CertificateAuthority.objects.order_by("parent_id", "name", "pk"))
+    authorities = list(CertificateAuthority.objects.ours().order_by("parent_id", "name", "pk"))
     by_pk = {ca.pk: ca for ca in authorities}
     default = next((ca for ca in authorities if ca.is_default), None)
     users: dict[int, list[CertificateTemplate]] = {}

@@ -84,7 +84,8 @@ def _holding(now: datetime) -> QuerySet[Any]:
     Driven by the inactive accounts (a partial index) rather than by the certificates: in
     a large directory leavers are few next to certificates.
     """
-    held = Certificate.objects.held(now).filter(owner=OuterRef("pk"))
+    # Imported certificates are the old CA's to revoke: they never hold a leaver here.
+    held = Certificate.objects.held(now).issued_here().filter(owner=OuterRef("pk"))
     counted = held.order_by().values("owner").annotate(n=Count("pk")).values("n")
     return (
         get_user_model()
@@ -309,7 +310,9 @@ def _revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: st
         )
         if user is None:
             return 0
-        held = Certificate.objects.held(now).filter(owner=user).select_related("owner")
+        held = (
+            Certificate.objects.held(now).issued_here().filter(owner=user).select_related("owner")
+        )
         revoked = outdated.revoke_each(held.order_by("pk"))
         if revoked:
             audit_record(

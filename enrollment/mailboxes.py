@@ -291,7 +291,7 @@ def mailboxes_overview() -> QuerySet[SharedMailbox]:
 
 
 def _due(now: datetime, delay: timedelta) -> QuerySet[SharedMailbox]:
-    held = Certificate.objects.held(now).filter(mailbox=OuterRef("pk"))
+    held = Certificate.objects.held(now).issued_here().filter(mailbox=OuterRef("pk"))
     return SharedMailbox.objects.filter(
         Exists(held), is_active=False, deactivated_at__lte=now - delay
     ).order_by("deactivated_at", "pk")
@@ -316,7 +316,7 @@ def mailbox_revoke(mailbox_pk: int, *, cutoff: datetime, now: datetime, source: 
         )
         if mailbox is None:
             return 0
-        held = Certificate.objects.held(now).filter(mailbox=mailbox).order_by("pk")
+        held = Certificate.objects.held(now).issued_here().filter(mailbox=mailbox).order_by("pk")
         revoked = outdated.revoke_each(
             held, reason=Certificate.RevocationReasonChoice.CESSATION_OF_OPERATION
         )

@@ -82,6 +82,14 @@ class CertificateAuthority(DerCertificateMixin):
         blank=True,
         help_text="Where the key backend finds the key (a file name); never the key itself.",
     )
+    # Another CA's issuer, registered by manage.py import_certificates so the certificates
+    # it issued before the move can be listed, found and their keys recovered. Never
+    # online: no key here, the portal signs, revokes, publishes CRLs and answers OCSP for
+    # none of its certificates (the old CA still does).
+    is_imported = models.BooleanField(
+        default=False,
+        help_text="Another CA whose certificates were imported; the portal never acts for it.",
+    )
     crl_url = models.URLField(help_text="This CA's CRL URL, embedded in what it issues.")
     ca_issuers_url = models.URLField(help_text="This CA's certificate URL (AIA caIssuers).")
     ocsp_url = models.URLField(
@@ -133,6 +141,10 @@ class CertificateAuthority(DerCertificateMixin):
                 condition=Q(is_default=False) | Q(is_online=True, parent__isnull=False),
                 name="default_ca_is_an_online_issuing_ca",
             ),
+            models.CheckConstraint(
+                condition=Q(is_imported=False) | Q(is_online=False, key_reference=""),
+                name="imported_ca_is_never_online",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -150,7 +162,9 @@ class CertificateAuthority(DerCertificateMixin):
 
     @property
     def is_root(self) -> bool:
-        return self.parent_id is None
+        """A root of the portal's own hierarchy (an imported CA has no parent here, but
+        is none)."""
+        return self.parent_id is None and not self.is_imported
 
     def chain(self) -> list[CertificateAuthority]:
         """This CA and its ancestors, up to and including the root."""

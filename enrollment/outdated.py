@@ -62,7 +62,12 @@ def _names_other_address(prefix: str = "") -> Q:
 def outdated_held(now: datetime) -> QuerySet[Certificate]:
     """Every held certificate whose address is not its holder's: one join over the held
     certificates, run hourly, not on a page."""
-    return Certificate.objects.held(now).filter(owner__isnull=False).filter(_names_other_address())
+    return (
+        Certificate.objects.held(now)
+        .issued_here()  # imported ones are the old CA's to revoke
+        .filter(owner__isnull=False)
+        .filter(_names_other_address())
+    )
 
 
 def recorded(now: datetime) -> QuerySet[OutdatedCertificate]:
@@ -212,6 +217,7 @@ def revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: str
         address = current_address(user)
         held = (
             Certificate.objects.held(now)
+            .issued_here()
             .filter(owner=user, outdated__since__lte=cutoff)
             .exclude(email=address)
             .select_related("owner")

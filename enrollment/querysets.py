@@ -24,7 +24,14 @@ class CertificateAuthorityQuerySet(models.QuerySet["CertificateAuthority"]):
         return self.filter(is_online=True)
 
     def roots(self) -> CertificateAuthorityQuerySet:
-        return self.filter(parent__isnull=True)
+        return self.filter(parent__isnull=True, is_imported=False)
+
+    def ours(self) -> CertificateAuthorityQuerySet:
+        """The portal's own hierarchy: not the other CAs whose certificates were imported."""
+        return self.filter(is_imported=False)
+
+    def imported(self) -> CertificateAuthorityQuerySet:
+        return self.filter(is_imported=True)
 
     def issuing(self) -> CertificateAuthorityQuerySet:
         """Online CAs under a root: those that can sign certificates here."""
@@ -42,6 +49,10 @@ class CertificateQuerySet(models.QuerySet["Certificate"]):
         per-template cap. A certificate dated a moment ahead (another server's clock, or
         one issued while the counting enrolment waited for its turn) still counts."""
         return self.filter(status="valid", not_after__gt=now or timezone.now())
+
+    def issued_here(self) -> CertificateQuerySet:
+        """Issued by the portal's own CAs: those it can revoke (not imported ones)."""
+        return self.filter(ca__is_imported=False)
 
     def revoked(self) -> CertificateQuerySet:
         return self.filter(status="revoked")

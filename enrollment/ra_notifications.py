@@ -310,6 +310,8 @@ def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
             "owner": owner,
             "days_left": days_left,
             "url": reverse("enrollment:certificate-detail", args=[certificate.pk]),
+            # An imported certificate has no template to renew from: enrol anew.
+            "enrol_url": reverse("enrollment:enroll-index"),
         },
         [owner.email],
     )

@@ -1002,6 +1002,7 @@ def _key_archive(
     private_key: keys.PrivateKey,
     agents: list[KeyRecoveryAgent],
     actor: Actor,
+    detail: dict[str, Any] | None = None,
 ) -> ArchivedKey:
     # The agents were read before signing; one may have been deactivated since. Those still
     # usable are share-locked until the commit, so a deactivation waits for this archive
@@ -1020,7 +1021,7 @@ def _key_archive(
         action="key.archive",
         actor=actor,
         target=archived,
-        detail={"agents": [agent.fingerprint_sha256 for agent in agents]},
+        detail={"agents": [agent.fingerprint_sha256 for agent in agents], **(detail or {})},
     )
     return archived
 
@@ -1095,6 +1096,7 @@ def _revoke_same_key(
         return []
     others = (
         Certificate.objects.filter(spki_sha256=revoked.spki_sha256, status=Certificate.Status.VALID)
+        .issued_here()  # an imported certificate of the key is the old CA's to revoke
         .exclude(pk=revoked.pk)
         .select_related("owner")
         .order_by("pk")
@@ -1110,6 +1112,25 @@ def _revoke_same_key(
         )
         for other in others
     ]
+
+
+IMPORTED_NOT_REVOKED = (
+    "This certificate was imported from {ca}, which issued it: the portal cannot revoke it "
+    "or list it on a CRL. Revoke it at {ca} (its CRL and OCSP answer for it)."
+)
+IMPORTED_CA_NO_CRL = (
+    "{ca} is another CA whose certificates were imported: the portal signs no CRL for it."
+)
+
+
+def imported_revocation_problem(certificate: Certificate) -> str | None:
+    """Why the portal may not revoke this certificate (another CA issued it), or None."""
+    ca = (
+        CertificateAuthority.objects.filter(pk=certificate.ca_id, is_imported=True)
+        .only("name")
+        .first()
+    )
+    return IMPORTED_NOT_REVOKED.format(ca=ca.name) if ca is not None else None
 
 
 # S/MIME BR 6.3.2: a subscriber certificate is valid for at most 825 days.
@@ -1152,6 +1173,10 @@ def _revoke(
             f"the certificate became valid ({certificate.not_before:%Y-%m-%d %H:%M} UTC).",
             field="invalidity_date",
         )
+    # Another CA's certificate: its CRL and OCSP say whether it is revoked, never ours.
+    refused = imported_revocation_problem(certificate)
+    if refused is not None:
+        raise InvalidState(refused)
     locked = Certificate.objects.select_for_update().get(pk=certificate.pk)
     if locked.status == Certificate.Status.REVOKED:
         raise InvalidState("This certificate is already revoked.")
@@ -1367,6 +1392,8 @@ def _crl_publish_locked(
     number: int | None = None,
 ) -> RevocationList:
     """``number`` skips ahead of the next one (enrollment.restore); never back."""
+    if locked.is_imported:
+        raise InvalidState(IMPORTED_CA_NO_CRL.format(ca=locked.name))
     following = (previous.number + 1) if previous else 1
     if number is None or number < following:
         number = following

@@ -198,7 +198,7 @@ def help_mail_clients(request: HttpRequest) -> HttpResponse:
 def home(request: HttpRequest) -> HttpResponse:
     """The start page: what the portal is for, my certificates and what waits for me."""
     context: dict[str, object] = {
-        "authorities": CertificateAuthority.objects.select_related("parent"),
+        "authorities": CertificateAuthority.objects.ours().select_related("parent"),
     }
     if request.user.is_authenticated:
         context["my_certificates"] = Certificate.objects.owned_by(request.user).select_related(
@@ -633,7 +633,10 @@ def _certificate_page(
         if certificate.names_old_address
         else None,
         "automatic_revocation": leavers.revocation_delay() is not None,
-        "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
+        # Another CA's certificate is revoked there, never here (services._revoke refuses).
+        "can_revoke": is_owner
+        and certificate.status == Certificate.Status.VALID
+        and not certificate.ca.is_imported,
         "revoke_form": revoke_form or RevokeForm(),
         "csr_notes": _csr_differences(certificate) if is_owner else [],
         "cut_short": ca_lifetime.cut_short(certificate),

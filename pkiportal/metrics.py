@@ -117,7 +117,7 @@ class PortalCollector(Collector):
             "notAfter of each CA's certificate (Unix time).",
             labels=["ca", "online", "default"],
         )
-        for ca in CertificateAuthority.objects.order_by("parent_id", "name"):
+        for ca in CertificateAuthority.objects.ours().order_by("parent_id", "name"):
             ends.add_metric(
                 [ca.slug, str(ca.is_online).lower(), str(ca.is_default).lower()],
                 ca.certificate.not_valid_after_utc.timestamp(),

@@ -53,12 +53,17 @@ def get_ca(slug: str | None, *, root: bool = False) -> CertificateAuthority:
             ca = CertificateAuthority.objects.get(slug=slug)
         except CertificateAuthority.DoesNotExist:
             raise CommandError(f"No CA with slug {slug!r}.") from None
+        if ca.is_imported:
+            raise CommandError(
+                f"{ca.name} ({slug!r}) is another CA whose certificates were imported: "
+                "the portal signs nothing for it."
+            )
         if root and ca.parent_id is not None:
             raise CommandError(
                 f"{ca.name} ({slug!r}) is not a root CA; this command is for the offline root."
             )
         return ca
-    queryset = CertificateAuthority.objects.filter(parent__isnull=root)
+    queryset = CertificateAuthority.objects.ours().filter(parent__isnull=root)
     if queryset.count() != 1:
         kind = "root" if root else "issuing"
         raise CommandError(f"Say which {kind} CA with --ca (there is not exactly one).")

@@ -1,0 +1,452 @@
+"""Bringing in the S/MIME certificates another CA issued (manage.py import_certificates).
+
+An organisation moving from Windows Certificate Services, EJBCA or openssl scripts has
+certificates in use: colleagues must keep finding them, holders must be reminded before
+they expire and renew into a portal template, and their archived encryption keys must stay
+recoverable. The old issuer is registered as a CertificateAuthority with ``is_imported``:
+never online, no key, so the portal never signs, revokes, lists on a CRL or answers OCSP
+for what it issued. Each certificate is checked against it and linked to the active
+account, or the active shared mailbox, whose address its subjectAltName names.
+
+Every write (a CA, a certificate, an archived key) is in its own transaction with its
+audit event; the run ends with a summary event. Fingerprints make a second run import
+nothing twice. A dry run reads only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+from django.views.decorators.debug import sensitive_variables
+
+from accounts.models import User
+from enrollment import ldap_publish, services
+from enrollment.audit import audit_record
+from enrollment.exceptions import ConfigurationError
+from enrollment.models import ArchivedKey, Certificate, CertificateAuthority, SharedMailbox
+from enrollment.x509 import keys, pkcs7, pkcs12
+from enrollment.x509.errors import X509Error
+from enrollment.x509.importing import (
+    Verdict,
+    check_issuer_certificate,
+    classify,
+    email_addresses,
+    issued_by,
+    purpose,
+)
+
+logger = logging.getLogger(__name__)
+
+# The summary's categories, in the order the command prints them.
+IMPORTED = "imported"
+PRESENT = "already present"
+NO_ACCOUNT = "no matching account"
+BAD_SIGNATURE = "bad signature"
+NOT_SMIME = "not S/MIME"
+EXPIRED = "expired"
+NO_ISSUER = "issuer not given"
+UNREADABLE = "unreadable file"
+CATEGORIES = (IMPORTED, PRESENT, NO_ACCOUNT, BAD_SIGNATURE, NOT_SMIME, EXPIRED, NO_ISSUER,
+              UNREADABLE)  # fmt: skip
+
+KEY_ARCHIVED = "archived"
+KEY_PRESENT = "already archived"
+KEY_NO_CERTIFICATE = "no imported certificate"
+KEY_SIGNING_ONLY = "signing-only (never archived)"
+KEY_UNREADABLE = "unreadable or wrong password"
+KEY_CATEGORIES = (KEY_ARCHIVED, KEY_PRESENT, KEY_NO_CERTIFICATE, KEY_SIGNING_ONLY,
+                  KEY_UNREADABLE)  # fmt: skip
+
+_VERDICTS = {
+    Verdict.BAD_SIGNATURE: BAD_SIGNATURE,
+    Verdict.NOT_SMIME: NOT_SMIME,
+    Verdict.EXPIRED: EXPIRED,
+    Verdict.NO_ISSUER: NO_ISSUER,
+}
+
+
+@dataclass
+class ImportReport:
+    """What a run did (or, dry, would do): counts and one line per certificate or key."""
+
+    dry_run: bool
+    issuers: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    key_counts: Counter[str] = field(default_factory=Counter)
+    lines: list[str] = field(default_factory=list)
+
+    def note(self, category: str, where: str, text: str) -> None:
+        self.counts[category] += 1
+        self.lines.append(f"{where}: {category}: {text}")
+
+    def note_key(self, category: str, where: str, text: str) -> None:
+        self.key_counts[category] += 1
+        self.lines.append(f"{where}: key {category}: {text}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file's name (for the report) and content."""
+
+    name: str
+    data: bytes
+
+
+# --- the old issuers ----------------------------------------------------------------------
+
+
+def _issuer_name(certificate: x509.Certificate) -> str:
+    common = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    text = str(common[0].value) if common else certificate.subject.rfc4514_string()
+    return text[:200]
+
+
+def _issuer_slug(certificate: x509.Certificate, fingerprint: str) -> str:
+    base = slugify(_issuer_name(certificate))[:30].strip("-") or "ca"
+    return f"imported-{base}-{fingerprint[:8]}"
+
+
+def _issuer_ca(
+    certificate: x509.Certificate, *, dry_run: bool
+) -> tuple[CertificateAuthority | None, bool]:
+    """The imported CA row for this issuer certificate (made unless dry): (row, new)."""
+    fingerprint = pkcs7.fingerprint(certificate, "sha256")
+    existing = CertificateAuthority.objects.filter(fingerprint_sha256=fingerprint).first()
+    if existing is not None:
+        if not existing.is_imported:
+            raise X509Error(
+                f"{existing.name} is one of the portal's own CAs: its certificates were "
+                "issued here, there is nothing to import."
+            )
+        return existing, False
+    if dry_run:
+        return None, True
+    with transaction.atomic():
+        ca = CertificateAuthority.objects.create(
+            name=_issuer_name(certificate),
+            slug=_issuer_slug(certificate, fingerprint),
+            is_online=False,
+            is_imported=True,
+            key_backend="",
+            key_reference="",
+            crl_url="",
+            ca_issuers_url="",
+            crl_validity_days=365,
+            der=certificate.public_bytes(Encoding.DER),
+            serial=format(certificate.serial_number, "x"),
+            fingerprint_sha256=fingerprint,
+            subject=certificate.subject.rfc4514_string(),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+        )
+        audit_record(
+            action="ca.import",
+            target=ca,
+            detail={"subject": ca.subject, "fingerprint": fingerprint},
+        )
+    return ca, True
+
+
+def _link_parents(authorities: Sequence[CertificateAuthority]) -> None:
+    """An imported issuing CA whose imported root was given too gets it as its parent, so
+    the chain a holder downloads reaches the old root."""
+    for ca in authorities:
+        if ca.parent_id is not None:
+            continue
+        for other in authorities:
+            if other.pk != ca.pk and issued_by(ca.certificate, other.certificate):
+                CertificateAuthority.objects.filter(pk=ca.pk).update(parent=other)
+                ca.parent = other
+                break
+
+
+# --- holders --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Holder:
+    owner: User | None
+    mailbox: SharedMailbox | None
+    address: str
+
+
+def _holder(addresses: Iterable[str]) -> tuple[Holder | None, str]:
+    """The first address an active shared mailbox or exactly one active account has
+    (case aside): a mailbox before a person, as issuance never certifies a person for a
+    mailbox's address. Otherwise None and why."""
+    why = "no active account or shared mailbox has " + ", ".join(addresses)
+    for address in addresses:
+        mailbox = SharedMailbox.objects.filter(email__iexact=address, is_active=True).first()
+        if mailbox is not None:
+            return Holder(None, mailbox, address), ""
+        accounts = list(get_user_model().objects.filter(email__iexact=address, is_active=True)[:2])
+        if len(accounts) == 1:
+            return Holder(accounts[0], None, address), ""
+        if len(accounts) > 1:
+            why = f"several active accounts have {address}"
+    return None, why
+
+
+# --- the certificates -------------------------------------------------------------------
+
+
+def _readable(
+    sources: Iterable[Source], report: ImportReport
+) -> list[tuple[str, x509.Certificate]]:
+    from enrollment.x509.importing import load_certificates
+
+    found: list[tuple[str, x509.Certificate]] = []
+    for source in sources:
+        try:
+            certificates = load_certificates(source.data)
+        except X509Error as exc:
+            report.note(UNREADABLE, source.name, exc.message)
+            continue
+        for index, certificate in enumerate(certificates):
+            where = source.name if len(certificates) == 1 else f"{source.name}[{index + 1}]"
+            found.append((where, certificate))
+    return found
+
+
+def _import_one(
+    certificate: x509.Certificate,
+    *,
+    ca: CertificateAuthority,
+    holder: Holder,
+    fingerprint: str,
+) -> Certificate:
+    addresses = email_addresses(certificate)
+    common = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    public_key = certificate.public_key()
+    with transaction.atomic():
+        row = Certificate.objects.create(
+            ca=ca,
+            owner=holder.owner,
+            mailbox=holder.mailbox,
+            template=None,
+            purpose=purpose(certificate),
+            common_name=(str(common[0].value) if common else holder.address)[:200],
+            # The address it was matched by: what the directory looks it up by.
+            email=holder.address,
+            emails=addresses,
+            fingerprint_sha1=pkcs7.fingerprint(certificate, "sha1"),
+            key_algorithm=keys.describe_public_key(public_key),
+            spki_sha256=keys.spki_sha256(public_key),  # type: ignore[arg-type]
+            der=certificate.public_bytes(Encoding.DER),
+            serial=format(certificate.serial_number, "x"),
+            fingerprint_sha256=fingerprint,
+            subject=certificate.subject.rfc4514_string(),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+        )
+        audit_record(
+            action="certificate.import",
+            target=row,
+            detail={
+                "issuer": ca.name,
+                "issuer_fingerprint": ca.fingerprint_sha256,
+                "serial": row.serial,
+                "fingerprint": fingerprint,
+                **(
+                    {"mailbox": holder.mailbox.email}
+                    if holder.mailbox is not None
+                    else {"owner": holder.owner.get_username() if holder.owner else ""}
+                ),
+            },
+        )
+        ldap_publish.publish_on_commit(row.owner_id)
+    return row
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+@sensitive_variables("passwords", "password", "private_key")
+def _open_pkcs12(data: bytes, passwords: Sequence[str]) -> keys.PrivateKey | None:
+    """The private key of a PKCS#12 file, trying each password; None when none opens it.
+    The passwords and the key are never logged, stored or put into a message."""
+    for password in passwords or [""]:
+        try:
+            private_key, _certificate, _chain = pkcs12.load_pkcs12(data, password)
+        except X509Error:
+            continue
+        return private_key
+    return None
+
+
+@sensitive_variables("passwords", "private_key")
+def _import_keys(
+    key_sources: Sequence[Source],
+    passwords: Sequence[str],
+    report: ImportReport,
+    planned: dict[str, list[tuple[str, str]]],
+) -> None:
+    """Archive each PKCS#12's key to the current key recovery agents for every imported
+    encryption-capable certificate of that key that has no archive yet."""
+    agents = services._active_agents()
+    if key_sources and not agents and not report.dry_run:
+        raise ConfigurationError(
+            "No valid key recovery agent is registered (manage.py register_kra): keys can "
+            "only be archived to one. No key was archived."
+        )
+    for source in key_sources:
+        private_key = _open_pkcs12(source.data, passwords)
+        if private_key is None:
+            report.note_key(
+                KEY_UNREADABLE,
+                source.name,
+                "not a PKCS#12 file with a private key and its certificate, or none of the "
+                "passwords opens it",
+            )
+            continue
+        spki = keys.spki_sha256(private_key.public_key())
+        stored = list(
+            Certificate.objects.filter(spki_sha256=spki, ca__is_imported=True)
+            .select_related("archived_key")
+            .order_by("pk")
+        )
+        targets = [(c.fingerprint_sha256, c.purpose) for c in stored]
+        targets += [t for t in planned.get(spki, []) if t[0] not in {f for f, _ in targets}]
+        if not targets:
+            report.note_key(
+                KEY_NO_CERTIFICATE, source.name, "its key belongs to no imported certificate"
+            )
+            continue
+        for fingerprint, kind in targets:
+            if kind == "signing":
+                report.note_key(KEY_SIGNING_ONLY, source.name, f"certificate {fingerprint[:16]}…")
+                continue
+            row = next((c for c in stored if c.fingerprint_sha256 == fingerprint), None)
+            if row is not None and hasattr(row, "archived_key"):
+                report.note_key(KEY_PRESENT, source.name, f"certificate {fingerprint[:16]}…")
+                continue
+            if report.dry_run:
+                report.note_key(
+                    KEY_ARCHIVED, source.name, f"would archive for certificate {fingerprint[:16]}…"
+                )
+                continue
+            assert row is not None  # not dry: planned certificates were imported above
+            with transaction.atomic():
+                if ArchivedKey.objects.filter(certificate=row).exists():
+                    report.note_key(KEY_PRESENT, source.name, f"certificate {fingerprint[:16]}…")
+                    continue
+                services._key_archive(
+                    certificate=row,
+                    private_key=private_key,
+                    agents=agents,
+                    actor=None,
+                    detail={"source": "import", "serial": row.serial},
+                )
+            report.note_key(KEY_ARCHIVED, source.name, f"certificate {fingerprint[:16]}…")
+        del private_key
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@sensitive_variables("passwords")
+def certificates_import(
+    *,
+    issuers: Sequence[Source],
+    sources: Sequence[Source],
+    key_sources: Sequence[Source] = (),
+    passwords: Sequence[str] = (),
+    include_expired: bool = False,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> ImportReport:
+    """Register the issuers, import the certificates they signed, archive the keys given.
+
+    Raises X509Error for an issuer file that is not a CA certificate (nothing is written
+    then); every problem with a certificate or key file is reported, never raised."""
+    from enrollment.x509.importing import load_certificates
+
+    now = now or timezone.now()
+    report = ImportReport(dry_run=dry_run)
+    issuer_certificates: list[x509.Certificate] = []
+    for source in issuers:
+        try:
+            loaded = load_certificates(source.data)
+        except X509Error as exc:
+            raise X509Error(f"{source.name}: {exc.message}") from None
+        for certificate in loaded:
+            try:
+                check_issuer_certificate(certificate)
+            except X509Error as exc:
+                raise X509Error(f"{source.name}: {exc.message}") from None
+            issuer_certificates.append(certificate)
+    authorities: list[CertificateAuthority | None] = []
+    for certificate in issuer_certificates:
+        ca, new = _issuer_ca(certificate, dry_run=dry_run)
+        authorities.append(ca)
+        verb = ("would register" if dry_run else "registered") if new else "already registered"
+        report.issuers.append(f"{_issuer_name(certificate)}: {verb}")
+    if not dry_run:
+        _link_parents([ca for ca in authorities if ca is not None])
+
+    planned: dict[str, list[tuple[str, str]]] = {}
+    seen: set[str] = set()
+    for where, certificate in _readable(sources, report):
+        fingerprint = pkcs7.fingerprint(certificate, "sha256")
+        if (
+            fingerprint in seen
+            or Certificate.objects.filter(fingerprint_sha256=fingerprint).exists()
+        ):
+            report.note(PRESENT, where, f"fingerprint {fingerprint[:16]}…")
+            seen.add(fingerprint)
+            continue
+        seen.add(fingerprint)
+        verdict = classify(certificate, issuer_certificates, now=now)
+        if verdict.verdict is Verdict.EXPIRED and include_expired:
+            verdict = type(verdict)(Verdict.OK, verdict.issuer_index)
+        if verdict.verdict is not Verdict.OK:
+            report.note(_VERDICTS[verdict.verdict], where, verdict.reason)
+            continue
+        holder, why = _holder(email_addresses(certificate))
+        if holder is None:
+            report.note(NO_ACCOUNT, where, why)
+            continue
+        name = holder.mailbox.email if holder.mailbox else holder.address
+        spki = keys.spki_sha256(certificate.public_key())  # type: ignore[arg-type]
+        planned.setdefault(spki, []).append((fingerprint, purpose(certificate)))
+        if dry_run:
+            report.note(IMPORTED, where, f"would import for {name}")
+            continue
+        assert verdict.issuer_index is not None
+        ca = authorities[verdict.issuer_index]
+        assert ca is not None
+        _import_one(certificate, ca=ca, holder=holder, fingerprint=fingerprint)
+        report.note(IMPORTED, where, f"for {name}")
+
+    _import_keys(key_sources, passwords, report, planned)
+    if not dry_run:
+        audit_record(
+            action="certificate.import_run",
+            detail={
+                "issuers": [ca.fingerprint_sha256 for ca in authorities if ca is not None],
+                "certificates": {key: report.counts[key] for key in CATEGORIES},
+                "keys": {key: report.key_counts[key] for key in KEY_CATEGORIES},
+                "include_expired": include_expired,
+            },
+        )
+    return report
+
+
+_LINE_BREAK = re.compile(r"\r?\n")
+
+
+def passwords_from(text: str) -> list[str]:
+    """A password file: one password per line (each is tried on every PKCS#12)."""
+    return [line for line in _LINE_BREAK.split(text) if line]

@@ -1,0 +1,195 @@
+"""Reading certificates another CA issued, for manage.py import_certificates.
+
+Plain functions over ``cryptography``: load certificates from PEM, DER or PKCS#7 bundles,
+check one against the CA certificate that claims to have issued it, and say what kind of
+S/MIME certificate it is. Nothing here touches Django.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .errors import X509Error
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----"
+    rb".+?-----END (?:X509 |TRUSTED )?CERTIFICATE-----",
+    re.DOTALL,
+)
+_PEM_PKCS7 = re.compile(rb"-----BEGIN PKCS7-----", re.DOTALL)
+# A certificate valid for longer than this is not one any S/MIME CA issued on purpose
+# (S/MIME BR 6.3.2 allows 825 days; old enterprise CAs used up to a few years).
+LONGEST_SANE_VALIDITY = timedelta(days=20 * 366)
+
+
+class Verdict(enum.StrEnum):
+    """What the importer makes of one certificate, before it looks for a holder."""
+
+    OK = "ok"
+    BAD_SIGNATURE = "bad_signature"
+    NOT_SMIME = "not_smime"
+    EXPIRED = "expired"
+    NO_ISSUER = "no_issuer"
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM file (one or many), a DER certificate, or a PKCS#7
+    bundle (.p7b, DER or PEM). A clear X509Error when it is none of those."""
+    try:
+        if _PEM_PKCS7.search(data):
+            return list(pkcs7.load_pem_pkcs7_certificates(data))
+        if b"-----BEGIN" in data:
+            found = [
+                x509.load_pem_x509_certificate(block) for block in _PEM_CERTIFICATE.findall(data)
+            ]
+            if not found:
+                raise X509Error("The file holds PEM blocks, but no certificate.")
+            return found
+        try:
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            return list(pkcs7.load_der_pkcs7_certificates(data))
+    except X509Error:
+        raise
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise X509Error(
+            "Not a certificate: the file is neither PEM, DER nor a PKCS#7 bundle."
+        ) from exc
+
+
+def _certificate_problem(certificate: x509.Certificate) -> str | None:
+    """Fields the importer reads but cryptography parses lazily: a certificate whose
+    extensions do not decode is refused here rather than half way through an import."""
+    try:
+        _ = certificate.extensions
+        _ = certificate.subject.rfc4514_string()
+        _ = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return f"unreadable certificate ({exc})"
+    return None
+
+
+def is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return bool(constraints.value.ca)
+
+
+def check_issuer_certificate(certificate: x509.Certificate) -> None:
+    """An issuer given with --issuer must be a CA certificate (basicConstraints cA)."""
+    problem = _certificate_problem(certificate)
+    if problem is not None:
+        raise X509Error(f"The issuer certificate is an {problem}.")
+    if not is_ca(certificate):
+        raise X509Error(
+            f"{certificate.subject.rfc4514_string()} is not a CA certificate "
+            "(no basicConstraints cA=TRUE)."
+        )
+
+
+def issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """The certificate names this issuer and its signature verifies with the issuer's key."""
+    if certificate.issuer != issuer.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def email_addresses(certificate: x509.Certificate) -> list[str]:
+    """The subjectAltName rfc822Names, lower-cased, in order, without duplicates."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    found: list[str] = []
+    for address in san.value.get_values_for_type(x509.RFC822Name):
+        address = address.strip().lower()
+        if address and address not in found:
+            found.append(address)
+    return found
+
+
+def protects_email(certificate: x509.Certificate) -> bool:
+    """The certificate's extendedKeyUsage names emailProtection."""
+    try:
+        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.EMAIL_PROTECTION in eku.value
+
+
+def purpose(certificate: x509.Certificate) -> str:
+    """signing, encryption or dual_use, from keyUsage (CertificateTemplate.Purpose values).
+
+    No keyUsage (allowed by RFC 5280) means any use: dual-use."""
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return "dual_use"
+    signs = usage.digital_signature or usage.content_commitment
+    encrypts = usage.key_encipherment or usage.key_agreement
+    if signs and not encrypts:
+        return "signing"
+    if encrypts and not signs:
+        return "encryption"
+    return "dual_use"
+
+
+@dataclass(frozen=True)
+class Classified:
+    verdict: Verdict
+    issuer_index: int | None = None
+    reason: str = ""
+
+
+def classify(
+    certificate: x509.Certificate, issuers: list[x509.Certificate], *, now: datetime
+) -> Classified:
+    """Which of ``issuers`` signed it, and whether it is an S/MIME certificate in date.
+
+    A bad signature (the certificate names an issuer we were given, whose key does not
+    verify it) is told apart from a certificate of an issuer nobody gave us."""
+    problem = _certificate_problem(certificate)
+    if problem is not None:
+        return Classified(Verdict.BAD_SIGNATURE, reason=problem)
+    named = [i for i, issuer in enumerate(issuers) if issuer.subject == certificate.issuer]
+    if not named:
+        return Classified(
+            Verdict.NO_ISSUER,
+            reason=f"issued by {certificate.issuer.rfc4514_string()}, not given with --issuer",
+        )
+    signer = next((i for i in named if issued_by(certificate, issuers[i])), None)
+    if signer is None:
+        return Classified(Verdict.BAD_SIGNATURE, reason="the issuer's key does not verify it")
+    not_before, not_after = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    if not_after <= not_before or not_after - not_before > LONGEST_SANE_VALIDITY:
+        return Classified(
+            Verdict.BAD_SIGNATURE,
+            signer,
+            f"its validity period ({not_before:%Y-%m-%d} to {not_after:%Y-%m-%d}) is not sane",
+        )
+    issuer = issuers[signer]
+    if not_before < issuer.not_valid_before_utc - timedelta(days=1):
+        return Classified(
+            Verdict.BAD_SIGNATURE, signer, "it starts before its issuer's certificate does"
+        )
+    if is_ca(certificate) or not protects_email(certificate):
+        return Classified(Verdict.NOT_SMIME, signer, "no emailProtection extended key usage")
+    if not email_addresses(certificate):
+        return Classified(Verdict.NOT_SMIME, signer, "no rfc822Name in subjectAltName")
+    if not_after <= now:
+        return Classified(Verdict.EXPIRED, signer, f"expired on {not_after:%Y-%m-%d}")
+    return Classified(Verdict.OK, signer)
