@@ -181,11 +181,6 @@ def classify(
             signer,
             f"its validity period ({not_before:%Y-%m-%d} to {not_after:%Y-%m-%d}) is not sane",
         )
-    issuer = issuers[signer]
-    if not_before < issuer.not_valid_before_utc - timedelta(days=1):
-        return Classified(
-            Verdict.BAD_SIGNATURE, signer, "it starts before its issuer's certificate does"
-        )
     if is_ca(certificate) or not protects_email(certificate):
         return Classified(Verdict.NOT_SMIME, signer, "no emailProtection extended key usage")
     if not email_addresses(certificate):

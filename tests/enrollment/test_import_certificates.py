@@ -1,0 +1,456 @@
+"""manage.py import_certificates: another CA's certificates and keys, made by real openssl.
+
+The old CA is an ``openssl req -x509`` root signing with ``openssl ca``, as a migrating
+organisation's scripts would; its keys come out of ``openssl pkcs12 -export``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+
+import pytest
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from enrollment import recovery, services
+from enrollment.exceptions import InvalidState
+from enrollment.models import (
+    ArchivedKey,
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CrlEntry,
+    SharedMailbox,
+)
+from tests.conftest import client_for
+from tests.enrollment.api_tools import token_client
+from tests.enrollment.ra_fixtures import REASON
+
+P12_PASSWORD = "old-ca export pw"
+
+OPENSSL_CNF = """
+[ ca ]
+default_ca = old
+[ old ]
+dir = {dir}
+database = $dir/index.txt
+new_certs_dir = $dir/newcerts
+serial = $dir/serial
+default_md = sha256
+policy = anything
+unique_subject = no
+copy_extensions = none
+email_in_dn = no
+[ anything ]
+commonName = supplied
+emailAddress = optional
+[ smime_sign_encrypt ]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = emailProtection
+subjectAltName = email:$ENV::MAIL
+[ smime_encrypt ]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,keyEncipherment
+extendedKeyUsage = emailProtection
+subjectAltName = email:$ENV::MAIL
+[ client_auth ]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+subjectAltName = email:$ENV::MAIL
+"""
+
+
+class OldCa:
+    """A CA run with the openssl CLI in a directory of its own."""
+
+    def __init__(self, directory: Path, name: str = "Old Corp Issuing CA") -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "newcerts").mkdir(exist_ok=True)
+        (directory / "index.txt").write_text("")
+        (directory / "serial").write_text("1000\n")
+        (directory / "openssl.cnf").write_text(OPENSSL_CNF.replace("{dir}", str(directory)))
+        self.run(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.pem", "-days", "3650", "-subj", f"/O=Old Corp/CN={name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )  # fmt: skip
+        self.certificate = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+
+    def run(self, *args: str, mail: str = "nobody@example.com") -> None:
+        result = subprocess.run(
+            ["openssl", *args],
+            cwd=self.dir,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={"MAIL": mail, "PATH": "/usr/bin:/bin"},
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+
+    def issue(
+        self,
+        name: str,
+        mail: str,
+        *,
+        profile: str = "smime_sign_encrypt",
+        dates: tuple[str, str] | None = None,
+        key: str = "ec:P-256",
+    ) -> Path:
+        """A leaf certificate (PEM) for ``mail``, its key in <name>.key."""
+        if key.startswith("ec:"):
+            self.run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.params")
+            self.run("pkcs8", "-topk8", "-nocrypt", "-in", "ec.params", "-out", f"{name}.key")
+        else:
+            self.run("genpkey", "-algorithm", "RSA", "-out", f"{name}.key")
+        self.run(
+            "req", "-new", "-key", f"{name}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr"
+        )
+        validity = ["-startdate", dates[0], "-enddate", dates[1]] if dates else ["-days", "365"]
+        self.run(
+            "ca", "-batch", "-config", "openssl.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+            "-extensions", profile, "-in", f"{name}.csr", "-out", f"{name}.pem", "-notext",
+            *validity, mail=mail,
+        )  # fmt: skip
+        return self.dir / f"{name}.pem"
+
+    def pkcs12(self, name: str, password: str = P12_PASSWORD) -> Path:
+        (self.dir / "pw.txt").write_text(password + "\n")
+        self.run(
+            "pkcs12", "-export", "-inkey", f"{name}.key", "-in", f"{name}.pem",
+            "-passout", "file:pw.txt", "-out", f"{name}.p12",
+        )  # fmt: skip
+        return self.dir / f"{name}.p12"
+
+
+@dataclass
+class Migration:
+    ca: OldCa
+    issuer: Path
+    alice: Path  # dual-use, her key exported to alice.p12
+    finance: Path  # encryption, the shared mailbox's
+    stranger: Path  # nobody here has the address
+    client_auth: Path  # no emailProtection
+    expired: Path
+    forged: Path  # names the old CA, signed by another key
+    bundle: Path  # a DER .p7b of alice and stranger
+    garbage: Path
+    alice_p12: Path
+    password_file: Path
+
+
+@pytest.fixture(scope="module")
+def migration(tmp_path_factory: pytest.TempPathFactory) -> Migration:
+    base = tmp_path_factory.mktemp("old-ca")
+    ca = OldCa(base / "ca")
+    alice = ca.issue("alice", "Alice@Example.com")
+    finance = ca.issue("finance", "finance@example.com", profile="smime_encrypt", key="rsa")
+    stranger = ca.issue("stranger", "stranger@elsewhere.example")
+    client_auth = ca.issue("vpn", "alice@example.com", profile="client_auth")
+    expired = ca.issue("old", "alice@example.com", dates=("20200101000000Z", "20210101000000Z"))
+    impostor = OldCa(base / "impostor")  # same name, another key
+    forged = impostor.issue("forged", "alice@example.com")
+    ca.run(
+        "crl2pkcs7", "-nocrl", "-certfile", "alice.pem", "-certfile", "stranger.pem",
+        "-outform", "DER", "-out", "bundle.p7b",
+    )  # fmt: skip
+    garbage = base / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
+    password_file = base / "passwords.txt"
+    password_file.write_text(f"wrong one\n{P12_PASSWORD}\n")
+    return Migration(
+        ca=ca,
+        issuer=ca.dir / "ca.pem",
+        alice=alice,
+        finance=finance,
+        stranger=stranger,
+        client_auth=client_auth,
+        expired=expired,
+        forged=forged,
+        bundle=ca.dir / "bundle.p7b",
+        garbage=garbage,
+        alice_p12=ca.pkcs12("alice"),
+        password_file=password_file,
+    )
+
+
+def run(*args: str | Path) -> str:
+    out = StringIO()
+    call_command("import_certificates", *map(str, args), stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def count(output: str, category: str) -> int:
+    for line in output.splitlines():
+        if line.strip().startswith(f"{category}:"):
+            return int(line.split(":")[-1])
+    raise AssertionError(f"no {category!r} in:\n{output}")
+
+
+@pytest.fixture
+def mailbox(db):
+    return SharedMailbox.objects.create(email="finance@example.com", display_name="Finance")
+
+
+def all_files(migration: Migration) -> list[Path]:
+    return [
+        migration.alice, migration.finance, migration.stranger, migration.client_auth,
+        migration.expired, migration.forged, migration.garbage,
+    ]  # fmt: skip
+
+
+def test_imports_whats_theirs_and_reports_the_rest(hierarchy, employee, mailbox, migration):
+    output = run("--issuer", migration.issuer, *all_files(migration))
+
+    assert count(output, "imported") == 2
+    assert count(output, "no matching account") == 1
+    assert count(output, "bad signature") == 1
+    assert "the issuer's key does not verify it" in output
+    assert count(output, "not S/MIME") == 1
+    assert count(output, "expired") == 1
+    assert count(output, "unreadable file") == 1
+    assert "Traceback" not in output
+    old = CertificateAuthority.objects.get(is_imported=True)
+    assert not old.is_online
+    assert old.key_reference == ""
+    assert old.name == "Old Corp Issuing CA"
+    mine = Certificate.objects.get(owner=employee)
+    assert mine.ca == old
+    assert mine.template is None
+    assert mine.purpose == "dual_use"
+    assert mine.email == "alice@example.com"  # matched case-insensitively
+    theirs = Certificate.objects.get(mailbox=mailbox)
+    assert theirs.purpose == "encryption"
+    assert theirs.owner is None
+    # One event per certificate, one for the CA, one summary.
+    assert AuditEvent.objects.filter(action="certificate.import").count() == 2
+    assert AuditEvent.objects.filter(action="ca.import").count() == 1
+    summary = AuditEvent.objects.get(action="certificate.import_run")
+    assert summary.detail["certificates"]["imported"] == 2
+
+
+def test_a_second_run_imports_nothing_twice(hierarchy, employee, mailbox, migration):
+    run("--issuer", migration.issuer, migration.alice, migration.finance)
+    output = run("--issuer", migration.issuer, migration.alice, migration.finance, migration.bundle)
+
+    assert count(output, "imported") == 0
+    assert count(output, "already present") == 3  # the bundle's alice too
+    assert count(output, "no matching account") == 1  # the bundle's stranger
+    assert Certificate.objects.count() == 2 + 0  # the hierarchy issued no end-entity
+    assert CertificateAuthority.objects.filter(is_imported=True).count() == 1
+    assert "already registered" in output
+
+
+def test_dry_run_writes_nothing(hierarchy, employee, mailbox, migration, kra):
+    before = (Certificate.objects.count(), CertificateAuthority.objects.count(),
+              AuditEvent.objects.count(), ArchivedKey.objects.count())  # fmt: skip
+
+    output = run(
+        "--dry-run", "--issuer", migration.issuer, *all_files(migration),
+        "--keys", migration.alice_p12, "--keys-password-file", migration.password_file,
+    )  # fmt: skip
+
+    assert "Dry run" in output
+    assert "would register" in output
+    assert count(output, "imported") == 2
+    assert count(output, "archived") == 1
+    after = (Certificate.objects.count(), CertificateAuthority.objects.count(),
+             AuditEvent.objects.count(), ArchivedKey.objects.count())  # fmt: skip
+    assert after == before
+
+
+def test_expired_ones_only_when_asked(hierarchy, employee, migration):
+    output = run("--issuer", migration.issuer, "--include-expired", migration.expired)
+
+    assert count(output, "imported") == 1
+    assert Certificate.objects.get(owner=employee).state == "expired"
+
+
+def test_a_directory_and_a_p7b_bundle(hierarchy, employee, migration, tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "bundle.p7b").write_bytes(migration.bundle.read_bytes())
+    (folder / "notes.txt").write_text("ignored: not a certificate suffix")
+
+    output = run("--issuer", migration.issuer, folder)
+
+    assert count(output, "imported") == 1
+    assert count(output, "no matching account") == 1
+
+
+def test_an_issuer_that_is_no_ca_certificate_is_refused(hierarchy, migration):
+    with pytest.raises(CommandError, match="not a CA certificate"):
+        run("--issuer", migration.alice, migration.alice)
+    with pytest.raises(CommandError, match="no certificate"):
+        run("--issuer", migration.garbage, migration.alice)
+    issuing = hierarchy.issuing.certificate.public_bytes(serialization.Encoding.PEM)
+    path = migration.ca.dir / "ours.pem"
+    path.write_bytes(issuing)
+    with pytest.raises(CommandError, match="portal's own CAs"):
+        run("--issuer", path, migration.alice)
+    assert not CertificateAuthority.objects.filter(is_imported=True).exists()
+
+
+def test_wrong_password_and_garbage_keys_are_reported(hierarchy, employee, migration, kra):
+    run("--issuer", migration.issuer, migration.alice)
+    wrong = migration.ca.dir / "wrong.txt"
+    wrong.write_text("not the password\n")
+
+    output = run("--keys", migration.alice_p12, migration.garbage, "--keys-password-file", wrong)
+
+    assert count(output, "unreadable or wrong password") == 2
+    assert "not the password" not in output
+    assert P12_PASSWORD not in output
+    assert not ArchivedKey.objects.exists()
+
+
+# --- the key: archived as the portal's are, recovered through the usual flow ------------
+
+
+def test_an_imported_key_is_recovered_and_opens_with_openssl(
+    hierarchy, employee, migration, kra, agent_user, officer, second_officer, caplog
+):
+    output = run(
+        "--issuer", migration.issuer, migration.alice,
+        "--keys", migration.alice_p12, "--keys-password-file", migration.password_file,
+    )  # fmt: skip
+    assert count(output, "archived") == 1
+    assert P12_PASSWORD not in output
+    assert P12_PASSWORD not in caplog.text
+    certificate = Certificate.objects.get(owner=employee)
+    archive = ArchivedKey.objects.get(certificate=certificate)
+    assert list(archive.recipients.all()) == [kra.agent]
+    event = AuditEvent.objects.get(action="key.archive")
+    assert event.detail["source"] == "import"
+
+    opened = recovery.recovery_open(certificate=certificate, officer=officer, reason=REASON)
+    approved = recovery.recovery_approve(recovery=opened, officer=second_officer)
+    performed, password = recovery.recovery_perform(
+        recovery=approved,
+        agent_user=agent_user,
+        agent_pkcs12=kra.pkcs12,
+        agent_password=kra.password,
+    )
+    _done, bundle = recovery.recovery_download(recovery=performed, user=employee)
+
+    work = migration.ca.dir
+    (work / "recovered.p12").write_bytes(bundle)
+    migration.ca.run(
+        "pkcs12", "-in", "recovered.p12", "-passin", f"pass:{password}", "-nocerts", "-nodes",
+        "-out", "recovered.key",
+    )  # fmt: skip
+    migration.ca.run("pkey", "-in", "recovered.key", "-pubout", "-out", "recovered.pub")
+    migration.ca.run("x509", "-in", "alice.pem", "-pubkey", "-noout", "-out", "alice.pub")
+    assert (work / "recovered.pub").read_bytes() == (work / "alice.pub").read_bytes()
+
+    again = run("--keys", migration.alice_p12, "--keys-password-file", migration.password_file)
+    assert count(again, "already archived") == 1
+
+
+def test_a_key_for_no_imported_certificate_is_not_archived(hierarchy, migration, kra):
+    output = run("--keys", migration.alice_p12, "--keys-password-file", migration.password_file)
+
+    assert count(output, "no imported certificate") == 1
+    assert not ArchivedKey.objects.exists()
+
+
+# --- how the rest of the portal treats them ------------------------------------------------
+
+
+@pytest.fixture
+def imported(hierarchy, employee, migration) -> Certificate:
+    run("--issuer", migration.issuer, migration.alice)
+    return Certificate.objects.get(owner=employee)
+
+
+def test_my_certificates_and_the_directory_show_them(imported, employee, colleague):
+    mine = client_for(employee).get("/certificates/").content.decode()
+    assert "imported from Old Corp Issuing CA" in mine
+
+    found = client_for(colleague).get("/directory/", {"q": "alice"}).content.decode()
+    assert imported.fingerprint_sha256[:8] in found.replace(":", "").lower()
+    assert "imported from Old Corp Issuing CA" in found
+
+    page = client_for(employee).get(f"/certificates/{imported.pk}/").content.decode()
+    assert "only Old Corp Issuing CA can revoke it" in page
+    assert 'id="revoke"' not in page
+
+
+def test_revocation_is_refused_everywhere(imported, employee, officer):
+    with pytest.raises(InvalidState, match="Old Corp Issuing CA"):
+        services.certificate_revoke(certificate=imported, reason="keyCompromise", actor=officer)
+
+    web = client_for(employee).post(
+        f"/certificates/{imported.pk}/revoke/", {"reason": "superseded", "confirm": "on"}
+    )
+    assert web.status_code in (400, 409)
+    api = token_client(officer).post(
+        f"/api/v1/certificates/{imported.serial}/revoke/", {"reason": "superseded"}, format="json"
+    )
+    assert api.status_code == 409
+    assert "Old Corp Issuing CA" in api.json()["detail"]
+    imported.refresh_from_db()
+    assert imported.status == Certificate.Status.VALID
+    assert not CrlEntry.objects.exists()
+
+
+def test_no_crl_and_no_ocsp_for_them(imported, hierarchy, migration, anonymous_client):
+    crl = x509.load_der_x509_crl(bytes(services.crl_publish(ca=hierarchy.issuing).der))
+    assert crl.get_revoked_certificate_by_serial_number(int(imported.serial, 16)) is None
+    with pytest.raises(InvalidState, match="signs no CRL"):
+        services.crl_publish(ca=imported.ca)
+
+    asked = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(imported.certificate, migration.ca.certificate, hashes.SHA1())
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    response = anonymous_client.post("/pki/ocsp/", asked, content_type="application/ocsp-request")
+    answer = ocsp.load_der_ocsp_response(response.content)
+    assert answer.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+    health = anonymous_client.get("/pki/").content.decode()
+    assert "Old Corp" not in health
+
+
+def test_leavers_runs_leave_them_alone(imported, employee):
+    from enrollment import leavers
+
+    employee.is_active = False
+    employee.save()
+    leavers.leavers_revoke(confirmed=True)
+
+    imported.refresh_from_db()
+    assert imported.status == Certificate.Status.VALID
+
+
+def test_the_expiry_notice_invites_enrolment(
+    hierarchy, employee, migration, mailoutbox, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from enrollment import expiry
+
+    run("--issuer", migration.issuer, migration.alice)
+    certificate = Certificate.objects.get(owner=employee)
+    with django_capture_on_commit_callbacks(execute=True):
+        expiry.expiry_notices_send(now=certificate.not_after - timedelta(days=5))
+
+    mail = next(m for m in mailoutbox if "expires" in m.subject and employee.email in m.to)
+    assert "issued by Old Corp Issuing CA" in mail.body
+    assert "/enroll/" in mail.body
+    assert timezone.now() < certificate.not_after
