@@ -54,7 +54,7 @@ class ReadOnlyAdmin(admin.ModelAdmin[_ModelT]):
 
 @admin.register(CertificateAuthority)
 class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
-    list_display = ["name", "slug", "parent", "is_online", "is_default", "not_after"]
+    list_display = ["name", "slug", "parent", "is_online", "is_default", "is_imported", "not_after"]
     exclude = ["der"]
     actions = ["publish_crl", "switch_templates"]
 

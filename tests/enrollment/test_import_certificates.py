@@ -15,6 +15,7 @@ import pytest
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509 import ocsp
 
 from django.core.management import call_command
@@ -454,3 +455,41 @@ def test_the_expiry_notice_invites_enrolment(
     assert "issued by Old Corp Issuing CA" in mail.body
     assert "/enroll/" in mail.body
     assert timezone.now() < certificate.not_after
+
+
+def test_pem_blocks_among_other_text_are_read(hierarchy, employee, migration, tmp_path):
+    """As certutil -view prints them: row headers and labels around each block."""
+    pem = migration.alice.read_text()
+    dump = tmp_path / "issued.txt"
+    dump.write_text(f"Schema:\n  Column Name\n\nRow 1:\n  Binary Certificate:\n{pem}\n\n1 Rows\n")
+
+    output = run("--issuer", migration.issuer, dump)
+
+    assert count(output, "imported") == 1
+
+
+def test_officers_are_not_offered_revocation_and_are_refused(imported, officer):
+    client = client_for(officer)
+    page = client.get("/ra/certificates/", {"q": "alice"}).content.decode()
+    assert "imported from Old Corp Issuing CA" in page
+    assert f"/ra/certificates/{imported.pk}/revoke/" not in page
+
+    response = client.post(
+        f"/ra/certificates/{imported.pk}/revoke/",
+        {"reason": "keyCompromise", "confirm": "on", "q": "alice"},
+    )
+
+    assert "Revoke it at Old Corp Issuing CA" in response.content.decode()
+    imported.refresh_from_db()
+    assert imported.status == Certificate.Status.VALID
+
+
+def test_the_old_ca_certificate_is_served_but_no_crl(imported, anonymous_client, migration):
+    slug = imported.ca.slug
+
+    certificate = anonymous_client.get(f"/pki/{slug}.crt")
+    assert certificate.status_code == 200
+    assert x509.load_der_x509_certificate(certificate.content) == migration.ca.certificate
+    assert anonymous_client.get(f"/pki/{slug}.crl").status_code == 404
+    body = client_for(imported.owner).get(f"/certificates/{imported.pk}/download/p7b/").content
+    assert migration.ca.certificate in pkcs7.load_der_pkcs7_certificates(body)
