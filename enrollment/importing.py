@@ -15,6 +15,7 @@ nothing twice. A dry run reads only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections import Counter
@@ -26,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 from django.views.decorators.debug import sensitive_variables
@@ -44,6 +45,7 @@ from enrollment.x509.importing import (
     classify,
     email_addresses,
     issued_by,
+    load_certificates,
     purpose,
 )
 
@@ -58,8 +60,9 @@ NOT_SMIME = "not S/MIME"
 EXPIRED = "expired"
 NO_ISSUER = "issuer not given"
 UNREADABLE = "unreadable file"
+DUPLICATE_SERIAL = "duplicate serial"
 CATEGORIES = (IMPORTED, PRESENT, NO_ACCOUNT, BAD_SIGNATURE, NOT_SMIME, EXPIRED, NO_ISSUER,
-              UNREADABLE)  # fmt: skip
+              UNREADABLE, DUPLICATE_SERIAL)  # fmt: skip
 
 KEY_ARCHIVED = "archived"
 KEY_PRESENT = "already archived"
@@ -68,6 +71,11 @@ KEY_SIGNING_ONLY = "signing-only (never archived)"
 KEY_UNREADABLE = "unreadable or wrong password"
 KEY_CATEGORIES = (KEY_ARCHIVED, KEY_PRESENT, KEY_NO_CERTIFICATE, KEY_SIGNING_ONLY,
                   KEY_UNREADABLE)  # fmt: skip
+
+NO_AGENT = (
+    "No valid key recovery agent is registered (manage.py register_kra): keys are only "
+    "archived to agents, so none can be."
+)
 
 _VERDICTS = {
     Verdict.BAD_SIGNATURE: BAD_SIGNATURE,
@@ -133,6 +141,13 @@ def _issuer_ca(
         return existing, False
     if dry_run:
         return None, True
+    try:
+        return _issuer_create(certificate, fingerprint), True
+    except IntegrityError:  # another run registered it meanwhile
+        return CertificateAuthority.objects.get(fingerprint_sha256=fingerprint), False
+
+
+def _issuer_create(certificate: x509.Certificate, fingerprint: str) -> CertificateAuthority:
     with transaction.atomic():
         ca = CertificateAuthority.objects.create(
             name=_issuer_name(certificate),
@@ -156,7 +171,7 @@ def _issuer_ca(
             target=ca,
             detail={"subject": ca.subject, "fingerprint": fingerprint},
         )
-    return ca, True
+    return ca
 
 
 def _link_parents(authorities: Sequence[CertificateAuthority]) -> None:
@@ -205,8 +220,6 @@ def _holder(addresses: Iterable[str]) -> tuple[Holder | None, str]:
 def _readable(
     sources: Iterable[Source], report: ImportReport
 ) -> list[tuple[str, x509.Certificate]]:
-    from enrollment.x509.importing import load_certificates
-
     found: list[tuple[str, x509.Certificate]] = []
     for source in sources:
         try:
@@ -216,7 +229,10 @@ def _readable(
             continue
         for index, certificate in enumerate(certificates):
             where = source.name if len(certificates) == 1 else f"{source.name}[{index + 1}]"
-            found.append((where, certificate))
+            if isinstance(certificate, X509Error):
+                report.note(UNREADABLE, where, certificate.message)
+            else:
+                found.append((where, certificate))
     return found
 
 
@@ -274,16 +290,20 @@ def _import_one(
 
 
 @sensitive_variables("passwords", "password", "private_key")
-def _open_pkcs12(data: bytes, passwords: Sequence[str]) -> keys.PrivateKey | None:
-    """The private key of a PKCS#12 file, trying each password; None when none opens it.
-    The passwords and the key are never logged, stored or put into a message."""
+def _open_pkcs12(data: bytes, passwords: Sequence[str]) -> tuple[keys.PrivateKey | None, str]:
+    """The private key of a PKCS#12 file, trying each password, or None and why (what
+    was wrong once a password opened it, else that none did). The passwords and the key
+    are never logged, stored or put into a message."""
+    why = "not a PKCS#12 file, or none of the passwords opens it"
     for password in passwords or [""]:
         try:
             private_key, _certificate, _chain = pkcs12.load_pkcs12(data, password)
-        except X509Error:
+        except X509Error as exc:
+            if "password is wrong" not in exc.message:
+                why = exc.message
             continue
-        return private_key
-    return None
+        return private_key, ""
+    return None, why
 
 
 @sensitive_variables("passwords", "private_key")
@@ -296,20 +316,14 @@ def _import_keys(
     """Archive each PKCS#12's key to the current key recovery agents for every imported
     encryption-capable certificate of that key that has no archive yet."""
     agents = services._active_agents()
-    if key_sources and not agents and not report.dry_run:
-        raise ConfigurationError(
-            "No valid key recovery agent is registered (manage.py register_kra): keys can "
-            "only be archived to one. No key was archived."
-        )
+    if key_sources and not agents:
+        if not report.dry_run:
+            raise ConfigurationError(NO_AGENT)
+        report.lines.append(f"Keys: {NO_AGENT}")
     for source in key_sources:
-        private_key = _open_pkcs12(source.data, passwords)
+        private_key, why = _open_pkcs12(source.data, passwords)
         if private_key is None:
-            report.note_key(
-                KEY_UNREADABLE,
-                source.name,
-                "not a PKCS#12 file with a private key and its certificate, or none of the "
-                "passwords opens it",
-            )
+            report.note_key(KEY_UNREADABLE, source.name, why)
             continue
         spki = keys.spki_sha256(private_key.public_key())
         stored = list(
@@ -371,10 +385,10 @@ def certificates_import(
 
     Raises X509Error for an issuer file that is not a CA certificate (nothing is written
     then); every problem with a certificate or key file is reported, never raised."""
-    from enrollment.x509.importing import load_certificates
-
     now = now or timezone.now()
     report = ImportReport(dry_run=dry_run)
+    if key_sources and not dry_run and not services._active_agents():
+        raise ConfigurationError(NO_AGENT)  # before anything is written
     issuer_certificates: list[x509.Certificate] = []
     for source in issuers:
         try:
@@ -382,6 +396,8 @@ def certificates_import(
         except X509Error as exc:
             raise X509Error(f"{source.name}: {exc.message}") from None
         for certificate in loaded:
+            if isinstance(certificate, X509Error):
+                raise X509Error(f"{source.name}: {certificate.message}")
             try:
                 check_issuer_certificate(certificate)
             except X509Error as exc:
@@ -410,7 +426,7 @@ def certificates_import(
         seen.add(fingerprint)
         verdict = classify(certificate, issuer_certificates, now=now)
         if verdict.verdict is Verdict.EXPIRED and include_expired:
-            verdict = type(verdict)(Verdict.OK, verdict.issuer_index)
+            verdict = dataclasses.replace(verdict, verdict=Verdict.OK)
         if verdict.verdict is not Verdict.OK:
             report.note(_VERDICTS[verdict.verdict], where, verdict.reason)
             continue
@@ -427,7 +443,20 @@ def certificates_import(
         assert verdict.issuer_index is not None
         ca = authorities[verdict.issuer_index]
         assert ca is not None
-        _import_one(certificate, ca=ca, holder=holder, fingerprint=fingerprint)
+        try:
+            _import_one(certificate, ca=ca, holder=holder, fingerprint=fingerprint)
+        except IntegrityError:
+            # Another run imported it meanwhile, or the old CA reused a serial number.
+            if Certificate.objects.filter(fingerprint_sha256=fingerprint).exists():
+                report.note(PRESENT, where, f"fingerprint {fingerprint[:16]}… (by another run)")
+            else:
+                serial = format(certificate.serial_number, "x")
+                report.note(
+                    DUPLICATE_SERIAL,
+                    where,
+                    f"{ca.name} issued serial {serial} twice; kept the first",
+                )
+            continue
         report.note(IMPORTED, where, f"for {name}")
 
     _import_keys(key_sources, passwords, report, planned)

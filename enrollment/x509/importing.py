@@ -19,12 +19,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .errors import X509Error
 
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----"
-    rb".+?-----END (?:X509 |TRUSTED )?CERTIFICATE-----",
-    re.DOTALL,
-)
-_PEM_PKCS7 = re.compile(rb"-----BEGIN PKCS7-----", re.DOTALL)
+_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+_PEM_CERTIFICATE_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE"}
+_PEM_PKCS7_LABELS = {b"PKCS7", b"CERTIFICATE CHAIN"}
 # A certificate valid for longer than this is not one any S/MIME CA issued on purpose
 # (S/MIME BR 6.3.2 allows 825 days; old enterprise CAs used up to a few years).
 LONGEST_SANE_VALIDITY = timedelta(days=20 * 366)
@@ -40,25 +37,48 @@ class Verdict(enum.StrEnum):
     NO_ISSUER = "no_issuer"
 
 
-def load_certificates(data: bytes) -> list[x509.Certificate]:
-    """Every certificate in a PEM file (one or many), a DER certificate, or a PKCS#7
-    bundle (.p7b, DER or PEM). A clear X509Error when it is none of those."""
+def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(label, whole block) for each BEGIN with its matching END, in linear time: the
+    next END of each label is looked up once and reused (a file of a million BEGINs and
+    no END is read once per label, not once per BEGIN)."""
+    blocks: list[tuple[bytes, bytes]] = []
+    next_end: dict[bytes, int] = {}
+    for match in _PEM_BEGIN.finditer(data):
+        label = match.group(1)
+        end_marker = b"-----END " + label + b"-----"
+        end = next_end.get(label)
+        if end is None or (end != -1 and end < match.end()):
+            end = data.find(end_marker, match.end())
+            next_end[label] = end
+        if end == -1:
+            continue
+        blocks.append((label, data[match.start() : end + len(end_marker)]))
+    return blocks
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate | X509Error]:
+    """Every certificate in a PEM file (one or many blocks, text around them ignored), a
+    DER certificate, or a PKCS#7 bundle (.p7b, DER or PEM), in order. A block that does
+    not load is an X509Error in its place; a file that is none of these raises one."""
+    if b"-----BEGIN" in data:
+        found: list[x509.Certificate | X509Error] = []
+        for label, block in _pem_blocks(data):
+            try:
+                if label in _PEM_CERTIFICATE_LABELS:
+                    found.append(x509.load_pem_x509_certificate(block))
+                elif label in _PEM_PKCS7_LABELS:
+                    found.extend(pkcs7.load_pem_pkcs7_certificates(block))
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                found.append(X509Error(f"a damaged {label.decode()} block"))
+        if not found:
+            raise X509Error("The file holds PEM text, but no certificate.")
+        return found
     try:
-        if _PEM_PKCS7.search(data):
-            return list(pkcs7.load_pem_pkcs7_certificates(data))
-        if b"-----BEGIN" in data:
-            found = [
-                x509.load_pem_x509_certificate(block) for block in _PEM_CERTIFICATE.findall(data)
-            ]
-            if not found:
-                raise X509Error("The file holds PEM blocks, but no certificate.")
-            return found
-        try:
-            return [x509.load_der_x509_certificate(data)]
-        except ValueError:
-            return list(pkcs7.load_der_pkcs7_certificates(data))
-    except X509Error:
-        raise
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        pass
+    try:
+        return list(pkcs7.load_der_pkcs7_certificates(data))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise X509Error(
             "Not a certificate: the file is neither PEM, DER nor a PKCS#7 bundle."
@@ -181,7 +201,9 @@ def classify(
             signer,
             f"its validity period ({not_before:%Y-%m-%d} to {not_after:%Y-%m-%d}) is not sane",
         )
-    if is_ca(certificate) or not protects_email(certificate):
+    if is_ca(certificate):
+        return Classified(Verdict.NOT_SMIME, signer, "a CA certificate")
+    if not protects_email(certificate):
         return Classified(Verdict.NOT_SMIME, signer, "no emailProtection extended key usage")
     if not email_addresses(certificate):
         return Classified(Verdict.NOT_SMIME, signer, "no rfc822Name in subjectAltName")

@@ -493,3 +493,41 @@ def test_the_old_ca_certificate_is_served_but_no_crl(imported, anonymous_client,
     assert anonymous_client.get(f"/pki/{slug}.crl").status_code == 404
     body = client_for(imported.owner).get(f"/certificates/{imported.pk}/download/p7b/").content
     assert migration.ca.certificate in pkcs7.load_der_pkcs7_certificates(body)
+
+
+def test_keys_without_an_agent_are_refused_before_anything_is_written(
+    hierarchy, employee, migration
+):
+    with pytest.raises(CommandError, match="No valid key recovery agent"):
+        run("--issuer", migration.issuer, migration.alice, "--keys", migration.alice_p12)
+
+    assert not Certificate.objects.exists()
+    assert not CertificateAuthority.objects.filter(is_imported=True).exists()
+
+
+def test_a_damaged_block_among_good_ones_is_reported_alone(
+    hierarchy, employee, migration, tmp_path
+):
+    damaged = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    mixed = tmp_path / "mixed.pem"
+    mixed.write_text(damaged + migration.alice.read_text())
+
+    output = run("--issuer", migration.issuer, mixed)
+
+    assert count(output, "imported") == 1
+    assert count(output, "unreadable file") == 1
+    assert "mixed.pem[1]: unreadable file: a damaged CERTIFICATE block" in output
+
+
+def test_a_serial_the_old_ca_issued_twice_keeps_the_first(hierarchy, employee, tmp_path):
+    sloppy = OldCa(tmp_path / "sloppy", name="Sloppy CA")
+    first = sloppy.issue("first", "alice@example.com")
+    (sloppy.dir / "index.txt").write_text("")  # the script lost its database
+    (sloppy.dir / "serial").write_text("1000\n")
+    second = sloppy.issue("second", "alice@example.com")
+
+    output = run("--issuer", sloppy.dir / "ca.pem", first, second)
+
+    assert count(output, "imported") == 1
+    assert count(output, "duplicate serial") == 1
+    assert "Traceback" not in output
