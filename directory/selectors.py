@@ -231,7 +231,9 @@ def certificates_for_email(
     if SharedMailbox.objects.filter(email=address, is_active=True).exists():
         found = found.filter(mailbox__isnull=False)
     return list(
-        found.select_related("owner", "template", "ca", "mailbox").order_by("-not_before", "-pk")[:limit]
+        found.select_related("owner", "template", "ca", "mailbox").order_by("-not_before", "-pk")[
+            :limit
+        ]
     )
 
 
