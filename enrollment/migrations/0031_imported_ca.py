@@ -1,8 +1,5 @@
 """CertificateAuthority.is_imported: another CA whose certificates manage.py
 import_certificates brought in; never online, the portal never signs or revokes for it.
-
-Numbered 0032 as assigned; it depends on 0030 here. When merged after a 0031, point the
-dependency at that one instead.
 """
 
 from django.db import migrations, models
