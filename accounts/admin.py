@@ -134,10 +134,11 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             )
             self.message_user(
                 request,
-                f"The second factor of {target.get_username()} is reset: they set up a new one "
-                "at their next sign-in."
+                f"The second factor of {target.get_username()} is reset and they are signed out "
+                "everywhere: they set up a new one at their next sign-in."
                 if removed
-                else f"{target.get_username()} had no second factor to reset.",
+                else f"{target.get_username()} had no second factor to reset; they are signed "
+                "out everywhere.",
                 messages.SUCCESS,
             )
             return redirect(change_url)

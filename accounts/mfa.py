@@ -48,6 +48,7 @@ from accounts.models import (
     User,
     WebAuthnDevice,
 )
+from accounts.sessions import sessions_end
 from enrollment import recent_sign_in
 from enrollment.audit import audit_record
 from enrollment.exceptions import NotPermitted
@@ -539,9 +540,17 @@ def _remove_devices(user: User) -> int:
     return removed
 
 
-def second_factor_remove(*, user: User, current_code: str, source_address: str | None) -> None:
+def second_factor_remove(
+    *,
+    user: User,
+    current_code: str,
+    source_address: str | None,
+    session_key: str | None = None,
+) -> None:
     """A person removes their own second factor, given a current code of it: only where
-    the policy does not ask it."""
+    the policy does not ask it. Their other sessions end (as a password change ends them):
+    one signed in with the app must not carry on without it; ``session_key``, the session
+    removing it, stays signed in."""
     if state_for(user).required:
         raise SecondFactorError(
             "Your role needs a second factor: you can replace your authenticator app, "
@@ -555,12 +564,13 @@ def second_factor_remove(*, user: User, current_code: str, source_address: str |
     with transaction.atomic():
         if not _remove_devices(user):
             raise SecondFactorError("You have no second factor to remove.")
+        ended = sessions_end(user, keep=session_key)
         audit_record(
             action="mfa.device_remove",
             actor=user,
             target=user,
             source_address=source_address,
-            detail={"kind": "totp", "via": "self"},
+            detail={"kind": "totp", "via": "self", "sessions_ended": ended},
         )
         _tell(user, "removed", source_address)
 
@@ -580,17 +590,20 @@ def may_reset(actor: Any, target: Any) -> bool:
 
 def second_factor_reset(*, actor: User, target: User, source_address: str | None) -> bool:
     """An administrator removes someone's lost second factor; they set up a new one at
-    their next sign-in. Audited; returns whether there was anything to remove."""
+    their next sign-in. Every session of theirs ends, whatever was removed: whoever holds
+    the lost phone may hold a signed-in browser too. Audited; returns whether there was
+    anything to remove."""
     if not may_reset(actor, target):
         raise SecondFactorError("You may not reset this account's second factor.")
     with transaction.atomic():
         removed = _remove_devices(target)
+        ended = sessions_end(target)
         audit_record(
             action="mfa.reset",
             actor=actor,
             target=target,
             source_address=source_address,
-            detail={"removed": bool(removed), "via": "admin"},
+            detail={"removed": bool(removed), "via": "admin", "sessions_ended": ended},
         )
         if removed:
             _tell(target, "reset", source_address)

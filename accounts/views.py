@@ -320,10 +320,15 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
             user=request.user,
             current_code=form.cleaned_data["current_code"],
             source_address=client_address(request),
+            session_key=request.session.session_key,
         )
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
-    messages.success(request, "Your second factor is removed: signing in takes your password only.")
+    messages.success(
+        request,
+        "Your second factor is removed: signing in takes your password only. Your other "
+        "sessions are signed out.",
+    )
     return redirect("accounts:mfa-overview")
 
 

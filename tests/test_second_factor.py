@@ -907,10 +907,73 @@ def test_an_administrator_resets_someone_elses_second_factor(admin_client_, admi
     assert (event.actor_id, event.object_id, event.detail) == (
         admin_user.pk,
         str(officer.pk),
-        {"removed": True, "via": "admin"},
+        {"removed": True, "via": "admin", "sessions_ended": 1},
     )
     # Next sign-in: set up a new one.
     assert signed_in_only(officer).get("/")["Location"].startswith(PAGES["setup"])
+
+
+def sessions_of(user) -> int:
+    from accounts.sessions import session_keys_of
+
+    return len(session_keys_of(user))
+
+
+def signed_out(client: Client) -> bool:
+    """The client's next page asks it to sign in: its session is gone."""
+    response = client.get("/certificates/")
+    return response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_a_reset_ends_every_session_of_the_person(admin_client_, admin_user, officer, employee):
+    authenticator(officer)
+    phone, laptop = verified_login(Client(), officer), verified_login(Client(), officer)
+    bystander = verified_login(Client(), employee)
+    assert sessions_of(officer) == 2
+
+    assert admin_client_.post(reset_url(officer)).status_code == 302
+
+    assert sessions_of(officer) == 0
+    assert signed_out(phone)
+    assert signed_out(laptop)
+    # Nobody else is signed out: the administrator, another person.
+    assert not signed_out(bystander)
+    assert admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").status_code == 200
+    (event,) = events("mfa.reset")
+    assert event.detail["sessions_ended"] == 2
+
+
+def test_a_reset_signs_out_a_person_whose_role_needs_no_second_factor(admin_client_, employee):
+    # Without the reset ending it, this session would go on as before: an employee is
+    # asked for a code only while they have an app, and the reset just removed it.
+    authenticator(employee)
+    stolen = verified_login(Client(), employee)
+
+    admin_client_.post(reset_url(employee))
+
+    assert signed_out(stolen)
+
+
+def test_a_reset_with_nothing_to_remove_still_ends_the_sessions(admin_client_, employee):
+    client = verified_login(Client(), employee)
+
+    admin_client_.post(reset_url(employee))
+
+    assert signed_out(client)
+
+
+def test_removing_ones_own_second_factor_ends_ones_other_sessions(employee, colleague):
+    _device, seed = authenticator(employee)
+    here, elsewhere = verified_login(Client(), employee), verified_login(Client(), employee)
+    other_person = verified_login(Client(), colleague)
+
+    assert here.post(POSTS[1], {"confirm": "on", "current_code": code(seed)}).status_code == 302
+
+    assert signed_out(elsewhere)
+    assert not signed_out(here)
+    assert not signed_out(other_person)
+    assert sessions_of(employee) == 1
+    assert events("mfa.device_remove")[0].detail["sessions_ended"] == 1
 
 
 def test_nobody_resets_their_own(admin_client_, admin_user):
