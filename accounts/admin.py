@@ -159,7 +159,8 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
         if "is_active" in form.base_fields:
             form.base_fields["is_active"].help_text = (
-                "Unselect this instead of deleting accounts: the person leaves the directory"
+                "Unselect this instead of deleting accounts: the person is signed out "
+                "everywhere and leaves the directory"
                 + (
                     f", and their valid certificates are revoked {hours} hours later (by the "
                     "scheduled task, where beat runs) unless the account is reactivated "

@@ -7,6 +7,7 @@ backend can map its attributes straight onto these fields.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -123,7 +124,27 @@ class User(AbstractUser):
             derived.add("email_changed_at")
         if update_fields is not None and derived:
             kwargs["update_fields"] = {*kwargs["update_fields"], *derived}
+        switched_off = writes_active and not self.is_active and stored is not None and stored[0]
         super().save(*args, **kwargs)
+        if switched_off:
+            # A leaver is signed out everywhere, and stays so if the account is switched
+            # back on: their sessions are deleted, not merely refused while it is off.
+            from accounts.sessions import sessions_end
+
+            sessions_end(self)
+
+    def get_session_auth_hash(self) -> str:
+        """No session holds an inactive account, whichever backend signed it in: Django's
+        ModelBackend refuses one, but mozilla-django-oidc's and django-auth-ldap's
+        get_user() load it, and a QuerySet.update() switching it off deletes no session.
+        An empty hash never verifies, so Django's get_user() flushes such a session."""
+        if not self.is_active:
+            return ""
+        return super().get_session_auth_hash()
+
+    def get_session_auth_fallback_hash(self) -> Iterator[str]:
+        if self.is_active:
+            yield from super().get_session_auth_fallback_hash()
 
     def _stored_row(self) -> tuple[bool, datetime | None, str] | None:
         """The stored is_active, deactivated_at and email (one read), or None for a new

@@ -154,3 +154,72 @@ def test_the_admin_says_what_deactivating_does_to_certificates(admin_client_, em
     page = admin_client_.get(f"/admin/accounts/user/{employee.pk}/change/").content.decode()
 
     assert "their valid certificates are revoked 48 hours later (by the scheduled task" in page
+
+
+# --- the person's sessions end ----------------------------------------------------------
+
+
+def signed_out(client) -> bool:
+    response = client.get("/certificates/")
+    return response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_the_admin_switching_an_account_off_signs_the_person_out_for_good(
+    admin_user, employee, colleague
+):
+    person, bystander = client_for(employee), client_for(colleague)
+    url = f"/admin/accounts/user/{employee.pk}/change/"
+    admin = client_for(admin_user)
+
+    admin_post(admin, url, is_active=False)
+    assert signed_out(person)
+    # Switched back on (a mistake put right), the old session stays ended: it is deleted,
+    # not merely refused while the account is off.
+    admin_post(admin, url, is_active=True)
+
+    assert signed_out(person)
+    assert not signed_out(bystander)
+    assert not signed_out(admin)
+
+
+def test_a_directory_sync_switching_the_account_off_ends_its_sessions(employee):
+    person = client_for(employee)
+    employee.is_active = False
+    employee.save(update_fields=["is_active"])
+    employee.is_active = True
+    employee.save(update_fields=["is_active"])
+
+    assert signed_out(person)
+
+
+@pytest.fixture
+def single_sign_on(settings):
+    """The OIDC backend signs people in (and, per session, loads them again)."""
+    settings.AUTHENTICATION_BACKENDS = [
+        "axes.backends.AxesStandaloneBackend",
+        "accounts.oidc.PortalOIDCBackend",
+    ]
+    settings.OIDC_OP_AUTHORIZATION_ENDPOINT = "https://idp.example.com/authorize"
+    settings.OIDC_OP_TOKEN_ENDPOINT = "https://idp.example.com/token"
+    settings.OIDC_OP_USER_ENDPOINT = "https://idp.example.com/userinfo"
+    settings.OIDC_OP_JWKS_ENDPOINT = "https://idp.example.com/jwks"
+    settings.OIDC_RP_CLIENT_ID = "pkiportal"
+    settings.OIDC_RP_CLIENT_SECRET = "secret"
+    settings.OIDC_RP_SIGN_ALGO = "RS256"
+    return "accounts.oidc.PortalOIDCBackend"
+
+
+def test_a_single_sign_on_session_ends_when_a_bulk_write_switches_the_account_off(
+    single_sign_on, employee
+):
+    # mozilla-django-oidc's get_user() loads inactive accounts too, and a QuerySet.update()
+    # passes no save() that could delete the session: the session check itself refuses.
+    person = client_for(employee)
+    person.force_login(employee, backend=single_sign_on)
+    assert not signed_out(person)
+
+    get_user_model().objects.filter(pk=employee.pk).update(is_active=False)
+
+    assert signed_out(person)
+    get_user_model().objects.filter(pk=employee.pk).update(is_active=True)
+    assert signed_out(person)
