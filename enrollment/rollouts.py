@@ -44,6 +44,7 @@ from enrollment.models import (
     CertificateTemplate,
     Rollout,
     RolloutInvitation,
+    SharedMailbox,
 )
 from enrollment.x509 import keys
 from enrollment.x509.mail_domains import address_permitted, issuer_permits
@@ -80,6 +81,7 @@ class Reason:
     YOURSELF = "yourself"
     NO_EMAIL = "no_email"
     OUTSIDE_DOMAINS = "outside_domains"
+    SHARED_MAILBOX = "shared_mailbox"
     NOT_PERMITTED = "not_permitted"
     HOLDS_VALID = "holds_valid"
     OPEN_REQUEST = "open_request"
@@ -94,6 +96,8 @@ class Reason:
         YOURSELF: "you cannot approve a request of your own",
         NO_EMAIL: "the account has no e-mail address",
         OUTSIDE_DOMAINS: "the account's address is outside the mail domains the CA issues for",
+        SHARED_MAILBOX: "the account's address is a shared mailbox's: its delegates enrol for "
+        "the mailbox, and an administrator must correct the account's address",
         NOT_PERMITTED: "may not use this template",
         HOLDS_VALID: "already holds a valid certificate of this template",
         OPEN_REQUEST: "already has an open request for this template",
@@ -242,10 +246,20 @@ def rollout_resolve(
     allowed_groups = list(template.allowed_groups.values_list("pk", flat=True))
     permitted: set[int] | None = None
     holders: set[int] = set()
+    # Addresses of active shared mailboxes that an account has too (services.
+    # mailbox_address_taken would refuse its collection, stranding the invitation).
+    mailbox_addresses: set[str] = set()
     open_requests: dict[int, int] = {}
     now = timezone.now()
     if allowed_groups:
         permitted = set()
+    addresses = sorted({_address(user) for _e, user in unique} - {""})
+    for address_chunk in _chunks(addresses):
+        mailbox_addresses.update(
+            SharedMailbox.objects.filter(email__in=address_chunk, is_active=True).values_list(
+                "email", flat=True
+            )
+        )
     for chunk in _chunks(ids):
         if permitted is not None:
             permitted.update(
@@ -285,6 +299,8 @@ def rollout_resolve(
             # Collecting would be refused: by subject_for, or (503) by the CA's own name
             # constraints, narrower than the setting.
             reason = Reason.OUTSIDE_DOMAINS
+        elif _address(user) in mailbox_addresses:
+            reason = Reason.SHARED_MAILBOX
         elif permitted is not None and user.pk not in permitted:
             reason = Reason.NOT_PERMITTED
         elif user.pk in holders:
@@ -298,6 +314,11 @@ def rollout_resolve(
         else:
             resolution.skipped.append(Skip(entry, reason))
     return resolution
+
+
+def _address(user: User) -> str:
+    """As services._account_email: shared mailboxes' addresses are stored lower-case."""
+    return (user.email or "").strip().lower()
 
 
 def default_key_algorithm(template: CertificateTemplate) -> keys.KeyAlgorithm:

@@ -580,6 +580,33 @@ def test_people_a_narrower_ca_cannot_certify_are_not_invited(signing, officer, s
     assert {s.entry: s.reason for s in preview.skipped} == {"dora": "outside_domains"}
 
 
+def test_a_person_whose_address_is_a_shared_mailboxs_is_not_invited(signing, officer):
+    """A directory sync can give an account finance@ after the mailbox was made; collecting
+    would be refused (services.mailbox_address_taken), so the invitation would strand."""
+    from enrollment.models import SharedMailbox
+
+    SharedMailbox.objects.create(email="finance@example.com", display_name="Finance")
+    SharedMailbox.objects.create(
+        email="old@example.com", display_name="Old", is_active=False, deactivated_at=timezone.now()
+    )
+    UserFactory(username="frank", email=" Finance@Example.com")
+    UserFactory(username="olga", email="old@example.com")  # the mailbox is switched off
+    UserFactory(username="eve", email="eve@example.com")
+
+    response = client_for(officer).post(
+        "/ra/rollouts/new/",
+        {"template": signing.pk, "people": "frank olga eve", "preview": "1"},
+    )
+
+    preview = response.context["preview"]
+    assert [u.username for u in preview.eligible] == ["olga", "eve"]
+    assert [(s.entry, s.reason) for s in preview.skipped] == [("frank", "shared_mailbox")]
+    assert "shared mailbox" in response.content.decode()
+    rollout = create(officer, signing, people="finance@example.com eve")
+    assert rollout.invited == 1
+    assert not CertificateRequest.objects.filter(requester__username="frank").exists()
+
+
 def test_a_leaver_is_not_mailed_an_invitation(signing, officer, django_capture_on_commit_callbacks):
     ann = UserFactory(username="ann", email="ann@example.com")
     with django_capture_on_commit_callbacks(execute=False) as queued:
