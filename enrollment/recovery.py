@@ -743,10 +743,16 @@ def recovery_perform(
         # Python cannot wipe memory; dropping the references is what we can do.
         del key, agent_key
         with transaction.atomic():
+            # As recovery_download: a shared mailbox's row first, then the recovery's, and
+            # the delegates read again under it. A delegate's removal either commits before
+            # this reads them (refused: nothing recovered for someone just removed) or
+            # waits until this has committed (and the download is refused instead).
+            services.lock_mailbox(certificate.mailbox_id)
             locked = _lock(recovery)
             _check_performable(locked)
             _check_agent_independent(locked, agent_user)
             _check_recipient_still_officer(locked)
+            _check_delegate_recipient(locked)
             now = timezone.now()
             locked.state = State.READY
             locked.agent = agent
