@@ -159,6 +159,7 @@ def mailbox_create(
         source_address=source_address,
         detail={"email": address, "display_name": name, "delegates": _usernames(people)},
     )
+    notify.mailbox_created(mailbox, delegates=sorted(people, key=_username), actor=actor)
     return mailbox
 
 

@@ -92,6 +92,7 @@ def mailbox_addresses(mailbox: SharedMailbox, *, also: Iterable[Any] = ()) -> li
 
 
 MAILBOX_SUBJECTS = {
+    "created": "The shared mailbox {email} was set up in the PKI portal",
     "delegates": "The delegates of the shared mailbox {email} changed",
     "issued": "A certificate was issued for the shared mailbox {email}",
     "revoked": "A certificate of the shared mailbox {email} was revoked",
@@ -119,6 +120,18 @@ def mailbox_notice(
         "enrollment/email/mailbox_notice.txt",
         {"mailbox": mailbox, "event": event, **context},
         mailbox_addresses(mailbox, also=also),
+    )
+
+
+def mailbox_created(mailbox: SharedMailbox, *, delegates: list[Any], actor: Any) -> None:
+    """The new mailbox and its first delegates learn who may hold its key, as they learn
+    of every later change: a mailbox set up behind their backs shows up in its own mail."""
+    mailbox_notice(
+        mailbox,
+        "created",
+        delegates=[_name(p) for p in delegates],
+        actor=_name(actor),
+        url=reverse("enrollment:certificate-list"),
     )
 
 

@@ -225,6 +225,34 @@ def test_the_api_refuses_self_delegation(db, finance, employee, officer):
     assert list(finance.delegates.all()) == [employee]
 
 
+def test_a_new_mailbox_and_its_delegates_are_told_who_may_hold_its_key(
+    db, employee, colleague, officer, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        mailboxes.mailbox_create(
+            email="HR@example.com",
+            display_name="HR",
+            delegates=[employee, colleague],
+            actor=officer,
+        )
+        mailboxes.mailbox_create(email="empty@example.com", display_name="Nobody", actor=officer)
+
+    created = "The shared mailbox hr@example.com was set up in the PKI portal"
+    for address in ("hr@example.com", employee.email, colleague.email):
+        assert mailed_to(address) == [created]
+    body = next(m.body for m in mail.outbox if m.to == ["hr@example.com"])
+    assert "Olivia Officer set it up" in body
+    assert "Delegates: Alice Andersson, Bob Brown" in body
+    assert mailed_to(officer.email) == []
+    # No delegates yet: the mailbox itself still learns it exists in the portal.
+    assert mailed_to("empty@example.com") == [
+        "The shared mailbox empty@example.com was set up in the PKI portal"
+    ]
+    assert "Delegates: none yet" in next(
+        m.body for m in mail.outbox if m.to == ["empty@example.com"]
+    )
+
+
 def test_delegates_and_the_mailbox_are_told_of_new_delegates_and_issuance(
     hierarchy, kra, template, finance, employee, colleague, officer, officer2,
     django_capture_on_commit_callbacks,
