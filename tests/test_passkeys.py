@@ -566,7 +566,7 @@ def test_an_administrator_sees_and_resets_someones_keys(officer, admin_user):
 
     assert done.status_code == 302
     assert not WebAuthnDevice.objects.exists()
-    assert events("mfa.reset")[-1].detail == {"removed": True, "via": "admin"}
+    assert events("mfa.reset")[-1].detail == {"removed": True, "via": "admin", "sessions_ended": 0}
 
 
 def test_the_overview_lists_keys_and_offers_to_add_one(officer):
