@@ -57,6 +57,6 @@ class CurrentCodeForm(PortalForm):
 
 class RemoveForm(CurrentCodeForm):
     confirm = forms.BooleanField(
-        label="I understand that signing in then takes my password only.",
+        label="I understand that my authenticator app and its backup codes stop working.",
         error_messages={"required": "Tick the box to confirm."},
     )

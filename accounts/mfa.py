@@ -546,33 +546,55 @@ def second_factor_remove(
     current_code: str,
     source_address: str | None,
     session_key: str | None = None,
-) -> None:
-    """A person removes their own second factor, given a current code of it: only where
-    the policy does not ask it. Their other sessions end (as a password change ends them):
-    one signed in with the app must not carry on without it; ``session_key``, the session
-    removing it, stays signed in."""
-    if state_for(user).required:
-        raise SecondFactorError(
-            "Your role needs a second factor: you can replace your authenticator app, "
-            "not remove it."
-        )
+) -> bool:
+    """A person removes their own authenticator app and its backup codes, given a current
+    code of it. Their security keys stay (they are removed one by one); someone whose role
+    needs a second factor may remove the app only while a key remains. Their other
+    sessions end (as a password change ends them): one signed in with the app must not
+    carry on without it; ``session_key``, the session removing it, stays signed in.
+    Returns whether keys remain."""
     if confirmed_totp(user) is None:
-        raise SecondFactorError("You have no second factor to remove.")
+        raise SecondFactorError("You have no authenticator app to remove.")
+    _refuse_leaving_nothing(user)
     _require_current_code(
         user=user, current_code=current_code, source_address=source_address, via="remove"
     )
     with transaction.atomic():
-        if not _remove_devices(user):
-            raise SecondFactorError("You have no second factor to remove.")
+        # The person's row, as accounts.passkeys.remove() locks it: a key removed at the
+        # same time is counted after, not beside, this.
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        forget_state(user)
+        _refuse_leaving_nothing(user)
+        removed = TotpDevice.objects.filter(user=user).delete()[0]
+        codes = BackupCodeDevice.objects.filter(user=user).delete()[0]
+        if not removed:
+            raise SecondFactorError("You have no authenticator app to remove.")
+        keys = WebAuthnDevice.objects.filter(user=user).count()
         ended = sessions_end(user, keep=session_key)
         audit_record(
             action="mfa.device_remove",
             actor=user,
             target=user,
             source_address=source_address,
-            detail={"kind": "totp", "via": "self", "sessions_ended": ended},
+            detail={
+                "kind": "totp",
+                "backup_codes": bool(codes),
+                "security_keys_kept": keys,
+                "via": "self",
+                "sessions_ended": ended,
+            },
         )
-        _tell(user, "removed", source_address)
+        _tell(user, "app_removed" if keys else "removed", source_address)
+    forget_state(user)
+    return bool(keys)
+
+
+def _refuse_leaving_nothing(user: User) -> None:
+    if state_for(user).required and not WebAuthnDevice.objects.filter(user=user).exists():
+        raise SecondFactorError(
+            "Your role needs a second factor: you can replace your authenticator app, or "
+            "add a security key first, not remove it."
+        )
 
 
 def may_reset(actor: Any, target: Any) -> bool:

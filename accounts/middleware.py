@@ -17,13 +17,20 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 
 from accounts import mfa
 
 OPEN_PREFIXES = ("/pki/", "/health/", "/metrics", "/api/", "/.well-known/est/")
 SINGLE_SIGN_ON_PREFIX = "/oidc/"  # pkiportal.urls mounts mozilla-django-oidc here
-SECURITY_KEY_PREFIX = "/account/two-factor/security-keys/"
+# The security-key views a session in its second step may reach, by URL name: signing in
+# with a key it has, or (with no second factor yet) setting up a first key instead of an app.
+SECURITY_KEY_SIGN_IN = frozenset(
+    {"accounts:passkey-authenticate-options", "accounts:passkey-authenticate"}
+)
+SECURITY_KEY_FIRST_SET_UP = frozenset(
+    {"accounts:passkey-setup", "accounts:passkey-register-options", "accounts:passkey-register"}
+)
 
 
 class SecondFactorMiddleware:
@@ -42,7 +49,9 @@ class SecondFactorMiddleware:
             return self.get_response(request)
         enrolled = mfa.state_for(request.user).enrolled
         step = reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup")
-        if path in (step, reverse("logout")) or path.startswith(SECURITY_KEY_PREFIX):
+        if path in (step, reverse("logout")) or _view_name(path) in (
+            SECURITY_KEY_SIGN_IN if enrolled else SECURITY_KEY_FIRST_SET_UP
+        ):
             # The security-key ceremonies of the second step (or of a first set-up): each
             # view checks what the session may do there.
             return self.get_response(request)
@@ -50,3 +59,10 @@ class SecondFactorMiddleware:
         if request.method in ("GET", "HEAD"):
             query = "?" + urlencode({"next": request.get_full_path()})
         return redirect(step + query)
+
+
+def _view_name(path: str) -> str:
+    try:
+        return resolve(path).view_name
+    except Resolver404:
+        return ""

@@ -13,6 +13,7 @@ portal's own origin (PKIPORTAL_WEBAUTHN_ORIGINS) and relying party id.
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,12 +39,14 @@ from webauthn.helpers.structs import (
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
+from django.contrib.sessions.models import Session
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from accounts import mfa
-from accounts.models import WebAuthnDevice
+from accounts.models import LOCKOUT_FAILURES, MAX_THROTTLE_SECONDS, User, WebAuthnDevice
 from enrollment.audit import audit_record
 
 CHALLENGE_SESSION_KEY = "pkiportal_webauthn_challenge"
@@ -54,6 +57,8 @@ TIMEOUT_MS = 120_000  # what the browser gives the person to touch the key
 CONFIRMED_SESSION_KEY = "pkiportal_webauthn_confirmed"
 CONFIRMED_SECONDS = 300
 NAME_MAX = 64
+# A credential id is at most 1023 bytes (WebAuthn 5.1): longer ones would not fit the column.
+CREDENTIAL_ID_MAX_BYTES = 1023
 _TRANSPORTS = {transport.value for transport in AuthenticatorTransport}
 
 
@@ -102,8 +107,21 @@ def _store_challenge(session: SessionBase, purpose: str, challenge: bytes, **ext
 
 
 def _take_challenge(session: SessionBase, purpose: str) -> dict[str, Any]:
-    """The session's challenge for this purpose, removed whatever the outcome: one use."""
+    """The session's challenge for this purpose, removed whatever the outcome: one use,
+    even for two requests of the same session at once (the stored session row is locked
+    and the challenge taken out of it; of concurrent requests, only the first finds it)."""
     stored = session.pop(CHALLENGE_SESSION_KEY, None)
+    if isinstance(session, DatabaseSessionStore) and session.session_key:
+        with transaction.atomic():
+            row = (
+                Session.objects.select_for_update().filter(session_key=session.session_key).first()
+            )
+            saved = session.decode(row.session_data) if row is not None else {}
+            if saved.pop(CHALLENGE_SESSION_KEY, None) is None:
+                stored = None  # another request of this session took it already
+            elif row is not None:
+                row.session_data = session.encode(saved)
+                row.save(update_fields=["session_data"])
     if not isinstance(stored, dict) or stored.get("purpose") != purpose:
         raise PasskeyError("No security-key request is waiting: start again.")
     try:
@@ -128,6 +146,10 @@ def devices(user: Any) -> list[WebAuthnDevice]:
 
 def clean_name(name: Any) -> str:
     text = " ".join(name.split()) if isinstance(name, str) else ""
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
+        # NUL and other control characters: PostgreSQL refuses a NUL, and none belongs in
+        # a name shown in pages and mail.
+        raise PasskeyError("The name may not contain control characters.")
     if not text:
         raise PasskeyError("Give the security key a name (e.g. “Blue key”, “Laptop”).")
     if len(text) > NAME_MAX:
@@ -135,13 +157,20 @@ def clean_name(name: Any) -> str:
     return text
 
 
-def registration_options(*, session: SessionBase, user: Any, name: str) -> str:
-    """The options for navigator.credentials.create(), as JSON; remembers the challenge."""
+def check_room(user: Any) -> list[WebAuthnDevice]:
+    """The person's keys, refused when they have as many as they may (asked before a
+    proof is spent on adding another)."""
     existing = devices(user)
     if len(existing) >= WebAuthnDevice.MAX_PER_PERSON:
         raise PasskeyError(
             f"You have {WebAuthnDevice.MAX_PER_PERSON} security keys: remove one first."
         )
+    return existing
+
+
+def registration_options(*, session: SessionBase, user: Any, name: str) -> str:
+    """The options for navigator.credentials.create(), as JSON; remembers the challenge."""
+    existing = check_room(user)
     options = generate_registration_options(
         rp_id=rp_id(),
         rp_name=f"{settings.PKIPORTAL_ORGANIZATION_NAME} PKI",
@@ -180,8 +209,13 @@ def register(
             "The security key's answer could not be checked: try again, on this portal's "
             "own address."
         ) from None
+    if len(verified.credential_id) > CREDENTIAL_ID_MAX_BYTES:
+        _refused(user, source_address, via="register", why="credential id too long")
+        raise PasskeyError("The security key's credential id is too long: use another key.")
     transports = [
-        t for t in (_field(credential, "response", "transports") or []) if t in _TRANSPORTS
+        t
+        for t in (_field(credential, "response", "transports") or [])
+        if isinstance(t, str) and t in _TRANSPORTS
     ]
     try:
         with transaction.atomic():
@@ -209,19 +243,30 @@ def register(
     return device
 
 
+def check_removable(user: Any, device_id: int) -> WebAuthnDevice:
+    """The person's key, if they may remove it: the last second factor of someone whose
+    role needs one stays. Asked before a proof is spent, and again under the lock."""
+    device = WebAuthnDevice.objects.filter(pk=device_id, user=user).first()
+    if device is None:
+        raise PasskeyError("That security key is not yours, or is gone already.")
+    others = WebAuthnDevice.objects.filter(user=user).exclude(pk=device.pk).exists()
+    if not others and mfa.confirmed_totp(user) is None and mfa.state_for(user).required:
+        raise PasskeyError(
+            "Your role needs a second factor and this key is your only one: add another "
+            "key or an authenticator app first."
+        )
+    return device
+
+
 def remove(*, user: Any, device_id: int, source_address: str | None) -> str:
     """Remove one of the person's keys (the caller checked a current code or key); the
     last second factor of someone whose role needs one stays. Returns its name."""
     with transaction.atomic():
-        device = WebAuthnDevice.objects.select_for_update().filter(pk=device_id, user=user).first()
-        if device is None:
-            raise PasskeyError("That security key is not yours, or is gone already.")
-        others = WebAuthnDevice.objects.filter(user=user).exclude(pk=device.pk).exists()
-        if not others and mfa.confirmed_totp(user) is None and mfa.state_for(user).required:
-            raise PasskeyError(
-                "Your role needs a second factor and this key is your only one: add another "
-                "key or an authenticator app first."
-            )
+        # The person's row first: two removals at once count the other keys one after the
+        # other, so they cannot take someone's last two keys together.
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        mfa.forget_state(user)
+        device = check_removable(user, device_id)
         name = device.name
         device.delete()
         audit_record(
@@ -317,7 +362,7 @@ def authenticate(
                     )
     if refusal is None and device is not None:
         return device
-    _throttle(user)
+    _throttle(user, source_address)
     kind, detail = refusal or ("unknown", {"why": "unknown credential"})
     if kind == "clone":
         audit_record(
@@ -395,11 +440,25 @@ def _field(credential: Any, *path: str) -> Any:
     return value if isinstance(value, list) else None
 
 
-def _throttle(user: Any) -> None:
-    """One more refused answer on each of the person's keys (the next challenge waits)."""
+def _throttle(user: Any, source_address: str | None) -> None:
+    """One more refused answer on each of the person's keys (the next challenge waits).
+    At LOCKOUT_FAILURES in a row, as for wrong codes (mfa.check_code): mfa.lockout in the
+    trail and a mail to the person, once per run."""
+    failures = 0
     with transaction.atomic():
         for device in WebAuthnDevice.objects.select_for_update().filter(user=user):
             device.throttle_increment(commit=True)  # type: ignore[no-untyped-call]  # django-otp is unannotated
+            failures = max(failures, device.throttling_failure_count)
+    if failures == LOCKOUT_FAILURES:
+        audit_record(
+            action="mfa.lockout",
+            actor=user,
+            target=user,
+            outcome="failure",
+            source_address=source_address,
+            detail={"kind": "webauthn", "failures": failures, "wait_seconds": MAX_THROTTLE_SECONDS},
+        )
+        mfa._tell(user, "locked", source_address)
 
 
 def _refused(user: Any, source_address: str | None, *, via: str, why: str) -> None:

@@ -11,6 +11,9 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.models import Device
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -125,7 +128,15 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         return redirect(f"{reverse('accounts:mfa-setup')}?{urlencode({'next': _next(request)})}")
     form = CodeForm(request.POST or None)
     status = 200
-    if request.method == "POST" and form.is_valid():
+    state = mfa.state_for(request.user)
+    has_codes = state.totp or mfa.backup_codes(request.user) is not None
+    if request.method == "POST" and not has_codes:
+        # Someone with only security keys has no code to type: a posted code is refused
+        # before anything checks (or audits) it, so guessing here costs nothing to log.
+        status = 400
+        form = CodeForm()
+        messages.error(request, "Your account has no authenticator app: use your security key.")
+    elif request.method == "POST" and form.is_valid():
         check, device = mfa.check_code(
             user=request.user,
             code=form.cleaned_data["code"],
@@ -149,12 +160,11 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         else:
             message = "That code is not right, or was used already."
         form.add_error("code", message)
-    state = mfa.state_for(request.user)
     context = {
         "form": form,
         "next": _next(request),
         "has_passkeys": state.passkeys,
-        "has_codes": state.totp or mfa.backup_codes(request.user) is not None,
+        "has_codes": has_codes,
     }
     return render(request, "accounts/verify.html", context, status=status)
 
@@ -253,6 +263,21 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     return response
 
 
+def _keep_verified(request: HttpRequest, was_verified: bool) -> None:
+    """After removing the device this session confirmed, the session stays verified with
+    one that remains (not counted as a sign-in): removing a key or the app is not signing
+    out of the second step."""
+    if not was_verified or request.session.get(mfa.SSO_VERIFIED):
+        return
+    persistent_id = request.session.get(DEVICE_ID_SESSION_KEY)
+    if isinstance(persistent_id, str) and Device.from_persistent_id(persistent_id) is not None:
+        return
+    mfa.forget_state(request.user)
+    remaining = mfa.confirmed_totp(request.user) or next(iter(passkeys.devices(request.user)), None)
+    if remaining is not None:
+        mfa.mark_verified(request, remaining)
+
+
 def _code_refused(request: HttpRequest, exc: mfa.SecondFactorError) -> HttpResponse:
     messages.error(request, exc.message)
     response = redirect("accounts:mfa-overview")
@@ -315,8 +340,9 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
             "Tick the box and enter a code of your second factor to confirm removing it.",
         )
         return redirect("accounts:mfa-overview")
+    was_verified = mfa.session_verified(request)
     try:
-        mfa.second_factor_remove(
+        keys_left = mfa.second_factor_remove(
             user=request.user,
             current_code=form.cleaned_data["current_code"],
             source_address=client_address(request),
@@ -324,11 +350,19 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
         )
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
-    messages.success(
-        request,
-        "Your second factor is removed: signing in takes your password only. Your other "
-        "sessions are signed out.",
-    )
+    if keys_left:
+        _keep_verified(request, was_verified)
+        messages.success(
+            request,
+            "Your authenticator app and backup codes are removed: signing in asks for one of "
+            "your security keys. Your other sessions are signed out.",
+        )
+    else:
+        messages.success(
+            request,
+            "Your authenticator app is removed: signing in takes your password only. Your "
+            "other sessions are signed out.",
+        )
     return redirect("accounts:mfa-overview")
 
 
@@ -344,7 +378,7 @@ def _json_error(message: str, status: int = 400, **extra: Any) -> JsonResponse:
 def _json_body(request: HttpRequest) -> dict[str, Any] | None:
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: a 400
         return None
     return body if isinstance(body, dict) else None
 
@@ -430,6 +464,7 @@ def passkey_register_options(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _json_error("Send a JSON object.")
     try:
         name = passkeys.clean_name(body.get("name"))
+        passkeys.check_room(request.user)  # before a proof is spent on it
         _prove_current_factor(request, body.get("current_code"), "security_key_add")
         options = passkeys.registration_options(
             session=request.session, user=request.user, name=name
@@ -523,12 +558,15 @@ def passkey_remove(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     doing = "remove a security key"
     if (refused := _recent_sign_in_only(request, doing, overview_url)) is not None:
         return refused
+    was_verified = mfa.session_verified(request)
     try:
+        passkeys.check_removable(request.user, pk)  # before a proof is spent on it
         _prove_current_factor(request, request.POST.get("current_code"), "security_key_remove")
         name = passkeys.remove(
             user=request.user, device_id=pk, source_address=client_address(request)
         )
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
+    _keep_verified(request, was_verified)
     messages.success(request, f"The security key “{name}” is removed.")
     return redirect("accounts:mfa-overview")

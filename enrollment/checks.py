@@ -147,6 +147,21 @@ def second_factor_key_is_its_own(app_configs: Any = None, **kwargs: Any) -> list
     ]
 
 
+def _https_origin(url: str) -> str:
+    """https://host[:port] of a URL (PKIPORTAL_BASE_URL is http:// for CRLs; people sign in
+    over https on its host and port); the port left out where it is 80 or 443."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if not host:
+        return ""
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    netloc = f"[{host}]" if ":" in host else host
+    return f"https://{netloc}" + (f":{port}" if port and port not in (80, 443) else "")
+
+
 def _within(host: str, rp_id: str) -> bool:
     return host == rp_id or host.endswith("." + rp_id)
 
@@ -160,6 +175,17 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
     problems = []
     if base_host and not _within(base_host, rp_id) and base_host not in ("127.0.0.1", "::1"):
         problems.append(f"the host of PKIPORTAL_BASE_URL ({base_host}) is not under it")
+    base_origin = _https_origin(settings.PKIPORTAL_BASE_URL)
+    if (
+        base_host not in ("", "localhost", "127.0.0.1", "::1")
+        and base_origin
+        and base_origin
+        not in {_https_origin(origin) for origin in settings.PKIPORTAL_WEBAUTHN_ORIGINS}
+    ):
+        problems.append(
+            f"the portal's origin {base_origin} (PKIPORTAL_BASE_URL's host and port, over "
+            "https) is not one of PKIPORTAL_WEBAUTHN_ORIGINS"
+        )
     for origin in settings.PKIPORTAL_WEBAUTHN_ORIGINS:
         parts = urlsplit(origin)
         host = (parts.hostname or "").lower()

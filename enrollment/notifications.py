@@ -139,6 +139,7 @@ SECOND_FACTOR_SUBJECTS = {
     "added": "An authenticator app was set up for your account",
     "replaced": "Your authenticator app was replaced",
     "removed": "Your second factor was removed",
+    "app_removed": "Your authenticator app was removed",
     "reset": "An administrator reset your second factor",
     "backup_codes": "New backup codes were made for your account",
     "locked": "Many wrong second-factor codes were entered for your account",

@@ -444,11 +444,19 @@ if PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON not in ("amr", "always", "never"):
     )
 # Security keys and passkeys (WebAuthn) as a second factor: the relying party id is the
 # host of PKIPORTAL_BASE_URL ("localhost" for a loopback address: browsers refuse an IP
-# address), the origins where people sign in are https:// on that host (and the base URL
-# itself on a loopback host, for trying the portal). Set them where the portal is served
-# from another name; check --deploy warns when they do not fit together (pkiportal.W008).
+# address), the origin where people sign in is https:// on the base URL's host and port
+# (on a loopback host https://localhost and http://localhost[:port], for trying the
+# portal). Set them where the portal is served from another name; check --deploy warns
+# when they do not fit together or the base URL's https origin is missing (W008).
 _BASE_HOST = (urlsplit(PKIPORTAL_BASE_URL).hostname or "localhost").lower()
 _BASE_PORT = urlsplit(PKIPORTAL_BASE_URL).port
+# Where people sign in: https:// on the base URL's host, its port kept when it is not 80
+# (PKIPORTAL_BASE_URL is http:// for CRLs and AIA; browsers use WebAuthn over https only).
+_BASE_ORIGIN = (
+    "https://"
+    + (f"[{_BASE_HOST}]" if ":" in _BASE_HOST else _BASE_HOST)
+    + (f":{_BASE_PORT}" if _BASE_PORT and _BASE_PORT not in (80, 443) else "")
+)
 _LOOPBACK_BASE = _BASE_HOST in ("localhost", "127.0.0.1", "::1")
 PKIPORTAL_WEBAUTHN_RP_ID = env.str("PKIPORTAL_WEBAUTHN_RP_ID", default="").strip().lower() or (
     "localhost" if _LOOPBACK_BASE else _BASE_HOST
@@ -463,7 +471,7 @@ PKIPORTAL_WEBAUTHN_ORIGINS = [
         "http://localhost" + (f":{_BASE_PORT}" if _BASE_PORT else ""),
     ]
     if _LOOPBACK_BASE
-    else [f"https://{PKIPORTAL_WEBAUTHN_RP_ID}"]
+    else [_BASE_ORIGIN]
 )
 for _origin in PKIPORTAL_WEBAUTHN_ORIGINS:
     if not _origin.startswith(("https://", "http://")) or urlsplit(_origin).path:

@@ -18,7 +18,7 @@ from django_otp.oath import TOTP
 from django.test import Client
 
 from accounts import mfa
-from accounts.models import TotpDevice
+from accounts.models import TotpDevice, WebAuthnDevice
 
 
 def authenticator(user: Any, seed: bytes | None = None) -> tuple[TotpDevice, bytes]:
@@ -43,11 +43,17 @@ def seed_of(device: TotpDevice) -> bytes:
 
 
 def verified_login(client: Client, user: Any) -> Client:
-    """force_login, then confirm the second factor where the person needs one."""
+    """force_login, then confirm the second factor where the person needs one: their app,
+    else one of their security keys (as django_otp.login leaves the session after it),
+    else a new app (someone whose role needs one and who has none yet)."""
     client.force_login(user)
     mfa.forget_state(user)
     if mfa.state_for(user).asked:
-        device = mfa.confirmed_totp(user) or authenticator(user)[0]
+        device: Any = (
+            mfa.confirmed_totp(user)
+            or WebAuthnDevice.objects.filter(user=user).order_by("pk").first()
+            or authenticator(user)[0]
+        )
         session = client.session
         session[DEVICE_ID_SESSION_KEY] = device.persistent_id
         session.save()

@@ -135,7 +135,9 @@ def test_a_session_that_has_not_done_its_second_step_adds_no_key(officer):
     authenticator(officer)
     client = password_only(officer)
     answer = post_json(client, REGISTER_OPTIONS, {"name": "Key", "current_code": "123456"})
-    assert answer.status_code == 403
+    # The middleware sends it to the second step: adding a key is not a view of it.
+    assert answer.status_code == 302
+    assert answer["Location"].startswith("/account/two-factor/verify/")
     assert not WebAuthnDevice.objects.exists()
 
 
@@ -235,13 +237,16 @@ def test_a_registration_from_another_origin_or_relying_party_is_refused(employee
     assert [e.detail["via"] for e in events("mfa.verify")] == ["register", "register"]
 
 
-def test_a_registration_answer_is_used_once(employee):
+def test_a_registration_challenge_is_used_once(employee):
     client = verified_login(Client(), employee)
-    key = SoftKey()
-    options = post_json(client, REGISTER_OPTIONS, {"name": "Key"})
-    credential = key.create(options.json())
-    assert post_json(client, REGISTER, {"credential": credential}).status_code == 200
-    assert post_json(client, REGISTER, {"credential": credential}).status_code == 400
+    options = post_json(client, REGISTER_OPTIONS, {"name": "Key"}).json()
+    assert post_json(client, REGISTER, {"credential": SoftKey().create(options)}).status_code == 200
+    # Another key's answer to the same challenge: no duplicate to trip over, only the
+    # challenge gone.
+    again = post_json(client, REGISTER, {"credential": SoftKey().create(options)})
+    assert again.status_code == 400
+    assert again.json()["detail"] == "No security-key request is waiting: start again."
+    assert WebAuthnDevice.objects.filter(user=employee).count() == 1
 
 
 # --- signing in with a key ---------------------------------------------------------------
@@ -287,9 +292,22 @@ def test_a_replayed_assertion_is_refused(officer):
     thief = password_only(officer)
     post_json(thief, AUTH_OPTIONS, {})
     assert post_json(thief, AUTHENTICATE, {"credential": assertion}).status_code == 400
-    # And the first challenge is gone.
-    assert post_json(thief, AUTHENTICATE, {"credential": assertion}).status_code == 400
     assert thief.get("/ra/requests/").status_code == 302
+
+
+def test_a_refused_answer_uses_up_its_challenge(officer):
+    key = key_for(officer)
+    client = password_only(officer)
+    options = post_json(client, AUTH_OPTIONS, {}).json()
+    refused = post_json(
+        client, AUTHENTICATE, {"credential": key.get(options, origin="https://phish.example")}
+    )
+    assert refused.status_code == 400
+    # The right answer to the same challenge comes too late: the challenge is gone.
+    late = post_json(client, AUTHENTICATE, {"credential": key.get(options)})
+    assert late.status_code == 400
+    assert late.json()["detail"] == "No security-key request is waiting: start again."
+    assert client.get("/ra/requests/").status_code == 302
 
 
 @pytest.mark.parametrize(
@@ -517,6 +535,8 @@ def test_an_officers_only_key_stays(officer):
     answer = client.post(f"/account/two-factor/security-keys/{device.pk}/remove/")
     assert answer.status_code == 302
     assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
+    # The refusal came before the key's confirmation was spent on it.
+    assert passkeys.has_confirmed(client.session)
 
 
 def test_an_employee_removes_their_key_after_confirming_with_it(employee):
@@ -583,7 +603,7 @@ def test_the_overview_lists_keys_and_offers_to_add_one(officer):
 
 
 def test_the_deploy_check_warns_when_the_relying_party_does_not_fit(settings):
-    settings.PKIPORTAL_BASE_URL = "http://pki.example.com"
+    settings.PKIPORTAL_BASE_URL = "https://pki.example.com"
     settings.PKIPORTAL_WEBAUTHN_RP_ID = "other.example"
     settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://pki.example.com"]
     from enrollment.checks import security_keys_fit_the_portal
@@ -595,3 +615,270 @@ def test_the_deploy_check_warns_when_the_relying_party_does_not_fit(settings):
     assert security_keys_fit_the_portal() == []
     settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["http://pki.example.com"]
     assert [w.id for w in security_keys_fit_the_portal()] == ["pkiportal.W008"]
+
+
+# --- hostile bodies, never a 500 ----------------------------------------------------------
+
+
+def test_a_deeply_nested_body_is_a_400(officer):
+    key_for(officer)
+    client = password_only(officer)
+    nested = "[" * 100_000 + "]" * 100_000
+    for url in (AUTHENTICATE, REGISTER, REGISTER_OPTIONS):
+        answer = post_json(client, url, '{"credential": ' + nested + "}")
+        assert answer.status_code in (302, 400), url  # 302: the middleware, not the second step
+    assert post_json(client, AUTHENTICATE, nested).status_code == 400
+
+
+def test_transports_that_are_not_strings_are_dropped(employee):
+    client = verified_login(Client(), employee)
+    options = post_json(client, REGISTER_OPTIONS, {"name": "Key"}).json()
+    credential = SoftKey().create(options)
+    credential["response"]["transports"] = [{"a": 1}, ["usb"], 7, "usb"]
+    answer = post_json(client, REGISTER, {"credential": credential})
+    assert answer.status_code == 200
+    assert WebAuthnDevice.objects.get(user=employee).transports == ["usb"]
+
+
+def test_a_credential_id_too_long_for_the_column_is_refused(employee):
+    client = verified_login(Client(), employee)
+    key = SoftKey()
+    key.credential_id = bytes(1100)
+    options = post_json(client, REGISTER_OPTIONS, {"name": "Key"}).json()
+    answer = post_json(client, REGISTER, {"credential": key.create(options)})
+    assert answer.status_code == 400
+    assert not WebAuthnDevice.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["Blue\x00key", "Blue\x07key", "\x1b[31mred"])
+def test_a_name_with_control_characters_is_refused(employee, name):
+    client = verified_login(Client(), employee)
+    assert post_json(client, REGISTER_OPTIONS, {"name": name}).status_code == 400
+
+
+# --- a person with only keys: codes and lock-out ------------------------------------------
+
+
+def test_codes_posted_by_someone_with_only_a_key_are_refused_unaudited(officer):
+    key_for(officer)
+    client = password_only(officer)
+    for _ in range(5):
+        answer = client.post("/account/two-factor/verify/", {"code": "123456"})
+        assert answer.status_code == 400
+    assert events("mfa.verify") == []
+    assert client.get("/ra/requests/").status_code == 302
+
+
+def test_many_refused_key_answers_lock_out_and_mail_once(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    from accounts.models import LOCKOUT_FAILURES
+
+    key = key_for(officer)
+    WebAuthnDevice.objects.filter(user=officer).update(
+        throttling_failure_count=LOCKOUT_FAILURES - 1
+    )
+    client = password_only(officer)
+    challenge = b"c" * 32
+    for _ in range(2):  # the throttle refuses new challenges now: the session gets one as
+        session = client.session  # authentication_options would have left it
+        passkeys._store_challenge(session, "authenticate", challenge, user=officer.pk)
+        session.save()
+        answer = key.get({"challenge": b64url(challenge)}, origin="https://phish.example")
+        with django_capture_on_commit_callbacks(execute=True):
+            refused = post_json(client, AUTHENTICATE, {"credential": answer})
+        assert refused.status_code == 400
+    lockouts = events("mfa.lockout")
+    assert [(e.detail["kind"], e.detail["failures"]) for e in lockouts] == [
+        ("webauthn", LOCKOUT_FAILURES)
+    ]
+    assert sum("Many wrong" in m.subject for m in mailoutbox) == 1
+
+
+# --- removing keys and the app -------------------------------------------------------------
+
+
+def test_removing_the_key_that_verified_the_session_keeps_it_verified(officer):
+    first, second = key_for(officer), key_for(officer)
+    client = password_only(officer)
+    assert sign_in_with_key(client, first).status_code == 200
+    assert sign_in_confirm(client, first).status_code == 200
+    used = WebAuthnDevice.objects.filter(user=officer).order_by("pk").first()
+    assert used is not None
+
+    removed = client.post(f"/account/two-factor/security-keys/{used.pk}/remove/")
+
+    assert removed.status_code == 302
+    assert removed["Location"] == "/account/"
+    assert not WebAuthnDevice.objects.filter(pk=used.pk).exists()
+    assert client.get("/ra/requests/").status_code == 200
+    assert sign_in_confirm(client, second).status_code == 200
+
+
+def test_the_session_verified_with_a_removed_app_stays_verified_with_a_key(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    _device, seed = authenticator(officer)
+    key_for(officer)
+    mfa._replace_backup_codes(officer)
+    client = verified_login(Client(), officer)  # with the app
+    page = client.get("/account/").content.decode()
+    assert "Remove my authenticator app" in page
+    assert "your security keys stay" in page
+
+    with django_capture_on_commit_callbacks(execute=True):
+        removed = client.post(
+            "/account/two-factor/remove/", {"current_code": code(seed), "confirm": "on"}
+        )
+
+    assert removed.status_code == 302
+    assert mfa.confirmed_totp(officer) is None
+    assert mfa.backup_codes(officer) is None
+    assert WebAuthnDevice.objects.filter(user=officer).count() == 1  # the key stays
+    event = events("mfa.device_remove")[-1]
+    assert event.detail == {
+        "kind": "totp",
+        "backup_codes": True,
+        "security_keys_kept": 1,
+        "via": "self",
+        "sessions_ended": 0,
+    }
+    assert mailoutbox[-1].subject == "Your authenticator app was removed"
+    assert "security keys" in mailoutbox[-1].body
+    assert client.get("/ra/requests/").status_code == 200
+
+
+def test_an_officer_with_only_an_app_cannot_remove_it(officer):
+    _device, seed = authenticator(officer)
+    client = verified_login(Client(), officer)
+    client.post("/account/two-factor/remove/", {"current_code": code(seed), "confirm": "on"})
+    assert mfa.confirmed_totp(officer) is not None
+    assert events("mfa.verify") == []  # refused before the code was checked
+
+
+def test_a_full_set_of_keys_is_refused_before_the_backup_code_is_spent(employee):
+    authenticator(employee)
+    codes = mfa._replace_backup_codes(employee)
+    for _ in range(WebAuthnDevice.MAX_PER_PERSON):
+        key_for(employee)
+    client = verified_login(Client(), employee)
+
+    answer = post_json(client, REGISTER_OPTIONS, {"name": "Eleventh", "current_code": codes[0]})
+
+    assert answer.status_code == 400
+    assert "remove one first" in answer.json()["detail"]
+    assert len(mfa.backup_codes(employee).digests) == mfa.BACKUP_CODES
+    assert events("mfa.backup_code_use") == []
+
+
+def test_a_stale_copy_of_the_session_cannot_take_the_challenge_again(officer):
+    """Two requests of one session at once each load the challenge: only one may use it."""
+    client = password_only(officer)
+    key_for(officer)
+    assert post_json(client, AUTH_OPTIONS, {}).status_code == 200
+    engine = import_module(django_settings.SESSION_ENGINE)
+    session_key = client.session.session_key
+    first, second = engine.SessionStore(session_key), engine.SessionStore(session_key)
+    assert passkeys.CHALLENGE_SESSION_KEY in first
+    assert passkeys.CHALLENGE_SESSION_KEY in second
+
+    passkeys._take_challenge(first, "authenticate")
+    with pytest.raises(passkeys.PasskeyError, match="No security-key request is waiting"):
+        passkeys._take_challenge(second, "authenticate")
+
+
+# --- the middleware, by view name ----------------------------------------------------------
+
+
+def test_the_second_step_reaches_only_the_key_sign_in_views(officer):
+    key_for(officer)
+    device = WebAuthnDevice.objects.get(user=officer)
+    client = password_only(officer)
+    for url in (
+        "/account/two-factor/security-keys/no-such-page/",
+        "/account/two-factor/security-keys/add/",
+        f"/account/two-factor/security-keys/{device.pk}/remove/",
+    ):
+        answer = client.post(url)
+        assert answer.status_code == 302, url
+        assert answer["Location"].startswith("/account/two-factor/verify/"), url
+    assert post_json(client, AUTH_OPTIONS, {}).status_code == 200
+
+
+# --- the test helper -----------------------------------------------------------------------
+
+
+def test_verified_login_uses_the_key_of_someone_with_only_a_key(officer):
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    from accounts.models import TotpDevice
+
+    key_for(officer)
+    client = verified_login(Client(), officer)
+    device = WebAuthnDevice.objects.get(user=officer)
+    assert client.session[DEVICE_ID_SESSION_KEY] == device.persistent_id
+    assert not TotpDevice.objects.filter(user=officer).exists()
+    assert client.get("/ra/requests/").status_code == 200
+
+
+# --- origins --------------------------------------------------------------------------------
+
+
+def test_the_default_origin_keeps_the_base_urls_port(load_settings):
+    loaded = load_settings(PKIPORTAL_BASE_URL="http://pki.example.com:8443/")
+    assert loaded["PKIPORTAL_WEBAUTHN_ORIGINS"] == ["https://pki.example.com:8443"]
+    assert load_settings(PKIPORTAL_BASE_URL="http://pki.example.com:80")[
+        "PKIPORTAL_WEBAUTHN_ORIGINS"
+    ] == ["https://pki.example.com"]
+
+
+def test_the_deploy_check_warns_when_the_base_url_is_not_an_origin(settings):
+    from enrollment.checks import security_keys_fit_the_portal
+
+    settings.PKIPORTAL_BASE_URL = "http://pki.example.com:8443"
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = "pki.example.com"
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://pki.example.com"]
+    warnings = security_keys_fit_the_portal()
+    assert [w.id for w in warnings] == ["pkiportal.W008"]
+    assert "https://pki.example.com:8443" in warnings[0].msg
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://pki.example.com:8443"]
+    assert security_keys_fit_the_portal() == []
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_removals_at_once_leave_an_officer_a_key(officer):
+    """PostgreSQL, two connections: while one removal of the officer's keys is under way
+    (its transaction holds the person's row and deleted one key), another waits for it and
+    then counts the keys left, instead of counting the first key as still there."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    from accounts.models import User
+
+    key_for(officer)
+    key_for(officer)
+    first, second = WebAuthnDevice.objects.filter(user=officer).order_by("pk")
+    outcome: dict[str, Any] = {}
+
+    def remove_second() -> None:
+        try:
+            outcome["name"] = passkeys.remove(
+                user=User.objects.get(pk=officer.pk), device_id=second.pk, source_address=None
+            )
+        except passkeys.PasskeyError as exc:
+            outcome["refused"] = exc.message
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        User.objects.select_for_update().get(pk=officer.pk)  # as remove() of the first does
+        WebAuthnDevice.objects.filter(pk=first.pk).delete()
+        other = threading.Thread(target=remove_second)
+        other.start()
+        time.sleep(1.0)  # the other removal reaches its count (or its lock) meanwhile
+    other.join(timeout=10)
+
+    assert "refused" in outcome, outcome
+    assert list(WebAuthnDevice.objects.filter(user=officer)) == [second]
