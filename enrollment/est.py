@@ -28,6 +28,7 @@ from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse
+from django.utils import timezone
 from rest_framework import parsers, renderers
 from rest_framework.exceptions import APIException, NotFound, ParseError, UnsupportedMediaType
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -252,9 +253,12 @@ def _enrol(request: Request, template: CertificateTemplate, *, renew: bool) -> H
     parsed = parse_csr(raw)  # its X509Error is the API's 400
     der = parsed.csr.public_bytes(Encoding.DER)
     key = request_key(template, der, renew=renew)
+    # Before any repeat is answered: whoever may no longer use the template learns nothing
+    # of what an earlier request of theirs became.
+    _usable(user, template)
     earlier = _made_with(user, key)
     if earlier is not None:  # RFC 7030 4.2.3: the same request again, after a 202
-        return _answer(earlier)
+        return _repeat(user, earlier)
     renewal_of = renewed(user, template, parsed) if renew else None
     try:
         with transaction.atomic():
@@ -271,7 +275,7 @@ def _enrol(request: Request, template: CertificateTemplate, *, renew: bool) -> H
         earlier = _made_with(user, key)  # the same CSR, sent twice at once, stored first
         if earlier is None:
             raise
-        return _answer(earlier)
+        return _repeat(user, earlier)
     return _answer(submitted)
 
 
@@ -285,10 +289,31 @@ def request_key(template: CertificateTemplate, der: bytes, *, renew: bool) -> st
 
 def _made_with(user: User, key: str) -> CertificateRequest | None:
     return (
-        CertificateRequest.objects.select_related("certificate")
+        CertificateRequest.objects.select_related("certificate", "template")
         .filter(requester=user, idempotency_key=key)
         .first()
     )
+
+
+def _repeat(user: User, earlier: CertificateRequest) -> HttpResponse:
+    """The answer to a CSR sent again. RFC 7030 4.2.3 has a client repeat a request while
+    it waits (202); once issued, the certificate is answered again only while it is still
+    valid and the caller may still use its template: a revoked, superseded or expired one
+    is never handed out as if freshly issued."""
+    _usable(user, earlier.template)
+    if earlier.state == CertificateRequest.State.ISSUED and earlier.certificate is not None:
+        certificate = earlier.certificate
+        ended = ""
+        if certificate.status == Certificate.Status.REVOKED:
+            ended = "revoked"
+        elif certificate.not_after <= timezone.now():
+            ended = "expired"
+        if ended:
+            return text_response(
+                f"The certificate for this CSR is {ended}: send a new CSR, with a new key.",
+                409,
+            )
+    return _answer(earlier)
 
 
 def _answer(submitted: CertificateRequest) -> HttpResponse:

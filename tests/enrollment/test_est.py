@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.test import Client
+from django.utils import timezone
 
 from enrollment import services
 from enrollment.checks import est_is_behind_https
@@ -278,6 +279,44 @@ def test_approval_answers_202_then_the_same_csr_gets_the_certificate(
     issue = AuditEvent.objects.get(action="certificate.issue")
     assert submit.detail["channel"] == issue.detail["channel"] == "est"
     assert issue.actor == officer
+
+
+def test_the_same_csr_again_gets_its_certificate_only_while_it_is_valid(hierarchy, employee):
+    csr = body(cryptography_csr(new_key()))
+    certificate = issued(post(Client(), "simpleenroll", csr, **basic("alice")))
+    assert issued(post(Client(), "simpleenroll", csr, **basic("alice"))) == certificate
+
+    Certificate.objects.filter(pk=certificate.pk).update(not_after=timezone.now())
+    expired = post(Client(), "simpleenroll", csr, **basic("alice"))
+    assert expired.status_code == 409
+    assert expired["Content-Type"] == "text/plain; charset=utf-8"
+    assert "certificate for this CSR is expired" in expired.content.decode()
+    assert "new CSR" in expired.content.decode()
+
+    Certificate.objects.filter(pk=certificate.pk).update(not_after=certificate.not_after)
+    services.certificate_revoke(certificate=certificate, reason="superseded", actor=None)
+    revoked = post(Client(), "simpleenroll", csr, **basic("alice"))
+    assert revoked.status_code == 409
+    assert "certificate for this CSR is revoked" in revoked.content.decode()
+    assert stored() == (1, 1)
+
+
+def test_a_repeat_is_answered_only_while_the_caller_may_use_the_template(
+    hierarchy, approval, template, employee, officer
+):
+    approval("smime-signing")
+    first, second = body(cryptography_csr(new_key())), body(cryptography_csr(new_key()))
+    assert post(Client(), "simpleenroll", first, **basic("alice")).status_code == 202
+    services.request_approve(request=CertificateRequest.objects.get(), officer=officer)
+    assert post(Client(), "simpleenroll", second, **basic("alice")).status_code == 202
+    template("smime-signing").allowed_groups.add(Group.objects.create(name="Finance"))
+
+    done = post(Client(), "simpleenroll", first, **basic("alice"))
+    waiting = post(Client(), "simpleenroll", second, **basic("alice"))
+
+    assert done.status_code == waiting.status_code == 403
+    assert "may not use the template" in done.content.decode()
+    assert done["Content-Type"] == "text/plain; charset=utf-8"
 
 
 def test_a_rejected_request_is_403_with_the_reason(hierarchy, approval, employee, officer):
