@@ -646,6 +646,7 @@ class Check:
     kind: str = ""  # "totp" or "backup_code"
     backup_codes_left: int | None = None
     problem: str = ""  # the device cannot be checked at all (its seed's key is lost)
+    replayed: bool = False  # a code of the app used already: refused, not counted as wrong
 
 
 def check_code(*, user: User, code: str, source_address: str | None, via: str) -> tuple[Check, Any]:
@@ -654,7 +655,9 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
     Each device throttles wrong codes (django-otp: 1, 2, 4 ... seconds, at most
     MAX_THROTTLE_SECONDS); a wrong code is
     audited (mfa.verify, failure) as it comes, a refusal while throttled is not (it costs
-    the guesser nothing and would only flood the trail). Returns the check and the device.
+    the guesser nothing and would only flood the trail). A code of the app used already
+    (TotpDevice.replayed) is refused without counting as wrong. Returns the check and the
+    device.
     """
     text = code.strip()
     digits = text.replace(" ", "")
@@ -685,6 +688,10 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
                 ok = locked.verify_token(digits if kind == "totp" else text)
             except SecondFactorError as exc:  # the seed's key is lost: nothing to check
                 return Check(ok=False, kind=kind, problem=exc.message), None
+            if not ok and getattr(locked, "replayed", False):
+                # A code used already (a client sending the same header again): no wrong
+                # code, so neither throttled nor audited as one.
+                return Check(ok=False, kind=kind, replayed=True), None
         verified = locked if ok else None
         if verified is not None:
             left = None

@@ -209,9 +209,14 @@ class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
             ),
         ]
 
+    # Set by verify_token: the refused code was one of this device's codes at or before
+    # last_t (used already, or passed over by a newer one), not a guess.
+    replayed = False
+
     def verify_token(self, token: Any) -> bool:
         from accounts import mfa
 
+        self.replayed = False
         allowed, _ = self.verify_is_allowed()
         if not allowed:
             return False
@@ -228,6 +233,14 @@ class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
                 self.throttle_reset(commit=False)
                 self.set_last_used_timestamp(commit=False)
                 self.save()
+            elif self.last_t >= 0 and totp.verify(int(text), self.TOLERANCE):
+                # Right for a step at or before last_t: a client sending the code it just
+                # used again. Refused all the same (no replay), but not counted as a wrong
+                # code: it is no guess, and counting it locked the person's sign-in. A
+                # guesser gains nothing: such a code never verifies again (last_t only
+                # grows), and at most 2 * TOLERANCE + 1 of the 10**6 codes are such codes.
+                self.replayed = True
+                return False
         if not verified:
             self.throttle_increment(commit=True)
         return verified

@@ -345,17 +345,21 @@ def test_the_second_step_never_sends_people_off_site(officer):
 
 
 def test_a_code_works_once_and_a_wrong_code_is_throttled_and_audited(officer):
-    _device, seed = authenticator(officer)
+    device, seed = authenticator(officer)
     now = timezone.now()
     with time_machine.travel(now, tick=False):
         first = signed_in_only(officer)
         right = code(seed)
         assert first.post(PAGES["verify"], {"code": right})["Location"] == "/"
 
-        # The same code again, in another sign-in: replay refused.
+        # The same code again, in another sign-in: replay refused, but no wrong code (it
+        # is no guess): neither throttled nor audited.
         second = signed_in_only(officer)
         replay = second.post(PAGES["verify"], {"code": right})
         assert replay.status_code == 400
+        device.refresh_from_db()
+        assert device.throttling_failure_count == 0
+        assert second.post(PAGES["verify"], {"code": a_wrong_code(seed)}).status_code == 400
         # Now throttled: even a right code waits a second.
         throttled = second.post(PAGES["verify"], {"code": code(seed, at=now.timestamp() + 30)})
         assert throttled.status_code == 429

@@ -1078,6 +1078,17 @@ def second_factor_for_basic(request: Request, *, via: str = "api") -> Response |
             },
             status=status.HTTP_403_FORBIDDEN,
         )
+    if check.replayed:
+        return Response(
+            {
+                "detail": f"The code in {SECOND_FACTOR_HEADER} was used already: each call "
+                "with a password needs a new code (wait for the next one). Scripts and "
+                "devices use an API token instead.",
+                "missing": "second_factor",
+            },
+            status=status.HTTP_401_UNAUTHORIZED,
+            headers=unauthorised,
+        )
     if check.throttled_until is not None:
         wait = mfa.seconds_until(check.throttled_until)
         return Response(

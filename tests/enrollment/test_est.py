@@ -223,6 +223,27 @@ def test_an_officer_needs_a_code_with_a_password_and_enrols_only_for_herself(
     assert certificate.common_name == "Olivia Officer"
 
 
+def test_a_code_sent_again_is_refused_without_counting_as_a_wrong_code(hierarchy, officer):
+    """A client resending the same X-OTP-Code must not lock the officer's sign-in."""
+    device, seed = authenticator(officer)
+    used = code(seed)
+    issued(enrol(Client(), **basic("olivia", HTTP_X_OTP_CODE=used)))
+
+    answers = [enrol(Client(), **basic("olivia", HTTP_X_OTP_CODE=used)) for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [401] * 3
+    assert "used already" in answers[0].content.decode()
+    assert answers[0]["X-OTP-Code"] == "required"
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 0
+    assert not AuditEvent.objects.filter(action__in=["mfa.verify", "mfa.lockout"]).exists()
+    assert stored() == (1, 1)
+    wrong = f"{(int(used) + 1) % 1_000_000:06d}"
+    assert enrol(Client(), **basic("olivia", HTTP_X_OTP_CODE=wrong)).status_code == 401
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 1  # a wrong code still counts
+
+
 def test_an_officer_s_token_enrols_for_herself_only(hierarchy, officer):
     authenticator(officer)
 
