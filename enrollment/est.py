@@ -28,6 +28,7 @@ from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework import parsers, renderers
 from rest_framework.exceptions import APIException, NotFound, ParseError, UnsupportedMediaType
@@ -40,7 +41,7 @@ from accounts.models import User
 from accounts.requests import signed_in_user
 from enrollment import services
 from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
-from enrollment.api.views import _WithoutSession, second_factor_for_basic
+from enrollment.api.views import BasicWording, _WithoutSession, second_factor_for_basic
 from enrollment.edge import client_address
 from enrollment.exceptions import NotPermitted, PolicyViolation
 from enrollment.models import Certificate, CertificateRequest, CertificateTemplate
@@ -156,7 +157,7 @@ class _EstView(APIView):
         if isinstance(request.successful_authenticator, EstBasicAuthentication):
             # A password alone is not enough for whoever has, or must have, a second
             # factor: the same rule, header and throttle as minting an API token.
-            refused = second_factor_for_basic(request, via="est")
+            refused = second_factor_for_basic(request, via="est", wording=_est_wording())
             if refused is not None:
                 raise _Refused(refused)
             # As a token's minting does: Django records the sign-in, django-axes resets
@@ -164,6 +165,15 @@ class _EstView(APIView):
             user_logged_in.send(
                 sender=type(request.user), request=_WithoutSession(request), user=request.user
             )
+
+
+def _est_wording() -> BasicWording:
+    return BasicWording(
+        realm="est",
+        purpose="before enrolling over EST with a password, or enrol with an API token",
+        security_key_instead="enrol with an API token (Authorization: Token), created on "
+        f"the portal ({reverse('enrollment:token-list')}) from a session that confirmed it",
+    )
 
 
 def _template(label: str) -> CertificateTemplate:

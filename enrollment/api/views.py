@@ -7,6 +7,7 @@ JSON once for every endpoint. Objects a person may not see are 404, not 403.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import django_filters
@@ -1022,12 +1023,34 @@ class TokenCreateView(APIView):
         return response
 
 
-def second_factor_for_basic(request: Request, *, via: str = "api") -> Response | None:
+@dataclass(frozen=True)
+class BasicWording:
+    """What a second-factor refusal of HTTP basic says: the realm of its challenge, what
+    the password was for, and where someone with only security keys goes instead."""
+
+    realm: str
+    purpose: str
+    security_key_instead: str
+
+
+def _token_wording() -> BasicWording:
+    return BasicWording(
+        realm="api",
+        purpose="before minting a token",
+        security_key_instead="create the token from a browser session that confirmed it "
+        f"({reverse('enrollment:token-list')}, or POST here with that session)",
+    )
+
+
+def second_factor_for_basic(
+    request: Request, *, via: str = "api", wording: BasicWording | None = None
+) -> Response | None:
     """A password alone mints no token for whoever has, or must have, a second factor: a
     token outlives everything, so it takes what a sign-in in the browser takes. None: go on.
     Wrong codes are throttled per device, not counted as failed sign-ins by django-axes
     (the password was right). EST (enrollment/est.py) asks the same of its basic sign-ins,
-    ``via="est"`` in the mfa.verify events."""
+    ``via="est"`` in the mfa.verify events, with its own ``wording`` (realm "est")."""
+    wording = wording or _token_wording()
     user = signed_in_user(request)
     state = mfa.state_for(user)
     if not state.asked:
@@ -1036,7 +1059,7 @@ def second_factor_for_basic(request: Request, *, via: str = "api") -> Response |
         return Response(
             {
                 "detail": "Your role needs a second factor: set one up on the portal "
-                f"({reverse('accounts:mfa-setup')}) before minting a token.",
+                f"({reverse('accounts:mfa-setup')}) {wording.purpose}.",
                 "missing": "second_factor",
             },
             status=status.HTTP_403_FORBIDDEN,
@@ -1046,15 +1069,17 @@ def second_factor_for_basic(request: Request, *, via: str = "api") -> Response |
         return Response(
             {
                 "detail": "Your second factor is a security key, which HTTP basic cannot "
-                "use: create the token from a browser session that confirmed it "
-                f"({reverse('enrollment:token-list')}, or POST here with that session).",
+                f"use: {wording.security_key_instead}.",
                 "missing": "second_factor_session",
                 "url": reverse("enrollment:token-list"),
             },
             status=status.HTTP_403_FORBIDDEN,
         )
     code = request.headers.get(SECOND_FACTOR_HEADER, "").strip()
-    unauthorised = {"WWW-Authenticate": 'Basic realm="api"', SECOND_FACTOR_HEADER: "required"}
+    unauthorised = {
+        "WWW-Authenticate": f'Basic realm="{wording.realm}"',
+        SECOND_FACTOR_HEADER: "required",
+    }
     if not code:
         return Response(
             {

@@ -211,9 +211,11 @@ def test_an_officer_needs_a_code_with_a_password_and_enrols_only_for_herself(
     missing = enrol(Client(), **basic("olivia"))
     assert missing.status_code == 401
     assert missing["X-OTP-Code"] == "required"
+    assert missing["WWW-Authenticate"] == 'Basic realm="est"'
     assert "X-OTP-Code" in missing.content.decode()
     wrong = enrol(Client(), **basic("olivia", HTTP_X_OTP_CODE="000000x"))
     assert wrong.status_code == 401
+    assert wrong["WWW-Authenticate"] == 'Basic realm="est"'
     assert stored() == (0, 0)
 
     certificate = issued(enrol(Client(), **basic("olivia", HTTP_X_OTP_CODE=code(seed))))
@@ -242,6 +244,17 @@ def test_a_code_sent_again_is_refused_without_counting_as_a_wrong_code(hierarchy
     assert enrol(Client(), **basic("olivia", HTTP_X_OTP_CODE=wrong)).status_code == 401
     device.refresh_from_db()
     assert device.throttling_failure_count == 1  # a wrong code still counts
+
+
+def test_an_officer_without_a_second_factor_is_told_in_est_s_words(hierarchy, officer):
+    refused = enrol(Client(), **basic("olivia"))
+
+    assert refused.status_code == 403
+    text = refused.content.decode()
+    assert "enrolling over EST" in text
+    assert "API token" in text
+    assert "minting a token" not in text
+    assert stored() == (0, 0)
 
 
 def test_an_officer_s_token_enrols_for_herself_only(hierarchy, officer):
