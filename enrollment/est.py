@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.http import HttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -266,8 +267,10 @@ def _enrol(request: Request, template: CertificateTemplate, *, renew: bool) -> H
     # Before any repeat is answered: whoever may no longer use the template learns nothing
     # of what an earlier request of theirs became.
     _usable(user, template)
-    earlier = _made_with(user, key)
-    if earlier is not None:  # RFC 7030 4.2.3: the same request again, after a 202
+    # RFC 7030 4.2.3: the same request again, after a 202. Also when the template's slug
+    # changed under the unlabelled URL (PKIPORTAL_EST_DEFAULT_TEMPLATE) while it waited.
+    earlier = _made_with(user, key) or _waiting_with(user, der, renew=renew)
+    if earlier is not None:
         return _repeat(user, earlier)
     renewal_of = renewed(user, template, parsed) if renew else None
     try:
@@ -301,6 +304,26 @@ def _made_with(user: User, key: str) -> CertificateRequest | None:
     return (
         CertificateRequest.objects.select_related("certificate", "template")
         .filter(requester=user, idempotency_key=key)
+        .first()
+    )
+
+
+def _waiting_with(user: User, der: bytes, *, renew: bool) -> CertificateRequest | None:
+    """The caller's EST request for this very CSR and operation, under any template, that
+    answered 202: still waiting, or decided by an officer since. The key names the
+    template, so without this a changed default template made a second request for a CSR
+    still waiting (or approved while its client waited)."""
+    state = CertificateRequest.State
+    return (
+        CertificateRequest.objects.select_related("certificate", "template")
+        .filter(
+            Q(state__in=[state.PENDING, state.APPROVED]) | Q(decided_at__isnull=False),
+            requester=user,
+            idempotency_key__startswith=services.EST_KEY_PREFIX,
+            renewal_of__isnull=not renew,
+            csr=der,
+        )
+        .order_by("pk")
         .first()
     )
 

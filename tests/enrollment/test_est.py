@@ -353,6 +353,40 @@ def test_a_repeat_is_answered_only_while_the_caller_may_use_the_template(
     assert done["Content-Type"] == "text/plain; charset=utf-8"
 
 
+def test_a_waiting_csr_is_found_again_after_the_default_template_changed(
+    hierarchy, approval, settings, employee, officer
+):
+    approval("smime-signing")
+    approval("smime-dual-use")
+    csr = body(cryptography_csr(new_key()))
+    assert post(Client(), "simpleenroll", csr, **basic("alice")).status_code == 202
+    settings.PKIPORTAL_EST_DEFAULT_TEMPLATE = "smime-dual-use"
+
+    again = post(Client(), "simpleenroll", csr, **basic("alice"))
+
+    assert again.status_code == 202
+    request = CertificateRequest.objects.get()  # no second request
+    assert request.template.slug == "smime-signing"
+    services.request_approve(request=request, officer=officer)
+    assert issued(post(Client(), "simpleenroll", csr, **basic("alice"))).template.slug == (
+        "smime-signing"
+    )
+    assert stored() == (1, 1)
+
+
+def test_a_csr_issued_at_once_is_not_taken_for_another_template_s_request(hierarchy, employee):
+    """Only requests that answered 202 are looked for under other templates: a labelled
+    request never gets a certificate of another template back."""
+    csr = body(cryptography_csr(new_key()))
+    first = issued(post(Client(), "simpleenroll", csr, **basic("alice")))
+
+    other = post(Client(), "simpleenroll", csr, label="smime-dual-use", **basic("alice"))
+
+    assert other.status_code == 200, other.content
+    assert issued(other) != first
+    assert issued(other).template.slug == "smime-dual-use"
+
+
 def test_a_rejected_request_is_403_with_the_reason(hierarchy, approval, employee, officer):
     approval("smime-signing")
     csr = body(cryptography_csr(new_key()))
