@@ -216,14 +216,29 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
 def est_is_behind_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """EST (RFC 7030 3.3) runs over TLS only: it takes portal passwords by HTTP basic and
     API tokens, and answers with certificates a device will trust."""
-    if not settings.PKIPORTAL_EST_ENABLED or settings.SECURE_SSL_REDIRECT:
+    if not settings.PKIPORTAL_EST_ENABLED:
         return []
+    if settings.PKIPORTAL_EST_ALLOW_HTTP:
+        return [
+            Warning(
+                "PKIPORTAL_EST_ALLOW_HTTP is on: EST takes passwords and API tokens over "
+                "plain HTTP.",
+                hint="Switch it off outside a test lab and serve EST over HTTPS.",
+                id="pkiportal.W007",
+            )
+        ]
+    if settings.SECURE_SSL_REDIRECT:
+        return []
+    # Only a hint: the EST views refuse signed-in calls that are not HTTPS whatever this
+    # says, but a client pointed at http:// has sent its password by the time it learns.
     return [
         Warning(
-            "PKIPORTAL_EST_ENABLED is on while SECURE_SSL_REDIRECT is off: EST clients may "
-            "send passwords and API tokens to /.well-known/est/ over plain HTTP.",
+            "PKIPORTAL_EST_ENABLED is on while SECURE_SSL_REDIRECT is off: EST refuses "
+            "signed-in calls over plain HTTP, but a client pointed at an http:// URL has "
+            "sent its password or token before it is refused.",
             hint="Serve the portal over HTTPS and set SECURE_SSL_REDIRECT=true (and point "
-            "EST clients at the https:// URL), or leave EST off.",
+            "EST clients at the https:// URL), or leave EST off. Behind a proxy that ends "
+            "TLS, set USE_X_FORWARDED_PROTO=true so Django sees HTTPS.",
             id="pkiportal.W007",
         )
     ]

@@ -32,7 +32,13 @@ from django.http import HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework import parsers, renderers
-from rest_framework.exceptions import APIException, NotFound, ParseError, UnsupportedMediaType
+from rest_framework.exceptions import (
+    APIException,
+    NotFound,
+    ParseError,
+    PermissionDenied,
+    UnsupportedMediaType,
+)
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -151,6 +157,12 @@ class _EstView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         if not settings.PKIPORTAL_EST_ENABLED:
             raise NotFound("EST is not enabled on this portal.")
+        if self.authentication_classes and not _transport_ok(request):
+            # RFC 7030 3.3: TLS always. Refused before any credential is looked at (no
+            # password checked, no lock-out counted) and before a 401 could invite one.
+            raise PermissionDenied(
+                "EST takes passwords and API tokens over HTTPS only: use the https:// URL."
+            )
         # Read now, within DATA_UPLOAD_MAX_MEMORY_SIZE (413 beyond): django-axes looks at
         # the request's POST data when a sign-in fails, and the body must still be there.
         request._request.body  # noqa: B018
@@ -166,6 +178,12 @@ class _EstView(APIView):
             user_logged_in.send(
                 sender=type(request.user), request=_WithoutSession(request), user=request.user
             )
+
+
+def _transport_ok(request: Request) -> bool:
+    """HTTPS (as Django sees it: SECURE_PROXY_SSL_HEADER behind a proxy), or a portal that
+    allows plain HTTP: DEBUG, or PKIPORTAL_EST_ALLOW_HTTP for a test lab."""
+    return request._request.is_secure() or settings.DEBUG or settings.PKIPORTAL_EST_ALLOW_HTTP
 
 
 def _est_wording() -> BasicWording:

@@ -559,6 +559,9 @@ if not 0 <= PKIPORTAL_OCSP_MAX_AGE_SECONDS <= 3600:
 # unlabelled /.well-known/est/ enrols from (a template's slug; empty: only labelled URLs).
 PKIPORTAL_EST_ENABLED = env.bool("PKIPORTAL_EST_ENABLED", default=False)
 PKIPORTAL_EST_DEFAULT_TEMPLATE = env.str("PKIPORTAL_EST_DEFAULT_TEMPLATE", default="").strip()
+# EST refuses every signed-in call that did not come over HTTPS (request.is_secure(): behind
+# a proxy, USE_X_FORWARDED_PROTO), unless DEBUG or this is on: for a test lab only.
+PKIPORTAL_EST_ALLOW_HTTP = env.bool("PKIPORTAL_EST_ALLOW_HTTP", default=False)
 # A monitoring system that cannot sign in sends `Authorization: Bearer <token>` to /health/
 # for every check's details; empty: only staff and RA officers see them.
 PKIPORTAL_HEALTH_TOKEN = _secret("PKIPORTAL_HEALTH_TOKEN", default="") or ""

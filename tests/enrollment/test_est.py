@@ -4,8 +4,10 @@ round trip, re-enrolment, and hostile bodies (never a 500, nothing stored)."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
+from axes.models import AccessAttempt
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -44,21 +46,23 @@ def est_on(settings):
     settings.PKIPORTAL_EST_DEFAULT_TEMPLATE = "smime-signing"
 
 
-def basic(username: str, password: str = PASSWORD, **headers: str) -> dict[str, str]:
+def basic(username: str, password: str = PASSWORD, **headers: Any) -> dict[str, Any]:
+    """HTTP basic, over HTTPS (as EST demands)."""
     credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
-    return {"HTTP_AUTHORIZATION": f"Basic {credentials}", **headers}
+    return {"HTTP_AUTHORIZATION": f"Basic {credentials}", "secure": True, **headers}
 
 
 def body(csr: x509.CertificateSigningRequest) -> bytes:
     return base64.encodebytes(csr.public_bytes(Encoding.DER))
 
 
-def post(client, operation: str, data: bytes, *, label: str = "", **headers: str):
+def post(client, operation: str, data: bytes, *, label: str = "", **headers: Any):
     path = f"{EST}/{label}/{operation}" if label else f"{EST}/{operation}"
+    headers.setdefault("secure", True)
     return client.post(path, data, content_type="application/pkcs10", **headers)
 
 
-def enrol(client, key=None, *, label: str = "", **headers: str):
+def enrol(client, key=None, *, label: str = "", **headers: Any):
     return post(client, "simpleenroll", body(cryptography_csr(key or new_key())), label=label,
                 **headers)  # fmt: skip
 
@@ -174,7 +178,7 @@ def test_a_browser_session_is_never_enough(hierarchy, employee):
 
     assert enrol(session).status_code == 401
     assert enrol(session_csrf).status_code == 401
-    assert session.get(f"{EST}/csrattrs").status_code == 401
+    assert session.get(f"{EST}/csrattrs", secure=True).status_code == 401
     assert stored() == (0, 0)
 
 
@@ -480,7 +484,7 @@ def test_csrattrs_needs_a_caller_and_names_the_key_types(hierarchy, template, em
     ec_only.allowed_key_algorithms = ["ec-p256", "ec-p384"]
     ec_only.save()
 
-    assert Client().get(f"{EST}/csrattrs").status_code == 401
+    assert Client().get(f"{EST}/csrattrs", secure=True).status_code == 401
     assert Client().get(f"{EST}/csrattrs", **basic("alice")).status_code == 204  # any key
     answer = Client().get(f"{EST}/smime-dual-use/csrattrs", **basic("alice"))
     assert answer.status_code == 200
@@ -617,10 +621,42 @@ def test_w007_warns_of_est_without_https(settings):
 
     settings.SECURE_SSL_REDIRECT = True
     assert est_is_behind_https() == []
+    settings.PKIPORTAL_EST_ALLOW_HTTP = True
+    (allowed,) = est_is_behind_https()
+    assert allowed.id == "pkiportal.W007"
+    assert "PKIPORTAL_EST_ALLOW_HTTP" in allowed.msg
     settings.SECURE_SSL_REDIRECT = False
     settings.PKIPORTAL_EST_ENABLED = False
     assert est_is_behind_https() == []
     call_command("check")  # registered, loads
+
+
+def test_signed_in_calls_over_plain_http_are_refused_before_the_password_is_checked(
+    hierarchy, employee, settings
+):
+    plain = {"secure": False}
+    answers = [
+        enrol(Client(), **basic("alice", **plain)),
+        enrol(Client(), **basic("alice", "wrong", **plain)),
+        enrol(token_client(employee), secure=False),
+        enrol(Client(), secure=False),
+        Client().get(f"{EST}/csrattrs", **basic("alice", **plain)),
+    ]
+
+    assert [a.status_code for a in answers] == [403] * 5
+    assert "HTTPS" in answers[0].content.decode()
+    assert "WWW-Authenticate" not in answers[3]  # no invitation to send a password
+    assert stored() == (0, 0)
+    assert not AccessAttempt.objects.exists()  # the wrong password was never tried
+    employee.refresh_from_db()
+    assert employee.last_login is None  # nor the right one
+    assert Client().get(f"{EST}/cacerts").status_code == 200  # public, as /pki/ is
+    # Behind a proxy that ends TLS and says so, or in a lab that allows plain HTTP:
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    issued(enrol(Client(), **basic("alice", HTTP_X_FORWARDED_PROTO="https", **plain)))
+    settings.SECURE_PROXY_SSL_HEADER = None
+    settings.PKIPORTAL_EST_ALLOW_HTTP = True
+    issued(enrol(Client(), **basic("alice", **plain)))
 
 
 def test_a_session_halfway_through_its_second_factor_is_not_sent_to_the_code_page(

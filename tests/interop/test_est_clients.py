@@ -26,19 +26,29 @@ EC_P256 = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
 
 @pytest.fixture
 def est(live_server, settings, hierarchy, employee):
+    """The live server behind a "proxy" that ends TLS: EST refuses signed-in calls that
+    are not HTTPS, and the test server speaks plain HTTP, so curl says X-Forwarded-Proto:
+    https as nginx would (USE_X_FORWARDED_PROTO)."""
     settings.PKIPORTAL_EST_ENABLED = True
     settings.PKIPORTAL_EST_DEFAULT_TEMPLATE = "smime-signing"
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     return f"{live_server.url}/.well-known/est"
 
 
 def curl(
-    openssl: OpenSSL, url: str, out: str, *args: str, user: str | None = "alice"
+    openssl: OpenSSL,
+    url: str,
+    out: str,
+    *args: str,
+    user: str | None = "alice",
+    proxied: bool = True,
 ) -> tuple[int, str]:
     """curl into ``out`` in openssl's folder: the HTTP status and the response headers."""
     headers = openssl.path(f"{out}.headers")
     result = run_tool(
         ["curl", "-sS", "--max-time", "30", "-o", openssl.path(out), "-D", headers,
-         "-w", "%{http_code}", *(("-u", f"{user}:{PASSWORD}") if user else ()), *args, url],
+         "-w", "%{http_code}", *(("-u", f"{user}:{PASSWORD}") if user else ()),
+         *(("-H", "X-Forwarded-Proto: https") if proxied else ()), *args, url],
         cwd=openssl.directory,
         text=True,
     )  # fmt: skip
@@ -147,3 +157,17 @@ def test_csrattrs_parse_as_der_and_a_wrong_password_is_401(est, openssl, templat
                            user=None)  # fmt: skip
     assert status == 401
     assert 'www-authenticate: basic realm="est"' in headers.lower()
+
+
+def test_plain_http_with_a_password_is_refused_unless_the_lab_allows_it(est, openssl, settings):
+    body = csr(openssl, "first")
+    plain = ("-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}")
+
+    status, _ = curl(openssl, f"{est}/simpleenroll", "refused.txt", *plain, proxied=False)
+    assert status == 403
+    assert "HTTPS" in openssl.path("refused.txt").read_text()
+    assert not Certificate.objects.exists()
+
+    settings.PKIPORTAL_EST_ALLOW_HTTP = True
+    status, _ = curl(openssl, f"{est}/simpleenroll", "cert.b64", *plain, proxied=False)
+    assert status == 200
