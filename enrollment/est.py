@@ -428,7 +428,7 @@ def _subject(certificate: Certificate) -> x509.Name:
     return certificate.certificate.subject
 
 
-# --- csrattrs: CsrAttrs ::= SEQUENCE OF AttrOrOID (RFC 7030 4.5.2), in DER -------------
+# --- csrattrs: CsrAttrs ::= SEQUENCE OF AttrOrOID (RFC 7030 4.5.2, RFC 9908), in DER ---
 
 RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
 EC_PUBLIC_KEY = "1.2.840.10045.2.1"
@@ -436,19 +436,30 @@ CURVE_OIDS = {KeyAlgorithm.EC_P256: "1.2.840.10045.3.1.7", KeyAlgorithm.EC_P384:
 
 
 def csr_attributes(algorithms: frozenset[KeyAlgorithm]) -> bytes | None:
-    """rsaEncryption when the template takes RSA; id-ecPublicKey with the curves it takes.
-    None when it takes every key type the portal knows: nothing to ask for."""
+    """The key types the template takes, as RFC 9908 (which clarifies RFC 7030 4.5) has
+    an Attribute say them: rsaEncryption with the key sizes, id-ecPublicKey with the
+    curves (its bare OID next to it would add nothing). None when it takes every key type
+    the portal knows: nothing to ask for."""
     if algorithms >= frozenset(KeyAlgorithm):
         return None
     items: list[bytes] = []
-    if any(algorithm.is_rsa for algorithm in algorithms):
-        items.append(_oid(RSA_ENCRYPTION))
-    curves = [CURVE_OIDS[a] for a in sorted(algorithms) if a in CURVE_OIDS]
+    sizes = [a.rsa_key_size for a in algorithms if a.rsa_key_size is not None]
+    if sizes:
+        items.append(_attribute(RSA_ENCRYPTION, [_integer(size) for size in sizes]))
+    curves = [CURVE_OIDS[a] for a in algorithms if a in CURVE_OIDS]
     if curves:
-        items.append(_oid(EC_PUBLIC_KEY))
-        values = _tlv(0x31, b"".join(sorted(_oid(curve) for curve in curves)))  # DER SET OF
-        items.append(_tlv(0x30, _oid(EC_PUBLIC_KEY) + values))  # Attribute
+        items.append(_attribute(EC_PUBLIC_KEY, [_oid(curve) for curve in curves]))
     return _tlv(0x30, b"".join(items))
+
+
+def _attribute(oid: str, values: list[bytes]) -> bytes:
+    """Attribute ::= SEQUENCE { type OID, values SET OF } with the SET OF in DER order."""
+    return _tlv(0x30, _oid(oid) + _tlv(0x31, b"".join(sorted(values))))
+
+
+def _integer(value: int) -> bytes:
+    """A non-negative DER INTEGER (a leading zero when the top bit is set)."""
+    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
 
 def _tlv(tag: int, content: bytes) -> bytes:

@@ -489,18 +489,33 @@ def test_csrattrs_needs_a_caller_and_names_the_key_types(hierarchy, template, em
     answer = Client().get(f"{EST}/smime-dual-use/csrattrs", **basic("alice"))
     assert answer.status_code == 200
     assert answer["Content-Type"] == "application/csrattrs"
-    assert base64.b64decode(answer.content) == csr_attributes(ec_only.key_algorithms)
-
-
-def test_csr_attributes_are_der():
-    """SEQUENCE { ecPublicKey, SEQUENCE { ecPublicKey, SET { prime256v1 } } } (RFC 7030)."""
-    assert csr_attributes(frozenset(KeyAlgorithm)) is None
-    assert csr_attributes(frozenset({KeyAlgorithm.EC_P256})) == bytes.fromhex(
-        "3020" "06072a8648ce3d0201" "3015" "06072a8648ce3d0201" "310a" "06082a8648ce3d030107"
+    # SEQUENCE { SEQUENCE { id-ecPublicKey, SET { secp384r1, prime256v1 } } }
+    assert base64.b64decode(answer.content) == bytes.fromhex(
+        "301e" "301c" "06072a8648ce3d0201" "3111" "06052b81040022" "06082a8648ce3d030107"
     )  # fmt: skip
+
+
+def test_csr_attributes_are_der_attributes_as_rfc_9908_writes_them():
+    """The key type as an Attribute with its curves or RSA key sizes (RFC 9908 clarifying
+    RFC 7030 4.5.2), each SET OF in DER order; no bare id-ecPublicKey beside its Attribute."""
+    assert csr_attributes(frozenset(KeyAlgorithm)) is None
+    # SEQUENCE { SEQUENCE { id-ecPublicKey, SET { prime256v1 } } }
+    assert csr_attributes(frozenset({KeyAlgorithm.EC_P256})) == bytes.fromhex(
+        "3017" "3015" "06072a8648ce3d0201" "310a" "06082a8648ce3d030107"
+    )  # fmt: skip
+    # SEQUENCE { SEQUENCE { rsaEncryption, SET { INTEGER 3072 } } }
     assert csr_attributes(frozenset({KeyAlgorithm.RSA_3072})) == bytes.fromhex(
-        "300b06092a864886f70d010101"
+        "3013" "3011" "06092a864886f70d010101" "3104" "02020c00"
+    )  # fmt: skip
+    # RSA 4096 and 2048 (sorted: 2048 first), then P-384 and P-256 (sorted: P-384 first).
+    mixed = frozenset(
+        {KeyAlgorithm.RSA_4096, KeyAlgorithm.RSA_2048, KeyAlgorithm.EC_P384, KeyAlgorithm.EC_P256}
     )
+    assert csr_attributes(mixed) == bytes.fromhex(
+        "3035"
+        "3015" "06092a864886f70d010101" "3108" "02020800" "02021000"
+        "301c" "06072a8648ce3d0201" "3111" "06052b81040022" "06082a8648ce3d030107"
+    )  # fmt: skip
 
 
 # --- hostile bodies -----------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_curl_waits_on_202_and_gets_the_certificate_after_approval(est, openssl,
 
 def test_csrattrs_parse_as_der_and_a_wrong_password_is_401(est, openssl, template):
     dual_use = template("smime-dual-use")
-    dual_use.allowed_key_algorithms = ["ec-p256"]
+    dual_use.allowed_key_algorithms = ["ec-p256", "rsa-3072"]
     dual_use.save()
 
     status, headers = curl(openssl, f"{est}/smime-dual-use/csrattrs", "attrs.b64")
@@ -150,8 +150,11 @@ def test_csrattrs_parse_as_der_and_a_wrong_password_is_401(est, openssl, templat
     assert "application/csrattrs" in headers
     openssl.run("base64", "-d", "-in", "attrs.b64", "-out", "attrs.der")
     parsed = openssl.run("asn1parse", "-inform", "DER", "-in", "attrs.der").stdout.decode()
-    assert parsed.count("id-ecPublicKey") == 2
-    assert "prime256v1" in parsed
+    # RFC 9908: each key type an Attribute with its curves or sizes, nothing bare.
+    objects = [line.split(":")[-1].strip() for line in parsed.splitlines() if "OBJECT" in line]
+    assert objects == ["rsaEncryption", "id-ecPublicKey", "prime256v1"]
+    assert [line.split(":")[-1] for line in parsed.splitlines() if "INTEGER" in line] == ["0C00"]
+    assert parsed.count("cons: SET") == 2
 
     status, headers = curl(openssl, f"{est}/csrattrs", "refused.txt", "-u", "alice:wrong",
                            user=None)  # fmt: skip
