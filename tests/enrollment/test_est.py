@@ -31,6 +31,7 @@ from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.enrollment.api_tools import ENROLLMENTS, token_client
 from tests.enrollment.tools import CLAIMED_EMAIL, CLAIMED_NAME, cryptography_csr, new_key
+from tests.enrollment.web import enrol_with_csr
 from tests.second_factor import authenticator, code
 
 pytestmark = pytest.mark.django_db
@@ -405,13 +406,37 @@ def test_a_rejected_request_is_403_with_the_reason(hierarchy, approval, employee
     assert "Not yours" in refused.content.decode()
 
 
-def test_issued_at_once_is_audited_as_est_and_the_api_and_web_are_not(hierarchy, employee):
+def test_issued_at_once_is_audited_as_est(hierarchy, employee):
     issued(enrol(Client(), **basic("alice")))
 
     events = AuditEvent.objects.filter(action__in=["request.submit", "certificate.issue"])
     assert sorted(e.action for e in events) == ["certificate.issue", "request.submit"]
     assert {e.detail.get("channel") for e in events} == {"est"}
     assert all(e.actor == employee for e in events)
+
+
+def test_the_api_and_the_web_audit_no_channel_also_when_approved_later(
+    hierarchy, approval, employee, officer
+):
+    """Only EST names a channel: the API's and the web's events carry none, also for the
+    issuance an officer's approval makes later (channel_of reads the stored request)."""
+    approval("smime-dual-use")
+    api = token_client(employee)
+    pem = [cryptography_csr(new_key()).public_bytes(Encoding.PEM).decode() for _ in range(3)]
+
+    at_once = api.post(ENROLLMENTS, {"template": "smime-signing", "csr": pem[0]}, format="json",
+                       HTTP_IDEMPOTENCY_KEY="script-1")  # fmt: skip
+    later = api.post(ENROLLMENTS, {"template": "smime-dual-use", "csr": pem[1]}, format="json")
+    web = enrol_with_csr(client_for(employee), csr=pem[2])
+    assert (at_once.status_code, later.status_code) == (201, 202), (at_once.content, later.content)
+    assert web.status_code == 302
+    waiting = CertificateRequest.objects.get(state=CertificateRequest.State.PENDING)
+    services.request_approve(request=waiting, officer=officer)
+
+    events = AuditEvent.objects.filter(action__in=["request.submit", "certificate.issue"])
+    assert sorted(e.action for e in events) == ["certificate.issue"] * 3 + ["request.submit"] * 3
+    assert [e.detail for e in events if "channel" in e.detail] == []
+    assert Certificate.objects.count() == 3
 
 
 def test_the_api_refuses_idempotency_keys_that_would_pass_for_est(hierarchy, employee):
