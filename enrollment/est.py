@@ -147,6 +147,9 @@ class _EstView(APIView):
     parser_classes = [_OpaqueParser]
     renderer_classes = [_TextRenderer]
     schema = None  # not part of the REST API's OpenAPI document
+    # OPTIONS is 405: DRF's metadata would answer it with the view's docstring and the
+    # API's renderers and parsers, none of which is EST's business.
+    metadata_class = None
 
     def get_exception_handler(self) -> Any:
         return _exception_handler

@@ -712,6 +712,16 @@ def test_a_session_halfway_through_its_second_factor_is_not_sent_to_the_code_pag
     assert enrol(halfway).status_code == 401
 
 
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_options_is_405_and_tells_nothing_of_the_views(hierarchy, employee, operation):
+    response = Client().options(f"{EST}/{operation}", **basic("alice"))
+
+    assert response.status_code == 405
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert "RFC 7030" not in response.content.decode()
+    assert "renders" not in response.content.decode()
+
+
 def test_a_label_that_is_no_template_is_404_for_every_operation(hierarchy, employee):
     client = Client()
 
