@@ -10,7 +10,9 @@ services.request_submit (templates, limits, approval, audit, with the channel ``
 Authentication is HTTP basic (the portal account's password, under django-axes; whoever
 has or must have a second factor sends a code in X-OTP-Code, as when minting an API
 token) or ``Authorization: Token <api token>``. Never a session, so no CSRF: DRF's views
-are CSRF-exempt, and only session authentication would check it.
+are CSRF-exempt, and only session authentication would check it. Over HTTPS only (RFC 7030
+3.3): a signed-in call over plain HTTP is refused before its credentials are read, unless
+DEBUG or PKIPORTAL_EST_ALLOW_HTTP (a test lab).
 """
 
 from __future__ import annotations
