@@ -192,6 +192,22 @@ def test_enroll_compare(bench, tmp_path):
     assert str(tmp_path) not in worktrees  # its worktree of BASE (under TMPDIR) is gone
 
 
+def test_enroll_instructions(bench, tmp_path):
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        pytest.fail("valgrind is needed for bench/enroll_instructions.py: apt-get install valgrind")
+    out = bench("enroll_instructions.py", "HEAD", "--enrolments", "2")
+    sides = matches(r"^  (?P<side>[AB]) .+? +(?P<count>[\d,]+)$", out)
+    assert [m["side"] for m in sides] == ["A", "B"], out
+    # A CSR enrolment is millions of instructions (signing alone is ~1M); zero means the
+    # counting was never switched on around the enrolments.
+    assert all(int(m["count"].replace(",", "")) > 1_000_000 for m in sides), out
+    assert matches(r"^  B - A: [+-][\d,]+ \([+-]\d+\.\d%\)$", out), out
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert str(tmp_path) not in worktrees
+
+
 def test_ocsp(bench):
     out = bench(
         "ocsp.py", "--algorithms", "ec-p256", "--workers", "1", "--clients", "2",
