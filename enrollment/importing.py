@@ -33,10 +33,16 @@ from django.utils.text import slugify
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
-from enrollment import ldap_publish, services
+from enrollment import hotsql, ldap_publish, services
 from enrollment.audit import audit_record
 from enrollment.exceptions import ConfigurationError
-from enrollment.models import ArchivedKey, Certificate, CertificateAuthority, SharedMailbox
+from enrollment.models import (
+    ArchivedKey,
+    Certificate,
+    CertificateAuthority,
+    KeyIdentity,
+    SharedMailbox,
+)
 from enrollment.x509 import keys, pkcs7, pkcs12
 from enrollment.x509.errors import X509Error
 from enrollment.x509.importing import (
@@ -61,8 +67,9 @@ EXPIRED = "expired"
 NO_ISSUER = "issuer not given"
 UNREADABLE = "unreadable file"
 DUPLICATE_SERIAL = "duplicate serial"
+COMPROMISED = "key compromised"
 CATEGORIES = (IMPORTED, PRESENT, NO_ACCOUNT, BAD_SIGNATURE, NOT_SMIME, EXPIRED, NO_ISSUER,
-              UNREADABLE, DUPLICATE_SERIAL)  # fmt: skip
+              UNREADABLE, DUPLICATE_SERIAL, COMPROMISED)  # fmt: skip
 
 KEY_ARCHIVED = "archived"
 KEY_PRESENT = "already archived"
@@ -236,6 +243,10 @@ def _readable(
     return found
 
 
+class _KeyCompromised(Exception):
+    """The certificate's key was reported compromised: it is not brought in."""
+
+
 def _import_one(
     certificate: x509.Certificate,
     *,
@@ -246,7 +257,14 @@ def _import_one(
     addresses = email_addresses(certificate)
     common = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     public_key = certificate.public_key()
+    spki = keys.spki_sha256(public_key)  # type: ignore[arg-type]
     with transaction.atomic():
+        # Claim the key as issuance does: its row stays locked until this commits, so a
+        # keyCompromise of the same key waits and then finds this certificate (and
+        # services._revoke_same_key records it revoked); one committed first refuses it.
+        compromised, _ca = hotsql.claim_key(spki)
+        if compromised:
+            raise _KeyCompromised
         row = Certificate.objects.create(
             ca=ca,
             owner=holder.owner,
@@ -259,7 +277,7 @@ def _import_one(
             emails=addresses,
             fingerprint_sha1=pkcs7.fingerprint(certificate, "sha1"),
             key_algorithm=keys.describe_public_key(public_key),
-            spki_sha256=keys.spki_sha256(public_key),  # type: ignore[arg-type]
+            spki_sha256=spki,
             der=certificate.public_bytes(Encoding.DER),
             serial=format(certificate.serial_number, "x"),
             fingerprint_sha256=fingerprint,
@@ -436,6 +454,9 @@ def certificates_import(
             continue
         name = holder.mailbox.email if holder.mailbox else holder.address
         spki = keys.spki_sha256(certificate.public_key())  # type: ignore[arg-type]
+        if KeyIdentity.objects.filter(spki_sha256=spki, compromised=True).exists():
+            report.note(COMPROMISED, where, _COMPROMISED_TEXT)  # read again under its lock
+            continue
         planned.setdefault(spki, []).append((fingerprint, purpose(certificate)))
         if dry_run:
             report.note(IMPORTED, where, f"would import for {name}")
@@ -445,6 +466,9 @@ def certificates_import(
         assert ca is not None
         try:
             _import_one(certificate, ca=ca, holder=holder, fingerprint=fingerprint)
+        except _KeyCompromised:
+            report.note(COMPROMISED, where, _COMPROMISED_TEXT)
+            continue
         except IntegrityError:
             # Another run imported it meanwhile, or the old CA reused a serial number.
             if Certificate.objects.filter(fingerprint_sha256=fingerprint).exists():
@@ -473,6 +497,10 @@ def certificates_import(
     return report
 
 
+_COMPROMISED_TEXT = (
+    "its key was reported compromised (a certificate of it was revoked for keyCompromise); "
+    "not imported"
+)
 _LINE_BREAK = re.compile(r"\r?\n")
 
 

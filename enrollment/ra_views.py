@@ -238,10 +238,11 @@ def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
         if certificate.mailbox is None
         else f"The shared mailbox {certificate.mailbox.email} and its delegates were told by e-mail"
     )
+    note = services.imported_revocation_note(certificate)
     messages.success(
         request,
         f"Revoked {certificate.common_name}'s certificate (serial {certificate.serial}). "
-        f"{told}; the next CRL lists it.",
+        + (f"{told}. {note}" if note else f"{told}; the next CRL lists it."),
     )
     query = {"q": request.POST.get("q", "")}
     if preset := _preset_reason(request.POST.get("preset_reason", "")):

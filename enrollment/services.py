@@ -1096,7 +1096,8 @@ def _revoke_same_key(
         return []
     others = (
         Certificate.objects.filter(spki_sha256=revoked.spki_sha256, status=Certificate.Status.VALID)
-        .issued_here()  # an imported certificate of the key is the old CA's to revoke
+        # An imported certificate of the key too: recorded as revoked here (no CRL entry,
+        # the old CA's CRL and OCSP answer for it), so the directory and LDAP drop it.
         .exclude(pk=revoked.pk)
         .select_related("owner")
         .order_by("pk")
@@ -1114,23 +1115,33 @@ def _revoke_same_key(
     ]
 
 
-IMPORTED_NOT_REVOKED = (
-    "This certificate was imported from {ca}, which issued it: the portal cannot revoke it "
-    "or list it on a CRL. Revoke it at {ca} (its CRL and OCSP answer for it)."
+IMPORTED_RECORDED = (
+    "The revocation is recorded here: the portal no longer offers this certificate in the "
+    "directory or LDAP. {ca} issued it, and only its CRL and OCSP tell mail clients: also "
+    "revoke it at {ca}."
 )
 IMPORTED_CA_NO_CRL = (
     "{ca} is another CA whose certificates were imported: the portal signs no CRL for it."
 )
 
 
-def imported_revocation_problem(certificate: Certificate) -> str | None:
-    """Why the portal may not revoke this certificate (another CA issued it), or None."""
+def imported_issuer(certificate: Certificate) -> str | None:
+    """The old CA's name if another CA issued this certificate (it was imported), else None.
+
+    The portal records such a revocation but lists it on no CRL and answers no OCSP for it:
+    the old CA does, so the holder or officer must revoke it there too."""
     ca = (
         CertificateAuthority.objects.filter(pk=certificate.ca_id, is_imported=True)
         .only("name")
         .first()
     )
-    return IMPORTED_NOT_REVOKED.format(ca=ca.name) if ca is not None else None
+    return ca.name if ca is not None else None
+
+
+def imported_revocation_note(certificate: Certificate) -> str | None:
+    """What to tell whoever revoked an imported certificate (recorded here only), or None."""
+    name = imported_issuer(certificate)
+    return IMPORTED_RECORDED.format(ca=name) if name is not None else None
 
 
 # S/MIME BR 6.3.2: a subscriber certificate is valid for at most 825 days.
@@ -1173,10 +1184,9 @@ def _revoke(
             f"the certificate became valid ({certificate.not_before:%Y-%m-%d %H:%M} UTC).",
             field="invalidity_date",
         )
-    # Another CA's certificate: its CRL and OCSP say whether it is revoked, never ours.
-    refused = imported_revocation_problem(certificate)
-    if refused is not None:
-        raise InvalidState(refused)
+    # Another CA's certificate: recorded as revoked here (the directory and LDAP drop it),
+    # but its CRL and OCSP are the old CA's: no CRL entry, no CRL to publish.
+    old_issuer = imported_issuer(certificate)
     locked = Certificate.objects.select_for_update().get(pk=certificate.pk)
     if locked.status == Certificate.Status.REVOKED:
         raise InvalidState("This certificate is already revoked.")
@@ -1185,7 +1195,8 @@ def _revoke(
     locked.revocation_reason = reason or ""
     locked.invalidity_date = invalidity_date
     locked.save(update_fields=["status", "revoked_at", "revocation_reason", "invalidity_date"])
-    _crl_entry_create(locked)
+    if old_issuer is None:
+        _crl_entry_create(locked)
     audit_record(
         action="certificate.revoke",
         actor=actor,
@@ -1195,10 +1206,11 @@ def _revoke(
             "reason": reason or "",
             "serial": locked.serial,
             **({"same_key_as": same_key_as.serial} if same_key_as is not None else {}),
+            **({"recorded_only": True, "issuer": old_issuer} if old_issuer else {}),
             **(detail or {}),
         },
     )
-    if queue_crl:
+    if queue_crl and old_issuer is None:
         from enrollment.tasks import crl_publish_on_commit
 
         crl_publish_on_commit(locked.ca_id)
@@ -1242,6 +1254,8 @@ def crl_entries_repair(*, ca: CertificateAuthority) -> int:
     Cheap when nothing is missing (two counts); the scheduled run calls it, so even a
     revocation written behind the services' back reaches the CRL within a day.
     """
+    if ca.is_imported:  # its revocations are recorded here only: the old CA lists them
+        return 0
     revoked = Certificate.objects.filter(ca=ca).revoked()
     if revoked.count() == CrlEntry.objects.filter(ca=ca).count():
         return 0

@@ -633,10 +633,8 @@ def _certificate_page(
         if certificate.names_old_address
         else None,
         "automatic_revocation": leavers.revocation_delay() is not None,
-        # Another CA's certificate is revoked there, never here (services._revoke refuses).
-        "can_revoke": is_owner
-        and certificate.status == Certificate.Status.VALID
-        and not certificate.ca.is_imported,
+        # Another CA's certificate: recorded as revoked here, to be revoked there too.
+        "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
         "revoke_form": revoke_form or RevokeForm(),
         "csr_notes": _csr_differences(certificate) if is_owner else [],
         "cut_short": ca_lifetime.cut_short(certificate),
@@ -724,7 +722,8 @@ def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
         return _certificate_page(request, certificate, revoke_form=form, status=status)
     messages.success(
         request,
-        "The certificate is revoked. Mail clients learn it from the next revocation list.",
+        services.imported_revocation_note(certificate)
+        or "The certificate is revoked. Mail clients learn it from the next revocation list.",
     )
     return redirect("enrollment:certificate-detail", pk=certificate.pk)
 

@@ -29,11 +29,13 @@ from enrollment.models import (
     Certificate,
     CertificateAuthority,
     CrlEntry,
+    KeyIdentity,
     SharedMailbox,
 )
 from tests.conftest import client_for
 from tests.enrollment.api_tools import token_client
 from tests.enrollment.ra_fixtures import REASON
+from tests.enrollment.tools import issue
 
 P12_PASSWORD = "old-ca export pw"
 
@@ -384,26 +386,110 @@ def test_my_certificates_and_the_directory_show_them(imported, employee, colleag
     assert "imported from Old Corp Issuing CA" in found
 
     page = client_for(employee).get(f"/certificates/{imported.pk}/").content.decode()
-    assert "only Old Corp Issuing CA can revoke it" in page
-    assert 'id="revoke"' not in page
+    assert "Only Old Corp Issuing CA can revoke it for mail clients" in page
+    assert "also revoke it at Old Corp Issuing CA" in page
 
 
-def test_revocation_is_refused_everywhere(imported, employee, officer):
-    with pytest.raises(InvalidState, match="Old Corp Issuing CA"):
-        services.certificate_revoke(certificate=imported, reason="keyCompromise", actor=officer)
+def _gone_from_the_directory(certificate: Certificate, colleague) -> bool:
+    from directory import selectors
+    from enrollment import ldap_publish
 
-    web = client_for(employee).post(
-        f"/certificates/{imported.pk}/revoke/", {"reason": "superseded", "confirm": "on"}
+    found = selectors.certificates_for_email(email=certificate.email)
+    page = selectors.certificate_search(query="alice")
+    ldap = ldap_publish.certificates_to_publish(certificate.owner) if certificate.owner else []
+    return certificate not in [*found, *page.certificates, *ldap]
+
+
+def test_the_holder_records_a_revocation_at_the_old_ca(
+    imported, employee, colleague, mailoutbox, django_capture_on_commit_callbacks
+):
+    assert not _gone_from_the_directory(imported, colleague)
+    client = client_for(employee)
+    assert 'id="revoke"' in client.get(f"/certificates/{imported.pk}/").content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        web = client.post(
+            f"/certificates/{imported.pk}/revoke/",
+            {"reason": "superseded", "confirm": "on"},
+            follow=True,
+        )
+
+    assert "also revoke it at Old Corp Issuing CA" in web.content.decode()
+    imported.refresh_from_db()
+    assert imported.status == Certificate.Status.REVOKED
+    assert imported.revocation_reason == "superseded"
+    assert not CrlEntry.objects.exists()  # the portal is not its CA: no CRL entry
+    event = AuditEvent.objects.get(action="certificate.revoke")
+    assert event.detail["recorded_only"] is True
+    assert event.detail["issuer"] == "Old Corp Issuing CA"
+    assert _gone_from_the_directory(imported, colleague)
+    mail = next(m for m in mailoutbox if "revoked" in m.subject)
+    assert "revoked there too" in mail.body
+
+
+def test_an_officer_records_it_by_api_and_another_holder_may_not(
+    imported, employee, officer, colleague
+):
+    stranger = token_client(colleague).post(
+        f"/api/v1/certificates/{imported.serial}/revoke/", {"reason": "superseded"}, format="json"
     )
-    assert web.status_code in (400, 409)
+    assert stranger.status_code == 404
+    imported.refresh_from_db()
+    assert imported.status == Certificate.Status.VALID
+
     api = token_client(officer).post(
         f"/api/v1/certificates/{imported.serial}/revoke/", {"reason": "superseded"}, format="json"
     )
-    assert api.status_code == 409
-    assert "Old Corp Issuing CA" in api.json()["detail"]
+
+    assert api.status_code == 200
     imported.refresh_from_db()
-    assert imported.status == Certificate.Status.VALID
+    assert imported.status == Certificate.Status.REVOKED
     assert not CrlEntry.objects.exists()
+
+
+def _key_of(ca: OldCa, name: str):
+    return serialization.load_pem_private_key((ca.dir / f"{name}.key").read_bytes(), None)
+
+
+def test_a_compromised_key_takes_its_imported_certificates_with_it(
+    imported, employee, officer, template, migration
+):
+    """The same key certified here later: its keyCompromise records the imported one
+    revoked too (KeyIdentity was claimed at import), with no CRL entry for it."""
+    assert KeyIdentity.objects.filter(spki_sha256=imported.spki_sha256).exists()
+    ours = issue(employee, template("smime-signing"), _key_of(migration.ca, "alice"))
+
+    services.certificate_revoke(certificate=ours, reason="keyCompromise", actor=officer)
+
+    imported.refresh_from_db()
+    assert imported.status == Certificate.Status.REVOKED
+    assert imported.revocation_reason == "keyCompromise"
+    assert list(CrlEntry.objects.values_list("certificate", flat=True)) == [ours.pk]
+
+
+def test_a_compromised_imported_key_revokes_ours_and_is_never_imported_again(
+    imported, employee, officer, template, migration, tmp_path
+):
+    ours = issue(employee, template("smime-signing"), _key_of(migration.ca, "alice"))
+
+    services.certificate_revoke(certificate=imported, reason="keyCompromise", actor=officer)
+
+    ours.refresh_from_db()
+    assert ours.status == Certificate.Status.REVOKED
+    assert KeyIdentity.objects.get(pk=imported.spki_sha256).compromised
+    # Another certificate the old CA issued for the same key is refused.
+    migration.ca.run("req", "-new", "-key", "alice.key", "-subj", "/CN=again", "-out", "again.csr")
+    migration.ca.run(
+        "ca", "-batch", "-config", "openssl.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+        "-extensions", "smime_sign_encrypt", "-in", "again.csr",
+        "-out", "again.pem", "-notext", "-days", "30",
+        mail="alice@example.com",
+    )  # fmt: skip
+    for dry in ([], ["--dry-run"]):
+        output = run(*dry, "--issuer", migration.issuer, migration.ca.dir / "again.pem")
+        assert count(output, "key compromised") == 1
+        assert count(output, "imported") == 0
+    assert Certificate.objects.filter(ca=imported.ca).count() == 1
 
 
 def test_no_crl_and_no_ocsp_for_them(imported, hierarchy, migration, anonymous_client):
@@ -468,20 +554,32 @@ def test_pem_blocks_among_other_text_are_read(hierarchy, employee, migration, tm
     assert count(output, "imported") == 1
 
 
-def test_officers_are_not_offered_revocation_and_are_refused(imported, officer):
+def test_officers_record_the_revocation_with_the_old_ca_named(imported, officer, colleague):
     client = client_for(officer)
     page = client.get("/ra/certificates/", {"q": "alice"}).content.decode()
     assert "imported from Old Corp Issuing CA" in page
-    assert f"/ra/certificates/{imported.pk}/revoke/" not in page
+    assert f"/ra/certificates/{imported.pk}/revoke/" in page
+    assert "also revoke it at Old Corp Issuing CA" in page
 
     response = client.post(
         f"/ra/certificates/{imported.pk}/revoke/",
         {"reason": "keyCompromise", "confirm": "on", "q": "alice"},
+        follow=True,
     )
 
-    assert "Revoke it at Old Corp Issuing CA" in response.content.decode()
+    assert "also revoke it at Old Corp Issuing CA" in response.content.decode()
     imported.refresh_from_db()
-    assert imported.status == Certificate.Status.VALID
+    assert imported.status == Certificate.Status.REVOKED
+    assert not CrlEntry.objects.exists()
+    # Not an officer: refused, nothing changes.
+    other = Certificate.objects.filter(pk=imported.pk)
+    other.update(status="valid", revoked_at=None, revocation_reason="")
+    refused = client_for(colleague).post(
+        f"/ra/certificates/{imported.pk}/revoke/",
+        {"reason": "keyCompromise", "confirm": "on", "q": "alice"},
+    )
+    assert refused.status_code in (302, 403)
+    assert other.get().status == Certificate.Status.VALID
 
 
 def test_the_old_ca_certificate_is_served_but_no_crl(imported, anonymous_client, migration):

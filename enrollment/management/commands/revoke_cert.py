@@ -40,3 +40,5 @@ class Command(BaseCommand):
         except EnrollmentError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Revoked {certificate}."))
+        if note := services.imported_revocation_note(certificate):
+            self.stdout.write(note)
