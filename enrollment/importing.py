@@ -46,12 +46,16 @@ from enrollment.models import (
 from enrollment.x509 import keys, pkcs7, pkcs12
 from enrollment.x509.errors import X509Error
 from enrollment.x509.importing import (
+    Revocation,
     Verdict,
     check_issuer_certificate,
     classify,
+    crl_revocations,
+    crl_signer,
     email_addresses,
     issued_by,
     load_certificates,
+    load_crl,
     purpose,
 )
 
@@ -68,8 +72,12 @@ NO_ISSUER = "issuer not given"
 UNREADABLE = "unreadable file"
 DUPLICATE_SERIAL = "duplicate serial"
 COMPROMISED = "key compromised"
-CATEGORIES = (IMPORTED, PRESENT, NO_ACCOUNT, BAD_SIGNATURE, NOT_SMIME, EXPIRED, NO_ISSUER,
-              UNREADABLE, DUPLICATE_SERIAL, COMPROMISED)  # fmt: skip
+IMPORTED_REVOKED = "imported as revoked"
+REVOKED_SKIPPED = "revoked (skipped)"
+RECORDED_REVOKED = "present, now recorded revoked"
+CATEGORIES = (IMPORTED, IMPORTED_REVOKED, PRESENT, RECORDED_REVOKED, NO_ACCOUNT, BAD_SIGNATURE,
+              NOT_SMIME, EXPIRED, NO_ISSUER, UNREADABLE, DUPLICATE_SERIAL, COMPROMISED,
+              REVOKED_SKIPPED)  # fmt: skip
 
 KEY_ARCHIVED = "archived"
 KEY_PRESENT = "already archived"
@@ -98,6 +106,8 @@ class ImportReport:
 
     dry_run: bool
     issuers: list[str] = field(default_factory=list)
+    crls: list[str] = field(default_factory=list)
+    crls_refused: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     key_counts: Counter[str] = field(default_factory=Counter)
     lines: list[str] = field(default_factory=list)
@@ -253,6 +263,7 @@ def _import_one(
     ca: CertificateAuthority,
     holder: Holder,
     fingerprint: str,
+    revocation: Revocation | None = None,
 ) -> Certificate:
     addresses = email_addresses(certificate)
     common = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
@@ -284,6 +295,7 @@ def _import_one(
             subject=certificate.subject.rfc4514_string(),
             not_before=certificate.not_valid_before_utc,
             not_after=certificate.not_valid_after_utc,
+            **_revoked_fields(revocation),
         )
         audit_record(
             action="certificate.import",
@@ -298,10 +310,65 @@ def _import_one(
                     if holder.mailbox is not None
                     else {"owner": holder.owner.get_username() if holder.owner else ""}
                 ),
+                **(
+                    {"revoked_at": row.revoked_at.isoformat(), "crl_reason": revocation.reason}
+                    if revocation is not None and row.revoked_at is not None
+                    else {}
+                ),
             },
         )
+        if row.revocation_reason == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
+            _compromised(row)
         ldap_publish.publish_on_commit(row.owner_id)
     return row
+
+
+def _revoked_fields(revocation: Revocation | None) -> dict[str, object]:
+    """A certificate the old CA's CRL lists: revoked as it says (its date and reason)."""
+    if revocation is None:
+        return {}
+    reason = revocation.reason
+    invalidity = revocation.invalidity_date
+    return {
+        "status": Certificate.Status.REVOKED,
+        "revoked_at": revocation.revoked_at,
+        # A reason the portal does not keep (certificateHold, say): revoked, no reason.
+        "revocation_reason": reason if reason in Certificate.RevocationReasonChoice.values else "",
+        "invalidity_date": invalidity if invalidity and invalidity <= timezone.now() else None,
+    }
+
+
+def _compromised(row: Certificate) -> None:
+    """The old CA revoked it for keyCompromise: the key is never certified here again, and
+    its other certificates are revoked with it (or, imported, recorded revoked)."""
+    from enrollment.notifications import certificate_revoked
+
+    KeyIdentity.objects.filter(spki_sha256=row.spki_sha256).update(compromised=True)
+    for other in services._revoke_same_key(
+        row, actor=None, invalidity_date=row.invalidity_date, source_address=None
+    ):
+        certificate_revoked(other)
+
+
+def _record_revoked(row: Certificate, revocation: Revocation) -> None:
+    """An imported certificate, still valid here, that the old CA's CRL now lists."""
+    fields = _revoked_fields(revocation)
+    with transaction.atomic():
+        if fields["revocation_reason"] == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
+            KeyIdentity.objects.update_or_create(
+                spki_sha256=row.spki_sha256, defaults={"compromised": True}
+            )
+        revoked = services._revoke(
+            certificate=row,
+            reason=str(fields["revocation_reason"]) or None,
+            actor=None,
+            invalidity_date=fields["invalidity_date"],  # type: ignore[arg-type]
+            source_address=None,
+            revoked_at=revocation.revoked_at,
+            detail={"source": "import crl", "crl_reason": revocation.reason},
+        )
+        if revoked.revocation_reason == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
+            _compromised(revoked)
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -395,6 +462,8 @@ def certificates_import(
     sources: Sequence[Source],
     key_sources: Sequence[Source] = (),
     passwords: Sequence[str] = (),
+    crls: Sequence[Source] = (),
+    skip_revoked: bool = False,
     include_expired: bool = False,
     dry_run: bool = False,
     now: datetime | None = None,
@@ -421,6 +490,16 @@ def certificates_import(
             except X509Error as exc:
                 raise X509Error(f"{source.name}: {exc.message}") from None
             issuer_certificates.append(certificate)
+    # The CRLs before anything is written: a revoked certificate must not come in as valid
+    # because its CRL could not be read or verified.
+    issuer_fingerprints = [pkcs7.fingerprint(c, "sha256") for c in issuer_certificates]
+    revoked = _revocations(crls, issuer_certificates, issuer_fingerprints, report)
+    if report.crls_refused and not dry_run:
+        refused = [line for line in report.crls if ": refused: " in line]
+        raise X509Error(
+            "Nothing was imported: " + "; ".join(refused) + ". Give each CRL with the "
+            "--issuer that signed it (or leave it out)."
+        )
     authorities: list[CertificateAuthority | None] = []
     for certificate in issuer_certificates:
         ca, new = _issuer_ca(certificate, dry_run=dry_run)
@@ -432,14 +511,25 @@ def certificates_import(
 
     planned: dict[str, list[tuple[str, str]]] = {}
     seen: set[str] = set()
+    recorded: set[int] = set()
     for where, certificate in _readable(sources, report):
         fingerprint = pkcs7.fingerprint(certificate, "sha256")
-        if (
-            fingerprint in seen
-            or Certificate.objects.filter(fingerprint_sha256=fingerprint).exists()
-        ):
-            report.note(PRESENT, where, f"fingerprint {fingerprint[:16]}…")
+        present = Certificate.objects.filter(fingerprint_sha256=fingerprint).select_related("ca")
+        row = None if fingerprint in seen else present.first()
+        if fingerprint in seen or row is not None:
             seen.add(fingerprint)
+            listed = (
+                revoked.get((row.ca.fingerprint_sha256, int(row.serial, 16)))
+                if row is not None and row.ca.is_imported
+                else None
+            )
+            if row is not None and listed is not None and row.status == Certificate.Status.VALID:
+                recorded.add(row.pk)
+                if not dry_run:
+                    _record_revoked(row, listed)
+                report.note(RECORDED_REVOKED, where, f"the old CA's CRL lists it{_how(listed)}")
+            else:
+                report.note(PRESENT, where, f"fingerprint {fingerprint[:16]}…")
             continue
         seen.add(fingerprint)
         verdict = classify(certificate, issuer_certificates, now=now)
@@ -458,14 +548,23 @@ def certificates_import(
             report.note(COMPROMISED, where, _COMPROMISED_TEXT)  # read again under its lock
             continue
         planned.setdefault(spki, []).append((fingerprint, purpose(certificate)))
-        if dry_run:
-            report.note(IMPORTED, where, f"would import for {name}")
-            continue
         assert verdict.issuer_index is not None
+        revocation = revoked.get(
+            (issuer_fingerprints[verdict.issuer_index], certificate.serial_number)
+        )
+        if revocation is not None and skip_revoked:
+            report.note(REVOKED_SKIPPED, where, f"the old CA's CRL lists it{_how(revocation)}")
+            continue
+        category = IMPORTED if revocation is None else IMPORTED_REVOKED
+        if dry_run:
+            report.note(category, where, f"would import for {name}{_how(revocation)}")
+            continue
         ca = authorities[verdict.issuer_index]
         assert ca is not None
         try:
-            _import_one(certificate, ca=ca, holder=holder, fingerprint=fingerprint)
+            _import_one(
+                certificate, ca=ca, holder=holder, fingerprint=fingerprint, revocation=revocation
+            )
         except _KeyCompromised:
             report.note(COMPROMISED, where, _COMPROMISED_TEXT)
             continue
@@ -481,8 +580,9 @@ def certificates_import(
                     f"{ca.name} issued serial {serial} twice; kept the first",
                 )
             continue
-        report.note(IMPORTED, where, f"for {name}")
+        report.note(category, where, f"for {name}{_how(revocation)}")
 
+    _revoke_listed(revoked, recorded, report)
     _import_keys(key_sources, passwords, report, planned)
     if not dry_run:
         audit_record(
@@ -492,9 +592,76 @@ def certificates_import(
                 "certificates": {key: report.counts[key] for key in CATEGORIES},
                 "keys": {key: report.key_counts[key] for key in KEY_CATEGORIES},
                 "include_expired": include_expired,
+                "crls": report.crls,
             },
         )
     return report
+
+
+def _how(revocation: Revocation | None) -> str:
+    if revocation is None:
+        return ""
+    why = f", {revocation.reason}" if revocation.reason else ""
+    return f" (revoked {revocation.revoked_at:%Y-%m-%d %H:%M} UTC{why})"
+
+
+def _revoke_listed(
+    revoked: dict[tuple[str, int], Revocation], recorded: set[int], report: ImportReport
+) -> None:
+    """Certificates imported before (by an earlier run) that a CRL given now lists, and
+    that are still valid here: recorded revoked, their files given again or not."""
+    for (issuer, serial), revocation in revoked.items():
+        row = (
+            Certificate.objects.filter(
+                ca__fingerprint_sha256=issuer,
+                ca__is_imported=True,
+                serial=format(serial, "x"),
+                status=Certificate.Status.VALID,
+            )
+            .exclude(pk__in=recorded)
+            .first()
+        )
+        if row is None:
+            continue
+        if not report.dry_run:
+            _record_revoked(row, revocation)
+        report.note(
+            RECORDED_REVOKED,
+            f"serial {row.serial}",
+            f"the old CA's CRL lists it{_how(revocation)}",
+        )
+
+
+def _revocations(
+    crls: Sequence[Source],
+    issuers: list[x509.Certificate],
+    fingerprints: list[str],
+    report: ImportReport,
+) -> dict[tuple[str, int], Revocation]:
+    """Every entry of the CRLs given, by (issuer fingerprint, serial): only CRLs whose
+    signature verifies with an issuer given; any other is refused and reported."""
+    found: dict[tuple[str, int], Revocation] = {}
+    for source in crls:
+        try:
+            crl = load_crl(source.data)
+            signer = crl_signer(crl, issuers)
+            if signer is None:
+                raise X509Error(
+                    f"issued by {crl.issuer.rfc4514_string()}, and no issuer given with "
+                    "--issuer verifies its signature"
+                )
+            entries = crl_revocations(crl)
+        except X509Error as exc:
+            report.crls_refused += 1
+            report.crls.append(f"{source.name}: refused: {exc.message}")
+            continue
+        for serial, revocation in entries.items():
+            found.setdefault((fingerprints[signer], serial), revocation)
+        report.crls.append(
+            f"{source.name}: verified with {_issuer_name(issuers[signer])}, "
+            f"{len(entries)} revoked serial number(s)"
+        )
+    return found
 
 
 _COMPROMISED_TEXT = (

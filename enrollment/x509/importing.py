@@ -210,3 +210,59 @@ def classify(
     if not_after <= now:
         return Classified(Verdict.EXPIRED, signer, f"expired on {not_after:%Y-%m-%d}")
     return Classified(Verdict.OK, signer)
+
+
+# --- the old CA's revocation lists ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One CRL entry: when, why (the RFC 5280 reason's name, "" for none) and since when
+    the key may have been in other hands."""
+
+    revoked_at: datetime
+    reason: str
+    invalidity_date: datetime | None
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """A CRL, DER or PEM; X509Error for anything else."""
+    for loader in (x509.load_der_x509_crl, x509.load_pem_x509_crl):
+        try:
+            return loader(data)
+        except ValueError:
+            continue
+    raise X509Error("Not a CRL: the file is neither a DER nor a PEM CRL.")
+
+
+def crl_signer(crl: x509.CertificateRevocationList, issuers: list[x509.Certificate]) -> int | None:
+    """The index of the issuer that signed this CRL (by name and signature), or None."""
+    for index, issuer in enumerate(issuers):
+        if crl.issuer != issuer.subject:
+            continue
+        try:
+            if crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+                return index
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            continue
+    return None
+
+
+def crl_revocations(crl: x509.CertificateRevocationList) -> dict[int, Revocation]:
+    """Each listed serial number's revocation. X509Error for an entry that does not decode."""
+    found: dict[int, Revocation] = {}
+    try:
+        for entry in crl:
+            reason = ""
+            invalidity: datetime | None = None
+            for extension in entry.extensions:
+                if isinstance(extension.value, x509.CRLReason):
+                    reason = extension.value.reason.value
+                elif isinstance(extension.value, x509.InvalidityDate):
+                    invalidity = extension.value.invalidity_date_utc
+            found[entry.serial_number] = Revocation(
+                entry.revocation_date_utc, "" if reason == "unspecified" else reason, invalidity
+            )
+    except (ValueError, TypeError) as exc:
+        raise X509Error(f"a CRL entry does not decode ({exc})") from None
+    return found

@@ -128,6 +128,25 @@ class OldCa:
         )  # fmt: skip
         return self.dir / f"{name}.pem"
 
+    def revoke(self, name: str, reason: str | None = None) -> None:
+        reason_args = ["-crl_reason", reason] if reason else []
+        self.run(
+            "ca", "-config", "openssl.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+            "-revoke", f"{name}.pem", *reason_args,
+        )  # fmt: skip
+
+    def crl(self, out: str = "crl.pem", *, der: bool = False) -> Path:
+        """The CA's CRL (PEM, or DER converted from it by openssl crl)."""
+        self.run(
+            "ca", "-config", "openssl.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+            "-gencrl", "-crldays", "30", "-out", "crl.pem",
+        )  # fmt: skip
+        if der:
+            self.run("crl", "-in", "crl.pem", "-outform", "DER", "-out", out)
+        elif out != "crl.pem":
+            (self.dir / out).write_bytes((self.dir / "crl.pem").read_bytes())
+        return self.dir / out
+
     def pkcs12(self, name: str, password: str = P12_PASSWORD) -> Path:
         (self.dir / "pw.txt").write_text(password + "\n")
         self.run(
@@ -629,3 +648,96 @@ def test_a_serial_the_old_ca_issued_twice_keeps_the_first(hierarchy, employee, t
     assert count(output, "imported") == 1
     assert count(output, "duplicate serial") == 1
     assert "Traceback" not in output
+
+
+# --- the old CA's CRLs ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def revoking(tmp_path) -> OldCa:
+    """An old CA of this test's own: alice's current certificate, and an older one of hers
+    it revoked for keyCompromise, on its CRL."""
+    ca = OldCa(tmp_path / "revoking", name="Revoking CA")
+    ca.issue("current", "alice@example.com")
+    ca.issue("leaked", "alice@example.com")
+    ca.revoke("leaked", "keyCompromise")
+    return ca
+
+
+def _listed(ca: OldCa, name: str) -> x509.RevokedCertificate:
+    crl = x509.load_pem_x509_crl((ca.dir / "crl.pem").read_bytes())
+    serial = x509.load_pem_x509_certificate((ca.dir / f"{name}.pem").read_bytes()).serial_number
+    entry = crl.get_revoked_certificate_by_serial_number(serial)
+    assert entry is not None
+    return entry
+
+
+def test_a_certificate_its_crl_lists_comes_in_revoked_and_is_never_offered(
+    hierarchy, employee, colleague, revoking
+):
+    crl = revoking.crl("crl.der", der=True)
+
+    output = run(
+        "--issuer", revoking.dir / "ca.pem", "--crl", crl,
+        revoking.dir / "current.pem", revoking.dir / "leaked.pem",
+    )  # fmt: skip
+
+    assert count(output, "imported") == 1
+    assert count(output, "imported as revoked") == 1
+    assert "verified with Revoking CA, 1 revoked serial number(s)" in output
+    leaked = Certificate.objects.get(owner=employee, status=Certificate.Status.REVOKED)
+    entry = _listed(revoking, "leaked")
+    assert leaked.revoked_at == entry.revocation_date_utc
+    assert leaked.revocation_reason == "keyCompromise"
+    assert KeyIdentity.objects.get(pk=leaked.spki_sha256).compromised
+    assert not CrlEntry.objects.exists()
+    assert _gone_from_the_directory(leaked, colleague)
+    current = Certificate.objects.get(owner=employee, status=Certificate.Status.VALID)
+    assert not _gone_from_the_directory(current, colleague)
+
+
+def test_revoked_ones_can_be_left_out(hierarchy, employee, revoking):
+    output = run(
+        "--issuer", revoking.dir / "ca.pem", "--crl", revoking.crl(), "--skip-revoked",
+        revoking.dir / "current.pem", revoking.dir / "leaked.pem",
+    )  # fmt: skip
+
+    assert count(output, "revoked (skipped)") == 1
+    assert "leaked.pem: revoked (skipped)" in output
+    assert Certificate.objects.filter(owner=employee).count() == 1
+
+
+def test_a_later_crl_records_ones_imported_before_as_revoked(hierarchy, employee, revoking):
+    run("--issuer", revoking.dir / "ca.pem", revoking.dir / "leaked.pem")
+    assert Certificate.objects.get(owner=employee).status == Certificate.Status.VALID
+
+    output = run("--issuer", revoking.dir / "ca.pem", "--crl", revoking.crl())
+
+    assert count(output, "present, now recorded revoked") == 1
+    leaked = Certificate.objects.get(owner=employee)
+    assert leaked.status == Certificate.Status.REVOKED
+    assert leaked.revoked_at == _listed(revoking, "leaked").revocation_date_utc
+    assert not CrlEntry.objects.exists()
+
+
+def test_a_crl_that_does_not_verify_is_refused_and_nothing_written(
+    hierarchy, employee, revoking, tmp_path
+):
+    impostor = OldCa(tmp_path / "impostor", name="Revoking CA")  # same name, another key
+    forged = impostor.crl()
+    garbage = tmp_path / "garbage.crl"
+    garbage.write_bytes(b"not a crl")
+
+    with pytest.raises(CommandError, match="no issuer given with --issuer verifies"):
+        run("--issuer", revoking.dir / "ca.pem", "--crl", forged, revoking.dir / "leaked.pem")
+    with pytest.raises(CommandError, match="neither a DER nor a PEM CRL"):
+        run("--issuer", revoking.dir / "ca.pem", "--crl", garbage, revoking.dir / "leaked.pem")
+
+    assert not Certificate.objects.exists()
+    assert not CertificateAuthority.objects.filter(is_imported=True).exists()
+    dry = run(
+        "--dry-run", "--issuer", revoking.dir / "ca.pem", "--crl", forged,
+        revoking.dir / "leaked.pem",
+    )  # fmt: skip
+    assert "refused" in dry
+    assert "CRLs refused: 1" in dry

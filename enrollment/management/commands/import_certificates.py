@@ -76,6 +76,18 @@ class Command(BaseCommand):
             help="File with the PKCS#12 password(s), one per line; each is tried on every file.",
         )
         parser.add_argument(
+            "--crl",
+            action="append",
+            default=[],
+            help="The old CA's CRL (PEM or DER), verified with the --issuer that signed it; "
+            "certificates it lists come in as revoked. Repeat for several.",
+        )
+        parser.add_argument(
+            "--skip-revoked",
+            action="store_true",
+            help="Leave out certificates a --crl lists instead of importing them as revoked.",
+        )
+        parser.add_argument(
             "--include-expired", action="store_true", help="Import expired certificates too."
         )
         parser.add_argument(
@@ -84,9 +96,9 @@ class Command(BaseCommand):
 
     @sensitive_variables("passwords")
     def handle(self, *args: Any, **options: Any) -> None:
-        if not options["certificates"] and not options["keys"]:
-            raise CommandError("Give certificate files or directories (and/or --keys).")
-        if options["certificates"] and not options["issuer"]:
+        if not options["certificates"] and not options["keys"] and not options["crl"]:
+            raise CommandError("Give certificate files or directories (and/or --keys, --crl).")
+        if (options["certificates"] or options["crl"]) and not options["issuer"]:
             raise CommandError("Give the old CA's certificate with --issuer.")
         unreadable: list[str] = []
         issuers = []
@@ -105,6 +117,12 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"Cannot read the password file {options['keys_password_file']}."
                 ) from None
+        crls = []
+        for name in options["crl"]:
+            try:
+                crls.append(importing.Source(name, _read(Path(name))))
+            except OSError as exc:
+                raise CommandError(f"Cannot read {name}: {exc.strerror or exc}") from None
         sources = _sources(options["certificates"], CERTIFICATE_SUFFIXES, unreadable)
         key_sources = _sources(options["keys"], KEY_SUFFIXES, unreadable)
         try:
@@ -113,6 +131,8 @@ class Command(BaseCommand):
                 sources=sources,
                 key_sources=key_sources,
                 passwords=passwords,
+                crls=crls,
+                skip_revoked=options["skip_revoked"],
                 include_expired=options["include_expired"],
                 dry_run=options["dry_run"],
             )
@@ -129,6 +149,8 @@ class Command(BaseCommand):
             out.write("Dry run: nothing was written.")
         for line in report.issuers:
             out.write(f"Issuer {line}")
+        for line in report.crls:
+            out.write(f"CRL {line}")
         for line in unreadable:
             out.write(line)
         for line in report.lines:
@@ -142,3 +164,5 @@ class Command(BaseCommand):
                 out.write(f"  {category}: {report.key_counts[category]}")
         if unreadable:
             out.write(f"  files that could not be read: {len(unreadable)}")
+        if report.crls_refused:
+            out.write(f"CRLs refused: {report.crls_refused}")
