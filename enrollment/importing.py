@@ -48,6 +48,7 @@ from enrollment.x509.errors import X509Error
 from enrollment.x509.importing import (
     Revocation,
     Verdict,
+    ascii_lower,
     check_issuer_certificate,
     classify,
     crl_revocations,
@@ -67,6 +68,7 @@ PRESENT = "already present"
 NO_ACCOUNT = "no matching account"
 BAD_SIGNATURE = "bad signature"
 NOT_SMIME = "not S/MIME"
+BAD_ADDRESS = "unsafe address"
 EXPIRED = "expired"
 NO_ISSUER = "issuer not given"
 UNREADABLE = "unreadable file"
@@ -76,7 +78,7 @@ IMPORTED_REVOKED = "imported as revoked"
 REVOKED_SKIPPED = "revoked (skipped)"
 RECORDED_REVOKED = "present, now recorded revoked"
 CATEGORIES = (IMPORTED, IMPORTED_REVOKED, PRESENT, RECORDED_REVOKED, NO_ACCOUNT, BAD_SIGNATURE,
-              NOT_SMIME, EXPIRED, NO_ISSUER, UNREADABLE, DUPLICATE_SERIAL, COMPROMISED,
+              NOT_SMIME, BAD_ADDRESS, EXPIRED, NO_ISSUER, UNREADABLE, DUPLICATE_SERIAL, COMPROMISED,
               REVOKED_SKIPPED)  # fmt: skip
 
 KEY_ARCHIVED = "archived"
@@ -95,6 +97,7 @@ NO_AGENT = (
 _VERDICTS = {
     Verdict.BAD_SIGNATURE: BAD_SIGNATURE,
     Verdict.NOT_SMIME: NOT_SMIME,
+    Verdict.BAD_ADDRESS: BAD_ADDRESS,
     Verdict.EXPIRED: EXPIRED,
     Verdict.NO_ISSUER: NO_ISSUER,
 }
@@ -214,16 +217,37 @@ class Holder:
     address: str
 
 
+def _same(stored: str, address: str) -> bool:
+    """A stored address is this (plain ASCII, lower-cased) one, ASCII case aside only."""
+    return ascii_lower(stored.strip()) == address
+
+
 def _holder(addresses: Iterable[str]) -> tuple[Holder | None, str]:
     """The first address an active shared mailbox or exactly one active account has
-    (case aside): a mailbox before a person, as issuance never certifies a person for a
-    mailbox's address. Otherwise None and why."""
+    (ASCII case aside): a mailbox before a person, as issuance never certifies a person
+    for a mailbox's address. Otherwise None and why.
+
+    The addresses are plain ASCII (classify refuses others). The database's case-blind
+    match (UPPER, which folds LONG S into S) only narrows the candidates; each is then
+    compared ASCII-lower-cased, exactly."""
+    addresses = [ascii_lower(address) for address in addresses]
     why = "no active account or shared mailbox has " + ", ".join(addresses)
     for address in addresses:
-        mailbox = SharedMailbox.objects.filter(email__iexact=address, is_active=True).first()
+        mailbox = next(
+            (
+                m
+                for m in SharedMailbox.objects.filter(email__iexact=address, is_active=True)
+                if _same(m.email, address)
+            ),
+            None,
+        )
         if mailbox is not None:
             return Holder(None, mailbox, address), ""
-        accounts = list(get_user_model().objects.filter(email__iexact=address, is_active=True)[:2])
+        accounts = [
+            a
+            for a in get_user_model().objects.filter(email__iexact=address, is_active=True)[:20]
+            if _same(a.email, address)
+        ]
         if len(accounts) == 1:
             return Holder(accounts[0], None, address), ""
         if len(accounts) > 1:

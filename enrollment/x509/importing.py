@@ -35,6 +35,7 @@ class Verdict(enum.StrEnum):
     NOT_SMIME = "not_smime"
     EXPIRED = "expired"
     NO_ISSUER = "no_issuer"
+    BAD_ADDRESS = "bad_address"
 
 
 def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -129,17 +130,36 @@ def issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def email_addresses(certificate: x509.Certificate) -> list[str]:
-    """The subjectAltName rfc822Names, lower-cased, in order, without duplicates."""
+    """The subjectAltName rfc822Names as the certificate has them, in order, without
+    duplicates. Compare them with ascii_lower: str.lower() and SQL UPPER() fold look-alikes
+    (KELVIN SIGN to k, LONG S to S) into another person's address."""
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
     found: list[str] = []
     for address in san.value.get_values_for_type(x509.RFC822Name):
-        address = address.strip().lower()
-        if address and address not in found:
+        if address not in found:
             found.append(address)
     return found
+
+
+_PLAIN_ADDRESS = re.compile(r"[\x21-\x7e]+")
+
+
+def address_problem(address: str) -> str | None:
+    """Why an rfc822Name is refused (not plain printable ASCII, or with whitespace), or None."""
+    if _PLAIN_ADDRESS.fullmatch(address) is None:
+        return f"the rfc822Name {address!r} is not plain ASCII without spaces"
+    return None
+
+
+def ascii_lower(address: str) -> str:
+    """Lower-case A-Z only: the one case folding that cannot turn one address into another."""
+    return address.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def protects_email(certificate: x509.Certificate) -> bool:
@@ -205,8 +225,12 @@ def classify(
         return Classified(Verdict.NOT_SMIME, signer, "a CA certificate")
     if not protects_email(certificate):
         return Classified(Verdict.NOT_SMIME, signer, "no emailProtection extended key usage")
-    if not email_addresses(certificate):
+    addresses = email_addresses(certificate)
+    if not addresses:
         return Classified(Verdict.NOT_SMIME, signer, "no rfc822Name in subjectAltName")
+    for address in addresses:
+        if (problem := address_problem(address)) is not None:
+            return Classified(Verdict.BAD_ADDRESS, signer, problem)
     if not_after <= now:
         return Classified(Verdict.EXPIRED, signer, f"expired on {not_after:%Y-%m-%d}")
     return Classified(Verdict.OK, signer)

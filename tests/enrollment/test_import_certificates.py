@@ -32,10 +32,12 @@ from enrollment.models import (
     KeyIdentity,
     SharedMailbox,
 )
+from enrollment.x509.importing import address_problem
 from tests.conftest import client_for
 from tests.enrollment.api_tools import token_client
 from tests.enrollment.ra_fixtures import REASON
 from tests.enrollment.tools import issue
+from tests.factories import UserFactory
 
 P12_PASSWORD = "old-ca export pw"
 
@@ -252,6 +254,7 @@ def test_imports_whats_theirs_and_reports_the_rest(hierarchy, employee, mailbox,
     assert mine.template is None
     assert mine.purpose == "dual_use"
     assert mine.email == "alice@example.com"  # matched case-insensitively
+    assert mine.emails == ["Alice@Example.com"]  # the subjectAltName as it is
     theirs = Certificate.objects.get(mailbox=mailbox)
     assert theirs.purpose == "encryption"
     assert theirs.owner is None
@@ -741,3 +744,33 @@ def test_a_crl_that_does_not_verify_is_refused_and_nothing_written(
     )  # fmt: skip
     assert "refused" in dry
     assert "CRLs refused: 1" in dry
+
+
+# --- addresses: plain ASCII, compared exactly ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "\u212aim@example.com",  # KELVIN SIGN: str.lower() makes it kim@
+        "\u017fam@example.com",  # LONG S: SQL UPPER() makes it SAM@
+        "kim@exampl\u0435.com",  # a Cyrillic e
+    ],
+)
+def test_a_look_alike_address_is_refused_not_given_to_someone_else(hierarchy, migration, address):
+    kim = UserFactory(username="kim", email="kim@example.com")
+    sam = UserFactory(username="sam", email="sam@example.com")
+    leaf = migration.ca.issue("lookalike", address)
+
+    output = run("--issuer", migration.issuer, leaf)
+
+    assert count(output, "unsafe address") == 1
+    assert "not plain ASCII" in output
+    assert count(output, "imported") == 0
+    assert not Certificate.objects.filter(owner__in=[kim, sam]).exists()
+
+
+def test_an_address_is_plain_ascii_without_whitespace():
+    assert address_problem("Alice@Example.com") is None
+    for bad in ("alice @example.com", "alice@example.com\n", "\talice@example.com", "al\u00efce@x"):
+        assert address_problem(bad) is not None
