@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 IMPORTED = "imported"
 PRESENT = "already present"
 NO_ACCOUNT = "no matching account"
+SEVERAL_HOLDERS = "several holders"
 BAD_SIGNATURE = "bad signature"
 NOT_SMIME = "not S/MIME"
 BAD_ADDRESS = "unsafe address"
@@ -77,9 +78,9 @@ COMPROMISED = "key compromised"
 IMPORTED_REVOKED = "imported as revoked"
 REVOKED_SKIPPED = "revoked (skipped)"
 RECORDED_REVOKED = "present, now recorded revoked"
-CATEGORIES = (IMPORTED, IMPORTED_REVOKED, PRESENT, RECORDED_REVOKED, NO_ACCOUNT, BAD_SIGNATURE,
-              NOT_SMIME, BAD_ADDRESS, EXPIRED, NO_ISSUER, UNREADABLE, DUPLICATE_SERIAL, COMPROMISED,
-              REVOKED_SKIPPED)  # fmt: skip
+CATEGORIES = (IMPORTED, IMPORTED_REVOKED, PRESENT, RECORDED_REVOKED, NO_ACCOUNT,
+              SEVERAL_HOLDERS, BAD_SIGNATURE, NOT_SMIME, BAD_ADDRESS, EXPIRED, NO_ISSUER,
+              UNREADABLE, DUPLICATE_SERIAL, COMPROMISED, REVOKED_SKIPPED)  # fmt: skip
 
 KEY_ARCHIVED = "archived"
 KEY_PRESENT = "already archived"
@@ -222,37 +223,69 @@ def _same(stored: str, address: str) -> bool:
     return ascii_lower(stored.strip()) == address
 
 
-def _holder(addresses: Iterable[str]) -> tuple[Holder | None, str]:
-    """The first address an active shared mailbox or exactly one active account has
-    (ASCII case aside): a mailbox before a person, as issuance never certifies a person
-    for a mailbox's address. Otherwise None and why.
+def _holder_of(address: str) -> Holder | str | None:
+    """Who has this (plain ASCII, lower-cased) address: the active shared mailbox, else
+    the one active account; why not if several accounts have it; None if nobody does."""
+    mailbox = next(
+        (
+            m
+            for m in SharedMailbox.objects.filter(email__iexact=address, is_active=True)
+            if _same(m.email, address)
+        ),
+        None,
+    )
+    if mailbox is not None:
+        return Holder(None, mailbox, address)
+    accounts = [
+        a
+        for a in get_user_model().objects.filter(email__iexact=address, is_active=True)[:20]
+        if _same(a.email, address)
+    ]
+    if len(accounts) > 1:
+        return f"several active accounts have {address}"
+    return Holder(accounts[0], None, address) if accounts else None
+
+
+def _holder(addresses: Iterable[str]) -> tuple[Holder | None, str, str]:
+    """The one holder the certificate's addresses lead to (ASCII case aside), with the
+    first address that does: (holder, "", ""), or (None, category, why).
+
+    Each address leads to the active shared mailbox that has it, else to the one active
+    account that has it (a mailbox before a person, as issuance never certifies a person
+    for a mailbox's address). Addresses nobody here has are ignored; addresses that lead
+    to different holders, or one that several accounts have, refuse the certificate: it
+    would otherwise be attached to whichever address came first.
 
     The addresses are plain ASCII (classify refuses others). The database's case-blind
     match (UPPER, which folds LONG S into S) only narrows the candidates; each is then
     compared ASCII-lower-cased, exactly."""
     addresses = [ascii_lower(address) for address in addresses]
-    why = "no active account or shared mailbox has " + ", ".join(addresses)
+    found: list[Holder] = []
     for address in addresses:
-        mailbox = next(
-            (
-                m
-                for m in SharedMailbox.objects.filter(email__iexact=address, is_active=True)
-                if _same(m.email, address)
-            ),
-            None,
-        )
-        if mailbox is not None:
-            return Holder(None, mailbox, address), ""
-        accounts = [
-            a
-            for a in get_user_model().objects.filter(email__iexact=address, is_active=True)[:20]
-            if _same(a.email, address)
-        ]
-        if len(accounts) == 1:
-            return Holder(accounts[0], None, address), ""
-        if len(accounts) > 1:
-            why = f"several active accounts have {address}"
-    return None, why
+        holder = _holder_of(address)
+        if isinstance(holder, str):
+            return None, SEVERAL_HOLDERS, holder
+        if holder is not None and not any(_same_holder(holder, h) for h in found):
+            found.append(holder)
+    if len(found) > 1:
+        named = ", ".join(f"{h.address} is {_holder_name(h)}" for h in found)
+        return None, SEVERAL_HOLDERS, f"its addresses lead to more than one holder: {named}"
+    if found:
+        return found[0], "", ""
+    return None, NO_ACCOUNT, "no active account or shared mailbox has " + ", ".join(addresses)
+
+
+def _same_holder(one: Holder, other: Holder) -> bool:
+    if one.mailbox is not None or other.mailbox is not None:
+        return one.mailbox == other.mailbox
+    return one.owner == other.owner
+
+
+def _holder_name(holder: Holder) -> str:
+    if holder.mailbox is not None:
+        return f"the shared mailbox {holder.mailbox.email}"
+    assert holder.owner is not None
+    return f"account {holder.owner.get_username()}"
 
 
 # --- the certificates -------------------------------------------------------------------
@@ -562,9 +595,9 @@ def certificates_import(
         if verdict.verdict is not Verdict.OK:
             report.note(_VERDICTS[verdict.verdict], where, verdict.reason)
             continue
-        holder, why = _holder(email_addresses(certificate))
+        holder, category, why = _holder(email_addresses(certificate))
         if holder is None:
-            report.note(NO_ACCOUNT, where, why)
+            report.note(category, where, why)
             continue
         name = holder.mailbox.email if holder.mailbox else holder.address
         spki = keys.spki_sha256(certificate.public_key())  # type: ignore[arg-type]

@@ -774,3 +774,44 @@ def test_an_address_is_plain_ascii_without_whitespace():
     assert address_problem("Alice@Example.com") is None
     for bad in ("alice @example.com", "alice@example.com\n", "\talice@example.com", "al\u00efce@x"):
         assert address_problem(bad) is not None
+
+
+# --- several addresses ---------------------------------------------------------------------
+
+
+def _sans(*addresses: str) -> str:
+    """Several rfc822Names through the config's single email:$ENV::MAIL."""
+    return ",email:".join(addresses)
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ("alice@example.com", "bob@example.com"),  # two people
+        ("alice@example.com", "finance@example.com"),  # a person and a shared mailbox
+        ("elsewhere@partner.example", "bob@example.com", "Alice@example.com"),
+    ],
+)
+def test_addresses_of_more_than_one_holder_are_refused(
+    hierarchy, employee, colleague, mailbox, migration, addresses
+):
+    leaf = migration.ca.issue("shared", _sans(*addresses))
+
+    output = run("--issuer", migration.issuer, leaf)
+
+    assert count(output, "several holders") == 1
+    assert "lead to more than one holder" in output
+    assert not Certificate.objects.filter(ca__is_imported=True).exists()
+
+
+def test_several_addresses_of_one_holder_are_imported(hierarchy, employee, colleague, migration):
+    leaf = migration.ca.issue(
+        "aliases", _sans("alice@partner.example", "Alice@Example.com", "alice@example.com")
+    )
+
+    output = run("--issuer", migration.issuer, leaf)
+
+    assert count(output, "imported") == 1
+    certificate = Certificate.objects.get(owner=employee)
+    assert certificate.email == "alice@example.com"
+    assert certificate.emails == ["alice@partner.example", "Alice@Example.com", "alice@example.com"]
