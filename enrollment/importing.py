@@ -41,6 +41,7 @@ from enrollment.models import (
     Certificate,
     CertificateAuthority,
     KeyIdentity,
+    KeyRecoveryAgent,
     SharedMailbox,
 )
 from enrollment.x509 import keys, pkcs7, pkcs12
@@ -87,8 +88,9 @@ KEY_PRESENT = "already archived"
 KEY_NO_CERTIFICATE = "no imported certificate"
 KEY_SIGNING_ONLY = "signing-only (never archived)"
 KEY_UNREADABLE = "unreadable or wrong password"
+KEY_SEVERAL_HOLDERS = "several holders (archived for none)"
 KEY_CATEGORIES = (KEY_ARCHIVED, KEY_PRESENT, KEY_NO_CERTIFICATE, KEY_SIGNING_ONLY,
-                  KEY_UNREADABLE)  # fmt: skip
+                  KEY_UNREADABLE, KEY_SEVERAL_HOLDERS)  # fmt: skip
 
 NO_AGENT = (
     "No valid key recovery agent is registered (manage.py register_kra): keys are only "
@@ -448,15 +450,59 @@ def _open_pkcs12(data: bytes, passwords: Sequence[str]) -> tuple[keys.PrivateKey
     return None, why
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A certificate of a key being archived: stored (``row``), or in a dry run planned."""
+
+    fingerprint: str
+    purpose: str
+    holder: str
+    row: Certificate | None
+
+
+def _holder_key(holder: Holder) -> str:
+    if holder.mailbox is not None:
+        return f"mailbox {holder.mailbox.pk}"
+    return f"account {holder.owner.pk if holder.owner else ''}"
+
+
+def _row_holder(row: Certificate) -> str:
+    return f"mailbox {row.mailbox_id}" if row.mailbox_id else f"account {row.owner_id or ''}"
+
+
+def _targets(spki: str, planned: dict[str, list[_Target]]) -> tuple[list[_Target], set[str]]:
+    """The imported certificates of this key (stored, then a dry run's planned ones), and
+    the holders of every certificate of it, imported or issued here."""
+    stored = list(
+        Certificate.objects.filter(spki_sha256=spki, ca__is_imported=True)
+        .select_related("archived_key")
+        .order_by("pk")
+    )
+    targets = [_Target(c.fingerprint_sha256, c.purpose, _row_holder(c), c) for c in stored]
+    known = {t.fingerprint for t in targets}
+    targets += [t for t in planned.get(spki, []) if t.fingerprint not in known]
+    holders = {t.holder for t in targets}
+    holders.update(
+        _row_holder(c)
+        for c in Certificate.objects.filter(spki_sha256=spki, ca__is_imported=False).only(
+            "owner", "mailbox"
+        )
+    )
+    return targets, holders
+
+
 @sensitive_variables("passwords", "private_key")
 def _import_keys(
     key_sources: Sequence[Source],
     passwords: Sequence[str],
     report: ImportReport,
-    planned: dict[str, list[tuple[str, str]]],
+    planned: dict[str, list[_Target]],
 ) -> None:
     """Archive each PKCS#12's key to the current key recovery agents for every imported
-    encryption-capable certificate of that key that has no archive yet."""
+    encryption-capable certificate of that key that has no archive yet.
+
+    A key whose certificates belong to more than one holder is archived for none: its
+    recovery would hand one holder's key to another."""
     agents = services._active_agents()
     if key_sources and not agents:
         if not report.dry_run:
@@ -468,45 +514,63 @@ def _import_keys(
             report.note_key(KEY_UNREADABLE, source.name, why)
             continue
         spki = keys.spki_sha256(private_key.public_key())
-        stored = list(
-            Certificate.objects.filter(spki_sha256=spki, ca__is_imported=True)
-            .select_related("archived_key")
-            .order_by("pk")
-        )
-        targets = [(c.fingerprint_sha256, c.purpose) for c in stored]
-        targets += [t for t in planned.get(spki, []) if t[0] not in {f for f, _ in targets}]
+        targets, holders = _targets(spki, planned)
         if not targets:
             report.note_key(
                 KEY_NO_CERTIFICATE, source.name, "its key belongs to no imported certificate"
             )
             continue
-        for fingerprint, kind in targets:
-            if kind == "signing":
-                report.note_key(KEY_SIGNING_ONLY, source.name, f"certificate {fingerprint[:16]}…")
-                continue
-            row = next((c for c in stored if c.fingerprint_sha256 == fingerprint), None)
-            if row is not None and hasattr(row, "archived_key"):
-                report.note_key(KEY_PRESENT, source.name, f"certificate {fingerprint[:16]}…")
-                continue
-            if report.dry_run:
-                report.note_key(
-                    KEY_ARCHIVED, source.name, f"would archive for certificate {fingerprint[:16]}…"
-                )
-                continue
-            assert row is not None  # not dry: planned certificates were imported above
-            with transaction.atomic():
-                if ArchivedKey.objects.filter(certificate=row).exists():
-                    report.note_key(KEY_PRESENT, source.name, f"certificate {fingerprint[:16]}…")
-                    continue
-                services._key_archive(
-                    certificate=row,
-                    private_key=private_key,
-                    agents=agents,
-                    actor=None,
-                    detail={"source": "import", "serial": row.serial},
-                )
-            report.note_key(KEY_ARCHIVED, source.name, f"certificate {fingerprint[:16]}…")
+        if len(holders) > 1:
+            report.note_key(
+                KEY_SEVERAL_HOLDERS,
+                source.name,
+                f"certificates of {len(holders)} different holders carry its key; "
+                "archived for none (check them, and revoke what should not exist)",
+            )
+            continue
+        for target in targets:
+            _archive_one(target, source, private_key, agents, report)
         del private_key
+
+
+@sensitive_variables("private_key")
+def _archive_one(
+    target: _Target,
+    source: Source,
+    private_key: keys.PrivateKey,
+    agents: list[KeyRecoveryAgent],
+    report: ImportReport,
+) -> None:
+    short = f"certificate {target.fingerprint[:16]}…"
+    if target.purpose == "signing":
+        report.note_key(KEY_SIGNING_ONLY, source.name, short)
+        return
+    row = target.row
+    if row is not None and hasattr(row, "archived_key"):
+        report.note_key(KEY_PRESENT, source.name, short)
+        return
+    if report.dry_run:
+        report.note_key(KEY_ARCHIVED, source.name, f"would archive for {short}")
+        return
+    if row is None:  # not stored after all (a failed import): nothing to archive for
+        report.note_key(KEY_NO_CERTIFICATE, source.name, f"{short} was not imported")
+        return
+    try:
+        with transaction.atomic():
+            if ArchivedKey.objects.filter(certificate=row).exists():
+                report.note_key(KEY_PRESENT, source.name, short)
+                return
+            services._key_archive(
+                certificate=row,
+                private_key=private_key,
+                agents=agents,
+                actor=None,
+                detail={"source": "import", "serial": row.serial},
+            )
+    except IntegrityError:  # another run archived it meanwhile
+        report.note_key(KEY_PRESENT, source.name, f"{short} (by another run)")
+        return
+    report.note_key(KEY_ARCHIVED, source.name, short)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -566,7 +630,7 @@ def certificates_import(
     if not dry_run:
         _link_parents([ca for ca in authorities if ca is not None])
 
-    planned: dict[str, list[tuple[str, str]]] = {}
+    planned: dict[str, list[_Target]] = {}
     seen: set[str] = set()
     recorded: set[int] = set()
     for where, certificate in _readable(sources, report):
@@ -604,7 +668,6 @@ def certificates_import(
         if KeyIdentity.objects.filter(spki_sha256=spki, compromised=True).exists():
             report.note(COMPROMISED, where, _COMPROMISED_TEXT)  # read again under its lock
             continue
-        planned.setdefault(spki, []).append((fingerprint, purpose(certificate)))
         assert verdict.issuer_index is not None
         revocation = revoked.get(
             (issuer_fingerprints[verdict.issuer_index], certificate.serial_number)
@@ -614,6 +677,10 @@ def certificates_import(
             continue
         category = IMPORTED if revocation is None else IMPORTED_REVOKED
         if dry_run:
+            # What the keys would find stored (a real run reads the rows it imported).
+            planned.setdefault(spki, []).append(
+                _Target(fingerprint, purpose(certificate), _holder_key(holder), None)
+            )
             report.note(category, where, f"would import for {name}{_how(revocation)}")
             continue
         ca = authorities[verdict.issuer_index]

@@ -113,8 +113,12 @@ class OldCa:
         dates: tuple[str, str] | None = None,
         key: str = "ec:P-256",
     ) -> Path:
-        """A leaf certificate (PEM) for ``mail``, its key in <name>.key."""
-        if key.startswith("ec:"):
+        """A leaf certificate (PEM) for ``mail``, its key in <name>.key (``key="reuse:X"``:
+        the key of X's certificate)."""
+        if key.startswith("reuse:"):
+            other = (self.dir / f"{key.removeprefix('reuse:')}.key").read_bytes()
+            (self.dir / f"{name}.key").write_bytes(other)
+        elif key.startswith("ec:"):
             self.run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.params")
             self.run("pkcs8", "-topk8", "-nocrypt", "-in", "ec.params", "-out", f"{name}.key")
         else:
@@ -815,3 +819,47 @@ def test_several_addresses_of_one_holder_are_imported(hierarchy, employee, colle
     certificate = Certificate.objects.get(owner=employee)
     assert certificate.email == "alice@example.com"
     assert certificate.emails == ["alice@partner.example", "Alice@Example.com", "alice@example.com"]
+
+
+# --- keys: one holder each, failures reported ---------------------------------------------
+
+
+def test_a_key_two_holders_certificates_carry_is_archived_for_neither(
+    hierarchy, employee, colleague, migration, kra
+):
+    bobs = migration.ca.issue("bob-with-alices-key", "bob@example.com", key="reuse:alice")
+    keys_args = ["--keys", migration.alice_p12, "--keys-password-file", migration.password_file]
+
+    dry = run("--dry-run", "--issuer", migration.issuer, migration.alice, bobs, *keys_args)
+    output = run("--issuer", migration.issuer, migration.alice, bobs, *keys_args)
+
+    for report in (dry, output):
+        assert count(report, "several holders (archived for none)") == 1
+        assert count(report, "archived") == 0
+    assert count(output, "imported") == 2
+    assert not ArchivedKey.objects.exists()
+
+
+def test_a_duplicate_serial_with_its_key_given_is_reported_not_a_crash(
+    hierarchy, employee, tmp_path, kra
+):
+    sloppy = OldCa(tmp_path / "sloppy", name="Sloppy CA")
+    first = sloppy.issue("first", "alice@example.com")
+    (sloppy.dir / "index.txt").write_text("")
+    (sloppy.dir / "serial").write_text("1000\n")
+    second = sloppy.issue("second", "alice@example.com")
+    password = tmp_path / "pw.txt"
+    password.write_text(P12_PASSWORD + "\n")
+
+    output = run(
+        "--issuer", sloppy.dir / "ca.pem", first, second,
+        "--keys", sloppy.pkcs12("second"), "--keys-password-file", password,
+    )  # fmt: skip
+
+    assert count(output, "duplicate serial") == 1
+    assert count(output, "no imported certificate") == 1
+    assert count(output, "archived") == 0
+    assert not ArchivedKey.objects.exists()
+    stored = Certificate.objects.get(ca__is_imported=True)
+    kept = x509.load_pem_x509_certificate(first.read_bytes())
+    assert stored.fingerprint_sha256 == kept.fingerprint(hashes.SHA256()).hex()
