@@ -173,7 +173,7 @@ def pki_create(
     7.1.4.3.1 requires: refused before any key is made when either is missing. The
     issuing CA is name-constrained to ``mail_domains`` when given; the root never is.
     """
-    if CertificateAuthority.objects.exists():
+    if CertificateAuthority.objects.ours().exists():
         raise InvalidState("A CA hierarchy already exists; refusing to create another.")
     try:
         builder.check_ca_subject(organization_name, country_name)

@@ -863,3 +863,23 @@ def test_a_duplicate_serial_with_its_key_given_is_reported_not_a_crash(
     stored = Certificate.objects.get(ca__is_imported=True)
     kept = x509.load_pem_x509_certificate(first.read_bytes())
     assert stored.fingerprint_sha256 == kept.fingerprint(hashes.SHA256()).hex()
+
+
+# --- the order of things -------------------------------------------------------------------
+
+
+def test_importing_before_create_pki_does_not_block_it(employee, migration, tmp_path, settings):
+    from tests.enrollment.test_commands import create_pki
+
+    output = run("--issuer", migration.issuer, migration.alice)
+    assert count(output, "imported") == 1
+
+    create_pki(tmp_path)
+
+    ours = CertificateAuthority.objects.ours()
+    assert set(ours.values_list("slug", flat=True)) == {"root", "issuing"}
+    assert list(CertificateAuthority.objects.roots().values_list("slug", flat=True)) == ["root"]
+    old = CertificateAuthority.objects.get(is_imported=True)
+    assert Certificate.objects.get(owner=employee).ca == old
+    with pytest.raises(CommandError, match="already exists"):
+        create_pki(tmp_path / "again")

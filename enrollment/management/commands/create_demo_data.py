@@ -92,7 +92,7 @@ class Command(BaseCommand):
         demo_dir = Path(settings.VAR_DIR)
         offline = demo_dir / "offline"
         root_key, root_pass = offline / "root-key.pem", offline / "root-passphrase"
-        if not CertificateAuthority.objects.exists():
+        if not CertificateAuthority.objects.ours().exists():
             call_command(
                 "create_pki",
                 root_key_out=str(root_key),

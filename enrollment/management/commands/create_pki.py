@@ -79,7 +79,7 @@ class Command(BaseCommand):
         add_hsm_key_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if CertificateAuthority.objects.exists():
+        if CertificateAuthority.objects.ours().exists():
             raise CommandError("A CA hierarchy already exists; refusing to create another.")
         _check_ca_subject(options["organization"], options["country"])
         domains = constraint_domains(options)
