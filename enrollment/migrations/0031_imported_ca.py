@@ -2,7 +2,31 @@
 import_certificates brought in; never online, the portal never signs or revokes for it.
 """
 
+from typing import Any
+
 from django.db import migrations, models
+
+IMPORTED_ROWS = (
+    "Cannot reverse enrollment 0031: {count} imported CA(s) exist ({names}). Without "
+    "is_imported they would become roots of the portal's own hierarchy, with their "
+    "certificates revocable on its CRLs. Delete the imported certificates and CAs first "
+    "(they can be imported again after a forward migration)."
+)
+
+
+def refuse_while_imported(apps: Any, schema_editor: Any) -> None:
+    """Reversing drops is_imported: refuse while a row needs it."""
+    authority = apps.get_model("enrollment", "CertificateAuthority")
+    imported = list(
+        authority.objects.using(schema_editor.connection.alias)
+        .filter(is_imported=True)
+        .values_list("name", flat=True)[:5]
+    )
+    if imported:
+        count = (
+            authority.objects.using(schema_editor.connection.alias).filter(is_imported=True).count()
+        )
+        raise RuntimeError(IMPORTED_ROWS.format(count=count, names=", ".join(imported)))
 
 
 class Migration(migrations.Migration):
@@ -27,4 +51,6 @@ class Migration(migrations.Migration):
                 name="imported_ca_is_never_online",
             ),
         ),
+        # Last, so that reversing runs it first, while is_imported is still there.
+        migrations.RunPython(migrations.RunPython.noop, refuse_while_imported),
     ]

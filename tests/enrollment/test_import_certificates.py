@@ -883,3 +883,23 @@ def test_importing_before_create_pki_does_not_block_it(employee, migration, tmp_
     assert Certificate.objects.get(owner=employee).ca == old
     with pytest.raises(CommandError, match="already exists"):
         create_pki(tmp_path / "again")
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_migrating_back_past_0031_is_refused_while_imported_cas_exist(migration):
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    run("--issuer", migration.issuer, migration.stranger)  # registers the CA, no holder
+    assert CertificateAuthority.objects.filter(is_imported=True).exists()
+
+    executor = MigrationExecutor(connection)
+    with pytest.raises(RuntimeError, match="Cannot reverse enrollment 0031"):
+        executor.migrate([("enrollment", "0030_leaver_run_mailbox_counts")])
+
+    assert CertificateAuthority.objects.get(is_imported=True).name == "Old Corp Issuing CA"
+    CertificateAuthority.objects.filter(is_imported=True).delete()
+    executor = MigrationExecutor(connection)
+    executor.migrate([("enrollment", "0030_leaver_run_mailbox_counts")])  # now it may
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
