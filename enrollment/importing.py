@@ -434,20 +434,43 @@ def _record_revoked(row: Certificate, revocation: Revocation) -> None:
 
 
 @sensitive_variables("passwords", "password", "private_key")
-def _open_pkcs12(data: bytes, passwords: Sequence[str]) -> tuple[keys.PrivateKey | None, str]:
-    """The private key of a PKCS#12 file, trying each password, or None and why (what
-    was wrong once a password opened it, else that none did). The passwords and the key
-    are never logged, stored or put into a message."""
+def _open_pkcs12(
+    source: Source, passwords: Sequence[str], report: ImportReport
+) -> tuple[keys.PrivateKey | None, str]:
+    """The private key of a PKCS#12 file, trying each password and then the empty one, or
+    None and why (what was wrong once a password opened it, else that none did). The
+    passwords and the key are never logged, stored or put into a message.
+
+    A file of several keys or certificates is reported: only the key paired with a
+    certificate (the one load_pkcs12 returns) is archived."""
     why = "not a PKCS#12 file, or none of the passwords opens it"
-    for password in passwords or [""]:
+    for password in dict.fromkeys([*passwords, ""]):
         try:
-            private_key, _certificate, _chain = pkcs12.load_pkcs12(data, password)
+            private_key, certificate, chain = pkcs12.load_pkcs12(source.data, password)
         except X509Error as exc:
             if "password is wrong" not in exc.message:
                 why = exc.message
             continue
+        _report_contents(source, certificate, 1 + len(chain), report)
         return private_key, ""
     return None, why
+
+
+def _report_contents(
+    source: Source, certificate: x509.Certificate, certificates: int, report: ImportReport
+) -> None:
+    bags = pkcs12.pkcs12_bags(source.data)
+    held = bags.keys if bags is not None else 1
+    if held <= 1 and certificates <= 1:
+        return
+    keys_text = f"{held} private keys" if held > 1 else "1 private key"
+    if bags is not None and bags.encrypted_parts and held > 1:
+        keys_text += " (and maybe more in its encrypted parts)"
+    report.lines.append(
+        f"{source.name}: the file holds {keys_text} and {certificates} certificates; only the "
+        f"key of {certificate.subject.rfc4514_string()} (serial "
+        f"{format(certificate.serial_number, 'x')}) was used, the others were not archived"
+    )
 
 
 @dataclass(frozen=True)
@@ -509,7 +532,7 @@ def _import_keys(
             raise ConfigurationError(NO_AGENT)
         report.lines.append(f"Keys: {NO_AGENT}")
     for source in key_sources:
-        private_key, why = _open_pkcs12(source.data, passwords)
+        private_key, why = _open_pkcs12(source, passwords, report)
         if private_key is None:
             report.note_key(KEY_UNREADABLE, source.name, why)
             continue
@@ -796,5 +819,6 @@ _LINE_BREAK = re.compile(r"\r?\n")
 
 
 def passwords_from(text: str) -> list[str]:
-    """A password file: one password per line (each is tried on every PKCS#12)."""
-    return [line for line in _LINE_BREAK.split(text) if line]
+    """A password file: one password per line (each is tried on every PKCS#12, and then
+    the empty one). A leading UTF-8 byte order mark (Notepad's) is not part of the first."""
+    return [line for line in _LINE_BREAK.split(text.removeprefix("\ufeff")) if line]

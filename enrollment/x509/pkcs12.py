@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from asn1crypto import pkcs12 as asn1_pkcs12  # python-pkcs11's, pinned in requirements
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -85,3 +88,35 @@ def load_pkcs12(
     if key.public_key() != certificate.public_key():
         raise X509Error("The PKCS#12 file's private key does not match its certificate.")
     return key, certificate, list(additional)
+
+
+@dataclass(frozen=True)
+class Pkcs12Bags:
+    """What a PKCS#12 file holds, counted without its password: key and certificate bags
+    in its unencrypted parts, and how many parts are encrypted as a whole (openssl and
+    Windows put the certificates there; their bags cannot be counted unopened)."""
+
+    keys: int
+    certificates: int
+    encrypted_parts: int
+
+
+def pkcs12_bags(data: bytes) -> Pkcs12Bags | None:
+    """Count the bags of a PKCS#12 file (load_pkcs12 returns one key of however many);
+    None if its structure does not parse."""
+    keys = certificates = encrypted = 0
+    try:
+        pfx = asn1_pkcs12.Pfx.load(data)
+        for part in pfx.authenticated_safe:
+            if part["content_type"].native != "data":
+                encrypted += 1
+                continue
+            for bag in asn1_pkcs12.SafeContents.load(part["content"].native):
+                kind = bag["bag_id"].native
+                if kind in ("key_bag", "pkcs8_shrouded_key_bag"):
+                    keys += 1
+                elif kind == "cert_bag":
+                    certificates += 1
+    except (ValueError, TypeError, KeyError):
+        return None
+    return Pkcs12Bags(keys, certificates, encrypted)

@@ -153,13 +153,14 @@ class OldCa:
             (self.dir / out).write_bytes((self.dir / "crl.pem").read_bytes())
         return self.dir / out
 
-    def pkcs12(self, name: str, password: str = P12_PASSWORD) -> Path:
+    def pkcs12(self, name: str, password: str = P12_PASSWORD, out: str = "") -> Path:
+        out = out or f"{name}.p12"
         (self.dir / "pw.txt").write_text(password + "\n")
         self.run(
             "pkcs12", "-export", "-inkey", f"{name}.key", "-in", f"{name}.pem",
-            "-passout", "file:pw.txt", "-out", f"{name}.p12",
+            "-passout", "file:pw.txt", "-out", out,
         )  # fmt: skip
-        return self.dir / f"{name}.p12"
+        return self.dir / out
 
 
 @dataclass
@@ -903,3 +904,68 @@ def test_migrating_back_past_0031_is_refused_while_imported_cas_exist(migration)
     executor.migrate([("enrollment", "0030_leaver_run_mailbox_counts")])  # now it may
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+# --- PKCS#12 files: several keys, Notepad's BOM, no password --------------------------------
+
+
+def test_a_pkcs12_of_several_keys_says_which_it_used(hierarchy, employee, migration, kra):
+    from asn1crypto import cms, core
+    from asn1crypto import pkcs12 as asn1_pkcs12
+
+    ca = migration.ca
+    ca.issue("carol", "carol@partner.example")
+    parts = []
+    for name in ("alice", "carol"):  # openssl puts one key in a file: join two (no MAC)
+        ca.run(
+            "pkcs12", "-export", "-inkey", f"{name}.key", "-in", f"{name}.pem", "-nomac",
+            "-passout", f"pass:{P12_PASSWORD}", "-out", f"{name}-nomac.p12",
+        )  # fmt: skip
+        pfx = asn1_pkcs12.Pfx.load((ca.dir / f"{name}-nomac.p12").read_bytes())
+        parts += list(pfx.authenticated_safe)
+    safes = asn1_pkcs12.AuthenticatedSafe(parts).dump()
+    both = ca.dir / "both.p12"
+    both.write_bytes(
+        asn1_pkcs12.Pfx(
+            {
+                "version": "v3",
+                "auth_safe": cms.ContentInfo(
+                    {"content_type": "data", "content": core.OctetString(safes)}
+                ),
+            }
+        ).dump()
+    )
+
+    output = run(
+        "--issuer", migration.issuer, migration.alice,
+        "--keys", both, "--keys-password-file", migration.password_file,
+    )  # fmt: skip
+
+    assert "the file holds 2 private keys and 2 certificates" in output
+    assert "only the key of CN=alice (serial" in output
+    assert count(output, "archived") == 1
+
+
+def test_a_password_file_with_a_byte_order_mark(hierarchy, employee, migration, kra, tmp_path):
+    notepad = tmp_path / "pw.txt"
+    notepad.write_bytes("\ufeff".encode() + P12_PASSWORD.encode() + b"\r\n")
+
+    output = run(
+        "--issuer", migration.issuer, migration.alice,
+        "--keys", migration.alice_p12, "--keys-password-file", notepad,
+    )  # fmt: skip
+
+    assert count(output, "archived") == 1
+
+
+def test_the_empty_password_is_always_tried(hierarchy, employee, migration, kra, tmp_path):
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("not this one\n")
+    empty = migration.ca.pkcs12("alice", password="", out="alice-no-password.p12")
+
+    output = run(
+        "--issuer", migration.issuer, migration.alice,
+        "--keys", empty, "--keys-password-file", wrong,
+    )  # fmt: skip
+
+    assert count(output, "archived") == 1
