@@ -969,3 +969,24 @@ def test_the_empty_password_is_always_tried(hierarchy, employee, migration, kra,
     )  # fmt: skip
 
     assert count(output, "archived") == 1
+
+
+def test_an_imported_certificate_for_an_old_address_promises_no_revocation_or_renewal(
+    imported, employee, settings
+):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 24
+    employee.email = "alice.andersson@example.com"
+    employee.save()
+    client = client_for(employee)
+
+    listing = client.get("/certificates/").content.decode()
+    page = client.get(f"/certificates/{imported.pk}/").content.decode()
+
+    assert "For your old address" in listing
+    assert "Renew it for your new address" not in listing
+    assert "Old Corp Issuing CA issued it: the portal does not revoke it" in listing
+    assert "your old address, alice@example.com" in page
+    assert "a grace period after the address changed" not in page
+    assert "Renew it" not in page
+    assert "The portal does not revoke it: Old Corp Issuing CA issued it" in page
+    assert "/enroll/" in page
