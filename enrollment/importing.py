@@ -199,13 +199,27 @@ def _issuer_create(certificate: x509.Certificate, fingerprint: str) -> Certifica
 
 def _link_parents(authorities: Sequence[CertificateAuthority]) -> None:
     """An imported issuing CA whose imported root was given too gets it as its parent, so
-    the chain a holder downloads reaches the old root."""
+    the chain a holder downloads reaches the old root. Each link is audited; a CA is never
+    made the parent of its own parent (cross-certified pairs would loop)."""
     for ca in authorities:
         if ca.parent_id is not None:
             continue
         for other in authorities:
-            if other.pk != ca.pk and issued_by(ca.certificate, other.certificate):
-                CertificateAuthority.objects.filter(pk=ca.pk).update(parent=other)
+            if other.pk == ca.pk or other.parent_id == ca.pk:
+                continue
+            if issued_by(ca.certificate, other.certificate):
+                with transaction.atomic():
+                    CertificateAuthority.objects.filter(pk=ca.pk, parent__isnull=True).update(
+                        parent=other
+                    )
+                    audit_record(
+                        action="ca.import_link",
+                        target=ca,
+                        detail={
+                            "issuer": other.fingerprint_sha256,
+                            "fingerprint": ca.fingerprint_sha256,
+                        },
+                    )
                 ca.parent = other
                 break
 

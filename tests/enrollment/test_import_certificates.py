@@ -249,7 +249,8 @@ def test_imports_whats_theirs_and_reports_the_rest(hierarchy, employee, mailbox,
     assert count(output, "not S/MIME") == 1
     assert count(output, "expired") == 1
     assert count(output, "unreadable file") == 1
-    assert "Traceback" not in output
+    for path in all_files(migration):  # each file is reported once, by name
+        assert sum(line.startswith(f"{path}:") for line in output.splitlines()) == 1
     old = CertificateAuthority.objects.get(is_imported=True)
     assert not old.is_online
     assert old.key_reference == ""
@@ -535,17 +536,33 @@ def test_no_crl_and_no_ocsp_for_them(imported, hierarchy, migration, anonymous_c
     answer = ocsp.load_der_ocsp_response(response.content)
     assert answer.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
 
-    health = anonymous_client.get("/pki/").content.decode()
-    assert "Old Corp" not in health
+    listing = anonymous_client.get("/pki/")
+    assert listing.status_code == 200
+    assert "Test Issuing CA" in listing.content.decode()  # the page does list CAs
+    assert "Old Corp" not in listing.content.decode()
 
 
-def test_leavers_runs_leave_them_alone(imported, employee):
+def test_leavers_runs_leave_them_alone(imported, employee, colleague, template, settings):
+    """Past the grace period, the run revokes a leaver's portal certificate (so it did
+    run) and leaves the imported one, whose holder left too, alone: nothing due for it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     from enrollment import leavers
+    from tests.enrollment.tools import new_key
 
-    employee.is_active = False
-    employee.save()
-    leavers.leavers_revoke(confirmed=True)
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 1
+    ours = issue(colleague, template("smime-signing"), new_key())
+    for leaver in (employee, colleague):
+        leaver.is_active = False
+        leaver.save()
 
+    outcome = leavers.leavers_revoke(now=timezone.now() + timedelta(days=2), confirmed=True)
+
+    assert (outcome.due, outcome.revoked_accounts, outcome.revoked_certificates) == (1, 1, 1)
+    ours.refresh_from_db()
+    assert ours.status == Certificate.Status.REVOKED
     imported.refresh_from_db()
     assert imported.status == Certificate.Status.VALID
 
@@ -655,7 +672,13 @@ def test_a_serial_the_old_ca_issued_twice_keeps_the_first(hierarchy, employee, t
 
     assert count(output, "imported") == 1
     assert count(output, "duplicate serial") == 1
-    assert "Traceback" not in output
+    assert f"{second}: duplicate serial: Sloppy CA issued serial 1000 twice; kept the first" in (
+        output
+    )
+    kept = Certificate.objects.get(ca__is_imported=True)
+    assert kept.der == x509.load_pem_x509_certificate(first.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
 
 
 # --- the old CA's CRLs ---------------------------------------------------------------------
@@ -990,3 +1013,36 @@ def test_an_imported_certificate_for_an_old_address_promises_no_revocation_or_re
     assert "Renew it" not in page
     assert "The portal does not revoke it: Old Corp Issuing CA issued it" in page
     assert "/enroll/" in page
+
+
+def test_an_imported_issuing_ca_is_linked_to_its_imported_root(hierarchy, employee, tmp_path):
+    root = OldCa(tmp_path / "root", name="Old Corp Root CA")
+    sub = OldCa(tmp_path / "sub", name="Old Corp Sub CA")
+    sub.run("req", "-new", "-key", "ca.key", "-subj", "/O=Old Corp/CN=Old Corp Sub CA",
+            "-out", str(root.dir / "sub.csr"))  # fmt: skip
+    (root.dir / "ext.cnf").write_text(
+        "[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+    )
+    root.run(
+        "x509", "-req", "-in", "sub.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-set_serial", "7", "-days", "1000", "-extfile", "ext.cnf", "-extensions", "v3",
+        "-out", str(sub.dir / "ca.pem"),
+    )  # fmt: skip
+    leaf = sub.issue("alice", "alice@example.com")
+
+    run("--issuer", sub.dir / "ca.pem", "--issuer", root.dir / "ca.pem", leaf)
+
+    old_sub = CertificateAuthority.objects.get(name="Old Corp Sub CA")
+    old_root = CertificateAuthority.objects.get(name="Old Corp Root CA")
+    assert old_sub.parent == old_root
+    assert old_root.parent is None
+    event = AuditEvent.objects.get(action="ca.import_link")
+    assert event.detail == {
+        "issuer": old_root.fingerprint_sha256,
+        "fingerprint": old_sub.fingerprint_sha256,
+    }
+    mine = Certificate.objects.get(owner=employee)
+    body = client_for(employee).get(f"/certificates/{mine.pk}/download/p7b/").content
+    chain = pkcs7.load_der_pkcs7_certificates(body)
+    assert old_root.certificate in chain
+    assert old_sub.certificate in chain
