@@ -523,7 +523,9 @@ class CertificateViewSet(
         description=(
             "Holders revoke their own certificates with keyCompromise, affiliationChanged, "
             "superseded or cessationOfOperation; RA officers revoke any with any reason. "
-            "The CRL is regenerated after the change is committed."
+            "The CRL is regenerated after the change is committed. A certificate imported "
+            "from another CA is recorded revoked here only (no CRL entry, no OCSP answer): "
+            "revoke it at that CA too."
         ),
         request=s.RevokeIn,
         responses={200: s.CertificateOut, **ERRORS, **NOT_FOUND, **CONFLICT},
