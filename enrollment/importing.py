@@ -4,9 +4,10 @@ An organisation moving from Windows Certificate Services, EJBCA or openssl scrip
 certificates in use: colleagues must keep finding them, holders must be reminded before
 they expire and renew into a portal template, and their archived encryption keys must stay
 recoverable. The old issuer is registered as a CertificateAuthority with ``is_imported``:
-never online, no key, so the portal never signs, revokes, lists on a CRL or answers OCSP
-for what it issued. Each certificate is checked against it and linked to the active
-account, or the active shared mailbox, whose address its subjectAltName names.
+never online, no key, so the portal never signs, lists on a CRL or answers OCSP for what
+it issued (a revocation is only recorded here, services._revoke). Each certificate is
+checked against it, and against the old CA's CRLs given with --crl, and linked to the one
+active account or active shared mailbox its subjectAltName addresses lead to.
 
 Every write (a CA, a certificate, an archived key) is in its own transaction with its
 audit event; the run ends with a summary event. Fingerprints make a second run import
