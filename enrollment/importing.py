@@ -36,7 +36,7 @@ from django.views.decorators.debug import sensitive_variables
 from accounts.models import User
 from enrollment import hotsql, ldap_publish, services
 from enrollment.audit import audit_record
-from enrollment.exceptions import ConfigurationError
+from enrollment.exceptions import ConfigurationError, EnrollmentError
 from enrollment.models import (
     ArchivedKey,
     Certificate,
@@ -79,10 +79,11 @@ DUPLICATE_SERIAL = "duplicate serial"
 COMPROMISED = "key compromised"
 IMPORTED_REVOKED = "imported as revoked"
 REVOKED_SKIPPED = "revoked (skipped)"
+REFUSED = "refused"
 RECORDED_REVOKED = "present, now recorded revoked"
 CATEGORIES = (IMPORTED, IMPORTED_REVOKED, PRESENT, RECORDED_REVOKED, NO_ACCOUNT,
               SEVERAL_HOLDERS, BAD_SIGNATURE, NOT_SMIME, BAD_ADDRESS, EXPIRED, NO_ISSUER,
-              UNREADABLE, DUPLICATE_SERIAL, COMPROMISED, REVOKED_SKIPPED)  # fmt: skip
+              UNREADABLE, DUPLICATE_SERIAL, COMPROMISED, REVOKED_SKIPPED, REFUSED)  # fmt: skip
 
 KEY_ARCHIVED = "archived"
 KEY_PRESENT = "already archived"
@@ -424,25 +425,35 @@ def _compromised(row: Certificate) -> None:
         certificate_revoked(other)
 
 
-def _record_revoked(row: Certificate, revocation: Revocation) -> None:
+def _record_revoked(
+    row: Certificate, revocation: Revocation, where: str, report: ImportReport
+) -> None:
     """An imported certificate, still valid here, that the old CA's CRL now lists."""
+    if report.dry_run:
+        report.note(RECORDED_REVOKED, where, f"the old CA's CRL lists it{_how(revocation)}")
+        return
     fields = _revoked_fields(revocation)
-    with transaction.atomic():
-        if fields["revocation_reason"] == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
-            KeyIdentity.objects.update_or_create(
-                spki_sha256=row.spki_sha256, defaults={"compromised": True}
+    try:
+        with transaction.atomic():
+            if fields["revocation_reason"] == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
+                KeyIdentity.objects.update_or_create(
+                    spki_sha256=row.spki_sha256, defaults={"compromised": True}
+                )
+            revoked = services._revoke(
+                certificate=row,
+                reason=str(fields["revocation_reason"]) or None,
+                actor=None,
+                invalidity_date=fields["invalidity_date"],  # type: ignore[arg-type]
+                source_address=None,
+                revoked_at=revocation.revoked_at,
+                detail={"source": "import crl", "crl_reason": revocation.reason},
             )
-        revoked = services._revoke(
-            certificate=row,
-            reason=str(fields["revocation_reason"]) or None,
-            actor=None,
-            invalidity_date=fields["invalidity_date"],  # type: ignore[arg-type]
-            source_address=None,
-            revoked_at=revocation.revoked_at,
-            detail={"source": "import crl", "crl_reason": revocation.reason},
-        )
-        if revoked.revocation_reason == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
-            _compromised(revoked)
+            if revoked.revocation_reason == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
+                _compromised(revoked)
+    except EnrollmentError as exc:  # revoked meanwhile, or an invalidity date refused
+        report.note(REFUSED, where, f"could not record its revocation: {exc.message}")
+        return
+    report.note(RECORDED_REVOKED, where, f"the old CA's CRL lists it{_how(revocation)}")
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -684,9 +695,7 @@ def certificates_import(
             )
             if row is not None and listed is not None and row.status == Certificate.Status.VALID:
                 recorded.add(row.pk)
-                if not dry_run:
-                    _record_revoked(row, listed)
-                report.note(RECORDED_REVOKED, where, f"the old CA's CRL lists it{_how(listed)}")
+                _record_revoked(row, listed, where, report)
             else:
                 report.note(PRESENT, where, f"fingerprint {fingerprint[:16]}…")
             continue
@@ -730,6 +739,9 @@ def certificates_import(
         except _KeyCompromised:
             report.note(COMPROMISED, where, _COMPROMISED_TEXT)
             continue
+        except EnrollmentError as exc:  # its CRL entry's keyCompromise could not be applied
+            report.note(REFUSED, where, exc.message)
+            continue
         except IntegrityError:
             # Another run imported it meanwhile, or the old CA reused a serial number.
             if Certificate.objects.filter(fingerprint_sha256=fingerprint).exists():
@@ -771,27 +783,26 @@ def _revoke_listed(
     revoked: dict[tuple[str, int], Revocation], recorded: set[int], report: ImportReport
 ) -> None:
     """Certificates imported before (by an earlier run) that a CRL given now lists, and
-    that are still valid here: recorded revoked, their files given again or not."""
+    that are still valid here: recorded revoked, their files given again or not. Read a
+    thousand serial numbers at a time: a CRL may list many."""
+    by_issuer: dict[str, dict[str, Revocation]] = {}
     for (issuer, serial), revocation in revoked.items():
-        row = (
-            Certificate.objects.filter(
-                ca__fingerprint_sha256=issuer,
-                ca__is_imported=True,
-                serial=format(serial, "x"),
-                status=Certificate.Status.VALID,
+        by_issuer.setdefault(issuer, {})[format(serial, "x")] = revocation
+    for issuer, listed in by_issuer.items():
+        serials = sorted(listed)
+        for start in range(0, len(serials), 1000):
+            rows = (
+                Certificate.objects.filter(
+                    ca__fingerprint_sha256=issuer,
+                    ca__is_imported=True,
+                    serial__in=serials[start : start + 1000],
+                    status=Certificate.Status.VALID,
+                )
+                .exclude(pk__in=recorded)
+                .order_by("pk")
             )
-            .exclude(pk__in=recorded)
-            .first()
-        )
-        if row is None:
-            continue
-        if not report.dry_run:
-            _record_revoked(row, revocation)
-        report.note(
-            RECORDED_REVOKED,
-            f"serial {row.serial}",
-            f"the old CA's CRL lists it{_how(revocation)}",
-        )
+            for row in rows:
+                _record_revoked(row, listed[row.serial], f"serial {row.serial}", report)
 
 
 def _revocations(

@@ -273,9 +273,12 @@ def crl_signer(crl: x509.CertificateRevocationList, issuers: list[x509.Certifica
 
 
 def crl_revocations(crl: x509.CertificateRevocationList) -> dict[int, Revocation]:
-    """Each listed serial number's revocation. X509Error for an entry that does not decode."""
+    """Each listed serial number's revocation. X509Error for a delta CRL (its entries may
+    take certificates back, removeFromCRL) or an entry that does not decode."""
     found: dict[int, Revocation] = {}
     try:
+        if any(isinstance(e.value, x509.DeltaCRLIndicator) for e in crl.extensions):
+            raise X509Error("a delta CRL: give the old CA's full CRL")
         for entry in crl:
             reason = ""
             invalidity: datetime | None = None
@@ -284,6 +287,8 @@ def crl_revocations(crl: x509.CertificateRevocationList) -> dict[int, Revocation
                     reason = extension.value.reason.value
                 elif isinstance(extension.value, x509.InvalidityDate):
                     invalidity = extension.value.invalidity_date_utc
+            if reason == "removeFromCRL":  # only meaningful in a delta CRL
+                continue
             found[entry.serial_number] = Revocation(
                 entry.revocation_date_utc, "" if reason == "unspecified" else reason, invalidity
             )

@@ -1046,3 +1046,17 @@ def test_an_imported_issuing_ca_is_linked_to_its_imported_root(hierarchy, employ
     chain = pkcs7.load_der_pkcs7_certificates(body)
     assert old_root.certificate in chain
     assert old_sub.certificate in chain
+
+
+def test_a_delta_crl_is_refused(hierarchy, employee, revoking):
+    config = revoking.dir / "openssl.cnf"
+    config.write_text(config.read_text() + "[delta]\n2.5.29.27 = critical,DER:02:01:01\n")
+    revoking.run(
+        "ca", "-config", "openssl.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-gencrl",
+        "-crldays", "1", "-crlexts", "delta", "-out", "delta.pem",
+    )  # fmt: skip
+
+    with pytest.raises(CommandError, match="a delta CRL"):
+        run("--issuer", revoking.dir / "ca.pem", "--crl", revoking.dir / "delta.pem")
+
+    assert not CertificateAuthority.objects.filter(is_imported=True).exists()
