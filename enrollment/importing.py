@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -184,12 +183,7 @@ def _issuer_create(certificate: x509.Certificate, fingerprint: str) -> Certifica
             crl_url="",
             ca_issuers_url="",
             crl_validity_days=365,
-            der=certificate.public_bytes(Encoding.DER),
-            serial=format(certificate.serial_number, "x"),
-            fingerprint_sha256=fingerprint,
-            subject=certificate.subject.rfc4514_string(),
-            not_before=certificate.not_valid_before_utc,
-            not_after=certificate.not_valid_after_utc,
+            **services._der_facts(certificate),
         )
         audit_record(
             action="ca.import",
@@ -364,12 +358,7 @@ def _import_one(
             fingerprint_sha1=pkcs7.fingerprint(certificate, "sha1"),
             key_algorithm=keys.describe_public_key(public_key),
             spki_sha256=spki,
-            der=certificate.public_bytes(Encoding.DER),
-            serial=format(certificate.serial_number, "x"),
-            fingerprint_sha256=fingerprint,
-            subject=certificate.subject.rfc4514_string(),
-            not_before=certificate.not_valid_before_utc,
-            not_after=certificate.not_valid_after_utc,
+            **services._der_facts(certificate),
             **_revoked_fields(revocation),
         )
         audit_record(
