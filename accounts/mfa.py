@@ -718,16 +718,22 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
         source_address=source_address,
         detail={"kind": kind, "failures": failures, "via": via},
     )
-    if failures == LOCKOUT_FAILURES:
-        # Once per run of wrong codes (the count only grows until a right one): someone
-        # with the password is guessing. The person and the trail learn of it.
-        audit_record(
-            action="mfa.lockout",
-            actor=user,
-            target=user,
-            outcome="failure",
-            source_address=source_address,
-            detail={"kind": kind, "failures": failures, "wait_seconds": MAX_THROTTLE_SECONDS},
-        )
-        _tell(user, "locked", source_address)
+    note_lockout(user, kind=kind, failures=failures, source_address=source_address)
     return check, None
+
+
+def note_lockout(user: User, *, kind: str, failures: int, source_address: str | None) -> None:
+    """At LOCKOUT_FAILURES refusals in a row (wrong codes, refused security-key answers),
+    once per run (the count only grows until a right one): someone with the password is
+    guessing. The person and the trail learn of it."""
+    if failures != LOCKOUT_FAILURES:
+        return
+    audit_record(
+        action="mfa.lockout",
+        actor=user,
+        target=user,
+        outcome="failure",
+        source_address=source_address,
+        detail={"kind": kind, "failures": failures, "wait_seconds": MAX_THROTTLE_SECONDS},
+    )
+    _tell(user, "locked", source_address)

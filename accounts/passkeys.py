@@ -46,7 +46,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from accounts import mfa
-from accounts.models import LOCKOUT_FAILURES, MAX_THROTTLE_SECONDS, User, WebAuthnDevice
+from accounts.models import User, WebAuthnDevice
 from enrollment.audit import audit_record
 
 CHALLENGE_SESSION_KEY = "pkiportal_webauthn_challenge"
@@ -395,7 +395,14 @@ def note_confirmed(session: SessionBase) -> None:
 
 def take_confirmed(session: SessionBase) -> bool:
     """Whether this session confirmed a security key in the last CONFIRMED_SECONDS; used once."""
-    stamp = session.pop(CONFIRMED_SESSION_KEY, None)
+    return _fresh(session.pop(CONFIRMED_SESSION_KEY, None))
+
+
+def has_confirmed(session: SessionBase) -> bool:
+    return _fresh(session.get(CONFIRMED_SESSION_KEY))
+
+
+def _fresh(stamp: Any) -> bool:
     if not isinstance(stamp, str):
         return False
     try:
@@ -403,16 +410,6 @@ def take_confirmed(session: SessionBase) -> bool:
     except ValueError:
         return False
     return timezone.now() - at < timedelta(seconds=CONFIRMED_SECONDS)
-
-
-def has_confirmed(session: SessionBase) -> bool:
-    stamp = session.get(CONFIRMED_SESSION_KEY)
-    if not isinstance(stamp, str):
-        return False
-    try:
-        return timezone.now() - datetime.fromisoformat(stamp) < timedelta(seconds=CONFIRMED_SECONDS)
-    except ValueError:
-        return False
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -441,24 +438,14 @@ def _field(credential: Any, *path: str) -> Any:
 
 
 def _throttle(user: Any, source_address: str | None) -> None:
-    """One more refused answer on each of the person's keys (the next challenge waits).
-    At LOCKOUT_FAILURES in a row, as for wrong codes (mfa.check_code): mfa.lockout in the
-    trail and a mail to the person, once per run."""
+    """One more refused answer on each of the person's keys (the next challenge waits);
+    a run of them is a lock-out, as for wrong codes (mfa.note_lockout)."""
     failures = 0
     with transaction.atomic():
         for device in WebAuthnDevice.objects.select_for_update().filter(user=user):
             device.throttle_increment(commit=True)  # type: ignore[no-untyped-call]  # django-otp is unannotated
             failures = max(failures, device.throttling_failure_count)
-    if failures == LOCKOUT_FAILURES:
-        audit_record(
-            action="mfa.lockout",
-            actor=user,
-            target=user,
-            outcome="failure",
-            source_address=source_address,
-            detail={"kind": "webauthn", "failures": failures, "wait_seconds": MAX_THROTTLE_SECONDS},
-        )
-        mfa._tell(user, "locked", source_address)
+    mfa.note_lockout(user, kind="webauthn", failures=failures, source_address=source_address)
 
 
 def _refused(user: Any, source_address: str | None, *, via: str, why: str) -> None:
