@@ -507,6 +507,12 @@ def _values(
                 if type(value) is kind or (value is None and nullable):
                     values.append(value)
                     continue
+                if kind is str and isinstance(value, str):
+                    # A TextChoices member (a state, a status): its plain text, which is
+                    # what the field would store. psycopg knows no dumper for the enum
+                    # and walks its MRO, raising and catching a KeyError per class.
+                    values.append(str.__str__(value))
+                    continue
             values.append(field.get_db_prep_save(field.pre_save(instance, True), db))
     return values
 

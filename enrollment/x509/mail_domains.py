@@ -12,6 +12,7 @@ relying party checking the CA's constraint and the portal refusing an address ag
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -128,19 +129,34 @@ def name_constraints(domains: Sequence[str]) -> x509.NameConstraints:
     )
 
 
-def issuer_mail_domains(issuer: x509.Certificate) -> tuple[str, ...] | None:
-    """The rfc822Name subtrees an issuer's nameConstraints permit, lower-cased, or None
-    when it puts no such limit on what it issues."""
+@functools.lru_cache(maxsize=64)
+def _rfc822_subtrees(issuer: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The issuer's permitted and excluded rfc822Name subtrees, lower-cased; None without
+    nameConstraints. Cached by certificate (hashed and compared by its DER): every
+    enrolment asks twice of the same issuing CA, and a miss costs an exception."""
     try:
         constraints = issuer.extensions.get_extension_for_class(x509.NameConstraints).value
     except x509.ExtensionNotFound:
         return None
-    permitted = [
-        name.value.lower()
-        for name in constraints.permitted_subtrees or ()
-        if isinstance(name, x509.RFC822Name)
-    ]
-    return tuple(permitted) if permitted else None
+    return (
+        tuple(
+            n.value.lower()
+            for n in constraints.permitted_subtrees or ()
+            if isinstance(n, x509.RFC822Name)
+        ),
+        tuple(
+            n.value.lower()
+            for n in constraints.excluded_subtrees or ()
+            if isinstance(n, x509.RFC822Name)
+        ),
+    )
+
+
+def issuer_mail_domains(issuer: x509.Certificate) -> tuple[str, ...] | None:
+    """The rfc822Name subtrees an issuer's nameConstraints permit, lower-cased, or None
+    when it puts no such limit on what it issues."""
+    subtrees = _rfc822_subtrees(issuer)
+    return subtrees[0] or None if subtrees is not None else None
 
 
 def _within(address: str, subtree: str) -> bool:
@@ -158,19 +174,13 @@ def issuer_permits(issuer: x509.Certificate, address: str) -> bool:
 
     Only the issuer's own constraint is looked at: the portal's roots carry none.
     """
-    try:
-        constraints = issuer.extensions.get_extension_for_class(x509.NameConstraints).value
-    except x509.ExtensionNotFound:
+    subtrees = _rfc822_subtrees(issuer)
+    if subtrees is None:
         return True
-    permitted = [
-        n.value for n in constraints.permitted_subtrees or () if isinstance(n, x509.RFC822Name)
-    ]
-    excluded = [
-        n.value for n in constraints.excluded_subtrees or () if isinstance(n, x509.RFC822Name)
-    ]
-    if permitted and not any(_within(address, subtree.lower()) for subtree in permitted):
+    permitted, excluded = subtrees
+    if permitted and not any(_within(address, subtree) for subtree in permitted):
         return False
-    return not any(_within(address, subtree.lower()) for subtree in excluded)
+    return not any(_within(address, subtree) for subtree in excluded)
 
 
 def uncovered_domains(domains: Sequence[str], subtrees: Sequence[str]) -> list[str]:
