@@ -177,16 +177,17 @@ def enrolment_counts(
     after one that locks the requester's row until the transaction ends (_lock_sql), so
     concurrent enrolments of one person count one after the other."""
     db = _db()
+    # .value: psycopg dumps a plain str at once, but searches an enum's MRO for a dumper.
     params = [
         requester_id,
         _when(db, since),
         requester_id,
         template_id,
-        CertificateRequest.State.PENDING,
-        CertificateRequest.State.APPROVED,
+        CertificateRequest.State.PENDING.value,
+        CertificateRequest.State.APPROVED.value,
         requester_id,
         template_id,
-        Certificate.Status.VALID,
+        Certificate.Status.VALID.value,
         _when(db, now),
         excluding_certificate_id or 0,  # ids start at 1
         template_id,
