@@ -10,6 +10,7 @@ definition it stands in for (tests/enrollment/test_hotsql.py): change both toget
 
 from __future__ import annotations
 
+from asyncio import _get_running_loop
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -64,7 +65,11 @@ class _cursor:
             self.django = db.cursor()
             return self.django
         db.close_if_health_check_failed()
-        db.ensure_connection()
+        if db.connection is None or _get_running_loop() is not None:
+            # Connects, or refuses in an event loop (SynchronousOnlyOperation). Not asked
+            # when connected in plain sync code: its async guard raises and catches a
+            # RuntimeError to find no loop, seven times an enrolment.
+            db.ensure_connection()
         db.validate_no_broken_transaction()
         connection = db.connection
         cursor = getattr(db, "_hotsql_cursor", None)

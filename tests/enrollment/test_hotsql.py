@@ -6,6 +6,7 @@ statement are checked against what the ORM itself reads and writes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import timedelta
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from knox.models import AuthToken
 
 from django.contrib.auth.models import Group
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
@@ -423,6 +425,21 @@ def test_statements_fail_as_through_djangos_cursor(db):
         with pytest.raises(TransactionManagementError):
             hotsql.claim_key("bb" * 32)
     assert hotsql.claim_key("aa" * 32) == (False, None)  # the next transaction is served
+
+
+def test_statements_refuse_to_run_in_an_event_loop(db):
+    """As Django's own cursor does (SynchronousOnlyOperation), though the kept cursor skips
+    ensure_connection() when connected: the connection is not safe across a loop's tasks."""
+    assert hotsql.template_by_slug("smime-signing") is not None  # connected, sync: served
+    db = connections[DEFAULT_DB_ALIAS]
+    assert db.connection is not None
+
+    async def from_a_coroutine() -> None:
+        with hotsql._cursor(db) as cursor:  # this thread's connection, inside a loop
+            cursor.execute("SELECT 1")
+
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(from_a_coroutine())
 
 
 def test_an_account_with_many_groups_is_counted_once(template):
