@@ -15,6 +15,8 @@ from django_otp.models import Device, ThrottlingMixin, TimestampMixin
 from django_otp.oath import TOTP
 
 from django.contrib.auth.models import AbstractUser
+from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Upper
@@ -329,3 +331,28 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
 
     def verify_is_allowed(self) -> tuple[bool, Any]:
         return capped_throttle(self, *super().verify_is_allowed())  # type: ignore[no-untyped-call]  # django-otp is unannotated
+
+
+class AccountSession(AbstractBaseSession):
+    """A browser session, stored with the account it is signed in as (Django's
+    "extending database-backed session engines"): ending a person's sessions is one
+    indexed DELETE instead of decoding every stored session (accounts.sessions).
+
+    account_id is derived from the session's data each time the store writes the row
+    (accounts.session_store), so it follows a sign-in, a key cycled by one, a
+    password change and a sign-in as somebody else; empty while nobody is signed in. No
+    foreign key: a session naming a deleted account must still save (Django refuses its
+    user anyway), and the sessions go with the account no later than they expire.
+    """
+
+    account_id = models.BigIntegerField(null=True, blank=True, db_index=True, editable=False)
+
+    class Meta(AbstractBaseSession.Meta):
+        verbose_name = "browser session"
+        verbose_name_plural = "browser sessions"
+
+    @classmethod
+    def get_session_store_class(cls) -> type[SessionBase]:
+        from accounts.session_store import SessionStore
+
+        return SessionStore

@@ -40,7 +40,6 @@ from webauthn.helpers.structs import (
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
-from django.contrib.sessions.models import Session
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -112,10 +111,10 @@ def _take_challenge(session: SessionBase, purpose: str) -> dict[str, Any]:
     and the challenge taken out of it; of concurrent requests, only the first finds it)."""
     stored = session.pop(CHALLENGE_SESSION_KEY, None)
     if isinstance(session, DatabaseSessionStore) and session.session_key:
+        # The engine's own table (accounts.session_store's, or Django's db/cached_db one).
+        rows = session.get_model_class().objects.select_for_update()
         with transaction.atomic():
-            row = (
-                Session.objects.select_for_update().filter(session_key=session.session_key).first()
-            )
+            row = rows.filter(session_key=session.session_key).first()
             saved = session.decode(row.session_data) if row is not None else {}
             if saved.pop(CHALLENGE_SESSION_KEY, None) is None:
                 stored = None  # another request of this session took it already

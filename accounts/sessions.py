@@ -1,13 +1,18 @@
 """Ending a person's sign-ins: every browser session stored for their account.
 
-Sessions live in the database (Django's default engine; settings.py sets no other), and a
-stored session names its account only inside its signed data, so the person's sessions
-are found by reading the unexpired ones. That costs one pass over the live sessions per
-call (a few milliseconds per thousand), which is what an administrator's reset or a
-deactivation can afford; nothing on a request's path calls it.
+The portal's engine (accounts.session_store, the default SESSION_ENGINE) stores each
+session with the account it is signed in as, in an indexed column: a person's sessions are
+one indexed query, whatever the number of other sessions, so a directory sync that
+deactivates hundreds of accounts pays hundreds of small DELETEs, not hundreds of passes
+over every stored session.
+
+Django's own database engines (django.contrib.sessions.backends.db or cached_db, set in
+a settings override) still work: their table names the account only inside each
+session's signed data, so the person's sessions are found by reading and decoding every
+unexpired one, once per call (a few milliseconds per thousand sessions).
 
 Deleting the row is what ends a session: a request of it still in flight cannot save it
-back (Django's database store only updates an existing row, and refuses the request with
+back (the database store only updates an existing row, and refuses the request with
 SessionInterrupted), and its cookie afterwards finds nothing, so it is signed out.
 """
 
@@ -22,8 +27,10 @@ from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from accounts.session_store import SessionStore as AccountStore
 
-def _store_class() -> type[DatabaseStore]:
+
+def _store_class() -> type[DatabaseStore[Any]]:
     store = import_module(settings.SESSION_ENGINE).SessionStore
     if not (isinstance(store, type) and issubclass(store, DatabaseStore)):
         # The cache, file and cookie engines cannot list a person's sessions: ending them
@@ -31,23 +38,28 @@ def _store_class() -> type[DatabaseStore]:
         raise ImproperlyConfigured(
             f"SESSION_ENGINE {settings.SESSION_ENGINE} keeps no session table: the portal "
             "ends a person's sessions (second-factor reset, deactivation) by deleting their "
-            "rows. Use django.contrib.sessions.backends.db or cached_db."
+            "rows. Use accounts.session_store (the default), or Django's "
+            "django.contrib.sessions.backends.db or cached_db."
         )
     return store
+
+
+def _indexed(store: type[DatabaseStore[Any]]) -> bool:
+    """Whether the store keeps the account in its own column. Not a subclass that caches
+    (as cached_db does): one DELETE would leave its cached copies signed in."""
+    return issubclass(store, AccountStore) and store.load is AccountStore.load
 
 
 def session_keys_of(user: Any) -> list[str]:
     """The keys of the unexpired stored sessions signed in as this account."""
     store = _store_class()
-    model = store.get_model_class()
+    live = store.get_model_class().objects.filter(expire_date__gt=timezone.now())
+    if _indexed(store):
+        return list(live.filter(account_id=user.pk).values_list("session_key", flat=True))
     account = str(user._meta.pk.value_to_string(user))
     decoder = store()
     found = []
-    rows = (
-        model.objects.filter(expire_date__gt=timezone.now())
-        .values_list("session_key", "session_data")
-        .iterator(chunk_size=2000)
-    )
+    rows = live.values_list("session_key", "session_data").iterator(chunk_size=2000)
     for key, data in rows:
         # decode() returns {} for data it cannot verify (tampered, an old SECRET_KEY).
         if str(decoder.decode(data).get(SESSION_KEY, "")) == account:
@@ -57,8 +69,19 @@ def session_keys_of(user: Any) -> list[str]:
 
 def sessions_end(user: Any, *, keep: str | None = None) -> int:
     """Sign the person out everywhere (but in the session ``keep``, the caller's own);
-    returns how many sessions ended."""
+    returns how many sessions ended.
+
+    With the portal's engine: one DELETE by the indexed account column. It takes the
+    person's expired rows too, not yet cleared by the daily task, and counts them: a
+    session past its expiry is ended already, and its row can go now as well as later.
+    """
     store = _store_class()
+    if _indexed(store):
+        rows = AccountStore.get_model_class().objects.filter(account_id=user.pk)
+        if keep is not None:
+            rows = rows.exclude(session_key=keep)
+        ended, _by_model = rows.delete()
+        return ended
     ended = 0
     for key in session_keys_of(user):
         if key == keep:

@@ -201,6 +201,13 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
+# Sessions in the database, each with the account it is signed in as (an indexed column):
+# ending a person's sessions (deactivation, a second-factor reset) is one DELETE, not a
+# pass over every session (accounts/sessions.py). Django's db and cached_db engines work
+# too, by that pass; the cache, file and cookie engines cannot end a person's sessions and
+# are refused. django.contrib.sessions stays installed: its table is what accounts/0008
+# copies from, and what Django's engines use.
+SESSION_ENGINE = "accounts.session_store"
 # Officers approve, revoke and recover keys in a session: a working day, not Django's two
 # weeks, and none left behind in a closed browser on a shared machine.
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)

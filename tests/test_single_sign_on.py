@@ -19,11 +19,11 @@ import pytest
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.contrib.sessions.backends.db import SessionStore
 from django.test import RequestFactory
 from django.urls import reverse
 
 from accounts.oidc import PortalOIDCBackend
+from accounts.session_store import SessionStore
 from accounts.sso import mirror_groups, update_account_from_claims
 from enrollment import services
 from tests.factories import UserFactory

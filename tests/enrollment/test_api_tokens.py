@@ -11,10 +11,10 @@ from axes.models import AccessAttempt, AccessLog
 from knox.models import AuthToken
 
 from django.conf import settings as django_settings
-from django.contrib.sessions.models import Session
 from django.utils import timezone
 from rest_framework.test import APIClient, APIRequestFactory
 
+from accounts.models import AccountSession as Session
 from enrollment.api.authentication import TokenAuthentication
 from enrollment.models import AuditEvent
 from enrollment.tasks import api_tokens_purge_task
@@ -476,8 +476,7 @@ def test_minting_from_a_session_does_not_stretch_its_sign_in(employee):
 
 def test_a_sign_in_time_from_the_future_is_not_recent(employee, rf):
     """A clock stepped back (or skewed web nodes) must not stretch the window by the skew."""
-    from django.contrib.sessions.backends.db import SessionStore
-
+    from accounts.session_store import SessionStore
     from enrollment import recent_sign_in
 
     request = rf.get("/account/tokens/")

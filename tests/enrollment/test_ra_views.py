@@ -653,7 +653,7 @@ def test_the_perform_form_checks_the_csrf_token(agent_user, approved, kra):
 
 
 def test_the_one_time_password_is_not_kept_in_the_session(people, approved, kra):
-    from django.contrib.sessions.models import Session
+    from accounts.models import AccountSession as Session
 
     response = people["agent"].post(
         f"/ra/recovery/{approved.pk}/perform/", agent_upload(kra.pkcs12, kra.password)

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from knox.models import AuthToken
 
 from django.contrib.messages.storage.cookie import CookieStorage
-from django.contrib.sessions.models import Session
 from django.core import mail
 from django.db import OperationalError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
@@ -27,6 +26,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient, APIRequestFactory
 
+from accounts.models import AccountSession as Session
 from enrollment import recent_sign_in, services
 from enrollment.api import authentication
 from enrollment.api.authentication import TokenAuthentication
@@ -676,8 +676,8 @@ def test_a_token_needs_a_sign_in_within_the_last_minutes(employee, settings):
 def test_single_sign_on_counts_as_signing_in(employee, rf):
     """Any path through django.contrib.auth.login notes the moment, OIDC's included."""
     from django.contrib.auth import login
-    from django.contrib.sessions.backends.db import SessionStore
 
+    from accounts.session_store import SessionStore
     from enrollment import recent_sign_in
 
     request = rf.get("/oidc/callback/")

@@ -1,0 +1,302 @@
+"""Browser sessions are stored with the account they are signed in as, so a person's
+sessions end with one indexed query; expired ones are cleared daily."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+
+from django.conf import settings as django_settings
+from django.contrib.auth import SESSION_KEY, login, update_session_auth_hash
+from django.contrib.sessions.backends.base import UpdateError
+from django.contrib.sessions.backends.db import SessionStore as DjangoDatabaseStore
+from django.contrib.sessions.exceptions import SessionInterrupted
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.contrib.sessions.models import Session as DjangoSession
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.http import HttpResponse
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.models import AccountSession
+from accounts.session_store import SessionStore, account_of
+from accounts.sessions import session_keys_of, sessions_end
+from tests.conftest import client_for
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "correct horse battery staple"  # tests.factories.UserFactory's
+
+
+def account_in_row(client: Client) -> int | None:
+    return AccountSession.objects.get(session_key=client.cookies["sessionid"].value).account_id
+
+
+def signed_out(client: Client) -> bool:
+    response = client.get("/certificates/")
+    return response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def stored_session(user, store=SessionStore) -> str:
+    """A session signed in as ``user`` (None: nobody), written as a request would; its key."""
+    session = store()
+    if user is not None:
+        session[SESSION_KEY] = str(user.pk)
+    session["seen"] = True
+    session.save()
+    return session.session_key
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+
+def test_the_portal_engine_is_the_default():
+    assert django_settings.SESSION_ENGINE == "accounts.session_store"
+    assert SessionStore.get_model_class() is AccountSession
+    assert AccountSession.get_session_store_class() is SessionStore
+    assert AccountSession._meta.get_field("account_id").db_index
+
+
+def test_a_sign_in_through_the_form_stores_the_account_with_the_new_key(employee):
+    client = Client()
+    before = client.session  # a session from before the sign-in, of nobody
+    before["next_page"] = "/certificates/"
+    before.save()
+    assert account_in_row(client) is None
+
+    response = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
+
+    assert response.status_code == 302
+    assert client.cookies["sessionid"].value != before.session_key  # Django cycled the key
+    assert not AccountSession.objects.filter(session_key=before.session_key).exists()
+    assert account_in_row(client) == employee.pk
+    assert session_keys_of(employee) == [client.cookies["sessionid"].value]
+
+
+def test_signing_in_as_someone_else_in_the_same_browser_moves_the_session(employee, colleague):
+    client = Client()
+    client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
+    assert account_in_row(client) == employee.pk
+
+    client.post("/accounts/login/", {"username": "bob", "password": PASSWORD})
+
+    assert account_in_row(client) == colleague.pk
+    assert session_keys_of(employee) == []
+    assert sessions_end(employee) == 0
+    assert not signed_out(client)
+
+
+def test_signing_out_leaves_no_session_of_the_person(employee):
+    client = client_for(employee)
+    assert len(session_keys_of(employee)) == 1
+
+    assert client.post("/accounts/logout/").status_code in (200, 302)
+
+    assert session_keys_of(employee) == []
+    assert not AccountSession.objects.filter(account_id=employee.pk).exists()
+
+
+def test_a_password_change_keeps_the_account_on_the_cycled_key(employee, rf):
+    request = rf.get("/")
+    request.session, request.user = SessionStore(), employee
+    login(request, employee, backend="django.contrib.auth.backends.ModelBackend")
+    request.session.save()
+    old_key = request.session.session_key
+
+    employee.set_password("a new password for alice")
+    employee.save()
+    update_session_auth_hash(request, employee)
+    request.session.save()
+
+    assert request.session.session_key != old_key
+    assert session_keys_of(employee) == [request.session.session_key]
+    assert AccountSession.objects.get(session_key=request.session.session_key).account_id == (
+        employee.pk
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "account"),
+    [
+        ({SESSION_KEY: "42"}, 42),
+        ({}, None),
+        ({SESSION_KEY: ""}, None),
+        ({SESSION_KEY: "42 OR 1=1"}, None),
+        ({SESSION_KEY: "٤٢"}, None),  # digits, but not ASCII ones
+        ({SESSION_KEY: None}, None),
+    ],
+)
+def test_the_account_is_read_from_the_session_data_or_left_empty(data, account):
+    assert account_of(data) == account
+
+
+def test_data_of_djangos_own_engine_reads_unchanged(employee):
+    """The same signing salt: sessions copied at the upgrade, or read after a switch back."""
+    key = stored_session(employee, store=DjangoDatabaseStore)
+    row = DjangoSession.objects.get(session_key=key)
+
+    assert SessionStore().decode(row.session_data) == {SESSION_KEY: str(employee.pk), "seen": True}
+
+
+# --- ending a person's sessions -----------------------------------------------------------
+
+
+def test_it_ends_only_that_persons_sessions_but_the_one_kept(employee, colleague):
+    here, phone, laptop = client_for(employee), client_for(employee), client_for(employee)
+    others = [client_for(colleague), client_for(colleague)]
+    anonymous = stored_session(None)
+    kept = here.session.session_key
+
+    assert sessions_end(employee, keep=kept) == 2
+
+    assert session_keys_of(employee) == [kept]
+    assert signed_out(phone)
+    assert signed_out(laptop)
+    assert not signed_out(here)
+    assert len(session_keys_of(colleague)) == 2
+    assert not any(signed_out(other) for other in others)
+    assert AccountSession.objects.filter(session_key=anonymous).exists()
+
+    assert sessions_end(employee) == 1
+    assert signed_out(here)
+    assert len(session_keys_of(colleague)) == 2
+
+
+def test_it_takes_one_query_however_many_sessions_others_have(employee, colleague):
+    stored_session(employee)
+    stored_session(employee)
+
+    def queries_to_end() -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            sessions_end(employee)
+        return [query["sql"] for query in queries.captured_queries]
+
+    stored_session(colleague)
+    few = queries_to_end()
+    stored_session(employee)
+    for _ in range(50):
+        stored_session(colleague)
+        stored_session(None)
+    many = queries_to_end()
+
+    assert len(few) == len(many) == 1
+    (delete,) = many
+    assert delete.startswith("DELETE")
+    assert '"account_id" =' in delete
+    assert "session_data" not in delete
+    with CaptureQueriesContext(connection) as queries:
+        session_keys_of(colleague)
+    (select,) = queries.captured_queries
+    assert "session_data" not in select["sql"]
+
+
+def test_a_request_in_flight_cannot_save_an_ended_session_back(employee):
+    """The request loaded its session before the reset; its save at the end must fail,
+    not write the session again."""
+    key = stored_session(employee)
+    in_flight = SessionStore(key)
+    assert in_flight[SESSION_KEY] == str(employee.pk)
+
+    sessions_end(employee)
+    in_flight["changed"] = "during the request"
+
+    with pytest.raises(UpdateError):
+        in_flight.save()
+    assert not AccountSession.objects.filter(session_key=key).exists()
+
+
+def test_the_middleware_refuses_a_request_whose_session_ended_meanwhile(employee, rf):
+    key = stored_session(employee)
+    request = rf.get("/")
+    request.COOKIES[django_settings.SESSION_COOKIE_NAME] = key
+
+    def view(request):
+        assert request.session[SESSION_KEY] == str(employee.pk)
+        sessions_end(employee)  # an administrator's reset, while this request runs
+        request.session["changed"] = True
+        return HttpResponse()
+
+    with pytest.raises(SessionInterrupted):
+        SessionMiddleware(view)(request)
+    assert session_keys_of(employee) == []
+
+
+def test_with_djangos_own_engine_it_still_finds_the_person_by_reading(
+    employee, colleague, settings
+):
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.db"
+    mine = [stored_session(employee, DjangoDatabaseStore) for _ in range(2)]
+    theirs = stored_session(colleague, DjangoDatabaseStore)
+
+    assert sorted(session_keys_of(employee)) == sorted(mine)
+    assert sessions_end(employee, keep=mine[0]) == 1
+
+    assert sorted(DjangoSession.objects.values_list("session_key", flat=True)) == sorted(
+        [mine[0], theirs]
+    )
+
+
+@pytest.mark.parametrize(
+    "engine",
+    ["django.contrib.sessions.backends.cache", "django.contrib.sessions.backends.signed_cookies"],
+)
+def test_an_engine_that_cannot_list_sessions_is_refused(employee, settings, engine):
+    settings.SESSION_ENGINE = engine
+
+    with pytest.raises(ImproperlyConfigured, match="keeps no session table"):
+        sessions_end(employee)
+
+
+def test_deactivating_many_accounts_costs_a_query_each_not_a_pass_each(employee, colleague):
+    people = UserFactory.create_batch(3)
+    for person in [employee, colleague, *people]:
+        stored_session(person)
+    for _ in range(30):
+        stored_session(None)
+
+    with CaptureQueriesContext(connection) as queries:
+        for person in people:
+            person.is_active = False
+            person.save()
+
+    deletes = [q["sql"] for q in queries.captured_queries if "accounts_accountsession" in q["sql"]]
+    assert len(deletes) == len(people)
+    assert all(sql.startswith("DELETE") for sql in deletes)
+    assert not AccountSession.objects.filter(account_id__in=[p.pk for p in people]).exists()
+    assert AccountSession.objects.filter(account_id__in=[employee.pk, colleague.pk]).count() == 2
+
+
+# --- the upgrade ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_upgrade_copies_live_sessions_with_their_account():
+    executor = MigrationExecutor(connection)
+    executor.migrate([("accounts", "0007_webauthn_device")])
+    try:
+        old_state = executor.loader.project_state(("accounts", "0007_webauthn_device"))
+        OldUser = old_state.apps.get_model("accounts", "User")
+        person = OldUser.objects.create(username="dora")
+        signed_in = stored_session(person, DjangoDatabaseStore)
+        anonymous = stored_session(None, DjangoDatabaseStore)
+        with time_machine.travel(timezone.now() - timedelta(days=2), tick=False):
+            expired = stored_session(person, DjangoDatabaseStore)
+        tampered = stored_session(person, DjangoDatabaseStore)
+        DjangoSession.objects.filter(session_key=tampered).update(session_data="forged:data")
+
+        MigrationExecutor(connection).migrate([("accounts", "0008_account_session")])
+
+        copied = dict(AccountSession.objects.values_list("session_key", "account_id"))
+        read_back = SessionStore(signed_in).load()
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
+    assert copied == {signed_in: person.pk, anonymous: None}
+    assert expired not in copied
+    assert read_back == {SESSION_KEY: str(person.pk), "seen": True}
