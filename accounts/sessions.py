@@ -21,6 +21,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
@@ -89,3 +90,23 @@ def sessions_end(user: Any, *, keep: str | None = None) -> int:
         store(session_key=key).delete()  # cached_db: the cached copy too
         ended += 1
     return ended
+
+
+def sessions_clear_expired() -> int:
+    """Delete expired sessions; how many. Django only refuses them (nothing else deletes
+    them), so without this the table grows by every sign-in.
+
+    The configured engine's table, and the other table the portal knows when it is
+    installed: after the upgrade to accounts.session_store, the rows left in Django's
+    django_session expire and go; after a switch back, those of accounts_accountsession.
+    """
+    store = _store_class()
+    models = {store.get_model_class(), AccountStore.get_model_class()}
+    if apps.is_installed("django.contrib.sessions"):
+        models.add(apps.get_model("sessions", "Session"))
+    now = timezone.now()
+    cleared = 0
+    for model in sorted(models, key=lambda model: model._meta.label):
+        deleted, _by_model = model.objects.filter(expire_date__lt=now).delete()
+        cleared += deleted
+    return cleared

@@ -22,6 +22,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
+from accounts.sessions import sessions_clear_expired
 from enrollment import health, ldap_publish, services
 from enrollment.models import CertificateAuthority, RevocationList
 
@@ -166,6 +167,13 @@ def recovery_cleanup_task() -> int:
 def api_tokens_purge_task() -> int:
     """Beat, daily: delete expired API tokens (token authentication only refuses them)."""
     return services.api_tokens_purge()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def sessions_clear_expired_task() -> int:
+    """Beat, daily: delete expired browser sessions (Django only refuses them, and
+    nothing else runs clearsessions); how many."""
+    return sessions_clear_expired()
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)

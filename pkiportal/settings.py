@@ -638,6 +638,12 @@ CELERY_BEAT_SCHEDULE |= {
         "schedule": timedelta(days=1),
         "options": {"expires": 12 * 3600},
     },
+    # Daily: expired sessions are refused but never deleted by Django itself.
+    "sessions-clear-expired": {
+        "task": "enrollment.tasks.sessions_clear_expired_task",
+        "schedule": timedelta(days=1),
+        "options": {"expires": 12 * 3600},
+    },
 }
 # People who have left (README.md, "When someone leaves"): beat revokes the valid
 # certificates (affiliationChanged) of accounts deactivated at least this many hours ago.

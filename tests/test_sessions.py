@@ -25,7 +25,8 @@ from django.utils import timezone
 
 from accounts.models import AccountSession
 from accounts.session_store import SessionStore, account_of
-from accounts.sessions import session_keys_of, sessions_end
+from accounts.sessions import session_keys_of, sessions_clear_expired, sessions_end
+from enrollment.tasks import sessions_clear_expired_task
 from tests.conftest import client_for
 from tests.factories import UserFactory
 
@@ -270,6 +271,48 @@ def test_deactivating_many_accounts_costs_a_query_each_not_a_pass_each(employee,
     assert all(sql.startswith("DELETE") for sql in deletes)
     assert not AccountSession.objects.filter(account_id__in=[p.pk for p in people]).exists()
     assert AccountSession.objects.filter(account_id__in=[employee.pk, colleague.pk]).count() == 2
+
+
+# --- clearing expired sessions ------------------------------------------------------------
+
+
+def test_the_daily_task_deletes_expired_sessions_only(employee, colleague):
+    start = timezone.now()
+    with time_machine.travel(start - timedelta(days=2), tick=False):
+        old = stored_session(employee)
+        old_anonymous = stored_session(None)
+        old_django = stored_session(employee, DjangoDatabaseStore)  # left from before 0008
+    live = stored_session(colleague)
+    live_django = stored_session(colleague, DjangoDatabaseStore)
+
+    assert sessions_clear_expired_task.delay().get() == 3
+
+    assert list(AccountSession.objects.values_list("session_key", flat=True)) == [live]
+    assert list(DjangoSession.objects.values_list("session_key", flat=True)) == [live_django]
+    assert not {old, old_anonymous, old_django} & set(
+        AccountSession.objects.values_list("session_key", flat=True)
+    )
+    assert sessions_clear_expired() == 0
+
+
+def test_a_session_expires_by_the_cookie_age(employee, settings):
+    """What the task goes by: a row expires SESSION_COOKIE_AGE after its last write."""
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        stored_session(employee)
+    with time_machine.travel(start + timedelta(seconds=settings.SESSION_COOKIE_AGE - 60)):
+        assert sessions_clear_expired() == 0
+        assert len(session_keys_of(employee)) == 1
+    with time_machine.travel(start + timedelta(seconds=settings.SESSION_COOKIE_AGE + 60)):
+        assert session_keys_of(employee) == []
+        assert sessions_clear_expired() == 1
+
+
+def test_beat_runs_it_daily():
+    entry = django_settings.CELERY_BEAT_SCHEDULE["sessions-clear-expired"]
+
+    assert entry["task"] == sessions_clear_expired_task.name
+    assert entry["schedule"] == timedelta(days=1)
 
 
 # --- the upgrade ----------------------------------------------------------------------------
