@@ -1,10 +1,10 @@
 """Ending a person's sign-ins: every browser session stored for their account.
 
 The portal's engine (accounts.session_store, the default SESSION_ENGINE) stores each
-session with the account it is signed in as, in an indexed column: a person's sessions are
-one indexed query, whatever the number of other sessions, so a directory sync that
-deactivates hundreds of accounts pays hundreds of small DELETEs, not hundreds of passes
-over every stored session.
+session with the account it is signed in as, in an indexed column: finding and ending a
+person's sessions costs the same whatever the number of other sessions, so a directory
+sync that deactivates hundreds of accounts pays hundreds of small indexed queries, not
+hundreds of passes over every stored session.
 
 Django's own database engines (django.contrib.sessions.backends.db or cached_db, set in
 a settings override) still work: their table names the account only inside each
@@ -72,16 +72,18 @@ def sessions_end(user: Any, *, keep: str | None = None) -> int:
     """Sign the person out everywhere (but in the session ``keep``, the caller's own);
     returns how many sessions ended.
 
-    With the portal's engine: one DELETE by the indexed account column. It takes the
-    person's expired rows too, not yet cleared by the daily task, and counts them: a
-    session past its expiry is ended already, and its row can go now as well as later.
+    With the portal's engine: two queries by the indexed account column, however many
+    sessions others have. The DELETE takes the person's expired rows too (not yet cleared
+    by the daily task), so that a request that loaded one just before it expired cannot
+    save it back with a new expiry; the count, for the audit trail, is of unexpired ones.
     """
     store = _store_class()
     if _indexed(store):
         rows = AccountStore.get_model_class().objects.filter(account_id=user.pk)
         if keep is not None:
             rows = rows.exclude(session_key=keep)
-        ended, _by_model = rows.delete()
+        ended = rows.filter(expire_date__gt=timezone.now()).count()
+        rows.delete()
         return ended
     ended = 0
     for key in session_keys_of(user):

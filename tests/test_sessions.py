@@ -186,15 +186,28 @@ def test_it_takes_one_query_however_many_sessions_others_have(employee, colleagu
         stored_session(None)
     many = queries_to_end()
 
-    assert len(few) == len(many) == 1
-    (delete,) = many
+    assert len(few) == len(many) == 2  # how many are live (for the audit), then the DELETE
+    count, delete = many
+    assert count.startswith("SELECT COUNT(*)")
     assert delete.startswith("DELETE")
-    assert '"account_id" =' in delete
-    assert "session_data" not in delete
+    assert all('"account_id" =' in sql and "session_data" not in sql for sql in many)
     with CaptureQueriesContext(connection) as queries:
         session_keys_of(colleague)
     (select,) = queries.captured_queries
     assert "session_data" not in select["sql"]
+
+
+def test_it_deletes_the_persons_expired_rows_too_but_counts_only_live_ones(employee, colleague):
+    start = timezone.now()
+    with time_machine.travel(start - timedelta(days=1), tick=False):
+        expired = stored_session(employee)
+        others_expired = stored_session(colleague)
+    live = stored_session(employee)
+
+    assert sessions_end(employee) == 1
+
+    assert not AccountSession.objects.filter(session_key__in=[expired, live]).exists()
+    assert AccountSession.objects.filter(session_key=others_expired).exists()  # the daily task's
 
 
 def test_a_request_in_flight_cannot_save_an_ended_session_back(employee):
@@ -266,9 +279,9 @@ def test_deactivating_many_accounts_costs_a_query_each_not_a_pass_each(employee,
             person.is_active = False
             person.save()
 
-    deletes = [q["sql"] for q in queries.captured_queries if "accounts_accountsession" in q["sql"]]
-    assert len(deletes) == len(people)
-    assert all(sql.startswith("DELETE") for sql in deletes)
+    touching = [q["sql"] for q in queries.captured_queries if "accounts_accountsession" in q["sql"]]
+    assert len(touching) == 2 * len(people)
+    assert all('"account_id" =' in sql and "session_data" not in sql for sql in touching)
     assert not AccountSession.objects.filter(account_id__in=[p.pk for p in people]).exists()
     assert AccountSession.objects.filter(account_id__in=[employee.pk, colleague.pk]).count() == 2
 

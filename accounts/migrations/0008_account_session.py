@@ -15,8 +15,8 @@ def copy_live_sessions(apps, schema_editor):
     The data is copied as it is: accounts.session_store signs with the same salt. Each row
     is decoded once to find its account (~8 s per 100,000 rows in all, measured); rows
     that do not verify (tampered, a retired SECRET_KEY) or hold nothing are left behind,
-    as Django would treat them as signed out anyway. Sessions an old web process writes to Django's
-    table after this ran are not copied: those people sign in once more.
+    as Django would treat them as signed out anyway. Sessions an old web process writes to
+    Django's table after this ran are not copied: those people sign in once more.
     """
     db = schema_editor.connection.alias
     Old = apps.get_model("sessions", "Session")
