@@ -469,6 +469,7 @@ def rollout_create(
                     # events, and a download records the person's own.
                     source_address=None,
                     created_at=now,
+                    channel=CertificateRequest.Channel.ROLLOUT,
                 )
                 for person in resolution.eligible
             ],

@@ -1693,13 +1693,13 @@ def request_submit(
     source_address: str | None = None,
     idempotency_key: str = "",
     mailbox: SharedMailbox | None = None,
-    channel: str = "",
+    channel: str = CertificateRequest.Channel.UNKNOWN,
 ) -> CertificateRequest:
     """Record a request; fulfil a CSR at once when the template needs no approval.
 
-    ``channel`` names the protocol it came by when that is neither the web nor the REST
-    API (``est``): its audit events say so, and so does the issuance after an approval
-    (``channel_of``).
+    ``channel`` is how it came (CertificateRequest.Channel: the web views, the API and
+    EST each say theirs), stored on the request. EST's audit events name it, and so does
+    the issuance after an approval (``audited_channel``).
 
     With ``mailbox``, a delegate asks for a certificate of that shared mailbox: a
     portal-generated key of an archiving template only, under the mailbox's own cap.
@@ -1714,6 +1714,8 @@ def request_submit(
     """
     from enrollment.permissions import may_use_template
 
+    if channel not in CHANNELS:
+        raise ValueError(f"Unknown request channel {channel!r}.")  # a programming error
     # Who may use the template and the per-person limits are read together, up front.
     counts = _enrolment_counts(requester=requester, template=template, renewal_of=renewal_of)
     if not may_use_template(requester, template, open_to_user=counts.open_to_requester):
@@ -1810,7 +1812,9 @@ def request_submit(
             renewal_of=renewal_of,
             source_address=source_address,
             idempotency_key=idempotency_key,
+            channel=channel,
         )
+        audited = audited_channel(request)
         audit_record(  # named when the block ends, by then stored
             action="request.submit",
             actor=requester,
@@ -1819,7 +1823,7 @@ def request_submit(
             detail={"template": template.slug, "key_source": request.key_source,
                     "renewal_of": renewal_of.serial if renewal_of else None,
                     **({"mailbox": mailbox.email} if mailbox is not None else {}),
-                    **({"channel": channel} if channel else {})},
+                    **({"channel": audited} if audited else {})},
         )  # fmt: skip
         if parsed is not None and approved:
             # Issued first, so the request is stored once, already issued.
@@ -1831,7 +1835,7 @@ def request_submit(
                 source_address=source_address,
                 supersedes=renewal_of,
                 address_checked=True,  # with the counts, above
-                channel=channel,
+                channel=audited,
             )
             request.state = CertificateRequest.State.ISSUED
         hotsql.insert(request)
@@ -1841,15 +1845,23 @@ def request_submit(
 OPEN_REQUEST_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
 
 # EST (enrollment/est.py) gives each request an idempotency key of its own, made from the
-# CSR: a client repeating the CSR after a 202 finds its request (RFC 7030 4.2.3), and the
-# issuance that follows an officer's approval is audited as EST's.
+# CSR: a client repeating the CSR after a 202 finds its request (RFC 7030 4.2.3). Its keys
+# share the (requester, idempotency_key) unique index with the API's, which is why the API
+# refuses client keys with this prefix (enrollment/api/views.py _idempotency_key).
 EST_KEY_PREFIX = "est:"
-EST_CHANNEL = "est"
+EST_CHANNEL = CertificateRequest.Channel.EST
+
+# The channels the audit trail names in "channel": the protocols other than the portal's
+# own pages and API. The web's and the API's events have always carried none (README,
+# "EST (RFC 7030)"); the request row says which of the two it was.
+AUDITED_CHANNELS = frozenset({CertificateRequest.Channel.EST})
+CHANNELS = frozenset(CertificateRequest.Channel.values)  # a set once, not a list per call
 
 
-def channel_of(request: CertificateRequest) -> str:
-    """The channel a stored request came by, as request_submit's ``channel``."""
-    return EST_CHANNEL if request.idempotency_key.startswith(EST_KEY_PREFIX) else ""
+def audited_channel(request: CertificateRequest) -> str:
+    """The ``channel`` the audit events of this request's submission and issuance name,
+    read from its column (``""``: none)."""
+    return str(request.channel) if request.channel in AUDITED_CHANNELS else ""
 
 
 NOT_A_DELEGATE = "You are not a delegate of this shared mailbox."
@@ -1992,7 +2004,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
                 source_address=request.source_address,
                 supersedes=request.renewal_of,
                 address_checked=True,  # by request_submit's counts or _decide, just now
-                channel=channel_of(request),
+                channel=audited_channel(request),
             )
             request.certificate = certificate
             request.state = CertificateRequest.State.ISSUED

@@ -333,6 +333,7 @@ def _enroll_with_server_key(
             renewal_of=renewal,
             source_address=client_address(request),
             mailbox=mailbox,
+            channel=CertificateRequest.Channel.WEB,
         )
         if cert_request.awaits_download:
             certificate, bundle = services.request_collect(
@@ -367,6 +368,7 @@ def _enroll_with_csr(
             csr=form.cleaned_data["csr_data"],
             renewal_of=renewal,
             source_address=client_address(request),
+            channel=CertificateRequest.Channel.WEB,
         )
     if cert_request.certificate_id is not None:
         messages.success(request, "Your certificate is ready.")

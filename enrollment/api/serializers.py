@@ -386,6 +386,16 @@ class EnrollmentOut(serializers.ModelSerializer[CertificateRequest]):
             "the requester. Null for a personal request."
         ),
     )
+    channel = serializers.ChoiceField(
+        choices=CertificateRequest.Channel.choices,
+        read_only=True,
+        help_text=(
+            "How the request came: `web` (the portal's pages), `api` (this API), `est` "
+            "(EST, RFC 7030), `rollout` (an RA officer's roll-out invitation), or `unknown` "
+            "for requests made before the portal recorded it (a web request and an API "
+            "request without an Idempotency-Key could not be told apart)."
+        ),
+    )
     serial = serializers.CharField(source="certificate.serial", read_only=True, allow_null=True)
     certificate_url = serializers.SerializerMethodField()
     collect_url = serializers.SerializerMethodField()
@@ -401,6 +411,7 @@ class EnrollmentOut(serializers.ModelSerializer[CertificateRequest]):
             "requester_name",
             "mailbox",
             "template",
+            "channel",
             "key_source",
             "key_algorithm",
             "requested_subject",

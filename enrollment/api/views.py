@@ -239,6 +239,7 @@ def _enrol_once(
         "renewal_of": renewal_of,
         "source_address": client_address(request),
         "idempotency_key": idempotency_key,
+        "channel": CertificateRequest.Channel.API,
     }
     # One transaction each: an enrolment answered with an error leaves nothing behind (a
     # request approved later that then fails stays visible as failed instead).
@@ -271,7 +272,12 @@ def _idempotency_key(request: Request) -> str:
     if key is None:
         return ""
     if not IDEMPOTENCY_KEY.fullmatch(key) or key.startswith(services.EST_KEY_PREFIX):
-        # "est:" marks the keys the EST server makes (services.channel_of).
+        # Still refused now that the channel is a column of its own: EST's keys live in the
+        # same unique (requester, idempotency_key) index as the API's, and est._made_with
+        # finds a request by that key alone. A client key equal to one EST would make
+        # (sha256 of template, operation and CSR: computable by whoever holds the CSR)
+        # would have EST answer an API request as the CSR's, or the API replay an EST
+        # request; with the prefix refused, the two key spaces cannot meet.
         raise serializers.ValidationError(
             {
                 "Idempotency-Key": [

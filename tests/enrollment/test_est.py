@@ -419,7 +419,7 @@ def test_the_api_and_the_web_audit_no_channel_also_when_approved_later(
     hierarchy, approval, employee, officer
 ):
     """Only EST names a channel: the API's and the web's events carry none, also for the
-    issuance an officer's approval makes later (channel_of reads the stored request)."""
+    issuance an officer's approval makes later (audited_channel reads the stored request)."""
     approval("smime-dual-use")
     api = token_client(employee)
     pem = [cryptography_csr(new_key()).public_bytes(Encoding.PEM).decode() for _ in range(3)]
