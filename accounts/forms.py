@@ -57,6 +57,6 @@ class CurrentCodeForm(PortalForm):
 
 class RemoveForm(CurrentCodeForm):
     confirm = forms.BooleanField(
-        label="I understand that my authenticator app and its backup codes stop working.",
+        label="I understand that my authenticator app stops working.",
         error_messages={"required": "Tick the box to confirm."},
     )

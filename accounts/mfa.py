@@ -510,16 +510,22 @@ def _replace_backup_codes(user: User) -> list[str]:
     return codes
 
 
-def backup_codes_regenerate(
-    *, user: User, current_code: str, source_address: str | None
-) -> list[str]:
-    """New backup codes for old, given a current code (or a backup code)."""
-    if confirmed_totp(user) is None:
-        raise SecondFactorError("Set up an authenticator app first.")
-    _require_current_code(
-        user=user, current_code=current_code, source_address=source_address, via="backup_codes"
-    )
+def check_backup_codes_allowed(user: User) -> None:
+    """Backup codes stand in for an app or a security key, never for nothing: someone with
+    neither gets none (asked before a proof is spent on making them, and again after)."""
+    forget_state(user)
+    if not state_for(user).enrolled:
+        raise SecondFactorError("Set up an authenticator app or a security key first.")
+
+
+def backup_codes_regenerate(*, user: User, source_address: str | None) -> list[str]:
+    """New backup codes for old, whatever the person's second factor (an app, keys or
+    both); the caller checked a current code or a key confirmed just now. Audited and
+    mailed; the codes are returned to be shown once."""
     with transaction.atomic():
+        # The person's row, as removals lock it: a last key removed meanwhile is seen.
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        check_backup_codes_allowed(user)
         codes = _replace_backup_codes(user)
         audit_record(
             action="mfa.backup_codes_regenerate",
@@ -547,9 +553,10 @@ def second_factor_remove(
     source_address: str | None,
     session_key: str | None = None,
 ) -> bool:
-    """A person removes their own authenticator app and its backup codes, given a current
-    code of it. Their security keys stay (they are removed one by one); someone whose role
-    needs a second factor may remove the app only while a key remains. Their other
+    """A person removes their own authenticator app, given a current code of it. Their
+    security keys stay (they are removed one by one), and so do their backup codes while a
+    key does (drop_backup_codes_without_factor); someone whose role needs a second factor
+    may remove the app only while a key remains. Their other
     sessions end (as a password change ends them): one signed in with the app must not
     carry on without it; ``session_key``, the session removing it, stays signed in.
     Returns whether keys remain."""
@@ -566,7 +573,7 @@ def second_factor_remove(
         forget_state(user)
         _refuse_leaving_nothing(user)
         removed = TotpDevice.objects.filter(user=user).delete()[0]
-        codes = BackupCodeDevice.objects.filter(user=user).delete()[0]
+        codes = drop_backup_codes_without_factor(user)
         if not removed:
             raise SecondFactorError("You have no authenticator app to remove.")
         keys = WebAuthnDevice.objects.filter(user=user).count()
@@ -587,6 +594,20 @@ def second_factor_remove(
         _tell(user, "app_removed" if keys else "removed", source_address)
     forget_state(user)
     return bool(keys)
+
+
+def drop_backup_codes_without_factor(user: User) -> bool:
+    """Backup codes belong to the second factor as a whole, not to the app: they stay
+    while an app or a security key does, and go with the last of them (returns whether
+    they went). Left behind, they would be a second factor of their own: one an officer
+    could keep, and one a password thief could use after the person thought it gone."""
+    keeps = (
+        TotpDevice.objects.filter(user=user, confirmed=True).exists()
+        or WebAuthnDevice.objects.filter(user=user).exists()
+    )
+    if keeps:
+        return False
+    return BackupCodeDevice.objects.filter(user=user).delete()[0] > 0
 
 
 def _refuse_leaving_nothing(user: User) -> None:
@@ -662,8 +683,11 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
     text = code.strip()
     digits = text.replace(" ", "")
     six_digits = len(digits) == TotpDevice.DIGITS and digits.isascii() and digits.isdigit()
-    kind = "totp" if six_digits else "backup_code"
-    device: Any = confirmed_totp(user) if kind == "totp" else backup_codes(user)
+    # Six digits are an app's code, for someone with an app; for someone with only keys
+    # they are a guess at a backup code, so their throttle counts it.
+    totp = confirmed_totp(user) if six_digits else None
+    kind = "totp" if totp is not None else "backup_code"
+    device: Any = totp if totp is not None else backup_codes(user)
     if device is None:
         check = Check(ok=False, kind=kind)
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -187,11 +188,20 @@ def registration_options(*, session: SessionBase, user: Any, name: str) -> str:
     return options_to_json(options)
 
 
+@dataclass(frozen=True)
+class Registration:
+    device: WebAuthnDevice
+    # Made with the key because the person had none (to be shown once), else empty.
+    backup_codes: list[str] = field(default_factory=list)
+
+
 def register(
     *, session: SessionBase, user: Any, credential: Any, source_address: str | None
-) -> WebAuthnDevice:
+) -> Registration:
     """Check the browser's answer to the session's registration challenge and keep the
-    key; audited, and the person is mailed."""
+    key; audited, and the person is mailed. Someone without backup codes (a first key, or
+    keys from before keys came with them) gets them with it, as an app's set-up gives
+    them: a lost key is then not a lock-out until an administrator resets it."""
     stored = _take_challenge(session, "register")
     if stored.get("user") != user.pk:
         raise PasskeyError("No security-key request is waiting: start again.")
@@ -218,6 +228,8 @@ def register(
     ]
     try:
         with transaction.atomic():
+            # The person's row: of two registrations at once, one makes the backup codes.
+            User.objects.select_for_update().filter(pk=user.pk).first()
             device = WebAuthnDevice.objects.create(
                 user=user,
                 name=clean_name(stored.get("name")),
@@ -228,18 +240,24 @@ def register(
                 transports=transports,
                 aaguid=str(verified.aaguid)[:36],
             )
+            codes = [] if mfa.backup_codes(user) is not None else mfa._replace_backup_codes(user)
             audit_record(
                 action="mfa.device_add",
                 actor=user,
                 target=user,
                 source_address=source_address,
-                detail={"kind": "webauthn", "name": device.name, "aaguid": device.aaguid},
+                detail={
+                    "kind": "webauthn",
+                    "name": device.name,
+                    "aaguid": device.aaguid,
+                    "backup_codes": len(codes),
+                },
             )
-            mfa._tell(user, "key_added", source_address)
+            mfa._tell(user, "key_added_backup_codes" if codes else "key_added", source_address)
     except IntegrityError:
         raise PasskeyError("This security key is registered already.") from None
     mfa.forget_state(user)
-    return device
+    return Registration(device=device, backup_codes=codes)
 
 
 def check_removable(user: Any, device_id: int) -> WebAuthnDevice:
@@ -257,9 +275,17 @@ def check_removable(user: Any, device_id: int) -> WebAuthnDevice:
     return device
 
 
-def remove(*, user: Any, device_id: int, source_address: str | None) -> str:
+@dataclass(frozen=True)
+class Removal:
+    name: str
+    last: bool  # no key and no app remain: signing in takes the password only
+    backup_codes_dropped: bool  # they went with the last second factor
+
+
+def remove(*, user: Any, device_id: int, source_address: str | None) -> Removal:
     """Remove one of the person's keys (the caller checked a current code or key); the
-    last second factor of someone whose role needs one stays. Returns its name."""
+    last second factor of someone whose role needs one stays. With the last key of
+    someone who has no app go their backup codes (mfa.drop_backup_codes_without_factor)."""
     with transaction.atomic():
         # The person's row first: two removals at once count the other keys one after the
         # other, so they cannot take someone's last two keys together.
@@ -268,16 +294,19 @@ def remove(*, user: Any, device_id: int, source_address: str | None) -> str:
         device = check_removable(user, device_id)
         name = device.name
         device.delete()
+        dropped = mfa.drop_backup_codes_without_factor(user)
+        mfa.forget_state(user)
+        last = not mfa.state_for(user).enrolled
         audit_record(
             action="mfa.device_remove",
             actor=user,
             target=user,
             source_address=source_address,
-            detail={"kind": "webauthn", "name": name, "via": "self"},
+            detail={"kind": "webauthn", "name": name, "via": "self", "backup_codes": dropped},
         )
-        mfa._tell(user, "key_removed", source_address)
+        mfa._tell(user, "removed" if last else "key_removed", source_address)
     mfa.forget_state(user)
-    return name
+    return Removal(name=name, last=last, backup_codes_dropped=dropped)
 
 
 # --- authentication ---------------------------------------------------------------------

@@ -100,6 +100,7 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "state": state,
         "device": device,
         "codes_left": len(codes.digests) if codes is not None else 0,
+        "has_codes": codes is not None,
         "remove_form": RemoveForm(auto_id="remove-%s"),
         "codes_form": CurrentCodeForm(auto_id="codes-%s"),
         "sign_in_again": not recent_sign_in.signed_in_recently(request),
@@ -129,13 +130,18 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = CodeForm(request.POST or None)
     status = 200
     state = mfa.state_for(request.user)
-    has_codes = state.totp or mfa.backup_codes(request.user) is not None
+    codes = mfa.backup_codes(request.user)
+    # Someone with only keys types a backup code while one is left (a lost key).
+    has_codes = state.totp or (codes is not None and bool(codes.digests))
     if request.method == "POST" and not has_codes:
         # Someone with only security keys has no code to type: a posted code is refused
         # before anything checks (or audits) it, so guessing here costs nothing to log.
         status = 400
         form = CodeForm()
-        messages.error(request, "Your account has no authenticator app: use your security key.")
+        messages.error(
+            request,
+            "Your account has no authenticator app and no backup code left: use your security key.",
+        )
     elif request.method == "POST" and form.is_valid():
         check, device = mfa.check_code(
             user=request.user,
@@ -165,6 +171,7 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         "next": _next(request),
         "has_passkeys": state.passkeys,
         "has_codes": has_codes,
+        "has_app": state.totp,
     }
     return render(request, "accounts/verify.html", context, status=status)
 
@@ -292,7 +299,8 @@ def _code_refused(request: HttpRequest, exc: mfa.SecondFactorError) -> HttpRespo
 @login_required
 @require_POST
 def backup_codes_regenerate(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """New backup codes, given a current code and a recent sign-in."""
+    """New backup codes for whoever has an app or a key: a recent sign-in, and a current
+    code (app or backup code) or a security key confirmed just now."""
     if (refused := _verified_only(request)) is not None:
         return refused
     overview_url = reverse("accounts:mfa-overview")
@@ -300,15 +308,11 @@ def backup_codes_regenerate(request: AuthenticatedHttpRequest) -> HttpResponse:
         refused := _recent_sign_in_only(request, "make new backup codes", overview_url)
     ) is not None:
         return refused
-    form = CurrentCodeForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Enter a code of your current second factor.")
-        return redirect("accounts:mfa-overview")
     try:
+        mfa.check_backup_codes_allowed(request.user)  # before a proof is spent on it
+        _prove_current_factor(request, request.POST.get("current_code"), "backup_codes")
         codes = mfa.backup_codes_regenerate(
-            user=request.user,
-            current_code=form.cleaned_data["current_code"],
-            source_address=client_address(request),
+            user=request.user, source_address=client_address(request)
         )
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
@@ -354,14 +358,14 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
         _keep_verified(request, was_verified)
         messages.success(
             request,
-            "Your authenticator app and backup codes are removed: signing in asks for one of "
-            "your security keys. Your other sessions are signed out.",
+            "Your authenticator app is removed: signing in asks for one of your security keys "
+            "(or a backup code). Your other sessions are signed out.",
         )
     else:
         messages.success(
             request,
-            "Your authenticator app is removed: signing in takes your password only. Your "
-            "other sessions are signed out.",
+            "Your authenticator app and backup codes are removed: signing in takes your "
+            "password only. Your other sessions are signed out.",
         )
     return redirect("accounts:mfa-overview")
 
@@ -477,6 +481,7 @@ def passkey_register_options(request: AuthenticatedHttpRequest) -> HttpResponse:
     return _options_response(options)
 
 
+@sensitive_variables("registered", "answer")
 @never_cache
 @login_required
 @require_POST
@@ -488,7 +493,7 @@ def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
     if body is None:
         return _json_error("Send a JSON object.")
     try:
-        device = passkeys.register(
+        registered = passkeys.register(
             session=request.session,
             user=request.user,
             credential=body.get("credential"),
@@ -496,10 +501,15 @@ def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
         )
     except mfa.SecondFactorError as exc:
         return _json_error(exc.message)
+    device = registered.device
     if not mfa.session_verified(request):
         mfa.mark_verified(request, device)  # a first second factor, as an app's set-up
     messages.success(request, f"The security key “{device.name}” is added.")
-    return JsonResponse({"redirect": _local_next(request, body.get("next"))})
+    answer: dict[str, Any] = {"redirect": _local_next(request, body.get("next"))}
+    if registered.backup_codes:
+        # Shown once, by the page's script (never_cache: no-store); never kept anywhere.
+        answer["backup_codes"] = registered.backup_codes
+    return JsonResponse(answer)
 
 
 @never_cache
@@ -562,11 +572,19 @@ def passkey_remove(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     try:
         passkeys.check_removable(request.user, pk)  # before a proof is spent on it
         _prove_current_factor(request, request.POST.get("current_code"), "security_key_remove")
-        name = passkeys.remove(
+        removal = passkeys.remove(
             user=request.user, device_id=pk, source_address=client_address(request)
         )
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
     _keep_verified(request, was_verified)
-    messages.success(request, f"The security key “{name}” is removed.")
+    if removal.last:
+        messages.success(
+            request,
+            f"The security key “{removal.name}” is removed. It was your last second factor: "
+            "signing in takes your password only"
+            + (", and your backup codes no longer work." if removal.backup_codes_dropped else "."),
+        )
+    else:
+        messages.success(request, f"The security key “{removal.name}” is removed.")
     return redirect("accounts:mfa-overview")

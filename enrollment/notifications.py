@@ -144,6 +144,7 @@ SECOND_FACTOR_SUBJECTS = {
     "backup_codes": "New backup codes were made for your account",
     "locked": "Many wrong second-factor codes were entered for your account",
     "key_added": "A security key was added to your account",
+    "key_added_backup_codes": "A security key and backup codes were added to your account",
     "key_removed": "A security key was removed from your account",
     "key_cloned": "A copy of your security key was refused",
 }

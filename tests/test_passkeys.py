@@ -18,7 +18,7 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts import mfa, passkeys
-from accounts.models import WebAuthnDevice
+from accounts.models import BackupCodeDevice, WebAuthnDevice
 from enrollment.models import AuditEvent
 from tests.factories import UserFactory
 from tests.second_factor import authenticator, code, verified_login
@@ -67,6 +67,12 @@ def key_for(user) -> SoftKey:
     return key
 
 
+def without_backup_codes(user) -> None:
+    """As someone who registered their keys before keys came with backup codes."""
+    BackupCodeDevice.objects.filter(user=user).delete()
+    mfa.forget_state(user)
+
+
 def password_only(user) -> Client:
     client = Client()
     client.force_login(user)
@@ -91,6 +97,8 @@ def test_an_officer_adds_a_key_with_a_current_code_and_is_mailed(
     officer, mailoutbox, django_capture_on_commit_callbacks
 ):
     _device, seed = authenticator(officer)
+    mfa._replace_backup_codes(officer)  # the app's set-up made them
+    digests = mfa.backup_codes(officer).digests
     client = verified_login(Client(), officer)
     key = SoftKey()
 
@@ -99,6 +107,10 @@ def test_an_officer_adds_a_key_with_a_current_code_and_is_mailed(
 
     assert added.status_code == 200
     assert added.json()["redirect"]
+    # Backup codes were there already: none made, the old ones kept.
+    assert "backup_codes" not in added.json()
+    assert mfa.backup_codes(officer).digests == digests
+    assert events("mfa.device_add")[-1].detail["backup_codes"] == 0
     device = WebAuthnDevice.objects.get(user=officer)
     assert device.name == "Blue key"
     assert device.transports == ["usb"]  # the unknown transport dropped
@@ -254,6 +266,7 @@ def test_a_registration_challenge_is_used_once(employee):
 
 def test_an_officer_with_only_a_key_signs_in_with_it(officer):
     key = key_for(officer)
+    without_backup_codes(officer)
     client = password_only(officer)
 
     redirected = client.get("/ra/requests/")
@@ -661,6 +674,7 @@ def test_a_name_with_control_characters_is_refused(employee, name):
 
 def test_codes_posted_by_someone_with_only_a_key_are_refused_unaudited(officer):
     key_for(officer)
+    without_backup_codes(officer)
     client = password_only(officer)
     for _ in range(5):
         answer = client.post("/account/two-factor/verify/", {"code": "123456"})
@@ -724,7 +738,7 @@ def test_the_session_verified_with_a_removed_app_stays_verified_with_a_key(
     client = verified_login(Client(), officer)  # with the app
     page = client.get("/account/").content.decode()
     assert "Remove my authenticator app" in page
-    assert "your security keys stay" in page
+    assert "your security keys and backup codes stay" in page
 
     with django_capture_on_commit_callbacks(execute=True):
         removed = client.post(
@@ -733,12 +747,13 @@ def test_the_session_verified_with_a_removed_app_stays_verified_with_a_key(
 
     assert removed.status_code == 302
     assert mfa.confirmed_totp(officer) is None
-    assert mfa.backup_codes(officer) is None
+    # The backup codes stay with the key: they are the way in when the key is lost.
+    assert len(mfa.backup_codes(officer).digests) == mfa.BACKUP_CODES
     assert WebAuthnDevice.objects.filter(user=officer).count() == 1  # the key stays
     event = events("mfa.device_remove")[-1]
     assert event.detail == {
         "kind": "totp",
-        "backup_codes": True,
+        "backup_codes": False,
         "security_keys_kept": 1,
         "via": "self",
         "sessions_ended": 0,

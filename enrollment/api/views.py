@@ -1072,8 +1072,9 @@ def second_factor_for_basic(
             },
             status=status.HTTP_403_FORBIDDEN,
         )
-    if not state.totp and mfa.backup_codes(user) is None:
-        # Only security keys: a signature for this origin, which no header can carry.
+    if not state.totp:
+        # Only security keys: a signature for this origin, which no header can carry. Their
+        # backup codes are for a lost key in the browser, not to be spent by a script.
         return Response(
             {
                 "detail": "Your second factor is a security key, which HTTP basic cannot "

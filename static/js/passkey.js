@@ -133,8 +133,27 @@
         credential: registrationJSON(credential), next: field(form, "next")
       });
     }).then(function (done) {
+      if (done.backup_codes && done.backup_codes.length) { showCodes(form, done); return; }
       window.location.assign(done.redirect);
     }).catch(function (error) { failed(form, error); });
+  }
+
+  // The backup codes made with a first key: shown once, in the page, never stored.
+  function showCodes(form, done) {
+    var box = form.parentElement.querySelector("[data-passkey-codes]");
+    if (!box) { window.location.assign(done.redirect); return; }
+    var list = box.querySelector("ol");
+    done.backup_codes.forEach(function (text) {
+      var item = document.createElement("li");
+      var code = document.createElement("code");
+      code.textContent = text;
+      item.appendChild(code);
+      list.appendChild(item);
+    });
+    box.querySelector("[data-passkey-continue]").href = done.redirect;
+    form.hidden = true;
+    box.hidden = false;
+    box.querySelector("h2").focus();
   }
 
   function authenticate(form) {

@@ -9,11 +9,14 @@ portal's Content-Security-Policy: the script is a static file.
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
 import pytest
 
-from accounts.models import WebAuthnDevice
+from accounts import mfa
+from accounts.models import BackupCodeDevice, WebAuthnDevice
 from enrollment.models import AuditEvent
 from tests.browser.test_content_security_policy import violations
 from tests.browser.test_enrol_in_browser import CHROMIUM, SIGN_IN_PASSWORD, chromium_page
@@ -36,31 +39,38 @@ def sign_in_with_password(page, url: str, username: str) -> None:
     page.wait_for_url(f"{url}/account/two-factor/verify/?next=%2Fra%2Frequests%2F")
 
 
+def virtual_authenticator(page) -> tuple[Any, dict[str, Any]]:
+    """Chromium's CDP virtual authenticator (a platform passkey) for the page."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    virtual = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    return cdp, virtual
+
+
 def test_an_officer_adds_a_passkey_and_signs_in_with_it(live_server, officer, settings):
     settings.PKIPORTAL_WEBAUTHN_RP_ID = "localhost"
     settings.PKIPORTAL_WEBAUTHN_ORIGINS = [live_server.url]
     assert live_server.url.startswith("http://localhost:")  # a secure context for WebAuthn
     _device, seed = authenticator(officer)
+    mfa._replace_backup_codes(officer)  # as the app's set-up left them: the key makes none
     url = live_server.url
 
     with chromium_page() as page:
         console = []
         page.on("console", lambda message: console.append(message))
-        cdp = page.context.new_cdp_session(page)
-        cdp.send("WebAuthn.enable")
-        virtual = cdp.send(
-            "WebAuthn.addVirtualAuthenticator",
-            {
-                "options": {
-                    "protocol": "ctap2",
-                    "transport": "internal",
-                    "hasResidentKey": True,
-                    "hasUserVerification": True,
-                    "isUserVerified": True,
-                    "automaticPresenceSimulation": True,
-                }
-            },
-        )
+        cdp, virtual = virtual_authenticator(page)
 
         # First sign-in: password and a code from the app.
         sign_in_with_password(page, url, officer.username)
@@ -104,4 +114,51 @@ def test_an_officer_adds_a_passkey_and_signs_in_with_it(live_server, officer, se
     )
     assert ("mfa.device_add", "success") in actions
     assert not any(outcome == "failure" for _action, outcome in actions)
+    assert not violations(console)
+
+
+def test_a_first_passkey_shows_its_backup_codes_once_and_they_sign_in(
+    live_server, employee, settings
+):
+    """An employee with no second factor adds a passkey on /account/: the page shows the
+    ten backup codes made with it (from the answer, never stored), and one of them later
+    signs in in place of the passkey."""
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = "localhost"
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [live_server.url]
+    url = live_server.url
+
+    with chromium_page() as page:
+        console = []
+        page.on("console", lambda message: console.append(message))
+        virtual_authenticator(page)
+        page.goto(f"{url}/accounts/login/?next=/account/")
+        page.fill("#id_username", employee.username)
+        page.fill("#id_password", SIGN_IN_PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(f"{url}/account/")
+
+        page.fill("#passkey-name", "Laptop passkey")
+        page.click("button:has-text('Add a security key')")
+        page.wait_for_selector("[data-passkey-codes]:not([hidden])")
+        shown = page.inner_text("[data-passkey-codes]")
+        page.click("a:has-text('I have kept them: continue')")
+        page.wait_for_selector("text=The security key “Laptop passkey” is added.")
+        account = page.content()
+        page.click("button:has-text('Sign out')")
+
+        # Without the passkey at hand: a backup code instead.
+        codes = re.findall(r"[a-z2-9]{4}(?:-[a-z2-9]{4}){3}", shown)
+        page.goto(f"{url}/accounts/login/?next=/certificates/")
+        page.fill("#id_username", employee.username)
+        page.fill("#id_password", SIGN_IN_PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(f"{url}/account/two-factor/verify/?next=%2Fcertificates%2F")
+        page.fill("#id_code", codes[0])
+        page.click("button:has-text('Continue')")
+        page.wait_for_url(f"{url}/certificates/")
+
+    assert "shown only this once" in shown
+    assert len(codes) == mfa.BACKUP_CODES
+    assert not any(one in account for one in codes)
+    assert len(BackupCodeDevice.objects.get(user=employee).digests) == mfa.BACKUP_CODES - 1
     assert not violations(console)

@@ -1,0 +1,459 @@
+"""Backup codes whatever the second factor: made with a first security key and shown once,
+made again from /account/ by whoever has an app or a key (recent sign-in, proof of the
+present factor), a way in for someone whose only key is lost (throttled as any code), and
+gone with the last real factor: backup codes alone are never a second factor."""
+
+from __future__ import annotations
+
+import json
+import re
+from base64 import b64encode
+from datetime import timedelta
+from importlib import import_module
+
+import pytest
+import time_machine
+
+from django.conf import settings as django_settings
+from django.test import Client
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts import mfa, passkeys
+from accounts.models import LOCKOUT_FAILURES, BackupCodeDevice, WebAuthnDevice
+from tests.second_factor import authenticator, code, verified_login
+from tests.test_passkeys import (
+    PASSWORD,
+    add_key,
+    events,
+    key_for,
+    password_only,
+    sign_in_confirm,
+    sign_in_with_key,
+    without_backup_codes,
+)
+from tests.webauthn_authenticator import ORIGIN, RP_ID, SoftKey
+
+pytestmark = pytest.mark.django_db
+
+CODES = "/account/two-factor/backup-codes/"
+VERIFY = "/account/two-factor/verify/"
+CODE_SHAPE = re.compile(r"^[a-z2-9]{4}(?:-[a-z2-9]{4}){3}$")
+
+
+@pytest.fixture(autouse=True)
+def _relying_party(settings):
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = RP_ID
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [ORIGIN]
+
+
+def key_with_codes(user) -> tuple[SoftKey, list[str]]:
+    """A first key registered through the service, with the backup codes it came with."""
+    key = SoftKey()
+    session = import_module(django_settings.SESSION_ENGINE).SessionStore()
+    options = passkeys.registration_options(session=session, user=user, name="Key")
+    registered = passkeys.register(
+        session=session, user=user, credential=key.create(json.loads(options)), source_address=None
+    )
+    mfa.forget_state(user)
+    return key, registered.backup_codes
+
+
+def codes_on(page: bytes) -> list[str]:
+    return re.findall(r"<code>([a-z2-9]{4}(?:-[a-z2-9]{4}){3})</code>", page.decode())
+
+
+def signed_in_with_key(user, key: SoftKey) -> Client:
+    """A password sign-in, then the key: verified, and signed in recently."""
+    client = password_only(user)
+    assert sign_in_with_key(client, key).status_code == 200
+    return client
+
+
+def refused_back_to_the_account_page(answer) -> None:
+    assert answer.status_code == 302
+    assert answer["Location"] == "/account/"
+
+
+# --- a first key comes with backup codes -------------------------------------------------
+
+
+def test_a_first_key_comes_with_backup_codes_shown_once_and_stored_hashed(
+    employee, mailoutbox, django_capture_on_commit_callbacks
+):
+    client = verified_login(Client(), employee)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        added = add_key(client, SoftKey())
+
+    assert added.status_code == 200
+    assert "no-store" in added["Cache-Control"]
+    codes = added.json()["backup_codes"]
+    assert len(codes) == mfa.BACKUP_CODES == len(set(codes))
+    assert all(CODE_SHAPE.match(one) for one in codes)
+    stored = BackupCodeDevice.objects.get(user=employee)
+    as_text = json.dumps(stored.digests)
+    assert not any(one in as_text or one.replace("-", "") in as_text for one in codes)
+    assert events("mfa.device_add")[-1].detail["backup_codes"] == mfa.BACKUP_CODES
+    assert [m.subject for m in mailoutbox] == [
+        "A security key and backup codes were added to your account"
+    ]
+    assert "backup codes were made" in mailoutbox[0].body
+    # Shown once: the account page says how many, never which.
+    page = client.get("/account/")
+    assert f"Backup codes left: <strong>{mfa.BACKUP_CODES}</strong>" in page.content.decode()
+    assert not any(one in page.content.decode() for one in codes)
+
+
+def test_the_page_that_adds_a_key_has_the_place_the_script_shows_them(employee):
+    page = verified_login(Client(), employee).get("/account/two-factor/security-keys/add/")
+    assert page.status_code == 200
+    assert b"data-passkey-codes hidden" in page.content
+    assert b"shown only this once" in page.content
+    assert b"<script>" not in page.content
+
+
+def test_an_officers_first_key_at_the_first_sign_in_comes_with_codes_that_work(officer):
+    client = password_only(officer)
+    added = add_key(client, SoftKey())
+    assert added.status_code == 200
+    codes = added.json()["backup_codes"]
+
+    later = password_only(officer)
+    used = later.post(VERIFY, {"code": codes[0], "next": "/ra/requests/"})
+
+    assert used["Location"] == "/ra/requests/"
+    assert later.get("/ra/requests/").status_code == 200
+
+
+def test_a_second_key_makes_no_new_codes(employee):
+    key, _codes = key_with_codes(employee)
+    digests = BackupCodeDevice.objects.get(user=employee).digests
+    client = signed_in_with_key(employee, key)
+    assert sign_in_confirm(client, key).status_code == 200
+
+    added = add_key(client, SoftKey(), name="Spare")
+
+    assert added.status_code == 200
+    assert "backup_codes" not in added.json()
+    assert BackupCodeDevice.objects.get(user=employee).digests == digests
+    assert events("mfa.device_add")[-1].detail["backup_codes"] == 0
+
+
+def test_a_key_added_by_someone_with_keys_but_no_codes_brings_them(employee):
+    """Keys registered before keys came with codes: the next key makes them."""
+    key = key_for(employee)
+    without_backup_codes(employee)
+    client = signed_in_with_key(employee, key)
+    assert sign_in_confirm(client, key).status_code == 200
+
+    added = add_key(client, SoftKey(), name="Spare")
+
+    assert len(added.json()["backup_codes"]) == mfa.BACKUP_CODES
+    assert len(BackupCodeDevice.objects.get(user=employee).digests) == mfa.BACKUP_CODES
+
+
+# --- making new ones on /account/ ----------------------------------------------------------
+
+
+def test_anonymous_makes_no_backup_codes():
+    answer = Client().post(CODES, {"current_code": "x"})
+    assert answer.status_code == 302
+    assert answer["Location"].startswith("/accounts/login/")
+    assert not BackupCodeDevice.objects.exists()
+
+
+def test_an_employee_without_a_second_factor_gets_no_backup_codes(employee):
+    client = verified_login(Client(), employee)
+    page = client.get("/account/").content.decode()
+    assert 'id="backup-codes"' not in page
+
+    refused = client.post(CODES, {"current_code": "abcd-efgh-jkmn-pqrs"})
+
+    refused_back_to_the_account_page(refused)
+    assert not BackupCodeDevice.objects.exists()
+    assert events("mfa.backup_codes_regenerate") == []
+    assert events("mfa.verify") == []  # refused before any code was checked
+
+
+def test_a_session_that_has_not_done_its_second_step_makes_none(officer):
+    _key, codes = key_with_codes(officer)
+    digests = BackupCodeDevice.objects.get(user=officer).digests
+    answer = password_only(officer).post(CODES, {"current_code": codes[0]})
+    assert answer["Location"].startswith("/account/two-factor/verify/")
+    assert BackupCodeDevice.objects.get(user=officer).digests == digests
+
+
+def test_making_them_takes_a_recent_sign_in(officer):
+    key, codes = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    digests = BackupCodeDevice.objects.get(user=officer).digests
+    with time_machine.travel(timezone.now() + timedelta(hours=3), tick=False):
+        stale = client.post(CODES, {"current_code": codes[0]})
+    assert stale["Location"].startswith("/accounts/login/")
+    assert BackupCodeDevice.objects.get(user=officer).digests == digests
+
+
+def test_making_them_takes_the_csrf_token_and_a_post(officer):
+    _key, codes = key_with_codes(officer)
+    verified = verified_login(Client(enforce_csrf_checks=True), officer)
+    digests = BackupCodeDevice.objects.get(user=officer).digests
+
+    assert verified.post(CODES, {"current_code": codes[0]}).status_code == 403
+    assert verified.get(CODES).status_code == 405
+    assert BackupCodeDevice.objects.get(user=officer).digests == digests
+
+
+def test_an_officer_with_only_a_key_makes_new_codes_with_a_backup_code(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    key, old = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    page = client.get("/account/").content.decode()
+    assert "Make new backup codes" in page
+    assert 'name="current_code"' in page
+
+    with django_capture_on_commit_callbacks(execute=True):
+        made = client.post(CODES, {"current_code": old[0]})
+
+    assert made.status_code == 200
+    assert "no-store" in made["Cache-Control"]
+    new = codes_on(made.content)
+    assert len(new) == mfa.BACKUP_CODES
+    assert not set(new) & set(old)
+    assert events("mfa.backup_codes_regenerate")[-1].detail == {"backup_codes": 10}
+    assert [e.detail["via"] for e in events("mfa.backup_code_use")] == ["backup_codes"]
+    assert [m.subject for m in mailoutbox] == ["New backup codes were made for your account"]
+    # The old codes, used or not, no longer sign in; a new one does, once.
+    assert password_only(officer).post(VERIFY, {"code": old[5]}).status_code == 400
+    with time_machine.travel(timezone.now() + timedelta(seconds=5)):  # past the wait
+        assert password_only(officer).post(VERIFY, {"code": new[0]})["Location"] == "/"
+    # Shown once: not on the account page, nor anywhere after.
+    assert not any(one in client.get("/account/").content.decode() for one in new)
+
+
+def test_someone_with_keys_and_no_codes_makes_them_after_confirming_a_key(employee):
+    key = key_for(employee)
+    without_backup_codes(employee)
+    client = signed_in_with_key(employee, key)
+    page = client.get("/account/").content.decode()
+    assert "You have no backup codes" in page
+    assert "Confirm with one of your security keys first" in page
+
+    unconfirmed = client.post(CODES)
+    refused_back_to_the_account_page(unconfirmed)
+    assert not BackupCodeDevice.objects.exists()
+
+    assert sign_in_confirm(client, key).status_code == 200
+    made = client.post(CODES)
+
+    assert made.status_code == 200
+    assert len(codes_on(made.content)) == mfa.BACKUP_CODES
+    assert not passkeys.has_confirmed(client.session)  # the confirmation was used
+    again = client.post(CODES)
+    refused_back_to_the_account_page(again)
+
+
+def test_a_wrong_code_makes_none_and_is_throttled_and_audited(officer):
+    key, _codes = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    digests = BackupCodeDevice.objects.get(user=officer).digests
+
+    wrong = client.post(CODES, {"current_code": "2222-3333-4444-5555"})
+    throttled = client.post(CODES, {"current_code": "2222-3333-4444-5555"})
+
+    refused_back_to_the_account_page(wrong)
+    refused_back_to_the_account_page(throttled)
+    assert int(throttled["Retry-After"]) >= 1
+    assert BackupCodeDevice.objects.get(user=officer).digests == digests
+    assert [(e.detail["kind"], e.detail["via"]) for e in events("mfa.verify")] == [
+        ("backup_code", "backup_codes")
+    ]
+
+
+def test_one_persons_new_codes_leave_anothers_alone(officer, colleague):
+    _key, officer_codes = key_with_codes(officer)
+    colleague_key, _codes = key_with_codes(colleague)
+    client = signed_in_with_key(colleague, colleague_key)
+    # The officer's backup code is no proof for the colleague's account.
+    refused = client.post(CODES, {"current_code": officer_codes[0]})
+    refused_back_to_the_account_page(refused)
+    assert sign_in_confirm(client, colleague_key).status_code == 200
+    made = client.post(CODES)
+    assert len(codes_on(made.content)) == mfa.BACKUP_CODES
+    assert not set(codes_on(made.content)) & set(officer_codes)
+    assert len(BackupCodeDevice.objects.get(user=officer).digests) == mfa.BACKUP_CODES
+    assert password_only(officer).post(VERIFY, {"code": officer_codes[0]}).status_code == 302
+
+
+def test_someone_with_an_app_still_makes_them_with_an_app_code(employee):
+    _device, seed = authenticator(employee)
+    client = verified_login(Client(), employee)
+    made = client.post(CODES, {"current_code": code(seed)})
+    assert made.status_code == 200
+    assert len(codes_on(made.content)) == mfa.BACKUP_CODES
+
+
+# --- signing in with a backup code, for someone with only keys --------------------------------
+
+
+def test_someone_with_only_a_key_signs_in_with_a_backup_code(officer):
+    _key, codes = key_with_codes(officer)
+    client = password_only(officer)
+
+    page = client.get(f"{VERIFY}?next=/ra/requests/")
+    used = client.post(VERIFY, {"code": codes[2].upper(), "next": "/ra/requests/"})
+
+    assert b"Use my security key" in page.content
+    assert b'name="code"' in page.content
+    assert b"Enter one of your backup codes" in page.content
+    assert b"authenticator app on your phone" not in page.content
+    assert used["Location"] == "/ra/requests/"
+    assert client.get("/ra/requests/").status_code == 200
+    assert events("mfa.backup_code_use")[-1].detail == {"left": 9, "via": "web"}
+    again = password_only(officer).post(VERIFY, {"code": codes[2]})
+    assert again.status_code == 400
+
+
+def test_backup_codes_of_someone_with_only_a_key_are_throttled_and_lock_out_once(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    _key, codes = key_with_codes(officer)
+    device = BackupCodeDevice.objects.get(user=officer)
+    client = password_only(officer)
+    now = timezone.now()
+
+    with time_machine.travel(now, tick=False):
+        # Six digits are no app's code here: a guess at a backup code, counted as one.
+        wrong = client.post(VERIFY, {"code": "123456"})
+        right_but_waiting = client.post(VERIFY, {"code": codes[0]})
+    device.refresh_from_db()
+    assert wrong.status_code == 400
+    assert right_but_waiting.status_code == 429
+    assert device.throttling_failure_count == 1
+    assert [(e.detail["kind"], e.detail["failures"]) for e in events("mfa.verify")] == [
+        ("backup_code", 1)
+    ]
+
+    BackupCodeDevice.objects.filter(pk=device.pk).update(
+        throttling_failure_count=LOCKOUT_FAILURES - 1
+    )
+    with (
+        time_machine.travel(now + timedelta(days=1), tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        client = password_only(officer)
+        assert client.post(VERIFY, {"code": "2222-3333-4444-5555"}).status_code == 400
+        assert client.get("/ra/requests/").status_code == 302
+    (lockout,) = events("mfa.lockout")
+    assert lockout.detail["kind"] == "backup_code"
+    assert lockout.detail["failures"] == LOCKOUT_FAILURES
+    assert [m.subject for m in mailoutbox] == [
+        "Many wrong second-factor codes were entered for your account"
+    ]
+
+
+def test_with_every_code_used_the_code_form_goes(officer):
+    key_with_codes(officer)
+    BackupCodeDevice.objects.filter(user=officer).update(digests=[])
+    client = password_only(officer)
+    assert b'name="code"' not in client.get(VERIFY).content
+    assert client.post(VERIFY, {"code": "2222-3333-4444-5555"}).status_code == 400
+    assert events("mfa.verify") == []
+
+
+def test_http_basic_still_sends_someone_with_only_keys_to_the_browser(officer):
+    _key, codes = key_with_codes(officer)
+    answer = APIClient().post(
+        "/api/v1/auth/token/",
+        {"label": "script"},
+        format="json",
+        HTTP_AUTHORIZATION=f"Basic {b64encode(f'{officer.username}:{PASSWORD}'.encode()).decode()}",
+        HTTP_X_OTP_CODE=codes[0],
+    )
+    assert answer.status_code == 403
+    assert answer.json()["missing"] == "second_factor_session"
+    assert len(BackupCodeDevice.objects.get(user=officer).digests) == mfa.BACKUP_CODES
+
+
+# --- the last real factor takes the codes with it ----------------------------------------------
+
+
+def test_removing_the_last_key_drops_the_backup_codes(
+    employee, mailoutbox, django_capture_on_commit_callbacks
+):
+    key, codes = key_with_codes(employee)
+    client = signed_in_with_key(employee, key)
+    assert sign_in_confirm(client, key).status_code == 200
+    device = WebAuthnDevice.objects.get(user=employee)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        removed = client.post(f"/account/two-factor/security-keys/{device.pk}/remove/")
+
+    refused_back_to_the_account_page(removed)
+    assert not WebAuthnDevice.objects.filter(user=employee).exists()
+    assert mfa.backup_codes(employee) is None
+    assert events("mfa.device_remove")[-1].detail["backup_codes"] is True
+    assert [m.subject for m in mailoutbox] == ["Your second factor was removed"]
+    assert "backup codes" in mailoutbox[0].body
+    page = client.get("/account/").content.decode()
+    assert "your backup codes no longer work" in page
+    assert 'id="backup-codes"' not in page
+    # Signing in takes the password only; a kept code is nothing now.
+    later = password_only(employee)
+    assert later.get("/certificates/").status_code == 200
+    check, _device = mfa.check_code(user=employee, code=codes[0], source_address=None, via="t")
+    assert not check.ok
+
+
+def test_removing_one_of_two_keys_keeps_the_codes(employee):
+    key, _codes = key_with_codes(employee)
+    key_for(employee)
+    client = signed_in_with_key(employee, key)
+    assert sign_in_confirm(client, key).status_code == 200
+    device = WebAuthnDevice.objects.filter(user=employee).order_by("pk").first()
+
+    client.post(f"/account/two-factor/security-keys/{device.pk}/remove/")
+
+    assert WebAuthnDevice.objects.filter(user=employee).count() == 1
+    assert len(mfa.backup_codes(employee).digests) == mfa.BACKUP_CODES
+    assert events("mfa.device_remove")[-1].detail["backup_codes"] is False
+
+
+def test_an_officer_cannot_keep_backup_codes_alone(officer):
+    """Their only key stays, backup codes or not; codes alone never satisfy the policy."""
+    key, codes = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    device = WebAuthnDevice.objects.get(user=officer)
+
+    refused = client.post(
+        f"/account/two-factor/security-keys/{device.pk}/remove/", {"current_code": codes[0]}
+    )
+
+    refused_back_to_the_account_page(refused)
+    assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
+    assert len(mfa.backup_codes(officer).digests) == mfa.BACKUP_CODES  # no code spent
+    # Codes left behind some other way (an administrator deleting the key in the shell)
+    # count for nothing: the officer is sent to set up a real factor.
+    WebAuthnDevice.objects.filter(user=officer).delete()
+    mfa.forget_state(officer)
+    state = mfa.state_for(officer)
+    assert state.required
+    assert not state.enrolled
+    stranded = password_only(officer)
+    assert stranded.get("/ra/requests/")["Location"].startswith("/account/two-factor/setup/")
+    assert stranded.post(VERIFY, {"code": codes[1]})["Location"].startswith(
+        "/account/two-factor/setup/"
+    )
+
+
+def test_removing_the_app_of_someone_without_keys_drops_the_codes(employee):
+    _device, seed = authenticator(employee)
+    mfa._replace_backup_codes(employee)
+    client = verified_login(Client(), employee)
+    removed = client.post(
+        "/account/two-factor/remove/", {"current_code": code(seed), "confirm": "on"}
+    )
+    refused_back_to_the_account_page(removed)
+    assert mfa.backup_codes(employee) is None
+    assert events("mfa.device_remove")[-1].detail["backup_codes"] is True
