@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -31,12 +32,16 @@ pytestmark = [
 ]
 
 
-def sign_in_with_password(page, url: str, username: str) -> None:
-    page.goto(f"{url}/accounts/login/?next=/ra/requests/")
+def sign_in_with_password(
+    page, url: str, username: str, *, next_url: str = "/ra/requests/", second_step: bool = True
+) -> None:
+    """The password step, on to the second step's page (or, with none, to ``next_url``)."""
+    page.goto(f"{url}/accounts/login/?{urlencode({'next': next_url})}")
     page.fill("#id_username", username)
     page.fill("#id_password", SIGN_IN_PASSWORD)
     page.click("button:has-text('Sign in')")
-    page.wait_for_url(f"{url}/account/two-factor/verify/?next=%2Fra%2Frequests%2F")
+    lands = f"/account/two-factor/verify/?{urlencode({'next': next_url})}"
+    page.wait_for_url(f"{url}{lands if second_step else next_url}")
 
 
 def virtual_authenticator(page) -> tuple[Any, dict[str, Any]]:
@@ -131,12 +136,7 @@ def test_a_first_passkey_shows_its_backup_codes_once_and_they_sign_in(
         console = []
         page.on("console", lambda message: console.append(message))
         virtual_authenticator(page)
-        page.goto(f"{url}/accounts/login/?next=/account/")
-        page.fill("#id_username", employee.username)
-        page.fill("#id_password", SIGN_IN_PASSWORD)
-        page.click("button:has-text('Sign in')")
-        page.wait_for_url(f"{url}/account/")
-
+        sign_in_with_password(page, url, employee.username, next_url="/account/", second_step=False)
         page.fill("#passkey-name", "Laptop passkey")
         page.click("button:has-text('Add a security key')")
         page.wait_for_selector("[data-passkey-codes]:not([hidden])")
@@ -148,11 +148,7 @@ def test_a_first_passkey_shows_its_backup_codes_once_and_they_sign_in(
 
         # Without the passkey at hand: a backup code instead.
         codes = re.findall(r"[a-z2-9]{4}(?:-[a-z2-9]{4}){3}", shown)
-        page.goto(f"{url}/accounts/login/?next=/certificates/")
-        page.fill("#id_username", employee.username)
-        page.fill("#id_password", SIGN_IN_PASSWORD)
-        page.click("button:has-text('Sign in')")
-        page.wait_for_url(f"{url}/account/two-factor/verify/?next=%2Fcertificates%2F")
+        sign_in_with_password(page, url, employee.username, next_url="/certificates/")
         page.fill("#id_code", codes[0])
         page.click("button:has-text('Continue')")
         page.wait_for_url(f"{url}/certificates/")
