@@ -411,14 +411,16 @@ def totp_confirm(
     device: TotpDevice,
     code: str,
     current_code: str | None = None,
+    current_required: bool = False,
     source_address: str | None,
 ) -> Confirmation:
     """Confirm a new authenticator app with its first code; it replaces any earlier one,
     and fresh backup codes replace the old (returned, to be shown once).
 
     Replacing an app takes a current code (or a backup code) of the existing device as
-    well: a stolen session must not swap the officer's phone for the thief's. The new
-    code is checked first, so a wrong one does not use up a backup code.
+    well: a stolen session must not swap the officer's phone for the thief's; so does
+    ``current_required`` (someone with only keys who confirmed none just now: a backup
+    code). The new code is checked first, so a wrong one does not use up a backup code.
     """
     with transaction.atomic():
         locked = (
@@ -431,7 +433,7 @@ def totp_confirm(
         if not locked.verify_token(code):
             return Confirmation(wrong="code")
         existing = TotpDevice.objects.filter(user=user, confirmed=True).exclude(pk=locked.pk)
-        if existing.exists():
+        if current_required or existing.exists():
             check, _device = check_code(
                 user=user, code=current_code or "", source_address=source_address, via="replace"
             )

@@ -184,7 +184,8 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
 def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Set up (or replace) an authenticator app: scan, confirm with a code, keep the
     backup codes shown once. Both take a recent sign-in; replacing also a code of the
-    app being replaced (or a backup code)."""
+    app being replaced (or a backup code); someone with only keys, a key confirmed just
+    now or one of their backup codes (their key may be the thing they lost)."""
     if (refused := _verified_only(request)) is not None:
         return refused
     state = mfa.state_for(request.user)
@@ -193,13 +194,16 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     doing = "replace your authenticator app" if replacing else "set up an authenticator app"
     if (refused := _recent_sign_in_only(request, doing, back_to)) is not None:
         return refused
-    if state.passkeys and not state.totp and not passkeys.has_confirmed(request.session):
-        # No code to prove the present second factor with: a key confirmed just now.
+    # Someone with only keys proves them with a key confirmed just now, or a backup code.
+    code_for_keys = (
+        state.passkeys and not state.totp and not passkeys.has_confirmed(request.session)
+    )
+    if code_for_keys and mfa.backup_codes(request.user) is None:
         messages.info(request, "Confirm with one of your security keys first, then set up the app.")
         return redirect("accounts:mfa-overview")
     started = request.session.get(mfa.PENDING_SESSION_KEY)
     device = mfa.pending_totp(request)
-    form = SetupForm(request.POST or None, replacing=replacing)
+    form = SetupForm(request.POST or None, replacing=replacing or code_for_keys)
     status = 200
     allowed, info = device.verify_is_allowed()
     if request.method == "POST" and not form.is_valid():
@@ -221,6 +225,7 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
                 device=device,
                 code=form.cleaned_data["code"],
                 current_code=form.cleaned_data.get("current_code"),
+                current_required=code_for_keys,
                 source_address=client_address(request),
             )
         except mfa.SecondFactorError as exc:
@@ -263,6 +268,7 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         "next": _next(request),
         "state": state,
         "replacing": replacing,
+        "code_for_keys": code_for_keys,
         "offer_passkey": not state.enrolled,
     }
     response = render(request, "accounts/setup.html", context, status=status)

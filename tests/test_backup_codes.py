@@ -20,8 +20,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import mfa, passkeys
-from accounts.models import LOCKOUT_FAILURES, BackupCodeDevice, WebAuthnDevice
-from tests.second_factor import authenticator, code, verified_login
+from accounts.models import LOCKOUT_FAILURES, BackupCodeDevice, TotpDevice, WebAuthnDevice
+from tests.second_factor import authenticator, code, seed_of, verified_login
 from tests.test_passkeys import (
     PASSWORD,
     add_key,
@@ -292,6 +292,48 @@ def test_someone_with_an_app_still_makes_them_with_an_app_code(employee):
     made = client.post(CODES, {"current_code": code(seed)})
     assert made.status_code == 200
     assert len(codes_on(made.content)) == mfa.BACKUP_CODES
+
+
+def test_someone_who_lost_their_only_key_sets_up_an_app_with_a_backup_code(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    _key, codes = key_with_codes(officer)
+    client = password_only(officer)
+    assert client.post(VERIFY, {"code": codes[0]}).status_code == 302  # the key is lost
+    page = client.get("/account/two-factor/setup/")
+    assert page.status_code == 200
+    assert b'name="current_code"' in page.content
+    seed = seed_of(TotpDevice.objects.get(user=officer, confirmed=False))
+    now = timezone.now()
+
+    with time_machine.travel(now, tick=False):
+        # A wrong code of the new app spends no backup code; no backup code, no app.
+        wrong_app = client.post(
+            "/account/two-factor/setup/", {"code": "000000", "current_code": codes[1]}
+        )
+        missing = client.post("/account/two-factor/setup/", {"code": code(seed)})
+    assert wrong_app.status_code == 400
+    assert missing.status_code == 400
+    assert len(mfa.backup_codes(officer).digests) == mfa.BACKUP_CODES - 1
+    assert mfa.confirmed_totp(officer) is None
+
+    later = now + timedelta(seconds=31)
+    with (
+        time_machine.travel(later, tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        done = client.post(
+            "/account/two-factor/setup/",
+            {"code": code(seed, at=later.timestamp()), "current_code": codes[1]},
+        )
+
+    assert done.status_code == 200
+    assert mfa.confirmed_totp(officer) is not None
+    new = codes_on(done.content)
+    assert len(new) == mfa.BACKUP_CODES
+    assert not set(new) & set(codes)
+    assert [e.detail["via"] for e in events("mfa.backup_code_use")] == ["web", "replace"]
+    assert [m.subject for m in mailoutbox] == ["An authenticator app was set up for your account"]
 
 
 # --- signing in with a backup code, for someone with only keys --------------------------------

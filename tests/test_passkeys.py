@@ -394,6 +394,7 @@ def test_a_body_too_large_is_a_400(officer):
 
 def test_someone_with_only_a_key_confirms_it_before_setting_up_an_app(employee):
     key = key_for(employee)
+    without_backup_codes(employee)  # with them, a backup code would do (test_backup_codes)
     client = password_only(employee)
     assert sign_in_with_key(client, key).status_code == 200
 
