@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.auth.models import Group
+from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
@@ -553,14 +554,14 @@ def second_factor_remove(
     user: User,
     current_code: str,
     source_address: str | None,
-    session_key: str | None = None,
+    session: SessionBase | None = None,
 ) -> bool:
     """A person removes their own authenticator app, given a current code of it. Their
     security keys stay (they are removed one by one), and so do their backup codes while a
     key does (drop_backup_codes_without_factor); someone whose role needs a second factor
     may remove the app only while a key remains. Their other
     sessions end (as a password change ends them): one signed in with the app must not
-    carry on without it; ``session_key``, the session removing it, stays signed in.
+    carry on without it; ``session``, the one removing it, stays signed in.
     Returns whether keys remain."""
     if confirmed_totp(user) is None:
         raise SecondFactorError("You have no authenticator app to remove.")
@@ -579,7 +580,7 @@ def second_factor_remove(
         if not removed:
             raise SecondFactorError("You have no authenticator app to remove.")
         keys = WebAuthnDevice.objects.filter(user=user).count()
-        ended = sessions_end(user, keep=session_key)
+        ended = sessions_end(user, keep=session)
         audit_record(
             action="mfa.device_remove",
             actor=user,

@@ -21,6 +21,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Upper
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from accounts.search import directory_search_text
 
@@ -71,6 +72,11 @@ class User(AbstractUser):
         blank=True,
         editable=False,
         help_text="When the e-mail address last changed, case aside; empty if never (derived).",
+    )
+    session_generation = models.PositiveIntegerField(
+        default=0,
+        editable=False,
+        help_text="Raised each time all the person's sessions are ended (accounts.sessions).",
     )
 
     class Meta(AbstractUser.Meta):
@@ -127,6 +133,19 @@ class User(AbstractUser):
         if update_fields is not None and derived:
             kwargs["update_fields"] = {*kwargs["update_fields"], *derived}
         switched_off = writes_active and not self.is_active and stored is not None and stored[0]
+        if (
+            kwargs.get("update_fields") is None
+            and not self._state.adding
+            and not kwargs.get("force_insert")
+        ):
+            # Only accounts.sessions writes the session generation (with an F() update): an
+            # instance read before someone's sessions were ended (an admin form, a directory
+            # sync) must not write the old number back, which would revive those sessions.
+            kwargs["update_fields"] = [
+                field.name
+                for field in self._meta.concrete_fields
+                if not field.primary_key and field.name != "session_generation"
+            ]
         super().save(*args, **kwargs)
         if switched_off:
             # A leaver is signed out everywhere, and stays so if the account is switched
@@ -147,6 +166,22 @@ class User(AbstractUser):
     def get_session_auth_fallback_hash(self) -> Iterator[str]:
         if self.is_active:
             yield from super().get_session_auth_fallback_hash()
+
+    def _get_session_auth_hash(self, secret: str | None = None) -> str:
+        """Django's HMAC of the password, which every request's session must carry (its
+        get_user() checks it), bound to the session generation as well: raising it
+        (accounts.sessions.sessions_end) refuses every session signed in before, wherever
+        it is stored or comes back from. Generation 0 keeps Django's own value, so sessions
+        from before the generation existed stay signed in."""
+        if self.session_generation == 0:
+            django_hash: str = super()._get_session_auth_hash(secret=secret)  # type: ignore[misc]  # Django's, not in django-stubs
+            return django_hash
+        return salted_hmac(
+            "accounts.models.User.get_session_auth_hash",
+            f"{self.session_generation}:{self.password}",
+            secret=secret,
+            algorithm="sha256",
+        ).hexdigest()
 
     def _stored_row(self) -> tuple[bool, datetime | None, str] | None:
         """The stored is_active, deactivated_at and email (one read), or None for a new
@@ -335,8 +370,8 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
 
 class AccountSession(AbstractBaseSession):
     """A browser session, stored with the account it is signed in as (Django's
-    "extending database-backed session engines"): ending a person's sessions is one
-    indexed DELETE instead of decoding every stored session (accounts.sessions).
+    "extending database-backed session engines"): deleting a person's sessions goes by
+    an indexed column instead of decoding every stored session (accounts.sessions).
 
     account_id is derived from the session's data each time the store writes the row
     (accounts.session_store), so it follows a sign-in, a key cycled by one, a

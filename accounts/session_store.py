@@ -1,6 +1,7 @@
 """The portal's session engine (SESSION_ENGINE = "accounts.session_store"): Django's
 database store, writing each session to accounts.AccountSession with the account it is
-signed in as, so that accounts.sessions ends a person's sessions with one indexed DELETE.
+signed in as, so that accounts.sessions finds and deletes a person's sessions by an
+indexed column.
 
 The class keeps Django's name, SessionStore: the signing salt of a session's data is
 derived from the class's name ("django.contrib.sessions.SessionStore"), so data written by
@@ -28,8 +29,9 @@ def account_of(data: dict[str, Any]) -> int | None:
 class SessionStore(DatabaseStore[AccountSession]):
     """Every write of the row (a new session, a cycled key, the end of any request that
     changed the session) stores the account id derived from the data written with it.
-    Saving a session whose row was deleted still fails (an UPDATE that finds no row), so
-    a request in flight cannot bring back a session accounts.sessions ended."""
+    Saving a session whose row was deleted fails (an UPDATE that finds no row), but a
+    request in flight that cycles its key INSERTs it again: what keeps such a session
+    signed out is the account's session generation in its hash (accounts.sessions)."""
 
     @classmethod
     def get_model_class(cls) -> type[AccountSession]:

@@ -11,9 +11,15 @@ a settings override) still work: their table names the account only inside each
 session's signed data, so the person's sessions are found by reading and decoding every
 unexpired one, once per call (a few milliseconds per thousand sessions).
 
-Deleting the row is what ends a session: a request of it still in flight cannot save it
-back (the database store only updates an existing row, and refuses the request with
-SessionInterrupted), and its cookie afterwards finds nothing, so it is signed out.
+What ends a session is the account's session generation (User.session_generation),
+which sessions_end raises: Django checks on every request that the session's hash
+(HASH_SESSION_KEY) is the account's current one, and the generation is part of it, so a
+session signed in before is signed out wherever it is. That covers what deleting rows
+cannot: a request in flight that cycles its key (a sign-in, a second factor confirmed, a
+password change) INSERTs its session again under a new key; the database engines save
+back a session that expired while its request ran (it was not found to delete); a cached
+copy; and the rows accounts/0008 left in django_session, read again after a switch back
+to Django's engine. The rows are deleted all the same: tidy, and counted for the audit.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.session_store import SessionStore as AccountStore
@@ -34,8 +43,9 @@ from accounts.session_store import SessionStore as AccountStore
 def _store_class() -> type[DatabaseStore[Any]]:
     store = import_module(settings.SESSION_ENGINE).SessionStore
     if not (isinstance(store, type) and issubclass(store, DatabaseStore)):
-        # The cache, file and cookie engines cannot list a person's sessions: ending them
-        # would silently do nothing, which is worse than refusing.
+        # The cache, file and cookie engines cannot list a person's sessions: the session
+        # generation would still sign them out, but the audit would count nothing and
+        # their data would stay; refused, as before the generation existed.
         raise ImproperlyConfigured(
             f"SESSION_ENGINE {settings.SESSION_ENGINE} keeps no session table: the portal "
             "ends a person's sessions (second-factor reset, deactivation) by deleting their "
@@ -68,30 +78,42 @@ def session_keys_of(user: Any) -> list[str]:
     return found
 
 
-def sessions_end(user: Any, *, keep: str | None = None) -> int:
-    """Sign the person out everywhere (but in the session ``keep``, the caller's own);
-    returns how many sessions ended.
+def sessions_end(user: Any, *, keep: SessionBase | None = None) -> int:
+    """Sign the person out everywhere (but in the session ``keep``, the caller's own,
+    which stays signed in as update_session_auth_hash keeps it after a password change);
+    returns how many stored sessions ended, for the audit trail.
 
-    With the portal's engine: two queries by the indexed account column, however many
-    sessions others have. The DELETE takes the person's expired rows too (not yet cleared
-    by the daily task), so that a request that loaded one just before it expired cannot
-    save it back with a new expiry; the count, for the audit trail, is of unexpired ones.
+    Raising the session generation is what ends them (see the module docstring). With
+    the portal's engine the rows go by the indexed account column, however many sessions
+    others have: the unexpired ones (counted by that DELETE), then the expired ones not yet
+    cleared by the daily task, in one transaction.
     """
     store = _store_class()
-    if _indexed(store):
-        rows = AccountStore.get_model_class().objects.filter(account_id=user.pk)
-        if keep is not None:
-            rows = rows.exclude(session_key=keep)
-        ended = rows.filter(expire_date__gt=timezone.now()).count()
-        rows.delete()
+    with transaction.atomic():
+        user._meta.model._base_manager.filter(pk=user.pk).update(
+            session_generation=F("session_generation") + 1
+        )
+        # The caller's instance hashes with the new generation from here on (a kept
+        # session, a password change later in the same request).
+        user.refresh_from_db(fields=["session_generation"])
+        if keep is not None and str(keep.get(SESSION_KEY, "")) == str(user.pk):
+            keep[HASH_SESSION_KEY] = user.get_session_auth_hash()
+            keep.save()  # now, in this transaction: a rollback keeps the old hash valid
+        kept = keep.session_key if keep is not None else None
+        if _indexed(store):
+            rows = store.get_model_class().objects.filter(account_id=user.pk)
+            if kept is not None:
+                rows = rows.exclude(session_key=kept)
+            live: int = rows.filter(expire_date__gt=timezone.now()).delete()[0]
+            rows.delete()
+            return live
+        ended = 0
+        for key in session_keys_of(user):
+            if key == kept:
+                continue
+            store(session_key=key).delete()  # cached_db: the cached copy too
+            ended += 1
         return ended
-    ended = 0
-    for key in session_keys_of(user):
-        if key == keep:
-            continue
-        store(session_key=key).delete()  # cached_db: the cached copy too
-        ended += 1
-    return ended
 
 
 def sessions_clear_expired() -> int:

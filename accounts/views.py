@@ -356,7 +356,7 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
             user=request.user,
             current_code=form.cleaned_data["current_code"],
             source_address=client_address(request),
-            session_key=request.session.session_key,
+            session=request.session,
         )
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)

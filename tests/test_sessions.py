@@ -9,7 +9,8 @@ import pytest
 import time_machine
 
 from django.conf import settings as django_settings
-from django.contrib.auth import SESSION_KEY, login, update_session_auth_hash
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, login, update_session_auth_hash
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.backends.db import SessionStore as DjangoDatabaseStore
 from django.contrib.sessions.exceptions import SessionInterrupted
@@ -23,12 +24,14 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from accounts.models import AccountSession
+from accounts import mfa
+from accounts.models import AccountSession, TotpDevice
 from accounts.session_store import SessionStore, account_of
 from accounts.sessions import session_keys_of, sessions_clear_expired, sessions_end
 from enrollment.tasks import sessions_clear_expired_task
 from tests.conftest import client_for
 from tests.factories import UserFactory
+from tests.second_factor import authenticator
 
 pytestmark = pytest.mark.django_db
 
@@ -154,7 +157,7 @@ def test_it_ends_only_that_persons_sessions_but_the_one_kept(employee, colleague
     anonymous = stored_session(None)
     kept = here.session.session_key
 
-    assert sessions_end(employee, keep=kept) == 2
+    assert sessions_end(employee, keep=here.session) == 2
 
     assert session_keys_of(employee) == [kept]
     assert signed_out(phone)
@@ -169,14 +172,15 @@ def test_it_ends_only_that_persons_sessions_but_the_one_kept(employee, colleague
     assert len(session_keys_of(colleague)) == 2
 
 
-def test_it_takes_one_query_however_many_sessions_others_have(employee, colleague):
+def test_it_takes_the_same_few_queries_however_many_sessions_others_have(employee, colleague):
     stored_session(employee)
     stored_session(employee)
 
     def queries_to_end() -> list[str]:
         with CaptureQueriesContext(connection) as queries:
             sessions_end(employee)
-        return [query["sql"] for query in queries.captured_queries]
+        sql = [query["sql"] for query in queries.captured_queries]
+        return [query for query in sql if "SAVEPOINT" not in query]  # its transaction's
 
     stored_session(colleague)
     few = queries_to_end()
@@ -186,11 +190,17 @@ def test_it_takes_one_query_however_many_sessions_others_have(employee, colleagu
         stored_session(None)
     many = queries_to_end()
 
-    assert len(few) == len(many) == 2  # how many are live (for the audit), then the DELETE
-    count, delete = many
-    assert count.startswith("SELECT COUNT(*)")
-    assert delete.startswith("DELETE")
-    assert all('"account_id" =' in sql and "session_data" not in sql for sql in many)
+    # The generation raised and read back, then the live rows (counted), then the rest.
+    assert len(few) == len(many) == 4
+    raise_generation, read_back, delete_live, delete_rest = many
+    assert raise_generation.startswith('UPDATE "accounts_user" SET "session_generation"')
+    assert read_back.startswith("SELECT")
+    assert '"accounts_user"' in read_back
+    assert delete_live.startswith("DELETE")
+    assert '"expire_date" >' in delete_live
+    assert delete_rest.startswith("DELETE")
+    assert "expire_date" not in delete_rest
+    assert all('"account_id" =' in sql and "session_data" not in sql for sql in many[2:])
     with CaptureQueriesContext(connection) as queries:
         session_keys_of(colleague)
     (select,) = queries.captured_queries
@@ -225,6 +235,45 @@ def test_a_request_in_flight_cannot_save_an_ended_session_back(employee):
     assert not AccountSession.objects.filter(session_key=key).exists()
 
 
+def test_a_request_in_flight_that_cycles_its_key_does_not_bring_the_session_back(employee):
+    """cycle_key() INSERTs a new row with the data loaded before the end (a second-factor
+    confirmation, a sign-in, a password change): that row names the person, but signs
+    nobody in, as the session's hash names the account's previous generation."""
+    client = client_for(employee)
+    in_flight = SessionStore(client.session.session_key)
+    assert in_flight[SESSION_KEY] == str(employee.pk)  # loaded by the request
+
+    sessions_end(employee)  # an administrator's reset, while that request runs
+    in_flight.cycle_key()
+    in_flight.save()
+
+    old_key = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    assert not AccountSession.objects.filter(session_key=old_key).exists()
+    assert session_keys_of(employee) == [in_flight.session_key]  # the new row names them
+    client.cookies[django_settings.SESSION_COOKIE_NAME] = in_flight.session_key
+    assert signed_out(client)
+
+
+def test_a_session_saved_back_after_an_admin_reset_cannot_set_up_a_new_app(employee, admin_user):
+    """The reviewer's case: the browser beside the lost phone confirms a code just as an
+    administrator resets the second factor; its cycled session must not survive to set up
+    an authenticator of its own."""
+    authenticator(employee)
+    browser = client_for(employee)
+    in_flight = SessionStore(browser.session.session_key)
+    assert in_flight[SESSION_KEY] == str(employee.pk)
+
+    mfa.second_factor_reset(actor=admin_user, target=employee, source_address=None)
+    in_flight.cycle_key()  # mark_verified, at the end of that request
+    in_flight.save()
+    browser.cookies[django_settings.SESSION_COOKIE_NAME] = in_flight.session_key
+
+    response = browser.get("/account/two-factor/setup/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+    assert not TotpDevice.objects.filter(user=employee).exists()
+
+
 def test_the_middleware_refuses_a_request_whose_session_ended_meanwhile(employee, rf):
     key = stored_session(employee)
     request = rf.get("/")
@@ -249,11 +298,137 @@ def test_with_djangos_own_engine_it_still_finds_the_person_by_reading(
     theirs = stored_session(colleague, DjangoDatabaseStore)
 
     assert sorted(session_keys_of(employee)) == sorted(mine)
-    assert sessions_end(employee, keep=mine[0]) == 1
+    assert sessions_end(employee, keep=DjangoDatabaseStore(mine[0])) == 1
 
     assert sorted(DjangoSession.objects.values_list("session_key", flat=True)) == sorted(
         [mine[0], theirs]
     )
+
+
+def test_a_session_left_in_djangos_table_is_refused_after_a_switch_back(employee, settings):
+    """accounts/0008 copies live sessions and leaves them in django_session: a session
+    ended since must not sign anyone in when SESSION_ENGINE goes back to Django's."""
+    key = client_for(employee).session.session_key
+    row = AccountSession.objects.get(session_key=key)
+    DjangoSession.objects.create(
+        session_key=key, session_data=row.session_data, expire_date=row.expire_date
+    )
+
+    assert sessions_end(employee) == 1  # by the portal's engine: its own table only
+
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.db"
+    assert DjangoSession.objects.filter(session_key=key).exists()
+    browser = Client()
+    browser.cookies[settings.SESSION_COOKIE_NAME] = key
+    assert signed_out(browser)
+
+
+def test_with_djangos_engine_an_expired_session_saved_back_in_flight_signs_nobody_in(
+    employee, settings
+):
+    """Django's engines are searched for unexpired sessions only: one a request loaded just
+    before it expired is not deleted, and that request's save gives it a new expiry."""
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.db"
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        browser = client_for(employee)
+        key = browser.session.session_key
+    with time_machine.travel(start + timedelta(seconds=settings.SESSION_COOKIE_AGE - 1)):
+        in_flight = DjangoDatabaseStore(key)
+        assert in_flight[SESSION_KEY] == str(employee.pk)  # loaded while still live
+    with time_machine.travel(start + timedelta(seconds=settings.SESSION_COOKIE_AGE + 1)):
+        assert sessions_end(employee) == 0  # expired: not found
+        in_flight["changed"] = "during the request"
+        in_flight.save()
+
+        assert DjangoSession.objects.get(session_key=key).expire_date > timezone.now()
+        assert signed_out(browser)
+
+
+# --- the session generation ---------------------------------------------------------------
+
+
+def test_before_any_end_the_hash_is_djangos_so_the_upgrade_signs_nobody_out(employee):
+    assert employee.session_generation == 0
+    assert employee.get_session_auth_hash() == AbstractBaseUser._get_session_auth_hash(employee)
+
+    sessions_end(employee)
+
+    assert employee.session_generation == 1  # read back onto the caller's instance
+    assert employee.get_session_auth_hash() != AbstractBaseUser._get_session_auth_hash(employee)
+
+
+def test_every_end_raises_the_generation_and_refuses_the_sessions_before(employee):
+    first = client_for(employee)
+    sessions_end(employee)
+    second = client_for(employee)
+    sessions_end(employee)
+
+    employee.refresh_from_db()
+    assert employee.session_generation == 2
+    assert signed_out(first)
+    assert signed_out(second)
+    assert not signed_out(client_for(employee))  # signing in again works
+
+
+def test_an_instance_read_before_the_end_does_not_save_the_old_generation_back(employee):
+    """A directory sync or an admin form holds the account from before an end; its save
+    must not put the generation back, which would sign the ended sessions in again."""
+    browser = client_for(employee)
+    stale = type(employee).objects.get(pk=employee.pk)
+
+    sessions_end(employee)
+    stale.first_name = "Alicia"
+    stale.save()
+
+    stale.refresh_from_db()
+    assert stale.first_name == "Alicia"
+    assert stale.session_generation == 1
+    assert signed_out(browser)
+
+
+def test_the_session_kept_stays_signed_in_only_if_it_is_the_persons(employee, colleague):
+    mine, theirs = client_for(employee), client_for(colleague)
+
+    sessions_end(employee, keep=theirs.session)  # not the person's: not given their hash
+
+    assert signed_out(mine)
+    assert not signed_out(theirs)
+    assert theirs.session[HASH_SESSION_KEY] == colleague.get_session_auth_hash()
+
+
+def test_a_password_change_after_an_end_keeps_the_changer_signed_in(employee, rf):
+    here, elsewhere = client_for(employee), client_for(employee)
+    sessions_end(employee, keep=here.session)
+    other_after = client_for(employee)
+    request = rf.get("/")
+    request.session = SessionStore(here.session.session_key)
+    request.user = type(employee).objects.get(pk=employee.pk)  # as the request loads it
+
+    request.user.set_password("a new password for alice")
+    request.user.save()
+    update_session_auth_hash(request, request.user)
+    request.session.save()
+
+    here.cookies[django_settings.SESSION_COOKIE_NAME] = request.session.session_key
+    assert not signed_out(here)
+    assert signed_out(elsewhere)
+    assert signed_out(other_after)  # a password change signs out the others, as ever
+
+
+def test_a_session_of_the_old_secret_and_generation_still_verifies_by_the_fallback(
+    employee, settings
+):
+    sessions_end(employee)
+    before_rotation = employee.get_session_auth_hash()
+
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a new secret key, long enough to be one, rotated in today"
+
+    assert employee.get_session_auth_hash() != before_rotation
+    assert before_rotation in list(employee.get_session_auth_fallback_hash())
+    sessions_end(employee)
+    assert before_rotation not in list(employee.get_session_auth_fallback_hash())
 
 
 @pytest.mark.parametrize(
