@@ -24,6 +24,7 @@ to Django's engine. The rows are deleted all the same: tidy, and counted for the
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import Any
 
@@ -38,6 +39,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.session_store import SessionStore as AccountStore
+
+logger = logging.getLogger(__name__)
 
 
 def _store_class() -> type[DatabaseStore[Any]]:
@@ -120,12 +123,19 @@ def sessions_clear_expired() -> int:
     """Delete expired sessions; how many. Django only refuses them (nothing else deletes
     them), so without this the table grows by every sign-in.
 
-    The configured engine's table, and the other table the portal knows when it is
-    installed: after the upgrade to accounts.session_store, the rows left in Django's
-    django_session expire and go; after a switch back, those of accounts_accountsession.
+    The configured engine's table, and the other tables the portal knows when installed:
+    after the upgrade to accounts.session_store, the rows left in Django's django_session
+    expire and go; after a switch back, those of accounts_accountsession (Django's
+    clearsessions clears the configured engine's only). An engine without a table (cache,
+    file, cookie) is warned about, not raised on daily: ending a person's sessions refuses
+    it loudly already, and the tables left from before still get cleared.
     """
-    store = _store_class()
-    models = {store.get_model_class(), AccountStore.get_model_class()}
+    try:
+        models = {_store_class().get_model_class()}
+    except ImproperlyConfigured as exc:
+        logger.warning("Clearing only the session tables left from before: %s", exc)
+        models = set()
+    models.add(AccountStore.get_model_class())
     if apps.is_installed("django.contrib.sessions"):
         models.add(apps.get_model("sessions", "Session"))
     now = timezone.now()

@@ -4,6 +4,7 @@ sessions end with one indexed query; expired ones are cleared daily."""
 from __future__ import annotations
 
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 import time_machine
@@ -17,6 +18,7 @@ from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.contrib.sessions.models import Session as DjangoSession
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpResponse
@@ -481,6 +483,35 @@ def test_the_daily_task_deletes_expired_sessions_only(employee, colleague):
         AccountSession.objects.values_list("session_key", flat=True)
     )
     assert sessions_clear_expired() == 0
+
+
+def test_with_an_engine_without_a_table_the_daily_task_warns_and_clears_what_is_left(
+    employee, settings, caplog
+):
+    with time_machine.travel(timezone.now() - timedelta(days=2), tick=False):
+        stored_session(employee)
+        stored_session(employee, DjangoDatabaseStore)
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+
+    assert sessions_clear_expired_task.delay().get() == 2
+
+    assert "keeps no session table" in caplog.text
+    assert not AccountSession.objects.exists()
+    assert not DjangoSession.objects.exists()
+
+
+def test_the_command_clears_both_tables_as_the_task_does(employee):
+    with time_machine.travel(timezone.now() - timedelta(days=2), tick=False):
+        stored_session(employee)
+        stored_session(employee, DjangoDatabaseStore)
+    live = stored_session(employee)
+    out = StringIO()
+
+    call_command("sessions_clear_expired", stdout=out)
+
+    assert "Deleted 2 expired sessions." in out.getvalue()
+    assert list(AccountSession.objects.values_list("session_key", flat=True)) == [live]
+    assert not DjangoSession.objects.exists()
 
 
 def test_a_session_expires_by_the_cookie_age(employee, settings):
