@@ -75,6 +75,9 @@ class User(AbstractUser):
     )
     session_generation = models.PositiveIntegerField(
         default=0,
+        # In the database too: rows inserted by SQL (a bulk load, a provisioning script)
+        # that does not know the column still get one.
+        db_default=0,
         editable=False,
         help_text="Raised each time all the person's sessions are ended (accounts.sessions).",
     )
