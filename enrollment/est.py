@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
 from django.db import IntegrityError, connection, transaction
-from django.db.models import CharField, F, Func, Q, QuerySet
+from django.db.models import BinaryField, F, Func, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import HttpResponse
 from django.urls import reverse
@@ -345,15 +345,18 @@ def _waiting_queryset(user: User, der: bytes, *, renew: bool) -> QuerySet[Certif
     state = CertificateRequest.State
     requests = CertificateRequest.objects.select_related("certificate", "template")
     if connection.vendor == "postgresql":
-        # request_est_csr_idx (migration 0032): (requester_id, md5(csr)) WHERE channel =
+        # request_est_csr_idx (migration 0033): (requester_id, sha256(csr)) WHERE channel =
         # 'est', so that an account enrolling many devices finds one CSR among its requests
         # without reading them all. 'est' is written into the SQL, not passed as a
         # parameter: a prepared statement's generic plan sees only "$n" and could not use
-        # a partial index. md5 only finds the row; csr=der below still compares the bytes.
-        requests = requests.alias(csr_md5=Func(F("csr"), function="MD5", output_field=CharField()))
+        # a partial index. sha256, not md5, which a FIPS-mode PostgreSQL refuses; the
+        # digest only finds the row, csr=der below still compares the bytes.
+        requests = requests.alias(
+            csr_sha256=Func(F("csr"), function="SHA256", output_field=BinaryField())
+        )
         requests = requests.filter(
             channel=RawSQL(f"'{services.EST_CHANNEL.value}'", ()),
-            csr_md5=hashlib.md5(der, usedforsecurity=False).hexdigest(),
+            csr_sha256=hashlib.sha256(der).digest(),
         )
     else:
         requests = requests.filter(channel=services.EST_CHANNEL)

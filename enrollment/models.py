@@ -587,8 +587,8 @@ class CertificateRequest(models.Model):
                 fields=["mailbox"], name="request_mailbox_idx", condition=Q(mailbox__isnull=False)
             ),
             # EST's repeat lookup (est._waiting_with) has, on PostgreSQL only, the partial
-            # expression index request_est_csr_idx (requester_id, md5(csr)) WHERE channel =
-            # 'est', made by migration 0032 outside the model state (SQLite has no md5 of
+            # expression index request_est_csr_idx (requester_id, sha256(csr)) WHERE channel =
+            # 'est', made by migration 0033 outside the model state (SQLite has no digest of
             # bytes to index, and scans its small table).
         ]
         constraints = [

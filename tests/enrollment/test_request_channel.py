@@ -1,17 +1,19 @@
 """CertificateRequest.channel: each way in records its own, the audit's "channel" reads the
-column (not EST's key prefix), the officer's pages and the API show it, migration 0032
-backfills it, and EST's repeat lookup reads its index."""
+column (not EST's key prefix), the officer's pages and the API show it, migrations 0032
+and 0033 add and backfill it, and EST's repeat lookup reads its index."""
 
 from __future__ import annotations
 
 import base64
+import importlib
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.utils import timezone
@@ -372,7 +374,7 @@ def test_the_migration_backfills_what_the_stored_columns_tell(employee, officer)
                 "SELECT indexdef FROM pg_indexes WHERE indexname = 'request_est_csr_idx'"
             )
             (definition,) = cursor.fetchone()
-        assert "md5(csr)" in definition
+        assert "sha256(csr)" in definition
         assert "'est'" in definition
 
 
@@ -391,3 +393,81 @@ def test_rows_the_old_code_writes_during_the_deployment_get_unknown(employee):
         )
 
     assert CertificateRequest.objects.get().channel == "unknown"
+
+
+class Interrupted(Exception):
+    """A migrate stopped from outside (Ctrl-C, a deploy's time limit, a lost connection)."""
+
+
+def _index_state() -> tuple[str, bool] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'request_est_csr_idx'"
+        )
+        return cursor.fetchone()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_an_interrupted_backfill_and_index_build_complete_when_migrate_runs_again(
+    employee, monkeypatch
+):
+    """The README's "can be run again if interrupted": a run stopped in the middle of the
+    backfill (after a committed batch) and an index build that failed half-way (leaving an
+    INVALID index of that name, as an interrupted CREATE INDEX CONCURRENTLY does) are
+    finished by a second migrate. With the column added in the same non-atomic migration,
+    the second run failed at once: "column channel already exists"."""
+    executor = MigrationExecutor(connection)
+    executor.migrate(BEFORE)
+    old = executor.loader.project_state(BEFORE).apps
+    Request = old.get_model("enrollment", "CertificateRequest")
+    template = old.get_model("enrollment", "CertificateTemplate").objects.get(slug="smime-signing")
+    made = [
+        Request.objects.create(
+            requester_id=employee.pk, template=template, key_source="server",
+            key_algorithm="ec-p256", idempotency_key=f"est:{n}",
+        ).pk
+        for n in range(3)
+    ]  # fmt: skip
+    backfill = importlib.import_module(
+        "enrollment.migrations.0033_certificaterequest_channel_backfill"
+    )
+    monkeypatch.setattr(backfill, "BATCH", 1)
+    real_batch = backfill.backfill_batch
+    batches: list[int] = []
+
+    def stopped_at_the_second_batch(requests: Any, invitations: Any, low: int, high: int) -> None:
+        batches.append(low)
+        real_batch(requests, invitations, low, high)
+        if len(batches) == 2:
+            raise Interrupted  # after the UPDATEs, before the batch's commit
+
+    monkeypatch.setattr(backfill, "backfill_batch", stopped_at_the_second_batch)
+    executor = MigrationExecutor(connection)
+    with pytest.raises(Interrupted):
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+    channels = dict(CertificateRequest.objects.values_list("pk", "channel"))
+    assert channels == {made[0]: "est", made[1]: "unknown", made[2]: "unknown"}
+    if connection.vendor == "postgresql":
+        assert _index_state() is None
+        # A build that fails half-way: a unique index over one person's three requests.
+        with pytest.raises(IntegrityError), connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY request_est_csr_idx "
+                "ON enrollment_certificaterequest (requester_id)"
+            )
+        assert _index_state() == (mock.ANY, False)  # left INVALID
+
+    monkeypatch.setattr(backfill, "backfill_batch", real_batch)
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    channels = dict(CertificateRequest.objects.values_list("pk", "channel"))
+    assert channels == dict.fromkeys(made, "est")
+    done = MigrationExecutor(connection)  # reads what is recorded as applied afresh
+    assert done.migration_plan(done.loader.graph.leaf_nodes()) == []
+    if connection.vendor == "postgresql":
+        definition, valid = _index_state()
+        assert valid
+        assert "(requester_id, sha256(csr)) WHERE" in definition
