@@ -335,6 +335,21 @@ def backup_codes(user: Any) -> BackupCodeDevice | None:
     return BackupCodeDevice.objects.filter(user=user).first()
 
 
+def has_backup_codes(user: Any) -> bool:
+    """Whether the person has an unused backup code: a set with every code used is none
+    (nothing to ask them for, and what a new key or app should replace)."""
+    device = backup_codes(user)
+    return device is not None and bool(device.digests)
+
+
+def has_factor(user: Any) -> bool:
+    """A confirmed app or a security key: what backup codes stand in for."""
+    return (
+        TotpDevice.objects.filter(user=user, confirmed=True).exists()
+        or WebAuthnDevice.objects.filter(user=user).exists()
+    )
+
+
 def pending_totp(request: HttpRequest) -> TotpDevice:
     """The authenticator app this session is setting up: the same seed until it is
     confirmed (a reloaded page shows the QR code already scanned), for PENDING_MINUTES.

@@ -199,9 +199,11 @@ def register(
     *, session: SessionBase, user: Any, credential: Any, source_address: str | None
 ) -> Registration:
     """Check the browser's answer to the session's registration challenge and keep the
-    key; audited, and the person is mailed. Someone without backup codes (a first key, or
-    keys from before keys came with them) gets them with it, as an app's set-up gives
-    them: a lost key is then not a lock-out until an administrator resets it."""
+    key; audited, and the person is mailed. A first factor (no app, no key before this
+    one) comes with new backup codes, as an app's set-up gives them, replacing any left
+    over; so does a key of someone without codes (keys from before keys came with them,
+    or every code used): a lost key is then not a lock-out until an administrator resets
+    it."""
     stored = _take_challenge(session, "register")
     if stored.get("user") != user.pk:
         raise PasskeyError("No security-key request is waiting: start again.")
@@ -230,6 +232,7 @@ def register(
         with transaction.atomic():
             # The person's row: of two registrations at once, one makes the backup codes.
             User.objects.select_for_update().filter(pk=user.pk).first()
+            first_factor = not mfa.has_factor(user)
             device = WebAuthnDevice.objects.create(
                 user=user,
                 name=clean_name(stored.get("name")),
@@ -240,7 +243,10 @@ def register(
                 transports=transports,
                 aaguid=str(verified.aaguid)[:36],
             )
-            codes = [] if mfa.backup_codes(user) is not None else mfa._replace_backup_codes(user)
+            # Codes that outlived every factor (one removed in the shell, say) are not
+            # revived by a first key: nobody knows who holds them. New ones, shown.
+            keep = not first_factor and mfa.has_backup_codes(user)
+            codes = [] if keep else mfa._replace_backup_codes(user)
             audit_record(
                 action="mfa.device_add",
                 actor=user,

@@ -153,6 +153,51 @@ def test_a_key_added_by_someone_with_keys_but_no_codes_brings_them(employee):
     assert len(BackupCodeDevice.objects.get(user=employee).digests) == mfa.BACKUP_CODES
 
 
+def test_codes_left_without_any_factor_are_replaced_by_a_first_key_not_revived(employee):
+    """A key deleted in the shell (not through remove(), which drops the codes with the
+    last factor) leaves codes behind; a first key then makes new ones, shown, and the old
+    ones no longer sign in: nobody knows who holds them."""
+    _key, old = key_with_codes(employee)
+    WebAuthnDevice.objects.filter(user=employee).delete()
+    mfa.forget_state(employee)
+    client = verified_login(Client(), employee)
+
+    added = add_key(client, SoftKey())
+
+    assert added.status_code == 200
+    new = added.json()["backup_codes"]
+    assert len(new) == mfa.BACKUP_CODES
+    assert not set(new) & set(old)
+    assert password_only(employee).post(VERIFY, {"code": old[0]}).status_code == 400
+    assert events("mfa.device_add")[-1].detail["backup_codes"] == mfa.BACKUP_CODES
+
+
+def test_a_first_key_replaces_the_codes_an_app_left_behind(employee):
+    """The same for codes an app left (its row deleted without remove())."""
+    device, _seed = authenticator(employee)
+    stranded = mfa._replace_backup_codes(employee)
+    device.delete()
+
+    _key, new = key_with_codes(employee)
+
+    assert len(new) == mfa.BACKUP_CODES
+    digests = BackupCodeDevice.objects.get(user=employee).digests
+    assert mfa.backup_code_match(stranded[0], digests) is None
+    assert mfa.backup_code_match(new[0], digests) is not None
+
+
+def test_a_key_added_by_someone_whose_codes_are_all_used_brings_new_ones(employee):
+    key, _codes = key_with_codes(employee)
+    BackupCodeDevice.objects.filter(user=employee).update(digests=[])
+    client = signed_in_with_key(employee, key)
+    assert sign_in_confirm(client, key).status_code == 200
+
+    added = add_key(client, SoftKey(), name="Spare")
+
+    assert len(added.json()["backup_codes"]) == mfa.BACKUP_CODES
+    assert len(BackupCodeDevice.objects.get(user=employee).digests) == mfa.BACKUP_CODES
+
+
 # --- making new ones on /account/ ----------------------------------------------------------
 
 
