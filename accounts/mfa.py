@@ -439,6 +439,10 @@ def totp_confirm(
     code). The new code is checked first, so a wrong one does not use up a backup code.
     """
     with transaction.atomic():
+        # The person's row first, as passkeys.register() and backup_codes_regenerate()
+        # lock it: a first key added at the same moment is seen (it then makes no second
+        # set of backup codes), instead of both making and showing a set, one dead.
+        User.objects.select_for_update().filter(pk=user.pk).first()
         locked = (
             _pending_fresh(TotpDevice.objects.select_for_update())
             .filter(pk=device.pk, user=user)

@@ -106,22 +106,28 @@ def _store_challenge(session: SessionBase, purpose: str, challenge: bytes, **ext
     }
 
 
-def _take_challenge(session: SessionBase, purpose: str) -> dict[str, Any]:
-    """The session's challenge for this purpose, removed whatever the outcome: one use,
-    even for two requests of the same session at once (the stored session row is locked
-    and the challenge taken out of it; of concurrent requests, only the first finds it)."""
-    stored = session.pop(CHALLENGE_SESSION_KEY, None)
+def _take(session: SessionBase, key: str) -> Any:
+    """session[key], removed: one use, even for two requests of the same session at once
+    (the stored session row is locked and the value taken out of it; of concurrent
+    requests, each holding its own copy of the session, only the first finds it)."""
+    stored = session.pop(key, None)
     if isinstance(session, DatabaseSessionStore) and session.session_key:
         # The engine's own table (accounts.session_store's, or Django's db/cached_db one).
         rows = session.get_model_class().objects.select_for_update()
         with transaction.atomic():
             row = rows.filter(session_key=session.session_key).first()
             saved = session.decode(row.session_data) if row is not None else {}
-            if saved.pop(CHALLENGE_SESSION_KEY, None) is None:
+            if saved.pop(key, None) is None:
                 stored = None  # another request of this session took it already
             elif row is not None:
                 row.session_data = session.encode(saved)
                 row.save(update_fields=["session_data"])
+    return stored
+
+
+def _take_challenge(session: SessionBase, purpose: str) -> dict[str, Any]:
+    """The session's challenge for this purpose, removed whatever the outcome (_take)."""
+    stored = _take(session, CHALLENGE_SESSION_KEY)
     if not isinstance(stored, dict) or stored.get("purpose") != purpose:
         raise PasskeyError("No security-key request is waiting: start again.")
     try:
@@ -428,12 +434,33 @@ def note_confirmed(session: SessionBase) -> None:
 
 
 def take_confirmed(session: SessionBase) -> bool:
-    """Whether this session confirmed a security key in the last CONFIRMED_SECONDS; used once."""
-    return _fresh(session.pop(CONFIRMED_SESSION_KEY, None))
+    """Whether this session confirmed a security key in the last CONFIRMED_SECONDS; used
+    once, also by two requests of the session at once (_take: the session row locked)."""
+    return _fresh(_take(session, CONFIRMED_SESSION_KEY))
 
 
 def has_confirmed(session: SessionBase) -> bool:
     return _fresh(session.get(CONFIRMED_SESSION_KEY))
+
+
+# A session that proved its second factor to add a key (a code, or a confirmed key used
+# up): when. The WebAuthn ceremony that follows may be cancelled or fail (a wrong key, a
+# closed dialogue); its retries within CONFIRMED_SECONDS need no second proof, so that a
+# cancelled ceremony does not burn a backup code. For adding a key only; the key's
+# registration uses it up.
+ADD_PROVED_SESSION_KEY = "pkiportal_webauthn_add_proved"
+
+
+def note_proved_for_adding(session: SessionBase) -> None:
+    session[ADD_PROVED_SESSION_KEY] = timezone.now().isoformat()
+
+
+def has_proved_for_adding(session: SessionBase) -> bool:
+    return _fresh(session.get(ADD_PROVED_SESSION_KEY))
+
+
+def forget_proved_for_adding(session: SessionBase) -> None:
+    session.pop(ADD_PROVED_SESSION_KEY, None)
 
 
 def _fresh(stamp: Any) -> bool:

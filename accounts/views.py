@@ -96,11 +96,12 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
     state = mfa.state_for(request.user)
     device = mfa.confirmed_totp(request.user)
     codes = mfa.backup_codes(request.user)
+    has_codes = codes is not None and bool(codes.digests)  # every code used: none to ask
     context = {
         "state": state,
         "device": device,
         "codes_left": len(codes.digests) if codes is not None else 0,
-        "has_codes": codes is not None,
+        "has_codes": has_codes,
         "remove_form": RemoveForm(auto_id="remove-%s"),
         "codes_form": CurrentCodeForm(auto_id="codes-%s"),
         "sign_in_again": not recent_sign_in.signed_in_recently(request),
@@ -109,10 +110,14 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "passkey_devices": passkeys.devices(request.user),
         "passkey_confirmed": passkeys.has_confirmed(request.session),
         # A code proves the current second factor, unless a key was confirmed just now.
-        "ask_code": (device is not None or codes is not None)
+        "ask_code": (device is not None or has_codes)
         and not passkeys.has_confirmed(request.session),
         "passkey_next": reverse("accounts:mfa-overview"),
     }
+    # Adding a key: no code either after one proved it for a ceremony that did not finish.
+    context["ask_key_code"] = context["ask_code"] and not passkeys.has_proved_for_adding(
+        request.session
+    )
     return render(request, "accounts/overview.html", context)
 
 
@@ -198,7 +203,7 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     code_for_keys = (
         state.passkeys and not state.totp and not passkeys.has_confirmed(request.session)
     )
-    if code_for_keys and mfa.backup_codes(request.user) is None:
+    if code_for_keys and not mfa.has_backup_codes(request.user):
         messages.info(request, "Confirm with one of your security keys first, then set up the app.")
         return redirect("accounts:mfa-overview")
     started = request.session.get(mfa.PENDING_SESSION_KEY)
@@ -234,7 +239,10 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         codes = done.codes
         if codes is not None:
             request.session.pop(mfa.PENDING_SESSION_KEY, None)
-            passkeys.take_confirmed(request.session)  # used once
+            # Used once. Taken after the app is confirmed (a wrong code of the new app must
+            # not use it up), so a change sent at the very same moment with the same
+            # confirmation may also pass: both were proved by this session's key.
+            passkeys.take_confirmed(request.session)
             mfa.mark_verified(request, device)
             response = render(
                 request,
@@ -456,7 +464,8 @@ def passkey_setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     context = {
         "state": state,
         "passkey_next": _next(request),
-        "ask_code": state.totp or mfa.backup_codes(request.user) is not None,
+        "ask_code": (state.totp or mfa.has_backup_codes(request.user))
+        and not passkeys.has_proved_for_adding(request.session),
     }
     return render(request, "accounts/passkey_setup.html", context)
 
@@ -475,7 +484,11 @@ def passkey_register_options(request: AuthenticatedHttpRequest) -> HttpResponse:
     try:
         name = passkeys.clean_name(body.get("name"))
         passkeys.check_room(request.user)  # before a proof is spent on it
-        _prove_current_factor(request, body.get("current_code"), "security_key_add")
+        if not passkeys.has_proved_for_adding(request.session):
+            _prove_current_factor(request, body.get("current_code"), "security_key_add")
+            # A cancelled or failed ceremony is retried without a new code (a backup code
+            # spent again for each would run out); the proof's time is kept, not renewed.
+            passkeys.note_proved_for_adding(request.session)
         options = passkeys.registration_options(
             session=request.session, user=request.user, name=name
         )
@@ -508,6 +521,7 @@ def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
     except mfa.SecondFactorError as exc:
         return _json_error(exc.message)
     device = registered.device
+    passkeys.forget_proved_for_adding(request.session)  # one key per proof
     if not mfa.session_verified(request):
         mfa.mark_verified(request, device)  # a first second factor, as an app's set-up
     messages.success(request, f"The security key “{device.name}” is added.")

@@ -24,10 +24,13 @@ from accounts.models import LOCKOUT_FAILURES, BackupCodeDevice, TotpDevice, WebA
 from tests.second_factor import authenticator, code, seed_of, verified_login
 from tests.test_passkeys import (
     PASSWORD,
+    REGISTER,
+    REGISTER_OPTIONS,
     add_key,
     events,
     key_for,
     password_only,
+    post_json,
     sign_in_confirm,
     sign_in_with_key,
     without_backup_codes,
@@ -381,6 +384,76 @@ def test_someone_who_lost_their_only_key_sets_up_an_app_with_a_backup_code(
     assert [m.subject for m in mailoutbox] == ["An authenticator app was set up for your account"]
 
 
+# --- a backup code spent to add a key ----------------------------------------------------------
+
+
+def test_a_cancelled_key_ceremony_does_not_burn_the_backup_code_that_proved_it(officer):
+    """The code proves the present factor before the browser asks for the key; if the
+    person cancels that dialogue (or touches the wrong key) the retry, within the five
+    minutes, needs no new code. The key's registration uses the proof up."""
+    key, codes = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    now = timezone.now()
+
+    with time_machine.travel(now, tick=False):
+        first = post_json(client, REGISTER_OPTIONS, {"name": "Spare", "current_code": codes[0]})
+        # The browser's dialogue is cancelled: the challenge goes unanswered. Again:
+        retry = post_json(client, REGISTER_OPTIONS, {"name": "Spare"})
+        page = client.get("/account/two-factor/security-keys/add/").content
+        added = post_json(client, REGISTER, {"credential": SoftKey().create(retry.json())})
+        after = post_json(client, REGISTER_OPTIONS, {"name": "Third"})
+
+    assert first.status_code == 200
+    assert retry.status_code == 200, retry.content
+    assert b'name="current_code"' not in page
+    assert added.status_code == 200
+    assert WebAuthnDevice.objects.filter(user=officer).count() == 2
+    assert len(mfa.backup_codes(officer).digests) == mfa.BACKUP_CODES - 1  # one spent
+    assert after.status_code == 400  # one key per proof
+    assert "Enter a code of your current second factor" in after.json()["detail"]
+
+
+def test_the_proof_for_adding_a_key_lasts_five_minutes_and_only_for_that(officer):
+    key, codes = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    device = WebAuthnDevice.objects.get(user=officer)
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        assert post_json(client, REGISTER_OPTIONS, {"name": "Spare", "current_code": codes[0]})
+        # Not a confirmation of the key for other changes: removing one still asks.
+        removal = client.post(f"/account/two-factor/security-keys/{device.pk}/remove/")
+    refused_back_to_the_account_page(removal)
+    assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
+    later = now + timedelta(seconds=passkeys.CONFIRMED_SECONDS + 1)
+    with time_machine.travel(later, tick=False):
+        expired = post_json(client, REGISTER_OPTIONS, {"name": "Spare"})
+    assert expired.status_code == 400
+    assert "Enter a code of your current second factor" in expired.json()["detail"]
+
+
+# --- a set with every code used is no set -------------------------------------------------------
+
+
+def test_someone_with_only_keys_and_every_code_used_is_asked_for_no_code(employee):
+    key, _codes = key_with_codes(employee)
+    BackupCodeDevice.objects.filter(user=employee).update(digests=[])
+    client = signed_in_with_key(employee, key)
+
+    overview = client.get("/account/").content.decode()
+    add_page = client.get("/account/two-factor/security-keys/add/").content.decode()
+    app_setup = client.get("/account/two-factor/setup/")
+
+    assert 'name="current_code"' not in overview
+    assert "You have no backup codes" in overview
+    assert "Confirm with one of your security keys first" in overview
+    assert 'name="current_code"' not in add_page
+    refused_back_to_the_account_page(app_setup)
+    assert not TotpDevice.objects.filter(user=employee).exists()
+    # Confirming a key is the way: then the app's set-up page opens.
+    assert sign_in_confirm(client, key).status_code == 200
+    assert client.get("/account/two-factor/setup/").status_code == 200
+
+
 # --- signing in with a backup code, for someone with only keys --------------------------------
 
 
@@ -544,3 +617,58 @@ def test_removing_the_app_of_someone_without_keys_drops_the_codes(employee):
     refused_back_to_the_account_page(removed)
     assert mfa.backup_codes(employee) is None
     assert events("mfa.device_remove")[-1].detail["backup_codes"] is True
+
+
+# --- a first app and a first key at the same moment ---------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_first_key_added_while_a_first_app_is_confirmed_makes_no_second_set(
+    employee, monkeypatch
+):
+    """PostgreSQL, two connections: the app's confirmation holds the person's row (as a
+    key's registration does) until it commits, so the key added meanwhile waits, then sees
+    the app and keeps its codes: one set made, one shown, and it works. Before, both made
+    and showed a set, and only the one committed last worked."""
+    import secrets
+    import threading
+    import time
+
+    from django.db import connections
+
+    seed = secrets.token_bytes(mfa.SEED_BYTES)
+    pending = TotpDevice.objects.create(
+        user=employee, name="Authenticator app", confirmed=False, sealed_key=mfa.seal(seed)
+    )
+    real_tell = mfa._tell
+    inside = threading.Event()
+    outcome: dict[str, mfa.Confirmation] = {}
+
+    def slow_tell(user, change, source_address):  # inside totp_confirm's transaction
+        if threading.current_thread().name == "app":
+            inside.set()
+            time.sleep(1.0)  # the key's registration reaches its lock meanwhile
+        real_tell(user, change, source_address)
+
+    monkeypatch.setattr(mfa, "_tell", slow_tell)
+
+    def confirm_app() -> None:
+        try:
+            outcome["app"] = mfa.totp_confirm(
+                user=employee, device=pending, code=code(seed), source_address=None
+            )
+        finally:
+            connections.close_all()
+
+    app = threading.Thread(target=confirm_app, name="app")
+    app.start()
+    assert inside.wait(timeout=10)
+    _key, key_codes = key_with_codes(employee)
+    app.join(timeout=10)
+
+    app_codes = outcome["app"].codes
+    assert app_codes is not None
+    assert len(app_codes) == mfa.BACKUP_CODES
+    assert key_codes == []  # the app's set stands; none made (or shown) with the key
+    digests = BackupCodeDevice.objects.get(user=employee).digests
+    assert all(mfa.backup_code_match(one, digests) for one in app_codes)

@@ -803,6 +803,22 @@ def test_a_stale_copy_of_the_session_cannot_take_the_challenge_again(officer):
         passkeys._take_challenge(second, "authenticate")
 
 
+def test_a_stale_copy_of_the_session_cannot_use_the_key_confirmation_again(officer):
+    """The same for a key confirmed on /account/: two changes sent at once with one
+    confirmation, each request holding its own copy of the session: one goes through."""
+    key = key_for(officer)
+    client = verified_login(Client(), officer)
+    assert sign_in_confirm(client, key).status_code == 200
+    engine = import_module(django_settings.SESSION_ENGINE)
+    session_key = client.session.session_key
+    first, second = engine.SessionStore(session_key), engine.SessionStore(session_key)
+    assert passkeys.has_confirmed(first)
+    assert passkeys.has_confirmed(second)
+
+    assert passkeys.take_confirmed(first) is True
+    assert passkeys.take_confirmed(second) is False
+
+
 # --- the middleware, by view name ----------------------------------------------------------
 
 
