@@ -40,6 +40,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import (
     LOCKOUT_FAILURES,
@@ -413,6 +414,13 @@ def qr_svg(url: str) -> str:
     )
 
 
+# Error reports (pkiportal.errors) hide these locals: typed codes and codes made. Each
+# list also covers the frames below it that have no list of their own (the reporter uses
+# the nearest decorated caller's): verify_token's token and text, backup_code_match's code
+# and normal, _digest's code.
+TYPED_CODE_LOCALS = ("code", "text", "digits", "token", "normal", "current_code", "codes")
+
+
 @dataclass(frozen=True)
 class Confirmation:
     codes: list[str] | None = None  # the new backup codes, once confirmed
@@ -421,6 +429,7 @@ class Confirmation:
     problem: str = ""  # why the current code could not be checked at all
 
 
+@sensitive_variables(*TYPED_CODE_LOCALS)
 def totp_confirm(
     *,
     user: User,
@@ -495,6 +504,7 @@ class CodeRefused(SecondFactorError):
         self.throttled_until = throttled_until
 
 
+@sensitive_variables(*TYPED_CODE_LOCALS)
 def _require_current_code(
     *, user: User, current_code: str, source_address: str | None, via: str
 ) -> None:
@@ -518,6 +528,7 @@ def _require_current_code(
     )
 
 
+@sensitive_variables(*TYPED_CODE_LOCALS)
 def _replace_backup_codes(user: User) -> list[str]:
     codes = new_backup_codes()
     BackupCodeDevice.objects.update_or_create(
@@ -540,6 +551,7 @@ def check_backup_codes_allowed(user: User) -> None:
         raise SecondFactorError("Set up an authenticator app or a security key first.")
 
 
+@sensitive_variables(*TYPED_CODE_LOCALS)
 def backup_codes_regenerate(*, user: User, source_address: str | None) -> list[str]:
     """New backup codes for old, whatever the person's second factor (an app, keys or
     both); the caller checked a current code or a key confirmed just now. Audited and
@@ -568,6 +580,7 @@ def _remove_devices(user: User) -> int:
     return removed
 
 
+@sensitive_variables(*TYPED_CODE_LOCALS)
 def second_factor_remove(
     *,
     user: User,
@@ -692,6 +705,7 @@ class Check:
     replayed: bool = False  # a code of the app used already: refused, not counted as wrong
 
 
+@sensitive_variables(*TYPED_CODE_LOCALS)
 def check_code(*, user: User, code: str, source_address: str | None, via: str) -> tuple[Check, Any]:
     """Check a code from the person's authenticator app or one of their backup codes.
 

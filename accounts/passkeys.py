@@ -44,6 +44,7 @@ from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionS
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import mfa
 from accounts.models import User, WebAuthnDevice
@@ -201,6 +202,7 @@ class Registration:
     backup_codes: list[str] = field(default_factory=list)
 
 
+@sensitive_variables(*mfa.TYPED_CODE_LOCALS)
 def register(
     *, session: SessionBase, user: Any, credential: Any, source_address: str | None
 ) -> Registration:

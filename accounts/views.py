@@ -181,7 +181,7 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "accounts/verify.html", context, status=status)
 
 
-@sensitive_variables("codes")
+@sensitive_variables("codes", "done", "form")
 @sensitive_post_parameters("code", "current_code")
 @never_cache
 @login_required
@@ -433,6 +433,7 @@ def _key_change_refused(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
+@sensitive_variables(*mfa.TYPED_CODE_LOCALS)
 def _prove_current_factor(request: AuthenticatedHttpRequest, current_code: Any, via: str) -> None:
     """Whoever has a second factor proves it again to change it: a security key confirmed
     just now in this session, or a current code (raises mfa.CodeRefused / PasskeyError)."""
@@ -470,6 +471,7 @@ def passkey_setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "accounts/passkey_setup.html", context)
 
 
+@sensitive_variables("body", "current_code")  # the JSON body: no POST parameters to hide
 @sensitive_post_parameters()
 @never_cache
 @login_required

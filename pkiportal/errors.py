@@ -14,9 +14,10 @@ from django.views.debug import SafeExceptionReporterFilter
 
 
 class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
-    # Django's list, and PIN: the HSM user PIN (PKIPORTAL_PKCS11_PIN).
+    # Django's list, PIN: the HSM user PIN (PKIPORTAL_PKCS11_PIN), and OTP: the request
+    # header X-OTP-Code (HTTP_X_OTP_CODE in META), an app's code or a backup code.
     hidden_settings = re.compile(
-        "API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|PIN", flags=re.IGNORECASE
+        "API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|PIN|OTP", flags=re.IGNORECASE
     )
 
     def is_active(self, request: Any) -> bool:

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 
 from accounts import mfa, passkeys
 from accounts.models import LOCKOUT_FAILURES, BackupCodeDevice, TotpDevice, WebAuthnDevice
+from tests.enrollment.tools import error_report
 from tests.second_factor import authenticator, code, seed_of, verified_login
 from tests.test_passkeys import (
     PASSWORD,
@@ -672,3 +673,70 @@ def test_a_first_key_added_while_a_first_app_is_confirmed_makes_no_second_set(
     assert key_codes == []  # the app's set stands; none made (or shown) with the key
     digests = BackupCodeDevice.objects.get(user=employee).digests
     assert all(mfa.backup_code_match(one, digests) for one in app_codes)
+
+
+# --- typed codes stay out of error reports ------------------------------------------------------
+
+
+def _hashing_fails(salt: str, code: str) -> str:
+    raise RuntimeError("the code could not be hashed")
+
+
+def test_an_error_report_hides_a_backup_code_sent_in_json_to_add_a_key(officer, monkeypatch):
+    """passkey_register_options reads the code from a JSON body, which
+    sensitive_post_parameters does not cover; the view, the proof and check_code hold it
+    as locals (body, current_code, code, text, digits), verify_token and the hashing too."""
+    key, codes = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    monkeypatch.setattr(mfa, "_digest", _hashing_fails)
+
+    with error_report(RuntimeError) as report:
+        post_json(client, REGISTER_OPTIONS, {"name": "Spare", "current_code": codes[3]})
+
+    assert "passkey_register_options" in report.text
+    assert "check_code" in report.text
+    assert "backup_code_match" in report.text
+    assert codes[3] not in report.text
+    assert codes[3].replace("-", "") not in report.text
+
+
+def test_an_error_report_hides_a_backup_code_sent_in_the_otp_header(employee, monkeypatch):
+    authenticator(employee)
+    codes = mfa._replace_backup_codes(employee)
+    monkeypatch.setattr(mfa, "_digest", _hashing_fails)
+    credentials = b64encode(f"{employee.username}:{PASSWORD}".encode()).decode()
+
+    with error_report(RuntimeError) as report:
+        APIClient().post(
+            "/api/v1/auth/token/",
+            {"label": "script"},
+            format="json",
+            HTTP_AUTHORIZATION=f"Basic {credentials}",
+            HTTP_X_OTP_CODE=codes[0],
+        )
+
+    assert "HTTP_X_OTP_CODE" in report.text
+    assert "check_code" in report.text
+    assert codes[0] not in report.text
+    assert codes[0].replace("-", "") not in report.text
+
+
+def test_an_error_report_hides_the_new_apps_code_and_the_backup_code_proving_the_key(
+    officer, monkeypatch
+):
+    """The app's set-up form is posted (sensitive_post_parameters); the codes also pass
+    through totp_confirm and check_code as locals."""
+    key, codes = key_with_codes(officer)
+    client = signed_in_with_key(officer, key)
+    assert client.get("/account/two-factor/setup/").status_code == 200
+    seed = seed_of(TotpDevice.objects.get(user=officer, confirmed=False))
+    monkeypatch.setattr(mfa, "_digest", _hashing_fails)
+    app_code = code(seed)
+
+    with error_report(RuntimeError) as report:
+        client.post("/account/two-factor/setup/", {"code": app_code, "current_code": codes[4]})
+
+    assert "totp_confirm" in report.text
+    assert codes[4] not in report.text
+    assert codes[4].replace("-", "") not in report.text
+    assert f"'{app_code}'" not in report.text

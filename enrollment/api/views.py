@@ -1050,6 +1050,7 @@ def _token_wording() -> BasicWording:
     )
 
 
+@sensitive_variables("code")  # the X-OTP-Code header's: an app's code or a backup code
 def second_factor_for_basic(
     request: Request, *, via: str = "api", wording: BasicWording | None = None
 ) -> Response | None:
