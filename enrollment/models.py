@@ -509,9 +509,10 @@ class CertificateRequest(models.Model):
         """How the request reached the portal. Every row that exists is made by one of
         these: /enroll/ (personal, shared mailbox, renewal), the REST API (the same three),
         EST (enrollment/est.py) and an officer's roll-out (one approved request per person
-        invited). Imported certificates have no request. UNKNOWN is what migration 0032
+        invited). Imported certificates have no request. UNKNOWN is what migration 0033
         could not tell apart (a web request and an API request without an
-        Idempotency-Key look alike), and what a row made by other code gets."""
+        Idempotency-Key look alike), and what a row inserted by code that does not name
+        the column gets (the database default; request_submit() requires a channel)."""
 
         WEB = "web", "Web (/enroll/)"
         API = "api", "REST API"

@@ -1693,12 +1693,14 @@ def request_submit(
     source_address: str | None = None,
     idempotency_key: str = "",
     mailbox: SharedMailbox | None = None,
-    channel: str = CertificateRequest.Channel.UNKNOWN,
+    channel: str,
 ) -> CertificateRequest:
     """Record a request; fulfil a CSR at once when the template needs no approval.
 
     ``channel`` is how it came (CertificateRequest.Channel: the web views, the API and
-    EST each say theirs), stored on the request. EST's audit events name it, and so does
+    EST each say theirs), stored on the request. Required: a new way in that forgot it
+    would otherwise store its requests as 'unknown', which reads as "made before the
+    portal kept it". EST's audit events name it, and so does
     the issuance after an approval (``audited_channel``).
 
     With ``mailbox``, a delegate asks for a certificate of that shared mailbox: a

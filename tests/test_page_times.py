@@ -41,6 +41,7 @@ def test_the_console_and_the_request_lists_label_times_with_the_zone(
         requester=employee,
         template=approval("smime-dual-use"),
         key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     crl = hierarchy.issuing.revocation_lists.first()
 

@@ -103,6 +103,7 @@ def test_after_downloading_an_approved_request_the_page_no_longer_offers_it(
         requester=employee,
         template=approval("smime-dual-use"),
         key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     services.request_approve(request=request, officer=officer)
 

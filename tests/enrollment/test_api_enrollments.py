@@ -600,11 +600,13 @@ def test_the_answer_built_by_hand_is_what_issuedout_documents(hierarchy, employe
         requester=employee,
         template=CertificateTemplate.objects.get(slug="smime-signing"),
         csr=openssl_csr(openssl, "mallory", *EC_P256).read_bytes(),
+        channel="web",
     )
     bundle_request = services.request_submit(
         requester=employee,
         template=CertificateTemplate.objects.get(slug="smime-dual-use"),
         key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     certificate, bundle = services.request_collect(
         request=bundle_request, actor=employee, pkcs12_password=PASSWORD

@@ -39,7 +39,9 @@ def test_concurrent_enrolments_keep_one_unbroken_audit_chain(hierarchy, template
         def run() -> None:
             for _ in range(3):  # the shipped cap: three valid certificates a template
                 with transaction.atomic():
-                    services.request_submit(requester=person, template=signing, csr=csr)
+                    services.request_submit(
+                        requester=person, template=signing, csr=csr, channel="web"
+                    )
 
         return run
 
@@ -77,14 +79,19 @@ def test_parallel_requests_of_one_person_cannot_pass_the_caps(
     def enrol() -> None:
         try:
             if path.startswith("csr, no"):
-                services.request_submit(requester=person, template=signing, csr=csr)
+                services.request_submit(requester=person, template=signing, csr=csr, channel="web")
                 return
             with transaction.atomic():
                 if path == "csr":
-                    services.request_submit(requester=person, template=signing, csr=csr)
+                    services.request_submit(
+                        requester=person, template=signing, csr=csr, channel="web"
+                    )
                 else:
                     submitted = services.request_submit(
-                        requester=person, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+                        requester=person,
+                        template=signing,
+                        key_algorithm=KeyAlgorithm.EC_P256,
+                        channel="web",
                     )
                     services.request_collect(
                         request=submitted, actor=person, pkcs12_password="orange kettle sails"

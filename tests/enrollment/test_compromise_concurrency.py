@@ -119,6 +119,7 @@ def test_approving_a_csr_while_its_key_is_reported_compromised_does_not_deadlock
         requester=employee,
         template=approval("smime-signing"),
         csr=cryptography_csr(key).public_bytes(Encoding.PEM),
+        channel="web",
     )
     at_claim, go = threading.Event(), threading.Event()
     claim = hotsql.claim_key

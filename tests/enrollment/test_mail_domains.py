@@ -123,6 +123,7 @@ def test_the_csr_hot_path_gains_no_sql_statement(
                 requester=employee,
                 template=template("smime-signing"),
                 csr=csr_body(new_key())["csr"],
+                channel="web",
             )
         return len(queries)
 

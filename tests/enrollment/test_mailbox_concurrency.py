@@ -42,6 +42,7 @@ def approved(hierarchy, quick_kra, template, approval, officer, employee, collea
         template=approval("smime-encryption"),
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=mailbox,
+        channel="web",
     )
     services.request_approve(request=request, officer=officer)
     return mailbox, request

@@ -61,6 +61,7 @@ def enrol(mailbox, who, template, *, slug="smime-encryption", renewal_of=None):
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=mailbox,
         renewal_of=renewal_of,
+        channel="web",
     )
     if request.awaits_download:
         return services.request_collect(request=request, actor=who, pkcs12_password=PASSWORD)
@@ -100,7 +101,10 @@ def test_the_ra_queue_says_the_certificate_names_the_mailbox(
 
 def test_a_personal_request_has_no_mailbox_in_the_api(hierarchy, template, approval, employee):
     request = services.request_submit(
-        requester=employee, template=approval("smime-signing"), key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=approval("smime-signing"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     assert token_client(employee).get(f"{ENROLLMENTS}{request.pk}/").json()["mailbox"] is None
 

@@ -45,6 +45,7 @@ def issued(hierarchy, kra, template, finance, employee) -> Certificate:
         template=template("smime-encryption"),
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=finance,
+        channel="web",
     )
     certificate, _bundle = services.request_collect(
         request=made, actor=employee, pkcs12_password=PASSWORD

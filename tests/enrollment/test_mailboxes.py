@@ -51,6 +51,7 @@ def enrol(mailbox, delegate, template, *, slug="smime-encryption"):
         template=template(slug),
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=mailbox,
+        channel="web",
     )
     return services.request_collect(request=with_request, actor=delegate, pkcs12_password=PASSWORD)
 
@@ -139,6 +140,7 @@ def test_a_mailbox_takes_no_csr(hierarchy, kra, template, finance, employee, ec_
             template=template("smime-encryption"),
             csr=cryptography_csr(ec_p256_key).public_bytes(Encoding.PEM),
             mailbox=finance,
+            channel="web",
         )
 
 
@@ -172,6 +174,7 @@ def test_the_cap_counts_the_mailbox_not_the_delegate(
         requester=colleague,
         template=template("smime-encryption"),
         key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     assert personal.state == CertificateRequest.State.APPROVED
 
@@ -185,6 +188,7 @@ def test_an_officer_who_is_a_delegate_cannot_approve_a_request_for_the_mailbox(
         template=approval("smime-encryption"),
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=finance,
+        channel="web",
     )
     assert waiting.state == CertificateRequest.State.PENDING
     with pytest.raises(NotPermitted, match="delegate"):
@@ -205,6 +209,7 @@ def test_a_delegate_removed_after_approval_cannot_collect(
         template=approval("smime-encryption"),
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=finance,
+        channel="web",
     )
     services.request_approve(request=waiting, officer=second_officer)
     mailboxes.mailbox_update(mailbox=finance, display_name="Finance", delegates=[], actor=officer)
@@ -226,6 +231,7 @@ def test_delegates_renew_and_revoke_colleagues_do_not(
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=finance,
         renewal_of=certificate,
+        channel="web",
     )
     renewed, _bundle = services.request_collect(
         request=renewal, actor=colleague, pkcs12_password=PASSWORD
@@ -248,6 +254,7 @@ def test_a_person_cannot_renew_a_mailbox_certificate_as_their_own(
             template=template("smime-encryption"),
             key_algorithm=KeyAlgorithm.EC_P256,
             renewal_of=certificate,
+            channel="web",
         )
 
 
@@ -291,6 +298,7 @@ def test_deactivating_withdraws_open_requests_and_stops_enrolment(
         template=approval("smime-encryption"),
         key_algorithm=KeyAlgorithm.EC_P256,
         mailbox=finance,
+        channel="web",
     )
     mailboxes.mailbox_set_active(mailbox=finance, active=False, actor=officer)
     waiting.refresh_from_db()

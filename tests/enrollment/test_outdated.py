@@ -351,7 +351,11 @@ def test_renewing_issues_for_the_new_address_and_supersedes_the_old_certificate(
     run(timezone.now() + timedelta(minutes=5))
 
     request = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr(new_key()), renewal_of=old
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr(new_key()),
+        renewal_of=old,
+        channel="web",
     )
 
     request.refresh_from_db()
@@ -370,7 +374,11 @@ def test_a_renewal_waiting_for_approval_survives_the_old_certificates_revocation
     old = make_certificate(employee)
     change_address(employee)
     request = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr(new_key()), renewal_of=old
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr(new_key()),
+        renewal_of=old,
+        channel="web",
     )
     assert request.state == CertificateRequest.State.PENDING
     run(timezone.now() + GRACE + timedelta(minutes=5))
@@ -392,7 +400,11 @@ def test_a_renewal_of_a_certificate_revoked_for_other_reasons_still_stops(
     approval("smime-signing")
     old = make_certificate(employee)
     request = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr(new_key()), renewal_of=old
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr(new_key()),
+        renewal_of=old,
+        channel="web",
     )
     services.certificate_revoke(certificate=old, reason="keyCompromise")
 

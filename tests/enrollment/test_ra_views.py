@@ -318,7 +318,10 @@ def test_the_console_counts_pending_enrolment_requests(people, template, employe
     dual_use.requires_approval = True
     dual_use.save()
     services.request_submit(
-        requester=employee, template=dual_use, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=dual_use,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     page = people["officer"].get("/ra/")
@@ -1073,6 +1076,7 @@ def test_the_audit_trail_links_requests_to_their_pages(people, employee, templat
         requester=employee,
         template=template("smime-signing"),
         csr=cryptography_csr(new_key()).public_bytes(Encoding.PEM),
+        channel="web",
     )
 
     page = people["officer"].get("/ra/audit/", {"action": "request"}).content.decode()

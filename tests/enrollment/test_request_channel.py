@@ -134,18 +134,20 @@ def test_a_rollout_records_rollout(hierarchy, template, officer):
     assert list(CertificateRequest.objects.values_list("channel", flat=True)) == ["rollout"] * 2
 
 
-def test_a_request_made_by_other_code_says_unknown_and_a_made_up_channel_is_refused(
+def test_the_service_takes_no_request_without_a_channel_nor_a_made_up_one(
     hierarchy, template, employee
 ):
-    made = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=der_csr()
-    )
-    assert made.channel == Channel.UNKNOWN
+    """A way in that forgot to say its channel would store its requests as 'unknown',
+    which reads as "made before the portal kept it": the argument is required."""
+    with pytest.raises(TypeError, match="channel"):
+        services.request_submit(  # type: ignore[call-arg]
+            requester=employee, template=template("smime-signing"), csr=der_csr()
+        )
     with pytest.raises(ValueError, match="Unknown request channel 'EST'"):
         services.request_submit(
             requester=employee, template=template("smime-signing"), csr=der_csr(), channel="EST"
         )
-    assert CertificateRequest.objects.count() == 1
+    assert CertificateRequest.objects.count() == 0
 
 
 # --- the audit's "channel" comes from the column -------------------------------------------
@@ -207,6 +209,7 @@ def test_an_unrecorded_channel_reads_as_such_on_the_request_page(hierarchy, temp
         requester=employee,
         template=template("smime-signing"),
         key_algorithm=KeyAlgorithm.EC_P256,
+        channel=Channel.UNKNOWN,  # as the rows made before the column was added
     )
 
     page = client_for(employee).get(f"/enroll/requests/{made.pk}/").content.decode()

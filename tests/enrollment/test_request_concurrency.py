@@ -68,14 +68,19 @@ def race(first: Callable[[], object], second: Callable[[], object]) -> tuple[dic
 def csr_request(hierarchy, approval, employee) -> CertificateRequest:
     """Pending: approving it issues at once."""
     csr = cryptography_csr(new_key()).public_bytes(Encoding.PEM)
-    return services.request_submit(requester=employee, template=approval("smime-signing"), csr=csr)
+    return services.request_submit(
+        requester=employee, template=approval("smime-signing"), csr=csr, channel="web"
+    )
 
 
 @pytest.fixture
 def key_request(hierarchy, approval, employee) -> CertificateRequest:
     """Pending, for a key the portal generates when the requester downloads it."""
     return services.request_submit(
-        requester=employee, template=approval("smime-signing"), key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=approval("smime-signing"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
 

@@ -34,7 +34,10 @@ def csr(key) -> bytes:
 
 def issued_now(template, employee):
     submitted = services.request_submit(
-        requester=employee, template=template, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=template,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     certificate, _bundle = services.request_collect(
         request=submitted, actor=employee, pkcs12_password=PASSWORD
@@ -77,27 +80,46 @@ def test_a_certificate_has_one_renewal_waiting_at_most(hierarchy, template, appr
     old = issued_now(template("smime-signing"), employee)
     chosen = approval("smime-signing")
     services.request_submit(
-        requester=employee, template=chosen, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
+        requester=employee,
+        template=chosen,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        renewal_of=old,
+        channel="web",
     )
 
     with pytest.raises(InvalidState, match="already has a renewal waiting"):
         services.request_submit(
-            requester=employee, template=chosen, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
+            requester=employee,
+            template=chosen,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            renewal_of=old,
+            channel="web",
         )
 
 
 def test_a_renewal_needs_a_new_key(hierarchy, template, employee):
     key = new_key()
     old = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr(key)
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr(key),
+        channel="web",
     ).certificate
 
     with pytest.raises(PolicyViolation, match="A renewal needs a new key"):
         services.request_submit(
-            requester=employee, template=template("smime-signing"), csr=csr(key), renewal_of=old
+            requester=employee,
+            template=template("smime-signing"),
+            csr=csr(key),
+            renewal_of=old,
+            channel="web",
         )
     renewed = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr(new_key()), renewal_of=old
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr(new_key()),
+        renewal_of=old,
+        channel="web",
     )
     assert renewed.state == CertificateRequest.State.ISSUED
 
@@ -110,7 +132,9 @@ def test_an_officer_cannot_approve_what_the_requester_may_no_longer_have(
     finance = Group.objects.create(name="Finance")
     employee.groups.add(finance)
     chosen.allowed_groups.add(finance)
-    pending = services.request_submit(requester=employee, template=chosen, csr=csr(new_key()))
+    pending = services.request_submit(
+        requester=employee, template=chosen, csr=csr(new_key()), channel="web"
+    )
     if change == "deactivated":
         employee.is_active = False
         employee.save()
@@ -139,7 +163,10 @@ def test_a_download_after_leaving_the_templates_group_fails_for_good(
     chosen.allowed_groups.add(finance)
     approved = services.request_approve(
         request=services.request_submit(
-            requester=employee, template=chosen, key_algorithm=KeyAlgorithm.EC_P256
+            requester=employee,
+            template=chosen,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         ),
         officer=officer,
     )
@@ -159,10 +186,16 @@ def test_the_requester_is_told_when_an_approved_csr_could_not_be_issued(
 ):  # fmt: skip
     key = new_key()
     pending = services.request_submit(
-        requester=employee, template=approval("smime-signing"), csr=csr(key)
+        requester=employee,
+        template=approval("smime-signing"),
+        csr=csr(key),
+        channel="web",
     )
     reported = services.request_submit(
-        requester=colleague, template=template("smime-dual-use"), csr=csr(key)
+        requester=colleague,
+        template=template("smime-dual-use"),
+        csr=csr(key),
+        channel="web",
     ).certificate
     services.certificate_revoke(certificate=reported, reason="keyCompromise")
     mail.outbox.clear()
@@ -205,7 +238,10 @@ def test_an_approval_the_ca_cannot_sign_leaves_the_request_pending_for_another_t
     approval, employee, officer, unreadable_ca_key, django_capture_on_commit_callbacks
 ):
     pending = services.request_submit(
-        requester=employee, template=approval("smime-signing"), csr=csr(new_key())
+        requester=employee,
+        template=approval("smime-signing"),
+        csr=csr(new_key()),
+        channel="web",
     )
     mail.outbox.clear()
 
@@ -239,7 +275,10 @@ def test_the_officer_sees_why_in_the_console_without_the_key_files_path(
     from tests.conftest import client_for
 
     pending = services.request_submit(
-        requester=employee, template=approval("smime-signing"), csr=csr(new_key())
+        requester=employee,
+        template=approval("smime-signing"),
+        csr=csr(new_key()),
+        channel="web",
     )
 
     response = client_for(officer).post(
@@ -259,7 +298,10 @@ def test_the_api_answers_503_and_the_request_stays_pending(
     approval, employee, officer, unreadable_ca_key
 ):
     pending = services.request_submit(
-        requester=employee, template=approval("smime-signing"), csr=csr(new_key())
+        requester=employee,
+        template=approval("smime-signing"),
+        csr=csr(new_key()),
+        channel="web",
     )
 
     response = token_client(officer).post(request_url(pending.pk, "approve"), {}, format="json")

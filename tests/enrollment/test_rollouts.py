@@ -175,7 +175,10 @@ def test_the_preview_reports_every_problem_and_stores_nothing(
         template=signing, owner=holder, key_algorithm=KeyAlgorithm.EC_P256, pkcs12_password=PASSWORD
     )
     services.request_submit(
-        requester=people[1], template=signing, key_algorithm=KeyAlgorithm.EC_P256
+        requester=people[1],
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     CertificateRequest.objects.filter(requester=people[1]).update(
         state=CertificateRequest.State.PENDING

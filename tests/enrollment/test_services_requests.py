@@ -40,7 +40,10 @@ def test_a_csr_request_without_approval_is_issued_at_once(
     hierarchy, template, employee, ec_p256_key
 ):
     request = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr_pem(ec_p256_key)
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr_pem(ec_p256_key),
+        channel="web",
     )
 
     assert request.state == CertificateRequest.State.ISSUED
@@ -50,7 +53,10 @@ def test_a_csr_request_without_approval_is_issued_at_once(
 
 def test_a_portal_key_request_is_collected_once(hierarchy, template, employee):
     request = services.request_submit(
-        requester=employee, template=template("smime-signing"), key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=template("smime-signing"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     assert request.awaits_download
 
@@ -68,7 +74,10 @@ def test_a_portal_key_request_is_collected_once(hierarchy, template, employee):
 
 def test_only_the_requester_collects(hierarchy, template, employee, colleague):
     request = services.request_submit(
-        requester=employee, template=template("smime-signing"), key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=template("smime-signing"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     with pytest.raises(NotPermitted):
@@ -81,7 +90,10 @@ def test_approval_is_for_officers_and_never_for_ones_own_request(
     hierarchy, needs_approval, employee, colleague, officer, ec_p256_key
 ):
     request = services.request_submit(
-        requester=employee, template=needs_approval, csr=csr_pem(ec_p256_key)
+        requester=employee,
+        template=needs_approval,
+        csr=csr_pem(ec_p256_key),
+        channel="web",
     )
     assert request.state == CertificateRequest.State.PENDING
     assert not Certificate.objects.exists()
@@ -89,7 +101,10 @@ def test_approval_is_for_officers_and_never_for_ones_own_request(
     with pytest.raises(NotPermitted):
         services.request_approve(request=request, officer=colleague)
     own = services.request_submit(
-        requester=officer, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=officer,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     with pytest.raises(NotPermitted, match="your own request"):
         services.request_approve(request=own, officer=officer)
@@ -106,7 +121,10 @@ def test_a_rejection_needs_a_reason_and_issues_nothing(
     hierarchy, needs_approval, employee, officer
 ):
     request = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     with pytest.raises(PolicyViolation, match="why"):
@@ -123,7 +141,10 @@ def test_the_approver_is_mailed_to_the_requester(
     hierarchy, needs_approval, employee, officer, mailoutbox, django_capture_on_commit_callbacks
 ):
     request = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -142,11 +163,17 @@ def test_templates_limited_to_groups_refuse_others(hierarchy, template, employee
     employee.groups.add(finance)
 
     services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     with pytest.raises(NotPermitted):
         services.request_submit(
-            requester=colleague, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+            requester=colleague,
+            template=signing,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         )
 
 
@@ -156,20 +183,32 @@ def test_the_per_template_cap_counts_valid_certificates_and_open_requests(
     settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 2
     signing = template("smime-signing")
     first = services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     services.request_collect(request=first, actor=employee, pkcs12_password=PASSWORD)
     services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     with pytest.raises(PolicyViolation, match="already have 2"):
         services.request_submit(
-            requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+            requester=employee,
+            template=signing,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         )
     # Another template has its own allowance.
     services.request_submit(
-        requester=employee, template=template("smime-dual-use"), key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=template("smime-dual-use"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
 
@@ -181,6 +220,7 @@ def test_requests_per_hour_are_limited(hierarchy, template, employee, settings):
             requester=employee,
             template=template("smime-signing"),
             key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         )
 
     with pytest.raises(RateLimited):
@@ -188,6 +228,7 @@ def test_requests_per_hour_are_limited(hierarchy, template, employee, settings):
             requester=employee,
             template=template("smime-signing"),
             key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         )
     assert CertificateRequest.objects.count() == 2
 
@@ -198,12 +239,19 @@ def test_renewal_supersedes_the_old_certificate_when_the_new_one_is_issued(
     settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
     signing = template("smime-signing")
     first = services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     old, _ = services.request_collect(request=first, actor=employee, pkcs12_password=PASSWORD)
 
     renewal = services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        renewal_of=old,
+        channel="web",
     )
     old.refresh_from_db()
     assert old.status == Certificate.Status.VALID  # not yet: only when the new one exists
@@ -219,7 +267,10 @@ def test_renewal_supersedes_the_old_certificate_when_the_new_one_is_issued(
 def test_only_ones_own_valid_certificate_can_be_renewed(hierarchy, template, employee, colleague):
     signing = template("smime-signing")
     request = services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     mine, _ = services.request_collect(request=request, actor=employee, pkcs12_password=PASSWORD)
 
@@ -229,6 +280,7 @@ def test_only_ones_own_valid_certificate_can_be_renewed(hierarchy, template, emp
             template=signing,
             key_algorithm=KeyAlgorithm.EC_P256,
             renewal_of=mine,
+            channel="web",
         )
     services.certificate_revoke(certificate=mine, reason="keyCompromise")
     with pytest.raises(InvalidState):
@@ -237,6 +289,7 @@ def test_only_ones_own_valid_certificate_can_be_renewed(hierarchy, template, emp
             template=signing,
             key_algorithm=KeyAlgorithm.EC_P256,
             renewal_of=mine,
+            channel="web",
         )
 
 
@@ -246,6 +299,7 @@ def test_an_archiving_template_refuses_up_front_without_an_agent(hierarchy, temp
             requester=employee,
             template=template("smime-encryption"),
             key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         )
 
     assert not CertificateRequest.objects.exists()
@@ -255,7 +309,10 @@ def test_the_csr_subject_is_recorded_but_the_certificate_names_the_account(
     hierarchy, template, employee, ec_p256_key
 ):
     request = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr_pem(ec_p256_key)
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr_pem(ec_p256_key),
+        channel="web",
     )
 
     assert "Mallory" in request.requested_subject
@@ -274,7 +331,10 @@ def test_the_requester_withdraws_a_pending_request_audited_with_the_address(
     hierarchy, needs_approval, employee
 ):
     request = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     withdrawn = services.request_withdraw(
@@ -298,7 +358,10 @@ def test_an_approved_portal_key_request_is_withdrawn_before_its_download(
 ):
     approved = services.request_approve(
         request=services.request_submit(
-            requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+            requester=employee,
+            template=needs_approval,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         ),
         officer=officer,
     )
@@ -316,7 +379,10 @@ def test_a_withdrawal_whose_audit_event_cannot_be_written_changes_nothing(
     hierarchy, needs_approval, employee, monkeypatch
 ):
     request = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     def audit_down(**kwargs):
@@ -334,7 +400,10 @@ def test_a_withdrawal_whose_audit_event_cannot_be_written_changes_nothing(
 @pytest.mark.parametrize("who", ["colleague", "officer"])
 def test_only_the_requester_withdraws(hierarchy, needs_approval, employee, colleague, officer, who):
     request = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     actor = {"colleague": colleague, "officer": officer}[who]
 
@@ -348,7 +417,10 @@ def test_only_the_requester_withdraws(hierarchy, needs_approval, employee, colle
 
 def test_an_officer_withdraws_their_own_request(hierarchy, needs_approval, officer):
     own = services.request_submit(
-        requester=officer, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=officer,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
 
     assert services.request_withdraw(request=own, actor=officer).state == "withdrawn"
@@ -358,7 +430,10 @@ def test_an_issued_request_cannot_be_withdrawn_only_its_certificate_revoked(
     hierarchy, template, employee, ec_p256_key
 ):
     issued = services.request_submit(
-        requester=employee, template=template("smime-signing"), csr=csr_pem(ec_p256_key)
+        requester=employee,
+        template=template("smime-signing"),
+        csr=csr_pem(ec_p256_key),
+        channel="web",
     )
 
     with pytest.raises(InvalidState, match="already issued: there is nothing to withdraw. Revoke"):
@@ -374,7 +449,10 @@ def test_a_request_that_is_no_longer_open_cannot_be_withdrawn(
     hierarchy, needs_approval, employee, officer, end
 ):
     request = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     if end == "rejected":
         services.request_reject(request=request, officer=officer, reason="no")
@@ -401,7 +479,10 @@ def test_an_officer_deciding_after_the_withdrawal_is_told_it_is_already_withdraw
     hierarchy, needs_approval, employee, officer, verb
 ):
     request = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     services.request_withdraw(request=request, actor=employee)
     decide = services.request_approve if verb == "approve" else services.request_reject
@@ -418,17 +499,26 @@ def test_a_withdrawn_request_no_longer_counts_against_the_cap(
 ):
     settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
     first = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     with pytest.raises(PolicyViolation, match="already have 1"):
         services.request_submit(
-            requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+            requester=employee,
+            template=needs_approval,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            channel="web",
         )
 
     services.request_withdraw(request=first, actor=employee)
 
     again = services.request_submit(
-        requester=employee, template=needs_approval, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     assert again.state == CertificateRequest.State.PENDING
 
@@ -438,13 +528,20 @@ def test_a_withdrawn_renewal_supersedes_nothing_and_another_may_follow(
 ):
     signing = template("smime-signing")
     first = services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     old, _ = services.request_collect(request=first, actor=employee, pkcs12_password=PASSWORD)
     signing = approval("smime-signing")
     renewal = services.request_approve(
         request=services.request_submit(
-            requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
+            requester=employee,
+            template=signing,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            renewal_of=old,
+            channel="web",
         ),
         officer=officer,
     )
@@ -456,6 +553,10 @@ def test_a_withdrawn_renewal_supersedes_nothing_and_another_may_follow(
     assert list(Certificate.objects.filter(owner=employee)) == [old]
     # No longer "a renewal waiting": the same certificate may be renewed again.
     again = services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256, renewal_of=old
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        renewal_of=old,
+        channel="web",
     )
     assert again.state == CertificateRequest.State.PENDING

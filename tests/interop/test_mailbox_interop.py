@@ -39,6 +39,7 @@ def test_a_mailbox_certificate_lints_verifies_and_decrypts(
         template=template("smime-encryption"),
         key_algorithm=KeyAlgorithm.RSA_2048,  # openssl's smimeencrypt wants keyEncipherment
         mailbox=finance,
+        channel="web",
     )
     certificate, bundle = services.request_collect(
         request=made, actor=employee, pkcs12_password=PASSWORD
