@@ -141,7 +141,7 @@
   // The backup codes made with a first key: shown once, in the page, never stored.
   function showCodes(form, done) {
     var box = form.parentElement.querySelector("[data-passkey-codes]");
-    if (!box) { window.location.assign(done.redirect); return; }
+    if (!box) { codesWithoutTheirPlace(form, done); return; }
     var list = box.querySelector("ol");
     done.backup_codes.forEach(function (text) {
       var item = document.createElement("li");
@@ -154,6 +154,23 @@
     form.hidden = true;
     box.hidden = false;
     box.querySelector("h2").focus();
+  }
+
+  // A page without [data-passkey-codes] (a template that forgot it): the codes exist
+  // nowhere else, so never navigate away from them. Say them in the status line, with the
+  // way on as a link, and complain in the console; no status line: an alert.
+  function codesWithoutTheirPlace(form, done) {
+    var text = "Your backup codes, shown only this once (write them down now): " +
+      done.backup_codes.join("  ");
+    if (window.console) { console.error("passkey.js: no [data-passkey-codes] on this page"); }
+    var status = form.querySelector("[data-passkey-status]");
+    if (!status) { window.alert(text); window.location.assign(done.redirect); return; }
+    say(form, text + ". ");
+    var link = document.createElement("a");
+    link.href = done.redirect;
+    link.textContent = "I have kept them: continue";
+    status.appendChild(link);
+    form.querySelector("button[type=submit]").disabled = true;
   }
 
   function authenticate(form) {

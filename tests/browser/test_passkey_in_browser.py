@@ -158,3 +158,31 @@ def test_a_first_passkey_shows_its_backup_codes_once_and_they_sign_in(
     assert not any(one in account for one in codes)
     assert len(BackupCodeDevice.objects.get(user=employee).digests) == mfa.BACKUP_CODES - 1
     assert not violations(console)
+
+
+def test_codes_made_on_a_page_without_their_place_stay_in_the_status_line(
+    live_server, employee, settings
+):
+    """A page that lacks [data-passkey-codes]: the script must not navigate away from the
+    only copy of the codes. It shows them in the form's status line, with a link on."""
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = "localhost"
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [live_server.url]
+    url = live_server.url
+
+    with chromium_page() as page:
+        virtual_authenticator(page)
+        sign_in_with_password(page, url, employee.username, next_url="/account/", second_step=False)
+        page.evaluate("document.querySelector('[data-passkey-codes]').remove()")
+        page.fill("#passkey-name", "Laptop passkey")
+        page.click("button:has-text('Add a security key')")
+        status = page.wait_for_selector("[data-passkey-status] >> text=shown only this once")
+        shown = status.inner_text()
+        time.sleep(0.5)  # a navigation away would have started by now
+        still_here = page.url
+
+    codes = re.findall(r"[a-z2-9]{4}(?:-[a-z2-9]{4}){3}", shown)
+    assert len(codes) == mfa.BACKUP_CODES
+    assert "I have kept them: continue" in shown
+    assert still_here == f"{url}/account/"
+    digests = BackupCodeDevice.objects.get(user=employee).digests
+    assert all(mfa.backup_code_match(one, digests) for one in codes)
