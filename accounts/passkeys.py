@@ -48,6 +48,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts import mfa
 from accounts.models import User, WebAuthnDevice
+from accounts.sessions import sessions_end
 from enrollment.audit import audit_record
 
 CHALLENGE_SESSION_KEY = "pkiportal_webauthn_challenge"
@@ -296,10 +297,19 @@ class Removal:
     backup_codes_dropped: bool  # they went with the last second factor
 
 
-def remove(*, user: Any, device_id: int, source_address: str | None) -> Removal:
+def remove(
+    *,
+    user: Any,
+    device_id: int,
+    source_address: str | None,
+    session: SessionBase | None = None,
+) -> Removal:
     """Remove one of the person's keys (the caller checked a current code or key); the
     last second factor of someone whose role needs one stays. With the last key of
-    someone who has no app go their backup codes (mfa.drop_backup_codes_without_factor)."""
+    someone who has no app go their backup codes (mfa.drop_backup_codes_without_factor),
+    and their other sessions end, as when the app is removed (mfa.second_factor_remove):
+    one signed in with the key must not carry on without any second factor; ``session``,
+    the one removing it, stays signed in."""
     with transaction.atomic():
         # The person's row first: two removals at once count the other keys one after the
         # other, so they cannot take someone's last two keys together.
@@ -311,12 +321,20 @@ def remove(*, user: Any, device_id: int, source_address: str | None) -> Removal:
         dropped = mfa.drop_backup_codes_without_factor(user)
         mfa.forget_state(user)
         last = not mfa.state_for(user).enrolled
+        detail: dict[str, Any] = {
+            "kind": "webauthn",
+            "name": name,
+            "via": "self",
+            "backup_codes": dropped,
+        }
+        if last:
+            detail["sessions_ended"] = sessions_end(user, keep=session)
         audit_record(
             action="mfa.device_remove",
             actor=user,
             target=user,
             source_address=source_address,
-            detail={"kind": "webauthn", "name": name, "via": "self", "backup_codes": dropped},
+            detail=detail,
         )
         mfa._tell(user, "removed" if last else "key_removed", source_address)
     mfa.forget_state(user)

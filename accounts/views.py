@@ -595,7 +595,10 @@ def passkey_remove(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         passkeys.check_removable(request.user, pk)  # before a proof is spent on it
         _prove_current_factor(request, request.POST.get("current_code"), "security_key_remove")
         removal = passkeys.remove(
-            user=request.user, device_id=pk, source_address=client_address(request)
+            user=request.user,
+            device_id=pk,
+            source_address=client_address(request),
+            session=request.session,
         )
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
@@ -605,7 +608,8 @@ def passkey_remove(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             request,
             f"The security key “{removal.name}” is removed. It was your last second factor: "
             "signing in takes your password only"
-            + (", and your backup codes no longer work." if removal.backup_codes_dropped else "."),
+            + (", and your backup codes no longer work." if removal.backup_codes_dropped else ".")
+            + " Your other sessions are signed out.",
         )
     else:
         messages.success(request, f"The security key “{removal.name}” is removed.")

@@ -914,3 +914,48 @@ def test_two_removals_at_once_leave_an_officer_a_key(officer):
 
     assert "refused" in outcome, outcome
     assert list(WebAuthnDevice.objects.filter(user=officer)) == [second]
+
+
+# --- removing the last key ends the other sessions ---------------------------------------------
+
+
+def test_removing_ones_last_key_ends_ones_other_sessions(employee, colleague):
+    """As removing the app does (mfa.second_factor_remove): a session signed in with the
+    key must not carry on with no second factor at all. The remover's own stays."""
+    from tests.test_second_factor import sessions_of, signed_out
+
+    key = key_for(employee)
+    here = password_only(employee)
+    assert sign_in_with_key(here, key).status_code == 200
+    elsewhere = verified_login(Client(), employee)
+    other_person = verified_login(Client(), colleague)
+    assert sign_in_confirm(here, key).status_code == 200
+    device = WebAuthnDevice.objects.get(user=employee)
+
+    removed = here.post(f"/account/two-factor/security-keys/{device.pk}/remove/")
+
+    assert removed.status_code == 302
+    assert "Your other sessions are signed out." in here.get("/account/").content.decode()
+    assert not WebAuthnDevice.objects.filter(user=employee).exists()
+    assert signed_out(elsewhere)
+    assert not signed_out(here)
+    assert not signed_out(other_person)
+    assert sessions_of(employee) == 1
+    (event,) = events("mfa.device_remove")
+    assert event.detail["sessions_ended"] == 1
+
+
+def test_removing_a_key_while_another_remains_ends_no_session(employee):
+    key = key_for(employee)
+    key_for(employee)
+    here = password_only(employee)
+    assert sign_in_with_key(here, key).status_code == 200
+    elsewhere = verified_login(Client(), employee)
+    assert sign_in_confirm(here, key).status_code == 200
+    spare = WebAuthnDevice.objects.filter(user=employee).order_by("pk").last()
+    assert spare is not None
+
+    assert here.post(f"/account/two-factor/security-keys/{spare.pk}/remove/").status_code == 302
+
+    assert elsewhere.get("/certificates/").status_code == 200
+    assert "sessions_ended" not in events("mfa.device_remove")[-1].detail
