@@ -343,6 +343,49 @@ def has_backup_codes(user: Any) -> bool:
     return device is not None and bool(device.digests)
 
 
+def _codes_of(user: Any) -> tuple[bool, bool]:
+    """What a code the person types can be: (a code of their app, an unused backup code)."""
+    return confirmed_totp(user) is not None, has_backup_codes(user)
+
+
+def current_code_label(user: Any) -> str:
+    """The label of a field asking for a current code: only what the person has (someone
+    with only security keys has no app to take a code from)."""
+    app, codes = _codes_of(user)
+    if app and codes:
+        return "A code from your current app, or an unused backup code"
+    if app:
+        return "A code from your current app"
+    return "An unused backup code"
+
+
+def code_refused_message(user: Any) -> str:
+    """Why a current code was refused, in terms of what the person has."""
+    app, codes = _codes_of(user)
+    if app and codes:
+        return "That is not a current code of your authenticator app, nor an unused backup code."
+    if app:
+        return "That is not a current code of your authenticator app."
+    if codes:
+        return "That is not an unused backup code."
+    return (
+        "You have no authenticator app and no backup code left: confirm with one of your "
+        "security keys instead."
+    )
+
+
+def sign_in_code_refused_message(user: Any) -> str:
+    """The sign-in's second step: a wrong code, or one used already, and what to enter."""
+    app, codes = _codes_of(user)
+    if app and codes:
+        wanted = "the code your authenticator app shows now, or an unused backup code"
+    elif app:
+        wanted = "the code your authenticator app shows now"
+    else:
+        wanted = "an unused backup code"
+    return f"That code is not right, or was used already: enter {wanted}."
+
+
 def has_factor(user: Any) -> bool:
     """A confirmed app or a security key: what backup codes stand in for."""
     return (
@@ -522,10 +565,7 @@ def _require_current_code(
             "try again.",
             throttled_until=check.throttled_until,
         )
-    raise CodeRefused(
-        check.problem
-        or "That is not a current code of your authenticator app, nor an unused backup code."
-    )
+    raise CodeRefused(check.problem or code_refused_message(user))
 
 
 @sensitive_variables(*TYPED_CODE_LOCALS)

@@ -97,13 +97,19 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
     device = mfa.confirmed_totp(request.user)
     codes = mfa.backup_codes(request.user)
     has_codes = codes is not None and bool(codes.digests)  # every code used: none to ask
+    codes_form = CurrentCodeForm(auto_id="codes-%s")
+    code_label = mfa.current_code_label(request.user)
+    codes_form.fields["current_code"].label = code_label
+    remove_form = RemoveForm(auto_id="remove-%s")
+    remove_form.fields["current_code"].label = code_label
     context = {
         "state": state,
         "device": device,
+        "code_label": code_label,
         "codes_left": len(codes.digests) if codes is not None else 0,
         "has_codes": has_codes,
-        "remove_form": RemoveForm(auto_id="remove-%s"),
-        "codes_form": CurrentCodeForm(auto_id="codes-%s"),
+        "remove_form": remove_form,
+        "codes_form": codes_form,
         "sign_in_again": not recent_sign_in.signed_in_recently(request),
         "sign_in_minutes": settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES,
         "single_sign_on_verified": bool(request.session.get(mfa.SSO_VERIFIED)),
@@ -165,11 +171,12 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
             return redirect(_next(request))
         status = 429 if check.throttled_until else 400
         if check.problem:
-            message = f"{check.problem} A backup code still works."
+            still = " A backup code still works." if mfa.has_backup_codes(request.user) else ""
+            message = f"{check.problem}{still}"
         elif check.throttled_until:
             message = _wait_message(check.throttled_until)
         else:
-            message = "That code is not right, or was used already."
+            message = mfa.sign_in_code_refused_message(request.user)
         form.add_error("code", message)
     context = {
         "form": form,
@@ -211,6 +218,8 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = SetupForm(request.POST or None, replacing=replacing or code_for_keys)
     status = 200
     allowed, info = device.verify_is_allowed()
+    if "current_code" in form.fields:
+        form.fields["current_code"].label = mfa.current_code_label(request.user)
     if request.method == "POST" and not form.is_valid():
         status = 400
     elif request.method == "POST" and started != device.pk:
@@ -258,8 +267,8 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
                 _wait_message(done.throttled_until)
                 if done.throttled_until
                 else done.problem
-                or "That is not a current code of your present app, nor an unused backup "
-                "code. Wait for the new app's next code and try again.",
+                or f"{mfa.code_refused_message(request.user)} Wait for the new app's next "
+                "code and try again.",
             )
         else:
             status = 400

@@ -743,3 +743,87 @@ def test_an_error_report_hides_the_new_apps_code_and_the_backup_code_proving_the
     assert codes[4] not in report.text
     assert codes[4].replace("-", "") not in report.text
     assert f"'{app_code}'" not in report.text
+
+
+# --- a wrong code is explained in terms of what the person has ---------------------------------
+
+WRONG = "2222-3333-4444-5555"  # the shape of a backup code, none of anyone's
+
+
+def _app_and_codes(user) -> None:
+    authenticator(user)
+    mfa._replace_backup_codes(user)
+
+
+def _app_only(user) -> None:
+    authenticator(user)
+
+
+def _key_and_codes(user) -> None:
+    key_with_codes(user)
+
+
+HAS = {"app and codes": _app_and_codes, "app only": _app_only, "key and codes": _key_and_codes}
+
+
+@pytest.mark.parametrize(
+    ("has", "wanted"),
+    [
+        ("app and codes", "the code your authenticator app shows now, or an unused backup code"),
+        ("app only", "the code your authenticator app shows now"),
+        ("key and codes", "an unused backup code"),
+    ],
+)
+def test_a_wrong_code_at_sign_in_says_what_the_person_can_enter(employee, has, wanted):
+    HAS[has](employee)
+
+    wrong = password_only(employee).post(VERIFY, {"code": WRONG})
+
+    assert wrong.status_code == 400
+    page = wrong.content.decode()
+    assert f"That code is not right, or was used already: enter {wanted}." in page
+
+
+@pytest.mark.parametrize(
+    ("has", "message", "label"),
+    [
+        (
+            "app and codes",
+            "That is not a current code of your authenticator app, nor an unused backup code.",
+            "A code from your current app, or an unused backup code",
+        ),
+        (
+            "app only",
+            "That is not a current code of your authenticator app.",
+            "A code from your current app<",
+        ),
+        ("key and codes", "That is not an unused backup code.", "An unused backup code"),
+    ],
+)
+def test_a_wrong_current_code_says_what_the_person_has(employee, has, message, label):
+    HAS[has](employee)
+    client = verified_login(Client(), employee)
+
+    refused = client.post(CODES, {"current_code": WRONG}, follow=True)
+
+    page = refused.content.decode()
+    assert message in page
+    assert label in page  # the field asks for what they have too
+    if has == "key and codes":
+        assert "app" not in page[page.index('id="backup-codes"') :].split("</section>")[0]
+
+
+def test_a_wrong_backup_code_to_set_up_an_app_says_backup_code_only(employee):
+    """Someone with only a key (lost) proves it with a backup code to set up an app."""
+    _key, _codes = key_with_codes(employee)
+    client = verified_login(Client(), employee)
+    page = client.get("/account/two-factor/setup/").content.decode()
+    assert "An unused backup code" in page
+    seed = seed_of(TotpDevice.objects.get(user=employee, confirmed=False))
+
+    wrong = client.post("/account/two-factor/setup/", {"code": code(seed), "current_code": WRONG})
+
+    assert wrong.status_code == 400
+    text = wrong.content.decode()
+    assert "That is not an unused backup code. Wait for the new app" in text
+    assert "present app" not in text
