@@ -456,7 +456,22 @@ def note_confirmed(session: SessionBase) -> None:
 def take_confirmed(session: SessionBase) -> bool:
     """Whether this session confirmed a security key in the last CONFIRMED_SECONDS; used
     once, also by two requests of the session at once (_take: the session row locked)."""
-    return _fresh(_take(session, CONFIRMED_SESSION_KEY))
+    return take_confirmation(session) is not None
+
+
+def take_confirmation(session: SessionBase) -> str | None:
+    """As take_confirmed, but the confirmation's time, for restore_confirmation: a change
+    that takes it before checking something else the person typed (an app's set-up takes
+    it, then checks the new app's first code) gives it back when that is wrong."""
+    stamp = _take(session, CONFIRMED_SESSION_KEY)
+    return stamp if _fresh(stamp) else None
+
+
+def restore_confirmation(session: SessionBase, stamp: str) -> None:
+    """Put back a confirmation taken for a change that did not happen, with its own time
+    (a typo must neither spend it nor make it last longer). Written with the session at the
+    end of the request: until then, a concurrent change finds it taken."""
+    session[CONFIRMED_SESSION_KEY] = stamp
 
 
 def has_confirmed(session: SessionBase) -> bool:

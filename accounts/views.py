@@ -215,11 +215,13 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         return redirect("accounts:mfa-overview")
     started = request.session.get(mfa.PENDING_SESSION_KEY)
     device = mfa.pending_totp(request)
+    # Someone with only keys and no code asked: the key confirmed just now is the proof.
+    uses_confirmation = state.passkeys and not state.totp and not code_for_keys
     form = SetupForm(request.POST or None, replacing=replacing or code_for_keys)
-    status = 200
-    allowed, info = device.verify_is_allowed()
     if "current_code" in form.fields:
         form.fields["current_code"].label = mfa.current_code_label(request.user)
+    status = 200
+    allowed, info = device.verify_is_allowed()
     if request.method == "POST" and not form.is_valid():
         status = 400
     elif request.method == "POST" and started != device.pk:
@@ -233,6 +235,18 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         status = 429
         form.add_error("code", _wait_message((info or {}).get("locked_until")))
     elif request.method == "POST":
+        # The key's confirmation is taken (the session row locked) before anything is
+        # checked: a change sent at the same moment with it (new backup codes, a key
+        # removed) finds it taken, and is refused, or this one is. A wrong code of the new
+        # app puts it back below: a typo spends nothing.
+        confirmation = passkeys.take_confirmation(request.session) if uses_confirmation else None
+        if uses_confirmation and confirmation is None:
+            messages.error(
+                request,
+                "Your security key's confirmation was used by another change, or has "
+                "expired: confirm again (or use a backup code).",
+            )
+            return redirect(back_to)
         try:
             done = mfa.totp_confirm(
                 user=request.user,
@@ -243,15 +257,15 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
                 source_address=client_address(request),
             )
         except mfa.SecondFactorError as exc:
+            if confirmation is not None:
+                passkeys.restore_confirmation(request.session, confirmation)
             messages.error(request, exc.message)
             return redirect(back_to)
         codes = done.codes
+        if codes is None and confirmation is not None:
+            passkeys.restore_confirmation(request.session, confirmation)
         if codes is not None:
             request.session.pop(mfa.PENDING_SESSION_KEY, None)
-            # Used once. Taken after the app is confirmed (a wrong code of the new app must
-            # not use it up), so a change sent at the very same moment with the same
-            # confirmation may also pass: both were proved by this session's key.
-            passkeys.take_confirmed(request.session)
             mfa.mark_verified(request, device)
             response = render(
                 request,

@@ -916,6 +916,103 @@ def test_two_removals_at_once_leave_an_officer_a_key(officer):
     assert list(WebAuthnDevice.objects.filter(user=officer)) == [second]
 
 
+# --- one key confirmation, one change --------------------------------------------------------
+
+SETUP = "/account/two-factor/setup/"
+CODES = "/account/two-factor/backup-codes/"
+
+
+def confirmed_for_setup(user) -> tuple[Client, Client, bytes]:
+    """Someone with only a key (and its backup codes), signed in with it and confirming it
+    again to set up an app: their client, a second client of the same session (a second
+    tab sending at the same moment), and the seed of the app being set up."""
+    from accounts.models import TotpDevice
+    from tests.second_factor import seed_of
+
+    key = key_for(user)
+    client = password_only(user)
+    assert sign_in_with_key(client, key).status_code == 200
+    assert sign_in_confirm(client, key).status_code == 200
+    assert client.get(SETUP).status_code == 200  # no code asked: the key was confirmed
+    seed = seed_of(TotpDevice.objects.get(user=user, confirmed=False))
+    tab = Client()
+    tab.cookies = client.cookies
+    return client, tab, seed
+
+
+def test_an_apps_set_up_takes_the_key_confirmation_before_a_change_sent_with_it(
+    employee, monkeypatch
+):
+    """The set-up takes the confirmation before it checks the new app's code: new backup
+    codes asked for meanwhile with the same confirmation find it taken, and are refused."""
+    client, tab, seed = confirmed_for_setup(employee)
+    digests = BackupCodeDevice.objects.get(user=employee).digests
+    real = mfa.totp_confirm
+    meanwhile: dict[str, Any] = {}
+
+    def confirm_while_the_other_tab_asks(**kwargs: Any) -> mfa.Confirmation:
+        meanwhile["codes"] = tab.post(CODES)
+        return real(**kwargs)
+
+    monkeypatch.setattr(mfa, "totp_confirm", confirm_while_the_other_tab_asks)
+    set_up = client.post(SETUP, {"code": code(seed)})
+
+    assert set_up.status_code == 200
+    assert mfa.confirmed_totp(employee) is not None
+    assert meanwhile["codes"].status_code == 302
+    assert meanwhile["codes"]["Location"] == "/account/"
+    assert events("mfa.backup_codes_regenerate") == []
+    # The codes the set-up made replaced the key's; none were made beside them.
+    assert BackupCodeDevice.objects.get(user=employee).digests != digests
+    assert len(events("mfa.device_add")) == 2  # the key, the app
+
+
+def test_a_change_that_took_the_key_confirmation_first_leaves_none_for_an_apps_set_up(
+    employee, monkeypatch
+):
+    """The other order: the set-up's request loaded the session (with the confirmation)
+    while another tab's request spent it on removing a key; the set-up is refused."""
+    key_for(employee)  # a second key, so that one may be removed
+    client, tab, seed = confirmed_for_setup(employee)
+    spare = WebAuthnDevice.objects.filter(user=employee).order_by("pk").first()
+    assert spare is not None
+    real = mfa.pending_totp
+    meanwhile: dict[str, Any] = {}
+
+    def pending_after_the_other_tab_removed_a_key(request: Any) -> Any:
+        meanwhile["removed"] = tab.post(f"/account/two-factor/security-keys/{spare.pk}/remove/")
+        return real(request)
+
+    monkeypatch.setattr(mfa, "pending_totp", pending_after_the_other_tab_removed_a_key)
+    set_up = client.post(SETUP, {"code": code(seed)})
+
+    assert meanwhile["removed"].status_code == 302
+    assert not WebAuthnDevice.objects.filter(pk=spare.pk).exists()
+    assert set_up.status_code == 302
+    assert set_up["Location"].startswith(SETUP)
+    assert mfa.confirmed_totp(employee) is None
+    assert [e.detail["kind"] for e in events("mfa.device_add")] == ["webauthn", "webauthn"]
+
+
+def test_a_wrong_first_code_of_the_new_app_gives_the_key_confirmation_back(employee):
+    """A typo spends nothing: the confirmation is back, with its own time (not renewed),
+    and the right code then sets the app up with it."""
+    client, _tab, seed = confirmed_for_setup(employee)
+    stamp = client.session[passkeys.CONFIRMED_SESSION_KEY]
+
+    wrong = client.post(SETUP, {"code": "000000" if code(seed) != "000000" else "111111"})
+
+    assert wrong.status_code == 400
+    assert client.session[passkeys.CONFIRMED_SESSION_KEY] == stamp
+    assert mfa.confirmed_totp(employee) is None
+    later = timezone.now() + timedelta(seconds=2)  # past the wrong code's wait
+    with time_machine.travel(later, tick=False):
+        done = client.post(SETUP, {"code": code(seed, at=later.timestamp())})
+    assert done.status_code == 200
+    assert mfa.confirmed_totp(employee) is not None
+    assert not passkeys.has_confirmed(client.session)  # used by the set-up
+
+
 # --- removing the last key ends the other sessions ---------------------------------------------
 
 
