@@ -8,6 +8,7 @@ app_name = "accounts"
 
 urlpatterns = [
     path("", views.overview, name="mfa-overview"),
+    path("sessions/sign-out-elsewhere/", views.sign_out_elsewhere, name="sign-out-elsewhere"),
     path("two-factor/verify/", views.verify, name="mfa-verify"),
     path("two-factor/setup/", views.setup, name="mfa-setup"),
     path("two-factor/backup-codes/", views.backup_codes_regenerate, name="mfa-backup-codes"),

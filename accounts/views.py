@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -29,7 +30,9 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts import mfa, passkeys
 from accounts.forms import CodeForm, CurrentCodeForm, RemoveForm, SetupForm
 from accounts.requests import AuthenticatedHttpRequest
+from accounts.sessions import sessions_end
 from enrollment import recent_sign_in
+from enrollment.audit import audit_record
 from enrollment.edge import client_address
 
 
@@ -404,6 +407,33 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
             "Your authenticator app and backup codes are removed: signing in takes your "
             "password only. Your other sessions are signed out.",
         )
+    return redirect("accounts:mfa-overview")
+
+
+@never_cache
+@login_required
+@require_POST
+def sign_out_elsewhere(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """End every other browser session of the person, keeping this one: for a browser left
+    signed in elsewhere. A verified session, but no code and no recent sign-in: signing
+    others out gives nobody anything, so it should be as easy as possible to do. API
+    tokens are not sessions and stay (the API tokens page revokes those)."""
+    if (refused := _verified_only(request)) is not None:
+        return refused
+    with transaction.atomic():
+        ended = sessions_end(request.user, keep=request.session)
+        audit_record(
+            action="account.sessions_end",
+            actor=request.user,
+            target=request.user,
+            source_address=client_address(request),
+            detail={"via": "self", "sessions_ended": ended},
+        )
+    messages.success(
+        request,
+        f"{ended} other session{'s' if ended != 1 else ''} signed out. "
+        "This one stays signed in; your API tokens are not affected.",
+    )
     return redirect("accounts:mfa-overview")
 
 
