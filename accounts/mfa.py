@@ -676,11 +676,7 @@ def drop_backup_codes_without_factor(user: User) -> bool:
     while an app or a security key does, and go with the last of them (returns whether
     they went). Left behind, they would be a second factor of their own: one an officer
     could keep, and one a password thief could use after the person thought it gone."""
-    keeps = (
-        TotpDevice.objects.filter(user=user, confirmed=True).exists()
-        or WebAuthnDevice.objects.filter(user=user).exists()
-    )
-    if keeps:
+    if has_factor(user):
         return False
     return BackupCodeDevice.objects.filter(user=user).delete()[0] > 0
 

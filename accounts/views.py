@@ -99,7 +99,7 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
     state = mfa.state_for(request.user)
     device = mfa.confirmed_totp(request.user)
     codes = mfa.backup_codes(request.user)
-    has_codes = codes is not None and bool(codes.digests)  # every code used: none to ask
+    codes_left = len(codes.digests) if codes is not None else 0  # all used: none to ask
     codes_form = CurrentCodeForm(auto_id="codes-%s")
     code_label = mfa.current_code_label(request.user)
     codes_form.fields["current_code"].label = code_label
@@ -109,8 +109,8 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "state": state,
         "device": device,
         "code_label": code_label,
-        "codes_left": len(codes.digests) if codes is not None else 0,
-        "has_codes": has_codes,
+        "codes_left": codes_left,
+        "has_codes": codes_left > 0,
         "remove_form": remove_form,
         "codes_form": codes_form,
         "sign_in_again": not recent_sign_in.signed_in_recently(request),
@@ -119,7 +119,7 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "passkey_devices": passkeys.devices(request.user),
         "passkey_confirmed": passkeys.has_confirmed(request.session),
         # A code proves the current second factor, unless a key was confirmed just now.
-        "ask_code": (device is not None or has_codes)
+        "ask_code": (device is not None or codes_left > 0)
         and not passkeys.has_confirmed(request.session),
         "passkey_next": reverse("accounts:mfa-overview"),
     }
@@ -144,9 +144,8 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = CodeForm(request.POST or None)
     status = 200
     state = mfa.state_for(request.user)
-    codes = mfa.backup_codes(request.user)
     # Someone with only keys types a backup code while one is left (a lost key).
-    has_codes = state.totp or (codes is not None and bool(codes.digests))
+    has_codes = state.totp or mfa.has_backup_codes(request.user)
     if request.method == "POST" and not has_codes:
         # Someone with only security keys has no code to type: a posted code is refused
         # before anything checks (or audits) it, so guessing here costs nothing to log.
