@@ -28,6 +28,17 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _read_named(names: list[str]) -> list[importing.Source]:
+    """Files named one by one (--issuer, --crl): one that cannot be read stops the run."""
+    read = []
+    for name in names:
+        try:
+            read.append(importing.Source(name, _read(Path(name))))
+        except OSError as exc:
+            raise CommandError(f"Cannot read {name}: {exc.strerror or exc}") from None
+    return read
+
+
 def _sources(paths: list[str], suffixes: set[str], report: list[str]) -> list[importing.Source]:
     """Files as given, and in a directory (recursively) those with a known suffix."""
     found: list[importing.Source] = []
@@ -101,12 +112,7 @@ class Command(BaseCommand):
         if (options["certificates"] or options["crl"]) and not options["issuer"]:
             raise CommandError("Give the old CA's certificate with --issuer.")
         unreadable: list[str] = []
-        issuers = []
-        for name in options["issuer"]:
-            try:
-                issuers.append(importing.Source(name, _read(Path(name))))
-            except OSError as exc:
-                raise CommandError(f"Cannot read {name}: {exc.strerror or exc}") from None
+        issuers = _read_named(options["issuer"])
         passwords: list[str] = []
         if options["keys_password_file"]:
             try:
@@ -117,12 +123,7 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"Cannot read the password file {options['keys_password_file']}."
                 ) from None
-        crls = []
-        for name in options["crl"]:
-            try:
-                crls.append(importing.Source(name, _read(Path(name))))
-            except OSError as exc:
-                raise CommandError(f"Cannot read {name}: {exc.strerror or exc}") from None
+        crls = _read_named(options["crl"])
         sources = _sources(options["certificates"], CERTIFICATE_SUFFIXES, unreadable)
         key_sources = _sources(options["keys"], KEY_SUFFIXES, unreadable)
         try:
