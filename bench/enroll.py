@@ -248,6 +248,11 @@ class Accounts:
 
     With the per-person limits on, an account can hold only a few valid certificates of a
     template, so thousands of enrolments come from hundreds of people, as they would.
+    Consecutive requests go to different people: the clients take every ``clients``-th
+    request, so handing one person's requests out together would have most concurrent
+    enrolments wait for each other on that person's row lock (which exists to serialise
+    one person's own requests), a pattern of one person enrolling from several clients at
+    once rather than of many people enrolling.
     """
 
     def __init__(self, tokens: list[str], per_template: int) -> None:
@@ -260,7 +265,7 @@ class Accounts:
         self.used[template] = index + 1
         if index // self.per_template >= len(self.tokens):
             raise SystemExit(f"benchmark bug: more enrolments for {template} than planned")
-        return self.tokens[index // self.per_template]
+        return self.tokens[index % len(self.tokens)]
 
 
 def http_request(port: int, token: str, body: bytes) -> bytes:
