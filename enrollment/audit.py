@@ -26,8 +26,14 @@ from enrollment import hotsql
 from enrollment.models import AuditChainHead, AuditEvent
 
 
-def event_digest(event: AuditEvent) -> str:
-    """The hash of an event's content chained to its predecessor's hash."""
+def chain_parts(event: AuditEvent) -> tuple[bytes, bytes]:
+    """An event's canonical content as the bytes before and after its previous hash.
+
+    event_digest() is sha256(before + previous hash + after): cut there, the content can
+    be chained by PostgreSQL to whatever hash it finds at the chain's head, in the
+    statement that locks the head (hotsql.audit_chain_append), instead of by us after a
+    statement that only reads it.
+    """
     content = {
         "created_at": event.created_at.astimezone(UTC).isoformat(),
         "actor_id": event.actor_id,
@@ -39,10 +45,24 @@ def event_digest(event: AuditEvent) -> str:
         "outcome": event.outcome,
         "source_address": event.source_address,
         "detail": event.detail,
-        "previous_hash": event.previous_hash,
     }
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # Keys are sorted: "previous_hash" sits between those before it and those after it.
+    before = _canonical({k: v for k, v in content.items() if k < "previous_hash"})
+    after = {k: v for k, v in content.items() if k > "previous_hash"}
+    tail = "," + _canonical(after)[1:] if after else "}"
+    return f'{before[:-1]},"previous_hash":"'.encode(), f'"{tail}'.encode()
+
+
+def _canonical(content: dict[str, Any]) -> str:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_digest(event: AuditEvent) -> str:
+    """The hash of an event's content chained to its predecessor's hash: the SHA-256 of
+    the content with ``previous_hash``, as sorted, compact, UTF-8 JSON."""
+    before, after = chain_parts(event)
+    previous = json.dumps(event.previous_hash, ensure_ascii=False)[1:-1].encode()
+    return hashlib.sha256(before + previous + after).hexdigest()
 
 
 def audit_record(
@@ -128,6 +148,8 @@ def _append(events: list[AuditEvent]) -> None:
     if not events:
         return
     with transaction.atomic(savepoint=False):
+        if hotsql.audit_chain_append(events, [chain_parts(event) for event in events]):
+            return  # PostgreSQL: locked, chained, inserted and moved in one statement
         previous = hotsql.audit_head_lock()
         for event in events:
             event.previous_hash = previous

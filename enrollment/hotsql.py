@@ -445,6 +445,104 @@ def _append_sql(rows: int) -> str:
     )
 
 
+# Events one statement chains at most: each is a lateral join and a UNION ALL branch of
+# its own, and planning hundreds of them (a roll-out's invitations, one block) took a
+# PostgreSQL backend past 20 GB. Larger blocks take the head's lock first (audit._append).
+CHAINED_IN_SQL = 8
+
+
+def audit_chain_append(
+    events: list[AuditEvent], parts: list[tuple[bytes, bytes]], pk: int = 1
+) -> bool:
+    """PostgreSQL: lock the chain head, chain the events to its hash, insert them and move
+    the head, in one statement; set each event's key and hashes. False, having written
+    nothing, on other databases, for more than CHAINED_IN_SQL events and while the head
+    row does not exist yet (the caller then takes audit_head_lock() and audit_append()).
+
+    ``parts``: per event, audit.chain_parts(), the bytes its hash covers before and after
+    its previous hash. PostgreSQL computes the same SHA-256 as audit.event_digest(). The
+    head is locked before the events' keys are drawn, so the chain's order is the keys'
+    order (audit_chain_breaks() walks it by key), and it is held from this statement to
+    the commit only: the statement that read the hash, and the wait for its answer while
+    holding the lock every audited transaction needs, are gone.
+    """
+    db = _db()
+    if db.vendor != "postgresql" or len(events) > CHAINED_IN_SQL:
+        return False
+    skipped = _chain_columns()
+    params: list[Any] = [pk]
+    for before, after in parts:
+        params += [before, after]
+    values = _values(db, AuditEvent, tuple(events))
+    width = len(values) // len(events)
+    for row in range(len(events)):
+        params += [
+            v for i, v in enumerate(values[row * width : (row + 1) * width]) if i not in skipped
+        ]
+    params.append(pk)
+    with _cursor(db) as cursor:
+        cursor.execute(_chain_sql(len(events)), params)
+        found = cursor.fetchone()
+    if found is None:
+        return False
+    keys, hashes = found
+    for event, key, previous, digest in zip(events, keys, hashes, hashes[1:], strict=False):
+        event.pk = key
+        event.previous_hash, event.hash = previous, digest
+        event._state.adding = False
+        event._state.db = db.alias
+    return True
+
+
+@cache
+def _chain_columns() -> frozenset[int]:
+    """Where previous_hash and hash sit among the columns an insert writes."""
+    fields = _fields(AuditEvent)
+    return frozenset(fields.index(AuditEvent._meta.get_field(n)) for n in ("previous_hash", "hash"))
+
+
+def _cast(field: Any) -> str:
+    """The type a parameter is read as in an INSERT ... SELECT, where no column gives it:
+    text for strings (the column's varchar(n) then refuses what is too long, where a cast
+    to varchar(n) would cut it), the column's own type for the rest."""
+    if field.get_internal_type() in ("CharField", "TextField", "SlugField", "EmailField"):
+        return "text"
+    return str(field.db_type(_db()))
+
+
+@cache
+def _chain_sql(rows: int) -> str:
+    head = _table(AuditChainHead)
+    last_hash, last_event = (_column(AuditChainHead, n) for n in ("last_hash", "last_event_id"))
+    pk = _column(AuditChainHead, "id")
+    event_pk = _quoted(AuditEvent._meta.pk)
+    fields = _fields(AuditEvent)
+    hashes = ("previous_hash", "hash")
+    # h0 is the head's hash, h<n> the n-th event's; each event's hash covers the one before.
+    links = " ".join(
+        f"CROSS JOIN LATERAL (SELECT encode(sha256(%s::bytea || convert_to(h{n - 1}, 'UTF8') "
+        f"|| %s::bytea), 'hex') AS h{n}) AS link{n}"
+        for n in range(1, rows + 1)
+    )
+    selects = []
+    for n in range(1, rows + 1):
+        chained = {"previous_hash": f"chain.h{n - 1}", "hash": f"chain.h{n}"}
+        row = ", ".join(chained[f.name] if f.name in hashes else f"%s::{_cast(f)}" for f in fields)
+        selects.append(f"SELECT {row} FROM chain")
+    columns = ", ".join(_quoted(f) for f in fields)
+    every_hash = ", ".join(f"h{n}" for n in range(rows + 1))
+    return (
+        f"WITH locked AS (SELECT {last_hash} AS h0 FROM {head} WHERE {pk} = %s FOR UPDATE), "
+        f"chain AS (SELECT * FROM locked {links}), "
+        f"inserted AS (INSERT INTO {_table(AuditEvent)} ({columns}) "
+        f"{' UNION ALL '.join(selects)} RETURNING {event_pk}) "
+        f"UPDATE {head} SET {last_hash} = (SELECT h{rows} FROM chain), "
+        f"{last_event} = (SELECT MAX({event_pk}) FROM inserted) WHERE {pk} = %s "
+        f"RETURNING (SELECT ARRAY_AGG({event_pk} ORDER BY {event_pk}) FROM inserted), "
+        f"(SELECT ARRAY[{every_hash}] FROM chain)"
+    )
+
+
 # --- inserts --------------------------------------------------------------------------
 
 
@@ -539,6 +637,57 @@ def insert(*instances: models.Model) -> None:
         instance.pk = key
         instance._state.adding = False
         instance._state.db = db.alias
+
+
+def insert_issued(certificate: Certificate, request: CertificateRequest) -> None:
+    """INSERT a new certificate and the new request it fulfils, pointing at it; set both
+    primary keys.
+
+    One statement on PostgreSQL (the certificate's insert as a data-modifying CTE whose
+    key the request's row takes), where a CSR enrolment otherwise wrote the certificate,
+    waited for its key, then wrote the request: one round trip fewer per enrolment. On
+    SQLite, which has no such CTE, insert() twice.
+    """
+    db = _db()
+    if db.vendor != "postgresql":
+        insert(certificate)
+        request.certificate = certificate
+        insert(request)
+        return
+    request.certificate = certificate  # its value is replaced by the CTE's key
+    values = _values(db, CertificateRequest, (request,))
+    del values[_request_certificate_index()]
+    with _cursor(db) as cursor:
+        cursor.execute(_issued_sql(), [*_values(db, Certificate, (certificate,)), *values])
+        request_pk, certificate_pk = cursor.fetchone()
+    for instance, key in ((certificate, certificate_pk), (request, request_pk)):
+        instance.pk = key
+        instance._state.adding = False
+        instance._state.db = db.alias
+    request.certificate = certificate  # again, for its key (and the cached row kept)
+
+
+@cache
+def _request_certificate_index() -> int:
+    """Where the request's certificate column sits among the columns insert() writes."""
+    certificate = CertificateRequest._meta.get_field("certificate")
+    return _fields(CertificateRequest).index(certificate)
+
+
+@cache
+def _issued_sql() -> str:
+    """PostgreSQL: the certificate's insert, then the request's with the new key."""
+    fields = _fields(CertificateRequest)
+    issued_pk = f"(SELECT {_quoted(Certificate._meta.pk)} FROM issued)"
+    row = ", ".join(
+        issued_pk if index == _request_certificate_index() else "%s" for index in range(len(fields))
+    )
+    columns = ", ".join(_quoted(field) for field in fields)
+    return (
+        f"WITH issued AS ({_insert_sql(Certificate, 1)}) "
+        f"INSERT INTO {_table(CertificateRequest)} ({columns}) VALUES ({row}) "
+        f"RETURNING {_quoted(CertificateRequest._meta.pk)}, {issued_pk}"
+    )
 
 
 # --- the template, and who may use it -------------------------------------------------

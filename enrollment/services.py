@@ -795,9 +795,11 @@ def _issue(
     mailbox: SharedMailbox | None = None,
     address_checked: bool = False,
     channel: str = "",
+    fulfils: CertificateRequest | None = None,
 ) -> Certificate:
     """``owner`` is the holder, or for a shared ``mailbox`` the delegate it is issued to:
-    the certificate then names the mailbox and has no owner (its delegates hold it)."""
+    the certificate then names the mailbox and has no owner (its delegates hold it).
+    ``fulfils``: a request not yet stored, stored ISSUED with the certificate."""
     if not template.is_active:
         raise PolicyViolation(f"The template {template.name!r} is not active.")
     if mailbox is not None:
@@ -862,7 +864,11 @@ def _issue(
             **_der_facts(issued),
         )
         certificate.__dict__["certificate"] = issued  # the cached_property, not re-parsed
-        hotsql.insert(certificate)
+        if fulfils is not None:
+            fulfils.state = CertificateRequest.State.ISSUED
+            hotsql.insert_issued(certificate, fulfils)  # one statement for both rows
+        else:
+            hotsql.insert(certificate)
         if template.archive_key:
             assert private_key is not None
             _key_archive(
@@ -919,11 +925,13 @@ def certificate_issue(
     supersedes: Certificate | None = None,
     address_checked: bool = False,
     channel: str = "",
+    fulfils: CertificateRequest | None = None,
 ) -> Certificate:
     """Issue for a key the requester holds (from a checked CSR). ``address_checked``:
     the caller's transaction found no shared mailbox with the owner's address.
     ``channel``: the protocol the request came by, when not the web or the REST API
-    (``est``), named in the audit event."""
+    (``est``), named in the audit event. ``fulfils``: the new request this answers, not
+    yet stored: it is stored ISSUED with the certificate."""
     if not template.allow_csr:
         raise PolicyViolation(
             f"{template.name} does not accept a CSR; the portal generates the key."
@@ -937,6 +945,7 @@ def certificate_issue(
         supersedes=supersedes,
         address_checked=address_checked,
         channel=channel,
+        fulfils=fulfils,
     )
 
 
@@ -1828,8 +1837,9 @@ def request_submit(
                     **({"channel": audited} if audited else {})},
         )  # fmt: skip
         if parsed is not None and approved:
-            # Issued first, so the request is stored once, already issued.
-            request.certificate = certificate_issue(
+            # Issued first, so the request is stored once, already issued, in the
+            # certificate's statement.
+            certificate_issue(
                 template=template,
                 owner=requester,
                 public_key=parsed.public_key,
@@ -1838,9 +1848,10 @@ def request_submit(
                 supersedes=renewal_of,
                 address_checked=True,  # with the counts, above
                 channel=audited,
+                fulfils=request,
             )
-            request.state = CertificateRequest.State.ISSUED
-        hotsql.insert(request)
+        else:
+            hotsql.insert(request)
     return request
 
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+from datetime import UTC
 from io import StringIO
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from django.core.exceptions import PermissionDenied
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
+from django.utils import timezone
 
-from enrollment import audit, services
+from enrollment import audit, hotsql, services
 from enrollment.audit import audit_chain_breaks, audit_record
-from enrollment.models import AuditEvent, CertificateRequest
+from enrollment.models import AuditChainHead, AuditEvent, CertificateRequest
 from enrollment.x509.keys import KeyAlgorithm
 
 pytestmark = pytest.mark.django_db
@@ -126,8 +132,9 @@ def test_a_deferred_block_chains_its_events_in_order_when_it_ends(db):
 
 def test_a_deferred_block_takes_the_chain_head_once(db, django_assert_num_queries):
     audit_record(action="test.before")  # the head row exists
-    # Lock the head; insert the events and move the head (one statement on PostgreSQL).
-    with django_assert_num_queries(2 if connection.vendor == "postgresql" else 3), audit.deferred():
+    # PostgreSQL: lock the head, chain, insert and move it in one statement. SQLite: lock
+    # (read) the head; insert the events; move the head.
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 3), audit.deferred():
         for n in range(4):
             audit_record(action=f"test.{n}")
 
@@ -206,3 +213,128 @@ def test_an_event_for_a_target_never_saved_fails_the_block(employee, template):
 
     with pytest.raises(ValueError, match="never saved"), audit.deferred():
         audit_record(action="test.submit", target=request)
+
+
+# --- the hash: one format, whoever computes it ----------------------------------------
+
+
+def digest_as_always(event: AuditEvent) -> str:
+    """The chain's format as it was first written: sorted, compact UTF-8 JSON, SHA-256."""
+    content = {
+        "created_at": event.created_at.astimezone(UTC).isoformat(),
+        "actor_id": event.actor_id,
+        "actor_name": event.actor_name,
+        "action": event.action,
+        "object_type": event.object_type,
+        "object_id": event.object_id,
+        "object_repr": event.object_repr,
+        "outcome": event.outcome,
+        "source_address": event.source_address,
+        "detail": event.detail,
+        "previous_hash": event.previous_hash,
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+TEXT = st.text(max_size=30)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    actor_id=st.none() | st.integers(min_value=1),
+    texts=st.lists(TEXT, min_size=5, max_size=5),
+    source=st.none() | st.sampled_from(["192.0.2.1", "2001:db8::7"]),
+    detail=st.dictionaries(TEXT, JSON, max_size=4),
+    previous=st.sampled_from(["", "ab" * 32]) | TEXT,
+)
+def test_the_hash_is_the_format_it_always_was(actor_id, texts, source, detail, previous):
+    event = AuditEvent(
+        created_at=timezone.now(),
+        actor_id=actor_id,
+        actor_name=texts[0],
+        action=texts[1],
+        object_type=texts[2],
+        object_id=texts[3],
+        object_repr=texts[4],
+        source_address=source,
+        detail=detail,
+        previous_hash=previous,
+    )
+
+    assert audit.event_digest(event) == digest_as_always(event)
+    before, after = audit.chain_parts(event)
+    if previous == json.dumps(previous)[1:-1]:  # what the head holds: hex, or nothing
+        assert hashlib.sha256(before + previous.encode() + after).hexdigest() == (
+            digest_as_always(event)
+        )
+
+
+HOSTILE = [
+    'quote " backslash \\ slash / ',
+    "naïve 名前 😀 \u2028",
+    "'; DROP TABLE enrollment_auditevent; --",
+    "%s %(x)s {}",
+]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL chains in SQL")
+def test_postgresql_hashes_any_content_as_we_do(db):
+    audit_record(action="test.before")  # the head exists
+    with audit.deferred():
+        made = [
+            audit_record(action=f"test.{n}", detail={"text": text, text: [n, None]})
+            for n, text in enumerate(HOSTILE)
+        ]
+
+    assert [e.pk for e in made] == sorted(e.pk for e in made)
+    for event in made:
+        stored = AuditEvent.objects.get(pk=event.pk)
+        assert stored.hash == event.hash == digest_as_always(stored)
+        assert stored.previous_hash == event.previous_hash
+    assert list(audit_chain_breaks()) == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL chains in SQL")
+def test_without_a_chain_head_the_statement_writes_nothing_and_the_first_event_makes_it(db):
+    AuditChainHead.objects.all().delete()
+    event = AuditEvent(
+        created_at=timezone.now(), actor_name="system", action="test.first", detail={}
+    )
+
+    assert hotsql.audit_chain_append([event], [audit.chain_parts(event)]) is False
+    assert not AuditEvent.objects.exists()
+
+    first = audit_record(action="test.first")
+    second = audit_record(action="test.second")  # now chained in SQL
+
+    assert first.previous_hash == ""
+    assert second.previous_hash == first.hash
+    assert AuditChainHead.objects.get().last_event_id == second.pk
+    assert list(audit_chain_breaks()) == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL chains in SQL")
+def test_a_value_too_long_for_its_column_is_refused_not_cut(db):
+    audit_record(action="test.before")
+    event = AuditEvent(created_at=timezone.now(), actor_name="system", action="x" * 61)
+
+    with pytest.raises(DataError), transaction.atomic():
+        hotsql.audit_chain_append([event], [audit.chain_parts(event)])
+
+    assert not AuditEvent.objects.filter(action__startswith="xx").exists()
+
+
+def test_a_large_block_is_chained_after_locking_the_head(db, django_assert_num_queries):
+    audit_record(action="test.before")
+    many = hotsql.CHAINED_IN_SQL + 1
+    # Lock (read) the head; insert the events with the head's move (two on SQLite).
+    with django_assert_num_queries(2 if connection.vendor == "postgresql" else 3), audit.deferred():
+        made = [audit_record(action=f"test.{n}") for n in range(many)]
+
+    assert _chained_in_order(made)
+    assert list(audit_chain_breaks()) == []

@@ -240,6 +240,72 @@ def test_insert_writes_what_the_orm_reads_back(employee, template):
         assert not instance._state.adding
 
 
+def an_unstored_copy(certificate: Certificate, serial: str) -> Certificate:
+    """Another row of the same content, but for its serial and fingerprints (unique)."""
+    copy = Certificate(
+        **{
+            f.attname: getattr(certificate, f.attname)
+            for f in Certificate._meta.concrete_fields
+            if not f.primary_key
+        }
+    )
+    copy.serial = serial
+    copy.fingerprint_sha256 = serial.rjust(64, "0")
+    copy.fingerprint_sha1 = serial.rjust(40, "0")
+    return copy
+
+
+def test_a_certificate_and_its_request_are_written_together_as_the_orm_reads_them(
+    hierarchy, employee, template, ec_p256_key
+):
+    stored = issue(employee, template("smime-signing"), ec_p256_key)
+    certificate = an_unstored_copy(stored, "1abc")
+    request = CertificateRequest(
+        requester=employee,
+        template=certificate.template,
+        state="issued",
+        key_source="csr",
+        csr=b"\x30\x03\x02\x01\x00",
+        requested_emails=["é@example.com"],
+        source_address="192.0.2.7",
+        channel="api",
+    )
+
+    hotsql.insert_issued(certificate, request)
+
+    assert certificate.pk is not None
+    assert request.pk is not None
+    assert request.certificate_id == certificate.pk
+    assert not certificate._state.adding
+    assert not request._state.adding
+    read = CertificateRequest.objects.select_related("certificate").get(pk=request.pk)
+    assert read.certificate == certificate
+    assert field_values(read) == field_values(request) | {"csr": read.csr}
+    assert field_values(read.certificate) == field_values(certificate) | {
+        "der": read.certificate.der
+    }
+    assert bytes(read.certificate.der) == bytes(stored.der)
+
+
+def test_a_request_is_not_written_when_its_certificate_is_refused(
+    hierarchy, employee, template, ec_p256_key
+):
+    stored = issue(employee, template("smime-signing"), ec_p256_key)
+    clash = an_unstored_copy(stored, stored.serial)  # (CA, serial) is unique
+    requests = CertificateRequest.objects.count()
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        hotsql.insert_issued(
+            clash,
+            CertificateRequest(
+                requester=employee, template=stored.template, state="issued", key_source="csr"
+            ),
+        )
+
+    assert CertificateRequest.objects.count() == requests
+    assert Certificate.objects.count() == 1
+
+
 INSERTED = (Certificate, CertificateRequest, AuditEvent)
 SAMPLES = {
     str: st.text(max_size=40) | st.sampled_from(["", "0a1b", "CN=x"]),
