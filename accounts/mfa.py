@@ -386,6 +386,13 @@ def sign_in_code_refused_message(user: Any) -> str:
     return f"That code is not right, or was used already: enter {wanted}."
 
 
+def lock_person(user: User) -> None:
+    """Hold the person's row until the transaction ends. Every change to someone's second
+    factors or backup codes takes it first, so two at once run one after the other and
+    each sees what the other left (the callers say what each would otherwise miss)."""
+    User.objects.select_for_update().filter(pk=user.pk).first()
+
+
 def has_factor(user: Any) -> bool:
     """A confirmed app or a security key: what backup codes stand in for."""
     return (
@@ -494,7 +501,7 @@ def totp_confirm(
         # The person's row first, as passkeys.register() and backup_codes_regenerate()
         # lock it: a first key added at the same moment is seen (it then makes no second
         # set of backup codes), instead of both making and showing a set, one dead.
-        User.objects.select_for_update().filter(pk=user.pk).first()
+        lock_person(user)
         locked = (
             _pending_fresh(TotpDevice.objects.select_for_update())
             .filter(pk=device.pk, user=user)
@@ -598,7 +605,7 @@ def backup_codes_regenerate(*, user: User, source_address: str | None) -> list[s
     mailed; the codes are returned to be shown once."""
     with transaction.atomic():
         # The person's row, as removals lock it: a last key removed meanwhile is seen.
-        User.objects.select_for_update().filter(pk=user.pk).first()
+        lock_person(user)
         check_backup_codes_allowed(user)
         codes = _replace_backup_codes(user)
         audit_record(
@@ -644,7 +651,7 @@ def second_factor_remove(
     with transaction.atomic():
         # The person's row, as accounts.passkeys.remove() locks it: a key removed at the
         # same time is counted after, not beside, this.
-        User.objects.select_for_update().filter(pk=user.pk).first()
+        lock_person(user)
         forget_state(user)
         _refuse_leaving_nothing(user)
         removed = TotpDevice.objects.filter(user=user).delete()[0]

@@ -47,7 +47,7 @@ from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import mfa
-from accounts.models import User, WebAuthnDevice
+from accounts.models import WebAuthnDevice
 from accounts.sessions import sessions_end
 from enrollment.audit import audit_record
 
@@ -240,7 +240,7 @@ def register(
     try:
         with transaction.atomic():
             # The person's row: of two registrations at once, one makes the backup codes.
-            User.objects.select_for_update().filter(pk=user.pk).first()
+            mfa.lock_person(user)
             first_factor = not mfa.has_factor(user)
             device = WebAuthnDevice.objects.create(
                 user=user,
@@ -313,7 +313,7 @@ def remove(
     with transaction.atomic():
         # The person's row first: two removals at once count the other keys one after the
         # other, so they cannot take someone's last two keys together.
-        User.objects.select_for_update().filter(pk=user.pk).first()
+        mfa.lock_person(user)
         mfa.forget_state(user)
         device = check_removable(user, device_id)
         name = device.name
