@@ -425,6 +425,10 @@ def test_the_enrolment_rate_limit_does_not_block_collecting(signing, officer, em
 def test_many_people_are_invited_with_few_statements(
     signing, officer, django_assert_max_num_queries, django_capture_on_commit_callbacks
 ):
+    """26 statements on PostgreSQL. SQLite takes at most 999 parameters a statement, so
+    its bulk inserts come in ~50 rows (61 statements since requests gained a column)."""
+    from django.db import connection
+
     from accounts.models import User
 
     User.objects.bulk_create(
@@ -434,7 +438,7 @@ def test_many_people_are_invited_with_few_statements(
     text = "\n".join(f"bulk{n}" for n in range(1200))
     with (
         django_capture_on_commit_callbacks(execute=False) as queued,
-        django_assert_max_num_queries(60),
+        django_assert_max_num_queries(30 if connection.vendor == "postgresql" else 70),
     ):
         rollout = create(officer, signing, people=text)
     assert rollout.invited == 1200
