@@ -11,7 +11,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
-from django.urls import clear_url_caches, path
+from django.urls import Resolver404, URLResolver, clear_url_caches, path
 
 from enrollment.models import CertificateRequest
 from pkiportal import urls as portal_urls
@@ -136,6 +136,29 @@ def test_a_404_under_api_is_json_and_elsewhere_the_portals_page(officer_client, 
     assert page.status_code == 404
     assert page["Content-Type"].startswith("text/html")
     assert b"There is nothing here" in page.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "api/v1/enrollments/",
+        "api/v1/enrollments/7/collect/",
+        "api/v1/certificates/1a2b/revoke/",
+        "api/v1/auth/token/",
+        "api/v1/no-such-endpoint/",
+    ],
+)
+def test_no_web_pattern_takes_an_api_path_so_the_api_may_come_first(path):
+    """pkiportal/urls.py puts the API's include before the web pages' to resolve API calls
+    cheaply; that routes every path as before only while no other pattern matches one."""
+    for pattern in portal_urls.urlpatterns:
+        if str(pattern.pattern).startswith("api/"):
+            continue
+        if isinstance(pattern, URLResolver):
+            with pytest.raises(Resolver404):
+                pattern.resolve(path)
+        else:
+            assert pattern.resolve(path) is None, pattern
 
 
 SECRET = "connection string postgres://portal:hunter2@db/pki"
