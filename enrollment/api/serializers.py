@@ -7,14 +7,18 @@ PKCS#12 password, a 60 KiB string); outputs are read-only views of models.
 from __future__ import annotations
 
 import base64
+import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from django.urls import reverse
+from django.utils.functional import Promise
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -50,6 +54,78 @@ def absolute(request: Any, name: str, **kwargs: Any) -> str:
 
 # --- inputs ---------------------------------------------------------------------------
 
+# Values copy.deepcopy hands back unchanged, as the same object.
+_SHARED_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
+# How one argument of a declared field is copied for a new instance (list and dict: flat).
+_CopyPlan = list[tuple[str, Callable[[Any], Any]]]
+
+
+def _immutable(value: Any) -> bool:
+    """Whether copy.deepcopy(value) is value: Django's lazy texts and enum members return
+    themselves too."""
+    if type(value) in _SHARED_TYPES or isinstance(value, (Promise, Enum)):
+        return True
+    return type(value) is tuple and all(_immutable(item) for item in value)
+
+
+def _declared(field: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments DRF's Field.__new__ keeps, from which Field.__deepcopy__ makes a field."""
+    return field._args, field._kwargs
+
+
+def _copy_plan(field: serializers.Field) -> _CopyPlan | None:  # type: ignore[type-arg]
+    """Which of ``field``'s declared arguments a new instance needs copies of, and how:
+    a list or dict of immutable values is copied flat, which is what copy.deepcopy makes
+    of it. None: some argument is anything else, and the field is deep-copied as DRF does."""
+    args, kwargs = _declared(field)
+    if (
+        args
+        or isinstance(field, serializers.BaseSerializer)
+        or type(field).__deepcopy__ is not serializers.Field.__deepcopy__
+    ):
+        return None
+    plan: _CopyPlan = []
+    for key, value in kwargs.items():
+        if key in ("validators", "regex") or _immutable(value):
+            continue  # shared: DRF's Field.__deepcopy__ shares validators and regexes too
+        if type(value) is list and all(_immutable(item) for item in value):
+            plan.append((key, list))
+        elif type(value) is dict and all(_immutable(k) and _immutable(v) for k, v in value.items()):
+            plan.append((key, dict))
+        else:
+            return None
+    return plan
+
+
+class InputSerializer(serializers.Serializer[None]):
+    """A serializer whose fields are made for each instance as DRF makes them, cheaper.
+
+    DRF deep-copies the declared fields for each serializer, and Field.__deepcopy__ makes
+    each field again from deep copies of the arguments it was declared with: texts,
+    numbers and choice lists here, for which copy.deepcopy's machinery cost ~220,000
+    instructions of every enrolment (bench/enroll_instructions.py). What to copy is
+    worked out once per class instead, and copied flat."""
+
+    _copy_plans: dict[str, _CopyPlan | None]
+
+    def get_fields(self) -> dict[str, serializers.Field]:  # type: ignore[type-arg]
+        shape = type(self)
+        plans = shape.__dict__.get("_copy_plans")  # each class its own, not a parent's
+        if plans is None:
+            plans = {name: _copy_plan(field) for name, field in self._declared_fields.items()}
+            shape._copy_plans = plans
+        fields = {}
+        for name, field in self._declared_fields.items():
+            plan = plans[name]
+            if plan is None:
+                fields[name] = copy.deepcopy(field)
+                continue
+            kwargs = _declared(field)[1].copy()
+            for key, copy_flat in plan:
+                kwargs[key] = copy_flat(kwargs[key])
+            fields[name] = type(field)(**kwargs)
+        return fields
+
 
 @extend_schema_field(OpenApiTypes.STR)
 class TemplateSlugField(serializers.Field):  # type: ignore[type-arg]
@@ -76,7 +152,7 @@ class TemplateSlugField(serializers.Field):  # type: ignore[type-arg]
         return value.slug
 
 
-class CsrIn(serializers.Serializer[None]):
+class CsrIn(InputSerializer):
     """Your own key: a PKCS#10 request. Subject and addresses always come from your account."""
 
     csr = serializers.CharField(
@@ -98,7 +174,7 @@ class CsrIn(serializers.Serializer[None]):
         return attrs
 
 
-class Pkcs12In(serializers.Serializer[None]):
+class Pkcs12In(InputSerializer):
     """How the PKCS#12 that carries a portal-generated key is protected."""
 
     pkcs12_password = serializers.CharField(
