@@ -1,10 +1,15 @@
-"""Request hygiene that every view relies on, applied before anything reads the request."""
+"""Request hygiene that every view relies on, applied before anything reads the request;
+Django's messages, made only for the requests that use them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.messages.storage import default_storage
 from django.http import HttpRequest, HttpResponse
+from django.utils.functional import SimpleLazyObject, empty
 
 
 def header_nul_to_space(
@@ -25,3 +30,21 @@ def header_nul_to_space(
         return get_response(request)
 
     return middleware
+
+
+class MessageMiddleware(messages_middleware.MessageMiddleware):
+    """Django's messages, with their storage made when a message is first added or read.
+
+    Django builds the storage for every request, a cookie signer and all (~65,000
+    instructions of each API call, bench/enroll_instructions.py), though only web pages
+    use messages. A storage nobody touched has nothing to store in the response either:
+    Django's update() then does nothing, so skipping it answers the same."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        request._messages = SimpleLazyObject(partial(default_storage, request))  # type: ignore[attr-defined]
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        messages = getattr(request, "_messages", None)
+        if isinstance(messages, SimpleLazyObject) and messages._wrapped is empty:
+            return response
+        return super().process_response(request, response)

@@ -98,7 +98,7 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     # Until it has, a session that needs one reaches only the second-factor pages.
     "accounts.middleware.SecondFactorMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "pkiportal.middleware.MessageMiddleware",  # Django's, its storage made on first use
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into a clear 429 page.
     "axes.middleware.AxesMiddleware",
