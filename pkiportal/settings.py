@@ -303,6 +303,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "pkiportal.api.exception_handler",
+    # DRF's, remembering its choice for each Accept header.
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "pkiportal.negotiation.ContentNegotiation",
 }
 API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=90)
 if API_TOKEN_TTL_DAYS < 1:
