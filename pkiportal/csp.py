@@ -84,13 +84,28 @@ def _plain(request: Any, response: Any) -> bool:
         return False
     if any(getattr(response, name, None) is not None for name in _PER_RESPONSE):
         return False
-    return not any(
-        (getattr(settings, name, None) or {}).get("EXCLUDE_URL_PREFIXES")
-        for name in ("CONTENT_SECURITY_POLICY", "CONTENT_SECURITY_POLICY_REPORT_ONLY")
-    )
+    return not _excludes_prefixes()
+
+
+# Whether either policy excludes URL prefixes (then the library decides, per path): read
+# once per settings, as the header texts are. Asking the settings for the report-only
+# policy, unset here, costs an AttributeError raised and caught for every response.
+_EXCLUDES: list[bool] = []
+
+
+def _excludes_prefixes() -> bool:
+    if not _EXCLUDES:
+        _EXCLUDES.append(
+            any(
+                (getattr(settings, name, None) or {}).get("EXCLUDE_URL_PREFIXES")
+                for name in ("CONTENT_SECURITY_POLICY", "CONTENT_SECURITY_POLICY_REPORT_ONLY")
+            )
+        )
+    return _EXCLUDES[0]
 
 
 @receiver(setting_changed)
 def _forget(setting: str, **kwargs: Any) -> None:
     if setting.startswith("CONTENT_SECURITY_POLICY"):
         _CACHED.clear()
+        _EXCLUDES.clear()

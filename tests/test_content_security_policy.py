@@ -112,6 +112,36 @@ def test_a_changed_policy_is_served_at_once(employee, settings):
     )
 
 
+def test_prefixes_excluded_later_go_without_the_header_at_once(employee, settings):
+    client = token_client(employee)
+    assert "Content-Security-Policy" in client.get(CERTIFICATES)
+
+    settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = {
+        "DIRECTIVES": {"default-src": ["'self'"]},
+        "EXCLUDE_URL_PREFIXES": ["/api/v1/certificates/"],
+    }
+    excluded = client.get(CERTIFICATES)
+    settings.CONTENT_SECURITY_POLICY = {
+        **settings.CONTENT_SECURITY_POLICY,
+        "EXCLUDE_URL_PREFIXES": ["/api/v1/certificates/"],
+    }
+    both = client.get(CERTIFICATES)
+    del settings.CONTENT_SECURITY_POLICY_REPORT_ONLY
+    settings.CONTENT_SECURITY_POLICY = {
+        key: value
+        for key, value in settings.CONTENT_SECURITY_POLICY.items()
+        if key != "EXCLUDE_URL_PREFIXES"
+    }
+    again = client.get(CERTIFICATES)
+
+    assert "Content-Security-Policy-Report-Only" not in excluded
+    assert "img-src 'self' data:" in excluded["Content-Security-Policy"]
+    assert "Content-Security-Policy" not in both
+    assert "Content-Security-Policy-Report-Only" not in both
+    assert "img-src 'self' data:" in again["Content-Security-Policy"]
+    assert "Content-Security-Policy-Report-Only" not in again
+
+
 def test_the_browsable_exception_does_not_leak_into_other_answers(employee):
     browsable = session_client(employee).get(CERTIFICATES, HTTP_ACCEPT="text/html")
     plain = token_client(employee).get(CERTIFICATES)
