@@ -15,6 +15,7 @@ import pytest
 import time_machine
 
 from django.conf import settings as django_settings
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -626,6 +627,9 @@ def test_removing_the_app_of_someone_without_keys_drops_the_codes(employee):
 # --- a first app and a first key at the same moment ---------------------------------------------
 
 
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
+)
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_first_key_added_while_a_first_app_is_confirmed_makes_no_second_set(
     employee, monkeypatch

@@ -14,6 +14,7 @@ import pytest
 import time_machine
 
 from django.conf import settings as django_settings
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -877,6 +878,9 @@ def test_the_deploy_check_warns_when_the_base_url_is_not_an_origin(settings):
     assert security_keys_fit_the_portal() == []
 
 
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
+)
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_removals_at_once_leave_an_officer_a_key(officer):
     """PostgreSQL, two connections: while one removal of the officer's keys is under way
