@@ -10,7 +10,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, renderers, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from enrollment.exceptions import (
     ConfigurationError,
@@ -62,6 +61,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
     if isinstance(exc, X509Error):
         return Response({"detail": exc.message}, status=status.HTTP_400_BAD_REQUEST)
+    # Imported here: rest_framework.views reads DEFAULT_RENDERER_CLASSES as it loads,
+    # which names this module's renderer, so importing it at the top made this module
+    # unimportable before DRF's views (a script's first import, say).
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     return drf_exception_handler(exc, context)
 
 

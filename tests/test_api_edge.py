@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
@@ -215,3 +217,18 @@ def test_a_403_or_400_raised_outside_drf_under_api_is_json(failing_urls, setting
     assert b"hunter2" not in forbidden.content
     assert bad_host.status_code == 400
     assert bad_host.json() == {"detail": "Bad request."}
+
+
+def test_the_api_module_can_be_the_first_thing_a_script_imports():
+    """pkiportal.api names its renderer in DRF's settings: importing it first once failed
+    on a circular import (DRF's views, loading, asked for the renderer not yet defined)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); import pkiportal.api"],
+        cwd=settings.BASE_DIR,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "pkiportal.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
