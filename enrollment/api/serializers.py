@@ -22,6 +22,7 @@ from django.utils.functional import Promise
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from accounts.models import User
 from enrollment import ca_lifetime, hotsql, recovery
@@ -152,10 +153,35 @@ class TemplateSlugField(serializers.Field):  # type: ignore[type-arg]
         return value.slug
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _SurrogatesRefused(ProhibitSurrogateCharactersValidator):
+    """DRF's check, by one regular expression: DRF's own is a Python generator over every
+    character, ~150,000 instructions for a 400-character CSR (~1.3 % of an enrolment)."""
+
+    def __call__(self, value: Any) -> None:
+        found = _SURROGATE.search(str(value))
+        if found is not None:
+            message = self.message.format(code_point=ord(found[0]))
+            raise serializers.ValidationError(message, code=self.code)
+
+
+class LongTextField(serializers.CharField):
+    """A CharField for long input (a CSR): the same checks, the per-character one in C."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validators = [
+            _SurrogatesRefused() if type(check) is ProhibitSurrogateCharactersValidator else check
+            for check in self.validators
+        ]
+
+
 class CsrIn(InputSerializer):
     """Your own key: a PKCS#10 request. Subject and addresses always come from your account."""
 
-    csr = serializers.CharField(
+    csr = LongTextField(
         min_length=1,  # blank is refused: the schema says so (minLength) for generated clients
         max_length=MAX_CSR_BYTES,
         help_text="PEM (-----BEGIN CERTIFICATE REQUEST-----) or the base64 of the DER.",

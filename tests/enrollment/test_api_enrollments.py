@@ -532,6 +532,41 @@ def test_bad_input_is_400_naming_the_field(hierarchy, employee, body, field):
     assert stored_counts() == (0, 0)
 
 
+def test_a_lone_surrogate_in_the_csr_is_400_naming_its_code_point(hierarchy, employee):
+    raw = '{"template": "smime-signing", "csr": "MIIB\\udc80AAA"}'
+
+    response = token_client(employee).post(ENROLLMENTS, raw, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "U+DC80" in response.json()["csr"][0]
+    assert stored_counts() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["MIIBx", "caf\u00e9", "\U0001f600", "a\ud800", "\udfff", "x\ud7ff\ue000", "\ud83d\ude00"],
+)
+def test_the_csr_field_refuses_the_surrogates_drfs_own_check_refuses(text):
+    from rest_framework.exceptions import ValidationError
+    from rest_framework.validators import ProhibitSurrogateCharactersValidator
+
+    from enrollment.api.serializers import LongTextField
+
+    def refusal(check) -> str | None:
+        try:
+            check(text)
+        except ValidationError as exc:
+            return str(exc.detail[0])
+        return None
+
+    ours = [
+        v for v in LongTextField().validators if isinstance(v, ProhibitSurrogateCharactersValidator)
+    ]
+    assert len(ours) == 1
+    assert type(ours[0]) is not ProhibitSurrogateCharactersValidator
+    assert refusal(ours[0]) == refusal(ProhibitSurrogateCharactersValidator())
+
+
 def test_a_body_that_is_not_json_is_400(hierarchy, employee):
     response = token_client(employee).post(
         ENROLLMENTS, b"{not json", content_type="application/json"
