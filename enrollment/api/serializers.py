@@ -672,7 +672,7 @@ def issued_body(issued: Issued, request: Any) -> dict[str, Any]:
         "emails": [str(email) for email in certificate.emails],
         "not_before": _WHEN.to_representation(certificate.not_before),
         "not_after": _WHEN.to_representation(certificate.not_after),
-        "certificate": pkcs7.certificate_pem(certificate.certificate).decode("ascii"),
+        "certificate": pkcs7.der_to_pem(bytes(certificate.der)).decode("ascii"),
         "chain": chain_pem(certificate),
         "certificate_url": absolute(request, "certificate-detail", serial=certificate.serial),
         "notice": enrolment_notice(issued.request, certificate),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 
 import pytest
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from enrollment.x509.errors import X509Error
@@ -16,6 +17,7 @@ from enrollment.x509.pkcs7 import (
     certificate_pem,
     certificates_pem,
     certificates_to_p7b,
+    der_to_pem,
     fingerprint,
     format_fingerprint,
 )
@@ -134,6 +136,32 @@ def test_a_p7b_holds_the_chain(issuing_ca: CA, root_ca: CA, pem: bool) -> None:
 def test_a_p7b_needs_a_certificate() -> None:
     with pytest.raises(X509Error, match="at least one certificate"):
         certificates_to_p7b([])
+
+
+def test_pem_from_der_at_hand_is_what_cryptography_writes(
+    alice: CertifiedKey, issuing_ca: CA, root_ca: CA
+) -> None:
+    for certificate in (alice.certificate, issuing_ca.certificate, root_ca.certificate):
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        assert der_to_pem(der) == certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("length", [1, 47, 48, 49, 95, 96, 97, 1000])
+def test_pem_lines_are_64_characters_at_every_length(length: int) -> None:
+    # ssl's own PEM writer (textwrap at 64) as the reference, at and around a line's end.
+    der = bytes(range(256)) * 4
+    assert der_to_pem(der[:length]).decode() == ssl.DER_cert_to_PEM_cert(der[:length])
+
+
+def test_fingerprints_asked_in_turn_are_each_certificates_own(
+    alice: CertifiedKey, issuing_ca: CA, root_ca: CA
+) -> None:
+    # certificate_der keeps the last certificate's DER: it must never answer for another.
+    certificates = [alice.certificate, issuing_ca.certificate, root_ca.certificate]
+    for certificate in [*certificates, *reversed(certificates), *certificates]:
+        for name, algorithm in (("sha1", hashes.SHA1()), ("sha256", hashes.SHA256())):
+            assert fingerprint(certificate, name) == certificate.fingerprint(algorithm).hex()
+        assert certificate_der(certificate) == certificate.public_bytes(serialization.Encoding.DER)
 
 
 def test_pem_and_der_are_the_certificate_encodings(root_ca: CA) -> None:
