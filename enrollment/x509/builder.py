@@ -7,6 +7,7 @@ strict or multipurpose generation) on top of RFC 5280.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Sequence
@@ -324,35 +325,122 @@ def build_end_entity(
     elif not 0 < serial < 2**SERIAL_BITS:
         raise PolicyError("A serial number must be positive and below 2**159 (RFC 5280 4.1.2.2).")
     start, end = _validity(not_before, policy.validity_days, issuer_certificate)
-
+    issuer = _issuer_extensions(issuer_certificate, crl_url, ca_issuers_url, ocsp_url)
+    profile = _profile_extensions(policy, key_transport=isinstance(public_key, rsa.RSAPublicKey))
+    extensions = [
+        *profile.leading,
+        x509.Extension(
+            x509.SubjectAlternativeName.oid,
+            False,
+            x509.SubjectAlternativeName([x509.RFC822Name(email) for email in emails]),
+        ),
+        profile.policies,
+        issuer.crl_distribution_points,
+        issuer.authority_information_access,
+        x509.Extension(
+            x509.SubjectKeyIdentifier.oid,
+            False,
+            x509.SubjectKeyIdentifier.from_public_key(public_key),
+        ),
+        issuer.authority_key_identifier,
+        *profile.trailing,
+    ]
     builder = (
-        x509.CertificateBuilder()
+        x509.CertificateBuilder(extensions=extensions)
         .subject_name(name)
         .issuer_name(issuer_certificate.subject)
         .public_key(public_key)
         .serial_number(serial)
         .not_valid_before(start)
         .not_valid_after(end)
+    )
+    return builder.sign(issuer_key, signature_hash_for(issuer_key))
+
+
+# --- extensions every certificate of a profile or of an issuer carries alike ----------------
+#
+# Building the extension objects and having cryptography encode them again for each
+# certificate cost a third of what signing it does. These are built and encoded once (as
+# UnrecognizedExtension, whose DER the builder copies as it is: byte for byte what the
+# typed extension encodes to), per profile and per issuer certificate and URLs.
+
+
+def _encoded(value: x509.ExtensionType, *, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    return x509.Extension(
+        value.oid, critical, x509.UnrecognizedExtension(value.oid, value.public_bytes())
+    )
+
+
+@dataclass(frozen=True)
+class _ProfileExtensions:
+    """An end-entity profile's fixed extensions, in certificate order around the SAN."""
+
+    leading: tuple[x509.Extension[x509.ExtensionType], ...]  # basicConstraints, KU, EKU
+    policies: x509.Extension[x509.ExtensionType]
+    trailing: tuple[x509.Extension[x509.ExtensionType], ...]  # smimeCapabilities, if any
+
+
+@functools.lru_cache(maxsize=64)
+def _profile_extensions(policy: CertificatePolicy, *, key_transport: bool) -> _ProfileExtensions:
+    """By policy (a frozen value) and whether the key encrypts by key transport (RSA) or
+    by key agreement (EC), which is all its key usage depends on."""
+    leading = (
         # S/MIME BR 7.1.2.3 (d) allows it; critical as RFC 5280 4.2.1.9 permits, so no
         # relying party can mistake the certificate for a CA.
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(policy.key_usage_for(public_key), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(list(policy.extended_key_usages)), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.RFC822Name(email) for email in emails]),
-            critical=False,
-        )
-        .add_extension(_policies(policy.policy_oids), critical=False)
-        .add_extension(_crl_distribution_points(crl_url), critical=False)
-        .add_extension(_authority_information_access(ca_issuers_url, ocsp_url), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_authority_key_identifier(issuer_certificate), critical=False)
+        _encoded(x509.BasicConstraints(ca=False, path_length=None), critical=True),
+        _encoded(policy.key_usage(key_transport=key_transport), critical=True),
+        _encoded(x509.ExtendedKeyUsage(list(policy.extended_key_usages)), critical=False),
     )
-    if policy.allows_encryption:
-        # RFC 4262: tells senders which content ciphers the holder can decrypt; it says
-        # nothing useful about a signing-only key, so those certificates go without it.
-        builder = builder.add_extension(smime_capabilities_extension(), critical=False)
-    return builder.sign(issuer_key, signature_hash_for(issuer_key))
+    # RFC 4262: tells senders which content ciphers the holder can decrypt; it says
+    # nothing useful about a signing-only key, so those certificates go without it.
+    trailing = (
+        (_encoded(smime_capabilities_extension(), critical=False),)
+        if policy.allows_encryption
+        else ()
+    )
+    return _ProfileExtensions(
+        leading=leading,
+        policies=_encoded(_policies(policy.policy_oids), critical=False),
+        trailing=trailing,
+    )
+
+
+@dataclass(frozen=True)
+class _IssuerExtensions:
+    """What an issuer's certificates point back to it with."""
+
+    issuer: x509.Certificate  # the object these were made from: the cache checks it
+    crl_distribution_points: x509.Extension[x509.ExtensionType]
+    authority_information_access: x509.Extension[x509.ExtensionType]
+    authority_key_identifier: x509.Extension[x509.ExtensionType]
+
+
+_ISSUER_EXTENSIONS: dict[tuple[int, str, str, str | None], _IssuerExtensions] = {}
+_ISSUER_EXTENSIONS_KEPT = 16
+
+
+def _issuer_extensions(
+    issuer: x509.Certificate, crl_url: str, ca_issuers_url: str, ocsp_url: str | None
+) -> _IssuerExtensions:
+    """Kept by the issuer certificate object itself (the models keep one per CA and DER)
+    and the URLs: a renewed CA is another certificate, a moved URL another key. By object,
+    not by value: hashing a certificate (its DER) costs as much as building these."""
+    key = (id(issuer), crl_url, ca_issuers_url, ocsp_url)
+    found = _ISSUER_EXTENSIONS.get(key)
+    if found is not None and found.issuer is issuer:
+        return found
+    made = _IssuerExtensions(
+        issuer=issuer,
+        crl_distribution_points=_encoded(_crl_distribution_points(crl_url), critical=False),
+        authority_information_access=_encoded(
+            _authority_information_access(ca_issuers_url, ocsp_url), critical=False
+        ),
+        authority_key_identifier=_encoded(_authority_key_identifier(issuer), critical=False),
+    )
+    if len(_ISSUER_EXTENSIONS) >= _ISSUER_EXTENSIONS_KEPT:
+        _ISSUER_EXTENSIONS.clear()  # CA objects come and go only in tests and renewals
+    _ISSUER_EXTENSIONS[key] = made
+    return made
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -202,23 +202,25 @@ class CertificatePolicy:
         return key_algorithm_of(public_key) in self.allowed_key_algorithms
 
     def key_usage_for(self, public_key: object) -> x509.KeyUsage:
+        """Key usage bits per S/MIME BR 7.1.2.3 (e) for this key: see key_usage."""
+        if isinstance(public_key, rsa.RSAPublicKey):
+            return self.key_usage(key_transport=True)
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            return self.key_usage(key_transport=False)
+        raise PolicyError("Only RSA and EC keys can be certified.")
+
+    def key_usage(self, *, key_transport: bool) -> x509.KeyUsage:
         """Key usage bits per S/MIME BR 7.1.2.3 (e): the SHALL bits, none of the MAYs.
 
         RSA encrypts by key transport (keyEncipherment), EC by key agreement (keyAgreement);
         nonRepudiation, dataEncipherment and encipherOnly/decipherOnly stay clear.
         """
-        if isinstance(public_key, rsa.RSAPublicKey):
-            key_encipherment, key_agreement = self.purpose.encrypts, False
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            key_encipherment, key_agreement = False, self.purpose.encrypts
-        else:
-            raise PolicyError("Only RSA and EC keys can be certified.")
         return x509.KeyUsage(
             digital_signature=self.purpose.signs,
             content_commitment=False,
-            key_encipherment=key_encipherment,
+            key_encipherment=key_transport and self.purpose.encrypts,
             data_encipherment=False,
-            key_agreement=key_agreement,
+            key_agreement=not key_transport and self.purpose.encrypts,
             key_cert_sign=False,
             crl_sign=False,
             encipher_only=False,

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import (
     AuthorityInformationAccessOID,
     CertificatePoliciesOID,
@@ -826,3 +828,145 @@ def test_a_given_not_before_is_kept_to_the_second(make_end_entity: MakeEndEntity
 def test_certified_key_matches_certificate(make_end_entity: MakeEndEntity) -> None:
     certified: CertifiedKey = make_end_entity(Purpose.SIGNING, KeyAlgorithm.RSA_2048)
     assert certified.certificate.public_key() == certified.key.public_key()
+
+
+# --- fixed extensions built once: the same bytes, never another issuer's -------------------
+
+
+def typed_reference(
+    issued: x509.Certificate,
+    *,
+    issuer: CA,
+    public_key: Any,
+    policy: CertificatePolicy,
+    emails: list[str],
+    crl_url: str,
+    ocsp_url: str | None,
+) -> bytes:
+    """The TBS of ``issued`` as the builder made it from typed extension objects, one by
+    one, before it kept them encoded (same name, serial and validity)."""
+    descriptions = [
+        x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier(issuer.certificate_url),
+        )
+    ]
+    if ocsp_url:
+        descriptions.insert(
+            0,
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+            ),
+        )
+    issuer_ski = ext(issuer.certificate, x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(issued.subject)
+        .issuer_name(issuer.certificate.subject)
+        .public_key(public_key)
+        .serial_number(issued.serial_number)
+        .not_valid_before(issued.not_valid_before_utc)
+        .not_valid_after(issued.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(policy.key_usage_for(public_key), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(policy.extended_key_usages)), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(e) for e in emails]), critical=False
+        )
+        .add_extension(
+            x509.CertificatePolicies([x509.PolicyInformation(o, None) for o in policy.policy_oids]),
+            critical=False,
+        )
+        .add_extension(
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        [x509.UniformResourceIdentifier(crl_url)], None, None, None
+                    )
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.AuthorityInformationAccess(descriptions), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+            critical=False,
+        )
+    )
+    if policy.allows_encryption:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(SMIME_CAPABILITIES_OID, smime_capabilities_der()),
+            critical=False,
+        )
+    return builder.sign(issuer.key, hashes.SHA256()).tbs_certificate_bytes
+
+
+@pytest.mark.parametrize("purpose", list(Purpose))
+@pytest.mark.parametrize("algorithm", [KeyAlgorithm.EC_P256, KeyAlgorithm.RSA_2048])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"organization_policy_oid": "1.3.6.1.4.1.99999.1.2"},
+        {"generation": Generation.MULTIPURPOSE, "extra_ekus": frozenset({CLIENT_AUTH})},
+    ],
+)
+@pytest.mark.parametrize("ocsp", [False, True])
+def test_a_subscriber_is_encoded_as_from_typed_extensions(
+    issuing_ca: CA,
+    key_pool: KeyPool,
+    purpose: Purpose,
+    algorithm: KeyAlgorithm,
+    options: dict[str, Any],
+    ocsp: bool,
+) -> None:
+    policy = CertificatePolicy(purpose=purpose, **options)
+    public_key = key_pool.get(algorithm).public_key()
+    ocsp_url = issuing_ca.ocsp_url if ocsp else None
+    for _ in range(2):  # made, then kept
+        issued = issue(issuing_ca, public_key, policy, ocsp_url=ocsp_url)
+        assert issued.tbs_certificate_bytes == typed_reference(
+            issued,
+            issuer=issuing_ca,
+            public_key=public_key,
+            policy=policy,
+            emails=list(ALICE.normalised_emails()),
+            crl_url=issuing_ca.crl_url,
+            ocsp_url=ocsp_url,
+        )
+
+
+def test_each_issuer_and_url_gets_its_own_pointers_back(
+    issuing_ca: CA, rsa_issuing_ca: CA, key_pool: KeyPool
+) -> None:
+    """The kept extensions are the issuer certificate's and the URLs given: another
+    issuing CA (a successor), or the same CA with moved URLs, never gets the last one's."""
+    policy = CertificatePolicy(purpose=Purpose.SIGNING)
+    public_key = key_pool.get(KeyAlgorithm.EC_P256).public_key()
+    reparsed = CA(
+        x509.load_der_x509_certificate(issuing_ca.certificate.public_bytes(Encoding.DER)),
+        issuing_ca.key,
+        issuing_ca.slug,
+        "http://moved.example.net",
+    )
+    # A CA renewed with a new key keeps its slug, so its URLs.
+    renewed = CA(
+        rsa_issuing_ca.certificate, rsa_issuing_ca.key, issuing_ca.slug, issuing_ca.base_url
+    )
+    for issuer in [issuing_ca, renewed, reparsed, rsa_issuing_ca] * 2:
+        certificate = issue(
+            issuer,
+            public_key,
+            policy,
+            crl_url=issuer.crl_url,
+            ca_issuers_url=issuer.certificate_url,
+            ocsp_url=issuer.ocsp_url,
+        )
+        aki = ext(certificate, x509.AuthorityKeyIdentifier).value
+        assert aki.key_identifier == ext(issuer.certificate, x509.SubjectKeyIdentifier).value.digest
+        cdp = ext(certificate, x509.CRLDistributionPoints).value
+        assert [n.value for n in cdp[0].full_name or []] == [issuer.crl_url]
+        aia = ext(certificate, x509.AuthorityInformationAccess).value
+        assert [d.access_location.value for d in aia] == [issuer.ocsp_url, issuer.certificate_url]
+        assert certificate.issuer == issuer.certificate.subject
