@@ -330,6 +330,33 @@ def check_pkcs12_password(password: str, user: Any) -> None:
         raise serializers.ValidationError(problems)
 
 
+def valid_csr_body(data: Any, *, names_template: bool) -> dict[str, Any] | None:
+    """What CsrEnrollmentIn (``names_template``) or CsrIn validates a well-formed JSON body
+    to, without them; None for anything else, which the serializer then checks and
+    explains as ever.
+
+    A DRF serializer builds its fields afresh for every instance (deep copies of the
+    declared ones): ~440,000 instructions of each enrolment (~4 %) for two strings. This
+    takes only what both would take as it is, and gives what they would give."""
+    if type(data) is not dict or "key_algorithm" in data or "pkcs12_password" in data:
+        return None  # CsrIn.validate's refusal; a QueryDict goes the serializer's way
+    csr = data.get("csr")
+    if type(csr) is not str:
+        return None
+    csr = csr.strip()  # CharField's trim_whitespace, before its checks
+    if not csr or len(csr) > MAX_CSR_BYTES or "\x00" in csr or _SURROGATE.search(csr):
+        return None
+    if not names_template:
+        return {"csr": csr}
+    slug = data.get("template")
+    if type(slug) is not str or not _SLUG.fullmatch(slug):
+        return None
+    template = hotsql.template_by_slug(slug)
+    if template is None:
+        return None
+    return {"csr": csr, "template": template}
+
+
 def is_csr_body(data: Any) -> bool:
     """Which of the two enrolment shapes the client meant: a CSR if it sent one."""
     return isinstance(data, dict) and "csr" in data

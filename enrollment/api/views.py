@@ -219,9 +219,11 @@ def _enrol_once(
         )
     else:
         shape = s.CsrIn if csr_shape else s.ServerKeyIn
-    serializer = shape(data=data, context={"request": request})
-    serializer.is_valid(raise_exception=True)
-    validated = serializer.validated_data
+    validated = s.valid_csr_body(data, names_template=template is None) if csr_shape else None
+    if validated is None:
+        serializer = shape(data=data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        validated = serializer.validated_data
     template = template or validated["template"]
     mailbox = validated.get("mailbox")
     if renewal_of is not None and renewal_of.mailbox_id is not None:
