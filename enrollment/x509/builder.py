@@ -25,6 +25,7 @@ from cryptography.x509.oid import (
 )
 
 from .errors import PolicyError, X509Error
+from .kept import PerCertificate
 from .keys import PrivateKey, PublicKey, describe_public_key, public_key_problem, signature_hash_for
 from .mail_domains import issuer_permits, name_constraints
 from .policy import CertificatePolicy, CertificateType, check_extra_ekus
@@ -606,11 +607,12 @@ def _validity(
     start = _utc(not_before if not_before is not None else datetime.now(UTC)).replace(microsecond=0)
     end = start + timedelta(days=days) - timedelta(seconds=1)
     if issuer is not None:
-        if start < issuer.not_valid_before_utc:
+        facts = _issuer_facts(issuer)
+        if start < facts.not_before:
             raise PolicyError("The certificate would start before its issuing CA certificate.")
-        if start >= issuer.not_valid_after_utc:
+        if start >= facts.not_after:
             raise PolicyError("The issuing CA certificate has expired.")
-        end = min(end, issuer.not_valid_after_utc)
+        end = min(end, facts.not_after)
     return start, end
 
 
@@ -629,20 +631,51 @@ def _check_issuer(
     """
     if key.public_key() != certificate.public_key():
         raise X509Error("The CA private key does not belong to the CA certificate.")
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-        key_usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound as exc:
-        raise PolicyError("The issuer certificate is not a CA certificate.") from exc
-    if not constraints.ca or not key_usage.key_cert_sign:
+    facts = _issuer_facts(certificate)
+    if not facts.is_ca:
+        raise PolicyError("The issuer certificate is not a CA certificate.")
+    if not facts.signs_certificates:
         raise PolicyError("The issuer certificate is not allowed to sign certificates.")
-    if new_ca_path_length is not None and constraints.path_length is not None:
-        if constraints.path_length == 0:
+    path_length = facts.path_length
+    if new_ca_path_length is not None and path_length is not None:
+        if path_length == 0:
             raise PolicyError("The issuer's path length constraint forbids another CA below it.")
-        if new_ca_path_length >= constraints.path_length:
+        if new_ca_path_length >= path_length:
             raise PolicyError(
-                f"The new CA's path length must be below its issuer's ({constraints.path_length})."
+                f"The new CA's path length must be below its issuer's ({path_length})."
             )
+
+
+@dataclass(frozen=True)
+class _IssuerFacts:
+    is_ca: bool  # has basicConstraints and key usage at all
+    signs_certificates: bool  # cA and keyCertSign
+    path_length: int | None
+    not_before: datetime
+    not_after: datetime
+
+
+def _read_issuer_facts(certificate: x509.Certificate) -> _IssuerFacts:
+    extensions = certificate.extensions
+    try:
+        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
+        key_usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        is_ca, signs, path_length = False, False, None
+    else:
+        is_ca, signs = True, constraints.ca and key_usage.key_cert_sign
+        path_length = constraints.path_length
+    return _IssuerFacts(
+        is_ca=is_ca,
+        signs_certificates=signs,
+        path_length=path_length,
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+    )
+
+
+# What each issuance reads of its issuer, kept per certificate object (kept.py).
+_issuer_facts = PerCertificate(_read_issuer_facts)
 
 
 def _ca_key_usage(sign_ocsp: bool) -> x509.KeyUsage:

@@ -12,7 +12,6 @@ relying party checking the CA's constraint and the portal refusing an address ag
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -21,6 +20,7 @@ import idna
 from cryptography import x509
 
 from .errors import PolicyError
+from .kept import PerCertificate
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 UB_DOMAIN = 253  # RFC 1035 2.3.4, without the root's dot
@@ -129,11 +129,12 @@ def name_constraints(domains: Sequence[str]) -> x509.NameConstraints:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _rfc822_subtrees(issuer: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def _read_rfc822_subtrees(
+    issuer: x509.Certificate,
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """The issuer's permitted and excluded rfc822Name subtrees, lower-cased; None without
-    nameConstraints. Cached by certificate (hashed and compared by its DER): every
-    enrolment asks twice of the same issuing CA, and a miss costs an exception."""
+    nameConstraints. Kept per certificate object (_rfc822_subtrees): every enrolment asks
+    twice of the same issuing CA, and a miss costs an exception."""
     try:
         constraints = issuer.extensions.get_extension_for_class(x509.NameConstraints).value
     except x509.ExtensionNotFound:
@@ -150,6 +151,9 @@ def _rfc822_subtrees(issuer: x509.Certificate) -> tuple[tuple[str, ...], tuple[s
             if isinstance(n, x509.RFC822Name)
         ),
     )
+
+
+_rfc822_subtrees = PerCertificate(_read_rfc822_subtrees)
 
 
 def issuer_mail_domains(issuer: x509.Certificate) -> tuple[str, ...] | None:
