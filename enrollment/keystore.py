@@ -77,6 +77,9 @@ class KeyBackend(Protocol):
 _PROCESS_KEYS: dict[tuple[str, tuple[int, ...], str], keys.PrivateKey] = {}
 
 
+_KEY_REFERENCE = re.compile(r"[a-z0-9][a-z0-9_.-]*\.key\.pem")
+
+
 class FileKeyBackend:
     """Encrypted PKCS#8 files in PKIPORTAL_KEY_DIR, passphrase from the environment."""
 
@@ -85,9 +88,10 @@ class FileKeyBackend:
     @sensitive_variables("passphrase")
     def _passphrase(self) -> bytes:
         passphrase = settings.PKIPORTAL_CA_KEY_PASSPHRASE
-        embedded = Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE)
-        if not passphrase and embedded.exists():
-            passphrase = embedded.read_text().strip()
+        if not passphrase:
+            embedded = Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE)
+            if embedded.exists():
+                passphrase = embedded.read_text().strip()
         if not passphrase:
             raise KeyStoreError(
                 "No CA key passphrase is configured: set PKIPORTAL_CA_KEY_PASSPHRASE "
@@ -96,9 +100,14 @@ class FileKeyBackend:
         return passphrase.encode()
 
     def _path(self, reference: str) -> Path:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*\.key\.pem", reference):
+        return Path(self._file(reference))
+
+    def _file(self, reference: str) -> str:
+        """The key file's path as text: a pathlib.Path for each signature was a fifth of
+        looking the key up."""
+        if not _KEY_REFERENCE.fullmatch(reference):
             raise KeyStoreError(f"Invalid key reference {reference!r}.")
-        return Path(settings.PKIPORTAL_KEY_DIR) / reference
+        return os.path.join(settings.PKIPORTAL_KEY_DIR, reference)
 
     # The passphrase stays out of error reports, here and in the frames below (keys holds it
     # under names of its own, and Django applies the nearest decorated caller's list).
@@ -115,10 +124,10 @@ class FileKeyBackend:
 
     @sensitive_variables()  # as store
     def load(self, reference: str) -> keys.PrivateKey:
-        path = self._path(reference)
+        path = self._file(reference)
         passphrase = self._passphrase()
         try:
-            found = path.stat()
+            found = os.stat(path)
             # The file's identity, not only its mtime: a key written again within the
             # clock's granularity (a few ms) keeps its mtime, and must not be taken for
             # the one cached before it.
@@ -129,10 +138,11 @@ class FileKeyBackend:
                 found.st_mtime_ns,
                 found.st_ctime_ns,
             )
-            cache_key = (str(path), stamp, hashlib.sha256(passphrase).hexdigest())
+            cache_key = (path, stamp, hashlib.sha256(passphrase).hexdigest())
             if settings.PKIPORTAL_CA_KEY_PROCESS_CACHE and cache_key in _PROCESS_KEYS:
                 return _PROCESS_KEYS[cache_key]
-            data = path.read_bytes()
+            with open(path, "rb") as file:
+                data = file.read()
         except OSError as exc:
             raise KeyStoreError(f"The CA key file {path} cannot be read.") from exc
         try:
