@@ -24,7 +24,7 @@ from .keys import (
 
 MAX_CSR_BYTES = 64 * 1024
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 #]+)-----(.*?)-----END \1-----", re.DOTALL)
+_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 #]+)-----")
 _CSR_LABELS = frozenset({b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"})
 _CERTIFICATE_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"})
 _BASE64_ONLY = re.compile(rb"[A-Za-z0-9+/=\s]+")
@@ -134,10 +134,10 @@ def parse_csr(
 def _text_to_der(raw: bytes) -> bytes:
     """DER from PEM (every label gets its own answer) or a bare base64 body."""
     if b"-----BEGIN" in raw:
-        match = _PEM_BLOCK.search(raw)
-        if match is None:
+        block = _pem_block(raw)
+        if block is None:
             raise CsrError("The PEM data is incomplete: the BEGIN/END lines do not match.")
-        label = match[1]
+        label, body = block
         if label in _CERTIFICATE_LABELS:
             raise _certificate_not_request()
         if b"PRIVATE KEY" in label:
@@ -150,15 +150,35 @@ def _text_to_der(raw: bytes) -> bytes:
                 f"Expected a CERTIFICATE REQUEST, got a PEM block labelled "
                 f"{label.decode('ascii')!r}."
             )
-        return _base64(match[2])
+        return _base64(body)
     if raw and _BASE64_ONLY.fullmatch(raw):
         return _base64(raw)  # PEM body pasted without its BEGIN/END lines
     raise CsrError("The data is neither a PEM nor a DER certificate request.")
 
 
+def _pem_block(raw: bytes) -> tuple[bytes, bytes] | None:
+    """The label and body of the first PEM block: what
+    ``-----BEGIN (label)-----(.*?)-----END (label)-----`` (DOTALL) finds, a BEGIN line at
+    a time. That pattern tried the END line at every byte of the body, in Python's regex
+    engine: half the cost of reading a CSR's PEM."""
+    start = 0
+    while (begin := _PEM_BEGIN.search(raw, start)) is not None:
+        label = begin[1]  # runs up to the first "-": the only label that can match here
+        end = raw.find(b"-----END " + label + b"-----", begin.end())
+        if end >= 0:
+            return label, raw[begin.end() : end]
+        start = begin.start() + 1
+    return None
+
+
 def _base64(body: bytes) -> bytes:
-    # PEM bodies may carry RFC 1421 headers (certreq does not, but old tools do).
-    lines = [line for line in body.splitlines() if line.strip() and b":" not in line]
+    # PEM bodies may carry RFC 1421 headers (certreq does not, but old tools do). Without
+    # any, the body decodes as it is: the decoder skips line ends as it skips blank lines.
+    lines = (
+        [line for line in body.splitlines() if line.strip() and b":" not in line]
+        if b":" in body
+        else [body]
+    )
     try:
         return base64.b64decode(b"".join(lines), validate=False)
     except (binascii.Error, ValueError) as exc:

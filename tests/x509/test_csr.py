@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cryptography import x509
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from enrollment.x509.csr import MAX_CSR_BYTES, parse_csr
+from enrollment.x509.csr import MAX_CSR_BYTES, _text_to_der, parse_csr
 from enrollment.x509.errors import CsrError
 from enrollment.x509.keys import KeyAlgorithm
 from tests.pki import CertifiedKey, KeyPool, MakeEndEntity
@@ -332,3 +333,93 @@ def test_a_request_signed_with_a_broken_hash_says_so(openssl, digest: str) -> No
 
     with pytest.raises(CsrError, match=rf"signed with {digest.upper()}, which is no longer"):
         parse_csr(out.read_bytes())
+
+
+# --- PEM text to DER: the same answers as the single pattern it replaced --------------------
+
+_ONE_PATTERN = re.compile(rb"-----BEGIN ([A-Z0-9 #]+)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+def _text_to_der_by_one_pattern(raw: bytes) -> bytes | str:
+    """What _text_to_der answered before (DER, or the refusal's message): the block found
+    by one pattern, its body decoded line by line."""
+    if b"-----BEGIN" not in raw:
+        return "not pem"
+    match = _ONE_PATTERN.search(raw)
+    if match is None:
+        return "The PEM data is incomplete: the BEGIN/END lines do not match."
+    label = match[1]
+    if label in (b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"):
+        return "certificate"
+    if b"PRIVATE KEY" in label:
+        return "private key"
+    if label not in (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"):
+        return f"label {label.decode('ascii')}"
+    lines = [line for line in match[2].splitlines() if line.strip() and b":" not in line]
+    try:
+        return base64.b64decode(b"".join(lines), validate=False)
+    except ValueError:
+        return "The PEM body is not valid base64."
+
+
+def _text_to_der_now(raw: bytes) -> bytes | str:
+    if b"-----BEGIN" not in raw:
+        return "not pem"
+    try:
+        return _text_to_der(raw)
+    except CsrError as exc:
+        message = exc.message
+    if message.startswith("This is a certificate"):
+        return "certificate"
+    if message.startswith("This is a private key"):
+        return "private key"
+    if message.startswith("Expected a CERTIFICATE REQUEST"):
+        return "label " + message.split("'")[1]
+    return message
+
+
+_PEM_PIECES = st.sampled_from(
+    [
+        b"-----BEGIN CERTIFICATE REQUEST-----",
+        b"-----END CERTIFICATE REQUEST-----",
+        b"-----BEGIN NEW CERTIFICATE REQUEST-----",
+        b"-----END NEW CERTIFICATE REQUEST-----",
+        b"-----BEGIN CERTIFICATE-----",
+        b"-----END CERTIFICATE-----",
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----",
+        b"-----BEGIN X-----",
+        b"-----END X-----",
+        b"-----BEGIN ",
+        b"-----END ",
+        b"-----",
+        b"--",
+        b"CERTIFICATE REQUEST",
+        b"BEGIN CERTIFICATE REQUEST-----",
+        b"Proc-Type: 4,ENCRYPTED",
+        b"\n",
+        b"\r\n",
+        b" ",
+        b"MIIBxz",
+        b"CCAW0",
+        b"AA==",
+        b"=",
+        b"\x00\xff",
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(_PEM_PIECES | st.binary(max_size=6), max_size=14).map(b"".join))
+# A BEGIN line without its END whose dashes start the next BEGIN line.
+@example(b"-----BEGIN X-----BEGIN CERTIFICATE REQUEST-----AA==-----END CERTIFICATE REQUEST-----")
+def test_pem_text_gives_what_the_one_pattern_gave(raw: bytes) -> None:
+    assert _text_to_der_now(raw) == _text_to_der_by_one_pattern(raw)
+
+
+def test_a_pem_body_with_rfc_1421_headers_decodes_without_them(
+    ec_csr: x509.CertificateSigningRequest,
+) -> None:
+    pem = ec_csr.public_bytes(serialization.Encoding.PEM)
+    head, _, rest = pem.partition(b"\n")
+    with_headers = head + b"\nProc-Type: 4,CRL\nContent-Domain: RFC822\n\n" + rest
+    assert _text_to_der(with_headers) == ec_csr.public_bytes(serialization.Encoding.DER)
