@@ -24,6 +24,7 @@ from cryptography.x509.oid import (
 
 from enrollment.x509.builder import (
     Subject,
+    _subject_alternative_name,
     build_end_entity,
     build_issuing_ca,
     build_root_ca,
@@ -1018,3 +1019,29 @@ def test_each_issuer_and_url_gets_its_own_pointers_back(
         aia = ext(certificate, x509.AuthorityInformationAccess).value
         assert [d.access_location.value for d in aia] == [issuer.ocsp_url, issuer.certificate_url]
         assert certificate.issuer == issuer.certificate.subject
+
+
+_LOCAL = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=64)
+_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
+_ADDRESS = st.builds(
+    lambda local, labels: f"{local}@{'.'.join(labels)}",
+    _LOCAL,
+    st.lists(_LABEL, min_size=2, max_size=4),
+).filter(lambda a: len(a) <= 255)
+
+
+@settings(max_examples=200)
+@given(st.lists(_ADDRESS, min_size=1, max_size=6))
+def test_the_san_encodes_as_cryptographys_own(addresses: list[str]) -> None:
+    """The subjectAltName DER the builder writes itself, short and long lengths alike."""
+    ours = _subject_alternative_name(addresses)
+    typed = x509.SubjectAlternativeName([x509.RFC822Name(a) for a in addresses])
+    assert ours.value.public_bytes() == typed.public_bytes()
+    assert (ours.oid, ours.critical) == (typed.oid, False)
+
+
+@pytest.mark.parametrize("lengths", [[20], [127], [128], [255], [255, 255], [100, 100, 60]])
+def test_the_san_encodes_lengths_around_the_long_form(lengths: list[int]) -> None:
+    addresses = [f"{'a' * (n - 12)}@example.com" for n in lengths]
+    typed = x509.SubjectAlternativeName([x509.RFC822Name(a) for a in addresses])
+    assert _subject_alternative_name(addresses).value.public_bytes() == typed.public_bytes()
