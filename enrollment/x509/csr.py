@@ -117,8 +117,9 @@ def parse_csr(
             f"allows {allowed}."
         )
     try:
-        requested_subject = csr.subject.rfc4514_string()
-        requested_emails = _requested_emails(csr)
+        subject = csr.subject  # a new Name, parsed again, for every read
+        requested_subject = subject.rfc4514_string()
+        requested_emails = _requested_emails(csr, subject)
     except x509.DuplicateExtension as exc:
         raise CsrError("The request repeats an extension.") from exc
     except (*_PARSE_ERRORS, x509.UnsupportedGeneralNameType) as exc:
@@ -200,17 +201,16 @@ def _certificate_not_request() -> CsrError:
     )
 
 
-def _requested_emails(csr: x509.CertificateSigningRequest) -> tuple[str, ...]:
-    """emailAddress attributes of the subject, then rfc822Names of a requested SAN."""
+def _requested_emails(csr: x509.CertificateSigningRequest, subject: x509.Name) -> tuple[str, ...]:
+    """emailAddress attributes of the ``subject`` (the CSR's), then rfc822Names of a
+    requested SAN."""
     found: dict[str, None] = {}
-    for attribute in csr.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+    for attribute in subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
         if isinstance(attribute.value, str):
             found.setdefault(attribute.value, None)
-    try:
-        san = csr.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    except x509.ExtensionNotFound:
-        return tuple(found)
-    assert isinstance(san.value, x509.SubjectAlternativeName)
-    for address in san.value.get_values_for_type(x509.RFC822Name):
-        found.setdefault(address, None)
+    for extension in csr.extensions:  # most requests have none: no ExtensionNotFound
+        if extension.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
+            assert isinstance(extension.value, x509.SubjectAlternativeName)
+            for address in extension.value.get_values_for_type(x509.RFC822Name):
+                found.setdefault(address, None)
     return tuple(found)
