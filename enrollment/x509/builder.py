@@ -133,10 +133,16 @@ class Subject:
                 "Sponsor-validated certificates need a given name or a surname "
                 "(S/MIME BR 7.1.4.2.5, note 2)."
             )
-        organisation = _organisation_rdns(
-            self.organization_name, self.organization_identifier, self.country_name
-        )
+        country = _check_country(self.country_name) if self.country_name else ""
+        _check_organization_identifier(self.organization_identifier, country)
+
         attributes: list[x509.NameAttribute[str]] = []
+        if country:
+            attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, country))
+        attributes += [
+            _attribute(NameOID.ORGANIZATION_NAME, self.organization_name, UB_ORGANIZATION_NAME),
+            _attribute(NameOID.ORGANIZATION_IDENTIFIER, self.organization_identifier, UB_NAME),
+        ]
         if _has_value(self.given_name):
             attributes.append(_attribute(NameOID.GIVEN_NAME, self.given_name, UB_NAME))
         if _has_value(self.surname):
@@ -145,29 +151,7 @@ class Subject:
         if self.include_email_in_subject:
             # S/MIME BR 7.1.4.2.2 (h): a single mailbox, which also appears in the SAN.
             attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, emails[0]))
-        return x509.Name(
-            [*organisation, *(x509.RelativeDistinguishedName([a]) for a in attributes)]
-        )
-
-
-@functools.lru_cache(maxsize=16)
-def _organisation_rdns(
-    organization_name: str, organization_identifier: str, country_name: str
-) -> tuple[x509.RelativeDistinguishedName, ...]:
-    """C, O and organizationIdentifier, checked, one attribute per RDN as Name makes them.
-
-    The same for every person of the organisation (settings): checked and built once per
-    value, which was half of building a subject. A refusal is raised again each time."""
-    country = _check_country(country_name) if country_name else ""
-    _check_organization_identifier(organization_identifier, country)
-    attributes: list[x509.NameAttribute[str]] = []
-    if country:
-        attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, country))
-    attributes += [
-        _attribute(NameOID.ORGANIZATION_NAME, organization_name, UB_ORGANIZATION_NAME),
-        _attribute(NameOID.ORGANIZATION_IDENTIFIER, organization_identifier, UB_NAME),
-    ]
-    return tuple(x509.RelativeDistinguishedName([a]) for a in attributes)
+        return x509.Name(attributes)
 
 
 def normalise_email(address: str) -> str:

@@ -583,54 +583,6 @@ def test_the_subject_carries_the_sponsor_validated_attributes_in_order(
     ]
 
 
-@pytest.mark.parametrize(
-    "subject",
-    [
-        ALICE,
-        dataclasses.replace(
-            ALICE, country_name="", organization_identifier="LEIXG-5493001KJTIIGC8Y1R12"
-        ),
-        dataclasses.replace(ALICE, given_name="", include_email_in_subject=True),
-        dataclasses.replace(
-            ALICE,
-            organization_name="  Other Org ",
-            country_name="us",
-            organization_identifier="NTRUS+CA-C1234567",
-        ),
-    ],
-)
-def test_the_subject_encodes_as_a_name_of_its_attributes(subject: Subject) -> None:
-    """The organisation's RDNs are kept per value: the name is still the one Name makes
-    from the attributes, and another organisation gets its own."""
-    country = subject.country_name.strip().upper()
-    attributes = [
-        *([x509.NameAttribute(NameOID.COUNTRY_NAME, country)] if country else []),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject.organization_name.strip()),
-        x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, subject.organization_identifier),
-        *(
-            [x509.NameAttribute(NameOID.GIVEN_NAME, subject.given_name)]
-            if subject.given_name
-            else []
-        ),
-        x509.NameAttribute(NameOID.SURNAME, subject.surname),
-        x509.NameAttribute(NameOID.COMMON_NAME, subject.common_name),
-        *(
-            [x509.NameAttribute(NameOID.EMAIL_ADDRESS, subject.email_addresses[0])]
-            if subject.include_email_in_subject
-            else []
-        ),
-    ]
-    for _ in range(2):
-        assert subject.to_name().public_bytes() == x509.Name(attributes).public_bytes()
-
-
-def test_an_organisation_refused_once_is_refused_again() -> None:
-    subject = dataclasses.replace(ALICE, organization_identifier="NTRFR-123")
-    for _ in range(2):
-        with pytest.raises(PolicyError, match="names country FR"):
-            subject.to_name()
-
-
 def test_every_address_is_an_rfc822_name_in_the_san(make_end_entity: MakeEndEntity) -> None:
     subject = subject_for("Alice", "Example", "alice@example.com", "a.example@Sales.Example.COM")
     san = ext(make_end_entity(subject=subject).certificate, x509.SubjectAlternativeName)
