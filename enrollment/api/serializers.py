@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from django.conf import settings
 from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, reverse
 from django.utils.functional import Promise
 from drf_spectacular.types import OpenApiTypes
@@ -72,7 +73,8 @@ def api_path(name: str, **kwargs: Any) -> str:
         ((field, value),) = kwargs.items()
         text = str(value)
         if _PLAIN_ID.fullmatch(text):
-            path = _path_with_mark(name, field, get_script_prefix(), get_urlconf())
+            urlconf = get_urlconf() or settings.ROOT_URLCONF  # what reverse() resolves with
+            path = _path_with_mark(name, field, get_script_prefix(), urlconf)
             if path is not None:
                 return path.replace(_ID_MARK, text)
     return reverse(f"enrollment-api:{name}", kwargs=kwargs)
@@ -83,7 +85,7 @@ def _path_with_mark(name: str, field: str, script_prefix: str, urlconf: Any) -> 
     """The route's path with _ID_MARK as its id (script_prefix and urlconf: the cache
     key, what reverse() reads), or None when it has no such path."""
     try:
-        path = reverse(f"enrollment-api:{name}", kwargs={field: _ID_MARK})
+        path = reverse(f"enrollment-api:{name}", urlconf=urlconf, kwargs={field: _ID_MARK})
     except NoReverseMatch:
         return None
     return path if path.count(_ID_MARK) == 1 else None

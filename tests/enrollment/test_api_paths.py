@@ -52,3 +52,13 @@ def test_an_id_the_route_refuses_is_refused_as_by_reverse():
 
 def test_a_route_without_an_id_is_reversed_as_usual():
     assert api_path("enrollment-list") == reverse("enrollment-api:enrollment-list")
+
+
+def test_another_urlconf_is_not_answered_from_the_old_ones_path(settings):
+    plain = api_path("enrollment-detail", pk=4)
+
+    settings.ROOT_URLCONF = "tests.enrollment.moved_api_urls"
+    moved = api_path("enrollment-detail", pk=4)
+
+    assert moved == reverse("enrollment-api:enrollment-detail", kwargs={"pk": 4})
+    assert moved == "/moved" + plain
