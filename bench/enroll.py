@@ -518,7 +518,7 @@ def _time_steps() -> Any:
         (BaseHandler, "get_response", "Django: the whole request, middleware included"),
         (authentication.TokenAuthentication, "authenticate", "  token authentication"),
         (api_views, "_enrol", "  the enrolment view"),
-        (serializers.CsrEnrollmentIn, "is_valid", "    input serializer (template lookup)"),
+        (serializers, "valid_csr_body", "    input check (template lookup)"),
         (services, "request_submit", "    services.request_submit"),
         (services, "parse_csr", "      parse + verify the CSR"),
         (services, "_enrolment_counts", "      lock + permission and limits (2 statements)"),
