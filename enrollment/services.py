@@ -115,7 +115,7 @@ CRL_HISTORY = 10
 def _der_facts(certificate: x509.Certificate) -> dict[str, object]:
     """The indexed columns every stored certificate carries."""
     return {
-        "der": certificate.public_bytes(Encoding.DER),
+        "der": pkcs7.certificate_der(certificate),  # encoded once with its fingerprints
         "serial": format(certificate.serial_number, "x"),
         "fingerprint_sha256": pkcs7.fingerprint(certificate, "sha256"),
         "subject": certificate.subject.rfc4514_string(),
