@@ -19,8 +19,11 @@ production size. It starts gunicorn on 127.0.0.1 and times:
   P-256;
 - the stack's floor: the same POST, authenticated, refused by its input check (no CSR),
   so what gunicorn, Django, DRF and the token lookup cost before any enrolment work;
-- the same CSR work with enrollment.x509 alone in this process: parse and verify the CSR,
-  build and sign the certificate (plus the builder alone, for reference).
+- the bare library, as issue 3 defines it: the same CSR work with ``cryptography`` alone
+  in this process (load and verify the CSR, build and sign the portal's certificate
+  profile with x509.CertificateBuilder), plus its builder alone; and, for reference,
+  the same through our enrollment.x509 (which reuses the constant extensions' bytes,
+  so it is faster than the library alone, and is not the ratio's denominator).
 
 It prints certificates per second for each (best of ``--rounds``), the server CPU per
 certificate (gunicorn workers and their PostgreSQL backends, from /proc) and the ratio of
@@ -48,6 +51,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -353,8 +357,19 @@ def key_bodies(algorithm: keys.KeyAlgorithm, count: int) -> list[bytes]:
 # --- the bare library -----------------------------------------------------------------
 
 
-def bare_library(csrs: list[str]) -> tuple[Result, Result]:
-    """The CSR path's cryptography in one process: parse+verify, build+sign."""
+def bare_library(csrs: list[str]) -> tuple[Result, Result, Result]:
+    """The CSR path's cryptography in one process, as the issue asks: with ``cryptography``
+    alone (parse and verify the CSR, build and sign the same certificate), then the
+    builder alone; and, for reference, the same through our own enrollment.x509.
+
+    The certificate is the portal's profile: ours built once, untimed, gives the
+    extensions. With cryptography alone, everything that does not depend on the key (the
+    names, the constant extensions) is made once before timing, as a script would; per
+    certificate only the key's identifier, the serial and the validity are new, and
+    ``sign`` encodes the whole certificate, as the library does. enrollment.x509 encodes
+    the constant extensions once and reuses their bytes (builder.py), so it is now
+    faster than cryptography alone; it is printed, but the ratio is to the library.
+    """
     root_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P384)
     root = builder.build_root_ca(
         key=root_key, common_name="Bench Root", organization_name="Bench Org", country_name="GB"
@@ -380,8 +395,8 @@ def bare_library(csrs: list[str]) -> tuple[Result, Result]:
     )
     policy = CertificatePolicy(purpose=Purpose.SIGNING)
 
-    def sign(public_key: keys.PublicKey) -> None:
-        builder.build_end_entity(
+    def ours(public_key: keys.PublicKey) -> x509.Certificate:
+        return builder.build_end_entity(
             public_key=public_key,
             subject=subject,
             issuer_certificate=issuing,
@@ -391,18 +406,64 @@ def bare_library(csrs: list[str]) -> tuple[Result, Result]:
             ca_issuers_url="http://127.0.0.1:8000/pki/issuing.crt",
         )
 
-    started = time.perf_counter()
-    for pem in csrs:
-        sign(csr.parse_csr(pem, allowed_key_algorithms=frozenset(keys.KeyAlgorithm)).public_key)
-    with_csr = Result("bare library: CSR parse+verify, build+sign", len(csrs), 0.0)
-    with_csr.seconds = time.perf_counter() - started
-    public_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256).public_key()
-    started = time.perf_counter()
-    for _ in csrs:
-        sign(public_key)
-    builder_only = Result("bare library: build+sign only", len(csrs), 0.0)
-    builder_only.seconds = time.perf_counter() - started
-    return with_csr, builder_only
+    profile = ours(keys.generate_private_key(keys.KeyAlgorithm.EC_P256).public_key())
+    per_key = x509.SubjectKeyIdentifier.oid
+    # In the profile's order; None where the key's own identifier goes.
+    constant = [None if e.oid == per_key else (e.value, e.critical) for e in profile.extensions]
+    lifetime = profile.not_valid_after_utc - profile.not_valid_before_utc
+
+    def library(public_key: keys.PublicKey) -> x509.Certificate:
+        now = datetime.now(UTC)
+        made = (
+            x509.CertificateBuilder()
+            .subject_name(profile.subject)
+            .issuer_name(issuing.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + lifetime)
+        )
+        for extension in constant:
+            if extension is None:
+                made = made.add_extension(
+                    x509.SubjectKeyIdentifier.from_public_key(public_key), False
+                )
+            else:
+                made = made.add_extension(*extension)
+        return made.sign(issuing_key, hashes.SHA256())
+
+    # The same certificate as the portal's, but for its serial, validity and signature.
+    check = library(profile.public_key())
+    if [(e.oid, e.critical, e.value) for e in check.extensions] != [
+        (e.oid, e.critical, e.value) for e in profile.extensions
+    ] or (check.subject, check.issuer) != (profile.subject, profile.issuer):
+        raise SystemExit("benchmark bug: the library's certificate is not the portal's profile")
+
+    def timed(name: str, sign: Any, public_keys: Any) -> Result:
+        started = time.perf_counter()
+        for public_key in public_keys():
+            sign(public_key)
+        result = Result(name, len(csrs), 0.0)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def parsed_by_library() -> Any:
+        for pem in csrs:
+            request = x509.load_pem_x509_csr(pem.encode())
+            if not request.is_signature_valid:
+                raise SystemExit("benchmark bug: a CSR's signature does not verify")
+            yield request.public_key()
+
+    def parsed_by_us() -> Any:
+        allowed = frozenset(keys.KeyAlgorithm)
+        for pem in csrs:
+            yield csr.parse_csr(pem, allowed_key_algorithms=allowed).public_key
+
+    one_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256).public_key()
+    with_csr = timed("bare library: CSR parse+verify, build+sign", library, parsed_by_library)
+    builder_only = timed("bare library: build+sign only", library, lambda: [one_key] * len(csrs))
+    our_layer = timed("our enrollment.x509 alone: CSR parse+verify, build+sign", ours, parsed_by_us)
+    return with_csr, builder_only, our_layer
 
 
 # --- the in-process profile -----------------------------------------------------------
@@ -526,8 +587,8 @@ def _time_steps() -> Any:
         (hotsql, "claim_key", "        key claim + issuing CA (1 statement on PostgreSQL)"),
         (keystore_module, "issue_end_entity", "        sign (keystore)"),
         (builder_module, "build_end_entity", "          build + sign"),
-        (audit, "_append", "      audit append (lock; insert + head move)"),
-        (hotsql, "insert", "      inserts: request, certificate"),
+        (hotsql, "insert_issued", "        certificate with its request (1 statement)"),
+        (audit, "_append", "      audit chain: lock, chain, insert, move (1 statement)"),
         (serializers, "issued_body", "    the 201 answer"),
     ]
     for owner, attribute, name in steps:
@@ -662,14 +723,14 @@ def main() -> None:
         stop(gunicorn)
         gunicorn = None
         print("Timing the bare library in this process...", flush=True)
-        bare_csr, bare_builder = max(
+        bare_csr, bare_builder, our_layer = max(
             (bare_library(p256_csrs) for _ in range(args.rounds)), key=lambda r: r[0].rate
         )
-        bare_rsa, _ = max(
+        bare_rsa, _, _ = max(
             (bare_library(rsa_csrs) for _ in range(args.rounds)), key=lambda r: r[0].rate
         )
         bare_rsa.name = "bare library: RSA-2048 CSR parse+verify, build+sign"
-        results += [bare_csr, bare_rsa, bare_builder]
+        results += [bare_csr, bare_rsa, bare_builder, our_layer]
         print()
         for result in results:
             print(result.line())
