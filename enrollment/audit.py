@@ -83,7 +83,10 @@ def audit_record(
     """
     user = actor if isinstance(actor, User) and actor.is_authenticated else None
     # Round-trip the detail through JSON so the hash sees what the database will return.
-    detail = json.loads(json.dumps(detail or {}, default=str))
+    # Numbers with a fraction or exponent are kept as their text: jsonb stores numbers as
+    # numeric and gives 1e16 back as 10000000000000000 and -0.0 as 0, which would no
+    # longer match the hash.
+    detail = json.loads(json.dumps(detail or {}, default=str), parse_float=str, parse_constant=str)
     event = AuditEvent(
         created_at=timezone.now(),
         actor=user,

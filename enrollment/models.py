@@ -284,7 +284,9 @@ class CertificateTemplate(models.Model):
             return _policy.__wrapped__(*fields)
 
 
-@lru_cache(maxsize=64)
+# typed: validity_days=True or 1.0 (an unsaved, uncleaned template) must reach
+# CertificatePolicy's refusal, not the policy kept for 1.
+@lru_cache(maxsize=64, typed=True)
 def _policy(
     purpose: str,
     generation: str,

@@ -327,6 +327,8 @@ def build_end_entity(
         raise PolicyError("A serial number must be positive and below 2**159 (RFC 5280 4.1.2.2).")
     start, end = _validity(not_before, policy.validity_days, issuer_certificate)
     issuer = _issuer_extensions(issuer_certificate, crl_url, ca_issuers_url, ocsp_url)
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        policy.key_usage_for(public_key)  # raises PolicyError, as it did for any other key
     profile = _profile_extensions(policy, key_transport=isinstance(public_key, rsa.RSAPublicKey))
     extensions = [
         *profile.leading,
@@ -368,6 +370,11 @@ def _encoded(value: x509.ExtensionType, *, critical: bool) -> x509.Extension[x50
     )
 
 
+# local@domain in printable ASCII, no spaces, one @: what an rfc822Name IA5String may hold
+# here (x509.RFC822Name would refuse the rest too).
+_PLAIN_ADDRESS = re.compile(r"[!-?A-~]+@[!-?A-~]+", re.ASCII)
+
+
 def _subject_alternative_name(emails: Sequence[str]) -> x509.Extension[x509.ExtensionType]:
     """subjectAltName with each address as an rfc822Name, encoded here: DER of
     GeneralNames ::= SEQUENCE OF [1] IMPLICIT IA5String (RFC 5280 4.2.1.6).
@@ -375,6 +382,9 @@ def _subject_alternative_name(emails: Sequence[str]) -> x509.Extension[x509.Exte
     x509.RFC822Name checks each address with email.utils.parseaddr, ~125,000 instructions
     (1 % of an enrolment), for addresses normalise_email has already held to ASCII atoms
     and host names, which is stricter."""
+    if not all(_PLAIN_ADDRESS.fullmatch(email) for email in emails):
+        # normalise_email lets nothing else through; anything else is refused, never encoded.
+        raise PolicyError("An address for the certificate is not a plain ASCII mailbox.")
     names = b"".join(b"\x81" + _der_length(len(email)) + email.encode("ascii") for email in emails)
     value = b"\x30" + _der_length(len(names)) + names
     oid = x509.SubjectAlternativeName.oid

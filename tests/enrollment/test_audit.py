@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from django.core.exceptions import PermissionDenied
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DataError, connection, transaction
+from django.db import DatabaseError, DataError, connection, transaction
 from django.utils import timezone
 
 from enrollment import audit, hotsql, services
@@ -95,6 +95,18 @@ def test_the_app_cannot_update_or_delete_events(events):
     with pytest.raises(PermissionDenied):
         AuditEvent.objects.all().delete()
     assert AuditEvent.objects.get(pk=event.pk).action == events[0].action
+
+
+def test_fractional_numbers_in_a_detail_are_kept_as_their_text(db):
+    """jsonb would give 1e16 back as 10000000000000000 and -0.0 as 0: the stored event
+    would no longer match its hash."""
+    event = audit_record(
+        action="test.numbers", detail={"big": 1e16, "zero": -0.0, "part": 0.1, "n": 2**60 + 1}
+    )
+
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.detail == {"big": "1e+16", "zero": "-0.0", "part": "0.1", "n": 2**60 + 1}
+    assert list(audit_chain_breaks()) == []
 
 
 def test_details_hash_the_same_after_a_database_round_trip(db):
@@ -338,3 +350,25 @@ def test_a_large_block_is_chained_after_locking_the_head(db, django_assert_num_q
 
     assert _chained_in_order(made)
     assert list(audit_chain_breaks()) == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL chains in SQL")
+def test_events_written_without_the_head_moving_fail_the_transaction(db):
+    """The insert runs whatever the head's update finds: should they ever disagree (here a
+    trigger swallows the update), the events must not be chained a second time."""
+    audit_record(action="test.before")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_keep_head() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RETURN NULL; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_keep_head BEFORE UPDATE ON enrollment_auditchainhead "
+            "FOR EACH ROW EXECUTE FUNCTION test_keep_head()"
+        )
+    events = AuditEvent.objects.count()
+
+    with pytest.raises(DatabaseError, match="head moved 0"), transaction.atomic():
+        audit_record(action="test.lost")
+
+    assert AuditEvent.objects.count() == events

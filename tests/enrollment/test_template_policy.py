@@ -48,3 +48,11 @@ def test_a_bad_validity_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(PolicyError, match="between 1 and 825"):
             template(validity_days=900).policy()
+
+
+@pytest.mark.parametrize("days", [True, 1.0])
+def test_a_validity_equal_to_a_kept_one_but_not_an_int_is_still_refused(days: object) -> None:
+    """The cache's keys compare equal (1 == True == 1.0): typed keys keep them apart."""
+    assert template(validity_days=1).policy().validity_days == 1
+    with pytest.raises(PolicyError):
+        template(validity_days=days).policy()

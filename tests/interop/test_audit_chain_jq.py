@@ -62,7 +62,10 @@ def test_every_exported_hash_is_the_sha256_of_the_documented_json(
     )
     with audit.deferred():  # more than one statement chains: the head is locked first
         for n in range(hotsql.CHAINED_IN_SQL + 1):
-            audit_record(action="test.batch", detail={"n": n, "name": 'Zoë 名前 "quoted"'})
+            audit_record(
+                action="test.batch",
+                detail={"n": n, "name": 'Zoë 名前 "quoted"', "ratio": 1.5, "zero": -0.0},
+            )
 
     response = client_for(officer).get("/ra/audit/export.jsonl")
     assert response.status_code == 200

@@ -997,3 +997,28 @@ def test_the_san_encodes_lengths_around_the_long_form(lengths: list[int]) -> Non
     addresses = [f"{'a' * (n - 12)}@example.com" for n in lengths]
     typed = x509.SubjectAlternativeName([x509.RFC822Name(a) for a in addresses])
     assert _subject_alternative_name(addresses).value.public_bytes() == typed.public_bytes()
+
+
+@pytest.mark.parametrize(
+    "address", ["zoë@example.com", "a b@example.com", "no-at-sign", "two@@example.com", "@x.y"]
+)
+def test_the_san_refuses_what_is_not_a_plain_ascii_mailbox(address: str) -> None:
+    """normalise_email lets none of these through; the DER writer refuses them too,
+    instead of encoding them (or failing with a UnicodeEncodeError)."""
+    with pytest.raises(PolicyError):
+        _subject_alternative_name(["ok@example.com", address])
+
+
+def test_a_key_neither_rsa_nor_ec_is_refused_by_the_builder(issuing_ca: CA) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    with pytest.raises(PolicyError):
+        build_end_entity(
+            public_key=ed25519.Ed25519PrivateKey.generate().public_key(),  # type: ignore[arg-type]
+            subject=Subject(common_name="Alice", email_addresses=("alice@example.com",)),
+            issuer_certificate=issuing_ca.certificate,
+            issuer_key=issuing_ca.key,
+            policy=CertificatePolicy(purpose=Purpose.SIGNING),
+            crl_url="http://pki.example.com/pki/issuing.crl",
+            ca_issuers_url="http://pki.example.com/pki/issuing.crt",
+        )
