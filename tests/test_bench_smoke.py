@@ -160,6 +160,7 @@ def test_enroll(bench):
     assert len(bare) >= 3, out
     assert all(float(m["rate"]) > 0 and int(m["count"]) > 0 for m in rates), out
     assert matches(rf"^HTTP CSR path \(P-256\) / bare library .*: {NUMBER}%$", out), out
+    assert matches(rf"^References: {NUMBER}% of the library .*, {NUMBER}% of our .*$", out), out
     # --rounds 1: one HTTP round of the P-256 CSR path, paired with one bare-library run.
     assert matches(
         rf"^Paired rounds .*: {NUMBER} / {NUMBER} certs/s; ratios {NUMBER}%, median", out
