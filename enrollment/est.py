@@ -58,6 +58,7 @@ from enrollment.models import Certificate, CertificateRequest, CertificateTempla
 from enrollment.permissions import may_use_template
 from enrollment.x509 import names, pkcs7
 from enrollment.x509.csr import ParsedCsr, parse_csr
+from enrollment.x509.der import tlv as _tlv
 from enrollment.x509.keys import KeyAlgorithm, describe_public_key
 from pkiportal import api
 
@@ -482,14 +483,6 @@ def _attribute(oid: str, values: list[bytes]) -> bytes:
 def _integer(value: int) -> bytes:
     """A non-negative DER INTEGER (a leading zero when the top bit is set)."""
     return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(length)]) + length + content
 
 
 def _oid(dotted: str) -> bytes:

@@ -24,6 +24,7 @@ from cryptography.x509.oid import (
     NameOID,
 )
 
+from . import der
 from .errors import PolicyError, X509Error
 from .kept import PerCertificate
 from .keys import PrivateKey, PublicKey, describe_public_key, public_key_problem, signature_hash_for
@@ -385,18 +386,9 @@ def _subject_alternative_name(emails: Sequence[str]) -> x509.Extension[x509.Exte
     if not all(_PLAIN_ADDRESS.fullmatch(email) for email in emails):
         # normalise_email lets nothing else through; anything else is refused, never encoded.
         raise PolicyError("An address for the certificate is not a plain ASCII mailbox.")
-    names = b"".join(b"\x81" + _der_length(len(email)) + email.encode("ascii") for email in emails)
-    value = b"\x30" + _der_length(len(names)) + names
+    value = der.tlv(0x30, b"".join(der.tlv(0x81, email.encode("ascii")) for email in emails))
     oid = x509.SubjectAlternativeName.oid
     return x509.Extension(oid, False, x509.UnrecognizedExtension(oid, value))
-
-
-def _der_length(length: int) -> bytes:
-    """A DER length: short form below 128, else the octet count and the octets (X.690 8.1.3)."""
-    if length < 0x80:
-        return bytes((length,))
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(octets),)) + octets
 
 
 @dataclass(frozen=True)

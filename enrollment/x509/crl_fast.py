@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from .crl import MAX_CRL_NUMBER, RevocationReason, RevokedEntry
+from .der import length as _length
+from .der import tlv as _tlv
 from .errors import PolicyError
 from .keys import PrivateKey, PublicKey, SignatureHash, signature_hash_for
 
@@ -41,18 +43,6 @@ _OID_INVALIDITY_DATE = bytes.fromhex("0603551d18")  # 2.5.29.24
 _OID_CRL_NUMBER = bytes.fromhex("0603551d14")  # 2.5.29.20
 _OID_AUTHORITY_KEY_IDENTIFIER = bytes.fromhex("0603551d23")  # 2.5.29.35
 _VERSION_2 = bytes.fromhex("020101")  # RFC 5280 5.1.2.1: v2, since we write extensions
-
-
-def _length(size: int) -> bytes:
-    """A DER length: short form below 128, else the minimal long form (X.690 8.1.3)."""
-    if size < 0x80:
-        return bytes((size,))
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(octets),)) + octets
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + _length(len(content)) + content
 
 
 def _integer(value: int) -> bytes:
