@@ -377,10 +377,16 @@ def certificate_status(ca_id: int, serial: str) -> tuple[str, datetime | None, s
 
 
 @cache
+def _head_columns() -> tuple[str, str, str]:
+    """The chain head's last hash, last event and key columns, quoted."""
+    head = AuditChainHead
+    return _column(head, "last_hash"), _column(head, "last_event_id"), _column(head, "id")
+
+
+@cache
 def _head_sql() -> tuple[str, str, str]:
     head = _table(AuditChainHead)
-    last_hash, last_event = (_column(AuditChainHead, n) for n in ("last_hash", "last_event_id"))
-    pk = _column(AuditChainHead, "id")
+    last_hash, last_event, pk = _head_columns()
     lock = " FOR UPDATE" if _db().features.has_select_for_update else ""
     return (
         f"SELECT {last_hash} FROM {head} WHERE {pk} = %s{lock}",
@@ -426,16 +432,13 @@ def audit_append(events: list[AuditEvent], last_hash: str, pk: int = 1) -> None:
         )
         keys = cursor.fetchone()[0]
     for event, key in zip(events, keys, strict=True):
-        event.pk = key
-        event._state.adding = False
-        event._state.db = db.alias
+        _stored(db, event, key)
 
 
 @cache
 def _append_sql(rows: int) -> str:
     head = _table(AuditChainHead)
-    last_hash, last_event = (_column(AuditChainHead, n) for n in ("last_hash", "last_event_id"))
-    pk = _column(AuditChainHead, "id")
+    last_hash, last_event, pk = _head_columns()
     event_pk = _quoted(AuditEvent._meta.pk)
     return (
         f"WITH inserted AS ({_insert_sql(AuditEvent, rows)}) "
@@ -492,10 +495,8 @@ def audit_chain_append(
         # fail the transaction rather than let the caller chain the events a second time.
         raise DatabaseError(f"audit chain: {len(keys or ())} events written, head moved {moved}")
     for event, key, previous, digest in zip(events, keys, hashes, hashes[1:], strict=False):
-        event.pk = key
         event.previous_hash, event.hash = previous, digest
-        event._state.adding = False
-        event._state.db = db.alias
+        _stored(db, event, key)
     return True
 
 
@@ -518,8 +519,7 @@ def _cast(field: Any) -> str:
 @cache
 def _chain_sql(rows: int) -> str:
     head = _table(AuditChainHead)
-    last_hash, last_event = (_column(AuditChainHead, n) for n in ("last_hash", "last_event_id"))
-    pk = _column(AuditChainHead, "id")
+    last_hash, last_event, pk = _head_columns()
     event_pk = _quoted(AuditEvent._meta.pk)
     fields = _fields(AuditEvent)
     hashes = ("previous_hash", "hash")
@@ -626,6 +626,13 @@ def _values(
     return values
 
 
+def _stored(db: BaseDatabaseWrapper, instance: models.Model, key: Any) -> None:
+    """Mark a new instance as the row just written with ``key``, as save() leaves it."""
+    instance.pk = key
+    instance._state.adding = False
+    instance._state.db = db.alias
+
+
 def insert(*instances: models.Model) -> None:
     """INSERT new instances of one model in one statement and set their primary keys.
 
@@ -639,9 +646,7 @@ def insert(*instances: models.Model) -> None:
         cursor.execute(_insert_sql(model, len(instances)), _values(db, model, instances))
         keys = [row[0] for row in cursor.fetchall()]
     for instance, key in zip(instances, keys, strict=True):
-        instance.pk = key
-        instance._state.adding = False
-        instance._state.db = db.alias
+        _stored(db, instance, key)
 
 
 def insert_issued(certificate: Certificate, request: CertificateRequest) -> None:
@@ -659,17 +664,14 @@ def insert_issued(certificate: Certificate, request: CertificateRequest) -> None
         request.certificate = certificate
         insert(request)
         return
-    request.certificate = certificate  # its value is replaced by the CTE's key
     values = _values(db, CertificateRequest, (request,))
-    del values[_request_certificate_index()]
+    del values[_request_certificate_index()]  # the CTE's key takes its place
     with _cursor(db) as cursor:
         cursor.execute(_issued_sql(), [*_values(db, Certificate, (certificate,)), *values])
         request_pk, certificate_pk = cursor.fetchone()
-    for instance, key in ((certificate, certificate_pk), (request, request_pk)):
-        instance.pk = key
-        instance._state.adding = False
-        instance._state.db = db.alias
-    request.certificate = certificate  # again, for its key (and the cached row kept)
+    _stored(db, certificate, certificate_pk)
+    request.certificate = certificate  # its key, and the row cached as the ORM would
+    _stored(db, request, request_pk)
 
 
 @cache
