@@ -15,7 +15,6 @@ import pytest
 import time_machine
 
 from django.conf import settings as django_settings
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -23,6 +22,7 @@ from rest_framework.test import APIClient
 from accounts import mfa, passkeys
 from accounts.models import LOCKOUT_FAILURES, BackupCodeDevice, TotpDevice, WebAuthnDevice
 from tests.enrollment.tools import error_report
+from tests.markers import needs_row_locks
 from tests.second_factor import authenticator, code, seed_of, verified_login
 from tests.test_passkeys import (
     PASSWORD,
@@ -627,9 +627,7 @@ def test_removing_the_app_of_someone_without_keys_drops_the_codes(employee):
 # --- a first app and a first key at the same moment ---------------------------------------------
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-)
+@needs_row_locks
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_first_key_added_while_a_first_app_is_confirmed_makes_no_second_set(
     employee, monkeypatch

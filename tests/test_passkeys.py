@@ -22,6 +22,7 @@ from accounts import mfa, passkeys
 from accounts.models import BackupCodeDevice, WebAuthnDevice
 from enrollment.models import AuditEvent
 from tests.factories import UserFactory
+from tests.markers import needs_row_locks
 from tests.second_factor import authenticator, code, verified_login
 from tests.webauthn_authenticator import ORIGIN, RP_ID, SoftKey, b64url
 
@@ -878,9 +879,7 @@ def test_the_deploy_check_warns_when_the_base_url_is_not_an_origin(settings):
     assert security_keys_fit_the_portal() == []
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-)
+@needs_row_locks
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_removals_at_once_leave_an_officer_a_key(officer):
     """PostgreSQL, two connections: while one removal of the officer's keys is under way
@@ -889,7 +888,7 @@ def test_two_removals_at_once_leave_an_officer_a_key(officer):
     import threading
     import time
 
-    from django.db import connection, transaction
+    from django.db import transaction
 
     from accounts.models import User
 

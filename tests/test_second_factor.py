@@ -28,6 +28,7 @@ from tests.enrollment.api_tools import (
     token_client,
 )
 from tests.factories import UserFactory
+from tests.markers import needs_row_locks
 from tests.second_factor import authenticator, code, seed_of, verified_login
 
 pytestmark = pytest.mark.django_db
@@ -405,9 +406,7 @@ def test_the_wait_after_wrong_codes_is_capped_and_a_lockout_is_audited_once(
     ]
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-)
+@needs_row_locks
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_burst_of_wrong_codes_counts_once_and_the_rest_are_throttled(officer):
     """Wrong codes sent at once all read the device unthrottled: under the row lock the

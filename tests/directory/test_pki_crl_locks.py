@@ -20,12 +20,11 @@ from django.utils import timezone
 
 from enrollment import services
 from enrollment.models import CertificateAuthority
+from tests.markers import needs_row_locks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
 ]
 
 

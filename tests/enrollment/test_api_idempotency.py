@@ -19,6 +19,7 @@ from tests.enrollment.api_tools import (
     token_client,
 )
 from tests.enrollment.tools import new_key
+from tests.markers import needs_row_locks
 
 pytestmark = pytest.mark.django_db
 
@@ -110,9 +111,7 @@ def test_a_malformed_key_is_a_400_naming_the_header(hierarchy, employee, key):
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-)
+@needs_row_locks
 def test_two_retries_racing_each_other_make_one_certificate(hierarchy, employee):
     body, key, answers = csr_body(new_key()), str(uuid.uuid4()), []
     start = threading.Barrier(2)

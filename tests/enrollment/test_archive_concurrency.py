@@ -19,12 +19,11 @@ from enrollment.models import ArchivedKey, AuditEvent, Certificate, KeyRecoveryA
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.test_crl_concurrency import run_threads
 from tests.enrollment.test_kra_deactivate import second_agent  # noqa: F401 - a fixture
+from tests.markers import needs_row_locks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from enrollment import services
 from enrollment.audit import audit_chain_breaks
@@ -20,13 +20,12 @@ from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.test_crl_concurrency import run_threads
 from tests.enrollment.tools import cryptography_csr
 from tests.factories import UserFactory
+from tests.markers import needs_row_locks
 from tests.pki import KeyPool
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
 ]
 
 

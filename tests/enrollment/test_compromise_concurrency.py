@@ -17,12 +17,11 @@ from enrollment import hotsql, services
 from enrollment.exceptions import PolicyViolation
 from enrollment.models import Certificate
 from tests.enrollment.tools import issue, new_key
+from tests.markers import needs_row_locks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
 ]
 
 

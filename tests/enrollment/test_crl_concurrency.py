@@ -18,12 +18,11 @@ from django.db import connection, transaction
 from enrollment import services, tasks
 from enrollment.models import AuditEvent, CrlEntry, RevocationList
 from tests.enrollment.tools import issue, new_key
+from tests.markers import needs_row_locks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
 ]
 
 REASONS = [None, "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]

@@ -38,6 +38,7 @@ from enrollment.tasks import leavers_revoke_task
 from tests.conftest import client_for
 from tests.enrollment.tools import issue, new_key
 from tests.factories import UserFactory
+from tests.markers import needs_row_locks
 
 pytestmark = pytest.mark.django_db
 
@@ -446,9 +447,7 @@ def test_a_confirmed_run_revokes_them_regardless_of_the_cap(three_leavers):
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-)
+@needs_row_locks
 def test_an_account_reactivated_while_the_run_waits_for_it_keeps_its_certificates(
     make_certificate, employee, monkeypatch
 ):

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import pytest
 
-from django.db import connection
-
 from enrollment import mailboxes, recovery, services
 from enrollment.exceptions import NotPermitted, PolicyViolation
 from enrollment.models import Certificate, CertificateRequest, KeyRecoveryRequest
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.ra_fixtures import ACCEPT_NOTE
 from tests.enrollment.test_request_concurrency import collect, race, state_of
+from tests.markers import needs_row_locks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
 ]
 
 

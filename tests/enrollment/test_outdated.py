@@ -36,6 +36,7 @@ from enrollment.tasks import leavers_revoke_task
 from tests.enrollment.test_request_lifecycle import csr
 from tests.enrollment.tools import issue, new_key
 from tests.factories import UserFactory
+from tests.markers import needs_row_locks
 
 pytestmark = pytest.mark.django_db
 
@@ -534,9 +535,7 @@ def test_the_command_lists_them_and_confirming_revokes_them_whatever_the_cap(
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-)
+@needs_row_locks
 def test_an_address_changed_back_while_the_run_waits_for_the_account_keeps_the_certificate(
     make_certificate, employee, monkeypatch
 ):

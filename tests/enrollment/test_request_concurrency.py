@@ -14,7 +14,7 @@ import pytest
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from enrollment import services
 from enrollment.exceptions import InvalidState
@@ -22,12 +22,11 @@ from enrollment.models import AuditEvent, Certificate, CertificateRequest
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.test_compromise_concurrency import in_thread
 from tests.enrollment.tools import cryptography_csr, new_key
+from tests.markers import needs_row_locks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
 ]
 
 PASSWORD = "a long pkcs12 password xyz"

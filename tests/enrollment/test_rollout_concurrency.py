@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import pytest
 
-from django.db import connection
 from django.utils import timezone
 
 from enrollment import rollouts
@@ -19,12 +18,11 @@ from enrollment.exceptions import InvalidState
 from enrollment.models import AuditEvent, Certificate, CertificateRequest, RolloutInvitation
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.test_request_concurrency import collect, race, state_of
+from tests.markers import needs_row_locks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="row locks need PostgreSQL (DATABASE_URL)"
-    ),
+    needs_row_locks,
     pytest.mark.usefixtures("fast_pkcs12"),
 ]
 
