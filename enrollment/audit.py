@@ -81,13 +81,44 @@ def audit_record(
     is recorded inside a savepoint opened in the block: such an event may be rolled back on
     its own, so it is written at once, with the savepoint's work.
     """
+    event = _new_event(action, actor, outcome, source_address, detail)
+    batch: _Batch | None = getattr(_state, "batch", None)
+    if batch is not None and batch.savepoints == tuple(transaction.get_connection().savepoint_ids):
+        batch.events.append((event, target))
+    else:
+        _append([_name_target(event, target)])
+    return event
+
+
+def prepared(
+    *,
+    action: str,
+    actor: User | AnonymousUser | None = None,
+    target: models.Model | None = None,
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    source_address: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """The event audit_record() would write, named but not written: for a statement that
+    chains it with the change it records (hotsql.issue_checked). The target's key must be
+    known, as for audit_record() outside deferred()."""
+    return _name_target(_new_event(action, actor, outcome, source_address, detail), target)
+
+
+def _new_event(
+    action: str,
+    actor: User | AnonymousUser | None,
+    outcome: str,
+    source_address: str | None,
+    detail: dict[str, Any] | None,
+) -> AuditEvent:
     user = actor if isinstance(actor, User) and actor.is_authenticated else None
     # Round-trip the detail through JSON so the hash sees what the database will return.
     # Numbers with a fraction or exponent are kept as their text: jsonb stores numbers as
     # numeric and gives 1e16 back as 10000000000000000 and -0.0 as 0, which would no
     # longer match the hash.
     detail = json.loads(json.dumps(detail or {}, default=str), parse_float=str, parse_constant=str)
-    event = AuditEvent(
+    return AuditEvent(
         created_at=timezone.now(),
         actor=user,
         actor_name=user.get_username() if user is not None else "system",
@@ -96,12 +127,6 @@ def audit_record(
         source_address=source_address,
         detail=detail,
     )
-    batch: _Batch | None = getattr(_state, "batch", None)
-    if batch is not None and batch.savepoints == tuple(transaction.get_connection().savepoint_ids):
-        batch.events.append((event, target))
-    else:
-        _append([_name_target(event, target)])
-    return event
 
 
 def _name_target(event: AuditEvent, target: models.Model | None) -> AuditEvent:

@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from knox.models import AuthToken
+from psycopg import RawCursor
 
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models
@@ -53,16 +54,21 @@ class _cursor:
     Django's own cursor, so nothing goes unseen.
     """
 
-    __slots__ = ("db", "django")
+    __slots__ = ("db", "django", "raw")
 
-    def __init__(self, db: BaseDatabaseWrapper) -> None:
+    def __init__(self, db: BaseDatabaseWrapper, *, raw: bool = False) -> None:
+        """``raw``: on PostgreSQL, a cursor that takes PostgreSQL's own $1, $2 ...
+        placeholders (_numbered()), when the statement is Django's cursor's: see
+        ``self.raw`` once entered."""
         self.db = db
         self.django: Any = None
+        self.raw = raw
 
     def __enter__(self) -> Any:
         db = self.db
         if db.vendor != "postgresql" or db.queries_logged or db.execute_wrappers:
             self.django = db.cursor()
+            self.raw = False
             return self.django
         db.close_if_health_check_failed()
         if db.connection is None or _get_running_loop() is not None:
@@ -72,9 +78,11 @@ class _cursor:
             db.ensure_connection()
         db.validate_no_broken_transaction()
         connection = db.connection
-        cursor = getattr(db, "_hotsql_cursor", None)
+        kept = "_hotsql_raw_cursor" if self.raw else "_hotsql_cursor"
+        cursor = getattr(db, kept, None)
         if cursor is None or cursor.closed or cursor.connection is not connection:
-            cursor = db._hotsql_cursor = connection.cursor()  # type: ignore[attr-defined]
+            cursor = RawCursor(connection) if self.raw else connection.cursor()
+            setattr(db, kept, cursor)
         db.wrap_database_errors.__enter__()
         return cursor
 
@@ -83,6 +91,24 @@ class _cursor:
             self.django.close()
         else:
             self.db.wrap_database_errors.__exit__(*exc)  # raises the django.db error
+
+
+@cache
+def _numbered(sql: str) -> str:
+    """A statement's %s placeholders as PostgreSQL's $1, $2 ..., for a raw cursor.
+
+    psycopg parses a statement for its placeholders on every execution once it is longer
+    than 4 kB or has more than 50 of them (it caches the parse only below that): ~0.2 ms
+    for the enrolment's one statement, which is both. A raw cursor sends it as it is.
+    Only for statements written here, which hold no other % sign.
+    """
+    parts = sql.split("%s")
+    if any("%" in part for part in parts):
+        raise ValueError("a statement with a % sign other than its placeholders")
+    numbered = [parts[0]]
+    for n, part in enumerate(parts[1:], start=1):
+        numbered += [f"${n}", part]
+    return "".join(numbered)
 
 
 def _table(model: type[models.Model]) -> str:
@@ -129,23 +155,46 @@ class EnrolmentCounts:
 def _lock_sql() -> str | None:
     """Lock the requester's row until the transaction ends, where the database locks rows.
 
-    FOR NO KEY UPDATE serialises enrolments of one person without blocking rows that
-    merely refer to that person (audit events, tokens). It must be its own statement: in
-    READ COMMITTED a statement reads with the snapshot it started with, so counts read in
-    the same statement as a lock that had to wait would still miss the rows committed by
-    the transaction it waited for. SQLite's IMMEDIATE transactions (settings) serialise
-    every writer already.
+    It must be its own statement: in READ COMMITTED a statement reads with the snapshot
+    it started with, so counts read in the same statement as a lock that had to wait
+    would still miss the rows committed by the transaction it waited for. SQLite's
+    IMMEDIATE transactions (settings) serialise every writer already: None there.
+
+    On PostgreSQL the lock is an update that changes nothing but the row's version
+    (``xmin``): it takes the same FOR NO KEY UPDATE lock as a locking read (rows that
+    merely refer to the person, audit events and tokens, are not blocked), and an
+    enrolment that counted without the lock (enrolment_check) sees that someone counted
+    and wrote since, and does not issue on its stale counts (issue_checked).
     """
-    db = _db()
-    if not db.features.has_select_for_update:
+    if _db().vendor != "postgresql":
         return None
     user = get_user_model()
-    mode = "NO KEY UPDATE" if db.features.has_select_for_no_key_update else "UPDATE"
-    return f"SELECT 1 FROM {_table(user)} WHERE {_quoted(user._meta.pk)} = %s FOR {mode}"
+    pk = _quoted(user._meta.pk)
+    # In id order, as every locker of several people takes them: no deadlock.
+    return (
+        f"UPDATE {_table(user)} SET {pk} = {pk} WHERE {pk} IN (SELECT {pk} FROM "
+        f"{_table(user)} WHERE {pk} = ANY(%s) ORDER BY {pk} FOR NO KEY UPDATE)"
+    )
+
+
+def lock_people(user_ids: list[int]) -> None:
+    """Take the enrolment lock (_lock_sql) of these people until the transaction ends:
+    whatever they are counted for (limits, roll-out eligibility) stays true to the commit."""
+    lock = _lock_sql()
+    if lock is None or not user_ids:
+        return
+    with _cursor(_db()) as cursor:
+        cursor.execute(lock, [sorted(user_ids)])
 
 
 @cache
 def _counts_sql() -> str:
+    return f"SELECT {_counts_columns()}"
+
+
+@cache
+def _counts_columns() -> str:
+    """The counts of EnrolmentCounts, in its order (parameters: _counts_params())."""
     request, certificate = CertificateRequest, Certificate
     r = {
         name: _column(request, name)
@@ -156,7 +205,7 @@ def _counts_sql() -> str:
         for name in ("id", "owner", "template", "status", "not_after")
     }
     return (
-        f"SELECT (SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
+        f"(SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
         f"AND {r['created_at']} >= %s), "
         f"(SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
         f"AND {r['template']} = %s AND {r['state']} IN (%s, %s) AND {r['mailbox']} IS NULL), "
@@ -169,21 +218,18 @@ def _counts_sql() -> str:
     )
 
 
-def enrolment_counts(
+def _counts_params(
+    db: BaseDatabaseWrapper,
     *,
     requester_id: int,
     template_id: int,
     since: datetime,
     now: datetime,
-    excluding_certificate_id: int | None = None,
-    address: str = "",
-) -> EnrolmentCounts:
-    """The three counts the per-person limits need, and template_open_to(): one statement,
-    after one that locks the requester's row until the transaction ends (_lock_sql), so
-    concurrent enrolments of one person count one after the other."""
-    db = _db()
+    excluding_certificate_id: int | None,
+    address: str,
+) -> list[Any]:
     # .value: psycopg dumps a plain str at once, but searches an enum's MRO for a dumper.
-    params = [
+    return [
         requester_id,
         _when(db, since),
         requester_id,
@@ -201,13 +247,39 @@ def enrolment_counts(
         address,
         True,
     ]
-    lock = _lock_sql()
-    with _cursor(db) as cursor:
-        if lock is not None:
-            cursor.execute(lock, [requester_id])
-        cursor.execute(_counts_sql(), params)
-        recent, open_, valid, permitted, mailbox = cursor.fetchone()
+
+
+def _counts(row: tuple[Any, ...]) -> EnrolmentCounts:
+    recent, open_, valid, permitted, mailbox = row
     return EnrolmentCounts(int(recent), int(open_), int(valid), bool(permitted), bool(mailbox))
+
+
+def enrolment_counts(
+    *,
+    requester_id: int,
+    template_id: int,
+    since: datetime,
+    now: datetime,
+    excluding_certificate_id: int | None = None,
+    address: str = "",
+) -> EnrolmentCounts:
+    """The three counts the per-person limits need, and template_open_to(): one statement,
+    after one that locks the requester's row until the transaction ends (_lock_sql), so
+    concurrent enrolments of one person count one after the other."""
+    db = _db()
+    params = _counts_params(
+        db,
+        requester_id=requester_id,
+        template_id=template_id,
+        since=since,
+        now=now,
+        excluding_certificate_id=excluding_certificate_id,
+        address=address,
+    )
+    lock_people([requester_id])
+    with _cursor(db) as cursor:
+        cursor.execute(_counts_sql(), params)
+        return _counts(cursor.fetchone())
 
 
 # --- keys certified, and compromised --------------------------------------------------
@@ -474,17 +546,7 @@ def audit_chain_append(
     db = _db()
     if db.vendor != "postgresql" or len(events) > CHAINED_IN_SQL:
         return False
-    skipped = _chain_columns()
-    params: list[Any] = [pk]
-    for before, after in parts:
-        params += [before, after]
-    values = _values(db, AuditEvent, tuple(events))
-    width = len(values) // len(events)
-    for row in range(len(events)):
-        params += [
-            v for i, v in enumerate(values[row * width : (row + 1) * width]) if i not in skipped
-        ]
-    params.append(pk)
+    params = [pk, *_chain_params(events, parts), pk]
     with _cursor(db) as cursor:
         cursor.execute(_chain_sql(len(events)), params)
         keys, moved, hashes = cursor.fetchone()
@@ -516,36 +578,63 @@ def _cast(field: Any) -> str:
     return str(field.db_type(_db()))
 
 
+def _chain_links(rows: int) -> str:
+    """Lateral joins on the head's hash h0 making h1..h<rows>: each event's hash covers
+    the one before (parameters: each event's chain_parts)."""
+    return " ".join(
+        f"CROSS JOIN LATERAL (SELECT encode(sha256(%s::bytea || convert_to(h{n - 1}, 'UTF8') "
+        f"|| %s::bytea), 'hex') AS h{n}) AS link{n}"
+        for n in range(1, rows + 1)
+    )
+
+
+def _event_rows(rows: int, source: str, keyed: bool = False) -> str:
+    """The events' rows for an INSERT ... SELECT from ``source``: each event's columns as
+    parameters but its two hashes, read from chain (with ``keyed``, its key chain.k<n>
+    first)."""
+    hashes = ("previous_hash", "hash")
+    selects = []
+    for n in range(1, rows + 1):
+        chained = {"previous_hash": f"chain.h{n - 1}", "hash": f"chain.h{n}"}
+        row = ", ".join(
+            chained[f.name] if f.name in hashes else f"%s::{_cast(f)}" for f in _fields(AuditEvent)
+        )
+        selects.append(f"SELECT {f'chain.k{n}, ' if keyed else ''}{row} FROM {source}")
+    return " UNION ALL ".join(selects)
+
+
 @cache
 def _chain_sql(rows: int) -> str:
     head = _table(AuditChainHead)
     last_hash, last_event, pk = _head_columns()
     event_pk = _quoted(AuditEvent._meta.pk)
-    fields = _fields(AuditEvent)
-    hashes = ("previous_hash", "hash")
-    # h0 is the head's hash, h<n> the n-th event's; each event's hash covers the one before.
-    links = " ".join(
-        f"CROSS JOIN LATERAL (SELECT encode(sha256(%s::bytea || convert_to(h{n - 1}, 'UTF8') "
-        f"|| %s::bytea), 'hex') AS h{n}) AS link{n}"
-        for n in range(1, rows + 1)
-    )
-    selects = []
-    for n in range(1, rows + 1):
-        chained = {"previous_hash": f"chain.h{n - 1}", "hash": f"chain.h{n}"}
-        row = ", ".join(chained[f.name] if f.name in hashes else f"%s::{_cast(f)}" for f in fields)
-        selects.append(f"SELECT {row} FROM chain")
-    columns = ", ".join(_quoted(f) for f in fields)
+    columns = ", ".join(_quoted(f) for f in _fields(AuditEvent))
     every_hash = ", ".join(f"h{n}" for n in range(rows + 1))
     return (
         f"WITH locked AS (SELECT {last_hash} AS h0 FROM {head} WHERE {pk} = %s FOR UPDATE), "
-        f"chain AS (SELECT * FROM locked {links}), "
+        f"chain AS (SELECT * FROM locked {_chain_links(rows)}), "
         f"inserted AS (INSERT INTO {_table(AuditEvent)} ({columns}) "
-        f"{' UNION ALL '.join(selects)} RETURNING {event_pk}), "
+        f"{_event_rows(rows, 'chain')} RETURNING {event_pk}), "
         f"moved AS (UPDATE {head} SET {last_hash} = (SELECT h{rows} FROM chain), "
         f"{last_event} = (SELECT MAX({event_pk}) FROM inserted) WHERE {pk} = %s RETURNING 1) "
         f"SELECT (SELECT ARRAY_AGG({event_pk} ORDER BY {event_pk}) FROM inserted), "
         f"(SELECT COUNT(*) FROM moved), (SELECT ARRAY[{every_hash}] FROM chain)"
     )
+
+
+def _chain_params(events: list[AuditEvent], parts: list[tuple[bytes, bytes]]) -> list[Any]:
+    """The parameters of _chain_links(), then of _event_rows(), for these events."""
+    params: list[Any] = []
+    for before, after in parts:
+        params += [before, after]
+    skipped = _chain_columns()
+    values = _values(_db(), AuditEvent, tuple(events))
+    width = len(values) // len(events)
+    for row in range(len(events)):
+        params += [
+            v for i, v in enumerate(values[row * width : (row + 1) * width]) if i not in skipped
+        ]
+    return params
 
 
 # --- inserts --------------------------------------------------------------------------
@@ -767,3 +856,192 @@ def tokens_with_user(token_key: str) -> list[AuthToken]:
         token.user = _instance(db, user_model, row[split:])
         tokens.append(token)
     return tokens
+
+
+# --- a CSR enrolment without the lock's round trips (PostgreSQL) ----------------------
+#
+# An enrolment that locks its requester, counts, claims the key, stores the certificate
+# and its request and chains their events runs seven statements in a transaction of its
+# own (BEGIN and COMMIT included). These two do the same work: enrolment_check() reads
+# everything the decision needs without a lock, and issue_checked() writes it all in one
+# statement, provided the requester's row is the version the check read. Whoever counted
+# a person's requests since (under _lock_sql, which moves that version) makes it fail,
+# and the caller then takes the locked way, which counts again.
+
+
+@dataclass(frozen=True)
+class EnrolmentCheck:
+    counts: EnrolmentCounts
+    version: str  # the requester's row version (xmin) these counts go with
+    compromised: bool  # the key was reported compromised (KeyIdentity)
+    ca: CertificateAuthority | None  # the template's CA, or the default; None: none
+    certificate_id: int  # keys drawn for the rows issue_checked() writes
+    request_id: int
+
+
+@cache
+def _check_sql() -> str:
+    user, key = get_user_model(), KeyIdentity
+    user_pk, ca = _quoted(user._meta.pk), CertificateAuthority
+    ca_columns = ", ".join(f"ca.{_quoted(f)}" for f in ca._meta.concrete_fields)
+    return (
+        f"SELECT {_counts_columns()}, "
+        f"(SELECT xmin::text FROM {_table(user)} WHERE {user_pk} = %s), "
+        f"(SELECT {_column(key, 'compromised')} FROM {_table(key)} "
+        f"WHERE {_column(key, 'spki_sha256')} = %s), "
+        f"nextval(pg_get_serial_sequence(%s, %s)), nextval(pg_get_serial_sequence(%s, %s)), "
+        f"{ca_columns} FROM (SELECT 1) AS one LEFT JOIN ({_all_columns_sql(ca)} "
+        f"WHERE {_column(ca, 'id')} = %s OR (%s::bigint IS NULL AND {_column(ca, 'is_default')} "
+        f"= %s)) AS ca ON TRUE"
+    )
+
+
+@cache
+def _all_columns_sql(model: type[models.Model]) -> str:
+    return f"SELECT {_all_columns(model)} FROM {_table(model)}"
+
+
+def _serial_sequence(model: type[models.Model]) -> list[str]:
+    return [model._meta.db_table, str(model._meta.pk.column)]
+
+
+def enrolment_check(
+    *,
+    requester_id: int,
+    template_id: int,
+    since: datetime,
+    now: datetime,
+    address: str,
+    spki_sha256: str,
+    ca_id: int | None,
+) -> EnrolmentCheck | None:
+    """PostgreSQL: in one statement and without a lock, what enrolment_counts() reads,
+    the requester row's version, whether the key was reported compromised, the issuing CA
+    (``ca_id``, or the default when None) and keys for a certificate and a request. None
+    when the requester has no row."""
+    db = _db()
+    params = _counts_params(
+        db,
+        requester_id=requester_id,
+        template_id=template_id,
+        since=since,
+        now=now,
+        excluding_certificate_id=None,
+        address=address,
+    )
+    params += [requester_id, spki_sha256]
+    params += [*_serial_sequence(Certificate), *_serial_sequence(CertificateRequest)]
+    params += [ca_id, ca_id, True]
+    with _cursor(db) as cursor:
+        cursor.execute(_check_sql(), params)
+        row = cursor.fetchone()
+    version, compromised, certificate_id, request_id = row[5:9]
+    if version is None:
+        return None
+    ca_row = row[9:]
+    return EnrolmentCheck(
+        counts=_counts(row[:5]),
+        version=version,
+        compromised=bool(compromised),
+        ca=_instance(db, CertificateAuthority, ca_row) if ca_row[0] is not None else None,
+        certificate_id=int(certificate_id),
+        request_id=int(request_id),
+    )
+
+
+@cache
+def _checked_sql(rows: int) -> str:
+    user, key = get_user_model(), KeyIdentity
+    user_pk = _quoted(user._meta.pk)
+    spki, compromised = _column(key, "spki_sha256"), _column(key, "compromised")
+    head = _table(AuditChainHead)
+    last_hash, last_event, head_pk = _head_columns()
+    event_columns = ", ".join(_quoted(f) for f in _fields(AuditEvent))
+    keys = ", ".join(f"nextval(pg_get_serial_sequence(%s, %s)) AS k{n}" for n in range(1, rows + 1))
+
+    def keyed_insert(model: type[models.Model], source: str) -> str:
+        fields = _fields(model)
+        columns = ", ".join(_quoted(f) for f in [model._meta.pk, *fields])
+        row = ", ".join(f"%s::{_cast(f)}" for f in [model._meta.pk, *fields])
+        pk = _quoted(model._meta.pk)
+        return f"INSERT INTO {_table(model)} ({columns}) SELECT {row} FROM {source} RETURNING {pk}"
+
+    every_hash = ", ".join(f"h{n}" for n in range(rows + 1))
+    every_key = ", ".join(f"k{n}" for n in range(1, rows + 1))
+    written = f"(SELECT COUNT(*) AS n FROM chained) AS written WHERE written.n = {rows}"
+    return (
+        # The version the check read, or nothing at all is written.
+        f"WITH bumped AS (UPDATE {_table(user)} SET {user_pk} = {user_pk} "
+        f"WHERE {user_pk} = %s AND xmin = %s::xid RETURNING 1), "
+        f"claim AS (INSERT INTO {_table(key)} ({spki}, {compromised}) SELECT %s, FALSE "
+        f"FROM bumped ON CONFLICT ({spki}) DO UPDATE SET {spki} = EXCLUDED.{spki} "
+        f"RETURNING {compromised} AS compromised), "
+        # The head is locked before the events' keys are drawn: the chain's order is the
+        # keys' order (audit_chain_append).
+        f"locked AS (SELECT {last_hash} AS h0 FROM {head} WHERE {head_pk} = %s "
+        f"AND EXISTS (SELECT 1 FROM claim WHERE NOT claim.compromised) FOR UPDATE), "
+        f"chain AS (SELECT *, {keys} FROM locked {_chain_links(rows)}), "
+        f"moved AS (UPDATE {head} SET {last_hash} = chain.h{rows}, {last_event} = chain.k{rows} "
+        f"FROM chain WHERE {head}.{head_pk} = %s RETURNING 1), "
+        # Each write reads the one before: where one writes nothing, none after it does.
+        f"chained AS (INSERT INTO {_table(AuditEvent)} ({_quoted(AuditEvent._meta.pk)}, "
+        f"{event_columns}) {_event_rows(rows, 'chain, moved', keyed=True)} "
+        f"RETURNING {_quoted(AuditEvent._meta.pk)}), "
+        f"issued AS ({keyed_insert(Certificate, written)}), "
+        f"requested AS ({keyed_insert(CertificateRequest, 'issued')}) "
+        f"SELECT (SELECT COUNT(*) FROM bumped), (SELECT compromised FROM claim), "
+        f"(SELECT ARRAY[{every_key}] FROM chain), (SELECT ARRAY[{every_hash}] FROM chain), "
+        f"(SELECT COUNT(*) FROM requested)"
+    )
+
+
+class NotIssued(Exception):
+    """issue_checked() wrote no certificate: why, for the caller's fallback."""
+
+
+def issue_checked(
+    *,
+    check: EnrolmentCheck,
+    requester_id: int,
+    certificate: Certificate,
+    request: CertificateRequest,
+    events: list[AuditEvent],
+    parts: list[tuple[bytes, bytes]],
+    head: int = 1,
+) -> None:
+    """PostgreSQL, one statement: if the requester's row is still the version ``check``
+    read, move it (as _lock_sql does), claim the key (as claim_key does), chain the events
+    (as audit_chain_append does) and insert the certificate and its request with the keys
+    the check drew. Raises NotIssued, having written nothing but perhaps the version's
+    move and the claim (which change nothing a later enrolment reads), when the version
+    moved, the key was reported compromised or the chain's head is missing.
+
+    ``certificate`` and ``request`` carry the drawn keys already (the events name them);
+    on success they and the events are marked stored, as insert() leaves its rows.
+    """
+    db = _db()
+    if len(events) > CHAINED_IN_SQL:
+        raise NotIssued("too many events for one statement")
+    chained = _chain_params(events, parts)  # the links' parameters, then the events'
+    links = 2 * len(parts)
+    params: list[Any] = [requester_id, check.version, certificate.spki_sha256, head]
+    params += _serial_sequence(AuditEvent) * len(events)
+    params += [*chained[:links], head, *chained[links:]]
+    params += [check.certificate_id, *_values(db, Certificate, (certificate,))]
+    params += [check.request_id, *_values(db, CertificateRequest, (request,))]
+    statement = _cursor(db, raw=True)
+    with statement as cursor:
+        sql = _checked_sql(len(events))
+        cursor.execute(_numbered(sql) if statement.raw else sql, params)
+        bumped, compromised, keys, hashes, requested = cursor.fetchone()
+    if not bumped:
+        raise NotIssued("the requester's row changed since the check")
+    if compromised:
+        raise NotIssued("the key was reported compromised")
+    if requested != 1:
+        raise NotIssued("the audit chain's head is missing")
+    for event, event_key, previous, digest in zip(events, keys, hashes, hashes[1:], strict=False):
+        event.previous_hash, event.hash = previous, digest
+        _stored(db, event, event_key)
+    _stored(db, certificate, check.certificate_id)
+    _stored(db, request, check.request_id)

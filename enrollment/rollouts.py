@@ -29,7 +29,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from accounts.models import User
-from enrollment import audit
+from enrollment import audit, hotsql
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
     ConfigurationError,
@@ -196,15 +196,10 @@ def _named(entries: list[str], resolution: Resolution) -> list[tuple[str, User]]
 
 
 def _lock_people(user_ids: list[int]) -> None:
-    """Lock the people's rows as request_submit locks its requester's (FOR NO KEY UPDATE,
-    in id order): an enrolment of one of them waits, so the limits read here stay true."""
-    for chunk in _chunks(sorted(user_ids)):
-        list(
-            User.objects.filter(pk__in=chunk)
-            .order_by("pk")
-            .select_for_update(no_key=True)
-            .values_list("pk", flat=True)
-        )
+    """Take the people's enrolment locks as request_submit takes its requester's (in id
+    order): an enrolment of one of them waits, so the limits read here stay true, and one
+    that counted without the lock does not issue on its counts (hotsql.issue_checked)."""
+    hotsql.lock_people(user_ids)
 
 
 def rollout_resolve(

@@ -6,6 +6,7 @@ them writes CA models directly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -74,7 +75,7 @@ from enrollment.x509.crl import (
     RevocationReason,
     RevokedEntry,
 )
-from enrollment.x509.csr import parse_csr
+from enrollment.x509.csr import ParsedCsr, parse_csr
 from enrollment.x509.errors import X509Error
 from enrollment.x509.mail_domains import (
     address_permitted,
@@ -847,23 +848,17 @@ def _issue(
         )
     except X509Error as exc:
         raise PolicyViolation(exc.message) from exc
-    emails = [e.lower() for e in subject.email_addresses]
     with audit.deferred():
-        certificate = Certificate(
+        certificate = _new_certificate(
             ca=ca,
             owner=owner if mailbox is None else None,
             mailbox=mailbox,
             template=template,
-            purpose=template.purpose,
-            common_name=subject.common_name,
-            email=emails[0],
-            emails=emails,
-            fingerprint_sha1=pkcs7.fingerprint(issued, "sha1"),
-            key_algorithm=keys.describe_public_key(public_key),
+            subject=subject,
+            issued=issued,
+            public_key=public_key,
             spki_sha256=spki_sha256,
-            **_der_facts(issued),
         )
-        certificate.__dict__["certificate"] = issued  # the cached_property, not re-parsed
         if fulfils is not None:
             fulfils.state = CertificateRequest.State.ISSUED
             hotsql.insert_issued(certificate, fulfils)  # one statement for both rows
@@ -879,16 +874,9 @@ def _issue(
             actor=actor,
             target=certificate,
             source_address=source_address,
-            detail={
-                "template": template.slug,
-                "serial": certificate.serial,
-                **(
-                    {"mailbox": mailbox.email, "delegate": owner.get_username()}
-                    if mailbox is not None
-                    else {}
-                ),
-                **({"channel": channel} if channel else {}),
-            },
+            detail=_issue_detail(
+                certificate, template=template, mailbox=mailbox, delegate=owner, channel=channel
+            ),
         )
         # The directory (when configured) learns of it from a task queued after the commit:
         # a settings read and an on_commit registration here, no SQL, no network. A
@@ -913,6 +901,58 @@ def _issue(
                 invalidity_date=None,
             )
     return certificate
+
+
+def _new_certificate(
+    *,
+    ca: CertificateAuthority,
+    owner: User | None,
+    mailbox: SharedMailbox | None,
+    template: CertificateTemplate,
+    subject: builder.Subject,
+    issued: x509.Certificate,
+    public_key: keys.PublicKey,
+    spki_sha256: str,
+) -> Certificate:
+    """The row of a certificate just signed, not yet stored."""
+    emails = [e.lower() for e in subject.email_addresses]
+    certificate = Certificate(
+        ca=ca,
+        owner=owner,
+        mailbox=mailbox,
+        template=template,
+        purpose=template.purpose,
+        common_name=subject.common_name,
+        email=emails[0],
+        emails=emails,
+        fingerprint_sha1=pkcs7.fingerprint(issued, "sha1"),
+        key_algorithm=keys.describe_public_key(public_key),
+        spki_sha256=spki_sha256,
+        **_der_facts(issued),
+    )
+    certificate.__dict__["certificate"] = issued  # the cached_property, not re-parsed
+    return certificate
+
+
+def _issue_detail(
+    certificate: Certificate,
+    *,
+    template: CertificateTemplate,
+    mailbox: SharedMailbox | None,
+    delegate: User,
+    channel: str,
+) -> dict[str, object]:
+    """The detail of a certificate.issue event."""
+    return {
+        "template": template.slug,
+        "serial": certificate.serial,
+        **(
+            {"mailbox": mailbox.email, "delegate": delegate.get_username()}
+            if mailbox is not None
+            else {}
+        ),
+        **({"channel": channel} if channel else {}),
+    }
 
 
 def certificate_issue(
@@ -1691,7 +1731,6 @@ def _check_limits(counts: hotsql.EnrolmentCounts, template: CertificateTemplate)
         )
 
 
-@_in_a_transaction
 def request_submit(
     *,
     requester: User,
@@ -1719,10 +1758,65 @@ def request_submit(
     it with request_collect() in the same HTTP request, so the key is generated only
     when it can leave at once inside the PKCS#12.
 
-    Runs in a transaction (the caller's, which may go on to collect) that locks the
-    requester's row as it counts: concurrent enrolments of one person wait for each other,
-    so a script cannot pass the per-person caps by sending its requests in parallel.
+    The locked way runs in a transaction (the caller's, which may go on to collect) that
+    locks the requester's row as it counts: concurrent enrolments of one person wait for
+    each other, so a script cannot pass the per-person caps by sending its requests in
+    parallel. On PostgreSQL a CSR issued at once usually takes the unlocked way instead
+    (_csr_issued_unlocked: two statements, which write only if nobody took that lock
+    meanwhile); whatever it does not issue, the locked way decides.
     """
+    if csr is not None and key_algorithm is None and renewal_of is None and mailbox is None:
+        request = _csr_issued_unlocked(
+            requester=requester,
+            template=template,
+            csr=csr,
+            source_address=source_address,
+            idempotency_key=idempotency_key,
+            channel=channel,
+        )
+        if request is not None:
+            return request
+        # The locked way in a transaction of its own, or a savepoint of the caller's: a
+        # failure leaves a caller's transaction usable, as when callers opened one.
+        with transaction.atomic():
+            return _request_submit_locked(
+                requester=requester,
+                template=template,
+                csr=csr,
+                key_algorithm=key_algorithm,
+                renewal_of=renewal_of,
+                source_address=source_address,
+                idempotency_key=idempotency_key,
+                mailbox=mailbox,
+                channel=channel,
+            )
+    return _request_submit_locked(
+        requester=requester,
+        template=template,
+        csr=csr,
+        key_algorithm=key_algorithm,
+        renewal_of=renewal_of,
+        source_address=source_address,
+        idempotency_key=idempotency_key,
+        mailbox=mailbox,
+        channel=channel,
+    )
+
+
+@_in_a_transaction
+def _request_submit_locked(
+    *,
+    requester: User,
+    template: CertificateTemplate,
+    csr: bytes | str | None,
+    key_algorithm: keys.KeyAlgorithm | None,
+    renewal_of: Certificate | None,
+    source_address: str | None,
+    idempotency_key: str,
+    mailbox: SharedMailbox | None,
+    channel: str,
+) -> CertificateRequest:
+    """request_submit(), the requester's row locked as it counts (_enrolment_counts)."""
     from enrollment.permissions import may_use_template
 
     if channel not in CHANNELS:
@@ -1805,22 +1899,14 @@ def request_submit(
         # would only reach an officer's queue to fail there.
         raise PolicyViolation(COMPROMISED_KEY, field="csr")
     with audit.deferred():
-        request = CertificateRequest(
+        request = _new_request(
             requester=requester,
             template=template,
-            mailbox=mailbox,
-            state=(
-                CertificateRequest.State.APPROVED if approved else CertificateRequest.State.PENDING
-            ),
-            decision_reason="No approval required." if approved else "",
-            key_source=(
-                CertificateRequest.KeySource.CSR if parsed else CertificateRequest.KeySource.SERVER
-            ),
-            csr=parsed.csr.public_bytes(Encoding.DER) if parsed else None,
-            key_algorithm=key_algorithm.value if key_algorithm else "",
-            requested_subject=_printable(parsed.requested_subject) if parsed else "",
-            requested_emails=[_printable(e) for e in parsed.requested_emails] if parsed else [],
+            parsed=parsed,
+            key_algorithm=key_algorithm,
+            approved=approved,
             renewal_of=renewal_of,
+            mailbox=mailbox,
             source_address=source_address,
             idempotency_key=idempotency_key,
             channel=channel,
@@ -1831,11 +1917,8 @@ def request_submit(
             actor=requester,
             target=request,
             source_address=source_address,
-            detail={"template": template.slug, "key_source": request.key_source,
-                    "renewal_of": renewal_of.serial if renewal_of else None,
-                    **({"mailbox": mailbox.email} if mailbox is not None else {}),
-                    **({"channel": audited} if audited else {})},
-        )  # fmt: skip
+            detail=_submit_detail(request, renewal_of=renewal_of, mailbox=mailbox),
+        )
         if parsed is not None and approved:
             # Issued first, so the request is stored once, already issued, in the
             # certificate's statement.
@@ -1853,6 +1936,185 @@ def request_submit(
         else:
             hotsql.insert(request)
     return request
+
+
+def _csr_issued_unlocked(
+    *,
+    requester: User,
+    template: CertificateTemplate,
+    csr: bytes | str,
+    source_address: str | None,
+    idempotency_key: str,
+    channel: str,
+) -> CertificateRequest | None:
+    """PostgreSQL: issue a CSR in two statements, or return None for the locked way.
+
+    The locked way holds its requester's row from BEGIN to COMMIT across seven
+    statements. Here hotsql.enrolment_check() reads what the locked way reads, without a
+    lock; every check the locked way makes is made on it; and hotsql.issue_checked()
+    writes the request, the certificate and their events in one statement, only if
+    nobody has taken this person's lock since the check (the lock moves the row's
+    version), so the counts it decided on are still the counts. Anything else, every
+    refusal included, returns None, and the locked way decides and words it. A
+    certificate signed here and then not stored (one person's own requests racing) was
+    never seen by anyone; the locked way signs its own.
+    """
+    from enrollment.permissions import may_use_template
+
+    if (
+        connection.vendor != "postgresql"
+        or channel not in CHANNELS
+        or not template.is_active
+        or not template.allow_csr
+        or template.requires_approval
+        or template.archive_key
+    ):
+        return None
+    try:
+        parsed = parse_csr(csr, allowed_key_algorithms=template.key_algorithms)
+        subject = subject_for(requester, mailbox_checked=True)  # the check reads the last
+    except (X509Error, EnrollmentError):
+        return None
+    spki_sha256 = keys.spki_sha256(parsed.public_key)
+    now = timezone.now()
+    check = hotsql.enrolment_check(
+        requester_id=requester.pk,
+        template_id=template.pk,
+        since=now - timedelta(hours=1),
+        now=now,
+        address=_account_email(requester),
+        spki_sha256=spki_sha256,
+        ca_id=template.issuing_ca_id,
+    )
+    if check is None or check.compromised or check.counts.address_is_mailbox:
+        return None
+    if not may_use_template(requester, template, open_to_user=check.counts.open_to_requester):
+        return None
+    try:
+        _check_limits(check.counts, template)
+        ca = _online_issuing_ca(check.ca)
+        if ca_lifetime.issuance_problem(ca, template) is not None:
+            return None
+        _check_ca_constraints(ca, subject)
+        issued = keystore.issue_end_entity(
+            ca, public_key=parsed.public_key, subject=subject, policy=template.policy()
+        )
+    except (EnrollmentError, X509Error):
+        return None
+    certificate = _new_certificate(
+        ca=ca,
+        owner=requester,
+        mailbox=None,
+        template=template,
+        subject=subject,
+        issued=issued,
+        public_key=parsed.public_key,
+        spki_sha256=spki_sha256,
+    )
+    certificate.pk = check.certificate_id
+    request = _new_request(
+        requester=requester,
+        template=template,
+        parsed=parsed,
+        key_algorithm=None,
+        approved=True,
+        renewal_of=None,
+        mailbox=None,
+        source_address=source_address,
+        idempotency_key=idempotency_key,
+        channel=channel,
+    )
+    request.pk = check.request_id
+    request.state = CertificateRequest.State.ISSUED
+    request.certificate = certificate
+    # The locked way's two events, in its order, with the same content.
+    events = [
+        audit.prepared(
+            action="request.submit",
+            actor=requester,
+            target=request,
+            source_address=source_address,
+            detail=_submit_detail(request, renewal_of=None, mailbox=None),
+        ),
+        audit.prepared(
+            action="certificate.issue",
+            actor=requester,
+            target=certificate,
+            source_address=source_address,
+            detail=_issue_detail(
+                certificate,
+                template=template,
+                mailbox=None,
+                delegate=requester,
+                channel=audited_channel(request),
+            ),
+        ),
+    ]
+    # Outside a transaction the statement is one; inside a caller's, a savepoint keeps a
+    # failure of it (a unique key taken meanwhile) from breaking the caller's.
+    own = contextlib.nullcontext() if transaction.get_autocommit() else transaction.atomic()
+    try:
+        with own:
+            hotsql.issue_checked(
+                check=check,
+                requester_id=requester.pk,
+                certificate=certificate,
+                request=request,
+                events=events,
+                parts=[audit.chain_parts(event) for event in events],
+            )
+    except hotsql.NotIssued:
+        return None
+    ldap_publish.publish_on_commit(requester.pk)
+    return request
+
+
+def _new_request(
+    *,
+    requester: User,
+    template: CertificateTemplate,
+    parsed: ParsedCsr | None,
+    key_algorithm: keys.KeyAlgorithm | None,
+    approved: bool,
+    renewal_of: Certificate | None,
+    mailbox: SharedMailbox | None,
+    source_address: str | None,
+    idempotency_key: str,
+    channel: str,
+) -> CertificateRequest:
+    """The row of a request just made, not yet stored: APPROVED when it needs no approval."""
+    return CertificateRequest(
+        requester=requester,
+        template=template,
+        mailbox=mailbox,
+        state=CertificateRequest.State.APPROVED if approved else CertificateRequest.State.PENDING,
+        decision_reason="No approval required." if approved else "",
+        key_source=(
+            CertificateRequest.KeySource.CSR if parsed else CertificateRequest.KeySource.SERVER
+        ),
+        csr=parsed.csr.public_bytes(Encoding.DER) if parsed else None,
+        key_algorithm=key_algorithm.value if key_algorithm else "",
+        requested_subject=_printable(parsed.requested_subject) if parsed else "",
+        requested_emails=[_printable(e) for e in parsed.requested_emails] if parsed else [],
+        renewal_of=renewal_of,
+        source_address=source_address,
+        idempotency_key=idempotency_key,
+        channel=channel,
+    )
+
+
+def _submit_detail(
+    request: CertificateRequest, *, renewal_of: Certificate | None, mailbox: SharedMailbox | None
+) -> dict[str, object]:
+    """The detail of a request.submit event."""
+    audited = audited_channel(request)
+    return {
+        "template": request.template.slug,
+        "key_source": request.key_source,
+        "renewal_of": renewal_of.serial if renewal_of else None,
+        **({"mailbox": mailbox.email} if mailbox is not None else {}),
+        **({"channel": audited} if audited else {}),
+    }
 
 
 OPEN_REQUEST_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)

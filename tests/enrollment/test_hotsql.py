@@ -572,3 +572,44 @@ def test_a_certificate_status_read_by_hand_is_the_orms(hierarchy, template, empl
     assert revoked_at.utcoffset() == timedelta(0)
     assert hotsql.certificate_status(hierarchy.issuing.pk, "abc123") is None
     assert hotsql.certificate_status(hierarchy.root.pk, valid.serial) is None  # another CA's
+
+
+def test_numbered_placeholders_are_postgresqls_own_in_order():
+    assert hotsql._numbered("SELECT %s, (%s)::int FROM t WHERE a = %s") == (
+        "SELECT $1, ($2)::int FROM t WHERE a = $3"
+    )
+    for other in ("SELECT 'a%' LIKE %s", "SELECT %s %% 2"):
+        with pytest.raises(ValueError, match="% sign"):
+            hotsql._numbered(other)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's own placeholders")
+def test_the_check_reads_what_the_locked_counts_read(
+    hierarchy, template, employee, colleague, ec_p256_key
+):
+    signing = template("smime-signing")
+    issue(employee, signing, ec_p256_key)
+    issue(colleague, signing, ec_p256_key)
+    now = timezone.now()
+    common = {
+        "requester_id": employee.pk,
+        "template_id": signing.pk,
+        "since": now - timedelta(hours=1),
+        "now": now,
+        "address": employee.email,
+    }
+
+    check = hotsql.enrolment_check(**common, spki_sha256="0" * 64, ca_id=None)
+
+    assert check is not None
+    assert check.counts == hotsql.enrolment_counts(**common)
+    assert check.ca is not None
+    assert check.ca.pk == hierarchy.issuing.pk
+    assert not check.compromised
+    named = hotsql.enrolment_check(**common, spki_sha256="0" * 64, ca_id=hierarchy.root.pk)
+    assert named is not None
+    assert named.ca is not None
+    assert named.ca.pk == hierarchy.root.pk
+    assert named.certificate_id > check.certificate_id  # drawn, never handed out twice
+    assert hotsql.enrolment_check(**{**common, "requester_id": 10**9}, spki_sha256="0" * 64,
+                                  ca_id=None) is None  # fmt: skip

@@ -1,0 +1,283 @@
+"""A CSR issued at once on PostgreSQL without the requester's lock (services._csr_issued_unlocked).
+
+It reads without a lock, signs, and writes everything in one statement only if nobody
+took the requester's lock since: these tests change the world between its read and its
+write (inside the signing, which sits exactly there) and show the locked way then
+decides, as if the unlocked way had never run. Production runs it outside a transaction;
+so do these tests (transaction=True), except where a caller's transaction is the point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+
+from enrollment import hotsql, keystore, services
+from enrollment.audit import audit_chain_breaks
+from enrollment.exceptions import PolicyViolation
+from enrollment.models import (
+    AuditChainHead,
+    AuditEvent,
+    Certificate,
+    CertificateRequest,
+    KeyIdentity,
+)
+from enrollment.x509.keys import KeyAlgorithm
+from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
+from tests.enrollment.tools import cryptography_csr, new_key
+from tests.markers import needs_row_locks
+
+pytestmark = [needs_row_locks]
+transactional = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
+def csr() -> bytes:
+    return cryptography_csr(new_key()).public_bytes(Encoding.PEM)
+
+
+@pytest.fixture
+def meanwhile(monkeypatch) -> Callable[[Callable[[], Any]], list[str]]:
+    """Run ``action`` once, inside the first signing: after the unlocked way's read, before
+    its write. Returns the names of the ways that signed, in order."""
+
+    def arrange(action: Callable[[], Any]) -> list[str]:
+        signed: list[str] = []
+        original = keystore.issue_end_entity
+
+        def signing(*args: Any, **kwargs: Any) -> Any:
+            signed.append("unlocked" if transaction.get_autocommit() else "locked")
+            if len(signed) == 1:
+                action()
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(keystore, "issue_end_entity", signing)
+        return signed
+
+    return arrange
+
+
+def waiting_request(person, template, idempotency_key: str) -> None:
+    """A request stored without the person's lock, as no enrolment stores one: only so
+    that its unique key is taken."""
+    services._new_request(
+        requester=person,
+        template=template,
+        parsed=None,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        approved=False,
+        renewal_of=None,
+        mailbox=None,
+        source_address=None,
+        idempotency_key=idempotency_key,
+        channel="api",
+    ).save()
+
+
+def version(person) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT xmin::text FROM accounts_user WHERE id = %s", [person.pk])
+        return cursor.fetchone()[0]
+
+
+def enrol(person, signing, **kwargs: Any) -> CertificateRequest:
+    return services.request_submit(
+        requester=person, template=signing, csr=csr(), channel="api", **kwargs
+    )
+
+
+@transactional
+def test_outside_a_transaction_an_api_enrolment_costs_four_statements(
+    hierarchy, employee, django_assert_num_queries
+):
+    """Token with its user; template; the check (limits, the row's version, the key, the
+    CA, two keys); the one statement that writes everything. No BEGIN, no COMMIT."""
+    client = token_client(employee)
+    assert client.post(ENROLLMENTS, csr_body(new_key()), format="json").status_code == 201
+
+    with django_assert_num_queries(4):
+        response = client.post(ENROLLMENTS, csr_body(new_key()), format="json")
+
+    assert response.status_code == 201
+    assert Certificate.objects.filter(owner=employee).count() == 2
+    assert list(audit_chain_breaks()) == []
+
+
+@transactional
+def test_the_first_event_ever_is_chained_by_the_locked_way(
+    hierarchy, template, employee, meanwhile
+):
+    """No chain head yet (a new database): the one statement writes nothing; the locked way
+    makes the head and issues."""
+    with connection.cursor() as cursor:  # the models refuse it: events are append-only
+        for model in (AuditChainHead, AuditEvent):
+            cursor.execute(f"DELETE FROM {model._meta.db_table}")
+    signed = meanwhile(lambda: None)
+
+    request = enrol(employee, template("smime-signing"))
+
+    assert signed == ["unlocked", "locked"]
+    assert request.state == CertificateRequest.State.ISSUED
+    assert Certificate.objects.count() == CertificateRequest.objects.count() == 1
+    assert AuditEvent.objects.count() == 2
+    assert list(audit_chain_breaks()) == []
+
+
+@transactional
+def test_it_writes_what_the_locked_way_writes(hierarchy, template, employee, monkeypatch):
+    signing = template("smime-signing")
+    enrol(employee, signing)  # the chain head exists from here on
+    fast = enrol(employee, signing, source_address="192.0.2.7", idempotency_key="k-1")
+    monkeypatch.setattr(services, "_csr_issued_unlocked", lambda **kwargs: None)
+    slow = enrol(employee, signing, source_address="192.0.2.7", idempotency_key="k-2")
+
+    def row(model, pk: int, *varying: str) -> dict[str, Any]:
+        stored = model.objects.filter(pk=pk).values().get()
+        return {k: v for k, v in stored.items() if k not in {"id", *varying}}
+
+    varying = ("serial", "der", "fingerprint_sha256", "fingerprint_sha1", "spki_sha256",
+               "not_before", "not_after", "created_at", "updated_at")  # fmt: skip
+    assert fast.certificate is not None
+    assert slow.certificate is not None
+    assert row(Certificate, fast.certificate.pk, *varying) == row(
+        Certificate, slow.certificate.pk, *varying
+    )
+    varying_request = ("certificate_id", "csr", "idempotency_key", "created_at", "updated_at")
+    assert row(CertificateRequest, fast.pk, *varying_request) == row(
+        CertificateRequest, slow.pk, *varying_request
+    )
+
+    def events(request: CertificateRequest) -> list[dict[str, Any]]:
+        assert request.certificate is not None
+        found = []
+        for target, label in ((request, "enrollment.CertificateRequest"),
+                              (request.certificate, "enrollment.Certificate")):  # fmt: skip
+            event = AuditEvent.objects.get(object_type=label, object_id=str(target.pk))
+            detail = {k: v for k, v in event.detail.items() if k != "serial"}
+            found.append((event.action, event.actor_id, event.source_address, event.outcome,
+                          detail, event.object_repr.split(" ")[0]))  # fmt: skip
+        return found
+
+    assert events(fast) == events(slow)
+    fast_events = AuditEvent.objects.filter(
+        Q(object_type="enrollment.CertificateRequest", object_id=str(fast.pk))
+        | Q(object_type="enrollment.Certificate", object_id=str(fast.certificate.pk))
+    ).order_by("id")
+    assert [e.action for e in fast_events] == ["request.submit", "certificate.issue"]
+    assert list(audit_chain_breaks()) == []
+
+
+@transactional
+def test_a_lock_taken_meanwhile_sends_it_the_locked_way(hierarchy, template, employee, meanwhile):
+    signed = meanwhile(lambda: hotsql.lock_people([employee.pk]))  # committed at once
+
+    request = enrol(employee, template("smime-signing"))
+
+    assert signed == ["unlocked", "locked"]
+    assert request.state == CertificateRequest.State.ISSUED
+    assert Certificate.objects.filter(owner=employee).count() == 1  # the locked way's only
+    assert CertificateRequest.objects.count() == 1
+    assert list(audit_chain_breaks()) == []
+
+
+@transactional
+def test_an_enrolment_meanwhile_that_reaches_the_cap_refuses_this_one(
+    hierarchy, template, employee, meanwhile, settings
+):
+    """The check saw room for one more; another request of the person's took it. The cap
+    holds: the certificate signed on the stale counts is never stored."""
+    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
+    signing = template("smime-signing")
+    signed = meanwhile(lambda: enrol(employee, signing))
+
+    with pytest.raises(PolicyViolation, match="already have 1 valid certificates"):
+        enrol(employee, signing)
+
+    assert signed == ["unlocked", "unlocked"]  # this one's, then the one meanwhile
+    assert Certificate.objects.filter(owner=employee).count() == 1
+    assert CertificateRequest.objects.count() == 1
+    assert list(audit_chain_breaks()) == []
+
+
+@transactional
+def test_a_key_reported_compromised_meanwhile_is_refused(
+    hierarchy, template, employee, monkeypatch
+):
+    spki: list[str] = []
+    original = keystore.issue_end_entity
+
+    def signing(ca, *, public_key, **kwargs: Any) -> Any:
+        if not spki:
+            from enrollment.x509 import keys
+
+            spki.append(keys.spki_sha256(public_key))
+            KeyIdentity.objects.update_or_create(spki_sha256=spki[0], compromised=True)
+        return original(ca, public_key=public_key, **kwargs)
+
+    monkeypatch.setattr(keystore, "issue_end_entity", signing)
+
+    with pytest.raises(PolicyViolation, match="compromised"):
+        enrol(employee, template("smime-signing"))
+
+    assert spki
+    assert Certificate.objects.count() == CertificateRequest.objects.count() == 0
+    assert KeyIdentity.objects.get(spki_sha256=spki[0]).compromised
+
+
+@transactional
+def test_a_key_taken_meanwhile_fails_the_one_statement_whole(
+    hierarchy, template, employee, meanwhile
+):
+    """A unique key stored meanwhile (a retry with the same Idempotency-Key): the
+    statement fails as a whole, writing nothing, and the caller hears of it."""
+    signing = template("smime-signing")
+    enrol(employee, signing)
+    before = (Certificate.objects.count(), AuditEvent.objects.count(), version(employee))
+    meanwhile(lambda: waiting_request(employee, signing, "same"))
+
+    with pytest.raises(IntegrityError):
+        enrol(employee, signing, idempotency_key="same")
+
+    assert (Certificate.objects.count(), AuditEvent.objects.count()) == before[:2]
+    assert version(employee) == before[2]  # the row's move was undone with the rest
+    assert list(audit_chain_breaks()) == []
+
+
+@pytest.mark.django_db
+def test_inside_a_callers_transaction_a_failed_statement_leaves_it_usable(
+    hierarchy, template, employee, meanwhile
+):
+    signing = template("smime-signing")
+    enrol(employee, signing)
+    meanwhile(lambda: waiting_request(employee, signing, "same"))
+
+    with pytest.raises(IntegrityError):
+        enrol(employee, signing, idempotency_key="same")
+
+    # The caller's transaction (the test's) goes on.
+    assert CertificateRequest.objects.filter(idempotency_key="same").count() == 1
+
+
+@pytest.mark.django_db
+def test_requests_it_does_not_issue_at_once_are_never_checked_unlocked(
+    hierarchy, template, employee, approval, monkeypatch
+):
+    checks: list[int] = []
+    original = hotsql.enrolment_check
+    monkeypatch.setattr(hotsql, "enrolment_check", lambda **kw: checks.append(1) or original(**kw))
+    issued = enrol(employee, template("smime-signing"))
+    assert checks == [1]
+
+    renewed = enrol(employee, template("smime-signing"), renewal_of=issued.certificate)
+    approval("smime-signing")
+    waiting = enrol(employee, template("smime-signing"))
+
+    assert checks == [1]  # the renewal and the request that waits for approval: locked
+    assert renewed.state == CertificateRequest.State.ISSUED
+    assert waiting.state == CertificateRequest.State.PENDING
