@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 from django.db.models import BinaryField, F, Func, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import HttpResponse
@@ -299,16 +299,16 @@ def _enrol(request: Request, template: CertificateTemplate, *, renew: bool) -> H
         return _repeat(user, earlier)
     renewal_of = renewed(user, template, parsed) if renew else None
     try:
-        with transaction.atomic():
-            submitted = services.request_submit(
-                requester=user,
-                template=template,
-                csr=der,
-                renewal_of=renewal_of,
-                source_address=client_address(request),
-                idempotency_key=key,
-                channel=services.EST_CHANNEL,
-            )
+        # request_submit keeps its own transaction: a refusal leaves nothing behind.
+        submitted = services.request_submit(
+            requester=user,
+            template=template,
+            csr=der,
+            renewal_of=renewal_of,
+            source_address=client_address(request),
+            idempotency_key=key,
+            channel=services.EST_CHANNEL,
+        )
     except IntegrityError:
         earlier = _made_with(user, key)  # the same CSR, sent twice at once, stored first
         if earlier is None:
