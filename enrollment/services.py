@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Case, Q, Value, When
 from django.db.models.signals import post_save
 from django.utils import timezone
@@ -2063,10 +2063,25 @@ def _csr_issued_unlocked(
                 events=events,
                 parts=[audit.chain_parts(event) for event in events],
             )
-    except hotsql.NotIssued:
+    except hotsql.NotIssued as exc:
+        _signed_not_stored(certificate, requester, f"{exc}; the locked way decides")
         return None
+    except DatabaseError:
+        _signed_not_stored(certificate, requester, "its statement failed")
+        raise
     ldap_publish.publish_on_commit(requester.pk)
     return request
+
+
+def _signed_not_stored(certificate: Certificate, requester: User, why: str) -> None:
+    """Say in the log that a certificate was signed and then neither stored nor sent, so
+    a signature the CA's records do not hold is accounted for (an HSM counts them)."""
+    logger.info(
+        "Certificate %s for %s signed and not stored: %s.",
+        certificate.serial,
+        requester.get_username(),
+        why,
+    )
 
 
 def _new_request(

@@ -2,13 +2,17 @@
 
 It reads without a lock, signs, and writes everything in one statement only if nobody
 took the requester's lock since: these tests change the world between its read and its
-write (inside the signing, which sits exactly there) and show the locked way then
-decides, as if the unlocked way had never run. Production runs it outside a transaction;
-so do these tests (transaction=True), except where a caller's transaction is the point.
+write (inside the signing, which sits exactly there, or from another connection that
+has not committed yet) and show the locked way then decides, as if the unlocked way had
+never run. Production runs it outside a transaction; so do these tests
+(transaction=True), except where a caller's transaction is the point. ``ways`` records
+which way each enrolment took and what the one statement did, so a test cannot pass by
+the locked way alone.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 
 from enrollment import hotsql, keystore, services
@@ -31,34 +35,62 @@ from enrollment.models import (
 )
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
-from tests.enrollment.tools import cryptography_csr, new_key
+from tests.enrollment.test_compromise_concurrency import in_thread
+from tests.enrollment.tools import cryptography_csr, issue, new_key
 from tests.markers import needs_row_locks
 
 pytestmark = [needs_row_locks]
 transactional = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
+WRITTEN, NOT_WRITTEN, FAILED, LOCKED = "written", "not written", "failed", "locked"
 
-def csr() -> bytes:
-    return cryptography_csr(new_key()).public_bytes(Encoding.PEM)
+
+def csr(key=None) -> bytes:
+    return cryptography_csr(key or new_key()).public_bytes(Encoding.PEM)
 
 
 @pytest.fixture
-def meanwhile(monkeypatch) -> Callable[[Callable[[], Any]], list[str]]:
-    """Run ``action`` once, inside the first signing: after the unlocked way's read, before
-    its write. Returns the names of the ways that signed, in order."""
+def ways(monkeypatch) -> list[str]:
+    """In order: what each run of the one statement did, and each run of the locked way."""
+    seen: list[str] = []
+    one_statement, locked = hotsql.issue_checked, services._request_submit_locked
 
-    def arrange(action: Callable[[], Any]) -> list[str]:
-        signed: list[str] = []
+    def spied_statement(**kwargs: Any) -> None:
+        try:
+            one_statement(**kwargs)
+        except hotsql.NotIssued:
+            seen.append(NOT_WRITTEN)
+            raise
+        except DatabaseError:
+            seen.append(FAILED)
+            raise
+        seen.append(WRITTEN)
+
+    def spied_locked(**kwargs: Any) -> CertificateRequest:
+        seen.append(LOCKED)
+        return locked(**kwargs)
+
+    monkeypatch.setattr(hotsql, "issue_checked", spied_statement)
+    monkeypatch.setattr(services, "_request_submit_locked", spied_locked)
+    return seen
+
+
+@pytest.fixture
+def meanwhile(monkeypatch) -> Callable[[Callable[[], Any]], None]:
+    """Run ``action`` once, inside the first signing: after the unlocked way's read,
+    before its write."""
+
+    def arrange(action: Callable[[], Any]) -> None:
+        done: list[bool] = []
         original = keystore.issue_end_entity
 
         def signing(*args: Any, **kwargs: Any) -> Any:
-            signed.append("unlocked" if transaction.get_autocommit() else "locked")
-            if len(signed) == 1:
+            if not done:
+                done.append(True)
                 action()
             return original(*args, **kwargs)
 
         monkeypatch.setattr(keystore, "issue_end_entity", signing)
-        return signed
 
     return arrange
 
@@ -86,15 +118,15 @@ def version(person) -> str:
         return cursor.fetchone()[0]
 
 
-def enrol(person, signing, **kwargs: Any) -> CertificateRequest:
+def enrol(person, signing, key=None, **kwargs: Any) -> CertificateRequest:
     return services.request_submit(
-        requester=person, template=signing, csr=csr(), channel="api", **kwargs
+        requester=person, template=signing, csr=csr(key), channel="api", **kwargs
     )
 
 
 @transactional
 def test_outside_a_transaction_an_api_enrolment_costs_four_statements(
-    hierarchy, employee, django_assert_num_queries
+    hierarchy, employee, ways, django_assert_num_queries
 ):
     """Token with its user; template; the check (limits, the row's version, the key, the
     CA, two keys); the one statement that writes everything. No BEGIN, no COMMIT."""
@@ -105,24 +137,22 @@ def test_outside_a_transaction_an_api_enrolment_costs_four_statements(
         response = client.post(ENROLLMENTS, csr_body(new_key()), format="json")
 
     assert response.status_code == 201
+    assert ways == [WRITTEN, WRITTEN]
     assert Certificate.objects.filter(owner=employee).count() == 2
     assert list(audit_chain_breaks()) == []
 
 
 @transactional
-def test_the_first_event_ever_is_chained_by_the_locked_way(
-    hierarchy, template, employee, meanwhile
-):
+def test_the_first_event_ever_is_chained_by_the_locked_way(hierarchy, template, employee, ways):
     """No chain head yet (a new database): the one statement writes nothing; the locked way
     makes the head and issues."""
     with connection.cursor() as cursor:  # the models refuse it: events are append-only
         for model in (AuditChainHead, AuditEvent):
             cursor.execute(f"DELETE FROM {model._meta.db_table}")
-    signed = meanwhile(lambda: None)
 
     request = enrol(employee, template("smime-signing"))
 
-    assert signed == ["unlocked", "locked"]
+    assert ways == [NOT_WRITTEN, LOCKED]
     assert request.state == CertificateRequest.State.ISSUED
     assert Certificate.objects.count() == CertificateRequest.objects.count() == 1
     assert AuditEvent.objects.count() == 2
@@ -130,12 +160,13 @@ def test_the_first_event_ever_is_chained_by_the_locked_way(
 
 
 @transactional
-def test_it_writes_what_the_locked_way_writes(hierarchy, template, employee, monkeypatch):
+def test_it_writes_what_the_locked_way_writes(hierarchy, template, employee, ways, monkeypatch):
     signing = template("smime-signing")
     enrol(employee, signing)  # the chain head exists from here on
     fast = enrol(employee, signing, source_address="192.0.2.7", idempotency_key="k-1")
     monkeypatch.setattr(services, "_csr_issued_unlocked", lambda **kwargs: None)
     slow = enrol(employee, signing, source_address="192.0.2.7", idempotency_key="k-2")
+    assert ways == [WRITTEN, WRITTEN, LOCKED]
 
     def row(model, pk: int, *varying: str) -> dict[str, Any]:
         stored = model.objects.filter(pk=pk).values().get()
@@ -153,7 +184,7 @@ def test_it_writes_what_the_locked_way_writes(hierarchy, template, employee, mon
         CertificateRequest, slow.pk, *varying_request
     )
 
-    def events(request: CertificateRequest) -> list[dict[str, Any]]:
+    def events(request: CertificateRequest) -> list[tuple[Any, ...]]:
         assert request.certificate is not None
         found = []
         for target, label in ((request, "enrollment.CertificateRequest"),
@@ -174,32 +205,39 @@ def test_it_writes_what_the_locked_way_writes(hierarchy, template, employee, mon
 
 
 @transactional
-def test_a_lock_taken_meanwhile_sends_it_the_locked_way(hierarchy, template, employee, meanwhile):
-    signed = meanwhile(lambda: hotsql.lock_people([employee.pk]))  # committed at once
+def test_a_lock_taken_meanwhile_sends_it_the_locked_way(
+    hierarchy, template, employee, ways, meanwhile, caplog
+):
+    meanwhile(lambda: hotsql.lock_people([employee.pk]))  # committed at once
 
-    request = enrol(employee, template("smime-signing"))
+    with caplog.at_level("INFO", logger="enrollment.services"):
+        request = enrol(employee, template("smime-signing"))
 
-    assert signed == ["unlocked", "locked"]
+    assert ways == [NOT_WRITTEN, LOCKED]
     assert request.state == CertificateRequest.State.ISSUED
     assert Certificate.objects.filter(owner=employee).count() == 1  # the locked way's only
     assert CertificateRequest.objects.count() == 1
     assert list(audit_chain_breaks()) == []
+    discarded = [r.getMessage() for r in caplog.records if "signed and not stored" in r.message]
+    assert len(discarded) == 1
+    assert request.certificate is not None
+    assert request.certificate.serial not in discarded[0]  # the first signature's serial
 
 
 @transactional
 def test_an_enrolment_meanwhile_that_reaches_the_cap_refuses_this_one(
-    hierarchy, template, employee, meanwhile, settings
+    hierarchy, template, employee, ways, meanwhile, settings
 ):
     """The check saw room for one more; another request of the person's took it. The cap
     holds: the certificate signed on the stale counts is never stored."""
     settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
     signing = template("smime-signing")
-    signed = meanwhile(lambda: enrol(employee, signing))
+    meanwhile(lambda: enrol(employee, signing))
 
     with pytest.raises(PolicyViolation, match="already have 1 valid certificates"):
         enrol(employee, signing)
 
-    assert signed == ["unlocked", "unlocked"]  # this one's, then the one meanwhile
+    assert ways == [WRITTEN, NOT_WRITTEN, LOCKED]  # the one meanwhile, then this one's
     assert Certificate.objects.filter(owner=employee).count() == 1
     assert CertificateRequest.objects.count() == 1
     assert list(audit_chain_breaks()) == []
@@ -207,32 +245,29 @@ def test_an_enrolment_meanwhile_that_reaches_the_cap_refuses_this_one(
 
 @transactional
 def test_a_key_reported_compromised_meanwhile_is_refused(
-    hierarchy, template, employee, monkeypatch
+    hierarchy, template, employee, ways, meanwhile
 ):
-    spki: list[str] = []
-    original = keystore.issue_end_entity
+    key = new_key()
+    from enrollment.x509 import keys
 
-    def signing(ca, *, public_key, **kwargs: Any) -> Any:
-        if not spki:
-            from enrollment.x509 import keys
-
-            spki.append(keys.spki_sha256(public_key))
-            KeyIdentity.objects.update_or_create(spki_sha256=spki[0], compromised=True)
-        return original(ca, public_key=public_key, **kwargs)
-
-    monkeypatch.setattr(keystore, "issue_end_entity", signing)
+    spki = keys.spki_sha256(key.public_key())
+    meanwhile(
+        lambda: KeyIdentity.objects.update_or_create(
+            spki_sha256=spki, defaults={"compromised": True}
+        )
+    )
 
     with pytest.raises(PolicyViolation, match="compromised"):
-        enrol(employee, template("smime-signing"))
+        enrol(employee, template("smime-signing"), key)
 
-    assert spki
+    assert ways == [NOT_WRITTEN, LOCKED]
     assert Certificate.objects.count() == CertificateRequest.objects.count() == 0
-    assert KeyIdentity.objects.get(spki_sha256=spki[0]).compromised
+    assert KeyIdentity.objects.get(spki_sha256=spki).compromised
 
 
 @transactional
 def test_a_key_taken_meanwhile_fails_the_one_statement_whole(
-    hierarchy, template, employee, meanwhile
+    hierarchy, template, employee, ways, meanwhile
 ):
     """A unique key stored meanwhile (a retry with the same Idempotency-Key): the
     statement fails as a whole, writing nothing, and the caller hears of it."""
@@ -244,14 +279,122 @@ def test_a_key_taken_meanwhile_fails_the_one_statement_whole(
     with pytest.raises(IntegrityError):
         enrol(employee, signing, idempotency_key="same")
 
+    assert ways == [WRITTEN, FAILED]
     assert (Certificate.objects.count(), AuditEvent.objects.count()) == before[:2]
     assert version(employee) == before[2]  # the row's move was undone with the rest
     assert list(audit_chain_breaks()) == []
 
 
+@transactional
+def test_a_head_moved_without_its_certificate_fails_the_statement_whole(
+    hierarchy, template, employee, ways
+):
+    """A trigger (or a later edit) that drops the certificate's row: the head must not move
+    to events whose certificate is missing. Outside a transaction nothing could undo it
+    after the statement, so the statement fails itself."""
+    signing = template("smime-signing")
+    enrol(employee, signing)
+    head = AuditChainHead.objects.get().last_hash
+    table = Certificate._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_drop_row() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RETURN NULL; END $$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER test_drop_certificate BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION test_drop_row()"
+        )
+    try:
+        with pytest.raises(DatabaseError, match="head moved"):
+            enrol(employee, signing)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER test_drop_certificate ON {table}")
+            cursor.execute("DROP FUNCTION test_drop_row()")
+
+    assert ways == [WRITTEN, FAILED]
+    assert AuditChainHead.objects.get().last_hash == head
+    assert list(audit_chain_breaks()) == []
+
+
+@transactional
+def test_a_lock_held_meanwhile_is_waited_for_then_counted(
+    hierarchy, template, employee, ways, settings
+):
+    """The locked way of another request, not yet committed, holds the row: the one
+    statement waits for it, finds the row moved and writes nothing; the locked way then
+    counts that request's certificate and refuses at the cap."""
+    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
+    signing = template("smime-signing")
+    holding, release = threading.Event(), threading.Event()
+
+    def locked_and_held() -> None:
+        with transaction.atomic():
+            services._request_submit_locked(
+                requester=employee, template=signing, csr=csr(), key_algorithm=None,
+                renewal_of=None, source_address=None, idempotency_key="", mailbox=None,
+                channel="api",
+            )  # fmt: skip
+            holding.set()
+            release.wait(timeout=30)
+
+    first, second = {}, {}
+    one = in_thread(locked_and_held, first)
+    assert holding.wait(timeout=30)
+    two = in_thread(lambda: enrol(employee, signing), second)
+    two.join(timeout=0.5)
+    waited = two.is_alive()  # on the row the locked way holds
+    release.set()
+    one.join(timeout=30)
+    two.join(timeout=30)
+
+    assert "error" not in first, first
+    assert waited
+    assert isinstance(second.get("error"), PolicyViolation), second
+    assert ways == [LOCKED, NOT_WRITTEN, LOCKED]
+    assert Certificate.objects.filter(owner=employee).count() == 1
+    assert list(audit_chain_breaks()) == []
+
+
+@transactional
+def test_a_compromise_being_committed_meanwhile_is_waited_for_and_refuses(
+    hierarchy, template, employee, colleague, ways
+):
+    """A keyCompromise revocation of the key, not yet committed, holds the key's row: the
+    one statement waits at its claim, reads the flag as committed and writes nothing; the
+    locked way refuses the key."""
+    key = new_key()
+    reported = issue(colleague, template("smime-signing"), key)
+    marked, release = threading.Event(), threading.Event()
+
+    def revoke() -> None:
+        with transaction.atomic():
+            services.certificate_revoke(certificate=reported, reason="keyCompromise")
+            marked.set()
+            release.wait(timeout=30)
+
+    revoking, enrolling = {}, {}
+    one = in_thread(revoke, revoking)
+    assert marked.wait(timeout=30)
+    two = in_thread(lambda: enrol(employee, template("smime-signing"), key), enrolling)
+    two.join(timeout=0.5)
+    waited = two.is_alive()
+    release.set()
+    one.join(timeout=30)
+    two.join(timeout=30)
+
+    assert "error" not in revoking, revoking
+    assert waited
+    assert isinstance(enrolling.get("error"), PolicyViolation), enrolling
+    assert "compromised" in enrolling["error"].message
+    assert ways == [NOT_WRITTEN, LOCKED]
+    assert not Certificate.objects.filter(owner=employee).exists()
+
+
 @pytest.mark.django_db
 def test_inside_a_callers_transaction_a_failed_statement_leaves_it_usable(
-    hierarchy, template, employee, meanwhile
+    hierarchy, template, employee, ways, meanwhile
 ):
     signing = template("smime-signing")
     enrol(employee, signing)
@@ -260,13 +403,14 @@ def test_inside_a_callers_transaction_a_failed_statement_leaves_it_usable(
     with pytest.raises(IntegrityError):
         enrol(employee, signing, idempotency_key="same")
 
+    assert ways == [WRITTEN, FAILED]
     # The caller's transaction (the test's) goes on.
     assert CertificateRequest.objects.filter(idempotency_key="same").count() == 1
 
 
 @pytest.mark.django_db
 def test_requests_it_does_not_issue_at_once_are_never_checked_unlocked(
-    hierarchy, template, employee, approval, monkeypatch
+    hierarchy, template, employee, approval, ways, monkeypatch
 ):
     checks: list[int] = []
     original = hotsql.enrolment_check
@@ -279,5 +423,6 @@ def test_requests_it_does_not_issue_at_once_are_never_checked_unlocked(
     waiting = enrol(employee, template("smime-signing"))
 
     assert checks == [1]  # the renewal and the request that waits for approval: locked
+    assert ways == [WRITTEN, LOCKED, LOCKED]
     assert renewed.state == CertificateRequest.State.ISSUED
     assert waiting.state == CertificateRequest.State.PENDING
