@@ -1765,6 +1765,18 @@ def request_submit(
     (_csr_issued_unlocked: two statements, which write only if nobody took that lock
     meanwhile); whatever it does not issue, the locked way decides.
     """
+    locked = functools.partial(
+        _request_submit_locked,
+        requester=requester,
+        template=template,
+        csr=csr,
+        key_algorithm=key_algorithm,
+        renewal_of=renewal_of,
+        source_address=source_address,
+        idempotency_key=idempotency_key,
+        mailbox=mailbox,
+        channel=channel,
+    )
     if csr is not None and key_algorithm is None and renewal_of is None and mailbox is None:
         request = _csr_issued_unlocked(
             requester=requester,
@@ -1779,28 +1791,8 @@ def request_submit(
         # The locked way in a transaction of its own, or a savepoint of the caller's: a
         # failure leaves a caller's transaction usable, as when callers opened one.
         with transaction.atomic():
-            return _request_submit_locked(
-                requester=requester,
-                template=template,
-                csr=csr,
-                key_algorithm=key_algorithm,
-                renewal_of=renewal_of,
-                source_address=source_address,
-                idempotency_key=idempotency_key,
-                mailbox=mailbox,
-                channel=channel,
-            )
-    return _request_submit_locked(
-        requester=requester,
-        template=template,
-        csr=csr,
-        key_algorithm=key_algorithm,
-        renewal_of=renewal_of,
-        source_address=source_address,
-        idempotency_key=idempotency_key,
-        mailbox=mailbox,
-        channel=channel,
-    )
+            return locked()
+    return locked()
 
 
 @_in_a_transaction
