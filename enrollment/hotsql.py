@@ -57,9 +57,9 @@ class _cursor:
     __slots__ = ("db", "django", "raw")
 
     def __init__(self, db: BaseDatabaseWrapper, *, raw: bool = False) -> None:
-        """``raw``: on PostgreSQL, a cursor that takes PostgreSQL's own $1, $2 ...
-        placeholders (_numbered()), when the statement is Django's cursor's: see
-        ``self.raw`` once entered."""
+        """``raw``: ask for a psycopg RawCursor, which takes PostgreSQL's own $1, $2 ...
+        placeholders (_numbered()). Once entered, ``self.raw`` says whether it was given:
+        not where Django's own cursor is (SQLite, queries logged or wrapped)."""
         self.db = db
         self.django: Any = None
         self.raw = raw
