@@ -195,8 +195,9 @@ def _counts_sql() -> str:
 
 
 @cache
-def _counts_columns() -> str:
-    """The counts of EnrolmentCounts, in its order (parameters: _counts_params())."""
+def _counts_columns(template: str = "%s") -> str:
+    """The counts of EnrolmentCounts, in its order (parameters: _counts_params(); with
+    ``template``, an SQL expression of the template's id, without the template's id)."""
     request, certificate = CertificateRequest, Certificate
     r = {
         name: _column(request, name)
@@ -210,11 +211,12 @@ def _counts_columns() -> str:
         f"(SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
         f"AND {r['created_at']} >= %s), "
         f"(SELECT COUNT(*) FROM {_table(request)} WHERE {r['requester']} = %s "
-        f"AND {r['template']} = %s AND {r['state']} IN (%s, %s) AND {r['mailbox']} IS NULL), "
+        f"AND {r['template']} = {template} AND {r['state']} IN (%s, %s) "
+        f"AND {r['mailbox']} IS NULL), "
         f"(SELECT COUNT(*) FROM {_table(certificate)} WHERE {c['owner']} = %s "
-        f"AND {c['template']} = %s AND {c['status']} = %s "
+        f"AND {c['template']} = {template} AND {c['status']} = %s "
         f"AND {c['not_after']} > %s AND {c['id']} <> %s), "
-        f"({_permits_expression()}), "
+        f"({_permits_expression(template)}), "
         f"EXISTS (SELECT 1 FROM {_table(SharedMailbox)} WHERE {_column(SharedMailbox, 'email')} "
         f"= %s AND {_column(SharedMailbox, 'is_active')} = %s)"
     )
@@ -224,27 +226,30 @@ def _counts_params(
     db: BaseDatabaseWrapper,
     *,
     requester_id: int,
-    template_id: int,
+    template_id: int | None,
     since: datetime,
     now: datetime,
     excluding_certificate_id: int | None,
     address: str,
 ) -> list[Any]:
+    """The parameters of _counts_columns(); with ``template_id`` None, of
+    _counts_columns(an expression of the template's id)."""
+    template = [] if template_id is None else [template_id]
     # .value: psycopg dumps a plain str at once, but searches an enum's MRO for a dumper.
     return [
         requester_id,
         _when(db, since),
         requester_id,
-        template_id,
+        *template,
         CertificateRequest.State.PENDING.value,
         CertificateRequest.State.APPROVED.value,
         requester_id,
-        template_id,
+        *template,
         Certificate.Status.VALID.value,
         _when(db, now),
         excluding_certificate_id or 0,  # ids start at 1
-        template_id,
-        template_id,
+        *template,
+        *template,
         requester_id,
         address,
         True,
@@ -806,9 +811,10 @@ def template_by_slug(slug: str) -> CertificateTemplate | None:
 
 
 @cache
-def _permits_expression() -> str:
+def _permits_expression(template: str = "%s") -> str:
     """True when the template has no allowed groups or the user is in one; parameters:
-    template id, template id, user id."""
+    template id, template id, user id (``template``: an SQL expression of the template's
+    id in their place, and the parameters but the user id)."""
     allowed = CertificateTemplate.allowed_groups.through
     memberships = get_user_model().groups.through
     a_table, m_table = _table(allowed), _table(memberships)
@@ -816,10 +822,10 @@ def _permits_expression() -> str:
     a_group, m_group = _column(allowed, "group"), _column(memberships, "group")
     m_user = _column(memberships, "user")
     return (
-        f"NOT EXISTS (SELECT 1 FROM {a_table} WHERE {a_template} = %s) "
+        f"NOT EXISTS (SELECT 1 FROM {a_table} WHERE {a_template} = {template}) "
         f"OR EXISTS (SELECT 1 FROM {a_table} INNER JOIN {m_table} "
         f"ON {a_table}.{a_group} = {m_table}.{m_group} "
-        f"WHERE {a_table}.{a_template} = %s AND {m_table}.{m_user} = %s)"
+        f"WHERE {a_table}.{a_template} = {template} AND {m_table}.{m_user} = %s)"
     )
 
 
@@ -873,6 +879,7 @@ def tokens_with_user(token_key: str) -> list[AuthToken]:
 
 @dataclass(frozen=True)
 class EnrolmentCheck:
+    template: CertificateTemplate  # as the check read it
     counts: EnrolmentCounts
     version: str  # the requester's row version (xmin) these counts go with
     compromised: bool  # the key was reported compromised (KeyIdentity)
@@ -882,19 +889,23 @@ class EnrolmentCheck:
 
 
 @cache
-def _check_sql() -> str:
+def _check_sql(by: str) -> str:
+    """The check, the template found by its ``by`` ("id" or "slug")."""
     user, key = get_user_model(), KeyIdentity
-    user_pk, ca = _quoted(user._meta.pk), CertificateAuthority
+    user_pk, ca, template = _quoted(user._meta.pk), CertificateAuthority, CertificateTemplate
     ca_columns = ", ".join(f"ca.{_quoted(f)}" for f in ca._meta.concrete_fields)
+    template_columns = ", ".join(f"t.{_quoted(f)}" for f in template._meta.concrete_fields)
+    template_ca = f"t.{_column(template, 'issuing_ca')}"
     return (
-        f"SELECT {_counts_columns()}, "
+        f"WITH t AS ({_all_columns_sql(template)} WHERE {_column(template, by)} = %s) "
+        f"SELECT {_counts_columns(f't.{_quoted(template._meta.pk)}')}, "
         f"(SELECT xmin::text FROM {_table(user)} WHERE {user_pk} = %s), "
         f"(SELECT {_column(key, 'compromised')} FROM {_table(key)} "
         f"WHERE {_column(key, 'spki_sha256')} = %s), "
         f"nextval(pg_get_serial_sequence(%s, %s)), nextval(pg_get_serial_sequence(%s, %s)), "
-        f"{ca_columns} FROM (SELECT 1) AS one LEFT JOIN ({_all_columns_sql(ca)} "
-        f"WHERE {_column(ca, 'id')} = %s OR (%s::bigint IS NULL AND {_column(ca, 'is_default')} "
-        f"= %s)) AS ca ON TRUE"
+        f"{ca_columns}, {template_columns} FROM t LEFT JOIN ({_all_columns_sql(ca)}) AS ca "
+        f"ON ca.{_column(ca, 'id')} = {template_ca} "
+        f"OR ({template_ca} IS NULL AND ca.{_column(ca, 'is_default')} = %s)"
     )
 
 
@@ -910,38 +921,42 @@ def _serial_sequence(model: type[models.Model]) -> list[str]:
 def enrolment_check(
     *,
     requester_id: int,
-    template_id: int,
+    template: int | str,
     since: datetime,
     now: datetime,
     address: str,
     spki_sha256: str,
-    ca_id: int | None,
 ) -> EnrolmentCheck | None:
-    """PostgreSQL: in one statement and without a lock, what enrolment_counts() reads,
-    the requester row's version, whether the key was reported compromised, the issuing CA
-    (``ca_id``, or the default when None) and keys for a certificate and a request. None
-    when the requester has no row."""
+    """PostgreSQL: in one statement and without a lock, the template (by its id, or by its
+    slug when a str), what enrolment_counts() reads for it, the requester row's version,
+    whether the key was reported compromised, the issuing CA (the template's, or the
+    default) and keys for a certificate and a request. None when no template has that
+    id or slug, or the requester has no row."""
     db = _db()
-    params = _counts_params(
+    params: list[Any] = [template]
+    params += _counts_params(
         db,
         requester_id=requester_id,
-        template_id=template_id,
+        template_id=None,
         since=since,
         now=now,
         excluding_certificate_id=None,
         address=address,
     )
     params += [requester_id, spki_sha256]
-    params += [*_serial_sequence(Certificate), *_serial_sequence(CertificateRequest)]
-    params += [ca_id, ca_id, True]
+    params += [*_serial_sequence(Certificate), *_serial_sequence(CertificateRequest), True]
     with _cursor(db) as cursor:
-        cursor.execute(_check_sql(), params)
+        cursor.execute(_check_sql("slug" if isinstance(template, str) else "id"), params)
         row = cursor.fetchone()
+    if row is None:
+        return None
     version, compromised, certificate_id, request_id = row[5:9]
     if version is None:
         return None
-    ca_row = row[9:]
+    width = len(CertificateAuthority._meta.concrete_fields)
+    ca_row, template_row = row[9 : 9 + width], row[9 + width :]
     return EnrolmentCheck(
+        template=_instance(db, CertificateTemplate, template_row),
         counts=_counts(row[:5]),
         version=version,
         compromised=bool(compromised),

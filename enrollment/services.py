@@ -1778,7 +1778,7 @@ def request_submit(
         channel=channel,
     )
     if csr is not None and key_algorithm is None and renewal_of is None and mailbox is None:
-        request = _csr_issued_unlocked(
+        request, _read = _csr_issued_unlocked(
             requester=requester,
             template=template,
             csr=csr,
@@ -1793,6 +1793,53 @@ def request_submit(
         with transaction.atomic():
             return locked()
     return locked()
+
+
+def csr_submit_named(
+    *,
+    requester: User,
+    template_slug: str,
+    csr: bytes | str,
+    source_address: str | None = None,
+    idempotency_key: str = "",
+    channel: str,
+) -> CertificateRequest | None:
+    """request_submit() of a CSR for the template with this slug, as the API's body names
+    it; None, having done nothing, when no template has that slug (the caller says so in
+    its own words).
+
+    On PostgreSQL the unlocked way's check reads the template with the rest: one
+    statement fewer than reading it first. Whatever that way leaves, the locked way
+    decides, on the template as the check read it.
+    """
+    read: CertificateTemplate | None = None
+    if connection.vendor == "postgresql":
+        request, read = _csr_issued_unlocked(
+            requester=requester,
+            template=template_slug,
+            csr=csr,
+            source_address=source_address,
+            idempotency_key=idempotency_key,
+            channel=channel,
+        )
+        if request is not None:
+            return request
+    template = read or hotsql.template_by_slug(template_slug)
+    if template is None:
+        return None
+    # As request_submit() does for a CSR: a transaction of its own, or a savepoint.
+    with transaction.atomic():
+        return _request_submit_locked(
+            requester=requester,
+            template=template,
+            csr=csr,
+            key_algorithm=None,
+            renewal_of=None,
+            source_address=source_address,
+            idempotency_key=idempotency_key,
+            mailbox=None,
+            channel=channel,
+        )
 
 
 @_in_a_transaction
@@ -1930,16 +1977,26 @@ def _request_submit_locked(
     return request
 
 
+def _issues_csrs_at_once(template: CertificateTemplate) -> bool:
+    """The template issues a CSR as it comes: what the unlocked way takes."""
+    return (
+        template.is_active
+        and template.allow_csr
+        and not template.requires_approval
+        and not template.archive_key
+    )
+
+
 def _csr_issued_unlocked(
     *,
     requester: User,
-    template: CertificateTemplate,
+    template: CertificateTemplate | str,
     csr: bytes | str,
     source_address: str | None,
     idempotency_key: str,
     channel: str,
-) -> CertificateRequest | None:
-    """PostgreSQL: issue a CSR in two statements, or return None for the locked way.
+) -> tuple[CertificateRequest | None, CertificateTemplate | None]:
+    """PostgreSQL: issue a CSR in two statements; else say so, for the locked way.
 
     The locked way holds its requester's row from BEGIN to COMMIT across seven
     statements. Here hotsql.enrolment_check() reads what the locked way reads, without a
@@ -1947,52 +2004,63 @@ def _csr_issued_unlocked(
     writes the request, the certificate and their events in one statement, only if
     nobody has taken this person's lock since the check (the lock moves the row's
     version), so the counts it decided on are still the counts. Anything else, every
-    refusal included, returns None, and the locked way decides and words it. A
+    refusal included, is left to the locked way, which decides and words it. A
     certificate signed here and then not stored (one person's own requests racing) was
-    never seen by anyone; the locked way signs its own.
+    never sent; the log says so.
+
+    ``template`` is the template, or its slug (as the API's body names it): the check
+    reads the template's row either way, and everything after it uses that row. Returns
+    the request if issued, else None; and the template as the check read it (None if no
+    template has that slug, or the check did not run).
     """
     from enrollment.permissions import may_use_template
 
-    if (
-        connection.vendor != "postgresql"
-        or channel not in CHANNELS
-        or not template.is_active
-        or not template.allow_csr
-        or template.requires_approval
-        or template.archive_key
-    ):
-        return None
+    if connection.vendor != "postgresql" or channel not in CHANNELS:
+        return None, None
+    given, named = (
+        (template, template.pk) if isinstance(template, CertificateTemplate) else (None, template)
+    )
+    if given is not None and not _issues_csrs_at_once(given):
+        return None, None
     try:
-        parsed = parse_csr(csr, allowed_key_algorithms=template.key_algorithms)
+        parsed = parse_csr(
+            csr, allowed_key_algorithms=given.key_algorithms if given is not None else None
+        )
         subject = subject_for(requester, mailbox_checked=True)  # the check reads the last
     except (X509Error, EnrollmentError):
-        return None
+        return None, None
     spki_sha256 = keys.spki_sha256(parsed.public_key)
     now = timezone.now()
     check = hotsql.enrolment_check(
         requester_id=requester.pk,
-        template_id=template.pk,
+        template=named,
         since=now - timedelta(hours=1),
         now=now,
         address=_account_email(requester),
         spki_sha256=spki_sha256,
-        ca_id=template.issuing_ca_id,
     )
-    if check is None or check.compromised or check.counts.address_is_mailbox:
-        return None
-    if not may_use_template(requester, template, open_to_user=check.counts.open_to_requester):
-        return None
+    if check is None:
+        return None, None
+    template = check.template
+    if (
+        not _issues_csrs_at_once(template)
+        or keys.key_algorithm_of(parsed.public_key) not in template.key_algorithms
+        or check.compromised
+        or check.counts.address_is_mailbox
+        or not may_use_template(requester, template, open_to_user=check.counts.open_to_requester)
+    ):
+        return None, template
     try:
         _check_limits(check.counts, template)
         ca = _online_issuing_ca(check.ca)
         if ca_lifetime.issuance_problem(ca, template) is not None:
-            return None
+            return None, template
         _check_ca_constraints(ca, subject)
         issued = keystore.issue_end_entity(
             ca, public_key=parsed.public_key, subject=subject, policy=template.policy()
         )
     except (EnrollmentError, X509Error):
-        return None
+        return None, template
     certificate = _new_certificate(
         ca=ca,
         owner=requester,
@@ -2057,12 +2125,12 @@ def _csr_issued_unlocked(
             )
     except hotsql.NotIssued as exc:
         _signed_not_stored(certificate, requester, f"{exc}; the locked way decides")
-        return None
+        return None, template
     except DatabaseError:
         _signed_not_stored(certificate, requester, "its statement failed")
         raise
     ldap_publish.publish_on_commit(requester.pk)
-    return request
+    return request, template
 
 
 def _signed_not_stored(certificate: Certificate, requester: User, why: str) -> None:

@@ -213,6 +213,21 @@ def _enrol_once(
     idempotency_key: str = "",
 ) -> Response:
     csr_shape = s.is_csr_body(data)
+    if csr_shape and template is None and renewal_of is None and "mailbox" not in data:
+        # The template the body names is read with the enrolment's other reads.
+        named = s.valid_csr_body(data, names_template=True, resolve=False)
+        if named is not None:
+            submitted = services.csr_submit_named(
+                requester=signed_in_user(request),
+                template_slug=named["template_slug"],
+                csr=named["csr"],
+                source_address=client_address(request),
+                idempotency_key=idempotency_key,
+                channel=CertificateRequest.Channel.API,
+            )
+            if submitted is not None:
+                return _answer(request, submitted)
+            # No template has that slug: the serializer below says so, as it always has.
     if template is None:
         shape: type[serializers.Serializer[None]] = (
             s.CsrEnrollmentIn if csr_shape else s.ServerKeyEnrollmentIn

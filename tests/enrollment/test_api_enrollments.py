@@ -659,24 +659,24 @@ def test_the_answer_built_by_hand_is_what_issuedout_documents(hierarchy, employe
     assert s.issued_body(answers[1], http)["pkcs12"]
 
 
-def test_a_csr_enrolment_costs_six_statements_on_postgresql_and_twelve_on_sqlite(
+def test_a_csr_enrolment_costs_five_statements_on_postgresql_and_twelve_on_sqlite(
     hierarchy, employee, ec_p256_key, django_assert_num_queries
 ):
     """The throughput of the API rests on this (docs/benchmarks.md): keep it from creeping.
 
-    Here inside the test's transaction. PostgreSQL: token with its user; template; the
-    unlocked check (services._csr_issued_unlocked); savepoint; the one statement that
-    writes everything; release (outside a transaction, as in production, four:
-    tests/enrollment/test_csr_unlocked.py). SQLite, the locked way: token with its user;
-    template; savepoint; permission and limits; is the key compromised and the issuing CA
-    (two); certificate with its request (two); the audit events and the head's move
-    (three); release.
+    Here inside the test's transaction. PostgreSQL: token with its user; the unlocked
+    check, which reads the template the body names (services.csr_submit_named);
+    savepoint; the one statement that writes everything; release (outside a transaction,
+    as in production, three: tests/enrollment/test_csr_unlocked.py). SQLite, the locked
+    way: token with its user; template; savepoint; permission and limits; is the key
+    compromised and the issuing CA (two); certificate with its request (two); the audit
+    events and the head's move (three); release.
     """
     client = token_client(employee)
     body = csr_body(ec_p256_key)
     client.post(ENROLLMENTS, body, format="json")  # warm: the chain head exists
 
-    with django_assert_num_queries(6 if connection.vendor == "postgresql" else 12):
+    with django_assert_num_queries(5 if connection.vendor == "postgresql" else 12):
         response = client.post(ENROLLMENTS, body, format="json")
 
     assert response.status_code == 201

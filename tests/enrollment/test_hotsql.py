@@ -593,23 +593,30 @@ def test_the_check_reads_what_the_locked_counts_read(
     now = timezone.now()
     common = {
         "requester_id": employee.pk,
-        "template_id": signing.pk,
         "since": now - timedelta(hours=1),
         "now": now,
         "address": employee.email,
     }
+    counts = hotsql.enrolment_counts(**common, template_id=signing.pk)
 
-    check = hotsql.enrolment_check(**common, spki_sha256="0" * 64, ca_id=None)
+    by_id = hotsql.enrolment_check(**common, template=signing.pk, spki_sha256="0" * 64)
+    by_slug = hotsql.enrolment_check(**common, template=signing.slug, spki_sha256="0" * 64)
 
-    assert check is not None
-    assert check.counts == hotsql.enrolment_counts(**common)
-    assert check.ca is not None
-    assert check.ca.pk == hierarchy.issuing.pk
-    assert not check.compromised
-    named = hotsql.enrolment_check(**common, spki_sha256="0" * 64, ca_id=hierarchy.root.pk)
+    for check in (by_id, by_slug):
+        assert check is not None
+        assert check.counts == counts
+        assert check.template.pk == signing.pk
+        assert check.template.name == signing.name
+        assert check.ca is not None
+        assert check.ca.pk == hierarchy.issuing.pk  # the default
+        assert not check.compromised
+    assert by_slug.certificate_id > by_id.certificate_id  # drawn, never handed out twice
+    signing.issuing_ca = hierarchy.root  # (not one that issues: only which CA is read)
+    signing.save()
+    named = hotsql.enrolment_check(**common, template=signing.slug, spki_sha256="0" * 64)
     assert named is not None
     assert named.ca is not None
     assert named.ca.pk == hierarchy.root.pk
-    assert named.certificate_id > check.certificate_id  # drawn, never handed out twice
-    assert hotsql.enrolment_check(**{**common, "requester_id": 10**9}, spki_sha256="0" * 64,
-                                  ca_id=None) is None  # fmt: skip
+    assert hotsql.enrolment_check(**common, template="no-such", spki_sha256="0" * 64) is None
+    assert hotsql.enrolment_check(**{**common, "requester_id": 10**9}, template=signing.pk,
+                                  spki_sha256="0" * 64) is None  # fmt: skip

@@ -606,14 +606,14 @@ def test_each_certificate_comes_with_its_own_issuers_chain(
     assert sorted(found) == ["Test Issuing CA G2", "Test Root CA"]
 
 
-def test_a_csr_enrolment_still_costs_six_statements_on_postgresql_and_twelve_on_sqlite(
+def test_a_csr_enrolment_still_costs_five_statements_on_postgresql_and_twelve_on_sqlite(
     hierarchy, employee, django_assert_num_queries
 ):
     """As tests/enrollment/test_api_enrollments.py: the default CA's flag costs nothing."""
     client = token_client(employee)
     client.post(ENROLLMENTS, csr_body(new_key()), format="json")
 
-    with django_assert_num_queries(6 if connection.vendor == "postgresql" else 12):
+    with django_assert_num_queries(5 if connection.vendor == "postgresql" else 12):
         response = client.post(ENROLLMENTS, csr_body(new_key()), format="json")
 
     assert response.status_code == 201
