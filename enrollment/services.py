@@ -1765,8 +1765,18 @@ def request_submit(
     (_csr_issued_unlocked: two statements, which write only if nobody took that lock
     meanwhile); whatever it does not issue, the locked way decides.
     """
-    locked = functools.partial(
-        _request_submit_locked,
+    if csr is not None and key_algorithm is None and renewal_of is None and mailbox is None:
+        request = _csr_submit(
+            requester=requester,
+            template=template,
+            csr=csr,
+            source_address=source_address,
+            idempotency_key=idempotency_key,
+            channel=channel,
+        )
+        assert request is not None  # (only a slug can name no template)
+        return request
+    return _request_submit_locked(
         requester=requester,
         template=template,
         csr=csr,
@@ -1777,22 +1787,6 @@ def request_submit(
         mailbox=mailbox,
         channel=channel,
     )
-    if csr is not None and key_algorithm is None and renewal_of is None and mailbox is None:
-        request, _read = _csr_issued_unlocked(
-            requester=requester,
-            template=template,
-            csr=csr,
-            source_address=source_address,
-            idempotency_key=idempotency_key,
-            channel=channel,
-        )
-        if request is not None:
-            return request
-        # The locked way in a transaction of its own, or a savepoint of the caller's: a
-        # failure leaves a caller's transaction usable, as when callers opened one.
-        with transaction.atomic():
-            return locked()
-    return locked()
 
 
 def csr_submit_named(
@@ -1806,32 +1800,51 @@ def csr_submit_named(
 ) -> CertificateRequest | None:
     """request_submit() of a CSR for the template with this slug, as the API's body names
     it; None, having done nothing, when no template has that slug (the caller says so in
-    its own words).
+    its own words). On PostgreSQL the unlocked way's check reads the template with the
+    rest: one statement fewer than reading it first."""
+    return _csr_submit(
+        requester=requester,
+        template=template_slug,
+        csr=csr,
+        source_address=source_address,
+        idempotency_key=idempotency_key,
+        channel=channel,
+    )
 
-    On PostgreSQL the unlocked way's check reads the template with the rest: one
-    statement fewer than reading it first. Whatever that way leaves, the locked way
-    decides, on the template as the check read it.
-    """
-    read: CertificateTemplate | None = None
-    if connection.vendor == "postgresql":
-        request, read = _csr_issued_unlocked(
-            requester=requester,
-            template=template_slug,
-            csr=csr,
-            source_address=source_address,
-            idempotency_key=idempotency_key,
-            channel=channel,
-        )
-        if request is not None:
-            return request
-    template = read or hotsql.template_by_slug(template_slug)
-    if template is None:
-        return None
-    # As request_submit() does for a CSR: a transaction of its own, or a savepoint.
+
+def _csr_submit(
+    *,
+    requester: User,
+    template: CertificateTemplate | str,
+    csr: bytes | str,
+    source_address: str | None,
+    idempotency_key: str,
+    channel: str,
+) -> CertificateRequest | None:
+    """A new CSR request, not a renewal: the unlocked way, then whatever it leaves the
+    locked way decides, on the template as the unlocked check read it (fresher than the
+    caller's) or as given. None when ``template`` is a slug no template has."""
+    request, read = _csr_issued_unlocked(
+        requester=requester,
+        template=template,
+        csr=csr,
+        source_address=source_address,
+        idempotency_key=idempotency_key,
+        channel=channel,
+    )
+    if request is not None:
+        return request
+    found = read or (template if not isinstance(template, str) else None)
+    if found is None:
+        found = hotsql.template_by_slug(str(template))
+        if found is None:
+            return None
+    # The locked way in a transaction of its own, or a savepoint of the caller's: a
+    # failure leaves a caller's transaction usable, as when callers opened one.
     with transaction.atomic():
         return _request_submit_locked(
             requester=requester,
-            template=template,
+            template=found,
             csr=csr,
             key_algorithm=None,
             renewal_of=None,

@@ -365,6 +365,26 @@ def test_a_template_limited_to_a_group_is_403_for_others(
     assert stored_counts() == (0, 0)
 
 
+def test_a_well_formed_csr_for_a_template_that_is_not_there_or_not_active_is_refused(
+    hierarchy, template, employee, ec_p256_key
+):
+    """The CSR path reads the template with its check (services.csr_submit_named): a CSR
+    that would be issued still gets the answers the template's own lookup gave."""
+    client = token_client(employee)
+
+    unknown = client.post(ENROLLMENTS, csr_body(ec_p256_key, "no-such"), format="json")
+    signing = template("smime-signing")
+    signing.is_active = False
+    signing.save()
+    inactive = client.post(ENROLLMENTS, csr_body(ec_p256_key), format="json")
+
+    assert unknown.status_code == 400
+    assert unknown.json() == {"template": ["There is no certificate template 'no-such'."]}
+    assert inactive.status_code == 403
+    assert list(inactive.json()) == ["template"]
+    assert stored_counts() == (0, 0)
+
+
 def test_i_list_my_enrolments_and_not_my_colleagues(
     hierarchy, employee, colleague, officer, ec_p256_key
 ):

@@ -410,7 +410,7 @@ def test_inside_a_callers_transaction_a_failed_statement_leaves_it_usable(
 
 
 @pytest.mark.django_db
-def test_requests_it_does_not_issue_at_once_are_never_checked_unlocked(
+def test_request_submit_checks_unlocked_only_what_it_may_issue_at_once(
     hierarchy, template, employee, approval, ways, monkeypatch
 ):
     checks: list[int] = []

@@ -23,7 +23,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy
 
-from enrollment import hotsql, services
+from enrollment import hotsql, keystore, services
 from enrollment.models import (
     AuditChainHead,
     AuditEvent,
@@ -33,6 +33,7 @@ from enrollment.models import (
     CertificateTemplate,
 )
 from enrollment.permissions import may_use_template
+from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.tools import issue
 from tests.factories import UserFactory
 
@@ -587,9 +588,14 @@ def test_numbered_placeholders_are_postgresqls_own_in_order():
 def test_the_check_reads_what_the_locked_counts_read(
     hierarchy, template, employee, colleague, ec_p256_key
 ):
-    signing = template("smime-signing")
+    signing, dual_use = template("smime-signing"), template("smime-dual-use")
     issue(employee, signing, ec_p256_key)
     issue(colleague, signing, ec_p256_key)
+    # Permission read from the template's row: Alice is in a group that may use another
+    # template only, so this one, limited to a group of its own, is closed to her.
+    theirs, others = Group.objects.create(name="theirs"), Group.objects.create(name="others")
+    employee.groups.add(others)
+    dual_use.allowed_groups.add(others)
     now = timezone.now()
     common = {
         "requester_id": employee.pk,
@@ -597,26 +603,55 @@ def test_the_check_reads_what_the_locked_counts_read(
         "now": now,
         "address": employee.email,
     }
-    counts = hotsql.enrolment_counts(**common, template_id=signing.pk)
 
-    by_id = hotsql.enrolment_check(**common, template=signing.pk, spki_sha256="0" * 64)
-    by_slug = hotsql.enrolment_check(**common, template=signing.slug, spki_sha256="0" * 64)
+    def check(named):
+        found = hotsql.enrolment_check(**common, template=named, spki_sha256="0" * 64)
+        assert found is not None
+        return found
 
-    for check in (by_id, by_slug):
-        assert check is not None
-        assert check.counts == counts
-        assert check.template.pk == signing.pk
-        assert check.template.name == signing.name
-        assert check.ca is not None
-        assert check.ca.pk == hierarchy.issuing.pk  # the default
-        assert not check.compromised
-    assert by_slug.certificate_id > by_id.certificate_id  # drawn, never handed out twice
-    signing.issuing_ca = hierarchy.root  # (not one that issues: only which CA is read)
+    for limited in (False, True):
+        if limited:
+            signing.allowed_groups.add(theirs)
+        counts = hotsql.enrolment_counts(**common, template_id=signing.pk)
+        assert counts.open_to_requester is not limited
+        for named in (signing.pk, signing.slug):
+            found = check(named)
+            assert found.counts == counts
+            assert (found.template.pk, found.template.name) == (signing.pk, signing.name)
+            assert found.ca is not None
+            assert found.ca.pk == hierarchy.issuing.pk  # the default
+            assert not found.compromised
+    assert check(dual_use.slug).counts.open_to_requester  # her group's template
+    first, second = check(signing.pk), check(signing.slug)
+    assert second.certificate_id > first.certificate_id  # drawn, never handed out twice
+    # A template that names a CA gets that CA only, never the default as well: one made
+    # after the default (a join that also took the default would find that one first).
+    later = services.issuing_ca_create(
+        spec=services.CaSpec("Test Issuing CA G2", "issuing-g2", KeyAlgorithm.EC_P256, 1825),
+        root=hierarchy.root,
+        root_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+        base_url="http://pki.example.com",
+        organization_name="Example Org",
+        country_name="GB",
+    )
+    signing.issuing_ca = later
     signing.save()
-    named = hotsql.enrolment_check(**common, template=signing.slug, spki_sha256="0" * 64)
-    assert named is not None
-    assert named.ca is not None
-    assert named.ca.pk == hierarchy.root.pk
+    with connection.cursor() as cursor:  # the statement itself: one row, the named CA's
+        cursor.execute(hotsql._check_sql("slug"), check_params(signing.slug, common))
+        rows = cursor.fetchall()
+    assert len(rows) == 1
+    assert check(signing.slug).ca.pk == later.pk
     assert hotsql.enrolment_check(**common, template="no-such", spki_sha256="0" * 64) is None
     assert hotsql.enrolment_check(**{**common, "requester_id": 10**9}, template=signing.pk,
                                   spki_sha256="0" * 64) is None  # fmt: skip
+
+
+def check_params(named, common) -> list:
+    """enrolment_check()'s parameters, to run its statement by hand."""
+    params = [named]
+    params += hotsql._counts_params(
+        connection, template_id=None, excluding_certificate_id=None, **common
+    )
+    params += [common["requester_id"], "0" * 64]
+    params += hotsql._serial_sequence(Certificate) + hotsql._serial_sequence(CertificateRequest)
+    return [*params, True]
