@@ -133,6 +133,18 @@ def _all_columns(model: type[models.Model]) -> str:
     return ", ".join(f"{_table(model)}.{_quoted(f)}" for f in model._meta.concrete_fields)
 
 
+@cache
+def _all_columns_sql(model: type[models.Model]) -> str:
+    """Every row of the model's table, as _instance() reads it."""
+    return f"SELECT {_all_columns(model)} FROM {_table(model)}"
+
+
+@cache
+def _select_all_sql(model: type[models.Model], where: str) -> str:
+    """The rows whose ``where`` field equals the parameter, as _instance() reads them."""
+    return f"{_all_columns_sql(model)} WHERE {_column(model, where)} = %s"
+
+
 def _when(db: BaseDatabaseWrapper, moment: datetime) -> Any:
     """A datetime as the ORM would pass it (SQLite stores text in UTC)."""
     return db.ops.adapt_datetimefield_value(moment)
@@ -343,8 +355,7 @@ def _claim_with_default_ca_sql() -> str:
 @cache
 def _default_ca_sql() -> str:
     """The CA marked default; one_default_issuing_ca makes it the only one (an index scan)."""
-    ca = CertificateAuthority
-    return f"SELECT {_all_columns(ca)} FROM {_table(ca)} WHERE {_column(ca, 'is_default')} = %s"
+    return _select_all_sql(CertificateAuthority, "is_default")
 
 
 @cache
@@ -387,8 +398,9 @@ def default_issuing_ca() -> CertificateAuthority | None:
 
 @cache
 def _authorities_sql() -> str:
-    ca = CertificateAuthority
-    return f"SELECT {_all_columns(ca)} FROM {_table(ca)} ORDER BY {_column(ca, 'id')}"
+    return (
+        f"{_all_columns_sql(CertificateAuthority)} ORDER BY {_column(CertificateAuthority, 'id')}"
+    )
 
 
 def authorities() -> list[CertificateAuthority]:
@@ -796,11 +808,6 @@ def _issued_sql() -> str:
 # --- the template, and who may use it -------------------------------------------------
 
 
-@cache
-def _select_all_sql(model: type[models.Model], where: str) -> str:
-    return f"SELECT {_all_columns(model)} FROM {_table(model)} WHERE {_column(model, where)} = %s"
-
-
 def template_by_slug(slug: str) -> CertificateTemplate | None:
     """``CertificateTemplate.objects.filter(slug=slug).first()``."""
     db = _db()
@@ -897,7 +904,7 @@ def _check_sql(by: str) -> str:
     template_columns = ", ".join(f"t.{_quoted(f)}" for f in template._meta.concrete_fields)
     template_ca = f"t.{_column(template, 'issuing_ca')}"
     return (
-        f"WITH t AS ({_all_columns_sql(template)} WHERE {_column(template, by)} = %s) "
+        f"WITH t AS ({_select_all_sql(template, by)}) "
         f"SELECT {_counts_columns(f't.{_quoted(template._meta.pk)}')}, "
         f"(SELECT xmin::text FROM {_table(user)} WHERE {user_pk} = %s), "
         f"(SELECT {_column(key, 'compromised')} FROM {_table(key)} "
@@ -907,11 +914,6 @@ def _check_sql(by: str) -> str:
         f"ON ca.{_column(ca, 'id')} = {template_ca} "
         f"OR ({template_ca} IS NULL AND ca.{_column(ca, 'is_default')} = %s)"
     )
-
-
-@cache
-def _all_columns_sql(model: type[models.Model]) -> str:
-    return f"SELECT {_all_columns(model)} FROM {_table(model)}"
 
 
 def _serial_sequence(model: type[models.Model]) -> list[str]:
