@@ -195,13 +195,6 @@ def _named(entries: list[str], resolution: Resolution) -> list[tuple[str, User]]
     return named
 
 
-def _lock_people(user_ids: list[int]) -> None:
-    """Take the people's enrolment locks as request_submit takes its requester's (in id
-    order): an enrolment of one of them waits, so the limits read here stay true, and one
-    that counted without the lock does not issue on its counts (hotsql.issue_checked)."""
-    hotsql.lock_people(user_ids)
-
-
 def rollout_resolve(
     *,
     officer: User,
@@ -237,7 +230,10 @@ def rollout_resolve(
             unique.append((entry, user))
     ids = [user.pk for _e, user in unique]
     if lock:
-        _lock_people(ids)
+        # Their enrolment locks, as request_submit takes its requester's (in id order): an
+        # enrolment of one of them waits, so the limits read here stay true, and one that
+        # counted without the lock does not issue on its counts (hotsql.issue_checked).
+        hotsql.lock_people(ids)
     allowed_groups = list(template.allowed_groups.values_list("pk", flat=True))
     permitted: set[int] | None = None
     holders: set[int] = set()

@@ -1834,11 +1834,15 @@ def _csr_submit(
     )
     if request is not None:
         return request
-    found = read or (template if not isinstance(template, str) else None)
-    if found is None:
-        found = hotsql.template_by_slug(str(template))
+    found: CertificateTemplate | None
+    if read is not None:
+        found = read
+    elif isinstance(template, str):
+        found = hotsql.template_by_slug(template)  # the check did not run, or found none
         if found is None:
             return None
+    else:
+        found = template
     # The locked way in a transaction of its own, or a savepoint of the caller's: a
     # failure leaves a caller's transaction usable, as when callers opened one.
     with transaction.atomic():
