@@ -129,12 +129,13 @@ def start_gunicorn(
     probe: str = "/pki/issuing.crt",
     log: Path | None = None,
     cwd: Path = ROOT,
+    app: str = "pkiportal.wsgi",
 ) -> subprocess.Popen[bytes]:
     """gunicorn (sync workers) on the loopback, in its own process group, serving the
-    portal in ``cwd``; returns once ``probe`` answers 200."""
+    portal in ``cwd`` (or another WSGI ``app``); returns once ``probe`` answers 200."""
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "gunicorn", "pkiportal.wsgi",
+            sys.executable, "-m", "gunicorn", app,
             "--bind", f"{HOST}:{port}",
             "--workers", str(workers),
             "--log-level", "warning",

@@ -174,6 +174,23 @@ def test_enroll(bench):
     assert matches(r"function calls .* in .* seconds", out), out
 
 
+def test_enroll_ideal(bench):
+    out = bench(
+        "enroll_ideal.py", "--requests", "8", "--rounds", "2", "--workers", "1", "--clients", "2"
+    )
+    servers = matches(
+        rf"^HTTP CSR path, the (?P<side>portal|ideal server) \(P-256\) +(?P<rate>{NUMBER}) "
+        rf"certs/s  \(8 in {NUMBER} s\)  CPU/cert: app (?P<app>{NUMBER}) ",
+        out,
+    )
+    assert [m["side"] for m in servers] == ["portal", "ideal server"], out
+    assert all(float(m["rate"]) > 0 and float(m["app"]) > 0 for m in servers), out
+    # --rounds 2: each server's ratio to the bare library in both rounds, and their median.
+    assert len(matches(rf"^  {NUMBER}% of the bare library .*, {NUMBER}%, median", out)) == 2
+    assert matches(rf"^bare library: .* {NUMBER} certs/s \(rounds: \d+, \d+\)$", out), out
+    assert matches(r"^The portal runs at \d+% of the ideal server's rate", out), out
+
+
 def test_enroll_compare(bench, tmp_path):
     out = bench(
         "enroll_compare.py", "HEAD",
