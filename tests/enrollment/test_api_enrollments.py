@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from urllib.parse import urlencode
 
 import pytest
 
@@ -168,20 +169,33 @@ def test_the_pkcs12_password_is_never_echoed_stored_or_logged(hierarchy, employe
     assert PASSWORD not in str(list(CertificateRequest.objects.values()))
 
 
-def test_a_server_error_report_hides_the_pkcs12_password(hierarchy, employee, monkeypatch):
+@pytest.mark.parametrize("encoding", ["json", "multipart", "urlencoded"])
+def test_a_server_error_report_hides_the_pkcs12_password_and_the_token(
+    hierarchy, employee, monkeypatch, encoding
+):
+    """In every body the API parses: DRF hands a form's fields to Django's request.POST,
+    which the report lists, though no view marked them sensitive."""
+
     def wrapping_fails(*args, **kwargs):
         raise RuntimeError("out of memory while wrapping the key")
 
     monkeypatch.setattr(pkcs12.pkcs12, "serialize_key_and_certificates", wrapping_fails)
     password = f"Hidden-{secrets.token_urlsafe()}"  # not a literal: those show as source lines
+    client = token_client(employee)
+    token = client._credentials["HTTP_AUTHORIZATION"].removeprefix("Token ")
+    body = {**server_key_body(), "pkcs12_password": password}
 
     with error_report(RuntimeError) as report:
-        token_client(employee).post(
-            ENROLLMENTS, {**server_key_body(), "pkcs12_password": password}, format="json"
-        )
+        if encoding == "urlencoded":
+            form = "application/x-www-form-urlencoded"
+            client.post(ENROLLMENTS, urlencode(body), content_type=form)
+        else:
+            client.post(ENROLLMENTS, body, format=encoding)
 
     assert "_enrol" in report.text
+    assert "pkcs12_format" in report.text  # the body's other fields are shown
     assert password not in report.text
+    assert token not in report.text
 
 
 @pytest.mark.parametrize(
