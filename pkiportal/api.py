@@ -8,7 +8,7 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, renderers, status
+from rest_framework import exceptions, parsers, renderers, status
 from rest_framework.response import Response
 
 from enrollment.exceptions import (
@@ -32,6 +32,7 @@ _STATUS_FOR_ERROR: tuple[tuple[Any, int], ...] = (
     # The operator's to fix (no KRA, no CA key), not the client's: retry later.
     ((ConfigurationError, KeyStoreError), status.HTTP_503_SERVICE_UNAVAILABLE),
 )
+TOO_LARGE = "The request body is larger than this server accepts."
 # RateLimited counts requests over a rolling hour: an hour is always long enough.
 DEFAULT_RETRY_AFTER_SECONDS = 3600
 
@@ -55,10 +56,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return response
     if isinstance(exc, RequestDataTooBig):
         # DRF reads JSON through request.body, which enforces DATA_UPLOAD_MAX_MEMORY_SIZE.
-        return Response(
-            {"detail": "The request body is larger than this server accepts."},
-            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-        )
+        return Response({"detail": TOO_LARGE}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, X509Error):
         return Response({"detail": exc.message}, status=status.HTTP_400_BAD_REQUEST)
     # Imported here: rest_framework.views reads DEFAULT_RENDERER_CLASSES as it loads,
@@ -67,6 +65,17 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     from rest_framework.views import exception_handler as drf_exception_handler
 
     return drf_exception_handler(exc, context)
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's, with JSON nested deeper than Python's parser goes a 400 like any malformed
+    body: DRF catches only ValueError, so ``[[[[``... within the size cap was a 500."""
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
 
 
 class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
@@ -87,7 +96,7 @@ class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
 # a bad Host header: under /api/ these answer JSON in DRF's shape, as README promises.
 
 
-def _is_api(request: HttpRequest) -> bool:
+def is_api(request: HttpRequest) -> bool:
     return request.path_info.startswith("/api/")
 
 
@@ -96,27 +105,27 @@ def _api_error(detail: Any, code: int) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if _is_api(request):
+    if is_api(request):
         return _api_error("Bad request.", status.HTTP_400_BAD_REQUEST)
     return defaults.bad_request(request, exception)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if _is_api(request):
+    if is_api(request):
         detail = exceptions.PermissionDenied.default_detail
         return _api_error(detail, status.HTTP_403_FORBIDDEN)
     return defaults.permission_denied(request, exception)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if _is_api(request):
+    if is_api(request):
         return _api_error(exceptions.NotFound.default_detail, status.HTTP_404_NOT_FOUND)
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """Never the exception's text: it may name hosts, paths or credentials."""
-    if _is_api(request):
+    if is_api(request):
         detail = exceptions.APIException.default_detail
         return _api_error(detail, status.HTTP_500_INTERNAL_SERVER_ERROR)
     return defaults.server_error(request)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from django.conf import settings
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.messages.storage import default_storage
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.utils.functional import SimpleLazyObject, empty
 
 
@@ -28,6 +30,40 @@ def header_nul_to_space(
             if name.startswith("HTTP_") and isinstance(value, str) and "\x00" in value:
                 meta[name] = value.replace("\x00", " ")
         return get_response(request)
+
+    return middleware
+
+
+def body_size_cap(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
+    """Answer 413 to a body declared larger than DATA_UPLOAD_MAX_MEMORY_SIZE, unread.
+
+    Django holds request.body and a form's fields to that cap, but streams the files of a
+    multipart body to a temporary file however large they are; and CsrfViewMiddleware
+    reads the form, files and all, of any POST carrying a CSRF cookie before a view's
+    sign-in check, so an anonymous 20 MiB upload was written to disk whole. Nothing the
+    portal takes comes near the cap (a CSR, a certificate or an agent's PKCS#12 is at
+    most 64 KiB): here it bounds the whole body, as README says. It runs before every
+    view and every middleware's process_view; a body sent without a length (chunked) is
+    never read by Django at all.
+    """
+    from pkiportal.api import TOO_LARGE, is_api
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        cap = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:  # Django reads such a body as empty
+            declared = 0
+        if cap is None or declared <= cap:
+            return get_response(request)
+        if is_api(request) or request.content_type == "application/json":  # passkeys' too
+            return JsonResponse({"detail": TOO_LARGE}, status=413)
+        if "text/html" in request.META.get("HTTP_ACCEPT", ""):  # a browser's form
+            return render(request, "413.html", {"cap_kib": cap // 1024}, status=413)
+        # A protocol's client (EST, OCSP): the reason as text, as those answer errors.
+        return HttpResponse(f"{TOO_LARGE}\n", status=413, content_type="text/plain")
 
     return middleware
 

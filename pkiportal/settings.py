@@ -100,6 +100,8 @@ MIDDLEWARE = [
     "accounts.middleware.SecondFactorMiddleware",
     "pkiportal.middleware.MessageMiddleware",  # Django's, its storage made on first use
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Before any view or process_view reads the body (CsrfViewMiddleware's reads uploads).
+    "pkiportal.middleware.body_size_cap",
     # Last, as django-axes asks: it turns a locked-out login into a clear 429 page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -297,6 +299,11 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "pkiportal.api.BrowsableAPIRenderer",  # without its inline <style> (CSP)
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "pkiportal.api.JSONParser",  # DRF's, with JSON nested too deep a 400, not a 500
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_PAGINATION_CLASS": "pkiportal.pagination.LimitOffsetPagination",  # bounded
     "PAGE_SIZE": 50,

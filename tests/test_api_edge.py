@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from django.urls import Resolver404, URLResolver, clear_url_caches, path
 
 from enrollment.models import CertificateRequest
 from pkiportal import urls as portal_urls
-from tests.enrollment.api_tools import CERTIFICATES, ENROLLMENTS, PENDING, token_client
+from tests.enrollment.api_tools import CERTIFICATES, ENROLLMENTS, PENDING, TOKEN, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -232,3 +233,31 @@ def test_the_api_module_can_be_the_first_thing_a_script_imports():
     )
 
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+NESTED_TOO_DEEP = "[" * 100_000 + "]" * 100_000  # within the size cap, past the parser's depth
+
+
+def test_json_nested_too_deep_is_a_400_naming_it(officer_client):
+    body = '{"template": "smime-signing", "csr": ' + NESTED_TOO_DEEP + "}"
+
+    response = officer_client.post(ENROLLMENTS, body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["detail"]
+    assert not CertificateRequest.objects.exists()
+
+
+def test_json_nested_too_deep_beside_basic_credentials_is_a_400(employee):
+    """Minting a token: a 500 here put the Basic credentials into the error report."""
+    credentials = base64.b64encode(b"alice:correct horse battery staple").decode()
+
+    response = Client().post(
+        TOKEN,
+        NESTED_TOO_DEEP,
+        content_type="application/json",
+        headers={"Authorization": f"Basic {credentials}"},
+    )
+
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["detail"]

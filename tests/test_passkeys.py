@@ -386,12 +386,14 @@ def test_a_challenge_answers_only_its_own_ceremony(officer):
     assert not passkeys.has_confirmed(client.session)
 
 
-def test_a_body_too_large_is_a_400(officer):
+def test_a_body_too_large_is_a_413_in_json(officer):
     key_for(officer)
     client = password_only(officer)
     post_json(client, AUTH_OPTIONS, {})
     huge = json.dumps({"credential": {"id": "A" * 3_000_000}})
-    assert post_json(client, AUTHENTICATE, huge).status_code == 400
+    answer = post_json(client, AUTHENTICATE, huge)
+    assert answer.status_code == 413
+    assert "larger than" in answer.json()["detail"]
 
 
 def test_someone_with_only_a_key_confirms_it_before_setting_up_an_app(employee):

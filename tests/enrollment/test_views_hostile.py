@@ -155,9 +155,12 @@ def test_a_body_over_the_upload_cap_is_refused(employee_client, hierarchy, setti
     before = stored()
 
     response = employee_client.post(
-        enrol_url("smime-signing"), {"method": "csr", "csr": "A" * 5000}
+        enrol_url("smime-signing"),
+        {"method": "csr", "csr": "A" * 5000},
+        headers={"Accept": "text/html"},
     )
 
-    assert response.status_code == 400
+    assert response.status_code == 413
+    assert "Too large" in response.content.decode()
     assert stored() == before
     assert not Certificate.objects.exists()
