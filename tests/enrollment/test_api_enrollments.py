@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from django.contrib.auth.models import Group
 from django.db import connection
 
+from enrollment import services
 from enrollment.models import ArchivedKey, AuditEvent, Certificate, CertificateRequest
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm
@@ -35,7 +36,15 @@ from tests.enrollment.api_tools import (
     stored_counts,
     token_client,
 )
-from tests.enrollment.tools import CLAIMED_EMAIL, CLAIMED_NAME, EC_P256, error_report, openssl_csr
+from tests.enrollment.tools import (
+    CLAIMED_EMAIL,
+    CLAIMED_NAME,
+    EC_P256,
+    csr_with_a_bad_signature,
+    error_report,
+    openssl_csr,
+    row_counts,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -52,9 +61,12 @@ def rfc822_names(certificate: x509.Certificate) -> list[str]:
 # --- from a CSR -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("way", ["as it comes", "the locked way"])
 def test_a_csr_from_openssl_for_someone_else_yields_a_certificate_in_my_own_name(
-    hierarchy, employee, openssl
+    hierarchy, employee, openssl, monkeypatch, way
 ):
+    if way == "the locked way":  # on PostgreSQL the unlocked way issues unless it declines
+        monkeypatch.setattr(services, "_csr_issued_unlocked", lambda **kwargs: (None, None))
     csr = openssl_csr(openssl, "mallory", *EC_P256).read_text()
 
     response = token_client(employee).post(
@@ -73,6 +85,19 @@ def test_a_csr_from_openssl_for_someone_else_yields_a_certificate_in_my_own_name
     # ...and says so, since the request asked for something else.
     assert CLAIMED_EMAIL in body["notice"]
     assert "Alice Andersson" in body["notice"]
+
+
+def test_a_csr_whose_signature_does_not_verify_is_refused_naming_the_field(hierarchy, employee):
+    """Proof of possession: the request's signature must verify with its own key."""
+    before = {**row_counts(), "requests": CertificateRequest.objects.count()}
+
+    response = token_client(employee).post(
+        ENROLLMENTS, {"template": "smime-signing", "csr": csr_with_a_bad_signature()}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "does not prove possession" in response.json()["csr"][0]
+    assert {**row_counts(), "requests": CertificateRequest.objects.count()} == before
 
 
 def test_a_csr_enrolment_answers_certificate_chain_serial_fingerprint_and_status_url(
@@ -287,6 +312,12 @@ def test_a_csr_needing_approval_is_202_then_issued_when_an_officer_approves(
     assert status["state"] == "issued"
     assert status["serial"] == Certificate.objects.get().serial
     assert requester.get(status["certificate_url"]).status_code == 200
+    # The CSR claimed Mallory's name and address; an approval changes nothing to that.
+    issued = Certificate.objects.get().certificate
+    assert issued.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "Alice Andersson"
+    )
+    assert rfc822_names(issued) == ["alice@example.com"]
 
 
 def test_a_portal_key_needing_approval_is_collected_once_after_approval(

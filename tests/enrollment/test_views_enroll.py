@@ -27,6 +27,7 @@ from tests.enrollment.tools import (
     CLAIMED_NAME,
     EC_P256,
     cryptography_csr,
+    csr_with_a_bad_signature,
     error_report,
     openssl_csr,
     row_counts,
@@ -433,6 +434,17 @@ def test_a_csr_for_someone_else_yields_a_certificate_for_the_account(
     assert f"Your request asked for {CLAIMED_EMAIL}" in page
     assert "alice@example.com" in page
     assert "Your certificate is ready." in page
+
+
+def test_a_csr_whose_signature_does_not_verify_is_refused(employee_client, hierarchy):
+    """Proof of possession: the request's signature must verify with its own key."""
+    before = {**row_counts(), "requests": CertificateRequest.objects.count()}
+
+    response = enrol_with_csr(employee_client, csr=csr_with_a_bad_signature())
+
+    assert response.status_code == 400
+    assert "does not prove possession" in response.content.decode()
+    assert {**row_counts(), "requests": CertificateRequest.objects.count()} == before
 
 
 def test_a_csr_file_may_be_uploaded_as_der(employee, employee_client, hierarchy, openssl):

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from django.core import mail
 
@@ -311,6 +313,14 @@ def test_an_approved_csr_request_is_issued_at_once(
     request.refresh_from_db()
     assert request.state == CertificateRequest.State.ISSUED
     assert request.certificate.owner == employee
+    # The CSR claimed Mallory's name and address: the certificate names the account.
+    issued = request.certificate.certificate
+    assert issued.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "Alice Andersson"
+    )
+    san = issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == ["alice@example.com"]
+    assert CLAIMED_EMAIL not in request.certificate.subject
 
 
 def test_deciding_is_csrf_protected(pending, officer):

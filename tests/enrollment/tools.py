@@ -13,6 +13,7 @@ import pytest
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from django.core.signals import got_request_exception
@@ -73,6 +74,13 @@ def cryptography_csr(key: PrivateKey) -> x509.CertificateSigningRequest:
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(CLAIMED_EMAIL)]), False)
         .sign(key, hashes.SHA256())
     )
+
+
+def csr_with_a_bad_signature() -> str:
+    """A well-formed CSR whose signature does not verify: it proves no possession."""
+    der = bytearray(cryptography_csr(new_key()).public_bytes(Encoding.DER))
+    der[-1] ^= 0x01  # the last octet of the signature's s, which stays a valid INTEGER
+    return x509.load_der_x509_csr(bytes(der)).public_bytes(Encoding.PEM).decode()
 
 
 def row_counts() -> dict[str, int]:
