@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import runpy
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,30 @@ from tests.second_factor import verified_login
 pytest_plugins = ["tests.pki", "tests.enrollment.ra_fixtures", "tests.slapd", "tests.softhsm"]
 
 ROOT_PASSPHRASE = b"root passphrase for tests"
+
+# The programs the interoperability, browser and benchmark tests drive. Where one is
+# missing its tests skip, so a developer's machine runs the rest; .ci/run installs them
+# all and sets PKIPORTAL_TEST_REQUIRE_TOOLS, and then a missing one fails the run instead
+# of taking its tests (the browser enrolment of issue 3 among them) out of it unseen.
+REQUIRED_TOOLS = (
+    "/usr/bin/chromium", "openssl", "certutil", "gpgsm", "jq", "promtool", "/usr/sbin/slapd",
+    "ldapsearch", "softhsm2-util", "pkcs11-tool", "valgrind", "callgrind_control",
+    "redis-server", "psql", "createdb", "dropdb",
+)  # fmt: skip
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not os.environ.get("PKIPORTAL_TEST_REQUIRE_TOOLS"):
+        return
+    missing = [
+        tool
+        for tool in REQUIRED_TOOLS
+        if not (Path(tool).exists() if tool.startswith("/") else shutil.which(tool))
+    ]
+    if missing:
+        raise pytest.UsageError(
+            f"PKIPORTAL_TEST_REQUIRE_TOOLS is set and these are missing: {', '.join(missing)}"
+        )
 
 
 @dataclass
