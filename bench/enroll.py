@@ -374,21 +374,7 @@ def bare_library(csrs: list[str]) -> tuple[Result, Result, Result, Result]:
     (the strictest bar), and our enrollment.x509 (which does more per CSR, its policy
     checks, and reuses the constant extensions' bytes).
     """
-    root_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P384)
-    root = builder.build_root_ca(
-        key=root_key, common_name="Bench Root", organization_name="Bench Org", country_name="GB"
-    )
-    issuing_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256)
-    issuing = builder.build_issuing_ca(
-        public_key=issuing_key.public_key(),
-        issuer_certificate=root,
-        issuer_key=root_key,
-        common_name="Bench Issuing",
-        organization_name="Bench Org",
-        country_name="GB",
-        crl_url="http://127.0.0.1:8000/pki/root.crl",
-        ca_issuers_url="http://127.0.0.1:8000/pki/root.crt",
-    )
+    _root, issuing, issuing_key = _harness.memory_hierarchy(keys.KeyAlgorithm.EC_P256)
     subject = builder.Subject(
         common_name="Bench Client",
         given_name="Bench",

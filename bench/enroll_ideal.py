@@ -40,7 +40,7 @@ from _harness import PG, free_port, portal_environment, run, start_gunicorn, sto
 
 from cryptography.hazmat.primitives import serialization
 
-from enrollment.x509 import builder, keys
+from enrollment.x509 import keys
 
 IDEAL_DATABASE = _harness.database_name("bench_enroll_ideal")
 PORTAL_DATABASE = _harness.database_name("bench_enroll_portal")
@@ -82,21 +82,7 @@ def ideal_database(people: int) -> list[str]:
 
 def ideal_ca(directory: Path) -> None:
     """A P-256 issuing CA under a P-384 root, as create_pki makes the portal's."""
-    root_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P384)
-    root = builder.build_root_ca(
-        key=root_key, common_name="Bench Root", organization_name="Bench Org", country_name="GB"
-    )
-    issuing_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P256)
-    issuing = builder.build_issuing_ca(
-        public_key=issuing_key.public_key(),
-        issuer_certificate=root,
-        issuer_key=root_key,
-        common_name="Bench Issuing",
-        organization_name="Bench Org",
-        country_name="GB",
-        crl_url="http://127.0.0.1:8000/pki/root.crl",
-        ca_issuers_url="http://127.0.0.1:8000/pki/root.crt",
-    )
+    _root, issuing, issuing_key = _harness.memory_hierarchy(keys.KeyAlgorithm.EC_P256)
     (directory / "issuing.pem").write_bytes(issuing.public_bytes(serialization.Encoding.PEM))
     (directory / "issuing-key.pem").write_bytes(
         issuing_key.private_bytes(

@@ -46,6 +46,7 @@ from _harness import (
     create_hierarchy,
     database_name,
     free_port,
+    memory_hierarchy,
     portal_environment,
     run,
     start_gunicorn,
@@ -60,7 +61,7 @@ from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 from cryptography.x509 import ocsp as x509_ocsp  # noqa: E402
 
-from enrollment.x509 import builder, keys  # noqa: E402
+from enrollment.x509 import keys  # noqa: E402
 from enrollment.x509 import ocsp as ocsp_library  # noqa: E402
 
 DATABASE = database_name("bench_ocsp")
@@ -190,22 +191,7 @@ def get_path(der: bytes) -> str:
 
 def bare_library(algorithm: keys.KeyAlgorithm, count: int) -> tuple[Result, Result]:
     """Parse a request and sign a response with the key in memory, as the responder does."""
-    root_key = keys.generate_private_key(keys.KeyAlgorithm.EC_P384)
-    root = builder.build_root_ca(
-        key=root_key, common_name="Bench Root", organization_name="Bench Org", country_name="GB"
-    )
-    issuing_key = keys.generate_private_key(algorithm)
-    issuing = builder.build_issuing_ca(
-        public_key=issuing_key.public_key(),
-        issuer_certificate=root,
-        issuer_key=root_key,
-        common_name="Bench Issuing",
-        organization_name="Bench Org",
-        country_name="GB",
-        crl_url="http://127.0.0.1:8000/pki/root.crl",
-        ca_issuers_url="http://127.0.0.1:8000/pki/root.crt",
-        sign_ocsp=True,
-    )
+    _root, issuing, issuing_key = memory_hierarchy(algorithm, sign_ocsp=True)
     requests = [ocsp_request(issuing, 2**158 + i, nonce=True) for i in range(count)]
     good = ocsp_library.CertificateStatus(ocsp_library.Status.GOOD)
     started = time.perf_counter()
