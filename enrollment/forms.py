@@ -356,7 +356,7 @@ class ConfirmForm(PortalForm):
     confirm = forms.BooleanField(error_messages={"required": "Tick the box to confirm."})
 
 
-def _plain_text(value: str, *, field: str, empty: str, what: str) -> str:
+def plain_text(value: str, *, field: str, empty: str, what: str = "The reason") -> str:
     """The services' text rule (enrollment.recovery.clean_text), as a form error."""
     try:
         return clean_text(value, field=field, empty=empty, what=what)
@@ -383,7 +383,7 @@ class RecoveryAskForm(PortalForm):
     )
 
     def clean_reason(self) -> str:
-        return _plain_text(
+        return plain_text(
             self.cleaned_data["reason"],
             field="reason",
             empty="Say why you need the key back.",

@@ -13,8 +13,13 @@ from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from enrollment.exceptions import EnrollmentError
-from enrollment.forms import ALGORITHM_ORDER, FORMAT_CHOICES, PortalForm, invalidity_date_field
+from enrollment.forms import (
+    ALGORITHM_ORDER,
+    FORMAT_CHOICES,
+    PortalForm,
+    invalidity_date_field,
+    plain_text,
+)
 from enrollment.models import (
     AuditEvent,
     Certificate,
@@ -22,7 +27,7 @@ from enrollment.models import (
     CertificateTemplate,
     KeyRecoveryRequest,
 )
-from enrollment.recovery import MAX_AGENT_PKCS12_BYTES, MAX_TEXT_LENGTH, clean_text
+from enrollment.recovery import MAX_AGENT_PKCS12_BYTES, MAX_TEXT_LENGTH
 from enrollment.x509.pkcs12 import Pkcs12Format
 
 # Officers revoke for any RFC 5280 reason a subscriber certificate can have.
@@ -79,9 +84,17 @@ class RecoveryOpenForm(PortalForm):
     # replaced it since (withdrawn and asked again) is not closed unseen.
     close_holder_ask = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
 
+    def clean_reason(self) -> str:
+        empty = "Say why the key must be recovered."
+        return plain_text(self.cleaned_data["reason"], field="reason", empty=empty)
+
 
 class RecoveryRejectForm(PortalForm):
     reason = forms.CharField(label="Reason", max_length=1000)
+
+    def clean_reason(self) -> str:
+        empty = "Say why the recovery is rejected."
+        return plain_text(self.cleaned_data["reason"], field="reason", empty=empty)
 
 
 class RecoveryAcceptForm(PortalForm):
@@ -97,15 +110,12 @@ class RecoveryAcceptForm(PortalForm):
     )
 
     def clean_note(self) -> str:
-        try:
-            return clean_text(
-                self.cleaned_data["note"],
-                field="note",
-                empty="Say how you confirmed that the key's holder asked.",
-                what="The note",
-            )
-        except EnrollmentError as exc:
-            raise forms.ValidationError(exc.message) from None
+        return plain_text(
+            self.cleaned_data["note"],
+            field="note",
+            empty="Say how you confirmed that the key's holder asked.",
+            what="The note",
+        )
 
 
 class RecoveryPerformForm(PortalForm):

@@ -427,7 +427,9 @@ def _recovery_page(
         and user.pk not in (found.requested_by_id, found.certificate.owner_id)
         and not holds_key
         and all(a.officer_id != user.pk for a in approvals),
-        "can_reject": officer and found.state in (State.REQUESTED, State.PENDING, State.APPROVED),
+        "can_reject": officer
+        and found.state in (State.REQUESTED, State.PENDING, State.APPROVED)
+        and recovery.may_reject(found, user.pk),
         # The holder's request: an officer other than the holder accepts, and so opens, it.
         "can_accept": officer
         and found.state == State.REQUESTED

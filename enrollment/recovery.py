@@ -223,9 +223,14 @@ def recovery_open(
     ):
         if not is_ra_officer(officer):
             raise NotPermitted("Only RA officers open key recoveries.")
-        reason = reason.strip()
-        if not reason:
-            raise PolicyViolation("Say why the key must be recovered.", field="reason")
+        if holds_certificate_key(certificate, officer.pk):
+            # Opening is the step where an officer other than the holder vouches for the
+            # request: a holder who opened it would need one approver and one agent only.
+            raise NotPermitted(
+                "This is your own key: ask for it under My certificates, and another RA "
+                "officer will confirm it is you and open the recovery."
+            )
+        reason = clean_text(reason, field="reason", empty="Say why the key must be recovered.")
         if not ArchivedKey.objects.filter(certificate=certificate).exists():
             raise PolicyViolation(
                 "This certificate's key was not archived, so it cannot be recovered.",
@@ -619,17 +624,21 @@ def recovery_reject(
     reason: str,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
-    """Any officer, the requester included (a withdrawal), stops it before it is performed."""
+    """Any officer but the key's holder stops it before it is performed; the requester
+    included (a withdrawal), and a holder who asked for it themselves (may_reject)."""
     with _refusals_audited(
         "recovery.reject", actor=officer, target=recovery, source_address=source_address
     ):
         if not is_ra_officer(officer):
             raise NotPermitted("Only RA officers reject key recoveries.")
-        reason = reason.strip()
-        if not reason:
-            raise PolicyViolation("Say why the recovery is rejected.", field="reason")
+        reason = clean_text(reason, field="reason", empty="Say why the recovery is rejected.")
         with transaction.atomic():
             locked = _lock(recovery)
+            if not may_reject(locked, officer.pk):
+                raise NotPermitted(
+                    "This is the recovery of your own key: another RA officer decides "
+                    "whether it goes ahead."
+                )
             if locked.state not in (State.REQUESTED, State.PENDING, State.APPROVED):
                 raise InvalidState(
                     f"This recovery can no longer be rejected: it is "
@@ -845,14 +854,31 @@ def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
 
 def holds_key(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
     """The key's owner, or a delegate of the shared mailbox it is: someone who may not
-    accept, approve or carry out its recovery (what the recovery page offers follows)."""
-    return user_pk == recovery.certificate.owner_id or _delegate_of_mailbox(recovery, user_pk)
+    open, accept, approve, reject or carry out its recovery (what the recovery page offers
+    follows)."""
+    return holds_certificate_key(recovery.certificate, user_pk)
+
+
+def holds_certificate_key(certificate: Certificate, user_pk: int) -> bool:
+    """holds_key() before there is a recovery: whether this person may open one."""
+    return user_pk == certificate.owner_id or _delegate_of(certificate, user_pk)
+
+
+def may_reject(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
+    """An officer may stop a recovery unless it is of their own key: a legal hold is not
+    its holder's to end (README, "When the holder asks"). A holder who asked for it
+    themselves may still call their own ask off."""
+    return not holds_key(recovery, user_pk) or recovery.asked_by_id == user_pk
 
 
 def _delegate_of_mailbox(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
+    return _delegate_of(recovery.certificate, user_pk)
+
+
+def _delegate_of(certificate: Certificate, user_pk: int) -> bool:
     """A delegate of the shared mailbox whose key this is: one of its holders, so never an
     accepting or approving officer, nor its agent (dual control, as for an owner)."""
-    mailbox_id = recovery.certificate.mailbox_id
+    mailbox_id = certificate.mailbox_id
     return mailbox_id is not None and (
         SharedMailbox.objects.filter(pk=mailbox_id, delegates__pk=user_pk).exists()
     )

@@ -22,6 +22,7 @@ from enrollment.models import (
     Certificate,
     CertificateRequest,
     ExpiryNotice,
+    KeyRecoveryRequest,
     LeaverRevocationRun,
     SharedMailbox,
 )
@@ -479,6 +480,25 @@ def test_the_recovery_page_offers_a_delegate_officer_no_accept_or_approve(
     third = UserFactory(username="tessa")
     third.groups.add(Group.objects.get(name="RA officers"))
     assert approve in client_for(third).get(url).content.decode()
+
+
+def test_a_delegate_who_is_an_officer_cannot_open_the_recovery_of_the_mailbox_key(
+    hierarchy, kra, template, finance, employee, officer, officer2
+):
+    certificate, _bundle = enrol(finance, employee, template)
+    mailboxes.mailbox_update(
+        mailbox=finance, display_name="Finance", delegates=[employee, officer2], actor=officer
+    )
+
+    with pytest.raises(NotPermitted, match="your own key"):
+        recovery.recovery_open(
+            certificate=certificate,
+            officer=officer2,
+            reason="Legal hold",
+            deliver_to=KeyRecoveryRequest.Recipient.REQUESTER,
+        )
+
+    assert not KeyRecoveryRequest.objects.exists()
 
 
 def test_the_recovery_form_delivers_a_mailbox_key_to_the_officer_by_default(

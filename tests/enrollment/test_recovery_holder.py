@@ -337,6 +337,71 @@ def test_the_holder_can_never_accept_approve_or_perform_their_own_recovery(
     ]
 
 
+@pytest.mark.parametrize("deliver_to", list(KeyRecoveryRequest.Recipient))
+def test_a_holder_who_is_an_officer_cannot_open_the_recovery_of_their_own_key(
+    archived, employee, officer, agent_user, deliver_to
+):
+    """Opening is where an officer other than the holder vouches for the request: a holder
+    who opened it would need one approver and one agent, three people in all."""
+    make_officer_and_agent(employee, officer, agent_user)
+
+    with pytest.raises(NotPermitted, match="your own key"):
+        recovery.recovery_open(
+            certificate=archived.certificate, officer=employee, reason=REASON, deliver_to=deliver_to
+        )
+
+    assert not KeyRecoveryRequest.objects.exists()
+    refused = AuditEvent.objects.get(outcome=AuditEvent.Outcome.FAILURE, actor=employee)
+    assert refused.action == "recovery.open"
+
+
+def test_a_holder_who_is_an_officer_cannot_reject_a_recovery_of_their_own_key(
+    archived, employee, officer, agent_user
+):
+    """A legal hold is not its holder's to end, however often it is opened again."""
+    hold = recovery.recovery_open(
+        certificate=archived.certificate,
+        officer=officer,
+        reason=REASON,
+        deliver_to=KeyRecoveryRequest.Recipient.REQUESTER,
+    )
+    make_officer_and_agent(employee, officer, agent_user)
+    before = snapshot(hold)
+
+    with pytest.raises(NotPermitted, match="your own key"):
+        recovery.recovery_reject(recovery=hold, officer=employee, reason="Not needed")
+
+    assert snapshot(hold) == before
+    assert not recovery.may_reject(hold, employee.pk)
+    assert recovery.may_reject(hold, officer.pk)
+
+
+def test_a_holder_who_is_an_officer_may_still_call_off_their_own_ask(
+    asked, employee, officer, agent_user
+):
+    make_officer_and_agent(employee, officer, agent_user)
+
+    rejected = recovery.recovery_reject(recovery=asked, officer=employee, reason="Found it")
+
+    assert rejected.state == State.REJECTED
+
+
+@pytest.mark.parametrize("text", ["ok \u202e evil", "bell \x07", "line\x1bescape"])
+def test_an_officers_reasons_are_plain_text(archived, officer, second_officer, text):
+    """What the holder's mail, the recovery page and the audit trail show must read as it
+    is (bidirectional overrides and control characters refused), as the holder's own are."""
+    with pytest.raises(PolicyViolation, match="control character"):
+        recovery.recovery_open(certificate=archived.certificate, officer=officer, reason=text)
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason=REASON
+    )
+    with pytest.raises(PolicyViolation, match="control character"):
+        recovery.recovery_reject(recovery=opened, officer=second_officer, reason=text)
+    opened.refresh_from_db()
+    assert opened.state == State.PENDING
+    assert opened.reason == REASON
+
+
 def test_the_database_refuses_a_holder_as_the_opener_of_their_own_request(asked, employee):
     with pytest.raises(IntegrityError), transaction.atomic():
         KeyRecoveryRequest.objects.filter(pk=asked.pk).update(

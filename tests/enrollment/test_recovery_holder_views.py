@@ -440,6 +440,30 @@ def test_the_holder_may_not_approve_their_own_request_even_as_an_officer(
     assert snapshot(accepted) == before
 
 
+def test_the_holder_may_not_reject_a_recovery_of_their_own_key_even_as_an_officer(
+    people, archived, employee, officer
+):
+    hold = recovery.recovery_open(
+        certificate=archived.certificate,
+        officer=officer,
+        reason="Legal hold",
+        deliver_to=KeyRecoveryRequest.Recipient.REQUESTER,
+    )
+    employee.groups.add(officer.groups.get())
+    verified_login(people["holder"], employee)  # an officer now: with a second factor
+    before = snapshot(hold)
+
+    page = people["holder"].get(f"/ra/recovery/{hold.pk}/").content.decode()
+    response = people["holder"].post(f"/ra/recovery/{hold.pk}/reject/", {"reason": "No"})
+
+    assert f'action="/ra/recovery/{hold.pk}/reject/"' not in page
+    assert f'action="/ra/recovery/{hold.pk}/reject/"' in (
+        people["officer"].get(f"/ra/recovery/{hold.pk}/").content.decode()
+    )
+    assert response.status_code == 403
+    assert snapshot(hold) == before
+
+
 def test_the_officers_are_mailed_when_a_holder_asks(
     people, archived, officer, second_officer, django_capture_on_commit_callbacks
 ):
