@@ -15,10 +15,36 @@ import re
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils.functional import Promise
 from django.views.debug import SafeExceptionReporterFilter
 
-# user:password@ in scheme://user:password@host: the password is what is hidden.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^@\s]+@", re.IGNORECASE)
+# Where a URL's authority (its user:password@host:port) ends, as urlsplit() reads it.
+_AUTHORITY_END = re.compile(r"[/?#\s]")
+
+
+def without_url_passwords(text: str, hidden: str) -> str:
+    """``text`` with the password of each scheme://user:password@host in it replaced.
+
+    The user part runs to the authority's last "@", as urlsplit() and django-environ
+    read it, so a password holding an unescaped "@" is hidden whole. One pass over the
+    text: the reports run this over every request header, which a client chooses (a
+    pattern that backtracked took seconds per 8 KB header).
+    """
+    kept: list[str] = []
+    done = 0
+    while (found := text.find("://", done)) != -1:
+        authority = found + 3
+        end_match = _AUTHORITY_END.search(text, authority)
+        end = end_match.start() if end_match else len(text)
+        at = text.rfind("@", authority, end)
+        colon = text.find(":", authority, at) if at != -1 else -1
+        if colon == -1:
+            kept.append(text[done:end])
+        else:
+            kept += [text[done : colon + 1], hidden, text[at:end]]
+        done = end
+    kept.append(text[done:])
+    return "".join(kept)
 
 
 class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
@@ -28,13 +54,18 @@ class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
     hidden_settings = re.compile(
         f"{SafeExceptionReporterFilter.hidden_settings.pattern}|PIN|OTP", flags=re.IGNORECASE
     )
+    # Form fields: those names, and CODE (a second factor's code, a backup code), which as
+    # a setting's name would hide LANGUAGE_CODE.
+    hidden_fields = re.compile(f"{hidden_settings.pattern}|CODE", flags=re.IGNORECASE)
 
     def is_active(self, request: Any) -> bool:
         return True
 
     def get_post_parameters(self, request: HttpRequest | None) -> Any:
         parameters = super().get_post_parameters(request)
-        secret = [name for name in parameters if self.hidden_settings.search(name)]
+        secret = [
+            name for name in parameters if isinstance(name, str) and self.hidden_fields.search(name)
+        ]
         if not secret:
             return parameters
         cleansed = parameters.copy()
@@ -44,9 +75,10 @@ class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
 
     def cleanse_setting(self, key: Any, value: Any) -> Any:
         cleansed = super().cleanse_setting(key, value)
-        if isinstance(cleansed, str):  # lazy texts too: the report shows them evaluated
-            text = str(cleansed)
-            hidden = _URL_PASSWORD.sub(rf"\g<head>{self.cleansed_substitute}@", text)
+        # Lazy texts too (gettext_lazy's and SimpleLazyObject's): the report shows them
+        # evaluated.
+        if isinstance(cleansed, str | Promise) and "://" in (text := str(cleansed)):
+            hidden = without_url_passwords(text, self.cleansed_substitute)
             if hidden != text:
                 return hidden
         return cleansed

@@ -8,6 +8,7 @@ import secrets
 import pytest
 
 from django.test import RequestFactory
+from django.utils.translation import gettext_lazy
 from django.views.debug import ExceptionReporter
 
 from pkiportal.errors import SecretsHiddenReporterFilter
@@ -23,6 +24,9 @@ HIDDEN = SecretsHiddenReporterFilter.cleansed_substitute
         ("smtp+tls://mailer:mail-secret@smtp:587", f"smtp+tls://mailer:{HIDDEN}@smtp:587"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("https://pki.example/a@b", "https://pki.example/a@b"),
+        ("https://pki.example:8443/a@b", "https://pki.example:8443/a@b"),
+        ("redis://:p@ss-secret@h/0", f"redis://:{HIDDEN}@h/0"),  # urlsplit's user part
+        ("ldap://u@h x=https://a:b-secret@c/d", f"ldap://u@h x=https://a:{HIDDEN}@c/d"),
     ],
 )
 def test_the_password_of_a_url_in_the_settings_is_hidden(settings, url, shown):
@@ -55,3 +59,26 @@ def test_a_report_hides_the_authorization_header_and_form_fields_named_like_secr
     assert "postgres://pki:" in text
     for secret in (password, pin, credentials, db_password):
         assert secret not in text
+
+
+def test_a_lazy_setting_is_shown_evaluated_without_its_password(settings):
+    settings.CELERY_BROKER_URL = gettext_lazy("redis://:lazy-secret@127.0.0.1:6379/0")
+
+    shown = SecretsHiddenReporterFilter().get_safe_settings()["CELERY_BROKER_URL"]
+
+    assert shown == f"redis://:{HIDDEN}@127.0.0.1:6379/0"
+
+
+def test_long_headers_are_read_once():
+    """A client chooses the headers a report shows: 100 of 8 KB each, as gunicorn allows.
+    A backtracking pattern took half a minute over these; this answers at once."""
+    request = RequestFactory().get("/", **{f"HTTP_X_H{i}": "a" * 8190 for i in range(100)})
+    meta = SecretsHiddenReporterFilter().get_safe_request_meta(request)
+    assert meta["HTTP_X_H99"] == "a" * 8190
+
+
+def test_a_form_field_named_like_a_code_is_hidden():
+    request = RequestFactory().post("/account/", {"backup_code": "1234-5678", "note": "shown"})
+    parameters = SecretsHiddenReporterFilter().get_post_parameters(request)
+    assert parameters["backup_code"] == HIDDEN
+    assert parameters["note"] == "shown"
