@@ -5,7 +5,7 @@
 
 How much of the bare library's rate can any HTTP server on PostgreSQL keep? This runs two
 gunicorns side by side, each timed alone in turn, round by round, with the bare library
-right after each round (as bench/enroll.py pairs them):
+after each round (as bench/enroll.py pairs them):
 
 - the portal: POST /api/v1/enrollments/ with a CSR, as bench/enroll.py times it;
 - bench/_ideal_app.py: a plain WSGI callable on psycopg, no Django, that does only the
@@ -13,7 +13,8 @@ right after each round (as bench/enroll.py pairs them):
   the portal's certificate profile through enrollment.x509, store the certificate, answer
   it), two prepared statements in autocommit: the ceiling for any server that keeps a
   record of what it issued;
-- the bare library, as bench/enroll.py defines it (``cryptography`` alone, one process).
+- the bare library, as bench/enroll.py defines it (``cryptography`` alone, one process),
+  right after each round of both servers (which go first in turn).
 
 Both servers get the same pre-generated P-256 CSRs, the same 2 sync workers and 4
 clients on new connections, and the same CPU accounting (/proc). It prints each rate,
@@ -145,8 +146,12 @@ def main() -> None:
         print(f"Timing ({args.workers} workers, {args.clients} clients each)...", flush=True)
         rates: dict[str, list[enroll.Result]] = {name: [] for name, *_ in sides}
         bare: list[float] = []
-        for _ in range(args.rounds):
-            for name, port, gunicorn, accounts, database in sides:
+        for round_number in range(args.rounds):
+            # Each server goes first in every other round: the other's PostgreSQL
+            # after-work (autovacuum after its inserts) lands on both alike.
+            for name, port, gunicorn, accounts, database in (
+                sides if round_number % 2 == 0 else sides[::-1]
+            ):
                 requests = [
                     enroll.http_request(port, accounts.take(enroll.CSR_TEMPLATE), body)
                     for body in bodies

@@ -45,8 +45,10 @@ def body_size_cap(
     sign-in check, so an anonymous 20 MiB upload was written to disk whole. Nothing the
     portal takes comes near the cap (a CSR, a certificate or an agent's PKCS#12 is at
     most 64 KiB): here it bounds the whole body, as README says. It runs before every
-    view and every middleware's process_view; a body sent without a length (chunked) is
-    never read by Django at all.
+    view and every middleware's process_view; under WSGI a body sent without a length
+    (chunked) is never read by Django at all. Under ASGI Django spools the whole body
+    before any middleware runs: serve the portal with gunicorn's WSGI workers, as README
+    does, or cap bodies at the proxy.
     """
     from pkiportal.api import TOO_LARGE, is_api
 

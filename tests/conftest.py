@@ -38,9 +38,9 @@ ROOT_PASSPHRASE = b"root passphrase for tests"
 # all and sets PKIPORTAL_TEST_REQUIRE_TOOLS, and then a missing one fails the run instead
 # of taking its tests (the browser enrolment of issue 3 among them) out of it unseen.
 REQUIRED_TOOLS = (
-    "/usr/bin/chromium", "openssl", "certutil", "gpgsm", "jq", "promtool", "/usr/sbin/slapd",
-    "ldapsearch", "softhsm2-util", "pkcs11-tool", "valgrind", "callgrind_control",
-    "redis-server", "psql", "createdb", "dropdb",
+    "/usr/bin/chromium", "openssl", "certutil", "ocspclnt", "gpgsm", "jq", "promtool",
+    "/usr/sbin/slapd", "ldapsearch", "softhsm2-util", "pkcs11-tool", "valgrind",
+    "callgrind_control", "redis-server", "psql", "createdb", "dropdb",
 )  # fmt: skip
 
 
