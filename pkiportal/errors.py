@@ -18,8 +18,10 @@ from django.http import HttpRequest
 from django.utils.functional import Promise
 from django.views.debug import SafeExceptionReporterFilter
 
-# Where a URL's authority (its user:password@host:port) ends, as urlsplit() reads it.
-_AUTHORITY_END = re.compile(r"[/?#\s]")
+# Where a URL's authority (its user:password@host:port) ends, as urlsplit() reads it: not
+# at a space, which a password may hold. Several URLs on one line are then read as one
+# authority up to the next "/", which hides more, never less.
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
 def without_url_passwords(text: str, hidden: str) -> str:
@@ -31,8 +33,8 @@ def without_url_passwords(text: str, hidden: str) -> str:
     pattern that backtracked took seconds per 8 KB header).
     """
     kept: list[str] = []
-    done = 0
-    while (found := text.find("://", done)) != -1:
+    done = search = 0
+    while (found := text.find("://", search)) != -1:
         authority = found + 3
         end_match = _AUTHORITY_END.search(text, authority)
         end = end_match.start() if end_match else len(text)
@@ -43,6 +45,9 @@ def without_url_passwords(text: str, hidden: str) -> str:
         else:
             kept += [text[done : colon + 1], hidden, text[at:end]]
         done = end
+        # The next "://" may begin on this authority's last character: "a://h:p@x;b://..."
+        # ends at the "/" of b's "://", whose ":" is the authority's last.
+        search = end - 1 if end > authority else end
     kept.append(text[done:])
     return "".join(kept)
 

@@ -4,14 +4,17 @@ and of the request: pkiportal.errors.SecretsHiddenReporterFilter."""
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from django.test import RequestFactory
 from django.utils.translation import gettext_lazy
 from django.views.debug import ExceptionReporter
 
-from pkiportal.errors import SecretsHiddenReporterFilter
+from pkiportal.errors import SecretsHiddenReporterFilter, without_url_passwords
 
 HIDDEN = SecretsHiddenReporterFilter.cleansed_substitute
 
@@ -27,6 +30,11 @@ HIDDEN = SecretsHiddenReporterFilter.cleansed_substitute
         ("https://pki.example:8443/a@b", "https://pki.example:8443/a@b"),
         ("redis://:p@ss-secret@h/0", f"redis://:{HIDDEN}@h/0"),  # urlsplit's user part
         ("ldap://u@h x=https://a:b-secret@c/d", f"ldap://u@h x=https://a:{HIDDEN}@c/d"),
+        # Celery's failover list: the next URL begins on the last one's authority.
+        ("amqp://u:s1@h1;amqp://u:s2@h2", f"amqp://u:{HIDDEN}@h1;amqp://u:{HIDDEN}@h2"),
+        ("redis://:s1@h1,redis://:s2@h2/0", f"redis://:{HIDDEN}@h1,redis://:{HIDDEN}@h2/0"),
+        ("http://https://user:s3@host/", f"http://https://user:{HIDDEN}@host/"),
+        ("postgres://u:with space@h/db", f"postgres://u:{HIDDEN}@h/db"),  # as urlsplit reads
     ],
 )
 def test_the_password_of_a_url_in_the_settings_is_hidden(settings, url, shown):
@@ -82,3 +90,19 @@ def test_a_form_field_named_like_a_code_is_hidden():
     parameters = SecretsHiddenReporterFilter().get_post_parameters(request)
     assert parameters["backup_code"] == HIDDEN
     assert parameters["note"] == "shown"
+
+
+@given(
+    user=st.text(alphabet=st.characters(blacklist_characters="/?#@:[]\t\r\n"), max_size=8),
+    password=st.text(alphabet=st.characters(blacklist_characters="/?#[]\t\r\n"), min_size=1),
+    host=st.from_regex(r"[a-z][a-z0-9.-]{0,12}", fullmatch=True),
+    before=st.sampled_from(["", "broker=", "x://h:6379;", "a://b@", "http://", "s://u:p@h "]),
+    after=st.sampled_from(["", "/0", "?x=1", "#f", ";redis://:p2@h2", "/a@b", " next"]),
+)
+def test_no_password_urlsplit_reads_is_ever_shown(user, password, host, before, after):
+    """Whatever surrounds it, the password urlsplit() and django-environ read out of a URL
+    is not in what the report shows."""
+    url = f"redis://{user}:{password}@{host}{after}"
+    assert urlsplit(url).password == password
+    shown = without_url_passwords(f"{before}{url}", HIDDEN)
+    assert f":{password}@{host}" not in shown
