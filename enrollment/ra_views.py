@@ -387,6 +387,9 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
         "results": results,
         "certificate": certificate,
         "archived": certificate is not None and hasattr(certificate, "archived_key"),
+        # Its holder asks for it under My certificates; another officer opens it.
+        "own_key": certificate is not None
+        and recovery.holds_certificate_key(certificate, request.user.pk),
         "holder_ask": holder_ask,
         "form": form,
         "approvals_required": recovery.approvals_required(),

@@ -624,8 +624,8 @@ def recovery_reject(
     reason: str,
     source_address: str | None = None,
 ) -> KeyRecoveryRequest:
-    """Any officer but the key's holder stops it before it is performed; the requester
-    included (a withdrawal), and a holder who asked for it themselves (may_reject)."""
+    """Any officer but the key's holder (may_reject) stops it before it is performed, the
+    officer who opened it included (a withdrawal)."""
     with _refusals_audited(
         "recovery.reject", actor=officer, target=recovery, source_address=source_address
     ):
@@ -866,9 +866,9 @@ def holds_certificate_key(certificate: Certificate, user_pk: int) -> bool:
 
 def may_reject(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
     """An officer may stop a recovery unless it is of their own key: a legal hold is not
-    its holder's to end (README, "When the holder asks"). A holder who asked for it
-    themselves may still call their own ask off."""
-    return not holds_key(recovery, user_pk) or recovery.asked_by_id == user_pk
+    its holder's to end (README, "When the holder asks"). A holder calls their own ask off
+    by withdrawing it (recovery_withdraw, audited as such), officer or not."""
+    return not holds_key(recovery, user_pk)
 
 
 def _delegate_of_mailbox(recovery: KeyRecoveryRequest, user_pk: int) -> bool:

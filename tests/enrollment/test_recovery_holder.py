@@ -376,14 +376,16 @@ def test_a_holder_who_is_an_officer_cannot_reject_a_recovery_of_their_own_key(
     assert recovery.may_reject(hold, officer.pk)
 
 
-def test_a_holder_who_is_an_officer_may_still_call_off_their_own_ask(
+def test_a_holder_who_is_an_officer_withdraws_their_own_ask_rather_than_rejecting_it(
     asked, employee, officer, agent_user
 ):
     make_officer_and_agent(employee, officer, agent_user)
 
-    rejected = recovery.recovery_reject(recovery=asked, officer=employee, reason="Found it")
+    with pytest.raises(NotPermitted, match="your own key"):
+        recovery.recovery_reject(recovery=asked, officer=employee, reason="Found it")
+    withdrawn = recovery.recovery_withdraw(recovery=asked, holder=employee)
 
-    assert rejected.state == State.REJECTED
+    assert withdrawn.state == State.WITHDRAWN
 
 
 @pytest.mark.parametrize("text", ["ok \u202e evil", "bell \x07", "line\x1bescape"])

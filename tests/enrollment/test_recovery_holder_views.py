@@ -464,6 +464,43 @@ def test_the_holder_may_not_reject_a_recovery_of_their_own_key_even_as_an_office
     assert snapshot(hold) == before
 
 
+def test_the_open_form_tells_an_officer_holder_to_ask_instead(people, archived, employee, officer):
+    employee.groups.add(officer.groups.get())
+    verified_login(people["holder"], employee)  # an officer now: with a second factor
+    url = f"/ra/recovery/new/?certificate={archived.certificate.pk}"
+
+    own = people["holder"].get(url).content.decode()
+    theirs = people["officer"].get(url).content.decode()
+
+    assert "This is your own key" in own
+    assert "Open the recovery" not in own
+    assert "Open the recovery" in theirs
+
+
+@pytest.mark.parametrize("text", ["ok \u202e evil", "bell \x07"])
+def test_the_officers_forms_refuse_what_does_not_read_as_written(
+    people, archived, officer, second_officer, text
+):
+    opened = recovery.recovery_open(
+        certificate=archived.certificate, officer=officer, reason="Legal hold"
+    )
+    before = snapshot(opened)
+    opening = people["officer"].post(
+        "/ra/recovery/new/",
+        {"certificate": archived.certificate.pk, "reason": text, "deliver_to": "owner",
+         "pkcs12_format": "modern"},
+    )  # fmt: skip
+    rejecting = client_for(second_officer).post(
+        f"/ra/recovery/{opened.pk}/reject/", {"reason": text}
+    )
+
+    for answer in (opening, rejecting):
+        assert answer.status_code == 400
+        assert "control character" in answer.content.decode()
+    assert KeyRecoveryRequest.objects.count() == 1
+    assert snapshot(opened) == before
+
+
 def test_the_officers_are_mailed_when_a_holder_asks(
     people, archived, officer, second_officer, django_capture_on_commit_callbacks
 ):

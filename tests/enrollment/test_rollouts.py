@@ -319,11 +319,14 @@ def test_a_list_over_the_limit_is_refused_whole(signing, officer, employee, sett
     assert CertificateRequest.objects.count() == 0
 
 
-def test_a_body_over_the_upload_cap_is_a_400(signing, officer):
+def test_a_body_over_the_upload_cap_is_a_413(signing, officer):
     response = client_for(officer).post(
-        "/ra/rollouts/new/", {"template": signing.pk, "people": "x\n" * 200_000, "confirm": "1"}
+        "/ra/rollouts/new/",
+        {"template": signing.pk, "people": "x\n" * 200_000, "confirm": "1"},
+        headers={"Accept": "text/html"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 413
+    assert "Too large" in response.content.decode()
     assert Rollout.objects.count() == 0
 
 
