@@ -19,7 +19,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Upper
+from django.db.models.functions import Lower, Trim, Upper
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -90,6 +90,9 @@ class User(AbstractUser):
             models.Index(fields=["directory_search", "id"], name="user_directory_sort_idx"),
             # The RA console finds certificates by their holder's user name, in any case.
             models.Index(Upper("username"), name="user_username_upper_idx"),
+            # Whether another account has an address (services.address_taken), read at
+            # every enrolment: the expression hotsql's counts compare.
+            models.Index(Lower(Trim("email")), name="user_email_idx"),
             # Leavers whose certificates are due for revocation (enrollment.leavers): the
             # few inactive accounts, not every account, so the hourly run and the RA page
             # stay cheap in a large directory.

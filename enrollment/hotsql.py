@@ -159,8 +159,9 @@ class EnrolmentCounts:
     open_requests: int  # pending or approved for this template, not for a shared mailbox
     valid_certificates: int  # Certificate.objects.held() of this owner and template
     open_to_requester: bool  # template_open_to(): no allowed groups, or one of theirs
-    # An active shared mailbox has the requester's address (services.mailbox_address_taken).
-    address_is_mailbox: bool = False
+    # An active shared mailbox or another active account has the requester's address
+    # (services.address_taken).
+    address_taken: bool = False
 
 
 @cache
@@ -210,7 +211,7 @@ def _counts_sql() -> str:
 def _counts_columns(template: str = "%s") -> str:
     """The counts of EnrolmentCounts, in its order (parameters: _counts_params(); with
     ``template``, an SQL expression of the template's id, without the template's id)."""
-    request, certificate = CertificateRequest, Certificate
+    request, certificate, user = CertificateRequest, Certificate, get_user_model()
     r = {
         name: _column(request, name)
         for name in ("requester", "template", "created_at", "state", "mailbox")
@@ -230,7 +231,10 @@ def _counts_columns(template: str = "%s") -> str:
         f"AND {c['not_after']} > %s AND {c['id']} <> %s), "
         f"({_permits_expression(template)}), "
         f"EXISTS (SELECT 1 FROM {_table(SharedMailbox)} WHERE {_column(SharedMailbox, 'email')} "
-        f"= %s AND {_column(SharedMailbox, 'is_active')} = %s)"
+        f"= %s AND {_column(SharedMailbox, 'is_active')} = %s) "
+        # On accounts.User's index of LOWER(TRIM(email)) (user_email_idx).
+        f"OR EXISTS (SELECT 1 FROM {_table(user)} WHERE LOWER(TRIM({_column(user, 'email')})) "
+        f"= %s AND {_column(user, 'is_active')} = %s AND {_quoted(user._meta.pk)} <> %s)"
     )
 
 
@@ -265,6 +269,9 @@ def _counts_params(
         requester_id,
         address,
         True,
+        address,
+        True,
+        requester_id,
     ]
 
 

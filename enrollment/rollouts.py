@@ -25,7 +25,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Count, F
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Trim
 from django.utils import timezone
 
 from accounts.models import User
@@ -82,6 +82,7 @@ class Reason:
     NO_EMAIL = "no_email"
     OUTSIDE_DOMAINS = "outside_domains"
     SHARED_MAILBOX = "shared_mailbox"
+    ADDRESS_SHARED = "address_shared"
     NOT_PERMITTED = "not_permitted"
     HOLDS_VALID = "holds_valid"
     OPEN_REQUEST = "open_request"
@@ -98,6 +99,8 @@ class Reason:
         OUTSIDE_DOMAINS: "the account's address is outside the mail domains the CA issues for",
         SHARED_MAILBOX: "the account's address is a shared mailbox's: its delegates enrol for "
         "the mailbox, and an administrator must correct the account's address",
+        ADDRESS_SHARED: "another account has the same address: an administrator must correct "
+        "one of them",
         NOT_PERMITTED: "may not use this template",
         HOLDS_VALID: "already holds a valid certificate of this template",
         OPEN_REQUEST: "already has an open request for this template",
@@ -240,6 +243,8 @@ def rollout_resolve(
     # Addresses of active shared mailboxes that an account has too (services.
     # mailbox_address_taken would refuse its collection, stranding the invitation).
     mailbox_addresses: set[str] = set()
+    # Addresses more than one active account has (services.address_taken refuses them).
+    shared_addresses: set[str] = set()
     open_requests: dict[int, int] = {}
     now = timezone.now()
     if allowed_groups:
@@ -250,6 +255,15 @@ def rollout_resolve(
             SharedMailbox.objects.filter(email__in=address_chunk, is_active=True).values_list(
                 "email", flat=True
             )
+        )
+        shared_addresses.update(
+            User.objects.filter(is_active=True)
+            .annotate(address=Lower(Trim("email")))
+            .filter(address__in=address_chunk)
+            .values("address")
+            .annotate(accounts=Count("pk"))
+            .filter(accounts__gt=1)
+            .values_list("address", flat=True)
         )
     for chunk in _chunks(ids):
         if permitted is not None:
@@ -292,6 +306,8 @@ def rollout_resolve(
             reason = Reason.OUTSIDE_DOMAINS
         elif _address(user) in mailbox_addresses:
             reason = Reason.SHARED_MAILBOX
+        elif _address(user) in shared_addresses:
+            reason = Reason.ADDRESS_SHARED
         elif permitted is not None and user.pk not in permitted:
             reason = Reason.NOT_PERMITTED
         elif user.pk in holders:

@@ -29,6 +29,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Case, Q, Value, When
+from django.db.models.functions import Lower, Trim
 from django.db.models.signals import post_save
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -636,7 +637,36 @@ def account_address_problem(owner: User) -> str | None:
     email = _account_email(owner)
     if not email:
         return NO_ADDRESS
-    return address_outside_domains(email) or mailbox_address_taken(email)
+    return address_outside_domains(email) or address_taken(email, owner.pk)
+
+
+def address_taken(email: str, owner_pk: int) -> str | None:
+    """Why this account may not be certified for its address, or None: an active shared
+    mailbox has it, or another active account does.
+
+    A certificate binds the address to the holder's key, and the directory hands it out
+    by address: two accounts with one address (a directory where people edit their own
+    mail attribute, an admin's typo, two directory entries) would each sign as the other
+    and receive mail encrypted for the other."""
+    return mailbox_address_taken(email) or shared_with_another_account(email, owner_pk)
+
+
+def shared_with_another_account(email: str, owner_pk: int) -> str | None:
+    """address_taken()'s second half: another active account has this address."""
+    if not (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .exclude(pk=owner_pk)
+        .annotate(address=Lower(Trim("email")))
+        .filter(address=email)
+        .exists()
+    ):
+        return None
+    return (
+        f"Another account has the address {names.printable(email)} too, so no certificate "
+        "is issued for it until only one account has it. An administrator must correct "
+        "the accounts' addresses."
+    )
 
 
 def mailbox_address_taken(email: str) -> str | None:
@@ -653,19 +683,20 @@ def mailbox_address_taken(email: str) -> str | None:
     )
 
 
-def subject_for(owner: User, *, mailbox_checked: bool = False) -> builder.Subject:
+def subject_for(owner: User, *, address_checked: bool = False) -> builder.Subject:
     """The certificate subject comes from the account, never from a CSR or a form.
 
     Every issuance and every request goes through here, so the address rules (an
-    address, within the organisation's mail domains, not a shared mailbox's) are checked
-    once, in this place. ``mailbox_checked``: the caller's transaction checked the last
-    already (request_submit's counts, _decide), so the enrolment costs no statement more.
+    address, within the organisation's mail domains, neither a shared mailbox's nor
+    another account's) are checked once, in this place. ``address_checked``: the caller
+    checked the last already (request_submit's counts, _decide), so the enrolment costs
+    no statement more.
     """
     email = _account_email(owner)
     if not email:
         raise PolicyViolation(NO_ADDRESS)
     outside = address_outside_domains(email) or (
-        None if mailbox_checked else mailbox_address_taken(email)
+        None if address_checked else address_taken(email, owner.pk)
     )
     if outside is not None:
         raise PolicyViolation(outside, field="email")
@@ -810,7 +841,7 @@ def _issue(
         subject = subject_for_mailbox(mailbox)
     else:
         # Before any row is touched: the account may be refused.
-        subject = subject_for(owner, mailbox_checked=address_checked)
+        subject = subject_for(owner, address_checked=address_checked)
     spki_sha256 = keys.spki_sha256(public_key)
     by_default = template.issuing_ca_id is None
     compromised, found = hotsql.claim_key(spki_sha256, default_ca=by_default)
@@ -1911,11 +1942,11 @@ def _request_submit_locked(
     else:
         # Fail early when the account cannot be named in a certificate; whether a shared
         # mailbox has its address came with the counts.
-        if counts.address_is_mailbox:
+        if counts.address_taken:
             raise PolicyViolation(
-                mailbox_address_taken(_account_email(requester)) or "", field="email"
+                address_taken(_account_email(requester), requester.pk) or "", field="email"
             )
-        subject_for(requester, mailbox_checked=True)
+        subject_for(requester, address_checked=True)
     parsed = None
     if csr is not None:
         if not template.allow_csr:
@@ -2043,7 +2074,7 @@ def _csr_issued_unlocked(
         parsed = parse_csr(
             csr, allowed_key_algorithms=given.key_algorithms if given is not None else None
         )
-        subject = subject_for(requester, mailbox_checked=True)  # the check reads the last
+        subject = subject_for(requester, address_checked=True)  # the check reads the last
     except (X509Error, EnrollmentError):
         return None, None
     spki_sha256 = keys.spki_sha256(parsed.public_key)
@@ -2063,7 +2094,7 @@ def _csr_issued_unlocked(
         not _issues_csrs_at_once(template)
         or keys.key_algorithm_of(parsed.public_key) not in template.key_algorithms
         or check.compromised
-        or check.counts.address_is_mailbox
+        or check.counts.address_taken
         or not may_use_template(requester, template, open_to_user=check.counts.open_to_requester)
     ):
         return None, template
@@ -2507,7 +2538,7 @@ def _decide(
                 if ca is not None:
                     _check_ca_constraints(
                         ca,
-                        subject_for(locked.requester, mailbox_checked=True)
+                        subject_for(locked.requester, address_checked=True)
                         if mailbox is None
                         else subject_for_mailbox(mailbox),
                     )

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from knox.models import AuthToken
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
@@ -450,11 +451,18 @@ def test_the_limit_counts_read_only_the_persons_rows(hierarchy, template, employ
     params = [employee.pk, now, employee.pk, signing.pk, "pending", "approved", employee.pk]
     params += [signing.pk, "valid", now, 0, signing.pk, signing.pk, employee.pk]
     params += [employee.email, True]  # an active shared mailbox with the address?
+    params += [employee.email, True, employee.pk]  # another active account with it?
+    # A directory's worth of accounts: the address is looked up, not scanned for.
+    get_user_model().objects.bulk_create(
+        get_user_model()(username=f"person{i}", email=f"person{i}@example.com")
+        for i in range(2000)
+    )
 
     indexes = generic_plan_indexes(counts, params)
 
     assert "cert_owner_template_idx" in indexes
     assert "request_requester_template_idx" in indexes
+    assert "user_email_idx" in indexes
     template_only = ("enrollment_certificate_template_id", "enrollment_certificaterequest_template")
     assert not [name for name in indexes if name.startswith(template_only)], indexes
 
