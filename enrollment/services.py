@@ -1269,7 +1269,17 @@ def _revoke(
     old_issuer = imported_issuer(certificate)
     locked = Certificate.objects.select_for_update().get(pk=certificate.pk)
     if locked.status == Certificate.Status.REVOKED:
-        raise InvalidState("This certificate is already revoked.")
+        compromised = Certificate.RevocationReasonChoice.KEY_COMPROMISE
+        if reason != compromised or locked.revocation_reason == compromised:
+            raise InvalidState("This certificate is already revoked.")
+        return _now_key_compromise(
+            locked,
+            actor=actor,
+            invalidity_date=invalidity_date,
+            source_address=source_address,
+            old_issuer=old_issuer,
+            queue_crl=queue_crl,
+        )
     locked.status = Certificate.Status.REVOKED
     locked.revoked_at = revoked_at or now
     locked.revocation_reason = reason or ""
@@ -1298,8 +1308,68 @@ def _revoke(
     return locked
 
 
+def _now_key_compromise(
+    locked: Certificate,
+    *,
+    actor: Actor,
+    invalidity_date: datetime | None,
+    source_address: str | None,
+    old_issuer: str | None,
+    queue_crl: bool,
+) -> Certificate:
+    """A certificate revoked for another reason whose key is now known compromised: its
+    reason becomes keyCompromise (RFC 5280 5.3.1 lets a reason change; S/MIME BR 7.2.2
+    wants the most appropriate one), its CRL entry says so on the next CRL, and the
+    caller marks the key and revokes its other certificates. Refusing it, as before, left
+    a leaver's or a superseded certificate's leaked key certifiable again."""
+    previous = locked.revocation_reason or "unspecified"
+    locked.revocation_reason = Certificate.RevocationReasonChoice.KEY_COMPROMISE
+    if invalidity_date is not None:
+        locked.invalidity_date = invalidity_date
+    locked.save(update_fields=["revocation_reason", "invalidity_date"])
+    if old_issuer is None:
+        # Published again, with its new reason: an entry no CRL lists yet is what makes
+        # the watchdog publish if the queued task is lost.
+        CrlEntry.objects.update_or_create(
+            certificate=locked,
+            defaults={
+                "ca_id": locked.ca_id,
+                "not_after": locked.not_after,
+                "der": _crl_entry_der(locked),
+                "first_crl_number": None,
+            },
+        )
+    audit_record(
+        action="certificate.revoke",
+        actor=actor,
+        target=locked,
+        source_address=source_address,
+        detail={
+            "reason": Certificate.RevocationReasonChoice.KEY_COMPROMISE.value,
+            "serial": locked.serial,
+            "previous_reason": previous,
+            **({"recorded_only": True, "issuer": old_issuer} if old_issuer else {}),
+        },
+    )
+    if queue_crl and old_issuer is None:
+        from enrollment.tasks import crl_publish_on_commit
+
+        crl_publish_on_commit(locked.ca_id)
+    return locked
+
+
 def _crl_entry_create(certificate: Certificate) -> CrlEntry:
-    """Encode the revoked certificate's CRL entry once, in the revoking transaction.
+    """Encode the revoked certificate's CRL entry once, in the revoking transaction."""
+    return CrlEntry.objects.create(
+        certificate=certificate,
+        ca_id=certificate.ca_id,
+        not_after=certificate.not_after,
+        der=_crl_entry_der(certificate),
+    )
+
+
+def _crl_entry_der(certificate: Certificate) -> bytes:
+    """The revoked certificate's CRL entry (RFC 5280 5.1.2.6).
 
     The root's CRL lists CA certificates, so there every entry needs a reason (S/MIME BR
     7.2.2); certificateHold is never among the reasons we accept.
@@ -1312,7 +1382,7 @@ def _crl_entry_create(certificate: Certificate) -> CrlEntry:
         and CertificateAuthority.objects.filter(pk=certificate.ca_id, parent__isnull=True).exists()
     )
     try:
-        der = crl_fast.encode_entry(
+        return crl_fast.encode_entry(
             RevokedEntry(
                 serial_number=int(certificate.serial, 16),
                 revocation_date=certificate.revoked_at,
@@ -1323,9 +1393,6 @@ def _crl_entry_create(certificate: Certificate) -> CrlEntry:
         )
     except X509Error as exc:
         raise PolicyViolation(exc.message, field="reason") from exc
-    return CrlEntry.objects.create(
-        certificate=certificate, ca_id=certificate.ca_id, not_after=certificate.not_after, der=der
-    )
 
 
 def crl_entries_repair(*, ca: CertificateAuthority) -> int:

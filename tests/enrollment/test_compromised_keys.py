@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -18,13 +19,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from django.apps import apps
 from django.db import connection
+from django.utils import timezone
 
 from enrollment import services
-from enrollment.exceptions import PolicyViolation
+from enrollment.exceptions import InvalidState, PolicyViolation
 from enrollment.models import AuditEvent, Certificate, CertificateRequest, KeyIdentity
 from enrollment.x509 import keys
 from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
-from tests.enrollment.tools import issue, new_key
+from tests.enrollment.tools import crl_text_entries, issue, new_key, openssl_serial
 
 pytestmark = pytest.mark.django_db
 
@@ -132,6 +134,51 @@ def test_the_other_certificates_of_a_compromised_key_are_revoked_with_it(
     assert event.actor == employee
     assert [m.subject for m in mailoutbox] == ["Your certificate was revoked"] * 2
     assert {m.to[0] for m in mailoutbox} == {employee.email}
+
+
+def test_a_revoked_certificates_key_reported_compromised_later_is_finished(
+    hierarchy, template, employee, own_key, openssl
+):
+    """A superseded (or a leaver's) certificate whose key leaks afterwards: its reason
+    becomes keyCompromise on the next CRL, the key's other certificates are revoked, and
+    the key is never certified again. Refused as 'already revoked', it stayed usable."""
+    old = issue(employee, template("smime-signing"), own_key)
+    other = issue(employee, template("smime-dual-use"), own_key)
+    services.certificate_revoke(certificate=old, reason="superseded", actor=employee)
+    services.crl_publish(ca=old.ca)  # the superseded entry is on a CRL already
+    exposed = timezone.now() - timedelta(days=3)
+
+    services.certificate_revoke(
+        certificate=old, reason="keyCompromise", actor=employee, invalidity_date=exposed
+    )
+
+    old.refresh_from_db()
+    assert (old.status, old.revocation_reason) == ("revoked", "keyCompromise")
+    assert Certificate.objects.get(pk=other.pk).revocation_reason == "keyCompromise"
+    assert KeyIdentity.objects.get(spki_sha256=old.spki_sha256).compromised
+    with pytest.raises(PolicyViolation, match="compromised"):
+        issue(employee, template("smime-signing"), own_key)
+    revocations = AuditEvent.objects.filter(action="certificate.revoke", object_id=str(old.pk))
+    event = revocations.order_by("pk").last()
+    assert event.detail["previous_reason"] == "superseded"
+    published = services.crl_publish(ca=old.ca)
+    _text, entries = crl_text_entries(openssl, bytes(published.der))
+    entry = entries[openssl_serial(int(old.serial, 16))]
+    assert "Key Compromise" in entry
+    assert "Superseded" not in entry
+    assert "Invalidity Date" in entry
+
+
+@pytest.mark.parametrize("first", ["keyCompromise", "superseded"])
+def test_revoking_a_revoked_certificate_again_is_refused_unless_it_reports_a_compromise(
+    hierarchy, template, employee, own_key, first
+):
+    certificate = issue(employee, template("smime-signing"), own_key)
+    services.certificate_revoke(certificate=certificate, reason=first, actor=employee)
+    again = "keyCompromise" if first == "keyCompromise" else "affiliationChanged"
+
+    with pytest.raises(InvalidState, match="already revoked"):
+        services.certificate_revoke(certificate=certificate, reason=again, actor=employee)
 
 
 def test_existing_certificates_get_their_key_identity(hierarchy, template, employee, own_key):

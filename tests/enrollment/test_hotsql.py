@@ -454,8 +454,7 @@ def test_the_limit_counts_read_only_the_persons_rows(hierarchy, template, employ
     params += [employee.email, True, employee.pk]  # another active account with it?
     # A directory's worth of accounts: the address is looked up, not scanned for.
     get_user_model().objects.bulk_create(
-        get_user_model()(username=f"person{i}", email=f"person{i}@example.com")
-        for i in range(2000)
+        get_user_model()(username=f"person{i}", email=f"person{i}@example.com") for i in range(2000)
     )
 
     indexes = generic_plan_indexes(counts, params)

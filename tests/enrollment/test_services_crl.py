@@ -104,7 +104,8 @@ def test_a_refused_second_revocation_queues_no_crl(
         django_capture_on_commit_callbacks(execute=True) as callbacks,
         pytest.raises(InvalidState, match="already revoked"),
     ):
-        services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+        # (keyCompromise is no refusal: it makes a revoked certificate's reason keyCompromise)
+        services.certificate_revoke(certificate=certificate, reason="superseded")
 
     assert callbacks == []
     assert certificate.ca.latest_crl().number == 2
