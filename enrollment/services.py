@@ -1730,6 +1730,13 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
             raise InvalidState(
                 f"CRL number {number} is not newer than the published number {previous.number}."
             )
+        if previous is not None and imported.last_update_utc < previous.this_update:
+            # Served as the newest by its number, it would turn the clock back for every
+            # relying party: a CRL never replaces a newer one.
+            raise InvalidState(
+                f"The CRL's thisUpdate ({imported.last_update_utc:%Y-%m-%d %H:%M} UTC) is "
+                f"older than the published CRL's ({previous.this_update:%Y-%m-%d %H:%M} UTC)."
+            )
         revocation_list = _crl_store(locked, imported, number)
         audit_record(
             action="crl.import", actor=actor, target=revocation_list, detail={"number": number}

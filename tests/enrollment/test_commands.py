@@ -648,12 +648,13 @@ def root_crl(
     number: int,
     encoding: Encoding = Encoding.DER,
     validity: timedelta = timedelta(days=365),
+    age: timedelta = timedelta(0),
 ) -> bytes:
-    """A root CRL signed "on the air-gapped machine" with the root key file."""
+    """A root CRL signed "on the air-gapped machine" with the root key file, ``age`` ago."""
     root_key = keys.load_private_key_pem(
         hierarchy.root_key_path.read_bytes(), hierarchy.root_passphrase
     )
-    now = timezone.now()
+    now = timezone.now() - age
     return build_crl(
         issuer_certificate=hierarchy.root.certificate,
         issuer_key=root_key,
@@ -750,6 +751,18 @@ def test_import_crl_rejects_a_crl_number_not_newer_than_the_published_one(
     path = openssl.write("older.crl", root_crl(hierarchy, number))
 
     with pytest.raises(CommandError, match=f"CRL number {number} is not newer than .* 5"):
+        run("import_crl", str(path))
+
+    assert list(hierarchy.root.revocation_lists.values_list("number", flat=True)) == [5]
+
+
+def test_import_crl_rejects_a_higher_number_with_an_older_this_update(hierarchy, openssl):
+    """Served as the newest by its number, it would turn the clock back: a CRL never
+    replaces a newer one."""
+    run("import_crl", str(openssl.write("five.crl", root_crl(hierarchy, 5))))
+    path = openssl.write("stale.crl", root_crl(hierarchy, 6, age=timedelta(days=2)))
+
+    with pytest.raises(CommandError, match="thisUpdate .* is older than the published CRL's"):
         run("import_crl", str(path))
 
     assert list(hierarchy.root.revocation_lists.values_list("number", flat=True)) == [5]
