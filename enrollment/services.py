@@ -1611,18 +1611,30 @@ def _crl_publish_locked(
     return revocation_list
 
 
-def crl_failure_record(*, ca: CertificateAuthority, error: BaseException) -> None:
+def crl_failure_record(
+    *, ca: CertificateAuthority, error: BaseException, started: datetime | None = None
+) -> None:
     """Keep a failed CRL publication visible (health check, RA console) and audited.
 
-    The next successful publication clears it.
+    The next successful publication clears it. ``started``: when the failed attempt
+    began. Its transaction rolled back, freeing the CA's row, before this runs: a
+    publisher waiting on that row may have published a CRL meanwhile, which read no
+    failure to clear. Such a failure is audited but not shown, or /health/ would fail
+    until the next publication with the newest CRL in place.
     """
     code = type(error).__name__
     message = getattr(error, "message", "") or f"{code}: {error}"
     logger.error("Publishing the CRL of %s failed: %s", ca, message, exc_info=error)
     with transaction.atomic():
-        CertificateAuthority.objects.filter(pk=ca.pk).update(
-            crl_failed_at=timezone.now(), crl_error_code=code[:50], crl_error=message[:500]
+        # The row first, as publishers take it; the check then sees what they committed.
+        locked = _lock_ca(ca)
+        superseded = started is not None and (
+            RevocationList.objects.filter(ca=locked, created_at__gte=started).exists()
         )
+        if not superseded:
+            CertificateAuthority.objects.filter(pk=ca.pk).update(
+                crl_failed_at=timezone.now(), crl_error_code=code[:50], crl_error=message[:500]
+            )
         audit_record(
             action="crl.publish",
             target=ca,

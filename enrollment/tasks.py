@@ -21,6 +21,7 @@ from celery.signals import worker_ready
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
+from django.utils import timezone
 
 from accounts.sessions import sessions_clear_expired
 from enrollment import health, ldap_publish, services
@@ -59,6 +60,7 @@ def crl_publish_task(ca_id: int, force: bool = False) -> int | None:
     """
     ca = CertificateAuthority.objects.get(pk=ca_id)
     crl: RevocationList | None
+    started = timezone.now()
     try:
         if force:
             services.crl_entries_repair(ca=ca)
@@ -68,7 +70,7 @@ def crl_publish_task(ca_id: int, force: bool = False) -> int | None:
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:
-        services.crl_failure_record(ca=ca, error=exc)
+        services.crl_failure_record(ca=ca, error=exc, started=started)
         raise
     return crl.number if crl is not None else None
 
@@ -95,10 +97,11 @@ def crl_watchdog_task() -> dict[str, str]:
     pending_for = timedelta(minutes=settings.PKIPORTAL_CRL_WATCHDOG_MINUTES)
     results: dict[str, str] = {}
     for ca in CertificateAuthority.objects.online():
+        started = timezone.now()
         try:
             crl = services.crl_publish_if_due(ca=ca, overlap=overlap, pending_for=pending_for)
         except Exception as exc:
-            services.crl_failure_record(ca=ca, error=exc)
+            services.crl_failure_record(ca=ca, error=exc, started=started)
             results[ca.slug] = f"failed: {type(exc).__name__}"
             continue
         results[ca.slug] = f"published #{crl.number}" if crl is not None else "current"

@@ -307,6 +307,31 @@ def test_a_failing_event_task_records_the_failure_and_raises(
     assert CrlEntry.objects.get(certificate=certificate).first_crl_number is None
 
 
+def test_a_failure_after_another_workers_newer_crl_is_audited_not_shown(hierarchy, monkeypatch):
+    """A publisher that failed rolls back, freeing the CA's row, before it records the
+    failure: one waiting on the row publishes meanwhile, finding no failure to clear.
+    Recorded after that CRL, the failure would fail /health/ with the newest CRL in place
+    until the next publication. (Here the other worker's CRL is published inside the
+    failing attempt, after it began, which is all the check looks at.)"""
+    publish = services.crl_publish
+
+    def another_worker_publishes_then_this_fails(**kwargs):
+        publish(**kwargs)
+        raise RuntimeError("the HSM session of this worker broke")
+
+    monkeypatch.setattr(services, "crl_publish", another_worker_publishes_then_this_fails)
+    before = hierarchy.issuing.latest_crl().number
+
+    with pytest.raises(RuntimeError):
+        tasks.crl_publish_task(hierarchy.issuing.pk, force=True)
+
+    ca = CertificateAuthority.objects.get(pk=hierarchy.issuing.pk)
+    assert ca.latest_crl().number == before + 1
+    assert (ca.crl_failed_at, ca.crl_error_code) == (None, "")
+    failed = AuditEvent.objects.get(action="crl.publish", outcome="failure")
+    assert failed.detail["error_code"] == "RuntimeError"
+
+
 # --- who may revoke, and what they are told ---------------------------------------------
 
 
