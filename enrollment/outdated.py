@@ -246,12 +246,17 @@ def revoke_each(
     audit as the system, the holder's mail); the ones it revoked. One an officer or the
     holder revoked a moment ago is left out. Shared with the leavers' and mailboxes' runs."""
     revoked = []
-    for certificate in certificates:
-        try:
-            services.certificate_revoke(certificate=certificate, reason=reason)
-        except InvalidState:
-            continue
-        revoked.append(certificate)
+    with transaction.atomic():
+        chosen = list(certificates)
+        # All their rows first, then each revocation takes the audit chain's head: taking
+        # a second row after the head deadlocked with a single revocation of it.
+        services.lock_in_order(Certificate.objects.filter(pk__in=[c.pk for c in chosen]))
+        for certificate in chosen:
+            try:
+                services.certificate_revoke(certificate=certificate, reason=reason)
+            except InvalidState:
+                continue
+            revoked.append(certificate)
     return revoked
 
 

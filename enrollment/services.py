@@ -28,7 +28,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError, connection, models, transaction
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, Q, QuerySet, Value, When
 from django.db.models.functions import Lower, Trim
 from django.db.models.signals import post_save
 from django.utils import timezone
@@ -1140,6 +1140,15 @@ def certificate_revoke(
             KeyIdentity.objects.update_or_create(
                 spki_sha256=certificate.spki_sha256, defaults={"compromised": True}
             )
+            # Then every certificate row this revokes, in id order, before the audit
+            # chain's head: a single revocation takes its row, then the head, so taking
+            # the head first and a second row after it deadlocked with one.
+            lock_in_order(
+                Certificate.objects.filter(
+                    Q(pk=certificate.pk)
+                    | Q(spki_sha256=certificate.spki_sha256, status=Certificate.Status.VALID)
+                )
+            )
         revoked = _revoke(
             certificate=certificate,
             reason=reason,
@@ -1158,6 +1167,13 @@ def certificate_revoke(
         for told in (certificate, *same_key):
             certificate_revoked(told, actor=actor)
     return certificate
+
+
+def lock_in_order(certificates: QuerySet[Certificate]) -> None:
+    """Lock these certificates' rows in id order, in the caller's transaction: what
+    revokes several takes all their rows before the audit chain's head, as one
+    revocation does, so two never wait for each other."""
+    list(certificates.select_for_update().order_by("pk").values_list("pk", flat=True))
 
 
 def _revoke_same_key(

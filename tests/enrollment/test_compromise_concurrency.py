@@ -154,3 +154,41 @@ def test_approving_a_csr_while_its_key_is_reported_compromised_does_not_deadlock
     pending.refresh_from_db()
     assert pending.state == CertificateRequest.State.FAILED  # its key is compromised
     assert not Certificate.objects.valid().filter(spki_sha256=reported.spki_sha256).exists()
+
+
+def test_a_compromise_and_a_single_revocation_of_the_keys_other_certificate_never_deadlock(
+    hierarchy, template, employee
+):
+    """One revocation takes its certificate's row, then the audit chain's head. A
+    keyCompromise revokes several: it once took the head with the first and then the
+    next row, which a single revocation of that row held while it waited for the head.
+    PostgreSQL then aborted one of them."""
+    key = new_key()
+    reported = issue(employee, template("smime-signing"), key)
+    other = issue(employee, template("smime-dual-use"), key)
+    holding, go = threading.Event(), threading.Event()
+
+    def supersede_other() -> None:
+        with transaction.atomic():
+            Certificate.objects.select_for_update().get(pk=other.pk)  # as _revoke does
+            holding.set()
+            go.wait(timeout=30)
+            services.certificate_revoke(certificate=other, reason="superseded")
+
+    single, compromise = {}, {}
+    first = in_thread(supersede_other, single)
+    assert holding.wait(timeout=30)
+    second = in_thread(
+        lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
+        compromise,
+    )
+    second.join(timeout=0.5)
+    assert second.is_alive()  # waits on the other certificate's row
+    go.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+
+    assert "error" not in single, single
+    assert "error" not in compromise, compromise
+    states = dict(Certificate.objects.values_list("pk", "revocation_reason"))
+    assert states == {reported.pk: "keyCompromise", other.pk: "superseded"}
