@@ -104,7 +104,6 @@ class CrlStatus:
 def crl_status(now: datetime | None = None) -> list[CrlStatus]:
     """The verdict on every CA's newest CRL, root first."""
     now = now or timezone.now()
-    overlap = timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS)
     warning = timedelta(days=settings.PKIPORTAL_ROOT_CRL_WARNING_DAYS)
     # A revocation normally reaches a CRL within seconds; after two watchdog periods the
     # task and the watchdog have both missed it.
@@ -147,7 +146,7 @@ def crl_status(now: datetime | None = None) -> list[CrlStatus]:
         status.this_update, status.next_update = crl.this_update, crl.next_update
         if crl.next_update <= now:
             status.problems.append(f"The CRL expired at {crl.next_update:%Y-%m-%d %H:%M} UTC.")
-        elif ca.is_online and crl.next_update - now <= overlap:
+        elif ca.is_online and crl.next_update - now <= ca.crl_overlap():
             status.problems.append(
                 f"The CRL is older than its refresh interval and ends at "
                 f"{crl.next_update:%Y-%m-%d %H:%M} UTC: are the worker and beat running?"

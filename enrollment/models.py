@@ -8,7 +8,7 @@ EnvelopedData to the key recovery agents.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -176,6 +176,19 @@ class CertificateAuthority(DerCertificateMixin):
     def latest_crl(self) -> RevocationList | None:
         # The DER (~50 MB at a million entries) is read only by those who serve it.
         return self.revocation_lists.newest_first().defer("der").first()
+
+    def crl_overlap(self) -> timedelta:
+        """How close to its nextUpdate this online CA's CRL is replaced by the watchdog,
+        and called stale by /health/: PKIPORTAL_CRL_OVERLAP_HOURS, unless that is longer
+        than this CA's own slack (its CRL validity less the refresh interval). A CA keeps
+        the validity it was created with, and the setting is checked against today's
+        validity only: with the validity raised since, every CRL of an older CA was born
+        inside the overlap, so the watchdog published one at every run and /health/
+        failed for ever. Such a CA gets half its slack, as the setting's default is half
+        of today's; at least an hour."""
+        overlap = settings.PKIPORTAL_CRL_OVERLAP_HOURS
+        slack = self.crl_validity_days * 24 - settings.PKIPORTAL_CRL_REFRESH_HOURS
+        return timedelta(hours=overlap if overlap <= slack else max(1, slack // 2))
 
 
 class CertificateTemplate(models.Model):

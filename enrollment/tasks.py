@@ -93,13 +93,14 @@ def crl_watchdog_task() -> dict[str, str]:
     period (its queued task was lost with the broker or a worker). Each run is recorded:
     it is beat's heartbeat.
     """
-    overlap = timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS)
     pending_for = timedelta(minutes=settings.PKIPORTAL_CRL_WATCHDOG_MINUTES)
     results: dict[str, str] = {}
     for ca in CertificateAuthority.objects.online():
         started = timezone.now()
         try:
-            crl = services.crl_publish_if_due(ca=ca, overlap=overlap, pending_for=pending_for)
+            crl = services.crl_publish_if_due(
+                ca=ca, overlap=ca.crl_overlap(), pending_for=pending_for
+            )
         except Exception as exc:
             services.crl_failure_record(ca=ca, error=exc, started=started)
             results[ca.slug] = f"failed: {type(exc).__name__}"

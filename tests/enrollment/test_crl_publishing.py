@@ -16,7 +16,7 @@ from django.apps import apps
 from django.core import mail
 from django.utils import timezone
 
-from enrollment import keystore, services, tasks
+from enrollment import health, keystore, services, tasks
 from enrollment.exceptions import NotPermitted, PolicyViolation
 from enrollment.models import (
     AuditEvent,
@@ -250,6 +250,28 @@ def test_the_watchdog_replaces_a_crl_that_missed_its_refresh(hierarchy, settings
     time_machine.move_to(crl.next_update - timedelta(hours=settings.PKIPORTAL_CRL_OVERLAP_HOURS))
 
     assert tasks.crl_watchdog_task() == {"issuing": f"published #{crl.number + 1}"}
+
+
+def test_a_ca_keeping_a_shorter_crl_validity_is_not_republished_at_every_run(
+    hierarchy, settings, time_machine
+):
+    """A CA keeps the CRL validity it was created with (3 days here); the settings were
+    raised since (10 days, an overlap of 108 hours). Every 3-day CRL was born inside that
+    overlap: the watchdog published one at every run and /health/ called it stale."""
+    settings.PKIPORTAL_CRL_VALIDITY_DAYS = 10
+    settings.PKIPORTAL_CRL_OVERLAP_HOURS = 108
+    CertificateAuthority.objects.filter(pk=hierarchy.issuing.pk).update(crl_validity_days=3)
+    ca = CertificateAuthority.objects.get(pk=hierarchy.issuing.pk)
+    crl = services.crl_publish(ca=ca)
+    assert crl.next_update - crl.this_update == timedelta(days=3)
+
+    assert tasks.crl_watchdog_task()["issuing"] == "current"
+    issuing = next(status for status in health.crl_status() if status.slug == "issuing")
+    assert issuing.problems == []
+
+    # Half its own slack ((72 - 24) / 2 hours) before its end, it is replaced.
+    time_machine.move_to(crl.next_update - timedelta(hours=23))
+    assert tasks.crl_watchdog_task()["issuing"] == f"published #{crl.number + 1}"
 
 
 def test_a_failure_is_logged_audited_and_visible_until_the_next_success(
