@@ -20,6 +20,7 @@ from django.http import HttpResponse
 from accounts import mfa
 from accounts.mfa import SSO_AMR
 from accounts.sso import account_fields_from_claims, update_account_from_claims
+from enrollment import recent_sign_in
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +129,14 @@ class PortalOIDCCallbackView(OIDCAuthenticationCallbackView):  # type: ignore[mi
     takes that for a session refresh), so mfa.note_sign_in never saw the provider's amr
     and such a session stayed confined whatever the provider had checked: the person had
     to sign out first. A session that has confirmed its second factor keeps the library's
-    refresh behaviour (no new session key, no new CSRF token)."""
+    refresh behaviour (no new session key, no new CSRF token), but the provider did sign
+    the person in again: that is a recent sign-in (enrollment.recent_sign_in), or a person
+    without a password could never mint a token once their session was a quarter of an
+    hour old."""
 
     def login_success(self) -> HttpResponse:
         if mfa.session_needs_second_step(self.request):
             auth.login(self.request, self.user)
         response: HttpResponse = super().login_success()
+        recent_sign_in.note_sign_in(self.request, self.user)
         return response

@@ -25,6 +25,12 @@ def _note_sign_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     """Only a sign-in that made this session, through django.contrib.auth.login (password
     or single sign-on). Not the API's token endpoint, which sends the signal with DRF's
     request after minting: from a session, that would stretch one sign-in for ever."""
+    note_sign_in(request, user)
+
+
+def note_sign_in(request: Any, user: Any) -> None:
+    """This session's person signed in just now (also a single sign-on that the library
+    took for a refresh of the session, and did not log in again)."""
     if not isinstance(request, HttpRequest):
         return
     session = getattr(request, "session", None)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +22,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import RequestFactory
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.oidc import PortalOIDCBackend
 from accounts.session_store import SessionStore
@@ -254,6 +256,32 @@ def test_a_password_sign_in_waiting_for_its_code_may_switch_to_single_sign_on(
         assert response.status_code == 200
     else:
         assert response["Location"].startswith("/account/two-factor/verify/")
+
+
+def test_signing_in_through_the_provider_again_is_a_recent_sign_in(
+    browser_sign_in, client, settings, time_machine
+):
+    """mozilla-django-oidc takes a callback for the session's own person for a refresh and
+    does not log in again: the provider did sign them in, so tokens may be minted (a
+    person without a password has no other way to sign in again)."""
+    from enrollment import recent_sign_in
+
+    dora = UserFactory(username="dora", email="dora.dupont@example.com")
+    employee_claims = {**CLAIMS, "groups": ["Everyone"]}  # no role: no second step
+    assert browser_sign_in(employee_claims).status_code == 302
+    key = client.session.session_key
+    later = timezone.now() + timedelta(minutes=settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES + 5)
+    time_machine.move_to(later)
+    request = RequestFactory().get("/")
+    request.session = client.session
+    assert not recent_sign_in.signed_in_recently(request)
+
+    assert browser_sign_in(employee_claims).status_code == 302
+
+    request.session = client.session
+    assert recent_sign_in.signed_in_recently(request)
+    assert client.session.session_key == key  # still the library's refresh: no new session
+    assert client.session["_auth_user_id"] == str(dora.pk)
 
 
 def test_the_callback_refuses_another_accounts_address(browser_sign_in, client, admin_user):
