@@ -44,6 +44,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import (
     LOCKOUT_FAILURES,
+    LOCKOUT_REMINDER_FAILURES,
     MAX_THROTTLE_SECONDS,
     BackupCodeDevice,
     TotpDevice,
@@ -827,9 +828,12 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
 
 def note_lockout(user: User, *, kind: str, failures: int, source_address: str | None) -> None:
     """At LOCKOUT_FAILURES refusals in a row (wrong codes, refused security-key answers),
-    once per run (the count only grows until a right one): someone with the password is
-    guessing. The person and the trail learn of it."""
-    if failures != LOCKOUT_FAILURES:
+    and again after each LOCKOUT_REMINDER_FAILURES more (the count only grows until a
+    right one): someone with the password is guessing, one code every quarter of an hour,
+    about 1 % a month against a six-digit code. The person and the trail learn of it, not
+    once but every day it goes on."""
+    past = failures - LOCKOUT_FAILURES
+    if past < 0 or past % LOCKOUT_REMINDER_FAILURES:
         return
     audit_record(
         action="mfa.lockout",

@@ -30,6 +30,9 @@ from accounts.search import directory_search_text
 # eleventh wrong code in a row, LOCKOUT_FAILURES, audited once (accounts.mfa.check_code).
 MAX_THROTTLE_SECONDS = 15 * 60
 LOCKOUT_FAILURES = 11
+# Past the lock-out, one guess every MAX_THROTTLE_SECONDS goes on for ever (the person
+# must not be locked out of their own account): told again after each day's worth.
+LOCKOUT_REMINDER_FAILURES = 24 * 3600 // MAX_THROTTLE_SECONDS
 
 
 def capped_throttle(device: Any, allowed: bool, info: Any) -> tuple[bool, Any]:

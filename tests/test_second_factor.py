@@ -406,6 +406,35 @@ def test_the_wait_after_wrong_codes_is_capped_and_a_lockout_is_audited_once(
     ]
 
 
+def test_guessing_on_past_the_lockout_is_told_again_every_day_of_it(
+    officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    """After the lock-out one guess per quarter of an hour goes on for ever: the officer
+    hears of it again after each day's worth, not only at the eleventh."""
+    from accounts.models import LOCKOUT_FAILURES, LOCKOUT_REMINDER_FAILURES
+
+    device, seed = authenticator(officer)
+    wrong = a_wrong_code(seed)
+    now = timezone.now()
+    day = 0
+    for failures in (LOCKOUT_FAILURES + LOCKOUT_REMINDER_FAILURES - 2, LOCKOUT_FAILURES + 5):
+        TotpDevice.objects.filter(pk=device.pk).update(throttling_failure_count=failures)
+        for _ in range(2):  # each try after the last wait ended
+            day += 1
+            with (
+                time_machine.travel(now + timedelta(days=day), tick=False),
+                django_capture_on_commit_callbacks(execute=True),
+            ):
+                mfa.check_code(user=officer, code=wrong, source_address=None, via="web")
+
+    # 95 and 96 past the lock-out, then 6 and 7: one reminder, at 96.
+    (lockout,) = events("mfa.lockout")
+    assert lockout.detail["failures"] == LOCKOUT_FAILURES + LOCKOUT_REMINDER_FAILURES
+    assert [m.subject for m in mailoutbox] == [
+        "Many wrong second-factor codes were entered for your account"
+    ]
+
+
 @needs_row_locks
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_burst_of_wrong_codes_counts_once_and_the_rest_are_throttled(officer):
