@@ -6,10 +6,12 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.forms import UserChangeForm
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Lower, Trim
 from django.forms import ModelForm
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -29,6 +31,31 @@ from enrollment.change_audit import changes_from
 from enrollment.edge import client_address
 
 _ModelT = TypeVar("_ModelT", bound=models.Model)
+
+
+class PortalUserChangeForm(UserChangeForm[User]):
+    """Django's, refusing an address another active account has: no certificate would be
+    issued for it to either (enrollment.services.address_taken)."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        email = (cleaned.get("email") or "").strip().lower()
+        if email and cleaned.get("is_active", self.instance.is_active):
+            other = (
+                User.objects.filter(is_active=True)
+                .exclude(pk=self.instance.pk)
+                .annotate(address=Lower(Trim("email")))
+                .filter(address=email)
+                .first()
+            )
+            if other is not None:
+                self.add_error(
+                    "email",
+                    f"The active account {other.get_username()} has this address: no "
+                    "certificate is issued for an address two accounts share. Correct or "
+                    "deactivate that account first.",
+                )
+        return cleaned
 
 
 class RoleChangesAudited(admin.ModelAdmin[_ModelT]):
@@ -61,6 +88,7 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
 
 @admin.register(User)
 class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
+    form = PortalUserChangeForm
     fieldsets = (
         *(
             # When it was switched off: its certificates are revoked a grace period later.

@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from accounts.sso import update_account_from_claims
 from enrollment.models import AuditEvent
 from tests.conftest import client_for
-from tests.enrollment.test_change_audit import ADDRESS, admin_post
+from tests.enrollment.test_change_audit import ADDRESS, admin_post, form_data
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -168,3 +168,23 @@ def test_a_bulk_update_records_no_moment(employee):
     get_user_model().objects.filter(pk=employee.pk).update(email="alice.smith@example.com")
 
     assert stored(employee) is None
+
+
+def test_the_admin_refuses_an_address_another_active_account_has(admin_user, employee, colleague):
+    url = f"/admin/accounts/user/{colleague.pk}/change/"
+    admin = client_for(admin_user)
+    data = form_data(admin.get(url))
+    data["email"] = f" {employee.email.upper()}"
+
+    refused = admin.post(url, data)
+
+    assert refused.status_code == 200
+    assert "has this address" in str(refused.context["adminform"].form.errors["email"])
+    colleague.refresh_from_db()
+    assert colleague.email != employee.email
+    # Once Alice's account is deactivated, her address may go to someone else.
+    employee.is_active = False
+    employee.save()
+    admin_post(admin, url, email=employee.email)
+    colleague.refresh_from_db()
+    assert colleague.email == employee.email
