@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib import auth
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpResponse
+from django.middleware.csrf import rotate_token
 
 from accounts import mfa
 from accounts.mfa import SSO_AMR
@@ -129,14 +130,17 @@ class PortalOIDCCallbackView(OIDCAuthenticationCallbackView):  # type: ignore[mi
     takes that for a session refresh), so mfa.note_sign_in never saw the provider's amr
     and such a session stayed confined whatever the provider had checked: the person had
     to sign out first. A session that has confirmed its second factor keeps the library's
-    refresh behaviour (no new session key, no new CSRF token), but the provider did sign
+    refresh behaviour (no new sign-in: its second factor stands), but the provider did sign
     the person in again: that is a recent sign-in (enrollment.recent_sign_in), or a person
     without a password could never mint a token once their session was a quarter of an
-    hour old."""
+    hour old. Noted only on a new session key, as login() would give it: the old key may
+    be a stolen cookie, which must not share in the fresh sign-in."""
 
     def login_success(self) -> HttpResponse:
         if mfa.session_needs_second_step(self.request):
             auth.login(self.request, self.user)
         response: HttpResponse = super().login_success()
+        self.request.session.cycle_key()
+        rotate_token(self.request)
         recent_sign_in.note_sign_in(self.request, self.user)
         return response

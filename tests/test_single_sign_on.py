@@ -280,8 +280,11 @@ def test_signing_in_through_the_provider_again_is_a_recent_sign_in(
 
     request.session = client.session
     assert recent_sign_in.signed_in_recently(request)
-    assert client.session.session_key == key  # still the library's refresh: no new session
     assert client.session["_auth_user_id"] == str(dora.pk)
+    # A copy of the old cookie (stolen, say) shares in none of it: that session is gone.
+    assert client.session.session_key != key
+    stolen = SessionStore(session_key=key)
+    assert "_auth_user_id" not in stolen.load()
 
 
 def test_the_callback_refuses_another_accounts_address(browser_sign_in, client, admin_user):
