@@ -29,7 +29,7 @@ from django.db.models.functions import Lower, Trim
 from django.utils import timezone
 
 from accounts.models import User
-from enrollment import audit, hotsql
+from enrollment import audit, hotsql, services
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
     ConfigurationError,
@@ -80,6 +80,7 @@ class Reason:
     INACTIVE = "inactive"
     YOURSELF = "yourself"
     NO_EMAIL = "no_email"
+    BAD_ADDRESS = "bad_address"
     OUTSIDE_DOMAINS = "outside_domains"
     SHARED_MAILBOX = "shared_mailbox"
     ADDRESS_SHARED = "address_shared"
@@ -96,6 +97,8 @@ class Reason:
         INACTIVE: "the account is deactivated",
         YOURSELF: "you cannot approve a request of your own",
         NO_EMAIL: "the account has no e-mail address",
+        BAD_ADDRESS: "the account's address holds white space, a control or a non-ASCII "
+        "character: an administrator must correct it",
         OUTSIDE_DOMAINS: "the account's address is outside the mail domains the CA issues for",
         SHARED_MAILBOX: "the account's address is a shared mailbox's: its delegates enrol for "
         "the mailbox, and an administrator must correct the account's address",
@@ -298,6 +301,8 @@ def rollout_resolve(
             reason = Reason.YOURSELF
         elif not (user.email or "").strip():
             reason = Reason.NO_EMAIL
+        elif services.address_unusable(_address(user)):
+            reason = Reason.BAD_ADDRESS
         elif not address_permitted(user.email.strip(), settings.PKIPORTAL_MAIL_DOMAINS) or (
             ca is not None and not issuer_permits(ca.certificate, user.email.strip())
         ):
@@ -324,8 +329,8 @@ def rollout_resolve(
 
 
 def _address(user: User) -> str:
-    """As services._account_email: shared mailboxes' addresses are stored lower-case."""
-    return (user.email or "").strip().lower()
+    """As services.account_email: shared mailboxes' addresses are stored lower-case."""
+    return services.account_email(user)
 
 
 def default_key_algorithm(template: CertificateTemplate) -> keys.KeyAlgorithm:

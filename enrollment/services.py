@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import re
+import string
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -609,8 +610,29 @@ def _active_agents() -> list[KeyRecoveryAgent]:
 NO_ADDRESS = "Your account has no e-mail address; ask an administrator to add one."
 
 
-def _account_email(owner: User) -> str:
-    return (getattr(owner, "email", "") or "").strip().lower()
+# ASCII letters only: what LOWER() gives on every database the portal runs on.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def account_email(owner: User) -> str:
+    """The account's address as the database compares it, LOWER(TRIM(email)): spaces
+    around it trimmed, ASCII letters lower-cased, nothing else touched. Python's strip()
+    and lower() go further (a tab, a no-break space; the Kelvin sign to a k), so two
+    accounts the database told apart were certified for one address. What is left over
+    address_unusable() refuses."""
+    return (getattr(owner, "email", "") or "").strip(" ").translate(_ASCII_LOWER)
+
+
+def address_unusable(email: str) -> str | None:
+    """Why no certificate can name this account address, or None: it holds white space,
+    a control or a non-ASCII character (a directory's stray tab, a look-alike letter)."""
+    if email.isascii() and email.isprintable() and " " not in email:
+        return None
+    return (
+        f"The account's address {names.printable(email)} holds a character no e-mail "
+        "address may (white space, a control or a non-ASCII character), so no certificate "
+        "can be issued for it. An administrator must correct the account's address."
+    )
 
 
 def address_outside_domains(email: str) -> str | None:
@@ -634,10 +656,12 @@ def address_outside_domains(email: str) -> str | None:
 def account_address_problem(owner: User) -> str | None:
     """What stops any certificate being issued for this account's address, or None: for
     the enrolment pages to say up front what subject_for would refuse."""
-    email = _account_email(owner)
+    email = account_email(owner)
     if not email:
         return NO_ADDRESS
-    return address_outside_domains(email) or address_taken(email, owner.pk)
+    return (
+        address_unusable(email) or address_outside_domains(email) or address_taken(email, owner.pk)
+    )
 
 
 def address_taken(email: str, owner_pk: int) -> str | None:
@@ -692,11 +716,13 @@ def subject_for(owner: User, *, address_checked: bool = False) -> builder.Subjec
     checked the last already (request_submit's counts, _decide), so the enrolment costs
     no statement more.
     """
-    email = _account_email(owner)
+    email = account_email(owner)
     if not email:
         raise PolicyViolation(NO_ADDRESS)
-    outside = address_outside_domains(email) or (
-        None if address_checked else address_taken(email, owner.pk)
+    outside = (
+        address_unusable(email)
+        or address_outside_domains(email)
+        or (None if address_checked else address_taken(email, owner.pk))
     )
     if outside is not None:
         raise PolicyViolation(outside, field="email")
@@ -1844,7 +1870,7 @@ def _enrolment_counts(
         since=now - timedelta(hours=1),
         now=now,
         excluding_certificate_id=renewal_of.pk if renewal_of is not None else None,
-        address=_account_email(requester),
+        address=account_email(requester),
     )
 
 
@@ -2042,13 +2068,14 @@ def _request_submit_locked(
     if mailbox is not None:
         subject_for_mailbox(mailbox)
     else:
-        # Fail early when the account cannot be named in a certificate; whether a shared
-        # mailbox has its address came with the counts.
+        # Fail early when the account cannot be named in a certificate (no address, one
+        # outside the domains first: an empty one is "taken" by every account without);
+        # whether a shared mailbox or another account has it came with the counts.
+        subject_for(requester, address_checked=True)
         if counts.address_taken:
             raise PolicyViolation(
-                address_taken(_account_email(requester), requester.pk) or "", field="email"
+                address_taken(account_email(requester), requester.pk) or "", field="email"
             )
-        subject_for(requester, address_checked=True)
     parsed = None
     if csr is not None:
         if not template.allow_csr:
@@ -2186,7 +2213,7 @@ def _csr_issued_unlocked(
         template=named,
         since=now - timedelta(hours=1),
         now=now,
-        address=_account_email(requester),
+        address=account_email(requester),
         spki_sha256=spki_sha256,
     )
     if check is None:

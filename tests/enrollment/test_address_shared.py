@@ -94,3 +94,40 @@ def test_a_roll_out_skips_people_whose_address_another_account_has(
 
     assert resolved.eligible == [colleague]
     assert [skip.reason for skip in resolved.skipped] == [rollouts.Reason.ADDRESS_SHARED]
+
+
+@pytest.mark.parametrize("stray", ["\t", "\n", "\xa0", "\u2003"])
+def test_an_address_with_stray_white_space_is_refused_not_cleaned(
+    hierarchy, template, employee, stray
+):
+    """The database trims spaces only; Python's strip() went further, so an account
+    'alice@example.com<tab>' and Alice's own were told apart by one and certified for one
+    address by the other. Such an address is now the administrator's to correct."""
+    padded = UserFactory(username="mallory", email=employee.email + stray)
+
+    with pytest.raises(PolicyViolation, match="holds a character no e-mail address may"):
+        enrol(padded, template)
+    assert "holds a character" in (services.account_address_problem(padded) or "")
+    assert enrol(employee, template).certificate.emails == [employee.email]
+
+
+def test_a_look_alike_letter_is_refused(hierarchy, template, employee):
+    """The Kelvin sign lower-cases to an ASCII k in Python, not in SQLite's LOWER()."""
+    kelvin = UserFactory(username="kelvin", email="\u212aate@example.com")
+    UserFactory(username="kate", email="kate@example.com")
+
+    with pytest.raises(PolicyViolation, match="holds a character no e-mail address may"):
+        enrol(kelvin, template)
+
+
+def test_an_account_without_an_address_is_told_so_not_that_it_is_taken(
+    hierarchy, template, employee
+):
+    """Every account without an address has the same empty one."""
+    UserFactory(username="service", email="")
+    nobody = UserFactory(username="nobody", email="")
+
+    with pytest.raises(PolicyViolation) as refused:
+        enrol(nobody, template)
+    assert "Another account" not in refused.value.message
+    assert refused.value.message == services.NO_ADDRESS
