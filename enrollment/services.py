@@ -1653,16 +1653,23 @@ def _crl_publish_locked(
     return revocation_list
 
 
+def newest_crl_id(ca: CertificateAuthority) -> int:
+    """The id of the CA's newest stored CRL (0: none): what a CRL attempt saw when it
+    began, for crl_failure_record(). Ids, not times: the hosts' clocks may differ."""
+    newest = RevocationList.objects.filter(ca=ca).order_by("-pk").values_list("pk").first()
+    return newest[0] if newest else 0
+
+
 def crl_failure_record(
-    *, ca: CertificateAuthority, error: BaseException, started: datetime | None = None
+    *, ca: CertificateAuthority, error: BaseException, newest_before: int | None = None
 ) -> None:
     """Keep a failed CRL publication visible (health check, RA console) and audited.
 
-    The next successful publication clears it. ``started``: when the failed attempt
-    began. Its transaction rolled back, freeing the CA's row, before this runs: a
-    publisher waiting on that row may have published a CRL meanwhile, which read no
-    failure to clear. Such a failure is audited but not shown, or /health/ would fail
-    until the next publication with the newest CRL in place.
+    The next successful publication clears it. ``newest_before``: newest_crl_id() when
+    the failed attempt began. Its transaction rolled back, freeing the CA's row, before
+    this runs: a publisher waiting on that row may have published a CRL meanwhile, which
+    read no failure to clear. Such a failure is audited but not shown, or /health/ would
+    fail until the next publication with the newest CRL in place.
     """
     code = type(error).__name__
     message = getattr(error, "message", "") or f"{code}: {error}"
@@ -1670,8 +1677,8 @@ def crl_failure_record(
     with transaction.atomic():
         # The row first, as publishers take it; the check then sees what they committed.
         locked = _lock_ca(ca)
-        superseded = started is not None and (
-            RevocationList.objects.filter(ca=locked, created_at__gte=started).exists()
+        superseded = newest_before is not None and (
+            RevocationList.objects.filter(ca=locked, pk__gt=newest_before).exists()
         )
         if not superseded:
             CertificateAuthority.objects.filter(pk=ca.pk).update(

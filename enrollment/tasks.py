@@ -21,7 +21,6 @@ from celery.signals import worker_ready
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
-from django.utils import timezone
 
 from accounts.sessions import sessions_clear_expired
 from enrollment import health, ldap_publish, services
@@ -60,7 +59,7 @@ def crl_publish_task(ca_id: int, force: bool = False) -> int | None:
     """
     ca = CertificateAuthority.objects.get(pk=ca_id)
     crl: RevocationList | None
-    started = timezone.now()
+    newest_before = services.newest_crl_id(ca)
     try:
         if force:
             services.crl_entries_repair(ca=ca)
@@ -70,7 +69,7 @@ def crl_publish_task(ca_id: int, force: bool = False) -> int | None:
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:
-        services.crl_failure_record(ca=ca, error=exc, started=started)
+        services.crl_failure_record(ca=ca, error=exc, newest_before=newest_before)
         raise
     return crl.number if crl is not None else None
 
@@ -96,13 +95,13 @@ def crl_watchdog_task() -> dict[str, str]:
     pending_for = timedelta(minutes=settings.PKIPORTAL_CRL_WATCHDOG_MINUTES)
     results: dict[str, str] = {}
     for ca in CertificateAuthority.objects.online():
-        started = timezone.now()
+        newest_before = services.newest_crl_id(ca)
         try:
             crl = services.crl_publish_if_due(
                 ca=ca, overlap=ca.crl_overlap(), pending_for=pending_for
             )
         except Exception as exc:
-            services.crl_failure_record(ca=ca, error=exc, started=started)
+            services.crl_failure_record(ca=ca, error=exc, newest_before=newest_before)
             results[ca.slug] = f"failed: {type(exc).__name__}"
             continue
         results[ca.slug] = f"published #{crl.number}" if crl is not None else "current"
