@@ -28,6 +28,7 @@ from cryptography import x509
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 from django.views.decorators.debug import sensitive_variables
@@ -345,6 +346,12 @@ def _import_one(
         compromised, _ca = hotsql.claim_key(spki)
         if compromised:
             raise _KeyCompromised
+        if revocation is not None and revocation.reason == "keyCompromise":
+            # The key's certificates this revokes with it, before the audit chain's head
+            # (services.lock_in_order).
+            services.lock_in_order(
+                Certificate.objects.filter(spki_sha256=spki, status=Certificate.Status.VALID)
+            )
         row = Certificate.objects.create(
             ca=ca,
             owner=holder.owner,
@@ -427,6 +434,12 @@ def _record_revoked(
             if fields["revocation_reason"] == Certificate.RevocationReasonChoice.KEY_COMPROMISE:
                 KeyIdentity.objects.update_or_create(
                     spki_sha256=row.spki_sha256, defaults={"compromised": True}
+                )
+                services.lock_in_order(  # before the audit chain's head, as a revocation
+                    Certificate.objects.filter(
+                        Q(pk=row.pk)
+                        | Q(spki_sha256=row.spki_sha256, status=Certificate.Status.VALID)
+                    )
                 )
             revoked = services._revoke(
                 certificate=row,

@@ -181,6 +181,9 @@ def resume_after_restore(*, ca: CertificateAuthority, der: bytes, actor: Actor =
         if database_number is None or number > database_number:
             services._crl_store(locked, crl, number)  # the history has it, as published
         stored = _stored(locked, [facts.serial for facts in entries])
+        # Their rows before the audit chain's head, as one revocation takes them
+        # (services.lock_in_order): a revocation of one of them meanwhile waits.
+        services.lock_in_order(Certificate.objects.filter(pk__in=[c.pk for c in stored.values()]))
         revoked_again: list[str] = []
         corrected: list[str] = []
         unknown: list[str] = []
