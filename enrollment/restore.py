@@ -180,10 +180,16 @@ def resume_after_restore(*, ca: CertificateAuthority, der: bytes, actor: Actor =
         database_number = previous.number if previous is not None else None
         if database_number is None or number > database_number:
             services._crl_store(locked, crl, number)  # the history has it, as published
-        stored = _stored(locked, [facts.serial for facts in entries])
+        serials = [facts.serial for facts in entries]
         # Their rows before the audit chain's head, as one revocation takes them
-        # (services.lock_in_order): a revocation of one of them meanwhile waits.
-        services.lock_in_order(Certificate.objects.filter(pk__in=[c.pk for c in stored.values()]))
+        # (services.lock_in_order), in id order across chunks of bounded statements;
+        # then read again under those locks: one revoked meanwhile is taken back below,
+        # not revoked a second time.
+        ids = sorted(certificate.pk for certificate in _stored(locked, serials).values())
+        for start in range(0, len(ids), SERIALS_PER_QUERY):
+            chunk = ids[start : start + SERIALS_PER_QUERY]
+            services.lock_in_order(Certificate.objects.filter(pk__in=chunk))
+        stored = _stored(locked, serials)
         revoked_again: list[str] = []
         corrected: list[str] = []
         unknown: list[str] = []

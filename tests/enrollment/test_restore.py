@@ -198,11 +198,44 @@ def test_serials_are_looked_up_in_chunks(hierarchy, before_the_failure, monkeypa
     """PostgreSQL takes at most 65,535 parameters per statement: a large CRL must not
     meet that limit."""
     monkeypatch.setattr(restore, "SERIALS_PER_QUERY", 1)
+    locked: list[int] = []
+    lock = services.lock_in_order
+
+    def counted(certificates):
+        locked.append(certificates.count())
+        lock(certificates)
+
+    monkeypatch.setattr(services, "lock_in_order", counted)
 
     done = restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
 
     assert len(done.revoked_again) == 2
     assert done.already_revoked == 1
+    assert locked == [1, 1, 1]  # the rows it may revoke are locked in chunks too
+
+
+def test_a_certificate_revoked_while_the_restore_waits_for_it_is_taken_back(
+    hierarchy, before_the_failure, monkeypatch
+):
+    """A revocation commits while the restore waits for that row: read again under the
+    lock, the certificate is revoked already, and its published facts are put back
+    rather than the whole restore failing with 'already revoked'."""
+    left = before_the_failure["left"]
+    lock = services.lock_in_order
+
+    def revoked_meanwhile(certificates):
+        services.certificate_revoke(certificate=left, reason=REASON.SUPERSEDED)
+        monkeypatch.setattr(services, "lock_in_order", lock)
+        lock(certificates)
+
+    monkeypatch.setattr(services, "lock_in_order", revoked_meanwhile)
+
+    done = restore.resume_after_restore(ca=hierarchy.issuing, der=before_the_failure["crl"])
+
+    assert left.serial not in done.revoked_again
+    assert done.already_revoked == 2
+    left.refresh_from_db()
+    assert left.revocation_reason == REASON.AFFILIATION_CHANGED  # as published
 
 
 def test_the_resume_queues_no_crl_task_of_its_own(
