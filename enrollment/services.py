@@ -1329,17 +1329,43 @@ def _revoke(
     locked.save(update_fields=["status", "revoked_at", "revocation_reason", "invalidity_date"])
     if old_issuer is None:
         _crl_entry_create(locked)
+    _revocation_recorded(
+        locked,
+        actor=actor,
+        source_address=source_address,
+        old_issuer=old_issuer,
+        queue_crl=queue_crl,
+        detail={
+            "reason": reason or "",
+            "serial": locked.serial,
+            **({"same_key_as": same_key_as.serial} if same_key_as is not None else {}),
+        },
+        extra=detail,
+    )
+    return locked
+
+
+def _revocation_recorded(
+    locked: Certificate,
+    *,
+    actor: Actor,
+    source_address: str | None,
+    old_issuer: str | None,
+    queue_crl: bool,
+    detail: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Audit a revocation (or its reason become keyCompromise) and queue its CRL and LDAP
+    work for after the commit; an imported certificate's CRL is its old CA's."""
     audit_record(
         action="certificate.revoke",
         actor=actor,
         target=locked,
         source_address=source_address,
         detail={
-            "reason": reason or "",
-            "serial": locked.serial,
-            **({"same_key_as": same_key_as.serial} if same_key_as is not None else {}),
+            **detail,
             **({"recorded_only": True, "issuer": old_issuer} if old_issuer else {}),
-            **(detail or {}),
+            **(extra or {}),
         },
     )
     if queue_crl and old_issuer is None:
@@ -1347,7 +1373,6 @@ def _revoke(
 
         crl_publish_on_commit(locked.ca_id)
     ldap_publish.publish_on_commit(locked.owner_id)
-    return locked
 
 
 def _now_key_compromise(
@@ -1381,22 +1406,18 @@ def _now_key_compromise(
                 "first_crl_number": None,
             },
         )
-    audit_record(
-        action="certificate.revoke",
+    _revocation_recorded(
+        locked,
         actor=actor,
-        target=locked,
         source_address=source_address,
+        old_issuer=old_issuer,
+        queue_crl=queue_crl,
         detail={
             "reason": Certificate.RevocationReasonChoice.KEY_COMPROMISE.value,
             "serial": locked.serial,
             "previous_reason": previous,
-            **({"recorded_only": True, "issuer": old_issuer} if old_issuer else {}),
         },
     )
-    if queue_crl and old_issuer is None:
-        from enrollment.tasks import crl_publish_on_commit
-
-        crl_publish_on_commit(locked.ca_id)
     return locked
 
 
