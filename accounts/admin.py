@@ -11,7 +11,6 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 from django.db.models import Q, QuerySet
-from django.db.models.functions import Lower, Trim
 from django.forms import ModelForm
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -24,7 +23,7 @@ from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts import mfa
-from accounts.models import User, WebAuthnDevice
+from accounts.models import EMAIL_KEY, User, WebAuthnDevice
 from accounts.search import query_words, word_pattern
 from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from
@@ -44,7 +43,7 @@ class PortalUserChangeForm(UserChangeForm[User]):
             other = (
                 User.objects.filter(is_active=True)
                 .exclude(pk=self.instance.pk)
-                .annotate(address=Lower(Trim("email")))
+                .annotate(address=EMAIL_KEY)
                 .filter(address=email)
                 .first()
             )

@@ -47,6 +47,10 @@ def capped_throttle(device: Any, allowed: bool, info: Any) -> tuple[bool, Any]:
     return False, {**info, "locked_until": cap}
 
 
+# An account's address as the portal compares addresses (services.account_email): the
+# expression of user_email_idx, which every lookup by address uses.
+EMAIL_KEY = Lower(Trim("email"))
+
 # The fields directory_search is derived from.
 DIRECTORY_SOURCE_FIELDS = frozenset(
     {"username", "first_name", "last_name", "display_name", "email", "organizational_unit"}
@@ -95,7 +99,7 @@ class User(AbstractUser):
             models.Index(Upper("username"), name="user_username_upper_idx"),
             # Whether another account has an address (services.address_taken), read at
             # every enrolment: the expression hotsql's counts compare.
-            models.Index(Lower(Trim("email")), name="user_email_idx"),
+            models.Index(EMAIL_KEY, name="user_email_idx"),
             # Leavers whose certificates are due for revocation (enrollment.leavers): the
             # few inactive accounts, not every account, so the hourly run and the RA page
             # stay cheap in a large directory.

@@ -25,10 +25,10 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Count, F
-from django.db.models.functions import Lower, Trim
+from django.db.models.functions import Lower
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import EMAIL_KEY, User
 from enrollment import audit, hotsql, services
 from enrollment.audit import audit_record
 from enrollment.exceptions import (
@@ -261,7 +261,7 @@ def rollout_resolve(
         )
         shared_addresses.update(
             User.objects.filter(is_active=True)
-            .annotate(address=Lower(Trim("email")))
+            .annotate(address=EMAIL_KEY)
             .filter(address__in=address_chunk)
             .values("address")
             .annotate(accounts=Count("pk"))

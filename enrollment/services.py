@@ -30,12 +30,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Case, Q, QuerySet, Value, When
-from django.db.models.functions import Lower, Trim
 from django.db.models.signals import post_save
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from accounts.models import User
+from accounts.models import EMAIL_KEY, User
 from enrollment import audit, binary, ca_lifetime, hotsql, keystore, ldap_publish
 from enrollment.audit import audit_record
 from enrollment.change_audit import template_record
@@ -681,7 +680,7 @@ def shared_with_another_account(email: str, owner_pk: int) -> str | None:
         get_user_model()
         .objects.filter(is_active=True)
         .exclude(pk=owner_pk)
-        .annotate(address=Lower(Trim("email")))
+        .annotate(address=EMAIL_KEY)
         .filter(address=email)
         .exists()
     ):
