@@ -25,6 +25,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
+from accounts import mfa
 from enrollment import health, ldap_publish, leavers
 from enrollment.permissions import is_ra_officer
 
@@ -140,12 +141,20 @@ def _presents_monitoring_token(request: HttpRequest) -> bool:
 
 
 def may_see_details(request: HttpRequest) -> bool:
-    """The monitoring token, or a signed-in member of staff or RA officer."""
+    """The monitoring token, or a signed-in member of staff or RA officer whose session
+    has confirmed its second factor where one is asked: the details name hosts, database
+    users and error texts, and a fresh check drives the HSM, which a password alone must
+    not buy (the second-factor middleware lets /health/ and /metrics through unconfirmed,
+    for probes)."""
     if _presents_monitoring_token(request):
         return True
     try:
         user = request.user
-        return bool(user.is_authenticated and (user.is_staff or is_ra_officer(user)))
+        return bool(
+            user.is_authenticated
+            and (user.is_staff or is_ra_officer(user))
+            and not mfa.session_needs_second_step(request)
+        )
     except Exception:  # the session lives in the database, which may be what is down
         return False
 

@@ -407,3 +407,29 @@ def test_only_staff_and_officers_see_the_live_checks_details(request, signed_roo
 
 def test_the_live_check_takes_no_post(anonymous_client, hierarchy):
     assert anonymous_client.post("/health/live/").status_code == 405
+
+
+@pytest.mark.parametrize("who", ["officer", "staff"])
+@pytest.mark.parametrize("path", ["/health/", "/metrics"])
+def test_a_password_alone_buys_no_details(request, who, path, signed_root):
+    """The second-factor middleware lets /health/ and /metrics through unconfirmed, for
+    probes: a session that typed the password of an officer or a member of staff but not
+    their code sees the verdict only, as anyone does."""
+    from django.test import Client
+
+    from accounts import mfa
+    from tests.second_factor import authenticator
+
+    person = request.getfixturevalue(who)
+    authenticator(person)
+    browser = Client()
+    browser.force_login(person)  # the password step, no code yet
+    mfa.forget_state(person)
+
+    response = browser.get(path)
+
+    if path == "/health/":
+        assert response.json() == {"status": "ok"}
+    else:
+        assert response.status_code == 403
+        assert b"pkiportal_" not in response.content

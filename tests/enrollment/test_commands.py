@@ -842,3 +842,32 @@ def test_create_demo_data_uses_the_configured_country(settings, tmp_path):
 
     root = CertificateAuthority.objects.get(slug="root")
     assert root.certificate.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "NL"
+
+
+def test_a_new_passphrase_file_is_never_readable_by_others(tmp_path, monkeypatch):
+    """Created 0600, not narrowed after writing: in an existing directory others may read
+    (umask 022), the passphrase was theirs for a moment."""
+    import os
+
+    from enrollment.management.commands import _helpers
+
+    shared = tmp_path / "etc"
+    shared.mkdir(mode=0o755)
+    target = shared / "root-passphrase"
+    modes: list[int] = []
+    opened = os.fdopen
+
+    def watched(descriptor, *args, **kwargs):
+        modes.append(os.fstat(descriptor).st_mode & 0o777)  # before a byte is written
+        return opened(descriptor, *args, **kwargs)
+
+    monkeypatch.setattr(_helpers.os, "fdopen", watched)
+    old_umask = os.umask(0o022)
+    try:
+        value = _helpers.new_passphrase_file(str(target))
+    finally:
+        os.umask(old_umask)
+
+    assert modes == [0o600]
+    assert target.read_bytes() == value
+    assert target.stat().st_mode & 0o777 == 0o600

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ def new_passphrase_file(path: str) -> bytes:
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_urlsafe(24)
-    with target.open("x") as fh:
+    # 0600 from its creation: written first and narrowed after, it was readable by anyone
+    # for a moment in an existing directory (umask 022).
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as fh:
         fh.write(value)
-    target.chmod(0o600)
     return value.encode()
 
 
