@@ -23,11 +23,12 @@ from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts import mfa
-from accounts.models import EMAIL_KEY, User, WebAuthnDevice
+from accounts.models import User, WebAuthnDevice
 from accounts.search import query_words, word_pattern
 from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from
 from enrollment.edge import client_address
+from enrollment.services import address_key, other_account_with
 
 _ModelT = TypeVar("_ModelT", bound=models.Model)
 
@@ -38,15 +39,9 @@ class PortalUserChangeForm(UserChangeForm[User]):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        email = (cleaned.get("email") or "").strip().lower()
+        email = address_key(cleaned.get("email") or "")
         if email and cleaned.get("is_active", self.instance.is_active):
-            other = (
-                User.objects.filter(is_active=True)
-                .exclude(pk=self.instance.pk)
-                .annotate(address=EMAIL_KEY)
-                .filter(address=email)
-                .first()
-            )
+            other = other_account_with(email, self.instance.pk)
             if other is not None:
                 self.add_error(
                     "email",

@@ -619,7 +619,12 @@ def account_email(owner: User) -> str:
     and lower() go further (a tab, a no-break space; the Kelvin sign to a k), so two
     accounts the database told apart were certified for one address. What is left over
     address_unusable() refuses."""
-    return (getattr(owner, "email", "") or "").strip(" ").translate(_ASCII_LOWER)
+    return address_key(getattr(owner, "email", "") or "")
+
+
+def address_key(text: str) -> str:
+    """An address as the database compares addresses (accounts.models.EMAIL_KEY)."""
+    return text.strip(" ").translate(_ASCII_LOWER)
 
 
 def address_unusable(email: str) -> str | None:
@@ -674,16 +679,21 @@ def address_taken(email: str, owner_pk: int) -> str | None:
     return mailbox_address_taken(email) or shared_with_another_account(email, owner_pk)
 
 
-def shared_with_another_account(email: str, owner_pk: int) -> str | None:
-    """address_taken()'s second half: another active account has this address."""
-    if not (
+def other_account_with(email: str, owner_pk: int) -> User | None:
+    """Another active account whose address is ``email`` (an address_key()), or None."""
+    return (
         get_user_model()
         .objects.filter(is_active=True)
         .exclude(pk=owner_pk)
         .annotate(address=EMAIL_KEY)
         .filter(address=email)
-        .exists()
-    ):
+        .first()
+    )
+
+
+def shared_with_another_account(email: str, owner_pk: int) -> str | None:
+    """address_taken()'s second half: another active account has this address."""
+    if other_account_with(email, owner_pk) is None:
         return None
     return (
         f"Another account has the address {names.printable(email)} too, so no certificate "
