@@ -65,7 +65,7 @@ def body_size_cap(
         if "text/html" in request.META.get("HTTP_ACCEPT", ""):  # a browser's form
             return render(request, "413.html", {"cap_kib": cap // 1024}, status=413)
         # A protocol's client (EST, OCSP): the reason as text, as those answer errors.
-        return HttpResponse(f"{TOO_LARGE}\n", status=413, content_type="text/plain")
+        return HttpResponse(f"{TOO_LARGE}\n", status=413, content_type="text/plain; charset=utf-8")
 
     return middleware
 
