@@ -178,13 +178,15 @@ def test_enroll_ideal(bench):
     out = bench(
         "enroll_ideal.py", "--requests", "8", "--rounds", "2", "--workers", "1", "--clients", "2"
     )
+    # No CPU figures asserted: eight requests may take less than one /proc tick (10 ms),
+    # and a line then carries none (as bench/enroll.py's smoke test allows).
     servers = matches(
         rf"^HTTP CSR path, the (?P<side>portal|ideal server) \(P-256\) +(?P<rate>{NUMBER}) "
-        rf"certs/s  \(8 in {NUMBER} s\)  CPU/cert: app (?P<app>{NUMBER}) ",
+        rf"certs/s  \(8 in {NUMBER} s\)",
         out,
     )
     assert [m["side"] for m in servers] == ["portal", "ideal server"], out
-    assert all(float(m["rate"]) > 0 and float(m["app"]) > 0 for m in servers), out
+    assert all(float(m["rate"]) > 0 for m in servers), out
     # --rounds 2: each server's ratio to the bare library in both rounds, and their median.
     assert len(matches(rf"^  {NUMBER}% of the bare library .*, {NUMBER}%, median", out)) == 2
     assert matches(rf"^bare library: .* {NUMBER} certs/s \(rounds: \d+, \d+\)$", out), out
