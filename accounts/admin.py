@@ -8,7 +8,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.forms import UserChangeForm
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.db.models import Q, QuerySet
 from django.forms import ModelForm
@@ -24,18 +24,56 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts import mfa
 from accounts.models import User, WebAuthnDevice
+from accounts.privilege import (
+    is_privileged_group,
+    may_administer,
+    plain_groups,
+    privileged_groups,
+)
 from accounts.search import query_words, word_pattern
 from enrollment.audit import audit_record
-from enrollment.change_audit import changes_from
+from enrollment.change_audit import changes_from, role_groups
 from enrollment.edge import client_address
 from enrollment.services import address_key, other_account_with
 
 _ModelT = TypeVar("_ModelT", bound=models.Model)
+_FormT = TypeVar("_FormT", bound=ModelForm[Any])
 
 
 class PortalUserChangeForm(UserChangeForm[User]):
     """Django's, refusing an address another active account has: no certificate would be
-    issued for it to either (enrollment.services.address_taken)."""
+    issued for it to either (enrollment.services.address_taken).
+
+    For an administrator who is not a superuser (``grants_privilege`` off) the groups offered
+    are the plain ones, and the privileged groups the person is in stay as they are: neither
+    shown for removal nor open to adding (accounts.privilege)."""
+
+    grants_privilege = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        groups = self.fields.get("groups")
+        if groups is not None and not self.grants_privilege:
+            groups.queryset = plain_groups()  # type: ignore[attr-defined]
+            if self.instance.pk:
+                self.initial["groups"] = list(
+                    self.instance.groups.filter(pk__in=plain_groups().values("pk"))
+                )
+            groups.help_text = (
+                "The groups that say who may use which template. Roles (RA officers, "
+                "recovery agents) and groups holding permissions are given by a superuser."
+            )
+
+    def clean_groups(self) -> Any:
+        chosen = self.cleaned_data.get("groups")
+        if self.grants_privilege or chosen is None:
+            return chosen
+        kept = (
+            list(self.instance.groups.filter(pk__in=privileged_groups().values("pk")))
+            if self.instance.pk
+            else []
+        )
+        return [*chosen, *kept]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -75,9 +113,59 @@ class RoleChangesAudited(admin.ModelAdmin[_ModelT]):
 admin.site.unregister(Group)
 
 
+class PortalGroupForm(ModelForm[Group]):
+    """A group named after a role makes its members that role: only a superuser names one
+    so (``grants_privilege``)."""
+
+    grants_privilege = True
+
+    class Meta:
+        model = Group
+        fields = ("name", "permissions")
+
+    def clean_name(self) -> str:
+        name: str = self.cleaned_data["name"]
+        if not self.grants_privilege and name in role_groups():
+            raise ValidationError(
+                "This name makes the group's members a role; only a superuser gives it."
+            )
+        return name
+
+
+def _for(form: type[_FormT], request: HttpRequest) -> type[_FormT]:
+    """The admin's form, told whether the signed-in administrator may grant privilege."""
+    if getattr(request.user, "is_superuser", False):
+        return form
+    return type(form.__name__, (form,), {"grants_privilege": False})
+
+
 @admin.register(Group)
 class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
-    pass
+    """Anyone allowed may manage the groups that say who uses which template; roles and
+    groups holding permissions are a superuser's (accounts.privilege)."""
+
+    form = PortalGroupForm
+
+    def get_form(
+        self, request: HttpRequest, obj: Group | None = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm[Group]]:
+        return _for(super().get_form(request, obj, change=change, **kwargs), request)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Group | None = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else (*fields, "permissions")
+
+    def has_change_permission(self, request: HttpRequest, obj: Group | None = None) -> bool:
+        allowed = super().has_change_permission(request, obj)
+        if not allowed or obj is None or request.user.is_superuser:
+            return allowed
+        return not is_privileged_group(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Group | None = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        if not allowed or obj is None or request.user.is_superuser:
+            return allowed
+        return not is_privileged_group(obj)
 
 
 @admin.register(User)
@@ -99,6 +187,22 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         ("Second factor", {"fields": ("second_factor",)}),
     )
     readonly_fields = ("deactivated_at", "email_changed_at", "second_factor")
+
+    # What only a superuser gives (accounts.privilege); groups are narrowed in the form.
+    PRIVILEGE_FIELDS = ("is_superuser", "is_staff", "user_permissions")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: User | None = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else (*fields, *self.PRIVILEGE_FIELDS)
+
+    def has_change_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        """Also guards the password page, which asks this of the account."""
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (obj is None or may_administer(request.user, obj))
+
+    def has_delete_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or may_administer(request.user, obj))
 
     @admin.display(description="Second factor")
     def second_factor(self, obj: User) -> str:
@@ -177,7 +281,7 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         self, request: HttpRequest, obj: User | None = None, change: bool = False, **kwargs: Any
     ) -> type[ModelForm[User]]:
         """Whoever unticks "Active" learns what follows for the person's certificates."""
-        form = super().get_form(request, obj, change=change, **kwargs)
+        form = _for(super().get_form(request, obj, change=change, **kwargs), request)
         hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
         if "is_active" in form.base_fields:
             form.base_fields["is_active"].help_text = (

@@ -51,6 +51,7 @@ from accounts.models import (
     User,
     WebAuthnDevice,
 )
+from accounts.privilege import may_administer
 from accounts.sessions import sessions_end
 from enrollment import recent_sign_in
 from enrollment.audit import audit_record
@@ -699,14 +700,15 @@ def _refuse_leaving_nothing(user: User) -> None:
 
 def may_reset(actor: Any, target: Any) -> bool:
     """Whoever may change the account in the admin may reset its second factor (they could
-    set its password as well), never their own, and only a superuser a superuser's."""
+    set its password as well), never their own, and only a superuser a privileged account's
+    (accounts.privilege)."""
     return bool(
         actor.is_authenticated
         and actor.is_active
         and actor.is_staff
         and actor.has_perm("accounts.change_user")
         and actor.pk != target.pk
-        and (actor.is_superuser or not target.is_superuser)
+        and may_administer(actor, target)
     )
 
 

@@ -1019,19 +1019,26 @@ def test_nobody_resets_their_own(admin_client_, admin_user):
     assert not events("mfa.reset")
 
 
-def test_staff_without_the_permission_or_below_a_superuser_may_not(admin_user, officer):
+def test_staff_without_the_permission_or_below_a_superuser_may_not(admin_user, officer, employee):
+    """Staff who may change accounts reset an employee's, never a privileged account's
+    (accounts.privilege): with its password they would be that officer or superuser."""
     from django.contrib.auth.models import Permission
 
     authenticator(officer)
+    authenticator(employee)
     staff = UserFactory(username="stan", is_staff=True)
     client = verified_login(Client(), staff)
-    assert client.post(reset_url(officer)).status_code == 403
+    assert client.post(reset_url(employee)).status_code == 403
 
     staff.user_permissions.add(Permission.objects.get(codename="change_user"))
     authenticator(admin_user)
     assert client.post(reset_url(admin_user)).status_code == 403
-    assert client.post(reset_url(officer)).status_code == 302
+    assert client.post(reset_url(officer)).status_code == 403
+    assert client.post(reset_url(employee)).status_code == 302
     assert TotpDevice.objects.filter(user=admin_user).exists()
+    assert TotpDevice.objects.filter(user=officer).exists()
+    assert not TotpDevice.objects.filter(user=employee).exists()
+    assert verified_login(Client(), admin_user).post(reset_url(officer)).status_code == 302
     assert not TotpDevice.objects.filter(user=officer).exists()
 
 
