@@ -162,10 +162,12 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
         return not is_privileged_group(obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Group | None = None) -> bool:
+        """Nor a group a template is restricted to: without it the template may be open to
+        everyone (an empty list of groups means anyone)."""
         allowed = super().has_delete_permission(request, obj)
         if not allowed or obj is None or request.user.is_superuser:
             return allowed
-        return not is_privileged_group(obj)
+        return not (is_privileged_group(obj) or obj.certificatetemplate_set.exists())
 
 
 @admin.register(User)
@@ -189,7 +191,10 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
     readonly_fields = ("deactivated_at", "email_changed_at", "second_factor")
 
     # What only a superuser gives (accounts.privilege); groups are narrowed in the form.
-    PRIVILEGE_FIELDS = ("is_superuser", "is_staff", "user_permissions")
+    # The user name too: single sign-on finds accounts by it, so renaming a plain account to
+    # the name a future officer will sign in with would hand their account to whoever set
+    # its password.
+    PRIVILEGE_FIELDS = ("is_superuser", "is_staff", "user_permissions", "username")
 
     def get_readonly_fields(self, request: HttpRequest, obj: User | None = None) -> Any:
         fields = tuple(super().get_readonly_fields(request, obj))

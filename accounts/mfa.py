@@ -621,7 +621,8 @@ def backup_codes_regenerate(*, user: User, source_address: str | None) -> list[s
     return codes
 
 
-def _remove_devices(user: User) -> int:
+def remove_devices(user: User) -> int:
+    """Every second factor of the person's: their app, security keys and backup codes."""
     removed = TotpDevice.objects.filter(user=user).delete()[0]
     removed += WebAuthnDevice.objects.filter(user=user).delete()[0]
     BackupCodeDevice.objects.filter(user=user).delete()
@@ -720,7 +721,7 @@ def second_factor_reset(*, actor: User, target: User, source_address: str | None
     if not may_reset(actor, target):
         raise SecondFactorError("You may not reset this account's second factor.")
     with transaction.atomic():
-        removed = _remove_devices(target)
+        removed = remove_devices(target)
         ended = sessions_end(target)
         audit_record(
             action="mfa.reset",

@@ -96,11 +96,15 @@ class PortalOIDCBackend(OIDCAuthenticationBackend):  # type: ignore[misc]  # unt
         username = self.get_username(claims)
         self._refuse_an_address_held_elsewhere(username, claims)
         user = self.UserModel.objects.create_user(username)
-        return update_account_from_claims(user, claims)
+        return update_account_from_claims(user, claims, self._session())
 
     def update_user(self, user: Any, claims: dict[str, Any]) -> Any:
         self._refuse_an_address_held_elsewhere(user.get_username(), claims)
-        return update_account_from_claims(user, claims)
+        return update_account_from_claims(user, claims, self._session())
+
+    def _session(self) -> Any:
+        """The browser's session this sign-in is made in (none outside a request)."""
+        return getattr(getattr(self, "request", None), "session", None)
 
     def _username(self, claims: dict[str, Any]) -> str | None:
         username = claims.get(_username_claim())

@@ -54,3 +54,67 @@ def may_administer(actor: Any, target: Any) -> bool:
     if actor.is_superuser or actor.pk == target.pk:
         return True
     return not is_privileged(target)
+
+
+def start_afresh(
+    user: Any,
+    *,
+    actor: Any,
+    source_address: str | None,
+    source: str,
+    keep: Any = None,
+    becoming_superuser: bool = False,
+) -> None:
+    """An account that gains privilege (a role, a permission, staff or superuser status)
+    starts its credentials afresh: its sessions end and its API tokens go, so none made
+    while it held nothing carries the new power. If its password was last set by an
+    administrator who is not a superuser, that administrator knows it and may have set up
+    the second factor as well: the password is made unusable and the second factor
+    removed, and whoever grants the role gives the person a new password (or they sign
+    in through the directory or single sign-on). A sign-in that brings the privilege (a
+    role mirrored from the provider) keeps its own session, ``keep``. A superuser gaining
+    a role gains nothing (``becoming_superuser``: the save that made them one). Audited as
+    account.fresh_start when anything ended."""
+    from knox.models import AuthToken
+
+    from accounts.mfa import remove_devices
+    from accounts.sessions import sessions_end
+    from enrollment.audit import audit_record
+    from enrollment.models import AuditEvent
+
+    if user.pk is None or (user.is_superuser and not becoming_superuser):
+        return  # a superuser holds everything already: a role adds nothing to take over
+    ended = sessions_end(user, keep=keep)
+    tokens = AuthToken.objects.filter(user=user).delete()[1].get(AuthToken._meta.label, 0)
+    last_set = (
+        AuditEvent.objects.filter(
+            action="account.password_set",
+            object_type=user._meta.label,
+            object_id=str(user.pk),
+        )
+        .select_related("actor")
+        .order_by("-pk")
+        .first()
+    )
+    known_to_another = last_set is not None and (
+        last_set.actor_id != user.pk and not (last_set.actor and last_set.actor.is_superuser)
+    )
+    if known_to_another and user.has_usable_password():
+        user.set_unusable_password()
+        type(user)._base_manager.filter(pk=user.pk).update(password=user.password)
+    removed = remove_devices(user) if known_to_another else 0
+    if not (ended or tokens or known_to_another):
+        return  # nothing to start afresh: a new account, an officer-to-be never signed in
+    audit_record(
+        action="account.fresh_start",
+        actor=actor,
+        target=user,
+        source_address=source_address,
+        detail={
+            "sessions_ended": ended,
+            "tokens_deleted": tokens,
+            "password_unusable": known_to_another,
+            "second_factor_removed": bool(removed),
+            "source": source,
+        },
+    )

@@ -34,7 +34,7 @@ def account_fields_from_claims(claims: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def mirror_groups(user: AbstractUser, names: Iterable[str]) -> None:
+def mirror_groups(user: AbstractUser, names: Iterable[str], session: Any = None) -> None:
     """Make the user's mirrored groups (settings.SSO_MIRRORED_GROUPS) exactly ``names``.
 
     Only mirrored groups are touched, so a role given by the directory is also taken away
@@ -44,21 +44,24 @@ def mirror_groups(user: AbstractUser, names: Iterable[str]) -> None:
     mirrored = set(settings.SSO_MIRRORED_GROUPS)
     wanted = {name for name in names if name in mirrored}
     current = set(user.groups.filter(name__in=mirrored).values_list("name", flat=True))
-    with changes_from("sso"):
+    with changes_from("sso", session=session):
         for name in wanted - current:
             user.groups.add(Group.objects.get_or_create(name=name)[0])
         if current - wanted:
             user.groups.remove(*Group.objects.filter(name__in=current - wanted))
 
 
-def update_account_from_claims(user: AbstractUser, claims: Mapping[str, Any]) -> AbstractUser:
-    """Write the claims onto the account and mirror the role groups from the groups claim."""
+def update_account_from_claims(
+    user: AbstractUser, claims: Mapping[str, Any], session: Any = None
+) -> AbstractUser:
+    """Write the claims onto the account and mirror the role groups from the groups claim;
+    ``session`` is the browser's the sign-in is made in, kept if a role is gained."""
     for field, value in account_fields_from_claims(claims).items():
         setattr(user, field, value)
     # A changed address (or privilege) is audited as the provider's, like its role groups.
-    with changes_from("sso"):
+    with changes_from("sso", session=session):
         user.save()
     groups = claims.get(getattr(settings, "OIDC_CLAIM_GROUPS", "groups"))
     if isinstance(groups, list):
-        mirror_groups(user, (g for g in groups if isinstance(g, str)))
+        mirror_groups(user, (g for g in groups if isinstance(g, str)), session)
     return user

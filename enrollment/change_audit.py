@@ -46,6 +46,9 @@ class ChangeSource:
     source: str = "other"  # "admin", "sso" or "other"
     actor: Actor = None  # None: the system
     address: str | None = None
+    # The browser session a sign-in is being made in: an account gaining privilege keeps it
+    # while its other sessions end (accounts.privilege.start_afresh).
+    session: Any = None
 
 
 _state = threading.local()
@@ -53,11 +56,11 @@ _state = threading.local()
 
 @contextmanager
 def changes_from(
-    source: str, actor: Actor = None, address: str | None = None
+    source: str, actor: Actor = None, address: str | None = None, session: Any = None
 ) -> Iterator[ChangeSource]:
     """Role changes made in this block are recorded as made by ``actor`` through ``source``."""
     previous = getattr(_state, "source", None)
-    _state.source = ChangeSource(source, actor, address)
+    _state.source = ChangeSource(source, actor, address, session)
     try:
         yield _state.source
     finally:
@@ -200,6 +203,11 @@ def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
             source_address=source.address,
             detail={"changes": changes, "source": source.source},
         )
+        if any(changes.get(name) == [False, True] for name in ("is_staff", "is_superuser")):
+            assert isinstance(instance, User)
+            _gained_privilege(
+                instance, source, superuser=changes.get("is_superuser") == [False, True]
+            )
 
 
 # --- role group memberships (everywhere) ------------------------------------------------
@@ -209,6 +217,7 @@ def _record(action: str, what: str, pairs: Iterable[tuple[models.Model, str]]) -
     """One event per (account or group, role or permission), told who made the change by
     changes_from; one append for them all."""
     source = current_source()
+    gained: dict[int, User] = {}
     with deferred():
         for target, name in pairs:
             audit_record(
@@ -218,6 +227,24 @@ def _record(action: str, what: str, pairs: Iterable[tuple[models.Model, str]]) -
                 source_address=source.address,
                 detail={what: name, "source": source.source},
             )
+            if action.endswith(".grant"):
+                members = [target] if isinstance(target, User) else target.user_set.all()  # type: ignore[attr-defined]
+                gained.update((member.pk, member) for member in members)
+        for user in gained.values():
+            _gained_privilege(user, source)
+
+
+def _gained_privilege(user: User, source: ChangeSource, *, superuser: bool = False) -> None:
+    from accounts.privilege import start_afresh
+
+    start_afresh(
+        user,
+        actor=source.actor,
+        source_address=source.address,
+        source=source.source,
+        keep=source.session,
+        becoming_superuser=superuser,
+    )
 
 
 def _record_roles(action: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
@@ -293,8 +320,24 @@ def _group_renamed(sender: Any, instance: Group, **kwargs: Any) -> None:
 
 def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
     """Deleting a role group, or one holding permissions, removes its members without an
-    m2m signal."""
+    m2m signal. Deleting a group a template names changes who may use the template (the
+    last one opens it to everyone), without a signal either: template.change."""
     _record_roles("role.revoke", _memberships(group=instance, pks=None))
+    source = current_source()
+    for template in CertificateTemplate.objects.filter(allowed_groups=instance).order_by("pk"):
+        before = template_state(template)
+        after = {
+            **before,
+            "allowed_groups": [name for name in before["allowed_groups"] if name != instance.name],
+        }
+        template_record(
+            action="template.change",
+            template=template,
+            before=before,
+            after=after,
+            actor=source.actor,
+            source_address=source.address,
+        )
 
 
 def _user_deleting(sender: Any, instance: User, **kwargs: Any) -> None:
@@ -350,7 +393,10 @@ def _permissions_changed(
         if pk_set is not None:
             where["permission__in"] = list(pk_set)
     if action == "post_add" and pk_set:
-        _record_permissions("permission.grant", _held(sender, holder, where))
+        granted = _held(sender, holder, where)
+        if not reverse:  # the caller's own instance: it follows a fresh start's new state
+            granted = [(instance, name) for _row_holder, name in granted]
+        _record_permissions("permission.grant", granted)
     elif (action == "pre_remove" and pk_set) or action == "pre_clear":
         _record_permissions("permission.revoke", _held(sender, holder, where))
 

@@ -160,12 +160,17 @@ def privileged(request, admin_user, officer, key_recovery_agent_user) -> User:
     staff = UserFactory(username="stella", is_staff=True)
     holder = UserFactory(username="percy")
     holder.user_permissions.add(*perms("view_certificate"))
+    member = UserFactory(username="gemma")
+    auditors = Group.objects.create(name="Auditors")
+    auditors.permissions.add(*perms("view_auditevent"))
+    member.groups.add(auditors)
     return {
         "superuser": admin_user,
         "officer": officer,
         "recovery agent": key_recovery_agent_user,
         "staff": staff,
         "a permission": holder,
+        "a group with permissions": member,
     }[request.param]
 
 
@@ -176,7 +181,14 @@ def key_recovery_agent_user(db) -> User:
     return user
 
 
-PRIVILEGED = ["superuser", "officer", "recovery agent", "staff", "a permission"]
+PRIVILEGED = [
+    "superuser",
+    "officer",
+    "recovery agent",
+    "staff",
+    "a permission",
+    "a group with permissions",
+]
 
 
 @pytest.mark.parametrize("privileged", PRIVILEGED, indirect=True)
@@ -300,3 +312,187 @@ def test_a_superuser_gives_a_group_permissions_and_a_role_name(admin_client_, si
     signing_staff.refresh_from_db()
     assert signing_staff.name == "RA officers"
     assert list(signing_staff.permissions.values_list("codename", flat=True)) == ["view_user"]
+
+
+# --- an account that gains privilege starts afresh --------------------------------------
+
+
+def signed_in_browser(user: User) -> Client:
+    from tests.second_factor import verified_login
+
+    user.refresh_from_db()  # the password and session generation the admin wrote
+    client = verified_login(Client(), user)
+    assert client.get("/certificates/").status_code == 200
+    return client
+
+
+def api_token(user: User) -> str:
+    from knox.models import AuthToken
+
+    return AuthToken.objects.create(user=user)[1]
+
+
+def fresh_starts(user: User) -> list[dict[str, Any]]:
+    from enrollment.models import AuditEvent
+
+    return list(
+        AuditEvent.objects.filter(action="account.fresh_start", object_id=str(user.pk))
+        .order_by("pk")
+        .values_list("detail", flat=True)
+    )
+
+
+def test_a_password_the_help_desk_set_does_not_survive_a_promotion(
+    helpdesk, employee, officers, admin_client_
+):
+    """The help desk set the employee's password (its job) and could have set up their
+    second factor and an API token as them; a superuser then makes them an officer."""
+    from accounts.models import TotpDevice
+    from tests.second_factor import authenticator
+
+    assert (
+        client_for(helpdesk)
+        .post(
+            f"{USERS}{employee.pk}/password/",
+            {"password1": NEW_PASSWORD, "password2": NEW_PASSWORD, "usable_password": "true"},
+        )
+        .status_code
+        == 302
+    )
+    authenticator(employee)
+    browser = signed_in_browser(employee)
+    token = api_token(employee)
+    url = change_url(employee)
+
+    response = admin_client_.post(url, form_data(admin_client_, url, groups=[str(officers.pk)]))
+
+    assert response.status_code == 302
+    employee.refresh_from_db()
+    assert list(employee.groups.all()) == [officers]
+    assert not employee.has_usable_password()
+    assert not TotpDevice.objects.filter(user=employee).exists()
+    assert browser.get("/certificates/").status_code == 302  # signed out
+    assert (
+        Client().get("/api/v1/certificates/", HTTP_AUTHORIZATION=f"Token {token}").status_code
+        == 401
+    )
+    [start] = fresh_starts(employee)
+    assert start["password_unusable"] is True
+    assert start["second_factor_removed"] is True
+    assert start["tokens_deleted"] == 1
+    assert start["source"] == "admin"
+
+
+def test_a_password_a_superuser_set_survives_a_promotion_but_sessions_and_tokens_do_not(
+    employee, officers, admin_client_
+):
+    from accounts.models import TotpDevice
+    from tests.second_factor import authenticator
+
+    assert (
+        admin_client_.post(
+            f"{USERS}{employee.pk}/password/",
+            {"password1": NEW_PASSWORD, "password2": NEW_PASSWORD, "usable_password": "true"},
+        ).status_code
+        == 302
+    )
+    authenticator(employee)
+    browser = signed_in_browser(employee)
+    token = api_token(employee)
+
+    employee.groups.add(officers)
+
+    employee.refresh_from_db()
+    assert employee.check_password(NEW_PASSWORD)
+    assert TotpDevice.objects.filter(user=employee).exists()
+    assert browser.get("/certificates/").status_code == 302
+    assert (
+        Client().get("/api/v1/certificates/", HTTP_AUTHORIZATION=f"Token {token}").status_code
+        == 401
+    )
+    [start] = fresh_starts(employee)
+    assert start["password_unusable"] is False
+    assert start["sessions_ended"] == 1
+
+
+@pytest.mark.parametrize("how", ["staff", "superuser", "permission", "group permission"])
+def test_every_way_of_gaining_privilege_starts_afresh(employee, signing_staff, how):
+    employee.groups.add(signing_staff)
+    token = api_token(employee)
+
+    if how == "group permission":
+        signing_staff.permissions.add(*perms("view_certificate"))
+    elif how == "permission":
+        employee.user_permissions.add(*perms("view_certificate"))
+    else:
+        setattr(employee, f"is_{how}", True)
+        employee.save()
+
+    assert (
+        Client().get("/api/v1/certificates/", HTTP_AUTHORIZATION=f"Token {token}").status_code
+        == 401
+    )
+    assert [start["tokens_deleted"] for start in fresh_starts(employee)] == [1]
+
+
+def test_losing_privilege_or_a_plain_group_starts_nothing(officer, signing_staff):
+    token = api_token(officer)
+
+    officer.groups.add(signing_staff)
+    officer.groups.remove(Group.objects.get(name="RA officers"))
+
+    assert fresh_starts(officer) == []
+    from knox.models import AuthToken
+
+    assert AuthToken.objects.filter(user=officer).count() == 1
+    assert token
+
+
+def test_the_help_desk_cannot_rename_an_account(helpdesk, employee):
+    client = client_for(helpdesk)
+    url = change_url(employee)
+    assert "username" not in client.get(url).context["adminform"].form.fields
+
+    response = client.post(url, form_data(client, url, username="future-officer"))
+
+    assert response.status_code == 302
+    employee.refresh_from_db()
+    assert employee.username == "alice"
+
+
+def test_the_help_desk_sees_a_privileged_account_read_only(helpdesk, officer):
+    page = client_for(helpdesk).get(change_url(officer))
+
+    assert page.status_code == 200
+    assert page.context["has_change_permission"] is False
+
+
+def test_a_group_a_template_is_restricted_to_is_a_superusers_to_delete(
+    helpdesk, signing_staff, admin_client_, hierarchy
+):
+    from enrollment.models import AuditEvent, CertificateTemplate
+
+    template = CertificateTemplate.objects.get(slug="smime-signing")
+    template.allowed_groups.set([signing_staff])
+
+    refused = client_for(helpdesk).post(f"{GROUPS}{signing_staff.pk}/delete/", {"post": "yes"})
+    deleted = admin_client_.post(f"{GROUPS}{signing_staff.pk}/delete/", {"post": "yes"})
+
+    assert refused.status_code == 403
+    assert deleted.status_code == 302
+    assert not template.allowed_groups.exists()  # open to everyone now: recorded
+    [event] = AuditEvent.objects.filter(action="template.change")
+    assert event.detail["changes"] == {"allowed_groups": [["Signing staff"], []]}
+    assert event.actor_name == "root-admin"
+
+
+def test_a_superuser_joining_a_role_stays_signed_in(admin_user, admin_client_, officers):
+    """They hold everything already; ending their sessions would only sign them out of the
+    page they granted it on."""
+    url = change_url(admin_user)
+
+    response = admin_client_.post(url, form_data(admin_client_, url, groups=[str(officers.pk)]))
+
+    assert response.status_code == 302
+    assert admin_client_.get(USERS).status_code == 200
+    assert fresh_starts(admin_user) == []
