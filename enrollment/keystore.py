@@ -34,6 +34,7 @@ __all__ = ["KeyFacts", "TokenKeySelector", "selector_for"]  # and the functions 
 from enrollment.x509 import builder, crl_fast, keys, ocsp
 from enrollment.x509.errors import X509Error
 from enrollment.x509.policy import CertificatePolicy
+from pkiportal.secret_files import create_private_file
 
 if TYPE_CHECKING:
     from enrollment.models import CertificateAuthority
@@ -54,11 +55,9 @@ def _write_new_secret_file(path: Path, data: bytes) -> None:
     """Create a 0600 file in a 0700 folder; never overwrite (a lost key is unrecoverable)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_private_file(path, data)
     except FileExistsError as exc:
         raise KeyStoreError(f"{path} already exists; refusing to overwrite a key.") from exc
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 class KeyBackend(Protocol):

@@ -23,6 +23,7 @@ from enrollment.x509.builder import check_country, check_organization_identifier
 from enrollment.x509.errors import PolicyError
 from enrollment.x509.mail_domains import parse_mail_domains
 from pkiportal.clients import trusted_proxies
+from pkiportal.secret_files import create_private_file_once
 
 # Django's generic classes take the type parameters django-stubs gives them at run time
 # too (admin.ModelAdmin[User], forms.ModelForm[Template]); it changes nothing else.
@@ -47,13 +48,21 @@ def _secret(name: str, default: str | None = None) -> str | None:
 
 
 def _embedded_secret_key() -> str:
-    """A per-installation key kept under var/ so the embedded default needs no set-up."""
+    """A per-installation key kept under var/ so the embedded default needs no set-up.
+
+    Created 0600 and only if missing (pkiportal/secret_files.py): processes that start
+    together (gunicorn workers, runserver and a Celery worker) all sign with the one key
+    the first of them wrote, never each with its own.
+    """
     path = VAR_DIR / "secret_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return create_private_file_once(path, lambda: secrets.token_urlsafe(50))
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"The embedded SECRET_KEY in {path} cannot be read ({exc}); delete the file if "
+            "it is empty, or set SECRET_KEY."
+        ) from exc
 
 
 DEBUG = env.bool("DEBUG", default=False)

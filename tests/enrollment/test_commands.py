@@ -861,7 +861,7 @@ def test_a_new_passphrase_file_is_never_readable_by_others(tmp_path, monkeypatch
         modes.append(os.fstat(descriptor).st_mode & 0o777)  # before a byte is written
         return opened(descriptor, *args, **kwargs)
 
-    monkeypatch.setattr(_helpers.os, "fdopen", watched)
+    monkeypatch.setattr(os, "fdopen", watched)
     old_umask = os.umask(0o022)
     try:
         value = _helpers.new_passphrase_file(str(target))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from enrollment.models import CertificateAuthority
 from enrollment.services import IssuingCaSwitch
 from enrollment.x509.errors import PolicyError
 from enrollment.x509.mail_domains import parse_mail_domains
+from pkiportal.secret_files import create_private_file
 
 
 def read_passphrase(path: str | None, *, prompt: str) -> bytes:
@@ -37,11 +37,7 @@ def new_passphrase_file(path: str) -> bytes:
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_urlsafe(24)
-    # 0600 from its creation: written first and narrowed after, it was readable by anyone
-    # for a moment in an existing directory (umask 022).
-    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as fh:
-        fh.write(value)
+    create_private_file(target, value.encode())  # 0600 from its creation
     return value.encode()
 
 
