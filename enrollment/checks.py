@@ -215,7 +215,8 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
 @register(Tags.security, deploy=True)
 def est_is_behind_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """EST (RFC 7030 3.3) runs over TLS only: it takes portal passwords by HTTP basic and
-    API tokens, and answers with certificates a device will trust."""
+    API tokens, and answers with certificates a device will trust. W007: plain HTTP is
+    allowed; W009: it is refused, but nothing sends http:// clients to https:// first."""
     if not settings.PKIPORTAL_EST_ENABLED:
         return []
     if settings.PKIPORTAL_EST_ALLOW_HTTP:
@@ -239,6 +240,6 @@ def est_is_behind_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             hint="Serve the portal over HTTPS and set SECURE_SSL_REDIRECT=true (and point "
             "EST clients at the https:// URL), or leave EST off. Behind a proxy that ends "
             "TLS, set USE_X_FORWARDED_PROTO=true so Django sees HTTPS.",
-            id="pkiportal.W007",
+            id="pkiportal.W009",
         )
     ]

@@ -580,8 +580,9 @@ if not 0 <= PKIPORTAL_OCSP_MAX_AGE_SECONDS <= 3600:
     )
 # EST, RFC 7030 (README "EST (RFC 7030)"): enrolment by devices, MDM tools and scripts under
 # /.well-known/est/. Off by default: it takes passwords by HTTP basic, which only belongs
-# behind HTTPS (check --deploy warns, pkiportal.W007). The default template is the one the
-# unlabelled /.well-known/est/ enrols from (a template's slug; empty: only labelled URLs).
+# behind HTTPS (check --deploy warns, pkiportal.W007 and W009). The default template is the
+# one the unlabelled /.well-known/est/ enrols from (a template's slug; empty: only labelled
+# URLs).
 PKIPORTAL_EST_ENABLED = env.bool("PKIPORTAL_EST_ENABLED", default=False)
 PKIPORTAL_EST_DEFAULT_TEMPLATE = env.str("PKIPORTAL_EST_DEFAULT_TEMPLATE", default="").strip()
 # EST refuses every signed-in call that did not come over HTTPS (request.is_secure(): behind

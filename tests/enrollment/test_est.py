@@ -656,10 +656,12 @@ def test_validly_signed_csrs_with_hostile_subjects_never_500(
 # --- deployment -----------------------------------------------------------------------------
 
 
-def test_w007_warns_of_est_without_https(settings):
+def test_w007_and_w009_warn_of_est_without_https(settings):
+    """Two warnings, two ids: a deployment can silence one and still hear the other."""
     settings.SECURE_SSL_REDIRECT = False
     (warning,) = est_is_behind_https()
-    assert warning.id == "pkiportal.W007"
+    assert warning.id == "pkiportal.W009"
+    assert "SECURE_SSL_REDIRECT" in warning.msg
 
     settings.SECURE_SSL_REDIRECT = True
     assert est_is_behind_https() == []
