@@ -13,6 +13,7 @@ trial, not for an Enterprise RA (S/MIME BR 3.2.2.1).
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -145,6 +146,89 @@ def second_factor_key_is_its_own(app_configs: Any = None, **kwargs: Any) -> list
             id="pkiportal.W006",
         )
     ]
+
+
+def _passphrase_file_problems(path: Path, *, embedded: bool) -> list[CheckMessage]:
+    """Whether a CA key passphrase file sits in the key directory or others can read it."""
+    hint = (
+        "Keep the passphrase in a file only the portal's user can read (mode 0400 or 0600: "
+        "a systemd credential, or a mounted secret with that mode), outside "
+        "PKIPORTAL_KEY_DIR and backed up apart from it, and set "
+        "PKIPORTAL_CA_KEY_PASSPHRASE_FILE to its path"
+        + (f"; then delete {path}." if embedded else ".")
+    )
+    what = (
+        f"{path} (the embedded default's CA key passphrase)"
+        if embedded
+        else f"The CA key passphrase file {path}"
+    )
+    problems: list[CheckMessage] = []
+    key_dir = Path(settings.PKIPORTAL_KEY_DIR).resolve()
+    if path.resolve().is_relative_to(key_dir):
+        problems.append(
+            Warning(
+                f"{what} is in PKIPORTAL_KEY_DIR ({key_dir}), beside the CA keys it "
+                "decrypts: whoever copies that directory (a backup, a snapshot) has both.",
+                hint=hint,
+                id="pkiportal.W010",
+            )
+        )
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return problems  # read at start-up; gone since, nothing to judge
+    readers = [who for who, bit in (("its group", 0o040), ("other users", 0o004)) if mode & bit]
+    if readers:
+        problems.append(
+            Warning(
+                f"{what} is readable by {' and '.join(readers)} (mode {mode:04o}).",
+                hint=hint,
+                id="pkiportal.W010",
+            )
+        )
+    return problems
+
+
+@register(Tags.security, deploy=True)
+def ca_key_passphrase_is_kept_apart(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The file key store's CA keys are only as safe as their passphrase. In the
+    environment, every process the portal starts inherits it and /proc/<pid>/environ shows
+    it; beside the keys or readable by other users, it protects them from nobody who can
+    read them."""
+    problems: list[CheckMessage] = []
+    in_clear_hint = (
+        "Put it in a file only the portal's user can read (mode 0400 or 0600: a systemd "
+        "credential or a mounted secret), outside PKIPORTAL_KEY_DIR, set "
+        "PKIPORTAL_CA_KEY_PASSPHRASE_FILE to its path and unset PKIPORTAL_CA_KEY_PASSPHRASE."
+    )
+    if settings.PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT:
+        problems.append(
+            Warning(
+                "The CA key passphrase is in the PKIPORTAL_CA_KEY_PASSPHRASE environment "
+                "variable, which every process the portal starts inherits (even where "
+                "PKIPORTAL_CA_KEY_PASSPHRASE_FILE is set as well, and wins).",
+                hint=in_clear_hint,
+                id="pkiportal.W010",
+            )
+        )
+    elif settings.PKIPORTAL_CA_KEY_PASSPHRASE and not settings.PKIPORTAL_CA_KEY_PASSPHRASE_FILE:
+        problems.append(
+            Warning(
+                "PKIPORTAL_CA_KEY_PASSPHRASE is given in the settings in clear, not read "
+                "from a file.",
+                hint=in_clear_hint,
+                id="pkiportal.W010",
+            )
+        )
+    configured = settings.PKIPORTAL_CA_KEY_PASSPHRASE_FILE
+    if configured:
+        problems += _passphrase_file_problems(Path(configured), embedded=False)
+    # The embedded default's (create_pki --embedded-passphrase): used while no passphrase
+    # is configured, and a copy of it when it was moved out and this one left behind.
+    embedded = Path(settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE)
+    if embedded.exists() and not (configured and Path(configured).resolve() == embedded.resolve()):
+        problems += _passphrase_file_problems(embedded, embedded=True)
+    return problems
 
 
 def _https_origin(url: str) -> str:

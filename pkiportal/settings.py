@@ -426,6 +426,14 @@ if PKIPORTAL_KEY_BACKEND == "pkcs11" and not (
     )
 PKIPORTAL_KEY_DIR = Path(env.str("PKIPORTAL_KEY_DIR", default=str(VAR_DIR / "keys")))
 PKIPORTAL_CA_KEY_PASSPHRASE = _secret("PKIPORTAL_CA_KEY_PASSPHRASE", default="") or ""
+# Where it was read from (empty: not a file), and whether the variable itself is set: then
+# it is in every child's environment, whether or not _FILE wins. check --deploy warns of a
+# passphrase that protects nothing: in the environment, beside the keys or readable by
+# others (pkiportal.W010).
+PKIPORTAL_CA_KEY_PASSPHRASE_FILE = env.str("PKIPORTAL_CA_KEY_PASSPHRASE_FILE", default="")
+PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT = bool(
+    env.str("PKIPORTAL_CA_KEY_PASSPHRASE", default="")
+)
 # Embedded default only: with no passphrase configured, `create_pki --embedded-passphrase`
 # writes a random one here and the keystore reads it at signing time. Production sets the
 # variable (or _FILE) instead, so the passphrase never sits beside the keys.

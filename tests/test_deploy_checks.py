@@ -1,5 +1,6 @@
 """`manage.py check --deploy` warns of a base URL that other organisations cannot reach,
-plain LDAP, and an HSM PIN in the environment or SoftHSM in production."""
+plain LDAP, an HSM PIN in the environment or SoftHSM in production, and a CA key
+passphrase kept where it protects nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.core.management import call_command
 
 from enrollment.checks import (
     base_url_is_public,
+    ca_key_passphrase_is_kept_apart,
     hsm_is_not_softhsm,
     hsm_pin_is_in_a_file,
     internal_host_problem,
@@ -165,3 +167,130 @@ def test_the_pkcs11_backend_refuses_to_start_half_configured(load_settings, miss
 def test_an_unknown_key_backend_is_refused(load_settings):
     with pytest.raises(ImproperlyConfigured, match="file or pkcs11"):
         load_settings(PKIPORTAL_KEY_BACKEND="vault")
+
+
+# --- the CA key passphrase (file key store) --------------------------------------------
+
+
+@pytest.fixture
+def passphrase_apart(settings, tmp_path):
+    """The advised set-up: a 0400 file outside the key directory, no variable, and no
+    embedded default's file."""
+    secret = tmp_path / "credentials" / "ca-key-passphrase"
+    secret.parent.mkdir()
+    secret.write_text("online CA passphrase for tests\n")
+    secret.chmod(0o400)
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = "online CA passphrase for tests"
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_FILE = str(secret)
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT = False
+    assert not settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE.exists()
+    return secret
+
+
+def test_a_private_passphrase_file_outside_the_key_directory_is_not_named(passphrase_apart):
+    assert ca_key_passphrase_is_kept_apart() == []
+
+
+def test_a_passphrase_in_the_environment_is_named_even_with_a_file(passphrase_apart, settings):
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT = True
+
+    (warning,) = ca_key_passphrase_is_kept_apart()
+
+    assert warning.id == "pkiportal.W010"
+    assert "environment variable" in warning.msg
+    assert "unset PKIPORTAL_CA_KEY_PASSPHRASE" in warning.hint
+    assert "online CA passphrase" not in warning.msg + warning.hint
+
+
+def test_a_passphrase_given_in_the_settings_without_a_file_is_named(passphrase_apart, settings):
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_FILE = ""
+
+    (warning,) = ca_key_passphrase_is_kept_apart()
+
+    assert warning.id == "pkiportal.W010"
+    assert "in clear" in warning.msg
+    assert "PKIPORTAL_CA_KEY_PASSPHRASE_FILE" in warning.hint
+
+
+def test_a_passphrase_file_in_the_key_directory_is_named(passphrase_apart, settings):
+    beside = settings.PKIPORTAL_KEY_DIR / "ca-key-passphrase"
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    passphrase_apart.rename(beside)
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_FILE = str(beside)
+
+    (warning,) = ca_key_passphrase_is_kept_apart()
+
+    assert warning.id == "pkiportal.W010"
+    assert "is in PKIPORTAL_KEY_DIR" in warning.msg
+    assert "outside PKIPORTAL_KEY_DIR" in warning.hint
+
+
+@pytest.mark.parametrize(
+    ("mode", "readers"),
+    [(0o440, "its group"), (0o604, "other users"), (0o644, "its group and other users")],
+)
+def test_a_passphrase_file_others_can_read_is_named(passphrase_apart, mode, readers):
+    passphrase_apart.chmod(mode)
+
+    (warning,) = ca_key_passphrase_is_kept_apart()
+
+    assert warning.id == "pkiportal.W010"
+    assert f"readable by {readers} (mode {mode:04o})" in warning.msg
+    assert "0400 or 0600" in warning.hint
+
+
+def test_the_embedded_defaults_passphrase_beside_the_keys_is_named(settings):
+    """What `create_pki --embedded-passphrase` (make run) makes: fine for trying the
+    portal, not for production."""
+    from enrollment import keystore
+
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE = ""
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_FILE = ""
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT = False
+    assert keystore.ensure_embedded_passphrase()
+
+    (warning,) = ca_key_passphrase_is_kept_apart()
+
+    assert warning.id == "pkiportal.W010"
+    assert "embedded default's" in warning.msg
+    assert f"delete {settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE}" in warning.hint
+
+
+def test_an_embedded_passphrase_left_behind_is_named_too(passphrase_apart, settings):
+    """Moved out to a file of its own, the old copy beside the keys still opens them."""
+    embedded = settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE
+    embedded.parent.mkdir(parents=True, exist_ok=True)
+    embedded.write_text("online CA passphrase for tests")
+    embedded.chmod(0o600)
+
+    (warning,) = ca_key_passphrase_is_kept_apart()
+
+    assert "embedded default's" in warning.msg
+
+
+def test_the_settings_record_where_the_passphrase_came_from(load_settings, tmp_path, monkeypatch):
+    secret = tmp_path / "ca-key-passphrase"
+    secret.write_text("from a file, 16+ chars\n")
+
+    from_file = load_settings(PKIPORTAL_CA_KEY_PASSPHRASE_FILE=str(secret))
+    # The file wins, and the variable is in every child's environment all the same.
+    both = load_settings(PKIPORTAL_CA_KEY_PASSPHRASE="in the environment")
+    monkeypatch.delenv("PKIPORTAL_CA_KEY_PASSPHRASE_FILE")
+    inline = load_settings()
+
+    assert from_file["PKIPORTAL_CA_KEY_PASSPHRASE"] == "from a file, 16+ chars"
+    assert from_file["PKIPORTAL_CA_KEY_PASSPHRASE_FILE"] == str(secret)
+    assert from_file["PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT"] is False
+    assert both["PKIPORTAL_CA_KEY_PASSPHRASE"] == "from a file, 16+ chars"
+    assert both["PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT"] is True
+    assert inline["PKIPORTAL_CA_KEY_PASSPHRASE_FILE"] == ""
+    assert inline["PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT"] is True
+
+
+def test_check_deploy_reports_the_passphrase(passphrase_apart, settings):
+    settings.PKIPORTAL_CA_KEY_PASSPHRASE_IN_ENVIRONMENT = True
+    out = StringIO()
+
+    call_command("check", "--deploy", stdout=out, stderr=out)
+
+    assert "pkiportal.W010" in out.getvalue()
