@@ -11,11 +11,16 @@ issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or al
 cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS,
 the cap held leavers' certificate revocations back, or publishing certificates to the
 LDAP directory fails) still answers 200.
+
+Callers who get only the verdict share one broker and worker ping per process every
+BROKER_CHECK_SECONDS (and one CA key check a minute): a flood of them costs no pings.
 """
 
 from __future__ import annotations
 
+import copy
 import hmac
+import threading
 import time
 from typing import Any
 
@@ -84,17 +89,87 @@ def _worker() -> dict[str, Any]:
     return {"status": health.OK, "answered": sorted(name for reply in replies for name in reply)}
 
 
-def checks(*, fresh: bool = False) -> dict[str, Any]:
-    """Every check's details; the overall verdict is the worst of them. ``fresh``: check
-    the CA keys now, not within the last minute (callers allowed details)."""
-    results: dict[str, Any] = {"database": _database()}
-    results["broker"] = _broker()
-    if results["broker"].get("mode") == "inline":
-        results["worker"] = {"status": health.OK, "mode": "inline"}
-    elif results["broker"]["status"] == health.OK:
-        results["worker"] = _worker()
+def _ping_broker_and_worker() -> dict[str, dict[str, Any]]:
+    broker = _broker()
+    if broker.get("mode") == "inline":
+        return {"broker": broker, "worker": {"status": health.OK, "mode": "inline"}}
+    if broker["status"] == health.OK:
+        return {"broker": broker, "worker": _worker()}
+    return {
+        "broker": broker,
+        "worker": {"status": health.FAIL, "error": "The broker is unreachable."},
+    }
+
+
+# /health/ answers anyone, and its broker and worker pings take up to a few seconds (all
+# the timeouts above when the broker is gone): a flood of anonymous calls must not tie up
+# the web workers with them. Each process pings at most once per period for callers who
+# get only the verdict; callers allowed details get a fresh ping, as for the CA keys.
+BROKER_CHECK_SECONDS = 10.0
+# How long a caller waits for another thread's ping rather than start its own.
+_BROKER_PING_WAIT_SECONDS = 2 * BROKER_TIMEOUT_SECONDS + WORKER_TIMEOUT_SECONDS
+_BROKER_CHECKS: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
+_BROKER_REFRESH = threading.Lock()
+
+
+def forget_broker_checks() -> None:
+    """Drop this process's remembered pings (tests; a broker just repaired)."""
+    _BROKER_CHECKS.clear()
+
+
+def broker_and_worker(*, fresh: bool = False) -> dict[str, dict[str, Any]]:
+    """The broker's and a worker's verdicts ("broker", "worker"), pinged at most once per
+    BROKER_CHECK_SECONDS in this process unless ``fresh``.
+
+    ``fresh`` is for callers allowed details (staff, RA officers, the monitoring token):
+    what they are shown is what the broker and workers answer now, and there are few of
+    them. Everyone else shares the last ping's verdict (/metrics, authorised as it is,
+    scrapes less often than the period, so it sees a ping of its own or one a moment
+    old). While another thread pings, a caller takes the last verdict rather than wait.
+    """
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return _ping_broker_and_worker()  # inline: nothing to ping
+    key = settings.CELERY_BROKER_URL
+    if fresh:
+        pinged = _ping_broker_and_worker()
+        _BROKER_CHECKS[key] = (time.monotonic(), pinged)
+        return copy.deepcopy(pinged)
+
+    def remembered() -> dict[str, dict[str, Any]] | None:
+        found = _BROKER_CHECKS.get(key)
+        if found is None or time.monotonic() - found[0] >= BROKER_CHECK_SECONDS:
+            return None
+        return found[1]
+
+    verdicts = remembered()
+    if verdicts is not None:
+        return copy.deepcopy(verdicts)
+    stale = _BROKER_CHECKS.get(key)
+    if stale is not None:
+        got = _BROKER_REFRESH.acquire(blocking=False)
     else:
-        results["worker"] = {"status": health.FAIL, "error": "The broker is unreachable."}
+        got = _BROKER_REFRESH.acquire(timeout=_BROKER_PING_WAIT_SECONDS)
+    if not got:
+        if stale is not None:
+            return copy.deepcopy(stale[1])
+        busy = {"status": health.FAIL, "error": "The broker is being checked."}
+        return {"broker": busy, "worker": dict(busy)}
+    try:
+        verdicts = remembered()  # another thread may have pinged meanwhile
+        if verdicts is None:
+            verdicts = _ping_broker_and_worker()
+            _BROKER_CHECKS[key] = (time.monotonic(), verdicts)
+        return copy.deepcopy(verdicts)
+    finally:
+        _BROKER_REFRESH.release()
+
+
+def checks(*, fresh: bool = False) -> dict[str, Any]:
+    """Every check's details; the overall verdict is the worst of them. ``fresh``: ping
+    the broker and a worker and check the CA keys now, not within the last seconds or
+    minute (callers allowed details)."""
+    results: dict[str, Any] = {"database": _database()}
+    results.update(broker_and_worker(fresh=fresh))
     if results["broker"].get("mode") == "inline":
         results["scheduler"] = {
             "status": health.OK,
@@ -163,7 +238,8 @@ def may_see_details(request: HttpRequest) -> bool:
 @require_safe
 def health_view(request: HttpRequest) -> JsonResponse:
     details = may_see_details(request)
-    # Anonymous probes get the CA key checks of the last minute: they cannot drive the HSM.
+    # Anonymous probes get the broker and worker pings of the last seconds and the CA key
+    # checks of the last minute: they cannot make this process ping or drive the HSM.
     results = checks(fresh=details)
     overall = health.worst(*(check["status"] for check in results.values()))
     body: dict[str, Any] = {"status": overall}

@@ -25,6 +25,7 @@ from enrollment import health, services
 from enrollment.models import CertificateAuthority, CertificateTemplate, KeyRecoveryAgent
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm, PrivateKey
+from pkiportal import health as health_view
 from tests.factories import UserFactory
 from tests.second_factor import verified_login
 
@@ -79,6 +80,7 @@ def _isolated_pki_settings(settings, tmp_path):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     cache.clear()  # what one test's pages remembered is not another's
     health.forget_ca_key_checks()  # nor /health/'s CA key checks
+    health_view.forget_broker_checks()  # nor its broker and worker pings
 
 
 @pytest.fixture

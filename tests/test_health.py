@@ -184,6 +184,66 @@ def test_a_broker_without_a_worker_is_a_failure(signed_root, officer, settings):
     }
 
 
+def count_pings(monkeypatch) -> dict[str, int]:
+    """How often /health/ pings the broker and a worker; the pings themselves are real."""
+    from pkiportal import health as health_view
+
+    pings = {"broker": 0, "worker": 0}
+    for name in pings:
+        real = getattr(health_view, f"_{name}")
+
+        def counting(real=real, name=name):
+            pings[name] += 1
+            return real()
+
+        monkeypatch.setattr(health_view, f"_{name}", counting)
+    return pings
+
+
+def test_anonymous_calls_share_one_broker_ping_per_period(
+    signed_root, officer, anonymous_client, settings, monkeypatch
+):
+    """A flood of anonymous calls must not have every one wait on the broker's timeouts;
+    callers allowed details are shown a fresh ping."""
+    from pkiportal import health as health_view
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    pings = count_pings(monkeypatch)
+
+    answers = [anonymous_client.get("/health/") for _ in range(3)]
+
+    assert [(a.status_code, a.json()) for a in answers] == [(503, {"status": "fail"})] * 3
+    assert pings == {"broker": 1, "worker": 0}
+    status, body = details(officer)
+    assert (status, body["checks"]["broker"]["status"]) == (503, "fail")
+    assert pings["broker"] == 2
+    monkeypatch.setattr(health_view, "BROKER_CHECK_SECONDS", 0.0)  # the period is over
+    assert anonymous_client.get("/health/").status_code == 503
+    assert pings["broker"] == 3
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not REDIS_URL, reason="PKIPORTAL_TEST_REDIS_URL is not set")
+def test_anonymous_calls_share_one_worker_ping_per_period(
+    signed_root, anonymous_client, settings, monkeypatch
+):
+    from pkiportal import health as health_view
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.CELERY_BROKER_URL = REDIS_URL
+    pings = count_pings(monkeypatch)
+
+    first = anonymous_client.get("/health/")
+    second = anonymous_client.get("/health/")
+
+    assert (second.status_code, second.json()) == (first.status_code, first.json())
+    assert pings == {"broker": 1, "worker": 1}
+    monkeypatch.setattr(health_view, "BROKER_CHECK_SECONDS", 0.0)
+    anonymous_client.get("/health/")
+    assert pings == {"broker": 2, "worker": 2}
+
+
 @pytest.fixture
 def database_down(monkeypatch):
     """/health/'s own connection refuses every query, as an unreachable server would."""
