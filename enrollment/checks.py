@@ -327,3 +327,22 @@ def est_is_behind_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             id="pkiportal.W009",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def monitoring_token_is_behind_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The monitoring token opens every /health/ detail and the metrics: over plain HTTP
+    anyone on the path can read it and replay it."""
+    if not settings.PKIPORTAL_MONITORING_ALLOW_HTTP:
+        return []
+    return [
+        Warning(
+            "PKIPORTAL_MONITORING_ALLOW_HTTP is on: /health/ and /metrics take the "
+            "monitoring token (PKIPORTAL_HEALTH_TOKEN) over plain HTTP, where anyone on "
+            "the path can read and replay it.",
+            hint="Have the scraper use the https:// URL (Prometheus: scheme: https) and "
+            "switch it off. Behind a proxy that ends TLS, set USE_X_FORWARDED_PROTO=true so "
+            "Django sees HTTPS.",
+            id="pkiportal.W011",
+        )
+    ]

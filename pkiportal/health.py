@@ -4,7 +4,8 @@ something is wrong.
 
 Anyone (a load balancer, a monitoring probe) gets the overall verdict and the status code;
 staff and RA officers also get each check's details, which name CAs, errors and hosts, and
-so does a monitoring system presenting PKIPORTAL_HEALTH_TOKEN as a bearer token. The token
+so does a monitoring system presenting PKIPORTAL_HEALTH_TOKEN as a bearer token, over
+HTTPS only (403 over plain HTTP, unless PKIPORTAL_MONITORING_ALLOW_HTTP). The token
 is checked before the session, which lives in the database: details still come when the
 database is what is down. "Warn" (the offline root's CRL expires within a month, an
 issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or already
@@ -26,7 +27,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
@@ -207,11 +208,45 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
     return results
 
 
+HTTPS_REQUIRED = "The monitoring token is accepted over HTTPS only: use the https:// URL."
+
+
+def bearer_over_plain_http(request: HttpRequest) -> bool:
+    """A bearer credential that came over plain HTTP, which takes none unless
+    PKIPORTAL_MONITORING_ALLOW_HTTP: anyone on the path can read and replay the token.
+
+    Decided by the transport and the header's scheme alone, before and without any
+    comparison: right token, wrong token or none configured, plain HTTP answers alike,
+    so it tells nobody (not even by timing) whether a token is valid.
+    """
+    scheme = request.headers.get("Authorization", "").partition(" ")[0]
+    return (
+        scheme.lower() == "bearer"
+        and not request.is_secure()
+        and not settings.PKIPORTAL_MONITORING_ALLOW_HTTP
+    )
+
+
+def refuse_bearer_over_plain_http(
+    request: HttpRequest, *, plain_text: bool = False
+) -> HttpResponse | None:
+    """The 403 /health/, /health/live/ (JSON) and /metrics (``plain_text``) give a bearer
+    credential over plain HTTP (bearer_over_plain_http), or None. 403, as EST refuses
+    plain HTTP: a 401 would invite the client to send its credential again, as plainly."""
+    if not bearer_over_plain_http(request):
+        return None
+    if plain_text:
+        return HttpResponse(
+            HTTPS_REQUIRED + "\n", status=403, content_type="text/plain; charset=utf-8"
+        )
+    return JsonResponse({"error": HTTPS_REQUIRED}, status=403)
+
+
 def _presents_monitoring_token(request: HttpRequest) -> bool:
     expected = settings.PKIPORTAL_HEALTH_TOKEN
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if not expected or scheme.lower() != "bearer":
-        return False
+    if not expected or scheme.lower() != "bearer" or bearer_over_plain_http(request):
+        return False  # over plain HTTP, never compared
     return hmac.compare_digest(given.strip().encode(errors="replace"), expected.encode())
 
 
@@ -236,7 +271,10 @@ def may_see_details(request: HttpRequest) -> bool:
 
 @never_cache
 @require_safe
-def health_view(request: HttpRequest) -> JsonResponse:
+def health_view(request: HttpRequest) -> HttpResponse:
+    refused = refuse_bearer_over_plain_http(request)
+    if refused is not None:
+        return refused
     details = may_see_details(request)
     # Anonymous probes get the broker and worker pings of the last seconds and the CA key
     # checks of the last minute: they cannot make this process ping or drive the HSM.
@@ -250,11 +288,14 @@ def health_view(request: HttpRequest) -> JsonResponse:
 
 @never_cache
 @require_safe
-def live_view(request: HttpRequest) -> JsonResponse:
+def live_view(request: HttpRequest) -> HttpResponse:
     """For a load balancer: can this node serve its pages, CRLs and OCSP answers? Only the
     database decides. /health/ also fails for what a node cannot fix by being taken out
     (a stale CRL, a stopped beat, an issuing CA near its end), and a load balancer that
     drops every node for those takes /pki/ down with them, when it is needed most."""
+    refused = refuse_bearer_over_plain_http(request)
+    if refused is not None:
+        return refused
     database = _database()
     body: dict[str, Any] = {"status": database["status"]}
     if may_see_details(request):

@@ -10,7 +10,7 @@ with several gunicorn workers per-process counters would need prometheus_client'
 multiprocess mode and a shared directory, and the database already holds the truth.
 
 Who may scrape: whoever may see /health/'s details (the PKIPORTAL_HEALTH_TOKEN as a bearer
-token, staff, RA officers). The figures name CAs and templates and count people's
+token over HTTPS, staff, RA officers). The figures name CAs and templates and count people's
 certificates: not for the internet.
 """
 
@@ -188,6 +188,9 @@ class PortalCollector(Collector):
 @never_cache
 @require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    refused = health_view.refuse_bearer_over_plain_http(request, plain_text=True)
+    if refused is not None:
+        return refused  # the token over plain HTTP: 403, never compared
     if not health_view.may_see_details(request):
         try:
             signed_in = bool(request.user.is_authenticated)

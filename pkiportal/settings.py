@@ -606,6 +606,11 @@ if PKIPORTAL_HEALTH_TOKEN and (
         "PKIPORTAL_HEALTH_TOKEN must be at least 32 ASCII characters, e.g. from "
         "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
     )
+# The token is refused over plain HTTP (request.is_secure(): behind a proxy that ends TLS,
+# USE_X_FORWARDED_PROTO), like EST's credentials: anyone on the path could read and replay
+# it. true takes it over plain HTTP too, for a scraper that cannot use HTTPS (check
+# --deploy warns, pkiportal.W011).
+PKIPORTAL_MONITORING_ALLOW_HTTP = env.bool("PKIPORTAL_MONITORING_ALLOW_HTTP", default=False)
 # `celery -A pkiportal beat`: every online CA's CRL on schedule, and the watchdog. Runs that
 # could not start in time expire rather than pile up behind a dead worker.
 CELERY_BEAT_SCHEDULE = {

@@ -18,6 +18,7 @@ from enrollment.checks import (
     hsm_pin_is_in_a_file,
     internal_host_problem,
     ldap_publish_is_encrypted,
+    monitoring_token_is_behind_https,
 )
 
 
@@ -294,3 +295,24 @@ def test_check_deploy_reports_the_passphrase(passphrase_apart, settings):
     call_command("check", "--deploy", stdout=out, stderr=out)
 
     assert "pkiportal.W010" in out.getvalue()
+
+
+# --- the monitoring token over plain HTTP ---------------------------------------------
+
+
+def test_the_monitoring_token_allowed_over_plain_http_is_named(settings):
+    settings.PKIPORTAL_MONITORING_ALLOW_HTTP = True
+    (warning,) = monitoring_token_is_behind_https()
+    assert warning.id == "pkiportal.W011"
+    assert "PKIPORTAL_HEALTH_TOKEN" in warning.msg
+
+    settings.PKIPORTAL_MONITORING_ALLOW_HTTP = False
+    assert monitoring_token_is_behind_https() == []
+
+
+def test_the_monitoring_token_is_refused_over_plain_http_unless_the_setting_says(load_settings):
+    assert load_settings()["PKIPORTAL_MONITORING_ALLOW_HTTP"] is False
+    assert (
+        load_settings(PKIPORTAL_MONITORING_ALLOW_HTTP="true")["PKIPORTAL_MONITORING_ALLOW_HTTP"]
+        is True
+    )

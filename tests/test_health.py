@@ -350,7 +350,7 @@ def test_with_a_broker_beat_is_not_checked_without_the_database(
     officer, broker_configured, database_down, monitoring_token, anonymous_client
 ):
     response = anonymous_client.get(
-        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}, secure=True
     )
 
     assert response.json()["checks"]["scheduler"] == {
@@ -375,7 +375,7 @@ def test_a_monitoring_system_with_the_token_sees_every_check(
     anonymous_client, signed_root, monitoring_token, scheme
 ):
     response = anonymous_client.get(
-        "/health/", headers={"Authorization": f"{scheme} {monitoring_token}"}
+        "/health/", headers={"Authorization": f"{scheme} {monitoring_token}"}, secure=True
     )
 
     assert response.status_code == 200
@@ -397,7 +397,7 @@ def test_a_monitoring_system_with_the_token_sees_every_check(
 def test_a_wrong_token_sees_only_the_verdict(
     anonymous_client, signed_root, monitoring_token, header
 ):
-    response = anonymous_client.get("/health/", headers={"Authorization": header})
+    response = anonymous_client.get("/health/", headers={"Authorization": header}, secure=True)
 
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
@@ -406,7 +406,7 @@ def test_without_a_configured_token_no_bearer_sees_details(anonymous_client, sig
     settings.PKIPORTAL_HEALTH_TOKEN = ""
 
     for header in ("Bearer ", "Bearer", f"Bearer {MONITORING_TOKEN}"):
-        response = anonymous_client.get("/health/", headers={"Authorization": header})
+        response = anonymous_client.get("/health/", headers={"Authorization": header}, secure=True)
         assert response.json() == {"status": "ok"}
 
 
@@ -414,7 +414,7 @@ def test_the_token_shows_details_when_the_database_is_down(
     anonymous_client, monitoring_token, database_down
 ):
     response = anonymous_client.get(
-        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}, secure=True
     )
 
     assert response.status_code == 503
@@ -425,10 +425,105 @@ def test_the_token_shows_details_when_the_database_is_down(
 
 def test_the_token_never_appears_in_the_answer(anonymous_client, signed_root, monitoring_token):
     response = anonymous_client.get(
-        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}, secure=True
     )
 
     assert monitoring_token not in response.content.decode()
+
+
+# --- the monitoring token over plain HTTP ----------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/health/", "/health/live/", "/metrics"])
+@pytest.mark.parametrize(
+    "header",
+    [f"Bearer {MONITORING_TOKEN}", f"bearer {MONITORING_TOKEN}", "Bearer wrong", "Bearer "],
+)
+def test_the_token_over_plain_http_is_refused_alike_right_or_wrong(
+    anonymous_client, signed_root, monitoring_token, path, header
+):
+    """Plain HTTP gives the same 403 whatever the token: it tells nobody whether one is
+    valid, and a 401 would only invite the credential again, as plainly."""
+    response = anonymous_client.get(path, headers={"Authorization": header})
+
+    assert response.status_code == 403
+    assert "over HTTPS only" in response.content.decode()
+    assert b"checks" not in response.content
+    assert b"pkiportal_" not in response.content
+    assert "WWW-Authenticate" not in response
+    assert monitoring_token not in response.content.decode()
+
+
+def test_the_token_is_never_compared_over_plain_http(
+    anonymous_client, signed_root, monitoring_token, monkeypatch
+):
+    from pkiportal import health as health_view
+
+    compared = []
+    real = health_view.hmac.compare_digest
+
+    def counting(given, expected):
+        compared.append(given)
+        return real(given, expected)
+
+    monkeypatch.setattr(health_view.hmac, "compare_digest", counting)
+    for header in (f"Bearer {monitoring_token}", "Bearer wrong"):
+        anonymous_client.get("/health/", headers={"Authorization": header})
+    assert compared == []
+
+    anonymous_client.get(
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}, secure=True
+    )
+    assert len(compared) == 1
+
+
+def test_without_a_configured_token_a_bearer_over_plain_http_is_refused_too(
+    anonymous_client, signed_root, settings
+):
+    """Whether a token is configured makes no difference either."""
+    settings.PKIPORTAL_HEALTH_TOKEN = ""
+
+    response = anonymous_client.get("/health/", headers={"Authorization": f"Bearer {'x' * 40}"})
+
+    assert response.status_code == 403
+
+
+def test_https_behind_a_proxy_that_says_so_is_https(
+    anonymous_client, signed_root, monitoring_token, settings
+):
+    """USE_X_FORWARDED_PROTO: the proxy ends TLS and tells Django."""
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+    response = anonymous_client.get(
+        "/health/",
+        headers={"Authorization": f"Bearer {monitoring_token}", "X-Forwarded-Proto": "https"},
+    )
+
+    assert response.status_code == 200
+    assert "checks" in response.json()
+
+
+def test_the_token_over_plain_http_is_taken_where_the_operator_allows_it(
+    anonymous_client, signed_root, monitoring_token, settings
+):
+    settings.PKIPORTAL_MONITORING_ALLOW_HTTP = True
+
+    right = anonymous_client.get(
+        "/health/", headers={"Authorization": f"Bearer {monitoring_token}"}
+    )
+    wrong = anonymous_client.get("/health/", headers={"Authorization": "Bearer wrong"})
+
+    assert right.status_code == 200
+    assert "checks" in right.json()
+    assert (wrong.status_code, wrong.json()) == (200, {"status": "ok"})
+
+
+def test_officers_sessions_over_plain_http_still_see_details(signed_root, officer):
+    """Only the bearer token is refused: a session's cookie is SECURE_COOKIES' business."""
+    status, body = details(officer)
+
+    assert status == 200
+    assert "checks" in body
 
 
 # --- /health/live/: for load balancers -------------------------------------------------

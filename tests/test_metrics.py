@@ -37,7 +37,7 @@ def scrape(anonymous_client, settings):
 
     def get() -> str:
         response = anonymous_client.get(
-            "/metrics", headers={"Authorization": f"Bearer {MONITORING_TOKEN}"}
+            "/metrics", headers={"Authorization": f"Bearer {MONITORING_TOKEN}"}, secure=True
         )
         assert response.status_code == 200
         assert response["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -179,7 +179,7 @@ def test_anonymous_callers_and_wrong_tokens_are_asked_for_the_token(
     settings.PKIPORTAL_HEALTH_TOKEN = MONITORING_TOKEN
     headers = {"Authorization": header} if header else {}
 
-    response = anonymous_client.get("/metrics", headers=headers)
+    response = anonymous_client.get("/metrics", headers=headers, secure=True)
 
     assert response.status_code == 401
     assert response["WWW-Authenticate"].startswith("Bearer")
@@ -189,9 +189,32 @@ def test_anonymous_callers_and_wrong_tokens_are_asked_for_the_token(
 def test_without_a_configured_token_no_bearer_is_let_in(anonymous_client, signed_root, settings):
     settings.PKIPORTAL_HEALTH_TOKEN = ""
 
-    response = anonymous_client.get("/metrics", headers={"Authorization": "Bearer "})
+    response = anonymous_client.get("/metrics", headers={"Authorization": "Bearer "}, secure=True)
 
     assert response.status_code == 401
+
+
+def test_a_scrape_over_plain_http_is_refused_before_the_token_is_looked_at(
+    anonymous_client, signed_root, settings
+):
+    settings.PKIPORTAL_HEALTH_TOKEN = MONITORING_TOKEN
+
+    right = anonymous_client.get(
+        "/metrics", headers={"Authorization": f"Bearer {MONITORING_TOKEN}"}
+    )
+    wrong = anonymous_client.get("/metrics", headers={"Authorization": "Bearer wrong"})
+
+    for response in (right, wrong):
+        assert response.status_code == 403
+        assert response["Content-Type"] == "text/plain; charset=utf-8"
+        assert response.content == right.content
+        assert b"over HTTPS only" in response.content
+    settings.PKIPORTAL_MONITORING_ALLOW_HTTP = True
+    allowed = anonymous_client.get(
+        "/metrics", headers={"Authorization": f"Bearer {MONITORING_TOKEN}"}
+    )
+    assert allowed.status_code == 200
+    assert b"pkiportal_check_status" in allowed.content
 
 
 def test_the_metrics_take_no_post(officer, signed_root):
