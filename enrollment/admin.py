@@ -64,7 +64,9 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
     def publish_crl(self, request: HttpRequest, queryset: QuerySet[CertificateAuthority]) -> None:
         for ca in queryset:
             try:
-                crl = services.crl_publish(ca=ca, actor=request.user)
+                crl = services.crl_publish(
+                    ca=ca, actor=request.user, source_address=client_address(request)
+                )
             except EnrollmentError as exc:
                 self.message_user(request, f"{ca}: {exc.message}", messages.ERROR)
             else:
@@ -214,7 +216,10 @@ class CertificateAdmin(ReadOnlyAdmin[Certificate]):
         for certificate in queryset:
             try:
                 services.certificate_revoke(
-                    certificate=certificate, reason="superseded", actor=request.user
+                    certificate=certificate,
+                    reason="superseded",
+                    actor=request.user,
+                    source_address=client_address(request),
                 )
             except EnrollmentError as exc:
                 self.message_user(request, f"{certificate}: {exc.message}", messages.ERROR)

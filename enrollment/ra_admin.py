@@ -18,6 +18,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
 from enrollment import services
+from enrollment.edge import client_address
 from enrollment.exceptions import EnrollmentError
 from enrollment.models import KeyRecoveryAgent
 from enrollment.ra_forms import KeyRecoveryAgentDeactivateForm, KeyRecoveryAgentRegisterForm
@@ -44,6 +45,7 @@ def kra_register_view(
                     name=form.cleaned_data["name"],
                     user=form.cleaned_data["user"],
                     actor=request.user,
+                    source_address=client_address(request),
                 )
             except EnrollmentError as exc:
                 form.add_error("certificate", exc.message)
@@ -89,7 +91,10 @@ def kra_deactivate_action(
         for agent in agents:
             try:
                 outcome = services.kra_deactivate(
-                    agent=agent, reason=form.cleaned_data["reason"], actor=request.user
+                    agent=agent,
+                    reason=form.cleaned_data["reason"],
+                    actor=request.user,
+                    source_address=client_address(request),
                 )
             except EnrollmentError as exc:
                 model_admin.message_user(request, f"{agent.name}: {exc.message}", messages.ERROR)

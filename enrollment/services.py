@@ -524,6 +524,7 @@ def kra_register(
     name: str,
     user: User | None = None,
     actor: Actor = None,
+    source_address: str | None = None,
 ) -> KeyRecoveryAgent:
     """Register an agent certificate that archived keys will be encrypted to."""
     public_key = certificate.public_key()
@@ -545,7 +546,9 @@ def kra_register(
         raise InvalidState("This key recovery agent certificate is already registered.")
     with transaction.atomic():
         agent = KeyRecoveryAgent.objects.create(name=name, user=user, **facts)
-        audit_record(action="kra.register", actor=actor, target=agent)
+        audit_record(
+            action="kra.register", actor=actor, target=agent, source_address=source_address
+        )
     return agent
 
 
@@ -564,7 +567,13 @@ class KraDeactivation:
     usable_agents_left: int  # 0: templates that archive keys stop issuing
 
 
-def kra_deactivate(*, agent: KeyRecoveryAgent, reason: str, actor: Actor = None) -> KraDeactivation:
+def kra_deactivate(
+    *,
+    agent: KeyRecoveryAgent,
+    reason: str,
+    actor: Actor = None,
+    source_address: str | None = None,
+) -> KraDeactivation:
     """Stop encrypting new archives to an agent: its holder left, or its key is in doubt.
 
     Keys archived before stay encrypted to it too. The server never holds a private key,
@@ -590,6 +599,7 @@ def kra_deactivate(*, agent: KeyRecoveryAgent, reason: str, actor: Actor = None)
             action="kra.deactivate",
             actor=actor,
             target=locked,
+            source_address=source_address,
             detail={
                 "reason": reason[:500],
                 "archives_only_it_opens": outcome.archives_only_it_opens,
@@ -1569,6 +1579,7 @@ def crl_publish(
     actor: Actor = None,
     offline_key: keystore.OfflineKey | None = None,
     validity: timedelta | None = None,
+    source_address: str | None = None,
 ) -> RevocationList:
     """Sign and store the CA's next CRL; numbers strictly increase per CA.
 
@@ -1579,7 +1590,7 @@ def crl_publish(
         locked = _lock_ca(ca)
         return _crl_publish_locked(
             locked, _latest_crl_facts(locked), actor=actor, offline_key=offline_key,
-            validity=validity,
+            validity=validity, source_address=source_address,
         )  # fmt: skip
 
 
@@ -1623,6 +1634,7 @@ def _crl_publish_locked(
     offline_key: keystore.OfflineKey | None = None,
     validity: timedelta | None = None,
     number: int | None = None,
+    source_address: str | None = None,
 ) -> RevocationList:
     """``number`` skips ahead of the next one (enrollment.restore); never back."""
     if locked.is_imported:
@@ -1677,6 +1689,7 @@ def _crl_publish_locked(
         action="crl.publish",
         actor=actor,
         target=revocation_list,
+        source_address=source_address,
         detail={"number": number, "entries": count},
         outcome=AuditEvent.Outcome.SUCCESS,
     )
