@@ -341,6 +341,41 @@ def expiry_summary(notified: Mapping[int, Sequence[Certificate]], *, now: dateti
     )
 
 
+def agent_registered(
+    agent: KeyRecoveryAgent, *, actor: Any = None, source_address: str | None = None
+) -> None:
+    """A new agent certificate can open every key archived from now on: the other agents
+    and the administrators learn who registered it, when, from where, and its fingerprint,
+    so one registered behind their backs is seen and can be deactivated.
+
+    The subject is fixed: the agent's name is the registrant's text, and a line break in a
+    subject would make the mail fail (BadHeaderError) and so go unsent."""
+    # The holders of the other active agent certificates, in the agents' group or not.
+    others = KeyRecoveryAgent.objects.filter(is_active=True, user__isnull=False).exclude(
+        pk=agent.pk
+    )
+    holders = get_user_model().objects.filter(is_active=True, pk__in=others.values("user"))
+    _send(
+        "A key recovery agent certificate was registered",
+        "enrollment/email/agent_registered.txt",
+        {
+            "agent": agent,
+            "holder": _name(agent.user) if agent.user is not None else "",
+            "actor": _name(actor) if getattr(actor, "is_authenticated", False) else "",
+            "actor_username": actor.get_username()
+            if getattr(actor, "is_authenticated", False)
+            else "",
+            "source_address": source_address,
+            "url": reverse("admin:enrollment_keyrecoveryagent_changelist"),
+        },
+        [
+            *agent_addresses(),
+            *holders.exclude(email="").values_list("email", flat=True),
+            *admin_addresses(),
+        ],
+    )
+
+
 def agent_expiring(agent: KeyRecoveryAgent, *, valid_agents: int) -> None:
     """The last valid agent certificate is about to expire: archival would stop."""
     _send(

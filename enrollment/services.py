@@ -526,7 +526,8 @@ def kra_register(
     actor: Actor = None,
     source_address: str | None = None,
 ) -> KeyRecoveryAgent:
-    """Register an agent certificate that archived keys will be encrypted to."""
+    """Register an agent certificate that archived keys will be encrypted to; the other
+    agents and the administrators are mailed (it can open every key archived from now on)."""
     public_key = certificate.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise PolicyViolation("A key recovery agent needs an RSA certificate (CMS key transport).")
@@ -549,6 +550,9 @@ def kra_register(
         audit_record(
             action="kra.register", actor=actor, target=agent, source_address=source_address
         )
+        from enrollment.ra_notifications import agent_registered
+
+        agent_registered(agent, actor=actor, source_address=source_address)
     return agent
 
 
