@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Q
 from django.urls import reverse
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -66,6 +67,15 @@ def refuse_token_without_second_factor(user: Any) -> None:
 
 def is_ra_officer(user: Any) -> bool:
     return _in_group(user, settings.PKIPORTAL_RA_OFFICER_GROUP)
+
+
+def ra_officers(prefix: str = "") -> Q:
+    """is_ra_officer() as a filter on accounts, ``prefix`` the path to them (for counts
+    in SQL; an API token's missing second factor is a matter of one request, not here)."""
+    return Q(**{f"{prefix}is_active": True}) & (
+        Q(**{f"{prefix}is_superuser": True})
+        | Q(**{f"{prefix}groups__name": settings.PKIPORTAL_RA_OFFICER_GROUP})
+    )
 
 
 def is_key_recovery_agent(user: Any) -> bool:

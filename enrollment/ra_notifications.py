@@ -192,7 +192,7 @@ STEP_SUBJECTS = {
 
 def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None) -> None:
     """Tell the key owner about every step; the one who downloads also learns it is ready."""
-    from enrollment.recovery import approvals_required, recipient_name
+    from enrollment.recovery import approvals_required, quorum, recipient_name
 
     certificate = recovery.certificate
     owner = certificate.owner
@@ -207,7 +207,8 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
         "step": step,
         "actor": _name(actor),
         "requester": _name(recovery.requested_by),
-        "approvals": recovery.approvals.count(),
+        # Those that count: an approver who lost the role is not one of them.
+        "approvals": len(quorum(recovery).counted) if step == "approval" else None,
         "required": approvals_required(),
         "recipient": recipient_name(recovery),
         "owner_downloads": recovery.recipient_id == holder_id,

@@ -29,6 +29,7 @@ from enrollment.models import (
     KeyRecoveryRequest,
     RevocationList,
 )
+from enrollment.permissions import ra_officers
 
 HEX = re.compile(r"[0-9a-f]+")
 
@@ -106,7 +107,13 @@ def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
             ]
         )
         .select_related("certificate__owner", "requested_by", "asked_by")
-        .annotate(approval_count=Count("approvals"))
+        # The approvals that count: by officers who still are active RA officers (as
+        # enrollment.recovery.quorum counts them for the recovery's page and its steps).
+        .annotate(
+            approval_count=Count(
+                "approvals", filter=ra_officers("approvals__officer__"), distinct=True
+            )
+        )
         .defer("bundle")
         .order_by("created_at", "id")
     )

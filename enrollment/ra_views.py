@@ -410,23 +410,35 @@ def _recovery_page(
     user = request.user
     officer = is_ra_officer(user)
     approvals = list(found.approvals.select_related("officer"))
+    State = KeyRecoveryRequest.State
+    # Which approvals count now, and why the others no longer do (the approver's role).
+    quorum = recovery.quorum(found, approvals)
+    lapses = {approval.pk: lapse.value for approval, lapse in quorum.lapsed}
+    open_for_approval = found.state in (State.PENDING, State.APPROVED)
     archived = getattr(found.certificate, "archived_key", None)
     conflict = recovery.agent_conflict(found, user.pk, (a.officer_id for a in approvals))
     took_part = conflict.value if conflict is not None else None
     # The key's owner, or for a shared mailbox any of its delegates: never one who decides.
     holds_key = recovery.holds_key(found, user.pk)
-    State = KeyRecoveryRequest.State
     context = {
         "recovery": found,
-        "approvals": approvals,
-        "approvals_required": recovery.approvals_required(),
+        "approvals": [(approval, lapses.get(approval.pk)) for approval in approvals],
+        "quorum": quorum,
+        "approved_now": recovery.may_be_performed(found, quorum),
+        "short_now": open_for_approval and not quorum.met,
+        # Approvals that stopped counting hold it up (approval, perform or download).
+        "lapse_blocks": bool(quorum.lapsed)
+        and not quorum.met
+        and found.state in (State.PENDING, State.APPROVED, State.READY),
+        "approvals_required": quorum.required,
         "agents": list(archived.recipients.all()) if archived else [],
         "recipient": recovery.recipient_name(found),
         "is_recipient": recovery.may_download(found, user),
         "no_longer_recipient": found.recipient_id == user.pk
         and not recovery.may_download(found, user),
         "can_approve": officer
-        and found.state == KeyRecoveryRequest.State.PENDING
+        and open_for_approval
+        and not quorum.met
         and user.pk not in (found.requested_by_id, found.certificate.owner_id)
         and not holds_key
         and all(a.officer_id != user.pk for a in approvals),
@@ -443,7 +455,7 @@ def _recovery_page(
         "can_withdraw": found.asked_by_id == user.pk and found.may_be_withdrawn,
         "withdraw_form": withdraw_form or RecoveryWithdrawForm(recovery_pk=found.pk),
         "can_perform": is_key_recovery_agent(user)
-        and found.state == KeyRecoveryRequest.State.APPROVED
+        and recovery.may_be_performed(found, quorum)
         and took_part is None,
         "took_part": took_part,
         "download_open": found.state == KeyRecoveryRequest.State.READY

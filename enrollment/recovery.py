@@ -25,6 +25,7 @@ import secrets
 import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -88,6 +89,90 @@ def one_time_password() -> str:
 def approvals_required() -> int:
     approvals: int = settings.PKIPORTAL_RECOVERY_APPROVALS  # env.int in settings.py
     return approvals
+
+
+class ApprovalLapse(enum.Enum):
+    """Why an approval given earlier no longer counts; each value completes "does not
+    count: ..." on the recovery's page and in refusals."""
+
+    DEACTIVATED = "the approver's account is deactivated"
+    NOT_OFFICER = "the approver is no longer an RA officer"
+
+
+def approval_lapse(approval: KeyRecoveryApproval) -> ApprovalLapse | None:
+    """Whether the approver still holds what approving took (an active RA officer), now.
+
+    Roles are withdrawn (directory sync, leaving the team, an officer found to collude):
+    an approval counts only while its officer still could give it."""
+    approver = approval.officer
+    if not approver.is_active:
+        return ApprovalLapse.DEACTIVATED
+    if not is_ra_officer(approver):
+        return ApprovalLapse.NOT_OFFICER
+    return None
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """A recovery's approvals as they count now: the one rule for approve, perform,
+    download and the recovery's page."""
+
+    counted: tuple[KeyRecoveryApproval, ...]
+    lapsed: tuple[tuple[KeyRecoveryApproval, ApprovalLapse], ...]
+    required: int
+
+    @property
+    def met(self) -> bool:
+        return len(self.counted) >= self.required
+
+    @property
+    def missing(self) -> int:
+        return max(self.required - len(self.counted), 0)
+
+    def lapses_in_words(self) -> str:
+        """``Oscar Second's approval (the approver is no longer an RA officer)``, joined."""
+        return "; ".join(
+            f"{_display_name(a.officer)}'s approval ({lapse.value})" for a, lapse in self.lapsed
+        )
+
+
+def quorum(
+    recovery: KeyRecoveryRequest, approvals: Iterable[KeyRecoveryApproval] | None = None
+) -> Quorum:
+    """Which approvals count now; ``approvals`` (with their officers) when the caller
+    has read them already."""
+    if approvals is None:
+        approvals = recovery.approvals.select_related("officer")
+    counted: list[KeyRecoveryApproval] = []
+    lapsed: list[tuple[KeyRecoveryApproval, ApprovalLapse]] = []
+    for approval in approvals:
+        lapse = approval_lapse(approval)
+        if lapse is None:
+            counted.append(approval)
+        else:
+            lapsed.append((approval, lapse))
+    return Quorum(tuple(counted), tuple(lapsed), approvals_required())
+
+
+def _display_name(user: User) -> str:
+    return user.get_full_name() or user.get_username()
+
+
+def _short_of_quorum(found: Quorum, *, so: str) -> str:
+    """Why the approvals that count now fall short, for a refusal."""
+    missing = found.missing
+    more = (
+        f"{missing} more approval{'s' if missing != 1 else ''} by an RA officer other than "
+        "the requester"
+    )
+    if not found.lapsed:
+        return f"This recovery is not approved yet: it needs {more}."
+    verb = "counts" if len(found.lapsed) == 1 else "count"
+    return (
+        f"This recovery no longer has the approvals it needs, so {so}: "
+        f"{found.lapses_in_words()} no longer {verb}. It needs {more} (an approval counts "
+        "again once its approver is an active RA officer again). Nothing was changed."
+    )
 
 
 class RecoveryAlreadyOpen(InvalidState):
@@ -591,25 +676,42 @@ def recovery_approve(
                     "The key's holder asked for this recovery: an RA officer must accept it "
                     "before it can be approved."
                 )
-            if locked.state != State.PENDING:
+            if locked.state not in (State.PENDING, State.APPROVED):
                 raise InvalidState(
                     f"This recovery is no longer waiting for approval: it is "
                     f"{locked.get_state_display().lower()}."
                 )
-            if locked.approvals.filter(officer=officer).exists():
+            approvals = list(locked.approvals.select_related("officer"))
+            if any(approval.officer_id == officer.pk for approval in approvals):
                 raise InvalidState("You have already approved this recovery.")
+            # An approved recovery takes approvals again while some of its approvals no
+            # longer count (their officer lost the role): others may make up the quorum.
+            if quorum(locked, approvals).met:
+                raise InvalidState(
+                    "This recovery is no longer waiting for approval: it has the approvals "
+                    "it needs."
+                )
             KeyRecoveryApproval.objects.create(request=locked, officer=officer)
-            count, required = locked.approvals.count(), approvals_required()
+            now_counting = quorum(locked)
+            count, required = len(now_counting.counted), now_counting.required
+            detail: dict[str, Any] = {"approvals": count, "required": required}
+            if now_counting.lapsed:
+                detail["not_counted"] = [
+                    {"officer": a.officer.get_username(), "why": lapse.name.lower()}
+                    for a, lapse in now_counting.lapsed
+                ]
             audit_record(
                 action="recovery.approve",
                 actor=officer,
                 target=locked,
                 source_address=source_address,
-                detail={"approvals": count, "required": required},
+                detail=detail,
             )
-            if count >= required:
-                locked.state = State.APPROVED
+            state = State.APPROVED if now_counting.met else State.PENDING
+            if locked.state != state:
+                locked.state = state
                 locked.save(update_fields=["state", "updated_at"])
+            if now_counting.met:
                 notify.recovery_step(locked, "approved", actor=officer)
                 notify.recovery_awaits_agent(locked)
             else:
@@ -900,19 +1002,23 @@ def _check_delegate_recipient(recovery: KeyRecoveryRequest, *, downloading: bool
         )
 
 
+def may_be_performed(recovery: KeyRecoveryRequest, found: Quorum) -> bool:
+    """Open for approval, and the approvals that count now make the quorum: the stored
+    state records the quorum as the last approval found it, not as the approvers' roles
+    are now (an approver who lost the role and got it back counts again)."""
+    return recovery.state in (State.PENDING, State.APPROVED) and found.met
+
+
 def _check_performable(recovery: KeyRecoveryRequest) -> None:
-    if recovery.state == State.APPROVED:
-        return
     if recovery.state == State.REQUESTED:
         raise InvalidState(
             "The key's holder asked for this recovery and no RA officer has accepted it yet."
         )
-    if recovery.state == State.PENDING:
-        missing = approvals_required() - recovery.approvals.count()
-        raise InvalidState(
-            f"This recovery is not approved yet: it needs {max(missing, 1)} more approval"
-            f"{'s' if missing > 1 else ''} by an RA officer other than the requester."
-        )
+    if recovery.state in (State.PENDING, State.APPROVED):
+        found = quorum(recovery)
+        if may_be_performed(recovery, found):
+            return
+        raise InvalidState(_short_of_quorum(found, so="it cannot be carried out"))
     raise InvalidState(
         f"This recovery cannot be carried out: it is {recovery.get_state_display().lower()}."
     )
@@ -953,6 +1059,7 @@ def recovery_download(
             elif locked.state != State.READY:
                 raise InvalidState(_no_download_because(locked))
             else:
+                _check_approvals_still_count(locked)
                 assert locked.bundle is not None  # recovery_bundle_only_while_ready
                 bundle = bytes(locked.bundle)
                 locked.bundle = None
@@ -971,6 +1078,24 @@ def recovery_download(
             # Outside the block above: the wipe is committed before the refusal is raised.
             raise InvalidState(_no_download_because(locked))
     return _refresh(recovery, locked), bundle
+
+
+def _check_approvals_still_count(recovery: KeyRecoveryRequest) -> None:
+    """The key leaves only while the approvals it was recovered on still count. Only an
+    approver's lost role refuses it: a quorum raised after the recovery was carried out
+    does not (nobody can approve a recovered key, and the approvals met the rule then).
+    Refused, the copy waits: the approver's role back, it can be downloaded in its window."""
+    found = quorum(recovery)
+    if found.lapsed and not found.met:
+        verb = "counts" if len(found.lapsed) == 1 else "count"
+        until = recovery.download_expires_at
+        raise InvalidState(
+            "The approvals this key was recovered on no longer stand, so it is not released: "
+            f"{found.lapses_in_words()} no longer {verb}. If the approver is an active RA "
+            f"officer again before the download window closes ({until:%Y-%m-%d %H:%M} UTC), "
+            "it can be downloaded; otherwise the copy is deleted then and a new recovery "
+            "must be opened. Nothing was downloaded."
+        )
 
 
 def _window_closed(recovery: KeyRecoveryRequest, now: datetime) -> bool:

@@ -1,0 +1,281 @@
+"""An approval counts only while its officer still is an active RA officer: when the quorum
+is counted, when the key is decrypted and when it is released."""
+
+from __future__ import annotations
+
+import pytest
+
+from django.contrib.auth.models import Group
+from django.core import mail
+
+from enrollment import recovery
+from enrollment.exceptions import InvalidState
+from enrollment.models import AuditEvent, KeyRecoveryRequest
+from tests.conftest import client_for
+from tests.enrollment.ra_fixtures import agent_upload, snapshot
+from tests.factories import UserFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
+
+State = KeyRecoveryRequest.State
+NOT_OFFICER = "the approver is no longer an RA officer"
+DEACTIVATED = "the approver's account is deactivated"
+
+
+@pytest.fixture
+def kra(quick_kra):
+    return quick_kra
+
+
+@pytest.fixture
+def officers_group(db) -> Group:
+    return Group.objects.get_or_create(name="RA officers")[0]
+
+
+@pytest.fixture
+def third_officer(officers_group):
+    user = UserFactory(username="tina", first_name="Tina", last_name="Third")
+    user.groups.add(officers_group)
+    return user
+
+
+@pytest.fixture
+def two_approvals(settings, opened, second_officer, third_officer) -> KeyRecoveryRequest:
+    """Olivia opened it; Oscar and Tina approved: two of two."""
+    settings.PKIPORTAL_RECOVERY_APPROVALS = 2
+    recovery.recovery_approve(recovery=opened, officer=second_officer)
+    done = recovery.recovery_approve(recovery=opened, officer=third_officer)
+    assert done.state == State.APPROVED
+    return done
+
+
+def perform(found, kra, agent_user):
+    return recovery.recovery_perform(
+        recovery=found, agent_user=agent_user, agent_pkcs12=kra.pkcs12,
+        agent_password=kra.password,
+    )  # fmt: skip
+
+
+# --- decrypting -----------------------------------------------------------------------
+
+
+def test_an_approver_removed_from_the_officers_no_longer_counts(
+    two_approvals, third_officer, officers_group, kra, agent_user
+):
+    third_officer.groups.remove(officers_group)
+    before = snapshot(two_approvals)
+
+    found = recovery.quorum(two_approvals)
+    with pytest.raises(InvalidState) as refused:
+        perform(two_approvals, kra, agent_user)
+
+    assert not found.met
+    assert [a.officer for a in found.counted] == [two_approvals.approvals.first().officer]
+    assert [(a.officer, lapse.value) for a, lapse in found.lapsed] == [(third_officer, NOT_OFFICER)]
+    assert f"Tina Third's approval ({NOT_OFFICER}) no longer counts" in refused.value.message
+    assert "needs 1 more approval" in refused.value.message
+    assert snapshot(two_approvals) == before  # nothing decrypted, nothing stored
+    event = AuditEvent.objects.filter(action="recovery.perform").get()
+    assert event.outcome == AuditEvent.Outcome.FAILURE
+
+
+def test_an_approver_given_the_role_back_counts_again(
+    two_approvals, third_officer, officers_group, kra, agent_user
+):
+    third_officer.groups.remove(officers_group)
+    with pytest.raises(InvalidState):
+        perform(two_approvals, kra, agent_user)
+
+    third_officer.groups.add(officers_group)
+    done, _password = perform(two_approvals, kra, agent_user)
+
+    assert done.state == State.READY
+
+
+def test_a_deactivated_approver_no_longer_counts(two_approvals, second_officer, kra, agent_user):
+    second_officer.is_active = False
+    second_officer.save()
+
+    with pytest.raises(InvalidState, match=f"Oscar Second's approval \\({DEACTIVATED}\\)"):
+        perform(two_approvals, kra, agent_user)
+
+    two_approvals.refresh_from_db()
+    assert two_approvals.state == State.APPROVED
+    assert two_approvals.bundle is None
+
+
+def test_a_superuser_who_is_no_longer_one_no_longer_counts(settings, opened, kra, agent_user):
+    """Superusers count as officers (is_ra_officer): losing that is losing the role."""
+    chief = UserFactory(username="cara", is_superuser=True)
+    recovery.recovery_approve(recovery=opened, officer=chief)
+    chief.is_superuser = False
+    chief.save()
+
+    with pytest.raises(InvalidState, match=NOT_OFFICER):
+        perform(opened, kra, agent_user)
+
+
+# --- approving ------------------------------------------------------------------------
+
+
+def test_another_officer_makes_up_for_an_approval_that_no_longer_counts(
+    two_approvals, third_officer, officers_group, kra, agent_user
+):
+    third_officer.groups.remove(officers_group)
+    fourth = UserFactory(username="fred")
+    fourth.groups.add(officers_group)
+
+    approved = recovery.recovery_approve(recovery=two_approvals, officer=fourth)
+
+    assert approved.state == State.APPROVED
+    event = AuditEvent.objects.filter(action="recovery.approve").latest("pk")
+    assert event.detail == {
+        "approvals": 2,
+        "required": 2,
+        "not_counted": [{"officer": "tina", "why": "not_officer"}],
+    }
+    done, _password = perform(two_approvals, kra, agent_user)
+    assert done.state == State.READY
+
+
+def test_an_approval_that_falls_short_again_sends_it_back_to_waiting(
+    two_approvals, second_officer, third_officer, officers_group, employee,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    """Both approvers lost the role: one new approval is not enough, and it says so."""
+    second_officer.groups.remove(officers_group)
+    third_officer.groups.remove(officers_group)
+    fourth = UserFactory(username="fred")
+    fourth.groups.add(officers_group)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        waiting = recovery.recovery_approve(recovery=two_approvals, officer=fourth)
+
+    assert waiting.state == State.PENDING
+    assert recovery.quorum(waiting).missing == 1
+    (told,) = [m for m in mail.outbox if m.to == [employee.email]]
+    assert "(1 of 2 approvals)" in told.body  # the owner hears what counts
+
+
+def test_a_recovery_whose_approvals_count_takes_no_more(two_approvals, officers_group):
+    fourth = UserFactory(username="fred")
+    fourth.groups.add(officers_group)
+
+    with pytest.raises(InvalidState, match="no longer waiting for approval"):
+        recovery.recovery_approve(recovery=two_approvals, officer=fourth)
+
+    assert two_approvals.approvals.count() == 2
+
+
+def test_an_approval_given_while_another_had_lapsed_counts_once_it_is_back(
+    settings, opened, second_officer, third_officer, officers_group, kra, agent_user
+):
+    """Oscar approves and loses the role; Tina's approval is then the only one that
+    counts, so the recovery keeps waiting. Oscar's role back, the two count: it can be
+    carried out without a third officer (none may be left to approve it)."""
+    settings.PKIPORTAL_RECOVERY_APPROVALS = 2
+    recovery.recovery_approve(recovery=opened, officer=second_officer)
+    second_officer.groups.remove(officers_group)
+    assert recovery.recovery_approve(recovery=opened, officer=third_officer).state == (
+        State.PENDING
+    )
+
+    second_officer.groups.add(officers_group)
+    done, _password = perform(opened, kra, agent_user)
+
+    assert done.state == State.READY
+
+
+# --- releasing ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recovered(two_approvals, kra, agent_user):
+    done, password = perform(two_approvals, kra, agent_user)
+    return done
+
+
+def test_the_key_is_not_released_after_an_approver_lost_the_role(
+    recovered, third_officer, officers_group, employee
+):
+    third_officer.groups.remove(officers_group)
+    before = snapshot(recovered)
+
+    with pytest.raises(InvalidState, match="not released: Tina Third's approval"):
+        recovery.recovery_download(recovery=recovered, user=employee)
+
+    assert snapshot(recovered) == before  # the copy waits for its window
+    refused = AuditEvent.objects.filter(action="recovery.download").get()
+    assert refused.outcome == AuditEvent.Outcome.FAILURE
+
+    third_officer.groups.add(officers_group)
+    done, bundle = recovery.recovery_download(recovery=recovered, user=employee)
+    assert done.state == State.DOWNLOADED
+    assert bundle
+
+
+def test_a_quorum_raised_after_the_recovery_does_not_hold_the_key_back(
+    settings, recovered, employee
+):
+    """Nobody can approve a recovered key: only an approver's lost role holds it back."""
+    settings.PKIPORTAL_RECOVERY_APPROVALS = 3
+
+    done, _bundle = recovery.recovery_download(recovery=recovered, user=employee)
+
+    assert done.state == State.DOWNLOADED
+
+
+# --- the pages ------------------------------------------------------------------------
+
+
+def test_the_recovery_page_says_which_approvals_no_longer_count_and_why(
+    two_approvals, second_officer, third_officer, officers_group, agent_user, officer
+):
+    third_officer.groups.remove(officers_group)
+    second_officer.is_active = False
+    second_officer.save()
+    fourth = UserFactory(username="fred")
+    fourth.groups.add(officers_group)
+
+    agent_page = client_for(agent_user).get(f"/ra/recovery/{two_approvals.pk}/")
+    officer_page = client_for(fourth).get(f"/ra/recovery/{two_approvals.pk}/")
+
+    text = agent_page.content.decode()
+    assert f"does not count: {NOT_OFFICER}" in text
+    assert "does not count: the approver&#x27;s account is deactivated" in text
+    assert "0 of 2 count" in text
+    assert '<span class="badge recovery-pending">Waiting for approval</span>' in text
+    assert "It cannot be carried out" in text
+    assert not agent_page.context["can_perform"]
+    assert "Carry it out" not in text
+    assert officer_page.context["can_approve"]
+    assert [lapse for _a, lapse in officer_page.context["approvals"]] == [
+        "the approver's account is deactivated",
+        NOT_OFFICER,
+    ]
+
+
+def test_the_recovery_list_counts_only_approvals_that_count(
+    two_approvals, third_officer, officers_group, officer
+):
+    third_officer.groups.remove(officers_group)
+
+    page = client_for(officer).get("/ra/recovery/")
+
+    (row,) = [r for r in page.context["open"] if r.pk == two_approvals.pk]
+    assert row.approval_count == 1
+
+
+def test_an_agent_cannot_carry_it_out_from_the_page_either(
+    two_approvals, third_officer, officers_group, kra, agent_user
+):
+    third_officer.groups.remove(officers_group)
+
+    response = client_for(agent_user).post(
+        f"/ra/recovery/{two_approvals.pk}/perform/", agent_upload(kra.pkcs12, kra.password)
+    )
+
+    assert response.status_code == 400
+    assert "no longer counts" in response.content.decode()
+    two_approvals.refresh_from_db()
+    assert two_approvals.state == State.APPROVED
