@@ -531,6 +531,7 @@ def test_an_officer_who_approved_is_not_offered_the_perform_step_and_is_refused(
     people, opened, officer, agent_user, kra
 ):
     agent_user.groups.add(*officer.groups.all())
+    people["agent"] = client_for(agent_user)  # gaining the role signed them out
     recovery.recovery_approve(recovery=opened, officer=agent_user)
     before = snapshot(opened)
 
@@ -552,6 +553,7 @@ def test_the_officer_who_opened_it_is_not_offered_the_perform_step(
     people, archived, officer, second_officer, agent_user
 ):
     officer.groups.add(*agent_user.groups.all())
+    people["officer"] = client_for(officer)  # gaining the role signed them out
     opened = recovery.recovery_open(
         certificate=archived.certificate, officer=officer, reason=REASON
     )
