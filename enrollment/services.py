@@ -1577,6 +1577,18 @@ def _latest_crl_facts(ca: CertificateAuthority) -> RevocationList | None:
     )
 
 
+@dataclass
+class CrlAttempt:
+    """What one CRL publication attempt saw once it held the CA's lock, for
+    crl_failure_record() should it fail. ``newest_crl_id``: newest_crl_id() read under
+    that lock, in the attempt's transaction; None until it holds the lock."""
+
+    newest_crl_id: int | None = None
+
+    def saw(self, locked: CertificateAuthority) -> None:
+        self.newest_crl_id = newest_crl_id(locked)
+
+
 def crl_publish(
     *,
     ca: CertificateAuthority,
@@ -1584,14 +1596,18 @@ def crl_publish(
     offline_key: keystore.OfflineKey | None = None,
     validity: timedelta | None = None,
     source_address: str | None = None,
+    attempt: CrlAttempt | None = None,
 ) -> RevocationList:
     """Sign and store the CA's next CRL; numbers strictly increase per CA.
 
     The CA row is locked for the whole build, so concurrent publishers queue behind each
     other and the later one always sees every revocation committed before it.
+    ``attempt``: filled in under the lock, for crl_failure_record() if this fails.
     """
     with transaction.atomic():
         locked = _lock_ca(ca)
+        if attempt is not None:
+            attempt.saw(locked)
         return _crl_publish_locked(
             locked, _latest_crl_facts(locked), actor=actor, offline_key=offline_key,
             validity=validity, source_address=source_address,
@@ -1605,6 +1621,7 @@ def crl_publish_if_due(
     pending_for: timedelta | None = timedelta(0),
     actor: Actor = None,
     wait: bool = True,
+    attempt: CrlAttempt | None = None,
 ) -> RevocationList | None:
     """Publish only if needed; None if the current CRL is still good.
 
@@ -1613,9 +1630,12 @@ def crl_publish_if_due(
     under the CA lock, so of a burst of queued tasks the first publishes once for every
     revocation committed so far and the rest find nothing to do. ``wait=False`` (a web
     request) raises Busy instead of queueing behind a publisher that holds the lock.
+    ``attempt``: filled in under the lock, for crl_failure_record() if this fails.
     """
     with transaction.atomic():
         locked = _lock_ca(ca, wait=wait)
+        if attempt is not None:
+            attempt.saw(locked)
         previous = _latest_crl_facts(locked)
         now = timezone.now()
         due = previous is None or previous.next_update - now <= overlap
@@ -1701,8 +1721,9 @@ def _crl_publish_locked(
 
 
 def newest_crl_id(ca: CertificateAuthority) -> int:
-    """The id of the CA's newest stored CRL (0: none): what a CRL attempt saw when it
-    began, for crl_failure_record(). Ids, not times: the hosts' clocks may differ."""
+    """The id of the CA's newest stored CRL (0: none). Read by a CRL attempt under the
+    CA's lock (CrlAttempt), for crl_failure_record(). Ids, not times: the hosts' clocks
+    may differ."""
     newest = RevocationList.objects.filter(ca=ca).order_by("-pk").values_list("pk").first()
     return newest[0] if newest else 0
 
@@ -1712,11 +1733,15 @@ def crl_failure_record(
 ) -> None:
     """Keep a failed CRL publication visible (health check, RA console) and audited.
 
-    The next successful publication clears it. ``newest_before``: newest_crl_id() when
-    the failed attempt began. Its transaction rolled back, freeing the CA's row, before
-    this runs: a publisher waiting on that row may have published a CRL meanwhile, which
-    read no failure to clear. Such a failure is audited but not shown, or /health/ would
-    fail until the next publication with the newest CRL in place.
+    The next successful publication clears it. ``newest_before``: the newest CRL id the
+    failed attempt saw under the CA's lock (CrlAttempt.newest_crl_id); None when it
+    failed before taking the lock, or the caller does not know: the failure is shown.
+    The attempt's transaction rolled back, freeing the CA's row, before this runs: a
+    publisher waiting on that row may have published a CRL meanwhile, which read no
+    failure to clear. Such a failure is audited but not shown, or /health/ would fail
+    until the next publication with the newest CRL in place. A CRL committed before the
+    attempt took the lock is one the attempt itself started from: read before the lock,
+    ``newest_before`` would count it as newer and hide a failure nothing has made up for.
     """
     code = type(error).__name__
     message = getattr(error, "message", "") or f"{code}: {error}"

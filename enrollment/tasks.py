@@ -59,17 +59,17 @@ def crl_publish_task(ca_id: int, force: bool = False) -> int | None:
     """
     ca = CertificateAuthority.objects.get(pk=ca_id)
     crl: RevocationList | None
-    newest_before = services.newest_crl_id(ca)
+    attempt = services.CrlAttempt()
     try:
         if force:
             services.crl_entries_repair(ca=ca)
-            crl = services.crl_publish(ca=ca)
+            crl = services.crl_publish(ca=ca, attempt=attempt)
         else:
-            crl = services.crl_publish_if_due(ca=ca)
+            crl = services.crl_publish_if_due(ca=ca, attempt=attempt)
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:
-        services.crl_failure_record(ca=ca, error=exc, newest_before=newest_before)
+        services.crl_failure_record(ca=ca, error=exc, newest_before=attempt.newest_crl_id)
         raise
     return crl.number if crl is not None else None
 
@@ -95,13 +95,13 @@ def crl_watchdog_task() -> dict[str, str]:
     pending_for = timedelta(minutes=settings.PKIPORTAL_CRL_WATCHDOG_MINUTES)
     results: dict[str, str] = {}
     for ca in CertificateAuthority.objects.online():
-        newest_before = services.newest_crl_id(ca)
+        attempt = services.CrlAttempt()
         try:
             crl = services.crl_publish_if_due(
-                ca=ca, overlap=ca.crl_overlap(), pending_for=pending_for
+                ca=ca, overlap=ca.crl_overlap(), pending_for=pending_for, attempt=attempt
             )
         except Exception as exc:
-            services.crl_failure_record(ca=ca, error=exc, newest_before=newest_before)
+            services.crl_failure_record(ca=ca, error=exc, newest_before=attempt.newest_crl_id)
             results[ca.slug] = f"failed: {type(exc).__name__}"
             continue
         results[ca.slug] = f"published #{crl.number}" if crl is not None else "current"

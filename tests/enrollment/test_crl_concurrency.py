@@ -15,8 +15,8 @@ from cryptography import x509
 
 from django.db import connection, transaction
 
-from enrollment import services, tasks
-from enrollment.models import AuditEvent, CrlEntry, RevocationList
+from enrollment import keystore, services, tasks
+from enrollment.models import AuditEvent, CertificateAuthority, CrlEntry, RevocationList
 from tests.enrollment.tools import issue, new_key
 from tests.markers import needs_row_locks
 
@@ -135,3 +135,57 @@ def test_a_revocation_does_not_wait_for_a_crl_being_built(
 
     assert elapsed < 1.0
     assert CrlEntry.objects.filter(certificate=certificate).exists()
+
+
+def waiting_for_a_lock() -> bool:
+    """Another connection of this database waits for a row lock."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_a_failure_after_a_crl_committed_while_the_attempt_waited_for_the_lock_is_shown(
+    hierarchy, settings
+):
+    """Two workers: one publishes, holding the CA's lock; the other's task begins, waits
+    for the lock, then fails. The first's CRL is the one the second worked from: the
+    failure is shown. Compared with the newest CRL before the lock, it was hidden."""
+    ca = hierarchy.issuing
+    before = ca.latest_crl().number
+    published, release = threading.Event(), threading.Event()
+
+    def publish_and_hold() -> None:
+        with transaction.atomic():
+            services.crl_publish(ca=ca)
+            published.set()
+            release.wait(timeout=30)
+
+    failing: list[BaseException] = []
+    holder = threading.Thread(target=lambda: run_threads(publish_and_hold))
+    second = threading.Thread(
+        target=lambda: failing.extend(run_threads(lambda: tasks.crl_publish_task(ca.pk, True)))
+    )
+    holder.start()
+    try:
+        assert published.wait(timeout=30)
+        settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"  # the second worker's key
+        keystore._PROCESS_KEYS.clear()
+        second.start()
+        deadline = time.monotonic() + 30
+        while not waiting_for_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert waiting_for_a_lock()  # the second task began and waits for the CA's row
+    finally:
+        release.set()
+        holder.join(timeout=30)
+        if second.is_alive():
+            second.join(timeout=30)
+
+    assert [type(error) for error in failing] == [keystore.KeyStoreError]
+    stored = CertificateAuthority.objects.get(pk=ca.pk)
+    assert stored.latest_crl().number == before + 1
+    assert stored.crl_error_code == "KeyStoreError"
+    assert stored.crl_failed_at is not None

@@ -334,7 +334,8 @@ def test_a_failure_after_another_workers_newer_crl_is_audited_not_shown(hierarch
     failure: one waiting on the row publishes meanwhile, finding no failure to clear.
     Recorded after that CRL, the failure would fail /health/ with the newest CRL in place
     until the next publication. (Here the other worker's CRL is published inside the
-    failing attempt, after it began, which is all the check looks at.)"""
+    failing attempt, after it read the newest CRL under the CA's lock, which is all the
+    check looks at.)"""
     publish = services.crl_publish
 
     def another_worker_publishes_then_this_fails(**kwargs):
@@ -352,6 +353,33 @@ def test_a_failure_after_another_workers_newer_crl_is_audited_not_shown(hierarch
     assert (ca.crl_failed_at, ca.crl_error_code) == (None, "")
     failed = AuditEvent.objects.get(action="crl.publish", outcome="failure")
     assert failed.detail["error_code"] == "RuntimeError"
+
+
+def test_a_failure_after_a_crl_committed_before_the_attempt_took_the_lock_is_shown(
+    hierarchy, settings, monkeypatch
+):
+    """Another worker's CRL, committed after this task began but before it held the CA's
+    lock, is the CRL this attempt worked from, not one that makes up for its failure.
+    The newest CRL read before the lock hid that failure until the next publication."""
+    repair = services.crl_entries_repair
+
+    def another_worker_publishes_before_the_lock(*, ca):
+        found = repair(ca=ca)
+        services.crl_publish(ca=ca)  # committed: this task does not hold the lock yet
+        settings.PKIPORTAL_CA_KEY_PASSPHRASE = "not the passphrase"  # this worker's key fails
+        keystore._PROCESS_KEYS.clear()
+        return found
+
+    monkeypatch.setattr(services, "crl_entries_repair", another_worker_publishes_before_the_lock)
+    before = hierarchy.issuing.latest_crl().number
+
+    with pytest.raises(keystore.KeyStoreError):
+        tasks.crl_publish_task(hierarchy.issuing.pk, force=True)
+
+    ca = CertificateAuthority.objects.get(pk=hierarchy.issuing.pk)
+    assert ca.latest_crl().number == before + 1
+    assert ca.crl_failed_at is not None
+    assert ca.crl_error_code == "KeyStoreError"
 
 
 # --- who may revoke, and what they are told ---------------------------------------------
