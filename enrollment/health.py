@@ -36,6 +36,7 @@ from django.utils import timezone
 from enrollment import ca_lifetime, keystore
 from enrollment.exceptions import KeyStoreError
 from enrollment.models import (
+    CRL_QUEUED_AT,
     CertificateAuthority,
     CertificateTemplate,
     CrlEntry,
@@ -112,7 +113,9 @@ def crl_status(now: datetime | None = None) -> list[CrlStatus]:
         row["ca"]: row
         for row in CrlEntry.objects.filter(first_crl_number__isnull=True)
         .values("ca")
-        .annotate(count=Count("pk"), oldest=Min("certificate__revoked_at"))
+        # Since it was queued, not revoked: a reason made keyCompromise long after the
+        # revocation queues its entry again, and waits only from then.
+        .annotate(count=Count("pk"), oldest=Min(CRL_QUEUED_AT))
     }
     statuses = []
     # Imported CAs publish their CRLs elsewhere: the portal has none to publish for them.

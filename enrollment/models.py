@@ -19,6 +19,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from enrollment.querysets import (
@@ -452,6 +453,12 @@ class Certificate(DerCertificateMixin):
         help_text="Empty: no reason code (RFC 5280 'unspecified' is never encoded).",
     )
     invalidity_date = models.DateTimeField(null=True, blank=True)
+    # When its CRL entry last became one no CRL lists yet: at the revocation, and again
+    # when its reason becomes keyCompromise later. What /health/ and the watchdog measure a
+    # revocation's wait for a CRL from; revoked_at stays the revocation's own date, which
+    # the entry carries (RFC 5280 5.1.2.6). Empty: never queued here (valid, imported), or
+    # by a process older than migration 0034 (then revoked_at stands in for it).
+    queued_for_crl_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = CertificateQuerySet.as_manager()
@@ -673,6 +680,11 @@ class CertificateRequest(models.Model):
         """Nothing issued yet and nothing to wait for but an officer or the requester's
         download: the requester may still take it back (request_withdraw)."""
         return self.state == self.State.PENDING or self.awaits_download
+
+
+# Since when a CRL entry has waited for a CRL, from CrlEntry: its certificate's
+# queued_for_crl_at, or revoked_at for one a process older than migration 0034 revoked.
+CRL_QUEUED_AT = Coalesce("certificate__queued_for_crl_at", "certificate__revoked_at")
 
 
 class CrlEntry(models.Model):

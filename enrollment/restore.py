@@ -35,6 +35,7 @@ from datetime import datetime
 from cryptography import x509
 
 from django.db import transaction
+from django.utils import timezone
 
 from enrollment import services
 from enrollment.audit import audit_record
@@ -135,7 +136,10 @@ def _take_back(certificate: Certificate, facts: _Published, *, number: int, acto
     if after == before:
         return False
     certificate.revoked_at, certificate.revocation_reason, certificate.invalidity_date = after
-    certificate.save(update_fields=["revoked_at", "revocation_reason", "invalidity_date"])
+    certificate.queued_for_crl_at = timezone.now()  # its entry is unpublished again
+    certificate.save(
+        update_fields=["revoked_at", "revocation_reason", "invalidity_date", "queued_for_crl_at"]
+    )
     CrlEntry.objects.filter(certificate=certificate).delete()
     services._crl_entry_create(certificate)  # unpublished again: the next CRL lists it
     audit_record(

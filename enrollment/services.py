@@ -50,6 +50,7 @@ from enrollment.exceptions import (
     public_message,
 )
 from enrollment.models import (
+    CRL_QUEUED_AT,
     ApiToken,
     ArchivedKey,
     AuditEvent,
@@ -1209,7 +1210,13 @@ def certificate_revoke(
             revoked, actor=actor, invalidity_date=invalidity_date, source_address=source_address
         )
         # The caller's object (with what it already loaded: owner, CA) now shows the state.
-        for field in ("status", "revoked_at", "revocation_reason", "invalidity_date"):
+        for field in (
+            "status",
+            "revoked_at",
+            "revocation_reason",
+            "invalidity_date",
+            "queued_for_crl_at",
+        ):
             setattr(certificate, field, getattr(revoked, field))
         from enrollment.notifications import certificate_revoked
 
@@ -1349,7 +1356,17 @@ def _revoke(
     locked.revoked_at = revoked_at or now
     locked.revocation_reason = reason or ""
     locked.invalidity_date = invalidity_date
-    locked.save(update_fields=["status", "revoked_at", "revocation_reason", "invalidity_date"])
+    # Now, even when put back with an earlier revoked_at: its CRL wait starts here.
+    locked.queued_for_crl_at = now if old_issuer is None else None
+    locked.save(
+        update_fields=[
+            "status",
+            "revoked_at",
+            "revocation_reason",
+            "invalidity_date",
+            "queued_for_crl_at",
+        ]
+    )
     if old_issuer is None:
         _crl_entry_create(locked)
     _revocation_recorded(
@@ -1416,7 +1433,12 @@ def _now_key_compromise(
     locked.revocation_reason = Certificate.RevocationReasonChoice.KEY_COMPROMISE
     if invalidity_date is not None:
         locked.invalidity_date = invalidity_date
-    locked.save(update_fields=["revocation_reason", "invalidity_date"])
+    if old_issuer is None:
+        # Its wait for a CRL starts now, not at revoked_at: /health/ would otherwise count
+        # an old revocation as waiting for days. revoked_at, the entry's revocationDate,
+        # stays (RFC 5280 5.1.2.6: when it was revoked, not when the reason changed).
+        locked.queued_for_crl_at = timezone.now()
+    locked.save(update_fields=["revocation_reason", "invalidity_date", "queued_for_crl_at"])
     if old_issuer is None:
         # Published again, with its new reason: an entry no CRL lists yet is what makes
         # the watchdog publish if the queued task is lost.
@@ -1494,6 +1516,8 @@ def crl_entries_repair(*, ca: CertificateAuthority) -> int:
         return 0
     missing = list(revoked.filter(crl_entry__isnull=True))
     with transaction.atomic():
+        # Queued now: their wait for a CRL starts here, whenever they were revoked.
+        revoked.filter(crl_entry__isnull=True).update(queued_for_crl_at=timezone.now())
         for certificate in missing:
             _crl_entry_create(certificate)
     if missing:
@@ -1643,7 +1667,8 @@ def crl_publish_if_due(
             waiting = CrlEntry.objects.filter(ca=locked, first_crl_number__isnull=True)
             if pending_for > timedelta(0):
                 # Never with 0: a clock behind the web server's would skip a new revocation.
-                waiting = waiting.filter(certificate__revoked_at__lte=now - pending_for)
+                # Since queued (a keyCompromise upgrade queues an old revocation anew).
+                waiting = waiting.alias(queued=CRL_QUEUED_AT).filter(queued__lte=now - pending_for)
             due = waiting.exists()
         if not due:
             return None

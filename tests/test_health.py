@@ -11,9 +11,9 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from enrollment import health, keystore, services, tasks
-from enrollment.models import CertificateAuthority, CrlEntry, ScheduledRun
+from enrollment.models import Certificate, CertificateAuthority, CrlEntry, ScheduledRun
 from tests.conftest import client_for
-from tests.enrollment.tools import issue
+from tests.enrollment.tools import issue, new_key
 
 pytestmark = pytest.mark.django_db
 
@@ -155,6 +155,48 @@ def test_revocations_waiting_too_long_for_a_crl_are_a_failure(
     assert issuing["unpublished_revocations"] == 1
     assert "waited for a CRL" in issuing["problems"][0]
     assert CrlEntry.objects.get().first_crl_number is None
+
+
+def test_an_old_revocation_made_keycompromise_is_not_a_late_crl(
+    signed_root, officer, employee, template, time_machine, monkeypatch
+):
+    """Its entry is queued again for the next CRL: it has waited since then, not since its
+    revocation. Counted from revoked_at, /health/ failed until the next CRL."""
+    certificate = issue(employee, template("smime-signing"), new_key())
+    services.certificate_revoke(certificate=certificate, reason="superseded")  # published
+    time_machine.move_to(timezone.now() + timedelta(days=3))
+    services.crl_publish(ca=CertificateAuthority.objects.get(slug="issuing"))
+    monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)  # the task is to come
+
+    services.certificate_revoke(certificate=certificate, reason="keyCompromise")
+
+    status, body = details(officer)
+    assert status == 200, body
+    issuing = body["checks"]["crl"]["authorities"]["issuing"]
+    assert issuing["unpublished_revocations"] == 1
+    queued = Certificate.objects.get(pk=certificate.pk).queued_for_crl_at
+    assert issuing["oldest_unpublished"] == queued.isoformat()
+
+    time_machine.move_to(timezone.now() + timedelta(minutes=11))  # and it never came
+    status, body = details(officer)
+    assert status == 503
+    assert "waited for a CRL" in body["checks"]["crl"]["authorities"]["issuing"]["problems"][0]
+
+
+def test_an_entry_queued_by_an_older_process_waits_since_its_revocation(
+    signed_root, officer, employee, template, ec_p256_key, time_machine, monkeypatch
+):
+    """Revoked by a process from before migration 0034 (no queued time): revoked_at."""
+    monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)
+    certificate = issue(employee, template("smime-signing"), ec_p256_key)
+    services.certificate_revoke(certificate=certificate, reason=None)
+    Certificate.objects.filter(pk=certificate.pk).update(queued_for_crl_at=None)
+    time_machine.move_to(timezone.now() + timedelta(minutes=11))
+
+    status, body = details(officer)
+
+    assert status == 503
+    assert "waited for a CRL" in body["checks"]["crl"]["authorities"]["issuing"]["problems"][0]
 
 
 def test_an_unreachable_broker_is_a_failure(signed_root, officer, settings):

@@ -6,7 +6,9 @@ the watchdog catches stale CRLs and lost messages and records what it could not 
 
 from __future__ import annotations
 
+import importlib
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +16,7 @@ from cryptography import x509
 
 from django.apps import apps
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 from enrollment import health, keystore, services, tasks
@@ -185,6 +188,62 @@ def test_with_the_broker_down_the_revocation_commits_and_the_watchdog_catches_up
 
     assert result["issuing"].startswith("published #")
     assert listed(certificate.ca.latest_crl(), certificate) is not None
+
+
+def test_an_old_revocation_made_keycompromise_waits_for_a_crl_from_then(
+    make_certificate, django_capture_on_commit_callbacks, time_machine
+):
+    """Queued again with its new reason, the entry's wait starts at the upgrade, while its
+    revocationDate stays the revocation's own (RFC 5280 5.1.2.6). Counted from revoked_at,
+    the watchdog took a three-day-old revocation for a lost message."""
+    certificate = make_certificate()
+    services.certificate_revoke(certificate=certificate, reason="superseded")  # published
+    revoked_at = Certificate.objects.get(pk=certificate.pk).revoked_at
+    time_machine.move_to(timezone.now() + timedelta(days=3))
+    services.crl_publish(ca=certificate.ca)  # a current CRL, not in its overlap window
+
+    upgraded = revoke_queued(certificate, django_capture_on_commit_callbacks, "keyCompromise")
+
+    stored = Certificate.objects.get(pk=certificate.pk)
+    assert stored.revoked_at == upgraded.revoked_at == revoked_at
+    assert stored.queued_for_crl_at == upgraded.queued_for_crl_at
+    assert stored.queued_for_crl_at - revoked_at >= timedelta(days=3)
+    assert tasks.crl_watchdog_task() == {"issuing": "current"}  # queued seconds ago
+    time_machine.move_to(timezone.now() + timedelta(minutes=6))
+    assert tasks.crl_watchdog_task()["issuing"].startswith("published #")
+    entry = listed(certificate.ca.latest_crl(), certificate)
+    assert entry.revocation_date_utc == revoked_at.replace(microsecond=0)
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
+        x509.ReasonFlags.key_compromise
+    )
+
+
+def test_entries_encoded_behind_the_services_back_wait_from_their_encoding(make_certificate):
+    certificate = make_certificate()
+    long_ago = timezone.now() - timedelta(days=30)
+    Certificate.objects.filter(pk=certificate.pk).update(
+        status="revoked", revoked_at=long_ago, revocation_reason="superseded"
+    )
+
+    services.crl_entries_repair(ca=certificate.ca)
+
+    assert Certificate.objects.get(pk=certificate.pk).queued_for_crl_at > long_ago
+    assert CrlEntry.objects.get(certificate=certificate).first_crl_number is None
+
+
+def test_migration_0034_queues_existing_revocations_at_their_revocation(
+    make_certificate, django_capture_on_commit_callbacks
+):
+    revoked, valid = make_certificate(), make_certificate()
+    revoke_queued(revoked, django_capture_on_commit_callbacks, "superseded")
+    Certificate.objects.update(queued_for_crl_at=None)  # as before the migration
+    migration = importlib.import_module("enrollment.migrations.0034_certificate_queued_for_crl_at")
+
+    migration.backfill(apps, SimpleNamespace(connection=connection))
+
+    rows = dict(Certificate.objects.values_list("pk", "queued_for_crl_at"))
+    assert rows[revoked.pk] == Certificate.objects.get(pk=revoked.pk).revoked_at
+    assert rows[valid.pk] is None
 
 
 # --- due or not -------------------------------------------------------------------------
