@@ -1190,14 +1190,26 @@ def certificate_revoke(
             KeyIdentity.objects.update_or_create(
                 spki_sha256=certificate.spki_sha256, defaults={"compromised": True}
             )
-            # Then every certificate row this revokes, in id order, before the audit
-            # chain's head: a single revocation takes its row, then the head, so taking
-            # the head first and a second row after it deadlocked with one.
-            lock_in_order(
+            # Then every certificate row this revokes or gives the reason keyCompromise,
+            # in id order, before the audit chain's head: a single revocation takes its
+            # row, then the head, so taking the head first and a second row after it
+            # deadlocked with one.
+            changed = lock_in_order(
                 Certificate.objects.filter(
                     Q(pk=certificate.pk)
-                    | Q(spki_sha256=certificate.spki_sha256, status=Certificate.Status.VALID)
+                    | (
+                        Q(spki_sha256=certificate.spki_sha256)
+                        & ~Q(revocation_reason=Certificate.RevocationReasonChoice.KEY_COMPROMISE)
+                    )
                 )
+            )
+            # And the CRL entries of those already revoked, queued again with the new
+            # reason: a publisher marks entries (their rows), then takes the head.
+            list(
+                CrlEntry.objects.filter(pk__in=changed)
+                .select_for_update()
+                .order_by("pk")
+                .values_list("pk", flat=True)
             )
         revoked = _revoke(
             certificate=certificate,
@@ -1225,11 +1237,11 @@ def certificate_revoke(
     return certificate
 
 
-def lock_in_order(certificates: QuerySet[Certificate]) -> None:
+def lock_in_order(certificates: QuerySet[Certificate]) -> list[int]:
     """Lock these certificates' rows in id order, in the caller's transaction: what
     revokes several takes all their rows before the audit chain's head, as one
-    revocation does, so two never wait for each other."""
-    list(certificates.select_for_update().order_by("pk").values_list("pk", flat=True))
+    revocation does, so two never wait for each other. Their ids, in that order."""
+    return list(certificates.select_for_update().order_by("pk").values_list("pk", flat=True))
 
 
 def _revoke_same_key(
@@ -1239,7 +1251,11 @@ def _revoke_same_key(
     invalidity_date: datetime | None,
     source_address: str | None,
 ) -> list[Certificate]:
-    """A compromised key's other valid certificates are revoked with it (S/MIME BR 4.9.1.1).
+    """A compromised key's other valid certificates are revoked with it (S/MIME BR 4.9.1.1),
+    and those already revoked for another reason (superseded, a leaver's) get the reason
+    keyCompromise, as the reported one would (_now_key_compromise): a relying party
+    checking an old signature made with the key learns from their CRL entries that the
+    key leaked, not only that they were replaced.
 
     Rare, so no index of its own: at a million certificates the lookup reads the table.
     """
@@ -1247,7 +1263,8 @@ def _revoke_same_key(
     if revoked.revocation_reason != compromised or not revoked.spki_sha256:
         return []
     others = (
-        Certificate.objects.filter(spki_sha256=revoked.spki_sha256, status=Certificate.Status.VALID)
+        Certificate.objects.filter(spki_sha256=revoked.spki_sha256)
+        .exclude(revocation_reason=compromised)
         # An imported certificate of the key too: recorded as revoked here (no CRL entry,
         # the old CA's CRL and OCSP answer for it), so the directory and LDAP drop it.
         .exclude(pk=revoked.pk)
@@ -1351,6 +1368,7 @@ def _revoke(
             source_address=source_address,
             old_issuer=old_issuer,
             queue_crl=queue_crl,
+            same_key_as=same_key_as,
         )
     locked.status = Certificate.Status.REVOKED
     locked.revoked_at = revoked_at or now
@@ -1423,12 +1441,14 @@ def _now_key_compromise(
     source_address: str | None,
     old_issuer: str | None,
     queue_crl: bool,
+    same_key_as: Certificate | None = None,
 ) -> Certificate:
     """A certificate revoked for another reason whose key is now known compromised: its
     reason becomes keyCompromise (RFC 5280 5.3.1 lets a reason change; S/MIME BR 7.2.2
     wants the most appropriate one), its CRL entry says so on the next CRL, and the
-    caller marks the key and revokes its other certificates. Refusing it, as before, left
-    a leaver's or a superseded certificate's leaked key certifiable again."""
+    caller marks the key and revokes (or, if revoked, upgrades) its other certificates.
+    Refusing it, as before, left a leaver's or a superseded certificate's leaked key
+    certifiable again."""
     previous = locked.revocation_reason or "unspecified"
     locked.revocation_reason = Certificate.RevocationReasonChoice.KEY_COMPROMISE
     if invalidity_date is not None:
@@ -1461,6 +1481,7 @@ def _now_key_compromise(
             "reason": Certificate.RevocationReasonChoice.KEY_COMPROMISE.value,
             "serial": locked.serial,
             "previous_reason": previous,
+            **({"same_key_as": same_key_as.serial} if same_key_as is not None else {}),
         },
     )
     return locked

@@ -191,4 +191,92 @@ def test_a_compromise_and_a_single_revocation_of_the_keys_other_certificate_neve
     assert "error" not in single, single
     assert "error" not in compromise, compromise
     states = dict(Certificate.objects.values_list("pk", "revocation_reason"))
-    assert states == {reported.pk: "keyCompromise", other.pk: "superseded"}
+    # Superseded first, then upgraded with the rest of the key's certificates.
+    assert states == {reported.pk: "keyCompromise", other.pk: "keyCompromise"}
+
+
+def test_a_compromise_upgrading_a_revoked_certificate_never_deadlocks_with_its_holder(
+    hierarchy, template, employee
+):
+    """The key's already-revoked certificates are locked with its valid ones, in id order,
+    before the audit chain's head. Taken as they are upgraded, after the head, one of them
+    held by a transaction that then writes an audit event (a restore correcting it, an
+    officer's page) made PostgreSQL abort one of the two."""
+    from enrollment.audit import audit_record
+
+    key = new_key()
+    earlier = issue(employee, template("smime-dual-use"), key)
+    reported = issue(employee, template("smime-signing"), key)
+    services.certificate_revoke(certificate=earlier, reason="superseded")
+    holding, go = threading.Event(), threading.Event()
+
+    def hold_then_audit() -> None:
+        with transaction.atomic():
+            Certificate.objects.select_for_update().get(pk=earlier.pk)
+            holding.set()
+            go.wait(timeout=30)
+            audit_record(action="certificate.note", target=earlier)
+
+    single, compromise = {}, {}
+    first = in_thread(hold_then_audit, single)
+    assert holding.wait(timeout=30)
+    second = in_thread(
+        lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
+        compromise,
+    )
+    second.join(timeout=0.5)
+    assert second.is_alive()  # waits on the earlier certificate's row
+    go.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+
+    assert "error" not in single, single
+    assert "error" not in compromise, compromise
+    states = dict(Certificate.objects.values_list("pk", "revocation_reason"))
+    assert states == {reported.pk: "keyCompromise", earlier.pk: "keyCompromise"}
+
+
+def test_a_compromise_upgrading_an_entry_a_publisher_is_marking_never_deadlocks(
+    hierarchy, template, employee, monkeypatch
+):
+    """A publisher marks the entries its CRL lists (their rows), then writes its audit
+    event (the head). The compromise upgrades the key's revoked certificates' entries:
+    taken after the head it wrote for the reported certificate, it deadlocked with one."""
+    from enrollment import tasks
+    from enrollment.audit import audit_record
+
+    monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)  # as with a broker
+    key = new_key()
+    earlier = issue(employee, template("smime-dual-use"), key)
+    reported = issue(employee, template("smime-signing"), key)
+    services.certificate_revoke(certificate=earlier, reason="superseded")  # on no CRL yet
+    marked, go = threading.Event(), threading.Event()
+
+    def audit_after_a_pause(**kwargs):  # type: ignore[no-untyped-def]
+        if kwargs["action"] == "crl.publish" and threading.current_thread().name == "publisher":
+            marked.set()  # the entries are marked: their rows are held
+            go.wait(timeout=30)
+        return audit_record(**kwargs)
+
+    monkeypatch.setattr(services, "audit_record", audit_after_a_pause)
+
+    def publish() -> object:
+        threading.current_thread().name = "publisher"
+        return services.crl_publish(ca=hierarchy.issuing)
+
+    publishing, compromise = {}, {}
+    publisher = in_thread(publish, publishing)
+    assert marked.wait(timeout=30)
+    second = in_thread(
+        lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
+        compromise,
+    )
+    second.join(timeout=1.0)
+    go.set()
+    publisher.join(timeout=30)
+    second.join(timeout=30)
+
+    assert "error" not in publishing, publishing.get("error")
+    assert "error" not in compromise, compromise.get("error")
+    states = dict(Certificate.objects.values_list("pk", "revocation_reason"))
+    assert states == {reported.pk: "keyCompromise", earlier.pk: "keyCompromise"}

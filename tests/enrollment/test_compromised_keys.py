@@ -169,6 +169,58 @@ def test_a_revoked_certificates_key_reported_compromised_later_is_finished(
     assert "Invalidity Date" in entry
 
 
+def test_the_keys_certificates_revoked_for_another_reason_become_key_compromise(
+    hierarchy, template, employee, own_key, openssl, time_machine
+):
+    """Relying parties checking an old signature learn from every certificate of the key
+    that it leaked, not only from the one reported; a superseded or a leaver's certificate
+    kept its old reason. Each is upgraded as a direct report would (audited, queued for
+    the next CRL with its original revocation date)."""
+    superseded = issue(employee, template("smime-signing"), own_key)
+    affiliation = issue(employee, template("smime-dual-use"), own_key)
+    reported = issue(employee, template("smime-signing"), own_key)
+    services.certificate_revoke(certificate=superseded, reason="superseded")
+    services.certificate_revoke(certificate=affiliation, reason="affiliationChanged")
+    earlier = {
+        c.pk: c.revoked_at
+        for c in Certificate.objects.filter(pk__in=[superseded.pk, affiliation.pk])
+    }
+    time_machine.move_to(timezone.now() + timedelta(days=2))
+    exposed = timezone.now() - timedelta(days=5)
+
+    services.certificate_revoke(
+        certificate=reported, reason="keyCompromise", actor=employee, invalidity_date=exposed
+    )
+
+    stored = {c.pk: c for c in Certificate.objects.filter(spki_sha256=reported.spki_sha256)}
+    assert {c.revocation_reason for c in stored.values()} == {"keyCompromise"}
+    for certificate, previous in ((superseded, "superseded"), (affiliation, "affiliationChanged")):
+        assert stored[certificate.pk].revoked_at == earlier[certificate.pk]
+        assert stored[certificate.pk].invalidity_date == exposed
+        assert stored[certificate.pk].queued_for_crl_at > earlier[certificate.pk]
+        event = AuditEvent.objects.filter(
+            action="certificate.revoke", object_id=str(certificate.pk)
+        ).latest("pk")
+        assert event.actor == employee
+        assert event.detail == {
+            "reason": "keyCompromise",
+            "serial": certificate.serial,
+            "previous_reason": previous,
+            "same_key_as": reported.serial,
+        }
+    published = services.crl_publish(ca=reported.ca)
+    _text, entries = crl_text_entries(openssl, bytes(published.der))
+    for certificate in stored.values():
+        entry = entries[openssl_serial(int(certificate.serial, 16))]
+        assert "Key Compromise" in entry
+        assert "Superseded" not in entry
+        assert "Affiliation Changed" not in entry
+        assert "Invalidity Date" in entry
+    assert published.crl.get_revoked_certificate_by_serial_number(
+        int(superseded.serial, 16)
+    ).revocation_date_utc == earlier[superseded.pk].replace(microsecond=0)
+
+
 @pytest.mark.parametrize("first", ["keyCompromise", "superseded"])
 def test_revoking_a_revoked_certificate_again_is_refused_unless_it_reports_a_compromise(
     hierarchy, template, employee, own_key, first
