@@ -950,13 +950,19 @@ def _issue(
             _key_archive(
                 certificate=certificate, private_key=private_key, agents=agents, actor=actor
             )
+        renewed = _renewed_locked(supersedes) if supersedes is not None else None
         audit_record(
             action="certificate.issue",
             actor=actor,
             target=certificate,
             source_address=source_address,
             detail=_issue_detail(
-                certificate, template=template, mailbox=mailbox, delegate=owner, channel=channel
+                certificate,
+                template=template,
+                mailbox=mailbox,
+                delegate=owner,
+                channel=channel,
+                renewed=renewed,
             ),
         )
         # The directory (when configured) learns of it from a task queued after the commit:
@@ -969,19 +975,36 @@ def _issue(
             from enrollment.ra_notifications import mailbox_certificate_issued
 
             mailbox_certificate_issued(certificate, delegate=owner)
-        if supersedes is not None and (
-            Certificate.objects.filter(pk=supersedes.pk, status=Certificate.Status.VALID).exists()
-        ):
+        if renewed is not None and renewed.status == Certificate.Status.VALID:
             # Renewal: the old certificate is superseded in the same transaction (RFC 5280
-            # 5.3.1), unless it was revoked already (for an address its holder has left).
+            # 5.3.1), unless it was revoked already (_renewed_locked).
             _revoke(
-                certificate=supersedes,
+                certificate=renewed,
                 reason="superseded",
                 actor=actor,
                 source_address=source_address,
                 invalidity_date=None,
             )
     return certificate
+
+
+def _renewed_locked(old: Certificate) -> Certificate:
+    """The certificate a renewal replaces, its row locked, read for the supersede step.
+
+    Read under the lock, not before it: a revocation committed after the renewal's own
+    checks (its holder reporting keyCompromise, an officer, the leaver or old-address
+    run) is seen here, where it used to meet "already revoked" and roll the renewal back.
+    Such a certificate stays revoked as it is: that revocation is the earlier one, and
+    its reason says more than superseded (never is keyCompromise overwritten). The
+    renewal goes on and the issue event names the old serial and its reason
+    (``renewed_revoked``), in place of a certificate.revoke event of its own.
+
+    What the person sees: their new certificate, as after any renewal (the web page, the
+    PKCS#12 download, the API's answer); no error, since they passed every check and
+    asked for a new certificate, which they would get by requesting one anyway. The old
+    certificate's page shows the revocation that was made, which mailed them.
+    """
+    return Certificate.objects.select_for_update().get(pk=old.pk)
 
 
 def _new_certificate(
@@ -1022,11 +1045,19 @@ def _issue_detail(
     mailbox: SharedMailbox | None,
     delegate: User,
     channel: str,
+    renewed: Certificate | None = None,
 ) -> dict[str, object]:
-    """The detail of a certificate.issue event."""
+    """The detail of a certificate.issue event; a renewal names the certificate it renews,
+    and that certificate's reason if it was revoked already (so not superseded)."""
     return {
         "template": template.slug,
         "serial": certificate.serial,
+        **({"renews": renewed.serial} if renewed is not None else {}),
+        **(
+            {"renewed_revoked": renewed.revocation_reason or "unspecified"}
+            if renewed is not None and renewed.status == Certificate.Status.REVOKED
+            else {}
+        ),
         **(
             {"mailbox": mailbox.email, "delegate": delegate.get_username()}
             if mailbox is not None

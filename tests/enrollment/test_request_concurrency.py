@@ -150,3 +150,61 @@ def test_a_withdrawal_waiting_on_a_download_is_refused(key_request, employee, of
     certificate, _bundle = collected["value"]
     assert list(Certificate.objects.all()) == [certificate]
     assert not AuditEvent.objects.filter(action="request.withdraw").exists()
+
+
+@pytest.fixture
+def old_certificate(hierarchy, template, employee) -> Certificate:
+    """A valid certificate of the employee's, to renew."""
+    from tests.enrollment.tools import issue
+
+    return issue(employee, template("smime-signing"), new_key())
+
+
+def renew_with_csr(old: Certificate, employee) -> Callable[[], CertificateRequest]:
+    """Issued at once (no approval), as the web and the API do with a CSR."""
+    csr = cryptography_csr(new_key()).public_bytes(Encoding.PEM)
+    return lambda: services.request_submit(
+        requester=employee, template=old.template, csr=csr, renewal_of=old, channel="web"
+    )
+
+
+def renew_with_download(old: Certificate, employee) -> Callable[[], object]:
+    """The portal's key: checked, then generated and issued at the download."""
+    renewal = services.request_submit(
+        requester=employee,
+        template=old.template,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        renewal_of=old,
+        channel="web",
+    )
+    return collect(renewal, employee)
+
+
+@pytest.mark.parametrize("renew", [renew_with_csr, renew_with_download])
+def test_a_renewal_waiting_on_a_revocation_of_the_old_certificate_still_issues(
+    old_certificate, employee, renew
+):
+    """The holder reports the old key compromised while the renewal runs: the renewal
+    passed its checks, then waited at its supersede step for the revocation's row. It
+    used to fail there with "already revoked"; now it issues, and the old certificate
+    keeps keyCompromise."""
+    renewing_work = renew(old_certificate, employee)
+    _revoked, renewing = race(
+        lambda: services.certificate_revoke(
+            certificate=old_certificate, reason="keyCompromise", actor=employee
+        ),
+        renewing_work,
+    )
+
+    assert "error" not in renewing, renewing
+    old = Certificate.objects.get(pk=old_certificate.pk)
+    assert (old.status, old.revocation_reason) == ("revoked", "keyCompromise")
+    new = Certificate.objects.exclude(pk=old.pk).get()
+    assert new.status == "valid"
+    request = CertificateRequest.objects.get(renewal_of=old)
+    assert (request.state, request.certificate_id) == ("issued", new.pk)
+    revocations = AuditEvent.objects.filter(action="certificate.revoke", object_id=str(old.pk))
+    assert [event.detail["reason"] for event in revocations] == ["keyCompromise"]
+    issued = AuditEvent.objects.get(action="certificate.issue", object_id=str(new.pk))
+    assert issued.detail["renews"] == old.serial
+    assert issued.detail["renewed_revoked"] == "keyCompromise"

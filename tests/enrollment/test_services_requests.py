@@ -10,7 +10,7 @@ from cryptography.x509.oid import NameOID
 
 from django.contrib.auth.models import Group
 
-from enrollment import services
+from enrollment import keystore, services
 from enrollment.exceptions import (
     ConfigurationError,
     InvalidState,
@@ -262,6 +262,47 @@ def test_renewal_supersedes_the_old_certificate_when_the_new_one_is_issued(
     assert old.revocation_reason == "superseded"
     assert new.status == Certificate.Status.VALID
     assert new.certificate.public_key() != old.certificate.public_key()
+    issued = AuditEvent.objects.get(action="certificate.issue", object_id=str(new.pk))
+    assert issued.detail["renews"] == old.serial
+    assert "renewed_revoked" not in issued.detail
+
+
+def test_a_renewal_whose_old_certificate_is_revoked_before_its_supersede_step_still_issues(
+    hierarchy, template, employee, officer, monkeypatch
+):
+    """Revoked after the renewal's checks (here: while it signs), the old certificate keeps
+    the officer's reason, not superseded; the new one is issued, and its issue event says
+    what the renewal found in place of a revocation of its own."""
+    signing = template("smime-signing")
+    first = services.request_submit(
+        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256, channel="web"
+    )
+    old, _ = services.request_collect(request=first, actor=employee, pkcs12_password=PASSWORD)
+    renewal = services.request_submit(
+        requester=employee,
+        template=signing,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        renewal_of=old,
+        channel="web",
+    )
+    sign = keystore.issue_end_entity
+
+    def revoked_meanwhile(*args, **kwargs):
+        services.certificate_revoke(certificate=old, reason="privilegeWithdrawn", actor=officer)
+        return sign(*args, **kwargs)
+
+    monkeypatch.setattr(keystore, "issue_end_entity", revoked_meanwhile)
+
+    new, _ = services.request_collect(request=renewal, actor=employee, pkcs12_password=PASSWORD)
+
+    old.refresh_from_db()
+    assert (old.status, old.revocation_reason) == ("revoked", "privilegeWithdrawn")
+    assert new.status == Certificate.Status.VALID
+    revocations = AuditEvent.objects.filter(action="certificate.revoke", object_id=str(old.pk))
+    assert [(e.detail["reason"], e.actor) for e in revocations] == [("privilegeWithdrawn", officer)]
+    issued = AuditEvent.objects.get(action="certificate.issue", object_id=str(new.pk))
+    assert issued.detail["renews"] == old.serial
+    assert issued.detail["renewed_revoked"] == "privilegeWithdrawn"
 
 
 def test_only_ones_own_valid_certificate_can_be_renewed(hierarchy, template, employee, colleague):
