@@ -2830,6 +2830,10 @@ def _decide(
             issue_now = approve and locked.key_source == CertificateRequest.KeySource.CSR
             if issue_now:
                 _lock_key_of(locked)
+                if locked.renewal_of_id is not None:
+                    # And the certificate it renews, which the supersede step locks: a
+                    # revocation of it takes its row, then the head, as the key's.
+                    lock_in_order(Certificate.objects.filter(pk=locked.renewal_of_id))
             locked.state = (
                 CertificateRequest.State.APPROVED if approve else CertificateRequest.State.REJECTED
             )

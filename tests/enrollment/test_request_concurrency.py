@@ -208,3 +208,55 @@ def test_a_renewal_waiting_on_a_revocation_of_the_old_certificate_still_issues(
     issued = AuditEvent.objects.get(action="certificate.issue", object_id=str(new.pk))
     assert issued.detail["renews"] == old.serial
     assert issued.detail["renewed_revoked"] == "keyCompromise"
+
+
+def test_approving_a_renewal_while_its_old_certificate_is_revoked_does_not_deadlock(
+    old_certificate, approval, employee, officer, monkeypatch
+):
+    """The approval writes its audit event (the chain's head) before it issues; a
+    revocation takes the certificate's row, then the head. Taking the old certificate's
+    row only at the supersede step, after the head, PostgreSQL aborted one of the two."""
+    from enrollment import keystore
+
+    csr = cryptography_csr(new_key()).public_bytes(Encoding.PEM)
+    renewal = services.request_submit(
+        requester=employee,
+        template=approval("smime-signing"),
+        csr=csr,
+        renewal_of=old_certificate,
+        channel="web",
+    )
+    signing, go = threading.Event(), threading.Event()
+    sign = keystore.issue_end_entity
+
+    def sign_after_a_pause(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "approver":
+            signing.set()  # the approval's event is written: the head is held
+            go.wait(timeout=30)
+        return sign(*args, **kwargs)
+
+    monkeypatch.setattr(keystore, "issue_end_entity", sign_after_a_pause)
+
+    def approve() -> CertificateRequest:
+        threading.current_thread().name = "approver"
+        return services.request_approve(request=renewal, officer=officer)
+
+    approving, revoking = {}, {}
+    approver = in_thread(approve, approving)
+    assert signing.wait(timeout=30)
+    revoker = in_thread(
+        lambda: services.certificate_revoke(
+            certificate=old_certificate, reason="keyCompromise", actor=employee
+        ),
+        revoking,
+    )
+    revoker.join(timeout=1.0)
+    go.set()
+    approver.join(timeout=30)
+    revoker.join(timeout=30)
+
+    assert "error" not in approving, approving.get("error")
+    assert "error" not in revoking, revoking.get("error")
+    assert CertificateRequest.objects.get(pk=renewal.pk).state == CertificateRequest.State.ISSUED
+    old = Certificate.objects.get(pk=old_certificate.pk)
+    assert old.status == Certificate.Status.REVOKED
