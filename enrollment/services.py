@@ -1753,10 +1753,14 @@ def _crl_publish_locked(
     sign = keystore.crl_signer(locked, offline_key=offline_key)
     # Read the unpublished entries before the CRL's own read: all of them are in it (even
     # those that expired before the previous CRL), so each is marked on a CRL listing it.
+    # Locked (in id order, as a keyCompromise takes them) until this CRL commits: one
+    # queued again meanwhile with a new reason would be marked by a CRL that read its old
+    # bytes, and no CRL would be due for it; it waits, and is queued for the next.
     unpublished = list(
-        CrlEntry.objects.filter(ca=locked, first_crl_number__isnull=True).values_list(
-            "pk", flat=True
-        )
+        CrlEntry.objects.filter(ca=locked, first_crl_number__isnull=True)
+        .select_for_update()
+        .order_by("pk")
+        .values_list("pk", flat=True)
     )
     count, revoked = _crl_entry_bytes(locked, previous)
     try:

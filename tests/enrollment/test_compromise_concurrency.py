@@ -280,3 +280,64 @@ def test_a_compromise_upgrading_an_entry_a_publisher_is_marking_never_deadlocks(
     assert "error" not in compromise, compromise.get("error")
     states = dict(Certificate.objects.values_list("pk", "revocation_reason"))
     assert states == {reported.pk: "keyCompromise", earlier.pk: "keyCompromise"}
+
+
+def test_an_entry_queued_again_while_a_crl_is_built_waits_for_the_next_crl(
+    hierarchy, template, employee, monkeypatch
+):
+    """A publisher reads the unpublished entries' bytes, signs, then marks them published.
+    A reason made keyCompromise in between was marked published by a CRL that listed the
+    old reason, and no CRL was due for it: relying parties saw superseded until the next
+    scheduled one. Every entry marked with a CRL's number is as that CRL lists it."""
+    from cryptography import x509
+
+    from enrollment import keystore, tasks
+    from enrollment.models import CrlEntry, RevocationList
+
+    monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)  # as with a broker
+    key = new_key()
+    earlier = issue(employee, template("smime-dual-use"), key)
+    reported = issue(employee, template("smime-signing"), key)
+    services.certificate_revoke(certificate=earlier, reason="superseded")  # on no CRL yet
+    read, go = threading.Event(), threading.Event()
+    signer = keystore.crl_signer
+
+    def sign_after_a_pause(ca, **options):  # type: ignore[no-untyped-def]
+        sign = signer(ca, **options)
+        if threading.current_thread().name != "publisher":
+            return sign
+
+        def paused(**kwargs):  # type: ignore[no-untyped-def]
+            read.set()  # the entries' bytes are read, not yet marked
+            go.wait(timeout=30)
+            return sign(**kwargs)
+
+        return paused
+
+    monkeypatch.setattr(keystore, "crl_signer", sign_after_a_pause)
+
+    def publish() -> object:
+        threading.current_thread().name = "publisher"
+        return services.crl_publish(ca=hierarchy.issuing)
+
+    publishing, compromise = {}, {}
+    publisher = in_thread(publish, publishing)
+    assert read.wait(timeout=30)
+    second = in_thread(
+        lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
+        compromise,
+    )
+    second.join(timeout=1.0)
+    go.set()
+    publisher.join(timeout=30)
+    second.join(timeout=30)
+
+    assert "error" not in publishing, publishing.get("error")
+    assert "error" not in compromise, compromise.get("error")
+    entry = CrlEntry.objects.get(certificate=earlier)
+    if entry.first_crl_number is not None:  # marked: its CRL must list keyCompromise
+        crl = RevocationList.objects.get(ca=hierarchy.issuing, number=entry.first_crl_number)
+        listed = crl.crl.get_revoked_certificate_by_serial_number(int(earlier.serial, 16))
+        reason = listed.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        assert reason == x509.ReasonFlags.key_compromise
+    assert services.crl_publish_if_due(ca=hierarchy.issuing) is not None  # it is due
