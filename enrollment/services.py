@@ -1236,12 +1236,7 @@ def certificate_revoke(
             )
             # And the CRL entries of those already revoked, queued again with the new
             # reason: a publisher marks entries (their rows), then takes the head.
-            list(
-                CrlEntry.objects.filter(pk__in=changed)
-                .select_for_update()
-                .order_by("pk")
-                .values_list("pk", flat=True)
-            )
+            lock_in_order(CrlEntry.objects.filter(pk__in=changed))
         revoked = _revoke(
             certificate=certificate,
             reason=reason,
@@ -1268,11 +1263,11 @@ def certificate_revoke(
     return certificate
 
 
-def lock_in_order(certificates: QuerySet[Certificate]) -> list[int]:
-    """Lock these certificates' rows in id order, in the caller's transaction: what
-    revokes several takes all their rows before the audit chain's head, as one
-    revocation does, so two never wait for each other. Their ids, in that order."""
-    return list(certificates.select_for_update().order_by("pk").values_list("pk", flat=True))
+def lock_in_order(rows: QuerySet[Any]) -> list[int]:
+    """Lock these rows (certificates, CRL entries) in id order, in the caller's
+    transaction: what revokes several takes all their rows before the audit chain's head,
+    as one revocation does, so two never wait for each other. Their ids, in that order."""
+    return list(rows.select_for_update().order_by("pk").values_list("pk", flat=True))
 
 
 def _revoke_same_key(
@@ -1756,12 +1751,7 @@ def _crl_publish_locked(
     # Locked (in id order, as a keyCompromise takes them) until this CRL commits: one
     # queued again meanwhile with a new reason would be marked by a CRL that read its old
     # bytes, and no CRL would be due for it; it waits, and is queued for the next.
-    unpublished = list(
-        CrlEntry.objects.filter(ca=locked, first_crl_number__isnull=True)
-        .select_for_update()
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
+    unpublished = lock_in_order(CrlEntry.objects.filter(ca=locked, first_crl_number__isnull=True))
     count, revoked = _crl_entry_bytes(locked, previous)
     try:
         der = sign(
