@@ -217,7 +217,7 @@ def _record(action: str, what: str, pairs: Iterable[tuple[models.Model, str]]) -
     """One event per (account or group, role or permission), told who made the change by
     changes_from; one append for them all."""
     source = current_source()
-    gained: dict[int, User] = {}
+    holders: dict[tuple[str, int], models.Model] = {}
     with deferred():
         for target, name in pairs:
             audit_record(
@@ -227,9 +227,15 @@ def _record(action: str, what: str, pairs: Iterable[tuple[models.Model, str]]) -
                 source_address=source.address,
                 detail={what: name, "source": source.source},
             )
-            if action.endswith(".grant"):
-                members = [target] if isinstance(target, User) else target.user_set.all()  # type: ignore[attr-defined]
-                gained.update((member.pk, member) for member in members)
+            holders.setdefault((target._meta.label, target.pk), target)
+        if not action.endswith(".grant"):
+            return
+        # Each account that gained, once: a group's members once, however many of its
+        # permissions were granted together.
+        gained: dict[int, User] = {}
+        for holder in holders.values():
+            members = [holder] if isinstance(holder, User) else holder.user_set.all()  # type: ignore[attr-defined]
+            gained.update((member.pk, member) for member in members)
         for user in gained.values():
             _gained_privilege(user, source)
 
