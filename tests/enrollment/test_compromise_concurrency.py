@@ -8,6 +8,7 @@ none stays valid.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -39,6 +40,30 @@ def in_thread(work, outcome: dict) -> threading.Thread:
     return thread
 
 
+def overlap(
+    first: Callable[[], object],
+    reached: threading.Event,
+    release: threading.Event,
+    second: Callable[[], object],
+    *,
+    waits: float = 0.5,
+) -> tuple[dict, dict, bool]:
+    """Run ``first`` until it sets ``reached`` (holding what it has locked until
+    ``release``), then ``second`` for ``waits`` seconds; then let both end. Both outcomes,
+    and whether ``second`` was still waiting when ``first`` went on."""
+    first_outcome: dict = {}
+    second_outcome: dict = {}
+    one = in_thread(first, first_outcome)
+    assert reached.wait(timeout=30), first_outcome
+    two = in_thread(second, second_outcome)
+    two.join(timeout=waits)
+    waited = two.is_alive()
+    release.set()
+    one.join(timeout=30)
+    two.join(timeout=30)
+    return first_outcome, second_outcome, waited
+
+
 def test_an_issuance_waiting_on_a_compromise_is_refused(hierarchy, template, employee):
     key = new_key()
     reported = issue(employee, template("smime-signing"), key)
@@ -50,15 +75,10 @@ def test_an_issuance_waiting_on_a_compromise_is_refused(hierarchy, template, emp
             marked.set()
             release.wait(timeout=30)  # the compromise is marked, not yet committed
 
-    revoking, issuing = {}, {}
-    first = in_thread(revoke, revoking)
-    assert marked.wait(timeout=30)
-    second = in_thread(lambda: issue(employee, template("smime-dual-use"), key), issuing)
-    second.join(timeout=0.5)
-    assert second.is_alive()  # waits on the key's row
-    release.set()
-    first.join(timeout=30)
-    second.join(timeout=30)
+    revoking, issuing, waited = overlap(
+        revoke, marked, release, lambda: issue(employee, template("smime-dual-use"), key)
+    )
+    assert waited  # on the key's row
 
     assert "error" not in revoking
     assert isinstance(issuing.get("error"), PolicyViolation)
@@ -82,19 +102,18 @@ def test_a_compromise_waiting_on_an_issuance_revokes_its_certificate(
         return claimed_key
 
     monkeypatch.setattr(hotsql, "claim_key", claim_then_hold)
-    issuing, revoking = {}, {}
-    first = in_thread(lambda: issue(employee, template("smime-dual-use"), key), issuing)
-    first.name = "issuer"
-    assert claimed.wait(timeout=30)
-    second = in_thread(
+
+    def issue_as_issuer() -> object:
+        threading.current_thread().name = "issuer"
+        return issue(employee, template("smime-dual-use"), key)
+
+    issuing, revoking, waited = overlap(
+        issue_as_issuer,
+        claimed,
+        release,
         lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
-        revoking,
     )
-    second.join(timeout=0.5)
-    assert second.is_alive()  # waits on the key's row
-    release.set()
-    first.join(timeout=30)
-    second.join(timeout=30)
+    assert waited  # on the key's row
 
     assert "error" not in issuing
     assert "error" not in revoking
@@ -135,19 +154,15 @@ def test_approving_a_csr_while_its_key_is_reported_compromised_does_not_deadlock
         threading.current_thread().name = "approver"
         return services.request_approve(request=pending, officer=officer)
 
-    approving, revoking = {}, {}
-    approver = in_thread(approve, approving)
-    assert at_claim.wait(timeout=30)
-    revoker = in_thread(
+    approving, revoking, _waited = overlap(
+        approve,
+        at_claim,
+        go,
         lambda: services.certificate_revoke(
             certificate=reported, reason="keyCompromise", actor=employee
         ),
-        revoking,
+        waits=1.0,
     )
-    revoker.join(timeout=1.0)
-    go.set()
-    approver.join(timeout=30)
-    revoker.join(timeout=30)
 
     assert "error" not in approving, approving.get("error")
     assert "error" not in revoking, revoking.get("error")
@@ -175,18 +190,13 @@ def test_a_compromise_and_a_single_revocation_of_the_keys_other_certificate_neve
             go.wait(timeout=30)
             services.certificate_revoke(certificate=other, reason="superseded")
 
-    single, compromise = {}, {}
-    first = in_thread(supersede_other, single)
-    assert holding.wait(timeout=30)
-    second = in_thread(
+    single, compromise, waited = overlap(
+        supersede_other,
+        holding,
+        go,
         lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
-        compromise,
     )
-    second.join(timeout=0.5)
-    assert second.is_alive()  # waits on the other certificate's row
-    go.set()
-    first.join(timeout=30)
-    second.join(timeout=30)
+    assert waited  # on the other certificate's row
 
     assert "error" not in single, single
     assert "error" not in compromise, compromise
@@ -217,18 +227,13 @@ def test_a_compromise_upgrading_a_revoked_certificate_never_deadlocks_with_its_h
             go.wait(timeout=30)
             audit_record(action="certificate.note", target=earlier)
 
-    single, compromise = {}, {}
-    first = in_thread(hold_then_audit, single)
-    assert holding.wait(timeout=30)
-    second = in_thread(
+    single, compromise, waited = overlap(
+        hold_then_audit,
+        holding,
+        go,
         lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
-        compromise,
     )
-    second.join(timeout=0.5)
-    assert second.is_alive()  # waits on the earlier certificate's row
-    go.set()
-    first.join(timeout=30)
-    second.join(timeout=30)
+    assert waited  # on the earlier certificate's row
 
     assert "error" not in single, single
     assert "error" not in compromise, compromise
@@ -264,17 +269,13 @@ def test_a_compromise_upgrading_an_entry_a_publisher_is_marking_never_deadlocks(
         threading.current_thread().name = "publisher"
         return services.crl_publish(ca=hierarchy.issuing)
 
-    publishing, compromise = {}, {}
-    publisher = in_thread(publish, publishing)
-    assert marked.wait(timeout=30)
-    second = in_thread(
+    publishing, compromise, _waited = overlap(
+        publish,
+        marked,
+        go,
         lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
-        compromise,
+        waits=1.0,
     )
-    second.join(timeout=1.0)
-    go.set()
-    publisher.join(timeout=30)
-    second.join(timeout=30)
 
     assert "error" not in publishing, publishing.get("error")
     assert "error" not in compromise, compromise.get("error")
@@ -320,17 +321,13 @@ def test_an_entry_queued_again_while_a_crl_is_built_waits_for_the_next_crl(
         threading.current_thread().name = "publisher"
         return services.crl_publish(ca=hierarchy.issuing)
 
-    publishing, compromise = {}, {}
-    publisher = in_thread(publish, publishing)
-    assert read.wait(timeout=30)
-    second = in_thread(
+    publishing, compromise, _waited = overlap(
+        publish,
+        read,
+        go,
         lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
-        compromise,
+        waits=1.0,
     )
-    second.join(timeout=1.0)
-    go.set()
-    publisher.join(timeout=30)
-    second.join(timeout=30)
 
     assert "error" not in publishing, publishing.get("error")
     assert "error" not in compromise, compromise.get("error")

@@ -35,7 +35,7 @@ from enrollment.models import (
 )
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
-from tests.enrollment.test_compromise_concurrency import in_thread
+from tests.enrollment.test_compromise_concurrency import overlap
 from tests.enrollment.tools import cryptography_csr, issue, new_key
 from tests.markers import needs_row_locks
 
@@ -340,15 +340,9 @@ def test_a_lock_held_meanwhile_is_waited_for_then_counted(
             holding.set()
             release.wait(timeout=30)
 
-    first, second = {}, {}
-    one = in_thread(locked_and_held, first)
-    assert holding.wait(timeout=30)
-    two = in_thread(lambda: enrol(employee, signing), second)
-    two.join(timeout=0.5)
-    waited = two.is_alive()  # on the row the locked way holds
-    release.set()
-    one.join(timeout=30)
-    two.join(timeout=30)
+    first, second, waited = overlap(
+        locked_and_held, holding, release, lambda: enrol(employee, signing)
+    )  # waited on the row the locked way holds
 
     assert "error" not in first, first
     assert waited
@@ -375,15 +369,9 @@ def test_a_compromise_being_committed_meanwhile_is_waited_for_and_refuses(
             marked.set()
             release.wait(timeout=30)
 
-    revoking, enrolling = {}, {}
-    one = in_thread(revoke, revoking)
-    assert marked.wait(timeout=30)
-    two = in_thread(lambda: enrol(employee, template("smime-signing"), key), enrolling)
-    two.join(timeout=0.5)
-    waited = two.is_alive()
-    release.set()
-    one.join(timeout=30)
-    two.join(timeout=30)
+    revoking, enrolling, waited = overlap(
+        revoke, marked, release, lambda: enrol(employee, template("smime-signing"), key)
+    )
 
     assert "error" not in revoking, revoking
     assert waited

@@ -20,7 +20,7 @@ from enrollment import services
 from enrollment.exceptions import InvalidState
 from enrollment.models import AuditEvent, Certificate, CertificateRequest
 from enrollment.x509.keys import KeyAlgorithm
-from tests.enrollment.test_compromise_concurrency import in_thread
+from tests.enrollment.test_compromise_concurrency import overlap
 from tests.enrollment.tools import cryptography_csr, new_key
 from tests.markers import needs_row_locks
 
@@ -48,16 +48,9 @@ def holding(work: Callable[[], object], done: threading.Event, release: threadin
 def race(first: Callable[[], object], second: Callable[[], object]) -> tuple[dict, dict]:
     """Run `first` up to its commit, start `second`, show it waits, then let both end."""
     done, release = threading.Event(), threading.Event()
-    first_outcome: dict = {}
-    second_outcome: dict = {}
-    one = in_thread(holding(first, done, release), first_outcome)
-    assert done.wait(timeout=30), first_outcome
-    two = in_thread(second, second_outcome)
-    two.join(timeout=0.5)
-    waited = two.is_alive()  # on the request's row
-    release.set()
-    one.join(timeout=30)
-    two.join(timeout=30)
+    first_outcome, second_outcome, waited = overlap(
+        holding(first, done, release), done, release, second
+    )  # waited on the request's row
     assert "error" not in first_outcome, first_outcome
     assert waited
     return first_outcome, second_outcome
@@ -241,19 +234,15 @@ def test_approving_a_renewal_while_its_old_certificate_is_revoked_does_not_deadl
         threading.current_thread().name = "approver"
         return services.request_approve(request=renewal, officer=officer)
 
-    approving, revoking = {}, {}
-    approver = in_thread(approve, approving)
-    assert signing.wait(timeout=30)
-    revoker = in_thread(
+    approving, revoking, _waited = overlap(
+        approve,
+        signing,
+        go,
         lambda: services.certificate_revoke(
             certificate=old_certificate, reason="keyCompromise", actor=employee
         ),
-        revoking,
+        waits=1.0,
     )
-    revoker.join(timeout=1.0)
-    go.set()
-    approver.join(timeout=30)
-    revoker.join(timeout=30)
 
     assert "error" not in approving, approving.get("error")
     assert "error" not in revoking, revoking.get("error")
