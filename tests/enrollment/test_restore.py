@@ -201,9 +201,10 @@ def test_serials_are_looked_up_in_chunks(hierarchy, before_the_failure, monkeypa
     locked: list[int] = []
     lock = services.lock_in_order
 
-    def counted(certificates):
-        locked.append(certificates.count())
-        lock(certificates)
+    def counted(rows):
+        if rows.model is Certificate:  # the restore's; its CRL locks CRL entries with it too
+            locked.append(rows.count())
+        return lock(rows)
 
     monkeypatch.setattr(services, "lock_in_order", counted)
 
