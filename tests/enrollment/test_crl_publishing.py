@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +15,6 @@ from cryptography import x509
 
 from django.apps import apps
 from django.core import mail
-from django.db import connection
 from django.utils import timezone
 
 from enrollment import health, keystore, services, tasks
@@ -231,19 +229,19 @@ def test_entries_encoded_behind_the_services_back_wait_from_their_encoding(make_
     assert CrlEntry.objects.get(certificate=certificate).first_crl_number is None
 
 
-def test_migration_0034_queues_existing_revocations_at_their_revocation(
-    make_certificate, django_capture_on_commit_callbacks
+def test_an_entry_without_a_queued_time_waits_since_its_revocation(
+    make_certificate, django_capture_on_commit_callbacks, time_machine
 ):
-    revoked, valid = make_certificate(), make_certificate()
-    revoke_queued(revoked, django_capture_on_commit_callbacks, "superseded")
-    Certificate.objects.update(queued_for_crl_at=None)  # as before the migration
-    migration = importlib.import_module("enrollment.migrations.0034_certificate_queued_for_crl_at")
+    """Revoked by a process from before migration 0034, which leaves the column empty (it
+    has no backfill): the watchdog reads revoked_at, so the entry is neither lost nor late."""
+    certificate = make_certificate()
+    revoke_queued(certificate, django_capture_on_commit_callbacks, "superseded")
+    Certificate.objects.filter(pk=certificate.pk).update(queued_for_crl_at=None)
 
-    migration.backfill(apps, SimpleNamespace(connection=connection))
-
-    rows = dict(Certificate.objects.values_list("pk", "queued_for_crl_at"))
-    assert rows[revoked.pk] == Certificate.objects.get(pk=revoked.pk).revoked_at
-    assert rows[valid.pk] is None
+    assert tasks.crl_watchdog_task() == {"issuing": "current"}  # revoked seconds ago
+    time_machine.move_to(timezone.now() + timedelta(minutes=6))
+    assert tasks.crl_watchdog_task()["issuing"].startswith("published #")
+    assert listed(certificate.ca.latest_crl(), certificate) is not None
 
 
 # --- due or not -------------------------------------------------------------------------
@@ -496,7 +494,6 @@ def test_an_entry_on_the_roots_crl_needs_a_reason(make_certificate, hierarchy):
 def test_the_migration_encodes_entries_for_certificates_revoked_before_it(
     make_certificate, django_capture_on_commit_callbacks
 ):
-    import importlib
 
     migration = importlib.import_module("enrollment.migrations.0004_crl_publishing")
     published, waiting = make_certificate(), make_certificate()
