@@ -233,26 +233,27 @@ def test_requests_per_hour_are_limited(hierarchy, template, employee, settings):
     assert CertificateRequest.objects.count() == 2
 
 
-def test_renewal_supersedes_the_old_certificate_when_the_new_one_is_issued(
-    hierarchy, template, employee, settings
-):
-    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
-    signing = template("smime-signing")
+def issued_and_renewing(requester, template):
+    """A certificate collected by ``requester`` and a renewal of it, submitted, not collected."""
     first = services.request_submit(
-        requester=employee,
-        template=signing,
-        key_algorithm=KeyAlgorithm.EC_P256,
-        channel="web",
+        requester=requester, template=template, key_algorithm=KeyAlgorithm.EC_P256, channel="web"
     )
-    old, _ = services.request_collect(request=first, actor=employee, pkcs12_password=PASSWORD)
-
+    old, _ = services.request_collect(request=first, actor=requester, pkcs12_password=PASSWORD)
     renewal = services.request_submit(
-        requester=employee,
-        template=signing,
+        requester=requester,
+        template=template,
         key_algorithm=KeyAlgorithm.EC_P256,
         renewal_of=old,
         channel="web",
     )
+    return old, renewal
+
+
+def test_renewal_supersedes_the_old_certificate_when_the_new_one_is_issued(
+    hierarchy, template, employee, settings
+):
+    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 1
+    old, renewal = issued_and_renewing(employee, template("smime-signing"))
     old.refresh_from_db()
     assert old.status == Certificate.Status.VALID  # not yet: only when the new one exists
     new, _ = services.request_collect(request=renewal, actor=employee, pkcs12_password=PASSWORD)
@@ -273,18 +274,7 @@ def test_a_renewal_whose_old_certificate_is_revoked_before_its_supersede_step_st
     """Revoked after the renewal's checks (here: while it signs), the old certificate keeps
     the officer's reason, not superseded; the new one is issued, and its issue event says
     what the renewal found in place of a revocation of its own."""
-    signing = template("smime-signing")
-    first = services.request_submit(
-        requester=employee, template=signing, key_algorithm=KeyAlgorithm.EC_P256, channel="web"
-    )
-    old, _ = services.request_collect(request=first, actor=employee, pkcs12_password=PASSWORD)
-    renewal = services.request_submit(
-        requester=employee,
-        template=signing,
-        key_algorithm=KeyAlgorithm.EC_P256,
-        renewal_of=old,
-        channel="web",
-    )
+    old, renewal = issued_and_renewing(employee, template("smime-signing"))
     sign = keystore.issue_end_entity
 
     def revoked_meanwhile(*args, **kwargs):
