@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 from django.db.models.functions import Length
 from django.utils import timezone
 
@@ -96,8 +96,9 @@ def pending_enrolment_count() -> int:
 
 
 def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
-    """In progress, oldest first; a holder's request that waits for an officer included."""
-    return (
+    """In progress, oldest first; a holder's request that waits for an officer included,
+    with_quorum()."""
+    found = (
         KeyRecoveryRequest.objects.filter(
             state__in=[
                 KeyRecoveryRequest.State.REQUESTED,
@@ -107,16 +108,41 @@ def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
             ]
         )
         .select_related("certificate__owner", "requested_by", "asked_by")
-        # The approvals that count: by officers who still are active RA officers (as
-        # enrollment.recovery.quorum counts them for the recovery's page and its steps).
-        .annotate(
-            approval_count=Count(
-                "approvals", filter=ra_officers("approvals__officer__"), distinct=True
-            )
-        )
         .defer("bundle")
         .order_by("created_at", "id")
     )
+    return with_quorum(found)
+
+
+def counted_approvals() -> Count:
+    """How many of a recovery's approvals count now, in the list's own query: those of
+    officers who still are active RA officers, the rule enrollment.recovery.quorum applies
+    one recovery at a time (permissions.ra_officers is is_ra_officer as a filter). Every
+    count of approvals shown (queue, API, start page) is this one."""
+    return Count("approvals", filter=ra_officers("approvals__officer__"), distinct=True)
+
+
+def with_quorum(recoveries: QuerySet[KeyRecoveryRequest]) -> QuerySet[KeyRecoveryRequest]:
+    """Each with ``approval_count`` (counted_approvals) and ``quorum_met``: whether they make
+    PKIPORTAL_RECOVERY_APPROVALS now, as recovery.Quorum.met says of one recovery."""
+    # Read when called: recovery imports services, which imports this module.
+    from enrollment.recovery import approvals_required
+
+    return recoveries.annotate(approval_count=counted_approvals()).annotate(
+        quorum_met=ExpressionWrapper(
+            Q(approval_count__gte=approvals_required()), output_field=BooleanField()
+        )
+    )
+
+
+def recoveries_for_agents() -> QuerySet[KeyRecoveryRequest]:
+    """Those a key recovery agent may carry out now (recovery.may_be_performed): an approved
+    recovery whose approver lost the role waits for another officer, not for an agent."""
+    return with_quorum(
+        KeyRecoveryRequest.objects.filter(
+            state__in=[KeyRecoveryRequest.State.PENDING, KeyRecoveryRequest.State.APPROVED]
+        )
+    ).filter(Q(quorum_met=True))  # Q: django-stubs cannot see the annotation
 
 
 def recoveries_of_holder(user: Any) -> QuerySet[KeyRecoveryRequest]:

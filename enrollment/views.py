@@ -221,9 +221,7 @@ def home(request: HttpRequest) -> HttpResponse:
             )
         if is_key_recovery_agent(request.user):
             # Approved recoveries wait for an agent: agents rarely visit /ra/ otherwise.
-            context["recoveries_for_agents"] = KeyRecoveryRequest.objects.filter(
-                state=KeyRecoveryRequest.State.APPROVED
-            ).count()
+            context["recoveries_for_agents"] = ra_selectors.recoveries_for_agents().count()
     return render(request, "enrollment/home.html", context)
 
 

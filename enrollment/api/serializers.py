@@ -788,7 +788,10 @@ class RecoveryOut(serializers.ModelSerializer[KeyRecoveryRequest]):
     pkcs12_format = serializers.ChoiceField(
         choices=[(f.value, f.value) for f in Pkcs12Format], read_only=True
     )
-    approvals = serializers.SerializerMethodField(help_text="Officers who have approved it.")
+    approvals = serializers.SerializerMethodField(
+        help_text="Approvals that count now: an approver who is no longer an active RA officer "
+        "does not count (as on the recovery's page)."
+    )
     approvals_required = serializers.SerializerMethodField()
     download_until = serializers.SerializerMethodField(
         help_text="While `ready`: the end of the one download's window."
@@ -834,7 +837,8 @@ class RecoveryOut(serializers.ModelSerializer[KeyRecoveryRequest]):
         return found.asked_by_id is not None
 
     def get_approvals(self, found: KeyRecoveryRequest) -> int:
-        return found.approvals.count()
+        counted = getattr(found, "approval_count", None)  # the viewset's queryset counts them
+        return counted if counted is not None else len(recovery.quorum(found).counted)
 
     def get_approvals_required(self, found: KeyRecoveryRequest) -> int:
         return recovery.approvals_required()

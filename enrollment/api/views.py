@@ -813,8 +813,11 @@ class RecoveryViewSet(
             return KeyRecoveryRequest.objects.none()
         user = self.request.user
         if self.action == "list" or not (is_ra_officer(user) or is_key_recovery_agent(user)):
-            return ra_selectors.recoveries_of_holder(user).select_related("certificate")
-        return KeyRecoveryRequest.objects.select_related("certificate").defer("bundle")
+            found = ra_selectors.recoveries_of_holder(user).select_related("certificate")
+        else:
+            found = KeyRecoveryRequest.objects.select_related("certificate").defer("bundle")
+        # In the list's query: `approvals` counts those that count, as the RA pages do.
+        return found.annotate(approval_count=ra_selectors.counted_approvals())
 
     @extend_schema(
         summary="Withdraw my recovery request",

@@ -7,11 +7,14 @@ import pytest
 
 from django.contrib.auth.models import Group
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from enrollment import recovery
+from enrollment import ra_selectors, recovery
 from enrollment.exceptions import InvalidState
 from enrollment.models import AuditEvent, KeyRecoveryRequest
 from tests.conftest import client_for
+from tests.enrollment.api_tools import API, token_client
 from tests.enrollment.ra_fixtures import agent_upload, snapshot
 from tests.factories import UserFactory
 
@@ -266,6 +269,26 @@ def test_the_recovery_list_counts_only_approvals_that_count(
     assert row.approval_count == 1
 
 
+def test_the_queues_show_the_state_its_approvals_count_to_now(
+    two_approvals, third_officer, officers_group, officer
+):
+    """The console and the list say what the recovery's page says: not "Approved" with
+    one approval of two."""
+    third_officer.groups.remove(officers_group)
+    pending = '<span class="badge recovery-pending">Waiting for approval</span>'
+
+    for url in ("/ra/", "/ra/recovery/"):
+        text = client_for(officer).get(url).content.decode()
+        assert pending in text
+        assert "1 of 2" in text
+        assert "recovery-approved" not in text
+
+    third_officer.groups.add(officers_group)
+    text = client_for(officer).get("/ra/recovery/").content.decode()
+    assert "Approved: waiting for a key recovery agent</span>" in text
+    assert pending not in text
+
+
 def test_an_agent_cannot_carry_it_out_from_the_page_either(
     two_approvals, third_officer, officers_group, kra, agent_user
 ):
@@ -279,3 +302,99 @@ def test_an_agent_cannot_carry_it_out_from_the_page_either(
     assert "no longer counts" in response.content.decode()
     two_approvals.refresh_from_db()
     assert two_approvals.state == State.APPROVED
+
+
+# --- every count of approvals is the quorum's -----------------------------------------
+
+
+def test_the_api_counts_only_approvals_that_count(
+    two_approvals, third_officer, officers_group, employee
+):
+    """The holder follows it through the API: it must not say two of two while the page
+    says the recovery cannot be carried out."""
+    third_officer.groups.remove(officers_group)
+    holder = token_client(employee)
+
+    one = holder.get(f"{API}/recoveries/{two_approvals.pk}/").json()
+    (listed,) = holder.get(f"{API}/recoveries/").json()["results"]
+
+    assert (one["approvals"], one["approvals_required"]) == (1, 2)
+    assert listed["approvals"] == 1
+    assert len(recovery.quorum(two_approvals).counted) == 1
+
+
+def test_the_api_list_counts_approvals_in_its_own_query(
+    settings, archived, officer, second_officer, employee, django_assert_max_num_queries
+):
+    """Counting each recovery's approvals in turn costs a query per recovery."""
+    settings.PKIPORTAL_RECOVERY_APPROVALS = 2
+    holder = token_client(employee)
+    url = f"{API}/recoveries/"
+
+    def one_more() -> None:
+        found = recovery.recovery_open(
+            certificate=archived.certificate, officer=officer, reason="A third laptop lost."
+        )
+        recovery.recovery_approve(recovery=found, officer=second_officer)
+        recovery.recovery_reject(recovery=found, officer=officer, reason="Found it again.")
+
+    one_more()
+    holder.get(url)  # the token's first use notes it; not the list's cost
+    with CaptureQueriesContext(connection) as one:
+        assert holder.get(url).status_code == 200
+    for _ in range(4):
+        one_more()
+
+    with django_assert_max_num_queries(len(one.captured_queries)):
+        data = holder.get(url).json()
+
+    assert [row["approvals"] for row in data["results"]] == [1] * 5
+
+
+def test_an_agent_is_not_called_for_a_recovery_whose_approval_no_longer_counts(
+    two_approvals, third_officer, officers_group, agent_user
+):
+    """The start page's count is what an agent may carry out (may_be_performed)."""
+    agent = client_for(agent_user)
+    assert "1 key recovery waiting for an agent" in agent.get("/").content.decode()
+
+    third_officer.groups.remove(officers_group)
+
+    assert "waiting for an agent</a>" not in agent.get("/").content.decode()
+    fourth = UserFactory(username="fred")
+    fourth.groups.add(officers_group)
+    recovery.recovery_approve(recovery=two_approvals, officer=fourth)
+    assert "1 key recovery waiting for an agent" in agent.get("/").content.decode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["none", "group removed", "deactivated", "superuser demoted", "superuser deactivated"],
+)
+def test_the_lists_count_as_the_quorum_does(settings, opened, officers_group, change):
+    """The lists count in SQL (ra_selectors.counted_approvals), a recovery's own steps in
+    Python (recovery.quorum): both must say the same for every way of losing the role."""
+    settings.PKIPORTAL_RECOVERY_APPROVALS = 3
+    officer_approver = UserFactory(username="ann")
+    officer_approver.groups.add(officers_group)
+    superuser_approver = UserFactory(username="sue", is_superuser=True)
+    for approver in (officer_approver, superuser_approver):
+        recovery.recovery_approve(recovery=opened, officer=approver)
+    if change == "group removed":
+        officer_approver.groups.remove(officers_group)
+    elif change == "deactivated":
+        officer_approver.is_active = False
+        officer_approver.save()
+    elif change == "superuser demoted":
+        superuser_approver.is_superuser = False
+        superuser_approver.save()
+    elif change == "superuser deactivated":
+        superuser_approver.is_active = False
+        superuser_approver.save()
+
+    (listed,) = ra_selectors.open_recoveries().filter(pk=opened.pk)
+    api = token_client(opened.certificate.owner).get(f"{API}/recoveries/{opened.pk}/").json()
+
+    counted = len(recovery.quorum(opened).counted)
+    assert counted == (2 if change == "none" else 1)
+    assert listed.approval_count == api["approvals"] == counted
