@@ -111,13 +111,16 @@ def _fresh_crl(ca: CertificateAuthority) -> tuple[RevocationList | None, bool]:
         return crl, False
     if ca.crl_failed_at is not None and now - ca.crl_failed_at < CRL_RETRY_PAUSE:
         return crl, False
+    attempt = services.CrlAttempt()
     try:
-        services.crl_publish_if_due(ca=ca, pending_for=None, wait=False)
+        services.crl_publish_if_due(ca=ca, pending_for=None, wait=False, attempt=attempt)
     except Busy:
         return ca.latest_crl(), True
     except Exception as exc:
-        # Once a minute at most, as the pause above: the audit trail is not flooded.
-        services.crl_failure_record(ca=ca, error=exc)
+        # Once a minute at most, as the pause above: the audit trail is not flooded. With
+        # what the attempt saw under the lock: a CRL another publisher committed once this
+        # one rolled back makes up for the failure, which is then audited, not shown.
+        services.crl_failure_record(ca=ca, error=exc, newest_before=attempt.newest_crl_id)
     return ca.latest_crl(), False
 
 

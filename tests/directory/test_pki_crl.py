@@ -14,7 +14,7 @@ from cryptography import x509
 
 from django.utils import timezone
 
-from enrollment import keystore, services
+from enrollment import health, keystore, services
 from enrollment.models import AuditEvent, CertificateAuthority
 from enrollment.x509 import keys
 
@@ -83,6 +83,35 @@ def test_an_online_ca_that_cannot_sign_answers_503_and_records_why(
     assert CertificateAuthority.objects.get(slug="issuing").crl_error_code == "KeyStoreError"
     # Recorded once, not once per request.
     assert AuditEvent.objects.filter(action="crl.publish", outcome="failure").count() == 1
+
+
+def test_a_failure_made_up_for_by_another_publishers_crl_is_audited_not_shown(
+    anonymous_client, hierarchy, time_machine, monkeypatch
+):
+    """The request's attempt rolls back, freeing the CA's row, before it records its
+    failure: a publisher waiting on that row (the worker) signs a CRL meanwhile, with no
+    failure to clear. Recorded without what the attempt saw under the lock, the failure
+    failed /health/ and the RA console with that newer CRL being served. (Here the other
+    publisher's CRL is signed inside the failing attempt, after it read the newest CRL
+    under the lock, which is all the check looks at.)"""
+    stale = hierarchy.issuing.latest_crl()
+    time_machine.move_to(stale.next_update + timedelta(minutes=1))
+    publish_if_due = services.crl_publish_if_due
+
+    def another_publisher_signs_then_this_fails(**kwargs):
+        publish_if_due(**kwargs)
+        raise RuntimeError("the HSM session of this web process broke")
+
+    monkeypatch.setattr(services, "crl_publish_if_due", another_publisher_signs_then_this_fails)
+
+    response = anonymous_client.get("/pki/issuing.crl")
+
+    assert response.status_code == 200
+    assert response["ETag"] == f'"{hierarchy.issuing.pk}-{stale.number + 1}"'
+    (issuing,) = [status for status in health.crl_status() if status.slug == "issuing"]
+    assert (issuing.failed_at, issuing.problems) == (None, [])
+    failed = AuditEvent.objects.get(action="crl.publish", outcome="failure")
+    assert failed.detail["error_code"] == "RuntimeError"
 
 
 def test_a_current_crl_is_served_without_signing_anything(anonymous_client, hierarchy):
