@@ -74,17 +74,21 @@ def start_afresh(
     in through the directory or single sign-on). A sign-in that brings the privilege (a
     role mirrored from the provider) keeps its own session, ``keep``. A superuser gaining
     a role gains nothing (``becoming_superuser``: the save that made them one). Audited as
-    account.fresh_start when anything ended."""
+    account.fresh_start when anything ended, and its owner is mailed what ended."""
     from knox.models import AuthToken
 
     from accounts.mfa import remove_devices
     from accounts.sessions import sessions_end
     from enrollment.audit import audit_record
     from enrollment.models import AuditEvent
+    from enrollment.notifications import account_started_afresh
+    from enrollment.services import _token_facts
 
     if user.pk is None or (user.is_superuser and not becoming_superuser):
         return  # a superuser holds everything already: a role adds nothing to take over
     ended = sessions_end(user, keep=keep)
+    # Named before they go, for the owner's mail (as api_token_revoke names one).
+    held = list(AuthToken.objects.filter(user=user).select_related("api_token").order_by("created"))
     tokens = AuthToken.objects.filter(user=user).delete()[1].get(AuthToken._meta.label, 0)
     last_set = (
         AuditEvent.objects.filter(
@@ -117,4 +121,13 @@ def start_afresh(
             "second_factor_removed": bool(removed),
             "source": source,
         },
+    )
+    # After the commit (notifications._send): a grant rolled back ended nothing.
+    account_started_afresh(
+        user,
+        granted_by=actor if getattr(actor, "pk", None) not in (None, user.pk) else None,
+        sessions_ended=ended,
+        tokens=[_token_facts(token) for token in held],
+        password_unusable=known_to_another,
+        second_factor_removed=bool(removed),
     )

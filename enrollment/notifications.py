@@ -135,6 +135,35 @@ def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> No
     )
 
 
+def account_started_afresh(
+    user: Any,
+    *,
+    granted_by: Any,
+    sessions_ended: int,
+    tokens: list[dict[str, object]],
+    password_unusable: bool,
+    second_factor_removed: bool,
+) -> None:
+    """The account gained privilege and started afresh (accounts.privilege.start_afresh):
+    signed out, its scripts stopped, perhaps its password gone, with no other word. One
+    mail says what ended and what to do; ``tokens`` as api_token_revoked names them."""
+    _send(
+        "Your account was given new rights: its sign-ins were reset",
+        "enrollment/email/account_fresh_start.txt",
+        {
+            "user": user,
+            "granted_by": granted_by,
+            "sessions_ended": sessions_ended,
+            "tokens": tokens,
+            "password_unusable": password_unusable,
+            "second_factor_removed": second_factor_removed,
+            "tokens_url": reverse("enrollment:token-list"),
+            "url": reverse("accounts:mfa-overview"),
+        },
+        user.email,
+    )
+
+
 SECOND_FACTOR_SUBJECTS = {
     "added": "An authenticator app was set up for your account",
     "replaced": "Your authenticator app was replaced",

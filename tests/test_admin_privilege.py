@@ -6,11 +6,14 @@ themselves, join the RA officers, or set a superuser's password (accounts.privil
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
 
 from django.contrib.auth.models import Group, Permission
+from django.core import mail
+from django.db import transaction
 from django.forms import MultiWidget
 from django.test import Client
 
@@ -446,6 +449,108 @@ def test_losing_privilege_or_a_plain_group_starts_nothing(officer, signing_staff
 
     assert AuthToken.objects.filter(user=officer).count() == 1
     assert token
+
+
+# --- the owner is told what ended -----------------------------------------------------
+
+
+def fresh_start_mail(user: User) -> list[Any]:
+    return [m for m in mail.outbox if m.to == [user.email] and "new rights" in m.subject]
+
+
+def test_a_promotion_tells_the_owner_what_ended_in_one_mail(
+    helpdesk, employee, officers, admin_user, admin_client_, django_capture_on_commit_callbacks
+):
+    """Their scripts stop and their password goes without a word otherwise: revoking a
+    token mails its owner (api_token_revoke), a fresh start deletes them directly."""
+    from enrollment.models import ApiToken
+    from tests.second_factor import authenticator
+
+    client_for(helpdesk).post(
+        f"{USERS}{employee.pk}/password/",
+        {"password1": NEW_PASSWORD, "password2": NEW_PASSWORD, "usable_password": "true"},
+    )
+    authenticator(employee)
+    signed_in_browser(employee)
+    api_token(employee)
+    ApiToken.objects.filter(auth_token__user=employee).update(label="nightly export")
+    api_token(employee)
+    named, unnamed = (
+        ApiToken.objects.get(label=label).auth_token.token_key for label in ("nightly export", "")
+    )
+    mail.outbox.clear()
+    url = change_url(employee)
+    data = form_data(admin_client_, url, groups=[str(officers.pk)])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_client_.post(url, data).status_code == 302
+
+    [message] = [m for m in mail.outbox if m.to == [employee.email]]
+    assert message in fresh_start_mail(employee)
+    body = message.body
+    assert "Hello Alice Andersson," in body
+    assert (
+        f"alice was given new rights (a role or a permission) by {admin_user.get_full_name()}."
+        in body
+    )
+    assert "signed out of the portal (1 browser session)" in body
+    assert f'"nightly export" (starting with {named})' in body
+    assert f'"(no name)" (starting with {unnamed})' in body
+    assert "were revoked" in body
+    assert "http://pki.example.com/account/tokens/" in body
+    assert "Your password no longer works" in body
+    assert "Your second factor" in body
+    assert [start["tokens_deleted"] for start in fresh_starts(employee)] == [2]
+
+
+def test_a_password_that_survives_is_not_said_to_be_gone(
+    employee, officers, django_capture_on_commit_callbacks
+):
+    api_token(employee)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        employee.groups.add(officers)
+
+    [message] = fresh_start_mail(employee)
+    assert 'API token "(no name)"' in message.body
+    assert " was revoked" in message.body
+    assert "signed out" not in message.body  # never signed in
+    assert "password" not in message.body
+    assert "second factor" not in message.body
+
+
+def test_nothing_ended_nothing_is_mailed(employee, officers, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        employee.groups.add(officers)
+
+    assert fresh_start_mail(employee) == []
+
+
+def test_the_mail_waits_for_the_commit(employee, officers, django_capture_on_commit_callbacks):
+    api_token(employee)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        employee.groups.add(officers)
+        assert fresh_start_mail(employee) == []
+
+    assert fresh_start_mail(employee) == []
+    for callback in callbacks:
+        callback()
+    assert len(fresh_start_mail(employee)) == 1
+
+
+def test_a_grant_rolled_back_mails_nothing(employee, officers, django_capture_on_commit_callbacks):
+    api_token(employee)
+
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        contextlib.suppress(RuntimeError),
+        transaction.atomic(),
+    ):
+        employee.groups.add(officers)
+        raise RuntimeError("the directory sync failed half-way")
+
+    assert fresh_start_mail(employee) == []
 
 
 def test_the_help_desk_cannot_rename_an_account(helpdesk, employee):
