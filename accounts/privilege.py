@@ -82,7 +82,7 @@ def start_afresh(
     from enrollment.audit import audit_record
     from enrollment.models import AuditEvent
     from enrollment.notifications import account_started_afresh
-    from enrollment.services import _token_facts
+    from enrollment.services import token_facts
 
     if user.pk is None or (user.is_superuser and not becoming_superuser):
         return  # a superuser holds everything already: a role adds nothing to take over
@@ -127,7 +127,7 @@ def start_afresh(
         user,
         granted_by=actor if getattr(actor, "pk", None) not in (None, user.pk) else None,
         sessions_ended=ended,
-        tokens=[_token_facts(token) for token in held],
+        tokens=[token_facts(token) for token in held],
         password_unusable=known_to_another,
         second_factor_removed=bool(removed),
     )

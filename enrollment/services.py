@@ -2959,7 +2959,7 @@ def _live_tokens(owner: User) -> list[AuthToken]:
     )
 
 
-def _token_facts(token: AuthToken) -> dict[str, object]:
+def token_facts(token: AuthToken) -> dict[str, object]:
     """How audit events and e-mails name a token: its prefix and name, never its digest."""
     named = getattr(token, "api_token", None)
     return {"prefix": token.token_key, "label": named.label if named is not None else ""}
@@ -3005,7 +3005,7 @@ def api_token_create(
                 f"({cap}); revoke one you no longer use first."
             )
         if label and label.casefold() in {
-            str(_token_facts(token)["label"]).casefold() for token in live
+            str(token_facts(token)["label"]).casefold() for token in live
         }:
             raise PolicyViolation(
                 "You already have a token with that name; choose another.", field="label"
@@ -3021,7 +3021,7 @@ def api_token_create(
             target=owner,
             source_address=source_address,
             detail={
-                **_token_facts(token),
+                **token_facts(token),
                 "expires": token.expiry,
                 "via": via,
                 "second_factor": second_factor,
@@ -3044,7 +3044,7 @@ def api_token_revoke(
 
     Its owner is e-mailed when someone else revoked it (an administrator, for a leaver).
     """
-    facts = _token_facts(token)
+    facts = token_facts(token)
     owner = token.user
     with transaction.atomic():
         deleted, _per_model = AuthToken.objects.filter(pk=token.pk).delete()
