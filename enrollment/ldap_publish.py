@@ -338,7 +338,7 @@ class Directory:
             raise PersonNotFound(f"{search} matches more than one entry") from None
         except LDAPException as exc:
             raise DirectoryError(
-                f"searching for {search} failed: {_describe(exc)}",
+                f"searching for {search} failed: {describe(exc)}",
                 connection_lost=_connection_lost(exc),
             ) from exc
         found = [r for r in self._connection.response or [] if r.get("type") == "searchResEntry"]
@@ -364,57 +364,80 @@ class Directory:
             self._connection.modify(dn, changes, controls=[PERMISSIVE_MODIFY])
         except LDAPException as exc:
             raise DirectoryError(
-                f"changing {dn} failed: {_describe(exc)}", connection_lost=_connection_lost(exc)
+                f"changing {dn} failed: {describe(exc)}", connection_lost=_connection_lost(exc)
             ) from exc
 
 
-def _describe(exc: Exception) -> str:
+def describe(exc: Exception, password: str | None = None) -> str:
     """A short, secret-free description of an ldap3 error for logs and /health/. ldap3
     does not put the password in its messages; this is a second line should a server or a
-    later ldap3 echo it."""
+    later ldap3 echo it. ``password``: the one to hide, by default the publication's."""
     text = str(exc) or type(exc).__name__
-    password = settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD
+    password = settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD if password is None else password
     if password:
         text = text.replace(password, "********")
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def _open() -> Any:
-    """A connection bound as the service account (StartTLS first if asked)."""
-    from ldap3 import NONE, Connection, Server, Tls
+def open_bound(
+    *,
+    uris: list[str],
+    bind_dn: str,
+    password: str,
+    start_tls: bool,
+    ca_file: str,
+    timeout: int,
+) -> Any:
+    """An ldap3 connection bound as a service account (StartTLS first if asked), TLS
+    always verified; several URIs are tried in turn, as python-ldap does with a list.
+    DirectoryError, naming no secret, when it cannot connect or bind. Shared with the
+    leavers' sync (enrollment.ldap_sync), which binds with AUTH_LDAP_BIND_DN."""
+    from ldap3 import FIRST, NONE, Connection, Server, ServerPool, Tls
     from ldap3.core.exceptions import LDAPException
 
-    uri = settings.PKIPORTAL_LDAP_PUBLISH_URI
-    timeout = settings.PKIPORTAL_LDAP_PUBLISH_TIMEOUT
-    tls = Tls(
-        validate=ssl.CERT_REQUIRED,
-        ca_certs_file=settings.PKIPORTAL_LDAP_PUBLISH_CA_FILE or None,
-    )
-    server = Server(
-        uri,
-        use_ssl=uri.lower().startswith("ldaps://"),
-        tls=tls,
-        connect_timeout=timeout,
-        get_info=NONE,
-    )
+    tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_file or None)
+    servers = [
+        Server(
+            uri,
+            use_ssl=uri.lower().startswith("ldaps://"),
+            tls=tls,
+            connect_timeout=timeout,
+            get_info=NONE,
+        )
+        for uri in uris
+    ]
     connection = Connection(
-        server,
-        user=settings.PKIPORTAL_LDAP_PUBLISH_BIND_DN or None,
-        password=settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD or None,
+        servers[0] if len(servers) == 1 else ServerPool(servers, FIRST, active=1),
+        user=bind_dn or None,
+        password=password or None,
         receive_timeout=timeout,
         raise_exceptions=True,
         auto_referrals=False,
     )
     try:
         connection.open()
-        if settings.PKIPORTAL_LDAP_PUBLISH_START_TLS:
+        if start_tls:
             connection.start_tls()
         connection.bind()
     except LDAPException as exc:
         with suppress(LDAPException, OSError):  # a failed TLS handshake leaves no socket
             connection.unbind()
-        raise DirectoryError(f"{uri}: could not connect and bind: {_describe(exc)}") from exc
+        raise DirectoryError(
+            f"{' '.join(uris)}: could not connect and bind: {describe(exc, password)}"
+        ) from exc
     return connection
+
+
+def _open() -> Any:
+    """A connection bound as the publication's service account."""
+    return open_bound(
+        uris=[settings.PKIPORTAL_LDAP_PUBLISH_URI],
+        bind_dn=settings.PKIPORTAL_LDAP_PUBLISH_BIND_DN,
+        password=settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD or "",
+        start_tls=settings.PKIPORTAL_LDAP_PUBLISH_START_TLS,
+        ca_file=settings.PKIPORTAL_LDAP_PUBLISH_CA_FILE,
+        timeout=settings.PKIPORTAL_LDAP_PUBLISH_TIMEOUT,
+    )
 
 
 @contextmanager

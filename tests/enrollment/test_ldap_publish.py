@@ -766,7 +766,7 @@ def test_error_messages_never_carry_the_password(settings):
     from ldap3.core.exceptions import LDAPBindError
 
     settings.PKIPORTAL_LDAP_PUBLISH_BIND_PASSWORD = "s3cret-pa55"
-    described = ldap_publish._describe(LDAPBindError("bind as cn=x with s3cret-pa55 refused"))
+    described = ldap_publish.describe(LDAPBindError("bind as cn=x with s3cret-pa55 refused"))
     assert "s3cret-pa55" not in described
     assert described == "LDAPBindError: bind as cn=x with ******** refused"
 
