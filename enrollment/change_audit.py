@@ -43,12 +43,14 @@ Actor = User | AnonymousUser | None
 
 @dataclass(frozen=True)
 class ChangeSource:
-    source: str = "other"  # "admin", "sso" or "other"
+    source: str = "other"  # "admin", "sso", "ldap_sync" or "other"
     actor: Actor = None  # None: the system
     address: str | None = None
     # The browser session a sign-in is being made in: an account gaining privilege keeps it
     # while its other sessions end (accounts.privilege.start_afresh).
     session: Any = None
+    # Why, added to an account.change (the leavers' sync: the reason and the entry's DN).
+    why: dict[str, Any] | None = None
 
 
 _state = threading.local()
@@ -56,11 +58,15 @@ _state = threading.local()
 
 @contextmanager
 def changes_from(
-    source: str, actor: Actor = None, address: str | None = None, session: Any = None
+    source: str,
+    actor: Actor = None,
+    address: str | None = None,
+    session: Any = None,
+    why: dict[str, Any] | None = None,
 ) -> Iterator[ChangeSource]:
     """Role changes made in this block are recorded as made by ``actor`` through ``source``."""
     previous = getattr(_state, "source", None)
-    _state.source = ChangeSource(source, actor, address, session)
+    _state.source = ChangeSource(source, actor, address, session, why)
     try:
         yield _state.source
     finally:
@@ -201,7 +207,7 @@ def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
             actor=source.actor,
             target=instance,
             source_address=source.address,
-            detail={"changes": changes, "source": source.source},
+            detail={**(source.why or {}), "changes": changes, "source": source.source},
         )
         if any(changes.get(name) == [False, True] for name in ("is_staff", "is_superuser")):
             assert isinstance(instance, User)
