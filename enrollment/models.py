@@ -1173,6 +1173,43 @@ class LdapMissingEntry(models.Model):
         return f"no directory entry for user {self.user_id}"
 
 
+class LdapSyncRun(models.Model):
+    """The latest run of the leavers' sync with the sign-in directory (one row,
+    enrollment.ldap_sync).
+
+    Kept so /health/ and the RA console can say, cheaply, that the directory could not be
+    read, that the cap held deactivations back, or that a superuser has left, until a
+    later run or the command sets it right.
+    """
+
+    class Source(models.TextChoices):
+        SCHEDULE = "schedule", "Scheduled (beat)"
+        COMMAND = "command", "manage.py ldap_sync_leavers --confirm"
+
+    ran_at = models.DateTimeField()
+    source = models.CharField(max_length=10, choices=Source.choices)
+    checked = models.PositiveIntegerField(default=0, help_text="Directory accounts looked up.")
+    found = models.PositiveIntegerField(default=0, help_text="Of those, found and enabled.")
+    gone = models.PositiveIntegerField(
+        default=0, help_text="Accounts the directory no longer has, or has disabled."
+    )
+    cap = models.PositiveIntegerField(help_text="PKIPORTAL_LDAP_SYNC_MAX_PER_RUN then.")
+    held_back = models.PositiveIntegerField(
+        default=0, help_text="Accounts it did not deactivate because more were gone than the cap."
+    )
+    deactivated = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    superusers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="User names of superusers the directory no longer has: never deactivated.",
+    )
+    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+
+    def __str__(self) -> str:
+        return f"Directory leavers' sync at {self.ran_at:%Y-%m-%d %H:%M}"
+
+
 # --- background work ------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from accounts.requests import AuthenticatedHttpRequest
 from enrollment import (
     health,
     ldap_publish,
+    ldap_sync,
     leavers,
     outdated,
     ra_selectors,
@@ -164,6 +165,7 @@ def console(request: AuthenticatedHttpRequest) -> HttpResponse:
         "leaver_check": leavers.leaver_check(),
         "issuing": health.issuing_ca_status(),
         "ldap_check": ldap_publish.ldap_check(),
+        "ldap_sync_check": ldap_sync.ldap_sync_check(),
     }
     return render(request, "enrollment/ra/console.html", context)
 
@@ -291,6 +293,7 @@ def leaver_list(request: AuthenticatedHttpRequest) -> HttpResponse:
         "after_hours": settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS,
         "cap": settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN,
         "leaver_check": leavers.leaver_check(now),
+        "ldap_sync_check": ldap_sync.ldap_sync_check(now),
         "reason": Certificate.RevocationReasonChoice.AFFILIATION_CHANGED.value,
     }
     return render(request, "enrollment/ra/leavers.html", context)

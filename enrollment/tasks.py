@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
 from accounts.sessions import sessions_clear_expired
-from enrollment import health, ldap_publish, services
+from enrollment import health, ldap_publish, ldap_sync, services
 from enrollment.models import CertificateAuthority, RevocationList
 
 logger = logging.getLogger(__name__)
@@ -231,6 +231,21 @@ def ldap_reconcile_task() -> dict[str, Any]:
         logger.info("A directory reconciliation is still running; this one is skipped.")
         return {"skipped": "another run is in progress"}
     return result.as_dict()
+
+
+# --- leavers from the sign-in directory ------------------------------------------------
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=ldap_sync.RUN_SOFT_TIME_LIMIT,
+    time_limit=ldap_sync.RUN_TIME_LIMIT,
+)
+def ldap_sync_leavers_task() -> dict[str, Any]:
+    """Beat, hourly: deactivate the accounts the directory no longer has or has disabled,
+    unless it cannot be read whole or more are gone than the cap. Nothing if turned off."""
+    if not ldap_sync.enabled():
+        return {"mode": "off"}
+    return ldap_sync.leavers_sync().as_dict()
 
 
 # --- roll-outs --------------------------------------------------------------------------

@@ -10,8 +10,9 @@ is checked before the session, which lives in the database: details still come w
 database is what is down. "Warn" (the offline root's CRL expires within a month, an
 issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or already
 cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS,
-the cap held leavers' certificate revocations back, or publishing certificates to the
-LDAP directory fails) still answers 200.
+the cap held leavers' certificate revocations back, publishing certificates to the
+LDAP directory fails, or the directory leavers' sync cannot read it or held back) still
+answers 200.
 
 Callers who get only the verdict share one broker and worker ping per process every
 BROKER_CHECK_SECONDS (and one CA key check a minute): a flood of them costs no pings.
@@ -32,7 +33,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from accounts import mfa
-from enrollment import health, ldap_publish, leavers
+from enrollment import health, ldap_publish, ldap_sync, leavers
 from enrollment.permissions import is_ra_officer
 
 # A probe must answer quickly even when the broker host is gone.
@@ -198,8 +199,11 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
         results["leavers"] = leavers.leaver_check()
         # "warn" while publishing to the LDAP directory fails or finds people no entry.
         results["ldap_publish"] = ldap_publish.ldap_check()
+        # "warn" while the directory leavers' sync cannot read the directory, the cap holds
+        # deactivations back, or a superuser has left the directory.
+        results["ldap_sync"] = ldap_sync.ldap_sync_check()
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
-        for name in ("issuing_ca", "ca_keys", "leavers", "ldap_publish"):
+        for name in ("issuing_ca", "ca_keys", "leavers", "ldap_publish", "ldap_sync"):
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}
     # "warn" when an issuing CA in use is name-constrained more narrowly than the setting.
     results["mail_domains"] = health.mail_domain_status(

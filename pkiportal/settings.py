@@ -766,10 +766,11 @@ if env.str("AUTH_LDAP_SERVER_URI", default=""):
     AUTH_LDAP_START_TLS = env.bool("AUTH_LDAP_START_TLS", default=False)
     AUTH_LDAP_BIND_DN = env.str("AUTH_LDAP_BIND_DN", default="")
     AUTH_LDAP_BIND_PASSWORD = _secret("AUTH_LDAP_BIND_PASSWORD", default="") or ""
+    # Kept as text too: the leavers' sync (below) searches with them through ldap3.
+    AUTH_LDAP_USER_SEARCH_BASE = env.str("AUTH_LDAP_USER_SEARCH_BASE")
+    AUTH_LDAP_USER_FILTER = env.str("AUTH_LDAP_USER_FILTER", default="(uid=%(user)s)")
     AUTH_LDAP_USER_SEARCH = LDAPSearch(
-        env.str("AUTH_LDAP_USER_SEARCH_BASE"),
-        ldap.SCOPE_SUBTREE,
-        env.str("AUTH_LDAP_USER_FILTER", default="(uid=%(user)s)"),
+        AUTH_LDAP_USER_SEARCH_BASE, ldap.SCOPE_SUBTREE, AUTH_LDAP_USER_FILTER
     )
     AUTH_LDAP_USER_ATTR_MAP = env.dict(
         "AUTH_LDAP_USER_ATTR_MAP",
@@ -793,6 +794,69 @@ if env.str("AUTH_LDAP_SERVER_URI", default=""):
             NestedActiveDirectoryGroupType() if _active_directory else GroupOfNamesType()
         )
         AUTH_LDAP_MIRROR_GROUPS = SSO_MIRRORED_GROUPS
+
+# --- leavers from the directory (README.md, "When someone leaves") ---------------------
+# Off by default: true makes beat deactivate, hourly, the accounts django-auth-ldap created
+# whose entry AUTH_LDAP_USER_SEARCH_BASE / AUTH_LDAP_USER_FILTER no longer finds or finds
+# disabled (enrollment.ldap_sync). Needs AUTH_LDAP_SERVER_URI and the ldap3 package.
+PKIPORTAL_LDAP_SYNC_LEAVERS = env.bool("PKIPORTAL_LDAP_SYNC_LEAVERS", default=False)
+# Which entries are disabled: Active Directory's ACCOUNTDISABLE bit of userAccountControl
+# by default; empty: only entries that are gone count.
+PKIPORTAL_LDAP_SYNC_DISABLED_FILTER = env.str(
+    "PKIPORTAL_LDAP_SYNC_DISABLED_FILTER", default="(userAccountControl:1.2.840.113556.1.4.803:=2)"
+).strip()
+# More accounts to deactivate in one run than this, and the run deactivates none.
+PKIPORTAL_LDAP_SYNC_MAX_PER_RUN = _whole_number(
+    "PKIPORTAL_LDAP_SYNC_MAX_PER_RUN", 25, 0, 100000, "accounts"
+)
+# CA certificates (PEM) that verify the directory's TLS certificate; empty: the system's.
+PKIPORTAL_LDAP_SYNC_CA_FILE = env.str("PKIPORTAL_LDAP_SYNC_CA_FILE", default="")
+PKIPORTAL_LDAP_SYNC_TIMEOUT = _whole_number("PKIPORTAL_LDAP_SYNC_TIMEOUT", 10, 1, 120, "seconds")
+if PKIPORTAL_LDAP_SYNC_LEAVERS:
+    import importlib.util
+
+    from enrollment.ldap_filter import user_attributes
+
+    if not env.str("AUTH_LDAP_SERVER_URI", default=""):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_SYNC_LEAVERS needs the directory people sign in with: set "
+            'AUTH_LDAP_SERVER_URI and the other AUTH_LDAP_ settings (README.md, "Company '
+            'directory and single sign-on").'
+        )
+    if importlib.util.find_spec("ldap3") is None:
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_SYNC_LEAVERS is on but the ldap3 package is not installed: "
+            "`pip install ldap3`."
+        )
+    if not all(
+        uri.lower().startswith(("ldap://", "ldaps://")) for uri in AUTH_LDAP_SERVER_URI.split()
+    ):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_SYNC_LEAVERS reaches AUTH_LDAP_SERVER_URI with ldap3, which takes "
+            "ldap:// and ldaps:// URIs (several separated by spaces), not ldapi://."
+        )
+    if not user_attributes(AUTH_LDAP_USER_FILTER):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_SYNC_LEAVERS matches entries to accounts by the attribute "
+            "AUTH_LDAP_USER_FILTER compares with %(user)s, e.g. (sAMAccountName=%(user)s); "
+            f"{AUTH_LDAP_USER_FILTER!r} compares none."
+        )
+    if PKIPORTAL_LDAP_SYNC_DISABLED_FILTER and not (
+        PKIPORTAL_LDAP_SYNC_DISABLED_FILTER.startswith("(")
+        and PKIPORTAL_LDAP_SYNC_DISABLED_FILTER.endswith(")")
+    ):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_LDAP_SYNC_DISABLED_FILTER must be a parenthesised LDAP filter, e.g. "
+            "(nsAccountLock=TRUE), or empty."
+        )
+    CELERY_BEAT_SCHEDULE |= {
+        # Hourly: a person disabled in the directory is a leaver here within the hour.
+        "ldap-sync-leavers": {
+            "task": "enrollment.tasks.ldap_sync_leavers_task",
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
+    }
 
 # --- publishing certificates to the organisation's LDAP directory ----------------------
 # Optional (README.md, "Publishing to Active Directory / LDAP"): what Windows Certificate

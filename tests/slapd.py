@@ -1,4 +1,5 @@
-"""A throwaway OpenLDAP server (Debian's slapd) for the tests that publish to a directory.
+"""A throwaway OpenLDAP server (Debian's slapd) for the tests that publish to a directory
+or read who has left it (with two Active Directory attributes added to its schema).
 
 One per test session, started on first use: a minimal slapd.conf (core, cosine and
 inetOrgPerson schemas; mdb in a temporary directory) on a free localhost port. Entries are
@@ -36,6 +37,7 @@ CONFIG = """\
 include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
+include {directory}/ad.schema
 TLSCACertificateFile {directory}/ca.pem
 TLSCertificateFile {directory}/server.pem
 TLSCertificateKeyFile {directory}/server.key
@@ -60,6 +62,22 @@ access to attrs=userPassword
     by * none
 access to * by * read
 """
+# The two Active Directory attributes the directory leavers' sync reads, with AD's OIDs and
+# syntaxes (userAccountControl an INTEGER, so slapd's integerBitAndMatch, AD's
+# 1.2.840.113556.1.4.803, applies), on an auxiliary class of our own (a 2.25 UUID OID).
+AD_SCHEMA = """\
+attributetype ( 1.2.840.113556.1.4.221 NAME 'sAMAccountName'
+    EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.8 NAME 'userAccountControl'
+    EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+objectclass ( 2.25.254314230655238693064564238290723883265 NAME 'pkiportalTestAdAccount'
+    SUP top AUXILIARY MAY ( sAMAccountName $ userAccountControl ) )
+"""
+# userAccountControl of an enabled user (NORMAL_ACCOUNT) and of a disabled one
+# (NORMAL_ACCOUNT | ACCOUNTDISABLE).
+AD_ENABLED = 512
+AD_DISABLED = 514
 
 
 class Slapd:
@@ -108,6 +126,7 @@ class Slapd:
     def start(self) -> None:
         (self.directory / "data").mkdir(exist_ok=True)
         self._make_tls_certificates()
+        (self.directory / "ad.schema").write_text(AD_SCHEMA)
         conf = self.directory / "slapd.conf"
         conf.write_text(
             CONFIG.format(
@@ -224,6 +243,22 @@ class Slapd:
             f"sn:: {b64(uid)}\nmail: {mail}\n{values}"
         )
         return dn
+
+    def add_ad_person(self, sam: str, *, account_control: int = AD_ENABLED) -> str:
+        """An Active Directory-like user: sAMAccountName and userAccountControl."""
+        dn = f"cn={sam},{PEOPLE}"
+        self.add(
+            f"dn: {dn}\nobjectClass: inetOrgPerson\nobjectClass: pkiportalTestAdAccount\n"
+            f"cn: {sam}\nsn: {sam}\nsAMAccountName: {sam}\n"
+            f"userAccountControl: {account_control}\n"
+        )
+        return dn
+
+    def replace(self, dn: str, attribute: str, value: str) -> None:
+        self.modify(f"dn: {dn}\nchangetype: modify\nreplace: {attribute}\n{attribute}: {value}\n")
+
+    def delete(self, dn: str) -> None:
+        self._run("ldapdelete", dn)
 
     def values(self, dn: str, attribute: str = "userCertificate;binary") -> list[bytes]:
         """What `ldapsearch` reads from an entry's attribute: the DER values."""
