@@ -95,6 +95,28 @@ def ldap_publish_is_encrypted(app_configs: Any = None, **kwargs: Any) -> list[Ch
 
 
 @register(Tags.security, deploy=True)
+def sign_in_directory_is_encrypted(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The directory people sign in with takes their passwords, and the leavers' sync
+    binds with the service account's: never in clear."""
+    uris = getattr(settings, "AUTH_LDAP_SERVER_URI", "")
+    if not isinstance(uris, str) or getattr(settings, "AUTH_LDAP_START_TLS", False):
+        return []
+    plain = [uri for uri in uris.split() if uri.lower().startswith("ldap://")]
+    if not plain:
+        return []
+    return [
+        Warning(
+            f"AUTH_LDAP_SERVER_URI ({' '.join(plain)}) is plain LDAP without StartTLS: "
+            "people's passwords at sign-in, and the service account's password "
+            "(AUTH_LDAP_BIND_DN, which the directory leavers' sync binds with too), cross the "
+            "network unencrypted.",
+            hint="Use ldaps:// or set AUTH_LDAP_START_TLS=true.",
+            id="pkiportal.W012",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
 def hsm_pin_is_in_a_file(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """An environment variable is inherited by every child process (the tools the portal
     runs among them) and readable in /proc/<pid>/environ; a 0400 file is not."""

@@ -1,6 +1,7 @@
 """`manage.py check --deploy` warns of a base URL that other organisations cannot reach,
-plain LDAP, an HSM PIN in the environment or SoftHSM in production, and a CA key
-passphrase kept where it protects nothing."""
+plain LDAP (publication, and the directory people sign in with), an HSM PIN in the
+environment or SoftHSM in production, and a CA key passphrase kept where it protects
+nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from enrollment.checks import (
     internal_host_problem,
     ldap_publish_is_encrypted,
     monitoring_token_is_behind_https,
+    sign_in_directory_is_encrypted,
 )
 
 
@@ -96,6 +98,33 @@ def test_plain_ldap_publication_is_named(uri, start_tls, warned, settings):
     warnings = ldap_publish_is_encrypted()
 
     assert [w.id for w in warnings] == (["pkiportal.W003"] if warned else [])
+
+
+@pytest.mark.parametrize(
+    ("uri", "start_tls", "warned"),
+    [
+        ("ldap://dc1.example.com", False, True),
+        ("ldaps://dc1.example.com ldap://dc2.example.com", False, True),
+        ("ldap://dc1.example.com", True, False),
+        ("ldaps://dc1.example.com ldaps://dc2.example.com", False, False),
+        (None, False, False),  # no directory sign-in
+    ],
+)
+def test_plain_ldap_sign_in_is_named(uri, start_tls, warned, settings):
+    """People's passwords, and the service account's the leavers' sync binds with."""
+    if uri is None:
+        assert not hasattr(settings, "AUTH_LDAP_SERVER_URI")
+    else:
+        settings.AUTH_LDAP_SERVER_URI = uri
+    settings.AUTH_LDAP_START_TLS = start_tls
+
+    warnings = sign_in_directory_is_encrypted()
+
+    assert [w.id for w in warnings] == (["pkiportal.W012"] if warned else [])
+    for warning in warnings:  # it names the plain URIs, not the others
+        assert [part for part in uri.split() if part in warning.msg] == [
+            part for part in uri.split() if part.startswith("ldap://")
+        ]
 
 
 # --- the HSM (PKCS#11) key store -------------------------------------------------------
