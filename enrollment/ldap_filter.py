@@ -1,6 +1,7 @@
 """LDAP search filters built from a template such as django-auth-ldap's
-AUTH_LDAP_USER_FILTER, ``(sAMAccountName=%(user)s)``: plain string work over RFC 4515, no
-Django and no ldap3, so the settings module can check a template at start-up.
+AUTH_LDAP_USER_FILTER, ``(sAMAccountName=%(user)s)``. Importing it needs neither Django nor
+ldap3, so the settings module can check a template at start-up; only filling one in
+(escaped by ldap3, RFC 4515) needs ldap3.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from collections.abc import Iterable
 # not by OID: directories return attributes by name, and an entry is matched back to its
 # account by what the attribute holds.
 _USER_COMPARISON = re.compile(r"\(\s*([A-Za-z][A-Za-z0-9-]*)\s*=\s*%\(user\)s\s*\)")
-# RFC 4515 section 3: these must be escaped in an assertion value.
-_SPECIAL = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\0": r"\00"}
 
 
 def user_attributes(template: str) -> list[str]:
@@ -25,8 +24,10 @@ def user_attributes(template: str) -> list[str]:
 
 
 def escape(value: str) -> str:
-    """An assertion value with RFC 4515's special characters escaped."""
-    return "".join(_SPECIAL.get(char, char) for char in value)
+    """An assertion value with RFC 4515's special characters escaped (ldap3's own)."""
+    from ldap3.utils.conv import escape_filter_chars
+
+    return str(escape_filter_chars(value))
 
 
 def any_of(template: str, usernames: Iterable[str]) -> str:
