@@ -132,13 +132,34 @@ class RecoveryPerformForm(PortalForm):
     )
 
     def clean_agent_pkcs12(self) -> bytes:
-        upload = self.cleaned_data["agent_pkcs12"]
-        if upload.size > MAX_AGENT_PKCS12_BYTES:
-            raise forms.ValidationError(
-                "The file is far larger than a key recovery agent's PKCS#12."
-            )
-        data: bytes = upload.read(MAX_AGENT_PKCS12_BYTES + 1)
-        return data
+        return _small_file(self.cleaned_data["agent_pkcs12"], "a key recovery agent's PKCS#12")
+
+
+def _small_file(upload: Any, what: str) -> bytes:
+    """A key file's bytes, in memory (AgentFileInMemory), refused past the size cap."""
+    if upload.size > MAX_AGENT_PKCS12_BYTES:
+        raise forms.ValidationError(f"The file is far larger than {what}.")
+    data: bytes = upload.read(MAX_AGENT_PKCS12_BYTES + 1)
+    return data
+
+
+class RecoveredKeyForm(PortalForm):
+    """The key an agent decrypted offline from the exported archive, and its passphrase:
+    used in memory for this request only, as RecoveryPerformForm's file."""
+
+    recovered_key = forms.FileField(
+        label="The recovered key (recovered-key.pem, or the DER that openssl cms wrote)",
+        widget=forms.ClearableFileInput(attrs={"accept": ".pem,.der,.key"}),
+    )
+    key_passphrase = forms.CharField(
+        label="Its passphrase (empty if the file is not encrypted)",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
+    )
+
+    def clean_recovered_key(self) -> bytes:
+        return _small_file(self.cleaned_data["recovered_key"], "a private key")
 
 
 # Dates a filter takes: wide enough for any record, narrow enough that a day more or a zone

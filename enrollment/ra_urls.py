@@ -24,6 +24,12 @@ urlpatterns = [
     path("recovery/<int:pk>/reject/", ra_views.recovery_reject, name="recovery-reject"),
     path("recovery/<int:pk>/withdraw/", ra_views.recovery_withdraw, name="recovery-withdraw"),
     path("recovery/<int:pk>/perform/", ra_views.recovery_perform, name="recovery-perform"),
+    path("recovery/<int:pk>/archive/", ra_views.recovery_archive, name="recovery-archive"),
+    path(
+        "recovery/<int:pk>/perform/offline/",
+        ra_views.recovery_perform_offline,
+        name="recovery-perform-offline",
+    ),
     path("recovery/<int:pk>/download/", ra_views.recovery_download, name="recovery-download"),
     path("audit/", ra_views.audit_list, name="audit"),
     path("audit/export.<str:fmt>", ra_views.audit_export, name="audit-export"),

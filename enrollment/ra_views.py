@@ -55,6 +55,7 @@ from enrollment.ra_forms import (
     AuditFilterForm,
     CertificateSearchForm,
     OfficerRevokeForm,
+    RecoveredKeyForm,
     RecoveryAcceptForm,
     RecoveryOpenForm,
     RecoveryPerformForm,
@@ -630,12 +631,6 @@ def _recovery_perform(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
     found = _visible_recovery(request, pk)
     if not is_key_recovery_agent(request.user):
         raise PermissionDenied("Only key recovery agents carry out recoveries.")
-    archived = getattr(found.certificate, "archived_key", None)
-    context: dict[str, Any] = {
-        "recovery": found,
-        "recipient": recovery.recipient_name(found),
-        "agents": list(archived.recipients.all()) if archived else [],
-    }
     status = 200
     if request.method == "POST":
         form = RecoveryPerformForm(request.POST, request.FILES)
@@ -651,19 +646,114 @@ def _recovery_perform(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
             except EnrollmentError as exc:
                 status = show_error(form, exc)
             else:
-                # Shown in this response only: never in a message, the session or a log.
-                return render(
-                    request,
-                    "enrollment/ra/recovery_performed.html",
-                    {**context, "recovery": performed, "one_time_password": password},
-                )
+                return _performed_page(request, found, performed, password)
         else:
             status = 400
     else:
         form = RecoveryPerformForm()
+    return _perform_page(request, found, RecoveredKeyForm(), online_form=form, status=status)
+
+
+@sensitive_variables()  # the one-time password
+def _performed_page(
+    request: HttpRequest, found: KeyRecoveryRequest, performed: KeyRecoveryRequest, password: str
+) -> HttpResponse:
+    # Shown in this response only: never in a message, the session or a log.
     return render(
-        request, "enrollment/ra/recovery_perform.html", {**context, "form": form}, status=status
+        request,
+        "enrollment/ra/recovery_performed.html",
+        {**_perform_context(found), "recovery": performed, "one_time_password": password},
     )
+
+
+def _perform_context(found: KeyRecoveryRequest) -> dict[str, Any]:
+    archived = getattr(found.certificate, "archived_key", None)
+    return {
+        "recovery": found,
+        "recipient": recovery.recipient_name(found),
+        "agents": list(archived.recipients.all()) if archived else [],
+    }
+
+
+def _perform_page(
+    request: AuthenticatedHttpRequest,
+    found: KeyRecoveryRequest,
+    offline_form: forms.Form,
+    *,
+    online_form: forms.Form | None = None,
+    errors: list[str] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The agent's page: online with their PKCS#12, or offline with the archive."""
+    archived = getattr(found.certificate, "archived_key", None)
+    context = {
+        **_perform_context(found),
+        "form": online_form or RecoveryPerformForm(),
+        "offline_form": offline_form,
+        "errors": errors or [],
+        "usable_offline": archived is not None
+        and bool(recovery.usable_agents(archived, request.user)),
+        "archive_name": f"recovery-{found.pk}-{found.certificate.serial[:12]}.p7m",
+    }
+    return render(request, "enrollment/ra/recovery_perform.html", context, status=status)
+
+
+@never_cache
+@login_required
+@require_POST
+def recovery_archive(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """The archive (CMS EnvelopedData) for an agent who decrypts it on their own machine."""
+    found = _visible_recovery(request, pk)
+    if not is_key_recovery_agent(request.user):
+        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+    try:
+        current, envelope = recovery.recovery_archive_export(
+            recovery=found, agent_user=request.user, source_address=client_address(request)
+        )
+    except EnrollmentError as exc:
+        return _perform_page(
+            request, found, RecoveredKeyForm(), errors=[exc.message], status=status_for(exc)
+        )
+    response = HttpResponse(envelope, content_type="application/pkcs7-mime")
+    response["Content-Disposition"] = (
+        f'attachment; filename="recovery-{current.pk}-{current.certificate.serial[:12]}.p7m"'
+    )
+    return response
+
+
+@csrf_exempt  # only to install the upload handler first: the view below checks the token
+def recovery_perform_offline(request: HttpRequest, pk: int) -> HttpResponse:
+    """A key recovery agent hands in the key they decrypted offline from the archive."""
+    request.upload_handlers = [AgentFileInMemory(request)]  # the holder's key: never on disk
+    return _recovery_perform_offline(cast(AuthenticatedHttpRequest, request), pk)
+
+
+# As _recovery_perform: the key and its passphrase stay out of error reports.
+@sensitive_variables()
+@sensitive_post_parameters("key_passphrase")
+@csrf_protect
+@never_cache
+@login_required
+@require_POST
+def _recovery_perform_offline(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    found = _visible_recovery(request, pk)
+    if not is_key_recovery_agent(request.user):
+        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+    form = RecoveredKeyForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _perform_page(request, found, form, status=400)
+    try:
+        performed, password = recovery.recovery_perform_offline(
+            recovery=found,
+            agent_user=request.user,
+            key_file=form.cleaned_data["recovered_key"],
+            key_passphrase=form.cleaned_data["key_passphrase"],
+            source_address=client_address(request),
+        )
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        return _perform_page(request, found, form, status=status)
+    return _performed_page(request, found, performed, password)
 
 
 @never_cache

@@ -792,6 +792,40 @@ def _open_agent_pkcs12(
     return agent, certificate, key
 
 
+def _check_may_perform(current: KeyRecoveryRequest, agent_user: User) -> None:
+    """Everything but the agent's key: a third person, the quorum, the recipient."""
+    _check_performable(current)
+    _check_agent_independent(current, agent_user)
+    _check_recipient_still_officer(current)
+    _check_delegate_recipient(current)
+
+
+def _current_for_agent(recovery: KeyRecoveryRequest, agent_user: User) -> KeyRecoveryRequest:
+    if not is_key_recovery_agent(agent_user):
+        raise NotPermitted("Only key recovery agents carry out recoveries.")
+    current = KeyRecoveryRequest.objects.select_related("certificate__ca").get(pk=recovery.pk)
+    _check_may_perform(current, agent_user)
+    return current
+
+
+def usable_agents(archived: ArchivedKey, agent_user: User) -> list[KeyRecoveryAgent]:
+    """The archive's recipients this account may decrypt with: its own agent certificates
+    and those registered for no account (as _open_agent_pkcs12 allows)."""
+    return [a for a in archived.recipients.all() if a.user_id in (None, agent_user.pk)]
+
+
+def _usable_agents_or_refuse(archived: ArchivedKey, agent_user: User) -> list[KeyRecoveryAgent]:
+    usable = usable_agents(archived, agent_user)
+    if not usable:
+        names = ", ".join(a.name for a in archived.recipients.all()) or "no registered agent"
+        raise NotPermitted(
+            f"This key was archived only to agent certificates of other accounts ({names}); "
+            "one of them must carry it out. Nothing was changed.",
+            field="recovered_key",
+        )
+    return usable
+
+
 @sensitive_variables()  # as _open_agent_pkcs12
 def recovery_perform(
     *,
@@ -809,13 +843,7 @@ def recovery_perform(
     with _refusals_audited(
         "recovery.perform", actor=agent_user, target=recovery, source_address=source_address
     ):
-        if not is_key_recovery_agent(agent_user):
-            raise NotPermitted("Only key recovery agents carry out recoveries.")
-        current = KeyRecoveryRequest.objects.select_related("certificate__ca").get(pk=recovery.pk)
-        _check_performable(current)
-        _check_agent_independent(current, agent_user)
-        _check_recipient_still_officer(current)
-        _check_delegate_recipient(current)
+        current = _current_for_agent(recovery, agent_user)
         agent, agent_certificate, agent_key = _open_agent_pkcs12(
             agent_pkcs12, agent_password, agent_user=agent_user
         )
@@ -837,59 +865,153 @@ def recovery_perform(
             )
         except X509Error as exc:
             raise PolicyViolation(exc.message, field="agent_pkcs12") from None
+        del agent_key  # Python cannot wipe memory; dropping the references is what we can do.
         if key.public_key() != certificate.certificate.public_key():
             raise InvalidState(
                 "The archive holds a key that does not belong to this certificate; nothing was "
                 "recovered. Report this to the PKI administrators."
             )
-        password = one_time_password()
-        bundle = pkcs12.export_pkcs12(
-            key=key,
-            certificate=certificate.certificate,
-            chain=[ca.certificate for ca in certificate.ca.chain()],
-            password=password,
-            friendly_name=f"{certificate.common_name} (recovered)",
-            fmt=pkcs12.Pkcs12Format(current.pkcs12_format),
+        return _wrap_for_recipient(
+            recovery, current, key, agent=agent, agent_user=agent_user,
+            source_address=source_address, detail={},
+        )  # fmt: skip
+
+
+def recovery_archive_export(
+    *, recovery: KeyRecoveryRequest, agent_user: User, source_address: str | None = None
+) -> tuple[KeyRecoveryRequest, bytes]:
+    """The archive itself (DER CMS EnvelopedData) for an agent who decrypts it offline, so
+    that their agent key never reaches this server: only once the recovery may be carried
+    out, and only to an agent who may carry it out and holds one of its recipients' keys.
+    It is encrypted to the agents, so it says nothing to anyone else; audited all the same
+    (recovery.export), as the step that starts an offline recovery."""
+    with _refusals_audited(
+        "recovery.export", actor=agent_user, target=recovery, source_address=source_address
+    ):
+        current = _current_for_agent(recovery, agent_user)
+        archived = ArchivedKey.objects.get(certificate=current.certificate)
+        usable = _usable_agents_or_refuse(archived, agent_user)
+        audit_record(
+            action="recovery.export",
+            actor=agent_user,
+            target=current,
+            source_address=source_address,
+            detail={
+                "agents": [a.name for a in usable],
+                "agent_fingerprints": [a.fingerprint_sha256 for a in usable],
+            },
         )
-        # Python cannot wipe memory; dropping the references is what we can do.
-        del key, agent_key
-        with transaction.atomic():
-            # As recovery_download: a shared mailbox's row first, then the recovery's, and
-            # the delegates read again under it. A delegate's removal either commits before
-            # this reads them (refused: nothing recovered for someone just removed) or
-            # waits until this has committed (and the download is refused instead).
-            services.lock_mailbox(certificate.mailbox_id)
-            locked = _lock(recovery)
-            _check_performable(locked)
-            _check_agent_independent(locked, agent_user)
-            _check_recipient_still_officer(locked)
-            _check_delegate_recipient(locked)
-            now = timezone.now()
-            locked.state = State.READY
-            locked.agent = agent
-            locked.performed_by = agent_user
-            locked.performed_at = now
-            locked.bundle = bundle
-            locked.download_expires_at = now + timedelta(
-                minutes=settings.PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES
+    return current, bytes(archived.envelope)
+
+
+@sensitive_variables()  # as _open_agent_pkcs12
+def recovery_perform_offline(
+    *,
+    recovery: KeyRecoveryRequest,
+    agent_user: User,
+    key_file: bytes,
+    key_passphrase: str,
+    source_address: str | None = None,
+) -> tuple[KeyRecoveryRequest, str]:
+    """Finish a recovery with the key an agent decrypted from the exported archive on their
+    own machine (recovery_archive_export): the same checks as recovery_perform, the key
+    must be the certificate's, and it is re-wrapped under a one-time password alike. The
+    agent's own key never came here; the recovered one is used in memory, kept nowhere."""
+    with _refusals_audited(
+        "recovery.perform", actor=agent_user, target=recovery, source_address=source_address
+    ):
+        current = _current_for_agent(recovery, agent_user)
+        certificate = current.certificate
+        archived = ArchivedKey.objects.get(certificate=certificate)
+        usable = _usable_agents_or_refuse(archived, agent_user)
+        if len(key_file) > MAX_AGENT_PKCS12_BYTES:
+            raise PolicyViolation(
+                "The file is far larger than a private key.", field="recovered_key"
             )
-            locked.save(
-                update_fields=["state", "agent", "performed_by", "performed_at", "bundle",
-                               "download_expires_at", "updated_at"]
-            )  # fmt: skip
-            audit_record(
-                action="recovery.perform",
-                actor=agent_user,
-                target=locked,
-                source_address=source_address,
-                detail={
-                    "agent": agent.name,
-                    "agent_fingerprint": agent.fingerprint_sha256,
-                    "format": locked.pkcs12_format,
-                    "download_until": locked.download_expires_at,
-                },
+        try:
+            key = keys.load_private_key(
+                key_file, key_passphrase.encode("utf-8") if key_passphrase else None
             )
-            notify.recovery_step(locked, "ready", actor=agent_user)
+        except X509Error as exc:
+            raise PolicyViolation(
+                f"{exc.message} Nothing was changed.", field="recovered_key"
+            ) from None
+        if key.public_key() != certificate.certificate.public_key():
+            raise PolicyViolation(
+                f"This is not the key of certificate {certificate.serial}: its public key "
+                "differs. Upload what `openssl cms -decrypt` wrote from this recovery's "
+                "archive. Nothing was changed.",
+                field="recovered_key",
+            )
+        # Whose key opened it cannot be known here; one usable certificate of this
+        # account's own is named (as recovery_perform names the one used), else none.
+        own = [a for a in usable if a.user_id == agent_user.pk]
+        agent = own[0] if len(own) == 1 else (usable[0] if len(usable) == 1 else None)
+        return _wrap_for_recipient(
+            recovery, current, key, agent=agent, agent_user=agent_user,
+            source_address=source_address, detail={"offline": True},
+        )  # fmt: skip
+
+
+@sensitive_variables()  # as _open_agent_pkcs12
+def _wrap_for_recipient(
+    recovery: KeyRecoveryRequest,
+    current: KeyRecoveryRequest,
+    key: keys.PrivateKey,
+    *,
+    agent: KeyRecoveryAgent | None,
+    agent_user: User,
+    source_address: str | None,
+    detail: dict[str, Any],
+) -> tuple[KeyRecoveryRequest, str]:
+    """The recovered key, its certificate and the chain as a PKCS#12 under a one-time
+    password, stored for the one download; the password is returned to be shown once."""
+    certificate = current.certificate
+    password = one_time_password()
+    bundle = pkcs12.export_pkcs12(
+        key=key,
+        certificate=certificate.certificate,
+        chain=[ca.certificate for ca in certificate.ca.chain()],
+        password=password,
+        friendly_name=f"{certificate.common_name} (recovered)",
+        fmt=pkcs12.Pkcs12Format(current.pkcs12_format),
+    )
+    del key
+    with transaction.atomic():
+        # As recovery_download: a shared mailbox's row first, then the recovery's, and
+        # the delegates read again under it. A delegate's removal either commits before
+        # this reads them (refused: nothing recovered for someone just removed) or
+        # waits until this has committed (and the download is refused instead).
+        services.lock_mailbox(certificate.mailbox_id)
+        locked = _lock(recovery)
+        _check_may_perform(locked, agent_user)
+        now = timezone.now()
+        locked.state = State.READY
+        locked.agent = agent
+        locked.performed_by = agent_user
+        locked.performed_at = now
+        locked.bundle = bundle
+        locked.download_expires_at = now + timedelta(
+            minutes=settings.PKIPORTAL_RECOVERY_DOWNLOAD_MINUTES
+        )
+        locked.save(
+            update_fields=["state", "agent", "performed_by", "performed_at", "bundle",
+                           "download_expires_at", "updated_at"]
+        )  # fmt: skip
+        audit_record(
+            action="recovery.perform",
+            actor=agent_user,
+            target=locked,
+            source_address=source_address,
+            detail={
+                "agent": agent.name if agent is not None else "",
+                "agent_fingerprint": agent.fingerprint_sha256 if agent is not None else "",
+                **detail,
+                "format": locked.pkcs12_format,
+                "download_until": locked.download_expires_at,
+            },
+        )
+        notify.recovery_step(locked, "ready", actor=agent_user)
     return _refresh(recovery, locked), password
 
 

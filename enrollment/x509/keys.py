@@ -185,8 +185,20 @@ def encrypt_private_key_pem(key: PrivateKey, passphrase: bytes) -> bytes:
 
 def load_private_key_pem(data: bytes, passphrase: bytes | None) -> PrivateKey:
     """Load an RSA or EC private key from PEM, mapping every failure to an X509Error."""
+    return _load_private_key(data, passphrase, der=False)
+
+
+def load_private_key(data: bytes, passphrase: bytes | None) -> PrivateKey:
+    """An RSA or EC private key from PEM or DER (PKCS#8, encrypted or not, or the
+    traditional forms), as `openssl pkey` and `openssl cms -decrypt` write them."""
+    return _load_private_key(data, passphrase, der=b"-----BEGIN" not in data)
+
+
+def _load_private_key(data: bytes, passphrase: bytes | None, *, der: bool) -> PrivateKey:
+    form = "DER" if der else "PEM"
+    load = serialization.load_der_private_key if der else serialization.load_pem_private_key
     try:
-        key = serialization.load_pem_private_key(data, password=passphrase)
+        key = load(data, password=passphrase)
     except TypeError as exc:
         if passphrase is None:
             raise X509Error("The private key is encrypted; a passphrase is required.") from exc
@@ -196,7 +208,7 @@ def load_private_key_pem(data: bytes, passphrase: bytes | None) -> PrivateKey:
             raise X509Error(
                 "The private key could not be decrypted: wrong passphrase or damaged file."
             ) from exc
-        raise X509Error("The data is not a readable PEM private key.") from exc
+        raise X509Error(f"The data is not a readable {form} private key.") from exc
     except UnsupportedAlgorithm as exc:
         raise X509Error("The private key uses an unsupported algorithm.") from exc
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
