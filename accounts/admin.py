@@ -188,7 +188,13 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
         ("Second factor", {"fields": ("second_factor",)}),
     )
-    readonly_fields = ("deactivated_at", "email_changed_at", "second_factor")
+    readonly_fields = (
+        "deactivated_at",
+        "email_changed_at",
+        "second_factor",
+        "second_factor_state",
+        "password_state",
+    )
 
     # What only a superuser gives (accounts.privilege); groups are narrowed in the form.
     # The user name too: single sign-on finds accounts by it, so renaming a plain account to
@@ -199,6 +205,31 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
     def get_readonly_fields(self, request: HttpRequest, obj: User | None = None) -> Any:
         fields = tuple(super().get_readonly_fields(request, obj))
         return fields if request.user.is_superuser else (*fields, *self.PRIVILEGE_FIELDS)
+
+    def get_fieldsets(self, request: HttpRequest, obj: User | None = None) -> Any:
+        """The password and second factor without the links to their pages where those
+        pages would refuse the viewer (a privileged account seen read-only, their own
+        second factor): a link that leads to 403 only invites the attempt."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        swap: dict[str, str] = {}
+        if not self.has_change_permission(request, obj):
+            swap["password"] = "password_state"
+        if not mfa.may_reset(request.user, obj):
+            swap["second_factor"] = "second_factor_state"
+        return [
+            (
+                name,
+                {
+                    **options,
+                    "fields": tuple(
+                        swap.get(f, f) if isinstance(f, str) else f for f in options["fields"]
+                    ),
+                },
+            )
+            for name, options in fieldsets
+        ]
 
     def has_change_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
         """Also guards the password page, which asks this of the account."""
@@ -212,32 +243,50 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
     @admin.display(description="Second factor")
     def second_factor(self, obj: User) -> str:
         """Whether the person has an authenticator app, and the way to reset a lost one."""
+        return self._second_factor(obj, reset=True)
+
+    @admin.display(description="Second factor")
+    def second_factor_state(self, obj: User) -> str:
+        """The same, for a viewer who may not reset it (get_fieldsets)."""
+        return self._second_factor(obj, reset=False)
+
+    def _second_factor(self, obj: User, *, reset: bool) -> str:
         if obj.pk is None:
             return "-"
         device = mfa.confirmed_totp(obj)
         keys = WebAuthnDevice.objects.filter(user=obj).count()
-        reset = reverse("admin:accounts_user_mfa_reset", args=[obj.pk])
+        link = (
+            format_html(
+                ' <a href="{}">Reset it…</a>',
+                reverse("admin:accounts_user_mfa_reset", args=[obj.pk]),
+            )
+            if reset
+            else ""
+        )
         also = f" and {keys} security key{'s' if keys != 1 else ''}" if keys else ""
         if device is None and keys:
-            return format_html(
-                '{} security key{}. <a href="{}">Reset it…</a>',
-                keys,
-                "s" if keys != 1 else "",
-                reset,
-            )
+            return format_html("{} security key{}.{}", keys, "s" if keys != 1 else "", link)
         if device is None:
             # An unfinished set-up (or stray backup codes) is still something to reset.
             if mfa.has_any_device(obj):
-                return format_html('An unfinished set-up. <a href="{}">Reset it…</a>', reset)
+                return format_html("An unfinished set-up.{}", link)
             return "None set up."
         return format_html(
-            'Authenticator app, set up {}{}. <a href="{}">Reset it…</a>',
+            "Authenticator app, set up {}{}.{}",
             date_format(timezone.localtime(device.created_at), "Y-m-d H:i T")
             if device.created_at
             else "earlier",
             also,
-            reset,
+            link,
         )
+
+    @admin.display(description="Password")
+    def password_state(self, obj: User) -> str:
+        """Whether the account has a password, without Django's button to the password
+        page, for a viewer that page refuses (get_fieldsets)."""
+        if obj.has_usable_password():
+            return "Set."
+        return "No password set."
 
     def get_urls(self) -> list[Any]:
         extra = [

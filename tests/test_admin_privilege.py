@@ -601,3 +601,61 @@ def test_a_superuser_joining_a_role_stays_signed_in(admin_user, admin_client_, o
     assert response.status_code == 302
     assert admin_client_.get(USERS).status_code == 200
     assert fresh_starts(admin_user) == []
+
+
+# --- the account page links only where the viewer may go --------------------------------
+
+
+def reset_url(user: User) -> str:
+    return f"{USERS}{user.pk}/two-factor/reset/"
+
+
+def test_a_privileged_account_seen_read_only_offers_no_password_or_reset_link(helpdesk, officer):
+    """Both pages would refuse the help desk (403): no link to them."""
+    from tests.second_factor import authenticator
+
+    authenticator(officer)
+    client = client_for(helpdesk)
+
+    page = client.get(change_url(officer)).content.decode()
+
+    assert "Authenticator app, set up" in page  # what it has is still shown
+    assert "../password/" not in page
+    assert reset_url(officer) not in page
+    assert client.get(f"{USERS}{officer.pk}/password/").status_code == 403
+    assert client.get(reset_url(officer)).status_code == 403
+
+
+def test_a_superuser_sees_the_password_and_reset_links_of_a_privileged_account(
+    admin_client_, officer
+):
+    from tests.second_factor import authenticator
+
+    authenticator(officer)
+
+    page = admin_client_.get(change_url(officer)).content.decode()
+
+    assert "../password/" in page
+    assert reset_url(officer) in page
+    assert admin_client_.get(f"{USERS}{officer.pk}/password/").status_code == 200
+    assert admin_client_.get(reset_url(officer)).status_code == 200
+
+
+def test_the_help_desk_sees_the_links_for_an_employee_and_no_reset_of_its_own(helpdesk, employee):
+    """It may set an employee's password and reset their second factor, and set its own
+    password, but never reset its own second factor (mfa.may_reset)."""
+    from tests.second_factor import authenticator
+
+    authenticator(employee)
+    authenticator(helpdesk)
+    client = client_for(helpdesk)
+
+    theirs = client.get(change_url(employee)).content.decode()
+    own = client.get(change_url(helpdesk)).content.decode()
+
+    assert "../password/" in theirs
+    assert reset_url(employee) in theirs
+    assert "../password/" in own
+    assert reset_url(helpdesk) not in own
+    assert "Authenticator app, set up" in own
+    assert client.get(reset_url(helpdesk)).status_code == 403
