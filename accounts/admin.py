@@ -19,7 +19,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts import mfa
@@ -151,9 +151,52 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
     ) -> type[ModelForm[Group]]:
         return _for(super().get_form(request, obj, change=change, **kwargs), request)
 
+    # Members listed on a group's page; beyond these, a count and the accounts list filtered
+    # by the group (paginated there): a group of everyone would otherwise fill the page.
+    MEMBERS_SHOWN = 50
+
     def get_readonly_fields(self, request: HttpRequest, obj: Group | None = None) -> Any:
         fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # Linked to each account where the viewer may open accounts, named otherwise.
+            users = self.admin_site.get_model_admin(User)
+            linked = users.has_view_or_change_permission(request)
+            fields = (*fields, "members" if linked else "member_names")
         return fields if request.user.is_superuser else (*fields, "permissions")
+
+    @admin.display(description="Members")
+    def members(self, obj: Group) -> str:
+        """Who is in the group, each linked to their account: who holds a role, or may use
+        a template, is what a reviewer of the group wants to see."""
+        return self._members(obj, linked=True)
+
+    @admin.display(description="Members")
+    def member_names(self, obj: Group) -> str:
+        """The same, unlinked, for a viewer who may not open accounts."""
+        return self._members(obj, linked=False)
+
+    def _members(self, obj: Group, *, linked: bool) -> str:
+        total = obj.user_set.count()
+        if not total:
+            return "None."
+        shown = obj.user_set.order_by("username")[: self.MEMBERS_SHOWN]
+        names = format_html_join(
+            ", ",
+            '<a href="{}">{}</a>' if linked else "{1}",
+            (
+                (reverse("admin:accounts_user_change", args=[user.pk]), user.get_username())
+                for user in shown
+            ),
+        )
+        if total <= self.MEMBERS_SHOWN:
+            return format_html("{} ({}).", names, total)
+        rest = total - self.MEMBERS_SHOWN
+        if not linked:
+            return format_html("{} and {} more ({} in all).", names, rest, total)
+        every = reverse("admin:accounts_user_changelist") + f"?groups__id__exact={obj.pk}"
+        return format_html(
+            '{} and {} more: <a href="{}">all {} members</a>.', names, rest, every, total
+        )
 
     def has_change_permission(self, request: HttpRequest, obj: Group | None = None) -> bool:
         allowed = super().has_change_permission(request, obj)

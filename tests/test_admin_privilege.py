@@ -659,3 +659,99 @@ def test_the_help_desk_sees_the_links_for_an_employee_and_no_reset_of_its_own(he
     assert reset_url(helpdesk) not in own
     assert "Authenticator app, set up" in own
     assert client.get(reset_url(helpdesk)).status_code == 403
+
+
+# --- a group's page lists its members --------------------------------------------------
+
+
+def group_url(group: Group) -> str:
+    return f"{GROUPS}{group.pk}/change/"
+
+
+def members_field(page) -> str:
+    """The rendered Members line of a group's change page."""
+    [line] = [
+        field
+        for fieldset in page.context["adminform"]
+        for row in fieldset
+        for field in row
+        if isinstance(field.field, dict) and field.field["label"] == "Members"
+    ]
+    return str(line.contents())
+
+
+def test_a_groups_page_lists_its_members_linked_to_their_accounts(
+    helpdesk, signing_staff, employee, colleague
+):
+    signing_staff.user_set.add(employee, colleague)
+
+    page = client_for(helpdesk).get(group_url(signing_staff))
+
+    assert page.status_code == 200
+    assert members_field(page) == (
+        f'<a href="{change_url(employee)}">alice</a>, '
+        f'<a href="{change_url(colleague)}">bob</a> (2).'
+    )
+
+
+def test_a_role_groups_members_are_shown_to_a_help_desk_that_may_only_view_it(
+    helpdesk, officers, officer
+):
+    page = client_for(helpdesk).get(group_url(officers))
+
+    assert page.status_code == 200
+    assert page.context["has_change_permission"] is False
+    assert members_field(page) == f'<a href="{change_url(officer)}">olivia</a> (1).'
+    # The link leads somewhere it may go: the account, read-only.
+    assert client_for(helpdesk).get(change_url(officer)).status_code == 200
+
+
+def test_a_big_groups_page_shows_the_first_members_and_links_to_all_of_them(
+    helpdesk, signing_staff
+):
+    from accounts.admin import PortalGroupAdmin
+
+    shown = PortalGroupAdmin.MEMBERS_SHOWN
+    people = [UserFactory(username=f"member{n:03d}") for n in range(shown + 3)]
+    signing_staff.user_set.add(*people)
+    client = client_for(helpdesk)
+
+    line = members_field(client.get(group_url(signing_staff)))
+
+    every = f"{USERS}?groups__id__exact={signing_staff.pk}"
+    assert line.count("<a href=") == shown + 1
+    assert f">member{shown - 1:03d}</a>" in line
+    assert f">member{shown:03d}</a>" not in line
+    assert line.endswith(f' and 3 more: <a href="{every}">all {shown + 3} members</a>.')
+    listed = client.get(every)
+    assert listed.status_code == 200
+    assert listed.context["cl"].result_count == shown + 3
+
+
+def test_a_viewer_who_may_not_open_accounts_sees_member_names_unlinked(signing_staff, employee):
+    signing_staff.user_set.add(employee)
+    viewer = UserFactory(username="vera", is_staff=True)
+    viewer.user_permissions.add(*perms("view_group"))
+    viewer.refresh_from_db()
+    client = client_for(viewer)
+
+    page = client.get(group_url(signing_staff))
+
+    assert page.status_code == 200
+    assert members_field(page) == "alice (1)."
+    assert client.get(change_url(employee)).status_code == 403
+
+
+def test_who_may_not_view_a_group_sees_no_members(signing_staff, employee):
+    signing_staff.user_set.add(employee)
+    staff = UserFactory(username="stan", is_staff=True)
+
+    assert client_for(staff).get(group_url(signing_staff)).status_code == 403
+    assert client_for(employee).get(group_url(signing_staff)).status_code == 302  # sign-in
+
+
+def test_adding_a_group_shows_no_members_line(helpdesk):
+    page = client_for(helpdesk).get(f"{GROUPS}add/")
+
+    assert page.status_code == 200
+    assert "Members" not in page.content.decode()
