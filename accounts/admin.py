@@ -274,6 +274,21 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             for name, options in fieldsets
         ]
 
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> User | None:
+        """For a write (a POST to the change, password, second-factor reset or delete page,
+        each in one transaction), the account read under its row lock, held to the commit.
+        Whether it may be administered is decided on that: a promotion committed meanwhile
+        is seen (403), and one made after waits for the write to commit, then finds the
+        password it set (accounts.privilege.start_afresh). Without the lock a help desk's
+        save decided on the plain account could commit after the promotion."""
+        found = super().get_object(request, object_id, from_field)
+        if found is None or request.method != "POST":
+            return found
+        locked = self.get_queryset(request).select_for_update(of=("self",))
+        return locked.filter(pk=found.pk).first()
+
     def has_change_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
         """Also guards the password page, which asks this of the account."""
         allowed = super().has_change_permission(request, obj)
@@ -343,7 +358,12 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
 
     def mfa_reset_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """A person lost their phone and their backup codes: remove their second factor so
-        they set up a new one at their next sign-in. Confirmed on a page, audited."""
+        they set up a new one at their next sign-in. Confirmed on a page, audited; decided
+        and done in one transaction, under the account's row lock (get_object)."""
+        with transaction.atomic():
+            return self._mfa_reset(request, object_id)
+
+    def _mfa_reset(self, request: HttpRequest, object_id: str) -> HttpResponse:
         target = self.get_object(request, unquote(object_id))
         if target is None:
             raise Http404

@@ -86,7 +86,11 @@ def start_afresh(
 
     if user.pk is None or (user.is_superuser and not becoming_superuser):
         return  # a superuser holds everything already: a role adds nothing to take over
+    # sessions_end updates the account's row first: an admin write deciding under that row's
+    # lock (PortalUserAdmin.get_object) has committed when it returns, so the password such
+    # a write set is seen below, however the two overlapped.
     ended = sessions_end(user, keep=keep)
+    user.refresh_from_db(fields=["password"])  # what such a write stored, not what was read
     # Named before they go, for the owner's mail (as api_token_revoke names one).
     held = list(AuthToken.objects.filter(user=user).select_related("api_token").order_by("created"))
     tokens = AuthToken.objects.filter(user=user).delete()[1].get(AuthToken._meta.label, 0)

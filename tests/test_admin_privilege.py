@@ -7,6 +7,7 @@ themselves, join the RA officers, or set a superuser's password (accounts.privil
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ from django.test import Client
 
 from accounts.models import User
 from tests.conftest import client_for
+from tests.enrollment.test_compromise_concurrency import overlap
 from tests.factories import UserFactory
+from tests.markers import needs_row_locks
 
 pytestmark = pytest.mark.django_db
 
@@ -755,3 +758,104 @@ def test_adding_a_group_shows_no_members_line(helpdesk):
 
     assert page.status_code == 200
     assert "Members" not in page.content.decode()
+
+
+# --- a help desk's write and a promotion at the same moment (PostgreSQL) -----------------
+
+
+def write(page: str, client: Client, user: User) -> tuple[str, dict[str, Any]]:
+    """The help desk's POST to one of the pages that write an account, the page first
+    opened as a browser would (which also leaves nothing slow for the first request of a
+    thread, so the POST reaches its check while the other transaction is open)."""
+    url = {
+        "password": f"{USERS}{user.pk}/password/",
+        "change": change_url(user),
+        "second factor reset": reset_url(user),
+        "delete": f"{USERS}{user.pk}/delete/",
+    }[page]
+    assert client.get(url).status_code == 200
+    if page == "password":
+        data = {"password1": NEW_PASSWORD, "password2": NEW_PASSWORD, "usable_password": "true"}
+    elif page == "change":
+        data = form_data(client, url, email="taken-over@example.com")
+    else:
+        data = {"post": "yes"} if page == "delete" else {}
+    return url, data
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@needs_row_locks
+@pytest.mark.parametrize("page", ["password", "change", "second factor reset", "delete"])
+def test_a_help_desk_write_waiting_on_a_promotion_sees_it_and_is_refused(
+    helpdesk, employee, officers, page
+):
+    """The promotion has the account's row (its fresh start); the help desk's write waits
+    for it to commit, then finds an officer it may not administer."""
+    from accounts.models import TotpDevice
+    from tests.second_factor import authenticator
+
+    authenticator(employee)
+    client = client_for(helpdesk)
+    url, data = write(page, client, employee)
+    before = User.objects.get(pk=employee.pk)
+    promoted, release = threading.Event(), threading.Event()
+
+    def promote() -> None:
+        with transaction.atomic():
+            employee.groups.add(officers)
+            promoted.set()
+            release.wait(timeout=30)  # an officer, not yet committed
+
+    promoting, writing, waited = overlap(promote, promoted, release, lambda: client.post(url, data))
+
+    assert waited  # on the account's row
+    assert "error" not in promoting, promoting
+    assert writing["value"].status_code == 403
+    after = User.objects.get(pk=employee.pk)
+    assert (after.password, after.email) == (before.password, before.email)
+    assert TotpDevice.objects.filter(user=employee).exists()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@needs_row_locks
+@pytest.mark.parametrize("had_password", [True, False], ids=["had a password", "had none"])
+def test_a_promotion_waiting_on_a_help_desks_password_finds_it_and_makes_it_unusable(
+    helpdesk, employee, officers, monkeypatch, had_password
+):
+    """The help desk judged the account plain and is setting its password (its job); the
+    promotion waits for that to commit, then starts the account afresh without it, though
+    the instance it was given was read before (an account without a password, say one
+    that signs in through single sign-on, then has one)."""
+    from accounts.admin import PortalUserAdmin
+
+    if not had_password:
+        employee.set_unusable_password()
+        employee.save()
+    client = client_for(helpdesk)
+    decided, release = threading.Event(), threading.Event()
+    check = PortalUserAdmin.has_change_permission
+
+    def check_then_hold(self, request, obj=None):  # type: ignore[no-untyped-def]
+        allowed = check(self, request, obj)
+        if obj is not None and request.method == "POST" and not decided.is_set():
+            decided.set()  # judged plain; the password not yet set
+            release.wait(timeout=30)
+        return allowed
+
+    monkeypatch.setattr(PortalUserAdmin, "has_change_permission", check_then_hold)
+    url, data = write("password", client, employee)
+
+    def promote() -> None:
+        with transaction.atomic():
+            employee.groups.add(officers)
+
+    writing, promoting, waited = overlap(lambda: client.post(url, data), decided, release, promote)
+
+    assert waited  # on the account's row
+    assert "error" not in promoting, promoting
+    assert writing["value"].status_code == 302  # a plain account when it was set
+    employee.refresh_from_db()
+    assert list(employee.groups.all()) == [officers]
+    assert not employee.has_usable_password()
+    [start] = fresh_starts(employee)
+    assert start["password_unusable"] is True
