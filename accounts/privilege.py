@@ -13,9 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import Group
+from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Q, QuerySet
 
+from accounts.models import User
 from enrollment.change_audit import role_groups
+from enrollment.models import AuditEvent
 
 
 def privileged_groups() -> QuerySet[Group]:
@@ -54,6 +57,30 @@ def may_administer(actor: Any, target: Any) -> bool:
     if actor.is_superuser or actor.pk == target.pk:
         return True
     return not is_privileged(target)
+
+
+def members_never_granted(name: str, *, using: str = DEFAULT_DB_ALIAS) -> list[Any]:
+    """Members of the group ``name`` whose latest role.grant or role.revoke for that name is
+    not a grant, by user name: they joined while the group was no role, and it became one
+    when a role group setting was pointed at it. Nothing recorded them gaining the role or
+    started them afresh, and whoever managed the plain group (a help desk) chose them and
+    may know their passwords (enrollment.checks, pkiportal.W012)."""
+    members = list(User.objects.using(using).filter(groups__name=name).order_by("username"))
+    if not members:
+        return []
+    events = (
+        AuditEvent.objects.using(using)
+        .filter(
+            action__in=("role.grant", "role.revoke"),
+            object_type=User._meta.label,
+            object_id__in=[str(member.pk) for member in members],
+            detail__group=name,
+        )
+        .order_by("pk")
+        .values_list("object_id", "action")
+    )
+    latest = dict(events)  # oldest first: each account's newest event wins
+    return [member for member in members if latest.get(str(member.pk)) != "role.grant"]
 
 
 def start_afresh(

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Tags, Warning, register
+from django.db import DatabaseError
 
 # Suffixes that never resolve on the public internet (RFC 2606, 6761, 6762, 8375; and
 # names commonly used for intranets).
@@ -368,3 +369,51 @@ def monitoring_token_is_behind_https(app_configs: Any = None, **kwargs: Any) -> 
             id="pkiportal.W011",
         )
     ]
+
+
+ROLE_GROUP_SETTINGS = ("PKIPORTAL_RA_OFFICER_GROUP", "PKIPORTAL_KRA_GROUP")
+MEMBERS_NAMED = 20
+
+
+@register(Tags.security, Tags.database)
+def role_group_members_were_granted(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """A role group setting pointed at a group that already had members makes them that
+    role with nothing recorded and nobody started afresh: a plain group anyone who manages
+    groups may fill (a help desk) becomes the recovery agents. Run by ``migrate`` and by
+    ``check --database default``; reads the database, so not without them."""
+    from accounts.privilege import members_never_granted
+
+    settings_of: dict[str, list[str]] = {}
+    for setting in ROLE_GROUP_SETTINGS:
+        settings_of.setdefault(getattr(settings, setting), []).append(setting)
+    problems: list[CheckMessage] = []
+    for alias in databases or ():
+        for name, names_it in settings_of.items():
+            try:
+                members = members_never_granted(name, using=alias)
+            except DatabaseError:
+                return []  # not migrated yet: no groups to judge
+            if not members:
+                continue
+            named = ", ".join(member.get_username() for member in members[:MEMBERS_NAMED])
+            more = len(members) - MEMBERS_NAMED
+            problems.append(
+                Warning(
+                    f"{' and '.join(names_it)} name{'s' if len(names_it) == 1 else ''} the "
+                    f"group {name!r}, and {len(members)} of its members "
+                    f"hold{'s' if len(members) == 1 else ''} that role without it ever being "
+                    f"granted to them: {named}"
+                    + (f" and {more} more" if more > 0 else "")
+                    + ". They were in the group before it was the role, so nothing recorded "
+                    "them gaining it or started them afresh.",
+                    hint="Whoever could manage the group while it was plain (a help desk, "
+                    "say) chose them and may know their passwords. As a superuser, remove "
+                    "from the group everyone who should not hold the role, and remove and "
+                    "add back the others: that is recorded (role.grant) and starts them "
+                    "afresh. See README, Company directory and single sign-on.",
+                    id="pkiportal.W012",
+                )
+            )
+    return problems

@@ -859,3 +859,108 @@ def test_a_promotion_waiting_on_a_help_desks_password_finds_it_and_makes_it_unus
     assert not employee.has_usable_password()
     [start] = fresh_starts(employee)
     assert start["password_unusable"] is True
+
+
+# --- a plain group a role group setting is later pointed at ------------------------------
+
+
+@pytest.fixture
+def auditors_filled_by_the_help_desk(helpdesk, employee) -> Group:
+    """A plain group the help desk made and filled, as it may: no role by that name yet."""
+    client = client_for(helpdesk)
+    assert client.post(f"{GROUPS}add/", {"name": "pki-auditors"}).status_code == 302
+    group = Group.objects.get(name="pki-auditors")
+    url = change_url(employee)
+    assert client.post(url, form_data(client, url, groups=[str(group.pk)])).status_code == 302
+    return group
+
+
+def role_checks() -> list[Any]:
+    from enrollment.checks import role_group_members_were_granted
+
+    return role_group_members_were_granted(databases=["default"])
+
+
+def test_a_role_setting_pointed_at_a_group_the_help_desk_filled_names_its_members(
+    auditors_filled_by_the_help_desk, settings
+):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.PKIPORTAL_KRA_GROUP = "pki-auditors"
+
+    [warning] = role_checks()
+    out = StringIO()
+    call_command("check", "--database", "default", stdout=out, stderr=out)
+
+    assert warning.id == "pkiportal.W012"
+    assert "PKIPORTAL_KRA_GROUP names the group 'pki-auditors'" in warning.msg
+    assert "1 of its members" in warning.msg
+    assert ": alice." in warning.msg
+    assert "pkiportal.W012" in out.getvalue()
+    assert "alice" in out.getvalue()
+
+
+def test_the_role_groups_check_reads_the_database_only_when_asked(
+    auditors_filled_by_the_help_desk, settings
+):
+    """Like Django's own database checks: not on every command, only migrate and
+    check --database."""
+    from enrollment.checks import role_group_members_were_granted
+
+    settings.PKIPORTAL_KRA_GROUP = "pki-auditors"
+
+    assert role_group_members_were_granted(databases=None) == []
+
+
+def test_members_who_joined_a_role_group_as_such_are_not_named(officer, key_recovery_agent_user):
+    assert role_checks() == []
+
+
+def test_a_member_given_the_role_again_by_a_superuser_is_no_longer_named(
+    auditors_filled_by_the_help_desk, employee, admin_client_, settings
+):
+    settings.PKIPORTAL_KRA_GROUP = "pki-auditors"
+    api_token(employee)
+    url = change_url(employee)
+    group = auditors_filled_by_the_help_desk
+
+    removed = admin_client_.post(url, form_data(admin_client_, url, groups=[]))
+    added = admin_client_.post(url, form_data(admin_client_, url, groups=[str(group.pk)]))
+
+    assert (removed.status_code, added.status_code) == (302, 302)
+    assert role_checks() == []
+    [start] = fresh_starts(employee)  # what the silent binding never did
+    assert start["tokens_deleted"] == 1
+
+
+def test_a_member_removed_from_the_role_and_put_back_while_the_group_was_plain_is_named(
+    officer, officers, settings
+):
+    """The newest recorded word counts: a grant long ago does not cover a silent return
+    after a recorded removal."""
+    officer.groups.remove(officers)  # recorded: role.revoke
+    settings.PKIPORTAL_RA_OFFICER_GROUP = "Officers elsewhere"
+    officer.groups.add(officers)  # a plain group meanwhile: nothing recorded
+    settings.PKIPORTAL_RA_OFFICER_GROUP = "RA officers"
+
+    [warning] = role_checks()
+
+    assert warning.id == "pkiportal.W012"
+    assert ": olivia." in warning.msg
+
+
+def test_a_long_list_of_members_is_cut_short_with_a_count(
+    auditors_filled_by_the_help_desk, colleague, settings, monkeypatch
+):
+    from enrollment import checks
+
+    monkeypatch.setattr(checks, "MEMBERS_NAMED", 1)
+    auditors_filled_by_the_help_desk.user_set.add(colleague)
+    settings.PKIPORTAL_RA_OFFICER_GROUP = "pki-auditors"
+
+    [warning] = role_checks()
+
+    assert "2 of its members" in warning.msg
+    assert ": alice and 1 more." in warning.msg
