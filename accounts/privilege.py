@@ -60,8 +60,8 @@ def may_administer(actor: Any, target: Any) -> bool:
 
 
 def members_never_granted(name: str, *, using: str = DEFAULT_DB_ALIAS) -> list[Any]:
-    """Members of the group ``name`` whose latest role.grant or role.revoke for that name is
-    not a grant, by user name: they joined while the group was no role, and it became one
+    """Members of the group ``name`` (by user name) whose newest role.grant or role.revoke
+    for that name is not a grant: they joined while the group was no role, and it became one
     when a role group setting was pointed at it. Nothing recorded them gaining the role or
     started them afresh, and whoever managed the plain group (a help desk) chose them and
     may know their passwords (enrollment.checks, pkiportal.W012)."""

@@ -403,11 +403,12 @@ def role_group_members_were_granted(
                 Warning(
                     f"{' and '.join(names_it)} name{'s' if len(names_it) == 1 else ''} the "
                     f"group {name!r}, and {len(members)} of its members "
-                    f"hold{'s' if len(members) == 1 else ''} that role without it ever being "
-                    f"granted to them: {named}"
+                    f"hold{'s' if len(members) == 1 else ''} that role with no grant of it "
+                    f"recorded: {named}"
                     + (f" and {more} more" if more > 0 else "")
-                    + ". They were in the group before it was the role, so nothing recorded "
-                    "them gaining it or started them afresh.",
+                    + ". They joined the group while it was not the role (no role.grant since "
+                    "their last role.revoke, if any), so nothing recorded them gaining it or "
+                    "started them afresh.",
                     hint="Whoever could manage the group while it was plain (a help desk, "
                     "say) chose them and may know their passwords. As a superuser, remove "
                     "from the group everyone who should not hold the role, and remove and "
