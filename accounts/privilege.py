@@ -64,7 +64,7 @@ def members_never_granted(name: str, *, using: str = DEFAULT_DB_ALIAS) -> list[A
     for that name is not a grant: they joined while the group was no role, and it became one
     when a role group setting was pointed at it. Nothing recorded them gaining the role or
     started them afresh, and whoever managed the plain group (a help desk) chose them and
-    may know their passwords (enrollment.checks, pkiportal.W012)."""
+    may know their passwords (enrollment.checks, pkiportal.W013)."""
     members = list(User.objects.using(using).filter(groups__name=name).order_by("username"))
     if not members:
         return []

@@ -414,7 +414,7 @@ def role_group_members_were_granted(
                     "from the group everyone who should not hold the role, and remove and "
                     "add back the others: that is recorded (role.grant) and starts them "
                     "afresh. See README, Company directory and single sign-on.",
-                    id="pkiportal.W012",
+                    id="pkiportal.W013",
                 )
             )
     return problems

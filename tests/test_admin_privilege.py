@@ -894,11 +894,11 @@ def test_a_role_setting_pointed_at_a_group_the_help_desk_filled_names_its_member
     out = StringIO()
     call_command("check", "--database", "default", stdout=out, stderr=out)
 
-    assert warning.id == "pkiportal.W012"
+    assert warning.id == "pkiportal.W013"
     assert "PKIPORTAL_KRA_GROUP names the group 'pki-auditors'" in warning.msg
     assert "1 of its members" in warning.msg
     assert ": alice." in warning.msg
-    assert "pkiportal.W012" in out.getvalue()
+    assert "pkiportal.W013" in out.getvalue()
     assert "alice" in out.getvalue()
 
 
@@ -947,7 +947,7 @@ def test_a_member_removed_from_the_role_and_put_back_while_the_group_was_plain_i
 
     [warning] = role_checks()
 
-    assert warning.id == "pkiportal.W012"
+    assert warning.id == "pkiportal.W013"
     assert ": olivia." in warning.msg
 
 
