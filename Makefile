@@ -21,6 +21,10 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
 # issuing CA is name-constrained to it. `PKIPORTAL_MAIL_DOMAINS= make run` lifts both on
 # a fresh var/ (`make clean` first: an existing demo CA keeps its constraint).
 setup run: export PKIPORTAL_MAIL_DOMAINS ?= example.com
+# Links in mail, the OCSP URL and the CRL/CA URLs in the demo's certificates name the
+# address it serves at: `make run PORT=8123` (or HOST=...) gives them that port too. The
+# demo CA keeps the URLs it was made with: `make clean` before serving elsewhere.
+setup run: export PKIPORTAL_BASE_URL ?= http://$(HOST):$(PORT)
 
 ## setup: install, migrate, create the demo PKI and accounts (embedded default)
 setup: $(VENV)/.runtime
