@@ -3,6 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
+from accounts import mfa
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 
 
@@ -14,4 +15,7 @@ def portal(request: HttpRequest) -> dict[str, Any]:
         "is_ra_officer": lambda: is_ra_officer(user),
         "is_key_recovery_agent": lambda: is_key_recovery_agent(user),
         "oidc_enabled": "mozilla_django_oidc" in settings.INSTALLED_APPS,
+        # Until the second factor is confirmed every other page sends back to it: the
+        # navigation offers only signing out (accounts.middleware.SecondFactorMiddleware).
+        "second_step_pending": lambda: user is not None and mfa.session_needs_second_step(request),
     }

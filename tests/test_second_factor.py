@@ -1096,3 +1096,22 @@ def test_mfa_reseal_moves_seeds_to_a_new_key_and_names_the_unopenable(officer, s
     settings.PKIPORTAL_MFA_KEYS = ["yet another key " * 3]
     with pytest.raises(CommandError, match="could not be opened"):
         call_command("mfa_reseal", stdout=out)
+
+
+def test_before_the_second_step_the_navigation_offers_only_signing_out(officer):
+    """Every other page sends back to the second step: offering the RA console there only
+    loops (and tells an onlooker which roles the account holds)."""
+    _device, seed = authenticator(officer)
+    client = signed_in_only(officer)
+
+    waiting = client.get(PAGES["verify"]).content.decode()
+    nav = waiting.split("<nav>", 1)[1].split("</nav>", 1)[0]
+    assert "Sign out olivia" in nav
+    assert "RA console" not in nav
+    assert "My certificates" not in nav
+    assert "Directory" not in nav
+
+    client.post(PAGES["verify"], {"code": code(seed)})
+    nav = client.get("/").content.decode().split("<nav>", 1)[1].split("</nav>", 1)[0]
+    assert "RA console" in nav
+    assert "My certificates" in nav
