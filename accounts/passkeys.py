@@ -42,6 +42,7 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
@@ -89,6 +90,16 @@ def rp_id() -> str:
 
 def origins() -> list[str]:
     return list(settings.PKIPORTAL_WEBAUTHN_ORIGINS)
+
+
+def origin_elsewhere(request: HttpRequest) -> str | None:
+    """Where security keys work, when this page was opened at another origin (the demo at
+    http://127.0.0.1:8000 while the relying party is localhost): the browser would refuse
+    with a bare "invalid domain", so the page points there instead. None when here."""
+    allowed = origins()
+    if not allowed or f"{request.scheme}://{request.get_host()}".lower() in allowed:
+        return None
+    return allowed[0]
 
 
 def user_handle(user: Any) -> bytes:

@@ -3,7 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
-from accounts import mfa
+from accounts import mfa, passkeys
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 
 
@@ -18,4 +18,6 @@ def portal(request: HttpRequest) -> dict[str, Any]:
         # Until the second factor is confirmed every other page sends back to it: the
         # navigation offers only signing out (accounts.middleware.SecondFactorMiddleware).
         "second_step_pending": lambda: user is not None and mfa.session_needs_second_step(request),
+        # Where security keys work, if not at this page's origin (accounts.passkeys).
+        "passkey_elsewhere": lambda: passkeys.origin_elsewhere(request),
     }

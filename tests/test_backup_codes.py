@@ -29,6 +29,7 @@ from tests.test_passkeys import (
     REGISTER,
     REGISTER_OPTIONS,
     add_key,
+    browser,
     events,
     key_for,
     password_only,
@@ -86,7 +87,7 @@ def refused_back_to_the_account_page(answer) -> None:
 def test_a_first_key_comes_with_backup_codes_shown_once_and_stored_hashed(
     employee, mailoutbox, django_capture_on_commit_callbacks
 ):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
 
     with django_capture_on_commit_callbacks(execute=True):
         added = add_key(client, SoftKey())
@@ -111,7 +112,7 @@ def test_a_first_key_comes_with_backup_codes_shown_once_and_stored_hashed(
 
 
 def test_the_page_that_adds_a_key_has_the_place_the_script_shows_them(employee):
-    page = verified_login(Client(), employee).get("/account/two-factor/security-keys/add/")
+    page = verified_login(browser(), employee).get("/account/two-factor/security-keys/add/")
     assert page.status_code == 200
     assert b"data-passkey-codes hidden" in page.content
     assert b"shown only this once" in page.content
@@ -166,7 +167,7 @@ def test_codes_left_without_any_factor_are_replaced_by_a_first_key_not_revived(e
     _key, old = key_with_codes(employee)
     WebAuthnDevice.objects.filter(user=employee).delete()
     mfa.forget_state(employee)
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
 
     added = add_key(client, SoftKey())
 
@@ -208,14 +209,14 @@ def test_a_key_added_by_someone_whose_codes_are_all_used_brings_new_ones(employe
 
 
 def test_anonymous_makes_no_backup_codes():
-    answer = Client().post(CODES, {"current_code": "x"})
+    answer = browser().post(CODES, {"current_code": "x"})
     assert answer.status_code == 302
     assert answer["Location"].startswith("/accounts/login/")
     assert not BackupCodeDevice.objects.exists()
 
 
 def test_an_employee_without_a_second_factor_gets_no_backup_codes(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     page = client.get("/account/").content.decode()
     assert 'id="backup-codes"' not in page
 
@@ -247,7 +248,7 @@ def test_making_them_takes_a_recent_sign_in(officer):
 
 def test_making_them_takes_the_csrf_token_and_a_post(officer):
     _key, codes = key_with_codes(officer)
-    verified = verified_login(Client(enforce_csrf_checks=True), officer)
+    verified = verified_login(browser(enforce_csrf_checks=True), officer)
     digests = BackupCodeDevice.objects.get(user=officer).digests
 
     assert verified.post(CODES, {"current_code": codes[0]}).status_code == 403
@@ -339,7 +340,7 @@ def test_one_persons_new_codes_leave_anothers_alone(officer, colleague):
 
 def test_someone_with_an_app_still_makes_them_with_an_app_code(employee):
     _device, seed = authenticator(employee)
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     made = client.post(CODES, {"current_code": code(seed)})
     assert made.status_code == 200
     assert len(codes_on(made.content)) == mfa.BACKUP_CODES
@@ -615,7 +616,7 @@ def test_an_officer_cannot_keep_backup_codes_alone(officer):
 def test_removing_the_app_of_someone_without_keys_drops_the_codes(employee):
     _device, seed = authenticator(employee)
     mfa._replace_backup_codes(employee)
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     removed = client.post(
         "/account/two-factor/remove/", {"current_code": code(seed), "confirm": "on"}
     )
@@ -804,7 +805,7 @@ def test_a_wrong_code_at_sign_in_says_what_the_person_can_enter(employee, has, w
 )
 def test_a_wrong_current_code_says_what_the_person_has(employee, has, message, label):
     HAS[has](employee)
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
 
     refused = client.post(CODES, {"current_code": WRONG}, follow=True)
 
@@ -818,7 +819,7 @@ def test_a_wrong_current_code_says_what_the_person_has(employee, has, message, l
 def test_a_wrong_backup_code_to_set_up_an_app_says_backup_code_only(employee):
     """Someone with only a key (lost) proves it with a backup code to set up an app."""
     _key, _codes = key_with_codes(employee)
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     page = client.get("/account/two-factor/setup/").content.decode()
     assert "An unused backup code" in page
     seed = seed_of(TotpDevice.objects.get(user=employee, confirmed=False))

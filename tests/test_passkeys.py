@@ -35,6 +35,12 @@ AUTH_OPTIONS = "/account/two-factor/security-keys/authenticate/options/"
 AUTHENTICATE = "/account/two-factor/security-keys/authenticate/"
 
 
+def browser(**options: Any) -> Client:
+    """A browser at the relying party's own origin (ORIGIN): elsewhere the pages point
+    there instead of offering keys (accounts.passkeys.origin_elsewhere)."""
+    return Client(HTTP_HOST="localhost:8000", **options)
+
+
 @pytest.fixture(autouse=True)
 def _relying_party(settings):
     settings.PKIPORTAL_WEBAUTHN_RP_ID = RP_ID
@@ -76,7 +82,7 @@ def without_backup_codes(user) -> None:
 
 
 def password_only(user) -> Client:
-    client = Client()
+    client = browser()
     client.force_login(user)
     mfa.forget_state(user)
     return client
@@ -101,7 +107,7 @@ def test_an_officer_adds_a_key_with_a_current_code_and_is_mailed(
     _device, seed = authenticator(officer)
     mfa._replace_backup_codes(officer)  # the app's set-up made them
     digests = mfa.backup_codes(officer).digests
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     key = SoftKey()
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -123,7 +129,7 @@ def test_an_officer_adds_a_key_with_a_current_code_and_is_mailed(
 
 def test_adding_a_key_takes_a_current_code_when_there_is_a_second_factor(officer):
     _device, seed = authenticator(officer)
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
 
     missing = post_json(client, REGISTER_OPTIONS, {"name": "Key"})
     wrong = post_json(client, REGISTER_OPTIONS, {"name": "Key", "current_code": "000000"})
@@ -137,7 +143,7 @@ def test_adding_a_key_takes_a_current_code_when_there_is_a_second_factor(officer
 
 def test_adding_a_key_takes_a_recent_sign_in(officer):
     _device, seed = authenticator(officer)
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     later = timezone.now() + timedelta(hours=2)
     with time_machine.travel(later, tick=False):
         answer = post_json(client, REGISTER_OPTIONS, {"name": "Key", "current_code": code(seed)})
@@ -156,7 +162,7 @@ def test_a_session_that_has_not_done_its_second_step_adds_no_key(officer):
 
 
 def test_anonymous_reaches_none_of_the_key_endpoints():
-    client = Client()
+    client = browser()
     for url in (REGISTER_OPTIONS, REGISTER, AUTH_OPTIONS, AUTHENTICATE):
         answer = post_json(client, url, {})
         assert answer.status_code == 302
@@ -165,10 +171,10 @@ def test_anonymous_reaches_none_of_the_key_endpoints():
 
 def test_the_add_page_is_for_a_recent_verified_sign_in_only(officer):
     url = "/account/two-factor/security-keys/add/"
-    assert Client().get(url)["Location"].startswith("/accounts/login/")
+    assert browser().get(url)["Location"].startswith("/accounts/login/")
     authenticator(officer)
     assert password_only(officer).get(url)["Location"].startswith("/account/two-factor/verify/")
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     assert b'name="current_code"' in client.get(url).content
     later = timezone.now() + timedelta(hours=2)
     with time_machine.travel(later, tick=False):
@@ -176,20 +182,20 @@ def test_the_add_page_is_for_a_recent_verified_sign_in_only(officer):
 
 
 def test_the_endpoints_take_only_post(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     for url in (REGISTER_OPTIONS, REGISTER, AUTH_OPTIONS, AUTHENTICATE):
         assert client.get(url).status_code == 405
 
 
 def test_csrf_is_checked(employee):
-    client = Client(enforce_csrf_checks=True)
+    client = browser(enforce_csrf_checks=True)
     verified_login(client, employee)
     for url in (REGISTER_OPTIONS, REGISTER, AUTH_OPTIONS, AUTHENTICATE):
         assert post_json(client, url, {"name": "Key"}).status_code == 403
 
 
 def test_an_employee_without_a_second_factor_adds_a_key_as_their_first(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     added = add_key(client, SoftKey())
     assert added.status_code == 200
     mfa.forget_state(employee)
@@ -213,7 +219,7 @@ def test_an_officer_sets_up_a_key_instead_of_an_app_at_the_first_sign_in(officer
 
 
 def test_a_key_registered_already_is_refused(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     key = SoftKey()
     assert add_key(client, key).status_code == 200
     options = post_json(client, REGISTER_OPTIONS, {"name": "Again"})
@@ -235,12 +241,12 @@ def sign_in_confirm(client: Client, key: SoftKey):
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 65, None, 7])
 def test_a_key_needs_a_sensible_name(employee, name):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     assert post_json(client, REGISTER_OPTIONS, {"name": name}).status_code == 400
 
 
 def test_a_registration_from_another_origin_or_relying_party_is_refused(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     for kwargs in ({"origin": "https://phish.example"}, {"rp_id": "phish.example"}):
         options = post_json(client, REGISTER_OPTIONS, {"name": "Key"})
         answer = post_json(
@@ -252,7 +258,7 @@ def test_a_registration_from_another_origin_or_relying_party_is_refused(employee
 
 
 def test_a_registration_challenge_is_used_once(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     options = post_json(client, REGISTER_OPTIONS, {"name": "Key"}).json()
     assert post_json(client, REGISTER, {"credential": SoftKey().create(options)}).status_code == 200
     # Another key's answer to the same challenge: no duplicate to trip over, only the
@@ -371,7 +377,7 @@ def test_an_expired_challenge_is_refused(officer):
 def test_a_challenge_answers_only_its_own_ceremony(officer):
     authenticator(officer)
     key = key_for(officer)
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     # No challenge asked for: nothing to answer.
     nothing = post_json(client, AUTHENTICATE, {"credential": key.get({"challenge": "AAAA"})})
     # A registration's challenge does not answer a sign-in's.
@@ -435,7 +441,7 @@ def test_refused_answers_make_the_next_challenge_wait(officer):
 
 
 def test_a_person_without_keys_gets_no_challenge(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     assert post_json(client, AUTH_OPTIONS, {}).status_code == 400
 
 
@@ -469,7 +475,7 @@ def test_malformed_answers_are_a_400_never_a_500(officer, body):
     client = password_only(officer)
     post_json(client, AUTH_OPTIONS, {})
     assert post_json(client, AUTHENTICATE, body).status_code == 400
-    verified = verified_login(Client(), UserFactory())
+    verified = verified_login(browser(), UserFactory())
     post_json(verified, REGISTER_OPTIONS, {"name": "Key"})
     assert post_json(verified, REGISTER, body).status_code == 400
 
@@ -504,7 +510,7 @@ def test_http_basic_tells_a_person_with_only_a_key_to_use_the_browser(officer):
     from base64 import b64encode
 
     credentials = b64encode(f"{officer.username}:{PASSWORD}".encode()).decode()
-    answer = Client().post(
+    answer = browser().post(
         "/api/v1/auth/token/",
         {"label": "script"},
         content_type="application/json",
@@ -529,7 +535,7 @@ def test_an_officer_removes_a_key_with_a_code_and_is_mailed(
 ):
     _device, seed = authenticator(officer)
     key_for(officer)
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     device = WebAuthnDevice.objects.get(user=officer)
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -577,7 +583,7 @@ def test_an_employee_removes_their_key_after_confirming_with_it(employee):
 def test_nobody_removes_someone_elses_key(officer, colleague):
     key_for(officer)
     _device, seed = authenticator(colleague)
-    client = verified_login(Client(), colleague)
+    client = verified_login(browser(), colleague)
     device = WebAuthnDevice.objects.get(user=officer)
     client.post(
         f"/account/two-factor/security-keys/{device.pk}/remove/", {"current_code": code(seed)}
@@ -589,14 +595,14 @@ def test_anonymous_and_unverified_sessions_remove_no_key(officer):
     key_for(officer)
     device = WebAuthnDevice.objects.get(user=officer)
     url = f"/account/two-factor/security-keys/{device.pk}/remove/"
-    assert Client().post(url)["Location"].startswith("/accounts/login/")
+    assert browser().post(url)["Location"].startswith("/accounts/login/")
     assert password_only(officer).post(url)["Location"].startswith("/account/two-factor/verify/")
     assert WebAuthnDevice.objects.filter(pk=device.pk).exists()
 
 
 def test_an_administrator_sees_and_resets_someones_keys(officer, admin_user):
     key_for(officer)
-    admin = verified_login(Client(), admin_user)
+    admin = verified_login(browser(), admin_user)
     change = admin.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
     assert "1 security key." in change
 
@@ -610,7 +616,7 @@ def test_an_administrator_sees_and_resets_someones_keys(officer, admin_user):
 def test_the_overview_lists_keys_and_offers_to_add_one(officer):
     authenticator(officer)
     key_for(officer)
-    page = verified_login(Client(), officer).get("/account/")
+    page = verified_login(browser(), officer).get("/account/")
     assert b"Security keys and passkeys" in page.content
     assert b"Key</strong>" in page.content
     assert b"js/passkey.js" in page.content
@@ -649,7 +655,7 @@ def test_a_deeply_nested_body_is_a_400(officer):
 
 
 def test_transports_that_are_not_strings_are_dropped(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     options = post_json(client, REGISTER_OPTIONS, {"name": "Key"}).json()
     credential = SoftKey().create(options)
     credential["response"]["transports"] = [{"a": 1}, ["usb"], 7, "usb"]
@@ -659,7 +665,7 @@ def test_transports_that_are_not_strings_are_dropped(employee):
 
 
 def test_a_credential_id_too_long_for_the_column_is_refused(employee):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     key = SoftKey()
     key.credential_id = bytes(1100)
     options = post_json(client, REGISTER_OPTIONS, {"name": "Key"}).json()
@@ -670,7 +676,7 @@ def test_a_credential_id_too_long_for_the_column_is_refused(employee):
 
 @pytest.mark.parametrize("name", ["Blue\x00key", "Blue\x07key", "\x1b[31mred"])
 def test_a_name_with_control_characters_is_refused(employee, name):
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
     assert post_json(client, REGISTER_OPTIONS, {"name": name}).status_code == 400
 
 
@@ -740,7 +746,7 @@ def test_the_session_verified_with_a_removed_app_stays_verified_with_a_key(
     _device, seed = authenticator(officer)
     key_for(officer)
     mfa._replace_backup_codes(officer)
-    client = verified_login(Client(), officer)  # with the app
+    client = verified_login(browser(), officer)  # with the app
     page = client.get("/account/").content.decode()
     assert "Remove my authenticator app" in page
     assert "your security keys and backup codes stay" in page
@@ -770,7 +776,7 @@ def test_the_session_verified_with_a_removed_app_stays_verified_with_a_key(
 
 def test_an_officer_with_only_an_app_cannot_remove_it(officer):
     _device, seed = authenticator(officer)
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     client.post("/account/two-factor/remove/", {"current_code": code(seed), "confirm": "on"})
     assert mfa.confirmed_totp(officer) is not None
     assert events("mfa.verify") == []  # refused before the code was checked
@@ -781,7 +787,7 @@ def test_a_full_set_of_keys_is_refused_before_the_backup_code_is_spent(employee)
     codes = mfa._replace_backup_codes(employee)
     for _ in range(WebAuthnDevice.MAX_PER_PERSON):
         key_for(employee)
-    client = verified_login(Client(), employee)
+    client = verified_login(browser(), employee)
 
     answer = post_json(client, REGISTER_OPTIONS, {"name": "Eleventh", "current_code": codes[0]})
 
@@ -811,7 +817,7 @@ def test_a_stale_copy_of_the_session_cannot_use_the_key_confirmation_again(offic
     """The same for a key confirmed on /account/: two changes sent at once with one
     confirmation, each request holding its own copy of the session: one goes through."""
     key = key_for(officer)
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     assert sign_in_confirm(client, key).status_code == 200
     engine = import_module(django_settings.SESSION_ENGINE)
     session_key = client.session.session_key
@@ -850,7 +856,7 @@ def test_verified_login_uses_the_key_of_someone_with_only_a_key(officer):
     from accounts.models import TotpDevice
 
     key_for(officer)
-    client = verified_login(Client(), officer)
+    client = verified_login(browser(), officer)
     device = WebAuthnDevice.objects.get(user=officer)
     assert client.session[DEVICE_ID_SESSION_KEY] == device.persistent_id
     assert not TotpDevice.objects.filter(user=officer).exists()
@@ -940,7 +946,7 @@ def confirmed_for_setup(user) -> tuple[Client, Client, bytes]:
     assert sign_in_confirm(client, key).status_code == 200
     assert client.get(SETUP).status_code == 200  # no code asked: the key was confirmed
     seed = seed_of(TotpDevice.objects.get(user=user, confirmed=False))
-    tab = Client()
+    tab = browser()
     tab.cookies = client.cookies
     return client, tab, seed
 
@@ -1029,8 +1035,8 @@ def test_removing_ones_last_key_ends_ones_other_sessions(employee, colleague):
     key = key_for(employee)
     here = password_only(employee)
     assert sign_in_with_key(here, key).status_code == 200
-    elsewhere = verified_login(Client(), employee)
-    other_person = verified_login(Client(), colleague)
+    elsewhere = verified_login(browser(), employee)
+    other_person = verified_login(browser(), colleague)
     assert sign_in_confirm(here, key).status_code == 200
     device = WebAuthnDevice.objects.get(user=employee)
 
@@ -1052,7 +1058,7 @@ def test_removing_a_key_while_another_remains_ends_no_session(employee):
     key_for(employee)
     here = password_only(employee)
     assert sign_in_with_key(here, key).status_code == 200
-    elsewhere = verified_login(Client(), employee)
+    elsewhere = verified_login(browser(), employee)
     assert sign_in_confirm(here, key).status_code == 200
     spare = WebAuthnDevice.objects.filter(user=employee).order_by("pk").last()
     assert spare is not None
@@ -1061,3 +1067,29 @@ def test_removing_a_key_while_another_remains_ends_no_session(employee):
 
     assert elsewhere.get("/certificates/").status_code == 200
     assert "sessions_ended" not in events("mfa.device_remove")[-1].detail
+
+
+@pytest.mark.parametrize("page", ["/account/two-factor/security-keys/add/", "/account/"])
+def test_at_another_origin_the_pages_point_to_where_keys_work(employee, page):
+    """The demo at http://127.0.0.1:8000 while the relying party is localhost: the browser
+    would refuse the key with a bare "invalid domain"."""
+    here = verified_login(Client(HTTP_HOST="127.0.0.1:8000"), employee).get(page)
+    there = verified_login(browser(), employee).get(page)
+
+    assert here.status_code == there.status_code == 200
+    assert f'href="{ORIGIN}{page}"' in here.content.decode()
+    assert b'data-passkey="register"' not in here.content
+    assert b"data-passkey-elsewhere" not in there.content
+    assert b'data-passkey="register"' in there.content
+
+
+def test_the_second_step_elsewhere_points_to_where_keys_work(officer):
+    key_for(officer)
+    client = Client(HTTP_HOST="127.0.0.1:8000")
+    client.force_login(officer)
+    mfa.forget_state(officer)
+
+    page = client.get("/account/two-factor/verify/").content.decode()
+
+    assert f'href="{ORIGIN}/"' in page
+    assert 'data-passkey="authenticate"' not in page
