@@ -1115,3 +1115,21 @@ def test_before_the_second_step_the_navigation_offers_only_signing_out(officer):
     nav = client.get("/").content.decode().split("<nav>", 1)[1].split("</nav>", 1)[0]
     assert "RA console" in nav
     assert "My certificates" in nav
+
+
+def test_the_account_page_shows_what_certificates_carry_and_the_roles(employee, officer):
+    employee.display_name = "Alice Andersson"
+    employee.organizational_unit = "Finance"
+    employee.save()
+
+    page = verified_login(Client(), employee).get("/account/").content.decode()
+    you = page.split('id="you"', 1)[1].split("</section>", 1)[0]
+
+    assert "Alice Andersson" in you
+    assert employee.email in you
+    assert "Finance" in you
+    assert "Employee" in you
+    assert "RA officer" not in you
+
+    officers = verified_login(Client(), officer).get("/account/").content.decode()
+    assert "RA officer" in officers.split('id="you"', 1)[1].split("</section>", 1)[0]
