@@ -25,7 +25,8 @@ def test_it_shows_crl_times_and_both_fingerprints(anonymous_client, hierarchy):
 
 
 @pytest.mark.parametrize(
-    "platform", ["Windows", "Outlook", "macOS Keychain", "Thunderbird", "gpgsm"]
+    "platform",
+    ["Windows", "Outlook", "macOS Keychain", "Thunderbird", "iPhone and iPad", "Android", "gpgsm"],
 )
 def test_it_explains_trusting_the_root_on_each_platform(anonymous_client, hierarchy, platform):
     page = anonymous_client.get("/pki/").content.decode()
