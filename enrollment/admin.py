@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 from knox.models import AuthToken
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import models, transaction
 from django.db.models import QuerySet
@@ -29,6 +30,7 @@ from enrollment.models import (
     SharedMailbox,
 )
 from enrollment.permissions import is_ra_officer
+from enrollment.x509.keys import KeyAlgorithm
 
 # The portal's own name where Django would say "Django administration".
 admin.site.site_header = "pkiportal administration"
@@ -109,8 +111,32 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
         ) and request.user.has_perm("enrollment.change_certificatetemplate")
 
 
+class CertificateTemplateForm(ModelForm[CertificateTemplate]):
+    """Key algorithms as boxes to tick, not a JSON list to type."""
+
+    allowed_key_algorithms = forms.MultipleChoiceField(
+        choices=[(algorithm.value, algorithm.label) for algorithm in KeyAlgorithm],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="None ticked: every one of them. RSA-4096 keys take seconds to generate.",
+    )
+
+    class Meta:  # the admin's modelform_factory adds the model and its fields
+        help_texts = {
+            "generation": "The S/MIME Baseline Requirements' profile. Strict: the "
+            "emailProtection extended key usage only, for mail alone. Multipurpose: other "
+            "extended key usages allowed beside it (S/MIME BR 7.1.2.3).",
+        }
+
+    def clean_allowed_key_algorithms(self) -> list[str]:
+        """In the enum's order, as the seeded templates and the API list them."""
+        ticked = set(self.cleaned_data["allowed_key_algorithms"])
+        return [algorithm.value for algorithm in KeyAlgorithm if algorithm.value in ticked]
+
+
 @admin.register(CertificateTemplate)
 class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
+    form = CertificateTemplateForm
     list_display = [
         "name",
         "purpose",

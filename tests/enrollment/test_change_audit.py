@@ -18,6 +18,7 @@ from django.forms import CheckboxInput, ModelMultipleChoiceField, MultiWidget
 from accounts.sso import mirror_groups
 from enrollment.audit import audit_chain_breaks
 from enrollment.models import AuditEvent, CertificateTemplate
+from enrollment.x509.keys import KeyAlgorithm
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -150,21 +151,41 @@ def test_an_unknown_key_algorithm_is_refused_before_anything_changes(admin_clien
     template = CertificateTemplate.objects.get(slug="smime-signing")
     url = f"/admin/enrollment/certificatetemplate/{template.pk}/change/"
     data = form_data(admin_client_.get(url))
-    data["allowed_key_algorithms"] = '["ec-p256", "rsa-1024"]'
+    data["allowed_key_algorithms"] = ["ec-p256", "rsa-1024"]  # a forged box
 
     response = admin_client_.post(url, data)
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors["allowed_key_algorithms"]
-    assert "Unknown key algorithm rsa-1024" in errors[0]
+    assert "rsa-1024 is not one of the available choices" in errors[0]
     assert CertificateTemplate.objects.get(pk=template.pk).allowed_key_algorithms == []
     assert mark() == []
+
+
+def test_key_algorithms_are_boxes_kept_in_their_own_order(admin_client_, mark):
+    template = CertificateTemplate.objects.get(slug="smime-signing")
+    url = f"/admin/enrollment/certificatetemplate/{template.pk}/change/"
+    page = admin_client_.get(url).content.decode()
+    assert page.count('type="checkbox" name="allowed_key_algorithms"') == len(KeyAlgorithm)
+
+    admin_post(admin_client_, url, allowed_key_algorithms=["ec-p256", "rsa-3072"])
+
+    assert CertificateTemplate.objects.get(pk=template.pk).allowed_key_algorithms == [
+        "rsa-3072",
+        "ec-p256",
+    ]
+    (event,) = mark()
+    assert event.detail["changes"] == {"allowed_key_algorithms": [[], ["rsa-3072", "ec-p256"]]}
+
+    admin_post(admin_client_, url, allowed_key_algorithms=False)  # none ticked: all of them
+
+    assert CertificateTemplate.objects.get(pk=template.pk).allowed_key_algorithms == []
 
 
 def test_creating_a_template_is_audited_with_every_setting(admin_client_, admin_user, mark):
     data = form_data(admin_client_.get("/admin/enrollment/certificatetemplate/add/"))
     data.update(name="Escrowed mail", slug="escrowed-mail", purpose="encryption")
-    data.update(archive_key="on", validity_days="365", allowed_key_algorithms='["rsa-3072"]')
+    data.update(archive_key="on", validity_days="365", allowed_key_algorithms=["rsa-3072"])
     data.pop("allow_csr", None)
 
     response = admin_client_.post("/admin/enrollment/certificatetemplate/add/", data)
