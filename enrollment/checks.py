@@ -255,8 +255,9 @@ def ca_key_passphrase_is_kept_apart(app_configs: Any = None, **kwargs: Any) -> l
 
 
 def _https_origin(url: str) -> str:
-    """https://host[:port] of a URL (PKIPORTAL_BASE_URL is http:// for CRLs; people sign in
-    over https on its host and port); the port left out where it is 80 or 443."""
+    """https://host[:port] of a URL (PKIPORTAL_SITE_URL is PKIPORTAL_BASE_URL, http:// for
+    CRLs, when not set; people sign in over https on its host and port); the port left out
+    where it is 80 or 443."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if not host:
@@ -278,19 +279,19 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
     """Browsers sign a security key's assertion only for an origin under the relying party
     id: a mismatch means nobody can register or use one."""
     rp_id = settings.PKIPORTAL_WEBAUTHN_RP_ID
-    base_host = (urlsplit(settings.PKIPORTAL_BASE_URL).hostname or "").lower()
+    site_host = (urlsplit(settings.PKIPORTAL_SITE_URL).hostname or "").lower()
     problems = []
-    if base_host and not _within(base_host, rp_id) and base_host not in ("127.0.0.1", "::1"):
-        problems.append(f"the host of PKIPORTAL_BASE_URL ({base_host}) is not under it")
-    base_origin = _https_origin(settings.PKIPORTAL_BASE_URL)
+    if site_host and not _within(site_host, rp_id) and site_host not in ("127.0.0.1", "::1"):
+        problems.append(f"the host of PKIPORTAL_SITE_URL ({site_host}) is not under it")
+    site_origin = _https_origin(settings.PKIPORTAL_SITE_URL)
     if (
-        base_host not in ("", "localhost", "127.0.0.1", "::1")
-        and base_origin
-        and base_origin
+        site_host not in ("", "localhost", "127.0.0.1", "::1")
+        and site_origin
+        and site_origin
         not in {_https_origin(origin) for origin in settings.PKIPORTAL_WEBAUTHN_ORIGINS}
     ):
         problems.append(
-            f"the portal's origin {base_origin} (PKIPORTAL_BASE_URL's host and port, over "
+            f"the portal's origin {site_origin} (PKIPORTAL_SITE_URL's host and port, over "
             "https) is not one of PKIPORTAL_WEBAUTHN_ORIGINS"
         )
     for origin in settings.PKIPORTAL_WEBAUTHN_ORIGINS:
@@ -315,6 +316,26 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
             hint="Set PKIPORTAL_WEBAUTHN_RP_ID to the portal's host name (or a parent domain "
             "of it) and PKIPORTAL_WEBAUTHN_ORIGINS to the https:// origins people sign in at.",
             id="pkiportal.W008",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def site_url_is_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every link the portal mails people (sign-in, key download, key recovery) starts with
+    PKIPORTAL_SITE_URL: over http:// whoever is on the path sees and can change those pages."""
+    site_url = settings.PKIPORTAL_SITE_URL
+    if site_url.startswith("https://"):
+        return []
+    return [
+        Warning(
+            f"PKIPORTAL_SITE_URL ({site_url}; where it is not set, PKIPORTAL_BASE_URL) is "
+            "not https://: the links in the portal's mail to its sign-in, key download and "
+            "key recovery pages are plain HTTP.",
+            hint="Set PKIPORTAL_SITE_URL to the https:// address people open the portal at "
+            "(e.g. https://pki.example.com). PKIPORTAL_BASE_URL stays http:// for the CRL, "
+            "CA certificate and OCSP URLs in certificates.",
+            id="pkiportal.W014",
         )
     ]
 

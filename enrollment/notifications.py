@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def _send(subject: str, template: str, context: dict[str, object], to: str) -> None:
     if not to:
         return
-    body = render_to_string(template, {**context, "base_url": settings.PKIPORTAL_BASE_URL})
+    body = render_to_string(template, {**context, "site_url": settings.PKIPORTAL_SITE_URL})
 
     def send() -> None:
         try:
@@ -228,7 +228,7 @@ def rollout_invitations_send(
                     "rollout": invitation.rollout,
                     "reminder": reminder,
                     "url": reverse("enrollment:request-detail", args=[request.pk]),
-                    "base_url": settings.PKIPORTAL_BASE_URL,
+                    "site_url": settings.PKIPORTAL_SITE_URL,
                 },
             )
             subject = (

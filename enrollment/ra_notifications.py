@@ -34,7 +34,7 @@ def _send(subject: str, template: str, context: dict[str, Any], to: Iterable[str
     addresses = sorted({address for address in to if address})
     if not addresses:
         return
-    body = render_to_string(template, {**context, "base_url": settings.PKIPORTAL_BASE_URL})
+    body = render_to_string(template, {**context, "site_url": settings.PKIPORTAL_SITE_URL})
 
     def send() -> None:
         for address in addresses:

@@ -368,6 +368,31 @@ SPECTACULAR_SETTINGS = {
 PKIPORTAL_BASE_URL = env.str("PKIPORTAL_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 if not PKIPORTAL_BASE_URL.startswith("http://"):
     raise ImproperlyConfigured("PKIPORTAL_BASE_URL must be an http:// URL (CRLs and AIA).")
+# The portal's own address for people: every link in its mail (sign-in, key download, key
+# recovery) starts with it. https:// in production (check --deploy warns, W014); empty, it
+# is PKIPORTAL_BASE_URL, so the embedded default links to where it runs.
+PKIPORTAL_SITE_URL = env.str("PKIPORTAL_SITE_URL", default="").strip().rstrip("/")
+if PKIPORTAL_SITE_URL:
+    _site = urlsplit(PKIPORTAL_SITE_URL)
+    try:
+        _site_port_ok = _site.port is None or _site.port > 0
+    except ValueError:
+        _site_port_ok = False
+    # Links are this followed by the page's path: a path here would be doubled.
+    if (
+        _site.scheme not in ("https", "http")
+        or not _site.hostname
+        or not _site_port_ok
+        or _site.path
+        or _site.query
+        or _site.fragment
+    ):
+        raise ImproperlyConfigured(
+            "PKIPORTAL_SITE_URL must be https://host[:port], without a path; it is "
+            f"{PKIPORTAL_SITE_URL!r}."
+        )
+else:
+    PKIPORTAL_SITE_URL = PKIPORTAL_BASE_URL
 PKIPORTAL_ORGANIZATION_NAME = env.str("PKIPORTAL_ORGANIZATION_NAME", default="Example Org")
 PKIPORTAL_COUNTRY_NAME = env.str("PKIPORTAL_COUNTRY_NAME", default="")
 # Sponsor-validated certificates name the organisation's registration (S/MIME BR 7.1.4.2.2 d),
@@ -476,23 +501,24 @@ if PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON not in ("amr", "always", "never"):
         f"{PKIPORTAL_MFA_TRUST_SINGLE_SIGN_ON!r}."
     )
 # Security keys and passkeys (WebAuthn) as a second factor: the relying party id is the
-# host of PKIPORTAL_BASE_URL ("localhost" for a loopback address: browsers refuse an IP
-# address), the origin where people sign in is https:// on the base URL's host and port
+# host of PKIPORTAL_SITE_URL ("localhost" for a loopback address: browsers refuse an IP
+# address), the origin where people sign in is https:// on the site URL's host and port
 # (on a loopback host https://localhost and http://localhost[:port], for trying the
-# portal). Set them where the portal is served from another name; check --deploy warns
-# when they do not fit together or the base URL's https origin is missing (W008).
-_BASE_HOST = (urlsplit(PKIPORTAL_BASE_URL).hostname or "localhost").lower()
-_BASE_PORT = urlsplit(PKIPORTAL_BASE_URL).port
-# Where people sign in: https:// on the base URL's host, its port kept when it is not 80
-# (PKIPORTAL_BASE_URL is http:// for CRLs and AIA; browsers use WebAuthn over https only).
-_BASE_ORIGIN = (
+# portal). Set them where people sign in at yet another name; check --deploy warns when
+# they do not fit together or the site URL's https origin is missing (W008).
+_SITE_HOST = (urlsplit(PKIPORTAL_SITE_URL).hostname or "localhost").lower()
+_SITE_PORT = urlsplit(PKIPORTAL_SITE_URL).port
+# Where people sign in: https:// on the site URL's host, its port kept when it is not 80
+# (the site URL is PKIPORTAL_BASE_URL, http:// for CRLs and AIA, when it is not set;
+# browsers use WebAuthn over https only).
+_SITE_ORIGIN = (
     "https://"
-    + (f"[{_BASE_HOST}]" if ":" in _BASE_HOST else _BASE_HOST)
-    + (f":{_BASE_PORT}" if _BASE_PORT and _BASE_PORT not in (80, 443) else "")
+    + (f"[{_SITE_HOST}]" if ":" in _SITE_HOST else _SITE_HOST)
+    + (f":{_SITE_PORT}" if _SITE_PORT and _SITE_PORT not in (80, 443) else "")
 )
-_LOOPBACK_BASE = _BASE_HOST in ("localhost", "127.0.0.1", "::1")
+_LOOPBACK_SITE = _SITE_HOST in ("localhost", "127.0.0.1", "::1")
 PKIPORTAL_WEBAUTHN_RP_ID = env.str("PKIPORTAL_WEBAUTHN_RP_ID", default="").strip().lower() or (
-    "localhost" if _LOOPBACK_BASE else _BASE_HOST
+    "localhost" if _LOOPBACK_SITE else _SITE_HOST
 )
 PKIPORTAL_WEBAUTHN_ORIGINS = [
     origin.strip().rstrip("/")
@@ -501,10 +527,10 @@ PKIPORTAL_WEBAUTHN_ORIGINS = [
 ] or (
     [
         f"https://{PKIPORTAL_WEBAUTHN_RP_ID}",
-        "http://localhost" + (f":{_BASE_PORT}" if _BASE_PORT else ""),
+        "http://localhost" + (f":{_SITE_PORT}" if _SITE_PORT else ""),
     ]
-    if _LOOPBACK_BASE
-    else [_BASE_ORIGIN]
+    if _LOOPBACK_SITE
+    else [_SITE_ORIGIN]
 )
 for _origin in PKIPORTAL_WEBAUTHN_ORIGINS:
     if not _origin.startswith(("https://", "http://")) or urlsplit(_origin).path:

@@ -69,11 +69,13 @@ class Hierarchy:
 
 @pytest.fixture(autouse=True)
 def _isolated_pki_settings(settings, tmp_path):
-    """Every test gets its own key directory, passphrase and a public-looking base URL."""
+    """Every test gets its own key directory, passphrase, a public-looking base URL and an
+    https site URL on another host, so a mail link built from the base URL shows."""
     settings.PKIPORTAL_KEY_DIR = tmp_path / "keys"
     settings.PKIPORTAL_EMBEDDED_PASSPHRASE_FILE = tmp_path / "keys" / "passphrase"
     settings.PKIPORTAL_CA_KEY_PASSPHRASE = "online CA passphrase for tests"
     settings.PKIPORTAL_BASE_URL = "http://pki.example.com"
+    settings.PKIPORTAL_SITE_URL = "https://portal.example.com"
     settings.PKIPORTAL_ORGANIZATION_NAME = "Example Org"
     settings.CELERY_TASK_ALWAYS_EAGER = True
     # Role fixtures create several accounts per test; PBKDF2's 1M rounds cost ~0.3 s each.

@@ -500,7 +500,7 @@ def test_a_promotion_tells_the_owner_what_ended_in_one_mail(
     assert f'"nightly export" (starting with {named})' in body
     assert f'"(no name)" (starting with {unnamed})' in body
     assert "were revoked" in body
-    assert "http://pki.example.com/account/tokens/" in body
+    assert "https://portal.example.com/account/tokens/" in body
     assert "Your password no longer works" in body
     assert "Your second factor" in body
     assert [start["tokens_deleted"] for start in fresh_starts(employee)] == [2]

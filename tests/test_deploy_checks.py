@@ -21,6 +21,7 @@ from enrollment.checks import (
     ldap_publish_is_encrypted,
     monitoring_token_is_behind_https,
     sign_in_directory_is_encrypted,
+    site_url_is_https,
 )
 
 
@@ -345,3 +346,57 @@ def test_the_monitoring_token_is_refused_over_plain_http_unless_the_setting_says
         load_settings(PKIPORTAL_MONITORING_ALLOW_HTTP="true")["PKIPORTAL_MONITORING_ALLOW_HTTP"]
         is True
     )
+
+
+# --- the portal's own address for people ----------------------------------------------
+
+
+def test_a_site_url_that_is_not_https_is_named(settings):
+    settings.PKIPORTAL_SITE_URL = "http://portal.example.com"
+    (warning,) = site_url_is_https()
+    assert warning.id == "pkiportal.W014"
+    assert "http://portal.example.com" in warning.msg
+
+    settings.PKIPORTAL_SITE_URL = "https://portal.example.com"
+    assert site_url_is_https() == []
+
+
+def test_check_deploy_names_the_embedded_defaults_http_links(settings, load_settings):
+    """Unset, the site URL is the http:// base URL: fine to try the portal, named in
+    production."""
+    settings.PKIPORTAL_SITE_URL = load_settings()["PKIPORTAL_SITE_URL"]
+    assert settings.PKIPORTAL_SITE_URL == "http://127.0.0.1:8000"
+    out = StringIO()
+
+    call_command("check", "--deploy", stdout=out, stderr=out)
+
+    assert "pkiportal.W014" in out.getvalue()
+
+
+def test_the_site_url_falls_back_to_the_base_url_and_is_kept_apart_from_it(load_settings):
+    assert (
+        load_settings(PKIPORTAL_BASE_URL="http://pki.example.com/")["PKIPORTAL_SITE_URL"]
+        == "http://pki.example.com"
+    )
+    loaded = load_settings(
+        PKIPORTAL_BASE_URL="http://pki.example.com",
+        PKIPORTAL_SITE_URL="https://portal.example.com/",
+    )
+    assert loaded["PKIPORTAL_SITE_URL"] == "https://portal.example.com"
+    assert loaded["PKIPORTAL_BASE_URL"] == "http://pki.example.com"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "portal.example.com",
+        "ftp://portal.example.com",
+        "https://",
+        "https://portal.example.com/pki-portal",
+        "https://portal.example.com/?next=/",
+        "https://portal.example.com:99999",
+    ],
+)
+def test_a_site_url_that_is_not_an_origin_stops_start_up(url, load_settings):
+    with pytest.raises(ImproperlyConfigured, match="PKIPORTAL_SITE_URL"):
+        load_settings(PKIPORTAL_SITE_URL=url)

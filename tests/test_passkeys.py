@@ -627,7 +627,7 @@ def test_the_overview_lists_keys_and_offers_to_add_one(officer):
 
 
 def test_the_deploy_check_warns_when_the_relying_party_does_not_fit(settings):
-    settings.PKIPORTAL_BASE_URL = "https://pki.example.com"
+    settings.PKIPORTAL_SITE_URL = "https://pki.example.com"
     settings.PKIPORTAL_WEBAUTHN_RP_ID = "other.example"
     settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://pki.example.com"]
     from enrollment.checks import security_keys_fit_the_portal
@@ -874,10 +874,21 @@ def test_the_default_origin_keeps_the_base_urls_port(load_settings):
     ] == ["https://pki.example.com"]
 
 
-def test_the_deploy_check_warns_when_the_base_url_is_not_an_origin(settings):
+def test_the_defaults_follow_the_site_url_where_people_sign_in(load_settings):
+    """The repository's http:// name is not where people sign in when a site URL is set:
+    keys bound to it would be refused at the portal's https:// address."""
+    loaded = load_settings(
+        PKIPORTAL_BASE_URL="http://pki.example.com",
+        PKIPORTAL_SITE_URL="https://portal.example.com:8443",
+    )
+    assert loaded["PKIPORTAL_WEBAUTHN_RP_ID"] == "portal.example.com"
+    assert loaded["PKIPORTAL_WEBAUTHN_ORIGINS"] == ["https://portal.example.com:8443"]
+
+
+def test_the_deploy_check_warns_when_the_site_url_is_not_an_origin(settings):
     from enrollment.checks import security_keys_fit_the_portal
 
-    settings.PKIPORTAL_BASE_URL = "http://pki.example.com:8443"
+    settings.PKIPORTAL_SITE_URL = "https://pki.example.com:8443"
     settings.PKIPORTAL_WEBAUTHN_RP_ID = "pki.example.com"
     settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://pki.example.com"]
     warnings = security_keys_fit_the_portal()
@@ -885,6 +896,21 @@ def test_the_deploy_check_warns_when_the_base_url_is_not_an_origin(settings):
     assert "https://pki.example.com:8443" in warnings[0].msg
     settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://pki.example.com:8443"]
     assert security_keys_fit_the_portal() == []
+
+
+def test_the_deploy_check_judges_the_site_url_not_the_repositorys(settings):
+    """People sign in at the site URL; the http:// base URL only names the repository."""
+    from enrollment.checks import security_keys_fit_the_portal
+
+    settings.PKIPORTAL_BASE_URL = "http://pki.example.com"
+    settings.PKIPORTAL_SITE_URL = "https://portal.example.org"
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = "portal.example.org"
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = ["https://portal.example.org"]
+    assert security_keys_fit_the_portal() == []
+
+    settings.PKIPORTAL_SITE_URL = "https://other.example.org"
+    (warning,) = security_keys_fit_the_portal()
+    assert "PKIPORTAL_SITE_URL (other.example.org)" in warning.msg
 
 
 @needs_row_locks

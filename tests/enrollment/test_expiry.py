@@ -79,7 +79,7 @@ def test_the_notice_has_a_renew_link(expiring, employee, run):
     run(expiring.not_after - timedelta(days=6))
 
     (notice,) = [m for m in mail.outbox if m.to == [employee.email]]
-    assert f"http://pki.example.com/certificates/{expiring.pk}/" in notice.body
+    assert f"https://portal.example.com/certificates/{expiring.pk}/" in notice.body
     assert expiring.not_after.strftime("%Y-%m-%d") in notice.body
 
 

@@ -653,7 +653,7 @@ def test_asking_mails_the_holder_and_the_officers(
     (to_alice,) = [m for m in mail.outbox if m.to == [employee.email]]
     assert to_alice.subject == "You asked for your archived encryption key back"
     assert "If you did not ask for this" in to_alice.body
-    assert f"http://pki.example.com/ra/recovery/{found.pk}/" in to_alice.body
+    assert f"https://portal.example.com/ra/recovery/{found.pk}/" in to_alice.body
     to_officers = [m for m in mail.outbox if m.to != [employee.email]]
     assert sorted(m.to[0] for m in to_officers) == sorted([officer.email, second_officer.email])
     for message in to_officers:
@@ -662,7 +662,7 @@ def test_asking_mails_the_holder_and_the_officers(
         )
         assert HOLDER_REASON in message.body
         assert "Alice Andersson" in message.body
-        assert f"http://pki.example.com/ra/recovery/{found.pk}/" in message.body
+        assert f"https://portal.example.com/ra/recovery/{found.pk}/" in message.body
 
 
 def test_an_officer_who_asks_for_their_own_key_is_not_asked_to_accept_it(

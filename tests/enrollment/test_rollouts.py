@@ -359,7 +359,7 @@ def test_officer_invites_person_collects_and_openssl_opens_it(
     first = people[0]
     message = next(m for m in mail.outbox if m.to == [first.email])
     request = requests.get(requester=first)
-    assert f"http://pki.example.com/enroll/requests/{request.pk}/" in message.body
+    assert f"https://portal.example.com/enroll/requests/{request.pk}/" in message.body
     assert "Finance Q1" in message.body
     assert RolloutInvitation.objects.filter(mailed_at__isnull=False).count() == 3
     # Audited: one rollout.create with counts, one request.approve per request.
