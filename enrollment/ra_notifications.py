@@ -12,16 +12,19 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from enrollment.models import Certificate, KeyRecoveryAgent
+from enrollment.models import Certificate, CertificateRequest, KeyRecoveryAgent
+from enrollment.permissions import ra_officers
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -173,6 +176,82 @@ def mailbox_certificate_revoked(certificate: Certificate, *, actor: Any) -> None
         actor=_name(actor) if actor is not None else "the portal (as the system)",
         url=reverse("enrollment:certificate-detail", args=[certificate.pk]),
     )
+
+
+# --- requests awaiting approval -------------------------------------------------------
+
+# More than this many requests in one summary are counted, not listed.
+SUMMARY_LISTS = 50
+
+# The requests each connection's open transaction made pending, mailed when it commits.
+_pending: WeakKeyDictionary[BaseDatabaseWrapper, list[int]] = WeakKeyDictionary()
+
+
+def request_awaits_approval(request: CertificateRequest) -> None:
+    """The officers who may decide it learn that a request waits, once its transaction
+    commits. All that one transaction made pending (a script, a bulk import) go out as
+    one summary, not one mail each."""
+    connection = transaction.get_connection()
+    _pending.setdefault(connection, []).append(request.pk)
+    # Each request queues the sending: the first to run after the commit takes them all
+    # and the rest find none. One queued only for the first would be lost with a rolled
+    # back savepoint, and the requests after it with it.
+    transaction.on_commit(lambda: _requests_pending_send(connection), robust=True)
+
+
+def _requests_pending_send(connection: BaseDatabaseWrapper) -> None:
+    ids = _pending.pop(connection, [])
+    if not ids:
+        return
+    # Those still pending: a request rolled back with its transaction is not there, one
+    # withdrawn or decided since needs no officer.
+    requests = list(
+        CertificateRequest.objects.filter(pk__in=ids, state=CertificateRequest.State.PENDING)
+        .select_related("requester", "template", "mailbox")
+        .order_by("pk")
+    )
+    if not requests:
+        return
+    # Who may not decide a request (services._decide): its requester and, for a shared
+    # mailbox, its delegates, who read the mailbox and can get its key.
+    barred = {
+        r.pk: {
+            r.requester_id,
+            *(r.mailbox.delegates.values_list("pk", flat=True) if r.mailbox else ()),
+        }
+        for r in requests
+    }
+    officers = (
+        get_user_model()
+        .objects.filter(ra_officers())
+        .exclude(email="")
+        .distinct()
+        .values_list("pk", "email")
+    )
+    asked: dict[tuple[int, ...], list[str]] = {}
+    for pk, email in officers:
+        theirs = tuple(r.pk for r in requests if pk not in barred[r.pk])
+        if theirs:
+            asked.setdefault(theirs, []).append(email)
+    by_pk = {r.pk: r for r in requests}
+    for ids_asked, addresses in asked.items():
+        listed = [by_pk[pk] for pk in ids_asked]
+        count = len(listed)
+        _send(
+            f"Certificate request #{listed[0].pk} waits for your approval"
+            if count == 1
+            else f"{count} certificate requests wait for your approval",
+            "enrollment/email/requests_await_approval.txt",
+            {
+                "requests": [
+                    {"request": r, "requester": _name(r.requester)} for r in listed[:SUMMARY_LISTS]
+                ],
+                "count": count,
+                "more": max(count - SUMMARY_LISTS, 0),
+                "url": reverse("enrollment:ra-requests"),
+            },
+            addresses,
+        )
 
 
 # --- key recovery ---------------------------------------------------------------------

@@ -2301,6 +2301,10 @@ def _request_submit_locked(
             )
         else:
             hotsql.insert(request)
+    if not approved:
+        from enrollment.ra_notifications import request_awaits_approval
+
+        request_awaits_approval(request)
     return request
 
 
