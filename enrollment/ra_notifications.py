@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Q
+from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -55,15 +55,15 @@ def _name(user: User | None) -> str:
     return user.get_full_name() or user.get_username()
 
 
+def _officers() -> QuerySet[User]:
+    """The active RA officers (and superusers, who are officers too) with an address."""
+    return get_user_model().objects.filter(ra_officers()).exclude(email="").distinct()
+
+
 def officer_addresses(*, exclude: Iterable[int | None] = ()) -> list[str]:
     """Active RA officers' addresses, but those of the accounts ``exclude`` names."""
-    users = get_user_model().objects.filter(is_active=True).exclude(email="")
-    users = users.exclude(pk__in=[pk for pk in exclude if pk is not None])
-    return list(
-        users.filter(Q(groups__name=settings.PKIPORTAL_RA_OFFICER_GROUP) | Q(is_superuser=True))
-        .distinct()
-        .values_list("email", flat=True)
-    )
+    users = _officers().exclude(pk__in=[pk for pk in exclude if pk is not None])
+    return list(users.values_list("email", flat=True))
 
 
 def agent_addresses() -> list[str]:
@@ -208,6 +208,7 @@ def _requests_pending_send(connection: BaseDatabaseWrapper) -> None:
     requests = list(
         CertificateRequest.objects.filter(pk__in=ids, state=CertificateRequest.State.PENDING)
         .select_related("requester", "template", "mailbox")
+        .prefetch_related("mailbox__delegates")
         .order_by("pk")
     )
     if not requests:
@@ -217,19 +218,12 @@ def _requests_pending_send(connection: BaseDatabaseWrapper) -> None:
     barred = {
         r.pk: {
             r.requester_id,
-            *(r.mailbox.delegates.values_list("pk", flat=True) if r.mailbox else ()),
+            *(delegate.pk for delegate in (r.mailbox.delegates.all() if r.mailbox else ())),
         }
         for r in requests
     }
-    officers = (
-        get_user_model()
-        .objects.filter(ra_officers())
-        .exclude(email="")
-        .distinct()
-        .values_list("pk", "email")
-    )
     asked: dict[tuple[int, ...], list[str]] = {}
-    for pk, email in officers:
+    for pk, email in _officers().values_list("pk", "email"):
         theirs = tuple(r.pk for r in requests if pk not in barred[r.pk])
         if theirs:
             asked.setdefault(theirs, []).append(email)
