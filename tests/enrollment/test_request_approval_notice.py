@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from django.contrib.auth.models import Group
 from django.core import mail
 from django.db import transaction
 
@@ -26,13 +25,6 @@ QUEUE = "https://portal.example.com/ra/requests/"
 @pytest.fixture
 def kra(quick_kra: Agent) -> Agent:
     return quick_kra
-
-
-@pytest.fixture
-def officer2(db):
-    user = UserFactory(username="oscar", first_name="Oscar", last_name="Second")
-    user.groups.add(Group.objects.get_or_create(name="RA officers")[0])
-    return user
 
 
 @pytest.fixture
@@ -59,7 +51,7 @@ def test_a_pending_request_mails_each_officer_with_the_queue_and_no_secret(
     needs_approval,
     employee,
     officer,
-    officer2,
+    second_officer,
     admin_user,
     ec_p256_key,
     django_capture_on_commit_callbacks,
@@ -71,7 +63,7 @@ def test_a_pending_request_mails_each_officer_with_the_queue_and_no_secret(
 
     found = notices()
     # Superusers are officers too (permissions.ra_officers); the requester is not asked.
-    assert sorted(found) == sorted([officer.email, officer2.email, admin_user.email])
+    assert sorted(found) == sorted([officer.email, second_officer.email, admin_user.email])
     for (message,) in found.values():
         assert message.subject == f"Certificate request #{request.pk} {WAITS}"
         assert QUEUE in message.body
@@ -85,12 +77,12 @@ def test_a_pending_request_mails_each_officer_with_the_queue_and_no_secret(
 
 
 def test_officers_are_not_asked_to_approve_their_own_request(
-    hierarchy, needs_approval, officer, officer2, django_capture_on_commit_callbacks
+    hierarchy, needs_approval, officer, second_officer, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
         submit(officer, needs_approval)
 
-    assert list(notices()) == [officer2.email]
+    assert list(notices()) == [second_officer.email]
 
 
 def test_an_officer_alone_with_their_own_request_gets_no_mail(
@@ -103,11 +95,11 @@ def test_an_officer_alone_with_their_own_request_gets_no_mail(
 
 
 def test_inactive_officers_and_other_people_are_not_mailed(
-    hierarchy, needs_approval, employee, colleague, officer, officer2, kra,
+    hierarchy, needs_approval, employee, colleague, officer, second_officer, kra,
     django_capture_on_commit_callbacks,
 ):  # fmt: skip
-    officer2.is_active = False
-    officer2.save()
+    second_officer.is_active = False
+    second_officer.save()
 
     with django_capture_on_commit_callbacks(execute=True):
         submit(employee, needs_approval)
@@ -153,7 +145,7 @@ def test_nothing_is_mailed_before_the_commit(hierarchy, needs_approval, employee
 
 
 def test_many_requests_in_one_transaction_make_one_summary(
-    hierarchy, needs_approval, officer, officer2, django_capture_on_commit_callbacks
+    hierarchy, needs_approval, officer, second_officer, django_capture_on_commit_callbacks
 ):
     people = [
         UserFactory(username=f"p{n}", first_name=f"P{n}", last_name="Person") for n in range(4)
@@ -163,7 +155,7 @@ def test_many_requests_in_one_transaction_make_one_summary(
         made = [submit(person, needs_approval) for person in people]
 
     found = notices()
-    assert sorted(found) == sorted([officer.email, officer2.email])
+    assert sorted(found) == sorted([officer.email, second_officer.email])
     for (summary,) in found.values():
         assert summary.subject == "4 certificate requests wait for your approval"
         assert QUEUE in summary.body
@@ -174,7 +166,7 @@ def test_many_requests_in_one_transaction_make_one_summary(
 
 
 def test_a_summary_leaves_each_officer_their_own_requests_out(
-    hierarchy, needs_approval, employee, officer, officer2, django_capture_on_commit_callbacks
+    hierarchy, needs_approval, employee, officer, second_officer, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
         theirs = submit(employee, needs_approval)
@@ -182,7 +174,7 @@ def test_a_summary_leaves_each_officer_their_own_requests_out(
 
     found = notices()
     (to_olivia,) = found[officer.email]
-    (to_oscar,) = found[officer2.email]
+    (to_oscar,) = found[second_officer.email]
     assert to_olivia.subject == f"Certificate request #{theirs.pk} {WAITS}"
     assert f"#{olivias.pk} " not in to_olivia.body
     assert to_oscar.subject == "2 certificate requests wait for your approval"
@@ -242,7 +234,7 @@ def test_a_request_withdrawn_before_the_commit_is_not_announced(
 
 
 def test_a_roll_out_asks_no_officer_it_approves_as_it_invites(
-    hierarchy, needs_approval, officer, officer2, django_capture_on_commit_callbacks
+    hierarchy, needs_approval, officer, second_officer, django_capture_on_commit_callbacks
 ):
     people = [UserFactory() for _ in range(3)]
 
@@ -258,13 +250,13 @@ def test_a_roll_out_asks_no_officer_it_approves_as_it_invites(
 
 
 def test_a_mailbox_delegate_is_not_asked_to_approve_its_request(
-    hierarchy, kra, approval, employee, officer, officer2, django_capture_on_commit_callbacks
+    hierarchy, kra, approval, employee, officer, second_officer, django_capture_on_commit_callbacks
 ):
     encryption = approval("smime-encryption")
     finance = mailboxes.mailbox_create(
         email="finance@example.com",
         display_name="Finance",
-        delegates=[employee, officer2],
+        delegates=[employee, second_officer],
         actor=officer,
     )
 
