@@ -7,7 +7,7 @@ down never undoes a decision: failures are logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -22,18 +22,27 @@ from enrollment.models import ApiToken, Certificate, CertificateRequest
 logger = logging.getLogger(__name__)
 
 
-def _send(subject: str, template: str, context: dict[str, object], to: str) -> None:
-    if not to:
+def mail(subject: str, template: str, context: Mapping[str, object], to: Iterable[str]) -> None:
+    """The template rendered now (links under PKIPORTAL_SITE_URL) and mailed to each address
+    once the transaction commits: a step rolled back mails nobody, and one address that
+    fails is logged without keeping the others from theirs."""
+    addresses = sorted({address for address in to if address})
+    if not addresses:
         return
     body = render_to_string(template, {**context, "site_url": settings.PKIPORTAL_SITE_URL})
 
     def send() -> None:
-        try:
-            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [to])
-        except Exception:
-            logger.exception("Could not send %r to the requester", subject)
+        for address in addresses:
+            try:
+                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [address])
+            except Exception:
+                logger.exception("Could not send %r to %s", subject, address)
 
     transaction.on_commit(send, robust=True)
+
+
+def _send(subject: str, template: str, context: dict[str, object], to: str) -> None:
+    mail(subject, template, context, [to])
 
 
 def request_decided(request: CertificateRequest) -> None:

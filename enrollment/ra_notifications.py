@@ -16,14 +16,13 @@ from weakref import WeakKeyDictionary
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
-from django.template.loader import render_to_string
 from django.urls import reverse
 
 from enrollment.models import Certificate, CertificateRequest, KeyRecoveryAgent
+from enrollment.notifications import mail
 from enrollment.permissions import ra_officers
 
 if TYPE_CHECKING:
@@ -34,19 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 def _send(subject: str, template: str, context: dict[str, Any], to: Iterable[str]) -> None:
-    addresses = sorted({address for address in to if address})
-    if not addresses:
-        return
-    body = render_to_string(template, {**context, "site_url": settings.PKIPORTAL_SITE_URL})
-
-    def send() -> None:
-        for address in addresses:
-            try:
-                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [address])
-            except Exception:
-                logger.exception("Could not send %r to %s", subject, address)
-
-    transaction.on_commit(send, robust=True)
+    """One mail to each address, sent once the transaction commits (notifications.mail)."""
+    mail(subject, template, context, to)
 
 
 def _name(user: User | None) -> str:
