@@ -227,7 +227,7 @@ class CertificateAdmin(ReadOnlyAdmin[Certificate]):
     )
     show_full_result_count = False  # no count of the whole table beside every search
     exclude = ["der"]
-    actions = ["revoke_superseded"]
+    actions = ["revoke"]
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Certificate], search_term: str
@@ -237,21 +237,17 @@ class CertificateAdmin(ReadOnlyAdmin[Certificate]):
         matches = ra_selectors.search_matches(search_term).values("pk")
         return queryset.filter(pk__in=matches), False
 
-    @admin.action(description="Revoke (superseded)", permissions=["revoke"])
-    def revoke_superseded(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> None:
-        for certificate in queryset:
-            try:
-                services.certificate_revoke(
-                    certificate=certificate,
-                    reason="superseded",
-                    actor=request.user,
-                    source_address=client_address(request),
-                )
-            except EnrollmentError as exc:
-                self.message_user(request, f"{certificate}: {exc.message}", messages.ERROR)
+    # A confirmation page first (reason, "I am sure", the number typed for more than
+    # one), as the RA page asks for each certificate; then each through the service.
+    @admin.action(description="Revoke selected certificates…", permissions=["revoke"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> HttpResponse | None:
+        from enrollment.ra_admin import certificate_revoke_action
+
+        return certificate_revoke_action(self, request, queryset)
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
-        # Whom the service lets revoke others' certificates; only they are offered it.
+        # Whom the service and the RA page (/ra/certificates/) let revoke others'
+        # certificates: RA officers and superusers; only they are offered it.
         return is_ra_officer(request.user)
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:

@@ -1,12 +1,13 @@
-"""The admin's key recovery agent pages: register (a certificate upload) and deactivate.
+"""The admin's pages that change things: register (a certificate upload) and deactivate
+key recovery agents, revoke selected certificates.
 
 Kept out of admin.py so the admin stays read-mostly in one obvious place; these are its
-forms that change agents, and they go through the services like the register_kra and
-deactivate_kra commands.
+forms, and they go through the services like the commands and the RA pages.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.contrib import admin, messages
@@ -15,14 +16,29 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
 from enrollment import services
-from enrollment.edge import client_address
-from enrollment.exceptions import EnrollmentError
-from enrollment.models import KeyRecoveryAgent
-from enrollment.ra_forms import KeyRecoveryAgentDeactivateForm, KeyRecoveryAgentRegisterForm
+from enrollment.edge import client_address, show_error
+from enrollment.exceptions import EnrollmentError, InvalidState, public_message
+from enrollment.models import Certificate, KeyRecoveryAgent
+from enrollment.ra_forms import (
+    BulkRevokeForm,
+    KeyRecoveryAgentDeactivateForm,
+    KeyRecoveryAgentRegisterForm,
+)
 from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
+
+logger = logging.getLogger(__name__)
+
+# The confirmation page lists this many of the certificates it would revoke, and counts
+# the rest; a message is shown for this many failures, and the rest are counted.
+REVOKE_SHOWN = 50
+REVOKE_ERRORS_SHOWN = 10
+# Certificates loaded at a time while revoking a large selection.
+REVOKE_CHUNK = 200
 
 
 def kra_register_view(
@@ -123,3 +139,136 @@ def kra_deactivate_action(
         context,
         status=400 if form.is_bound else 200,
     )
+
+
+def certificate_revoke_action(
+    model_admin: admin.ModelAdmin[Certificate],
+    request: HttpRequest,
+    queryset: QuerySet[Certificate],
+) -> HttpResponse | None:
+    """The "revoke selected certificates" action: a confirmation page that lists them and
+    asks, as the RA page does, for a reason and "I am sure" (and the number, for more than
+    one); then each is revoked through services.certificate_revoke, as on the RA page.
+
+    Only certificates still held (neither revoked nor expired) are revoked; the others are
+    skipped and counted. The number typed is checked against the selection as it is when
+    the form comes back, so a "select all" that grew meanwhile is shown again.
+    """
+    now = timezone.now()
+    selected = queryset.count()
+    revocable = Certificate.objects.held(now).filter(pk__in=queryset.values("pk"))
+    ids = list(revocable.order_by("pk").values_list("pk", flat=True))
+    skipped = selected - len(ids)
+    if not ids:
+        model_admin.message_user(
+            request,
+            f"No certificate revoked: the {selected} selected {_certificates(selected)} "
+            f"{pluralize(selected, 'is,are')} already revoked or expired.",
+            messages.WARNING,
+        )
+        return None
+    form = BulkRevokeForm(request.POST if "post" in request.POST else None, expected=len(ids))
+    status = 400 if form.is_bound else 200
+    if form.is_bound and form.is_valid():
+        refused = _revoke_each(model_admin, request, form, ids, skipped)
+        if refused is None:
+            return None
+        status = refused
+    rows = list(
+        Certificate.objects.filter(pk__in=ids[:REVOKE_SHOWN])
+        .select_related("owner", "template", "ca", "mailbox")
+        .defer("der", "ca__der")
+        .order_by("pk")
+    )
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Revoke certificates",
+        "opts": model_admin.model._meta,
+        "form": form,
+        "rows": rows,
+        "count": len(ids),
+        "more": len(ids) - len(rows),
+        "skipped": skipped,
+        "imported": revocable.filter(ca__is_imported=True).count(),
+        # What the changelist posted, posted again: the admin runs the action on the same
+        # selection (select_across: every certificate its filters match).
+        "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+        "select_across": request.POST.get("select_across") == "1",
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(
+        request,
+        "admin/enrollment/certificate/revoke.html",
+        context,
+        status=status,
+    )
+
+
+def _revoke_each(
+    model_admin: admin.ModelAdmin[Certificate],
+    request: HttpRequest,
+    form: BulkRevokeForm,
+    ids: list[int],
+    skipped: int,
+) -> int | None:
+    """Revoke each, one transaction each (as the RA page does, one at a time); tell the
+    operator how many. An error about the form's input (an invalidity date the service
+    refuses) before anything was revoked goes on the form instead: its status is returned
+    and nothing changed."""
+    reason = form.cleaned_data["reason"]
+    revoked = imported = 0
+    failures: list[str] = []
+    for start in range(0, len(ids), REVOKE_CHUNK):
+        chunk = (
+            Certificate.objects.filter(pk__in=ids[start : start + REVOKE_CHUNK])
+            .select_related("owner", "template", "ca", "mailbox")
+            .order_by("pk")
+        )
+        for certificate in chunk:
+            try:
+                services.certificate_revoke(
+                    certificate=certificate,
+                    reason=reason,
+                    actor=request.user,
+                    invalidity_date=form.cleaned_data["invalidity_date"],
+                    source_address=client_address(request),
+                )
+            except InvalidState:
+                skipped += 1  # revoked meanwhile (or with a compromised key revoked here)
+                continue
+            except EnrollmentError as exc:
+                if not revoked and not failures and exc.field in form.fields:
+                    return show_error(form, exc)
+                logger.warning("Admin revocation of %s failed: %s", certificate.pk, exc.message)
+                failures.append(
+                    f"{certificate} (serial {certificate.serial}): {public_message(exc)}"
+                )
+                continue
+            revoked += 1
+            imported += services.imported_revocation_note(certificate) is not None
+    label = Certificate.RevocationReasonChoice(reason).label.lower()
+    summary = f"Revoked {revoked} {_certificates(revoked)} ({label})"
+    summary += f"; skipped {skipped} (already revoked or expired)."
+    if revoked:
+        summary += (
+            " Their holders (a shared mailbox's delegates) were told by e-mail; the next "
+            "CRL lists them."
+        )
+    if imported:
+        summary += (
+            f" {imported} of them came from another CA: recorded here only, revoke them there too."
+        )
+    model_admin.message_user(request, summary, messages.SUCCESS if revoked else messages.WARNING)
+    for failure in failures[:REVOKE_ERRORS_SHOWN]:
+        model_admin.message_user(request, f"Not revoked: {failure}", messages.ERROR)
+    if len(failures) > REVOKE_ERRORS_SHOWN:
+        model_admin.message_user(
+            request,
+            f"{len(failures) - REVOKE_ERRORS_SHOWN} more could not be revoked; the log names them.",
+            messages.ERROR,
+        )
+    return None
+
+
+def _certificates(count: int) -> str:
+    return f"certificate{pluralize(count)}"

@@ -57,6 +57,39 @@ class OfficerRevokeForm(PortalForm):
     confirm = forms.BooleanField(label="Revoke: this cannot be undone", required=True)
 
 
+class BulkRevokeForm(OfficerRevokeForm):
+    """The admin's "revoke selected certificates": the RA page's reason, date and "I am
+    sure", no reason chosen in advance, and for more than one certificate their number
+    typed out, so "select all" cannot revoke a whole PKI in two clicks."""
+
+    count = forms.IntegerField(
+        label="Number of certificates to revoke",
+        min_value=0,
+        error_messages={"required": "Type the number of certificates to revoke."},
+    )
+
+    def __init__(self, *args: Any, expected: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = expected
+        reason = self.fields["reason"]
+        assert isinstance(reason, forms.ChoiceField)  # as OfficerRevokeForm declares it
+        reason.choices = [("", "Choose a reason…"), *OFFICER_REVOCATION_REASONS]
+        reason.error_messages["required"] = "Choose a reason."
+        if expected > 1:
+            self.fields["count"].help_text = f"Type {expected} to confirm."
+        else:
+            del self.fields["count"]
+
+    def clean_count(self) -> int:
+        typed: int = self.cleaned_data["count"]
+        if typed != self.expected:
+            raise forms.ValidationError(
+                f"{typed} is not the number of certificates that would be revoked: "
+                f"{self.expected}. Check the selection, then type {self.expected}."
+            )
+        return typed
+
+
 class RecoveryOpenForm(PortalForm):
     certificate = forms.IntegerField(widget=forms.HiddenInput)
     reason = forms.CharField(

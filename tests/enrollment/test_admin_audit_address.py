@@ -88,10 +88,11 @@ def test_a_revocation_in_the_admin_records_the_address(
     officer.is_staff = True
     officer.save(update_fields=["is_staff"])
     officer.user_permissions.add(*Permission.objects.filter(codename="view_certificate"))
+    officer.refresh_from_db()  # gaining privilege bumps session_generation
 
     response = action(
-        client_for(officer), "/admin/enrollment/certificate/", "revoke_superseded",
-        [certificate.pk],
+        client_for(officer), "/admin/enrollment/certificate/", "revoke", [certificate.pk],
+        post="yes", reason="superseded", confirm="on",
     )  # fmt: skip
 
     assert response.status_code == 302
