@@ -177,6 +177,13 @@ def root_crl_warnings(now: datetime | None = None) -> list[str]:
     ]
 
 
+def no_scheduler() -> bool:
+    """No broker is configured (the embedded default): tasks run inline in the web process
+    and no beat runs, so nothing happens on a schedule. /health/ then reports the scheduler
+    as "not used"; pages that promise a scheduled run say it will not come."""
+    return bool(settings.CELERY_TASK_ALWAYS_EAGER)
+
+
 def beat_status(now: datetime | None = None) -> dict[str, Any]:
     """Beat's verdict from the watchdog's last run; for a portal with a broker only.
 

@@ -834,7 +834,7 @@ def ldap_check(now: datetime | None = None) -> dict[str, Any]:
         return {"status": health.OK, "mode": "off"}
     now = now or timezone.now()
     state = _state()
-    inline = bool(settings.CELERY_TASK_ALWAYS_EAGER)
+    inline = health.no_scheduler()
 
     def when(moment: datetime | None) -> str | None:
         return moment.isoformat() if moment is not None else None

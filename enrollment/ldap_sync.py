@@ -436,7 +436,7 @@ def ldap_sync_check(now: datetime | None = None) -> dict[str, Any]:
     if not enabled():
         return {"status": health.OK, "mode": "off"}
     now = now or timezone.now()
-    inline = bool(settings.CELERY_TASK_ALWAYS_EAGER)
+    inline = health.no_scheduler()
     run = LdapSyncRun.objects.filter(pk=1).first()
     result: dict[str, Any] = {
         "status": health.OK,

@@ -346,6 +346,31 @@ def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
 # --- what /health/ and the RA console say ---------------------------------------------
 
 
+CRON_HINT = (
+    "Revoke them on /ra/leavers/, or run `manage.py revoke_deactivated --confirm` from cron "
+    "every hour: it revokes what is due, as the hourly run would."
+)
+
+
+def waiting_without_scheduler(now: datetime | None = None) -> list[str]:
+    """What the hourly run would revoke, waiting for a run that never comes because
+    nothing runs on a schedule (health.no_scheduler()); empty when beat runs or automatic
+    revocation is off. Said on the RA console, beside beat's "Not used"."""
+    delay = revocation_delay()
+    if delay is None or not health.no_scheduler():
+        return []
+    now = now or timezone.now()
+    waiting = []
+    if accounts := leavers_holding_count(now=now):
+        waiting.append(f"{accounts} deactivated account(s) still holding certificates")
+    if old := outdated.outdated_count(now=now):
+        waiting.append(f"{old} certificate(s) for an address their holder no longer has")
+    # Every deactivated mailbox that holds certificates, its grace period over or not.
+    if closed := len(mailboxes.mailboxes_due(now=now, delay=timedelta(0))):
+        waiting.append(f"{closed} deactivated shared mailbox(es) still holding certificates")
+    return waiting
+
+
 def held_back_message(due: Due, cap: int) -> str:
     changed = set(due.outdated) - set(due.leavers)
     if not changed:

@@ -164,6 +164,9 @@ def console(request: AuthenticatedHttpRequest) -> HttpResponse:
         "leaver_count": leavers.leavers_holding_count(),
         "outdated_count": outdated.outdated_count(now=timezone.now()),
         "leaver_check": leavers.leaver_check(),
+        # Beat's "Not used" is a warning while revocations wait for a run that never comes.
+        "unscheduled": leavers.waiting_without_scheduler(),
+        "cron_hint": leavers.CRON_HINT,
         "issuing": health.issuing_ca_status(),
         "ldap_check": ldap_publish.ldap_check(),
         "ldap_sync_check": ldap_sync.ldap_sync_check(),
@@ -296,6 +299,9 @@ def leaver_list(request: AuthenticatedHttpRequest) -> HttpResponse:
         "leaver_check": leavers.leaver_check(now),
         "ldap_sync_check": ldap_sync.ldap_sync_check(now),
         "reason": Certificate.RevocationReasonChoice.AFFILIATION_CHANGED.value,
+        # No beat: the due dates are when a run would revoke, and none will.
+        "no_scheduler": health.no_scheduler(),
+        "cron_hint": leavers.CRON_HINT,
     }
     return render(request, "enrollment/ra/leavers.html", context)
 

@@ -172,7 +172,7 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
     minute (callers allowed details)."""
     results: dict[str, Any] = {"database": _database()}
     results.update(broker_and_worker(fresh=fresh))
-    if results["broker"].get("mode") == "inline":
+    if health.no_scheduler():
         results["scheduler"] = {
             "status": health.OK,
             "mode": "not used",

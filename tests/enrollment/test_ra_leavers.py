@@ -11,7 +11,7 @@ import time_machine
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from enrollment import leavers
+from enrollment import leavers, mailboxes, outdated
 from enrollment.models import Certificate
 from tests.conftest import client_for
 from tests.enrollment.tools import issue, new_key
@@ -211,3 +211,99 @@ def test_no_warning_when_nothing_is_held_back(officer_client, leaver):
     page = officer_client.get("/ra/").content.decode()
 
     assert "certificates not revoked" not in page
+
+
+# --- nothing on a schedule (no broker, so no beat) -------------------------------------
+
+
+def leaver_row(page: str) -> str:
+    return page.split('id="leaver-', 1)[1].split("</tr>", 1)[0]
+
+
+def test_without_a_scheduler_the_page_says_nothing_is_revoked_on_its_own(
+    officer_client, leaver, settings
+):
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # the embedded default
+
+    page = officer_client.get("/ra/leavers/").content.decode()
+
+    assert 'id="no-scheduler"' in page
+    assert "Nothing runs on a schedule here, so nothing is revoked on its own." in page
+    assert "run `manage.py revoke_deactivated --confirm` from cron every hour" in page
+    assert "by a task that runs hourly" not in page
+    row = leaver_row(page)
+    assert f"{leaver.deactivated_at + GRACE:%Y-%m-%d %H:%M} UTC" in row
+    assert "not on its own: nothing runs on a schedule" in row
+    assert "in 2\xa0days" not in row
+
+
+def test_with_beat_the_page_says_when_the_hourly_run_revokes(officer_client, leaver, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a broker, so beat runs the hourly task
+
+    page = officer_client.get("/ra/leavers/").content.decode()
+
+    assert 'id="no-scheduler"' not in page
+    assert "by a task that runs hourly" in page
+    assert "in 2\xa0days" in leaver_row(page)
+
+
+def test_with_automatic_revocation_off_there_is_no_schedule_to_miss(
+    officer_client, leaver, settings
+):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = None
+
+    page = officer_client.get("/ra/leavers/").content.decode()
+
+    assert 'id="no-scheduler"' not in page
+    assert "automatic revocation is off" in leaver_row(page)
+
+
+def test_the_consoles_beat_badge_warns_while_leavers_wait_for_a_run_that_never_comes(
+    officer_client, leaver, settings
+):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+    page = officer_client.get("/ra/").content.decode()
+
+    assert '<span class="badge health-warn">Not used</span>' in page
+    waiting = page.split('id="unscheduled-work">', 1)[1].split("</span>", 1)[0]
+    assert "1 deactivated account(s) still holding certificates" in waiting
+    assert "`manage.py revoke_deactivated --confirm` from cron every hour" in waiting
+
+
+def test_the_consoles_beat_badge_stays_grey_when_nothing_waits(officer_client, hierarchy, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+    page = officer_client.get("/ra/").content.decode()
+
+    assert '<span class="badge">Not used</span>' in page
+    assert "unscheduled-work" not in page
+
+
+def test_what_waits_counts_leavers_old_addresses_and_closed_mailboxes(
+    leaver, employee, officer, template, settings
+):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    # Alice's address changed (and a run noticed: the RA page's list); a shared mailbox
+    # holding a certificate was closed.
+    moved = issue(employee, template("smime-signing"), new_key())
+    Certificate.objects.filter(pk=moved.pk).update(created_at=timezone.now() - GRACE)
+    employee.email = "alice.new@example.com"
+    employee.save()
+    outdated.outdated_sync(now=timezone.now(), delay=GRACE)
+    finance = mailboxes.mailbox_create(email="finance@example.com", display_name="Finance")
+    shared = issue(employee, template("smime-signing"), new_key())
+    Certificate.objects.filter(pk=shared.pk).update(owner=None, mailbox=finance)
+    mailboxes.mailbox_set_active(mailbox=finance, active=False, actor=officer)
+
+    assert leavers.waiting_without_scheduler() == [
+        "1 deactivated account(s) still holding certificates",
+        "1 certificate(s) for an address their holder no longer has",
+        "1 deactivated shared mailbox(es) still holding certificates",
+    ]
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    assert leavers.waiting_without_scheduler() == []  # beat runs: nothing waits in vain
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = None
+    assert leavers.waiting_without_scheduler() == []  # nothing is revoked on its own anyway
