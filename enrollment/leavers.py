@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from enrollment import health, mailboxes, outdated
 from enrollment.audit import audit_record
-from enrollment.exceptions import EnrollmentError, public_message
+from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,9 @@ def leavers_revoke(*, now: datetime | None = None, confirmed: bool = False) -> O
             try:
                 revoked = 0
                 if user_pk in leaving:
-                    revoked += _revoke_account(user_pk, cutoff=now - delay, now=now, source=source)
+                    revoked += (
+                        _revoke_account(user_pk, cutoff=now - delay, now=now, source=source) or 0
+                    )
                 if user_pk in changed:
                     revoked += outdated.revoke_account(
                         user_pk, cutoff=now - delay, now=now, source=source
@@ -295,29 +297,45 @@ def _hold_back(outcome: Outcome, delay: timedelta, due: Due) -> None:
     )
 
 
-def _revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: str) -> int:
-    """Revoke one leaver's held certificates in one transaction; how many.
+# The audit detail's "source" of an officer's "revoke all" on /ra/leavers/ (the runs say
+# LeaverRevocationRun.Source: "schedule", "command").
+OFFICER_SOURCE = "ra"
+
+
+def _revoke_account(
+    user_pk: int,
+    *,
+    cutoff: datetime | None,
+    now: datetime,
+    source: str,
+    actor: Any = None,
+    source_address: str | None = None,
+) -> int | None:
+    """Revoke one leaver's held certificates in one transaction; how many, or None when
+    the account is not (or no longer) a leaver deactivated by ``cutoff`` (None: whenever).
 
     The account's row is locked and read again first, so an account reactivated since the
     run looked (or while it waits for the lock) keeps its certificates.
     """
     with transaction.atomic():
-        user = (
-            get_user_model()
-            .objects.select_for_update()
-            .filter(pk=user_pk, is_active=False, deactivated_at__lte=cutoff)
-            .first()
-        )
+        found = get_user_model().objects.select_for_update().filter(pk=user_pk, is_active=False)
+        if cutoff is not None:
+            found = found.filter(deactivated_at__lte=cutoff)
+        user = found.first()
         if user is None:
-            return 0
+            return None
         held = (
             Certificate.objects.held(now).issued_here().filter(owner=user).select_related("owner")
         )
-        revoked = outdated.revoke_each(held.order_by("pk"))
+        revoked = outdated.revoke_each(
+            held.order_by("pk"), actor=actor, source_address=source_address
+        )
         if revoked:
             audit_record(
                 action="leaver.revoke",
+                actor=actor,
                 target=user,
+                source_address=source_address,
                 detail={
                     "deactivated_at": user.deactivated_at,
                     "serials": [certificate.serial for certificate in revoked],
@@ -325,6 +343,30 @@ def _revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: st
                 },
             )
         return len(revoked)
+
+
+def leaver_revoke(*, user: Any, actor: Any, source_address: str | None = None) -> int:
+    """An officer revokes, now, every certificate a deactivated account still holds
+    (affiliationChanged), without waiting for the grace period; how many. Audited as the
+    hourly run's are (each certificate.revoke, one leaver.revoke naming the serials), in
+    the officer's name with ``"source": "ra"``. An account active again keeps them."""
+    from enrollment.permissions import is_ra_officer
+
+    if not is_ra_officer(actor):
+        raise NotPermitted("Only RA officers may revoke a leaver's certificates.")
+    revoked = _revoke_account(
+        user.pk,
+        cutoff=None,
+        now=timezone.now(),
+        source=OFFICER_SOURCE,
+        actor=actor,
+        source_address=source_address,
+    )
+    if revoked is None:
+        raise InvalidState(
+            f"{user.get_username()}'s account is active again: its certificates were not revoked."
+        )
+    return revoked
 
 
 def _record(outcome: Outcome, *, now: datetime, source: str) -> None:

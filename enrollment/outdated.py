@@ -240,11 +240,16 @@ def revoke_account(user_pk: int, *, cutoff: datetime, now: datetime, source: str
 
 
 def revoke_each(
-    certificates: Iterable[Certificate], *, reason: str = AFFILIATION_CHANGED
+    certificates: Iterable[Certificate],
+    *,
+    reason: str = AFFILIATION_CHANGED,
+    actor: Any = None,
+    source_address: str | None = None,
 ) -> list[Certificate]:
     """Revoke each (affiliationChanged unless told) through the ordinary revocation (CRL,
-    audit as the system, the holder's mail); the ones it revoked. One an officer or the
-    holder revoked a moment ago is left out. Shared with the leavers' and mailboxes' runs."""
+    audit as the system or the officer who asked, the holder's mail); the ones it revoked.
+    One an officer or the holder revoked a moment ago is left out. Shared with the leavers'
+    and mailboxes' runs and an officer's "revoke all" on /ra/leavers/."""
     revoked = []
     with transaction.atomic():
         chosen = list(certificates)
@@ -253,7 +258,12 @@ def revoke_each(
         services.lock_in_order(Certificate.objects.filter(pk__in=[c.pk for c in chosen]))
         for certificate in chosen:
             try:
-                services.certificate_revoke(certificate=certificate, reason=reason)
+                services.certificate_revoke(
+                    certificate=certificate,
+                    reason=reason,
+                    actor=actor,
+                    source_address=source_address,
+                )
             except InvalidState:
                 continue
             revoked.append(certificate)

@@ -57,6 +57,13 @@ class OfficerRevokeForm(PortalForm):
     confirm = forms.BooleanField(label="Revoke: this cannot be undone", required=True)
 
 
+class LeaverRevokeForm(PortalForm):
+    """Revoke every certificate a leaver still holds: the reason is affiliationChanged,
+    so only the RA page's "I am sure" is asked."""
+
+    confirm = OfficerRevokeForm.base_fields["confirm"]
+
+
 class BulkRevokeForm(OfficerRevokeForm):
     """The admin's "revoke selected certificates": the RA page's reason, date and "I am
     sure", no reason chosen in advance, and for more than one certificate their number

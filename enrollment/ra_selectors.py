@@ -55,6 +55,16 @@ def certificate_search(query: str, *, archived_only: bool = False) -> QuerySet[C
     matching = search_matches(query, archived_only=archived_only)
     ids = list(matching.order_by().values_list("pk", flat=True)[: SEARCH_CANDIDATES + 1])
     found = matching if len(ids) > SEARCH_CANDIDATES else Certificate.objects.filter(pk__in=ids)
+    return _listed(found)
+
+
+def certificates_of(owner_id: int) -> QuerySet[Certificate]:
+    """One account's certificates, newest first, as a search lists them: what a link for
+    one person opens (a name search also finds namesakes)."""
+    return _listed(Certificate.objects.filter(owner_id=owner_id))
+
+
+def _listed(found: QuerySet[Certificate]) -> QuerySet[Certificate]:
     return (
         found.select_related("owner", "template", "ca", "mailbox")
         .defer("der", "ca__der")  # a list never shows them; sorting them spilled to disk

@@ -11,6 +11,7 @@ urlpatterns = [
     path("certificates/", ra_views.certificate_search, name="certificates"),
     path("certificates/<int:pk>/revoke/", ra_views.certificate_revoke, name="certificate-revoke"),
     path("leavers/", ra_views.leaver_list, name="leavers"),
+    path("leavers/<int:pk>/revoke/", ra_views.leaver_revoke, name="leaver-revoke"),
     path("mailboxes/", mailbox_views.mailbox_list, name="mailboxes"),
     path("mailboxes/<int:pk>/", mailbox_views.mailbox_detail, name="mailbox-detail"),
     path("mailboxes/<int:pk>/active/", mailbox_views.mailbox_active, name="mailbox-active"),

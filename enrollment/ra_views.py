@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import MemoryFileUploadHandler
@@ -54,6 +55,7 @@ from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 from enrollment.ra_forms import (
     AuditFilterForm,
     CertificateSearchForm,
+    LeaverRevokeForm,
     OfficerRevokeForm,
     RecoveredKeyForm,
     RecoveryAcceptForm,
@@ -184,9 +186,13 @@ def _certificates_page(
     revoke_form: OfficerRevokeForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    form = CertificateSearchForm(request.GET or None)
+    owner_id = _row_id(request.GET.get("owner", ""))
+    owner = get_user_model().objects.filter(pk=owner_id).first() if owner_id else None
+    form = CertificateSearchForm(None if owner else request.GET or None)
     results: list[Certificate] = []
-    if form.is_bound and form.is_valid():
+    if owner is not None:
+        results = list(ra_selectors.certificates_of(owner.pk)[:50])
+    elif form.is_bound and form.is_valid():
         results = list(ra_selectors.certificate_search(form.cleaned_data["q"])[:50])
     if failed is not None and all(c.pk != failed.pk for c in results):
         results.insert(0, failed)
@@ -195,7 +201,8 @@ def _certificates_page(
     context = {
         "form": form,
         "results": results,
-        "searched": form.is_bound,
+        "searched": form.is_bound or owner is not None,
+        "owner": owner,
         "failed_id": failed.pk if failed else None,
         "revoke_form": revoke_form,
         "reasons": reason_field.choices,
@@ -250,7 +257,8 @@ def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
         f"Revoked {certificate.common_name}'s certificate (serial {certificate.serial}). "
         + (f"{told}. {note}" if note else f"{told}; the next CRL lists it."),
     )
-    query = {"q": request.POST.get("q", "")}
+    owner = _row_id(request.POST.get("owner", ""))
+    query = {"owner": str(owner)} if owner else {"q": request.POST.get("q", "")}
     if preset := _preset_reason(request.POST.get("preset_reason", "")):
         query["reason"] = preset  # the holder's other certificates, with the same preset
     return redirect(f"{reverse('ra:certificates')}?{urlencode(query)}")
@@ -282,6 +290,16 @@ def leaver_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Deactivated accounts still holding certificates, certificates naming an address
     their holder no longer has, and when those are revoked."""
     officer_required(request)
+    return _leavers_page(request)
+
+
+def _leavers_page(
+    request: HttpRequest,
+    *,
+    failed: int | None = None,
+    revoke_form: LeaverRevokeForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
     now = timezone.now()
     found = leavers.leavers_holding_certificates(now=now, limit=leavers.PAGE_LIMIT + 1)
     changed = outdated.outdated_certificates(
@@ -302,8 +320,39 @@ def leaver_list(request: AuthenticatedHttpRequest) -> HttpResponse:
         # No beat: the due dates are when a run would revoke, and none will.
         "no_scheduler": health.no_scheduler(),
         "cron_hint": leavers.CRON_HINT,
+        "failed_id": failed,
+        "revoke_form": revoke_form,
     }
-    return render(request, "enrollment/ra/leavers.html", context)
+    return render(request, "enrollment/ra/leavers.html", context, status=status)
+
+
+@login_required
+@require_POST
+def leaver_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Revoke, now, every certificate a deactivated account still holds (affiliationChanged),
+    as the hourly run would after the grace period: the officer has checked they left."""
+    officer_required(request)
+    user = get_object_or_404(get_user_model(), pk=pk)
+    form = LeaverRevokeForm(request.POST)
+    if not form.is_valid():
+        return _leavers_page(request, failed=user.pk, revoke_form=form, status=400)
+    try:
+        revoked = leavers.leaver_revoke(
+            user=user, actor=request.user, source_address=client_address(request)
+        )
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        return _leavers_page(request, failed=user.pk, revoke_form=form, status=status)
+    who = f"{user.get_full_name() or user.get_username()} ({user.get_username()})"
+    if revoked:
+        messages.success(
+            request,
+            f"Revoked {revoked} certificate{pluralize(revoked)} of {who} (affiliation changed). "
+            "The holder was told by e-mail; the next CRL lists them.",
+        )
+    else:
+        messages.info(request, f"{who} holds no valid certificate any more: nothing to revoke.")
+    return redirect("ra:leavers")
 
 
 # --- key recovery ---------------------------------------------------------------------

@@ -174,19 +174,26 @@ def test_it_lists_holder_old_and_new_address_since_due_and_a_revoke_link(officer
     assert NEW in row
     assert f"{moment:%Y-%m-%d %H:%M} UTC" in row
     assert f"{moment + GRACE:%Y-%m-%d %H:%M} UTC" in row
-    assert f'href="/ra/certificates/?q={certificate.serial}&amp;reason=affiliationChanged"' in row
+    link = f"/ra/certificates/?owner={certificate.owner_id}&amp;reason=affiliationChanged"
+    assert f'href="{link}#certificate-{certificate.pk}"' in row
 
 
 def test_the_revoke_link_chooses_affiliation_changed_for_the_outdated_certificate(
-    officer_client, changed
+    officer_client, changed, employee, template
 ):
+    """The link lists the holder's certificates by account; only the outdated one has the
+    reason chosen in advance, not one for the new address."""
     certificate, _moment = changed
+    current = issue(employee, template("smime-signing"), new_key())
 
     page = officer_client.get(
-        "/ra/certificates/", {"q": certificate.serial, "reason": "affiliationChanged"}
+        "/ra/certificates/", {"owner": certificate.owner_id, "reason": "affiliationChanged"}
     ).content.decode()
 
+    assert f'id="reason-{current.pk}"' in page
     assert page.count('<option value="affiliationChanged" selected>') == 1
+    outdated_row = page.split(f'id="reason-{certificate.pk}"', 1)[1].split("</select>", 1)[0]
+    assert '<option value="affiliationChanged" selected>' in outdated_row
 
 
 def test_a_current_certificate_gets_no_preset_reason(officer_client, employee, hierarchy, template):

@@ -1,5 +1,6 @@
 """/ra/leavers/: deactivated accounts still holding certificates, for RA officers only;
-the console's tile and warning; revoking from there with the reason chosen in advance."""
+the console's tile and warning; revoking all of a leaver's certificates from there, or one
+at a time with the reason chosen in advance; what it says when nothing runs on a schedule."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import pytest
 import time_machine
 
 from django.contrib.auth.models import Group
+from django.contrib.messages import get_messages
+from django.test import Client
 from django.utils import timezone
 
 from enrollment import leavers, mailboxes, outdated
-from enrollment.models import Certificate
+from enrollment.models import AuditEvent, Certificate
 from tests.conftest import client_for
 from tests.enrollment.tools import issue, new_key
 from tests.factories import UserFactory
+from tests.second_factor import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +97,10 @@ def test_it_lists_name_user_name_when_deactivated_and_due_and_how_many(
     assert f"{leaver.deactivated_at:%Y-%m-%d %H:%M} UTC" in row
     assert f"{leaver.deactivated_at + GRACE:%Y-%m-%d %H:%M} UTC" in row
     assert "<td>2</td>" in row
-    assert 'href="/ra/certificates/?q=dora&amp;reason=affiliationChanged"' in row
+    assert "Revoke all 2 certificates" in row
+    assert f'action="/ra/leavers/{leaver.pk}/revoke/"' in row
+    assert f'href="/ra/certificates/?owner={leaver.pk}&amp;reason=affiliationChanged"' in row
+    assert "?q=" not in row  # no name search: it also finds namesakes
     assert "alice" not in page  # still here
 
 
@@ -307,3 +314,192 @@ def test_what_waits_counts_leavers_old_addresses_and_closed_mailboxes(
     settings.CELERY_TASK_ALWAYS_EAGER = True
     settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = None
     assert leavers.waiting_without_scheduler() == []  # nothing is revoked on its own anyway
+
+
+# --- revoke all of a leaver's certificates ---------------------------------------------
+
+ADDRESS = "192.0.2.46"
+
+
+def revoke_all(client, leaver, **data):
+    return client.post(
+        f"/ra/leavers/{leaver.pk}/revoke/", {"confirm": "on", **data}, REMOTE_ADDR=ADDRESS
+    )
+
+
+def held(user) -> int:
+    return user.certificates.filter(status="valid").count()
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [
+        ("officer", 302),
+        ("admin_user", 302),  # superusers count as officers, as on the RA pages
+        ("employee", 403),
+        ("colleague", 403),
+        ("agent", 403),
+        (None, 302),  # to the sign-in page
+    ],
+)
+def test_only_officers_revoke_all_of_a_leavers_certificates(request, leaver, who, status):
+    user = request.getfixturevalue(who) if who else None
+
+    response = revoke_all(client_for(user), leaver)
+
+    assert response.status_code == status
+    if user is None:
+        assert response["Location"].startswith("/accounts/login/")
+    officer_like = who in ("officer", "admin_user")
+    assert held(leaver) == (0 if officer_like else 2)
+    if officer_like:
+        assert response["Location"] == "/ra/leavers/"
+
+
+@pytest.mark.parametrize("method", ["get", "head", "put"])
+def test_revoking_all_takes_only_a_post(officer_client, leaver, method):
+    response = getattr(officer_client, method)(f"/ra/leavers/{leaver.pk}/revoke/")
+
+    assert response.status_code == 405
+    assert held(leaver) == 2
+
+
+def test_revoking_all_needs_the_csrf_token(officer, leaver):
+    client = verified_login(Client(enforce_csrf_checks=True), officer)
+
+    response = revoke_all(client, leaver)
+
+    assert response.status_code == 403
+    assert held(leaver) == 2
+
+
+def test_revoking_all_needs_i_am_sure(officer_client, leaver):
+    response = officer_client.post(f"/ra/leavers/{leaver.pk}/revoke/", {})
+
+    assert response.status_code == 400
+    row = leaver_row(response.content.decode())
+    assert "Tick “I am sure” to revoke them." in row
+    assert held(leaver) == 2
+    assert not AuditEvent.objects.filter(action__in=["certificate.revoke", "leaver.revoke"])
+
+
+def test_it_revokes_every_certificate_the_leaver_holds_audited_as_the_hourly_run(
+    officer_client, officer, leaver, template
+):
+    """Within the grace period too: the officer has checked that Dora left. Doraine, whom
+    a name search for "dora" also finds, keeps hers."""
+    doraine = UserFactory(username="doraine", first_name="Doraine", last_name="Active")
+    staying = issue(doraine, template("smime-signing"), new_key())
+    serials = sorted(leaver.certificates.values_list("serial", flat=True))
+
+    response = revoke_all(officer_client, leaver)
+
+    assert response.status_code == 302
+    assert {(c.status, c.revocation_reason) for c in leaver.certificates.all()} == {
+        ("revoked", "affiliationChanged")
+    }
+    assert Certificate.objects.get(pk=staying.pk).status == "valid"
+    revocations = AuditEvent.objects.filter(action="certificate.revoke")
+    assert revocations.count() == 2
+    assert {(e.actor, e.source_address) for e in revocations} == {(officer, ADDRESS)}
+    event = AuditEvent.objects.get(action="leaver.revoke")
+    assert (event.actor, event.source_address, event.object_id) == (
+        officer,
+        ADDRESS,
+        str(leaver.pk),
+    )
+    assert event.detail["source"] == "ra"
+    assert sorted(event.detail["serials"]) == serials
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [
+        "Revoked 2 certificates of Dora Departed (dora) (affiliation changed). The holder "
+        "was told by e-mail; the next CRL lists them."
+    ]
+    assert 'id="leaver-' not in officer_client.get("/ra/leavers/").content.decode()
+
+
+def test_an_account_active_again_keeps_its_certificates(officer_client, leaver):
+    leaver.is_active = True
+    leaver.save()
+
+    response = revoke_all(officer_client, leaver)
+
+    assert response.status_code == 400
+    refused = response.content.decode().split('id="revoke-refused">', 1)[1].split("</div>")[0]
+    assert "dora&#x27;s account is active again: its certificates were not revoked." in refused
+    assert held(leaver) == 2
+
+
+def test_nothing_left_to_revoke_is_said_plainly(officer_client, leaver):
+    leaver.certificates.update(
+        status="revoked", revoked_at=timezone.now(), revocation_reason="superseded"
+    )
+
+    response = revoke_all(officer_client, leaver)
+
+    assert response.status_code == 302
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [
+        "Dora Departed (dora) holds no valid certificate any more: nothing to revoke."
+    ]
+
+
+def test_an_unknown_account_is_not_found(officer_client, leaver):
+    response = officer_client.post("/ra/leavers/999999/revoke/", {"confirm": "on"})
+
+    assert response.status_code == 404
+    assert held(leaver) == 2
+
+
+def test_the_service_refuses_who_is_not_an_officer(leaver, employee):
+    from enrollment.exceptions import NotPermitted
+
+    with pytest.raises(NotPermitted):
+        leavers.leaver_revoke(user=leaver, actor=employee)
+    assert held(leaver) == 2
+
+
+# --- one at a time, by the account's id ------------------------------------------------
+
+
+def test_one_at_a_time_lists_the_leavers_certificates_only(officer_client, leaver, template):
+    doraine = UserFactory(username="doraine", first_name="Doraine", last_name="Active")
+    staying = issue(doraine, template("smime-signing"), new_key())
+
+    page = officer_client.get(
+        "/ra/certificates/", {"owner": leaver.pk, "reason": "affiliationChanged"}
+    ).content.decode()
+
+    assert "Certificates of Dora Departed (user name dora, deactivated)." in page
+    assert f'id="certificate-{staying.pk}"' not in page
+    for certificate in leaver.certificates.all():
+        assert f'id="certificate-{certificate.pk}"' in page
+    assert page.count('<option value="affiliationChanged" selected>') == 2
+    assert page.count(f'name="owner" value="{leaver.pk}"') == 2
+
+
+def test_one_at_a_time_comes_back_to_the_same_account(officer_client, leaver):
+    certificate = leaver.certificates.order_by("pk").first()
+
+    response = officer_client.post(
+        f"/ra/certificates/{certificate.pk}/revoke/",
+        {
+            "reason": "affiliationChanged",
+            "confirm": "on",
+            "owner": str(leaver.pk),
+            "preset_reason": "affiliationChanged",
+        },
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == (
+        f"/ra/certificates/?owner={leaver.pk}&reason=affiliationChanged"
+    )
+
+
+@pytest.mark.parametrize(("who", "status"), [("employee", 403), ("agent", 403), (None, 302)])
+def test_only_officers_list_an_accounts_certificates(request, leaver, who, status):
+    user = request.getfixturevalue(who) if who else None
+
+    response = client_for(user).get("/ra/certificates/", {"owner": leaver.pk})
+
+    assert response.status_code == status
+    assert b"Dora" not in response.content
