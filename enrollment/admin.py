@@ -269,9 +269,11 @@ class SharedMailboxAdmin(ReadOnlyAdmin[SharedMailbox]):
 
     def _set_active(
         self, request: HttpRequest, queryset: QuerySet[SharedMailbox], active: bool
-    ) -> None:
+    ) -> list[str]:
+        """Each through the service; the addresses it switched."""
         from enrollment import mailboxes
 
+        done = []
         for mailbox in queryset:
             try:
                 mailboxes.mailbox_set_active(
@@ -282,15 +284,27 @@ class SharedMailboxAdmin(ReadOnlyAdmin[SharedMailbox]):
                 )
             except EnrollmentError as exc:
                 self.message_user(request, f"{mailbox.email}: {exc.message}", messages.ERROR)
+            else:
+                done.append(mailbox.email)
+        return done
 
-    @admin.action(description="Deactivate (certificates revoked after the grace period)",
-                  permissions=["manage"])  # fmt: skip
-    def deactivate(self, request: HttpRequest, queryset: QuerySet[SharedMailbox]) -> None:
-        self._set_active(request, queryset, False)
+    # A confirmation page first: open requests are withdrawn at once and the certificates
+    # revoked after the grace period, and "select all" reaches every mailbox.
+    @admin.action(description="Deactivate selected shared mailboxes…", permissions=["manage"])
+    def deactivate(
+        self, request: HttpRequest, queryset: QuerySet[SharedMailbox]
+    ) -> HttpResponse | None:
+        from enrollment.ra_admin import mailbox_deactivate_action
+
+        return mailbox_deactivate_action(self, request, queryset)
 
     @admin.action(description="Reactivate", permissions=["manage"])
     def reactivate(self, request: HttpRequest, queryset: QuerySet[SharedMailbox]) -> None:
-        self._set_active(request, queryset, True)
+        done = self._set_active(request, queryset.filter(is_active=False), True)
+        if not done:
+            self.message_user(request, "None of the selected mailboxes is deactivated.")
+        else:
+            self.message_user(request, f"Reactivated {', '.join(done)}.", messages.SUCCESS)
 
 
 @admin.register(RevocationList)

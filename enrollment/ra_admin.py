@@ -1,5 +1,5 @@
 """The admin's pages that change things: register (a certificate upload) and deactivate
-key recovery agents, revoke selected certificates.
+key recovery agents, revoke selected certificates, deactivate shared mailboxes.
 
 Kept out of admin.py so the admin stays read-mostly in one obvious place; these are its
 forms, and they go through the services like the commands and the RA pages.
@@ -13,21 +13,22 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from enrollment import services
+from enrollment import health, leavers, mailboxes, services
 from enrollment.edge import client_address, show_error
 from enrollment.exceptions import EnrollmentError, InvalidState, public_message
-from enrollment.models import Certificate, KeyRecoveryAgent
+from enrollment.models import Certificate, KeyRecoveryAgent, SharedMailbox
 from enrollment.ra_forms import (
     BulkRevokeForm,
     KeyRecoveryAgentDeactivateForm,
     KeyRecoveryAgentRegisterForm,
+    MailboxDeactivateForm,
 )
 from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
 
@@ -272,3 +273,84 @@ def _revoke_each(
 
 def _certificates(count: int) -> str:
     return f"certificate{pluralize(count)}"
+
+
+def mailbox_deactivate_action(
+    model_admin: admin.ModelAdmin[SharedMailbox],
+    request: HttpRequest,
+    queryset: QuerySet[SharedMailbox],
+) -> HttpResponse | None:
+    """The shared mailboxes' "deactivate" action: a page that lists the active ones chosen
+    with the certificates each holds and says when those are revoked, then, confirmed,
+    mailbox_set_active for each, as /ra/mailboxes/ does."""
+    now = timezone.now()
+    held = Q(certificates__status=Certificate.Status.VALID, certificates__not_after__gt=now)
+    chosen = list(
+        queryset.filter(is_active=True)
+        .annotate(held=Count("certificates", filter=held))
+        .order_by("email")
+    )
+    if not chosen:
+        model_admin.message_user(
+            request, "None of the selected mailboxes is active.", messages.INFO
+        )
+        return None
+    form = MailboxDeactivateForm(request.POST if "post" in request.POST else None)
+    if form.is_bound and form.is_valid():
+        done = []
+        for mailbox in chosen:
+            try:
+                mailboxes.mailbox_set_active(
+                    mailbox=mailbox,
+                    active=False,
+                    actor=request.user,
+                    source_address=client_address(request),
+                )
+            except EnrollmentError as exc:
+                model_admin.message_user(
+                    request, f"{mailbox.email}: {public_message(exc)}", messages.ERROR
+                )
+            else:
+                done.append(mailbox.email)
+        if done:
+            model_admin.message_user(
+                request,
+                f"Deactivated {len(done)} shared mailbox{pluralize(len(done), 'es')}: "
+                f"{', '.join(done)}. {_when_revoked()}",
+                messages.SUCCESS,
+            )
+        return None
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Deactivate shared mailboxes",
+        "opts": model_admin.model._meta,
+        "form": form,
+        "rows": chosen,
+        "when_revoked": _when_revoked(),
+        "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+        "select_across": request.POST.get("select_across") == "1",
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(
+        request,
+        "admin/enrollment/sharedmailbox/deactivate.html",
+        context,
+        status=400 if form.is_bound else 200,
+    )
+
+
+def _when_revoked() -> str:
+    delay = leavers.revocation_delay()
+    if delay is None:
+        return (
+            "Automatic revocation is off: revoke their certificates on /ra/certificates/ "
+            "(cessation of operation)."
+        )
+    hours = int(delay.total_seconds() // 3600)
+    when = (
+        f"Their certificates are due for revocation (cessation of operation) {hours} hours "
+        "from now; reactivate a mailbox before then and it keeps them."
+    )
+    if health.no_scheduler():
+        when += f" Nothing runs on a schedule here: {leavers.CRON_HINT}"
+    return when

@@ -64,6 +64,17 @@ class LeaverRevokeForm(PortalForm):
     confirm = OfficerRevokeForm.base_fields["confirm"]
 
 
+class MailboxDeactivateForm(PortalForm):
+    """The admin's "deactivate" of shared mailboxes: their certificates are revoked after
+    the grace period and their open requests withdrawn, so it is confirmed first."""
+
+    confirm = forms.BooleanField(
+        label="Deactivate: their open requests are withdrawn, their certificates revoked "
+        "after the grace period",
+        error_messages={"required": "Tick the box to confirm."},
+    )
+
+
 class BulkRevokeForm(OfficerRevokeForm):
     """The admin's "revoke selected certificates": the RA page's reason, date and "I am
     sure", no reason chosen in advance, and for more than one certificate their number
