@@ -131,6 +131,8 @@ def certificate_search(
             to_attr="directory_certificates",
         ),
     )
+    for person in page:
+        mark_newest(person.directory_certificates)
     # The extra row only says "there is more".
     if len(page) > limit:
         return SearchPage(page[:limit], _cursor(page[limit - 1]))
@@ -267,7 +269,40 @@ def mailbox_search(
             to_attr="directory_certificates",
         ),
     )
+    for mailbox in page:
+        mark_newest(mailbox.directory_certificates)
     return page
+
+
+def mark_newest(certificates: list[Certificate]) -> None:
+    """Set ``.newest`` on the newest valid certificate of each purpose among one holder's
+    listed certificates, where they list more than one of that purpose: a colleague who
+    finds two valid signing certificates can tell which to use (the newest; enrolling
+    again rather than renewing leaves the older one valid)."""
+    by_purpose: dict[str, list[Certificate]] = {}
+    for certificate in certificates:
+        certificate.newest = False
+        by_purpose.setdefault(certificate.purpose, []).append(certificate)
+    for same in by_purpose.values():
+        valid = [c for c in same if c.state == "valid"]
+        if len(same) > 1 and valid:
+            max(valid, key=lambda c: (c.not_before, c.pk)).newest = True
+
+
+def valid_of_same_kind(certificate: Certificate, now: datetime | None = None) -> list[Certificate]:
+    """Its holder's (owner's or shared mailbox's) valid certificates of the same purpose,
+    newest first, this one among them if valid: its directory page says which to use."""
+    if certificate.owner_id is not None:
+        holder = Q(owner_id=certificate.owner_id)
+    elif certificate.mailbox_id is not None:
+        holder = Q(mailbox_id=certificate.mailbox_id)
+    else:
+        return []
+    return list(
+        Certificate.objects.valid(now)
+        .filter(holder, purpose=certificate.purpose)
+        .order_by("-not_before", "-pk")[:MAX_PAGE_SIZE]
+    )
 
 
 def normalise_fingerprint(value: str) -> str:

@@ -91,11 +91,19 @@ def _certificate(fingerprint: str) -> Certificate:
 @directory_readable
 def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
     certificate = _certificate(fingerprint)
+    # Two valid certificates of one kind (enrolled again rather than renewed): say which
+    # is the one to use, as the search results mark it.
+    same_kind = selectors.valid_of_same_kind(certificate) if certificate.state == "valid" else []
+    newer = [
+        c for c in same_kind if (c.not_before, c.pk) > (certificate.not_before, certificate.pk)
+    ]
     return render(
         request,
         "directory/certificate.html",
         {
             "cert": certificate,
+            "newer": newer[-1] if newer else None,
+            "newest_of": len(same_kind) if len(same_kind) > 1 and not newer else 0,
             "facts": certificate_facts(certificate.certificate),
             "chain": certificate.ca.chain(),
             "downloads": list(DOWNLOADS),

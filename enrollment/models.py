@@ -370,6 +370,9 @@ class SharedMailbox(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
 
+    # Not stored: set by directory.selectors.mailbox_search on the mailboxes it finds.
+    directory_certificates: list[Certificate]
+
     class Meta:
         ordering = ["email"]
         verbose_name = "shared mailbox"
@@ -466,6 +469,8 @@ class Certificate(DerCertificateMixin):
     # Not stored: set by enrollment.views.certificate_list on the instances it lists.
     open_recovery: KeyRecoveryRequest | None
     outdated_due: datetime | None
+    # Not stored: set by directory.selectors.mark_newest on the directory's results.
+    newest: bool
 
     class Meta:
         ordering = ["-not_before"]

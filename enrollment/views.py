@@ -19,6 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -115,6 +116,29 @@ def _renewal(user: Any, pk: object) -> Certificate | None:
     if not services.may_hold(user, certificate):
         raise Http404("No such certificate.")
     return certificate
+
+
+def _held_valid(user: Any, templates: Any) -> dict[int, list[Certificate]]:
+    """The person's own valid certificates of these templates, newest first, by template
+    id: enrolling again where one is held piles certificates up, so the pages offer to
+    renew it instead (a shared mailbox's are the mailbox's, not the person's)."""
+    held: dict[int, list[Certificate]] = {}
+    found = (
+        Certificate.objects.valid()
+        .owned_by(user)
+        .filter(template__in=templates)
+        .order_by("-not_before", "-pk")
+    )
+    for certificate in found:
+        held.setdefault(certificate.template_id or 0, []).append(certificate)
+    return held
+
+
+def _renewals_waiting(certificates: list[Certificate]) -> dict[int, CertificateRequest]:
+    """The open request renewing each of these certificates, by certificate id: only one
+    can, so the pages point to it rather than offer a Renew button that is refused."""
+    found = CertificateRequest.objects.filter(renewal_of__in=certificates, state__in=OPEN_STATES)
+    return {r.renewal_of_id: r for r in found if r.renewal_of_id is not None}
 
 
 def _file_stem(certificate: Certificate) -> str:
@@ -232,8 +256,15 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_safe
 def enroll_index(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The templates this person may use, each explained in plain words."""
+    templates = list(templates_for(request.user))
+    held = _held_valid(request.user, templates)
+    waiting = _renewals_waiting([certificates[0] for certificates in held.values()])
+    for template in templates:
+        mine = held.get(template.pk, [])
+        setattr(template, "held", mine)  # noqa: B010 (for the template)
+        setattr(template, "held_renewal", waiting.get(mine[0].pk) if mine else None)  # noqa: B010
     context = {
-        "templates": templates_for(request.user),
+        "templates": templates,
         # Said before anyone picks a template: an address the CA refuses stops them all.
         "address_problem": services.account_address_problem(request.user),
     }
@@ -311,6 +342,12 @@ def enroll(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         "address_problem": services.account_address_problem(request.user),
         "mailboxes": for_mailboxes,
     }
+    if renewal is None:
+        # Said before a second certificate of the same kind is made: renewing replaces it.
+        held = _held_valid(request.user, [template]).get(template.pk, [])
+        context["held"] = held
+        context["cap"] = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
+        context["held_renewal"] = _renewals_waiting(held[:1]).get(held[0].pk) if held else None
     return render(request, "enrollment/enroll.html", context, status=status)
 
 

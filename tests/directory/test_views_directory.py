@@ -221,3 +221,77 @@ def test_results_show_fingerprints_as_every_other_page_does(employee_client, jos
     for cert in Certificate.objects.filter(owner=jose):
         assert format_fingerprint(cert.fingerprint_sha256) in page  # AB:CD:…, as openssl shows
         assert f"/directory/{cert.fingerprint_sha256}/" in page  # links keep the plain form
+
+
+# --- two valid certificates of one kind -----------------------------------------------
+
+
+@pytest.fixture
+def enrolled_twice(person, issue):
+    """Lena enrolled for S/MIME Signing twice instead of renewing; she has one dual-use."""
+    user = person("Lena", "Lindqvist", "Legal")
+    older = issue(user, "smime-signing")
+    newer = issue(user, "smime-signing")
+    dual_use = issue(user, "smime-dual-use")
+    return older, newer, dual_use
+
+
+def entries(page: str) -> dict[str, str]:
+    """Each listed certificate's entry in the results, by its fingerprint."""
+    found = {}
+    for entry in page.split('<li class="cert ')[1:]:
+        fingerprint = entry.split("/directory/")[1].split("/")[0]
+        found[fingerprint] = entry.split("</li>")[0]
+    return found
+
+
+def test_the_results_mark_the_newest_of_two_valid_certificates_of_one_purpose(
+    employee_client, enrolled_twice
+):
+    older, newer, dual_use = enrolled_twice
+
+    listed = entries(page_of(employee_client.get("/directory/", {"q": "lena"})))
+
+    assert 'class="badge newest"' in listed[newer.fingerprint_sha256]
+    assert "newest" not in listed[older.fingerprint_sha256]
+    # The only one of its purpose: nothing to choose between.
+    assert "newest" not in listed[dual_use.fingerprint_sha256]
+
+
+def test_the_newest_is_a_valid_one_when_expired_and_revoked_are_shown(
+    employee_client, enrolled_twice
+):
+    older, newer, _dual_use = enrolled_twice
+    services.certificate_revoke(certificate=newer, reason="cessationOfOperation")
+
+    listed = entries(
+        page_of(employee_client.get("/directory/", {"q": "lena", "include_inactive": "on"}))
+    )
+
+    assert 'class="badge newest"' in listed[older.fingerprint_sha256]
+    assert "newest" not in listed[newer.fingerprint_sha256]
+
+
+def test_the_older_certificates_page_points_to_the_newer_one(employee_client, enrolled_twice):
+    older, newer, dual_use = enrolled_twice
+
+    old_page = page_of(employee_client.get(f"/directory/{older.fingerprint_sha256}/"))
+    new_page = page_of(employee_client.get(f"/directory/{newer.fingerprint_sha256}/"))
+    only_page = page_of(employee_client.get(f"/directory/{dual_use.fingerprint_sha256}/"))
+
+    assert "There is a newer one." in old_page
+    assert f'href="/directory/{newer.fingerprint_sha256}/">use that one</a>' in old_page
+    assert "The newest of 2 valid signing certificates Lena Lindqvist holds" in new_page
+    assert "There is a newer one." not in new_page
+    for text in ("There is a newer one.", "The newest of"):
+        assert text not in only_page
+
+
+def test_a_revoked_newer_certificate_is_not_pointed_to(employee_client, enrolled_twice):
+    older, newer, _dual_use = enrolled_twice
+    services.certificate_revoke(certificate=newer, reason="cessationOfOperation")
+
+    page = page_of(employee_client.get(f"/directory/{older.fingerprint_sha256}/"))
+
+    assert "There is a newer one." not in page
+    assert "The newest of" not in page

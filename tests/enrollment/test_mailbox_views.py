@@ -248,6 +248,32 @@ def test_the_directory_finds_the_mailbox_and_its_certificate(issued, colleague):
     assert b"the shared mailbox Finance" in detail.content
 
 
+def test_the_directory_marks_the_newest_of_a_mailboxs_two_certificates(
+    issued, finance, employee, template, colleague
+):
+    made = services.request_submit(
+        requester=employee,
+        template=template("smime-encryption"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        mailbox=finance,
+        channel="web",
+    )
+    newer, _bundle = services.request_collect(
+        request=made, actor=employee, pkcs12_password=PASSWORD
+    )
+    client = client_for(colleague)
+
+    page = client.get(reverse("directory:search"), {"q": "financ"}).content.decode()
+    older_page = client.get(reverse("directory:certificate", args=[issued.fingerprint_sha256]))
+
+    entry = page.split(newer.fingerprint_sha256)[0].rsplit('<li class="cert ', 1)[1]
+    assert 'class="badge newest"' in entry
+    assert page.count('class="badge newest"') == 1
+    assert b"The shared mailbox also holds a newer valid encryption certificate" in (
+        older_page.content
+    )
+
+
 def test_a_closed_mailbox_is_no_longer_offered_to_encrypt_to(issued, finance, officer, colleague):
     mailboxes.mailbox_set_active(mailbox=finance, active=False, actor=officer)
     found = client_for(colleague).get(f"{API}/directory/", {"email": "finance@example.com"})

@@ -561,3 +561,120 @@ def test_the_csr_form_is_csrf_protected(employee, hierarchy, ec_p256_key):
 
     assert response.status_code == 403
     assert not Certificate.objects.exists()
+
+
+# --- a certificate of the template already held ---------------------------------------
+
+
+@pytest.fixture
+def held(employee, template, hierarchy, ec_p256_key):
+    """Alice's valid S/MIME Signing certificate."""
+    from enrollment import services
+
+    return services.certificate_issue(
+        template=template("smime-signing"), owner=employee, public_key=ec_p256_key.public_key()
+    )
+
+
+def already_held(certificate) -> str:
+    return (
+        f"You already hold a valid S/MIME Signing certificate (serial <code>{certificate.serial}"
+        f"</code>, until {certificate.not_after:%Y-%m-%d}) — renew it instead?"
+    )
+
+
+def test_the_template_page_offers_to_renew_the_certificate_already_held(employee_client, held):
+    page = employee_client.get(enrol_url("smime-signing")).content.decode()
+
+    assert already_held(held) in page
+    assert f'action="/certificates/{held.pk}/renew/"' in page
+    # Enrolling anyway stays possible: both forms are still there.
+    assert 'name="method" value="server"' in page
+    assert 'name="method" value="csr"' in page
+
+
+def test_the_list_of_templates_offers_it_on_that_templates_entry_only(employee_client, held):
+    page = employee_client.get("/enroll/").content.decode()
+
+    entries = {
+        name: page.split(f"<h2>{name}</h2>")[1].split("</section>")[0]
+        for name in ("S/MIME Signing", "S/MIME Encryption", "S/MIME Dual-use")
+    }
+    assert already_held(held) in entries["S/MIME Signing"]
+    assert f'action="/certificates/{held.pk}/renew/"' in entries["S/MIME Signing"]
+    assert "Get another S/MIME Signing" in entries["S/MIME Signing"]
+    assert "You already hold" not in entries["S/MIME Encryption"]
+    assert "You already hold" not in entries["S/MIME Dual-use"]
+
+
+def test_the_renew_button_leads_to_the_renewal_form(employee_client, held):
+    response = employee_client.post(f"/certificates/{held.pk}/renew/")
+    page = employee_client.get(response["Location"]).content.decode()
+
+    assert response["Location"] == f"{enrol_url('smime-signing')}?renew={held.pk}"
+    assert "You are renewing the certificate" in page
+    assert "You already hold" not in page
+
+
+def test_enrolling_anyway_adds_a_second_certificate_within_the_cap(
+    employee, employee_client, held, settings
+):
+    settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 2
+
+    response = enrol_with_portal_key(employee_client)
+    again = enrol_with_portal_key(employee_client)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/x-pkcs12"
+    assert again.status_code == 400
+    assert Certificate.objects.filter(owner=employee, status="valid").count() == 2
+
+
+def test_the_newest_of_several_held_is_the_one_offered(employee_client, held, rsa_2048_key):
+    from enrollment import services
+
+    newer = services.certificate_issue(
+        template=held.template, owner=held.owner, public_key=rsa_2048_key.public_key()
+    )
+
+    page = employee_client.get(enrol_url("smime-signing")).content.decode()
+
+    newest = max((held, newer), key=lambda c: (c.not_before, c.pk))
+    assert already_held(newest) in page
+    assert "You hold 1 older valid one as well." in page
+
+
+def test_a_renewal_already_waiting_is_pointed_to_instead_of_a_renew_button(
+    employee, employee_client, held, approval
+):
+    from enrollment import services
+    from enrollment.x509.keys import KeyAlgorithm
+
+    held.template = approval("smime-signing")
+    waiting = services.request_submit(
+        requester=employee,
+        template=held.template,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        renewal_of=held,
+        channel="web",
+    )
+
+    page = employee_client.get(enrol_url("smime-signing")).content.decode()
+
+    assert already_held(held) in page
+    assert f'<a href="/enroll/requests/{waiting.pk}/">request #{waiting.pk}</a>' in page
+    assert f'action="/certificates/{held.pk}/renew/"' not in page
+
+
+def test_no_offer_for_a_revoked_certificate_or_a_colleagues(
+    employee_client, colleague, held, template, ec_p384_key
+):
+    from enrollment import services
+
+    services.certificate_revoke(certificate=held, reason="superseded")
+    services.certificate_issue(
+        template=template("smime-signing"), owner=colleague, public_key=ec_p384_key.public_key()
+    )
+
+    for path in (enrol_url("smime-signing"), "/enroll/"):
+        assert "You already hold" not in employee_client.get(path).content.decode()
