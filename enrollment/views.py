@@ -153,13 +153,10 @@ def _attachment(body: bytes, content_type: str, filename: str) -> HttpResponse:
 
 
 def _pkcs12_response(request: HttpRequest, certificate: Certificate, bundle: bytes) -> HttpResponse:
-    """The one-time download: never cached anywhere, named after the person and template."""
-    template_slug = certificate.template.slug if certificate.template else "certificate"
-    response = _attachment(
-        bundle,
-        "application/x-pkcs12",
-        f"{slugify(certificate.common_name) or 'certificate'}-{template_slug}.p12",
-    )
+    """The one-time download: never cached anywhere, named as the certificate's other
+    downloads are (name and serial prefix), so a renewal's file does not take the name of
+    the one it renews."""
+    response = _attachment(bundle, "application/x-pkcs12", _file_stem(certificate) + ".p12")
     response["Cache-Control"] = "no-store"
     token = request.POST.get("download_token", "")
     if DOWNLOAD_TOKEN.fullmatch(token):

@@ -85,7 +85,8 @@ def test_an_employee_signs_in_enrols_and_downloads_a_working_pkcs12(
         assert page.is_disabled("button:has-text('Generate my key and download the .p12')")
         assert page.input_value("#id_pkcs12_password") == ""
 
-    assert download.suggested_filename == "alice-andersson-smime-signing.p12"
+    serial = Certificate.objects.get(owner=employee).serial
+    assert download.suggested_filename == f"alice-andersson-{serial[:12]}.p12"
     info = openssl.run("pkcs12", "-info", "-noout", "-in", saved, f"-passin=pass:{P12_PASSWORD}")
     assert b"AES-256-CBC" in info.stderr
     certificate = openssl.run(

@@ -154,12 +154,12 @@ def test_it_answers_with_the_pkcs12_download_when_no_approval_is_needed(
 
     assert response.status_code == 200
     assert response["Content-Type"] == "application/x-pkcs12"
+    row = Certificate.objects.get(owner=employee)
     assert response["Content-Disposition"] == (
-        'attachment; filename="alice-andersson-smime-signing.p12"'
+        f'attachment; filename="alice-andersson-{row.serial[:12]}.p12"'
     )
     assert response["Cache-Control"] == "no-store"
     key, certificate, chain = pkcs12.load_pkcs12(response.content, PASSWORD)
-    row = Certificate.objects.get(owner=employee)
     assert certificate == row.certificate
     assert len(chain) == 2
     request = CertificateRequest.objects.get(requester=employee)
@@ -341,6 +341,31 @@ def test_a_post_without_a_method_changes_nothing(employee_client, hierarchy):
 
     assert response.status_code == 400
     assert counts() == before
+
+
+def test_a_renewals_pkcs12_is_named_apart_from_the_one_it_renews(
+    employee, employee_client, hierarchy
+):
+    """Named like the .cer and .pem downloads: the serial prefix tells the files apart."""
+    first = enrol_with_portal_key(employee_client)
+    old = Certificate.objects.get(owner=employee)
+    renewal = enrol_with_portal_key(employee_client, renewal_of=str(old.pk))
+    new = Certificate.objects.exclude(pk=old.pk).get(owner=employee)
+    cer = employee_client.get(f"/certificates/{new.pk}/download/cer/")
+
+    assert first["Content-Disposition"] != renewal["Content-Disposition"]
+    assert renewal["Content-Disposition"] == (
+        f'attachment; filename="alice-andersson-{new.serial[:12]}.p12"'
+    )
+    assert cer["Content-Disposition"] == renewal["Content-Disposition"].replace(".p12", ".cer")
+
+
+def test_the_note_after_the_download_links_to_the_mail_client_help(employee_client, hierarchy):
+    page = employee_client.get(enrol_url("smime-signing")).content.decode()
+
+    done = page.split("data-done")[1].split("</div>")[0]
+    assert "Import it into your mail client" in done
+    assert '<a href="/help/mail-clients/">' in done
 
 
 def test_the_page_reports_the_download_to_its_script_with_a_cookie(employee_client, hierarchy):
