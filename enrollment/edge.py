@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from enrollment.exceptions import (
     ConfigurationError,
@@ -23,6 +24,26 @@ from enrollment.permissions import is_ra_officer
 from pkiportal.clients import client_address as client_address
 
 logger = logging.getLogger(__name__)
+
+# A one-time download's page stays put while the file arrives, so its script
+# (static/js/enrol.js) sends a random token and waits for it in a cookie to know the
+# download has arrived; only letters and digits are echoed back.
+DOWNLOAD_TOKEN = re.compile(r"[A-Za-z0-9]{8,64}")
+
+
+def report_download(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """Echo the form's download token in a short-lived cookie, for the page's script to
+    tell the person the one-time download arrived (and not to offer it again)."""
+    token = request.POST.get("download_token", "")
+    if DOWNLOAD_TOKEN.fullmatch(token):
+        response.set_cookie(
+            "pkiportal_download",
+            token,
+            max_age=120,
+            samesite="Strict",
+            secure=request.is_secure(),
+        )
+    return response
 
 
 def status_for(exc: EnrollmentError) -> int:

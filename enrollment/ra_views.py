@@ -47,7 +47,13 @@ from enrollment import (
     recovery,
     services,
 )
-from enrollment.edge import client_address, officer_required, show_error, status_for
+from enrollment.edge import (
+    client_address,
+    officer_required,
+    report_download,
+    show_error,
+    status_for,
+)
 from enrollment.exceptions import EnrollmentError
 from enrollment.forms import RecoveryWithdrawForm
 from enrollment.models import AuditEvent, Certificate, CertificateRequest, KeyRecoveryRequest
@@ -520,6 +526,11 @@ def _recovery_page(
         "download_open": found.state == KeyRecoveryRequest.State.READY
         and found.download_expires_at is not None
         and found.download_expires_at > timezone.now(),
+        # What the one who downloads does next: shown once they have, and ready in the
+        # page before (hidden) for its script to show when the download arrives.
+        "revoke_url": _revoke_url(user, found.certificate)
+        if found.recipient_id == user.pk
+        else None,
         "reject_form": reject_form or RecoveryRejectForm(),
     }
     # A step refused because the recovery moved on hides its form: say why at the top.
@@ -534,6 +545,19 @@ def _recovery_page(
     ]
     context["errors"] = [*(errors or []), *(e for f in hidden for e in f.non_field_errors())]
     return render(request, "enrollment/ra/recovery_detail.html", context, status=status)
+
+
+def _revoke_url(user: Any, certificate: Certificate) -> str | None:
+    """Where the person a key was recovered for revokes its certificate while it is valid
+    (a key is often recovered because the device holding it was lost or stolen): its
+    page's form for a holder, Find & revoke for the officer it was delivered to."""
+    if certificate.state != "valid":
+        return None
+    if services.may_hold(user, certificate):
+        return reverse("enrollment:certificate-detail", args=[certificate.pk]) + "#revoke"
+    if is_ra_officer(user):
+        return f"{reverse('ra:certificates')}?{urlencode({'q': certificate.serial})}"
+    return None
 
 
 @login_required
@@ -830,7 +854,8 @@ def recovery_download(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
     response["Content-Disposition"] = (
         f'attachment; filename="{name}-{certificate.serial[:12]}-recovered.p12"'
     )
-    return response
+    # The page stays put while the file arrives: its script learns it did from the cookie.
+    return report_download(request, response)
 
 
 # --- audit trail ----------------------------------------------------------------------

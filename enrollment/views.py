@@ -13,7 +13,6 @@ of their own), and never written to messages, logs or the audit trail.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from cryptography import x509
@@ -34,7 +33,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from accounts.requests import AuthenticatedHttpRequest
 from enrollment import ca_lifetime, leavers, mailboxes, outdated, ra_selectors, recovery, services
-from enrollment.edge import client_address, officer_required, show_error
+from enrollment.edge import client_address, officer_required, report_download, show_error
 from enrollment.exceptions import EnrollmentError, PolicyViolation, public_message
 from enrollment.forms import (
     CsrForm,
@@ -66,9 +65,6 @@ from enrollment.x509.names import readable_name
 
 PASSWORD_FIELDS = ("pkcs12_password", "pkcs12_password_confirm")
 OPEN_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
-# The page's script sends a random token and waits for it in a cookie to know the
-# download has arrived; only letters and digits are echoed back.
-DOWNLOAD_TOKEN = re.compile(r"[A-Za-z0-9]{8,64}")
 DOWNLOADS: dict[str, tuple[str, str]] = {
     # kind: (file suffix, content type)
     "cer": (".cer", "application/pkix-cert"),
@@ -158,16 +154,7 @@ def _pkcs12_response(request: HttpRequest, certificate: Certificate, bundle: byt
     the one it renews."""
     response = _attachment(bundle, "application/x-pkcs12", _file_stem(certificate) + ".p12")
     response["Cache-Control"] = "no-store"
-    token = request.POST.get("download_token", "")
-    if DOWNLOAD_TOKEN.fullmatch(token):
-        response.set_cookie(
-            "pkiportal_download",
-            token,
-            max_age=120,
-            samesite="Strict",
-            secure=request.is_secure(),
-        )
-    return response
+    return report_download(request, response)
 
 
 def _say_if_cut_short(request: HttpRequest, certificate: Certificate) -> None:

@@ -1,4 +1,5 @@
-// Progress for forms that generate a key and answer with a .p12 download.
+// Progress for forms that answer with a one-time .p12 download: enrolment, an approved
+// request, a recovered key.
 // The page stays put while the file arrives, so the server echoes a random token in a
 // cookie and we watch for it to say "done". Without JavaScript the form still works.
 "use strict";
@@ -27,10 +28,14 @@ document.querySelectorAll("form[data-long-operation]").forEach(function (form) {
       // and can no longer be withdrawn.
       document.querySelectorAll("[data-downloaded-state]").forEach(function (badge) {
         badge.textContent = badge.getAttribute("data-downloaded-label");
-        badge.className = "badge state-" + badge.getAttribute("data-downloaded-state");
+        badge.className = badge.getAttribute("data-downloaded-class") ||
+          "badge state-" + badge.getAttribute("data-downloaded-state");
       });
       document.querySelectorAll("[data-hide-when-downloaded]").forEach(function (element) {
         element.hidden = true;
+      });
+      document.querySelectorAll("[data-show-when-downloaded]").forEach(function (element) {
+        element.hidden = false;
       });
     }, 300);
   });

@@ -130,3 +130,49 @@ def test_after_downloading_an_approved_request_the_page_no_longer_offers_it(
     assert not withdraw_visible
     request.refresh_from_db()
     assert request.state == CertificateRequest.State.ISSUED
+
+
+@pytest.fixture
+def kra(quick_kra):
+    return quick_kra
+
+
+def test_after_downloading_a_recovered_key_the_page_says_what_next(
+    live_server, performed, employee
+):
+    """The recovery page kept "waiting for download" and an active button until reloaded."""
+    found = performed.recovery
+    url = f"{live_server.url}/ra/recovery/{found.pk}/"
+
+    with chromium_page() as page:
+        page.goto(f"{live_server.url}/accounts/login/?next=/ra/recovery/{found.pk}/")
+        page.fill("#id_username", employee.username)
+        page.fill("#id_password", SIGN_IN_PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(url)
+        assert page.inner_text("h1 .badge") == "Recovered: waiting for download"
+        assert not page.is_visible("[data-done]")
+
+        with page.expect_download() as download_info:
+            page.click("button:has-text('Download the .p12 file')")
+        page.wait_for_selector("[data-done]", state="visible")
+
+        filename = download_info.value.suggested_filename
+        badge = page.inner_text("h1 .badge")
+        badge_class = page.get_attribute("h1 .badge", "class")
+        download_row = page.inner_text("dd:has([data-show-when-downloaded])")
+        button_visible = page.is_visible("button:has-text('Download the .p12 file')")
+        help_visible = page.is_visible("[data-done] a[href='/help/mail-clients/']")
+        revoke_visible = page.is_visible(
+            f"[data-done] a[href='/certificates/{found.certificate_id}/#revoke']"
+        )
+
+    assert filename.endswith("-recovered.p12")
+    assert badge == "Downloaded"
+    assert badge_class == "badge recovery-downloaded"
+    assert download_row == "downloaded"
+    assert not button_visible
+    assert help_visible
+    assert revoke_visible
+    found.refresh_from_db()
+    assert found.state == "downloaded"

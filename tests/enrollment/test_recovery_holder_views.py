@@ -513,6 +513,108 @@ def test_the_officers_are_mailed_when_a_holder_asks(
     assert all(f"/ra/recovery/{found.pk}/" in m.body for m in mail.outbox)
 
 
+# --- after the one download ----------------------------------------------------------
+
+
+def download_section(page: str) -> str:
+    return page.split('id="download"')[1].split("</section>")[0]
+
+
+def test_the_download_tells_the_page_it_arrived_as_the_enrolment_page_does(people, performed):
+    found = performed.recovery
+    page = people["holder"].get(f"/ra/recovery/{found.pk}/").content.decode()
+
+    response = people["holder"].post(
+        f"/ra/recovery/{found.pk}/download/", {"download_token": "abcdef0123456789"}
+    )
+
+    section = download_section(page)
+    assert "data-long-operation" in section
+    assert 'name="download_token"' in section
+    assert "/static/js/enrol.js" in page
+    # Ready for the script to show once the file has arrived: import help, and revocation.
+    done = section.split("data-done")[1]
+    assert '<a href="/help/mail-clients/">' in done
+    assert f'href="/certificates/{found.certificate_id}/#revoke"' in done
+    assert response["Content-Type"] == "application/x-pkcs12"
+    assert response.cookies["pkiportal_download"].value == "abcdef0123456789"
+
+
+def test_a_hostile_download_token_is_not_echoed(people, performed):
+    response = people["holder"].post(
+        f"/ra/recovery/{performed.recovery.pk}/download/", {"download_token": "x; Path=/; evil"}
+    )
+
+    assert response.status_code == 200
+    assert "pkiportal_download" not in response.cookies
+
+
+def test_after_the_download_the_page_says_what_next_and_offers_no_download(people, performed):
+    found = performed.recovery
+    people["holder"].post(f"/ra/recovery/{found.pk}/download/")
+
+    page = people["holder"].get(f"/ra/recovery/{found.pk}/").content.decode()
+
+    assert f'action="/ra/recovery/{found.pk}/download/"' not in page
+    assert "Recovered: waiting for download" not in page
+    assert '<span class="badge recovery-downloaded">Downloaded</span>' in page
+    steps = page.split('id="downloaded"')[1].split("</section>")[0]
+    assert '<a href="/help/mail-clients/">' in steps
+    assert "The certificate is still valid." in steps
+    assert f'href="/certificates/{found.certificate_id}/#revoke"' in steps
+
+
+def test_a_revoked_certificate_is_not_offered_for_revocation_again(people, performed, employee):
+    found = performed.recovery
+    people["holder"].post(f"/ra/recovery/{found.pk}/download/")
+    services.certificate_revoke(
+        certificate=found.certificate, reason="keyCompromise", actor=employee
+    )
+
+    page = people["holder"].get(f"/ra/recovery/{found.pk}/").content.decode()
+
+    steps = page.split('id="downloaded"')[1].split("</section>")[0]
+    assert '<a href="/help/mail-clients/">' in steps
+    assert "#revoke" not in steps
+    assert "still valid" not in steps
+
+
+def test_only_the_one_it_was_recovered_for_is_told_what_next(people, performed):
+    found = performed.recovery
+    people["holder"].post(f"/ra/recovery/{found.pk}/download/")
+
+    statuses = {role: people[role].get(f"/ra/recovery/{found.pk}/") for role in ROLES}
+
+    assert statuses["colleague"].status_code == 404
+    assert statuses["anonymous"].status_code == 302
+    for role in ("officer", "agent"):
+        assert statuses[role].status_code == 200
+        assert 'id="downloaded"' not in statuses[role].content.decode()
+    assert 'id="downloaded"' in statuses["holder"].content.decode()
+
+
+def test_an_officer_it_was_delivered_to_revokes_through_find_and_revoke(
+    archived, officer, second_officer, kra, agent_user
+):
+    opened = recovery.recovery_open(
+        certificate=archived.certificate,
+        officer=officer,
+        reason="Legal hold on Alice's mail.",
+        deliver_to="requester",
+    )
+    recovery.recovery_approve(recovery=opened, officer=second_officer)
+    recovery.recovery_perform(
+        recovery=opened, agent_user=agent_user, agent_pkcs12=kra.pkcs12, agent_password=kra.password
+    )
+    olivia = client_for(officer)
+    olivia.post(f"/ra/recovery/{opened.pk}/download/")
+
+    page = olivia.get(f"/ra/recovery/{opened.pk}/").content.decode()
+
+    steps = page.split('id="downloaded"')[1].split("</section>")[0]
+    assert f'href="/ra/certificates/?q={archived.certificate.serial}"' in steps
+
+
 # --- the whole way, with a real agent PKCS#12 and openssl -----------------------------
 
 
