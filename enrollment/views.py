@@ -645,8 +645,13 @@ def _certificate_page(
     usable = bool(certificate.template and may_use_template(request.user, certificate.template))
     archived = hasattr(certificate, "archived_key")
     open_recovery = _open_recoveries_of([certificate]).get(certificate.pk) if archived else None
+    # Where the key is depends on how it was asked for: imported certificates have no request.
+    cert_request = getattr(certificate, "request", None)
     context = {
         "certificate": certificate,
+        "key_source": cert_request.key_source if cert_request else None,
+        "channel": cert_request.channel if cert_request else None,
+        "file_stem": _file_stem(certificate),
         "subject": readable_name(certificate.certificate.subject),
         "chain": certificate.ca.chain(),
         "is_owner": is_owner,

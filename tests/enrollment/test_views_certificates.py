@@ -45,6 +45,12 @@ def theirs(colleague, template, hierarchy) -> Certificate:
     return issue_to(colleague, template)
 
 
+def cryptography_csr_pem(key) -> bytes:
+    from tests.enrollment.tools import cryptography_csr
+
+    return cryptography_csr(key).public_bytes(Encoding.PEM)
+
+
 def revoke(
     client, certificate, reason: str = "keyCompromise", confirm: bool = True, since: str = ""
 ):
@@ -235,6 +241,93 @@ def test_no_page_offers_a_private_key(employee_client, mine):
 
         assert b"PRIVATE KEY" not in response.content
         assert response["Content-Type"] != "application/x-pkcs12"
+
+
+# --- where the key is: next steps by how it was asked for -----------------------------
+
+
+def next_steps(page: str) -> str:
+    return page.split('id="key-next-steps"')[1].split("</section>")[0]
+
+
+def test_a_csrs_page_says_how_to_put_the_certificate_next_to_the_key(
+    employee, employee_client, hierarchy, ec_p256_key
+):
+    from tests.enrollment.tools import cryptography_csr
+    from tests.enrollment.web import enrol_with_csr
+
+    response = enrol_with_csr(
+        employee_client, csr=cryptography_csr(ec_p256_key).public_bytes(Encoding.PEM)
+    )
+    certificate = Certificate.objects.get(owner=employee)
+    stem = f"alice-andersson-{certificate.serial[:12]}"
+
+    steps = next_steps(employee_client.get(response["Location"]).content.decode())
+
+    assert "stayed where you made the certificate request" in steps
+    assert f"openssl pkcs12 -export -inkey key.pem -in {stem}-chain.pem -out me.p12" in steps
+    assert f"certreq -accept {stem}.cer" in steps
+    assert f"gpgsm --import {stem}-chain.pem" in steps
+    assert ".p12 file you downloaded" not in steps
+    # The file names it gives are the downloads' names.
+    for kind, suffix in (("chain", "-chain.pem"), ("cer", ".cer")):
+        download = employee_client.get(f"/certificates/{certificate.pk}/download/{kind}/")
+        assert download["Content-Disposition"] == f'attachment; filename="{stem}{suffix}"'
+
+
+def test_a_csr_sent_by_est_names_the_est_client(
+    employee, employee_client, template, hierarchy, ec_p256_key
+):
+    made = services.request_submit(
+        requester=employee,
+        template=template("smime-signing"),
+        csr=cryptography_csr_pem(ec_p256_key),
+        channel="est",
+    )
+
+    steps = next_steps(
+        employee_client.get(f"/certificates/{made.certificate_id}/").content.decode()
+    )
+
+    assert "(your EST client)" in steps
+    assert "certreq -accept" in steps
+
+
+def test_a_portal_keys_page_says_the_key_is_in_the_p12_downloaded_once(
+    employee, employee_client, hierarchy
+):
+    enrol_with_portal_key(employee_client)
+    certificate = Certificate.objects.get(owner=employee)
+
+    steps = next_steps(employee_client.get(f"/certificates/{certificate.pk}/").content.decode())
+
+    assert "once, in the .p12 file you downloaded" in " ".join(steps.split())
+    assert '<a href="/help/mail-clients/">' in steps
+    assert "Lost the file?" in steps
+    assert "openssl pkcs12" not in steps
+    assert "certreq" not in steps
+
+
+def test_an_archived_portal_keys_page_offers_to_ask_for_it_back(
+    employee, employee_client, hierarchy, kra
+):
+    enrol_with_portal_key(employee_client, "smime-encryption")
+    certificate = Certificate.objects.get(owner=employee)
+
+    steps = next_steps(employee_client.get(f"/certificates/{certificate.pk}/").content.decode())
+
+    assert 'href="#recover">ask for it back</a>' in steps
+    assert "Lost the file?" not in steps
+
+
+def test_officers_are_not_given_the_holders_next_steps(employee, officer_client, hierarchy):
+    enrol_with_portal_key(client_for(employee))
+    certificate = Certificate.objects.get(owner=employee)
+
+    page = officer_client.get(f"/certificates/{certificate.pk}/").content.decode()
+
+    assert "key-next-steps" not in page
+    assert "it is only with Alice Andersson" in page
 
 
 # --- renewal --------------------------------------------------------------------------

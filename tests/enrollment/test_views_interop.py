@@ -96,3 +96,34 @@ def test_a_forged_signature_does_not_verify(colleagues):
     )
 
     assert result.returncode != 0
+
+
+def test_the_openssl_command_on_a_csrs_page_makes_a_working_pkcs12(employee, hierarchy, openssl):
+    """The page's command, run as shown on the files the page offers, gives a .p12 with
+    the key, the certificate and its chain."""
+    import html
+    import re
+
+    alice = client_for(employee)
+    csr = openssl_csr(openssl, "alice", *EC_P256).read_text()
+    response = enrol_with_csr(alice, "smime-signing", csr=csr)
+    page = html.unescape(alice.get(response["Location"]).content.decode())
+    [command] = re.findall(r"<code>(openssl pkcs12 -export [^<]+)</code>", page)
+    mine = Certificate.objects.get(owner=employee)
+    chain_file = command.split(" -in ")[1].split()[0]
+    openssl.write(chain_file, alice.get(f"/certificates/{mine.pk}/download/chain/").content)
+    openssl.path("alice-key.pem").rename(openssl.path("key.pem"))
+
+    openssl.run(*command.split()[1:], "-passout", f"pass:{PASSWORD}")
+
+    certificates = openssl.run(
+        "pkcs12", "-in", "me.p12", f"-passin=pass:{PASSWORD}", "-nokeys"
+    ).stdout
+    assert certificates.count(b"BEGIN CERTIFICATE") == 3
+    assert b"Alice Andersson" in certificates
+    openssl.run("pkcs12", "-in", "me.p12", f"-passin=pass:{PASSWORD}", "-nocerts", "-nodes",
+                "-out", "key-again.pem")  # fmt: skip
+    assert (
+        openssl.run("pkey", "-in", "key-again.pem", "-pubout").stdout
+        == openssl.run("pkey", "-in", "key.pem", "-pubout").stdout
+    )
