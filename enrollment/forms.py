@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.utils import timezone
 
 from accounts.models import User
 from enrollment.exceptions import EnrollmentError
@@ -251,8 +252,20 @@ def invalidity_date_field(label: str, *, help_text: str = "") -> forms.DateTimeF
     )
 
 
+COMPROMISE_ONLY = (
+    "Only a key compromise has a date since when the key may have been in other hands: "
+    "leave the date empty, or choose key compromise."
+)
+
+
 class RevokeForm(PortalForm):
-    """Revoke your own certificate, for one of the reasons a subscriber may give."""
+    """Revoke your own certificate, for one of the reasons a subscriber may give.
+
+    The date since when the key may have been in other hands belongs to a key compromise
+    only: the page shows it for that reason alone (static/js/revoke.js), and without
+    JavaScript a date given with another reason is refused rather than published on
+    every CRL as if the key had leaked.
+    """
 
     reason = forms.ChoiceField(
         label="Why?",
@@ -263,17 +276,31 @@ class RevokeForm(PortalForm):
         error_messages={"required": "Say why you revoke it."},
     )
     invalidity_date = invalidity_date_field(
-        "Since when may the key have been in other hands? (optional)",
-        help_text=(
-            "If you know, the revocation list says so (RFC 5280's invalidity date), and "
-            "whoever checks a signature you made after it can tell. Your time zone is the "
-            "portal's."
-        ),
+        "Since when may the key have been in other hands? (optional)"
     )
     confirm = forms.BooleanField(
         label="I understand that a revoked certificate cannot be used again.",
         error_messages={"required": "Tick the box to confirm."},
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The zone the typed time is read in, named: read now, as TIME_ZONE may change.
+        zone = timezone.get_current_timezone_name()
+        field = self.fields["invalidity_date"]
+        field.label = f"Since when may the key have been in other hands? (optional, {zone})"
+        field.help_text = (
+            f"Only for a key compromise. A date and time in {zone}, the portal's time zone. "
+            "If you know it, the revocation list says so (RFC 5280's invalidity date), and "
+            "whoever checks a signature made after it can tell."
+        )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        reason = cleaned.get("reason")
+        if cleaned.get("invalidity_date") is not None and reason and reason != "keyCompromise":
+            self.add_error("invalidity_date", COMPROMISE_ONLY)
+        return cleaned
 
 
 class WithdrawForm(PortalForm):

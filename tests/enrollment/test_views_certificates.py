@@ -458,6 +458,40 @@ def test_an_impossible_invalidity_date_is_refused_beside_the_field(
     assert mine.status == Certificate.Status.VALID
 
 
+@pytest.mark.parametrize("reason", ["affiliationChanged", "superseded", "cessationOfOperation"])
+def test_a_date_the_key_left_my_hands_is_refused_with_another_reason(employee_client, mine, reason):
+    """Without JavaScript the date field stays on the page: a date with another reason would
+    be published on every CRL as if the key had leaked, so it is refused, not dropped."""
+    since = timezone.localtime(mine.not_before).strftime("%Y-%m-%dT%H:%M")
+
+    response = revoke(employee_client, mine, reason, since=since)
+
+    assert response.status_code == 400
+    errors = str(response.context["revoke_form"].errors["invalidity_date"])
+    assert "Only a key compromise has a date" in errors
+    mine.refresh_from_db()
+    assert (mine.status, mine.invalidity_date) == (Certificate.Status.VALID, None)
+    # Shown with its error even where the page's script would hide the field.
+    page = response.content.decode()
+    assert "data-only-for-reason" not in page
+    assert "Only a key compromise has a date" in page
+
+
+def test_the_date_field_is_for_key_compromise_and_names_its_time_zone(
+    employee_client, mine, settings
+):
+    page = employee_client.get(f"/certificates/{mine.pk}/").content.decode()
+    settings.TIME_ZONE = "Europe/Berlin"
+    berlin = employee_client.get(f"/certificates/{mine.pk}/").content.decode()
+
+    field = page.split('data-only-for-reason="keyCompromise"')[1].split('<label class="check">')[0]
+    assert 'name="invalidity_date"' in field
+    assert "other hands? (optional, UTC)" in field
+    assert "A date and time in UTC, the portal's time zone." in field
+    assert "/static/js/revoke.js" in page
+    assert "other hands? (optional, Europe/Berlin)" in berlin
+
+
 @pytest.mark.parametrize(
     "reason", ["keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]
 )
