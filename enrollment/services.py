@@ -731,6 +731,15 @@ def mailbox_address_taken(email: str) -> str | None:
     )
 
 
+def account_common_name(owner: User) -> str:
+    """The name a person's certificate carries: the display name, else given name and
+    surname, else the user name. Pages say before issuance what it will be."""
+    given = (getattr(owner, "first_name", "") or "").strip()
+    surname = (getattr(owner, "last_name", "") or "").strip()
+    display = (getattr(owner, "display_name", "") or "").strip()
+    return display or " ".join(p for p in (given, surname) if p) or owner.get_username()
+
+
 def subject_for(owner: User, *, address_checked: bool = False) -> builder.Subject:
     """The certificate subject comes from the account, never from a CSR or a form.
 
@@ -752,10 +761,8 @@ def subject_for(owner: User, *, address_checked: bool = False) -> builder.Subjec
         raise PolicyViolation(outside, field="email")
     given = (getattr(owner, "first_name", "") or "").strip()
     surname = (getattr(owner, "last_name", "") or "").strip()
-    display = (getattr(owner, "display_name", "") or "").strip()
-    common_name = display or " ".join(p for p in (given, surname) if p) or owner.get_username()
     return builder.Subject(
-        common_name=common_name,
+        common_name=account_common_name(owner),
         given_name=given,
         surname=surname,
         organization_name=settings.PKIPORTAL_ORGANIZATION_NAME,

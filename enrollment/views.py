@@ -60,7 +60,7 @@ from enrollment.permissions import (
     may_use_template,
     templates_for,
 )
-from enrollment.x509 import pkcs7
+from enrollment.x509 import keys, pkcs7
 from enrollment.x509.names import readable_name
 
 PASSWORD_FIELDS = ("pkcs12_password", "pkcs12_password_confirm")
@@ -165,30 +165,68 @@ def _say_if_cut_short(request: HttpRequest, certificate: Certificate) -> None:
         messages.warning(request, f"Your new certificate: {short.message}")
 
 
-def _csr_differences(certificate: Certificate) -> list[str]:
-    """What a CSR asked for that the certificate does not say: names come from the account."""
-    cert_request = getattr(certificate, "request", None)
-    if cert_request is None or cert_request.key_source != CertificateRequest.KeySource.CSR:
+def _csr_of(cert_request: CertificateRequest) -> x509.CertificateSigningRequest | None:
+    """The request's CSR, parsed (it was checked when it came), or None for a portal key."""
+    if cert_request.key_source != CertificateRequest.KeySource.CSR or not cert_request.csr:
+        return None
+    try:
+        return x509.load_der_x509_csr(bytes(cert_request.csr))
+    except ValueError:
+        return None
+
+
+def _csr_key(cert_request: CertificateRequest) -> str:
+    """A CSR's key as people read it ("RSA 3072", "EC P-256"); empty for a portal key,
+    whose algorithm the request names itself."""
+    csr = _csr_of(cert_request)
+    return keys.describe_public_key(csr.public_key()) if csr is not None else ""
+
+
+def _csr_differences(
+    cert_request: CertificateRequest, common_name: str, emails: list[str]
+) -> list[str]:
+    """What a CSR asked for that the certificate does not say (``common_name`` and
+    ``emails``, what it carries or will carry): names come from the account."""
+    if cert_request.key_source != CertificateRequest.KeySource.CSR:
         return []
+    csr = _csr_of(cert_request)
     notes: list[str] = []
-    if cert_request.csr:
-        try:
-            csr = x509.load_der_x509_csr(bytes(cert_request.csr))
-            names = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        except ValueError:
-            names = []
-        if names and names != [certificate.common_name]:
-            notes.append(
-                f"Your request asked for the name “{', '.join(names)}”; the certificate "
-                f"carries your account's name, “{certificate.common_name}”."
-            )
+    names = (
+        [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if csr is not None
+        else []
+    )
+    if names and names != [common_name]:
+        notes.append(
+            f"Your request asked for the name “{', '.join(names)}”; the certificate "
+            f"carries your account's name, “{common_name}”."
+        )
     asked = [e.lower() for e in cert_request.requested_emails]
-    if asked and sorted(set(asked)) != sorted(certificate.emails):
+    if asked and sorted(set(asked)) != sorted(emails):
         notes.append(
             f"Your request asked for {', '.join(cert_request.requested_emails)}; the "
-            f"certificate carries your account's address, {', '.join(certificate.emails)}."
+            f"certificate carries your account's address, {', '.join(emails)}."
         )
     return notes
+
+
+def _certificate_csr_notes(certificate: Certificate) -> list[str]:
+    cert_request = getattr(certificate, "request", None)
+    if cert_request is None:
+        return []
+    return _csr_differences(cert_request, certificate.common_name, certificate.emails)
+
+
+def _request_csr_differs(cert_request: CertificateRequest) -> bool:
+    """Whether the certificate names someone other than the CSR asked for: what it was
+    issued with, or before issuance what the account gives."""
+    if cert_request.certificate is not None:
+        name, emails = cert_request.certificate.common_name, cert_request.certificate.emails
+    else:
+        requester = cert_request.requester
+        name = services.account_common_name(requester)
+        emails = [services.account_email(requester)]
+    return bool(_csr_differences(cert_request, name, emails))
 
 
 # --- home -----------------------------------------------------------------------------
@@ -434,6 +472,8 @@ def _request_page(
         else None,
         "form": form,
         "is_requester": is_requester,
+        "csr_key": _csr_key(cert_request),
+        "csr_differs": _request_csr_differs(cert_request),
         "can_withdraw": is_requester and cert_request.may_be_withdrawn,
         "withdraw_form": withdraw_form or WithdrawForm(request_pk=cert_request.pk),
     }
@@ -505,6 +545,36 @@ def request_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
 # --- RA officers ----------------------------------------------------------------------
 
 
+HolderKey = tuple[str, int | None, int | None]
+
+
+def _holder_key(mailbox_id: int | None, owner_id: int | None, template_id: int | None) -> HolderKey:
+    """Whose certificate of which template: a shared mailbox's, or else a person's."""
+    if mailbox_id is not None:
+        return ("mailbox", mailbox_id, template_id)
+    return ("owner", owner_id, template_id)
+
+
+def _held_by_requesters(pending: list[CertificateRequest]) -> dict[HolderKey, list[Certificate]]:
+    """The valid certificates that the requesters (or, for a mailbox's request, the
+    mailboxes) hold of the templates they ask for, newest first, by ("owner" or
+    "mailbox", id, template id): one query for the whole queue."""
+    owners = {r.requester_id for r in pending if r.mailbox_id is None}
+    boxes = {r.mailbox_id for r in pending if r.mailbox_id is not None}
+    found = (
+        Certificate.objects.valid()
+        .filter(Q(owner_id__in=owners) | Q(mailbox_id__in=boxes))
+        .filter(template_id__in={r.template_id for r in pending})
+        .only("serial", "not_before", "not_after", "owner", "mailbox", "template")
+        .order_by("-not_before", "-pk")
+    )
+    held: dict[HolderKey, list[Certificate]] = {}
+    for certificate in found:
+        key = _holder_key(certificate.mailbox_id, certificate.owner_id, certificate.template_id)
+        held.setdefault(key, []).append(certificate)
+    return held
+
+
 def _ra_page(
     request: AuthenticatedHttpRequest,
     *,
@@ -519,7 +589,16 @@ def _ra_page(
     )
     # An officer who reads a mailbox does not decide on its requests (services._decide).
     reads = set(SharedMailbox.objects.filter(delegates=request.user).values_list("pk", flat=True))
+    held = _held_by_requesters(pending)
     for pending_request in pending:
+        # Said before an officer approves: a CSR's key, and a certificate of the same kind
+        # already held (another one piles up unless it renews that one).
+        setattr(pending_request, "csr_key", _csr_key(pending_request))  # noqa: B010
+        key = _holder_key(
+            pending_request.mailbox_id, pending_request.requester_id, pending_request.template_id
+        )
+        holds = [c for c in held.get(key, []) if c.pk != pending_request.renewal_of_id]
+        setattr(pending_request, "holds", holds)  # noqa: B010
         # Said before an officer approves: an address outside the mail domains is refused.
         # A mailbox's certificate names the mailbox, so it is the mailbox's address.
         named = pending_request.mailbox or pending_request.requester
@@ -663,7 +742,7 @@ def _certificate_page(
         # Another CA's certificate: recorded as revoked here, to be revoked there too.
         "can_revoke": is_owner and certificate.status == Certificate.Status.VALID,
         "revoke_form": revoke_form or RevokeForm(),
-        "csr_notes": _csr_differences(certificate) if is_owner else [],
+        "csr_notes": _certificate_csr_notes(certificate) if is_owner else [],
         "cut_short": ca_lifetime.cut_short(certificate),
         "archived": archived,
         "renewed_by": certificate.renewals.select_related("certificate").first(),

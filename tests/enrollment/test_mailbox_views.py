@@ -229,6 +229,24 @@ def test_another_delegate_asks_for_the_key_on_the_certificates_page(issued, fina
     assert asked.recipient_id == colleague.pk
 
 
+def test_the_queue_says_the_mailbox_already_holds_one_not_the_delegate(
+    issued, finance, employee, approval, officer
+):
+    waiting = services.request_submit(
+        requester=employee,
+        template=approval("smime-encryption"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        mailbox=finance,
+        channel="web",
+    )
+
+    page = client_for(officer).get(reverse("enrollment:ra-requests")).content.decode()
+
+    row = page.split(f'id="holds-{waiting.pk}"')[1].split("</span>")[0]
+    assert "already holds a valid one" in row
+    assert f"{issued.serial[:12]}…" in row
+
+
 # --- the directory ------------------------------------------------------------------------
 
 

@@ -119,6 +119,130 @@ def test_officers_see_pending_requests_with_what_they_asked_for(
     assert "Gets: Alice Andersson, alice@example.com" in page  # … next to what it will get
 
 
+def matching_csr(key):
+    """A CSR that asks for exactly what Alice's account gives: her name and address."""
+    from cryptography.hazmat.primitives import hashes
+
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Alice Andersson")]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name("alice@example.com")]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def row_of(page: str, request) -> str:
+    return page.split(f'id="request-{request.pk}"')[1].split("</tr>")[0]
+
+
+def test_a_csr_row_says_the_keys_type_and_size(
+    needs_approval, employee, employee_client, officer_client, hierarchy, rsa_2048_key
+):
+    enrol_with_csr(
+        employee_client,
+        "smime-dual-use",
+        csr=cryptography_csr(rsa_2048_key).public_bytes(Encoding.PEM),
+    )
+    request = CertificateRequest.objects.get(requester=employee)
+
+    row = row_of(officer_client.get("/ra/requests/").content.decode(), request)
+    detail = officer_client.get(f"/enroll/requests/{request.pk}/").content.decode()
+
+    assert f'Your own key (CSR), <span id="csr-key-{request.pk}">RSA 2048</span>' in row
+    assert "<dd>Your own key (CSR), RSA 2048</dd>" in detail
+
+
+def test_a_row_says_whether_the_requester_already_holds_one_of_the_template(
+    pending, needs_approval, employee, colleague, officer_client, ec_p384_key
+):
+    from enrollment import services
+
+    page = officer_client.get("/ra/requests/").content.decode()
+    assert "holds no valid S/MIME Dual-use certificate yet" in row_of(page, pending)
+
+    held = services.certificate_issue(
+        template=needs_approval, owner=employee, public_key=ec_p384_key.public_key()
+    )
+    page = officer_client.get("/ra/requests/").content.decode()
+
+    row = row_of(page, pending)
+    assert "already holds a valid one: serial" in row
+    assert f"<code>{held.serial[:12]}…</code>, until {held.not_after:%Y-%m-%d}" in row
+
+
+def test_the_certificate_a_renewal_replaces_is_not_counted_as_another(
+    needs_approval, employee, officer_client, hierarchy, ec_p384_key
+):
+    from enrollment import services
+    from enrollment.x509.keys import KeyAlgorithm
+
+    held = services.certificate_issue(
+        template=needs_approval, owner=employee, public_key=ec_p384_key.public_key()
+    )
+    renewal = services.request_submit(
+        requester=employee,
+        template=needs_approval,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        renewal_of=held,
+        channel="web",
+    )
+
+    row = row_of(officer_client.get("/ra/requests/").content.decode(), renewal)
+
+    assert "renewal" in row
+    assert "no other valid S/MIME Dual-use certificate" in row
+    assert "already holds" not in row
+
+
+def test_an_empty_recently_decided_list_has_no_heading(pending, officer_client):
+    empty = officer_client.get("/ra/requests/").content.decode()
+    decide(officer_client, pending, "reject", "Use the signing template instead")
+    decided = officer_client.get("/ra/requests/").content.decode()
+
+    assert "Recently decided" not in empty
+    assert 'href="/ra/requests/history/"' in empty
+    assert "<h2>Recently decided</h2>" in decided
+
+
+def test_a_matching_csr_is_not_said_to_be_issued_for_other_names(
+    needs_approval, employee, employee_client, officer_client, hierarchy, ec_p256_key, rsa_2048_key
+):
+    enrol_with_csr(
+        employee_client,
+        "smime-dual-use",
+        csr=matching_csr(ec_p256_key).public_bytes(Encoding.PEM),
+    )
+    enrol_with_csr(
+        employee_client,
+        "smime-dual-use",
+        csr=cryptography_csr(rsa_2048_key).public_bytes(Encoding.PEM),
+    )
+    matching, claiming = CertificateRequest.objects.filter(requester=employee).order_by("pk")
+
+    same = officer_client.get(f"/enroll/requests/{matching.pk}/").content.decode()
+    other = officer_client.get(f"/enroll/requests/{claiming.pk}/").content.decode()
+    decide(officer_client, matching, "approve")
+    issued = officer_client.get(f"/enroll/requests/{matching.pk}/").content.decode()
+
+    assert "The CSR asked for" in same
+    assert "issued for the account's name and address instead" not in same
+    assert "issued for the account's name and address instead" in other
+    assert "issued for the account's name and address instead" not in issued
+
+
+def test_a_rejected_requests_page_leads_back_to_enrolment(pending, officer_client, employee_client):
+    decide(officer_client, pending, "reject", "Use the signing template instead")
+
+    mine = employee_client.get(f"/enroll/requests/{pending.pk}/").content.decode()
+    officers = officer_client.get(f"/enroll/requests/{pending.pk}/").content.decode()
+
+    again = mine.split('id="again"')[1].split("</p>")[0]
+    assert '<a href="/enroll/">Get a certificate</a>' in again
+    assert 'id="again"' not in officers
+
+
 def test_employees_may_not_see_the_ra_page(employee_client, hierarchy):
     assert employee_client.get("/ra/requests/").status_code == 403
 
