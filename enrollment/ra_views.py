@@ -707,9 +707,7 @@ def recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def _recovery_perform(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    found = _visible_recovery(request, pk)
-    if not is_key_recovery_agent(request.user):
-        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+    found = _agents_recovery(request, pk)
     status = 200
     if request.method == "POST":
         form = RecoveryPerformForm(request.POST, request.FILES)
@@ -743,6 +741,14 @@ def _performed_page(
         "enrollment/ra/recovery_performed.html",
         {**_perform_context(found), "recovery": performed, "one_time_password": password},
     )
+
+
+def _agents_recovery(request: AuthenticatedHttpRequest, pk: int) -> KeyRecoveryRequest:
+    """A recovery the agent may see, for the pages that carry one out; 403 for others."""
+    found = _visible_recovery(request, pk)
+    if not is_key_recovery_agent(request.user):
+        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+    return found
 
 
 def _perform_context(found: KeyRecoveryRequest) -> dict[str, Any]:
@@ -782,9 +788,7 @@ def _perform_page(
 @require_POST
 def recovery_archive(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The archive (CMS EnvelopedData) for an agent who decrypts it on their own machine."""
-    found = _visible_recovery(request, pk)
-    if not is_key_recovery_agent(request.user):
-        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+    found = _agents_recovery(request, pk)
     try:
         current, envelope = recovery.recovery_archive_export(
             recovery=found, agent_user=request.user, source_address=client_address(request)
@@ -815,9 +819,7 @@ def recovery_perform_offline(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def _recovery_perform_offline(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    found = _visible_recovery(request, pk)
-    if not is_key_recovery_agent(request.user):
-        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+    found = _agents_recovery(request, pk)
     form = RecoveredKeyForm(request.POST, request.FILES)
     if not form.is_valid():
         return _perform_page(request, found, form, status=400)
