@@ -130,6 +130,19 @@ def test_nobody_found_says_so(employee_client, jose):
     page = page_of(employee_client.get("/directory/", {"q": "nobody-here"}))
 
     assert "No one matches" in page
+    assert 'href="/enroll/"' in page  # where to send someone who has none yet
+
+
+def test_each_details_link_names_whose_certificate_it_opens(employee_client, jose):
+    """Screen readers list links by their text: three identical ones say nothing."""
+    page = page_of(employee_client.get("/directory/", {"q": "jose"}))
+
+    labels = [
+        part.split('"', 1)[0] for part in page.split('aria-label="Details and downloads: ')[1:]
+    ]
+    assert len(labels) == 2
+    assert len(set(labels)) == 2
+    assert all(label.startswith("José García, ") for label in labels)
 
 
 def test_results_come_in_pages_with_a_next_link(employee_client, person, issue):
