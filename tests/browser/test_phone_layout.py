@@ -78,3 +78,30 @@ def test_no_page_is_wider_than_a_phone(
 
     too_wide = {path: pixels for path, pixels in wide.items() if pixels > 0}
     assert not too_wide, f"wider than a {PHONE['width']} px phone by: {too_wide}"
+
+
+# The right edge of each status badge in the person's own certificate tables.
+STATUS_EDGES = """() => Array.from(document.querySelectorAll("table.stack .badge[class*=status-]"))
+    .map(badge => badge.getBoundingClientRect().right)"""
+
+
+def test_a_certificates_status_is_on_a_phones_screen_without_scrolling(
+    live_server, hierarchy, template, employee, ec_p256_key, tmp_path
+):
+    """A wide table that scrolls inside itself hid the status column off the screen, so a
+    revoked certificate looked like a valid one: on a phone each row is a labelled card."""
+    issue(employee, template("smime-signing"), ec_p256_key)
+    issue(employee, template("smime-dual-use"), ec_p256_key)
+    cookie = {"name": settings.SESSION_COOKIE_NAME, "value": session_cookie(employee)}
+    edges: dict[str, list[float]] = {}
+    with chromium_page() as page:
+        page.set_viewport_size(PHONE)
+        page.context.add_cookies([{**cookie, "url": live_server.url}])
+        for path in ("/", "/certificates/"):
+            page.goto(f"{live_server.url}{path}")
+            page.wait_for_load_state("networkidle")
+            edges[path] = page.evaluate(STATUS_EDGES)
+            page.screenshot(path=str(tmp_path / f"{path.strip('/') or 'home'}.png"), full_page=True)
+
+    assert all(len(found) == 2 for found in edges.values()), edges
+    assert all(edge <= PHONE["width"] for found in edges.values() for edge in found), edges
