@@ -107,6 +107,14 @@ def test_the_schema_and_docs_are_served(client, db, path):
     assert client.get(path).status_code == 200
 
 
+def test_the_docs_page_leads_back_to_the_portal(client, db):
+    page = client.get("/api/v1/docs/").content.decode()
+
+    assert 'href="/"' in page
+    assert 'href="/account/tokens/"' in page
+    assert 'id="swagger-ui"' in page  # drf-spectacular's own body is still there
+
+
 @pytest.mark.parametrize(
     "path", ["/api/v1/enrollments/", "/api/v1/certificates/", "/api/v1/requests/pending/"]
 )
