@@ -150,7 +150,7 @@ def test_a_csr_row_says_the_keys_type_and_size(
     row = row_of(officer_client.get("/ra/requests/").content.decode(), request)
     detail = officer_client.get(f"/enroll/requests/{request.pk}/").content.decode()
 
-    assert f'Your own key (CSR), <span id="csr-key-{request.pk}">RSA 2048</span>' in row
+    assert f'The requester\'s own key (CSR), <span id="csr-key-{request.pk}">RSA 2048</span>' in row
     assert "<dd>Your own key (CSR), RSA 2048</dd>" in detail
 
 
