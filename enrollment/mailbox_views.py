@@ -113,6 +113,7 @@ def _detail_page(
     mailbox: SharedMailbox,
     form: MailboxForm | None = None,
     status: int = 200,
+    confirm_missing: bool = False,
 ) -> HttpResponse:
     if form is None:
         form = MailboxForm(
@@ -134,6 +135,8 @@ def _detail_page(
         "delegates": mailbox.delegates.order_by("username"),
         "certificates": mailbox.certificates.select_related("template").order_by("-not_before"),
         "revocation_due": due,
+        "revocation_delay_hours": int(delay.total_seconds() // 3600) if delay is not None else None,
+        "confirm_missing": confirm_missing,
     }
     return render(request, "enrollment/ra/mailbox_detail.html", context, status=status)
 
@@ -170,6 +173,10 @@ def mailbox_active(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     officer_required(request)
     mailbox = get_object_or_404(SharedMailbox, pk=pk)
     active = request.POST.get("active") == "1"
+    if not active and mailbox.is_active and request.POST.get("confirm") != "on":
+        # Withdraws its requests for good and starts its certificates' revocation: as
+        # every other irreversible step on these pages, not on one click.
+        return _detail_page(request, mailbox, status=400, confirm_missing=True)
     try:
         mailboxes.mailbox_set_active(
             mailbox=mailbox,

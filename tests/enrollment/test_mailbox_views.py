@@ -88,7 +88,9 @@ def test_only_officers_change_mailboxes(people, finance, who, expected):
         )
     ).status_code == expected
     assert (
-        client.post(reverse("ra:mailbox-active", args=[finance.pk]), {"active": "0"})
+        client.post(
+            reverse("ra:mailbox-active", args=[finance.pk]), {"active": "0", "confirm": "on"}
+        )
     ).status_code == expected
     finance.refresh_from_db()
     assert (finance.display_name, finance.is_active) == ("Finance", True)
@@ -119,7 +121,12 @@ def test_an_officer_creates_edits_and_deactivates_a_mailbox_on_the_ra_pages(
     changed = AuditEvent.objects.get(action="mailbox.change")
     assert changed.detail["delegates_removed"] == ["alice"]
     assert changed.detail["display_name"] == {"old": "Human resources", "new": "HR team"}
-    client.post(reverse("ra:mailbox-active", args=[created.pk]), {"active": "0"})
+    unsure = client.post(reverse("ra:mailbox-active", args=[created.pk]), {"active": "0"})
+    assert unsure.status_code == 400
+    assert "I am sure" in unsure.content.decode()
+    created.refresh_from_db()
+    assert created.is_active  # not on one click
+    client.post(reverse("ra:mailbox-active", args=[created.pk]), {"active": "0", "confirm": "on"})
     created.refresh_from_db()
     assert not created.is_active
     assert AuditEvent.objects.filter(action="mailbox.deactivate", actor=officer).exists()
