@@ -159,8 +159,9 @@ def recoveries_of_holder(user: Any) -> QuerySet[KeyRecoveryRequest]:
     """Recoveries of this person's keys that come to them, open or not, newest first.
 
     The holder's own requests, and officers' recoveries delivered to the key owner; not
-    those an officer opened for themselves (the owner is mailed about those, no more)."""
-    return (
+    those an officer opened for themselves (the owner is mailed about those, no more).
+    with_quorum(), so each shows the state its approvals count to now."""
+    return with_quorum(
         KeyRecoveryRequest.objects.filter(
             Q(certificate__owner=user)
             # A shared mailbox's key goes to the delegate who asked (recipient_id).

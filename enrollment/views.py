@@ -670,9 +670,11 @@ def ra_decide(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 def _open_recoveries_of(certificates: Any) -> dict[int, KeyRecoveryRequest]:
     """The recovery in progress of each of these certificates' keys, if any (one at most)."""
-    found = KeyRecoveryRequest.objects.filter(
-        certificate__in=certificates, state__in=recovery.OPEN_STATES
-    ).defer("bundle")
+    found = ra_selectors.with_quorum(  # shown as its approvals count now
+        KeyRecoveryRequest.objects.filter(
+            certificate__in=certificates, state__in=recovery.OPEN_STATES
+        ).defer("bundle")
+    )
     return {r.certificate_id: r for r in found}
 
 

@@ -289,6 +289,27 @@ def test_the_queues_show_the_state_its_approvals_count_to_now(
     assert pending not in text
 
 
+def test_the_holder_sees_the_state_its_approvals_count_to_now(
+    two_approvals, third_officer, officers_group, employee
+):
+    """Alice's pages said "approved: waiting for a key recovery agent" while the RA pages
+    said it waits for approval again."""
+    third_officer.groups.remove(officers_group)
+    holder = client_for(employee)
+    certificate = two_approvals.certificate
+
+    pages = {
+        url: holder.get(url).content.decode()
+        for url in ("/", "/certificates/", f"/certificates/{certificate.pk}/")
+    }
+
+    for url, text in pages.items():
+        assert "waiting for approval" in text.lower(), url
+        assert "waiting for a key recovery agent" not in text, url
+    third_officer.groups.add(officers_group)
+    assert "waiting for a key recovery agent" in holder.get("/certificates/").content.decode()
+
+
 def test_an_agent_cannot_carry_it_out_from_the_page_either(
     two_approvals, third_officer, officers_group, kra, agent_user
 ):
