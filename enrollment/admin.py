@@ -267,27 +267,6 @@ class SharedMailboxAdmin(ReadOnlyAdmin[SharedMailbox]):
     def has_manage_permission(self, request: HttpRequest) -> bool:
         return is_ra_officer(request.user)
 
-    def _set_active(
-        self, request: HttpRequest, queryset: QuerySet[SharedMailbox], active: bool
-    ) -> list[str]:
-        """Each through the service; the addresses it switched."""
-        from enrollment import mailboxes
-
-        done = []
-        for mailbox in queryset:
-            try:
-                mailboxes.mailbox_set_active(
-                    mailbox=mailbox,
-                    active=active,
-                    actor=request.user,
-                    source_address=client_address(request),
-                )
-            except EnrollmentError as exc:
-                self.message_user(request, f"{mailbox.email}: {exc.message}", messages.ERROR)
-            else:
-                done.append(mailbox.email)
-        return done
-
     # A confirmation page first: open requests are withdrawn at once and the certificates
     # revoked after the grace period, and "select all" reaches every mailbox.
     @admin.action(description="Deactivate selected shared mailboxes…", permissions=["manage"])
@@ -300,7 +279,9 @@ class SharedMailboxAdmin(ReadOnlyAdmin[SharedMailbox]):
 
     @admin.action(description="Reactivate", permissions=["manage"])
     def reactivate(self, request: HttpRequest, queryset: QuerySet[SharedMailbox]) -> None:
-        done = self._set_active(request, queryset.filter(is_active=False), True)
+        from enrollment.ra_admin import mailboxes_set_active
+
+        done = mailboxes_set_active(self, request, queryset.filter(is_active=False), active=True)
         if not done:
             self.message_user(request, "None of the selected mailboxes is deactivated.")
         else:

@@ -8,6 +8,7 @@ forms, and they go through the services like the commands and the RA pages.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -297,21 +298,7 @@ def mailbox_deactivate_action(
         return None
     form = MailboxDeactivateForm(request.POST if "post" in request.POST else None)
     if form.is_bound and form.is_valid():
-        done = []
-        for mailbox in chosen:
-            try:
-                mailboxes.mailbox_set_active(
-                    mailbox=mailbox,
-                    active=False,
-                    actor=request.user,
-                    source_address=client_address(request),
-                )
-            except EnrollmentError as exc:
-                model_admin.message_user(
-                    request, f"{mailbox.email}: {public_message(exc)}", messages.ERROR
-                )
-            else:
-                done.append(mailbox.email)
+        done = mailboxes_set_active(model_admin, request, chosen, active=False)
         if done:
             model_admin.message_user(
                 request,
@@ -337,6 +324,33 @@ def mailbox_deactivate_action(
         context,
         status=400 if form.is_bound else 200,
     )
+
+
+def mailboxes_set_active(
+    model_admin: admin.ModelAdmin[SharedMailbox],
+    request: HttpRequest,
+    chosen: Iterable[SharedMailbox],
+    *,
+    active: bool,
+) -> list[str]:
+    """Each through the service, as /ra/mailboxes/ does; a refusal is told, the rest go
+    on. The addresses it switched (the admin's deactivate and reactivate actions)."""
+    done = []
+    for mailbox in chosen:
+        try:
+            mailboxes.mailbox_set_active(
+                mailbox=mailbox,
+                active=active,
+                actor=request.user,
+                source_address=client_address(request),
+            )
+        except EnrollmentError as exc:
+            model_admin.message_user(
+                request, f"{mailbox.email}: {public_message(exc)}", messages.ERROR
+            )
+        else:
+            done.append(mailbox.email)
+    return done
 
 
 def _when_revoked() -> str:
