@@ -38,7 +38,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -287,16 +287,8 @@ class Outcome:
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "checked": self.checked,
-            "found": self.found,
-            "gone": self.gone,
-            "held_back": self.held_back,
-            "deactivated": self.deactivated,
-            "failed": self.failed,
-            "superusers": self.superusers,
-            "error": self.error,
-        }
+        """What the run did (the task's result): every field but the cap it ran under."""
+        return {name: value for name, value in asdict(self).items() if name != "cap"}
 
 
 def leavers_sync(
@@ -400,19 +392,8 @@ def _deactivate(gone: Gone) -> bool:
 def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
     LdapSyncRun.objects.update_or_create(
         pk=1,
-        defaults={
-            "ran_at": now,
-            "source": source,
-            "checked": outcome.checked,
-            "found": outcome.found,
-            "gone": outcome.gone,
-            "cap": outcome.cap,
-            "held_back": outcome.held_back,
-            "deactivated": outcome.deactivated,
-            "failed": outcome.failed,
-            "superusers": outcome.superusers,
-            "error": outcome.error,
-        },
+        # Outcome's fields are the row's columns, name for name.
+        defaults={"ran_at": now, "source": source, **asdict(outcome)},
     )
 
 
