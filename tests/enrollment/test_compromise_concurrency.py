@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -205,6 +206,23 @@ def test_a_compromise_and_a_single_revocation_of_the_keys_other_certificate_neve
     assert states == {reported.pk: "keyCompromise", other.pk: "keyCompromise"}
 
 
+def revoked_beside(template: Any, employee: Any) -> tuple[Certificate, Certificate]:
+    """Two certificates of one key: the earlier revoked as superseded, the other valid, to
+    be reported compromised. (Called after any patch of the CRL task: where it is patched,
+    the earlier one's entry is on no CRL yet.)"""
+    key = new_key()
+    earlier = issue(employee, template("smime-dual-use"), key)
+    reported = issue(employee, template("smime-signing"), key)
+    services.certificate_revoke(certificate=earlier, reason="superseded")
+    return earlier, reported
+
+
+def publish_as_publisher(ca: Any) -> object:
+    """crl_publish in a thread named "publisher", which the tests' pauses look for."""
+    threading.current_thread().name = "publisher"
+    return services.crl_publish(ca=ca)
+
+
 def test_a_compromise_upgrading_a_revoked_certificate_never_deadlocks_with_its_holder(
     hierarchy, template, employee
 ):
@@ -214,10 +232,7 @@ def test_a_compromise_upgrading_a_revoked_certificate_never_deadlocks_with_its_h
     officer's page) made PostgreSQL abort one of the two."""
     from enrollment.audit import audit_record
 
-    key = new_key()
-    earlier = issue(employee, template("smime-dual-use"), key)
-    reported = issue(employee, template("smime-signing"), key)
-    services.certificate_revoke(certificate=earlier, reason="superseded")
+    earlier, reported = revoked_beside(template, employee)
     holding, go = threading.Event(), threading.Event()
 
     def hold_then_audit() -> None:
@@ -251,10 +266,7 @@ def test_a_compromise_upgrading_an_entry_a_publisher_is_marking_never_deadlocks(
     from enrollment.audit import audit_record
 
     monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)  # as with a broker
-    key = new_key()
-    earlier = issue(employee, template("smime-dual-use"), key)
-    reported = issue(employee, template("smime-signing"), key)
-    services.certificate_revoke(certificate=earlier, reason="superseded")  # on no CRL yet
+    earlier, reported = revoked_beside(template, employee)
     marked, go = threading.Event(), threading.Event()
 
     def audit_after_a_pause(**kwargs):  # type: ignore[no-untyped-def]
@@ -265,12 +277,8 @@ def test_a_compromise_upgrading_an_entry_a_publisher_is_marking_never_deadlocks(
 
     monkeypatch.setattr(services, "audit_record", audit_after_a_pause)
 
-    def publish() -> object:
-        threading.current_thread().name = "publisher"
-        return services.crl_publish(ca=hierarchy.issuing)
-
     publishing, compromise, _waited = overlap(
-        publish,
+        lambda: publish_as_publisher(hierarchy.issuing),
         marked,
         go,
         lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
@@ -296,10 +304,7 @@ def test_an_entry_queued_again_while_a_crl_is_built_waits_for_the_next_crl(
     from enrollment.models import CrlEntry, RevocationList
 
     monkeypatch.setattr(tasks, "_send_crl_publish", lambda ca_id: None)  # as with a broker
-    key = new_key()
-    earlier = issue(employee, template("smime-dual-use"), key)
-    reported = issue(employee, template("smime-signing"), key)
-    services.certificate_revoke(certificate=earlier, reason="superseded")  # on no CRL yet
+    earlier, reported = revoked_beside(template, employee)
     read, go = threading.Event(), threading.Event()
     signer = keystore.crl_signer
 
@@ -317,12 +322,8 @@ def test_an_entry_queued_again_while_a_crl_is_built_waits_for_the_next_crl(
 
     monkeypatch.setattr(keystore, "crl_signer", sign_after_a_pause)
 
-    def publish() -> object:
-        threading.current_thread().name = "publisher"
-        return services.crl_publish(ca=hierarchy.issuing)
-
     publishing, compromise, _waited = overlap(
-        publish,
+        lambda: publish_as_publisher(hierarchy.issuing),
         read,
         go,
         lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
