@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 
 from enrollment import mailboxes
 from enrollment.models import AuditEvent, Certificate, SharedMailbox
 from tests.conftest import client_for
-from tests.enrollment.tools import issue, new_key
+from tests.enrollment.tools import as_staff, issue, new_key
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -21,11 +20,8 @@ ADDRESS = "192.0.2.47"
 
 
 def staff_with_view(user):
-    user.is_staff = True
-    user.save(update_fields=["is_staff"])
-    user.user_permissions.add(Permission.objects.get(codename="view_sharedmailbox"))
-    user.refresh_from_db()  # gaining privilege bumps session_generation
-    return user
+    """Staff who may open the list (the admin shows no list without it)."""
+    return as_staff(user, "view_sharedmailbox")
 
 
 @pytest.fixture(autouse=True)

@@ -8,14 +8,13 @@ from datetime import timedelta
 
 import pytest
 
-from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.utils import timezone
 
 from enrollment import ra_admin
 from enrollment.models import AuditEvent, Certificate
 from tests.conftest import client_for
-from tests.enrollment.tools import issue, new_key
+from tests.enrollment.tools import as_staff, issue, new_key
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -26,11 +25,7 @@ ADDRESS = "192.0.2.45"
 
 def staff_with_view(user):
     """Staff who may open the certificate list (the admin shows no list without it)."""
-    user.is_staff = True
-    user.save(update_fields=["is_staff"])
-    user.user_permissions.add(Permission.objects.get(codename="view_certificate"))
-    user.refresh_from_db()  # gaining privilege bumps session_generation
-    return user
+    return as_staff(user, "view_certificate")
 
 
 @pytest.fixture

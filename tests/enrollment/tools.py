@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from django.contrib.auth.models import Permission
 from django.core.signals import got_request_exception
 from django.views.debug import ExceptionReporter
 
@@ -100,6 +101,16 @@ def new_key() -> PrivateKey:
     """A P-256 key of its own (~0.1 ms): for certificates one test may revoke for
     keyCompromise, which revokes every other certificate of the same key."""
     return generate_private_key(KeyAlgorithm.EC_P256)
+
+
+def as_staff(user, *codenames: str):  # type: ignore[no-untyped-def]
+    """The account made staff with these model permissions, read back: gaining privilege
+    bumps its session_generation, so a stale copy would sign in to a dead session."""
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    user.refresh_from_db()
+    return user
 
 
 def issue(owner, template: CertificateTemplate, key: PrivateKey) -> Certificate:
