@@ -21,6 +21,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Tags, Warning, register
 from django.db import DatabaseError
 
+from pkiportal.origins import https_origin
+
 # Suffixes that never resolve on the public internet (RFC 2606, 6761, 6762, 8375; and
 # names commonly used for intranets).
 INTERNAL_SUFFIXES = (
@@ -254,22 +256,6 @@ def ca_key_passphrase_is_kept_apart(app_configs: Any = None, **kwargs: Any) -> l
     return problems
 
 
-def _https_origin(url: str) -> str:
-    """https://host[:port] of a URL (PKIPORTAL_SITE_URL is PKIPORTAL_BASE_URL, http:// for
-    CRLs, when not set; people sign in over https on its host and port); the port left out
-    where it is 80 or 443."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if not host:
-        return ""
-    try:
-        port = parts.port
-    except ValueError:
-        return ""
-    netloc = f"[{host}]" if ":" in host else host
-    return f"https://{netloc}" + (f":{port}" if port and port not in (80, 443) else "")
-
-
 def _within(host: str, rp_id: str) -> bool:
     return host == rp_id or host.endswith("." + rp_id)
 
@@ -283,12 +269,12 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
     problems = []
     if site_host and not _within(site_host, rp_id) and site_host not in ("127.0.0.1", "::1"):
         problems.append(f"the host of PKIPORTAL_SITE_URL ({site_host}) is not under it")
-    site_origin = _https_origin(settings.PKIPORTAL_SITE_URL)
+    site_origin = https_origin(settings.PKIPORTAL_SITE_URL)
     if (
         site_host not in ("", "localhost", "127.0.0.1", "::1")
         and site_origin
         and site_origin
-        not in {_https_origin(origin) for origin in settings.PKIPORTAL_WEBAUTHN_ORIGINS}
+        not in {https_origin(origin) for origin in settings.PKIPORTAL_WEBAUTHN_ORIGINS}
     ):
         problems.append(
             f"the portal's origin {site_origin} (PKIPORTAL_SITE_URL's host and port, over "

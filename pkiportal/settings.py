@@ -23,6 +23,7 @@ from enrollment.x509.builder import check_country, check_organization_identifier
 from enrollment.x509.errors import PolicyError
 from enrollment.x509.mail_domains import parse_mail_domains
 from pkiportal.clients import trusted_proxies
+from pkiportal.origins import https_origin
 from pkiportal.secret_files import create_private_file_once
 
 # Django's generic classes take the type parameters django-stubs gives them at run time
@@ -511,11 +512,7 @@ _SITE_PORT = urlsplit(PKIPORTAL_SITE_URL).port
 # Where people sign in: https:// on the site URL's host, its port kept when it is not 80
 # (the site URL is PKIPORTAL_BASE_URL, http:// for CRLs and AIA, when it is not set;
 # browsers use WebAuthn over https only).
-_SITE_ORIGIN = (
-    "https://"
-    + (f"[{_SITE_HOST}]" if ":" in _SITE_HOST else _SITE_HOST)
-    + (f":{_SITE_PORT}" if _SITE_PORT and _SITE_PORT not in (80, 443) else "")
-)
+_SITE_ORIGIN = https_origin(PKIPORTAL_SITE_URL, default_host="localhost")
 _LOOPBACK_SITE = _SITE_HOST in ("localhost", "127.0.0.1", "::1")
 PKIPORTAL_WEBAUTHN_RP_ID = env.str("PKIPORTAL_WEBAUTHN_RP_ID", default="").strip().lower() or (
     "localhost" if _LOOPBACK_SITE else _SITE_HOST
