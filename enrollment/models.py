@@ -1063,6 +1063,39 @@ class ExpiryNotice(models.Model):
         return f"{self.threshold_days}-day notice for {self.certificate_id}"
 
 
+class ApprovalNoticeDigest(models.Model):
+    """One RA officer's notices of requests awaiting approval (ra_notifications): when the
+    last went, and the requests made since, collected for one summary when the window
+    (PKIPORTAL_RA_NOTICE_WINDOW_MINUTES) after it ends.
+
+    In the database, not the cache: a restart loses no collected request, and every web
+    process and worker locks the same row, so no summary goes twice."""
+
+    officer = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    # Ids, not a relation: only those still pending when the summary goes are listed, and
+    # a list on the officer's own locked row is appended to without another lock.
+    waiting = models.JSONField(
+        default=list, blank=True, help_text="Requests collected for the next summary."
+    )
+    due_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the summary goes; empty while none is collected."
+    )
+
+    class Meta:
+        indexes = [
+            # Beat's every-minute look for summaries due: the few rows that have one.
+            models.Index(
+                fields=["due_at"], name="notice_digest_due_idx", condition=Q(due_at__isnull=False)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Approval notices of officer {self.officer_id}"
+
+
 class AgentExpiryWarning(models.Model):
     """The admins were warned that the last valid recovery agent certificate expires soon."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -20,8 +20,14 @@ from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 from django.urls import reverse
+from django.utils import timezone
 
-from enrollment.models import Certificate, CertificateRequest, KeyRecoveryAgent
+from enrollment.models import (
+    ApprovalNoticeDigest,
+    Certificate,
+    CertificateRequest,
+    KeyRecoveryAgent,
+)
 from enrollment.notifications import mail
 from enrollment.permissions import ra_officers
 
@@ -167,6 +173,12 @@ def mailbox_certificate_revoked(certificate: Certificate, *, actor: Any) -> None
 
 
 # --- requests awaiting approval -------------------------------------------------------
+# An officer hears of the first request after a quiet period at once; those made within
+# PKIPORTAL_RA_NOTICE_WINDOW_MINUTES of a notice to them are collected (ApprovalNoticeDigest,
+# their row locked) and come as one summary when the window ends: beat sends it, and it opens
+# the next window. A script making 200 requests in 200 calls so mails each officer a few
+# times an hour, not 200 times. Without a scheduler no beat would send a summary: every
+# request is mailed as it comes (notice_window).
 
 # More than this many requests in one summary are counted, not listed.
 SUMMARY_LISTS = 50
@@ -178,7 +190,7 @@ _pending: WeakKeyDictionary[BaseDatabaseWrapper, list[int]] = WeakKeyDictionary(
 def request_awaits_approval(request: CertificateRequest) -> None:
     """The officers who may decide it learn that a request waits, once its transaction
     commits. All that one transaction made pending (a script, a bulk import) go out as
-    one summary, not one mail each."""
+    one summary, not one mail each; requests_announce says when."""
     connection = transaction.get_connection()
     _pending.setdefault(connection, []).append(request.pk)
     # Each request queues the sending: the first to run after the commit takes them all
@@ -189,51 +201,173 @@ def request_awaits_approval(request: CertificateRequest) -> None:
 
 def _requests_pending_send(connection: BaseDatabaseWrapper) -> None:
     ids = _pending.pop(connection, [])
-    if not ids:
-        return
-    # Those still pending: a request rolled back with its transaction is not there, one
-    # withdrawn or decided since needs no officer.
-    requests = list(
-        CertificateRequest.objects.filter(pk__in=ids, state=CertificateRequest.State.PENDING)
+    if ids:
+        requests_announce(ids)
+
+
+def notice_window() -> timedelta:
+    """How long after a notice an officer's further requests are collected for a summary.
+    Zero without a scheduler (the embedded default): no beat would ever send the summary,
+    and an officer who never hears of a request is worse off than one who hears of each."""
+    from enrollment import health
+
+    if health.no_scheduler():
+        return timedelta(0)
+    return timedelta(minutes=settings.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES)
+
+
+def _collecting(digest: ApprovalNoticeDigest, window: timedelta, now: datetime) -> bool:
+    """Whether the window the officer's last notice opened is still open."""
+    return bool(window) and digest.last_sent_at is not None and now < digest.last_sent_at + window
+
+
+def _still_pending(ids: Iterable[int]) -> dict[int, CertificateRequest]:
+    """Those still pending, by id: a request rolled back with its transaction is not
+    there, one withdrawn or decided since needs no officer."""
+    requests = (
+        CertificateRequest.objects.filter(pk__in=set(ids), state=CertificateRequest.State.PENDING)
         .select_related("requester", "template", "mailbox")
         .prefetch_related("mailbox__delegates")
         .order_by("pk")
     )
-    if not requests:
-        return
-    # Who may not decide a request (services._decide): its requester and, for a shared
-    # mailbox, its delegates, who read the mailbox and can get its key.
-    barred = {
-        r.pk: {
-            r.requester_id,
-            *(delegate.pk for delegate in (r.mailbox.delegates.all() if r.mailbox else ())),
-        }
-        for r in requests
-    }
-    asked: dict[tuple[int, ...], list[str]] = {}
-    for pk, email in _officers().values_list("pk", "email"):
-        theirs = tuple(r.pk for r in requests if pk not in barred[r.pk])
+    return {r.pk: r for r in requests}
+
+
+def _barred(request: CertificateRequest) -> set[int]:
+    """Who may not decide it (services._decide): its requester and, for a shared mailbox,
+    its delegates, who read the mailbox and can get its key."""
+    delegates = request.mailbox.delegates.all() if request.mailbox else ()
+    return {request.requester_id, *(delegate.pk for delegate in delegates)}
+
+
+def _asked(
+    requests: Mapping[int, CertificateRequest], *, among: Iterable[int] | None = None
+) -> dict[int, tuple[str, list[int]]]:
+    """Each active officer with an address (of ``among``, when given), their address and
+    the ids of the requests they may decide, oldest first."""
+    barred = {pk: _barred(request) for pk, request in requests.items()}
+    officers = _officers()
+    if among is not None:
+        officers = officers.filter(pk__in=list(among))
+    asked: dict[int, tuple[str, list[int]]] = {}
+    for pk, email in officers.values_list("pk", "email"):
+        theirs = sorted(request_pk for request_pk in requests if pk not in barred[request_pk])
         if theirs:
-            asked.setdefault(theirs, []).append(email)
-    by_pk = {r.pk: r for r in requests}
-    for ids_asked, addresses in asked.items():
-        listed = [by_pk[pk] for pk in ids_asked]
-        count = len(listed)
-        _send(
-            f"Certificate request #{listed[0].pk} waits for your approval"
-            if count == 1
-            else f"{count} certificate requests wait for your approval",
-            "enrollment/email/requests_await_approval.txt",
-            {
-                "requests": [
-                    {"request": r, "requester": _name(r.requester)} for r in listed[:SUMMARY_LISTS]
-                ],
-                "count": count,
-                "more": max(count - SUMMARY_LISTS, 0),
-                "url": reverse("enrollment:ra-requests"),
-            },
-            addresses,
+            asked[pk] = (email, theirs)
+    return asked
+
+
+def requests_announce(ids: Iterable[int]) -> None:
+    """Tell the officers who may decide them that these requests wait (after their commit).
+
+    An officer whose last notice is older than the window (or who has none) is mailed at
+    once, with whatever an ended window collected that beat has not sent yet; the others'
+    requests are collected for the summary at the end of their window. Each officer's row
+    is locked, so two requests committed at the same moment mail them once, not twice."""
+    requests = _still_pending(ids)
+    asked = _asked(requests)
+    if not asked:
+        return
+    window = notice_window()
+    # The rows exist before they are locked, each inserted on its own: two announcements
+    # never wait on each other's uncommitted inserts.
+    known = set(ApprovalNoticeDigest.objects.filter(pk__in=asked).values_list("pk", flat=True))
+    ApprovalNoticeDigest.objects.bulk_create(
+        [ApprovalNoticeDigest(officer_id=pk) for pk in asked if pk not in known],
+        ignore_conflicts=True,
+    )
+    mails: dict[tuple[int, ...], list[str]] = {}
+    with transaction.atomic():
+        # Locked in one order by everyone, so two announcements never deadlock.
+        digests = list(
+            ApprovalNoticeDigest.objects.select_for_update().filter(pk__in=asked).order_by("pk")
         )
+        now = timezone.now()
+        leftovers = _still_pending(
+            pk
+            for digest in digests
+            if not _collecting(digest, window, now)
+            for pk in digest.waiting
+        )
+        requests = {**leftovers, **requests}
+        for digest in digests:
+            email, theirs = asked[digest.pk]
+            if _collecting(digest, window, now):
+                assert digest.last_sent_at is not None
+                digest.waiting = [
+                    *digest.waiting,
+                    *(pk for pk in theirs if pk not in digest.waiting),
+                ]
+                digest.due_at = digest.last_sent_at + window
+                digest.save(update_fields=["waiting", "due_at"])
+                continue
+            # An ended window's requests beat has not sent: they come in this one mail.
+            also = [
+                pk
+                for pk in digest.waiting
+                if pk in leftovers and digest.pk not in _barred(leftovers[pk])
+            ]
+            listed = tuple(sorted({*theirs, *also}))
+            mails.setdefault(listed, []).append(email)
+            digest.waiting, digest.due_at, digest.last_sent_at = [], None, now
+            digest.save(update_fields=["waiting", "due_at", "last_sent_at"])
+        for listed, addresses in mails.items():
+            _requests_mail([requests[pk] for pk in listed], addresses, window=window)
+
+
+def approval_digests_send() -> int:
+    """Beat: each officer whose window has ended gets one summary of the requests collected
+    in it that still wait and that they may still decide (none: no mail), which opens
+    their next window. How many officers were mailed.
+
+    Rows another worker holds are skipped: it is sending them, and once it commits they
+    are no longer due. The mail goes after the commit: never twice, as every notice."""
+    with transaction.atomic():
+        now = timezone.now()
+        digests = list(
+            ApprovalNoticeDigest.objects.select_for_update(skip_locked=True)
+            .filter(due_at__lte=now)
+            .order_by("pk")
+        )
+        if not digests:
+            return 0
+        requests = _still_pending(pk for digest in digests for pk in digest.waiting)
+        # One no longer active, no longer an officer or without an address is not asked.
+        asked = _asked(requests, among=[digest.pk for digest in digests])
+        mails: dict[tuple[int, ...], list[str]] = {}
+        for digest in digests:
+            email, theirs = asked.get(digest.pk, ("", []))
+            listed = tuple(pk for pk in theirs if pk in digest.waiting)
+            digest.waiting, digest.due_at = [], None
+            if listed:
+                mails.setdefault(listed, []).append(email)
+                digest.last_sent_at = now
+            digest.save(update_fields=["waiting", "due_at", "last_sent_at"])
+        for listed, addresses in mails.items():
+            _requests_mail([requests[pk] for pk in listed], addresses, window=notice_window())
+    return sum(len(addresses) for addresses in mails.values())
+
+
+def _requests_mail(
+    listed: Sequence[CertificateRequest], addresses: list[str], *, window: timedelta
+) -> None:
+    count = len(listed)
+    _send(
+        f"Certificate request #{listed[0].pk} waits for your approval"
+        if count == 1
+        else f"{count} certificate requests wait for your approval",
+        "enrollment/email/requests_await_approval.txt",
+        {
+            "requests": [
+                {"request": r, "requester": _name(r.requester)} for r in listed[:SUMMARY_LISTS]
+            ],
+            "count": count,
+            "more": max(count - SUMMARY_LISTS, 0),
+            "url": reverse("enrollment:ra-requests"),
+            "window_minutes": int(window.total_seconds() // 60),
+        },
+        addresses,
+    )
 
 
 # --- key recovery ---------------------------------------------------------------------

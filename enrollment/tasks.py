@@ -188,6 +188,15 @@ def leavers_revoke_task() -> dict[str, int]:
     return leavers.leavers_revoke().as_dict()
 
 
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def approval_notice_digests_task() -> int:
+    """Beat, every minute: each officer whose notice window has ended gets one summary of
+    the requests collected in it that still wait; how many officers were mailed."""
+    from enrollment import ra_notifications
+
+    return ra_notifications.approval_digests_send()
+
+
 # --- publishing certificates to the organisation's LDAP directory ---------------------
 # A directory that is down or refuses the bind is retried ten times, with Celery's full
 # jitter: each wait a random time up to 15 s, doubling to at most 15 min; after that the

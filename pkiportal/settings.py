@@ -743,6 +743,22 @@ PKIPORTAL_ROLLOUT_REMIND_HOURS = _whole_number(
 PKIPORTAL_ROLLOUT_MAX_PEOPLE = _whole_number(
     "PKIPORTAL_ROLLOUT_MAX_PEOPLE", 2000, 1, 10000, "people"
 )
+# Officers' notices of requests awaiting approval (README.md, "RA console"): the first
+# after a quiet period goes at once; those within this many minutes after a notice come as
+# one summary when the window ends (beat). 0 mails each as it comes, as does a portal
+# without a broker (no beat would send the summary).
+PKIPORTAL_RA_NOTICE_WINDOW_MINUTES = _whole_number(
+    "PKIPORTAL_RA_NOTICE_WINDOW_MINUTES", 15, 0, 24 * 60, "minutes"
+)
+CELERY_BEAT_SCHEDULE |= {
+    # Every minute: the summaries of officers' notice windows that have ended, so one
+    # goes at most a minute late. A look at an index of the few rows that have one.
+    "approval-notice-digests": {
+        "task": "enrollment.tasks.approval_notice_digests_task",
+        "schedule": timedelta(minutes=1),
+        "options": {"expires": 60},
+    },
+}
 CELERY_BEAT_SCHEDULE |= {
     # Hourly: an invitation not collected in time is withdrawn within the hour after.
     "rollouts-expire": {
