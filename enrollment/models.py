@@ -983,7 +983,11 @@ class KeyRecoveryRequest(models.Model):
         """The state as its approvals count now, where a query annotated quorum_met
         (ra_selectors.with_quorum): an approved recovery whose approver has lost the role
         waits for approval again, as its page and the RA queues say. Else the stored one."""
-        met = getattr(self, "quorum_met", None)
+        return self.state_with_quorum(getattr(self, "quorum_met", None))
+
+    def state_with_quorum(self, met: bool | None) -> str:
+        """state_shown's one rule, for a caller that counted the quorum itself (the API's
+        answer to a step, recovery.quorum); ``None``: not counted, the stored state."""
         if met is None or self.state not in (self.State.PENDING, self.State.APPROVED):
             return str(self.state)
         return str(self.State.APPROVED if met else self.State.PENDING)

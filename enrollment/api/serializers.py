@@ -780,6 +780,7 @@ class RecoveryOut(serializers.ModelSerializer[KeyRecoveryRequest]):
     agent gives in person: never through the API."""
 
     url = serializers.SerializerMethodField()
+    state = serializers.SerializerMethodField()  # described on get_state, with its choices
     serial = serializers.CharField(source="certificate.serial", read_only=True)
     certificate_url = serializers.SerializerMethodField()
     asked_by_holder = serializers.SerializerMethodField(
@@ -827,6 +828,24 @@ class RecoveryOut(serializers.ModelSerializer[KeyRecoveryRequest]):
 
     def get_url(self, found: KeyRecoveryRequest) -> str:
         return absolute(self.context.get("request"), "recovery-detail", pk=found.pk)
+
+    @extend_schema_field(
+        serializers.ChoiceField(
+            choices=KeyRecoveryRequest.State.choices,
+            help_text="The effective state: as its approvals count now, as the portal's pages "
+            "show it. An approved recovery whose approver is no longer an active RA officer "
+            "is `pending` again (its `approvals` fall short of `approvals_required`) until "
+            "another officer approves it or the role comes back.",
+        )
+    )
+    def get_state(self, found: KeyRecoveryRequest) -> str:
+        """state_shown, as the pages say; what a step returns is not annotated, so its
+        quorum is counted here (one recovery, one query)."""
+        if getattr(found, "quorum_met", None) is not None:  # the viewset's with_quorum
+            return found.state_shown
+        if found.state in (KeyRecoveryRequest.State.PENDING, KeyRecoveryRequest.State.APPROVED):
+            return found.state_with_quorum(recovery.quorum(found).met)
+        return found.state
 
     def get_certificate_url(self, found: KeyRecoveryRequest) -> str:
         return absolute(

@@ -812,12 +812,13 @@ class RecoveryViewSet(
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
             return KeyRecoveryRequest.objects.none()
         user = self.request.user
+        # with_quorum, in the list's own query as on the RA pages: `approvals` counts those
+        # that count, and `state` is what they make of it (state_shown).
         if self.action == "list" or not (is_ra_officer(user) or is_key_recovery_agent(user)):
-            found = ra_selectors.recoveries_of_holder(user).select_related("certificate")
-        else:
-            found = KeyRecoveryRequest.objects.select_related("certificate").defer("bundle")
-        # In the list's query: `approvals` counts those that count, as the RA pages do.
-        return found.annotate(approval_count=ra_selectors.counted_approvals())
+            return ra_selectors.recoveries_of_holder(user).select_related("certificate")
+        return ra_selectors.with_quorum(
+            KeyRecoveryRequest.objects.select_related("certificate").defer("bundle")
+        )
 
     @extend_schema(
         summary="Withdraw my recovery request",

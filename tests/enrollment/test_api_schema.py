@@ -102,6 +102,19 @@ def test_the_password_is_write_only_in_the_schema(schema):
     assert password["writeOnly"] is True
 
 
+def test_a_recoverys_state_is_documented_as_the_effective_one(schema):
+    """The API answers state_shown, not the stored state: the schema says so, and keeps the
+    enum (with every state's meaning) clients were generated from."""
+    components = schema["components"]["schemas"]
+    state = components["RecoveryOut"]["properties"]["state"]
+
+    assert state["allOf"] == [{"$ref": "#/components/schemas/RecoveryOutStateEnum"}]
+    assert state["description"].startswith("The effective state: as its approvals count now")
+    assert "is `pending` again" in state["description"]
+    assert components["RecoveryOutStateEnum"]["enum"] == list(KeyRecoveryRequest.State.values)
+    assert "* `pending` - Waiting for approval" in components["RecoveryOutStateEnum"]["description"]
+
+
 @pytest.mark.parametrize("path", ["/api/v1/schema/", "/api/v1/docs/"])
 def test_the_schema_and_docs_are_served(client, db, path):
     assert client.get(path).status_code == 200

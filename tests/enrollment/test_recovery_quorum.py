@@ -10,12 +10,14 @@ from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from enrollment import ra_selectors, recovery
+from enrollment import ra_selectors, recovery, services
+from enrollment.api.serializers import RecoveryOut
 from enrollment.exceptions import InvalidState
 from enrollment.models import AuditEvent, KeyRecoveryRequest
+from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.enrollment.api_tools import API, token_client
-from tests.enrollment.ra_fixtures import agent_upload, snapshot
+from tests.enrollment.ra_fixtures import OWNER_PKCS12_PASSWORD, agent_upload, snapshot
 from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_pkcs12")]
@@ -370,6 +372,76 @@ def test_the_api_list_counts_approvals_in_its_own_query(
         data = holder.get(url).json()
 
     assert [row["approvals"] for row in data["results"]] == [1] * 5
+
+
+def test_the_api_says_the_state_the_pages_say(
+    two_approvals, third_officer, officers_group, employee, officer
+):
+    """The API said "approved" with one approval of two, while every page said the
+    recovery waits for approval again."""
+    third_officer.groups.remove(officers_group)
+    detail = f"{API}/recoveries/{two_approvals.pk}/"
+    holder, ra = token_client(employee), token_client(officer)  # two querysets, one rule
+
+    one = holder.get(detail).json()
+    (listed,) = holder.get(f"{API}/recoveries/").json()["results"]
+    officers = ra.get(detail).json()
+    page = client_for(officer).get(f"/ra/recovery/{two_approvals.pk}/").content.decode()
+
+    assert '<span class="badge recovery-pending">' in page
+    assert one["state"] == listed["state"] == officers["state"] == "pending"
+    assert (one["approvals"], one["approvals_required"]) == (1, 2)
+    two_approvals.refresh_from_db()
+    assert two_approvals.state == State.APPROVED  # stored; shown as it counts now
+
+    third_officer.groups.add(officers_group)
+    assert holder.get(detail).json()["state"] == ra.get(detail).json()["state"] == "approved"
+
+
+def test_the_api_answer_to_a_step_counts_the_quorum_too(
+    two_approvals, third_officer, officers_group
+):
+    """An answer built from the object a step returns, not from the viewset's query."""
+    third_officer.groups.remove(officers_group)
+    found = KeyRecoveryRequest.objects.get(pk=two_approvals.pk)  # no quorum_met
+
+    data = RecoveryOut(found).data
+
+    assert (data["state"], data["approvals"]) == ("pending", 1)
+
+
+def test_the_api_list_shows_states_in_its_own_query(
+    settings, kra, template, employee, officer, second_officer, third_officer, officers_group,
+    django_assert_max_num_queries,
+):  # fmt: skip
+    """Working out each recovery's state in turn costs a query per recovery."""
+    settings.PKIPORTAL_RECOVERY_APPROVALS = 2
+    holder = token_client(employee)
+    url = f"{API}/recoveries/"
+
+    def one_more() -> None:
+        certificate, _bundle = services.certificate_issue_with_server_key(
+            template=template("smime-encryption"), owner=employee,
+            key_algorithm=KeyAlgorithm.EC_P256, pkcs12_password=OWNER_PKCS12_PASSWORD,
+        )  # fmt: skip
+        found = recovery.recovery_open(certificate=certificate, officer=officer, reason="Lost.")
+        recovery.recovery_approve(recovery=found, officer=second_officer)
+        recovery.recovery_approve(recovery=found, officer=third_officer)
+
+    one_more()
+    third_officer.groups.remove(officers_group)
+    holder.get(url)  # the token's first use notes it; not the list's cost
+    with CaptureQueriesContext(connection) as one:
+        assert holder.get(url).status_code == 200
+    third_officer.groups.add(officers_group)
+    for _ in range(4):
+        one_more()
+    third_officer.groups.remove(officers_group)
+
+    with django_assert_max_num_queries(len(one.captured_queries)):
+        data = holder.get(url).json()
+
+    assert [(row["state"], row["approvals"]) for row in data["results"]] == [("pending", 1)] * 5
 
 
 def test_an_agent_is_not_called_for_a_recovery_whose_approval_no_longer_counts(
