@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from enrollment import ra_selectors, services
 from enrollment.change_audit import template_record, template_state
 from enrollment.edge import client_address
-from enrollment.exceptions import EnrollmentError, public_message
+from enrollment.exceptions import EnrollmentError
 from enrollment.models import (
     ApiToken,
     ArchivedKey,
@@ -79,30 +79,17 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
         return request.user.has_perm("enrollment.change_certificateauthority")
 
     # What `manage.py switch_issuing_ca SLUG` does: the default CA's templates move to it.
+    # A confirmation page first: it lists which templates move from which CA to which.
     @admin.action(
-        description="Issue from this CA: move the default CA's templates to it",
+        description="Issue from this CA: move the default CA's templates to it…",
         permissions=["switch_templates"],
     )
     def switch_templates(
         self, request: HttpRequest, queryset: QuerySet[CertificateAuthority]
-    ) -> None:
-        chosen = list(queryset[:2])
-        if len(chosen) != 1:
-            self.message_user(request, "Choose exactly one issuing CA.", messages.ERROR)
-            return
-        try:
-            switch = services.issuing_ca_switch(
-                to=chosen[0], actor=request.user, source_address=client_address(request)
-            )
-        except EnrollmentError as exc:
-            self.message_user(request, f"{chosen[0]}: {public_message(exc)}", messages.ERROR)
-            return
-        moved = ", ".join(switch.templates) or "no template yet"
-        self.message_user(
-            request,
-            f"{switch.current} issues from now on for: {moved}. Certificates already issued "
-            "keep their CA, which goes on publishing its CRL.",
-        )
+    ) -> HttpResponse | None:
+        from enrollment.ra_admin import ca_switch_action
+
+        return ca_switch_action(self, request, queryset)
 
     def has_switch_templates_permission(self, request: HttpRequest) -> bool:
         # It changes templates and which CA is the default: both permissions.

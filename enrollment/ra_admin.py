@@ -1,5 +1,6 @@
 """The admin's pages that change things: register (a certificate upload) and deactivate
-key recovery agents, revoke selected certificates, deactivate shared mailboxes.
+key recovery agents, revoke selected certificates, deactivate shared mailboxes, switch
+the issuing CA.
 
 Kept out of admin.py so the admin stays read-mostly in one obvious place; these are its
 forms, and they go through the services like the commands and the RA pages.
@@ -24,9 +25,10 @@ from django.utils import timezone
 from enrollment import health, leavers, mailboxes, services
 from enrollment.edge import client_address, show_error
 from enrollment.exceptions import EnrollmentError, InvalidState, public_message
-from enrollment.models import Certificate, KeyRecoveryAgent, SharedMailbox
+from enrollment.models import Certificate, CertificateAuthority, KeyRecoveryAgent, SharedMailbox
 from enrollment.ra_forms import (
     BulkRevokeForm,
+    CaSwitchForm,
     KeyRecoveryAgentDeactivateForm,
     KeyRecoveryAgentRegisterForm,
     MailboxDeactivateForm,
@@ -368,3 +370,74 @@ def _when_revoked() -> str:
     if health.no_scheduler():
         when += f" Nothing runs on a schedule here: {leavers.CRON_HINT}"
     return when
+
+
+def ca_switch_action(
+    model_admin: admin.ModelAdmin[CertificateAuthority],
+    request: HttpRequest,
+    queryset: QuerySet[CertificateAuthority],
+) -> HttpResponse | None:
+    """The CAs' "issue from this CA" action: a page that lists which templates move from
+    which CA to the chosen one (and that it becomes the default), then, confirmed,
+    services.issuing_ca_switch, as `manage.py switch_issuing_ca` does.
+
+    A switch the service would refuse is refused before the page; one whose templates
+    changed between the page and the confirmation is shown again, not carried out."""
+    chosen = list(queryset[:2])
+    if len(chosen) != 1:
+        model_admin.message_user(request, "Choose exactly one issuing CA.", messages.ERROR)
+        return None
+    (to,) = chosen
+    try:
+        plan = services.issuing_ca_switch_preview(to=to)
+    except EnrollmentError as exc:
+        model_admin.message_user(request, f"{to}: {public_message(exc)}", messages.ERROR)
+        return None
+    token = plan_token(plan)
+    confirming = "post" in request.POST
+    # Confirmed for other templates than these: the page again, its box unticked.
+    stale = confirming and request.POST.get("plan") != token
+    form = CaSwitchForm(request.POST if confirming and not stale else None)
+    if form.is_bound and form.is_valid():
+        try:
+            switch = services.issuing_ca_switch(
+                to=to, actor=request.user, source_address=client_address(request)
+            )
+        except EnrollmentError as exc:
+            model_admin.message_user(request, f"{to}: {public_message(exc)}", messages.ERROR)
+            return None
+        moved = ", ".join(switch.templates) or "no template yet"
+        model_admin.message_user(
+            request,
+            f"{switch.current} issues from now on for: {moved}. Certificates already issued "
+            "keep their CA, which goes on publishing its CRL.",
+            messages.SUCCESS,
+        )
+        return None
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Issue from {plan.current.name}",
+        "opts": model_admin.model._meta,
+        "form": form,
+        "plan": plan,
+        "plan_token": token,
+        "stale": stale,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(
+        request,
+        "admin/enrollment/certificateauthority/switch.html",
+        context,
+        status=400 if confirming else 200,
+    )
+
+
+def plan_token(plan: services.IssuingCaSwitchPlan) -> str:
+    """What the confirmation page shows, as a string the form posts back: the CAs, the
+    default flag and the templates' ids, each with the CA it names."""
+    previous = plan.previous.pk if plan.previous is not None else "-"
+    templates = ",".join(
+        f"{template.pk}:{template.issuing_ca_id or '-'}"
+        for template in (*plan.moved, *plan.following)
+    )
+    return f"{previous}>{plan.current.pk}:{int(plan.made_default)}:{templates}"

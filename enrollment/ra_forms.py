@@ -75,6 +75,16 @@ class MailboxDeactivateForm(PortalForm):
     )
 
 
+class CaSwitchForm(PortalForm):
+    """The admin's "issue from this CA": every template of the default CA moves at once,
+    so it is confirmed on a page that lists them."""
+
+    confirm = forms.BooleanField(
+        label="Switch: the templates listed issue from this CA from now on",
+        error_messages={"required": "Tick the box to confirm."},
+    )
+
+
 class BulkRevokeForm(OfficerRevokeForm):
     """The admin's "revoke selected certificates": the RA page's reason, date and "I am
     sure", no reason chosen in advance, and for more than one certificate their number

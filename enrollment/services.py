@@ -434,6 +434,67 @@ class IssuingCaSwitch:
     templates: list[str]  # slugs of every template that now issues from ``current``
 
 
+@dataclass(frozen=True)
+class IssuingCaSwitchPlan:
+    """What a switch to ``current`` changes, checked: issuing_ca_switch carries it out, and
+    the admin lists it (issuing_ca_switch_preview) before anyone confirms."""
+
+    previous: CertificateAuthority | None
+    current: CertificateAuthority
+    made_default: bool  # ``current`` becomes the default CA
+    moved: tuple[CertificateTemplate, ...]  # name ``previous``; will name ``current``
+    following: tuple[CertificateTemplate, ...]  # name no CA: follow the default, ``current``
+
+    @property
+    def templates(self) -> list[str]:
+        return sorted({template.slug for template in (*self.following, *self.moved)})
+
+
+def _switch_plan(
+    to: CertificateAuthority, previous: CertificateAuthority | None, *, lock: bool
+) -> IssuingCaSwitchPlan:
+    """The switch's checks and its templates, read from the rows given (locked by the
+    caller when switching; ``lock`` locks the templates that move too)."""
+    now = timezone.now()
+    if previous is not None and previous.pk == to.pk:
+        raise InvalidState(f"Templates already issue from {to.name}.")
+    if not to.is_online or to.parent_id is None:
+        raise PolicyViolation(f"{to.name} is not an online issuing CA.")
+    if to.not_after <= now:
+        raise PolicyViolation(f"{to.name} expired on {to.not_after:%Y-%m-%d}.")
+    if to.not_before > now:
+        raise PolicyViolation(f"{to.name} is valid only from {to.not_before:%Y-%m-%d %H:%M} UTC.")
+    keystore.check_ca_key(to)
+    made_default = previous is None or previous.is_default
+    moved: tuple[CertificateTemplate, ...] = ()
+    if previous is not None:
+        naming = CertificateTemplate.objects.filter(issuing_ca=previous).order_by("slug")
+        moved = tuple(naming.select_for_update() if lock else naming)
+    following: tuple[CertificateTemplate, ...] = ()
+    if made_default:
+        following = tuple(
+            CertificateTemplate.objects.filter(issuing_ca__isnull=True).order_by("slug")
+        )
+    for template in (*moved, *following):
+        # A CA too near its own end would refuse what the old one still issues.
+        if template.is_active and (refusal := ca_lifetime.issuance_problem(to, template)):
+            raise PolicyViolation(refusal)
+    return IssuingCaSwitchPlan(previous, to, made_default, moved, following)
+
+
+def issuing_ca_switch_preview(
+    *, to: CertificateAuthority, from_ca: CertificateAuthority | None = None
+) -> IssuingCaSwitchPlan:
+    """What issuing_ca_switch would change now, or the refusal it would raise; changes
+    nothing, so a person can see it before confirming (the admin's action)."""
+    current = CertificateAuthority.objects.get(pk=to.pk)
+    if from_ca is None:
+        previous = CertificateAuthority.objects.filter(is_default=True).first()
+    else:
+        previous = CertificateAuthority.objects.get(pk=from_ca.pk)
+    return _switch_plan(current, previous, lock=False)
+
+
 def issuing_ca_switch(
     *,
     to: CertificateAuthority,
@@ -449,43 +510,17 @@ def issuing_ca_switch(
     issuing CA inside its validity, not too near its end, whose key loads. So a switch
     never stops enrolment.
     """
-    now = timezone.now()
     with transaction.atomic():
         locked = CertificateAuthority.objects.select_for_update().get(pk=to.pk)
         default = CertificateAuthority.objects.select_for_update().filter(is_default=True).first()
         previous = default if from_ca is None else _locked_ca(from_ca)
-        if previous is not None and previous.pk == locked.pk:
-            raise InvalidState(f"Templates already issue from {locked.name}.")
-        if not locked.is_online or locked.parent_id is None:
-            raise PolicyViolation(f"{locked.name} is not an online issuing CA.")
-        if locked.not_after <= now:
-            raise PolicyViolation(f"{locked.name} expired on {locked.not_after:%Y-%m-%d}.")
-        if locked.not_before > now:
-            raise PolicyViolation(
-                f"{locked.name} is valid only from {locked.not_before:%Y-%m-%d %H:%M} UTC."
-            )
-        keystore.check_ca_key(locked)
-        made_default = previous is None or previous.is_default
-        moved = []
-        if previous is not None:
-            moved = list(
-                CertificateTemplate.objects.select_for_update()
-                .filter(issuing_ca=previous)
-                .order_by("slug")
-            )
-        following: list[CertificateTemplate] = []
-        if made_default:
-            following = list(CertificateTemplate.objects.filter(issuing_ca__isnull=True))
-        for template in (*moved, *following):
-            # A CA too near its own end would refuse what the old one still issues.
-            if template.is_active and (refusal := ca_lifetime.issuance_problem(locked, template)):
-                raise PolicyViolation(refusal)
-        if made_default:
+        plan = _switch_plan(locked, previous, lock=True)
+        if plan.made_default:
             # The old flag first: one_default_issuing_ca allows one at every statement.
             CertificateAuthority.objects.filter(is_default=True).update(is_default=False)
             CertificateAuthority.objects.filter(pk=locked.pk).update(is_default=True)
             locked.is_default = True
-        for template in moved:
+        for template in plan.moved:
             template.issuing_ca = locked
             template.save(update_fields=["issuing_ca"])
             template_record(
@@ -496,7 +531,6 @@ def issuing_ca_switch(
                 actor=actor,
                 source_address=source_address,
             )
-        templates = sorted({template.slug for template in (*following, *moved)})
         audit_record(
             action="ca.switch",
             actor=actor,
@@ -505,11 +539,11 @@ def issuing_ca_switch(
             detail={
                 "from": previous.slug if previous is not None else None,
                 "to": locked.slug,
-                "default": made_default,
-                "templates": templates,
+                "default": plan.made_default,
+                "templates": plan.templates,
             },
         )
-    return IssuingCaSwitch(previous, locked, made_default, templates)
+    return IssuingCaSwitch(previous, locked, plan.made_default, plan.templates)
 
 
 def _locked_ca(ca: CertificateAuthority) -> CertificateAuthority:

@@ -41,6 +41,7 @@ from enrollment.models import (
     CertificateTemplate,
     RevocationList,
 )
+from enrollment.ra_admin import plan_token
 from enrollment.x509 import keys
 from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import ROOT_PASSPHRASE, client_for
@@ -630,8 +631,21 @@ def staff(*codenames: str):
     return user
 
 
-def switch_in_admin(client, *pks: int):
-    return client.post(CAS, {"action": "switch_templates", "_selected_action": list(pks)})
+def switch_in_admin(client, *pks: int, **extra: str):
+    return client.post(CAS, {"action": "switch_templates", "_selected_action": list(pks), **extra})
+
+
+def confirm_switch(client, pk: int):
+    """As a browser: the action's confirmation page, then its form ticked and posted."""
+    page = switch_in_admin(client, pk)
+    assert page.status_code == 200, page.content[:300]
+    return switch_in_admin(client, pk, post="yes", confirm="on", plan=page.context["plan_token"])
+
+
+def confirmation_for(ca: CertificateAuthority) -> dict[str, str]:
+    """What the confirmation page would post back, without having been shown it."""
+    plan = services.issuing_ca_switch_preview(to=ca)
+    return {"post": "yes", "confirm": "on", "plan": plan_token(plan)}
 
 
 def offered(client) -> set[str]:
@@ -639,17 +653,130 @@ def offered(client) -> set[str]:
     return set() if form is None else {value for value, _label in form.fields["action"].choices}
 
 
-def test_an_administrator_switches_templates_in_the_admin(successor, hierarchy, admin_user):
+def nothing_switched(hierarchy, before: dict[str, int]) -> bool:
+    return (
+        row_counts() == before
+        and CertificateAuthority.objects.get(is_default=True) == hierarchy.issuing
+        and not AuditEvent.objects.filter(action__in=["ca.switch", "template.change"]).exists()
+    )
+
+
+@pytest.fixture
+def pinned(hierarchy, template) -> CertificateTemplate:
+    """S/MIME Encryption names the default CA; the other templates follow the default."""
+    found = template("smime-encryption")
+    found.issuing_ca = hierarchy.issuing
+    found.save()
+    return found
+
+
+def test_an_administrator_switches_templates_in_the_admin(successor, hierarchy, pinned, admin_user):
     client = client_for(admin_user)
 
-    response = switch_in_admin(client, successor.pk)
+    response = confirm_switch(client, successor.pk)
 
     assert response.status_code == 302
     assert CertificateAuthority.objects.get(is_default=True) == successor
+    assert CertificateTemplate.objects.get(pk=pinned.pk).issuing_ca == successor
     event = AuditEvent.objects.get(action="ca.switch")
     assert (event.actor, event.source_address) == (admin_user, "127.0.0.1")
-    listed = client.get(CAS).content.decode()
-    assert "Test Issuing CA G2" in listed
+    assert event.detail == {
+        "from": "issuing",
+        "to": "issuing-g2",
+        "default": True,
+        "templates": ["smime-dual-use", "smime-encryption", "smime-signing"],
+    }
+    (change,) = AuditEvent.objects.filter(action="template.change")
+    assert (change.actor, change.object_id) == (admin_user, str(pinned.pk))
+    assert change.detail["changes"] == {"issuing_ca": ["issuing", "issuing-g2"]}
+    listed = client.get(response["Location"]).content.decode()
+    assert "Test Issuing CA G2 issues from now on for: smime-dual-use, smime-encryption" in listed
+
+
+def test_the_action_lists_what_would_move_and_changes_nothing(
+    successor, hierarchy, pinned, admin_user
+):
+    client = client_for(admin_user)
+    before = row_counts()
+
+    page = switch_in_admin(client, successor.pk)
+
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/enrollment/certificateauthority/switch.html"
+    text = page.content.decode()
+    assert "It becomes the default CA instead of <strong>Test Issuing CA</strong>" in text
+    rows = [
+        [" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in row]
+        for row in re.findall(r"<tr><td>(.*?)</td>\s*<td>(.*?)</td>\s*<td>(.*?)</td></tr>", text)
+    ]
+    assert [(name.split()[-1], before, after) for name, before, after in rows] == [
+        ("smime-encryption", "Test Issuing CA", "Test Issuing CA G2"),
+        (
+            "smime-dual-use",
+            "Test Issuing CA (the default CA: it names none)",
+            "Test Issuing CA G2 (the new default)",
+        ),
+        (
+            "smime-signing",
+            "Test Issuing CA (the default CA: it names none)",
+            "Test Issuing CA G2 (the new default)",
+        ),
+    ]
+    assert 'name="csrfmiddlewaretoken"' in text
+    assert f'href="{CAS}" class="button cancel-link"' in text
+    assert nothing_switched(hierarchy, before)
+    # Cancelling follows the link back to the list; a GET never runs an action.
+    assert client.get(CAS).status_code == 200
+    as_get = client.get(CAS, {"action": "switch_templates", "_selected_action": successor.pk})
+    assert as_get.status_code == 302  # the admin's "?e=1": not a filter it knows
+    assert nothing_switched(hierarchy, before)
+
+
+def test_a_confirmation_without_the_tick_changes_nothing(successor, hierarchy, admin_user):
+    client = client_for(admin_user)
+    before = row_counts()
+    token = switch_in_admin(client, successor.pk).context["plan_token"]
+
+    response = switch_in_admin(client, successor.pk, post="yes", plan=token)
+
+    assert response.status_code == 400
+    assert "Tick the box to confirm." in response.content.decode()
+    assert nothing_switched(hierarchy, before)
+
+
+def test_a_confirmation_needs_the_csrf_token(successor, hierarchy, admin_user):
+    client = client_for(admin_user)
+    client.handler.enforce_csrf_checks = True
+    before = row_counts()
+
+    response = switch_in_admin(client, successor.pk, **confirmation_for(successor))
+
+    assert response.status_code == 403
+    assert nothing_switched(hierarchy, before)
+
+
+def test_a_switch_whose_templates_changed_since_the_page_is_shown_again(
+    successor, hierarchy, template, admin_user
+):
+    """The page listed what moves; a template pinned meanwhile would move unseen."""
+    client = client_for(admin_user)
+    before = row_counts()
+    token = switch_in_admin(client, successor.pk).context["plan_token"]
+    late = template("smime-signing")
+    late.issuing_ca = hierarchy.issuing
+    late.save()
+
+    again = switch_in_admin(client, successor.pk, post="yes", confirm="on", plan=token)
+
+    assert again.status_code == 400
+    assert "has changed since the page was shown" in again.content.decode()
+    assert not again.context["form"].is_bound  # its box unticked: confirm what is shown
+    assert nothing_switched(hierarchy, before)
+    confirmed = switch_in_admin(
+        client, successor.pk, post="yes", confirm="on", plan=again.context["plan_token"]
+    )
+    assert confirmed.status_code == 302
+    assert CertificateTemplate.objects.get(pk=late.pk).issuing_ca == successor
 
 
 @pytest.mark.parametrize(
@@ -664,12 +791,14 @@ def test_staff_without_both_change_permissions_cannot_switch(successor, hierarch
     client = client_for(staff(*permissions))
     before = row_counts()
 
-    response = switch_in_admin(client, successor.pk)
+    asked = switch_in_admin(client, successor.pk)
+    confirmed = switch_in_admin(client, successor.pk, **confirmation_for(successor))
 
     assert "switch_templates" not in offered(client)
-    assert response.status_code in (200, 302)  # the list again: "No action selected"
-    assert row_counts() == before
-    assert CertificateAuthority.objects.get(is_default=True) == hierarchy.issuing
+    for response in (asked, confirmed):
+        assert response.status_code in (200, 302)  # the list again: "No action selected"
+        assert "plan_token" not in (response.context or {})
+    assert nothing_switched(hierarchy, before)
 
 
 def test_staff_with_both_change_permissions_may_switch(successor, hierarchy):
@@ -682,19 +811,21 @@ def test_staff_with_both_change_permissions_may_switch(successor, hierarchy):
     )
 
     assert "switch_templates" in offered(client)
-    assert switch_in_admin(client, successor.pk).status_code == 302
+    assert confirm_switch(client, successor.pk).status_code == 302
     assert CertificateAuthority.objects.get(is_default=True) == successor
 
 
 @pytest.mark.parametrize("who", ["anonymous", "employee", "officer"])
 def test_people_who_are_not_staff_never_reach_the_action(request, who, successor, hierarchy):
     user = None if who == "anonymous" else request.getfixturevalue(who)
+    client = client_for(user)
+    before = row_counts()
 
-    response = switch_in_admin(client_for(user), successor.pk)
-
-    assert response.status_code == 302
-    assert "/admin/login/" in response["Location"]
-    assert CertificateAuthority.objects.get(is_default=True) == hierarchy.issuing
+    for extra in ({}, confirmation_for(successor)):
+        response = switch_in_admin(client, successor.pk, **extra)
+        assert response.status_code == 302
+        assert "/admin/login/" in response["Location"]
+    assert nothing_switched(hierarchy, before)
 
 
 def test_the_admin_switches_to_one_ca_at_a_time_and_says_why_it_refuses(
