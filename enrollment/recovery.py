@@ -55,6 +55,7 @@ from enrollment.models import (
     SharedMailbox,
 )
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
+from enrollment.ra_selectors import with_quorum
 from enrollment.x509 import cms, keys, pkcs7, pkcs12
 from enrollment.x509.errors import X509Error
 
@@ -209,8 +210,11 @@ def clean_text(value: Any, *, field: str, empty: str, what: str = "The reason") 
 
 
 def _open_one(certificate: Certificate) -> KeyRecoveryRequest | None:
+    """With its quorum counted: a refusal naming its state names the one its page shows."""
     return (
-        KeyRecoveryRequest.objects.filter(certificate=certificate, state__in=OPEN_STATES)
+        with_quorum(
+            KeyRecoveryRequest.objects.filter(certificate=certificate, state__in=OPEN_STATES)
+        )
         .defer("bundle")
         .first()
     )
@@ -352,7 +356,7 @@ def recovery_open(
                 if open_one is not None:
                     raise RecoveryAlreadyOpen(
                         f"Recovery #{open_one.pk} of this key is already open "
-                        f"({open_one.get_state_display().lower()}).",
+                        f"({open_one.state_shown_display.lower()}).",
                         recovery=open_one,
                     )
                 if closed_ask is not None:
@@ -490,7 +494,7 @@ def recovery_ask(
                 if open_one is not None:
                     raise RecoveryAlreadyOpen(
                         f"Recovery #{open_one.pk} of this key is already in progress "
-                        f"({open_one.get_state_display().lower()}); there can be one at a time.",
+                        f"({open_one.state_shown_display.lower()}); there can be one at a time.",
                         recovery=open_one,
                     )
                 _check_ask_rate(holder)

@@ -491,3 +491,21 @@ def test_the_lists_count_as_the_quorum_does(settings, opened, officers_group, ch
     counted = len(recovery.quorum(opened).counted)
     assert counted == (2 if change == "none" else 1)
     assert listed.approval_count == api["approvals"] == counted
+
+
+def test_a_refusal_for_an_open_recovery_names_the_state_its_approvals_count_to(
+    two_approvals, third_officer, officers_group, officer, employee
+):
+    """A second ask or open is refused naming the open one's state: "approved: waiting for
+    an agent" said that while its page said it waits for approval again."""
+    third_officer.groups.remove(officers_group)
+    certificate = two_approvals.certificate
+
+    with pytest.raises(recovery.RecoveryAlreadyOpen) as by_holder:
+        recovery.recovery_ask(certificate=certificate, holder=employee, reason="Lost my laptop.")
+    with pytest.raises(recovery.RecoveryAlreadyOpen) as by_officer:
+        recovery.recovery_open(certificate=certificate, officer=officer, reason="Again.")
+
+    for refused in (by_holder, by_officer):
+        assert "(waiting for approval)" in refused.value.message
+        assert "approved" not in refused.value.message
