@@ -63,8 +63,25 @@ class PortalForm(forms.Form):
         super().__init__(*args, **kwargs)
 
 
+def password_manager_name(what: str) -> str:
+    """The name a password manager files a file's password under: the file, not the person.
+
+    A form with only password fields looks to a password manager like a sign-up or a
+    password change of the site's account, so it offers to save (or "update") the portal
+    sign-in with the file's password. Chromium's guide ("Create Amazing Password Forms":
+    hidden fields for implicit information) and its form parser take the field marked
+    autocomplete="username", shown or not, as the account: this one names the file.
+    """
+    return f"{what} (.p12 file)"
+
+
 class Pkcs12PasswordForm(PortalForm):
-    """The password that protects a PKCS#12 file; it is used once and never stored."""
+    """The password that protects a PKCS#12 file; it is used once and never stored.
+
+    Both fields are "new-password" (a password chosen now, never the sign-in's to fill),
+    and the template puts ``password_manager_name`` before them as the username
+    (enrollment/includes/password_manager_name.html).
+    """
 
     pkcs12_password = forms.CharField(
         label="Password for the .p12 file",
@@ -85,9 +102,10 @@ class Pkcs12PasswordForm(PortalForm):
         widget=forms.RadioSelect,
     )
 
-    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: User, file_of: str = "Certificate", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
+        self.password_manager_name = password_manager_name(file_of)
         self.fields["pkcs12_password"].help_text = (
             f"At least {settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH} characters, not your "
             "sign-in password. You need it once, when you import the file into your mail "
@@ -140,6 +158,7 @@ class ServerKeyForm(Pkcs12PasswordForm):
         mailboxes: Sequence[Any] = (),
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("file_of", template.name)
         super().__init__(*args, **kwargs)
         if mailboxes:
             # A delegate enrols for a shared mailbox here: its subject is the mailbox's.

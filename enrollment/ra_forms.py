@@ -18,6 +18,7 @@ from enrollment.forms import (
     FORMAT_CHOICES,
     PortalForm,
     invalidity_date_field,
+    password_manager_name,
     plain_text,
 )
 from enrollment.models import (
@@ -180,7 +181,13 @@ class RecoveryAcceptForm(PortalForm):
 
 
 class RecoveryPerformForm(PortalForm):
-    """The agent's own PKCS#12 and its password: used in memory for this request only."""
+    """The agent's own PKCS#12 and its password: used in memory for this request only.
+
+    The password is the file's, typed as a sign-in's would be ("current-password": browsers
+    ignore "off" on password fields and took this for the portal's sign-in form), under a
+    username naming the file (enrollment.forms.password_manager_name)."""
+
+    password_manager_name = password_manager_name("Key recovery agent")
 
     agent_pkcs12 = forms.FileField(
         label="Your key recovery agent PKCS#12 (.p12 or .pfx)",
@@ -189,7 +196,7 @@ class RecoveryPerformForm(PortalForm):
     agent_password = forms.CharField(
         label="Its password",
         strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
     def clean_agent_pkcs12(self) -> bytes:
@@ -206,7 +213,10 @@ def _small_file(upload: Any, what: str) -> bytes:
 
 class RecoveredKeyForm(PortalForm):
     """The key an agent decrypted offline from the exported archive, and its passphrase:
-    used in memory for this request only, as RecoveryPerformForm's file."""
+    used in memory for this request only, as RecoveryPerformForm's file (and its
+    passphrase marked up as that file's password is)."""
+
+    password_manager_name = "Recovered key (recovered-key.pem)"
 
     recovered_key = forms.FileField(
         label="The recovered key (recovered-key.pem, or the DER that openssl cms wrote)",
@@ -216,7 +226,7 @@ class RecoveredKeyForm(PortalForm):
         label="Its passphrase (empty if the file is not encrypted)",
         required=False,
         strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
     def clean_recovered_key(self) -> bytes:

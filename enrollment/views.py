@@ -462,7 +462,7 @@ def _request_page(
 ) -> HttpResponse:
     is_requester = cert_request.requester_id == request.user.pk
     if form is None and is_requester and cert_request.awaits_download:
-        form = Pkcs12PasswordForm(user=request.user)
+        form = Pkcs12PasswordForm(user=request.user, file_of=cert_request.template.name)
     named = cert_request.mailbox or cert_request.requester
     context = {
         "cert_request": cert_request,
@@ -492,7 +492,9 @@ def request_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         if cert_request.requester_id != request.user.pk:
             raise PermissionDenied("Only the requester downloads the certificate.")
-        form = Pkcs12PasswordForm(request.POST, user=request.user)
+        form = Pkcs12PasswordForm(
+            request.POST, user=request.user, file_of=cert_request.template.name
+        )
         if not form.is_valid():
             status = 400
         else:
