@@ -17,7 +17,7 @@ import hashlib
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from hmac import compare_digest
@@ -568,11 +568,8 @@ def _require_current_code(
     if check.ok:
         return
     if check.throttled_until is not None:
-        seconds = seconds_until(check.throttled_until)
         raise CodeRefused(
-            f"Too many wrong codes: wait {seconds} second{'s' if seconds != 1 else ''} and "
-            "try again.",
-            throttled_until=check.throttled_until,
+            wait_message(check.throttled_until), throttled_until=check.throttled_until
         )
     raise CodeRefused(check.problem or code_refused_message(user))
 
@@ -742,6 +739,22 @@ def seconds_until(moment: datetime | None) -> int:
     return max(1, math.ceil((moment - timezone.now()).total_seconds()))
 
 
+def wait_message(until: datetime | None) -> str:
+    """What a page says to a code sent while its device waits after a wrong one: how long,
+    and that this code was neither checked nor counted (after one typo the wait is a
+    second or two, and the right code typed at once must not read as a lock-out)."""
+    seconds = seconds_until(until)
+    if seconds < 120:
+        wait = f"{seconds} second{'s' if seconds != 1 else ''}"
+    else:
+        wait = f"{math.ceil(seconds / 60)} minutes"
+    return (
+        f"Wait {wait} and try again: after a wrong code, the next one is checked only after "
+        "a pause, longer after each wrong one. This code was not checked and does not count "
+        "as wrong."
+    )
+
+
 @dataclass(frozen=True)
 class Check:
     ok: bool
@@ -750,6 +763,8 @@ class Check:
     backup_codes_left: int | None = None
     problem: str = ""  # the device cannot be checked at all (its seed's key is lost)
     replayed: bool = False  # a code of the app used already: refused, not counted as wrong
+    # After a wrong code: when the device checks the next (a page waits with its button).
+    next_try_at: Any = None
 
 
 @sensitive_variables(*TYPED_CODE_LOCALS)
@@ -815,8 +830,10 @@ def check_code(*, user: User, code: str, source_address: str | None, via: str) -
         check = Check(ok=False, kind=kind)
     failures = 0
     if device is not None:
-        device.refresh_from_db(fields=["throttling_failure_count"])
+        device.refresh_from_db(fields=["throttling_failure_count", "throttling_failure_timestamp"])
         failures = device.throttling_failure_count
+        _allowed, info = device.verify_is_allowed()
+        check = replace(check, next_try_at=(info or {}).get("locked_until"))
     audit_record(
         action="mfa.verify",
         actor=user,

@@ -83,13 +83,6 @@ def _recent_sign_in_only(request: HttpRequest, doing: str, back_to: str) -> Http
     return redirect(f"{reverse('login')}?{urlencode({'next': back_to})}")
 
 
-def _wait_message(until: Any) -> str:
-    seconds = mfa.seconds_until(until)
-    return (
-        f"Too many wrong codes: wait {seconds} second{'s' if seconds != 1 else ''} and try again."
-    )
-
-
 @never_cache
 @login_required
 def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -143,6 +136,7 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         return redirect(f"{reverse('accounts:mfa-setup')}?{urlencode({'next': _next(request)})}")
     form = CodeForm(request.POST or None)
     status = 200
+    wait_until = None  # after a refused code: the button waits until the next is checked
     state = mfa.state_for(request.user)
     # Someone with only keys types a backup code while one is left (a lost key).
     has_codes = state.totp or mfa.has_backup_codes(request.user)
@@ -171,12 +165,16 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
                     "Make new ones on your account page if you are running out.",
                 )
             return redirect(_next(request))
-        status = 429 if check.throttled_until else 400
+        # Sent while the device waits after a wrong code (a second or two after a typo):
+        # not checked, not counted, and no error page but the form again, saying how long
+        # to wait, its button waiting as long (static/js/wait.js). A wrong code is a 400.
+        status = 200 if check.throttled_until else 400
+        wait_until = check.throttled_until or check.next_try_at
         if check.problem:
             still = " A backup code still works." if mfa.has_backup_codes(request.user) else ""
             message = f"{check.problem}{still}"
         elif check.throttled_until:
-            message = _wait_message(check.throttled_until)
+            message = mfa.wait_message(check.throttled_until)
         else:
             message = mfa.sign_in_code_refused_message(request.user)
         form.add_error("code", message)
@@ -186,6 +184,7 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         "has_passkeys": state.passkeys,
         "has_codes": has_codes,
         "has_app": state.totp,
+        "wait_seconds": mfa.seconds_until(wait_until) if wait_until is not None else None,
     }
     return render(request, "accounts/verify.html", context, status=status)
 
@@ -234,8 +233,8 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
             "(remove the old entry from your app) and enter the code it shows.",
         )
     elif request.method == "POST" and not allowed:
-        status = 429
-        form.add_error("code", _wait_message((info or {}).get("locked_until")))
+        # Not checked, not counted: the form again, saying how long to wait (as at sign-in).
+        form.add_error("code", mfa.wait_message((info or {}).get("locked_until")))
     elif request.method == "POST":
         # The key's confirmation is taken (the session row locked) before anything is
         # checked: a change sent at the same moment with it (new backup codes, a key
@@ -277,10 +276,11 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
             response["Cache-Control"] = "no-store"
             return response
         if done.wrong == "current_code":
-            status = 429 if done.throttled_until else 400
+            status = 200 if done.throttled_until else 400
             form.add_error(
                 "current_code",
-                _wait_message(done.throttled_until)
+                f"{mfa.wait_message(done.throttled_until)} Then send it again with the new app's "
+                "next code."
                 if done.throttled_until
                 else done.problem
                 or f"{mfa.code_refused_message(request.user)} Wait for the new app's next "

@@ -493,7 +493,8 @@ def test_backup_codes_of_someone_with_only_a_key_are_throttled_and_lock_out_once
         right_but_waiting = client.post(VERIFY, {"code": codes[0]})
     device.refresh_from_db()
     assert wrong.status_code == 400
-    assert right_but_waiting.status_code == 429
+    assert right_but_waiting.status_code == 200  # the form again, saying how long to wait
+    assert "Wait 1 second and try again" in right_but_waiting.content.decode()
     assert device.throttling_failure_count == 1
     assert [(e.detail["kind"], e.detail["failures"]) for e in events("mfa.verify")] == [
         ("backup_code", 1)

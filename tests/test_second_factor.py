@@ -361,10 +361,10 @@ def test_a_code_works_once_and_a_wrong_code_is_throttled_and_audited(officer):
         device.refresh_from_db()
         assert device.throttling_failure_count == 0
         assert second.post(PAGES["verify"], {"code": a_wrong_code(seed)}).status_code == 400
-        # Now throttled: even a right code waits a second.
+        # Now throttled: even a right code waits a second (the form again, not an error).
         throttled = second.post(PAGES["verify"], {"code": code(seed, at=now.timestamp() + 30)})
-        assert throttled.status_code == 429
-        assert "wait" in throttled.content.decode()
+        assert throttled.status_code == 200
+        assert "Wait 1 second and try again" in throttled.content.decode()
     with time_machine.travel(now + timedelta(seconds=31), tick=False):
         later = second.post(PAGES["verify"], {"code": code(seed, at=now.timestamp() + 31)})
         assert later.status_code == 302
@@ -373,6 +373,92 @@ def test_a_code_works_once_and_a_wrong_code_is_throttled_and_audited(officer):
     assert [(e.outcome, e.detail["kind"], e.detail["failures"]) for e in failures] == [
         ("failure", "totp", 1)
     ]  # the throttled refusal is not an event of its own
+
+
+def test_the_right_code_sent_at_once_after_a_typo_is_asked_again_after_the_wait(officer):
+    """The walk-through's case: a typo, then the right code within a second or two. The
+    page comes back (200, no error page) saying how long to wait, its button held back as
+    long by a script file; the code is neither checked nor counted; after the wait the same
+    code signs in."""
+    device, seed = authenticator(officer)
+    client = signed_in_only(officer)
+    now = timezone.now()
+    right = code(seed, at=now.timestamp())
+    with time_machine.travel(now, tick=False):
+        wrong = client.post(PAGES["verify"], {"code": a_wrong_code(seed), "next": "/ra/"})
+        waiting = client.post(PAGES["verify"], {"code": right, "next": "/ra/"})
+        not_in = client.get("/ra/")
+
+    assert wrong.status_code == 400
+    assert 'data-wait-seconds="1"' in wrong.content.decode()  # the wait starts now
+    page = waiting.content.decode()
+    assert waiting.status_code == 200
+    assert "Wait 1 second and try again" in page
+    assert "This code was not checked and does not count as wrong." in page
+    assert 'name="code"' in page
+    assert '<button type="submit" data-wait-seconds="1">Continue</button>' in page
+    assert '<script src="/static/js/wait.js" defer></script>' in page
+    assert "<script>" not in page  # no inline script: the CSP refuses it
+    assert not_in.status_code == 302
+    assert not_in["Location"].startswith(PAGES["verify"])
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 1  # the waiting try is not a wrong code
+    assert device.last_t == -1  # nor was its code used up
+    assert len(events("mfa.verify")) == 1
+
+    with time_machine.travel(now + timedelta(seconds=2), tick=False):
+        page = client.get(PAGES["verify"]).content.decode()
+        done = client.post(PAGES["verify"], {"code": right, "next": "/ra/"})
+
+    assert "data-wait-seconds" not in page
+    assert "wait.js" not in page
+    assert done.status_code == 302
+    assert done["Location"] == "/ra/"
+    assert client.get("/ra/").status_code == 200
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 0
+
+
+def test_the_wait_is_said_in_seconds_then_minutes(officer):
+    device, seed = authenticator(officer)
+    now = timezone.now()
+    for failures, said in ((5, "Wait 16 seconds"), (8, "Wait 3 minutes")):
+        TotpDevice.objects.filter(pk=device.pk).update(
+            throttling_failure_count=failures, throttling_failure_timestamp=now
+        )
+        with time_machine.travel(now, tick=False):
+            page = signed_in_only(officer).post(PAGES["verify"], {"code": code(seed)})
+        assert page.status_code == 200
+        assert said in page.content.decode()
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 8
+
+
+def test_replacing_the_app_while_waiting_shows_the_form_again(officer):
+    old, old_seed = authenticator(officer)
+    client = verified_login(Client(), officer)
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        client.get(PAGES["setup"])
+        new_seed = seed_of(TotpDevice.objects.get(confirmed=False))
+        wrong = client.post(
+            PAGES["setup"], {"code": code(new_seed), "current_code": a_wrong_code(old_seed)}
+        )
+        waiting = client.post(
+            PAGES["setup"],
+            {
+                "code": code(new_seed, at=now.timestamp() + 30),
+                "current_code": code(old_seed),
+            },
+        )
+
+    assert wrong.status_code == 400
+    assert waiting.status_code == 200
+    assert "Wait 1 second and try again" in waiting.content.decode()
+    assert 'name="current_code"' in waiting.content.decode()
+    assert TotpDevice.objects.filter(confirmed=True).get() == old
+    old.refresh_from_db()
+    assert old.throttling_failure_count == 1
 
 
 def test_the_wait_after_wrong_codes_is_capped_and_a_lockout_is_audited_once(
@@ -634,6 +720,27 @@ def test_backup_codes_and_removal_take_a_current_code_and_a_recent_sign_in(
         assert done["Location"] == PAGES["overview"]
         assert not TotpDevice.objects.exists()
         assert [m.subject for m in mailoutbox] == ["Your second factor was removed"]
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_a_change_sent_while_waiting_says_how_long_and_changes_nothing(employee, path):
+    device, seed = authenticator(employee)
+    mfa._replace_backup_codes(employee)
+    digests = BackupCodeDevice.objects.get().digests
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        client = verified_login(Client(), employee)
+        client.post(path, {"confirm": "on", "current_code": a_wrong_code(seed)})
+        waiting = client.post(path, {"confirm": "on", "current_code": code(seed)})
+        page = client.get(waiting["Location"]).content.decode()
+
+    assert waiting["Location"] == PAGES["overview"]
+    assert waiting["Retry-After"] == "1"
+    assert "Wait 1 second and try again" in page
+    assert TotpDevice.objects.get() == device
+    assert BackupCodeDevice.objects.get().digests == digests
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 1
 
 
 def test_a_new_password_sign_in_asks_for_the_code_again(officer):

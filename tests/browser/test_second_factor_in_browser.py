@@ -9,9 +9,12 @@ import base64
 
 import pytest
 
+from django.utils import timezone
+
+from accounts.models import TotpDevice
 from tests.browser.test_content_security_policy import violations
 from tests.browser.test_enrol_in_browser import CHROMIUM, SIGN_IN_PASSWORD, chromium_page
-from tests.second_factor import code
+from tests.second_factor import authenticator, code
 
 pytestmark = [
     pytest.mark.browser,
@@ -46,4 +49,44 @@ def test_an_officer_sets_up_an_authenticator_app_and_reaches_the_ra_console(live
     assert qr["width"] >= 150  # large enough to scan
     assert backup_codes == 10
     assert heading
+    assert not violations(console)
+
+
+def test_a_code_sent_while_waiting_gets_the_form_back_with_its_button_held(live_server, officer):
+    """After wrong codes the next is checked only after a pause. A code sent in it (here
+    by a page without the script, or a quick hand) gets the form again, not an error
+    page: it says how long, and static/js/wait.js holds the button back as long, under
+    the Content-Security-Policy. Then the code signs in."""
+    device, seed = authenticator(officer)
+    # Four wrong codes just now: eight seconds' wait, set before the browser starts.
+    TotpDevice.objects.filter(pk=device.pk).update(
+        throttling_failure_count=4, throttling_failure_timestamp=timezone.now()
+    )
+    with chromium_page() as page:
+        console = []
+        page.on("console", lambda message: console.append(message))
+        page.goto(f"{live_server.url}/accounts/login/?next=/ra/requests/")
+        page.fill("#id_username", officer.username)
+        page.fill("#id_password", SIGN_IN_PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url("**/account/two-factor/verify/**")
+        page.fill("#id_code", code(seed))
+        with page.expect_navigation() as sent:
+            page.click("button:has-text('Continue')")
+        status = sent.value.status if sent.value else None
+        message = page.inner_text(".errorlist")
+        held = page.is_disabled("button[data-wait-seconds]")
+        counting = page.inner_text("button[data-wait-seconds]")
+        page.wait_for_selector("button[data-wait-seconds]:not([disabled])", timeout=15_000)
+        label = page.inner_text("button[data-wait-seconds]")
+        page.fill("#id_code", code(seed))
+        page.click("button:has-text('Continue')")
+        page.wait_for_url(f"{live_server.url}/ra/requests/")
+
+    assert status == 200
+    assert message.startswith("Wait ")
+    assert "This code was not checked" in message
+    assert held
+    assert "(wait " in counting
+    assert label == "Continue"
     assert not violations(console)
