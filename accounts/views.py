@@ -83,6 +83,20 @@ def _recent_sign_in_only(request: HttpRequest, doing: str, back_to: str) -> Http
     return redirect(f"{reverse('login')}?{urlencode({'next': back_to})}")
 
 
+# The Continue button waits out only short pauses (a typo's second or two). The same form
+# takes backup codes, counted apart from the app's codes: after many wrong codes (minutes)
+# a held button would keep someone who turns to a backup code out until they reload.
+BUTTON_WAITS_AT_MOST = 30
+
+
+def _button_wait(until: Any) -> int | None:
+    """Seconds the page's button waits after a refused code; None: it does not wait."""
+    if until is None:
+        return None
+    seconds = mfa.seconds_until(until)
+    return seconds if seconds <= BUTTON_WAITS_AT_MOST else None
+
+
 @never_cache
 @login_required
 def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -184,7 +198,7 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         "has_passkeys": state.passkeys,
         "has_codes": has_codes,
         "has_app": state.totp,
-        "wait_seconds": mfa.seconds_until(wait_until) if wait_until is not None else None,
+        "wait_seconds": _button_wait(wait_until),
     }
     return render(request, "accounts/verify.html", context, status=status)
 

@@ -430,8 +430,30 @@ def test_the_wait_is_said_in_seconds_then_minutes(officer):
             page = signed_in_only(officer).post(PAGES["verify"], {"code": code(seed)})
         assert page.status_code == 200
         assert said in page.content.decode()
+        # Minutes: the button does not wait, so a backup code can be sent meanwhile.
+        assert ("data-wait-seconds" in page.content.decode()) is (failures == 5)
     device.refresh_from_db()
     assert device.throttling_failure_count == 8
+
+
+def test_a_backup_code_signs_in_while_the_app_s_codes_wait_minutes(officer):
+    """Locked out of the app's codes for minutes, someone turns to a backup code: the
+    page's button does not hold it back, and the code works."""
+    device, seed = authenticator(officer)
+    backup = mfa._replace_backup_codes(officer)[0]
+    now = timezone.now()
+    TotpDevice.objects.filter(pk=device.pk).update(
+        throttling_failure_count=8, throttling_failure_timestamp=now
+    )
+    client = signed_in_only(officer)
+    with time_machine.travel(now, tick=False):
+        waiting = client.post(PAGES["verify"], {"code": code(seed), "next": "/ra/"})
+        done = client.post(PAGES["verify"], {"code": backup, "next": "/ra/"})
+
+    assert "Wait 3 minutes" in waiting.content.decode()
+    assert "data-wait-seconds" not in waiting.content.decode()
+    assert done.status_code == 302
+    assert done["Location"] == "/ra/"
 
 
 def test_replacing_the_app_while_waiting_shows_the_form_again(officer):
