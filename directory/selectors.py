@@ -133,6 +133,7 @@ def certificate_search(
     )
     for person in page:
         mark_newest(person.directory_certificates)
+        person.directory_encrypt_to = mark_encrypt_to(person.directory_certificates)
     # The extra row only says "there is more".
     if len(page) > limit:
         return SearchPage(page[:limit], _cursor(page[limit - 1]))
@@ -232,11 +233,17 @@ def certificates_for_email(
     )
     if SharedMailbox.objects.filter(email=address, is_active=True).exists():
         found = found.filter(mailbox__isnull=False)
-    return list(
+    certificates = list(
         found.select_related("owner", "template", "ca", "mailbox").order_by("-not_before", "-pk")[
             :limit
         ]
     )
+    by_holder: dict[tuple[int | None, int | None], list[Certificate]] = {}
+    for certificate in certificates:
+        by_holder.setdefault((certificate.owner_id, certificate.mailbox_id), []).append(certificate)
+    for held in by_holder.values():
+        mark_encrypt_to(held)
+    return certificates
 
 
 MAX_MAILBOX_RESULTS = 20
@@ -271,6 +278,7 @@ def mailbox_search(
     )
     for mailbox in page:
         mark_newest(mailbox.directory_certificates)
+        mailbox.directory_encrypt_to = mark_encrypt_to(mailbox.directory_certificates)
     return page
 
 
@@ -287,6 +295,39 @@ def mark_newest(certificates: list[Certificate]) -> None:
         valid = [c for c in same if c.state == "valid"]
         if len(same) > 1 and valid:
             max(valid, key=lambda c: (c.not_before, c.pk)).newest = True
+
+
+def mark_encrypt_to(certificates: list[Certificate]) -> Certificate | None:
+    """Set ``.encrypt_to`` on the one certificate of one holder's listed certificates that
+    a sender should encrypt to, and return it: the newest valid one whose key usage allows
+    encryption. Never a signing-only one (mail clients given it fail obscurely), nor an
+    expired or revoked one; None when the holder has no such certificate listed."""
+    usable = [c for c in certificates if c.state == "valid" and c.encrypts]
+    chosen = max(usable, key=lambda c: (c.not_before, c.pk), default=None)
+    for certificate in certificates:
+        certificate.encrypt_to = certificate is chosen
+    return chosen
+
+
+def encryption_certificate_of(
+    certificate: Certificate, now: datetime | None = None
+) -> Certificate | None:
+    """The certificate to encrypt to for its holder (owner or shared mailbox), as the
+    search results mark it: the newest valid encryption-capable one, perhaps this one.
+    None for a holder who has left (or a closed mailbox) or has no such certificate."""
+    if certificate.owner_id is not None:
+        holder = Q(owner_id=certificate.owner_id)
+    elif certificate.mailbox_id is not None:
+        holder = Q(mailbox_id=certificate.mailbox_id)
+    else:
+        return None
+    return (
+        Certificate.objects.valid(now)
+        .encryption_capable()
+        .filter(holder, HELD_BY_ACTIVE)
+        .order_by("-not_before", "-pk")
+        .first()
+    )
 
 
 def valid_of_same_kind(certificate: Certificate, now: datetime | None = None) -> list[Certificate]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils.text import slugify
 from django.views.decorators.http import require_safe
 
@@ -102,6 +102,8 @@ def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
         "directory/certificate.html",
         {
             "cert": certificate,
+            "holder": _holder(certificate),
+            "encrypt_to": selectors.encryption_certificate_of(certificate),
             "newer": newer[-1] if newer else None,
             "newest_of": len(same_kind) if len(same_kind) > 1 and not newer else 0,
             "facts": certificate_facts(certificate.certificate),
@@ -109,6 +111,19 @@ def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
             "downloads": list(DOWNLOADS),
         },
     )
+
+
+def _holder(certificate: Certificate) -> str:
+    """Whom a certificate belongs to, in words: its owner, its shared mailbox, or its name.
+    Empty when nobody active holds it (someone who left, a closed mailbox): pages then
+    offer nothing to encrypt to and say why."""
+    if certificate.owner is not None:
+        owner = certificate.owner
+        return (owner.get_full_name() or certificate.common_name) if owner.is_active else ""
+    if certificate.mailbox is not None:
+        mailbox = certificate.mailbox
+        return f"the shared mailbox {mailbox.display_name}" if mailbox.is_active else ""
+    return ""
 
 
 def _vcard(certificate: Certificate) -> str:
@@ -130,6 +145,8 @@ def _vcard(certificate: Certificate) -> str:
 @directory_readable
 def certificate_download(request: HttpRequest, fingerprint: str, fmt: str) -> HttpResponse:
     certificate = _certificate(fingerprint)
+    if fmt == "vcf" and not certificate.encrypts:
+        return _signing_only_vcard(request, certificate)
     leaf = certificate.certificate
     if fmt == "cer":
         body: bytes | str = pkcs7.certificate_der(leaf)
@@ -145,3 +162,18 @@ def certificate_download(request: HttpRequest, fingerprint: str, fmt: str) -> Ht
         f'attachment; filename="{name}-{certificate.fingerprint_sha256[:8]}.{fmt}"'
     )
     return response
+
+
+def _signing_only_vcard(request: HttpRequest, certificate: Certificate) -> HttpResponse:
+    """A contact card is what address books encrypt to, so a signing-only certificate's
+    card is its holder's card with the certificate to encrypt to; without one, none
+    (a card carrying a signing-only key makes mail clients fail obscurely)."""
+    encrypt_to = selectors.encryption_certificate_of(certificate)
+    if encrypt_to is not None:
+        return redirect("directory:download", encrypt_to.fingerprint_sha256, "vcf")
+    return render(
+        request,
+        "directory/signing_only_vcard.html",
+        {"cert": certificate, "holder": _holder(certificate)},
+        status=404,
+    )

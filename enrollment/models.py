@@ -23,6 +23,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from enrollment.querysets import (
+    ENCRYPTING_PURPOSES,
     CertificateAuthorityQuerySet,
     CertificateQuerySet,
     RevocationListQuerySet,
@@ -372,6 +373,7 @@ class SharedMailbox(models.Model):
 
     # Not stored: set by directory.selectors.mailbox_search on the mailboxes it finds.
     directory_certificates: list[Certificate]
+    directory_encrypt_to: Certificate | None
 
     class Meta:
         ordering = ["email"]
@@ -471,6 +473,8 @@ class Certificate(DerCertificateMixin):
     outdated_due: datetime | None
     # Not stored: set by directory.selectors.mark_newest on the directory's results.
     newest: bool
+    # Not stored: set by directory.selectors.mark_encrypt_to on the directory's results.
+    encrypt_to: bool
 
     class Meta:
         ordering = ["-not_before"]
@@ -526,6 +530,13 @@ class Certificate(DerCertificateMixin):
         if self.status == self.Status.REVOKED:
             return "revoked"
         return "expired" if self.is_expired else "valid"
+
+    @property
+    def encrypts(self) -> bool:
+        """Its key usage lets a sender encrypt to it (RSA keyEncipherment, EC keyAgreement),
+        as encryption_capable() filters: purpose is stored from that key usage, at issuance
+        and import, so no DER is parsed to tell."""
+        return self.purpose in ENCRYPTING_PURPOSES
 
     @property
     def names_old_address(self) -> bool:

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     )
 
 
+# Purposes whose key usage lets a sender encrypt to the certificate (keyEncipherment for
+# RSA, keyAgreement for EC; S/MIME BR 7.1.2.3 (e)): everything but signing-only.
+ENCRYPTING_PURPOSES = ("encryption", "dual_use")
+
+
 class CertificateAuthorityQuerySet(models.QuerySet["CertificateAuthority"]):
     def online(self) -> CertificateAuthorityQuerySet:
         return self.filter(is_online=True)
@@ -59,7 +64,7 @@ class CertificateQuerySet(models.QuerySet["Certificate"]):
 
     def encryption_capable(self) -> CertificateQuerySet:
         """Certificates a sender may encrypt to: encryption-only or dual-use keys."""
-        return self.filter(purpose__in=["encryption", "dual_use"])
+        return self.filter(purpose__in=ENCRYPTING_PURPOSES)
 
     def expired(self, now: datetime | None = None) -> CertificateQuerySet:
         return self.filter(not_after__lte=now or timezone.now())

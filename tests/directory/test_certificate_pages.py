@@ -7,14 +7,17 @@ vobject and the certificate inside it checked with openssl too. None holds a pri
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 import vobject
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from enrollment import services
 from enrollment.x509.pkcs7 import format_fingerprint
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -179,3 +182,186 @@ def test_times_are_labelled_with_the_zone_they_are_shown_in(employee_client, cer
     not_before = cert.not_before.astimezone(new_york)
     assert f"{not_before:%Y-%m-%d %H:%M} {not_before.tzname()}" in page
     assert " UTC" not in page
+
+
+# --- which certificate to encrypt to --------------------------------------------------
+
+
+@pytest.fixture
+def signing(cert, issue):
+    """José's signing-only certificate, beside his dual-use `cert`."""
+    return issue(cert.owner, "smime-signing")
+
+
+def page_of(client, certificate) -> str:
+    response = client.get(f"/directory/{certificate.fingerprint_sha256}/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def downloads_of(page: str) -> str:
+    return page.split("<h2>Download</h2>")[1].split("</section>")[0]
+
+
+def test_a_signing_only_page_says_so_and_offers_the_one_to_encrypt_to_first(
+    employee_client, cert, signing
+):
+    page = page_of(employee_client, signing)
+
+    assert "Signing only — can't encrypt to this one." in page
+    assert (
+        "To send José García encrypted mail, use "
+        f'<a href="/directory/{cert.fingerprint_sha256}/">the signing and encryption certificate'
+    ) in page
+    downloads = downloads_of(page)
+    first, own = downloads.split("This signing-only certificate, to check signatures:")
+    assert f'href="/directory/{cert.fingerprint_sha256}.cer"' in first
+    assert f'href="/directory/{cert.fingerprint_sha256}.vcf"' in first
+    assert f'href="/directory/{signing.fingerprint_sha256}.cer"' in own
+    # The contact card carries the certificate to encrypt to, never this one.
+    assert f"{signing.fingerprint_sha256}.vcf" not in page
+    assert "Encrypt to this one" not in page
+
+
+def test_the_page_of_the_one_to_encrypt_to_says_so(employee_client, cert, signing):
+    page = page_of(employee_client, cert)
+
+    assert "Encrypt to this one:" in page
+    assert "the newest valid certificate José García holds that can encrypt" in page
+    assert "Signing only" not in page
+    assert f'href="/directory/{cert.fingerprint_sha256}.vcf"' in downloads_of(page)
+
+
+def test_an_older_dual_use_page_points_to_a_newer_encryption_certificate(
+    employee_client, cert, issue, encryption_template
+):
+    newer = issue(cert.owner, "test-encryption")
+
+    old_page = page_of(employee_client, cert)
+    new_page = page_of(employee_client, newer)
+
+    assert "To send José García encrypted mail, use " in old_page
+    assert f'<a href="/directory/{newer.fingerprint_sha256}/">the encryption certificate' in (
+        old_page
+    )
+    assert "Encrypt to this one:" not in old_page
+    assert "Encrypt to this one:" in new_page
+
+
+def test_someone_with_only_a_signing_certificate_has_nothing_to_encrypt_to(
+    employee_client, person, issue
+):
+    signing = issue(person("Sam", "Signer"), "smime-signing")
+
+    page = page_of(employee_client, signing)
+
+    assert "Signing only — can't encrypt to this one." in page
+    assert "Sam Signer has no certificate you can encrypt to yet: ask them to get one at" in page
+    assert 'href="/enroll/"' in page
+    assert ".vcf" not in page
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_a_revoked_or_expired_certificate_is_never_the_one_to_encrypt_to(
+    employee, cert, how, time_machine
+):
+    if how == "revoked":
+        services.certificate_revoke(certificate=cert, reason="superseded")
+    else:
+        time_machine.move_to(cert.not_after + timedelta(seconds=1))
+    client = client_for(employee)  # signed in after any jump: sessions expire too
+
+    page = page_of(client, cert)
+
+    assert "Encrypt to this one" not in page
+    assert "José García has no certificate you can encrypt to yet" in page
+
+
+def test_a_revoked_certificates_page_points_to_the_valid_one_to_encrypt_to(
+    employee_client, cert, issue
+):
+    renewed = issue(cert.owner, "smime-dual-use")
+    services.certificate_revoke(certificate=renewed, reason="keyCompromise")
+    newest = issue(cert.owner, "smime-dual-use")
+
+    page = page_of(employee_client, renewed)
+
+    assert f'<a href="/directory/{newest.fingerprint_sha256}/">the signing and encryption' in page
+    assert "Encrypt to this one:" not in page
+
+
+def test_nothing_is_offered_to_encrypt_to_for_someone_who_has_left(employee_client, cert, signing):
+    owner = signing.owner
+    owner.is_active = False
+    owner.save()
+
+    page = page_of(employee_client, signing)
+    card = employee_client.get(f"/directory/{signing.fingerprint_sha256}.vcf")
+
+    assert "no longer active" in page
+    assert cert.fingerprint_sha256 not in page
+    assert ".vcf" not in page
+    assert card.status_code == 404
+    assert cert.fingerprint_sha256 not in card.content.decode()
+
+
+# --- the vCard carries the certificate to encrypt to ------------------------------------
+
+
+def test_a_signing_only_vcard_is_the_card_of_the_one_to_encrypt_to(employee_client, cert, signing):
+    response = employee_client.get(f"/directory/{signing.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/directory/{cert.fingerprint_sha256}.vcf"
+    card = vobject.readOne(employee_client.get(response["Location"]).content.decode())
+    assert card.key.value == bytes(cert.der)
+    usage = x509.load_der_x509_certificate(card.key.value).extensions.get_extension_for_class(
+        x509.KeyUsage
+    )
+    assert usage.value.key_agreement  # EC: what a sender's client encrypts with
+
+
+def test_the_renewed_dual_use_vcard_is_offered_from_a_signing_only_page(
+    employee_client, cert, signing, issue
+):
+    renewed = issue(cert.owner, "smime-dual-use")
+
+    response = employee_client.get(f"/directory/{signing.fingerprint_sha256}.vcf")
+
+    assert response["Location"] == f"/directory/{renewed.fingerprint_sha256}.vcf"
+
+
+def test_there_is_no_vcard_of_a_signing_only_certificate_when_nothing_can_encrypt(
+    employee_client, person, issue
+):
+    signing = issue(person("Sam", "Signer"), "smime-signing")
+
+    response = employee_client.get(f"/directory/{signing.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 404
+    body = response.content.decode()
+    assert "Signing only — can't encrypt to this one." in body
+    assert "Sam Signer has no certificate you can encrypt to yet" in body
+    assert "BEGIN:VCARD" not in body
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_anonymous_readers_are_sent_to_sign_in_before_any_vcard_redirect(
+    anonymous_client, cert, signing
+):
+    response = anonymous_client.get(f"/directory/{signing.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/?next=/directory/")
+    assert cert.fingerprint_sha256 not in response["Location"]
+
+
+def test_the_public_directory_redirects_anonymous_readers_to_the_card_to_encrypt_to(
+    anonymous_client, cert, signing, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+
+    response = anonymous_client.get(f"/directory/{signing.fingerprint_sha256}.vcf")
+
+    assert response["Location"] == f"/directory/{cert.fingerprint_sha256}.vcf"
+    assert anonymous_client.get(response["Location"]).status_code == 200

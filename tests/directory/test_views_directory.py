@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from django.db import connection
@@ -9,6 +11,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from enrollment import services
+from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.second_factor import verified_login
 
@@ -42,7 +45,16 @@ def test_signed_in_people_may_search(role, request, jose):
 
 
 @pytest.mark.parametrize(
-    "path", ["/directory/?q=jose", "/directory/{fp}/", "/directory/{fp}.cer", "/directory/{fp}.vcf"]
+    "path",
+    [
+        "/directory/?q=jose",
+        "/directory/?q=jose&partial=1",
+        "/directory/{fp}/",
+        "/directory/{fp}.cer",
+        "/directory/{fp}.pem",
+        "/directory/{fp}.p7b",
+        "/directory/{fp}.vcf",
+    ],
 )
 def test_anonymous_readers_are_sent_to_sign_in(anonymous_client, jose, path):
     fp = jose.certificates.first().fingerprint_sha256
@@ -308,3 +320,145 @@ def test_a_revoked_newer_certificate_is_not_pointed_to(employee_client, enrolled
 
     assert "There is a newer one." not in page
     assert "The newest of" not in page
+
+
+# --- which certificate to encrypt to --------------------------------------------------
+
+
+def card_of(page: str, name: str) -> str:
+    """One person's (or shared mailbox's) card in the results."""
+    return page.split(f"<h2>{name}</h2>")[1].split('<li class="card person')[0]
+
+
+def test_the_results_mark_the_certificate_to_encrypt_to_and_say_signing_only_plainly(
+    employee_client, jose
+):
+    signing = jose.certificates.get(template__slug="smime-signing")
+    dual_use = jose.certificates.get(template__slug="smime-dual-use")
+
+    page = page_of(employee_client.get("/directory/", {"q": "jose"}))
+    listed = entries(page)
+
+    assert 'class="badge encrypt-to"' in listed[dual_use.fingerprint_sha256]
+    assert "Encrypt to this one" in listed[dual_use.fingerprint_sha256]
+    assert "Signing only — can't encrypt to this one" in listed[signing.fingerprint_sha256]
+    assert "encrypt-to" not in listed[signing.fingerprint_sha256]
+    assert "Signing only" not in listed[dual_use.fingerprint_sha256]
+    # Its downloads head the card, before the list of certificates.
+    card = card_of(page, "José García")
+    offer = card.split('<ul class="certs">')[0]
+    assert "Encrypt to the signing and encryption certificate until" in offer
+    assert f'href="/directory/{dual_use.fingerprint_sha256}.cer"' in offer
+    assert f'href="/directory/{dual_use.fingerprint_sha256}.vcf"' in offer
+    assert signing.fingerprint_sha256 not in offer
+
+
+def test_of_two_dual_use_certificates_the_newer_is_the_one_to_encrypt_to(
+    employee_client, person, issue
+):
+    user = person("Rita", "Renewed")
+    older = issue(user, "smime-dual-use")
+    newer = issue(user, "smime-dual-use")
+
+    listed = entries(page_of(employee_client.get("/directory/", {"q": "rita"})))
+
+    assert 'class="badge encrypt-to"' in listed[newer.fingerprint_sha256]
+    assert "encrypt-to" not in listed[older.fingerprint_sha256]
+
+
+def test_someone_with_only_a_signing_certificate_has_nothing_to_encrypt_to(
+    employee_client, person, issue
+):
+    user = person("Sam", "Signer")
+    signing = issue(user, "smime-signing")
+
+    card = card_of(page_of(employee_client.get("/directory/", {"q": "sam"})), "Sam Signer")
+
+    assert "Sam Signer has no certificate you can encrypt to yet: ask them to get one at" in card
+    assert 'href="/enroll/"' in card
+    assert "badge encrypt-to" not in card
+    assert f"{signing.fingerprint_sha256}.vcf" not in card
+
+
+def test_revoked_and_expired_certificates_are_never_the_one_to_encrypt_to(
+    employee, person, issue, time_machine
+):
+    user = person("Eva", "Ended")
+    revoked = issue(user, "smime-dual-use")
+    services.certificate_revoke(certificate=revoked, reason="superseded")
+    expiring = issue(user, "smime-dual-use")
+    time_machine.move_to(expiring.not_after + timedelta(seconds=1))
+    client = client_for(employee)  # signed in after the jump: sessions expire too
+
+    page = page_of(client.get("/directory/", {"q": "eva", "include_inactive": "on"}))
+    listed = entries(page)
+
+    assert set(listed) == {revoked.fingerprint_sha256, expiring.fingerprint_sha256}
+    assert "badge encrypt-to" not in page
+    assert "Eva Ended has no certificate you can encrypt to yet" in page
+
+
+def test_a_revoked_newer_certificate_leaves_the_older_one_to_encrypt_to(
+    employee_client, person, issue
+):
+    user = person("Rita", "Renewed")
+    older = issue(user, "smime-dual-use")
+    newer = issue(user, "smime-dual-use")
+    services.certificate_revoke(certificate=newer, reason="keyCompromise")
+
+    listed = entries(
+        page_of(employee_client.get("/directory/", {"q": "rita", "include_inactive": "on"}))
+    )
+
+    assert 'class="badge encrypt-to"' in listed[older.fingerprint_sha256]
+    assert "encrypt-to" not in listed[newer.fingerprint_sha256]
+
+
+def test_a_shared_mailbox_card_says_which_certificate_to_encrypt_to(
+    employee_client, officer, colleague, hierarchy, kra, template
+):
+    from enrollment import mailboxes
+
+    finance = mailboxes.mailbox_create(
+        email="finance@example.com", display_name="Finance", delegates=[colleague], actor=officer
+    )
+
+    def issue_for_finance():
+        certificate, _bundle = services.certificate_issue_with_server_key(
+            template=template("smime-encryption"),
+            owner=colleague,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            pkcs12_password="correct horse battery staple",
+            mailbox=finance,
+        )
+        return certificate
+
+    older, newer = issue_for_finance(), issue_for_finance()
+
+    page = page_of(employee_client.get("/directory/", {"q": "finance"}))
+    assert 'class="badge encrypt-to"' in entries(page)[newer.fingerprint_sha256]
+    assert "encrypt-to" not in entries(page)[older.fingerprint_sha256]
+    assert f'href="/directory/{newer.fingerprint_sha256}.vcf"' in card_of(page, "Finance")
+
+    for certificate in (older, newer):
+        services.certificate_revoke(certificate=certificate, reason="superseded")
+    page = page_of(employee_client.get("/directory/", {"q": "finance", "include_inactive": "on"}))
+    assert "badge encrypt-to" not in page
+    assert "Finance has no certificate you can encrypt to yet: ask its delegates" in page
+
+
+def test_marking_what_to_encrypt_to_costs_no_query_per_person(employee_client, person, issue):
+    def queries_for(query: str, expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            page = page_of(employee_client.get("/directory/", {"q": query}))
+        assert page.count('class="card person"') == expected
+        return len(captured)
+
+    quinn = person("Quinn", "Solo", username="quinn")
+    issue(quinn, "smime-signing")
+    for n in range(6):
+        user = person("Pat", f"Page{n}", username=f"pat{n}")
+        issue(user, "smime-signing")
+        issue(user, "smime-dual-use")
+
+    assert queries_for("pat", 6) == queries_for("quinn", 1)

@@ -291,7 +291,9 @@ def test_the_directory_marks_the_newest_of_a_mailboxs_two_certificates(
     page = client.get(reverse("directory:search"), {"q": "financ"}).content.decode()
     older_page = client.get(reverse("directory:certificate", args=[issued.fingerprint_sha256]))
 
-    entry = page.split(newer.fingerprint_sha256)[0].rsplit('<li class="cert ', 1)[1]
+    # Its entry, found by its details link (the card's "encrypt to" downloads come first).
+    details = f"/directory/{newer.fingerprint_sha256}/"
+    entry = page.split(details)[0].rsplit('<li class="cert ', 1)[1]
     assert 'class="badge newest"' in entry
     assert page.count('class="badge newest"') == 1
     assert b"The shared mailbox also holds a newer valid encryption certificate" in (
