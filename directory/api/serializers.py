@@ -95,6 +95,17 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
         child=serializers.CharField(), help_text="Its issuing CA up to the root, PEM."
     )
     url = serializers.URLField(help_text="Its page in the web directory.")
+    usable_for_encryption = serializers.BooleanField(
+        help_text="Valid now and its key usage lets a sender encrypt to it (RSA "
+        "keyEncipherment, EC keyAgreement: purpose encryption or dual_use). False for "
+        "signing-only certificates, which mail clients cannot encrypt to, and for expired "
+        "and revoked ones."
+    )
+    recommended_for_encryption = serializers.BooleanField(
+        help_text="The one certificate to encrypt to for its holder (person or shared "
+        "mailbox): the newest usable_for_encryption one among the results. At most one per "
+        "holder; none when the holder has no certificate to encrypt to."
+    )
 
     def to_representation(self, instance: Certificate) -> dict[str, Any]:
         owner = instance.owner
@@ -129,6 +140,9 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
             "pem": pkcs7.certificate_pem(instance.certificate).decode("ascii"),
             "chain_pem": self.context["chains"][instance.ca_id],
             "url": request.build_absolute_uri(url) if request is not None else url,
+            "usable_for_encryption": instance.encrypts and instance.state == "valid",
+            # Set by the selectors that list a holder's certificates (mark_encrypt_to).
+            "recommended_for_encryption": instance.encrypt_to,
         }
 
 

@@ -48,7 +48,10 @@ class DirectoryLookupView(APIView):
             "revoked, encryption-capable (encryption or dual-use), newest first, each with "
             "its PEM and chain. `?q=` searches people by name, e-mail or unit and gives "
             "their valid certificates (all purposes; `include_inactive` adds expired and "
-            "revoked ones), a page of people at a time, following `next`. Open to "
+            "revoked ones), a page of people at a time, following `next`. Each certificate "
+            "says whether a sender can encrypt to it (`usable_for_encryption`: a "
+            "signing-only one cannot) and which of its holder's to encrypt to "
+            "(`recommended_for_encryption`: the newest usable one). Open to "
             "anonymous callers only when PKIPORTAL_DIRECTORY_PUBLIC is true."
         ),
         parameters=PARAMETERS,

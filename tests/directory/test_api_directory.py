@@ -161,6 +161,103 @@ def test_a_search_pages_by_people_following_next(employee_client, person, issue)
     assert names == [f"Pat Page{n}" for n in range(5)]
 
 
+# --- which certificate to encrypt to -----------------------------------------------------
+
+
+def marks(response) -> dict[str, tuple[bool, bool]]:
+    """(usable_for_encryption, recommended_for_encryption) by fingerprint."""
+    assert response.status_code == 200, response.content
+    return {
+        item["fingerprint_sha256"]: (
+            item["usable_for_encryption"],
+            item["recommended_for_encryption"],
+        )
+        for item in response.json()["results"]
+    }
+
+
+def test_a_search_says_which_certificate_to_encrypt_to(employee_client, certs):
+    found = marks(employee_client.get(URL, {"q": "garcia"}))
+
+    assert found == {
+        certs["signing"].fingerprint_sha256: (False, False),  # signing only: never
+        certs["dual_use"].fingerprint_sha256: (True, False),
+        certs["encryption"].fingerprint_sha256: (True, True),  # the newest that can encrypt
+    }
+
+
+def test_an_address_lookup_recommends_the_newest(employee_client, certs):
+    found = marks(employee_client.get(URL, {"email": "jose.garcia@example.com"}))
+
+    assert found == {
+        certs["encryption"].fingerprint_sha256: (True, True),
+        certs["dual_use"].fingerprint_sha256: (True, False),
+    }
+
+
+def test_of_two_dual_use_certificates_the_newer_is_recommended(employee_client, jose, issue):
+    signing = issue(jose, "smime-signing")
+    older = issue(jose, "smime-dual-use")
+    newer = issue(jose, "smime-dual-use")
+
+    for params in ({"q": "garcia"}, {"email": "jose.garcia@example.com"}):
+        found = marks(employee_client.get(URL, params))
+        assert found[newer.fingerprint_sha256] == (True, True)
+        assert found[older.fingerprint_sha256] == (True, False)
+    assert marks(employee_client.get(URL, {"q": "garcia"}))[signing.fingerprint_sha256] == (
+        False,
+        False,
+    )
+
+
+def test_someone_with_only_a_signing_certificate_has_none_recommended(employee_client, jose, issue):
+    signing = issue(jose, "smime-signing")
+
+    found = marks(employee_client.get(URL, {"q": "garcia"}))
+
+    assert found == {signing.fingerprint_sha256: (False, False)}
+
+
+def test_revoked_certificates_are_neither_usable_nor_recommended(employee_client, certs):
+    services.certificate_revoke(certificate=certs["encryption"], reason="keyCompromise")
+
+    found = marks(employee_client.get(URL, {"q": "garcia", "include_inactive": "true"}))
+
+    assert found[certs["encryption"].fingerprint_sha256] == (False, False)
+    assert found[certs["dual_use"].fingerprint_sha256] == (True, True)
+
+
+def test_expired_certificates_are_neither_usable_nor_recommended(
+    employee, jose, issue, time_machine
+):
+    dual_use = issue(jose, "smime-dual-use")
+    time_machine.move_to(dual_use.not_after + timedelta(seconds=1))
+    client = client_for(employee)  # signed in after the jump: sessions expire too
+
+    found = marks(client.get(URL, {"q": "garcia", "include_inactive": "true"}))
+
+    assert found == {dual_use.fingerprint_sha256: (False, False)}
+
+
+def test_each_holder_of_an_address_gets_its_own_recommendation(employee_client, person, issue):
+    """An address handed on keeps the former holder's certificates valid for a grace
+    period: each holder's newest is marked, never one across both."""
+    first = person("Ann", "One", email="team@example.com", username="ann")
+    firsts = [issue(first), issue(first)]
+    first.email = "ann@example.com"
+    first.save()
+    second = person("Ben", "Two", email="team@example.com", username="ben")
+    seconds = [issue(second)]
+
+    found = marks(employee_client.get(URL, {"email": "team@example.com"}))
+
+    assert found == {
+        firsts[0].fingerprint_sha256: (True, False),
+        firsts[1].fingerprint_sha256: (True, True),
+        seconds[0].fingerprint_sha256: (True, True),
+    }
+
+
 # --- bad input ------------------------------------------------------------------------
 
 
@@ -244,6 +341,21 @@ def test_an_api_token_may_look_up(employee, certs):
     assert len(fingerprints(client.get(URL, {"email": "jose.garcia@example.com"}))) == 2
 
 
+def test_a_deactivated_accounts_api_token_may_not_look_up(person, certs):
+    from knox.models import AuthToken
+
+    former = person("Fred", "Former")
+    _instance, token = AuthToken.objects.create(former)
+    former.is_active = False
+    former.save()
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+
+    response = client.get(URL, {"email": "jose.garcia@example.com"})
+
+    assert response.status_code == 401
+    assert "jose" not in response.content.decode().lower()
+
+
 def test_the_lookup_is_read_only(employee_client, certs):
     assert employee_client.post(URL, {"email": "jose.garcia@example.com"}).status_code == 405
 
@@ -261,6 +373,17 @@ def test_the_lookup_is_in_the_openapi_schema(employee_client):
     assert ok == {"$ref": "#/components/schemas/LookupOut"}
     certificate = schema["components"]["schemas"]["DirectoryCertificateOut"]["properties"]
     assert {"pem", "chain_pem", "purpose", "state", "fingerprint_sha256"} <= set(certificate)
+
+
+def test_the_encryption_marks_are_documented_in_the_schema(employee_client):
+    schema = yaml.safe_load(employee_client.get("/api/v1/schema/").content)
+
+    out = schema["components"]["schemas"]["DirectoryCertificateOut"]
+    for field in ("usable_for_encryption", "recommended_for_encryption"):
+        assert out["properties"][field]["type"] == "boolean"
+        assert out["properties"][field]["description"]
+        assert field in out["required"]
+    assert "signing-only" in out["properties"]["usable_for_encryption"]["description"]
 
 
 def test_timezone_is_utc_in_results(employee_client, certs):
