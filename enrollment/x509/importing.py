@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -171,21 +172,51 @@ def protects_email(certificate: x509.Certificate) -> bool:
     return ExtendedKeyUsageOID.EMAIL_PROTECTION in eku.value
 
 
-def purpose(certificate: x509.Certificate) -> str:
-    """signing, encryption or dual_use, from keyUsage (CertificateTemplate.Purpose values).
+def key_uses(certificate: x509.Certificate) -> tuple[bool, bool]:
+    """Whether S/MIME can sign with its key, and encrypt to it, as its keyUsage and its
+    key type allow together.
 
-    No keyUsage (allowed by RFC 5280) means any use: dual-use."""
+    keyUsage alone misleads: RSA is encrypted to by key transport (keyEncipherment), EC,
+    X25519 and X448 by key agreement (keyAgreement, RFC 5753 and 8418); Ed25519, Ed448
+    and DSA only sign. An EC certificate with keyEncipherment (a common misissuance) can
+    no more be encrypted to than a signing-only one, and a mail client given it fails.
+    No keyUsage (RFC 5280 allows it) means whatever its key can do."""
+    key = certificate.public_key()
     try:
-        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        usage: x509.KeyUsage | None = certificate.extensions.get_extension_for_class(
+            x509.KeyUsage
+        ).value
     except x509.ExtensionNotFound:
-        return "dual_use"
-    signs = usage.digital_signature or usage.content_commitment
-    encrypts = usage.key_encipherment or usage.key_agreement
-    if signs and not encrypts:
-        return "signing"
-    if encrypts and not signs:
-        return "encryption"
-    return "dual_use"
+        usage = None
+    signing_key = isinstance(key, _SIGNING_KEYS)
+    signs = signing_key and (usage is None or usage.digital_signature or usage.content_commitment)
+    if isinstance(key, rsa.RSAPublicKey):
+        encrypts = usage is None or usage.key_encipherment
+    elif isinstance(key, _AGREEMENT_KEYS):
+        encrypts = usage is None or usage.key_agreement
+    else:
+        encrypts = False
+    return signs, encrypts
+
+
+_SIGNING_KEYS = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+    dsa.DSAPublicKey,
+)
+_AGREEMENT_KEYS = (ec.EllipticCurvePublicKey, x25519.X25519PublicKey, x448.X448PublicKey)
+
+
+def purpose(certificate: x509.Certificate) -> str:
+    """signing, encryption or dual_use (CertificateTemplate.Purpose values): what
+    key_uses allows. One that allows neither is "signing": never offered to encrypt to
+    (classify refuses to import such a certificate at all)."""
+    signs, encrypts = key_uses(certificate)
+    if encrypts:
+        return "dual_use" if signs else "encryption"
+    return "signing"
 
 
 @dataclass(frozen=True)
@@ -225,6 +256,12 @@ def classify(
         return Classified(Verdict.NOT_SMIME, signer, "a CA certificate")
     if not protects_email(certificate):
         return Classified(Verdict.NOT_SMIME, signer, "no emailProtection extended key usage")
+    if not any(key_uses(certificate)):
+        return Classified(
+            Verdict.NOT_SMIME,
+            signer,
+            "its key usage lets its key neither sign nor be encrypted to",
+        )
     addresses = email_addresses(certificate)
     if not addresses:
         return Classified(Verdict.NOT_SMIME, signer, "no rfc822Name in subjectAltName")

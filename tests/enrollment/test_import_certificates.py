@@ -41,6 +41,8 @@ from tests.factories import UserFactory
 
 P12_PASSWORD = "old-ca export pw"
 
+# The old CA's profiles name keyEncipherment and keyAgreement both, so that they are what
+# they say for RSA and EC keys alike (importing.key_uses reads keyUsage with the key type).
 OPENSSL_CNF = """
 [ ca ]
 default_ca = old
@@ -59,12 +61,12 @@ commonName = supplied
 emailAddress = optional
 [ smime_sign_encrypt ]
 basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
+keyUsage = critical,digitalSignature,keyEncipherment,keyAgreement
 extendedKeyUsage = emailProtection
 subjectAltName = email:$ENV::MAIL
 [ smime_encrypt ]
 basicConstraints = critical,CA:FALSE
-keyUsage = critical,keyEncipherment
+keyUsage = critical,keyEncipherment,keyAgreement
 extendedKeyUsage = emailProtection
 subjectAltName = email:$ENV::MAIL
 [ client_auth ]
