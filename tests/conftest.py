@@ -30,7 +30,14 @@ from tests.factories import UserFactory
 from tests.second_factor import verified_login
 
 # tests.enrollment.ra_fixtures: recovery, RA console and expiry fixtures (issue 6).
-pytest_plugins = ["tests.pki", "tests.enrollment.ra_fixtures", "tests.slapd", "tests.softhsm"]
+# tests.phone_pages: a portal with a row in every RA queue, for the phone layout's tests.
+pytest_plugins = [
+    "tests.pki",
+    "tests.enrollment.ra_fixtures",
+    "tests.phone_pages",
+    "tests.slapd",
+    "tests.softhsm",
+]
 
 ROOT_PASSPHRASE = b"root passphrase for tests"
 

@@ -169,7 +169,7 @@ def test_it_lists_holder_old_and_new_address_since_due_and_a_revoke_link(officer
 
     row = page.split(f'id="outdated-{certificate.pk}"')[1].split("</tr>")[0]
     assert "Alice Andersson" in row
-    assert "<td>alice</td>" in row
+    assert '<td data-label="User name">alice</td>' in row
     assert "alice@example.com" in row
     assert NEW in row
     assert f"{moment:%Y-%m-%d %H:%M} UTC" in row

@@ -93,10 +93,10 @@ def test_it_lists_name_user_name_when_deactivated_and_due_and_how_many(
 
     row = page.split('id="leaver-')[1]
     assert "Dora Departed" in row
-    assert "<td>dora</td>" in row
+    assert '<td data-label="User name">dora</td>' in row
     assert f"{leaver.deactivated_at:%Y-%m-%d %H:%M} UTC" in row
     assert f"{leaver.deactivated_at + GRACE:%Y-%m-%d %H:%M} UTC" in row
-    assert "<td>2</td>" in row
+    assert '<td data-label="Certificates">2</td>' in row
     assert "Revoke all 2 certificates" in row
     assert f'action="/ra/leavers/{leaver.pk}/revoke/"' in row
     assert f'href="/ra/certificates/?owner={leaver.pk}&amp;reason=affiliationChanged"' in row
@@ -179,7 +179,7 @@ def test_revoking_from_there_keeps_the_reason_for_the_holders_next_certificate(
     certificate.refresh_from_db()
     assert (certificate.status, certificate.revocation_reason) == ("revoked", "affiliationChanged")
     page = officer_client.get("/ra/leavers/").content.decode()
-    assert "<td>1</td>" in page
+    assert '<td data-label="Certificates">1</td>' in page
 
 
 def test_the_console_counts_them(officer_client, leaver):

@@ -1,0 +1,85 @@
+"""On a phone, an officer deciding from the RA console, or anyone reading a list, reaches
+every row's state and buttons without scrolling sideways.
+
+A wide table that scrolls inside its box keeps the page itself phone-wide, but leaves its
+right-hand columns (the state, the Approve and Reject buttons) past the screen's edge.
+Each page is loaded at 390 CSS pixels in Debian's chromium, as the role that uses it and
+with rows in every table (tests/phone_pages.py), and every cell and every control in a
+table is measured.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from django.conf import settings
+
+from tests.browser.test_content_security_policy import session_cookie
+from tests.browser.test_enrol_in_browser import CHROMIUM, chromium_page
+from tests.browser.test_phone_layout import OVERFLOW, PHONE
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium"
+    ),
+]
+
+# Folded sections (Withdraw…, Revoke…) opened: their forms must fit too.
+OPEN_ALL = (
+    """() => document.querySelectorAll("details").forEach(details => { details.open = true; })"""
+)
+
+# Every cell of every table, and everything in one that a person reads or presses, that
+# reaches past either edge of the screen.
+OFF_SCREEN = """() => {
+    const width = window.innerWidth;
+    const shown = "td, a, button, input:not([type=hidden]), select, summary, .badge";
+    return Array.from(document.querySelectorAll("table")).flatMap(table =>
+        Array.from(table.querySelectorAll(shown)).filter(element => {
+            const box = element.getBoundingClientRect();
+            return box.width > 1 && (box.left < 0 || box.right > width + 0.5);
+        }).map(element => {
+            const box = element.getBoundingClientRect();
+            const text = (element.textContent || element.value || element.name || "").trim();
+            return `${element.tagName.toLowerCase()} "${text.slice(0, 40)}" `
+                + `${Math.round(box.left)}..${Math.round(box.right)}`;
+        }));
+}"""
+
+# How many elements each selector finds: the controls that must be on the page at all.
+FOUND = "(selectors) => selectors.map(selector => document.querySelectorAll(selector).length)"
+
+
+def test_every_tables_cells_and_controls_are_on_a_phones_screen(
+    live_server, busy_portal, employee, officer
+):
+    roles = {"officer": officer, "employee": employee}
+    pages = busy_portal.pages()
+    cookies = {role: session_cookie(roles[role]) for role in pages}
+    problems: dict[str, list[str]] = {}
+    with chromium_page() as page:
+        page.set_viewport_size(PHONE)
+        for role, paths in pages.items():
+            page.context.clear_cookies()
+            cookie = {"name": settings.SESSION_COOKIE_NAME, "value": cookies[role]}
+            page.context.add_cookies([{**cookie, "url": live_server.url}])
+            for path, controls in paths.items():
+                response = page.goto(f"{live_server.url}{path}")
+                assert response is not None
+                assert response.status == 200, path
+                page.wait_for_load_state("networkidle")
+                found = page.evaluate(FOUND, controls)
+                wrong = [f"no {c}" for c, n in zip(controls, found, strict=True) if not n]
+                if (pixels := page.evaluate(OVERFLOW)) > 0:
+                    wrong.append(f"page {pixels} px too wide")
+                page.evaluate(OPEN_ALL)
+                if (pixels := page.evaluate(OVERFLOW)) > 0:
+                    wrong.append(f"page {pixels} px too wide, folded sections open")
+                off = page.evaluate(OFF_SCREEN)
+                wrong += off[:4] + [f"and {len(off) - 4} more off the screen"] * (len(off) > 4)
+                if wrong:
+                    problems[path] = wrong
+
+    assert not problems, f"at {PHONE['width']} px: {problems}"

@@ -1,0 +1,142 @@
+"""A portal with a row in every RA queue and list, and the pages that show them, for the
+phone layout's tests: tests/browser/test_phone_tables.py measures the pages in chromium,
+tests/enrollment/test_stacked_tables.py reads their tables' markup.
+
+Loaded for every test as a plugin (tests/conftest.py ``pytest_plugins``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+import time_machine
+
+from django.utils import timezone
+
+from enrollment import leavers, mailboxes, rollouts, services
+from enrollment.x509.keys import KeyAlgorithm
+from tests.enrollment.tools import issue, new_key
+from tests.factories import UserFactory
+
+
+@dataclass
+class Busy:
+    """Ids of the rows whose pages have their own paths."""
+
+    mailbox: int
+    rollout: int
+
+    def pages(self) -> dict[str, dict[str, list[str]]]:
+        """Role -> path -> the controls (CSS selectors) that page must show at least once:
+        what a person there reads or presses, so a page that lost its rows fails too."""
+        return {
+            "officer": {
+                "/ra/": [".badge[class*=recovery-]", ".badge[class*=health-]"],
+                "/ra/requests/": [
+                    "form.decide input[name=reason]",
+                    "form.decide button[value=approve]",
+                    "form.decide button[value=reject]",
+                    ".badge[class*=state-]",
+                ],
+                "/ra/requests/history/": [".badge[class*=state-]"],
+                "/ra/certificates/?q=Andersson": [
+                    "form.decide select[name=reason]",
+                    "form.decide input[name=confirm]",
+                    "form.decide button.danger",
+                    ".badge[class*=status-]",
+                ],
+                "/ra/leavers/": [
+                    "table.leavers input[name=confirm]",
+                    "table.leavers button.danger",
+                    "table.outdated a[href*='reason=']",
+                ],
+                "/ra/mailboxes/": ["table.mailboxes a"],
+                f"/ra/mailboxes/{self.mailbox}/": [".badge[class*=status-]"],
+                "/ra/recovery/": [".badge[class*=recovery-]"],
+                "/ra/recovery/new/?q=Andersson": ["a.button[href*=certificate]"],
+                "/ra/audit/": [".badge[class*=outcome-]"],
+                "/ra/agents/": [".badge[class*=agent-]"],
+                "/ra/rollouts/": ["table a[href*=rollouts]"],
+                f"/ra/rollouts/{self.rollout}/": ["table a[href*=requests]"],
+            },
+            "employee": {
+                "/": [".badge[class*=status-]"],
+                "/certificates/": [
+                    ".badge[class*=status-]",
+                    ".badge[class*=recovery-]",
+                    ".badge[class*=state-]",
+                    "details.withdraw button",
+                ],
+                "/account/tokens/": ["details.withdraw input[name=confirm]", "button.danger"],
+                # Cards, not a table, already: measured all the same.
+                "/directory/?q=Andersson": [".badge[class*=status-]", "a.details"],
+                "/directory/?q=finance": [".badge[class*=status-]", "a.details"],
+            },
+        }
+
+
+@pytest.fixture
+def busy_portal(
+    settings, hierarchy, template, approval, kra, employee, colleague, officer, archived, asked
+) -> Busy:  # fmt: skip
+    """Requests waiting and decided, a leaver, an outdated address, a shared mailbox with a
+    certificate, a roll-out, an API token, and Alice's own request and key recovery request."""
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
+    issue(employee, template("smime-signing"), new_key())
+    signing = approval("smime-signing")
+    # Waiting for an officer: Bob's, and Alice's own (she may withdraw it).
+    for requester in (colleague, employee):
+        services.request_submit(
+            requester=requester, template=signing, key_algorithm=KeyAlgorithm.EC_P256, channel="web"
+        )
+    rejected = services.request_submit(
+        requester=colleague,
+        template=approval("smime-dual-use"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
+    )
+    services.request_reject(
+        request=rejected, officer=officer, reason="Ask for S/MIME Signing instead, please."
+    )
+    # Erin's address changed an hour ago: her certificate names the old one.
+    erin = UserFactory(username="erin", first_name="Erin", last_name="Eriksson-Lindqvist")
+    issue(erin, template("smime-signing"), new_key())
+    moment = timezone.now() - timedelta(hours=1)
+    with time_machine.travel(moment, tick=False):
+        erin.email = "erin.eriksson-lindqvist@example.com"
+        erin.save()
+    with time_machine.travel(moment + timedelta(minutes=10), tick=False):
+        leavers.leavers_revoke()
+    # Dora left an hour ago with two certificates.
+    dora = UserFactory(username="dora", first_name="Dora", last_name="Departed")
+    for slug in ("smime-signing", "smime-dual-use"):
+        issue(dora, template(slug), new_key())
+    dora.is_active = False
+    with time_machine.travel(timezone.now() - timedelta(hours=1), tick=False):
+        dora.save()
+    finance = mailboxes.mailbox_create(
+        email="finance@example.com", display_name="Finance", delegates=[employee], actor=officer
+    )
+    for_finance = services.request_submit(
+        requester=employee,
+        template=template("smime-encryption"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        mailbox=finance,
+        channel="web",
+    )
+    services.request_collect(
+        request=for_finance, actor=employee, pkcs12_password="Mailbox-Shared-Lantern-27"
+    )
+    for username in ("frank", "grace"):
+        UserFactory(username=username)
+    rollout = rollouts.rollout_create(
+        officer=officer,
+        template=template("smime-encryption"),
+        people="frank grace nobody-by-this-name",
+        name="Finance, spring",
+        key_algorithm=KeyAlgorithm.EC_P256,
+    )
+    services.api_token_create(owner=employee, label="Nightly backup script", via="web")
+    return Busy(mailbox=finance.pk, rollout=rollout.pk)
