@@ -22,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from enrollment.x509.builder import check_country, check_organization_identifier
 from enrollment.x509.errors import PolicyError
 from enrollment.x509.mail_domains import parse_mail_domains
+from pkiportal.attestation import parse_aaguids, read_roots
 from pkiportal.clients import trusted_proxies
 from pkiportal.origins import https_origin
 from pkiportal.secret_files import create_private_file_once
@@ -534,6 +535,45 @@ for _origin in PKIPORTAL_WEBAUTHN_ORIGINS:
         raise ImproperlyConfigured(
             f"PKIPORTAL_WEBAUTHN_ORIGINS: {_origin!r} is not an origin (https://host[:port])."
         )
+# Attestation: which security keys count for whom. A PEM file of CA certificates (the key
+# vendor's attestation root, e.g. Yubico's) that a key's attestation must chain to; with it,
+# keys added by PKIPORTAL_WEBAUTHN_ATTESTATION_FOR ("roles": RA officers, key recovery
+# agents, staff and superusers, the default; or "everyone") must prove their model, and,
+# with PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS, be one of those models. Read once, at start-up;
+# the setting holds the certificates (one PEM each). Empty: no attestation is asked for.
+_ATTESTATION_ROOTS_FILE = env.str("PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS", default="").strip()
+try:
+    PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS = (
+        read_roots(_ATTESTATION_ROOTS_FILE) if _ATTESTATION_ROOTS_FILE else []
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS: {exc}") from exc
+try:
+    PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS = parse_aaguids(
+        env.list("PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS", default=[])
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS: {exc}") from exc
+_attestation_for = env.str("PKIPORTAL_WEBAUTHN_ATTESTATION_FOR", default="").strip()
+if _attestation_for not in ("", "roles", "everyone"):
+    raise ImproperlyConfigured(
+        'PKIPORTAL_WEBAUTHN_ATTESTATION_FOR must be "roles" or "everyone"; it is '
+        f"{_attestation_for!r}."
+    )
+for _needs_roots, _given in (
+    ("PKIPORTAL_WEBAUTHN_ATTESTATION_FOR", _attestation_for),
+    ("PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS", PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS),
+):
+    if _given and not PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS:
+        # A key's AAGUID is only the key's word unless its attestation is verified.
+        raise ImproperlyConfigured(
+            f"{_needs_roots} needs PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS (the PEM file of the "
+            "key vendors' attestation roots): without it no key's model can be verified."
+        )
+# "" while no roots are given: nobody's keys are asked for attestation.
+PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = (
+    (_attestation_for or "roles") if PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS else ""
+)
 # Limits that protect the CA from a runaway script or a stolen session.
 PKIPORTAL_MAX_VALID_PER_TEMPLATE = env.int("PKIPORTAL_MAX_VALID_PER_TEMPLATE", default=3)
 PKIPORTAL_ENROLL_RATE_PER_HOUR = env.int("PKIPORTAL_ENROLL_RATE_PER_HOUR", default=20)
