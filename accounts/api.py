@@ -43,6 +43,18 @@ class VerifiedSessionAuthentication(SessionAuthentication):
                     "url": reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup"),
                 }
             )
+        if mfa.session_needs_approved_key(django_request):
+            raise SecondFactorRequired(
+                {
+                    "detail": (
+                        "This session was confirmed with a security key that is not of a "
+                        "model your organisation approved, which your role needs: add an "
+                        "approved key at " + reverse("accounts:mfa-overview") + " first."
+                    ),
+                    "missing": "approved_security_key",
+                    "url": reverse("accounts:mfa-overview"),
+                }
+            )
         return result
 
 

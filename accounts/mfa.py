@@ -194,6 +194,9 @@ class State:
     enrolled: bool  # they have a confirmed authenticator app or a security key
     totp: bool = False  # a confirmed authenticator app
     passkeys: bool = False  # one or more security keys (accounts.passkeys)
+    # The attestation policy covers them (PKIPORTAL_WEBAUTHN_ATTESTATION_FOR): keys they add
+    # must prove an approved model, and only such keys unlock their session.
+    attestation: bool = False
 
     @property
     def asked(self) -> bool:
@@ -223,17 +226,22 @@ def state_for(user: Any) -> State:
     if row is None:
         return State(required=False, enrolled=False)
     is_staff, is_superuser, has_role, totp, passkeys = row
+    # Who holds a role, as PKIPORTAL_MFA_REQUIRED_FOR=officers and the attestation policy's
+    # "roles" mean it: staff, superusers, RA officers and key recovery agents.
+    holds_role = bool(is_staff or is_superuser or has_role)
     if policy == "everyone":
         required = True
     elif policy == "officers":
-        required = bool(is_staff or is_superuser or has_role)
+        required = holds_role
     else:
         required = False
+    attestation_for = settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR
     state = State(
         required=required,
         enrolled=bool(totp or passkeys),
         totp=bool(totp),
         passkeys=bool(passkeys),
+        attestation=attestation_for == "everyone" or (attestation_for == "roles" and holds_role),
     )
     user._pkiportal_mfa_state = state
     return state
@@ -259,6 +267,26 @@ def session_needs_second_step(request: HttpRequest) -> bool:
     if not user.is_authenticated or session_verified(request):
         return False
     return state_for(user).asked
+
+
+def session_needs_approved_key(request: HttpRequest) -> bool:
+    """Verified with a security key that did not prove an approved model, by someone the
+    attestation policy covers (a key from before the policy, or before they gained their
+    role): the session reaches only adding an approved key (accounts.middleware). The key
+    still proves the person (no password alone adds the new key), but unlocks nothing
+    else. An app, a backup code or a single sign-on the provider vouched for are not keys:
+    the policy says which keys count, not that a key must be used."""
+    if not settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR:
+        return False
+    user = request.user
+    if not user.is_authenticated or not session_verified(request):
+        return False
+    if getattr(request, "session", None) is not None and request.session.get(SSO_VERIFIED):
+        return False
+    device = getattr(user, "otp_device", None)  # OTPMiddleware's, or django_otp.login's
+    if not isinstance(device, WebAuthnDevice) or device.approved:
+        return False
+    return state_for(user).attestation
 
 
 def note_sign_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:

@@ -1,5 +1,7 @@
 """Until a session has confirmed the second factor it needs, it reaches only the pages
-that confirm one (or set one up) and sign-out: the portal, /ra/ and the admin alike.
+that confirm one (or set one up) and sign-out: the portal, /ra/ and the admin alike. A
+session confirmed with a security key of no approved model, of someone whose keys must be
+of one (PKIPORTAL_WEBAUTHN_ATTESTATION_FOR), reaches only its account page to add one.
 Where single sign-on is configured, its pages stay open too: a person who typed a
 password may sign in through the provider instead, and that sign-in starts the second
 step anew (mfa.note_sign_in), counting as verified only if the provider says so.
@@ -31,6 +33,17 @@ SECURITY_KEY_SIGN_IN = frozenset(
 SECURITY_KEY_FIRST_SET_UP = frozenset(
     {"accounts:passkey-setup", "accounts:passkey-register-options", "accounts:passkey-register"}
 )
+# What a session verified with a key of no approved model reaches, of someone whose keys
+# must be (mfa.session_needs_approved_key): the account page, confirming a key there, adding
+# one and removing the old.
+APPROVED_KEY_PAGES = frozenset(
+    {
+        "accounts:mfa-overview",
+        "accounts:passkey-remove",
+        *SECURITY_KEY_SIGN_IN,
+        *SECURITY_KEY_FIRST_SET_UP,
+    }
+)
 
 
 class SecondFactorMiddleware:
@@ -40,12 +53,17 @@ class SecondFactorMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         path = request.path_info
         static = "/" + settings.STATIC_URL.lstrip("/")
-        if path.startswith((*OPEN_PREFIXES, static)) or not mfa.session_needs_second_step(request):
-            return self.get_response(request)
-        if (
+        if path.startswith((*OPEN_PREFIXES, static)) or (
             path.startswith(SINGLE_SIGN_ON_PREFIX)
             and "mozilla_django_oidc" in settings.INSTALLED_APPS
         ):
+            return self.get_response(request)
+        if not mfa.session_needs_second_step(request):
+            if mfa.session_needs_approved_key(request) and not (
+                path == reverse("logout") or _view_name(path) in APPROVED_KEY_PAGES
+            ):
+                # The account page says why (accounts.views.overview).
+                return redirect("accounts:mfa-overview")
             return self.get_response(request)
         enrolled = mfa.state_for(request.user).enrolled
         step = reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup")

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from django_otp.models import Device, ThrottlingMixin, TimestampMixin
 from django_otp.oath import TOTP
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.base_session import AbstractBaseSession
@@ -346,6 +347,11 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
     """A security key or passkey (WebAuthn): a public key, never a secret, so nothing here
     needs sealing. The person names it; a person may hold several (a spare key in a drawer).
 
+    ``attested``: the key proved its model (WebAuthn attestation, verified against the
+    configured roots) when it was added; only such keys unlock a role the attestation policy
+    covers (accounts.mfa.session_needs_approved_key), while their model stays on the list
+    (``approved``). Keys added before the policy, or by someone it did not cover, are not.
+
     ``sign_count`` is the authenticator's counter: an assertion whose counter does not grow
     (when either is non-zero) comes from a copy of the key and is refused (accounts.passkeys).
     Refused answers throttle all of the person's keys together, as wrong codes an app.
@@ -365,9 +371,28 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
     sign_count = models.BigIntegerField(default=0, editable=False)
     transports = models.JSONField(default=list, blank=True, editable=False)
     aaguid = models.CharField(max_length=36, blank=True, default="", editable=False)
+    attested = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Its attestation chained to PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS when added.",
+    )
+    attestation_format = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="The attestation statement's format the key sent (packed, tpm, none ...).",
+    )
 
     class Meta(Device.Meta):
         verbose_name = "security key"
+
+    @property
+    def approved(self) -> bool:
+        """Attested, and of a model still on PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS when there is
+        such a list: a model taken off the list stops counting at once."""
+        allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
+        return self.attested and (not allowed or self.aaguid.lower() in allowed)
 
     def verify_token(self, token: Any) -> bool:
         return False  # no code to type: accounts.passkeys checks its signed assertions

@@ -8,6 +8,11 @@ whose signature counter did not grow is a copy of the key: refused and audited.
 
 A passkey is phishing-resistant where a code is not: the browser signs only for the
 portal's own origin (PKIPORTAL_WEBAUTHN_ORIGINS) and relying party id.
+
+Attestation (PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS): for the people the policy covers, a new
+key must prove its model: a statement from its maker ("direct"), checked by py_webauthn
+against the configured roots, of a listed AAGUID when a list is given. "none" and self
+attestation prove nothing and are refused; nothing is stored for a refused key.
 """
 
 from __future__ import annotations
@@ -28,15 +33,21 @@ from webauthn import (
 from webauthn.helpers import (
     base64url_to_bytes,
     bytes_to_base64url,
+    parse_attestation_object,
     parse_authentication_credential_json,
+    validate_certificate_chain,
 )
+from webauthn.helpers.exceptions import InvalidCertificateChain
 from webauthn.helpers.structs import (
+    AttestationConveyancePreference,
+    AttestationFormat,
     AuthenticatorSelectionCriteria,
     AuthenticatorTransport,
     PublicKeyCredentialDescriptor,
     ResidentKeyRequirement,
     UserVerificationRequirement,
 )
+from webauthn.registration.verify_registration_response import VerifiedRegistration
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
@@ -67,6 +78,31 @@ _TRANSPORTS = {transport.value for transport in AuthenticatorTransport}
 
 class PasskeyError(mfa.SecondFactorError):
     """A security-key ceremony refused; the message is safe to show."""
+
+
+class AttestationRefused(PasskeyError):
+    """A new key that does not prove an approved model, for someone the policy covers."""
+
+
+# Why a key was refused under the attestation policy, as the person reads it.
+ATTESTATION_NONE = (
+    "This security key did not show its make and model, which your organisation requires: "
+    "when the browser asks, allow it to share them, or use an approved key."
+)
+ATTESTATION_SELF = (
+    "This security key vouches only for itself, not through its maker (as passkeys kept "
+    "by a phone or a password manager do): your organisation requires a hardware key of "
+    "an approved model."
+)
+ATTESTATION_CHAIN = (
+    "This security key's maker is not one your organisation approved (its attestation "
+    "does not lead to their certificates): use an approved key; your IT service desk "
+    "knows which models."
+)
+ATTESTATION_MODEL = (
+    "This security key's model is not on your organisation's list of approved keys: use "
+    "one of the approved models; your IT service desk knows which."
+)
 
 
 class Throttled(PasskeyError):
@@ -187,9 +223,21 @@ def check_room(user: Any) -> list[WebAuthnDevice]:
     return existing
 
 
+def attestation_required(user: Any) -> bool:
+    """Whether a key this person adds must prove an approved model: asked afresh (a role
+    granted a moment ago counts)."""
+    if not settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR:
+        return False
+    mfa.forget_state(user)
+    return mfa.state_for(user).attestation
+
+
 def registration_options(*, session: SessionBase, user: Any, name: str) -> str:
-    """The options for navigator.credentials.create(), as JSON; remembers the challenge."""
+    """The options for navigator.credentials.create(), as JSON; remembers the challenge.
+    Attestation is asked for ("direct") only of people the policy covers: for others the
+    browser would ask leave to share the key's model, for nothing."""
     existing = check_room(user)
+    required = attestation_required(user)
     options = generate_registration_options(
         rp_id=rp_id(),
         rp_name=f"{settings.PKIPORTAL_ORGANIZATION_NAME} PKI",
@@ -201,7 +249,16 @@ def registration_options(*, session: SessionBase, user: Any, name: str) -> str:
             resident_key=ResidentKeyRequirement.PREFERRED,
             user_verification=UserVerificationRequirement.PREFERRED,
         ),
-        exclude_credentials=[_descriptor(device) for device in existing],
+        # Under the policy, a key added before it (not attested) may be added again, now
+        # proving its model: only approved keys are excluded.
+        exclude_credentials=[
+            _descriptor(device) for device in existing if device.approved or not required
+        ],
+        attestation=(
+            AttestationConveyancePreference.DIRECT
+            if required
+            else AttestationConveyancePreference.NONE
+        ),
     )
     _store_challenge(session, "register", options.challenge, name=name, user=user.pk)
     return options_to_json(options)
@@ -227,14 +284,26 @@ def register(
     stored = _take_challenge(session, "register")
     if stored.get("user") != user.pk:
         raise PasskeyError("No security-key request is waiting: start again.")
+    required = attestation_required(user)
+    roots: list[bytes] = list(settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS) if required else []
     try:
         verified = verify_registration_response(
             credential=_as_json(credential),
             expected_challenge=_challenge_bytes(stored),
             expected_rp_id=rp_id(),
             expected_origin=origins(),
+            # Every format's chain to the configured roots (py_webauthn checks none, or
+            # its own vendor roots, where a format has no roots given).
+            pem_root_certs_bytes_by_fmt=(
+                {fmt: list(roots) for fmt in AttestationFormat} if required else None
+            ),
         )
     except Exception as exc:  # py_webauthn raises many types on hostile input: all a 400
+        if required and _chain_refused(exc):
+            _refused(
+                user, source_address, via="register", why="attestation: chain", error=str(exc)[:200]
+            )
+            raise AttestationRefused(ATTESTATION_CHAIN) from None
         _refused(user, source_address, via="register", why=str(exc)[:200])
         raise PasskeyError(
             "The security key's answer could not be checked: try again, on this portal's "
@@ -243,6 +312,9 @@ def register(
     if len(verified.credential_id) > CREDENTIAL_ID_MAX_BYTES:
         _refused(user, source_address, via="register", why="credential id too long")
         raise PasskeyError("The security key's credential id is too long: use another key.")
+    attestation_format = AttestationFormat(verified.fmt).value
+    if required:
+        _check_attestation(verified, roots, user=user, source_address=source_address)
     transports = [
         t
         for t in (_field(credential, "response", "transports") or [])
@@ -262,6 +334,8 @@ def register(
                 sign_count=verified.sign_count,
                 transports=transports,
                 aaguid=str(verified.aaguid)[:36],
+                attested=required,  # and _check_attestation passed
+                attestation_format=attestation_format[:32],
             )
             # Codes that outlived every factor (one removed in the shell, say) are not
             # revived by a first key: nobody knows who holds them. New ones, shown.
@@ -276,6 +350,8 @@ def register(
                     "kind": "webauthn",
                     "name": device.name,
                     "aaguid": device.aaguid,
+                    "attested": device.attested,
+                    "attestation_format": device.attestation_format,
                     "backup_codes": len(codes),
                 },
             )
@@ -284,6 +360,49 @@ def register(
         raise PasskeyError("This security key is registered already.") from None
     mfa.forget_state(user)
     return Registration(device=device, backup_codes=codes)
+
+
+def _chain_refused(exc: BaseException) -> bool:
+    """Whether py_webauthn refused the answer because the attestation's certificates do
+    not chain to the roots given (it raises its InvalidRegistrationResponse while handling
+    an InvalidCertificateChain), not because the answer itself is bad."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, InvalidCertificateChain):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _check_attestation(
+    verified: VerifiedRegistration, roots: list[bytes], *, user: Any, source_address: str | None
+) -> None:
+    """A verified registration's attestation, held to the policy: a statement of the
+    key's maker (certificates, not "none" nor self attestation) whose chain leads to the
+    configured roots, of a listed model when a list is given. The chain is checked again
+    with the configured roots alone: for some formats (apple, android-key) py_webauthn
+    also trusts its own vendor roots, which are not the organisation's choice."""
+    fmt = AttestationFormat(verified.fmt).value
+    refusal: tuple[str, str] | None = None
+    if verified.fmt == AttestationFormat.NONE:
+        refusal = ("attestation: none", ATTESTATION_NONE)
+    else:
+        chain = parse_attestation_object(verified.attestation_object).att_stmt.x5c
+        if not chain:
+            refusal = ("attestation: self", ATTESTATION_SELF)
+        else:
+            try:
+                validate_certificate_chain(x5c=chain, pem_root_certs_bytes=list(roots))
+            except InvalidCertificateChain:
+                refusal = ("attestation: chain", ATTESTATION_CHAIN)
+    allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
+    if refusal is None and allowed and str(verified.aaguid).lower() not in allowed:
+        refusal = ("attestation: model not allowed", ATTESTATION_MODEL)
+    if refusal is None:
+        return
+    why, message = refusal
+    _refused(user, source_address, via="register", why=why, fmt=fmt, aaguid=verified.aaguid)
+    raise AttestationRefused(message)
 
 
 def check_removable(user: Any, device_id: int) -> WebAuthnDevice:
@@ -555,12 +674,13 @@ def _throttle(user: Any, source_address: str | None) -> None:
     mfa.note_lockout(user, kind="webauthn", failures=failures, source_address=source_address)
 
 
-def _refused(user: Any, source_address: str | None, *, via: str, why: str) -> None:
+def _refused(user: Any, source_address: str | None, *, via: str, why: str, **detail: Any) -> None:
+    """Audited: an answer refused (``detail``: what a refused key's attestation said)."""
     audit_record(
         action="mfa.verify",
         actor=user,
         target=user,
         outcome="failure",
         source_address=source_address,
-        detail={"kind": "webauthn", "via": via, "reason": why},
+        detail={"kind": "webauthn", "via": via, "reason": why, **detail},
     )

@@ -129,6 +129,9 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "ask_code": (device is not None or codes_left > 0)
         and not passkeys.has_confirmed(request.session),
         "passkey_next": reverse("accounts:mfa-overview"),
+        # Signed in with a key of no approved model, where the person's keys must be of one:
+        # this page is all the session reaches until an approved key is added.
+        "approved_key_needed": mfa.session_needs_approved_key(request),
     }
     # Adding a key: no code either after one proved it for a ceremony that did not finish.
     context["ask_key_code"] = context["ask_code"] and not passkeys.has_proved_for_adding(
@@ -590,8 +593,10 @@ def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _json_error(exc.message)
     device = registered.device
     passkeys.forget_proved_for_adding(request.session)  # one key per proof
-    if not mfa.session_verified(request):
-        mfa.mark_verified(request, device)  # a first second factor, as an app's set-up
+    if not mfa.session_verified(request) or mfa.session_needs_approved_key(request):
+        # A first second factor, as an app's set-up; or the approved key a session that
+        # signed in with a key of no approved model was sent to add: it now counts.
+        mfa.mark_verified(request, device)
     messages.success(request, f"The security key “{device.name}” is added.")
     answer: dict[str, Any] = {"redirect": _local_next(request, body.get("next"))}
     if registered.backup_codes:
@@ -640,6 +645,10 @@ def passkey_authenticate(request: AuthenticatedHttpRequest) -> HttpResponse:
         passkeys.note_confirmed(request.session)
         return JsonResponse({"confirmed": True, "redirect": reverse("accounts:mfa-overview")})
     mfa.mark_verified(request, device, sign_in=True)
+    if mfa.session_needs_approved_key(request):
+        # A key of no approved model, where the person's must be: the account page says so
+        # and adds an approved one; nothing else opens (accounts.middleware).
+        return JsonResponse({"redirect": reverse("accounts:mfa-overview")})
     return JsonResponse({"redirect": _local_next(request, body.get("next"))})
 
 

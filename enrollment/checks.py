@@ -13,13 +13,17 @@ trial, not for an Enterprise RA (S/MIME BR 3.2.2.1).
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from django.conf import settings
 from django.core.checks import CheckMessage, Tags, Warning, register
 from django.db import DatabaseError
+from django.utils import timezone
 
 from pkiportal.origins import https_origin
 
@@ -302,6 +306,37 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
             hint="Set PKIPORTAL_WEBAUTHN_RP_ID to the portal's host name (or a parent domain "
             "of it) and PKIPORTAL_WEBAUTHN_ORIGINS to the https:// origins people sign in at.",
             id="pkiportal.W008",
+        )
+    ]
+
+
+# How early a security-key attestation root's end is announced (pkiportal.W017).
+ATTESTATION_ROOT_WARNING_DAYS = 30
+
+
+@register(Tags.security, deploy=True)
+def attestation_roots_are_current(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Keys whose attestation must chain to PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS: past a
+    root's notAfter every key of its vendor is refused (py_webauthn's chain check), which
+    the start-up, reading the file once, cannot foresee."""
+    now = timezone.now()
+    ending = []
+    for pem in settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS:
+        root = x509.load_pem_x509_certificate(pem)
+        end = root.not_valid_after_utc
+        if end <= now + timedelta(days=ATTESTATION_ROOT_WARNING_DAYS):
+            verb = "expired" if end <= now else "expires"
+            ending.append(f"{root.subject.rfc4514_string()} {verb} on {end:%Y-%m-%d}")
+    if not ending:
+        return []
+    return [
+        Warning(
+            "A security-key attestation root in PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS "
+            "ends: " + "; ".join(ending) + ". Keys whose attestation chains to it are "
+            "refused to the people the attestation policy covers.",
+            hint="Put the vendor's current attestation root in the file and restart the "
+            "portal; keys added before keep counting.",
+            id="pkiportal.W017",
         )
     ]
 
