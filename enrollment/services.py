@@ -1384,6 +1384,29 @@ def imported_revocation_note(certificate: Certificate) -> str | None:
 EARLIEST_INVALIDITY = timedelta(days=825)
 
 
+def invalidity_date_check(
+    invalidity_date: datetime | None, *, not_before: datetime, now: datetime | None = None
+) -> None:
+    """PolicyViolation (on ``invalidity_date``) if a revocation of a certificate valid from
+    ``not_before`` would refuse this date. Also for a caller that checks a whole selection
+    before handing it to a task (the admin's bulk revocation), against its latest start."""
+    if invalidity_date is None:
+        return
+    if invalidity_date > (now or timezone.now()):
+        raise PolicyViolation(
+            "The invalidity date cannot be in the future.", field="invalidity_date"
+        )
+    if invalidity_date < not_before - EARLIEST_INVALIDITY:
+        # Published on every CRL (RFC 5280 5.3.2). A key may have leaked before this
+        # certificate (a CSR's key is older), but a date more than a certificate's longest
+        # life before it says no more than "from its start": year 1 is a typo.
+        raise PolicyViolation(
+            f"The invalidity date cannot be more than {EARLIEST_INVALIDITY.days} days before "
+            f"the certificate became valid ({not_before:%Y-%m-%d %H:%M} UTC).",
+            field="invalidity_date",
+        )
+
+
 def _revoke(
     *,
     certificate: Certificate,
@@ -1404,22 +1427,7 @@ def _revoke(
     if reason is not None and reason not in Certificate.RevocationReasonChoice.values:
         raise PolicyViolation(f"{reason!r} is not a revocation reason we accept.", field="reason")
     now = timezone.now()
-    if invalidity_date is not None and invalidity_date > now:
-        raise PolicyViolation(
-            "The invalidity date cannot be in the future.", field="invalidity_date"
-        )
-    if (
-        invalidity_date is not None
-        and invalidity_date < certificate.not_before - EARLIEST_INVALIDITY
-    ):
-        # Published on every CRL (RFC 5280 5.3.2). A key may have leaked before this
-        # certificate (a CSR's key is older), but a date more than a certificate's longest
-        # life before it says no more than "from its start": year 1 is a typo.
-        raise PolicyViolation(
-            f"The invalidity date cannot be more than {EARLIEST_INVALIDITY.days} days before "
-            f"the certificate became valid ({certificate.not_before:%Y-%m-%d %H:%M} UTC).",
-            field="invalidity_date",
-        )
+    invalidity_date_check(invalidity_date, not_before=certificate.not_before, now=now)
     # Another CA's certificate: recorded as revoked here (the directory and LDAP drop it),
     # but its CRL and OCSP are the old CA's: no CRL entry, no CRL to publish.
     old_issuer = imported_issuer(certificate)
