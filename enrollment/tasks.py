@@ -13,6 +13,9 @@ runs every few minutes.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypedDict
 
@@ -137,9 +140,37 @@ def _send_crl_publish(ca_id: int) -> None:
         logger.exception("Could not queue the CRL for CA %s; the next scheduled run will.", ca_id)
 
 
+_collecting = threading.local()
+
+
 def crl_publish_on_commit(ca_id: int) -> None:
-    """Queue a CRL regeneration once the current transaction commits."""
+    """Queue a CRL regeneration once the current transaction commits (inside
+    crl_publish_once(): once for the whole block)."""
+    collected: set[int] | None = getattr(_collecting, "ca_ids", None)
+    if collected is not None:
+        collected.add(ca_id)
+        return
     transaction.on_commit(lambda: _send_crl_publish(ca_id), robust=True)
+
+
+@contextmanager
+def crl_publish_once() -> Iterator[None]:
+    """Within, revocations queue no CRL each: as the block ends, each CA they touched is
+    queued once, on commit of the transaction it ends in. For a batch of revocations in
+    one transaction (the admin's bulk revocation): one CRL task per CA and batch rather
+    than per certificate, which runs a CRL per certificate where tasks run inline. Used
+    inside that transaction: a block that raises queues nothing, as it is rolled back."""
+    if getattr(_collecting, "ca_ids", None) is not None:  # nested: the outer block queues
+        yield
+        return
+    collected: set[int] = set()
+    _collecting.ca_ids = collected
+    try:
+        yield
+    finally:
+        _collecting.ca_ids = None
+    for ca_id in sorted(collected):
+        crl_publish_on_commit(ca_id)
 
 
 # --- issue 6: expiry notices and recovered-key cleanup ---------------------------------
