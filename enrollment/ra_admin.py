@@ -11,20 +11,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlencode
 
+from celery.result import EagerResult
+
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
-from enrollment import health, leavers, mailboxes, services
+from enrollment import bulk_revoke, health, leavers, mailboxes, services, tasks
 from enrollment.edge import client_address, show_error
-from enrollment.exceptions import EnrollmentError, InvalidState, public_message
+from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.models import Certificate, CertificateAuthority, KeyRecoveryAgent, SharedMailbox
 from enrollment.ra_forms import (
     BulkRevokeForm,
@@ -41,8 +48,6 @@ logger = logging.getLogger(__name__)
 # the rest; a message is shown for this many failures, and the rest are counted.
 REVOKE_SHOWN = 50
 REVOKE_ERRORS_SHOWN = 10
-# Certificates loaded at a time while revoking a large selection.
-REVOKE_CHUNK = 200
 
 
 def kra_register_view(
@@ -152,7 +157,8 @@ def certificate_revoke_action(
 ) -> HttpResponse | None:
     """The "revoke selected certificates" action: a confirmation page that lists them and
     asks, as the RA page does, for a reason and "I am sure" (and the number, for more than
-    one); then each is revoked through services.certificate_revoke, as on the RA page.
+    one); then each is revoked through services.certificate_revoke, as on the RA page: in
+    this request up to PKIPORTAL_ADMIN_REVOKE_INLINE_MAX, by a background task above it.
 
     Only certificates still held (neither revoked nor expired) are revoked; the others are
     skipped and counted. The number typed is checked against the selection as it is when
@@ -174,7 +180,7 @@ def certificate_revoke_action(
     form = BulkRevokeForm(request.POST if "post" in request.POST else None, expected=len(ids))
     status = 400 if form.is_bound else 200
     if form.is_bound and form.is_valid():
-        refused = _revoke_each(model_admin, request, form, ids, skipped)
+        refused = _revoke(model_admin, request, form, ids, skipped)
         if refused is None:
             return None
         status = refused
@@ -194,6 +200,9 @@ def certificate_revoke_action(
         "more": len(ids) - len(rows),
         "skipped": skipped,
         "imported": revocable.filter(ca__is_imported=True).count(),
+        "background": len(ids) > settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX,
+        "inline_max": settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX,
+        "batch": bulk_revoke.BATCH,
         # What the changelist posted, posted again: the admin runs the action on the same
         # selection (select_across: every certificate its filters match).
         "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
@@ -208,70 +217,125 @@ def certificate_revoke_action(
     )
 
 
-def _revoke_each(
+def _revoke(
     model_admin: admin.ModelAdmin[Certificate],
     request: HttpRequest,
     form: BulkRevokeForm,
     ids: list[int],
     skipped: int,
 ) -> int | None:
-    """Revoke each, one transaction each (as the RA page does, one at a time); tell the
-    operator how many. An error about the form's input (an invalidity date the service
-    refuses) before anything was revoked goes on the form instead: its status is returned
-    and nothing changed."""
-    reason = form.cleaned_data["reason"]
-    revoked = imported = 0
-    failures: list[str] = []
-    for start in range(0, len(ids), REVOKE_CHUNK):
-        chunk = (
-            Certificate.objects.filter(pk__in=ids[start : start + REVOKE_CHUNK])
-            .select_related("owner", "template", "ca", "mailbox")
-            .order_by("pk")
+    """Revoke them in batches (enrollment.bulk_revoke): here, up to
+    PKIPORTAL_ADMIN_REVOKE_INLINE_MAX, as the RA page does; above it, in a background task,
+    so the web server's timeout cannot cut a large selection off half-way. An error about
+    the form's input (an invalidity date the service refuses) before anything was revoked
+    goes on the form instead: its status is returned and nothing changed."""
+    facts: dict[str, Any] = {
+        "ids": ids,
+        "reason": form.cleaned_data["reason"],
+        "invalidity_date": form.cleaned_data["invalidity_date"],
+        "source_address": client_address(request),
+    }
+    if len(ids) > settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX:
+        return _revoke_in_background(model_admin, request, form, facts, skipped)
+    actor_id = request.user.pk
+    assert actor_id is not None  # the admin lets in signed-in staff only
+    run = bulk_revoke.Run(**facts, actor_id=actor_id, total=len(ids), skipped=skipped)
+    try:
+        bulk_revoke.bulk_revoke_continue(run, form_errors=True)
+    except EnrollmentError as exc:
+        return show_error(form, exc)
+    _tell(model_admin, request, run)
+    return None
+
+
+def _revoke_in_background(
+    model_admin: admin.ModelAdmin[Certificate],
+    request: HttpRequest,
+    form: BulkRevokeForm,
+    facts: dict[str, Any],
+    skipped: int,
+) -> int | None:
+    """Record the confirmed selection, then hand it to the task (after the commit, so the
+    worker sees it). Without a broker the task runs here, to the end, and the officer is
+    told its outcome as for a small selection."""
+    try:
+        with transaction.atomic():
+            run = bulk_revoke.bulk_revoke_start(**facts, actor=request.user, skipped=skipped)
+    except EnrollmentError as exc:
+        return show_error(form, exc)
+    try:
+        result = tasks.certificates_revoke_task.delay(run.as_message())
+    except Exception:
+        logger.exception("Could not queue bulk revocation %s", run.run_id)
+        run.error = "It could not be queued (is the broker down?)."
+        bulk_revoke.bulk_revoke_finish(run)
+        model_admin.message_user(
+            request,
+            f"Nothing revoked: the revocation of {run.total} {_certificates(run.total)} "
+            "could not be handed to the background worker. Try again in a moment.",
+            messages.ERROR,
         )
-        for certificate in chunk:
-            try:
-                services.certificate_revoke(
-                    certificate=certificate,
-                    reason=reason,
-                    actor=request.user,
-                    invalidity_date=form.cleaned_data["invalidity_date"],
-                    source_address=client_address(request),
-                )
-            except InvalidState:
-                skipped += 1  # revoked meanwhile (or with a compromised key revoked here)
-                continue
-            except EnrollmentError as exc:
-                if not revoked and not failures and exc.field in form.fields:
-                    return show_error(form, exc)
-                logger.warning("Admin revocation of %s failed: %s", certificate.pk, exc.message)
-                failures.append(
-                    f"{certificate} (serial {certificate.serial}): {public_message(exc)}"
-                )
-                continue
-            revoked += 1
-            imported += services.imported_revocation_note(certificate) is not None
-    label = Certificate.RevocationReasonChoice(reason).label.lower()
-    summary = f"Revoked {revoked} {_certificates(revoked)} ({label})"
-    summary += f"; skipped {skipped} (already revoked or expired)."
-    if revoked:
+        return None
+    if isinstance(result, EagerResult):
+        _tell(model_admin, request, bulk_revoke.Run.from_message(result.get()))
+        return None
+    label = Certificate.RevocationReasonChoice(run.reason).label.lower()
+    model_admin.message_user(
+        request,
+        format_html(
+            "Revoking {} {} ({}) in the background, {} at a time; skipped {} (already revoked "
+            'or expired). Follow it on the <a href="{}">audit trail</a>: each batch is a '
+            "{} event, and {} gives the outcome. Should it stop early, choose the action "
+            "again on the same selection: it revokes what is left.",
+            run.total,
+            _certificates(run.total),
+            label,
+            bulk_revoke.BATCH,
+            run.skipped,
+            f"{reverse('ra:audit')}?{urlencode({'action': 'certificate.bulk_revoke'})}",
+            bulk_revoke.BATCH_DONE,
+            bulk_revoke.DONE,
+        ),
+        messages.SUCCESS,
+    )
+    return None
+
+
+def _tell(
+    model_admin: admin.ModelAdmin[Certificate], request: HttpRequest, run: bulk_revoke.Run
+) -> None:
+    """How many were revoked and skipped, which failed, and why it stopped if it did."""
+    label = Certificate.RevocationReasonChoice(run.reason).label.lower()
+    summary = f"Revoked {run.revoked} {_certificates(run.revoked)} ({label})"
+    summary += f"; skipped {run.skipped} (already revoked or expired)."
+    if run.revoked:
         summary += (
             " Their holders (a shared mailbox's delegates) were told by e-mail; the next "
             "CRL lists them."
         )
-    if imported:
+    if run.imported:
         summary += (
-            f" {imported} of them came from another CA: recorded here only, revoke them there too."
+            f" {run.imported} of them came from another CA: recorded here only, revoke them "
+            "there too."
         )
-    model_admin.message_user(request, summary, messages.SUCCESS if revoked else messages.WARNING)
-    for failure in failures[:REVOKE_ERRORS_SHOWN]:
+    model_admin.message_user(
+        request, summary, messages.SUCCESS if run.revoked else messages.WARNING
+    )
+    for failure in run.failures[:REVOKE_ERRORS_SHOWN]:
         model_admin.message_user(request, f"Not revoked: {failure}", messages.ERROR)
-    if len(failures) > REVOKE_ERRORS_SHOWN:
+    if run.failed > REVOKE_ERRORS_SHOWN:
         model_admin.message_user(
             request,
-            f"{len(failures) - REVOKE_ERRORS_SHOWN} more could not be revoked; the log names them.",
+            f"{run.failed - REVOKE_ERRORS_SHOWN} more could not be revoked; the log names them.",
             messages.ERROR,
         )
-    return None
+    if run.error:
+        model_admin.message_user(
+            request,
+            f"{run.error} {len(run.ids)} {_certificates(len(run.ids))} not reached: choose "
+            "the action again on the same selection to revoke them.",
+            messages.ERROR,
+        )
 
 
 def _certificates(count: int) -> str:

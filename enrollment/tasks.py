@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any, TypedDict
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 
 from django.conf import settings
@@ -226,6 +227,35 @@ def approval_notice_digests_task() -> int:
     from enrollment import ra_notifications
 
     return ra_notifications.approval_digests_send()
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def certificates_revoke_task(self: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """Revoke an officer's confirmed selection from the admin in batches (enrollment.
+    bulk_revoke); its outcome. A worker revokes for a minute at most, then queues the rest
+    as a new message, so no run meets the task time limits; inline (no broker) it runs to
+    the end. Run again after a worker died, it skips what is already revoked."""
+    from enrollment import bulk_revoke
+
+    progress = bulk_revoke.Run.from_message(run)
+    seconds = None
+    if not self.request.is_eager:
+        seconds = min(bulk_revoke.RUN_SECONDS, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)
+    try:
+        bulk_revoke.bulk_revoke_continue(progress, seconds=seconds)
+    except SoftTimeLimitExceeded:
+        logger.warning("Bulk revocation %s reached the time limit; the rest is queued again.",
+                       progress.run_id)  # fmt: skip
+    if progress.ids and not progress.error:
+        try:
+            certificates_revoke_task.delay(progress.as_message())
+        except Exception:
+            logger.exception("Could not queue the rest of bulk revocation %s", progress.run_id)
+            progress.error = "Could not queue the rest (is the broker down?)."
+        else:
+            return progress.as_message()
+    bulk_revoke.bulk_revoke_finish(progress)
+    return progress.as_message()
 
 
 # --- publishing certificates to the organisation's LDAP directory ---------------------

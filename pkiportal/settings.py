@@ -813,6 +813,13 @@ CELERY_BEAT_SCHEDULE |= {
         "options": {"expires": 3600},
     },
 }
+# The admin's "Revoke selected certificates…" (README.md, "Revocation and CRLs"): up to
+# this many are revoked in the officer's request; more are handed to a background task
+# that revokes them in batches, so a web server's timeout cannot cut a large one short.
+# 0: always in the background.
+PKIPORTAL_ADMIN_REVOKE_INLINE_MAX = _whole_number(
+    "PKIPORTAL_ADMIN_REVOKE_INLINE_MAX", 100, 0, 10000, "certificates"
+)
 CELERY_BEAT_SCHEDULE |= {
     # Hourly: a leaver's certificates go within an hour of their grace period's end.
     "leavers-revoke": {

@@ -7,11 +7,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.result import AsyncResult
 
 from django.contrib.messages import get_messages
 from django.utils import timezone
 
-from enrollment import ra_admin
+from enrollment import bulk_revoke, ra_admin, services, tasks
 from enrollment.models import AuditEvent, Certificate
 from tests.conftest import client_for
 from tests.enrollment.tools import as_staff, issue, new_key
@@ -271,3 +273,375 @@ def test_select_all_is_checked_against_the_selection_as_it_is_when_confirmed(
     assert done.status_code == 302
     assert done["Location"] == CERTIFICATES + query
     assert statuses([*three, late]) == ["revoked"] * 4
+
+
+# --- a large selection, in the background ---------------------------------------------
+
+
+@pytest.fixture
+def above(settings):
+    """Three certificates are more than the admin revokes in the request."""
+    settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX = 2
+
+
+@pytest.fixture
+def crl_tasks(monkeypatch):
+    """The CAs whose CRL task was queued, one entry per queueing."""
+    sent: list[int] = []
+    monkeypatch.setattr(tasks, "_send_crl_publish", sent.append)
+    return sent
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    """The task's messages, as a broker would keep them for a worker (nothing runs)."""
+    messages: list[dict] = []
+
+    def keep(message):
+        messages.append(message)
+        return AsyncResult("queued")
+
+    monkeypatch.setattr(tasks.certificates_revoke_task, "delay", keep)
+    return messages
+
+
+def events(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action).order_by("pk"))
+
+
+def test_above_the_threshold_the_task_revokes_them_with_one_crl_task(
+    admin_officer, three, above, crl_tasks, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Without a broker the task runs here, to the end: every certificate revoked and
+    audited in the officer's name, one batch, one CRL task for it (not one each)."""
+    handed: list[dict] = []
+    delay = tasks.certificates_revoke_task.delay
+    monkeypatch.setattr(
+        tasks.certificates_revoke_task, "delay", lambda run: handed.append(run) or delay(run)
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm(client_for(admin_officer), [c.pk for c in three], count="3")
+
+    assert response.status_code == 302
+    assert [sorted(run["ids"]) for run in handed] == [sorted(c.pk for c in three)]
+    assert statuses(three) == ["revoked"] * 3
+    revocations = events("certificate.revoke")
+    assert {(e.actor, e.source_address) for e in revocations} == {(admin_officer, ADDRESS)}
+    assert len(revocations) == 3
+    assert crl_tasks == [three[0].ca_id]
+    start, batch, done = (
+        events(bulk_revoke.QUEUED),
+        events(bulk_revoke.BATCH_DONE),
+        events(bulk_revoke.DONE),
+    )
+    assert [e.detail for e in start] == [
+        {
+            "certificates": 3,
+            "skipped": 0,
+            "reason": "superseded",
+            "invalidity_date": None,
+            "batch_size": bulk_revoke.BATCH,
+        }
+    ]
+    assert [e.detail["serials"] for e in batch] == [[c.serial for c in three]]
+    assert [(e.detail["done"], e.detail["of"], e.detail["run"]) for e in batch] == [
+        (3, 3, start[0].pk)
+    ]
+    assert [(e.outcome, e.actor, e.detail) for e in done] == [
+        (
+            "success",
+            admin_officer,
+            {
+                "run": start[0].pk,
+                "certificates": 3,
+                "revoked": 3,
+                "skipped": 0,
+                "failed": 0,
+                "imported": 0,
+                "not_reached": 0,
+            },
+        )
+    ]
+    assert shown(response) == [
+        "Revoked 3 certificates (superseded); skipped 0 (already revoked or expired). Their "
+        "holders (a shared mailbox's delegates) were told by e-mail; the next CRL lists them."
+    ]
+
+
+def test_the_confirmation_page_says_it_will_run_in_the_background(admin_officer, three, above):
+    page = ask(client_for(admin_officer), [c.pk for c in three])
+
+    assert (
+        "More than 2 are not revoked while you wait: they are revoked in the background, 50 "
+        "at a time."
+    ) in " ".join(page.content.decode().split())
+
+
+def test_at_the_threshold_it_is_revoked_in_the_request_as_before(
+    admin_officer, three, settings, queued, crl_tasks, django_capture_on_commit_callbacks
+):
+    settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX = 3
+
+    page = ask(client_for(admin_officer), [c.pk for c in three])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm(client_for(admin_officer), [c.pk for c in three], count="3")
+
+    assert "in the background" not in page.content.decode()
+    assert response.status_code == 302
+    assert queued == []
+    assert statuses(three) == ["revoked"] * 3
+    assert not AuditEvent.objects.filter(action__startswith="certificate.bulk_revoke").exists()
+    assert crl_tasks == [three[0].ca_id]  # one batch: one CRL task, not one per certificate
+    assert shown(response)[0].startswith("Revoked 3 certificates (superseded); skipped 0")
+
+
+def test_with_a_broker_the_officer_is_told_it_runs_and_where_to_follow_it(
+    admin_officer, three, above, queued
+):
+    client = client_for(admin_officer)
+    response = confirm(client, [c.pk for c in three], reason="keyCompromise", count="3")
+
+    assert response.status_code == 302
+    assert statuses(three) == ["valid"] * 3  # the worker has not run yet
+    assert len(queued) == 1
+    message = shown(response)
+    assert message == [
+        "Revoking 3 certificates (key compromise) in the background, 50 at a time; skipped 0 "
+        '(already revoked or expired). Follow it on the <a href="/ra/audit/?action='
+        'certificate.bulk_revoke">audit trail</a>: each batch is a '
+        "certificate.bulk_revoke.batch event, and certificate.bulk_revoke.done gives the "
+        "outcome. Should it stop early, choose the action again on the same selection: it "
+        "revokes what is left."
+    ]
+
+    listing = client.get(CERTIFICATES).content.decode()
+    assert '<a href="/ra/audit/?action=certificate.bulk_revoke">audit trail</a>' in listing
+    audit = client.get("/ra/audit/?action=certificate.bulk_revoke")
+    assert [e.action for e in audit.context["events"]] == [bulk_revoke.QUEUED]
+
+    outcome = tasks.certificates_revoke_task(queued[0])  # the worker
+
+    assert statuses(three) == ["revoked"] * 3
+    assert outcome["revoked"] == 3
+    assert outcome["ids"] == []
+    assert [e.outcome for e in events(bulk_revoke.DONE)] == ["success"]
+
+
+def test_with_the_broker_down_nothing_is_revoked_and_the_officer_is_told(
+    admin_officer, three, above, monkeypatch, caplog
+):
+    def broker_down(message):
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(tasks.certificates_revoke_task, "delay", broker_down)
+
+    response = confirm(client_for(admin_officer), [c.pk for c in three], count="3")
+
+    assert response.status_code == 302
+    assert statuses(three) == ["valid"] * 3
+    assert shown(response) == [
+        "Nothing revoked: the revocation of 3 certificates could not be handed to the "
+        "background worker. Try again in a moment."
+    ]
+    assert "Could not queue bulk revocation" in caplog.text
+    (done,) = events(bulk_revoke.DONE)
+    assert (done.outcome, done.detail["not_reached"]) == ("failure", 3)
+
+
+def test_those_revoked_or_expired_by_the_time_their_batch_comes_are_skipped(
+    admin_officer, three, template, colleague, above, queued
+):
+    fourth = issue(colleague, template("smime-dual-use"), new_key())
+    Certificate.objects.filter(pk=fourth.pk).update(
+        status="revoked", revoked_at=timezone.now(), revocation_reason="superseded"
+    )
+    selection = [c.pk for c in [*three, fourth]]
+    confirm(client_for(admin_officer), selection, count="3")
+    services.certificate_revoke(certificate=three[1], reason="privilegeWithdrawn")
+
+    outcome = tasks.certificates_revoke_task(queued[0])
+
+    assert statuses(three) == ["revoked"] * 3
+    assert Certificate.objects.get(pk=three[1].pk).revocation_reason == "privilegeWithdrawn"
+    assert (outcome["revoked"], outcome["skipped"]) == (2, 2)
+    (done,) = events(bulk_revoke.DONE)
+    assert (done.detail["revoked"], done.detail["skipped"]) == (2, 2)
+
+
+def test_a_failure_stops_the_run_keeps_earlier_batches_and_choosing_it_again_finishes(
+    admin_officer, three, template, colleague, above, monkeypatch, caplog
+):
+    """Batches of two: the second fails and is rolled back whole; the officer is told,
+    the log says why; the same selection chosen again revokes what is left."""
+    monkeypatch.setattr(bulk_revoke, "BATCH", 2)
+    five = [*three, *(issue(colleague, template("smime-signing"), new_key()) for _ in range(2))]
+    revoke = services.certificate_revoke
+
+    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
+        if certificate.pk == five[2].pk:
+            raise RuntimeError("database gone")
+        return revoke(certificate=certificate, **options)
+
+    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
+    client = client_for(admin_officer)
+
+    response = confirm(client, [c.pk for c in five], count="5")
+
+    assert statuses(five) == ["revoked", "revoked", "valid", "valid", "valid"]
+    assert shown(response)[0].startswith("Revoked 2 certificates (superseded); skipped 0")
+    assert shown(response)[-1] == (
+        "Stopped by an error (RuntimeError); the log has the details. 3 certificates not "
+        "reached: choose the action again on the same selection to revoke them."
+    )
+    (start,) = events(bulk_revoke.QUEUED)
+    assert f"Bulk revocation {start.pk} stopped after 2 certificates" in caplog.text
+    assert "RuntimeError: database gone" in caplog.text  # with its traceback
+    (done,) = events(bulk_revoke.DONE)
+    assert done.outcome == "failure"
+    assert (done.detail["revoked"], done.detail["not_reached"]) == (2, 3)
+    assert len(events(bulk_revoke.BATCH_DONE)) == 1
+
+    monkeypatch.setattr(services, "certificate_revoke", revoke)
+    again = confirm(client, [c.pk for c in five], count="3")
+
+    assert statuses(five) == ["revoked"] * 5
+    assert shown(again)[-1].startswith("Revoked 3 certificates (superseded); skipped 2")
+
+
+def test_a_worker_revokes_for_a_while_then_queues_the_rest(
+    admin_officer, three, above, queued, monkeypatch
+):
+    monkeypatch.setattr(bulk_revoke, "BATCH", 2)
+    monkeypatch.setattr(bulk_revoke, "RUN_SECONDS", 0)  # one batch, then the rest
+    confirm(client_for(admin_officer), [c.pk for c in three], count="3")
+
+    first = tasks.certificates_revoke_task(queued[0])
+
+    assert statuses(three) == ["revoked", "revoked", "valid"]
+    assert first["ids"] == [three[2].pk]
+    assert queued[1] == first
+    assert events(bulk_revoke.DONE) == []
+
+    tasks.certificates_revoke_task(queued[1])
+
+    assert statuses(three) == ["revoked"] * 3
+    assert [e.detail["revoked"] for e in events(bulk_revoke.DONE)] == [3]
+
+
+def test_a_batch_cut_off_at_the_time_limit_is_queued_again_with_the_rest(
+    admin_officer, three, above, queued, monkeypatch
+):
+    revoke = services.certificate_revoke
+
+    def time_is_up(*, certificate, **options):  # type: ignore[no-untyped-def]
+        if certificate.pk == three[1].pk:
+            raise SoftTimeLimitExceeded()
+        return revoke(certificate=certificate, **options)
+
+    confirm(client_for(admin_officer), [c.pk for c in three], count="3")
+    monkeypatch.setattr(services, "certificate_revoke", time_is_up)
+
+    tasks.certificates_revoke_task(queued[0])
+
+    assert statuses(three) == ["valid"] * 3  # the batch rolled back
+    assert sorted(queued[1]["ids"]) == sorted(c.pk for c in three)
+    monkeypatch.setattr(services, "certificate_revoke", revoke)
+    tasks.certificates_revoke_task(queued[1])
+    assert statuses(three) == ["revoked"] * 3
+
+
+def test_an_invalidity_date_the_service_refuses_is_shown_before_anything_is_queued(
+    admin_officer, three, above, queued
+):
+    later = timezone.localtime() + timedelta(days=2)
+
+    response = confirm(
+        client_for(admin_officer),
+        [c.pk for c in three],
+        reason="keyCompromise",
+        count="3",
+        invalidity_date=f"{later:%Y-%m-%dT%H:%M}",
+    )
+
+    assert response.status_code == 400
+    assert "cannot be in the future" in " ".join(response.context["form"].errors["invalidity_date"])
+    assert queued == []
+    assert not AuditEvent.objects.filter(action__startswith="certificate.bulk_revoke").exists()
+
+
+def test_a_key_compromise_in_the_background_revokes_the_keys_other_certificates(
+    admin_officer, hierarchy, template, employee, colleague, above, queued
+):
+    key = new_key()
+    selected = [issue(employee, template("smime-signing"), key)] + [
+        issue(colleague, template(slug), new_key()) for slug in ("smime-signing", "smime-dual-use")
+    ]
+    other = issue(employee, template("smime-dual-use"), key)  # same key, not selected
+    Certificate.objects.filter(pk=other.pk).update(
+        status="revoked", revoked_at=timezone.now(), revocation_reason="superseded"
+    )
+    confirm(client_for(admin_officer), [c.pk for c in selected], reason="keyCompromise", count="3")
+
+    tasks.certificates_revoke_task(queued[0])
+
+    assert statuses(selected) == ["revoked"] * 3
+    assert Certificate.objects.get(pk=other.pk).revocation_reason == "keyCompromise"
+
+
+# --- who may, in the background -------------------------------------------------------
+
+
+def test_staff_without_the_revoke_permission_queue_nothing(viewer, three, settings, queued):
+    settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX = 0
+
+    response = confirm(client_for(viewer), [c.pk for c in three], count="3")
+
+    assert response.status_code == 200  # the list again: "No action selected"
+    assert queued == []
+    assert statuses(three) == ["valid"] * 3
+    assert not AuditEvent.objects.filter(action__startswith="certificate.bulk_revoke").exists()
+
+
+def test_an_officer_who_is_not_staff_queues_nothing(officer, three, settings, queued):
+    settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX = 0
+
+    response = confirm(client_for(officer), [three[0].pk])
+
+    assert response["Location"].startswith("/admin/login/")
+    assert queued == []
+    assert statuses(three) == ["valid"] * 3
+
+
+@pytest.mark.parametrize(
+    "loses",
+    [
+        lambda user: user.groups.clear(),  # no longer an RA officer
+        lambda user: type(user).objects.filter(pk=user.pk).update(is_staff=False),
+        lambda user: type(user).objects.filter(pk=user.pk).update(is_active=False),
+        lambda user: user.user_permissions.clear(),  # may no longer view certificates
+    ],
+    ids=["officer", "staff", "active", "view"],
+)
+def test_the_task_checks_the_officer_again_and_stops_if_they_lost_the_right(
+    admin_officer, three, above, queued, loses
+):
+    confirm(client_for(admin_officer), [c.pk for c in three], count="3")
+    loses(admin_officer)
+
+    outcome = tasks.certificates_revoke_task(queued[0])
+
+    assert statuses(three) == ["valid"] * 3
+    assert outcome["error"] == "olivia may no longer revoke certificates from the admin."
+    (done,) = events(bulk_revoke.DONE)
+    assert (done.outcome, done.detail["not_reached"]) == ("failure", 3)
+    assert not events("certificate.revoke")
+
+
+def test_a_superuser_queues_and_the_task_revokes(admin_user, three, above, queued):
+    confirm(client_for(admin_user), [c.pk for c in three], count="3")
+
+    tasks.certificates_revoke_task(queued[0])
+
+    assert statuses(three) == ["revoked"] * 3
+    assert {e.actor for e in events("certificate.revoke")} == {admin_user}

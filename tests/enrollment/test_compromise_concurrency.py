@@ -16,7 +16,7 @@ import pytest
 from django.db import connection, transaction
 
 from enrollment import hotsql, services
-from enrollment.exceptions import PolicyViolation
+from enrollment.exceptions import InvalidState, PolicyViolation
 from enrollment.models import Certificate
 from tests.enrollment.tools import issue, new_key
 from tests.markers import needs_row_locks
@@ -339,3 +339,54 @@ def test_an_entry_queued_again_while_a_crl_is_built_waits_for_the_next_crl(
         reason = listed.extensions.get_extension_for_class(x509.CRLReason).value.reason
         assert reason == x509.ReasonFlags.key_compromise
     assert services.crl_publish_if_due(ca=hierarchy.issuing) is not None  # it is due
+
+
+def test_a_bulk_compromise_batch_and_a_single_compromise_of_one_of_its_keys_never_deadlock(
+    hierarchy, template, employee, colleague, officer, monkeypatch
+):
+    """The admin's bulk revocation revokes a batch in one transaction, which holds the
+    audit chain's head from its first revocation. It takes every key's row, the keys'
+    certificates and their CRL entries first: taken as each is revoked, after the head,
+    the second key's row was held by a single compromise of that key waiting for the
+    batch's certificate row, and PostgreSQL aborted one of them."""
+    from enrollment import bulk_revoke, notifications
+    from tests.enrollment.tools import as_staff
+
+    first = issue(employee, template("smime-signing"), new_key())
+    key = new_key()
+    second = issue(colleague, template("smime-signing"), key)
+    reported = issue(colleague, template("smime-dual-use"), key)  # the key's, not in the batch
+    as_staff(officer, "view_certificate")
+    revoked_one, go = threading.Event(), threading.Event()
+    tell = notifications.certificate_revoked
+
+    def tell_after_a_pause(certificate, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "bulk" and not go.is_set():
+            revoked_one.set()  # the first is revoked: the batch holds the head
+            go.wait(timeout=30)
+        return tell(certificate, **kwargs)
+
+    monkeypatch.setattr(notifications, "certificate_revoked", tell_after_a_pause)
+    run = bulk_revoke.Run(
+        ids=[first.pk, second.pk], reason="keyCompromise", actor_id=officer.pk, total=2
+    )
+
+    def bulk() -> None:
+        threading.current_thread().name = "bulk"
+        bulk_revoke.bulk_revoke_continue(run)
+
+    batch, single, _waited = overlap(
+        bulk,
+        revoked_one,
+        go,
+        lambda: services.certificate_revoke(certificate=reported, reason="keyCompromise"),
+        waits=1.5,
+    )
+
+    assert "error" not in batch, batch.get("error")
+    assert run.error == ""
+    assert (run.revoked, run.failed) == (2, 0)
+    # Revoked with the batch's second certificate: the single one finds it done.
+    assert "error" not in single or isinstance(single["error"], InvalidState), single
+    states = dict(Certificate.objects.values_list("pk", "revocation_reason"))
+    assert states == {pk: "keyCompromise" for pk in (first.pk, second.pk, reported.pk)}
