@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import unicodedata
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from asn1crypto.core import OctetString
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -48,6 +50,8 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 from webauthn.registration.verify_registration_response import VerifiedRegistration
+
+from cryptography import x509
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
@@ -98,6 +102,10 @@ ATTESTATION_CHAIN = (
     "This security key's maker is not one your organisation approved (its attestation "
     "does not lead to their certificates): use an approved key; your IT service desk "
     "knows which models."
+)
+ATTESTATION_MISMATCH = (
+    "This security key claims to be another model than its maker's certificate names, so "
+    "its model cannot be trusted: use an approved key; your IT service desk knows which."
 )
 ATTESTATION_MODEL = (
     "This security key's model is not on your organisation's list of approved keys: use "
@@ -395,6 +403,12 @@ def _check_attestation(
                 validate_certificate_chain(x5c=chain, pem_root_certs_bytes=list(roots))
             except InvalidCertificateChain:
                 refusal = ("attestation: chain", ATTESTATION_CHAIN)
+            else:
+                if not _certificate_names_model(chain[0], verified.aaguid):
+                    refusal = (
+                        "attestation: model differs from its certificate",
+                        ATTESTATION_MISMATCH,
+                    )
     allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
     if refusal is None and allowed and str(verified.aaguid).lower() not in allowed:
         refusal = ("attestation: model not allowed", ATTESTATION_MODEL)
@@ -403,6 +417,39 @@ def _check_attestation(
     why, message = refusal
     _refused(user, source_address, via="register", why=why, fmt=fmt, aaguid=verified.aaguid)
     raise AttestationRefused(message)
+
+
+# id-fido-gen-ce-aaguid: the model a key maker's batch certificate speaks for.
+FIDO_GEN_CE_AAGUID = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
+
+
+def _certificate_names_model(certificate_der: bytes, aaguid: str | bytes) -> bool:
+    """WebAuthn 8.2.1: where the attestation certificate names a model (its
+    id-fido-gen-ce-aaguid extension, an OCTET STRING), it must be the one the key says it
+    is. py_webauthn does not check it; without it, the AAGUID list would trust the key's
+    word for its model beside a genuine certificate of another. Without the extension the
+    chain alone speaks for the key, as the specification allows."""
+    try:
+        extension = x509.load_der_x509_certificate(
+            certificate_der
+        ).extensions.get_extension_for_oid(FIDO_GEN_CE_AAGUID)
+    except x509.ExtensionNotFound:
+        return True
+    except ValueError:
+        return False
+    value = extension.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        return False
+    try:
+        named = OctetString.load(value.value, strict=True).native
+    except ValueError:
+        return False
+    return isinstance(named, bytes) and named == _aaguid_bytes(aaguid)
+
+
+def _aaguid_bytes(aaguid: str | bytes) -> bytes:
+    """py_webauthn gives the AAGUID as its 8-4-4-4-12 text."""
+    return aaguid if isinstance(aaguid, bytes) else uuid.UUID(aaguid).bytes
 
 
 def check_removable(user: Any, device_id: int) -> WebAuthnDevice:

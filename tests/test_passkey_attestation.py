@@ -209,6 +209,26 @@ def test_only_a_listed_model_is_accepted_when_there_is_a_list(
         assert events("mfa.verify")[-1].detail["aaguid"] == aaguid_text(MODEL_AAGUID)
 
 
+@pytest.mark.parametrize("aaguids", [(), (MODEL_AAGUID, OTHER_MODEL)], ids=["no-list", "listed"])
+def test_a_key_claiming_another_model_than_its_certificate_names_is_refused(
+    officer, vendor, policy, aaguids
+):
+    """WebAuthn 8.2.1: the batch certificate's id-fido-gen-ce-aaguid must be the AAGUID the
+    key reports; py_webauthn does not compare them."""
+    policy(aaguids=aaguids)
+    client, seed = with_app(officer)
+    claims_other = SoftKey(attestation=vendor.attestation(MODEL_AAGUID), aaguid=OTHER_MODEL)
+
+    _options, answer = register(client, claims_other, seed)
+
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == passkeys.ATTESTATION_MISMATCH
+    nothing_stored(officer)
+    assert events("mfa.verify")[-1].detail["reason"] == (
+        "attestation: model differs from its certificate"
+    )
+
+
 def test_a_listed_model_with_a_chain_from_another_root_is_still_refused(officer, policy):
     """The AAGUID is the key's own word: only a verified chain makes it count."""
     policy(aaguids=(MODEL_AAGUID,))
@@ -467,3 +487,38 @@ def test_the_deploy_check_is_silent_without_roots(settings):
 
     settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS = []
     assert attestation_roots_are_current() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "names_it"),
+    [
+        (b"\x04\x10" + MODEL_AAGUID, True),
+        (b"\x04\x10" + OTHER_MODEL, False),
+        (b"\x04\x11" + MODEL_AAGUID + b"\x00", False),  # 17 bytes: no AAGUID
+        (b"\x04\x10" + MODEL_AAGUID + b"\x00", False),  # trailing data
+        (b"\x02\x01\x00", False),  # not an OCTET STRING
+        (b"", False),
+        (None, True),  # no extension: the chain alone speaks for the key
+    ],
+)
+def test_the_certificate_s_model_is_read_strictly(vendor, value, names_it):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(vendor.certificate.subject)
+        .issuer_name(vendor.certificate.subject)
+        .public_key(vendor.key.public_key())
+        .serial_number(1)
+        .not_valid_before(vendor.certificate.not_valid_before_utc)
+        .not_valid_after(vendor.certificate.not_valid_after_utc)
+    )
+    if value is not None:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(passkeys.FIDO_GEN_CE_AAGUID, value), critical=False
+        )
+    der = builder.sign(vendor.key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+    assert passkeys._certificate_names_model(der, MODEL_AAGUID) is names_it
