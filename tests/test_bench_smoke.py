@@ -289,6 +289,22 @@ def test_rollout(bench, tmp_path):
         assert float(figures[key]) > 0, out
 
 
+def test_bulk_revoke(bench, tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing: bench/bulk_revoke.py queues its CRL tasks")
+    broker = RedisServer(tmp_path)  # its own: the benchmark empties the broker's database
+    broker.start()
+    try:
+        out = bench("bulk_revoke.py", "--inline", "3", "--background", "4", "--broker", broker.url)
+    finally:
+        broker.kill()
+    figures = key_values(out)
+    assert (figures["inline_certificates"], figures["background_certificates"]) == ("3", "4"), out
+    assert figures["background_batches"] == "1", out
+    for key in ("inline_officer_wait_seconds", "background_ms_per_certificate"):
+        assert float(figures[key]) > 0, out
+
+
 def test_ldap_sweep(bench):
     for tool in (slapd.SLAPD, "ldapadd", "ldapsearch"):
         if shutil.which(tool) is None:
