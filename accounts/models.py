@@ -343,6 +343,25 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
         return capped_throttle(self, *super().verify_is_allowed())  # type: ignore[no-untyped-call]  # django-otp is unannotated
 
 
+def model_allowed(aaguid: str) -> bool:
+    """Whether an attested key of this model (AAGUID) counts as approved: any model the
+    roots vouch for, or, with PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS, one still on that list."""
+    allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
+    return not allowed or aaguid.lower() in allowed
+
+
+class SecondFactorKind(models.TextChoices):
+    """What confirmed a sign-in's second factor, as an API token minted in it records it
+    (enrollment.models.ApiToken): the attestation policy counts only some keys."""
+
+    NONE = "", "none recorded"
+    APP = "app", "authenticator app"
+    BACKUP_CODE = "backup_code", "backup code"
+    SECURITY_KEY = "security_key", "security key, model not proved"
+    ATTESTED_KEY = "attested_key", "security key, model proved"
+    SINGLE_SIGN_ON = "single_sign_on", "single sign-on"
+
+
 class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
     """A security key or passkey (WebAuthn): a public key, never a secret, so nothing here
     needs sealing. The person names it; a person may hold several (a spare key in a drawer).
@@ -391,8 +410,7 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
     def approved(self) -> bool:
         """Attested, and of a model still on PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS when there is
         such a list: a model taken off the list stops counting at once."""
-        allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
-        return self.attested and (not allowed or self.aaguid.lower() in allowed)
+        return self.attested and model_allowed(self.aaguid)
 
     def verify_token(self, token: Any) -> bool:
         return False  # no code to type: accounts.passkeys checks its signed assertions

@@ -8,6 +8,7 @@ EnvelopedData to the key recovery agents.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
 from typing import Any
@@ -22,6 +23,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts.models import SecondFactorKind
 from enrollment.querysets import (
     ENCRYPTING_PURPOSES,
     CertificateAuthorityQuerySet,
@@ -1322,12 +1324,48 @@ class ApiToken(models.Model):
         help_text="Minted with a confirmed second factor. Tokens without it have no officer, "
         "agent or administrator power while the policy asks their owner for one.",
     )
+    # What confirmed that second factor: the attestation policy counts only keys of approved
+    # models (accounts.mfa.token_needs_approved_key). Empty on tokens minted before it was
+    # recorded, which the policy therefore does not count either.
+    second_factor_kind = models.CharField(
+        max_length=20,
+        blank=True,
+        default=SecondFactorKind.NONE,
+        choices=SecondFactorKind.choices,
+        help_text="What confirmed the second factor it was minted with; empty: none, or "
+        "minted before this was recorded.",
+    )
+    second_factor_key_model = models.CharField(
+        max_length=36,
+        blank=True,
+        default="",
+        help_text="The AAGUID of the security key it was minted with, when the key proved "
+        "its model (attestation).",
+    )
 
     class Meta:
         verbose_name = "API token"
 
     def __str__(self) -> str:
         return f"{self.label or 'unnamed token'} ({self.auth_token.token_key}…)"
+
+    @property
+    def minted_with(self) -> MintedWith:
+        return MintedWith(
+            second_factor=self.second_factor,
+            kind=self.second_factor_kind,
+            key_model=self.second_factor_key_model,
+        )
+
+
+@dataclass(frozen=True)
+class MintedWith:
+    """How an API token was minted, as the role checks read it on every call: from the
+    token query's own row (hotsql.tokens_with_user), never a query of their own."""
+
+    second_factor: bool = False
+    kind: str = SecondFactorKind.NONE
+    key_model: str = ""  # an attested key's AAGUID
 
 
 # --- roll-outs: many people invited to collect a certificate ---------------------------
