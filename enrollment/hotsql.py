@@ -24,6 +24,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from enrollment.models import (
+    ApiToken,
     AuditChainHead,
     AuditEvent,
     Certificate,
@@ -31,6 +32,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyIdentity,
+    MintedWith,
     SharedMailbox,
 )
 
@@ -853,21 +855,33 @@ def template_open_to(template_id: int, user_id: int) -> bool:
 # --- API tokens -----------------------------------------------------------------------
 
 
+# How a token was minted (ApiToken), read with it: the role checks ask it on every call
+# of someone holding a role (enrollment.permissions), and a join costs no round trip.
+_MINTED_WITH = ("second_factor", "second_factor_kind", "second_factor_key_model")
+
+
 @cache
 def _tokens_sql() -> str:
     user_model = get_user_model()
+    tokens, users, named = _table(AuthToken), _table(user_model), _table(ApiToken)
+    minted = ", ".join(f"{named}.{_column(ApiToken, name)}" for name in _MINTED_WITH)
     return (
-        f"SELECT {_all_columns(AuthToken)}, {_all_columns(user_model)} FROM {_table(AuthToken)} "
-        f"INNER JOIN {_table(user_model)} ON {_table(AuthToken)}.{_column(AuthToken, 'user')} "
-        f"= {_table(user_model)}.{_quoted(user_model._meta.pk)} "
-        f"WHERE {_table(AuthToken)}.{_column(AuthToken, 'token_key')} = %s"
+        f"SELECT {_all_columns(AuthToken)}, {minted}, {_all_columns(user_model)} FROM {tokens} "
+        f"INNER JOIN {users} ON {tokens}.{_column(AuthToken, 'user')} "
+        f"= {users}.{_quoted(user_model._meta.pk)} "
+        f"LEFT JOIN {named} ON {named}.{_column(ApiToken, 'auth_token')} "
+        f"= {tokens}.{_quoted(AuthToken._meta.pk)} "
+        f"WHERE {tokens}.{_column(AuthToken, 'token_key')} = %s"
     )
 
 
 def tokens_with_user(token_key: str) -> list[AuthToken]:
-    """``AuthToken.objects.filter(token_key=...).select_related("user")``."""
+    """``AuthToken.objects.filter(token_key=...).select_related("user")``, each token with
+    ``_pkiportal_minted_with``: its ApiToken row's ``minted_with`` (a token without a row,
+    from before there were rows, as one minted without a second factor)."""
     user_model = get_user_model()
     split = len(AuthToken._meta.concrete_fields)
+    user_starts = split + len(_MINTED_WITH)
     db = _db()
     with _cursor(db) as cursor:
         cursor.execute(_tokens_sql(), [token_key])
@@ -875,7 +889,11 @@ def tokens_with_user(token_key: str) -> list[AuthToken]:
     tokens = []
     for row in rows:
         token = _instance(db, AuthToken, row[:split])
-        token.user = _instance(db, user_model, row[split:])
+        second_factor, kind, key_model = row[split:user_starts]
+        token._pkiportal_minted_with = MintedWith(
+            second_factor=bool(second_factor), kind=kind or "", key_model=key_model or ""
+        )
+        token.user = _instance(db, user_model, row[user_starts:])
         tokens.append(token)
     return tokens
 

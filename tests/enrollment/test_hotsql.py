@@ -26,12 +26,14 @@ from django.utils.translation import gettext_lazy
 
 from enrollment import hotsql, keystore, services
 from enrollment.models import (
+    ApiToken,
     AuditChainHead,
     AuditEvent,
     Certificate,
     CertificateAuthority,
     CertificateRequest,
     CertificateTemplate,
+    MintedWith,
 )
 from enrollment.permissions import may_use_template
 from enrollment.x509.keys import KeyAlgorithm
@@ -213,6 +215,21 @@ def test_tokens_with_their_user_match_select_related(employee, colleague):
     assert field_values(hot) == field_values(orm)
     assert field_values(hot.user) == field_values(orm.user)
     assert hotsql.tokens_with_user("0" * len(token.token_key)) == []
+
+
+def test_tokens_come_with_how_they_were_minted(employee):
+    """What the role checks read (enrollment.permissions): the token's ApiToken row."""
+    token, _ = AuthToken.objects.create(user=employee)
+    ApiToken.objects.filter(auth_token=token).update(
+        second_factor=True, second_factor_kind="attested_key", second_factor_key_model="ab-cd"
+    )
+    [hot] = hotsql.tokens_with_user(token.token_key)
+    assert hot._pkiportal_minted_with == ApiToken.objects.get(auth_token=token).minted_with
+    assert hot._pkiportal_minted_with == MintedWith(True, "attested_key", "ab-cd")
+
+    ApiToken.objects.filter(auth_token=token).delete()  # a token from before the rows
+    [rowless] = hotsql.tokens_with_user(token.token_key)
+    assert rowless._pkiportal_minted_with == MintedWith()
 
 
 def test_insert_writes_what_the_orm_reads_back(employee, template):
