@@ -47,9 +47,11 @@ from accounts.models import (
     LOCKOUT_REMINDER_FAILURES,
     MAX_THROTTLE_SECONDS,
     BackupCodeDevice,
+    SecondFactorKind,
     TotpDevice,
     User,
     WebAuthnDevice,
+    model_allowed,
 )
 from accounts.privilege import may_administer
 from accounts.sessions import sessions_end
@@ -285,6 +287,61 @@ def session_needs_approved_key(request: HttpRequest) -> bool:
         return False
     device = getattr(user, "otp_device", None)  # OTPMiddleware's, or django_otp.login's
     if not isinstance(device, WebAuthnDevice) or device.approved:
+        return False
+    return state_for(user).attestation
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What confirmed a session's second factor, as an API token it mints records it."""
+
+    kind: str = SecondFactorKind.NONE
+    key_model: str = ""  # the key's AAGUID, when it proved its model (attested)
+
+
+def session_verification(request: HttpRequest) -> Verification:
+    """What confirmed this session's second factor (none: not verified). A token minted in
+    it keeps this, so that the attestation policy can weigh the token as it weighs the
+    session (token_needs_approved_key), also after the policy changes."""
+    if not session_verified(request):
+        return Verification()
+    if getattr(request, "session", None) is not None and request.session.get(SSO_VERIFIED):
+        return Verification(SecondFactorKind.SINGLE_SIGN_ON)
+    device = getattr(request.user, "otp_device", None)
+    if isinstance(device, WebAuthnDevice):
+        if device.attested:
+            return Verification(SecondFactorKind.ATTESTED_KEY, device.aaguid.lower())
+        return Verification(SecondFactorKind.SECURITY_KEY)
+    if isinstance(device, BackupCodeDevice):
+        return Verification(SecondFactorKind.BACKUP_CODE)
+    if isinstance(device, TotpDevice):
+        return Verification(SecondFactorKind.APP)
+    return Verification(SecondFactorKind.NONE)  # verified by nothing we know: not counted
+
+
+def code_verification(check_kind: str) -> Verification:
+    """What a code checked by check_code() was (its Check.kind): HTTP basic's second factor."""
+    if check_kind == "totp":
+        return Verification(SecondFactorKind.APP)
+    return Verification(SecondFactorKind.BACKUP_CODE)
+
+
+def token_needs_approved_key(user: Any, *, kind: str, key_model: str) -> bool:
+    """session_needs_approved_key for an API token minted with a second factor (``kind``,
+    and ``key_model`` for a key that proved its model): whoever the attestation policy
+    covers gets no role power from a token minted with a key of no approved model, nor
+    from one whose minting did not record what confirmed it (older than the record), as
+    their session would reach only /account/. An app, a backup code or a single sign-on
+    count as they do for the session."""
+    if not settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR:
+        return False
+    if kind in (
+        SecondFactorKind.APP,
+        SecondFactorKind.BACKUP_CODE,
+        SecondFactorKind.SINGLE_SIGN_ON,
+    ):
+        return False
+    if kind == SecondFactorKind.ATTESTED_KEY and model_allowed(key_model):
         return False
     return state_for(user).attestation
 

@@ -374,6 +374,7 @@ class ApiTokenAdmin(ReadOnlyAdmin[ApiToken]):
         "created",
         "expiry",
         "last_used_at",
+        "minted_with",
     )
     ordering = ["-auth_token__created"]
 
@@ -396,6 +397,17 @@ class ApiTokenAdmin(ReadOnlyAdmin[ApiToken]):
     @admin.display(ordering="auth_token__expiry")
     def expiry(self, obj: ApiToken) -> Any:
         return obj.auth_token.expiry
+
+    @admin.display(description="minted with")
+    def minted_with(self, obj: ApiToken) -> str:
+        """What confirmed its owner's second factor when it was minted: what the role
+        checks weigh (enrollment.permissions.token_role_refusal)."""
+        if not obj.second_factor:
+            return "no second factor"
+        if not obj.second_factor_kind:
+            return "a second factor (which one was not recorded then)"
+        kind = obj.get_second_factor_kind_display()
+        return f"{kind} ({obj.second_factor_key_model})" if obj.second_factor_key_model else kind
 
     def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return request.user.has_perm("enrollment.view_apitoken") or self.has_delete_permission(

@@ -15,7 +15,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from enrollment import hotsql
-from enrollment.models import ApiToken, CertificateTemplate
+from enrollment.models import ApiToken, CertificateTemplate, MintedWith
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -33,36 +33,75 @@ def _in_group(user: Any, name: str) -> bool:
 
 
 def refuse_token_without_second_factor(user: Any) -> None:
-    """An API token minted without a second factor (before the roll-out of the second
-    factor, or before its owner got the role) carries no officer, agent or administrator
-    power while the policy asks its owner for a second factor: 403, mint a new one."""
+    """An API token carries no officer, agent or administrator power while the policy
+    does not count how it was minted (token_role_refusal): 403, mint a new one. Read from
+    the row the token check loaded (hotsql.tokens_with_user): no query of its own."""
     token = getattr(user, "_pkiportal_api_token", None)
     if token is None:
         return
-    verified = getattr(user, "_pkiportal_token_second_factor", None)
-    if verified is None:
-        verified = bool(
-            ApiToken.objects.filter(auth_token=token)
-            .values_list("second_factor", flat=True)
-            .first()
-        )
-        user._pkiportal_token_second_factor = verified
-    if verified:
+    minted = getattr(token, "_pkiportal_minted_with", None)
+    if minted is None:  # a token not loaded by TokenAuthentication
+        named = ApiToken.objects.filter(auth_token=token).first()
+        minted = named.minted_with if named is not None else MintedWith()
+        token._pkiportal_minted_with = minted
+    refusal = token_role_refusal(user, minted)
+    if refusal is None:
         return
-    from accounts import mfa
     from accounts.api import SecondFactorRequired
 
-    if mfa.state_for(user).required:
-        raise SecondFactorRequired(
-            {
-                "detail": "This API token was made without a second factor, which your role "
-                "needs: it cannot act as an RA officer, key recovery agent or administrator. "
-                "Mint a new token with your second factor (POST /api/v1/auth/token/ with the "
-                "X-OTP-Code header, or on /account/tokens/) and revoke this one.",
-                "missing": "second_factor_token",
-                "url": reverse("enrollment:token-list"),
-            }
+    raise SecondFactorRequired(
+        {
+            "detail": TOKEN_REFUSALS[refusal],
+            "missing": refusal,
+            "url": reverse("enrollment:token-list"),
+        }
+    )
+
+
+# Why a token carries no role power, by the API's "missing" code; the tokens page says it too.
+TOKEN_REFUSALS = {
+    "second_factor_token": "This API token was made without a second factor, which your "
+    "role needs: it cannot act as an RA officer, key recovery agent or administrator. Mint "
+    "a new token with your second factor (POST /api/v1/auth/token/ with the X-OTP-Code "
+    "header, or on /account/tokens/) and revoke this one.",
+    "approved_security_key_token": "This API token was minted with a security key that has "
+    "not proved an approved model (or before the portal recorded what confirmed its "
+    "minting), and your role needs an approved key: it cannot act as an RA officer, key "
+    "recovery agent or administrator. Add an approved key on /account/, sign in with it "
+    "(or with your authenticator app), mint a new token on /account/tokens/ and revoke "
+    "this one.",
+}
+
+
+def token_role_refusal(user: Any, minted: MintedWith) -> str | None:
+    """Why a token minted so gives its owner no role power now, as the API's ``missing``
+    code (a key of TOKEN_REFUSALS), or None. Without a second factor, while the policy asks
+    its owner for one (before the roll-out of the second factor, or before its owner got
+    the role); with a key the attestation policy does not count, as their session would
+    not (accounts.mfa.token_needs_approved_key). Asked only of someone holding a role."""
+    from accounts import mfa
+
+    if not minted.second_factor:
+        return "second_factor_token" if mfa.state_for(user).required else None
+    if mfa.token_needs_approved_key(user, kind=minted.kind, key_model=minted.key_model):
+        return "approved_security_key_token"
+    return None
+
+
+def holds_token_role(user: Any) -> bool:
+    """Whether the person holds a role an API token may act in (RA officer, key recovery
+    agent; a superuser holds both): whom token_role_refusal concerns. One query."""
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and user.is_active
+        and (
+            user.is_superuser
+            or user.groups.filter(
+                name__in=[settings.PKIPORTAL_RA_OFFICER_GROUP, settings.PKIPORTAL_KRA_GROUP]
+            ).exists()
         )
+    )
 
 
 def is_ra_officer(user: Any) -> bool:

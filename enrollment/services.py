@@ -3027,14 +3027,20 @@ def api_token_create(
     via: str,
     source_address: str | None = None,
     second_factor: bool = False,
+    second_factor_kind: str = "",
+    second_factor_key_model: str = "",
 ) -> tuple[ApiToken, str]:
     """Mint an API token for its owner; returns its row and the token, in clear, once.
 
     Only knox's digest of the token is stored. ``lifetime_days`` defaults to, and may
     never exceed, API_TOKEN_TTL_DAYS; an owner holds at most PKIPORTAL_MAX_API_TOKENS
     live tokens, each under a name of its own (the API may leave it empty).
-    ``second_factor``: the owner confirmed one to mint it (enrollment.permissions).
+    ``second_factor``: the owner confirmed one to mint it (enrollment.permissions), with
+    ``second_factor_kind`` (an accounts.models.SecondFactorKind) and, for a key that proved
+    its model, ``second_factor_key_model`` (its AAGUID): what the attestation policy weighs.
     """
+    if not second_factor:
+        second_factor_kind = second_factor_key_model = ""
     label = label.strip()
     problem = api_token_label_problem(label)
     if problem is not None:
@@ -3067,7 +3073,19 @@ def api_token_create(
         named = token.api_token  # made with the token (_api_token_row)
         named.label = label
         named.second_factor = second_factor
-        named.save(update_fields=["label", "second_factor"])
+        named.second_factor_kind = second_factor_kind
+        named.second_factor_key_model = second_factor_key_model
+        named.save(
+            update_fields=[
+                "label",
+                "second_factor",
+                "second_factor_kind",
+                "second_factor_key_model",
+            ]
+        )
+        minted_with = {"second_factor_kind": second_factor_kind} if second_factor else {}
+        if second_factor_key_model:
+            minted_with["aaguid"] = second_factor_key_model
         audit_record(
             action="api_token.create",
             actor=owner,
@@ -3078,6 +3096,7 @@ def api_token_create(
                 "expires": token.expiry,
                 "via": via,
                 "second_factor": second_factor,
+                **minted_with,
             },
         )
         from enrollment.notifications import api_token_created

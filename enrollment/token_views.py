@@ -31,6 +31,7 @@ from enrollment.edge import client_address, show_error
 from enrollment.exceptions import EnrollmentError
 from enrollment.forms import ApiTokenForm, ConfirmForm
 from enrollment.models import ApiToken
+from enrollment.permissions import holds_token_role, token_role_refusal
 
 WEB = services.TokenVia.WEB
 
@@ -62,12 +63,25 @@ def _page(
     now = timezone.now()
     rows = []
     live = 0
+    # A token its owner's role does not count (enrollment.permissions) says so, and how to
+    # get one that it counts: the API's 403 names this page.
+    role = holds_token_role(request.user)
     for token in _own_tokens(request.user):
         expiry = token.auth_token.expiry
         expired = expiry is not None and expiry <= now
         live += not expired
         revoke = failed[1] if failed and failed[0] == token.pk else _revoke_form(token)
-        rows.append({"token": token, "expired": expired, "revoke_form": revoke})
+        no_role_power = (
+            token_role_refusal(request.user, token.minted_with) if role and not expired else None
+        )
+        rows.append(
+            {
+                "token": token,
+                "expired": expired,
+                "revoke_form": revoke,
+                "no_role_power": no_role_power,
+            }
+        )
     cap = settings.PKIPORTAL_MAX_API_TOKENS
     context = {
         "rows": rows,
@@ -109,6 +123,7 @@ def token_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = ApiTokenForm(request.POST)
     if not form.is_valid():
         return _page(request, form=form, status=400)
+    verified_by = mfa.session_verification(request)
     try:
         named, clear = services.api_token_create(
             owner=request.user,
@@ -117,6 +132,8 @@ def token_create(request: AuthenticatedHttpRequest) -> HttpResponse:
             via=WEB,
             source_address=client_address(request),
             second_factor=mfa.session_verified(request),
+            second_factor_kind=verified_by.kind,
+            second_factor_key_model=verified_by.key_model,
         )
     except EnrollmentError as exc:
         return _page(request, form=form, status=show_error(form, exc))

@@ -1024,11 +1024,13 @@ class TokenCreateView(APIView):
             )
         if isinstance(request.successful_authenticator, SessionAuthentication):
             second_factor = mfa.session_verified(request._request)
+            verified_by = mfa.session_verification(request._request)
         else:
-            refused = second_factor_for_basic(request)
-            if refused is not None:
-                return refused
-            second_factor = mfa.state_for(signed_in_user(request)).asked  # a code was checked
+            checked = check_basic_second_factor(request)
+            if isinstance(checked, Response):
+                return checked
+            verified_by = checked
+            second_factor = bool(verified_by.kind)  # a code was checked
         serializer = s.TokenIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         named, clear = services.api_token_create(
@@ -1038,6 +1040,8 @@ class TokenCreateView(APIView):
             via=services.TokenVia.API,
             source_address=client_address(request),
             second_factor=second_factor,
+            second_factor_kind=verified_by.kind,
+            second_factor_key_model=verified_by.key_model,
         )
         if not isinstance(request.successful_authenticator, SessionAuthentication):
             # As knox does for a password: Django records the sign-in, django-axes resets
@@ -1071,7 +1075,6 @@ def _token_wording() -> BasicWording:
     )
 
 
-@sensitive_variables("code")  # the X-OTP-Code header's: an app's code or a backup code
 def second_factor_for_basic(
     request: Request, *, via: str = "api", wording: BasicWording | None = None
 ) -> Response | None:
@@ -1080,11 +1083,21 @@ def second_factor_for_basic(
     Wrong codes are throttled per device, not counted as failed sign-ins by django-axes
     (the password was right). EST (enrollment/est.py) asks the same of its basic sign-ins,
     ``via="est"`` in the mfa.verify events, with its own ``wording`` (realm "est")."""
+    checked = check_basic_second_factor(request, via=via, wording=wording)
+    return checked if isinstance(checked, Response) else None
+
+
+@sensitive_variables("code")  # the X-OTP-Code header's: an app's code or a backup code
+def check_basic_second_factor(
+    request: Request, *, via: str = "api", wording: BasicWording | None = None
+) -> Response | mfa.Verification:
+    """second_factor_for_basic(), answering what the code checked was (an app's or a backup
+    code: the token records it) instead of None; no code asked: an empty Verification."""
     wording = wording or _token_wording()
     user = signed_in_user(request)
     state = mfa.state_for(user)
     if not state.asked:
-        return None
+        return mfa.Verification()
     if not state.enrolled:
         return Response(
             {
@@ -1125,7 +1138,7 @@ def second_factor_for_basic(
         user=user, code=code[:40], source_address=client_address(request), via=via
     )
     if check.ok:
-        return None
+        return mfa.code_verification(check.kind)
     if check.problem:
         return Response(
             {

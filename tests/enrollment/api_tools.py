@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rest_framework.test import APIClient
 
 from accounts import mfa
+from accounts.models import SecondFactorKind
 from enrollment.models import ApiToken, Certificate, CertificateRequest
 from enrollment.x509.keys import PrivateKey
 from tests.enrollment.tools import cryptography_csr
@@ -32,9 +33,13 @@ def token_client(user: Any) -> APIClient:
     client = APIClient()
     if user is not None:
         instance, token = AuthToken.objects.create(user=user)
-        # As the portal mints one now: with a second factor whoever is asked for one.
+        # As the portal mints one now: with a second factor whoever is asked for one (their
+        # app, as verified_login's session would confirm it).
         mfa.forget_state(user)
-        ApiToken.objects.filter(auth_token=instance).update(second_factor=mfa.state_for(user).asked)
+        asked = mfa.state_for(user).asked
+        ApiToken.objects.filter(auth_token=instance).update(
+            second_factor=asked, second_factor_kind=SecondFactorKind.APP if asked else ""
+        )
         mfa.forget_state(user)
         client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     return client
