@@ -22,14 +22,16 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import IntegerField, Max, Q, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from enrollment import services, tasks
@@ -312,3 +314,126 @@ def bulk_revoke_finish(run: Run) -> None:
         "Bulk revocation %s: %d revoked, %d skipped, %d failed, %d not reached. %s",
         run.run_id, run.revoked, run.skipped, run.failed, len(run.ids), run.error,
     )  # fmt: skip
+
+
+# --- what the RA console shows of runs ------------------------------------------------
+# Runs started within this many days are listed, the newest first, at most RUNS_SHOWN.
+RUNS_DAYS = 7
+RUNS_SHOWN = 20
+# A run with no event for this long and no .done is shown as possibly stalled: a batch of
+# BATCH takes seconds, and a worker that died, or a request cut off, leaves no .done.
+STALL_MINUTES = 10
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run started from the admin, as its audit events tell it: ``selected`` is the
+    whole confirmed selection (those already revoked or expired then included), so
+    revoked + skipped + failed is how far it has got."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILURES = "failures"
+    STOPPED = "stopped"
+    STALLED = "stalled"
+    LABELS = {
+        RUNNING: "Running",
+        FINISHED: "Finished",
+        FAILURES: "Finished with failures",
+        STOPPED: "Stopped",
+        STALLED: "Possibly stalled",
+    }
+
+    run_id: int
+    started_at: datetime
+    started_by: str
+    reason: str
+    selected: int
+    revoked: int
+    skipped: int
+    failed: int
+    not_reached: int
+    state: str
+    error: str
+    last_event_at: datetime
+
+    @property
+    def state_label(self) -> str:
+        return self.LABELS[self.state]
+
+
+def _number(key: str) -> Cast:
+    """A whole number of the event's detail, on SQLite as on PostgreSQL (->> gives text)."""
+    return Cast(KT(f"detail__{key}"), IntegerField())
+
+
+def bulk_revoke_runs(now: datetime | None = None) -> list[RunStatus]:
+    """The runs of the last RUNS_DAYS days, newest first, from their audit events alone
+    (no table of runs to keep in step): the .queued events, then one grouped read of the
+    .batch and .done events after the oldest of them (indexed by action and id)."""
+    now = now or timezone.now()
+    started = list(
+        AuditEvent.objects.filter(action=QUEUED, created_at__gte=now - timedelta(days=RUNS_DAYS))
+        .only("pk", "created_at", "actor_name", "detail")
+        .order_by("-pk")[:RUNS_SHOWN]
+    )
+    if not started:
+        return []
+    batch, done = Q(action=BATCH_DONE), Q(action=DONE)
+    # Each run's batch events are summed; .done adds whether and how it ended (its counts
+    # are the task's, which a worker's death can leave short of what its batches did).
+    grouped = (
+        AuditEvent.objects.filter(action__in=(BATCH_DONE, DONE), pk__gt=started[-1].pk)
+        .values(run=KT("detail__run"))
+        .annotate(
+            revoked=Sum(_number("revoked"), filter=batch, default=0),
+            skipped=Sum(_number("skipped"), filter=batch, default=0),
+            failed=Sum(_number("failed"), filter=batch, default=0),
+            last_batch_at=Max("created_at", filter=batch),
+            finished_at=Max("created_at", filter=done),
+            not_reached=Max(_number("not_reached"), filter=done),
+            error=Max(KT("detail__error"), filter=done),
+        )
+        .order_by()
+    )
+    progress: dict[str, dict[str, Any]] = {str(row["run"]): dict(row) for row in grouped}
+    return [_run_status(event, progress.get(str(event.pk), {}), now) for event in started]
+
+
+def _run_status(event: AuditEvent, progress: dict[str, Any], now: datetime) -> RunStatus:
+    detail = event.detail if isinstance(event.detail, dict) else {}
+    initially_skipped = _whole(detail.get("skipped"))
+    reason = str(detail.get("reason", ""))
+    choices = Certificate.RevocationReasonChoice
+    failed = progress.get("failed") or 0
+    error = progress.get("error") or ""
+    finished_at = progress.get("finished_at")
+    last_event_at = finished_at or progress.get("last_batch_at") or event.created_at
+    if finished_at is not None and error:
+        state = RunStatus.STOPPED
+    elif finished_at is not None and (failed or progress.get("not_reached")):
+        state = RunStatus.FAILURES
+    elif finished_at is not None:
+        state = RunStatus.FINISHED
+    elif now - last_event_at >= timedelta(minutes=STALL_MINUTES):
+        state = RunStatus.STALLED
+    else:
+        state = RunStatus.RUNNING
+    return RunStatus(
+        run_id=event.pk,
+        started_at=event.created_at,
+        started_by=event.actor_name,
+        reason=choices(reason).label if reason in choices.values else reason,
+        selected=_whole(detail.get("certificates")) + initially_skipped,
+        revoked=progress.get("revoked") or 0,
+        skipped=initially_skipped + (progress.get("skipped") or 0),
+        failed=failed,
+        not_reached=progress.get("not_reached") or 0,
+        state=state,
+        error=error,
+        last_event_at=last_event_at,
+    )
+
+
+def _whole(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

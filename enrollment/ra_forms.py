@@ -13,6 +13,7 @@ from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from enrollment import bulk_revoke
 from enrollment.forms import (
     ALGORITHM_ORDER,
     FORMAT_CHOICES,
@@ -273,7 +274,7 @@ class DateRangeForm(PortalForm):
 class AuditFilterForm(DateRangeForm):
     """Filters of /ra/audit/; every field is optional and narrows the list."""
 
-    field_order = ["actor", "action", "object", "outcome", "since", "until"]
+    field_order = ["actor", "action", "object", "outcome", "since", "until", "run"]
 
     actor = forms.CharField(label="Actor", required=False, max_length=200)
     action = forms.CharField(
@@ -291,6 +292,13 @@ class AuditFilterForm(DateRangeForm):
         required=False,
         choices=[("", "Any"), *AuditEvent.Outcome.choices],
     )
+    run = forms.IntegerField(
+        label="Bulk revocation",
+        required=False,
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="A run's number (its .queued event's #): its events.",
+    )
 
     def filter(self, events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
         data = self.cleaned_data
@@ -307,7 +315,20 @@ class AuditFilterForm(DateRangeForm):
             )
         if data.get("outcome"):
             events = events.filter(outcome=data["outcome"])
+        if data.get("run"):
+            events = events.filter(_bulk_revoke_run(data["run"]))
         return self.within(events)
+
+
+def _bulk_revoke_run(run: int) -> Q:
+    """A bulk revocation's events: the .queued one whose id names the run, and the .batch
+    and .done events after it that name it. The JSON lookup only compares the few events
+    the action and id indexes leave (detail.run is a number: exact on SQLite and jsonb)."""
+    return Q(pk=run, action=bulk_revoke.QUEUED) | Q(
+        pk__gt=run,
+        action__in=(bulk_revoke.BATCH_DONE, bulk_revoke.DONE),
+        detail__run=run,
+    )
 
 
 class RequestFilterForm(DateRangeForm):

@@ -37,6 +37,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from accounts.requests import AuthenticatedHttpRequest
 from enrollment import (
+    bulk_revoke,
     health,
     ldap_publish,
     ldap_sync,
@@ -178,6 +179,8 @@ def console(request: AuthenticatedHttpRequest) -> HttpResponse:
         "issuing": health.issuing_ca_status(),
         "ldap_check": ldap_publish.ldap_check(),
         "ldap_sync_check": ldap_sync.ldap_sync_check(),
+        "bulk_revocations": bulk_revoke.bulk_revoke_runs(),
+        "bulk_revoke_days": bulk_revoke.RUNS_DAYS,
     }
     return render(request, "enrollment/ra/console.html", context)
 

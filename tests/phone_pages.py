@@ -13,11 +13,12 @@ from datetime import timedelta
 import pytest
 import time_machine
 
+from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from enrollment import leavers, mailboxes, rollouts, services
+from enrollment import bulk_revoke, leavers, mailboxes, rollouts, services
 from enrollment.x509.keys import KeyAlgorithm
-from tests.enrollment.tools import issue, new_key
+from tests.enrollment.tools import as_staff, issue, new_key
 from tests.factories import UserFactory
 
 
@@ -33,7 +34,11 @@ class Busy:
         what a person there reads or presses, so a page that lost its rows fails too."""
         return {
             "officer": {
-                "/ra/": [".badge[class*=recovery-]", ".badge[class*=health-]"],
+                "/ra/": [
+                    ".badge[class*=recovery-]",
+                    ".badge[class*=health-]",
+                    "table.bulk-revocations a[href*='run=']",
+                ],
                 "/ra/requests/": [
                     "form.decide input[name=reason]",
                     "form.decide button[value=approve]",
@@ -82,7 +87,8 @@ def busy_portal(
     settings, hierarchy, template, approval, kra, employee, colleague, officer, archived, asked
 ) -> Busy:  # fmt: skip
     """Requests waiting and decided, a leaver, an outdated address, a shared mailbox with a
-    certificate, a roll-out, an API token, and Alice's own request and key recovery request."""
+    certificate, a roll-out, an API token, a bulk revocation queued from the admin, and
+    Alice's own request and key recovery request."""
     settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
     issue(employee, template("smime-signing"), new_key())
     signing = approval("smime-signing")
@@ -102,7 +108,7 @@ def busy_portal(
     )
     # Erin's address changed an hour ago: her certificate names the old one.
     erin = UserFactory(username="erin", first_name="Erin", last_name="Eriksson-Lindqvist")
-    issue(erin, template("smime-signing"), new_key())
+    erins = issue(erin, template("smime-signing"), new_key())
     moment = timezone.now() - timedelta(hours=1)
     with time_machine.travel(moment, tick=False):
         erin.email = "erin.eriksson-lindqvist@example.com"
@@ -139,4 +145,8 @@ def busy_portal(
         key_algorithm=KeyAlgorithm.EC_P256,
     )
     services.api_token_create(owner=employee, label="Nightly backup script", via="web")
+    # A bulk revocation from the admin, queued for a worker (the console lists it).
+    admin_officer = as_staff(UserFactory(username="oliver"), "view_certificate")
+    admin_officer.groups.add(Group.objects.get_or_create(name="RA officers")[0])
+    bulk_revoke.bulk_revoke_start(ids=[erins.pk], reason="affiliationChanged", actor=admin_officer)
     return Busy(mailbox=finance.pk, rollout=rollout.pk)
