@@ -284,17 +284,16 @@ def _revoke_in_background(
         request,
         format_html(
             "Revoking {} {} ({}) in the background, {} at a time; skipped {} (already revoked "
-            'or expired). Follow it on the <a href="{}">audit trail</a>: each batch is a '
-            "{} event, and {} gives the outcome. Should it stop early, choose the action "
-            "again on the same selection: it revokes what is left.",
+            'or expired). The <a href="{}">RA console</a> shows how far it has got, and the '
+            '<a href="{}">audit trail</a> has each batch. Should it stop early, choose the '
+            "action again on the same selection: it revokes what is left.",
             run.total,
             _certificates(run.total),
             label,
             bulk_revoke.BATCH,
             run.skipped,
-            f"{reverse('ra:audit')}?{urlencode({'action': 'certificate.bulk_revoke'})}",
-            bulk_revoke.BATCH_DONE,
-            bulk_revoke.DONE,
+            reverse("ra:console"),
+            f"{reverse('ra:audit')}?{urlencode({'run': run.run_id})}",
         ),
         messages.SUCCESS,
     )

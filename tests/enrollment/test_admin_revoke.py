@@ -406,18 +406,18 @@ def test_with_a_broker_the_officer_is_told_it_runs_and_where_to_follow_it(
     assert statuses(three) == ["valid"] * 3  # the worker has not run yet
     assert len(queued) == 1
     message = shown(response)
+    run = events(bulk_revoke.QUEUED)[0].pk
     assert message == [
         "Revoking 3 certificates (key compromise) in the background, 50 at a time; skipped 0 "
-        '(already revoked or expired). Follow it on the <a href="/ra/audit/?action='
-        'certificate.bulk_revoke">audit trail</a>: each batch is a '
-        "certificate.bulk_revoke.batch event, and certificate.bulk_revoke.done gives the "
-        "outcome. Should it stop early, choose the action again on the same selection: it "
-        "revokes what is left."
+        '(already revoked or expired). The <a href="/ra/">RA console</a> shows how far it '
+        f'has got, and the <a href="/ra/audit/?run={run}">audit trail</a> has each batch. '
+        "Should it stop early, choose the action again on the same selection: it revokes "
+        "what is left."
     ]
 
     listing = client.get(CERTIFICATES).content.decode()
-    assert '<a href="/ra/audit/?action=certificate.bulk_revoke">audit trail</a>' in listing
-    audit = client.get("/ra/audit/?action=certificate.bulk_revoke")
+    assert f'<a href="/ra/audit/?run={run}">audit trail</a>' in listing
+    audit = client.get(f"/ra/audit/?run={run}")
     assert [e.action for e in audit.context["events"]] == [bulk_revoke.QUEUED]
 
     outcome = tasks.certificates_revoke_task(queued[0])  # the worker
