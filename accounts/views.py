@@ -194,6 +194,12 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
             message = mfa.wait_message(check.throttled_until)
         else:
             message = mfa.sign_in_code_refused_message(request.user)
+        if not check.throttled_until:
+            # A refused code leaves the field: kept there, autofocused with the caret before
+            # it, the next code would be typed in front of it (twelve digits). A code sent
+            # during the wait stays, to be sent again as it is.
+            form.data = form.data.copy()
+            form.data["code"] = ""
         form.add_error("code", message)
     context = {
         "form": form,

@@ -419,6 +419,34 @@ def test_the_right_code_sent_at_once_after_a_typo_is_asked_again_after_the_wait(
     assert device.throttling_failure_count == 0
 
 
+def code_field_value(page: str) -> str | None:
+    """The value the code field is rendered with (None: an empty field)."""
+    field = re.search(r'<input type="text" name="code"[^>]*>', page)
+    assert field is not None, page
+    value = re.search(r' value="([^"]*)"', field.group(0))
+    return value.group(1) if value else None
+
+
+def test_a_refused_code_leaves_the_field_and_one_sent_during_the_wait_stays(officer):
+    """The field is autofocused with the caret at its start: a wrong code left in it had
+    the right one typed in front of it. A code sent during the wait was not checked, so
+    it stays, to be sent as it is once the button lets it."""
+    _device, seed = authenticator(officer)
+    client = signed_in_only(officer)
+    now = timezone.now()
+    wrong_code = a_wrong_code(seed)
+    right = code(seed, at=now.timestamp())
+    with time_machine.travel(now, tick=False):
+        wrong = client.post(PAGES["verify"], {"code": wrong_code})
+        waiting = client.post(PAGES["verify"], {"code": right})
+
+    assert wrong.status_code == 400
+    assert "That code is not right" in wrong.content.decode()
+    assert code_field_value(wrong.content.decode()) is None
+    assert waiting.status_code == 200
+    assert code_field_value(waiting.content.decode()) == right
+
+
 def test_the_wait_is_said_in_seconds_then_minutes(officer):
     device, seed = authenticator(officer)
     now = timezone.now()
