@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from django import forms
 from django.conf import settings
@@ -56,11 +56,25 @@ REVOCATION_HELP = {
 
 
 class PortalForm(forms.Form):
-    """Labels without Django's trailing colon: the pages style labels as headings."""
+    """Labels without Django's trailing colon: the pages style labels as headings.
+
+    A form sent back with errors autofocuses its first field with one: the browser
+    scrolls it into view, where on a long page (a phone's) it would sit below the fold
+    and the page look as if nothing had happened."""
+
+    # A field whose error sends the focus to another: one typed again before it.
+    error_focus: ClassVar[dict[str, str]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+
+    def add_error(self, field: str | None, error: Any) -> None:
+        super().add_error(field, error)
+        first = next((name for name in self.fields if name in self.errors), None)
+        if first is not None:
+            focus = self.fields[self.error_focus.get(first, first)]
+            focus.widget.attrs["autofocus"] = True
 
 
 def password_manager_name(what: str) -> str:
@@ -82,6 +96,9 @@ class Pkcs12PasswordForm(PortalForm):
     and the template puts ``password_manager_name`` before them as the username
     (enrollment/includes/password_manager_name.html).
     """
+
+    # Sent back, both password fields are empty (PasswordInput): the first is typed first.
+    error_focus: ClassVar[dict[str, str]] = {"pkcs12_password_confirm": "pkcs12_password"}
 
     pkcs12_password = forms.CharField(
         label="Password for the .p12 file",

@@ -99,6 +99,29 @@ def test_a_refused_weak_password_shows_the_same_form_without_it(employee_client,
     assert_new_p12_password_form(the_password_form(response), "S/MIME Signing (.p12 file)")
 
 
+@pytest.mark.parametrize(
+    ("password", "confirmation"),
+    [("Zq7x", "Zq7x"), (PASSWORD, PASSWORD + "x")],
+    ids=["weak", "the two differ"],
+)
+def test_a_refused_password_is_typed_again_from_the_first_field(
+    employee_client, hierarchy, password, confirmation
+):
+    """Both fields come back empty, below the fold on a phone: the first one is
+    autofocused, so the browser scrolls to it and its error."""
+    response = enrol_with_portal_key(employee_client, password=password, confirmation=confirmation)
+
+    passwords = {i["name"]: i for i in the_password_form(response) if i.get("type") == "password"}
+    assert "autofocus" in passwords["pkcs12_password"]
+    assert "autofocus" not in passwords["pkcs12_password_confirm"]
+
+
+def test_a_form_shown_afresh_takes_no_focus(employee_client, hierarchy):
+    form = the_password_form(employee_client.get("/enroll/smime-signing/"))
+
+    assert not [i for i in form if "autofocus" in i]
+
+
 def test_renewing_asks_the_same(employee, employee_client, template, hierarchy):
     mine = issue_to(employee, template)
 

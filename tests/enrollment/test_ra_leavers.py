@@ -4,6 +4,7 @@ at a time with the reason chosen in advance; what it says when nothing runs on a
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -381,6 +382,16 @@ def test_revoking_all_needs_i_am_sure(officer_client, leaver):
     assert "Tick “I am sure” to revoke them." in row
     assert held(leaver) == 2
     assert not AuditEvent.objects.filter(action__in=["certificate.revoke", "leaver.revoke"])
+
+
+def test_revoking_all_without_i_am_sure_focuses_the_box(officer_client, leaver):
+    """On a phone the leaver's card may be below the fold: its box is autofocused, so
+    the browser scrolls to it and its error."""
+    page = officer_client.post(f"/ra/leavers/{leaver.pk}/revoke/", {}).content.decode()
+
+    (focused,) = re.findall(r"<input[^>]*autofocus[^>]*>", page)
+    assert 'name="confirm"' in focused
+    assert "autofocus" in leaver_row(page)
 
 
 def test_it_revokes_every_certificate_the_leaver_holds_audited_as_the_hourly_run(

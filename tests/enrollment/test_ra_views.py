@@ -417,6 +417,17 @@ def test_a_revocation_without_a_reason_ties_the_error_to_the_reason_list(people,
     assert 'aria-invalid="true"' in field
 
 
+def test_a_refused_revocation_focuses_its_row_s_reason_list(people, archived):
+    """The row may be far down the results on a phone: its first control is autofocused,
+    so the browser scrolls to it and its errors."""
+    pk = archived.certificate.pk
+
+    page = people["officer"].post(f"/ra/certificates/{pk}/revoke/", {"reason": "superseded"})
+
+    (focused,) = re.findall(r"<(?:input|select)[^>]*autofocus[^>]*>", page.content.decode())
+    assert f'id="reason-{pk}"' in focused
+
+
 def test_a_refused_revocation_keeps_the_reason_chosen(people, archived):
     pk = archived.certificate.pk
 

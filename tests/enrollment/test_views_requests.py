@@ -359,6 +359,22 @@ def test_the_missing_reason_is_tied_to_its_field_for_screen_readers(pending, off
     assert f'<div id="decide-errors-{pending.pk}"><p class="error" role="alert">Say why' in page
 
 
+def test_the_refused_decision_s_reason_is_focused_where_a_phone_shows_it(
+    pending, officer_client, employee_client
+):
+    """On a phone the request's card may be far down the queue: its reason field is
+    autofocused, so the browser scrolls to it and its error. No other field is."""
+    employee_client.post(
+        "/enroll/smime-dual-use/", {"method": "server", "key_algorithm": "ec-p256"}
+    )
+
+    page = decide(officer_client, pending, "reject", "").content.decode()
+
+    (focused,) = re.findall(r"<input[^>]*autofocus[^>]*>", page)
+    assert f'id="reason-{pending.pk}"' in focused
+    assert "autofocus" not in officer_client.get("/ra/requests/").content.decode()
+
+
 def test_a_rejection_with_a_reason_is_mailed_and_shown(
     pending, officer_client, employee_client, django_capture_on_commit_callbacks
 ):

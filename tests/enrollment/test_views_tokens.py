@@ -206,6 +206,20 @@ def test_revoking_needs_the_tick_and_without_it_nothing_is_revoked(employee_clie
     assert api_with(token).get(CERTIFICATES).status_code == 200
 
 
+def test_a_revocation_without_the_tick_focuses_that_tokens_tick_box(employee_client):
+    """The token's row is far down the page on a phone: its box is autofocused, so the
+    browser scrolls to it and its error, and no other box is."""
+    named, _token = made(employee_client, "backup script")
+    made(employee_client, "ci runner")
+
+    page = employee_client.post(revoke_url(named), {}).content.decode()
+
+    focused = re.findall(r"<input[^>]*autofocus[^>]*>", page)
+    assert len(focused) == 1
+    assert f'id="revoke-{named.pk}-confirm"' in focused[0]
+    assert employee_client.get(TOKENS).content.decode().count("autofocus") == 0
+
+
 def test_the_token_is_shown_once_uncached_and_never_again(employee_client):
     response = create(employee_client, "ci runner")
     token = response.context["token"]
