@@ -370,11 +370,12 @@ def test_above_the_threshold_the_task_revokes_them_with_one_crl_task(
 
 
 def test_the_confirmation_page_says_it_will_run_in_the_background(admin_officer, three, above):
+    """ "More than 2 are not revoked while you wait" read as if some would not be revoked."""
     page = ask(client_for(admin_officer), [c.pk for c in three])
 
     assert (
-        "More than 2 are not revoked while you wait: they are revoked in the background, 50 "
-        "at a time."
+        "A selection of more than 2 is not revoked while you wait: these 3 are revoked in the "
+        "background, 50 at a time."
     ) in " ".join(page.content.decode().split())
 
 
