@@ -363,7 +363,9 @@ def _requests_mail(
             ],
             "count": count,
             "more": max(count - SUMMARY_LISTS, 0),
-            "url": reverse("enrollment:ra-requests"),
+            # One request: the link opens the queue at its card (a phone shows a few).
+            "url": reverse("enrollment:ra-requests")
+            + (f"#request-{listed[0].pk}" if count == 1 else ""),
             "window_minutes": int(window.total_seconds() // 60),
         },
         addresses,

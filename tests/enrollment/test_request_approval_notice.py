@@ -76,6 +76,23 @@ def test_a_pending_request_mails_each_officer_with_the_queue_and_no_secret(
         assert csr_body(ec_p256_key)["csr"].splitlines()[1] not in message.body
 
 
+def test_one_request_s_link_opens_the_queue_at_its_card_and_a_summary_s_at_the_top(
+    hierarchy, needs_approval, employee, colleague, officer, django_capture_on_commit_callbacks
+):
+    """On a phone the queue is a column of cards: the link of a mail about one request
+    scrolls to it (the queue's rows are request-<id>); a summary's opens the queue."""
+    with django_capture_on_commit_callbacks(execute=True):
+        one = submit(employee, needs_approval)
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        submit(colleague, needs_approval)
+        submit(employee, needs_approval)
+
+    single, summary = notices()[officer.email]
+    assert f"{QUEUE}#request-{one.pk}\n" in single.body
+    assert f"{QUEUE}\n" in summary.body
+    assert "#request-" not in summary.body
+
+
 def test_officers_are_not_asked_to_approve_their_own_request(
     hierarchy, needs_approval, officer, second_officer, django_capture_on_commit_callbacks
 ):
