@@ -290,6 +290,43 @@ def test_a_revoked_certificates_page_points_to_the_valid_one_to_encrypt_to(
     assert "Encrypt to this one:" not in page
 
 
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_a_revoked_or_expired_page_offers_the_card_of_the_one_to_encrypt_to_not_its_own(
+    employee, cert, issue, how, time_machine
+):
+    """The page says not to encrypt to it: its own contact card, "for your address book",
+    would put it where a mail client encrypts to it."""
+    if how == "revoked":
+        services.certificate_revoke(certificate=cert, reason="superseded")
+    else:
+        time_machine.move_to(cert.not_after + timedelta(seconds=1))
+    newest = issue(cert.owner, "smime-dual-use")
+    client = client_for(employee)  # signed in after any jump: sessions expire too
+
+    downloads = downloads_of(page_of(client, cert))
+
+    assert f"{cert.fingerprint_sha256}.vcf" not in downloads
+    assert f'href="/directory/{newest.fingerprint_sha256}.vcf"' in downloads
+    assert f"the certificate to encrypt to (not this {how} one)" in downloads
+    assert f'href="/directory/{cert.fingerprint_sha256}.cer"' in downloads  # still there
+
+
+def test_a_revoked_page_with_nothing_to_encrypt_to_offers_no_card(employee_client, cert):
+    services.certificate_revoke(certificate=cert, reason="keyCompromise")
+
+    assert ".vcf" not in downloads_of(page_of(employee_client, cert))
+
+
+def test_the_card_of_someone_who_has_left_is_not_offered(employee_client, cert):
+    cert.owner.is_active = False
+    cert.owner.save()
+
+    page = page_of(employee_client, cert)
+
+    assert "no longer active" in page
+    assert ".vcf" not in downloads_of(page)
+
+
 def test_nothing_is_offered_to_encrypt_to_for_someone_who_has_left(employee_client, cert, signing):
     owner = signing.owner
     owner.is_active = False
