@@ -198,8 +198,9 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
             # A refused code leaves the field: kept there, autofocused with the caret before
             # it, the next code would be typed in front of it (twelve digits). A code sent
             # during the wait stays, to be sent again as it is.
-            form.data = form.data.copy()
-            form.data["code"] = ""
+            data = request.POST.copy()
+            data["code"] = ""
+            form.data = data
         form.add_error("code", message)
     context = {
         "form": form,
