@@ -202,6 +202,8 @@ def certificate_revoke_action(
         "imported": revocable.filter(ca__is_imported=True).count(),
         "background": len(ids) > settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX,
         "inline_max": settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX,
+        # Without a broker the "background" task runs in this request (tasks run inline).
+        "no_worker": health.no_scheduler(),
         "batch": bulk_revoke.BATCH,
         # What the changelist posted, posted again: the admin runs the action on the same
         # selection (select_across: every certificate its filters match).

@@ -369,14 +369,29 @@ def test_above_the_threshold_the_task_revokes_them_with_one_crl_task(
     ]
 
 
-def test_the_confirmation_page_says_it_will_run_in_the_background(admin_officer, three, above):
+def test_the_confirmation_page_says_it_will_run_in_the_background(
+    admin_officer, three, above, settings
+):
     """ "More than 2 are not revoked while you wait" read as if some would not be revoked."""
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a broker, and a worker behind it
     page = ask(client_for(admin_officer), [c.pk for c in three])
 
     assert (
         "A selection of more than 2 is not revoked while you wait: these 3 are revoked in the "
         "background, 50 at a time."
     ) in " ".join(page.content.decode().split())
+
+
+def test_without_a_worker_the_page_says_it_is_revoked_while_you_wait(
+    admin_officer, three, above, settings
+):
+    """The demo has no broker: the task runs in the request, so nothing is "in the
+    background" and the page must not promise it."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    page = " ".join(ask(client_for(admin_officer), [c.pk for c in three]).content.decode().split())
+
+    assert "These 3 are revoked 50 at a time while you wait" in page
+    assert "in the background" not in page
 
 
 def test_at_the_threshold_it_is_revoked_in_the_request_as_before(
