@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -221,3 +222,37 @@ def memory_hierarchy(issuing: Any, *, sign_ocsp: bool = False) -> tuple[Any, Any
         sign_ocsp=sign_ocsp,
     )
     return root, certificate, issuing_key
+
+
+class AuditedWrites:
+    """A concurrent audited write in a loop, as an enrolment makes one: its own connection,
+    one audit event per transaction. ``waits`` holds how long each took; a benchmark reads
+    the slice written while its own work ran. Inside Django (after django.setup())."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        from django.db import connection, transaction
+
+        from enrollment.audit import audit_record
+
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                with transaction.atomic():
+                    audit_record(action="bench.ping", detail={"n": len(self.waits)})
+                self.waits.append(time.monotonic() - started)
+                time.sleep(0.005)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> AuditedWrites:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

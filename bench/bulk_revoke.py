@@ -29,11 +29,18 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from _harness import PG, ROOT, create_hierarchy, database_name, portal_environment, run
+from _harness import (
+    PG,
+    ROOT,
+    AuditedWrites,
+    create_hierarchy,
+    database_name,
+    portal_environment,
+    run,
+)
 
 DATABASE = database_name("bench_bulk_revoke")
 BROKER = "redis://127.0.0.1:6379/14"
@@ -50,7 +57,6 @@ def inside(var_dir: Path, inline: int, background: int) -> dict:
 
     from accounts.models import User
     from enrollment import bulk_revoke, services
-    from enrollment.audit import audit_record
     from enrollment.models import Certificate, CertificateTemplate
     from enrollment.x509.keys import KeyAlgorithm, generate_private_key
 
@@ -69,21 +75,6 @@ def inside(var_dir: Path, inline: int, background: int) -> dict:
     issued_seconds = time.monotonic() - issued_started
     ids = list(Certificate.objects.filter(owner=holder).order_by("pk").values_list("pk", flat=True))
     connection.close()
-
-    waits: list[float] = []
-    stop = threading.Event()
-
-    def audited_writes() -> None:
-        """An enrolment's audit append, over and over, in its own connection."""
-        try:
-            while not stop.is_set():
-                started = time.monotonic()
-                with transaction.atomic():
-                    audit_record(action="bench.ping", detail={"n": len(waits)})
-                waits.append(time.monotonic() - started)
-                time.sleep(0.005)
-        finally:
-            connection.close()
 
     def revoke(selection: list[int], *, queued: bool) -> tuple[float, list[float], object]:
         """Revoke the selection as the admin does; seconds, concurrent writes' waits."""
@@ -105,9 +96,8 @@ def inside(var_dir: Path, inline: int, background: int) -> dict:
         seconds = time.monotonic() - started
         return seconds, waits[before:], progress
 
-    writer = threading.Thread(target=audited_writes)
-    writer.start()
-    try:
+    with AuditedWrites() as writes:
+        waits = writes.waits
         revoke(ids[:WARM_UP], queued=False)
         time.sleep(0.5)
         quiet = list(waits)
@@ -117,9 +107,6 @@ def inside(var_dir: Path, inline: int, background: int) -> dict:
             selected[inline:], queued=True
         )
         time.sleep(0.3)
-    finally:
-        stop.set()
-        writer.join()
     assert inline_run.revoked == inline, inline_run  # type: ignore[attr-defined]
     assert background_run.revoked == background, background_run  # type: ignore[attr-defined]
     batches = background_run.batches  # type: ignore[attr-defined]

@@ -26,11 +26,18 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from _harness import PG, ROOT, create_hierarchy, database_name, portal_environment, run
+from _harness import (
+    PG,
+    ROOT,
+    AuditedWrites,
+    create_hierarchy,
+    database_name,
+    portal_environment,
+    run,
+)
 
 DATABASE = database_name("bench_rollout")
 BROKER = "redis://127.0.0.1:6379/14"
@@ -44,11 +51,10 @@ def inside(var_dir: Path, people: int) -> dict:
     django.setup()
     from django.conf import settings
     from django.contrib.auth.models import Group
-    from django.db import connection, transaction
+    from django.db import connection
 
     from accounts.models import User
     from enrollment import rollouts
-    from enrollment.audit import audit_record
     from enrollment.models import CertificateTemplate
 
     create_hierarchy(var_dir, "ec-p256")
@@ -71,32 +77,15 @@ def inside(var_dir: Path, people: int) -> dict:
     officer.groups.add(Group.objects.get_or_create(name=settings.PKIPORTAL_RA_OFFICER_GROUP)[0])
     connection.close()
 
-    waits: list[float] = []
-    stop = threading.Event()
-
-    def audited_writes() -> None:
-        """An enrolment's audit append, over and over, in its own connection."""
-        try:
-            while not stop.is_set():
-                started = time.monotonic()
-                with transaction.atomic():
-                    audit_record(action="bench.ping", detail={"n": len(waits)})
-                waits.append(time.monotonic() - started)
-                time.sleep(0.005)
-        finally:
-            connection.close()
-
-    writer = threading.Thread(target=audited_writes)
-    writer.start()
-    time.sleep(0.5)
-    before = len(waits)
-    started = time.monotonic()
-    rollout = rollouts.rollout_create(officer=officer, template=template, group=group)
-    officer_seconds = time.monotonic() - started
-    during = waits[before:]
-    time.sleep(0.3)
-    stop.set()
-    writer.join()
+    with AuditedWrites() as writes:
+        time.sleep(0.5)
+        before = len(writes.waits)
+        started = time.monotonic()
+        rollout = rollouts.rollout_create(officer=officer, template=template, group=group)
+        officer_seconds = time.monotonic() - started
+        during = writes.waits[before:]
+        time.sleep(0.3)
+    waits = writes.waits
     assert rollout.invited == people, (rollout.invited, rollout.skipped_count)
     quiet = waits[:before]
     return {
