@@ -235,7 +235,9 @@ def _still_pending(ids: Iterable[int]) -> dict[int, CertificateRequest]:
 
 def _barred(request: CertificateRequest) -> set[int]:
     """Who may not decide it (services._decide): its requester and, for a shared mailbox,
-    its delegates, who read the mailbox and can get its key."""
+    its delegates, who read the mailbox and can get its key. The console's panel
+    (ra_selectors.approval_notice_summary) leaves out the same, and those no longer
+    pending: change both together."""
     delegates = request.mailbox.delegates.all() if request.mailbox else ()
     return {request.requester_id, *(delegate.pk for delegate in delegates)}
 

@@ -15,12 +15,24 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models import (
+    BooleanField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Window,
+)
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Length
 from django.utils import timezone
 
-from enrollment import health
+from enrollment import health, ra_notifications
 from enrollment.models import (
+    ApprovalNoticeDigest,
     ArchivedKey,
     AuditEvent,
     Certificate,
@@ -103,6 +115,81 @@ def search_matches(query: str, *, archived_only: bool = False) -> QuerySet[Certi
 
 def pending_enrolment_count() -> int:
     return CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).count()
+
+
+# --- the officer's next approval-notice summary ---------------------------------------
+
+# The console links this many of the collected requests and counts the rest.
+SUMMARY_PANEL_LISTS = 20
+
+
+@dataclass(frozen=True)
+class NoticeSummary:
+    """What the next summary of requests awaiting approval (ra_notifications) will list
+    for one officer, as their console shows it."""
+
+    window_minutes: int  # 0: no summaries, every request is mailed as it comes
+    due_at: datetime | None = None  # None: no summary pending
+    request_ids: tuple[int, ...] = ()  # the first SUMMARY_PANEL_LISTS, oldest first
+    count: int = 0
+    overdue: bool = False  # its time has passed: beat's next run sends it
+
+    @property
+    def more(self) -> int:
+        """Collected but not linked on the console."""
+        return self.count - len(self.request_ids)
+
+
+def approval_notice_summary(officer_id: int) -> NoticeSummary:
+    """The officer's own next summary, in one query (none when the window is 0).
+
+    Only what beat would list: collected requests still pending that the officer may
+    still decide (approval_digests_send). One decided or withdrawn since is gone, and a
+    window whose requests all went that way sends no mail, so it shows as none pending."""
+    window = ra_notifications.notice_window()
+    if not window:
+        return NoticeSummary(window_minutes=0)
+    minutes = int(window.total_seconds() // 60)
+    due = ApprovalNoticeDigest.objects.filter(officer_id=officer_id).values("due_at")
+    rows = list(
+        CertificateRequest.objects.filter(
+            state=CertificateRequest.State.PENDING, pk__in=_collected_ids(officer_id)
+        )
+        # Who may not decide it (ra_notifications._barred): its requester, a mailbox's delegates.
+        .exclude(requester_id=officer_id)
+        .exclude(mailbox__delegates=officer_id)
+        .annotate(summary_due=Subquery(due), total=Window(Count("pk")))
+        .order_by("pk")
+        .values_list("pk", "summary_due", "total")[:SUMMARY_PANEL_LISTS]
+    )
+    if not rows:
+        return NoticeSummary(window_minutes=minutes)
+    return NoticeSummary(
+        window_minutes=minutes,
+        due_at=rows[0][1],
+        request_ids=tuple(row[0] for row in rows),
+        count=rows[0][2],
+        overdue=rows[0][1] is not None and rows[0][1] <= timezone.now(),
+    )
+
+
+def _collected_ids(officer_id: int) -> RawSQL:
+    """The request ids on the officer's digest row, as a subquery. They are a JSON list
+    (ApprovalNoticeDigest.waiting), which the ORM cannot look into on SQLite; each
+    database spells "the elements of this array" its own way."""
+    meta = ApprovalNoticeDigest._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    waiting = quote(str(meta.get_field("waiting").column))
+    officer = quote(str(meta.get_field("officer").column))
+    if connection.vendor == "postgresql":
+        sql = (
+            f"SELECT (jsonb_array_elements_text(d.{waiting}))::bigint "
+            f"FROM {table} d WHERE d.{officer} = %s"
+        )
+    else:
+        sql = f"SELECT j.value FROM {table} d, json_each(d.{waiting}) j WHERE d.{officer} = %s"
+    return RawSQL(sql, (officer_id,))
 
 
 def open_recoveries() -> QuerySet[KeyRecoveryRequest]:

@@ -163,6 +163,9 @@ def console(request: AuthenticatedHttpRequest) -> HttpResponse:
     recoveries = list(ra_selectors.open_recoveries())
     context = {
         "pending_count": ra_selectors.pending_enrolment_count(),
+        # The signed-in officer's own, never another's.
+        "notice_summary": ra_selectors.approval_notice_summary(request.user.pk),
+        "no_scheduler": health.no_scheduler(),
         "recoveries": recoveries,
         "recovery_asks": sum(r.state == KeyRecoveryRequest.State.REQUESTED for r in recoveries),
         "approvals_required": recovery.approvals_required(),
