@@ -166,7 +166,7 @@ def test_it_shows_the_time_in_the_portal_s_time_zone(officer, collected, setting
 def test_a_late_beat_shows_the_summary_as_due(officer, collected):
     text = panel(console_at(T0 + timedelta(minutes=17), officer))
 
-    assert "3 requests collected, was due at 09:15 UTC and goes with beat's next run" in text
+    assert "3 requests collected, was due at 09:15 UTC and goes out within a minute" in text
 
 
 def test_many_collected_requests_are_linked_up_to_a_limit_and_counted(
@@ -222,7 +222,7 @@ def test_without_a_broker_notices_are_immediate_and_say_why(scheduler, officer):
     text = panel(console_at(T0, officer))
 
     assert "Notices immediate" in text
-    assert "(no broker, so no beat to send them)" in text
+    assert "(this portal runs no scheduler to send summaries)" in text
 
 
 def test_an_officer_without_an_address_is_told_no_notice_reaches_them(officer, collected):
