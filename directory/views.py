@@ -109,6 +109,7 @@ def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
             "facts": certificate_facts(certificate.certificate),
             "chain": certificate.ca.chain(),
             "downloads": list(DOWNLOADS),
+            "own_card": _has_own_card(certificate),
         },
     )
 
@@ -124,6 +125,13 @@ def _holder(certificate: Certificate) -> str:
         mailbox = certificate.mailbox
         return f"the shared mailbox {mailbox.display_name}" if mailbox.is_active else ""
     return ""
+
+
+def _has_own_card(certificate: Certificate) -> bool:
+    """A contact card is what an address book encrypts to, so only a certificate its page
+    offers to encrypt to has a card of its own: valid, encryption-capable and held by
+    someone active. Its page and its .vcf download both follow this one rule."""
+    return certificate.encrypts and certificate.state == "valid" and bool(_holder(certificate))
 
 
 def _vcard(certificate: Certificate) -> str:
@@ -145,8 +153,10 @@ def _vcard(certificate: Certificate) -> str:
 @directory_readable
 def certificate_download(request: HttpRequest, fingerprint: str, fmt: str) -> HttpResponse:
     certificate = _certificate(fingerprint)
-    if fmt == "vcf" and not certificate.encrypts:
-        return _signing_only_vcard(request, certificate)
+    # Only the card stops at a certificate not to encrypt to: its .cer, .pem and .p7b stay,
+    # revoked or expired, because checking the signatures it made (old mail) needs them.
+    if fmt == "vcf" and not _has_own_card(certificate):
+        return _no_card_of_its_own(request, certificate)
     leaf = certificate.certificate
     if fmt == "cer":
         body: bytes | str = pkcs7.certificate_der(leaf)
@@ -164,16 +174,23 @@ def certificate_download(request: HttpRequest, fingerprint: str, fmt: str) -> Ht
     return response
 
 
-def _signing_only_vcard(request: HttpRequest, certificate: Certificate) -> HttpResponse:
-    """A contact card is what address books encrypt to, so a signing-only certificate's
-    card is its holder's card with the certificate to encrypt to; without one, none
-    (a card carrying a signing-only key makes mail clients fail obscurely)."""
+def _no_card_of_its_own(request: HttpRequest, certificate: Certificate) -> HttpResponse:
+    """The .vcf of a certificate not to encrypt to (signing-only, revoked, expired, or its
+    holder gone) is its holder's card with the certificate to encrypt to; without one, a
+    page saying why there is none (a card carrying such a certificate makes mail clients
+    encrypt to it, or fail obscurely).
+
+    That page is a 410 for a revoked or expired certificate: its card is gone for good, and
+    a script that kept the URL can tell it from an unknown fingerprint (404) and drop it.
+    Otherwise a 404, as there never was a card (signing-only) or not now (holder gone).
+    Either way an error status, so an address-book import or `curl -f` takes no HTML for a
+    card, and the HTML body tells a person in a browser what to do."""
     encrypt_to = selectors.encryption_certificate_of(certificate)
     if encrypt_to is not None:
         return redirect("directory:download", encrypt_to.fingerprint_sha256, "vcf")
     return render(
         request,
-        "directory/signing_only_vcard.html",
+        "directory/no_vcard.html",
         {"cert": certificate, "holder": _holder(certificate)},
-        status=404,
+        status=410 if certificate.state in ("revoked", "expired") else 404,
     )

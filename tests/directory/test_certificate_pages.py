@@ -402,3 +402,104 @@ def test_the_public_directory_redirects_anonymous_readers_to_the_card_to_encrypt
 
     assert response["Location"] == f"/directory/{cert.fingerprint_sha256}.vcf"
     assert anonymous_client.get(response["Location"]).status_code == 200
+
+
+# --- a revoked or expired certificate's .vcf: the card of the one to encrypt to -------
+
+
+def _revoke_or_expire(cert, how: str, time_machine) -> None:
+    if how == "revoked":
+        services.certificate_revoke(certificate=cert, reason="superseded")
+    else:
+        time_machine.move_to(cert.not_after + timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_a_revoked_or_expired_vcard_is_the_card_of_the_one_to_encrypt_to(
+    employee, cert, issue, how, time_machine
+):
+    """Its page says not to encrypt to it; the card's address, bookmarked or scripted,
+    must not hand it to an address book either."""
+    _revoke_or_expire(cert, how, time_machine)
+    newest = issue(cert.owner, "smime-dual-use")
+    client = client_for(employee)  # signed in after any jump: sessions expire too
+
+    response = client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/directory/{newest.fingerprint_sha256}.vcf"
+    card = vobject.readOne(client.get(response["Location"]).content.decode())
+    assert card.key.value == bytes(newest.der)
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_a_revoked_or_expired_vcard_with_nothing_to_encrypt_to_is_gone_and_says_why(
+    employee, cert, how, time_machine
+):
+    _revoke_or_expire(cert, how, time_machine)
+    client = client_for(employee)
+
+    response = client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 410  # gone for good, unlike an unknown fingerprint
+    assert response["Content-Type"].startswith("text/html")
+    assert "Content-Disposition" not in response
+    body = response.content.decode()
+    assert f"{how.capitalize()} — don't encrypt to this one." in body
+    assert "José García has no certificate you can encrypt to yet" in body
+    assert 'href="/enroll/"' in body
+    assert "BEGIN:VCARD" not in body
+
+
+def test_the_vcard_of_someone_who_has_left_is_not_served(employee_client, cert):
+    cert.owner.is_active = False
+    cert.owner.save()
+
+    response = employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 404
+    body = response.content.decode()
+    assert "Its holder is no longer active: there is no one to encrypt to." in body
+    assert "BEGIN:VCARD" not in body
+
+
+@pytest.mark.parametrize("fmt", ["cer", "pem", "p7b"])
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_a_revoked_or_expired_certificate_stays_downloadable_to_check_old_signatures(
+    employee, cert, issue, fmt, how, time_machine
+):
+    _revoke_or_expire(cert, how, time_machine)
+    issue(cert.owner, "smime-dual-use")
+    client = client_for(employee)
+
+    response = client.get(f"/directory/{cert.fingerprint_sha256}.{fmt}")
+
+    assert response.status_code == 200
+    assert response["Content-Disposition"].endswith(f'{cert.fingerprint_sha256[:8]}.{fmt}"')
+
+
+def test_anonymous_readers_are_sent_to_sign_in_before_a_revoked_vcard_says_anything(
+    anonymous_client, cert, issue
+):
+    services.certificate_revoke(certificate=cert, reason="superseded")
+    newest = issue(cert.owner, "smime-dual-use")
+
+    response = anonymous_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/?next=/directory/")
+    assert newest.fingerprint_sha256 not in response["Location"]
+
+
+def test_the_public_directory_answers_anonymous_readers_of_a_revoked_vcard_alike(
+    anonymous_client, cert, issue, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+    services.certificate_revoke(certificate=cert, reason="superseded")
+
+    gone = anonymous_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+    newest = issue(cert.owner, "smime-dual-use")
+    moved = anonymous_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert gone.status_code == 410
+    assert moved["Location"] == f"/directory/{newest.fingerprint_sha256}.vcf"
