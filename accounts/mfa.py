@@ -58,6 +58,7 @@ from accounts.sessions import sessions_end
 from enrollment import recent_sign_in
 from enrollment.audit import audit_record
 from enrollment.exceptions import NotPermitted
+from pkiportal import plurals
 
 SEED_BYTES = 20  # RFC 4226 recommends 160 bits, as django-otp's default
 BACKUP_CODES = 10
@@ -824,15 +825,19 @@ def seconds_until(moment: datetime | None) -> int:
     return max(1, math.ceil((moment - timezone.now()).total_seconds()))
 
 
+def wait_in_words(seconds: int) -> str:
+    """How long a throttled person waits, as pages and the API say it: in seconds up to
+    two minutes, then in whole minutes, rounded up."""
+    if seconds < 120:
+        return plurals.seconds(seconds)
+    return plurals.minutes(math.ceil(seconds / 60))
+
+
 def wait_message(until: datetime | None) -> str:
     """What a page says to a code sent while its device waits after a wrong one: how long,
     and that this code was neither checked nor counted (after one typo the wait is a
     second or two, and the right code typed at once must not read as a lock-out)."""
-    seconds = seconds_until(until)
-    if seconds < 120:
-        wait = f"{seconds} second{'s' if seconds != 1 else ''}"
-    else:
-        wait = f"{math.ceil(seconds / 60)} minutes"
+    wait = wait_in_words(seconds_until(until))
     return (
         f"Wait {wait} and try again: after a wrong code, the next one is checked only after "
         "a pause, longer after each wrong one. This code was not checked and does not count "

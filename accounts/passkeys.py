@@ -117,11 +117,8 @@ class Throttled(PasskeyError):
     """Too many refused answers: no new challenge until ``until``."""
 
     def __init__(self, until: Any) -> None:
-        seconds = mfa.seconds_until(until)
-        super().__init__(
-            f"Too many refused security-key answers: wait {seconds} second"
-            f"{'s' if seconds != 1 else ''} and try again."
-        )
+        wait = mfa.wait_in_words(mfa.seconds_until(until))
+        super().__init__(f"Too many refused security-key answers: wait {wait} and try again.")
         self.throttled_until = until
 
 

@@ -34,6 +34,7 @@ from accounts.sessions import sessions_end
 from enrollment import recent_sign_in
 from enrollment.audit import audit_record
 from enrollment.edge import client_address
+from pkiportal import plurals
 
 
 class PortalLoginView(LoginView):
@@ -78,7 +79,7 @@ def _recent_sign_in_only(request: HttpRequest, doing: str, back_to: str) -> Http
     messages.info(
         request,
         f"To {doing}, sign in again: it must be within "
-        f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in.",
+        f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in.",
     )
     return redirect(f"{reverse('login')}?{urlencode({'next': back_to})}")
 
@@ -253,8 +254,8 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         status = 400
         form.add_error(
             "code",
-            f"This set-up expired ({mfa.PENDING_MINUTES} minutes): scan the new code below "
-            "(remove the old entry from your app) and enter the code it shows.",
+            f"This set-up expired ({plurals.minutes(mfa.PENDING_MINUTES)}): scan the new code "
+            "below (remove the old entry from your app) and enter the code it shows.",
         )
     elif request.method == "POST" and not allowed:
         # Not checked, not counted: the form again, saying how long to wait (as at sign-in).
@@ -502,7 +503,7 @@ def _key_change_refused(request: HttpRequest) -> JsonResponse | None:
         back = reverse("accounts:mfa-overview")
         return _json_error(
             "Sign in again: changing your second factor must be within "
-            f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in.",
+            f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in.",
             403,
             url=f"{reverse('login')}?{urlencode({'next': back})}",
         )

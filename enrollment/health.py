@@ -44,6 +44,7 @@ from enrollment.models import (
     ScheduledRun,
 )
 from enrollment.x509.mail_domains import issuer_mail_domains, uncovered_domains
+from pkiportal import plurals
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
@@ -204,16 +205,17 @@ def beat_status(now: datetime | None = None) -> dict[str, Any]:
     if run is None:
         result["status"] = WARN
         result["warning"] = (
-            f"Beat has never run the CRL watchdog (due every {period} minutes): is "
+            f"Beat has never run the CRL watchdog (due every {plurals.minutes(period)}): is "
             "`celery -A pkiportal beat` running?"
         )
     elif now - run.last_run_at > timedelta(minutes=BEAT_PATIENCE_PERIODS * period):
         minutes = int((now - run.last_run_at).total_seconds() // 60)
         result["status"] = FAIL
         result["error"] = (
-            f"The CRL watchdog last ran at {run.last_run_at:%Y-%m-%d %H:%M} UTC, {minutes} "
-            f"minutes ago; beat runs it every {period} minutes: are `celery -A pkiportal "
-            "beat` and a worker running? Scheduled CRLs and expiry notices wait meanwhile."
+            f"The CRL watchdog last ran at {run.last_run_at:%Y-%m-%d %H:%M} UTC, "
+            f"{plurals.minutes(minutes)} ago; beat runs it every {plurals.minutes(period)}: "
+            "are `celery -A pkiportal beat` and a worker running? Scheduled CRLs and expiry "
+            "notices wait meanwhile."
         )
     return result
 

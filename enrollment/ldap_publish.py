@@ -56,6 +56,7 @@ from enrollment.models import (
     LdapPublishedCertificate,
 )
 from enrollment.x509 import pkcs7
+from pkiportal import plurals
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -854,7 +855,7 @@ def ldap_check(now: datetime | None = None) -> dict[str, Any]:
     if inline:
         result["note"] = (
             "No broker: nothing is published on its own. Run `manage.py ldap_publish` "
-            f"from cron every {settings.PKIPORTAL_LDAP_RECONCILE_MINUTES} minutes."
+            f"from cron every {plurals.minutes(settings.PKIPORTAL_LDAP_RECONCILE_MINUTES)}."
         )
     if state.failed_at is not None and (
         state.succeeded_at is None or state.failed_at >= state.succeeded_at
@@ -883,7 +884,8 @@ def ldap_check(now: datetime | None = None) -> dict[str, Any]:
         how = (
             "without a broker, run `manage.py ldap_publish` from cron"
             if inline
-            else f"beat runs it every {settings.PKIPORTAL_LDAP_RECONCILE_MINUTES} minutes: "
+            else "beat runs it every "
+            f"{plurals.minutes(settings.PKIPORTAL_LDAP_RECONCILE_MINUTES)}: "
             "see the worker's log"
         )
         result["problems"].append(f"The directory {last}; {how}.")

@@ -32,6 +32,7 @@ from enrollment.exceptions import EnrollmentError
 from enrollment.forms import ApiTokenForm, ConfirmForm
 from enrollment.models import ApiToken
 from enrollment.permissions import holds_token_role, token_role_refusal
+from pkiportal import plurals
 
 WEB = services.TokenVia.WEB
 
@@ -116,7 +117,7 @@ def token_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         messages.info(
             request,
             "To create an API token, sign in again: it must be within "
-            f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in.",
+            f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in.",
         )
         query = urlencode({"next": reverse("enrollment:token-list")})
         return redirect(f"{reverse('login')}?{query}")

@@ -373,6 +373,18 @@ def test_a_beat_that_never_ran_is_a_warning_not_a_failure(hierarchy, settings):
     }
 
 
+def test_a_one_minute_watchdog_is_said_in_the_singular(hierarchy, settings, time_machine):
+    settings.PKIPORTAL_CRL_WATCHDOG_MINUTES = 1
+    never = health.beat_status()["warning"]
+    ScheduledRun.objects.create(name=health.WATCHDOG_RUN, last_run_at=timezone.now())
+    time_machine.move_to(timezone.now() + timedelta(minutes=3, seconds=30))
+    late = health.beat_status()
+
+    assert "(due every 1 minute):" in never
+    assert late["status"] == "fail"
+    assert ", 3 minutes ago; beat runs it every 1 minute:" in late["error"]
+
+
 def test_with_a_broker_health_fails_on_a_stopped_beat_and_names_its_last_run(
     signed_root, officer, broker_configured, time_machine
 ):

@@ -973,6 +973,25 @@ def test_basic_auth_is_throttled_per_device(officer):
     assert not AuthToken.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("failures", "said", "retry_after"), [(1, "1 second", "1"), (8, "3 minutes", "128")]
+)
+def test_basic_auth_says_the_wait_in_the_words_the_pages_use(officer, failures, said, retry_after):
+    """It said "try again in 1 seconds", and a 128-second wait in seconds where the
+    sign-in page says minutes."""
+    device, seed = authenticator(officer)
+    now = timezone.now()
+    TotpDevice.objects.filter(pk=device.pk).update(
+        throttling_failure_count=failures, throttling_failure_timestamp=now
+    )
+    with time_machine.travel(now, tick=False):
+        throttled = token_client(None).post(TOKEN, **basic("olivia", HTTP_X_OTP_CODE=code(seed)))
+
+    assert throttled.status_code == 429
+    assert throttled.json() == {"detail": f"Too many wrong codes: try again in {said}."}
+    assert throttled["Retry-After"] == retry_after  # seconds, whatever the words
+
+
 def test_an_officer_without_a_second_factor_mints_nothing(officer):
     refused = token_client(None).post(TOKEN, **basic("olivia"))
 

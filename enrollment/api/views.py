@@ -62,6 +62,7 @@ from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
+from pkiportal import plurals
 
 # --- documentation shared by several operations ---------------------------------------
 
@@ -1019,7 +1020,7 @@ class TokenCreateView(APIView):
             # A token outlives the session: a stolen session cookie must not be enough.
             raise PermissionDenied(
                 "Sign in again to create a token from a browser session: it must be within "
-                f"{settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES} minutes of signing in. "
+                f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in. "
                 "HTTP basic needs no second sign-in."
             )
         if isinstance(request.successful_authenticator, SessionAuthentication):
@@ -1161,7 +1162,7 @@ def check_basic_second_factor(
     if check.throttled_until is not None:
         wait = mfa.seconds_until(check.throttled_until)
         return Response(
-            {"detail": f"Too many wrong codes: try again in {wait} seconds."},
+            {"detail": f"Too many wrong codes: try again in {mfa.wait_in_words(wait)}."},
             status=status.HTTP_429_TOO_MANY_REQUESTS,
             headers={"Retry-After": str(wait)},
         )

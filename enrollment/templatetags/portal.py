@@ -11,6 +11,7 @@ from enrollment.models import CertificateRequest, KeyRecoveryRequest
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.names import readable_rfc4514
 from enrollment.x509.pkcs7 import format_fingerprint
+from pkiportal import plurals
 
 register = template.Library()
 
@@ -42,9 +43,9 @@ def duration(value: timedelta | None) -> str:
     hours, minutes = divmod(minutes, 60)
     parts = []
     if hours:
-        parts.append(f"{hours} hour{'s' if hours != 1 else ''}")
+        parts.append(plurals.hours(hours))
     if minutes:
-        parts.append(f"{minutes} minute{'s' if minutes != 1 else ''}")
+        parts.append(plurals.minutes(minutes))
     return " ".join(parts)
 
 

@@ -456,6 +456,16 @@ def test_a_session_signed_in_long_ago_mints_no_token_but_basic_auth_still_does(e
     assert AuthToken.objects.count() == 1
 
 
+def test_a_one_minute_window_is_said_in_the_singular(employee, settings):
+    settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES = 1
+    client = session_client(employee)
+    with time_machine.travel(timezone.now() + timedelta(minutes=2), tick=False):
+        refused = client.post(TOKEN)
+
+    assert refused.status_code == 403
+    assert "it must be within 1 minute of signing in." in refused.json()["detail"]
+
+
 def test_a_session_within_the_window_mints_a_token(employee, settings):
     settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES = 30
     client = session_client(employee)

@@ -687,6 +687,20 @@ def test_a_token_needs_a_sign_in_within_the_last_minutes(employee, settings):
     assert AuthToken.objects.get().user == employee
 
 
+def test_a_one_minute_window_is_said_in_the_singular(employee, settings):
+    settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES = 1
+    client = Client()
+    client.post("/accounts/login/", {"username": "alice", "password": SIGN_IN_PASSWORD})
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=2), tick=False):
+        page = client.get(TOKENS).content.decode()
+        told = client.get(create(client)["Location"]).content.decode()
+
+    assert "it takes a sign-in within the last 1 minute." in " ".join(page.split())
+    assert "it must be within 1 minute of signing in." in told
+    assert "1 minutes" not in page + told
+
+
 def test_single_sign_on_counts_as_signing_in(employee, rf):
     """Any path through django.contrib.auth.login notes the moment, OIDC's included."""
     from django.contrib.auth import login
