@@ -56,6 +56,10 @@ def search(request: HttpRequest) -> HttpResponse:
         except selectors.PageGone as exc:
             form.add_error(None, str(exc))
             status = 400
+        else:
+            for person in page.people:
+                # The reader among the results is spoken to, not of: "You have no…".
+                person.directory_you = person.pk == request.user.pk
     else:
         status = 400
     params = request.GET.copy()
@@ -103,6 +107,7 @@ def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
         {
             "cert": certificate,
             "holder": _holder(certificate),
+            "you": _is_you(request, certificate),
             "encrypt_to": selectors.encryption_certificate_of(certificate),
             "newer": newer[-1] if newer else None,
             "newest_of": len(same_kind) if len(same_kind) > 1 and not newer else 0,
@@ -132,6 +137,12 @@ def _has_own_card(certificate: Certificate) -> bool:
     offers to encrypt to has a card of its own: valid, encryption-capable and held by
     someone active. Its page and its .vcf download both follow this one rule."""
     return certificate.encrypts and certificate.state == "valid" and bool(_holder(certificate))
+
+
+def _is_you(request: HttpRequest, certificate: Certificate) -> bool:
+    """The signed-in reader holds it: its pages speak to them ("You have no certificate
+    others can encrypt to yet"), not of them in the third person."""
+    return certificate.owner_id is not None and certificate.owner_id == request.user.pk
 
 
 def _vcard(certificate: Certificate) -> str:
@@ -191,6 +202,6 @@ def _no_card_of_its_own(request: HttpRequest, certificate: Certificate) -> HttpR
     return render(
         request,
         "directory/no_vcard.html",
-        {"cert": certificate, "holder": _holder(certificate)},
+        {"cert": certificate, "holder": _holder(certificate), "you": _is_you(request, certificate)},
         status=410 if certificate.state in ("revoked", "expired") else 404,
     )

@@ -503,3 +503,54 @@ def test_the_public_directory_answers_anonymous_readers_of_a_revoked_vcard_alike
 
     assert gone.status_code == 410
     assert moved["Location"] == f"/directory/{newest.fingerprint_sha256}.vcf"
+
+
+# --- your own certificates: the pages speak to you ------------------------------------
+
+
+def test_your_signing_only_page_and_card_say_you_have_nothing_others_can_encrypt_to(
+    person, issue, employee_client
+):
+    sam = person("Sam", "Signer")
+    signing = issue(sam, "smime-signing")
+    client = client_for(sam)
+
+    page = page_of(client, signing)
+    card = client.get(f"/directory/{signing.fingerprint_sha256}.vcf")
+
+    assert "You have no certificate others can encrypt to yet: get one at" in page
+    assert 'href="/enroll/"' in page
+    assert "Sam Signer has no certificate" not in page
+    assert card.status_code == 404
+    assert "You have no certificate others can encrypt to yet" in card.content.decode()
+    # A colleague still reads of Sam, and whom to ask.
+    theirs = page_of(employee_client, signing)
+    assert "Sam Signer has no certificate you can encrypt to yet: ask them" in theirs
+    assert "You have" not in theirs
+
+
+def test_your_revoked_certificates_page_and_card_speak_to_you(cert):
+    services.certificate_revoke(certificate=cert, reason="superseded")
+    client = client_for(cert.owner)
+
+    page = page_of(client, cert)
+    card = client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert "You have no certificate others can encrypt to yet: get one at" in page
+    assert "José García has no certificate" not in page
+    assert card.status_code == 410
+    assert "You have no certificate others can encrypt to yet" in card.content.decode()
+
+
+def test_your_pages_say_which_of_yours_others_encrypt_to(cert, signing):
+    client = client_for(cert.owner)
+
+    own = page_of(client, cert)
+    signing_only = page_of(client, signing)
+
+    assert "the newest valid certificate you hold that can encrypt." in own
+    assert (
+        "Others sending you encrypted mail should use "
+        f'<a href="/directory/{cert.fingerprint_sha256}/">the signing and encryption'
+    ) in signing_only
+    assert "José García" not in own.split("<h2>Download</h2>")[0].split("</h1>")[1]

@@ -380,6 +380,37 @@ def test_someone_with_only_a_signing_certificate_has_nothing_to_encrypt_to(
     assert f"{signing.fingerprint_sha256}.vcf" not in card
 
 
+@pytest.mark.parametrize("partial", [False, True])
+def test_searching_for_yourself_speaks_to_you_and_of_the_others(person, issue, partial):
+    """It said "Sam Signer has no certificate you can encrypt to" to Sam Signer."""
+    sam = person("Sam", "Signer")
+    issue(sam, "smime-signing")
+    issue(person("Sam", "Second"), "smime-signing")
+    query = {"q": "sam", **({"partial": "1"} if partial else {})}
+
+    page = page_of(client_for(sam).get("/directory/", query))
+
+    own = card_of(page, "Sam Signer")
+    assert "You have no certificate others can encrypt to yet: get one at" in own
+    assert 'href="/enroll/"' in own
+    assert "Sam Signer has no certificate" not in page
+    other = card_of(page, "Sam Second")
+    assert "Sam Second has no certificate you can encrypt to yet: ask them to get one" in other
+    assert "You have" not in other
+
+
+def test_an_anonymous_reader_of_the_public_directory_is_spoken_to_as_a_sender(
+    anonymous_client, person, issue, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+    issue(person("Sam", "Signer"), "smime-signing")
+
+    page = page_of(anonymous_client.get("/directory/", {"q": "sam"}))
+
+    assert "Sam Signer has no certificate you can encrypt to yet" in page
+    assert "You have" not in page
+
+
 def test_revoked_and_expired_certificates_are_never_the_one_to_encrypt_to(
     employee, person, issue, time_machine
 ):
