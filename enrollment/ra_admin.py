@@ -471,7 +471,8 @@ def ca_switch_action(
         except EnrollmentError as exc:
             model_admin.message_user(request, f"{to}: {public_message(exc)}", messages.ERROR)
             return None
-        moved = ", ".join(switch.templates) or "no template yet"
+        # Names, as the confirmation page shows them: slugs are for the CLI and the audit.
+        moved = ", ".join(switch.template_names) or "no template yet"
         model_admin.message_user(
             request,
             f"{switch.current} issues from now on for: {moved}. Certificates already issued "

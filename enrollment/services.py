@@ -432,6 +432,7 @@ class IssuingCaSwitch:
     current: CertificateAuthority
     made_default: bool
     templates: list[str]  # slugs of every template that now issues from ``current``
+    template_names: list[str]  # their names, for people (the audit event keeps slugs)
 
 
 @dataclass(frozen=True)
@@ -448,6 +449,10 @@ class IssuingCaSwitchPlan:
     @property
     def templates(self) -> list[str]:
         return sorted({template.slug for template in (*self.following, *self.moved)})
+
+    @property
+    def template_names(self) -> list[str]:
+        return sorted({template.name for template in (*self.following, *self.moved)})
 
 
 def _switch_plan(
@@ -543,7 +548,7 @@ def issuing_ca_switch(
                 "templates": plan.templates,
             },
         )
-    return IssuingCaSwitch(previous, locked, plan.made_default, plan.templates)
+    return IssuingCaSwitch(previous, locked, plan.made_default, plan.templates, plan.template_names)
 
 
 def _locked_ca(ca: CertificateAuthority) -> CertificateAuthority:

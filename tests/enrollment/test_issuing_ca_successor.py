@@ -690,7 +690,11 @@ def test_an_administrator_switches_templates_in_the_admin(successor, hierarchy, 
     assert (change.actor, change.object_id) == (admin_user, str(pinned.pk))
     assert change.detail["changes"] == {"issuing_ca": ["issuing", "issuing-g2"]}
     listed = client.get(response["Location"]).content.decode()
-    assert "Test Issuing CA G2 issues from now on for: smime-dual-use, smime-encryption" in listed
+    assert (
+        "Test Issuing CA G2 issues from now on for: S/MIME Dual-use, S/MIME Encryption, "
+        "S/MIME Signing. Certificates already issued keep their CA"
+    ) in listed
+    assert "smime-" not in listed.split('class="messagelist"')[1].split("</ul>")[0]
 
 
 def test_the_action_lists_what_would_move_and_changes_nothing(
