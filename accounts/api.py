@@ -31,19 +31,35 @@ class VerifiedSessionAuthentication(SessionAuthentication):
         django_request = request._request
         if mfa.session_needs_second_step(django_request):
             enrolled = mfa.state_for(result[0]).enrolled
+            step = reverse(mfa.second_step_url_name(result[0]))
             raise SecondFactorRequired(
                 {
                     "detail": (
                         "This session has not confirmed a second factor: "
                         + ("enter a code at " if enrolled else "set one up at ")
-                        + reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup")
+                        + step
                         + " first."
                     ),
                     "missing": "second_factor",
-                    "url": reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup"),
+                    "url": step,
                 }
             )
-        if mfa.session_needs_approved_key(django_request):
+        restriction = mfa.session_restriction(django_request)
+        if restriction == "security_key":
+            raise SecondFactorRequired(
+                {
+                    "detail": (
+                        "This session was confirmed with an authenticator app, a backup code "
+                        "or single sign-on, and your organisation requires a security key for "
+                        "you: confirm with one (or add one) at "
+                        + reverse("accounts:mfa-overview")
+                        + " first."
+                    ),
+                    "missing": "security_key",
+                    "url": reverse("accounts:mfa-overview"),
+                }
+            )
+        if restriction == "approved_security_key":
             raise SecondFactorRequired(
                 {
                     "detail": (

@@ -200,6 +200,9 @@ class State:
     # The attestation policy covers them (PKIPORTAL_WEBAUTHN_ATTESTATION_FOR): keys they add
     # must prove an approved model, and only such keys unlock their session.
     attestation: bool = False
+    # Security keys only covers them (PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR): only a session
+    # confirmed with a key unlocks their role; they must have a second factor (required).
+    keys_only: bool = False
 
     @property
     def asked(self) -> bool:
@@ -229,8 +232,8 @@ def state_for(user: Any) -> State:
     if row is None:
         return State(required=False, enrolled=False)
     is_staff, is_superuser, has_role, totp, passkeys = row
-    # Who holds a role, as PKIPORTAL_MFA_REQUIRED_FOR=officers and the attestation policy's
-    # "roles" mean it: staff, superusers, RA officers and key recovery agents.
+    # Who holds a role, as PKIPORTAL_MFA_REQUIRED_FOR=officers and the key policies' "roles"
+    # mean it: staff, superusers, RA officers and key recovery agents.
     holds_role = bool(is_staff or is_superuser or has_role)
     if policy == "everyone":
         required = True
@@ -238,16 +241,25 @@ def state_for(user: Any) -> State:
         required = holds_role
     else:
         required = False
-    attestation_for = settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR
+    keys_only = _covers(settings.PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR, holds_role)
     state = State(
-        required=required,
+        # Whom only a key may unlock must have a second factor, whatever the MFA policy.
+        required=required or keys_only,
         enrolled=bool(totp or passkeys),
         totp=bool(totp),
         passkeys=bool(passkeys),
-        attestation=attestation_for == "everyone" or (attestation_for == "roles" and holds_role),
+        attestation=_covers(settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR, holds_role),
+        keys_only=keys_only,
     )
     user._pkiportal_mfa_state = state
     return state
+
+
+def _covers(policy_for: str, holds_role: bool) -> bool:
+    """Whether a security-key policy set to ``policy_for`` ("", "roles" or "everyone":
+    PKIPORTAL_WEBAUTHN_ATTESTATION_FOR, PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR) covers a
+    person: one rule for both, so that they never disagree on who holds a role."""
+    return policy_for == "everyone" or (policy_for == "roles" and holds_role)
 
 
 def forget_state(user: Any) -> None:
@@ -278,7 +290,8 @@ def session_needs_approved_key(request: HttpRequest) -> bool:
     role): the session reaches only adding an approved key (accounts.middleware). The key
     still proves the person (no password alone adds the new key), but unlocks nothing
     else. An app, a backup code or a single sign-on the provider vouched for are not keys:
-    the policy says which keys count, not that a key must be used."""
+    the policy says which keys count, not that a key must be used (that is
+    session_needs_security_key's)."""
     if not settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR:
         return False
     user = request.user
@@ -290,6 +303,54 @@ def session_needs_approved_key(request: HttpRequest) -> bool:
     if not isinstance(device, WebAuthnDevice) or device.approved:
         return False
     return state_for(user).attestation
+
+
+def session_needs_security_key(request: HttpRequest) -> bool:
+    """Verified, by someone security keys only covers (PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR),
+    with something other than one of their keys: the app, a backup code, or a single
+    sign-on (the portal cannot tell what the provider checked). It still proves the person,
+    so a lost key is no lock-out, but the session reaches only the account page, to
+    confirm with a key there or add one (accounts.middleware); their role stays shut."""
+    if not settings.PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR:
+        return False
+    user = request.user
+    if not user.is_authenticated or not session_verified(request):
+        return False
+    session = getattr(request, "session", None)
+    single_sign_on = session is not None and bool(session.get(SSO_VERIFIED))
+    device = getattr(user, "otp_device", None)  # OTPMiddleware's, or django_otp.login's
+    if not single_sign_on and isinstance(device, WebAuthnDevice):
+        return False  # whether the key is of an approved model: session_needs_approved_key
+    return state_for(user).keys_only
+
+
+def session_restriction(request: HttpRequest) -> str:
+    """Why this verified session opens only the account page, as the API's ``missing``
+    code: "approved_security_key" (a key of no approved model), "security_key" (no key,
+    where only a key will do), or "" (nothing held back)."""
+    if session_needs_approved_key(request):
+        return "approved_security_key"
+    if session_needs_security_key(request):
+        return "security_key"
+    return ""
+
+
+def mark_verified_with_key(request: HttpRequest, device: WebAuthnDevice) -> None:
+    """A session held to the account page (session_restriction) confirmed one of the
+    person's keys there, or added one: the key is now what verified it, not the app, a
+    backup code or a single sign-on before. Not a sign-in: the recent sign-in stays the
+    first step's."""
+    request.session.pop(SSO_VERIFIED, None)
+    mark_verified(request, device)
+
+
+def second_step_url_name(user: Any) -> str:
+    """Where a session that has not done its second step goes: the code or key of someone
+    who has one; else setting one up, a security key for whom only a key will do."""
+    state = state_for(user)
+    if state.enrolled:
+        return "accounts:mfa-verify"
+    return "accounts:passkey-setup" if state.keys_only else "accounts:mfa-setup"
 
 
 @dataclass(frozen=True)
@@ -345,6 +406,19 @@ def token_needs_approved_key(user: Any, *, kind: str, key_model: str) -> bool:
     if kind == SecondFactorKind.ATTESTED_KEY and model_allowed(key_model):
         return False
     return state_for(user).attestation
+
+
+def token_needs_security_key(user: Any, *, kind: str) -> bool:
+    """session_needs_security_key for an API token minted with a second factor (``kind``):
+    whomever security keys only covers gets no role power from a token whose minting was
+    confirmed by the app, a backup code (HTTP basic's X-OTP-Code included) or a single
+    sign-on, nor from one older than the record of what confirmed it. Whether its key was
+    of an approved model is token_needs_approved_key's."""
+    if not settings.PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR:
+        return False
+    if kind in (SecondFactorKind.SECURITY_KEY, SecondFactorKind.ATTESTED_KEY):
+        return False
+    return state_for(user).keys_only
 
 
 def note_sign_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:

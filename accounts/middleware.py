@@ -1,7 +1,9 @@
 """Until a session has confirmed the second factor it needs, it reaches only the pages
 that confirm one (or set one up) and sign-out: the portal, /ra/ and the admin alike. A
 session confirmed with a security key of no approved model, of someone whose keys must be
-of one (PKIPORTAL_WEBAUTHN_ATTESTATION_FOR), reaches only its account page to add one.
+of one (PKIPORTAL_WEBAUTHN_ATTESTATION_FOR), reaches only its account page to add one; so
+does one confirmed with anything but a key, of someone only a key may let in
+(PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR), to confirm with a key there or add one.
 Where single sign-on is configured, its pages stay open too: a person who typed a
 password may sign in through the provider instead, and that sign-in starts the second
 step anew (mfa.note_sign_in), counting as verified only if the provider says so.
@@ -33,9 +35,10 @@ SECURITY_KEY_SIGN_IN = frozenset(
 SECURITY_KEY_FIRST_SET_UP = frozenset(
     {"accounts:passkey-setup", "accounts:passkey-register-options", "accounts:passkey-register"}
 )
-# What a session verified with a key of no approved model reaches, of someone whose keys
-# must be (mfa.session_needs_approved_key): the account page, confirming a key there, adding
-# one and removing the old.
+# What a session held to the account page reaches (mfa.session_restriction: verified with
+# a key of no approved model, of someone whose keys must be of one; or with no key at all,
+# of someone only a key may let in): the account page, confirming a key there, adding one
+# and removing an old one.
 APPROVED_KEY_PAGES = frozenset(
     {
         "accounts:mfa-overview",
@@ -59,14 +62,14 @@ class SecondFactorMiddleware:
         ):
             return self.get_response(request)
         if not mfa.session_needs_second_step(request):
-            if mfa.session_needs_approved_key(request) and not (
+            if mfa.session_restriction(request) and not (
                 path == reverse("logout") or _view_name(path) in APPROVED_KEY_PAGES
             ):
                 # The account page says why (accounts.views.overview).
                 return redirect("accounts:mfa-overview")
             return self.get_response(request)
         enrolled = mfa.state_for(request.user).enrolled
-        step = reverse("accounts:mfa-verify" if enrolled else "accounts:mfa-setup")
+        step = reverse(mfa.second_step_url_name(request.user))
         if path in (step, reverse("logout")) or _view_name(path) in (
             SECURITY_KEY_SIGN_IN if enrolled else SECURITY_KEY_FIRST_SET_UP
         ):

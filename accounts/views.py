@@ -44,11 +44,7 @@ class PortalLoginView(LoginView):
     def get_success_url(self) -> str:
         url = super().get_success_url()
         if mfa.session_needs_second_step(self.request):
-            step = (
-                "accounts:mfa-verify"
-                if mfa.state_for(self.request.user).enrolled
-                else ("accounts:mfa-setup")
-            )
+            step = mfa.second_step_url_name(self.request.user)
             return f"{reverse(step)}?{urlencode({'next': url})}"
         return url
 
@@ -133,6 +129,9 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         # Signed in with a key of no approved model, where the person's keys must be of one:
         # this page is all the session reaches until an approved key is added.
         "approved_key_needed": mfa.session_needs_approved_key(request),
+        # Signed in with the app, a backup code or single sign-on, where only a key will do:
+        # this page is all the session reaches until a key is confirmed here or added.
+        "security_key_needed": mfa.session_needs_security_key(request),
     }
     # Adding a key: no code either after one proved it for a ceremony that did not finish.
     context["ask_key_code"] = context["ask_code"] and not passkeys.has_proved_for_adding(
@@ -151,7 +150,8 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         return redirect(_next(request))
     if not mfa.state_for(request.user).enrolled:
         # Nothing to verify with: the person sets a second factor up (or needs none).
-        return redirect(f"{reverse('accounts:mfa-setup')}?{urlencode({'next': _next(request)})}")
+        step = reverse(mfa.second_step_url_name(request.user))
+        return redirect(f"{step}?{urlencode({'next': _next(request)})}")
     form = CodeForm(request.POST or None)
     status = 200
     wait_until = None  # after a refused code: the button waits until the next is checked
@@ -182,6 +182,10 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
                     f"You used a backup code; {check.backup_codes_left} left. "
                     "Make new ones on your account page if you are running out.",
                 )
+            if mfa.session_needs_security_key(request):
+                # Only a key opens this person's portal: the account page says so and
+                # adds one; nothing else opens (accounts.middleware).
+                return redirect("accounts:mfa-overview")
             return redirect(_next(request))
         # Sent while the device waits after a wrong code (a second or two after a typo):
         # not checked, not counted, and no error page but the form again, saying how long
@@ -209,6 +213,8 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         "has_passkeys": state.passkeys,
         "has_codes": has_codes,
         "has_app": state.totp,
+        # Only a key opens the portal for them: a code opens just their account page.
+        "keys_only": state.keys_only,
         "wait_seconds": _button_wait(wait_until),
     }
     return render(request, "accounts/verify.html", context, status=status)
@@ -344,7 +350,15 @@ def _keep_verified(request: HttpRequest, was_verified: bool) -> None:
     if isinstance(persistent_id, str) and Device.from_persistent_id(persistent_id) is not None:
         return
     mfa.forget_state(request.user)
-    remaining = mfa.confirmed_totp(request.user) or next(iter(passkeys.devices(request.user)), None)
+    keys = passkeys.devices(request.user)
+    remaining: Device | None
+    if mfa.state_for(request.user).keys_only:
+        # Where only a key opens the portal, a remaining key (an approved one first) keeps
+        # it open; the app would hold the session to the account page.
+        keys.sort(key=lambda key: not key.approved)
+        remaining = next(iter(keys), None) or mfa.confirmed_totp(request.user)
+    else:
+        remaining = mfa.confirmed_totp(request.user) or next(iter(keys), None)
     if remaining is not None:
         mfa.mark_verified(request, remaining)
 
@@ -601,10 +615,11 @@ def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _json_error(exc.message)
     device = registered.device
     passkeys.forget_proved_for_adding(request.session)  # one key per proof
-    if not mfa.session_verified(request) or mfa.session_needs_approved_key(request):
-        # A first second factor, as an app's set-up; or the approved key a session that
-        # signed in with a key of no approved model was sent to add: it now counts.
-        mfa.mark_verified(request, device)
+    if not mfa.session_verified(request) or mfa.session_restriction(request):
+        # A first second factor, as an app's set-up; or the key a session held to the
+        # account page was sent to add (an approved one, or any key where the person signed
+        # in without one): it now counts.
+        mfa.mark_verified_with_key(request, device)
     messages.success(request, f"The security key “{device.name}” is added.")
     answer: dict[str, Any] = {"redirect": _local_next(request, body.get("next"))}
     if registered.backup_codes:
@@ -651,9 +666,18 @@ def passkey_authenticate(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _json_error(exc.message)
     if verified_before:
         passkeys.note_confirmed(request.session)
+        if mfa.session_restriction(request):
+            # A session held to the account page (signed in with the app, a backup code or
+            # single sign-on where only a key will do; or with a key of no approved model)
+            # confirmed a key here: the key now verifies it, and opens it if it counts.
+            mfa.mark_verified_with_key(request, device)
+            if not mfa.session_restriction(request):
+                messages.success(
+                    request, f"Confirmed with “{device.name}”: the whole portal is open to you."
+                )
         return JsonResponse({"confirmed": True, "redirect": reverse("accounts:mfa-overview")})
     mfa.mark_verified(request, device, sign_in=True)
-    if mfa.session_needs_approved_key(request):
+    if mfa.session_restriction(request):
         # A key of no approved model, where the person's must be: the account page says so
         # and adds an approved one; nothing else opens (accounts.middleware).
         return JsonResponse({"redirect": reverse("accounts:mfa-overview")})

@@ -264,10 +264,8 @@ def _within(host: str, rp_id: str) -> bool:
     return host == rp_id or host.endswith("." + rp_id)
 
 
-@register(Tags.security, deploy=True)
-def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Browsers sign a security key's assertion only for an origin under the relying party
-    id: a mismatch means nobody can register or use one."""
+def _security_key_problems() -> list[str]:
+    """Why browsers would refuse security keys at this portal (W008, W018), or nothing."""
     rp_id = settings.PKIPORTAL_WEBAUTHN_RP_ID
     site_host = (urlsplit(settings.PKIPORTAL_SITE_URL).hostname or "").lower()
     problems = []
@@ -296,6 +294,15 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
         problems.append("it is an IP address, which browsers refuse")
     except ValueError:
         pass
+    return problems
+
+
+@register(Tags.security, deploy=True)
+def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Browsers sign a security key's assertion only for an origin under the relying party
+    id: a mismatch means nobody can register or use one."""
+    rp_id = settings.PKIPORTAL_WEBAUTHN_RP_ID
+    problems = _security_key_problems()
     if not problems:
         return []
     return [
@@ -306,6 +313,48 @@ def security_keys_fit_the_portal(app_configs: Any = None, **kwargs: Any) -> list
             hint="Set PKIPORTAL_WEBAUTHN_RP_ID to the portal's host name (or a parent domain "
             "of it) and PKIPORTAL_WEBAUTHN_ORIGINS to the https:// origins people sign in at.",
             id="pkiportal.W008",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def keys_only_can_be_met(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Whom PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR covers reach only their account page
+    until they confirm a security key: where browsers refuse keys here (W008's reasons), or
+    only a browser on the server itself can use one (the relying party is localhost), none
+    of them can ever act in their role."""
+    keys_only_for = settings.PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR
+    if not keys_only_for:
+        return []
+    rp_id = settings.PKIPORTAL_WEBAUTHN_RP_ID
+    reasons = []
+    if problems := _security_key_problems():
+        reasons.append(
+            f"PKIPORTAL_WEBAUTHN_RP_ID ({rp_id}) does not fit the portal ("
+            + "; ".join(problems)
+            + ": pkiportal.W008)"
+        )
+    if rp_id == "localhost":
+        reasons.append(
+            "the relying party id is localhost: only a browser on this machine can use one"
+        )
+    if not reasons:
+        return []
+    covered = (
+        "everyone"
+        if keys_only_for == "everyone"
+        else "RA officers, key recovery agents, staff and superusers"
+    )
+    return [
+        Warning(
+            f"PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR={keys_only_for} lets {covered} act only "
+            "after confirming a security key, but browsers cannot use one here: "
+            + "; ".join(reasons)
+            + ". Signed in with a code, they reach only their account page.",
+            hint="Serve the portal over https at its own name (PKIPORTAL_SITE_URL) with "
+            "PKIPORTAL_WEBAUTHN_RP_ID and PKIPORTAL_WEBAUTHN_ORIGINS to match, or leave "
+            "PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR empty until then.",
+            id="pkiportal.W018",
         )
     ]
 

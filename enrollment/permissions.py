@@ -70,6 +70,11 @@ TOKEN_REFUSALS = {
     "recovery agent or administrator. Add an approved key on /account/, sign in with it "
     "(or with your authenticator app), mint a new token on /account/tokens/ and revoke "
     "this one.",
+    "security_key_token": "This API token was minted with an authenticator app, a backup "
+    "code or single sign-on (or before the portal recorded what confirmed its minting), and "
+    "your organisation requires a security key for you: it cannot act as an RA officer, key "
+    "recovery agent or administrator. Sign in with your security key, mint a new token on "
+    "/account/tokens/ and revoke this one.",
 }
 
 
@@ -77,14 +82,17 @@ def token_role_refusal(user: Any, minted: MintedWith) -> str | None:
     """Why a token minted so gives its owner no role power now, as the API's ``missing``
     code (a key of TOKEN_REFUSALS), or None. Without a second factor, while the policy asks
     its owner for one (before the roll-out of the second factor, or before its owner got
-    the role); with a key the attestation policy does not count, as their session would
-    not (accounts.mfa.token_needs_approved_key). Asked only of someone holding a role."""
+    the role); with a key the attestation policy does not count, or with no key where only
+    a key will do, as their session would not (accounts.mfa.token_needs_approved_key,
+    token_needs_security_key). Asked only of someone holding a role."""
     from accounts import mfa
 
     if not minted.second_factor:
         return "second_factor_token" if mfa.state_for(user).required else None
     if mfa.token_needs_approved_key(user, kind=minted.kind, key_model=minted.key_model):
         return "approved_security_key_token"
+    if mfa.token_needs_security_key(user, kind=minted.kind):
+        return "security_key_token"
     return None
 
 

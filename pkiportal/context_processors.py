@@ -16,11 +16,12 @@ def portal(request: HttpRequest) -> dict[str, Any]:
         "is_key_recovery_agent": lambda: is_key_recovery_agent(user),
         "oidc_enabled": "mozilla_django_oidc" in settings.INSTALLED_APPS,
         # Until the second factor is confirmed (or, where the person's keys must be of an
-        # approved model, an approved key added) every other page sends back to it: the
-        # navigation offers only signing out (accounts.middleware.SecondFactorMiddleware).
+        # approved model, or only a key will do, such a key confirmed or added) every other
+        # page sends back to it: the navigation offers only signing out
+        # (accounts.middleware.SecondFactorMiddleware).
         "second_step_pending": lambda: (
             user is not None
-            and (mfa.session_needs_second_step(request) or mfa.session_needs_approved_key(request))
+            and (mfa.session_needs_second_step(request) or bool(mfa.session_restriction(request)))
         ),
         # Where security keys work, if not at this page's origin (accounts.passkeys).
         "passkey_elsewhere": lambda: passkeys.origin_elsewhere(request),

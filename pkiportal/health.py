@@ -268,7 +268,7 @@ def may_see_details(request: HttpRequest) -> bool:
             user.is_authenticated
             and (user.is_staff or is_ra_officer(user))
             and not mfa.session_needs_second_step(request)
-            and not mfa.session_needs_approved_key(request)
+            and not mfa.session_restriction(request)
         )
     except Exception:  # the session lives in the database, which may be what is down
         return False

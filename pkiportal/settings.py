@@ -574,6 +574,19 @@ for _needs_roots, _given in (
 PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = (
     (_attestation_for or "roles") if PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS else ""
 )
+# Security keys only: for whom ("roles", as above, or "everyone") only a session confirmed
+# with a security key (an approved one, where the attestation policy covers them too) opens
+# the portal; one confirmed with the app, a backup code or a single sign-on opens only
+# /account/, to add a key. Empty (the default): off. Check --deploy warns when it covers
+# people and security keys cannot work at this portal's address (W018).
+PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR = env.str(
+    "PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR", default=""
+).strip()
+if PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR not in ("", "roles", "everyone"):
+    raise ImproperlyConfigured(
+        'PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR must be empty, "roles" or "everyone"; it is '
+        f"{PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR!r}."
+    )
 # Limits that protect the CA from a runaway script or a stolen session.
 PKIPORTAL_MAX_VALID_PER_TEMPLATE = env.int("PKIPORTAL_MAX_VALID_PER_TEMPLATE", default=3)
 PKIPORTAL_ENROLL_RATE_PER_HOUR = env.int("PKIPORTAL_ENROLL_RATE_PER_HOUR", default=20)

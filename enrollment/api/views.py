@@ -1103,7 +1103,7 @@ def check_basic_second_factor(
         return Response(
             {
                 "detail": "Your role needs a second factor: set one up on the portal "
-                f"({reverse('accounts:mfa-setup')}) {wording.purpose}.",
+                f"({reverse(mfa.second_step_url_name(user))}) {wording.purpose}.",
                 "missing": "second_factor",
             },
             status=status.HTTP_403_FORBIDDEN,
