@@ -1,7 +1,8 @@
 """Security keys only (PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR): whom it covers, that only a
 session confirmed with a security key opens their role while the app, a backup code or a
 single sign-on open just their account page (to confirm a key there or add one), that API
-tokens minted without a key carry no role power, the deploy check and the setting itself."""
+tokens minted without a key carry no role power, the deploy check, the setting itself, and
+what the admin shows of a person's second factors."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ from typing import Any
 
 import pytest
 
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ImproperlyConfigured
 
 from accounts import mfa
-from accounts.models import WebAuthnDevice
+from accounts.models import BackupCodeDevice, TotpDevice, WebAuthnDevice
 from tests.enrollment.api_tools import CERTIFICATES, PENDING, TOKEN
 from tests.factories import UserFactory
-from tests.second_factor import authenticator, code
+from tests.second_factor import authenticator, code, verified_login
 from tests.test_api_token_attestation import minted_in_session, minted_with_basic
-from tests.test_passkey_attestation import approved_key, register_through_service
+from tests.test_passkey_attestation import OTHER_MODEL, approved_key, register_through_service
 from tests.test_passkeys import (
     add_key,
     browser,
@@ -27,10 +29,12 @@ from tests.test_passkeys import (
     sign_in_with_key,
 )
 from tests.webauthn_authenticator import (
+    MODEL_AAGUID,
     ORIGIN,
     RP_ID,
     AttestationCA,
     SoftKey,
+    aaguid_text,
 )
 
 pytestmark = pytest.mark.django_db
@@ -456,3 +460,113 @@ def test_the_option_covers_roles_or_everyone(load_settings, given):
 def test_a_bad_value_stops_the_portal(load_settings, given):
     with pytest.raises(ImproperlyConfigured, match="PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR"):
         load_settings(PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR=given)
+
+
+# --- the admin ---------------------------------------------------------------------------------
+
+
+def an_officer_with_every_factor(settings) -> tuple[Any, bytes, list[str]]:
+    """An app, an attested key of an approved model, a key that proved none, ten backup
+    codes (one used)."""
+    vendor = AttestationCA()
+    settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS = [vendor.pem]
+    settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = "everyone"
+    officer = UserFactory(username="olga")
+    officer.groups.add(Group.objects.get_or_create(name="RA officers")[0])
+    _device, seed = authenticator(officer)
+    register_through_service(officer, approved_key(vendor))
+    WebAuthnDevice.objects.filter(user=officer).update(name="Blue <b>key</b>")
+    settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = ""
+    register_through_service(officer, SoftKey())
+    settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = "roles"
+    codes = mfa._replace_backup_codes(officer)
+    backup = BackupCodeDevice.objects.get(user=officer)
+    backup.digests = backup.digests[1:]
+    backup.save()
+    return officer, seed, codes
+
+
+def test_the_admin_shows_each_second_factor_and_no_secret(settings, admin_user, keys_only):
+    keys_only("roles")
+    officer, seed, codes = an_officer_with_every_factor(settings)
+    # Both options cover the administrator too: an approved key of theirs.
+    vendor = AttestationCA("Administrators' Vendor")
+    settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS = [
+        *settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS,
+        vendor.pem,
+    ]
+    admin_key = approved_key(vendor)
+    register_through_service(admin_user, admin_key)
+    admin = password_only(admin_user)
+    sign_in_with_key(admin, admin_key)
+
+    page = admin.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+
+    assert "Authenticator app: confirmed, set up " in page
+    assert "Backup codes: 9 unused." in page
+    assert "Security key “Blue &lt;b&gt;key&lt;/b&gt;”: added " in page  # escaped
+    assert f"attested (packed), model {aaguid_text(MODEL_AAGUID)}: approved model" in page
+    assert "Security key “Old key”: added " in page
+    assert "not attested (attestation none): model not proved" in page
+    assert "only a session confirmed with a security key opens more than their account page" in page
+    assert "their keys must prove an approved model" in page
+    # No seed (in any form), no backup code, no digest, no key material.
+    device = TotpDevice.objects.get(user=officer)
+    assert mfa.base32_secret(device).replace(" ", "") not in page.replace(" ", "")
+    assert seed.hex() not in page
+    assert not any(c in page for c in codes)
+    for digest in BackupCodeDevice.objects.get(user=officer).digests:
+        assert digest.split("$")[1] not in page
+    for key in WebAuthnDevice.objects.filter(user=officer):
+        assert key.credential_id not in page
+    assert "sealed" not in page.lower()
+
+
+@pytest.mark.parametrize(
+    ("allowed", "summary"),
+    [
+        ((), "app, 2 keys (1 approved)"),
+        ((MODEL_AAGUID,), "app, 2 keys (1 approved)"),
+        ((OTHER_MODEL,), "app, 2 keys"),  # a model taken off the list counts no more
+    ],
+    ids=["any-model", "listed", "taken-off-the-list"],
+)
+def test_the_admin_list_counts_each_account_s_factors(
+    settings, admin_client_, employee, allowed, summary
+):
+    an_officer_with_every_factor(settings)
+    settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS = [aaguid_text(a) for a in allowed]
+
+    page = admin_client_.get("/admin/accounts/user/")
+
+    assert page.status_code == 200
+    rows = {user.username: user for user in page.context["cl"].result_list}
+    admin_row = page.context["cl"].model_admin.second_factor_summary
+    assert admin_row(rows["olga"]) == summary
+    assert admin_row(rows["alice"]) == "none"
+    assert summary in page.content.decode()
+
+
+def test_an_employee_or_staff_without_permission_sees_no_one_s_second_factors(settings, employee):
+    officer, _seed, _codes = an_officer_with_every_factor(settings)
+    url = f"/admin/accounts/user/{officer.pk}/change/"
+    staff = UserFactory(username="helpdesk", is_staff=True)
+
+    as_employee = verified_login(browser(), employee).get(url)
+    as_staff = verified_login(browser(), staff).get(url)
+
+    assert as_employee.status_code == 302
+    assert as_employee["Location"].startswith("/admin/login/")
+    assert as_staff.status_code == 403
+
+
+def test_staff_who_may_view_accounts_see_them_read_only(settings):
+    officer, _seed, _codes = an_officer_with_every_factor(settings)
+    staff = UserFactory(username="auditor", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_user"))
+
+    page = verified_login(browser(), staff).get(f"/admin/accounts/user/{officer.pk}/change/")
+
+    assert page.status_code == 200
+    assert "Backup codes: 9 unused." in page.content.decode()
+    assert "Reset it…" not in page.content.decode()
