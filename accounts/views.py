@@ -29,6 +29,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import mfa, passkeys
 from accounts.forms import CodeForm, CurrentCodeForm, RemoveForm, SetupForm
+from accounts.models import WebAuthnDevice
 from accounts.requests import AuthenticatedHttpRequest
 from accounts.sessions import sessions_end
 from enrollment import recent_sign_in
@@ -298,7 +299,11 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
             passkeys.restore_confirmation(request.session, confirmation)
         if codes is not None:
             request.session.pop(mfa.PENDING_SESSION_KEY, None)
-            mfa.mark_verified(request, device)
+            # Verified by the new app from now on; except a session a key verified, of
+            # someone only a key lets in: the app would hold it to the account page.
+            before = getattr(request.user, "otp_device", None)
+            keep_key = isinstance(before, WebAuthnDevice) and state.keys_only
+            mfa.mark_verified(request, before if keep_key else device)
             response = render(
                 request,
                 "accounts/backup_codes.html",

@@ -18,7 +18,7 @@ from accounts import mfa
 from accounts.models import BackupCodeDevice, TotpDevice, WebAuthnDevice
 from tests.enrollment.api_tools import CERTIFICATES, PENDING, TOKEN
 from tests.factories import UserFactory
-from tests.second_factor import authenticator, code, verified_login
+from tests.second_factor import authenticator, code, seed_of, verified_login
 from tests.test_api_token_attestation import minted_in_session, minted_with_basic
 from tests.test_passkey_attestation import OTHER_MODEL, approved_key, register_through_service
 from tests.test_passkeys import (
@@ -273,6 +273,23 @@ def test_removing_the_key_the_session_signed_in_with_keeps_it_open_with_another_
 
     assert removed["Location"] == "/account/"
     assert not WebAuthnDevice.objects.filter(pk=used.pk).exists()
+    assert client.get(RA).status_code == 200
+
+
+def test_setting_up_an_app_in_a_session_a_key_verified_keeps_it_open(officer, keys_only):
+    keys_only("roles")
+    key = SoftKey()
+    register_through_service(officer, key)
+    client = password_only(officer)
+    sign_in_with_key(client, key)
+    assert sign_in_confirm(client, key).status_code == 200  # the proof for the set-up
+    assert client.get("/account/two-factor/setup/").status_code == 200
+    seed = seed_of(TotpDevice.objects.get(user=officer, confirmed=False))
+
+    set_up = client.post("/account/two-factor/setup/", {"code": code(seed)})
+
+    assert set_up.status_code == 200
+    assert mfa.confirmed_totp(officer) is not None
     assert client.get(RA).status_code == 200
 
 
