@@ -67,9 +67,8 @@ TOKEN_REFUSALS = {
     "approved_security_key_token": "This API token was minted with a security key that has "
     "not proved an approved model (or before the portal recorded what confirmed its "
     "minting), and your role needs an approved key: it cannot act as an RA officer, key "
-    "recovery agent or administrator. Add an approved key on /account/, sign in with it "
-    "(or with your authenticator app), mint a new token on /account/tokens/ and revoke "
-    "this one.",
+    "recovery agent or administrator. Add an approved key on /account/, sign in with it, "
+    "mint a new token on /account/tokens/ and revoke this one.",
     "security_key_token": "This API token was minted with an authenticator app, a backup "
     "code or single sign-on (or before the portal recorded what confirmed its minting), and "
     "your organisation requires a security key for you: it cannot act as an RA officer, key "
