@@ -36,6 +36,7 @@ from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from, role_groups
 from enrollment.edge import client_address
 from enrollment.services import address_key, other_account_with
+from pkiportal import plurals
 
 _ModelT = TypeVar("_ModelT", bound=models.Model)
 _FormT = TypeVar("_FormT", bound=ModelForm[Any])
@@ -511,9 +512,9 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
                 "Unselect this instead of deleting accounts: the person is signed out "
                 "everywhere and leaves the directory"
                 + (
-                    f", and their valid certificates are revoked {hours} hours later (by the "
-                    "scheduled task, where beat runs) unless the account is reactivated "
-                    "before then."
+                    ", and their valid certificates are revoked "
+                    f"{plurals.hours(hours)} later (by the scheduled task, where beat "
+                    "runs) unless the account is reactivated before then."
                     if hours is not None
                     else "."
                 )
@@ -521,8 +522,9 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         if "email" in form.base_fields and hours is not None:
             form.base_fields["email"].help_text = (
                 "The address certificates are issued for. Change it and the person's valid "
-                f"certificates for the old address are revoked {hours} hours later; they are "
-                "told by e-mail and can renew for the new one."
+                "certificates for the old address are revoked "
+                f"{plurals.hours(hours)} later; they are told by e-mail and can renew for "
+                "the new one."
             )
         return form
 

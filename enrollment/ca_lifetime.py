@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from enrollment.models import Certificate, CertificateAuthority, CertificateTemplate
+from pkiportal import plurals
 
 _SECOND = timedelta(seconds=1)
 SWITCH_HINT = (
@@ -59,7 +60,7 @@ def issuance_problem(
         return (
             f"The issuing CA {ca.name} ends on {ca.not_after:%Y-%m-%d %H:%M} UTC, so a "
             f"certificate from {template.name} would last {_days(lasts)} instead of "
-            f"{template.validity_days} days: it is not issued. An administrator must move "
+            f"{plurals.days(template.validity_days)}: it is not issued. An administrator must move "
             "the template to a new issuing CA."
         )
     return None
@@ -67,9 +68,8 @@ def issuance_problem(
 
 def _days(span: timedelta) -> str:
     if span >= timedelta(days=1):
-        return f"{span.days} day{'s' if span.days != 1 else ''}"
-    hours = int(span.total_seconds() // 3600)
-    return f"{hours} hour{'s' if hours != 1 else ''}"
+        return plurals.days(span.days)
+    return plurals.hours(int(span.total_seconds() // 3600))
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,9 @@ class CutShort:
     @property
     def message(self) -> str:
         return (
-            f"Valid until {self.not_after:%Y-%m-%d %H:%M} UTC ({self.days} days), shorter than "
-            f"the template's {self.template_days} days, because the issuing CA {self.ca_name} "
-            "ends then."
+            f"Valid until {self.not_after:%Y-%m-%d %H:%M} UTC ({plurals.days(self.days)}), "
+            f"shorter than the template's {plurals.days(self.template_days)}, because the "
+            f"issuing CA {self.ca_name} ends then."
         )
 
 

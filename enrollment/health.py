@@ -347,19 +347,20 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
             )
         elif refused:
             status.problems.append(
-                f"{ends}, in {left.days} days: {names} no longer issue, as their certificates "
-                f"would last fewer than {settings.PKIPORTAL_MIN_CERTIFICATE_DAYS} days. "
+                f"{ends}, in {plurals.days(left.days)}: {names} no longer issue, as their "
+                "certificates would last fewer than "
+                f"{plurals.days(settings.PKIPORTAL_MIN_CERTIFICATE_DAYS)}. "
                 f"{ca_lifetime.SWITCH_HINT}"
             )
         elif left < timedelta(days=longest.validity_days):
             status.warnings.append(
-                f"{ends}, in {left.days} days: certificates from {longest.name} "
-                f"({longest.validity_days} days) issued now are cut short to end then. "
+                f"{ends}, in {plurals.days(left.days)}: certificates from {longest.name} "
+                f"({plurals.days(longest.validity_days)}) issued now are cut short to end then. "
                 f"{ca_lifetime.SWITCH_HINT}"
             )
         elif left <= lead:
             status.warnings.append(
-                f"{ends}, in {left.days} days (PKIPORTAL_CA_EXPIRY_WARNING_DAYS is "
+                f"{ends}, in {plurals.days(left.days)} (PKIPORTAL_CA_EXPIRY_WARNING_DAYS is "
                 f"{settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS}). {ca_lifetime.SWITCH_HINT}"
             )
     return check

@@ -41,6 +41,7 @@ from enrollment.ra_forms import (
     MailboxDeactivateForm,
 )
 from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
+from pkiportal import plurals
 
 logger = logging.getLogger(__name__)
 
@@ -429,8 +430,8 @@ def _when_revoked() -> str:
         )
     hours = int(delay.total_seconds() // 3600)
     when = (
-        f"Their certificates are due for revocation (cessation of operation) {hours} hours "
-        "from now; reactivate a mailbox before then and it keeps them."
+        f"Their certificates are due for revocation (cessation of operation) "
+        f"{plurals.hours(hours)} from now; reactivate a mailbox before then and it keeps them."
     )
     if health.no_scheduler():
         when += f" Nothing runs on a schedule here: {leavers.CRON_HINT}"

@@ -42,6 +42,7 @@ from enrollment.models import (
     RevocationList,
 )
 from enrollment.permissions import ra_officers
+from pkiportal import plurals
 
 HEX = re.compile(r"[0-9a-f]+")
 
@@ -375,7 +376,7 @@ def agent_overview(now: datetime | None = None) -> AgentOverview:
         overview.level = health.WARN
         overview.message = (
             f"The last valid key recovery agent certificate, {last.name}, expires on "
-            f"{last.not_after:%Y-%m-%d} (in {max((last.not_after - now).days, 0)} days). "
+            f"{last.not_after:%Y-%m-%d} (in {plurals.days(max((last.not_after - now).days, 0))}). "
             "Register a new one before then, or archiving templates stop issuing."
         )
     return overview

@@ -58,6 +58,7 @@ from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 from enrollment.ra_selectors import with_quorum
 from enrollment.x509 import cms, keys, pkcs7, pkcs12
 from enrollment.x509.errors import X509Error
+from pkiportal import plurals
 
 logger = logging.getLogger(__name__)
 
@@ -534,7 +535,8 @@ def _check_ask_rate(holder: User) -> None:
     )
     if len(recent) >= limit:
         exc = RateLimited(
-            f"You have asked for {limit} key recoveries in the last 24 hours; please try "
+            f"You have asked for {plurals.count(limit, 'key recovery', 'key recoveries')} in the "
+            "last 24 hours; please try "
             "again later, or ask an RA officer directly."
         )
         exc.retry_after = max(

@@ -49,6 +49,7 @@ from enrollment.models import (
 from enrollment.x509 import keys
 from enrollment.x509.mail_domains import address_permitted, issuer_permits
 from enrollment.x509.names import printable
+from pkiportal import plurals
 
 logger = logging.getLogger(__name__)
 
@@ -605,7 +606,7 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
             when = timezone.localtime(locked.last_reminded_at)
             error = RateLimited(
                 f"This roll-out's people were reminded at {when:%Y-%m-%d %H:%M %Z}; remind "
-                f"them again {settings.PKIPORTAL_ROLLOUT_REMIND_HOURS} hours after that."
+                f"them again {plurals.hours(settings.PKIPORTAL_ROLLOUT_REMIND_HOURS)} after that."
             )
             error.retry_after = (locked.last_reminded_at + every - now).total_seconds()
             raise error

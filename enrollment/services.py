@@ -86,6 +86,7 @@ from enrollment.x509.mail_domains import (
     parse_mail_domains,
 )
 from enrollment.x509.policy import CertificateType
+from pkiportal import plurals
 
 logger = logging.getLogger(__name__)
 
@@ -1905,7 +1906,7 @@ def _check_crl_validity(ca: CertificateAuthority, validity: timedelta) -> None:
 
 
 def _days(span: timedelta) -> str:
-    return f"{span.days} days" if span == timedelta(days=span.days) else str(span)
+    return plurals.days(span.days) if span == timedelta(days=span.days) else str(span)
 
 
 def _ca_key_identifier(ca: CertificateAuthority) -> bytes:
@@ -2082,7 +2083,8 @@ def _check_limits(counts: hotsql.EnrolmentCounts, template: CertificateTemplate)
     """Per-person caps that keep a script or a stolen session from flooding the CA."""
     if counts.recent_requests >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
         raise RateLimited(
-            f"You have made {settings.PKIPORTAL_ENROLL_RATE_PER_HOUR} requests in the last hour; "
+            f"You have made {plurals.count(settings.PKIPORTAL_ENROLL_RATE_PER_HOUR, 'request')} "
+            "in the last hour; "
             "please try again later."
         )
     cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
@@ -2625,7 +2627,8 @@ def _check_mailbox_limits(
     (PKIPORTAL_MAX_VALID_PER_TEMPLATE), not for the delegate who asks."""
     if counts.recent_requests >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
         raise RateLimited(
-            f"You have made {settings.PKIPORTAL_ENROLL_RATE_PER_HOUR} requests in the last hour; "
+            f"You have made {plurals.count(settings.PKIPORTAL_ENROLL_RATE_PER_HOUR, 'request')} "
+            "in the last hour; "
             "please try again later."
         )
     held = Certificate.objects.held().filter(mailbox=mailbox, template=template)

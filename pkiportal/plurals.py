@@ -20,3 +20,13 @@ def minutes(count: int) -> str:
 
 def hours(count: int) -> str:
     return ngettext("%(count)d hour", "%(count)d hours", count) % {"count": count}
+
+
+def days(count: int) -> str:
+    return ngettext("%(count)d day", "%(count)d days", count) % {"count": count}
+
+
+def count(number: int, singular: str, plural: str = "") -> str:
+    """A count of things in English, "1 request" or "3 requests"; the plural is the
+    singular with an "s" unless given."""
+    return f"{number} {singular if number == 1 else (plural or singular + 's')}"

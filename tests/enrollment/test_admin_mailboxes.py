@@ -107,6 +107,15 @@ def test_choosing_it_asks_first_and_changes_nothing(admin_officer, finance):
     assert "72 hours from now" in text
 
 
+def test_a_delay_of_one_hour_is_one_hour(admin_officer, finance, settings):
+    settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 1
+
+    text = act(client_for(admin_officer), "deactivate", [finance.pk]).content.decode()
+
+    assert "1 hour from now" in text
+    assert "1 hours" not in text
+
+
 def test_without_the_tick_nothing_changes(admin_officer, finance):
     response = act(client_for(admin_officer), "deactivate", [finance.pk], post="yes")
 

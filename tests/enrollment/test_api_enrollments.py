@@ -527,6 +527,7 @@ def test_the_rate_limit_is_429_with_retry_after(hierarchy, employee, ec_p256_key
 
     assert response.status_code == 429
     assert int(response["Retry-After"]) > 0
+    assert "You have made 1 request in the last hour" in response.json()["detail"]
     assert "try again later" in response.json()["detail"]
     assert stored_counts() == before
 

@@ -308,6 +308,7 @@ def test_the_rate_limit_answers_429_on_the_form(employee_client, settings, hiera
     response = enrol_with_portal_key(employee_client)
 
     assert response.status_code == 429
+    assert "You have made 1 request in the last hour" in response.content.decode()
     assert "try again later" in response.content.decode()
     assert counts() == before
 

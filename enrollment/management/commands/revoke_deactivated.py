@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from enrollment import leavers, outdated
+from pkiportal import plurals
 
 
 class Command(BaseCommand):
@@ -50,8 +51,8 @@ class Command(BaseCommand):
         cap = settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN
         hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
         self.stdout.write(
-            f"Certificates are revoked {hours} hours after an account is deactivated, for at "
-            f"most {cap} accounts a run."
+            f"Certificates are revoked {plurals.hours(hours)} after an account is deactivated, "
+            f"for at most {cap} accounts a run."
         )
         if not due:
             self.stdout.write("No deactivated account is due.")
