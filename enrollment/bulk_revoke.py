@@ -3,47 +3,61 @@ certificates…", in the officer's request up to PKIPORTAL_ADMIN_REVOKE_INLINE_M
 Celery task above it (enrollment.tasks.certificates_revoke_task), so a web server's
 timeout never cuts a large selection off half-way.
 
-Each batch is one transaction, as a leaver's certificates are (enrollment.leavers): its
-certificate rows are locked first, in id order, then each is revoked through
-services.certificate_revoke (audit event, CRL entry, the holder's mail), and a run's
-``certificate.bulk_revoke.batch`` event names the serials it revoked; one CRL task per CA
-is queued as it commits, not one per certificate. Whatever is revoked or expired by the
-time its batch comes is skipped and counted, so the task can be run again (a worker that
-died) and the action chosen again on the same selection to finish what a failure left.
+Every run is a row (models.BulkRevocationRun), written with its ``.queued`` audit event in
+the officer's request: the selected ids, the reason, the counts and where the next batch
+starts. The task's message carries the run's number alone and a worker reads the rest
+there, so a run outlives a worker's death or a dropped message.
 
-A run is recorded on the audit trail: ``certificate.bulk_revoke.queued`` in the officer's
-request (its id names the run), a ``.batch`` event per batch, and ``.done`` with the
-totals (outcome failure if some could not be revoked or the run stopped early).
+Each batch is one transaction, as a leaver's certificates are (enrollment.leavers): the
+run's row is locked first, then its certificate rows in id order, then each is revoked
+through services.certificate_revoke (audit event, CRL entry, the holder's mail), a
+``.batch`` event names the serials it revoked, and the row's counts, position and
+heartbeat move with it; one CRL task per CA is queued as it commits, not one per
+certificate. Whatever is revoked or expired by the time its batch comes is skipped and
+counted, so a batch done again does no harm.
+
+One worker at a time: the row names, in ``claim``, the one task message (by its id) or
+request that may work on the run, and each batch checks it under the row's lock. A run
+not finished whose heartbeat is older than STALL_MINUTES (its worker died, its message
+was dropped, its request was cut off) is stalled; resuming it, or one an error stopped,
+names a new message on the row, taken with SKIP LOCKED while it is resumable: of two
+resumes at once one queues a message, and a worker still on the old message stops at its
+next batch.
+
+The audit trail tells the story: ``.queued`` (its id is the run's number), a ``.batch``
+event per batch, ``.resumed``, and ``.done`` with the totals (outcome failure if some
+could not be revoked or the run stopped early).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.result import AsyncResult
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import IntegerField, Max, Q, Sum
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from enrollment import services, tasks
 from enrollment.audit import audit_record
 from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, public_message
-from enrollment.models import AuditEvent, Certificate, CrlEntry, KeyIdentity
+from enrollment.models import AuditEvent, BulkRevocationRun, Certificate, CrlEntry, KeyIdentity
 from enrollment.permissions import is_ra_officer
 
 logger = logging.getLogger(__name__)
 
 QUEUED = "certificate.bulk_revoke.queued"
 BATCH_DONE = "certificate.bulk_revoke.batch"
+RESUMED = "certificate.bulk_revoke.resumed"
 DONE = "certificate.bulk_revoke.done"
 # Certificates per transaction. Each revocation takes the audit trail's lock and keeps it
 # to the commit, so other audited changes wait for a whole batch: ~1 s for 50 on a busy
@@ -53,49 +67,20 @@ BATCH = 50
 FAILURES_KEPT = 10
 # A task revokes for this long (at most half its soft time limit), then queues the rest.
 RUN_SECONDS = 60.0
-# Errors about the form's input: shown on the form when the first certificate gets one.
-FORM_FIELDS = ("reason", "invalidity_date")
+# A run not finished whose heartbeat (queued, claimed, last batch) is this old is stalled
+# and may be resumed: a batch of BATCH takes seconds, a message waits for a worker less.
+STALL_MINUTES = 10
 
-
-@dataclass
-class Run:
-    """A confirmed selection and how far it has got: what the task's message carries (ids
-    and JSON values) and what the officer is told at its end."""
-
-    ids: list[int]  # still to do, in id order
-    reason: str
-    actor_id: int
-    invalidity_date: datetime | None = None
-    source_address: str | None = None
-    run_id: int | None = None  # the .queued event; None in the request (no run events)
-    total: int = 0  # to revoke, as confirmed
-    revoked: int = 0
-    skipped: int = 0  # already revoked or expired: when confirmed, and since
-    failed: int = 0
-    imported: int = 0  # of those revoked, another CA's: recorded here only
-    batches: int = 0
-    failures: list[str] = field(default_factory=list)  # the first FAILURES_KEPT
-    error: str = ""  # why it stopped before the end
-
-    def as_message(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        if self.invalidity_date is not None:
-            data["invalidity_date"] = self.invalidity_date.isoformat()
-        return data
-
-    @classmethod
-    def from_message(cls, data: dict[str, Any]) -> Run:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        if values.get("invalidity_date"):
-            values["invalidity_date"] = datetime.fromisoformat(values["invalidity_date"])
-        return cls(**values)
+State = BulkRevocationRun.State
+UNFINISHED = (State.QUEUED, State.RUNNING)
+# What a batch moves on the row, and what the worker's copy is given back after it.
+PROGRESS = ("position", "revoked", "skipped", "failed", "imported", "batches", "failures")
 
 
 def may_revoke_in_bulk(user: Any) -> bool:
     """Whom the admin's action serves: an active staff account that may view certificates
     there (the changelist's own check) and may revoke others' (RA officers, superusers).
-    Checked again before each batch, against the account as it is then."""
+    Checked again before each batch, against the account as it is then, and to resume."""
     return bool(
         user is not None
         and user.is_active
@@ -108,6 +93,11 @@ def may_revoke_in_bulk(user: Any) -> bool:
     )
 
 
+def _token() -> str:
+    """A claim: the id of the one message (or request) that may work on a run."""
+    return uuid.uuid4().hex
+
+
 def bulk_revoke_start(
     *,
     ids: list[int],
@@ -116,140 +106,197 @@ def bulk_revoke_start(
     invalidity_date: datetime | None = None,
     source_address: str | None = None,
     skipped: int = 0,
-) -> Run:
-    """Record a confirmed selection for a task to revoke (``.queued``, in the officer's
-    name): the run to queue. The invalidity date is checked first against the selection
-    (its latest certificate), so a date the service would refuse is put right on the form
-    rather than fail every certificate in the background."""
+) -> BulkRevocationRun:
+    """Record a confirmed selection (``.queued``, in the officer's name, and its row): the
+    run, claimed for the request or message named by its ``claim``. The invalidity date is
+    checked first against the selection (its latest certificate), so a date the service
+    would refuse is put right on the form rather than fail every certificate."""
     if not may_revoke_in_bulk(actor):
         raise NotPermitted("Only RA officers may revoke certificates from the admin.")
     if invalidity_date is not None and ids:
         latest = Certificate.objects.filter(pk__in=ids).aggregate(latest=Max("not_before"))
         services.invalidity_date_check(invalidity_date, not_before=latest["latest"])
-    event = audit_record(
-        action=QUEUED,
-        actor=actor,
-        source_address=source_address,
-        detail={
-            "certificates": len(ids),
-            "skipped": skipped,
-            "reason": reason,
-            "invalidity_date": invalidity_date,
-            "batch_size": BATCH,
-        },
+    with transaction.atomic():
+        event = audit_record(
+            action=QUEUED,
+            actor=actor,
+            source_address=source_address,
+            detail={
+                "certificates": len(ids),
+                "skipped": skipped,
+                "reason": reason,
+                "invalidity_date": invalidity_date,
+                "batch_size": BATCH,
+            },
+        )
+        return BulkRevocationRun.objects.create(
+            event=event,
+            created_at=event.created_at,
+            started_by=actor,
+            actor=actor,
+            source_address=source_address,
+            reason=reason,
+            invalidity_date=invalidity_date,
+            certificate_ids=sorted(ids),
+            total=len(ids),
+            selected=len(ids) + skipped,
+            skipped=skipped,
+            claim=_token(),
+            heartbeat_at=event.created_at,
+        )
+
+
+def bulk_revoke_queue(run: BulkRevocationRun, *, error: str = "") -> AsyncResult[Any] | None:
+    """Hand the run to a worker: a message with its number alone, whose id is the run's
+    claim. Without a broker the task runs here, to the end (its errors are raised). None
+    if the broker refused it: the run is then stopped with ``error`` (logged)."""
+    task = tasks.certificates_revoke_task
+    if settings.CELERY_TASK_ALWAYS_EAGER:  # what it raises is the run's, not a broker's
+        return task.apply_async((run.pk,), task_id=run.claim)
+    try:
+        return task.apply_async((run.pk,), task_id=run.claim)
+    except Exception:
+        logger.exception("Could not queue bulk revocation %s", run.pk)
+        _end(run, run.claim, error=error or "It could not be queued (is the broker down?).")
+        return None
+
+
+def bulk_revoke_work(
+    run_id: int, *, claim: str, seconds: float | None = None
+) -> BulkRevocationRun | None:
+    """Work on the run as the message or request named ``claim``: its batches until none
+    is left, ``seconds`` have passed (a new message gets the rest), or something stops
+    it (``error`` says what; the batch it stopped in is rolled back whole, those before
+    it stay revoked). The run as it is then (certificate ids not loaded); None if it is
+    not this claim's (resumed meanwhile, or ended)."""
+    claimed = BulkRevocationRun.objects.filter(pk=run_id, claim=claim, state__in=UNFINISHED).update(
+        state=State.RUNNING, heartbeat_at=timezone.now()
     )
-    return Run(
-        ids=sorted(ids),
-        reason=reason,
-        actor_id=actor.pk,
-        invalidity_date=invalidity_date,
-        source_address=source_address,
-        run_id=event.pk,
-        total=len(ids),
-        skipped=skipped,
+    if not claimed:
+        logger.info("Bulk revocation %s is not message %s's (resumed or ended).", run_id, claim)
+        return None
+    run = BulkRevocationRun.objects.defer("certificate_ids").get(pk=run_id)
+    # Read once a message (~0.9 MB for 100,000), not once a batch.
+    ids: list[int] = BulkRevocationRun.objects.values_list("certificate_ids", flat=True).get(
+        pk=run_id
     )
-
-
-def bulk_revoke_continue(
-    run: Run, *, seconds: float | None = None, form_errors: bool = False
-) -> None:
-    """Revoke the run's batches, updating it, until none is left, ``seconds`` have passed
-    (run.ids keeps the rest), or something stops it (run.error says what; the batch it
-    stopped in is rolled back whole, those before it stay revoked).
-
-    ``form_errors``: a refusal of the reason or the invalidity date for the very first
-    certificate is raised (the request shows it on the form; nothing changed), not counted.
-    """
     started, first = time.monotonic(), True
-    while run.ids:
+    while run.position < run.total:
         # At least one batch a call, whatever the time: a run always gets further.
         if seconds is not None and not first and time.monotonic() - started >= seconds:
-            return
+            _hand_over(run, claim)
+            return run
         first = False
-        actor = get_user_model().objects.filter(pk=run.actor_id).first()
+        actor = _actor(run)
         if not may_revoke_in_bulk(actor):
-            who = actor.get_username() if actor is not None else f"account {run.actor_id}"
-            run.error = f"{who} may no longer revoke certificates from the admin."
-            return
-        batch = run.ids[:BATCH]
+            who = actor.get_username() if actor is not None else "The account that ran it"
+            _end(run, claim, error=f"{who} may no longer revoke certificates from the admin.")
+            return run
         try:
-            _revoke_batch(run, batch, actor, form_errors=form_errors)
+            ours = _revoke_batch(run, ids, claim, actor)
         except SoftTimeLimitExceeded:
-            raise  # the task queues the rest, this batch included
-        except EnrollmentError as exc:
-            if form_errors and exc.field in FORM_FIELDS:
-                raise  # the first certificate's, as _revoke_batch raises it: nothing changed
-            run.error = _stopped(run, exc)
-            return
+            logger.warning("Bulk revocation %s reached the time limit; the rest is queued again.",
+                           run.pk)  # fmt: skip
+            _hand_over(run, claim)  # this batch, rolled back, included
+            return run
         except Exception as exc:
-            run.error = _stopped(run, exc)
-            return
-        del run.ids[: len(batch)]
+            _end(run, claim, error=_stopped(run, exc))
+            return run
+        if not ours:
+            logger.info("Bulk revocation %s was resumed by another message; this one stops.",
+                        run.pk)  # fmt: skip
+            return run
+    _end(run, claim)
+    return run
 
 
-def _stopped(run: Run, exc: Exception) -> str:
-    logger.exception(
-        "Bulk revocation %s stopped after %d certificates", run.run_id or "(in the request)",
-        run.revoked,
-    )  # fmt: skip
+def _actor(run: BulkRevocationRun) -> Any:
+    """The account the run revokes in the name of, as it is now (None if deleted)."""
+    if run.actor_id is None:
+        return None
+    return get_user_model().objects.filter(pk=run.actor_id).first()
+
+
+def _stopped(run: BulkRevocationRun, exc: Exception) -> str:
+    logger.exception("Bulk revocation %s stopped after %d certificates", run.pk, run.revoked)
     shown = public_message(exc) if isinstance(exc, EnrollmentError) else type(exc).__name__
     return f"Stopped by an error ({shown}); the log has the details."[:500]
 
 
-def _revoke_batch(run: Run, ids: list[int], actor: Any, *, form_errors: bool) -> None:
-    revoked: list[Certificate] = []
-    skipped = failed = imported = 0
-    failures: list[str] = []
+def _locked(run_id: int, claim: str) -> BulkRevocationRun | None:
+    """The run's row, locked, if it is still this claim's to work on (no certificate ids:
+    they are read once a message, not once a batch)."""
+    return (
+        BulkRevocationRun.objects.select_for_update()
+        .defer("certificate_ids")
+        .filter(pk=run_id, claim=claim, state__in=UNFINISHED)
+        .first()
+    )
+
+
+def _revoke_batch(run: BulkRevocationRun, ids: list[int], claim: str, actor: Any) -> bool:
+    """The next batch and its place on the row, in one transaction; False (nothing done)
+    if the run is no longer this claim's."""
     with transaction.atomic(), tasks.crl_publish_once():
-        held = _lock(ids, run.reason)
-        skipped = len(ids) - len(held)
+        # The run's row before any certificate's: a second worker on the run waits here,
+        # and a single revocation never takes it.
+        current = _locked(run.pk, claim)
+        if current is None:
+            return False
+        batch = ids[current.position : current.position + BATCH]
+        revoked: list[Certificate] = []
+        held = _lock(batch, current.reason)
+        skipped = len(batch) - len(held)
+        failed = imported = 0
         for certificate in held:
             try:
                 services.certificate_revoke(
                     certificate=certificate,
-                    reason=run.reason,
+                    reason=current.reason,
                     actor=actor,
-                    invalidity_date=run.invalidity_date,
-                    source_address=run.source_address,
+                    invalidity_date=current.invalidity_date,
+                    source_address=current.source_address,
                 )
             except InvalidState:
                 skipped += 1  # revoked meanwhile, or with a compromised key revoked here
                 continue
             except EnrollmentError as exc:
-                first = not (run.revoked or run.failed or revoked or failed)
-                if form_errors and first and exc.field in FORM_FIELDS:
-                    raise
                 logger.warning("Bulk revocation of %s failed: %s", certificate.pk, exc.message)
                 failed += 1
-                failures.append(
-                    f"{certificate} (serial {certificate.serial}): {public_message(exc)}"
-                )
+                if len(current.failures) < FAILURES_KEPT:
+                    current.failures.append(
+                        f"{certificate} (serial {certificate.serial}): {public_message(exc)}"
+                    )
                 continue
             revoked.append(certificate)
             imported += certificate.ca.is_imported
-        if run.run_id is not None:
-            audit_record(
-                action=BATCH_DONE,
-                actor=actor,
-                source_address=run.source_address,
-                detail={
-                    "run": run.run_id,
-                    "batch": run.batches + 1,
-                    "revoked": len(revoked),
-                    "skipped": skipped,
-                    "failed": failed,
-                    "serials": [certificate.serial for certificate in revoked],
-                    "done": run.total - len(run.ids) + len(ids),
-                    "of": run.total,
-                },
-            )
-    # Committed: only now does the run count it.
-    run.batches += 1
-    run.revoked += len(revoked)
-    run.skipped += skipped
-    run.failed += failed
-    run.imported += imported
-    run.failures.extend(failures[: FAILURES_KEPT - len(run.failures)])
+        audit_record(
+            action=BATCH_DONE,
+            actor=actor,
+            source_address=current.source_address,
+            detail={
+                "run": current.pk,
+                "batch": current.batches + 1,
+                "revoked": len(revoked),
+                "skipped": skipped,
+                "failed": failed,
+                "serials": [certificate.serial for certificate in revoked],
+                "done": current.position + len(batch),
+                "of": current.total,
+            },
+        )
+        current.position += len(batch)
+        current.batches += 1
+        current.revoked += len(revoked)
+        current.skipped += skipped
+        current.failed += failed
+        current.imported += imported
+        current.heartbeat_at = timezone.now()
+        current.save(update_fields=[*PROGRESS, "heartbeat_at"])
+    # Committed: only now does the worker's copy count it.
+    for name in (*PROGRESS, "heartbeat_at"):
+        setattr(run, name, getattr(current, name))
+    return True
 
 
 def _lock(ids: list[int], reason: str) -> list[Certificate]:
@@ -289,46 +336,139 @@ def _lock(ids: list[int], reason: str) -> list[Certificate]:
     )
 
 
-def bulk_revoke_finish(run: Run) -> None:
-    """Record the run's end (``.done``, failure if some were not revoked) and log it."""
-    actor = get_user_model().objects.filter(pk=run.actor_id).first()
-    incomplete = bool(run.error or run.failed or run.ids)
-    audit_record(
-        action=DONE,
-        actor=actor,
-        source_address=run.source_address,
-        outcome=AuditEvent.Outcome.FAILURE if incomplete else AuditEvent.Outcome.SUCCESS,
-        detail={
-            "run": run.run_id,
-            "certificates": run.total,
-            "revoked": run.revoked,
-            "skipped": run.skipped,
-            "failed": run.failed,
-            "imported": run.imported,
-            "not_reached": len(run.ids),
-            **({"failures": run.failures} if run.failures else {}),
-            **({"error": run.error} if run.error else {}),
-        },
-    )
+def _end(run: BulkRevocationRun, claim: str, *, error: str = "") -> bool:
+    """Record the run's end, if it is still this claim's: finished (with failures if some
+    were refused) or, with ``error``, stopped; ``.done`` with the totals, and the log."""
+    with transaction.atomic():
+        current = _locked(run.pk, claim)
+        if current is None:
+            return False
+        if error:
+            current.state = State.STOPPED
+        else:
+            current.state = State.FAILED if current.failed else State.DONE
+        current.error = error[:500]
+        current.finished_at = current.heartbeat_at = timezone.now()
+        current.save(update_fields=["state", "error", "finished_at", "heartbeat_at"])
+        incomplete = bool(error or current.failed or current.not_reached)
+        audit_record(
+            action=DONE,
+            actor=_actor(current),
+            source_address=current.source_address,
+            outcome=AuditEvent.Outcome.FAILURE if incomplete else AuditEvent.Outcome.SUCCESS,
+            detail={
+                "run": current.pk,
+                "certificates": current.total,
+                "revoked": current.revoked,
+                "skipped": current.skipped,
+                "failed": current.failed,
+                "imported": current.imported,
+                "not_reached": current.not_reached,
+                **({"failures": current.failures} if current.failures else {}),
+                **({"error": current.error} if current.error else {}),
+            },
+        )
+    for name in (*PROGRESS, "state", "error", "finished_at", "heartbeat_at"):
+        setattr(run, name, getattr(current, name))
     (logger.error if incomplete else logger.info)(
         "Bulk revocation %s: %d revoked, %d skipped, %d failed, %d not reached. %s",
-        run.run_id, run.revoked, run.skipped, run.failed, len(run.ids), run.error,
+        run.pk, run.revoked, run.skipped, run.failed, run.not_reached, run.error,
     )  # fmt: skip
+    return True
+
+
+def _hand_over(run: BulkRevocationRun, claim: str) -> None:
+    """Time is up with batches left: name a new message as the run's claim, then queue it
+    (committed first, so the message finds itself named)."""
+    successor = _token()
+    moved = BulkRevocationRun.objects.filter(pk=run.pk, claim=claim, state=State.RUNNING).update(
+        state=State.QUEUED, claim=successor
+    )
+    if moved:
+        run.state, run.claim = State.QUEUED, successor
+        bulk_revoke_queue(run, error="Could not queue the rest (is the broker down?).")
+
+
+def resumable(now: datetime) -> Q:
+    """Runs that may be resumed: stopped early, or stalled (not finished, no heartbeat for
+    STALL_MINUTES)."""
+    stalled = Q(state__in=UNFINISHED, heartbeat_at__lte=now - timedelta(minutes=STALL_MINUTES))
+    return Q(state=State.STOPPED) | stalled
+
+
+def bulk_revoke_resume(
+    *, run: BulkRevocationRun, actor: Any, source_address: str | None = None
+) -> BulkRevocationRun:
+    """Give a stalled or stopped run to a new message, in ``actor``'s name from now on
+    (``.resumed``); the run, to queue (bulk_revoke_queue) once this commits. What is
+    already revoked is skipped, so resuming is safe.
+
+    The row is taken with SKIP LOCKED, and only while it is resumable: a second resume at
+    the same moment, or one while a batch (stuck past the stall time) holds the row, is
+    refused at once rather than left waiting; a worker still on the old message stops at
+    its next batch."""
+    if not may_revoke_in_bulk(actor):
+        raise NotPermitted(
+            "Only RA officers who may revoke certificates in the admin may resume a run."
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        current = (
+            BulkRevocationRun.objects.select_for_update(skip_locked=True)
+            .defer("certificate_ids")
+            .filter(resumable(now), pk=run.pk)
+            .first()
+        )
+        if current is None:
+            raise InvalidState(
+                f"Bulk revocation #{run.pk} is running or has finished: nothing to resume."
+            )
+        stopped_by = current.error
+        current.state = State.QUEUED
+        current.claim = _token()
+        current.heartbeat_at = now
+        current.actor = actor
+        current.source_address = source_address
+        current.error = ""
+        current.finished_at = None
+        current.resumes += 1
+        current.save(
+            update_fields=[
+                "state",
+                "claim",
+                "heartbeat_at",
+                "actor",
+                "source_address",
+                "error",
+                "finished_at",
+                "resumes",
+            ]
+        )
+        audit_record(
+            action=RESUMED,
+            actor=actor,
+            source_address=source_address,
+            detail={
+                "run": current.pk,
+                "resumes": current.resumes,
+                "done": current.position,
+                "of": current.total,
+                **({"stopped_by": stopped_by} if stopped_by else {}),
+            },
+        )
+    return current
 
 
 # --- what the RA console shows of runs ------------------------------------------------
 # Runs started within this many days are listed, the newest first, at most RUNS_SHOWN.
 RUNS_DAYS = 7
 RUNS_SHOWN = 20
-# A run with no event for this long and no .done is shown as possibly stalled: a batch of
-# BATCH takes seconds, and a worker that died, or a request cut off, leaves no .done.
-STALL_MINUTES = 10
 
 
 @dataclass(frozen=True)
 class RunStatus:
-    """A run started from the admin, as its audit events tell it: ``selected`` is the
-    whole confirmed selection (those already revoked or expired then included), so
+    """A run started from the admin, as its row tells it: ``selected`` is the whole
+    confirmed selection (those already revoked or expired then included), so
     revoked + skipped + failed is how far it has got."""
 
     RUNNING = "running"
@@ -341,99 +481,75 @@ class RunStatus:
         FINISHED: "Finished",
         FAILURES: "Finished with failures",
         STOPPED: "Stopped",
-        STALLED: "Possibly stalled",
+        STALLED: "Stalled",
     }
 
     run_id: int
     started_at: datetime
     started_by: str
+    resumed_by: str  # who it runs for since the last resume; "" if never resumed
+    resumes: int
     reason: str
     selected: int
     revoked: int
     skipped: int
     failed: int
-    not_reached: int
+    left: int  # not done yet
+    not_reached: int  # of a run that has ended: left when it did
     state: str
     error: str
-    last_event_at: datetime
+    heartbeat_at: datetime
 
     @property
     def state_label(self) -> str:
         return self.LABELS[self.state]
 
-
-def _number(key: str) -> Cast:
-    """A whole number of the event's detail, on SQLite as on PostgreSQL (->> gives text)."""
-    return Cast(KT(f"detail__{key}"), IntegerField())
+    @property
+    def resumable(self) -> bool:
+        return self.state in (self.STALLED, self.STOPPED)
 
 
 def bulk_revoke_runs(now: datetime | None = None) -> list[RunStatus]:
-    """The runs of the last RUNS_DAYS days, newest first, from their audit events alone
-    (no table of runs to keep in step): the .queued events, then one grouped read of the
-    .batch and .done events after the oldest of them (indexed by action and id)."""
+    """The runs of the last RUNS_DAYS days, newest first, in one read of their rows (not
+    their certificate ids). Runs from before the rows existed are on the audit trail only."""
     now = now or timezone.now()
-    started = list(
-        AuditEvent.objects.filter(action=QUEUED, created_at__gte=now - timedelta(days=RUNS_DAYS))
-        .only("pk", "created_at", "actor_name", "detail")
+    rows = (
+        BulkRevocationRun.objects.filter(created_at__gte=now - timedelta(days=RUNS_DAYS))
+        .select_related("event", "actor")
+        .defer("certificate_ids", "failures", "event__detail")
         .order_by("-pk")[:RUNS_SHOWN]
     )
-    if not started:
-        return []
-    batch, done = Q(action=BATCH_DONE), Q(action=DONE)
-    # Each run's batch events are summed; .done adds whether and how it ended (its counts
-    # are the task's, which a worker's death can leave short of what its batches did).
-    grouped = (
-        AuditEvent.objects.filter(action__in=(BATCH_DONE, DONE), pk__gt=started[-1].pk)
-        .values(run=KT("detail__run"))
-        .annotate(
-            revoked=Sum(_number("revoked"), filter=batch, default=0),
-            skipped=Sum(_number("skipped"), filter=batch, default=0),
-            failed=Sum(_number("failed"), filter=batch, default=0),
-            last_batch_at=Max("created_at", filter=batch),
-            finished_at=Max("created_at", filter=done),
-            not_reached=Max(_number("not_reached"), filter=done),
-            error=Max(KT("detail__error"), filter=done),
-        )
-        .order_by()
-    )
-    progress: dict[str, dict[str, Any]] = {str(row["run"]): dict(row) for row in grouped}
-    return [_run_status(event, progress.get(str(event.pk), {}), now) for event in started]
+    return [_run_status(row, now) for row in rows]
 
 
-def _run_status(event: AuditEvent, progress: dict[str, Any], now: datetime) -> RunStatus:
-    detail = event.detail if isinstance(event.detail, dict) else {}
-    initially_skipped = _whole(detail.get("skipped"))
-    reason = str(detail.get("reason", ""))
+def _run_status(row: BulkRevocationRun, now: datetime) -> RunStatus:
     choices = Certificate.RevocationReasonChoice
-    failed = progress.get("failed") or 0
-    error = progress.get("error") or ""
-    finished_at = progress.get("finished_at")
-    last_event_at = finished_at or progress.get("last_batch_at") or event.created_at
-    if finished_at is not None and error:
+    if row.state == State.STOPPED:
         state = RunStatus.STOPPED
-    elif finished_at is not None and (failed or progress.get("not_reached")):
+    elif row.state == State.FAILED:
         state = RunStatus.FAILURES
-    elif finished_at is not None:
+    elif row.state == State.DONE:
         state = RunStatus.FINISHED
-    elif now - last_event_at >= timedelta(minutes=STALL_MINUTES):
+    elif now - row.heartbeat_at >= timedelta(minutes=STALL_MINUTES):
         state = RunStatus.STALLED
     else:
         state = RunStatus.RUNNING
     return RunStatus(
-        run_id=event.pk,
-        started_at=event.created_at,
-        started_by=event.actor_name,
-        reason=choices(reason).label if reason in choices.values else reason,
-        selected=_whole(detail.get("certificates")) + initially_skipped,
-        revoked=progress.get("revoked") or 0,
-        skipped=initially_skipped + (progress.get("skipped") or 0),
-        failed=failed,
-        not_reached=progress.get("not_reached") or 0,
+        run_id=row.pk,
+        started_at=row.created_at,
+        started_by=row.event.actor_name,
+        resumed_by=(row.actor.get_username() if row.actor else "(deleted account)")
+        if row.resumes
+        else "",
+        resumes=row.resumes,
+        reason=choices(row.reason).label if row.reason in choices.values else row.reason,
+        selected=row.selected,
+        revoked=row.revoked,
+        skipped=row.skipped,
+        failed=row.failed,
+        left=row.not_reached,
+        not_reached=0 if state in (RunStatus.RUNNING, RunStatus.STALLED) else row.not_reached,
         state=state,
-        error=error,
-        last_event_at=last_event_at,
+        error=row.error,
+        heartbeat_at=row.heartbeat_at,
     )
-
-
-def _whole(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

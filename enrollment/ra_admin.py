@@ -8,7 +8,6 @@ forms, and they go through the services like the commands and the RA pages.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
@@ -29,10 +28,16 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from enrollment import bulk_revoke, health, leavers, mailboxes, services, tasks
+from enrollment import bulk_revoke, health, leavers, mailboxes, services
 from enrollment.edge import client_address, show_error
 from enrollment.exceptions import EnrollmentError, public_message
-from enrollment.models import Certificate, CertificateAuthority, KeyRecoveryAgent, SharedMailbox
+from enrollment.models import (
+    BulkRevocationRun,
+    Certificate,
+    CertificateAuthority,
+    KeyRecoveryAgent,
+    SharedMailbox,
+)
 from enrollment.ra_forms import (
     BulkRevokeForm,
     CaSwitchForm,
@@ -42,8 +47,6 @@ from enrollment.ra_forms import (
 )
 from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
 from pkiportal import plurals
-
-logger = logging.getLogger(__name__)
 
 # The confirmation page lists this many of the certificates it would revoke, and counts
 # the rest; a message is shown for this many failures, and the rest are counted.
@@ -227,84 +230,75 @@ def _revoke(
     ids: list[int],
     skipped: int,
 ) -> int | None:
-    """Revoke them in batches (enrollment.bulk_revoke): here, up to
-    PKIPORTAL_ADMIN_REVOKE_INLINE_MAX, as the RA page does; above it, in a background task,
-    so the web server's timeout cannot cut a large selection off half-way. An error about
-    the form's input (an invalidity date the service refuses) before anything was revoked
-    goes on the form instead: its status is returned and nothing changed."""
-    facts: dict[str, Any] = {
-        "ids": ids,
-        "reason": form.cleaned_data["reason"],
-        "invalidity_date": form.cleaned_data["invalidity_date"],
-        "source_address": client_address(request),
-    }
-    if len(ids) > settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX:
-        return _revoke_in_background(model_admin, request, form, facts, skipped)
-    actor_id = request.user.pk
-    assert actor_id is not None  # the admin lets in signed-in staff only
-    run = bulk_revoke.Run(**facts, actor_id=actor_id, total=len(ids), skipped=skipped)
+    """Record the run (enrollment.bulk_revoke: its row and .queued event), then revoke in
+    batches: here, up to PKIPORTAL_ADMIN_REVOKE_INLINE_MAX, as the RA page does; above it,
+    in a background task, so the web server's timeout cannot cut a large selection off
+    half-way. An invalidity date the service would refuse is put on the form first: its
+    status is returned and nothing is recorded."""
     try:
-        bulk_revoke.bulk_revoke_continue(run, form_errors=True)
+        with transaction.atomic():
+            run = bulk_revoke.bulk_revoke_start(
+                ids=ids,
+                reason=form.cleaned_data["reason"],
+                invalidity_date=form.cleaned_data["invalidity_date"],
+                source_address=client_address(request),
+                actor=request.user,
+                skipped=skipped,
+            )
     except EnrollmentError as exc:
         return show_error(form, exc)
-    _tell(model_admin, request, run)
+    if len(ids) > settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX:
+        _revoke_in_background(model_admin, request, run)
+        return None
+    worked = bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
+    _tell(model_admin, request, worked or run)
     return None
 
 
 def _revoke_in_background(
     model_admin: admin.ModelAdmin[Certificate],
     request: HttpRequest,
-    form: BulkRevokeForm,
-    facts: dict[str, Any],
-    skipped: int,
-) -> int | None:
-    """Record the confirmed selection, then hand it to the task (after the commit, so the
-    worker sees it). Without a broker the task runs here, to the end, and the officer is
-    told its outcome as for a small selection."""
-    try:
-        with transaction.atomic():
-            run = bulk_revoke.bulk_revoke_start(**facts, actor=request.user, skipped=skipped)
-    except EnrollmentError as exc:
-        return show_error(form, exc)
-    try:
-        result = tasks.certificates_revoke_task.delay(run.as_message())
-    except Exception:
-        logger.exception("Could not queue bulk revocation %s", run.run_id)
-        run.error = "It could not be queued (is the broker down?)."
-        bulk_revoke.bulk_revoke_finish(run)
+    run: BulkRevocationRun,
+) -> None:
+    """Hand the recorded run to the task (a message naming it alone). Without a broker
+    the task runs here, to the end, and the officer is told its outcome as for a small
+    selection."""
+    result = bulk_revoke.bulk_revoke_queue(run)
+    if result is None:
         model_admin.message_user(
             request,
             f"Nothing revoked: the revocation of {run.total} {_certificates(run.total)} "
             "could not be handed to the background worker. Try again in a moment.",
             messages.ERROR,
         )
-        return None
+        return
     if isinstance(result, EagerResult):
-        _tell(model_admin, request, bulk_revoke.Run.from_message(result.get()))
-        return None
+        _tell(
+            model_admin, request, BulkRevocationRun.objects.defer("certificate_ids").get(pk=run.pk)
+        )
+        return
     label = Certificate.RevocationReasonChoice(run.reason).label.lower()
     model_admin.message_user(
         request,
         format_html(
             "Revoking {} {} ({}) in the background, {} at a time; skipped {} (already revoked "
             'or expired). The <a href="{}">RA console</a> shows how far it has got, and the '
-            '<a href="{}">audit trail</a> has each batch. Should it stop early, choose the '
-            "action again on the same selection: it revokes what is left.",
+            '<a href="{}">audit trail</a> has each batch. Should it stall or stop early, '
+            "resume it there: it revokes what is left.",
             run.total,
             _certificates(run.total),
             label,
             bulk_revoke.BATCH,
             run.skipped,
-            reverse("ra:console"),
-            f"{reverse('ra:audit')}?{urlencode({'run': run.run_id})}",
+            reverse("ra:console") + "#bulk-revocations",
+            f"{reverse('ra:audit')}?{urlencode({'run': run.pk})}",
         ),
         messages.SUCCESS,
     )
-    return None
 
 
 def _tell(
-    model_admin: admin.ModelAdmin[Certificate], request: HttpRequest, run: bulk_revoke.Run
+    model_admin: admin.ModelAdmin[Certificate], request: HttpRequest, run: BulkRevocationRun
 ) -> None:
     """How many were revoked and skipped, which failed, and why it stopped if it did."""
     label = Certificate.RevocationReasonChoice(run.reason).label.lower()
@@ -334,8 +328,15 @@ def _tell(
     if run.error:
         model_admin.message_user(
             request,
-            f"{run.error} {len(run.ids)} {_certificates(len(run.ids))} not reached: choose "
-            "the action again on the same selection to revoke them.",
+            format_html(
+                '{} {} {} not reached: resume run #{} on the <a href="{}">RA console</a> to '
+                "revoke them.",
+                run.error,
+                run.not_reached,
+                _certificates(run.not_reached),
+                run.pk,
+                reverse("ra:console") + "#bulk-revocations",
+            ),
             messages.ERROR,
         )
 

@@ -66,6 +66,13 @@ class LeaverRevokeForm(PortalForm):
     confirm = OfficerRevokeForm.base_fields["confirm"]
 
 
+class BulkRevokeResumeForm(PortalForm):
+    """Resume a stalled or stopped bulk revocation: it revokes what is left of a selection
+    confirmed earlier, so only "I am sure" is asked."""
+
+    confirm = forms.BooleanField(label="Resume: what is left is revoked", required=True)
+
+
 class MailboxDeactivateForm(PortalForm):
     """The admin's "deactivate" of shared mailboxes: their certificates are revoked after
     the grace period and their open requests withdrawn, so it is confirmed first."""
@@ -321,12 +328,13 @@ class AuditFilterForm(DateRangeForm):
 
 
 def _bulk_revoke_run(run: int) -> Q:
-    """A bulk revocation's events: the .queued one whose id names the run, and the .batch
-    and .done events after it that name it. The JSON lookup only compares the few events
-    the action and id indexes leave (detail.run is a number: exact on SQLite and jsonb)."""
+    """A bulk revocation's events: the .queued one whose id names the run, and the .batch,
+    .resumed and .done events after it that name it. The JSON lookup only compares the few
+    events the action and id indexes leave (detail.run is a number: exact on SQLite and
+    jsonb)."""
     return Q(pk=run, action=bulk_revoke.QUEUED) | Q(
         pk__gt=run,
-        action__in=(bulk_revoke.BATCH_DONE, bulk_revoke.DONE),
+        action__in=(bulk_revoke.BATCH_DONE, bulk_revoke.RESUMED, bulk_revoke.DONE),
         detail__run=run,
     )
 

@@ -32,6 +32,11 @@ urlpatterns = [
         name="recovery-perform-offline",
     ),
     path("recovery/<int:pk>/download/", ra_views.recovery_download, name="recovery-download"),
+    path(
+        "bulk-revocations/<int:pk>/resume/",
+        ra_views.bulk_revoke_resume,
+        name="bulk-revoke-resume",
+    ),
     path("audit/", ra_views.audit_list, name="audit"),
     path("audit/export.<str:fmt>", ra_views.audit_export, name="audit-export"),
     path("agents/", ra_views.agents, name="agents"),

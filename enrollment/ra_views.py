@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 from urllib.parse import urlencode
 
+from celery.result import EagerResult
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -55,12 +57,19 @@ from enrollment.edge import (
     show_error,
     status_for,
 )
-from enrollment.exceptions import EnrollmentError
+from enrollment.exceptions import EnrollmentError, InvalidState
 from enrollment.forms import RecoveryWithdrawForm
-from enrollment.models import AuditEvent, Certificate, CertificateRequest, KeyRecoveryRequest
+from enrollment.models import (
+    AuditEvent,
+    BulkRevocationRun,
+    Certificate,
+    CertificateRequest,
+    KeyRecoveryRequest,
+)
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 from enrollment.ra_forms import (
     AuditFilterForm,
+    BulkRevokeResumeForm,
     CertificateSearchForm,
     LeaverRevokeForm,
     OfficerRevokeForm,
@@ -160,6 +169,16 @@ def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
 def console(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Everything an officer checks in the morning, on one page."""
     officer_required(request)
+    return _console_page(request)
+
+
+def _console_page(
+    request: AuthenticatedHttpRequest,
+    *,
+    resume_failed: int | None = None,
+    resume_form: BulkRevokeResumeForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
     recoveries = list(ra_selectors.open_recoveries())
     context = {
         "pending_count": ra_selectors.pending_enrolment_count(),
@@ -184,8 +203,60 @@ def console(request: AuthenticatedHttpRequest) -> HttpResponse:
         "ldap_sync_check": ldap_sync.ldap_sync_check(),
         "bulk_revocations": bulk_revoke.bulk_revoke_runs(),
         "bulk_revoke_days": bulk_revoke.RUNS_DAYS,
+        "bulk_revoke_stall_minutes": bulk_revoke.STALL_MINUTES,
+        "may_resume": bulk_revoke.may_revoke_in_bulk(request.user),
+        "resume_failed": resume_failed,
+        "resume_form": resume_form,
     }
-    return render(request, "enrollment/ra/console.html", context)
+    return render(request, "enrollment/ra/console.html", context, status=status)
+
+
+@login_required
+@require_POST
+def bulk_revoke_resume(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Resume a stalled or stopped bulk revocation from the selection its row keeps: for
+    whom the admin's action serves (bulk_revoke.may_revoke_in_bulk), checked again here
+    and before each batch. What is already revoked is skipped."""
+    officer_required(request)
+    if not bulk_revoke.may_revoke_in_bulk(request.user):
+        raise PermissionDenied(
+            "Only RA officers who may revoke certificates in the admin may resume a run."
+        )
+    run = get_object_or_404(BulkRevocationRun.objects.defer("certificate_ids"), pk=pk)
+    form = BulkRevokeResumeForm(request.POST)
+    if not form.is_valid():
+        return _console_page(request, resume_failed=run.pk, resume_form=form, status=400)
+    try:
+        resumed = bulk_revoke.bulk_revoke_resume(
+            run=run, actor=request.user, source_address=client_address(request)
+        )
+    except InvalidState as exc:  # running again, or finished, since the page was shown
+        form.add_error(None, exc.message)
+        return _console_page(request, resume_failed=run.pk, resume_form=form, status=409)
+    except EnrollmentError as exc:
+        status = show_error(form, exc)
+        return _console_page(request, resume_failed=run.pk, resume_form=form, status=status)
+    left = f"{resumed.not_reached} certificate{pluralize(resumed.not_reached)}"
+    result = bulk_revoke.bulk_revoke_queue(resumed)
+    if result is None:
+        messages.error(
+            request,
+            f"Bulk revocation #{run.pk} could not be handed to the background worker (is the "
+            "broker down?): nothing more was revoked. Try again in a moment.",
+        )
+    elif isinstance(result, EagerResult):  # no broker: it ran here, to the end
+        done = BulkRevocationRun.objects.defer("certificate_ids").get(pk=run.pk)
+        outcome = f"Bulk revocation #{run.pk} resumed and {done.get_state_display().lower()}: "
+        outcome += f"{done.revoked} of {done.selected} revoked in all. {done.error}"
+        tell = messages.success if done.state == done.State.DONE else messages.warning
+        tell(request, outcome.strip())
+    else:
+        messages.success(
+            request,
+            f"Bulk revocation #{run.pk} resumed: the {left} left are revoked in the "
+            f"background, {bulk_revoke.BATCH} at a time.",
+        )
+    return redirect(reverse("ra:console") + "#bulk-revocations")
 
 
 # --- certificates ---------------------------------------------------------------------

@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import Any, TypedDict
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 
 from django.conf import settings
@@ -230,32 +229,36 @@ def approval_notice_digests_task() -> int:
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True)
-def certificates_revoke_task(self: Any, run: dict[str, Any]) -> dict[str, Any]:
+def certificates_revoke_task(self: Any, run_id: int) -> dict[str, Any] | None:
     """Revoke an officer's confirmed selection from the admin in batches (enrollment.
-    bulk_revoke); its outcome. A worker revokes for a minute at most, then queues the rest
-    as a new message, so no run meets the task time limits; inline (no broker) it runs to
-    the end. Run again after a worker died, it skips what is already revoked."""
+    bulk_revoke): the message names the run, whose row holds the certificates; its
+    counts, or None if the run is not this message's. A worker revokes for a minute at
+    most, then queues the rest as a new message, so no run meets the task time limits;
+    inline (no broker) it runs to the end. Given back after a worker died, the message
+    goes on where the run's row says (its id is still the run's claim)."""
     from enrollment import bulk_revoke
 
-    progress = bulk_revoke.Run.from_message(run)
+    if not isinstance(run_id, int):
+        # A message from before the run rows (enrollment 0039) carried the selection
+        # itself; its run has no row to go on from.
+        logger.error("Bulk revocation %s: a message from before the upgrade, not continued; "
+                     "choose the admin's action again on the same selection.",
+                     run_id.get("run_id") if isinstance(run_id, dict) else run_id)  # fmt: skip
+        return None
     seconds = None
     if not self.request.is_eager:
         seconds = min(bulk_revoke.RUN_SECONDS, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)
-    try:
-        bulk_revoke.bulk_revoke_continue(progress, seconds=seconds)
-    except SoftTimeLimitExceeded:
-        logger.warning("Bulk revocation %s reached the time limit; the rest is queued again.",
-                       progress.run_id)  # fmt: skip
-    if progress.ids and not progress.error:
-        try:
-            certificates_revoke_task.delay(progress.as_message())
-        except Exception:
-            logger.exception("Could not queue the rest of bulk revocation %s", progress.run_id)
-            progress.error = "Could not queue the rest (is the broker down?)."
-        else:
-            return progress.as_message()
-    bulk_revoke.bulk_revoke_finish(progress)
-    return progress.as_message()
+    run = bulk_revoke.bulk_revoke_work(run_id, claim=self.request.id, seconds=seconds)
+    if run is None:
+        return None
+    return {
+        "run": run.pk,
+        "state": run.state,
+        "revoked": run.revoked,
+        "skipped": run.skipped,
+        "failed": run.failed,
+        "not_reached": run.not_reached,
+    }
 
 
 # --- publishing certificates to the organisation's LDAP directory ---------------------

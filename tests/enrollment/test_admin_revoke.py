@@ -8,15 +8,14 @@ from datetime import timedelta
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.result import AsyncResult
 
 from django.contrib.messages import get_messages
 from django.utils import timezone
 
 from enrollment import bulk_revoke, ra_admin, services, tasks
-from enrollment.models import AuditEvent, Certificate
+from enrollment.models import AuditEvent, BulkRevocationRun, Certificate
 from tests.conftest import client_for
-from tests.enrollment.tools import as_staff, issue, new_key
+from tests.enrollment.tools import Message, as_staff, deliver, issue, keep_messages, new_key
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -295,14 +294,16 @@ def crl_tasks(monkeypatch):
 @pytest.fixture
 def queued(monkeypatch):
     """The task's messages, as a broker would keep them for a worker (nothing runs)."""
-    messages: list[dict] = []
+    return keep_messages(monkeypatch, tasks.certificates_revoke_task)
 
-    def keep(message):
-        messages.append(message)
-        return AsyncResult("queued")
 
-    monkeypatch.setattr(tasks.certificates_revoke_task, "delay", keep)
-    return messages
+def worker(message):
+    """A worker runs the message: the task, under the message's id."""
+    return deliver(tasks.certificates_revoke_task, message)
+
+
+def the_run() -> BulkRevocationRun:
+    return BulkRevocationRun.objects.get()
 
 
 def events(action: str) -> list[AuditEvent]:
@@ -313,18 +314,25 @@ def test_above_the_threshold_the_task_revokes_them_with_one_crl_task(
     admin_officer, three, above, crl_tasks, monkeypatch, django_capture_on_commit_callbacks
 ):
     """Without a broker the task runs here, to the end: every certificate revoked and
-    audited in the officer's name, one batch, one CRL task for it (not one each)."""
-    handed: list[dict] = []
-    delay = tasks.certificates_revoke_task.delay
-    monkeypatch.setattr(
-        tasks.certificates_revoke_task, "delay", lambda run: handed.append(run) or delay(run)
-    )
+    audited in the officer's name, one batch, one CRL task for it (not one each). Its
+    message carries the run's number alone, under the run's claim as its id."""
+    handed: list[tuple] = []
+    apply_async = tasks.certificates_revoke_task.apply_async
+
+    def hand(args, task_id=None, **options):  # type: ignore[no-untyped-def]
+        handed.append((args, options, task_id))
+        return apply_async(args, task_id=task_id, **options)
+
+    monkeypatch.setattr(tasks.certificates_revoke_task, "apply_async", hand)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm(client_for(admin_officer), [c.pk for c in three], count="3")
 
     assert response.status_code == 302
-    assert [sorted(run["ids"]) for run in handed] == [sorted(c.pk for c in three)]
+    run = the_run()
+    assert handed == [((run.pk,), {}, run.claim)]
+    assert run.certificate_ids == sorted(c.pk for c in three)  # in the row, not the message
+    assert (run.state, run.revoked, run.position, run.total) == ("done", 3, 3, 3)
     assert statuses(three) == ["revoked"] * 3
     revocations = events("certificate.revoke")
     assert {(e.actor, e.source_address) for e in revocations} == {(admin_officer, ADDRESS)}
@@ -394,9 +402,11 @@ def test_without_a_worker_the_page_says_it_is_revoked_while_you_wait(
     assert "in the background" not in page
 
 
-def test_at_the_threshold_it_is_revoked_in_the_request_as_before(
+def test_at_the_threshold_it_is_revoked_in_the_request_and_recorded_as_a_run(
     admin_officer, three, settings, queued, crl_tasks, django_capture_on_commit_callbacks
 ):
+    """No message: the request works on the run itself. The run is recorded as one from
+    the background is (row, .queued, .batch, .done), so the console lists both alike."""
     settings.PKIPORTAL_ADMIN_REVOKE_INLINE_MAX = 3
 
     page = ask(client_for(admin_officer), [c.pk for c in three])
@@ -407,9 +417,16 @@ def test_at_the_threshold_it_is_revoked_in_the_request_as_before(
     assert response.status_code == 302
     assert queued == []
     assert statuses(three) == ["revoked"] * 3
-    assert not AuditEvent.objects.filter(action__startswith="certificate.bulk_revoke").exists()
+    run = the_run()
+    assert (run.state, run.revoked, run.batches, run.actor) == ("done", 3, 1, admin_officer)
+    assert [e.action for e in AuditEvent.objects.filter(
+        action__startswith="certificate.bulk_revoke").order_by("pk")] == [
+        bulk_revoke.QUEUED, bulk_revoke.BATCH_DONE, bulk_revoke.DONE
+    ]  # fmt: skip
     assert crl_tasks == [three[0].ca_id]  # one batch: one CRL task, not one per certificate
     assert shown(response)[0].startswith("Revoked 3 certificates (superseded); skipped 0")
+    console = client_for(admin_officer).get("/ra/").content.decode()
+    assert f'<a href="/ra/audit/?run={run.pk}">#{run.pk}</a>' in console
 
 
 def test_with_a_broker_the_officer_is_told_it_runs_and_where_to_follow_it(
@@ -420,15 +437,16 @@ def test_with_a_broker_the_officer_is_told_it_runs_and_where_to_follow_it(
 
     assert response.status_code == 302
     assert statuses(three) == ["valid"] * 3  # the worker has not run yet
-    assert len(queued) == 1
-    message = shown(response)
     run = events(bulk_revoke.QUEUED)[0].pk
+    assert the_run().pk == run
+    assert [(m.args, m.task_id) for m in queued] == [((run,), the_run().claim)]
+    message = shown(response)
     assert message == [
         "Revoking 3 certificates (key compromise) in the background, 50 at a time; skipped 0 "
-        '(already revoked or expired). The <a href="/ra/">RA console</a> shows how far it '
-        f'has got, and the <a href="/ra/audit/?run={run}">audit trail</a> has each batch. '
-        "Should it stop early, choose the action again on the same selection: it revokes "
-        "what is left."
+        '(already revoked or expired). The <a href="/ra/#bulk-revocations">RA console</a> '
+        f'shows how far it has got, and the <a href="/ra/audit/?run={run}">audit trail</a> '
+        "has each batch. Should it stall or stop early, resume it there: it revokes what is "
+        "left."
     ]
 
     listing = client.get(CERTIFICATES).content.decode()
@@ -436,21 +454,29 @@ def test_with_a_broker_the_officer_is_told_it_runs_and_where_to_follow_it(
     audit = client.get(f"/ra/audit/?run={run}")
     assert [e.action for e in audit.context["events"]] == [bulk_revoke.QUEUED]
 
-    outcome = tasks.certificates_revoke_task(queued[0])  # the worker
+    outcome = worker(queued[0])
 
     assert statuses(three) == ["revoked"] * 3
-    assert outcome["revoked"] == 3
-    assert outcome["ids"] == []
+    assert outcome == {
+        "run": run,
+        "state": "done",
+        "revoked": 3,
+        "skipped": 0,
+        "failed": 0,
+        "not_reached": 0,
+    }
     assert [e.outcome for e in events(bulk_revoke.DONE)] == ["success"]
 
 
 def test_with_the_broker_down_nothing_is_revoked_and_the_officer_is_told(
-    admin_officer, three, above, monkeypatch, caplog
+    admin_officer, three, above, monkeypatch, caplog, settings
 ):
-    def broker_down(message):
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a broker is configured, and down
+
+    def broker_down(*args, **options):  # type: ignore[no-untyped-def]
         raise ConnectionRefusedError("broker down")
 
-    monkeypatch.setattr(tasks.certificates_revoke_task, "delay", broker_down)
+    monkeypatch.setattr(tasks.certificates_revoke_task, "apply_async", broker_down)
 
     response = confirm(client_for(admin_officer), [c.pk for c in three], count="3")
 
@@ -463,6 +489,8 @@ def test_with_the_broker_down_nothing_is_revoked_and_the_officer_is_told(
     assert "Could not queue bulk revocation" in caplog.text
     (done,) = events(bulk_revoke.DONE)
     assert (done.outcome, done.detail["not_reached"]) == ("failure", 3)
+    run = the_run()
+    assert (run.state, run.error) == ("stopped", "It could not be queued (is the broker down?).")
 
 
 def test_those_revoked_or_expired_by_the_time_their_batch_comes_are_skipped(
@@ -476,7 +504,7 @@ def test_those_revoked_or_expired_by_the_time_their_batch_comes_are_skipped(
     confirm(client_for(admin_officer), selection, count="3")
     services.certificate_revoke(certificate=three[1], reason="privilegeWithdrawn")
 
-    outcome = tasks.certificates_revoke_task(queued[0])
+    outcome = worker(queued[0])
 
     assert statuses(three) == ["revoked"] * 3
     assert Certificate.objects.get(pk=three[1].pk).revocation_reason == "privilegeWithdrawn"
@@ -489,7 +517,8 @@ def test_a_failure_stops_the_run_keeps_earlier_batches_and_choosing_it_again_fin
     admin_officer, three, template, colleague, above, monkeypatch, caplog
 ):
     """Batches of two: the second fails and is rolled back whole; the officer is told,
-    the log says why; the same selection chosen again revokes what is left."""
+    the log says why; the same selection chosen again revokes what is left (resuming the
+    run does too: test_bulk_revoke_resume.py)."""
     monkeypatch.setattr(bulk_revoke, "BATCH", 2)
     five = [*three, *(issue(colleague, template("smime-signing"), new_key()) for _ in range(2))]
     revoke = services.certificate_revoke
@@ -506,11 +535,12 @@ def test_a_failure_stops_the_run_keeps_earlier_batches_and_choosing_it_again_fin
 
     assert statuses(five) == ["revoked", "revoked", "valid", "valid", "valid"]
     assert shown(response)[0].startswith("Revoked 2 certificates (superseded); skipped 0")
+    (start,) = events(bulk_revoke.QUEUED)
     assert shown(response)[-1] == (
         "Stopped by an error (RuntimeError); the log has the details. 3 certificates not "
-        "reached: choose the action again on the same selection to revoke them."
+        f'reached: resume run #{start.pk} on the <a href="/ra/#bulk-revocations">RA '
+        "console</a> to revoke them."
     )
-    (start,) = events(bulk_revoke.QUEUED)
     assert f"Bulk revocation {start.pk} stopped after 2 certificates" in caplog.text
     assert "RuntimeError: database gone" in caplog.text  # with its traceback
     (done,) = events(bulk_revoke.DONE)
@@ -532,14 +562,18 @@ def test_a_worker_revokes_for_a_while_then_queues_the_rest(
     monkeypatch.setattr(bulk_revoke, "RUN_SECONDS", 0)  # one batch, then the rest
     confirm(client_for(admin_officer), [c.pk for c in three], count="3")
 
-    first = tasks.certificates_revoke_task(queued[0])
+    first = worker(queued[0])
 
     assert statuses(three) == ["revoked", "revoked", "valid"]
-    assert first["ids"] == [three[2].pk]
-    assert queued[1] == first
+    run = the_run()
+    assert (first["state"], first["not_reached"]) == ("queued", 1)
+    assert (run.position, run.claim) == (2, queued[1].task_id)
+    assert queued[1].args == (run.pk,)  # the same run, a new message
+    assert queued[1].task_id != queued[0].task_id
     assert events(bulk_revoke.DONE) == []
+    assert worker(queued[0]) is None  # the first message, given again: no longer the run's
 
-    tasks.certificates_revoke_task(queued[1])
+    worker(queued[1])
 
     assert statuses(three) == ["revoked"] * 3
     assert [e.detail["revoked"] for e in events(bulk_revoke.DONE)] == [3]
@@ -558,12 +592,13 @@ def test_a_batch_cut_off_at_the_time_limit_is_queued_again_with_the_rest(
     confirm(client_for(admin_officer), [c.pk for c in three], count="3")
     monkeypatch.setattr(services, "certificate_revoke", time_is_up)
 
-    tasks.certificates_revoke_task(queued[0])
+    worker(queued[0])
 
     assert statuses(three) == ["valid"] * 3  # the batch rolled back
-    assert sorted(queued[1]["ids"]) == sorted(c.pk for c in three)
+    assert the_run().position == 0  # with its place: queued again, with the rest
+    assert queued[1].args == queued[0].args
     monkeypatch.setattr(services, "certificate_revoke", revoke)
-    tasks.certificates_revoke_task(queued[1])
+    worker(queued[1])
     assert statuses(three) == ["revoked"] * 3
 
 
@@ -584,6 +619,7 @@ def test_an_invalidity_date_the_service_refuses_is_shown_before_anything_is_queu
     assert "cannot be in the future" in " ".join(response.context["form"].errors["invalidity_date"])
     assert queued == []
     assert not AuditEvent.objects.filter(action__startswith="certificate.bulk_revoke").exists()
+    assert not BulkRevocationRun.objects.exists()
 
 
 def test_a_key_compromise_in_the_background_revokes_the_keys_other_certificates(
@@ -599,7 +635,7 @@ def test_a_key_compromise_in_the_background_revokes_the_keys_other_certificates(
     )
     confirm(client_for(admin_officer), [c.pk for c in selected], reason="keyCompromise", count="3")
 
-    tasks.certificates_revoke_task(queued[0])
+    worker(queued[0])
 
     assert statuses(selected) == ["revoked"] * 3
     assert Certificate.objects.get(pk=other.pk).revocation_reason == "keyCompromise"
@@ -617,6 +653,7 @@ def test_staff_without_the_revoke_permission_queue_nothing(viewer, three, settin
     assert queued == []
     assert statuses(three) == ["valid"] * 3
     assert not AuditEvent.objects.filter(action__startswith="certificate.bulk_revoke").exists()
+    assert not BulkRevocationRun.objects.exists()
 
 
 def test_an_officer_who_is_not_staff_queues_nothing(officer, three, settings, queued):
@@ -645,10 +682,11 @@ def test_the_task_checks_the_officer_again_and_stops_if_they_lost_the_right(
     confirm(client_for(admin_officer), [c.pk for c in three], count="3")
     loses(admin_officer)
 
-    outcome = tasks.certificates_revoke_task(queued[0])
+    outcome = worker(queued[0])
 
     assert statuses(three) == ["valid"] * 3
-    assert outcome["error"] == "olivia may no longer revoke certificates from the admin."
+    assert outcome["state"] == "stopped"
+    assert the_run().error == "olivia may no longer revoke certificates from the admin."
     (done,) = events(bulk_revoke.DONE)
     assert (done.outcome, done.detail["not_reached"]) == ("failure", 3)
     assert not events("certificate.revoke")
@@ -657,7 +695,17 @@ def test_the_task_checks_the_officer_again_and_stops_if_they_lost_the_right(
 def test_a_superuser_queues_and_the_task_revokes(admin_user, three, above, queued):
     confirm(client_for(admin_user), [c.pk for c in three], count="3")
 
-    tasks.certificates_revoke_task(queued[0])
+    worker(queued[0])
 
     assert statuses(three) == ["revoked"] * 3
     assert {e.actor for e in events("certificate.revoke")} == {admin_user}
+
+
+def test_a_message_from_before_the_run_rows_is_logged_and_not_continued(three, caplog):
+    """Queued before the upgrade, it carried the selection itself and names no row."""
+    old = {"ids": [c.pk for c in three], "reason": "superseded", "actor_id": 1, "run_id": 7}
+
+    assert deliver(tasks.certificates_revoke_task, Message((old,), "before-0039")) is None
+
+    assert statuses(three) == ["valid"] * 3
+    assert "Bulk revocation 7: a message from before the upgrade, not continued" in caplog.text

@@ -367,13 +367,13 @@ def test_a_bulk_compromise_batch_and_a_single_compromise_of_one_of_its_keys_neve
         return tell(certificate, **kwargs)
 
     monkeypatch.setattr(notifications, "certificate_revoked", tell_after_a_pause)
-    run = bulk_revoke.Run(
-        ids=[first.pk, second.pk], reason="keyCompromise", actor_id=officer.pk, total=2
+    run = bulk_revoke.bulk_revoke_start(
+        ids=[first.pk, second.pk], reason="keyCompromise", actor=officer
     )
 
     def bulk() -> None:
         threading.current_thread().name = "bulk"
-        bulk_revoke.bulk_revoke_continue(run)
+        bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
 
     batch, single, _waited = overlap(
         bulk,
@@ -384,7 +384,8 @@ def test_a_bulk_compromise_batch_and_a_single_compromise_of_one_of_its_keys_neve
     )
 
     assert "error" not in batch, batch.get("error")
-    assert run.error == ""
+    run.refresh_from_db()
+    assert (run.state, run.error) == ("done", "")
     assert (run.revoked, run.failed) == (2, 0)
     # Revoked with the batch's second certificate: the single one finds it done.
     assert "error" not in single or isinstance(single["error"], InvalidState), single

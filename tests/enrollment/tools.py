@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery.result import AsyncResult
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -167,3 +169,33 @@ def crl_text_entries(openssl: OpenSSL, der: bytes) -> tuple[str, dict[str, str]]
         serial, _, rest = block.partition("\n")
         entries[serial.strip()] = rest.split("Signature Algorithm")[0]
     return text, entries
+
+
+@dataclass(frozen=True)
+class Message:
+    """A task's message as a broker keeps it: its arguments and its id."""
+
+    args: tuple[Any, ...]
+    task_id: str
+
+
+def keep_messages(monkeypatch, task) -> list[Message]:  # type: ignore[no-untyped-def]
+    """The task's messages from now on, kept as a broker would for a worker: none runs."""
+    kept: list[Message] = []
+
+    def keep(args=(), kwargs=None, task_id=None, **options):  # type: ignore[no-untyped-def]
+        assert not kwargs, kwargs  # what a message carries is its arguments, all shown
+        kept.append(Message(tuple(args), task_id or ""))
+        return AsyncResult(task_id)
+
+    monkeypatch.setattr(task, "apply_async", keep)
+    return kept
+
+
+def deliver(task, message: Message) -> Any:  # type: ignore[no-untyped-def]
+    """Run a kept message as a worker does: under its id, not eagerly."""
+    task.push_request(id=message.task_id, is_eager=False, args=list(message.args))
+    try:
+        return task.run(*message.args)
+    finally:
+        task.pop_request()
