@@ -38,6 +38,7 @@ class Busy:
                     ".badge[class*=recovery-]",
                     ".badge[class*=health-]",
                     "table.bulk-revocations a[href*='run=']",
+                    "table.bulk-revocations .badge.bulk-stalled",
                 ],
                 "/ra/requests/": [
                     "form.decide input[name=reason]",
@@ -87,8 +88,8 @@ def busy_portal(
     settings, hierarchy, template, approval, kra, employee, colleague, officer, archived, asked
 ) -> Busy:  # fmt: skip
     """Requests waiting and decided, a leaver, an outdated address, a shared mailbox with a
-    certificate, a roll-out, an API token, a bulk revocation queued from the admin, and
-    Alice's own request and key recovery request."""
+    certificate, a roll-out, an API token, two bulk revocations from the admin (queued,
+    stalled), and Alice's own request and key recovery request."""
     settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
     issue(employee, template("smime-signing"), new_key())
     signing = approval("smime-signing")
@@ -149,4 +150,7 @@ def busy_portal(
     admin_officer = as_staff(UserFactory(username="oliver"), "view_certificate")
     admin_officer.groups.add(Group.objects.get_or_create(name="RA officers")[0])
     bulk_revoke.bulk_revoke_start(ids=[erins.pk], reason="affiliationChanged", actor=admin_officer)
+    # And one whose worker died twenty minutes ago: stalled, to be resumed.
+    with time_machine.travel(timezone.now() - timedelta(minutes=20), tick=False):
+        bulk_revoke.bulk_revoke_start(ids=[erins.pk], reason="superseded", actor=admin_officer)
     return Busy(mailbox=finance.pk, rollout=rollout.pk)
