@@ -1081,15 +1081,29 @@ class ExpiryNotice(models.Model):
 
 
 class ApprovalNoticeDigest(models.Model):
-    """One RA officer's notices of requests awaiting approval (ra_notifications): when the
-    last went, and the requests made since, collected for one summary when the window
-    (PKIPORTAL_RA_NOTICE_WINDOW_MINUTES) after it ends.
+    """One RA officer's notices of requests awaiting approval (ra_notifications): how they
+    want them, when the last went, and the requests made since, collected for one summary
+    when the window (PKIPORTAL_RA_NOTICE_WINDOW_MINUTES) after it ends.
 
     In the database, not the cache: a restart loses no collected request, and every web
-    process and worker locks the same row, so no summary goes twice."""
+    process and worker locks the same row, so no summary goes twice. The choice lives on
+    the same row so that changing it and collecting a request take the same lock."""
+
+    class Delivery(models.TextChoices):
+        SUMMARIES = "summaries", "Summaries"
+        IMMEDIATE = "immediate", "Every request at once"
+        NONE = "none", "None by mail"
 
     officer = models.OneToOneField(
         settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    # The database's default too: rows the code before 0040 inserts, until it restarts.
+    delivery = models.CharField(
+        max_length=10,
+        choices=Delivery.choices,
+        default=Delivery.SUMMARIES,
+        db_default=Delivery.SUMMARIES,
+        help_text="How the officer hears of requests waiting for their approval.",
     )
     last_sent_at = models.DateTimeField(null=True, blank=True)
     # Ids, not a relation: only those still pending when the summary goes are listed, and

@@ -23,6 +23,7 @@ from enrollment.forms import (
     plain_text,
 )
 from enrollment.models import (
+    ApprovalNoticeDigest,
     AuditEvent,
     Certificate,
     CertificateRequest,
@@ -50,6 +51,27 @@ class CertificateSearchForm(PortalForm):
                 "placeholder": "Name, e-mail, user name, serial or fingerprint",
             }
         ),
+    )
+
+
+class NoticeDeliveryForm(PortalForm):
+    """How the signed-in officer hears of requests waiting for their approval."""
+
+    delivery = forms.ChoiceField(
+        label="Mail me about requests waiting for my approval",
+        choices=[
+            (
+                ApprovalNoticeDigest.Delivery.SUMMARIES,
+                "In summaries (the default): the first request after a quiet period at once, "
+                "those soon after it together",
+            ),
+            (
+                ApprovalNoticeDigest.Delivery.IMMEDIATE,
+                "Every request at once, each in its own mail",
+            ),
+            (ApprovalNoticeDigest.Delivery.NONE, "Not at all: I check this console myself"),
+        ],
+        widget=forms.RadioSelect,
     )
 
 

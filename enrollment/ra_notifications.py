@@ -178,7 +178,8 @@ def mailbox_certificate_revoked(certificate: Certificate, *, actor: Any) -> None
 # their row locked) and come as one summary when the window ends: beat sends it, and it opens
 # the next window. A script making 200 requests in 200 calls so mails each officer a few
 # times an hour, not 200 times. Without a scheduler no beat would send a summary: every
-# request is mailed as it comes (notice_window).
+# request is mailed as it comes (notice_window). Each officer may choose, on the console,
+# every request at once instead, or none by mail (ApprovalNoticeDigest.delivery).
 
 # More than this many requests in one summary are counted, not listed.
 SUMMARY_LISTS = 50
@@ -216,8 +217,14 @@ def notice_window() -> timedelta:
     return timedelta(minutes=settings.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES)
 
 
+def _window_of(digest: ApprovalNoticeDigest, window: timedelta) -> timedelta:
+    """The officer's own window: none for one who wants every request at once."""
+    return window if digest.delivery == ApprovalNoticeDigest.Delivery.SUMMARIES else timedelta(0)
+
+
 def _collecting(digest: ApprovalNoticeDigest, window: timedelta, now: datetime) -> bool:
     """Whether the window the officer's last notice opened is still open."""
+    window = _window_of(digest, window)
     return bool(window) and digest.last_sent_at is not None and now < digest.last_sent_at + window
 
 
@@ -262,10 +269,12 @@ def _asked(
 def requests_announce(ids: Iterable[int]) -> None:
     """Tell the officers who may decide them that these requests wait (after their commit).
 
-    An officer whose last notice is older than the window (or who has none) is mailed at
-    once, with whatever an ended window collected that beat has not sent yet; the others'
-    requests are collected for the summary at the end of their window. Each officer's row
-    is locked, so two requests committed at the same moment mail them once, not twice."""
+    An officer whose last notice is older than the window (or who has none, or who wants
+    every request at once) is mailed at once, with whatever an ended window collected that
+    beat has not sent yet; the others' requests are collected for the summary at the end of
+    their window. One who wants none by mail is left alone. Each officer's row is locked,
+    so two requests committed at the same moment mail them once, not twice, and a choice
+    changed meanwhile (approval_notice_delivery_set) is the one that counts."""
     requests = _still_pending(ids)
     asked = _asked(requests)
     if not asked:
@@ -278,11 +287,15 @@ def requests_announce(ids: Iterable[int]) -> None:
         [ApprovalNoticeDigest(officer_id=pk) for pk in asked if pk not in known],
         ignore_conflicts=True,
     )
-    mails: dict[tuple[int, ...], list[str]] = {}
+    mails: dict[tuple[tuple[int, ...], timedelta], list[str]] = {}
     with transaction.atomic():
-        # Locked in one order by everyone, so two announcements never deadlock.
+        # Locked in one order by everyone, so two announcements never deadlock. The choice
+        # is read under the lock: PostgreSQL checks the condition again on a row it waited for.
         digests = list(
-            ApprovalNoticeDigest.objects.select_for_update().filter(pk__in=asked).order_by("pk")
+            ApprovalNoticeDigest.objects.select_for_update()
+            .filter(pk__in=asked)
+            .exclude(delivery=ApprovalNoticeDigest.Delivery.NONE)
+            .order_by("pk")
         )
         now = timezone.now()
         leftovers = _still_pending(
@@ -310,11 +323,12 @@ def requests_announce(ids: Iterable[int]) -> None:
                 if pk in leftovers and digest.pk not in _barred(leftovers[pk])
             ]
             listed = tuple(sorted({*theirs, *also}))
-            mails.setdefault(listed, []).append(email)
+            # The mail says whether the next requests are collected: not for "at once".
+            mails.setdefault((listed, _window_of(digest, window)), []).append(email)
             digest.waiting, digest.due_at, digest.last_sent_at = [], None, now
             digest.save(update_fields=["waiting", "due_at", "last_sent_at"])
-        for listed, addresses in mails.items():
-            _requests_mail([requests[pk] for pk in listed], addresses, window=window)
+        for (listed, theirs_window), addresses in mails.items():
+            _requests_mail([requests[pk] for pk in listed], addresses, window=theirs_window)
 
 
 def approval_digests_send() -> int:
@@ -350,6 +364,41 @@ def approval_digests_send() -> int:
     return sum(len(addresses) for addresses in mails.values())
 
 
+def approval_notice_delivery_set(*, officer: User, delivery: str) -> int:
+    """Record how an officer hears of requests waiting for their approval, from now on.
+
+    What was collected for their next summary goes out at once when they choose every
+    request at once (they would wait for it otherwise), and is dropped when they choose
+    none by mail (the queue and the console still show every request). How many requests
+    were mailed. Not audited: it is the officer's own preference and grants nothing; other
+    officers still hear of every request.
+
+    Under the row's lock, as requests_announce and beat: a request collected at the same
+    moment is either mailed or dropped with the others, never left behind."""
+    Delivery = ApprovalNoticeDigest.Delivery
+    ApprovalNoticeDigest.objects.bulk_create(
+        [ApprovalNoticeDigest(officer_id=officer.pk)], ignore_conflicts=True
+    )
+    with transaction.atomic():
+        digest = ApprovalNoticeDigest.objects.select_for_update().get(pk=officer.pk)
+        fields = ["delivery"]
+        mailed: list[CertificateRequest] = []
+        if delivery != Delivery.SUMMARIES and digest.waiting:
+            if delivery == Delivery.IMMEDIATE:
+                requests = _still_pending(digest.waiting)
+                email, theirs = _asked(requests, among=[officer.pk]).get(officer.pk, ("", []))
+                mailed = [requests[pk] for pk in theirs]
+            digest.waiting, digest.due_at = [], None
+            fields += ["waiting", "due_at"]
+            if mailed:
+                _requests_mail(mailed, [email], window=timedelta(0))
+                digest.last_sent_at = timezone.now()
+                fields.append("last_sent_at")
+        digest.delivery = delivery
+        digest.save(update_fields=fields)
+    return len(mailed)
+
+
 def _requests_mail(
     listed: Sequence[CertificateRequest], addresses: list[str], *, window: timedelta
 ) -> None:
@@ -369,6 +418,8 @@ def _requests_mail(
             "url": reverse("enrollment:ra-requests")
             + (f"#request-{listed[0].pk}" if count == 1 else ""),
             "window_minutes": int(window.total_seconds() // 60),
+            # Where the officer chooses how these reach them (or stops them).
+            "choice_url": reverse("ra:console") + "#notice-summary",
         },
         addresses,
     )

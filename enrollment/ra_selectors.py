@@ -23,7 +23,6 @@ from django.db.models import (
     OuterRef,
     Q,
     QuerySet,
-    Subquery,
     Window,
 )
 from django.db.models.expressions import RawSQL
@@ -126,10 +125,11 @@ SUMMARY_PANEL_LISTS = 20
 
 @dataclass(frozen=True)
 class NoticeSummary:
-    """What the next summary of requests awaiting approval (ra_notifications) will list
-    for one officer, as their console shows it."""
+    """How one officer hears of requests awaiting approval (ra_notifications) and what
+    their next summary will list, as their console shows it."""
 
-    window_minutes: int  # 0: no summaries, every request is mailed as it comes
+    window_minutes: int  # 0: no summaries (every request as it comes, or none by mail)
+    delivery: str = ApprovalNoticeDigest.Delivery.SUMMARIES  # the officer's choice
     due_at: datetime | None = None  # None: no summary pending
     request_ids: tuple[int, ...] = ()  # the first SUMMARY_PANEL_LISTS, oldest first
     count: int = 0
@@ -142,16 +142,27 @@ class NoticeSummary:
 
 
 def approval_notice_summary(officer_id: int) -> NoticeSummary:
-    """The officer's own next summary, in one query (none when the window is 0).
+    """The officer's own choice and next summary: the choice (and whether anything is
+    collected) in one query by key, the collected requests in a second only then.
 
     Only what beat would list: collected requests still pending that the officer may
     still decide (approval_digests_send). One decided or withdrawn since is gone, and a
     window whose requests all went that way sends no mail, so it shows as none pending."""
+    Delivery = ApprovalNoticeDigest.Delivery
+    row = (
+        ApprovalNoticeDigest.objects.filter(officer_id=officer_id)
+        .values_list("delivery", "due_at")
+        .first()
+    )
+    delivery, due_at = row or (Delivery.SUMMARIES, None)
+    if delivery != Delivery.SUMMARIES:
+        return NoticeSummary(window_minutes=0, delivery=delivery)
     window = ra_notifications.notice_window()
     if not window:
         return NoticeSummary(window_minutes=0)
     minutes = int(window.total_seconds() // 60)
-    due = ApprovalNoticeDigest.objects.filter(officer_id=officer_id).values("due_at")
+    if due_at is None:  # nothing collected: ra_notifications sets both together
+        return NoticeSummary(window_minutes=minutes)
     rows = list(
         CertificateRequest.objects.filter(
             state=CertificateRequest.State.PENDING, pk__in=_collected_ids(officer_id)
@@ -159,18 +170,18 @@ def approval_notice_summary(officer_id: int) -> NoticeSummary:
         # Who may not decide it (ra_notifications._barred): its requester, a mailbox's delegates.
         .exclude(requester_id=officer_id)
         .exclude(mailbox__delegates=officer_id)
-        .annotate(summary_due=Subquery(due), total=Window(Count("pk")))
+        .annotate(total=Window(Count("pk")))
         .order_by("pk")
-        .values_list("pk", "summary_due", "total")[:SUMMARY_PANEL_LISTS]
+        .values_list("pk", "total")[:SUMMARY_PANEL_LISTS]
     )
     if not rows:
         return NoticeSummary(window_minutes=minutes)
     return NoticeSummary(
         window_minutes=minutes,
-        due_at=rows[0][1],
+        due_at=due_at,
         request_ids=tuple(row[0] for row in rows),
-        count=rows[0][2],
-        overdue=rows[0][1] is not None and rows[0][1] <= timezone.now(),
+        count=rows[0][1],
+        overdue=due_at <= timezone.now(),
     )
 
 

@@ -8,6 +8,7 @@ app_name = "ra"
 
 urlpatterns = [
     path("", ra_views.console, name="console"),
+    path("notices/", ra_views.notice_delivery, name="notice-delivery"),
     path("certificates/", ra_views.certificate_search, name="certificates"),
     path("certificates/<int:pk>/revoke/", ra_views.certificate_revoke, name="certificate-revoke"),
     path("leavers/", ra_views.leaver_list, name="leavers"),

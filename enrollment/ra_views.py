@@ -45,6 +45,7 @@ from enrollment import (
     ldap_sync,
     leavers,
     outdated,
+    ra_notifications,
     ra_selectors,
     ra_services,
     recovery,
@@ -60,6 +61,7 @@ from enrollment.edge import (
 from enrollment.exceptions import EnrollmentError, InvalidState
 from enrollment.forms import RecoveryWithdrawForm
 from enrollment.models import (
+    ApprovalNoticeDigest,
     AuditEvent,
     BulkRevocationRun,
     Certificate,
@@ -72,6 +74,7 @@ from enrollment.ra_forms import (
     BulkRevokeResumeForm,
     CertificateSearchForm,
     LeaverRevokeForm,
+    NoticeDeliveryForm,
     OfficerRevokeForm,
     RecoveredKeyForm,
     RecoveryAcceptForm,
@@ -177,13 +180,17 @@ def _console_page(
     *,
     resume_failed: int | None = None,
     resume_form: BulkRevokeResumeForm | None = None,
+    notice_form: NoticeDeliveryForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
     recoveries = list(ra_selectors.open_recoveries())
+    # The signed-in officer's own, never another's.
+    notice_summary = ra_selectors.approval_notice_summary(request.user.pk)
     context = {
         "pending_count": ra_selectors.pending_enrolment_count(),
-        # The signed-in officer's own, never another's.
-        "notice_summary": ra_selectors.approval_notice_summary(request.user.pk),
+        "notice_summary": notice_summary,
+        "notice_form": notice_form
+        or NoticeDeliveryForm(initial={"delivery": notice_summary.delivery}),
         "no_scheduler": health.no_scheduler(),
         "recoveries": recoveries,
         "recovery_asks": sum(r.state == KeyRecoveryRequest.State.REQUESTED for r in recoveries),
@@ -257,6 +264,34 @@ def bulk_revoke_resume(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
             f"background, {bulk_revoke.BATCH} at a time.",
         )
     return redirect(reverse("ra:console") + "#bulk-revocations")
+
+
+NOTICE_CHOSEN = {
+    ApprovalNoticeDigest.Delivery.SUMMARIES: "Approval notices: in summaries.",
+    ApprovalNoticeDigest.Delivery.IMMEDIATE: "Approval notices: every request at once.",
+    ApprovalNoticeDigest.Delivery.NONE: "Approval notices: none by mail. Requests waiting for "
+    "your approval are in the queue on this console.",
+}
+
+
+@login_required
+@require_POST
+def notice_delivery(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The signed-in officer chooses how requests waiting for their approval reach them:
+    their own choice only, so the form names no officer."""
+    officer_required(request)
+    form = NoticeDeliveryForm(request.POST)
+    if not form.is_valid():
+        return _console_page(request, notice_form=form, status=400)
+    delivery = form.cleaned_data["delivery"]
+    mailed = ra_notifications.approval_notice_delivery_set(officer=request.user, delivery=delivery)
+    text = NOTICE_CHOSEN[delivery]
+    if mailed:
+        text += (
+            f" The {mailed} request{pluralize(mailed)} collected for your summary went to you now."
+        )
+    messages.success(request, text)
+    return redirect(reverse("ra:console") + "#notice-summary")
 
 
 # --- certificates ---------------------------------------------------------------------

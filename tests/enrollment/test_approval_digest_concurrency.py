@@ -131,3 +131,65 @@ def test_two_requests_committed_at_once_after_a_quiet_period_mail_once(
     (notice,) = summaries(officer)
     assert notice.subject == f"Certificate request #{first_request.pk} waits for your approval"
     assert ApprovalNoticeDigest.objects.get(officer=officer).waiting == [second_request.pk]
+
+
+def test_a_request_committed_while_an_officer_chooses_none_waits_and_is_not_mailed(
+    submit, employee, officer, second_officer, monkeypatch
+):
+    """The choice is read under the row's lock: the announcement that waited for it sees
+    "none by mail", neither mailing nor collecting for that officer."""
+    submit(UserFactory(), T0 - timedelta(hours=1))  # both officers' rows exist, long quiet
+    mail.outbox.clear()
+    with monkeypatch.context() as unannounced:
+        unannounced.setattr(ra_notifications, "requests_announce", lambda ids: None)
+        made = submit(employee, T0)
+    choosing, done, release = held(
+        lambda: ra_notifications.approval_notice_delivery_set(
+            officer=officer, delivery=ApprovalNoticeDigest.Delivery.NONE
+        )
+    )
+
+    with time_machine.travel(T0, tick=False):
+        chose, announced, waited = overlap(
+            choosing, done, release, lambda: ra_notifications.requests_announce([made.pk])
+        )
+
+    assert "error" not in chose, chose
+    assert "error" not in announced, announced
+    assert waited  # on Olivia's row
+    assert summaries(officer) == []
+    assert ApprovalNoticeDigest.objects.get(officer=officer).waiting == []
+    (notice,) = summaries(second_officer)
+    assert notice.subject == f"Certificate request #{made.pk} waits for your approval"
+
+
+def test_choosing_at_once_while_a_request_is_collected_mails_it_once(
+    submit, employee, officer, monkeypatch
+):
+    """The switch waits for the announcement collecting a request, then sends it: the
+    request is neither left on the row nor mailed twice."""
+    submit(UserFactory(), T0)  # Olivia heard of it at 09:00: the next ones are collected
+    mail.outbox.clear()
+    with monkeypatch.context() as unannounced:
+        unannounced.setattr(ra_notifications, "requests_announce", lambda ids: None)
+        made = submit(employee, T0 + timedelta(minutes=2))
+    collecting, done, release = held(lambda: ra_notifications.requests_announce([made.pk]))
+
+    with time_machine.travel(T0 + timedelta(minutes=2), tick=False):
+        announced, chose, waited = overlap(
+            collecting,
+            done,
+            release,
+            lambda: ra_notifications.approval_notice_delivery_set(
+                officer=officer, delivery=ApprovalNoticeDigest.Delivery.IMMEDIATE
+            ),
+        )
+
+    assert "error" not in announced, announced
+    assert "error" not in chose, chose
+    assert waited
+    assert chose["value"] == 1
+    (notice,) = summaries(officer)
+    assert notice.subject == f"Certificate request #{made.pk} waits for your approval"
+    digest = ApprovalNoticeDigest.objects.get(officer=officer)
+    assert (digest.waiting, digest.due_at) == ([], None)
