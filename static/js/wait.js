@@ -3,18 +3,64 @@
 // right code typed at once is not sent too early. Without JavaScript the button stays: a
 // code sent early is not checked, and the page says so again. A file, not inline script:
 // the Content-Security-Policy allows scripts from the portal's own origin only.
+//
+// The button is held with aria-disabled, not disabled: a disabled default button makes the
+// browser drop Enter (and clicks) without a sign. Held this way, a try during the pause is
+// answered in the form's status line ("Wait 3 more seconds"), and the code it would have
+// sent is sent when the pause ends, unless it was changed since: the person asked for that
+// send, and the pause (30 s at most) is shorter than a code's life (its step and the next).
 "use strict";
 document.querySelectorAll("button[data-wait-seconds]").forEach(function (button) {
   var left = parseInt(button.getAttribute("data-wait-seconds"), 10);
   if (!(left > 0)) { return; }
+  var form = button.form;
+  var notice = form.querySelector("[data-wait-notice]");
+  var code = form.elements.namedItem("code");
   var label = button.textContent;
   var until = Date.now() + left * 1000;
-  button.disabled = true;
+  var waiting = true;
+  var asked = null;  // the code a try during the pause asked to send, sent when it ends
+
+  function say(text) {
+    if (notice) { notice.textContent = text; }
+  }
+
+  form.addEventListener("submit", function (event) {
+    if (!waiting) { return; }
+    event.preventDefault();
+    var seconds = Math.max(1, Math.ceil((until - Date.now()) / 1000));
+    var wait = "Wait " + seconds + " more second" + (seconds === 1 ? "" : "s");
+    if (code && code.value.trim()) {
+      asked = code.value;
+      say(wait + ": your code is sent then.");
+    } else {
+      asked = null;
+      say(wait + ", then send your code.");
+    }
+  });
+  if (code) {
+    code.addEventListener("input", function () {
+      // Changed after the try: perhaps half typed when the pause ends. Not sent on its own.
+      if (asked !== null && code.value !== asked) {
+        asked = null;
+        say("");
+      }
+    });
+  }
+
+  button.setAttribute("aria-disabled", "true");
   function tick() {
     left = Math.ceil((until - Date.now()) / 1000);
     if (left <= 0) {
-      button.disabled = false;
+      waiting = false;
+      button.removeAttribute("aria-disabled");
       button.textContent = label;
+      if (asked !== null && code && code.value === asked) {
+        say("Sending your code.");
+        button.click();
+      } else {
+        say("");
+      }
       return;
     }
     button.textContent = label + " (wait " + left + " s)";
