@@ -1,6 +1,7 @@
 """A portal with a row in every RA queue and list, and the pages that show them, for the
 phone layout's tests: tests/browser/test_phone_tables.py measures the pages in chromium,
-tests/enrollment/test_stacked_tables.py reads their tables' markup.
+tests/enrollment/test_stacked_tables.py reads their tables' markup. The admin's
+confirmation pages, with the long words that widened them, for the first of those.
 
 Loaded for every test as a plugin (tests/conftest.py ``pytest_plugins``).
 """
@@ -16,7 +17,8 @@ import time_machine
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from enrollment import bulk_revoke, leavers, mailboxes, rollouts, services
+from enrollment import bulk_revoke, keystore, leavers, mailboxes, rollouts, services
+from enrollment.models import Certificate, SharedMailbox
 from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.tools import as_staff, issue, new_key
 from tests.factories import UserFactory
@@ -154,3 +156,56 @@ def busy_portal(
     with time_machine.travel(timezone.now() - timedelta(minutes=20), tick=False):
         bulk_revoke.bulk_revoke_start(ids=[erins.pk], reason="superseded", actor=admin_officer)
     return Busy(mailbox=finance.pk, rollout=rollout.pk)
+
+
+@dataclass
+class Confirmation:
+    """An admin page that asks before it acts: an action's, reached from its list with
+    these rows ticked, or (no action) a page of its own at path."""
+
+    path: str
+    action: str = ""
+    selected: tuple[int, ...] = ()
+
+
+@pytest.fixture
+def admin_confirmations(
+    busy_portal, hierarchy, template, kra, employee, officer
+) -> list[Confirmation]:
+    """The busy portal, a shared mailbox with a long address, a template with a long slug
+    and a second issuing CA to move the templates to: one long word (a serial, an address,
+    a slug) in a confirmation page's table made it wider than a phone."""
+    mailboxes.mailbox_create(
+        email="accounts.payable.international@emea.subsidiary.example.com",
+        display_name="Accounts Payable (International)",
+        actor=officer,
+    )
+    contractors = template("smime-signing")
+    contractors.pk = None  # a copy, under a slug of the kind an administrator types
+    contractors.name = "S/MIME Signing (contractors)"
+    contractors.slug = "smime_signing_external_contractors"
+    contractors.save()
+    successor = services.issuing_ca_create(
+        spec=services.CaSpec("Test Issuing CA G2", "issuing-g2", KeyAlgorithm.EC_P256, 1825),
+        root=hierarchy.root,
+        root_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+        base_url="http://pki.example.com",
+        organization_name="Example Org",
+        country_name="GB",
+    )
+    admin = "/admin/enrollment"
+    return [
+        Confirmation(
+            f"{admin}/certificate/",
+            "revoke",
+            tuple(Certificate.objects.values_list("pk", flat=True)),
+        ),
+        Confirmation(
+            f"{admin}/sharedmailbox/",
+            "deactivate",
+            tuple(SharedMailbox.objects.values_list("pk", flat=True)),
+        ),
+        Confirmation(f"{admin}/certificateauthority/", "switch_templates", (successor.pk,)),
+        Confirmation(f"{admin}/keyrecoveryagent/", "deactivate", (kra.agent.pk,)),
+        Confirmation(f"/admin/accounts/user/{employee.pk}/two-factor/reset/"),
+    ]

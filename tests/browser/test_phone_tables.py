@@ -1,5 +1,6 @@
 """On a phone, an officer deciding from the RA console, or anyone reading a list, reaches
-every row's state and buttons without scrolling sideways.
+every row's state and buttons without scrolling sideways; so does an administrator reading
+what an admin action is about to revoke, deactivate or move.
 
 A wide table that scrolls inside its box keeps the page itself phone-wide, but leaves its
 right-hand columns (the state, the Approve and Reject buttons) past the screen's edge.
@@ -81,5 +82,43 @@ def test_every_tables_cells_and_controls_are_on_a_phones_screen(
                 wrong += off[:4] + [f"and {len(off) - 4} more off the screen"] * (len(off) > 4)
                 if wrong:
                     problems[path] = wrong
+
+    assert not problems, f"at {PHONE['width']} px: {problems}"
+
+
+def test_the_admins_confirmation_pages_fit_a_phone(live_server, admin_confirmations, admin_user):
+    """A serial, an address or a slug in the list of what is about to change made these
+    pages wider than the screen; each is reached as a person does, ticking rows in the list
+    and choosing the action, and measured as the pages above."""
+    cookie = {"name": settings.SESSION_COOKIE_NAME, "value": session_cookie(admin_user)}
+    problems: dict[str, list[str]] = {}
+    with chromium_page() as page:
+        page.set_viewport_size(PHONE)
+        page.context.add_cookies([{**cookie, "url": live_server.url}])
+        for confirmation in admin_confirmations:
+            if confirmation.action:
+                page.goto(f"{live_server.url}{confirmation.path}")
+                for pk in confirmation.selected:
+                    page.check(f"input.action-select[value='{pk}']")
+                page.select_option("select[name=action]", confirmation.action)
+                with page.expect_navigation() as asked:
+                    page.click("button[name=index]")
+                response = asked.value
+            else:
+                response = page.goto(f"{live_server.url}{confirmation.path}")
+            assert response is not None
+            assert response.status == 200, confirmation
+            page.wait_for_load_state("networkidle")
+            name = f"{confirmation.path} {confirmation.action}".strip()
+            wrong = []
+            if page.locator("#changelist").count():
+                wrong.append("back on the list: the action refused")
+            if confirmation.action and not page.locator("#content-main table td").count():
+                wrong.append("no rows listed")
+            if (pixels := page.evaluate(OVERFLOW)) > 0:
+                wrong.append(f"page {pixels} px too wide")
+            wrong += page.evaluate(OFF_SCREEN)[:4]
+            if wrong:
+                problems[name] = wrong
 
     assert not problems, f"at {PHONE['width']} px: {problems}"

@@ -711,7 +711,9 @@ def test_the_action_lists_what_would_move_and_changes_nothing(
     assert "It becomes the default CA instead of <strong>Test Issuing CA</strong>" in text
     rows = [
         [" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in row]
-        for row in re.findall(r"<tr><td>(.*?)</td>\s*<td>(.*?)</td>\s*<td>(.*?)</td></tr>", text)
+        for row in re.findall(
+            r"<tr><td[^>]*>(.*?)</td>\s*<td[^>]*>(.*?)</td>\s*<td[^>]*>(.*?)</td></tr>", text
+        )
     ]
     assert [(name.split()[-1], before, after) for name, before, after in rows] == [
         ("smime-encryption", "Test Issuing CA", "Test Issuing CA G2"),
