@@ -1,7 +1,8 @@
 """Security keys of approved models (WebAuthn attestation, PKIPORTAL_WEBAUTHN_ATTESTATION_*):
 whom the policy covers, what a key must prove when it is added (a chain from its maker to
 the configured roots, a listed model), that every refusal stores nothing, and what a
-session signed in with a key of no approved model reaches (its account page, to add one)."""
+session signed in with a key of no approved model reaches (its account page, to add one).
+The relying party, the vendor and ``policy`` come from tests/attestation/conftest.py."""
 
 from __future__ import annotations
 
@@ -31,43 +32,11 @@ from tests.test_passkeys import (
     sign_in_confirm,
     sign_in_with_key,
 )
-from tests.webauthn_authenticator import (
-    MODEL_AAGUID,
-    ORIGIN,
-    RP_ID,
-    AttestationCA,
-    SoftKey,
-    aaguid_text,
-)
+from tests.webauthn_authenticator import MODEL_AAGUID, AttestationCA, SoftKey, aaguid_text
 
 pytestmark = pytest.mark.django_db
 
 OTHER_MODEL = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
-
-
-@pytest.fixture(autouse=True)
-def _relying_party(settings):
-    settings.PKIPORTAL_WEBAUTHN_RP_ID = RP_ID
-    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [ORIGIN]
-
-
-@pytest.fixture
-def vendor() -> AttestationCA:
-    """The approved key vendor: its attestation root is what the portal is given."""
-    return AttestationCA()
-
-
-@pytest.fixture
-def policy(settings, vendor):
-    """Switch the attestation policy on, as the environment would: the vendor's root, for
-    ``roles`` (the default) or ``everyone``, with a list of allowed models or none."""
-
-    def on(attestation_for: str = "roles", aaguids: tuple[bytes, ...] = ()) -> None:
-        settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS = [vendor.pem]
-        settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = attestation_for
-        settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS = [aaguid_text(a) for a in aaguids]
-
-    return on
 
 
 def approved_key(vendor: AttestationCA, aaguid: bytes = MODEL_AAGUID) -> SoftKey:

@@ -1,7 +1,8 @@
 """API tokens under the attestation policy (PKIPORTAL_WEBAUTHN_ATTESTATION_*): a token
 records what confirmed the second factor it was minted with, and gives its owner's role
 no power when that was a security key of no approved model (or is not known), as their
-session would reach only /account/; an app, a backup code or an approved key count."""
+session would reach only /account/; an app, a backup code or an approved key count.
+The relying party, the vendor and ``policy`` come from tests/attestation/conftest.py."""
 
 from __future__ import annotations
 
@@ -17,48 +18,21 @@ from rest_framework.test import APIClient
 from accounts import mfa
 from accounts.models import SecondFactorKind
 from enrollment.models import ApiToken, AuditEvent
+from tests.attestation.test_passkey_attestation import (
+    OTHER_MODEL,
+    approved_key,
+    register_through_service,
+)
 from tests.enrollment.api_tools import CERTIFICATES, PENDING, TOKEN, token_client
 from tests.factories import UserFactory
 from tests.second_factor import authenticator, code, verified_login
-from tests.test_passkey_attestation import OTHER_MODEL, approved_key, register_through_service
 from tests.test_passkeys import browser, password_only, sign_in_with_key
-from tests.webauthn_authenticator import (
-    MODEL_AAGUID,
-    ORIGIN,
-    RP_ID,
-    AttestationCA,
-    SoftKey,
-    aaguid_text,
-)
+from tests.webauthn_authenticator import MODEL_AAGUID, SoftKey, aaguid_text
 
 pytestmark = pytest.mark.django_db
 
 PASSWORD = "correct horse battery staple"  # tests/factories.py
 TOKENS_PAGE = "/account/tokens/"
-
-
-@pytest.fixture(autouse=True)
-def _relying_party(settings):
-    settings.PKIPORTAL_WEBAUTHN_RP_ID = RP_ID
-    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [ORIGIN]
-
-
-@pytest.fixture
-def vendor() -> AttestationCA:
-    return AttestationCA()
-
-
-@pytest.fixture
-def policy(settings, vendor):
-    """The attestation policy on (``roles`` or ``everyone``, a list of models or none), or
-    off again with ``policy(None)``."""
-
-    def switch(attestation_for: str | None = "roles", aaguids: tuple[bytes, ...] = ()) -> None:
-        settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS = [vendor.pem] if attestation_for else []
-        settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = attestation_for or ""
-        settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS = [aaguid_text(a) for a in aaguids]
-
-    return switch
 
 
 def with_token(clear: str) -> APIClient:

@@ -1,0 +1,36 @@
+"""The attestation policy's fixtures (PKIPORTAL_WEBAUTHN_ATTESTATION_*), for the two files
+here: security keys added under it (test_passkey_attestation.py) and the API tokens minted
+after one (test_api_token_attestation.py). Kept in this package so that the relying party
+they set for every test is set for theirs only."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.webauthn_authenticator import ORIGIN, RP_ID, AttestationCA, aaguid_text
+
+
+@pytest.fixture(autouse=True)
+def _relying_party(settings):
+    settings.PKIPORTAL_WEBAUTHN_RP_ID = RP_ID
+    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [ORIGIN]
+
+
+@pytest.fixture
+def vendor() -> AttestationCA:
+    """The approved key vendor: its attestation root is what the portal is given."""
+    return AttestationCA()
+
+
+@pytest.fixture
+def policy(settings, vendor):
+    """Switch the attestation policy on, as the environment would: the vendor's root, for
+    ``roles`` (the default) or ``everyone``, with a list of allowed models or none; or off
+    again with ``policy(None)``."""
+
+    def switch(attestation_for: str | None = "roles", aaguids: tuple[bytes, ...] = ()) -> None:
+        settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS = [vendor.pem] if attestation_for else []
+        settings.PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = attestation_for or ""
+        settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS = [aaguid_text(a) for a in aaguids]
+
+    return switch
