@@ -1,7 +1,8 @@
-"""The attestation policy's fixtures (PKIPORTAL_WEBAUTHN_ATTESTATION_*), for the two files
-here: security keys added under it (test_passkey_attestation.py) and the API tokens minted
-after one (test_api_token_attestation.py). Kept in this package so that the relying party
-they set for every test is set for theirs only."""
+"""The security-key policies' fixtures (PKIPORTAL_WEBAUTHN_ATTESTATION_*,
+PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR), for the files here: security keys added under the
+attestation policy (test_passkey_attestation.py), the API tokens minted after one
+(test_api_token_attestation.py), and security keys only (test_keys_only.py). Kept in this
+package so that the relying party they set for every test is set for theirs only."""
 
 from __future__ import annotations
 

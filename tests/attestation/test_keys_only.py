@@ -16,11 +16,15 @@ from django.core.exceptions import ImproperlyConfigured
 
 from accounts import mfa
 from accounts.models import BackupCodeDevice, TotpDevice, WebAuthnDevice
+from tests.attestation.test_api_token_attestation import minted_in_session, minted_with_basic
+from tests.attestation.test_passkey_attestation import (
+    OTHER_MODEL,
+    approved_key,
+    register_through_service,
+)
 from tests.enrollment.api_tools import CERTIFICATES, PENDING, TOKEN
 from tests.factories import UserFactory
 from tests.second_factor import authenticator, code, seed_of, verified_login
-from tests.test_api_token_attestation import minted_in_session, minted_with_basic
-from tests.test_passkey_attestation import OTHER_MODEL, approved_key, register_through_service
 from tests.test_passkeys import (
     add_key,
     browser,
@@ -30,8 +34,6 @@ from tests.test_passkeys import (
 )
 from tests.webauthn_authenticator import (
     MODEL_AAGUID,
-    ORIGIN,
-    RP_ID,
     AttestationCA,
     SoftKey,
     aaguid_text,
@@ -41,12 +43,6 @@ pytestmark = pytest.mark.django_db
 
 VERIFY = "/account/two-factor/verify/"
 RA = "/ra/requests/"
-
-
-@pytest.fixture(autouse=True)
-def _relying_party(settings):
-    settings.PKIPORTAL_WEBAUTHN_RP_ID = RP_ID
-    settings.PKIPORTAL_WEBAUTHN_ORIGINS = [ORIGIN]
 
 
 @pytest.fixture
