@@ -231,14 +231,13 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             for name, options in UserAdmin.fieldsets or ()
         ),
         ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
-        ("Second factor", {"fields": ("second_factor", "second_factor_details")}),
+        ("Second factor", {"fields": ("second_factor",)}),
     )
     readonly_fields = (
         "deactivated_at",
         "email_changed_at",
         "second_factor",
         "second_factor_state",
-        "second_factor_details",
         "password_state",
     )
 
@@ -312,41 +311,10 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         return self._second_factor(obj, reset=False)
 
     def _second_factor(self, obj: User, *, reset: bool) -> str:
-        if obj.pk is None:
-            return "-"
-        device = mfa.confirmed_totp(obj)
-        keys = WebAuthnDevice.objects.filter(user=obj).count()
-        link = (
-            format_html(
-                ' <a href="{}">Reset it…</a>',
-                reverse("admin:accounts_user_mfa_reset", args=[obj.pk]),
-            )
-            if reset
-            else ""
-        )
-        also = f" and {keys} security key{'s' if keys != 1 else ''}" if keys else ""
-        if device is None and keys:
-            return format_html("{} security key{}.{}", keys, "s" if keys != 1 else "", link)
-        if device is None:
-            # An unfinished set-up (or stray backup codes) is still something to reset.
-            if mfa.has_any_device(obj):
-                return format_html("An unfinished set-up.{}", link)
-            return "None set up."
-        return format_html(
-            "Authenticator app, set up {}{}.{}",
-            date_format(timezone.localtime(device.created_at), "Y-m-d H:i T")
-            if device.created_at
-            else "earlier",
-            also,
-            link,
-        )
-
-    @admin.display(description="Second factors")
-    def second_factor_details(self, obj: User) -> str:
         """Each second factor of the person's, for a help desk asked "which key is that?" or
-        an auditor checking that officers use approved keys: read only, and only what is not
-        secret (no seed, no backup code or its digest; a key's public part is not shown
-        either, it says nothing to a person)."""
+        an auditor checking that officers use approved keys, and the way to reset them when
+        lost: read only, and only what is not secret (no seed, no backup code or its digest;
+        a key's public part is not shown either, it says nothing to a person)."""
         if obj.pk is None:
             return "-"
         mfa.forget_state(obj)
@@ -404,6 +372,15 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
                 "; ".join(policies) if policies else "none beyond the second factor",
             )
         )
+        # An unfinished set-up (or stray backup codes) is still something to reset.
+        if reset and (keys or mfa.has_any_device(obj)):
+            items.append(
+                format_html(
+                    '<a href="{}">Reset it…</a>: removes the app, backup codes and security '
+                    "keys, and signs them out everywhere.",
+                    reverse("admin:accounts_user_mfa_reset", args=[obj.pk]),
+                )
+            )
         return format_html(
             '<ul class="second-factors">{}</ul>',
             format_html_join("", "<li>{}</li>", ((item,) for item in items)),

@@ -622,7 +622,7 @@ def test_a_privileged_account_seen_read_only_offers_no_password_or_reset_link(he
 
     page = client.get(change_url(officer)).content.decode()
 
-    assert "Authenticator app, set up" in page  # what it has is still shown
+    assert "Authenticator app: confirmed, set up" in page  # what it has is still shown
     assert "../password/" not in page
     assert reset_url(officer) not in page
     assert client.get(f"{USERS}{officer.pk}/password/").status_code == 403
@@ -660,7 +660,7 @@ def test_the_help_desk_sees_the_links_for_an_employee_and_no_reset_of_its_own(he
     assert reset_url(employee) in theirs
     assert "../password/" in own
     assert reset_url(helpdesk) not in own
-    assert "Authenticator app, set up" in own
+    assert "Authenticator app: confirmed, set up" in own
     assert client.get(reset_url(helpdesk)).status_code == 403
 
 

@@ -924,7 +924,7 @@ def test_the_admin_offers_a_reset_for_an_unfinished_set_up(officer, admin_client
 
     change = admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
 
-    assert "An unfinished set-up" in change
+    assert "Authenticator app: set-up not finished" in change
     assert reset_url(officer) in change
     assert admin_client_.post(reset_url(officer)).status_code == 302
     assert not TotpDevice.objects.filter(user=officer).exists()
