@@ -233,7 +233,8 @@ class IssuingCaStatus:
     is_default: bool
     not_after: datetime
     days_left: int
-    templates: list[str] = field(default_factory=list)  # active templates issuing from it
+    templates: list[str] = field(default_factory=list)  # active templates issuing from it (slugs)
+    template_names: list[str] = field(default_factory=list)  # the same, as people read them
     longest_validity_days: int | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -326,6 +327,7 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
             ca.not_after,
             max(left.days, 0),
             [t.slug for t in templates],
+            [t.name for t in templates],
         )
         check.authorities.append(status)
         if not templates or not ca.is_online:

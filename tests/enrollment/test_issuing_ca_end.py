@@ -196,6 +196,8 @@ def test_the_ra_console_shows_the_end_to_officers_only(hierarchy, at, officer, e
     assert "An issuing CA nears its end." in page
     assert "certificates from S/MIME Dual-use (365 days) issued now are cut short" in page
     assert "Replace soon" in page
+    # The templates it issues for, by the names people know them by (slugs are /health/'s).
+    assert "S/MIME Dual-use, S/MIME Encryption, S/MIME Signing" in page
     assert client_for(employee).get("/ra/").status_code == 403
 
     at(days_before_end(hierarchy, 20))
