@@ -49,7 +49,7 @@ class Command(BaseCommand):
         ]
         accounts = len({*(d.user.pk for d in due), *(o.holder.pk for o in changed)})
         cap = settings.PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN
-        hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
+        hours = int(delay.total_seconds() // 3600)
         self.stdout.write(
             f"Certificates are revoked {plurals.hours(hours)} after an account is deactivated, "
             f"for at most {cap} accounts a run."
