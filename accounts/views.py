@@ -29,6 +29,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import mfa, passkeys
 from accounts.forms import CodeForm, CurrentCodeForm, RemoveForm, SetupForm
+from accounts.middleware import APPROVED_KEY_PAGES
 from accounts.models import WebAuthnDevice
 from accounts.requests import AuthenticatedHttpRequest
 from accounts.sessions import sessions_end
@@ -95,6 +96,30 @@ def _button_wait(until: Any) -> int | None:
     return seconds if seconds <= BUTTON_WAITS_AT_MOST else None
 
 
+# What the account page offers besides its security keys, by URL name. A session held to
+# the page (mfa.session_restriction) reaches only accounts.middleware.APPROVED_KEY_PAGES:
+# a button or link to anything else would only bring it back here.
+ACCOUNT_PAGE_OFFERS = {
+    "app": "accounts:mfa-setup",
+    "remove_app": "accounts:mfa-remove",
+    "backup_codes": "accounts:mfa-backup-codes",
+    "sign_out_elsewhere": "accounts:sign-out-elsewhere",
+    "tokens": "enrollment:token-list",
+}
+
+
+def _held_back_until(restriction: str, state: mfa.State) -> str:
+    """What opens a held-back session's other pages, ending the page's one-line reasons
+    ("Signing out everywhere else opens once …"); "" where nothing is held back."""
+    if restriction == "approved_security_key":
+        return "you confirm with a security key of an approved model, or add one (below)"
+    if restriction and state.passkeys:
+        return "you confirm with one of your security keys, or add one (below)"
+    if restriction:
+        return "you add a security key (below)"
+    return ""
+
+
 @never_cache
 @login_required
 def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -102,6 +127,7 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
     if (refused := _verified_only(request)) is not None:
         return refused
     state = mfa.state_for(request.user)
+    restriction = mfa.session_restriction(request)
     device = mfa.confirmed_totp(request.user)
     codes = mfa.backup_codes(request.user)
     codes_left = len(codes.digests) if codes is not None else 0  # all used: none to ask
@@ -129,10 +155,17 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "passkey_next": reverse("accounts:mfa-overview"),
         # Signed in with a key of no approved model, where the person's keys must be of one:
         # this page is all the session reaches until an approved key is added.
-        "approved_key_needed": mfa.session_needs_approved_key(request),
+        "approved_key_needed": restriction == "approved_security_key",
         # Signed in with the app, a backup code or single sign-on, where only a key will do:
         # this page is all the session reaches until a key is confirmed here or added.
-        "security_key_needed": mfa.session_needs_security_key(request),
+        "security_key_needed": restriction == "security_key",
+        # A session held to this page is offered only what it reaches; the rest says, in a
+        # line, what opens it (held_back_until).
+        "offers": {
+            offer: not restriction or name in APPROVED_KEY_PAGES
+            for offer, name in ACCOUNT_PAGE_OFFERS.items()
+        },
+        "held_back_until": _held_back_until(restriction, state),
     }
     # Adding a key: no code either after one proved it for a ceremony that did not finish.
     context["ask_key_code"] = context["ask_code"] and not passkeys.has_proved_for_adding(

@@ -2,7 +2,8 @@
 session confirmed with a security key opens their role while the app, a backup code or a
 single sign-on open just their account page (to confirm a key there or add one), that API
 tokens minted without a key carry no role power, the deploy check, the setting itself, and
-what the admin shows of a person's second factors."""
+what the admin shows of a person's second factors. ``keys_only`` comes from
+tests/attestation/conftest.py."""
 
 from __future__ import annotations
 
@@ -43,16 +44,6 @@ pytestmark = pytest.mark.django_db
 
 VERIFY = "/account/two-factor/verify/"
 RA = "/ra/requests/"
-
-
-@pytest.fixture
-def keys_only(settings):
-    """Switch security keys only on (``roles`` or ``everyone``), or off with ``""``."""
-
-    def switch(covers: str = "roles") -> None:
-        settings.PKIPORTAL_SECOND_FACTOR_KEYS_ONLY_FOR = covers
-
-    return switch
 
 
 def with_app_and_key(user) -> tuple[bytes, SoftKey]:
