@@ -6,6 +6,8 @@ there is no path here to any private key.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -17,7 +19,7 @@ from directory.facts import certificate_facts
 from directory.forms import SearchForm
 from directory.permissions import directory_readable
 from directory.vcard import certificate_vcard
-from enrollment.models import Certificate
+from enrollment.models import Certificate, SharedMailbox
 from enrollment.x509 import pkcs7
 
 PAGE_SIZE = 20
@@ -36,7 +38,7 @@ def search(request: HttpRequest) -> HttpResponse:
     """The search page; with ?partial=1 only the results, for search-as-you-type."""
     form = SearchForm(request.GET)
     page, status, query = None, 200, ""
-    shared: list[object] = []
+    shared: list[SharedMailbox] = []
     if form.is_valid():
         query = form.cleaned_data["q"]
         if not form.cleaned_data["after"]:
@@ -60,6 +62,11 @@ def search(request: HttpRequest) -> HttpResponse:
             for person in page.people:
                 # The reader among the results is spoken to, not of: "You have no…".
                 person.directory_you = person.pk == request.user.pk
+        if shared and request.user.is_authenticated:
+            # A mailbox whose delegate reads: they are told they can get it a certificate.
+            theirs = set(request.user.delegated_mailboxes.values_list("pk", flat=True))
+            for mailbox in shared:
+                mailbox.directory_delegate = mailbox.pk in theirs
     else:
         status = 400
     params = request.GET.copy()
@@ -106,8 +113,7 @@ def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
         "directory/certificate.html",
         {
             "cert": certificate,
-            "holder": _holder(certificate),
-            "you": _is_you(request, certificate),
+            **_spoken_to(request, certificate),
             "encrypt_to": selectors.encryption_certificate_of(certificate),
             "newer": newer[-1] if newer else None,
             "newest_of": len(same_kind) if len(same_kind) > 1 and not newer else 0,
@@ -139,10 +145,25 @@ def _has_own_card(certificate: Certificate) -> bool:
     return certificate.encrypts and certificate.state == "valid" and bool(_holder(certificate))
 
 
-def _is_you(request: HttpRequest, certificate: Certificate) -> bool:
-    """The signed-in reader holds it: its pages speak to them ("You have no certificate
-    others can encrypt to yet"), not of them in the third person."""
-    return certificate.owner_id is not None and certificate.owner_id == request.user.pk
+def _spoken_to(request: HttpRequest, certificate: Certificate) -> dict[str, Any]:
+    """How a certificate's pages speak of its holder to this reader (``holder``, ``you``,
+    ``delegate``). To the holder themself: "you hold", "You have no certificate others can
+    encrypt to yet". To a delegate of its shared mailbox, of "this shared mailbox": the
+    mailbox holds it, not they, but they are whom "get one" is for. To anyone else, of
+    the holder by name."""
+    holder = _holder(certificate)
+    you = certificate.owner_id is not None and certificate.owner_id == request.user.pk
+    delegate = (
+        bool(holder)
+        and certificate.mailbox is not None
+        and request.user.is_authenticated
+        and certificate.mailbox.delegates.filter(pk=request.user.pk).exists()
+    )
+    return {
+        "holder": "this shared mailbox" if delegate else holder,
+        "you": you,
+        "delegate": delegate,
+    }
 
 
 def _vcard(certificate: Certificate) -> str:
@@ -202,6 +223,6 @@ def _no_card_of_its_own(request: HttpRequest, certificate: Certificate) -> HttpR
     return render(
         request,
         "directory/no_vcard.html",
-        {"cert": certificate, "holder": _holder(certificate), "you": _is_you(request, certificate)},
+        {"cert": certificate, **_spoken_to(request, certificate)},
         status=410 if certificate.state in ("revoked", "expired") else 404,
     )

@@ -376,6 +376,8 @@ class SharedMailbox(models.Model):
     # Not stored: set by directory.selectors.mailbox_search on the mailboxes it finds.
     directory_certificates: list[Certificate]
     directory_encrypt_to: Certificate | None
+    # Not stored either: set by directory.views.search, the reader is one of its delegates.
+    directory_delegate: bool
 
     class Meta:
         ordering = ["email"]

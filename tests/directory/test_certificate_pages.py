@@ -15,7 +15,8 @@ import vobject
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from enrollment import services
+from enrollment import mailboxes, services
+from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs7 import format_fingerprint
 from tests.conftest import client_for
 
@@ -554,3 +555,119 @@ def test_your_pages_say_which_of_yours_others_encrypt_to(cert, signing):
         f'<a href="/directory/{cert.fingerprint_sha256}/">the signing and encryption'
     ) in signing_only
     assert "José García" not in own.split("<h2>Download</h2>")[0].split("</h1>")[1]
+
+
+def test_your_older_and_newer_pages_say_which_of_yours_is_newer(employee_client, cert, issue):
+    newer = issue(cert.owner, "smime-dual-use")  # enrolled again rather than renewed
+    client = client_for(cert.owner)
+
+    old_page = page_of(client, cert)
+    new_page = page_of(client, newer)
+
+    assert "There is a newer one.</strong> You also hold a newer valid signing and" in old_page
+    assert "The newest of 2 valid signing and encryption certificates you hold:" in new_page
+    assert "José García" not in old_page.split("</h1>")[1].split("<h2>Download</h2>")[0]
+    assert "José García" not in new_page.split("</h1>")[1].split("<h2>Download</h2>")[0]
+    # A colleague still reads of José.
+    assert "José García also holds a newer valid" in page_of(employee_client, cert)
+    assert "certificates José García holds:" in page_of(employee_client, newer)
+
+
+def test_your_signing_only_page_says_which_of_yours_others_take_to_encrypt(
+    employee_client, cert, signing
+):
+    own = downloads_of(page_of(client_for(cert.owner), signing))
+    theirs = downloads_of(page_of(employee_client, signing))
+
+    assert (
+        "<strong>To encrypt to you</strong>, others take the signing and encryption "
+        "certificate instead:"
+    ) in own
+    assert "José García" not in own
+    assert (
+        "<strong>To encrypt to José García</strong>, take the signing and encryption "
+        "certificate instead:"
+    ) in theirs
+
+
+# --- a shared mailbox's pages read by one of its delegates ------------------------------
+# The mailbox holds its certificates, not the delegate: the pages speak of "this shared
+# mailbox", never "you hold"; where it has none to encrypt to, the delegate is the one who
+# can get it one, so they are told so rather than to "ask its delegates".
+
+
+@pytest.fixture
+def finance(officer, colleague, hierarchy, kra, template):
+    """finance@, Bob Brown (colleague) its delegate, with two valid encryption certificates."""
+    mailbox = mailboxes.mailbox_create(
+        email="finance@example.com", display_name="Finance", delegates=[colleague], actor=officer
+    )
+    for _ in range(2):
+        services.certificate_issue_with_server_key(
+            template=template("smime-encryption"),
+            owner=colleague,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            pkcs12_password="correct horse battery staple",
+            mailbox=mailbox,
+        )
+    return mailbox
+
+
+def notices_of(page: str) -> str:
+    """The page between its heading and its downloads: the notices about the holder."""
+    return page.split("</h1>")[1].split("<h2>Download</h2>")[0]
+
+
+def test_a_delegate_reads_of_this_shared_mailbox_s_certificates(
+    finance, colleague, employee_client
+):
+    older, newer = finance.certificates.order_by("not_before", "pk")
+    delegate = client_for(colleague)
+
+    old_page = notices_of(page_of(delegate, older))
+    new_page = notices_of(page_of(delegate, newer))
+    services.certificate_revoke(certificate=older, reason="superseded")
+    revoked_page = notices_of(page_of(delegate, older))
+
+    assert "This shared mailbox also holds a newer valid encryption certificate" in old_page
+    assert "The newest of 2 valid encryption certificates of this shared mailbox" in new_page
+    assert "the newest valid certificate this shared mailbox holds that can encrypt." in new_page
+    assert "Others sending this shared mailbox encrypted mail should use" in revoked_page
+    for page in (old_page, new_page, revoked_page):
+        assert "you hold" not in page
+        assert "You also hold" not in page
+    # Anyone else reads of the shared mailbox by name, as before.
+    theirs = notices_of(page_of(employee_client, older))
+    assert "To send the shared mailbox Finance encrypted mail, use" in theirs
+    assert "the shared mailbox Finance holds that can encrypt." in notices_of(
+        page_of(employee_client, newer)
+    )
+
+
+def test_a_delegate_is_told_they_can_get_a_mailbox_with_none_a_certificate(
+    finance, colleague, employee_client
+):
+    older, newer = finance.certificates.order_by("not_before", "pk")
+    for certificate in (older, newer):
+        services.certificate_revoke(certificate=certificate, reason="superseded")
+    delegate = client_for(colleague)
+    told = "has no certificate others can encrypt to yet: as one of its delegates, you can get"
+
+    page = notices_of(page_of(delegate, newer))
+    card = delegate.get(f"/directory/{newer.fingerprint_sha256}.vcf")
+    results = delegate.get("/directory/", {"q": "finance", "include_inactive": "on"})
+
+    assert f"This shared mailbox {told} one for it at" in page
+    assert 'href="/enroll/"' in page
+    assert card.status_code == 410
+    assert f"This shared mailbox {told}" in card.content.decode()
+    assert f"Finance {told}" in results.content.decode()
+    for answer in (page, card.content.decode(), results.content.decode()):
+        assert "ask its delegates" not in answer
+        assert "You have no certificate" not in answer
+    # Anyone else is told whom to ask.
+    assert "ask its delegates" in notices_of(page_of(employee_client, newer))
+    others = employee_client.get("/directory/", {"q": "finance", "include_inactive": "on"})
+    assert "Finance has no certificate you can encrypt to yet: ask its delegates" in (
+        others.content.decode()
+    )
