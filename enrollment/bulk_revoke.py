@@ -25,8 +25,10 @@ resumes at once one queues a message, and a worker still on the old message stop
 next batch.
 
 The audit trail tells the story: ``.queued`` (its id is the run's number), a ``.batch``
-event per batch, ``.resumed``, and ``.done`` with the totals (outcome failure if some
-could not be revoked or the run stopped early).
+event per batch, ``.done`` with the state it ended in and the totals (outcome failure if
+some could not be revoked or the run stopped early); a stopped run resumed adds
+``.resumed`` (in the resuming officer's name) and, at its new end, a ``.done`` saying
+``after_resume`` and who started it.
 """
 
 from __future__ import annotations
@@ -338,7 +340,12 @@ def _lock(ids: list[int], reason: str) -> list[Certificate]:
 
 def _end(run: BulkRevocationRun, claim: str, *, error: str = "") -> bool:
     """Record the run's end, if it is still this claim's: finished (with failures if some
-    were refused) or, with ``error``, stopped; ``.done`` with the totals, and the log."""
+    were refused) or, with ``error``, stopped; ``.done`` with the totals, and the log.
+
+    A stopped run may be resumed and end again: each ``.done`` names the state it ended
+    in, and one after a resume says so (``after_resume``, how many) and who started the
+    run, since its actor is then whoever resumed it: the trail reads "stopped, resumed by
+    …, finished after resume", not two ends of one run."""
     with transaction.atomic():
         current = _locked(run.pk, claim)
         if current is None:
@@ -351,6 +358,11 @@ def _end(run: BulkRevocationRun, claim: str, *, error: str = "") -> bool:
         current.finished_at = current.heartbeat_at = timezone.now()
         current.save(update_fields=["state", "error", "finished_at", "heartbeat_at"])
         incomplete = bool(error or current.failed or current.not_reached)
+        resumed = (
+            {"after_resume": current.resumes, "started_by": current.event.actor_name}
+            if current.resumes
+            else {}
+        )
         audit_record(
             action=DONE,
             actor=_actor(current),
@@ -358,6 +370,8 @@ def _end(run: BulkRevocationRun, claim: str, *, error: str = "") -> bool:
             outcome=AuditEvent.Outcome.FAILURE if incomplete else AuditEvent.Outcome.SUCCESS,
             detail={
                 "run": current.pk,
+                "state": current.state,
+                **resumed,
                 "certificates": current.total,
                 "revoked": current.revoked,
                 "skipped": current.skipped,
@@ -371,8 +385,9 @@ def _end(run: BulkRevocationRun, claim: str, *, error: str = "") -> bool:
     for name in (*PROGRESS, "state", "error", "finished_at", "heartbeat_at"):
         setattr(run, name, getattr(current, name))
     (logger.error if incomplete else logger.info)(
-        "Bulk revocation %s: %d revoked, %d skipped, %d failed, %d not reached. %s",
-        run.pk, run.revoked, run.skipped, run.failed, run.not_reached, run.error,
+        "Bulk revocation %s%s: %d revoked, %d skipped, %d failed, %d not reached. %s",
+        run.pk, " (after resume)" if resumed else "",
+        run.revoked, run.skipped, run.failed, run.not_reached, run.error,
     )  # fmt: skip
     return True
 

@@ -362,6 +362,7 @@ def test_above_the_threshold_the_task_revokes_them_with_one_crl_task(
             admin_officer,
             {
                 "run": start[0].pk,
+                "state": "done",  # never resumed: no after_resume
                 "certificates": 3,
                 "revoked": 3,
                 "skipped": 0,

@@ -327,6 +327,55 @@ def test_an_error_stopped_run_is_resumed_at_once(admin_officer, five, monkeypatc
     assert [e.outcome for e in events(bulk_revoke.DONE)] == ["failure", "success"]
 
 
+def test_a_stopped_then_resumed_run_reads_stopped_resumed_finished_after_resume(
+    admin_officer, second_officer, five, monkeypatch
+):
+    """Two .done events for one run read as two ends: the first says it stopped, the
+    last that it finished after a resume, and by whom the run was started."""
+    revoke = services.certificate_revoke
+
+    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
+        if certificate.pk == five[2].pk:
+            raise RuntimeError("database gone")
+        return revoke(certificate=certificate, **options)
+
+    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
+    run = bulk_revoke.bulk_revoke_start(
+        ids=[c.pk for c in five], reason="superseded", actor=admin_officer
+    )
+    bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
+    monkeypatch.setattr(services, "certificate_revoke", revoke)
+    other = as_staff(second_officer, "view_certificate")
+    client = client_for(other)
+
+    assert resume(client, run).status_code == 302
+
+    stopped, finished = events(bulk_revoke.DONE)
+    (resumed,) = events(bulk_revoke.RESUMED)
+    assert (stopped.outcome, stopped.actor, stopped.detail["state"]) == (
+        "failure",
+        admin_officer,
+        "stopped",
+    )
+    assert "after_resume" not in stopped.detail
+    assert resumed.actor == other
+    assert resumed.detail["stopped_by"].startswith("Stopped by an error (RuntimeError)")
+    assert (finished.outcome, finished.actor) == ("success", other)
+    assert finished.detail["state"] == "done"
+    assert (finished.detail["after_resume"], finished.detail["started_by"]) == (1, "olivia")
+    trail = client.get(f"/ra/audit/?run={run.pk}").content.decode()
+    assert "state=stopped" in trail
+    # (jsonb orders the keys its own way: each on its own.)
+    for shown in ("state=stopped", "state=done", "after_resume=1", "started_by=olivia"):
+        assert shown in trail
+    # The console shows the run once, in its final state.
+    text = panel(client)
+    assert text.count(f'id="bulk-run-{run.pk}"') == 1
+    assert '<span class="badge bulk-finished">Finished</span>' in text
+    assert "Stopped" not in text
+    assert "resumed by oscar" in text
+
+
 # --- what it refuses ------------------------------------------------------------------
 
 

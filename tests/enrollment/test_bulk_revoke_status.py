@@ -125,6 +125,10 @@ def test_a_finished_run_shows_its_totals(admin_officer, certificates):
     assert "2 of 3 revoked (1 skipped, 0 failed)" in text
     assert '<span class="badge bulk-finished">Finished</span>' in text
     assert "/resume/" not in text  # nothing to resume
+    # Its end on the audit trail names the state; never resumed, it says nothing of one.
+    (done,) = AuditEvent.objects.filter(action=bulk_revoke.DONE)
+    assert done.detail["state"] == "done"
+    assert "after_resume" not in done.detail
 
 
 def test_a_run_with_certificates_the_service_refused_finished_with_failures(
@@ -145,6 +149,7 @@ def test_a_run_with_certificates_the_service_refused_finished_with_failures(
     assert "2 of 3 revoked (0 skipped, 1 failed)" in text
     assert '<span class="badge bulk-failures">Finished with failures</span>' in text
     assert "The audit trail names those that could not be revoked" in text
+    assert AuditEvent.objects.get(action=bulk_revoke.DONE).detail["state"] == "failed"
 
 
 def test_a_run_an_error_stopped_shows_the_error_and_what_to_do(
@@ -168,6 +173,7 @@ def test_a_run_an_error_stopped_shows_the_error_and_what_to_do(
     assert "database gone" not in text  # the log has it, not the page
     assert "I am sure" in text
     assert "Resume: revoke the 1 left" in text
+    assert AuditEvent.objects.get(action=bulk_revoke.DONE).detail["state"] == "stopped"
 
 
 def test_a_run_the_broker_refused_is_stopped_with_nothing_revoked(
