@@ -1353,7 +1353,8 @@ class BulkRevocationRun(models.Model):
     invalidity_date = models.DateTimeField(null=True, blank=True)
     # A JSON list, not a row per certificate: written once (one insert of ~0.9 MB for
     # 100,000, in the officer's request), read once per task message, never rewritten;
-    # each batch updates only the counters below.
+    # each batch updates only the counters below. Emptied when the run finishes with
+    # every certificate done (bulk_revoke._end): the counters tell the rest.
     certificate_ids = models.JSONField(
         default=list, help_text="The certificates to revoke, in id order, as confirmed."
     )

@@ -319,8 +319,11 @@ def test_above_the_threshold_the_task_revokes_them_with_one_crl_task(
     handed: list[tuple] = []
     apply_async = tasks.certificates_revoke_task.apply_async
 
+    stored = []
+
     def hand(args, task_id=None, **options):  # type: ignore[no-untyped-def]
         handed.append((args, options, task_id))
+        stored.append(the_run().certificate_ids)  # as the message finds the row
         return apply_async(args, task_id=task_id, **options)
 
     monkeypatch.setattr(tasks.certificates_revoke_task, "apply_async", hand)
@@ -331,7 +334,8 @@ def test_above_the_threshold_the_task_revokes_them_with_one_crl_task(
     assert response.status_code == 302
     run = the_run()
     assert handed == [((run.pk,), {}, run.claim)]
-    assert run.certificate_ids == sorted(c.pk for c in three)  # in the row, not the message
+    assert stored == [sorted(c.pk for c in three)]  # in the row, not the message
+    assert run.certificate_ids == []  # finished, every one done: the row drops them
     assert (run.state, run.revoked, run.position, run.total) == ("done", 3, 3, 3)
     assert statuses(three) == ["revoked"] * 3
     revocations = events("certificate.revoke")

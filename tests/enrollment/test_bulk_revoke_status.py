@@ -310,6 +310,81 @@ def test_the_runs_are_read_in_one_query(admin_officer, certificates, django_asse
         assert bulk_revoke.bulk_revoke_runs() == []
 
 
+# --- a finished run's stored ids -----------------------------------------------------
+
+
+def ids_of(run) -> list[int]:
+    return BulkRevocationRun.objects.values_list("certificate_ids", flat=True).get(pk=run.pk)
+
+
+def test_a_run_that_finishes_with_every_certificate_done_keeps_its_counts_not_its_ids(
+    admin_officer, certificates
+):
+    run = start(admin_officer, certificates)
+    one_batch(run)
+    assert ids_of(run) == sorted(c.pk for c in certificates)  # read by each message
+    to_the_end(run)
+    client = client_for(admin_officer)
+
+    text = panel(client)
+    trail = client.get(f"/ra/audit/?run={run.pk}")
+
+    assert ids_of(run) == []
+    row = BulkRevocationRun.objects.get(pk=run.pk)
+    assert (row.state, row.total, row.selected, row.position, row.revoked) == ("done", 3, 3, 3, 3)
+    assert "3 of 3 revoked (0 skipped, 0 failed)" in text
+    assert '<span class="badge bulk-finished">Finished</span>' in text
+    assert [e.action for e in trail.context["events"]] == [
+        bulk_revoke.DONE,
+        bulk_revoke.BATCH_DONE,
+        bulk_revoke.BATCH_DONE,
+        bulk_revoke.QUEUED,
+    ]
+    # A message given back with the run's last claim finds it ended, and reads no ids.
+    assert bulk_revoke.bulk_revoke_work(run.pk, claim=row.claim) is None
+
+
+def test_a_stopped_run_keeps_its_ids_to_be_resumed_and_drops_them_when_done(
+    admin_officer, certificates, monkeypatch
+):
+    revoke = services.certificate_revoke
+
+    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
+        if certificate.pk == certificates[2].pk:
+            raise RuntimeError("database gone")
+        return revoke(certificate=certificate, **options)
+
+    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
+    run = start(admin_officer, certificates)
+    to_the_end(run)
+    monkeypatch.setattr(services, "certificate_revoke", revoke)
+    assert BulkRevocationRun.objects.get(pk=run.pk).state == "stopped"
+    assert ids_of(run) == sorted(c.pk for c in certificates)
+
+    resumed = bulk_revoke.bulk_revoke_resume(run=run, actor=admin_officer)
+    bulk_revoke.bulk_revoke_work(run.pk, claim=resumed.claim)
+
+    assert BulkRevocationRun.objects.get(pk=run.pk).state == "done"
+    assert ids_of(run) == []
+    assert "3 of 3 revoked (0 skipped, 0 failed)" in panel(client_for(admin_officer))
+
+
+def test_a_run_finished_with_failures_keeps_its_ids(admin_officer, certificates, monkeypatch):
+    revoke = services.certificate_revoke
+
+    def refuse_the_second(*, certificate, **options):  # type: ignore[no-untyped-def]
+        if certificate.pk == certificates[1].pk:
+            raise PolicyViolation("Not this one.")
+        return revoke(certificate=certificate, **options)
+
+    monkeypatch.setattr(services, "certificate_revoke", refuse_the_second)
+    run = start(admin_officer, certificates)
+    to_the_end(run)
+
+    assert BulkRevocationRun.objects.get(pk=run.pk).state == "failed"
+    assert ids_of(run) == sorted(c.pk for c in certificates)
+
+
 # --- the audit trail's run filter -----------------------------------------------------
 
 
