@@ -272,6 +272,21 @@ NOTICE_CHOSEN = {
     ApprovalNoticeDigest.Delivery.NONE: "Approval notices: none by mail. Requests waiting for "
     "your approval are in the queue on this console.",
 }
+# Summaries chosen where the portal sends none (ra_notifications.notice_window is zero):
+# the officer hears of every request at once, as the panel says, and is told so.
+NOTICE_SUMMARIES_NOT_SENT = (
+    "Approval notices: in summaries, once this portal sends them. It {why}, so for now "
+    "every request waiting for your approval is mailed to you as it comes."
+)
+
+
+def _notice_chosen(delivery: str) -> str:
+    """The confirmation of an officer's choice: what they will get, not only what they
+    picked (summaries chosen on a portal that sends none are immediate notices)."""
+    if delivery == ApprovalNoticeDigest.Delivery.SUMMARIES and not ra_notifications.notice_window():
+        why = "runs no scheduler to send summaries" if health.no_scheduler() else "sends none"
+        return NOTICE_SUMMARIES_NOT_SENT.format(why=why)
+    return NOTICE_CHOSEN[ApprovalNoticeDigest.Delivery(delivery)]
 
 
 @login_required
@@ -285,7 +300,7 @@ def notice_delivery(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _console_page(request, notice_form=form, status=400)
     delivery = form.cleaned_data["delivery"]
     mailed = ra_notifications.approval_notice_delivery_set(officer=request.user, delivery=delivery)
-    text = NOTICE_CHOSEN[delivery]
+    text = _notice_chosen(delivery)
     if mailed:
         text += (
             f" The {mailed} request{pluralize(mailed)} collected for your summary went to you now."

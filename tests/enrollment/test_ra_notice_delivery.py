@@ -282,6 +282,41 @@ def test_without_summaries_summaries_mean_at_once_and_none_stays_none(
     assert officer.email not in notices()
 
 
+def confirmation(response) -> list[str]:
+    assert response.redirect_chain == [("/ra/#notice-summary", 302)]
+    return [str(message) for message in response.context["messages"]]
+
+
+def test_choosing_summaries_confirms_summaries_where_the_portal_sends_them(choose_at, officer):
+    response = choose_at(T0, officer, SUMMARIES, follow=True)
+
+    assert confirmation(response) == ["Approval notices: in summaries."]
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [("window 0", "It sends none"), ("no scheduler", "It runs no scheduler to send summaries")],
+)
+def test_choosing_summaries_where_none_are_sent_confirms_what_the_officer_gets(
+    scheduler, choose_at, how, why, officer
+):
+    """It said "Approval notices: in summaries." while every request came at once."""
+    if how == "window 0":
+        scheduler.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES = 0
+    else:
+        scheduler.CELERY_TASK_ALWAYS_EAGER = True
+
+    response = choose_at(T0, officer, SUMMARIES, follow=True)
+
+    (said,) = confirmation(response)
+    assert said == (
+        f"Approval notices: in summaries, once this portal sends them. {why}, so for now "
+        "every request waiting for your approval is mailed to you as it comes."
+    )
+    assert "Notices immediate: every request waiting for your approval" in panel(response)
+    assert delivery_of(officer) == SUMMARIES  # kept for when summaries are sent
+
+
 # --- changing it with requests collected ----------------------------------------------
 
 
