@@ -98,10 +98,10 @@ def _button_wait(until: Any) -> int | None:
 
 # What the account page offers besides its security keys, by URL name. A session held to
 # the page (mfa.session_restriction) reaches only accounts.middleware.APPROVED_KEY_PAGES:
-# a button or link to anything else would only bring it back here.
+# a button or link to anything else would only bring it back here. "app" stands for the
+# app's set-up and its removal (accounts:mfa-remove) alike: both stay shut to such a session.
 ACCOUNT_PAGE_OFFERS = {
     "app": "accounts:mfa-setup",
-    "remove_app": "accounts:mfa-remove",
     "backup_codes": "accounts:mfa-backup-codes",
     "sign_out_elsewhere": "accounts:sign-out-elsewhere",
     "tokens": "enrollment:token-list",
