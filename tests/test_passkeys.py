@@ -604,7 +604,7 @@ def test_an_administrator_sees_and_resets_someones_keys(officer, admin_user):
     key_for(officer)
     admin = verified_login(browser(), admin_user)
     change = admin.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
-    assert "1 security key." in change
+    assert "Security key “Key”: added" in change
 
     done = admin.post(f"/admin/accounts/user/{officer.pk}/two-factor/reset/")
 
