@@ -208,11 +208,17 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Group | None = None) -> bool:
         """Nor a group a template is restricted to: without it the template may be open to
-        everyone (an empty list of groups means anyone)."""
+        everyone (an empty list of groups means anyone). A template's approvers group is
+        protected from everyone (CertificateTemplate.approver_group): without it every
+        officer would approve the template's requests."""
         allowed = super().has_delete_permission(request, obj)
         if not allowed or obj is None or request.user.is_superuser:
             return allowed
-        return not (is_privileged_group(obj) or obj.certificatetemplate_set.exists())
+        return not (
+            is_privileged_group(obj)
+            or obj.certificatetemplate_set.exists()
+            or obj.approver_templates.exists()
+        )
 
 
 @admin.register(User)

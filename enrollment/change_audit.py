@@ -87,14 +87,18 @@ DESCRIPTION_CHARS = 200
 
 
 def template_state(template: CertificateTemplate) -> dict[str, Any]:
-    """What a template says, as plain values: the issuing CA by slug, groups by name."""
+    """What a template says, as plain values: the issuing CA by slug, groups (those who may
+    use it, its approvers) by name."""
     state: dict[str, Any] = {}
     for field in CertificateTemplate._meta.concrete_fields:
         if field.primary_key:
             continue
         if field.is_relation:
             related = getattr(template, field.name)
-            state[field.name] = related.slug if related is not None else None
+            if related is None:
+                state[field.name] = None
+            else:
+                state[field.name] = related.name if isinstance(related, Group) else related.slug
         else:
             state[field.name] = field.value_from_object(template)
     state["description"] = state["description"][:DESCRIPTION_CHARS]

@@ -195,6 +195,14 @@ class CertificateAuthority(DerCertificateMixin):
         return timedelta(hours=overlap if overlap <= slack else max(1, slack // 2))
 
 
+APPROVER_GROUP_HELP = (
+    "Who approves or rejects this template's requests. Empty: every RA officer. A group: "
+    "only the RA officers in it (and superusers); the other officers see the requests "
+    "read-only and are not mailed about them. A group with no active RA officer in it "
+    "leaves the requests waiting: the RA console and /health/ warn of it."
+)
+
+
 class CertificateTemplate(models.Model):
     class Purpose(models.TextChoices):
         SIGNING = Purpose.SIGNING.value, "Signing"
@@ -232,6 +240,16 @@ class CertificateTemplate(models.Model):
         default=False, help_text="Archive the private key to the key recovery agents."
     )
     requires_approval = models.BooleanField(default=False)
+    # PROTECT: deleting the group would hand its templates' decisions to every officer.
+    approver_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="approver_templates",
+        verbose_name="approvers",
+        help_text=APPROVER_GROUP_HELP,
+    )
     organization_policy_oid = models.CharField(max_length=100, blank=True)
     issuing_ca = models.ForeignKey(
         CertificateAuthority,

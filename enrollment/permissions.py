@@ -5,17 +5,26 @@ Roles are Django groups (names in settings), so a directory or SSO group sync gr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Q
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from django.db.models import Q, QuerySet
 from django.urls import reverse
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from enrollment import hotsql
-from enrollment.models import ApiToken, CertificateTemplate, MintedWith
+from enrollment.models import (
+    ApiToken,
+    CertificateRequest,
+    CertificateTemplate,
+    MintedWith,
+    SharedMailbox,
+)
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -122,6 +131,95 @@ def ra_officers(prefix: str = "") -> Q:
         Q(**{f"{prefix}is_superuser": True})
         | Q(**{f"{prefix}groups__name": settings.PKIPORTAL_RA_OFFICER_GROUP})
     )
+
+
+# --- who decides a request -------------------------------------------------------------
+# Why an RA officer may not decide a request (Decider.barred): the one rule that
+# services._decide enforces and that the queue, the notices (ra_notifications), the
+# console's notice panel and the API's pending list show.
+OWN_REQUEST = "own"  # nobody approves their own request
+MAILBOX_DELEGATE = "delegate"  # a delegate reads the mailbox and can get its key
+NOT_AN_APPROVER = "approvers"  # the template names an approvers group they are not in
+
+
+@dataclass(frozen=True)
+class Decider:
+    """An RA officer as the approval rule sees them: the approvers groups they are in and
+    the shared mailboxes they read, read once, so that a queue or a notice to many officers
+    asks nothing per request. Only for someone already known to be an RA officer."""
+
+    pk: int
+    is_superuser: bool = False
+    group_ids: frozenset[int] = frozenset()  # of the groups templates name as approvers
+    mailbox_ids: frozenset[int] = frozenset()  # the shared mailboxes they are a delegate of
+
+    def approves(self, template: CertificateTemplate) -> bool:
+        """Whether they are among the template's approvers: every officer where it names
+        no group, else its members and superusers."""
+        group_id = template.approver_group_id
+        return self.is_superuser or group_id is None or group_id in self.group_ids
+
+    def barred(self, request: CertificateRequest) -> str | None:
+        """Why they may not approve or reject it (OWN_REQUEST, MAILBOX_DELEGATE,
+        NOT_AN_APPROVER), or None when they may."""
+        if request.requester_id == self.pk:
+            return OWN_REQUEST
+        if request.mailbox_id is not None and request.mailbox_id in self.mailbox_ids:
+            return MAILBOX_DELEGATE
+        if not self.approves(request.template):
+            return NOT_AN_APPROVER
+        return None
+
+    def decidable(self) -> Q:
+        """barred() as a filter on requests, for counts in SQL (the console, the start
+        page). tests/enrollment/test_approver_groups.py holds the two to each other."""
+        condition = ~Q(requester_id=self.pk)
+        if self.mailbox_ids:
+            condition &= ~Q(mailbox_id__in=sorted(self.mailbox_ids))
+        if not self.is_superuser:
+            condition &= Q(template__approver_group__isnull=True) | Q(
+                template__approver_group_id__in=sorted(self.group_ids)
+            )
+        return condition
+
+
+def approver_groups() -> QuerySet[Group]:
+    """The groups some template names as its approvers."""
+    return Group.objects.filter(approver_templates__isnull=False)
+
+
+def deciders(officers: Iterable[tuple[int, bool]]) -> dict[int, Decider]:
+    """A Decider for each (pk, is_superuser), in two queries however many (one when all
+    are superusers)."""
+    flags = dict(officers)
+    if not flags:
+        return {}
+    groups: dict[int, set[int]] = {}
+    members = [pk for pk, superuser in flags.items() if not superuser]
+    if members:  # a superuser approves every template: their groups are not asked
+        memberships = get_user_model().groups.through.objects.filter(
+            user_id__in=members, group_id__in=approver_groups().values("pk")
+        )
+        for user_id, group_id in memberships.values_list("user_id", "group_id"):
+            groups.setdefault(user_id, set()).add(group_id)
+    boxes: dict[int, set[int]] = {}
+    delegations = SharedMailbox.delegates.through.objects.filter(user_id__in=list(flags))
+    for user_id, mailbox_id in delegations.values_list("user_id", "sharedmailbox_id"):
+        boxes.setdefault(user_id, set()).add(mailbox_id)
+    return {
+        pk: Decider(
+            pk,
+            is_superuser=superuser,
+            group_ids=frozenset(groups.get(pk, ())),
+            mailbox_ids=frozenset(boxes.get(pk, ())),
+        )
+        for pk, superuser in flags.items()
+    }
+
+
+def decider(user: Any) -> Decider:
+    """One officer's Decider (deciders: two queries, one for a superuser)."""
+    return deciders([(user.pk, bool(user.is_superuser))])[user.pk]
 
 
 def is_key_recovery_agent(user: Any) -> bool:

@@ -216,6 +216,7 @@ def rollout_resolve(
     person's and is reported for that person. ``lock`` locks the candidates' rows first
     (rollout_create, in its transaction).
     """
+    _approves(officer, template)
     resolution = Resolution()
     candidates: list[tuple[str, User]] = []
     if group is not None:
@@ -368,6 +369,19 @@ def _officer(officer: User) -> None:
 
     if not is_ra_officer(officer):
         raise NotPermitted("Only RA officers run roll-outs.")
+
+
+def _approves(officer: User, template: CertificateTemplate) -> None:
+    """A roll-out approves the requests it makes: only the template's approvers run one
+    (permissions.Decider.approves, the rule services._decide enforces)."""
+    from enrollment.permissions import NOT_AN_APPROVER, decider
+
+    if not decider(officer).approves(template):
+        raise NotPermitted(
+            services.decision_refusal(NOT_AN_APPROVER, template)
+            + " A roll-out approves the requests it makes.",
+            field="template",
+        )
 
 
 def _audit_each(

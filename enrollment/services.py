@@ -2837,16 +2837,13 @@ def _lock_key_of(request: CertificateRequest) -> None:
 def _decide(
     request: CertificateRequest, *, officer: User, approve: bool, reason: str
 ) -> CertificateRequest:
-    from enrollment.permissions import is_ra_officer
+    from enrollment.permissions import decider, is_ra_officer
 
     if not is_ra_officer(officer):
         raise NotPermitted("Only RA officers decide on requests.")
-    if officer.pk == request.requester_id:
-        raise NotPermitted("You cannot decide on your own request.")
-    # request.mailbox makes no query when mailbox_id is None.
-    if request.mailbox is not None and request.mailbox.delegates.filter(pk=officer.pk).exists():
-        # A delegate reads the mailbox and can get its key: not the one who checks.
-        raise NotPermitted("You are a delegate of this shared mailbox: another officer decides.")
+    barred = decider(officer).barred(request)
+    if barred is not None:
+        raise NotPermitted(decision_refusal(barred, request.template))
     try:
         with transaction.atomic():
             locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
@@ -2926,6 +2923,22 @@ def _decide(
             "pending, so approve it again once this is fixed."
         ) from stopped
     return locked
+
+
+def decision_refusal(barred: str, template: CertificateTemplate) -> str:
+    """What an officer is told who may not decide a request, for a Decider.barred reason."""
+    from enrollment import permissions
+
+    if barred == permissions.OWN_REQUEST:
+        return "You cannot decide on your own request."
+    if barred == permissions.MAILBOX_DELEGATE:
+        # A delegate reads the mailbox and can get its key: not the one who checks.
+        return "You are a delegate of this shared mailbox: another officer decides."
+    assert template.approver_group is not None  # NOT_AN_APPROVER: the template names one
+    return (
+        f"Requests for {template.name} are decided by the members of "
+        f"{template.approver_group.name}, and you are not one of them."
+    )
 
 
 def request_approve(
