@@ -29,7 +29,7 @@ from enrollment.models import (
     KeyRecoveryAgent,
 )
 from enrollment.notifications import mail
-from enrollment.permissions import ra_officers
+from enrollment.permissions import Decider, deciders, ra_officers
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -234,35 +234,40 @@ def _still_pending(ids: Iterable[int]) -> dict[int, CertificateRequest]:
     requests = (
         CertificateRequest.objects.filter(pk__in=set(ids), state=CertificateRequest.State.PENDING)
         .select_related("requester", "template", "mailbox")
-        .prefetch_related("mailbox__delegates")
         .order_by("pk")
     )
     return {r.pk: r for r in requests}
 
 
-def _barred(request: CertificateRequest) -> set[int]:
-    """Who may not decide it (services._decide): its requester and, for a shared mailbox,
-    its delegates, who read the mailbox and can get its key. The console's panel
-    (ra_selectors.approval_notice_summary) leaves out the same, and those no longer
-    pending: change both together."""
-    delegates = request.mailbox.delegates.all() if request.mailbox else ()
-    return {request.requester_id, *(delegate.pk for delegate in delegates)}
+def _theirs(decider: Decider, requests: Mapping[int, CertificateRequest]) -> list[int]:
+    """The ids of the requests this officer may decide (Decider.barred, the rule
+    services._decide enforces), oldest first. The console's panel
+    (ra_selectors.approval_notice_summary) lists the same."""
+    return sorted(pk for pk, request in requests.items() if decider.barred(request) is None)
+
+
+def still_theirs(decider: Decider, ids: Iterable[int]) -> list[int]:
+    """Of these requests, the ids of those still pending that the officer may decide, oldest
+    first: what beat's summary to them would list (approval_digests_send), as the console's
+    panel shows it."""
+    return _theirs(decider, _still_pending(ids))
 
 
 def _asked(
     requests: Mapping[int, CertificateRequest], *, among: Iterable[int] | None = None
-) -> dict[int, tuple[str, list[int]]]:
-    """Each active officer with an address (of ``among``, when given), their address and
-    the ids of the requests they may decide, oldest first."""
-    barred = {pk: _barred(request) for pk, request in requests.items()}
+) -> dict[int, tuple[str, Decider, list[int]]]:
+    """Each active officer with an address (of ``among``, when given), their address, their
+    Decider and the ids of the requests they may decide, oldest first."""
     officers = _officers()
     if among is not None:
         officers = officers.filter(pk__in=list(among))
-    asked: dict[int, tuple[str, list[int]]] = {}
-    for pk, email in officers.values_list("pk", "email"):
-        theirs = sorted(request_pk for request_pk in requests if pk not in barred[request_pk])
+    rows = list(officers.values_list("pk", "email", "is_superuser"))
+    found = deciders((pk, superuser) for pk, _email, superuser in rows)
+    asked: dict[int, tuple[str, Decider, list[int]]] = {}
+    for pk, email, _superuser in rows:
+        theirs = _theirs(found[pk], requests)
         if theirs:
-            asked[pk] = (email, theirs)
+            asked[pk] = (email, found[pk], theirs)
     return asked
 
 
@@ -306,7 +311,7 @@ def requests_announce(ids: Iterable[int]) -> None:
         )
         requests = {**leftovers, **requests}
         for digest in digests:
-            email, theirs = asked[digest.pk]
+            email, officer, theirs = asked[digest.pk]
             if _collecting(digest, window, now):
                 assert digest.last_sent_at is not None
                 digest.waiting = [
@@ -317,11 +322,7 @@ def requests_announce(ids: Iterable[int]) -> None:
                 digest.save(update_fields=["waiting", "due_at"])
                 continue
             # An ended window's requests beat has not sent: they come in this one mail.
-            also = [
-                pk
-                for pk in digest.waiting
-                if pk in leftovers and digest.pk not in _barred(leftovers[pk])
-            ]
+            also = _theirs(officer, {pk: leftovers[pk] for pk in digest.waiting if pk in leftovers})
             listed = tuple(sorted({*theirs, *also}))
             # The mail says whether the next requests are collected: not for "at once".
             mails.setdefault((listed, _window_of(digest, window)), []).append(email)
@@ -352,7 +353,7 @@ def approval_digests_send() -> int:
         asked = _asked(requests, among=[digest.pk for digest in digests])
         mails: dict[tuple[int, ...], list[str]] = {}
         for digest in digests:
-            email, theirs = asked.get(digest.pk, ("", []))
+            email, _officer, theirs = asked.get(digest.pk, ("", None, []))
             listed = tuple(pk for pk in theirs if pk in digest.waiting)
             digest.waiting, digest.due_at = [], None
             if listed:
@@ -370,8 +371,8 @@ def approval_notice_delivery_set(*, officer: User, delivery: str) -> int:
     What was collected for their next summary goes out at once when they choose every
     request at once (they would wait for it otherwise), and is dropped when they choose
     none by mail (the queue and the console still show every request). How many requests
-    were mailed. Not audited: it is the officer's own preference and grants nothing; other
-    officers still hear of every request.
+    were mailed. Not audited: it is the officer's own preference and grants nothing; the
+    other officers who may decide a request still hear of it.
 
     Under the row's lock, as requests_announce and beat: a request collected at the same
     moment is either mailed or dropped with the others, never left behind."""
@@ -386,7 +387,9 @@ def approval_notice_delivery_set(*, officer: User, delivery: str) -> int:
         if delivery != Delivery.SUMMARIES and digest.waiting:
             if delivery == Delivery.IMMEDIATE:
                 requests = _still_pending(digest.waiting)
-                email, theirs = _asked(requests, among=[officer.pk]).get(officer.pk, ("", []))
+                email, _decider, theirs = _asked(requests, among=[officer.pk]).get(
+                    officer.pk, ("", None, [])
+                )
                 mailed = [requests[pk] for pk in theirs]
             digest.waiting, digest.due_at = [], None
             fields += ["waiting", "due_at"]

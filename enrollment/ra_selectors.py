@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -23,9 +23,7 @@ from django.db.models import (
     OuterRef,
     Q,
     QuerySet,
-    Window,
 )
-from django.db.models.expressions import RawSQL
 from django.db.models.functions import Length
 from django.utils import timezone
 
@@ -40,7 +38,7 @@ from enrollment.models import (
     KeyRecoveryRequest,
     RevocationList,
 )
-from enrollment.permissions import ra_officers
+from enrollment.permissions import decider, ra_officers
 from pkiportal import plurals
 
 HEX = re.compile(r"[0-9a-f]+")
@@ -113,8 +111,19 @@ def search_matches(query: str, *, archived_only: bool = False) -> QuerySet[Certi
     return matching
 
 
-def pending_enrolment_count() -> int:
-    return CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).count()
+class PendingCounts(NamedTuple):
+    theirs: int  # waiting for this officer: theirs to approve or reject
+    total: int  # waiting for any officer
+
+
+def pending_enrolment_counts(officer: Any) -> PendingCounts:
+    """How many requests wait for this officer's decision, and how many in all (their own,
+    a mailbox's they read, those of templates other officers approve): one count, with
+    the officer's Decider (two queries) before it."""
+    counts = CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).aggregate(
+        theirs=Count("pk", filter=decider(officer).decidable()), total=Count("pk")
+    )
+    return PendingCounts(counts["theirs"], counts["total"])
 
 
 # --- the officer's next approval-notice summary ---------------------------------------
@@ -141,20 +150,22 @@ class NoticeSummary:
         return self.count - len(self.request_ids)
 
 
-def approval_notice_summary(officer_id: int) -> NoticeSummary:
-    """The officer's own choice and next summary: the choice (and whether anything is
-    collected) in one query by key, the collected requests in a second only then.
+def approval_notice_summary(officer: Any) -> NoticeSummary:
+    """The officer's own choice and next summary: the choice (and what is collected) in one
+    query by key, and only when something is, the collected requests and the officer's
+    Decider.
 
-    Only what beat would list: collected requests still pending that the officer may
-    still decide (approval_digests_send). One decided or withdrawn since is gone, and a
-    window whose requests all went that way sends no mail, so it shows as none pending."""
+    Only what beat would list (ra_notifications.still_theirs, the rule beat applies):
+    collected requests still pending that the officer may still decide. One decided or
+    withdrawn since is gone, and a window whose requests all went that way sends no mail,
+    so it shows as none pending."""
     Delivery = ApprovalNoticeDigest.Delivery
     row = (
-        ApprovalNoticeDigest.objects.filter(officer_id=officer_id)
-        .values_list("delivery", "due_at")
+        ApprovalNoticeDigest.objects.filter(officer_id=officer.pk)
+        .values_list("delivery", "due_at", "waiting")
         .first()
     )
-    delivery, due_at = row or (Delivery.SUMMARIES, None)
+    delivery, due_at, waiting = row or (Delivery.SUMMARIES, None, [])
     if delivery != Delivery.SUMMARIES:
         return NoticeSummary(window_minutes=0, delivery=delivery)
     window = ra_notifications.notice_window()
@@ -163,45 +174,16 @@ def approval_notice_summary(officer_id: int) -> NoticeSummary:
     minutes = int(window.total_seconds() // 60)
     if due_at is None:  # nothing collected: ra_notifications sets both together
         return NoticeSummary(window_minutes=minutes)
-    rows = list(
-        CertificateRequest.objects.filter(
-            state=CertificateRequest.State.PENDING, pk__in=_collected_ids(officer_id)
-        )
-        # Who may not decide it (ra_notifications._barred): its requester, a mailbox's delegates.
-        .exclude(requester_id=officer_id)
-        .exclude(mailbox__delegates=officer_id)
-        .annotate(total=Window(Count("pk")))
-        .order_by("pk")
-        .values_list("pk", "total")[:SUMMARY_PANEL_LISTS]
-    )
-    if not rows:
+    theirs = ra_notifications.still_theirs(decider(officer), waiting)
+    if not theirs:
         return NoticeSummary(window_minutes=minutes)
     return NoticeSummary(
         window_minutes=minutes,
         due_at=due_at,
-        request_ids=tuple(row[0] for row in rows),
-        count=rows[0][1],
+        request_ids=tuple(theirs[:SUMMARY_PANEL_LISTS]),
+        count=len(theirs),
         overdue=due_at <= timezone.now(),
     )
-
-
-def _collected_ids(officer_id: int) -> RawSQL:
-    """The request ids on the officer's digest row, as a subquery. They are a JSON list
-    (ApprovalNoticeDigest.waiting), which the ORM cannot look into on SQLite; each
-    database spells "the elements of this array" its own way."""
-    meta = ApprovalNoticeDigest._meta
-    quote = connection.ops.quote_name
-    table = quote(meta.db_table)
-    waiting = quote(str(meta.get_field("waiting").column))
-    officer = quote(str(meta.get_field("officer").column))
-    if connection.vendor == "postgresql":
-        sql = (
-            f"SELECT (jsonb_array_elements_text(d.{waiting}))::bigint "
-            f"FROM {table} d WHERE d.{officer} = %s"
-        )
-    else:
-        sql = f"SELECT j.value FROM {table} d, json_each(d.{waiting}) j WHERE d.{officer} = %s"
-    return RawSQL(sql, (officer_id,))
 
 
 def open_recoveries() -> QuerySet[KeyRecoveryRequest]:

@@ -185,9 +185,11 @@ def _console_page(
 ) -> HttpResponse:
     recoveries = list(ra_selectors.open_recoveries())
     # The signed-in officer's own, never another's.
-    notice_summary = ra_selectors.approval_notice_summary(request.user.pk)
+    notice_summary = ra_selectors.approval_notice_summary(request.user)
+    pending = ra_selectors.pending_enrolment_counts(request.user)
     context = {
-        "pending_count": ra_selectors.pending_enrolment_count(),
+        "pending_count": pending.theirs,
+        "pending_total": pending.total,
         "notice_summary": notice_summary,
         "notice_form": notice_form
         or NoticeDeliveryForm(initial={"delivery": notice_summary.delivery}),

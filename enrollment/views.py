@@ -52,9 +52,10 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyRecoveryRequest,
-    SharedMailbox,
 )
 from enrollment.permissions import (
+    NOT_AN_APPROVER,
+    decider,
     is_key_recovery_agent,
     is_ra_officer,
     may_use_template,
@@ -256,9 +257,8 @@ def home(request: HttpRequest) -> HttpResponse:
         # A recovered key waits a short while for its one download: say so where people look.
         context["my_recoveries"] = ra_selectors.open_recoveries_for_recipient(request.user)
         if is_ra_officer(request.user):
-            context["pending_count"] = CertificateRequest.objects.filter(
-                state=CertificateRequest.State.PENDING
-            ).count()
+            # Those theirs to decide: not their own, nor those other officers approve.
+            context["pending_count"] = ra_selectors.pending_enrolment_counts(request.user).theirs
             # Key holders' own recovery requests wait for an officer to accept them.
             context["recovery_asks"] = (
                 KeyRecoveryRequest.objects.filter(state=KeyRecoveryRequest.State.REQUESTED)
@@ -584,15 +584,24 @@ def _ra_page(
     form: DecisionForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    pending = list(
+    """The queue: the requests the officer decides, with those they may not (their own, a
+    mailbox's they read) read-only. Those of templates other officers approve are counted
+    and listed, read-only, only on asking (``?all=1``): where each team approves its own
+    templates, an officer's queue is theirs, not every team's."""
+    officer = decider(request.user)
+    every = list(
         CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING)
-        .select_related("requester", "template", "renewal_of", "mailbox")
+        .select_related("requester", "template__approver_group", "renewal_of", "mailbox")
         .order_by("created_at", "id")
     )
-    # An officer who reads a mailbox does not decide on its requests (services._decide).
-    reads = set(SharedMailbox.objects.filter(delegates=request.user).values_list("pk", flat=True))
+    # The rule services._decide enforces: why this officer may not decide each, or None.
+    barred = {r.pk: officer.barred(r) for r in every}
+    others = [r for r in every if barred[r.pk] == NOT_AN_APPROVER]
+    show_all = request.GET.get("all") == "1"
+    pending = every if show_all else [r for r in every if barred[r.pk] != NOT_AN_APPROVER]
     held = _held_by_requesters(pending)
     for pending_request in pending:
+        setattr(pending_request, "barred", barred[pending_request.pk])  # noqa: B010
         # Said before an officer approves: a CSR's key, and a certificate of the same kind
         # already held (another one piles up unless it renews that one).
         setattr(pending_request, "csr_key", _csr_key(pending_request))  # noqa: B010
@@ -607,8 +616,6 @@ def _ra_page(
         email = (named.email or "").strip().lower()
         outside = services.address_outside_domains(email) if email else None
         setattr(pending_request, "address_outside", outside)  # noqa: B010 (for the template)
-        reader = pending_request.mailbox_id in reads
-        setattr(pending_request, "officer_reads_mailbox", reader)  # noqa: B010
     # A request decided meanwhile has left the list: its error goes to the top of the page.
     page_errors: list[str] = []
     if failed is not None and form is not None and all(r.pk != failed.pk for r in pending):
@@ -620,6 +627,8 @@ def _ra_page(
     )
     context = {
         "pending": pending,
+        "show_all": show_all,
+        "others_count": len(others),
         "decided": decided,
         "failed_id": failed.pk if failed else None,
         "failed_form": form,

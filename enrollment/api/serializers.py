@@ -625,6 +625,31 @@ class EnrollmentOut(serializers.ModelSerializer[CertificateRequest]):
         return absolute(http, "enrollment-withdraw", pk=request.pk)
 
 
+class PendingOut(EnrollmentOut):
+    """A request in the officers' queue: who decides it, and whether the caller may. The
+    caller's Decider comes in the context (``decider``): no query per request."""
+
+    approvers = serializers.CharField(
+        source="template.approver_group.name",
+        read_only=True,
+        allow_null=True,
+        help_text="The group whose RA officers (and superusers) decide the template's "
+        "requests; null: every RA officer.",
+    )
+    may_decide = serializers.SerializerMethodField(
+        help_text="Whether you may approve or reject it: not your own request, not one of a "
+        "shared mailbox you are a delegate of, and you are among the template's approvers. "
+        "The others are refused with 403."
+    )
+
+    class Meta(EnrollmentOut.Meta):
+        fields = [*EnrollmentOut.Meta.fields, "approvers", "may_decide"]
+        read_only_fields = fields
+
+    def get_may_decide(self, request: CertificateRequest) -> bool:
+        return bool(self.context["decider"].barred(request) is None)
+
+
 @dataclass(frozen=True)
 class Issued:
     """What an enrolment that issued at once hands back."""

@@ -56,7 +56,7 @@ from enrollment.models import (
     Rollout,
     SharedMailbox,
 )
-from enrollment.permissions import IsRaOfficer, is_key_recovery_agent, is_ra_officer
+from enrollment.permissions import IsRaOfficer, decider, is_key_recovery_agent, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
 from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
@@ -888,8 +888,10 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
             "template", "requester", "certificate", "renewal_of", "mailbox"
         )
         if self.action == "pending":
-            return requests.filter(state=CertificateRequest.State.PENDING).order_by(
-                "created_at", "id"
+            return (
+                requests.filter(state=CertificateRequest.State.PENDING)
+                .select_related("template__approver_group")
+                .order_by("created_at", "id")
             )
         if self.action == "list":
             return requests.order_by("-created_at", "-id")
@@ -905,14 +907,22 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
 
     @extend_schema(
         summary="Pending requests (RA officers)",
-        description="Oldest first.",
+        description=(
+            "Oldest first, every officer's: each says who decides it (`approvers`, the "
+            "template's approvers group, null for every officer) and whether you may "
+            "(`may_decide`); approving or rejecting one you may not is refused with 403."
+        ),
         filters=False,  # the queue takes none (filter_queryset): the schema must not offer them
-        responses={200: s.EnrollmentOut(many=True), **ERRORS},
+        responses={200: s.PendingOut(many=True), **ERRORS},
     )
     @action(detail=False, methods=["get"])
     def pending(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
-        serializer = self.get_serializer(page, many=True)
+        serializer = s.PendingOut(
+            page,
+            many=True,
+            context={**self.get_serializer_context(), "decider": decider(request.user)},
+        )
         return self.get_paginated_response(serializer.data)
 
     @extend_schema(

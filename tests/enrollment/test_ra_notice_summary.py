@@ -298,20 +298,20 @@ def test_a_request_of_a_mailbox_the_officer_now_reads_is_not_shown(officer, coll
 # --- cost -----------------------------------------------------------------------------
 
 
-def test_the_summary_is_read_in_two_queries_however_many_were_collected(
+def test_the_summary_is_read_in_four_queries_however_many_were_collected(
     submit_at, collected, officer, django_assert_num_queries
 ):
-    """The officer's row by its key (their choice, whether anything waits), then the
-    collected requests."""
+    """The officer's row by its key (their choice, what waits), then the collected
+    requests, the approvers groups the officer is in and the mailboxes they read."""
     box = SharedMailbox.objects.create(email="finance@example.com", display_name="Finance")
     box.delegates.add(UserFactory())
     CertificateRequest.objects.filter(pk=collected[0].pk).update(mailbox=box)
 
-    with django_assert_num_queries(2), time_machine.travel(T0 + timedelta(minutes=10)):
-        few = ra_selectors.approval_notice_summary(officer.pk)
+    with django_assert_num_queries(4), time_machine.travel(T0 + timedelta(minutes=10)):
+        few = ra_selectors.approval_notice_summary(officer)
     more = [submit_at(T0 + timedelta(minutes=10, seconds=n), UserFactory()) for n in range(5)]
-    with django_assert_num_queries(2), time_machine.travel(T0 + timedelta(minutes=11)):
-        many = ra_selectors.approval_notice_summary(officer.pk)
+    with django_assert_num_queries(4), time_machine.travel(T0 + timedelta(minutes=11)):
+        many = ra_selectors.approval_notice_summary(officer)
 
     assert few.count == 3
     assert many.request_ids == tuple(r.pk for r in [*collected, *more])
@@ -323,12 +323,12 @@ def test_a_window_of_0_or_nothing_collected_reads_only_the_officer_s_row(
     """Their choice is read either way: "none by mail" is shown with a window of 0 too."""
     submit_at(T0, employee)  # mailed at once: nothing collected
     with django_assert_num_queries(1):
-        assert ra_selectors.approval_notice_summary(officer.pk).count == 0
+        assert ra_selectors.approval_notice_summary(officer).count == 0
 
     scheduler.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES = 0
 
     with django_assert_num_queries(1):
-        assert ra_selectors.approval_notice_summary(officer.pk).window_minutes == 0
+        assert ra_selectors.approval_notice_summary(officer).window_minutes == 0
 
 
 def test_the_console_makes_no_more_queries_for_more_collected_requests(
