@@ -17,6 +17,7 @@ from enrollment import ra_selectors, services
 from enrollment.change_audit import template_record, template_state
 from enrollment.edge import client_address
 from enrollment.exceptions import EnrollmentError
+from enrollment.health import approver_officers
 from enrollment.models import (
     ApiToken,
     ArchivedKey,
@@ -132,16 +133,41 @@ class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
         "validity_days",
         "archive_key",
         "requires_approval",
+        "approved_by",
         "is_active",
     ]
     list_filter = ["purpose", "archive_key", "requires_approval", "is_active"]
-    list_select_related = ["issuing_ca"]
+    list_select_related = ["issuing_ca", "approver_group"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["allowed_groups"]
 
     @admin.display(description="Issuing CA", ordering="issuing_ca__name")
     def issues_from(self, template: CertificateTemplate) -> str:
         return template.issuing_ca.name if template.issuing_ca is not None else "the default"
+
+    @admin.display(description="Approvers", ordering="approver_group__name")
+    def approved_by(self, template: CertificateTemplate) -> str:
+        group = template.approver_group
+        return group.name if group is not None else "every RA officer"
+
+    def get_form(
+        self,
+        request: HttpRequest,
+        obj: CertificateTemplate | None = None,
+        change: bool = False,
+        **kwargs: Any,
+    ) -> type[ModelForm[CertificateTemplate]]:
+        """A template whose approvers group holds no active RA officer says so above the
+        field: its requests wait for a superuser (health.templates_without_approvers)."""
+        form = super().get_form(request, obj, change=change, **kwargs)
+        field = form.base_fields.get("approver_group")
+        group = obj.approver_group if obj is not None else None
+        if field is not None and group is not None and not approver_officers(group).exists():
+            field.help_text = (
+                f"Warning: no active RA officer is in {group.name} now, so only a "
+                f"superuser can approve or reject this template's requests. {field.help_text}"
+            )
+        return form
 
     # Templates are edited here, not through services, so their audit events are written
     # here: in the admin's transaction, with each changed field's old and new value (turning

@@ -15,6 +15,9 @@ verdict long before that end, and a failure once they cannot issue (issuing_ca_s
 An issuing CA name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS refuses the
 addresses outside its constraint: a warning (mail_domain_status).
 
+A template that names an approvers group with no active RA officer in it has requests
+that no officer can decide (only a superuser): a warning (approver_status).
+
 An online CA whose key this server cannot sign with (a missing or unreadable key file, an
 HSM token that is unreachable, busy, refuses the PIN, lost the key or holds another) can
 issue nothing and publish no CRL: a failure (ca_key_status), checked at most once a minute
@@ -30,7 +33,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Min, Q
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from enrollment import ca_lifetime, keystore
@@ -38,11 +42,13 @@ from enrollment.exceptions import KeyStoreError
 from enrollment.models import (
     CRL_QUEUED_AT,
     CertificateAuthority,
+    CertificateRequest,
     CertificateTemplate,
     CrlEntry,
     RevocationList,
     ScheduledRun,
 )
+from enrollment.permissions import ra_officers
 from enrollment.x509.mail_domains import issuer_mail_domains, uncovered_domains
 from pkiportal import plurals
 
@@ -475,3 +481,53 @@ def ca_key_status(*, fresh: bool = False) -> dict[str, Any]:
         authorities[ca.slug] = _remembered_check(ca, fresh=fresh)
     statuses = (entry["status"] for entry in authorities.values())
     return {"status": worst(*statuses), "authorities": authorities}
+
+
+# --- approvers --------------------------------------------------------------------------
+
+
+def approver_officers(group: Any) -> QuerySet[Any]:
+    """The active RA officers (superusers included) in a group, by id or OuterRef: who may
+    decide the requests of a template naming it as its approvers."""
+    # Two filter() calls, two joins: one filter would look for one group that is both.
+    return get_user_model().objects.filter(ra_officers()).filter(groups=group)
+
+
+def templates_without_approvers() -> list[CertificateTemplate]:
+    """Templates whose approvers group holds no active RA officer, and that have requests
+    to decide: those that take requests needing approval, or still have some pending.
+    Only a superuser can decide them. With ``pending``, how many wait. One query."""
+    pending = Q(certificaterequest__state=CertificateRequest.State.PENDING)
+    officers = approver_officers(OuterRef("approver_group"))
+    return list(
+        CertificateTemplate.objects.filter(approver_group__isnull=False)
+        .annotate(pending=Count("certificaterequest", filter=pending))
+        .filter(Q(is_active=True, requires_approval=True) | Q(pending__gt=0))
+        .exclude(Exists(officers))
+        .select_related("approver_group")
+        .order_by("name")
+    )
+
+
+def without_approvers_message(template: CertificateTemplate) -> str:
+    """What the console, /health/ and the template's admin page say of one of them."""
+    assert template.approver_group is not None
+    waiting = getattr(template, "pending", 0)
+    return (
+        f"{template.name}: no active RA officer is in its approvers group "
+        f"{template.approver_group.name}, so only a superuser can approve or reject its "
+        f"requests{f' ({waiting} waiting)' if waiting else ''}. Add RA officers to the group, "
+        "or choose another group (or none: every officer) for the template in the admin."
+    )
+
+
+def approver_status() -> dict[str, Any]:
+    """ "warn" while a template's requests wait for approvers it has not got
+    (templates_without_approvers): not a failure, as a superuser can still decide them
+    and nothing a node serves is affected."""
+    templates = templates_without_approvers()
+    return {
+        "status": WARN if templates else OK,
+        "templates": {t.slug: getattr(t, "pending", 0) for t in templates},
+        "problems": [without_approvers_message(t) for t in templates],
+    }

@@ -190,6 +190,7 @@ def _console_page(
     context = {
         "pending_count": pending.theirs,
         "pending_total": pending.total,
+        "without_approvers": health.approver_status(),
         "notice_summary": notice_summary,
         "notice_form": notice_form
         or NoticeDeliveryForm(initial={"delivery": notice_summary.delivery}),

@@ -11,8 +11,8 @@ database is what is down. "Warn" (the offline root's CRL expires within a month,
 issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or already
 cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS,
 the cap held leavers' certificate revocations back, publishing certificates to the
-LDAP directory fails, or the directory leavers' sync cannot read it or held back) still
-answers 200.
+LDAP directory fails, the directory leavers' sync cannot read it or held back, or a
+template's approvers group holds no active RA officer) still answers 200.
 
 Callers who get only the verdict share one broker and worker ping per process every
 BROKER_CHECK_SECONDS (and one CA key check a minute): a flood of them costs no pings.
@@ -202,8 +202,11 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
         # "warn" while the directory leavers' sync cannot read the directory, the cap holds
         # deactivations back, or a superuser has left the directory.
         results["ldap_sync"] = ldap_sync.ldap_sync_check()
+        # "warn" while a template's approvers group holds no active RA officer.
+        results["approvers"] = health.approver_status()
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
-        for name in ("issuing_ca", "ca_keys", "leavers", "ldap_publish", "ldap_sync"):
+        names = ("issuing_ca", "ca_keys", "leavers", "ldap_publish", "ldap_sync", "approvers")
+        for name in names:
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}
     # "warn" when an issuing CA in use is name-constrained more narrowly than the setting.
     results["mail_domains"] = health.mail_domain_status(
