@@ -21,6 +21,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.search import query_words, word_pattern
 from enrollment.models import Certificate, CertificateAuthority, SharedMailbox
+from enrollment.outdated import current_address
 from enrollment.querysets import CertificateQuerySet
 from enrollment.x509 import pkcs7
 
@@ -224,20 +225,26 @@ def certificates_for_email(
     *, email: str, now: datetime | None = None, limit: int = MAX_EMAIL_RESULTS
 ) -> list[Certificate]:
     """What a sender encrypts to: valid, not revoked, encryption-capable, newest first,
-    held by an active account or an active shared mailbox. An active mailbox's address
-    gives its certificates only: a person who got that address later (and a certificate
-    for it) must not receive the mail meant for its delegates."""
+    held by an active account or an active shared mailbox, and for the holder's current
+    address. An active mailbox's address gives its certificates only: a person who got
+    that address later (and a certificate for it) must not receive the mail meant for its
+    delegates. A former holder's certificates for it, valid during their grace period
+    (enrollment.outdated), are left out: mail to the address no longer reaches them."""
     address = normalise_email(email)
     found = (
         Certificate.objects.valid(now).encryption_capable().filter(HELD_BY_ACTIVE, email=address)
     )
     if SharedMailbox.objects.filter(email=address, is_active=True).exists():
         found = found.filter(mailbox__isnull=False)
-    certificates = list(
-        found.select_related("owner", "template", "ca", "mailbox").order_by("-not_before", "-pk")[
-            :limit
-        ]
-    )
+    certificates = [
+        certificate
+        for certificate in found.select_related("owner", "template", "ca", "mailbox").order_by(
+            "-not_before", "-pk"
+        )[:limit]
+        # In Python, by the rule the pages follow (owners loaded): a former holder's few
+        # certificates for the address can only shorten a list at its cap.
+        if names_current_address(certificate)
+    ]
     by_holder: dict[tuple[int | None, int | None], list[Certificate]] = {}
     for certificate in certificates:
         by_holder.setdefault((certificate.owner_id, certificate.mailbox_id), []).append(certificate)
@@ -282,27 +289,58 @@ def mailbox_search(
     return page
 
 
+def names_current_address(certificate: Certificate) -> bool:
+    """It names its holder's current address, or none (an imported one may name none: no
+    mailbox to lose). Not so once the account's address changed: the certificate stays
+    valid for a grace period (enrollment.outdated), but mail to its address now reaches
+    someone else, or no one, so it is never one to encrypt to. A shared mailbox's address
+    never changes (SharedMailbox). For a held certificate it is the complement of
+    Certificate.names_old_address, which the pages' notices read. No query once its owner
+    is loaded, as the search's prefetch and the lookups' select_related do."""
+    if certificate.owner_id is None or not certificate.email:
+        return True
+    return certificate.email == current_address(certificate.owner)
+
+
+def _naming_current_address(certificate: Certificate) -> Q:
+    """names_current_address as a filter over the certificates of `certificate`'s holder."""
+    if certificate.owner_id is None:
+        return Q()
+    return Q(email="") | Q(email=current_address(certificate.owner))
+
+
+def to_encrypt_to(certificate: Certificate) -> bool:
+    """The directory's one rule for a certificate a sender may encrypt to (its holder being
+    active aside): valid now, its key usage allows encryption, and it names its holder's
+    current address. The search results, the certificate page, its .vcf and the API's
+    usable_for_encryption all follow it; encryption_certificate_of is its query."""
+    return (
+        certificate.state == "valid" and certificate.encrypts and names_current_address(certificate)
+    )
+
+
 def mark_newest(certificates: list[Certificate]) -> None:
     """Set ``.newest`` on the newest valid certificate of each purpose among one holder's
     listed certificates, where they list more than one of that purpose: a colleague who
     finds two valid signing certificates can tell which to use (the newest; enrolling
-    again rather than renewing leaves the older one valid)."""
+    again rather than renewing leaves the older one valid). Never one for an old address."""
     by_purpose: dict[str, list[Certificate]] = {}
     for certificate in certificates:
         certificate.newest = False
         by_purpose.setdefault(certificate.purpose, []).append(certificate)
     for same in by_purpose.values():
-        valid = [c for c in same if c.state == "valid"]
+        valid = [c for c in same if c.state == "valid" and names_current_address(c)]
         if len(same) > 1 and valid:
             max(valid, key=lambda c: (c.not_before, c.pk)).newest = True
 
 
 def mark_encrypt_to(certificates: list[Certificate]) -> Certificate | None:
     """Set ``.encrypt_to`` on the one certificate of one holder's listed certificates that
-    a sender should encrypt to, and return it: the newest valid one whose key usage allows
-    encryption. Never a signing-only one (mail clients given it fail obscurely), nor an
-    expired or revoked one; None when the holder has no such certificate listed."""
-    usable = [c for c in certificates if c.state == "valid" and c.encrypts]
+    a sender should encrypt to, and return it: the newest that to_encrypt_to allows. Never
+    a signing-only one (mail clients given it fail obscurely), an expired or revoked one,
+    nor one for an address the holder no longer has; None when the holder has no such
+    certificate listed."""
+    usable = [c for c in certificates if to_encrypt_to(c)]
     chosen = max(usable, key=lambda c: (c.not_before, c.pk), default=None)
     for certificate in certificates:
         certificate.encrypt_to = certificate is chosen
@@ -313,8 +351,10 @@ def encryption_certificate_of(
     certificate: Certificate, now: datetime | None = None
 ) -> Certificate | None:
     """The certificate to encrypt to for its holder (owner or shared mailbox), as the
-    search results mark it: the newest valid encryption-capable one, perhaps this one.
-    None for a holder who has left (or a closed mailbox) or has no such certificate."""
+    search results mark it: the newest valid encryption-capable one for the holder's
+    current address, perhaps this one. None for a holder who has left (or a closed
+    mailbox) or has no such certificate. Reads the certificate's owner (loaded by
+    certificate_by_fingerprint) for the address."""
     if certificate.owner_id is not None:
         holder = Q(owner_id=certificate.owner_id)
     elif certificate.mailbox_id is not None:
@@ -324,15 +364,16 @@ def encryption_certificate_of(
     return (
         Certificate.objects.valid(now)
         .encryption_capable()
-        .filter(holder, HELD_BY_ACTIVE)
+        .filter(holder, _naming_current_address(certificate), HELD_BY_ACTIVE)
         .order_by("-not_before", "-pk")
         .first()
     )
 
 
 def valid_of_same_kind(certificate: Certificate, now: datetime | None = None) -> list[Certificate]:
-    """Its holder's (owner's or shared mailbox's) valid certificates of the same purpose,
-    newest first, this one among them if valid: its directory page says which to use."""
+    """Its holder's (owner's or shared mailbox's) valid certificates of the same purpose
+    for their current address, newest first, this one among them if it is one: its
+    directory page says which to use."""
     if certificate.owner_id is not None:
         holder = Q(owner_id=certificate.owner_id)
     elif certificate.mailbox_id is not None:
@@ -341,7 +382,7 @@ def valid_of_same_kind(certificate: Certificate, now: datetime | None = None) ->
         return []
     return list(
         Certificate.objects.valid(now)
-        .filter(holder, purpose=certificate.purpose)
+        .filter(holder, _naming_current_address(certificate), purpose=certificate.purpose)
         .order_by("-not_before", "-pk")[:MAX_PAGE_SIZE]
     )
 

@@ -102,19 +102,30 @@ def _certificate(fingerprint: str) -> Certificate:
 @directory_readable
 def certificate_detail(request: HttpRequest, fingerprint: str) -> HttpResponse:
     certificate = _certificate(fingerprint)
+    # For an address its holder no longer has: its notice says what to use instead, and
+    # no "newer one" or "newest of" notice tells anyone to use this one.
+    old_address = certificate.names_old_address
     # Two valid certificates of one kind (enrolled again rather than renewed): say which
     # is the one to use, as the search results mark it.
-    same_kind = selectors.valid_of_same_kind(certificate) if certificate.state == "valid" else []
+    same_kind = (
+        selectors.valid_of_same_kind(certificate)
+        if certificate.state == "valid" and not old_address
+        else []
+    )
     newer = [
         c for c in same_kind if (c.not_before, c.pk) > (certificate.not_before, certificate.pk)
     ]
+    encrypt_to = selectors.encryption_certificate_of(certificate)
     return render(
         request,
         "directory/certificate.html",
         {
             "cert": certificate,
             **_spoken_to(request, certificate),
-            "encrypt_to": selectors.encryption_certificate_of(certificate),
+            "encrypt_to": encrypt_to,
+            "old_address": old_address,
+            # Downloads lead with the one to encrypt to when this one is not for that.
+            "offer_instead": encrypt_to is not None and (not certificate.encrypts or old_address),
             "newer": newer[-1] if newer else None,
             "newest_of": len(same_kind) if len(same_kind) > 1 and not newer else 0,
             "facts": certificate_facts(certificate.certificate),
@@ -140,9 +151,10 @@ def _holder(certificate: Certificate) -> str:
 
 def _has_own_card(certificate: Certificate) -> bool:
     """A contact card is what an address book encrypts to, so only a certificate its page
-    offers to encrypt to has a card of its own: valid, encryption-capable and held by
-    someone active. Its page and its .vcf download both follow this one rule."""
-    return certificate.encrypts and certificate.state == "valid" and bool(_holder(certificate))
+    offers to encrypt to has a card of its own: one the directory's rule allows (valid,
+    encryption-capable, for its holder's current address) held by someone active. Its
+    page and its .vcf download both follow this one rule."""
+    return selectors.to_encrypt_to(certificate) and bool(_holder(certificate))
 
 
 def _spoken_to(request: HttpRequest, certificate: Certificate) -> dict[str, Any]:
@@ -207,22 +219,28 @@ def certificate_download(request: HttpRequest, fingerprint: str, fmt: str) -> Ht
 
 
 def _no_card_of_its_own(request: HttpRequest, certificate: Certificate) -> HttpResponse:
-    """The .vcf of a certificate not to encrypt to (signing-only, revoked, expired, or its
-    holder gone) is its holder's card with the certificate to encrypt to; without one, a
-    page saying why there is none (a card carrying such a certificate makes mail clients
-    encrypt to it, or fail obscurely).
+    """The .vcf of a certificate not to encrypt to (signing-only, revoked, expired, for an
+    address its holder no longer has, or its holder gone) is its holder's card with the
+    certificate to encrypt to; without one, a page saying why there is none (a card
+    carrying such a certificate makes mail clients encrypt to it, or fail obscurely).
 
     That page is a 410 for a revoked or expired certificate: its card is gone for good, and
     a script that kept the URL can tell it from an unknown fingerprint (404) and drop it.
-    Otherwise a 404, as there never was a card (signing-only) or not now (holder gone).
-    Either way an error status, so an address-book import or `curl -f` takes no HTML for a
-    card, and the HTML body tells a person in a browser what to do."""
+    Otherwise a 404, as there never was a card (signing-only) or not now: its holder gone,
+    or its address no longer theirs, both of which an account can undo (reactivated, the
+    address changed back within the grace period; after it the certificate is revoked and
+    this is a 410). Either way an error status, so an address-book import or `curl -f`
+    takes no HTML for a card, and the HTML body tells a person in a browser what to do."""
     encrypt_to = selectors.encryption_certificate_of(certificate)
     if encrypt_to is not None:
         return redirect("directory:download", encrypt_to.fingerprint_sha256, "vcf")
     return render(
         request,
         "directory/no_vcard.html",
-        {"cert": certificate, **_spoken_to(request, certificate)},
+        {
+            "cert": certificate,
+            **_spoken_to(request, certificate),
+            "old_address": certificate.names_old_address,
+        },
         status=410 if certificate.state in ("revoked", "expired") else 404,
     )

@@ -8,7 +8,14 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from accounts.models import User
-from directory.selectors import MAX_CURSOR_LENGTH, MAX_PAGE_SIZE, MAX_QUERY_LENGTH, search_terms
+from directory.selectors import (
+    MAX_CURSOR_LENGTH,
+    MAX_PAGE_SIZE,
+    MAX_QUERY_LENGTH,
+    names_current_address,
+    search_terms,
+    to_encrypt_to,
+)
 from enrollment.models import Certificate, CertificateTemplate
 from enrollment.x509 import pkcs7
 
@@ -96,15 +103,22 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
     )
     url = serializers.URLField(help_text="Its page in the web directory.")
     usable_for_encryption = serializers.BooleanField(
-        help_text="Valid now and its key usage lets a sender encrypt to it (RSA "
-        "keyEncipherment, EC keyAgreement: purpose encryption or dual_use). False for "
-        "signing-only certificates, which mail clients cannot encrypt to, and for expired "
-        "and revoked ones."
+        help_text="A sender may encrypt to it: valid now, its key usage allows encryption "
+        "(RSA keyEncipherment, EC keyAgreement: purpose encryption or dual_use) and it is for "
+        "its holder's current address (for_current_address). False for signing-only "
+        "certificates, which mail clients cannot encrypt to, for expired and revoked ones, "
+        "and for one naming an address its holder no longer has."
     )
     recommended_for_encryption = serializers.BooleanField(
         help_text="The one certificate to encrypt to for its holder (person or shared "
         "mailbox): the newest usable_for_encryption one among the results. At most one per "
         "holder; none when the holder has no certificate to encrypt to."
+    )
+    for_current_address = serializers.BooleanField(
+        help_text="It names its holder's current address (owner.email, case aside), or "
+        "none. False for one issued before the holder's address changed: it stays valid "
+        "for a grace period, to check old signatures, and is then revoked, but mail to its "
+        "address no longer reaches the holder, so it is never usable_for_encryption."
     )
 
     def to_representation(self, instance: Certificate) -> dict[str, Any]:
@@ -140,9 +154,11 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
             "pem": pkcs7.certificate_pem(instance.certificate).decode("ascii"),
             "chain_pem": self.context["chains"][instance.ca_id],
             "url": request.build_absolute_uri(url) if request is not None else url,
-            "usable_for_encryption": instance.encrypts and instance.state == "valid",
+            # The directory's one rule; owners are loaded with the results, no query here.
+            "usable_for_encryption": to_encrypt_to(instance),
             # Set by the selectors that list a holder's certificates (mark_encrypt_to).
             "recommended_for_encryption": instance.encrypt_to,
+            "for_current_address": names_current_address(instance),
         }
 
 

@@ -45,14 +45,15 @@ class DirectoryLookupView(APIView):
         summary="Find certificates by e-mail address or search people",
         description=(
             "`?email=` gives the certificates to encrypt to that address: valid, not "
-            "revoked, encryption-capable (encryption or dual-use), newest first, each with "
-            "its PEM and chain. `?q=` searches people by name, e-mail or unit and gives "
-            "their valid certificates (all purposes; `include_inactive` adds expired and "
-            "revoked ones), a page of people at a time, following `next`. Each certificate "
-            "says whether a sender can encrypt to it (`usable_for_encryption`: a "
-            "signing-only one cannot) and which of its holder's to encrypt to "
-            "(`recommended_for_encryption`: the newest usable one). Open to "
-            "anonymous callers only when PKIPORTAL_DIRECTORY_PUBLIC is true."
+            "revoked, encryption-capable (encryption or dual-use), for their holder's "
+            "current address, newest first, each with its PEM and chain. `?q=` searches "
+            "people by name, e-mail or unit and gives their valid certificates (all "
+            "purposes; `include_inactive` adds expired and revoked ones), a page of people "
+            "at a time, following `next`. Each certificate says whether a sender can "
+            "encrypt to it (`usable_for_encryption`: a signing-only one cannot, nor one for "
+            "an address its holder no longer has, `for_current_address` false) and which of "
+            "its holder's to encrypt to (`recommended_for_encryption`: the newest usable "
+            "one). Open to anonymous callers only when PKIPORTAL_DIRECTORY_PUBLIC is true."
         ),
         parameters=PARAMETERS,
         responses={

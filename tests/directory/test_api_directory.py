@@ -240,14 +240,17 @@ def test_expired_certificates_are_neither_usable_nor_recommended(
 
 
 def test_each_holder_of_an_address_gets_its_own_recommendation(employee_client, person, issue):
-    """An address handed on keeps the former holder's certificates valid for a grace
-    period: each holder's newest is marked, never one across both."""
+    """Two accounts given one address (a directory sync's mistake; issuance refuses the
+    address until it is put right), each with certificates for it from before: each
+    holder's newest is marked, never one across both."""
     first = person("Ann", "One", email="team@example.com", username="ann")
     firsts = [issue(first), issue(first)]
     first.email = "ann@example.com"
     first.save()
     second = person("Ben", "Two", email="team@example.com", username="ben")
     seconds = [issue(second)]
+    first.email = "team@example.com"
+    first.save()
 
     found = marks(employee_client.get(URL, {"email": "team@example.com"}))
 
@@ -256,6 +259,152 @@ def test_each_holder_of_an_address_gets_its_own_recommendation(employee_client, 
         firsts[1].fingerprint_sha256: (True, True),
         seconds[0].fingerprint_sha256: (True, True),
     }
+
+
+# --- an address its holder no longer has ----------------------------------------------
+
+
+def current_marks(response) -> dict[str, tuple[bool, bool, bool]]:
+    """(usable_for_encryption, recommended_for_encryption, for_current_address)."""
+    assert response.status_code == 200, response.content
+    return {
+        item["fingerprint_sha256"]: (
+            item["usable_for_encryption"],
+            item["recommended_for_encryption"],
+            item["for_current_address"],
+        )
+        for item in response.json()["results"]
+    }
+
+
+@pytest.fixture
+def handed_on(person, issue):
+    """team@ was Ann's; she is ann@ now, her certificates for team@ still in their grace
+    period, and Ben, team@'s new holder, has one for it."""
+    ann = person("Ann", "One", "Team", email="team@example.com", username="ann")
+    olds = [issue(ann), issue(ann)]
+    ann.email = "ann@example.com"
+    ann.save()
+    ben = person("Ben", "Two", "Team", email="team@example.com", username="ben")
+    return {"ann": ann, "olds": olds, "ben": ben, "bens": issue(ben)}
+
+
+def test_an_address_handed_on_gives_only_its_new_holders_certificate(employee_client, handed_on):
+    """Mail to team@ reaches Ben now: Ann's certificates for it are no one to encrypt to."""
+    found = current_marks(employee_client.get(URL, {"email": "team@example.com"}))
+
+    assert found == {handed_on["bens"].fingerprint_sha256: (True, True, True)}
+
+
+def test_an_address_handed_on_to_someone_without_a_certificate_gives_none(
+    employee_client, person, issue
+):
+    """The harm itself: a gateway encrypting to what the lookup gives would make Ben's
+    mail readable by Ann, and not by him."""
+    ann = person("Ann", "One", email="team@example.com", username="ann")
+    issue(ann)
+    ann.email = "ann@example.com"
+    ann.save()
+    person("Ben", "Two", email="team@example.com", username="ben")
+
+    assert fingerprints(employee_client.get(URL, {"email": "team@example.com"})) == []
+
+
+def test_the_old_address_gives_nothing_and_the_new_one_the_renewed_certificate(
+    employee_client, jose, issue
+):
+    old = issue(jose)
+    jose.email = "jose.garcia-lopez@example.com"
+    jose.save()
+    new = issue(jose)
+
+    assert fingerprints(employee_client.get(URL, {"email": "jose.garcia@example.com"})) == []
+    assert current_marks(employee_client.get(URL, {"email": "jose.garcia-lopez@example.com"})) == {
+        new.fingerprint_sha256: (True, True, True)
+    }
+    assert old.email == "jose.garcia@example.com"
+
+
+def test_a_search_says_a_certificate_for_an_old_address_is_not_to_encrypt_to(
+    employee_client, handed_on, issue
+):
+    ann = handed_on["ann"]
+    renewed = issue(ann)  # for ann@
+
+    found = current_marks(employee_client.get(URL, {"q": "team"}))
+
+    assert found == {
+        handed_on["olds"][0].fingerprint_sha256: (False, False, False),
+        handed_on["olds"][1].fingerprint_sha256: (False, False, False),
+        renewed.fingerprint_sha256: (True, True, True),
+        handed_on["bens"].fingerprint_sha256: (True, True, True),
+    }
+    olds = [item for item in employee_client.get(URL, {"q": "ann"}).json()["results"]]
+    assert {item["owner"]["email"] for item in olds} == {"ann@example.com"}
+    assert {item["email"] for item in olds} == {"team@example.com", "ann@example.com"}
+
+
+def test_someone_whose_address_changed_has_none_recommended_until_they_renew(
+    employee_client, jose, issue
+):
+    old = issue(jose)
+    jose.email = "jose.garcia-lopez@example.com"
+    jose.save()
+
+    found = current_marks(employee_client.get(URL, {"q": "garcia"}))
+
+    assert found == {old.fingerprint_sha256: (False, False, False)}
+
+
+def test_a_change_of_case_alone_changes_nothing(employee_client, jose, issue):
+    dual_use = issue(jose)
+    jose.email = "  Jose.Garcia@EXAMPLE.com "
+    jose.save()
+
+    for params in ({"q": "garcia"}, {"email": "jose.garcia@example.com"}):
+        found = current_marks(employee_client.get(URL, params))
+        assert found == {dual_use.fingerprint_sha256: (True, True, True)}
+
+
+def test_a_certificate_naming_no_address_is_still_offered(employee_client, jose, issue):
+    """Some imported certificates name no address: there is no mailbox to have lost."""
+    from enrollment.models import Certificate
+
+    dual_use = issue(jose)
+    Certificate.objects.filter(pk=dual_use.pk).update(email="", emails=[])
+    jose.email = "jose.garcia-lopez@example.com"
+    jose.save()
+
+    found = current_marks(employee_client.get(URL, {"q": "garcia"}))
+
+    assert found == {dual_use.fingerprint_sha256: (True, True, True)}
+
+
+def test_the_public_lookup_leaves_out_a_former_holders_certificate_alike(
+    anonymous_client, handed_on, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+
+    by_address = current_marks(anonymous_client.get(URL, {"email": "team@example.com"}))
+    by_search = current_marks(anonymous_client.get(URL, {"q": "ann"}))
+
+    assert by_address == {handed_on["bens"].fingerprint_sha256: (True, True, True)}
+    assert set(by_search.values()) == {(False, False, False)}
+
+
+def test_an_address_handed_on_costs_no_more_queries(employee_client, handed_on, person, issue):
+    """The rule reads owners the lookup loads already: no query per certificate."""
+    issue(person("Carl", "Three", email="carl@example.com", username="carl"))
+
+    def queries_for(params: dict[str, str], expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert len(fingerprints(employee_client.get(URL, params))) == expected
+        return len(captured)
+
+    assert queries_for({"email": "team@example.com"}, 1) == queries_for(
+        {"email": "carl@example.com"}, 1
+    )
+    assert queries_for({"q": "team"}, 3) == queries_for({"q": "carl"}, 1)
 
 
 # --- bad input ------------------------------------------------------------------------
@@ -379,11 +528,12 @@ def test_the_encryption_marks_are_documented_in_the_schema(employee_client):
     schema = yaml.safe_load(employee_client.get("/api/v1/schema/").content)
 
     out = schema["components"]["schemas"]["DirectoryCertificateOut"]
-    for field in ("usable_for_encryption", "recommended_for_encryption"):
+    for field in ("usable_for_encryption", "recommended_for_encryption", "for_current_address"):
         assert out["properties"][field]["type"] == "boolean"
         assert out["properties"][field]["description"]
         assert field in out["required"]
     assert "signing-only" in out["properties"]["usable_for_encryption"]["description"]
+    assert "no longer has" in out["properties"]["usable_for_encryption"]["description"]
 
 
 def test_timezone_is_utc_in_results(employee_client, certs):
@@ -405,5 +555,27 @@ def test_a_page_costs_the_same_few_queries_however_many_results(employee_client,
         user = person("Pat", f"Page{n}", username=f"pat{n}")
         issue(user)
         issue(user, "smime-signing")
+
+    assert queries_for("pat", 12) == queries_for("quinn", 1) <= 8
+
+
+def test_a_page_of_people_whose_addresses_changed_costs_the_same_queries(
+    employee_client, person, issue
+):
+    """The current-address rule reads each person's address from the row the page holds."""
+
+    def queries_for(query: str, expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            found = current_marks(employee_client.get(URL, {"q": query}))
+        assert len(found) == expected
+        return len(captured)
+
+    issue(person("Quinn", "Solo", username="quinn"))
+    for n in range(6):
+        user = person("Pat", f"Page{n}", username=f"pat{n}")
+        issue(user)
+        user.email = f"pat.page{n}@example.com"
+        user.save()
+        issue(user)
 
     assert queries_for("pat", 12) == queries_for("quinn", 1) <= 8

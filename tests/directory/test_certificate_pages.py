@@ -671,3 +671,218 @@ def test_a_delegate_is_told_they_can_get_a_mailbox_with_none_a_certificate(
     assert "Finance has no certificate you can encrypt to yet: ask its delegates" in (
         others.content.decode()
     )
+
+
+# --- a certificate for an address its holder no longer has ----------------------------
+
+
+def move(user, address: str) -> None:
+    """The account's address changes: its certificates for the old one stay valid for a
+    grace period (enrollment.outdated), then are revoked."""
+    user.email = address
+    user.save()
+
+
+@pytest.fixture
+def renamed(cert, issue):
+    """José is jose.garcia-lopez@ now and holds a certificate for it; `cert` names his old
+    address, jose.garcia@."""
+    move(cert.owner, "jose.garcia-lopez@example.com")
+    return issue(cert.owner, "smime-dual-use")
+
+
+def test_a_certificate_for_an_old_address_says_not_to_encrypt_to_it(employee_client, cert, renamed):
+    page = page_of(employee_client, cert)
+
+    assert "For an old address — don't encrypt to this one." in page
+    assert "It is for jose.garcia@example.com, an address José García no longer has" in page
+    assert (
+        "To send José García encrypted mail, use "
+        f'<a href="/directory/{renamed.fingerprint_sha256}/">the signing and encryption '
+        "certificate for jose.garcia-lopez@example.com</a>."
+    ) in page
+    assert "Encrypt to this one:" not in page
+    assert "The newest of" not in page
+    downloads = downloads_of(page)
+    first, own = downloads.split("This certificate for an old address, to check signatures:")
+    assert f'href="/directory/{renamed.fingerprint_sha256}.cer"' in first
+    assert f'href="/directory/{renamed.fingerprint_sha256}.vcf"' in first
+    assert f"{cert.fingerprint_sha256}.vcf" not in page
+    assert "(not this one, for an old address)" in own
+    for fmt in ("cer", "pem", "p7b"):  # to check the signatures it made
+        assert f'href="/directory/{cert.fingerprint_sha256}.{fmt}"' in own
+
+
+def test_the_certificate_for_the_new_address_is_the_one_to_encrypt_to(
+    employee_client, cert, renamed
+):
+    page = page_of(employee_client, renamed)
+
+    assert "Encrypt to this one:" in page
+    assert "old address" not in page
+    assert "The newest of" not in page  # the old address's is not one of a kind with it
+    assert f'href="/directory/{renamed.fingerprint_sha256}.vcf"' in downloads_of(page)
+
+
+def test_an_old_address_with_nothing_to_encrypt_to_says_whom_to_ask(employee_client, cert):
+    move(cert.owner, "jose.garcia-lopez@example.com")
+
+    page = page_of(employee_client, cert)
+
+    assert "For an old address — don't encrypt to this one." in page
+    assert "José García has no certificate you can encrypt to yet: ask them" in page
+    assert ".vcf" not in page
+
+
+def test_your_certificate_for_an_old_address_speaks_to_you(cert, renamed):
+    client = client_for(cert.owner)
+
+    page = page_of(client, cert)
+
+    assert (
+        "It is for jose.garcia@example.com, an address you no longer have (yours is now "
+        "jose.garcia-lopez@example.com)"
+    ) in page
+    assert (
+        "Others sending you encrypted mail should use "
+        f'<a href="/directory/{renamed.fingerprint_sha256}/">'
+    ) in page
+    assert "José García no longer has" not in page
+
+
+def test_a_signing_only_certificate_for_an_old_address_says_both(
+    employee_client, cert, signing, renamed
+):
+    page = page_of(employee_client, signing)
+
+    assert "For an old address — don't encrypt to this one." in page
+    assert f'<a href="/directory/{renamed.fingerprint_sha256}/">' in page
+    assert f'href="/directory/{renamed.fingerprint_sha256}.vcf"' in downloads_of(page)
+
+
+def test_a_certificate_naming_no_address_keeps_its_card(employee_client, cert):
+    """Some imported certificates name no address: no mailbox to have lost."""
+    from enrollment.models import Certificate
+
+    Certificate.objects.filter(pk=cert.pk).update(email="", emails=[])
+    move(cert.owner, "jose.garcia-lopez@example.com")
+
+    page = page_of(employee_client, cert)
+    card = employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert "Encrypt to this one:" in page
+    assert "old address" not in page
+    assert card.status_code == 200
+    assert vobject.readOne(card.content.decode()).key.value == bytes(cert.der)
+
+
+def test_an_address_handed_on_points_to_the_former_holders_own_certificate(
+    employee_client, cert, renamed, person, issue
+):
+    """jose.garcia@ is Josefina's now: José's old certificate's page and card lead to
+    José's new certificate, never to hers."""
+    josefina = person("Josefina", "García", email="jose.garcia@example.com", username="josefina")
+    hers = issue(josefina, "smime-dual-use")
+
+    page = page_of(employee_client, cert)
+    card = employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert hers.fingerprint_sha256 not in page
+    assert f'<a href="/directory/{renamed.fingerprint_sha256}/">' in page
+    assert card["Location"] == f"/directory/{renamed.fingerprint_sha256}.vcf"
+    assert "Encrypt to this one:" in page_of(employee_client, hers)
+
+
+# --- its .vcf -----------------------------------------------------------------------
+
+
+def test_an_old_address_vcard_is_the_card_of_the_one_to_encrypt_to(employee_client, cert, renamed):
+    response = employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/directory/{renamed.fingerprint_sha256}.vcf"
+    card = vobject.readOne(employee_client.get(response["Location"]).content.decode())
+    assert card.key.value == bytes(renamed.der)
+    assert card.email.value == "jose.garcia-lopez@example.com"
+
+
+def test_an_old_address_vcard_with_nothing_to_encrypt_to_is_a_404_saying_why(employee_client, cert):
+    """Not a 410: changing the address back within the grace period makes the card its own
+    again, as reactivating does for a holder who left; once it is revoked, it is a 410."""
+    move(cert.owner, "jose.garcia-lopez@example.com")
+
+    response = employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+    assert "Content-Disposition" not in response
+    body = response.content.decode()
+    assert "For an old address — don't encrypt to this one." in body
+    assert "this one is for jose.garcia@example.com, an address its holder no longer has" in body
+    assert "José García has no certificate you can encrypt to yet" in body
+    assert "BEGIN:VCARD" not in body
+
+    services.certificate_revoke(certificate=cert, reason="affiliationChanged")
+    assert employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf").status_code == 410
+    move(cert.owner, "jose.garcia@example.com")
+    assert employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf").status_code == 410
+
+
+def test_an_address_changed_back_gives_the_card_back(employee_client, cert):
+    move(cert.owner, "jose.garcia-lopez@example.com")
+    move(cert.owner, "jose.garcia@example.com")
+
+    response = employee_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 200
+    assert vobject.readOne(response.content.decode()).key.value == bytes(cert.der)
+
+
+def test_your_old_address_vcard_speaks_to_you(cert):
+    move(cert.owner, "jose.garcia-lopez@example.com")
+    client = client_for(cert.owner)
+
+    response = client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+
+    assert response.status_code == 404
+    body = response.content.decode()
+    assert "an address you no longer have" in body
+    assert "You have no certificate others can encrypt to yet" in body
+
+
+@pytest.mark.parametrize("fmt", ["cer", "pem", "p7b"])
+def test_a_certificate_for_an_old_address_stays_downloadable_to_check_old_signatures(
+    employee_client, cert, renamed, fmt
+):
+    response = employee_client.get(f"/directory/{cert.fingerprint_sha256}.{fmt}")
+
+    assert response.status_code == 200
+    assert response["Content-Disposition"].endswith(f'{cert.fingerprint_sha256[:8]}.{fmt}"')
+
+
+def test_anonymous_readers_are_sent_to_sign_in_before_an_old_address_says_anything(
+    anonymous_client, cert, renamed
+):
+    for suffix in ("/", ".vcf"):
+        response = anonymous_client.get(f"/directory/{cert.fingerprint_sha256}{suffix}")
+
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/?next=/directory/")
+        assert renamed.fingerprint_sha256 not in response["Location"]
+
+
+def test_the_public_directory_answers_anonymous_readers_of_an_old_address_alike(
+    anonymous_client, cert, issue, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+    move(cert.owner, "jose.garcia-lopez@example.com")
+
+    missing = anonymous_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+    renamed = issue(cert.owner, "smime-dual-use")
+    moved = anonymous_client.get(f"/directory/{cert.fingerprint_sha256}.vcf")
+    page = page_of(anonymous_client, cert)
+
+    assert missing.status_code == 404
+    assert moved["Location"] == f"/directory/{renamed.fingerprint_sha256}.vcf"
+    assert "an address José García no longer has" in page
+    assert "you no longer have" not in page

@@ -265,7 +265,7 @@ def entries(page: str) -> dict[str, str]:
     """Each listed certificate's entry in the results, by its fingerprint."""
     found = {}
     for entry in page.split('<li class="cert ')[1:]:
-        fingerprint = entry.split("/directory/")[1].split("/")[0]
+        fingerprint = entry.split('class="details" href="/directory/')[1].split("/")[0]
         found[fingerprint] = entry.split("</li>")[0]
     return found
 
@@ -491,5 +491,168 @@ def test_marking_what_to_encrypt_to_costs_no_query_per_person(employee_client, p
         user = person("Pat", f"Page{n}", username=f"pat{n}")
         issue(user, "smime-signing")
         issue(user, "smime-dual-use")
+
+    assert queries_for("pat", 6) == queries_for("quinn", 1)
+
+
+# --- a certificate for an address its holder no longer has ----------------------------
+
+
+def move(user, address: str) -> None:
+    """The account's address changes (a new name, a sync): its certificates for the old
+    one stay valid for a grace period (enrollment.outdated)."""
+    user.email = address
+    user.save()
+
+
+def test_a_certificate_for_an_old_address_is_never_the_one_to_encrypt_to(
+    employee_client, person, issue
+):
+    user = person("Rita", "Renamed", email="rita.old@example.com")
+    old = issue(user, "smime-dual-use")
+    move(user, "rita.new@example.com")
+    new = issue(user, "smime-dual-use")
+
+    page = page_of(employee_client.get("/directory/", {"q": "rita"}))
+    listed = entries(page)
+
+    assert 'class="badge encrypt-to"' in listed[new.fingerprint_sha256]
+    assert "old-address" not in listed[new.fingerprint_sha256]
+    assert "encrypt-to" not in listed[old.fingerprint_sha256]
+    assert "For an old address — don't encrypt to this one" in listed[old.fingerprint_sha256]
+    assert (
+        "For rita.old@example.com, an address Rita Renamed no longer has: encrypt to "
+        f'<a href="/directory/{new.fingerprint_sha256}/">the signing and encryption '
+        "certificate for rita.new@example.com</a> instead."
+    ) in listed[old.fingerprint_sha256]
+    # Two valid dual-use certificates: the newest mark never falls on the old address's.
+    assert "badge newest" not in listed[old.fingerprint_sha256]
+    offer = card_of(page, "Rita Renamed").split('<ul class="certs">')[0]
+    assert f'href="/directory/{new.fingerprint_sha256}.vcf"' in offer
+    assert old.fingerprint_sha256 not in offer
+
+
+def test_someone_whose_address_changed_has_nothing_to_encrypt_to_until_they_renew(
+    employee_client, person, issue
+):
+    user = person("Rita", "Renamed", email="rita.old@example.com")
+    old = issue(user, "smime-dual-use")
+    move(user, "rita.new@example.com")
+
+    card = card_of(page_of(employee_client.get("/directory/", {"q": "rita"})), "Rita Renamed")
+
+    assert "Rita Renamed has no certificate you can encrypt to yet: ask them to get one" in card
+    assert "badge encrypt-to" not in card
+    assert f"{old.fingerprint_sha256}.vcf" not in card
+    assert "For an old address — don't encrypt to this one" in card
+    assert "For rita.old@example.com, an address Rita Renamed no longer has." in card
+
+
+def test_an_address_handed_on_is_recommended_for_its_new_holder_only(
+    employee_client, person, issue
+):
+    """team@ was Ann's and is Ben's now: mail to it reaches Ben, and two people each with
+    a certificate "to encrypt to" for it would send half of it to Ann."""
+    ann = person("Ann", "One", "Team", email="team@example.com", username="ann")
+    anns = issue(ann, "smime-dual-use")
+    move(ann, "ann@example.com")
+    ben = person("Ben", "Two", "Team", email="team@example.com", username="ben")
+    bens = issue(ben, "smime-dual-use")
+
+    both = page_of(employee_client.get("/directory/", {"q": "team"}))
+    by_address = page_of(employee_client.get("/directory/", {"q": "team@example.com"}))
+
+    assert 'class="badge encrypt-to"' in entries(both)[bens.fingerprint_sha256]
+    assert "encrypt-to" not in entries(both)[anns.fingerprint_sha256]
+    assert "Ann One has no certificate you can encrypt to yet" in card_of(both, "Ann One")
+    assert both.count('class="badge encrypt-to"') == 1
+    assert set(entries(by_address)) == {bens.fingerprint_sha256}
+    assert 'class="badge encrypt-to"' in entries(by_address)[bens.fingerprint_sha256]
+
+
+def test_an_address_changed_back_makes_the_newer_certificate_the_old_one(
+    employee_client, person, issue
+):
+    """A → B → A within the grace period: the certificate for A is to encrypt to again,
+    and the newer one, for B, is the old one."""
+    user = person("Rita", "Renamed", email="rita@example.com")
+    first = issue(user, "smime-dual-use")
+    move(user, "rita.b@example.com")
+    for_b = issue(user, "smime-dual-use")
+    move(user, "rita@example.com")
+
+    listed = entries(page_of(employee_client.get("/directory/", {"q": "rita"})))
+
+    assert 'class="badge encrypt-to"' in listed[first.fingerprint_sha256]
+    assert 'class="badge newest"' in listed[first.fingerprint_sha256]
+    assert "For an old address" in listed[for_b.fingerprint_sha256]
+    assert "badge newest" not in listed[for_b.fingerprint_sha256]
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_your_certificate_for_an_old_address_speaks_to_you(person, issue, partial):
+    user = person("Rita", "Renamed", email="rita.old@example.com")
+    old = issue(user, "smime-dual-use")
+    move(user, "rita.new@example.com")
+    new = issue(user, "smime-dual-use")
+    query = {"q": "rita", **({"partial": "1"} if partial else {})}
+
+    listed = entries(page_of(client_for(user).get("/directory/", query)))
+
+    assert (
+        "For rita.old@example.com, an address you no longer have: others encrypt to you with "
+        f'<a href="/directory/{new.fingerprint_sha256}/">'
+    ) in listed[old.fingerprint_sha256]
+
+
+def test_an_anonymous_reader_of_the_public_directory_sees_the_old_address_alike(
+    anonymous_client, person, issue, settings
+):
+    settings.PKIPORTAL_DIRECTORY_PUBLIC = True
+    user = person("Rita", "Renamed", email="rita.old@example.com")
+    old = issue(user, "smime-dual-use")
+    move(user, "rita.new@example.com")
+
+    page = page_of(anonymous_client.get("/directory/", {"q": "rita"}))
+
+    assert "badge encrypt-to" not in page
+    assert "For an old address — don't encrypt to this one" in entries(page)[old.fingerprint_sha256]
+    assert "Rita Renamed has no certificate you can encrypt to yet" in page
+    assert "You have" not in page
+    assert "you no longer have" not in page
+
+
+def test_a_certificate_naming_no_address_is_still_the_one_to_encrypt_to(
+    employee_client, person, issue
+):
+    """Some imported certificates name no address: no mailbox to have lost."""
+    from enrollment.models import Certificate
+
+    user = person("Rita", "Renamed", email="rita.old@example.com")
+    nameless = issue(user, "smime-dual-use")
+    Certificate.objects.filter(pk=nameless.pk).update(email="", emails=[])
+    move(user, "rita.new@example.com")
+
+    listed = entries(page_of(employee_client.get("/directory/", {"q": "rita"})))
+
+    assert 'class="badge encrypt-to"' in listed[nameless.fingerprint_sha256]
+    assert "old address" not in listed[nameless.fingerprint_sha256]
+
+
+def test_people_whose_addresses_changed_cost_no_query_per_person(employee_client, person, issue):
+    def queries_for(query: str, expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            page = page_of(employee_client.get("/directory/", {"q": query}))
+        assert page.count('class="card person"') == expected
+        return len(captured)
+
+    quinn = person("Quinn", "Solo", username="quinn")
+    issue(quinn, "smime-dual-use")
+    for n in range(6):
+        user = person("Pat", f"Page{n}", username=f"pat{n}")
+        issue(user, "smime-dual-use")
+        move(user, f"pat.page{n}@example.com")
+        if n % 2:
+            issue(user, "smime-dual-use")
 
     assert queries_for("pat", 6) == queries_for("quinn", 1)

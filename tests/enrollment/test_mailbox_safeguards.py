@@ -196,8 +196,16 @@ def test_the_directory_hands_out_only_the_mailbox_certificates_for_its_address(
 
     found = dsel.certificates_for_email(email="finance@example.com")
     assert [c.pk for c in found] == [shared.pk]
+    # A directory sync gives Bob finance@ again: still only the mailbox's certificates.
+    colleague.email = "finance@example.com"
+    colleague.save()
+    assert [c.pk for c in dsel.certificates_for_email(email="finance@example.com")] == [shared.pk]
     mailboxes.mailbox_set_active(mailbox=box, active=False, actor=officer)
     assert [c.pk for c in dsel.certificates_for_email(email="finance@example.com")] == [personal.pk]
+    # Not once finance@ is no longer his address, though his certificate is still valid.
+    colleague.email = "bob@example.com"
+    colleague.save()
+    assert dsel.certificates_for_email(email="finance@example.com") == []
 
 
 # --- 3. an officer who makes themselves a delegate -----------------------------------
