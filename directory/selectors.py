@@ -243,7 +243,7 @@ def certificates_for_email(
         )[:limit]
         # In Python, by the rule the pages follow (owners loaded): a former holder's few
         # certificates for the address can only shorten a list at its cap.
-        if names_current_address(certificate)
+        if certificate.names_current_address
     ]
     by_holder: dict[tuple[int | None, int | None], list[Certificate]] = {}
     for certificate in certificates:
@@ -289,21 +289,11 @@ def mailbox_search(
     return page
 
 
-def names_current_address(certificate: Certificate) -> bool:
-    """It names its holder's current address, or none (an imported one may name none: no
-    mailbox to lose). Not so once the account's address changed: the certificate stays
-    valid for a grace period (enrollment.outdated), but mail to its address now reaches
-    someone else, or no one, so it is never one to encrypt to. A shared mailbox's address
-    never changes (SharedMailbox). For a held certificate it is the complement of
-    Certificate.names_old_address, which the pages' notices read. No query once its owner
-    is loaded, as the search's prefetch and the lookups' select_related do."""
-    if certificate.owner_id is None or not certificate.email:
-        return True
-    return certificate.email == current_address(certificate.owner)
-
-
 def _naming_current_address(certificate: Certificate) -> Q:
-    """names_current_address as a filter over the certificates of `certificate`'s holder."""
+    """Certificate.names_current_address as a filter over the certificates of
+    `certificate`'s holder. A certificate whose address its holder no longer has stays
+    valid for a grace period (enrollment.outdated), but mail to that address now reaches
+    someone else, or no one: never one to encrypt to."""
     if certificate.owner_id is None:
         return Q()
     return Q(email="") | Q(email=current_address(certificate.owner))
@@ -315,7 +305,7 @@ def to_encrypt_to(certificate: Certificate) -> bool:
     current address. The search results, the certificate page, its .vcf and the API's
     usable_for_encryption all follow it; encryption_certificate_of is its query."""
     return (
-        certificate.state == "valid" and certificate.encrypts and names_current_address(certificate)
+        certificate.state == "valid" and certificate.encrypts and certificate.names_current_address
     )
 
 
@@ -329,7 +319,7 @@ def mark_newest(certificates: list[Certificate]) -> None:
         certificate.newest = False
         by_purpose.setdefault(certificate.purpose, []).append(certificate)
     for same in by_purpose.values():
-        valid = [c for c in same if c.state == "valid" and names_current_address(c)]
+        valid = [c for c in same if c.state == "valid" and c.names_current_address]
         if len(same) > 1 and valid:
             max(valid, key=lambda c: (c.not_before, c.pk)).newest = True
 

@@ -561,16 +561,24 @@ class Certificate(DerCertificateMixin):
         return self.purpose in ENCRYPTING_PURPOSES
 
     @property
+    def names_current_address(self) -> bool:
+        """It names its holder's address (case aside, as enrollment.outdated compares), or
+        none (imported, say: no mailbox to lose); a shared mailbox's address never changes.
+        The directory offers no other to encrypt to. Reads the owner, no query once it is
+        loaded."""
+        owner = self.owner
+        if owner is None or not self.email:
+            return True
+        return self.email == (owner.email or "").strip().lower()
+
+    @property
     def names_old_address(self) -> bool:
         """Held, and its address is no longer its holder's (case aside): it is revoked a
         grace period after the change (enrollment.outdated). Reads the owner, no query
         once it is loaded."""
-        owner = self.owner
-        if owner is None or not self.email or self.status != self.Status.VALID:
+        if self.status != self.Status.VALID or self.is_expired:
             return False
-        if self.is_expired:
-            return False
-        return self.email != (owner.email or "").strip().lower()
+        return not self.names_current_address
 
 
 class CertificateRequest(models.Model):

@@ -12,7 +12,6 @@ from directory.selectors import (
     MAX_CURSOR_LENGTH,
     MAX_PAGE_SIZE,
     MAX_QUERY_LENGTH,
-    names_current_address,
     search_terms,
     to_encrypt_to,
 )
@@ -158,7 +157,7 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
             "usable_for_encryption": to_encrypt_to(instance),
             # Set by the selectors that list a holder's certificates (mark_encrypt_to).
             "recommended_for_encryption": instance.encrypt_to,
-            "for_current_address": names_current_address(instance),
+            "for_current_address": instance.names_current_address,
         }
 
 
