@@ -5,8 +5,11 @@ Thunderbird's LDAP address books find colleagues' encryption certificates there.
 Optional: off unless PKIPORTAL_LDAP_PUBLISH_URI is set, and ldap3 is imported only then.
 What a person's entry should hold is computed from the database alone (person_sync):
 their certificates that are valid now, not revoked, of an encryption or dual-use template
-(or every template), while their account is active. The entry is found by a search
-(base + filter with the user name and/or address), and only the difference is written.
+(or every template) and for the address the account has now (as the directory's
+to_encrypt_to: one for an old address stays valid for a grace period, enrollment.outdated,
+but is no longer theirs to receive mail at), while their account is active. The entry is
+found by a search (base + filter with the user name and/or address), and only the
+difference is written.
 
 The portal removes only values it put there itself: a userCertificate value is ours when
 its exact DER is a certificate this portal issued; a userSMIMECertificate value when it is
@@ -18,9 +21,10 @@ Issuance and revocation queue one task per holder and transaction once it commit
 (publish_on_commit). Each person_sync notes what it published (LdapPublishedCertificate),
 so beat's reconciliation is a database diff: it visits only people whose wanted set
 differs from what was last published (a lost message, a directory that was down, expiry,
-a deactivated account), plus a bounded slice of a slow full sweep that resumes where it
-stopped and catches entries edited by hand. How it went is kept on one LdapPublication
-row for /health/ and the RA console.
+a deactivated account, an address changed or changed back: nothing queues on those), plus
+a bounded slice of a slow full sweep that resumes where it stopped and catches entries
+edited by hand. How it went is kept on one LdapPublication row for /health/ and the RA
+console.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from enrollment.models import (
     LdapPublication,
     LdapPublishedCertificate,
 )
+from enrollment.outdated import names_other_address
 from enrollment.x509 import pkcs7
 from pkiportal import plurals
 
@@ -166,23 +171,32 @@ def _base_name(attribute: str) -> str:
 
 
 def _wanted(now: datetime) -> Any:
-    """Every certificate that should be published now (all holders)."""
-    wanted = Certificate.objects.valid(now).filter(owner__is_active=True)
+    """Every certificate that should be published now (all holders): certificates_to_publish
+    in SQL, so the diff finds an address changed (or changed back) by any path."""
+    wanted = (
+        Certificate.objects.valid(now).filter(owner__is_active=True).exclude(names_other_address())
+    )
     if settings.PKIPORTAL_LDAP_PUBLISH_CERTIFICATES != "all":
         wanted = wanted.encryption_capable()
     return wanted
 
 
 def certificates_to_publish(user: User, now: datetime | None = None) -> list[Certificate]:
-    """The certificates a person's entry should hold: none once the account is off.
-    `now` is read here, per person, unless given: a run that started an hour ago must not
-    withdraw what was issued since."""
+    """The certificates a person's entry should hold: none once the account is off, nor
+    one naming an address the account no longer has (Outlook would encrypt to it; it is
+    published again if the address changes back). `now` and the address are read here, per
+    person: a run that started an hour ago must not withdraw what was issued since, nor
+    miss a change."""
     if not user.is_active:
         return []
-    wanted = Certificate.objects.owned_by(user).valid(now or timezone.now()).select_related("ca")
+    wanted = (
+        Certificate.objects.owned_by(user)
+        .valid(now or timezone.now())
+        .select_related("ca", "owner")  # the owner as stored now, for the address
+    )
     if settings.PKIPORTAL_LDAP_PUBLISH_CERTIFICATES != "all":
         wanted = wanted.encryption_capable()
-    return list(wanted.order_by("not_before", "pk"))
+    return [c for c in wanted.order_by("not_before", "pk") if c.names_current_address]
 
 
 def value_for(attribute: str, certificate: Certificate) -> bytes:

@@ -51,9 +51,11 @@ def current_address(user: Any) -> str:
     return (user.email or "").strip().lower()
 
 
-def _names_other_address(prefix: str = "") -> Q:
+def names_other_address(prefix: str = "") -> Q:
     """The certificate names an address, and not its holder's (certificates store it
-    lower-case). One naming none (imported, say) has no mailbox to lose."""
+    lower-case). One naming none (imported, say) has no mailbox to lose. The query twin of
+    Certificate.names_current_address (negated), over every holder at once: this run and
+    LDAP publication's database diff (enrollment.ldap_publish) read it."""
     return ~Q(**{f"{prefix}email": ""}) & ~Q(
         **{f"{prefix}email": Lower(Trim(f"{prefix}owner__email"))}
     )
@@ -66,7 +68,7 @@ def outdated_held(now: datetime) -> QuerySet[Certificate]:
         Certificate.objects.held(now)
         .issued_here()  # imported ones are the old CA's to revoke
         .filter(owner__isnull=False)
-        .filter(_names_other_address())
+        .filter(names_other_address())
     )
 
 
@@ -75,7 +77,7 @@ def recorded(now: datetime) -> QuerySet[OutdatedCertificate]:
     the rows (few), so the RA console and /health/ can afford it on every page."""
     return OutdatedCertificate.objects.filter(
         certificate__status=Certificate.Status.VALID, certificate__not_after__gt=now
-    ).filter(_names_other_address("certificate__"))
+    ).filter(names_other_address("certificate__"))
 
 
 def due_at(since: datetime | None, delay: timedelta | None) -> datetime | None:

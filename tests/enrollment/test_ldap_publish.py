@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -675,6 +676,104 @@ def test_people_without_an_entry_are_counted_once_each(directory, hierarchy, tem
     assert officer_client.get("/health/").json()["checks"]["ldap_publish"]["not_found"] == len(
         people
     )
+
+
+# --- an address the holder no longer has ------------------------------------------------
+
+NEW = "alice.smith@example.com"
+
+
+def change_address(user, address: str, how: str = "save") -> None:
+    """As the admin or a sync saves it, or as a bulk writer rewrites it (no save())."""
+    if how == "save":
+        user.email = address
+        user.save()
+    else:
+        get_user_model().objects.filter(pk=user.pk).update(email=address)
+
+
+def test_a_new_certificate_for_the_new_address_replaces_the_old_addresss_at_once(
+    alice_dn, directory, dual_use, employee, template
+):
+    """Outlook encrypts to a valid certificate of the entry. The old address's one stays
+    valid for the grace period (enrollment.outdated), but is no longer the entry's: the
+    task a renewal queues publishes the new one and withdraws it in one change."""
+    ldap_publish_task.delay(employee.pk).get()
+    change_address(employee, NEW)
+    renewed = issue(employee, template("smime-dual-use"), new_key())
+
+    ldap_publish_task.delay(employee.pk).get()  # what the issuance queued
+
+    assert renewed.email == NEW
+    assert directory.values(alice_dn) == [bytes(renewed.der)]
+    event = AuditEvent.objects.filter(action="ldap.publish").order_by("pk").last()
+    assert event.detail == {"dn": alice_dn, "added": [renewed.serial], "removed": [dual_use.serial]}
+    assert Certificate.objects.get(pk=dual_use.pk).status == "valid"  # its grace period
+
+
+@pytest.mark.parametrize("how", ["save", "update"])
+def test_the_diff_withdraws_an_old_addresss_certificate_and_publishes_it_again_if_changed_back(
+    alice_dn, directory, dual_use, employee, settings, how
+):
+    """An address change queues nothing: the next run's database diff finds it, by
+    whichever path it came (a bulk update() too), and finds it changed back."""
+    settings.PKIPORTAL_LDAP_SWEEP_BATCH = 0  # the diff alone
+    ldap_reconcile_task.delay().get()
+    assert directory.values(alice_dn) == [bytes(dual_use.der)]
+
+    change_address(employee, NEW, how)
+    result = ldap_reconcile_task.delay().get()
+    assert (result["people"], result["differing"], result["removed"]) == (1, 1, 1)
+    assert directory.values(alice_dn) == []
+    assert ldap_reconcile_task.delay().get()["people"] == 0  # the diff agrees with the visit
+
+    change_address(employee, "alice@example.com", how)  # within the grace period
+    result = ldap_reconcile_task.delay().get()
+    assert (result["people"], result["differing"], result["added"]) == (1, 1, 1)
+    assert directory.values(alice_dn) == [bytes(dual_use.der)]
+    assert ldap_reconcile_task.delay().get()["people"] == 0
+
+
+def test_the_sweep_removes_an_old_addresss_certificate_put_back_by_hand(
+    alice_dn, directory, dual_use, employee
+):
+    ldap_publish_task.delay(employee.pk).get()
+    change_address(employee, NEW)
+    ldap_publish_task.delay(employee.pk).get()
+    directory.modify(
+        f"dn: {alice_dn}\nchangetype: modify\nadd: userCertificate;binary\n"
+        f"userCertificate;binary:: {base64.b64encode(bytes(dual_use.der)).decode()}\n"
+    )
+
+    result = ldap_reconcile_task.delay().get()
+
+    assert (result["differing"], result["swept"], result["removed"]) == (0, 1, 1)
+    assert directory.values(alice_dn) == []
+
+
+def test_a_certificate_naming_no_address_stays_published_when_the_address_changes(
+    alice_dn, directory, dual_use, employee
+):
+    """Some imported certificates name no address: no mailbox to lose, as in the directory."""
+    Certificate.objects.filter(pk=dual_use.pk).update(email="", emails=[])
+    ldap_reconcile_task.delay().get()
+
+    change_address(employee, NEW)
+    ldap_publish_task.delay(employee.pk).get()
+
+    assert directory.values(alice_dn) == [bytes(dual_use.der)]
+    assert ldap_reconcile_task.delay().get()["changed"] == 0
+    assert ldap_publish.differing_people() == []
+
+
+def test_a_change_of_case_alone_withdraws_nothing(alice_dn, directory, dual_use, employee):
+    ldap_reconcile_task.delay().get()
+
+    change_address(employee, employee.email.upper())
+    ldap_publish_task.delay(employee.pk).get()
+
+    assert directory.values(alice_dn) == [bytes(dual_use.der)]
+    assert ldap_publish.differing_people() == []
 
 
 # --- health -----------------------------------------------------------------------------
