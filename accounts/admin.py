@@ -63,7 +63,8 @@ class PortalUserChangeForm(UserChangeForm[User]):
                 )
             groups.help_text = (
                 "The groups that say who may use which template. Roles (RA officers, "
-                "recovery agents) and groups holding permissions are given by a superuser."
+                "recovery agents), templates' approvers groups and groups holding "
+                "permissions are given by a superuser."
             )
 
     def clean_groups(self) -> Any:
@@ -143,8 +144,9 @@ def _for(form: type[_FormT], request: HttpRequest) -> type[_FormT]:
 
 @admin.register(Group)
 class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
-    """Anyone allowed may manage the groups that say who uses which template; roles and
-    groups holding permissions are a superuser's (accounts.privilege)."""
+    """Anyone allowed may manage the groups that say who uses which template; roles,
+    templates' approvers groups and groups holding permissions are a superuser's
+    (accounts.privilege)."""
 
     form = PortalGroupForm
 

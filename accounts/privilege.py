@@ -19,11 +19,19 @@ from django.db.models import Q, QuerySet
 from accounts.models import User
 from enrollment.change_audit import role_groups
 from enrollment.models import AuditEvent
+from enrollment.permissions import approver_groups
 
 
 def privileged_groups() -> QuerySet[Group]:
-    """Groups whose members hold something: a role (by name) or any permission."""
-    return Group.objects.filter(Q(name__in=role_groups()) | Q(permissions__isnull=False)).distinct()
+    """Groups whose members hold something: a role (by name), any permission, or the
+    approval of some template's requests (a template's approvers group: who is in it decides
+    which RA officers approve that template, permissions.Decider). Whoever may put people in
+    such a group could otherwise choose the approvers, themselves included."""
+    return Group.objects.filter(
+        Q(name__in=role_groups())
+        | Q(permissions__isnull=False)
+        | Q(pk__in=approver_groups().values("pk"))
+    ).distinct()
 
 
 def plain_groups() -> QuerySet[Group]:
@@ -37,8 +45,10 @@ def is_privileged_group(group: Group) -> bool:
 
 
 def is_privileged(user: Any) -> bool:
-    """A superuser, staff, a role, or a permission of their own or through a group: taking
-    the account over (its password, address or second factor) would gain any of them."""
+    """A superuser, staff, a role, a permission of their own or through a group, or a
+    template's approvers group: taking the account over (its password, address or second
+    factor) would gain any of them (an approvers group's member who is no RA officer yet
+    approves once made one)."""
     if user.is_superuser or user.is_staff:
         return True
     if user.pk is None:

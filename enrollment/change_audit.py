@@ -17,6 +17,9 @@ taken from an account or a group is recorded, on either side of either relation.
 change is said by ``changes_from``, around the admin's views and the SSO group mirroring;
 without it the change is the system's ("other"). Writes that send no signal (raw SQL,
 ``QuerySet.update``, ``bulk_create`` on the through table) are not seen.
+A group some template names as its approvers decides which RA officers approve that
+template's requests (permissions.Decider), so its memberships are recorded as roles too;
+joining one starts nobody afresh (below, _record).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_sav
 from accounts.models import User
 from enrollment.audit import audit_record, deferred
 from enrollment.models import CertificateTemplate
+from enrollment.permissions import approver_groups
 
 Actor = User | AnonymousUser | None
 
@@ -223,9 +227,16 @@ def _account_saved(sender: Any, instance: models.Model, **kwargs: Any) -> None:
 # --- role group memberships (everywhere) ------------------------------------------------
 
 
-def _record(action: str, what: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
+def _record(
+    action: str,
+    what: str,
+    pairs: Iterable[tuple[models.Model, str]],
+    *,
+    afresh: Iterable[models.Model] | None = None,
+) -> None:
     """One event per (account or group, role or permission), told who made the change by
-    changes_from; one append for them all."""
+    changes_from; one append for them all. A grant starts afresh the accounts, or the
+    groups' members, in ``afresh`` (every holder unless told)."""
     source = current_source()
     holders: dict[tuple[str, int], models.Model] = {}
     with deferred():
@@ -243,7 +254,7 @@ def _record(action: str, what: str, pairs: Iterable[tuple[models.Model, str]]) -
         # Each account that gained, once: a group's members once, however many of its
         # permissions were granted together.
         gained: dict[int, User] = {}
-        for holder in holders.values():
+        for holder in holders.values() if afresh is None else afresh:
             members = [holder] if isinstance(holder, User) else holder.user_set.all()  # type: ignore[attr-defined]
             gained.update((member.pk, member) for member in members)
         for user in gained.values():
@@ -263,17 +274,47 @@ def _gained_privilege(user: User, source: ChangeSource, *, superuser: bool = Fal
     )
 
 
-def _record_roles(action: str, pairs: Iterable[tuple[models.Model, str]]) -> None:
-    _record(action, "group", pairs)
+# (account, group name, whether joining it starts the account afresh)
+Membership = tuple[models.Model, str, bool]
+
+
+def _record_roles(action: str, memberships: Iterable[Membership]) -> None:
+    """role.grant or role.revoke for each. Only a role group or one holding permissions
+    starts its new members afresh: an approvers group gives nothing to someone who is no
+    RA officer, and an officer's sessions and tokens carry the officer's power already
+    (the role's grant started them afresh), so ending them would only sign the officer
+    out."""
+    rows = list(memberships)
+    _record(
+        action,
+        "group",
+        [(user, name) for user, name, _afresh in rows],
+        afresh=[user for user, _name, afresh in rows if afresh],
+    )
+
+
+def _holds_something(group: Group) -> bool:
+    """A role group, a group holding permissions or a template's approvers group: its
+    memberships are recorded (_memberships says the same in SQL)."""
+    return (
+        group.name in role_groups()
+        or group.permissions.exists()
+        or approver_groups().filter(pk=group.pk).exists()
+    )
 
 
 def _memberships(
     *, user: User | None = None, group: Group | None = None, pks: Iterable[int] | None
-) -> list[tuple[models.Model, str]]:
-    """(user, role group name) pairs that exist now, for one user or one group."""
+) -> list[Membership]:
+    """The memberships that exist now of role groups, groups holding permissions and
+    templates' approvers groups, for one user or one group."""
     through = get_user_model().groups.through
     holds_permissions = Exists(Group.permissions.through.objects.filter(group=OuterRef("group")))
-    rows = through.objects.filter(Q(group__name__in=role_groups()) | Q(holds_permissions))
+    rows = through.objects.annotate(holds_permissions=holds_permissions).filter(
+        Q(group__name__in=role_groups())
+        | Q(holds_permissions=True)
+        | Q(group__in=approver_groups().values("pk"))
+    )
     if user is not None:
         rows = rows.filter(user=user)
     if group is not None:
@@ -282,7 +323,15 @@ def _memberships(
         rows = rows.filter(**{"group__in" if user is not None else "user__in": list(pks)})
     found = rows.select_related("group", *(["user"] if user is None else []))
     found = found.order_by("user_id", "group__name")
-    return [(user if user is not None else row.user, row.group.name) for row in found]
+    return [
+        (
+            user if user is not None else row.user,
+            row.group.name,
+            # holds_permissions: the annotation above, which the stubs do not see.
+            row.group.name in role_groups() or row.holds_permissions,  # type: ignore[attr-defined]
+        )
+        for row in found
+    ]
 
 
 def _groups_changed(
@@ -298,7 +347,7 @@ def _groups_changed(
     group: Group | None = None
     if reverse:  # group.user_set changed: Django passes the group
         assert isinstance(instance, Group)
-        if instance.name not in role_groups() and not instance.permissions.exists():
+        if not _holds_something(instance):
             return
         group = instance
     else:  # user.groups changed: the account
@@ -329,9 +378,9 @@ def _group_renamed(sender: Any, instance: Group, **kwargs: Any) -> None:
     instance._role_audit_old_name = None  # type: ignore[attr-defined]
     members = list(instance.user_set.order_by("pk"))
     if old in role_groups():
-        _record_roles("role.revoke", ((user, old) for user in members))
+        _record_roles("role.revoke", ((user, old, True) for user in members))
     if instance.name in role_groups():
-        _record_roles("role.grant", ((user, instance.name) for user in members))
+        _record_roles("role.grant", ((user, instance.name, True) for user in members))
 
 
 def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:

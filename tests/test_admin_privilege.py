@@ -61,6 +61,21 @@ def officers(officer) -> Group:
     return Group.objects.get(name="RA officers")
 
 
+def approvers_of(slug: str, name: str) -> Group:
+    """A group the template ``slug`` names as its approvers."""
+    from enrollment.models import CertificateTemplate
+
+    group = Group.objects.create(name=name)
+    assert CertificateTemplate.objects.filter(slug=slug).update(approver_group=group) == 1
+    return group
+
+
+@pytest.fixture
+def payroll(db) -> Group:
+    """S/MIME Signing's approvers: its members, once RA officers, approve its requests."""
+    return approvers_of("smime-signing", "Payroll approvers")
+
+
 def form_data(client: Client, url: str, **changes: Any) -> dict[str, Any]:
     """The change form as the page shows it, with ``changes`` applied: what a browser posts."""
     page = client.get(url)
@@ -136,8 +151,10 @@ def test_a_help_desk_cannot_make_itself_superuser_or_give_itself_permissions(hel
     assert list(helpdesk.groups.values_list("name", flat=True)) == ["Help desk"]
 
 
-@pytest.mark.parametrize("role", ["RA officers", "Key recovery agents", "Help desk"])
-def test_a_help_desk_cannot_join_a_role_or_a_group_holding_permissions(helpdesk, role):
+@pytest.mark.parametrize(
+    "role", ["RA officers", "Key recovery agents", "Help desk", "Payroll approvers"]
+)
+def test_a_help_desk_cannot_join_a_role_or_a_group_holding_permissions(helpdesk, payroll, role):
     group = Group.objects.get_or_create(name=role)[0]
     client = client_for(helpdesk)
     url = change_url(helpdesk)
@@ -170,6 +187,8 @@ def privileged(request, admin_user, officer, key_recovery_agent_user) -> User:
     auditors = Group.objects.create(name="Auditors")
     auditors.permissions.add(*perms("view_auditevent"))
     member.groups.add(auditors)
+    approver = UserFactory(username="april")
+    approver.groups.add(approvers_of("smime-dual-use", "Dual-use approvers"))
     return {
         "superuser": admin_user,
         "officer": officer,
@@ -177,6 +196,7 @@ def privileged(request, admin_user, officer, key_recovery_agent_user) -> User:
         "staff": staff,
         "a permission": holder,
         "a group with permissions": member,
+        "an approvers group": approver,
     }[request.param]
 
 
@@ -194,6 +214,7 @@ PRIVILEGED = [
     "staff",
     "a permission",
     "a group with permissions",
+    "an approvers group",
 ]
 
 
@@ -306,6 +327,69 @@ def test_a_help_desk_cannot_change_or_delete_privileged_groups(helpdesk, officer
 
     assert (change.status_code, delete.status_code, bulk.status_code) == (403, 403, 403)
     assert Group.objects.filter(pk=group.pk, name=which).exists()
+
+
+def test_a_help_desk_cannot_change_an_approvers_group(helpdesk, payroll):
+    """Nor delete it: nobody may while a template names it (CertificateTemplate.approver_group
+    protects it; the bulk action shows it as protected)."""
+    client = client_for(helpdesk)
+
+    change = client.post(f"{GROUPS}{payroll.pk}/change/", {"name": "Anything"})
+    delete = client.post(f"{GROUPS}{payroll.pk}/delete/", {"post": "yes"})
+    client.post(
+        GROUPS, {"action": "delete_selected", "_selected_action": [payroll.pk], "post": "yes"}
+    )
+
+    assert (change.status_code, delete.status_code) == (403, 403)
+    assert Group.objects.filter(pk=payroll.pk, name="Payroll approvers").exists()
+
+
+def test_a_help_desk_puts_nobody_in_an_approvers_group(helpdesk, employee, officers, payroll):
+    """Who is in it chooses which officers approve the template: a help desk that is an RA
+    officer too would otherwise approve it themselves, and one filling it with employees
+    would choose tomorrow's approvers."""
+    helpdesk.groups.add(officers)
+    client = client_for(helpdesk)
+
+    for person in (employee, helpdesk):
+        url = change_url(person)
+        offered = client.get(url).context["adminform"].form.fields["groups"].queryset
+        assert payroll not in offered
+        response = client.post(url, form_data(client, url, groups=[str(payroll.pk)]))
+        assert response.status_code == 200
+        assert "groups" in response.context["adminform"].form.errors
+
+    assert not payroll.user_set.exists()
+
+
+def test_a_help_desk_saving_its_own_account_keeps_its_approvers_group(
+    helpdesk, officers, payroll, signing_staff
+):
+    helpdesk.groups.add(officers, payroll)
+    client = client_for(helpdesk)
+    url = change_url(helpdesk)
+
+    response = client.post(url, form_data(client, url, groups=[str(signing_staff.pk)]))
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert set(helpdesk.groups.values_list("name", flat=True)) == {
+        "Help desk",
+        "RA officers",
+        "Payroll approvers",
+        "Signing staff",
+    }
+
+
+def test_a_superuser_puts_an_officer_in_an_approvers_group(admin_client_, officer, payroll):
+    url = change_url(officer)
+    groups = [str(pk) for pk in officer.groups.values_list("pk", flat=True)]
+
+    response = admin_client_.post(
+        url, form_data(admin_client_, url, groups=[*groups, str(payroll.pk)])
+    )
+
+    assert response.status_code == 302
+    assert payroll.user_set.filter(pk=officer.pk).exists()
 
 
 def test_a_superuser_gives_a_group_permissions_and_a_role_name(admin_client_, signing_staff):

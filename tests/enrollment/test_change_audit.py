@@ -558,6 +558,106 @@ def test_deleting_an_account_records_the_permissions_it_held(admin_client_, mark
     ]
 
 
+# --- a template's approvers group -------------------------------------------------------
+
+PAYROLL = "Payroll approvers"
+
+
+@pytest.fixture
+def payroll(db) -> Group:
+    """The group S/MIME Signing names as its approvers: who is in it decides which RA
+    officers approve that template's requests."""
+    group = Group.objects.create(name=PAYROLL)
+    CertificateTemplate.objects.filter(slug="smime-signing").update(approver_group=group)
+    return group
+
+
+def test_joining_and_leaving_an_approvers_group_is_audited_as_a_role(payroll, officers, mark):
+    ann, ben = UserFactory(username="ann"), UserFactory(username="ben")
+    ann.groups.add(officers)
+    first = mark()
+
+    ann.groups.add(payroll)
+    payroll.user_set.add(ben)
+    ann.groups.remove(payroll)
+    payroll.user_set.clear()
+
+    assert summary(mark()[len(first) :]) == [
+        role("role.grant", "ann", PAYROLL),
+        role("role.grant", "ben", PAYROLL),
+        role("role.revoke", "ann", PAYROLL),
+        role("role.revoke", "ben", PAYROLL),
+    ]
+
+
+def test_a_group_no_template_names_any_longer_is_plain_again(payroll, mark):
+    CertificateTemplate.objects.filter(approver_group=payroll).update(approver_group=None)
+    first = mark()
+
+    payroll.user_set.add(UserFactory(username="ann"))
+    UserFactory(username="ben").groups.add(payroll)
+
+    assert mark()[len(first) :] == []
+
+
+def test_the_admin_adding_and_removing_an_approver_is_audited_as_theirs(
+    admin_client_, admin_user, officers, payroll, mark
+):
+    user = UserFactory(username="ursula")
+    user.groups.add(officers)
+    first = mark()
+    url = f"/admin/accounts/user/{user.pk}/change/"
+
+    admin_post(admin_client_, url, groups=[str(officers.pk), str(payroll.pk)])
+    admin_post(admin_client_, url, groups=[str(officers.pk)])
+
+    events = mark()[len(first) :]
+    assert summary(events) == [
+        role("role.grant", "ursula", PAYROLL, source="admin", actor="root-admin"),
+        role("role.revoke", "ursula", PAYROLL, source="admin", actor="root-admin"),
+    ]
+    assert {e.actor for e in events} == {admin_user}
+    assert {e.source_address for e in events} == {ADDRESS}
+
+
+def test_deleting_an_approver_revokes_the_membership(admin_client_, payroll, mark):
+    user = UserFactory(username="vera")
+    user.groups.add(payroll)
+    first = mark()
+
+    response = admin_client_.post(f"/admin/accounts/user/{user.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert summary(mark()[len(first) :]) == [
+        role("role.revoke", "vera", PAYROLL, source="admin", actor="root-admin")
+    ]
+
+
+def test_joining_an_approvers_group_alone_starts_nobody_afresh(payroll, officers, mark):
+    """An officer's sessions and tokens carry the officer's power already (the role's grant
+    started them afresh); someone who is no officer gains nothing by it. Joining the role
+    in the same change still starts them afresh."""
+    from knox.models import AuthToken
+
+    ann, ben = UserFactory(username="ann"), UserFactory(username="ben")
+    ann.groups.add(officers)
+    AuthToken.objects.create(user=ann)
+    AuthToken.objects.create(user=ben)
+    first = mark()
+
+    ann.groups.add(payroll)
+    ben.groups.add(payroll, officers)
+
+    assert [(e.action, e.object_repr) for e in mark()[len(first) :]] == [
+        ("role.grant", "ann"),
+        ("role.grant", "ben"),
+        ("role.grant", "ben"),
+        ("account.fresh_start", "ben"),
+    ]
+    assert AuthToken.objects.filter(user=ann).count() == 1
+    assert not AuthToken.objects.filter(user=ben).exists()
+
+
 # --- is_staff and is_superuser outside the admin ----------------------------------------
 
 
