@@ -30,6 +30,7 @@ from enrollment.models import (
     CertificateTemplate,
     KeyRecoveryRequest,
 )
+from enrollment.permissions import decider
 from enrollment.recovery import MAX_AGENT_PKCS12_BYTES, MAX_TEXT_LENGTH
 from enrollment.x509.pkcs12 import Pkcs12Format
 
@@ -495,6 +496,25 @@ class RolloutForm(PortalForm):
         + [(a.value, a.label) for a in ALGORITHM_ORDER],
         help_text="Older Outlook versions cannot encrypt to EC keys.",
     )
+
+    def __init__(self, *args: Any, officer: Any, **kwargs: Any) -> None:
+        """Only the templates ``officer`` approves (permissions.Decider.approves): a
+        roll-out approves the requests it makes, so rollouts.rollout_resolve refuses the
+        others; offering them would only lead to that refusal."""
+        super().__init__(*args, **kwargs)
+        field = self.fields["template"]
+        assert isinstance(field, forms.ModelChoiceField)  # as declared above
+        templates = field.queryset
+        assert templates is not None
+        approves = decider(officer).approves
+        offered = list(templates)
+        mine = [template.pk for template in offered if approves(template)]
+        field.queryset = templates.filter(pk__in=mine)
+        if len(mine) < len(offered):
+            field.help_text += (
+                " Only the templates you approve are offered: the requests a roll-out makes "
+                "are approved by you."
+            )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

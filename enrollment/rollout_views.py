@@ -46,7 +46,7 @@ def rollout_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     invites them, so what changed in between (a certificate collected meanwhile) counts.
     """
     officer_required(request)
-    form = RolloutForm(request.POST if request.method == "POST" else None)
+    form = RolloutForm(request.POST if request.method == "POST" else None, officer=request.user)
     preview = None
     status = 200
     if request.method == "POST":

@@ -608,3 +608,58 @@ def test_only_approvers_roll_a_template_out(hr_template, officer, second_officer
     rollout = rollouts.rollout_create(officer=officer, template=hr_template, people="alice")
 
     assert rollout.invited == 1
+
+
+ROLLOUT_FORM = "/ra/rollouts/new/"
+
+
+def offered(user) -> list[str]:
+    page = client_for(user).get(ROLLOUT_FORM)
+    assert page.status_code == 200
+    return [t.slug for t in page.context["form"].fields["template"].queryset.order_by("slug")]
+
+
+def test_the_rollout_form_offers_only_the_templates_you_approve(
+    hr_template, open_template, officer, second_officer, admin_user
+):
+    """The others would only be refused at Preview or Invite."""
+    assert offered(second_officer) == ["smime-dual-use", "smime-encryption"]
+    for approver in (officer, admin_user):
+        assert offered(approver) == ["smime-dual-use", "smime-encryption", "smime-signing"]
+
+    page = client_for(second_officer).get(ROLLOUT_FORM).content.decode()
+    assert "S/MIME Signing" not in page
+    assert "Only the templates you approve are offered" in page
+    assert "Only the templates you approve" not in (
+        client_for(officer).get(ROLLOUT_FORM).content.decode()
+    )
+
+
+@pytest.mark.parametrize("action", ["preview", "confirm"])
+def test_a_template_you_do_not_approve_posted_anyway_is_refused(
+    hr_template, second_officer, employee, action
+):
+    response = client_for(second_officer).post(
+        ROLLOUT_FORM, {"template": hr_template.pk, "people": "alice", action: "1"}
+    )
+
+    assert response.status_code == 400
+    assert "template" in response.context["form"].errors
+    assert response.context["preview"] is None
+    assert not rollouts.Rollout.objects.exists()
+    assert not CertificateRequest.objects.filter(requester=employee).exists()
+
+
+def test_an_approver_previews_and_rolls_the_template_out_from_the_form(
+    hr_template, officer, employee
+):
+    client = client_for(officer)
+    data = {"template": hr_template.pk, "people": "alice", "key_algorithm": "ec-p256"}
+
+    preview = client.post(ROLLOUT_FORM, {**data, "preview": "1"})
+    invited = client.post(ROLLOUT_FORM, {**data, "confirm": "1"})
+
+    assert preview.status_code == 200
+    assert [u.pk for u in preview.context["preview"].eligible] == [employee.pk]
+    assert invited.status_code == 302
+    assert CertificateRequest.objects.get(requester=employee).decided_by == officer
