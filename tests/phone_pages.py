@@ -47,6 +47,13 @@ class Busy:
                     "form.decide button[value=approve]",
                     "form.decide button[value=reject]",
                     ".badge[class*=state-]",
+                    "#other-approvers a[href*='all=1']",
+                ],
+                # With the HR approvers' request, read-only: "Decided by members of …".
+                "/ra/requests/?all=1": [
+                    "form.decide button[value=approve]",
+                    "table.requests [id^=approvers-]",
+                    "#other-approvers a",
                 ],
                 "/ra/requests/history/": [".badge[class*=state-]"],
                 "/ra/certificates/?q=Andersson": [
@@ -89,9 +96,10 @@ class Busy:
 def busy_portal(
     settings, hierarchy, template, approval, kra, employee, colleague, officer, archived, asked
 ) -> Busy:  # fmt: skip
-    """Requests waiting and decided, a leaver, an outdated address, a shared mailbox with a
-    certificate, a roll-out, an API token, two bulk revocations from the admin (queued,
-    stalled), and Alice's own request and key recovery request."""
+    """Requests waiting and decided (one for a template whose approvers the officer is not
+    among), a leaver, an outdated address, a shared mailbox with a certificate, a roll-out,
+    an API token, two bulk revocations from the admin (queued, stalled), and Alice's own
+    request and key recovery request."""
     settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS = 72
     issue(employee, template("smime-signing"), new_key())
     signing = approval("smime-signing")
@@ -108,6 +116,25 @@ def busy_portal(
     )
     services.request_reject(
         request=rejected, officer=officer, reason="Ask for S/MIME Signing instead, please."
+    )
+    # Waiting for the HR approvers, whom Olivia is not among: counted above her queue and
+    # listed read-only behind "Show it too" (/ra/requests/?all=1).
+    hr = Group.objects.create(name="Human Resources and Payroll approvers")
+    harriet = UserFactory(username="harriet", first_name="Harriet", last_name="Hall")
+    harriet.groups.add(Group.objects.get(name="RA officers"), hr)
+    for_hr = template("smime-signing")
+    for_hr.pk = None  # a copy, decided by HR alone
+    for_hr.name = "S/MIME Signing (HR and payroll staff)"
+    for_hr.slug = "smime-signing-hr"
+    for_hr.approver_group = hr
+    for_hr.save()
+    services.request_submit(
+        requester=UserFactory(
+            username="henrike", first_name="Henrike", last_name="Hallström-Vasquez"
+        ),
+        template=for_hr,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
     )
     # Erin's address changed an hour ago: her certificate names the old one.
     erin = UserFactory(username="erin", first_name="Erin", last_name="Eriksson-Lindqvist")

@@ -6,7 +6,8 @@ A wide table that scrolls inside its box keeps the page itself phone-wide, but l
 right-hand columns (the state, the Approve and Reject buttons) past the screen's edge.
 Each page is loaded at 390 CSS pixels in Debian's chromium, as the role that uses it and
 with rows in every table (tests/phone_pages.py), and every cell and every control in a
-table is measured.
+table is measured; every row of a stacked table must be a card with its cells labelled,
+those the person may only read (another team's request, shown on asking) included.
 """
 
 from __future__ import annotations
@@ -49,6 +50,26 @@ OFF_SCREEN = """() => {
         }));
 }"""
 
+# Every cell whose content is wider than the cell: text that will not wrap (a long word,
+# a nowrap span) runs out of its card, which the scrolling box around the table hides from
+# the two checks above (neither the page nor the cell's own box is too wide).
+SPILLING = """() => Array.from(document.querySelectorAll("table td")).filter(cell =>
+    cell.getBoundingClientRect().width > 1 && cell.scrollWidth > cell.clientWidth + 1
+).map(cell => `td "${(cell.textContent || "").trim().slice(0, 40)}" holds `
+    + `${cell.scrollWidth - cell.clientWidth} px more than it shows`)"""
+
+# Every row of a stacked table that is not a card on the screen, and every labelled cell
+# whose label is not shown before it: a row the person may only read (another team's
+# request on /ra/requests/?all=1, their own) is a labelled card like the rows they act on.
+NOT_CARDS = """() => Array.from(document.querySelectorAll("table.stack tbody tr")).flatMap(row => {
+    const name = row.id || (row.textContent || "").trim().slice(0, 30);
+    if (getComputedStyle(row).display !== "block") return [`row "${name}" is no card`];
+    return Array.from(row.querySelectorAll(":scope > td[data-label]")).filter(cell =>
+        getComputedStyle(cell).display !== "none"
+        && getComputedStyle(cell, "::before").content !== `"${cell.dataset.label}: "`
+    ).map(cell => `row "${name}": its "${cell.dataset.label}" is unlabelled`);
+})"""
+
 # How many elements each selector finds: the controls that must be on the page at all.
 FOUND = "(selectors) => selectors.map(selector => document.querySelectorAll(selector).length)"
 
@@ -80,6 +101,8 @@ def test_every_tables_cells_and_controls_are_on_a_phones_screen(
                     wrong.append(f"page {pixels} px too wide, folded sections open")
                 off = page.evaluate(OFF_SCREEN)
                 wrong += off[:4] + [f"and {len(off) - 4} more off the screen"] * (len(off) > 4)
+                wrong += page.evaluate(SPILLING)[:4]
+                wrong += page.evaluate(NOT_CARDS)[:4]
                 if wrong:
                     problems[path] = wrong
 
@@ -118,6 +141,7 @@ def test_the_admins_confirmation_pages_fit_a_phone(live_server, admin_confirmati
             if (pixels := page.evaluate(OVERFLOW)) > 0:
                 wrong.append(f"page {pixels} px too wide")
             wrong += page.evaluate(OFF_SCREEN)[:4]
+            wrong += page.evaluate(SPILLING)[:4]
             if wrong:
                 problems[name] = wrong
 

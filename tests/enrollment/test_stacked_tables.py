@@ -1,8 +1,9 @@
 """On a phone a table of three or more columns is a stack of labelled cards (table.stack in
 static/css/portal.css): each cell's data-label is shown before it, in place of the header.
 
-This reads the markup: every such table is stacked, and each label says what its column's
-header says. tests/browser/test_phone_tables.py measures the same pages in chromium.
+This reads the markup: every such table is stacked, each label says what its column's
+header says, and a column labelled in one row is labelled in every row.
+tests/browser/test_phone_tables.py measures the same pages in chromium.
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ def test_every_wide_table_is_stacked_with_each_label_its_columns_header(
                 for column, header in enumerate(table.headers):
                     if header and column not in labelled and (path, header) not in UNLABELLED:
                         problems.append(f"{name}: no cell labelled {header!r}")
+                # Every row a labelled card, those the person may only read too (another
+                # team's request on /ra/requests/?all=1, their own, a mailbox's they read).
+                bare = {column for column, label in table.cells if label is None}
+                for column in sorted(bare & labelled):
+                    problems.append(f"{name}: a cell under {table.headers[column]!r} unlabelled")
 
     assert not problems, "\n".join(problems)
     assert without == ["/directory/?q=Andersson", "/directory/?q=finance"]  # cards already
