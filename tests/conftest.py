@@ -223,6 +223,21 @@ def load_settings(monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def committed_at(django_capture_on_commit_callbacks):
+    """Do something at a moment, with what it queues on commit (mail, CRLs) carried out;
+    returns what it returned."""
+
+    def run(moment, work):
+        with (
+            time_machine.travel(moment, tick=False),
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            return work()
+
+    return run
+
+
+@pytest.fixture
 def task_at(django_capture_on_commit_callbacks):
     """Run a scheduled task as beat would at a moment, with what it queues on commit
     (CRLs, mail) carried out; returns the task's result."""

@@ -335,18 +335,6 @@ def scheduler(settings):
     return settings
 
 
-@pytest.fixture
-def at(django_capture_on_commit_callbacks):
-    def run(moment, work):
-        with (
-            time_machine.travel(moment, tick=False),
-            django_capture_on_commit_callbacks(execute=True),
-        ):
-            return work()
-
-    return run
-
-
 def test_only_the_approvers_and_superusers_are_mailed_at_once(
     hr_template, employee, officer, second_officer, admin_user, django_capture_on_commit_callbacks
 ):
@@ -360,16 +348,16 @@ def test_only_the_approvers_and_superusers_are_mailed_at_once(
 
 
 def test_the_summary_goes_to_the_approvers_only(
-    scheduler, at, hr_template, open_template, employee, officer, second_officer
+    scheduler, committed_at, hr_template, open_template, employee, officer, second_officer
 ):
-    at(T0, lambda: submit(employee, open_template))  # both hear of it at once
-    collected = at(T0 + timedelta(minutes=2), lambda: submit(UserFactory(), hr_template))
-    shared = at(T0 + timedelta(minutes=3), lambda: submit(UserFactory(), open_template))
+    committed_at(T0, lambda: submit(employee, open_template))  # both hear of it at once
+    collected = committed_at(T0 + timedelta(minutes=2), lambda: submit(UserFactory(), hr_template))
+    shared = committed_at(T0 + timedelta(minutes=3), lambda: submit(UserFactory(), open_template))
     mail.outbox.clear()
 
     assert ApprovalNoticeDigest.objects.get(officer=officer).waiting == [collected.pk, shared.pk]
     assert ApprovalNoticeDigest.objects.get(officer=second_officer).waiting == [shared.pk]
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 2
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 2
 
     found = notices()
     (to_olivia,) = found[officer.email]
@@ -380,11 +368,11 @@ def test_the_summary_goes_to_the_approvers_only(
 
 
 def test_an_approver_taken_out_of_the_group_meanwhile_is_not_summarised_it(
-    scheduler, at, hr_template, employee, officer, hr
+    scheduler, committed_at, hr_template, employee, officer, hr
 ):
     """Beat and the console's panel apply the rule again, together."""
-    at(T0, lambda: submit(employee, hr_template))
-    collected = at(T0 + timedelta(minutes=2), lambda: submit(UserFactory(), hr_template))
+    committed_at(T0, lambda: submit(employee, hr_template))
+    collected = committed_at(T0 + timedelta(minutes=2), lambda: submit(UserFactory(), hr_template))
     with time_machine.travel(T0 + timedelta(minutes=5), tick=False):
         panel = client_for(officer).get("/ra/").context["notice_summary"]
     assert panel.request_ids == (collected.pk,)
@@ -395,15 +383,17 @@ def test_an_approver_taken_out_of_the_group_meanwhile_is_not_summarised_it(
         panel = client_for(officer).get("/ra/").context["notice_summary"]
     assert panel.request_ids == ()
     assert panel.count == 0
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 0
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 0
     assert notices() == {}
 
 
 def test_a_template_given_approvers_meanwhile_leaves_the_others_panel_and_summary(
-    scheduler, at, open_template, employee, officer, second_officer, hr
+    scheduler, committed_at, open_template, employee, officer, second_officer, hr
 ):
-    at(T0, lambda: submit(employee, open_template))
-    collected = at(T0 + timedelta(minutes=2), lambda: submit(UserFactory(), open_template))
+    committed_at(T0, lambda: submit(employee, open_template))
+    collected = committed_at(
+        T0 + timedelta(minutes=2), lambda: submit(UserFactory(), open_template)
+    )
     open_template.approver_group = hr
     open_template.save()
     mail.outbox.clear()
@@ -414,7 +404,7 @@ def test_a_template_given_approvers_meanwhile_leaves_the_others_panel_and_summar
 
     assert to_olivia.request_ids == (collected.pk,)
     assert to_oscar.request_ids == ()
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
     assert list(notices()) == [officer.email]
 
 

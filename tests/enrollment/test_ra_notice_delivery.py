@@ -45,26 +45,12 @@ def scheduler(settings, monkeypatch):
 
 
 @pytest.fixture
-def at(django_capture_on_commit_callbacks):
-    """Do something at a moment, with what it queues on commit (the notices) carried out."""
-
-    def run(moment, work):
-        with (
-            time_machine.travel(moment, tick=False),
-            django_capture_on_commit_callbacks(execute=True),
-        ):
-            return work()
-
-    return run
-
-
-@pytest.fixture
-def submit_at(at, hierarchy, approval):
+def submit_at(committed_at, hierarchy, approval):
     """A person's request for a template that needs approval, committed at a moment."""
     needs_approval = approval("smime-signing")
 
     def run(moment, who=None) -> CertificateRequest:
-        return at(
+        return committed_at(
             moment,
             lambda: services.request_submit(
                 requester=who or UserFactory(),
@@ -78,11 +64,13 @@ def submit_at(at, hierarchy, approval):
 
 
 @pytest.fixture
-def choose_at(at):
+def choose_at(committed_at):
     """``user`` posts a choice on the console at a moment (signed in then); the response."""
 
     def run(moment, user, delivery, *, follow=False):
-        return at(moment, lambda: client_for(user).post(URL, {"delivery": delivery}, follow=follow))
+        return committed_at(
+            moment, lambda: client_for(user).post(URL, {"delivery": delivery}, follow=follow)
+        )
 
     return run
 
@@ -222,7 +210,7 @@ def test_summaries_is_the_default(submit_at, officer):
 
 
 def test_at_once_mails_every_request_as_it_comes_and_collects_none(
-    submit_at, at, officer, second_officer
+    submit_at, committed_at, officer, second_officer
 ):
     chose(officer, IMMEDIATE)
 
@@ -238,11 +226,13 @@ def test_at_once_mails_every_request_as_it_comes_and_collects_none(
     # Oscar, on summaries, heard of the first and gets the other two from beat.
     assert len(notices()[second_officer.email]) == 1
     mail.outbox.clear()
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
     assert list(notices()) == [second_officer.email]
 
 
-def test_none_by_mail_mails_nothing_and_collects_nothing(submit_at, at, officer, second_officer):
+def test_none_by_mail_mails_nothing_and_collects_nothing(
+    submit_at, committed_at, officer, second_officer
+):
     chose(officer, NONE)
 
     submit_at(T0)
@@ -252,7 +242,7 @@ def test_none_by_mail_mails_nothing_and_collects_nothing(submit_at, at, officer,
     assert len(notices()[second_officer.email]) == 1
     digest = ApprovalNoticeDigest.objects.get(officer=officer)
     assert (digest.waiting, digest.due_at, digest.last_sent_at) == ([], None, None)
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
     assert officer.email not in notices()
 
 
@@ -330,7 +320,7 @@ def collected(submit_at, officer, second_officer):
 
 
 def test_switching_to_at_once_mails_the_collected_requests_now(
-    choose_at, submit_at, at, collected, officer, second_officer
+    choose_at, submit_at, committed_at, collected, officer, second_officer
 ):
     response = choose_at(T0 + timedelta(minutes=6), officer, IMMEDIATE, follow=True)
 
@@ -349,7 +339,7 @@ def test_switching_to_at_once_mails_the_collected_requests_now(
     assert digest.last_sent_at == T0 + timedelta(minutes=6)
 
     # Beat mails only Oscar; the next request reaches Olivia at once.
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
     assert len(notices()[officer.email]) == 1
     later = submit_at(T0 + timedelta(minutes=16))
     assert notices()[officer.email][-1].subject == (
@@ -358,10 +348,10 @@ def test_switching_to_at_once_mails_the_collected_requests_now(
 
 
 def test_switching_to_at_once_leaves_out_what_was_decided_since(
-    choose_at, at, collected, officer, second_officer
+    choose_at, committed_at, collected, officer, second_officer
 ):
     decided, kept = collected
-    at(
+    committed_at(
         T0 + timedelta(minutes=5, seconds=30),
         lambda: services.request_approve(request=decided, officer=second_officer),
     )
@@ -374,7 +364,7 @@ def test_switching_to_at_once_leaves_out_what_was_decided_since(
 
 
 def test_switching_to_none_drops_the_collected_requests(
-    choose_at, at, collected, officer, second_officer
+    choose_at, committed_at, collected, officer, second_officer
 ):
     response = choose_at(T0 + timedelta(minutes=6), officer, NONE)
 
@@ -387,16 +377,18 @@ def test_switching_to_none_drops_the_collected_requests(
         r.state == CertificateRequest.State.PENDING
         for r in CertificateRequest.objects.filter(pk__in=[r.pk for r in collected])
     )
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 1
     assert list(notices()) == [second_officer.email]
 
 
-def test_choosing_summaries_again_keeps_what_is_collected(choose_at, at, collected, officer):
+def test_choosing_summaries_again_keeps_what_is_collected(
+    choose_at, committed_at, collected, officer
+):
     choose_at(T0 + timedelta(minutes=6), officer, SUMMARIES)
 
     assert notices() == {}
     assert ApprovalNoticeDigest.objects.get(officer=officer).waiting == [r.pk for r in collected]
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 2
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 2
 
 
 def test_back_to_summaries_the_next_request_is_mailed_at_once_then_collected(submit_at, officer):

@@ -39,26 +39,12 @@ def scheduler(settings, monkeypatch):
 
 
 @pytest.fixture
-def at(django_capture_on_commit_callbacks):
-    """Do something at a moment, with what it queues on commit (the notices) carried out."""
-
-    def run(moment, work):
-        with (
-            time_machine.travel(moment, tick=False),
-            django_capture_on_commit_callbacks(execute=True),
-        ):
-            return work()
-
-    return run
-
-
-@pytest.fixture
-def submit_at(at, hierarchy, approval):
+def submit_at(committed_at, hierarchy, approval):
     """A person's request for a template that needs approval, committed at a moment."""
     needs_approval = approval("smime-signing")
 
     def run(moment, who) -> CertificateRequest:
-        return at(
+        return committed_at(
             moment,
             lambda: services.request_submit(
                 requester=who,
@@ -194,8 +180,8 @@ def test_with_nothing_collected_no_summary_is_pending(submit_at, employee, offic
         assert "/ra/requests/#request-" not in text
 
 
-def test_after_the_summary_went_none_is_pending(officer, collected, at):
-    at(T0 + timedelta(minutes=15), approval_notice_digests_task)
+def test_after_the_summary_went_none_is_pending(officer, collected, committed_at):
+    committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task)
 
     text = panel(console_at(T0 + timedelta(minutes=16), officer))
 
@@ -239,14 +225,14 @@ def test_an_officer_without_an_address_is_told_no_notice_reaches_them(officer, c
 
 
 def test_requests_decided_before_the_summary_leave_the_panel_and_the_summary(
-    at, collected, officer, second_officer
+    committed_at, collected, officer, second_officer
 ):
     approved, rejected, kept = collected
-    at(
+    committed_at(
         T0 + timedelta(minutes=10),
         lambda: services.request_approve(request=approved, officer=officer),
     )
-    at(
+    committed_at(
         T0 + timedelta(minutes=11),
         lambda: services.request_reject(request=rejected, officer=second_officer, reason="No."),
     )
@@ -259,7 +245,7 @@ def test_requests_decided_before_the_summary_leave_the_panel_and_the_summary(
     assert approved_link not in text
     assert rejected_link not in text
 
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 2
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 2
     for message in mail.outbox:
         assert message.subject == f"Certificate request #{kept.pk} waits for your approval"
         assert f"#{approved.pk} " not in message.body
@@ -267,7 +253,7 @@ def test_requests_decided_before_the_summary_leave_the_panel_and_the_summary(
 
 
 def test_a_window_whose_requests_were_all_decided_mails_nobody(
-    at, collected, officer, second_officer
+    committed_at, collected, officer, second_officer
 ):
     first, second, third = collected
     decisions = [
@@ -276,11 +262,11 @@ def test_a_window_whose_requests_were_all_decided_mails_nobody(
         lambda: services.request_reject(request=third, officer=officer, reason="Not needed."),
     ]
     for n, decide in enumerate(decisions):
-        at(T0 + timedelta(minutes=10, seconds=n), decide)
+        committed_at(T0 + timedelta(minutes=10, seconds=n), decide)
     mail.outbox.clear()
 
     assert "no summary pending" in panel(console_at(T0 + timedelta(minutes=12), officer))
-    assert at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 0
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 0
     assert mail.outbox == []
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import time_machine
 
 from django.core import mail
 
@@ -40,25 +39,11 @@ def needs_approval(hierarchy, approval):
 
 
 @pytest.fixture
-def at(django_capture_on_commit_callbacks):
-    """Do something at a moment, with what it queues on commit (the notices) carried out."""
-
-    def run(moment, work):
-        with (
-            time_machine.travel(moment, tick=False),
-            django_capture_on_commit_callbacks(execute=True),
-        ):
-            return work()
-
-    return run
-
-
-@pytest.fixture
-def submit_at(at, needs_approval):
+def submit_at(committed_at, needs_approval):
     """A person's request for the template that needs approval, committed at a moment."""
 
     def run(moment, who) -> CertificateRequest:
-        return at(
+        return committed_at(
             moment,
             lambda: services.request_submit(
                 requester=who,
@@ -72,9 +57,9 @@ def submit_at(at, needs_approval):
 
 
 @pytest.fixture
-def beat_at(at):
+def beat_at(committed_at):
     """Beat's every-minute run at a moment; how many officers it mailed."""
-    return lambda moment: at(moment, approval_notice_digests_task)
+    return lambda moment: committed_at(moment, approval_notice_digests_task)
 
 
 def notices() -> dict[str, list]:
@@ -177,15 +162,17 @@ def test_a_summary_leaves_each_officer_their_own_requests_out(
 
 
 def test_requests_no_longer_pending_are_left_out_of_the_summary(
-    submit_at, beat_at, at, employee, officer, second_officer
+    submit_at, beat_at, committed_at, employee, officer, second_officer
 ):
     submit_at(T0, employee)
     p0, p1, p2 = people(3)
     withdrawn = submit_at(T0 + timedelta(minutes=1), p0)
     rejected = submit_at(T0 + timedelta(minutes=2), p1)
     kept = submit_at(T0 + timedelta(minutes=3), p2)
-    at(T0 + timedelta(minutes=4), lambda: services.request_withdraw(request=withdrawn, actor=p0))
-    at(
+    committed_at(
+        T0 + timedelta(minutes=4), lambda: services.request_withdraw(request=withdrawn, actor=p0)
+    )
+    committed_at(
         T0 + timedelta(minutes=5),
         lambda: services.request_reject(request=rejected, officer=second_officer, reason="No."),
     )
@@ -200,11 +187,11 @@ def test_requests_no_longer_pending_are_left_out_of_the_summary(
 
 
 def test_a_window_whose_requests_were_all_withdrawn_mails_nobody(
-    submit_at, beat_at, at, employee, colleague, officer
+    submit_at, beat_at, committed_at, employee, colleague, officer
 ):
     submit_at(T0, employee)
     withdrawn = submit_at(T0 + timedelta(minutes=1), colleague)
-    at(
+    committed_at(
         T0 + timedelta(minutes=2),
         lambda: services.request_withdraw(request=withdrawn, actor=colleague),
     )
@@ -260,13 +247,13 @@ def test_a_request_after_the_window_ends_takes_what_beat_has_not_sent_with_it(
 
 
 def test_a_script_making_many_requests_in_many_calls_mails_each_officer_twice(
-    at, beat_at, needs_approval, employee, officer, second_officer, settings
+    committed_at, beat_at, needs_approval, employee, officer, second_officer, settings
 ):
     settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE = 10
     client = token_client(employee)
 
     for n in range(8):
-        response = at(
+        response = committed_at(
             T0 + timedelta(seconds=20 * n),
             lambda: client.post(ENROLLMENTS, csr_body(new_key()), format="json"),
         )
