@@ -141,7 +141,10 @@ class User(AbstractUser):
             else:
                 self.deactivated_at = _stored_deactivation(stored) or timezone.now()
             derived.add("deactivated_at")
-        if writes_email and stored is not None and _address_changed(stored[2], self.email):
+        address_changed = (
+            writes_email and stored is not None and _address_changed(stored[2], self.email)
+        )
+        if address_changed:
             self.email_changed_at = timezone.now()
             derived.add("email_changed_at")
         if update_fields is not None and derived:
@@ -167,6 +170,14 @@ class User(AbstractUser):
             from accounts.sessions import sessions_end
 
             sessions_end(self)
+        if address_changed:
+            # The old address's certificates leave the person's LDAP/AD entry (and come back
+            # on a change back) once this commits, not at the next reconciliation: Outlook
+            # would encrypt to them meanwhile. Nothing when publication is off; a bulk
+            # update() is still found by the reconciliation's diff.
+            from enrollment.ldap_publish import publish_on_commit
+
+            publish_on_commit(self.pk)
 
     def get_session_auth_hash(self) -> str:
         """No session holds an inactive account, whichever backend signed it in: Django's

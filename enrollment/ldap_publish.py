@@ -17,11 +17,12 @@ a certs-only PKCS#7 (no signer) whose one end-entity certificate this portal iss
 at most our own CA certificates. Certificates of other CAs, blobs Outlook's "Publish to
 GAL" wrote (signed), and bundles mixing ours with anyone else's are never touched.
 
-Issuance and revocation queue one task per holder and transaction once it commits
-(publish_on_commit). Each person_sync notes what it published (LdapPublishedCertificate),
-so beat's reconciliation is a database diff: it visits only people whose wanted set
-differs from what was last published (a lost message, a directory that was down, expiry,
-a deactivated account, an address changed or changed back: nothing queues on those), plus
+Issuance, revocation and an address change saved on the account (User.save) queue one
+task per holder and transaction once it commits (publish_on_commit). Each person_sync
+notes what it published (LdapPublishedCertificate), so beat's reconciliation is a database
+diff: it visits only people whose wanted set differs from what was last published (a lost
+message, a directory that was down, expiry, a deactivated account, an address changed or
+changed back by a bulk update() or SQL: nothing queues on those), plus
 a bounded slice of a slow full sweep that resumes where it stopped and catches entries
 edited by hand. How it went is kept on one LdapPublication row for /health/ and the RA
 console.

@@ -715,8 +715,8 @@ def test_a_new_certificate_for_the_new_address_replaces_the_old_addresss_at_once
 def test_the_diff_withdraws_an_old_addresss_certificate_and_publishes_it_again_if_changed_back(
     alice_dn, directory, dual_use, employee, settings, how
 ):
-    """An address change queues nothing: the next run's database diff finds it, by
-    whichever path it came (a bulk update() too), and finds it changed back."""
+    """The next run's database diff finds an address change, by whichever path it came (a
+    bulk update() queues nothing), and finds it changed back: the safety net."""
     settings.PKIPORTAL_LDAP_SWEEP_BATCH = 0  # the diff alone
     ldap_reconcile_task.delay().get()
     assert directory.values(alice_dn) == [bytes(dual_use.der)]
@@ -732,6 +732,63 @@ def test_the_diff_withdraws_an_old_addresss_certificate_and_publishes_it_again_i
     assert (result["people"], result["differing"], result["added"]) == (1, 1, 1)
     assert directory.values(alice_dn) == [bytes(dual_use.der)]
     assert ldap_reconcile_task.delay().get()["people"] == 0
+
+
+def run_queued(callbacks, settings) -> None:
+    """Run what the commit queued, as a worker would: inline (this process has no worker)."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    for callback in callbacks:
+        callback()
+
+
+@pytest.mark.parametrize("back", [False, True])
+def test_an_address_change_through_save_is_published_at_once(
+    alice_dn, directory, dual_use, employee, settings, django_capture_on_commit_callbacks, back
+):
+    """The admin, an OIDC or LDAP sign-in save the account: its commit queues the person's
+    publication, so Outlook stops offering the old address's certificate, or offers it
+    again when the address changes back within the grace period, without waiting up to
+    PKIPORTAL_LDAP_RECONCILE_MINUTES for the diff."""
+    if back:
+        change_address(employee, NEW, how="update")
+    ldap_publish_task.delay(employee.pk).get()
+    assert directory.values(alice_dn) == ([] if back else [bytes(dual_use.der)])
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a worker takes what is queued
+    with django_capture_on_commit_callbacks() as callbacks:
+        change_address(employee, "alice@example.com" if back else NEW)
+    assert _ldap_callbacks(callbacks) == [{employee.pk}]
+    run_queued(callbacks, settings)
+
+    assert directory.values(alice_dn) == ([bytes(dual_use.der)] if back else [])
+    event = AuditEvent.objects.filter(action="ldap.publish").order_by("pk").last()
+    added, removed = ([dual_use.serial], []) if back else ([], [dual_use.serial])
+    assert event.detail == {"dn": alice_dn, "added": added, "removed": removed}
+    assert ldap_publish.differing_people() == []  # nothing left for the diff
+
+
+@pytest.mark.parametrize("change", ["publication off", "case", "update", "other field"])
+def test_saves_that_need_no_publication_queue_none(
+    directory, employee, settings, django_capture_on_commit_callbacks, change
+):
+    """Publication off, a change of case (the same mailbox), a bulk update() (the diff's
+    to find) and a save leaving the address be queue nothing."""
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    if change == "publication off":
+        settings.PKIPORTAL_LDAP_PUBLISH_URI = ""
+    with django_capture_on_commit_callbacks() as callbacks:
+        if change == "publication off":
+            change_address(employee, NEW)
+        elif change == "case":
+            change_address(employee, employee.email.upper())
+        elif change == "update":
+            change_address(employee, NEW, how="update")
+        else:
+            employee.display_name = "Alice S."
+            employee.save()
+    assert _ldap_callbacks(callbacks) == []
+    if change == "publication off":
+        assert get_user_model().objects.get(pk=employee.pk).email_changed_at is not None
 
 
 def test_the_sweep_removes_an_old_addresss_certificate_put_back_by_hand(
