@@ -150,6 +150,7 @@ class User(AbstractUser):
         if update_fields is not None and derived:
             kwargs["update_fields"] = {*kwargs["update_fields"], *derived}
         switched_off = writes_active and not self.is_active and stored is not None and stored[0]
+        switched_on = writes_active and self.is_active and stored is not None and not stored[0]
         if (
             kwargs.get("update_fields") is None
             and not self._state.adding
@@ -170,11 +171,12 @@ class User(AbstractUser):
             from accounts.sessions import sessions_end
 
             sessions_end(self)
-        if address_changed:
-            # The old address's certificates leave the person's LDAP/AD entry (and come back
-            # on a change back) once this commits, not at the next reconciliation: Outlook
-            # would encrypt to them meanwhile. Nothing when publication is off; a bulk
-            # update() is still found by the reconciliation's diff.
+        if address_changed or switched_off or switched_on:
+            # The old address's certificates (a leaver's: all of them) leave the person's
+            # LDAP/AD entry, and come back on a change back (a reactivation), once this
+            # commits, not at the next reconciliation: Outlook would encrypt to them
+            # meanwhile. Nothing when publication is off; a bulk update() is still found by
+            # the reconciliation's diff.
             from enrollment.ldap_publish import publish_on_commit
 
             publish_on_commit(self.pk)

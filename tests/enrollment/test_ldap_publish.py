@@ -767,6 +767,29 @@ def test_an_address_change_through_save_is_published_at_once(
     assert ldap_publish.differing_people() == []  # nothing left for the diff
 
 
+@pytest.mark.parametrize("back", [False, True])
+def test_a_deactivation_through_save_is_published_at_once(
+    alice_dn, directory, dual_use, employee, settings, django_capture_on_commit_callbacks, back
+):
+    """A leaver's certificates leave their entry when the account is switched off, not at
+    the next reconciliation; switched back on, they are published again."""
+    if back:
+        get_user_model().objects.filter(pk=employee.pk).update(is_active=False)
+        employee.refresh_from_db()
+    ldap_publish_task.delay(employee.pk).get()
+    assert directory.values(alice_dn) == ([] if back else [bytes(dual_use.der)])
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a worker takes what is queued
+    with django_capture_on_commit_callbacks() as callbacks:
+        employee.is_active = back
+        employee.save()
+    assert _ldap_callbacks(callbacks) == [{employee.pk}]
+    run_queued(callbacks, settings)
+
+    assert directory.values(alice_dn) == ([bytes(dual_use.der)] if back else [])
+    assert ldap_publish.differing_people() == []  # nothing left for the diff
+
+
 @pytest.mark.parametrize("change", ["publication off", "case", "update", "other field"])
 def test_saves_that_need_no_publication_queue_none(
     directory, employee, settings, django_capture_on_commit_callbacks, change
