@@ -1,8 +1,9 @@
 """RA pages of roll-outs (/ra/rollouts/): create one (preview, then confirm), follow it,
 remind the people who have not collected, cancel it.
 
-Officers only: anyone else gets a 403, as on the other RA lists. The invited person's side
-is their request's page (enrollment.views.request_detail), unchanged.
+Officers only: anyone else gets a 403, as on the other RA lists. Creating, reminding and
+cancelling are the template's approvers' (rollouts._approves), a 403 for other officers.
+The invited person's side is their request's page (enrollment.views.request_detail).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from enrollment import rollouts
 from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError, public_message
 from enrollment.models import Rollout, RolloutInvitation
+from enrollment.permissions import decider
 from enrollment.ra_forms import RolloutForm
 from enrollment.rollouts import Reason
 from enrollment.x509.keys import KeyAlgorithm
@@ -103,6 +105,9 @@ def _detail(
     page = Paginator(invitations, PEOPLE_PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
         "rollout": rollout,
+        # Remind and cancel are the template's approvers' (rollouts._approves): the others
+        # get no buttons, only who may.
+        "may_act": rollout.is_open and decider(request.user).approves(rollout.template),
         "counts": rollouts.rollout_counts(rollout),
         "unmailed": rollouts.unmailed_count(rollout),
         "mail_attempts": rollouts.MAIL_ATTEMPTS,
@@ -120,13 +125,17 @@ def _detail(
 def rollout_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Its people and their state, with counts."""
     officer_required(request)
-    rollout = get_object_or_404(Rollout.objects.select_related("template", "created_by"), pk=pk)
+    rollout = get_object_or_404(
+        Rollout.objects.select_related("template__approver_group", "created_by"), pk=pk
+    )
     return _detail(request, rollout)
 
 
 def _act(request: AuthenticatedHttpRequest, pk: int, action: str) -> HttpResponse:
     officer_required(request)
-    rollout = get_object_or_404(Rollout.objects.select_related("template", "created_by"), pk=pk)
+    rollout = get_object_or_404(
+        Rollout.objects.select_related("template__approver_group", "created_by"), pk=pk
+    )
     try:
         if action == "remind":
             count = rollouts.rollout_remind(

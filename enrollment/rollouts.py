@@ -371,17 +371,26 @@ def _officer(officer: User) -> None:
         raise NotPermitted("Only RA officers run roll-outs.")
 
 
-def _approves(officer: User, template: CertificateTemplate) -> None:
-    """A roll-out approves the requests it makes: only the template's approvers run one
-    (permissions.Decider.approves, the rule services._decide enforces)."""
+def _approves(
+    officer: User,
+    template: CertificateTemplate,
+    *,
+    why: str = "A roll-out approves the requests it makes.",
+    field: str | None = "template",
+) -> None:
+    """A roll-out approves the requests it makes: only the template's approvers run one,
+    remind its people or cancel it (permissions.Decider.approves, the rule
+    services._decide enforces)."""
     from enrollment.permissions import NOT_AN_APPROVER, decider
 
     if not decider(officer).approves(template):
         raise NotPermitted(
-            services.decision_refusal(NOT_AN_APPROVER, template)
-            + " A roll-out approves the requests it makes.",
-            field="template",
+            services.decision_refusal(NOT_AN_APPROVER, template) + " " + why, field=field
         )
+
+
+# Why remind and cancel refuse an officer outside the template's approvers group.
+NOT_YOURS_TO_END = "Only they may remind the people of its roll-outs or cancel them."
 
 
 def _audit_each(
@@ -579,6 +588,7 @@ def rollout_cancel(*, rollout: Rollout, officer: User, source_address: str | Non
     """Withdraw every invitation not collected yet; the number withdrawn. Certificates
     already collected stay valid (revoke them one by one if they must go)."""
     _officer(officer)
+    _approves(officer, rollout.template, why=NOT_YOURS_TO_END, field=None)
     with transaction.atomic():
         locked = _locked_open(rollout)
         withdrawn = _end_uncollected(
@@ -608,6 +618,7 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
     At most once per PKIPORTAL_ROLLOUT_REMIND_HOURS per roll-out: a reminder goes to
     thousands of mailboxes, and a double click must not send it twice."""
     _officer(officer)
+    _approves(officer, rollout.template, why=NOT_YOURS_TO_END, field=None)
     with transaction.atomic():
         locked = _locked_open(rollout)
         now = timezone.now()

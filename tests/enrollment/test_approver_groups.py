@@ -653,3 +653,72 @@ def test_an_approver_previews_and_rolls_the_template_out_from_the_form(
     assert [u.pk for u in preview.context["preview"].eligible] == [employee.pk]
     assert invited.status_code == 302
     assert CertificateRequest.objects.get(requester=employee).decided_by == officer
+
+
+@pytest.fixture
+def hr_rollout(hr_template, officer, employee) -> rollouts.Rollout:
+    """Olivia (an HR approver) invited Alice to collect an S/MIME Signing certificate."""
+    return rollouts.rollout_create(officer=officer, template=hr_template, people="alice")
+
+
+def ending(verb: str, rollout, officer) -> int:
+    if verb == "remind":
+        return rollouts.rollout_remind(rollout=rollout, officer=officer)
+    return rollouts.rollout_cancel(rollout=rollout, officer=officer)
+
+
+@pytest.mark.parametrize("verb", ["remind", "cancel"])
+def test_an_officer_outside_the_group_may_not_remind_or_cancel_a_roll_out(
+    hr_rollout, second_officer, verb
+):
+    """They could not have started it: the roll-out's approval is the approvers'."""
+    start = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first()
+
+    with pytest.raises(NotPermitted, match="members of HR approvers") as refused:
+        ending(verb, hr_rollout, second_officer)
+
+    assert "Only they may remind the people of its roll-outs" in refused.value.message
+    hr_rollout.refresh_from_db()
+    assert (hr_rollout.state, hr_rollout.last_reminded_at) == ("open", None)
+    assert not AuditEvent.objects.filter(id__gt=start).exists()
+    invitation = hr_rollout.invitations.get()
+    assert invitation.reminded_at is None
+    assert invitation.request.state == CertificateRequest.State.APPROVED
+
+
+@pytest.mark.parametrize("verb", ["remind", "cancel"])
+@pytest.mark.parametrize("who", ["officer", "admin_user"])
+def test_an_approver_or_a_superuser_reminds_and_cancels_it(request, hr_rollout, who, verb):
+    assert ending(verb, hr_rollout, request.getfixturevalue(who)) == 1
+
+
+@pytest.mark.parametrize("verb", ["remind", "cancel"])
+def test_a_forged_remind_or_cancel_from_outside_the_group_is_a_403(
+    hr_rollout, second_officer, verb
+):
+    response = client_for(second_officer).post(f"/ra/rollouts/{hr_rollout.pk}/{verb}/")
+
+    assert response.status_code == 403
+    assert "members of HR approvers, and you are not one of them" in response.content.decode()
+    hr_rollout.refresh_from_db()
+    assert (hr_rollout.state, hr_rollout.last_reminded_at) == ("open", None)
+    assert not AuditEvent.objects.filter(action=f"rollout.{verb}").exists()
+
+
+def test_the_roll_out_page_offers_remind_and_cancel_to_its_approvers_only(
+    hr_rollout, officer, second_officer, admin_user
+):
+    url = f"/ra/rollouts/{hr_rollout.pk}/"
+    for approver in (officer, admin_user):
+        page = client_for(approver).get(url).content.decode()
+        assert f"/ra/rollouts/{hr_rollout.pk}/remind/" in page
+        assert f"/ra/rollouts/{hr_rollout.pk}/cancel/" in page
+        assert 'id="not-yours"' not in page
+
+    page = client_for(second_officer).get(url)
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "/remind/" not in html
+    assert "/cancel/" not in html
+    assert "Only the members of HR approvers (the approvers of S/MIME Signing)" in html
