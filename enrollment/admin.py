@@ -202,6 +202,7 @@ class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
             after=template_state(template),
             actor=request.user,
             source_address=client_address(request),
+            source="admin",
         )
 
     def delete_model(self, request: HttpRequest, obj: CertificateTemplate) -> None:
@@ -224,6 +225,7 @@ class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
             after=None,
             actor=request.user,
             source_address=client_address(request),
+            source="admin",
         )
 
 

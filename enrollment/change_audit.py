@@ -19,7 +19,9 @@ without it the change is the system's ("other"). Writes that send no signal (raw
 ``QuerySet.update``, ``bulk_create`` on the through table) are not seen.
 A group some template names as its approvers decides which RA officers approve that
 template's requests (permissions.Decider), so its memberships are recorded as roles too;
-joining one starts nobody afresh (below, _record).
+joining one starts nobody afresh (below, _record). A template that comes to name such a
+group, or stops naming it, gives or takes that power from every member: recorded as their
+role.grant or role.revoke with the template's event (template_record).
 """
 
 from __future__ import annotations
@@ -120,11 +122,14 @@ def template_record(
     after: dict[str, Any] | None,
     actor: Actor,
     source_address: str | None,
+    source: str | None = None,
 ) -> None:
     """template.create / template.change / template.delete with the fields that changed.
 
     ``changes`` maps each field to ``[old, new]`` (None for the side that does not exist);
-    a change that changes nothing writes nothing.
+    a change that changes nothing writes nothing. A change of its approvers group is also
+    a role.revoke for each member of the old group and a role.grant for each of the new
+    (_approvers_changed); ``source`` says through what ("admin"; else changes_from's).
     """
     old, new = before or {}, after or {}
     changes = {
@@ -141,6 +146,28 @@ def template_record(
         source_address=source_address,
         detail={"slug": template.slug, "changes": changes},
     )
+    if "approver_group" in changes:
+        by = ChangeSource(source or current_source().source, actor, source_address)
+        _approvers_changed(template, *changes["approver_group"], by=by)
+
+
+def _approvers_changed(
+    template: CertificateTemplate, old: str | None, new: str | None, *, by: ChangeSource
+) -> None:
+    """Naming a group as a template's approvers gives its members the power to decide the
+    template's requests, and naming another (or none) takes it from the old group's: a
+    role.revoke and role.grant per member, as joining or leaving the group would be, with
+    the template's slug. Nobody starts afresh (_record_roles says why)."""
+    for action, name in (("role.revoke", old), ("role.grant", new)):
+        group = Group.objects.filter(name=name).first() if name is not None else None
+        if name is None or group is None:
+            continue
+        _record_roles(
+            action,
+            ((user, name, False) for user in group.user_set.order_by("pk")),
+            extra={"template": template.slug},
+            by=by,
+        )
 
 
 # --- account privileges and activation (everywhere) ------------------------------------
@@ -233,11 +260,14 @@ def _record(
     pairs: Iterable[tuple[models.Model, str]],
     *,
     afresh: Iterable[models.Model] | None = None,
+    extra: dict[str, Any] | None = None,
+    by: ChangeSource | None = None,
 ) -> None:
     """One event per (account or group, role or permission), told who made the change by
-    changes_from; one append for them all. A grant starts afresh the accounts, or the
-    groups' members, in ``afresh`` (every holder unless told)."""
-    source = current_source()
+    changes_from (or ``by``); one append for them all. A grant starts afresh the accounts,
+    or the groups' members, in ``afresh`` (every holder unless told). ``extra`` is added
+    to each event's detail."""
+    source = by or current_source()
     holders: dict[tuple[str, int], models.Model] = {}
     with deferred():
         for target, name in pairs:
@@ -246,7 +276,7 @@ def _record(
                 actor=source.actor,
                 target=target,
                 source_address=source.address,
-                detail={what: name, "source": source.source},
+                detail={what: name, "source": source.source, **(extra or {})},
             )
             holders.setdefault((target._meta.label, target.pk), target)
         if not action.endswith(".grant"):
@@ -278,7 +308,13 @@ def _gained_privilege(user: User, source: ChangeSource, *, superuser: bool = Fal
 Membership = tuple[models.Model, str, bool]
 
 
-def _record_roles(action: str, memberships: Iterable[Membership]) -> None:
+def _record_roles(
+    action: str,
+    memberships: Iterable[Membership],
+    *,
+    extra: dict[str, Any] | None = None,
+    by: ChangeSource | None = None,
+) -> None:
     """role.grant or role.revoke for each. Only a role group or one holding permissions
     starts its new members afresh: an approvers group gives nothing to someone who is no
     RA officer, and an officer's sessions and tokens carry the officer's power already
@@ -290,6 +326,8 @@ def _record_roles(action: str, memberships: Iterable[Membership]) -> None:
         "group",
         [(user, name) for user, name, _afresh in rows],
         afresh=[user for user, _name, afresh in rows if afresh],
+        extra=extra,
+        by=by,
     )
 
 

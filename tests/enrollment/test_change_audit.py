@@ -17,6 +17,7 @@ from django.forms import CheckboxInput, ModelMultipleChoiceField, MultiWidget
 
 from accounts.sso import mirror_groups
 from enrollment.audit import audit_chain_breaks
+from enrollment.change_audit import template_record, template_state
 from enrollment.models import AuditEvent, CertificateTemplate
 from enrollment.x509.keys import KeyAlgorithm
 from tests.factories import UserFactory
@@ -656,6 +657,112 @@ def test_joining_an_approvers_group_alone_starts_nobody_afresh(payroll, officers
     ]
     assert AuthToken.objects.filter(user=ann).count() == 1
     assert not AuthToken.objects.filter(user=ben).exists()
+
+
+def approver(action: str, username: str, group: str, template: str, **by: str):
+    """A role event of a member whose template names their group, or stops naming it."""
+    source, actor = by.get("source", "other"), by.get("actor", "system")
+    return (action, actor, username, {"group": group, "source": source, "template": template})
+
+
+def test_the_admin_naming_a_templates_approvers_grants_and_revokes_their_members(
+    admin_client_, admin_user, payroll, finance, mark
+):
+    """Their members gain or lose the power to decide its requests, as joining or leaving
+    the group would give or take it; nobody starts afresh."""
+    from knox.models import AuthToken
+
+    ann, ben, cy = (UserFactory(username=name) for name in ("ann", "ben", "cy"))
+    payroll.user_set.add(ann, ben)
+    finance.user_set.add(cy)
+    AuthToken.objects.create(user=ann)
+    template = CertificateTemplate.objects.get(slug="smime-dual-use")
+    url = f"/admin/enrollment/certificatetemplate/{template.pk}/change/"
+    first = mark()
+
+    admin_post(admin_client_, url, approver_group=str(payroll.pk))
+    admin_post(admin_client_, url, approver_group=str(finance.pk))
+    admin_post(admin_client_, url, approver_group="")
+
+    events = mark()[len(first) :]
+    by = {"source": "admin", "actor": "root-admin"}
+    assert [e.action for e in events if e.action == "template.change"] == ["template.change"] * 3
+    assert summary([e for e in events if e.action != "template.change"]) == [
+        approver("role.grant", "ann", PAYROLL, "smime-dual-use", **by),
+        approver("role.grant", "ben", PAYROLL, "smime-dual-use", **by),
+        approver("role.revoke", "ann", PAYROLL, "smime-dual-use", **by),
+        approver("role.revoke", "ben", PAYROLL, "smime-dual-use", **by),
+        approver("role.grant", "cy", "Finance", "smime-dual-use", **by),
+        approver("role.revoke", "cy", "Finance", "smime-dual-use", **by),
+    ]
+    assert [e.action for e in events][:3] == ["template.change", "role.grant", "role.grant"]
+    assert {e.actor for e in events} == {admin_user}
+    assert {e.source_address for e in events} == {ADDRESS}
+    assert AuthToken.objects.filter(user=ann).count() == 1
+
+
+def change_approvers(template: CertificateTemplate, group: Group | None, **audit: Any) -> None:
+    """What the admin does: save the template, then record the change."""
+    before = template_state(template)
+    template.approver_group = group
+    template.save()
+    template_record(
+        action="template.change",
+        template=template,
+        before=before,
+        after=template_state(template),
+        actor=audit.get("actor"),
+        source_address=audit.get("source_address"),
+    )
+
+
+def test_recording_a_change_of_approvers_in_code_grants_in_its_transaction(payroll, finance, mark):
+    """The role events are written with the template's, and are gone if it is undone."""
+    ann = UserFactory(username="ann")
+    finance.user_set.add(ann)
+    template = CertificateTemplate.objects.get(slug="smime-signing")  # Payroll's, empty
+    first = mark()
+
+    written: list[str] = []
+
+    def undone() -> None:
+        with transaction.atomic():
+            change_approvers(template, finance)
+            written.extend(e.action for e in mark()[len(first) :])
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        undone()
+    assert written == ["template.change", "role.grant"]
+    assert mark()[len(first) :] == []
+
+    template.refresh_from_db()
+    change_approvers(template, finance, source_address=ADDRESS)
+
+    events = mark()[len(first) :]
+    assert events[0].detail["changes"] == {"approver_group": [PAYROLL, "Finance"]}
+    assert summary(events[1:]) == [approver("role.grant", "ann", "Finance", "smime-signing")]
+    assert events[1].source_address == ADDRESS
+
+
+def test_a_change_that_leaves_the_approvers_alone_grants_nothing(payroll, mark):
+    payroll.user_set.add(UserFactory(username="ann"))
+    template = CertificateTemplate.objects.get(slug="smime-signing")
+    first = mark()
+
+    before = template_state(template)
+    template.validity_days += 1
+    template.save()
+    template_record(
+        action="template.change",
+        template=template,
+        before=before,
+        after=template_state(template),
+        actor=None,
+        source_address=None,
+    )
+
+    assert [e.action for e in mark()[len(first) :]] == ["template.change"]
 
 
 # --- is_staff and is_superuser outside the admin ----------------------------------------
