@@ -24,15 +24,10 @@ from tests.markers import needs_row_locks
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
     needs_row_locks,
+    pytest.mark.usefixtures("scheduler"),
 ]
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def scheduler(settings):
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    settings.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES = 15
 
 
 @pytest.fixture

@@ -327,14 +327,6 @@ def notices() -> dict[str, list]:
     return found
 
 
-@pytest.fixture
-def scheduler(settings):
-    """A portal with a broker, so beat sends the summaries, and a 15-minute window."""
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    settings.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES = 15
-    return settings
-
-
 def test_only_the_approvers_and_superusers_are_mailed_at_once(
     hr_template, employee, officer, second_officer, admin_user, django_capture_on_commit_callbacks
 ):

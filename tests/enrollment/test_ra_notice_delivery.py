@@ -17,12 +17,11 @@ from django.test import Client
 from enrollment import ra_notifications, services
 from enrollment.models import ApprovalNoticeDigest, CertificateRequest
 from enrollment.tasks import approval_notice_digests_task
-from enrollment.x509.keys import KeyAlgorithm
 from tests.conftest import client_for
 from tests.factories import UserFactory
 from tests.second_factor import verified_login
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("scheduler")]
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 URL = "/ra/notices/"
@@ -30,37 +29,6 @@ PANEL = 'id="notice-summary"'
 SUMMARIES = ApprovalNoticeDigest.Delivery.SUMMARIES
 IMMEDIATE = ApprovalNoticeDigest.Delivery.IMMEDIATE
 NONE = ApprovalNoticeDigest.Delivery.NONE
-
-
-@pytest.fixture(autouse=True)
-def scheduler(settings, monkeypatch):
-    """A portal with a broker (so beat sends summaries) and the default window; the
-    console's broker and worker pings are not the point here."""
-    import pkiportal.health
-
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    settings.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES = 15
-    monkeypatch.setattr(pkiportal.health, "checks", dict)
-    return settings
-
-
-@pytest.fixture
-def submit_at(committed_at, hierarchy, approval):
-    """A person's request for a template that needs approval, committed at a moment."""
-    needs_approval = approval("smime-signing")
-
-    def run(moment, who=None) -> CertificateRequest:
-        return committed_at(
-            moment,
-            lambda: services.request_submit(
-                requester=who or UserFactory(),
-                template=needs_approval,
-                key_algorithm=KeyAlgorithm.EC_P256,
-                channel="web",
-            ),
-        )
-
-    return run
 
 
 @pytest.fixture

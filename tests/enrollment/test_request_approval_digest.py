@@ -12,48 +12,21 @@ import pytest
 from django.core import mail
 
 from enrollment import ra_notifications, services
-from enrollment.models import ApprovalNoticeDigest, CertificateRequest
+from enrollment.models import ApprovalNoticeDigest
 from enrollment.tasks import approval_notice_digests_task
-from enrollment.x509.keys import KeyAlgorithm
 from tests.enrollment.api_tools import ENROLLMENTS, csr_body, token_client
 from tests.enrollment.tools import new_key
 from tests.factories import UserFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("scheduler")]
 
 QUEUE = "https://portal.example.com/ra/requests/"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def scheduler(settings):
-    """A portal with a broker, so beat sends the summaries, and the default window."""
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    settings.PKIPORTAL_RA_NOTICE_WINDOW_MINUTES = 15
-    return settings
-
-
 @pytest.fixture
 def needs_approval(hierarchy, approval):
     return approval("smime-signing")
-
-
-@pytest.fixture
-def submit_at(committed_at, needs_approval):
-    """A person's request for the template that needs approval, committed at a moment."""
-
-    def run(moment, who) -> CertificateRequest:
-        return committed_at(
-            moment,
-            lambda: services.request_submit(
-                requester=who,
-                template=needs_approval,
-                key_algorithm=KeyAlgorithm.EC_P256,
-                channel="web",
-            ),
-        )
-
-    return run
 
 
 @pytest.fixture
