@@ -15,7 +15,15 @@ from django.utils import timezone
 from enrollment import bulk_revoke, ra_admin, services, tasks
 from enrollment.models import AuditEvent, BulkRevocationRun, Certificate
 from tests.conftest import client_for
-from tests.enrollment.tools import Message, as_staff, deliver, issue, keep_messages, new_key
+from tests.enrollment.tools import (
+    Message,
+    as_staff,
+    deliver,
+    issue,
+    keep_messages,
+    new_key,
+    revocation_fails,
+)
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -526,17 +534,10 @@ def test_a_failure_stops_the_run_keeps_earlier_batches_and_choosing_it_again_fin
     run does too: test_bulk_revoke_resume.py)."""
     monkeypatch.setattr(bulk_revoke, "BATCH", 2)
     five = [*three, *(issue(colleague, template("smime-signing"), new_key()) for _ in range(2))]
-    revoke = services.certificate_revoke
-
-    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == five[2].pk:
-            raise RuntimeError("database gone")
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
     client = client_for(admin_officer)
 
-    response = confirm(client, [c.pk for c in five], count="5")
+    with revocation_fails(five[2], RuntimeError("database gone")):
+        response = confirm(client, [c.pk for c in five], count="5")
 
     assert statuses(five) == ["revoked", "revoked", "valid", "valid", "valid"]
     assert shown(response)[0].startswith("Revoked 2 certificates (superseded); skipped 0")
@@ -553,7 +554,6 @@ def test_a_failure_stops_the_run_keeps_earlier_batches_and_choosing_it_again_fin
     assert (done.detail["revoked"], done.detail["not_reached"]) == (2, 3)
     assert len(events(bulk_revoke.BATCH_DONE)) == 1
 
-    monkeypatch.setattr(services, "certificate_revoke", revoke)
     again = confirm(client, [c.pk for c in five], count="3")
 
     assert statuses(five) == ["revoked"] * 5

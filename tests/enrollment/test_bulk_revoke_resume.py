@@ -22,7 +22,14 @@ from enrollment.models import AuditEvent, BulkRevocationRun, Certificate
 from tests.conftest import client_for
 from tests.enrollment.test_compromise_concurrency import overlap
 from tests.enrollment.test_request_concurrency import holding
-from tests.enrollment.tools import as_staff, deliver, issue, keep_messages, new_key
+from tests.enrollment.tools import (
+    as_staff,
+    deliver,
+    issue,
+    keep_messages,
+    new_key,
+    revocation_fails,
+)
 from tests.factories import UserFactory
 from tests.markers import needs_row_locks
 from tests.second_factor import verified_login
@@ -225,19 +232,11 @@ def test_a_message_given_back_after_its_worker_died_goes_on_where_the_row_says(
         ids=[c.pk for c in five], reason="superseded", actor=admin_officer
     )
     bulk_revoke.bulk_revoke_queue(run)
-    revoke = services.certificate_revoke
-
-    def killed_at_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == five[2].pk:
-            raise SystemExit("SIGKILL")  # nothing in the worker survives it
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", killed_at_the_third)
-    with pytest.raises(SystemExit):
+    # Nothing in the worker survives SIGKILL.
+    with revocation_fails(five[2], SystemExit("SIGKILL")), pytest.raises(SystemExit):
         deliver(tasks.certificates_revoke_task, queued[0])
     run.refresh_from_db()
     assert (run.state, run.position) == ("running", 2)
-    monkeypatch.setattr(services, "certificate_revoke", revoke)
 
     deliver(tasks.certificates_revoke_task, queued[0])
 
@@ -305,20 +304,12 @@ def test_a_run_stopped_by_a_lost_right_is_resumed_in_the_resuming_officers_name(
     assert '<td data-label="By">olivia<br><span class="muted">resumed by oscar</span>' in text
 
 
-def test_an_error_stopped_run_is_resumed_at_once(admin_officer, five, monkeypatch):
-    revoke = services.certificate_revoke
-
-    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == five[2].pk:
-            raise RuntimeError("database gone")
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
-    run = bulk_revoke.bulk_revoke_start(
-        ids=[c.pk for c in five], reason="superseded", actor=admin_officer
-    )
-    bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
-    monkeypatch.setattr(services, "certificate_revoke", revoke)
+def test_an_error_stopped_run_is_resumed_at_once(admin_officer, five):
+    with revocation_fails(five[2], RuntimeError("database gone")):
+        run = bulk_revoke.bulk_revoke_start(
+            ids=[c.pk for c in five], reason="superseded", actor=admin_officer
+        )
+        bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
 
     response = resume(client_for(admin_officer), run)
 
@@ -328,23 +319,15 @@ def test_an_error_stopped_run_is_resumed_at_once(admin_officer, five, monkeypatc
 
 
 def test_a_stopped_then_resumed_run_reads_stopped_resumed_finished_after_resume(
-    admin_officer, second_officer, five, monkeypatch
+    admin_officer, second_officer, five
 ):
     """Two .done events for one run read as two ends: the first says it stopped, the
     last that it finished after a resume, and by whom the run was started."""
-    revoke = services.certificate_revoke
-
-    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == five[2].pk:
-            raise RuntimeError("database gone")
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
-    run = bulk_revoke.bulk_revoke_start(
-        ids=[c.pk for c in five], reason="superseded", actor=admin_officer
-    )
-    bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
-    monkeypatch.setattr(services, "certificate_revoke", revoke)
+    with revocation_fails(five[2], RuntimeError("database gone")):
+        run = bulk_revoke.bulk_revoke_start(
+            ids=[c.pk for c in five], reason="superseded", actor=admin_officer
+        )
+        bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
     other = as_staff(second_officer, "view_certificate")
     client = client_for(other)
 

@@ -18,7 +18,7 @@ from enrollment import bulk_revoke, services, tasks
 from enrollment.exceptions import PolicyViolation
 from enrollment.models import AuditEvent, BulkRevocationRun
 from tests.conftest import client_for
-from tests.enrollment.tools import as_staff, issue, keep_messages, new_key
+from tests.enrollment.tools import as_staff, issue, keep_messages, new_key, revocation_fails
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -132,17 +132,10 @@ def test_a_finished_run_shows_its_totals(admin_officer, certificates):
 
 
 def test_a_run_with_certificates_the_service_refused_finished_with_failures(
-    admin_officer, certificates, monkeypatch
+    admin_officer, certificates
 ):
-    revoke = services.certificate_revoke
-
-    def refuse_the_second(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == certificates[1].pk:
-            raise PolicyViolation("Not this one.")
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", refuse_the_second)
-    to_the_end(start(admin_officer, certificates))
+    with revocation_fails(certificates[1], PolicyViolation("Not this one.")):
+        to_the_end(start(admin_officer, certificates))
 
     text = panel(client_for(admin_officer))
 
@@ -152,18 +145,9 @@ def test_a_run_with_certificates_the_service_refused_finished_with_failures(
     assert AuditEvent.objects.get(action=bulk_revoke.DONE).detail["state"] == "failed"
 
 
-def test_a_run_an_error_stopped_shows_the_error_and_what_to_do(
-    admin_officer, certificates, monkeypatch
-):
-    revoke = services.certificate_revoke
-
-    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == certificates[2].pk:
-            raise RuntimeError("database gone")
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
-    to_the_end(start(admin_officer, certificates))
+def test_a_run_an_error_stopped_shows_the_error_and_what_to_do(admin_officer, certificates):
+    with revocation_fails(certificates[2], RuntimeError("database gone")):
+        to_the_end(start(admin_officer, certificates))
 
     text = panel(client_for(admin_officer))
 
@@ -345,19 +329,11 @@ def test_a_run_that_finishes_with_every_certificate_done_keeps_its_counts_not_it
 
 
 def test_a_stopped_run_keeps_its_ids_to_be_resumed_and_drops_them_when_done(
-    admin_officer, certificates, monkeypatch
+    admin_officer, certificates
 ):
-    revoke = services.certificate_revoke
-
-    def fail_on_the_third(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == certificates[2].pk:
-            raise RuntimeError("database gone")
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", fail_on_the_third)
-    run = start(admin_officer, certificates)
-    to_the_end(run)
-    monkeypatch.setattr(services, "certificate_revoke", revoke)
+    with revocation_fails(certificates[2], RuntimeError("database gone")):
+        run = start(admin_officer, certificates)
+        to_the_end(run)
     assert BulkRevocationRun.objects.get(pk=run.pk).state == "stopped"
     assert ids_of(run) == sorted(c.pk for c in certificates)
 
@@ -369,17 +345,10 @@ def test_a_stopped_run_keeps_its_ids_to_be_resumed_and_drops_them_when_done(
     assert "3 of 3 revoked (0 skipped, 0 failed)" in panel(client_for(admin_officer))
 
 
-def test_a_run_finished_with_failures_keeps_its_ids(admin_officer, certificates, monkeypatch):
-    revoke = services.certificate_revoke
-
-    def refuse_the_second(*, certificate, **options):  # type: ignore[no-untyped-def]
-        if certificate.pk == certificates[1].pk:
-            raise PolicyViolation("Not this one.")
-        return revoke(certificate=certificate, **options)
-
-    monkeypatch.setattr(services, "certificate_revoke", refuse_the_second)
-    run = start(admin_officer, certificates)
-    to_the_end(run)
+def test_a_run_finished_with_failures_keeps_its_ids(admin_officer, certificates):
+    with revocation_fails(certificates[1], PolicyViolation("Not this one.")):
+        run = start(admin_officer, certificates)
+        to_the_end(run)
 
     assert BulkRevocationRun.objects.get(pk=run.pk).state == "failed"
     assert ids_of(run) == sorted(c.pk for c in certificates)

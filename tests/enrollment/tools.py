@@ -155,6 +155,24 @@ def error_report(expected: type[BaseException]) -> Iterator[ErrorReport]:
     report.text = reporter.get_traceback_html() + reporter.get_traceback_text()
 
 
+@contextmanager
+def revocation_fails(certificate: Certificate, error: BaseException) -> Iterator[None]:
+    """Inside the block services.certificate_revoke raises ``error`` for ``certificate``
+    (a refusal, a lost database, a killed worker) and revokes the others as usual."""
+    revoke, failing_pk = services.certificate_revoke, certificate.pk
+
+    def failing(*, certificate: Certificate, **options: Any) -> Certificate:
+        if certificate.pk == failing_pk:
+            raise error
+        return revoke(certificate=certificate, **options)
+
+    services.certificate_revoke = failing  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        services.certificate_revoke = revoke  # type: ignore[assignment]
+
+
 def openssl_serial(serial: int) -> str:
     """A serial as `openssl crl -text` prints it: upper-case hex, whole octets."""
     digits = format(serial, "X")
