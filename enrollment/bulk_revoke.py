@@ -413,10 +413,16 @@ def _hand_over(run: BulkRevocationRun, claim: str) -> None:
         bulk_revoke_queue(run, error="Could not queue the rest (is the broker down?).")
 
 
+def _stalled_since(now: datetime) -> datetime:
+    """An unfinished run whose heartbeat is this old or older has stalled: the one threshold
+    for resuming it (resumable) and for the console calling it so (_run_status)."""
+    return now - timedelta(minutes=STALL_MINUTES)
+
+
 def resumable(now: datetime) -> Q:
     """Runs that may be resumed: stopped early, or stalled (not finished, no heartbeat for
     STALL_MINUTES)."""
-    stalled = Q(state__in=UNFINISHED, heartbeat_at__lte=now - timedelta(minutes=STALL_MINUTES))
+    stalled = Q(state__in=UNFINISHED, heartbeat_at__lte=_stalled_since(now))
     return Q(state=State.STOPPED) | stalled
 
 
@@ -554,7 +560,7 @@ def _run_status(row: BulkRevocationRun, now: datetime) -> RunStatus:
         state = RunStatus.FAILURES
     elif row.state == State.DONE:
         state = RunStatus.FINISHED
-    elif now - row.heartbeat_at >= timedelta(minutes=STALL_MINUTES):
+    elif row.heartbeat_at <= _stalled_since(now):
         state = RunStatus.STALLED
     else:
         state = RunStatus.RUNNING
