@@ -406,8 +406,7 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         parts = ["app"] if app else []
         if keys:
             parts.append(
-                f"{keys} key{'s' if keys != 1 else ''}"
-                + (f" ({approved} approved)" if approved else "")
+                plurals.count(keys, "key") + (f" ({approved} approved)" if approved else "")
             )
         return ", ".join(parts) or "none"
 

@@ -507,7 +507,7 @@ def sign_out_elsewhere(request: AuthenticatedHttpRequest) -> HttpResponse:
         )
     messages.success(
         request,
-        f"{ended} other session{'s' if ended != 1 else ''} signed out. "
+        f"{plurals.count(ended, 'other session')} signed out. "
         "This one stays signed in; your API tokens are not affected.",
     )
     return redirect("accounts:mfa-overview")

@@ -17,6 +17,7 @@ from enrollment.recovery import MAX_TEXT_LENGTH, clean_text
 from enrollment.x509.csr import MAX_CSR_BYTES
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
+from pkiportal import plurals
 
 # Offered in this order; RSA first because every mail client can encrypt to it.
 ALGORITHM_ORDER = [
@@ -367,10 +368,7 @@ def token_lifetime_choices() -> list[tuple[int, str]]:
     changed setting needs no restart of this module."""
     longest = settings.API_TOKEN_TTL_DAYS
     days = sorted({*(d for d in TOKEN_LIFETIMES if d < longest), longest})
-    return [
-        (d, f"{d} day{'s' if d != 1 else ''}" + (" (the longest allowed)" if d == longest else ""))
-        for d in days
-    ]
+    return [(d, plurals.days(d) + (" (the longest allowed)" if d == longest else "")) for d in days]
 
 
 class ApiTokenForm(PortalForm):

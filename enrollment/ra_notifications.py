@@ -30,6 +30,7 @@ from enrollment.models import (
 )
 from enrollment.notifications import mail
 from enrollment.permissions import Decider, deciders, ra_officers
+from pkiportal import plurals
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -570,7 +571,7 @@ def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
     if owner is None:
         return
     _send(
-        f"Your certificate expires in {days_left} day{'s' if days_left != 1 else ''}",
+        f"Your certificate expires in {plurals.days(days_left)}",
         "enrollment/email/certificate_expiring.txt",
         {
             "certificate": certificate,

@@ -163,10 +163,7 @@ def _display_name(user: User) -> str:
 def _short_of_quorum(found: Quorum, *, so: str) -> str:
     """Why the approvals that count now fall short, for a refusal."""
     missing = found.missing
-    more = (
-        f"{missing} more approval{'s' if missing != 1 else ''} by an RA officer other than "
-        "the requester"
-    )
+    more = f"{plurals.count(missing, 'more approval')} by an RA officer other than the requester"
     if not found.lapsed:
         return f"This recovery is not approved yet: it needs {more}."
     verb = "counts" if len(found.lapsed) == 1 else "count"

@@ -186,6 +186,6 @@ def token_revoke_all(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
     messages.success(
         request,
-        f"Revoked {count} token{'s' if count != 1 else ''}: none of your tokens works any more.",
+        f"Revoked {plurals.count(count, 'token')}: none of your tokens works any more.",
     )
     return redirect("enrollment:token-list")
