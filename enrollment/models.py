@@ -342,6 +342,71 @@ def _policy(
     )
 
 
+def _unit_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class OfficerScope(models.Model):
+    """Whom the RA officers and key recovery agents of one group act for: the people of
+    some organisational units, the members of some groups, or both. An officer in no scope's
+    group acts for everyone, as before scopes; one in several acts for all of theirs
+    together; a superuser always acts for everyone (enrollment.scopes). Shared mailboxes
+    belong to no unit: only officers who act for everyone handle theirs."""
+
+    name = models.CharField(max_length=100, unique=True)
+    # PROTECT: deleting the group would silently widen its officers to everyone.
+    officers = models.ForeignKey(
+        Group,
+        on_delete=models.PROTECT,
+        related_name="officer_scopes",
+        verbose_name="officers",
+        help_text=(
+            "The group whose RA officers and key recovery agents this scope limits. They "
+            "then decide requests, revoke, find certificates and recover keys only of the "
+            "people below; superusers are never limited."
+        ),
+    )
+    organizational_units = models.TextField(
+        blank=True,
+        help_text="One organisational unit per line, as accounts spell it (any case).",
+    )
+    people_groups = models.ManyToManyField(
+        Group,
+        blank=True,
+        related_name="+",
+        verbose_name="groups of people",
+        help_text="Members of these groups are in the scope too, whatever their unit.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "officer scope"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def units(self) -> list[str]:
+        """The units, one per line as typed, blanks dropped."""
+        return _unit_lines(self.organizational_units)
+
+    def clean(self) -> None:
+        super().clean()
+        # One per line, each kept once: the same unit twice (in another case) is a typo.
+        seen: dict[str, str] = {}
+        for unit in self.units:
+            if unit.lower() in seen:
+                raise ValidationError({"organizational_units": f"{unit!r} is listed twice."})
+            if len(unit) > 200:
+                raise ValidationError(
+                    {"organizational_units": "A unit has at most 200 characters."}
+                )
+            seen[unit.lower()] = unit
+        self.organizational_units = "\n".join(seen.values())
+
+
 class KeyIdentity(models.Model):
     """Every key the CAs have certified, and whether it was reported compromised.
 

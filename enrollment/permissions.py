@@ -25,6 +25,7 @@ from enrollment.models import (
     MintedWith,
     SharedMailbox,
 )
+from enrollment.scopes import EVERYONE, Reach, reaches
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -140,6 +141,7 @@ def ra_officers(prefix: str = "") -> Q:
 OWN_REQUEST = "own"  # nobody approves their own request
 MAILBOX_DELEGATE = "delegate"  # a delegate reads the mailbox and can get its key
 NOT_AN_APPROVER = "approvers"  # the template names an approvers group they are not in
+OUT_OF_SCOPE = "scope"  # their officer scope does not cover the requester (enrollment.scopes)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Decider:
     is_superuser: bool = False
     group_ids: frozenset[int] = frozenset()  # of the groups templates name as approvers
     mailbox_ids: frozenset[int] = frozenset()  # the shared mailboxes they are a delegate of
+    reach: Reach = EVERYONE  # whom they act for (OfficerScope)
 
     def approves(self, template: CertificateTemplate) -> bool:
         """Whether they are among the template's approvers: every officer where it names
@@ -161,11 +164,14 @@ class Decider:
 
     def barred(self, request: CertificateRequest) -> str | None:
         """Why they may not approve or reject it (OWN_REQUEST, MAILBOX_DELEGATE,
-        NOT_AN_APPROVER), or None when they may."""
+        OUT_OF_SCOPE, NOT_AN_APPROVER), or None when they may. Out of scope costs a query
+        for the requester's groups unless scopes.prime_groups read them."""
         if request.requester_id == self.pk:
             return OWN_REQUEST
         if request.mailbox_id is not None and request.mailbox_id in self.mailbox_ids:
             return MAILBOX_DELEGATE
+        if not self.reach.covers_request(request):
+            return OUT_OF_SCOPE
         if not self.approves(request.template):
             return NOT_AN_APPROVER
         return None
@@ -173,7 +179,7 @@ class Decider:
     def decidable(self) -> Q:
         """barred() as a filter on requests, for counts in SQL (the console, the start
         page). tests/enrollment/test_approver_groups.py holds the two to each other."""
-        condition = ~Q(requester_id=self.pk)
+        condition = ~Q(requester_id=self.pk) & self.reach.requests()
         if self.mailbox_ids:
             condition &= ~Q(mailbox_id__in=sorted(self.mailbox_ids))
         if not self.is_superuser:
@@ -189,8 +195,8 @@ def approver_groups() -> QuerySet[Group]:
 
 
 def deciders(officers: Iterable[tuple[int, bool]]) -> dict[int, Decider]:
-    """A Decider for each (pk, is_superuser), in two queries however many (one when all
-    are superusers)."""
+    """A Decider for each (pk, is_superuser), in three queries however many (two when all
+    are superusers; two more when some are in an officer scope's group)."""
     flags = dict(officers)
     if not flags:
         return {}
@@ -202,6 +208,7 @@ def deciders(officers: Iterable[tuple[int, bool]]) -> dict[int, Decider]:
         )
         for user_id, group_id in memberships.values_list("user_id", "group_id"):
             groups.setdefault(user_id, set()).add(group_id)
+    reached = reaches(flags.items())
     boxes: dict[int, set[int]] = {}
     delegations = SharedMailbox.delegates.through.objects.filter(user_id__in=list(flags))
     for user_id, mailbox_id in delegations.values_list("user_id", "sharedmailbox_id"):
@@ -212,6 +219,7 @@ def deciders(officers: Iterable[tuple[int, bool]]) -> dict[int, Decider]:
             is_superuser=superuser,
             group_ids=frozenset(groups.get(pk, ())),
             mailbox_ids=frozenset(boxes.get(pk, ())),
+            reach=reached[pk],
         )
         for pk, superuser in flags.items()
     }

@@ -2934,6 +2934,12 @@ def decision_refusal(barred: str, template: CertificateTemplate) -> str:
     if barred == permissions.MAILBOX_DELEGATE:
         # A delegate reads the mailbox and can get its key: not the one who checks.
         return "You are a delegate of this shared mailbox: another officer decides."
+    if barred == permissions.OUT_OF_SCOPE:
+        # Said without naming whose: the officer may not see who asked.
+        return (
+            "This request is outside the people your officer scope covers: an officer "
+            "whose scope covers its requester decides it."
+        )
     assert template.approver_group is not None  # NOT_AN_APPROVER: the template names one
     return (
         f"Requests for {template.name} are decided by the members of "

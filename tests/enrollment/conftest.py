@@ -1,14 +1,19 @@
 """Fixtures the officers' approval-notice tests share (test_request_approval_digest.py,
 test_ra_notice_summary.py, test_ra_notice_delivery.py, test_approver_groups.py,
 test_approval_digest_concurrency.py): a portal whose beat sends summaries, and requests
-waiting for approval committed at a moment."""
+waiting for approval committed at a moment. And the officer scope the scope tests share
+(``sales_scope``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
+from django.contrib.auth.models import Group
+
 from enrollment import services
-from enrollment.models import CertificateRequest
+from enrollment.models import CertificateRequest, OfficerScope
 from enrollment.x509.keys import KeyAlgorithm
 from tests.factories import UserFactory
 
@@ -44,3 +49,28 @@ def submit_at(committed_at, hierarchy, approval):
         )
 
     return run
+
+
+@dataclass
+class SalesScope:
+    scope: OfficerScope
+    officers: Group  # the scope's officers' group: Olivia is in it
+    people: Group  # a group of people the scope covers besides its unit
+
+
+@pytest.fixture
+def sales_scope(officer, employee, colleague) -> SalesScope:
+    """Olivia (``officer``) acts for Sales only: the unit "Sales" (Alice, ``employee``, is
+    in it) and the group "Sales people". Bob (``colleague``) is in Engineering, outside."""
+    employee.organizational_unit = "Sales"
+    employee.save()
+    colleague.organizational_unit = "Engineering"
+    colleague.save()
+    officers = Group.objects.create(name="Sales officers")
+    officers.user_set.add(officer)
+    people = Group.objects.create(name="Sales people")
+    scope = OfficerScope.objects.create(
+        name="Sales", officers=officers, organizational_units="Sales"
+    )
+    scope.people_groups.add(people)
+    return SalesScope(scope, officers, people)
