@@ -19,18 +19,17 @@ from django.db.models import Q, QuerySet
 from accounts.models import User
 from enrollment.change_audit import role_groups
 from enrollment.models import AuditEvent
-from enrollment.permissions import approver_groups
+from enrollment.permissions import power_shaping_groups
 
 
 def privileged_groups() -> QuerySet[Group]:
     """Groups whose members hold something: a role (by name), any permission, or the
     approval of some template's requests (a template's approvers group: who is in it decides
-    which RA officers approve that template, permissions.Decider). Whoever may put people in
-    such a group could otherwise choose the approvers, themselves included."""
+    which RA officers approve that template, permissions.Decider), or a group an officer
+    scope limits (taking an officer out of it widens them to everyone). Whoever may put
+    people in such a group could otherwise choose the approvers, themselves included."""
     return Group.objects.filter(
-        Q(name__in=role_groups())
-        | Q(permissions__isnull=False)
-        | Q(pk__in=approver_groups().values("pk"))
+        Q(name__in=role_groups()) | Q(permissions__isnull=False) | power_shaping_groups()
     ).distinct()
 
 

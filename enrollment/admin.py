@@ -14,7 +14,7 @@ from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 
 from enrollment import ra_selectors, services
-from enrollment.change_audit import template_record, template_state
+from enrollment.change_audit import scope_record, scope_state, template_record, template_state
 from enrollment.edge import client_address
 from enrollment.exceptions import EnrollmentError
 from enrollment.health import approver_officers
@@ -27,10 +27,12 @@ from enrollment.models import (
     CertificateTemplate,
     KeyRecoveryAgent,
     KeyRecoveryRequest,
+    OfficerScope,
     RevocationList,
     SharedMailbox,
 )
 from enrollment.permissions import is_ra_officer
+from enrollment.scopes import officers_limited_by
 from enrollment.x509.keys import KeyAlgorithm
 
 # The portal's own name where Django would say "Django administration".
@@ -226,6 +228,92 @@ class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
             actor=request.user,
             source_address=client_address(request),
             source="admin",
+        )
+
+
+@admin.register(OfficerScope)
+class OfficerScopeAdmin(admin.ModelAdmin[OfficerScope]):
+    """Officer scopes: whom a group's RA officers and key recovery agents act for. Only
+    superusers see or change them: a scope decides an officer's power, as a role does."""
+
+    list_display = ["name", "officers", "units_shown", "groups_shown", "limits"]
+    list_select_related = ["officers"]
+    filter_horizontal = ["people_groups"]
+    fields = ["name", "officers", "organizational_units", "people_groups"]
+
+    @admin.display(description="Organisational units")
+    def units_shown(self, scope: OfficerScope) -> str:
+        return ", ".join(scope.units) or "none"
+
+    @admin.display(description="Groups of people")
+    def groups_shown(self, scope: OfficerScope) -> str:
+        return ", ".join(g.name for g in scope.people_groups.all()) or "none"
+
+    @admin.display(description="Officers it limits")
+    def limits(self, scope: OfficerScope) -> str:
+        """The group's active RA officers and recovery agents (superusers are never
+        limited): a scope whose group holds none limits nobody yet."""
+        names = officers_limited_by(scope)
+        return ", ".join(names) if names else "none yet"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OfficerScope]:
+        return super().get_queryset(request).prefetch_related("people_groups")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def save_model(
+        self, request: HttpRequest, obj: OfficerScope, form: ModelForm[OfficerScope], change: bool
+    ) -> None:
+        stored = self.model.objects.filter(pk=obj.pk).first() if change else None
+        form._audit_before = scope_state(stored) if stored is not None else None  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    def save_related(
+        self, request: HttpRequest, form: ModelForm[OfficerScope], formsets: Any, change: bool
+    ) -> None:
+        super().save_related(request, form, formsets, change)  # people_groups is saved here
+        scope: OfficerScope = form.instance
+        scope_record(
+            action="scope.change" if change else "scope.create",
+            scope=scope,
+            before=getattr(form, "_audit_before", None),
+            after=scope_state(scope),
+            actor=request.user,
+            source_address=client_address(request),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: OfficerScope) -> None:
+        with transaction.atomic():
+            self._record_delete(request, obj)
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[OfficerScope]) -> None:
+        with transaction.atomic():  # the bulk action, unlike the delete page, has none
+            for scope in queryset:
+                self._record_delete(request, scope)
+            super().delete_queryset(request, queryset)
+
+    def _record_delete(self, request: HttpRequest, scope: OfficerScope) -> None:
+        scope_record(
+            action="scope.delete",
+            scope=scope,
+            before=scope_state(scope),
+            after=None,
+            actor=request.user,
+            source_address=client_address(request),
         )
 
 

@@ -21,7 +21,9 @@ A group some template names as its approvers decides which RA officers approve t
 template's requests (permissions.Decider), so its memberships are recorded as roles too;
 joining one starts nobody afresh (below, _record). A template that comes to name such a
 group, or stops naming it, gives or takes that power from every member: recorded as their
-role.grant or role.revoke with the template's event (template_record).
+role.grant or role.revoke with the template's event (template_record). So is a group an
+officer scope limits (OfficerScope.officers): leaving it widens an officer to everyone;
+scopes themselves are recorded as scope.create, scope.change and scope.delete.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_sav
 
 from accounts.models import User
 from enrollment.audit import audit_record, deferred
-from enrollment.models import CertificateTemplate
-from enrollment.permissions import approver_groups
+from enrollment.models import CertificateTemplate, OfficerScope
+from enrollment.permissions import power_shaping_groups
 
 Actor = User | AnonymousUser | None
 
@@ -168,6 +170,52 @@ def _approvers_changed(
             extra={"template": template.slug},
             by=by,
         )
+
+
+# --- officer scopes (the admin) ------------------------------------------------------
+
+
+def scope_state(scope: OfficerScope) -> dict[str, Any]:
+    """What a scope says, as plain values: its groups by name."""
+    return {
+        "name": scope.name,
+        "officers": scope.officers.name if scope.officers_id else None,
+        "organizational_units": scope.units,
+        "people_groups": (
+            sorted(scope.people_groups.values_list("name", flat=True)) if scope.pk else []
+        ),
+    }
+
+
+def scope_record(
+    *,
+    action: str,
+    scope: OfficerScope,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    actor: Actor,
+    source_address: str | None,
+) -> None:
+    """scope.create / scope.change / scope.delete with what changed, as template_record
+    does for templates: a scope decides whom its officers may act for. The officers it
+    limits are named, so the trail says whose power moved."""
+    old, new = before or {}, after or {}
+    changes = {
+        name: [old.get(name), new.get(name)]
+        for name in sorted({*old, *new})
+        if old.get(name) != new.get(name)
+    }
+    if not changes:
+        return
+    group = scope.officers if scope.officers_id else None
+    officers = sorted(group.user_set.values_list("username", flat=True)) if group else []
+    audit_record(
+        action=action,
+        actor=actor,
+        target=scope,
+        source_address=source_address,
+        detail={"scope": scope.name, "changes": changes, "officers": officers},
+    )
 
 
 # --- account privileges and activation (everywhere) ------------------------------------
@@ -337,7 +385,7 @@ def _holds_something(group: Group) -> bool:
     return (
         group.name in role_groups()
         or group.permissions.exists()
-        or approver_groups().filter(pk=group.pk).exists()
+        or Group.objects.filter(power_shaping_groups(), pk=group.pk).exists()
     )
 
 
@@ -351,7 +399,7 @@ def _memberships(
     rows = through.objects.annotate(holds_permissions=holds_permissions).filter(
         Q(group__name__in=role_groups())
         | Q(holds_permissions=True)
-        | Q(group__in=approver_groups().values("pk"))
+        | Q(group__in=Group.objects.filter(power_shaping_groups()).values("pk"))
     )
     if user is not None:
         rows = rows.filter(user=user)

@@ -194,6 +194,18 @@ def approver_groups() -> QuerySet[Group]:
     return Group.objects.filter(approver_templates__isnull=False)
 
 
+def scope_officer_groups() -> QuerySet[Group]:
+    """The groups some officer scope limits (OfficerScope.officers): leaving one widens an
+    officer to everyone, so who is in it is as much a matter of power as a role."""
+    return Group.objects.filter(officer_scopes__isnull=False)
+
+
+def power_shaping_groups() -> Q:
+    """approver_groups() and scope_officer_groups() together, as a filter on groups: whose
+    memberships decide what an RA officer may do, without being a role themselves."""
+    return Q(pk__in=approver_groups().values("pk")) | Q(pk__in=scope_officer_groups().values("pk"))
+
+
 def deciders(officers: Iterable[tuple[int, bool]]) -> dict[int, Decider]:
     """A Decider for each (pk, is_superuser), in three queries however many (two when all
     are superusers; two more when some are in an officer scope's group)."""

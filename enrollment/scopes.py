@@ -180,3 +180,20 @@ def forget_reach(user: Any) -> None:
     request, as tests and the admin's own pages do)."""
     if hasattr(user, _REACH):
         delattr(user, _REACH)
+
+
+def officers_limited_by(scope: OfficerScope) -> list[str]:
+    """The user names of the active RA officers and key recovery agents a scope limits
+    (its group's members holding either role; superusers are never limited)."""
+    from django.conf import settings
+
+    roles = [settings.PKIPORTAL_RA_OFFICER_GROUP, settings.PKIPORTAL_KRA_GROUP]
+    # Two filter() calls, two joins: one would look for one group that is both.
+    people = (
+        get_user_model()
+        .objects.filter(is_active=True, is_superuser=False, groups=scope.officers_id)
+        .filter(groups__name__in=roles)
+        .distinct()
+        .order_by("username")
+    )
+    return list(people.values_list("username", flat=True))

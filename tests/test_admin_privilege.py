@@ -19,6 +19,7 @@ from django.forms import MultiWidget
 from django.test import Client
 
 from accounts.models import User
+from enrollment.models import OfficerScope
 from tests.conftest import client_for
 from tests.enrollment.test_compromise_concurrency import overlap
 from tests.factories import UserFactory
@@ -54,6 +55,20 @@ def helpdesk(db) -> User:
 def signing_staff(db) -> Group:
     """A plain group: it only says who may use a template."""
     return Group.objects.create(name="Signing staff")
+
+
+def scope_officers_group(name: str) -> Group:
+    """A group an officer scope limits: leaving it would widen its officers to everyone."""
+    group = Group.objects.get_or_create(name=name)[0]
+    OfficerScope.objects.get_or_create(
+        name=name, defaults={"officers": group, "organizational_units": "Sales"}
+    )
+    return group
+
+
+@pytest.fixture
+def sales_officers(db) -> Group:
+    return scope_officers_group("Sales officers")
 
 
 @pytest.fixture
@@ -152,9 +167,12 @@ def test_a_help_desk_cannot_make_itself_superuser_or_give_itself_permissions(hel
 
 
 @pytest.mark.parametrize(
-    "role", ["RA officers", "Key recovery agents", "Help desk", "Payroll approvers"]
+    "role",
+    ["RA officers", "Key recovery agents", "Help desk", "Payroll approvers", "Sales officers"],
 )
-def test_a_help_desk_cannot_join_a_role_or_a_group_holding_permissions(helpdesk, payroll, role):
+def test_a_help_desk_cannot_join_a_role_or_a_group_holding_permissions(
+    helpdesk, payroll, sales_officers, role
+):
     group = Group.objects.get_or_create(name=role)[0]
     client = client_for(helpdesk)
     url = change_url(helpdesk)
@@ -189,6 +207,8 @@ def privileged(request, admin_user, officer, key_recovery_agent_user) -> User:
     member.groups.add(auditors)
     approver = UserFactory(username="april")
     approver.groups.add(approvers_of("smime-dual-use", "Dual-use approvers"))
+    scoped = UserFactory(username="sally")
+    scoped.groups.add(scope_officers_group("Sales officers"))
     return {
         "superuser": admin_user,
         "officer": officer,
@@ -197,6 +217,7 @@ def privileged(request, admin_user, officer, key_recovery_agent_user) -> User:
         "a permission": holder,
         "a group with permissions": member,
         "an approvers group": approver,
+        "an officer scope's group": scoped,
     }[request.param]
 
 
@@ -215,6 +236,7 @@ PRIVILEGED = [
     "a permission",
     "a group with permissions",
     "an approvers group",
+    "an officer scope's group",
 ]
 
 
