@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.urls import reverse
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -23,6 +23,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     MintedWith,
+    OfficerScope,
     SharedMailbox,
 )
 from enrollment.scopes import EVERYONE, Reach, reaches
@@ -207,20 +208,33 @@ def power_shaping_groups() -> Q:
 
 
 def deciders(officers: Iterable[tuple[int, bool]]) -> dict[int, Decider]:
-    """A Decider for each (pk, is_superuser), in three queries however many (two when all
+    """A Decider for each (pk, is_superuser), in two queries however many (one when all
     are superusers; two more when some are in an officer scope's group)."""
     flags = dict(officers)
     if not flags:
         return {}
     groups: dict[int, set[int]] = {}
+    in_scopes: dict[int, set[int]] = {}
     members = [pk for pk, superuser in flags.items() if not superuser]
     if members:  # a superuser approves every template: their groups are not asked
-        memberships = get_user_model().groups.through.objects.filter(
-            user_id__in=members, group_id__in=approver_groups().values("pk")
+        # The approvers groups and the scopes' groups they are in, in one statement.
+        scoped = Exists(OfficerScope.objects.filter(officers_id=OuterRef("group_id")))
+        approves = Exists(
+            CertificateTemplate.objects.filter(approver_group_id=OuterRef("group_id"))
         )
-        for user_id, group_id in memberships.values_list("user_id", "group_id"):
-            groups.setdefault(user_id, set()).add(group_id)
-    reached = reaches(flags.items())
+        memberships = (
+            get_user_model()
+            .groups.through.objects.annotate(scoped=scoped, approves=approves)
+            .filter(scoped | approves, user_id__in=members)
+        )
+        # "scoped" and "approves": the annotations above, which the stubs do not see.
+        rows = memberships.values_list("user_id", "group_id", "scoped", "approves")  # type: ignore[misc]
+        for user_id, group_id, is_scope, is_approvers in rows:
+            if is_approvers:
+                groups.setdefault(user_id, set()).add(group_id)
+            if is_scope:
+                in_scopes.setdefault(user_id, set()).add(group_id)
+    reached = reaches(flags.items(), scope_groups=in_scopes)
     boxes: dict[int, set[int]] = {}
     delegations = SharedMailbox.delegates.through.objects.filter(user_id__in=list(flags))
     for user_id, mailbox_id in delegations.values_list("user_id", "sharedmailbox_id"):

@@ -128,17 +128,23 @@ def prime_groups(people: Iterable[Any]) -> None:
         setattr(person, _GROUP_IDS, frozenset(found[pk]))
 
 
-def reaches(officers: Iterable[tuple[int, bool]]) -> dict[int, Reach]:
+def reaches(
+    officers: Iterable[tuple[int, bool]], *, scope_groups: dict[int, set[int]] | None = None
+) -> dict[int, Reach]:
     """A Reach for each (pk, is_superuser): one query when nobody is in a scope's group
-    (none when every one is a superuser), three when some are."""
+    (none when every one is a superuser), three when some are. ``scope_groups``: the scope
+    groups each officer is in, when the caller read them already (permissions.deciders,
+    with the approvers groups): then one query fewer."""
     flags = dict(officers)
     groups_of: dict[int, set[int]] = {}
     members = sorted(pk for pk, superuser in flags.items() if not superuser)
-    if members:
+    if scope_groups is not None:
+        groups_of = {pk: set(ids) for pk, ids in scope_groups.items() if pk in members}
+    elif members:
         memberships = get_user_model().groups.through.objects.filter(
             user_id__in=members, group__officer_scopes__isnull=False
         )
-        for user_id, group_id in memberships.values_list("user_id", "group_id").distinct():
+        for user_id, group_id in memberships.values_list("user_id", "group_id"):
             groups_of.setdefault(user_id, set()).add(group_id)
     by_group: dict[int, list[OfficerScope]] = {}
     if groups_of:

@@ -8,6 +8,7 @@ from django import template
 
 from enrollment.forms import RecoveryWithdrawForm, WithdrawForm
 from enrollment.models import CertificateRequest, KeyRecoveryRequest
+from enrollment.scopes import Reach, reach_of
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.names import readable_rfc4514
 from enrollment.x509.pkcs7 import format_fingerprint
@@ -26,6 +27,19 @@ def withdraw_form(cert_request: CertificateRequest) -> WithdrawForm:
 def recovery_withdraw_form(recovery: KeyRecoveryRequest) -> RecoveryWithdrawForm:
     """A blank form to withdraw one key recovery request of a list (ids name it)."""
     return RecoveryWithdrawForm(recovery_pk=recovery.pk)
+
+
+@register.simple_tag(takes_context=True)
+def officer_reach(context: template.Context) -> Reach | None:
+    """The signed-in officer's Reach where a scope limits it, else None: the RA pages say
+    whom a scoped officer acts for, so that a short list reads as the scope, not as
+    missing data. Read once per request (scopes.reach_of caches it on the user)."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    reach = reach_of(user)
+    return None if reach.everyone else reach
 
 
 @register.filter

@@ -263,3 +263,47 @@ def test_the_officers_group_of_a_scope_cannot_be_deleted(sales_scope):
 
     with pytest.raises(ProtectedError):
         sales_scope.officers.delete()
+
+
+# --- the RA pages say it -----------------------------------------------------------------
+
+
+def test_a_scoped_officers_ra_pages_name_the_scope(officer, sales_scope):
+    from tests.conftest import client_for
+
+    response = client_for(officer).get("/ra/")
+
+    assert response.status_code == 200
+    assert "Your officer scope: <strong>Sales</strong>" in response.content.decode()
+
+
+def test_an_officer_who_acts_for_everyone_sees_no_scope_note(officer_client, sales_scope):
+    sales_scope.scope.delete()
+
+    response = officer_client.get("/ra/")
+
+    assert response.status_code == 200
+    assert "officer-scope" not in response.content.decode()
+
+
+def test_deciders_read_scopes_with_the_approvers_groups(
+    officer, sales_scope, django_assert_num_queries
+):
+    """The scopes' memberships come with the approvers groups' (one statement): no query
+    more while nobody is in a scope's group, two more (the scopes) when someone is."""
+    unscoped = [UserFactory() for _ in range(3)]
+    # A group that both approves a template and is a scope's officers group counts as both.
+    from enrollment.models import CertificateTemplate
+
+    CertificateTemplate.objects.filter(slug="smime-signing").update(
+        approver_group=sales_scope.officers
+    )
+
+    with django_assert_num_queries(2):
+        plain = permissions.deciders([(u.pk, False) for u in unscoped])
+    with django_assert_num_queries(4):
+        both = permissions.deciders([(officer.pk, False), *[(u.pk, False) for u in unscoped]])
+
+    assert all(d.reach.everyone for d in plain.values())
+    assert both[officer.pk].reach.scopes == ("Sales",)
+    assert both[officer.pk].group_ids == frozenset({sales_scope.officers.pk})
