@@ -39,6 +39,7 @@ from enrollment.models import (
     RevocationList,
 )
 from enrollment.permissions import decider, ra_officers
+from enrollment.scopes import EVERYONE, Reach
 from pkiportal import plurals
 
 HEX = re.compile(r"[0-9a-f]+")
@@ -52,9 +53,11 @@ MIN_SUBSTRING_LENGTH = 3
 SEARCH_CANDIDATES = 2000
 
 
-def certificate_search(query: str, *, archived_only: bool = False) -> QuerySet[Certificate]:
-    """Any certificate by name, e-mail, user name, serial or fingerprint (colons allowed),
-    newest first.
+def certificate_search(
+    query: str, *, archived_only: bool = False, reach: Reach = EVERYONE
+) -> QuerySet[Certificate]:
+    """Any certificate ``reach`` covers (an officer's, enrollment.scopes) by name, e-mail,
+    user name, serial or fingerprint (colons allowed), newest first.
 
     The matches are ordered in one of two ways. Few: their ids come from index scans
     (search_matches) and only they are sorted. Many: the newest certificates are read in
@@ -62,16 +65,16 @@ def certificate_search(query: str, *, archived_only: bool = False) -> QuerySet[C
     which case it is in, and a prepared statement's guess, made once, was 3 s wrong for a
     rare name at a million certificates.
     """
-    matching = search_matches(query, archived_only=archived_only)
+    matching = search_matches(query, archived_only=archived_only, reach=reach)
     ids = list(matching.order_by().values_list("pk", flat=True)[: SEARCH_CANDIDATES + 1])
     found = matching if len(ids) > SEARCH_CANDIDATES else Certificate.objects.filter(pk__in=ids)
     return _listed(found)
 
 
-def certificates_of(owner_id: int) -> QuerySet[Certificate]:
+def certificates_of(owner_id: int, *, reach: Reach = EVERYONE) -> QuerySet[Certificate]:
     """One account's certificates, newest first, as a search lists them: what a link for
-    one person opens (a name search also finds namesakes)."""
-    return _listed(Certificate.objects.filter(owner_id=owner_id))
+    one person opens (a name search also finds namesakes). None outside ``reach``."""
+    return _listed(Certificate.objects.filter(reach.certificates(), owner_id=owner_id))
 
 
 def _listed(found: QuerySet[Certificate]) -> QuerySet[Certificate]:
@@ -83,12 +86,16 @@ def _listed(found: QuerySet[Certificate]) -> QuerySet[Certificate]:
     )
 
 
-def search_matches(query: str, *, archived_only: bool = False) -> QuerySet[Certificate]:
+def search_matches(
+    query: str, *, archived_only: bool = False, reach: Reach = EVERYONE
+) -> QuerySet[Certificate]:
     """The certificates a search names, unordered, with an index for every alternative.
 
     The holder is looked up first (a handful of ids) rather than joined, and names and
     addresses are matched as substrings only from three characters, so PostgreSQL can OR
-    index scans instead of reading every certificate (1.4-3 s at a million before).
+    index scans instead of reading every certificate (1.4-3 s at a million before). A
+    scoped officer's ``reach`` is one more condition on what those scans find, checked
+    against each match's holder: it leaves them their indexes.
     """
     text = query.strip()
     if not text:
@@ -105,7 +112,7 @@ def search_matches(query: str, *, archived_only: bool = False) -> QuerySet[Certi
         condition |= Q(serial=serial) | Q(fingerprint_sha256=digits) | Q(fingerprint_sha1=digits)
         if len(serial) >= 6:  # a serial read off a screen is often cut short
             condition |= Q(serial__startswith=serial)
-    matching = Certificate.objects.filter(condition)
+    matching = Certificate.objects.filter(condition).filter(reach.certificates())
     if archived_only:
         matching = matching.filter(Exists(ArchivedKey.objects.filter(certificate=OuterRef("pk"))))
     return matching

@@ -1,9 +1,10 @@
 """The RA side's pages: /ra/ console, key recovery, certificate search and revocation,
 the audit trail and its exports, recovery-agent status, people who have left.
 
-Officers see everything here; key recovery agents see the recovery pages; the person a
-recovery names sees that one recovery and downloads it (and, if they asked for it as the
-key's holder, may withdraw it). Anyone else gets a 403 on the lists and a 404 on a
+Officers see everything here (a scoped officer, the certificates of the people their
+scope covers: enrollment.scopes); key recovery agents see the recovery pages; the person
+a recovery names sees that one recovery and downloads it (and, if they asked for it as
+the key's holder, may withdraw it). Anyone else gets a 403 on the lists and a 404 on a
 recovery, so its existence is not revealed. Services decide the rest.
 """
 
@@ -58,7 +59,7 @@ from enrollment.edge import (
     show_error,
     status_for,
 )
-from enrollment.exceptions import EnrollmentError, InvalidState
+from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted
 from enrollment.forms import RecoveryWithdrawForm
 from enrollment.models import (
     ApprovalNoticeDigest,
@@ -83,6 +84,7 @@ from enrollment.ra_forms import (
     RecoveryRejectForm,
     RequestFilterForm,
 )
+from enrollment.scopes import reach_of
 
 AUDIT_PAGE_SIZE = 50
 REQUEST_PAGE_SIZE = 50
@@ -322,16 +324,21 @@ def _certificates_page(
     revoke_form: OfficerRevokeForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
+    # A scoped officer finds only the certificates of the people their scope covers, and
+    # an account outside it is as one that does not exist: nothing says who else matched.
+    reach = reach_of(request.user)
     owner_id = _row_id(request.GET.get("owner", ""))
-    owner = get_user_model().objects.filter(pk=owner_id).first() if owner_id else None
+    owner = (
+        get_user_model().objects.filter(reach.people(), pk=owner_id).first() if owner_id else None
+    )
     form = CertificateSearchForm(None if owner else request.GET or None)
     results: list[Certificate] = []
     if owner is not None:
-        results = list(ra_selectors.certificates_of(owner.pk)[:50])
+        results = list(ra_selectors.certificates_of(owner.pk, reach=reach)[:50])
     elif form.is_bound and form.is_valid():
-        results = list(ra_selectors.certificate_search(form.cleaned_data["q"])[:50])
+        results = list(ra_selectors.certificate_search(form.cleaned_data["q"], reach=reach)[:50])
     if failed is not None and all(c.pk != failed.pk for c in results):
-        results.insert(0, failed)
+        results.insert(0, failed)  # _may_revoke let the officer at it: theirs to see
     reason_field = OfficerRevokeForm.base_fields["reason"]
     assert isinstance(reason_field, forms.ChoiceField)  # as ra_forms declares it
     context = {
@@ -343,8 +350,17 @@ def _certificates_page(
         "revoke_form": revoke_form,
         "reasons": reason_field.choices,
         "preset_reason": _preset_reason(request.GET.get("reason", "")),
+        "scope": None if reach.everyone else reach.describe(),
     }
     return render(request, "enrollment/ra/certificates.html", context, status=status)
+
+
+def _may_revoke(request: HttpRequest, certificate: Certificate) -> None:
+    """The service's rule (services.certificate_revoke_check), asked first: a 403 page."""
+    try:
+        services.certificate_revoke_check(request.user, certificate)
+    except NotPermitted as exc:
+        raise PermissionDenied(exc.message) from exc
 
 
 def _preset_reason(given: str) -> str:
@@ -364,10 +380,13 @@ def certificate_search(request: AuthenticatedHttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Revoke one certificate found above: one outside the officer's scope is refused
+    (403) before the form is read, so the page never shows it."""
     officer_required(request)
     certificate = get_object_or_404(
         Certificate.objects.select_related("owner", "template", "mailbox"), pk=pk
     )
+    _may_revoke(request, certificate)
     form = OfficerRevokeForm(request.POST)
     if not form.is_valid():
         return _certificates_page(request, failed=certificate, revoke_form=form, status=400)
@@ -379,6 +398,8 @@ def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
             invalidity_date=form.cleaned_data["invalidity_date"],
             source_address=client_address(request),
         )
+    except NotPermitted as exc:  # the scope changed since the check above
+        raise PermissionDenied(exc.message) from exc
     except EnrollmentError as exc:
         status = show_error(form, exc)
         return _certificates_page(request, failed=certificate, revoke_form=form, status=status)

@@ -70,6 +70,7 @@ from enrollment.ra_selectors import (
     usable_agents,
     usable_agents_locked,
 )
+from enrollment.scopes import reach_of
 from enrollment.x509 import builder, cms, crl_fast, keys, names, pkcs7, pkcs12
 from enrollment.x509.crl import (
     MAX_CA_CRL_VALIDITY,
@@ -1247,18 +1248,11 @@ def certificate_revoke(
 ) -> Certificate:
     """Commit the revocation, then queue the CRL: fast whatever the CRL's size.
 
-    The holder revokes their own certificates, an RA officer any; commands and the admin
-    act as the system (``actor=None``) or as a superuser. The holder is told by e-mail.
+    The holder revokes their own certificates, an RA officer those of the people their
+    officer scope covers (certificate_revoke_check); commands, tasks and the leavers' run
+    act as the system (``actor=None``). The holder is told by e-mail.
     """
-    from enrollment.permissions import is_ra_officer
-
-    if (
-        actor is not None
-        and actor.is_authenticated
-        and not may_hold(actor, certificate)
-        and not is_ra_officer(actor)
-    ):
-        raise NotPermitted("You can only revoke your own certificates.")
+    certificate_revoke_check(actor, certificate)
     with transaction.atomic():
         if reason == Certificate.RevocationReasonChoice.KEY_COMPROMISE and certificate.spki_sha256:
             # The key's row first, before any other lock (the audit chain's head included),
@@ -1308,6 +1302,28 @@ def certificate_revoke(
         for told in (certificate, *same_key):
             certificate_revoked(told, actor=actor)
     return certificate
+
+
+OUT_OF_SCOPE_CERTIFICATE = (
+    "This certificate is outside the people your officer scope covers: an officer whose "
+    "scope covers its holder revokes it."
+)
+
+
+def certificate_revoke_check(actor: Actor, certificate: Certificate) -> None:
+    """NotPermitted unless ``actor`` may revoke it: the system (None), its holder (scope or
+    not: one's own certificates stay one's own), an RA officer whose Reach covers it (a
+    shared mailbox's, or one held by nobody, only an officer who acts for everyone). The
+    pages and the API ask it before their forms, certificate_revoke before any change."""
+    from enrollment.permissions import is_ra_officer
+
+    if actor is None or not actor.is_authenticated or may_hold(actor, certificate):
+        return
+    if not is_ra_officer(actor):
+        raise NotPermitted("You can only revoke your own certificates.")
+    if not reach_of(actor).covers_certificate(certificate):
+        # Said without naming whose: the officer may not see who holds it.
+        raise NotPermitted(OUT_OF_SCOPE_CERTIFICATE)
 
 
 def lock_in_order(rows: QuerySet[Any]) -> list[int]:

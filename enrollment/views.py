@@ -61,6 +61,7 @@ from enrollment.permissions import (
     may_use_template,
     templates_for,
 )
+from enrollment.scopes import reach_of
 from enrollment.x509 import keys, pkcs7
 from enrollment.x509.names import readable_name
 
@@ -79,12 +80,14 @@ DOWNLOADS: dict[str, tuple[str, str]] = {
 
 
 def _visible_certificate(user: Any, pk: int) -> Certificate:
-    """Its holders (the owner, or a shared mailbox's delegates) and RA officers see a
-    certificate's page; to anyone else it does not exist."""
+    """Its holders (the owner, or a shared mailbox's delegates) and RA officers whose scope
+    covers it see a certificate's page; to anyone else it does not exist."""
     certificate = get_object_or_404(
         Certificate.objects.select_related("ca", "template", "owner", "mailbox"), pk=pk
     )
-    if not services.may_hold(user, certificate) and not is_ra_officer(user):
+    if services.may_hold(user, certificate):
+        return certificate
+    if not (is_ra_officer(user) and reach_of(user).covers_certificate(certificate)):
         raise Http404("No such certificate.")
     return certificate
 

@@ -58,6 +58,7 @@ from enrollment.models import (
 )
 from enrollment.permissions import IsRaOfficer, decider, is_key_recovery_agent, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
+from enrollment.scopes import reach_of
 from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
 from enrollment.x509.keys import KeyAlgorithm
@@ -502,12 +503,18 @@ class CertificateFilter(django_filters.FilterSet):
 @extend_schema_view(
     list=extend_schema(
         summary="Certificates",
-        description="Your certificates; RA officers see everyone's and filter them.",
+        description=(
+            "Your certificates; RA officers see everyone's (an officer scope: those of the "
+            "people it covers, and their own) and filter them."
+        ),
         responses={200: s.CertificateOut(many=True), **ERRORS},
     ),
     retrieve=extend_schema(
         summary="One certificate, with its chain",
-        description="By hex serial. Yours, or anyone's for RA officers.",
+        description=(
+            "By hex serial. Yours, or anyone's for RA officers (within their officer scope); "
+            "404 for one you may not see."
+        ),
         responses={200: s.CertificateDetailOut, **ERRORS, **NOT_FOUND},
     ),
 )
@@ -527,16 +534,27 @@ class CertificateViewSet(
         certificates = Certificate.objects.select_related("owner", "template", "ca", "mailbox")
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
             return certificates.none()
-        if is_ra_officer(self.request.user):
-            return certificates
         user = signed_in_user(self.request)
         # Mine, and those of the shared mailboxes I am a delegate of.
-        return certificates.filter(Q(owner=user) | Q(mailbox__in=mailboxes.mailboxes_of(user)))
+        mine = Q(owner=user) | Q(mailbox__in=mailboxes.mailboxes_of(user))
+        if is_ra_officer(user):
+            reach = reach_of(user)
+            # Everyone's; a scoped officer's own and those of the people the scope covers.
+            return (
+                certificates if reach.everyone else certificates.filter(mine | reach.certificates())
+            )
+        return certificates.filter(mine)
 
-    def get_object(self) -> Certificate:
+    def get_object(self, *, to_revoke: bool = False) -> Certificate:
+        """By serial, among those the caller sees; ``to_revoke``: an officer's lookup
+        among every certificate, so that the service refuses one outside their scope
+        with a 403 that says why (a serial is public: the directory, the CRL)."""
         serial = normalise_serial(self.kwargs["serial"])
+        found = self.get_queryset()
+        if to_revoke and is_ra_officer(self.request.user):
+            found = Certificate.objects.select_related("owner", "template", "ca", "mailbox")
         # Serials are unique per CA; should two CAs ever share one, the newest wins.
-        certificate = self.get_queryset().filter(serial=serial).first()
+        certificate = found.filter(serial=serial).first()
         if certificate is None:
             raise Http404("No such certificate.")
         self.check_object_permissions(self.request, certificate)
@@ -546,7 +564,8 @@ class CertificateViewSet(
         summary="Revoke",
         description=(
             "Holders revoke their own certificates with keyCompromise, affiliationChanged, "
-            "superseded or cessationOfOperation; RA officers revoke any with any reason. "
+            "superseded or cessationOfOperation; RA officers revoke any with any reason "
+            "(a scoped officer, those of the people the scope covers: 403 for another's). "
             "The CRL is regenerated after the change is committed. A certificate imported "
             "from another CA is recorded revoked here only (no CRL entry, no OCSP answer): "
             "revoke it at that CA too."
@@ -556,7 +575,9 @@ class CertificateViewSet(
     )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, serial: str | None = None) -> Response:
-        certificate = self.get_object()  # only holders and officers see it
+        certificate = self.get_object(to_revoke=True)  # only holders and officers find it
+        # Outside an officer's scope: 403 before the body is read, as the service rules.
+        services.certificate_revoke_check(request.user, certificate)
         officer = is_ra_officer(request.user)
         serializer = s.RevokeIn(data=request.data, context={"officer": officer})
         serializer.is_valid(raise_exception=True)
