@@ -41,6 +41,7 @@ from enrollment import health, mailboxes, outdated
 from enrollment.audit import audit_record
 from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
+from enrollment.scopes import EVERYONE, Reach, reach_of
 
 logger = logging.getLogger(__name__)
 
@@ -126,20 +127,26 @@ def _leaver(user: Any, delay: timedelta | None) -> Leaver:
 
 
 def leavers_holding_certificates(
-    *, now: datetime | None = None, limit: int | None = PAGE_LIMIT
+    *, now: datetime | None = None, limit: int | None = PAGE_LIMIT, reach: Reach = EVERYONE
 ) -> list[Leaver]:
-    """Every deactivated account still holding certificates, longest gone first."""
+    """Every deactivated account still holding certificates, longest gone first; a scoped
+    officer's ``reach`` leaves out the people outside it."""
     now = now or timezone.now()
     delay = revocation_delay()
-    found = _holding(now).order_by(F("deactivated_at").asc(nulls_first=True), "pk")
+    found = (
+        _holding(now)
+        .filter(reach.people())
+        .order_by(F("deactivated_at").asc(nulls_first=True), "pk")
+    )
     if limit is not None:
         found = found[:limit]
     return [_leaver(user, delay) for user in found]
 
 
-def leavers_holding_count(*, now: datetime | None = None) -> int:
-    """How many deactivated accounts still hold certificates (the RA console's tile)."""
-    return _holding(now or timezone.now()).count()
+def leavers_holding_count(*, now: datetime | None = None, reach: Reach = EVERYONE) -> int:
+    """How many deactivated accounts (within ``reach``) still hold certificates (the RA
+    console's tile)."""
+    return _holding(now or timezone.now()).filter(reach.people()).count()
 
 
 def leavers_due(*, now: datetime | None = None) -> list[Leaver]:
@@ -345,15 +352,30 @@ def _revoke_account(
         return len(revoked)
 
 
+OUT_OF_SCOPE_LEAVER = (
+    "This account is outside the people your officer scope covers: an officer whose scope "
+    "covers it revokes its certificates."
+)
+
+
+def leaver_revoke_check(actor: Any, user: Any) -> None:
+    """NotPermitted unless ``actor`` may revoke all of this account's certificates: an RA
+    officer whose Reach covers it. The page asks it before its form, leaver_revoke before
+    any change (and certificate_revoke again for each certificate)."""
+    from enrollment.permissions import is_ra_officer
+
+    if not is_ra_officer(actor):
+        raise NotPermitted("Only RA officers may revoke a leaver's certificates.")
+    if not reach_of(actor).covers(user):
+        raise NotPermitted(OUT_OF_SCOPE_LEAVER)  # naming no one
+
+
 def leaver_revoke(*, user: Any, actor: Any, source_address: str | None = None) -> int:
     """An officer revokes, now, every certificate a deactivated account still holds
     (affiliationChanged), without waiting for the grace period; how many. Audited as the
     hourly run's are (each certificate.revoke, one leaver.revoke naming the serials), in
     the officer's name with ``"source": "ra"``. An account active again keeps them."""
-    from enrollment.permissions import is_ra_officer
-
-    if not is_ra_officer(actor):
-        raise NotPermitted("Only RA officers may revoke a leaver's certificates.")
+    leaver_revoke_check(actor, user)
     revoked = _revoke_account(
         user.pk,
         cutoff=None,
@@ -394,21 +416,22 @@ CRON_HINT = (
 )
 
 
-def waiting_without_scheduler(now: datetime | None = None) -> list[str]:
+def waiting_without_scheduler(now: datetime | None = None, *, reach: Reach = EVERYONE) -> list[str]:
     """What the hourly run would revoke, waiting for a run that never comes because
     nothing runs on a schedule (health.no_scheduler()); empty when beat runs or automatic
-    revocation is off. Said on the RA console, beside beat's "Not used"."""
+    revocation is off. Said on the RA console, beside beat's "Not used": to a scoped
+    officer, of the people their ``reach`` covers (shared mailboxes are in no scope)."""
     delay = revocation_delay()
     if delay is None or not health.no_scheduler():
         return []
     now = now or timezone.now()
     waiting = []
-    if accounts := leavers_holding_count(now=now):
+    if accounts := leavers_holding_count(now=now, reach=reach):
         waiting.append(f"{accounts} deactivated account(s) still holding certificates")
-    if old := outdated.outdated_count(now=now):
+    if old := outdated.outdated_count(now=now, reach=reach):
         waiting.append(f"{old} certificate(s) for an address their holder no longer has")
     # Every deactivated mailbox that holds certificates, its grace period over or not.
-    if closed := len(mailboxes.mailboxes_due(now=now, delay=timedelta(0))):
+    if reach.everyone and (closed := len(mailboxes.mailboxes_due(now=now, delay=timedelta(0)))):
         waiting.append(f"{closed} deactivated shared mailbox(es) still holding certificates")
     return waiting
 

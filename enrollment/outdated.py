@@ -40,6 +40,7 @@ from enrollment import notifications, services
 from enrollment.audit import audit_record
 from enrollment.exceptions import InvalidState
 from enrollment.models import Certificate, LeaverRevocationRun, OutdatedCertificate
+from enrollment.scopes import EVERYONE, Reach
 
 logger = logging.getLogger(__name__)
 
@@ -290,11 +291,13 @@ class Outdated:
 
 
 def outdated_certificates(
-    *, delay: timedelta | None, now: datetime, limit: int | None
+    *, delay: timedelta | None, now: datetime, limit: int | None, reach: Reach = EVERYONE
 ) -> list[Outdated]:
-    """The recorded outdated certificates still held, longest outdated first."""
+    """The recorded outdated certificates still held, longest outdated first; of the
+    people a scoped officer's ``reach`` covers."""
     rows = (
         recorded(now)
+        .filter(reach.certificates("certificate__"))
         .select_related("certificate__owner", "certificate__template")
         .defer("certificate__der")
         .order_by(F("since").asc(), "certificate_id")[:limit]
@@ -305,9 +308,10 @@ def outdated_certificates(
     ]
 
 
-def outdated_count(*, now: datetime) -> int:
-    """How many recorded outdated certificates are still held (the RA console's tile)."""
-    return recorded(now).count()
+def outdated_count(*, now: datetime, reach: Reach = EVERYONE) -> int:
+    """How many recorded outdated certificates (within ``reach``) are still held (the RA
+    console's tile)."""
+    return recorded(now).filter(reach.certificates("certificate__")).count()
 
 
 def certificate_due(certificate: Certificate, delay: timedelta | None) -> datetime | None:

@@ -1,11 +1,11 @@
 """The RA side's pages: /ra/ console, key recovery, certificate search and revocation,
 the audit trail and its exports, recovery-agent status, people who have left.
 
-Officers see everything here (a scoped officer, the certificates of the people their
-scope covers: enrollment.scopes); key recovery agents see the recovery pages; the person
-a recovery names sees that one recovery and downloads it (and, if they asked for it as
-the key's holder, may withdraw it). Anyone else gets a 403 on the lists and a 404 on a
-recovery, so its existence is not revealed. Services decide the rest.
+Officers see everything here (a scoped officer, the certificates and leavers of the
+people their scope covers: enrollment.scopes); key recovery agents see the recovery
+pages; the person a recovery names sees that one recovery and downloads it (and, if they
+asked for it as the key's holder, may withdraw it). Anyone else gets a 403 on the lists
+and a 404 on a recovery, so its existence is not revealed. Services decide the rest.
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ def _console_page(
     # The signed-in officer's own, never another's.
     notice_summary = ra_selectors.approval_notice_summary(request.user)
     pending = ra_selectors.pending_enrolment_counts(request.user)
+    reach = reach_of(request.user)
     context = {
         "pending_count": pending.theirs,
         "pending_total": pending.total,
@@ -204,11 +205,12 @@ def _console_page(
         "crls": ra_selectors.crl_overview(),
         "services": ra_selectors.service_health(),
         "agents": ra_selectors.agent_overview(),
-        "leaver_count": leavers.leavers_holding_count(),
-        "outdated_count": outdated.outdated_count(now=timezone.now()),
+        # Of the people the officer's scope covers (everyone, for most).
+        "leaver_count": leavers.leavers_holding_count(reach=reach),
+        "outdated_count": outdated.outdated_count(now=timezone.now(), reach=reach),
         "leaver_check": leavers.leaver_check(),
         # Beat's "Not used" is a warning while revocations wait for a run that never comes.
-        "unscheduled": leavers.waiting_without_scheduler(),
+        "unscheduled": leavers.waiting_without_scheduler(reach=reach),
         "cron_hint": leavers.CRON_HINT,
         "issuing": health.issuing_ca_status(),
         "ldap_check": ldap_publish.ldap_check(),
@@ -458,9 +460,10 @@ def _leavers_page(
     status: int = 200,
 ) -> HttpResponse:
     now = timezone.now()
-    found = leavers.leavers_holding_certificates(now=now, limit=leavers.PAGE_LIMIT + 1)
+    reach = reach_of(request.user)  # a scoped officer sees the people it covers only
+    found = leavers.leavers_holding_certificates(now=now, limit=leavers.PAGE_LIMIT + 1, reach=reach)
     changed = outdated.outdated_certificates(
-        delay=leavers.revocation_delay(), now=now, limit=leavers.PAGE_LIMIT + 1
+        delay=leavers.revocation_delay(), now=now, limit=leavers.PAGE_LIMIT + 1, reach=reach
     )
     context = {
         "leavers": found[: leavers.PAGE_LIMIT],
@@ -479,6 +482,7 @@ def _leavers_page(
         "cron_hint": leavers.CRON_HINT,
         "failed_id": failed,
         "revoke_form": revoke_form,
+        "scope": None if reach.everyone else reach.describe(),
     }
     return render(request, "enrollment/ra/leavers.html", context, status=status)
 
@@ -490,6 +494,10 @@ def leaver_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     as the hourly run would after the grace period: the officer has checked they left."""
     officer_required(request)
     user = get_object_or_404(get_user_model(), pk=pk)
+    try:  # outside the officer's scope: 403 before the form, as on Find & revoke
+        leavers.leaver_revoke_check(request.user, user)
+    except NotPermitted as exc:
+        raise PermissionDenied(exc.message) from exc
     form = LeaverRevokeForm(request.POST)
     if not form.is_valid():
         return _leavers_page(request, failed=user.pk, revoke_form=form, status=400)
@@ -497,6 +505,8 @@ def leaver_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         revoked = leavers.leaver_revoke(
             user=user, actor=request.user, source_address=client_address(request)
         )
+    except NotPermitted as exc:  # the scope changed since the check above
+        raise PermissionDenied(exc.message) from exc
     except EnrollmentError as exc:
         status = show_error(form, exc)
         return _leavers_page(request, failed=user.pk, revoke_form=form, status=status)

@@ -11,14 +11,16 @@ import json
 from datetime import timedelta
 
 import pytest
+import time_machine
 
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from enrollment import ra_selectors, scopes, services
+from enrollment import leavers, mailboxes, outdated, ra_selectors, scopes, services
 from enrollment.exceptions import NotPermitted
 from enrollment.models import AuditEvent, Certificate, CrlEntry, SharedMailbox
 from tests.conftest import client_for
@@ -453,3 +455,135 @@ def test_who_may_revoke_by_api_under_a_scope(request, certs, who, whose, status)
 
     assert response.status_code == status
     assert revoked(certs[whose]) == (status == 200)
+
+
+# --- leavers and old addresses --------------------------------------------------------------
+
+
+@pytest.fixture
+def gone(certs, employee, colleague):
+    """Alice and Bob left an hour ago; both still hold their certificates."""
+    with time_machine.travel(timezone.now() - timedelta(hours=1), tick=False):
+        for person in (employee, colleague):
+            person.is_active = False
+            person.save()
+    return employee, colleague
+
+
+def test_a_scoped_officer_sees_and_counts_only_the_leavers_the_scope_covers(officer, gone):
+    client = client_for(officer)
+
+    page = client.get(reverse("ra:leavers"))
+    console = client.get(reverse("ra:console"))
+
+    assert [leaver.username for leaver in page.context["leavers"]] == ["alice"]
+    assert "Brown" not in page.content.decode()
+    assert "Your officer scope, Sales" in page.content.decode()
+    assert console.context["leaver_count"] == 1
+
+
+def test_officers_who_act_for_everyone_see_every_leaver(unscoped, gone):
+    client = client_for(unscoped)
+
+    page = client.get(reverse("ra:leavers"))
+
+    assert {leaver.username for leaver in page.context["leavers"]} == {"alice", "bob"}
+    assert client.get(reverse("ra:console")).context["leaver_count"] == 2
+
+
+@pytest.mark.parametrize("body", [{"confirm": "on"}, {}])
+def test_revoking_all_of_a_leaver_outside_the_scope_is_403_and_changes_nothing(
+    officer, gone, certs, body
+):
+    _alice, bob = gone
+
+    response = client_for(officer).post(reverse("ra:leaver-revoke", args=[bob.pk]), body)
+
+    assert response.status_code == 403
+    assert REFUSED in response.content.decode()
+    assert unchanged(certs["bob"])
+    assert not AuditEvent.objects.filter(action="leaver.revoke").exists()
+
+
+def test_revoking_all_of_a_leaver_inside_the_scope_revokes(officer, gone, certs):
+    alice, _bob = gone
+
+    response = client_for(officer).post(
+        reverse("ra:leaver-revoke", args=[alice.pk]), {"confirm": "on"}
+    )
+
+    assert response.status_code == 302
+    assert revoked(certs["alice"])
+    assert AuditEvent.objects.get(action="leaver.revoke").actor == officer
+
+
+def test_the_leaver_service_refuses_outside_the_scope(officer, gone, certs):
+    _alice, bob = gone
+
+    with pytest.raises(NotPermitted, match=REFUSED):
+        leavers.leaver_revoke(user=bob, actor=officer)
+
+    assert unchanged(certs["bob"])
+
+
+def test_the_hourly_run_revokes_every_leaver_whatever_the_scopes(officer, gone, certs):
+    with time_machine.travel(timezone.now() + GRACE, tick=False):
+        outcome = leavers.leavers_revoke()
+
+    assert outcome.revoked_accounts == 2
+    assert revoked(certs["alice"])
+    assert revoked(certs["bob"])
+
+
+@pytest.fixture
+def moved(certs, employee, colleague):
+    """Alice and Bob changed address an hour ago, after their certificates were issued;
+    the hourly run found their certificates."""
+    earlier = timezone.now() - timedelta(hours=2)
+    Certificate.objects.filter(pk__in=[certs["alice"].pk, certs["bob"].pk]).update(
+        created_at=earlier
+    )
+    with time_machine.travel(timezone.now() - timedelta(hours=1), tick=False):
+        for person in (employee, colleague):
+            person.email = f"new.{person.username}@example.com"
+            person.save()
+    outdated.outdated_sync(now=timezone.now(), delay=GRACE)
+    return certs["alice"], certs["bob"]
+
+
+def test_a_scoped_officer_sees_and_counts_only_the_old_addresses_the_scope_covers(
+    officer, unscoped, moved
+):
+    alices, _bobs = moved
+    scoped = client_for(officer)
+
+    page = scoped.get(reverse("ra:leavers"))
+
+    assert [item.certificate.pk for item in page.context["outdated"]] == [alices.pk]
+    assert scoped.get(reverse("ra:console")).context["outdated_count"] == 1
+    assert client_for(unscoped).get(reverse("ra:console")).context["outdated_count"] == 2
+
+
+def test_the_hourly_run_revokes_every_old_address_whatever_the_scopes(officer, moved):
+    alices, bobs = moved
+
+    with time_machine.travel(timezone.now() + GRACE, tick=False):
+        leavers.leavers_revoke()
+
+    assert revoked(alices)
+    assert revoked(bobs)
+
+
+def test_what_waits_for_no_scheduler_counts_the_scopes_people_and_no_mailbox(
+    officer, gone, finance, certs
+):
+    """Without a broker (the tests' default) nothing runs on a schedule."""
+    closed = issue(UserFactory(), certs["alice"].template, new_key())
+    boxed(closed, finance)
+    mailboxes.mailbox_set_active(mailbox=finance, active=False)
+    reach = fresh_reach(officer)
+
+    assert leavers.waiting_without_scheduler(reach=reach) == [
+        "1 deactivated account(s) still holding certificates"
+    ]
+    assert len(leavers.waiting_without_scheduler()) == 2  # everyone's, and the mailbox
