@@ -1,8 +1,9 @@
 """RA pages of shared mailboxes under /ra/mailboxes/: list, create, edit, (de)activate.
 
-Officers only; every change goes through enrollment.mailboxes (audited). Delegates are
-named by user name or e-mail address, one a line, resolved to active accounts here; the
-service decides the rest.
+Officers who act for everyone only (a scoped officer's scope covers no mailbox: the list
+says so, the rest is a 403); every change goes through enrollment.mailboxes (audited).
+Delegates are named by user name or e-mail address, one a line, resolved to active
+accounts here; the service decides the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -25,6 +27,7 @@ from enrollment.edge import client_address, officer_required, show_error
 from enrollment.exceptions import EnrollmentError
 from enrollment.forms import PortalForm
 from enrollment.models import SharedMailbox
+from enrollment.scopes import reach_of
 
 MAX_DELEGATES = 200
 _SEPARATORS = re.compile(r"[\s,;]+")
@@ -72,12 +75,23 @@ class MailboxForm(PortalForm):
             del self.fields["email"]  # the address never changes (enrollment.mailboxes)
 
 
+def _manager_required(request: AuthenticatedHttpRequest) -> None:
+    """Officers who act for everyone (mailboxes.may_manage); a scoped officer gets a 403
+    saying why, as the service would."""
+    officer_required(request)
+    if not mailboxes.may_manage(request.user):
+        raise PermissionDenied(mailboxes.OUT_OF_SCOPE)
+
+
 def _list_page(
     request: AuthenticatedHttpRequest, form: MailboxForm | None = None, status: int = 200
 ) -> HttpResponse:
     delay = leavers.revocation_delay()
+    scope = reach_of(request.user)
     context = {
-        "mailboxes": mailboxes.mailboxes_overview(),
+        # A scoped officer, whose scope covers no mailbox, is told so instead of a list.
+        "mailboxes": mailboxes.mailboxes_overview() if scope.everyone else [],
+        "scope": None if scope.everyone else scope.describe(),
         "form": form or MailboxForm(),
         "after_hours": None if delay is None else int(delay.total_seconds() // 3600),
     }
@@ -87,10 +101,12 @@ def _list_page(
 @login_required
 @require_http_methods(["GET", "POST"])
 def mailbox_list(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """Every shared mailbox, and the form that creates one."""
+    """Every shared mailbox, and the form that creates one (for officers who act for
+    everyone; a scoped officer is told that on an empty page)."""
     officer_required(request)
     if request.method != "POST":
         return _list_page(request)
+    _manager_required(request)
     form = MailboxForm(request.POST)
     if not form.is_valid():
         return _list_page(request, form, status=400)
@@ -145,7 +161,7 @@ def _detail_page(
 @require_http_methods(["GET", "POST"])
 def mailbox_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """One mailbox: its delegates and display name (editable) and its certificates."""
-    officer_required(request)
+    _manager_required(request)
     mailbox = get_object_or_404(SharedMailbox, pk=pk)
     if request.method != "POST":
         return _detail_page(request, mailbox)
@@ -170,7 +186,7 @@ def mailbox_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def mailbox_active(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Deactivate (its certificates are revoked after the grace period) or reactivate."""
-    officer_required(request)
+    _manager_required(request)
     mailbox = get_object_or_404(SharedMailbox, pk=pk)
     active = request.POST.get("active") == "1"
     if not active and mailbox.is_active and request.POST.get("confirm") != "on":

@@ -25,6 +25,7 @@ from enrollment.audit import audit_record
 from enrollment.exceptions import InvalidState, NotPermitted, PolicyViolation
 from enrollment.models import Certificate, CertificateRequest, SharedMailbox
 from enrollment.permissions import is_ra_officer
+from enrollment.scopes import reach_of
 from enrollment.x509 import builder
 from enrollment.x509.errors import X509Error
 
@@ -84,11 +85,28 @@ def clean_display_name(value: str) -> str:
     return text
 
 
+OUT_OF_SCOPE = (
+    "A shared mailbox is outside the people your officer scope covers: RA officers who act "
+    "for everyone manage shared mailboxes."
+)
+
+
+def may_manage(user: Any) -> bool:
+    """Whether ``user`` manages shared mailboxes: an RA officer who acts for everyone. A
+    mailbox is in no unit and no group of people, so no officer scope covers it (as its
+    requests and certificates: enrollment.scopes)."""
+    return is_ra_officer(user) and reach_of(user).everyone
+
+
 def _check_officer(actor: Any) -> None:
-    """Officers manage mailboxes; ``None`` is the system (a command, the admin's own
-    superuser check having passed already)."""
-    if actor is not None and not is_ra_officer(actor):
+    """Officers who act for everyone manage mailboxes; ``None`` is the system (a command,
+    the admin's own check having passed already)."""
+    if actor is None:
+        return
+    if not is_ra_officer(actor):
         raise NotPermitted("Only RA officers manage shared mailboxes.")
+    if not reach_of(actor).everyone:
+        raise NotPermitted(OUT_OF_SCOPE)
 
 
 def _check_delegates(delegates: Iterable[Any]) -> list[Any]:

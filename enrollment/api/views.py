@@ -696,7 +696,8 @@ def _delegates(names: list[str]) -> list[Any]:
         summary="Shared mailboxes",
         description=(
             "The active shared mailboxes you are a delegate of (enrol for one with "
-            "`mailbox` in POST /api/v1/enrollments/); RA officers see every mailbox."
+            "`mailbox` in POST /api/v1/enrollments/); RA officers who act for everyone see "
+            "every mailbox (an officer scope covers none)."
         ),
         responses={200: s.MailboxOut(many=True), **ERRORS},
     ),
@@ -715,15 +716,17 @@ class MailboxViewSet(
     def get_queryset(self) -> QuerySet[SharedMailbox]:
         if getattr(self, "swagger_fake_view", False):
             return SharedMailbox.objects.none()
-        if is_ra_officer(self.request.user):
+        if mailboxes.may_manage(self.request.user):
             found = SharedMailbox.objects.all()
-        else:
+        else:  # a scoped officer's scope covers no mailbox: theirs as a delegate only
             found = mailboxes.mailboxes_of(signed_in_user(self.request))
         return found.prefetch_related("delegates").order_by("email")
 
     def _officer(self) -> None:
         if not is_ra_officer(self.request.user):
             raise PermissionDenied("Only RA officers manage shared mailboxes.")
+        if not mailboxes.may_manage(self.request.user):
+            raise PermissionDenied(mailboxes.OUT_OF_SCOPE)
 
     @extend_schema(
         summary="Create a shared mailbox (RA officers)",

@@ -25,7 +25,7 @@ from enrollment.exceptions import NotPermitted
 from enrollment.models import AuditEvent, Certificate, CrlEntry, SharedMailbox
 from tests.conftest import client_for
 from tests.enrollment.api_tools import CERTIFICATES, certificate_url, token_client
-from tests.enrollment.tools import issue, new_key
+from tests.enrollment.tools import as_staff, issue, new_key
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -587,3 +587,92 @@ def test_what_waits_for_no_scheduler_counts_the_scopes_people_and_no_mailbox(
         "1 deactivated account(s) still holding certificates"
     ]
     assert len(leavers.waiting_without_scheduler()) == 2  # everyone's, and the mailbox
+
+
+# --- shared mailboxes -----------------------------------------------------------------------
+
+
+def test_a_scoped_officer_is_told_mailboxes_are_not_theirs_on_an_empty_page(
+    officer, sales_scope, finance
+):
+    response = client_for(officer).get(reverse("ra:mailboxes"))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "finance@example.com" not in page
+    assert "your officer scope (Sales) does not cover them" in page
+    assert 'id="new"' not in page  # no form to create one
+
+
+@pytest.mark.parametrize("who", ["unscoped", "admin_user"])
+def test_officers_who_act_for_everyone_see_every_mailbox(request, sales_scope, finance, who):
+    page = client_for(request.getfixturevalue(who)).get(reverse("ra:mailboxes"))
+
+    assert "finance@example.com" in page.content.decode()
+
+
+def test_a_scoped_officer_may_not_handle_a_mailbox_on_the_pages(officer, sales_scope, finance):
+    client = client_for(officer)
+
+    created = client.post(
+        reverse("ra:mailboxes"), {"email": "hr@example.com", "display_name": "HR"}
+    )
+    opened = client.get(reverse("ra:mailbox-detail", args=[finance.pk]))
+    renamed = client.post(
+        reverse("ra:mailbox-detail", args=[finance.pk]), {"display_name": "Money", "delegates": ""}
+    )
+    closed = client.post(
+        reverse("ra:mailbox-active", args=[finance.pk]), {"active": "0", "confirm": "on"}
+    )
+
+    assert [r.status_code for r in (created, opened, renamed, closed)] == [403] * 4
+    assert "A shared mailbox is outside the people your officer scope covers" in (
+        opened.content.decode()
+    )
+    finance.refresh_from_db()
+    assert (finance.display_name, finance.is_active) == ("Finance", True)
+    assert not SharedMailbox.objects.filter(email="hr@example.com").exists()
+    assert not AuditEvent.objects.filter(action__startswith="mailbox.").exists()
+
+
+def test_the_mailbox_services_refuse_a_scoped_officer(officer, sales_scope, finance, unscoped):
+    with pytest.raises(NotPermitted, match="outside the people your officer scope covers"):
+        mailboxes.mailbox_create(
+            email="hr@example.com", display_name="HR", delegates=[], actor=officer
+        )
+    with pytest.raises(NotPermitted):
+        mailboxes.mailbox_set_active(mailbox=finance, active=False, actor=officer)
+
+    assert mailboxes.mailbox_set_active(
+        mailbox=finance, active=False, actor=unscoped
+    ).deactivated_at
+
+
+def test_the_mailbox_api_treats_a_scoped_officer_as_a_delegate(officer, sales_scope, finance):
+    reads = SharedMailbox.objects.create(email="sales@example.com", display_name="Sales")
+    reads.delegates.add(officer)
+    client = token_client(officer)
+
+    listed = client.get("/api/v1/mailboxes/").json()
+    created = client.post(
+        "/api/v1/mailboxes/",
+        {"email": "hr@example.com", "display_name": "HR", "delegates": []},
+        format="json",
+    )
+    closed = client.post(f"/api/v1/mailboxes/{finance.pk}/deactivate/")
+
+    assert [m["email"] for m in listed["results"]] == ["sales@example.com"]
+    assert created.status_code == closed.status_code == 403
+    assert "officer scope" in created.json()["detail"]
+    assert not SharedMailbox.objects.filter(email="hr@example.com").exists()
+    finance.refresh_from_db()
+    assert finance.is_active
+
+
+def test_the_mailbox_admin_actions_are_not_offered_to_a_scoped_officer(officer, sales_scope):
+    staff = as_staff(officer, "view_sharedmailbox")
+
+    form = client_for(staff).get("/admin/enrollment/sharedmailbox/").context["action_form"]
+
+    offered = set() if form is None else {value for value, _ in form.fields["action"].choices}
+    assert not offered & {"deactivate", "reactivate"}
