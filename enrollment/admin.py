@@ -32,7 +32,7 @@ from enrollment.models import (
     SharedMailbox,
 )
 from enrollment.permissions import is_ra_officer
-from enrollment.scopes import officers_limited_by
+from enrollment.scopes import officers_limited_by, reach_of
 from enrollment.x509.keys import KeyAlgorithm
 
 # The portal's own name where Django would say "Django administration".
@@ -349,9 +349,10 @@ class CertificateAdmin(ReadOnlyAdmin[Certificate]):
         return certificate_revoke_action(self, request, queryset)
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
-        # Whom the service and the RA page (/ra/certificates/) let revoke others'
-        # certificates: RA officers and superusers; only they are offered it.
-        return is_ra_officer(request.user)
+        # Whom the service and the RA page (/ra/certificates/) let revoke anyone's
+        # certificates: superusers and RA officers who act for everyone (a scoped officer
+        # revokes on the RA page); only they are offered it (bulk_revoke.may_revoke_in_bulk).
+        return is_ra_officer(request.user) and reach_of(request.user).everyone
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False

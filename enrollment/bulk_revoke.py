@@ -54,6 +54,7 @@ from enrollment.audit import audit_record
 from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, public_message
 from enrollment.models import AuditEvent, BulkRevocationRun, Certificate, CrlEntry, KeyIdentity
 from enrollment.permissions import is_ra_officer
+from enrollment.scopes import reach_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ PROGRESS = ("position", "revoked", "skipped", "failed", "imported", "batches", "
 
 def may_revoke_in_bulk(user: Any) -> bool:
     """Whom the admin's action serves: an active staff account that may view certificates
-    there (the changelist's own check) and may revoke others' (RA officers, superusers).
-    Checked again before each batch, against the account as it is then, and to resume."""
+    there (the changelist's own check) and may revoke anyone's (superusers, RA officers
+    who act for everyone: the admin lists every certificate, so it is no place for an
+    officer scope). Checked again before each batch, against the account as it is then,
+    and to resume."""
     return bool(
         user is not None
         and user.is_active
@@ -92,6 +95,7 @@ def may_revoke_in_bulk(user: Any) -> bool:
             or user.has_perm("enrollment.change_certificate")
         )
         and is_ra_officer(user)
+        and reach_of(user).everyone
     )
 
 
@@ -114,7 +118,9 @@ def bulk_revoke_start(
     checked first against the selection (its latest certificate), so a date the service
     would refuse is put right on the form rather than fail every certificate."""
     if not may_revoke_in_bulk(actor):
-        raise NotPermitted("Only RA officers may revoke certificates from the admin.")
+        raise NotPermitted(
+            "Only RA officers who act for everyone may revoke certificates from the admin."
+        )
     if invalidity_date is not None and ids:
         latest = Certificate.objects.filter(pk__in=ids).aggregate(latest=Max("not_before"))
         services.invalidity_date_check(invalidity_date, not_before=latest["latest"])

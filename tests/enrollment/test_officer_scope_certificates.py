@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from enrollment import leavers, mailboxes, outdated, ra_selectors, scopes, services
+from enrollment import bulk_revoke, leavers, mailboxes, outdated, ra_selectors, scopes, services
 from enrollment.exceptions import NotPermitted
 from enrollment.models import AuditEvent, Certificate, CrlEntry, SharedMailbox
 from tests.conftest import client_for
@@ -676,3 +676,47 @@ def test_the_mailbox_admin_actions_are_not_offered_to_a_scoped_officer(officer, 
 
     offered = set() if form is None else {value for value, _ in form.fields["action"].choices}
     assert not offered & {"deactivate", "reactivate"}
+
+
+# --- the admin: for those who act for everyone ------------------------------------------------
+
+
+def test_the_admins_bulk_revocation_is_not_offered_to_a_scoped_officer(officer, certs):
+    staff = as_staff(officer, "view_certificate")
+    client = client_for(staff)
+
+    form = client.get("/admin/enrollment/certificate/").context["action_form"]
+    offered = set() if form is None else {value for value, _ in form.fields["action"].choices}
+    asked = client.post(
+        "/admin/enrollment/certificate/",
+        {"action": "revoke", "_selected_action": [str(certs["bob"].pk)]},
+    )
+
+    assert "revoke" not in offered
+    assert not bulk_revoke.may_revoke_in_bulk(staff)
+    assert unchanged(certs["bob"])
+    assert asked.status_code in (200, 302)  # the admin ignores an action it does not offer
+    with pytest.raises(NotPermitted, match="act for everyone"):
+        bulk_revoke.bulk_revoke_start(ids=[certs["bob"].pk], reason="superseded", actor=staff)
+
+
+@pytest.mark.parametrize("who", ["unscoped", "admin_user"])
+def test_the_admins_bulk_revocation_serves_those_who_act_for_everyone(request, certs, who):
+    staff = as_staff(request.getfixturevalue(who), "view_certificate")
+
+    assert bulk_revoke.may_revoke_in_bulk(staff)
+
+
+def test_a_run_whose_officer_was_given_a_scope_stops(unscoped, certs, sales_scope):
+    staff = as_staff(unscoped, "view_certificate")
+    run = bulk_revoke.bulk_revoke_start(
+        ids=[certs["bob"].pk, certs["alice"].pk], reason="superseded", actor=staff
+    )
+    sales_scope.officers.user_set.add(staff)  # scoped before the batch comes
+
+    bulk_revoke.bulk_revoke_work(run.pk, claim=run.claim)
+
+    assert unchanged(certs["bob"])
+    assert unchanged(certs["alice"])
+    run.refresh_from_db()
+    assert "may no longer revoke certificates from the admin" in run.error
