@@ -363,6 +363,50 @@ def model_allowed(aaguid: str) -> bool:
     return not allowed or aaguid.lower() in allowed
 
 
+class FidoMetadataImport(models.Model):
+    """A FIDO Metadata Service BLOB imported (manage.py import_fido_metadata): its serial
+    number, which a later import must exceed (no rollback to an older BLOB, which may
+    predate a compromise), and the date the service promised the next one by."""
+
+    number = models.PositiveBigIntegerField(unique=True, editable=False)
+    next_update = models.DateField(editable=False)
+    imported_at = models.DateTimeField(default=timezone.now, editable=False)
+    models_count = models.PositiveIntegerField(default=0, editable=False)
+
+    class Meta:
+        verbose_name = "FIDO metadata import"
+        get_latest_by = "number"
+
+    def __str__(self) -> str:
+        return f"FIDO metadata no. {self.number}"
+
+
+class FidoModel(models.Model):
+    """A security-key model as the last imported FIDO metadata describes it: its name, the
+    latest status the FIDO Alliance reports for it and its maker's attestation roots.
+    Replaced whole by each import."""
+
+    aaguid = models.CharField(max_length=36, unique=True, editable=False)
+    description = models.CharField(max_length=200, blank=True, editable=False)
+    status = models.CharField(
+        max_length=40,
+        blank=True,
+        db_index=True,  # the compromised models are read by status
+        editable=False,
+        help_text="The latest status report's (FIDO_CERTIFIED_L1, REVOKED ...).",
+    )
+    status_date = models.DateField(null=True, blank=True, editable=False)
+    attestation_roots = models.JSONField(
+        default=list, blank=True, editable=False, help_text="Base64 DER, as the metadata has them."
+    )
+
+    class Meta:
+        verbose_name = "FIDO key model"
+
+    def __str__(self) -> str:
+        return self.description or self.aaguid
+
+
 class SecondFactorKind(models.TextChoices):
     """What confirmed a sign-in's second factor, as an API token minted in it records it
     (enrollment.models.ApiToken): the attestation policy counts only some keys."""

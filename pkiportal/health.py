@@ -11,8 +11,9 @@ database is what is down. "Warn" (the offline root's CRL expires within a month,
 issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or already
 cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS,
 the cap held leavers' certificate revocations back, publishing certificates to the
-LDAP directory fails, the directory leavers' sync cannot read it or held back, or a
-template's approvers group holds no active RA officer) still answers 200.
+LDAP directory fails, the directory leavers' sync cannot read it or held back, a
+template's approvers group holds no active RA officer, or the imported FIDO metadata is
+past its nextUpdate) still answers 200.
 
 Callers who get only the verdict share one broker and worker ping per process every
 BROKER_CHECK_SECONDS (and one CA key check a minute): a flood of them costs no pings.
@@ -32,7 +33,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from accounts import mfa
+from accounts import fido_metadata, mfa
 from enrollment import health, ldap_publish, ldap_sync, leavers
 from enrollment.permissions import is_ra_officer
 
@@ -204,8 +205,18 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
         results["ldap_sync"] = ldap_sync.ldap_sync_check()
         # "warn" while a template's approvers group holds no active RA officer.
         results["approvers"] = health.approver_status()
+        # "warn" once the imported FIDO metadata is past its nextUpdate.
+        results["fido_metadata"] = fido_metadata.metadata_check()
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
-        names = ("issuing_ca", "ca_keys", "leavers", "ldap_publish", "ldap_sync", "approvers")
+        names = (
+            "issuing_ca",
+            "ca_keys",
+            "leavers",
+            "ldap_publish",
+            "ldap_sync",
+            "approvers",
+            "fido_metadata",
+        )
         for name in names:
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}
     # "warn" when an issuing CA in use is name-constrained more narrowly than the setting.

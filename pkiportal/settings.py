@@ -574,6 +574,10 @@ for _needs_roots, _given in (
 PKIPORTAL_WEBAUTHN_ATTESTATION_FOR = (
     (_attestation_for or "roles") if PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS else ""
 )
+# FIDO metadata (manage.py import_fido_metadata): the PEM file of the FIDO Metadata Service's
+# root CA (GlobalSign Root R46 for the real service) that a BLOB's chain must lead to.
+# Read by the command, not at start-up: the portal runs without it.
+PKIPORTAL_FIDO_MDS_ROOT = env.str("PKIPORTAL_FIDO_MDS_ROOT", default="").strip()
 # Security keys only: for whom ("roles", as above, or "everyone") only a session confirmed
 # with a security key (an approved one, where the attestation policy covers them too) opens
 # the portal; one confirmed with the app, a backup code or a single sign-on opens only

@@ -1,0 +1,623 @@
+"""FIDO metadata (manage.py import_fido_metadata, pkiportal.fido_mds, accounts.fido_metadata):
+a BLOB signed by a test FIDO MDS PKI (made once per module with cryptography) is imported
+only when its signature and its chain to the given root hold and its serial number is
+newer; its models' names appear where a key's model is shown; a model it reports
+compromised no longer counts as approved under the attestation policy (sessions, tokens,
+new keys); /health/ warns once it is past its nextUpdate. openssl checks the signature."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import time_machine
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from django.core.management import CommandError, call_command
+from django.db import transaction
+from django.test import Client
+
+from accounts.models import FidoMetadataImport, FidoModel
+from enrollment.models import AuditEvent
+from pkiportal.fido_mds import MetadataError, read_blob
+from tests.attestation.test_passkey_attestation import (
+    OTHER_MODEL,
+)
+from tests.webauthn_authenticator import MODEL_AAGUID, aaguid_text, unb64url
+
+MODEL = aaguid_text(MODEL_AAGUID)
+OTHER = aaguid_text(OTHER_MODEL)
+NAME = "Test Key Series 5 NFC"
+
+
+# --- a FIDO MDS PKI for the tests: root, intermediate, signing certificates ------------------
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test FIDO MDS"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _certificate(
+    subject: str,
+    public_key: Any,
+    *,
+    issuer: x509.Certificate | None = None,
+    issuer_key: Any = None,
+    ca: bool,
+    ends: datetime | None = None,
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    issuer_name = issuer.subject if issuer is not None else _name(subject)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=2))
+        .not_valid_after(ends or now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer.public_key() if issuer is not None else public_key
+            ),
+            critical=False,
+        )
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@dataclass
+class Pki:
+    root: x509.Certificate
+    root_key: ec.EllipticCurvePrivateKey
+    intermediate: x509.Certificate
+    intermediate_key: ec.EllipticCurvePrivateKey
+    rsa_leaf: x509.Certificate
+    rsa_key: rsa.RSAPrivateKey
+    ec_leaf: x509.Certificate
+    ec_key: ec.EllipticCurvePrivateKey
+    root_file: Path
+
+    def signer(self, algorithm: str) -> tuple[Any, list[x509.Certificate]]:
+        if algorithm == "ES256":
+            return self.ec_key, [self.ec_leaf, self.intermediate]
+        return self.rsa_key, [self.rsa_leaf, self.intermediate]
+
+
+def make_pki(directory: Path, name: str = "Test FIDO MDS Root") -> Pki:
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _certificate(name, root_key.public_key(), issuer_key=root_key, ca=True)
+    intermediate_key = ec.generate_private_key(ec.SECP256R1())
+    intermediate = _certificate(
+        f"{name} CA", intermediate_key.public_key(), issuer=root, issuer_key=root_key, ca=True
+    )
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+
+    def leaf(key: Any) -> x509.Certificate:
+        return _certificate(
+            "mds.test", key.public_key(), issuer=intermediate, issuer_key=intermediate_key, ca=False
+        )
+
+    root_file = directory / "mds-root.pem"
+    root_file.write_bytes(root.public_bytes(Encoding.PEM))
+    return Pki(
+        root, root_key, intermediate, intermediate_key, leaf(rsa_key), rsa_key,
+        leaf(ec_key), ec_key, root_file,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mds(tmp_path_factory) -> Pki:
+    """The FIDO MDS PKI, made once for the module."""
+    return make_pki(tmp_path_factory.mktemp("mds"))
+
+
+def der64(certificate: x509.Certificate) -> str:
+    return base64.b64encode(certificate.public_bytes(Encoding.DER)).decode()
+
+
+def entry(
+    aaguid: str = MODEL,
+    description: str = NAME,
+    *reports: tuple[str, str],
+    roots: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A metadata entry; ``reports``: (status, effectiveDate), FIDO_CERTIFIED_L1 if none."""
+    return {
+        "aaguid": aaguid,
+        "metadataStatement": {
+            "aaguid": aaguid,
+            "description": description,
+            "attestationRootCertificates": list(roots),
+        },
+        "statusReports": [
+            {"status": status, "effectiveDate": effective}
+            for status, effective in (reports or (("FIDO_CERTIFIED_L1", "2024-01-10"),))
+        ],
+        "timeOfLastStatusChange": "2024-01-10",
+    }
+
+
+def payload(number: int = 10, *entries: dict[str, Any], next_update: str = "") -> dict[str, Any]:
+    soon = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
+    return {
+        "legalHeader": "test",
+        "no": number,
+        "nextUpdate": next_update or soon,
+        "entries": list(entries) if entries else [entry()],
+    }
+
+
+def sign(
+    pki: Pki,
+    body: Any,
+    algorithm: str = "RS256",
+    chain: list[x509.Certificate] | None = None,
+    key: Any = None,
+) -> bytes:
+    """The BLOB: a JWS over ``body`` as JSON (any JSON, not only an object), or over raw
+    bytes for a payload that is no JSON."""
+    signing_key, default_chain = pki.signer(algorithm)
+    headers = {"x5c": [der64(c) for c in (chain or default_chain)]}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return jwt.api_jws.encode(
+        data, key or signing_key, algorithm=algorithm, headers=headers
+    ).encode()
+
+
+def run(tmp_path: Path, blob: bytes, root: Path | None, **options: Any) -> str:
+    path = tmp_path / "blob.jwt"
+    path.write_bytes(blob)
+    out = StringIO()
+    if root is not None:
+        options["root"] = str(root)
+    call_command("import_fido_metadata", str(path), stdout=out, **options)
+    return out.getvalue()
+
+
+def imported(pki: Pki, tmp_path: Path, *entries: dict[str, Any], number: int = 10) -> str:
+    return run(tmp_path, sign(pki, payload(number, *entries)), pki.root_file)
+
+
+def nothing_stored() -> None:
+    assert not FidoModel.objects.exists()
+    assert not FidoMetadataImport.objects.exists()
+    assert not AuditEvent.objects.filter(action="fido_metadata.import").exists()
+
+
+def report(status: str, effective: str = "2025-03-01") -> tuple[str, str]:
+    return (status, effective)
+
+
+# --- the import ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_a_blob_signed_under_the_root_is_imported_and_audited(mds, tmp_path, algorithm):
+    vendor_root = base64.b64encode(b"\x30\x03\x02\x01\x01").decode()
+    blob = sign(
+        mds,
+        payload(
+            83,
+            entry(MODEL, NAME, roots=(vendor_root,)),
+            entry(OTHER, "Other Key", report("FIDO_CERTIFIED_L2", "2023-05-01")),
+            {"aaid": "4e4e#4005", "statusReports": [], "timeOfLastStatusChange": "2020-01-01"},
+        ),
+        algorithm,
+    )
+
+    out = run(tmp_path, blob, mds.root_file)
+
+    assert "Imported FIDO metadata no. 83: 2 key models, 0 reported compromised" in out
+    models = {m.aaguid: m for m in FidoModel.objects.all()}
+    assert set(models) == {MODEL, OTHER}  # the UAF entry (an aaid) names no WebAuthn key
+    assert (models[MODEL].description, models[MODEL].status) == (NAME, "FIDO_CERTIFIED_L1")
+    assert models[MODEL].status_date == date(2024, 1, 10)
+    assert models[MODEL].attestation_roots == [vendor_root]
+    assert FidoMetadataImport.objects.get().number == 83
+    event = AuditEvent.objects.get(action="fido_metadata.import")
+    assert (event.actor_name, event.detail["number"], event.detail["models"]) == ("system", 83, 2)
+    assert event.detail["signer"] == "CN=mds.test,O=Test FIDO MDS"
+
+
+@pytest.mark.django_db
+def test_the_root_comes_from_the_setting_without_root(mds, tmp_path, settings):
+    settings.PKIPORTAL_FIDO_MDS_ROOT = str(mds.root_file)
+    assert "no. 10" in run(tmp_path, sign(mds, payload()), None)
+
+    settings.PKIPORTAL_FIDO_MDS_ROOT = ""
+    with pytest.raises(CommandError, match="give --root ROOT_PEM or set PKIPORTAL_FIDO_MDS_ROOT"):
+        run(tmp_path, sign(mds, payload(11)), None)
+
+
+@pytest.mark.django_db
+def test_a_new_import_replaces_the_models_of_the_last(mds, tmp_path):
+    imported(mds, tmp_path, entry(MODEL), entry(OTHER, "Other Key"), number=1)
+
+    out = imported(mds, tmp_path, entry(MODEL, "Renamed"), number=2)
+
+    assert "replacing no. 1" in out
+    assert list(FidoModel.objects.values_list("aaguid", "description")) == [(MODEL, "Renamed")]
+    assert list(FidoMetadataImport.objects.order_by("number").values_list("number")) == [(1,), (2,)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("number", [7, 6], ids=["the-same", "older"])
+def test_a_blob_no_newer_than_the_imported_one_is_refused(mds, tmp_path, number):
+    imported(mds, tmp_path, entry(MODEL, "Current"), number=7)
+
+    with pytest.raises(CommandError) as refused:
+        imported(mds, tmp_path, entry(MODEL, "Rolled back"), number=number)
+
+    assert f"serial number ({number}) is not greater than that of the imported one (7)" in str(
+        refused.value
+    )
+    assert "nothing imported" in str(refused.value)
+    assert list(FidoModel.objects.values_list("description", flat=True)) == ["Current"]
+    assert AuditEvent.objects.filter(action="fido_metadata.import").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_blob_whose_payload_was_altered_is_refused(mds, tmp_path):
+    header, _payload, signature = sign(mds, payload(5)).decode().split(".")
+    forged = jwt.utils.base64url_encode(json.dumps(payload(99)).encode()).decode()
+
+    with pytest.raises(CommandError, match="signature does not verify"):
+        run(tmp_path, f"{header}.{forged}.{signature}".encode(), mds.root_file)
+
+    nothing_stored()
+
+
+@pytest.mark.django_db
+def test_a_blob_signed_by_another_key_than_its_certificate_s_is_refused(mds, tmp_path):
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(CommandError, match="signature does not verify"):
+        run(tmp_path, sign(mds, payload(), key=other), mds.root_file)
+    nothing_stored()
+
+
+@pytest.mark.django_db
+def test_a_blob_under_another_root_is_refused(mds, tmp_path):
+    stranger = make_pki(tmp_path, "Counterfeit MDS Root")
+
+    with pytest.raises(CommandError, match="does not lead to the given FIDO MDS root"):
+        run(tmp_path, sign(stranger, payload()), mds.root_file)
+    with pytest.raises(CommandError, match="does not lead to the given FIDO MDS root"):
+        run(tmp_path, sign(mds, payload()), stranger.root_file)  # the wrong --root
+    nothing_stored()
+
+
+def test_a_chain_ending_in_a_cross_signed_new_root_verifies_under_either_root(mds, tmp_path):
+    """As the real service's since its move from GlobalSign Root CA - R3 to Root R46: x5c
+    carries the new root cross-signed by the old. The path is built, not taken as given:
+    the new root alone and the old root alone both verify it."""
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_root = _certificate("New MDS Root", new_key.public_key(), issuer_key=new_key, ca=True)
+    cross = _certificate(
+        "New MDS Root", new_key.public_key(), issuer=mds.root, issuer_key=mds.root_key, ca=True
+    )
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate(
+        "New MDS CA", ca_key.public_key(), issuer=new_root, issuer_key=new_key, ca=True
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _certificate("mds.test", leaf_key.public_key(), issuer=ca, issuer_key=ca_key, ca=False)
+    blob = sign(mds, payload(), "ES256", [leaf, ca, cross], leaf_key)
+    now = datetime.now(UTC)
+
+    assert read_blob(blob, [new_root], now=now).number == 10
+    assert read_blob(blob, [mds.root], now=now).number == 10
+    with pytest.raises(MetadataError, match="does not lead to the given FIDO MDS root"):
+        read_blob(blob, [make_pki(tmp_path, "Unrelated Root").root], now=now)
+
+
+@pytest.mark.django_db
+def test_a_blob_whose_signing_certificate_expired_is_refused(mds, tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    ended = _certificate(
+        "mds.test",
+        key.public_key(),
+        issuer=mds.intermediate,
+        issuer_key=mds.intermediate_key,
+        ca=False,
+        ends=datetime.now(UTC) - timedelta(days=1),
+    )
+
+    with pytest.raises(CommandError, match="not valid at validation time"):
+        run(tmp_path, sign(mds, payload(), "ES256", [ended, mds.intermediate], key), mds.root_file)
+    nothing_stored()
+
+
+@pytest.mark.django_db
+def test_a_blob_is_checked_at_the_time_of_the_import(mds, tmp_path):
+    """The same BLOB, imported a year and a day on, when its certificates have ended."""
+    blob = sign(mds, payload())
+    later = datetime.now(UTC) + timedelta(days=366)
+    with (
+        time_machine.travel(later),
+        pytest.raises(CommandError, match="not valid at validation time"),
+    ):
+        run(tmp_path, blob, mds.root_file)
+    nothing_stored()
+
+
+@pytest.mark.django_db
+def test_a_root_file_that_is_no_root_is_refused(mds, tmp_path):
+    leaf_file = tmp_path / "leaf.pem"
+    leaf_file.write_bytes(mds.rsa_leaf.public_bytes(Encoding.PEM))
+    with pytest.raises(CommandError, match="The FIDO MDS root: .* is not a CA certificate"):
+        run(tmp_path, sign(mds, payload()), leaf_file)
+    nothing_stored()
+
+
+def header_with(pki: Pki, **fields: Any) -> str:
+    _key, chain = pki.signer("RS256")
+    header = {"alg": "RS256", "typ": "JWT", "x5c": [der64(c) for c in chain], **fields}
+    return jwt.utils.base64url_encode(json.dumps(header).encode()).decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("blob", "why"),
+    [
+        (lambda pki: b"\xff\xfe not ascii", "not a JWT"),
+        (lambda pki: b"only.two", "not a JWT"),
+        (lambda pki: b"!!!.e30.AAAA", "not a JWT"),  # the header is not base64url
+        (lambda pki: f"{header_with(pki, alg='none')}.e30.".encode(), "signed with 'none'"),
+        (lambda pki: f"{header_with(pki, alg='HS256')}.e30.AAAA".encode(), "signed with 'HS256'"),
+        (lambda pki: f"{header_with(pki, x5c=[])}.e30.AAAA".encode(), "no certificate chain"),
+        (lambda pki: f"{header_with(pki, x5c=['%%%'])}.e30.AAAA".encode(), "cannot be read"),
+        (lambda pki: f"{header_with(pki, x5c=['AAAA'])}.e30.AAAA".encode(), "cannot be read"),
+        (
+            lambda pki: sign(pki, payload(), "ES256", [pki.rsa_leaf, pki.intermediate], pki.ec_key),
+            "no ES256 key",
+        ),
+        (lambda pki: sign(pki, b"not json"), "payload cannot be read"),
+        (lambda pki: sign(pki, b"[1, 2]"), "payload cannot be read"),
+        (
+            lambda pki: sign(pki, {"no": "10", "nextUpdate": "2030-01-01", "entries": []}),
+            "no serial",
+        ),
+        (lambda pki: sign(pki, {"no": 1, "nextUpdate": "soon", "entries": []}), "not a date"),
+        (lambda pki: sign(pki, {"no": 1, "nextUpdate": "2030-01-01"}), "no entries"),
+        (lambda pki: sign(pki, payload(1, entry("not-an-aaguid"))), "not an AAGUID"),
+        (lambda pki: sign(pki, payload(1, entry(roots=("%%",)))), "not base64"),
+        (
+            lambda pki: sign(pki, payload(1, entry(MODEL, NAME, ("REVOKED\x00", "2025-01-01")))),
+            "without a status",
+        ),
+        (
+            lambda pki: sign(pki, payload(1, entry(MODEL, NAME, ("REVOKED", "yesterday")))),
+            "not a date",
+        ),
+    ],  # fmt: skip
+)
+def test_a_malformed_blob_is_refused_and_nothing_stored(mds, tmp_path, blob, why):
+    with pytest.raises(CommandError, match=why):
+        run(tmp_path, blob(mds), mds.root_file)
+    nothing_stored()
+
+
+# Any JSON at all, for the payload and within an entry.
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = st.sampled_from(
+    ["no", "nextUpdate", "entries", "aaguid", "metadataStatement", "description",
+     "attestationRootCertificates", "statusReports", "status", "effectiveDate"]
+)  # fmt: skip
+
+
+@st.composite
+def near_payloads(draw: Any) -> Any:
+    """A well-formed payload with one field somewhere replaced by any JSON value."""
+    body = payload(3, entry(MODEL, NAME, report("REVOKED"), roots=("AAAA",)))
+    target = draw(st.sampled_from(["payload", "entry", "statement", "report"]))
+    holder = {
+        "payload": body,
+        "entry": body["entries"][0],
+        "statement": body["entries"][0]["metadataStatement"],
+        "report": body["entries"][0]["statusReports"][0],
+    }[target]
+    holder[draw(FIELDS)] = draw(JSON)
+    return body
+
+
+# The module's fixtures come with function-scoped autouse ones (the relying party's settings),
+# which these tests do not use.
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=st.one_of(JSON, near_payloads()))
+def test_any_signed_payload_is_read_or_refused_never_a_crash(mds, body):
+    blob = sign(mds, body, "ES256")
+    try:
+        read = read_blob(blob, [mds.root], now=datetime.now(UTC))
+    except MetadataError:
+        return
+    assert all(len(e.description) <= 200 and e.aaguid == e.aaguid.lower() for e in read.entries)
+
+
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(noise=st.binary(max_size=300), cut=st.integers(min_value=0, max_value=4000))
+def test_any_bytes_or_a_damaged_blob_are_refused_never_a_crash(mds, noise, cut):
+    blob = sign(mds, payload(), "ES256")
+    for data in (noise, blob[:cut] + noise + blob[cut + len(noise) :]):
+        if data == blob:
+            continue
+        with pytest.raises(MetadataError):
+            read_blob(data, [mds.root], now=datetime.now(UTC))
+
+
+@pytest.mark.django_db
+@hypothesis_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=near_payloads())
+def test_a_refused_payload_stores_nothing(mds, tmp_path, body):
+    with transaction.atomic():  # each example's import rolled back for the next
+        try:
+            run(tmp_path, sign(mds, body), mds.root_file)
+        except CommandError:
+            nothing_stored()
+        else:  # a replacement that still makes a valid BLOB
+            assert FidoMetadataImport.objects.filter(number=3).exists()
+        transaction.set_rollback(True)
+
+
+def test_the_latest_status_report_is_the_model_s_status(mds):
+    body = payload(
+        1,
+        entry(
+            MODEL,
+            NAME,
+            report("FIDO_CERTIFIED_L1", "2022-01-01"),
+            report("USER_VERIFICATION_BYPASS", "2024-06-01"),
+            report("FIDO_CERTIFIED_L2", "2023-01-01"),
+        ),
+        entry(OTHER, "Undated", report("REVOKED", "2021-01-01"), ("UPDATE_AVAILABLE", None)),  # type: ignore[arg-type]
+    )
+
+    read = {
+        e.aaguid: e for e in read_blob(sign(mds, body), [mds.root], now=datetime.now(UTC)).entries
+    }
+
+    assert (read[MODEL].status, read[MODEL].status_date) == (
+        "USER_VERIFICATION_BYPASS",
+        date(2024, 6, 1),
+    )
+    assert (read[OTHER].status, read[OTHER].status_date) == ("REVOKED", date(2021, 1, 1))
+
+
+def test_a_model_listed_twice_counts_as_its_entry_with_the_later_status(mds):
+    body = payload(
+        1,
+        entry(MODEL, "Old name", report("FIDO_CERTIFIED_L1plus", "2025-03-01")),
+        entry(MODEL, NAME, report("USER_KEY_PHYSICAL_COMPROMISE", "2025-03-01")),
+        entry(MODEL, "Older", report("FIDO_CERTIFIED_L2plus", "2024-01-01")),
+        entry(OTHER, "Other", roots=("AAAA\nAAAA",)),
+    )
+
+    read = read_blob(sign(mds, body), [mds.root], now=datetime.now(UTC)).entries
+
+    assert [(e.aaguid, e.description, e.status) for e in read] == [
+        (MODEL, NAME, "USER_KEY_PHYSICAL_COMPROMISE"),
+        (OTHER, "Other", "FIDO_CERTIFIED_L1"),
+    ]
+    assert read[1].attestation_roots == ("AAAAAAAA",)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_openssl_verifies_the_signature_and_chain_the_import_accepts(mds, tmp_path, algorithm):
+    """The JWT's signature checked by openssl over its signing input, with the key of the
+    x5c's first certificate (openssl reads it from the DER); ES256's raw r||s made DER."""
+    token = sign(mds, payload(), algorithm)
+    header, body, signature = token.split(b".")
+    chain = jwt.get_unverified_header(token)["x5c"]
+    for index, der in enumerate(chain):
+        (tmp_path / f"{index}.der").write_bytes(base64.b64decode(der))
+    raw = unb64url(signature.decode())
+    if algorithm == "ES256":
+        raw = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    (tmp_path / "signature").write_bytes(raw)
+
+    def openssl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["openssl", *args], capture_output=True, text=True, timeout=30, cwd=tmp_path
+        )
+
+    assert openssl("x509", "-inform", "DER", "-in", "0.der", "-out", "leaf.pem").returncode == 0
+    assert openssl("x509", "-inform", "DER", "-in", "1.der", "-out", "ca.pem").returncode == 0
+    assert (
+        openssl("x509", "-in", "leaf.pem", "-pubkey", "-noout", "-out", "key.pem").returncode == 0
+    )
+    results = {}
+    for name, data in (("signed", header + b"." + body), ("forged", header + b"." + body + b"x")):
+        (tmp_path / name).write_bytes(data)
+        results[name] = openssl(
+            "dgst", "-sha256", "-verify", "key.pem", "-signature", "signature", name
+        )
+    chain_check = openssl(
+        "verify", "-CAfile", str(mds.root_file), "-untrusted", "ca.pem", "leaf.pem"
+    )
+
+    assert results["signed"].returncode == 0, results["signed"].stderr
+    assert "Verified OK" in results["signed"].stdout
+    assert results["forged"].returncode != 0
+    assert chain_check.returncode == 0, chain_check.stdout + chain_check.stderr
+    assert read_blob(token, [mds.root], now=datetime.now(UTC)).number == 10
+    forged = jwt.utils.base64url_encode(json.dumps(payload(11)).encode())
+    with pytest.raises(MetadataError, match="signature does not verify"):
+        read_blob(header + b"." + forged + b"." + signature, [mds.root], now=datetime.now(UTC))
+
+
+# --- stale metadata --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_health_warns_once_the_metadata_is_past_its_next_update(mds, tmp_path, settings):
+    settings.PKIPORTAL_HEALTH_TOKEN = "t" * 40
+
+    def check() -> dict[str, Any]:
+        monitoring = {"Authorization": f"Bearer {'t' * 40}"}
+        body = Client().get("/health/", headers=monitoring, secure=True).json()
+        return body["checks"]["fido_metadata"]
+
+    assert check() == {"status": "ok", "mode": "not imported"}
+    due = datetime.now(UTC).date() + timedelta(days=2)
+    run(tmp_path, sign(mds, payload(4, next_update=due.isoformat())), mds.root_file)
+    assert check()["status"] == "ok"
+    assert check()["next_update"] == due.isoformat()
+
+    with time_machine.travel(datetime.now(UTC) + timedelta(days=4)):
+        late = check()
+
+    assert late["status"] == "warn"
+    assert f"was due to be replaced on {due:%Y-%m-%d}" in late["problems"][0]
+
+
+@pytest.mark.django_db
+def test_an_import_past_its_next_update_is_taken_with_a_warning(mds, tmp_path):
+    out = run(tmp_path, sign(mds, payload(4, next_update="2020-01-01")), mds.root_file)
+    assert "This BLOB was due to be replaced on 2020-01-01" in out
+    assert FidoMetadataImport.objects.get().number == 4
