@@ -23,8 +23,8 @@ from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.debug import sensitive_post_parameters
 
-from accounts import mfa
-from accounts.models import BackupCodeDevice, TotpDevice, User, WebAuthnDevice
+from accounts import fido_metadata, mfa
+from accounts.models import BackupCodeDevice, FidoModel, TotpDevice, User, WebAuthnDevice
 from accounts.privilege import (
     is_privileged_group,
     may_administer,
@@ -37,6 +37,7 @@ from enrollment.change_audit import changes_from, role_groups
 from enrollment.edge import client_address
 from enrollment.services import address_key, other_account_with
 from pkiportal import plurals
+from pkiportal.fido_mds import COMPROMISED
 
 _ModelT = TypeVar("_ModelT", bound=models.Model)
 _FormT = TypeVar("_FormT", bound=ModelForm[Any])
@@ -352,9 +353,10 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         codes = BackupCodeDevice.objects.filter(user=obj).only("digests").first()
         left = len(codes.digests) if codes is not None else 0
         items.append(format_html("Backup codes: {} unused.", left))
-        keys = WebAuthnDevice.objects.filter(user=obj).order_by("created_at", "pk")
+        keys = list(WebAuthnDevice.objects.filter(user=obj).order_by("created_at", "pk"))
         if not keys:
             items.append(format_html("{}", "Security keys: none."))
+        named = fido_metadata.models_named(key.aaguid for key in keys)  # one query for all
         for key in keys:
             items.append(
                 format_html(
@@ -364,7 +366,7 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
                     format_html(", last used {}", _when(key.last_used_at))
                     if key.last_used_at
                     else ", never used",
-                    _key_model(key),
+                    _key_model(key, named),
                 )
             )
         policies = []
@@ -418,11 +420,14 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         if match is None or match.url_name != "accounts_user_changelist":
             return queryset
         keys = WebAuthnDevice.objects.filter(user=OuterRef("pk"))
-        # WebAuthnDevice.approved, in SQL: attested, and of a model still on the list.
-        approved = keys.filter(attested=True)
+        # WebAuthnDevice.approved, in SQL: attested, of a model still on the list, and not
+        # one the FIDO metadata reports compromised.
+        approved = keys.filter(attested=True).annotate(model=Lower("aaguid"))
         allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
         if allowed:
-            approved = approved.annotate(model=Lower("aaguid")).filter(model__in=allowed)
+            approved = approved.filter(model__in=allowed)
+        compromised = FidoModel.objects.filter(status__in=COMPROMISED).values("aaguid")
+        approved = approved.exclude(model__in=compromised)
         return queryset.annotate(
             mfa_app=Exists(TotpDevice.objects.filter(user=OuterRef("pk"), confirmed=True)),
             mfa_keys=_count(keys),
@@ -570,18 +575,27 @@ def _when(moment: Any) -> str:
     return date_format(timezone.localtime(moment), "Y-m-d H:i T") if moment else "earlier"
 
 
-def _key_model(key: WebAuthnDevice) -> str:
+def _key_model(key: WebAuthnDevice, named: dict[str, FidoModel]) -> str:
     """What a key proved of its model when it was added, and whether that model counts
-    today (PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS may have changed since)."""
+    today (PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS may have changed since, and the FIDO metadata
+    may report it compromised); the model named where the metadata names it."""
+    model = fido_metadata.label(key.aaguid, named)
+    reported = fido_metadata.compromise(named.get(key.aaguid.lower()))
     if not key.attested:
-        claimed = f", claims model {key.aaguid}" if key.aaguid and key.aaguid != _NO_MODEL else ""
+        claimed = f", claims model {model}" if key.aaguid and key.aaguid != _NO_MODEL else ""
         return format_html(
-            "not attested (attestation {}{}): model not proved",
+            "not attested (attestation {}{}): model not proved{}",
             key.attestation_format or "none",
             claimed,
+            f"; the FIDO Alliance reports the model as {reported}" if reported else "",
         )
-    verdict = "approved model" if key.approved else "model no longer on the approved list"
-    return format_html("attested ({}), model {}: {}", key.attestation_format, key.aaguid, verdict)
+    if key.approved:
+        verdict = "approved model"
+    elif reported:
+        verdict = f"not approved: the FIDO Alliance reports it as {reported}"
+    else:
+        verdict = "model no longer on the approved list"
+    return format_html("attested ({}), model {}: {}", key.attestation_format, model, verdict)
 
 
 # The AAGUID of a key that names no model (py_webauthn's text for sixteen zero bytes).

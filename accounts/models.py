@@ -358,9 +358,14 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
 
 def model_allowed(aaguid: str) -> bool:
     """Whether an attested key of this model (AAGUID) counts as approved: any model the
-    roots vouch for, or, with PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS, one still on that list."""
+    roots vouch for, or, with PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS, one still on that list;
+    never one the imported FIDO metadata reports compromised (accounts.fido_metadata)."""
+    from accounts import fido_metadata
+
     allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
-    return not allowed or aaguid.lower() in allowed
+    if allowed and aaguid.lower() not in allowed:
+        return False
+    return aaguid.lower() not in fido_metadata.compromised_models()
 
 
 class FidoMetadataImport(models.Model):

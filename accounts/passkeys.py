@@ -62,7 +62,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
-from accounts import mfa
+from accounts import fido_metadata, mfa
 from accounts.models import WebAuthnDevice
 from accounts.sessions import sessions_end
 from enrollment.audit import audit_record
@@ -110,6 +110,10 @@ ATTESTATION_MISMATCH = (
 ATTESTATION_MODEL = (
     "This security key's model is not on your organisation's list of approved keys: use "
     "one of the approved models; your IT service desk knows which."
+)
+ATTESTATION_COMPROMISED = (
+    "The FIDO Alliance reports this security key's model as {}. Your organisation no longer "
+    "accepts it: use another model; your IT service desk knows which."
 )
 
 
@@ -407,8 +411,14 @@ def _check_attestation(
                         ATTESTATION_MISMATCH,
                     )
     allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
-    if refusal is None and allowed and str(verified.aaguid).lower() not in allowed:
+    model = str(verified.aaguid).lower()
+    if refusal is None and allowed and model not in allowed:
         refusal = ("attestation: model not allowed", ATTESTATION_MODEL)
+    if refusal is None and model in (compromised := fido_metadata.compromised_models()):
+        refusal = (
+            "attestation: model reported compromised",
+            ATTESTATION_COMPROMISED.format(fido_metadata.compromise(compromised[model])),
+        )
     if refusal is None:
         return
     why, message = refusal

@@ -27,7 +27,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts import mfa, passkeys
+from accounts import fido_metadata, mfa, passkeys
 from accounts.forms import CodeForm, CurrentCodeForm, RemoveForm, SetupForm
 from accounts.middleware import APPROVED_KEY_PAGES
 from accounts.models import WebAuthnDevice
@@ -120,6 +120,18 @@ def _held_back_until(restriction: str, state: mfa.State) -> str:
     return ""
 
 
+def _held_key_compromise(request: HttpRequest, restriction: str) -> str:
+    """Why the key this session signed in with opens only this page, when it proved its
+    model and the FIDO Alliance reports that model compromised (fido_metadata.compromise);
+    "" for a key that proved no model."""
+    device = getattr(request.user, "otp_device", None)
+    if restriction != "approved_security_key" or not isinstance(device, WebAuthnDevice):
+        return ""
+    if not device.attested:
+        return ""
+    return fido_metadata.compromise(fido_metadata.compromised_models().get(device.aaguid.lower()))
+
+
 @never_cache
 @login_required
 def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -136,6 +148,7 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
     codes_form.fields["current_code"].label = code_label
     remove_form = RemoveForm(auto_id="remove-%s")
     remove_form.fields["current_code"].label = code_label
+    keys = passkeys.devices(request.user)
     context = {
         "state": state,
         "device": device,
@@ -147,7 +160,10 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
         "sign_in_again": not recent_sign_in.signed_in_recently(request),
         "sign_in_minutes": settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES,
         "single_sign_on_verified": bool(request.session.get(mfa.SSO_VERIFIED)),
-        "passkey_devices": passkeys.devices(request.user),
+        "passkey_devices": keys,
+        # Each key's model where the FIDO metadata names it (one query for the list).
+        "passkey_rows": fido_metadata.key_rows(keys),
+        "held_key_compromise": _held_key_compromise(request, restriction),
         "passkey_confirmed": passkeys.has_confirmed(request.session),
         # A code proves the current second factor, unless a key was confirmed just now.
         "ask_code": (device is not None or codes_left > 0)

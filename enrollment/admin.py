@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 
+from accounts import fido_metadata
 from enrollment import mailboxes, ra_selectors, services
 from enrollment.change_audit import scope_record, scope_state, template_record, template_state
 from enrollment.edge import client_address
@@ -524,7 +525,11 @@ class ApiTokenAdmin(ReadOnlyAdmin[ApiToken]):
         if not obj.second_factor_kind:
             return "a second factor (which one was not recorded then)"
         kind = obj.get_second_factor_kind_display()
-        return f"{kind} ({obj.second_factor_key_model})" if obj.second_factor_key_model else kind
+        aaguid = obj.second_factor_key_model
+        if not aaguid:
+            return kind
+        # The model's name where the FIDO metadata gives one (accounts.fido_metadata).
+        return f"{kind} ({fido_metadata.label(aaguid, fido_metadata.models_named([aaguid]))})"
 
     def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return request.user.has_perm("enrollment.view_apitoken") or self.has_delete_permission(

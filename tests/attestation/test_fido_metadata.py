@@ -31,15 +31,29 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from django.core.management import CommandError, call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
-from accounts.models import FidoMetadataImport, FidoModel
+from accounts import fido_metadata
+from accounts.models import FidoMetadataImport, FidoModel, WebAuthnDevice
 from enrollment.models import AuditEvent
 from pkiportal.fido_mds import MetadataError, read_blob
+from tests.attestation.test_api_token_attestation import (
+    minted_in_session,
+    refused_for_its_key,
+    signed_in_with,
+)
 from tests.attestation.test_passkey_attestation import (
     OTHER_MODEL,
+    approved_key,
+    register,
+    register_through_service,
+    with_app,
 )
+from tests.enrollment.api_tools import PENDING
+from tests.second_factor import verified_login
+from tests.test_passkeys import browser, events, password_only, sign_in_with_key
 from tests.webauthn_authenticator import MODEL_AAGUID, aaguid_text, unb64url
 
 MODEL = aaguid_text(MODEL_AAGUID)
@@ -589,6 +603,226 @@ def test_openssl_verifies_the_signature_and_chain_the_import_accepts(mds, tmp_pa
     forged = jwt.utils.base64url_encode(json.dumps(payload(11)).encode())
     with pytest.raises(MetadataError, match="signature does not verify"):
         read_blob(header + b"." + forged + b"." + signature, [mds.root], now=datetime.now(UTC))
+
+
+# --- names where a key's model is shown ----------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_account_page_names_each_key_s_model_in_one_query(
+    mds, tmp_path, officer, vendor, policy
+):
+    policy()
+    imported(mds, tmp_path, entry(MODEL, NAME), entry(OTHER, "Other Key"))
+    register_through_service(officer, approved_key(vendor))
+    client = verified_login(browser(), officer)
+
+    with CaptureQueriesContext(connection) as one_key:
+        page = client.get("/account/").content.decode()
+    for _more in range(3):
+        register_through_service(officer, approved_key(vendor, OTHER_MODEL))
+    with CaptureQueriesContext(connection) as four_keys:
+        many = client.get("/account/").content.decode()
+
+    assert f'<span title="AAGUID {MODEL}">{NAME}</span>, added ' in page
+    assert many.count(">Other Key</span>") == 3
+    assert many.count(", approved model") == 4
+    model_reads = [
+        [q for q in queries if "accounts_fidomodel" in q["sql"]] for queries in (one_key, four_keys)
+    ]
+    assert len(model_reads[0]) == len(model_reads[1]) <= 2  # names, and compromised models
+
+
+@pytest.mark.django_db
+def test_without_metadata_the_pages_show_the_aaguid_as_before(
+    officer, vendor, policy, admin_client_
+):
+    policy()
+    register_through_service(officer, approved_key(vendor))
+
+    page = verified_login(browser(), officer).get("/account/").content.decode()
+    admin = admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+
+    assert 'title="AAGUID' not in page
+    assert ", approved model" in page
+    assert f"attested (packed), model {MODEL}: approved model" in admin
+
+
+@pytest.mark.django_db
+def test_the_admin_names_the_model_with_its_aaguid(
+    mds, tmp_path, officer, vendor, policy, admin_client_
+):
+    policy()
+    imported(mds, tmp_path, entry(MODEL, NAME))
+    key = approved_key(vendor)
+    register_through_service(officer, key)
+    _api, token = minted_in_session(signed_in_with(officer, key))
+
+    user_page = admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+    token_page = admin_client_.get(
+        f"/admin/enrollment/apitoken/{token.pk}/change/"
+    ).content.decode()
+
+    assert f"attested (packed), model {NAME} ({MODEL}): approved model" in user_page
+    assert f"security key, model proved ({NAME} ({MODEL}))" in token_page
+
+
+# --- a model reported compromised ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_model_reported_compromised_stops_opening_the_session_and_the_page_says_why(
+    mds, tmp_path, officer, vendor, policy
+):
+    policy()
+    key = approved_key(vendor)
+    register_through_service(officer, key)
+    before = password_only(officer)
+    assert sign_in_with_key(before, key).json()["redirect"] == "/ra/requests/"
+    api, _token = minted_in_session(before)
+    assert api.get(PENDING).status_code == 200
+
+    out = imported(mds, tmp_path, entry(MODEL, NAME, report("ATTESTATION_KEY_COMPROMISE")))
+    client = password_only(officer)
+
+    assert "1 reported compromised" in out
+    assert "no longer count as approved under the attestation policy: 1." in out
+    assert sign_in_with_key(client, key).json()["redirect"] == "/account/"
+    assert client.get("/ra/requests/")["Location"] == "/account/"
+    assert client.get("/api/v1/certificates/").json()["missing"] == "approved_security_key"
+    refused_for_its_key(api.get(PENDING))  # the token minted with it, too
+    page = client.get("/account/").content.decode()
+    assert 'id="approved-key-needed"' in page
+    assert (
+        "the FIDO Alliance reports the model of the key you signed in with as compromised "
+        "(ATTESTATION_KEY_COMPROMISE since 2025-03-01): its maker&#x27;s attestation key is "
+        "known to others"
+    ) in page
+    assert "The FIDO Alliance reports this model as compromised (ATTESTATION_KEY_COMPROMISE" in page
+    assert "It does not open your role" in page
+    assert not WebAuthnDevice.objects.get(user=officer).approved
+
+
+@pytest.mark.django_db
+def test_a_later_status_that_is_no_compromise_gives_the_approval_back(
+    mds, tmp_path, officer, vendor, policy
+):
+    policy()
+    key = approved_key(vendor)
+    register_through_service(officer, key)
+    imported(mds, tmp_path, entry(MODEL, NAME, report("USER_VERIFICATION_BYPASS")), number=1)
+    assert sign_in_with_key(password_only(officer), key).json()["redirect"] == "/account/"
+
+    imported(
+        mds,
+        tmp_path,
+        entry(
+            MODEL,
+            NAME,
+            report("USER_VERIFICATION_BYPASS"),
+            report("FIDO_CERTIFIED_L1", "2025-09-01"),
+        ),
+        number=2,
+    )
+
+    assert sign_in_with_key(password_only(officer), key).json()["redirect"] == "/ra/requests/"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "status", ["REVOKED", "ATTESTATION_KEY_COMPROMISE", "USER_VERIFICATION_BYPASS",
+               "USER_KEY_REMOTE_COMPROMISE", "USER_KEY_PHYSICAL_COMPROMISE"],
+)  # fmt: skip
+def test_a_key_of_a_compromised_model_is_refused_when_added(
+    mds, tmp_path, officer, vendor, policy, status
+):
+    policy()
+    imported(mds, tmp_path, entry(MODEL, NAME, report(status)))
+    client, seed = with_app(officer)
+
+    _options, refused = register(client, approved_key(vendor), seed)
+    _options, other = register(client, approved_key(vendor, OTHER_MODEL), seed)
+
+    assert refused.status_code == 400
+    assert refused.json()["detail"].startswith(
+        "The FIDO Alliance reports this security key's model as "
+    )
+    assert f"({status} since 2025-03-01)" in refused.json()["detail"]
+    assert other.status_code == 200  # a model the metadata does not report
+    assert list(WebAuthnDevice.objects.filter(user=officer).values_list("aaguid", flat=True)) == [
+        OTHER
+    ]
+    assert events("mfa.verify")[-1].detail["reason"] == "attestation: model reported compromised"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ["FIDO_CERTIFIED_L1", "UPDATE_AVAILABLE", "NOT_FIDO_CERTIFIED"])
+def test_other_statuses_change_nothing(mds, tmp_path, officer, vendor, policy, status):
+    policy()
+    imported(mds, tmp_path, entry(MODEL, NAME, report(status)))
+    client, seed = with_app(officer)
+    assert register(client, approved_key(vendor), seed)[1].status_code == 200
+    assert WebAuthnDevice.objects.get(user=officer).approved
+
+
+@pytest.mark.django_db
+def test_without_the_policy_a_compromised_model_is_only_reported(mds, tmp_path, officer):
+    """The key opens the session as before (no policy weighs models); its page says it."""
+    from tests.webauthn_authenticator import SoftKey
+
+    key = SoftKey(aaguid=MODEL_AAGUID)
+    register_through_service(officer, key)
+    imported(mds, tmp_path, entry(MODEL, NAME, report("REVOKED")))
+    client = password_only(officer)
+
+    assert sign_in_with_key(client, key).json()["redirect"] == "/ra/requests/"
+    page = client.get("/account/").content.decode()
+    assert "The FIDO Alliance reports this model as revoked (REVOKED since 2025-03-01)" in page
+    assert "It does not open your role" not in page
+
+
+@pytest.mark.django_db
+def test_the_admin_list_counts_no_key_of_a_compromised_model_as_approved(
+    mds, tmp_path, officer, vendor, policy, admin_client_
+):
+    policy()
+    register_through_service(officer, approved_key(vendor))
+    register_through_service(officer, approved_key(vendor, OTHER_MODEL))
+    imported(mds, tmp_path, entry(MODEL, NAME, report("USER_KEY_REMOTE_COMPROMISE")))
+
+    page = admin_client_.get("/admin/accounts/user/")
+    detail = admin_client_.get(f"/admin/accounts/user/{officer.pk}/change/").content.decode()
+
+    rows = {user.username: user for user in page.context["cl"].result_list}
+    assert page.context["cl"].model_admin.second_factor_summary(rows["olivia"]) == (
+        "2 keys (1 approved)"
+    )
+    assert (
+        f"model {NAME} ({MODEL}): not approved: the FIDO Alliance reports it as compromised "
+        "(USER_KEY_REMOTE_COMPROMISE since 2025-03-01)"
+    ) in detail
+
+
+@pytest.mark.django_db
+def test_the_compromised_models_are_read_once_per_request(mds, tmp_path, officer, vendor, policy):
+    policy()
+    for aaguid in (MODEL_AAGUID, OTHER_MODEL, OTHER_MODEL):
+        register_through_service(officer, approved_key(vendor, aaguid))
+    imported(mds, tmp_path, entry(MODEL, NAME, report("REVOKED")))
+    client = verified_login(browser(), officer)
+
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/account/")
+    compromised_reads = [
+        q for q in queries if "accounts_fidomodel" in q["sql"] and '"status" IN' in q["sql"]
+    ]
+
+    assert page.status_code == 200
+    assert page.content.decode().count("data-model-compromised") == 1
+    assert len(compromised_reads) == 1
+    # Outside a request nothing is remembered: an import is seen at once.
+    FidoModel.objects.update(status="FIDO_CERTIFIED_L1")
+    assert fido_metadata.compromised_models() == {}
 
 
 # --- stale metadata --------------------------------------------------------------------------
