@@ -496,7 +496,9 @@ def test_any_signed_payload_is_read_or_refused_never_a_crash(mds, body):
 def test_any_bytes_or_a_damaged_blob_are_refused_never_a_crash(mds, noise, cut):
     blob = sign(mds, payload(), "ES256")
     for data in (noise, blob[:cut] + noise + blob[cut + len(noise) :]):
-        if data == blob:
+        if (
+            data.strip() == blob.strip()
+        ):  # blanks around the file are no damage: read_blob strips them
             continue
         with pytest.raises(MetadataError):
             read_blob(data, [mds.root], now=datetime.now(UTC))
