@@ -30,6 +30,7 @@ from enrollment.models import (
 )
 from enrollment.notifications import mail
 from enrollment.permissions import Decider, deciders, ra_officers
+from enrollment.scopes import prime_groups, reaches
 from pkiportal import plurals
 
 if TYPE_CHECKING:
@@ -62,12 +63,23 @@ def officer_addresses(*, exclude: Iterable[int | None] = ()) -> list[str]:
 
 
 def agent_addresses() -> list[str]:
+    return list(_agents().values_list("email", flat=True))
+
+
+def _agents() -> QuerySet[User]:
     users = get_user_model().objects.filter(is_active=True).exclude(email="")
-    return list(
-        users.filter(groups__name=settings.PKIPORTAL_KRA_GROUP)
-        .distinct()
-        .values_list("email", flat=True)
-    )
+    return users.filter(groups__name=settings.PKIPORTAL_KRA_GROUP).distinct()
+
+
+def _covering(users: QuerySet[User], certificate: Certificate) -> list[str]:
+    """The addresses of those whose officer scope covers the certificate's holder (for a
+    shared mailbox's: those who act for everyone): every Reach and the holder's groups
+    read once, not a query per person."""
+    people = list(users.only("pk", "is_superuser", "email"))
+    reached = reaches((p.pk, p.is_superuser) for p in people)
+    if not all(reach.everyone for reach in reached.values()):
+        prime_groups([certificate.owner])
+    return [p.email for p in people if reached[p.pk].covers_certificate(certificate)]
 
 
 def admin_addresses() -> list[str]:
@@ -505,7 +517,8 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
 
 
 def recovery_asked(recovery: KeyRecoveryRequest) -> None:
-    """The officers learn that a key's holder asks for it back and waits for one of them."""
+    """The officers whose scope covers the key's holder learn that the holder asks for it
+    back and waits for one of them."""
     holder = recovery.asked_by
     _send(
         f"Key recovery #{recovery.pk}: a key holder asks for their encryption key back",
@@ -516,12 +529,13 @@ def recovery_asked(recovery: KeyRecoveryRequest) -> None:
             "holder": _name(holder),
             "url": reverse("ra:recovery-detail", args=[recovery.pk]),
         },
-        officer_addresses(exclude=[recovery.asked_by_id]),
+        _covering(_officers().exclude(pk__in=[recovery.asked_by_id]), recovery.certificate),
     )
 
 
 def recovery_awaits_approval(recovery: KeyRecoveryRequest) -> None:
-    """The officers who may approve it (not its opener, not the key's owner) learn it waits."""
+    """The officers who may approve it (not its opener, not the key's owner, only those
+    whose scope covers the owner) learn it waits."""
     from enrollment.recovery import approvals_required
 
     _send(
@@ -535,14 +549,26 @@ def recovery_awaits_approval(recovery: KeyRecoveryRequest) -> None:
             "required": approvals_required(),
             "url": reverse("ra:recovery-detail", args=[recovery.pk]),
         },
-        officer_addresses(
-            exclude=[recovery.requested_by_id, recovery.certificate.owner_id, recovery.asked_by_id]
+        _covering(
+            _officers().exclude(
+                pk__in=[
+                    pk
+                    for pk in (
+                        recovery.requested_by_id,
+                        recovery.certificate.owner_id,
+                        recovery.asked_by_id,
+                    )
+                    if pk is not None
+                ]
+            ),
+            recovery.certificate,
         ),
     )
 
 
 def recovery_awaits_agent(recovery: KeyRecoveryRequest) -> None:
-    """The key recovery agents learn that an approved recovery waits for one of them."""
+    """The key recovery agents whose scope covers the key's owner learn that an approved
+    recovery waits for one of them."""
     _send(
         f"Key recovery #{recovery.pk} is approved and waits for a key recovery agent",
         "enrollment/email/recovery_awaits_agent.txt",
@@ -550,7 +576,7 @@ def recovery_awaits_agent(recovery: KeyRecoveryRequest) -> None:
             "recovery": recovery,
             "url": reverse("ra:recovery-perform", args=[recovery.pk]),
         },
-        agent_addresses(),
+        _covering(_agents(), recovery.certificate),
     )
 
 

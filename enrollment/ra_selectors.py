@@ -39,7 +39,7 @@ from enrollment.models import (
     RevocationList,
 )
 from enrollment.permissions import decider, ra_officers
-from enrollment.scopes import EVERYONE, Reach
+from enrollment.scopes import EVERYONE, Reach, within_reach
 from pkiportal import plurals
 
 HEX = re.compile(r"[0-9a-f]+")
@@ -193,17 +193,18 @@ def approval_notice_summary(officer: Any) -> NoticeSummary:
     )
 
 
-def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
+def open_recoveries(reach: Reach = EVERYONE) -> QuerySet[KeyRecoveryRequest]:
     """In progress, oldest first; a holder's request that waits for an officer included,
-    with_quorum()."""
+    with_quorum(). Only those of the key owners ``reach`` covers (an officer's queue)."""
     found = (
         KeyRecoveryRequest.objects.filter(
+            reach.certificates("certificate__"),
             state__in=[
                 KeyRecoveryRequest.State.REQUESTED,
                 KeyRecoveryRequest.State.PENDING,
                 KeyRecoveryRequest.State.APPROVED,
                 KeyRecoveryRequest.State.READY,
-            ]
+            ],
         )
         .select_related("certificate__owner", "requested_by", "asked_by")
         .defer("bundle")
@@ -214,10 +215,15 @@ def open_recoveries() -> QuerySet[KeyRecoveryRequest]:
 
 def counted_approvals() -> Count:
     """How many of a recovery's approvals count now, in the list's own query: those of
-    officers who still are active RA officers, the rule enrollment.recovery.quorum applies
-    one recovery at a time (permissions.ra_officers is is_ra_officer as a filter). Every
-    count of approvals shown (queue, API, start page) is this one."""
-    return Count("approvals", filter=ra_officers("approvals__officer__"), distinct=True)
+    officers who still are active RA officers and whose officer scope still covers the key's
+    owner, the rule enrollment.recovery.quorum applies one recovery at a time
+    (permissions.ra_officers is is_ra_officer as a filter, scopes.within_reach
+    Reach.covers_certificate). Every count of approvals shown (queue, API, start page) is
+    this one."""
+    counts = ra_officers("approvals__officer__") & within_reach(
+        "approvals__officer_id", "certificate__"
+    )
+    return Count("approvals", filter=counts, distinct=True)
 
 
 def with_quorum(recoveries: QuerySet[KeyRecoveryRequest]) -> QuerySet[KeyRecoveryRequest]:
@@ -233,12 +239,14 @@ def with_quorum(recoveries: QuerySet[KeyRecoveryRequest]) -> QuerySet[KeyRecover
     )
 
 
-def recoveries_for_agents() -> QuerySet[KeyRecoveryRequest]:
+def recoveries_for_agents(reach: Reach = EVERYONE) -> QuerySet[KeyRecoveryRequest]:
     """Those a key recovery agent may carry out now (recovery.may_be_performed): an approved
-    recovery whose approver lost the role waits for another officer, not for an agent."""
+    recovery whose approver lost the role waits for another officer, not for an agent; and
+    only of the key owners the agent's ``reach`` covers."""
     return with_quorum(
         KeyRecoveryRequest.objects.filter(
-            state__in=[KeyRecoveryRequest.State.PENDING, KeyRecoveryRequest.State.APPROVED]
+            reach.certificates("certificate__"),
+            state__in=[KeyRecoveryRequest.State.PENDING, KeyRecoveryRequest.State.APPROVED],
         )
     ).filter(Q(quorum_met=True))  # Q: django-stubs cannot see the annotation
 

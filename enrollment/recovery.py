@@ -56,6 +56,7 @@ from enrollment.models import (
 )
 from enrollment.permissions import is_key_recovery_agent, is_ra_officer
 from enrollment.ra_selectors import with_quorum
+from enrollment.scopes import Reach, reach_of, reaches
 from enrollment.x509 import cms, keys, pkcs7, pkcs12
 from enrollment.x509.errors import X509Error
 from pkiportal import plurals
@@ -93,24 +94,47 @@ def approvals_required() -> int:
     return approvals
 
 
+# Every refusal of someone whose officer scope leaves the key's owner out (README.md,
+# "Key recovery"): it names nobody, as the page it stands for is not theirs to see.
+OUT_OF_REACH = "This key recovery is outside the people your officer scope covers."
+
+
+class OutOfReach(NotPermitted):
+    """The key's owner is outside the actor's officer scope (enrollment.scopes): the web
+    edge answers 403 without showing the recovery."""
+
+
+def _check_in_reach(certificate: Certificate, user: Any, *, then: str = "") -> None:
+    """Nobody opens, accepts, approves, rejects or carries out the recovery of a key whose
+    owner their Reach leaves out (a shared mailbox's: everyone-reach only)."""
+    if not reach_of(user).covers_certificate(certificate):
+        raise OutOfReach(" ".join(filter(None, (OUT_OF_REACH, then, "Nothing was changed."))))
+
+
 class ApprovalLapse(enum.Enum):
     """Why an approval given earlier no longer counts; each value completes "does not
     count: ..." on the recovery's page and in refusals."""
 
     DEACTIVATED = "the approver's account is deactivated"
     NOT_OFFICER = "the approver is no longer an RA officer"
+    OUT_OF_SCOPE = "outside their officer scope now"
 
 
-def approval_lapse(approval: KeyRecoveryApproval) -> ApprovalLapse | None:
-    """Whether the approver still holds what approving took (an active RA officer), now.
+def approval_lapse(
+    approval: KeyRecoveryApproval, certificate: Certificate, reach: Reach | None = None
+) -> ApprovalLapse | None:
+    """Whether the approver still holds what approving took, now: an active RA officer
+    whose Reach covers the key's owner (``reach``: theirs, when the caller read it).
 
-    Roles are withdrawn (directory sync, leaving the team, an officer found to collude):
-    an approval counts only while its officer still could give it."""
+    Roles are withdrawn (directory sync, leaving the team, an officer found to collude)
+    and scopes narrowed: an approval counts only while its officer still could give it."""
     approver = approval.officer
     if not approver.is_active:
         return ApprovalLapse.DEACTIVATED
     if not is_ra_officer(approver):
         return ApprovalLapse.NOT_OFFICER
+    if not (reach or reach_of(approver)).covers_certificate(certificate):
+        return ApprovalLapse.OUT_OF_SCOPE
     return None
 
 
@@ -137,6 +161,19 @@ class Quorum:
             f"{_display_name(a.officer)}'s approval ({lapse.value})" for a, lapse in self.lapsed
         )
 
+    @property
+    def scope_lapsed(self) -> bool:
+        """Whether some approval no longer counts because of the approver's officer scope."""
+        return any(lapse == ApprovalLapse.OUT_OF_SCOPE for _a, lapse in self.lapsed)
+
+    @property
+    def counts_again(self) -> str:
+        """What brings a lapsed approval back, completing "once its approver ...": their
+        role, and where a scope dropped it, a scope that covers the key's owner again."""
+        if self.scope_lapsed:
+            return "is an active RA officer whose officer scope covers the key's owner again"
+        return "is an active RA officer again"
+
 
 def quorum(
     recovery: KeyRecoveryRequest, approvals: Iterable[KeyRecoveryApproval] | None = None
@@ -145,10 +182,13 @@ def quorum(
     has read them already."""
     if approvals is None:
         approvals = recovery.approvals.select_related("officer")
+    approvals = list(approvals)
+    # Every approver's Reach in one go (one query unless some are in a scope's group).
+    reached = reaches({(a.officer_id, a.officer.is_superuser) for a in approvals})
     counted: list[KeyRecoveryApproval] = []
     lapsed: list[tuple[KeyRecoveryApproval, ApprovalLapse]] = []
     for approval in approvals:
-        lapse = approval_lapse(approval)
+        lapse = approval_lapse(approval, recovery.certificate, reached[approval.officer_id])
         if lapse is None:
             counted.append(approval)
         else:
@@ -170,7 +210,7 @@ def _short_of_quorum(found: Quorum, *, so: str) -> str:
     return (
         f"This recovery no longer has the approvals it needs, so {so}: "
         f"{found.lapses_in_words()} no longer {verb}. It needs {more} (an approval counts "
-        "again once its approver is an active RA officer again). Nothing was changed."
+        f"again once its approver {found.counts_again}). Nothing was changed."
     )
 
 
@@ -219,18 +259,32 @@ def _open_one(certificate: Certificate) -> KeyRecoveryRequest | None:
 
 
 def may_download(recovery: KeyRecoveryRequest, user: User) -> bool:
-    """The named person; the requesting officer only while they still are an RA officer."""
+    """The named person; the requesting officer only while they still are an RA officer
+    whose scope covers the key's owner."""
     if user.pk != recovery.recipient_id:
         return False
-    return recovery.deliver_to == KeyRecoveryRequest.Recipient.OWNER or is_ra_officer(user)
-
-
-def _delivered_to_former_officer(recovery: KeyRecoveryRequest) -> bool:
-    # Roles are withdrawn (directory sync, leaving the team); a key delivered to someone
-    # as an officer goes only to a current one.
-    return recovery.deliver_to == KeyRecoveryRequest.Recipient.REQUESTER and not is_ra_officer(
-        recovery.requested_by
+    return recovery.deliver_to == KeyRecoveryRequest.Recipient.OWNER or (
+        _officer_lapse(user, recovery.certificate) is None
     )
+
+
+def _officer_lapse(officer: User | None, certificate: Certificate) -> ApprovalLapse | None:
+    """Why a key delivered to this officer as an officer may no longer go to them: no
+    longer one (deactivated included), or the owner now outside their scope."""
+    if officer is None or not is_ra_officer(officer):
+        return ApprovalLapse.NOT_OFFICER
+    if not reach_of(officer).covers_certificate(certificate):
+        return ApprovalLapse.OUT_OF_SCOPE
+    return None
+
+
+def _delivered_to_former_officer(recovery: KeyRecoveryRequest) -> ApprovalLapse | None:
+    # Roles are withdrawn (directory sync, leaving the team) and scopes narrowed; a key
+    # delivered to someone as an officer goes only to a current one who may act for its
+    # owner.
+    if recovery.deliver_to != KeyRecoveryRequest.Recipient.REQUESTER:
+        return None
+    return _officer_lapse(recovery.requested_by, recovery.certificate)
 
 
 def recipient_name(recovery: KeyRecoveryRequest) -> str:
@@ -310,6 +364,9 @@ def recovery_open(
     ):
         if not is_ra_officer(officer):
             raise NotPermitted("Only RA officers open key recoveries.")
+        _check_in_reach(
+            certificate, officer, then="An officer whose scope covers the key's owner opens it."
+        )
         if holds_certificate_key(certificate, officer.pk):
             # Opening is the step where an officer other than the holder vouches for the
             # request: a holder who opened it would need one approver and one agent only.
@@ -560,6 +617,11 @@ def recovery_accept(
     ):
         if not is_ra_officer(officer):
             raise NotPermitted("Only RA officers accept key recovery requests.")
+        _check_in_reach(
+            recovery.certificate,
+            officer,
+            then="An officer whose scope covers the key's holder accepts it.",
+        )
         note = clean_text(
             note,
             field="note",
@@ -665,6 +727,11 @@ def recovery_approve(
     ):
         if not is_ra_officer(officer):
             raise NotPermitted("Only RA officers approve key recoveries.")
+        _check_in_reach(
+            recovery.certificate,
+            officer,
+            then="Officers whose scope covers the key's owner approve it.",
+        )
         with transaction.atomic():
             # Who opened it is read under the lock: accepting a holder's request sets it.
             locked = _lock(recovery)
@@ -736,6 +803,11 @@ def recovery_reject(
     ):
         if not is_ra_officer(officer):
             raise NotPermitted("Only RA officers reject key recoveries.")
+        _check_in_reach(
+            recovery.certificate,
+            officer,
+            then="An officer whose scope covers the key's owner decides it.",
+        )
         reason = clean_text(reason, field="reason", empty="Say why the recovery is rejected.")
         with transaction.atomic():
             locked = _lock(recovery)
@@ -796,7 +868,13 @@ def _open_agent_pkcs12(
 
 
 def _check_may_perform(current: KeyRecoveryRequest, agent_user: User) -> None:
-    """Everything but the agent's key: a third person, the quorum, the recipient."""
+    """Everything but the agent's key: their scope, a third person, the quorum, the
+    recipient."""
+    _check_in_reach(
+        current.certificate,
+        agent_user,
+        then="A key recovery agent whose scope covers the key's owner carries it out.",
+    )
     _check_performable(current)
     _check_agent_independent(current, agent_user)
     _check_recipient_still_officer(current)
@@ -1069,13 +1147,19 @@ def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: User) -> 
 
 
 def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
-    if _delivered_to_former_officer(recovery):
+    lapse = _delivered_to_former_officer(recovery)
+    if lapse is not None:
         officer = recovery.requested_by  # set: a recovery for the requester was opened
         name = (officer.get_full_name() or officer.get_username()) if officer else "An officer"
+        now = (
+            "the key's owner is now outside their officer scope"
+            if lapse == ApprovalLapse.OUT_OF_SCOPE
+            else "no longer is one"
+        )
         raise InvalidState(
-            f"{name} opened this recovery to "
-            "receive the key as an RA officer and no longer is one, so it cannot be carried "
-            "out. Reject it; an officer can open a new one. Nothing was changed."
+            f"{name} opened this recovery to receive the key as an RA officer and {now}, so "
+            "it cannot be carried out. Reject it; an officer can open a new one. Nothing was "
+            "changed."
         )
 
 
@@ -1171,10 +1255,16 @@ def recovery_download(
             # below reads the delegates, or waits until the download has committed.
             services.lock_mailbox(recovery.certificate.mailbox_id)
             locked = _lock(recovery)
-            if _delivered_to_former_officer(locked):
+            lapse = _delivered_to_former_officer(locked)
+            if lapse is not None:
+                since = (
+                    "its owner is now outside the people your officer scope covers"
+                    if lapse == ApprovalLapse.OUT_OF_SCOPE
+                    else "you no longer are one"
+                )
                 raise NotPermitted(
-                    "This key was recovered for you as an RA officer, and you no longer are "
-                    "one, so you may not download it. Nothing was downloaded."
+                    f"This key was recovered for you as an RA officer, and {since}, so you may "
+                    "not download it. Nothing was downloaded."
                 )
             _check_delegate_recipient(locked, downloading=True)
             now = timezone.now()
@@ -1216,8 +1306,8 @@ def _check_approvals_still_count(recovery: KeyRecoveryRequest) -> None:
         until = recovery.download_expires_at
         raise InvalidState(
             "The approvals this key was recovered on no longer stand, so it is not released: "
-            f"{found.lapses_in_words()} no longer {verb}. If the approver is an active RA "
-            f"officer again before the download window closes ({until:%Y-%m-%d %H:%M} UTC), "
+            f"{found.lapses_in_words()} no longer {verb}. If the approver "
+            f"{found.counts_again} before the download window closes ({until:%Y-%m-%d %H:%M} UTC), "
             "it can be downloaded; otherwise the copy is deleted then and a new recovery "
             "must be opened. Nothing was downloaded."
         )

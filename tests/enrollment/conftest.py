@@ -2,7 +2,8 @@
 test_ra_notice_summary.py, test_ra_notice_delivery.py, test_approver_groups.py,
 test_approval_digest_concurrency.py): a portal whose beat sends summaries, and requests
 waiting for approval committed at a moment. And the officer scope the scope tests share
-(``sales_scope``)."""
+(``sales_scope``), with the keys and recoveries of the key recovery scope tests
+(test_recovery_scopes.py, test_recovery_scope_pages.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 
 from django.contrib.auth.models import Group
 
-from enrollment import services
-from enrollment.models import CertificateRequest, OfficerScope
+from enrollment import recovery, services
+from enrollment.models import CertificateRequest, KeyRecoveryRequest, OfficerScope
 from enrollment.x509.keys import KeyAlgorithm
+from tests.enrollment.ra_fixtures import HOLDER_REASON, OWNER_PKCS12_PASSWORD, REASON, Archived
 from tests.factories import UserFactory
 
 
@@ -74,3 +76,62 @@ def sales_scope(officer, employee, colleague) -> SalesScope:
     )
     scope.people_groups.add(people)
     return SalesScope(scope, officers, people)
+
+
+# --- key recovery under a scope: Bob's key is outside Olivia's, Alice's inside ----------
+
+
+@pytest.fixture
+def bobs_key(kra, template, colleague, sales_scope) -> Archived:
+    """Bob's (Engineering) archived encryption key: outside Olivia's scope."""
+    certificate, _bundle = services.certificate_issue_with_server_key(
+        template=template("smime-encryption"),
+        owner=colleague,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        pkcs12_password=OWNER_PKCS12_PASSWORD,
+    )
+    return Archived(certificate, None)  # type: ignore[arg-type]  # the key is not needed
+
+
+@pytest.fixture
+def alices_key(archived, sales_scope) -> Archived:
+    """Alice's (Sales) archived key, inside Olivia's scope."""
+    return archived
+
+
+@pytest.fixture
+def scoped_agent(agent_user, sales_scope):
+    """Karl, the agent, limited to Sales."""
+    sales_scope.officers.user_set.add(agent_user)
+    return agent_user
+
+
+@pytest.fixture
+def bobs_opened(bobs_key, second_officer) -> KeyRecoveryRequest:
+    """Oscar (who acts for everyone) opened the recovery of Bob's key."""
+    return recovery.recovery_open(
+        certificate=bobs_key.certificate, officer=second_officer, reason=REASON
+    )
+
+
+@pytest.fixture
+def bobs_approved(bobs_opened, admin_user) -> KeyRecoveryRequest:
+    """... and the admin approved it."""
+    return recovery.recovery_approve(recovery=bobs_opened, officer=admin_user)
+
+
+@pytest.fixture
+def bob_asks(bobs_key, colleague) -> KeyRecoveryRequest:
+    """Bob asked for his own key back."""
+    return recovery.recovery_ask(
+        certificate=bobs_key.certificate, holder=colleague, reason=HOLDER_REASON
+    )
+
+
+@pytest.fixture
+def olivia_approved(alices_key, second_officer, officer) -> KeyRecoveryRequest:
+    """Oscar opened the recovery of Alice's key; Olivia (Sales) approved it: one of one."""
+    found = recovery.recovery_open(
+        certificate=alices_key.certificate, officer=second_officer, reason=REASON
+    )
+    return recovery.recovery_approve(recovery=found, officer=officer)
