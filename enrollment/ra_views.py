@@ -5,7 +5,9 @@ Officers see everything here (a scoped officer, the certificates and leavers of 
 people their scope covers: enrollment.scopes); key recovery agents see the recovery
 pages; the person a recovery names sees that one recovery and downloads it (and, if they
 asked for it as the key's holder, may withdraw it). Anyone else gets a 403 on the lists
-and a 404 on a recovery, so its existence is not revealed. Services decide the rest.
+and a 404 on a recovery, so its existence is not revealed. An officer or agent whose
+officer scope leaves the key's owner out sees none of its recoveries: a 403 that names
+nobody. Services decide the rest.
 """
 
 from __future__ import annotations
@@ -145,8 +147,12 @@ def _recovery_staff_required(request: HttpRequest) -> None:
         raise PermissionDenied("Only RA officers and key recovery agents may see this page.")
 
 
-def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
-    """Officers and agents see every recovery; the person it names sees theirs; others 404."""
+def _visible_recovery(
+    request: HttpRequest, pk: int, *, step: str | None = None
+) -> KeyRecoveryRequest:
+    """Officers and agents see the recoveries of the key owners their scope covers (403
+    for the others, naming nobody); the person it names sees theirs; others 404. ``step``:
+    the audit action of the step a POST takes, whose refusal out of scope is audited."""
     found = get_object_or_404(
         KeyRecoveryRequest.objects.select_related(
             "certificate__owner",
@@ -159,11 +165,22 @@ def _visible_recovery(request: HttpRequest, pk: int) -> KeyRecoveryRequest:
         pk=pk,
     )
     user = request.user
-    # A requesting officer who lost the role still sees it: the download is refused there,
-    # with a reason, on the audit trail.
-    if is_ra_officer(user) or is_key_recovery_agent(user) or found.recipient_id == user.pk:
+    # A requesting officer who lost the role (or the owner from their scope) still sees it:
+    # the download is refused there, with a reason, on the audit trail.
+    if found.recipient_id == user.pk:
         return found
-    raise Http404("No such key recovery.")
+    if not (is_ra_officer(user) or is_key_recovery_agent(user)):
+        raise Http404("No such key recovery.")
+    if step is not None:
+        try:
+            recovery.check_in_reach(
+                found, user, action=step, source_address=client_address(request)
+            )
+        except recovery.OutOfReach as exc:
+            raise PermissionDenied(exc.message) from None
+    elif not recovery.in_reach(found, user):
+        raise PermissionDenied(recovery.OUT_OF_REACH)
+    return found
 
 
 # --- console --------------------------------------------------------------------------
@@ -185,7 +202,8 @@ def _console_page(
     notice_form: NoticeDeliveryForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    recoveries = list(ra_selectors.open_recoveries())
+    # Only those of the key owners the officer's scope covers, as the recovery list.
+    recoveries = list(ra_selectors.open_recoveries(reach_of(request.user)))
     # The signed-in officer's own, never another's.
     notice_summary = ra_selectors.approval_notice_summary(request.user)
     pending = ra_selectors.pending_enrolment_counts(request.user)
@@ -529,13 +547,15 @@ def leaver_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @require_safe
 def recovery_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     _recovery_staff_required(request)
+    reach = reach_of(request.user)
     recent = (
-        KeyRecoveryRequest.objects.exclude(pk__in=ra_selectors.open_recoveries().values("pk"))
+        KeyRecoveryRequest.objects.filter(reach.certificates("certificate__"))
+        .exclude(state__in=recovery.OPEN_STATES)
         .select_related("certificate__owner", "requested_by", "asked_by", "performed_by")
         .defer("bundle")[:20]
     )
     context = {
-        "open": ra_selectors.open_recoveries(),
+        "open": ra_selectors.open_recoveries(reach),
         "recent": recent,
         "approvals_required": recovery.approvals_required(),
         "is_officer": is_ra_officer(request.user),
@@ -549,12 +569,13 @@ def recovery_list(request: AuthenticatedHttpRequest) -> HttpResponse:
 def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Pick a certificate whose key is archived, say why and for whom: open a recovery."""
     officer_required(request)
+    reach = reach_of(request.user)
     search = CertificateSearchForm(request.GET if "q" in request.GET else None)
     results: list[Certificate] = []
     if search.is_bound and search.is_valid():
-        results = list(
-            ra_selectors.certificate_search(search.cleaned_data["q"], archived_only=True)[:50]
-        )
+        # Only keys the officer may open a recovery of (their scope's people).
+        found = ra_selectors.certificate_search(search.cleaned_data["q"], archived_only=True)
+        results = list(found.filter(reach.certificates())[:50])
     certificate = None
     status = 200
     if request.method == "POST":
@@ -571,6 +592,8 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
                     close_holder_ask=form.cleaned_data["close_holder_ask"],
                     source_address=client_address(request),
                 )
+            except recovery.OutOfReach as exc:  # refused and audited; the page names nobody
+                raise PermissionDenied(exc.message) from None
             except EnrollmentError as exc:
                 status = show_error(form, exc)
             else:
@@ -585,13 +608,18 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             status = 400
             pk = _row_id(str(form.data.get("certificate") or ""))
             if pk is not None:
-                certificate = Certificate.objects.filter(pk=pk).first()
+                certificate = Certificate.objects.filter(reach.certificates(), pk=pk).first()
     else:
         pk = _row_id(request.GET.get("certificate", ""))
         if pk is not None:
             certificate = get_object_or_404(
                 Certificate.objects.select_related("owner", "template"), pk=pk
             )
+            if not reach.covers_certificate(certificate):
+                raise PermissionDenied(
+                    "This certificate's holder is outside the people your officer scope "
+                    "covers: an officer whose scope covers them opens a recovery of its key."
+                )
         # A shared mailbox's key has no owner to deliver to: the officer is the one choice.
         form = RecoveryOpenForm(
             initial={
@@ -646,6 +674,8 @@ def _recovery_page(
     took_part = conflict.value if conflict is not None else None
     # The key's owner, or for a shared mailbox any of its delegates: never one who decides.
     holds_key = recovery.holds_key(found, user.pk)
+    # Seen out of scope only by the person it is delivered to: no step is theirs to take.
+    in_reach = recovery.in_reach(found, user)
     context = {
         "recovery": found,
         "approvals": [(approval, lapses.get(approval.pk)) for approval in approvals],
@@ -662,17 +692,21 @@ def _recovery_page(
         "is_recipient": recovery.may_download(found, user),
         "no_longer_recipient": found.recipient_id == user.pk
         and not recovery.may_download(found, user),
+        "out_of_reach": not in_reach,
         "can_approve": officer
+        and in_reach
         and open_for_approval
         and not quorum.met
         and user.pk not in (found.requested_by_id, found.certificate.owner_id)
         and not holds_key
         and all(a.officer_id != user.pk for a in approvals),
         "can_reject": officer
+        and in_reach
         and found.state in (State.REQUESTED, State.PENDING, State.APPROVED)
         and recovery.may_reject(found, user.pk),
         # The holder's request: an officer other than the holder accepts, and so opens, it.
         "can_accept": officer
+        and in_reach
         and found.state == State.REQUESTED
         and user.pk not in (found.asked_by_id, found.certificate.owner_id)
         and not holds_key,
@@ -681,6 +715,7 @@ def _recovery_page(
         "can_withdraw": found.asked_by_id == user.pk and found.may_be_withdrawn,
         "withdraw_form": withdraw_form or RecoveryWithdrawForm(recovery_pk=found.pk),
         "can_perform": is_key_recovery_agent(user)
+        and in_reach
         and recovery.may_be_performed(found, quorum)
         and took_part is None,
         "took_part": took_part,
@@ -693,6 +728,8 @@ def _recovery_page(
         if found.recipient_id == user.pk
         else None,
         "reject_form": reject_form or RecoveryRejectForm(),
+        # Scopes that leave nobody to take the next step: said plainly to the officer.
+        "stranded": recovery.left_stranded(found, quorum) if officer and in_reach else None,
     }
     # A step refused because the recovery moved on hides its form: say why at the top.
     hidden = [
@@ -730,7 +767,7 @@ def recovery_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    found = _visible_recovery(request, pk)
+    found = _visible_recovery(request, pk, step="recovery.approve")
     officer_required(request)
     try:
         approved = recovery.recovery_approve(
@@ -772,7 +809,7 @@ def _recovery_step(
 @require_POST
 def recovery_accept(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """An officer takes on a key holder's request: it is then open like one they opened."""
-    found = _visible_recovery(request, pk)
+    found = _visible_recovery(request, pk, step="recovery.accept")
     officer_required(request)
     needed = recovery.approvals_required()
     return _recovery_step(
@@ -815,7 +852,7 @@ def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
 @login_required
 @require_POST
 def recovery_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    found = _visible_recovery(request, pk)
+    found = _visible_recovery(request, pk, step="recovery.reject")
     officer_required(request)
     return _recovery_step(
         request,
@@ -868,7 +905,9 @@ def recovery_perform(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def _recovery_perform(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    found = _agents_recovery(request, pk)
+    found = _agents_recovery(
+        request, pk, step="recovery.perform" if request.method == "POST" else None
+    )
     status = 200
     if request.method == "POST":
         form = RecoveryPerformForm(request.POST, request.FILES)
@@ -904,12 +943,16 @@ def _performed_page(
     )
 
 
-def _agents_recovery(request: AuthenticatedHttpRequest, pk: int) -> KeyRecoveryRequest:
-    """A recovery the agent may see, for the pages that carry one out; 403 for others."""
-    found = _visible_recovery(request, pk)
+def _agents_recovery(
+    request: AuthenticatedHttpRequest, pk: int, *, step: str | None = None
+) -> KeyRecoveryRequest:
+    """A recovery the agent may see, for the pages that carry one out; 403 for others
+    (``step``: as _visible_recovery)."""
     if not is_key_recovery_agent(request.user):
+        # Who may see it learns no more here than elsewhere; others still get a 404.
+        _visible_recovery(request, pk)
         raise PermissionDenied("Only key recovery agents carry out recoveries.")
-    return found
+    return _visible_recovery(request, pk, step=step)
 
 
 def _perform_context(found: KeyRecoveryRequest) -> dict[str, Any]:
@@ -949,7 +992,7 @@ def _perform_page(
 @require_POST
 def recovery_archive(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The archive (CMS EnvelopedData) for an agent who decrypts it on their own machine."""
-    found = _agents_recovery(request, pk)
+    found = _agents_recovery(request, pk, step="recovery.export")
     try:
         current, envelope = recovery.recovery_archive_export(
             recovery=found, agent_user=request.user, source_address=client_address(request)
@@ -980,7 +1023,7 @@ def recovery_perform_offline(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def _recovery_perform_offline(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    found = _agents_recovery(request, pk)
+    found = _agents_recovery(request, pk, step="recovery.perform")
     form = RecoveredKeyForm(request.POST, request.FILES)
     if not form.is_valid():
         return _perform_page(request, found, form, status=400)

@@ -31,6 +31,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -54,7 +55,7 @@ from enrollment.models import (
     KeyRecoveryRequest,
     SharedMailbox,
 )
-from enrollment.permissions import is_key_recovery_agent, is_ra_officer
+from enrollment.permissions import is_key_recovery_agent, is_ra_officer, ra_officers
 from enrollment.ra_selectors import with_quorum
 from enrollment.scopes import Reach, reach_of, reaches
 from enrollment.x509 import cms, keys, pkcs7, pkcs12
@@ -109,6 +110,22 @@ def _check_in_reach(certificate: Certificate, user: Any, *, then: str = "") -> N
     owner their Reach leaves out (a shared mailbox's: everyone-reach only)."""
     if not reach_of(user).covers_certificate(certificate):
         raise OutOfReach(" ".join(filter(None, (OUT_OF_REACH, then, "Nothing was changed."))))
+
+
+def check_in_reach(
+    recovery: KeyRecoveryRequest, user: Any, *, action: str, source_address: str | None
+) -> None:
+    """The web edge's check before a step's form is even read: OutOfReach, audited as
+    ``action`` like any refused step, so the page (which would name the key's owner) is
+    never shown to someone out of reach."""
+    with _refusals_audited(action, actor=user, target=recovery, source_address=source_address):
+        _check_in_reach(recovery.certificate, user)
+
+
+def in_reach(recovery: KeyRecoveryRequest, user: Any) -> bool:
+    """Whether this officer's or agent's Reach covers the key's owner: whether the RA
+    pages show them the recovery (the person it is delivered to sees it regardless)."""
+    return reach_of(user).covers_certificate(recovery.certificate)
 
 
 class ApprovalLapse(enum.Enum):
@@ -1231,6 +1248,60 @@ def _check_performable(recovery: KeyRecoveryRequest) -> None:
     raise InvalidState(
         f"This recovery cannot be carried out: it is {recovery.get_state_display().lower()}."
     )
+
+
+def left_stranded(recovery: KeyRecoveryRequest, found: Quorum) -> str | None:
+    """Why officer scopes leave nobody to take this open recovery's next step (accept,
+    approve, carry out), in words for an officer's page; None when someone may, or when
+    the scopes are not what stops it. By role and scope only: whether an agent also holds
+    an agent certificate the archive is encrypted to is not asked."""
+    certificate = recovery.certificate
+    approver_pks = {a.officer_id for a in (*found.counted, *(a for a, _l in found.lapsed))}
+    if recovery.state == State.REQUESTED:
+        step, who, needed = "accept it", "RA officer", 1
+        people = _unconflicted(User.objects.filter(ra_officers()), recovery, approver_pks)
+    elif recovery.state in (State.PENDING, State.APPROVED) and not found.met:
+        step, who, needed = "approve it", "RA officer", found.missing
+        people = _unconflicted(
+            User.objects.filter(ra_officers()).exclude(pk__in=[recovery.requested_by_id]),
+            recovery,
+            approver_pks,
+        )
+    elif recovery.state in (State.PENDING, State.APPROVED):
+        step, who, needed = "carry it out", "key recovery agent", 1
+        agents = User.objects.filter(
+            Q(is_superuser=True) | Q(groups__name=settings.PKIPORTAL_KRA_GROUP), is_active=True
+        )
+        people = [
+            p
+            for p in _unconflicted(agents, recovery, approver_pks)
+            if agent_conflict(recovery, p.pk, approver_pks) is None
+        ]
+    else:
+        return None
+    if len(people) < needed:
+        return None  # too few whatever the scopes: not theirs to explain
+    reached = reaches((p.pk, p.is_superuser) for p in people)
+    covering = [p for p in people if reached[p.pk].covers_certificate(certificate)]
+    if len(covering) >= needed:
+        return None
+    plural = "s" if needed > 1 else ""
+    return (
+        f"Officer scopes leave too few people to finish this recovery: it needs {needed} "
+        f"{who}{plural} whose scope covers the key's owner to {step}, and {len(covering)} "
+        "can. An administrator can widen an officer scope; otherwise reject it."
+    )
+
+
+def _unconflicted(
+    people: models.QuerySet[User], recovery: KeyRecoveryRequest, approver_pks: set[int]
+) -> list[User]:
+    """The active ones who neither hold the key nor approved it (read once, distinct)."""
+    certificate = recovery.certificate
+    found = people.exclude(pk__in=[certificate.owner_id, recovery.asked_by_id, *approver_pks])
+    if certificate.mailbox_id is not None:
+        found = found.exclude(delegated_mailboxes=certificate.mailbox_id)
+    return list(found.distinct().only("pk", "is_superuser"))
 
 
 # --- download and expiry --------------------------------------------------------------

@@ -262,15 +262,21 @@ def home(request: HttpRequest) -> HttpResponse:
         if is_ra_officer(request.user):
             # Those theirs to decide: not their own, nor those other officers approve.
             context["pending_count"] = ra_selectors.pending_enrolment_counts(request.user).theirs
-            # Key holders' own recovery requests wait for an officer to accept them.
+            # Key holders' own recovery requests wait for an officer to accept them: those
+            # of the holders the officer's scope covers.
             context["recovery_asks"] = (
-                KeyRecoveryRequest.objects.filter(state=KeyRecoveryRequest.State.REQUESTED)
+                KeyRecoveryRequest.objects.filter(
+                    reach_of(request.user).certificates("certificate__"),
+                    state=KeyRecoveryRequest.State.REQUESTED,
+                )
                 .exclude(asked_by=request.user)
                 .count()
             )
         if is_key_recovery_agent(request.user):
             # Approved recoveries wait for an agent: agents rarely visit /ra/ otherwise.
-            context["recoveries_for_agents"] = ra_selectors.recoveries_for_agents().count()
+            context["recoveries_for_agents"] = ra_selectors.recoveries_for_agents(
+                reach_of(request.user)
+            ).count()
     return render(request, "enrollment/home.html", context)
 
 

@@ -817,7 +817,8 @@ class MailboxViewSet(
     ),
     retrieve=extend_schema(
         summary="One key recovery",
-        description="One that comes to you; RA officers and key recovery agents see any.",
+        description="One that comes to you; RA officers and key recovery agents see any "
+        "whose key owner their officer scope covers (403 for the others).",
         responses={200: s.RecoveryOut, **ERRORS, **NOT_FOUND},
     ),
 )
@@ -844,6 +845,16 @@ class RecoveryViewSet(
         return ra_selectors.with_quorum(
             KeyRecoveryRequest.objects.select_related("certificate").defer("bundle")
         )
+
+    def get_object(self) -> KeyRecoveryRequest:
+        """An officer or agent sees one only of a key owner their officer scope covers (403,
+        naming nobody, as on the RA pages); the person it comes to sees it regardless."""
+        found = super().get_object()
+        if found.recipient_id != self.request.user.pk and not recovery.in_reach(
+            found, self.request.user
+        ):
+            raise recovery.OutOfReach(recovery.OUT_OF_REACH)
+        return found
 
     @extend_schema(
         summary="Withdraw my recovery request",
