@@ -574,8 +574,10 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     results: list[Certificate] = []
     if search.is_bound and search.is_valid():
         # Only keys the officer may open a recovery of (their scope's people).
-        found = ra_selectors.certificate_search(search.cleaned_data["q"], archived_only=True)
-        results = list(found.filter(reach.certificates())[:50])
+        found = ra_selectors.certificate_search(
+            search.cleaned_data["q"], archived_only=True, reach=reach
+        )
+        results = list(found[:50])
     certificate = None
     status = 200
     if request.method == "POST":
