@@ -30,7 +30,7 @@ from enrollment.models import (
 )
 from enrollment.notifications import mail
 from enrollment.permissions import Decider, deciders, ra_officers
-from enrollment.scopes import prime_groups, reaches
+from enrollment.scopes import prime_groups, prime_requesters, reaches
 from pkiportal import plurals
 
 if TYPE_CHECKING:
@@ -263,7 +263,9 @@ def still_theirs(decider: Decider, ids: Iterable[int]) -> list[int]:
     """Of these requests, the ids of those still pending that the officer may decide, oldest
     first: what beat's summary to them would list (approval_digests_send), as the console's
     panel shows it."""
-    return _theirs(decider, _still_pending(ids))
+    requests = _still_pending(ids)
+    prime_requesters(requests.values(), [decider.reach])
+    return _theirs(decider, requests)
 
 
 def _asked(
@@ -276,6 +278,8 @@ def _asked(
         officers = officers.filter(pk__in=list(among))
     rows = list(officers.values_list("pk", "email", "is_superuser"))
     found = deciders((pk, superuser) for pk, _email, superuser in rows)
+    # An officer scope asks each requester's groups: read once for every officer here.
+    prime_requesters(requests.values(), [officer.reach for officer in found.values()])
     asked: dict[int, tuple[str, Decider, list[int]]] = {}
     for pk, email, _superuser in rows:
         theirs = _theirs(found[pk], requests)
@@ -322,6 +326,7 @@ def requests_announce(ids: Iterable[int]) -> None:
             if not _collecting(digest, window, now)
             for pk in digest.waiting
         )
+        prime_requesters(leftovers.values(), [officer.reach for _e, officer, _t in asked.values()])
         requests = {**leftovers, **requests}
         for digest in digests:
             email, officer, theirs = asked[digest.pk]

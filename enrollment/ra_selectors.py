@@ -120,15 +120,18 @@ def search_matches(
 
 class PendingCounts(NamedTuple):
     theirs: int  # waiting for this officer: theirs to approve or reject
-    total: int  # waiting for any officer
+    total: int  # waiting for any officer, within this officer's scope
 
 
 def pending_enrolment_counts(officer: Any) -> PendingCounts:
     """How many requests wait for this officer's decision, and how many in all (their own,
-    a mailbox's they read, those of templates other officers approve): one count, with
-    the officer's Decider (two queries) before it."""
+    a mailbox's they read, those of templates other officers approve), those outside their
+    officer scope not at all: one count, with the officer's Decider (two queries, more
+    for a scope) before it."""
+    theirs = decider(officer)
     counts = CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).aggregate(
-        theirs=Count("pk", filter=decider(officer).decidable()), total=Count("pk")
+        theirs=Count("pk", filter=theirs.decidable()),
+        total=Count("pk", filter=theirs.reach.requests()),
     )
     return PendingCounts(counts["theirs"], counts["total"])
 

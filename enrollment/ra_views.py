@@ -52,6 +52,7 @@ from enrollment import (
     ra_selectors,
     ra_services,
     recovery,
+    scopes,
     services,
 )
 from enrollment.edge import (
@@ -452,9 +453,10 @@ def request_history(request: AuthenticatedHttpRequest) -> HttpResponse:
     the rest. Continued by id, like the audit trail, so no count runs over the table."""
     officer_required(request)
     form = RequestFilterForm(request.GET)
-    found = CertificateRequest.objects.select_related(
-        "requester", "template", "decided_by", "certificate"
-    )
+    # Only those within the officer's scope (enrollment.scopes), whatever the filters.
+    found = CertificateRequest.objects.filter(
+        scopes.reach_of(request.user).requests()
+    ).select_related("requester", "template", "decided_by", "certificate")
     found = form.filter(found) if form.is_valid() else found.none()
     page, context = _newest_first(request, found, REQUEST_PAGE_SIZE)
     context |= {"form": form, "requests": page}

@@ -105,6 +105,10 @@ class Reach:
 
 EVERYONE = Reach()
 
+# What an officer is told of a request outside their Reach (its page, the API): no name,
+# as they may not see who asked.
+OUTSIDE_REQUEST = "This request is outside the people your officer scope covers."
+
 
 def _group_ids(person: Any) -> frozenset[int]:
     cached = getattr(person, _GROUP_IDS, None)
@@ -116,16 +120,38 @@ def _group_ids(person: Any) -> frozenset[int]:
 
 def prime_groups(people: Iterable[Any]) -> None:
     """Read the groups of these accounts in one query, for Reach.covers on each (a queue,
-    a notice run): only needed where some officer's Reach names groups."""
-    pending = {p.pk: p for p in people if p is not None and getattr(p, _GROUP_IDS, None) is None}
+    a notice run): only needed where some officer's Reach names groups. Several copies of
+    one account (rows read with select_related carry their own) are all primed."""
+    pending: dict[int, list[Any]] = {}
+    for person in people:
+        if person is not None and getattr(person, _GROUP_IDS, None) is None:
+            pending.setdefault(person.pk, []).append(person)
     if not pending:
         return
     found: dict[int, set[int]] = {pk: set() for pk in pending}
     through = get_user_model().groups.through.objects.filter(user_id__in=sorted(pending))
     for user_id, group_id in through.values_list("user_id", "group_id"):
         found[user_id].add(group_id)
-    for pk, person in pending.items():
-        setattr(person, _GROUP_IDS, frozenset(found[pk]))
+    for pk, copies in pending.items():
+        for person in copies:
+            setattr(person, _GROUP_IDS, frozenset(found[pk]))
+
+
+def prime_requesters(requests: Iterable[Any], officers: Iterable[Reach]) -> None:
+    """prime_groups for the requesters of these CertificateRequests, when one of these
+    officers' Reaches names groups (else no query): a queue, or a notice to many officers,
+    asks covers_request of every request. Rows read with select_related carry their own
+    copy of an account each: every copy is primed, from one query."""
+    if not any(not reach.everyone and reach.group_ids for reach in officers):
+        return
+    copies: dict[int, list[Any]] = {}
+    for request in requests:
+        if request.mailbox_id is None:  # a mailbox's request is no person's: never asked
+            copies.setdefault(request.requester_id, []).append(request.requester)
+    prime_groups(same[0] for same in copies.values())
+    for first, *others in copies.values():
+        for person in others:
+            setattr(person, _GROUP_IDS, getattr(first, _GROUP_IDS))
 
 
 def reaches(

@@ -32,7 +32,16 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.requests import AuthenticatedHttpRequest
-from enrollment import ca_lifetime, leavers, mailboxes, outdated, ra_selectors, recovery, services
+from enrollment import (
+    ca_lifetime,
+    leavers,
+    mailboxes,
+    outdated,
+    ra_selectors,
+    recovery,
+    scopes,
+    services,
+)
 from enrollment.edge import client_address, officer_required, report_download, show_error
 from enrollment.exceptions import EnrollmentError, PolicyViolation, public_message
 from enrollment.forms import (
@@ -64,6 +73,7 @@ from enrollment.permissions import (
 from enrollment.scopes import reach_of
 from enrollment.x509 import keys, pkcs7
 from enrollment.x509.names import readable_name
+from pkiportal import plurals
 
 PASSWORD_FIELDS = ("pkcs12_password", "pkcs12_password_confirm")
 OPEN_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
@@ -449,16 +459,26 @@ def _enroll_with_csr(
 
 
 def _visible_request(user: Any, pk: int) -> CertificateRequest:
-    """The requester and RA officers see a request's page; to anyone else it does not exist."""
+    """The requester and RA officers see a request's page; to anyone else it does not exist.
+    An officer whose scope does not cover it gets a 403 that names no one."""
     cert_request = get_object_or_404(
         CertificateRequest.objects.select_related(
             "template", "requester", "decided_by", "certificate", "renewal_of", "mailbox"
         ),
         pk=pk,
     )
-    if cert_request.requester_id != user.pk and not is_ra_officer(user):
+    if cert_request.requester_id == user.pk:
+        return cert_request
+    if not is_ra_officer(user):
         raise Http404("No such request.")
+    _refuse_outside_scope(user, cert_request)
     return cert_request
+
+
+def _refuse_outside_scope(officer: Any, cert_request: CertificateRequest) -> None:
+    """A request outside the officer's scope is not theirs to see: 403, naming no one."""
+    if not scopes.reach_of(officer).covers_request(cert_request):
+        raise PermissionDenied(scopes.OUTSIDE_REQUEST)
 
 
 def _request_page(
@@ -586,6 +606,18 @@ def _held_by_requesters(pending: list[CertificateRequest]) -> dict[HolderKey, li
     return held
 
 
+def _outside_scope(count: int, reach: scopes.Reach) -> str:
+    """What the queue says of the pending requests outside the officer's scope: how many,
+    never whose."""
+    if count <= 0:
+        return ""
+    verb = "is" if count == 1 else "are"
+    return (
+        f"{plurals.count(count, 'request')} outside your officer scope ({reach.describe()}) "
+        f"{verb} not shown."
+    )
+
+
 def _ra_page(
     request: AuthenticatedHttpRequest,
     *,
@@ -598,11 +630,15 @@ def _ra_page(
     and listed, read-only, only on asking (``?all=1``): where each team approves its own
     templates, an officer's queue is theirs, not every team's."""
     officer = decider(request.user)
+    waiting = CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING)
+    # Outside the officer's scope: not listed, not even on asking; only counted.
     every = list(
-        CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING)
+        waiting.filter(officer.reach.requests())
         .select_related("requester", "template__approver_group", "renewal_of", "mailbox")
         .order_by("created_at", "id")
     )
+    out_of_scope = waiting.count() - len(every) if not officer.reach.everyone else 0
+    scopes.prime_requesters(every, [officer.reach])  # barred() asks covers_request of each
     # The rule services._decide enforces: why this officer may not decide each, or None.
     barred = {r.pk: officer.barred(r) for r in every}
     others = [r for r in every if barred[r.pk] == NOT_AN_APPROVER]
@@ -630,7 +666,7 @@ def _ra_page(
     if failed is not None and form is not None and all(r.pk != failed.pk for r in pending):
         page_errors = [f"Request #{failed.pk}: {e}" for e in form.errors.get("__all__", [])]
     decided = (
-        CertificateRequest.objects.filter(decided_by__isnull=False)
+        CertificateRequest.objects.filter(officer.reach.requests(), decided_by__isnull=False)
         .select_related("requester", "template", "decided_by")
         .order_by("-decided_at", "-id")[:10]
     )
@@ -638,6 +674,7 @@ def _ra_page(
         "pending": pending,
         "show_all": show_all,
         "others_count": len(others),
+        "outside_scope": _outside_scope(out_of_scope, officer.reach),
         "decided": decided,
         "failed_id": failed.pk if failed else None,
         "failed_form": form,
@@ -659,7 +696,8 @@ def ra_requests(request: AuthenticatedHttpRequest) -> HttpResponse:
 def ra_decide(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Approve or reject one request; the service refuses an officer's own request."""
     officer_required(request)
-    cert_request = get_object_or_404(CertificateRequest, pk=pk)
+    cert_request = get_object_or_404(CertificateRequest.objects.select_related("requester"), pk=pk)
+    _refuse_outside_scope(request.user, cert_request)  # before the form: it names no one
     form = DecisionForm(request.POST)
     if not form.is_valid():
         return _ra_page(request, failed=cert_request, form=form, status=400)

@@ -639,7 +639,8 @@ class PendingOut(EnrollmentOut):
     may_decide = serializers.SerializerMethodField(
         help_text="Whether you may approve or reject it: not your own request, not one of a "
         "shared mailbox you are a delegate of, and you are among the template's approvers. "
-        "The others are refused with 403."
+        "The others are refused with 403 (as is every request outside your officer scope, "
+        "which this list leaves out)."
     )
 
     class Meta(EnrollmentOut.Meta):

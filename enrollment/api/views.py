@@ -1,7 +1,9 @@
 """Enrolment API views: parse with input serializers, call services, answer with outputs.
 
 Domain errors are not caught here: pkiportal.api.exception_handler turns them into 4xx
-JSON once for every endpoint. Objects a person may not see are 404, not 403.
+JSON once for every endpoint. Objects a person may not see are 404, not 403; but an RA
+officer's request outside their officer scope is a 403 that names no one (_within_scope),
+as its page is.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from enrollment.models import (
 )
 from enrollment.permissions import IsRaOfficer, decider, is_key_recovery_agent, is_ra_officer
 from enrollment.querysets import CertificateQuerySet
-from enrollment.scopes import reach_of
+from enrollment.scopes import OUTSIDE_REQUEST, prime_requesters, reach_of
 from enrollment.x509.csr import parse_csr
 from enrollment.x509.errors import X509Error
 from enrollment.x509.keys import KeyAlgorithm
@@ -370,6 +372,14 @@ def _asks_the_same(earlier: CertificateRequest, data: Any, renewal_of: Certifica
     )
 
 
+def _within_scope(request: Request, found: CertificateRequest) -> CertificateRequest:
+    """Someone else's request outside the officer's scope (enrollment.scopes) is refused
+    with a 403 that names no one, before anything is read from the body."""
+    if found.requester_id != request.user.pk and not reach_of(request.user).covers_request(found):
+        raise NotPermitted(OUTSIDE_REQUEST)
+    return found
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="My enrolments",
@@ -378,7 +388,10 @@ def _asks_the_same(earlier: CertificateRequest, data: Any, renewal_of: Certifica
     ),
     retrieve=extend_schema(
         summary="One enrolment",
-        description="Yours, or anyone's for RA officers.",
+        description=(
+            "Yours, or anyone's for RA officers; one outside an officer's scope is refused "
+            "with 403."
+        ),
         responses={200: s.EnrollmentOut, **ERRORS, **NOT_FOUND},
     ),
 )
@@ -400,6 +413,9 @@ class EnrollmentViewSet(
         if self.action == "list" or not is_ra_officer(self.request.user):
             return requests.filter(requester=signed_in_user(self.request))
         return requests
+
+    def get_object(self) -> CertificateRequest:
+        return _within_scope(self.request, super().get_object())
 
     @extend_schema(
         summary="Enrol",
@@ -905,8 +921,9 @@ class RequestFilter(django_filters.FilterSet):
     list=extend_schema(
         summary="Every request (RA officers)",
         description=(
-            "Newest first, in every state, those issued without approval too; filtered like "
-            "/ra/requests/history/. A requester sees their own under /api/v1/enrollments/."
+            "Newest first, in every state, those issued without approval too, within your "
+            "officer scope; filtered like /ra/requests/history/. A requester sees their own "
+            "under /api/v1/enrollments/."
         ),
         responses={200: s.EnrollmentOut(many=True), **ERRORS},
     ),
@@ -922,15 +939,23 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
         requests = CertificateRequest.objects.select_related(
             "template", "requester", "certificate", "renewal_of", "mailbox"
         )
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types
+            return requests.none()
+        # The lists hold only the requests within the officer's scope (enrollment.scopes);
+        # a decision on one outside it is a 403 (get_object), not a 404.
+        within = reach_of(self.request.user).requests()
         if self.action == "pending":
             return (
-                requests.filter(state=CertificateRequest.State.PENDING)
+                requests.filter(within, state=CertificateRequest.State.PENDING)
                 .select_related("template__approver_group")
                 .order_by("created_at", "id")
             )
         if self.action == "list":
-            return requests.order_by("-created_at", "-id")
+            return requests.filter(within).order_by("-created_at", "-id")
         return requests
+
+    def get_object(self) -> CertificateRequest:
+        return _within_scope(self.request, super().get_object())
 
     def filter_queryset(
         self, queryset: QuerySet[CertificateRequest, Row]
@@ -943,9 +968,10 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
     @extend_schema(
         summary="Pending requests (RA officers)",
         description=(
-            "Oldest first, every officer's: each says who decides it (`approvers`, the "
-            "template's approvers group, null for every officer) and whether you may "
-            "(`may_decide`); approving or rejecting one you may not is refused with 403."
+            "Oldest first, every officer's within your officer scope (those outside it are "
+            "not listed): each says who decides it (`approvers`, the template's approvers "
+            "group, null for every officer) and whether you may (`may_decide`); approving "
+            "or rejecting one you may not is refused with 403."
         ),
         filters=False,  # the queue takes none (filter_queryset): the schema must not offer them
         responses={200: s.PendingOut(many=True), **ERRORS},
@@ -953,10 +979,11 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
     @action(detail=False, methods=["get"])
     def pending(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
+        officer = decider(request.user)
+        # may_decide asks covers_request of each: their requesters' groups in one query.
+        prime_requesters(page or [], [officer.reach])
         serializer = s.PendingOut(
-            page,
-            many=True,
-            context={**self.get_serializer_context(), "decider": decider(request.user)},
+            page, many=True, context={**self.get_serializer_context(), "decider": officer}
         )
         return self.get_paginated_response(serializer.data)
 

@@ -1,0 +1,611 @@
+"""Officer scopes on the enrolment request side: a scoped officer's queue, history, request
+pages, console counts, notices and API hold only the requests of the people their scope
+covers (enrollment.scopes), count the others without naming them, and refuse a request
+outside it with a 403 that names no one. Officers in no scope and superusers see every
+request, as before scopes.
+
+Olivia (``officer``) acts for Sales (``sales_scope``): Alice (``employee``) is in Sales, Bob
+(``colleague``) in Engineering; Oscar (``second_officer``) is in no scope."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+
+from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from enrollment import ra_notifications, ra_selectors, scopes, services
+from enrollment.models import (
+    ApprovalNoticeDigest,
+    AuditEvent,
+    CertificateRequest,
+    CertificateTemplate,
+    SharedMailbox,
+)
+from enrollment.tasks import approval_notice_digests_task
+from enrollment.x509.keys import KeyAlgorithm
+from tests.conftest import client_for
+from tests.enrollment.api_tools import API, PENDING, enrollment_url, request_url, token_client
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+QUEUE = "/ra/requests/"
+HISTORY = "/ra/requests/history/"
+OUTSIDE = "This request is outside the people your officer scope covers."
+
+
+def submit(who, template) -> CertificateRequest:
+    return services.request_submit(
+        requester=who, template=template, key_algorithm=KeyAlgorithm.EC_P256, channel="web"
+    )
+
+
+@pytest.fixture
+def needs_approval(hierarchy, approval) -> CertificateTemplate:
+    return approval("smime-signing")
+
+
+@pytest.fixture
+def waiting(needs_approval, employee, colleague, sales_scope):
+    """Alice's request (Sales: in Olivia's scope) and Bob's (Engineering: outside)."""
+    return submit(employee, needs_approval), submit(colleague, needs_approval)
+
+
+def page_url(request) -> str:
+    return f"/enroll/requests/{request.pk}/"
+
+
+def listed(response) -> list[int]:
+    return [r.pk for r in response.context["pending"]]
+
+
+# --- the queue ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", [{}, {"all": "1"}])
+def test_the_queue_leaves_out_requests_outside_the_scope_and_counts_them(waiting, officer, query):
+    alices, bobs = waiting
+
+    response = client_for(officer).get(QUEUE, query)
+
+    assert response.status_code == 200
+    assert listed(response) == [alices.pk]
+    text = response.content.decode()
+    assert "1 request outside your officer scope (Sales) is not shown." in text
+    assert f'id="request-{bobs.pk}"' not in text
+    assert "Bob" not in text
+    assert "Show them too" not in text
+
+
+def test_the_count_of_requests_outside_the_scope_is_plural(waiting, officer, needs_approval):
+    submit(UserFactory(organizational_unit="Finance"), needs_approval)
+
+    text = client_for(officer).get(QUEUE).content.decode()
+
+    assert "2 requests outside your officer scope (Sales) are not shown." in text
+
+
+def test_a_shared_mailboxs_request_is_outside_every_scope(
+    waiting, officer, employee, needs_approval
+):
+    """A mailbox is in no unit: only those who act for everyone see its requests."""
+    alices, _bobs = waiting
+    box = SharedMailbox.objects.create(email="sales@example.com", display_name="Sales")
+    boxed = submit(employee, needs_approval)
+    CertificateRequest.objects.filter(pk=boxed.pk).update(mailbox=box)
+
+    response = client_for(officer).get(QUEUE)
+
+    assert listed(response) == [alices.pk]
+    assert "2 requests outside your officer scope (Sales) are not shown." in (
+        response.content.decode()
+    )
+
+
+def test_a_member_of_a_covered_group_is_in_the_queue_whatever_their_unit(
+    waiting, officer, needs_approval, sales_scope
+):
+    alices, _bobs = waiting
+    member = UserFactory(organizational_unit="Engineering")
+    member.groups.add(sales_scope.people)
+    theirs = submit(member, needs_approval)
+
+    response = client_for(officer).get(QUEUE)
+
+    assert listed(response) == [alices.pk, theirs.pk]
+    row = response.content.decode().split(f'id="request-{theirs.pk}"')[1].split("</tr>")[0]
+    assert f'action="/ra/requests/{theirs.pk}/decide/"' in row
+
+
+@pytest.mark.parametrize("who", ["second_officer", "admin_user"])
+def test_an_officer_in_no_scope_and_a_superuser_see_every_request(
+    request, waiting, sales_scope, who
+):
+    user = request.getfixturevalue(who)
+    if user.is_superuser:
+        sales_scope.officers.user_set.add(user)  # a superuser is never limited
+
+    response = client_for(user).get(QUEUE)
+
+    assert listed(response) == [r.pk for r in waiting]
+    assert 'id="outside-scope"' not in response.content.decode()
+
+
+def test_with_only_requests_outside_the_scope_none_waits_for_you(
+    needs_approval, colleague, officer, sales_scope
+):
+    submit(colleague, needs_approval)
+
+    text = client_for(officer).get(QUEUE).content.decode()
+
+    assert "No request is waiting for you." in text
+    assert "1 request outside your officer scope (Sales) is not shown." in text
+
+
+def test_recently_decided_lists_only_requests_in_the_scope(waiting, officer, second_officer):
+    alices, bobs = waiting
+    services.request_reject(request=bobs, officer=second_officer, reason="not Bob's job")
+    services.request_reject(request=alices, officer=second_officer, reason="not yet")
+
+    to_olivia = client_for(officer).get(QUEUE)
+    to_oscar = client_for(second_officer).get(QUEUE)
+
+    assert [r.pk for r in to_olivia.context["decided"]] == [alices.pk]
+    assert "not Bob&#x27;s job" not in to_olivia.content.decode()
+    assert {r.pk for r in to_oscar.context["decided"]} == {alices.pk, bobs.pk}
+
+
+def test_the_queue_makes_no_more_queries_for_more_rows_under_a_scope(
+    needs_approval, officer, sales_scope
+):
+    """Requesters covered by a group of people, not by their unit: their groups are read
+    once for the page, not once per row."""
+
+    def rows() -> None:
+        member = UserFactory(organizational_unit="Engineering")
+        member.groups.add(sales_scope.people)
+        submit(member, needs_approval)
+        submit(UserFactory(organizational_unit="Sales"), needs_approval)
+        submit(UserFactory(organizational_unit="Finance"), needs_approval)
+
+    def queries() -> int:
+        client = client_for(officer)
+        with CaptureQueriesContext(connection) as captured:
+            page = client.get(QUEUE, {"all": "1"})
+        assert page.status_code == 200
+        return len(captured.captured_queries)
+
+    rows()
+    few = queries()
+    for _ in range(3):
+        rows()
+
+    assert queries() == few
+
+
+# --- deciding from the queue --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data", [{"decision": "approve", "reason": ""}, {"decision": "reject", "reason": ""}]
+)
+def test_a_decision_posted_on_a_request_outside_the_scope_is_a_403(waiting, officer, data):
+    """Also a reject without its reason: the refusal comes before the form."""
+    _alices, bobs = waiting
+
+    response = client_for(officer).post(f"/ra/requests/{bobs.pk}/decide/", data)
+
+    assert response.status_code == 403
+    text = response.content.decode()
+    assert OUTSIDE in text
+    assert "Bob" not in text
+    bobs.refresh_from_db()
+    assert bobs.state == CertificateRequest.State.PENDING
+    assert not AuditEvent.objects.filter(action__in=["request.approve", "request.reject"]).exists()
+
+
+def test_a_scoped_officer_decides_from_the_queue_in_the_scope(waiting, officer):
+    alices, _bobs = waiting
+
+    response = client_for(officer).post(
+        f"/ra/requests/{alices.pk}/decide/", {"decision": "approve", "reason": ""}
+    )
+
+    assert response.status_code == 302
+    alices.refresh_from_db()
+    assert alices.decided_by == officer
+
+
+# --- a request's page ---------------------------------------------------------------------
+
+
+def test_a_request_outside_the_scope_is_a_403_naming_no_one(waiting, officer):
+    _alices, bobs = waiting
+
+    response = client_for(officer).get(page_url(bobs))
+
+    assert response.status_code == 403
+    text = response.content.decode()
+    assert OUTSIDE in text
+    assert "Bob" not in text
+    assert "bob" not in text
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [
+        ("officer", 200),  # Alice's is in Olivia's scope
+        ("second_officer", 200),
+        ("admin_user", 200),
+        ("employee", 200),  # her own
+        ("colleague", 404),  # not his
+    ],
+)
+def test_who_sees_a_request_in_the_scope(request, waiting, who, status):
+    alices, _bobs = waiting
+
+    assert client_for(request.getfixturevalue(who)).get(page_url(alices)).status_code == status
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [("second_officer", 200), ("admin_user", 200), ("colleague", 200), ("employee", 404)],
+)
+def test_who_sees_a_request_outside_the_scope(request, waiting, who, status):
+    _alices, bobs = waiting
+
+    assert client_for(request.getfixturevalue(who)).get(page_url(bobs)).status_code == status
+
+
+def test_anonymous_visitors_are_sent_to_sign_in(client, waiting):
+    response = client.get(page_url(waiting[1]))
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_a_scoped_officer_still_sees_their_own_request_outside_the_scope(
+    officer, needs_approval, sales_scope
+):
+    """Olivia has no unit: her scope does not cover her, her page is still hers."""
+    own = submit(officer, needs_approval)
+
+    assert client_for(officer).get(page_url(own)).status_code == 200
+
+
+# --- the history ------------------------------------------------------------------------
+
+
+def test_the_history_holds_only_requests_in_the_scope(waiting, officer, second_officer):
+    alices, bobs = waiting
+
+    mine = client_for(officer).get(HISTORY)
+    every = client_for(second_officer).get(HISTORY)
+
+    assert [r.pk for r in mine.context["requests"]] == [alices.pk]
+    assert "Bob" not in mine.content.decode()
+    assert [r.pk for r in every.context["requests"]] == [bobs.pk, alices.pk]
+
+
+@pytest.mark.parametrize(
+    ("filters", "found"),
+    [
+        ({"person": "alice"}, "alices"),
+        ({"person": "bob"}, None),
+        ({"state": "pending"}, "alices"),
+        ({"state": "rejected"}, None),
+    ],
+)
+def test_the_history_filters_still_work_within_the_scope(waiting, officer, filters, found):
+    alices, _bobs = waiting
+
+    response = client_for(officer).get(HISTORY, filters)
+
+    assert response.status_code == 200
+    assert [r.pk for r in response.context["requests"]] == ([alices.pk] if found else [])
+
+
+@pytest.mark.parametrize(("who", "status"), [("employee", 403), ("colleague", 403)])
+def test_the_history_is_for_officers_only(request, waiting, who, status):
+    assert client_for(request.getfixturevalue(who)).get(HISTORY).status_code == status
+
+
+# --- counts on the console and the start page ---------------------------------------------
+
+
+def test_the_console_counts_only_requests_in_the_scope(waiting, officer, second_officer):
+    to_olivia = client_for(officer).get("/ra/")
+    to_oscar = client_for(second_officer).get("/ra/")
+
+    assert (to_olivia.context["pending_count"], to_olivia.context["pending_total"]) == (1, 1)
+    assert "waiting in all" not in to_olivia.content.decode()
+    assert (to_oscar.context["pending_count"], to_oscar.context["pending_total"]) == (2, 2)
+
+
+def test_waiting_in_all_counts_the_scopes_requests_the_officer_may_not_decide(
+    waiting, officer, needs_approval
+):
+    """Her own request is outside her scope (she has no unit); a Sales colleague's that
+    waits for another officer's template is in it."""
+    submit(officer, needs_approval)
+    own_sales = UserFactory(organizational_unit="Sales")
+    own_sales.groups.add(officer.groups.get(name="RA officers"))
+    submit(own_sales, needs_approval)  # another officer's request: Olivia decides it
+
+    counts = client_for(officer).get("/ra/").context
+
+    assert (counts["pending_count"], counts["pending_total"]) == (2, 2)
+
+
+def test_the_start_page_counts_only_requests_in_the_scope(waiting, officer, second_officer):
+    assert client_for(officer).get("/").context["pending_count"] == 1
+    assert client_for(second_officer).get("/").context["pending_count"] == 2
+
+
+# --- notices ------------------------------------------------------------------------------
+
+
+def notices() -> dict[str, list]:
+    found: dict[str, list] = {}
+    for message in mail.outbox:
+        if "for your approval" in message.subject:
+            found.setdefault(message.to[0], []).append(message)
+    return found
+
+
+def test_only_officers_whose_scope_covers_the_requester_are_mailed(
+    needs_approval,
+    employee,
+    colleague,
+    officer,
+    second_officer,
+    admin_user,
+    sales_scope,
+    django_capture_on_commit_callbacks,
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        bobs = submit(colleague, needs_approval)
+    to_bob = notices()
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        submit(employee, needs_approval)
+
+    assert sorted(to_bob) == sorted([second_officer.email, admin_user.email])
+    assert officer.email not in to_bob
+    for (message,) in to_bob.values():
+        assert message.subject == f"Certificate request #{bobs.pk} waits for your approval"
+    assert sorted(notices()) == sorted([officer.email, second_officer.email, admin_user.email])
+
+
+def test_the_summary_and_the_panel_hold_only_requests_in_the_scope(
+    scheduler,
+    committed_at,
+    needs_approval,
+    employee,
+    colleague,
+    officer,
+    second_officer,
+    sales_scope,
+):
+    committed_at(T0, lambda: submit(employee, needs_approval))  # both hear of it at once
+    bobs = committed_at(T0 + timedelta(minutes=2), lambda: submit(colleague, needs_approval))
+    member = UserFactory(organizational_unit="Engineering")
+    member.groups.add(sales_scope.people)
+    members = committed_at(T0 + timedelta(minutes=3), lambda: submit(member, needs_approval))
+    mail.outbox.clear()
+
+    assert ApprovalNoticeDigest.objects.get(officer=officer).waiting == [members.pk]
+    assert ApprovalNoticeDigest.objects.get(officer=second_officer).waiting == [
+        bobs.pk,
+        members.pk,
+    ]
+    with time_machine.travel(T0 + timedelta(minutes=5), tick=False):
+        panel = client_for(officer).get("/ra/").context["notice_summary"]
+    assert panel.request_ids == (members.pk,)
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 2
+
+    found = notices()
+    (to_olivia,) = found[officer.email]
+    (to_oscar,) = found[second_officer.email]
+    assert to_olivia.subject == f"Certificate request #{members.pk} waits for your approval"
+    assert f"#{bobs.pk} " not in to_olivia.body
+    assert to_oscar.subject == "2 certificate requests wait for your approval"
+
+
+def test_an_officer_given_a_scope_meanwhile_is_not_summarised_what_it_leaves_out(
+    scheduler, committed_at, needs_approval, employee, colleague, second_officer, sales_scope
+):
+    """Beat and the console's panel apply the rule again, together."""
+    committed_at(T0, lambda: submit(employee, needs_approval))
+    bobs = committed_at(T0 + timedelta(minutes=2), lambda: submit(colleague, needs_approval))
+    with time_machine.travel(T0 + timedelta(minutes=5), tick=False):
+        panel = client_for(second_officer).get("/ra/").context["notice_summary"]
+    assert panel.request_ids == (bobs.pk,)
+    sales_scope.officers.user_set.add(second_officer)
+    mail.outbox.clear()
+
+    with time_machine.travel(T0 + timedelta(minutes=6), tick=False):
+        panel = client_for(second_officer).get("/ra/").context["notice_summary"]
+    assert (panel.request_ids, panel.count) == ((), 0)
+    assert committed_at(T0 + timedelta(minutes=15), approval_notice_digests_task) == 0
+    assert notices() == {}
+
+
+def test_the_panel_reads_as_many_queries_for_many_collected_requests_under_a_scope(
+    scheduler, committed_at, needs_approval, employee, officer, sales_scope
+):
+    """Collected requests of people covered by a group, not by their unit: their groups
+    are read once for the panel, not once per request."""
+    committed_at(T0, lambda: submit(employee, needs_approval))  # mailed: opens her window
+
+    def collect(count: int, start: int) -> None:
+        for n in range(count):
+            member = UserFactory(organizational_unit="Engineering")
+            member.groups.add(sales_scope.people)
+            committed_at(
+                T0 + timedelta(minutes=1, seconds=start + n),
+                lambda member=member: submit(member, needs_approval),
+            )
+
+    def queries() -> int:
+        scopes.forget_reach(officer)
+        with (
+            time_machine.travel(T0 + timedelta(minutes=5), tick=False),
+            CaptureQueriesContext(connection) as captured,
+        ):
+            summary = ra_selectors.approval_notice_summary(officer)
+        assert summary.count == len(ApprovalNoticeDigest.objects.get(officer=officer).waiting)
+        return len(captured.captured_queries)
+
+    collect(2, 0)
+    few = queries()
+    collect(4, 10)
+
+    assert queries() == few
+
+
+def test_a_notice_run_reads_requesters_groups_once_not_per_request(
+    needs_approval, officer, second_officer, sales_scope
+):
+    """Two scoped officers and one unscoped, requesters covered by a group: the same
+    number of queries for three requests as for nine."""
+    third = UserFactory(username="tess")
+    third.groups.add(officer.groups.get(name="RA officers"), sales_scope.officers)
+
+    def made(count: int) -> list[int]:
+        ids = []
+        for n in range(count):
+            member = UserFactory(organizational_unit="Engineering" if n % 2 else "Finance")
+            if n % 2:
+                member.groups.add(sales_scope.people)
+            ids.append(submit(member, needs_approval).pk)
+        return ids
+
+    def queries(ids: list[int]) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            ra_notifications.requests_announce(ids)
+        return len(captured.captured_queries)
+
+    few = queries(made(3))
+    ApprovalNoticeDigest.objects.all().delete()
+
+    assert queries(made(9)) == few
+
+
+# --- the API ------------------------------------------------------------------------------
+
+
+def test_the_pending_list_holds_only_requests_in_the_scope(waiting, officer, second_officer):
+    alices, bobs = waiting
+
+    to_olivia = token_client(officer).get(PENDING).json()["results"]
+    to_oscar = token_client(second_officer).get(PENDING).json()["results"]
+
+    assert [(r["id"], r["may_decide"]) for r in to_olivia] == [(alices.pk, True)]
+    assert [r["id"] for r in to_oscar] == [alices.pk, bobs.pk]
+
+
+def test_the_request_list_holds_only_requests_in_the_scope(waiting, officer, second_officer):
+    alices, bobs = waiting
+
+    assert [r["id"] for r in token_client(officer).get(f"{API}/requests/").json()["results"]] == [
+        alices.pk
+    ]
+    every = token_client(second_officer).get(f"{API}/requests/").json()["results"]
+    assert [r["id"] for r in every] == [bobs.pk, alices.pk]
+
+
+@pytest.mark.parametrize(("who", "status"), [("employee", 403), (None, 401)])
+def test_the_pending_list_is_for_officers_only(request, waiting, who, status):
+    user = request.getfixturevalue(who) if who else None
+
+    assert token_client(user).get(PENDING).status_code == status
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_the_api_refuses_a_decision_outside_the_scope_and_changes_nothing(waiting, officer, verb):
+    _alices, bobs = waiting
+
+    response = token_client(officer).post(request_url(bobs.pk, verb), {}, format="json")
+
+    assert response.status_code == 403
+    assert response.json() == {"detail": OUTSIDE}
+    bobs.refresh_from_db()
+    assert (bobs.state, bobs.decided_by) == (CertificateRequest.State.PENDING, None)
+    assert not AuditEvent.objects.filter(action__in=["request.approve", "request.reject"]).exists()
+
+
+@pytest.mark.parametrize("who", ["officer", "second_officer"])
+def test_the_api_lets_an_officer_decide_in_their_scope(request, waiting, who):
+    alices, _bobs = waiting
+    user = request.getfixturevalue(who)
+
+    response = token_client(user).post(request_url(alices.pk, "reject"), {"reason": "x"})
+
+    assert response.status_code == 200
+    assert response.json()["state"] == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [
+        ("officer", 403),
+        ("second_officer", 200),
+        ("admin_user", 200),
+        ("colleague", 200),  # his own
+        ("employee", 404),
+    ],
+)
+def test_who_reads_an_enrolment_outside_the_scope_in_the_api(request, waiting, who, status):
+    _alices, bobs = waiting
+
+    response = token_client(request.getfixturevalue(who)).get(enrollment_url(bobs.pk))
+
+    assert response.status_code == status
+    if status == 403:
+        assert response.json() == {"detail": OUTSIDE}
+
+
+@pytest.mark.parametrize("action", ["withdraw", "collect"])
+def test_an_officer_acting_on_an_enrolment_outside_the_scope_is_refused_by_scope(
+    waiting, officer, action
+):
+    _alices, bobs = waiting
+
+    response = token_client(officer).post(f"{enrollment_url(bobs.pk)}{action}/", {})
+
+    assert response.status_code == 403
+    assert response.json() == {"detail": OUTSIDE}
+    bobs.refresh_from_db()
+    assert bobs.state == CertificateRequest.State.PENDING
+
+
+def test_the_pending_list_makes_no_more_queries_for_more_rows_under_a_scope(
+    needs_approval, officer, sales_scope
+):
+    client = token_client(officer)
+
+    def rows() -> None:
+        for _ in range(2):
+            member = UserFactory(organizational_unit="Engineering")
+            member.groups.add(sales_scope.people)
+            submit(member, needs_approval)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(PENDING)
+        assert response.status_code == 200
+        return len(captured.captured_queries)
+
+    rows()
+    few = queries()
+    rows()
+    rows()
+
+    assert queries() == few
