@@ -506,7 +506,8 @@ class RolloutForm(PortalForm):
         assert isinstance(field, forms.ModelChoiceField)  # as declared above
         templates = field.queryset
         assert templates is not None
-        approves = decider(officer).approves
+        theirs = decider(officer)
+        approves = theirs.approves
         offered = list(templates)
         mine = [template.pk for template in offered if approves(template)]
         field.queryset = templates.filter(pk__in=mine)
@@ -514,6 +515,11 @@ class RolloutForm(PortalForm):
             field.help_text += (
                 " Only the templates you approve are offered: the requests a roll-out makes "
                 "are approved by you."
+            )
+        if not theirs.reach.everyone:  # rollouts.rollout_resolve leaves the others out
+            self.fields["group"].help_text += (
+                f" Only the people your officer scope ({theirs.reach.describe()}) covers are "
+                "invited; the others are counted, not named."
             )
 
     def clean(self) -> dict[str, Any]:

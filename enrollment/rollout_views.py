@@ -3,10 +3,14 @@ remind the people who have not collected, cancel it.
 
 Officers only: anyone else gets a 403, as on the other RA lists. Creating, reminding and
 cancelling are the template's approvers' (rollouts._approves), a 403 for other officers.
+An officer in an officer scope invites, sees and counts only the people it covers, and
+reminds or cancels only a roll-out whose waiting people it covers (rollouts.waiting_outside).
 The invited person's side is their request's page (enrollment.views.request_detail).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -24,6 +28,7 @@ from enrollment.permissions import decider
 from enrollment.ra_forms import RolloutForm
 from enrollment.rollouts import Reason
 from enrollment.x509.keys import KeyAlgorithm
+from pkiportal import plurals
 
 PEOPLE_PAGE_SIZE = 200
 
@@ -89,35 +94,110 @@ def rollout_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(
         request,
         "enrollment/ra/rollout_new.html",
-        {"form": form, "preview": preview, "labels": Reason.LABELS},
+        {
+            "form": form,
+            "preview": preview,
+            "labels": Reason.LABELS,
+            "outside_scope": _left_out(preview) if preview is not None else "",
+        },
         status=status,
     )
+
+
+def _left_out(preview: rollouts.Resolution) -> str:
+    """What the preview says of the people outside the officer's scope: how many, never
+    whom."""
+    count = preview.outside_scope
+    if not count:
+        return ""
+    return (
+        f"{plurals.count(count, 'person', 'people')} named {'is' if count == 1 else 'are'} "
+        f"outside your officer scope ({preview.scope}) and would not be invited; they are "
+        "not listed. An officer whose scope covers them can invite them."
+    )
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row of the page's "Not invited": one person as named, or (``count``) those
+    outside the inviting officer's scope, unnamed."""
+
+    entry: str
+    label: str
+    count: int = 1
+    named: bool = True
+
+
+def _skipped_rows(rollout: Rollout) -> list[SkippedRow]:
+    rows = []
+    for item in rollout.skipped:
+        reason = item.get("reason", "")
+        if reason == Reason.OUTSIDE_SCOPE:
+            count = int(item.get("count", 0))
+            rows.append(
+                SkippedRow(
+                    plurals.count(count, "person", "people"),
+                    "outside the officer scope of the officer who invited (not named)",
+                    count,
+                    named=False,
+                )
+            )
+        else:
+            rows.append(SkippedRow(item.get("entry", ""), Reason.LABELS.get(reason, "")))
+    return rows
 
 
 def _detail(
     request: AuthenticatedHttpRequest, rollout: Rollout, *, status: int = 200
 ) -> HttpResponse:
+    officer = decider(request.user)
+    reach = officer.reach
+    # A scoped officer sees, and counts, only the people their scope covers.
     invitations = (
-        RolloutInvitation.objects.filter(rollout=rollout)
+        RolloutInvitation.objects.filter(reach.people("request__requester"), rollout=rollout)
         .select_related("request__requester")
         .order_by("pk")
     )
     page = Paginator(invitations, PEOPLE_PAGE_SIZE).get_page(request.GET.get("page"))
+    hidden = 0
+    if not reach.everyone:
+        hidden = RolloutInvitation.objects.filter(rollout=rollout).count() - page.paginator.count
+    counts = rollouts.rollout_counts(rollout, reach)
+    # Whom the inviting officer named, and why each was not invited: a scoped officer sees
+    # it of their own roll-outs only (another's may name people outside their scope).
+    skipped = (
+        _skipped_rows(rollout)
+        if reach.everyone or rollout.created_by_id == request.user.pk
+        else None
+    )
     context = {
         "rollout": rollout,
-        # Remind and cancel are the template's approvers' (rollouts._approves): the others
+        # Remind and cancel are the template's approvers' (rollouts._approves), and act on
+        # everyone waiting, so only for an officer whose scope covers them all: the others
         # get no buttons, only who may.
-        "may_act": rollout.is_open and decider(request.user).approves(rollout.template),
-        "counts": rollouts.rollout_counts(rollout),
-        "unmailed": rollouts.unmailed_count(rollout),
+        "may_act": rollout.is_open
+        and officer.approves(rollout.template)
+        and not rollouts.waiting_outside(rollout, reach),
+        "approves": officer.approves(rollout.template),
+        "counts": counts,
+        "unmailed": rollouts.unmailed_count(rollout, reach),
         "mail_attempts": rollouts.MAIL_ATTEMPTS,
         "page": page,
-        "skipped": [
-            (item.get("entry", ""), Reason.LABELS.get(item.get("reason", ""), ""))
-            for item in rollout.skipped
-        ],
+        "outside_scope": _hidden_people(hidden, reach.describe()),
+        "skipped": skipped,
+        "skipped_kept": sum(row.count for row in skipped or []),
     }
     return render(request, "enrollment/ra/rollout_detail.html", context, status=status)
+
+
+def _hidden_people(count: int, scope: str) -> str:
+    if not count:
+        return ""
+    return (
+        f"{plurals.count(count, 'person', 'people')} of this roll-out "
+        f"{'is' if count == 1 else 'are'} outside your officer scope ({scope}) and not "
+        "shown or counted here."
+    )
 
 
 @login_required

@@ -46,6 +46,8 @@ from enrollment.models import (
     RolloutInvitation,
     SharedMailbox,
 )
+from enrollment.permissions import Decider
+from enrollment.scopes import EVERYONE, Reach, prime_groups
 from enrollment.x509 import keys
 from enrollment.x509.mail_domains import address_permitted, issuer_permits
 from enrollment.x509.names import printable
@@ -89,6 +91,9 @@ class Reason:
     HOLDS_VALID = "holds_valid"
     OPEN_REQUEST = "open_request"
     AT_LIMIT = "at_limit"
+    # Not a Skip of one person: how many the officer's scope leaves out, never whom
+    # (Resolution.outside_scope; kept on the roll-out as one item with its "count").
+    OUTSIDE_SCOPE = "outside_scope"
 
     LABELS = {
         INVALID: "not a user name or e-mail address",
@@ -109,6 +114,7 @@ class Reason:
         HOLDS_VALID: "already holds a valid certificate of this template",
         OPEN_REQUEST: "already has an open request for this template",
         AT_LIMIT: "at the limit of certificates and requests for this template",
+        OUTSIDE_SCOPE: "outside your officer scope",
     }
 
 
@@ -124,13 +130,33 @@ class Skip:
 
 @dataclass
 class Resolution:
-    """Who a roll-out would invite, and who not and why: the preview, and what it stores."""
+    """Who a roll-out would invite, and who not and why: the preview, and what it stores.
+    People outside the officer's scope are counted (``outside_scope``), never listed: the
+    officer may not see who they are, nor why else they would not be invited."""
 
     eligible: list[User] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    outside_scope: int = 0
+    scope: str = ""  # the officer's Reach.describe(), to say whose scope left them out
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(skip.reason for skip in self.skipped))
+        counts = dict(Counter(skip.reason for skip in self.skipped))
+        if self.outside_scope:
+            counts[Reason.OUTSIDE_SCOPE] = self.outside_scope
+        return counts
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped) + self.outside_scope
+
+    def kept_skipped(self) -> list[dict[str, object]]:
+        """What the roll-out keeps of who was not invited: those outside the scope as one
+        item with their count (first, so it is always kept), then the first named."""
+        kept: list[dict[str, object]] = []
+        if self.outside_scope:
+            kept.append({"entry": "", "reason": Reason.OUTSIDE_SCOPE, "count": self.outside_scope})
+        kept += [{"entry": s.entry, "reason": s.reason} for s in self.skipped]
+        return kept[: Rollout.SKIPPED_KEPT]
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -216,7 +242,7 @@ def rollout_resolve(
     person's and is reported for that person. ``lock`` locks the candidates' rows first
     (rollout_create, in its transaction).
     """
-    _approves(officer, template)
+    reach = _approves(officer, template).reach
     resolution = Resolution()
     candidates: list[tuple[str, User]] = []
     if group is not None:
@@ -236,6 +262,15 @@ def rollout_resolve(
         else:
             seen.add(user.pk)
             unique.append((entry, user))
+    if not reach.everyone:
+        # Before every other reason: why someone outside the scope would not be invited
+        # (holds one already, deactivated) is as much theirs as who they are.
+        if reach.group_ids:
+            prime_groups(user for _e, user in unique)
+        covered = [(entry, user) for entry, user in unique if reach.covers(user)]
+        resolution.outside_scope = len(unique) - len(covered)
+        resolution.scope = reach.describe()
+        unique = covered
     ids = [user.pk for _e, user in unique]
     if lock:
         # Their enrolment locks, as request_submit takes its requester's (in id order): an
@@ -377,15 +412,47 @@ def _approves(
     *,
     why: str = "A roll-out approves the requests it makes.",
     field: str | None = "template",
-) -> None:
+) -> Decider:
     """A roll-out approves the requests it makes: only the template's approvers run one,
     remind its people or cancel it (permissions.Decider.approves, the rule
-    services._decide enforces)."""
+    services._decide enforces). Their Decider, whose ``reach`` says whom they may invite."""
     from enrollment.permissions import NOT_AN_APPROVER, decider
 
-    if not decider(officer).approves(template):
+    theirs = decider(officer)
+    if not theirs.approves(template):
         raise NotPermitted(
             services.decision_refusal(NOT_AN_APPROVER, template) + " " + why, field=field
+        )
+    return theirs
+
+
+# Why remind and cancel refuse an officer whose scope leaves out some of its people.
+NOT_ALL_IN_SCOPE = (
+    "{count} of the people this roll-out still waits for {are} outside your officer scope "
+    "({scope}): only an officer whose scope covers them all reminds them or cancels it."
+)
+
+
+def waiting_outside(rollout: Rollout, reach: Reach) -> int:
+    """How many of the people the roll-out still waits for ``reach`` leaves out: remind and
+    cancel act on them all (one query, none for a Reach of everyone)."""
+    if reach.everyone:
+        return 0
+    waiting = RolloutInvitation.objects.filter(
+        rollout=rollout, request__state=CertificateRequest.State.APPROVED
+    ).aggregate(total=Count("pk"), covered=Count("pk", filter=reach.people("request__requester")))
+    return int(waiting["total"] - waiting["covered"])
+
+
+def _covers_every_waiting(rollout: Rollout, reach: Reach) -> None:
+    """Remind and cancel act on everyone who has not collected: an officer whose scope
+    leaves some of them out may do neither."""
+    outside = waiting_outside(rollout, reach)
+    if outside:
+        raise NotPermitted(
+            NOT_ALL_IN_SCOPE.format(
+                count=outside, are="is" if outside == 1 else "are", scope=reach.describe()
+            )
         )
 
 
@@ -483,11 +550,8 @@ def rollout_create(
             group=group,
             group_name=group.name if group is not None else "",
             invited=len(resolution.eligible),
-            skipped=[
-                {"entry": s.entry, "reason": s.reason}
-                for s in resolution.skipped[: Rollout.SKIPPED_KEPT]
-            ],
-            skipped_count=len(resolution.skipped),
+            skipped=resolution.kept_skipped(),
+            skipped_count=resolution.skipped_count,
         )
         reason = f"Roll-out #{rollout.pk}" + (f": {name}" if name else "")
         requests = CertificateRequest.objects.bulk_create(
@@ -588,9 +652,10 @@ def rollout_cancel(*, rollout: Rollout, officer: User, source_address: str | Non
     """Withdraw every invitation not collected yet; the number withdrawn. Certificates
     already collected stay valid (revoke them one by one if they must go)."""
     _officer(officer)
-    _approves(officer, rollout.template, why=NOT_YOURS_TO_END, field=None)
+    reach = _approves(officer, rollout.template, why=NOT_YOURS_TO_END, field=None).reach
     with transaction.atomic():
         locked = _locked_open(rollout)
+        _covers_every_waiting(locked, reach)
         withdrawn = _end_uncollected(
             locked,
             ended=RolloutInvitation.Ended.CANCELLED,
@@ -618,9 +683,10 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
     At most once per PKIPORTAL_ROLLOUT_REMIND_HOURS per roll-out: a reminder goes to
     thousands of mailboxes, and a double click must not send it twice."""
     _officer(officer)
-    _approves(officer, rollout.template, why=NOT_YOURS_TO_END, field=None)
+    reach = _approves(officer, rollout.template, why=NOT_YOURS_TO_END, field=None).reach
     with transaction.atomic():
         locked = _locked_open(rollout)
+        _covers_every_waiting(locked, reach)
         now = timezone.now()
         if locked.expires_at <= now:  # the hourly expiry has not swept it yet
             raise InvalidState(
@@ -682,13 +748,14 @@ def rollouts_expire_due(*, now: datetime | None = None) -> int:
     return expired
 
 
-def rollout_counts(rollout: Rollout) -> dict[str, int]:
-    """How many of its people are invited, collected, declined, cancelled, expired, failed."""
+def rollout_counts(rollout: Rollout, reach: Reach = EVERYONE) -> dict[str, int]:
+    """How many of its people are invited, collected, declined, cancelled, expired, failed;
+    of those ``reach`` covers (an officer's scope: the people they may see)."""
     counts = dict.fromkeys(
         ("invited", "collected", "declined", "cancelled", "expired", "failed"), 0
     )
     rows = (
-        RolloutInvitation.objects.filter(rollout=rollout)
+        RolloutInvitation.objects.filter(reach.people("request__requester"), rollout=rollout)
         .values_list("request__state", "ended")
         .annotate(n=Count("pk"))
         .order_by()
@@ -745,10 +812,14 @@ def rollout_mail_send(*, invitation_ids: list[int], kind: str) -> int:
     return len(sent)
 
 
-def unmailed_count(rollout: Rollout) -> int:
-    """Invited people still waiting whose invitation never reached the mail server."""
+def unmailed_count(rollout: Rollout, reach: Reach = EVERYONE) -> int:
+    """Invited people still waiting whose invitation never reached the mail server (of
+    those ``reach`` covers)."""
     return RolloutInvitation.objects.filter(
-        rollout=rollout, mailed_at__isnull=True, request__state=CertificateRequest.State.APPROVED
+        reach.people("request__requester"),
+        rollout=rollout,
+        mailed_at__isnull=True,
+        request__state=CertificateRequest.State.APPROVED,
     ).count()
 
 

@@ -39,6 +39,7 @@ from enrollment.models import (
     SharedMailbox,
 )
 from enrollment.pkcs12_password import pkcs12_password_problems
+from enrollment.scopes import EVERYONE, Reach
 from enrollment.x509 import pkcs7
 from enrollment.x509.csr import MAX_CSR_BYTES
 from enrollment.x509.keys import KeyAlgorithm
@@ -964,8 +965,14 @@ class RolloutOut(serializers.ModelSerializer[Any]):
     )
     created_by = serializers.CharField(source="created_by.get_username", read_only=True)
     group = serializers.CharField(source="group_name", read_only=True)
-    counts = serializers.SerializerMethodField()
-    people = serializers.SerializerMethodField()
+    counts = serializers.SerializerMethodField(
+        help_text="Where its people stand; for an officer in a scope, of the people it covers."
+    )
+    skipped = serializers.SerializerMethodField(allow_null=True)
+    people = serializers.SerializerMethodField(
+        help_text="Each invited person's request; for an officer in a scope, of the people "
+        "it covers only."
+    )
 
     class Meta:
         from enrollment.models import Rollout
@@ -1002,7 +1009,30 @@ class RolloutOut(serializers.ModelSerializer[Any]):
     def get_counts(self, rollout: Any) -> dict[str, int]:
         from enrollment.rollouts import rollout_counts
 
-        return rollout_counts(rollout)
+        return rollout_counts(rollout, self._reach())
+
+    def _reach(self) -> Reach:
+        """The caller's officer scope (the view's context): only their people are listed
+        and counted. Everyone when no view gave one (a roll-out just created)."""
+        reach = self.context.get("reach", EVERYONE)
+        assert isinstance(reach, Reach)
+        return reach
+
+    @extend_schema_field(
+        {"type": "array", "items": {"type": "object", "properties": {
+            "entry": {"type": "string", "description": "As named; empty for `outside_scope`."},
+            "reason": {"type": "string"},
+            "count": {"type": "integer",
+                      "description": "`outside_scope` only: how many the inviting officer's "
+                      "scope left out, unnamed."}}}}
+    )  # fmt: skip
+    def get_skipped(self, rollout: Any) -> list[dict[str, Any]] | None:
+        """Who was not invited, as kept; null for an officer in a scope looking at another
+        officer's roll-out, whose list may name people outside their scope."""
+        viewer = self.context.get("viewer_id")
+        if self._reach().everyone or viewer is None or viewer == rollout.created_by_id:
+            return list(rollout.skipped)
+        return None
 
     @extend_schema_field(
         {"type": "array", "items": {"type": "object", "properties": {
@@ -1014,7 +1044,11 @@ class RolloutOut(serializers.ModelSerializer[Any]):
                            "description": "The mail server's last refusal, if any."}}}}
     )  # fmt: skip
     def get_people(self, rollout: Any) -> list[dict[str, object]]:
-        invitations = rollout.invitations.select_related("request__requester").order_by("pk")
+        invitations = (
+            rollout.invitations.filter(self._reach().people("request__requester"))
+            .select_related("request__requester")
+            .order_by("pk")
+        )
         return [
             {"username": i.request.requester.get_username(), "request": i.request_id,
              "status": i.status,

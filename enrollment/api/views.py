@@ -1323,7 +1323,11 @@ class TokenLogoutAllView(APIView):
     ),
     retrieve=extend_schema(
         summary="One roll-out (RA officers)",
-        description="Its counts and every invited person's request with where it stands.",
+        description=(
+            "Its counts and every invited person's request with where it stands. For an "
+            "officer in a scope, of the people it covers only; `skipped` is null for them "
+            "on another officer's roll-out."
+        ),
         responses={200: s.RolloutOut, **ERRORS, **NOT_FOUND},
     ),
 )
@@ -1341,12 +1345,23 @@ class RolloutViewSet(
     def get_serializer_class(self) -> type[serializers.BaseSerializer[Any]]:
         return s.RolloutSummaryOut if self.action == "list" else s.RolloutOut
 
+    def get_serializer_context(self) -> dict[str, Any]:
+        """The caller's officer scope: a roll-out's people and counts are of those it
+        covers (RolloutOut)."""
+        context = dict(super().get_serializer_context())
+        if not getattr(self, "swagger_fake_view", False):
+            context["reach"] = reach_of(self.request.user)
+            context["viewer_id"] = self.request.user.pk
+        return context
+
     @extend_schema(
         summary="Create a roll-out (RA officers)",
         description=(
             "Everyone eligible in `group` and `people` gets a request for the template, "
             "approved by you, and an e-mail with its link; they collect a portal-generated "
-            "key as a PKCS#12 there. Who was not invited, and why, is in `skipped`. 400 when "
+            "key as a PKCS#12 there. Who was not invited, and why, is in `skipped`; people "
+            "outside your officer scope are not invited, and counted there as one "
+            "`outside_scope` item with `count`, unnamed. 400 when "
             "nobody can be invited or the template issues no portal keys; 503 when an "
             "archiving template has no valid key recovery agent. Nothing is stored then."
         ),
