@@ -16,7 +16,9 @@ An issuing CA name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS refuses
 addresses outside its constraint: a warning (mail_domain_status).
 
 A template that names an approvers group with no active RA officer in it has requests
-that no officer can decide (only a superuser): a warning (approver_status).
+that no officer can decide (only a superuser): a warning (approver_status). So do pending
+requests that no active RA officer's officer scope covers, while every one is in a scope
+(scope_status).
 
 An online CA whose key this server cannot sign with (a missing or unreadable key file, an
 HSM token that is unreachable, busy, refuses the PIN, lost the key or holds another) can
@@ -530,4 +532,73 @@ def approver_status() -> dict[str, Any]:
         "status": WARN if templates else OK,
         "templates": {t.slug: getattr(t, "pending", 0) for t in templates},
         "problems": [without_approvers_message(t) for t in templates],
+    }
+
+
+# --- officer scopes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutsideScopes:
+    """Pending requests no active RA officer's scope covers (all but superusers in one)."""
+
+    requests: int = 0
+    mailboxes: int = 0  # of them, shared mailboxes' (in no unit: only for everyone's officers)
+
+
+def requests_outside_scopes() -> OutsideScopes:
+    """Pending requests that only a superuser can decide because of officer scopes: every
+    active RA officer who is no superuser is in a scope (enrollment.scopes), and none of
+    their scopes covers the requester, or it is a shared mailbox's. Nothing while one of
+    them acts for everyone, or none is left but superusers (not a matter of scopes). Two
+    queries without scopes, five at most."""
+    from enrollment.scopes import reaches, union
+
+    officers = (
+        get_user_model()
+        .objects.filter(ra_officers(), is_superuser=False)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    found = reaches((pk, False) for pk in officers)
+    if not found or any(reach.everyone for reach in found.values()):
+        return OutsideScopes()
+    covered = union(found.values()).requests()
+    counts = CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).aggregate(
+        total=Count("pk"),
+        covered=Count("pk", filter=covered),
+        mailboxes=Count("pk", filter=Q(mailbox__isnull=False)),
+    )
+    return OutsideScopes(counts["total"] - counts["covered"], counts["mailboxes"])
+
+
+def outside_scopes_message(outside: OutsideScopes) -> str:
+    """What the console and /health/ say of them: how many, never whose."""
+    count = outside.requests
+    said = plurals.count(count, "pending request")
+    boxes = (
+        f" ({outside.mailboxes} of them for a shared mailbox, which only an officer in no "
+        "scope handles)"
+        if outside.mailboxes
+        else ""
+    )
+    return (
+        f"{said} {'is' if count == 1 else 'are'} outside every RA officer's officer "
+        f"scope{boxes}, so only a superuser can approve or reject "
+        f"{'it' if count == 1 else 'them'}. Give a scope the people they are for, or leave "
+        "an officer in no scope (they act for everyone)."
+    )
+
+
+def scope_status() -> dict[str, Any]:
+    """ "warn" while pending requests wait for an officer scope that covers them
+    (requests_outside_scopes): not a failure, as a superuser can still decide them."""
+    outside = requests_outside_scopes()
+    if not outside.requests:
+        return {"status": OK, "requests": 0, "mailboxes": 0, "problems": []}
+    return {
+        "status": WARN,
+        "requests": outside.requests,
+        "mailboxes": outside.mailboxes,
+        "problems": [outside_scopes_message(outside)],
     }

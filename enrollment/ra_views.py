@@ -213,6 +213,7 @@ def _console_page(
         "pending_count": pending.theirs,
         "pending_total": pending.total,
         "without_approvers": health.approver_status(),
+        "outside_scopes": health.scope_status(),
         "notice_summary": notice_summary,
         "notice_form": notice_form
         or NoticeDeliveryForm(initial={"delivery": notice_summary.delivery}),

@@ -12,8 +12,9 @@ issuing CA that templates use ends within PKIPORTAL_CA_EXPIRY_WARNING_DAYS or al
 cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAIL_DOMAINS,
 the cap held leavers' certificate revocations back, publishing certificates to the
 LDAP directory fails, the directory leavers' sync cannot read it or held back, a
-template's approvers group holds no active RA officer, or the imported FIDO metadata is
-past its nextUpdate) still answers 200.
+template's approvers group holds no active RA officer, pending requests are outside
+every RA officer's officer scope, or the imported FIDO metadata is past its nextUpdate)
+still answers 200.
 
 Callers who get only the verdict share one broker and worker ping per process every
 BROKER_CHECK_SECONDS (and one CA key check a minute): a flood of them costs no pings.
@@ -207,6 +208,8 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
         results["approvers"] = health.approver_status()
         # "warn" once the imported FIDO metadata is past its nextUpdate.
         results["fido_metadata"] = fido_metadata.metadata_check()
+        # "warn" while pending requests are outside every RA officer's officer scope.
+        results["scopes"] = health.scope_status()
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
         names = (
             "issuing_ca",
@@ -216,6 +219,7 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
             "ldap_sync",
             "approvers",
             "fido_metadata",
+            "scopes",
         )
         for name in names:
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}

@@ -9,6 +9,7 @@ Olivia (``officer``) acts for Sales (``sales_scope``): Alice (``employee``) is i
 
 from __future__ import annotations
 
+import html
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -609,3 +610,110 @@ def test_the_pending_list_makes_no_more_queries_for_more_rows_under_a_scope(
     rows()
 
     assert queries() == few
+
+
+# --- requests no officer's scope covers ------------------------------------------------------
+
+
+def scope_alert(page) -> str:
+    text = html.unescape(page.content.decode())
+    if 'id="scopes-alert"' not in text:
+        return ""
+    start = text.index('id="scopes-alert"')
+    return text[start : text.index("</div>", start)]
+
+
+def scope_check(user) -> dict:
+    return client_for(user).get("/health/").json()["checks"]["scopes"]
+
+
+def test_the_console_warns_of_requests_outside_every_officers_scope(waiting, officer):
+    """Olivia is the only officer, and Bob is outside her scope."""
+    text = scope_alert(client_for(officer).get("/ra/"))
+
+    assert "Requests outside every officer scope." in text
+    assert (
+        "1 pending request is outside every RA officer's officer scope, so only a superuser "
+        "can approve or reject it."
+    ) in text
+    assert "Bob" not in text
+
+
+def test_health_warns_of_them_and_still_answers_200(waiting, officer, hierarchy):
+    from enrollment import keystore
+
+    services.crl_publish(  # the offline root's CRL: all else is well
+        ca=hierarchy.root,
+        offline_key=keystore.OfflineKey(hierarchy.root_key_path, hierarchy.root_passphrase),
+    )
+
+    response = client_for(officer).get("/health/")
+
+    assert response.status_code == 200
+    check = response.json()["checks"]["scopes"]
+    assert {k: check[k] for k in ("status", "requests", "mailboxes")} == {
+        "status": "warn",
+        "requests": 1,
+        "mailboxes": 0,
+    }
+    assert "only a superuser can approve or reject it" in check["problems"][0]
+
+
+def test_a_shared_mailboxs_request_is_outside_every_scope_too(
+    needs_approval, employee, officer, sales_scope
+):
+    box = SharedMailbox.objects.create(email="sales@example.com", display_name="Sales")
+    boxed = submit(employee, needs_approval)
+    CertificateRequest.objects.filter(pk=boxed.pk).update(mailbox=box)
+
+    check = scope_check(officer)
+
+    assert (check["status"], check["requests"], check["mailboxes"]) == ("warn", 1, 1)
+    assert (
+        "1 pending request is outside every RA officer's officer scope (1 of them for a "
+        "shared mailbox, which only an officer in no scope handles)"
+    ) in check["problems"][0]
+
+
+def test_an_active_officer_in_no_scope_ends_the_warning(waiting, officer, second_officer):
+    assert scope_check(officer)["status"] == "ok"
+    assert scope_alert(client_for(officer).get("/ra/")) == ""
+
+
+def test_a_deactivated_officer_in_no_scope_does_not(waiting, officer, second_officer):
+    second_officer.is_active = False
+    second_officer.save()
+
+    assert scope_check(officer)["status"] == "warn"
+
+
+def test_requests_every_scope_covers_are_no_warning(needs_approval, employee, officer, sales_scope):
+    submit(employee, needs_approval)
+
+    assert scope_check(officer) == {"status": "ok", "requests": 0, "mailboxes": 0, "problems": []}
+
+
+def test_with_superusers_only_left_it_is_no_matter_of_scopes(waiting, officer, admin_user):
+    """No officer but superusers: nothing here would help."""
+    officer.groups.clear()
+
+    assert scope_check(admin_user)["status"] == "ok"
+
+
+def test_the_check_reads_few_queries_however_many_requests_and_officers(
+    waiting, officer, needs_approval, sales_scope, django_assert_max_num_queries
+):
+    from enrollment import health
+
+    with django_assert_max_num_queries(5):
+        assert health.requests_outside_scopes().requests == 1
+    for _ in range(3):
+        scoped = UserFactory()
+        scoped.groups.add(officer.groups.get(name="RA officers"), sales_scope.officers)
+        submit(UserFactory(organizational_unit="Finance"), needs_approval)
+    with django_assert_max_num_queries(5):
+        assert health.requests_outside_scopes().requests == 4
+    unscoped = UserFactory()
+    unscoped.groups.add(officer.groups.get(name="RA officers"))
+    with django_assert_max_num_queries(4):
+        assert health.requests_outside_scopes().requests == 0
