@@ -13,7 +13,6 @@ from datetime import timedelta
 import pytest
 import time_machine
 
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -58,11 +57,9 @@ def certs(sales_scope, hierarchy, template, employee, colleague, officer):
 
 
 @pytest.fixture
-def unscoped(db):
+def unscoped(second_officer):
     """Oscar: an RA officer in no scope's group, who acts for everyone."""
-    oscar = UserFactory(username="oscar", first_name="Oscar", last_name="Open")
-    oscar.groups.add(Group.objects.get_or_create(name="RA officers")[0])
-    return oscar
+    return second_officer
 
 
 @pytest.fixture
