@@ -30,7 +30,7 @@ from enrollment.models import (
 )
 from enrollment.notifications import mail
 from enrollment.permissions import Decider, deciders, ra_officers
-from enrollment.scopes import prime_groups, prime_requesters, reaches
+from enrollment.scopes import Reach, prime_groups, prime_requesters, reaches
 from pkiportal import plurals
 
 if TYPE_CHECKING:
@@ -617,14 +617,35 @@ def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
 
 
 def expiry_summary(notified: Mapping[int, Sequence[Certificate]], *, now: datetime) -> None:
-    """One mail per run to the officers: who was told their certificate expires."""
-    total = sum(len(certificates) for certificates in notified.values())
-    _send(
-        f"Expiry notices: {total} certificate{'s expire' if total != 1 else ' expires'} soon",
-        "enrollment/email/expiry_summary.txt",
-        {"notified": sorted(notified.items()), "total": total, "now": now},
-        officer_addresses(),
-    )
+    """One mail per run to the officers: who was told their certificate expires. An
+    officer a scope limits hears only of the people it covers (nothing at all when none
+    of theirs expires): one mail per distinct Reach, not per officer."""
+    people = list(_officers().only("pk", "is_superuser", "email"))
+    reached = reaches((p.pk, p.is_superuser) for p in people)
+    if not all(reach.everyone for reach in reached.values()):
+        prime_groups(c.owner for certificates in notified.values() for c in certificates)
+    by_reach: dict[Reach, list[str]] = {}
+    for person in people:
+        by_reach.setdefault(reached[person.pk], []).append(person.email)
+    for reach, addresses in by_reach.items():
+        theirs = {
+            threshold: [c for c in certificates if reach.covers_certificate(c)]
+            for threshold, certificates in notified.items()
+        }
+        total = sum(len(certificates) for certificates in theirs.values())
+        if not total and not reach.everyone:
+            continue  # a scoped officer is not mailed that none of theirs expires
+        _send(
+            f"Expiry notices: {total} certificate{'s expire' if total != 1 else ' expires'} soon",
+            "enrollment/email/expiry_summary.txt",
+            {
+                "notified": sorted(theirs.items()),
+                "total": total,
+                "now": now,
+                "scope": "" if reach.everyone else reach.describe(),
+            },
+            addresses,
+        )
 
 
 def agent_registered(

@@ -125,6 +125,46 @@ def test_officers_get_a_summary(expiring, officer, run):
     assert AuditEvent.objects.get(action="expiry.notify").detail == {"30d": 1, "7d": 0, "1d": 0}
 
 
+@pytest.fixture
+def bobs_expiring(hierarchy, template, colleague):
+    """Bob's signing certificate: Bob is outside the Sales scope (``sales_scope``)."""
+    certificate, _bundle = services.certificate_issue_with_server_key(
+        template=template("smime-signing"),
+        owner=colleague,
+        key_algorithm=KeyAlgorithm.EC_P256,
+        pkcs12_password="Expiring-Key-Lantern-31",
+    )
+    return certificate
+
+
+def test_a_scoped_officer_hears_only_of_the_people_the_scope_covers(
+    expiring, bobs_expiring, sales_scope, officer, second_officer, run
+):
+    run(expiring.not_after - timedelta(days=10))
+
+    (scoped,) = [m for m in mail.outbox if m.to == [officer.email]]
+    (everyone,) = [m for m in mail.outbox if m.to == [second_officer.email]]
+    assert scoped.subject == "Expiry notices: 1 certificate expires soon"
+    assert "Alice Andersson" in scoped.body
+    assert "Bob" not in scoped.body
+    assert "among the people your officer scope (Sales) covers" in scoped.body
+    assert everyone.subject == "Expiry notices: 2 certificates expire soon"
+    assert "Alice Andersson" in everyone.body
+    assert "Bob Brown" in everyone.body
+    assert "officer scope" not in everyone.body
+
+
+def test_a_scoped_officer_none_of_whose_people_expire_gets_no_summary(
+    bobs_expiring, sales_scope, officer, second_officer, run
+):
+    run(bobs_expiring.not_after - timedelta(days=10))
+
+    assert [m for m in mail.outbox if m.to == [officer.email]] == []
+    assert [m.subject for m in mail.outbox if m.to == [second_officer.email]] == [
+        "Expiry notices: 1 certificate expires soon"
+    ]
+
+
 def test_no_summary_when_nobody_was_told(expiring, officer, run):
     run(expiring.not_after - timedelta(days=100))
 
