@@ -368,6 +368,7 @@ class OfficerScope(models.Model):
     )
     organizational_units = models.TextField(
         blank=True,
+        verbose_name="organisational units",
         help_text="One organisational unit per line, as accounts spell it (any case).",
     )
     people_groups = models.ManyToManyField(

@@ -29,6 +29,7 @@ class Migration(migrations.Migration):
                     models.TextField(
                         blank=True,
                         help_text="One organisational unit per line, as accounts spell it (any case).",
+                        verbose_name="organisational units",
                     ),
                 ),
                 ("created_at", models.DateTimeField(auto_now_add=True)),

@@ -221,7 +221,7 @@ def test_a_scoped_officer_finds_only_the_certificates_the_scope_covers(officer, 
     page = client.get(reverse("ra:certificates"), {"q": "bob"}).content.decode()
     assert "No certificate matches." in page
     assert "Brown" not in page  # Bob's name appears nowhere, nor a count of the hidden
-    assert "Your officer scope, Sales" in page
+    assert "Your officer scope: <strong>Sales</strong>" in page
 
 
 @pytest.mark.parametrize("who", ["unscoped", "admin_user"])
@@ -475,7 +475,7 @@ def test_a_scoped_officer_sees_and_counts_only_the_leavers_the_scope_covers(offi
 
     assert [leaver.username for leaver in page.context["leavers"]] == ["alice"]
     assert "Brown" not in page.content.decode()
-    assert "Your officer scope, Sales" in page.content.decode()
+    assert "Your officer scope: <strong>Sales</strong>" in page.content.decode()
     assert console.context["leaver_count"] == 1
 
 
