@@ -15,11 +15,13 @@ with them (prime_groups), else one.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import Exists, OuterRef, Q
 
 from enrollment.models import OfficerScope
@@ -30,9 +32,21 @@ _REACH = "_pkiportal_reach"
 _GROUP_IDS = "_pkiportal_group_ids"
 
 
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold(unit: str) -> str:
+    """A unit as Reach.covers compares it, folding case as the database's ``iexact`` does
+    in Reach.people(), so that the check and the filter never disagree: SQLite's LIKE folds
+    ASCII letters only ("Ñ" and "ñ" differ there), PostgreSQL's UPPER() every letter."""
+    if connection.vendor == "sqlite":
+        return unit.translate(_ASCII_LOWER)
+    return unit.lower()
+
+
 @dataclass(frozen=True)
 class Reach:
-    """Whom one officer acts for: everyone, or the people of ``units`` (lower case) and
+    """Whom one officer acts for: everyone, or the people of ``units`` (fold()ed) and
     the members of the groups ``group_ids``. ``scopes`` names the scopes it came from."""
 
     everyone: bool = True
@@ -80,7 +94,7 @@ class Reach:
             return True
         if person is None:
             return False
-        if (person.organizational_unit or "").lower() in self.units:
+        if fold(person.organizational_unit or "") in self.units:
             return True
         if not self.group_ids:
             return False
@@ -202,7 +216,7 @@ def reaches(
             continue
         result[pk] = Reach(
             everyone=False,
-            units=frozenset(u.lower() for s in mine for u in s.units),
+            units=frozenset(fold(u) for s in mine for u in s.units),
             group_ids=frozenset(g.pk for s in mine for g in s.people_groups.all()),
             scopes=tuple(sorted({s.name for s in mine})),
         )

@@ -307,3 +307,19 @@ def test_deciders_read_scopes_with_the_approvers_groups(
     assert all(d.reach.everyone for d in plain.values())
     assert both[officer.pk].reach.scopes == ("Sales",)
     assert both[officer.pk].group_ids == frozenset({sales_scope.officers.pk})
+
+
+@pytest.mark.parametrize("stored", ["VENTAS Ñ", "ventas ñ", "Ventas Ñ", "ventas Ñ"])
+def test_the_filter_and_the_check_agree_on_a_unit_with_non_ascii_letters(officer, stored):
+    """The database folds case as it does (SQLite: ASCII letters only; PostgreSQL: every
+    letter): whatever it says, the one-at-a-time check says the same."""
+    group = Group.objects.create(name="Ventas officers")
+    group.user_set.add(officer)
+    OfficerScope.objects.create(name="Ventas", officers=group, organizational_units="Ventas Ñ")
+    person = UserFactory(username="pedro", organizational_unit=stored)
+    found = reach(officer)
+
+    in_sql = type(person).objects.filter(found.people(), pk=person.pk).exists()
+
+    assert found.covers(person) == in_sql
+    assert found.covers(person) or stored.endswith("ñ")  # ASCII case always folds
