@@ -1083,7 +1083,23 @@ def _filtered_events(request: HttpRequest) -> tuple[AuditFilterForm, Any]:
 def audit_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Newest first, fifty at a time, continued by id (no count over the whole trail)."""
     officer_required(request)
+    _trail_for_everyone(request)
     return _audit_page(request)
+
+
+AUDIT_OUT_OF_SCOPE = (
+    "The audit trail names people of every unit, so it is for officers who act for "
+    "everyone: your officer scope limits you to some of them. Their requests, "
+    "certificates and recoveries have their own pages here."
+)
+
+
+def _trail_for_everyone(request: HttpRequest) -> None:
+    """The trail's events name people, certificates and recoveries of every unit, and
+    sorting them by whom they concern would be guesswork: an officer a scope limits does
+    not browse or export it (enrollment.scopes)."""
+    if not reach_of(request.user).everyone:
+        raise PermissionDenied(AUDIT_OUT_OF_SCOPE)
 
 
 def _audit_page(request: HttpRequest, status: int = 200) -> HttpResponse:
@@ -1150,6 +1166,7 @@ EXPORTS: dict[str, tuple[Callable[[Any], Iterator[str]], str, str]] = {
 def audit_export(request: AuthenticatedHttpRequest, fmt: str) -> HttpResponseBase:
     """The filtered trail, oldest first, streamed with its hash columns."""
     officer_required(request)
+    _trail_for_everyone(request)
     if fmt not in EXPORTS:
         raise Http404("No such export format.")
     form, events = _filtered_events(request)

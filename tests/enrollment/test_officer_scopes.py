@@ -323,3 +323,38 @@ def test_the_filter_and_the_check_agree_on_a_unit_with_non_ascii_letters(officer
 
     assert found.covers(person) == in_sql
     assert found.covers(person) or stored.endswith("ñ")  # ASCII case always folds
+
+
+# --- the audit trail is for officers who act for everyone --------------------------------
+
+
+@pytest.mark.parametrize("path", ["/ra/audit/", "/ra/audit/export.csv", "/ra/audit/export.jsonl"])
+def test_a_scoped_officer_neither_browses_nor_exports_the_audit_trail(officer, sales_scope, path):
+    from tests.conftest import client_for
+
+    response = client_for(officer).get(path)
+
+    assert response.status_code == 403
+    assert "it is for officers who act for everyone" in response.content.decode()
+    assert not AuditEvent.objects.filter(action="audit.export").exists()
+
+
+def test_a_scoped_officers_navigation_offers_no_audit_trail(officer, sales_scope, officer_client):
+    page = officer_client.get("/ra/").content.decode()
+
+    assert 'href="/ra/audit/"' not in page
+
+
+@pytest.mark.parametrize("who", ["unscoped", "superuser"])
+def test_officers_who_act_for_everyone_still_browse_and_export_it(
+    who, sales_scope, second_officer, admin_user
+):
+    from tests.conftest import client_for
+
+    if who == "superuser":
+        sales_scope.officers.user_set.add(admin_user)  # a superuser is never limited
+    client = client_for(second_officer if who == "unscoped" else admin_user)
+
+    assert client.get("/ra/audit/").status_code == 200
+    assert 'href="/ra/audit/"' in client.get("/ra/").content.decode()
+    assert client.get("/ra/audit/export.csv").status_code == 200
