@@ -28,6 +28,8 @@ per process for anonymous probes.
 
 from __future__ import annotations
 
+import functools
+import operator
 import threading
 import time
 from dataclasses import dataclass, field
@@ -547,12 +549,15 @@ class OutsideScopes:
 
 
 def requests_outside_scopes() -> OutsideScopes:
-    """Pending requests that only a superuser can decide because of officer scopes: every
-    active RA officer who is no superuser is in a scope (enrollment.scopes), and none of
-    their scopes covers the requester, or it is a shared mailbox's. Nothing while one of
-    them acts for everyone, or none is left but superusers (not a matter of scopes). Two
-    queries without scopes, five at most."""
-    from enrollment.scopes import reaches, union
+    """Pending requests that only a superuser can decide because of officer scopes: no
+    active RA officer who may decide them (every officer for a template naming no
+    approvers group, else the group's officers) acts for their requester (a shared
+    mailbox's: only an officer in no scope does). A template whose group holds no active
+    officer at all is the approvers check's (approver_status), not counted here. Nothing
+    to count while every one of them acts for everyone, or none is left but superusers.
+    Three queries without scopes, six at most."""
+    from enrollment.permissions import deciders
+    from enrollment.scopes import union
 
     officers = (
         get_user_model()
@@ -560,16 +565,32 @@ def requests_outside_scopes() -> OutsideScopes:
         .values_list("pk", flat=True)
         .distinct()
     )
-    found = reaches((pk, False) for pk in officers)
-    if not found or any(reach.everyone for reach in found.values()):
+    found = deciders((pk, False) for pk in officers).values()
+    if not found:
         return OutsideScopes()
-    covered = union(found.values()).requests()
+    reach_of_group: dict[int, list[Any]] = {}
+    for decider in found:
+        for group_id in decider.group_ids:
+            reach_of_group.setdefault(group_id, []).append(decider.reach)
+    # Who decides a template naming no group: every officer; one naming a group: its
+    # officers. A Reach that is everyone's leaves nothing outside (its requests() is no
+    # filter, and ~Q() would match every row).
+    everyone = union(decider.reach for decider in found)
+    clauses = []
+    if not everyone.everyone:
+        clauses.append(Q(template__approver_group__isnull=True) & ~everyone.requests())
+    for group_id, reached in sorted(reach_of_group.items()):
+        theirs = union(reached)
+        if not theirs.everyone:
+            clauses.append(Q(template__approver_group_id=group_id) & ~theirs.requests())
+    if not clauses:
+        return OutsideScopes()
+    outside = functools.reduce(operator.or_, clauses)
     counts = CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).aggregate(
-        total=Count("pk"),
-        covered=Count("pk", filter=covered),
-        mailboxes=Count("pk", filter=Q(mailbox__isnull=False)),
+        outside=Count("pk", filter=outside),
+        mailboxes=Count("pk", filter=outside & Q(mailbox__isnull=False)),
     )
-    return OutsideScopes(counts["total"] - counts["covered"], counts["mailboxes"])
+    return OutsideScopes(counts["outside"], counts["mailboxes"])
 
 
 def outside_scopes_message(outside: OutsideScopes) -> str:
@@ -583,8 +604,9 @@ def outside_scopes_message(outside: OutsideScopes) -> str:
         else ""
     )
     return (
-        f"{said} {'is' if count == 1 else 'are'} outside every RA officer's officer "
-        f"scope{boxes}, so only a superuser can approve or reject "
+        f"{said} {'is' if count == 1 else 'are'} outside the officer scope of every RA "
+        f"officer who may decide {'it' if count == 1 else 'them'}{boxes}, so only a "
+        "superuser can approve or reject "
         f"{'it' if count == 1 else 'them'}. Give a scope the people they are for, or leave "
         "an officer in no scope (they act for everyone)."
     )

@@ -633,7 +633,8 @@ def test_the_console_warns_of_requests_outside_every_officers_scope(waiting, off
 
     assert "Requests outside every officer scope." in text
     assert (
-        "1 pending request is outside every RA officer's officer scope, so only a superuser "
+        "1 pending request is outside the officer scope of every RA officer who may decide "
+        "it, so only a superuser "
         "can approve or reject it."
     ) in text
     assert "Bob" not in text
@@ -679,7 +680,8 @@ def test_a_shared_mailboxs_request_is_outside_every_scope_too(
 
     assert (check["status"], check["requests"], check["mailboxes"]) == ("warn", 1, 1)
     assert (
-        "1 pending request is outside every RA officer's officer scope (1 of them for a "
+        "1 pending request is outside the officer scope of every RA officer who may decide "
+        "it (1 of them for a "
         "shared mailbox, which only an officer in no scope handles)"
     ) in check["problems"][0]
 
@@ -714,15 +716,72 @@ def test_the_check_reads_few_queries_however_many_requests_and_officers(
 ):
     from enrollment import health
 
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(6):
         assert health.requests_outside_scopes().requests == 1
     for _ in range(3):
         scoped = UserFactory()
         scoped.groups.add(officer.groups.get(name="RA officers"), sales_scope.officers)
         submit(UserFactory(organizational_unit="Finance"), needs_approval)
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(6):
         assert health.requests_outside_scopes().requests == 4
     unscoped = UserFactory()
     unscoped.groups.add(officer.groups.get(name="RA officers"))
-    with django_assert_max_num_queries(4):
+    with django_assert_max_num_queries(5):
         assert health.requests_outside_scopes().requests == 0
+
+
+def test_without_scopes_the_check_reads_three_queries(
+    needs_approval, officer, second_officer, django_assert_num_queries
+):
+    from enrollment import health
+
+    submit(UserFactory(), needs_approval)
+
+    with django_assert_num_queries(3):
+        assert health.requests_outside_scopes().requests == 0
+
+
+# --- with approvers groups: who may decide is the group's officers ---------------------------
+
+
+@pytest.fixture
+def sales_approves(needs_approval, sales_scope):
+    """The template's approvers: the Sales officers' group (Olivia, scoped to Sales)."""
+    needs_approval.approver_group = sales_scope.officers
+    needs_approval.save()
+    return needs_approval
+
+
+def test_a_request_outside_every_approvers_scope_is_warned_of(
+    sales_approves, waiting, officer, second_officer
+):
+    """Oscar acts for everyone but is no approver of the template; Olivia approves it but
+    her scope leaves Bob out: only a superuser can decide Bob's request."""
+    check = scope_check(officer)
+
+    assert (check["status"], check["requests"]) == ("warn", 1)
+    assert "who may decide it" in check["problems"][0]
+
+
+def test_an_approver_who_acts_for_everyone_ends_it(
+    sales_approves, waiting, officer, second_officer, sales_scope
+):
+    from django.contrib.auth.models import Group
+
+    outside_scopes = Group.objects.create(name="Sales approvers too")
+    sales_approves.approver_group = outside_scopes
+    sales_approves.save()
+    outside_scopes.user_set.add(officer, second_officer)
+
+    assert scope_check(officer)["status"] == "ok"
+
+
+def test_a_group_with_no_active_officer_is_the_approvers_checks_not_this(
+    needs_approval, waiting, officer, second_officer
+):
+    from django.contrib.auth.models import Group
+
+    needs_approval.approver_group = Group.objects.create(name="Nobody approves")
+    needs_approval.save()
+
+    assert scope_check(officer)["status"] == "ok"
