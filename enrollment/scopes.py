@@ -154,18 +154,11 @@ def prime_groups(people: Iterable[Any]) -> None:
 def prime_requesters(requests: Iterable[Any], officers: Iterable[Reach]) -> None:
     """prime_groups for the requesters of these CertificateRequests, when one of these
     officers' Reaches names groups (else no query): a queue, or a notice to many officers,
-    asks covers_request of every request. Rows read with select_related carry their own
-    copy of an account each: every copy is primed, from one query."""
+    asks covers_request of every request."""
     if not any(not reach.everyone and reach.group_ids for reach in officers):
         return
-    copies: dict[int, list[Any]] = {}
-    for request in requests:
-        if request.mailbox_id is None:  # a mailbox's request is no person's: never asked
-            copies.setdefault(request.requester_id, []).append(request.requester)
-    prime_groups(same[0] for same in copies.values())
-    for first, *others in copies.values():
-        for person in others:
-            setattr(person, _GROUP_IDS, getattr(first, _GROUP_IDS))
+    # A mailbox's request is no person's: covers_request never asks its requester.
+    prime_groups(request.requester for request in requests if request.mailbox_id is None)
 
 
 def union(officers: Iterable[Reach]) -> Reach:

@@ -358,3 +358,15 @@ def test_officers_who_act_for_everyone_still_browse_and_export_it(
     assert client.get("/ra/audit/").status_code == 200
     assert 'href="/ra/audit/"' in client.get("/ra/").content.decode()
     assert client.get("/ra/audit/export.csv").status_code == 200
+
+
+def test_prime_groups_primes_every_copy_of_an_account(officer, people, django_assert_num_queries):
+    """Rows read with select_related carry their own copy of an account each."""
+    found = reach(officer)
+    User = type(officer)
+    copies = [User.objects.get(username="member"), User.objects.get(username="member")]
+
+    with django_assert_num_queries(1):
+        scopes.prime_groups(copies)
+    with django_assert_num_queries(0):
+        assert [found.covers(copy) for copy in copies] == [True, True]
