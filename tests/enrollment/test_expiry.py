@@ -25,16 +25,21 @@ def kra(quick_kra):
     return quick_kra
 
 
-@pytest.fixture
-def expiring(hierarchy, template, employee):
-    """Alice's signing certificate (valid 365 days)."""
+def signing_certificate_of(owner, template):
+    """A signing certificate of ``owner`` (valid 365 days)."""
     certificate, _bundle = services.certificate_issue_with_server_key(
         template=template("smime-signing"),
-        owner=employee,
+        owner=owner,
         key_algorithm=KeyAlgorithm.EC_P256,
         pkcs12_password="Expiring-Key-Lantern-31",
     )
     return certificate
+
+
+@pytest.fixture
+def expiring(hierarchy, template, employee):
+    """Alice's signing certificate (valid 365 days)."""
+    return signing_certificate_of(employee, template)
 
 
 @pytest.fixture
@@ -128,13 +133,7 @@ def test_officers_get_a_summary(expiring, officer, run):
 @pytest.fixture
 def bobs_expiring(hierarchy, template, colleague):
     """Bob's signing certificate: Bob is outside the Sales scope (``sales_scope``)."""
-    certificate, _bundle = services.certificate_issue_with_server_key(
-        template=template("smime-signing"),
-        owner=colleague,
-        key_algorithm=KeyAlgorithm.EC_P256,
-        pkcs12_password="Expiring-Key-Lantern-31",
-    )
-    return certificate
+    return signing_certificate_of(colleague, template)
 
 
 def test_a_scoped_officer_hears_only_of_the_people_the_scope_covers(

@@ -7,7 +7,6 @@ and changes nothing; the system and superusers are not limited."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -19,11 +18,12 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from enrollment import bulk_revoke, leavers, mailboxes, outdated, ra_selectors, scopes, services
+from enrollment import bulk_revoke, leavers, mailboxes, outdated, scopes, services
 from enrollment.exceptions import NotPermitted
 from enrollment.models import AuditEvent, Certificate, CrlEntry, SharedMailbox
 from tests.conftest import client_for
 from tests.enrollment.api_tools import CERTIFICATES, certificate_url, token_client
+from tests.enrollment.test_ra_search import plan_nodes
 from tests.enrollment.tools import as_staff, issue, new_key
 from tests.factories import UserFactory
 
@@ -318,21 +318,10 @@ def test_a_scoped_search_still_reads_the_certificate_indexes(officer, certs):
     index scans (the plan asked for with bitmap scans only, as test_ra_search does), the
     search's own or the holder's (cert_owner_template_idx, when the planner starts from
     the people the scope covers), never from reading the table."""
+
     reach = fresh_reach(officer)
     for text in ("andersson", "alice", certs["alice"].serial):
-        ids = ra_selectors.search_matches(text, reach=reach).order_by().values_list("pk")[:2001]
-        sql, params = ids.query.sql_with_params()
-        with connection.cursor() as cursor:
-            for scan in ("seqscan", "indexscan", "indexonlyscan"):
-                cursor.execute(f"SET LOCAL enable_{scan} = off")
-            cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-            plan = cursor.fetchone()[0]
-        plan = json.loads(plan) if isinstance(plan, str) else plan
-        nodes, stack = [], [plan[0]["Plan"]]
-        while stack:
-            node = stack.pop()
-            nodes.append(node)
-            stack.extend(node.get("Plans", []))
+        nodes = plan_nodes(text, reach)
         scans = [n for n in nodes if n.get("Relation Name") == "enrollment_certificate"]
         assert [n["Node Type"] for n in scans] == ["Bitmap Heap Scan"], (text, scans)
         used = {n["Index Name"] for n in nodes if "Index Name" in n}

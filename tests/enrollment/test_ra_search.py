@@ -13,6 +13,7 @@ from django.utils import timezone
 from enrollment import ra_selectors
 from enrollment.models import Certificate
 from enrollment.ra_selectors import certificate_search, search_matches
+from enrollment.scopes import EVERYONE, Reach
 from tests.enrollment.tools import issue
 from tests.factories import UserFactory
 
@@ -126,10 +127,11 @@ def many_certificates(hierarchy, holder, template, count: int) -> None:
         cursor.execute("ANALYZE enrollment_certificate")
 
 
-def plan_nodes(query: str) -> list[dict]:
+def plan_nodes(query: str, reach: Reach = EVERYONE) -> list[dict]:
     """The plan with only bitmap scans allowed: a query that PostgreSQL can then answer
-    without reading the whole table has an index for every alternative it ORs."""
-    ids = search_matches(query).order_by().values_list("pk", flat=True)[:2001]
+    without reading the whole table has an index for every alternative it ORs (``reach``:
+    an officer's scope, one more condition on the holder)."""
+    ids = search_matches(query, reach=reach).order_by().values_list("pk", flat=True)[:2001]
     sql, params = ids.query.sql_with_params()
     with connection.cursor() as cursor:
         for scan in ("seqscan", "indexscan", "indexonlyscan"):
