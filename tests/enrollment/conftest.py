@@ -3,7 +3,8 @@ test_ra_notice_summary.py, test_ra_notice_delivery.py, test_approver_groups.py,
 test_approval_digest_concurrency.py): a portal whose beat sends summaries, and requests
 waiting for approval committed at a moment. And the officer scope the scope tests share
 (``sales_scope``), with the keys and recoveries of the key recovery scope tests
-(test_recovery_scopes.py, test_recovery_scope_pages.py)."""
+(test_recovery_scopes.py, test_recovery_scope_pages.py). And the roll-out tests' signing
+template (``signing``)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def submit_at(committed_at, hierarchy, approval):
         )
 
     return run
+
+
+@pytest.fixture
+def signing(hierarchy, template):
+    """The seeded signing template, EC keys only: key generation stays fast (the roll-out
+    tests' template; a module's own ``signing`` fixture overrides it)."""
+    chosen = template("smime-signing")
+    chosen.allowed_key_algorithms = ["ec-p256"]
+    chosen.save()
+    return chosen
 
 
 @dataclass

@@ -24,14 +24,6 @@ def kra(quick_kra):
     return quick_kra
 
 
-@pytest.fixture
-def signing(hierarchy, template):
-    chosen = template("smime-signing")
-    chosen.allowed_key_algorithms = ["ec-p256"]
-    chosen.save()
-    return chosen
-
-
 def body(*people: str, **extra: object) -> dict[str, object]:
     return {"template": "smime-signing", "people": list(people), **extra}
 

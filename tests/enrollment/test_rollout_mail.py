@@ -63,14 +63,6 @@ def relay(settings) -> Iterator[Relay]:
 
 
 @pytest.fixture
-def signing(hierarchy, template):
-    chosen = template("smime-signing")
-    chosen.allowed_key_algorithms = ["ec-p256"]
-    chosen.save()
-    return chosen
-
-
-@pytest.fixture
 def people(db):
     return [UserFactory(username=f"inv{n}", email=f"inv{n}@example.com") for n in range(3)]
 

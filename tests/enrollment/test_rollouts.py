@@ -48,15 +48,6 @@ def kra(quick_kra):
 
 
 @pytest.fixture
-def signing(hierarchy, template):
-    """The seeded signing template, EC keys only: key generation stays fast."""
-    chosen = template(SLUG)
-    chosen.allowed_key_algorithms = ["ec-p256"]
-    chosen.save()
-    return chosen
-
-
-@pytest.fixture
 def staff(db):
     """A group of three to roll out to."""
     group = Group.objects.create(name="Finance")

@@ -29,15 +29,6 @@ LEFT_OUT = "1 person named is outside your officer scope (Sales) and would not b
 
 
 @pytest.fixture
-def signing(hierarchy, template):
-    """The seeded signing template, EC keys only: key generation stays fast."""
-    chosen = template("smime-signing")
-    chosen.allowed_key_algorithms = ["ec-p256"]
-    chosen.save()
-    return chosen
-
-
-@pytest.fixture
 def everyone(employee, colleague, sales_scope) -> Group:
     """A group holding Alice (Sales), Bob (Engineering) and Mia, an engineer in the group
     Sales people (so in the scope whatever her unit)."""
