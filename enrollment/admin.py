@@ -58,6 +58,64 @@ class ReadOnlyAdmin(admin.ModelAdmin[_ModelT]):
         return False
 
 
+class ChangesAudited(admin.ModelAdmin[_ModelT]):
+    """An admin whose creations, changes and deletions are audit events with each changed
+    value's old and new (``audit_state``: what an object says, as plain values), written
+    by ``audit_write`` in the admin's transaction: what is edited here goes through no
+    service that would record it."""
+
+    audit_prefix = ""  # the events' action: "<prefix>.create", ".change", ".delete"
+
+    def audit_state(self, obj: _ModelT) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def audit_write(
+        self,
+        request: HttpRequest,
+        action: str,
+        obj: _ModelT,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        raise NotImplementedError
+
+    def save_model(
+        self, request: HttpRequest, obj: _ModelT, form: ModelForm[_ModelT], change: bool
+    ) -> None:
+        # What the database says before the save: the form has already changed obj.
+        stored = self.model._default_manager.filter(pk=obj.pk).first() if change else None
+        before = self.audit_state(stored) if stored is not None else None
+        form._audit_before = before  # type: ignore[attr-defined]  # read in save_related
+        super().save_model(request, obj, form, change)
+
+    def save_related(
+        self, request: HttpRequest, form: ModelForm[_ModelT], formsets: Any, change: bool
+    ) -> None:
+        super().save_related(request, form, formsets, change)  # many-to-many saved here
+        obj = form.instance
+        self.audit_write(
+            request,
+            f"{self.audit_prefix}.{'change' if change else 'create'}",
+            obj,
+            getattr(form, "_audit_before", None),
+            self.audit_state(obj),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: _ModelT) -> None:
+        self._record_delete(request, obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[_ModelT]) -> None:
+        with transaction.atomic():  # the bulk action, unlike the delete page, has none
+            for obj in queryset:
+                self._record_delete(request, obj)
+            super().delete_queryset(request, queryset)
+
+    def _record_delete(self, request: HttpRequest, obj: _ModelT) -> None:
+        before = self.audit_state(obj)
+        self.audit_write(request, f"{self.audit_prefix}.delete", obj, before, None)
+
+
 @admin.register(CertificateAuthority)
 class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
     list_display = ["name", "slug", "parent", "is_online", "is_default", "is_imported", "not_after"]
@@ -126,7 +184,7 @@ class CertificateTemplateForm(ModelForm[CertificateTemplate]):
 
 
 @admin.register(CertificateTemplate)
-class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
+class CertificateTemplateAdmin(ChangesAudited[CertificateTemplate]):
     form = CertificateTemplateForm
     list_display = [
         "name",
@@ -173,59 +231,26 @@ class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
         return form
 
     # Templates are edited here, not through services, so their audit events are written
-    # here: in the admin's transaction, with each changed field's old and new value (turning
-    # archive_key off stops key escrow; allowed_groups decides who may enrol).
+    # here (ChangesAudited): turning archive_key off stops key escrow; allowed_groups
+    # decides who may enrol.
+    audit_prefix = "template"
 
-    def save_model(
+    def audit_state(self, obj: CertificateTemplate) -> dict[str, Any]:
+        return template_state(obj)
+
+    def audit_write(
         self,
         request: HttpRequest,
+        action: str,
         obj: CertificateTemplate,
-        form: ModelForm[CertificateTemplate],
-        change: bool,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
     ) -> None:
-        # What the database says before the save: the form has already changed obj.
-        stored = self.model.objects.filter(pk=obj.pk).first() if change else None
-        before = template_state(stored) if stored is not None else None
-        form._audit_before = before  # type: ignore[attr-defined]  # read in save_related
-        super().save_model(request, obj, form, change)
-
-    def save_related(
-        self,
-        request: HttpRequest,
-        form: ModelForm[CertificateTemplate],
-        formsets: Any,
-        change: bool,
-    ) -> None:
-        super().save_related(request, form, formsets, change)  # allowed_groups is saved here
-        template: CertificateTemplate = form.instance
         template_record(
-            action="template.change" if change else "template.create",
-            template=template,
-            before=getattr(form, "_audit_before", None),
-            after=template_state(template),
-            actor=request.user,
-            source_address=client_address(request),
-            source="admin",
-        )
-
-    def delete_model(self, request: HttpRequest, obj: CertificateTemplate) -> None:
-        self._record_delete(request, obj)
-        super().delete_model(request, obj)
-
-    def delete_queryset(
-        self, request: HttpRequest, queryset: QuerySet[CertificateTemplate]
-    ) -> None:
-        with transaction.atomic():  # the bulk action, unlike the delete page, has none
-            for template in queryset:
-                self._record_delete(request, template)
-            super().delete_queryset(request, queryset)
-
-    def _record_delete(self, request: HttpRequest, template: CertificateTemplate) -> None:
-        template_record(
-            action="template.delete",
-            template=template,
-            before=template_state(template),
-            after=None,
+            action=action,
+            template=obj,
+            before=before,
+            after=after,
             actor=request.user,
             source_address=client_address(request),
             source="admin",
@@ -233,7 +258,7 @@ class CertificateTemplateAdmin(admin.ModelAdmin[CertificateTemplate]):
 
 
 @admin.register(OfficerScope)
-class OfficerScopeAdmin(admin.ModelAdmin[OfficerScope]):
+class OfficerScopeAdmin(ChangesAudited[OfficerScope]):
     """Officer scopes: whom a group's RA officers and key recovery agents act for. Only
     superusers see or change them: a scope decides an officer's power, as a role does."""
 
@@ -275,44 +300,24 @@ class OfficerScopeAdmin(admin.ModelAdmin[OfficerScope]):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.has_module_permission(request)
 
-    def save_model(
-        self, request: HttpRequest, obj: OfficerScope, form: ModelForm[OfficerScope], change: bool
+    audit_prefix = "scope"
+
+    def audit_state(self, obj: OfficerScope) -> dict[str, Any]:
+        return scope_state(obj)
+
+    def audit_write(
+        self,
+        request: HttpRequest,
+        action: str,
+        obj: OfficerScope,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
     ) -> None:
-        stored = self.model.objects.filter(pk=obj.pk).first() if change else None
-        form._audit_before = scope_state(stored) if stored is not None else None  # type: ignore[attr-defined]
-        super().save_model(request, obj, form, change)
-
-    def save_related(
-        self, request: HttpRequest, form: ModelForm[OfficerScope], formsets: Any, change: bool
-    ) -> None:
-        super().save_related(request, form, formsets, change)  # people_groups is saved here
-        scope: OfficerScope = form.instance
         scope_record(
-            action="scope.change" if change else "scope.create",
-            scope=scope,
-            before=getattr(form, "_audit_before", None),
-            after=scope_state(scope),
-            actor=request.user,
-            source_address=client_address(request),
-        )
-
-    def delete_model(self, request: HttpRequest, obj: OfficerScope) -> None:
-        with transaction.atomic():
-            self._record_delete(request, obj)
-            super().delete_model(request, obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[OfficerScope]) -> None:
-        with transaction.atomic():  # the bulk action, unlike the delete page, has none
-            for scope in queryset:
-                self._record_delete(request, scope)
-            super().delete_queryset(request, queryset)
-
-    def _record_delete(self, request: HttpRequest, scope: OfficerScope) -> None:
-        scope_record(
-            action="scope.delete",
-            scope=scope,
-            before=scope_state(scope),
-            after=None,
+            action=action,
+            scope=obj,
+            before=before,
+            after=after,
             actor=request.user,
             source_address=client_address(request),
         )

@@ -116,6 +116,16 @@ def template_state(template: CertificateTemplate) -> dict[str, Any]:
     return state
 
 
+def _changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:
+    """Each value that differs, as ``[old, new]`` (None for the side that does not exist)."""
+    old, new = before or {}, after or {}
+    return {
+        name: [old.get(name), new.get(name)]
+        for name in sorted({*old, *new})
+        if name not in old or name not in new or old[name] != new[name]
+    }
+
+
 def template_record(
     *,
     action: str,
@@ -133,12 +143,7 @@ def template_record(
     a role.revoke for each member of the old group and a role.grant for each of the new
     (_approvers_changed); ``source`` says through what ("admin"; else changes_from's).
     """
-    old, new = before or {}, after or {}
-    changes = {
-        name: [old.get(name), new.get(name)]
-        for name in sorted({*old, *new})
-        if name not in old or name not in new or old[name] != new[name]
-    }
+    changes = _changes(before, after)
     if not changes:
         return
     audit_record(
@@ -199,12 +204,7 @@ def scope_record(
     """scope.create / scope.change / scope.delete with what changed, as template_record
     does for templates: a scope decides whom its officers may act for. The officers it
     limits are named, so the trail says whose power moved."""
-    old, new = before or {}, after or {}
-    changes = {
-        name: [old.get(name), new.get(name)]
-        for name in sorted({*old, *new})
-        if old.get(name) != new.get(name)
-    }
+    changes = _changes(before, after)
     if not changes:
         return
     group = scope.officers if scope.officers_id else None
