@@ -503,7 +503,6 @@ def _leavers_page(
         "cron_hint": leavers.CRON_HINT,
         "failed_id": failed,
         "revoke_form": revoke_form,
-        "scope": None if reach.everyone else reach.describe(),
     }
     return render(request, "enrollment/ra/leavers.html", context, status=status)
 
