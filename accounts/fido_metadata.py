@@ -1,8 +1,10 @@
 """FIDO metadata (README "Second factor", "FIDO metadata"): the security-key models of the
 last imported FIDO Metadata Service BLOB (pkiportal.fido_mds reads and verifies it), by
-AAGUID: their names, for the pages that show a key's model, and which of them the FIDO
-Alliance reports as compromised, whose keys accounts.models.model_allowed no longer counts.
-Without an import nothing changes: no names, no model is compromised.
+AAGUID: their names, for the pages that show a key's model, which of them the FIDO
+Alliance reports as compromised, whose keys accounts.models.model_allowed no longer counts,
+and each model's attestation roots, which a new key claiming the model must chain to
+(model_anchors, for accounts.passkeys). Without an import nothing changes: no names, no model
+is compromised, no model's roots are asked for.
 
 The compromised models are read once per request (request_started/request_finished set and
 drop the memo), not once per key: the account page weighs each of a person's keys, and the
@@ -17,12 +19,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import FidoMetadataImport, FidoModel, WebAuthnDevice
 from enrollment.audit import audit_record
 from enrollment.health import OK, WARN
+from pkiportal.attestation import read_anchors
 from pkiportal.fido_mds import COMPROMISE_WORDS, COMPROMISED, Blob, MetadataError
 
 logger = logging.getLogger(__name__)
@@ -85,6 +90,41 @@ def compromise(model: FidoModel | None) -> str:
     word, why = COMPROMISE_WORDS[model.status]
     since = f" since {model.status_date:%Y-%m-%d}" if model.status_date else ""
     return f"{word} ({model.status}{since}): {why}"
+
+
+@dataclass(frozen=True)
+class ModelAnchors:
+    """A model's attestation roots as the imported metadata lists them: those that could be
+    read (trust anchors: roots, intermediate CAs or batch certificates, as MDS3 allows), and
+    how many listed could not."""
+
+    aaguid: str
+    anchors: list[x509.Certificate]
+    unreadable: int
+
+
+def model_anchors(aaguid: str) -> ModelAnchors | None:
+    """The attestation roots the imported metadata lists for this model (one query), or None
+    where it has no entry for the model or the entry lists none: then the configured roots
+    alone speak for a key claiming it, as before the metadata. A listed root that cannot be
+    read (not base64, not a certificate: the row's word, not the verified BLOB's) is no
+    anchor and is logged as a warning; with none readable, no key can prove the model, which
+    is safer than taking the key's word for it."""
+    model = (
+        FidoModel.objects.filter(aaguid=aaguid.lower()).only("aaguid", "attestation_roots").first()
+    )
+    if model is None or not model.attestation_roots:
+        return None
+    anchors, problems = read_anchors(model.attestation_roots)
+    for problem in problems:
+        logger.warning(
+            "FIDO metadata: an attestation root of model %s cannot be used (%s): it is no "
+            "anchor, and a new key claiming the model must chain to another of its roots "
+            "(refused if none is left); import a current BLOB",
+            model.aaguid,
+            problem,
+        )
+    return ModelAnchors(aaguid=model.aaguid, anchors=anchors, unreadable=len(problems))
 
 
 @dataclass(frozen=True)
