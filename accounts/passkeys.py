@@ -11,8 +11,10 @@ portal's own origin (PKIPORTAL_WEBAUTHN_ORIGINS) and relying party id.
 
 Attestation (PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS): for the people the policy covers, a new
 key must prove its model: a statement from its maker ("direct"), checked by py_webauthn
-against the configured roots, of a listed AAGUID when a list is given. "none" and self
-attestation prove nothing and are refused; nothing is stored for a refused key.
+against the configured roots, and, where the imported FIDO metadata lists roots for the
+model the key claims, leading to one of those too; of a listed AAGUID when a list is given.
+"none" and self attestation prove nothing and are refused; nothing is stored for a refused
+key.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from accounts import fido_metadata, mfa
 from accounts.models import WebAuthnDevice
 from accounts.sessions import sessions_end
 from enrollment.audit import audit_record
+from pkiportal.attestation import chains_to_anchor
 
 CHALLENGE_SESSION_KEY = "pkiportal_webauthn_challenge"
 CHALLENGE_SECONDS = 300
@@ -106,6 +109,11 @@ ATTESTATION_CHAIN = (
 ATTESTATION_MISMATCH = (
     "This security key claims to be another model than its maker's certificate names, so "
     "its model cannot be trusted: use an approved key; your IT service desk knows which."
+)
+ATTESTATION_MAKER = (
+    "This security key's certificate is not one its claimed model's maker issues (the FIDO "
+    "metadata lists other certificates for that model), so its model cannot be trusted: use "
+    "an approved key; your IT service desk knows which."
 )
 ATTESTATION_MODEL = (
     "This security key's model is not on your organisation's list of approved keys: use "
@@ -390,9 +398,22 @@ def _check_attestation(
     key's maker (certificates, not "none" nor self attestation) whose chain leads to the
     configured roots, of a listed model when a list is given. The chain is checked again
     with the configured roots alone: for some formats (apple, android-key) py_webauthn
-    also trusts its own vendor roots, which are not the organisation's choice."""
+    also trusts its own vendor roots, which are not the organisation's choice.
+
+    The model (AAGUID) is the key's own word: the configured roots prove only that some
+    approved maker made the key, and a batch certificate without id-fido-gen-ce-aaguid
+    (_certificate_names_model) names no model. So where the imported FIDO metadata lists
+    attestation roots for the model the key claims (fido_metadata.model_anchors), the chain
+    must also lead to one of them (chains_to_anchor: a root, an intermediate or the batch
+    certificate, as MDS3 allows), or the key is refused: else a genuine key of one model, or
+    of another approved maker, could pass for any model. This holds with or without
+    PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS: the model's name on the pages and the "model proved"
+    status of the key and of its sessions' API tokens rest on the AAGUID too. Without an
+    entry for the model, or with one that lists no roots, the configured roots alone speak,
+    as before; keys added before are not checked again."""
     fmt = AttestationFormat(verified.fmt).value
     refusal: tuple[str, str] | None = None
+    detail: dict[str, Any] = {}
     if verified.fmt == AttestationFormat.NONE:
         refusal = ("attestation: none", ATTESTATION_NONE)
     else:
@@ -405,11 +426,18 @@ def _check_attestation(
             except InvalidCertificateChain:
                 refusal = ("attestation: chain", ATTESTATION_CHAIN)
             else:
+                listed = fido_metadata.model_anchors(str(verified.aaguid))
                 if not _certificate_names_model(chain[0], verified.aaguid):
                     refusal = (
                         "attestation: model differs from its certificate",
                         ATTESTATION_MISMATCH,
                     )
+                elif listed is not None and not chains_to_anchor(
+                    chain, listed.anchors, now=timezone.now()
+                ):
+                    refusal = ("attestation: not the model's roots", ATTESTATION_MAKER)
+                    if listed.unreadable:
+                        detail["model_roots_unreadable"] = listed.unreadable
     allowed = settings.PKIPORTAL_WEBAUTHN_ALLOWED_AAGUIDS
     model = str(verified.aaguid).lower()
     if refusal is None and allowed and model not in allowed:
@@ -422,7 +450,9 @@ def _check_attestation(
     if refusal is None:
         return
     why, message = refusal
-    _refused(user, source_address, via="register", why=why, fmt=fmt, aaguid=verified.aaguid)
+    _refused(
+        user, source_address, via="register", why=why, fmt=fmt, aaguid=verified.aaguid, **detail
+    )
     raise AttestationRefused(message)
 
 
@@ -435,7 +465,8 @@ def _certificate_names_model(certificate_der: bytes, aaguid: str | bytes) -> boo
     id-fido-gen-ce-aaguid extension, an OCTET STRING), it must be the one the key says it
     is. py_webauthn does not check it; without it, the AAGUID list would trust the key's
     word for its model beside a genuine certificate of another. Without the extension the
-    chain alone speaks for the key, as the specification allows."""
+    chain alone speaks for the key, as the specification allows: to the configured roots,
+    and to the model's own where the imported metadata lists them (_check_attestation)."""
     try:
         extension = x509.load_der_x509_certificate(
             certificate_der

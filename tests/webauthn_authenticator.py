@@ -6,8 +6,9 @@ real. The browser test uses Chromium's own virtual authenticator instead.
 
 Its attestation is "none" (what browsers send unless asked), "self" (packed, signed with
 the credential's own key, as passkeys do) or "packed" with an x5c chain: a batch
-certificate for the key's model (its AAGUID) from a vendor's AttestationCA, made in the
-test with cryptography (EC P-256), whose root the portal is given as a vendor's would be.
+certificate for the key's model (its AAGUID, or none named) from a vendor's AttestationCA
+(its root, or an intermediate CA under it), made in the test with cryptography (EC P-256),
+whose root the portal is given as a vendor's would be.
 """
 
 from __future__ import annotations
@@ -74,16 +75,20 @@ class Attestation:
 
 
 class AttestationCA:
-    """A key vendor's attestation root (EC P-256), made for the test."""
+    """A key vendor's attestation root (EC P-256), made for the test; with ``issuer``, an
+    intermediate CA under it (a vendor's CA for one series), whose batch certificates come
+    with it in their chain."""
 
-    def __init__(self, name: str = "Test Vendor Attestation Root") -> None:
+    def __init__(
+        self, name: str = "Test Vendor Attestation Root", issuer: AttestationCA | None = None
+    ) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         subject = _name(name, "Authenticator Attestation CA")
         self.certificate = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(subject)
+            .issuer_name(issuer.certificate.subject if issuer else subject)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(days=1))
@@ -103,19 +108,26 @@ class AttestationCA:
                 ),
                 critical=True,
             )
-            .sign(self.key, hashes.SHA256())
+            .sign(issuer.key if issuer else self.key, hashes.SHA256())
         )
+        # The CA certificates a key sends after its batch certificate: none for a root's.
+        self.above: list[bytes] = [self.der, *issuer.above] if issuer else []
 
     @property
     def pem(self) -> bytes:
         return self.certificate.public_bytes(Encoding.PEM)
 
-    def attestation(self, aaguid: bytes = MODEL_AAGUID) -> Attestation:
+    @property
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(Encoding.DER)
+
+    def attestation(self, aaguid: bytes = MODEL_AAGUID, *, names_model: bool = True) -> Attestation:
         """A batch certificate for a model (WebAuthn 8.2.1: OU "Authenticator Attestation",
-        not a CA, the model's AAGUID in id-fido-gen-ce-aaguid)."""
+        not a CA, the model's AAGUID in id-fido-gen-ce-aaguid unless not ``names_model``: the
+        extension is optional, and many makers' certificates go without it)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
-        certificate = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(_name("Test Key Series", "Authenticator Attestation"))
             .issuer_name(self.certificate.subject)
@@ -124,13 +136,14 @@ class AttestationCA:
             .not_valid_before(now - timedelta(days=1))
             .not_valid_after(now + timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
+        )
+        if names_model:
+            builder = builder.add_extension(
                 x509.UnrecognizedExtension(FIDO_AAGUID_OID, b"\x04\x10" + aaguid),
                 critical=False,
             )
-            .sign(self.key, hashes.SHA256())
-        )
-        return Attestation(key=key, chain=[certificate.public_bytes(Encoding.DER)])
+        certificate = builder.sign(self.key, hashes.SHA256())
+        return Attestation(key=key, chain=[certificate.public_bytes(Encoding.DER), *self.above])
 
 
 class SoftKey:
