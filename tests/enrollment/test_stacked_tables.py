@@ -24,6 +24,7 @@ UNLABELLED = {
     ("/certificates/", "Certificate"),
     ("/certificates/", "Withdraw"),
     ("/account/tokens/", "Revoke"),
+    ("/ra/recovery/new/?q=Andersson", "Recover"),
 }
 
 
