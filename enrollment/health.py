@@ -17,8 +17,8 @@ addresses outside its constraint: a warning (mail_domain_status).
 
 A template that names an approvers group with no active RA officer in it has requests
 that no officer can decide (only a superuser): a warning (approver_status). So do pending
-requests that no active RA officer's officer scope covers, while every one is in a scope
-(scope_status).
+requests that no active RA officer may decide: outside the scope of every officer who
+approves them, or left only to their own requester (scope_status).
 
 An online CA whose key this server cannot sign with (a missing or unreadable key file, an
 HSM token that is unreachable, busy, refuses the PIN, lost the key or holds another) can
@@ -28,8 +28,6 @@ per process for anonymous probes.
 
 from __future__ import annotations
 
-import functools
-import operator
 import threading
 import time
 from dataclasses import dataclass, field
@@ -542,22 +540,27 @@ def approver_status() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class OutsideScopes:
-    """Pending requests no active RA officer's scope covers (all but superusers in one)."""
+    """Pending requests no active RA officer may decide (all but superusers in a scope, or
+    the only ones who could are barred from them personally)."""
 
     requests: int = 0
     mailboxes: int = 0  # of them, shared mailboxes' (in no unit: only for everyone's officers)
+    # Of them, those some officer's scope and approvers group cover, but only the officers
+    # whose own request it is or who read its shared mailbox (Decider.barred).
+    barred: int = 0
 
 
 def requests_outside_scopes() -> OutsideScopes:
-    """Pending requests that only a superuser can decide because of officer scopes: no
-    active RA officer who may decide them (every officer for a template naming no
-    approvers group, else the group's officers) acts for their requester (a shared
-    mailbox's: only an officer in no scope does). A template whose group holds no active
-    officer at all is the approvers check's (approver_status), not counted here. Nothing
-    to count while every one of them acts for everyone, or none is left but superusers.
-    Three queries without scopes, six at most."""
-    from enrollment.permissions import deciders
-    from enrollment.scopes import union
+    """Pending requests that only a superuser can decide: no active RA officer may decide
+    them by the rule services._decide enforces (Decider.barred, through
+    decidable_by_some): every officer who may (every officer for a template naming no
+    approvers group, else the group's officers) is outside their requester's scope (a
+    shared mailbox's: only an officer in no scope acts for it), or is its requester, or a
+    delegate of its shared mailbox. A template whose group holds no active officer at all is
+    the approvers check's (approver_status), not counted here. Nothing to count while none
+    is left but superusers. Four queries without scopes, six at most, however many
+    officers and requests."""
+    from enrollment.permissions import decidable_by_some, deciders
 
     officers = (
         get_user_model()
@@ -565,62 +568,83 @@ def requests_outside_scopes() -> OutsideScopes:
         .values_list("pk", flat=True)
         .distinct()
     )
-    found = deciders((pk, False) for pk in officers).values()
+    found = list(deciders((pk, False) for pk in officers).values())
     if not found:
         return OutsideScopes()
-    reach_of_group: dict[int, list[Any]] = {}
-    for decider in found:
-        for group_id in decider.group_ids:
-            reach_of_group.setdefault(group_id, []).append(decider.reach)
-    # Who decides a template naming no group: every officer; one naming a group: its
-    # officers. A Reach that is everyone's leaves nothing outside (its requests() is no
-    # filter, and ~Q() would match every row).
-    everyone = union(decider.reach for decider in found)
-    clauses = []
-    if not everyone.everyone:
-        clauses.append(Q(template__approver_group__isnull=True) & ~everyone.requests())
-    for group_id, reached in sorted(reach_of_group.items()):
-        theirs = union(reached)
-        if not theirs.everyone:
-            clauses.append(Q(template__approver_group_id=group_id) & ~theirs.requests())
-    if not clauses:
+    decided = decidable_by_some(found)
+    if not decided:  # every request: nothing is left out
         return OutsideScopes()
-    outside = functools.reduce(operator.or_, clauses)
+    # The templates some officer may decide: naming no group, or a group one of them is in.
+    theirs = Q(template__approver_group__isnull=True)
+    groups = sorted(frozenset().union(*(officer.group_ids for officer in found)))
+    if groups:
+        theirs |= Q(template__approver_group_id__in=groups)
+    outside = theirs & ~decided
     counts = CertificateRequest.objects.filter(state=CertificateRequest.State.PENDING).aggregate(
         outside=Count("pk", filter=outside),
         mailboxes=Count("pk", filter=outside & Q(mailbox__isnull=False)),
+        barred=Count("pk", filter=outside & decidable_by_some(found, personally=False)),
     )
-    return OutsideScopes(counts["outside"], counts["mailboxes"])
+    return OutsideScopes(counts["outside"], counts["mailboxes"], counts["barred"])
 
 
 def outside_scopes_message(outside: OutsideScopes) -> str:
     """What the console and /health/ say of them: how many, never whose."""
     count = outside.requests
+    one = count == 1
     said = plurals.count(count, "pending request")
-    boxes = (
-        f" ({outside.mailboxes} of them for a shared mailbox, which only an officer in no "
-        "scope handles)"
-        if outside.mailboxes
+    notes = []
+    if outside.mailboxes:
+        notes.append(
+            f"{outside.mailboxes} of them for a shared mailbox, which only an officer in no "
+            "scope handles"
+        )
+    if outside.barred and outside.barred < count:
+        notes.append(f"{outside.barred} of them {_left_to_no_one_but(outside.barred)}")
+    aside = f" ({'; '.join(notes)})" if notes else ""
+    if outside.barred == count:  # none is a matter of scopes only
+        lead = f"{said} {_left_to_no_one_but(count)}"
+    else:
+        lead = (
+            f"{said} {'is' if one else 'are'} outside the officer scope of every RA officer "
+            f"who may decide {'it' if one else 'them'}"
+        )
+    own = (
+        " Nobody decides their own request, or one of a shared mailbox they read: another "
+        "officer must be able to."
+        if outside.barred
         else ""
     )
     return (
-        f"{said} {'is' if count == 1 else 'are'} outside the officer scope of every RA "
-        f"officer who may decide {'it' if count == 1 else 'them'}{boxes}, so only a "
-        "superuser can approve or reject "
-        f"{'it' if count == 1 else 'them'}. Give a scope the people they are for, or leave "
-        "an officer in no scope (they act for everyone)."
+        f"{lead}{aside}, so only a superuser can approve or reject "
+        f"{'it' if one else 'them'}. Give a scope the people they are for, or leave "
+        f"an officer in no scope (they act for everyone).{own}"
+    )
+
+
+def _left_to_no_one_but(count: int) -> str:
+    """Requests barred from the only officers whose scope covers them (Decider.barred)."""
+    if count == 1:
+        return (
+            "is left to no RA officer but its own requester or a delegate of its shared "
+            "mailbox, who may not decide it"
+        )
+    return (
+        "are left to no RA officers but their own requesters or delegates of their shared "
+        "mailboxes, who may not decide them"
     )
 
 
 def scope_status() -> dict[str, Any]:
-    """ "warn" while pending requests wait for an officer scope that covers them
+    """ "warn" while pending requests wait for an officer who may decide them
     (requests_outside_scopes): not a failure, as a superuser can still decide them."""
     outside = requests_outside_scopes()
     if not outside.requests:
-        return {"status": OK, "requests": 0, "mailboxes": 0, "problems": []}
+        return {"status": OK, "requests": 0, "mailboxes": 0, "barred": 0, "problems": []}
     return {
         "status": WARN,
         "requests": outside.requests,
         "mailboxes": outside.mailboxes,
+        "barred": outside.barred,
         "problems": [outside_scopes_message(outside)],
     }

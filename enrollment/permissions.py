@@ -5,6 +5,8 @@ Roles are Django groups (names in settings), so a directory or SSO group sync gr
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -180,14 +182,47 @@ class Decider:
     def decidable(self) -> Q:
         """barred() as a filter on requests, for counts in SQL (the console, the start
         page). tests/enrollment/test_approver_groups.py holds the two to each other."""
-        condition = ~Q(requester_id=self.pk) & self.reach.requests()
+        return self.unbarred_personally() & self.covered()
+
+    def unbarred_personally(self) -> Q:
+        """The requests OWN_REQUEST and MAILBOX_DELEGATE leave them, as a filter."""
+        condition = ~Q(requester_id=self.pk)
         if self.mailbox_ids:
             condition &= ~Q(mailbox_id__in=sorted(self.mailbox_ids))
-        if not self.is_superuser:
-            condition &= Q(template__approver_group__isnull=True) | Q(
-                template__approver_group_id__in=sorted(self.group_ids)
-            )
         return condition
+
+    def covered(self) -> Q:
+        """The requests OUT_OF_SCOPE and NOT_AN_APPROVER leave them, as a filter: Q() (no
+        filter) when that is every request."""
+        if self.is_superuser:
+            return self.reach.requests()
+        return self.reach.requests() & (
+            Q(template__approver_group__isnull=True)
+            | Q(template__approver_group_id__in=sorted(self.group_ids))
+        )
+
+
+def decidable_by_some(officers: Iterable[Decider], *, personally: bool = True) -> Q:
+    """The requests at least one of these officers may decide (decidable() of each, ORed),
+    as one filter: Q() when that is every request. Officers of one Reach and approvers
+    groups make one branch, not one each, so it grows with the scopes and groups, not with
+    the officers: of two of them who read no shared mailbox, one may decide whatever the
+    other may not (a request has one requester). ``personally=False``: as if OWN_REQUEST
+    and MAILBOX_DELEGATE barred nobody (covered() of each). The scopes check of /health/
+    counts what it leaves out; test_approver_groups.py holds it to barred()."""
+    alike: dict[tuple[bool, Reach, frozenset[int]], list[Decider]] = {}
+    for officer in officers:
+        key = (officer.is_superuser, officer.reach, officer.group_ids)
+        alike.setdefault(key, []).append(officer)
+    branches = []
+    for members in alike.values():
+        branch = members[0].covered()
+        if personally and sum(1 for m in members if not m.mailbox_ids) < 2:
+            branch &= functools.reduce(operator.or_, (m.unbarred_personally() for m in members))
+        if not branch:  # Q(): every request
+            return Q()
+        branches.append(branch)
+    return functools.reduce(operator.or_, branches) if branches else Q(pk__in=[])
 
 
 def approver_groups() -> QuerySet[Group]:

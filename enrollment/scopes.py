@@ -161,20 +161,6 @@ def prime_requesters(requests: Iterable[Any], officers: Iterable[Reach]) -> None
     prime_groups(request.requester for request in requests if request.mailbox_id is None)
 
 
-def union(officers: Iterable[Reach]) -> Reach:
-    """Whom at least one of these Reaches covers, as one Reach (for a count in SQL of what
-    none of them covers): everyone if one of them is, else their units and groups."""
-    found = list(officers)
-    if any(reach.everyone for reach in found):
-        return EVERYONE
-    return Reach(
-        everyone=False,
-        units=frozenset().union(*(reach.units for reach in found)),
-        group_ids=frozenset().union(*(reach.group_ids for reach in found)),
-        scopes=tuple(sorted({name for reach in found for name in reach.scopes})),
-    )
-
-
 def reaches(
     officers: Iterable[tuple[int, bool]], *, scope_groups: dict[int, set[int]] | None = None
 ) -> dict[int, Reach]:

@@ -190,6 +190,47 @@ def test_the_counted_rule_is_the_decided_rule(
     assert permissions.decider(second_officer).group_ids == frozenset()
 
 
+def test_what_some_officer_may_decide_is_what_one_of_them_may(
+    hr_template, open_template, employee, officer, second_officer, admin_user, hr, sales_scope
+):
+    """permissions.decidable_by_some (the /health/ scopes check) says of every request
+    what Decider.barred says of at least one of the officers, however they group."""
+    box = SharedMailbox.objects.create(email="finance@example.com", display_name="Finance")
+    box.delegates.add(second_officer)
+    third = UserFactory(username="tess", organizational_unit="Sales")
+    third.groups.add(Group.objects.get(name="RA officers"), hr, sales_scope.officers)
+    made = [
+        submit(employee, hr_template),
+        submit(employee, open_template),
+        submit(officer, open_template),
+        submit(officer, hr_template),
+        submit(third, hr_template),
+        submit(second_officer, open_template),
+        submit(UserFactory(), open_template),
+        submit(UserFactory(organizational_unit="Sales"), hr_template),
+    ]
+    CertificateRequest.objects.filter(pk__in=[made[6].pk]).update(mailbox=box)
+    requests = list(CertificateRequest.objects.select_related("template", "requester"))
+    everyone = [officer, second_officer, third, admin_user]
+    groups = [everyone, [officer], [second_officer], [third], [officer, third],
+              [second_officer, third], [officer, second_officer], [admin_user]]  # fmt: skip
+
+    for who in groups:
+        found = list(permissions.deciders((u.pk, u.is_superuser) for u in who).values())
+        for personally in (True, False):
+            some = permissions.decidable_by_some(found, personally=personally)
+            counted = set(CertificateRequest.objects.filter(some).values_list("pk", flat=True))
+            if personally:
+                expected = {r.pk for r in requests if any(d.barred(r) is None for d in found)}
+            else:
+                expected = {
+                    r.pk
+                    for r in requests
+                    if any(d.reach.covers_request(r) and d.approves(r.template) for d in found)
+                }
+            assert counted == expected, (who, personally)
+
+
 # --- the queue --------------------------------------------------------------------------
 
 

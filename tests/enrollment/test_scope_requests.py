@@ -20,6 +20,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from enrollment import ra_notifications, ra_selectors, scopes, services
+from enrollment.exceptions import NotPermitted
 from enrollment.models import (
     ApprovalNoticeDigest,
     AuditEvent,
@@ -631,7 +632,7 @@ def test_the_console_warns_of_requests_outside_every_officers_scope(waiting, off
     """Olivia is the only officer, and Bob is outside her scope."""
     text = scope_alert(client_for(officer).get("/ra/"))
 
-    assert "Requests outside every officer scope." in text
+    assert "Requests that no RA officer may decide." in text
     assert (
         "1 pending request is outside the officer scope of every RA officer who may decide "
         "it, so only a superuser "
@@ -701,7 +702,13 @@ def test_a_deactivated_officer_in_no_scope_does_not(waiting, officer, second_off
 def test_requests_every_scope_covers_are_no_warning(needs_approval, employee, officer, sales_scope):
     submit(employee, needs_approval)
 
-    assert scope_check(officer) == {"status": "ok", "requests": 0, "mailboxes": 0, "problems": []}
+    assert scope_check(officer) == {
+        "status": "ok",
+        "requests": 0,
+        "mailboxes": 0,
+        "barred": 0,
+        "problems": [],
+    }
 
 
 def test_with_superusers_only_left_it_is_no_matter_of_scopes(waiting, officer, admin_user):
@@ -726,19 +733,123 @@ def test_the_check_reads_few_queries_however_many_requests_and_officers(
         assert health.requests_outside_scopes().requests == 4
     unscoped = UserFactory()
     unscoped.groups.add(officer.groups.get(name="RA officers"))
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(6):
+        assert health.requests_outside_scopes().requests == 0
+    for _ in range(3):  # officers who read a mailbox make the filter longer, not the queries
+        more = UserFactory()
+        more.groups.add(officer.groups.get(name="RA officers"))
+        box = SharedMailbox.objects.create(email=f"box-{more.pk}@example.com", display_name="Box")
+        box.delegates.add(more)
+    with django_assert_max_num_queries(6):
         assert health.requests_outside_scopes().requests == 0
 
 
-def test_without_scopes_the_check_reads_three_queries(
+def test_without_scopes_the_check_reads_four_queries(
     needs_approval, officer, second_officer, django_assert_num_queries
 ):
+    """The officers, their approvers groups, their mailboxes and one count: an officer's
+    own request may be left to nobody else, scopes or none."""
     from enrollment import health
 
     submit(UserFactory(), needs_approval)
 
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):
         assert health.requests_outside_scopes().requests == 0
+
+
+# --- with the requester the only officer whose scope covers it: as the service decides ------
+
+
+LEFT_TO_THEMSELVES = (
+    "1 pending request is left to no RA officer but its own requester or a delegate of its "
+    "shared mailbox, who may not decide it, so only a superuser can approve or reject it."
+)
+
+
+@pytest.fixture
+def olivias_own(needs_approval, officer, sales_scope) -> CertificateRequest:
+    """Olivia, in Sales, asks for a certificate herself: her scope covers her."""
+    officer.organizational_unit = "Sales"
+    officer.save()
+    return submit(officer, needs_approval)
+
+
+def test_a_request_whose_only_officer_in_scope_is_its_requester_is_warned_of(
+    olivias_own, officer, second_officer
+):
+    """Oscar acts for everyone but is no officer any more; Olivia may not decide her own."""
+    second_officer.groups.clear()
+
+    check = scope_check(officer)
+
+    assert (check["status"], check["requests"]) == ("warn", 1)
+    assert check["barred"] == 1
+    assert LEFT_TO_THEMSELVES in check["problems"][0]
+    assert "Olivia" not in check["problems"][0]
+    assert LEFT_TO_THEMSELVES in scope_alert(client_for(officer).get("/ra/"))
+    with pytest.raises(NotPermitted, match="your own request"):
+        services.request_approve(request=olivias_own, officer=officer)
+
+
+def test_another_officer_whose_scope_covers_it_ends_the_warning(
+    olivias_own, officer, sales_scope, needs_approval
+):
+    another = UserFactory(username="sam")
+    another.groups.add(officer.groups.get(name="RA officers"), sales_scope.officers)
+
+    assert scope_check(officer)["status"] == "ok"
+    assert services.request_approve(request=olivias_own, officer=another).decided_by == another
+
+
+def test_an_officer_in_no_scope_ends_it_too(olivias_own, officer, second_officer):
+    assert scope_check(officer)["status"] == "ok"
+
+
+def test_without_scopes_the_only_officers_own_request_is_warned_of(
+    needs_approval, officer, admin_user
+):
+    """Scopes or none: a portal with one RA officer leaves their own request to a
+    superuser."""
+    submit(officer, needs_approval)
+
+    check = scope_check(officer)
+
+    assert (check["status"], check["requests"]) == ("warn", 1)
+    assert check["barred"] == 1
+    assert LEFT_TO_THEMSELVES in check["problems"][0]
+
+
+def test_the_only_officer_in_scope_who_reads_the_mailbox_leaves_its_request_to_nobody(
+    needs_approval, officer, second_officer, employee, sales_scope
+):
+    """A mailbox's request: only Oscar acts for everyone, and he is its delegate."""
+    box = SharedMailbox.objects.create(email="sales@example.com", display_name="Sales")
+    box.delegates.add(second_officer)
+    boxed = submit(employee, needs_approval)
+    CertificateRequest.objects.filter(pk=boxed.pk).update(mailbox=box)
+
+    check = scope_check(officer)
+
+    assert (check["requests"], check["mailboxes"]) == (1, 1)
+    assert check["barred"] == 1
+
+
+def test_barred_and_out_of_scope_requests_are_counted_apart(
+    waiting, olivias_own, officer, second_officer
+):
+    """Bob's is outside Olivia's scope; her own she may not decide."""
+    second_officer.groups.clear()
+
+    check = scope_check(officer)
+
+    assert check["requests"] == 2
+    assert check["barred"] == 1
+    assert check["problems"][0].startswith(
+        "2 pending requests are outside the officer scope of every RA officer who may decide "
+        "them (1 of them is left to no RA officer but its own requester or a delegate of its "
+        "shared mailbox, who may not decide it), so only a superuser can approve or reject "
+        "them."
+    )
 
 
 # --- with approvers groups: who may decide is the group's officers ---------------------------
@@ -785,3 +896,38 @@ def test_a_group_with_no_active_officer_is_the_approvers_checks_not_this(
     needs_approval.save()
 
     assert scope_check(officer)["status"] == "ok"
+
+
+def test_an_approver_whose_own_request_it_is_leaves_it_to_nobody(
+    sales_approves, olivias_own, officer, second_officer
+):
+    """Oscar acts for everyone but is no approver of the template; Olivia, its only
+    approver, asked herself."""
+    check = scope_check(officer)
+
+    assert (check["status"], check["requests"]) == ("warn", 1)
+    assert check["barred"] == 1
+
+
+def test_a_second_approver_in_scope_ends_it(
+    sales_approves, olivias_own, officer, second_officer, sales_scope
+):
+    another = UserFactory(username="sam")
+    another.groups.add(officer.groups.get(name="RA officers"), sales_scope.officers)
+
+    assert scope_check(officer)["status"] == "ok"
+
+
+def test_an_officer_who_may_decide_it_but_approves_not_does_not_count(
+    sales_approves, olivias_own, officer, second_officer
+):
+    """Oscar acts for everyone and is no approver; Sam approves another template."""
+    from django.contrib.auth.models import Group
+
+    another = UserFactory(username="sam")
+    another.groups.add(officer.groups.get(name="RA officers"))
+    other = Group.objects.create(name="Legal approvers")
+    other.user_set.add(another)
+    CertificateTemplate.objects.filter(slug="smime-dual-use").update(approver_group=other)
+
+    assert scope_check(officer)["requests"] == 1
