@@ -90,6 +90,67 @@ def audit_record(
     return event
 
 
+def audit_record_apart(
+    *,
+    action: str,
+    actor: User | AnonymousUser | None = None,
+    target: models.Model | None = None,
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    source_address: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """audit_record() for an attempt that was refused, in a transaction of its own: the
+    rollback of the refused action (or of the whole request, under ATOMIC_REQUESTS) must
+    not take the record of the attempt with it.
+
+    With no transaction open, as where the services refuse (before they open theirs, or
+    after it was rolled back), it is chained and committed at once. Inside one, it is named
+    and timed now and chained once the request has ended (write_apart), on this connection
+    as every event: a second connection would wait for the chain head's lock, which this
+    connection's open transaction holds once it appended an event, until that transaction
+    ends, and it ends only after the wait.
+    """
+    event = prepared(
+        action=action,
+        actor=actor,
+        target=target,
+        outcome=outcome,
+        source_address=source_address,
+        detail=detail,
+    )
+    held: list[AuditEvent] = getattr(_state, "apart", None) or []
+    _state.apart = [*held, event]
+    if not in_a_transaction():
+        write_apart()
+    return event
+
+
+def write_apart() -> None:
+    """Chain the events audit_record_apart() held back, now that no transaction is open:
+    after every request (pkiportal.middleware.audit_apart), and with the next one written
+    apart outside a transaction. Inside a transaction it leaves them waiting."""
+    held: list[AuditEvent] = getattr(_state, "apart", None) or []
+    if not held or in_a_transaction():
+        return
+    _state.apart = []
+    _append(held)
+
+
+def forget_apart() -> None:
+    """Drop the events held back and not written (a test starts without another's)."""
+    _state.apart = []
+
+
+def in_a_transaction() -> bool:
+    """Whether a transaction is open on this connection (ATOMIC_REQUESTS, a caller's
+    atomic block). Django's test cases wrap each test in blocks marked _from_testcase;
+    like Django's own check of durable blocks, those do not count."""
+    return any(
+        not getattr(block, "_from_testcase", False)
+        for block in transaction.get_connection().atomic_blocks
+    )
+
+
 def prepared(
     *,
     action: str,

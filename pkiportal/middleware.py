@@ -1,5 +1,6 @@
 """Request hygiene that every view relies on, applied before anything reads the request;
-Django's messages, made only for the requests that use them."""
+Django's messages, made only for the requests that use them; the audit events of refused
+attempts, written after the request's transaction."""
 
 from __future__ import annotations
 
@@ -30,6 +31,24 @@ def header_nul_to_space(
             if name.startswith("HTTP_") and isinstance(value, str) and "\x00" in value:
                 meta[name] = value.replace("\x00", " ")
         return get_response(request)
+
+    return middleware
+
+
+def audit_apart(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
+    """Chain the audit events of refused attempts that were made inside the request's
+    transaction (ATOMIC_REQUESTS) once it has ended, committed or rolled back, so that a
+    403's rollback never takes the record of the attempt with it
+    (enrollment.audit.audit_record_apart). Outside one they were written at once."""
+    from enrollment.audit import write_apart
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        try:
+            return get_response(request)
+        finally:
+            write_apart()
 
     return middleware
 

@@ -98,6 +98,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "pkiportal.middleware.header_nul_to_space",
+    # Outside the view's transaction (ATOMIC_REQUESTS): refused attempts' audit events.
+    "pkiportal.middleware.audit_apart",
     "django.middleware.security.SecurityMiddleware",
     "pkiportal.csp.PortalCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -21,7 +21,7 @@ from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.test import Client
 
-from enrollment import health, services
+from enrollment import audit, health, services
 from enrollment.models import CertificateAuthority, CertificateTemplate, KeyRecoveryAgent
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm, PrivateKey
@@ -90,6 +90,7 @@ def _isolated_pki_settings(settings, tmp_path):
     cache.clear()  # what one test's pages remembered is not another's
     health.forget_ca_key_checks()  # nor /health/'s CA key checks
     health_view.forget_broker_checks()  # nor its broker and worker pings
+    audit.forget_apart()  # nor the refusals one left waiting for a transaction's end
 
 
 @pytest.fixture

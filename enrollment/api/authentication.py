@@ -18,7 +18,7 @@ from knox.settings import CONSTANTS, knox_settings
 from knox.signals import token_expired
 
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
@@ -28,7 +28,7 @@ from rest_framework import status
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.exceptions import APIException, AuthenticationFailed
 
-from enrollment import hotsql, services
+from enrollment import audit, hotsql, services
 from enrollment.services import LAST_USE_RESOLUTION
 
 logger = logging.getLogger(__name__)
@@ -108,15 +108,8 @@ def _note_use(auth_token: AuthToken) -> None:
         due = bool(_uses_pending) and (
             _written_at is None or not timedelta(0) <= now - _written_at < WRITE_EVERY
         )
-    if due and not _inside_a_transaction():
+    if due and not audit.in_a_transaction():
         write_token_uses()
-
-
-def _inside_a_transaction() -> bool:
-    """Whether this call runs in a transaction of its own (ATOMIC_REQUESTS, a service).
-    Django's test cases wrap each test in blocks marked _from_testcase; like Django's own
-    check of durable blocks, those do not count."""
-    return any(not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
 
 
 def write_token_uses(*, log: bool = True) -> None:

@@ -194,6 +194,47 @@ def test_an_event_in_a_savepoint_that_commits_is_kept_with_the_others(db):
     assert list(audit_chain_breaks()) == []
 
 
+def test_an_event_written_apart_outside_a_transaction_is_chained_at_once(db):
+    before = audit_record(action="test.before")
+
+    apart = audit.audit_record_apart(action="test.refused")
+
+    assert apart.pk is not None
+    assert _chained_in_order([before, apart])
+    assert list(audit_chain_breaks()) == []
+
+
+def test_an_event_written_apart_outlives_the_transaction_it_was_made_in(db, employee):
+    """That transaction holds the chain's head once it appended an event: the one written
+    apart waits for its end, then is chained after whatever it left."""
+    audit_record(action="test.before")
+    with contextlib.suppress(RuntimeError), transaction.atomic():
+        audit_record(action="test.undone", target=employee)
+        apart = audit.audit_record_apart(action="test.refused", actor=employee)
+        assert apart.pk is None
+        audit.write_apart()  # still inside: it waits
+        assert apart.pk is None
+        raise RuntimeError("the refused action is rolled back")
+
+    audit.write_apart()
+
+    assert list(AuditEvent.objects.order_by("id").values_list("action", flat=True)) == [
+        "test.before",
+        "test.refused",
+    ]
+    assert AuditEvent.objects.get(action="test.refused").actor == employee
+    assert list(audit_chain_breaks()) == []
+
+
+def test_events_held_back_go_with_the_next_written_apart(db):
+    with transaction.atomic():
+        held = audit.audit_record_apart(action="test.held")
+    later = audit.audit_record_apart(action="test.later")
+
+    assert _chained_in_order([held, later])
+    assert list(audit_chain_breaks()) == []
+
+
 def test_nested_deferred_blocks_append_once_at_the_outer_end(db):
     with audit.deferred():
         outer = audit_record(action="test.outer")
