@@ -19,6 +19,15 @@ class PolicyViolation(EnrollmentError):
 class NotPermitted(EnrollmentError):
     default_message = "You are not allowed to do that."
 
+    def __init__(
+        self, message: str | None = None, *, field: str | None = None, refusal: str = ""
+    ) -> None:
+        super().__init__(message, field=field)
+        # Why, when it refuses someone for who they are (not an officer, outside their
+        # scope, their own request: a key of permissions.REFUSALS), not for what they ask:
+        # such a refusal of someone holding a role is audited as access.refused.
+        self.refusal = refusal
+
 
 class InvalidState(EnrollmentError):
     default_message = "That is not possible in the object's current state."

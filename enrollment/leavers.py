@@ -358,16 +358,23 @@ OUT_OF_SCOPE_LEAVER = (
 )
 
 
-def leaver_revoke_check(actor: Any, user: Any) -> None:
+def leaver_revoke_check(actor: Any, user: Any, *, source_address: str | None = None) -> None:
     """NotPermitted unless ``actor`` may revoke all of this account's certificates: an RA
     officer whose Reach covers it. The page asks it before its form, leaver_revoke before
-    any change (and certificate_revoke again for each certificate)."""
-    from enrollment.permissions import is_ra_officer
+    any change (and certificate_revoke again for each certificate); a refusal is audited
+    once, where it is made (services.access_refusal_record)."""
+    from enrollment.permissions import NOT_AN_OFFICER, OUT_OF_SCOPE, is_ra_officer
+    from enrollment.services import access_refusals_recorded
 
-    if not is_ra_officer(actor):
-        raise NotPermitted("Only RA officers may revoke a leaver's certificates.")
-    if not reach_of(actor).covers(user):
-        raise NotPermitted(OUT_OF_SCOPE_LEAVER)  # naming no one
+    with access_refusals_recorded(
+        actor=actor, attempted="leaver.revoke", target=user, source_address=source_address
+    ):
+        if not is_ra_officer(actor):
+            raise NotPermitted(
+                "Only RA officers may revoke a leaver's certificates.", refusal=NOT_AN_OFFICER
+            )
+        if not reach_of(actor).covers(user):
+            raise NotPermitted(OUT_OF_SCOPE_LEAVER, refusal=OUT_OF_SCOPE)  # naming no one
 
 
 def leaver_revoke(*, user: Any, actor: Any, source_address: str | None = None) -> int:
@@ -375,7 +382,7 @@ def leaver_revoke(*, user: Any, actor: Any, source_address: str | None = None) -
     (affiliationChanged), without waiting for the grace period; how many. Audited as the
     hourly run's are (each certificate.revoke, one leaver.revoke naming the serials), in
     the officer's name with ``"source": "ra"``. An account active again keeps them."""
-    leaver_revoke_check(actor, user)
+    leaver_revoke_check(actor, user, source_address=source_address)
     revoked = _revoke_account(
         user.pk,
         cutoff=None,

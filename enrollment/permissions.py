@@ -141,10 +141,28 @@ def ra_officers(prefix: str = "") -> Q:
 # Why an RA officer may not decide a request (Decider.barred): the one rule that
 # services._decide enforces and that the queue, the notices (ra_notifications), the
 # console's notice panel and the API's pending list show.
-OWN_REQUEST = "own"  # nobody approves their own request
-MAILBOX_DELEGATE = "delegate"  # a delegate reads the mailbox and can get its key
-NOT_AN_APPROVER = "approvers"  # the template names an approvers group they are not in
-OUT_OF_SCOPE = "scope"  # their officer scope does not cover the requester (enrollment.scopes)
+OWN_REQUEST = "own_request"  # nobody approves their own request
+MAILBOX_DELEGATE = "mailbox_delegate"  # a delegate reads the mailbox and can get its key
+NOT_AN_APPROVER = "not_an_approver"  # the template names an approvers group they are not in
+OUT_OF_SCOPE = "out_of_scope"  # their officer scope does not cover the person (enrollment.scopes)
+# And why else a privileged action is refused for who attempts it (NotPermitted.refusal).
+NOT_AN_OFFICER = "not_an_officer"  # an RA officer's action, by someone who is none
+NOT_AN_AGENT = "not_an_agent"  # a key recovery agent's, likewise
+OWN_KEY = "own_key"  # a step of the recovery of their own key (or their mailbox's)
+DUAL_CONTROL = "dual_control"  # a recovery step that must be another person's than theirs
+
+# Each refusal as the audit trail says it: the ``reason`` of an access.refused event
+# (services.access_refusal_record).
+REFUSALS = {
+    OUT_OF_SCOPE: "outside their officer scope",
+    OWN_REQUEST: "their own request",
+    MAILBOX_DELEGATE: "a shared mailbox they are a delegate of",
+    NOT_AN_APPROVER: "not among the template's approvers",
+    NOT_AN_OFFICER: "not an RA officer",
+    NOT_AN_AGENT: "not a key recovery agent",
+    OWN_KEY: "their own key",
+    DUAL_CONTROL: "another person's step (dual control)",
+}
 
 
 @dataclass(frozen=True)

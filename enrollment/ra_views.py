@@ -72,7 +72,12 @@ from enrollment.models import (
     CertificateRequest,
     KeyRecoveryRequest,
 )
-from enrollment.permissions import is_key_recovery_agent, is_ra_officer
+from enrollment.permissions import (
+    NOT_AN_AGENT,
+    NOT_AN_OFFICER,
+    is_key_recovery_agent,
+    is_ra_officer,
+)
 from enrollment.ra_forms import (
     AuditFilterForm,
     BulkRevokeResumeForm,
@@ -380,7 +385,9 @@ def _certificates_page(
 def _may_revoke(request: HttpRequest, certificate: Certificate) -> None:
     """The service's rule (services.certificate_revoke_check), asked first: a 403 page."""
     try:
-        services.certificate_revoke_check(request.user, certificate)
+        services.certificate_revoke_check(
+            request.user, certificate, source_address=client_address(request)
+        )
     except NotPermitted as exc:
         raise PermissionDenied(exc.message) from exc
 
@@ -515,7 +522,7 @@ def leaver_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     officer_required(request)
     user = get_object_or_404(get_user_model(), pk=pk)
     try:  # outside the officer's scope: 403 before the form, as on Find & revoke
-        leavers.leaver_revoke_check(request.user, user)
+        leavers.leaver_revoke_check(request.user, user, source_address=client_address(request))
     except NotPermitted as exc:
         raise PermissionDenied(exc.message) from exc
     form = LeaverRevokeForm(request.POST)
@@ -772,7 +779,7 @@ def recovery_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk, step="recovery.approve")
-    officer_required(request)
+    _officer_for_step(request, found, "recovery.approve")
     try:
         approved = recovery.recovery_approve(
             recovery=found, officer=request.user, source_address=client_address(request)
@@ -784,6 +791,20 @@ def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
     else:
         messages.success(request, "Approved. It still needs another officer's approval.")
     return redirect("ra:recovery-detail", pk=found.pk)
+
+
+def _officer_for_step(request: HttpRequest, found: KeyRecoveryRequest, step: str) -> None:
+    """officer_required for a step an RA officer takes: a key recovery agent who is none is
+    refused as the service would refuse them, and audited so (access.refused)."""
+    if not is_ra_officer(request.user):
+        services.access_refusal_record(
+            actor=request.user,
+            attempted=step,
+            target=found,
+            refusal=NOT_AN_OFFICER,
+            source_address=client_address(request),
+        )
+        officer_required(request)
 
 
 def _recovery_step(
@@ -814,7 +835,7 @@ def _recovery_step(
 def recovery_accept(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """An officer takes on a key holder's request: it is then open like one they opened."""
     found = _visible_recovery(request, pk, step="recovery.accept")
-    officer_required(request)
+    _officer_for_step(request, found, "recovery.accept")
     needed = recovery.approvals_required()
     return _recovery_step(
         request,
@@ -857,7 +878,7 @@ def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
 @require_POST
 def recovery_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk, step="recovery.reject")
-    officer_required(request)
+    _officer_for_step(request, found, "recovery.reject")
     return _recovery_step(
         request,
         found,
@@ -954,7 +975,15 @@ def _agents_recovery(
     (``step``: as _visible_recovery)."""
     if not is_key_recovery_agent(request.user):
         # Who may see it learns no more here than elsewhere; others still get a 404.
-        _visible_recovery(request, pk)
+        found = _visible_recovery(request, pk)
+        if step is not None:  # an RA officer's attempt, refused as the service would
+            services.access_refusal_record(
+                actor=request.user,
+                attempted=step,
+                target=found,
+                refusal=NOT_AN_AGENT,
+                source_address=client_address(request),
+            )
         raise PermissionDenied("Only key recovery agents carry out recoveries.")
     return _visible_recovery(request, pk, step=step)
 

@@ -55,7 +55,16 @@ from enrollment.models import (
     KeyRecoveryRequest,
     SharedMailbox,
 )
-from enrollment.permissions import is_key_recovery_agent, is_ra_officer, ra_officers
+from enrollment.permissions import (
+    DUAL_CONTROL,
+    NOT_AN_AGENT,
+    NOT_AN_OFFICER,
+    OUT_OF_SCOPE,
+    OWN_KEY,
+    is_key_recovery_agent,
+    is_ra_officer,
+    ra_officers,
+)
 from enrollment.ra_selectors import with_quorum
 from enrollment.scopes import Reach, reach_of, reaches
 from enrollment.x509 import cms, keys, pkcs7, pkcs12
@@ -103,6 +112,9 @@ OUT_OF_REACH = "This key recovery is outside the people your officer scope cover
 class OutOfReach(NotPermitted):
     """The key's owner is outside the actor's officer scope (enrollment.scopes): the web
     edge answers 403 without showing the recovery."""
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message, field=field, refusal=OUT_OF_SCOPE)
 
 
 def _check_in_reach(certificate: Certificate, user: Any, *, then: str = "") -> None:
@@ -324,18 +336,29 @@ def recipient_name(recovery: KeyRecoveryRequest) -> str:
 def _refusals_audited(
     action: str, *, actor: Any, target: models.Model, source_address: str | None
 ) -> Iterator[None]:
-    """A refused step changes nothing, but the attempt stays on the audit trail."""
+    """A refused step changes nothing, but the attempt stays on the audit trail: once, as
+    access.refused when someone holding a role is refused for who they are (not an officer
+    or agent, outside their scope, their own key, dual control: NotPermitted.refusal), else
+    as the step's own action with outcome failure."""
     try:
         yield
     except EnrollmentError as exc:
-        audit_record(
-            action=action,
+        refusal = exc.refusal if isinstance(exc, NotPermitted) else ""
+        if not services.access_refusal_record(
             actor=actor,
+            attempted=action,
             target=target,
-            outcome=AuditEvent.Outcome.FAILURE,
+            refusal=refusal,
             source_address=source_address,
-            detail={"error": exc.message},
-        )
+        ):
+            audit_record(
+                action=action,
+                actor=actor,
+                target=target,
+                outcome=AuditEvent.Outcome.FAILURE,
+                source_address=source_address,
+                detail={"error": exc.message},
+            )
         raise
 
 
@@ -380,7 +403,7 @@ def recovery_open(
         "recovery.open", actor=officer, target=certificate, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers open key recoveries.")
+            raise NotPermitted("Only RA officers open key recoveries.", refusal=NOT_AN_OFFICER)
         _check_in_reach(
             certificate, officer, then="An officer whose scope covers the key's owner opens it."
         )
@@ -389,7 +412,8 @@ def recovery_open(
             # request: a holder who opened it would need one approver and one agent only.
             raise NotPermitted(
                 "This is your own key: ask for it under My certificates, and another RA "
-                "officer will confirm it is you and open the recovery."
+                "officer will confirm it is you and open the recovery.",
+                refusal=OWN_KEY,
             )
         reason = clean_text(reason, field="reason", empty="Say why the key must be recovered.")
         if not ArchivedKey.objects.filter(certificate=certificate).exists():
@@ -633,7 +657,9 @@ def recovery_accept(
         "recovery.accept", actor=officer, target=recovery, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers accept key recovery requests.")
+            raise NotPermitted(
+                "Only RA officers accept key recovery requests.", refusal=NOT_AN_OFFICER
+            )
         _check_in_reach(
             recovery.certificate,
             officer,
@@ -651,7 +677,8 @@ def recovery_accept(
                 _delegate_of_mailbox(locked, officer.pk)
             ):
                 raise NotPermitted(
-                    "This is the recovery of your own key; another RA officer must accept it."
+                    "This is the recovery of your own key; another RA officer must accept it.",
+                    refusal=OWN_KEY,
                 )
             if locked.state != State.REQUESTED:
                 raise InvalidState(
@@ -743,7 +770,7 @@ def recovery_approve(
         "recovery.approve", actor=officer, target=recovery, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers approve key recoveries.")
+            raise NotPermitted("Only RA officers approve key recoveries.", refusal=NOT_AN_OFFICER)
         _check_in_reach(
             recovery.certificate,
             officer,
@@ -753,11 +780,16 @@ def recovery_approve(
             # Who opened it is read under the lock: accepting a holder's request sets it.
             locked = _lock(recovery)
             if officer.pk == locked.requested_by_id:
-                raise NotPermitted("You opened this recovery; another officer must approve it.")
+                raise NotPermitted(
+                    "You opened this recovery; another officer must approve it.",
+                    refusal=DUAL_CONTROL,
+                )
             if officer.pk in (locked.certificate.owner_id, locked.asked_by_id) or (
                 _delegate_of_mailbox(locked, officer.pk)
             ):
-                raise NotPermitted("You cannot approve the recovery of your own key.")
+                raise NotPermitted(
+                    "You cannot approve the recovery of your own key.", refusal=OWN_KEY
+                )
             if locked.state == State.REQUESTED:
                 raise InvalidState(
                     "The key's holder asked for this recovery: an RA officer must accept it "
@@ -819,7 +851,7 @@ def recovery_reject(
         "recovery.reject", actor=officer, target=recovery, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers reject key recoveries.")
+            raise NotPermitted("Only RA officers reject key recoveries.", refusal=NOT_AN_OFFICER)
         _check_in_reach(
             recovery.certificate,
             officer,
@@ -831,7 +863,8 @@ def recovery_reject(
             if not may_reject(locked, officer.pk):
                 raise NotPermitted(
                     "This is the recovery of your own key: another RA officer decides "
-                    "whether it goes ahead."
+                    "whether it goes ahead.",
+                    refusal=OWN_KEY,
                 )
             if locked.state not in (State.REQUESTED, State.PENDING, State.APPROVED):
                 raise InvalidState(
@@ -900,7 +933,7 @@ def _check_may_perform(current: KeyRecoveryRequest, agent_user: User) -> None:
 
 def _current_for_agent(recovery: KeyRecoveryRequest, agent_user: User) -> KeyRecoveryRequest:
     if not is_key_recovery_agent(agent_user):
-        raise NotPermitted("Only key recovery agents carry out recoveries.")
+        raise NotPermitted("Only key recovery agents carry out recoveries.", refusal=NOT_AN_AGENT)
     current = KeyRecoveryRequest.objects.select_related("certificate__ca").get(pk=recovery.pk)
     _check_may_perform(current, agent_user)
     return current
@@ -1160,7 +1193,8 @@ def agent_conflict(
 def _check_agent_independent(recovery: KeyRecoveryRequest, agent_user: User) -> None:
     conflict = agent_conflict(recovery, agent_user.pk)
     if conflict is not None:
-        raise NotPermitted(_AGENT_REFUSALS[conflict])
+        own = conflict == AgentConflict.OWNER
+        raise NotPermitted(_AGENT_REFUSALS[conflict], refusal=OWN_KEY if own else DUAL_CONTROL)
 
 
 def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:

@@ -13,7 +13,7 @@ import logging
 import re
 import string
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -109,6 +109,62 @@ def _in_a_transaction(function: Callable[..., T]) -> Callable[..., T]:
             return function(*args, **kwargs)
 
     return wrapper
+
+
+# --- refused privileged attempts -----------------------------------------------------
+
+ACCESS_REFUSED = "access.refused"
+
+
+def access_refusal_record(
+    *,
+    actor: Actor,
+    attempted: str,
+    target: models.Model,
+    refusal: str,
+    source_address: str | None = None,
+) -> bool:
+    """One ``access.refused`` event (outcome failure) for a privileged action refused to
+    someone holding a role (RA officer, key recovery agent, superuser) for who they are:
+    ``attempted``, the action's audit name (``request.approve``); the event's object, what
+    it was attempted on; ``reason``, why (a key of permissions.REFUSALS). Written apart from
+    the refused action (audit_record_apart), which changed nothing. Whether it was written.
+
+    Someone without a role is refused as everyone is (a 403 or 404 at an officer's page or
+    endpoint, before any service) and not recorded: they attempted nothing a role would
+    allow, and recording them would let every account write to the audit chain, whose
+    head's lock each event takes."""
+    from enrollment.permissions import holds_token_role
+
+    if not refusal or not holds_token_role(actor):
+        return False
+    audit.audit_record_apart(
+        action=ACCESS_REFUSED,
+        actor=actor,
+        target=target,
+        outcome=AuditEvent.Outcome.FAILURE,
+        source_address=source_address,
+        detail={"attempted": attempted, "reason": refusal},
+    )
+    return True
+
+
+@contextlib.contextmanager
+def access_refusals_recorded(
+    *, actor: Actor, attempted: str, target: models.Model, source_address: str | None = None
+) -> Iterator[None]:
+    """access_refusal_record() for a NotPermitted raised inside that names its refusal."""
+    try:
+        yield
+    except NotPermitted as refused:
+        access_refusal_record(
+            actor=actor,
+            attempted=attempted,
+            target=target,
+            refusal=refused.refusal,
+            source_address=source_address,
+        )
+        raise
 
 
 # RevocationList.number is a PositiveBigIntegerField: signed 64-bit in every database.
@@ -1252,7 +1308,7 @@ def certificate_revoke(
     officer scope covers (certificate_revoke_check); commands, tasks and the leavers' run
     act as the system (``actor=None``). The holder is told by e-mail.
     """
-    certificate_revoke_check(actor, certificate)
+    certificate_revoke_check(actor, certificate, source_address=source_address)
     with transaction.atomic():
         if reason == Certificate.RevocationReasonChoice.KEY_COMPROMISE and certificate.spki_sha256:
             # The key's row first, before any other lock (the audit chain's head included),
@@ -1310,20 +1366,29 @@ OUT_OF_SCOPE_CERTIFICATE = (
 )
 
 
-def certificate_revoke_check(actor: Actor, certificate: Certificate) -> None:
+def certificate_revoke_check(
+    actor: Actor, certificate: Certificate, *, source_address: str | None = None
+) -> None:
     """NotPermitted unless ``actor`` may revoke it: the system (None), its holder (scope or
     not: one's own certificates stay one's own), an RA officer whose Reach covers it (a
     shared mailbox's, or one held by nobody, only an officer who acts for everyone). The
-    pages and the API ask it before their forms, certificate_revoke before any change."""
-    from enrollment.permissions import is_ra_officer
+    pages and the API ask it before their forms, certificate_revoke before any change: a
+    refusal is audited once, where it is made (access_refusal_record)."""
+    from enrollment.permissions import NOT_AN_OFFICER, OUT_OF_SCOPE, is_ra_officer
 
     if actor is None or not actor.is_authenticated or may_hold(actor, certificate):
         return
-    if not is_ra_officer(actor):
-        raise NotPermitted("You can only revoke your own certificates.")
-    if not reach_of(actor).covers_certificate(certificate):
-        # Said without naming whose: the officer may not see who holds it.
-        raise NotPermitted(OUT_OF_SCOPE_CERTIFICATE)
+    with access_refusals_recorded(
+        actor=actor,
+        attempted="certificate.revoke",
+        target=certificate,
+        source_address=source_address,
+    ):
+        if not is_ra_officer(actor):
+            raise NotPermitted("You can only revoke your own certificates.", refusal=NOT_AN_OFFICER)
+        if not reach_of(actor).covers_certificate(certificate):
+            # Said without naming whose: the officer may not see who holds it.
+            raise NotPermitted(OUT_OF_SCOPE_CERTIFICATE, refusal=OUT_OF_SCOPE)
 
 
 def lock_in_order(rows: QuerySet[Any]) -> list[int]:
@@ -2851,15 +2916,24 @@ def _lock_key_of(request: CertificateRequest) -> None:
 
 
 def _decide(
-    request: CertificateRequest, *, officer: User, approve: bool, reason: str
+    request: CertificateRequest,
+    *,
+    officer: User,
+    approve: bool,
+    reason: str,
+    source_address: str | None = None,
 ) -> CertificateRequest:
-    from enrollment.permissions import decider, is_ra_officer
+    from enrollment.permissions import NOT_AN_OFFICER, decider, is_ra_officer
 
-    if not is_ra_officer(officer):
-        raise NotPermitted("Only RA officers decide on requests.")
-    barred = decider(officer).barred(request)
-    if barred is not None:
-        raise NotPermitted(decision_refusal(barred, request.template))
+    action = "request.approve" if approve else "request.reject"
+    with access_refusals_recorded(
+        actor=officer, attempted=action, target=request, source_address=source_address
+    ):
+        if not is_ra_officer(officer):
+            raise NotPermitted("Only RA officers decide on requests.", refusal=NOT_AN_OFFICER)
+        barred = decider(officer).barred(request)
+        if barred is not None:
+            raise NotPermitted(decision_refusal(barred, request.template), refusal=barred)
     try:
         with transaction.atomic():
             locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
@@ -2911,9 +2985,10 @@ def _decide(
             locked.save(update_fields=["state", "decided_by", "decided_at", "decision_reason",
                                        "updated_at"])  # fmt: skip
             audit_record(
-                action="request.approve" if approve else "request.reject",
+                action=action,
                 actor=officer,
                 target=locked,
+                source_address=source_address,
                 detail={"reason": reason},
             )
             if issue_now:
@@ -2930,6 +3005,7 @@ def _decide(
             actor=officer,
             target=request,
             outcome=AuditEvent.Outcome.FAILURE,
+            source_address=source_address,
             detail={"error_code": type(stopped).__name__, "reason": reason},
         )
         if isinstance(stopped, KeyStoreError):
@@ -2964,17 +3040,37 @@ def decision_refusal(barred: str, template: CertificateTemplate) -> str:
 
 
 def request_approve(
-    *, request: CertificateRequest, officer: User, reason: str = ""
+    *,
+    request: CertificateRequest,
+    officer: User,
+    reason: str = "",
+    source_address: str | None = None,
 ) -> CertificateRequest:
-    return _decide(request, officer=officer, approve=True, reason=reason.strip())
+    return _decide(
+        request,
+        officer=officer,
+        approve=True,
+        reason=reason.strip(),
+        source_address=source_address,
+    )
 
 
 def request_reject(
-    *, request: CertificateRequest, officer: User, reason: str
+    *,
+    request: CertificateRequest,
+    officer: User,
+    reason: str,
+    source_address: str | None = None,
 ) -> CertificateRequest:
     if not reason.strip():
         raise PolicyViolation("Say why the request is rejected.", field="reason")
-    return _decide(request, officer=officer, approve=False, reason=reason.strip())
+    return _decide(
+        request,
+        officer=officer,
+        approve=False,
+        reason=reason.strip(),
+        source_address=source_address,
+    )
 
 
 def request_withdraw(

@@ -64,6 +64,7 @@ from enrollment.models import (
 )
 from enrollment.permissions import (
     NOT_AN_APPROVER,
+    OUT_OF_SCOPE,
     decider,
     is_key_recovery_agent,
     is_ra_officer,
@@ -475,9 +476,25 @@ def _visible_request(user: Any, pk: int) -> CertificateRequest:
     return cert_request
 
 
-def _refuse_outside_scope(officer: Any, cert_request: CertificateRequest) -> None:
-    """A request outside the officer's scope is not theirs to see: 403, naming no one."""
+def _refuse_outside_scope(
+    officer: Any,
+    cert_request: CertificateRequest,
+    *,
+    attempted: str = "",
+    source_address: str | None = None,
+) -> None:
+    """A request outside the officer's scope is not theirs to see: 403, naming no one.
+    ``attempted``: the decision a POST would make, whose refusal is audited (reading a
+    page is not)."""
     if not scopes.reach_of(officer).covers_request(cert_request):
+        if attempted:
+            services.access_refusal_record(
+                actor=officer,
+                attempted=attempted,
+                target=cert_request,
+                refusal=OUT_OF_SCOPE,
+                source_address=source_address,
+            )
         raise PermissionDenied(scopes.OUTSIDE_REQUEST)
 
 
@@ -691,13 +708,22 @@ def ra_requests(request: AuthenticatedHttpRequest) -> HttpResponse:
     return _ra_page(request)
 
 
+# The audit action of each decision DecisionForm offers.
+DECISIONS = {"approve": "request.approve", "reject": "request.reject"}
+
+
 @login_required
 @require_POST
 def ra_decide(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Approve or reject one request; the service refuses an officer's own request."""
     officer_required(request)
     cert_request = get_object_or_404(CertificateRequest.objects.select_related("requester"), pk=pk)
-    _refuse_outside_scope(request.user, cert_request)  # before the form: it names no one
+    source_address = client_address(request)
+    # Before the form: it names no one. Audited as the decision the form asks for.
+    attempted = DECISIONS.get(request.POST.get("decision", ""), "request.decide")
+    _refuse_outside_scope(
+        request.user, cert_request, attempted=attempted, source_address=source_address
+    )
     form = DecisionForm(request.POST)
     if not form.is_valid():
         return _ra_page(request, failed=cert_request, form=form, status=400)
@@ -705,11 +731,17 @@ def ra_decide(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     try:
         if form.approves:
             decided = services.request_approve(
-                request=cert_request, officer=request.user, reason=reason
+                request=cert_request,
+                officer=request.user,
+                reason=reason,
+                source_address=source_address,
             )
         else:
             decided = services.request_reject(
-                request=cert_request, officer=request.user, reason=reason
+                request=cert_request,
+                officer=request.user,
+                reason=reason,
+                source_address=source_address,
             )
     except EnrollmentError as exc:
         status = show_error(form, exc)

@@ -58,7 +58,13 @@ from enrollment.models import (
     Rollout,
     SharedMailbox,
 )
-from enrollment.permissions import IsRaOfficer, decider, is_key_recovery_agent, is_ra_officer
+from enrollment.permissions import (
+    OUT_OF_SCOPE,
+    IsRaOfficer,
+    decider,
+    is_key_recovery_agent,
+    is_ra_officer,
+)
 from enrollment.querysets import CertificateQuerySet
 from enrollment.scopes import OUTSIDE_REQUEST, prime_requesters, reach_of
 from enrollment.x509.csr import parse_csr
@@ -372,10 +378,21 @@ def _asks_the_same(earlier: CertificateRequest, data: Any, renewal_of: Certifica
     )
 
 
-def _within_scope(request: Request, found: CertificateRequest) -> CertificateRequest:
+def _within_scope(
+    request: Request, found: CertificateRequest, *, attempted: str = ""
+) -> CertificateRequest:
     """Someone else's request outside the officer's scope (enrollment.scopes) is refused
-    with a 403 that names no one, before anything is read from the body."""
+    with a 403 that names no one, before anything is read from the body. ``attempted``:
+    the decision the call would make, whose refusal is audited (reading one is not)."""
     if found.requester_id != request.user.pk and not reach_of(request.user).covers_request(found):
+        if attempted:
+            services.access_refusal_record(
+                actor=request.user,
+                attempted=attempted,
+                target=found,
+                refusal=OUT_OF_SCOPE,
+                source_address=client_address(request),
+            )
         raise NotPermitted(OUTSIDE_REQUEST)
     return found
 
@@ -593,7 +610,9 @@ class CertificateViewSet(
     def revoke(self, request: Request, serial: str | None = None) -> Response:
         certificate = self.get_object(to_revoke=True)  # only holders and officers find it
         # Outside an officer's scope: 403 before the body is read, as the service rules.
-        services.certificate_revoke_check(request.user, certificate)
+        services.certificate_revoke_check(
+            request.user, certificate, source_address=client_address(request)
+        )
         officer = is_ra_officer(request.user)
         serializer = s.RevokeIn(data=request.data, context={"officer": officer})
         serializer.is_valid(raise_exception=True)
@@ -955,7 +974,12 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
         return requests
 
     def get_object(self) -> CertificateRequest:
-        return _within_scope(self.request, super().get_object())
+        decision = self.action in ("approve", "reject")
+        return _within_scope(
+            self.request,
+            super().get_object(),
+            attempted=f"request.{self.action}" if decision else "",
+        )
 
     def filter_queryset(
         self, queryset: QuerySet[CertificateRequest, Row]
@@ -1016,6 +1040,7 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
             request=pending,
             officer=signed_in_user(request),
             reason=serializer.validated_data["reason"],
+            source_address=client_address(request),
         )
         return Response(self.get_serializer(decided).data)
 
@@ -1033,6 +1058,7 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
             request=pending,
             officer=signed_in_user(request),
             reason=serializer.validated_data["reason"],
+            source_address=client_address(request),
         )
         return Response(self.get_serializer(decided).data)
 

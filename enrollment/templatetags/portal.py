@@ -7,7 +7,8 @@ from datetime import timedelta
 from django import template
 
 from enrollment.forms import RecoveryWithdrawForm, WithdrawForm
-from enrollment.models import CertificateRequest, KeyRecoveryRequest
+from enrollment.models import AuditEvent, CertificateRequest, KeyRecoveryRequest
+from enrollment.permissions import REFUSALS
 from enrollment.scopes import Reach, reach_of
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.names import readable_rfc4514
@@ -76,3 +77,17 @@ def key_label(value: str) -> str:
 def readable_dn(value: str) -> str:
     """A stored subject with short names (SN=, GN=) instead of dotted OIDs (2.5.4.4=)."""
     return readable_rfc4514(value or "")
+
+
+@register.filter
+def audit_label(event: AuditEvent) -> str:
+    """What /ra/audit/ says of an event beside its action, where the action alone does not
+    say it: a refused attempt names what was attempted and why ("Refused: request.approve,
+    outside their officer scope"). Empty for the others."""
+    from enrollment.services import ACCESS_REFUSED
+
+    if event.action != ACCESS_REFUSED or not isinstance(event.detail, dict):
+        return ""
+    attempted = str(event.detail.get("attempted", "")) or "an action"
+    reason = str(event.detail.get("reason", ""))
+    return f"Refused: {attempted}, {REFUSALS.get(reason, reason or 'not permitted')}"

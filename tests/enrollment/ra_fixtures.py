@@ -15,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from enrollment import recovery, services
-from enrollment.models import Certificate, KeyRecoveryRequest
+from enrollment.models import AuditEvent, Certificate, KeyRecoveryRequest
 from enrollment.x509 import pkcs12
 from enrollment.x509.keys import KeyAlgorithm, PrivateKey
 from enrollment.x509.pkcs12 import load_pkcs12
@@ -160,3 +160,15 @@ def snapshot(found: KeyRecoveryRequest) -> dict[str, object]:
 
 def clients(**users) -> dict[str, Client]:
     return {name: client_for(user) for name, user in users.items()}
+
+
+def refused(attempted: str, reason: str) -> AuditEvent:
+    """The one access.refused event of a refused attempt at ``attempted`` (a recovery step:
+    no failure event of the step's own beside it), for ``reason``."""
+    assert not AuditEvent.objects.filter(
+        action=attempted, outcome=AuditEvent.Outcome.FAILURE
+    ).exists()
+    (event,) = AuditEvent.objects.filter(action="access.refused")
+    assert event.outcome == AuditEvent.Outcome.FAILURE
+    assert event.detail == {"attempted": attempted, "reason": reason}
+    return event

@@ -97,7 +97,7 @@ def test_an_officer_outside_the_approvers_group_is_refused_and_nothing_changes(
     hr_request.refresh_from_db()
     assert hr_request.state == CertificateRequest.State.PENDING
     assert hr_request.decided_by is None
-    # As every refusal of _decide before it (an officer's own request): no event.
+    # No decision's event: the attempt is an access.refused one (test_access_refused.py).
     assert not AuditEvent.objects.filter(action__in=["request.approve", "request.reject"]).exists()
 
 

@@ -23,6 +23,7 @@ from tests.enrollment.ra_fixtures import (
     OWNER_PKCS12_PASSWORD,
     REASON,
     agent_upload,
+    refused,
     snapshot,
 )
 from tests.enrollment.test_no_private_keys import key_needles, scan
@@ -130,8 +131,7 @@ def test_the_requester_cannot_approve_their_own_request(opened, officer):
     opened.refresh_from_db()
     assert opened.state == State.PENDING
     assert not KeyRecoveryApproval.objects.exists()
-    refused = AuditEvent.objects.filter(action="recovery.approve").get()
-    assert refused.outcome == AuditEvent.Outcome.FAILURE
+    assert refused("recovery.approve", "dual_control").actor == officer
 
 
 def test_the_key_owner_cannot_approve_the_recovery_of_their_own_key(opened, employee):
@@ -224,9 +224,7 @@ def test_an_officer_who_approved_cannot_carry_it_out(archived, officer, kra, age
         )  # fmt: skip
 
     assert snapshot(opened) == before
-    refused = AuditEvent.objects.get(action="recovery.perform")
-    assert refused.outcome == AuditEvent.Outcome.FAILURE
-    assert "You approved" in refused.detail["error"]
+    assert refused("recovery.perform", "dual_control").object_id == str(opened.pk)
 
 
 def test_the_keys_owner_cannot_carry_out_its_recovery_for_an_officer(
@@ -257,8 +255,7 @@ def test_the_keys_owner_cannot_carry_out_its_recovery_for_an_officer(
     assert not page.context["can_perform"]
     assert "it is your own key" in page.content.decode()
     assert snapshot(opened) == before
-    refused = AuditEvent.objects.get(action="recovery.perform")
-    assert refused.outcome == AuditEvent.Outcome.FAILURE
+    assert refused("recovery.perform", "own_key").actor == agent_user
 
 
 @pytest.fixture

@@ -330,10 +330,10 @@ def test_the_holder_can_never_accept_approve_or_perform_their_own_recovery(
     assert asked.state == State.APPROVED
     assert list(asked.approvals.values_list("officer", flat=True)) == [second_officer.pk]
     refusals = AuditEvent.objects.filter(outcome=AuditEvent.Outcome.FAILURE, actor=employee)
-    assert sorted(refusals.values_list("action", flat=True)) == [
-        "recovery.accept",
-        "recovery.approve",
-        "recovery.perform",
+    assert sorted((e.action, e.detail["attempted"], e.detail["reason"]) for e in refusals) == [
+        ("access.refused", "recovery.accept", "own_key"),
+        ("access.refused", "recovery.approve", "own_key"),
+        ("access.refused", "recovery.perform", "own_key"),
     ]
 
 
@@ -352,7 +352,11 @@ def test_a_holder_who_is_an_officer_cannot_open_the_recovery_of_their_own_key(
 
     assert not KeyRecoveryRequest.objects.exists()
     refused = AuditEvent.objects.get(outcome=AuditEvent.Outcome.FAILURE, actor=employee)
-    assert refused.action == "recovery.open"
+    assert (refused.action, refused.detail) == (
+        "access.refused",
+        {"attempted": "recovery.open", "reason": "own_key"},
+    )
+    assert refused.object_id == str(archived.certificate.pk)
 
 
 def test_a_holder_who_is_an_officer_cannot_reject_a_recovery_of_their_own_key(

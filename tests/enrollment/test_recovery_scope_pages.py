@@ -80,7 +80,10 @@ def test_accepting_out_of_scope_on_the_web_is_a_403_audited(bob_asks, officer):
     assert names_nobody(response.content.decode())
     assert snapshot(bob_asks) == before
     (event,) = failures("recovery.accept")
-    assert OUT in event.detail["error"]
+    assert (event.actor, event.detail) == (
+        officer,
+        {"attempted": "recovery.accept", "reason": "out_of_scope"},
+    )
 
 
 def test_the_asks_waiting_are_only_those_in_the_scope(

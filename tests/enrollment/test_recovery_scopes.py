@@ -53,9 +53,13 @@ def perform(found, kra, agent_user):
 
 
 def failures(action: str) -> list[AuditEvent]:
-    return list(
-        AuditEvent.objects.filter(action=action, outcome=AuditEvent.Outcome.FAILURE).order_by("pk")
-    )
+    """The refused attempts at a step out of scope: each one access.refused event, none of
+    the step's own beside it."""
+    assert not AuditEvent.objects.filter(action=action, outcome=AuditEvent.Outcome.FAILURE).exists()
+    refused = AuditEvent.objects.filter(action="access.refused", detail__attempted=action)
+    assert {e.detail["reason"] for e in refused} <= {"out_of_scope"}
+    assert {e.outcome for e in refused} <= {AuditEvent.Outcome.FAILURE}
+    return list(refused.order_by("pk"))
 
 
 def names_nobody(text: str) -> bool:
