@@ -12,18 +12,19 @@ in batches, and the mail sent by Celery tasks queued after the commit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import Count, F
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -46,7 +47,7 @@ from enrollment.models import (
     RolloutInvitation,
     SharedMailbox,
 )
-from enrollment.permissions import Decider
+from enrollment.permissions import OUT_OF_SCOPE, Decider
 from enrollment.scopes import EVERYONE, Reach, prime_groups
 from enrollment.x509 import keys
 from enrollment.x509.mail_domains import address_permitted, issuer_permits
@@ -54,6 +55,8 @@ from enrollment.x509.names import printable
 from pkiportal import plurals
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Rows per IN list and per bulk insert: below SQLite's 999 bound parameters, and audit
 # events chained per batch stay well below PostgreSQL's 65,535 (11 columns each).
@@ -400,10 +403,10 @@ def check_template(template: CertificateTemplate, key_algorithm: keys.KeyAlgorit
 
 
 def _officer(officer: User) -> None:
-    from enrollment.permissions import is_ra_officer
+    from enrollment.permissions import NOT_AN_OFFICER, is_ra_officer
 
     if not is_ra_officer(officer):
-        raise NotPermitted("Only RA officers run roll-outs.")
+        raise NotPermitted("Only RA officers run roll-outs.", refusal=NOT_AN_OFFICER)
 
 
 def _approves(
@@ -421,7 +424,9 @@ def _approves(
     theirs = decider(officer)
     if not theirs.approves(template):
         raise NotPermitted(
-            services.decision_refusal(NOT_AN_APPROVER, template) + " " + why, field=field
+            services.decision_refusal(NOT_AN_APPROVER, template) + " " + why,
+            field=field,
+            refusal=NOT_AN_APPROVER,
         )
     return theirs
 
@@ -452,7 +457,8 @@ def _covers_every_waiting(rollout: Rollout, reach: Reach) -> None:
         raise NotPermitted(
             NOT_ALL_IN_SCOPE.format(
                 count=outside, are="is" if outside == 1 else "are", scope=reach.describe()
-            )
+            ),
+            refusal=OUT_OF_SCOPE,
         )
 
 
@@ -506,6 +512,28 @@ def _mail_on_commit(invitation_ids: list[int], kind: str) -> None:
     transaction.on_commit(lambda: _queue_mail(invitation_ids, kind), robust=True)
 
 
+def _refusals_recorded(attempted: str, target: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A service whose refusal of the officer for who they are (not an officer, not the
+    template's approver, some people outside their scope) is an access.refused event
+    (services.access_refusal_record), on the object its keyword ``target`` names."""
+
+    def decorate(function: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(function)
+        def recorded(*args: P.args, **kwargs: P.kwargs) -> T:
+            with services.access_refusals_recorded(
+                actor=cast(User, kwargs["officer"]),
+                attempted=attempted,
+                target=cast(models.Model, kwargs[target]),
+                source_address=cast(str | None, kwargs.get("source_address")),
+            ):
+                return function(*args, **kwargs)
+
+        return recorded
+
+    return decorate
+
+
+@_refusals_recorded("rollout.create", target="template")
 def rollout_create(
     *,
     officer: User,
@@ -648,6 +676,7 @@ def _end_uncollected(
     return len(ids)
 
 
+@_refusals_recorded("rollout.cancel", target="rollout")
 def rollout_cancel(*, rollout: Rollout, officer: User, source_address: str | None = None) -> int:
     """Withdraw every invitation not collected yet; the number withdrawn. Certificates
     already collected stay valid (revoke them one by one if they must go)."""
@@ -677,6 +706,7 @@ def rollout_cancel(*, rollout: Rollout, officer: User, source_address: str | Non
     return withdrawn
 
 
+@_refusals_recorded("rollout.remind", target="rollout")
 def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | None = None) -> int:
     """Mail again everyone who has not collected yet; the number reminded.
 

@@ -17,7 +17,7 @@ from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.urls import reverse
 
-from enrollment import audit, leavers, services
+from enrollment import audit, leavers, rollouts, services
 from enrollment.exceptions import NotPermitted
 from enrollment.models import (
     AuditEvent,
@@ -25,6 +25,7 @@ from enrollment.models import (
     CertificateRequest,
     CertificateTemplate,
     KeyRecoveryRequest,
+    Rollout,
     SharedMailbox,
 )
 from enrollment.x509.keys import KeyAlgorithm
@@ -350,6 +351,52 @@ def test_a_permitted_recovery_step_records_no_refusal(bobs_opened, admin_user):
     assert KeyRecoveryRequest.objects.get(pk=bobs_opened.pk).state == (
         KeyRecoveryRequest.State.APPROVED
     )
+    assert refusals() == []
+
+
+# --- roll-outs: they approve the requests they make ----------------------------------------
+
+
+@pytest.fixture
+def hr_signing(signing, officer) -> CertificateTemplate:
+    """The signing template, approved by HR approvers: Olivia only."""
+    hr = Group.objects.create(name="HR approvers")
+    hr.user_set.add(officer)
+    signing.approver_group = hr
+    signing.save()
+    return signing
+
+
+def test_a_roll_out_of_a_template_one_does_not_approve_by_api_is_recorded(
+    hr_signing, second_officer, employee
+):
+    response = token_client(second_officer).post(
+        "/api/v1/rollouts/", {"template": hr_signing.slug, "people": ["alice"]}, format="json"
+    )
+
+    assert response.status_code == 403
+    assert not Rollout.objects.exists()
+    the_refusal(second_officer, hr_signing, "rollout.create", "not_an_approver")
+
+
+@pytest.mark.parametrize("verb", ["remind", "cancel"])
+def test_ending_a_roll_out_one_may_not_on_the_page_is_recorded(
+    hr_signing, officer, second_officer, employee, verb
+):
+    rollout = rollouts.rollout_create(officer=officer, template=hr_signing, people="alice")
+
+    response = client_for(second_officer).post(f"/ra/rollouts/{rollout.pk}/{verb}/")
+
+    assert response.status_code == 403
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.last_reminded_at) == ("open", None)
+    the_refusal(second_officer, rollout, f"rollout.{verb}", "not_an_approver")
+
+
+def test_a_permitted_roll_out_records_no_refusal(hr_signing, officer, employee):
+    rollout = rollouts.rollout_create(officer=officer, template=hr_signing, people="alice")
+    rollouts.rollout_remind(rollout=rollout, officer=officer)
+
     assert refusals() == []
 
 

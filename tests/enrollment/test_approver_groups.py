@@ -629,6 +629,13 @@ def test_only_approvers_roll_a_template_out(hr_template, officer, second_officer
         rollouts.rollout_create(officer=second_officer, template=hr_template, people="alice")
     assert refused.value.field == "template"
     assert not CertificateRequest.objects.filter(requester=employee).exists()
+    (refusal,) = AuditEvent.objects.filter(action="access.refused")
+    assert (refusal.actor, refusal.object_type, refusal.object_id, refusal.detail) == (
+        second_officer,
+        "enrollment.CertificateTemplate",
+        str(hr_template.pk),
+        {"attempted": "rollout.create", "reason": "not_an_approver"},
+    )
 
     rollout = rollouts.rollout_create(officer=officer, template=hr_template, people="alice")
 
@@ -715,7 +722,14 @@ def test_an_officer_outside_the_group_may_not_remind_or_cancel_a_roll_out(
     assert "Only they may remind the people of its roll-outs" in refused.value.message
     hr_rollout.refresh_from_db()
     assert (hr_rollout.state, hr_rollout.last_reminded_at) == ("open", None)
-    assert not AuditEvent.objects.filter(id__gt=start).exists()
+    # The attempt is recorded, nothing else: no rollout.remind or .cancel, no withdrawal.
+    (refusal,) = AuditEvent.objects.filter(id__gt=start)
+    assert (refusal.action, refusal.actor, refusal.object_id, refusal.detail) == (
+        "access.refused",
+        second_officer,
+        str(hr_rollout.pk),
+        {"attempted": f"rollout.{verb}", "reason": "not_an_approver"},
+    )
     invitation = hr_rollout.invitations.get()
     assert invitation.reminded_at is None
     assert invitation.request.state == CertificateRequest.State.APPROVED

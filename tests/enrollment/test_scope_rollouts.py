@@ -199,7 +199,14 @@ def test_a_scoped_officer_may_not_remind_or_cancel_people_outside_the_scope(osca
     )
     oscars.refresh_from_db()
     assert (oscars.state, oscars.last_reminded_at) == ("open", None)
-    assert not AuditEvent.objects.filter(id__gt=start).exists()
+    # The attempt is recorded, nothing else: no rollout.remind or .cancel, no withdrawal.
+    (refusal,) = AuditEvent.objects.filter(id__gt=start)
+    assert (refusal.action, refusal.actor, refusal.object_id, refusal.detail) == (
+        "access.refused",
+        officer,
+        str(oscars.pk),
+        {"attempted": f"rollout.{verb}", "reason": "out_of_scope"},
+    )
     assert not RolloutInvitation.objects.filter(reminded_at__isnull=False).exists()
     assert set(
         CertificateRequest.objects.filter(invitation__rollout=oscars).values_list(
