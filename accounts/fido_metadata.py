@@ -161,9 +161,10 @@ class Imported:
 
 def metadata_import(*, blob: Blob, source: str) -> Imported:
     """Replace the imported models with ``blob``'s, in one transaction, audited
-    (fido_metadata.import, by the system). Refused (MetadataRollback) unless its serial
-    number exceeds the last import's: an attacker, or a stale mirror, could otherwise bring
-    back a BLOB from before a model was reported compromised."""
+    (fido_metadata.import, by the system, saying whether and with which CRLs the chain's
+    revocation was checked). Refused (MetadataRollback) unless its serial number exceeds
+    the last import's: an attacker, or a stale mirror, could otherwise bring back a BLOB
+    from before a model was reported compromised."""
     with transaction.atomic():
         # Two imports at once: the second waits, then finds the first's number.
         latest = FidoMetadataImport.objects.select_for_update().order_by("-number").first()
@@ -201,6 +202,17 @@ def metadata_import(*, blob: Blob, source: str) -> Imported:
                 "keys_affected": keys_affected,
                 "signer": blob.signer,
                 "source": source[:200],
+                # False: the operator imported without CRLs (--no-revocation-check).
+                "revocation_checked": blob.revocation is not None,
+                "crls": [
+                    {
+                        "certificate": used.certificate,
+                        "issuer": used.issuer,
+                        "number": used.number,
+                        "this_update": used.this_update.isoformat(),
+                    }
+                    for used in blob.revocation or ()
+                ],
             },
         )
     _REQUEST_MEMO.set(None if _REQUEST_MEMO.get() is None else _UNREAD)

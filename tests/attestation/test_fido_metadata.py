@@ -1,15 +1,17 @@
 """FIDO metadata (manage.py import_fido_metadata, pkiportal.fido_mds, accounts.fido_metadata):
-a BLOB signed by a test FIDO MDS PKI (made once per module with cryptography) is imported
-only when its signature and its chain to the given root hold and its serial number is
-newer; its models' names appear where a key's model is shown; a model it reports
-compromised no longer counts as approved under the attestation policy (sessions, tokens,
-new keys); /health/ warns once it is past its nextUpdate. openssl checks the signature."""
+a BLOB signed by a test FIDO MDS PKI (made once per module with cryptography, with current
+CRLs of its root and CA) is imported only when its signature and its chain to the given root
+hold (the chain's revocation: test_fido_mds_revocation) and its serial number is newer; its
+models' names appear where a key's model is shown; a model it reports compromised no longer
+counts as approved under the attestation policy (sessions, tokens, new keys); /health/ warns
+once it is past its nextUpdate. openssl checks the signature."""
 
 from __future__ import annotations
 
 import base64
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from io import StringIO
@@ -38,7 +40,7 @@ from django.test.utils import CaptureQueriesContext
 from accounts import fido_metadata
 from accounts.models import FidoMetadataImport, FidoModel, WebAuthnDevice
 from enrollment.models import AuditEvent
-from pkiportal.fido_mds import MetadataError, read_blob
+from pkiportal.fido_mds import MetadataError, RevocationUnknown, read_blob
 from tests.attestation.test_api_token_attestation import (
     minted_in_session,
     refused_for_its_key,
@@ -73,6 +75,12 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def crl_url(issuer: x509.Certificate) -> str:
+    """Where the test PKI's ``issuer`` "publishes" its CRL: named in what it issues."""
+    common_name = issuer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return f"http://crl.mds.test/{str(common_name).replace(' ', '-').lower()}.crl"
+
+
 def _certificate(
     subject: str,
     public_key: Any,
@@ -81,6 +89,7 @@ def _certificate(
     issuer_key: Any = None,
     ca: bool,
     ends: datetime | None = None,
+    serial: int | None = None,
 ) -> x509.Certificate:
     now = datetime.now(UTC)
     issuer_name = issuer.subject if issuer is not None else _name(subject)
@@ -89,7 +98,7 @@ def _certificate(
         .subject_name(_name(subject))
         .issuer_name(issuer_name)
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial or x509.random_serial_number())
         .not_valid_before(now - timedelta(days=2))
         .not_valid_after(ends or now + timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
@@ -106,7 +115,50 @@ def _certificate(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
+    if issuer is not None:
+        point = x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(crl_url(issuer))], None, None, None
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_crl(
+    issuer: x509.Certificate,
+    issuer_key: Any,
+    *revoked: x509.Certificate,
+    number: int = 1,
+    this_update: datetime | None = None,
+    next_update: datetime | None = None,
+    reason: x509.ReasonFlags = x509.ReasonFlags.key_compromise,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+) -> x509.CertificateRevocationList:
+    """A CRL of ``issuer`` (signed with ``issuer_key``: another key makes a forged one),
+    current for a week unless told, listing ``revoked`` a day ago for ``reason``."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    this_update = this_update or now - timedelta(hours=1)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(this_update)
+        .next_update(next_update or this_update + timedelta(days=7))
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    for certificate in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(certificate.serial_number)
+            .revocation_date(now - timedelta(days=1))
+            .add_extension(x509.CRLReason(reason), critical=False)
+            .build()
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def crl_pem(*crls: x509.CertificateRevocationList) -> bytes:
+    return b"".join(crl.public_bytes(Encoding.PEM) for crl in crls)
 
 
 @dataclass
@@ -120,6 +172,8 @@ class Pki:
     ec_leaf: x509.Certificate
     ec_key: ec.EllipticCurvePrivateKey
     root_file: Path
+    crls: list[x509.CertificateRevocationList]  # the root's (for the CA) and the CA's
+    crl_file: Path  # both, in one PEM file
 
     def signer(self, algorithm: str) -> tuple[Any, list[x509.Certificate]]:
         if algorithm == "ES256":
@@ -144,9 +198,12 @@ def make_pki(directory: Path, name: str = "Test FIDO MDS Root") -> Pki:
 
     root_file = directory / "mds-root.pem"
     root_file.write_bytes(root.public_bytes(Encoding.PEM))
+    crls = [make_crl(root, root_key), make_crl(intermediate, intermediate_key)]
+    crl_file = directory / "mds-crls.pem"
+    crl_file.write_bytes(crl_pem(*crls))
     return Pki(
         root, root_key, intermediate, intermediate_key, leaf(rsa_key), rsa_key,
-        leaf(ec_key), ec_key, root_file,
+        leaf(ec_key), ec_key, root_file, crls, crl_file,
     )  # fmt: skip
 
 
@@ -209,18 +266,24 @@ def sign(
     ).encode()
 
 
-def run(tmp_path: Path, blob: bytes, root: Path | None, **options: Any) -> str:
+def run(
+    tmp_path: Path, blob: bytes, root: Path | None, crls: Pki | None = None, **options: Any
+) -> str:
+    """The command's output; ``crls``: the CRLs of that PKI given with --crl (without them,
+    or --no_revocation_check=True in ``options``, a BLOB that gets that far is refused)."""
     path = tmp_path / "blob.jwt"
     path.write_bytes(blob)
     out = StringIO()
     if root is not None:
         options["root"] = str(root)
-    call_command("import_fido_metadata", str(path), stdout=out, **options)
+    if crls is not None:
+        options["crl"] = [str(crls.crl_file)]
+    call_command("import_fido_metadata", str(path), stdout=out, stderr=out, **options)
     return out.getvalue()
 
 
 def imported(pki: Pki, tmp_path: Path, *entries: dict[str, Any], number: int = 10) -> str:
-    return run(tmp_path, sign(pki, payload(number, *entries)), pki.root_file)
+    return run(tmp_path, sign(pki, payload(number, *entries)), pki.root_file, pki)
 
 
 def nothing_stored() -> None:
@@ -251,7 +314,7 @@ def test_a_blob_signed_under_the_root_is_imported_and_audited(mds, tmp_path, alg
         algorithm,
     )
 
-    out = run(tmp_path, blob, mds.root_file)
+    out = run(tmp_path, blob, mds.root_file, mds)
 
     assert "Imported FIDO metadata no. 83: 2 key models, 0 reported compromised" in out
     models = {m.aaguid: m for m in FidoModel.objects.all()}
@@ -263,12 +326,17 @@ def test_a_blob_signed_under_the_root_is_imported_and_audited(mds, tmp_path, alg
     event = AuditEvent.objects.get(action="fido_metadata.import")
     assert (event.actor_name, event.detail["number"], event.detail["models"]) == ("system", 83, 2)
     assert event.detail["signer"] == "CN=mds.test,O=Test FIDO MDS"
+    assert event.detail["revocation_checked"] is True
+    assert [(c["certificate"], c["number"]) for c in event.detail["crls"]] == [
+        ("CN=mds.test,O=Test FIDO MDS", 1),
+        ("CN=Test FIDO MDS Root CA,O=Test FIDO MDS", 1),
+    ]
 
 
 @pytest.mark.django_db
 def test_the_root_comes_from_the_setting_without_root(mds, tmp_path, settings):
     settings.PKIPORTAL_FIDO_MDS_ROOT = str(mds.root_file)
-    assert "no. 10" in run(tmp_path, sign(mds, payload()), None)
+    assert "no. 10" in run(tmp_path, sign(mds, payload()), None, mds)
 
     settings.PKIPORTAL_FIDO_MDS_ROOT = ""
     with pytest.raises(CommandError, match="give --root ROOT_PEM or set PKIPORTAL_FIDO_MDS_ROOT"):
@@ -308,7 +376,7 @@ def test_a_blob_whose_payload_was_altered_is_refused(mds, tmp_path):
     forged = jwt.utils.base64url_encode(json.dumps(payload(99)).encode()).decode()
 
     with pytest.raises(CommandError, match="signature does not verify"):
-        run(tmp_path, f"{header}.{forged}.{signature}".encode(), mds.root_file)
+        run(tmp_path, f"{header}.{forged}.{signature}".encode(), mds.root_file, mds)
 
     nothing_stored()
 
@@ -317,7 +385,7 @@ def test_a_blob_whose_payload_was_altered_is_refused(mds, tmp_path):
 def test_a_blob_signed_by_another_key_than_its_certificate_s_is_refused(mds, tmp_path):
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(CommandError, match="signature does not verify"):
-        run(tmp_path, sign(mds, payload(), key=other), mds.root_file)
+        run(tmp_path, sign(mds, payload(), key=other), mds.root_file, mds)
     nothing_stored()
 
 
@@ -326,16 +394,17 @@ def test_a_blob_under_another_root_is_refused(mds, tmp_path):
     stranger = make_pki(tmp_path, "Counterfeit MDS Root")
 
     with pytest.raises(CommandError, match="does not lead to the given FIDO MDS root"):
-        run(tmp_path, sign(stranger, payload()), mds.root_file)
+        run(tmp_path, sign(stranger, payload()), mds.root_file, stranger)
     with pytest.raises(CommandError, match="does not lead to the given FIDO MDS root"):
-        run(tmp_path, sign(mds, payload()), stranger.root_file)  # the wrong --root
+        run(tmp_path, sign(mds, payload()), stranger.root_file, mds)  # the wrong --root
     nothing_stored()
 
 
 def test_a_chain_ending_in_a_cross_signed_new_root_verifies_under_either_root(mds, tmp_path):
     """As the real service's since its move from GlobalSign Root CA - R3 to Root R46: x5c
     carries the new root cross-signed by the old. The path is built, not taken as given:
-    the new root alone and the old root alone both verify it."""
+    the new root alone and the old root alone both verify it. Revocation follows the path
+    built: under the old root the cross-certificate needs the old root's CRL too."""
     new_key = ec.generate_private_key(ec.SECP256R1())
     new_root = _certificate("New MDS Root", new_key.public_key(), issuer_key=new_key, ca=True)
     cross = _certificate(
@@ -350,10 +419,22 @@ def test_a_chain_ending_in_a_cross_signed_new_root_verifies_under_either_root(md
     blob = sign(mds, payload(), "ES256", [leaf, ca, cross], leaf_key)
     now = datetime.now(UTC)
 
-    assert read_blob(blob, [new_root], now=now).number == 10
-    assert read_blob(blob, [mds.root], now=now).number == 10
+    ca_crl, new_root_crl = make_crl(ca, ca_key), make_crl(new_root, new_key)
+    old_root_crl = mds.crls[0]
+
+    assert read_blob(blob, [new_root], now=now, crls=[ca_crl, new_root_crl]).number == 10
+    under_old = read_blob(blob, [mds.root], now=now, crls=[ca_crl, new_root_crl, old_root_crl])
+    assert under_old.number == 10
+    assert [used.certificate for used in under_old.revocation or ()] == [
+        "CN=mds.test,O=Test FIDO MDS",
+        "CN=New MDS CA,O=Test FIDO MDS",
+        "CN=New MDS Root,O=Test FIDO MDS",  # the cross-certificate, on the old root's CRL
+    ]
+    with pytest.raises(RevocationUnknown, match="CA certificate CN=New MDS Root") as missing:
+        read_blob(blob, [mds.root], now=now, crls=[ca_crl, new_root_crl])
+    assert crl_url(mds.root) in str(missing.value)
     with pytest.raises(MetadataError, match="does not lead to the given FIDO MDS root"):
-        read_blob(blob, [make_pki(tmp_path, "Unrelated Root").root], now=now)
+        read_blob(blob, [make_pki(tmp_path, "Unrelated Root").root], now=now, crls=[])
 
 
 @pytest.mark.django_db
@@ -368,8 +449,9 @@ def test_a_blob_whose_signing_certificate_expired_is_refused(mds, tmp_path):
         ends=datetime.now(UTC) - timedelta(days=1),
     )
 
+    blob = sign(mds, payload(), "ES256", [ended, mds.intermediate], key)
     with pytest.raises(CommandError, match="not valid at validation time"):
-        run(tmp_path, sign(mds, payload(), "ES256", [ended, mds.intermediate], key), mds.root_file)
+        run(tmp_path, blob, mds.root_file, mds)
     nothing_stored()
 
 
@@ -382,7 +464,7 @@ def test_a_blob_is_checked_at_the_time_of_the_import(mds, tmp_path):
         time_machine.travel(later),
         pytest.raises(CommandError, match="not valid at validation time"),
     ):
-        run(tmp_path, blob, mds.root_file)
+        run(tmp_path, blob, mds.root_file, mds)
     nothing_stored()
 
 
@@ -391,7 +473,7 @@ def test_a_root_file_that_is_no_root_is_refused(mds, tmp_path):
     leaf_file = tmp_path / "leaf.pem"
     leaf_file.write_bytes(mds.rsa_leaf.public_bytes(Encoding.PEM))
     with pytest.raises(CommandError, match="The FIDO MDS root: .* is not a CA certificate"):
-        run(tmp_path, sign(mds, payload()), leaf_file)
+        run(tmp_path, sign(mds, payload()), leaf_file, mds)
     nothing_stored()
 
 
@@ -439,7 +521,7 @@ def header_with(pki: Pki, **fields: Any) -> str:
 )
 def test_a_malformed_blob_is_refused_and_nothing_stored(mds, tmp_path, blob, why):
     with pytest.raises(CommandError, match=why):
-        run(tmp_path, blob(mds), mds.root_file)
+        run(tmp_path, blob(mds), mds.root_file, mds)
     nothing_stored()
 
 
@@ -483,7 +565,7 @@ def near_payloads(draw: Any) -> Any:
 def test_any_signed_payload_is_read_or_refused_never_a_crash(mds, body):
     blob = sign(mds, body, "ES256")
     try:
-        read = read_blob(blob, [mds.root], now=datetime.now(UTC))
+        read = read_blob(blob, [mds.root], now=datetime.now(UTC), crls=mds.crls)
     except MetadataError:
         return
     assert all(len(e.description) <= 200 and e.aaguid == e.aaguid.lower() for e in read.entries)
@@ -501,7 +583,7 @@ def test_any_bytes_or_a_damaged_blob_are_refused_never_a_crash(mds, noise, cut):
         ):  # blanks around the file are no damage: read_blob strips them
             continue
         with pytest.raises(MetadataError):
-            read_blob(data, [mds.root], now=datetime.now(UTC))
+            read_blob(data, [mds.root], now=datetime.now(UTC), crls=mds.crls)
 
 
 @pytest.mark.django_db
@@ -512,7 +594,7 @@ def test_any_bytes_or_a_damaged_blob_are_refused_never_a_crash(mds, noise, cut):
 def test_a_refused_payload_stores_nothing(mds, tmp_path, body):
     with transaction.atomic():  # each example's import rolled back for the next
         try:
-            run(tmp_path, sign(mds, body), mds.root_file)
+            run(tmp_path, sign(mds, body), mds.root_file, mds)
         except CommandError:
             nothing_stored()
         else:  # a replacement that still makes a valid BLOB
@@ -534,7 +616,10 @@ def test_the_latest_status_report_is_the_model_s_status(mds):
     )
 
     read = {
-        e.aaguid: e for e in read_blob(sign(mds, body), [mds.root], now=datetime.now(UTC)).entries
+        e.aaguid: e
+        for e in read_blob(
+            sign(mds, body), [mds.root], now=datetime.now(UTC), crls=mds.crls
+        ).entries
     }
 
     assert (read[MODEL].status, read[MODEL].status_date) == (
@@ -553,7 +638,7 @@ def test_a_model_listed_twice_counts_as_its_entry_with_the_later_status(mds):
         entry(OTHER, "Other", roots=("AAAA\nAAAA",)),
     )
 
-    read = read_blob(sign(mds, body), [mds.root], now=datetime.now(UTC)).entries
+    read = read_blob(sign(mds, body), [mds.root], now=datetime.now(UTC), crls=mds.crls).entries
 
     assert [(e.aaguid, e.description, e.status) for e in read] == [
         (MODEL, NAME, "USER_KEY_PHYSICAL_COMPROMISE"),
@@ -601,10 +686,15 @@ def test_openssl_verifies_the_signature_and_chain_the_import_accepts(mds, tmp_pa
     assert "Verified OK" in results["signed"].stdout
     assert results["forged"].returncode != 0
     assert chain_check.returncode == 0, chain_check.stdout + chain_check.stderr
-    assert read_blob(token, [mds.root], now=datetime.now(UTC)).number == 10
+    assert read_blob(token, [mds.root], now=datetime.now(UTC), crls=mds.crls).number == 10
     forged = jwt.utils.base64url_encode(json.dumps(payload(11)).encode())
     with pytest.raises(MetadataError, match="signature does not verify"):
-        read_blob(header + b"." + forged + b"." + signature, [mds.root], now=datetime.now(UTC))
+        read_blob(
+            header + b"." + forged + b"." + signature,
+            [mds.root],
+            now=datetime.now(UTC),
+            crls=mds.crls,
+        )
 
 
 # --- names where a key's model is shown ----------------------------------------------------------
@@ -841,7 +931,7 @@ def test_health_warns_once_the_metadata_is_past_its_next_update(mds, tmp_path, s
 
     assert check() == {"status": "ok", "mode": "not imported"}
     due = datetime.now(UTC).date() + timedelta(days=2)
-    run(tmp_path, sign(mds, payload(4, next_update=due.isoformat())), mds.root_file)
+    run(tmp_path, sign(mds, payload(4, next_update=due.isoformat())), mds.root_file, mds)
     assert check()["status"] == "ok"
     assert check()["next_update"] == due.isoformat()
 
@@ -854,6 +944,6 @@ def test_health_warns_once_the_metadata_is_past_its_next_update(mds, tmp_path, s
 
 @pytest.mark.django_db
 def test_an_import_past_its_next_update_is_taken_with_a_warning(mds, tmp_path):
-    out = run(tmp_path, sign(mds, payload(4, next_update="2020-01-01")), mds.root_file)
+    out = run(tmp_path, sign(mds, payload(4, next_update="2020-01-01")), mds.root_file, mds)
     assert "This BLOB was due to be replaced on 2020-01-01" in out
     assert FidoMetadataImport.objects.get().number == 4
