@@ -6,17 +6,22 @@ chromium with each page's folded sections opened. It checks every page that an
 anonymous visitor, an employee, an RA officer and a key recovery agent can reach with
 GET. It also checks the pages people see when something goes wrong: a form shown again
 with its errors, a refused or locked-out sign-in, a wrong second-factor code, and the
-403 and 404 pages.
+403 and 404 pages; and the admin's pages drawn with our templates (templates/admin/).
+
+Then it walks every page again on a phone (390 CSS pixels, touch; PHONE_CONTEXT says why
+every page), where pages take their phone layout: tables stacked into cards, less
+padding, so targets' sizes and spacing (WCAG 2.5.8) and labels differ. On either screen
+a page wider than the screen fails too (reflow, WCAG 1.4.10, which no axe rule checks).
 
 Which pages: every route in the URL conf is either visited here or listed in NOT_PAGES
 with the reason, and every page template is rendered, so a new page fails this test
-until it is checked. All of it runs in one browser, one session per role.
+until it is checked. All of it runs in one browser, one session per role and screen.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +31,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.test.signals import template_rendered
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.exceptions import Resolver404
@@ -37,9 +43,11 @@ from enrollment.permissions import templates_for
 from enrollment.x509.keys import KeyAlgorithm
 from tests.browser.test_content_security_policy import session_cookie
 from tests.browser.test_enrol_in_browser import CHROMIUM, SIGN_IN_PASSWORD, chromium_page
+from tests.browser.test_phone_layout import PHONE
 from tests.enrollment.ra_fixtures import OWNER_PKCS12_PASSWORD, REASON
 from tests.enrollment.tools import issue, new_key
 from tests.factories import UserFactory
+from tests.phone_pages import Confirmation
 from tests.second_factor import code, seed_of
 
 pytestmark = [
@@ -82,7 +90,8 @@ NOT_PAGES = {
     "oidc_logout": "redirects to the identity provider",
     # Drawn by Swagger UI's script with its own markup: drf-spectacular's, a third party's.
     "api-docs": "the API docs: drf-spectacular's Swagger UI",
-    # Django's own templates and stylesheet, for staff.
+    # Django's own templates and stylesheet, for staff: only the pages drawn with ours
+    # (templates/admin/) are checked, by as_admin.
     "admin:": "Django's admin",
     "admin/password_change/": "not mounted: the 404 page, checked",
     "admin/password_change/done/": "not mounted: the 404 page, checked",
@@ -119,7 +128,8 @@ NOT_PAGES = {
 }
 
 TEMPLATES = Path(settings.BASE_DIR) / "templates"
-# Page templates (not includes, mail, the admin's or Swagger UI's) no visit here renders.
+# Page templates (not includes, mail or Swagger UI's; the admin's overrides are) no
+# visit here renders.
 NOT_RENDERED = {"413.html": "a request body over the cap: megabytes in a POST"}
 
 
@@ -128,7 +138,7 @@ def page_templates() -> set[str]:
         str(path.relative_to(TEMPLATES))
         for path in TEMPLATES.rglob("*.html")
         if not path.name.startswith("_")
-        and path.relative_to(TEMPLATES).parts[0] not in {"admin", "drf_spectacular"}
+        and path.relative_to(TEMPLATES).parts[0] != "drf_spectacular"
         and not {"includes", "email"} & set(path.parts)
     }
 
@@ -158,6 +168,27 @@ def route_of(url: str) -> str | None:
         return None
 
 
+# A phone (tests/browser/test_phone_layout.py's width), as a phone shows a page: the
+# page's meta viewport honoured, three device pixels to a CSS pixel, a touch screen. The
+# phone layout (portal.css's max-width: 40rem) stacks tables into cards and drops padding,
+# so its targets' sizes and spacing (WCAG 2.5.8), reflow (1.4.10) and the stacked tables'
+# labels are what axe sees there; at the desktop's 1280 px none of that is drawn. Every
+# page is walked there too, not only those an officer would open on a phone: on this
+# machine (2 cores, shared) the second walk takes about 30 s (35 s when it is busy), of
+# which such a shorter list saved a third, and the first full walk found a page (a new
+# roll-out's key type list) wider than a phone that the phone-layout tests, which list
+# their pages, had missed.
+PHONE_CONTEXT: dict[str, Any] = {
+    "viewport": PHONE,
+    "device_scale_factor": 3,
+    "is_mobile": True,
+    "has_touch": True,
+}
+# What the phone's tab lays pages out for: its width, and whether the phone layout is on.
+PHONE_LAYOUT = "() => [window.innerWidth, matchMedia('(max-width: 40rem)').matches]"
+
+PAGE_WIDTH = "() => document.documentElement.scrollWidth"
+
 # Folded sections (Revoke…, Withdraw…) opened: their forms are checked too.
 OPEN_ALL = "() => document.querySelectorAll('details').forEach(d => { d.open = true; })"
 
@@ -169,6 +200,7 @@ class Scan:
 
     page: Page
     base: str
+    screen: str = "desktop"
     role: str = "anonymous"
     axe: Axe = field(default_factory=Axe)
     found: list[str] = field(default_factory=list)
@@ -195,9 +227,11 @@ class Scan:
         self.check(path)
 
     def submit(self, button: str, status: int, state: str) -> None:
-        """Press a form's button and check the page it answers with."""
+        """Press a form's button and check the page it answers with. From the keyboard:
+        a phone zooms out a page wider than its screen, and Playwright's click then misses
+        the button, so a page that fails reflow stopped the walk instead of being listed."""
         with self.page.expect_navigation() as answered:
-            self.page.click(button)
+            self.page.locator(button).press("Enter")
         response = answered.value
         assert response is not None
         assert response.status == status, f"{self.role} {state}: {response.status}"
@@ -209,12 +243,22 @@ class Scan:
         self.checked += 1
         if (route := route_of(self.page.url)) is not None:
             self.seen.add(route)
+        # Reflow (WCAG 1.4.10), which no axe rule checks: a page wider than the screen.
+        # A phone's browser zooms out to show it whole, so the page is measured against the
+        # screen's width, not the (widened) window's.
+        screen = self.page.viewport_size
+        assert screen is not None
+        if (wider := self.page.evaluate(PAGE_WIDTH) - screen["width"]) > 0:
+            self.found.append(
+                f"{self.screen}, {self.role} {where}: reflow (WCAG 1.4.10) "
+                f"the page is {wider} px wider than the screen"
+            )
         for violation in results["violations"]:
             nodes = violation["nodes"]
             shown = [" ".join(node["html"].split())[:300] for node in nodes[:3]]
             shown += [f"(and {len(nodes) - 3} more)"] * (len(nodes) > 3)
             self.found.append(
-                f"{self.role} {where}: {violation['id']} ({violation['impact']}) "
+                f"{self.screen}, {self.role} {where}: {violation['id']} ({violation['impact']}) "
                 f"{violation['help']}" + "".join(f"\n    {html}" for html in shown)
             )
 
@@ -228,9 +272,13 @@ class Scan:
 @dataclass
 class Portal:
     """What the pages show, made before the browser starts (Django refuses queries while
-    Playwright's loop runs): the paths' ids, the usernames, the session cookies."""
+    Playwright's loop runs): the paths' ids, the usernames, the session cookies. A walk
+    through the portal uses some of it up (the employee signs out, Mallory is locked out,
+    the new officer sets up an app, the agent recovers Bob's key): each screen's walk has
+    its own (``fresh``)."""
 
     cookies: dict[str, str]
+    forgetful: str
     enrol_pages: list[str]
     busy_officer_pages: list[str]
     signing: Certificate
@@ -247,6 +295,7 @@ class Portal:
     new_officer: str
     agent_pkcs12: bytes
     agent_password: str
+    admin_pages: list[Confirmation]
 
 
 @pytest.fixture
@@ -255,12 +304,15 @@ def kra(quick_kra):
 
 
 @pytest.fixture
-def portal(
-    busy_portal, template, kra, agent_user, employee, colleague, officer, second_officer
-) -> Portal:  # fmt: skip
-    """The busy portal of the phone tests (a row in every RA queue), and: Alice's request
-    approved, ready to download; Bob's archived key asked back and approved, waiting for
-    an agent; Bob's signing certificate revoked; Mallory, who forgets her password."""
+def portals(
+    busy_portal, admin_confirmations, template, kra, agent_user, employee, colleague, officer,
+    second_officer, admin_user,
+) -> dict[str, Portal]:  # fmt: skip
+    """The busy portal of the phone tests (a row in every RA queue), with the admin's
+    confirmation pages' long words, and: Alice's request approved, ready to download; Bob's
+    archived key asked back and approved, waiting for an agent; Bob's signing certificate
+    revoked; Mallory, who forgets her password. The phone's walk has its own sessions,
+    Mallory, new officer and key waiting for the agent."""
     ready = services.request_approve(
         request=services.request_submit(
             requester=employee,
@@ -270,27 +322,36 @@ def portal(
         ),
         officer=officer,
     )
-    bobs, _bundle = services.certificate_issue_with_server_key(
-        template=template("smime-encryption"),
-        owner=colleague,
-        key_algorithm=KeyAlgorithm.EC_P256,
-        pkcs12_password=OWNER_PKCS12_PASSWORD,
-    )
-    waiting = recovery.recovery_approve(
-        recovery=recovery.recovery_open(certificate=bobs, officer=officer, reason=REASON),
-        officer=second_officer,
-    )
     revoked = services.certificate_revoke(
         certificate=issue(colleague, template("smime-signing"), new_key()),
         reason="keyCompromise",
         actor=officer,
     )
-    UserFactory(username="mallory")
+    roles = {"employee": employee, "officer": officer, "agent": agent_user, "admin": admin_user}
+
+    def fresh(forgetful: str, new_officer: Any) -> dict[str, Any]:
+        """What one walk uses up."""
+        bobs, _bundle = services.certificate_issue_with_server_key(
+            template=template("smime-encryption"),
+            owner=colleague,
+            key_algorithm=KeyAlgorithm.EC_P256,
+            pkcs12_password=OWNER_PKCS12_PASSWORD,
+        )
+        waiting = recovery.recovery_approve(
+            recovery=recovery.recovery_open(certificate=bobs, officer=officer, reason=REASON),
+            officer=second_officer,
+        )
+        UserFactory(username=forgetful)
+        return {
+            "cookies": {role: session_cookie(user) for role, user in roles.items()},
+            "forgetful": forgetful,
+            "new_officer": new_officer.username,
+            "waiting": waiting,
+        }
+
     archived = Certificate.objects.get(owner=employee, template__slug="smime-encryption")
-    roles = {"employee": employee, "officer": officer, "agent": agent_user}
-    cookies = {role: session_cookie(user) for role, user in roles.items()}
-    return Portal(
-        cookies=cookies,
+    desktop = Portal(
+        **fresh("mallory", second_officer),
         enrol_pages=[f"/enroll/{t.slug}/" for t in templates_for(employee)],
         busy_officer_pages=list(busy_portal.pages()["officer"]),
         signing=Certificate.objects.get(owner=employee, template__slug="smime-signing"),
@@ -299,16 +360,18 @@ def portal(
         # Erin's, naming the address she had an hour ago.
         outdated=Certificate.objects.get(owner__username="erin"),
         asked=KeyRecoveryRequest.objects.get(certificate=archived),
-        waiting=waiting,
         pending=CertificateRequest.objects.get(requester=employee, state="pending"),
         ready=ready,
         rollout=busy_portal.rollout,
         officer=officer.username,
         officer_seed=seed_of(mfa.confirmed_totp(officer)),
-        new_officer=second_officer.username,
         agent_pkcs12=kra.pkcs12,
         agent_password=kra.password,
+        admin_pages=admin_confirmations,
     )
+    otis = UserFactory(username="otis", first_name="Otis", last_name="Third")
+    otis.groups.add(Group.objects.get(name="RA officers"))
+    return {"desktop": desktop, "phone": replace(desktop, **fresh("mallory-phone", otis))}
 
 
 def other_code(right: str) -> str:
@@ -333,14 +396,14 @@ def as_anonymous(scan: Scan, portal: Portal) -> None:
     # why (a 404, so an address book imports no HTML for a card).
     scan.visit(f"/directory/{portal.outdated.fingerprint_sha256}.vcf", status=404)
     scan.visit("/no-such-page/", status=404)
-    scan.sign_in("mallory", "not her password", 200, "a wrong password")
+    scan.sign_in(portal.forgetful, "not her password", 200, "a wrong password")
     for _ in range(settings.AXES_FAILURE_LIMIT - 2):
         scan.go("/accounts/login/")
-        scan.page.fill("#id_username", "mallory")
+        scan.page.fill("#id_username", portal.forgetful)
         scan.page.fill("#id_password", "not her password")
         with scan.page.expect_navigation():
             scan.page.click("main button:has-text('Sign in')")
-    scan.sign_in("mallory", "not her password", 429, "locked out")
+    scan.sign_in(portal.forgetful, "not her password", 429, "locked out")
 
 
 def signing_in_with_a_second_factor(scan: Scan, portal: Portal) -> None:
@@ -389,7 +452,7 @@ def as_employee(scan: Scan, portal: Portal) -> None:
     scan.submit("#generate button[type=submit]", 400, "a weak PKCS#12 password")
     scan.go("/account/tokens/")
     scan.submit("#create button[type=submit]", 400, "a token without a name")
-    scan.page.fill("#id_label", "Accessibility check")
+    scan.page.fill("#id_label", f"Accessibility check ({scan.screen})")  # labels are unique
     scan.submit("#create button[type=submit]", 200, "the new token")
     scan.submit("header button:has-text('Sign out')", 200, "signed out")
 
@@ -440,7 +503,32 @@ def as_agent(scan: Scan, portal: Portal) -> None:
         scan.submit("main button:has-text('Recover the key')", status, state)
 
 
-def test_every_page_passes_wcag_22_aa_for_every_role(live_server, settings, portal):
+def as_admin(scan: Scan, portal: Portal) -> None:
+    """The admin's pages drawn with our templates (templates/admin/), reached as an
+    administrator does: the rows ticked in a list, the action chosen."""
+    scan.as_role("administrator", portal.cookies["admin"])
+    for confirmation in portal.admin_pages:
+        if not confirmation.action:
+            scan.visit(confirmation.path)
+            continue
+        scan.go(confirmation.path)
+        for pk in confirmation.selected:
+            scan.page.check(f"input.action-select[value='{pk}']")
+        scan.page.select_option("select[name=action]", confirmation.action)
+        scan.submit("button[name=index]", 200, f"the {confirmation.action} action")
+    scan.visit("/admin/enrollment/keyrecoveryagent/add/")
+
+
+def walk(scan: Scan, portal: Portal) -> None:
+    as_anonymous(scan, portal)
+    signing_in_with_a_second_factor(scan, portal)
+    as_employee(scan, portal)
+    as_officer(scan, portal)
+    as_agent(scan, portal)
+    as_admin(scan, portal)
+
+
+def test_every_page_passes_wcag_22_aa_for_every_role(live_server, settings, portals):
     # Partners read the directory without signing in where the operator opens it.
     settings.PKIPORTAL_DIRECTORY_PUBLIC = True
     rendered: set[str] = set()
@@ -448,31 +536,41 @@ def test_every_page_passes_wcag_22_aa_for_every_role(live_server, settings, port
     def note(sender: Any, template: Any, **kwargs: Any) -> None:
         rendered.add(template.name)
 
+    scans: list[Scan] = []
+    controls: dict[str, list[str]] = {}
     template_rendered.connect(note)
     try:
-        with chromium_page() as page:
-            scan = Scan(page, live_server.url)
-            as_anonymous(scan, portal)
-            signing_in_with_a_second_factor(scan, portal)
-            as_employee(scan, portal)
-            as_officer(scan, portal)
-            as_agent(scan, portal)
-            # The control: a field without a label is heard.
-            page.evaluate(
-                "() => document.querySelector('main').append(document.createElement('input'))"
-            )
-            heard = len(scan.found)
-            scan.check("the control")
-            control = scan.found[heard:]
-            del scan.found[heard:]
+        with chromium_page() as desktop:
+            browser = desktop.context.browser
+            assert browser is not None
+            phone = browser.new_context(**PHONE_CONTEXT).new_page()
+            for screen, page in (("desktop", desktop), ("phone", phone)):
+                scan = Scan(page, live_server.url, screen)
+                walk(scan, portals[screen])
+                scans.append(scan)
+                # The control: a field without a label is heard.
+                page.evaluate(
+                    "() => document.querySelector('main').append(document.createElement('input'))"
+                )
+                heard = len(scan.found)
+                scan.check("the control")
+                controls[screen] = scan.found[heard:]
+                del scan.found[heard:]
+            # And the phone's walk saw the phone's layout.
+            phone_layout = phone.evaluate(PHONE_LAYOUT)
     finally:
         template_rendered.disconnect(note)
 
-    assert any(": label (critical)" in line for line in control), control
+    for screen, control in controls.items():
+        assert any(": label (critical)" in line for line in control), (screen, control)
+    assert phone_layout == [PHONE["width"], True], phone_layout
     problems = []
-    if scan.found:
-        problems = [f"{len(scan.found)} violations on {scan.checked} pages:", *scan.found]
-    if unseen := sorted(routes() - NOT_PAGES.keys() - scan.seen):
+    found = [line for scan in scans for line in scan.found]
+    seen = set().union(*(scan.seen for scan in scans))
+    if found:
+        checked = sum(scan.checked for scan in scans)
+        problems = [f"{len(found)} violations on {checked} pages:", *found]
+    if unseen := sorted(routes() - NOT_PAGES.keys() - seen):
         problems.append(f"routes neither checked nor in NOT_PAGES: {unseen}")
     if unrendered := sorted(page_templates() - NOT_RENDERED.keys() - rendered):
         problems.append(f"page templates neither checked nor in NOT_RENDERED: {unrendered}")
