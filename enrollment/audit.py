@@ -57,6 +57,52 @@ def _canonical(content: dict[str, Any]) -> str:
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# The audit export's columns (/ra/audit/export.csv, .jsonl), and the fields of the JSON a
+# SIEM receives for each event (enrollment.audit_shipping): the same for both, so an
+# export and the forwarded messages can be compared line by line.
+EXPORT_COLUMNS = [
+    "id",
+    "created_at",
+    "actor_id",
+    "actor_name",
+    "action",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "outcome",
+    "source_address",
+    "detail",
+    "previous_hash",
+    "hash",
+]
+
+
+def export_values(event: AuditEvent) -> list[Any]:
+    """An event's values in EXPORT_COLUMNS order."""
+    return [
+        event.pk,
+        event.created_at.isoformat(),
+        event.actor_id,
+        event.actor_name,
+        event.action,
+        event.object_type,
+        event.object_id,
+        event.object_repr,
+        event.outcome,
+        event.source_address,
+        event.detail,
+        event.previous_hash,
+        event.hash,
+    ]
+
+
+def export_json(event: AuditEvent) -> str:
+    """An event as one line of the JSON Lines export: an object with EXPORT_COLUMNS as
+    keys, in that order, UTF-8 text unescaped. No newline: JSON escapes those in strings."""
+    row = dict(zip(EXPORT_COLUMNS, export_values(event), strict=True))
+    return json.dumps(row, ensure_ascii=False, sort_keys=False)
+
+
 def event_digest(event: AuditEvent) -> str:
     """The hash of an event's content chained to its predecessor's hash: the SHA-256 of
     the content with ``previous_hash``, as sorted, compact, UTF-8 JSON."""

@@ -42,6 +42,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from accounts.requests import AuthenticatedHttpRequest
 from enrollment import (
+    audit,
     bulk_revoke,
     health,
     ldap_publish,
@@ -96,21 +97,7 @@ from enrollment.scopes import reach_of
 
 AUDIT_PAGE_SIZE = 50
 REQUEST_PAGE_SIZE = 50
-AUDIT_COLUMNS = [
-    "id",
-    "created_at",
-    "actor_id",
-    "actor_name",
-    "action",
-    "object_type",
-    "object_id",
-    "object_repr",
-    "outcome",
-    "source_address",
-    "detail",
-    "previous_hash",
-    "hash",
-]
+AUDIT_COLUMNS = audit.EXPORT_COLUMNS
 # A spreadsheet runs a cell that starts with these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -1137,24 +1124,6 @@ def _audit_page(request: HttpRequest, status: int = 200) -> HttpResponse:
     return render(request, "enrollment/ra/audit.html", context, status=status)
 
 
-def _audit_row(event: AuditEvent) -> list[Any]:
-    return [
-        event.pk,
-        event.created_at.isoformat(),
-        event.actor_id,
-        event.actor_name,
-        event.action,
-        event.object_type,
-        event.object_id,
-        event.object_repr,
-        event.outcome,
-        event.source_address,
-        event.detail,
-        event.previous_hash,
-        event.hash,
-    ]
-
-
 class _Echo:
     """csv.writer writes to this and gets each line back, to stream it."""
 
@@ -1174,13 +1143,12 @@ def _csv_lines(events: Any) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(AUDIT_COLUMNS)
     for event in events.iterator(chunk_size=2000):
-        yield writer.writerow([_csv_cell(v) for v in _audit_row(event)])
+        yield writer.writerow([_csv_cell(v) for v in audit.export_values(event)])
 
 
 def _json_lines(events: Any) -> Iterator[str]:
     for event in events.iterator(chunk_size=2000):
-        row = dict(zip(AUDIT_COLUMNS, _audit_row(event), strict=True))
-        yield json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n"
+        yield audit.export_json(event) + "\n"
 
 
 EXPORTS: dict[str, tuple[Callable[[Any], Iterator[str]], str, str]] = {
