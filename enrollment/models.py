@@ -967,6 +967,27 @@ class AuditChainHead(models.Model):
         return f"audit chain head at event {self.last_event_id}"
 
 
+class AuditForwarding(models.Model):
+    """How far the audit trail has been forwarded to the SIEM over syslog (one row,
+    enrollment.audit_shipping): every event up to ``last_event_id`` went out. A shipper
+    locks the row for each batch, so two never send the same events or skip any."""
+
+    last_event_id = models.BigIntegerField(
+        default=0, help_text="The newest event sent; the next run starts after it."
+    )
+    last_event_at = models.DateTimeField(
+        null=True, blank=True, help_text="When that event was recorded."
+    )
+    succeeded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a run last finished without an error."
+    )
+    failed_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+
+    def __str__(self) -> str:
+        return f"audit trail forwarded up to event {self.last_event_id}"
+
+
 # --- key recovery under dual control, expiry notices (issue 6) --------------------------
 
 

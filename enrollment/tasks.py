@@ -350,3 +350,22 @@ def rollouts_expire_task() -> int:
     from enrollment import rollouts
 
     return rollouts.rollouts_expire_due()
+
+
+# --- forwarding the audit trail to a SIEM ----------------------------------------------
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def audit_ship_task() -> dict[str, Any]:
+    """Beat, every PKIPORTAL_AUDIT_SYSLOG_INTERVAL seconds: send the audit events after the
+    watermark to the SIEM (enrollment.audit_shipping). A receiver that is down is retried
+    by the next run, from the same event; runs that overlap wait for each other."""
+    from enrollment import audit_shipping
+
+    if not audit_shipping.enabled():
+        return {"mode": "off"}
+    result = audit_shipping.ship(max_batches=audit_shipping.TASK_BATCHES)
+    if not result.error:
+        # The heartbeat /metrics shows, for a run that reached the receiver.
+        services.scheduled_run_record(name=audit_shipping.RUN_NAME)
+    return {"sent": result.sent, "last_event_id": result.last_event_id, "error": result.error}

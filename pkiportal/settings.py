@@ -1053,6 +1053,53 @@ if PKIPORTAL_LDAP_PUBLISH_URI:
             "options": {"expires": PKIPORTAL_LDAP_RECONCILE_MINUTES * 60},
         },
     }
+# --- forwarding the audit trail to a SIEM (README.md, "Forwarding the audit trail to a
+# SIEM") --------------------------------------------------------------------------------
+# Empty: off. tcp://host:port (RFC 6587), tls://host:port (RFC 5425, the server's
+# certificate checked against PKIPORTAL_AUDIT_SYSLOG_CA or the system's CAs) or
+# udp://host:port (best effort: a datagram lost is an event the SIEM never gets).
+PKIPORTAL_AUDIT_SYSLOG = env.str("PKIPORTAL_AUDIT_SYSLOG", default="").strip()
+PKIPORTAL_AUDIT_SYSLOG_CA = env.str("PKIPORTAL_AUDIT_SYSLOG_CA", default="").strip()
+PKIPORTAL_AUDIT_SYSLOG_FACILITY = (
+    env.str("PKIPORTAL_AUDIT_SYSLOG_FACILITY", default="authpriv").strip().lower()
+)
+PKIPORTAL_AUDIT_SYSLOG_INTERVAL = _whole_number(
+    "PKIPORTAL_AUDIT_SYSLOG_INTERVAL", 30, 5, 3600, "seconds"
+)
+if PKIPORTAL_AUDIT_SYSLOG:
+    from enrollment.syslog import FACILITIES as _SYSLOG_FACILITIES
+    from enrollment.syslog import parse_target as _syslog_target
+
+    try:
+        _AUDIT_SYSLOG_TARGET = _syslog_target(PKIPORTAL_AUDIT_SYSLOG)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"PKIPORTAL_AUDIT_SYSLOG must be tcp://host:port, tls://host:port or "
+            f"udp://host:port, or empty; {PKIPORTAL_AUDIT_SYSLOG!r}: {exc}."
+        ) from None
+    if PKIPORTAL_AUDIT_SYSLOG_CA and _AUDIT_SYSLOG_TARGET.scheme != "tls":
+        raise ImproperlyConfigured(
+            "PKIPORTAL_AUDIT_SYSLOG_CA verifies a tls:// receiver; PKIPORTAL_AUDIT_SYSLOG is "
+            f"{_AUDIT_SYSLOG_TARGET.scheme}://."
+        )
+    if PKIPORTAL_AUDIT_SYSLOG_CA and not Path(PKIPORTAL_AUDIT_SYSLOG_CA).is_file():
+        raise ImproperlyConfigured(
+            f"PKIPORTAL_AUDIT_SYSLOG_CA ({PKIPORTAL_AUDIT_SYSLOG_CA}) is not a readable file "
+            "of PEM CA certificates."
+        )
+    if PKIPORTAL_AUDIT_SYSLOG_FACILITY not in _SYSLOG_FACILITIES:
+        raise ImproperlyConfigured(
+            f"PKIPORTAL_AUDIT_SYSLOG_FACILITY must be one of {', '.join(_SYSLOG_FACILITIES)}; "
+            f"it is {PKIPORTAL_AUDIT_SYSLOG_FACILITY!r}."
+        )
+    CELERY_BEAT_SCHEDULE |= {
+        # Every half minute by default: the SIEM sees an event within a minute.
+        "audit-syslog": {
+            "task": "enrollment.tasks.audit_ship_task",
+            "schedule": timedelta(seconds=PKIPORTAL_AUDIT_SYSLOG_INTERVAL),
+            "options": {"expires": PKIPORTAL_AUDIT_SYSLOG_INTERVAL},
+        },
+    }
 # Read only where mozilla-django-oidc's URLs are mounted (below, or the tests' own).
 OIDC_CALLBACK_CLASS = "accounts.oidc.PortalOIDCCallbackView"
 if env.str("OIDC_RP_CLIENT_ID", default=""):
