@@ -391,6 +391,25 @@ def attestation_roots_are_current(app_configs: Any = None, **kwargs: Any) -> lis
 
 
 @register(Tags.security, deploy=True)
+def audit_syslog_is_not_udp(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Over UDP a datagram lost on the way (a full queue, a receiver restarting) is an
+    audit event the SIEM never gets, and nothing tells: fine for trying, not for a
+    production trail that must arrive whole."""
+    target = settings.PKIPORTAL_AUDIT_SYSLOG
+    if settings.DEBUG or not target.lower().startswith("udp://"):
+        return []
+    return [
+        Warning(
+            f"PKIPORTAL_AUDIT_SYSLOG ({target}) forwards the audit trail over UDP: an event "
+            "lost on the way is never sent again, and the SIEM's copy has a gap.",
+            hint="Use tls://host:port (or tcp:// inside a trusted network): the portal then "
+            "knows when a send failed and sends again from the same event.",
+            id="pkiportal.W019",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
 def site_url_is_https(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every link the portal mails people (sign-in, key download, key recovery) starts with
     PKIPORTAL_SITE_URL: over http:// whoever is on the path sees and can change those pages."""

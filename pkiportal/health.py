@@ -13,7 +13,8 @@ cuts certificates short, or is name-constrained more narrowly than PKIPORTAL_MAI
 the cap held leavers' certificate revocations back, publishing certificates to the
 LDAP directory fails, the directory leavers' sync cannot read it or held back, a
 template's approvers group holds no active RA officer, pending requests are outside
-every RA officer's officer scope, or the imported FIDO metadata is past its nextUpdate)
+every RA officer's officer scope, the imported FIDO metadata is past its nextUpdate, or
+forwarding the audit trail to the SIEM failed or fell ten minutes behind)
 still answers 200.
 
 Callers who get only the verdict share one broker and worker ping per process every
@@ -35,7 +36,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from accounts import fido_metadata, mfa
-from enrollment import health, ldap_publish, ldap_sync, leavers
+from enrollment import audit_shipping, health, ldap_publish, ldap_sync, leavers
 from enrollment.permissions import is_ra_officer
 
 # A probe must answer quickly even when the broker host is gone.
@@ -210,6 +211,8 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
         results["fido_metadata"] = fido_metadata.metadata_check()
         # "warn" while pending requests are outside every RA officer's officer scope.
         results["scopes"] = health.scope_status()
+        # "warn" while forwarding the audit trail to the SIEM fails or falls behind.
+        results["audit_shipping"] = audit_shipping.forwarding_check()
     else:  # unknown is not fine: every check is there, so no alert on one goes quiet
         names = (
             "issuing_ca",
@@ -220,6 +223,7 @@ def checks(*, fresh: bool = False) -> dict[str, Any]:
             "approvers",
             "fido_metadata",
             "scopes",
+            "audit_shipping",
         )
         for name in names:
             results[name] = {"status": health.FAIL, "error": "The database is unreachable."}

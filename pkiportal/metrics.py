@@ -31,8 +31,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from enrollment import health
+from enrollment import audit_shipping, health
 from enrollment.models import (
+    AuditForwarding,
     Certificate,
     CertificateAuthority,
     CertificateRequest,
@@ -71,6 +72,8 @@ class PortalCollector(Collector):
         yield from self._work_waiting()
         yield from self._certificates()
         yield from self._scheduled_runs()
+        if audit_shipping.enabled():
+            yield from self._audit_forwarding(checks["audit_shipping"])
 
     def _crls(self, authorities: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         """From /health/'s own reading of the CRLs: one pass over them per scrape."""
@@ -183,6 +186,23 @@ class PortalCollector(Collector):
         for name, at in ScheduledRun.objects.values_list("name", "last_run_at"):
             runs.add_metric([name], at.timestamp())
         yield runs
+
+    def _audit_forwarding(self, check: dict[str, Any]) -> Iterator[Metric]:
+        """From /health/'s audit_shipping check, when PKIPORTAL_AUDIT_SYSLOG is set."""
+        yield GaugeMetricFamily(
+            "pkiportal_audit_syslog_unshipped_events",
+            "Audit events not yet forwarded to the SIEM over syslog.",
+            value=check["unshipped"],
+        )
+        mark = AuditForwarding.objects.filter(pk=1).values_list("last_event_at", flat=True)
+        last = mark.first()
+        shipped = GaugeMetricFamily(
+            "pkiportal_audit_syslog_last_shipped_event_timestamp_seconds",
+            "When the newest audit event forwarded to the SIEM was recorded (Unix time).",
+        )
+        if last is not None:
+            shipped.add_metric([], last.timestamp())
+        yield shipped
 
 
 @never_cache
