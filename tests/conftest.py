@@ -48,7 +48,7 @@ ROOT_PASSPHRASE = b"root passphrase for tests"
 REQUIRED_TOOLS = (
     "/usr/bin/chromium", "openssl", "certutil", "ocspclnt", "gpgsm", "jq", "promtool",
     "/usr/sbin/slapd", "ldapsearch", "softhsm2-util", "pkcs11-tool", "valgrind",
-    "callgrind_control", "redis-server", "psql", "createdb", "dropdb",
+    "callgrind_control", "redis-server", "psql", "createdb", "dropdb", "/usr/sbin/rsyslogd",
 )  # fmt: skip
 
 
