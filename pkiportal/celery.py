@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from celery import Celery, Task
 from celery.exceptions import Reject
+from celery.signals import task_postrun
 from kombu.connection import ConnectionPool
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pkiportal.settings")
@@ -95,6 +96,20 @@ def _report_dropped(name: str, task_id: str, deliveries: int) -> None:
         services.task_drop_record(name=name, task_id=task_id, deliveries=deliveries)
     except Exception:
         logger.exception("Could not audit dropping task %s[%s].", name, task_id)
+
+
+@task_postrun.connect
+def _write_audit_apart(**kwargs: Any) -> None:
+    """Chain the audit events of attempts refused inside a task's transaction (a bulk
+    revocation's batch: enrollment.audit.audit_record_apart) once the task has run,
+    whatever its outcome. A worker has no request whose end (pkiportal.middleware.
+    audit_apart) would write them: they would wait in the worker thread's memory for the
+    next event written apart outside a transaction, a later unrelated one, or be lost
+    with the process. Run inline inside a request's transaction, it leaves them to the
+    request's end."""
+    from enrollment.audit import write_apart
+
+    write_apart()
 
 
 app = Celery("pkiportal", task_cls=PortalTask)

@@ -450,6 +450,30 @@ def test_outside_a_transaction_it_is_chained_at_once_after_the_others(bobs, offi
     assert list(audit.audit_chain_breaks()) == []
 
 
+def test_a_refusal_in_a_workers_transaction_is_written_when_its_task_ends(
+    bobs_certificate, officer, monkeypatch
+):
+    """A worker has no request whose end writes what was held back: a bulk revocation
+    whose officer lost everyone's reach after the run's check is refused each certificate
+    inside the batch's transaction, and the refusal is chained once the task has run,
+    not left in the worker's memory for a later task (or never)."""
+    from enrollment import bulk_revoke, tasks
+    from tests.enrollment.tools import as_staff
+
+    staff = as_staff(officer, "view_certificate")
+    # The run's check passed (the scope was widened then); Olivia acts for Sales now.
+    monkeypatch.setattr(bulk_revoke, "may_revoke_in_bulk", lambda user: True)
+    run = bulk_revoke.bulk_revoke_start(ids=[bobs_certificate.pk], reason="superseded", actor=staff)
+
+    tasks.certificates_revoke_task.apply((run.pk,), task_id=run.claim)
+
+    run.refresh_from_db()
+    assert (run.state, run.failed) == ("failed", 1)
+    assert still_valid(bobs_certificate)
+    the_refusal(staff, bobs_certificate, "certificate.revoke", "out_of_scope", address=None)
+    assert list(audit.audit_chain_breaks()) == []
+
+
 # --- on the audit trail --------------------------------------------------------------------
 
 
