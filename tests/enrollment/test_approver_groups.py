@@ -771,3 +771,127 @@ def test_the_roll_out_page_offers_remind_and_cancel_to_its_approvers_only(
     assert "/remind/" not in html
     assert "/cancel/" not in html
     assert "Only the members of HR approvers (the approvers of S/MIME Signing)" in html
+
+
+# --- decidable_by_some against barred, over small generated worlds ---------------------
+
+
+@pytest.fixture
+def small_world(hierarchy, template):
+    """Four people (units Sales, Engineering, none; groups P1, P2 of people), three
+    templates (no approvers group, G1, G2), two shared mailboxes, and a pending request for
+    every requester, template and mailbox (or none): what generated officers decide on."""
+    from django.db.models import Q
+
+    from enrollment.models import OfficerScope
+
+    p1, p2, g1, g2 = (Group.objects.create(name=n) for n in ("P1", "P2", "G1", "G2"))
+    people = [
+        UserFactory(username="w-sales", organizational_unit="Sales"),
+        UserFactory(username="w-eng", organizational_unit="Engineering"),
+        UserFactory(username="w-none", organizational_unit=""),
+        UserFactory(username="w-sales2", organizational_unit="sales"),
+    ]
+    people[1].groups.add(p1)
+    people[2].groups.add(p1, p2)
+    people[3].groups.add(p2)
+    boxes = [
+        SharedMailbox.objects.create(email=f"box{n}@example.com", display_name=f"Box {n}")
+        for n in (1, 2)
+    ]
+    templates = list(CertificateTemplate.objects.order_by("pk")[:3])
+    for chosen, group in zip(templates, (None, g1, g2), strict=True):
+        chosen.requires_approval = True
+        chosen.approver_group = group
+        chosen.save()
+    first = submit(people[0], templates[0])
+    made = []
+    for requester in people:
+        for chosen in templates:
+            for box in (None, *boxes):
+                copy = CertificateRequest.objects.get(pk=first.pk)
+                copy.pk = None
+                copy.requester, copy.template, copy.mailbox = requester, chosen, box
+                if box is not None:
+                    copy.key_source = "server"
+                copy.save()
+                made.append(copy.pk)
+    CertificateRequest.objects.exclude(pk__in=made).delete()
+    assert not OfficerScope.objects.exists()
+    return {
+        "people": [p.pk for p in people],
+        "people_groups": [p1.pk, p2.pk],
+        "approver_groups": [g1.pk, g2.pk],
+        "boxes": [b.pk for b in boxes],
+        "requests": list(
+            CertificateRequest.objects.filter(Q(pk__in=made)).select_related(
+                "template", "requester"
+            )
+        ),
+    }
+
+
+def _officers(world):
+    """A strategy: up to four Deciders, some of them the requesters themselves."""
+    from hypothesis import strategies as st
+
+    from enrollment.scopes import EVERYONE, Reach
+
+    reach = st.one_of(
+        st.just(EVERYONE),
+        st.builds(
+            lambda units, groups: Reach(
+                everyone=False, units=frozenset(units), group_ids=frozenset(groups)
+            ),
+            st.sets(st.sampled_from(["sales", "engineering"])),
+            st.sets(st.sampled_from(world["people_groups"])),
+        ),
+    )
+    officer = st.builds(
+        lambda pk, superuser, groups, boxes, reached: permissions.Decider(
+            pk,
+            is_superuser=superuser,
+            group_ids=frozenset(groups),
+            mailbox_ids=frozenset(boxes),
+            reach=reached,
+        ),
+        st.sampled_from([*world["people"], 10**9]),  # a requester, or nobody's
+        st.booleans(),
+        st.sets(st.sampled_from(world["approver_groups"])),
+        st.sets(st.sampled_from(world["boxes"])),
+        reach,
+    )
+    # Distinct officers, as deciders() gives them (one Decider per account).
+    return st.lists(officer, max_size=4, unique_by=lambda decider: decider.pk)
+
+
+def test_decidable_by_some_agrees_with_barred_over_generated_officers(small_world):
+    """For any few officers (duplicates of one Reach and groups, requesters among them,
+    delegates, superusers), decidable_by_some selects exactly the requests at least one of
+    them may decide by Decider.barred; with personally=False, those one covers."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+
+    requests = small_world["requests"]
+
+    @hypothesis_settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(found=_officers(small_world))
+    def check(found):
+        for personally in (True, False):
+            some = permissions.decidable_by_some(found, personally=personally)
+            counted = set(CertificateRequest.objects.filter(some).values_list("pk", flat=True))
+            if personally:
+                expected = {r.pk for r in requests if any(d.barred(r) is None for d in found)}
+            else:
+                expected = {
+                    r.pk
+                    for r in requests
+                    if any(d.reach.covers_request(r) and d.approves(r.template) for d in found)
+                }
+            assert counted == expected, (found, personally)
+
+    check()
