@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
 
 from enrollment.exceptions import (
@@ -68,3 +69,25 @@ def show_error(form: Any, exc: EnrollmentError) -> int:
 def officer_required(request: HttpRequest) -> None:
     if not is_ra_officer(request.user):
         raise PermissionDenied("Only RA officers may see this page.")
+
+
+def officer_required_to(request: HttpRequest, attempted: str, model: type[Model], pk: Any) -> None:
+    """officer_required() for an officer's action (``attempted``, its audit name) on the
+    row ``pk`` of ``model``: someone holding another role (a key recovery agent) is refused
+    as the service would refuse them, and audited so (access.refused, not_an_officer); the
+    others as anyone is. A row that does not exist is nobody's attempt."""
+    if is_ra_officer(request.user):
+        return
+    from enrollment import services
+    from enrollment.permissions import NOT_AN_OFFICER
+
+    target = model._default_manager.filter(pk=pk).first()
+    if target is not None:
+        services.access_refusal_record(
+            actor=request.user,
+            attempted=attempted,
+            target=target,
+            refusal=NOT_AN_OFFICER,
+            source_address=client_address(request),
+        )
+    officer_required(request)

@@ -59,6 +59,7 @@ from enrollment import (
 from enrollment.edge import (
     client_address,
     officer_required,
+    officer_required_to,
     report_download,
     show_error,
     status_for,
@@ -398,7 +399,7 @@ def certificate_search(request: AuthenticatedHttpRequest) -> HttpResponse:
 def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Revoke one certificate found above: one outside the officer's scope is refused
     (403) before the form is read, so the page never shows it."""
-    officer_required(request)
+    officer_required_to(request, "certificate.revoke", Certificate, pk)
     certificate = get_object_or_404(
         Certificate.objects.select_related("owner", "template", "mailbox"), pk=pk
     )

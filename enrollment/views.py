@@ -42,7 +42,13 @@ from enrollment import (
     scopes,
     services,
 )
-from enrollment.edge import client_address, officer_required, report_download, show_error
+from enrollment.edge import (
+    client_address,
+    officer_required,
+    officer_required_to,
+    report_download,
+    show_error,
+)
 from enrollment.exceptions import EnrollmentError, PolicyViolation, public_message
 from enrollment.forms import (
     CsrForm,
@@ -716,11 +722,12 @@ DECISIONS = {"approve": "request.approve", "reject": "request.reject"}
 @require_POST
 def ra_decide(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Approve or reject one request; the service refuses an officer's own request."""
-    officer_required(request)
+    # Audited as the decision the form asks for, when refused for who asks.
+    attempted = DECISIONS.get(request.POST.get("decision", ""), "request.decide")
+    officer_required_to(request, attempted, CertificateRequest, pk)
     cert_request = get_object_or_404(CertificateRequest.objects.select_related("requester"), pk=pk)
     source_address = client_address(request)
-    # Before the form: it names no one. Audited as the decision the form asks for.
-    attempted = DECISIONS.get(request.POST.get("decision", ""), "request.decide")
+    # Before the form: it names no one.
     _refuse_outside_scope(
         request.user, cert_request, attempted=attempted, source_address=source_address
     )

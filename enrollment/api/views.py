@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import django_filters
 
@@ -59,6 +59,7 @@ from enrollment.models import (
     SharedMailbox,
 )
 from enrollment.permissions import (
+    NOT_AN_OFFICER,
     OUT_OF_SCOPE,
     IsRaOfficer,
     decider,
@@ -972,6 +973,29 @@ class RequestViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[CertificateR
         if self.action == "list":
             return requests.filter(within).order_by("-created_at", "-id")
         return requests
+
+    def permission_denied(
+        self, request: Request, message: str | None = None, code: str | None = None
+    ) -> NoReturn:
+        """A decision refused to someone holding another role (a key recovery agent) for
+        not being an RA officer is audited, as the service and the page audit it
+        (access.refused, not_an_officer); the others are refused unrecorded."""
+        pk = str(self.kwargs.get("pk", ""))
+        if (
+            self.action in ("approve", "reject")
+            and request.user.is_authenticated
+            and not is_ra_officer(request.user)
+            and pk.isdigit()
+            and (found := CertificateRequest.objects.filter(pk=int(pk)).first()) is not None
+        ):
+            services.access_refusal_record(
+                actor=request.user,
+                attempted=f"request.{self.action}",
+                target=found,
+                refusal=NOT_AN_OFFICER,
+                source_address=client_address(request),
+            )
+        super().permission_denied(request, message=message, code=code)
 
     def get_object(self) -> CertificateRequest:
         decision = self.action in ("approve", "reject")

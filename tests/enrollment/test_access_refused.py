@@ -185,6 +185,37 @@ def test_an_agent_who_is_no_officer_deciding_is_recorded(alices, agent_user):
 
 
 @pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_an_agent_who_is_no_officer_deciding_on_the_page_or_by_api_is_recorded(
+    alices, agent_user, verb
+):
+    """As the service records it, and the recovery pages an agent at an officer's step:
+    the page's and the API's officer check refuse before the service, and record it too."""
+    assert decide_on_page(client_for(agent_user), alices, verb).status_code == 403
+    response = token_client(agent_user).post(
+        request_url(alices.pk, verb), {"reason": "ok"}, format="json"
+    )
+
+    assert response.status_code == 403
+    assert undecided(alices)
+    assert [(e.actor, e.object_id, e.detail, e.source_address) for e in refusals()] == [
+        (agent_user, str(alices.pk), {"attempted": f"request.{verb}", "reason": "not_an_officer"},
+         CLIENT),
+    ] * 2  # fmt: skip
+
+
+def test_an_employee_deciding_a_request_that_does_not_exist_records_nothing(
+    alices, agent_user, employee
+):
+    for who in (agent_user, employee):
+        response = client_for(who).post(
+            reverse("enrollment:ra-decide", args=[alices.pk + 1000]), {"decision": "approve"}
+        )
+        assert response.status_code in (403, 404)
+    assert decide_on_page(client_for(employee), alices, "approve").status_code == 403
+    assert refusals() == []
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
 def test_a_permitted_decision_records_no_refusal(alices, bobs, officer, second_officer, verb):
     assert decide_on_page(client_for(officer), alices, verb).status_code == 302
     response = token_client(second_officer).post(
@@ -266,6 +297,18 @@ def test_an_agent_revoking_anothers_certificate_is_recorded(bobs_certificate, ag
 
     assert still_valid(bobs_certificate)
     the_refusal(agent_user, bobs_certificate, "certificate.revoke", "not_an_officer", address=None)
+
+
+def test_an_agent_revoking_anothers_certificate_on_the_page_is_recorded(
+    bobs_certificate, agent_user
+):
+    response = client_for(agent_user).post(
+        reverse("ra:certificate-revoke", args=[bobs_certificate.pk]), {"reason": "superseded"}
+    )
+
+    assert response.status_code == 403
+    assert still_valid(bobs_certificate)
+    the_refusal(agent_user, bobs_certificate, "certificate.revoke", "not_an_officer")
 
 
 def test_an_employee_revoking_anothers_certificate_is_not_recorded(bobs_certificate, employee):
