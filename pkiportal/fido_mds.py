@@ -233,8 +233,9 @@ def _check_revocation(
     complete for it (no delta CRL, no partition meant for other certificates, no critical
     extension not understood) and current at ``now`` (CRL_CLOCK_SKEW either way); CRLs of
     other issuers are ignored. A certificate listed on a CRL its issuer signed, current or
-    not: ChainRevoked at once. Certificates no CRL clears: RevocationUnknown naming all of
-    them, so that one run tells the operator every CRL to bring."""
+    not, complete or a delta or partition (_speaks_for): ChainRevoked at once. Certificates
+    no CRL clears: RevocationUnknown naming all of them, so that one run tells the operator
+    every CRL to bring."""
     used = []
     unknown = []
     for position, (certificate, issuer) in enumerate(zip(path, path[1:], strict=False)):
@@ -245,9 +246,11 @@ def _check_revocation(
             if crl.issuer != issuer.subject:
                 continue
             problem = _crl_problem(crl, certificate, issuer)
-            if not problem:
-                # Listed on a CRL its issuer signed: revoked, however old that CRL is.
+            if _speaks_for(crl, issuer):
+                # Listed on a CRL its issuer signed: revoked, however old that CRL is, and
+                # on a delta or a partition too, which clear nothing but revoke all the same.
                 _refuse_if_listed(crl, certificate, what)
+            if not problem:
                 problem = _crl_age_problem(crl, now=now)
             if problem:
                 problems.append(
@@ -305,6 +308,30 @@ def _crl_problem(
     return _scope_problem(crl, certificate)
 
 
+def _speaks_for(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """Whether an entry of ``crl`` for a serial is its issuer's word that the issuer's
+    certificate of that serial is revoked: signed by the issuer's key, with no critical
+    extension this check does not know (RFC 5280 5.2: such a CRL is not to be used at all),
+    and not indirect nor for attribute certificates, whose entries may name another issuer's
+    certificate or another kind of serial. A delta CRL or a partition for some reasons or
+    some certificates does speak for the entries it has, though it clears nothing alone."""
+    try:
+        if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            return False
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    for extension in crl.extensions:
+        if extension.critical and extension.oid not in _KNOWN_CRL_EXTENSIONS | {
+            ExtensionOID.DELTA_CRL_INDICATOR
+        }:
+            return False
+        if isinstance(extension.value, x509.IssuingDistributionPoint) and (
+            extension.value.indirect_crl or extension.value.only_contains_attribute_certs
+        ):
+            return False
+    return True
+
+
 def _crl_age_problem(crl: x509.CertificateRevocationList, *, now: datetime) -> str:
     """Why ``crl`` is not current at ``now`` (CRL_CLOCK_SKEW either way), or ""."""
     if crl.last_update_utc > now + CRL_CLOCK_SKEW:
@@ -351,9 +378,12 @@ def _refuse_if_listed(
             return
         revoked_on = _when(entry.revocation_date_utc)
         try:
-            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
+            flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
         except x509.ExtensionNotFound:
-            reason = "no reason given"
+            flag = None
+        if flag is x509.ReasonFlags.remove_from_crl:
+            return  # a delta's word that a hold ended: not revoked
+        reason = flag.value if flag is not None else "no reason given"
     except ValueError:
         raise MetadataError(
             f"The CRL of {crl.issuer.rfc4514_string()} cannot be read: it is damaged."

@@ -204,6 +204,77 @@ def test_a_revocation_on_a_stale_crl_still_refuses(pki):
         read(pki, [current, stale, pki.crls[0]])
 
 
+@pytest.mark.parametrize(
+    "extension",
+    [
+        x509.DeltaCRLIndicator(1),
+        x509.IssuingDistributionPoint(None, None, True, False, None, False, False),
+        x509.IssuingDistributionPoint(
+            [x509.UniformResourceIdentifier("http://crl.mds.test/part-2.crl")],
+            None,
+            False,
+            False,
+            None,
+            False,
+            False,
+        ),
+        x509.IssuingDistributionPoint(
+            None,
+            None,
+            False,
+            False,
+            frozenset({x509.ReasonFlags.key_compromise, x509.ReasonFlags.ca_compromise}),
+            False,
+            False,
+        ),
+    ],  # fmt: skip
+    ids=["delta", "user-certificates-only", "other-partition", "some-reasons"],
+)
+def test_a_revocation_on_a_delta_or_partition_crl_refuses_beside_a_current_base(pki, extension):
+    """Found by review: a delta or a partition clears nothing alone, but an entry on one
+    its issuer signed is the issuer's word that the certificate is revoked; with a current
+    base CRL that does not list it yet, the import was accepted."""
+    base = make_crl(pki.intermediate, pki.intermediate_key, number=1)
+    listing = make_crl(
+        pki.intermediate, pki.intermediate_key, pki.ec_leaf, number=2,
+        extensions=[(extension, True)],
+    )  # fmt: skip
+    with pytest.raises(ChainRevoked, match="is revoked: its issuer's CRL no. 2"):
+        read(pki, [base, listing, pki.crls[0]])
+
+
+def test_a_delta_s_remove_from_crl_entry_is_no_revocation(pki):
+    """removeFromCRL in a delta says a hold ended: the certificate is not revoked."""
+    base = make_crl(pki.intermediate, pki.intermediate_key, number=1)
+    delta = make_crl(
+        pki.intermediate, pki.intermediate_key, pki.ec_leaf, number=2,
+        reason=x509.ReasonFlags.remove_from_crl,
+        extensions=[(x509.DeltaCRLIndicator(1), True)],
+    )  # fmt: skip
+    assert read(pki, [base, delta, pki.crls[0]]).number == 10
+
+
+@pytest.mark.parametrize(
+    "extension",
+    [
+        x509.IssuingDistributionPoint(None, None, False, False, None, True, False),
+        x509.IssuingDistributionPoint(None, None, False, False, None, False, True),
+        x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"),
+    ],
+    ids=["indirect", "attribute-certificates", "unknown-critical"],
+)
+def test_an_entry_on_a_crl_that_may_name_another_s_serial_does_not_revoke(pki, extension):
+    """An indirect CRL's entries may be another issuer's certificates, an attribute
+    certificates' CRL has another kind of serial, and a CRL with a critical extension this
+    check does not know is not to be used (RFC 5280 5.2): none revokes by serial alone."""
+    base = make_crl(pki.intermediate, pki.intermediate_key, number=1)
+    other = make_crl(
+        pki.intermediate, pki.intermediate_key, pki.ec_leaf, number=2,
+        extensions=[(extension, True)],
+    )  # fmt: skip
+    assert read(pki, [base, other, pki.crls[0]]).number == 10
+
+
 def test_a_forged_crl_listing_the_certificate_does_not_revoke_it(pki):
     forged = make_crl(pki.intermediate, ec.generate_private_key(ec.SECP256R1()), pki.ec_leaf)
     current = make_crl(pki.intermediate, pki.intermediate_key, number=2)
