@@ -182,6 +182,46 @@ def start_from_now() -> tuple[int, int]:
     return skipped, max(end, before)
 
 
+class NothingToResend(Exception):
+    """resend_from() refused, with nothing changed: the text says why, for the operator."""
+
+
+def resend_from(event_id: int) -> int:
+    """Move the watermark back so that the next run sends again every event from
+    ``event_id`` on: for a receiver that took the bytes and then lost them (TCP confirms
+    the host got them, not that the SIEM stored them). At least once: the SIEM may get
+    events it has already, and tells them by their id and hash.
+
+    Under the watermark row's lock, as ship() takes it, so a run in progress finishes its
+    batch first and the next one starts from the new watermark. Audited in the same
+    transaction as ``audit.forwarding_resend``; that event comes after every event resent,
+    so the SIEM learns of the resend in the same run. Refused (NothingToResend) when
+    ``event_id`` names no event, or one after the watermark: not sent yet, so the next run
+    sends it anyway. The watermark it had before."""
+    with transaction.atomic():
+        mark = _watermark_locked()
+        if not AuditEvent.objects.filter(pk=event_id).exists():
+            raise NothingToResend(f"There is no audit event {event_id}.")
+        before = mark.last_event_id
+        if event_id > before:
+            raise NothingToResend(
+                f"Nothing to resend: event {event_id} was not sent yet (the trail is "
+                f"forwarded up to event {before}); the next run sends it."
+            )
+        # The newest event before it, so that the watermark names an event sent, as ship()
+        # leaves it (ids may have gaps: a rolled-back append draws ids that never appear).
+        previous = AuditEvent.objects.filter(pk__lt=event_id).order_by("-pk").first()
+        mark.last_event_id = previous.pk if previous is not None else 0
+        mark.last_event_at = previous.created_at if previous is not None else None
+        mark.save(update_fields=["last_event_id", "last_event_at"])
+        audit.audit_record(
+            action="audit.forwarding_resend",
+            target=mark,
+            detail={"from_event": event_id, "previous_watermark": before},
+        )
+    return before
+
+
 def forwarding_check(now: datetime | None = None) -> dict[str, Any]:
     """/health/'s verdict: "warn" (never "fail": the trail itself is whole) while the last
     run failed or an event has waited more than LATE_AFTER; "ok" otherwise, and when

@@ -323,3 +323,68 @@ def test_time_of_an_event_is_its_own_not_the_send(tcp_receiver):
         record(1)
     audit_shipping.ship()
     assert tcp_receiver.received()[0].timestamp == "2030-01-02T03:04:05.678901Z"
+
+
+@pytest.mark.parametrize("start", ["first", "middle", "the watermark"])
+def test_resend_from_an_event_sends_it_and_every_later_one_again_then_says_so(
+    tcp_receiver, capsys, start
+):
+    events = record(5)
+    assert audit_shipping.ship().sent == 5
+    delivered = len(tcp_receiver.received())  # then the SIEM lost them
+    index = {"first": 0, "middle": 2, "the watermark": 4}[start]
+    since = events[index]
+
+    call_command("audit_ship", "--resend-from", str(since.pk))
+
+    again = tcp_receiver.received()[delivered:]
+    resend = AuditEvent.objects.get(action="audit.forwarding_resend")
+    assert [m.event["id"] for m in again] == [e.pk for e in events[index:]] + [resend.pk]
+    assert [m.msg for m in again[:-1]] == [audit.export_json(e) for e in events[index:]]
+    assert again[-1].msgid == "audit.forwarding_resend"
+    assert again[-1].event["detail"] == {
+        "from_event": since.pk,
+        "previous_watermark": events[-1].pk,
+    }
+    assert resend.object_type == "enrollment.AuditForwarding"
+    assert resend.actor_id is None
+    assert watermark().last_event_id == resend.pk
+    out = capsys.readouterr().out
+    assert f"every event from {since.pk} on is sent again" in out
+    assert f"up to event {resend.pk}" in out
+
+
+def test_resend_from_the_first_event_empties_the_watermark_before_sending(tcp_receiver):
+    events = record(2)
+    audit_shipping.ship()
+
+    assert audit_shipping.resend_from(events[0].pk) == events[-1].pk
+
+    assert (watermark().last_event_id, watermark().last_event_at) == (0, None)
+
+
+@pytest.mark.parametrize("why", ["off", "no such event", "not sent yet", "with --from-now"])
+def test_a_refused_resend_changes_nothing(tcp_receiver, settings, why):
+    sent = record(3)
+    audit_shipping.ship()
+    waiting = record(2)
+    end = AuditEvent.objects.order_by("pk").last()
+    assert end is not None
+    before = AuditForwarding.objects.values().get(pk=1)
+    count, delivered = AuditEvent.objects.count(), len(tcp_receiver.received())
+    args, match = {
+        "off": (["--resend-from", str(sent[0].pk)], "Forwarding is off"),
+        "no such event": (["--resend-from", str(end.pk + 100)], f"no audit event {end.pk + 100}"),
+        "not sent yet": (["--resend-from", str(waiting[0].pk)], "Nothing to resend"),
+        "with --from-now": (["--from-now", "--resend-from", str(sent[0].pk)], "give one"),
+    }[why]
+    if why == "off":
+        settings.PKIPORTAL_AUDIT_SYSLOG = ""
+
+    with pytest.raises(CommandError, match=match):
+        call_command("audit_ship", *args)
+
+    assert AuditForwarding.objects.values().get(pk=1) == before
+    assert AuditEvent.objects.count() == count
+    assert not AuditEvent.objects.filter(action="audit.forwarding_resend").exists()
+    assert len(tcp_receiver.received()) == delivered
