@@ -6,13 +6,16 @@ Each thread has its own database connection, so the row locks are real.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import pytest
 
+from django.db import connection, transaction
+
 from enrollment import audit_shipping
 from enrollment.audit import audit_record
-from enrollment.models import AuditEvent
+from enrollment.models import AuditEvent, AuditForwarding
 from tests.enrollment.syslog_receivers import Receiver
 from tests.enrollment.test_crl_concurrency import run_threads
 from tests.markers import needs_row_locks
@@ -55,3 +58,48 @@ def test_two_shippers_and_an_appender_send_each_event_once(settings):
 
         ids = [parse(frame).event["id"] for frame in frames(data)]
         assert ids == sorted(ids)
+
+
+def test_a_resend_waits_for_a_shipper_that_holds_the_watermark():
+    """resend_from() takes the row's lock as ship() does: a batch in flight is committed
+    first, and the watermark moved back is never overwritten by that batch's commit."""
+    events = [audit_record(action="test.before", detail={"n": n}) for n in range(3)]
+    locked, release, resent = threading.Event(), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                AuditForwarding.objects.get_or_create(pk=1)
+                mark = AuditForwarding.objects.select_for_update().get(pk=1)
+                mark.last_event_id = events[-1].pk  # as a batch just sent would
+                mark.save(update_fields=["last_event_id"])
+                locked.set()
+                assert release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    def resender() -> None:
+        try:
+            assert locked.wait(timeout=30)
+            audit_shipping.resend_from(events[1].pk)
+            resent.set()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=resender)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert locked.wait(timeout=30)
+        assert not resent.wait(timeout=1)  # waiting for the row's lock
+        release.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert resent.is_set()
+    finally:
+        release.set()
+
+    mark = AuditForwarding.objects.get(pk=1)
+    assert mark.last_event_id == events[0].pk
+    resend = AuditEvent.objects.get(action="audit.forwarding_resend")
+    assert resend.detail == {"from_event": events[1].pk, "previous_watermark": events[-1].pk}
