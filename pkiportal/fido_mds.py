@@ -245,13 +245,14 @@ def _check_revocation(
         for crl in crls:
             if crl.issuer != issuer.subject:
                 continue
-            problem = _crl_problem(crl, certificate, issuer)
-            if _speaks_for(crl, issuer):
-                # Listed on a CRL its issuer signed: revoked, however old that CRL is, and
-                # on a delta or a partition too, which clear nothing but revoke all the same.
-                _refuse_if_listed(crl, certificate, what)
-            if not problem:
-                problem = _crl_age_problem(crl, now=now)
+            if not _signed_by(crl, issuer):
+                problem = NOT_SIGNED_BY_ISSUER
+            else:
+                if _speaks_for(crl):
+                    # Listed on a CRL its issuer signed: revoked, however old that CRL is,
+                    # and on a delta or a partition too, which clear nothing but revoke.
+                    _refuse_if_listed(crl, certificate, what)
+                problem = _crl_problem(crl, certificate) or _crl_age_problem(crl, now=now)
             if problem:
                 problems.append(
                     f"the one given (thisUpdate {_when(crl.last_update_utc)}) {problem}"
@@ -287,17 +288,24 @@ def _certificate_words(certificate: x509.Certificate, position: int) -> str:
     return f"{role} {certificate.subject.rfc4514_string()} (serial {certificate.serial_number:x})"
 
 
-def _crl_problem(
-    crl: x509.CertificateRevocationList, certificate: x509.Certificate, issuer: x509.Certificate
-) -> str:
-    """Why ``crl`` (of the issuer's name) is not the issuer's word on ``certificate``, or
-    "" where it is (then _crl_age_problem says whether it is today's)."""
+NOT_SIGNED_BY_ISSUER = (
+    "is not signed by the issuer's key (forged, or another CA's of the same name)"
+)
+
+
+def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """Whether the issuer's key signed ``crl`` (of the issuer's name): asked once per CRL
+    and certificate, before anything the CRL says is taken."""
     try:
-        signed = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        signed = False
-    if not signed:
-        return "is not signed by the issuer's key (forged, or another CA's of the same name)"
+        return False
+
+
+def _crl_problem(crl: x509.CertificateRevocationList, certificate: x509.Certificate) -> str:
+    """Why ``crl``, which its issuer signed (_signed_by), is not the issuer's complete word
+    on ``certificate``, or "" where it is (then _crl_age_problem says whether it is
+    today's)."""
     for extension in crl.extensions:
         if extension.oid == ExtensionOID.DELTA_CRL_INDICATOR:
             return "is a delta CRL (the complete CRL is needed)"
@@ -308,18 +316,13 @@ def _crl_problem(
     return _scope_problem(crl, certificate)
 
 
-def _speaks_for(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    """Whether an entry of ``crl`` for a serial is its issuer's word that the issuer's
-    certificate of that serial is revoked: signed by the issuer's key, with no critical
-    extension this check does not know (RFC 5280 5.2: such a CRL is not to be used at all),
+def _speaks_for(crl: x509.CertificateRevocationList) -> bool:
+    """Whether an entry of ``crl``, which its issuer signed (_signed_by), for a serial is
+    its issuer's word that the issuer's certificate of that serial is revoked: with no
+    critical extension this check does not know (RFC 5280 5.2: such a CRL is not to be used at all),
     and not indirect nor for attribute certificates, whose entries may name another issuer's
     certificate or another kind of serial. A delta CRL or a partition for some reasons or
     some certificates does speak for the entries it has, though it clears nothing alone."""
-    try:
-        if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-            return False
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return False
     for extension in crl.extensions:
         if extension.critical and extension.oid not in _KNOWN_CRL_EXTENSIONS | {
             ExtensionOID.DELTA_CRL_INDICATOR
