@@ -72,16 +72,22 @@ def officer_required(request: HttpRequest) -> None:
 
 
 def officer_required_to(request: HttpRequest, attempted: str, model: type[Model], pk: Any) -> None:
-    """officer_required() for an officer's action (``attempted``, its audit name) on the
-    row ``pk`` of ``model``: someone holding another role (a key recovery agent) is refused
-    as the service would refuse them, and audited so (access.refused, not_an_officer); the
-    others as anyone is. A row that does not exist is nobody's attempt."""
+    """officer_required_for() the row ``pk`` of ``model``, read only to record a refusal. A
+    row that does not exist is nobody's attempt."""
+    if not is_ra_officer(request.user):
+        officer_required_for(request, attempted, model._default_manager.filter(pk=pk).first())
+
+
+def officer_required_for(request: HttpRequest, attempted: str, target: Model | None) -> None:
+    """officer_required() for an officer's action (``attempted``, its audit name) on
+    ``target``: someone holding another role (a key recovery agent) is refused as the
+    service would refuse them, and audited so (access.refused, not_an_officer); the others
+    as anyone is."""
     if is_ra_officer(request.user):
         return
     from enrollment import services
     from enrollment.permissions import NOT_AN_OFFICER
 
-    target = model._default_manager.filter(pk=pk).first()
     if target is not None:
         services.access_refusal_record(
             actor=request.user,

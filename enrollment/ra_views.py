@@ -59,6 +59,7 @@ from enrollment import (
 from enrollment.edge import (
     client_address,
     officer_required,
+    officer_required_for,
     officer_required_to,
     report_download,
     show_error,
@@ -76,7 +77,6 @@ from enrollment.models import (
 )
 from enrollment.permissions import (
     NOT_AN_AGENT,
-    NOT_AN_OFFICER,
     is_key_recovery_agent,
     is_ra_officer,
 )
@@ -767,7 +767,7 @@ def recovery_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk, step="recovery.approve")
-    _officer_for_step(request, found, "recovery.approve")
+    officer_required_for(request, "recovery.approve", found)
     try:
         approved = recovery.recovery_approve(
             recovery=found, officer=request.user, source_address=client_address(request)
@@ -779,20 +779,6 @@ def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
     else:
         messages.success(request, "Approved. It still needs another officer's approval.")
     return redirect("ra:recovery-detail", pk=found.pk)
-
-
-def _officer_for_step(request: HttpRequest, found: KeyRecoveryRequest, step: str) -> None:
-    """officer_required for a step an RA officer takes: a key recovery agent who is none is
-    refused as the service would refuse them, and audited so (access.refused)."""
-    if not is_ra_officer(request.user):
-        services.access_refusal_record(
-            actor=request.user,
-            attempted=step,
-            target=found,
-            refusal=NOT_AN_OFFICER,
-            source_address=client_address(request),
-        )
-        officer_required(request)
 
 
 def _recovery_step(
@@ -823,7 +809,7 @@ def _recovery_step(
 def recovery_accept(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """An officer takes on a key holder's request: it is then open like one they opened."""
     found = _visible_recovery(request, pk, step="recovery.accept")
-    _officer_for_step(request, found, "recovery.accept")
+    officer_required_for(request, "recovery.accept", found)
     needed = recovery.approvals_required()
     return _recovery_step(
         request,
@@ -866,7 +852,7 @@ def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
 @require_POST
 def recovery_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     found = _visible_recovery(request, pk, step="recovery.reject")
-    _officer_for_step(request, found, "recovery.reject")
+    officer_required_for(request, "recovery.reject", found)
     return _recovery_step(
         request,
         found,
