@@ -241,6 +241,7 @@ def forwarding_check(now: datetime | None = None) -> dict[str, Any]:
         "mode": "cron" if health.no_scheduler() else "worker",
         "target": str(target()),
         "last_event_id": mark.last_event_id,
+        "last_event_at": when(mark.last_event_at),
         "unshipped": waiting.count(),
         "oldest_unshipped": when(oldest),
         "last_success": when(mark.succeeded_at),

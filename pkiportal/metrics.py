@@ -33,7 +33,6 @@ from django.views.decorators.http import require_safe
 
 from enrollment import audit_shipping, health
 from enrollment.models import (
-    AuditForwarding,
     Certificate,
     CertificateAuthority,
     CertificateRequest,
@@ -194,14 +193,13 @@ class PortalCollector(Collector):
             "Audit events not yet forwarded to the SIEM over syslog.",
             value=check["unshipped"],
         )
-        mark = AuditForwarding.objects.filter(pk=1).values_list("last_event_at", flat=True)
-        last = mark.first()
+        last = check["last_event_at"]
         shipped = GaugeMetricFamily(
             "pkiportal_audit_syslog_last_shipped_event_timestamp_seconds",
             "When the newest audit event forwarded to the SIEM was recorded (Unix time).",
         )
         if last is not None:
-            shipped.add_metric([], last.timestamp())
+            shipped.add_metric([], datetime.fromisoformat(last).timestamp())
         yield shipped
 
 
