@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint setup clean messages
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ lint: $(VENV)/.dev
 ## test: install dev tools, lint, run the whole suite
 test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+## messages: gather the marked strings into locale/*/LC_MESSAGES/django.po, then compile
+## the .mo files (committed, so that setting up needs no gettext tools)
+messages: $(VENV)/.dev
+	$(PY) manage.py makemessages --all --no-location --no-obsolete --ignore=tests --ignore=bench
+	$(PY) manage.py compilemessages --ignore=.venv --ignore=tests --ignore=bench
 
 clean:
 	rm -rf var/ $(VENV)

@@ -357,7 +357,7 @@ def _refusals_audited(
                 target=target,
                 outcome=AuditEvent.Outcome.FAILURE,
                 source_address=source_address,
-                detail={"error": exc.message},
+                detail={"error": exc.english},
             )
         raise
 

@@ -2734,7 +2734,7 @@ def _request_fail(request: CertificateRequest, exc: EnrollmentError, *, actor: A
         CertificateRequest.objects.filter(pk=request.pk).update(
             state=CertificateRequest.State.FAILED,
             error_code=type(exc).__name__,
-            error=exc.message[:500],
+            error=exc.english[:500],
             updated_at=timezone.now(),
         )
         request.refresh_from_db()
@@ -2743,7 +2743,7 @@ def _request_fail(request: CertificateRequest, exc: EnrollmentError, *, actor: A
             actor=actor,
             target=request,
             outcome=AuditEvent.Outcome.FAILURE,
-            detail={"error_code": type(exc).__name__, "error": exc.message[:500]},
+            detail={"error_code": type(exc).__name__, "error": exc.english[:500]},
         )
 
 

@@ -104,6 +104,8 @@ MIDDLEWARE = [
     "pkiportal.csp.PortalCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The page's language: the person's choice (cookie), else the browser's.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -190,7 +192,17 @@ LOGIN_REDIRECT_URL = "home"
 # None: LogoutView shows registration/logged_out.html, so people see that it worked.
 LOGOUT_REDIRECT_URL = None
 
-LANGUAGE_CODE = "en-us"
+# The portal's languages. Pages follow the browser (Accept-Language) or the language the
+# person chose; e-mail follows the recipient's choice; PKIPORTAL_LANGUAGE is the default
+# for everyone else (and for mail to people who never chose). Audit events, logs and
+# management commands stay in English, so a trail reads the same whoever acted.
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
+LANGUAGE_CODE = env.str("PKIPORTAL_LANGUAGE", default="en")
+if LANGUAGE_CODE not in dict(LANGUAGES):
+    raise ImproperlyConfigured(
+        f"PKIPORTAL_LANGUAGE must be one of {', '.join(dict(LANGUAGES))}, not {LANGUAGE_CODE!r}."
+    )
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True

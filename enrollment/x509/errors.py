@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def gettext_noop(message: str) -> str:
+    """Marks a message for the translation catalogue without importing Django: makemessages
+    finds it by this name, and the Django side translates ``X509Error.msgid`` when shown."""
+    return message
+
 
 class X509Error(Exception):
-    """Base class: ``message`` names what was wrong without leaking internals."""
+    """Base class: ``message`` names what was wrong without leaking internals.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    ``msgid`` and ``params`` are the message before its values were put in, so the Django
+    side can word it in the reader's language; ``message`` is the English.
+    """
+
+    def __init__(self, message: str, **params: Any) -> None:
+        self.msgid = message
+        self.params = params
+        self.message = message % params if params else message
+        super().__init__(self.message)
 
 
 class CsrError(X509Error):
