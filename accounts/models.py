@@ -81,6 +81,13 @@ class User(AbstractUser):
         editable=False,
         help_text="When the e-mail address last changed, case aside; empty if never (derived).",
     )
+    language = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        help_text="The language the person chose for pages and mail (a code of LANGUAGES); "
+        "empty: pages follow the browser, mail PKIPORTAL_LANGUAGE.",
+    )
     session_generation = models.PositiveIntegerField(
         default=0,
         # In the database too: rows inserted by SQL (a bulk load, a provisioning script)
