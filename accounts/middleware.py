@@ -25,7 +25,8 @@ from django.urls import Resolver404, resolve, reverse
 
 from accounts import mfa
 
-OPEN_PREFIXES = ("/pki/", "/health/", "/metrics", "/api/", "/.well-known/est/")
+# /language/ too: the second-factor page should be readable (pkiportal.i18n).
+OPEN_PREFIXES = ("/pki/", "/health/", "/metrics", "/api/", "/.well-known/est/", "/language/")
 SINGLE_SIGN_ON_PREFIX = "/oidc/"  # pkiportal.urls mounts mozilla-django-oidc here
 # The security-key views a session in its second step may reach, by URL name: signing in
 # with a key it has, or (with no second factor yet) setting up a first key instead of an app.

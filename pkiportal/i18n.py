@@ -6,7 +6,11 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.middleware.locale import LocaleMiddleware as DjangoLocaleMiddleware
 from django.utils import translation
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
 
 
 def supported(code: str | None) -> str | None:
@@ -27,3 +31,71 @@ def language_of(person: Any) -> str:
 def in_language_of(person: Any) -> AbstractContextManager[None]:
     """Word what is built inside (a mail's subject and body) for this person."""
     return translation.override(language_of(person))
+
+
+class LocaleMiddleware(DjangoLocaleMiddleware):
+    """Django's, but a signed-in person's own choice comes before the browser's: one
+    language on every device, and the same one their mail is written in.
+
+    After AuthenticationMiddleware (it reads request.user); an API call by token has no
+    user here yet and follows its Accept-Language, as DRF's own messages do.
+    """
+
+    def process_request(self, request: HttpRequest) -> None:
+        user = getattr(request, "user", None)
+        chosen = supported(getattr(user, "language", "")) if user is not None else None
+        if chosen is None:
+            super().process_request(request)
+            return
+        translation.activate(chosen)
+        request.LANGUAGE_CODE = chosen
+
+
+@require_POST
+def choose_language(request: HttpRequest) -> HttpResponse:
+    """The footer's language form. Open to anyone (the sign-in page needs it most): the
+    cookie keeps the choice in this browser, and a signed-in, verified session also keeps
+    it on the account, for other devices and for mail."""
+    wanted = request.POST.get("language", "")
+    language = supported(wanted) if wanted else ""
+    if language is None:
+        return HttpResponseBadRequest(
+            translation.gettext("Choose one of the languages offered."), content_type="text/plain"
+        )
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        back = "/"
+    response = HttpResponseRedirect(back)
+    if language:
+        response.set_cookie(
+            settings.LANGUAGE_COOKIE_NAME,
+            language,
+            max_age=settings.LANGUAGE_COOKIE_AGE,
+            path=settings.LANGUAGE_COOKIE_PATH,
+            domain=settings.LANGUAGE_COOKIE_DOMAIN,
+            secure=settings.LANGUAGE_COOKIE_SECURE,
+            httponly=settings.LANGUAGE_COOKIE_HTTPONLY,
+            samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+        )
+    else:
+        response.delete_cookie(
+            settings.LANGUAGE_COOKIE_NAME,
+            path=settings.LANGUAGE_COOKIE_PATH,
+            domain=settings.LANGUAGE_COOKIE_DOMAIN,
+            samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+        )
+    user = request.user
+    if user.is_authenticated and not _in_second_step(request) and user.language != language:
+        user.language = language
+        user.save(update_fields=["language"])
+    return response
+
+
+def _in_second_step(request: HttpRequest) -> bool:
+    # A session that has not yet confirmed its second factor is not signed in for the
+    # account's settings: its choice stays in the browser.
+    from accounts import mfa
+
+    return mfa.session_needs_second_step(request) or bool(mfa.session_restriction(request))

@@ -104,11 +104,12 @@ MIDDLEWARE = [
     "pkiportal.csp.PortalCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    # The page's language: the person's choice (cookie), else the browser's.
-    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The page's language: the account's choice, else this browser's (cookie), else
+    # Accept-Language. Before the second-factor redirect, so that page is worded too.
+    "pkiportal.i18n.LocaleMiddleware",
     # request.user.is_verified(): whether this session confirmed a second factor.
     "django_otp.middleware.OTPMiddleware",
     # Until it has, a session that needs one reaches only the second-factor pages.
@@ -131,6 +132,7 @@ TEMPLATES = [
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "pkiportal.context_processors.portal",

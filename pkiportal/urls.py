@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from accounts.views import PortalLoginView
 from enrollment import views as enrollment_views
 from pkiportal.health import health_view, live_view
+from pkiportal.i18n import choose_language
 from pkiportal.metrics import metrics_view
 
 
@@ -31,6 +32,7 @@ urlpatterns = [
     path("accounts/login/", PortalLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("account/", include("accounts.urls")),
+    path("language/", choose_language, name="choose-language"),
     path("ra/", include("enrollment.ra_urls")),
     path("", include("enrollment.urls")),
     path("directory/", include("directory.web_urls")),

@@ -125,6 +125,7 @@ NOT_PAGES = {
     "ra:bulk-revoke-resume": "POST, redirects",
     "ra:rollout-remind": "POST, redirects",
     "ra:rollout-cancel": "POST, redirects",
+    "choose-language": "POST, redirects back to the page it was chosen on",
 }
 
 TEMPLATES = Path(settings.BASE_DIR) / "templates"
