@@ -23,6 +23,7 @@ from cryptography import x509
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from accounts.models import FidoMetadataImport, FidoModel, WebAuthnDevice
 from enrollment.audit import audit_record
@@ -87,9 +88,18 @@ def compromise(model: FidoModel | None) -> str:
     to follow "The FIDO Alliance reports this model as"."""
     if model is None or model.status not in COMPROMISED:
         return ""
-    word, why = COMPROMISE_WORDS[model.status]
-    since = f" since {model.status_date:%Y-%m-%d}" if model.status_date else ""
-    return f"{word} ({model.status}{since}): {why}"
+    # The words are pkiportal.fido_mds's, looked up in the reader's language where they
+    # are in the catalogue (English where not).
+    word, why = (_(text) for text in COMPROMISE_WORDS[model.status])
+    values = {"word": word, "status": model.status, "why": why}
+    if model.status_date:
+        # Translators: "compromised (USER_VERIFICATION_BYPASS since 2025-03-01): its PIN or
+        # fingerprint check can be bypassed"; status stays the FIDO Alliance's code.
+        return _("%(word)s (%(status)s since %(date)s): %(why)s") % {
+            **values,
+            "date": f"{model.status_date:%Y-%m-%d}",
+        }
+    return _("%(word)s (%(status)s): %(why)s") % values
 
 
 @dataclass(frozen=True)

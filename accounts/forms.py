@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.utils.translation import gettext_lazy as _
 
 from enrollment.forms import PortalForm
 
 
 class CodeForm(PortalForm):
     code = forms.CharField(
-        label="Code",
+        label=_("Code"),
         max_length=40,
         strip=True,
-        error_messages={"required": "Enter the code."},
+        error_messages={"required": _("Enter the code.")},
         widget=forms.TextInput(
             attrs={
                 "autocomplete": "one-time-code",
@@ -28,10 +29,10 @@ class CodeForm(PortalForm):
 
 def _current_code_field() -> forms.CharField:
     return forms.CharField(
-        label="A code from your current app, or an unused backup code",
+        label=_("A code from your current app, or an unused backup code"),
         max_length=40,
         strip=True,
-        error_messages={"required": "Enter a code of your current second factor."},
+        error_messages={"required": _("Enter a code of your current second factor.")},
         widget=forms.TextInput(
             attrs={"autocomplete": "one-time-code", "autocapitalize": "none", "spellcheck": "false"}
         ),
@@ -57,6 +58,6 @@ class CurrentCodeForm(PortalForm):
 
 class RemoveForm(CurrentCodeForm):
     confirm = forms.BooleanField(
-        label="I understand that my authenticator app stops working.",
-        error_messages={"required": "Tick the box to confirm."},
+        label=_("I understand that my authenticator app stops working."),
+        error_messages={"required": _("Tick the box to confirm.")},
     )

@@ -40,6 +40,8 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import (
@@ -118,8 +120,10 @@ def unseal(sealed: bytes) -> bytes:
     except InvalidToken:
         # The key was changed without keeping the old one: the person needs a reset.
         raise SecondFactorError(
-            "This authenticator app can no longer be checked (the server's key changed); "
-            "an administrator must reset your second factor."
+            gettext_lazy(
+                "This authenticator app can no longer be checked (the server's key changed); "
+                "an administrator must reset your second factor."
+            )
         ) from None
 
 
@@ -515,22 +519,22 @@ def current_code_label(user: Any) -> str:
     with only security keys has no app to take a code from)."""
     app, codes = _codes_of(user)
     if app and codes:
-        return "A code from your current app, or an unused backup code"
+        return _("A code from your current app, or an unused backup code")
     if app:
-        return "A code from your current app"
-    return "An unused backup code"
+        return _("A code from your current app")
+    return _("An unused backup code")
 
 
 def code_refused_message(user: Any) -> str:
     """Why a current code was refused, in terms of what the person has."""
     app, codes = _codes_of(user)
     if app and codes:
-        return "That is not a current code of your authenticator app, nor an unused backup code."
+        return _("That is not a current code of your authenticator app, nor an unused backup code.")
     if app:
-        return "That is not a current code of your authenticator app."
+        return _("That is not a current code of your authenticator app.")
     if codes:
-        return "That is not an unused backup code."
-    return (
+        return _("That is not an unused backup code.")
+    return _(
         "You have no authenticator app and no backup code left: confirm with one of your "
         "security keys instead."
     )
@@ -540,12 +544,16 @@ def sign_in_code_refused_message(user: Any) -> str:
     """The sign-in's second step: a wrong code, or one used already, and what to enter."""
     app, codes = _codes_of(user)
     if app and codes:
-        wanted = "the code your authenticator app shows now, or an unused backup code"
-    elif app:
-        wanted = "the code your authenticator app shows now"
-    else:
-        wanted = "an unused backup code"
-    return f"That code is not right, or was used already: enter {wanted}."
+        return _(
+            "That code is not right, or was used already: enter the code your authenticator "
+            "app shows now, or an unused backup code."
+        )
+    if app:
+        return _(
+            "That code is not right, or was used already: enter the code your authenticator "
+            "app shows now."
+        )
+    return _("That code is not right, or was used already: enter an unused backup code.")
 
 
 def lock_person(user: User) -> None:
@@ -573,7 +581,7 @@ def pending_totp(request: HttpRequest) -> TotpDevice:
     """
     user = request.user
     if not isinstance(user, User):  # the set-up pages are for signed-in people only
-        raise SecondFactorError("Sign in to set up an authenticator app.")
+        raise SecondFactorError(gettext_lazy("Sign in to set up an authenticator app."))
     fresh = _pending_fresh(TotpDevice.objects.filter(user=user, confirmed=False))
     pending = fresh.filter(pk=request.session.get(PENDING_SESSION_KEY, -1)).first()
     if pending is not None and not opens(pending):
@@ -622,7 +630,7 @@ def otpauth_url(device: TotpDevice) -> str:
 def qr_svg(url: str) -> str:
     """The QR code as inline SVG: no image request, no script, fine under our CSP."""
     return segno.make(url, error="m").svg_inline(
-        scale=5, border=4, dark="#000", light="#fff", title="QR code for your authenticator app"
+        scale=5, border=4, dark="#000", light="#fff", title=_("QR code for your authenticator app")
     )
 
 
@@ -670,7 +678,7 @@ def totp_confirm(
             .first()
         )
         if locked is None or locked.confirmed:
-            raise SecondFactorError("This set-up has expired; start again.")
+            raise SecondFactorError(gettext_lazy("This set-up has expired; start again."))
         if not locked.verify_token(code):
             return Confirmation(wrong="code")
         existing = TotpDevice.objects.filter(user=user, confirmed=True).exclude(pk=locked.pk)
@@ -754,7 +762,9 @@ def check_backup_codes_allowed(user: User) -> None:
     neither gets none (asked before a proof is spent on making them, and again after)."""
     forget_state(user)
     if not state_for(user).enrolled:
-        raise SecondFactorError("Set up an authenticator app or a security key first.")
+        raise SecondFactorError(
+            gettext_lazy("Set up an authenticator app or a security key first.")
+        )
 
 
 @sensitive_variables(*TYPED_CODE_LOCALS)
@@ -803,7 +813,7 @@ def second_factor_remove(
     carry on without it; ``session``, the one removing it, stays signed in.
     Returns whether keys remain."""
     if confirmed_totp(user) is None:
-        raise SecondFactorError("You have no authenticator app to remove.")
+        raise SecondFactorError(gettext_lazy("You have no authenticator app to remove."))
     _refuse_leaving_nothing(user)
     _require_current_code(
         user=user, current_code=current_code, source_address=source_address, via="remove"
@@ -817,7 +827,7 @@ def second_factor_remove(
         removed = TotpDevice.objects.filter(user=user).delete()[0]
         codes = drop_backup_codes_without_factor(user)
         if not removed:
-            raise SecondFactorError("You have no authenticator app to remove.")
+            raise SecondFactorError(gettext_lazy("You have no authenticator app to remove."))
         keys = WebAuthnDevice.objects.filter(user=user).count()
         ended = sessions_end(user, keep=session)
         audit_record(
@@ -851,8 +861,10 @@ def drop_backup_codes_without_factor(user: User) -> bool:
 def _refuse_leaving_nothing(user: User) -> None:
     if state_for(user).required and not WebAuthnDevice.objects.filter(user=user).exists():
         raise SecondFactorError(
-            "Your role needs a second factor: you can replace your authenticator app, or "
-            "add a security key first, not remove it."
+            gettext_lazy(
+                "Your role needs a second factor: you can replace your authenticator app, or "
+                "add a security key first, not remove it."
+            )
         )
 
 
@@ -876,7 +888,7 @@ def second_factor_reset(*, actor: User, target: User, source_address: str | None
     the lost phone may hold a signed-in browser too. Audited; returns whether there was
     anything to remove."""
     if not may_reset(actor, target):
-        raise SecondFactorError("You may not reset this account's second factor.")
+        raise SecondFactorError(gettext_lazy("You may not reset this account's second factor."))
     with transaction.atomic():
         removed = remove_devices(target)
         ended = sessions_end(target)
@@ -912,11 +924,11 @@ def wait_message(until: datetime | None) -> str:
     and that this code was neither checked nor counted (after one typo the wait is a
     second or two, and the right code typed at once must not read as a lock-out)."""
     wait = wait_in_words(seconds_until(until))
-    return (
-        f"Wait {wait} and try again: after a wrong code, the next one is checked only after "
+    return _(
+        "Wait %(wait)s and try again: after a wrong code, the next one is checked only after "
         "a pause, longer after each wrong one. This code was not checked and does not count "
         "as wrong."
-    )
+    ) % {"wait": wait}
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,15 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import fido_metadata, mfa
 from accounts.models import WebAuthnDevice
 from accounts.sessions import sessions_end
 from enrollment.audit import audit_record
+from enrollment.exceptions import Message
 from pkiportal.attestation import chains_to_anchor
 
 CHALLENGE_SESSION_KEY = "pkiportal_webauthn_challenge"
@@ -92,36 +95,36 @@ class AttestationRefused(PasskeyError):
 
 
 # Why a key was refused under the attestation policy, as the person reads it.
-ATTESTATION_NONE = (
+ATTESTATION_NONE = _(
     "This security key did not show its make and model, which your organisation requires: "
     "when the browser asks, allow it to share them, or use an approved key."
 )
-ATTESTATION_SELF = (
+ATTESTATION_SELF = _(
     "This security key vouches only for itself, not through its maker (as passkeys kept "
     "by a phone or a password manager do): your organisation requires a hardware key of "
     "an approved model."
 )
-ATTESTATION_CHAIN = (
+ATTESTATION_CHAIN = _(
     "This security key's maker is not one your organisation approved (its attestation "
     "does not lead to their certificates): use an approved key; your IT service desk "
     "knows which models."
 )
-ATTESTATION_MISMATCH = (
+ATTESTATION_MISMATCH = _(
     "This security key claims to be another model than its maker's certificate names, so "
     "its model cannot be trusted: use an approved key; your IT service desk knows which."
 )
-ATTESTATION_MAKER = (
+ATTESTATION_MAKER = _(
     "This security key's certificate is not one its claimed model's maker issues (the FIDO "
     "metadata lists other certificates for that model), so its model cannot be trusted: use "
     "an approved key; your IT service desk knows which."
 )
-ATTESTATION_MODEL = (
+ATTESTATION_MODEL = _(
     "This security key's model is not on your organisation's list of approved keys: use "
     "one of the approved models; your IT service desk knows which."
 )
-ATTESTATION_COMPROMISED = (
-    "The FIDO Alliance reports this security key's model as {}. Your organisation no longer "
-    "accepts it: use another model; your IT service desk knows which."
+ATTESTATION_COMPROMISED = _(
+    "The FIDO Alliance reports this security key's model as %(report)s. Your organisation no "
+    "longer accepts it: use another model; your IT service desk knows which."
 )
 
 
@@ -130,7 +133,10 @@ class Throttled(PasskeyError):
 
     def __init__(self, until: Any) -> None:
         wait = mfa.wait_in_words(mfa.seconds_until(until))
-        super().__init__(f"Too many refused security-key answers: wait {wait} and try again.")
+        super().__init__(
+            _("Too many refused security-key answers: wait %(wait)s and try again."),
+            params={"wait": wait},
+        )
         self.throttled_until = until
 
 
@@ -195,13 +201,13 @@ def _take_challenge(session: SessionBase, purpose: str) -> dict[str, Any]:
     """The session's challenge for this purpose, removed whatever the outcome (_take)."""
     stored = _take(session, CHALLENGE_SESSION_KEY)
     if not isinstance(stored, dict) or stored.get("purpose") != purpose:
-        raise PasskeyError("No security-key request is waiting: start again.")
+        raise PasskeyError(_("No security-key request is waiting: start again."))
     try:
         expires = datetime.fromisoformat(str(stored["expires"]))
     except (KeyError, ValueError):
-        raise PasskeyError("No security-key request is waiting: start again.") from None
+        raise PasskeyError(_("No security-key request is waiting: start again.")) from None
     if timezone.now() >= expires:
-        raise PasskeyError("The security-key request expired: start again.")
+        raise PasskeyError(_("The security-key request expired: start again."))
     return stored
 
 
@@ -221,11 +227,13 @@ def clean_name(name: Any) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
         # NUL and other control characters: PostgreSQL refuses a NUL, and none belongs in
         # a name shown in pages and mail.
-        raise PasskeyError("The name may not contain control characters.")
+        raise PasskeyError(_("The name may not contain control characters."))
     if not text:
-        raise PasskeyError("Give the security key a name (e.g. “Blue key”, “Laptop”).")
+        raise PasskeyError(_("Give the security key a name (e.g. “Blue key”, “Laptop”)."))
     if len(text) > NAME_MAX:
-        raise PasskeyError(f"The name is too long (at most {NAME_MAX} characters).")
+        raise PasskeyError(
+            _("The name is too long (at most %(max)d characters)."), params={"max": NAME_MAX}
+        )
     return text
 
 
@@ -235,7 +243,12 @@ def check_room(user: Any) -> list[WebAuthnDevice]:
     existing = devices(user)
     if len(existing) >= WebAuthnDevice.MAX_PER_PERSON:
         raise PasskeyError(
-            f"You have {WebAuthnDevice.MAX_PER_PERSON} security keys: remove one first."
+            ngettext_lazy(
+                "You have %(count)d security key: remove one first.",
+                "You have %(count)d security keys: remove one first.",
+                WebAuthnDevice.MAX_PER_PERSON,
+            ),
+            params={"count": WebAuthnDevice.MAX_PER_PERSON},
         )
     return existing
 
@@ -300,7 +313,7 @@ def register(
     it."""
     stored = _take_challenge(session, "register")
     if stored.get("user") != user.pk:
-        raise PasskeyError("No security-key request is waiting: start again.")
+        raise PasskeyError(_("No security-key request is waiting: start again."))
     required = attestation_required(user)
     roots: list[bytes] = list(settings.PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS) if required else []
     try:
@@ -323,12 +336,14 @@ def register(
             raise AttestationRefused(ATTESTATION_CHAIN) from None
         _refused(user, source_address, via="register", why=str(exc)[:200])
         raise PasskeyError(
-            "The security key's answer could not be checked: try again, on this portal's "
-            "own address."
+            _(
+                "The security key's answer could not be checked: try again, on this portal's "
+                "own address."
+            )
         ) from None
     if len(verified.credential_id) > CREDENTIAL_ID_MAX_BYTES:
         _refused(user, source_address, via="register", why="credential id too long")
-        raise PasskeyError("The security key's credential id is too long: use another key.")
+        raise PasskeyError(_("The security key's credential id is too long: use another key."))
     attestation_format = AttestationFormat(verified.fmt).value
     if required:
         _check_attestation(verified, roots, user=user, source_address=source_address)
@@ -374,7 +389,7 @@ def register(
             )
             mfa._tell(user, "key_added_backup_codes" if codes else "key_added", source_address)
     except IntegrityError:
-        raise PasskeyError("This security key is registered already.") from None
+        raise PasskeyError(_("This security key is registered already.")) from None
     mfa.forget_state(user)
     return Registration(device=device, backup_codes=codes)
 
@@ -412,7 +427,8 @@ def _check_attestation(
     entry for the model, or with one that lists no roots, the configured roots alone speak,
     as before; keys added before are not checked again."""
     fmt = AttestationFormat(verified.fmt).value
-    refusal: tuple[str, str] | None = None
+    refusal: tuple[str, Message] | None = None
+    params: dict[str, Any] = {}
     detail: dict[str, Any] = {}
     if verified.fmt == AttestationFormat.NONE:
         refusal = ("attestation: none", ATTESTATION_NONE)
@@ -443,17 +459,15 @@ def _check_attestation(
     if refusal is None and allowed and model not in allowed:
         refusal = ("attestation: model not allowed", ATTESTATION_MODEL)
     if refusal is None and model in (compromised := fido_metadata.compromised_models()):
-        refusal = (
-            "attestation: model reported compromised",
-            ATTESTATION_COMPROMISED.format(fido_metadata.compromise(compromised[model])),
-        )
+        refusal = ("attestation: model reported compromised", ATTESTATION_COMPROMISED)
+        params = {"report": fido_metadata.compromise(compromised[model])}
     if refusal is None:
         return
     why, message = refusal
     _refused(
         user, source_address, via="register", why=why, fmt=fmt, aaguid=verified.aaguid, **detail
     )
-    raise AttestationRefused(message)
+    raise AttestationRefused(message, params=params)
 
 
 # id-fido-gen-ce-aaguid: the model a key maker's batch certificate speaks for.
@@ -495,12 +509,14 @@ def check_removable(user: Any, device_id: int) -> WebAuthnDevice:
     role needs one stays. Asked before a proof is spent, and again under the lock."""
     device = WebAuthnDevice.objects.filter(pk=device_id, user=user).first()
     if device is None:
-        raise PasskeyError("That security key is not yours, or is gone already.")
+        raise PasskeyError(_("That security key is not yours, or is gone already."))
     others = WebAuthnDevice.objects.filter(user=user).exclude(pk=device.pk).exists()
     if not others and mfa.confirmed_totp(user) is None and mfa.state_for(user).required:
         raise PasskeyError(
-            "Your role needs a second factor and this key is your only one: add another "
-            "key or an authenticator app first."
+            _(
+                "Your role needs a second factor and this key is your only one: add another "
+                "key or an authenticator app first."
+            )
         )
     return device
 
@@ -563,7 +579,7 @@ def authentication_options(*, session: SessionBase, user: Any) -> str:
     """The options for navigator.credentials.get(), for the person's own keys only."""
     existing = devices(user)
     if not existing:
-        raise PasskeyError("You have no security key.")
+        raise PasskeyError(_("You have no security key."))
     for device in existing:
         allowed, info = device.verify_is_allowed()
         if not allowed:
@@ -585,7 +601,7 @@ def authenticate(
     use. A counter that did not grow is a cloned key: refused, audited (mfa.webauthn_clone)."""
     stored = _take_challenge(session, "authenticate")
     if stored.get("user") != user.pk:
-        raise PasskeyError("No security-key request is waiting: start again.")
+        raise PasskeyError(_("No security-key request is waiting: start again."))
     try:
         parsed = parse_authentication_credential_json(_as_json(credential))
         raw_id = bytes_to_base64url(parsed.raw_id)
@@ -650,14 +666,19 @@ def authenticate(
         )
         mfa._tell(user, "key_cloned", source_address)
         raise PasskeyError(
-            "This security key's counter went backwards, as a copied key's does: it was "
-            "refused. Use another key or a code, and tell your administrator."
+            _(
+                "This security key's counter went backwards, as a copied key's does: it was "
+                "refused. Use another key or a code, and tell your administrator."
+            )
         )
     _refused(user, source_address, via=via, why=str(detail["why"]))
     if kind == "unknown":
-        raise PasskeyError("That security key is not registered to your account.")
+        raise PasskeyError(_("That security key is not registered to your account."))
     raise PasskeyError(
-        "The security key's answer could not be checked: try again, on this portal's own address."
+        _(
+            "The security key's answer could not be checked: try again, on this portal's own "
+            "address."
+        )
     )
 
 
@@ -735,7 +756,7 @@ def _descriptor(device: WebAuthnDevice) -> PublicKeyCredentialDescriptor:
 
 def _as_json(credential: Any) -> str:
     if not isinstance(credential, dict):
-        raise PasskeyError("The security key's answer is missing.")
+        raise PasskeyError(_("The security key's answer is missing."))
     return json.dumps(credential)
 
 

@@ -23,6 +23,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
@@ -69,15 +71,15 @@ def _verified_only(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-def _recent_sign_in_only(request: HttpRequest, doing: str, back_to: str) -> HttpResponse | None:
+def _recent_sign_in_only(request: HttpRequest, message: str, back_to: str) -> HttpResponse | None:
     """Changing the second factor takes a recent sign-in, as minting an API token does: a
-    session cookie stolen hours after its sign-in must not replace or remove it."""
+    session cookie stolen hours after its sign-in must not replace or remove it.
+    ``message`` is the whole translated sentence, its ``%(minutes)s`` the sign-in's age: a
+    sentence put together from pieces could not be worded in every language."""
     if recent_sign_in.signed_in_recently(request):
         return None
     messages.info(
-        request,
-        f"To {doing}, sign in again: it must be within "
-        f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in.",
+        request, message % {"minutes": plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)}
     )
     return redirect(f"{reverse('login')}?{urlencode({'next': back_to})}")
 
@@ -112,11 +114,15 @@ def _held_back_until(restriction: str, state: mfa.State) -> str:
     """What opens a held-back session's other pages, ending the page's one-line reasons
     ("Signing out everywhere else opens once …"); "" where nothing is held back."""
     if restriction == "approved_security_key":
-        return "you confirm with a security key of an approved model, or add one (below)"
+        # Translators: ends sentences such as "Signing out everywhere else opens once …" (a
+        # clause after "sobald" in German).
+        return _("you confirm with a security key of an approved model, or add one (below)")
     if restriction and state.passkeys:
-        return "you confirm with one of your security keys, or add one (below)"
+        # Translators: as above, a clause ending "… opens once".
+        return _("you confirm with one of your security keys, or add one (below)")
     if restriction:
-        return "you add a security key (below)"
+        # Translators: as above, a clause ending "… opens once".
+        return _("you add a security key (below)")
     return ""
 
 
@@ -215,7 +221,10 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         form = CodeForm()
         messages.error(
             request,
-            "Your account has no authenticator app and no backup code left: use your security key.",
+            _(
+                "Your account has no authenticator app and no backup code left: use your "
+                "security key."
+            ),
         )
     elif request.method == "POST" and form.is_valid():
         check, device = mfa.check_code(
@@ -229,8 +238,14 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
             if check.backup_codes_left is not None:
                 messages.warning(
                     request,
-                    f"You used a backup code; {check.backup_codes_left} left. "
-                    "Make new ones on your account page if you are running out.",
+                    ngettext(
+                        "You used a backup code; %(count)d left. Make new ones on your "
+                        "account page if you are running out.",
+                        "You used a backup code; %(count)d left. Make new ones on your "
+                        "account page if you are running out.",
+                        check.backup_codes_left,
+                    )
+                    % {"count": check.backup_codes_left},
                 )
             if mfa.session_needs_security_key(request):
                 # Only a key opens this person's portal: the account page says so and
@@ -243,7 +258,9 @@ def verify(request: AuthenticatedHttpRequest) -> HttpResponse:
         status = 200 if check.throttled_until else 400
         wait_until = check.throttled_until or check.next_try_at
         if check.problem:
-            still = " A backup code still works." if mfa.has_backup_codes(request.user) else ""
+            still = (
+                " " + _("A backup code still works.") if mfa.has_backup_codes(request.user) else ""
+            )
             message = f"{check.problem}{still}"
         elif check.throttled_until:
             message = mfa.wait_message(check.throttled_until)
@@ -285,15 +302,27 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     state = mfa.state_for(request.user)
     replacing = state.totp
     back_to = f"{reverse('accounts:mfa-setup')}?{urlencode({'next': _next(request)})}"
-    doing = "replace your authenticator app" if replacing else "set up an authenticator app"
-    if (refused := _recent_sign_in_only(request, doing, back_to)) is not None:
+    again = (
+        _(
+            "To replace your authenticator app, sign in again: it must be within %(minutes)s "
+            "of signing in."
+        )
+        if replacing
+        else _(
+            "To set up an authenticator app, sign in again: it must be within %(minutes)s of "
+            "signing in."
+        )
+    )
+    if (refused := _recent_sign_in_only(request, again, back_to)) is not None:
         return refused
     # Someone with only keys proves them with a key confirmed just now, or a backup code.
     code_for_keys = (
         state.passkeys and not state.totp and not passkeys.has_confirmed(request.session)
     )
     if code_for_keys and not mfa.has_backup_codes(request.user):
-        messages.info(request, "Confirm with one of your security keys first, then set up the app.")
+        messages.info(
+            request, _("Confirm with one of your security keys first, then set up the app.")
+        )
         return redirect("accounts:mfa-overview")
     started = request.session.get(mfa.PENDING_SESSION_KEY)
     device = mfa.pending_totp(request)
@@ -310,8 +339,11 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         status = 400
         form.add_error(
             "code",
-            f"This set-up expired ({plurals.minutes(mfa.PENDING_MINUTES)}): scan the new code "
-            "below (remove the old entry from your app) and enter the code it shows.",
+            _(
+                "This set-up expired (%(minutes)s): scan the new code below (remove the old "
+                "entry from your app) and enter the code it shows."
+            )
+            % {"minutes": plurals.minutes(mfa.PENDING_MINUTES)},
         )
     elif request.method == "POST" and not allowed:
         # Not checked, not counted: the form again, saying how long to wait (as at sign-in).
@@ -325,8 +357,10 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         if uses_confirmation and confirmation is None:
             messages.error(
                 request,
-                "Your security key's confirmation was used by another change, or has "
-                "expired: confirm again (or use a backup code).",
+                _(
+                    "Your security key's confirmation was used by another change, or has "
+                    "expired: confirm again (or use a backup code)."
+                ),
             )
             return redirect(back_to)
         try:
@@ -364,18 +398,23 @@ def setup(request: AuthenticatedHttpRequest) -> HttpResponse:
             status = 200 if done.throttled_until else 400
             form.add_error(
                 "current_code",
-                f"{mfa.wait_message(done.throttled_until)} Then send it again with the new app's "
-                "next code."
+                mfa.wait_message(done.throttled_until)
+                + " "
+                + _("Then send it again with the new app's next code.")
                 if done.throttled_until
                 else done.problem
-                or f"{mfa.code_refused_message(request.user)} Wait for the new app's next "
-                "code and try again.",
+                or mfa.code_refused_message(request.user)
+                + " "
+                + _("Wait for the new app's next code and try again."),
             )
         else:
             status = 400
             form.add_error(
                 "code",
-                "That code is not right: check the app shows this account, and the phone's clock.",
+                _(
+                    "That code is not right: check the app shows this account, and the "
+                    "phone's clock."
+                ),
             )
     url = mfa.otpauth_url(device)
     context = {
@@ -436,9 +475,10 @@ def backup_codes_regenerate(request: AuthenticatedHttpRequest) -> HttpResponse:
     if (refused := _verified_only(request)) is not None:
         return refused
     overview_url = reverse("accounts:mfa-overview")
-    if (
-        refused := _recent_sign_in_only(request, "make new backup codes", overview_url)
-    ) is not None:
+    again = _(
+        "To make new backup codes, sign in again: it must be within %(minutes)s of signing in."
+    )
+    if (refused := _recent_sign_in_only(request, again, overview_url)) is not None:
         return refused
     try:
         mfa.check_backup_codes_allowed(request.user)  # before a proof is spent on it
@@ -466,14 +506,16 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
     if (refused := _verified_only(request)) is not None:
         return refused
     overview_url = reverse("accounts:mfa-overview")
-    doing = "remove your second factor"
-    if (refused := _recent_sign_in_only(request, doing, overview_url)) is not None:
+    again = _(
+        "To remove your second factor, sign in again: it must be within %(minutes)s of signing in."
+    )
+    if (refused := _recent_sign_in_only(request, again, overview_url)) is not None:
         return refused
     form = RemoveForm(request.POST)
     if not form.is_valid():
         messages.error(
             request,
-            "Tick the box and enter a code of your second factor to confirm removing it.",
+            _("Tick the box and enter a code of your second factor to confirm removing it."),
         )
         return redirect("accounts:mfa-overview")
     was_verified = mfa.session_verified(request)
@@ -490,14 +532,18 @@ def remove(request: AuthenticatedHttpRequest) -> HttpResponse:
         _keep_verified(request, was_verified)
         messages.success(
             request,
-            "Your authenticator app is removed: signing in asks for one of your security keys "
-            "(or a backup code). Your other sessions are signed out.",
+            _(
+                "Your authenticator app is removed: signing in asks for one of your security "
+                "keys (or a backup code). Your other sessions are signed out."
+            ),
         )
     else:
         messages.success(
             request,
-            "Your authenticator app and backup codes are removed: signing in takes your "
-            "password only. Your other sessions are signed out.",
+            _(
+                "Your authenticator app and backup codes are removed: signing in takes your "
+                "password only. Your other sessions are signed out."
+            ),
         )
     return redirect("accounts:mfa-overview")
 
@@ -523,8 +569,14 @@ def sign_out_elsewhere(request: AuthenticatedHttpRequest) -> HttpResponse:
         )
     messages.success(
         request,
-        f"{plurals.count(ended, 'other session')} signed out. "
-        "This one stays signed in; your API tokens are not affected.",
+        ngettext(
+            "%(count)d other session signed out. This one stays signed in; your API tokens "
+            "are not affected.",
+            "%(count)d other sessions signed out. This one stays signed in; your API tokens "
+            "are not affected.",
+            ended,
+        )
+        % {"count": ended},
     )
     return redirect("accounts:mfa-overview")
 
@@ -565,13 +617,16 @@ def _key_change_refused(request: HttpRequest) -> JsonResponse | None:
     recently (JSON answers for the script)."""
     if mfa.state_for(request.user).enrolled and not mfa.session_verified(request):
         return _json_error(
-            "Confirm your second factor first.", 403, url=reverse("accounts:mfa-verify")
+            _("Confirm your second factor first."), 403, url=reverse("accounts:mfa-verify")
         )
     if not recent_sign_in.signed_in_recently(request):
         back = reverse("accounts:mfa-overview")
         return _json_error(
-            "Sign in again: changing your second factor must be within "
-            f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in.",
+            _(
+                "Sign in again: changing your second factor must be within %(minutes)s of "
+                "signing in."
+            )
+            % {"minutes": plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)},
             403,
             url=f"{reverse('login')}?{urlencode({'next': back})}",
         )
@@ -587,8 +642,10 @@ def _prove_current_factor(request: AuthenticatedHttpRequest, current_code: Any, 
     code = current_code.strip()[:40] if isinstance(current_code, str) else ""
     if not code:
         raise passkeys.PasskeyError(
-            "Enter a code of your current second factor, or confirm with one of your "
-            "security keys first."
+            _(
+                "Enter a code of your current second factor, or confirm with one of your "
+                "security keys first."
+            )
         )
     mfa._require_current_code(
         user=request.user, current_code=code, source_address=client_address(request), via=via
@@ -604,7 +661,8 @@ def passkey_setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     if (refused := _verified_only(request)) is not None:
         return refused
     back_to = f"{reverse('accounts:passkey-setup')}?{urlencode({'next': _next(request)})}"
-    if (refused := _recent_sign_in_only(request, "add a security key", back_to)) is not None:
+    again = _("To add a security key, sign in again: it must be within %(minutes)s of signing in.")
+    if (refused := _recent_sign_in_only(request, again, back_to)) is not None:
         return refused
     state = mfa.state_for(request.user)
     context = {
@@ -627,7 +685,7 @@ def passkey_register_options(request: AuthenticatedHttpRequest) -> HttpResponse:
         return refused
     body = _json_body(request)
     if body is None:
-        return _json_error("Send a JSON object.")
+        return _json_error(_("Send a JSON object."))
     try:
         name = passkeys.clean_name(body.get("name"))
         passkeys.check_room(request.user)  # before a proof is spent on it
@@ -657,7 +715,7 @@ def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
         return refused
     body = _json_body(request)
     if body is None:
-        return _json_error("Send a JSON object.")
+        return _json_error(_("Send a JSON object."))
     try:
         registered = passkeys.register(
             session=request.session,
@@ -674,7 +732,7 @@ def passkey_register(request: AuthenticatedHttpRequest) -> HttpResponse:
         # account page was sent to add (an approved one, or any key where the person signed
         # in without one): it now counts.
         mfa.mark_verified_with_key(request, device)
-    messages.success(request, f"The security key “{device.name}” is added.")
+    messages.success(request, _("The security key “%(name)s” is added.") % {"name": device.name})
     answer: dict[str, Any] = {"redirect": _local_next(request, body.get("next"))}
     if registered.backup_codes:
         # Shown once, by the page's script (never_cache: no-store); never kept anywhere.
@@ -706,7 +764,7 @@ def passkey_authenticate(request: AuthenticatedHttpRequest) -> HttpResponse:
     confirmation that lets it change its second factor in the next few minutes."""
     body = _json_body(request)
     if body is None:
-        return _json_error("Send a JSON object.")
+        return _json_error(_("Send a JSON object."))
     verified_before = mfa.session_verified(request)
     try:
         device = passkeys.authenticate(
@@ -727,7 +785,9 @@ def passkey_authenticate(request: AuthenticatedHttpRequest) -> HttpResponse:
             mfa.mark_verified_with_key(request, device)
             if not mfa.session_restriction(request):
                 messages.success(
-                    request, f"Confirmed with “{device.name}”: the whole portal is open to you."
+                    request,
+                    _("Confirmed with “%(name)s”: the whole portal is open to you.")
+                    % {"name": device.name},
                 )
         return JsonResponse({"confirmed": True, "redirect": reverse("accounts:mfa-overview")})
     mfa.mark_verified(request, device, sign_in=True)
@@ -748,8 +808,10 @@ def passkey_remove(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if (refused := _verified_only(request)) is not None:
         return refused
     overview_url = reverse("accounts:mfa-overview")
-    doing = "remove a security key"
-    if (refused := _recent_sign_in_only(request, doing, overview_url)) is not None:
+    again = _(
+        "To remove a security key, sign in again: it must be within %(minutes)s of signing in."
+    )
+    if (refused := _recent_sign_in_only(request, again, overview_url)) is not None:
         return refused
     was_verified = mfa.session_verified(request)
     try:
@@ -764,14 +826,18 @@ def passkey_remove(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     except mfa.SecondFactorError as exc:
         return _code_refused(request, exc)
     _keep_verified(request, was_verified)
-    if removal.last:
-        messages.success(
-            request,
-            f"The security key “{removal.name}” is removed. It was your last second factor: "
-            "signing in takes your password only"
-            + (", and your backup codes no longer work." if removal.backup_codes_dropped else ".")
-            + " Your other sessions are signed out.",
+    if removal.last and removal.backup_codes_dropped:
+        message = _(
+            "The security key “%(name)s” is removed. It was your last second factor: signing "
+            "in takes your password only, and your backup codes no longer work. Your other "
+            "sessions are signed out."
+        )
+    elif removal.last:
+        message = _(
+            "The security key “%(name)s” is removed. It was your last second factor: signing "
+            "in takes your password only. Your other sessions are signed out."
         )
     else:
-        messages.success(request, f"The security key “{removal.name}” is removed.")
+        message = _("The security key “%(name)s” is removed.")
+    messages.success(request, message % {"name": removal.name})
     return redirect("accounts:mfa-overview")
