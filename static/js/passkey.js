@@ -2,6 +2,8 @@
 // endpoints. The server's options carry binary fields as base64url; the browser wants
 // ArrayBuffers, and its answer goes back as base64url again. Forms marked data-passkey
 // stay hidden where the browser has no WebAuthn (the code forms beside them still work).
+// What it says comes from the form's data-text-* attributes, in the page's language
+// (templates/accounts/_passkey_texts.html); the English here stands in where one is missing.
 "use strict";
 (function () {
   if (!window.PublicKeyCredential || !navigator.credentials) { return; }
@@ -77,6 +79,10 @@
     return out;
   }
 
+  function text(form, name, english) {
+    return form.getAttribute("data-text-" + name) || english;
+  }
+
   function post(form, url, body) {
     var token = form.querySelector("input[name=csrfmiddlewaretoken]");
     return fetch(url, {
@@ -87,7 +93,8 @@
     }).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (data) {
         if (!response.ok) {
-          var error = new Error(data.detail || "The portal refused (" + response.status + ").");
+          var refused = text(form, "refused", "The portal refused ({status}).");
+          var error = new Error(data.detail || refused.replace("{status}", response.status));
           error.url = data.url;
           throw error;
         }
@@ -108,22 +115,22 @@
 
   function failed(form, error) {
     if (error && error.name === "NotAllowedError") {
-      say(form, "The security key was not used (cancelled or timed out). Try again.");
+      say(form, text(form, "cancelled", "The security key was not used (cancelled or timed out). Try again."));
     } else if (error && error.name === "InvalidStateError") {
-      say(form, "This security key is registered already.");
+      say(form, text(form, "registered", "This security key is registered already."));
     } else {
-      say(form, (error && error.message) || "Something went wrong. Try again.");
+      say(form, (error && error.message) || text(form, "failed", "Something went wrong. Try again."));
     }
     if (error && error.url) {
       var link = document.createElement("a");
       link.href = error.url;
-      link.textContent = " Continue";
+      link.textContent = " " + text(form, "continue", "Continue");
       form.querySelector("[data-passkey-status]").appendChild(link);
     }
   }
 
   function register(form) {
-    say(form, "Touch your security key, or confirm on your device…");
+    say(form, text(form, "touch", "Touch your security key, or confirm on your device…"));
     post(form, form.getAttribute("data-options-url"), {
       name: field(form, "name"), current_code: field(form, "current_code")
     }).then(function (options) {
@@ -160,21 +167,21 @@
   // nowhere else, so never navigate away from them. Say them in the status line, with the
   // way on as a link, and complain in the console; no status line: an alert.
   function codesWithoutTheirPlace(form, done) {
-    var text = "Your backup codes, shown only this once (write them down now): " +
-      done.backup_codes.join("  ");
+    var shown = text(form, "codes", "Your backup codes, shown only this once (write them down now):") +
+      " " + done.backup_codes.join("  ");
     if (window.console) { console.error("passkey.js: no [data-passkey-codes] on this page"); }
     var status = form.querySelector("[data-passkey-status]");
-    if (!status) { window.alert(text); window.location.assign(done.redirect); return; }
-    say(form, text + ". ");
+    if (!status) { window.alert(shown); window.location.assign(done.redirect); return; }
+    say(form, shown + ". ");
     var link = document.createElement("a");
     link.href = done.redirect;
-    link.textContent = "I have kept them: continue";
+    link.textContent = text(form, "kept", "I have kept them: continue");
     status.appendChild(link);
     form.querySelector("button[type=submit]").disabled = true;
   }
 
   function authenticate(form) {
-    say(form, "Touch your security key, or confirm on your device…");
+    say(form, text(form, "touch", "Touch your security key, or confirm on your device…"));
     post(form, form.getAttribute("data-options-url"), {}).then(function (options) {
       return navigator.credentials.get({ publicKey: requestOptions(options) });
     }).then(function (credential) {
