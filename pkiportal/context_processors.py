@@ -23,6 +23,11 @@ def portal(request: HttpRequest) -> dict[str, Any]:
             user is not None
             and (mfa.session_needs_second_step(request) or bool(mfa.session_restriction(request)))
         ),
+        # Whether the footer's language form shows a choice made (the account's, or this
+        # browser's) rather than the browser's language (pkiportal.i18n).
+        "language_chosen": lambda: bool(
+            getattr(user, "language", "") or request.COOKIES.get(settings.LANGUAGE_COOKIE_NAME)
+        ),
         # Where security keys work, if not at this page's origin (accounts.passkeys).
         "passkey_elsewhere": lambda: passkeys.origin_elsewhere(request),
     }

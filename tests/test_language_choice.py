@@ -147,3 +147,18 @@ def test_the_api_by_token_follows_accept_language(employee):
     )
     assert response.status_code == 200
     assert response["Content-Language"] == "de"
+
+
+def test_every_page_offers_the_languages_in_their_own_names(anonymous_client, employee):
+    page = anonymous_client.get("/accounts/login/").content.decode()
+    assert 'action="/language/"' in page
+    assert '<option value="" selected>' in page  # nothing chosen: the browser's
+    assert '<option value="de" lang="de">Deutsch</option>' in page
+    assert '<option value="en" lang="en">English</option>' in page
+
+    employee.language = "de"
+    employee.save()
+    page = client_for(employee).get("/certificates/").content.decode()
+    assert '<option value="de" lang="de" selected>Deutsch</option>' in page
+    # Named in English too, for whoever cannot read German.
+    assert '<span lang="en">Language</span>' in page
