@@ -47,7 +47,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Max, Q
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext_lazy as _
 
 from enrollment import services, tasks
 from enrollment.audit import audit_record
@@ -119,7 +120,7 @@ def bulk_revoke_start(
     would refuse is put right on the form rather than fail every certificate."""
     if not may_revoke_in_bulk(actor):
         raise NotPermitted(
-            "Only RA officers who act for everyone may revoke certificates from the admin."
+            _("Only RA officers who act for everyone may revoke certificates from the admin.")
         )
     if invalidity_date is not None and ids:
         latest = Certificate.objects.filter(pk__in=ids).aggregate(latest=Max("not_before"))
@@ -227,8 +228,15 @@ def _actor(run: BulkRevocationRun) -> Any:
 
 def _stopped(run: BulkRevocationRun, exc: Exception) -> str:
     logger.exception("Bulk revocation %s stopped after %d certificates", run.pk, run.revoked)
-    shown = public_message(exc) if isinstance(exc, EnrollmentError) else type(exc).__name__
+    shown = _kept(exc) if isinstance(exc, EnrollmentError) else type(exc).__name__
     return f"Stopped by an error ({shown}); the log has the details."[:500]
+
+
+def _kept(exc: EnrollmentError) -> str:
+    """What the run's row keeps of a refusal: in English, as the audit trail keeps it,
+    whoever reads it later."""
+    with translation.override("en"):
+        return public_message(exc)
 
 
 def _locked(run_id: int, claim: str) -> BulkRevocationRun | None:
@@ -273,7 +281,7 @@ def _revoke_batch(run: BulkRevocationRun, ids: list[int], claim: str, actor: Any
                 failed += 1
                 if len(current.failures) < FAILURES_KEPT:
                     current.failures.append(
-                        f"{certificate} (serial {certificate.serial}): {public_message(exc)}"
+                        f"{certificate} (serial {certificate.serial}): {_kept(exc)}"
                     )
                 continue
             revoked.append(certificate)
@@ -445,7 +453,7 @@ def bulk_revoke_resume(
     its next batch."""
     if not may_revoke_in_bulk(actor):
         raise NotPermitted(
-            "Only RA officers who may revoke certificates in the admin may resume a run."
+            _("Only RA officers who may revoke certificates in the admin may resume a run.")
         )
     now = timezone.now()
     with transaction.atomic():
@@ -457,7 +465,8 @@ def bulk_revoke_resume(
         )
         if current is None:
             raise InvalidState(
-                f"Bulk revocation #{run.pk} is running or has finished: nothing to resume."
+                _("Bulk revocation #%(number)d is running or has finished: nothing to resume."),
+                params={"number": run.pk},
             )
         stopped_by = current.error
         current.state = State.QUEUED
@@ -512,12 +521,13 @@ class RunStatus:
     FAILURES = "failures"
     STOPPED = "stopped"
     STALLED = "stalled"
+    # Translators: the state of a bulk revocation run, in the admin's list.
     LABELS = {
-        RUNNING: "Running",
-        FINISHED: "Finished",
-        FAILURES: "Finished with failures",
-        STOPPED: "Stopped",
-        STALLED: "Stalled",
+        RUNNING: _("Running"),
+        FINISHED: _("Finished"),
+        FAILURES: _("Finished with failures"),
+        STOPPED: _("Stopped"),
+        STALLED: _("Stalled"),
     }
 
     run_id: int
@@ -538,7 +548,7 @@ class RunStatus:
 
     @property
     def state_label(self) -> str:
-        return self.LABELS[self.state]
+        return str(self.LABELS[self.state])
 
     @property
     def resumable(self) -> bool:

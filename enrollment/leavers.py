@@ -36,6 +36,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from enrollment import health, mailboxes, outdated
 from enrollment.audit import audit_record
@@ -352,7 +354,7 @@ def _revoke_account(
         return len(revoked)
 
 
-OUT_OF_SCOPE_LEAVER = (
+OUT_OF_SCOPE_LEAVER = _(
     "This account is outside the people your officer scope covers: an officer whose scope "
     "covers it revokes its certificates."
 )
@@ -371,7 +373,7 @@ def leaver_revoke_check(actor: Any, user: Any, *, source_address: str | None = N
     ):
         if not is_ra_officer(actor):
             raise NotPermitted(
-                "Only RA officers may revoke a leaver's certificates.", refusal=NOT_AN_OFFICER
+                _("Only RA officers may revoke a leaver's certificates."), refusal=NOT_AN_OFFICER
             )
         if not reach_of(actor).covers(user):
             raise NotPermitted(OUT_OF_SCOPE_LEAVER, refusal=OUT_OF_SCOPE)  # naming no one
@@ -393,7 +395,8 @@ def leaver_revoke(*, user: Any, actor: Any, source_address: str | None = None) -
     )
     if revoked is None:
         raise InvalidState(
-            f"{user.get_username()}'s account is active again: its certificates were not revoked."
+            _("%(username)s's account is active again: its certificates were not revoked."),
+            params={"username": user.get_username()},
         )
     return revoked
 
@@ -417,7 +420,7 @@ def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
 # --- what /health/ and the RA console say ---------------------------------------------
 
 
-CRON_HINT = (
+CRON_HINT = _(
     "Revoke them on /ra/leavers/, or run `manage.py revoke_deactivated --confirm` from cron "
     "every hour: it revokes what is due, as the hourly run would."
 )
@@ -434,12 +437,33 @@ def waiting_without_scheduler(now: datetime | None = None, *, reach: Reach = EVE
     now = now or timezone.now()
     waiting = []
     if accounts := leavers_holding_count(now=now, reach=reach):
-        waiting.append(f"{accounts} deactivated account(s) still holding certificates")
+        waiting.append(
+            ngettext(
+                "%(count)d deactivated account(s) still holding certificates",
+                "%(count)d deactivated account(s) still holding certificates",
+                accounts,
+            )
+            % {"count": accounts}
+        )
     if old := outdated.outdated_count(now=now, reach=reach):
-        waiting.append(f"{old} certificate(s) for an address their holder no longer has")
+        waiting.append(
+            ngettext(
+                "%(count)d certificate(s) for an address their holder no longer has",
+                "%(count)d certificate(s) for an address their holder no longer has",
+                old,
+            )
+            % {"count": old}
+        )
     # Every deactivated mailbox that holds certificates, its grace period over or not.
     if reach.everyone and (closed := len(mailboxes.mailboxes_due(now=now, delay=timedelta(0)))):
-        waiting.append(f"{closed} deactivated shared mailbox(es) still holding certificates")
+        waiting.append(
+            ngettext(
+                "%(count)d deactivated shared mailbox(es) still holding certificates",
+                "%(count)d deactivated shared mailbox(es) still holding certificates",
+                closed,
+            )
+            % {"count": closed}
+        )
     return waiting
 
 

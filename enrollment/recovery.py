@@ -33,6 +33,10 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
@@ -42,6 +46,7 @@ from enrollment.audit import audit_record
 from enrollment.exceptions import (
     EnrollmentError,
     InvalidState,
+    Message,
     NotPermitted,
     PolicyViolation,
     RateLimited,
@@ -69,7 +74,6 @@ from enrollment.ra_selectors import with_quorum
 from enrollment.scopes import Reach, reach_of, reaches
 from enrollment.x509 import cms, keys, pkcs7, pkcs12
 from enrollment.x509.errors import X509Error
-from pkiportal import plurals
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ MAX_AGENT_PKCS12_BYTES = 64 * 1024
 def one_time_password() -> str:
     """A random password in groups of four: XXXX-XXXX-XXXX-XXXX-XXXX-XXXX."""
     length = OTP_GROUPS * OTP_GROUP_LENGTH
-    characters = "".join(secrets.choice(OTP_ALPHABET) for _ in range(length))
+    characters = "".join(secrets.choice(OTP_ALPHABET) for _i in range(length))
     return "-".join(
         characters[start : start + OTP_GROUP_LENGTH] for start in range(0, length, OTP_GROUP_LENGTH)
     )
@@ -106,22 +110,50 @@ def approvals_required() -> int:
 
 # Every refusal of someone whose officer scope leaves the key's owner out (README.md,
 # "Key recovery"): it names nobody, as the page it stands for is not theirs to see.
-OUT_OF_REACH = "This key recovery is outside the people your officer scope covers."
+OUT_OF_REACH = _("This key recovery is outside the people your officer scope covers.")
+# The refusal of each step, naming who may take it instead (whole sentences, so that each
+# reads naturally when translated).
+OUT_OF_REACH_UNCHANGED = _(
+    "This key recovery is outside the people your officer scope covers. Nothing was changed."
+)
+OUT_OF_REACH_OPEN = _(
+    "This key recovery is outside the people your officer scope covers. An officer whose "
+    "scope covers the key's owner opens it. Nothing was changed."
+)
+OUT_OF_REACH_ACCEPT = _(
+    "This key recovery is outside the people your officer scope covers. An officer whose "
+    "scope covers the key's holder accepts it. Nothing was changed."
+)
+OUT_OF_REACH_APPROVE = _(
+    "This key recovery is outside the people your officer scope covers. Officers whose "
+    "scope covers the key's owner approve it. Nothing was changed."
+)
+OUT_OF_REACH_REJECT = _(
+    "This key recovery is outside the people your officer scope covers. An officer whose "
+    "scope covers the key's owner decides it. Nothing was changed."
+)
+OUT_OF_REACH_PERFORM = _(
+    "This key recovery is outside the people your officer scope covers. A key recovery "
+    "agent whose scope covers the key's owner carries it out. Nothing was changed."
+)
 
 
 class OutOfReach(NotPermitted):
     """The key's owner is outside the actor's officer scope (enrollment.scopes): the web
     edge answers 403 without showing the recovery."""
 
-    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+    def __init__(self, message: Message | None = None, *, field: str | None = None) -> None:
         super().__init__(message, field=field, refusal=OUT_OF_SCOPE)
 
 
-def _check_in_reach(certificate: Certificate, user: Any, *, then: str = "") -> None:
+def _check_in_reach(
+    certificate: Certificate, user: Any, *, refusal: Message = OUT_OF_REACH_UNCHANGED
+) -> None:
     """Nobody opens, accepts, approves, rejects or carries out the recovery of a key whose
-    owner their Reach leaves out (a shared mailbox's: everyone-reach only)."""
+    owner their Reach leaves out (a shared mailbox's: everyone-reach only); ``refusal``
+    says who may instead."""
     if not reach_of(user).covers_certificate(certificate):
-        raise OutOfReach(" ".join(filter(None, (OUT_OF_REACH, then, "Nothing was changed."))))
+        raise OutOfReach(refusal)
 
 
 def check_in_reach(
@@ -147,6 +179,21 @@ class ApprovalLapse(enum.Enum):
     DEACTIVATED = "the approver's account is deactivated"
     NOT_OFFICER = "the approver is no longer an RA officer"
     OUT_OF_SCOPE = "outside their officer scope now"
+
+    @property
+    def text(self) -> str:
+        """The value in the reader's language (the value itself stays English)."""
+        return str(_LAPSE_TEXT[self])
+
+
+_LAPSE_TEXT: dict[ApprovalLapse, Message] = {
+    # Translators: completes "does not count: ..." about an RA officer's approval.
+    ApprovalLapse.DEACTIVATED: _("the approver's account is deactivated"),
+    # Translators: completes "does not count: ..." about an RA officer's approval.
+    ApprovalLapse.NOT_OFFICER: _("the approver is no longer an RA officer"),
+    # Translators: completes "does not count: ..." about an RA officer's approval.
+    ApprovalLapse.OUT_OF_SCOPE: _("outside their officer scope now"),
+}
 
 
 def approval_lapse(
@@ -185,9 +232,13 @@ class Quorum:
         return max(self.required - len(self.counted), 0)
 
     def lapses_in_words(self) -> str:
-        """``Oscar Second's approval (the approver is no longer an RA officer)``, joined."""
+        """``Oscar Second's approval (the approver is no longer an RA officer)``, joined;
+        in the reader's language."""
         return "; ".join(
-            f"{_display_name(a.officer)}'s approval ({lapse.value})" for a, lapse in self.lapsed
+            # Translators: name is an RA officer's; why says why their approval lapsed.
+            str(_("%(name)s's approval (%(why)s)"))
+            % {"name": _display_name(a.officer), "why": lapse.text}
+            for a, lapse in self.lapsed
         )
 
     @property
@@ -200,8 +251,12 @@ class Quorum:
         """What brings a lapsed approval back, completing "once its approver ...": their
         role, and where a scope dropped it, a scope that covers the key's owner again."""
         if self.scope_lapsed:
-            return "is an active RA officer whose officer scope covers the key's owner again"
-        return "is an active RA officer again"
+            # Translators: completes "an approval counts again once its approver ...".
+            return str(
+                _("is an active RA officer whose officer scope covers the key's owner again")
+            )
+        # Translators: completes "an approval counts again once its approver ...".
+        return str(_("is an active RA officer again"))
 
 
 def quorum(
@@ -225,52 +280,114 @@ def quorum(
     return Quorum(tuple(counted), tuple(lapsed), approvals_required())
 
 
+# Translators: in place of the agent certificates' names, when there are none.
+NO_REGISTERED_AGENT = _("no registered agent")
+
+
 def _display_name(user: User) -> str:
     return user.get_full_name() or user.get_username()
 
 
-def _short_of_quorum(found: Quorum, *, so: str) -> str:
-    """Why the approvals that count now fall short, for a refusal."""
+def _lapses_lazily(found: Quorum) -> Message:
+    """The lapsed approvals in words, put into a message when it is read (its language)."""
+    return lazy(found.lapses_in_words, str)()
+
+
+def _short_of_quorum(found: Quorum) -> InvalidState:
+    """Why the approvals that count now fall short, as the refusal to carry it out."""
     missing = found.missing
-    more = f"{plurals.count(missing, 'more approval')} by an RA officer other than the requester"
     if not found.lapsed:
-        return f"This recovery is not approved yet: it needs {more}."
-    verb = "counts" if len(found.lapsed) == 1 else "count"
-    return (
-        f"This recovery no longer has the approvals it needs, so {so}: "
-        f"{found.lapses_in_words()} no longer {verb}. It needs {more} (an approval counts "
-        f"again once its approver {found.counts_again}). Nothing was changed."
+        return InvalidState(
+            ngettext_lazy(
+                "This recovery is not approved yet: it needs %(missing)d more approval by an "
+                "RA officer other than the requester.",
+                "This recovery is not approved yet: it needs %(missing)d more approvals by an "
+                "RA officer other than the requester.",
+                missing,
+            ),
+            params={"missing": missing},
+        )
+    lapsed = ngettext_lazy(
+        # Translators: lapses lists approvals with why each lapsed, e.g. "Oscar Second's
+        # approval (the approver is no longer an RA officer)".
+        "This recovery no longer has the approvals it needs, so it cannot be carried out: "
+        "%(lapses)s no longer counts.",
+        "This recovery no longer has the approvals it needs, so it cannot be carried out: "
+        "%(lapses)s no longer count.",
+        len(found.lapsed),
+    )
+    if found.scope_lapsed:
+        needs = ngettext_lazy(
+            "It needs %(missing)d more approval by an RA officer other than the requester (an "
+            "approval counts again once its approver is an active RA officer whose officer "
+            "scope covers the key's owner again). Nothing was changed.",
+            "It needs %(missing)d more approvals by an RA officer other than the requester (an "
+            "approval counts again once its approver is an active RA officer whose officer "
+            "scope covers the key's owner again). Nothing was changed.",
+            missing,
+        )
+    else:
+        needs = ngettext_lazy(
+            "It needs %(missing)d more approval by an RA officer other than the requester (an "
+            "approval counts again once its approver is an active RA officer again). Nothing "
+            "was changed.",
+            "It needs %(missing)d more approvals by an RA officer other than the requester (an "
+            "approval counts again once its approver is an active RA officer again). Nothing "
+            "was changed.",
+            missing,
+        )
+    return InvalidState(
+        format_lazy("{} {}", lapsed, needs),
+        params={"lapses": _lapses_lazily(found), "missing": missing},
     )
 
 
 class RecoveryAlreadyOpen(InvalidState):
     """A recovery of this key is open; ``recovery`` is it, so the edge can show it."""
 
-    def __init__(self, message: str, *, recovery: KeyRecoveryRequest) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: Message,
+        *,
+        recovery: KeyRecoveryRequest,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, params=params)
         self.recovery = recovery
 
 
-def clean_text(value: Any, *, field: str, empty: str, what: str = "The reason") -> str:
+# Translators: the subject of "... must be text", "... is 1200 characters long".
+THE_REASON = _("The reason")
+# Translators: the subject of "... must be text", "... is 1200 characters long".
+THE_NOTE = _("The note")
+
+
+def clean_text(value: Any, *, field: str, empty: Message, what: Message = THE_REASON) -> str:
     """Free text an officer reads and a mail carries: stripped, bounded, plain.
 
     Forms and serializers call it too, so text refused here is refused before any
     service runs (and stores nothing)."""
     if not isinstance(value, str):
-        raise PolicyViolation(f"{what} must be text.", field=field)
+        # Translators: what is "The reason" or "The note".
+        raise PolicyViolation(_("%(what)s must be text."), params={"what": what}, field=field)
     text = value.strip()
     if not text:
         raise PolicyViolation(empty, field=field)
     if len(text) > MAX_TEXT_LENGTH:
         raise PolicyViolation(
-            f"{what} is {len(text)} characters long; keep it to {MAX_TEXT_LENGTH}.", field=field
+            # Translators: what is "The reason" or "The note".
+            _("%(what)s is %(length)d characters long; keep it to %(limit)d."),
+            params={"what": what, "length": len(text), "limit": MAX_TEXT_LENGTH},
+            field=field,
         )
     for character in text:
         if character in BIDI_CONTROLS or (
             unicodedata.category(character) in ("Cc", "Cs") and character not in ALLOWED_CONTROLS
         ):
             raise PolicyViolation(
-                f"{what} contains the control character U+{ord(character):04X}; type plain text.",
+                # Translators: what is "The reason" or "The note"; code is a hex code point.
+                _("%(what)s contains the control character U+%(code)s; type plain text."),
+                params={"what": what, "code": f"{ord(character):04X}"},
                 field=field,
             )
     return text
@@ -323,13 +440,22 @@ def recipient_name(recovery: KeyRecoveryRequest) -> str:
         asker = recovery.asked_by
         if mailbox is not None and asker is not None:
             name = asker.get_full_name() or asker.get_username()
-            return f"{name} (a delegate of {mailbox.email})"
+            return str(_("%(name)s (a delegate of %(mailbox)s)")) % {
+                "name": name,
+                "mailbox": mailbox.email,
+            }
         owner = recovery.certificate.owner
-        return f"{owner.get_full_name() or owner.get_username()} (the key owner)" if owner else "—"
+        if owner is None:
+            return "—"
+        return str(_("%(name)s (the key owner)")) % {
+            "name": owner.get_full_name() or owner.get_username()
+        }
     officer = recovery.requested_by
     if officer is None:  # only a holder's request has none yet, and it goes to the owner
         return "—"
-    return f"{officer.get_full_name() or officer.get_username()} (the requesting officer)"
+    return str(_("%(name)s (the requesting officer)")) % {
+        "name": officer.get_full_name() or officer.get_username()
+    }
 
 
 @contextmanager
@@ -403,35 +529,36 @@ def recovery_open(
         "recovery.open", actor=officer, target=certificate, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers open key recoveries.", refusal=NOT_AN_OFFICER)
-        _check_in_reach(
-            certificate, officer, then="An officer whose scope covers the key's owner opens it."
-        )
+            raise NotPermitted(_("Only RA officers open key recoveries."), refusal=NOT_AN_OFFICER)
+        _check_in_reach(certificate, officer, refusal=OUT_OF_REACH_OPEN)
         if holds_certificate_key(certificate, officer.pk):
             # Opening is the step where an officer other than the holder vouches for the
             # request: a holder who opened it would need one approver and one agent only.
             raise NotPermitted(
-                "This is your own key: ask for it under My certificates, and another RA "
-                "officer will confirm it is you and open the recovery.",
+                _(
+                    "This is your own key: ask for it under My certificates, and another RA "
+                    "officer will confirm it is you and open the recovery."
+                ),
                 refusal=OWN_KEY,
             )
-        reason = clean_text(reason, field="reason", empty="Say why the key must be recovered.")
+        reason = clean_text(reason, field="reason", empty=_("Say why the key must be recovered."))
         if not ArchivedKey.objects.filter(certificate=certificate).exists():
             raise PolicyViolation(
-                "This certificate's key was not archived, so it cannot be recovered.",
+                _("This certificate's key was not archived, so it cannot be recovered."),
                 field="certificate",
             )
         try:
             recipient = KeyRecoveryRequest.Recipient(deliver_to)
             fmt = pkcs12.Pkcs12Format(pkcs12_format)
         except ValueError as exc:
-            raise PolicyViolation(f"Unknown choice: {exc}") from None
+            # Translators: choice is Python's "'x' is not a valid Recipient", kept as is.
+            raise PolicyViolation(_("Unknown choice: %(choice)s"), params={"choice": exc}) from None
         owner = certificate.owner
         if recipient == KeyRecoveryRequest.Recipient.OWNER and (
             owner is None or not owner.is_active
         ):
             raise PolicyViolation(
-                "The key owner has no active account to download it; deliver it to yourself.",
+                _("The key owner has no active account to download it; deliver it to yourself."),
                 field="deliver_to",
             )
         try:
@@ -443,16 +570,20 @@ def recovery_open(
                 if open_one is not None and open_one.state == State.REQUESTED:
                     if close_holder_ask != open_one.pk:
                         raise RecoveryAlreadyOpen(
-                            f"Recovery #{open_one.pk} of this key is already open: its "
-                            "holder asked for it. Accept that one instead, or close it and "
-                            "open yours.",
+                            _(
+                                "Recovery #%(number)d of this key is already open: its holder "
+                                "asked for it. Accept that one instead, or close it and open "
+                                "yours."
+                            ),
+                            params={"number": open_one.pk},
                             recovery=open_one,
                         )
                     closed_ask, open_one = open_one, None
                 if open_one is not None:
                     raise RecoveryAlreadyOpen(
-                        f"Recovery #{open_one.pk} of this key is already open "
-                        f"({open_one.state_shown_display.lower()}).",
+                        # Translators: state is the recovery's state, e.g. "pending".
+                        _("Recovery #%(number)d of this key is already open (%(state)s)."),
+                        params={"number": open_one.pk, "state": _state_lower(open_one, shown=True)},
                         recovery=open_one,
                     )
                 if closed_ask is not None:
@@ -485,10 +616,22 @@ def recovery_open(
                 notify.recovery_step(recovery, "opened")
                 notify.recovery_awaits_approval(recovery)
         except IntegrityError:
-            raise InvalidState("A recovery of this key is already open.") from None
+            raise InvalidState(_("A recovery of this key is already open.")) from None
     return recovery
 
 
+def _state_lower(recovery: KeyRecoveryRequest, *, shown: bool = False) -> Message:
+    """The recovery's state in lower case, worded when the message is read (its language):
+    ``shown``, the effective state its page shows."""
+
+    def worded() -> str:
+        state = recovery.state_shown_display if shown else recovery.get_state_display()
+        return str(state).lower()
+
+    return lazy(worded, str)()
+
+
+# Stored as the rejection's reason (in English, like every stored reason) and mailed.
 CLOSED_FOR_OFFICER = (
     "Closed by an RA officer, who opened a recovery of this key instead. You are told "
     "about each of its steps; ask the RA if you need the key yourself."
@@ -503,8 +646,9 @@ def _close_for_officer(
     locked = _lock(ask)
     if locked.state != State.REQUESTED:  # accepted or withdrawn a moment ago
         raise RecoveryAlreadyOpen(
-            f"Recovery #{locked.pk} of this key changed meanwhile: it is "
-            f"{locked.get_state_display().lower()}.",
+            # Translators: state is the recovery's state, e.g. "withdrawn".
+            _("Recovery #%(number)d of this key changed meanwhile: it is %(state)s."),
+            params={"number": locked.pk, "state": _state_lower(locked)},
             recovery=locked,
         )
     _reject_locked(
@@ -562,24 +706,31 @@ def recovery_ask(
         "recovery.ask", actor=holder, target=certificate, source_address=source_address
     ):
         if not (holder.is_authenticated and holder.is_active):
-            raise NotPermitted("A deactivated account cannot ask for a key recovery.")
+            raise NotPermitted(_("A deactivated account cannot ask for a key recovery."))
         if not services.may_hold(holder, certificate):
             raise NotPermitted(
-                "Only the certificate's holder (for a shared mailbox: one of its delegates) "
-                "asks for its key back; RA officers open a recovery on the RA pages instead."
+                _(
+                    "Only the certificate's holder (for a shared mailbox: one of its "
+                    "delegates) asks for its key back; RA officers open a recovery on the RA "
+                    "pages instead."
+                )
             )
-        reason = clean_text(reason, field="reason", empty="Say why you need the key back.")
+        reason = clean_text(reason, field="reason", empty=_("Say why you need the key back."))
         try:
             fmt = pkcs12.Pkcs12Format(pkcs12_format)
         except ValueError:
             raise PolicyViolation(
-                f"Unknown file format {str(pkcs12_format)[:40]!r}: choose modern or compatible.",
+                # Translators: keep "modern" and "compatible": they are the values to send.
+                _("Unknown file format %(format)s: choose modern or compatible."),
+                params={"format": repr(str(pkcs12_format)[:40])},
                 field="pkcs12_format",
             ) from None
         if not ArchivedKey.objects.filter(certificate=certificate).exists():
             raise PolicyViolation(
-                "This certificate's key was not archived (a signing key never is), so it "
-                "cannot be recovered.",
+                _(
+                    "This certificate's key was not archived (a signing key never is), so it "
+                    "cannot be recovered."
+                ),
                 field="certificate",
             )
         try:
@@ -589,8 +740,12 @@ def recovery_ask(
                 open_one = _open_one(certificate)
                 if open_one is not None:
                     raise RecoveryAlreadyOpen(
-                        f"Recovery #{open_one.pk} of this key is already in progress "
-                        f"({open_one.state_shown_display.lower()}); there can be one at a time.",
+                        # Translators: state is the recovery's state, e.g. "pending".
+                        _(
+                            "Recovery #%(number)d of this key is already in progress "
+                            "(%(state)s); there can be one at a time."
+                        ),
+                        params={"number": open_one.pk, "state": _state_lower(open_one, shown=True)},
                         recovery=open_one,
                     )
                 _check_ask_rate(holder)
@@ -616,7 +771,7 @@ def recovery_ask(
                 notify.recovery_step(recovery, "asked", actor=holder)
                 notify.recovery_asked(recovery)
         except IntegrityError:
-            raise InvalidState("A recovery of this key is already in progress.") from None
+            raise InvalidState(_("A recovery of this key is already in progress.")) from None
     return recovery
 
 
@@ -630,9 +785,14 @@ def _check_ask_rate(holder: User) -> None:
     )
     if len(recent) >= limit:
         exc = RateLimited(
-            f"You have asked for {plurals.count(limit, 'key recovery', 'key recoveries')} in the "
-            "last 24 hours; please try "
-            "again later, or ask an RA officer directly."
+            ngettext_lazy(
+                "You have asked for %(count)d key recovery in the last 24 hours; please try "
+                "again later, or ask an RA officer directly.",
+                "You have asked for %(count)d key recoveries in the last 24 hours; please try "
+                "again later, or ask an RA officer directly.",
+                limit,
+            ),
+            params={"count": limit},
         )
         exc.retry_after = max(
             math.ceil((recent[0] + ASKS_WINDOW - timezone.now()).total_seconds()), 1
@@ -658,18 +818,14 @@ def recovery_accept(
     ):
         if not is_ra_officer(officer):
             raise NotPermitted(
-                "Only RA officers accept key recovery requests.", refusal=NOT_AN_OFFICER
+                _("Only RA officers accept key recovery requests."), refusal=NOT_AN_OFFICER
             )
-        _check_in_reach(
-            recovery.certificate,
-            officer,
-            then="An officer whose scope covers the key's holder accepts it.",
-        )
+        _check_in_reach(recovery.certificate, officer, refusal=OUT_OF_REACH_ACCEPT)
         note = clean_text(
             note,
             field="note",
-            empty="Say how you confirmed that the key's holder made this request.",
-            what="The note",
+            empty=_("Say how you confirmed that the key's holder made this request."),
+            what=THE_NOTE,
         )
         with transaction.atomic():
             locked = _lock(recovery)
@@ -677,22 +833,25 @@ def recovery_accept(
                 _delegate_of_mailbox(locked, officer.pk)
             ):
                 raise NotPermitted(
-                    "This is the recovery of your own key; another RA officer must accept it.",
+                    _("This is the recovery of your own key; another RA officer must accept it."),
                     refusal=OWN_KEY,
                 )
             if locked.state != State.REQUESTED:
                 raise InvalidState(
-                    f"This recovery is no longer waiting to be accepted: it is "
-                    f"{locked.get_state_display().lower()}."
+                    # Translators: state is the recovery's state, e.g. "withdrawn".
+                    _("This recovery is no longer waiting to be accepted: it is %(state)s."),
+                    params={"state": _state_lower(locked)},
                 )
             owner = locked.certificate.owner
             if locked.certificate.mailbox_id is not None:
                 _check_delegate_recipient(locked)
             elif owner is None or not owner.is_active:
                 raise PolicyViolation(
-                    "The key's holder no longer has an active account to download it. Reject "
-                    "this request; if the key is still needed, open a recovery delivered to "
-                    "yourself."
+                    _(
+                        "The key's holder no longer has an active account to download it. "
+                        "Reject this request; if the key is still needed, open a recovery "
+                        "delivered to yourself."
+                    )
                 )
             locked.state = State.PENDING
             locked.requested_by = officer
@@ -737,13 +896,16 @@ def recovery_withdraw(
         locked = _lock(recovery)
         if locked.asked_by_id is None or locked.asked_by_id != holder.pk:
             raise NotPermitted(
-                "Only the holder who asked for this recovery withdraws it; an RA officer "
-                "rejects it instead."
+                _(
+                    "Only the holder who asked for this recovery withdraws it; an RA officer "
+                    "rejects it instead."
+                )
             )
         if not locked.may_be_withdrawn:
             raise InvalidState(
-                f"This recovery can no longer be withdrawn: it is "
-                f"{locked.get_state_display().lower()}."
+                # Translators: state is the recovery's state, e.g. "ready".
+                _("This recovery can no longer be withdrawn: it is %(state)s."),
+                params={"state": _state_lower(locked)},
             )
         was = locked.state
         locked.state = State.WITHDRAWN
@@ -770,45 +932,48 @@ def recovery_approve(
         "recovery.approve", actor=officer, target=recovery, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers approve key recoveries.", refusal=NOT_AN_OFFICER)
-        _check_in_reach(
-            recovery.certificate,
-            officer,
-            then="Officers whose scope covers the key's owner approve it.",
-        )
+            raise NotPermitted(
+                _("Only RA officers approve key recoveries."), refusal=NOT_AN_OFFICER
+            )
+        _check_in_reach(recovery.certificate, officer, refusal=OUT_OF_REACH_APPROVE)
         with transaction.atomic():
             # Who opened it is read under the lock: accepting a holder's request sets it.
             locked = _lock(recovery)
             if officer.pk == locked.requested_by_id:
                 raise NotPermitted(
-                    "You opened this recovery; another officer must approve it.",
+                    _("You opened this recovery; another officer must approve it."),
                     refusal=DUAL_CONTROL,
                 )
             if officer.pk in (locked.certificate.owner_id, locked.asked_by_id) or (
                 _delegate_of_mailbox(locked, officer.pk)
             ):
                 raise NotPermitted(
-                    "You cannot approve the recovery of your own key.", refusal=OWN_KEY
+                    _("You cannot approve the recovery of your own key."), refusal=OWN_KEY
                 )
             if locked.state == State.REQUESTED:
                 raise InvalidState(
-                    "The key's holder asked for this recovery: an RA officer must accept it "
-                    "before it can be approved."
+                    _(
+                        "The key's holder asked for this recovery: an RA officer must accept "
+                        "it before it can be approved."
+                    )
                 )
             if locked.state not in (State.PENDING, State.APPROVED):
                 raise InvalidState(
-                    f"This recovery is no longer waiting for approval: it is "
-                    f"{locked.get_state_display().lower()}."
+                    # Translators: state is the recovery's state, e.g. "rejected".
+                    _("This recovery is no longer waiting for approval: it is %(state)s."),
+                    params={"state": _state_lower(locked)},
                 )
             approvals = list(locked.approvals.select_related("officer"))
             if any(approval.officer_id == officer.pk for approval in approvals):
-                raise InvalidState("You have already approved this recovery.")
+                raise InvalidState(_("You have already approved this recovery."))
             # An approved recovery takes approvals again while some of its approvals no
             # longer count (their officer lost the role): others may make up the quorum.
             if quorum(locked, approvals).met:
                 raise InvalidState(
-                    "This recovery is no longer waiting for approval: it has the approvals "
-                    "it needs."
+                    _(
+                        "This recovery is no longer waiting for approval: it has the approvals "
+                        "it needs."
+                    )
                 )
             KeyRecoveryApproval.objects.create(request=locked, officer=officer)
             now_counting = quorum(locked)
@@ -851,25 +1016,24 @@ def recovery_reject(
         "recovery.reject", actor=officer, target=recovery, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers reject key recoveries.", refusal=NOT_AN_OFFICER)
-        _check_in_reach(
-            recovery.certificate,
-            officer,
-            then="An officer whose scope covers the key's owner decides it.",
-        )
-        reason = clean_text(reason, field="reason", empty="Say why the recovery is rejected.")
+            raise NotPermitted(_("Only RA officers reject key recoveries."), refusal=NOT_AN_OFFICER)
+        _check_in_reach(recovery.certificate, officer, refusal=OUT_OF_REACH_REJECT)
+        reason = clean_text(reason, field="reason", empty=_("Say why the recovery is rejected."))
         with transaction.atomic():
             locked = _lock(recovery)
             if not may_reject(locked, officer.pk):
                 raise NotPermitted(
-                    "This is the recovery of your own key: another RA officer decides "
-                    "whether it goes ahead.",
+                    _(
+                        "This is the recovery of your own key: another RA officer decides "
+                        "whether it goes ahead."
+                    ),
                     refusal=OWN_KEY,
                 )
             if locked.state not in (State.REQUESTED, State.PENDING, State.APPROVED):
                 raise InvalidState(
-                    f"This recovery can no longer be rejected: it is "
-                    f"{locked.get_state_display().lower()}."
+                    # Translators: state is the recovery's state, e.g. "ready".
+                    _("This recovery can no longer be rejected: it is %(state)s."),
+                    params={"state": _state_lower(locked)},
                 )
             _reject_locked(locked, officer=officer, reason=reason, source_address=source_address)
     return _refresh(recovery, locked)
@@ -889,14 +1053,17 @@ def _open_agent_pkcs12(
     """The registered agent, its certificate and key from the agent's own PKCS#12."""
     if len(data) > MAX_AGENT_PKCS12_BYTES:
         raise PolicyViolation(
-            "The file is far larger than a key recovery agent's PKCS#12.", field="agent_pkcs12"
+            _("The file is far larger than a key recovery agent's PKCS#12."),
+            field="agent_pkcs12",
         )
     try:
         key, certificate, _chain = pkcs12.load_pkcs12(data, password)
     except X509Error:
         raise PolicyViolation(
-            "The agent PKCS#12 could not be opened: the password is wrong or the file is "
-            "damaged. Nothing was changed.",
+            _(
+                "The agent PKCS#12 could not be opened: the password is wrong or the file is "
+                "damaged. Nothing was changed."
+            ),
             field="agent_password",
         ) from None
     agent = KeyRecoveryAgent.objects.filter(
@@ -904,14 +1071,21 @@ def _open_agent_pkcs12(
     ).first()
     if agent is None:
         raise PolicyViolation(
-            f"This PKCS#12 holds the certificate of {certificate.subject.rfc4514_string()}, "
-            "which is not a registered key recovery agent. Nothing was changed.",
+            # Translators: subject is a certificate's distinguished name (CN=...,O=...).
+            _(
+                "This PKCS#12 holds the certificate of %(subject)s, which is not a registered "
+                "key recovery agent. Nothing was changed."
+            ),
+            params={"subject": certificate.subject.rfc4514_string()},
             field="agent_pkcs12",
         )
     if agent.user_id is not None and agent.user_id != agent_user.pk:
         raise NotPermitted(
-            f"The agent certificate {agent.name} belongs to another account; each agent uses "
-            "their own. Nothing was changed.",
+            _(
+                "The agent certificate %(agent)s belongs to another account; each agent uses "
+                "their own. Nothing was changed."
+            ),
+            params={"agent": agent.name},
             field="agent_pkcs12",
         )
     return agent, certificate, key
@@ -920,11 +1094,7 @@ def _open_agent_pkcs12(
 def _check_may_perform(current: KeyRecoveryRequest, agent_user: User) -> None:
     """Everything but the agent's key: their scope, a third person, the quorum, the
     recipient."""
-    _check_in_reach(
-        current.certificate,
-        agent_user,
-        then="A key recovery agent whose scope covers the key's owner carries it out.",
-    )
+    _check_in_reach(current.certificate, agent_user, refusal=OUT_OF_REACH_PERFORM)
     _check_performable(current)
     _check_agent_independent(current, agent_user)
     _check_recipient_still_officer(current)
@@ -933,7 +1103,9 @@ def _check_may_perform(current: KeyRecoveryRequest, agent_user: User) -> None:
 
 def _current_for_agent(recovery: KeyRecoveryRequest, agent_user: User) -> KeyRecoveryRequest:
     if not is_key_recovery_agent(agent_user):
-        raise NotPermitted("Only key recovery agents carry out recoveries.", refusal=NOT_AN_AGENT)
+        raise NotPermitted(
+            _("Only key recovery agents carry out recoveries."), refusal=NOT_AN_AGENT
+        )
     current = KeyRecoveryRequest.objects.select_related("certificate__ca").get(pk=recovery.pk)
     _check_may_perform(current, agent_user)
     return current
@@ -948,10 +1120,14 @@ def usable_agents(archived: ArchivedKey, agent_user: User) -> list[KeyRecoveryAg
 def _usable_agents_or_refuse(archived: ArchivedKey, agent_user: User) -> list[KeyRecoveryAgent]:
     usable = usable_agents(archived, agent_user)
     if not usable:
-        names = ", ".join(a.name for a in archived.recipients.all()) or "no registered agent"
+        names = ", ".join(a.name for a in archived.recipients.all())
         raise NotPermitted(
-            f"This key was archived only to agent certificates of other accounts ({names}); "
-            "one of them must carry it out. Nothing was changed.",
+            # Translators: agents lists agent certificates' names, comma-separated.
+            _(
+                "This key was archived only to agent certificates of other accounts "
+                "(%(agents)s); one of them must carry it out. Nothing was changed."
+            ),
+            params={"agents": names or NO_REGISTERED_AGENT},
             field="recovered_key",
         )
     return usable
@@ -982,10 +1158,14 @@ def recovery_perform(
         archived = ArchivedKey.objects.get(certificate=certificate)
         recipients = list(archived.recipients.all())
         if agent not in recipients:
-            names = ", ".join(a.name for a in recipients) or "no registered agent"
+            names = ", ".join(a.name for a in recipients)
             raise PolicyViolation(
-                f"This key was not archived to {agent.name}; it can be recovered with the "
-                f"PKCS#12 of: {names}. Nothing was changed.",
+                # Translators: agents lists agent certificates' names, comma-separated.
+                _(
+                    "This key was not archived to %(agent)s; it can be recovered with the "
+                    "PKCS#12 of: %(agents)s. Nothing was changed."
+                ),
+                params={"agent": agent.name, "agents": names or NO_REGISTERED_AGENT},
                 field="agent_pkcs12",
             )
         try:
@@ -995,12 +1175,14 @@ def recovery_perform(
                 recipient_key=agent_key,
             )
         except X509Error as exc:
-            raise PolicyViolation(exc.message, field="agent_pkcs12") from None
+            raise PolicyViolation.from_x509(exc, field="agent_pkcs12") from None
         del agent_key  # Python cannot wipe memory; dropping the references is what we can do.
         if key.public_key() != certificate.certificate.public_key():
             raise InvalidState(
-                "The archive holds a key that does not belong to this certificate; nothing was "
-                "recovered. Report this to the PKI administrators."
+                _(
+                    "The archive holds a key that does not belong to this certificate; nothing "
+                    "was recovered. Report this to the PKI administrators."
+                )
             )
         return _wrap_for_recipient(
             recovery, current, key, agent=agent, agent_user=agent_user,
@@ -1057,7 +1239,7 @@ def recovery_perform_offline(
         usable = _usable_agents_or_refuse(archived, agent_user)
         if len(key_file) > MAX_AGENT_PKCS12_BYTES:
             raise PolicyViolation(
-                "The file is far larger than a private key.", field="recovered_key"
+                _("The file is far larger than a private key."), field="recovered_key"
             )
         try:
             key = keys.load_private_key(
@@ -1065,13 +1247,19 @@ def recovery_perform_offline(
             )
         except X509Error as exc:
             raise PolicyViolation(
-                f"{exc.message} Nothing was changed.", field="recovered_key"
+                # Translators: problem is a whole sentence saying why the key file was refused.
+                _("%(problem)s Nothing was changed."),
+                params={"problem": PolicyViolation.from_x509(exc)},
+                field="recovered_key",
             ) from None
         if key.public_key() != certificate.certificate.public_key():
             raise PolicyViolation(
-                f"This is not the key of certificate {certificate.serial}: its public key "
-                "differs. Upload what `openssl cms -decrypt` wrote from this recovery's "
-                "archive. Nothing was changed.",
+                _(
+                    "This is not the key of certificate %(serial)s: its public key differs. "
+                    "Upload what `openssl cms -decrypt` wrote from this recovery's archive. "
+                    "Nothing was changed."
+                ),
+                params={"serial": certificate.serial},
                 field="recovered_key",
             )
         # Whose key opened it cannot be known here; one usable certificate of this
@@ -1148,23 +1336,47 @@ def _wrap_for_recipient(
 
 class AgentConflict(enum.Enum):
     """Why a key recovery agent may not carry out this recovery: each value is the short
-    reason the recovery page gives; the refusal says more (_AGENT_REFUSALS)."""
+    reason the recovery page gives (``text``: in the reader's language); the refusal says
+    more (_AGENT_REFUSALS)."""
 
     OWNER = "it is your own key"
     RECIPIENT = "you receive the key"
     OPENER = "you opened it"
     APPROVER = "you approved it"
 
+    @property
+    def text(self) -> str:
+        return str(_CONFLICT_TEXT[self])
 
-_AGENT_REFUSALS = {
-    AgentConflict.OWNER: "This is your own key, so another key recovery agent must recover "
-    "it: nobody carries out the recovery of their own key.",
-    AgentConflict.RECIPIENT: "You are the one who receives this key, so another key recovery "
-    "agent must recover it: nobody holds both the file and its password alone.",
-    AgentConflict.OPENER: "You opened this recovery, so another key recovery agent must carry "
-    "it out: opening, approving and recovering a key take different people.",
-    AgentConflict.APPROVER: "You approved this recovery, so another key recovery agent must "
-    "carry it out: opening, approving and recovering a key take different people.",
+
+_CONFLICT_TEXT: dict[AgentConflict, Message] = {
+    # Translators: why a key recovery agent may not carry out this recovery.
+    AgentConflict.OWNER: _("it is your own key"),
+    # Translators: why a key recovery agent may not carry out this recovery.
+    AgentConflict.RECIPIENT: _("you receive the key"),
+    # Translators: why a key recovery agent may not carry out this recovery.
+    AgentConflict.OPENER: _("you opened it"),
+    # Translators: why a key recovery agent may not carry out this recovery.
+    AgentConflict.APPROVER: _("you approved it"),
+}
+
+_AGENT_REFUSALS: dict[AgentConflict, Message] = {
+    AgentConflict.OWNER: _(
+        "This is your own key, so another key recovery agent must recover it: nobody carries "
+        "out the recovery of their own key."
+    ),
+    AgentConflict.RECIPIENT: _(
+        "You are the one who receives this key, so another key recovery agent must recover "
+        "it: nobody holds both the file and its password alone."
+    ),
+    AgentConflict.OPENER: _(
+        "You opened this recovery, so another key recovery agent must carry it out: opening, "
+        "approving and recovering a key take different people."
+    ),
+    AgentConflict.APPROVER: _(
+        "You approved this recovery, so another key recovery agent must carry it out: "
+        "opening, approving and recovering a key take different people."
+    ),
 }
 
 
@@ -1201,17 +1413,21 @@ def _check_recipient_still_officer(recovery: KeyRecoveryRequest) -> None:
     lapse = _delivered_to_former_officer(recovery)
     if lapse is not None:
         officer = recovery.requested_by  # set: a recovery for the requester was opened
-        name = (officer.get_full_name() or officer.get_username()) if officer else "An officer"
-        now = (
-            "the key's owner is now outside their officer scope"
-            if lapse == ApprovalLapse.OUT_OF_SCOPE
-            else "no longer is one"
-        )
-        raise InvalidState(
-            f"{name} opened this recovery to receive the key as an RA officer and {now}, so "
-            "it cannot be carried out. Reject it; an officer can open a new one. Nothing was "
-            "changed."
-        )
+        name = (officer.get_full_name() or officer.get_username()) if officer else ""
+        if lapse == ApprovalLapse.OUT_OF_SCOPE:
+            message = _(
+                "%(name)s opened this recovery to receive the key as an RA officer and the "
+                "key's owner is now outside their officer scope, so it cannot be carried out. "
+                "Reject it; an officer can open a new one. Nothing was changed."
+            )
+        else:
+            message = _(
+                "%(name)s opened this recovery to receive the key as an RA officer and no "
+                "longer is one, so it cannot be carried out. Reject it; an officer can open a "
+                "new one. Nothing was changed."
+            )
+        # Translators: stands for the officer's name when the account is gone.
+        raise InvalidState(message, params={"name": name or _("An officer")})
 
 
 def holds_key(recovery: KeyRecoveryRequest, user_pk: int) -> bool:
@@ -1256,9 +1472,11 @@ def _check_delegate_recipient(recovery: KeyRecoveryRequest, *, downloading: bool
     if asker is None or not services.is_delegate(asker, certificate.mailbox):
         cls = NotPermitted if downloading else PolicyViolation
         raise cls(
-            "The delegate who asked for this shared mailbox's key is no longer one of its "
-            "delegates (or the mailbox was deactivated), so the key is not released to "
-            "them. Reject this request; nothing was changed."
+            _(
+                "The delegate who asked for this shared mailbox's key is no longer one of its "
+                "delegates (or the mailbox was deactivated), so the key is not released to "
+                "them. Reject this request; nothing was changed."
+            )
         )
 
 
@@ -1272,15 +1490,17 @@ def may_be_performed(recovery: KeyRecoveryRequest, found: Quorum) -> bool:
 def _check_performable(recovery: KeyRecoveryRequest) -> None:
     if recovery.state == State.REQUESTED:
         raise InvalidState(
-            "The key's holder asked for this recovery and no RA officer has accepted it yet."
+            _("The key's holder asked for this recovery and no RA officer has accepted it yet.")
         )
     if recovery.state in (State.PENDING, State.APPROVED):
         found = quorum(recovery)
         if may_be_performed(recovery, found):
             return
-        raise InvalidState(_short_of_quorum(found, so="it cannot be carried out"))
+        raise _short_of_quorum(found)
     raise InvalidState(
-        f"This recovery cannot be carried out: it is {recovery.get_state_display().lower()}."
+        # Translators: state is the recovery's state, e.g. "rejected".
+        _("This recovery cannot be carried out: it is %(state)s."),
+        params={"state": _state_lower(recovery)},
     )
 
 
@@ -1292,17 +1512,46 @@ def left_stranded(recovery: KeyRecoveryRequest, found: Quorum) -> str | None:
     certificate = recovery.certificate
     approver_pks = {a.officer_id for a in (*found.counted, *(a for a, _l in found.lapsed))}
     if recovery.state == State.REQUESTED:
-        step, who, needed = "accept it", "RA officer", 1
+        needed = 1
+        stranded = ngettext_lazy(
+            "Officer scopes leave too few people to finish this recovery: it needs "
+            "%(needed)d RA officer whose scope covers the key's owner to accept it, and "
+            "%(can)d can. An administrator can widen an officer scope; otherwise reject it.",
+            "Officer scopes leave too few people to finish this recovery: it needs "
+            "%(needed)d RA officers whose scope covers the key's owner to accept it, and "
+            "%(can)d can. An administrator can widen an officer scope; otherwise reject it.",
+            needed,
+        )
         people = _unconflicted(User.objects.filter(ra_officers()), recovery, approver_pks)
     elif recovery.state in (State.PENDING, State.APPROVED) and not found.met:
-        step, who, needed = "approve it", "RA officer", found.missing
+        needed = found.missing
+        stranded = ngettext_lazy(
+            "Officer scopes leave too few people to finish this recovery: it needs "
+            "%(needed)d RA officer whose scope covers the key's owner to approve it, and "
+            "%(can)d can. An administrator can widen an officer scope; otherwise reject it.",
+            "Officer scopes leave too few people to finish this recovery: it needs "
+            "%(needed)d RA officers whose scope covers the key's owner to approve it, and "
+            "%(can)d can. An administrator can widen an officer scope; otherwise reject it.",
+            needed,
+        )
         people = _unconflicted(
             User.objects.filter(ra_officers()).exclude(pk__in=[recovery.requested_by_id]),
             recovery,
             approver_pks,
         )
     elif recovery.state in (State.PENDING, State.APPROVED):
-        step, who, needed = "carry it out", "key recovery agent", 1
+        needed = 1
+        stranded = ngettext_lazy(
+            "Officer scopes leave too few people to finish this recovery: it needs "
+            "%(needed)d key recovery agent whose scope covers the key's owner to carry it "
+            "out, and %(can)d can. An administrator can widen an officer scope; otherwise "
+            "reject it.",
+            "Officer scopes leave too few people to finish this recovery: it needs "
+            "%(needed)d key recovery agents whose scope covers the key's owner to carry it "
+            "out, and %(can)d can. An administrator can widen an officer scope; otherwise "
+            "reject it.",
+            needed,
+        )
         agents = User.objects.filter(
             Q(is_superuser=True) | Q(groups__name=settings.PKIPORTAL_KRA_GROUP), is_active=True
         )
@@ -1319,12 +1568,7 @@ def left_stranded(recovery: KeyRecoveryRequest, found: Quorum) -> str | None:
     covering = [p for p in people if reached[p.pk].covers_certificate(certificate)]
     if len(covering) >= needed:
         return None
-    plural = "s" if needed > 1 else ""
-    return (
-        f"Officer scopes leave too few people to finish this recovery: it needs {needed} "
-        f"{who}{plural} whose scope covers the key's owner to {step}, and {len(covering)} "
-        "can. An administrator can widen an officer scope; otherwise reject it."
-    )
+    return str(stranded) % {"needed": needed, "can": len(covering)}
 
 
 def _unconflicted(
@@ -1353,7 +1597,11 @@ def recovery_download(
         "recovery.download", actor=user, target=recovery, source_address=source_address
     ):
         if user.pk != recovery.recipient_id:
-            raise NotPermitted(f"Only {recipient_name(recovery)} may download this key.")
+            raise NotPermitted(
+                # Translators: recipient is a name with a role, e.g. "Ann Lee (the key owner)".
+                _("Only %(recipient)s may download this key."),
+                params={"recipient": lazy(recipient_name, str)(recovery)},
+            )
         with transaction.atomic():
             # A shared mailbox's row first (as mailboxes.mailbox_update takes it, before the
             # delegates change): removing this delegate either commits before the check
@@ -1362,14 +1610,19 @@ def recovery_download(
             locked = _lock(recovery)
             lapse = _delivered_to_former_officer(locked)
             if lapse is not None:
-                since = (
-                    "its owner is now outside the people your officer scope covers"
-                    if lapse == ApprovalLapse.OUT_OF_SCOPE
-                    else "you no longer are one"
-                )
+                if lapse == ApprovalLapse.OUT_OF_SCOPE:
+                    raise NotPermitted(
+                        _(
+                            "This key was recovered for you as an RA officer, and its owner is "
+                            "now outside the people your officer scope covers, so you may not "
+                            "download it. Nothing was downloaded."
+                        )
+                    )
                 raise NotPermitted(
-                    f"This key was recovered for you as an RA officer, and {since}, so you may "
-                    "not download it. Nothing was downloaded."
+                    _(
+                        "This key was recovered for you as an RA officer, and you no longer "
+                        "are one, so you may not download it. Nothing was downloaded."
+                    )
                 )
             _check_delegate_recipient(locked, downloading=True)
             now = timezone.now()
@@ -1377,7 +1630,7 @@ def recovery_download(
                 _expire(locked)
                 expired = True
             elif locked.state != State.READY:
-                raise InvalidState(_no_download_because(locked))
+                raise _no_download_because(locked)
             else:
                 _check_approvals_still_count(locked)
                 assert locked.bundle is not None  # recovery_bundle_only_while_ready
@@ -1396,7 +1649,7 @@ def recovery_download(
                 notify.recovery_step(locked, "downloaded", actor=user)
         if expired:
             # Outside the block above: the wipe is committed before the refusal is raised.
-            raise InvalidState(_no_download_because(locked))
+            raise _no_download_because(locked)
     return _refresh(recovery, locked), bundle
 
 
@@ -1407,14 +1660,34 @@ def _check_approvals_still_count(recovery: KeyRecoveryRequest) -> None:
     Refused, the copy waits: the approver's role back, it can be downloaded in its window."""
     found = quorum(recovery)
     if found.lapsed and not found.met:
-        verb = "counts" if len(found.lapsed) == 1 else "count"
         until = recovery.download_expires_at
-        raise InvalidState(
+        stand = ngettext_lazy(
+            # Translators: lapses lists approvals with why each lapsed, e.g. "Oscar
+            # Second's approval (the approver is no longer an RA officer)".
             "The approvals this key was recovered on no longer stand, so it is not released: "
-            f"{found.lapses_in_words()} no longer {verb}. If the approver "
-            f"{found.counts_again} before the download window closes ({until:%Y-%m-%d %H:%M} UTC), "
-            "it can be downloaded; otherwise the copy is deleted then and a new recovery "
-            "must be opened. Nothing was downloaded."
+            "%(lapses)s no longer counts.",
+            "The approvals this key was recovered on no longer stand, so it is not released: "
+            "%(lapses)s no longer count.",
+            len(found.lapsed),
+        )
+        if found.scope_lapsed:
+            # Translators: until is a date and time, e.g. "2026-05-01 14:30".
+            then = _(
+                "If the approver is an active RA officer whose officer scope covers the key's "
+                "owner again before the download window closes (%(until)s UTC), it can be "
+                "downloaded; otherwise the copy is deleted then and a new recovery must be "
+                "opened. Nothing was downloaded."
+            )
+        else:
+            # Translators: until is a date and time, e.g. "2026-05-01 14:30".
+            then = _(
+                "If the approver is an active RA officer again before the download window "
+                "closes (%(until)s UTC), it can be downloaded; otherwise the copy is deleted "
+                "then and a new recovery must be opened. Nothing was downloaded."
+            )
+        raise InvalidState(
+            format_lazy("{} {}", stand, then),
+            params={"lapses": _lapses_lazily(found), "until": f"{until:%Y-%m-%d %H:%M}"},
         )
 
 
@@ -1423,23 +1696,31 @@ def _window_closed(recovery: KeyRecoveryRequest, now: datetime) -> bool:
     return recovery.download_expires_at is None or recovery.download_expires_at <= now
 
 
-def _no_download_because(recovery: KeyRecoveryRequest) -> str:
+def _no_download_because(recovery: KeyRecoveryRequest) -> InvalidState:
     when = recovery.downloaded_at or recovery.download_expires_at
     if recovery.state == State.DOWNLOADED:
-        return (
-            f"The recovered key was already downloaded ({when:%Y-%m-%d %H:%M} UTC); it can be "
-            "downloaded only once. Open a new recovery if it is needed again."
+        return InvalidState(
+            # Translators: when is a date and time, e.g. "2026-05-01 14:30".
+            _(
+                "The recovered key was already downloaded (%(when)s UTC); it can be downloaded "
+                "only once. Open a new recovery if it is needed again."
+            ),
+            params={"when": f"{when:%Y-%m-%d %H:%M}"},
         )
     if recovery.state == State.EXPIRED:
-        return (
-            f"The download window closed at {when:%Y-%m-%d %H:%M} UTC and the recovered copy "
-            "was deleted. Open a new recovery if the key is still needed."
+        return InvalidState(
+            # Translators: when is a date and time, e.g. "2026-05-01 14:30".
+            _(
+                "The download window closed at %(when)s UTC and the recovered copy was deleted. "
+                "Open a new recovery if the key is still needed."
+            ),
+            params={"when": f"{when:%Y-%m-%d %H:%M}"},
         )
     if recovery.state == State.REJECTED:
-        return "This recovery was rejected; there is nothing to download."
+        return InvalidState(_("This recovery was rejected; there is nothing to download."))
     if recovery.state == State.WITHDRAWN:
-        return "This recovery was withdrawn; there is nothing to download."
-    return "The key has not been recovered yet; there is nothing to download."
+        return InvalidState(_("This recovery was withdrawn; there is nothing to download."))
+    return InvalidState(_("The key has not been recovered yet; there is nothing to download."))
 
 
 def _expire(locked: KeyRecoveryRequest) -> None:

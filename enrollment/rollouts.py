@@ -28,6 +28,10 @@ from django.db import models, transaction
 from django.db.models import Count, F
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 
 from accounts.models import EMAIL_KEY, User
 from enrollment import audit, hotsql, services
@@ -35,6 +39,7 @@ from enrollment.audit import audit_record
 from enrollment.exceptions import (
     ConfigurationError,
     InvalidState,
+    Message,
     NotPermitted,
     PolicyViolation,
     RateLimited,
@@ -98,27 +103,41 @@ class Reason:
     # (Resolution.outside_scope; kept on the roll-out as one item with its "count").
     OUTSIDE_SCOPE = "outside_scope"
 
-    LABELS = {
-        INVALID: "not a user name or e-mail address",
-        UNKNOWN: "no such account",
-        AMBIGUOUS: "more than one account has this address: name the user instead",
-        DUPLICATE: "named more than once",
-        INACTIVE: "the account is deactivated",
-        YOURSELF: "you cannot approve a request of your own",
-        NO_EMAIL: "the account has no e-mail address",
-        BAD_ADDRESS: "the account's address holds white space, a control or a non-ASCII "
-        "character: an administrator must correct it",
-        OUTSIDE_DOMAINS: "the account's address is outside the mail domains the CA issues for",
-        SHARED_MAILBOX: "the account's address is a shared mailbox's: its delegates enrol for "
-        "the mailbox, and an administrator must correct the account's address",
-        ADDRESS_SHARED: "another account has the same address: an administrator must correct "
-        "one of them",
-        NOT_PERMITTED: "may not use this template",
-        HOLDS_VALID: "already holds a valid certificate of this template",
-        OPEN_REQUEST: "already has an open request for this template",
-        AT_LIMIT: "at the limit of certificates and requests for this template",
-        OUTSIDE_SCOPE: "outside your officer scope",
-    }
+    # Translators: why a person named for a roll-out is not invited; shown after their
+    # name or after a count ("3 no such account").
+    # Lazy texts, worded in the reader's language wherever they are shown (typed as the
+    # str they stand in for, which pages and rows take them as).
+    LABELS: dict[str, str] = cast(
+        dict[str, str],
+        {
+            INVALID: _("not a user name or e-mail address"),
+            UNKNOWN: _("no such account"),
+            AMBIGUOUS: _("more than one account has this address: name the user instead"),
+            DUPLICATE: _("named more than once"),
+            INACTIVE: _("the account is deactivated"),
+            YOURSELF: _("you cannot approve a request of your own"),
+            NO_EMAIL: _("the account has no e-mail address"),
+            BAD_ADDRESS: _(
+                "the account's address holds white space, a control or a non-ASCII character: an "
+                "administrator must correct it"
+            ),
+            OUTSIDE_DOMAINS: _(
+                "the account's address is outside the mail domains the CA issues for"
+            ),
+            SHARED_MAILBOX: _(
+                "the account's address is a shared mailbox's: its delegates enrol for the mailbox, "
+                "and an administrator must correct the account's address"
+            ),
+            ADDRESS_SHARED: _(
+                "another account has the same address: an administrator must correct one of them"
+            ),
+            NOT_PERMITTED: _("may not use this template"),
+            HOLDS_VALID: _("already holds a valid certificate of this template"),
+            OPEN_REQUEST: _("already has an open request for this template"),
+            AT_LIMIT: _("at the limit of certificates and requests for this template"),
+            OUTSIDE_SCOPE: _("outside your officer scope"),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +147,7 @@ class Skip:
 
     @property
     def label(self) -> str:
-        return Reason.LABELS[self.reason]
+        return str(Reason.LABELS[self.reason])
 
 
 @dataclass
@@ -177,8 +196,11 @@ def parse_people(text: str | Sequence[str]) -> list[str]:
     limit = settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE
     if len(entries) > limit:
         raise PolicyViolation(
-            f"The list names {len(entries)} people; a roll-out invites at most {limit} "
-            "(PKIPORTAL_ROLLOUT_MAX_PEOPLE). Split it into several roll-outs.",
+            _(
+                "The list names %(count)d people; a roll-out invites at most %(limit)d "
+                "(PKIPORTAL_ROLLOUT_MAX_PEOPLE). Split it into several roll-outs."
+            ),
+            params={"count": len(entries), "limit": limit},
             field="people",
         )
     return entries
@@ -253,8 +275,11 @@ def rollout_resolve(
     candidates += _named(parse_people(people), resolution)
     if len({user.pk for _e, user in candidates}) > settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE:
         raise PolicyViolation(
-            f"A roll-out invites at most {settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE} people "
-            "(PKIPORTAL_ROLLOUT_MAX_PEOPLE); split it into several.",
+            _(
+                "A roll-out invites at most %(limit)d people (PKIPORTAL_ROLLOUT_MAX_PEOPLE); "
+                "split it into several."
+            ),
+            params={"limit": settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE},
             field="people",
         )
     seen: set[int] = set()
@@ -385,35 +410,53 @@ def check_template(template: CertificateTemplate, key_algorithm: keys.KeyAlgorit
     from enrollment.services import _active_agents, _check_server_key
 
     if not template.is_active:
-        raise PolicyViolation(f"{template.name} is switched off.", field="template")
+        # Translators: template is a certificate template's name.
+        raise PolicyViolation(
+            _("%(template)s is switched off."), params={"template": template.name}, field="template"
+        )
     if not template.allow_server_key:
         raise PolicyViolation(
-            f"{template.name} takes only CSRs; a roll-out hands out keys the portal "
-            "generates. Invite people to /enroll/ instead.",
+            # Translators: template is a certificate template's name.
+            _(
+                "%(template)s takes only CSRs; a roll-out hands out keys the portal generates. "
+                "Invite people to /enroll/ instead."
+            ),
+            params={"template": template.name},
             field="template",
         )
     _check_server_key(template, key_algorithm, field="key_algorithm")
     if template.archive_key and not _active_agents():
         raise ConfigurationError(
-            f"No valid key recovery agent is configured, so {template.name} cannot issue "
-            "right now: encryption keys must be archived."
+            # Translators: template is a certificate template's name.
+            _(
+                "No valid key recovery agent is configured, so %(template)s cannot issue right "
+                "now: encryption keys must be archived."
+            ),
+            params={"template": template.name},
         )
     if template.issuing_from() is None:
-        raise ConfigurationError(f"No online issuing CA issues for {template.name}.")
+        raise ConfigurationError(
+            # Translators: template is a certificate template's name.
+            _("No online issuing CA issues for %(template)s."),
+            params={"template": template.name},
+        )
 
 
 def _officer(officer: User) -> None:
     from enrollment.permissions import NOT_AN_OFFICER, is_ra_officer
 
     if not is_ra_officer(officer):
-        raise NotPermitted("Only RA officers run roll-outs.", refusal=NOT_AN_OFFICER)
+        raise NotPermitted(_("Only RA officers run roll-outs."), refusal=NOT_AN_OFFICER)
+
+
+CREATES_APPROVED = _("A roll-out approves the requests it makes.")
 
 
 def _approves(
     officer: User,
     template: CertificateTemplate,
     *,
-    why: str = "A roll-out approves the requests it makes.",
+    why: Message = CREATES_APPROVED,
     field: str | None = "template",
 ) -> Decider:
     """A roll-out approves the requests it makes: only the template's approvers run one,
@@ -423,19 +466,24 @@ def _approves(
 
     theirs = decider(officer)
     if not theirs.approves(template):
-        raise NotPermitted(
-            services.decision_refusal(NOT_AN_APPROVER, template) + " " + why,
-            field=field,
-            refusal=NOT_AN_APPROVER,
-        )
+        # Two sentences: who decides this template's requests, then why that matters here
+        # (each worded when the refusal is read).
+        barred = lazy(services.decision_refusal, str)(NOT_AN_APPROVER, template)
+        raise NotPermitted(format_lazy("{} {}", barred, why), field=field, refusal=NOT_AN_APPROVER)
     return theirs
 
 
-# Why remind and cancel refuse an officer whose scope leaves out some of its people.
-NOT_ALL_IN_SCOPE = (
-    "{count} of the people this roll-out still waits for {are} outside your officer scope "
-    "({scope}): only an officer whose scope covers them all reminds them or cancels it."
-)
+def not_all_in_scope(count: int) -> Message:
+    """Why remind and cancel refuse an officer whose scope leaves out some of its people
+    (``count`` and ``scope`` its params)."""
+    return ngettext_lazy(
+        # Translators: scope names the officer's scopes, e.g. "Sales, Berlin".
+        "%(count)d of the people this roll-out still waits for is outside your officer scope "
+        "(%(scope)s): only an officer whose scope covers them all reminds them or cancels it.",
+        "%(count)d of the people this roll-out still waits for are outside your officer scope "
+        "(%(scope)s): only an officer whose scope covers them all reminds them or cancels it.",
+        count,
+    )
 
 
 def waiting_outside(rollout: Rollout, reach: Reach) -> int:
@@ -455,15 +503,14 @@ def _covers_every_waiting(rollout: Rollout, reach: Reach) -> None:
     outside = waiting_outside(rollout, reach)
     if outside:
         raise NotPermitted(
-            NOT_ALL_IN_SCOPE.format(
-                count=outside, are="is" if outside == 1 else "are", scope=reach.describe()
-            ),
+            not_all_in_scope(outside),
+            params={"count": outside, "scope": reach.describe()},
             refusal=OUT_OF_SCOPE,
         )
 
 
 # Why remind and cancel refuse an officer outside the template's approvers group.
-NOT_YOURS_TO_END = "Only they may remind the people of its roll-outs or cancel them."
+NOT_YOURS_TO_END = _("Only they may remind the people of its roll-outs or cancel them.")
 
 
 def _audit_each(
@@ -552,10 +599,10 @@ def rollout_create(
     """
     _officer(officer)
     if group is None and not parse_people(people):
-        raise PolicyViolation("Choose a group or list the people to invite.", field="people")
+        raise PolicyViolation(_("Choose a group or list the people to invite."), field="people")
     name = (name or "").strip()
     if len(name) > 200 or not all(c.isprintable() for c in name):
-        raise PolicyViolation("Give the roll-out a short plain name.", field="name")
+        raise PolicyViolation(_("Give the roll-out a short plain name."), field="name")
     algorithm = key_algorithm or default_key_algorithm(template)
     check_template(template, algorithm)
     now = timezone.now()
@@ -565,7 +612,9 @@ def rollout_create(
         )
         if not resolution.eligible:
             raise PolicyViolation(
-                "Nobody here can be invited: " + _summary(resolution.counts()) + ".",
+                # Translators: why is e.g. "2 no such account; 1 named more than once".
+                _("Nobody here can be invited: %(why)s."),
+                params={"why": lazy(_summary, str)(resolution.counts())},
                 field="people",
             )
         rollout = Rollout.objects.create(
@@ -633,13 +682,22 @@ def rollout_create(
 
 
 def _summary(counts: dict[str, int]) -> str:
-    return "; ".join(f"{n} {Reason.LABELS[reason]}" for reason, n in counts.items()) or "no one"
+    """The counts of who was not invited and why, in the reader's language."""
+    return "; ".join(
+        # Translators: count people, and why they are not invited ("3 no such account").
+        str(_("%(count)d %(reason)s")) % {"count": n, "reason": Reason.LABELS[reason]}
+        for reason, n in counts.items()
+    ) or str(_("no one"))
 
 
 def _locked_open(rollout: Rollout) -> Rollout:
     locked = Rollout.objects.select_for_update().get(pk=rollout.pk)
     if not locked.is_open:
-        raise InvalidState(f"This roll-out is already {locked.get_state_display().lower()}.")
+        raise InvalidState(
+            # Translators: state is the roll-out's state, e.g. "cancelled".
+            _("This roll-out is already %(state)s."),
+            params={"state": lazy(lambda: str(locked.get_state_display()).lower(), str)()},
+        )
     return locked
 
 
@@ -720,14 +778,21 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
         now = timezone.now()
         if locked.expires_at <= now:  # the hourly expiry has not swept it yet
             raise InvalidState(
-                "This roll-out's invitations have run out; they are withdrawn within the hour."
+                _("This roll-out's invitations have run out; they are withdrawn within the hour.")
             )
         every = timedelta(hours=settings.PKIPORTAL_ROLLOUT_REMIND_HOURS)
         if locked.last_reminded_at is not None and locked.last_reminded_at + every > now:
             when = timezone.localtime(locked.last_reminded_at)
             error = RateLimited(
-                f"This roll-out's people were reminded at {when:%Y-%m-%d %H:%M %Z}; remind "
-                f"them again {plurals.hours(settings.PKIPORTAL_ROLLOUT_REMIND_HOURS)} after that."
+                # Translators: when is a date and time; hours is e.g. "24 hours".
+                _(
+                    "This roll-out's people were reminded at %(when)s; remind them again "
+                    "%(hours)s after that."
+                ),
+                params={
+                    "when": f"{when:%Y-%m-%d %H:%M %Z}",
+                    "hours": lazy(plurals.hours, str)(settings.PKIPORTAL_ROLLOUT_REMIND_HOURS),
+                },
             )
             error.retry_after = (locked.last_reminded_at + every - now).total_seconds()
             raise error
@@ -737,7 +802,7 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
             ).values_list("pk", flat=True)
         )
         if not ids:
-            raise InvalidState("Everyone invited has collected, declined or been withdrawn.")
+            raise InvalidState(_("Everyone invited has collected, declined or been withdrawn."))
         for chunk in _chunks(ids):
             RolloutInvitation.objects.filter(pk__in=chunk).update(reminded_at=now)
         locked.last_reminded_at = now

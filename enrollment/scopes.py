@@ -23,6 +23,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q
+from django.utils.translation import gettext_lazy as _
 
 from enrollment.models import OfficerScope
 
@@ -114,14 +115,15 @@ class Reach:
 
     def describe(self) -> str:
         """What an officer's pages say of it: "everyone", or the scopes' names."""
-        return "everyone" if self.everyone else ", ".join(self.scopes)
+        # Translators: whom an officer acts for when no scope limits them.
+        return str(_("everyone")) if self.everyone else ", ".join(self.scopes)
 
 
 EVERYONE = Reach()
 
 # What an officer is told of a request outside their Reach (its page, the API): no name,
 # as they may not see who asked.
-OUTSIDE_REQUEST = "This request is outside the people your officer scope covers."
+OUTSIDE_REQUEST = _("This request is outside the people your officer scope covers.")
 
 
 def _group_ids(person: Any) -> frozenset[int]:
