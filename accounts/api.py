@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from django.utils.translation import gettext as _
 from drf_spectacular.authentication import SessionScheme
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import PermissionDenied
@@ -35,11 +36,17 @@ class VerifiedSessionAuthentication(SessionAuthentication):
             raise SecondFactorRequired(
                 {
                     "detail": (
-                        "This session has not confirmed a second factor: "
-                        + ("enter a code at " if enrolled else "set one up at ")
-                        + step
-                        + " first."
-                    ),
+                        _(
+                            "This session has not confirmed a second factor: enter a code at "
+                            "%(url)s first."
+                        )
+                        if enrolled
+                        else _(
+                            "This session has not confirmed a second factor: set one up at "
+                            "%(url)s first."
+                        )
+                    )
+                    % {"url": step},
                     "missing": "second_factor",
                     "url": step,
                 }
@@ -48,13 +55,12 @@ class VerifiedSessionAuthentication(SessionAuthentication):
         if restriction == "security_key":
             raise SecondFactorRequired(
                 {
-                    "detail": (
+                    "detail": _(
                         "This session was confirmed with an authenticator app, a backup code "
                         "or single sign-on, and your organisation requires a security key for "
-                        "you: confirm with one (or add one) at "
-                        + reverse("accounts:mfa-overview")
-                        + " first."
-                    ),
+                        "you: confirm with one (or add one) at %(url)s first."
+                    )
+                    % {"url": reverse("accounts:mfa-overview")},
                     "missing": "security_key",
                     "url": reverse("accounts:mfa-overview"),
                 }
@@ -62,11 +68,12 @@ class VerifiedSessionAuthentication(SessionAuthentication):
         if restriction == "approved_security_key":
             raise SecondFactorRequired(
                 {
-                    "detail": (
+                    "detail": _(
                         "This session was confirmed with a security key that is not of a "
                         "model your organisation approved, which your role needs: add an "
-                        "approved key at " + reverse("accounts:mfa-overview") + " first."
-                    ),
+                        "approved key at %(url)s first."
+                    )
+                    % {"url": reverse("accounts:mfa-overview")},
                     "missing": "approved_security_key",
                     "url": reverse("accounts:mfa-overview"),
                 }

@@ -13,6 +13,9 @@ token) or ``Authorization: Token <api token>``. Never a session, so no CSRF: DRF
 are CSRF-exempt, and only session authentication would check it. Over HTTPS only (RFC 7030
 3.3): a signed-in call over plain HTTP is refused before its credentials are read, unless
 DEBUG or PKIPORTAL_EST_ALLOW_HTTP (a test lab).
+
+Its answers are English, never translated: EST clients are machines, which log the text
+for an operator rather than show it to a person (_EstView.dispatch).
 """
 
 from __future__ import annotations
@@ -32,8 +35,7 @@ from django.db import IntegrityError, connection
 from django.db.models import BinaryField, F, Func, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import HttpResponse
-from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from rest_framework import parsers, renderers
 from rest_framework.exceptions import (
     APIException,
@@ -158,6 +160,15 @@ class _EstView(APIView):
     def get_exception_handler(self) -> Any:
         return _exception_handler
 
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """In English whatever Accept-Language or PKIPORTAL_LANGUAGE say: the API's and
+        DRF's messages it shares are translated for people, and an EST client is a device
+        or script whose log an operator reads, the same everywhere."""
+        with translation.override("en"):
+            response = super().dispatch(request, *args, **kwargs)
+        response["Content-Language"] = "en"
+        return response
+
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         return (_TextRenderer(), _TextRenderer.media_type)
 
@@ -196,9 +207,11 @@ def _transport_ok(request: Request) -> bool:
 def _est_wording() -> BasicWording:
     return BasicWording(
         realm="est",
-        purpose="before enrolling over EST with a password, or enrol with an API token",
-        security_key_instead="enrol with an API token (Authorization: Token), created on "
-        f"the portal ({reverse('enrollment:token-list')}) from a session that confirmed it",
+        no_second_factor="Your role needs a second factor: set one up on the portal (%(url)s) "
+        "before enrolling over EST with a password, or enrol with an API token.",
+        security_key_only="Your second factor is a security key, which HTTP basic cannot use: "
+        "enrol with an API token (Authorization: Token), created on the portal (%(url)s) from "
+        "a session that confirmed it.",
     )
 
 

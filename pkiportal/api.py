@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.translation import gettext_lazy as _
 from django.views import defaults
 from rest_framework import exceptions, parsers, renderers, status
 from rest_framework.response import Response
@@ -32,7 +33,7 @@ _STATUS_FOR_ERROR: tuple[tuple[Any, int], ...] = (
     # The operator's to fix (no KRA, no CA key), not the client's: retry later.
     ((ConfigurationError, KeyStoreError), status.HTTP_503_SERVICE_UNAVAILABLE),
 )
-TOO_LARGE = "The request body is larger than this server accepts."
+TOO_LARGE = _("The request body is larger than this server accepts.")
 # RateLimited counts requests over a rolling hour: an hour is always long enough.
 DEFAULT_RETRY_AFTER_SECONDS = 3600
 
@@ -58,7 +59,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # DRF reads JSON through request.body, which enforces DATA_UPLOAD_MAX_MEMORY_SIZE.
         return Response({"detail": TOO_LARGE}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, X509Error):
-        return Response({"detail": exc.message}, status=status.HTTP_400_BAD_REQUEST)
+        # Its msgid and values, worded in the reader's language.
+        shown = EnrollmentError.from_x509(exc).message
+        return Response({"detail": shown}, status=status.HTTP_400_BAD_REQUEST)
     # Imported here: rest_framework.views reads DEFAULT_RENDERER_CLASSES as it loads,
     # which names this module's renderer, so importing it at the top made this module
     # unimportable before DRF's views (a script's first import, say).
@@ -75,7 +78,7 @@ class JSONParser(parsers.JSONParser):
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
-            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+            raise exceptions.ParseError(_("JSON parse error - nested too deeply.")) from None
 
 
 class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
@@ -106,7 +109,7 @@ def _api_error(detail: Any, code: int) -> JsonResponse:
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if is_api(request):
-        return _api_error("Bad request.", status.HTTP_400_BAD_REQUEST)
+        return _api_error(_("Bad request."), status.HTTP_400_BAD_REQUEST)
     return defaults.bad_request(request, exception)
 
 

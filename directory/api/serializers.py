@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from accounts.models import User
@@ -24,35 +25,37 @@ class LookupIn(serializers.Serializer[None]):
         required=False,
         min_length=1,
         max_length=MAX_QUERY_LENGTH,
-        help_text="Search people by name, e-mail or unit: case- and accent-insensitive; "
-        "terms of three or more characters match anywhere, shorter ones a word's start.",
+        help_text=_(
+            "Search people by name, e-mail or unit: case- and accent-insensitive; "
+            "terms of three or more characters match anywhere, shorter ones a word's start."
+        ),
     )
     email = serializers.EmailField(
         required=False,
         max_length=254,
-        help_text="Exact address, any case: the certificates to encrypt to it.",
+        help_text=_("Exact address, any case: the certificates to encrypt to it."),
     )
     include_inactive = serializers.BooleanField(
-        default=False, help_text="With q: also expired and revoked certificates."
+        default=False, help_text=_("With q: also expired and revoked certificates.")
     )
     after = serializers.CharField(
         required=False,
         max_length=MAX_CURSOR_LENGTH,
-        help_text="With q: the next page, as `next` gives it (an opaque, signed cursor).",
+        help_text=_("With q: the next page, as `next` gives it (an opaque, signed cursor)."),
     )
     limit = serializers.IntegerField(
-        default=20, min_value=1, max_value=MAX_PAGE_SIZE, help_text="With q: people per page."
+        default=20, min_value=1, max_value=MAX_PAGE_SIZE, help_text=_("With q: people per page.")
     )
 
     def validate_q(self, value: str) -> str:
         if not search_terms(value):
-            raise serializers.ValidationError("Type at least two letters or digits.")
+            raise serializers.ValidationError(_("Type at least two letters or digits."))
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("q" in attrs) == ("email" in attrs):
             raise serializers.ValidationError(
-                {"detail": "Give either q (search) or email (exact lookup)."}
+                {"detail": _("Give either q (search) or email (exact lookup).")}
             )
         return attrs
 
@@ -77,47 +80,53 @@ class DirectoryCertificateOut(serializers.Serializer[Certificate]):
 
     fingerprint_sha256 = serializers.CharField()
     fingerprint_sha1 = serializers.CharField()
-    serial = serializers.CharField(help_text="Lower-case hex.")
-    subject = serializers.CharField(help_text="RFC 4514.")
+    serial = serializers.CharField(help_text=_("Lower-case hex."))
+    subject = serializers.CharField(help_text=_("RFC 4514."))
     common_name = serializers.CharField()
     email = serializers.EmailField()
     emails = serializers.ListField(child=serializers.EmailField())
     purpose = serializers.ChoiceField(choices=CertificateTemplate.Purpose.choices)
-    template = serializers.CharField(allow_null=True, help_text="The template's slug.")
+    template = serializers.CharField(allow_null=True, help_text=_("The template's slug."))
     key_algorithm = serializers.CharField()
     not_before = serializers.DateTimeField()
     not_after = serializers.DateTimeField()
     state = serializers.ChoiceField(
-        choices=["valid", "expired", "revoked"], help_text="What to tell a person."
+        choices=["valid", "expired", "revoked"], help_text=_("What to tell a person.")
     )
     revoked_at = serializers.DateTimeField(allow_null=True)
-    revocation_reason = serializers.CharField(help_text="RFC 5280 reason; empty: none given.")
+    revocation_reason = serializers.CharField(help_text=_("RFC 5280 reason; empty: none given."))
     owner = OwnerOut(allow_null=True)
     shared_mailbox = SharedMailboxOut(
-        allow_null=True, help_text="Set for a shared mailbox's certificate (its owner is null)."
+        allow_null=True, help_text=_("Set for a shared mailbox's certificate (its owner is null).")
     )
-    pem = serializers.CharField(help_text="The certificate, PEM.")
+    pem = serializers.CharField(help_text=_("The certificate, PEM."))
     chain_pem = serializers.ListField(
-        child=serializers.CharField(), help_text="Its issuing CA up to the root, PEM."
+        child=serializers.CharField(), help_text=_("Its issuing CA up to the root, PEM.")
     )
-    url = serializers.URLField(help_text="Its page in the web directory.")
+    url = serializers.URLField(help_text=_("Its page in the web directory."))
     usable_for_encryption = serializers.BooleanField(
-        help_text="A sender may encrypt to it: valid now, its key usage allows encryption "
-        "(RSA keyEncipherment, EC keyAgreement: purpose encryption or dual_use) and it is for "
-        "its holder's current address (for_current_address). False for signing-only "
-        "certificates, which mail clients cannot encrypt to, for expired and revoked ones, "
-        "and for one naming an address its holder no longer has."
+        help_text=_(
+            "A sender may encrypt to it: valid now, its key usage allows encryption "
+            "(RSA keyEncipherment, EC keyAgreement: purpose encryption or dual_use) and it is for "
+            "its holder's current address (for_current_address). False for signing-only "
+            "certificates, which mail clients cannot encrypt to, for expired and revoked ones, "
+            "and for one naming an address its holder no longer has."
+        )
     )
     recommended_for_encryption = serializers.BooleanField(
-        help_text="The one certificate to encrypt to for its holder (person or shared "
-        "mailbox): the newest usable_for_encryption one among the results. At most one per "
-        "holder; none when the holder has no certificate to encrypt to."
+        help_text=_(
+            "The one certificate to encrypt to for its holder (person or shared "
+            "mailbox): the newest usable_for_encryption one among the results. At most one per "
+            "holder; none when the holder has no certificate to encrypt to."
+        )
     )
     for_current_address = serializers.BooleanField(
-        help_text="It names its holder's current address (owner.email, case aside), or "
-        "none. False for one issued before the holder's address changed: it stays valid "
-        "for a grace period, to check old signatures, and is then revoked, but mail to its "
-        "address no longer reaches the holder, so it is never usable_for_encryption."
+        help_text=_(
+            "It names its holder's current address (owner.email, case aside), or "
+            "none. False for one issued before the holder's address changed: it stays valid "
+            "for a grace period, to check old signatures, and is then revoked, but mail to its "
+            "address no longer reaches the holder, so it is never usable_for_encryption."
+        )
     )
 
     def to_representation(self, instance: Certificate) -> dict[str, Any]:
@@ -170,6 +179,6 @@ def _datetime(value: Any) -> str:
 
 class LookupOut(serializers.Serializer[dict[str, Any]]):
     next = serializers.URLField(
-        allow_null=True, help_text="The next page of a search; null on the last one."
+        allow_null=True, help_text=_("The next page of a search; null on the last one.")
     )
     results = DirectoryCertificateOut(many=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ValidationError
@@ -15,9 +17,10 @@ from directory.permissions import DirectoryReadable
 from directory.selectors import MAX_PAGE_SIZE
 
 
-def _help(field: str) -> str:
-    """An input field's help text, which doubles as its OpenAPI description."""
-    return str(LookupIn().fields[field].help_text or "")
+def _help(field: str) -> Any:
+    """An input field's help text, which doubles as its OpenAPI description: a lazy text,
+    worded in the language the schema is rendered in."""
+    return LookupIn().fields[field].help_text or ""
 
 
 PARAMETERS = [

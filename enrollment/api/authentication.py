@@ -159,7 +159,7 @@ class TokenScheme(KnoxTokenScheme):
 
 class SignInLockedOut(APIException):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
-    default_detail = "Too many failed sign-ins for this account from this address; try later."
+    default_detail = _("Too many failed sign-ins for this account from this address; try later.")
     default_code = "locked_out"
 
 

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from django.conf import settings
 from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, reverse
-from django.utils.functional import Promise
+from django.utils.functional import Promise, lazy
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -176,8 +177,8 @@ class TemplateSlugField(serializers.Field):  # type: ignore[type-arg]
     every enrolment); the lookup is hotsql's anyway."""
 
     default_error_messages = {
-        "invalid": "Give the template's slug, e.g. smime-signing.",
-        "does_not_exist": "There is no certificate template {slug!r}.",
+        "invalid": _("Give the template's slug, e.g. smime-signing."),
+        "does_not_exist": _("There is no certificate template {slug!r}."),
     }
 
     def to_internal_value(self, data: Any) -> CertificateTemplate:
@@ -217,16 +218,29 @@ class LongTextField(serializers.CharField):
         ]
 
 
+def _render(message: Promise, params: dict[str, Any]) -> str:
+    return str(message) % params
+
+
+def _formatted(message: Promise, **params: Any) -> str:
+    """A declared message with its values, worded when it is shown (a lazy text, which the
+    field keeps as it keeps any other)."""
+    worded: str = lazy(_render, str)(message, params)
+    return worded
+
+
 class CsrIn(InputSerializer):
     """Your own key: a PKCS#10 request. Subject and addresses always come from your account."""
 
     csr = LongTextField(
         min_length=1,  # blank is refused: the schema says so (minLength) for generated clients
         max_length=MAX_CSR_BYTES,
-        help_text="PEM (-----BEGIN CERTIFICATE REQUEST-----) or the base64 of the DER.",
+        help_text=_("PEM (-----BEGIN CERTIFICATE REQUEST-----) or the base64 of the DER."),
         error_messages={
-            "max_length": f"A certificate request is at most {MAX_CSR_BYTES // 1024} KiB.",
-            "blank": "Paste the certificate request.",
+            "max_length": _formatted(
+                _("A certificate request is at most %(size)d KiB."), size=MAX_CSR_BYTES // 1024
+            ),
+            "blank": _("Paste the certificate request."),
         },
     )
 
@@ -234,7 +248,7 @@ class CsrIn(InputSerializer):
         extra = [name for name in ("key_algorithm", "pkcs12_password") if name in self.initial_data]
         if extra:
             raise serializers.ValidationError(
-                {extra[0]: ["Give either a CSR or a key algorithm and password, not both."]}
+                {extra[0]: [_("Give either a CSR or a key algorithm and password, not both.")]}
             )
         return attrs
 
@@ -249,15 +263,17 @@ class Pkcs12In(InputSerializer):
         max_length=MAX_PASSWORD_LENGTH,
         style={"input_type": "password"},
         help_text=(
-            "Protects the PKCS#12 file. Checked for strength; never stored, logged or returned."
+            _("Protects the PKCS#12 file. Checked for strength; never stored, logged or returned.")
         ),
     )
     pkcs12_format = serializers.ChoiceField(
         choices=[(f.value, f.value) for f in Pkcs12Format],
         default=Pkcs12Format.MODERN.value,
         help_text=(
-            "modern: PBES2 with AES-256 (current clients); compatible: 3DES with SHA-1, "
-            "for old Windows and Outlook versions."
+            _(
+                "modern: PBES2 with AES-256 (current clients); compatible: 3DES with SHA-1, "
+                "for old Windows and Outlook versions."
+            )
         ),
     )
 
@@ -278,9 +294,11 @@ class ServerKeyIn(Pkcs12In):
         max_length=MAX_PASSWORD_LENGTH,
         style={"input_type": "password"},
         help_text=(
-            "Protects the PKCS#12 file; checked for strength, never stored, logged or "
-            "returned. Required unless the template needs approval: then give it when you "
-            "collect."
+            _(
+                "Protects the PKCS#12 file; checked for strength, never stored, logged or "
+                "returned. Required unless the template needs approval: then give it when you "
+                "collect."
+            )
         ),
     )
 
@@ -291,8 +309,8 @@ class MailboxAddressField(serializers.Field):  # type: ignore[type-arg]
     service's question (403 for a non-delegate)."""
 
     default_error_messages = {
-        "invalid": "Give the shared mailbox's e-mail address.",
-        "does_not_exist": "There is no active shared mailbox with that address.",
+        "invalid": _("Give the shared mailbox's e-mail address."),
+        "does_not_exist": _("There is no active shared mailbox with that address."),
     }
 
     def to_internal_value(self, data: Any) -> SharedMailbox:
@@ -308,16 +326,18 @@ class MailboxAddressField(serializers.Field):  # type: ignore[type-arg]
 
 
 class CsrEnrollmentIn(CsrIn):
-    template = TemplateSlugField(help_text="The template's slug, e.g. smime-signing.")
+    template = TemplateSlugField(help_text=_("The template's slug, e.g. smime-signing."))
 
 
 class ServerKeyEnrollmentIn(ServerKeyIn):
-    template = TemplateSlugField(help_text="The template's slug, e.g. smime-encryption.")
+    template = TemplateSlugField(help_text=_("The template's slug, e.g. smime-encryption."))
     mailbox = MailboxAddressField(
         required=False,
         help_text=(
-            "Enrol for this shared mailbox (its address), of which you are a delegate: the "
-            "certificate names the mailbox, not you. Archiving templates only; no CSR."
+            _(
+                "Enrol for this shared mailbox (its address), of which you are a delegate: the "
+                "certificate names the mailbox, not you. Archiving templates only; no CSR."
+            )
         ),
     )
 
@@ -374,21 +394,28 @@ class RevokeIn(serializers.Serializer[None]):
     reason = serializers.ChoiceField(
         choices=Certificate.RevocationReasonChoice.choices,
         help_text=(
-            "Holders: keyCompromise, affiliationChanged, superseded, cessationOfOperation. "
-            "RA officers: any of these values."
+            _(
+                "Holders: keyCompromise, affiliationChanged, superseded, cessationOfOperation. "
+                "RA officers: any of these values."
+            )
         ),
     )
     invalidity_date = serializers.DateTimeField(
         required=False,
         allow_null=True,
-        help_text="When the key is known or suspected to have been compromised (optional).",
+        help_text=_("When the key is known or suspected to have been compromised (optional)."),
     )
 
     def validate_reason(self, reason: str) -> str:
         if not self.context.get("officer") and reason not in HOLDER_REVOCATION_REASONS:
             allowed = ", ".join(sorted(HOLDER_REVOCATION_REASONS))
             raise serializers.ValidationError(
-                f"As the certificate's holder you may give {allowed}; {reason} is for RA officers."
+                # Translators: allowed lists revocation reasons' API values; reason is one.
+                _(
+                    "As the certificate's holder you may give %(allowed)s; %(reason)s is for RA "
+                    "officers."
+                )
+                % {"allowed": allowed, "reason": reason}
             )
         return reason
 
@@ -403,8 +430,8 @@ class RejectIn(serializers.Serializer[None]):
     reason = serializers.CharField(
         min_length=1,
         max_length=MAX_REASON_LENGTH,
-        help_text="Why the request is rejected; the requester is told.",
-        error_messages={"blank": "Say why the request is rejected."},
+        help_text=_("Why the request is rejected; the requester is told."),
+        error_messages={"blank": _("Say why the request is rejected.")},
     )
 
 
@@ -414,19 +441,19 @@ class RecoverIn(serializers.Serializer[None]):
     reason = serializers.CharField(
         min_length=1,
         max_length=recovery.MAX_TEXT_LENGTH,
-        help_text="Why you need the key back; RA officers read it. Plain text.",
-        error_messages={"blank": "Say why you need the key back."},
+        help_text=_("Why you need the key back; RA officers read it. Plain text."),
+        error_messages={"blank": _("Say why you need the key back.")},
     )
     pkcs12_format = serializers.ChoiceField(
         choices=[(f.value, f.value) for f in Pkcs12Format],
         default=Pkcs12Format.MODERN.value,
-        help_text="The recovered key's file: modern (AES-256) or compatible (3DES).",
+        help_text=_("The recovered key's file: modern (AES-256) or compatible (3DES)."),
     )
 
     def validate_reason(self, reason: str) -> str:
         try:
             return recovery.clean_text(
-                reason, field="reason", empty="Say why you need the key back."
+                reason, field="reason", empty=_("Say why you need the key back.")
             )
         except EnrollmentError as exc:
             raise serializers.ValidationError(exc.message) from None
@@ -453,7 +480,7 @@ class CertificateOut(serializers.ModelSerializer[Certificate]):
         source="state",
         choices=["valid", "revoked", "expired"],
         read_only=True,
-        help_text="valid, revoked or expired.",
+        help_text=_("valid, revoked or expired."),
     )
     # Declared: DRF drops allow_blank from read_only_fields, so the schema said an enum
     # without "", which is what a certificate not revoked (or without a reason) answers.
@@ -461,7 +488,7 @@ class CertificateOut(serializers.ModelSerializer[Certificate]):
         choices=Certificate.RevocationReasonChoice.choices,
         allow_blank=True,
         read_only=True,
-        help_text="RFC 5280 reason; empty when not revoked or revoked without one.",
+        help_text=_("RFC 5280 reason; empty when not revoked or revoked without one."),
     )
 
     class Meta:
@@ -498,9 +525,9 @@ class CertificateOut(serializers.ModelSerializer[Certificate]):
 class CertificateDetailOut(CertificateOut):
     """Adds the certificate and its chain as PEM, for clients that install them."""
 
-    certificate = serializers.SerializerMethodField(help_text="The certificate, PEM.")
+    certificate = serializers.SerializerMethodField(help_text=_("The certificate, PEM."))
     chain = serializers.SerializerMethodField(
-        help_text="The CA certificates, PEM, issuer first and the root last."
+        help_text=_("The CA certificates, PEM, issuer first and the root last.")
     )
 
     class Meta(CertificateOut.Meta):
@@ -547,26 +574,30 @@ class EnrollmentOut(serializers.ModelSerializer[CertificateRequest]):
         slug_field="serial",
         read_only=True,
         allow_null=True,
-        help_text="The serial (hex) of the certificate this renews; null for a first enrolment.",
+        help_text=_("The serial (hex) of the certificate this renews; null for a first enrolment."),
     )
     mailbox: serializers.SlugRelatedField[SharedMailbox] = serializers.SlugRelatedField(
         slug_field="email",
         read_only=True,
         allow_null=True,
         help_text=(
-            "The shared mailbox's address when the request is a delegate's for a shared "
-            "mailbox: the certificate then names the mailbox (organization-validated), not "
-            "the requester. Null for a personal request."
+            _(
+                "The shared mailbox's address when the request is a delegate's for a shared "
+                "mailbox: the certificate then names the mailbox (organization-validated), not "
+                "the requester. Null for a personal request."
+            )
         ),
     )
     channel = serializers.ChoiceField(
         choices=CertificateRequest.Channel.choices,
         read_only=True,
         help_text=(
-            "How the request came: `web` (the portal's pages), `api` (this API), `est` "
-            "(EST, RFC 7030), `rollout` (an RA officer's roll-out invitation), or `unknown` "
-            "for requests made before the portal recorded it (a web request and an API "
-            "request without an Idempotency-Key could not be told apart)."
+            _(
+                "How the request came: `web` (the portal's pages), `api` (this API), `est` "
+                "(EST, RFC 7030), `rollout` (an RA officer's roll-out invitation), or `unknown` "
+                "for requests made before the portal recorded it (a web request and an API "
+                "request without an Idempotency-Key could not be told apart)."
+            )
         ),
     )
     serial = serializers.CharField(source="certificate.serial", read_only=True, allow_null=True)
@@ -634,14 +665,18 @@ class PendingOut(EnrollmentOut):
         source="template.approver_group.name",
         read_only=True,
         allow_null=True,
-        help_text="The group whose RA officers (and superusers) decide the template's "
-        "requests; null: every RA officer.",
+        help_text=_(
+            "The group whose RA officers (and superusers) decide the template's "
+            "requests; null: every RA officer."
+        ),
     )
     may_decide = serializers.SerializerMethodField(
-        help_text="Whether you may approve or reject it: not your own request, not one of a "
-        "shared mailbox you are a delegate of, and you are among the template's approvers. "
-        "The others are refused with 403 (as is every request outside your officer scope, "
-        "which this list leaves out)."
+        help_text=_(
+            "Whether you may approve or reject it: not your own request, not one of a "
+            "shared mailbox you are a delegate of, and you are among the template's approvers. "
+            "The others are refused with 403 (as is every request outside your officer scope, "
+            "which this list leaves out)."
+        )
     )
 
     class Meta(EnrollmentOut.Meta):
@@ -665,28 +700,30 @@ class Issued:
 class IssuedOut(serializers.Serializer[Issued]):
     """201: the certificate with its chain, and the PKCS#12 when the portal made the key."""
 
-    id = serializers.IntegerField(source="request.pk", help_text="The enrolment's id.")
-    url = serializers.SerializerMethodField(help_text="The enrolment's status URL.")
+    id = serializers.IntegerField(source="request.pk", help_text=_("The enrolment's id."))
+    url = serializers.SerializerMethodField(help_text=_("The enrolment's status URL."))
     state = serializers.CharField(source="request.state")
-    serial = serializers.CharField(source="certificate.serial", help_text="Lowercase hex.")
+    serial = serializers.CharField(source="certificate.serial", help_text=_("Lowercase hex."))
     fingerprint = serializers.CharField(
-        source="certificate.fingerprint_sha256", help_text="SHA-256 of the DER, hex."
+        source="certificate.fingerprint_sha256", help_text=_("SHA-256 of the DER, hex.")
     )
     subject = serializers.CharField(source="certificate.subject")
     emails = serializers.ListField(child=serializers.EmailField(), source="certificate.emails")
     not_before = serializers.DateTimeField(source="certificate.not_before")
     not_after = serializers.DateTimeField(source="certificate.not_after")
-    certificate = serializers.SerializerMethodField(help_text="The certificate, PEM.")
+    certificate = serializers.SerializerMethodField(help_text=_("The certificate, PEM."))
     chain = serializers.SerializerMethodField(
-        help_text="The CA certificates, PEM, issuer first and the root last."
+        help_text=_("The CA certificates, PEM, issuer first and the root last.")
     )
     certificate_url = serializers.SerializerMethodField()
     notice = serializers.SerializerMethodField(
-        help_text="Set when the CSR asked for a name or address the certificate does not "
-        "carry, or when the issuing CA's end made the certificate shorter than its template."
+        help_text=_(
+            "Set when the CSR asked for a name or address the certificate does not "
+            "carry, or when the issuing CA's end made the certificate shorter than its template."
+        )
     )
     pkcs12 = serializers.SerializerMethodField(
-        help_text="The PKCS#12 (key, certificate, chain), base64; null for a CSR enrolment."
+        help_text=_("The PKCS#12 (key, certificate, chain), base64; null for a CSR enrolment.")
     )
     pkcs12_format = serializers.CharField(allow_null=True)
 
@@ -763,12 +800,21 @@ def substitution_notice(request: CertificateRequest, certificate: Certificate) -
             asked_names = {str(a.value) for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)}
     if asked_emails <= set(certificate.emails) and asked_names <= {certificate.common_name}:
         return ""
-    return (
-        f"The request asked for {request.requested_subject or 'no name'}"
-        f"{' <' + ', '.join(sorted(asked_emails)) + '>' if asked_emails else ''}; the "
-        f"certificate names you as in your account: {certificate.common_name} "
-        f"<{', '.join(certificate.emails)}>."
-    )
+    asked = request.requested_subject or str(NO_NAME)
+    if asked_emails:
+        asked += " <" + ", ".join(sorted(asked_emails)) + ">"
+    return str(
+        # Translators: asked is the name (and addresses) a CSR asked for; name and emails
+        # are the certificate's.
+        _(
+            "The request asked for %(asked)s; the certificate names you as in your account: "
+            "%(name)s <%(emails)s>."
+        )
+    ) % {"asked": asked, "name": certificate.common_name, "emails": ", ".join(certificate.emails)}
+
+
+# Translators: what a CSR asked for when it named no one.
+NO_NAME = _("no name")
 
 
 class TokenIn(serializers.Serializer[None]):
@@ -779,25 +825,25 @@ class TokenIn(serializers.Serializer[None]):
         allow_blank=True,
         default="",
         max_length=100,
-        help_text="Your name for it, e.g. the script that uses it; unique among your tokens.",
+        help_text=_("Your name for it, e.g. the script that uses it; unique among your tokens."),
     )
     lifetime_days = serializers.IntegerField(
         required=False,
         allow_null=True,
         default=None,
         min_value=1,
-        help_text="Days until it expires: 1 to API_TOKEN_TTL_DAYS (90 by default), the default.",
+        help_text=_("Days until it expires: 1 to API_TOKEN_TTL_DAYS (90 by default), the default."),
     )
 
 
 class TokenOut(serializers.Serializer[dict[str, Any]]):
     """A new API token: shown once, stored only as a hash."""
 
-    token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
+    token = serializers.CharField(help_text=_("Send as `Authorization: Token <token>`."))
     expiry = serializers.DateTimeField(allow_null=True)
     label = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.label
     prefix = serializers.CharField(
-        help_text="The token's first characters, as /account/tokens/ lists it."
+        help_text=_("The token's first characters, as /account/tokens/ lists it.")
     )
 
 
@@ -811,24 +857,26 @@ class RecoveryOut(serializers.ModelSerializer[KeyRecoveryRequest]):
     serial = serializers.CharField(source="certificate.serial", read_only=True)
     certificate_url = serializers.SerializerMethodField()
     asked_by_holder = serializers.SerializerMethodField(
-        help_text="true when the key's holder asked for it; false when an RA officer opened it."
+        help_text=_("true when the key's holder asked for it; false when an RA officer opened it.")
     )
     pkcs12_format = serializers.ChoiceField(
         choices=[(f.value, f.value) for f in Pkcs12Format], read_only=True
     )
     approvals = serializers.SerializerMethodField(
-        help_text="Approvals that count now: an approver who is no longer an active RA officer "
-        "does not count (as on the recovery's page)."
+        help_text=_(
+            "Approvals that count now: an approver who is no longer an active RA officer "
+            "does not count (as on the recovery's page)."
+        )
     )
     approvals_required = serializers.SerializerMethodField()
     download_until = serializers.SerializerMethodField(
-        help_text="While `ready`: the end of the one download's window."
+        help_text=_("While `ready`: the end of the one download's window.")
     )
     page_url = serializers.SerializerMethodField(
-        help_text="Its web page, where the holder downloads the recovered key once."
+        help_text=_("Its web page, where the holder downloads the recovered key once.")
     )
     withdraw_url = serializers.SerializerMethodField(
-        help_text="For the holder who asked, while nothing is recovered yet."
+        help_text=_("For the holder who asked, while nothing is recovered yet.")
     )
 
     class Meta:
@@ -859,10 +907,12 @@ class RecoveryOut(serializers.ModelSerializer[KeyRecoveryRequest]):
     @extend_schema_field(
         serializers.ChoiceField(
             choices=KeyRecoveryRequest.State.choices,
-            help_text="The effective state: as its approvals count now, as the portal's pages "
-            "show it. An approved recovery whose approver is no longer an active RA officer "
-            "is `pending` again (its `approvals` fall short of `approvals_required`) until "
-            "another officer approves it or the role comes back.",
+            help_text=_(
+                "The effective state: as its approvals count now, as the portal's pages "
+                "show it. An approved recovery whose approver is no longer an active RA officer "
+                "is `pending` again (its `approvals` fall short of `approvals_required`) until "
+                "another officer approves it or the role comes back."
+            ),
         )
     )
     def get_state(self, found: KeyRecoveryRequest) -> str:
@@ -913,7 +963,7 @@ class RecoveryConflictOut(serializers.Serializer[dict[str, Any]]):
 
     detail = serializers.CharField()
     recovery = serializers.URLField(
-        allow_null=True, help_text="The one in progress, when it comes to you; else null."
+        allow_null=True, help_text=_("The one in progress, when it comes to you; else null.")
     )
 
 
@@ -923,25 +973,31 @@ class RecoveryConflictOut(serializers.Serializer[dict[str, Any]]):
 class RolloutIn(serializers.Serializer[Any]):
     """A roll-out to create: the template, and a group and/or people by name or address."""
 
-    template = serializers.SlugField(min_length=1, max_length=50, help_text="The template's slug.")
+    template = serializers.SlugField(
+        min_length=1, max_length=50, help_text=_("The template's slug.")
+    )
     group = serializers.CharField(
         max_length=150,
         required=False,
         allow_blank=True,
-        help_text="A group's name: all its members.",
+        help_text=_("A group's name: all its members."),
     )
     people = serializers.ListField(
         child=serializers.CharField(max_length=1000, allow_blank=True, trim_whitespace=True),
         required=False,
         default=list,
-        help_text="User names or e-mail addresses. Those that name nobody, or someone who "
-        "cannot be invited, are reported in `skipped`, not refused.",
+        help_text=_(
+            "User names or e-mail addresses. Those that name nobody, or someone who "
+            "cannot be invited, are reported in `skipped`, not refused."
+        ),
     )
     key_algorithm = serializers.ChoiceField(
         choices=[(a.value, a.label) for a in KeyAlgorithm],  # the enrolment's enum
         required=False,
-        help_text="The key the portal generates; default: the first the template allows "
-        "(RSA 3072 where allowed).",
+        help_text=_(
+            "The key the portal generates; default: the first the template allows "
+            "(RSA 3072 where allowed)."
+        ),
     )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 
@@ -950,7 +1006,8 @@ class RolloutIn(serializers.Serializer[Any]):
 
         if len(value) > settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE:
             raise serializers.ValidationError(
-                f"At most {settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE} people per roll-out."
+                _("At most %(limit)d people per roll-out.")
+                % {"limit": settings.PKIPORTAL_ROLLOUT_MAX_PEOPLE}
             )
         return value
 
@@ -966,12 +1023,14 @@ class RolloutOut(serializers.ModelSerializer[Any]):
     created_by = serializers.CharField(source="created_by.get_username", read_only=True)
     group = serializers.CharField(source="group_name", read_only=True)
     counts = serializers.SerializerMethodField(
-        help_text="Where its people stand; for an officer in a scope, of the people it covers."
+        help_text=_("Where its people stand; for an officer in a scope, of the people it covers.")
     )
     skipped = serializers.SerializerMethodField(allow_null=True)
     people = serializers.SerializerMethodField(
-        help_text="Each invited person's request; for an officer in a scope, of the people "
-        "it covers only."
+        help_text=_(
+            "Each invited person's request; for an officer in a scope, of the people "
+            "it covers only."
+        )
     )
 
     class Meta:
@@ -1071,7 +1130,7 @@ class RolloutSummaryOut(RolloutOut):
 
 
 class MailboxOut(serializers.ModelSerializer[SharedMailbox]):
-    delegates = serializers.SerializerMethodField(help_text="Delegates' user names.")
+    delegates = serializers.SerializerMethodField(help_text=_("Delegates' user names."))
 
     class Meta:
         model = SharedMailbox
@@ -1084,14 +1143,14 @@ class MailboxOut(serializers.ModelSerializer[SharedMailbox]):
 class MailboxIn(serializers.Serializer[None]):
     """Shape only: enrollment.mailboxes checks the address, the name and the delegates."""
 
-    email = serializers.CharField(max_length=254, help_text="Never changed afterwards.")
+    email = serializers.CharField(max_length=254, help_text=_("Never changed afterwards."))
     display_name = serializers.CharField(max_length=400)
     delegates = serializers.ListField(
         child=serializers.CharField(max_length=150),
         max_length=200,
         required=False,
         default=list,
-        help_text="User names of active accounts.",
+        help_text=_("User names of active accounts."),
     )
 
 
@@ -1103,5 +1162,5 @@ class MailboxChangeIn(serializers.Serializer[None]):
         child=serializers.CharField(max_length=150),
         max_length=200,
         required=False,
-        help_text="User names of active accounts: the whole new list.",
+        help_text=_("User names of active accounts: the whole new list."),
     )

@@ -23,6 +23,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -49,7 +51,7 @@ from enrollment import mailboxes, ra_selectors, recent_sign_in, recovery, servic
 from enrollment.api import serializers as s
 from enrollment.api.authentication import AxesBasicAuthentication, TokenAuthentication
 from enrollment.edge import client_address
-from enrollment.exceptions import NotPermitted
+from enrollment.exceptions import Message, NotPermitted
 from enrollment.models import (
     Certificate,
     CertificateRequest,
@@ -259,7 +261,7 @@ def _enrol_once(
     if not csr_shape and not template.requires_approval and not validated.get("pkcs12_password"):
         # Checked before anything is stored: the key would be made now and needs it.
         raise serializers.ValidationError(
-            {"pkcs12_password": ["This template issues at once: give the PKCS#12 password."]}
+            {"pkcs12_password": [_("This template issues at once: give the PKCS#12 password.")]}
         )
     common: dict[str, Any] = {
         "requester": request.user,
@@ -309,8 +311,11 @@ def _idempotency_key(request: Request) -> str:
         raise serializers.ValidationError(
             {
                 "Idempotency-Key": [
-                    "Give 1 to 64 printable ASCII characters, e.g. a UUID (not starting "
-                    f"with {services.EST_KEY_PREFIX!r}, which EST requests use)."
+                    _(
+                        "Give 1 to 64 printable ASCII characters, e.g. a UUID (not starting "
+                        "with %(prefix)s, which EST requests use)."
+                    )
+                    % {"prefix": repr(services.EST_KEY_PREFIX)}
                 ]
             }
         )
@@ -337,8 +342,8 @@ def _replay(
     """The answer to a request made before with this key, if this body asks the same."""
     if not _asks_the_same(earlier, data, renewal_of):
         return Response(
-            {"detail": "This Idempotency-Key was used for a different request; use a new "
-                       "key for a new request."},
+            {"detail": _("This Idempotency-Key was used for a different request; use a new "
+                         "key for a new request.")},
             status=status.HTTP_422_UNPROCESSABLE_ENTITY,
         )  # fmt: skip
     if (
@@ -347,7 +352,7 @@ def _replay(
     ):
         # The key left once, inside the first answer's PKCS#12, and is kept nowhere.
         body = s.EnrollmentOut(earlier, context={"request": request}).data
-        body["detail"] = (
+        body["detail"] = _(
             "This request was issued, and its PKCS#12 was in the first answer: the portal "
             "does not keep keys. If that answer was lost, revoke the certificate and enrol "
             "again with a new Idempotency-Key."
@@ -590,7 +595,7 @@ class CertificateViewSet(
         # Serials are unique per CA; should two CAs ever share one, the newest wins.
         certificate = found.filter(serial=serial).first()
         if certificate is None:
-            raise Http404("No such certificate.")
+            raise Http404(_("No such certificate."))
         self.check_object_permissions(self.request, certificate)
         return certificate
 
@@ -643,7 +648,7 @@ class CertificateViewSet(
         certificate = self.get_object()
         if certificate.template is None:
             return Response(
-                {"detail": "This certificate was not issued from a template; enrol anew."},
+                {"detail": _("This certificate was not issued from a template; enrol anew.")},
                 status=status.HTTP_409_CONFLICT,
             )
         return _enrol(
@@ -679,8 +684,10 @@ class CertificateViewSet(
         certificate = self.get_object()  # holders see their own; officers everyone's
         if not services.may_hold(request.user, certificate):
             raise NotPermitted(
-                "Only the certificate's holder asks for its key back; RA officers open a "
-                "recovery on the RA pages."
+                gettext_lazy(
+                    "Only the certificate's holder asks for its key back; RA officers open a "
+                    "recovery on the RA pages."
+                )
             )
         serializer = s.RecoverIn(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -722,7 +729,12 @@ def _delegates(names: list[str]) -> list[Any]:
             people.append(found[0])
     if unknown:
         raise serializers.ValidationError(
-            {"delegates": [f"No single active account has the user name: {', '.join(unknown)}."]}
+            {
+                "delegates": [
+                    _("No single active account has the user name: %(names)s.")
+                    % {"names": ", ".join(unknown)}
+                ]
+            }
         )
     return people
 
@@ -760,7 +772,7 @@ class MailboxViewSet(
 
     def _officer(self) -> None:
         if not is_ra_officer(self.request.user):
-            raise PermissionDenied("Only RA officers manage shared mailboxes.")
+            raise PermissionDenied(_("Only RA officers manage shared mailboxes."))
         if not mailboxes.may_manage(self.request.user):
             raise PermissionDenied(mailboxes.OUT_OF_SCOPE)
 
@@ -1141,9 +1153,12 @@ class TokenCreateView(APIView):
         ) and not recent_sign_in.signed_in_recently(request._request):
             # A token outlives the session: a stolen session cookie must not be enough.
             raise PermissionDenied(
-                "Sign in again to create a token from a browser session: it must be within "
-                f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in. "
-                "HTTP basic needs no second sign-in."
+                # Translators: minutes is e.g. "15 minutes".
+                _(
+                    "Sign in again to create a token from a browser session: it must be within "
+                    "%(minutes)s of signing in. HTTP basic needs no second sign-in."
+                )
+                % {"minutes": plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)}
             )
         if isinstance(request.successful_authenticator, SessionAuthentication):
             second_factor = mfa.session_verified(request._request)
@@ -1181,20 +1196,27 @@ class TokenCreateView(APIView):
 
 @dataclass(frozen=True)
 class BasicWording:
-    """What a second-factor refusal of HTTP basic says: the realm of its challenge, what
-    the password was for, and where someone with only security keys goes instead."""
+    """What a second-factor refusal of HTTP basic says: the realm of its challenge, and
+    two whole sentences: where to set up a second factor first (``%(url)s``, that page),
+    and where someone with only security keys goes instead (``%(url)s``: the tokens page)."""
 
     realm: str
-    purpose: str
-    security_key_instead: str
+    no_second_factor: Message
+    security_key_only: Message
 
 
 def _token_wording() -> BasicWording:
     return BasicWording(
         realm="api",
-        purpose="before minting a token",
-        security_key_instead="create the token from a browser session that confirmed it "
-        f"({reverse('enrollment:token-list')}, or POST here with that session)",
+        no_second_factor=gettext_lazy(
+            "Your role needs a second factor: set one up on the portal (%(url)s) before "
+            "minting a token."
+        ),
+        security_key_only=gettext_lazy(
+            "Your second factor is a security key, which HTTP basic cannot use: create the "
+            "token from a browser session that confirmed it (%(url)s, or POST here with that "
+            "session)."
+        ),
     )
 
 
@@ -1224,8 +1246,8 @@ def check_basic_second_factor(
     if not state.enrolled:
         return Response(
             {
-                "detail": "Your role needs a second factor: set one up on the portal "
-                f"({reverse(mfa.second_step_url_name(user))}) {wording.purpose}.",
+                "detail": str(wording.no_second_factor)
+                % {"url": reverse(mfa.second_step_url_name(user))},
                 "missing": "second_factor",
             },
             status=status.HTTP_403_FORBIDDEN,
@@ -1235,8 +1257,8 @@ def check_basic_second_factor(
         # backup codes are for a lost key in the browser, not to be spent by a script.
         return Response(
             {
-                "detail": "Your second factor is a security key, which HTTP basic cannot "
-                f"use: {wording.security_key_instead}.",
+                "detail": str(wording.security_key_only)
+                % {"url": reverse("enrollment:token-list")},
                 "missing": "second_factor_session",
                 "url": reverse("enrollment:token-list"),
             },
@@ -1250,8 +1272,11 @@ def check_basic_second_factor(
     if not code:
         return Response(
             {
-                "detail": f"Send a code from your authenticator app (or a backup code) in the "
-                f"{SECOND_FACTOR_HEADER} header.",
+                "detail": _(
+                    "Send a code from your authenticator app (or a backup code) in the "
+                    "%(header)s header."
+                )
+                % {"header": SECOND_FACTOR_HEADER},
                 "missing": "second_factor",
             },
             status=status.HTTP_401_UNAUTHORIZED,
@@ -1265,7 +1290,9 @@ def check_basic_second_factor(
     if check.problem:
         return Response(
             {
-                "detail": f"{check.problem} A backup code in {SECOND_FACTOR_HEADER} still works.",
+                # Translators: problem is a whole sentence on what is wrong with the app.
+                "detail": _("%(problem)s A backup code in %(header)s still works.")
+                % {"problem": check.problem, "header": SECOND_FACTOR_HEADER},
                 "missing": "second_factor_reset",
             },
             status=status.HTTP_403_FORBIDDEN,
@@ -1273,9 +1300,12 @@ def check_basic_second_factor(
     if check.replayed:
         return Response(
             {
-                "detail": f"The code in {SECOND_FACTOR_HEADER} was used already: each call "
-                "with a password needs a new code (wait for the next one). Scripts and "
-                "devices use an API token instead.",
+                "detail": _(
+                    "The code in %(header)s was used already: each call with a password needs "
+                    "a new code (wait for the next one). Scripts and devices use an API token "
+                    "instead."
+                )
+                % {"header": SECOND_FACTOR_HEADER},
                 "missing": "second_factor",
             },
             status=status.HTTP_401_UNAUTHORIZED,
@@ -1284,13 +1314,18 @@ def check_basic_second_factor(
     if check.throttled_until is not None:
         wait = mfa.seconds_until(check.throttled_until)
         return Response(
-            {"detail": f"Too many wrong codes: try again in {mfa.wait_in_words(wait)}."},
+            {
+                # Translators: wait is e.g. "5 minutes".
+                "detail": _("Too many wrong codes: try again in %(wait)s.")
+                % {"wait": mfa.wait_in_words(wait)}
+            },
             status=status.HTTP_429_TOO_MANY_REQUESTS,
             headers={"Retry-After": str(wait)},
         )
     return Response(
         {
-            "detail": f"The code in {SECOND_FACTOR_HEADER} is not right, or was used already.",
+            "detail": _("The code in %(header)s is not right, or was used already.")
+            % {"header": SECOND_FACTOR_HEADER},
             "missing": "second_factor",
         },
         status=status.HTTP_401_UNAUTHORIZED,
@@ -1428,12 +1463,12 @@ class RolloutViewSet(
         data = serializer.validated_data
         template = CertificateTemplate.objects.filter(slug=data["template"]).first()
         if template is None:
-            raise serializers.ValidationError({"template": ["No such template."]})
+            raise serializers.ValidationError({"template": [_("No such template.")]})
         group = None
         if data.get("group"):
             group = Group.objects.filter(name=data["group"]).first()
             if group is None:
-                raise serializers.ValidationError({"group": ["No such group."]})
+                raise serializers.ValidationError({"group": [_("No such group.")]})
         created = rollouts.rollout_create(
             officer=signed_in_user(request),
             template=template,
