@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
 from django.conf import settings
 from django.utils import timezone
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from accounts.models import User
 from enrollment.exceptions import EnrollmentError
@@ -19,6 +22,9 @@ from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.pkcs12 import Pkcs12Format
 from pkiportal import plurals
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 # Offered in this order; RSA first because every mail client can encrypt to it.
 ALGORITHM_ORDER = [
     KeyAlgorithm.RSA_3072,
@@ -28,31 +34,37 @@ ALGORITHM_ORDER = [
     KeyAlgorithm.EC_P384,
 ]
 ALGORITHM_HELP = {
-    KeyAlgorithm.RSA_2048: "works everywhere; the minimum the S/MIME rules allow",
-    KeyAlgorithm.RSA_3072: "recommended; works with every mail client",
-    KeyAlgorithm.RSA_4096: "strongest RSA; generating it takes a few seconds",
-    KeyAlgorithm.EC_P256: "small and fast; older Outlook versions cannot encrypt to it",
-    KeyAlgorithm.EC_P384: "small and fast; older Outlook versions cannot encrypt to it",
+    KeyAlgorithm.RSA_2048: _("works everywhere; the minimum the S/MIME rules allow"),
+    KeyAlgorithm.RSA_3072: _("recommended; works with every mail client"),
+    KeyAlgorithm.RSA_4096: _("strongest RSA; generating it takes a few seconds"),
+    KeyAlgorithm.EC_P256: _("small and fast; older Outlook versions cannot encrypt to it"),
+    KeyAlgorithm.EC_P384: _("small and fast; older Outlook versions cannot encrypt to it"),
 }
 FORMAT_CHOICES = [
     (
         Pkcs12Format.MODERN.value,
-        "Modern (AES-256): Windows 10 and 11, Outlook 2019 and later, macOS, iOS, "
-        "Android, Thunderbird",
+        _(
+            "Modern (AES-256): Windows 10 and 11, Outlook 2019 and later, macOS, iOS, "
+            "Android, Thunderbird"
+        ),
     ),
     (
         Pkcs12Format.COMPATIBLE.value,
-        "Compatible (3DES): older Windows and Outlook versions that reject the modern file; "
-        "weaker protection, so keep the file safe and delete it after importing",
+        _(
+            "Compatible (3DES): older Windows and Outlook versions that reject the modern "
+            "file; weaker protection, so keep the file safe and delete it after importing"
+        ),
     ),
 ]
 # What a person may give as the reason for revoking their own certificate (RFC 5280 5.3.1).
 OWN_REVOCATION_REASONS = [(choice.value, choice.label) for choice in HOLDER_REVOCATION_REASONS]
+# Translators: the descriptions below complete "<revocation reason>: ...", said by the
+# certificate's holder ("my private key").
 REVOCATION_HELP = {
-    "keyCompromise": "someone else may have my private key (a lost laptop, a leaked file)",
-    "affiliationChanged": "my name, e-mail address or role changed",
-    "superseded": "I have a new certificate that replaces this one",
-    "cessationOfOperation": "I no longer need it",
+    "keyCompromise": _("someone else may have my private key (a lost laptop, a leaked file)"),
+    "affiliationChanged": _("my name, e-mail address or role changed"),
+    "superseded": _("I have a new certificate that replaces this one"),
+    "cessationOfOperation": _("I no longer need it"),
 }
 
 
@@ -102,19 +114,19 @@ class Pkcs12PasswordForm(PortalForm):
     error_focus: ClassVar[dict[str, str]] = {"pkcs12_password_confirm": "pkcs12_password"}
 
     pkcs12_password = forms.CharField(
-        label="Password for the .p12 file",
+        label=_("Password for the .p12 file"),
         strip=False,
-        error_messages={"required": "Choose a password for the .p12 file."},
+        error_messages={"required": _("Choose a password for the .p12 file.")},
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
     pkcs12_password_confirm = forms.CharField(
-        label="The same password again",
+        label=_("The same password again"),
         strip=False,
-        error_messages={"required": "Type the password a second time."},
+        error_messages={"required": _("Type the password a second time.")},
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
     pkcs12_format = forms.ChoiceField(
-        label="File format",
+        label=_("File format"),
         choices=FORMAT_CHOICES,
         initial=Pkcs12Format.MODERN.value,
         widget=forms.RadioSelect,
@@ -124,11 +136,16 @@ class Pkcs12PasswordForm(PortalForm):
         super().__init__(*args, **kwargs)
         self.user = user
         self.password_manager_name = password_manager_name(file_of)
-        self.fields["pkcs12_password"].help_text = (
-            f"At least {settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH} characters, not your "
-            "sign-in password. You need it once, when you import the file into your mail "
-            "client; the portal does not keep it and cannot tell it to you again."
-        )
+        minimum = settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH
+        self.fields["pkcs12_password"].help_text = ngettext(
+            "At least %(count)d character, not your sign-in password. You need it once, when "
+            "you import the file into your mail client; the portal does not keep it and "
+            "cannot tell it to you again.",
+            "At least %(count)d characters, not your sign-in password. You need it once, when "
+            "you import the file into your mail client; the portal does not keep it and "
+            "cannot tell it to you again.",
+            minimum,
+        ) % {"count": minimum}
 
     def clean_pkcs12_password(self) -> str:
         password: str = self.cleaned_data["pkcs12_password"]
@@ -142,7 +159,7 @@ class Pkcs12PasswordForm(PortalForm):
         password = cleaned.get("pkcs12_password")
         confirmation = cleaned.get("pkcs12_password_confirm")
         if password and confirmation is not None and password != confirmation:
-            self.add_error("pkcs12_password_confirm", "The two passwords differ.")
+            self.add_error("pkcs12_password_confirm", _("The two passwords differ."))
         return cleaned
 
     @property
@@ -154,16 +171,16 @@ class ServerKeyForm(Pkcs12PasswordForm):
     """Enrol with a key the portal generates, for the algorithms the template allows."""
 
     key_algorithm = forms.ChoiceField(
-        label="Key type",
+        label=_("Key type"),
         widget=forms.RadioSelect,
-        error_messages={"invalid_choice": "This template does not allow that key type."},
+        error_messages={"invalid_choice": _("This template does not allow that key type.")},
     )
     renewal_of = forms.IntegerField(required=False, widget=forms.HiddenInput)
     mailbox = forms.ChoiceField(
-        label="For",
+        label=_("For"),
         required=False,
         widget=forms.RadioSelect,
-        error_messages={"invalid_choice": "You are not a delegate of that shared mailbox."},
+        error_messages={"invalid_choice": _("You are not a delegate of that shared mailbox.")},
     )
 
     field_order = ["mailbox", "key_algorithm", "pkcs12_password", "pkcs12_password_confirm"]
@@ -181,12 +198,21 @@ class ServerKeyForm(Pkcs12PasswordForm):
         if mailboxes:
             # A delegate enrols for a shared mailbox here: its subject is the mailbox's.
             user = getattr(self, "user", None)
-            mine = f"Myself ({getattr(user, 'email', '') or 'my account'})"
+            mine = _("Myself (%(address)s)") % {
+                "address": getattr(user, "email", "") or _("my account")
+            }
             mailbox_field = self.fields["mailbox"]
             assert isinstance(mailbox_field, forms.ChoiceField)  # as declared above
             mailbox_field.choices = [
                 ("", mine),
-                *((str(m.pk), f"{m.display_name} <{m.email}> (shared mailbox)") for m in mailboxes),
+                *(
+                    (
+                        str(m.pk),
+                        _("%(name)s <%(email)s> (shared mailbox)")
+                        % {"name": m.display_name, "email": m.email},
+                    )
+                    for m in mailboxes
+                ),
             ]
             self._mailboxes = {str(m.pk): m for m in mailboxes}
         else:
@@ -217,7 +243,7 @@ class CsrForm(PortalForm):
     """Enrol with your own key: a PKCS#10 request pasted as PEM or uploaded as PEM/DER."""
 
     csr = forms.CharField(
-        label="Paste the request (PEM)",
+        label=_("Paste the request (PEM)"),
         required=False,
         max_length=MAX_CSR_BYTES,
         widget=forms.Textarea(
@@ -229,7 +255,7 @@ class CsrForm(PortalForm):
         ),
     )
     csr_file = forms.FileField(
-        label="…or upload the file (.csr, .req, .pem or .der)",
+        label=_("…or upload the file (.csr, .req, .pem or .der)"),
         required=False,
         widget=forms.ClearableFileInput(attrs={"accept": ".csr,.req,.pem,.der,.p10"}),
     )
@@ -241,8 +267,8 @@ class CsrForm(PortalForm):
             return None
         if upload.size > MAX_CSR_BYTES:
             raise forms.ValidationError(
-                f"The file is larger than {MAX_CSR_BYTES // 1024} KiB; that is not a "
-                "certificate request."
+                _("The file is larger than %(size)d KiB; that is not a certificate request.")
+                % {"size": MAX_CSR_BYTES // 1024}
             )
         data: bytes = upload.read(MAX_CSR_BYTES + 1)
         return data
@@ -254,9 +280,9 @@ class CsrForm(PortalForm):
         if self.errors:
             return cleaned
         if pasted and uploaded:
-            raise forms.ValidationError("Paste the request or upload it, not both.")
+            raise forms.ValidationError(_("Paste the request or upload it, not both."))
         if not pasted and not uploaded:
-            raise forms.ValidationError("Paste a certificate request or choose its file.")
+            raise forms.ValidationError(_("Paste a certificate request or choose its file."))
         cleaned["csr_data"] = uploaded or pasted.encode("utf-8")
         return cleaned
 
@@ -264,12 +290,13 @@ class CsrForm(PortalForm):
 class DecisionForm(PortalForm):
     """An RA officer's approval or rejection; a rejection must say why."""
 
-    decision = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
+    # Translators: an RA officer's decision on a certificate request.
+    decision = forms.ChoiceField(choices=[("approve", _("Approve")), ("reject", _("Reject"))])
     reason = forms.CharField(
-        label="Reason",
+        label=_("Reason"),
         required=False,
         max_length=1000,
-        widget=forms.TextInput(attrs={"placeholder": "Required when rejecting"}),
+        widget=forms.TextInput(attrs={"placeholder": _("Required when rejecting")}),
     )
 
     @property
@@ -277,7 +304,9 @@ class DecisionForm(PortalForm):
         return bool(self.cleaned_data["decision"] == "approve")
 
 
-def invalidity_date_field(label: str, *, help_text: str = "") -> forms.DateTimeField:
+def invalidity_date_field(
+    label: StrOrPromise, *, help_text: StrOrPromise = ""
+) -> forms.DateTimeField:
     """Since when a key may be compromised (RFC 5280 5.3.2), as a browser's date and time
     picker in the portal's time zone; the service checks it is possible."""
     return forms.DateTimeField(
@@ -285,11 +314,11 @@ def invalidity_date_field(label: str, *, help_text: str = "") -> forms.DateTimeF
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         help_text=help_text,
-        error_messages={"invalid": "Give a date and time, e.g. 2026-11-02 09:30."},
+        error_messages={"invalid": _("Give a date and time, e.g. 2026-11-02 09:30.")},
     )
 
 
-COMPROMISE_ONLY = (
+COMPROMISE_ONLY = _(
     "Only a key compromise has a date since when the key may have been in other hands: "
     "leave the date empty, or choose key compromise."
 )
@@ -305,19 +334,20 @@ class RevokeForm(PortalForm):
     """
 
     reason = forms.ChoiceField(
-        label="Why?",
+        label=_("Why?"),
         choices=[
-            (value, f"{label}: {REVOCATION_HELP[value]}") for value, label in OWN_REVOCATION_REASONS
+            (value, format_lazy("{}: {}", label, REVOCATION_HELP[value]))
+            for value, label in OWN_REVOCATION_REASONS
         ],
         widget=forms.RadioSelect,
-        error_messages={"required": "Say why you revoke it."},
+        error_messages={"required": _("Say why you revoke it.")},
     )
     invalidity_date = invalidity_date_field(
-        "Since when may the key have been in other hands? (optional)"
+        _("Since when may the key have been in other hands? (optional)")
     )
     confirm = forms.BooleanField(
-        label="I understand that a revoked certificate cannot be used again.",
-        error_messages={"required": "Tick the box to confirm."},
+        label=_("I understand that a revoked certificate cannot be used again."),
+        error_messages={"required": _("Tick the box to confirm.")},
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -325,12 +355,14 @@ class RevokeForm(PortalForm):
         # The zone the typed time is read in, named: read now, as TIME_ZONE may change.
         zone = timezone.get_current_timezone_name()
         field = self.fields["invalidity_date"]
-        field.label = f"Since when may the key have been in other hands? (optional, {zone})"
-        field.help_text = (
-            f"Only for a key compromise. A date and time in {zone}, the portal's time zone. "
+        field.label = _("Since when may the key have been in other hands? (optional, %(zone)s)") % {
+            "zone": zone
+        }
+        field.help_text = _(
+            "Only for a key compromise. A date and time in %(zone)s, the portal's time zone. "
             "If you know it, the revocation list says so (RFC 5280's invalidity date), and "
             "whoever checks a signature made after it can tell."
-        )
+        ) % {"zone": zone}
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -350,9 +382,11 @@ class WithdrawForm(PortalForm):
         super().__init__(*args, **kwargs)
 
     confirm = forms.BooleanField(
-        label="I understand that a withdrawn request cannot be reopened: I would have to "
-        "request again.",
-        error_messages={"required": "Tick the box to confirm."},
+        label=_(
+            "I understand that a withdrawn request cannot be reopened: I would have to "
+            "request again."
+        ),
+        error_messages={"required": _("Tick the box to confirm.")},
     )
 
 
@@ -368,28 +402,38 @@ def token_lifetime_choices() -> list[tuple[int, str]]:
     changed setting needs no restart of this module."""
     longest = settings.API_TOKEN_TTL_DAYS
     days = sorted({*(d for d in TOKEN_LIFETIMES if d < longest), longest})
-    return [(d, plurals.days(d) + (" (the longest allowed)" if d == longest else "")) for d in days]
+    return [
+        (
+            d,
+            _("%(days)s (the longest allowed)") % {"days": plurals.days(d)}
+            if d == longest
+            else plurals.days(d),
+        )
+        for d in days
+    ]
 
 
 class ApiTokenForm(PortalForm):
     """Name a new API token and choose how long it lives; the service decides the rest."""
 
     label = forms.CharField(
-        label="Name",
+        label=_("Name"),
         max_length=100,
-        help_text="What uses it, so you know which one to revoke later: e.g. "
-        "“backup script on build-01”.",
-        error_messages={"required": "Name the token, e.g. after the script that uses it."},
+        help_text=_(
+            "What uses it, so you know which one to revoke later: e.g. “backup script on build-01”."
+        ),
+        error_messages={"required": _("Name the token, e.g. after the script that uses it.")},
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )
     lifetime_days = forms.TypedChoiceField(
-        label="Expires after",
+        label=_("Expires after"),
         coerce=int,
-        help_text="A shorter life limits what a leaked token can do; create a new one when it "
-        "expires.",
+        help_text=_(
+            "A shorter life limits what a leaked token can do; create a new one when it expires."
+        ),
         error_messages={
-            "required": "Choose how long the token lives.",
-            "invalid_choice": "Choose one of the lifetimes offered.",
+            "required": _("Choose how long the token lives."),
+            "invalid_choice": _("Choose one of the lifetimes offered."),
         },
     )
 
@@ -403,18 +447,28 @@ class ApiTokenForm(PortalForm):
         field.initial = TOKEN_DEFAULT_LIFETIME if TOKEN_DEFAULT_LIFETIME in offered else offered[-1]
 
 
+# The tick's label, for one API token or for all of them: whole sentences, so that a
+# translation need not fit "it" or "them" into a frame.
+CONFIRM_REVOKE_ONE = _("I understand that scripts using it stop working at once.")
+CONFIRM_REVOKE_ALL = _("I understand that scripts using them stop working at once.")
+
+
 class ConfirmForm(PortalForm):
     """A tick before something that cannot be undone (revoking API tokens)."""
 
-    def __init__(self, *args: Any, id_prefix: str, what: str = "it", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        id_prefix: str,
+        label: StrOrPromise = CONFIRM_REVOKE_ONE,
+        **kwargs: Any,
+    ) -> None:
         # Ids of their own: the tokens page holds one form per token and one for all.
         kwargs.setdefault("auto_id", f"{id_prefix}-%s")
         super().__init__(*args, **kwargs)
-        self.fields[
-            "confirm"
-        ].label = f"I understand that scripts using {what} stop working at once."
+        self.fields["confirm"].label = label
 
-    confirm = forms.BooleanField(error_messages={"required": "Tick the box to confirm."})
+    confirm = forms.BooleanField(error_messages={"required": _("Tick the box to confirm.")})
 
 
 def plain_text(value: str, *, field: str, empty: str, what: str = "The reason") -> str:
@@ -429,15 +483,17 @@ class RecoveryAskForm(PortalForm):
     """The holder asks for their archived key back: why, and the file format they need."""
 
     reason = forms.CharField(
-        label="Why do you need the key back?",
+        label=_("Why do you need the key back?"),
         max_length=MAX_TEXT_LENGTH,
         widget=forms.Textarea(attrs={"rows": 3}),
-        error_messages={"required": "Say why you need the key back."},
-        help_text="For example: “My laptop was stolen and I need to read mail encrypted to "
-        "this certificate.” RA officers read it, and it is kept in the audit trail.",
+        error_messages={"required": _("Say why you need the key back.")},
+        help_text=_(
+            "For example: “My laptop was stolen and I need to read mail encrypted to "
+            "this certificate.” RA officers read it, and it is kept in the audit trail."
+        ),
     )
     pkcs12_format = forms.ChoiceField(
-        label="File format of the recovered key",
+        label=_("File format of the recovered key"),
         choices=FORMAT_CHOICES,
         initial=Pkcs12Format.MODERN.value,
         widget=forms.RadioSelect,
@@ -447,7 +503,7 @@ class RecoveryAskForm(PortalForm):
         return plain_text(
             self.cleaned_data["reason"],
             field="reason",
-            empty="Say why you need the key back.",
+            empty=str(_("Say why you need the key back.")),
             what="The reason",
         )
 
@@ -461,6 +517,6 @@ class RecoveryWithdrawForm(PortalForm):
         super().__init__(*args, **kwargs)
 
     confirm = forms.BooleanField(
-        label="I no longer need this key recovered. (To get it later, I would ask again.)",
-        error_messages={"required": "Tick the box to confirm."},
+        label=_("I no longer need this key recovered. (To get it later, I would ask again.)"),
+        error_messages={"required": _("Tick the box to confirm.")},
     )

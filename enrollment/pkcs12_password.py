@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
+from django.utils.translation import ngettext
 
 
 def pkcs12_password_problems(password: str, user: Any) -> list[str]:
@@ -18,7 +19,12 @@ def pkcs12_password_problems(password: str, user: Any) -> list[str]:
     minimum = settings.PKIPORTAL_PKCS12_PASSWORD_MIN_LENGTH
     problems: list[str] = []
     if len(password) < minimum:
-        problems.append(f"Use at least {minimum} characters.")
+        problems.append(
+            ngettext(
+                "Use at least %(count)d character.", "Use at least %(count)d characters.", minimum
+            )
+            % {"count": minimum}
+        )
     try:
         password_validation.validate_password(password, user)
     except ValidationError as exc:

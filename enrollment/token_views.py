@@ -20,6 +20,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_POST, require_safe
@@ -29,7 +31,7 @@ from accounts.requests import AuthenticatedHttpRequest
 from enrollment import recent_sign_in, services
 from enrollment.edge import client_address, show_error
 from enrollment.exceptions import EnrollmentError
-from enrollment.forms import ApiTokenForm, ConfirmForm
+from enrollment.forms import CONFIRM_REVOKE_ALL, ApiTokenForm, ConfirmForm
 from enrollment.models import ApiToken
 from enrollment.permissions import holds_token_role, token_role_refusal
 from pkiportal import plurals
@@ -50,7 +52,7 @@ def _revoke_form(token: ApiToken, data: Any = None) -> ConfirmForm:
 
 
 def _revoke_all_form(data: Any = None) -> ConfirmForm:
-    return ConfirmForm(data, id_prefix="revoke-all", what="them")
+    return ConfirmForm(data, id_prefix="revoke-all", label=CONFIRM_REVOKE_ALL)
 
 
 def _page(
@@ -116,8 +118,8 @@ def token_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         # A token outlives this session: a stolen session cookie must not be enough.
         messages.info(
             request,
-            "To create an API token, sign in again: it must be within "
-            f"{plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)} of signing in.",
+            _("To create an API token, sign in again: it must be within %(span)s of signing in.")
+            % {"span": plurals.minutes(settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES)},
         )
         query = urlencode({"next": reverse("enrollment:token-list")})
         return redirect(f"{reverse('login')}?{query}")
@@ -163,13 +165,21 @@ def token_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         via=WEB,
         source_address=client_address(request),
     )
-    name = f"“{named.label}”" if named.label else "The unnamed token"
+    values = {"name": named.label, "prefix": named.auth_token.token_key}
     if revoked:
-        messages.success(
-            request, f"{name} ({named.auth_token.token_key}…) is revoked: it no longer works."
+        done = (
+            _("“%(name)s” (%(prefix)s…) is revoked: it no longer works.")
+            if named.label
+            else _("The unnamed token (%(prefix)s…) is revoked: it no longer works.")
         )
+        messages.success(request, done % values)
     else:
-        messages.info(request, f"{name} was already revoked.")
+        already = (
+            _("“%(name)s” was already revoked.")
+            if named.label
+            else _("The unnamed token was already revoked.")
+        )
+        messages.info(request, already % values)
     return redirect("enrollment:token-list")
 
 
@@ -186,6 +196,11 @@ def token_revoke_all(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
     messages.success(
         request,
-        f"Revoked {plurals.count(count, 'token')}: none of your tokens works any more.",
+        ngettext(
+            "Revoked %(count)d token: none of your tokens works any more.",
+            "Revoked %(count)d tokens: none of your tokens works any more.",
+            count,
+        )
+        % {"count": count},
     )
     return redirect("enrollment:token-list")

@@ -28,6 +28,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
@@ -80,7 +82,6 @@ from enrollment.permissions import (
 from enrollment.scopes import reach_of
 from enrollment.x509 import keys, pkcs7
 from enrollment.x509.names import readable_name
-from pkiportal import plurals
 
 PASSWORD_FIELDS = ("pkcs12_password", "pkcs12_password_confirm")
 OPEN_STATES = (CertificateRequest.State.PENDING, CertificateRequest.State.APPROVED)
@@ -109,14 +110,12 @@ def _visible_certificate(user: Any, pk: int) -> Certificate:
     return certificate
 
 
-def _own_certificate(
-    user: Any, pk: int, why: str = "Only the owner renews or revokes a certificate here."
-) -> Certificate:
+def _own_certificate(user: Any, pk: int, why: str | None = None) -> Certificate:
     """Renewing, revoking and asking for the key back here are for the owner; an officer
-    who can see it gets a 403."""
+    who can see it gets a 403 (``why``: what it says, in the reader's language)."""
     certificate = _visible_certificate(user, pk)
     if not services.may_hold(user, certificate):
-        raise PermissionDenied(why)
+        raise PermissionDenied(why or _("Only the owner renews or revokes a certificate here."))
     return certificate
 
 
@@ -183,7 +182,7 @@ def _say_if_cut_short(request: HttpRequest, certificate: Certificate) -> None:
     CA's end did to this certificate (its own page says it for good)."""
     short = ca_lifetime.cut_short(certificate)
     if short is not None:
-        messages.warning(request, f"Your new certificate: {short.message}")
+        messages.warning(request, _("Your new certificate: %(note)s") % {"note": short.message})
 
 
 def _csr_of(cert_request: CertificateRequest) -> x509.CertificateSigningRequest | None:
@@ -219,14 +218,20 @@ def _csr_differences(
     )
     if names and names != [common_name]:
         notes.append(
-            f"Your request asked for the name “{', '.join(names)}”; the certificate "
-            f"carries your account's name, “{common_name}”."
+            _(
+                "Your request asked for the name “%(asked)s”; the certificate carries your "
+                "account's name, “%(name)s”."
+            )
+            % {"asked": ", ".join(names), "name": common_name}
         )
     asked = [e.lower() for e in cert_request.requested_emails]
     if asked and sorted(set(asked)) != sorted(emails):
         notes.append(
-            f"Your request asked for {', '.join(cert_request.requested_emails)}; the "
-            f"certificate carries your account's address, {', '.join(emails)}."
+            _(
+                "Your request asked for %(asked)s; the certificate carries your account's "
+                "address, %(address)s."
+            )
+            % {"asked": ", ".join(cert_request.requested_emails), "address": ", ".join(emails)}
         )
     return notes
 
@@ -377,7 +382,7 @@ def enroll(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
                 except EnrollmentError as exc:
                     status = show_error(csr_form, exc)
         else:
-            messages.error(request, "Choose how to get your key: generated here or from a CSR.")
+            messages.error(request, _("Choose how to get your key: generated here or from a CSR."))
             status = 400
     context = {
         "template": template,
@@ -430,8 +435,11 @@ def _enroll_with_server_key(
             return _pkcs12_response(request, certificate, bundle)
     messages.success(
         request,
-        f"Your request for {template.name} was sent to the RA officers. You will get an "
-        "e-mail when it is decided; then come back here to choose a password and download.",
+        _(
+            "Your request for %(template)s was sent to the RA officers. You will get an "
+            "e-mail when it is decided; then come back here to choose a password and download."
+        )
+        % {"template": template.name},
     )
     return redirect("enrollment:request-detail", pk=cert_request.pk)
 
@@ -455,12 +463,15 @@ def _enroll_with_csr(
         channel=CertificateRequest.Channel.WEB,
     )
     if cert_request.certificate_id is not None:
-        messages.success(request, "Your certificate is ready.")
+        messages.success(request, _("Your certificate is ready."))
         return redirect("enrollment:certificate-detail", pk=cert_request.certificate_id)
     messages.success(
         request,
-        f"Your request for {template.name} was sent to the RA officers. You will get an "
-        "e-mail when it is decided.",
+        _(
+            "Your request for %(template)s was sent to the RA officers. You will get an "
+            "e-mail when it is decided."
+        )
+        % {"template": template.name},
     )
     return redirect("enrollment:request-detail", pk=cert_request.pk)
 
@@ -543,7 +554,7 @@ def request_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if cert_request.requester_id != request.user.pk:
-            raise PermissionDenied("Only the requester downloads the certificate.")
+            raise PermissionDenied(_("Only the requester downloads the certificate."))
         form = Pkcs12PasswordForm(
             request.POST, user=request.user, file_of=cert_request.template.name
         )
@@ -576,7 +587,9 @@ def request_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
     """The requester takes back a request that waits for an officer or for their download."""
     cert_request = _visible_request(request.user, pk)
     if cert_request.requester_id != request.user.pk:
-        raise PermissionDenied("Only the requester withdraws a request; an RA officer rejects it.")
+        raise PermissionDenied(
+            _("Only the requester withdraws a request; an RA officer rejects it.")
+        )
     form = WithdrawForm(request.POST, request_pk=cert_request.pk)
     if not form.is_valid():
         return _request_page(request, cert_request, withdraw_form=form, status=400)
@@ -590,8 +603,11 @@ def request_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
         return _request_page(request, cert_request, withdraw_form=form, status=status)
     messages.success(
         request,
-        f"You withdrew request #{cert_request.pk} for {cert_request.template.name}. Nothing "
-        "will be issued for it, and it no longer counts against your limit for this template.",
+        _(
+            "You withdrew request #%(number)s for %(template)s. Nothing will be issued for "
+            "it, and it no longer counts against your limit for this template."
+        )
+        % {"number": cert_request.pk, "template": cert_request.template.name},
     )
     return redirect("enrollment:request-detail", pk=cert_request.pk)
 
@@ -634,11 +650,11 @@ def _outside_scope(count: int, reach: scopes.Reach) -> str:
     never whose."""
     if count <= 0:
         return ""
-    verb = "is" if count == 1 else "are"
-    return (
-        f"{plurals.count(count, 'request')} outside your officer scope ({reach.describe()}) "
-        f"{verb} not shown."
-    )
+    return ngettext(
+        "%(count)d request outside your officer scope (%(scope)s) is not shown.",
+        "%(count)d requests outside your officer scope (%(scope)s) are not shown.",
+        count,
+    ) % {"count": count, "scope": reach.describe()}
 
 
 def _ra_page(
@@ -687,7 +703,10 @@ def _ra_page(
     # A request decided meanwhile has left the list: its error goes to the top of the page.
     page_errors: list[str] = []
     if failed is not None and form is not None and all(r.pk != failed.pk for r in pending):
-        page_errors = [f"Request #{failed.pk}: {e}" for e in form.errors.get("__all__", [])]
+        page_errors = [
+            _("Request #%(number)s: %(error)s") % {"number": failed.pk, "error": e}
+            for e in form.errors.get("__all__", [])
+        ]
     decided = (
         CertificateRequest.objects.filter(officer.reach.requests(), decided_by__isnull=False)
         .select_related("requester", "template", "decided_by")
@@ -753,12 +772,20 @@ def ra_decide(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     except EnrollmentError as exc:
         status = show_error(form, exc)
         return _ra_page(request, failed=cert_request, form=form, status=status)
-    verb = "approved" if form.approves else "rejected"
+    done = (
+        _("Request #%(number)s by %(name)s approved.")
+        if form.approves
+        else _("Request #%(number)s by %(name)s rejected.")
+    )
     messages.success(
-        request, f"Request #{decided.pk} by {decided.requester.get_full_name()} {verb}."
+        request, done % {"number": decided.pk, "name": decided.requester.get_full_name()}
     )
     if decided.state == CertificateRequest.State.FAILED:
-        messages.error(request, f"Request #{decided.pk} could not be issued: {decided.error}")
+        messages.error(
+            request,
+            _("Request #%(number)s could not be issued: %(error)s")
+            % {"number": decided.pk, "error": decided.error},
+        )
     return redirect("enrollment:ra-requests")
 
 
@@ -900,7 +927,7 @@ def certificate_renew(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
     """Renewing means a new key: the enrolment form, marked as renewing this certificate."""
     certificate = _own_certificate(request.user, pk)
     if certificate.template is None:
-        messages.error(request, "This certificate was not issued from a template; enrol anew.")
+        messages.error(request, _("This certificate was not issued from a template; enrol anew."))
         return redirect("enrollment:certificate-detail", pk=certificate.pk)
     url = reverse("enrollment:enroll", args=[certificate.template.slug])
     return redirect(f"{url}?renew={certificate.pk}")
@@ -928,7 +955,7 @@ def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     messages.success(
         request,
         services.imported_revocation_note(certificate)
-        or "The certificate is revoked. Mail clients learn it from the next revocation list.",
+        or _("The certificate is revoked. Mail clients learn it from the next revocation list."),
     )
     return redirect("enrollment:certificate-detail", pk=certificate.pk)
 
@@ -940,8 +967,10 @@ def certificate_recover(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     certificate = _own_certificate(
         request.user,
         pk,
-        "Only the holder asks for their key back here; RA officers open a recovery on the "
-        "RA pages.",
+        _(
+            "Only the holder asks for their key back here; RA officers open a recovery on the "
+            "RA pages."
+        ),
     )
     form = RecoveryAskForm(request.POST)
     if not form.is_valid():
@@ -959,8 +988,11 @@ def certificate_recover(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
         return _certificate_page(request, certificate, recover_form=form, status=status)
     messages.success(
         request,
-        f"You asked for this key back (recovery #{asked.pk}). An RA officer will contact you "
-        "to confirm it is you; you get an e-mail at each step, and only you can download "
-        "the key.",
+        _(
+            "You asked for this key back (recovery #%(number)s). An RA officer will contact "
+            "you to confirm it is you; you get an e-mail at each step, and only you can "
+            "download the key."
+        )
+        % {"number": asked.pk},
     )
     return redirect("ra:recovery-detail", pk=asked.pk)

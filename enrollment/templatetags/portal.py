@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from django import template
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 
 from enrollment.forms import RecoveryWithdrawForm, WithdrawForm
 from enrollment.models import AuditEvent, CertificateRequest, KeyRecoveryRequest
@@ -88,6 +94,64 @@ def audit_label(event: AuditEvent) -> str:
 
     if event.action != ACCESS_REFUSED or not isinstance(event.detail, dict):
         return ""
-    attempted = str(event.detail.get("attempted", "")) or "an action"
+    attempted = str(event.detail.get("attempted", "")) or _("an action")
     reason = str(event.detail.get("reason", ""))
-    return f"Refused: {attempted}, {REFUSALS.get(reason, reason or 'not permitted')}"
+    # Translators: on the audit page; "attempted" is an audit action such as request.approve
+    # (kept in English), "reason" why it was refused.
+    return _("Refused: %(attempted)s, %(reason)s") % {
+        "attempted": attempted,
+        "reason": REFUSALS.get(reason, reason or _("not permitted")),
+    }
+
+
+@register.filter
+def certificate_state(value: str) -> str:
+    """A certificate's state (Certificate.state: valid, revoked, expired) as its badge says
+    it, in the reader's language; an unknown value passes through, capitalised."""
+    labels = {
+        # Translators: a certificate's status, on a badge.
+        "valid": pgettext("certificate status", "Valid"),
+        # Translators: a certificate's status, on a badge.
+        "revoked": pgettext("certificate status", "Revoked"),
+        # Translators: a certificate's status, on a badge.
+        "expired": pgettext("certificate status", "Expired"),
+    }
+    return labels.get(value, value[:1].upper() + value[1:])
+
+
+@register.filter
+def invitation_status(value: str) -> str:
+    """A roll-out invitation's status (RolloutInvitation.status) in words; a request state
+    it falls back to, or an unknown value, passes through."""
+    labels = {
+        # Translators: a roll-out invitation's status: the certificate was collected.
+        "collected": pgettext("invitation status", "collected"),
+        # Translators: a roll-out invitation's status: waiting to be collected.
+        "invited": pgettext("invitation status", "invited"),
+        # Translators: a roll-out invitation's status: the person declined it.
+        "declined": pgettext("invitation status", "declined"),
+        # Translators: a roll-out invitation's status: an officer cancelled it.
+        "cancelled": pgettext("invitation status", "cancelled"),
+        # Translators: a roll-out invitation's status: its roll-out ended.
+        "expired": pgettext("invitation status", "expired"),
+    }
+    return labels.get(value, value)
+
+
+@register.filter
+def join_mailboxes(mailboxes: Iterable[Any]) -> SafeString:
+    """Shared mailboxes as "Name <address>, Name <address>": one value, escaped here, for a
+    sentence a translation words around it."""
+    return format_html_join(", ", "{} &lt;{}&gt;", ((m.display_name, m.email) for m in mailboxes))
+
+
+@register.filter
+def join_names(authorities: Iterable[Any]) -> str:
+    """CAs' names as one value for a sentence: "Issuing CA and Root CA" (each joined by
+    "and", in the reader's language)."""
+    names = [str(ca.name) for ca in authorities]
+    joined = names[0] if names else ""
+    for name in names[1:]:
+        # Translators: joins the names of certificate authorities: "Issuing CA and Root CA".
+        joined = _("%(names)s and %(name)s") % {"names": joined, "name": name}
+    return joined
