@@ -92,7 +92,8 @@ def _page(
         "revoke_all_form": revoke_all_form or _revoke_all_form(),
         "cap": cap,
         "at_cap": live >= cap,
-        "longest_days": settings.API_TOKEN_TTL_DAYS,
+        # The same in words ("30 days"), for a sentence that counts the tokens.
+        "longest_span": plurals.days(settings.API_TOKEN_TTL_DAYS),
         "sign_in_again": not recent_sign_in.signed_in_recently(request),
         "sign_in_minutes": settings.PKIPORTAL_TOKEN_SIGN_IN_MINUTES,
     }
