@@ -23,6 +23,7 @@ from django.db.models import Q
 from django.db.models.functions import Lower, Trim, Upper
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext_lazy as _
 
 from accounts.search import directory_search_text
 
@@ -60,33 +61,37 @@ DIRECTORY_SOURCE_FIELDS = frozenset(
 
 class User(AbstractUser):
     display_name = models.CharField(
-        max_length=200, blank=True, help_text="How the person is shown; default: given + surname."
+        max_length=200,
+        blank=True,
+        help_text=_("How the person is shown; default: given + surname."),
     )
     organizational_unit = models.CharField(max_length=200, blank=True)
     directory_search = models.TextField(
         blank=True,
         default="",
         editable=False,
-        help_text="Folded name, e-mail and unit the directory matches and sorts by (derived).",
+        help_text=_("Folded name, e-mail and unit the directory matches and sorts by (derived)."),
     )
     deactivated_at = models.DateTimeField(
         null=True,
         blank=True,
         editable=False,
-        help_text="When the account last became inactive; empty while it is active (derived).",
+        help_text=_("When the account last became inactive; empty while it is active (derived)."),
     )
     email_changed_at = models.DateTimeField(
         null=True,
         blank=True,
         editable=False,
-        help_text="When the e-mail address last changed, case aside; empty if never (derived).",
+        help_text=_("When the e-mail address last changed, case aside; empty if never (derived)."),
     )
     language = models.CharField(
         max_length=16,
         blank=True,
         default="",
-        help_text="The language the person chose for pages and mail (a code of LANGUAGES); "
-        "empty: pages follow the browser, mail PKIPORTAL_LANGUAGE.",
+        help_text=_(
+            "The language the person chose for pages and mail (a code of LANGUAGES); "
+            "empty: pages follow the browser, mail PKIPORTAL_LANGUAGE."
+        ),
     )
     session_generation = models.PositiveIntegerField(
         default=0,
@@ -94,7 +99,7 @@ class User(AbstractUser):
         # that does not know the column still get one.
         db_default=0,
         editable=False,
-        help_text="Raised each time all the person's sessions are ended (accounts.sessions).",
+        help_text=_("Raised each time all the person's sessions are ended (accounts.sessions)."),
     )
 
     class Meta(AbstractUser.Meta):
@@ -264,16 +269,16 @@ class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
     # generic, so mypy would read every query of ours as Any.
     objects: ClassVar[models.Manager[TotpDevice]]  # type: ignore[assignment]
 
-    sealed_key = models.BinaryField(editable=False, help_text="The seed, sealed (Fernet).")
+    sealed_key = models.BinaryField(editable=False, help_text=_("The seed, sealed (Fernet)."))
     drift = models.SmallIntegerField(default=0, editable=False)
     last_t = models.BigIntegerField(
         default=-1,
         editable=False,
-        help_text="Time step of the last accepted code: no code at or before it is accepted.",
+        help_text=_("Time step of the last accepted code: no code at or before it is accepted."),
     )
 
     class Meta(Device.Meta):
-        verbose_name = "authenticator app"
+        verbose_name = _("authenticator app")
         constraints = [
             models.UniqueConstraint(
                 fields=["user"], condition=Q(confirmed=True), name="totp_one_confirmed_per_user"
@@ -332,10 +337,12 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
 
     objects: ClassVar[models.Manager[BackupCodeDevice]]  # type: ignore[assignment]  # as TotpDevice's
 
-    digests = models.JSONField(default=list, editable=False, help_text="salt$sha256 of each code.")
+    digests = models.JSONField(
+        default=list, editable=False, help_text=_("salt$sha256 of each code.")
+    )
 
     class Meta(Device.Meta):
-        verbose_name = "backup codes"
+        verbose_name = _("backup codes")
         constraints = [
             models.UniqueConstraint(fields=["user"], name="backup_codes_one_set_per_user"),
         ]
@@ -386,7 +393,7 @@ class FidoMetadataImport(models.Model):
     models_count = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
-        verbose_name = "FIDO metadata import"
+        verbose_name = _("FIDO metadata import")
         get_latest_by = "number"
 
     def __str__(self) -> str:
@@ -405,15 +412,18 @@ class FidoModel(models.Model):
         blank=True,
         db_index=True,  # the compromised models are read by status
         editable=False,
-        help_text="The latest status report's (FIDO_CERTIFIED_L1, REVOKED ...).",
+        help_text=_("The latest status report's (FIDO_CERTIFIED_L1, REVOKED ...)."),
     )
     status_date = models.DateField(null=True, blank=True, editable=False)
     attestation_roots = models.JSONField(
-        default=list, blank=True, editable=False, help_text="Base64 DER, as the metadata has them."
+        default=list,
+        blank=True,
+        editable=False,
+        help_text=_("Base64 DER, as the metadata has them."),
     )
 
     class Meta:
-        verbose_name = "FIDO key model"
+        verbose_name = _("FIDO key model")
 
     def __str__(self) -> str:
         return self.description or self.aaguid
@@ -423,12 +433,12 @@ class SecondFactorKind(models.TextChoices):
     """What confirmed a sign-in's second factor, as an API token minted in it records it
     (enrollment.models.ApiToken): the attestation policy counts only some keys."""
 
-    NONE = "", "none recorded"
-    APP = "app", "authenticator app"
-    BACKUP_CODE = "backup_code", "backup code"
-    SECURITY_KEY = "security_key", "security key, model not proved"
-    ATTESTED_KEY = "attested_key", "security key, model proved"
-    SINGLE_SIGN_ON = "single_sign_on", "single sign-on"
+    NONE = "", _("none recorded")
+    APP = "app", _("authenticator app")
+    BACKUP_CODE = "backup_code", _("backup code")
+    SECURITY_KEY = "security_key", _("security key, model not proved")
+    ATTESTED_KEY = "attested_key", _("security key, model proved")
+    SINGLE_SIGN_ON = "single_sign_on", _("single sign-on")
 
 
 class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
@@ -453,27 +463,27 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
         max_length=1400,  # a credential id is at most 1023 bytes: 1364 in base64url
         unique=True,
         editable=False,
-        help_text="The credential id, base64url.",
+        help_text=_("The credential id, base64url."),
     )
-    public_key = models.BinaryField(editable=False, help_text="The COSE public key.")
+    public_key = models.BinaryField(editable=False, help_text=_("The COSE public key."))
     sign_count = models.BigIntegerField(default=0, editable=False)
     transports = models.JSONField(default=list, blank=True, editable=False)
     aaguid = models.CharField(max_length=36, blank=True, default="", editable=False)
     attested = models.BooleanField(
         default=False,
         editable=False,
-        help_text="Its attestation chained to PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS when added.",
+        help_text=_("Its attestation chained to PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS when added."),
     )
     attestation_format = models.CharField(
         max_length=32,
         blank=True,
         default="",
         editable=False,
-        help_text="The attestation statement's format the key sent (packed, tpm, none ...).",
+        help_text=_("The attestation statement's format the key sent (packed, tpm, none ...)."),
     )
 
     class Meta(Device.Meta):
-        verbose_name = "security key"
+        verbose_name = _("security key")
 
     @property
     def approved(self) -> bool:
@@ -508,8 +518,9 @@ class AccountSession(AbstractBaseSession):
     account_id = models.BigIntegerField(null=True, blank=True, db_index=True, editable=False)
 
     class Meta(AbstractBaseSession.Meta):
-        verbose_name = "browser session"
-        verbose_name_plural = "browser sessions"
+        # django-stubs types this Meta's names as str; Django's own are lazy too.
+        verbose_name = _("browser session")  # type: ignore[assignment]
+        verbose_name_plural = _("browser sessions")  # type: ignore[assignment]
 
     @classmethod
     def get_session_store_class(cls) -> type[SessionBase]:

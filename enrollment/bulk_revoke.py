@@ -588,7 +588,7 @@ def _run_status(row: BulkRevocationRun, now: datetime) -> RunStatus:
         if row.resumes
         else "",
         resumes=row.resumes,
-        reason=choices(row.reason).label if row.reason in choices.values else row.reason,
+        reason=str(choices(row.reason).label) if row.reason in choices.values else row.reason,
         selected=row.selected,
         revoked=row.revoked,
         skipped=row.skipped,

@@ -22,6 +22,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.translation import gettext_lazy as _
 
 from accounts.models import SecondFactorKind
 from enrollment.querysets import (
@@ -38,11 +40,12 @@ def validate_key_algorithms(value: object) -> None:
     """A template's algorithms are read on every enrolment: refuse what would fail there."""
     known = {algorithm.value for algorithm in KeyAlgorithm}
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValidationError('Give a list of key algorithm names, e.g. ["ec-p256"].')
+        raise ValidationError(_('Give a list of key algorithm names, e.g. ["ec-p256"].'))
     unknown = sorted(set(value) - known)
     if unknown:
         raise ValidationError(
-            f"Unknown key algorithm {', '.join(unknown)}; known: {', '.join(sorted(known))}."
+            _("Unknown key algorithm %(unknown)s; known: %(known)s."),
+            params={"unknown": ", ".join(unknown), "known": ", ".join(sorted(known))},
         )
 
 
@@ -50,9 +53,9 @@ class DerCertificateMixin(models.Model):
     """A stored certificate: DER as issued plus the indexed facts we query by."""
 
     der = models.BinaryField()
-    serial = models.CharField(max_length=42, help_text="Lowercase hex, no leading zeros.")
+    serial = models.CharField(max_length=42, help_text=_("Lowercase hex, no leading zeros."))
     fingerprint_sha256 = models.CharField(max_length=64, unique=True)
-    subject = models.TextField(help_text="RFC 4514 string.")
+    subject = models.TextField(help_text=_("RFC 4514 string."))
     not_before = models.DateTimeField()
     not_after = models.DateTimeField(db_index=True)
 
@@ -73,18 +76,18 @@ _CA_CERTIFICATES: dict[tuple[int, str], x509.Certificate] = {}
 
 class CertificateAuthority(DerCertificateMixin):
     name = models.CharField(max_length=200)
-    slug = models.SlugField(unique=True, help_text="Used in /pki/<slug>.crt and .crl URLs.")
+    slug = models.SlugField(unique=True, help_text=_("Used in /pki/<slug>.crt and .crl URLs."))
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
     )
     is_online = models.BooleanField(
-        default=True, help_text="Offline CAs (the root) have no key on this server."
+        default=True, help_text=_("Offline CAs (the root) have no key on this server.")
     )
     key_backend = models.CharField(max_length=20, default="file", blank=True)
     key_reference = models.CharField(
         max_length=500,
         blank=True,
-        help_text="Where the key backend finds the key (a file name); never the key itself.",
+        help_text=_("Where the key backend finds the key (a file name); never the key itself."),
     )
     # Another CA's issuer, registered by manage.py import_certificates so the certificates
     # it issued before the move can be listed, found and their keys recovered. Never
@@ -92,13 +95,13 @@ class CertificateAuthority(DerCertificateMixin):
     # none of its certificates (the old CA still does).
     is_imported = models.BooleanField(
         default=False,
-        help_text="Another CA whose certificates were imported; the portal never acts for it.",
+        help_text=_("Another CA whose certificates were imported; the portal never acts for it."),
     )
-    crl_url = models.URLField(help_text="This CA's CRL URL, embedded in what it issues.")
-    ca_issuers_url = models.URLField(help_text="This CA's certificate URL (AIA caIssuers).")
+    crl_url = models.URLField(help_text=_("This CA's CRL URL, embedded in what it issues."))
+    ca_issuers_url = models.URLField(help_text=_("This CA's certificate URL (AIA caIssuers)."))
     ocsp_url = models.URLField(
         blank=True,
-        help_text="OCSP responder URL embedded (AIA id-ad-ocsp) in what it issues; empty: none.",
+        help_text=_("OCSP responder URL embedded (AIA id-ad-ocsp) in what it issues; empty: none."),
     )
     crl_validity_days = models.PositiveSmallIntegerField(default=7)
     # Templates that name no CA issue from this one. A flag rather than "the first online
@@ -106,7 +109,7 @@ class CertificateAuthority(DerCertificateMixin):
     # services.issuing_ca_switch (switch_issuing_ca, create_issuing_ca --make-default).
     is_default = models.BooleanField(
         default=False,
-        help_text="Templates that name no CA issue from this one (manage.py switch_issuing_ca).",
+        help_text=_("Templates that name no CA issue from this one (manage.py switch_issuing_ca)."),
     )
     # The last CRL publication that failed, shown by /health/ and cleared by the next success.
     crl_failed_at = models.DateTimeField(null=True, blank=True)
@@ -124,8 +127,8 @@ class CertificateAuthority(DerCertificateMixin):
     fingerprint_sha1_colons: str
 
     class Meta:
-        verbose_name = "certificate authority"
-        verbose_name_plural = "certificate authorities"
+        verbose_name = _("certificate authority")
+        verbose_name_plural = _("certificate authorities")
         ordering = ["parent_id", "name"]
         constraints = [
             models.CheckConstraint(
@@ -195,7 +198,16 @@ class CertificateAuthority(DerCertificateMixin):
         return timedelta(hours=overlap if overlap <= slack else max(1, slack // 2))
 
 
-APPROVER_GROUP_HELP = (
+def _key_algorithms_help() -> str:
+    """The algorithms field's help, naming every algorithm we support: formatted when
+    read, so in the reader's language (a lazy string formatted at import is English)."""
+    return _(
+        'A list of key algorithms, e.g. ["ec-p256", "rsa-3072"]; empty means all we '
+        "support (%(algorithms)s)."
+    ) % {"algorithms": ", ".join(a.value for a in KeyAlgorithm)}
+
+
+APPROVER_GROUP_HELP = _(
     "Who approves or rejects this template's requests. Empty: every RA officer. A group: "
     "only the RA officers in it (and superusers); the other officers see the requests "
     "read-only and are not mailed about them. A group with no active RA officer in it "
@@ -205,13 +217,14 @@ APPROVER_GROUP_HELP = (
 
 class CertificateTemplate(models.Model):
     class Purpose(models.TextChoices):
-        SIGNING = Purpose.SIGNING.value, "Signing"
-        ENCRYPTION = Purpose.ENCRYPTION.value, "Encryption"
-        DUAL_USE = Purpose.DUAL_USE.value, "Signing and encryption"
+        SIGNING = Purpose.SIGNING.value, _("Signing")
+        ENCRYPTION = Purpose.ENCRYPTION.value, _("Encryption")
+        DUAL_USE = Purpose.DUAL_USE.value, _("Signing and encryption")
 
     class Generation(models.TextChoices):
-        STRICT = Generation.STRICT.value, "Strict"
-        MULTIPURPOSE = Generation.MULTIPURPOSE.value, "Multipurpose"
+        # Translators: the S/MIME Baseline Requirements' certificate profiles.
+        STRICT = Generation.STRICT.value, _("Strict")
+        MULTIPURPOSE = Generation.MULTIPURPOSE.value, _("Multipurpose")
 
     name = models.CharField(max_length=200, unique=True)
     slug = models.SlugField(unique=True)
@@ -221,23 +234,20 @@ class CertificateTemplate(models.Model):
         max_length=20, choices=Generation.choices, default=Generation.STRICT
     )
     validity_days = models.PositiveSmallIntegerField(
-        default=365, help_text="At most 825 days (S/MIME BR 6.3.2)."
+        default=365, help_text=_("At most 825 days (S/MIME BR 6.3.2).")
     )
     allowed_key_algorithms = models.JSONField(
         default=list,
         blank=True,  # the seeded templates leave it empty, and the admin must save them
         validators=[validate_key_algorithms],
-        help_text=(
-            'A list of key algorithms, e.g. ["ec-p256", "rsa-3072"]; empty means all we '
-            f"support ({', '.join(a.value for a in KeyAlgorithm)})."
-        ),
+        help_text=lazy(_key_algorithms_help, str)(),
     )
-    allow_csr = models.BooleanField(default=True, help_text="The requester may bring a CSR.")
+    allow_csr = models.BooleanField(default=True, help_text=_("The requester may bring a CSR."))
     allow_server_key = models.BooleanField(
-        default=True, help_text="The portal may generate the key and hand out a PKCS#12."
+        default=True, help_text=_("The portal may generate the key and hand out a PKCS#12.")
     )
     archive_key = models.BooleanField(
-        default=False, help_text="Archive the private key to the key recovery agents."
+        default=False, help_text=_("Archive the private key to the key recovery agents.")
     )
     requires_approval = models.BooleanField(default=False)
     # PROTECT: deleting the group would hand its templates' decisions to every officer.
@@ -247,7 +257,7 @@ class CertificateTemplate(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="approver_templates",
-        verbose_name="approvers",
+        verbose_name=_("approvers"),
         help_text=APPROVER_GROUP_HELP,
     )
     organization_policy_oid = models.CharField(max_length=100, blank=True)
@@ -257,13 +267,13 @@ class CertificateTemplate(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         limit_choices_to={"is_online": True, "parent__isnull": False},
-        help_text=(
+        help_text=_(
             "Empty: the default issuing CA, which manage.py switch_issuing_ca moves to a "
             "successor. Name one only to keep this template on it."
         ),
     )
     allowed_groups = models.ManyToManyField(
-        Group, blank=True, help_text="Empty: every signed-in employee may enrol."
+        Group, blank=True, help_text=_("Empty: every signed-in employee may enrol.")
     )
     is_active = models.BooleanField(default=True)
 
@@ -359,8 +369,8 @@ class OfficerScope(models.Model):
         Group,
         on_delete=models.PROTECT,
         related_name="officer_scopes",
-        verbose_name="officers",
-        help_text=(
+        verbose_name=_("officers"),
+        help_text=_(
             "The group whose RA officers and key recovery agents this scope limits. They "
             "then decide requests, revoke, find certificates and recover keys only of the "
             "people below; superusers are never limited."
@@ -368,22 +378,22 @@ class OfficerScope(models.Model):
     )
     organizational_units = models.TextField(
         blank=True,
-        verbose_name="organisational units",
-        help_text="One organisational unit per line, as accounts spell it (any case).",
+        verbose_name=_("organisational units"),
+        help_text=_("One organisational unit per line, as accounts spell it (any case)."),
     )
     people_groups = models.ManyToManyField(
         Group,
         blank=True,
         related_name="+",
-        verbose_name="groups of people",
-        help_text="Members of these groups are in the scope too, whatever their unit.",
+        verbose_name=_("groups of people"),
+        help_text=_("Members of these groups are in the scope too, whatever their unit."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
-        verbose_name = "officer scope"
+        verbose_name = _("officer scope")
 
     def __str__(self) -> str:
         return self.name
@@ -399,10 +409,16 @@ class OfficerScope(models.Model):
         seen: dict[str, str] = {}
         for unit in self.units:
             if unit.lower() in seen:
-                raise ValidationError({"organizational_units": f"{unit!r} is listed twice."})
+                raise ValidationError(
+                    {
+                        "organizational_units": ValidationError(
+                            _("%(unit)s is listed twice."), params={"unit": repr(unit)}
+                        )
+                    }
+                )
             if len(unit) > 200:
                 raise ValidationError(
-                    {"organizational_units": "A unit has at most 200 characters."}
+                    {"organizational_units": _("A unit has at most 200 characters.")}
                 )
             seen[unit.lower()] = unit
         self.organizational_units = "\n".join(seen.values())
@@ -440,17 +456,17 @@ class SharedMailbox(models.Model):
     email = models.EmailField(
         max_length=64,
         unique=True,
-        help_text="Lower-case; it is the certificates' common name (RFC 5280: at most 64).",
+        help_text=_("Lower-case; it is the certificates' common name (RFC 5280: at most 64)."),
     )
     display_name = models.CharField(
-        max_length=200, help_text="Shown in the portal and the directory, not in certificates."
+        max_length=200, help_text=_("Shown in the portal and the directory, not in certificates.")
     )
     delegates = models.ManyToManyField(
         settings.AUTH_USER_MODEL, blank=True, related_name="delegated_mailboxes"
     )
     is_active = models.BooleanField(default=True)
     deactivated_at = models.DateTimeField(
-        null=True, blank=True, help_text="When it was switched off: its grace period starts."
+        null=True, blank=True, help_text=_("When it was switched off: its grace period starts.")
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
@@ -465,8 +481,8 @@ class SharedMailbox(models.Model):
 
     class Meta:
         ordering = ["email"]
-        verbose_name = "shared mailbox"
-        verbose_name_plural = "shared mailboxes"
+        verbose_name = _("shared mailbox")
+        verbose_name_plural = _("shared mailboxes")
         constraints = [
             models.CheckConstraint(
                 condition=Q(is_active=True, deactivated_at__isnull=True)
@@ -481,19 +497,21 @@ class SharedMailbox(models.Model):
 
 class Certificate(DerCertificateMixin):
     class Status(models.TextChoices):
-        VALID = "valid", "Valid"
-        REVOKED = "revoked", "Revoked"
+        # Translators: a certificate's status.
+        VALID = "valid", _("Valid")
+        REVOKED = "revoked", _("Revoked")
 
     class RevocationReasonChoice(models.TextChoices):
         """RFC 5280 5.3.1 reasons a subscriber certificate may carry. certificateHold is
         never offered; cACompromise names a CA's key, not a subscriber's (a CA's own
         revocation is on its issuer's CRL), and CRL linters refuse it on these entries."""
 
-        KEY_COMPROMISE = "keyCompromise", "Key compromise"
-        AFFILIATION_CHANGED = "affiliationChanged", "Affiliation changed"
-        SUPERSEDED = "superseded", "Superseded"
-        CESSATION_OF_OPERATION = "cessationOfOperation", "Cessation of operation"
-        PRIVILEGE_WITHDRAWN = "privilegeWithdrawn", "Privilege withdrawn"
+        # Translators: the revocation reasons (RFC 5280 CRLReason), as officers pick them.
+        KEY_COMPROMISE = "keyCompromise", _("Key compromise")
+        AFFILIATION_CHANGED = "affiliationChanged", _("Affiliation changed")
+        SUPERSEDED = "superseded", _("Superseded")
+        CESSATION_OF_OPERATION = "cessationOfOperation", _("Cessation of operation")
+        PRIVILEGE_WITHDRAWN = "privilegeWithdrawn", _("Privilege withdrawn")
 
     # Unique through cert_fingerprint_sha256_uniq, not unique=True: on PostgreSQL that also
     # builds a varchar_pattern_ops twin for LIKE, which no query here uses (fingerprints are
@@ -528,10 +546,10 @@ class Certificate(DerCertificateMixin):
     purpose = models.CharField(max_length=20, choices=CertificateTemplate.Purpose.choices)
     # Searched as substrings by the RA console: pg_trgm indexes on PostgreSQL (migration 0007).
     common_name = models.CharField(max_length=200)
-    email = models.EmailField(blank=True, help_text="First rfc822Name, lowercased, for lookups.")
-    emails = models.JSONField(default=list, help_text="Every rfc822Name in subjectAltName.")
-    fingerprint_sha1 = models.CharField(max_length=40, help_text="Outlook shows SHA-1.")
-    key_algorithm = models.CharField(max_length=30, help_text='For people: "RSA 3072".')
+    email = models.EmailField(blank=True, help_text=_("First rfc822Name, lowercased, for lookups."))
+    emails = models.JSONField(default=list, help_text=_("Every rfc822Name in subjectAltName."))
+    fingerprint_sha1 = models.CharField(max_length=40, help_text=_("Outlook shows SHA-1."))
+    key_algorithm = models.CharField(max_length=30, help_text=_('For people: "RSA 3072".'))
     # The key's identity (keys.spki_sha256): a key revoked for keyCompromise is never
     # certified again, and its other certificates are revoked with it (S/MIME BR 6.1.1.3,
     # 4.9.1.1). No index of its own: issuance asks KeyIdentity, and the rare compromise
@@ -543,7 +561,7 @@ class Certificate(DerCertificateMixin):
         max_length=30,
         blank=True,
         choices=RevocationReasonChoice.choices,
-        help_text="Empty: no reason code (RFC 5280 'unspecified' is never encoded).",
+        help_text=_("Empty: no reason code (RFC 5280 'unspecified' is never encoded)."),
     )
     invalidity_date = models.DateTimeField(null=True, blank=True)
     # When its CRL entry last became one no CRL lists yet: at the revocation, and again
@@ -655,16 +673,17 @@ class CertificateRequest(models.Model):
     """
 
     class State(models.TextChoices):
-        PENDING = "pending", "Waiting for approval"
-        APPROVED = "approved", "Approved: ready to download"
-        REJECTED = "rejected", "Rejected"
-        ISSUED = "issued", "Issued"
-        FAILED = "failed", "Failed"
-        WITHDRAWN = "withdrawn", "Withdrawn"
+        # Translators: a request's state.
+        PENDING = "pending", _("Waiting for approval")
+        APPROVED = "approved", _("Approved: ready to download")
+        REJECTED = "rejected", _("Rejected")
+        ISSUED = "issued", _("Issued")
+        FAILED = "failed", _("Failed")
+        WITHDRAWN = "withdrawn", _("Withdrawn")
 
     class KeySource(models.TextChoices):
-        CSR = "csr", "Your own key (CSR)"
-        SERVER = "server", "Generated by the portal"
+        CSR = "csr", _("Your own key (CSR)")
+        SERVER = "server", _("Generated by the portal")
 
     class Channel(models.TextChoices):
         """How the request reached the portal. Every row that exists is made by one of
@@ -675,11 +694,11 @@ class CertificateRequest(models.Model):
         Idempotency-Key look alike), and what a row inserted by code that does not name
         the column gets (the database default; request_submit() requires a channel)."""
 
-        WEB = "web", "Web (/enroll/)"
-        API = "api", "REST API"
-        EST = "est", "EST (RFC 7030)"
-        ROLLOUT = "rollout", "Roll-out invitation"
-        UNKNOWN = "unknown", "Not recorded"
+        WEB = "web", _("Web (/enroll/)")
+        API = "api", _("REST API")
+        EST = "est", _("EST (RFC 7030)")
+        ROLLOUT = "rollout", _("Roll-out invitation")
+        UNKNOWN = "unknown", _("Not recorded")
 
     requester = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -699,9 +718,9 @@ class CertificateRequest(models.Model):
     )
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     key_source = models.CharField(max_length=10, choices=KeySource.choices)
-    csr = models.BinaryField(null=True, blank=True, help_text="DER; public data only.")
+    csr = models.BinaryField(null=True, blank=True, help_text=_("DER; public data only."))
     key_algorithm = models.CharField(max_length=20, blank=True)
-    requested_subject = models.TextField(blank=True, help_text="What the CSR asked for.")
+    requested_subject = models.TextField(blank=True, help_text=_("What the CSR asked for."))
     requested_emails = models.JSONField(default=list, blank=True)
     renewal_of = models.ForeignKey(
         "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="renewals"
@@ -812,15 +831,15 @@ class CrlEntry(models.Model):
         Certificate, primary_key=True, on_delete=models.PROTECT, related_name="crl_entry"
     )
     ca = models.ForeignKey(CertificateAuthority, on_delete=models.PROTECT, related_name="+")
-    not_after = models.DateTimeField(help_text="The certificate's; expired entries drop.")
-    der = models.BinaryField(help_text="The revokedCertificates element (RFC 5280 5.1.2.6).")
+    not_after = models.DateTimeField(help_text=_("The certificate's; expired entries drop."))
+    der = models.BinaryField(help_text=_("The revokedCertificates element (RFC 5280 5.1.2.6)."))
     first_crl_number = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="The first CRL listing it; empty: not published yet."
+        null=True, blank=True, help_text=_("The first CRL listing it; empty: not published yet.")
     )
 
     class Meta:
-        verbose_name = "CRL entry"
-        verbose_name_plural = "CRL entries"
+        verbose_name = _("CRL entry")
+        verbose_name_plural = _("CRL entries")
         indexes = [
             models.Index(fields=["ca", "not_after"], name="crl_entry_ca_not_after_idx"),
             models.Index(
@@ -898,7 +917,7 @@ class ArchivedKey(models.Model):
     certificate = models.OneToOneField(
         Certificate, on_delete=models.PROTECT, related_name="archived_key"
     )
-    envelope = models.BinaryField(help_text="DER CMS EnvelopedData of the PKCS#8 key.")
+    envelope = models.BinaryField(help_text=_("DER CMS EnvelopedData of the PKCS#8 key."))
     recipients = models.ManyToManyField(KeyRecoveryAgent, related_name="archived_keys")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -920,14 +939,15 @@ class AuditEvent(models.Model):
     """Append-only record of every privileged action."""
 
     class Outcome(models.TextChoices):
-        SUCCESS = "success", "Success"
-        FAILURE = "failure", "Failure"
+        # Translators: an audit event's outcome.
+        SUCCESS = "success", _("Success")
+        FAILURE = "failure", _("Failure")
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
-    actor_name = models.CharField(max_length=200, help_text="Kept if the account goes.")
+    actor_name = models.CharField(max_length=200, help_text=_("Kept if the account goes."))
     action = models.CharField(max_length=60, db_index=True)
     object_type = models.CharField(max_length=60, blank=True)
     object_id = models.CharField(max_length=100, blank=True)
@@ -937,7 +957,7 @@ class AuditEvent(models.Model):
     detail = models.JSONField(default=dict, blank=True)
     previous_hash = models.CharField(max_length=64, blank=True)
     hash = models.CharField(
-        max_length=64, blank=True, help_text="SHA-256 over this event and previous_hash."
+        max_length=64, blank=True, help_text=_("SHA-256 over this event and previous_hash.")
     )
 
     objects = AppendOnlyQuerySet.as_manager()
@@ -973,16 +993,16 @@ class AuditForwarding(models.Model):
     locks the row for each batch, so two never send the same events or skip any."""
 
     last_event_id = models.BigIntegerField(
-        default=0, help_text="The newest event sent; the next run starts after it."
+        default=0, help_text=_("The newest event sent; the next run starts after it.")
     )
     last_event_at = models.DateTimeField(
-        null=True, blank=True, help_text="When that event was recorded."
+        null=True, blank=True, help_text=_("When that event was recorded.")
     )
     succeeded_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a run last finished without an error."
+        null=True, blank=True, help_text=_("When a run last finished without an error.")
     )
     failed_at = models.DateTimeField(null=True, blank=True)
-    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
 
     def __str__(self) -> str:
         return f"audit trail forwarded up to event {self.last_event_id}"
@@ -1002,18 +1022,18 @@ class KeyRecoveryRequest(models.Model):
     """
 
     class State(models.TextChoices):
-        REQUESTED = "requested", "Asked: waiting for an officer to accept it"
-        PENDING = "pending", "Waiting for approval"
-        APPROVED = "approved", "Approved: waiting for a key recovery agent"
-        READY = "ready", "Recovered: waiting for download"
-        DOWNLOADED = "downloaded", "Downloaded"
-        EXPIRED = "expired", "Expired before download"
-        REJECTED = "rejected", "Rejected"
-        WITHDRAWN = "withdrawn", "Withdrawn"
+        REQUESTED = "requested", _("Asked: waiting for an officer to accept it")
+        PENDING = "pending", _("Waiting for approval")
+        APPROVED = "approved", _("Approved: waiting for a key recovery agent")
+        READY = "ready", _("Recovered: waiting for download")
+        DOWNLOADED = "downloaded", _("Downloaded")
+        EXPIRED = "expired", _("Expired before download")
+        REJECTED = "rejected", _("Rejected")
+        WITHDRAWN = "withdrawn", _("Withdrawn")
 
     class Recipient(models.TextChoices):
-        OWNER = "owner", "The key owner"
-        REQUESTER = "requester", "The requesting officer"
+        OWNER = "owner", _("The key owner")
+        REQUESTER = "requester", _("The requesting officer")
 
     certificate = models.ForeignKey(
         Certificate, on_delete=models.PROTECT, related_name="recovery_requests"
@@ -1028,13 +1048,13 @@ class KeyRecoveryRequest(models.Model):
     )
     accepted_at = models.DateTimeField(null=True, blank=True)
     acceptance_note = models.TextField(
-        blank=True, help_text="How the accepting officer confirmed the holder's request."
+        blank=True, help_text=_("How the accepting officer confirmed the holder's request.")
     )
     reason = models.TextField()
     deliver_to = models.CharField(max_length=10, choices=Recipient.choices)
     pkcs12_format = models.CharField(
         max_length=12,
-        choices=[("modern", "Modern (AES-256)"), ("compatible", "Compatible (3DES)")],
+        choices=[("modern", _("Modern (AES-256)")), ("compatible", _("Compatible (3DES)"))],
         default="modern",
     )
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
@@ -1053,7 +1073,7 @@ class KeyRecoveryRequest(models.Model):
         null=True,
         blank=True,
         editable=False,
-        help_text="PKCS#12 under a one-time password that is never stored; wiped on download.",
+        help_text=_("PKCS#12 under a one-time password that is never stored; wiped on download."),
     )
     download_expires_at = models.DateTimeField(null=True, blank=True)
     downloaded_at = models.DateTimeField(null=True, blank=True)
@@ -1205,9 +1225,10 @@ class ApprovalNoticeDigest(models.Model):
     the same row so that changing it and collecting a request take the same lock."""
 
     class Delivery(models.TextChoices):
-        SUMMARIES = "summaries", "Summaries"
-        IMMEDIATE = "immediate", "Every request at once"
-        NONE = "none", "None by mail"
+        # Translators: how an RA officer is mailed about requests awaiting approval.
+        SUMMARIES = "summaries", _("Summaries")
+        IMMEDIATE = "immediate", _("Every request at once")
+        NONE = "none", _("None by mail")
 
     officer = models.OneToOneField(
         settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
@@ -1218,16 +1239,16 @@ class ApprovalNoticeDigest(models.Model):
         choices=Delivery.choices,
         default=Delivery.SUMMARIES,
         db_default=Delivery.SUMMARIES,
-        help_text="How the officer hears of requests waiting for their approval.",
+        help_text=_("How the officer hears of requests waiting for their approval."),
     )
     last_sent_at = models.DateTimeField(null=True, blank=True)
     # Ids, not a relation: only those still pending when the summary goes are listed, and
     # a list on the officer's own locked row is appended to without another lock.
     waiting = models.JSONField(
-        default=list, blank=True, help_text="Requests collected for the next summary."
+        default=list, blank=True, help_text=_("Requests collected for the next summary.")
     )
     due_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the summary goes; empty while none is collected."
+        null=True, blank=True, help_text=_("When the summary goes; empty while none is collected.")
     )
 
     class Meta:
@@ -1262,24 +1283,27 @@ class LeaverRevocationRun(models.Model):
     """
 
     class Source(models.TextChoices):
-        SCHEDULE = "schedule", "Scheduled (beat)"
-        COMMAND = "command", "manage.py revoke_deactivated --confirm"
+        SCHEDULE = "schedule", _("Scheduled (beat)")
+        COMMAND = (
+            "command",
+            "manage.py revoke_deactivated --confirm",
+        )  # a command line: not translated
 
     ran_at = models.DateTimeField()
     source = models.CharField(max_length=10, choices=Source.choices)
-    due = models.PositiveIntegerField(help_text="Accounts due for revocation when it ran.")
-    cap = models.PositiveIntegerField(help_text="PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN then.")
+    due = models.PositiveIntegerField(help_text=_("Accounts due for revocation when it ran."))
+    cap = models.PositiveIntegerField(help_text=_("PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN then."))
     held_back = models.PositiveIntegerField(
-        default=0, help_text="Accounts it did not touch because more were due than the cap."
+        default=0, help_text=_("Accounts it did not touch because more were due than the cap.")
     )
     revoked_accounts = models.PositiveIntegerField(default=0)
     revoked_certificates = models.PositiveIntegerField(default=0)
     failed_accounts = models.PositiveIntegerField(default=0)
     revoked_mailboxes = models.PositiveIntegerField(
-        default=0, help_text="Deactivated shared mailboxes whose certificates it revoked."
+        default=0, help_text=_("Deactivated shared mailboxes whose certificates it revoked.")
     )
     failed_mailboxes = models.PositiveIntegerField(default=0)
-    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
 
     def __str__(self) -> str:
         return f"Leavers' revocation run at {self.ran_at:%Y-%m-%d %H:%M}"
@@ -1297,9 +1321,9 @@ class OutdatedCertificate(models.Model):
     certificate = models.OneToOneField(
         Certificate, on_delete=models.CASCADE, primary_key=True, related_name="outdated"
     )
-    since = models.DateTimeField(help_text="When its grace period started.")
+    since = models.DateTimeField(help_text=_("When its grace period started."))
     address = models.CharField(
-        max_length=254, blank=True, help_text="The holder's address when it was found."
+        max_length=254, blank=True, help_text=_("The holder's address when it was found.")
     )
     notified_at = models.DateTimeField(null=True, blank=True)
 
@@ -1316,24 +1340,24 @@ class LdapPublication(models.Model):
 
     succeeded_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
-    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
     reconciled_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the last reconciliation run finished."
+        null=True, blank=True, help_text=_("When the last reconciliation run finished.")
     )
     enabled_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the portal first saw publication turned on."
+        null=True, blank=True, help_text=_("When the portal first saw publication turned on.")
     )
     running_until = models.DateTimeField(
-        null=True, blank=True, help_text="A reconciliation run holds this lease until then."
+        null=True, blank=True, help_text=_("A reconciliation run holds this lease until then.")
     )
     sweep_after = models.BigIntegerField(
-        default=0, help_text="The full sweep resumes after this account id."
+        default=0, help_text=_("The full sweep resumes after this account id.")
     )
     swept_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the full sweep last reached the end."
+        null=True, blank=True, help_text=_("When the full sweep last reached the end.")
     )
     settings_digest = models.CharField(
-        max_length=64, blank=True, help_text="What was published where (settings), hashed."
+        max_length=64, blank=True, help_text=_("What was published where (settings), hashed.")
     )
 
     def __str__(self) -> str:
@@ -1381,28 +1405,32 @@ class LdapSyncRun(models.Model):
     """
 
     class Source(models.TextChoices):
-        SCHEDULE = "schedule", "Scheduled (beat)"
-        COMMAND = "command", "manage.py ldap_sync_leavers --confirm"
+        SCHEDULE = "schedule", _("Scheduled (beat)")
+        COMMAND = (
+            "command",
+            "manage.py ldap_sync_leavers --confirm",
+        )  # a command line: not translated
 
     ran_at = models.DateTimeField()
     source = models.CharField(max_length=10, choices=Source.choices)
-    checked = models.PositiveIntegerField(default=0, help_text="Directory accounts looked up.")
-    found = models.PositiveIntegerField(default=0, help_text="Of those, found and enabled.")
+    checked = models.PositiveIntegerField(default=0, help_text=_("Directory accounts looked up."))
+    found = models.PositiveIntegerField(default=0, help_text=_("Of those, found and enabled."))
     gone = models.PositiveIntegerField(
-        default=0, help_text="Accounts the directory no longer has, or has disabled."
+        default=0, help_text=_("Accounts the directory no longer has, or has disabled.")
     )
-    cap = models.PositiveIntegerField(help_text="PKIPORTAL_LDAP_SYNC_MAX_PER_RUN then.")
+    cap = models.PositiveIntegerField(help_text=_("PKIPORTAL_LDAP_SYNC_MAX_PER_RUN then."))
     held_back = models.PositiveIntegerField(
-        default=0, help_text="Accounts it did not deactivate because more were gone than the cap."
+        default=0,
+        help_text=_("Accounts it did not deactivate because more were gone than the cap."),
     )
     deactivated = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     superusers = models.JSONField(
         default=list,
         blank=True,
-        help_text="User names of superusers the directory no longer has: never deactivated.",
+        help_text=_("User names of superusers the directory no longer has: never deactivated."),
     )
-    error = models.CharField(max_length=500, blank=True, help_text="The last failure, if any.")
+    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
 
     def __str__(self) -> str:
         return f"Directory leavers' sync at {self.ran_at:%Y-%m-%d %H:%M}"
@@ -1437,18 +1465,19 @@ class BulkRevocationRun(models.Model):
     """
 
     class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Finished"
-        FAILED = "failed", "Finished with failures"
-        STOPPED = "stopped", "Stopped"
+        # Translators: a bulk revocation run's state.
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Finished")
+        FAILED = "failed", _("Finished with failures")
+        STOPPED = "stopped", _("Stopped")
 
     event = models.OneToOneField(
         AuditEvent,
         primary_key=True,
         on_delete=models.PROTECT,
         related_name="+",
-        help_text="Its .queued audit event, whose id is the run's number.",
+        help_text=_("Its .queued audit event, whose id is the run's number."),
     )
     created_at = models.DateTimeField(default=timezone.now)
     started_by = models.ForeignKey(
@@ -1459,7 +1488,7 @@ class BulkRevocationRun(models.Model):
         null=True,
         on_delete=models.SET_NULL,
         related_name="+",
-        help_text="Whose name the revocations are in: who started it, or last resumed it.",
+        help_text=_("Whose name the revocations are in: who started it, or last resumed it."),
     )
     source_address = models.GenericIPAddressField(null=True, blank=True)
     reason = models.CharField(max_length=30, choices=Certificate.RevocationReasonChoice.choices)
@@ -1469,36 +1498,38 @@ class BulkRevocationRun(models.Model):
     # each batch updates only the counters below. Emptied when the run finishes with
     # every certificate done (bulk_revoke._end): the counters tell the rest.
     certificate_ids = models.JSONField(
-        default=list, help_text="The certificates to revoke, in id order, as confirmed."
+        default=list, help_text=_("The certificates to revoke, in id order, as confirmed.")
     )
-    total = models.PositiveIntegerField(help_text="How many certificate_ids.")
+    total = models.PositiveIntegerField(help_text=_("How many certificate_ids."))
     position = models.PositiveIntegerField(
-        default=0, help_text="How many of certificate_ids are done: the next batch starts there."
+        default=0, help_text=_("How many of certificate_ids are done: the next batch starts there.")
     )
     selected = models.PositiveIntegerField(
-        help_text="The whole selection, those already revoked or expired when confirmed included."
+        help_text=_(
+            "The whole selection, those already revoked or expired when confirmed included."
+        )
     )
     revoked = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(
-        default=0, help_text="Already revoked or expired: when confirmed, and since."
+        default=0, help_text=_("Already revoked or expired: when confirmed, and since.")
     )
     failed = models.PositiveIntegerField(default=0)
     imported = models.PositiveIntegerField(
-        default=0, help_text="Of those revoked, another CA's: recorded here only."
+        default=0, help_text=_("Of those revoked, another CA's: recorded here only.")
     )
     batches = models.PositiveIntegerField(default=0)
     failures = models.JSONField(
-        default=list, blank=True, help_text="The first few certificates refused, and why."
+        default=list, blank=True, help_text=_("The first few certificates refused, and why.")
     )
-    error = models.CharField(max_length=500, blank=True, help_text="Why it stopped early.")
+    error = models.CharField(max_length=500, blank=True, help_text=_("Why it stopped early."))
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
     claim = models.CharField(
         max_length=64,
         blank=True,
-        help_text="The one task message (its id), or request, that may work on it now.",
+        help_text=_("The one task message (its id), or request, that may work on it now."),
     )
     heartbeat_at = models.DateTimeField(
-        help_text="When it was queued or claimed, or its last batch committed."
+        help_text=_("When it was queued or claimed, or its last batch committed.")
     )
     finished_at = models.DateTimeField(null=True, blank=True)
     resumes = models.PositiveIntegerField(default=0)
@@ -1535,15 +1566,17 @@ class ApiToken(models.Model):
         settings.KNOX_TOKEN_MODEL, on_delete=models.CASCADE, related_name="api_token"
     )
     label = models.CharField(
-        max_length=100, blank=True, help_text="Its owner's name for it; empty for old tokens."
+        max_length=100, blank=True, help_text=_("Its owner's name for it; empty for old tokens.")
     )
     last_used_at = models.DateTimeField(
-        null=True, blank=True, help_text="When it last authenticated a call, to the hour."
+        null=True, blank=True, help_text=_("When it last authenticated a call, to the hour.")
     )
     second_factor = models.BooleanField(
         default=False,
-        help_text="Minted with a confirmed second factor. Tokens without it have no officer, "
-        "agent or administrator power while the policy asks their owner for one.",
+        help_text=_(
+            "Minted with a confirmed second factor. Tokens without it have no officer, "
+            "agent or administrator power while the policy asks their owner for one."
+        ),
     )
     # What confirmed that second factor: the attestation policy counts only keys of approved
     # models (accounts.mfa.token_needs_approved_key). Empty on tokens minted before it was
@@ -1553,19 +1586,23 @@ class ApiToken(models.Model):
         blank=True,
         default=SecondFactorKind.NONE,
         choices=SecondFactorKind.choices,
-        help_text="What confirmed the second factor it was minted with; empty: none, or "
-        "minted before this was recorded.",
+        help_text=_(
+            "What confirmed the second factor it was minted with; empty: none, or "
+            "minted before this was recorded."
+        ),
     )
     second_factor_key_model = models.CharField(
         max_length=36,
         blank=True,
         default="",
-        help_text="The AAGUID of the security key it was minted with, when the key proved "
-        "its model (attestation).",
+        help_text=_(
+            "The AAGUID of the security key it was minted with, when the key proved "
+            "its model (attestation)."
+        ),
     )
 
     class Meta:
-        verbose_name = "API token"
+        verbose_name = _("API token")
 
     def __str__(self) -> str:
         return f"{self.label or 'unnamed token'} ({self.auth_token.token_key}…)"
@@ -1604,9 +1641,10 @@ class Rollout(models.Model):
     SKIPPED_KEPT = 1000
 
     class State(models.TextChoices):
-        OPEN = "open", "Open"
-        CANCELLED = "cancelled", "Cancelled"
-        EXPIRED = "expired", "Expired"
+        # Translators: a roll-out's state.
+        OPEN = "open", _("Open")
+        CANCELLED = "cancelled", _("Cancelled")
+        EXPIRED = "expired", _("Expired")
 
     name = models.CharField(max_length=200, blank=True)
     template = models.ForeignKey(
@@ -1617,11 +1655,13 @@ class Rollout(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    expires_at = models.DateTimeField(help_text="Invitations not collected by then expire.")
+    expires_at = models.DateTimeField(help_text=_("Invitations not collected by then expire."))
     group = models.ForeignKey(
         Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    group_name = models.CharField(max_length=150, blank=True, help_text="Kept if the group goes.")
+    group_name = models.CharField(
+        max_length=150, blank=True, help_text=_("Kept if the group goes.")
+    )
     state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
     ended_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -1652,9 +1692,9 @@ class RolloutInvitation(models.Model):
     """
 
     class Ended(models.TextChoices):
-        NO = "", "Not ended"
-        CANCELLED = "cancelled", "Cancelled by an officer"
-        EXPIRED = "expired", "Expired"
+        NO = "", _("Not ended")
+        CANCELLED = "cancelled", _("Cancelled by an officer")
+        EXPIRED = "expired", _("Expired")
 
     rollout = models.ForeignKey(Rollout, on_delete=models.PROTECT, related_name="invitations")
     request = models.OneToOneField(
