@@ -20,7 +20,10 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
-from django.utils.html import format_html, format_html_join
+from django.utils.html import conditional_escape, format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts import fido_metadata, mfa
@@ -62,7 +65,7 @@ class PortalUserChangeForm(UserChangeForm[User]):
                 self.initial["groups"] = list(
                     self.instance.groups.filter(pk__in=plain_groups().values("pk"))
                 )
-            groups.help_text = (
+            groups.help_text = _(
                 "The groups that say who may use which template. Roles (RA officers, "
                 "recovery agents), templates' approvers groups and groups holding "
                 "permissions are given by a superuser."
@@ -87,9 +90,12 @@ class PortalUserChangeForm(UserChangeForm[User]):
             if other is not None:
                 self.add_error(
                     "email",
-                    f"The active account {other.get_username()} has this address: no "
-                    "certificate is issued for an address two accounts share. Correct or "
-                    "deactivate that account first.",
+                    _(
+                        "The active account %(username)s has this address: no "
+                        "certificate is issued for an address two accounts share. Correct or "
+                        "deactivate that account first."
+                    )
+                    % {"username": other.get_username()},
                 )
         return cleaned
 
@@ -131,7 +137,7 @@ class PortalGroupForm(ModelForm[Group]):
         name: str = self.cleaned_data["name"]
         if not self.grants_privilege and name in role_groups():
             raise ValidationError(
-                "This name makes the group's members a role; only a superuser gives it."
+                _("This name makes the group's members a role; only a superuser gives it.")
             )
         return name
 
@@ -169,13 +175,13 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
             fields = (*fields, "members" if linked else "member_names")
         return fields if request.user.is_superuser else (*fields, "permissions")
 
-    @admin.display(description="Members")
+    @admin.display(description=gettext_lazy("Members"))
     def members(self, obj: Group) -> str:
         """Who is in the group, each linked to their account: who holds a role, or may use
         a template, is what a reviewer of the group wants to see."""
         return self._members(obj, linked=True)
 
-    @admin.display(description="Members")
+    @admin.display(description=gettext_lazy("Members"))
     def member_names(self, obj: Group) -> str:
         """The same, unlinked, for a viewer who may not open accounts."""
         return self._members(obj, linked=False)
@@ -183,7 +189,8 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
     def _members(self, obj: Group, *, linked: bool) -> str:
         total = obj.user_set.count()
         if not total:
-            return "None."
+            # Translators: a group's members, when it has none.
+            return _("None.")
         shown = obj.user_set.order_by("username")[: self.MEMBERS_SHOWN]
         names = format_html_join(
             ", ",
@@ -197,10 +204,19 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
             return format_html("{} ({}).", names, total)
         rest = total - self.MEMBERS_SHOWN
         if not linked:
-            return format_html("{} and {} more ({} in all).", names, rest, total)
+            return _html(
+                _("%(names)s and %(rest)s more (%(total)s in all)."),
+                names=names,
+                rest=rest,
+                total=total,
+            )
         every = reverse("admin:accounts_user_changelist") + f"?groups__id__exact={obj.pk}"
-        return format_html(
-            '{} and {} more: <a href="{}">all {} members</a>.', names, rest, every, total
+        return _html(
+            _('%(names)s and %(rest)s more: <a href="%(url)s">all %(total)s members</a>.'),
+            names=names,
+            rest=rest,
+            url=every,
+            total=total,
         )
 
     def has_change_permission(self, request: HttpRequest, obj: Group | None = None) -> bool:
@@ -239,8 +255,11 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             )
             for name, options in UserAdmin.fieldsets or ()
         ),
-        ("Certificate attributes", {"fields": ("display_name", "organizational_unit")}),
-        ("Second factor", {"fields": ("second_factor",)}),
+        (
+            gettext_lazy("Certificate attributes"),
+            {"fields": ("display_name", "organizational_unit")},
+        ),
+        (gettext_lazy("Second factor"), {"fields": ("second_factor",)}),
     )
     readonly_fields = (
         "deactivated_at",
@@ -309,12 +328,12 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         allowed = super().has_delete_permission(request, obj)
         return allowed and (obj is None or may_administer(request.user, obj))
 
-    @admin.display(description="Second factor")
+    @admin.display(description=gettext_lazy("Second factor"))
     def second_factor(self, obj: User) -> str:
         """Whether the person has an authenticator app, and the way to reset a lost one."""
         return self._second_factor(obj, reset=True)
 
-    @admin.display(description="Second factor")
+    @admin.display(description=gettext_lazy("Second factor"))
     def second_factor_state(self, obj: User) -> str:
         """The same, for a viewer who may not reset it (get_fieldsets)."""
         return self._second_factor(obj, reset=False)
@@ -337,58 +356,62 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             .first()
         )
         if app is None:
-            items.append(format_html("{}", "Authenticator app: none."))
+            items.append(_html(_("Authenticator app: none.")))
         else:
-            items.append(
-                format_html(
-                    "Authenticator app: {}, {} {}{}.",
-                    "confirmed" if app.confirmed else "set-up not finished",
-                    "set up" if app.confirmed else "started",
-                    _when(app.created_at),
-                    format_html(", last used {}", _when(app.last_used_at))
-                    if app.last_used_at
-                    else "",
-                )
-            )
+            items.append(_app_state(app))
         codes = BackupCodeDevice.objects.filter(user=obj).only("digests").first()
         left = len(codes.digests) if codes is not None else 0
-        items.append(format_html("Backup codes: {} unused.", left))
+        items.append(_html(_("Backup codes: %(count)s unused."), count=left))
         keys = list(WebAuthnDevice.objects.filter(user=obj).order_by("created_at", "pk"))
         if not keys:
-            items.append(format_html("{}", "Security keys: none."))
+            items.append(_html(_("Security keys: none.")))
         named = fido_metadata.models_named(key.aaguid for key in keys)  # one query for all
         for key in keys:
-            items.append(
-                format_html(
-                    "Security key “{}”: added {}{}; {}.",
-                    key.name,
-                    _when(key.created_at),
-                    format_html(", last used {}", _when(key.last_used_at))
-                    if key.last_used_at
-                    else ", never used",
-                    _key_model(key, named),
+            values = {
+                "name": key.name,
+                "added": _when(key.created_at),
+                "model": _key_model(key, named),
+            }
+            if key.last_used_at:
+                items.append(
+                    _html(
+                        _(
+                            "Security key “%(name)s”: added %(added)s, last used %(used)s; "
+                            "%(model)s."
+                        ),
+                        used=_when(key.last_used_at),
+                        **values,
+                    )
                 )
-            )
+            else:
+                items.append(
+                    _html(
+                        _("Security key “%(name)s”: added %(added)s, never used; %(model)s."),
+                        **values,
+                    )
+                )
         policies = []
         if state.keys_only:
             policies.append(
-                "only a session confirmed with a security key opens more than their account page"
+                _("only a session confirmed with a security key opens more than their account page")
             )
         if state.attestation:
-            policies.append("their keys must prove an approved model")
+            policies.append(_("their keys must prove an approved model"))
         items.append(
-            format_html(
-                "Policies for this account: {}.",
-                "; ".join(policies) if policies else "none beyond the second factor",
+            _html(
+                _("Policies for this account: %(policies)s."),
+                policies="; ".join(policies) if policies else _("none beyond the second factor"),
             )
         )
         # An unfinished set-up (or stray backup codes) is still something to reset.
         if reset and (keys or mfa.has_any_device(obj)):
             items.append(
-                format_html(
-                    '<a href="{}">Reset it…</a>: removes the app, backup codes and security '
-                    "keys, and signs them out everywhere.",
-                    reverse("admin:accounts_user_mfa_reset", args=[obj.pk]),
+                _html(
+                    _(
+                        '<a href="%(url)s">Reset it…</a>: removes the app, backup codes and '
+                        "security keys, and signs them out everywhere."
+                    ),
+                    url=reverse("admin:accounts_user_mfa_reset", args=[obj.pk]),
                 )
             )
         return format_html(
@@ -396,7 +419,7 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             format_html_join("", "<li>{}</li>", ((item,) for item in items)),
         )
 
-    @admin.display(description="Second factor")
+    @admin.display(description=gettext_lazy("Second factor"))
     def second_factor_summary(self, obj: User) -> str:
         """The list's column: an app, how many keys and how many of them approved (from
         the changelist's annotations, get_queryset)."""
@@ -405,12 +428,20 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         approved = getattr(obj, "mfa_approved_keys", None)
         if app is None or keys is None or approved is None:
             return "-"
-        parts = ["app"] if app else []
-        if keys:
+        # Translators: the account list's second-factor column: an authenticator app.
+        parts = [_("app")] if app else []
+        if approved:
             parts.append(
-                plurals.count(keys, "key") + (f" ({approved} approved)" if approved else "")
+                ngettext(
+                    "%(count)d key (%(approved)d approved)",
+                    "%(count)d keys (%(approved)d approved)",
+                    keys,
+                )
+                % {"count": keys, "approved": approved}
             )
-        return ", ".join(parts) or "none"
+        elif keys:
+            parts.append(ngettext("%(count)d key", "%(count)d keys", keys) % {"count": keys})
+        return ", ".join(parts) or _("none")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
         """The list, with each account's second factors counted in the same query (three
@@ -434,13 +465,14 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             mfa_approved_keys=_count(approved),
         )
 
-    @admin.display(description="Password")
+    @admin.display(description=gettext_lazy("Password"))
     def password_state(self, obj: User) -> str:
         """Whether the account has a password, without Django's button to the password
         page, for a viewer that page refuses (get_fieldsets)."""
         if obj.has_usable_password():
-            return "Set."
-        return "No password set."
+            # Translators: an account's password, when it has one.
+            return _("Set.")
+        return _("No password set.")
 
     def get_urls(self) -> list[Any]:
         extra = [
@@ -471,19 +503,21 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
             removed = mfa.second_factor_reset(
                 actor=actor, target=target, source_address=client_address(request)
             )
-            self.message_user(
-                request,
-                f"The second factor of {target.get_username()} is reset and they are signed out "
-                "everywhere: they set up a new one at their next sign-in."
+            done = (
+                _(
+                    "The second factor of %(username)s is reset and they are signed out "
+                    "everywhere: they set up a new one at their next sign-in."
+                )
                 if removed
-                else f"{target.get_username()} had no second factor to reset; they are signed "
-                "out everywhere.",
-                messages.SUCCESS,
+                else _(
+                    "%(username)s had no second factor to reset; they are signed out everywhere."
+                )
             )
+            self.message_user(request, done % {"username": target.get_username()}, messages.SUCCESS)
             return redirect(change_url)
         context = {
             **self.admin_site.each_context(request),
-            "title": "Reset second factor",
+            "title": _("Reset second factor"),
             "target": target,
             "opts": self.opts,
             "change_url": change_url,
@@ -498,23 +532,25 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         hours = settings.PKIPORTAL_REVOKE_DEACTIVATED_AFTER_HOURS
         if "is_active" in form.base_fields:
             form.base_fields["is_active"].help_text = (
-                "Unselect this instead of deleting accounts: the person is signed out "
-                "everywhere and leaves the directory"
-                + (
-                    ", and their valid certificates are revoked "
-                    f"{plurals.hours(hours)} later (by the scheduled task, where beat "
-                    "runs) unless the account is reactivated before then."
-                    if hours is not None
-                    else "."
+                _(
+                    "Unselect this instead of deleting accounts: the person is signed out "
+                    "everywhere and leaves the directory, and their valid certificates are "
+                    "revoked %(hours)s later (by the scheduled task, where beat runs) unless "
+                    "the account is reactivated before then."
+                )
+                % {"hours": plurals.hours(hours)}
+                if hours is not None
+                else _(
+                    "Unselect this instead of deleting accounts: the person is signed out "
+                    "everywhere and leaves the directory."
                 )
             )
         if "email" in form.base_fields and hours is not None:
-            form.base_fields["email"].help_text = (
+            form.base_fields["email"].help_text = _(
                 "The address certificates are issued for. Change it and the person's valid "
-                "certificates for the old address are revoked "
-                f"{plurals.hours(hours)} later; they are told by e-mail and can renew for "
-                "the new one."
-            )
+                "certificates for the old address are revoked %(hours)s later; they are told "
+                "by e-mail and can renew for the new one."
+            ) % {"hours": plurals.hours(hours)}
         return form
 
     list_display = (
@@ -527,7 +563,9 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         "second_factor_summary",
     )
 
-    search_help_text = "Name, user name, e-mail or unit; accents and case do not matter."
+    search_help_text = gettext_lazy(
+        "Name, user name, e-mail or unit; accents and case do not matter."
+    )
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[User], search_term: str
@@ -571,8 +609,37 @@ class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
         return response
 
 
+def _html(message: str, **values: Any) -> SafeString:
+    """A translated sentence with markup, its values escaped as format_html escapes them:
+    %-placeholders, which translators keep and msgfmt checks (format_html's {} neither).
+    The sentence itself is trusted, as a template is."""
+    return mark_safe(message % {name: conditional_escape(value) for name, value in values.items()})  # noqa: S308
+
+
+def _app_state(app: TotpDevice) -> SafeString:
+    """The authenticator app's line: whole sentences, one for each case, for the translators."""
+    when = _when(app.created_at)
+    if app.last_used_at:
+        used = _when(app.last_used_at)
+        if app.confirmed:
+            return _html(
+                _("Authenticator app: confirmed, set up %(when)s, last used %(used)s."),
+                when=when,
+                used=used,
+            )
+        return _html(
+            _("Authenticator app: set-up not finished, started %(when)s, last used %(used)s."),
+            when=when,
+            used=used,
+        )
+    if app.confirmed:
+        return _html(_("Authenticator app: confirmed, set up %(when)s."), when=when)
+    return _html(_("Authenticator app: set-up not finished, started %(when)s."), when=when)
+
+
 def _when(moment: Any) -> str:
-    return date_format(timezone.localtime(moment), "Y-m-d H:i T") if moment else "earlier"
+    # Translators: when a second factor was set up or used, for one set up before that was recorded.
+    return date_format(timezone.localtime(moment), "Y-m-d H:i T") if moment else _("earlier")
 
 
 def _key_model(key: WebAuthnDevice, named: dict[str, FidoModel]) -> str:
@@ -582,20 +649,51 @@ def _key_model(key: WebAuthnDevice, named: dict[str, FidoModel]) -> str:
     model = fido_metadata.label(key.aaguid, named)
     reported = fido_metadata.compromise(named.get(key.aaguid.lower()))
     if not key.attested:
-        claimed = f", claims model {model}" if key.aaguid and key.aaguid != _NO_MODEL else ""
-        return format_html(
-            "not attested (attestation {}{}): model not proved{}",
-            key.attestation_format or "none",
-            claimed,
-            f"; the FIDO Alliance reports the model as {reported}" if reported else "",
-        )
+        values = {"format": key.attestation_format or _("none"), "model": model}
+        claims = bool(key.aaguid and key.aaguid != _NO_MODEL)
+        if claims and reported:
+            return _html(
+                _(
+                    "not attested (attestation %(format)s, claims model %(model)s): model not "
+                    "proved; the FIDO Alliance reports the model as %(reported)s"
+                ),
+                reported=reported,
+                **values,
+            )
+        if claims:
+            return _html(
+                _(
+                    "not attested (attestation %(format)s, claims model %(model)s): model "
+                    "not proved"
+                ),
+                **values,
+            )
+        if reported:
+            return _html(
+                _(
+                    "not attested (attestation %(format)s): model not proved; the FIDO "
+                    "Alliance reports the model as %(reported)s"
+                ),
+                reported=reported,
+                **values,
+            )
+        return _html(_("not attested (attestation %(format)s): model not proved"), **values)
+    values = {"format": key.attestation_format, "model": model}
     if key.approved:
-        verdict = "approved model"
-    elif reported:
-        verdict = f"not approved: the FIDO Alliance reports it as {reported}"
-    else:
-        verdict = "model no longer on the approved list"
-    return format_html("attested ({}), model {}: {}", key.attestation_format, model, verdict)
+        return _html(_("attested (%(format)s), model %(model)s: approved model"), **values)
+    if reported:
+        return _html(
+            _(
+                "attested (%(format)s), model %(model)s: not approved: the FIDO Alliance "
+                "reports it as %(reported)s"
+            ),
+            reported=reported,
+            **values,
+        )
+    return _html(
+        _("attested (%(format)s), model %(model)s: model no longer on the approved list"),
+        **values,
+    )
 
 
 # The AAGUID of a key that names no model (py_webauthn's text for sixteen zero bytes).

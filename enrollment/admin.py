@@ -12,6 +12,8 @@ from django.db import models, transaction
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from accounts import fido_metadata
 from enrollment import mailboxes, ra_selectors, services
@@ -37,9 +39,9 @@ from enrollment.scopes import officers_limited_by, reach_of
 from enrollment.x509.keys import KeyAlgorithm
 
 # The portal's own name where Django would say "Django administration".
-admin.site.site_header = "pkiportal administration"
-admin.site.site_title = "pkiportal admin"
-admin.site.index_title = "Certificate authority, accounts and templates"
+admin.site.site_header = gettext_lazy("pkiportal administration")
+admin.site.site_title = gettext_lazy("pkiportal admin")
+admin.site.index_title = gettext_lazy("Certificate authority, accounts and templates")
 
 
 _ModelT = TypeVar("_ModelT", bound=models.Model)
@@ -124,7 +126,7 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
 
     # Publishing is harmless and audited, but it is an act, not a look: staff who may only
     # view CAs are not offered it (Django offers an action without permissions to them).
-    @admin.action(description="Publish a new CRL now", permissions=["publish_crl"])
+    @admin.action(description=gettext_lazy("Publish a new CRL now"), permissions=["publish_crl"])
     def publish_crl(self, request: HttpRequest, queryset: QuerySet[CertificateAuthority]) -> None:
         for ca in queryset:
             try:
@@ -132,9 +134,16 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
                     ca=ca, actor=request.user, source_address=client_address(request)
                 )
             except EnrollmentError as exc:
-                self.message_user(request, f"{ca}: {exc.message}", messages.ERROR)
+                self.message_user(
+                    request,
+                    _("%(ca)s: %(error)s") % {"ca": ca, "error": exc.message},
+                    messages.ERROR,
+                )
             else:
-                self.message_user(request, f"{ca}: published CRL #{crl.number}.")
+                self.message_user(
+                    request,
+                    _("%(ca)s: published CRL #%(number)s.") % {"ca": ca, "number": crl.number},
+                )
 
     def has_publish_crl_permission(self, request: HttpRequest) -> bool:
         # The model's change permission: the admin itself never edits a CA row.
@@ -143,7 +152,7 @@ class CertificateAuthorityAdmin(ReadOnlyAdmin[CertificateAuthority]):
     # What `manage.py switch_issuing_ca SLUG` does: the default CA's templates move to it.
     # A confirmation page first: it lists which templates move from which CA to which.
     @admin.action(
-        description="Issue from this CA: move the default CA's templates to it…",
+        description=gettext_lazy("Issue from this CA: move the default CA's templates to it…"),
         permissions=["switch_templates"],
     )
     def switch_templates(
@@ -167,14 +176,18 @@ class CertificateTemplateForm(ModelForm[CertificateTemplate]):
         choices=[(algorithm.value, algorithm.label) for algorithm in KeyAlgorithm],
         widget=forms.CheckboxSelectMultiple,
         required=False,
-        help_text="None ticked: every one of them. RSA-4096 keys take seconds to generate.",
+        help_text=gettext_lazy(
+            "None ticked: every one of them. RSA-4096 keys take seconds to generate."
+        ),
     )
 
     class Meta:  # the admin's modelform_factory adds the model and its fields
         help_texts = {
-            "generation": "The S/MIME Baseline Requirements' profile. Strict: the "
-            "emailProtection extended key usage only, for mail alone. Multipurpose: other "
-            "extended key usages allowed beside it (S/MIME BR 7.1.2.3).",
+            "generation": gettext_lazy(
+                "The S/MIME Baseline Requirements' profile. Strict: the "
+                "emailProtection extended key usage only, for mail alone. Multipurpose: other "
+                "extended key usages allowed beside it (S/MIME BR 7.1.2.3)."
+            ),
         }
 
     def clean_allowed_key_algorithms(self) -> list[str]:
@@ -202,14 +215,15 @@ class CertificateTemplateAdmin(ChangesAudited[CertificateTemplate]):
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["allowed_groups"]
 
-    @admin.display(description="Issuing CA", ordering="issuing_ca__name")
+    @admin.display(description=gettext_lazy("Issuing CA"), ordering="issuing_ca__name")
     def issues_from(self, template: CertificateTemplate) -> str:
-        return template.issuing_ca.name if template.issuing_ca is not None else "the default"
+        # Translators: a template's issuing CA when it names none (the default CA).
+        return template.issuing_ca.name if template.issuing_ca is not None else _("the default")
 
-    @admin.display(description="Approvers", ordering="approver_group__name")
+    @admin.display(description=gettext_lazy("Approvers"), ordering="approver_group__name")
     def approved_by(self, template: CertificateTemplate) -> str:
         group = template.approver_group
-        return group.name if group is not None else "every RA officer"
+        return group.name if group is not None else _("every RA officer")
 
     def get_form(
         self,
@@ -224,10 +238,10 @@ class CertificateTemplateAdmin(ChangesAudited[CertificateTemplate]):
         field = form.base_fields.get("approver_group")
         group = obj.approver_group if obj is not None else None
         if field is not None and group is not None and not approver_officers(group).exists():
-            field.help_text = (
-                f"Warning: no active RA officer is in {group.name} now, so only a "
-                f"superuser can approve or reject this template's requests. {field.help_text}"
-            )
+            field.help_text = _(
+                "Warning: no active RA officer is in %(group)s now, so only a "
+                "superuser can approve or reject this template's requests. %(help)s"
+            ) % {"group": group.name, "help": field.help_text}
         return form
 
     # Templates are edited here, not through services, so their audit events are written
@@ -267,20 +281,20 @@ class OfficerScopeAdmin(ChangesAudited[OfficerScope]):
     filter_horizontal = ["people_groups"]
     fields = ["name", "officers", "organizational_units", "people_groups"]
 
-    @admin.display(description="Organisational units")
+    @admin.display(description=gettext_lazy("Organisational units"))
     def units_shown(self, scope: OfficerScope) -> str:
-        return ", ".join(scope.units) or "none"
+        return ", ".join(scope.units) or _("none")
 
-    @admin.display(description="Groups of people")
+    @admin.display(description=gettext_lazy("Groups of people"))
     def groups_shown(self, scope: OfficerScope) -> str:
-        return ", ".join(g.name for g in scope.people_groups.all()) or "none"
+        return ", ".join(g.name for g in scope.people_groups.all()) or _("none")
 
-    @admin.display(description="Officers it limits")
+    @admin.display(description=gettext_lazy("Officers it limits"))
     def limits(self, scope: OfficerScope) -> str:
         """The group's active RA officers and recovery agents (superusers are never
         limited): a scope whose group holds none limits nobody yet."""
         names = officers_limited_by(scope)
-        return ", ".join(names) if names else "none yet"
+        return ", ".join(names) if names else _("none yet")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[OfficerScope]:
         return super().get_queryset(request).prefetch_related("people_groups")
@@ -330,7 +344,7 @@ class CertificateAdmin(ReadOnlyAdmin[Certificate]):
     # The RA console's search (ra_selectors.search_matches), so both find the same
     # certificates from indexes: plain icontains over these fields read every certificate.
     search_fields = ["common_name", "email", "serial", "fingerprint_sha256", "fingerprint_sha1"]
-    search_help_text = (
+    search_help_text = gettext_lazy(
         "Name or e-mail (three characters or more), user name, serial (or its first six "
         "digits) or fingerprint."
     )
@@ -348,7 +362,7 @@ class CertificateAdmin(ReadOnlyAdmin[Certificate]):
 
     # A confirmation page first (reason, "I am sure", the number typed for more than
     # one), as the RA page asks for each certificate; then each through the service.
-    @admin.action(description="Revoke selected certificates…", permissions=["revoke"])
+    @admin.action(description=gettext_lazy("Revoke selected certificates…"), permissions=["revoke"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[Certificate]) -> HttpResponse | None:
         from enrollment.ra_admin import certificate_revoke_action
 
@@ -379,7 +393,9 @@ class SharedMailboxAdmin(ReadOnlyAdmin[SharedMailbox]):
 
     # A confirmation page first: open requests are withdrawn at once and the certificates
     # revoked after the grace period, and "select all" reaches every mailbox.
-    @admin.action(description="Deactivate selected shared mailboxes…", permissions=["manage"])
+    @admin.action(
+        description=gettext_lazy("Deactivate selected shared mailboxes…"), permissions=["manage"]
+    )
     def deactivate(
         self, request: HttpRequest, queryset: QuerySet[SharedMailbox]
     ) -> HttpResponse | None:
@@ -387,15 +403,20 @@ class SharedMailboxAdmin(ReadOnlyAdmin[SharedMailbox]):
 
         return mailbox_deactivate_action(self, request, queryset)
 
-    @admin.action(description="Reactivate", permissions=["manage"])
+    # Translators: an admin action on the selected shared mailboxes.
+    @admin.action(description=gettext_lazy("Reactivate"), permissions=["manage"])
     def reactivate(self, request: HttpRequest, queryset: QuerySet[SharedMailbox]) -> None:
         from enrollment.ra_admin import mailboxes_set_active
 
         done = mailboxes_set_active(self, request, queryset.filter(is_active=False), active=True)
         if not done:
-            self.message_user(request, "None of the selected mailboxes is deactivated.")
+            self.message_user(request, _("None of the selected mailboxes is deactivated."))
         else:
-            self.message_user(request, f"Reactivated {', '.join(done)}.", messages.SUCCESS)
+            self.message_user(
+                request,
+                _("Reactivated %(mailboxes)s.") % {"mailboxes": ", ".join(done)},
+                messages.SUCCESS,
+            )
 
 
 @admin.register(RevocationList)
@@ -416,7 +437,8 @@ class KeyRecoveryAgentAdmin(ReadOnlyAdmin[KeyRecoveryAgent]):
         return request.user.has_perm("enrollment.change_keyrecoveryagent")
 
     @admin.action(
-        description="Deactivate selected key recovery agents…", permissions=["deactivate"]
+        description=gettext_lazy("Deactivate selected key recovery agents…"),
+        permissions=["deactivate"],
     )
     def deactivate(
         self, request: HttpRequest, queryset: QuerySet[KeyRecoveryAgent]
@@ -489,7 +511,7 @@ class ApiTokenAdmin(ReadOnlyAdmin[ApiToken]):
     list_display = ["label_or_none", "owner", "prefix", "created", "expiry", "last_used_at"]
     list_select_related = ["auth_token__user"]
     search_fields = ["label", "=auth_token__user__username", "^auth_token__token_key"]
-    search_help_text = "Name, exact user name, or the token's first characters."
+    search_help_text = gettext_lazy("Name, exact user name, or the token's first characters.")
     fields = readonly_fields = (
         "label_or_none",
         "owner",
@@ -501,34 +523,37 @@ class ApiTokenAdmin(ReadOnlyAdmin[ApiToken]):
     )
     ordering = ["-auth_token__created"]
 
-    @admin.display(description="name", ordering="label")
+    # Translators: an API token's name, as its owner gave it.
+    @admin.display(description=gettext_lazy("name"), ordering="label")
     def label_or_none(self, obj: ApiToken) -> str:
-        return obj.label or "(no name)"
+        return obj.label or _("(no name)")
 
-    @admin.display(description="owner", ordering="auth_token__user__username")
+    @admin.display(description=gettext_lazy("owner"), ordering="auth_token__user__username")
     def owner(self, obj: ApiToken) -> str:
         return str(obj.auth_token.user.get_username())
 
-    @admin.display(description="starts with")
+    # Translators: the first characters of an API token, which identify it.
+    @admin.display(description=gettext_lazy("starts with"))
     def prefix(self, obj: ApiToken) -> str:
         return f"{obj.auth_token.token_key}…"
 
-    @admin.display(ordering="auth_token__created")
+    @admin.display(description=gettext_lazy("created"), ordering="auth_token__created")
     def created(self, obj: ApiToken) -> Any:
         return obj.auth_token.created
 
-    @admin.display(ordering="auth_token__expiry")
+    @admin.display(description=gettext_lazy("expiry"), ordering="auth_token__expiry")
     def expiry(self, obj: ApiToken) -> Any:
         return obj.auth_token.expiry
 
-    @admin.display(description="minted with")
+    # Translators: what confirmed the owner's second factor when the API token was made.
+    @admin.display(description=gettext_lazy("minted with"))
     def minted_with(self, obj: ApiToken) -> str:
         """What confirmed its owner's second factor when it was minted: what the role
         checks weigh (enrollment.permissions.token_role_refusal)."""
         if not obj.second_factor:
-            return "no second factor"
+            return _("no second factor")
         if not obj.second_factor_kind:
-            return "a second factor (which one was not recorded then)"
+            return _("a second factor (which one was not recorded then)")
         kind = obj.get_second_factor_kind_display()
         aaguid = obj.second_factor_key_model
         if not aaguid:
