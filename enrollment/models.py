@@ -424,6 +424,12 @@ class OfficerScope(models.Model):
         self.organizational_units = "\n".join(seen.values())
 
 
+# Its plural is Django's default ("officer scopes"), which is verbose_name plus "s", and
+# wrong in other languages. Set here, not in Meta: a Meta option is migration state, and
+# translating the name must not add a migration (Django's migrations read only Meta).
+OfficerScope._meta.verbose_name_plural = _("officer scopes")
+
+
 class KeyIdentity(models.Model):
     """Every key the CAs have certified, and whether it was reported compromised.
 
