@@ -240,21 +240,30 @@ class PortalGroupAdmin(RoleChangesAudited[Group], GroupAdmin):
         )
 
 
+def with_derived_dates(fieldsets: Any) -> list[Any]:
+    """Django's account fieldsets, its dates section also showing when the account was
+    switched off (its certificates are revoked a grace period later) and when the address
+    last changed (certificates naming the old one are revoked too).
+
+    The section is found by its fields, not its title: the title is translated, and read
+    at import in the default language (PKIPORTAL_LANGUAGE), so comparing it with the
+    English one lost both fields whenever that language was not English."""
+    return [
+        (
+            name,
+            {"fields": (*options["fields"], "deactivated_at", "email_changed_at")}
+            if "date_joined" in options["fields"]
+            else options,
+        )
+        for name, options in fieldsets
+    ]
+
+
 @admin.register(User)
 class PortalUserAdmin(RoleChangesAudited[User], UserAdmin[User]):
     form = PortalUserChangeForm
     fieldsets = (
-        *(
-            # When it was switched off: its certificates are revoked a grace period later.
-            # When the address last changed: certificates naming the old one are revoked too.
-            (
-                name,
-                {"fields": (*options["fields"], "deactivated_at", "email_changed_at")}
-                if name == "Important dates"
-                else options,
-            )
-            for name, options in UserAdmin.fieldsets or ()
-        ),
+        *with_derived_dates(UserAdmin.fieldsets or ()),
         (
             gettext_lazy("Certificate attributes"),
             {"fields": ("display_name", "organizational_unit")},
