@@ -550,7 +550,7 @@ def _entry(item: Any, position: int) -> Entry | None:
     for root in roots:
         try:
             base64.b64decode(root, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not even ASCII
             raise MetadataError(f"{where} has an attestation root that is not base64.") from None
     status, status_date = _latest_status(item.get("statusReports", []), where)
     # Control characters have no place in a name shown on pages (PostgreSQL refuses NUL).

@@ -509,6 +509,7 @@ def header_with(pki: Pki, **fields: Any) -> str:
         (lambda pki: sign(pki, {"no": 1, "nextUpdate": "2030-01-01"}), "no entries"),
         (lambda pki: sign(pki, payload(1, entry("not-an-aaguid"))), "not an AAGUID"),
         (lambda pki: sign(pki, payload(1, entry(roots=("%%",)))), "not base64"),
+        (lambda pki: sign(pki, payload(1, entry(roots=("é",)))), "not base64"),  # not ASCII
         (
             lambda pki: sign(pki, payload(1, entry(MODEL, NAME, ("REVOKED\x00", "2025-01-01")))),
             "without a status",
