@@ -25,9 +25,9 @@ from cryptography.x509.oid import (
 )
 
 from . import der
-from .errors import PolicyError, X509Error
+from .errors import PolicyError, X509Error, gettext_noop
 from .kept import PerCertificate
-from .keys import PrivateKey, PublicKey, describe_public_key, public_key_problem, signature_hash_for
+from .keys import PrivateKey, PublicKey, describe_public_key, public_key_refusal, signature_hash_for
 from .mail_domains import issuer_permits, name_constraints
 from .policy import CertificatePolicy, CertificateType, check_extra_ekus
 from .smime_capabilities import smime_capabilities_extension
@@ -99,40 +99,58 @@ class Subject:
         """The subject DN, checked against S/MIME BR 7.1.4.2.2 and 7.1.4.2.4 or 7.1.4.2.5."""
         emails = self.normalised_emails()
         if not emails:
-            raise PolicyError("An S/MIME certificate needs at least one e-mail address.")
+            raise PolicyError(
+                gettext_noop("An S/MIME certificate needs at least one e-mail address.")
+            )
         organization_validated = self.certificate_type is CertificateType.ORGANIZATION_VALIDATED
-        kind, section = (
-            ("Organization-validated", "7.1.4.2.4")
-            if organization_validated
-            else ("Sponsor-validated", "7.1.4.2.5")
-        )
         if not _has_value(self.organization_name):
             raise PolicyError(
-                f"{kind} certificates must name the organisation (S/MIME BR {section})."
+                gettext_noop(
+                    "Organization-validated certificates must name the organisation "
+                    "(S/MIME BR 7.1.4.2.4)."
+                )
+                if organization_validated
+                else gettext_noop(
+                    "Sponsor-validated certificates must name the organisation "
+                    "(S/MIME BR 7.1.4.2.5)."
+                )
             )
         if not _has_value(self.organization_identifier):
             raise PolicyError(
-                f"{kind} certificates need the organisation identifier, e.g. "
-                '"LEIXG-<LEI>" or "NTRGB-<company number>" (S/MIME BR 7.1.4.2.2 (d)).'
+                gettext_noop(
+                    "Organization-validated certificates need the organisation identifier, "
+                    'e.g. "LEIXG-<LEI>" or "NTRGB-<company number>" (S/MIME BR 7.1.4.2.2 (d)).'
+                )
+                if organization_validated
+                else gettext_noop(
+                    "Sponsor-validated certificates need the organisation identifier, "
+                    'e.g. "LEIXG-<LEI>" or "NTRGB-<company number>" (S/MIME BR 7.1.4.2.2 (d)).'
+                )
             )
         if organization_validated:
             if self.given_name.strip() or self.surname.strip():
                 raise PolicyError(
-                    "Organization-validated certificates name no person: givenName and "
-                    "surname SHALL NOT be present (S/MIME BR 7.1.4.2.4)."
+                    gettext_noop(
+                        "Organization-validated certificates name no person: givenName and "
+                        "surname SHALL NOT be present (S/MIME BR 7.1.4.2.4)."
+                    )
                 )
             common = self.common_name.strip()
             if common.lower() not in {e.lower() for e in emails} and common != (
                 self.organization_name.strip()
             ):
                 raise PolicyError(
-                    "An organization-validated certificate's common name must be its mailbox "
-                    "address or the organisation's name (S/MIME BR 7.1.4.2.2 (a))."
+                    gettext_noop(
+                        "An organization-validated certificate's common name must be its "
+                        "mailbox address or the organisation's name (S/MIME BR 7.1.4.2.2 (a))."
+                    )
                 )
         elif not (_has_value(self.given_name) or _has_value(self.surname)):
             raise PolicyError(
-                "Sponsor-validated certificates need a given name or a surname "
-                "(S/MIME BR 7.1.4.2.5, note 2)."
+                gettext_noop(
+                    "Sponsor-validated certificates need a given name or a surname "
+                    "(S/MIME BR 7.1.4.2.5, note 2)."
+                )
             )
         country = _check_country(self.country_name) if self.country_name else ""
         _check_organization_identifier(self.organization_identifier, country)
@@ -160,8 +178,11 @@ def normalise_email(address: str) -> str:
     address = address.strip()
     if not address.isascii():
         raise PolicyError(
-            f"{address!r} is not an ASCII e-mail address; internationalised mailboxes "
-            "are not supported."
+            gettext_noop(
+                "%(address)s is not an ASCII e-mail address; internationalised mailboxes "
+                "are not supported."
+            ),
+            address=repr(address),
         )
     local, at, domain = address.rpartition("@")
     labels = domain.split(".")
@@ -175,7 +196,9 @@ def normalise_email(address: str) -> str:
         or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels)
         or len(address) > UB_EMAIL_ADDRESS
     ):
-        raise PolicyError(f"{address!r} is not a valid e-mail address.")
+        raise PolicyError(
+            gettext_noop("%(address)s is not a valid e-mail address."), address=repr(address)
+        )
     return f"{local}@{domain.lower()}"
 
 
@@ -195,7 +218,7 @@ def build_root_ca(
     ``sign_ocsp`` sets digitalSignature, which the BR requires only if the CA key itself
     signs OCSP responses.
     """
-    _check_ca_key(key.public_key())
+    _check_key(key.public_key())
     name = _ca_name(common_name, organization_name, country_name)
     start, end = _validity(not_before, _ca_validity_days(validity_days), issuer=None)
     public_key = key.public_key()
@@ -247,7 +270,7 @@ def build_issuing_ca(
     nameConstraints extension: relying parties then refuse any certificate from this CA
     for a mailbox elsewhere (RFC 5280 4.2.1.10, S/MIME BR 7.1.5).
     """
-    _check_ca_key(public_key)
+    _check_key(public_key)
     _check_issuer(issuer_certificate, issuer_key, new_ca_path_length=path_length)
     extras = frozenset(extra_ekus) - {ExtendedKeyUsageOID.EMAIL_PROTECTION}
     check_extra_ekus(extras)
@@ -298,13 +321,13 @@ def build_end_entity(
     ``ocsp_url``, when given, its OCSP responder (AIA id-ad-ocsp, S/MIME BR 7.1.2.3 c).
     Validity is the policy's, cut short at the issuer's notAfter (RFC 5280 6.1.3).
     """
-    problem = public_key_problem(public_key)
-    if problem is not None:
-        raise PolicyError(problem)
+    _check_key(public_key)
     if not policy.allows_key(public_key):
         allowed = ", ".join(sorted(a.label for a in policy.allowed_key_algorithms))
         raise PolicyError(
-            f"This template allows {allowed} keys; the key is {describe_public_key(public_key)}."
+            gettext_noop("This template allows %(allowed)s keys; the key is %(key)s."),
+            allowed=allowed,
+            key=describe_public_key(public_key),
         )
     if subject.certificate_type is not policy.certificate_type:
         # The policy OID says which subject rules were applied: they must be the same.
@@ -319,8 +342,11 @@ def build_end_entity(
         # Never sign what every relying party would reject (RFC 5280 4.2.1.10).
         if not issuer_permits(issuer_certificate, email):
             raise PolicyError(
-                f"The issuing CA's name constraints do not permit {email}: it cannot "
-                "certify mailboxes outside its mail domains."
+                gettext_noop(
+                    "The issuing CA's name constraints do not permit %(address)s: it cannot "
+                    "certify mailboxes outside its mail domains."
+                ),
+                address=email,
             )
     if serial is None:
         serial = random_serial()
@@ -385,7 +411,9 @@ def _subject_alternative_name(emails: Sequence[str]) -> x509.Extension[x509.Exte
     and host names, which is stricter."""
     if not all(_PLAIN_ADDRESS.fullmatch(email) for email in emails):
         # normalise_email lets nothing else through; anything else is refused, never encoded.
-        raise PolicyError("An address for the certificate is not a plain ASCII mailbox.")
+        raise PolicyError(
+            gettext_noop("An address for the certificate is not a plain ASCII mailbox.")
+        )
     value = der.tlv(0x30, b"".join(der.tlv(0x81, email.encode("ascii")) for email in emails))
     oid = x509.SubjectAlternativeName.oid
     return x509.Extension(oid, False, x509.UnrecognizedExtension(oid, value))
@@ -472,21 +500,42 @@ def _has_value(value: str) -> bool:
 
 def _attribute(oid: x509.ObjectIdentifier, value: str, upper_bound: int) -> x509.NameAttribute[str]:
     value = value.strip()
-    label = _ATTRIBUTE_LABELS.get(oid, oid.dotted_string)
+    empty, too_long = _ATTRIBUTE_REFUSALS.get(oid, _OTHER_ATTRIBUTE_REFUSALS)
     if not _has_value(value):
-        raise PolicyError(f"The {label} is empty.")
+        raise PolicyError(empty, label=oid.dotted_string)
     if len(value) > upper_bound:
-        raise PolicyError(f"The {label} is longer than {upper_bound} characters (RFC 5280).")
+        raise PolicyError(too_long, label=oid.dotted_string, limit=upper_bound)
     return x509.NameAttribute(oid, value)
 
 
-_ATTRIBUTE_LABELS = {
-    NameOID.COMMON_NAME: "common name",
-    NameOID.ORGANIZATION_NAME: "organisation name",
-    NameOID.ORGANIZATION_IDENTIFIER: "organisation identifier",
-    NameOID.GIVEN_NAME: "given name",
-    NameOID.SURNAME: "surname",
+# One whole sentence per attribute, so each can be translated as it reads (a person's own
+# name may be too long); ``%(label)s`` is only for an attribute not listed.
+_ATTRIBUTE_REFUSALS = {
+    NameOID.COMMON_NAME: (
+        gettext_noop("The common name is empty."),
+        gettext_noop("The common name is longer than %(limit)d characters (RFC 5280)."),
+    ),
+    NameOID.ORGANIZATION_NAME: (
+        gettext_noop("The organisation name is empty."),
+        gettext_noop("The organisation name is longer than %(limit)d characters (RFC 5280)."),
+    ),
+    NameOID.ORGANIZATION_IDENTIFIER: (
+        gettext_noop("The organisation identifier is empty."),
+        gettext_noop("The organisation identifier is longer than %(limit)d characters (RFC 5280)."),
+    ),
+    NameOID.GIVEN_NAME: (
+        gettext_noop("The given name is empty."),
+        gettext_noop("The given name is longer than %(limit)d characters (RFC 5280)."),
+    ),
+    NameOID.SURNAME: (
+        gettext_noop("The surname is empty."),
+        gettext_noop("The surname is longer than %(limit)d characters (RFC 5280)."),
+    ),
 }
+_OTHER_ATTRIBUTE_REFUSALS = (
+    gettext_noop("The %(label)s is empty."),
+    gettext_noop("The %(label)s is longer than %(limit)d characters (RFC 5280)."),
+)
 
 
 def check_country(country_name: str) -> str:
@@ -612,17 +661,20 @@ def _validity(
     if issuer is not None:
         facts = _issuer_facts(issuer)
         if start < facts.not_before:
-            raise PolicyError("The certificate would start before its issuing CA certificate.")
+            raise PolicyError(
+                gettext_noop("The certificate would start before its issuing CA certificate.")
+            )
         if start >= facts.not_after:
-            raise PolicyError("The issuing CA certificate has expired.")
+            raise PolicyError(gettext_noop("The issuing CA certificate has expired."))
         end = min(end, facts.not_after)
     return start, end
 
 
-def _check_ca_key(public_key: object) -> None:
-    problem = public_key_problem(public_key)
-    if problem is not None:
-        raise PolicyError(problem)
+def _check_key(public_key: object) -> None:
+    """A key S/MIME BR 6.1.5 lets us certify, or a PolicyError saying why not."""
+    refusal = public_key_refusal(public_key)
+    if refusal is not None:
+        raise PolicyError(refusal.msgid, **refusal.params)
 
 
 def _check_issuer(

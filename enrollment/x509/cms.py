@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from .errors import RecoveryError, X509Error
+from .errors import RecoveryError, X509Error, gettext_noop
 from .keys import PrivateKey
 
 
@@ -43,24 +43,30 @@ def recover_private_key(
 ) -> PrivateKey:
     """Open an archive with one agent's certificate and key, or raise RecoveryError."""
     if not isinstance(recipient_key, rsa.RSAPrivateKey):
-        raise RecoveryError("Key recovery agent keys are RSA keys; this key is not.")
+        raise RecoveryError(gettext_noop("Key recovery agent keys are RSA keys; this key is not."))
     if recipient_key.public_key() != recipient_certificate.public_key():
         raise RecoveryError(
-            "The key recovery agent's private key does not belong to the certificate given."
+            gettext_noop(
+                "The key recovery agent's private key does not belong to the certificate given."
+            )
         )
     try:
         plaintext = pkcs7.pkcs7_decrypt_der(envelope, recipient_certificate, recipient_key, [])
     except ValueError as exc:
         raise RecoveryError(
-            "The archived key could not be decrypted with this key recovery agent's key: "
-            "the agent is not a recipient or the archive is damaged."
+            gettext_noop(
+                "The archived key could not be decrypted with this key recovery agent's key: "
+                "the agent is not a recipient or the archive is damaged."
+            )
         ) from exc
     try:
         key = serialization.load_der_private_key(plaintext, password=None)
     except (ValueError, TypeError) as exc:
-        raise RecoveryError("The archive decrypted, but its content is not a private key.") from exc
+        raise RecoveryError(
+            gettext_noop("The archive decrypted, but its content is not a private key.")
+        ) from exc
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise RecoveryError("The archive holds a key type other than RSA or EC.")
+        raise RecoveryError(gettext_noop("The archive holds a key type other than RSA or EC."))
     return key
 
 

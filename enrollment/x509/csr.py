@@ -13,16 +13,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from .errors import CsrError
+from .errors import CsrError, gettext_noop
 from .keys import (
     KeyAlgorithm,
     PublicKey,
     describe_public_key,
     key_algorithm_of,
-    public_key_problem,
+    public_key_refusal,
 )
 
 MAX_CSR_BYTES = 64 * 1024
+_UNSUPPORTED_KEY = gettext_noop("The request's public key uses an unsupported algorithm.")
 
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 #]+)-----")
 _CSR_LABELS = frozenset({b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"})
@@ -64,7 +65,9 @@ def parse_csr(
     """
     raw = data.encode("utf-8", errors="replace") if isinstance(data, str) else bytes(data)
     if len(raw) > MAX_CSR_BYTES:
-        raise CsrError("The certificate request is larger than 64 KiB; that is not a CSR.")
+        raise CsrError(
+            gettext_noop("The certificate request is larger than 64 KiB; that is not a CSR.")
+        )
     # DER is taken as is: stripping "whitespace" could eat bytes of its signature.
     der = raw if raw[:1] == b"\x30" else _text_to_der(raw.strip())
     try:
@@ -72,58 +75,69 @@ def parse_csr(
     except _PARSE_ERRORS as exc:
         if _is_certificate(der):
             raise _certificate_not_request() from exc
-        raise CsrError("The data is not a readable certificate request (PKCS#10).") from exc
+        raise CsrError(
+            gettext_noop("The data is not a readable certificate request (PKCS#10).")
+        ) from exc
 
     try:
         public_key = csr.public_key()
     except _PARSE_ERRORS as exc:
-        raise CsrError("The request's public key uses an unsupported algorithm.") from exc
-    problem = public_key_problem(public_key)
-    if problem is not None:
-        raise CsrError(problem)
+        raise CsrError(_UNSUPPORTED_KEY) from exc
+    refusal = public_key_refusal(public_key)
+    if refusal is not None:
+        raise CsrError(refusal.msgid, **refusal.params)
     if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-        raise CsrError("The request's public key uses an unsupported algorithm.")
+        raise CsrError(_UNSUPPORTED_KEY)
     # The signature BIT STRING ends the DER; its first content octet counts unused bits.
     # cryptography reads past a non-zero count when those bits are zero, so a request
     # re-encoded with one would otherwise be taken: a signature is whole octets (DER).
     if der[len(der) - len(csr.signature) - 1] != 0:
         raise CsrError(
-            "The request's signature is not DER-encoded (its bit string claims unused "
-            "bits); create a new request."
+            gettext_noop(
+                "The request's signature is not DER-encoded (its bit string claims unused "
+                "bits); create a new request."
+            )
         )
     try:
         digest = csr.signature_hash_algorithm
         signature_ok = csr.is_signature_valid
     except _PARSE_ERRORS as exc:
-        raise CsrError("The request is signed with an unsupported signature algorithm.") from exc
+        raise CsrError(
+            gettext_noop("The request is signed with an unsupported signature algorithm.")
+        ) from exc
     if isinstance(digest, hashes.SHA1 | hashes.MD5):
         # cryptography never verifies these, which would otherwise read as a bad signature.
         raise CsrError(
-            f"The request is signed with {digest.name.upper()}, which is no longer "
-            "accepted; create it again with SHA-256 (openssl req -sha256, certreq with "
-            "HashAlgorithm = sha256)."
+            gettext_noop(
+                "The request is signed with %(hash)s, which is no longer accepted; create it "
+                "again with SHA-256 (openssl req -sha256, certreq with HashAlgorithm = sha256)."
+            ),
+            hash=digest.name.upper(),
         )
     if not signature_ok:
         raise CsrError(
-            "The request's signature does not verify, so it does not prove possession of the "
-            "private key; create a new request."
+            gettext_noop(
+                "The request's signature does not verify, so it does not prove possession of "
+                "the private key; create a new request."
+            )
         )
     if allowed_key_algorithms is not None and key_algorithm_of(public_key) not in (
         allowed_key_algorithms
     ):
         allowed = ", ".join(sorted(a.label for a in allowed_key_algorithms))
         raise CsrError(
-            f"The request's key is {describe_public_key(public_key)}; this template "
-            f"allows {allowed}."
+            gettext_noop("The request's key is %(key)s; this template allows %(allowed)s."),
+            key=describe_public_key(public_key),
+            allowed=allowed,
         )
     try:
         subject = csr.subject  # a new Name, parsed again, for every read
         requested_subject = subject.rfc4514_string()
         requested_emails = _requested_emails(csr, subject)
     except x509.DuplicateExtension as exc:
-        raise CsrError("The request repeats an extension.") from exc
+        raise CsrError(gettext_noop("The request repeats an extension.")) from exc
     except (*_PARSE_ERRORS, x509.UnsupportedGeneralNameType) as exc:
-        raise CsrError("The request's subject or extensions cannot be read.") from exc
+        raise CsrError(gettext_noop("The request's subject or extensions cannot be read.")) from exc
     return ParsedCsr(
         csr=csr,
         public_key=public_key,
@@ -137,24 +151,28 @@ def _text_to_der(raw: bytes) -> bytes:
     if b"-----BEGIN" in raw:
         block = _pem_block(raw)
         if block is None:
-            raise CsrError("The PEM data is incomplete: the BEGIN/END lines do not match.")
+            raise CsrError(
+                gettext_noop("The PEM data is incomplete: the BEGIN/END lines do not match.")
+            )
         label, body = block
         if label in _CERTIFICATE_LABELS:
             raise _certificate_not_request()
         if b"PRIVATE KEY" in label:
             raise CsrError(
-                "This is a private key, not a certificate request. Never upload a private "
-                "key; upload the CSR made from it."
+                gettext_noop(
+                    "This is a private key, not a certificate request. Never upload a private "
+                    "key; upload the CSR made from it."
+                )
             )
         if label not in _CSR_LABELS:
             raise CsrError(
-                f"Expected a CERTIFICATE REQUEST, got a PEM block labelled "
-                f"{label.decode('ascii')!r}."
+                gettext_noop("Expected a CERTIFICATE REQUEST, got a PEM block labelled %(label)s."),
+                label=repr(label.decode("ascii")),
             )
         return _base64(body)
     if raw and _BASE64_ONLY.fullmatch(raw):
         return _base64(raw)  # PEM body pasted without its BEGIN/END lines
-    raise CsrError("The data is neither a PEM nor a DER certificate request.")
+    raise CsrError(gettext_noop("The data is neither a PEM nor a DER certificate request."))
 
 
 def _pem_block(raw: bytes) -> tuple[bytes, bytes] | None:
@@ -183,7 +201,7 @@ def _base64(body: bytes) -> bytes:
     try:
         return base64.b64decode(b"".join(lines), validate=False)
     except (binascii.Error, ValueError) as exc:
-        raise CsrError("The PEM body is not valid base64.") from exc
+        raise CsrError(gettext_noop("The PEM body is not valid base64.")) from exc
 
 
 def _is_certificate(der: bytes) -> bool:
@@ -196,8 +214,10 @@ def _is_certificate(der: bytes) -> bool:
 
 def _certificate_not_request() -> CsrError:
     return CsrError(
-        "This is a certificate, not a certificate request (CSR). Upload the request "
-        "your mail client or openssl created."
+        gettext_noop(
+            "This is a certificate, not a certificate request (CSR). Upload the request "
+            "your mail client or openssl created."
+        )
     )
 
 

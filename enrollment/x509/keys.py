@@ -9,7 +9,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
-from .errors import X509Error
+from .errors import X509Error, gettext_noop
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -124,29 +124,58 @@ def describe_public_key(public_key: object) -> str:
     return "an unknown key type"
 
 
-def public_key_problem(public_key: object) -> str | None:
-    """Why a key may not be certified (S/MIME BR 6.1.5, 6.1.6), or None if it may."""
+def public_key_refusal(public_key: object) -> X509Error | None:
+    """Why a key may not be certified (S/MIME BR 6.1.5, 6.1.6), or None if it may: an
+    X509Error whose msgid and params a caller raises again as its own kind of error, so the
+    refusal reaches the requester in their language."""
     if isinstance(public_key, rsa.RSAPublicKey):
         size = public_key.key_size
         if size < MIN_RSA_KEY_SIZE:
-            return f"RSA keys must be at least {MIN_RSA_KEY_SIZE} bits; this key has {size} bits."
+            return X509Error(
+                gettext_noop(
+                    "RSA keys must be at least %(minimum)d bits; this key has %(size)d bits."
+                ),
+                minimum=MIN_RSA_KEY_SIZE,
+                size=size,
+            )
         if size % 8:
-            return f"RSA key sizes must be a multiple of 8 bits; this key has {size} bits."
+            return X509Error(
+                gettext_noop(
+                    "RSA key sizes must be a multiple of 8 bits; this key has %(size)d bits."
+                ),
+                size=size,
+            )
         exponent = public_key.public_numbers().e
         if exponent != RSA_PUBLIC_EXPONENT:
-            return (
-                f"RSA keys must use the public exponent {RSA_PUBLIC_EXPONENT}; "
-                f"this key uses {exponent}."
+            return X509Error(
+                gettext_noop(
+                    "RSA keys must use the public exponent %(expected)d; this key uses %(found)d."
+                ),
+                expected=RSA_PUBLIC_EXPONENT,
+                found=exponent,
             )
         return None
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         name = public_key.curve.name
         if name not in ACCEPTED_CURVES:
-            return (
-                f"EC keys must use one of the curves P-256, P-384 or P-521; this key uses {name}."
+            return X509Error(
+                gettext_noop(
+                    "EC keys must use one of the curves P-256, P-384 or P-521; "
+                    "this key uses %(curve)s."
+                ),
+                curve=name,
             )
         return None
-    return f"{describe_public_key(public_key)} keys are not supported; use RSA or EC (P-256/P-384)."
+    return X509Error(
+        gettext_noop("%(key)s keys are not supported; use RSA or EC (P-256/P-384)."),
+        key=describe_public_key(public_key),
+    )
+
+
+def public_key_problem(public_key: object) -> str | None:
+    """Why a key may not be certified (S/MIME BR 6.1.5, 6.1.6), in English, or None."""
+    refusal = public_key_refusal(public_key)
+    return refusal.message if refusal is not None else None
 
 
 def spki_sha256(public_key: PublicKey) -> str:
@@ -175,7 +204,7 @@ def signature_hash_for(key: PrivateKey | PublicKey) -> SignatureHash:
 def encrypt_private_key_pem(key: PrivateKey, passphrase: bytes) -> bytes:
     """PKCS#8 PEM under the best encryption cryptography offers; never returns clear keys."""
     if not passphrase:
-        raise X509Error("A passphrase is required to encrypt a private key.")
+        raise X509Error(gettext_noop("A passphrase is required to encrypt a private key."))
     return key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
@@ -201,19 +230,27 @@ def _load_private_key(data: bytes, passphrase: bytes | None, *, der: bool) -> Pr
         key = load(data, password=passphrase)
     except TypeError as exc:
         if passphrase is None:
-            raise X509Error("The private key is encrypted; a passphrase is required.") from exc
-        raise X509Error("The private key is not encrypted; do not give a passphrase.") from exc
+            raise X509Error(
+                gettext_noop("The private key is encrypted; a passphrase is required.")
+            ) from exc
+        raise X509Error(
+            gettext_noop("The private key is not encrypted; do not give a passphrase.")
+        ) from exc
     except ValueError as exc:
         if passphrase is not None:
             raise X509Error(
-                "The private key could not be decrypted: wrong passphrase or damaged file."
+                gettext_noop(
+                    "The private key could not be decrypted: wrong passphrase or damaged file."
+                )
             ) from exc
-        raise X509Error(f"The data is not a readable {form} private key.") from exc
+        raise X509Error(
+            gettext_noop("The data is not a readable %(form)s private key."), form=form
+        ) from exc
     except UnsupportedAlgorithm as exc:
-        raise X509Error("The private key uses an unsupported algorithm.") from exc
+        raise X509Error(gettext_noop("The private key uses an unsupported algorithm.")) from exc
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise X509Error(
-            f"{describe_public_key(key.public_key())} private keys are not supported; "
-            "use RSA or EC."
+            gettext_noop("%(key)s private keys are not supported; use RSA or EC."),
+            key=describe_public_key(key.public_key()),
         )
     return key

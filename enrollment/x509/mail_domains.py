@@ -19,7 +19,7 @@ import idna
 
 from cryptography import x509
 
-from .errors import PolicyError
+from .errors import PolicyError, gettext_noop
 from .kept import PerCertificate
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -60,16 +60,25 @@ def parse_mail_domain(entry: str) -> str:
     name = text[1:] if subdomains else text
     if "@" in name:
         raise PolicyError(
-            f"{entry!r} is a mailbox: give the domain (example.com) or its subdomains "
-            "(.example.com), as S/MIME BR 7.1.5 allows in a CA's name constraints."
+            gettext_noop(
+                "%(entry)s is a mailbox: give the domain (example.com) or its subdomains "
+                "(.example.com), as S/MIME BR 7.1.5 allows in a CA's name constraints."
+            ),
+            entry=repr(entry),
         )
     if name.endswith("."):
-        raise PolicyError(f"{entry!r} ends with a dot: write the domain without it.")
+        raise PolicyError(
+            gettext_noop("%(entry)s ends with a dot: write the domain without it."),
+            entry=repr(entry),
+        )
     domain = _a_label(name)
     if domain is None or not _is_fqdn(domain):
         raise PolicyError(
-            f"{entry!r} is not a domain name such as example.com or .example.com (a fully "
-            "qualified name of at least two labels)."
+            gettext_noop(
+                "%(entry)s is not a domain name such as example.com or .example.com (a fully "
+                "qualified name of at least two labels)."
+            ),
+            entry=repr(entry),
         )
     return f".{domain}" if subdomains else domain
 
@@ -122,7 +131,7 @@ def name_constraints(domains: Sequence[str]) -> x509.NameConstraints:
     """
     canonical = parse_mail_domains(domains)
     if not canonical:
-        raise PolicyError("Name constraints need at least one mail domain.")
+        raise PolicyError(gettext_noop("Name constraints need at least one mail domain."))
     return x509.NameConstraints(
         permitted_subtrees=[x509.RFC822Name(domain) for domain in canonical],
         excluded_subtrees=None,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from .errors import X509Error
+from .errors import X509Error, gettext_noop
 from .keys import PrivateKey
 
 # PBKDF2 iterations for the modern format. Exports happen once per certificate, so we can
@@ -58,9 +58,9 @@ def export_pkcs12(
 ) -> bytes:
     """DER PKCS#12 holding the key, its certificate and the CA chain (issuer first)."""
     if not password:
-        raise X509Error("A PKCS#12 file needs a password.")
+        raise X509Error(gettext_noop("A PKCS#12 file needs a password."))
     if key.public_key() != certificate.public_key():
-        raise X509Error("The private key does not belong to the certificate.")
+        raise X509Error(gettext_noop("The private key does not belong to the certificate."))
     name = friendly_name.encode("utf-8") if friendly_name else None
     return pkcs12.serialize_key_and_certificates(
         name, key, certificate, list(chain), _encryption(Pkcs12Format(fmt), password.encode())
@@ -77,16 +77,21 @@ def load_pkcs12(
         )
     except (ValueError, TypeError) as exc:
         raise X509Error(
-            "The PKCS#12 file could not be opened: the password is wrong or the file is damaged."
+            gettext_noop(
+                "The PKCS#12 file could not be opened: the password is wrong or the file is "
+                "damaged."
+            )
         ) from exc
     if key is None:
-        raise X509Error("The PKCS#12 file holds no private key.")
+        raise X509Error(gettext_noop("The PKCS#12 file holds no private key."))
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise X509Error("The PKCS#12 file holds a key type other than RSA or EC.")
+        raise X509Error(gettext_noop("The PKCS#12 file holds a key type other than RSA or EC."))
     if certificate is None:
-        raise X509Error("The PKCS#12 file holds no certificate for its private key.")
+        raise X509Error(gettext_noop("The PKCS#12 file holds no certificate for its private key."))
     if key.public_key() != certificate.public_key():
-        raise X509Error("The PKCS#12 file's private key does not match its certificate.")
+        raise X509Error(
+            gettext_noop("The PKCS#12 file's private key does not match its certificate.")
+        )
     return key, certificate, list(additional)
 
 

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import CertificatePoliciesOID, ExtendedKeyUsageOID
 
-from .errors import PolicyError
+from .errors import PolicyError, gettext_noop
 from .keys import KeyAlgorithm, key_algorithm_of
 
 SPONSOR_VALIDATED_LEGACY = x509.ObjectIdentifier("2.23.140.1.5.3.1")
@@ -99,7 +99,10 @@ def check_extra_ekus(ekus: frozenset[x509.ObjectIdentifier]) -> None:
     forbidden = sorted(eku.dotted_string for eku in ekus & FORBIDDEN_EKUS)
     if forbidden:
         names = ", ".join(eku_name(x509.ObjectIdentifier(oid)) for oid in forbidden)
-        raise PolicyError(f"S/MIME certificates may not carry the extended key usage {names}.")
+        raise PolicyError(
+            gettext_noop("S/MIME certificates may not carry the extended key usage %(ekus)s."),
+            ekus=names,
+        )
 
 
 _EKU_NAMES = {
@@ -138,14 +141,18 @@ class CertificatePolicy:
         if not isinstance(self.generation, Generation):
             raise PolicyError(f"Unknown S/MIME generation {self.generation!r}.")
         if isinstance(self.validity_days, bool) or not isinstance(self.validity_days, int):
-            raise PolicyError("The validity must be a whole number of days.")
+            raise PolicyError(gettext_noop("The validity must be a whole number of days."))
         if not 1 <= self.validity_days <= MAX_VALIDITY_DAYS:
             raise PolicyError(
-                f"The validity must be between 1 and {MAX_VALIDITY_DAYS} days "
-                f"(S/MIME BR 6.3.2); got {self.validity_days}."
+                gettext_noop(
+                    "The validity must be between 1 and %(maximum)d days (S/MIME BR 6.3.2); "
+                    "got %(days)d."
+                ),
+                maximum=MAX_VALIDITY_DAYS,
+                days=self.validity_days,
             )
         if not self.allowed_key_algorithms:
-            raise PolicyError("A template must allow at least one key algorithm.")
+            raise PolicyError(gettext_noop("A template must allow at least one key algorithm."))
         if not all(isinstance(a, KeyAlgorithm) for a in self.allowed_key_algorithms):
             raise PolicyError("Allowed key algorithms must be KeyAlgorithm values.")
         if self.organization_policy_oid is not None:
@@ -154,8 +161,10 @@ class CertificatePolicy:
         check_extra_ekus(extras)
         if extras and self.generation is Generation.STRICT:
             raise PolicyError(
-                "Strict S/MIME certificates carry only the emailProtection extended key usage "
-                "(S/MIME BR 7.1.2.3 (f)); use the multipurpose generation for more."
+                gettext_noop(
+                    "Strict S/MIME certificates carry only the emailProtection extended key usage "
+                    "(S/MIME BR 7.1.2.3 (f)); use the multipurpose generation for more."
+                )
             )
         object.__setattr__(self, "extra_ekus", extras)
 
@@ -164,12 +173,17 @@ class CertificatePolicy:
         try:
             oid = x509.ObjectIdentifier(dotted)
         except ValueError as exc:
-            raise PolicyError(f"{dotted!r} is not a valid policy OID.") from exc
+            raise PolicyError(
+                gettext_noop("%(oid)s is not a valid policy OID."), oid=repr(dotted)
+            ) from exc
         if oid == CertificatePoliciesOID.ANY_POLICY or (dotted + ".").startswith(
             SMIME_BR_POLICY_ARC
         ):
             raise PolicyError(
-                f"{dotted} cannot be the organisation's own policy OID: it is reserved."
+                gettext_noop(
+                    "%(oid)s cannot be the organisation's own policy OID: it is reserved."
+                ),
+                oid=dotted,
             )
 
     @property
@@ -207,7 +221,7 @@ class CertificatePolicy:
             return self.key_usage(key_transport=True)
         if isinstance(public_key, ec.EllipticCurvePublicKey):
             return self.key_usage(key_transport=False)
-        raise PolicyError("Only RSA and EC keys can be certified.")
+        raise PolicyError(gettext_noop("Only RSA and EC keys can be certified."))
 
     def key_usage(self, *, key_transport: bool) -> x509.KeyUsage:
         """Key usage bits per S/MIME BR 7.1.2.3 (e): the SHALL bits, none of the MAYs.
