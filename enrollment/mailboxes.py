@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from enrollment import ra_notifications as notify
 from enrollment.audit import audit_record
@@ -48,44 +49,45 @@ def clean_address(value: str) -> str:
 
     text = str(value or "").strip()
     if not text:
-        raise PolicyViolation("Give the mailbox's e-mail address.", field="email")
+        raise PolicyViolation(_("Give the mailbox's e-mail address."), field="email")
     try:
         address = builder.normalise_email(text).lower()
     except X509Error as exc:
-        raise PolicyViolation(exc.message, field="email") from exc
+        raise PolicyViolation.from_x509(exc, field="email") from exc
     if len(address) > MAX_ADDRESS_LENGTH:
         raise PolicyViolation(
-            f"A shared mailbox's address may have at most {MAX_ADDRESS_LENGTH} characters: "
-            "it is its certificates' common name (RFC 5280 ub-common-name).",
+            _(
+                "A shared mailbox's address may have at most %(limit)d characters: it is its "
+                "certificates' common name (RFC 5280 ub-common-name)."
+            ),
+            params={"limit": MAX_ADDRESS_LENGTH},
             field="email",
         )
-    outside = address_outside_domains(address)
+    outside = address_outside_domains(address, holder="new")
     if outside is not None:
-        raise PolicyViolation(
-            outside.replace("An administrator must correct the account's address.", "").strip(),
-            field="email",
-        )
+        raise PolicyViolation(outside, field="email")
     return address
 
 
 def clean_display_name(value: str) -> str:
     text = " ".join(str(value or "").split())
     if not text:
-        raise PolicyViolation("Give the mailbox a display name.", field="display_name")
+        raise PolicyViolation(_("Give the mailbox a display name."), field="display_name")
     if len(text) > MAX_DISPLAY_NAME_LENGTH:
         raise PolicyViolation(
-            f"Keep the display name to {MAX_DISPLAY_NAME_LENGTH} characters or fewer.",
+            _("Keep the display name to %(limit)d characters or fewer."),
+            params={"limit": MAX_DISPLAY_NAME_LENGTH},
             field="display_name",
         )
     if any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in text):
         raise PolicyViolation(
-            "Use letters, digits, spaces and punctuation: no control or invisible characters.",
+            _("Use letters, digits, spaces and punctuation: no control or invisible characters."),
             field="display_name",
         )
     return text
 
 
-OUT_OF_SCOPE = (
+OUT_OF_SCOPE = _(
     "A shared mailbox is outside the people your officer scope covers: RA officers who act "
     "for everyone manage shared mailboxes."
 )
@@ -104,7 +106,7 @@ def _check_officer(actor: Any) -> None:
     if actor is None:
         return
     if not is_ra_officer(actor):
-        raise NotPermitted("Only RA officers manage shared mailboxes.")
+        raise NotPermitted(_("Only RA officers manage shared mailboxes."))
     if not reach_of(actor).everyone:
         raise NotPermitted(OUT_OF_SCOPE)
 
@@ -114,13 +116,14 @@ def _check_delegates(delegates: Iterable[Any]) -> list[Any]:
     inactive = [p.get_username() for p in people if not p.is_active]
     if inactive:
         raise PolicyViolation(
-            f"Deactivated accounts cannot be delegates: {', '.join(sorted(inactive))}.",
+            _("Deactivated accounts cannot be delegates: %(accounts)s."),
+            params={"accounts": ", ".join(sorted(inactive))},
             field="delegates",
         )
     return people
 
 
-SELF_DELEGATION = (
+SELF_DELEGATION = _(
     "You cannot make yourself a delegate of a shared mailbox: a delegate can get its key. "
     "Another RA officer must add you."
 )
@@ -158,10 +161,15 @@ def mailbox_create(
     people = _check_delegates(delegates)
     _check_not_self(actor, people)
     if SharedMailbox.objects.filter(email__iexact=address).exists():
-        raise InvalidState(f"A shared mailbox {address} exists already.", field="email")
+        raise InvalidState(
+            _("A shared mailbox %(address)s exists already."),
+            params={"address": address},
+            field="email",
+        )
     if get_user_model().objects.filter(email__iexact=address).exists():
         raise PolicyViolation(
-            f"{address} is a person's account address; a shared mailbox needs its own.",
+            _("%(address)s is a person's account address; a shared mailbox needs its own."),
+            params={"address": address},
             field="email",
         )
     mailbox = SharedMailbox.objects.create(
@@ -241,7 +249,10 @@ def mailbox_set_active(
     locked = SharedMailbox.objects.select_for_update().get(pk=mailbox.pk)
     if locked.is_active == active:
         raise InvalidState(
-            f"{locked.email} is already {'active' if active else 'deactivated'}.",
+            _("%(address)s is already active.")
+            if active
+            else _("%(address)s is already deactivated."),
+            params={"address": locked.email},
         )
     locked.is_active = active
     locked.deactivated_at = None if active else timezone.now()

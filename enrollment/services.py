@@ -32,6 +32,9 @@ from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Case, Q, QuerySet, Value, When
 from django.db.models.signals import post_save
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import EMAIL_KEY, User
@@ -44,6 +47,7 @@ from enrollment.exceptions import (
     EnrollmentError,
     InvalidState,
     KeyStoreError,
+    Message,
     NotPermitted,
     PolicyViolation,
     RateLimited,
@@ -93,6 +97,19 @@ logger = logging.getLogger(__name__)
 
 Actor = User | AnonymousUser | None
 T = TypeVar("T")
+
+
+def _worded(message: Message, **params: Any) -> str:
+    """``message % params``, worded when it is read rather than now: in the reader's
+    language on a page, in English where an EnrollmentError raised with it is audited
+    (EnrollmentError.english). For messages that are returned, not raised."""
+    return lazy(lambda: str(message) % params if params else str(message), str)()
+
+
+def _lower_label(label: Message) -> str:
+    """A choice's label (a request's state) lower-cased when it is read, in the reader's
+    language, to go into a sentence."""
+    return lazy(lambda: str(label).lower(), str)()
 
 
 def _in_a_transaction(function: Callable[..., T]) -> Callable[..., T]:
@@ -235,14 +252,14 @@ def pki_create(
     issuing CA is name-constrained to ``mail_domains`` when given; the root never is.
     """
     if CertificateAuthority.objects.ours().exists():
-        raise InvalidState("A CA hierarchy already exists; refusing to create another.")
+        raise InvalidState(_("A CA hierarchy already exists; refusing to create another."))
     try:
         builder.check_ca_subject(organization_name, country_name)
     except X509Error as exc:
-        raise PolicyViolation(exc.message) from exc
+        raise PolicyViolation.from_x509(exc) from exc
     domains = _constraint_domains(mail_domains)
     if root.slug == issuing.slug:
-        raise PolicyViolation("The root and the issuing CA need different slugs.")
+        raise PolicyViolation(_("The root and the issuing CA need different slugs."))
     base_url = _check_base_url(base_url)
     root_certificate = keystore.create_root(
         algorithm=root.algorithm,
@@ -307,7 +324,7 @@ def pki_create(
         if stored is not None:
             keystore.discard_key(*stored)
         if isinstance(exc, X509Error):  # the builder's refusal: an operator's weak HSM key
-            raise PolicyViolation(exc.message) from exc
+            raise PolicyViolation.from_x509(exc) from exc
         raise
     crl_publish(ca=issuing_ca, actor=actor)
     return root_ca, issuing_ca
@@ -319,7 +336,7 @@ def _constraint_domains(mail_domains: Sequence[str]) -> tuple[str, ...]:
     try:
         return parse_mail_domains(mail_domains)
     except X509Error as exc:
-        raise PolicyViolation(exc.message, field="mail_domains") from exc
+        raise PolicyViolation.from_x509(exc, field="mail_domains") from exc
 
 
 def default_issuing_ca() -> CertificateAuthority:
@@ -330,8 +347,10 @@ def default_issuing_ca() -> CertificateAuthority:
 def _online_issuing_ca(ca: CertificateAuthority | None) -> CertificateAuthority:
     if ca is None:
         raise ConfigurationError(
-            "No default issuing CA exists: run `manage.py create_pki`, or make one the "
-            "default with `manage.py switch_issuing_ca`."
+            _(
+                "No default issuing CA exists: run `manage.py create_pki`, or make one the "
+                "default with `manage.py switch_issuing_ca`."
+            )
         )
     return ca
 
@@ -339,7 +358,7 @@ def _online_issuing_ca(ca: CertificateAuthority | None) -> CertificateAuthority:
 def _check_base_url(base_url: str) -> str:
     base_url = base_url.rstrip("/")
     if not base_url.startswith("http://"):
-        raise PolicyViolation("The base URL must be plain http:// (RFC 5280 CDP and AIA).")
+        raise PolicyViolation(_("The base URL must be plain http:// (RFC 5280 CDP and AIA)."))
     return base_url
 
 
@@ -380,11 +399,14 @@ def issuing_ca_create(
     and nothing is left behind when it fails: no key file, no row, no event.
     """
     if not root.is_root or root.is_online:
-        raise PolicyViolation(f"{root.name} is not the offline root CA.")
+        raise PolicyViolation(_("%(ca)s is not the offline root CA."), params={"ca": root.name})
     if not _CA_SLUG.fullmatch(spec.slug):
         raise PolicyViolation(
-            f"The slug {spec.slug!r} must be 1 to 50 lower-case letters, digits and hyphens "
-            "(it names /pki/<slug>.crt, .crl and the key file).",
+            _(
+                "The slug %(slug)s must be 1 to 50 lower-case letters, digits and hyphens "
+                "(it names /pki/<slug>.crt, .crl and the key file)."
+            ),
+            params={"slug": repr(spec.slug)},
             field="slug",
         )
     name = spec.name.strip()
@@ -392,18 +414,21 @@ def issuing_ca_create(
     _check_ca_text("organisation", organization_name.strip(), builder.UB_ORGANIZATION_NAME)
     if CertificateAuthority.objects.filter(slug=spec.slug).exists():
         raise InvalidState(
-            f"A CA with the slug {spec.slug!r} exists already: choose another.", field="slug"
+            _("A CA with the slug %(slug)s exists already: choose another."),
+            params={"slug": repr(spec.slug)},
+            field="slug",
         )
     # Relying parties (dirmngr's CRL cache, for one) tell CAs apart by their name.
     if CertificateAuthority.objects.filter(name=name).exists():
         raise InvalidState(
-            f"A CA named {name!r} exists already: give the new one a name of its own.",
+            _("A CA named %(name)s exists already: give the new one a name of its own."),
+            params={"name": repr(name)},
             field="name",
         )
     try:
         builder.check_ca_subject(organization_name, country_name)
     except X509Error as exc:
-        raise PolicyViolation(exc.message) from exc
+        raise PolicyViolation.from_x509(exc) from exc
     base_url = _check_base_url(base_url)
     domains = _constraint_domains(mail_domains)
     stored: tuple[str, str] | None = None
@@ -453,7 +478,7 @@ def issuing_ca_create(
     except X509Error as exc:  # the builder's refusal: the root has expired, bad validity
         if stored is not None:
             keystore.discard_key(*stored)
-        raise PolicyViolation(exc.message) from exc
+        raise PolicyViolation.from_x509(exc) from exc
     except BaseException:
         if stored is not None:
             keystore.discard_key(*stored)
@@ -477,7 +502,10 @@ def _check_ca_text(label: str, value: str, limit: int) -> None:
     characters in a certificate) and within RFC 5280's upper bound."""
     if not value or len(value) > limit or not value.isprintable():
         raise PolicyViolation(
-            f"The CA's {label} must be 1 to {limit} printable characters (RFC 5280).",
+            _("The CA's name must be 1 to %(limit)d printable characters (RFC 5280).")
+            if label == "name"
+            else _("The CA's organisation must be 1 to %(limit)d printable characters (RFC 5280)."),
+            params={"limit": limit},
             field="name" if label == "name" else None,
         )
 
@@ -520,13 +548,19 @@ def _switch_plan(
     caller when switching; ``lock`` locks the templates that move too)."""
     now = timezone.now()
     if previous is not None and previous.pk == to.pk:
-        raise InvalidState(f"Templates already issue from {to.name}.")
+        raise InvalidState(_("Templates already issue from %(ca)s."), params={"ca": to.name})
     if not to.is_online or to.parent_id is None:
-        raise PolicyViolation(f"{to.name} is not an online issuing CA.")
+        raise PolicyViolation(_("%(ca)s is not an online issuing CA."), params={"ca": to.name})
     if to.not_after <= now:
-        raise PolicyViolation(f"{to.name} expired on {to.not_after:%Y-%m-%d}.")
+        raise PolicyViolation(
+            _("%(ca)s expired on %(date)s."),
+            params={"ca": to.name, "date": f"{to.not_after:%Y-%m-%d}"},
+        )
     if to.not_before > now:
-        raise PolicyViolation(f"{to.name} is valid only from {to.not_before:%Y-%m-%d %H:%M} UTC.")
+        raise PolicyViolation(
+            _("%(ca)s is valid only from %(start)s UTC."),
+            params={"ca": to.name, "start": f"{to.not_before:%Y-%m-%d %H:%M}"},
+        )
     keystore.check_ca_key(to)
     made_default = previous is None or previous.is_default
     moved: tuple[CertificateTemplate, ...] = ()
@@ -628,21 +662,25 @@ def kra_register(
     agents and the administrators are mailed (it can open every key archived from now on)."""
     public_key = certificate.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
-        raise PolicyViolation("A key recovery agent needs an RSA certificate (CMS key transport).")
+        raise PolicyViolation(
+            _("A key recovery agent needs an RSA certificate (CMS key transport).")
+        )
     now = timezone.now()
     if certificate.not_valid_after_utc <= now:
-        raise PolicyViolation("The key recovery agent certificate has expired.")
+        raise PolicyViolation(_("The key recovery agent certificate has expired."))
     if certificate.not_valid_before_utc > now:
-        raise PolicyViolation("The key recovery agent certificate is not valid yet.")
+        raise PolicyViolation(_("The key recovery agent certificate is not valid yet."))
     try:
         usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         usage = None
     if usage is not None and not usage.key_encipherment:
-        raise PolicyViolation("The key recovery agent certificate does not allow keyEncipherment.")
+        raise PolicyViolation(
+            _("The key recovery agent certificate does not allow keyEncipherment.")
+        )
     facts = _der_facts(certificate)
     if KeyRecoveryAgent.objects.filter(fingerprint_sha256=facts["fingerprint_sha256"]).exists():
-        raise InvalidState("This key recovery agent certificate is already registered.")
+        raise InvalidState(_("This key recovery agent certificate is already registered."))
     with transaction.atomic():
         agent = KeyRecoveryAgent.objects.create(name=name, user=user, **facts)
         audit_record(
@@ -654,9 +692,12 @@ def kra_register(
     return agent
 
 
-NO_USABLE_AGENT_LEFT = (
-    "No usable key recovery agent is left: templates that archive keys cannot issue until "
-    "one is registered (register_kra, or Register in the admin)."
+# Worded when read: the admin shows it, and manage.py deactivate_kra prints it.
+NO_USABLE_AGENT_LEFT = _worded(
+    _(
+        "No usable key recovery agent is left: templates that archive keys cannot issue "
+        "until one is registered (register_kra, or Register in the admin)."
+    )
 )
 
 
@@ -685,11 +726,11 @@ def kra_deactivate(
     """
     reason = " ".join(reason.split())
     if not reason:
-        raise PolicyViolation("Say why the agent is deactivated.", field="reason")
+        raise PolicyViolation(_("Say why the agent is deactivated."), field="reason")
     with transaction.atomic():
         locked = KeyRecoveryAgent.objects.select_for_update().get(pk=agent.pk)
         if not locked.is_active:
-            raise InvalidState(f"{locked.name} is already inactive.")
+            raise InvalidState(_("%(agent)s is already inactive."), params={"agent": locked.name})
         locked.is_active = False
         locked.save(update_fields=["is_active"])
         outcome = KraDeactivation(
@@ -718,7 +759,7 @@ def _active_agents() -> list[KeyRecoveryAgent]:
 # --- issuance -------------------------------------------------------------------------
 
 
-NO_ADDRESS = "Your account has no e-mail address; ask an administrator to add one."
+NO_ADDRESS = _("Your account has no e-mail address; ask an administrator to add one.")
 
 
 # ASCII letters only: what LOWER() gives on every database the portal runs on.
@@ -744,28 +785,49 @@ def address_unusable(email: str) -> str | None:
     a control or a non-ASCII character (a directory's stray tab, a look-alike letter)."""
     if email.isascii() and email.isprintable() and " " not in email:
         return None
-    return (
-        f"The account's address {names.printable(email)} holds a character no e-mail "
-        "address may (white space, a control or a non-ASCII character), so no certificate "
-        "can be issued for it. An administrator must correct the account's address."
+    return _worded(
+        _(
+            "The account's address %(address)s holds a character no e-mail address may "
+            "(white space, a control or a non-ASCII character), so no certificate can be "
+            "issued for it. An administrator must correct the account's address."
+        ),
+        address=names.printable(email),
     )
 
 
-def address_outside_domains(email: str) -> str | None:
+# Whose address address_outside_domains() speaks of: who must correct it differs.
+_OUTSIDE_DOMAINS = {
+    "account": _(
+        "The e-mail address %(address)s is outside the organisation's mail domains "
+        "(%(domains)s), so no certificate can be issued for it. An administrator must "
+        "correct the account's address."
+    ),
+    "mailbox": _(
+        "The e-mail address %(address)s is outside the organisation's mail domains "
+        "(%(domains)s), so no certificate can be issued for it. An administrator must "
+        "correct the mailbox's address."
+    ),
+    # A mailbox being made: whoever makes it gives another address.
+    "new": _(
+        "The e-mail address %(address)s is outside the organisation's mail domains "
+        "(%(domains)s), so no certificate can be issued for it."
+    ),
+}
+
+
+def address_outside_domains(email: str, *, holder: str = "account") -> str | None:
     """Why the CA may not certify this address (outside PKIPORTAL_MAIL_DOMAINS), or None.
 
     S/MIME BR 3.2.2.1: an Enterprise RA issues only for mailboxes in domains the
-    organisation controls. The address is the account's; only an administrator (or the
-    directory it is synced from) can change it, so the message says so.
+    organisation controls. The address is the account's (``holder``: or an existing
+    shared mailbox's, or a ``new`` one's); only an administrator (or the directory it is
+    synced from) can change it, so the message says so.
     """
     domains = settings.PKIPORTAL_MAIL_DOMAINS
     if address_permitted(email, domains):
         return None
-    listed = ", ".join(domains)
-    return (
-        f"The e-mail address {names.printable(email)} is outside the organisation's mail "
-        f"domains ({listed}), so no certificate can be issued for it. An administrator must "
-        "correct the account's address."
+    return _worded(
+        _OUTSIDE_DOMAINS[holder], address=names.printable(email), domains=", ".join(domains)
     )
 
 
@@ -774,7 +836,7 @@ def account_address_problem(owner: User) -> str | None:
     the enrolment pages to say up front what subject_for would refuse."""
     email = account_email(owner)
     if not email:
-        return NO_ADDRESS
+        return _worded(NO_ADDRESS)
     return (
         address_unusable(email) or address_outside_domains(email) or address_taken(email, owner.pk)
     )
@@ -807,10 +869,13 @@ def shared_with_another_account(email: str, owner_pk: int) -> str | None:
     """address_taken()'s second half: another active account has this address."""
     if other_account_with(email, owner_pk) is None:
         return None
-    return (
-        f"Another account has the address {names.printable(email)} too, so no certificate "
-        "is issued for it until only one account has it. An administrator must correct "
-        "the accounts' addresses."
+    return _worded(
+        _(
+            "Another account has the address %(address)s too, so no certificate is issued "
+            "for it until only one account has it. An administrator must correct the "
+            "accounts' addresses."
+        ),
+        address=names.printable(email),
     )
 
 
@@ -821,10 +886,13 @@ def mailbox_address_taken(email: str) -> str | None:
     the address after the mailbox was made: the admin, a directory sync, single sign-on)."""
     if not SharedMailbox.objects.filter(email=email, is_active=True).exists():
         return None
-    return (
-        f"{email} is the address of a shared mailbox, so no personal certificate is issued "
-        "for it; its delegates enrol for the mailbox instead. An administrator must correct "
-        "the account's address."
+    return _worded(
+        _(
+            "%(address)s is the address of a shared mailbox, so no personal certificate is "
+            "issued for it; its delegates enrol for the mailbox instead. An administrator "
+            "must correct the account's address."
+        ),
+        address=email,
     )
 
 
@@ -878,9 +946,9 @@ def subject_for_mailbox(mailbox: SharedMailbox) -> builder.Subject:
     address is checked against the mail domains here, as a person's in subject_for.
     """
     email = (mailbox.email or "").strip().lower()
-    outside = address_outside_domains(email)
+    outside = address_outside_domains(email, holder="mailbox")
     if outside is not None:
-        raise PolicyViolation(outside.replace("the account's", "the mailbox's"), field="mailbox")
+        raise PolicyViolation(outside, field="mailbox")
     return builder.Subject(
         common_name=email,
         organization_name=settings.PKIPORTAL_ORGANIZATION_NAME,
@@ -899,13 +967,26 @@ def _check_ca_constraints(ca: CertificateAuthority, subject: builder.Subject) ->
         if not issuer_permits(ca.certificate, email):
             permitted = ", ".join(issuer_mail_domains(ca.certificate) or ())
             raise ConfigurationError(
-                f"{ca.name} is name-constrained to {permitted or 'other addresses'} and cannot "
-                f"certify {names.printable(email)}. An operator must issue from a CA whose "
-                "constraint covers PKIPORTAL_MAIL_DOMAINS (see README, Mail domains)."
+                _(
+                    "%(ca)s is name-constrained to %(domains)s and cannot certify %(address)s. "
+                    "An operator must issue from a CA whose constraint covers "
+                    "PKIPORTAL_MAIL_DOMAINS (see README, Mail domains)."
+                )
+                if permitted
+                else _(
+                    "%(ca)s is name-constrained to other addresses and cannot certify "
+                    "%(address)s. An operator must issue from a CA whose constraint covers "
+                    "PKIPORTAL_MAIL_DOMAINS (see README, Mail domains)."
+                ),
+                params={
+                    "ca": ca.name,
+                    "domains": permitted,
+                    "address": names.printable(email),
+                },
             )
 
 
-MAILBOX_NEEDS_SERVER_KEY = (
+MAILBOX_NEEDS_SERVER_KEY = _(
     "A shared mailbox's key is generated by the portal and archived, so that its other "
     "delegates can get it through key recovery: a CSR cannot be used."
 )
@@ -921,8 +1002,11 @@ def _check_mailbox_template(template: CertificateTemplate) -> None:
         or template.purpose != CertificateTemplate.Purpose.ENCRYPTION
     ):
         raise PolicyViolation(
-            f"{template.name} cannot issue for a shared mailbox: only an encryption template "
-            "that generates and archives the key can (its delegates share the key).",
+            _(
+                "%(template)s cannot issue for a shared mailbox: only an encryption template "
+                "that generates and archives the key can (its delegates share the key)."
+            ),
+            params={"template": template.name},
             field="template",
         )
 
@@ -955,7 +1039,7 @@ def is_delegate(user: Any, mailbox: SharedMailbox | None) -> bool:
     return SharedMailbox.objects.filter(pk=mailbox.pk, is_active=True, delegates=user).exists()
 
 
-COMPROMISED_KEY = (
+COMPROMISED_KEY = _(
     "This key was reported compromised: a certificate for it was revoked for keyCompromise. "
     "Make a new key and request again."
 )
@@ -987,7 +1071,10 @@ def _issue(
     the certificate then names the mailbox and has no owner (its delegates hold it).
     ``fulfils``: a request not yet stored, stored ISSUED with the certificate."""
     if not template.is_active:
-        raise PolicyViolation(f"The template {template.name!r} is not active.")
+        raise PolicyViolation(
+            _("The template %(template)s is not active."),
+            params={"template": repr(template.name)},
+        )
     if mailbox is not None:
         _check_mailbox_template(template)
         if private_key is None:
@@ -1013,14 +1100,20 @@ def _issue(
     if template.archive_key:
         if private_key is None:
             raise PolicyViolation(
-                f"{template.name} archives keys, so the portal must generate the key; "
-                "a CSR cannot be used."
+                _(
+                    "%(template)s archives keys, so the portal must generate the key; "
+                    "a CSR cannot be used."
+                ),
+                params={"template": template.name},
             )
         agents = _active_agents()
         if not agents:
             raise ConfigurationError(
-                f"No valid key recovery agent is configured, so {template.name} cannot issue: "
-                "an encryption key must be archived before the certificate exists."
+                _(
+                    "No valid key recovery agent is configured, so %(template)s cannot issue: "
+                    "an encryption key must be archived before the certificate exists."
+                ),
+                params={"template": template.name},
             )
     try:
         policy = template.policy()
@@ -1032,7 +1125,7 @@ def _issue(
             ca, public_key=public_key, subject=subject, policy=policy
         )
     except X509Error as exc:
-        raise PolicyViolation(exc.message) from exc
+        raise PolicyViolation.from_x509(exc) from exc
     with audit.deferred():
         certificate = _new_certificate(
             ca=ca,
@@ -1190,7 +1283,8 @@ def certificate_issue(
     yet stored: it is stored ISSUED with the certificate."""
     if not template.allow_csr:
         raise PolicyViolation(
-            f"{template.name} does not accept a CSR; the portal generates the key."
+            _("%(template)s does not accept a CSR; the portal generates the key."),
+            params={"template": template.name},
         )
     return _issue(
         template=template,
@@ -1211,10 +1305,16 @@ def _check_server_key(
     """The template issues keys made by the portal, of this algorithm: asked when the
     request is made, again when the key is made (the template may have changed between)."""
     if not template.allow_server_key:
-        raise PolicyViolation(f"{template.name} needs your own key: upload a CSR.", field=field)
+        raise PolicyViolation(
+            _("%(template)s needs your own key: upload a CSR."),
+            params={"template": template.name},
+            field=field,
+        )
     if key_algorithm not in template.key_algorithms:
         raise PolicyViolation(
-            f"{template.name} does not allow {key_algorithm.label} keys.", field=field
+            _("%(template)s does not allow %(algorithm)s keys."),
+            params={"template": template.name, "algorithm": key_algorithm.label},
+            field=field,
         )
 
 
@@ -1236,7 +1336,7 @@ def certificate_issue_with_server_key(
     """Generate the key here; it leaves once, inside the password-protected PKCS#12."""
     _check_server_key(template, key_algorithm)
     if not pkcs12_password:
-        raise PolicyViolation("A PKCS#12 password is required.", field="pkcs12_password")
+        raise PolicyViolation(_("A PKCS#12 password is required."), field="pkcs12_password")
     private_key = keys.generate_private_key(key_algorithm)
     certificate = _issue(
         template=template,
@@ -1276,8 +1376,10 @@ def _key_archive(
     agents = [agent for agent in agents if agent.pk in still_usable]
     if not agents:
         raise ConfigurationError(
-            "The key recovery agents were deactivated while this certificate was being "
-            "issued, so it was not issued: an encryption key must be archived first."
+            _(
+                "The key recovery agents were deactivated while this certificate was being "
+                "issued, so it was not issued: an encryption key must be archived first."
+            )
         )
     envelope = cms.archive_private_key(private_key, [agent.certificate for agent in agents])
     archived = ArchivedKey.objects.create(certificate=certificate, envelope=envelope)
@@ -1360,7 +1462,7 @@ def certificate_revoke(
     return certificate
 
 
-OUT_OF_SCOPE_CERTIFICATE = (
+OUT_OF_SCOPE_CERTIFICATE = _(
     "This certificate is outside the people your officer scope covers: an officer whose "
     "scope covers its holder revokes it."
 )
@@ -1385,7 +1487,9 @@ def certificate_revoke_check(
         source_address=source_address,
     ):
         if not is_ra_officer(actor):
-            raise NotPermitted("You can only revoke your own certificates.", refusal=NOT_AN_OFFICER)
+            raise NotPermitted(
+                _("You can only revoke your own certificates."), refusal=NOT_AN_OFFICER
+            )
         if not reach_of(actor).covers_certificate(certificate):
             # Said without naming whose: the officer may not see who holds it.
             raise NotPermitted(OUT_OF_SCOPE_CERTIFICATE, refusal=OUT_OF_SCOPE)
@@ -1438,13 +1542,13 @@ def _revoke_same_key(
     ]
 
 
-IMPORTED_RECORDED = (
+IMPORTED_RECORDED = _(
     "The revocation is recorded here: the portal no longer offers this certificate in the "
-    "directory or LDAP. {ca} issued it, and only its CRL and OCSP tell mail clients: also "
-    "revoke it at {ca}."
+    "directory or LDAP. %(ca)s issued it, and only its CRL and OCSP tell mail clients: also "
+    "revoke it at %(ca)s."
 )
-IMPORTED_CA_NO_CRL = (
-    "{ca} is another CA whose certificates were imported: the portal signs no CRL for it."
+IMPORTED_CA_NO_CRL = _(
+    "%(ca)s is another CA whose certificates were imported: the portal signs no CRL for it."
 )
 
 
@@ -1464,7 +1568,7 @@ def imported_issuer(certificate: Certificate) -> str | None:
 def imported_revocation_note(certificate: Certificate) -> str | None:
     """What to tell whoever revoked an imported certificate (recorded here only), or None."""
     name = imported_issuer(certificate)
-    return IMPORTED_RECORDED.format(ca=name) if name is not None else None
+    return _worded(IMPORTED_RECORDED, ca=name) if name is not None else None
 
 
 # S/MIME BR 6.3.2: a subscriber certificate is valid for at most 825 days.
@@ -1481,15 +1585,18 @@ def invalidity_date_check(
         return
     if invalidity_date > (now or timezone.now()):
         raise PolicyViolation(
-            "The invalidity date cannot be in the future.", field="invalidity_date"
+            _("The invalidity date cannot be in the future."), field="invalidity_date"
         )
     if invalidity_date < not_before - EARLIEST_INVALIDITY:
         # Published on every CRL (RFC 5280 5.3.2). A key may have leaked before this
         # certificate (a CSR's key is older), but a date more than a certificate's longest
         # life before it says no more than "from its start": year 1 is a typo.
         raise PolicyViolation(
-            f"The invalidity date cannot be more than {EARLIEST_INVALIDITY.days} days before "
-            f"the certificate became valid ({not_before:%Y-%m-%d %H:%M} UTC).",
+            _(
+                "The invalidity date cannot be more than %(days)d days before the "
+                "certificate became valid (%(start)s UTC)."
+            ),
+            params={"days": EARLIEST_INVALIDITY.days, "start": f"{not_before:%Y-%m-%d %H:%M}"},
             field="invalidity_date",
         )
 
@@ -1512,7 +1619,11 @@ def _revoke(
     if reason in ("", "unspecified"):
         reason = None
     if reason is not None and reason not in Certificate.RevocationReasonChoice.values:
-        raise PolicyViolation(f"{reason!r} is not a revocation reason we accept.", field="reason")
+        raise PolicyViolation(
+            _("%(reason)s is not a revocation reason we accept."),
+            params={"reason": repr(reason)},
+            field="reason",
+        )
     now = timezone.now()
     invalidity_date_check(invalidity_date, not_before=certificate.not_before, now=now)
     # Another CA's certificate: recorded as revoked here (the directory and LDAP drop it),
@@ -1522,7 +1633,7 @@ def _revoke(
     if locked.status == Certificate.Status.REVOKED:
         compromised = Certificate.RevocationReasonChoice.KEY_COMPROMISE
         if reason != compromised or locked.revocation_reason == compromised:
-            raise InvalidState("This certificate is already revoked.")
+            raise InvalidState(_("This certificate is already revoked."))
         return _now_key_compromise(
             locked,
             actor=actor,
@@ -1683,7 +1794,7 @@ def _crl_entry_der(certificate: Certificate) -> bytes:
             reason_required=is_root,
         )
     except X509Error as exc:
-        raise PolicyViolation(exc.message, field="reason") from exc
+        raise PolicyViolation.from_x509(exc, field="reason") from exc
 
 
 def crl_entries_repair(*, ca: CertificateAuthority) -> int:
@@ -1771,7 +1882,7 @@ def _lock_ca(ca: CertificateAuthority, *, wait: bool = True) -> CertificateAutho
         .first()
     )
     if locked is None:
-        raise Busy(f"Another process is publishing the CRL of {ca.name}.")
+        raise Busy(_("Another process is publishing the CRL of %(ca)s."), params={"ca": ca.name})
     return locked
 
 
@@ -1870,7 +1981,7 @@ def _crl_publish_locked(
 ) -> RevocationList:
     """``number`` skips ahead of the next one (enrollment.restore); never back."""
     if locked.is_imported:
-        raise InvalidState(IMPORTED_CA_NO_CRL.format(ca=locked.name))
+        raise InvalidState(IMPORTED_CA_NO_CRL, params={"ca": locked.name})
     following = (previous.number + 1) if previous else 1
     if number is None or number < following:
         number = following
@@ -1894,7 +2005,7 @@ def _crl_publish_locked(
             revoked=revoked, crl_number=number, this_update=this_update, next_update=next_update
         )
     except X509Error as exc:
-        raise PolicyViolation(exc.message) from exc
+        raise PolicyViolation.from_x509(exc) from exc
     del revoked
     revocation_list = RevocationList.objects.create(
         ca=locked,
@@ -1979,15 +2090,26 @@ def _crl_validity_limit(ca: CertificateAuthority) -> timedelta:
 def _check_crl_validity(ca: CertificateAuthority, validity: timedelta) -> None:
     limit = _crl_validity_limit(ca)
     if validity > limit:
-        kind = "a root CA's CRL" if ca.parent_id is None else "a subscriber-issuing CA's CRL"
         raise PolicyViolation(
-            f"{ca.name}: nextUpdate is {_days(validity)} after thisUpdate; for {kind} it may "
-            f"be at most {_days(limit)} (S/MIME BR 4.9.7)."
+            _(
+                "%(ca)s: nextUpdate is %(validity)s after thisUpdate; for a root CA's CRL it "
+                "may be at most %(limit)s (S/MIME BR 4.9.7)."
+            )
+            if ca.parent_id is None
+            else _(
+                "%(ca)s: nextUpdate is %(validity)s after thisUpdate; for a subscriber-issuing "
+                "CA's CRL it may be at most %(limit)s (S/MIME BR 4.9.7)."
+            ),
+            params={"ca": ca.name, "validity": _days(validity), "limit": _days(limit)},
         )
 
 
 def _days(span: timedelta) -> str:
-    return plurals.days(span.days) if span == timedelta(days=span.days) else str(span)
+    """The span in days (worded when read: plurals.days translates), else as timedelta
+    prints it."""
+    if span != timedelta(days=span.days):
+        return str(span)
+    return lazy(plurals.days, str)(span.days)
 
 
 def _ca_key_identifier(ca: CertificateAuthority) -> bytes:
@@ -2027,20 +2149,29 @@ def _check_imported_reasons(
         except x509.ExtensionNotFound:
             if lists_ca_certificates:
                 raise PolicyViolation(
-                    f"The CRL's entry for serial {serial} has no reasonCode; an entry for a CA "
-                    "certificate must say why it was revoked (S/MIME BR 7.2.2)."
+                    _(
+                        "The CRL's entry for serial %(serial)s has no reasonCode; an entry for "
+                        "a CA certificate must say why it was revoked (S/MIME BR 7.2.2)."
+                    ),
+                    params={"serial": serial},
                 ) from None
             continue
         if reason is x509.ReasonFlags.certificate_hold:
             raise PolicyViolation(
-                f"The CRL puts serial {serial} on hold (certificateHold); "
-                "certificates here are revoked, never suspended (S/MIME BR 7.2.2)."
+                _(
+                    "The CRL puts serial %(serial)s on hold (certificateHold); certificates "
+                    "here are revoked, never suspended (S/MIME BR 7.2.2)."
+                ),
+                params={"serial": serial},
             )
         if reason not in allowed:
             names = ", ".join(sorted(flag.value for flag in allowed))
             raise PolicyViolation(
-                f"The CRL gives serial {serial} the reason {reason.value}, which {ca.name}'s "
-                f"CRL may not carry (S/MIME BR 7.2.2 allows {names})."
+                _(
+                    "The CRL gives serial %(serial)s the reason %(reason)s, which %(ca)s's "
+                    "CRL may not carry (S/MIME BR 7.2.2 allows %(allowed)s)."
+                ),
+                params={"serial": serial, "reason": reason.value, "ca": ca.name, "allowed": names},
             )
 
 
@@ -2053,29 +2184,36 @@ def crl_import(*, ca: CertificateAuthority, der: bytes, actor: Actor = None) -> 
     """
     imported, number = crl_verified(ca=ca, der=der)
     if imported.next_update_utc is None:
-        raise PolicyViolation("The CRL has no nextUpdate.")
+        raise PolicyViolation(_("The CRL has no nextUpdate."))
     if imported.next_update_utc <= imported.last_update_utc:
-        raise PolicyViolation("The CRL's nextUpdate is not later than its thisUpdate.")
+        raise PolicyViolation(_("The CRL's nextUpdate is not later than its thisUpdate."))
     _check_crl_validity(ca, imported.next_update_utc - imported.last_update_utc)
     _check_imported_reasons(ca, imported)
     if imported.next_update_utc <= timezone.now():
         raise PolicyViolation(
-            f"The CRL expired at {imported.next_update_utc:%Y-%m-%d %H:%M} UTC; "
-            "publishing it would serve a stale list."
+            _("The CRL expired at %(end)s UTC; publishing it would serve a stale list."),
+            params={"end": f"{imported.next_update_utc:%Y-%m-%d %H:%M}"},
         )
     with transaction.atomic():
         locked = _lock_ca(ca)
         previous = _latest_crl_facts(locked)
         if previous is not None and number <= previous.number:
             raise InvalidState(
-                f"CRL number {number} is not newer than the published number {previous.number}."
+                _("CRL number %(number)d is not newer than the published number %(published)d."),
+                params={"number": number, "published": previous.number},
             )
         if previous is not None and imported.last_update_utc < previous.this_update:
             # Served as the newest by its number, it would turn the clock back for every
             # relying party: a CRL never replaces a newer one.
             raise InvalidState(
-                f"The CRL's thisUpdate ({imported.last_update_utc:%Y-%m-%d %H:%M} UTC) is "
-                f"older than the published CRL's ({previous.this_update:%Y-%m-%d %H:%M} UTC)."
+                _(
+                    "The CRL's thisUpdate (%(this_update)s UTC) is older than the published "
+                    "CRL's (%(published)s UTC)."
+                ),
+                params={
+                    "this_update": f"{imported.last_update_utc:%Y-%m-%d %H:%M}",
+                    "published": f"{previous.this_update:%Y-%m-%d %H:%M}",
+                },
             )
         revocation_list = _crl_store(locked, imported, number)
         audit_record(
@@ -2095,29 +2233,34 @@ def crl_verified(
         try:
             imported = x509.load_pem_x509_crl(der)
         except ValueError as exc:
-            raise PolicyViolation("The file is not a DER or PEM CRL.") from exc
+            raise PolicyViolation(_("The file is not a DER or PEM CRL.")) from exc
     if imported.issuer != ca.certificate.subject:
-        raise PolicyViolation(f"The CRL was not issued by {ca.name}.")
+        raise PolicyViolation(_("The CRL was not issued by %(ca)s."), params={"ca": ca.name})
     issuer_key = ca.certificate.public_key()  # RSA or EC: the only keys a CA here has
     if not isinstance(issuer_key, keys.PublicKey) or not imported.is_signature_valid(issuer_key):
-        raise PolicyViolation(f"The CRL's signature does not verify with {ca.name}'s key.")
+        raise PolicyViolation(
+            _("The CRL's signature does not verify with %(ca)s's key."), params={"ca": ca.name}
+        )
     try:
         aki = imported.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     except x509.ExtensionNotFound as exc:
-        raise PolicyViolation("The CRL has no authorityKeyIdentifier (RFC 5280 5.2.1).") from exc
+        raise PolicyViolation(_("The CRL has no authorityKeyIdentifier (RFC 5280 5.2.1).")) from exc
     if aki.key_identifier != _ca_key_identifier(ca):
         raise PolicyViolation(
-            f"The CRL's authorityKeyIdentifier does not name {ca.name}'s key "
-            "(RFC 5280 5.2.1: the key identifier of the CA's certificate)."
+            _(
+                "The CRL's authorityKeyIdentifier does not name %(ca)s's key "
+                "(RFC 5280 5.2.1: the key identifier of the CA's certificate)."
+            ),
+            params={"ca": ca.name},
         )
     try:
         number = imported.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     except x509.ExtensionNotFound as exc:
-        raise PolicyViolation("The CRL has no CRL number (RFC 5280 5.2.3).") from exc
+        raise PolicyViolation(_("The CRL has no CRL number (RFC 5280 5.2.3).")) from exc
     if number > MAX_STORED_CRL_NUMBER:
         raise PolicyViolation(
-            f"CRL number {number} is larger than the portal can store "
-            f"(at most {MAX_STORED_CRL_NUMBER})."
+            _("CRL number %(number)d is larger than the portal can store (at most %(maximum)d)."),
+            params={"number": number, "maximum": MAX_STORED_CRL_NUMBER},
         )
     return imported, number
 
@@ -2160,19 +2303,31 @@ def _enrolment_counts(
     )
 
 
+def _rate_limited() -> RateLimited:
+    """The per-person hourly cap (PKIPORTAL_ENROLL_RATE_PER_HOUR), reached."""
+    rate = settings.PKIPORTAL_ENROLL_RATE_PER_HOUR
+    return RateLimited(
+        ngettext_lazy(
+            "You have made %(count)d request in the last hour; please try again later.",
+            "You have made %(count)d requests in the last hour; please try again later.",
+            rate,
+        ),
+        params={"count": rate},
+    )
+
+
 def _check_limits(counts: hotsql.EnrolmentCounts, template: CertificateTemplate) -> None:
     """Per-person caps that keep a script or a stolen session from flooding the CA."""
     if counts.recent_requests >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
-        raise RateLimited(
-            f"You have made {plurals.count(settings.PKIPORTAL_ENROLL_RATE_PER_HOUR, 'request')} "
-            "in the last hour; "
-            "please try again later."
-        )
+        raise _rate_limited()
     cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
     if counts.valid_certificates + counts.open_requests >= cap:
         raise PolicyViolation(
-            f"You already have {cap} valid certificates or open requests for {template.name}; "
-            "renew or revoke one instead.",
+            _(
+                "You already have %(cap)d valid certificates or open requests for "
+                "%(template)s; renew or revoke one instead."
+            ),
+            params={"cap": cap, "template": template.name},
             field="template",
         )
 
@@ -2326,9 +2481,13 @@ def _request_submit_locked(
     # Who may use the template and the per-person limits are read together, up front.
     counts = _enrolment_counts(requester=requester, template=template, renewal_of=renewal_of)
     if not may_use_template(requester, template, open_to_user=counts.open_to_requester):
-        raise NotPermitted(f"You may not use the template {template.name}.", field="template")
+        raise NotPermitted(
+            _("You may not use the template %(template)s."),
+            params={"template": template.name},
+            field="template",
+        )
     if (csr is None) == (key_algorithm is None):
-        raise PolicyViolation("Give either a CSR or a key algorithm, not both.", field="csr")
+        raise PolicyViolation(_("Give either a CSR or a key algorithm, not both."), field="csr")
     if mailbox is not None:
         mailbox = _mailbox_for_delegate(mailbox, requester)
         if csr is not None:
@@ -2340,18 +2499,18 @@ def _request_submit_locked(
         else:
             renews_own = renewal_of.owner_id == requester.pk
         if not renews_own:
-            raise NotPermitted("You can only renew your own certificates.")
+            raise NotPermitted(_("You can only renew your own certificates."))
         if renewal_of.template_id != template.pk:
-            raise PolicyViolation("A renewal uses the same template.", field="template")
+            raise PolicyViolation(_("A renewal uses the same template."), field="template")
         if not Certificate.objects.valid().filter(pk=renewal_of.pk).exists():
             raise InvalidState(
-                "Only a valid certificate can be renewed; request a new one instead."
+                _("Only a valid certificate can be renewed; request a new one instead.")
             )
         if CertificateRequest.objects.filter(
             renewal_of=renewal_of, state__in=OPEN_REQUEST_STATES
         ).exists():
             # Each would supersede the same certificate: only one can ever be issued.
-            raise InvalidState("This certificate already has a renewal waiting.")
+            raise InvalidState(_("This certificate already has a renewal waiting."))
     if mailbox is not None:
         subject_for_mailbox(mailbox)
     else:
@@ -2367,18 +2526,20 @@ def _request_submit_locked(
     if csr is not None:
         if not template.allow_csr:
             raise PolicyViolation(
-                f"{template.name} does not accept a CSR: the portal generates and archives "
-                "the key.",
+                _("%(template)s does not accept a CSR: the portal generates and archives the key."),
+                params={"template": template.name},
                 field="csr",
             )
         try:
             parsed = parse_csr(csr, allowed_key_algorithms=template.key_algorithms)
         except X509Error as exc:
-            raise PolicyViolation(exc.message, field="csr") from exc
+            raise PolicyViolation.from_x509(exc, field="csr") from exc
         if renewal_of is not None and keys.spki_sha256(parsed.public_key) == renewal_of.spki_sha256:
             raise PolicyViolation(
-                "A renewal needs a new key: this request carries the key of the certificate "
-                "it renews. Make a new key and request again.",
+                _(
+                    "A renewal needs a new key: this request carries the key of the certificate "
+                    "it renews. Make a new key and request again."
+                ),
                 field="csr",
             )
     else:
@@ -2386,8 +2547,11 @@ def _request_submit_locked(
         _check_server_key(template, key_algorithm, field="key_algorithm")
     if template.archive_key and not _active_agents():
         raise ConfigurationError(
-            f"No valid key recovery agent is configured, so {template.name} cannot issue "
-            "right now: encryption keys must be archived. Please tell your administrator."
+            _(
+                "No valid key recovery agent is configured, so %(template)s cannot issue "
+                "right now: encryption keys must be archived. Please tell your administrator."
+            ),
+            params={"template": template.name},
         )
     if mailbox is not None:
         _check_mailbox_limits(counts, template, mailbox, renewal_of=renewal_of)
@@ -2682,7 +2846,7 @@ def audited_channel(request: CertificateRequest) -> str:
     return str(request.channel) if request.channel in AUDITED_CHANNELS else ""
 
 
-NOT_A_DELEGATE = "You are not a delegate of this shared mailbox."
+NOT_A_DELEGATE = _("You are not a delegate of this shared mailbox.")
 
 
 def _mailbox_for_delegate(mailbox: SharedMailbox, requester: User) -> SharedMailbox:
@@ -2691,7 +2855,7 @@ def _mailbox_for_delegate(mailbox: SharedMailbox, requester: User) -> SharedMail
     one of its delegates."""
     locked = SharedMailbox.objects.select_for_update().filter(pk=mailbox.pk).first()
     if locked is None or not locked.is_active:
-        raise NotPermitted("This shared mailbox is no longer active.", field="mailbox")
+        raise NotPermitted(_("This shared mailbox is no longer active."), field="mailbox")
     if not locked.delegates.filter(pk=requester.pk).exists():
         raise NotPermitted(NOT_A_DELEGATE, field="mailbox")
     return locked
@@ -2707,11 +2871,7 @@ def _check_mailbox_limits(
     """The requester's hourly rate, and the per-template cap counted for the mailbox
     (PKIPORTAL_MAX_VALID_PER_TEMPLATE), not for the delegate who asks."""
     if counts.recent_requests >= settings.PKIPORTAL_ENROLL_RATE_PER_HOUR:
-        raise RateLimited(
-            f"You have made {plurals.count(settings.PKIPORTAL_ENROLL_RATE_PER_HOUR, 'request')} "
-            "in the last hour; "
-            "please try again later."
-        )
+        raise _rate_limited()
     held = Certificate.objects.held().filter(mailbox=mailbox, template=template)
     if renewal_of is not None:
         held = held.exclude(pk=renewal_of.pk)
@@ -2721,8 +2881,11 @@ def _check_mailbox_limits(
     cap = settings.PKIPORTAL_MAX_VALID_PER_TEMPLATE
     if held.count() + waiting.count() >= cap:
         raise PolicyViolation(
-            f"{mailbox.email} already has {cap} valid certificates or open requests for "
-            f"{template.name}; renew or revoke one instead.",
+            _(
+                "%(mailbox)s already has %(cap)d valid certificates or open requests for "
+                "%(template)s; renew or revoke one instead."
+            ),
+            params={"mailbox": mailbox.email, "cap": cap, "template": template.name},
             field="template",
         )
 
@@ -2755,24 +2918,31 @@ def _requester_may_still(request: CertificateRequest) -> None:
 
     requester, template = request.requester, request.template
     if not requester.is_active:
-        raise NotPermitted(f"{requester.get_full_name()}'s account is no longer active.")
+        raise NotPermitted(
+            _("%(name)s's account is no longer active."),
+            params={"name": requester.get_full_name()},
+        )
     if not may_use_template(requester, template):
         raise NotPermitted(
-            f"{requester.get_full_name()} may no longer use the template {template.name}."
+            _("%(name)s may no longer use the template %(template)s."),
+            params={"name": requester.get_full_name(), "template": template.name},
         )
     # request.mailbox makes no query when mailbox_id is None.
     if request.mailbox is not None and not is_delegate(requester, request.mailbox):
         raise NotPermitted(
-            f"{requester.get_full_name()} is no longer a delegate of the active shared "
-            f"mailbox {request.mailbox.email}."
+            _("%(name)s is no longer a delegate of the active shared mailbox %(mailbox)s."),
+            params={"name": requester.get_full_name(), "mailbox": request.mailbox.email},
         )
     renewed = request.renewal_of
     if renewed is not None and not Certificate.objects.valid().filter(pk=renewed.pk).exists():
         if _revoked_for_an_old_address(renewed, requester):
             return  # the holder was told to renew it: the renewal goes on (enrollment.outdated)
         raise InvalidState(
-            f"The certificate this request renews ({renewed.serial}) is no longer valid; "
-            "request a new one instead."
+            _(
+                "The certificate this request renews (%(serial)s) is no longer valid; "
+                "request a new one instead."
+            ),
+            params={"serial": renewed.serial},
         )
 
 
@@ -2814,7 +2984,7 @@ def _fulfil_csr(request: CertificateRequest, *, actor: Actor) -> None:
             try:
                 public_key = parse_csr(bytes(request.csr)).public_key
             except X509Error as exc:
-                raise PolicyViolation(exc.message, field="csr") from exc
+                raise PolicyViolation.from_x509(exc, field="csr") from exc
             certificate = certificate_issue(
                 template=request.template,
                 owner=request.requester,
@@ -2845,7 +3015,7 @@ def request_collect(
 ) -> tuple[Certificate, bytes]:
     """Generate the key of an approved portal-key request and hand out its PKCS#12, once."""
     if actor.pk != request.requester_id:
-        raise NotPermitted("Only the requester can download this certificate.")
+        raise NotPermitted(_("Only the requester can download this certificate."))
     with transaction.atomic():
         # A shared mailbox's row first, as mailbox_update and mailbox_set_active take it
         # before they change delegates or deactivate (and then lock its requests): the
@@ -2854,8 +3024,11 @@ def request_collect(
         locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
         if not locked.awaits_download:
             raise InvalidState(
-                "This request has nothing to download (it was already downloaded, or it is "
-                f"{locked.get_state_display().lower()})."
+                _(
+                    "This request has nothing to download (it was already downloaded, or it "
+                    "is %(state)s)."
+                ),
+                params={"state": _lower_label(locked.get_state_display())},
             )
         try:
             # Approved earlier: the person, the template or the renewed certificate may
@@ -2930,7 +3103,7 @@ def _decide(
         actor=officer, attempted=action, target=request, source_address=source_address
     ):
         if not is_ra_officer(officer):
-            raise NotPermitted("Only RA officers decide on requests.", refusal=NOT_AN_OFFICER)
+            raise NotPermitted(_("Only RA officers decide on requests."), refusal=NOT_AN_OFFICER)
         barred = decider(officer).barred(request)
         if barred is not None:
             raise NotPermitted(decision_refusal(barred, request.template), refusal=barred)
@@ -2938,12 +3111,18 @@ def _decide(
         with transaction.atomic():
             locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
             if locked.state != CertificateRequest.State.PENDING:
-                raise InvalidState(f"This request is already {locked.get_state_display().lower()}.")
+                raise InvalidState(
+                    _("This request is already %(state)s."),
+                    params={"state": _lower_label(locked.get_state_display())},
+                )
             if approve:
                 try:
                     _requester_may_still(locked)
                 except EnrollmentError as exc:
-                    raise type(exc)(f"{exc.message} Reject the request instead.") from exc
+                    # The refusal itself as the value: worded when read, as the sentence is.
+                    raise type(exc)(
+                        _("%(problem)s Reject the request instead."), params={"problem": exc}
+                    ) from exc
                 # The address may have changed since the request (a directory sync): an
                 # administrator can fix it, so the request waits rather than failing.
                 mailbox = locked.mailbox
@@ -2954,8 +3133,11 @@ def _decide(
                 )
                 if problem is not None:
                     raise PolicyViolation(
-                        f"{problem} Nothing was approved: the request stays pending, so "
-                        "approve it once the address is corrected, or reject it.",
+                        _(
+                            "%(problem)s Nothing was approved: the request stays pending, so "
+                            "approve it once the address is corrected, or reject it."
+                        ),
+                        params={"problem": problem},
                         field="email",
                     )
                 # And the CA it would come from must be able to certify it (a CA
@@ -3011,8 +3193,11 @@ def _decide(
         if isinstance(stopped, KeyStoreError):
             logger.error("CA key store: %s", stopped.message)  # names key files: not shown
         raise ConfigurationError(
-            f"{public_message(stopped)} Nothing was approved or issued: the request stays "
-            "pending, so approve it again once this is fixed."
+            _(
+                "%(problem)s Nothing was approved or issued: the request stays pending, so "
+                "approve it again once this is fixed."
+            ),
+            params={"problem": lazy(public_message, str)(stopped)},
         ) from stopped
     return locked
 
@@ -3022,20 +3207,26 @@ def decision_refusal(barred: str, template: CertificateTemplate) -> str:
     from enrollment import permissions
 
     if barred == permissions.OWN_REQUEST:
-        return "You cannot decide on your own request."
+        return _worded(_("You cannot decide on your own request."))
     if barred == permissions.MAILBOX_DELEGATE:
         # A delegate reads the mailbox and can get its key: not the one who checks.
-        return "You are a delegate of this shared mailbox: another officer decides."
+        return _worded(_("You are a delegate of this shared mailbox: another officer decides."))
     if barred == permissions.OUT_OF_SCOPE:
         # Said without naming whose: the officer may not see who asked.
-        return (
-            "This request is outside the people your officer scope covers: an officer "
-            "whose scope covers its requester decides it."
+        return _worded(
+            _(
+                "This request is outside the people your officer scope covers: an officer "
+                "whose scope covers its requester decides it."
+            )
         )
     assert template.approver_group is not None  # NOT_AN_APPROVER: the template names one
-    return (
-        f"Requests for {template.name} are decided by the members of "
-        f"{template.approver_group.name}, and you are not one of them."
+    return _worded(
+        _(
+            "Requests for %(template)s are decided by the members of %(group)s, and you are "
+            "not one of them."
+        ),
+        template=template.name,
+        group=template.approver_group.name,
     )
 
 
@@ -3063,7 +3254,7 @@ def request_reject(
     source_address: str | None = None,
 ) -> CertificateRequest:
     if not reason.strip():
-        raise PolicyViolation("Say why the request is rejected.", field="reason")
+        raise PolicyViolation(_("Say why the request is rejected."), field="reason")
     return _decide(
         request,
         officer=officer,
@@ -3086,18 +3277,22 @@ def request_withdraw(
     """
     if actor.pk != request.requester_id:
         raise NotPermitted(
-            "Only the requester can withdraw a request; an RA officer rejects it instead."
+            _("Only the requester can withdraw a request; an RA officer rejects it instead.")
         )
     with transaction.atomic():
         locked = CertificateRequest.objects.select_for_update().get(pk=request.pk)
         if not locked.may_be_withdrawn:
-            state = locked.get_state_display().lower()
             if locked.state == CertificateRequest.State.ISSUED:
                 raise InvalidState(
-                    "This request is already issued: there is nothing to withdraw. Revoke "
-                    "the certificate if you no longer need it."
+                    _(
+                        "This request is already issued: there is nothing to withdraw. Revoke "
+                        "the certificate if you no longer need it."
+                    )
                 )
-            raise InvalidState(f"This request is already {state}: there is nothing to withdraw.")
+            raise InvalidState(
+                _("This request is already %(state)s: there is nothing to withdraw."),
+                params={"state": _lower_label(locked.get_state_display())},
+            )
         was = locked.state
         locked.state = CertificateRequest.State.WITHDRAWN
         locked.save(update_fields=["state", "updated_at"])
@@ -3136,9 +3331,14 @@ def api_token_label_problem(label: str) -> str | None:
     """What is wrong with a token name, or None: a name is shown on pages, in e-mails and
     in the audit trail, so it is plain, printable text."""
     if len(label) > API_TOKEN_LABEL_MAX_LENGTH:
-        return f"Keep the name to {API_TOKEN_LABEL_MAX_LENGTH} characters or fewer."
+        return _worded(
+            _("Keep the name to %(limit)d characters or fewer."),
+            limit=API_TOKEN_LABEL_MAX_LENGTH,
+        )
     if any(unicodedata.category(char) in _LABEL_REFUSED_CATEGORIES for char in label):
-        return "Use letters, digits, spaces and punctuation: no control or invisible characters."
+        return _worded(
+            _("Use letters, digits, spaces and punctuation: no control or invisible characters.")
+        )
     return None
 
 
@@ -3185,12 +3385,16 @@ def api_token_create(
     if problem is not None:
         raise PolicyViolation(problem, field="label")
     if via == TokenVia.WEB and not label:
-        raise PolicyViolation("Name the token, e.g. after the script that uses it.", field="label")
+        raise PolicyViolation(
+            _("Name the token, e.g. after the script that uses it."), field="label"
+        )
     longest = settings.API_TOKEN_TTL_DAYS
     days = longest if lifetime_days is None else lifetime_days
     if not 1 <= days <= longest:
         raise PolicyViolation(
-            f"A token lives 1 to {longest} days (API_TOKEN_TTL_DAYS).", field="lifetime_days"
+            _("A token lives 1 to %(longest)d days (API_TOKEN_TTL_DAYS)."),
+            params={"longest": longest},
+            field="lifetime_days",
         )
     with transaction.atomic():
         # One creation per person at a time, so two at once cannot both pass the cap.
@@ -3199,14 +3403,17 @@ def api_token_create(
         cap = settings.PKIPORTAL_MAX_API_TOKENS
         if len(live) >= cap:
             raise PolicyViolation(
-                f"You already have {len(live)} API tokens, the most one person may hold "
-                f"({cap}); revoke one you no longer use first."
+                _(
+                    "You already have %(count)d API tokens, the most one person may hold "
+                    "(%(cap)d); revoke one you no longer use first."
+                ),
+                params={"count": len(live), "cap": cap},
             )
         if label and label.casefold() in {
             str(token_facts(token)["label"]).casefold() for token in live
         }:
             raise PolicyViolation(
-                "You already have a token with that name; choose another.", field="label"
+                _("You already have a token with that name; choose another."), field="label"
             )
         token, clear = AuthToken.objects.create(user=owner, expiry=timedelta(days=days))
         named = token.api_token  # made with the token (_api_token_row)
