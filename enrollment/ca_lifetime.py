@@ -14,9 +14,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.translation import gettext_lazy as _
 
 from enrollment.models import Certificate, CertificateAuthority, CertificateTemplate
 from pkiportal import plurals
+from pkiportal.i18n import worded
 
 _SECOND = timedelta(seconds=1)
 SWITCH_HINT = (
@@ -45,31 +48,52 @@ def issuance_problem(
     ca: CertificateAuthority, template: CertificateTemplate, now: datetime | None = None
 ) -> str | None:
     """Why ``ca`` must not issue for ``template`` now, in words for the requester and the
-    operator; None when it may (perhaps cut short: see certificate_end)."""
+    operator (worded when read: the page's language, the audit trail's English); None
+    when it may (perhaps cut short: see certificate_end)."""
     now = now or timezone.now()
     if ca.not_after <= now:
-        return (
-            f"The issuing CA {ca.name} expired on {ca.not_after:%Y-%m-%d}, so {template.name} "
-            "cannot issue until an administrator moves it to a new issuing CA."
+        return worded(
+            _(
+                "The issuing CA %(ca)s expired on %(date)s, so %(template)s cannot issue until "
+                "an administrator moves it to a new issuing CA."
+            ),
+            ca=ca.name,
+            date=f"{ca.not_after:%Y-%m-%d}",
+            template=template.name,
         )
     if ca.not_before > now:
-        return f"The issuing CA {ca.name} is not valid before {ca.not_before:%Y-%m-%d %H:%M} UTC."
+        return worded(
+            _("The issuing CA %(ca)s is not valid before %(time)s UTC."),
+            ca=ca.name,
+            time=f"{ca.not_before:%Y-%m-%d %H:%M}",
+        )
     start = now.replace(microsecond=0)
     lasts = _lasts(start, certificate_end(ca, template.validity_days, now))
     if lasts < timedelta(days=minimum_days(template)):
-        return (
-            f"The issuing CA {ca.name} ends on {ca.not_after:%Y-%m-%d %H:%M} UTC, so a "
-            f"certificate from {template.name} would last {_days(lasts)} instead of "
-            f"{plurals.days(template.validity_days)}: it is not issued. An administrator must move "
-            "the template to a new issuing CA."
+        return worded(
+            _(
+                "The issuing CA %(ca)s ends on %(time)s UTC, so a certificate from %(template)s "
+                "would last %(lasts)s instead of %(days)s: it is not issued. An administrator "
+                "must move the template to a new issuing CA."
+            ),
+            ca=ca.name,
+            time=f"{ca.not_after:%Y-%m-%d %H:%M}",
+            template=template.name,
+            lasts=_days(lasts),
+            days=_in_days(template.validity_days),
         )
     return None
 
 
 def _days(span: timedelta) -> str:
     if span >= timedelta(days=1):
-        return plurals.days(span.days)
-    return plurals.hours(int(span.total_seconds() // 3600))
+        return _in_days(span.days)
+    return lazy(plurals.hours, str)(int(span.total_seconds() // 3600))
+
+
+def _in_days(count: int) -> str:
+    """ "N days", worded when read."""
+    return lazy(plurals.days, str)(count)
 
 
 @dataclass(frozen=True)
@@ -83,10 +107,18 @@ class CutShort:
 
     @property
     def message(self) -> str:
-        return (
-            f"Valid until {self.not_after:%Y-%m-%d %H:%M} UTC ({plurals.days(self.days)}), "
-            f"shorter than the template's {plurals.days(self.template_days)}, because the "
-            f"issuing CA {self.ca_name} ends then."
+        """Read where it is shown: worded there, in that page's language."""
+        return str(
+            worded(
+                _(
+                    "Valid until %(time)s UTC (%(days)s), shorter than the template's "
+                    "%(template_days)s, because the issuing CA %(ca)s ends then."
+                ),
+                time=f"{self.not_after:%Y-%m-%d %H:%M}",
+                days=_in_days(self.days),
+                template_days=_in_days(self.template_days),
+                ca=self.ca_name,
+            )
         )
 
 

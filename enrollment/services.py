@@ -92,18 +92,12 @@ from enrollment.x509.mail_domains import (
 )
 from enrollment.x509.policy import CertificateType
 from pkiportal import plurals
+from pkiportal.i18n import worded as _worded
 
 logger = logging.getLogger(__name__)
 
 Actor = User | AnonymousUser | None
 T = TypeVar("T")
-
-
-def _worded(message: Message, **params: Any) -> str:
-    """``message % params``, worded when it is read rather than now: in the reader's
-    language on a page, in English where an EnrollmentError raised with it is audited
-    (EnrollmentError.english). For messages that are returned, not raised."""
-    return lazy(lambda: str(message) % params if params else str(message), str)()
 
 
 def _lower_label(label: Message) -> str:

@@ -9,8 +9,17 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.middleware.locale import LocaleMiddleware as DjangoLocaleMiddleware
 from django.utils import translation
+from django.utils.functional import Promise, lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
+
+
+def worded(message: str | Promise, **params: Any) -> str:
+    """``message % params``, worded when it is read rather than now: in the reader's
+    language on a page, in English where an EnrollmentError raised with it is audited
+    (EnrollmentError.english). For messages that are returned, not raised; a value may
+    itself be lazy (a span of days in words)."""
+    return lazy(lambda: str(message) % params if params else str(message), str)()
 
 
 def supported(code: str | None) -> str | None:
