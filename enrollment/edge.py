@@ -9,6 +9,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext as _
 
 from enrollment.exceptions import (
     ConfigurationError,
@@ -68,7 +69,7 @@ def show_error(form: Any, exc: EnrollmentError) -> int:
 
 def officer_required(request: HttpRequest) -> None:
     if not is_ra_officer(request.user):
-        raise PermissionDenied("Only RA officers may see this page.")
+        raise PermissionDenied(_("Only RA officers may see this page."))
 
 
 def officer_required_to(request: HttpRequest, attempted: str, model: type[Model], pk: Any) -> None:

@@ -19,6 +19,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.requests import AuthenticatedHttpRequest
@@ -42,7 +43,9 @@ class DelegatesField(forms.CharField):
         text = super().clean(value) or ""
         names = [name for name in _SEPARATORS.split(text) if name]
         if len(names) > MAX_DELEGATES:
-            raise forms.ValidationError(f"Name at most {MAX_DELEGATES} delegates.")
+            raise forms.ValidationError(
+                _("Name at most %(max)d delegates.") % {"max": MAX_DELEGATES}
+            )
         people: list[Any] = []
         unknown: list[str] = []
         for name in dict.fromkeys(names):
@@ -57,16 +60,19 @@ class DelegatesField(forms.CharField):
                 people.append(found[0])
         if unknown:
             raise forms.ValidationError(
-                "No single active account has the user name or address: " + ", ".join(unknown)
+                _("No single active account has the user name or address: %(names)s")
+                % {"names": ", ".join(unknown)}
             )
         return people
 
 
 class MailboxForm(PortalForm):
-    email = forms.CharField(label="Mailbox address", max_length=254)
-    display_name = forms.CharField(label="Display name", max_length=400)
+    email = forms.CharField(label=_("Mailbox address"), max_length=254)
+    display_name = forms.CharField(label=_("Display name"), max_length=400)
     delegates = DelegatesField(
-        label="Delegates (user names or addresses, one a line)", required=False, max_length=20000
+        label=_("Delegates (user names or addresses, one a line)"),
+        required=False,
+        max_length=20000,
     )
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
@@ -120,7 +126,7 @@ def mailbox_list(request: AuthenticatedHttpRequest) -> HttpResponse:
         )
     except EnrollmentError as exc:
         return _list_page(request, form, status=show_error(form, exc))
-    messages.success(request, f"Shared mailbox {created.email} created.")
+    messages.success(request, _("Shared mailbox %(email)s created.") % {"email": created.email})
     return redirect("ra:mailbox-detail", pk=created.pk)
 
 
@@ -178,7 +184,7 @@ def mailbox_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         )
     except EnrollmentError as exc:
         return _detail_page(request, mailbox, form, status=show_error(form, exc))
-    messages.success(request, f"{mailbox.email} saved.")
+    messages.success(request, _("%(email)s saved.") % {"email": mailbox.email})
     return redirect("ra:mailbox-detail", pk=mailbox.pk)
 
 
@@ -203,5 +209,6 @@ def mailbox_active(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     except EnrollmentError as exc:
         messages.error(request, exc.message)
         return _detail_page(request, mailbox, status=409)
-    messages.success(request, f"{mailbox.email} {'reactivated' if active else 'deactivated'}.")
+    done = _("%(email)s reactivated.") if active else _("%(email)s deactivated.")
+    messages.success(request, done % {"email": mailbox.email})
     return redirect("ra:mailbox-detail", pk=mailbox.pk)

@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
@@ -72,21 +73,28 @@ def refuse_token_without_second_factor(user: Any) -> None:
 
 
 # Why a token carries no role power, by the API's "missing" code; the tokens page says it too.
+# Lazy: the API's 403 words it in the caller's language.
 TOKEN_REFUSALS = {
-    "second_factor_token": "This API token was made without a second factor, which your "
-    "role needs: it cannot act as an RA officer, key recovery agent or administrator. Mint "
-    "a new token with your second factor (POST /api/v1/auth/token/ with the X-OTP-Code "
-    "header, or on /account/tokens/) and revoke this one.",
-    "approved_security_key_token": "This API token was minted with a security key that has "
-    "not proved an approved model (or before the portal recorded what confirmed its "
-    "minting), and your role needs an approved key: it cannot act as an RA officer, key "
-    "recovery agent or administrator. Add an approved key on /account/, sign in with it, "
-    "mint a new token on /account/tokens/ and revoke this one.",
-    "security_key_token": "This API token was minted with an authenticator app, a backup "
-    "code or single sign-on (or before the portal recorded what confirmed its minting), and "
-    "your organisation requires a security key for you: it cannot act as an RA officer, key "
-    "recovery agent or administrator. Sign in with your security key, mint a new token on "
-    "/account/tokens/ and revoke this one.",
+    "second_factor_token": _(
+        "This API token was made without a second factor, which your role needs: it cannot "
+        "act as an RA officer, key recovery agent or administrator. Mint a new token with "
+        "your second factor (POST /api/v1/auth/token/ with the X-OTP-Code header, or on "
+        "/account/tokens/) and revoke this one."
+    ),
+    "approved_security_key_token": _(
+        "This API token was minted with a security key that has not proved an approved model "
+        "(or before the portal recorded what confirmed its minting), and your role needs an "
+        "approved key: it cannot act as an RA officer, key recovery agent or administrator. "
+        "Add an approved key on /account/, sign in with it, mint a new token on "
+        "/account/tokens/ and revoke this one."
+    ),
+    "security_key_token": _(
+        "This API token was minted with an authenticator app, a backup code or single sign-on "
+        "(or before the portal recorded what confirmed its minting), and your organisation "
+        "requires a security key for you: it cannot act as an RA officer, key recovery agent "
+        "or administrator. Sign in with your security key, mint a new token on "
+        "/account/tokens/ and revoke this one."
+    ),
 }
 
 
@@ -152,16 +160,18 @@ OWN_KEY = "own_key"  # a step of the recovery of their own key (or their mailbox
 DUAL_CONTROL = "dual_control"  # a recovery step that must be another person's than theirs
 
 # Each refusal as the audit trail says it: the ``reason`` of an access.refused event
-# (services.access_refusal_record).
+# (services.access_refusal_record) is the key; /ra/audit/ shows this text, worded in the
+# reader's language (lazy), after what was attempted ("Refused: request.approve, ...").
 REFUSALS = {
-    OUT_OF_SCOPE: "outside their officer scope",
-    OWN_REQUEST: "their own request",
-    MAILBOX_DELEGATE: "a shared mailbox they are a delegate of",
-    NOT_AN_APPROVER: "not among the template's approvers",
-    NOT_AN_OFFICER: "not an RA officer",
-    NOT_AN_AGENT: "not a key recovery agent",
-    OWN_KEY: "their own key",
-    DUAL_CONTROL: "another person's step (dual control)",
+    # Translators: why an action was refused, after "Refused: <action>," on the audit trail.
+    OUT_OF_SCOPE: _("outside their officer scope"),
+    OWN_REQUEST: _("their own request"),
+    MAILBOX_DELEGATE: _("a shared mailbox they are a delegate of"),
+    NOT_AN_APPROVER: _("not among the template's approvers"),
+    NOT_AN_OFFICER: _("not an RA officer"),
+    NOT_AN_AGENT: _("not a key recovery agent"),
+    OWN_KEY: _("their own key"),
+    DUAL_CONTROL: _("another person's step (dual control)"),
 }
 
 
@@ -340,7 +350,7 @@ def templates_for(user: Any) -> list[CertificateTemplate]:
 
 
 class IsRaOfficer(BasePermission):
-    message = "Only RA officers may do that."
+    message = _("Only RA officers may do that.")
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return is_ra_officer(request.user)

@@ -22,11 +22,12 @@ from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
-from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from enrollment import bulk_revoke, health, leavers, mailboxes, services
 from enrollment.edge import client_address, show_error
@@ -62,7 +63,7 @@ def kra_register_view(
     """GET the upload form; POST registers the certificate or shows why it cannot be."""
     # Overriding add_view bypasses the admin's own check: repeat it.
     if not model_admin.has_add_permission(request):
-        raise PermissionDenied("You may not register key recovery agents.")
+        raise PermissionDenied(_("You may not register key recovery agents."))
     form = KeyRecoveryAgentRegisterForm(request.POST or None, request.FILES or None)
     status = 200
     if request.method == "POST":
@@ -81,15 +82,18 @@ def kra_register_view(
             else:
                 model_admin.message_user(
                     request,
-                    f"Registered key recovery agent {agent.name}: keys archived from now on are "
-                    "encrypted to it too.",
+                    _(
+                        "Registered key recovery agent %(name)s: keys archived from now on are "
+                        "encrypted to it too."
+                    )
+                    % {"name": agent.name},
                     messages.SUCCESS,
                 )
                 return redirect("admin:enrollment_keyrecoveryagent_changelist")
     opts = model_admin.model._meta
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Register a key recovery agent certificate",
+        "title": _("Register a key recovery agent certificate"),
         "opts": opts,
         "form": form,
         **(extra_context or {}),
@@ -112,7 +116,9 @@ def kra_deactivate_action(
     """
     agents = list(queryset.filter(is_active=True).order_by("name"))
     if not agents:
-        model_admin.message_user(request, "None of the selected agents is active.", messages.INFO)
+        model_admin.message_user(
+            request, _("None of the selected agents is active."), messages.INFO
+        )
         return None
     form = KeyRecoveryAgentDeactivateForm(request.POST if "confirm" in request.POST else None)
     if form.is_bound and form.is_valid():
@@ -130,7 +136,8 @@ def kra_deactivate_action(
             else:
                 model_admin.message_user(
                     request,
-                    f"Deactivated {agent.name}: keys archived from now on are not encrypted to it.",
+                    _("Deactivated %(name)s: keys archived from now on are not encrypted to it.")
+                    % {"name": agent.name},
                     messages.SUCCESS,
                 )
         if outcome is not None and not outcome.usable_agents_left:
@@ -139,7 +146,7 @@ def kra_deactivate_action(
     remaining = usable_agents().exclude(pk__in=[agent.pk for agent in agents]).count()
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Deactivate key recovery agents",
+        "title": _("Deactivate key recovery agents"),
         "opts": model_admin.model._meta,
         "form": form,
         "rows": [(agent, archives_only_agent_opens(agent)) for agent in agents],
@@ -176,8 +183,14 @@ def certificate_revoke_action(
     if not ids:
         model_admin.message_user(
             request,
-            f"No certificate revoked: the {selected} selected {_certificates(selected)} "
-            f"{pluralize(selected, 'is,are')} already revoked or expired.",
+            ngettext(
+                "No certificate revoked: the %(count)d selected certificate is already revoked "
+                "or expired.",
+                "No certificate revoked: the %(count)d selected certificates are already "
+                "revoked or expired.",
+                selected,
+            )
+            % {"count": selected},
             messages.WARNING,
         )
         return None
@@ -196,7 +209,7 @@ def certificate_revoke_action(
     )
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Revoke certificates",
+        "title": _("Revoke certificates"),
         "opts": model_admin.model._meta,
         "form": form,
         "rows": rows,
@@ -267,8 +280,14 @@ def _revoke_in_background(
     if result is None:
         model_admin.message_user(
             request,
-            f"Nothing revoked: the revocation of {run.total} {_certificates(run.total)} "
-            "could not be handed to the background worker. Try again in a moment.",
+            ngettext(
+                "Nothing revoked: the revocation of %(count)d certificate could not be handed "
+                "to the background worker. Try again in a moment.",
+                "Nothing revoked: the revocation of %(count)d certificates could not be handed "
+                "to the background worker. Try again in a moment.",
+                run.total,
+            )
+            % {"count": run.total},
             messages.ERROR,
         )
         return
@@ -281,17 +300,25 @@ def _revoke_in_background(
     model_admin.message_user(
         request,
         format_html(
-            "Revoking {} {} ({}) in the background, {} at a time; skipped {} (already revoked "
-            'or expired). The <a href="{}">RA console</a> shows how far it has got, and the '
-            '<a href="{}">audit trail</a> has each batch. Should it stall or stop early, '
-            "resume it there: it revokes what is left.",
-            run.total,
-            _certificates(run.total),
-            label,
-            bulk_revoke.BATCH,
-            run.skipped,
-            reverse("ra:console") + "#bulk-revocations",
-            f"{reverse('ra:audit')}?{urlencode({'run': run.pk})}",
+            ngettext(
+                "Revoking {count} certificate ({reason}) in the background, {batch} at a time; "
+                'skipped {skipped} (already revoked or expired). The <a href="{console}">RA '
+                'console</a> shows how far it has got, and the <a href="{trail}">audit '
+                "trail</a> has each batch. Should it stall or stop early, resume it there: it "
+                "revokes what is left.",
+                "Revoking {count} certificates ({reason}) in the background, {batch} at a "
+                'time; skipped {skipped} (already revoked or expired). The <a href="{console}">'
+                'RA console</a> shows how far it has got, and the <a href="{trail}">audit '
+                "trail</a> has each batch. Should it stall or stop early, resume it there: it "
+                "revokes what is left.",
+                run.total,
+            ),
+            count=run.total,
+            reason=label,
+            batch=bulk_revoke.BATCH,
+            skipped=run.skipped,
+            console=reverse("ra:console") + "#bulk-revocations",
+            trail=f"{reverse('ra:audit')}?{urlencode({'run': run.pk})}",
         ),
         messages.SUCCESS,
     )
@@ -302,47 +329,74 @@ def _tell(
 ) -> None:
     """How many were revoked and skipped, which failed, and why it stopped if it did."""
     label = Certificate.RevocationReasonChoice(run.reason).label.lower()
-    summary = f"Revoked {run.revoked} {_certificates(run.revoked)} ({label})"
-    summary += f"; skipped {run.skipped} (already revoked or expired)."
+    # Each its own sentence, joined: what was revoked, who was told, what came from afar.
+    summary = [
+        ngettext(
+            "Revoked %(count)d certificate (%(reason)s); skipped %(skipped)d (already revoked "
+            "or expired).",
+            "Revoked %(count)d certificates (%(reason)s); skipped %(skipped)d (already revoked "
+            "or expired).",
+            run.revoked,
+        )
+        % {"count": run.revoked, "reason": label, "skipped": run.skipped}
+    ]
     if run.revoked:
-        summary += (
-            " Their holders (a shared mailbox's delegates) were told by e-mail; the next "
-            "CRL lists them."
+        summary.append(
+            _(
+                "Their holders (a shared mailbox's delegates) were told by e-mail; the next "
+                "CRL lists them."
+            )
         )
     if run.imported:
-        summary += (
-            f" {run.imported} of them came from another CA: recorded here only, revoke them "
-            "there too."
+        summary.append(
+            ngettext(
+                "%(count)d of them came from another CA: recorded here only, revoke it there too.",
+                "%(count)d of them came from another CA: recorded here only, revoke them "
+                "there too.",
+                run.imported,
+            )
+            % {"count": run.imported}
         )
     model_admin.message_user(
-        request, summary, messages.SUCCESS if run.revoked else messages.WARNING
+        request, " ".join(summary), messages.SUCCESS if run.revoked else messages.WARNING
     )
     for failure in run.failures[:REVOKE_ERRORS_SHOWN]:
-        model_admin.message_user(request, f"Not revoked: {failure}", messages.ERROR)
+        model_admin.message_user(
+            request, _("Not revoked: %(failure)s") % {"failure": failure}, messages.ERROR
+        )
     if run.failed > REVOKE_ERRORS_SHOWN:
+        more = run.failed - REVOKE_ERRORS_SHOWN
         model_admin.message_user(
             request,
-            f"{run.failed - REVOKE_ERRORS_SHOWN} more could not be revoked; the log names them.",
+            ngettext(
+                "%(count)d more could not be revoked; the log names it.",
+                "%(count)d more could not be revoked; the log names them.",
+                more,
+            )
+            % {"count": more},
             messages.ERROR,
         )
     if run.error:
         model_admin.message_user(
             request,
             format_html(
-                '{} {} {} not reached: resume run #{} on the <a href="{}">RA console</a> to '
-                "revoke them.",
+                "{} {}",
                 run.error,
-                run.not_reached,
-                _certificates(run.not_reached),
-                run.pk,
-                reverse("ra:console") + "#bulk-revocations",
+                format_html(
+                    ngettext(
+                        '{count} certificate not reached: resume run #{run} on the <a href="'
+                        '{console}">RA console</a> to revoke it.',
+                        '{count} certificates not reached: resume run #{run} on the <a href="'
+                        '{console}">RA console</a> to revoke them.',
+                        run.not_reached,
+                    ),
+                    count=run.not_reached,
+                    run=run.pk,
+                    console=reverse("ra:console") + "#bulk-revocations",
+                ),
             ),
             messages.ERROR,
         )
-
-
-def _certificates(count: int) -> str:
-    return f"certificate{pluralize(count)}"
 
 
 def mailbox_deactivate_action(
@@ -362,7 +416,7 @@ def mailbox_deactivate_action(
     )
     if not chosen:
         model_admin.message_user(
-            request, "None of the selected mailboxes is active.", messages.INFO
+            request, _("None of the selected mailboxes is active."), messages.INFO
         )
         return None
     form = MailboxDeactivateForm(request.POST if "post" in request.POST else None)
@@ -371,14 +425,23 @@ def mailbox_deactivate_action(
         if done:
             model_admin.message_user(
                 request,
-                f"Deactivated {len(done)} shared mailbox{pluralize(len(done), 'es')}: "
-                f"{', '.join(done)}. {_when_revoked()}",
+                " ".join(
+                    (
+                        ngettext(
+                            "Deactivated %(count)d shared mailbox: %(mailboxes)s.",
+                            "Deactivated %(count)d shared mailboxes: %(mailboxes)s.",
+                            len(done),
+                        )
+                        % {"count": len(done), "mailboxes": ", ".join(done)},
+                        _when_revoked(),
+                    )
+                ),
                 messages.SUCCESS,
             )
         return None
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Deactivate shared mailboxes",
+        "title": _("Deactivate shared mailboxes"),
         "opts": model_admin.model._meta,
         "form": form,
         "rows": chosen,
@@ -425,17 +488,18 @@ def mailboxes_set_active(
 def _when_revoked() -> str:
     delay = leavers.revocation_delay()
     if delay is None:
-        return (
+        return _(
             "Automatic revocation is off: revoke their certificates on /ra/certificates/ "
             "(cessation of operation)."
         )
     hours = int(delay.total_seconds() // 3600)
-    when = (
-        f"Their certificates are due for revocation (cessation of operation) "
-        f"{plurals.hours(hours)} from now; reactivate a mailbox before then and it keeps them."
-    )
+    when = _(
+        "Their certificates are due for revocation (cessation of operation) %(hours)s from "
+        "now; reactivate a mailbox before then and it keeps them."
+    ) % {"hours": plurals.hours(hours)}
     if health.no_scheduler():
-        when += f" Nothing runs on a schedule here: {leavers.CRON_HINT}"
+        scheduler = _("Nothing runs on a schedule here: %(hint)s") % {"hint": leavers.CRON_HINT}
+        when = f"{when} {scheduler}"
     return when
 
 
@@ -452,7 +516,7 @@ def ca_switch_action(
     changed between the page and the confirmation is shown again, not carried out."""
     chosen = list(queryset[:2])
     if len(chosen) != 1:
-        model_admin.message_user(request, "Choose exactly one issuing CA.", messages.ERROR)
+        model_admin.message_user(request, _("Choose exactly one issuing CA."), messages.ERROR)
         return None
     (to,) = chosen
     try:
@@ -474,17 +538,20 @@ def ca_switch_action(
             model_admin.message_user(request, f"{to}: {public_message(exc)}", messages.ERROR)
             return None
         # Names, as the confirmation page shows them: slugs are for the CLI and the audit.
-        moved = ", ".join(switch.template_names) or "no template yet"
+        moved = ", ".join(switch.template_names) or _("no template yet")
         model_admin.message_user(
             request,
-            f"{switch.current} issues from now on for: {moved}. Certificates already issued "
-            "keep their CA, which goes on publishing its CRL.",
+            _(
+                "%(ca)s issues from now on for: %(templates)s. Certificates already issued "
+                "keep their CA, which goes on publishing its CRL."
+            )
+            % {"ca": switch.current, "templates": moved},
             messages.SUCCESS,
         )
         return None
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": f"Issue from {plan.current.name}",
+        "title": _("Issue from %(ca)s") % {"ca": plan.current.name},
         "opts": model_admin.model._meta,
         "form": form,
         "plan": plan,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
+
+from django_stubs_ext import StrOrPromise
 
 from cryptography import x509
 
@@ -12,6 +14,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
 
 from enrollment import bulk_revoke
 from enrollment.forms import (
@@ -41,15 +45,17 @@ MAX_CERTIFICATE_BYTES = 64 * 1024
 
 class CertificateSearchForm(PortalForm):
     q = forms.CharField(
-        label="Find a certificate",
+        label=_("Find a certificate"),
         required=False,
         max_length=200,
-        help_text="Names and addresses match from three characters; user names, serials and "
-        "fingerprints match exactly (a serial also by its first six or more digits).",
+        help_text=_(
+            "Names and addresses match from three characters; user names, serials and "
+            "fingerprints match exactly (a serial also by its first six or more digits)."
+        ),
         widget=forms.TextInput(
             attrs={
                 "type": "search",
-                "placeholder": "Name, e-mail, user name, serial or fingerprint",
+                "placeholder": _("Name, e-mail, user name, serial or fingerprint"),
             }
         ),
     )
@@ -59,27 +65,31 @@ class NoticeDeliveryForm(PortalForm):
     """How the signed-in officer hears of requests waiting for their approval."""
 
     delivery = forms.ChoiceField(
-        label="Mail me about requests waiting for my approval",
+        label=_("Mail me about requests waiting for my approval"),
         choices=[
             (
                 ApprovalNoticeDigest.Delivery.SUMMARIES,
-                "In summaries (the default): the first request after a quiet period at once, "
-                "those soon after it together",
+                _(
+                    "In summaries (the default): the first request after a quiet period at "
+                    "once, those soon after it together"
+                ),
             ),
             (
                 ApprovalNoticeDigest.Delivery.IMMEDIATE,
-                "Every request at once, each in its own mail",
+                _("Every request at once, each in its own mail"),
             ),
-            (ApprovalNoticeDigest.Delivery.NONE, "Not at all: I check this console myself"),
+            (ApprovalNoticeDigest.Delivery.NONE, _("Not at all: I check this console myself")),
         ],
         widget=forms.RadioSelect,
     )
 
 
 class OfficerRevokeForm(PortalForm):
-    reason = forms.ChoiceField(label="Reason", choices=OFFICER_REVOCATION_REASONS)
-    invalidity_date = invalidity_date_field("Key exposed since")
-    confirm = forms.BooleanField(label="Revoke: this cannot be undone", required=True)
+    # Translators: the revocation reason, a field label.
+    reason = forms.ChoiceField(label=_("Reason"), choices=OFFICER_REVOCATION_REASONS)
+    # Lazy, so worded in the reader's language (cast: invalidity_date_field types it str).
+    invalidity_date = invalidity_date_field(cast(str, _("Key exposed since")))
+    confirm = forms.BooleanField(label=_("Revoke: this cannot be undone"), required=True)
 
 
 class LeaverRevokeForm(PortalForm):
@@ -93,7 +103,7 @@ class BulkRevokeResumeForm(PortalForm):
     """Resume a stalled or stopped bulk revocation: it revokes what is left of a selection
     confirmed earlier, so only "I am sure" is asked."""
 
-    confirm = forms.BooleanField(label="Resume: what is left is revoked", required=True)
+    confirm = forms.BooleanField(label=_("Resume: what is left is revoked"), required=True)
 
 
 class MailboxDeactivateForm(PortalForm):
@@ -101,9 +111,11 @@ class MailboxDeactivateForm(PortalForm):
     the grace period and their open requests withdrawn, so it is confirmed first."""
 
     confirm = forms.BooleanField(
-        label="Deactivate: their open requests are withdrawn, their certificates revoked "
-        "after the grace period",
-        error_messages={"required": "Tick the box to confirm."},
+        label=_(
+            "Deactivate: their open requests are withdrawn, their certificates revoked "
+            "after the grace period"
+        ),
+        error_messages={"required": _("Tick the box to confirm.")},
     )
 
 
@@ -112,8 +124,8 @@ class CaSwitchForm(PortalForm):
     so it is confirmed on a page that lists them."""
 
     confirm = forms.BooleanField(
-        label="Switch: the templates listed issue from this CA from now on",
-        error_messages={"required": "Tick the box to confirm."},
+        label=_("Switch: the templates listed issue from this CA from now on"),
+        error_messages={"required": _("Tick the box to confirm.")},
     )
 
 
@@ -123,9 +135,9 @@ class BulkRevokeForm(OfficerRevokeForm):
     typed out, so "select all" cannot revoke a whole PKI in two clicks."""
 
     count = forms.IntegerField(
-        label="Number of certificates to revoke",
+        label=_("Number of certificates to revoke"),
         min_value=0,
-        error_messages={"required": "Type the number of certificates to revoke."},
+        error_messages={"required": _("Type the number of certificates to revoke.")},
     )
 
     def __init__(self, *args: Any, expected: int, **kwargs: Any) -> None:
@@ -133,10 +145,12 @@ class BulkRevokeForm(OfficerRevokeForm):
         self.expected = expected
         reason = self.fields["reason"]
         assert isinstance(reason, forms.ChoiceField)  # as OfficerRevokeForm declares it
-        reason.choices = [("", "Choose a reason…"), *OFFICER_REVOCATION_REASONS]
-        reason.error_messages["required"] = "Choose a reason."
+        reason.choices = [("", _("Choose a reason…")), *OFFICER_REVOCATION_REASONS]
+        reason.error_messages["required"] = _("Choose a reason.")
         if expected > 1:
-            self.fields["count"].help_text = f"Type {expected} to confirm."
+            self.fields["count"].help_text = _("Type %(expected)d to confirm.") % {
+                "expected": expected
+            }
         else:
             del self.fields["count"]
 
@@ -144,8 +158,11 @@ class BulkRevokeForm(OfficerRevokeForm):
         typed: int = self.cleaned_data["count"]
         if typed != self.expected:
             raise forms.ValidationError(
-                f"{typed} is not the number of certificates that would be revoked: "
-                f"{self.expected}. Check the selection, then type {self.expected}."
+                _(
+                    "%(typed)d is not the number of certificates that would be revoked: "
+                    "%(expected)d. Check the selection, then type %(expected)d."
+                )
+                % {"typed": typed, "expected": self.expected}
             )
         return typed
 
@@ -153,22 +170,24 @@ class BulkRevokeForm(OfficerRevokeForm):
 class RecoveryOpenForm(PortalForm):
     certificate = forms.IntegerField(widget=forms.HiddenInput)
     reason = forms.CharField(
-        label="Why must the key be recovered?",
+        label=_("Why must the key be recovered?"),
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="Shown to the approving officers and the key owner, and kept in the audit trail.",
+        help_text=_(
+            "Shown to the approving officers and the key owner, and kept in the audit trail."
+        ),
     )
     deliver_to = forms.ChoiceField(
-        label="Who downloads the recovered key?",
+        label=_("Who downloads the recovered key?"),
         choices=[
-            (KeyRecoveryRequest.Recipient.OWNER, "The key owner, signed in as themselves"),
-            (KeyRecoveryRequest.Recipient.REQUESTER, "Me, the requesting officer"),
+            (KeyRecoveryRequest.Recipient.OWNER, _("The key owner, signed in as themselves")),
+            (KeyRecoveryRequest.Recipient.REQUESTER, _("Me, the requesting officer")),
         ],
         initial=KeyRecoveryRequest.Recipient.OWNER,
         widget=forms.RadioSelect,
     )
     pkcs12_format = forms.ChoiceField(
-        label="File format",
+        label=_("File format"),
         choices=FORMAT_CHOICES,
         initial=Pkcs12Format.MODERN.value,
         widget=forms.RadioSelect,
@@ -178,36 +197,39 @@ class RecoveryOpenForm(PortalForm):
     close_holder_ask = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
 
     def clean_reason(self) -> str:
-        empty = "Say why the key must be recovered."
+        empty = str(_("Say why the key must be recovered."))
         return plain_text(self.cleaned_data["reason"], field="reason", empty=empty)
 
 
 class RecoveryRejectForm(PortalForm):
-    reason = forms.CharField(label="Reason", max_length=1000)
+    # Translators: why a key recovery is rejected, a field label.
+    reason = forms.CharField(label=_("Reason"), max_length=1000)
 
     def clean_reason(self) -> str:
-        empty = "Say why the recovery is rejected."
+        empty = str(_("Say why the recovery is rejected."))
         return plain_text(self.cleaned_data["reason"], field="reason", empty=empty)
+
+
+NOTE_EMPTY = _("Say how you confirmed that the key's holder asked.")
 
 
 class RecoveryAcceptForm(PortalForm):
     """An officer takes on a holder's request, saying how they confirmed it is theirs."""
 
     note = forms.CharField(
-        label="How did you confirm that the key's holder made this request?",
+        label=_("How did you confirm that the key's holder made this request?"),
         max_length=MAX_TEXT_LENGTH,
         widget=forms.Textarea(attrs={"rows": 2}),
-        error_messages={"required": "Say how you confirmed that the key's holder asked."},
-        help_text="For example: “Called her back on the directory number; she lost her "
-        "laptop on 3 March.” Shown to the approving officers and kept in the audit trail.",
+        error_messages={"required": NOTE_EMPTY},
+        help_text=_(
+            "For example: “Called her back on the directory number; she lost her laptop on "
+            "3 March.” Shown to the approving officers and kept in the audit trail."
+        ),
     )
 
     def clean_note(self) -> str:
         return plain_text(
-            self.cleaned_data["note"],
-            field="note",
-            empty="Say how you confirmed that the key's holder asked.",
-            what="The note",
+            self.cleaned_data["note"], field="note", empty=str(NOTE_EMPTY), what=str(_("The note"))
         )
 
 
@@ -221,23 +243,27 @@ class RecoveryPerformForm(PortalForm):
     password_manager_name = password_manager_name("Key recovery agent")
 
     agent_pkcs12 = forms.FileField(
-        label="Your key recovery agent PKCS#12 (.p12 or .pfx)",
+        label=_("Your key recovery agent PKCS#12 (.p12 or .pfx)"),
         widget=forms.ClearableFileInput(attrs={"accept": ".p12,.pfx"}),
     )
     agent_password = forms.CharField(
-        label="Its password",
+        label=_("Its password"),
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
     def clean_agent_pkcs12(self) -> bytes:
-        return _small_file(self.cleaned_data["agent_pkcs12"], "a key recovery agent's PKCS#12")
+        return _small_file(
+            self.cleaned_data["agent_pkcs12"],
+            _("The file is far larger than a key recovery agent's PKCS#12."),
+        )
 
 
-def _small_file(upload: Any, what: str) -> bytes:
-    """A key file's bytes, in memory (AgentFileInMemory), refused past the size cap."""
+def _small_file(upload: Any, too_large: StrOrPromise) -> bytes:
+    """A key file's bytes, in memory (AgentFileInMemory), refused past the size cap
+    (``too_large``: the whole refusal, as each file's sentence reads differently)."""
     if upload.size > MAX_AGENT_PKCS12_BYTES:
-        raise forms.ValidationError(f"The file is far larger than {what}.")
+        raise forms.ValidationError(too_large)
     data: bytes = upload.read(MAX_AGENT_PKCS12_BYTES + 1)
     return data
 
@@ -250,18 +276,20 @@ class RecoveredKeyForm(PortalForm):
     password_manager_name = "Recovered key (recovered-key.pem)"
 
     recovered_key = forms.FileField(
-        label="The recovered key (recovered-key.pem, or the DER that openssl cms wrote)",
+        label=_("The recovered key (recovered-key.pem, or the DER that openssl cms wrote)"),
         widget=forms.ClearableFileInput(attrs={"accept": ".pem,.der,.key"}),
     )
     key_passphrase = forms.CharField(
-        label="Its passphrase (empty if the file is not encrypted)",
+        label=_("Its passphrase (empty if the file is not encrypted)"),
         required=False,
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
     def clean_recovered_key(self) -> bytes:
-        return _small_file(self.cleaned_data["recovered_key"], "a private key")
+        return _small_file(
+            self.cleaned_data["recovered_key"], _("The file is far larger than a private key.")
+        )
 
 
 # Dates a filter takes: wide enough for any record, narrow enough that a day more or a zone
@@ -274,10 +302,16 @@ class DateRangeForm(PortalForm):
     """A "From"/"To" pair of days, both optional, each inclusive."""
 
     since = forms.DateField(
-        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+        # Translators: the first day of a date range filter.
+        label=_("From"),
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
     )
     until = forms.DateField(
-        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+        # Translators: the last day of a date range filter.
+        label=_("To"),
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
     )
 
     def clean(self) -> dict[str, Any]:
@@ -285,10 +319,14 @@ class DateRangeForm(PortalForm):
         for name in ("since", "until"):
             day = cleaned.get(name)
             if day is not None and not FIRST_DAY <= day <= LAST_DAY:
-                self.add_error(name, f"Give a day from {FIRST_DAY} to {LAST_DAY}.")
+                self.add_error(
+                    name,
+                    _("Give a day from %(first)s to %(last)s.")
+                    % {"first": FIRST_DAY, "last": LAST_DAY},
+                )
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since > until:
-            self.add_error("until", "The end date is before the start date.")
+            self.add_error("until", _("The end date is before the start date."))
         return cleaned
 
     def within(self, rows: QuerySet[Any]) -> QuerySet[Any]:
@@ -306,28 +344,35 @@ class AuditFilterForm(DateRangeForm):
 
     field_order = ["actor", "action", "object", "outcome", "since", "until", "run"]
 
-    actor = forms.CharField(label="Actor", required=False, max_length=200)
+    # Translators: who acted, in the audit trail.
+    actor = forms.CharField(label=_("Actor"), required=False, max_length=200)
     action = forms.CharField(
-        label="Action",
+        # Translators: what was done, in the audit trail.
+        label=_("Action"),
         required=False,
         max_length=60,
         widget=forms.TextInput(attrs={"list": "audit-actions"}),
-        help_text='"recovery" matches every recovery.* action.',
+        help_text=_('"recovery" matches every recovery.* action.'),
     )
     object = forms.CharField(
-        label="Object", required=False, max_length=300, help_text="Name, id or type."
+        # Translators: what an audit event was done to.
+        label=_("Object"),
+        required=False,
+        max_length=300,
+        help_text=_("Name, id or type."),
     )
     outcome = forms.ChoiceField(
-        label="Outcome",
+        label=_("Outcome"),
         required=False,
-        choices=[("", "Any"), *AuditEvent.Outcome.choices],
+        # Translators: a filter's choice that filters nothing.
+        choices=[("", _("Any")), *AuditEvent.Outcome.choices],
     )
     run = forms.IntegerField(
-        label="Bulk revocation",
+        label=_("Bulk revocation"),
         required=False,
         min_value=1,
         max_value=2**63 - 1,
-        help_text="A run's number (its .queued event's #): its events.",
+        help_text=_("A run's number (its .queued event's #): its events."),
     )
 
     def filter(self, events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
@@ -368,23 +413,28 @@ class RequestFilterForm(DateRangeForm):
     field_order = ["person", "state", "template", "decided_by", "since", "until"]
 
     person = forms.CharField(
-        label="Requester",
+        label=_("Requester"),
         required=False,
         max_length=200,
-        help_text="Part of a name, user name or e-mail address.",
+        help_text=_("Part of a name, user name or e-mail address."),
     )
     state = forms.ChoiceField(
-        label="State", required=False, choices=[("", "Any"), *CertificateRequest.State.choices]
+        label=_("State"),
+        required=False,
+        choices=[("", _("Any")), *CertificateRequest.State.choices],
     )
     template = forms.ModelChoiceField(
-        label="Template",
+        label=_("Template"),
         required=False,
         queryset=CertificateTemplate.objects.order_by("name"),
         to_field_name="slug",
-        empty_label="Any",
+        empty_label=_("Any"),
     )
     decided_by = forms.CharField(
-        label="Decided by", required=False, max_length=200, help_text="Officer's name or user name."
+        label=_("Decided by"),
+        required=False,
+        max_length=200,
+        help_text=_("Officer's name or user name."),
     )
 
     def filter(self, found: QuerySet[CertificateRequest]) -> QuerySet[CertificateRequest]:
@@ -418,26 +468,34 @@ def _start_of(day: Any) -> datetime:
 class KeyRecoveryAgentRegisterForm(forms.Form):
     """The admin's agent registration: a certificate only, never a private key."""
 
-    name = forms.CharField(max_length=200, help_text='E.g. "Security team KRA 2027".')
+    name = forms.CharField(
+        label=_("Name"), max_length=200, help_text=_('E.g. "Security team KRA 2027".')
+    )
     certificate = forms.FileField(
-        help_text="The agent's certificate, PEM or DER (.pem, .crt, .cer). RSA, with "
-        "keyEncipherment. The agent keeps the private key: never upload it."
+        label=_("Certificate"),
+        help_text=_(
+            "The agent's certificate, PEM or DER (.pem, .crt, .cer). RSA, with "
+            "keyEncipherment. The agent keeps the private key: never upload it."
+        ),
     )
     user = forms.ModelChoiceField(
+        label=_("User"),
         queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
         required=False,
-        help_text="The agent's account: only they can then use this certificate to recover.",
+        help_text=_("The agent's account: only they can then use this certificate to recover."),
     )
 
     def clean_certificate(self) -> x509.Certificate:
         upload = self.cleaned_data["certificate"]
         if upload.size > MAX_CERTIFICATE_BYTES:
-            raise forms.ValidationError("The file is too large to be a certificate.")
+            raise forms.ValidationError(_("The file is too large to be a certificate."))
         data = upload.read(MAX_CERTIFICATE_BYTES + 1)
         if b"PRIVATE KEY" in data:
             raise forms.ValidationError(
-                "The file holds a private key. Upload the certificate only; the agent's key "
-                "must never reach the server."
+                _(
+                    "The file holds a private key. Upload the certificate only; the agent's "
+                    "key must never reach the server."
+                )
             )
         try:
             if b"-----BEGIN CERTIFICATE-----" in data:
@@ -445,8 +503,10 @@ class KeyRecoveryAgentRegisterForm(forms.Form):
             return x509.load_der_x509_certificate(data)
         except ValueError:
             raise forms.ValidationError(
-                "The file is not a PEM or DER certificate (a .p12/.pfx holds the private key: "
-                "export the certificate alone)."
+                _(
+                    "The file is not a PEM or DER certificate (a .p12/.pfx holds the private "
+                    "key: export the certificate alone)."
+                )
             ) from None
 
 
@@ -454,9 +514,13 @@ class KeyRecoveryAgentDeactivateForm(forms.Form):
     """Why agents are deactivated: kept in the audit trail."""
 
     reason = forms.CharField(
+        # Translators: why agents are deactivated, a field label.
+        label=_("Reason"),
         max_length=500,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text='E.g. "Holder left the security team" or "Token lost: key may be compromised".',
+        help_text=_(
+            'E.g. "Holder left the security team" or "Token lost: key may be compromised".'
+        ),
     )
 
 
@@ -464,37 +528,38 @@ class RolloutForm(PortalForm):
     """A roll-out: the template, and the people as a group and/or a pasted list."""
 
     template = forms.ModelChoiceField(
-        label="Template",
+        label=_("Template"),
         queryset=CertificateTemplate.objects.filter(is_active=True, allow_server_key=True),
         empty_label=None,
-        help_text="People collect a key the portal generates for them, in a .p12 file.",
+        help_text=_("People collect a key the portal generates for them, in a .p12 file."),
     )
     group = forms.ModelChoiceField(
-        label="Group",
+        label=_("Group"),
         queryset=Group.objects.order_by("name"),
         required=False,
-        empty_label="(no group)",
-        help_text="Everyone in this group, as your directory or the admin keeps it.",
+        empty_label=_("(no group)"),
+        help_text=_("Everyone in this group, as your directory or the admin keeps it."),
     )
     people = forms.CharField(
-        label="People",
+        label=_("People"),
         required=False,
         strip=False,
         widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
-        help_text="User names or e-mail addresses, one a line (or separated by commas).",
+        help_text=_("User names or e-mail addresses, one a line (or separated by commas)."),
     )
     name = forms.CharField(
-        label="Name",
+        # Translators: a roll-out's name.
+        label=_("Name"),
         required=False,
         max_length=200,
-        help_text="For you and the mail, e.g. “Finance, spring 2027”.",
+        help_text=_("For you and the mail, e.g. “Finance, spring 2027”."),
     )
     key_algorithm = forms.ChoiceField(
-        label="Key type",
+        label=_("Key type"),
         required=False,
-        choices=[("", "The template's first (RSA 3072 where it allows it)")]
+        choices=[("", _("The template's first (RSA 3072 where it allows it)"))]
         + [(a.value, a.label) for a in ALGORITHM_ORDER],
-        help_text="Older Outlook versions cannot encrypt to EC keys.",
+        help_text=_("Older Outlook versions cannot encrypt to EC keys."),
     )
 
     def __init__(self, *args: Any, officer: Any, **kwargs: Any) -> None:
@@ -512,15 +577,21 @@ class RolloutForm(PortalForm):
         mine = [template.pk for template in offered if approves(template)]
         field.queryset = templates.filter(pk__in=mine)
         if len(mine) < len(offered):
-            field.help_text += (
-                " Only the templates you approve are offered: the requests a roll-out makes "
-                "are approved by you."
+            field.help_text = format_lazy(
+                "{} {}",
+                field.help_text,
+                _(
+                    "Only the templates you approve are offered: the requests a roll-out "
+                    "makes are approved by you."
+                ),
             )
         if not theirs.reach.everyone:  # rollouts.rollout_resolve leaves the others out
-            self.fields["group"].help_text += (
-                f" Only the people your officer scope ({theirs.reach.describe()}) covers are "
-                "invited; the others are counted, not named."
-            )
+            scoped = _(
+                "Only the people your officer scope (%(scope)s) covers are invited; the others "
+                "are counted, not named."
+            ) % {"scope": theirs.reach.describe()}
+            group = self.fields["group"]
+            group.help_text = format_lazy("{} {}", group.help_text, scoped)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -529,5 +600,5 @@ class RolloutForm(PortalForm):
             and cleaned.get("group") is None
             and not cleaned.get("people", "").strip()
         ):
-            raise forms.ValidationError("Choose a group or list the people to invite.")
+            raise forms.ValidationError(_("Choose a group or list the people to invite."))
         return cleaned

@@ -26,6 +26,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Length
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from enrollment import health, ra_notifications
 from enrollment.models import (
@@ -379,17 +380,20 @@ def agent_overview(now: datetime | None = None) -> AgentOverview:
     last = overview.last_valid
     if last is None:
         overview.level = health.FAIL
-        overview.message = (
+        overview.message = _(
             "No valid key recovery agent certificate. Templates that archive keys (S/MIME "
             "Encryption) cannot issue until an administrator registers one."
         )
     elif last.not_after - now <= warning:
         overview.level = health.WARN
-        overview.message = (
-            f"The last valid key recovery agent certificate, {last.name}, expires on "
-            f"{last.not_after:%Y-%m-%d} (in {plurals.days(max((last.not_after - now).days, 0))}). "
-            "Register a new one before then, or archiving templates stop issuing."
-        )
+        overview.message = _(
+            "The last valid key recovery agent certificate, %(name)s, expires on %(date)s (in "
+            "%(days)s). Register a new one before then, or archiving templates stop issuing."
+        ) % {
+            "name": last.name,
+            "date": f"{last.not_after:%Y-%m-%d}",
+            "days": plurals.days(max((last.not_after - now).days, 0)),
+        }
     return overview
 
 

@@ -31,10 +31,12 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
@@ -138,7 +140,7 @@ def _row_id(text: str) -> int | None:
 
 def _recovery_staff_required(request: HttpRequest) -> None:
     if not (is_ra_officer(request.user) or is_key_recovery_agent(request.user)):
-        raise PermissionDenied("Only RA officers and key recovery agents may see this page.")
+        raise PermissionDenied(_("Only RA officers and key recovery agents may see this page."))
 
 
 def _visible_recovery(
@@ -247,7 +249,7 @@ def bulk_revoke_resume(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     officer_required(request)
     if not bulk_revoke.may_revoke_in_bulk(request.user):
         raise PermissionDenied(
-            "Only RA officers who may revoke certificates in the admin may resume a run."
+            _("Only RA officers who may revoke certificates in the admin may resume a run.")
         )
     run = get_object_or_404(BulkRevocationRun.objects.defer("certificate_ids"), pk=pk)
     form = BulkRevokeResumeForm(request.POST)
@@ -263,39 +265,62 @@ def bulk_revoke_resume(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     except EnrollmentError as exc:
         status = show_error(form, exc)
         return _console_page(request, resume_failed=run.pk, resume_form=form, status=status)
-    left = f"{resumed.not_reached} certificate{pluralize(resumed.not_reached)}"
     result = bulk_revoke.bulk_revoke_queue(resumed)
     if result is None:
         messages.error(
             request,
-            f"Bulk revocation #{run.pk} could not be handed to the background worker (is the "
-            "broker down?): nothing more was revoked. Try again in a moment.",
+            _(
+                "Bulk revocation #%(run)s could not be handed to the background worker (is the "
+                "broker down?): nothing more was revoked. Try again in a moment."
+            )
+            % {"run": run.pk},
         )
     elif isinstance(result, EagerResult):  # no broker: it ran here, to the end
         done = BulkRevocationRun.objects.defer("certificate_ids").get(pk=run.pk)
-        outcome = f"Bulk revocation #{run.pk} resumed and {done.get_state_display().lower()}: "
-        outcome += f"{done.revoked} of {done.selected} revoked in all. {done.error}"
+        outcome = _(
+            "Bulk revocation #%(run)s resumed and %(state)s: %(revoked)s of %(selected)s "
+            "revoked in all."
+        ) % {
+            "run": run.pk,
+            "state": done.get_state_display().lower(),
+            "revoked": done.revoked,
+            "selected": done.selected,
+        }
         tell = messages.success if done.state == done.State.DONE else messages.warning
-        tell(request, outcome.strip())
+        tell(request, " ".join(part for part in (outcome, done.error) if part))
     else:
         messages.success(
             request,
-            f"Bulk revocation #{run.pk} resumed: the {left} left are revoked in the "
-            f"background, {bulk_revoke.BATCH} at a time.",
+            ngettext(
+                "Bulk revocation #%(run)s resumed: the %(count)d certificate left is revoked "
+                "in the background, %(batch)d at a time.",
+                "Bulk revocation #%(run)s resumed: the %(count)d certificates left are revoked "
+                "in the background, %(batch)d at a time.",
+                resumed.not_reached,
+            )
+            % {"run": run.pk, "count": resumed.not_reached, "batch": bulk_revoke.BATCH},
         )
     return redirect(reverse("ra:console") + "#bulk-revocations")
 
 
 NOTICE_CHOSEN = {
-    ApprovalNoticeDigest.Delivery.SUMMARIES: "Approval notices: in summaries.",
-    ApprovalNoticeDigest.Delivery.IMMEDIATE: "Approval notices: every request at once.",
-    ApprovalNoticeDigest.Delivery.NONE: "Approval notices: none by mail. Requests waiting for "
-    "your approval are in the queue on this console.",
+    ApprovalNoticeDigest.Delivery.SUMMARIES: _lazy("Approval notices: in summaries."),
+    ApprovalNoticeDigest.Delivery.IMMEDIATE: _lazy("Approval notices: every request at once."),
+    ApprovalNoticeDigest.Delivery.NONE: _lazy(
+        "Approval notices: none by mail. Requests waiting for your approval are in the queue "
+        "on this console."
+    ),
 }
 # Summaries chosen where the portal sends none (ra_notifications.notice_window is zero):
-# the officer hears of every request at once, as the panel says, and is told so.
-NOTICE_SUMMARIES_NOT_SENT = (
-    "Approval notices: in summaries, once this portal sends them. It {why}, so for now "
+# the officer hears of every request at once, as the panel says, and is told so: that it
+# runs no scheduler to send them, or that it sends none.
+NOTICE_SUMMARIES_NO_SCHEDULER = _lazy(
+    "Approval notices: in summaries, once this portal sends them. It runs no scheduler to "
+    "send summaries, so for now every request waiting for your approval is mailed to you as "
+    "it comes."
+)
+NOTICE_SUMMARIES_NOT_SENT = _lazy(
+    "Approval notices: in summaries, once this portal sends them. It sends none, so for now "
     "every request waiting for your approval is mailed to you as it comes."
 )
 
@@ -304,9 +329,10 @@ def _notice_chosen(delivery: str) -> str:
     """The confirmation of an officer's choice: what they will get, not only what they
     picked (summaries chosen on a portal that sends none are immediate notices)."""
     if delivery == ApprovalNoticeDigest.Delivery.SUMMARIES and not ra_notifications.notice_window():
-        why = "runs no scheduler to send summaries" if health.no_scheduler() else "sends none"
-        return NOTICE_SUMMARIES_NOT_SENT.format(why=why)
-    return NOTICE_CHOSEN[ApprovalNoticeDigest.Delivery(delivery)]
+        if health.no_scheduler():
+            return str(NOTICE_SUMMARIES_NO_SCHEDULER)
+        return str(NOTICE_SUMMARIES_NOT_SENT)
+    return str(NOTICE_CHOSEN[ApprovalNoticeDigest.Delivery(delivery)])
 
 
 @login_required
@@ -322,9 +348,12 @@ def notice_delivery(request: AuthenticatedHttpRequest) -> HttpResponse:
     mailed = ra_notifications.approval_notice_delivery_set(officer=request.user, delivery=delivery)
     text = _notice_chosen(delivery)
     if mailed:
-        text += (
-            f" The {mailed} request{pluralize(mailed)} collected for your summary went to you now."
-        )
+        went = ngettext(
+            "The %(count)d request collected for your summary went to you now.",
+            "The %(count)d requests collected for your summary went to you now.",
+            mailed,
+        ) % {"count": mailed}
+        text = " ".join((text, went))
     messages.success(request, text)
     return redirect(reverse("ra:console") + "#notice-summary")
 
@@ -420,17 +449,28 @@ def certificate_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     except EnrollmentError as exc:
         status = show_error(form, exc)
         return _certificates_page(request, failed=certificate, revoke_form=form, status=status)
-    told = (
-        "The holder was told by e-mail"
-        if certificate.mailbox is None
-        else f"The shared mailbox {certificate.mailbox.email} and its delegates were told by e-mail"
-    )
     note = services.imported_revocation_note(certificate)
-    messages.success(
-        request,
-        f"Revoked {certificate.common_name}'s certificate (serial {certificate.serial}). "
-        + (f"{told}. {note}" if note else f"{told}; the next CRL lists it."),
-    )
+    if certificate.mailbox is None:
+        told = (
+            _("The holder was told by e-mail.")
+            if note
+            else _("The holder was told by e-mail; the next CRL lists it.")
+        )
+    else:
+        told = (
+            _("The shared mailbox %(mailbox)s and its delegates were told by e-mail.")
+            if note
+            else _(
+                "The shared mailbox %(mailbox)s and its delegates were told by e-mail; the "
+                "next CRL lists it."
+            )
+        ) % {"mailbox": certificate.mailbox.email}
+    revoked = _("Revoked %(name)s's certificate (serial %(serial)s).") % {
+        "name": certificate.common_name,
+        "serial": certificate.serial,
+    }
+    # Each its own sentence (the note, an imported certificate's: services).
+    messages.success(request, " ".join(part for part in (revoked, told, note) if part))
     owner = _row_id(request.POST.get("owner", ""))
     query = {"owner": str(owner)} if owner else {"q": request.POST.get("q", "")}
     if preset := _preset_reason(request.POST.get("preset_reason", "")):
@@ -529,11 +569,20 @@ def leaver_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if revoked:
         messages.success(
             request,
-            f"Revoked {revoked} certificate{pluralize(revoked)} of {who} (affiliation changed). "
-            "The holder was told by e-mail; the next CRL lists them.",
+            ngettext(
+                "Revoked %(count)d certificate of %(who)s (affiliation changed). The holder "
+                "was told by e-mail; the next CRL lists it.",
+                "Revoked %(count)d certificates of %(who)s (affiliation changed). The holder "
+                "was told by e-mail; the next CRL lists them.",
+                revoked,
+            )
+            % {"count": revoked, "who": who},
         )
     else:
-        messages.info(request, f"{who} holds no valid certificate any more: nothing to revoke.")
+        messages.info(
+            request,
+            _("%(who)s holds no valid certificate any more: nothing to revoke.") % {"who": who},
+        )
     return redirect("ra:leavers")
 
 
@@ -599,8 +648,14 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
                 needed = recovery.approvals_required()
                 messages.success(
                     request,
-                    f"Recovery #{opened.pk} is open. It needs the approval of {needed} other "
-                    f"officer{pluralize(needed)}, then a key recovery agent carries it out.",
+                    ngettext(
+                        "Recovery #%(recovery)s is open. It needs the approval of %(count)d "
+                        "other officer, then a key recovery agent carries it out.",
+                        "Recovery #%(recovery)s is open. It needs the approval of %(count)d "
+                        "other officers, then a key recovery agent carries it out.",
+                        needed,
+                    )
+                    % {"recovery": opened.pk, "count": needed},
                 )
                 return redirect("ra:recovery-detail", pk=opened.pk)
         else:
@@ -616,8 +671,10 @@ def recovery_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             )
             if not reach.covers_certificate(certificate):
                 raise PermissionDenied(
-                    "This certificate's holder is outside the people your officer scope "
-                    "covers: an officer whose scope covers them opens a recovery of its key."
+                    _(
+                        "This certificate's holder is outside the people your officer scope "
+                        "covers: an officer whose scope covers them opens a recovery of its key."
+                    )
                 )
         # A shared mailbox's key has no owner to deliver to: the officer is the one choice.
         form = RecoveryOpenForm(
@@ -775,9 +832,9 @@ def recovery_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
     except EnrollmentError as exc:
         return _recovery_page(request, found, errors=[exc.message], status=status_for(exc))
     if approved.state == KeyRecoveryRequest.State.APPROVED:
-        messages.success(request, "Approved. The recovery now waits for a key recovery agent.")
+        messages.success(request, _("Approved. The recovery now waits for a key recovery agent."))
     else:
-        messages.success(request, "Approved. It still needs another officer's approval.")
+        messages.success(request, _("Approved. It still needs another officer's approval."))
     return redirect("ra:recovery-detail", pk=found.pk)
 
 
@@ -822,8 +879,14 @@ def recovery_accept(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             note=data["note"],
             source_address=client_address(request),
         ),
-        f"You accepted recovery #{found.pk}: it is open. It needs the approval of {needed} "
-        f"other officer{pluralize(needed)}, then a key recovery agent carries it out.",
+        ngettext(
+            "You accepted recovery #%(recovery)s: it is open. It needs the approval of "
+            "%(count)d other officer, then a key recovery agent carries it out.",
+            "You accepted recovery #%(recovery)s: it is open. It needs the approval of "
+            "%(count)d other officers, then a key recovery agent carries it out.",
+            needed,
+        )
+        % {"recovery": found.pk, "count": needed},
     )
 
 
@@ -834,7 +897,7 @@ def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
     found = _visible_recovery(request, pk)
     if found.asked_by_id != request.user.pk:
         raise PermissionDenied(
-            "Only the holder who asked for a recovery withdraws it; an RA officer rejects it."
+            _("Only the holder who asked for a recovery withdraws it; an RA officer rejects it.")
         )
     return _recovery_step(
         request,
@@ -844,7 +907,8 @@ def recovery_withdraw(request: AuthenticatedHttpRequest, pk: int) -> HttpRespons
         lambda data: recovery.recovery_withdraw(
             recovery=found, holder=request.user, source_address=client_address(request)
         ),
-        f"You withdrew recovery #{found.pk}. Nothing will be recovered for it.",
+        _("You withdrew recovery #%(recovery)s. Nothing will be recovered for it.")
+        % {"recovery": found.pk},
     )
 
 
@@ -864,7 +928,7 @@ def recovery_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             reason=data["reason"],
             source_address=client_address(request),
         ),
-        f"Recovery #{found.pk} is rejected; nothing was recovered.",
+        _("Recovery #%(recovery)s is rejected; nothing was recovered.") % {"recovery": found.pk},
     )
 
 
@@ -958,7 +1022,7 @@ def _agents_recovery(
                 refusal=NOT_AN_AGENT,
                 source_address=client_address(request),
             )
-        raise PermissionDenied("Only key recovery agents carry out recoveries.")
+        raise PermissionDenied(_("Only key recovery agents carry out recoveries."))
     return _visible_recovery(request, pk, step=step)
 
 
@@ -1089,7 +1153,7 @@ def audit_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     return _audit_page(request)
 
 
-AUDIT_OUT_OF_SCOPE = (
+AUDIT_OUT_OF_SCOPE = _lazy(
     "The audit trail names people of every unit, so it is for officers who act for "
     "everyone: your officer scope limits you to some of them. Their requests, "
     "certificates and recoveries have their own pages here."

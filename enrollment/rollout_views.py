@@ -17,6 +17,8 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.requests import AuthenticatedHttpRequest
@@ -28,7 +30,6 @@ from enrollment.permissions import decider
 from enrollment.ra_forms import RolloutForm
 from enrollment.rollouts import Reason
 from enrollment.x509.keys import KeyAlgorithm
-from pkiportal import plurals
 
 PEOPLE_PAGE_SIZE = 200
 
@@ -79,7 +80,12 @@ def rollout_new(request: AuthenticatedHttpRequest) -> HttpResponse:
                     )
                     messages.success(
                         request,
-                        f"{created.invited} people were invited; their mail is on its way.",
+                        ngettext(
+                            "%(count)d person was invited; their mail is on its way.",
+                            "%(count)d people were invited; their mail is on its way.",
+                            created.invited,
+                        )
+                        % {"count": created.invited},
                     )
                     return redirect("ra:rollout-detail", pk=created.pk)
                 rollouts.check_template(data["template"], algorithm)
@@ -110,11 +116,13 @@ def _left_out(preview: rollouts.Resolution) -> str:
     count = preview.outside_scope
     if not count:
         return ""
-    return (
-        f"{plurals.count(count, 'person', 'people')} named {'is' if count == 1 else 'are'} "
-        f"outside your officer scope ({preview.scope}) and would not be invited; they are "
-        "not listed. An officer whose scope covers them can invite them."
-    )
+    return ngettext(
+        "%(count)d person named is outside your officer scope (%(scope)s) and would not be "
+        "invited; they are not listed. An officer whose scope covers them can invite them.",
+        "%(count)d people named are outside your officer scope (%(scope)s) and would not be "
+        "invited; they are not listed. An officer whose scope covers them can invite them.",
+        count,
+    ) % {"count": count, "scope": preview.scope}
 
 
 @dataclass(frozen=True)
@@ -136,8 +144,8 @@ def _skipped_rows(rollout: Rollout) -> list[SkippedRow]:
             count = int(item.get("count", 0))
             rows.append(
                 SkippedRow(
-                    plurals.count(count, "person", "people"),
-                    "outside the officer scope of the officer who invited (not named)",
+                    ngettext("%(count)d person", "%(count)d people", count) % {"count": count},
+                    _("outside the officer scope of the officer who invited (not named)"),
                     count,
                     named=False,
                 )
@@ -193,11 +201,13 @@ def _detail(
 def _hidden_people(count: int, scope: str) -> str:
     if not count:
         return ""
-    return (
-        f"{plurals.count(count, 'person', 'people')} of this roll-out "
-        f"{'is' if count == 1 else 'are'} outside your officer scope ({scope}) and not "
-        "shown or counted here."
-    )
+    return ngettext(
+        "%(count)d person of this roll-out is outside your officer scope (%(scope)s) and not "
+        "shown or counted here.",
+        "%(count)d people of this roll-out are outside your officer scope (%(scope)s) and not "
+        "shown or counted here.",
+        count,
+    ) % {"count": count, "scope": scope}
 
 
 @login_required
@@ -221,13 +231,27 @@ def _act(request: AuthenticatedHttpRequest, pk: int, action: str) -> HttpRespons
             count = rollouts.rollout_remind(
                 rollout=rollout, officer=request.user, source_address=client_address(request)
             )
-            messages.success(request, f"{count} people who have not collected were reminded.")
+            messages.success(
+                request,
+                ngettext(
+                    "%(count)d person who has not collected was reminded.",
+                    "%(count)d people who have not collected were reminded.",
+                    count,
+                )
+                % {"count": count},
+            )
         else:
             count = rollouts.rollout_cancel(
                 rollout=rollout, officer=request.user, source_address=client_address(request)
             )
             messages.success(
-                request, f"The roll-out is cancelled; {count} uncollected invitations withdrawn."
+                request,
+                ngettext(
+                    "The roll-out is cancelled; %(count)d uncollected invitation withdrawn.",
+                    "The roll-out is cancelled; %(count)d uncollected invitations withdrawn.",
+                    count,
+                )
+                % {"count": count},
             )
     except EnrollmentError as exc:
         from enrollment.edge import status_for
