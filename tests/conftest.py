@@ -20,6 +20,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.test import Client
+from django.utils import translation
 
 from enrollment import audit, health, services
 from enrollment.models import CertificateAuthority, CertificateTemplate, KeyRecoveryAgent
@@ -91,6 +92,9 @@ def _isolated_pki_settings(settings, tmp_path):
     health.forget_ca_key_checks()  # nor /health/'s CA key checks
     health_view.forget_broker_checks()  # nor its broker and worker pings
     audit.forget_apart()  # nor the refusals one left waiting for a transaction's end
+    # Nor the language its last request was in: LocaleMiddleware leaves it active in the
+    # thread, so a test reading a message outside a request would read another's language.
+    translation.deactivate()
 
 
 @pytest.fixture

@@ -509,7 +509,7 @@ def normalise_serial(serial: str) -> str:
 
 class CertificateFilter(django_filters.FilterSet):
     owner = django_filters.CharFilter(
-        field_name="owner__username", help_text="The holder's user name."
+        field_name="owner__username", help_text=gettext_lazy("The holder's user name.")
     )
     email = django_filters.CharFilter(field_name="email", lookup_expr="iexact")
     status = django_filters.ChoiceFilter(
@@ -517,7 +517,9 @@ class CertificateFilter(django_filters.FilterSet):
         method="filter_status",
     )
     template = django_filters.CharFilter(field_name="template__slug")
-    serial = django_filters.CharFilter(method="filter_serial", help_text="Hex; colons allowed.")
+    serial = django_filters.CharFilter(
+        method="filter_serial", help_text=gettext_lazy("Hex; colons allowed.")
+    )
 
     class Meta:
         model = Certificate
@@ -930,18 +932,19 @@ class RecoveryViewSet(
 
 class RequestFilter(django_filters.FilterSet):
     requester = django_filters.CharFilter(
-        field_name="requester__username", help_text="The requester's user name."
+        field_name="requester__username", help_text=gettext_lazy("The requester's user name.")
     )
     state = django_filters.ChoiceFilter(choices=CertificateRequest.State.choices)
     template = django_filters.CharFilter(field_name="template__slug")
     decided_by = django_filters.CharFilter(
-        field_name="decided_by__username", help_text="The deciding officer's user name."
+        field_name="decided_by__username",
+        help_text=gettext_lazy("The deciding officer's user name."),
     )
     created_after = django_filters.IsoDateTimeFilter(
-        field_name="created_at", lookup_expr="gte", help_text="ISO 8601, inclusive."
+        field_name="created_at", lookup_expr="gte", help_text=gettext_lazy("ISO 8601, inclusive.")
     )
     created_before = django_filters.IsoDateTimeFilter(
-        field_name="created_at", lookup_expr="lt", help_text="ISO 8601, exclusive."
+        field_name="created_at", lookup_expr="lt", help_text=gettext_lazy("ISO 8601, exclusive.")
     )
 
     class Meta:
