@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class EnrollmentConfig(AppConfig):
     name = "enrollment"
-    verbose_name = "Enrollment (certificate authority)"
+    verbose_name = _("Enrollment (certificate authority)")
 
     def ready(self) -> None:
         from enrollment import (  # noqa: F401 - checks register themselves
