@@ -63,31 +63,38 @@ class User(AbstractUser):
     display_name = models.CharField(
         max_length=200,
         blank=True,
+        verbose_name=_("display name"),
         help_text=_("How the person is shown; default: given + surname."),
     )
-    organizational_unit = models.CharField(max_length=200, blank=True)
+    organizational_unit = models.CharField(
+        max_length=200, blank=True, verbose_name=_("organizational unit")
+    )
     directory_search = models.TextField(
         blank=True,
         default="",
         editable=False,
+        verbose_name=_("directory search"),
         help_text=_("Folded name, e-mail and unit the directory matches and sorts by (derived)."),
     )
     deactivated_at = models.DateTimeField(
         null=True,
         blank=True,
         editable=False,
+        verbose_name=_("deactivated at"),
         help_text=_("When the account last became inactive; empty while it is active (derived)."),
     )
     email_changed_at = models.DateTimeField(
         null=True,
         blank=True,
         editable=False,
+        verbose_name=_("email changed at"),
         help_text=_("When the e-mail address last changed, case aside; empty if never (derived)."),
     )
     language = models.CharField(
         max_length=16,
         blank=True,
         default="",
+        verbose_name=_("language"),
         help_text=_(
             "The language the person chose for pages and mail (a code of LANGUAGES); "
             "empty: pages follow the browser, mail PKIPORTAL_LANGUAGE."
@@ -99,6 +106,7 @@ class User(AbstractUser):
         # that does not know the column still get one.
         db_default=0,
         editable=False,
+        verbose_name=_("session generation"),
         help_text=_("Raised each time all the person's sessions are ended (accounts.sessions)."),
     )
 
@@ -269,16 +277,20 @@ class TotpDevice(TimestampMixin, ThrottlingMixin, Device):
     # generic, so mypy would read every query of ours as Any.
     objects: ClassVar[models.Manager[TotpDevice]]  # type: ignore[assignment]
 
-    sealed_key = models.BinaryField(editable=False, help_text=_("The seed, sealed (Fernet)."))
-    drift = models.SmallIntegerField(default=0, editable=False)
+    sealed_key = models.BinaryField(
+        editable=False, verbose_name=_("sealed key"), help_text=_("The seed, sealed (Fernet).")
+    )
+    drift = models.SmallIntegerField(default=0, editable=False, verbose_name=_("drift"))
     last_t = models.BigIntegerField(
         default=-1,
         editable=False,
+        verbose_name=_("last t"),
         help_text=_("Time step of the last accepted code: no code at or before it is accepted."),
     )
 
     class Meta(Device.Meta):
         verbose_name = _("authenticator app")
+        verbose_name_plural = _("authenticator apps")
         constraints = [
             models.UniqueConstraint(
                 fields=["user"], condition=Q(confirmed=True), name="totp_one_confirmed_per_user"
@@ -338,11 +350,15 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
     objects: ClassVar[models.Manager[BackupCodeDevice]]  # type: ignore[assignment]  # as TotpDevice's
 
     digests = models.JSONField(
-        default=list, editable=False, help_text=_("salt$sha256 of each code.")
+        default=list,
+        editable=False,
+        verbose_name=_("digests"),
+        help_text=_("salt$sha256 of each code."),
     )
 
     class Meta(Device.Meta):
         verbose_name = _("backup codes")
+        verbose_name_plural = _("backup codes")
         constraints = [
             models.UniqueConstraint(fields=["user"], name="backup_codes_one_set_per_user"),
         ]
@@ -387,13 +403,18 @@ class FidoMetadataImport(models.Model):
     number, which a later import must exceed (no rollback to an older BLOB, which may
     predate a compromise), and the date the service promised the next one by."""
 
-    number = models.PositiveBigIntegerField(unique=True, editable=False)
-    next_update = models.DateField(editable=False)
-    imported_at = models.DateTimeField(default=timezone.now, editable=False)
-    models_count = models.PositiveIntegerField(default=0, editable=False)
+    number = models.PositiveBigIntegerField(unique=True, editable=False, verbose_name=_("number"))
+    next_update = models.DateField(editable=False, verbose_name=_("next update"))
+    imported_at = models.DateTimeField(
+        default=timezone.now, editable=False, verbose_name=_("imported at")
+    )
+    models_count = models.PositiveIntegerField(
+        default=0, editable=False, verbose_name=_("models count")
+    )
 
     class Meta:
         verbose_name = _("FIDO metadata import")
+        verbose_name_plural = _("FIDO metadata imports")
         get_latest_by = "number"
 
     def __str__(self) -> str:
@@ -405,25 +426,32 @@ class FidoModel(models.Model):
     latest status the FIDO Alliance reports for it and its maker's attestation roots.
     Replaced whole by each import."""
 
-    aaguid = models.CharField(max_length=36, unique=True, editable=False)
-    description = models.CharField(max_length=200, blank=True, editable=False)
+    aaguid = models.CharField(max_length=36, unique=True, editable=False, verbose_name=_("aaguid"))
+    description = models.CharField(
+        max_length=200, blank=True, editable=False, verbose_name=_("description")
+    )
     status = models.CharField(
         max_length=40,
         blank=True,
         db_index=True,  # the compromised models are read by status
         editable=False,
+        verbose_name=_("status"),
         help_text=_("The latest status report's (FIDO_CERTIFIED_L1, REVOKED ...)."),
     )
-    status_date = models.DateField(null=True, blank=True, editable=False)
+    status_date = models.DateField(
+        null=True, blank=True, editable=False, verbose_name=_("status date")
+    )
     attestation_roots = models.JSONField(
         default=list,
         blank=True,
         editable=False,
+        verbose_name=_("attestation roots"),
         help_text=_("Base64 DER, as the metadata has them."),
     )
 
     class Meta:
         verbose_name = _("FIDO key model")
+        verbose_name_plural = _("FIDO key models")
 
     def __str__(self) -> str:
         return self.description or self.aaguid
@@ -463,15 +491,23 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
         max_length=1400,  # a credential id is at most 1023 bytes: 1364 in base64url
         unique=True,
         editable=False,
+        verbose_name=_("credential id"),
         help_text=_("The credential id, base64url."),
     )
-    public_key = models.BinaryField(editable=False, help_text=_("The COSE public key."))
-    sign_count = models.BigIntegerField(default=0, editable=False)
-    transports = models.JSONField(default=list, blank=True, editable=False)
-    aaguid = models.CharField(max_length=36, blank=True, default="", editable=False)
+    public_key = models.BinaryField(
+        editable=False, verbose_name=_("public key"), help_text=_("The COSE public key.")
+    )
+    sign_count = models.BigIntegerField(default=0, editable=False, verbose_name=_("sign count"))
+    transports = models.JSONField(
+        default=list, blank=True, editable=False, verbose_name=_("transports")
+    )
+    aaguid = models.CharField(
+        max_length=36, blank=True, default="", editable=False, verbose_name=_("aaguid")
+    )
     attested = models.BooleanField(
         default=False,
         editable=False,
+        verbose_name=_("attested"),
         help_text=_("Its attestation chained to PKIPORTAL_WEBAUTHN_ATTESTATION_ROOTS when added."),
     )
     attestation_format = models.CharField(
@@ -479,11 +515,13 @@ class WebAuthnDevice(TimestampMixin, ThrottlingMixin, Device):
         blank=True,
         default="",
         editable=False,
+        verbose_name=_("attestation format"),
         help_text=_("The attestation statement's format the key sent (packed, tpm, none ...)."),
     )
 
     class Meta(Device.Meta):
         verbose_name = _("security key")
+        verbose_name_plural = _("security keys")
 
     @property
     def approved(self) -> bool:
@@ -515,7 +553,9 @@ class AccountSession(AbstractBaseSession):
     user anyway), and the sessions go with the account no later than they expire.
     """
 
-    account_id = models.BigIntegerField(null=True, blank=True, db_index=True, editable=False)
+    account_id = models.BigIntegerField(
+        null=True, blank=True, db_index=True, editable=False, verbose_name=_("account id")
+    )
 
     class Meta(AbstractBaseSession.Meta):
         # django-stubs types this Meta's names as str; Django's own are lazy too.

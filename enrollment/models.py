@@ -52,12 +52,16 @@ def validate_key_algorithms(value: object) -> None:
 class DerCertificateMixin(models.Model):
     """A stored certificate: DER as issued plus the indexed facts we query by."""
 
-    der = models.BinaryField()
-    serial = models.CharField(max_length=42, help_text=_("Lowercase hex, no leading zeros."))
-    fingerprint_sha256 = models.CharField(max_length=64, unique=True)
-    subject = models.TextField(help_text=_("RFC 4514 string."))
-    not_before = models.DateTimeField()
-    not_after = models.DateTimeField(db_index=True)
+    der = models.BinaryField(verbose_name=_("der"))
+    serial = models.CharField(
+        max_length=42, verbose_name=_("serial"), help_text=_("Lowercase hex, no leading zeros.")
+    )
+    fingerprint_sha256 = models.CharField(
+        max_length=64, unique=True, verbose_name=_("fingerprint sha256")
+    )
+    subject = models.TextField(verbose_name=_("subject"), help_text=_("RFC 4514 string."))
+    not_before = models.DateTimeField(verbose_name=_("not before"))
+    not_after = models.DateTimeField(db_index=True, verbose_name=_("not after"))
 
     class Meta:
         abstract = True
@@ -75,18 +79,30 @@ _CA_CERTIFICATES: dict[tuple[int, str], x509.Certificate] = {}
 
 
 class CertificateAuthority(DerCertificateMixin):
-    name = models.CharField(max_length=200)
-    slug = models.SlugField(unique=True, help_text=_("Used in /pki/<slug>.crt and .crl URLs."))
+    name = models.CharField(max_length=200, verbose_name=_("name"))
+    slug = models.SlugField(
+        unique=True, verbose_name=_("slug"), help_text=_("Used in /pki/<slug>.crt and .crl URLs.")
+    )
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="children",
+        verbose_name=_("parent"),
     )
     is_online = models.BooleanField(
-        default=True, help_text=_("Offline CAs (the root) have no key on this server.")
+        default=True,
+        verbose_name=_("is online"),
+        help_text=_("Offline CAs (the root) have no key on this server."),
     )
-    key_backend = models.CharField(max_length=20, default="file", blank=True)
+    key_backend = models.CharField(
+        max_length=20, default="file", blank=True, verbose_name=_("key backend")
+    )
     key_reference = models.CharField(
         max_length=500,
         blank=True,
+        verbose_name=_("key reference"),
         help_text=_("Where the key backend finds the key (a file name); never the key itself."),
     )
     # Another CA's issuer, registered by manage.py import_certificates so the certificates
@@ -95,27 +111,36 @@ class CertificateAuthority(DerCertificateMixin):
     # none of its certificates (the old CA still does).
     is_imported = models.BooleanField(
         default=False,
+        verbose_name=_("is imported"),
         help_text=_("Another CA whose certificates were imported; the portal never acts for it."),
     )
-    crl_url = models.URLField(help_text=_("This CA's CRL URL, embedded in what it issues."))
-    ca_issuers_url = models.URLField(help_text=_("This CA's certificate URL (AIA caIssuers)."))
+    crl_url = models.URLField(
+        verbose_name=_("crl url"), help_text=_("This CA's CRL URL, embedded in what it issues.")
+    )
+    ca_issuers_url = models.URLField(
+        verbose_name=_("ca issuers url"), help_text=_("This CA's certificate URL (AIA caIssuers).")
+    )
     ocsp_url = models.URLField(
         blank=True,
+        verbose_name=_("ocsp url"),
         help_text=_("OCSP responder URL embedded (AIA id-ad-ocsp) in what it issues; empty: none."),
     )
-    crl_validity_days = models.PositiveSmallIntegerField(default=7)
+    crl_validity_days = models.PositiveSmallIntegerField(
+        default=7, verbose_name=_("crl validity days")
+    )
     # Templates that name no CA issue from this one. A flag rather than "the first online
     # issuing CA": a second issuing CA must never take over by the way it sorts, only by
     # services.issuing_ca_switch (switch_issuing_ca, create_issuing_ca --make-default).
     is_default = models.BooleanField(
         default=False,
+        verbose_name=_("is default"),
         help_text=_("Templates that name no CA issue from this one (manage.py switch_issuing_ca)."),
     )
     # The last CRL publication that failed, shown by /health/ and cleared by the next success.
-    crl_failed_at = models.DateTimeField(null=True, blank=True)
-    crl_error_code = models.CharField(max_length=50, blank=True)
-    crl_error = models.CharField(max_length=500, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    crl_failed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("crl failed at"))
+    crl_error_code = models.CharField(max_length=50, blank=True, verbose_name=_("crl error code"))
+    crl_error = models.CharField(max_length=500, blank=True, verbose_name=_("crl error"))
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
 
     objects = CertificateAuthorityQuerySet.as_manager()
 
@@ -226,30 +251,42 @@ class CertificateTemplate(models.Model):
         STRICT = Generation.STRICT.value, _("Strict")
         MULTIPURPOSE = Generation.MULTIPURPOSE.value, _("Multipurpose")
 
-    name = models.CharField(max_length=200, unique=True)
-    slug = models.SlugField(unique=True)
-    description = models.TextField(blank=True)
-    purpose = models.CharField(max_length=20, choices=Purpose.choices)
+    name = models.CharField(max_length=200, unique=True, verbose_name=_("name"))
+    slug = models.SlugField(unique=True, verbose_name=_("slug"))
+    description = models.TextField(blank=True, verbose_name=_("description"))
+    purpose = models.CharField(max_length=20, choices=Purpose.choices, verbose_name=_("purpose"))
     generation = models.CharField(
-        max_length=20, choices=Generation.choices, default=Generation.STRICT
+        max_length=20,
+        choices=Generation.choices,
+        default=Generation.STRICT,
+        verbose_name=_("generation"),
     )
     validity_days = models.PositiveSmallIntegerField(
-        default=365, help_text=_("At most 825 days (S/MIME BR 6.3.2).")
+        default=365,
+        verbose_name=_("validity days"),
+        help_text=_("At most 825 days (S/MIME BR 6.3.2)."),
     )
     allowed_key_algorithms = models.JSONField(
         default=list,
         blank=True,  # the seeded templates leave it empty, and the admin must save them
         validators=[validate_key_algorithms],
+        verbose_name=_("allowed key algorithms"),
         help_text=lazy(_key_algorithms_help, str)(),
     )
-    allow_csr = models.BooleanField(default=True, help_text=_("The requester may bring a CSR."))
+    allow_csr = models.BooleanField(
+        default=True, verbose_name=_("allow csr"), help_text=_("The requester may bring a CSR.")
+    )
     allow_server_key = models.BooleanField(
-        default=True, help_text=_("The portal may generate the key and hand out a PKCS#12.")
+        default=True,
+        verbose_name=_("allow server key"),
+        help_text=_("The portal may generate the key and hand out a PKCS#12."),
     )
     archive_key = models.BooleanField(
-        default=False, help_text=_("Archive the private key to the key recovery agents.")
+        default=False,
+        verbose_name=_("archive key"),
+        help_text=_("Archive the private key to the key recovery agents."),
     )
-    requires_approval = models.BooleanField(default=False)
+    requires_approval = models.BooleanField(default=False, verbose_name=_("requires approval"))
     # PROTECT: deleting the group would hand its templates' decisions to every officer.
     approver_group = models.ForeignKey(
         Group,
@@ -260,24 +297,32 @@ class CertificateTemplate(models.Model):
         verbose_name=_("approvers"),
         help_text=APPROVER_GROUP_HELP,
     )
-    organization_policy_oid = models.CharField(max_length=100, blank=True)
+    organization_policy_oid = models.CharField(
+        max_length=100, blank=True, verbose_name=_("organization policy oid")
+    )
     issuing_ca = models.ForeignKey(
         CertificateAuthority,
         null=True,
         blank=True,
         on_delete=models.PROTECT,
         limit_choices_to={"is_online": True, "parent__isnull": False},
+        verbose_name=_("issuing ca"),
         help_text=_(
             "Empty: the default issuing CA, which manage.py switch_issuing_ca moves to a "
             "successor. Name one only to keep this template on it."
         ),
     )
     allowed_groups = models.ManyToManyField(
-        Group, blank=True, help_text=_("Empty: every signed-in employee may enrol.")
+        Group,
+        blank=True,
+        verbose_name=_("allowed groups"),
+        help_text=_("Empty: every signed-in employee may enrol."),
     )
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(default=True, verbose_name=_("is active"))
 
     class Meta:
+        verbose_name = _("certificate template")
+        verbose_name_plural = _("certificate templates")
         ordering = ["name"]
         constraints = [
             # Signing-only keys are never archived (DESIGN.md; S/MIME BR 6.1.1.3).
@@ -363,7 +408,7 @@ class OfficerScope(models.Model):
     together; a superuser always acts for everyone (enrollment.scopes). Shared mailboxes
     belong to no unit: only officers who act for everyone handle theirs."""
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(max_length=100, unique=True, verbose_name=_("name"))
     # PROTECT: deleting the group would silently widen its officers to everyone.
     officers = models.ForeignKey(
         Group,
@@ -388,12 +433,13 @@ class OfficerScope(models.Model):
         verbose_name=_("groups of people"),
         help_text=_("Members of these groups are in the scope too, whatever their unit."),
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
         ordering = ["name"]
         verbose_name = _("officer scope")
+        verbose_name_plural = _("officer scopes")
 
     def __str__(self) -> str:
         return self.name
@@ -424,12 +470,6 @@ class OfficerScope(models.Model):
         self.organizational_units = "\n".join(seen.values())
 
 
-# Its plural is Django's default ("officer scopes"), which is verbose_name plus "s", and
-# wrong in other languages. Set here, not in Meta: a Meta option is migration state, and
-# translating the name must not add a migration (Django's migrations read only Meta).
-OfficerScope._meta.verbose_name_plural = _("officer scopes")
-
-
 class KeyIdentity(models.Model):
     """Every key the CAs have certified, and whether it was reported compromised.
 
@@ -440,8 +480,12 @@ class KeyIdentity(models.Model):
     issued while the compromise commits, nor left valid after it.
     """
 
-    spki_sha256 = models.CharField(max_length=64, primary_key=True)
-    compromised = models.BooleanField(default=False)
+    spki_sha256 = models.CharField(max_length=64, primary_key=True, verbose_name=_("spki sha256"))
+    compromised = models.BooleanField(default=False, verbose_name=_("compromised"))
+
+    class Meta:
+        verbose_name = _("key identity")
+        verbose_name_plural = _("key identities")
 
     def __str__(self) -> str:
         return f"{self.spki_sha256[:16]}…{' (compromised)' if self.compromised else ''}"
@@ -462,22 +506,35 @@ class SharedMailbox(models.Model):
     email = models.EmailField(
         max_length=64,
         unique=True,
+        verbose_name=_("email"),
         help_text=_("Lower-case; it is the certificates' common name (RFC 5280: at most 64)."),
     )
     display_name = models.CharField(
-        max_length=200, help_text=_("Shown in the portal and the directory, not in certificates.")
+        max_length=200,
+        verbose_name=_("display name"),
+        help_text=_("Shown in the portal and the directory, not in certificates."),
     )
     delegates = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, blank=True, related_name="delegated_mailboxes"
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="delegated_mailboxes",
+        verbose_name=_("delegates"),
     )
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(default=True, verbose_name=_("is active"))
     deactivated_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When it was switched off: its grace period starts.")
+        null=True,
+        blank=True,
+        verbose_name=_("deactivated at"),
+        help_text=_("When it was switched off: its grace period starts."),
     )
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("created by"),
     )
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
 
     # Not stored: set by directory.selectors.mailbox_search on the mailboxes it finds.
     directory_certificates: list[Certificate]
@@ -522,12 +579,13 @@ class Certificate(DerCertificateMixin):
     # Unique through cert_fingerprint_sha256_uniq, not unique=True: on PostgreSQL that also
     # builds a varchar_pattern_ops twin for LIKE, which no query here uses (fingerprints are
     # looked up whole) and which cost an index entry per issuance, ~0.1 GB per million.
-    fingerprint_sha256 = models.CharField(max_length=64)
+    fingerprint_sha256 = models.CharField(max_length=64, verbose_name=_("fingerprint sha256"))
     ca = models.ForeignKey(
         CertificateAuthority,
         on_delete=models.PROTECT,
         related_name="certificates",
         db_index=False,  # cert_ca_status_idx and unique_serial_per_ca lead with the CA
+        verbose_name=_("ca"),
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -536,6 +594,7 @@ class Certificate(DerCertificateMixin):
         on_delete=models.PROTECT,
         related_name="certificates",
         db_index=False,  # cert_owner_template_idx leads with the owner
+        verbose_name=_("owner"),
     )
     # A shared mailbox's certificate has no owner: its holders are the mailbox's delegates.
     mailbox = models.ForeignKey(
@@ -545,38 +604,60 @@ class Certificate(DerCertificateMixin):
         on_delete=models.PROTECT,
         related_name="certificates",
         db_index=False,  # cert_mailbox_idx: partial, the few rows that have one
+        verbose_name=_("mailbox"),
     )
     template = models.ForeignKey(
-        CertificateTemplate, null=True, blank=True, on_delete=models.PROTECT
+        CertificateTemplate,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        verbose_name=_("template"),
     )
-    purpose = models.CharField(max_length=20, choices=CertificateTemplate.Purpose.choices)
+    purpose = models.CharField(
+        max_length=20, choices=CertificateTemplate.Purpose.choices, verbose_name=_("purpose")
+    )
     # Searched as substrings by the RA console: pg_trgm indexes on PostgreSQL (migration 0007).
-    common_name = models.CharField(max_length=200)
-    email = models.EmailField(blank=True, help_text=_("First rfc822Name, lowercased, for lookups."))
-    emails = models.JSONField(default=list, help_text=_("Every rfc822Name in subjectAltName."))
-    fingerprint_sha1 = models.CharField(max_length=40, help_text=_("Outlook shows SHA-1."))
-    key_algorithm = models.CharField(max_length=30, help_text=_('For people: "RSA 3072".'))
+    common_name = models.CharField(max_length=200, verbose_name=_("common name"))
+    email = models.EmailField(
+        blank=True,
+        verbose_name=_("email"),
+        help_text=_("First rfc822Name, lowercased, for lookups."),
+    )
+    emails = models.JSONField(
+        default=list, verbose_name=_("emails"), help_text=_("Every rfc822Name in subjectAltName.")
+    )
+    fingerprint_sha1 = models.CharField(
+        max_length=40, verbose_name=_("fingerprint sha1"), help_text=_("Outlook shows SHA-1.")
+    )
+    key_algorithm = models.CharField(
+        max_length=30, verbose_name=_("key algorithm"), help_text=_('For people: "RSA 3072".')
+    )
     # The key's identity (keys.spki_sha256): a key revoked for keyCompromise is never
     # certified again, and its other certificates are revoked with it (S/MIME BR 6.1.1.3,
     # 4.9.1.1). No index of its own: issuance asks KeyIdentity, and the rare compromise
     # reads the table for the key's other certificates.
-    spki_sha256 = models.CharField(max_length=64, editable=False)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.VALID)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    spki_sha256 = models.CharField(max_length=64, editable=False, verbose_name=_("spki sha256"))
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.VALID, verbose_name=_("status")
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True, verbose_name=_("revoked at"))
     revocation_reason = models.CharField(
         max_length=30,
         blank=True,
         choices=RevocationReasonChoice.choices,
+        verbose_name=_("revocation reason"),
         help_text=_("Empty: no reason code (RFC 5280 'unspecified' is never encoded)."),
     )
-    invalidity_date = models.DateTimeField(null=True, blank=True)
+    invalidity_date = models.DateTimeField(null=True, blank=True, verbose_name=_("invalidity date"))
     # When its CRL entry last became one no CRL lists yet: at the revocation, and again
     # when its reason becomes keyCompromise later. What /health/ and the watchdog measure a
     # revocation's wait for a CRL from; revoked_at stays the revocation's own date, which
     # the entry carries (RFC 5280 5.1.2.6). Empty: never queued here (valid, imported), or
     # by a process older than migration 0034 (then revoked_at stands in for it).
-    queued_for_crl_at = models.DateTimeField(null=True, blank=True, editable=False)
-    created_at = models.DateTimeField(default=timezone.now)
+    queued_for_crl_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("queued for crl at")
+    )
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
 
     objects = CertificateQuerySet.as_manager()
 
@@ -589,6 +670,8 @@ class Certificate(DerCertificateMixin):
     encrypt_to: bool
 
     class Meta:
+        verbose_name = _("certificate")
+        verbose_name_plural = _("certificates")
         ordering = ["-not_before"]
         constraints = [
             models.UniqueConstraint(fields=["ca", "serial"], name="unique_serial_per_ca"),
@@ -711,8 +794,11 @@ class CertificateRequest(models.Model):
         on_delete=models.PROTECT,
         related_name="certificate_requests",
         db_index=False,  # request_requester_template_idx leads with the requester
+        verbose_name=_("requester"),
     )
-    template = models.ForeignKey(CertificateTemplate, on_delete=models.PROTECT)
+    template = models.ForeignKey(
+        CertificateTemplate, on_delete=models.PROTECT, verbose_name=_("template")
+    )
     # A delegate's request for a shared mailbox: the certificate names the mailbox.
     mailbox = models.ForeignKey(
         SharedMailbox,
@@ -721,18 +807,39 @@ class CertificateRequest(models.Model):
         on_delete=models.PROTECT,
         related_name="requests",
         db_index=False,  # request_mailbox_idx: partial, the few rows that have one
+        verbose_name=_("mailbox"),
     )
-    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
-    key_source = models.CharField(max_length=10, choices=KeySource.choices)
-    csr = models.BinaryField(null=True, blank=True, help_text=_("DER; public data only."))
-    key_algorithm = models.CharField(max_length=20, blank=True)
-    requested_subject = models.TextField(blank=True, help_text=_("What the CSR asked for."))
-    requested_emails = models.JSONField(default=list, blank=True)
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.PENDING, verbose_name=_("state")
+    )
+    key_source = models.CharField(
+        max_length=10, choices=KeySource.choices, verbose_name=_("key source")
+    )
+    csr = models.BinaryField(
+        null=True, blank=True, verbose_name=_("csr"), help_text=_("DER; public data only.")
+    )
+    key_algorithm = models.CharField(max_length=20, blank=True, verbose_name=_("key algorithm"))
+    requested_subject = models.TextField(
+        blank=True, verbose_name=_("requested subject"), help_text=_("What the CSR asked for.")
+    )
+    requested_emails = models.JSONField(
+        default=list, blank=True, verbose_name=_("requested emails")
+    )
     renewal_of = models.ForeignKey(
-        "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="renewals"
+        "Certificate",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="renewals",
+        verbose_name=_("renewal of"),
     )
     certificate = models.OneToOneField(
-        "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="request"
+        "Certificate",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="request",
+        verbose_name=_("certificate"),
     )
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -740,16 +847,21 @@ class CertificateRequest(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="decided_requests",
+        verbose_name=_("decided by"),
     )
-    decided_at = models.DateTimeField(null=True, blank=True)
-    decision_reason = models.TextField(blank=True)
-    error_code = models.CharField(max_length=50, blank=True)
-    error = models.CharField(max_length=500, blank=True)
-    source_address = models.GenericIPAddressField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True, verbose_name=_("decided at"))
+    decision_reason = models.TextField(blank=True, verbose_name=_("decision reason"))
+    error_code = models.CharField(max_length=50, blank=True, verbose_name=_("error code"))
+    error = models.CharField(max_length=500, blank=True, verbose_name=_("error"))
+    source_address = models.GenericIPAddressField(
+        null=True, blank=True, verbose_name=_("source address")
+    )
     # The API client's Idempotency-Key: a retry with it gets this request's answer again
     # instead of a second certificate. Empty for the web and for clients that send none.
     # EST makes its own, starting "est:" (services.EST_KEY_PREFIX).
-    idempotency_key = models.CharField(max_length=64, blank=True, default="", editable=False)
+    idempotency_key = models.CharField(
+        max_length=64, blank=True, default="", editable=False, verbose_name=_("idempotency key")
+    )
     # Set once, by whoever makes the row (services.request_submit's callers, roll-outs).
     # The database default too, so that rows a portal still running the code before 0032
     # writes during a deployment say "unknown" rather than fail NOT NULL.
@@ -759,11 +871,16 @@ class CertificateRequest(models.Model):
         default=Channel.UNKNOWN,
         db_default=Channel.UNKNOWN,
         editable=False,
+        verbose_name=_("channel"),
     )
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(
+        default=timezone.now, db_index=True, verbose_name=_("created at")
+    )
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
+        verbose_name = _("certificate request")
+        verbose_name_plural = _("certificate requests")
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["state", "created_at"], name="request_state_idx"),
@@ -834,13 +951,26 @@ class CrlEntry(models.Model):
     """
 
     certificate = models.OneToOneField(
-        Certificate, primary_key=True, on_delete=models.PROTECT, related_name="crl_entry"
+        Certificate,
+        primary_key=True,
+        on_delete=models.PROTECT,
+        related_name="crl_entry",
+        verbose_name=_("certificate"),
     )
-    ca = models.ForeignKey(CertificateAuthority, on_delete=models.PROTECT, related_name="+")
-    not_after = models.DateTimeField(help_text=_("The certificate's; expired entries drop."))
-    der = models.BinaryField(help_text=_("The revokedCertificates element (RFC 5280 5.1.2.6)."))
+    ca = models.ForeignKey(
+        CertificateAuthority, on_delete=models.PROTECT, related_name="+", verbose_name=_("ca")
+    )
+    not_after = models.DateTimeField(
+        verbose_name=_("not after"), help_text=_("The certificate's; expired entries drop.")
+    )
+    der = models.BinaryField(
+        verbose_name=_("der"), help_text=_("The revokedCertificates element (RFC 5280 5.1.2.6).")
+    )
     first_crl_number = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text=_("The first CRL listing it; empty: not published yet.")
+        null=True,
+        blank=True,
+        verbose_name=_("first crl number"),
+        help_text=_("The first CRL listing it; empty: not published yet."),
     )
 
     class Meta:
@@ -871,18 +1001,23 @@ HOLDER_REVOCATION_REASONS = (
 
 class RevocationList(models.Model):
     ca = models.ForeignKey(
-        CertificateAuthority, on_delete=models.PROTECT, related_name="revocation_lists"
+        CertificateAuthority,
+        on_delete=models.PROTECT,
+        related_name="revocation_lists",
+        verbose_name=_("ca"),
     )
-    number = models.PositiveBigIntegerField()
-    this_update = models.DateTimeField()
-    next_update = models.DateTimeField()
-    entries = models.PositiveIntegerField(default=0)
-    der = models.BinaryField()
-    created_at = models.DateTimeField(default=timezone.now)
+    number = models.PositiveBigIntegerField(verbose_name=_("number"))
+    this_update = models.DateTimeField(verbose_name=_("this update"))
+    next_update = models.DateTimeField(verbose_name=_("next update"))
+    entries = models.PositiveIntegerField(default=0, verbose_name=_("entries"))
+    der = models.BinaryField(verbose_name=_("der"))
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
 
     objects = RevocationListQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("revocation list")
+        verbose_name_plural = _("revocation lists")
         ordering = ["ca", "-number"]
         constraints = [
             models.UniqueConstraint(fields=["ca", "number"], name="unique_crl_number_per_ca"),
@@ -903,14 +1038,20 @@ class RevocationList(models.Model):
 class KeyRecoveryAgent(DerCertificateMixin):
     """A key recovery agent's certificate; its private key never lives on this server."""
 
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, verbose_name=_("name"))
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        verbose_name=_("user"),
     )
-    is_active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    is_active = models.BooleanField(default=True, verbose_name=_("is active"))
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
 
     class Meta:
+        verbose_name = _("key recovery agent")
+        verbose_name_plural = _("key recovery agents")
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -921,11 +1062,22 @@ class ArchivedKey(models.Model):
     """A private key as CMS EnvelopedData to the agents: the server cannot open it alone."""
 
     certificate = models.OneToOneField(
-        Certificate, on_delete=models.PROTECT, related_name="archived_key"
+        Certificate,
+        on_delete=models.PROTECT,
+        related_name="archived_key",
+        verbose_name=_("certificate"),
     )
-    envelope = models.BinaryField(help_text=_("DER CMS EnvelopedData of the PKCS#8 key."))
-    recipients = models.ManyToManyField(KeyRecoveryAgent, related_name="archived_keys")
-    created_at = models.DateTimeField(default=timezone.now)
+    envelope = models.BinaryField(
+        verbose_name=_("envelope"), help_text=_("DER CMS EnvelopedData of the PKCS#8 key.")
+    )
+    recipients = models.ManyToManyField(
+        KeyRecoveryAgent, related_name="archived_keys", verbose_name=_("recipients")
+    )
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
+
+    class Meta:
+        verbose_name = _("archived key")
+        verbose_name_plural = _("archived keys")
 
     def __str__(self) -> str:
         return f"Archived key of {self.certificate}"
@@ -949,26 +1101,43 @@ class AuditEvent(models.Model):
         SUCCESS = "success", _("Success")
         FAILURE = "failure", _("Failure")
 
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    created_at = models.DateTimeField(
+        default=timezone.now, db_index=True, verbose_name=_("created at")
     )
-    actor_name = models.CharField(max_length=200, help_text=_("Kept if the account goes."))
-    action = models.CharField(max_length=60, db_index=True)
-    object_type = models.CharField(max_length=60, blank=True)
-    object_id = models.CharField(max_length=100, blank=True)
-    object_repr = models.CharField(max_length=300, blank=True)
-    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.SUCCESS)
-    source_address = models.GenericIPAddressField(null=True, blank=True)
-    detail = models.JSONField(default=dict, blank=True)
-    previous_hash = models.CharField(max_length=64, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        verbose_name=_("actor"),
+    )
+    actor_name = models.CharField(
+        max_length=200, verbose_name=_("actor name"), help_text=_("Kept if the account goes.")
+    )
+    action = models.CharField(max_length=60, db_index=True, verbose_name=_("action"))
+    object_type = models.CharField(max_length=60, blank=True, verbose_name=_("object type"))
+    object_id = models.CharField(max_length=100, blank=True, verbose_name=_("object id"))
+    object_repr = models.CharField(max_length=300, blank=True, verbose_name=_("object repr"))
+    outcome = models.CharField(
+        max_length=10, choices=Outcome.choices, default=Outcome.SUCCESS, verbose_name=_("outcome")
+    )
+    source_address = models.GenericIPAddressField(
+        null=True, blank=True, verbose_name=_("source address")
+    )
+    detail = models.JSONField(default=dict, blank=True, verbose_name=_("detail"))
+    previous_hash = models.CharField(max_length=64, blank=True, verbose_name=_("previous hash"))
     hash = models.CharField(
-        max_length=64, blank=True, help_text=_("SHA-256 over this event and previous_hash.")
+        max_length=64,
+        blank=True,
+        verbose_name=_("hash"),
+        help_text=_("SHA-256 over this event and previous_hash."),
     )
 
     objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
@@ -986,8 +1155,12 @@ class AuditEvent(models.Model):
 class AuditChainHead(models.Model):
     """The newest link of the audit hash chain; its row lock serialises appends."""
 
-    last_hash = models.CharField(max_length=64, blank=True)
-    last_event_id = models.BigIntegerField(null=True, blank=True)
+    last_hash = models.CharField(max_length=64, blank=True, verbose_name=_("last hash"))
+    last_event_id = models.BigIntegerField(null=True, blank=True, verbose_name=_("last event id"))
+
+    class Meta:
+        verbose_name = _("audit chain head")
+        verbose_name_plural = _("audit chain heads")
 
     def __str__(self) -> str:
         return f"audit chain head at event {self.last_event_id}"
@@ -999,16 +1172,33 @@ class AuditForwarding(models.Model):
     locks the row for each batch, so two never send the same events or skip any."""
 
     last_event_id = models.BigIntegerField(
-        default=0, help_text=_("The newest event sent; the next run starts after it.")
+        default=0,
+        verbose_name=_("last event id"),
+        help_text=_("The newest event sent; the next run starts after it."),
     )
     last_event_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When that event was recorded.")
+        null=True,
+        blank=True,
+        verbose_name=_("last event at"),
+        help_text=_("When that event was recorded."),
     )
     succeeded_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When a run last finished without an error.")
+        null=True,
+        blank=True,
+        verbose_name=_("succeeded at"),
+        help_text=_("When a run last finished without an error."),
     )
-    failed_at = models.DateTimeField(null=True, blank=True)
-    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
+    failed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("failed at"))
+    error = models.CharField(
+        max_length=500,
+        blank=True,
+        verbose_name=_("error"),
+        help_text=_("The last failure, if any."),
+    )
+
+    class Meta:
+        verbose_name = _("audit forwarding")
+        verbose_name_plural = _("audit forwardings")
 
     def __str__(self) -> str:
         return f"audit trail forwarded up to event {self.last_event_id}"
@@ -1042,51 +1232,93 @@ class KeyRecoveryRequest(models.Model):
         REQUESTER = "requester", _("The requesting officer")
 
     certificate = models.ForeignKey(
-        Certificate, on_delete=models.PROTECT, related_name="recovery_requests"
+        Certificate,
+        on_delete=models.PROTECT,
+        related_name="recovery_requests",
+        verbose_name=_("certificate"),
     )
     # The officer who opened it, or accepted the holder's request: empty only until then.
     requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("requested by"),
     )
     # The key's holder, when they asked for it themselves (README.md, "Key recovery").
     asked_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("asked by"),
     )
-    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True, verbose_name=_("accepted at"))
     acceptance_note = models.TextField(
-        blank=True, help_text=_("How the accepting officer confirmed the holder's request.")
+        blank=True,
+        verbose_name=_("acceptance note"),
+        help_text=_("How the accepting officer confirmed the holder's request."),
     )
-    reason = models.TextField()
-    deliver_to = models.CharField(max_length=10, choices=Recipient.choices)
+    reason = models.TextField(verbose_name=_("reason"))
+    deliver_to = models.CharField(
+        max_length=10, choices=Recipient.choices, verbose_name=_("deliver to")
+    )
     pkcs12_format = models.CharField(
         max_length=12,
         choices=[("modern", _("Modern (AES-256)")), ("compatible", _("Compatible (3DES)"))],
         default="modern",
+        verbose_name=_("pkcs12 format"),
     )
-    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.PENDING, verbose_name=_("state")
+    )
     decided_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("decided by"),
     )
-    decision_reason = models.TextField(blank=True)
+    decision_reason = models.TextField(blank=True, verbose_name=_("decision reason"))
     agent = models.ForeignKey(
-        KeyRecoveryAgent, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        KeyRecoveryAgent,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("agent"),
     )
     performed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("performed by"),
     )
-    performed_at = models.DateTimeField(null=True, blank=True)
+    performed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("performed at"))
     bundle = models.BinaryField(
         null=True,
         blank=True,
         editable=False,
+        verbose_name=_("bundle"),
         help_text=_("PKCS#12 under a one-time password that is never stored; wiped on download."),
     )
-    download_expires_at = models.DateTimeField(null=True, blank=True)
-    downloaded_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    download_expires_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("download expires at")
+    )
+    downloaded_at = models.DateTimeField(null=True, blank=True, verbose_name=_("downloaded at"))
+    created_at = models.DateTimeField(
+        default=timezone.now, db_index=True, verbose_name=_("created at")
+    )
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
+        verbose_name = _("key recovery request")
+        verbose_name_plural = _("key recovery requests")
         ordering = ["-created_at", "-id"]
         constraints = [
             # The recovered key waits only while a download is possible.
@@ -1183,14 +1415,22 @@ class KeyRecoveryApproval(models.Model):
     """One officer's approval of a recovery; the requester's own never exists."""
 
     request = models.ForeignKey(
-        KeyRecoveryRequest, on_delete=models.PROTECT, related_name="approvals"
+        KeyRecoveryRequest,
+        on_delete=models.PROTECT,
+        related_name="approvals",
+        verbose_name=_("request"),
     )
     officer = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("officer"),
     )
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
 
     class Meta:
+        verbose_name = _("key recovery approval")
+        verbose_name_plural = _("key recovery approvals")
         ordering = ["created_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["request", "officer"], name="one_approval_per_officer")
@@ -1204,12 +1444,17 @@ class ExpiryNotice(models.Model):
     """An expiry mail sent for one certificate at one threshold: never twice (unique)."""
 
     certificate = models.ForeignKey(
-        Certificate, on_delete=models.CASCADE, related_name="expiry_notices"
+        Certificate,
+        on_delete=models.CASCADE,
+        related_name="expiry_notices",
+        verbose_name=_("certificate"),
     )
-    threshold_days = models.PositiveSmallIntegerField()
-    sent_at = models.DateTimeField(default=timezone.now)
+    threshold_days = models.PositiveSmallIntegerField(verbose_name=_("threshold days"))
+    sent_at = models.DateTimeField(default=timezone.now, verbose_name=_("sent at"))
 
     class Meta:
+        verbose_name = _("expiry notice")
+        verbose_name_plural = _("expiry notices")
         ordering = ["-sent_at"]
         constraints = [
             models.UniqueConstraint(
@@ -1237,7 +1482,11 @@ class ApprovalNoticeDigest(models.Model):
         NONE = "none", _("None by mail")
 
     officer = models.OneToOneField(
-        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
+        settings.AUTH_USER_MODEL,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name=_("officer"),
     )
     # The database's default too: rows the code before 0040 inserts, until it restarts.
     delivery = models.CharField(
@@ -1245,19 +1494,28 @@ class ApprovalNoticeDigest(models.Model):
         choices=Delivery.choices,
         default=Delivery.SUMMARIES,
         db_default=Delivery.SUMMARIES,
+        verbose_name=_("delivery"),
         help_text=_("How the officer hears of requests waiting for their approval."),
     )
-    last_sent_at = models.DateTimeField(null=True, blank=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last sent at"))
     # Ids, not a relation: only those still pending when the summary goes are listed, and
     # a list on the officer's own locked row is appended to without another lock.
     waiting = models.JSONField(
-        default=list, blank=True, help_text=_("Requests collected for the next summary.")
+        default=list,
+        blank=True,
+        verbose_name=_("waiting"),
+        help_text=_("Requests collected for the next summary."),
     )
     due_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When the summary goes; empty while none is collected.")
+        null=True,
+        blank=True,
+        verbose_name=_("due at"),
+        help_text=_("When the summary goes; empty while none is collected."),
     )
 
     class Meta:
+        verbose_name = _("approval notice digest")
+        verbose_name_plural = _("approval notice digests")
         indexes = [
             # Beat's every-minute look for summaries due: the few rows that have one.
             models.Index(
@@ -1273,9 +1531,16 @@ class AgentExpiryWarning(models.Model):
     """The admins were warned that the last valid recovery agent certificate expires soon."""
 
     agent = models.OneToOneField(
-        KeyRecoveryAgent, on_delete=models.CASCADE, related_name="expiry_warning"
+        KeyRecoveryAgent,
+        on_delete=models.CASCADE,
+        related_name="expiry_warning",
+        verbose_name=_("agent"),
     )
-    sent_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(default=timezone.now, verbose_name=_("sent at"))
+
+    class Meta:
+        verbose_name = _("agent expiry warning")
+        verbose_name_plural = _("agent expiry warnings")
 
     def __str__(self) -> str:
         return f"Expiry warning for {self.agent}"
@@ -1295,21 +1560,40 @@ class LeaverRevocationRun(models.Model):
             "manage.py revoke_deactivated --confirm",
         )  # a command line: not translated
 
-    ran_at = models.DateTimeField()
-    source = models.CharField(max_length=10, choices=Source.choices)
-    due = models.PositiveIntegerField(help_text=_("Accounts due for revocation when it ran."))
-    cap = models.PositiveIntegerField(help_text=_("PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN then."))
+    ran_at = models.DateTimeField(verbose_name=_("ran at"))
+    source = models.CharField(max_length=10, choices=Source.choices, verbose_name=_("source"))
+    due = models.PositiveIntegerField(
+        verbose_name=_("due"), help_text=_("Accounts due for revocation when it ran.")
+    )
+    cap = models.PositiveIntegerField(
+        verbose_name=_("cap"), help_text=_("PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN then.")
+    )
     held_back = models.PositiveIntegerField(
-        default=0, help_text=_("Accounts it did not touch because more were due than the cap.")
+        default=0,
+        verbose_name=_("held back"),
+        help_text=_("Accounts it did not touch because more were due than the cap."),
     )
-    revoked_accounts = models.PositiveIntegerField(default=0)
-    revoked_certificates = models.PositiveIntegerField(default=0)
-    failed_accounts = models.PositiveIntegerField(default=0)
+    revoked_accounts = models.PositiveIntegerField(default=0, verbose_name=_("revoked accounts"))
+    revoked_certificates = models.PositiveIntegerField(
+        default=0, verbose_name=_("revoked certificates")
+    )
+    failed_accounts = models.PositiveIntegerField(default=0, verbose_name=_("failed accounts"))
     revoked_mailboxes = models.PositiveIntegerField(
-        default=0, help_text=_("Deactivated shared mailboxes whose certificates it revoked.")
+        default=0,
+        verbose_name=_("revoked mailboxes"),
+        help_text=_("Deactivated shared mailboxes whose certificates it revoked."),
     )
-    failed_mailboxes = models.PositiveIntegerField(default=0)
-    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
+    failed_mailboxes = models.PositiveIntegerField(default=0, verbose_name=_("failed mailboxes"))
+    error = models.CharField(
+        max_length=500,
+        blank=True,
+        verbose_name=_("error"),
+        help_text=_("The last failure, if any."),
+    )
+
+    class Meta:
+        verbose_name = _("leaver revocation run")
+        verbose_name_plural = _("leaver revocation runs")
 
     def __str__(self) -> str:
         return f"Leavers' revocation run at {self.ran_at:%Y-%m-%d %H:%M}"
@@ -1325,13 +1609,26 @@ class OutdatedCertificate(models.Model):
     """
 
     certificate = models.OneToOneField(
-        Certificate, on_delete=models.CASCADE, primary_key=True, related_name="outdated"
+        Certificate,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="outdated",
+        verbose_name=_("certificate"),
     )
-    since = models.DateTimeField(help_text=_("When its grace period started."))
+    since = models.DateTimeField(
+        verbose_name=_("since"), help_text=_("When its grace period started.")
+    )
     address = models.CharField(
-        max_length=254, blank=True, help_text=_("The holder's address when it was found.")
+        max_length=254,
+        blank=True,
+        verbose_name=_("address"),
+        help_text=_("The holder's address when it was found."),
     )
-    notified_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True, verbose_name=_("notified at"))
+
+    class Meta:
+        verbose_name = _("outdated certificate")
+        verbose_name_plural = _("outdated certificates")
 
     def __str__(self) -> str:
         return f"Certificate {self.certificate_id} outdated since {self.since:%Y-%m-%d %H:%M}"
@@ -1344,27 +1641,53 @@ class LdapPublication(models.Model):
     reconciliation run finished, and where the slow full sweep stands.
     """
 
-    succeeded_at = models.DateTimeField(null=True, blank=True)
-    failed_at = models.DateTimeField(null=True, blank=True)
-    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
+    succeeded_at = models.DateTimeField(null=True, blank=True, verbose_name=_("succeeded at"))
+    failed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("failed at"))
+    error = models.CharField(
+        max_length=500,
+        blank=True,
+        verbose_name=_("error"),
+        help_text=_("The last failure, if any."),
+    )
     reconciled_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When the last reconciliation run finished.")
+        null=True,
+        blank=True,
+        verbose_name=_("reconciled at"),
+        help_text=_("When the last reconciliation run finished."),
     )
     enabled_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When the portal first saw publication turned on.")
+        null=True,
+        blank=True,
+        verbose_name=_("enabled at"),
+        help_text=_("When the portal first saw publication turned on."),
     )
     running_until = models.DateTimeField(
-        null=True, blank=True, help_text=_("A reconciliation run holds this lease until then.")
+        null=True,
+        blank=True,
+        verbose_name=_("running until"),
+        help_text=_("A reconciliation run holds this lease until then."),
     )
     sweep_after = models.BigIntegerField(
-        default=0, help_text=_("The full sweep resumes after this account id.")
+        default=0,
+        verbose_name=_("sweep after"),
+        help_text=_("The full sweep resumes after this account id."),
     )
     swept_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When the full sweep last reached the end.")
+        null=True,
+        blank=True,
+        verbose_name=_("swept at"),
+        help_text=_("When the full sweep last reached the end."),
     )
     settings_digest = models.CharField(
-        max_length=64, blank=True, help_text=_("What was published where (settings), hashed.")
+        max_length=64,
+        blank=True,
+        verbose_name=_("settings digest"),
+        help_text=_("What was published where (settings), hashed."),
     )
+
+    class Meta:
+        verbose_name = _("ldap publication")
+        verbose_name_plural = _("ldap publications")
 
     def __str__(self) -> str:
         return "LDAP publication"
@@ -1378,10 +1701,23 @@ class LdapPublishedCertificate(models.Model):
     """
 
     certificate = models.OneToOneField(
-        "Certificate", on_delete=models.CASCADE, primary_key=True, related_name="ldap_published"
+        "Certificate",
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="ldap_published",
+        verbose_name=_("certificate"),
     )
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    published_at = models.DateTimeField()
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name=_("owner"),
+    )
+    published_at = models.DateTimeField(verbose_name=_("published at"))
+
+    class Meta:
+        verbose_name = _("ldap published certificate")
+        verbose_name_plural = _("ldap published certificates")
 
     def __str__(self) -> str:
         return f"certificate {self.certificate_id} published for user {self.owner_id}"
@@ -1392,10 +1728,18 @@ class LdapMissingEntry(models.Model):
     row per person, so /health/ counts people, not attempts)."""
 
     user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="+",
+        verbose_name=_("user"),
     )
-    since = models.DateTimeField()
-    reason = models.CharField(max_length=300, blank=True)
+    since = models.DateTimeField(verbose_name=_("since"))
+    reason = models.CharField(max_length=300, blank=True, verbose_name=_("reason"))
+
+    class Meta:
+        verbose_name = _("ldap missing entry")
+        verbose_name_plural = _("ldap missing entries")
 
     def __str__(self) -> str:
         return f"no directory entry for user {self.user_id}"
@@ -1417,26 +1761,45 @@ class LdapSyncRun(models.Model):
             "manage.py ldap_sync_leavers --confirm",
         )  # a command line: not translated
 
-    ran_at = models.DateTimeField()
-    source = models.CharField(max_length=10, choices=Source.choices)
-    checked = models.PositiveIntegerField(default=0, help_text=_("Directory accounts looked up."))
-    found = models.PositiveIntegerField(default=0, help_text=_("Of those, found and enabled."))
-    gone = models.PositiveIntegerField(
-        default=0, help_text=_("Accounts the directory no longer has, or has disabled.")
+    ran_at = models.DateTimeField(verbose_name=_("ran at"))
+    source = models.CharField(max_length=10, choices=Source.choices, verbose_name=_("source"))
+    checked = models.PositiveIntegerField(
+        default=0, verbose_name=_("checked"), help_text=_("Directory accounts looked up.")
     )
-    cap = models.PositiveIntegerField(help_text=_("PKIPORTAL_LDAP_SYNC_MAX_PER_RUN then."))
+    found = models.PositiveIntegerField(
+        default=0, verbose_name=_("found"), help_text=_("Of those, found and enabled.")
+    )
+    gone = models.PositiveIntegerField(
+        default=0,
+        verbose_name=_("gone"),
+        help_text=_("Accounts the directory no longer has, or has disabled."),
+    )
+    cap = models.PositiveIntegerField(
+        verbose_name=_("cap"), help_text=_("PKIPORTAL_LDAP_SYNC_MAX_PER_RUN then.")
+    )
     held_back = models.PositiveIntegerField(
         default=0,
+        verbose_name=_("held back"),
         help_text=_("Accounts it did not deactivate because more were gone than the cap."),
     )
-    deactivated = models.PositiveIntegerField(default=0)
-    failed = models.PositiveIntegerField(default=0)
+    deactivated = models.PositiveIntegerField(default=0, verbose_name=_("deactivated"))
+    failed = models.PositiveIntegerField(default=0, verbose_name=_("failed"))
     superusers = models.JSONField(
         default=list,
         blank=True,
+        verbose_name=_("superusers"),
         help_text=_("User names of superusers the directory no longer has: never deactivated."),
     )
-    error = models.CharField(max_length=500, blank=True, help_text=_("The last failure, if any."))
+    error = models.CharField(
+        max_length=500,
+        blank=True,
+        verbose_name=_("error"),
+        help_text=_("The last failure, if any."),
+    )
+
+    class Meta:
+        verbose_name = _("ldap sync run")
+        verbose_name_plural = _("ldap sync runs")
 
     def __str__(self) -> str:
         return f"Directory leavers' sync at {self.ran_at:%Y-%m-%d %H:%M}"
@@ -1453,8 +1816,12 @@ class ScheduledRun(models.Model):
     look like a dead beat. One upsert every few minutes costs nothing.
     """
 
-    name = models.CharField(max_length=100, primary_key=True)
-    last_run_at = models.DateTimeField()
+    name = models.CharField(max_length=100, primary_key=True, verbose_name=_("name"))
+    last_run_at = models.DateTimeField(verbose_name=_("last run at"))
+
+    class Meta:
+        verbose_name = _("scheduled run")
+        verbose_name_plural = _("scheduled runs")
 
     def __str__(self) -> str:
         return f"{self.name} last ran at {self.last_run_at:%Y-%m-%d %H:%M}"
@@ -1483,64 +1850,96 @@ class BulkRevocationRun(models.Model):
         primary_key=True,
         on_delete=models.PROTECT,
         related_name="+",
+        verbose_name=_("event"),
         help_text=_("Its .queued audit event, whose id is the run's number."),
     )
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
     started_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("started by"),
     )
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        verbose_name=_("actor"),
         help_text=_("Whose name the revocations are in: who started it, or last resumed it."),
     )
-    source_address = models.GenericIPAddressField(null=True, blank=True)
-    reason = models.CharField(max_length=30, choices=Certificate.RevocationReasonChoice.choices)
-    invalidity_date = models.DateTimeField(null=True, blank=True)
+    source_address = models.GenericIPAddressField(
+        null=True, blank=True, verbose_name=_("source address")
+    )
+    reason = models.CharField(
+        max_length=30, choices=Certificate.RevocationReasonChoice.choices, verbose_name=_("reason")
+    )
+    invalidity_date = models.DateTimeField(null=True, blank=True, verbose_name=_("invalidity date"))
     # A JSON list, not a row per certificate: written once (one insert of ~0.9 MB for
     # 100,000, in the officer's request), read once per task message, never rewritten;
     # each batch updates only the counters below. Emptied when the run finishes with
     # every certificate done (bulk_revoke._end): the counters tell the rest.
     certificate_ids = models.JSONField(
-        default=list, help_text=_("The certificates to revoke, in id order, as confirmed.")
+        default=list,
+        verbose_name=_("certificate ids"),
+        help_text=_("The certificates to revoke, in id order, as confirmed."),
     )
-    total = models.PositiveIntegerField(help_text=_("How many certificate_ids."))
+    total = models.PositiveIntegerField(
+        verbose_name=_("total"), help_text=_("How many certificate_ids.")
+    )
     position = models.PositiveIntegerField(
-        default=0, help_text=_("How many of certificate_ids are done: the next batch starts there.")
+        default=0,
+        verbose_name=_("position"),
+        help_text=_("How many of certificate_ids are done: the next batch starts there."),
     )
     selected = models.PositiveIntegerField(
+        verbose_name=_("selected"),
         help_text=_(
             "The whole selection, those already revoked or expired when confirmed included."
-        )
+        ),
     )
-    revoked = models.PositiveIntegerField(default=0)
+    revoked = models.PositiveIntegerField(default=0, verbose_name=_("revoked"))
     skipped = models.PositiveIntegerField(
-        default=0, help_text=_("Already revoked or expired: when confirmed, and since.")
+        default=0,
+        verbose_name=_("skipped"),
+        help_text=_("Already revoked or expired: when confirmed, and since."),
     )
-    failed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0, verbose_name=_("failed"))
     imported = models.PositiveIntegerField(
-        default=0, help_text=_("Of those revoked, another CA's: recorded here only.")
+        default=0,
+        verbose_name=_("imported"),
+        help_text=_("Of those revoked, another CA's: recorded here only."),
     )
-    batches = models.PositiveIntegerField(default=0)
+    batches = models.PositiveIntegerField(default=0, verbose_name=_("batches"))
     failures = models.JSONField(
-        default=list, blank=True, help_text=_("The first few certificates refused, and why.")
+        default=list,
+        blank=True,
+        verbose_name=_("failures"),
+        help_text=_("The first few certificates refused, and why."),
     )
-    error = models.CharField(max_length=500, blank=True, help_text=_("Why it stopped early."))
-    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    error = models.CharField(
+        max_length=500, blank=True, verbose_name=_("error"), help_text=_("Why it stopped early.")
+    )
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.QUEUED, verbose_name=_("state")
+    )
     claim = models.CharField(
         max_length=64,
         blank=True,
+        verbose_name=_("claim"),
         help_text=_("The one task message (its id), or request, that may work on it now."),
     )
     heartbeat_at = models.DateTimeField(
-        help_text=_("When it was queued or claimed, or its last batch committed.")
+        verbose_name=_("heartbeat at"),
+        help_text=_("When it was queued or claimed, or its last batch committed."),
     )
-    finished_at = models.DateTimeField(null=True, blank=True)
-    resumes = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=_("finished at"))
+    resumes = models.PositiveIntegerField(default=0, verbose_name=_("resumes"))
 
     class Meta:
+        verbose_name = _("bulk revocation run")
+        verbose_name_plural = _("bulk revocation runs")
         constraints = [
             models.CheckConstraint(
                 condition=Q(position__lte=F("total")), name="bulk_run_position_within"
@@ -1569,16 +1968,26 @@ class ApiToken(models.Model):
     """
 
     auth_token = models.OneToOneField(
-        settings.KNOX_TOKEN_MODEL, on_delete=models.CASCADE, related_name="api_token"
+        settings.KNOX_TOKEN_MODEL,
+        on_delete=models.CASCADE,
+        related_name="api_token",
+        verbose_name=_("auth token"),
     )
     label = models.CharField(
-        max_length=100, blank=True, help_text=_("Its owner's name for it; empty for old tokens.")
+        max_length=100,
+        blank=True,
+        verbose_name=_("label"),
+        help_text=_("Its owner's name for it; empty for old tokens."),
     )
     last_used_at = models.DateTimeField(
-        null=True, blank=True, help_text=_("When it last authenticated a call, to the hour.")
+        null=True,
+        blank=True,
+        verbose_name=_("last used at"),
+        help_text=_("When it last authenticated a call, to the hour."),
     )
     second_factor = models.BooleanField(
         default=False,
+        verbose_name=_("second factor"),
         help_text=_(
             "Minted with a confirmed second factor. Tokens without it have no officer, "
             "agent or administrator power while the policy asks their owner for one."
@@ -1592,6 +2001,7 @@ class ApiToken(models.Model):
         blank=True,
         default=SecondFactorKind.NONE,
         choices=SecondFactorKind.choices,
+        verbose_name=_("second factor kind"),
         help_text=_(
             "What confirmed the second factor it was minted with; empty: none, or "
             "minted before this was recorded."
@@ -1601,6 +2011,7 @@ class ApiToken(models.Model):
         max_length=36,
         blank=True,
         default="",
+        verbose_name=_("second factor key model"),
         help_text=_(
             "The AAGUID of the security key it was minted with, when the key proved "
             "its model (attestation)."
@@ -1609,6 +2020,7 @@ class ApiToken(models.Model):
 
     class Meta:
         verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
 
     def __str__(self) -> str:
         return f"{self.label or 'unnamed token'} ({self.auth_token.token_key}…)"
@@ -1652,33 +2064,62 @@ class Rollout(models.Model):
         CANCELLED = "cancelled", _("Cancelled")
         EXPIRED = "expired", _("Expired")
 
-    name = models.CharField(max_length=200, blank=True)
+    name = models.CharField(max_length=200, blank=True, verbose_name=_("name"))
     template = models.ForeignKey(
-        CertificateTemplate, on_delete=models.PROTECT, related_name="rollouts"
+        CertificateTemplate,
+        on_delete=models.PROTECT,
+        related_name="rollouts",
+        verbose_name=_("template"),
     )
-    key_algorithm = models.CharField(max_length=20)
+    key_algorithm = models.CharField(max_length=20, verbose_name=_("key algorithm"))
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("created by"),
     )
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    expires_at = models.DateTimeField(help_text=_("Invitations not collected by then expire."))
+    created_at = models.DateTimeField(
+        default=timezone.now, db_index=True, verbose_name=_("created at")
+    )
+    expires_at = models.DateTimeField(
+        verbose_name=_("expires at"), help_text=_("Invitations not collected by then expire.")
+    )
     group = models.ForeignKey(
-        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("group"),
     )
     group_name = models.CharField(
-        max_length=150, blank=True, help_text=_("Kept if the group goes.")
+        max_length=150,
+        blank=True,
+        verbose_name=_("group name"),
+        help_text=_("Kept if the group goes."),
     )
-    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.OPEN, verbose_name=_("state")
+    )
     ended_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("ended by"),
     )
-    ended_at = models.DateTimeField(null=True, blank=True)
-    last_reminded_at = models.DateTimeField(null=True, blank=True)
-    invited = models.PositiveIntegerField(default=0)
-    skipped = models.JSONField(default=list, blank=True)
-    skipped_count = models.PositiveIntegerField(default=0)
+    ended_at = models.DateTimeField(null=True, blank=True, verbose_name=_("ended at"))
+    last_reminded_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("last reminded at")
+    )
+    invited = models.PositiveIntegerField(default=0, verbose_name=_("invited"))
+    skipped = models.JSONField(default=list, blank=True, verbose_name=_("skipped"))
+    skipped_count = models.PositiveIntegerField(default=0, verbose_name=_("skipped count"))
 
     class Meta:
+        verbose_name = _("rollout")
+        verbose_name_plural = _("rollouts")
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["state", "expires_at"], name="rollout_state_expiry_idx")]
 
@@ -1702,19 +2143,30 @@ class RolloutInvitation(models.Model):
         CANCELLED = "cancelled", _("Cancelled by an officer")
         EXPIRED = "expired", _("Expired")
 
-    rollout = models.ForeignKey(Rollout, on_delete=models.PROTECT, related_name="invitations")
-    request = models.OneToOneField(
-        CertificateRequest, on_delete=models.PROTECT, related_name="invitation"
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.PROTECT, related_name="invitations", verbose_name=_("rollout")
     )
-    mailed_at = models.DateTimeField(null=True, blank=True)
+    request = models.OneToOneField(
+        CertificateRequest,
+        on_delete=models.PROTECT,
+        related_name="invitation",
+        verbose_name=_("request"),
+    )
+    mailed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("mailed at"))
     # Sends the mail server refused, and its last answer: the hourly retry stops at
     # rollouts.MAIL_ATTEMPTS, and the roll-out's page shows who was never told.
-    mail_attempts = models.PositiveSmallIntegerField(default=0)
-    mail_error = models.CharField(max_length=300, default="", blank=True)
-    reminded_at = models.DateTimeField(null=True, blank=True)
-    ended = models.CharField(max_length=10, choices=Ended.choices, default="", blank=True)
+    mail_attempts = models.PositiveSmallIntegerField(default=0, verbose_name=_("mail attempts"))
+    mail_error = models.CharField(
+        max_length=300, default="", blank=True, verbose_name=_("mail error")
+    )
+    reminded_at = models.DateTimeField(null=True, blank=True, verbose_name=_("reminded at"))
+    ended = models.CharField(
+        max_length=10, choices=Ended.choices, default="", blank=True, verbose_name=_("ended")
+    )
 
     class Meta:
+        verbose_name = _("rollout invitation")
+        verbose_name_plural = _("rollout invitations")
         ordering = ["id"]
 
     def __str__(self) -> str:
