@@ -12,6 +12,9 @@ Then it walks every page again on a phone (390 CSS pixels, touch; PHONE_CONTEXT 
 every page), where pages take their phone layout: tables stacked into cards, less
 padding, so targets' sizes and spacing (WCAG 2.5.8) and labels differ. On either screen
 a page wider than the screen fails too (reflow, WCAG 1.4.10, which no axe rule checks).
+And once more on the phone in German (a browser asking for it): its longer words are
+where a page outgrows the screen first, and every page must say it is German
+(<html lang>, WCAG 3.1.1).
 
 Which pages: every route in the URL conf is either visited here or listed in NOT_PAGES
 with the reason, and every page template is rendered, so a new page fails this test
@@ -35,6 +38,7 @@ from django.contrib.auth.models import Group
 from django.test.signals import template_rendered
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.exceptions import Resolver404
+from django.utils import translation
 
 from accounts import mfa
 from enrollment import recovery, services
@@ -190,6 +194,8 @@ PHONE_LAYOUT = "() => [window.innerWidth, matchMedia('(max-width: 40rem)').match
 
 PAGE_WIDTH = "() => document.documentElement.scrollWidth"
 
+LANG = "() => document.documentElement.lang"
+
 # Folded sections (Revoke…, Withdraw…) opened: their forms are checked too.
 OPEN_ALL = "() => document.querySelectorAll('details').forEach(d => { d.open = true; })"
 
@@ -202,6 +208,7 @@ class Scan:
     page: Page
     base: str
     screen: str = "desktop"
+    language: str = "en"
     role: str = "anonymous"
     axe: Axe = field(default_factory=Axe)
     found: list[str] = field(default_factory=list)
@@ -214,6 +221,14 @@ class Scan:
         if cookie is not None:
             session = {"name": settings.SESSION_COOKIE_NAME, "value": cookie}
             self.page.context.add_cookies([{**session, "url": self.base}])
+
+    def words(self, english: str) -> str:
+        """A button's words as this walk's language shows them."""
+        with translation.override(self.language):
+            return translation.gettext(english)
+
+    def button(self, english: str, where: str = "main") -> str:
+        return f"{where} button:has-text('{self.words(english)}')"
 
     def go(self, path: str) -> None:
         """Open a page to act on (fill in a form), not to check yet."""
@@ -242,6 +257,8 @@ class Scan:
         self.page.evaluate(OPEN_ALL)
         results = self.axe.run(self.page, options=AXE_OPTIONS).response
         self.checked += 1
+        if (said := self.page.evaluate(LANG)) != self.language:
+            self.found.append(f"{self.screen}, {self.role} {where}: <html lang={said!r}>")
         if (route := route_of(self.page.url)) is not None:
             self.seen.add(route)
         # Reflow (WCAG 1.4.10), which no axe rule checks: a page wider than the screen.
@@ -267,7 +284,7 @@ class Scan:
         self.go("/accounts/login/")
         self.page.fill("#id_username", username)
         self.page.fill("#id_password", password)
-        self.submit("main button:has-text('Sign in')", status, state)
+        self.submit(self.button("Sign in"), status, state)
 
 
 @dataclass
@@ -372,7 +389,13 @@ def portals(
     )
     otis = UserFactory(username="otis", first_name="Otis", last_name="Third")
     otis.groups.add(Group.objects.get(name="RA officers"))
-    return {"desktop": desktop, "phone": replace(desktop, **fresh("mallory-phone", otis))}
+    otto = UserFactory(username="otto", first_name="Otto", last_name="Vierter")
+    otto.groups.add(Group.objects.get(name="RA officers"))
+    return {
+        "desktop": desktop,
+        "phone": replace(desktop, **fresh("mallory-phone", otis)),
+        "phone, German": replace(desktop, **fresh("mallory-de", otto)),
+    }
 
 
 def other_code(right: str) -> str:
@@ -403,7 +426,7 @@ def as_anonymous(scan: Scan, portal: Portal) -> None:
         scan.page.fill("#id_username", portal.forgetful)
         scan.page.fill("#id_password", "not her password")
         with scan.page.expect_navigation():
-            scan.page.click("main button:has-text('Sign in')")
+            scan.page.click(scan.button("Sign in"))
     scan.sign_in(portal.forgetful, "not her password", 429, "locked out")
 
 
@@ -413,16 +436,16 @@ def signing_in_with_a_second_factor(scan: Scan, portal: Portal) -> None:
     scan.as_role("officer signing in")
     scan.sign_in(portal.officer, SIGN_IN_PASSWORD, 200, "the second step")
     scan.page.fill("#id_code", other_code(code(portal.officer_seed)))
-    scan.submit("main button:has-text('Continue')", 400, "a wrong code")
+    scan.submit(scan.button("Continue"), 400, "a wrong code")
 
     scan.as_role("new officer signing in")
     scan.sign_in(portal.new_officer, SIGN_IN_PASSWORD, 200, "no second factor yet")
     seed = base64.b32decode(scan.page.inner_text("#totp-secret").replace(" ", ""))
     scan.page.fill("#id_code", other_code(code(seed)))
-    scan.submit("main button:has-text('Confirm')", 400, "a wrong code")
+    scan.submit(scan.button("Confirm"), 400, "a wrong code")
     scan.page.wait_for_timeout(1_100)  # the pause after a wrong code
     scan.page.fill("#id_code", code(seed))
-    scan.submit("main button:has-text('Confirm')", 200, "the backup codes")
+    scan.submit(scan.button("Confirm"), 200, "the backup codes")
 
 
 def as_employee(scan: Scan, portal: Portal) -> None:
@@ -455,7 +478,7 @@ def as_employee(scan: Scan, portal: Portal) -> None:
     scan.submit("#create button[type=submit]", 400, "a token without a name")
     scan.page.fill("#id_label", f"Accessibility check ({scan.screen})")  # labels are unique
     scan.submit("#create button[type=submit]", 200, "the new token")
-    scan.submit("header button:has-text('Sign out')", 200, "signed out")
+    scan.submit("header form[action='/accounts/logout/'] button", 200, "signed out")
 
 
 def as_officer(scan: Scan, portal: Portal) -> None:
@@ -501,7 +524,7 @@ def as_agent(scan: Scan, portal: Portal) -> None:
     ):
         scan.page.set_input_files("input[name=agent_pkcs12]", upload)
         scan.page.fill("input[name=agent_password]", password)
-        scan.submit("main button:has-text('Recover the key')", status, state)
+        scan.submit(scan.button("Recover the key"), status, state)
 
 
 def as_admin(scan: Scan, portal: Portal) -> None:
@@ -545,8 +568,14 @@ def test_every_page_passes_wcag_22_aa_for_every_role(live_server, settings, port
             browser = desktop.context.browser
             assert browser is not None
             phone = browser.new_context(**PHONE_CONTEXT).new_page()
-            for screen, page in (("desktop", desktop), ("phone", phone)):
-                scan = Scan(page, live_server.url, screen)
+            # German's longer words, on the narrowest screen: where reflow breaks first.
+            german = browser.new_context(**PHONE_CONTEXT, locale="de-DE").new_page()
+            for screen, page, language in (
+                ("desktop", desktop, "en"),
+                ("phone", phone, "en"),
+                ("phone, German", german, "de"),
+            ):
+                scan = Scan(page, live_server.url, screen, language)
                 walk(scan, portals[screen])
                 scans.append(scan)
                 # The control: a field without a label is heard.
