@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.middleware.locale import LocaleMiddleware as DjangoLocaleMiddleware
 from django.utils import translation
 from django.utils.functional import Promise, lazy
@@ -51,6 +52,10 @@ class LocaleMiddleware(DjangoLocaleMiddleware):
     """
 
     def process_request(self, request: HttpRequest) -> None:
+        if _language_neutral(request.path_info):
+            translation.activate(settings.LANGUAGE_CODE)
+            request.LANGUAGE_CODE = settings.LANGUAGE_CODE
+            return
         user = getattr(request, "user", None)
         chosen = supported(getattr(user, "language", "")) if user is not None else None
         if chosen is None:
@@ -58,6 +63,30 @@ class LocaleMiddleware(DjangoLocaleMiddleware):
             return
         translation.activate(chosen)
         request.LANGUAGE_CODE = chosen
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        if _language_neutral(request.path_info):
+            return response
+        return super().process_response(request, response)
+
+
+def _language_neutral(path: str) -> bool:
+    """Answers that are the same in every language, for machines: CRLs, CA certificates
+    and OCSP answers, which HTTP caches and CDNs keep one copy of for everyone (no Vary:
+    Accept-Language to split them by), EST, monitoring, static files. The repository's
+    own page (/pki/) is for people and is translated."""
+    return path.startswith(_NEUTRAL) and path != "/pki/"
+
+
+_NEUTRAL = (
+    "/pki/",
+    "/.well-known/est/",
+    "/health/",
+    "/metrics",
+    "/" + settings.STATIC_URL.strip("/") + "/",
+)
 
 
 @require_POST

@@ -162,3 +162,21 @@ def test_every_page_offers_the_languages_in_their_own_names(anonymous_client, em
     assert '<option value="de" lang="de" selected>Deutsch</option>' in page
     # Named in English too, for whoever cannot read German.
     assert '<span lang="en">Language</span>' in page
+
+
+@pytest.mark.parametrize(
+    "path", ["/pki/issuing.crl", "/pki/issuing.crt", "/pki/root-chain.p7b", "/health/live/"]
+)
+def test_answers_for_machines_are_the_same_in_every_language(anonymous_client, hierarchy, path):
+    """No Vary: Accept-Language on CRLs and CA certificates: an HTTP cache or CDN keeps
+    one copy for every client, whatever language its user reads."""
+    response = anonymous_client.get(path, HTTP_ACCEPT_LANGUAGE="de")
+    assert response.status_code == 200
+    assert "Accept-Language" not in response.get("Vary", "")
+    assert "Content-Language" not in response
+
+
+def test_the_repositorys_page_is_for_people_and_translated(anonymous_client, hierarchy):
+    response = anonymous_client.get("/pki/", HTTP_ACCEPT_LANGUAGE="de")
+    assert response["Content-Language"] == "de"
+    assert "Accept-Language" in response["Vary"]
