@@ -176,6 +176,7 @@ class CertificateTemplateForm(ModelForm[CertificateTemplate]):
         choices=[(algorithm.value, algorithm.label) for algorithm in KeyAlgorithm],
         widget=forms.CheckboxSelectMultiple,
         required=False,
+        label=CertificateTemplate._meta.get_field("allowed_key_algorithms").verbose_name,
         help_text=gettext_lazy(
             "None ticked: every one of them. RSA-4096 keys take seconds to generate."
         ),
