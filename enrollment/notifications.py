@@ -16,32 +16,77 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.functional import Promise
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import ngettext
 
 from enrollment.models import ApiToken, Certificate, CertificateRequest
+from pkiportal.i18n import in_language_of, language_of
 
 logger = logging.getLogger(__name__)
 
+# A subject: text (marked with gettext_lazy) or, when it carries values, a function that
+# words it; either is turned into words inside each recipient's language.
+Subject = str | Promise | Callable[[], str]
 
-def mail(subject: str, template: str, context: Mapping[str, object], to: Iterable[str]) -> None:
+# A recipient: an address (no account, e.g. a shared mailbox's: PKIPORTAL_LANGUAGE) or a
+# person (anything with ``email`` and ``language``, e.g. a User), mailed in their language.
+Recipient = str | Any
+
+
+def _address(recipient: Recipient) -> str:
+    return (recipient if isinstance(recipient, str) else recipient.email or "").strip()
+
+
+def _words(subject: Subject) -> str:
+    return subject() if callable(subject) else str(subject)
+
+
+def mail(
+    subject: Subject, template: str, context: Mapping[str, object], to: Iterable[Recipient]
+) -> None:
     """The template rendered now (links under PKIPORTAL_SITE_URL) and mailed to each address
     once the transaction commits: a step rolled back mails nobody, and one address that
-    fails is logged without keeping the others from theirs."""
-    addresses = sorted({address for address in to if address})
-    if not addresses:
+    fails is logged without keeping the others from theirs.
+
+    Subject and body are worded in each recipient's language (pkiportal.i18n), once per
+    language. An address listed twice is mailed once, in the language of the account it
+    came with, if any: a bare address (ADMINS, a mailbox) knows no one's choice."""
+    chosen: dict[str, Recipient] = {}
+    for recipient in to:
+        address = _address(recipient)
+        if address and (address not in chosen or isinstance(chosen[address], str)):
+            chosen[address] = recipient
+    if not chosen:
         return
-    body = render_to_string(template, {**context, "site_url": settings.PKIPORTAL_SITE_URL})
+    worded: dict[str, tuple[str, str]] = {}
+    languages: dict[str, str] = {}
+    for address, recipient in chosen.items():
+        person = None if isinstance(recipient, str) else recipient
+        language = languages[address] = language_of(person)
+        if language not in worded:
+            with in_language_of(person):
+                worded[language] = (
+                    _words(subject),
+                    render_to_string(
+                        template, {**context, "site_url": settings.PKIPORTAL_SITE_URL}
+                    ),
+                )
 
     def send() -> None:
-        for address in addresses:
+        for address in sorted(chosen):
+            subject_words, body = worded[languages[address]]
             try:
-                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [address])
+                send_mail(subject_words, body, settings.DEFAULT_FROM_EMAIL, [address])
             except Exception:
-                logger.exception("Could not send %r to %s", subject, address)
+                logger.exception("Could not send %r to %s", subject_words, address)
 
     transaction.on_commit(send, robust=True)
 
 
-def _send(subject: str, template: str, context: dict[str, object], to: str) -> None:
+def _send(subject: Subject, template: str, context: dict[str, object], to: Any) -> None:
+    """One person's mail (or an address's, with no account), in their language."""
     mail(subject, template, context, [to])
 
 
@@ -50,11 +95,12 @@ def request_decided(request: CertificateRequest) -> None:
     state = CertificateRequest.State
     failed = request.state == state.FAILED
     approved = request.state in (state.APPROVED, state.ISSUED, state.FAILED)
-    subject = (
-        "Your certificate request was approved but could not be issued"
-        if failed
-        else f"Your certificate request was {'approved' if approved else 'rejected'}"
-    )
+    if failed:
+        subject = _lazy("Your certificate request was approved but could not be issued")
+    elif approved:
+        subject = _lazy("Your certificate request was approved")
+    else:
+        subject = _lazy("Your certificate request was rejected")
     _send(
         subject,
         "enrollment/email/request_decided.txt",
@@ -64,7 +110,7 @@ def request_decided(request: CertificateRequest) -> None:
             "failed": failed,
             "url": reverse("enrollment:request-detail", args=[request.pk]),
         },
-        request.requester.email,
+        request.requester,
     )
 
 
@@ -80,7 +126,7 @@ def certificate_revoked(certificate: Certificate, *, actor: object = None) -> No
     if owner is None:
         return
     _send(
-        "Your certificate was revoked",
+        _lazy("Your certificate was revoked"),
         "enrollment/email/certificate_revoked.txt",
         {
             "certificate": certificate,
@@ -88,7 +134,7 @@ def certificate_revoked(certificate: Certificate, *, actor: object = None) -> No
             "by_holder": getattr(actor, "pk", None) == owner.pk,
             "url": reverse("enrollment:certificate-detail", args=[certificate.pk]),
         },
-        owner.email,
+        owner,
     )
 
 
@@ -96,9 +142,11 @@ def certificates_outdated(owner: Any, found: list[tuple[Certificate, datetime | 
     """Certificates naming an address the holder no longer has: which, when each is revoked
     (None: not automatically) and where to renew it for the new address. To the new one."""
     _send(
-        "Your certificate names your old e-mail address"
-        if len(found) == 1
-        else "Your certificates name your old e-mail address",
+        lambda: ngettext(
+            "Your certificate names your old e-mail address",
+            "Your certificates name your old e-mail address",
+            len(found),
+        ),
         "enrollment/email/certificates_outdated.txt",
         {
             "owner": owner,
@@ -111,7 +159,7 @@ def certificates_outdated(owner: Any, found: list[tuple[Certificate, datetime | 
                 for certificate, due in found
             ],
         },
-        owner.email,
+        owner,
     )
 
 
@@ -120,7 +168,7 @@ def api_token_created(api_token: ApiToken, *, via: str, source_address: str | No
     one shows up in the owner's mailbox, with where to revoke it."""
     token = api_token.auth_token
     _send(
-        "A new API token was created for your account",
+        _lazy("A new API token was created for your account"),
         "enrollment/email/api_token_created.txt",
         {
             "api_token": api_token,
@@ -129,7 +177,7 @@ def api_token_created(api_token: ApiToken, *, via: str, source_address: str | No
             "source_address": source_address,
             "url": reverse("enrollment:token-list"),
         },
-        token.user.email,
+        token.user,
     )
 
 
@@ -137,10 +185,10 @@ def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> No
     """Someone else (an administrator) revoked one of the owner's tokens: scripts that use
     it stop working, and its owner should know why."""
     _send(
-        "One of your API tokens was revoked",
+        _lazy("One of your API tokens was revoked"),
         "enrollment/email/api_token_revoked.txt",
         {"owner": owner, "facts": facts, "actor": actor, "url": reverse("enrollment:token-list")},
-        owner.email,
+        owner,
     )
 
 
@@ -157,7 +205,7 @@ def account_started_afresh(
     signed out, its scripts stopped, perhaps its password gone, with no other word. One
     mail says what ended and what to do; ``tokens`` as api_token_revoked names them."""
     _send(
-        "Your account was given new rights: its sign-ins were reset",
+        _lazy("Your account was given new rights: its sign-ins were reset"),
         "enrollment/email/account_fresh_start.txt",
         {
             "user": user,
@@ -169,22 +217,22 @@ def account_started_afresh(
             "tokens_url": reverse("enrollment:token-list"),
             "url": reverse("accounts:mfa-overview"),
         },
-        user.email,
+        user,
     )
 
 
-SECOND_FACTOR_SUBJECTS = {
-    "added": "An authenticator app was set up for your account",
-    "replaced": "Your authenticator app was replaced",
-    "removed": "Your second factor was removed",
-    "app_removed": "Your authenticator app was removed",
-    "reset": "An administrator reset your second factor",
-    "backup_codes": "New backup codes were made for your account",
-    "locked": "Many wrong second-factor codes were entered for your account",
-    "key_added": "A security key was added to your account",
-    "key_added_backup_codes": "A security key and backup codes were added to your account",
-    "key_removed": "A security key was removed from your account",
-    "key_cloned": "A copy of your security key was refused",
+SECOND_FACTOR_SUBJECTS: dict[str, Promise] = {
+    "added": _lazy("An authenticator app was set up for your account"),
+    "replaced": _lazy("Your authenticator app was replaced"),
+    "removed": _lazy("Your second factor was removed"),
+    "app_removed": _lazy("Your authenticator app was removed"),
+    "reset": _lazy("An administrator reset your second factor"),
+    "backup_codes": _lazy("New backup codes were made for your account"),
+    "locked": _lazy("Many wrong second-factor codes were entered for your account"),
+    "key_added": _lazy("A security key was added to your account"),
+    "key_added_backup_codes": _lazy("A security key and backup codes were added to your account"),
+    "key_removed": _lazy("A security key was removed from your account"),
+    "key_cloned": _lazy("A copy of your security key was refused"),
 }
 
 
@@ -200,7 +248,7 @@ def second_factor_changed(user: Any, *, change: str, source_address: str | None)
             "source_address": source_address,
             "url": reverse("accounts:mfa-overview"),
         },
-        user.email,
+        user,
     )
 
 
@@ -229,21 +277,8 @@ def rollout_invitations_send(
             to = (request.requester.email or "").strip()
             if not to:
                 continue
-            body = render_to_string(
-                "enrollment/email/rollout_invitation.txt",
-                {
-                    "invitation": invitation,
-                    "request": request,
-                    "rollout": invitation.rollout,
-                    "reminder": reminder,
-                    "url": reverse("enrollment:request-detail", args=[request.pk]),
-                    "site_url": settings.PKIPORTAL_SITE_URL,
-                },
-            )
-            subject = (
-                f"{'Reminder: c' if reminder else 'C'}ollect your "
-                f"{invitation.rollout.template.name} certificate"
-            )
+            with in_language_of(request.requester):
+                subject, body = _invitation(invitation, reminder=reminder)
             message = EmailMessage(
                 subject, body, settings.DEFAULT_FROM_EMAIL, [to], connection=connection
             )
@@ -260,3 +295,25 @@ def rollout_invitations_send(
     finally:
         connection.close()
     return sent
+
+
+def _invitation(invitation: Any, *, reminder: bool) -> tuple[str, str]:
+    """A roll-out invitation's subject and body, in the language active now."""
+    request = invitation.request
+    body = render_to_string(
+        "enrollment/email/rollout_invitation.txt",
+        {
+            "invitation": invitation,
+            "request": request,
+            "rollout": invitation.rollout,
+            "reminder": reminder,
+            "url": reverse("enrollment:request-detail", args=[request.pk]),
+            "site_url": settings.PKIPORTAL_SITE_URL,
+        },
+    )
+    name = invitation.rollout.template.name
+    if reminder:
+        subject = _("Reminder: collect your %(template)s certificate") % {"template": name}
+    else:
+        subject = _("Collect your %(template)s certificate") % {"template": name}
+    return subject, body

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 from django.conf import settings
@@ -21,6 +22,10 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import Promise
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import ngettext
 
 from enrollment.models import (
     ApprovalNoticeDigest,
@@ -28,7 +33,7 @@ from enrollment.models import (
     CertificateRequest,
     KeyRecoveryAgent,
 )
-from enrollment.notifications import mail
+from enrollment.notifications import Recipient, Subject, mail
 from enrollment.permissions import Decider, deciders, ra_officers
 from enrollment.scopes import Reach, prime_groups, prime_requesters, reaches
 from pkiportal import plurals
@@ -40,14 +45,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _send(subject: str, template: str, context: dict[str, Any], to: Iterable[str]) -> None:
-    """One mail to each address, sent once the transaction commits (notifications.mail)."""
+def _send(
+    subject: Subject, template: str, context: dict[str, Any], to: Iterable[Recipient]
+) -> None:
+    """One mail to each address, sent once the transaction commits, in each recipient's
+    language (notifications.mail): pass people, not their addresses, where there are any."""
     mail(subject, template, context, to)
 
 
-def _name(user: User | None) -> str:
+def _name(user: User | None) -> str | Promise:
+    """A person in words; lazy for "the system", worded in each recipient's language."""
     if user is None:
-        return "the system"
+        # Translators: who acted, when no person did (a scheduled task, a command).
+        return _lazy("the system")
     return user.get_full_name() or user.get_username()
 
 
@@ -71,44 +81,56 @@ def _agents() -> QuerySet[User]:
     return users.filter(groups__name=settings.PKIPORTAL_KRA_GROUP).distinct()
 
 
-def _covering(users: QuerySet[User], certificate: Certificate) -> list[str]:
-    """The addresses of those whose officer scope covers the certificate's holder (for a
+def _covering(users: QuerySet[User], certificate: Certificate) -> list[User]:
+    """Those whose officer scope covers the certificate's holder (for a
     shared mailbox's: those who act for everyone): every Reach and the holder's groups
     read once, not a query per person."""
-    people = list(users.only("pk", "is_superuser", "email"))
+    people = list(users.only("pk", "is_superuser", "email", "language"))
     reached = reaches((p.pk, p.is_superuser) for p in people)
     if not all(reach.everyone for reach in reached.values()):
         prime_groups([certificate.owner])
-    return [p.email for p in people if reached[p.pk].covers_certificate(certificate)]
+    return [p for p in people if reached[p.pk].covers_certificate(certificate)]
 
 
-def admin_addresses() -> list[str]:
-    """Superusers (they register agents in /admin/) and settings.ADMINS."""
+def admins() -> list[Recipient]:
+    """Superusers (they register agents in /admin/), each in their language, and the
+    addresses of settings.ADMINS (in PKIPORTAL_LANGUAGE: no account says otherwise)."""
     users = get_user_model().objects.filter(is_active=True, is_superuser=True).exclude(email="")
     # ADMINS holds (name, address) pairs; Django 6 also accepts plain addresses.
-    admins = [a if isinstance(a, str) else a[1] for a in settings.ADMINS]
-    return [*users.values_list("email", flat=True), *admins]
+    addresses = [a if isinstance(a, str) else a[1] for a in settings.ADMINS]
+    return [*users, *addresses]
 
 
 # --- shared mailboxes -----------------------------------------------------------------
 
 
-def mailbox_addresses(mailbox: SharedMailbox, *, also: Iterable[Any] = ()) -> list[str]:
-    """The mailbox's own address and its active delegates' (and ``also``'s, e.g. those
-    just removed). The mailbox itself is told so that one delegate, or an officer who
-    made themselves one, cannot act on its key unseen: everyone who reads it reads that."""
+def mailbox_recipients(mailbox: SharedMailbox, *, also: Iterable[Any] = ()) -> list[Recipient]:
+    """The mailbox's own address (in PKIPORTAL_LANGUAGE) and its active delegates (and
+    ``also``, e.g. those just removed), each in their language. The mailbox itself is
+    told so that one delegate, or an officer who made themselves one, cannot act on its
+    key unseen: everyone who reads it reads that."""
     people = [*mailbox.delegates.filter(is_active=True), *also]
-    return [mailbox.email, *(p.email for p in people if p.is_active and p.email)]
+    return [mailbox.email, *(p for p in people if p.is_active and p.email)]
 
 
-MAILBOX_SUBJECTS = {
-    "created": "The shared mailbox {email} was set up in the PKI portal",
-    "delegates": "The delegates of the shared mailbox {email} changed",
-    "issued": "A certificate was issued for the shared mailbox {email}",
-    "revoked": "A certificate of the shared mailbox {email} was revoked",
-    "expiring": "A certificate of the shared mailbox {email} expires in {days_left} day{plural}",
-    "recovery": "Key recovery #{pk} of the shared mailbox {email}: {step}",
+MAILBOX_SUBJECTS: dict[str, Promise] = {
+    "created": _lazy("The shared mailbox %(email)s was set up in the PKI portal"),
+    "delegates": _lazy("The delegates of the shared mailbox %(email)s changed"),
+    "issued": _lazy("A certificate was issued for the shared mailbox %(email)s"),
+    "revoked": _lazy("A certificate of the shared mailbox %(email)s was revoked"),
+    "recovery": _lazy("Key recovery #%(pk)s of the shared mailbox %(email)s: %(step)s"),
 }
+
+
+def _mailbox_subject(event: str, facts: Mapping[str, Any]) -> str:
+    """A mailbox notice's subject, worded in the language active now."""
+    if event == "expiring":
+        return ngettext(
+            "A certificate of the shared mailbox %(email)s expires in %(days_left)d day",
+            "A certificate of the shared mailbox %(email)s expires in %(days_left)d days",
+            facts["days_left"],
+        ) % {"email": facts["email"], "days_left": facts["days_left"]}
+    return str(MAILBOX_SUBJECTS[event]) % facts
 
 
 def mailbox_notice(
@@ -120,16 +142,14 @@ def mailbox_notice(
 ) -> None:
     """Tell a shared mailbox (and its delegates) what happened to its delegates, its
     certificates or its key: issuance, revocation, expiry, each recovery step."""
-    facts = {"email": mailbox.email, "plural": "", **context}
-    if "days_left" in context:
-        facts["plural"] = "s" if context["days_left"] != 1 else ""
+    facts = {"email": mailbox.email, **context}
     if "recovery" in context:
         facts["pk"] = context["recovery"].pk
     _send(
-        MAILBOX_SUBJECTS[event].format(**facts),
+        lambda: _mailbox_subject(event, facts),
         "enrollment/email/mailbox_notice.txt",
         {"mailbox": mailbox, "event": event, **context},
-        mailbox_addresses(mailbox, also=also),
+        mailbox_recipients(mailbox, also=also),
     )
 
 
@@ -180,7 +200,7 @@ def mailbox_certificate_revoked(certificate: Certificate, *, actor: Any) -> None
         mailbox,
         "revoked",
         certificate=certificate,
-        actor=_name(actor) if actor is not None else "the portal (as the system)",
+        actor=_name(actor) if actor is not None else _lazy("the portal (as the system)"),
         url=reverse("enrollment:certificate-detail", args=[certificate.pk]),
     )
 
@@ -268,23 +288,30 @@ def still_theirs(decider: Decider, ids: Iterable[int]) -> list[int]:
     return _theirs(decider, requests)
 
 
+class Officer(NamedTuple):
+    """Whom a notice goes to, and in which language (pkiportal.i18n.language_of)."""
+
+    email: str
+    language: str
+
+
 def _asked(
     requests: Mapping[int, CertificateRequest], *, among: Iterable[int] | None = None
-) -> dict[int, tuple[str, Decider, list[int]]]:
-    """Each active officer with an address (of ``among``, when given), their address, their
-    Decider and the ids of the requests they may decide, oldest first."""
+) -> dict[int, tuple[Officer, Decider, list[int]]]:
+    """Each active officer with an address (of ``among``, when given), their address and
+    language, their Decider and the ids of the requests they may decide, oldest first."""
     officers = _officers()
     if among is not None:
         officers = officers.filter(pk__in=list(among))
-    rows = list(officers.values_list("pk", "email", "is_superuser"))
-    found = deciders((pk, superuser) for pk, _email, superuser in rows)
+    rows = list(officers.values_list("pk", "email", "is_superuser", "language"))
+    found = deciders((pk, superuser) for pk, _email, superuser, _language in rows)
     # An officer scope asks each requester's groups: read once for every officer here.
     prime_requesters(requests.values(), [officer.reach for officer in found.values()])
-    asked: dict[int, tuple[str, Decider, list[int]]] = {}
-    for pk, email, _superuser in rows:
+    asked: dict[int, tuple[Officer, Decider, list[int]]] = {}
+    for pk, email, _superuser, language in rows:
         theirs = _theirs(found[pk], requests)
         if theirs:
-            asked[pk] = (email, found[pk], theirs)
+            asked[pk] = (Officer(email, language), found[pk], theirs)
     return asked
 
 
@@ -309,7 +336,7 @@ def requests_announce(ids: Iterable[int]) -> None:
         [ApprovalNoticeDigest(officer_id=pk) for pk in asked if pk not in known],
         ignore_conflicts=True,
     )
-    mails: dict[tuple[tuple[int, ...], timedelta], list[str]] = {}
+    mails: dict[tuple[tuple[int, ...], timedelta], list[Officer]] = {}
     with transaction.atomic():
         # Locked in one order by everyone, so two announcements never deadlock. The choice
         # is read under the lock: PostgreSQL checks the condition again on a row it waited for.
@@ -369,9 +396,9 @@ def approval_digests_send() -> int:
         requests = _still_pending(pk for digest in digests for pk in digest.waiting)
         # One no longer active, no longer an officer or without an address is not asked.
         asked = _asked(requests, among=[digest.pk for digest in digests])
-        mails: dict[tuple[int, ...], list[str]] = {}
+        mails: dict[tuple[int, ...], list[Officer]] = {}
         for digest in digests:
-            email, _officer, theirs = asked.get(digest.pk, ("", None, []))
+            email, _officer, theirs = asked.get(digest.pk, (Officer("", ""), None, []))
             listed = tuple(pk for pk in theirs if pk in digest.waiting)
             digest.waiting, digest.due_at = [], None
             if listed:
@@ -406,7 +433,7 @@ def approval_notice_delivery_set(*, officer: User, delivery: str) -> int:
             if delivery == Delivery.IMMEDIATE:
                 requests = _still_pending(digest.waiting)
                 email, _decider, theirs = _asked(requests, among=[officer.pk]).get(
-                    officer.pk, ("", None, [])
+                    officer.pk, (Officer("", ""), None, [])
                 )
                 mailed = [requests[pk] for pk in theirs]
             digest.waiting, digest.due_at = [], None
@@ -421,13 +448,21 @@ def approval_notice_delivery_set(*, officer: User, delivery: str) -> int:
 
 
 def _requests_mail(
-    listed: Sequence[CertificateRequest], addresses: list[str], *, window: timedelta
+    listed: Sequence[CertificateRequest], addresses: list[Officer], *, window: timedelta
 ) -> None:
     count = len(listed)
+
+    def subject() -> str:
+        if count == 1:
+            return _("Certificate request #%(pk)s waits for your approval") % {"pk": listed[0].pk}
+        return ngettext(
+            "%(count)d certificate request waits for your approval",
+            "%(count)d certificate requests wait for your approval",
+            count,
+        ) % {"count": count}
+
     _send(
-        f"Certificate request #{listed[0].pk} waits for your approval"
-        if count == 1
-        else f"{count} certificate requests wait for your approval",
+        subject,
         "enrollment/email/requests_await_approval.txt",
         {
             "requests": [
@@ -448,16 +483,30 @@ def _requests_mail(
 
 # --- key recovery ---------------------------------------------------------------------
 
-STEP_SUBJECTS = {
-    "asked": "You asked for your archived encryption key back",
-    "accepted": "An RA officer accepted your request to recover your encryption key",
-    "opened": "A recovery of your archived encryption key was requested",
-    "approval": "The recovery of your encryption key was approved by an officer",
-    "approved": "The recovery of your encryption key is approved",
-    "rejected": "The recovery of your encryption key was rejected",
-    "ready": "Your encryption key was recovered",
-    "downloaded": "Your recovered encryption key was downloaded",
-    "expired": "Your recovered encryption key was not downloaded in time",
+STEP_SUBJECTS: dict[str, Promise] = {
+    "asked": _lazy("You asked for your archived encryption key back"),
+    "accepted": _lazy("An RA officer accepted your request to recover your encryption key"),
+    "opened": _lazy("A recovery of your archived encryption key was requested"),
+    "approval": _lazy("The recovery of your encryption key was approved by an officer"),
+    "approved": _lazy("The recovery of your encryption key is approved"),
+    "rejected": _lazy("The recovery of your encryption key was rejected"),
+    "ready": _lazy("Your encryption key was recovered"),
+    "downloaded": _lazy("Your recovered encryption key was downloaded"),
+    "expired": _lazy("Your recovered encryption key was not downloaded in time"),
+}
+
+
+# The same steps told to a shared mailbox and its delegates: the key is the mailbox's.
+MAILBOX_STEP_SUBJECTS: dict[str, Promise] = {
+    "asked": _lazy("A delegate asked for the mailbox's archived encryption key back"),
+    "accepted": _lazy("An RA officer accepted the request to recover the mailbox's encryption key"),
+    "opened": _lazy("A recovery of the mailbox's archived encryption key was requested"),
+    "approval": _lazy("The recovery of the mailbox's encryption key was approved by an officer"),
+    "approved": _lazy("The recovery of the mailbox's encryption key is approved"),
+    "rejected": _lazy("The recovery of the mailbox's encryption key was rejected"),
+    "ready": _lazy("The mailbox's encryption key was recovered"),
+    "downloaded": _lazy("The mailbox's recovered encryption key was downloaded"),
+    "expired": _lazy("The mailbox's recovered encryption key was not downloaded in time"),
 }
 
 
@@ -481,7 +530,8 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
         # Those that count: an approver who lost the role is not one of them.
         "approvals": len(quorum(recovery).counted) if step == "approval" else None,
         "required": approvals_required(),
-        "recipient": recipient_name(recovery),
+        # Called as each recipient's mail is worded: a name with a role in words.
+        "recipient": lambda: recipient_name(recovery),
         "owner_downloads": recovery.recipient_id == holder_id,
         "url": url,
     }
@@ -490,34 +540,31 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
             STEP_SUBJECTS[step],
             "enrollment/email/recovery_step.txt",
             {**context, "person": owner},
-            [owner.email],
+            [owner],
         )
     if certificate.mailbox is not None:
         # Every delegate (and the mailbox) hears of every step: one of them getting the
         # key, or an officer getting it, must not pass unseen by the others.
-        notice_context = {
-            **context,
-            "step_subject": STEP_SUBJECTS[step].replace("your", "the mailbox's"),
-        }
+        notice_context = {**context, "step_subject": MAILBOX_STEP_SUBJECTS[step]}
+        facts = {"pk": recovery.pk, "email": certificate.mailbox.email, "step": step}
         _send(
-            MAILBOX_SUBJECTS["recovery"].format(
-                pk=recovery.pk, email=certificate.mailbox.email, step=step
-            ),
+            lambda: str(MAILBOX_SUBJECTS["recovery"]) % facts,
             "enrollment/email/mailbox_notice.txt",
             {**notice_context, "mailbox": certificate.mailbox, "event": "recovery"},
             [
-                address
-                for address in mailbox_addresses(certificate.mailbox)
-                if owner is None or address != owner.email
+                recipient
+                for recipient in mailbox_recipients(certificate.mailbox)
+                if owner is None
+                or (recipient if isinstance(recipient, str) else recipient.email) != owner.email
             ],
         )
     if step == "ready" and recovery.recipient_id != holder_id and recovery.requested_by:
         officer = recovery.requested_by
         _send(
-            f"Key recovery #{recovery.pk} is ready for you to download",
+            lambda: _("Key recovery #%(pk)s is ready for you to download") % {"pk": recovery.pk},
             "enrollment/email/recovery_ready.txt",
             {**context, "person": officer},
-            [officer.email],
+            [officer],
         )
 
 
@@ -526,7 +573,10 @@ def recovery_asked(recovery: KeyRecoveryRequest) -> None:
     back and waits for one of them."""
     holder = recovery.asked_by
     _send(
-        f"Key recovery #{recovery.pk}: a key holder asks for their encryption key back",
+        lambda: (
+            _("Key recovery #%(pk)s: a key holder asks for their encryption key back")
+            % {"pk": recovery.pk}
+        ),
         "enrollment/email/recovery_asked.txt",
         {
             "recovery": recovery,
@@ -544,7 +594,7 @@ def recovery_awaits_approval(recovery: KeyRecoveryRequest) -> None:
     from enrollment.recovery import approvals_required
 
     _send(
-        f"Key recovery #{recovery.pk} waits for your approval",
+        lambda: _("Key recovery #%(pk)s waits for your approval") % {"pk": recovery.pk},
         "enrollment/email/recovery_awaits_approval.txt",
         {
             "recovery": recovery,
@@ -575,7 +625,10 @@ def recovery_awaits_agent(recovery: KeyRecoveryRequest) -> None:
     """The key recovery agents whose scope covers the key's owner learn that an approved
     recovery waits for one of them."""
     _send(
-        f"Key recovery #{recovery.pk} is approved and waits for a key recovery agent",
+        lambda: (
+            _("Key recovery #%(pk)s is approved and waits for a key recovery agent")
+            % {"pk": recovery.pk}
+        ),
         "enrollment/email/recovery_awaits_agent.txt",
         {
             "recovery": recovery,
@@ -602,7 +655,7 @@ def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
     if owner is None:
         return
     _send(
-        f"Your certificate expires in {plurals.days(days_left)}",
+        lambda: _("Your certificate expires in %(days)s") % {"days": plurals.days(days_left)},
         "enrollment/email/certificate_expiring.txt",
         {
             "certificate": certificate,
@@ -612,7 +665,7 @@ def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
             # An imported certificate has no template to renew from: enrol anew.
             "enrol_url": reverse("enrollment:enroll-index"),
         },
-        [owner.email],
+        [owner],
     )
 
 
@@ -620,13 +673,13 @@ def expiry_summary(notified: Mapping[int, Sequence[Certificate]], *, now: dateti
     """One mail per run to the officers: who was told their certificate expires. An
     officer a scope limits hears only of the people it covers (nothing at all when none
     of theirs expires): one mail per distinct Reach, not per officer."""
-    people = list(_officers().only("pk", "is_superuser", "email"))
+    people = list(_officers().only("pk", "is_superuser", "email", "language"))
     reached = reaches((p.pk, p.is_superuser) for p in people)
     if not all(reach.everyone for reach in reached.values()):
         prime_groups(c.owner for certificates in notified.values() for c in certificates)
-    by_reach: dict[Reach, list[str]] = {}
+    by_reach: dict[Reach, list[User]] = {}
     for person in people:
-        by_reach.setdefault(reached[person.pk], []).append(person.email)
+        by_reach.setdefault(reached[person.pk], []).append(person)
     for reach, addresses in by_reach.items():
         theirs = {
             threshold: [c for c in certificates if reach.covers_certificate(c)]
@@ -636,7 +689,7 @@ def expiry_summary(notified: Mapping[int, Sequence[Certificate]], *, now: dateti
         if not total and not reach.everyone:
             continue  # a scoped officer is not mailed that none of theirs expires
         _send(
-            f"Expiry notices: {total} certificate{'s expire' if total != 1 else ' expires'} soon",
+            partial(_expiry_summary_subject, total),
             "enrollment/email/expiry_summary.txt",
             {
                 "notified": sorted(theirs.items()),
@@ -646,6 +699,14 @@ def expiry_summary(notified: Mapping[int, Sequence[Certificate]], *, now: dateti
             },
             addresses,
         )
+
+
+def _expiry_summary_subject(total: int) -> str:
+    return ngettext(
+        "Expiry notices: %(total)d certificate expires soon",
+        "Expiry notices: %(total)d certificates expire soon",
+        total,
+    ) % {"total": total}
 
 
 def agent_registered(
@@ -663,7 +724,7 @@ def agent_registered(
     )
     holders = get_user_model().objects.filter(is_active=True, pk__in=others.values("user"))
     _send(
-        "A key recovery agent certificate was registered",
+        _lazy("A key recovery agent certificate was registered"),
         "enrollment/email/agent_registered.txt",
         {
             "agent": agent,
@@ -675,23 +736,19 @@ def agent_registered(
             "source_address": source_address,
             "url": reverse("admin:enrollment_keyrecoveryagent_changelist"),
         },
-        [
-            *agent_addresses(),
-            *holders.exclude(email="").values_list("email", flat=True),
-            *admin_addresses(),
-        ],
+        [*_agents(), *holders.exclude(email=""), *admins()],
     )
 
 
 def agent_expiring(agent: KeyRecoveryAgent, *, valid_agents: int) -> None:
     """The last valid agent certificate is about to expire: archival would stop."""
     _send(
-        "The last key recovery agent certificate expires soon",
+        _lazy("The last key recovery agent certificate expires soon"),
         "enrollment/email/agent_expiring.txt",
         {
             "agent": agent,
             "valid_agents": valid_agents,
             "url": reverse("admin:enrollment_keyrecoveryagent_add"),
         },
-        admin_addresses(),
+        admins(),
     )
