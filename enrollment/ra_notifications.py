@@ -22,7 +22,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.functional import Promise
+from django.utils.functional import Promise, lazy
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _lazy
 from django.utils.translation import ngettext
@@ -530,8 +530,8 @@ def recovery_step(recovery: KeyRecoveryRequest, step: str, *, actor: Any = None)
         # Those that count: an approver who lost the role is not one of them.
         "approvals": len(quorum(recovery).counted) if step == "approval" else None,
         "required": approvals_required(),
-        # Called as each recipient's mail is worded: a name with a role in words.
-        "recipient": lambda: recipient_name(recovery),
+        # Worded as each recipient's mail is: a name with its role in words.
+        "recipient": lazy(recipient_name, str)(recovery),
         "owner_downloads": recovery.recipient_id == holder_id,
         "url": url,
     }
