@@ -17,6 +17,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.utils.cache import get_conditional_response
 from django.utils.http import http_date, quote_etag
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
 from enrollment import binary, services
@@ -131,15 +132,21 @@ def _crl_unavailable(ca: CertificateAuthority, crl: RevocationList, *, busy: boo
     read that in the log, on /health/ (with details) and on the RA console.
     """
     if not ca.is_online:
-        reason = "its key is offline: sign a new one with `manage.py sign_root_crl`"
+        reason = _("its key is offline: sign a new one with %(command)s") % {
+            "command": "`manage.py sign_root_crl`"
+        }
     elif busy:
-        reason = "a new one is being signed right now; try again in a few seconds"
+        reason = _("a new one is being signed right now; try again in a few seconds")
     else:
-        reason = "signing a new one failed (operators: see the RA console or the server log)"
+        reason = _("signing a new one failed (operators: see the RA console or the server log)")
     body = (
-        f"The CRL of {ca.name} expired at {crl.next_update:%Y-%m-%d %H:%M:%S} UTC and this "
-        f"server cannot replace it: {reason}. An expired CRL is not served, because relying "
-        "parties would reject it anyway.\n"
+        _(
+            "The CRL of %(ca)s expired at %(when)s UTC and this server cannot replace it: "
+            "%(reason)s. An expired CRL is not served, because relying parties would reject "
+            "it anyway."
+        )
+        % {"ca": ca.name, "when": f"{crl.next_update:%Y-%m-%d %H:%M:%S}", "reason": reason}
+        + "\n"
     )
     response = HttpResponse(body, status=503, content_type="text/plain; charset=utf-8")
     response["Retry-After"] = "5" if busy else "300"
@@ -171,7 +178,7 @@ def ca_crl(request: HttpRequest, slug: str) -> HttpResponse:
     ca = _ca(slug)
     crl, busy = _fresh_crl(ca)
     if crl is None:
-        raise Http404("No CRL has been published for this CA yet.")
+        raise Http404(_("No CRL has been published for this CA yet."))
     now = timezone.now()
     if crl.next_update <= now:
         return _crl_unavailable(ca, crl, busy=busy)

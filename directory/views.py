@@ -12,6 +12,7 @@ from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.text import slugify
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
 from directory import selectors
@@ -94,7 +95,7 @@ def search(request: HttpRequest) -> HttpResponse:
 def _certificate(fingerprint: str) -> Certificate:
     certificate = selectors.certificate_by_fingerprint(fingerprint)
     if certificate is None:
-        raise Http404("No certificate has that fingerprint.")
+        raise Http404(_("No certificate has that fingerprint."))
     return certificate
 
 
@@ -145,7 +146,9 @@ def _holder(certificate: Certificate) -> str:
         return (owner.get_full_name() or certificate.common_name) if owner.is_active else ""
     if certificate.mailbox is not None:
         mailbox = certificate.mailbox
-        return f"the shared mailbox {mailbox.display_name}" if mailbox.is_active else ""
+        if not mailbox.is_active:
+            return ""
+        return _("the shared mailbox %(name)s") % {"name": mailbox.display_name}
     return ""
 
 
@@ -172,7 +175,7 @@ def _spoken_to(request: HttpRequest, certificate: Certificate) -> dict[str, Any]
         and certificate.mailbox.delegates.filter(pk=request.user.pk).exists()
     )
     return {
-        "holder": "this shared mailbox" if delegate else holder,
+        "holder": _("this shared mailbox") if delegate else holder,
         "you": you,
         "delegate": delegate,
     }
