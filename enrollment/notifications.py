@@ -18,8 +18,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext
 
 from enrollment.models import ApiToken, Certificate, CertificateRequest
 from pkiportal.i18n import in_language_of, language_of
@@ -96,11 +95,11 @@ def request_decided(request: CertificateRequest) -> None:
     failed = request.state == state.FAILED
     approved = request.state in (state.APPROVED, state.ISSUED, state.FAILED)
     if failed:
-        subject = _lazy("Your certificate request was approved but could not be issued")
+        subject = gettext_lazy("Your certificate request was approved but could not be issued")
     elif approved:
-        subject = _lazy("Your certificate request was approved")
+        subject = gettext_lazy("Your certificate request was approved")
     else:
-        subject = _lazy("Your certificate request was rejected")
+        subject = gettext_lazy("Your certificate request was rejected")
     _send(
         subject,
         "enrollment/email/request_decided.txt",
@@ -126,7 +125,7 @@ def certificate_revoked(certificate: Certificate, *, actor: object = None) -> No
     if owner is None:
         return
     _send(
-        _lazy("Your certificate was revoked"),
+        gettext_lazy("Your certificate was revoked"),
         "enrollment/email/certificate_revoked.txt",
         {
             "certificate": certificate,
@@ -168,7 +167,7 @@ def api_token_created(api_token: ApiToken, *, via: str, source_address: str | No
     one shows up in the owner's mailbox, with where to revoke it."""
     token = api_token.auth_token
     _send(
-        _lazy("A new API token was created for your account"),
+        gettext_lazy("A new API token was created for your account"),
         "enrollment/email/api_token_created.txt",
         {
             "api_token": api_token,
@@ -185,7 +184,7 @@ def api_token_revoked(owner: Any, *, facts: dict[str, object], actor: Any) -> No
     """Someone else (an administrator) revoked one of the owner's tokens: scripts that use
     it stop working, and its owner should know why."""
     _send(
-        _lazy("One of your API tokens was revoked"),
+        gettext_lazy("One of your API tokens was revoked"),
         "enrollment/email/api_token_revoked.txt",
         {"owner": owner, "facts": facts, "actor": actor, "url": reverse("enrollment:token-list")},
         owner,
@@ -205,7 +204,7 @@ def account_started_afresh(
     signed out, its scripts stopped, perhaps its password gone, with no other word. One
     mail says what ended and what to do; ``tokens`` as api_token_revoked names them."""
     _send(
-        _lazy("Your account was given new rights: its sign-ins were reset"),
+        gettext_lazy("Your account was given new rights: its sign-ins were reset"),
         "enrollment/email/account_fresh_start.txt",
         {
             "user": user,
@@ -222,17 +221,19 @@ def account_started_afresh(
 
 
 SECOND_FACTOR_SUBJECTS: dict[str, Promise] = {
-    "added": _lazy("An authenticator app was set up for your account"),
-    "replaced": _lazy("Your authenticator app was replaced"),
-    "removed": _lazy("Your second factor was removed"),
-    "app_removed": _lazy("Your authenticator app was removed"),
-    "reset": _lazy("An administrator reset your second factor"),
-    "backup_codes": _lazy("New backup codes were made for your account"),
-    "locked": _lazy("Many wrong second-factor codes were entered for your account"),
-    "key_added": _lazy("A security key was added to your account"),
-    "key_added_backup_codes": _lazy("A security key and backup codes were added to your account"),
-    "key_removed": _lazy("A security key was removed from your account"),
-    "key_cloned": _lazy("A copy of your security key was refused"),
+    "added": gettext_lazy("An authenticator app was set up for your account"),
+    "replaced": gettext_lazy("Your authenticator app was replaced"),
+    "removed": gettext_lazy("Your second factor was removed"),
+    "app_removed": gettext_lazy("Your authenticator app was removed"),
+    "reset": gettext_lazy("An administrator reset your second factor"),
+    "backup_codes": gettext_lazy("New backup codes were made for your account"),
+    "locked": gettext_lazy("Many wrong second-factor codes were entered for your account"),
+    "key_added": gettext_lazy("A security key was added to your account"),
+    "key_added_backup_codes": gettext_lazy(
+        "A security key and backup codes were added to your account"
+    ),
+    "key_removed": gettext_lazy("A security key was removed from your account"),
+    "key_cloned": gettext_lazy("A copy of your security key was refused"),
 }
 
 

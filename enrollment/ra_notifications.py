@@ -24,8 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import Promise, lazy
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext
 
 from enrollment.models import (
     ApprovalNoticeDigest,
@@ -36,7 +35,6 @@ from enrollment.models import (
 from enrollment.notifications import Recipient, Subject, mail
 from enrollment.permissions import Decider, deciders, ra_officers
 from enrollment.scopes import Reach, prime_groups, prime_requesters, reaches
-from pkiportal import plurals
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -57,7 +55,7 @@ def _name(user: User | None) -> str | Promise:
     """A person in words; lazy for "the system", worded in each recipient's language."""
     if user is None:
         # Translators: who acted, when no person did (a scheduled task, a command).
-        return _lazy("the system")
+        return gettext_lazy("the system")
     return user.get_full_name() or user.get_username()
 
 
@@ -114,11 +112,11 @@ def mailbox_recipients(mailbox: SharedMailbox, *, also: Iterable[Any] = ()) -> l
 
 
 MAILBOX_SUBJECTS: dict[str, Promise] = {
-    "created": _lazy("The shared mailbox %(email)s was set up in the PKI portal"),
-    "delegates": _lazy("The delegates of the shared mailbox %(email)s changed"),
-    "issued": _lazy("A certificate was issued for the shared mailbox %(email)s"),
-    "revoked": _lazy("A certificate of the shared mailbox %(email)s was revoked"),
-    "recovery": _lazy("Key recovery #%(pk)s of the shared mailbox %(email)s: %(step)s"),
+    "created": gettext_lazy("The shared mailbox %(email)s was set up in the PKI portal"),
+    "delegates": gettext_lazy("The delegates of the shared mailbox %(email)s changed"),
+    "issued": gettext_lazy("A certificate was issued for the shared mailbox %(email)s"),
+    "revoked": gettext_lazy("A certificate of the shared mailbox %(email)s was revoked"),
+    "recovery": gettext_lazy("Key recovery #%(pk)s of the shared mailbox %(email)s: %(step)s"),
 }
 
 
@@ -200,7 +198,7 @@ def mailbox_certificate_revoked(certificate: Certificate, *, actor: Any) -> None
         mailbox,
         "revoked",
         certificate=certificate,
-        actor=_name(actor) if actor is not None else _lazy("the portal (as the system)"),
+        actor=_name(actor) if actor is not None else gettext_lazy("the portal (as the system)"),
         url=reverse("enrollment:certificate-detail", args=[certificate.pk]),
     )
 
@@ -484,29 +482,33 @@ def _requests_mail(
 # --- key recovery ---------------------------------------------------------------------
 
 STEP_SUBJECTS: dict[str, Promise] = {
-    "asked": _lazy("You asked for your archived encryption key back"),
-    "accepted": _lazy("An RA officer accepted your request to recover your encryption key"),
-    "opened": _lazy("A recovery of your archived encryption key was requested"),
-    "approval": _lazy("The recovery of your encryption key was approved by an officer"),
-    "approved": _lazy("The recovery of your encryption key is approved"),
-    "rejected": _lazy("The recovery of your encryption key was rejected"),
-    "ready": _lazy("Your encryption key was recovered"),
-    "downloaded": _lazy("Your recovered encryption key was downloaded"),
-    "expired": _lazy("Your recovered encryption key was not downloaded in time"),
+    "asked": gettext_lazy("You asked for your archived encryption key back"),
+    "accepted": gettext_lazy("An RA officer accepted your request to recover your encryption key"),
+    "opened": gettext_lazy("A recovery of your archived encryption key was requested"),
+    "approval": gettext_lazy("The recovery of your encryption key was approved by an officer"),
+    "approved": gettext_lazy("The recovery of your encryption key is approved"),
+    "rejected": gettext_lazy("The recovery of your encryption key was rejected"),
+    "ready": gettext_lazy("Your encryption key was recovered"),
+    "downloaded": gettext_lazy("Your recovered encryption key was downloaded"),
+    "expired": gettext_lazy("Your recovered encryption key was not downloaded in time"),
 }
 
 
 # The same steps told to a shared mailbox and its delegates: the key is the mailbox's.
 MAILBOX_STEP_SUBJECTS: dict[str, Promise] = {
-    "asked": _lazy("A delegate asked for the mailbox's archived encryption key back"),
-    "accepted": _lazy("An RA officer accepted the request to recover the mailbox's encryption key"),
-    "opened": _lazy("A recovery of the mailbox's archived encryption key was requested"),
-    "approval": _lazy("The recovery of the mailbox's encryption key was approved by an officer"),
-    "approved": _lazy("The recovery of the mailbox's encryption key is approved"),
-    "rejected": _lazy("The recovery of the mailbox's encryption key was rejected"),
-    "ready": _lazy("The mailbox's encryption key was recovered"),
-    "downloaded": _lazy("The mailbox's recovered encryption key was downloaded"),
-    "expired": _lazy("The mailbox's recovered encryption key was not downloaded in time"),
+    "asked": gettext_lazy("A delegate asked for the mailbox's archived encryption key back"),
+    "accepted": gettext_lazy(
+        "An RA officer accepted the request to recover the mailbox's encryption key"
+    ),
+    "opened": gettext_lazy("A recovery of the mailbox's archived encryption key was requested"),
+    "approval": gettext_lazy(
+        "The recovery of the mailbox's encryption key was approved by an officer"
+    ),
+    "approved": gettext_lazy("The recovery of the mailbox's encryption key is approved"),
+    "rejected": gettext_lazy("The recovery of the mailbox's encryption key was rejected"),
+    "ready": gettext_lazy("The mailbox's encryption key was recovered"),
+    "downloaded": gettext_lazy("The mailbox's recovered encryption key was downloaded"),
+    "expired": gettext_lazy("The mailbox's recovered encryption key was not downloaded in time"),
 }
 
 
@@ -655,7 +657,14 @@ def certificate_expiring(certificate: Certificate, *, days_left: int) -> None:
     if owner is None:
         return
     _send(
-        lambda: _("Your certificate expires in %(days)s") % {"days": plurals.days(days_left)},
+        lambda: (
+            ngettext(
+                "Your certificate expires in %(count)d day",
+                "Your certificate expires in %(count)d days",
+                days_left,
+            )
+            % {"count": days_left}
+        ),
         "enrollment/email/certificate_expiring.txt",
         {
             "certificate": certificate,
@@ -724,7 +733,7 @@ def agent_registered(
     )
     holders = get_user_model().objects.filter(is_active=True, pk__in=others.values("user"))
     _send(
-        _lazy("A key recovery agent certificate was registered"),
+        gettext_lazy("A key recovery agent certificate was registered"),
         "enrollment/email/agent_registered.txt",
         {
             "agent": agent,
@@ -743,7 +752,7 @@ def agent_registered(
 def agent_expiring(agent: KeyRecoveryAgent, *, valid_agents: int) -> None:
     """The last valid agent certificate is about to expire: archival would stop."""
     _send(
-        _lazy("The last key recovery agent certificate expires soon"),
+        gettext_lazy("The last key recovery agent certificate expires soon"),
         "enrollment/email/agent_expiring.txt",
         {
             "agent": agent,
