@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpR
 from django.http.response import HttpResponseBase
 from django.middleware.locale import LocaleMiddleware as DjangoLocaleMiddleware
 from django.utils import translation
+from django.utils.cache import patch_vary_headers
 from django.utils.functional import Promise, lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
@@ -47,29 +48,31 @@ class LocaleMiddleware(DjangoLocaleMiddleware):
     """Django's, but a signed-in person's own choice comes before the browser's: one
     language on every device, and the same one their mail is written in.
 
-    After AuthenticationMiddleware (it reads request.user); an API call by token has no
-    user here yet and follows its Accept-Language, as DRF's own messages do.
+    After AuthenticationMiddleware (it reads request.user). A call without a session
+    cookie (the API by token) has no one signed in to ask and follows its
+    Accept-Language, as DRF's own messages do, without loading an anonymous user.
+    The portal's URLs carry no language prefix (no i18n_patterns), so neither method
+    looks for one, as Django's would on every request.
     """
 
     def process_request(self, request: HttpRequest) -> None:
         if _language_neutral(request.path_info):
-            translation.activate(settings.LANGUAGE_CODE)
-            request.LANGUAGE_CODE = settings.LANGUAGE_CODE
-            return
-        user = getattr(request, "user", None)
-        chosen = supported(getattr(user, "language", "")) if user is not None else None
-        if chosen is None:
-            super().process_request(request)
-            return
-        translation.activate(chosen)
-        request.LANGUAGE_CODE = chosen
+            language = "en"
+        else:
+            chosen = None
+            if settings.SESSION_COOKIE_NAME in request.COOKIES:
+                chosen = supported(getattr(request.user, "language", ""))
+            language = chosen or translation.get_language_from_request(request)
+        translation.activate(language)
+        request.LANGUAGE_CODE = language
 
     def process_response(
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
-        if _language_neutral(request.path_info):
-            return response
-        return super().process_response(request, response)
+        if not _language_neutral(request.path_info):
+            patch_vary_headers(response, ("Accept-Language",))
+            response.headers.setdefault("Content-Language", translation.get_language())
+        return response
 
 
 def _language_neutral(path: str) -> bool:

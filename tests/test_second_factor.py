@@ -397,7 +397,9 @@ def test_the_right_code_sent_at_once_after_a_typo_is_asked_again_after_the_wait(
     assert "This code was not checked and does not count as wrong." in page
     assert 'name="code"' in page
     assert '<button type="submit" data-wait-seconds="1">Continue</button>' in page
-    assert '<p class="wait-notice" data-wait-notice role="status"></p>' in page  # its answers
+    assert '<p class="wait-notice" data-wait-notice role="status"' in page  # its answers
+    # ... in the page's words ({seconds} is the script's to fill in).
+    assert 'data-wait-send-other="Wait {seconds} more seconds, then send your code."' in page
     assert '<script src="/static/js/wait.js" defer></script>' in page
     assert "<script>" not in page  # no inline script: the CSP refuses it
     assert not_in.status_code == 302
