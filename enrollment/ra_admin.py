@@ -48,6 +48,7 @@ from enrollment.ra_forms import (
 )
 from enrollment.ra_selectors import archives_only_agent_opens, usable_agents
 from pkiportal import plurals
+from pkiportal.i18n import noun_mid_sentence
 
 # The confirmation page lists this many of the certificates it would revoke, and counts
 # the rest; a message is shown for this many failures, and the rest are counted.
@@ -296,7 +297,7 @@ def _revoke_in_background(
             model_admin, request, BulkRevocationRun.objects.defer("certificate_ids").get(pk=run.pk)
         )
         return
-    label = Certificate.RevocationReasonChoice(run.reason).label.lower()
+    label = noun_mid_sentence(Certificate.RevocationReasonChoice(run.reason).label)
     model_admin.message_user(
         request,
         format_html(
@@ -328,7 +329,7 @@ def _tell(
     model_admin: admin.ModelAdmin[Certificate], request: HttpRequest, run: BulkRevocationRun
 ) -> None:
     """How many were revoked and skipped, which failed, and why it stopped if it did."""
-    label = Certificate.RevocationReasonChoice(run.reason).label.lower()
+    label = noun_mid_sentence(Certificate.RevocationReasonChoice(run.reason).label)
     # Each its own sentence, joined: what was revoked, who was told, what came from afar.
     summary = [
         ngettext(

@@ -97,6 +97,7 @@ from enrollment.ra_forms import (
     RequestFilterForm,
 )
 from enrollment.scopes import reach_of
+from pkiportal.i18n import mid_sentence
 
 AUDIT_PAGE_SIZE = 50
 REQUEST_PAGE_SIZE = 50
@@ -282,7 +283,7 @@ def bulk_revoke_resume(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
             "revoked in all."
         ) % {
             "run": run.pk,
-            "state": done.get_state_display().lower(),
+            "state": mid_sentence(done.get_state_display()),
             "revoked": done.revoked,
             "selected": done.selected,
         }

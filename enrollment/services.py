@@ -92,6 +92,7 @@ from enrollment.x509.mail_domains import (
 )
 from enrollment.x509.policy import CertificateType
 from pkiportal import plurals
+from pkiportal.i18n import mid_sentence
 from pkiportal.i18n import worded as _worded
 
 logger = logging.getLogger(__name__)
@@ -101,9 +102,9 @@ T = TypeVar("T")
 
 
 def _lower_label(label: Message) -> str:
-    """A choice's label (a request's state) lower-cased when it is read, in the reader's
-    language, to go into a sentence."""
-    return lazy(lambda: str(label).lower(), str)()
+    """A choice's label (a request's state) put into a sentence when it is read, in the
+    reader's language."""
+    return lazy(lambda: mid_sentence(label), str)()
 
 
 def _in_a_transaction(function: Callable[..., T]) -> Callable[..., T]:

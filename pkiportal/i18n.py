@@ -24,6 +24,25 @@ def worded(message: str | Promise, **params: Any) -> str:
     return lazy(lambda: str(message) % params if params else str(message), str)()
 
 
+# Languages that write nouns with a capital letter wherever they stand.
+_CAPITALISED_NOUNS = frozenset({"de"})
+
+
+def mid_sentence(label: Any) -> str:
+    """A label (a state: "Pending", "Approved: waiting for ...") put into a sentence: its
+    first letter small, the rest as written, so a name inside keeps its capitals."""
+    text = str(label)
+    return text[:1].lower() + text[1:]
+
+
+def noun_mid_sentence(label: Any) -> str:
+    """A label that is a noun (a purpose, a revocation reason) put into a sentence: small
+    in English, as written in German, which capitalises nouns."""
+    text = str(label)
+    language = (translation.get_language() or "").split("-")[0]
+    return text if language in _CAPITALISED_NOUNS else mid_sentence(text)
+
+
 def supported(code: str | None) -> str | None:
     """The LANGUAGES code ``code`` names (a regional variant maps to its language), or None."""
     if not code:

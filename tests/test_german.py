@@ -118,3 +118,28 @@ def test_a_page_not_found_is_german(employee):
     assert response.status_code == 404
     assert response["Content-Language"] == "de"
     assert 'lang="de"' in response.content.decode()
+
+
+def test_a_reason_mid_sentence_is_small_in_english_and_a_capitalised_noun_in_german(
+    employee, issued
+):
+    services.certificate_revoke(certificate=issued, reason="keyCompromise", actor=employee)
+    client = client_for(employee)
+    url = reverse("enrollment:certificate-detail", args=[issued.pk])
+
+    assert "(key compromise)" in client.get(url).content.decode()
+    german = client.get(url, **GERMAN).content.decode()
+    assert "(Schlüssel kompromittiert)" in german
+    assert "(schlüssel kompromittiert)" not in german
+
+
+def test_a_state_mid_sentence_starts_small_in_both(hierarchy, employee, approval):
+    services.request_submit(
+        requester=employee,
+        template=approval("smime-signing"),
+        key_algorithm=KeyAlgorithm.EC_P256,
+        channel="web",
+    )
+    client = client_for(employee)
+    assert ": waiting for approval." in client.get("/").content.decode()
+    assert ": wartet auf Genehmigung." in client.get("/", **GERMAN).content.decode()

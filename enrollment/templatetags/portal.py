@@ -19,9 +19,16 @@ from enrollment.scopes import Reach, reach_of
 from enrollment.x509.keys import KeyAlgorithm
 from enrollment.x509.names import readable_rfc4514
 from enrollment.x509.pkcs7 import format_fingerprint
-from pkiportal import plurals
+from pkiportal import i18n, plurals
 
 register = template.Library()
+
+# A label put into a sentence (pkiportal.i18n): |mid_sentence for states, whose first
+# letter goes small in every language; |noun_mid_sentence for nouns (purposes, revocation
+# reasons), which German keeps capitalised. Not |lower: it would lower a German noun, and
+# a name inside a label.
+register.filter("mid_sentence", i18n.mid_sentence)
+register.filter("noun_mid_sentence", i18n.noun_mid_sentence)
 
 
 @register.simple_tag
