@@ -1563,7 +1563,7 @@ def imported_issuer(certificate: Certificate) -> str | None:
 def imported_revocation_note(certificate: Certificate) -> str | None:
     """What to tell whoever revoked an imported certificate (recorded here only), or None."""
     name = imported_issuer(certificate)
-    return _worded(IMPORTED_RECORDED, ca=name) if name is not None else None
+    return str(_worded(IMPORTED_RECORDED, ca=name)) if name is not None else None
 
 
 # S/MIME BR 6.3.2: a subscriber certificate is valid for at most 825 days.
