@@ -37,7 +37,10 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.functional import Promise, lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 
 from enrollment import ca_lifetime, keystore
 from enrollment.exceptions import KeyStoreError
@@ -52,7 +55,7 @@ from enrollment.models import (
 )
 from enrollment.permissions import ra_officers
 from enrollment.x509.mail_domains import issuer_mail_domains, uncovered_domains
-from pkiportal import plurals
+from pkiportal.i18n import worded
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
@@ -62,6 +65,46 @@ WATCHDOG_RUN = "crl-watchdog"
 # Watchdog periods without a run before beat counts as stopped: one late or expired run
 # (a busy worker lets it expire) is not an outage.
 BEAT_PATIENCE_PERIODS = 3
+
+
+# --- wording ----------------------------------------------------------------------------
+# The checks' texts are read twice: on the RA console, in the officer's language, and in
+# /health/'s JSON, logs and command output, in English for whoever monitors. So they are
+# built lazily (pkiportal.i18n.worded) and worded only where they are read.
+
+
+def english(message: str | Promise) -> str:
+    """``message`` worded in English now: for logs, command output and /health/, which
+    read the same whatever the request's or the portal's language."""
+    with translation.override("en"):
+        return str(message)
+
+
+def joined(separator: str, parts: list[str]) -> str:
+    """The parts, each worded when read, joined by ``separator`` (punctuation, the same in
+    every language); lazy like them, where a " ".join would word them now, or fail."""
+    return lazy(lambda: separator.join(str(part) for part in parts), str)()
+
+
+def span_days(count: int) -> str:
+    """ "1 day", "3 days", worded when read (pkiportal.plurals words it now)."""
+    return worded(ngettext_lazy("%(count)d day", "%(count)d days", count), count=count)
+
+
+def span_minutes(count: int) -> str:
+    """ "1 minute", "5 minutes", worded when read."""
+    return worded(ngettext_lazy("%(count)d minute", "%(count)d minutes", count), count=count)
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+# The same advice as ca_lifetime.SWITCH_HINT, worded in the reader's language.
+SWITCH_HINT = _(
+    "Create its successor with `manage.py create_issuing_ca` and move the templates to it "
+    "with `manage.py switch_issuing_ca` (README: Replacing the issuing CA)."
+)
 
 
 def worst(*statuses: str) -> str:
@@ -139,7 +182,11 @@ def crl_status(now: datetime | None = None) -> list[CrlStatus]:
         if ca.crl_failed_at is not None:
             status.error = ca.crl_error
             status.problems.append(
-                f"Publishing failed at {ca.crl_failed_at:%Y-%m-%d %H:%M} UTC: {ca.crl_error}"
+                worded(
+                    _("Publishing failed at %(time)s UTC: %(error)s"),
+                    time=_utc(ca.crl_failed_at),
+                    error=ca.crl_error,
+                )
             )
         pending = waiting.get(ca.pk)
         if pending is not None:
@@ -147,21 +194,37 @@ def crl_status(now: datetime | None = None) -> list[CrlStatus]:
             status.oldest_unpublished = pending["oldest"]
             if pending["oldest"] is not None and now - pending["oldest"] > patience:
                 status.problems.append(
-                    f"{pending['count']} revocation(s) have waited for a CRL since "
-                    f"{pending['oldest']:%Y-%m-%d %H:%M} UTC: are the worker and beat running?"
+                    worded(
+                        ngettext_lazy(
+                            "%(count)d revocation(s) have waited for a CRL since %(time)s UTC: "
+                            "are the worker and beat running?",
+                            "%(count)d revocation(s) have waited for a CRL since %(time)s UTC: "
+                            "are the worker and beat running?",
+                            pending["count"],
+                        ),
+                        count=pending["count"],
+                        time=_utc(pending["oldest"]),
+                    )
                 )
         if crl is None:
-            status.problems.append("No CRL has been published.")
+            status.problems.append(worded(_("No CRL has been published.")))
             statuses.append(status)
             continue
         status.number, status.entries = crl.number, crl.entries
         status.this_update, status.next_update = crl.this_update, crl.next_update
         if crl.next_update <= now:
-            status.problems.append(f"The CRL expired at {crl.next_update:%Y-%m-%d %H:%M} UTC.")
+            status.problems.append(
+                worded(_("The CRL expired at %(time)s UTC."), time=_utc(crl.next_update))
+            )
         elif ca.is_online and crl.next_update - now <= ca.crl_overlap():
             status.problems.append(
-                f"The CRL is older than its refresh interval and ends at "
-                f"{crl.next_update:%Y-%m-%d %H:%M} UTC: are the worker and beat running?"
+                worded(
+                    _(
+                        "The CRL is older than its refresh interval and ends at %(time)s UTC: "
+                        "are the worker and beat running?"
+                    ),
+                    time=_utc(crl.next_update),
+                )
             )
         elif not ca.is_online and crl.next_update - now <= warning:
             status.warnings.append(_root_warning(ca, crl.next_update))
@@ -170,16 +233,22 @@ def crl_status(now: datetime | None = None) -> list[CrlStatus]:
 
 
 def _root_warning(ca: CertificateAuthority, next_update: datetime) -> str:
-    return (
-        f"{ca.name}'s CRL expires on {next_update:%Y-%m-%d %H:%M} UTC: bring the offline key "
-        f"out and run `manage.py sign_root_crl --ca {ca.slug} --key-file ...` before then."
+    return worded(
+        _(
+            "%(ca)s's CRL expires on %(time)s UTC: bring the offline key out and run "
+            "`manage.py sign_root_crl --ca %(slug)s --key-file ...` before then."
+        ),
+        ca=ca.name,
+        time=_utc(next_update),
+        slug=ca.slug,
     )
 
 
 def root_crl_warnings(now: datetime | None = None) -> list[str]:
-    """What the RA console shows about offline CAs: CRLs that expire within a month or have."""
+    """What the watchdog logs about offline CAs, in English: CRLs that expire within a
+    month or have."""
     return [
-        message
+        english(message)
         for status in crl_status(now)
         if not status.online
         for message in (*status.problems, *status.warnings)
@@ -212,18 +281,25 @@ def beat_status(now: datetime | None = None) -> dict[str, Any]:
     }
     if run is None:
         result["status"] = WARN
-        result["warning"] = (
-            f"Beat has never run the CRL watchdog (due every {plurals.minutes(period)}): is "
-            "`celery -A pkiportal beat` running?"
+        result["warning"] = worded(
+            _(
+                "Beat has never run the CRL watchdog (due every %(period)s): is "
+                "`celery -A pkiportal beat` running?"
+            ),
+            period=span_minutes(period),
         )
     elif now - run.last_run_at > timedelta(minutes=BEAT_PATIENCE_PERIODS * period):
         minutes = int((now - run.last_run_at).total_seconds() // 60)
         result["status"] = FAIL
-        result["error"] = (
-            f"The CRL watchdog last ran at {run.last_run_at:%Y-%m-%d %H:%M} UTC, "
-            f"{plurals.minutes(minutes)} ago; beat runs it every {plurals.minutes(period)}: "
-            "are `celery -A pkiportal beat` and a worker running? Scheduled CRLs and expiry "
-            "notices wait meanwhile."
+        result["error"] = worded(
+            _(
+                "The CRL watchdog last ran at %(time)s UTC, %(ago)s ago; beat runs it every "
+                "%(period)s: are `celery -A pkiportal beat` and a worker running? Scheduled "
+                "CRLs and expiry notices wait meanwhile."
+            ),
+            time=_utc(run.last_run_at),
+            ago=span_minutes(minutes),
+            period=span_minutes(period),
         )
     return result
 
@@ -308,8 +384,14 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
         users.setdefault(ca.pk, []).append(template)
         if ca.is_root or not ca.is_online:
             check.problems.append(
-                f"{template.name} names {ca.name}, which cannot sign certificates here: "
-                "choose an online issuing CA for it in the admin."
+                worded(
+                    _(
+                        "%(template)s names %(ca)s, which cannot sign certificates here: "
+                        "choose an online issuing CA for it in the admin."
+                    ),
+                    template=template.name,
+                    ca=ca.name,
+                )
             )
     following_default = [
         t.slug for t in CertificateTemplate.objects.filter(is_active=True, issuing_ca__isnull=True)
@@ -317,11 +399,16 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
     if default is None and following_default:
         if authorities:
             check.problems.append(
-                f"No issuing CA is the default, so {', '.join(following_default)} cannot "
-                "issue: make one the default with `manage.py switch_issuing_ca`."
+                worded(
+                    _(
+                        "No issuing CA is the default, so %(templates)s cannot issue: make one "
+                        "the default with `manage.py switch_issuing_ca`."
+                    ),
+                    templates=", ".join(following_default),
+                )
             )
         else:
-            check.warnings.append("No CA exists yet: run `manage.py create_pki`.")
+            check.warnings.append(worded(_("No CA exists yet: run `manage.py create_pki`.")))
     for ca in authorities:
         if ca.is_root:
             continue
@@ -344,34 +431,66 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
         status.longest_validity_days = longest.validity_days
         refused = [t for t in templates if ca_lifetime.issuance_problem(ca, t, now) is not None]
         names = ", ".join(t.name for t in refused)
-        ends = f"{ca.name} ends on {ca.not_after:%Y-%m-%d %H:%M} UTC"
+        said = {"ca": ca.name, "time": _utc(ca.not_after), "hint": SWITCH_HINT}
         if ca.not_after <= now:
             status.problems.append(
-                f"{ca.name} expired on {ca.not_after:%Y-%m-%d %H:%M} UTC: {names} cannot "
-                f"issue. {ca_lifetime.SWITCH_HINT}"
+                worded(
+                    _("%(ca)s expired on %(time)s UTC: %(templates)s cannot issue. %(hint)s"),
+                    templates=names,
+                    **said,
+                )
             )
         elif ca.not_before > now:
             status.problems.append(
-                f"{ca.name} is valid only from {ca.not_before:%Y-%m-%d %H:%M} UTC: {names} "
-                "cannot issue until then (is this server's clock right?)."
+                worded(
+                    _(
+                        "%(ca)s is valid only from %(time)s UTC: %(templates)s cannot issue "
+                        "until then (is this server's clock right?)."
+                    ),
+                    ca=ca.name,
+                    time=_utc(ca.not_before),
+                    templates=names,
+                )
             )
         elif refused:
             status.problems.append(
-                f"{ends}, in {plurals.days(left.days)}: {names} no longer issue, as their "
-                "certificates would last fewer than "
-                f"{plurals.days(settings.PKIPORTAL_MIN_CERTIFICATE_DAYS)}. "
-                f"{ca_lifetime.SWITCH_HINT}"
+                worded(
+                    _(
+                        "%(ca)s ends on %(time)s UTC, in %(left)s: %(templates)s no longer "
+                        "issue, as their certificates would last fewer than %(minimum)s. "
+                        "%(hint)s"
+                    ),
+                    left=span_days(left.days),
+                    templates=names,
+                    minimum=span_days(settings.PKIPORTAL_MIN_CERTIFICATE_DAYS),
+                    **said,
+                )
             )
         elif left < timedelta(days=longest.validity_days):
             status.warnings.append(
-                f"{ends}, in {plurals.days(left.days)}: certificates from {longest.name} "
-                f"({plurals.days(longest.validity_days)}) issued now are cut short to end then. "
-                f"{ca_lifetime.SWITCH_HINT}"
+                worded(
+                    _(
+                        "%(ca)s ends on %(time)s UTC, in %(left)s: certificates from "
+                        "%(template)s (%(validity)s) issued now are cut short to end then. "
+                        "%(hint)s"
+                    ),
+                    left=span_days(left.days),
+                    template=longest.name,
+                    validity=span_days(longest.validity_days),
+                    **said,
+                )
             )
         elif left <= lead:
             status.warnings.append(
-                f"{ends}, in {plurals.days(left.days)} (PKIPORTAL_CA_EXPIRY_WARNING_DAYS is "
-                f"{settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS}). {ca_lifetime.SWITCH_HINT}"
+                worded(
+                    _(
+                        "%(ca)s ends on %(time)s UTC, in %(left)s "
+                        "(PKIPORTAL_CA_EXPIRY_WARNING_DAYS is %(setting)s). %(hint)s"
+                    ),
+                    left=span_days(left.days),
+                    setting=settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS,
+                    **said,
+                )
             )
     return check
 
@@ -515,11 +634,31 @@ def without_approvers_message(template: CertificateTemplate) -> str:
     """What the console, /health/ and the template's admin page say of one of them."""
     assert template.approver_group is not None
     waiting = getattr(template, "pending", 0)
-    return (
-        f"{template.name}: no active RA officer is in its approvers group "
-        f"{template.approver_group.name}, so only a superuser can approve or reject its "
-        f"requests{f' ({waiting} waiting)' if waiting else ''}. Add RA officers to the group, "
-        "or choose another group (or none: every officer) for the template in the admin."
+    said = {"template": template.name, "group": template.approver_group.name}
+    if not waiting:
+        return worded(
+            _(
+                "%(template)s: no active RA officer is in its approvers group %(group)s, so "
+                "only a superuser can approve or reject its requests. Add RA officers to the "
+                "group, or choose another group (or none: every officer) for the template in "
+                "the admin."
+            ),
+            **said,
+        )
+    return worded(
+        ngettext_lazy(
+            "%(template)s: no active RA officer is in its approvers group %(group)s, so only "
+            "a superuser can approve or reject its requests (%(waiting)d waiting). Add RA "
+            "officers to the group, or choose another group (or none: every officer) for the "
+            "template in the admin.",
+            "%(template)s: no active RA officer is in its approvers group %(group)s, so only "
+            "a superuser can approve or reject its requests (%(waiting)d waiting). Add RA "
+            "officers to the group, or choose another group (or none: every officer) for the "
+            "template in the admin.",
+            waiting,
+        ),
+        waiting=waiting,
+        **said,
     )
 
 
@@ -591,48 +730,72 @@ def requests_outside_scopes() -> OutsideScopes:
 def outside_scopes_message(outside: OutsideScopes) -> str:
     """What the console and /health/ say of them: how many, never whose."""
     count = outside.requests
-    one = count == 1
-    said = plurals.count(count, "pending request")
     notes = []
     if outside.mailboxes:
         notes.append(
-            f"{outside.mailboxes} of them for a shared mailbox, which only an officer in no "
-            "scope handles"
+            worded(
+                ngettext_lazy(
+                    "%(count)d of them for a shared mailbox, which only an officer in no scope "
+                    "handles",
+                    "%(count)d of them for a shared mailbox, which only an officer in no scope "
+                    "handles",
+                    outside.mailboxes,
+                ),
+                count=outside.mailboxes,
+            )
         )
     if outside.barred and outside.barred < count:
-        notes.append(f"{outside.barred} of them {_left_to_no_one_but(outside.barred)}")
-    aside = f" ({'; '.join(notes)})" if notes else ""
+        notes.append(
+            worded(
+                ngettext_lazy(
+                    "%(count)d of them is left to no RA officer but its own requester or a "
+                    "delegate of its shared mailbox, who may not decide it",
+                    "%(count)d of them are left to no RA officers but their own requesters or "
+                    "delegates of their shared mailboxes, who may not decide them",
+                    outside.barred,
+                ),
+                count=outside.barred,
+            )
+        )
+    # Translators: notes on pending requests, after "who may decide them" as %(aside)s.
+    aside = worded(_(" (%(notes)s)"), notes=joined("; ", notes)) if notes else ""
     if outside.barred == count:  # none is a matter of scopes only
-        lead = f"{said} {_left_to_no_one_but(count)}"
+        situation = ngettext_lazy(
+            "%(count)d pending request is left to no RA officer but its own requester or a "
+            "delegate of its shared mailbox, who may not decide it%(aside)s, so only a "
+            "superuser can approve or reject it.",
+            "%(count)d pending requests are left to no RA officers but their own requesters "
+            "or delegates of their shared mailboxes, who may not decide them%(aside)s, so "
+            "only a superuser can approve or reject them.",
+            count,
+        )
     else:
-        lead = (
-            f"{said} {'is' if one else 'are'} outside the officer scope of every RA officer "
-            f"who may decide {'it' if one else 'them'}"
+        situation = ngettext_lazy(
+            "%(count)d pending request is outside the officer scope of every RA officer who "
+            "may decide it%(aside)s, so only a superuser can approve or reject it.",
+            "%(count)d pending requests are outside the officer scope of every RA officer "
+            "who may decide them%(aside)s, so only a superuser can approve or reject them.",
+            count,
         )
-    own = (
-        " Nobody decides their own request, or one of a shared mailbox they read: another "
-        "officer must be able to."
-        if outside.barred
-        else ""
-    )
-    return (
-        f"{lead}{aside}, so only a superuser can approve or reject "
-        f"{'it' if one else 'them'}. Give a scope the people they are for, or leave "
-        f"an officer in no scope (they act for everyone).{own}"
-    )
-
-
-def _left_to_no_one_but(count: int) -> str:
-    """Requests barred from the only officers whose scope covers them (Decider.barred)."""
-    if count == 1:
-        return (
-            "is left to no RA officer but its own requester or a delegate of its shared "
-            "mailbox, who may not decide it"
+    sentences = [
+        worded(situation, count=count, aside=aside),
+        worded(
+            _(
+                "Give a scope the people they are for, or leave an officer in no scope (they "
+                "act for everyone)."
+            )
+        ),
+    ]
+    if outside.barred:
+        sentences.append(
+            worded(
+                _(
+                    "Nobody decides their own request, or one of a shared mailbox they read: "
+                    "another officer must be able to."
+                )
+            )
         )
-    return (
-        "are left to no RA officers but their own requesters or delegates of their shared "
-        "mailboxes, who may not decide them"
-    )
+    return joined(" ", sentences)
 
 
 def scope_status() -> dict[str, Any]:

@@ -50,6 +50,8 @@ from django.db import connection as db_connection
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 
 from enrollment import health
 from enrollment.audit import audit_record
@@ -63,6 +65,7 @@ from enrollment.models import (
 from enrollment.outdated import names_other_address
 from enrollment.x509 import pkcs7
 from pkiportal import plurals
+from pkiportal.i18n import worded
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -841,6 +844,36 @@ def _record(*, error: str = "", reconciled: bool = False) -> None:
     LdapPublication.objects.filter(pk=1).update(**fields)
 
 
+def _not_reconciled(state: LdapPublication, inline: bool) -> str:
+    """The reconciliation is overdue: since when, and what runs it. Worded when read."""
+    every = health.span_minutes(settings.PKIPORTAL_LDAP_RECONCILE_MINUTES)
+    if state.reconciled_at is not None:
+        time = f"{state.reconciled_at:%Y-%m-%d %H:%M}"
+        if inline:
+            message = _(
+                "The directory was last reconciled at %(time)s UTC; without a broker, run "
+                "`manage.py ldap_publish` from cron."
+            )
+        else:
+            message = _(
+                "The directory was last reconciled at %(time)s UTC; beat runs it every "
+                "%(every)s: see the worker's log."
+            )
+    else:
+        time = f"{state.enabled_at:%Y-%m-%d %H:%M}"
+        if inline:
+            message = _(
+                "The directory has not been reconciled since publication was turned on "
+                "(%(time)s UTC); without a broker, run `manage.py ldap_publish` from cron."
+            )
+        else:
+            message = _(
+                "The directory has not been reconciled since publication was turned on "
+                "(%(time)s UTC); beat runs it every %(every)s: see the worker's log."
+            )
+    return worded(message, time=time, every=every)
+
+
 def ldap_check(now: datetime | None = None) -> dict[str, Any]:
     """The verdict for /health/: "warn" (never "fail": mail still flows) while the last
     attempt failed, people have no entry, or no reconciliation run has finished within
@@ -876,34 +909,33 @@ def ldap_check(now: datetime | None = None) -> dict[str, Any]:
         state.succeeded_at is None or state.failed_at >= state.succeeded_at
     ):
         result["problems"].append(
-            f"Publishing certificates to the directory failed at "
-            f"{state.failed_at:%Y-%m-%d %H:%M} UTC: {state.error}"
+            worded(
+                _("Publishing certificates to the directory failed at %(time)s UTC: %(error)s"),
+                time=f"{state.failed_at:%Y-%m-%d %H:%M}",
+                error=state.error,
+            )
         )
     if missing:
         names = LdapMissingEntry.objects.order_by("since", "user_id").values_list(
             "user__username", flat=True
         )[:5]
         result["problems"].append(
-            f"{missing} people with certificates to publish have no directory "
-            f"entry that PKIPORTAL_LDAP_PUBLISH_FILTER finds, e.g. {', '.join(names)}."
+            worded(
+                ngettext_lazy(
+                    "%(count)d people with certificates to publish have no directory entry "
+                    "that PKIPORTAL_LDAP_PUBLISH_FILTER finds, e.g. %(names)s.",
+                    "%(count)d people with certificates to publish have no directory entry "
+                    "that PKIPORTAL_LDAP_PUBLISH_FILTER finds, e.g. %(names)s.",
+                    missing,
+                ),
+                count=missing,
+                names=", ".join(names),
+            )
         )
     period = timedelta(minutes=settings.PKIPORTAL_LDAP_RECONCILE_MINUTES)
     since = state.reconciled_at or state.enabled_at
     if since is not None and now - since > 3 * period:
-        last = (
-            f"was last reconciled at {state.reconciled_at:%Y-%m-%d %H:%M} UTC"
-            if state.reconciled_at
-            else f"has not been reconciled since publication was turned on "
-            f"({state.enabled_at:%Y-%m-%d %H:%M} UTC)"
-        )
-        how = (
-            "without a broker, run `manage.py ldap_publish` from cron"
-            if inline
-            else "beat runs it every "
-            f"{plurals.minutes(settings.PKIPORTAL_LDAP_RECONCILE_MINUTES)}: "
-            "see the worker's log"
-        )
-        result["problems"].append(f"The directory {last}; {how}.")
+        result["problems"].append(_not_reconciled(state, inline))
     if result["problems"]:
         result["status"] = health.WARN
     return result

@@ -50,12 +50,15 @@ from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 
 from enrollment import health, ldap_publish
 from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from
 from enrollment.ldap_filter import any_of, user_attributes
 from enrollment.models import AuditEvent, LdapSyncRun
+from pkiportal.i18n import worded
 
 logger = logging.getLogger(__name__)
 
@@ -401,12 +404,28 @@ def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
 
 
 def held_back_message(count: int, cap: int) -> str:
-    return (
-        f"{count} accounts are gone from the directory or disabled there, more than "
-        f"PKIPORTAL_LDAP_SYNC_MAX_PER_RUN ({cap}), so none were deactivated. Check the "
-        "directory (a changed search base or filter, a moved OU, a restore may make present "
-        "people look gone); `manage.py ldap_sync_leavers` lists them, and `manage.py "
-        "ldap_sync_leavers --confirm --ignore-cap` deactivates them."
+    """Why the sync deactivated nobody, in English: for the worker's log and the command."""
+    return health.english(_held_back(count, cap))
+
+
+def _held_back(count: int, cap: int) -> str:
+    """The same, worded when read: in the officer's language on the RA console."""
+    return worded(
+        ngettext_lazy(
+            "%(count)d accounts are gone from the directory or disabled there, more than "
+            "PKIPORTAL_LDAP_SYNC_MAX_PER_RUN (%(cap)d), so none were deactivated. Check the "
+            "directory (a changed search base or filter, a moved OU, a restore may make "
+            "present people look gone); `manage.py ldap_sync_leavers` lists them, and "
+            "`manage.py ldap_sync_leavers --confirm --ignore-cap` deactivates them.",
+            "%(count)d accounts are gone from the directory or disabled there, more than "
+            "PKIPORTAL_LDAP_SYNC_MAX_PER_RUN (%(cap)d), so none were deactivated. Check the "
+            "directory (a changed search base or filter, a moved OU, a restore may make "
+            "present people look gone); `manage.py ldap_sync_leavers` lists them, and "
+            "`manage.py ldap_sync_leavers --confirm --ignore-cap` deactivates them.",
+            count,
+        ),
+        count=count,
+        cap=cap,
     )
 
 
@@ -441,21 +460,40 @@ def ldap_sync_check(now: datetime | None = None) -> dict[str, Any]:
     }
     problems = result["problems"]
     if run.held_back:
-        problems.append(held_back_message(run.held_back, run.cap))
+        problems.append(_held_back(run.held_back, run.cap))
+    ran = f"{run.ran_at:%Y-%m-%d %H:%M}"
     if run.error:
         problems.append(
-            f"The sync with the directory at {run.ran_at:%Y-%m-%d %H:%M} UTC: {run.error}"
+            worded(
+                _("The sync with the directory at %(time)s UTC: %(error)s"),
+                time=ran,
+                error=run.error,
+            )
         )
     if run.superusers:
         problems.append(
-            f"Superuser(s) {', '.join(run.superusers)} are gone from the directory or disabled "
-            "there. The sync never deactivates a superuser: if they have left, deactivate "
-            "them in the admin."
+            worded(
+                ngettext_lazy(
+                    "Superuser(s) %(names)s are gone from the directory or disabled there. The "
+                    "sync never deactivates a superuser: if they have left, deactivate them in "
+                    "the admin.",
+                    "Superuser(s) %(names)s are gone from the directory or disabled there. The "
+                    "sync never deactivates a superuser: if they have left, deactivate them in "
+                    "the admin.",
+                    len(run.superusers),
+                ),
+                names=", ".join(run.superusers),
+            )
         )
     if now - run.ran_at > STALE_AFTER:
         problems.append(
-            f"The directory leavers' sync last finished at {run.ran_at:%Y-%m-%d %H:%M} UTC: "
-            "is it failing? See the worker's log."
+            worded(
+                _(
+                    "The directory leavers' sync last finished at %(time)s UTC: is it failing? "
+                    "See the worker's log."
+                ),
+                time=ran,
+            )
         )
     if problems:
         result["status"] = health.WARN

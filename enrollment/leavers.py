@@ -37,13 +37,14 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, ngettext_lazy
 
 from enrollment import health, mailboxes, outdated
 from enrollment.audit import audit_record
 from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
 from enrollment.scopes import EVERYONE, Reach, reach_of
+from pkiportal.i18n import worded
 
 logger = logging.getLogger(__name__)
 
@@ -468,25 +469,53 @@ def waiting_without_scheduler(now: datetime | None = None, *, reach: Reach = EVE
 
 
 def held_back_message(due: Due, cap: int) -> str:
+    """Why the run revoked nothing, in English: for the worker's log."""
+    return health.english(_held_back(due, cap))
+
+
+def _held_back(due: Due, cap: int) -> str:
+    """The same, worded when read: in the officer's language on the RA console."""
     changed = set(due.outdated) - set(due.leavers)
     if not changed:
-        who = f"{len(due.leavers)} deactivated accounts are"
-        mistake = (
-            "a sync may have switched them off by mistake) and reactivate those who have not left"
+        count = len(due.leavers)
+        return worded(
+            ngettext_lazy(
+                "%(count)d deactivated accounts are due for certificate revocation, more than "
+                "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN (%(cap)d), so none were revoked. "
+                "Check the directory (a sync may have switched them off by mistake) and "
+                "reactivate those who have not left; then run `manage.py revoke_deactivated "
+                "--confirm`.",
+                "%(count)d deactivated accounts are due for certificate revocation, more than "
+                "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN (%(cap)d), so none were revoked. "
+                "Check the directory (a sync may have switched them off by mistake) and "
+                "reactivate those who have not left; then run `manage.py revoke_deactivated "
+                "--confirm`.",
+                count,
+            ),
+            count=count,
+            cap=cap,
         )
-    else:
-        who = (
-            f"{len(due.accounts)} accounts ({len(due.leavers)} deactivated, {len(changed)} "
-            "whose e-mail address changed) are"
-        )
-        mistake = (
-            "a sync may have switched accounts off or rewritten their addresses by mistake) "
-            "and put back what should not have changed"
-        )
-    return (
-        f"{who} due for certificate revocation, more than "
-        f"PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN ({cap}), so none were revoked. Check the "
-        f"directory ({mistake}; then run `manage.py revoke_deactivated --confirm`."
+    count = len(due.accounts)
+    return worded(
+        ngettext_lazy(
+            "%(count)d accounts (%(leavers)d deactivated, %(changed)d whose e-mail address "
+            "changed) are due for certificate revocation, more than "
+            "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN (%(cap)d), so none were revoked. Check "
+            "the directory (a sync may have switched accounts off or rewritten their addresses "
+            "by mistake) and put back what should not have changed; then run `manage.py "
+            "revoke_deactivated --confirm`.",
+            "%(count)d accounts (%(leavers)d deactivated, %(changed)d whose e-mail address "
+            "changed) are due for certificate revocation, more than "
+            "PKIPORTAL_REVOKE_DEACTIVATED_MAX_PER_RUN (%(cap)d), so none were revoked. Check "
+            "the directory (a sync may have switched accounts off or rewritten their addresses "
+            "by mistake) and put back what should not have changed; then run `manage.py "
+            "revoke_deactivated --confirm`.",
+            count,
+        ),
+        count=count,
+        leavers=len(due.leavers),
+        changed=len(changed),
+        cap=cap,
     )
 
 
@@ -517,26 +546,55 @@ def leaver_check(now: datetime | None = None) -> dict[str, Any]:
         due = _due_accounts(now, delay)
         if len(due.accounts) > cap:
             result["held_back"] = len(due.accounts)
-            result["problems"].append(held_back_message(due, cap))
+            result["problems"].append(_held_back(due, cap))
     if now - run.ran_at > STALE_AFTER:
         result["problems"].append(
-            f"The hourly revocation of leavers' certificates last finished at "
-            f"{run.ran_at:%Y-%m-%d %H:%M} UTC: is it failing? See the worker's log."
+            worded(
+                _(
+                    "The hourly revocation of leavers' certificates last finished at %(time)s "
+                    "UTC: is it failing? See the worker's log."
+                ),
+                time=f"{run.ran_at:%Y-%m-%d %H:%M}",
+            )
         )
     if run.failed_accounts or run.failed_mailboxes:
-        whose = []
-        if run.failed_accounts:
-            whose.append(
-                f"{run.failed_accounts} account(s) (deactivated, or whose address changed)"
-            )
-        if run.failed_mailboxes:
-            whose.append(f"{run.failed_mailboxes} deactivated shared mailbox(es)")
+        accounts = worded(
+            ngettext_lazy(
+                "%(count)d account(s) (deactivated, or whose address changed)",
+                "%(count)d account(s) (deactivated, or whose address changed)",
+                run.failed_accounts,
+            ),
+            count=run.failed_accounts,
+        )
+        boxes = worded(
+            ngettext_lazy(
+                "%(count)d deactivated shared mailbox(es)",
+                "%(count)d deactivated shared mailbox(es)",
+                run.failed_mailboxes,
+            ),
+            count=run.failed_mailboxes,
+        )
+        if not run.failed_mailboxes:
+            whose = accounts
+        elif not run.failed_accounts:
+            whose = boxes
+        else:
+            # Translators: whose certificates the last run could not revoke.
+            whose = worded(_("%(accounts)s and %(mailboxes)s"), accounts=accounts, mailboxes=boxes)
         result["problems"].append(
-            f"The last run could not revoke the certificates of {' and '.join(whose)}: "
-            f"{run.error}. It tries again every hour."
+            worded(
+                _(
+                    "The last run could not revoke the certificates of %(whose)s: %(error)s. It "
+                    "tries again every hour."
+                ),
+                whose=whose,
+                error=run.error,
+            )
         )
     elif run.error:  # stopped at its time limit, or could not look for old addresses
-        result["problems"].append(f"The last run: {run.error} It tries again every hour.")
+        result["problems"].append(
+            worded(_("The last run: %(error)s It tries again every hour."), error=run.error)
+        )
     if result["problems"]:
         result["status"] = health.WARN
     return result

@@ -32,6 +32,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
@@ -90,7 +92,7 @@ def _worker() -> dict[str, Any]:
     except Exception as exc:
         return {"status": health.FAIL, "error": f"{type(exc).__name__}: {exc}"[:300]}
     if not replies:
-        return {"status": health.FAIL, "error": "No Celery worker answered a ping."}
+        return {"status": health.FAIL, "error": _("No Celery worker answered a ping.")}
     return {"status": health.OK, "answered": sorted(name for reply in replies for name in reply)}
 
 
@@ -102,7 +104,7 @@ def _ping_broker_and_worker() -> dict[str, dict[str, Any]]:
         return {"broker": broker, "worker": _worker()}
     return {
         "broker": broker,
-        "worker": {"status": health.FAIL, "error": "The broker is unreachable."},
+        "worker": {"status": health.FAIL, "error": _("The broker is unreachable.")},
     }
 
 
@@ -157,7 +159,7 @@ def broker_and_worker(*, fresh: bool = False) -> dict[str, dict[str, Any]]:
     if not got:
         if stale is not None:
             return copy.deepcopy(stale[1])
-        busy = {"status": health.FAIL, "error": "The broker is being checked."}
+        busy = {"status": health.FAIL, "error": _("The broker is being checked.")}
         return {"broker": busy, "worker": dict(busy)}
     try:
         verdicts = remembered()  # another thread may have pinged meanwhile
@@ -172,7 +174,8 @@ def broker_and_worker(*, fresh: bool = False) -> dict[str, dict[str, Any]]:
 def checks(*, fresh: bool = False) -> dict[str, Any]:
     """Every check's details; the overall verdict is the worst of them. ``fresh``: ping
     the broker and a worker and check the CA keys now, not within the last seconds or
-    minute (callers allowed details)."""
+    minute (callers allowed details). Their texts are lazy: worded in the language active
+    where they are read, so in English only under translation.override("en")."""
     results: dict[str, Any] = {"database": _database()}
     results.update(broker_and_worker(fresh=fresh))
     if health.no_scheduler():
@@ -310,7 +313,11 @@ def health_view(request: HttpRequest) -> HttpResponse:
     body: dict[str, Any] = {"status": overall}
     if details:
         body["checks"] = results
-    return JsonResponse(body, status=503 if overall == health.FAIL else 200)
+    # The checks' texts are lazy, worded where read (the RA console shows them in the
+    # officer's language): a monitoring system reads them in English, whatever the
+    # request asks or PKIPORTAL_LANGUAGE is. JsonResponse serialises here and now.
+    with translation.override("en"):
+        return JsonResponse(body, status=503 if overall == health.FAIL else 200)
 
 
 @never_cache

@@ -641,6 +641,6 @@ def test_a_key_store_failure_is_reported_without_the_key_files_path(
     monkeypatch.setattr(services, "certificate_revoke", key_store_down)
     run(gone + GRACE)
 
-    problems = " ".join(leavers.leaver_check(now=gone + GRACE)["problems"])
+    problems = " ".join(map(str, leavers.leaver_check(now=gone + GRACE)["problems"]))
     assert "KeyStoreError: The CA cannot sign right now" in problems
     assert "/srv/keys" not in problems

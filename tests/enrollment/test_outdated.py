@@ -604,7 +604,7 @@ def test_a_holder_that_cannot_be_recorded_is_reported_and_the_others_are(
     assert OutdatedCertificate.objects.filter(pk=theirs.pk).exists()
     check = leavers.leaver_check(now=moment)
     assert check["status"] == "warn"
-    assert "mail server on fire" in " ".join(check["problems"])
+    assert "mail server on fire" in " ".join(map(str, check["problems"]))
 
 
 def test_the_time_limit_is_not_swallowed_while_looking(
