@@ -22,10 +22,6 @@ from pkiportal import plurals
 from pkiportal.i18n import worded
 
 _SECOND = timedelta(seconds=1)
-SWITCH_HINT = (
-    "Create its successor with `manage.py create_issuing_ca` and move the templates to it "
-    "with `manage.py switch_issuing_ca` (README: Replacing the issuing CA)."
-)
 
 
 def _lasts(not_before: datetime, not_after: datetime) -> timedelta:

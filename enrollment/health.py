@@ -100,7 +100,7 @@ def _utc(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d %H:%M}"
 
 
-# The same advice as ca_lifetime.SWITCH_HINT, worded in the reader's language.
+# What to do about an issuing CA near its end, in the reader's language.
 SWITCH_HINT = _(
     "Create its successor with `manage.py create_issuing_ca` and move the templates to it "
     "with `manage.py switch_issuing_ca` (README: Replacing the issuing CA)."

@@ -68,7 +68,7 @@ def test_a_decision_reaches_each_requester_in_their_language(
     (german,) = to(employee)
     assert german.subject == "Ihr Zertifikatsantrag wurde abgelehnt"
     assert german.body.startswith("Guten Tag Alice Andersson,")
-    assert f"Ihr Antrag #{requests[0].pk} auf ein Zertifikat" in german.body
+    assert f"Ihr Antrag Nr. {requests[0].pk} auf ein Zertifikat" in german.body
     assert "Grund: Nicht nötig" in german.body
     assert "your request" not in german.body
     (english,) = to(colleague)
@@ -141,7 +141,7 @@ def test_an_officers_summary_is_split_by_language_not_by_officer(
     by_address = {m.to[0]: m for m in mail.outbox}
     assert len(mail.outbox) == len(by_address)  # one mail each, as before
     german = by_address[officer.email]
-    assert german.subject == f"Zertifikatsantrag #{request.pk} wartet auf Ihre Genehmigung"
+    assert german.subject == f"Zertifikatsantrag Nr. {request.pk} wartet auf Ihre Genehmigung"
     assert "ein Zertifikatsantrag wartet auf die Genehmigung eines RA-Officers" in german.body
     for person in (second_officer, third):
         english = by_address[person.email]
