@@ -12,6 +12,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 
+from enrollment import seed_texts
 from enrollment.forms import RecoveryWithdrawForm, WithdrawForm
 from enrollment.models import AuditEvent, CertificateRequest, KeyRecoveryRequest
 from enrollment.permissions import REFUSALS
@@ -29,6 +30,8 @@ register = template.Library()
 # a name inside a label.
 register.filter("mid_sentence", i18n.mid_sentence)
 register.filter("noun_mid_sentence", i18n.noun_mid_sentence)
+# A seeded template's description, still as we wrote it, in the reader's language.
+register.filter("seeded_text", seed_texts.seeded_text)
 
 
 @register.simple_tag
