@@ -94,6 +94,9 @@ class User(AbstractUser):
         max_length=16,
         blank=True,
         default="",
+        # In the database too, as session_generation: rows a bulk load or a provisioning
+        # script inserts without the column still get one.
+        db_default="",
         verbose_name=_("language"),
         help_text=_(
             "The language the person chose for pages and mail (a code of LANGUAGES); "

@@ -194,6 +194,7 @@ class Migration(migrations.Migration):
             name="language",
             field=models.CharField(
                 blank=True,
+                db_default="",
                 default="",
                 help_text="The language the person chose for pages and mail (a code of LANGUAGES); empty: pages follow the browser, mail PKIPORTAL_LANGUAGE.",
                 max_length=16,
