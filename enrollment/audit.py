@@ -19,7 +19,8 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
 from django.db import models, transaction
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.functional import Promise
 
 from accounts.models import User
 from enrollment import hotsql
@@ -212,6 +213,15 @@ def prepared(
     return _name_target(_new_event(action, actor, outcome, source_address, detail), target)
 
 
+def _as_text(value: Any) -> str:
+    """What JSON cannot hold, as text; a message marked for translation in English, as the
+    trail is, whatever language the request that wrote it was in."""
+    if isinstance(value, Promise):
+        with translation.override("en"):
+            return str(value)
+    return str(value)
+
+
 def _new_event(
     action: str,
     actor: User | AnonymousUser | None,
@@ -224,7 +234,9 @@ def _new_event(
     # Numbers with a fraction or exponent are kept as their text: jsonb stores numbers as
     # numeric and gives 1e16 back as 10000000000000000 and -0.0 as 0, which would no
     # longer match the hash.
-    detail = json.loads(json.dumps(detail or {}, default=str), parse_float=str, parse_constant=str)
+    detail = json.loads(
+        json.dumps(detail or {}, default=_as_text), parse_float=str, parse_constant=str
+    )
     return AuditEvent(
         created_at=timezone.now(),
         actor=user,

@@ -100,3 +100,18 @@ def test_a_request_failing_at_approval_is_stored_and_audited_in_english(
     assert request.error == english
     failed = AuditEvent.objects.filter(outcome=AuditEvent.Outcome.FAILURE).latest("pk")
     assert failed.detail["error"] == english
+
+
+def test_a_translatable_message_in_an_audit_detail_is_kept_in_english(db, employee):
+    from django.utils.translation import gettext_lazy
+
+    from enrollment.audit import audit_record
+
+    with translation.override("de"):
+        event = audit_record(
+            action="test.note",
+            actor=employee,
+            detail={"said": gettext_lazy("You are not allowed to do that.")},
+        )
+    event.refresh_from_db()
+    assert event.detail == {"said": "You are not allowed to do that."}
