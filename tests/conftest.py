@@ -76,6 +76,18 @@ class Hierarchy:
 
 
 @pytest.fixture(autouse=True)
+def _no_time_travel_left_behind():
+    """A test that leaves time_machine travelling (started, never stopped) moves every
+    later test of its worker in time: certificates built then start in the future for
+    the real openssl, which says "not yet valid". Its own teardown names it instead."""
+    yield
+    if time_machine.escape_hatch.is_travelling():
+        while time_machine.traveller_stack:
+            time_machine.traveller_stack[-1].stop()
+        pytest.fail("this test left time_machine travelling: stop it (use `with`)")
+
+
+@pytest.fixture(autouse=True)
 def _isolated_pki_settings(settings, tmp_path):
     """Every test gets its own key directory, passphrase, a public-looking base URL and an
     https site URL on another host, so a mail link built from the base URL shows."""
