@@ -166,3 +166,35 @@ def test_a_code_changed_after_enter_in_the_wait_is_not_sent_on_its_own(live_serv
     assert said.startswith("Wait ")
     assert cleared == ""
     assert "/account/two-factor/verify/" in after
+
+
+def test_the_wait_is_counted_down_in_the_persons_language(live_server, officer):
+    """static/js/wait.js takes its words from the page: an officer who chose German sees
+    the countdown and the status line in German, under the same policy."""
+    officer.language = "de"
+    officer.save(update_fields=["language"])
+    device, seed = authenticator(officer)
+    TotpDevice.objects.filter(pk=device.pk).update(
+        throttling_failure_count=4, throttling_failure_timestamp=timezone.now()
+    )
+    with chromium_page() as page:
+        console = []
+        page.on("console", lambda message: console.append(message))
+        page.goto(f"{live_server.url}/accounts/login/?next=/ra/requests/")
+        page.fill("#id_username", officer.username)
+        page.fill("#id_password", SIGN_IN_PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url("**/account/two-factor/verify/**")
+        page.fill("#id_code", code(seed))
+        with page.expect_navigation():
+            page.click("button:has-text('Weiter')")
+        counting = page.inner_text("button[data-wait-seconds]")
+        page.fill("#id_code", code(seed))
+        page.press("#id_code", "Enter")  # during the wait: said, and sent when it ends
+        said = page.inner_text("[data-wait-notice]")
+        page.wait_for_url(f"{live_server.url}/ra/requests/", timeout=15_000)
+
+    assert counting.startswith("Weiter (noch "), counting
+    assert said.startswith("Noch "), said
+    assert "Ihr Code wird dann gesendet" in said, said
+    assert not violations(console)
