@@ -19,12 +19,13 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
 from django.db import models, transaction
-from django.utils import timezone, translation
+from django.utils import timezone
 from django.utils.functional import Promise
 
 from accounts.models import User
 from enrollment import hotsql
 from enrollment.models import AuditChainHead, AuditEvent
+from pkiportal.i18n import english
 
 
 def chain_parts(event: AuditEvent) -> tuple[bytes, bytes]:
@@ -216,10 +217,7 @@ def prepared(
 def _as_text(value: Any) -> str:
     """What JSON cannot hold, as text; a message marked for translation in English, as the
     trail is, whatever language the request that wrote it was in."""
-    if isinstance(value, Promise):
-        with translation.override("en"):
-            return str(value)
-    return str(value)
+    return english(value) if isinstance(value, Promise) else str(value)
 
 
 def _new_event(

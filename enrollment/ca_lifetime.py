@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
-from django.utils.functional import lazy
 from django.utils.translation import gettext_lazy as _
 
 from enrollment.models import Certificate, CertificateAuthority, CertificateTemplate
@@ -76,20 +75,15 @@ def issuance_problem(
             time=f"{ca.not_after:%Y-%m-%d %H:%M}",
             template=template.name,
             lasts=_days(lasts),
-            days=_in_days(template.validity_days),
+            days=plurals.days_when_read(template.validity_days),
         )
     return None
 
 
 def _days(span: timedelta) -> str:
     if span >= timedelta(days=1):
-        return _in_days(span.days)
-    return lazy(plurals.hours, str)(int(span.total_seconds() // 3600))
-
-
-def _in_days(count: int) -> str:
-    """ "N days", worded when read."""
-    return lazy(plurals.days, str)(count)
+        return plurals.days_when_read(span.days)
+    return plurals.hours_when_read(int(span.total_seconds() // 3600))
 
 
 @dataclass(frozen=True)
@@ -111,8 +105,8 @@ class CutShort:
                     "%(template_days)s, because the issuing CA %(ca)s ends then."
                 ),
                 time=f"{self.not_after:%Y-%m-%d %H:%M}",
-                days=_in_days(self.days),
-                template_days=_in_days(self.template_days),
+                days=plurals.days_when_read(self.days),
+                template_days=plurals.days_when_read(self.template_days),
                 ca=self.ca_name,
             )
         )

@@ -37,8 +37,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
-from django.utils import timezone, translation
-from django.utils.functional import Promise, lazy
+from django.utils import timezone
+from django.utils.functional import lazy
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext_lazy
 
@@ -55,7 +55,8 @@ from enrollment.models import (
 )
 from enrollment.permissions import ra_officers
 from enrollment.x509.mail_domains import issuer_mail_domains, uncovered_domains
-from pkiportal.i18n import worded
+from pkiportal import plurals
+from pkiportal.i18n import english, worded
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
@@ -73,27 +74,10 @@ BEAT_PATIENCE_PERIODS = 3
 # built lazily (pkiportal.i18n.worded) and worded only where they are read.
 
 
-def english(message: str | Promise) -> str:
-    """``message`` worded in English now: for logs, command output and /health/, which
-    read the same whatever the request's or the portal's language."""
-    with translation.override("en"):
-        return str(message)
-
-
 def joined(separator: str, parts: list[str]) -> str:
     """The parts, each worded when read, joined by ``separator`` (punctuation, the same in
     every language); lazy like them, where a " ".join would word them now, or fail."""
     return lazy(lambda: separator.join(str(part) for part in parts), str)()
-
-
-def span_days(count: int) -> str:
-    """ "1 day", "3 days", worded when read (pkiportal.plurals words it now)."""
-    return worded(ngettext_lazy("%(count)d day", "%(count)d days", count), count=count)
-
-
-def span_minutes(count: int) -> str:
-    """ "1 minute", "5 minutes", worded when read."""
-    return worded(ngettext_lazy("%(count)d minute", "%(count)d minutes", count), count=count)
 
 
 def _utc(moment: datetime) -> str:
@@ -286,7 +270,7 @@ def beat_status(now: datetime | None = None) -> dict[str, Any]:
                 "Beat has never run the CRL watchdog (due every %(period)s): is "
                 "`celery -A pkiportal beat` running?"
             ),
-            period=span_minutes(period),
+            period=plurals.minutes_when_read(period),
         )
     elif now - run.last_run_at > timedelta(minutes=BEAT_PATIENCE_PERIODS * period):
         minutes = int((now - run.last_run_at).total_seconds() // 60)
@@ -298,8 +282,8 @@ def beat_status(now: datetime | None = None) -> dict[str, Any]:
                 "CRLs and expiry notices wait meanwhile."
             ),
             time=_utc(run.last_run_at),
-            ago=span_minutes(minutes),
-            period=span_minutes(period),
+            ago=plurals.minutes_when_read(minutes),
+            period=plurals.minutes_when_read(period),
         )
     return result
 
@@ -460,9 +444,9 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
                         "issue, as their certificates would last fewer than %(minimum)s. "
                         "%(hint)s"
                     ),
-                    left=span_days(left.days),
+                    left=plurals.days_when_read(left.days),
                     templates=names,
-                    minimum=span_days(settings.PKIPORTAL_MIN_CERTIFICATE_DAYS),
+                    minimum=plurals.days_when_read(settings.PKIPORTAL_MIN_CERTIFICATE_DAYS),
                     **said,
                 )
             )
@@ -474,9 +458,9 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
                         "%(template)s (%(validity)s) issued now are cut short to end then. "
                         "%(hint)s"
                     ),
-                    left=span_days(left.days),
+                    left=plurals.days_when_read(left.days),
                     template=longest.name,
-                    validity=span_days(longest.validity_days),
+                    validity=plurals.days_when_read(longest.validity_days),
                     **said,
                 )
             )
@@ -487,7 +471,7 @@ def issuing_ca_status(now: datetime | None = None) -> IssuingCaCheck:
                         "%(ca)s ends on %(time)s UTC, in %(left)s "
                         "(PKIPORTAL_CA_EXPIRY_WARNING_DAYS is %(setting)s). %(hint)s"
                     ),
-                    left=span_days(left.days),
+                    left=plurals.days_when_read(left.days),
                     setting=settings.PKIPORTAL_CA_EXPIRY_WARNING_DAYS,
                     **said,
                 )

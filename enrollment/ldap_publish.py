@@ -846,7 +846,7 @@ def _record(*, error: str = "", reconciled: bool = False) -> None:
 
 def _not_reconciled(state: LdapPublication, inline: bool) -> str:
     """The reconciliation is overdue: since when, and what runs it. Worded when read."""
-    every = health.span_minutes(settings.PKIPORTAL_LDAP_RECONCILE_MINUTES)
+    every = plurals.minutes_when_read(settings.PKIPORTAL_LDAP_RECONCILE_MINUTES)
     if state.reconciled_at is not None:
         time = f"{state.reconciled_at:%Y-%m-%d %H:%M}"
         if inline:

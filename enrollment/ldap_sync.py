@@ -58,7 +58,7 @@ from enrollment.audit import audit_record
 from enrollment.change_audit import changes_from
 from enrollment.ldap_filter import any_of, user_attributes
 from enrollment.models import AuditEvent, LdapSyncRun
-from pkiportal.i18n import worded
+from pkiportal.i18n import english, worded
 
 logger = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ def _record(outcome: Outcome, *, now: datetime, source: str) -> None:
 
 def held_back_message(count: int, cap: int) -> str:
     """Why the sync deactivated nobody, in English: for the worker's log and the command."""
-    return health.english(_held_back(count, cap))
+    return english(_held_back(count, cap))
 
 
 def _held_back(count: int, cap: int) -> str:

@@ -44,7 +44,7 @@ from enrollment.audit import audit_record
 from enrollment.exceptions import EnrollmentError, InvalidState, NotPermitted, public_message
 from enrollment.models import AuditEvent, Certificate, LeaverRevocationRun
 from enrollment.scopes import EVERYONE, Reach, reach_of
-from pkiportal.i18n import worded
+from pkiportal.i18n import english, worded
 
 logger = logging.getLogger(__name__)
 
@@ -470,7 +470,7 @@ def waiting_without_scheduler(now: datetime | None = None, *, reach: Reach = EVE
 
 def held_back_message(due: Due, cap: int) -> str:
     """Why the run revoked nothing, in English: for the worker's log."""
-    return health.english(_held_back(due, cap))
+    return english(_held_back(due, cap))
 
 
 def _held_back(due: Due, cap: int) -> str:

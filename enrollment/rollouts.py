@@ -792,7 +792,7 @@ def rollout_remind(*, rollout: Rollout, officer: User, source_address: str | Non
                 ),
                 params={
                     "when": f"{when:%Y-%m-%d %H:%M %Z}",
-                    "hours": lazy(plurals.hours, str)(settings.PKIPORTAL_ROLLOUT_REMIND_HOURS),
+                    "hours": plurals.hours_when_read(settings.PKIPORTAL_ROLLOUT_REMIND_HOURS),
                 },
             )
             error.retry_after = (locked.last_reminded_at + every - now).total_seconds()

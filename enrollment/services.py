@@ -2104,7 +2104,7 @@ def _days(span: timedelta) -> str:
     prints it."""
     if span != timedelta(days=span.days):
         return str(span)
-    return lazy(plurals.days, str)(span.days)
+    return plurals.days_when_read(span.days)
 
 
 def _ca_key_identifier(ca: CertificateAuthority) -> bytes:

@@ -24,6 +24,13 @@ def worded(message: str | Promise, **params: Any) -> str:
     return lazy(lambda: str(message) % params if params else str(message), str)()
 
 
+def english(message: Any) -> str:
+    """``message`` worded in English now: for the audit trail, logs, command output and
+    /health/, which read the same whatever the request's or the portal's language."""
+    with translation.override("en"):
+        return str(message)
+
+
 # Languages that write nouns with a capital letter wherever they stand.
 _CAPITALISED_NOUNS = frozenset({"de"})
 

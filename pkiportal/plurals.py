@@ -7,6 +7,7 @@ picks the form, so a translation would pick its language's forms here too.
 
 from __future__ import annotations
 
+from django.utils.functional import lazy
 from django.utils.translation import ngettext
 
 
@@ -24,6 +25,14 @@ def hours(count: int) -> str:
 
 def days(count: int) -> str:
     return ngettext("%(count)d day", "%(count)d days", count) % {"count": count}
+
+
+# The same, worded when read rather than now: for a message built now and read later,
+# perhaps in another language (a refusal's English in the audit trail, a check's text on
+# a German page; pkiportal.i18n.worded).
+minutes_when_read = lazy(minutes, str)
+hours_when_read = lazy(hours, str)
+days_when_read = lazy(days, str)
 
 
 def count(number: int, singular: str, plural: str = "") -> str:
