@@ -58,7 +58,7 @@ from enrollment.x509 import keys
 from enrollment.x509.mail_domains import address_permitted, issuer_permits
 from enrollment.x509.names import printable
 from pkiportal import plurals
-from pkiportal.i18n import mid_sentence
+from pkiportal.i18n import mid_sentence_when_read
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -697,7 +697,7 @@ def _locked_open(rollout: Rollout) -> Rollout:
         raise InvalidState(
             # Translators: state is the roll-out's state, e.g. "cancelled".
             _("This roll-out is already %(state)s."),
-            params={"state": lazy(lambda: mid_sentence(locked.get_state_display()), str)()},
+            params={"state": mid_sentence_when_read(locked.get_state_display())},
         )
     return locked
 

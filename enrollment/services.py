@@ -47,7 +47,6 @@ from enrollment.exceptions import (
     EnrollmentError,
     InvalidState,
     KeyStoreError,
-    Message,
     NotPermitted,
     PolicyViolation,
     RateLimited,
@@ -92,19 +91,13 @@ from enrollment.x509.mail_domains import (
 )
 from enrollment.x509.policy import CertificateType
 from pkiportal import plurals
-from pkiportal.i18n import mid_sentence
+from pkiportal.i18n import mid_sentence_when_read
 from pkiportal.i18n import worded as _worded
 
 logger = logging.getLogger(__name__)
 
 Actor = User | AnonymousUser | None
 T = TypeVar("T")
-
-
-def _lower_label(label: Message) -> str:
-    """A choice's label (a request's state) put into a sentence when it is read, in the
-    reader's language."""
-    return lazy(lambda: mid_sentence(label), str)()
 
 
 def _in_a_transaction(function: Callable[..., T]) -> Callable[..., T]:
@@ -3023,7 +3016,7 @@ def request_collect(
                     "This request has nothing to download (it was already downloaded, or it "
                     "is %(state)s)."
                 ),
-                params={"state": _lower_label(locked.get_state_display())},
+                params={"state": mid_sentence_when_read(locked.get_state_display())},
             )
         try:
             # Approved earlier: the person, the template or the renewed certificate may
@@ -3108,7 +3101,7 @@ def _decide(
             if locked.state != CertificateRequest.State.PENDING:
                 raise InvalidState(
                     _("This request is already %(state)s."),
-                    params={"state": _lower_label(locked.get_state_display())},
+                    params={"state": mid_sentence_when_read(locked.get_state_display())},
                 )
             if approve:
                 try:
@@ -3286,7 +3279,7 @@ def request_withdraw(
                 )
             raise InvalidState(
                 _("This request is already %(state)s: there is nothing to withdraw."),
-                params={"state": _lower_label(locked.get_state_display())},
+                params={"state": mid_sentence_when_read(locked.get_state_display())},
             )
         was = locked.state
         locked.state = CertificateRequest.State.WITHDRAWN

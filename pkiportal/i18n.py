@@ -42,6 +42,10 @@ def mid_sentence(label: Any) -> str:
     return text[:1].lower() + text[1:]
 
 
+# Worded when read: a state put into a refusal that is raised now and read later.
+mid_sentence_when_read = lazy(mid_sentence, str)
+
+
 def noun_mid_sentence(label: Any) -> str:
     """A label that is a noun (a purpose, a revocation reason) put into a sentence: small
     in English, as written in German, which capitalises nouns."""
